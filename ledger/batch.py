@@ -1,0 +1,101 @@
+"""What one append writes: decoded messages with their source positions, and offsets."""
+
+import hashlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import msgspec
+import pyarrow as pa
+
+from ledger import constants
+from ledger.tables import dead_letter_schema
+from schemas.decoder import BatchDecoder, DecodedBatch
+
+
+@dataclass(frozen=True)
+class PartitionOffsets:
+    """The batch read `topic`/`partition` from `first_offset` up to, not including, `next_offset`."""
+
+    topic: str
+    partition: int
+    first_offset: int
+    next_offset: int
+
+    def __post_init__(self) -> None:
+        assert 0 <= self.first_offset <= self.next_offset, self
+
+
+@dataclass(frozen=True)
+class IngestBatch:
+    """Raw messages, where each was read from, and what the decoder made of them.
+
+    `decoded` tables carry `message_index` into `values`; every message is either a row of
+    one of those tables or one of `decoded.rejections`.
+    """
+
+    values: Sequence[bytes]
+    topics: pa.Array  # string, one per message
+    partitions: pa.Array  # int32
+    offsets: pa.Array  # int64
+    decoded: DecodedBatch
+    received_at: datetime
+
+    @classmethod
+    def from_messages(
+        cls,
+        values: Sequence[bytes],
+        topics: Sequence[str],
+        partitions: Sequence[int],
+        offsets: Sequence[int],
+        decoder: BatchDecoder,
+    ) -> "IngestBatch":
+        assert len(values) == len(topics) == len(partitions) == len(offsets)
+        return cls(
+            values,
+            pa.array(topics, pa.string()),
+            pa.array(partitions, pa.int32()),
+            pa.array(offsets, pa.int64()),
+            decoder.decode(values),
+            datetime.now(UTC),
+        )
+
+    def __len__(self) -> int:
+        return len(self.values)
+
+
+def dead_letter_rows(
+    batch: IngestBatch, reasons: Sequence[tuple[int, str, str | None]], ingest_batch_id: str
+) -> pa.Table:
+    """Dead-letter rows for the messages at the given indexes, with their reasons and fields."""
+    columns: dict[str, list] = {field.name: [] for field in dead_letter_schema}
+    for index, reason, error_field in reasons:
+        raw = bytes(batch.values[index])
+        event_id, event_type = _identity(raw)
+        columns["kafka_topic"].append(batch.topics[index].as_py())
+        columns["kafka_partition"].append(batch.partitions[index].as_py())
+        columns["kafka_offset"].append(batch.offsets[index].as_py())
+        columns["ingest_batch_id"].append(ingest_batch_id)
+        columns["received_at"].append(batch.received_at)
+        columns["reason"].append(reason)
+        columns["error_field"].append(error_field)
+        columns["event_id"].append(event_id)
+        columns["event_type"].append(event_type)
+        columns["raw"].append(raw[: constants.dead_letter_raw_bytes_max])
+        columns["raw_size_bytes"].append(len(raw))
+        columns["raw_sha256"].append(hashlib.sha256(raw).hexdigest())
+    return pa.Table.from_pydict(columns, schema=dead_letter_schema)
+
+
+class _Identity(msgspec.Struct):
+    id: str | None = None
+    type: str | None = None
+
+
+def _identity(raw: bytes) -> tuple[str | None, str | None]:
+    """The `id` and `type` of a rejected message, where it has readable ones."""
+    try:
+        identity = msgspec.json.decode(raw, type=_Identity)
+    except (msgspec.DecodeError, msgspec.ValidationError):
+        return None, None
+    return identity.id, identity.type

@@ -1,0 +1,23 @@
+"""Bounds of the ledger package, each with the reason for its value."""
+
+# SQLite allows one committing writer at a time and DuckLake retries its own commit
+# conflicts; past this many whole-transaction retries something is wrong, not busy.
+commit_attempts_max = 50
+commit_backoff_s_min = 0.01
+# Two concurrent writers on one SQLite catalog wait for each other's commit (tens of ms);
+# a backoff that never exceeds a second keeps a busy writer responsive to shutdown.
+commit_backoff_s_max = 1.0
+
+# An oversize message is kept in the dead letters up to this many bytes, with its full
+# size and digest, so the row identifies it without one bad producer filling the disk.
+dead_letter_raw_bytes_max = 1024 * 1024
+
+# Parquet row groups of this many rows keep files readable in one pass by analysts' tools.
+parquet_row_group_rows_max = 1_000_000
+parquet_zstd_level = 3
+
+# DuckLake keeps rows of these small bookkeeping tables in the catalog itself (inlined), so
+# every append does not leave a tiny Parquet file per table behind.
+inlined_rows_max = 1_000_000
+
+assert commit_backoff_s_min < commit_backoff_s_max

@@ -1,0 +1,63 @@
+"""Errors of the ledger package. Transient ones may be retried; the others may not."""
+
+from schemas.errors import RoyaltyError
+
+
+class LedgerError(RoyaltyError):
+    """Base of every ledger error."""
+
+    transient = False
+
+
+class LedgerBusyError(LedgerError):
+    """The catalog stayed locked by other writers past the retry bound; try again later."""
+
+    transient = True
+
+    def __init__(self, location: str, attempts: int, last_error: str) -> None:
+        self.location = location
+        self.attempts = attempts
+        super().__init__(
+            f"ledger `{location}` stayed busy after {attempts} attempts (last error: {last_error}); "
+            "other writers hold the catalog: retry later or add fewer concurrent writers"
+        )
+
+
+class LedgerOffsetsFencedError(LedgerError):
+    """Another writer already stored offsets past this batch's start: this batch is stale."""
+
+    def __init__(self, topic: str, partition: int, stored_offset: int, batch_first_offset: int) -> None:
+        self.topic = topic
+        self.partition = partition
+        self.stored_offset = stored_offset
+        self.batch_first_offset = batch_first_offset
+        super().__init__(
+            f"partition `{topic}`/{partition}: the ledger already holds offsets up to {stored_offset}, "
+            f"but this batch starts at {batch_first_offset}; another consumer took the partition. "
+            "The batch was not written: seek to the ledger's offsets and read again"
+        )
+
+
+class LedgerReadOnlyError(LedgerError):
+    """A write was attempted through a read-only connection."""
+
+    def __init__(self, statement: str) -> None:
+        self.statement = statement
+        super().__init__(
+            f"the ledger is opened read-only and refuses writes: {statement.strip()[:120]!r}. "
+            "Analysts read; only `royalty ingest` and the settlement job write"
+        )
+
+
+class LedgerNotFoundError(LedgerError):
+    """The ledger location holds no ledger, and a reader cannot create one."""
+
+    def __init__(self, location: str) -> None:
+        self.location = location
+        super().__init__(
+            f"no ledger at `{location}`; create one with `royalty ingest` (or check --lake)"
+        )
+
+
+class LedgerIntegrityError(LedgerError):
+    """The stored ledger is not what was written: a file changed, vanished, or rows were removed."""

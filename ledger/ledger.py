@@ -1,0 +1,356 @@
+"""The append-only ledger on DuckLake.
+
+`Ledger.append` is the only write path for ingested data: in one DuckLake transaction it
+drops exact duplicates, turns conflicting duplicates and rejected messages into dead
+letters, adds the Parquet files it wrote (recording each file's checksum), and stores the
+offsets the batch covers. There is no update or delete anywhere in this package.
+"""
+
+import hashlib
+import logging
+import os
+import random
+import time
+import uuid
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import duckdb
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from ledger import constants
+from ledger.batch import IngestBatch, PartitionOffsets, dead_letter_rows
+from ledger.connection import LedgerLocation, catalog_alias, connect
+from ledger.errors import LedgerBusyError, LedgerError, LedgerNotFoundError, LedgerOffsetsFencedError
+from ledger.tables import all_tables, create_statements, file_tables, inlining_statements
+from schemas.arrow import envelope_fields, position_fields
+from schemas.events import event_types
+
+log = logging.getLogger(__name__)
+
+# Errors a concurrent writer causes: SQLite's single-writer lock, DuckLake's optimistic
+# commit conflicts, PostgreSQL serialization failures. Anything else is not retried.
+_transient_markers = ("database is locked", "conflict", "busy", "could not serialize", "deadlock")
+
+
+@dataclass(frozen=True)
+class AppendResult:
+    """What one append stored."""
+
+    snapshot_id: int
+    ingest_batch_id: str
+    events: int
+    duplicates: int
+    dead_letters: int
+
+
+@dataclass(frozen=True)
+class _FileToAdd:
+    table: str
+    absolute_path: str
+    relative_path: str
+    size_bytes: int
+    sha256: str
+
+
+class Ledger:
+    """A DuckLake ledger opened for writing (`open`) or for reading (`open_read_only`)."""
+
+    def __init__(self, location: LedgerLocation, connection: duckdb.DuckDBPyConnection, read_only: bool) -> None:
+        self.location = location
+        self.connection = connection
+        self.read_only = read_only
+
+    @classmethod
+    def open(cls, path_or_catalog_url: str | os.PathLike[str], data_path: str | None = None) -> "Ledger":
+        """Create or open a ledger for writing."""
+        location = LedgerLocation.parse(path_or_catalog_url, data_path)
+        location.prepare()
+        ledger = cls(location, connect(location, read_only=False), read_only=False)
+        ledger._retrying(ledger._create_tables, "create tables")
+        return ledger
+
+    @classmethod
+    def open_read_only(
+        cls,
+        path_or_catalog_url: str | os.PathLike[str],
+        data_path: str | None = None,
+        snapshot_version: int | None = None,
+    ) -> "Ledger":
+        """Open an existing ledger for reading, optionally as of an earlier snapshot."""
+        location = LedgerLocation.parse(path_or_catalog_url, data_path)
+        if not location.exists():
+            raise LedgerNotFoundError(location.display)
+        return cls(location, connect(location, read_only=True, snapshot_version=snapshot_version), read_only=True)
+
+    def close(self) -> None:
+        self.connection.close()
+
+    def __enter__(self) -> "Ledger":
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    # Reading -------------------------------------------------------------------------------
+
+    def stored_offsets(self) -> dict[tuple[str, int], int]:
+        """The next offset to read for every (topic, partition) the ledger has data from."""
+        rows = self.connection.execute(
+            f"SELECT kafka_topic, kafka_partition, max(next_offset) FROM {catalog_alias}.main.ingest_offset "
+            "GROUP BY ALL"
+        ).fetchall()
+        return {(topic, partition): next_offset for topic, partition, next_offset in rows}
+
+    def current_snapshot(self) -> int:
+        (snapshot_id,) = self.connection.execute(f"SELECT id FROM {catalog_alias}.current_snapshot()").fetchone()
+        return int(snapshot_id)
+
+    # Writing -------------------------------------------------------------------------------
+
+    def append(
+        self, batch: IngestBatch, offsets: Sequence[PartitionOffsets], writer: str = ""
+    ) -> AppendResult:
+        """Write `batch` and the offsets it covers in one transaction; return what was stored.
+
+        Raises `LedgerOffsetsFencedError` if another writer already stored offsets past the
+        start of this batch (nothing is written), `LedgerBusyError` if the catalog stays locked.
+        """
+        assert not self.read_only, "append on a read-only ledger"
+        ingest_batch_id = uuid.uuid4().hex
+        return self._retrying(lambda: self._append_once(batch, offsets, writer, ingest_batch_id), "append")
+
+    def _append_once(
+        self, batch: IngestBatch, offsets: Sequence[PartitionOffsets], writer: str, ingest_batch_id: str
+    ) -> AppendResult:
+        written: list[_FileToAdd] = []
+        with self._transaction():
+            self._check_offsets_fence(offsets)
+            kept, duplicates, conflicts = self._deduplicate(batch)
+            reasons = [(r.index, str(r.error), r.error.field) for r in batch.decoded.rejections]
+            reasons += conflicts
+            dead_letters = dead_letter_rows(batch, sorted(reasons), ingest_batch_id)
+            try:
+                for table_name, rows in kept.items():
+                    written += self._write_event_files(table_name, self._with_positions(batch, rows, ingest_batch_id))
+                if dead_letters.num_rows:
+                    written.append(self._write_file("dead_letter", dead_letters, ingest_batch_id, None))
+                for file in written:
+                    self.connection.execute(
+                        "CALL ducklake_add_data_files(?, ?, ?)", [catalog_alias, file.table, file.absolute_path]
+                    )
+                events = sum(rows.num_rows for rows in kept.values())
+                self._insert_bookkeeping(batch, offsets, writer, ingest_batch_id, written,
+                                         events, duplicates, dead_letters.num_rows)
+            except BaseException:
+                _remove_files(written)
+                raise
+        snapshot_id = self._last_committed_snapshot()
+        return AppendResult(snapshot_id, ingest_batch_id, events, duplicates, dead_letters.num_rows)
+
+    def _check_offsets_fence(self, offsets: Sequence[PartitionOffsets]) -> None:
+        stored = self.stored_offsets()
+        for item in offsets:
+            stored_offset = stored.get((item.topic, item.partition))
+            if stored_offset is not None and stored_offset > item.first_offset:
+                raise LedgerOffsetsFencedError(item.topic, item.partition, stored_offset, item.first_offset)
+
+    def _deduplicate(
+        self, batch: IngestBatch
+    ) -> tuple[dict[str, pa.Table], int, list[tuple[int, str, str | None]]]:
+        """Drop exact duplicates (in the batch and against the ledger); report conflicting ones.
+
+        An event's duplicates share its event time, so only the batch's event dates are read.
+        """
+        kept: dict[str, pa.Table] = {}
+        duplicates = 0
+        conflicts: list[tuple[int, str, str | None]] = []
+        for table_name, rows in batch.decoded.tables.items():
+            content = [field.name for field in envelope_fields if field.name != "event_date"]
+            content += list(_data_columns(table_name))
+            self.connection.register("batch_rows", rows)
+            try:
+                verdicts = self.connection.execute(
+                    f"""
+                    WITH batch AS (
+                        SELECT *, row_number() OVER (PARTITION BY event_id ORDER BY message_index) AS nth
+                        FROM batch_rows
+                    ),
+                    earlier AS (
+                        SELECT * FROM batch WHERE nth = 1
+                    ),
+                    stored AS (
+                        SELECT {", ".join(content)} FROM {catalog_alias}.main.{table_name}
+                        WHERE event_date IN (SELECT DISTINCT event_date FROM batch_rows)
+                          AND event_id IN (SELECT event_id FROM batch_rows)
+                    )
+                    SELECT b.message_index,
+                           coalesce(s.event_id, e.event_id) AS first_id,
+                           CASE WHEN s.event_id IS NOT NULL THEN
+                                    ({" AND ".join(f"b.{c} IS NOT DISTINCT FROM s.{c}" for c in content)})
+                                ELSE ({" AND ".join(f"b.{c} IS NOT DISTINCT FROM e.{c}" for c in content)})
+                           END AS identical,
+                           s.event_id IS NOT NULL AS in_ledger
+                    FROM batch b
+                    LEFT JOIN stored s ON s.event_id = b.event_id
+                    LEFT JOIN earlier e ON e.event_id = b.event_id AND b.nth > 1
+                    WHERE s.event_id IS NOT NULL OR b.nth > 1
+                    """
+                ).fetchall()
+            finally:
+                self.connection.unregister("batch_rows")
+            dropped: list[int] = []
+            for message_index, event_id, identical, in_ledger in verdicts:
+                dropped.append(message_index)
+                if identical:
+                    duplicates += 1
+                else:
+                    where = "already in the ledger" if in_ledger else "earlier in the same batch"
+                    conflicts.append(
+                        (message_index, f"conflicting duplicate: event id `{event_id}` is {where} "
+                         "with different content", "id")
+                    )
+            if dropped:
+                rows = rows.filter(pc.invert(pc.is_in(rows.column("message_index"), pa.array(dropped, pa.int64()))))
+            if rows.num_rows:
+                kept[table_name] = rows
+        return kept, duplicates, conflicts
+
+    def _with_positions(self, batch: IngestBatch, rows: pa.Table, ingest_batch_id: str) -> pa.Table:
+        indexes = rows.column("message_index")
+        rows = rows.drop_columns(["message_index"])
+        positions = {
+            "kafka_topic": batch.topics.take(indexes),
+            "kafka_partition": batch.partitions.take(indexes),
+            "kafka_offset": batch.offsets.take(indexes),
+            "ingest_batch_id": pa.repeat(pa.scalar(ingest_batch_id, pa.string()), rows.num_rows),
+        }
+        for field in position_fields:
+            rows = rows.append_column(field, positions[field.name])
+        return rows
+
+    def _write_event_files(self, table_name: str, rows: pa.Table) -> list[_FileToAdd]:
+        rows = rows.sort_by([("event_date", "ascending"), ("event_time", "ascending")])
+        dates = pc.unique(rows.column("event_date")).to_pylist()
+        files = []
+        for event_date in dates:
+            part = rows.filter(pc.equal(rows.column("event_date"), pa.scalar(event_date, pa.date32())))
+            files.append(self._write_file(table_name, part, rows.column("ingest_batch_id")[0].as_py(), event_date))
+        return files
+
+    def _write_file(self, table_name: str, rows: pa.Table, ingest_batch_id: str, event_date) -> _FileToAdd:
+        rows = rows.cast(file_tables[table_name])
+        folder = f"main/{table_name}" + (f"/event_date={event_date.isoformat()}" if event_date else "")
+        relative = f"{folder}/{ingest_batch_id}-{uuid.uuid4().hex[:8]}.parquet"
+        absolute = Path(self.location.data_path) / relative
+        absolute.parent.mkdir(parents=True, exist_ok=True)
+        sink = pa.BufferOutputStream()
+        pq.write_table(
+            rows,
+            sink,
+            compression="zstd",
+            compression_level=constants.parquet_zstd_level,
+            row_group_size=constants.parquet_row_group_rows_max,
+        )
+        data = sink.getvalue().to_pybytes()
+        temporary = absolute.with_suffix(".parquet.tmp")
+        with open(temporary, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temporary, absolute)
+        return _FileToAdd(table_name, str(absolute), relative, len(data), hashlib.sha256(data).hexdigest())
+
+    def _insert_bookkeeping(
+        self,
+        batch: IngestBatch,
+        offsets: Sequence[PartitionOffsets],
+        writer: str,
+        ingest_batch_id: str,
+        written: list[_FileToAdd],
+        events: int,
+        duplicates: int,
+        dead_letters: int,
+    ) -> None:
+        execute = self.connection.executemany
+        if offsets:
+            execute(
+                f"INSERT INTO {catalog_alias}.main.ingest_offset VALUES (?, ?, ?, ?, ?)",
+                [[o.topic, o.partition, o.first_offset, o.next_offset, ingest_batch_id] for o in offsets],
+            )
+        if written:
+            execute(
+                f"INSERT INTO {catalog_alias}.main.file_checksum VALUES (?, ?, ?, ?, ?)",
+                [[f.relative_path, f.table, f.size_bytes, f.sha256, ingest_batch_id] for f in written],
+            )
+        self.connection.execute(
+            f"INSERT INTO {catalog_alias}.main.ingest_batch VALUES (?, ?, ?, ?, ?, ?, ?)",
+            [ingest_batch_id, datetime.now(UTC), writer, len(batch), events, duplicates, dead_letters],
+        )
+
+    def _last_committed_snapshot(self) -> int:
+        row = self.connection.execute(f"SELECT id FROM ducklake_last_committed_snapshot('{catalog_alias}')").fetchone()
+        if row is None or row[0] is None:
+            return self.current_snapshot()
+        return int(row[0])
+
+    def _create_tables(self) -> None:
+        existing = {
+            name for (name,) in self.connection.execute(
+                "SELECT table_name FROM duckdb_tables() WHERE database_name = ?", [catalog_alias]
+            ).fetchall()
+        }
+        if existing >= set(all_tables):
+            return
+        with self._transaction():
+            for statement in create_statements(catalog_alias):
+                self.connection.execute(statement)
+        for statement in inlining_statements(catalog_alias):
+            self.connection.execute(statement)
+
+    @contextmanager
+    def _transaction(self) -> Iterator[None]:
+        self.connection.execute("BEGIN TRANSACTION")
+        try:
+            yield
+        except BaseException:
+            try:
+                self.connection.execute("ROLLBACK")
+            except duckdb.Error:
+                pass
+            raise
+        self.connection.execute("COMMIT")
+
+    def _retrying(self, work, what: str):
+        last_error = ""
+        for attempt in range(constants.commit_attempts_max):
+            try:
+                return work()
+            except duckdb.Error as error:
+                message = str(error)
+                if not any(marker in message.lower() for marker in _transient_markers):
+                    raise LedgerError(f"{what} failed on ledger `{self.location.display}`: {message}") from error
+                last_error = message.splitlines()[0]
+                delay_s = min(constants.commit_backoff_s_max, constants.commit_backoff_s_min * 2**attempt)
+                log.debug("ledger busy, retrying", extra={"attempt": attempt, "error": last_error})
+                time.sleep(delay_s * (0.5 + random.random()))
+        raise LedgerBusyError(self.location.display, constants.commit_attempts_max, last_error)
+
+
+def _data_columns(table_name: str) -> Iterator[str]:
+    for event_type in event_types.values():
+        if event_type.table == table_name:
+            yield from event_type.data_model.model_fields
+
+
+def _remove_files(files: list[_FileToAdd]) -> None:
+    for file in files:
+        Path(file.absolute_path).unlink(missing_ok=True)
+
+
+assert set(all_tables) >= {event_type.table for event_type in event_types.values()}

@@ -1,0 +1,109 @@
+"""The ledger's tables: one per event type (derived from the event schemas) and bookkeeping.
+
+Every table is append-only. Event and dead-letter rows are Parquet files written by the
+ledger itself, so that each file's checksum is recorded in the same transaction that adds it.
+The small bookkeeping tables (offsets, batches, checksums) are inlined into the catalog.
+"""
+
+import pyarrow as pa
+
+from ledger import constants
+from schemas.arrow import ledger_schemas, position_fields, timestamp_type
+
+dead_letter_schema = pa.schema(
+    [
+        *position_fields,
+        pa.field("received_at", timestamp_type, nullable=False),
+        pa.field("reason", pa.string(), nullable=False),
+        pa.field("error_field", pa.string()),
+        pa.field("event_id", pa.string()),
+        pa.field("event_type", pa.string()),
+        pa.field("raw", pa.binary(), nullable=False),
+        pa.field("raw_size_bytes", pa.int64(), nullable=False),
+        pa.field("raw_sha256", pa.string(), nullable=False),
+    ]
+)
+
+# One row per partition an append advanced: the next offset to read there.
+ingest_offset_schema = pa.schema(
+    [
+        pa.field("kafka_topic", pa.string(), nullable=False),
+        pa.field("kafka_partition", pa.int32(), nullable=False),
+        pa.field("first_offset", pa.int64(), nullable=False),
+        pa.field("next_offset", pa.int64(), nullable=False),
+        pa.field("ingest_batch_id", pa.string(), nullable=False),
+    ]
+)
+
+ingest_batch_schema = pa.schema(
+    [
+        pa.field("ingest_batch_id", pa.string(), nullable=False),
+        pa.field("committed_at", timestamp_type, nullable=False),
+        pa.field("writer", pa.string(), nullable=False),
+        pa.field("messages", pa.int64(), nullable=False),
+        pa.field("events", pa.int64(), nullable=False),
+        pa.field("duplicates", pa.int64(), nullable=False),
+        pa.field("dead_letters", pa.int64(), nullable=False),
+    ]
+)
+
+file_checksum_schema = pa.schema(
+    [
+        pa.field("path", pa.string(), nullable=False),
+        pa.field("table_name", pa.string(), nullable=False),
+        pa.field("size_bytes", pa.int64(), nullable=False),
+        pa.field("sha256", pa.string(), nullable=False),
+        pa.field("ingest_batch_id", pa.string(), nullable=False),
+    ]
+)
+
+file_tables: dict[str, pa.Schema] = {**ledger_schemas, "dead_letter": dead_letter_schema}
+inlined_tables: dict[str, pa.Schema] = {
+    "ingest_offset": ingest_offset_schema,
+    "ingest_batch": ingest_batch_schema,
+    "file_checksum": file_checksum_schema,
+}
+all_tables: dict[str, pa.Schema] = {**file_tables, **inlined_tables}
+
+
+def duckdb_type(arrow_type: pa.DataType) -> str:
+    """The DuckDB column type of an Arrow type used in the ledger."""
+    if pa.types.is_string(arrow_type):
+        return "VARCHAR"
+    if pa.types.is_binary(arrow_type):
+        return "BLOB"
+    if pa.types.is_int64(arrow_type):
+        return "BIGINT"
+    if pa.types.is_int32(arrow_type):
+        return "INTEGER"
+    if pa.types.is_date32(arrow_type):
+        return "DATE"
+    if pa.types.is_timestamp(arrow_type):
+        assert arrow_type.tz == "UTC" and arrow_type.unit == "us", arrow_type
+        return "TIMESTAMPTZ"
+    if pa.types.is_list(arrow_type):
+        return duckdb_type(arrow_type.value_type) + "[]"
+    if pa.types.is_struct(arrow_type):
+        members = ", ".join(f"{field.name} {duckdb_type(field.type)}" for field in arrow_type)
+        return f"STRUCT({members})"
+    raise TypeError(f"no DuckDB type for {arrow_type}; extend ledger/tables.py")
+
+
+def create_statements(catalog: str) -> list[str]:
+    """Idempotent DDL for every ledger table."""
+    statements = []
+    for name, schema in all_tables.items():
+        columns = ", ".join(
+            f"{field.name} {duckdb_type(field.type)}{'' if field.nullable else ' NOT NULL'}" for field in schema
+        )
+        statements.append(f"CREATE TABLE IF NOT EXISTS {catalog}.main.{name} ({columns})")
+    return statements
+
+
+def inlining_statements(catalog: str) -> list[str]:
+    """Keep the bookkeeping tables' rows in the catalog (run after the tables exist)."""
+    return [
+        f"CALL ducklake_set_option('{catalog}', 'data_inlining_row_limit', "
+        f"{constants.inlined_rows_max}, table_name => '{name}')"
+        for name in inlined_tables
+    ]

@@ -1,0 +1,190 @@
+"""Batch decoding of raw Kafka message values into Arrow tables of valid events.
+
+The fast path decodes with msgspec Structs derived from the pydantic models (`derive.py`).
+A message it rejects is handed to pydantic, which is the authority: pydantic either explains
+the rejection with the field and the reason, or (where the two parsers differ on an edge of
+the format) accepts the message, which is then kept. A message is never dropped silently:
+it is either a row of one of the returned tables or one of the rejections.
+"""
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from operator import attrgetter
+from typing import Annotated, Any, Union
+
+import msgspec
+import pyarrow as pa
+import pyarrow.compute as pc
+from pydantic import BaseModel, Field, TypeAdapter, ValidationError
+
+from schemas import limits
+from schemas.arrow import decoded_schema
+from schemas.derive import ColumnCheck, Derived
+from schemas.errors import SchemaError
+from schemas.events import EventType, event_types
+
+
+@dataclass(frozen=True)
+class Rejection:
+    """The message at `index` of the batch broke the contract for `error.reason`."""
+
+    index: int
+    error: SchemaError
+
+
+@dataclass
+class DecodedBatch:
+    """Valid events as one Arrow table per ledger table, and every rejected message."""
+
+    tables: dict[str, pa.Table] = field(default_factory=dict)
+    rejections: list[Rejection] = field(default_factory=list)
+
+    @property
+    def valid_count(self) -> int:
+        return sum(table.num_rows for table in self.tables.values())
+
+
+class BatchDecoder:
+    """Decodes and validates whole batches of CloudEvents JSON messages."""
+
+    def __init__(self) -> None:
+        derived = Derived()
+        self._event_types: dict[type, EventType] = {}
+        self._column_checks: dict[type, list[ColumnCheck]] = {}
+        for event_type in event_types.values():
+            struct = derived.envelope_struct(event_type.envelope_model, tag_field="type")
+            self._event_types[struct] = event_type
+            self._column_checks[struct] = derived.column_checks[event_type.envelope_model]
+        self._struct_by_model = {et.envelope_model: struct for struct, et in self._event_types.items()}
+        self._decoder = msgspec.json.Decoder(Union[tuple(self._event_types)])  # type: ignore[misc]  # noqa: UP007
+        envelopes = tuple(event_type.envelope_model for event_type in event_types.values())
+        self._explainer: TypeAdapter[Any] = TypeAdapter(
+            Annotated[Union[envelopes], Field(discriminator="type")]  # type: ignore[misc]  # noqa: UP007
+        )
+
+    def decode(self, values: Sequence[bytes]) -> DecodedBatch:
+        """Decode `values`; the result accounts for every one of them exactly once."""
+        decode = self._decoder.decode
+        grouped: dict[type, tuple[list[int], list[Any]]] = {}
+        slow: list[int] = []
+        rejections: list[Rejection] = []
+        for index, value in enumerate(values):
+            if len(value) > limits.message_bytes_max:
+                rejections.append(Rejection(index, _oversize(len(value))))
+                continue
+            try:
+                event = decode(value)
+            except (msgspec.ValidationError, msgspec.DecodeError):
+                slow.append(index)
+                continue
+            indexes, events = grouped.setdefault(type(event), ([], []))
+            indexes.append(index)
+            events.append(event)
+        parts: dict[str, list[pa.Table]] = {}
+        for struct, (indexes, events) in grouped.items():
+            table = _to_arrow(self._event_types[struct], indexes, events)
+            passed = _column_checks_mask(table, self._column_checks[struct])
+            if passed is not None:
+                slow.extend(table.filter(pc.invert(passed)).column("message_index").to_pylist())
+                table = table.filter(passed)
+            parts.setdefault(self._event_types[struct].table, []).append(table)
+        slow_grouped: dict[type, tuple[list[int], list[Any]]] = {}
+        for index in slow:
+            accepted, error = self._validate_slowly(values[index])
+            if error is not None:
+                rejections.append(Rejection(index, error))
+                continue
+            # pydantic is the authority: where msgspec was stricter, the message is kept.
+            struct = self._struct_by_model[type(accepted)]
+            indexes, events = slow_grouped.setdefault(struct, ([], []))
+            indexes.append(index)
+            events.append(msgspec.convert(accepted.model_dump(), struct, from_attributes=True))
+        for struct, (indexes, events) in slow_grouped.items():
+            parts.setdefault(self._event_types[struct].table, []).append(
+                _to_arrow(self._event_types[struct], indexes, events)
+            )
+        tables = {name: pa.concat_tables(tables) for name, tables in parts.items()}
+        return DecodedBatch(tables, sorted(rejections, key=attrgetter("index")))
+
+    def explain(self, value: bytes) -> SchemaError | None:
+        """Why `value` breaks the contract, or None when it does not."""
+        if len(value) > limits.message_bytes_max:
+            return _oversize(len(value))
+        return self._validate_slowly(value)[1]
+
+    def _validate_slowly(self, value: bytes) -> tuple[BaseModel | None, SchemaError | None]:
+        try:
+            text = value.decode("utf-8")
+        except UnicodeDecodeError as error:
+            return None, SchemaError(f"message is not UTF-8 (bad byte at offset {error.start})")
+        try:
+            return self._explainer.validate_json(text), None
+        except ValidationError as error:
+            return None, _schema_error(error)
+
+
+_column_of_path = {"id": "event_id", "time": "event_time", "source": "source"}
+
+
+def _column_checks_mask(table: pa.Table, checks: list[ColumnCheck]) -> pa.Array | None:
+    """True for the rows that pass every check, or None when there are no checks."""
+    passed = None
+    for check in checks:
+        column = table.column(_column_of_path.get(check.path) or check.path.removeprefix("data."))
+        if check.kind == "pattern":
+            ok = pc.match_substring_regex(column, check.value)
+        else:
+            bound = pa.scalar(check.value, type=column.type)
+            ok = getattr(pc, {"gt": "greater", "ge": "greater_equal", "lt": "less", "le": "less_equal"}[check.kind])(
+                column, bound
+            )
+        passed = ok if passed is None else pc.and_(passed, ok)
+    return passed
+
+
+def _oversize(size_bytes: int) -> SchemaError:
+    return SchemaError(
+        f"message is {size_bytes} bytes, over the limit of {limits.message_bytes_max} bytes "
+        "(schemas.limits.message_bytes_max)"
+    )
+
+
+def _schema_error(error: ValidationError) -> SchemaError:
+    first = error.errors(include_url=False)[0]
+    kind, location, message = first["type"], list(first["loc"]), first["msg"]
+    if kind == "json_invalid":
+        return SchemaError(f"invalid JSON: {first.get('ctx', {}).get('error', message)}")
+    if kind in ("union_tag_invalid", "union_tag_not_found"):
+        known = ", ".join(sorted(event_types))
+        if kind == "union_tag_not_found":
+            return SchemaError(f"missing; expected one of {known}", "type")
+        return SchemaError(f"unknown event type {first['input'].get('type')!r}; expected one of {known}", "type")
+    if kind == "model_attributes_type" and not location:
+        return SchemaError(f"a CloudEvent must be a JSON object, got {type(first['input']).__name__}")
+    if location and location[0] in event_types:
+        location = location[1:]
+    path = ".".join(str(part) for part in location) or None
+    if kind == "extra_forbidden":
+        message = "unknown field; the contract forbids fields it does not define"
+    extra = f" ({len(error.errors())} errors in all)" if error.error_count() > 1 else ""
+    return SchemaError(message.removeprefix("Value error, ") + extra, path)
+
+
+def _to_arrow(event_type: EventType, indexes: list[int], events: list[Any]) -> pa.Table:
+    schema = decoded_schema(event_type)
+    data = [event.data for event in events]
+    times = pa.array([event.time for event in events], type=schema.field("event_time").type)
+    columns: dict[str, pa.Array] = {
+        "event_id": pa.array([event.id for event in events], type=pa.string()),
+        "event_time": times,
+        "event_date": pc.cast(times, pa.date32()),
+        "source": pa.array([event.source for event in events], type=pa.string()),
+    }
+    for name in event_type.data_model.model_fields:
+        arrow_type = schema.field(name).type
+        values = list(map(attrgetter(name), data))
+        if pa.types.is_list(arrow_type):
+            values = msgspec.to_builtins(values)
+        columns[name] = pa.array(values, type=arrow_type)
+    columns["message_index"] = pa.array(indexes, type=pa.int64())
+    return pa.Table.from_pydict(columns, schema=schema)
