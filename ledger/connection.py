@@ -50,7 +50,9 @@ class LedgerLocation:
                     f"catalog `{text}` is PostgreSQL: give the data path too (--data-path DIR or "
                     "ROYALTY_DATA_PATH), where every writer can reach the Parquet files"
                 )
-            dsn = text.removeprefix("postgres:") if text.startswith("postgres:") and "//" not in text else text
+            dsn = (
+                text.removeprefix("postgres:") if text.startswith("postgres:") and "//" not in text else text
+            )
             return cls(f"postgres:{dsn}", _folder(data_path), text, "postgres")
         directory = Path(text).expanduser().resolve()
         return cls(

@@ -54,9 +54,7 @@ class LedgerNotFoundError(LedgerError):
 
     def __init__(self, location: str) -> None:
         self.location = location
-        super().__init__(
-            f"no ledger at `{location}`; create one with `royalty ingest` (or check --lake)"
-        )
+        super().__init__(f"no ledger at `{location}`; create one with `royalty ingest` (or check --lake)")
 
 
 class LedgerIntegrityError(LedgerError):

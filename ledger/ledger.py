@@ -61,7 +61,9 @@ class _FileToAdd:
 class Ledger:
     """A DuckLake ledger opened for writing (`open`) or for reading (`open_read_only`)."""
 
-    def __init__(self, location: LedgerLocation, connection: duckdb.DuckDBPyConnection, read_only: bool) -> None:
+    def __init__(
+        self, location: LedgerLocation, connection: duckdb.DuckDBPyConnection, read_only: bool
+    ) -> None:
         self.location = location
         self.connection = connection
         self.read_only = read_only
@@ -86,7 +88,9 @@ class Ledger:
         location = LedgerLocation.parse(path_or_catalog_url, data_path)
         if not location.exists():
             raise LedgerNotFoundError(location.display)
-        return cls(location, connect(location, read_only=True, snapshot_version=snapshot_version), read_only=True)
+        return cls(
+            location, connect(location, read_only=True, snapshot_version=snapshot_version), read_only=True
+        )
 
     def close(self) -> None:
         self.connection.close()
@@ -108,7 +112,9 @@ class Ledger:
         return {(topic, partition): next_offset for topic, partition, next_offset in rows}
 
     def current_snapshot(self) -> int:
-        (snapshot_id,) = self.connection.execute(f"SELECT id FROM {catalog_alias}.current_snapshot()").fetchone()
+        (snapshot_id,) = self.connection.execute(
+            f"SELECT id FROM {catalog_alias}.current_snapshot()"
+        ).fetchone()
         return int(snapshot_id)
 
     # Writing -------------------------------------------------------------------------------
@@ -137,16 +143,27 @@ class Ledger:
             dead_letters = dead_letter_rows(batch, sorted(reasons), ingest_batch_id)
             try:
                 for table_name, rows in kept.items():
-                    written += self._write_event_files(table_name, self._with_positions(batch, rows, ingest_batch_id))
+                    written += self._write_event_files(
+                        table_name, self._with_positions(batch, rows, ingest_batch_id)
+                    )
                 if dead_letters.num_rows:
                     written.append(self._write_file("dead_letter", dead_letters, ingest_batch_id, None))
                 for file in written:
                     self.connection.execute(
-                        "CALL ducklake_add_data_files(?, ?, ?)", [catalog_alias, file.table, file.absolute_path]
+                        "CALL ducklake_add_data_files(?, ?, ?)",
+                        [catalog_alias, file.table, file.absolute_path],
                     )
                 events = sum(rows.num_rows for rows in kept.values())
-                self._insert_bookkeeping(batch, offsets, writer, ingest_batch_id, written,
-                                         events, duplicates, dead_letters.num_rows)
+                self._insert_bookkeeping(
+                    batch,
+                    offsets,
+                    writer,
+                    ingest_batch_id,
+                    written,
+                    events,
+                    duplicates,
+                    dead_letters.num_rows,
+                )
             except BaseException:
                 _remove_files(written)
                 raise
@@ -212,11 +229,16 @@ class Ledger:
                 else:
                     where = "already in the ledger" if in_ledger else "earlier in the same batch"
                     conflicts.append(
-                        (message_index, f"conflicting duplicate: event id `{event_id}` is {where} "
-                         "with different content", "id")
+                        (
+                            message_index,
+                            f"conflicting duplicate: event id `{event_id}` is {where} with different content",
+                            "id",
+                        )
                     )
             if dropped:
-                rows = rows.filter(pc.invert(pc.is_in(rows.column("message_index"), pa.array(dropped, pa.int64()))))
+                rows = rows.filter(
+                    pc.invert(pc.is_in(rows.column("message_index"), pa.array(dropped, pa.int64())))
+                )
             if rows.num_rows:
                 kept[table_name] = rows
         return kept, duplicates, conflicts
@@ -240,7 +262,9 @@ class Ledger:
         files = []
         for event_date in dates:
             part = rows.filter(pc.equal(rows.column("event_date"), pa.scalar(event_date, pa.date32())))
-            files.append(self._write_file(table_name, part, rows.column("ingest_batch_id")[0].as_py(), event_date))
+            files.append(
+                self._write_file(table_name, part, rows.column("ingest_batch_id")[0].as_py(), event_date)
+            )
         return files
 
     def _write_file(self, table_name: str, rows: pa.Table, ingest_batch_id: str, event_date) -> _FileToAdd:
@@ -294,14 +318,17 @@ class Ledger:
         )
 
     def _last_committed_snapshot(self) -> int:
-        row = self.connection.execute(f"SELECT id FROM ducklake_last_committed_snapshot('{catalog_alias}')").fetchone()
+        row = self.connection.execute(
+            f"SELECT id FROM ducklake_last_committed_snapshot('{catalog_alias}')"
+        ).fetchone()
         if row is None or row[0] is None:
             return self.current_snapshot()
         return int(row[0])
 
     def _create_tables(self) -> None:
         existing = {
-            name for (name,) in self.connection.execute(
+            name
+            for (name,) in self.connection.execute(
                 "SELECT table_name FROM duckdb_tables() WHERE database_name = ?", [catalog_alias]
             ).fetchall()
         }
@@ -334,7 +361,9 @@ class Ledger:
             except duckdb.Error as error:
                 message = str(error)
                 if not any(marker in message.lower() for marker in _transient_markers):
-                    raise LedgerError(f"{what} failed on ledger `{self.location.display}`: {message}") from error
+                    raise LedgerError(
+                        f"{what} failed on ledger `{self.location.display}`: {message}"
+                    ) from error
                 last_error = message.splitlines()[0]
                 delay_s = min(constants.commit_backoff_s_max, constants.commit_backoff_s_min * 2**attempt)
                 log.debug("ledger busy, retrying", extra={"attempt": attempt, "error": last_error})

@@ -94,7 +94,8 @@ def create_statements(catalog: str) -> list[str]:
     statements = []
     for name, schema in all_tables.items():
         columns = ", ".join(
-            f"{field.name} {duckdb_type(field.type)}{'' if field.nullable else ' NOT NULL'}" for field in schema
+            f"{field.name} {duckdb_type(field.type)}{'' if field.nullable else ' NOT NULL'}"
+            for field in schema
         )
         statements.append(f"CREATE TABLE IF NOT EXISTS {catalog}.main.{name} ({columns})")
     return statements

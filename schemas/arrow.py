@@ -61,8 +61,11 @@ def data_fields(model: type[BaseModel]) -> list[pa.Field]:
 def decoded_schema(event_type: EventType) -> pa.Schema:
     """Columns the decoder produces: envelope, data, and the index of each row's message."""
     return pa.schema(
-        [*envelope_fields, *data_fields(event_type.data_model),
-         pa.field("message_index", pa.int64(), nullable=False)]
+        [
+            *envelope_fields,
+            *data_fields(event_type.data_model),
+            pa.field("message_index", pa.int64(), nullable=False),
+        ]
     )
 
 

@@ -135,9 +135,9 @@ def _column_checks_mask(table: pa.Table, checks: list[ColumnCheck]) -> pa.Array 
             ok = pc.match_substring_regex(column, check.value)
         else:
             bound = pa.scalar(check.value, type=column.type)
-            ok = getattr(pc, {"gt": "greater", "ge": "greater_equal", "lt": "less", "le": "less_equal"}[check.kind])(
-                column, bound
-            )
+            ok = getattr(
+                pc, {"gt": "greater", "ge": "greater_equal", "lt": "less", "le": "less_equal"}[check.kind]
+            )(column, bound)
         passed = ok if passed is None else pc.and_(passed, ok)
     return passed
 
@@ -158,7 +158,9 @@ def _schema_error(error: ValidationError) -> SchemaError:
         known = ", ".join(sorted(event_types))
         if kind == "union_tag_not_found":
             return SchemaError(f"missing; expected one of {known}", "type")
-        return SchemaError(f"unknown event type {first['input'].get('type')!r}; expected one of {known}", "type")
+        return SchemaError(
+            f"unknown event type {first['input'].get('type')!r}; expected one of {known}", "type"
+        )
     if kind == "model_attributes_type" and not location:
         return SchemaError(f"a CloudEvent must be a JSON object, got {type(first['input']).__name__}")
     if location and location[0] in event_types:

@@ -48,7 +48,9 @@ def _constraints(metadata: list[Any]) -> tuple[dict[str, Any], list[Any]]:
             for name in ("min_length", "max_length", "pattern"):
                 if getattr(item, name) is not None:
                     kwargs[name] = getattr(item, name)
-        elif isinstance(item, annotated_types.Gt | annotated_types.Ge | annotated_types.Lt | annotated_types.Le):
+        elif isinstance(
+            item, annotated_types.Gt | annotated_types.Ge | annotated_types.Lt | annotated_types.Le
+        ):
             kind = type(item).__name__.lower()
             kwargs[kind] = getattr(item, kind)
         elif isinstance(item, annotated_types.MinLen | annotated_types.MaxLen):
@@ -95,19 +97,23 @@ class Derived:
             field_validators.extend((name, check) for check in validators)
             fields.append((name, field_type, info.default))
         model_validators = [
-            decorator.func for decorator in model.__pydantic_decorators__.model_validators.values()
+            decorator.func
+            for decorator in model.__pydantic_decorators__.model_validators.values()
             if decorator.info.mode == "after"
         ]
         # Fields without defaults must come first in a Struct; the wire format does not care.
         fields.sort(key=lambda field: field[2] is not PydanticUndefined)
         namespace = (
             {"__post_init__": _post_init(field_validators, model_validators)}
-            if field_validators or model_validators else {}
+            if field_validators or model_validators
+            else {}
         )
         struct = msgspec.defstruct(
             model.__name__,
-            [(name, field_type) if default is PydanticUndefined else (name, field_type, default)
-             for name, field_type, default in fields],
+            [
+                (name, field_type) if default is PydanticUndefined else (name, field_type, default)
+                for name, field_type, default in fields
+            ],
             namespace=namespace,
             forbid_unknown_fields=True,
             frozen=True,

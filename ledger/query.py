@@ -1,0 +1,40 @@
+"""Read-only SQL over the ledger, with the analyst views defined."""
+
+from importlib import resources
+
+import duckdb
+import pyarrow as pa
+
+from ledger.errors import LedgerReadOnlyError
+from ledger.ledger import Ledger
+
+# Statement types an analyst query may contain. Everything else (INSERT, COPY TO a file,
+# ATTACH, SET, CREATE ...) is refused before it runs, on top of the read-only attachment.
+_readable = {
+    duckdb.StatementType.SELECT,
+    duckdb.StatementType.EXPLAIN,
+}
+
+
+def analyst_view_statements() -> list[str]:
+    """The CREATE VIEW statements of `views.sql`, one string each."""
+    text = resources.files("ledger").joinpath("views.sql").read_text()
+    lines = [line for line in text.splitlines() if not line.lstrip().startswith("--")]
+    return [statement.strip() + ";" for statement in "\n".join(lines).split(";\n") if statement.strip()]
+
+
+def define_views(ledger: Ledger) -> None:
+    for statement in analyst_view_statements():
+        ledger.connection.execute(statement.rstrip(";"))
+
+
+def run_query(ledger: Ledger, sql: str) -> pa.Table:
+    """Run one or more read-only statements; return the last one's result as Arrow."""
+    statements = ledger.connection.extract_statements(sql)
+    for statement in statements:
+        if statement.type not in _readable:
+            raise LedgerReadOnlyError(statement.query)
+    result: pa.Table | None = None
+    for statement in statements:
+        result = ledger.connection.execute(statement).fetch_arrow_table()
+    return result if result is not None else pa.table({})

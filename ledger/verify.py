@@ -1,0 +1,99 @@
+"""Proof that the ledger is append-only and its files are the ones that were written.
+
+The snapshot history must contain only creations and inserts; no data file may ever have
+been retired or masked by a delete file; every data file listed by the catalog must exist
+with the size the catalog recorded and the SHA-256 the ledger recorded when it added it.
+"""
+
+import hashlib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ledger.connection import catalog_alias
+from ledger.ledger import Ledger
+from ledger.tables import file_tables
+
+# The only kinds of change an append-only ledger makes, as DuckLake names them.
+allowed_changes = {"schemas_created", "tables_created", "tables_inserted_into", "inlined_insert"}
+_hash_chunk_bytes = 8 * 1024 * 1024
+
+
+@dataclass
+class VerifyReport:
+    """What `verify` checked and every problem it found."""
+
+    snapshots: int = 0
+    files: int = 0
+    bytes_checked: int = 0
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+def verify(ledger: Ledger) -> VerifyReport:
+    report = VerifyReport()
+    connection = ledger.connection
+    metadata = f"__ducklake_metadata_{catalog_alias}"
+    for snapshot_id, changes in connection.execute(
+        f"SELECT snapshot_id, changes FROM {catalog_alias}.snapshots() ORDER BY snapshot_id"
+    ).fetchall():
+        report.snapshots += 1
+        for kind, subjects in (changes or {}).items():
+            if kind not in allowed_changes:
+                report.problems.append(
+                    f"snapshot {snapshot_id} made a change of kind `{kind}` ({subjects}); "
+                    "an append-only ledger only creates and inserts"
+                )
+    (delete_files,) = connection.execute(f"SELECT count(*) FROM {metadata}.ducklake_delete_file").fetchone()
+    if delete_files:
+        report.problems.append(
+            f"the catalog lists {delete_files} delete file(s): rows were deleted or updated"
+        )
+    for path, end_snapshot in connection.execute(
+        f"SELECT path, end_snapshot FROM {metadata}.ducklake_data_file WHERE end_snapshot IS NOT NULL"
+    ).fetchall():
+        report.problems.append(
+            f"data file `{path}` was retired at snapshot {end_snapshot}: rows were removed"
+        )
+    checksums = {
+        path: (size_bytes, sha256)
+        for path, size_bytes, sha256 in connection.execute(
+            f"SELECT path, size_bytes, sha256 FROM {catalog_alias}.main.file_checksum"
+        ).fetchall()
+    }
+    data_path = ledger.location.data_path
+    for table in file_tables:
+        for path, size_bytes in connection.execute(
+            "SELECT data_file, data_file_size_bytes FROM ducklake_list_files(?, ?)", [catalog_alias, table]
+        ).fetchall():
+            report.files += 1
+            _check_file(report, path, size_bytes, checksums.get(path.removeprefix(data_path)))
+    return report
+
+
+def _check_file(report: VerifyReport, path: str, size_bytes: int, recorded: tuple[int, str] | None) -> None:
+    file = Path(path)
+    if not file.is_file():
+        report.problems.append(f"data file `{path}` is missing")
+        return
+    actual_size = file.stat().st_size
+    if actual_size != size_bytes:
+        report.problems.append(
+            f"data file `{path}` is {actual_size} bytes; the catalog recorded {size_bytes}"
+        )
+        return
+    if recorded is None:
+        report.problems.append(f"data file `{path}` has no recorded checksum: it was not added by an append")
+        return
+    digest = hashlib.sha256()
+    with file.open("rb") as handle:
+        while chunk := handle.read(_hash_chunk_bytes):
+            digest.update(chunk)
+    report.bytes_checked += actual_size
+    if digest.hexdigest() != recorded[1]:
+        report.problems.append(
+            f"data file `{path}` has SHA-256 {digest.hexdigest()}, but {recorded[1]} was recorded when it was "
+            "added: its contents changed"
+        )

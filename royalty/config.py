@@ -1,0 +1,97 @@
+"""Configuration: defaults, then a TOML file, then environment variables, then flags.
+
+Every setting has a default and a one-line description. The TOML file is `royalty.toml`
+in the working directory, or the file named by `--config` / `ROYALTY_CONFIG`; environment
+variables are `ROYALTY_<NAME>` in upper case; a flag given on the command line wins.
+"""
+
+import os
+import tomllib
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any, get_type_hints
+
+from schemas.errors import RoyaltyError
+
+config_file_default = "royalty.toml"
+env_prefix = "ROYALTY_"
+
+
+class ConfigError(RoyaltyError):
+    """A setting is missing or malformed."""
+
+
+def _setting(default: Any, description: str) -> Any:
+    return field(default=default, metadata={"description": description})
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Every setting of the `royalty` commands."""
+
+    lake: str = _setting(
+        "./lake", "Ledger location: a directory (embedded SQLite catalog) or a PostgreSQL URL."
+    )
+    data_path: str | None = _setting(None, "Folder of the ledger's Parquet files (required with PostgreSQL).")
+    bootstrap_servers: str = _setting("127.0.0.1:9092", "Kafka bootstrap servers, HOST:PORT[,HOST:PORT...].")
+    topics: tuple[str, ...] = _setting(("inference-events",), "Kafka topics to ingest.")
+    group_id: str | None = _setting(None, "Kafka consumer group; unset: one process assigns all partitions.")
+    asset: str = _setting("USDC", "The one asset fees are accepted in; other assets become dead letters.")
+    batch_records_max: int = _setting(50_000, "Most messages in one ledger append.")
+    batch_latency_ms_max: int = _setting(1_000, "Longest a message waits before its batch is appended.")
+    metrics_port: int | None = _setting(None, "Port of the Prometheus metrics endpoint; unset: none.")
+    dead_letter_topic: str | None = _setting(None, "Kafka topic dead letters are also forwarded to.")
+    log_format: str = _setting("json", "Log format: json (structured) or text.")
+
+    @classmethod
+    def descriptions(cls) -> dict[str, str]:
+        return {item.name: item.metadata["description"] for item in fields(cls)}
+
+
+def load_settings(flags: dict[str, Any] | None = None, config_path: str | None = None) -> Settings:
+    """Settings from the defaults, the TOML file, the environment and `flags` (None = not given)."""
+    settings = Settings()
+    path = config_path or os.environ.get(env_prefix + "CONFIG")
+    if path is not None and not Path(path).is_file():
+        raise ConfigError(f"configuration file `{path}` does not exist (from --config or {env_prefix}CONFIG)")
+    path = path or (config_file_default if Path(config_file_default).is_file() else None)
+    if path is not None:
+        with open(path, "rb") as handle:
+            try:
+                table = tomllib.load(handle)
+            except tomllib.TOMLDecodeError as error:
+                raise ConfigError(f"configuration file `{path}` is not valid TOML: {error}") from error
+        settings = _apply(settings, table, f"file `{path}`")
+    environment = {
+        item.name: os.environ[env_prefix + item.name.upper()]
+        for item in fields(Settings)
+        if env_prefix + item.name.upper() in os.environ
+    }
+    settings = _apply(settings, environment, "environment")
+    return _apply(settings, {k: v for k, v in (flags or {}).items() if v is not None}, "flags")
+
+
+def _apply(settings: Settings, values: dict[str, Any], origin: str) -> Settings:
+    hints = get_type_hints(Settings)
+    changes = {}
+    for name, value in values.items():
+        key = name.replace("-", "_")
+        if key not in hints:
+            known = ", ".join(sorted(hints))
+            raise ConfigError(f"unknown setting `{name}` in {origin}; known settings: {known}")
+        changes[key] = _coerce(key, hints[key], value, origin)
+    return replace(settings, **changes)
+
+
+def _coerce(name: str, hint: Any, value: Any, origin: str) -> Any:
+    text = str(hint)
+    try:
+        if "tuple" in text:
+            if isinstance(value, str):
+                return tuple(part.strip() for part in value.split(",") if part.strip())
+            return tuple(str(item) for item in value)
+        if "int" in text:
+            return None if value in ("", None) else int(value)
+        return None if value == "" and "None" in text else str(value)
+    except (TypeError, ValueError) as error:
+        raise ConfigError(f"setting `{name}` from {origin} is {value!r}, not a valid {text}") from error
