@@ -13,7 +13,7 @@ import random
 import time
 import uuid
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -346,10 +346,8 @@ class Ledger:
         try:
             yield
         except BaseException:
-            try:
+            with suppress(duckdb.Error):
                 self.connection.execute("ROLLBACK")
-            except duckdb.Error:
-                pass
             raise
         self.connection.execute("COMMIT")
 

@@ -94,6 +94,6 @@ def _check_file(report: VerifyReport, path: str, size_bytes: int, recorded: tupl
     report.bytes_checked += actual_size
     if digest.hexdigest() != recorded[1]:
         report.problems.append(
-            f"data file `{path}` has SHA-256 {digest.hexdigest()}, but {recorded[1]} was recorded when it was "
-            "added: its contents changed"
+            f"data file `{path}` has SHA-256 {digest.hexdigest()}, but {recorded[1]} was recorded "
+            "when it was added: its contents changed"
         )

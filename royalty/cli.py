@@ -104,7 +104,8 @@ def verify(
         stdout.file.write(json.dumps({**vars(report), "ok": report.ok}) + "\n")
     else:
         stdout.print(
-            f"checked {report.snapshots} snapshots and {report.files} data files ({report.bytes_checked} bytes)"
+            f"checked {report.snapshots} snapshots and {report.files} data files "
+            f"({report.bytes_checked} bytes)"
         )
         for problem in report.problems:
             stderr.print(f"[bold red]problem:[/] {problem}", highlight=False)
