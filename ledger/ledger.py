@@ -12,7 +12,7 @@ import os
 import random
 import time
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -27,7 +27,7 @@ from ledger import constants
 from ledger.batch import IngestBatch, PartitionOffsets, dead_letter_rows
 from ledger.connection import LedgerLocation, catalog_alias, connect
 from ledger.errors import LedgerBusyError, LedgerError, LedgerNotFoundError, LedgerOffsetsFencedError
-from ledger.tables import all_tables, create_statements, file_tables, inlining_statements
+from ledger.tables import all_tables, create_statements, file_tables, inlined_tables, inlining_statements
 from schemas.arrow import envelope_fields, position_fields
 from schemas.events import event_types
 
@@ -148,18 +148,13 @@ class Ledger:
                     )
                 if dead_letters.num_rows:
                     written.append(self._write_file("dead_letter", dead_letters, ingest_batch_id, None))
-                for file in written:
-                    self.connection.execute(
-                        "CALL ducklake_add_data_files(?, ?, ?)",
-                        [catalog_alias, file.table, file.absolute_path],
-                    )
+                self._add_files(written, ingest_batch_id)
                 events = sum(rows.num_rows for rows in kept.values())
                 self._insert_bookkeeping(
                     batch,
                     offsets,
                     writer,
                     ingest_batch_id,
-                    written,
                     events,
                     duplicates,
                     dead_letters.num_rows,
@@ -182,7 +177,8 @@ class Ledger:
     ) -> tuple[dict[str, pa.Table], int, list[tuple[int, str, str | None]]]:
         """Drop exact duplicates (in the batch and against the ledger); report conflicting ones.
 
-        An event's duplicates share its event time, so only the batch's event dates are read.
+        An event's duplicates share its event time, so only files whose event times overlap the
+        batch's (by the catalog's column statistics) in the batch's event dates are read.
         """
         kept: dict[str, pa.Table] = {}
         duplicates = 0
@@ -204,6 +200,8 @@ class Ledger:
                     stored AS (
                         SELECT {", ".join(content)} FROM {catalog_alias}.main.{table_name}
                         WHERE event_date IN (SELECT DISTINCT event_date FROM batch_rows)
+                          AND event_time BETWEEN (SELECT min(event_time) FROM batch_rows)
+                                             AND (SELECT max(event_time) FROM batch_rows)
                           AND event_id IN (SELECT event_id FROM batch_rows)
                     )
                     SELECT b.message_index,
@@ -296,7 +294,6 @@ class Ledger:
         offsets: Sequence[PartitionOffsets],
         writer: str,
         ingest_batch_id: str,
-        written: list[_FileToAdd],
         events: int,
         duplicates: int,
         dead_letters: int,
@@ -307,15 +304,66 @@ class Ledger:
                 f"INSERT INTO {catalog_alias}.main.ingest_offset VALUES (?, ?, ?, ?, ?)",
                 [[o.topic, o.partition, o.first_offset, o.next_offset, ingest_batch_id] for o in offsets],
             )
-        if written:
-            execute(
-                f"INSERT INTO {catalog_alias}.main.file_checksum VALUES (?, ?, ?, ?, ?)",
-                [[f.relative_path, f.table, f.size_bytes, f.sha256, ingest_batch_id] for f in written],
-            )
         self.connection.execute(
             f"INSERT INTO {catalog_alias}.main.ingest_batch VALUES (?, ?, ?, ?, ?, ?, ?)",
             [ingest_batch_id, datetime.now(UTC), writer, len(batch), events, duplicates, dead_letters],
         )
+
+    def append_records(
+        self,
+        rows_by_table: dict[str, pa.Table],
+        precondition: Callable[[duckdb.DuckDBPyConnection], None] | None = None,
+    ) -> int:
+        """Append rows to registered tables in one transaction; return the new snapshot id.
+
+        `precondition(connection)` runs first inside the transaction and aborts it by raising
+        (e.g. "epoch 7 is already closed"); it sees the ledger as of the transaction's start.
+        Rows of file tables become checksummed Parquet files; rows of inlined tables are
+        inserted into the catalog. Tables must be declared with `ledger.tables.register_table`.
+        """
+        assert not self.read_only, "append on a read-only ledger"
+        self._retrying(self._create_tables, "create tables")
+        records_batch_id = uuid.uuid4().hex
+
+        def once() -> int:
+            written: list[_FileToAdd] = []
+            with self._transaction():
+                if precondition is not None:
+                    precondition(self.connection)
+                try:
+                    for table_name, rows in rows_by_table.items():
+                        if table_name in inlined_tables:
+                            self._insert_inlined(table_name, rows)
+                        elif rows.num_rows:
+                            written.append(self._write_file(table_name, rows, records_batch_id, None))
+                    self._add_files(written, records_batch_id)
+                except BaseException:
+                    _remove_files(written)
+                    raise
+            return self._last_committed_snapshot()
+
+        return self._retrying(once, "append records")
+
+    def _insert_inlined(self, table_name: str, rows: pa.Table) -> None:
+        self.connection.register("inlined_rows", rows.cast(inlined_tables[table_name]))
+        try:
+            self.connection.execute(
+                f"INSERT INTO {catalog_alias}.main.{table_name} SELECT * FROM inlined_rows"
+            )
+        finally:
+            self.connection.unregister("inlined_rows")
+
+    def _add_files(self, written: list[_FileToAdd], batch_id: str) -> None:
+        """Register written files with DuckLake and record their checksums, in the caller's transaction."""
+        for file in written:
+            self.connection.execute(
+                "CALL ducklake_add_data_files(?, ?, ?)", [catalog_alias, file.table, file.absolute_path]
+            )
+        if written:
+            self.connection.executemany(
+                f"INSERT INTO {catalog_alias}.main.file_checksum VALUES (?, ?, ?, ?, ?)",
+                [[f.relative_path, f.table, f.size_bytes, f.sha256, batch_id] for f in written],
+            )
 
     def _last_committed_snapshot(self) -> int:
         row = self.connection.execute(

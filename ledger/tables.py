@@ -66,6 +66,20 @@ inlined_tables: dict[str, pa.Schema] = {
 all_tables: dict[str, pa.Schema] = {**file_tables, **inlined_tables}
 
 
+def register_table(name: str, schema: pa.Schema, inlined: bool = False) -> None:
+    """Declare a further append-only table (e.g. the settlement's), created on the next open.
+
+    A file table's rows are Parquet files with recorded checksums; an inlined table's rows
+    live in the catalog and suit a few small rows per transaction.
+    """
+    existing = all_tables.get(name)
+    assert existing is None or existing.equals(schema), (
+        f"table `{name}` registered twice with different schemas"
+    )
+    (inlined_tables if inlined else file_tables)[name] = schema
+    all_tables[name] = schema
+
+
 def duckdb_type(arrow_type: pa.DataType) -> str:
     """The DuckDB column type of an Arrow type used in the ledger."""
     if pa.types.is_string(arrow_type):

@@ -11,7 +11,6 @@ from pathlib import Path
 
 from ledger.connection import catalog_alias
 from ledger.ledger import Ledger
-from ledger.tables import file_tables
 
 # The only kinds of change an append-only ledger makes, as DuckLake names them.
 allowed_changes = {"schemas_created", "tables_created", "tables_inserted_into", "inlined_insert"}
@@ -64,7 +63,13 @@ def verify(ledger: Ledger) -> VerifyReport:
         ).fetchall()
     }
     data_path = ledger.location.data_path
-    for table in file_tables:
+    tables = [
+        name
+        for (name,) in connection.execute(
+            "SELECT table_name FROM duckdb_tables() WHERE database_name = ? ORDER BY ALL", [catalog_alias]
+        ).fetchall()
+    ]
+    for table in tables:
         for path, size_bytes in connection.execute(
             "SELECT data_file, data_file_size_bytes FROM ducklake_list_files(?, ?)", [catalog_alias, table]
         ).fetchall():
