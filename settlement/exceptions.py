@@ -14,6 +14,8 @@ class MerkleTreeError(SettlementError):
     the input; both are `None` when the input as a whole is at fault.
     """
 
+    transient = False
+
     def __init__(self, reason: str, account: object = None, index: int | None = None) -> None:
         self.reason = reason
         self.account = account
@@ -24,6 +26,8 @@ class MerkleTreeError(SettlementError):
 
 class ContractArtifactError(SettlementError):
     """A committed contract artifact is missing or does not have the expected shape."""
+
+    transient = False
 
     def __init__(self, reason: str, contract_name: str) -> None:
         self.reason = reason
