@@ -1,10 +1,12 @@
-"""A real anvil (Foundry's EVM node, from the npm package `@foundry-rs/anvil`) for contract tests.
+"""A real anvil (Foundry's EVM node, from the npm registry) for contract tests.
 
-`npm ci` in `contracts/` installs the platform's binary at
-`contracts/node_modules/@foundry-rs/anvil-<os>-<arch>/bin/anvil` (the `anvil` wrapper in `.bin` only
-re-spawns it through node). `Anvil` runs it on a loopback port the OS picks (`--port 0`) and reads the
-port from its log. Under `CI=true` a missing `node_modules` or binary fails the run; elsewhere the
-tests that need it are skipped with the reason.
+`npm ci` in `contracts/` installs the binary at
+`contracts/node_modules/@foundry-rs/anvil-<os>-<arch>/bin/anvil`. contracts/package.json names the
+linux-x64 package directly, not the `@foundry-rs/anvil` wrapper: the reachable registry serves no other
+platform's package, and `npm ci` rejects a lock file that lacks the wrapper's optional ones. `Anvil`
+runs the binary on a loopback port the OS picks (`--port 0`) and reads the port from its log. Under
+`CI=true` a missing `node_modules` or binary fails the run; elsewhere the tests that need it are
+skipped with the reason.
 """
 
 from __future__ import annotations
