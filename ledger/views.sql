@@ -5,7 +5,7 @@
 
 -- One row per accepted paid inference call, deduplicated by event id at ingest.
 CREATE OR REPLACE TEMP VIEW inference_events AS
-SELECT event_id, event_time, model_id, payer, compute_provider, input_tokens, output_tokens,
+SELECT event_id, event_time, model_id, request_id, payer, compute_provider, input_tokens, output_tokens,
        fee_micros, asset, event_date, source, kafka_topic, kafka_partition, kafka_offset, ingest_batch_id
 FROM lake.main.inference_metered;
 

@@ -1,0 +1,115 @@
+"""Appending to the ledger: round trip to SQL, duplicates, dead letters and offsets."""
+
+import json
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from ingest.sample import SampleTraffic, conflicting_duplicate
+from ledger import Ledger, LedgerOffsetsFencedError, LedgerReadOnlyError, define_views, run_query
+from tests.ledger.helpers import batch_of
+from tests.strategies import encode, utc, valid_event
+
+_views = {
+    "ai.inference.metered.v1": "inference_events",
+    "ai.inference.reversed.v1": "reversals",
+    "ai.contributor.registered.v1": "contributor_registrations",
+    "ai.model.registered.v1": "model_registrations",
+    "ai.split-policy.set.v1": "split_policies",
+}
+
+
+@settings(max_examples=15)
+@given(events=st.lists(valid_event(), min_size=1, max_size=12, unique_by=lambda e: e["id"]))
+def test_valid_events_round_trip_json_arrow_ledger_sql_unchanged(tmp_path_factory, events) -> None:
+    """Generated events of every type, appended and read back through the analyst views, equal what was sent."""
+    lake = tmp_path_factory.mktemp("lake")
+    with Ledger.open(lake) as ledger:
+        batch, offsets = batch_of([encode(event) for event in events])
+        result = ledger.append(batch, offsets)
+    assert (result.events, result.duplicates, result.dead_letters) == (len(events), 0, 0)
+    with Ledger.open_read_only(lake) as reader:
+        define_views(reader)
+        stored = {
+            (view, row["event_id"]): row
+            for view in set(_views.values())
+            for row in run_query(reader, f"SELECT * FROM {view}").to_pylist()
+        }
+        assert len(stored) == len(events)
+        for event in events:
+            row = stored[(_views[event["type"]], event["id"])]
+            assert row["event_time"] == utc(event["time"])
+            assert row["source"] == event["source"]
+            for name, value in event["data"].items():
+                assert row[name] == (utc(value) if name == "effective_from" else value), name
+
+
+def test_exact_duplicates_are_dropped_and_conflicting_ones_dead_lettered(lake_dir: Path) -> None:
+    """Resending events (same and different content) across and within batches stores each id once."""
+    traffic = SampleTraffic()
+    values = list(traffic.metered(500))
+    with Ledger.open(lake_dir) as ledger:
+        first = ledger.append(*batch_of(values + [values[3]]))
+        assert (first.events, first.duplicates, first.dead_letters) == (500, 1, 0)
+        resent = values[:100] + [conflicting_duplicate(values[7])]
+        second = ledger.append(*batch_of(resent, first_offset=501))
+        assert (second.events, second.duplicates, second.dead_letters) == (0, 100, 1)
+        (count, distinct) = ledger.connection.execute(
+            "SELECT count(*), count(DISTINCT event_id) FROM lake.main.inference_metered"
+        ).fetchone()
+        assert count == distinct == 500
+        (reason, field, offset) = ledger.connection.execute(
+            "SELECT reason, error_field, kafka_offset FROM lake.main.dead_letter"
+        ).fetchone()
+        assert "conflicting duplicate" in reason and json.loads(values[7])["id"] in reason
+        assert (field, offset) == ("id", 601)
+
+
+def test_bad_messages_become_dead_letters_with_raw_bytes_and_position(lake_dir: Path) -> None:
+    """Invalid messages are stored once each with raw bytes, position and reason; good ones beside them kept."""
+    good = list(SampleTraffic().metered(10))
+    values = [*good[:5], b"\xffgarbage", good[5].replace(b'"fee_micros":', b'"fee_micros":-'), *good[5:]]
+    with Ledger.open(lake_dir) as ledger:
+        result = ledger.append(*batch_of(values, topic="events", partition=3, first_offset=40))
+        assert (result.events, result.dead_letters) == (10, 2)
+        define_views(ledger)
+        rows = run_query(ledger, "SELECT * FROM dead_letters ORDER BY kafka_offset").to_pylist()
+    assert [(r["kafka_topic"], r["kafka_partition"], r["kafka_offset"]) for r in rows] == [
+        ("events", 3, 45), ("events", 3, 46)
+    ]
+    assert rows[0]["raw"] == b"\xffgarbage" and "not UTF-8" in rows[0]["reason"]
+    assert rows[1]["error_field"] == "data.fee_micros" and rows[1]["event_id"] == json.loads(good[5])["id"]
+
+
+def test_offsets_are_stored_with_the_rows_and_a_stale_batch_is_fenced(lake_dir: Path) -> None:
+    """Offsets advance with each append; a batch starting before the stored offset writes nothing."""
+    values = list(SampleTraffic().metered(20))
+    with Ledger.open(lake_dir) as ledger:
+        ledger.append(*batch_of(values[:10], topic="a", partition=1, first_offset=0))
+        assert ledger.stored_offsets() == {("a", 1): 10}
+        snapshot = ledger.current_snapshot()
+        with pytest.raises(LedgerOffsetsFencedError, match="starts at 5"):
+            ledger.append(*batch_of(values[5:15], topic="a", partition=1, first_offset=5))
+        assert ledger.current_snapshot() == snapshot
+        ledger.append(*batch_of(values[10:], topic="a", partition=1, first_offset=10))
+        assert ledger.stored_offsets() == {("a", 1): 20}
+
+
+def test_reader_refuses_every_kind_of_write(lake_dir: Path) -> None:
+    """Writes through `run_query` fail with a clear error before they run, whatever the statement."""
+    with Ledger.open(lake_dir) as ledger:
+        ledger.append(*batch_of(list(SampleTraffic().metered(3))))
+    with Ledger.open_read_only(lake_dir) as reader:
+        define_views(reader)
+        for statement in [
+            "DELETE FROM lake.main.inference_metered",
+            "INSERT INTO lake.main.ingest_offset VALUES ('x', 0, 0, 1, 'b')",
+            "UPDATE lake.main.dead_letter SET reason = 'x'",
+            "COPY (SELECT 1) TO 'out.csv'",
+            "SELECT 1; DROP TABLE lake.main.inference_metered",
+        ]:
+            with pytest.raises(LedgerReadOnlyError, match="read-only"):
+                run_query(reader, statement)
+        assert run_query(reader, "SELECT count(*) AS n FROM inference_events").to_pylist() == [{"n": 3}]
