@@ -47,3 +47,29 @@ GROUP BY ALL;
 CREATE OR REPLACE TEMP VIEW ingest_batches AS
 SELECT ingest_batch_id, committed_at, writer, messages, events, duplicates, dead_letters
 FROM lake.main.ingest_batch;
+
+-- One row per closed settlement epoch: the snapshot range it settled and its totals (micros).
+-- suspense_micros is what suspense holds after the epoch; receivable_micros what recipients owe back.
+CREATE OR REPLACE TEMP VIEW epochs AS
+SELECT epoch, closing_snapshot, event_count, fee_micros, suspense_micros, previous_snapshot, closed_at,
+       reversal_count, reversed_micros, dead_letter_count, suspended_micros, released_micros,
+       payable_micros, receivable_micros, group_count
+FROM lake.main.settlement_epoch;
+
+-- Double-entry postings: positive amounts are debits, negative credits; each entry sums to zero.
+CREATE OR REPLACE TEMP VIEW postings AS
+SELECT epoch, entry_id, account, amount_micros, entry_kind, model_id, policy_id
+FROM lake.main.settlement_posting;
+
+-- Per epoch and recipient (a contributor id): what became payable and the cumulative payable,
+-- which never decreases; receivable_micros is owed back after reversals and netted later.
+CREATE OR REPLACE TEMP VIEW payables AS
+SELECT epoch, recipient, amount_micros, cumulative_micros, credited_micros, earned_micros,
+       receivable_micros, payout_address
+FROM lake.main.settlement_payable;
+
+-- Every account's balance over all closed epochs (debits positive, credits negative).
+CREATE OR REPLACE TEMP VIEW balances AS
+SELECT account, sum(amount_micros)::BIGINT AS balance_micros, count(*) AS postings, max(epoch) AS last_epoch
+FROM lake.main.settlement_posting
+GROUP BY account;

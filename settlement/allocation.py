@@ -1,0 +1,50 @@
+"""Exact, deterministic largest-remainder allocation of integer totals over ppm shares.
+
+Each part first gets the floor of its exact share; the units left over (fewer than the number
+of parts) go one each to the parts with the largest remainders, ties to the smaller recipient
+id. A negative total is allocated as its absolute value and negated, so a reversal takes back
+exactly what the same total would have paid. Products use Int128: a fee sum times a ppm share
+passes int64 long before a real epoch does.
+"""
+
+import polars as pl
+
+from settlement.constants import ppm_total
+
+_i128 = pl.Int128
+
+
+def allocate(parts: pl.DataFrame, key: str = "allocation_id") -> pl.DataFrame:
+    """Allocate `total_micros` of each `key` over its rows' `share_ppm`; add `amount_micros` (Int128).
+
+    `parts` has one row per (key, recipient) with `total_micros` repeated on every row of the key,
+    and shares of a key summing to `ppm_total`. Rows come back sorted by (key, recipient).
+    """
+    if parts.is_empty():
+        return parts.with_columns(amount_micros=pl.lit(0, _i128)).clear()
+    total = pl.col("total_micros").cast(_i128)
+    product = total.abs() * pl.col("share_ppm").cast(_i128)
+    ranked = (
+        parts.with_columns(
+            _floor=product // pl.lit(ppm_total, _i128),
+            _remainder=product % pl.lit(ppm_total, _i128),
+        )
+        .sort([key, "_remainder", "recipient"], descending=[False, True, False])
+        .with_columns(
+            _rank=pl.int_range(pl.len(), dtype=pl.Int64).over(key),
+            _left=total.abs() - pl.col("_floor").sum().over(key),
+        )
+    )
+    allocated = ranked.with_columns(
+        amount_micros=(pl.col("_floor") + (pl.col("_rank") < pl.col("_left")).cast(_i128))
+        * total.sign().cast(_i128)
+    ).drop("_floor", "_remainder", "_rank", "_left")
+    check = allocated.group_by(key).agg(
+        pl.col("share_ppm").sum().alias("ppm"),
+        (pl.col("amount_micros").sum() - pl.col("total_micros").first().cast(_i128)).alias("lost"),
+    )
+    assert check["ppm"].eq(ppm_total).all(), (
+        f"shares do not sum to {ppm_total}: {check.filter(pl.col('ppm') != ppm_total)}"
+    )
+    assert check["lost"].eq(0).all(), "an allocation's parts do not sum to its total"
+    return allocated.sort([key, "recipient"])

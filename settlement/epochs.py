@@ -1,0 +1,259 @@
+"""Closing one epoch, as a pure function of what the ledger holds (rules 1, 6, 7 and 9).
+
+`plan_epoch` takes the epoch's new events, the registry as known at the closing snapshot and the
+settlement's own state, and returns every row the epoch appends. `ledger_io.close_epoch` reads
+those inputs from the ledger and writes the plan in one transaction.
+"""
+
+from dataclasses import dataclass, field
+
+import polars as pl
+
+from settlement import reversals as rev
+from settlement.policies import Resolution, resolve
+from settlement.postings import build_payables, build_postings
+from settlement.splits import Routed, event_columns, route, split
+
+_i128 = pl.Int128
+
+
+@dataclass
+class PriorState:
+    """What earlier epochs left: open suspense, reversals done, releases and cumulative payables."""
+
+    epoch: int = 0
+    closing_snapshot: int = 0
+    epoch_closings: dict[int, int] = field(default_factory=dict)
+    held: pl.DataFrame = field(default_factory=lambda: pl.DataFrame(schema=held_schema))
+    reversed_ids: set[str] = field(default_factory=set)
+    released: dict[str, int] = field(default_factory=dict)  # event id -> epoch it was released in
+    payables: pl.DataFrame = field(
+        default_factory=lambda: pl.DataFrame(
+            schema={"recipient": pl.String, "earned_micros": pl.Int64, "cumulative_micros": pl.Int64}
+        )
+    )
+
+
+@dataclass
+class EpochInputs:
+    """The ledger as seen by the epoch closing at `closing_snapshot`."""
+
+    closing_snapshot: int
+    new_events: pl.LazyFrame  # event_columns, deduplicated by event id
+    reversals: pl.DataFrame  # event_id, event_time, original_event_id
+    originals: pl.DataFrame  # event_columns + arrival_snapshot of the metered events reversals name
+    models: pl.DataFrame  # model_registered rows + known_snapshot
+    policies: pl.DataFrame  # split_policy_set rows + known_snapshot
+    addresses: pl.DataFrame  # contributor_id, payout_address (in force at the closing snapshot)
+
+
+@dataclass
+class EpochPlan:
+    """Every row one epoch appends, and the figures of its summary."""
+
+    epoch: int
+    previous_snapshot: int
+    closing_snapshot: int
+    event_count: int
+    fee_micros: int
+    reversal_count: int
+    reversed_micros: int
+    dead_letter_count: int
+    suspended_micros: int
+    released_micros: int
+    suspense_micros: int
+    payable_micros: int
+    receivable_micros: int
+    group_count: int
+    postings: pl.DataFrame
+    payables: pl.DataFrame
+    suspense_items: pl.DataFrame
+    suspense_releases: pl.DataFrame
+    reversals: pl.DataFrame  # classified, with reasons
+    problems: list[str]
+
+    @property
+    def noop(self) -> bool:
+        return self.event_count == 0 and self.reversal_count == 0 and self.suspense_releases.is_empty()
+
+
+held_schema = {
+    **dict.fromkeys(event_columns, pl.String),
+    "event_time": pl.Datetime("us", "UTC"),
+    "fee_micros": pl.Int64,
+    "epoch": pl.Int64,
+}
+
+
+def _sum(frame: pl.DataFrame, column: str = "fee_micros") -> int:
+    return int(frame[column].cast(_i128).sum() or 0) if frame.height else 0
+
+
+def plan_epoch(inputs: EpochInputs, prior: PriorState) -> EpochPlan:
+    """Compute epoch `prior.epoch + 1`: splits, suspense, reversals, postings and payables."""
+    epoch = prior.epoch + 1
+    closing = inputs.closing_snapshot
+    assert closing >= prior.closing_snapshot, "an epoch cannot close before the previous one"
+    resolutions: dict[int, Resolution] = {closing: resolve(inputs.models, inputs.policies, closing)}
+    classified = rev.classify(
+        inputs.reversals,
+        inputs.originals,
+        set(prior.held["event_id"].to_list()),
+        prior.reversed_ids,
+        prior.released,
+        prior.epoch_closings,
+        prior.closing_snapshot,
+    )
+    valid = classified.filter(pl.col("outcome") != rev.dead_letter)
+    cancelled_ids = valid.filter(pl.col("outcome") == rev.cancelled)["original_event_id"]
+    new_kept = inputs.new_events.filter(~pl.col("event_id").is_in(cancelled_ids.implode()))
+    held = prior.held.filter(~pl.col("event_id").is_in(cancelled_ids.implode()))
+    cancelled_held = prior.held.filter(pl.col("event_id").is_in(cancelled_ids.implode()))
+
+    routed_new = route(new_kept, resolutions[closing])
+    routed_held = route(held.select(event_columns).lazy(), resolutions[closing])
+    still_held = set(routed_held.incomplete["event_id"].to_list())
+    released = held.filter(~pl.col("event_id").is_in(list(still_held)))
+    groups = [routed_new.groups, routed_held.groups]
+    taken = valid.filter(pl.col("outcome") == rev.taken_back)
+    for snapshot in sorted(set(taken["settled_snapshot"].to_list())):
+        if snapshot not in resolutions:
+            resolutions[snapshot] = resolve(inputs.models, inputs.policies, snapshot)
+        routed: Routed = route(
+            taken.filter(pl.col("settled_snapshot") == snapshot).select(event_columns).lazy(),
+            resolutions[snapshot],
+        )
+        assert routed.incomplete.is_empty(), (
+            "a settled event's route must still be complete as of its snapshot"
+        )
+        groups.append(routed.groups)
+    merged = _merge_resolutions(list(resolutions.values()))
+    the_split = split(pl.concat(groups), merged)
+
+    billed = pl.concat(
+        [
+            inputs.new_events.select("payer", "model_id", "fee_micros").collect(),
+            valid.select("payer", "model_id", "fee_micros"),
+        ]
+    )
+    suspended = routed_new.incomplete
+    postings = build_postings(epoch, billed, suspended, released, cancelled_held, the_split)
+    payables = build_payables(epoch, the_split.credits, prior.payables, inputs.addresses)
+
+    prior_receivable = _sum(
+        prior.payables.with_columns(
+            r=pl.col("cumulative_micros").cast(_i128) - pl.col("earned_micros").cast(_i128)
+        ),
+        "r",
+    )
+    touched = set(payables["recipient"].to_list())
+    untouched = prior.payables.filter(~pl.col("recipient").is_in(list(touched)))
+    receivable = _sum(payables, "receivable_micros") + _sum(
+        untouched.with_columns(
+            r=pl.col("cumulative_micros").cast(_i128) - pl.col("earned_micros").cast(_i128)
+        ),
+        "r",
+    )
+    new_fees = _sum(inputs.new_events.select("fee_micros").collect())
+    event_count = inputs.new_events.select(pl.len()).collect().item()
+    suspended_micros, released_micros, cancelled_micros = (
+        _sum(suspended),
+        _sum(released),
+        _sum(cancelled_held),
+    )
+    suspense_before = _sum(prior.held)
+    suspense_after = suspense_before + suspended_micros - released_micros - cancelled_micros
+    payable = _sum(payables, "amount_micros")
+    reversed_micros = -_sum(valid)
+    # Conservation: what the epoch billed is what it made payable, plus what suspense now holds
+    # more, minus what recipients now owe back more.
+    assert (
+        payable + (suspense_after - suspense_before) - (receivable - prior_receivable)
+        == new_fees - reversed_micros
+    )
+    assert _sum(postings, "amount_micros") == 0
+
+    suspense_items = suspended.with_columns(epoch=pl.lit(epoch, pl.Int64)).select(
+        "epoch", "event_id", "event_time", "model_id", "payer", "compute_provider", "fee_micros"
+    )
+    releases = pl.concat(
+        [
+            released.select(
+                pl.lit(epoch, pl.Int64).alias("epoch"), "event_id", pl.lit("split").alias("outcome")
+            ),
+            cancelled_held.select(
+                pl.lit(epoch, pl.Int64).alias("epoch"), "event_id", pl.lit("reversed").alias("outcome")
+            ),
+        ]
+    ).sort("event_id")
+    problems = [p for resolution in resolutions.values() for p in resolution.problems]
+    return EpochPlan(
+        epoch=epoch,
+        previous_snapshot=prior.closing_snapshot,
+        closing_snapshot=closing,
+        event_count=event_count,
+        fee_micros=new_fees,
+        reversal_count=classified.height,
+        reversed_micros=reversed_micros,
+        dead_letter_count=classified.height - valid.height,
+        suspended_micros=suspended_micros,
+        released_micros=released_micros,
+        suspense_micros=suspense_after,
+        payable_micros=payable,
+        receivable_micros=receivable,
+        group_count=the_split.cuts["allocation_id"].n_unique() + the_split.pools["allocation_id"].n_unique(),
+        postings=postings,
+        payables=payables,
+        suspense_items=suspense_items.sort("event_id"),
+        suspense_releases=releases,
+        reversals=classified,
+        problems=sorted(set(problems)),
+    )
+
+
+def advance(prior: PriorState, plan: EpochPlan) -> PriorState:
+    """The state after `plan` is written: what the next epoch sees (used by in-memory drivers)."""
+    released = dict(prior.released)
+    released.update(
+        {e: plan.epoch for e in plan.suspense_releases.filter(pl.col("outcome") == "split")["event_id"]}
+    )
+    gone = set(plan.suspense_releases["event_id"].to_list())
+    held = (
+        pl.concat(
+            [
+                prior.held.filter(~pl.col("event_id").is_in(list(gone))),
+                plan.suspense_items.select(*event_columns, "epoch"),
+            ]
+        )
+        if plan.suspense_items.height
+        else prior.held.filter(~pl.col("event_id").is_in(list(gone)))
+    )
+    payables = pl.concat(
+        [
+            prior.payables.filter(~pl.col("recipient").is_in(plan.payables["recipient"].implode())),
+            plan.payables.select("recipient", "earned_micros", "cumulative_micros"),
+        ]
+    ).sort("recipient")
+    reversed_ids = prior.reversed_ids | set(
+        plan.reversals.filter(pl.col("outcome") != rev.dead_letter)["original_event_id"].to_list()
+    )
+    return PriorState(
+        epoch=plan.epoch,
+        closing_snapshot=plan.closing_snapshot,
+        epoch_closings={**prior.epoch_closings, plan.epoch: plan.closing_snapshot},
+        held=held.select(list(held_schema)),
+        reversed_ids=reversed_ids,
+        released=released,
+        payables=payables,
+    )
+
+
+def _merge_resolutions(resolutions: list[Resolution]) -> Resolution:
+    """Pools of several snapshots' registries: a pool id names the same policies in every one."""
+    return Resolution(
+        pl.concat([r.segments for r in resolutions]),
+        pl.concat([r.pools for r in resolutions]).unique("pool_id").sort("pool_id"),
+        pl.concat([r.pool_shares for r in resolutions])
+        .unique(["pool_id", "recipient"])
+        .sort(["pool_id", "recipient"]),
+    )

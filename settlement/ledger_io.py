@@ -1,0 +1,241 @@
+"""Reading an epoch's inputs from the ledger, and writing its plan in one transaction.
+
+New events are the rows of data files the catalog added after the previous closing snapshot, up
+to and including the closing one, scanned lazily with polars. The registry and the settlement's
+own tables are small and read through DuckDB.
+"""
+
+import hashlib
+import json
+from collections.abc import Callable
+from datetime import UTC, datetime
+
+import duckdb
+import polars as pl
+import pyarrow as pa
+
+from ledger.connection import catalog_alias
+from ledger.ledger import Ledger
+from ledger.tables import dead_letter_schema, file_tables
+from settlement import reversals as rev
+from settlement import tables
+from settlement.epochs import EpochInputs, EpochPlan, PriorState, held_schema, plan_epoch
+from settlement.split_errors import EpochConflictError
+from settlement.splits import event_columns
+
+Progress = Callable[[str, int, int], None]  # (step name, steps done, steps total)
+_steps = ["read state", "read registry", "scan events", "split", "write"]
+_metadata = f"__ducklake_metadata_{catalog_alias}"
+
+
+def data_files(connection: duckdb.DuckDBPyConnection, table: str, snapshot: int) -> pl.DataFrame:
+    """The data files of `table` as of `snapshot` (absolute path, the snapshot that added each)."""
+    rows = connection.execute(
+        f"""
+        SELECT f.data_file AS path, d.begin_snapshot AS snapshot
+        FROM ducklake_list_files('{catalog_alias}', ?, snapshot_version => ?) f
+        JOIN {_metadata}.ducklake_data_file d ON f.data_file LIKE '%/' || d.path
+        JOIN {_metadata}.ducklake_table t ON t.table_id = d.table_id AND t.table_name = ?
+        WHERE d.begin_snapshot <= ?
+        ORDER BY f.data_file
+        """,
+        [table, snapshot, table, snapshot],
+    ).fetch_arrow_table()
+    return pl.from_arrow(rows).unique("path").sort("path")  # type: ignore[return-value]
+
+
+def _scan(files: pl.DataFrame, columns: list[str], schema: pa.Schema) -> pl.LazyFrame:
+    if files.is_empty():
+        return pl.from_arrow(schema.empty_table()).lazy().select(columns)  # type: ignore[union-attr]
+    return pl.scan_parquet(files["path"].to_list()).select(columns)
+
+
+def _snapshot_rows(connection: duckdb.DuckDBPyConnection, table: str, snapshot: int) -> pl.DataFrame:
+    """All rows of a small registry table as of `snapshot`, each with the snapshot that added it."""
+    files = data_files(connection, table, snapshot)
+    schema = file_tables[table]
+    if files.is_empty():
+        return pl.from_arrow(schema.empty_table()).with_columns(known_snapshot=pl.lit(0, pl.Int64))  # type: ignore
+    frames = [
+        pl.read_parquet(path).with_columns(known_snapshot=pl.lit(known, pl.Int64))
+        for path, known in files.iter_rows()
+    ]
+    return pl.concat(frames)
+
+
+def _query(connection: duckdb.DuckDBPyConnection, sql: str) -> pl.DataFrame:
+    return pl.from_arrow(connection.execute(sql).fetch_arrow_table())  # type: ignore[return-value]
+
+
+def read_prior(connection: duckdb.DuckDBPyConnection) -> PriorState:
+    """The settlement state the ledger holds now."""
+    t = f"{catalog_alias}.main"
+    closings = dict(
+        connection.execute(f"SELECT epoch, closing_snapshot FROM {t}.settlement_epoch").fetchall()
+    )
+    if not closings:
+        return PriorState()
+    last = max(closings)
+    held = _query(
+        connection,
+        f"""SELECT i.event_id, i.event_time, i.model_id, i.payer, i.compute_provider, i.fee_micros, i.epoch
+            FROM {t}.settlement_suspense_item i
+            ANTI JOIN {t}.settlement_suspense_release r USING (event_id)""",
+    ).cast(held_schema)  # type: ignore[arg-type]
+    reversed_ids = {
+        row[0]
+        for row in connection.execute(
+            f"SELECT original_event_id FROM {t}.settlement_reversal WHERE outcome <> '{rev.dead_letter}'"
+        ).fetchall()
+    }
+    released = dict(
+        connection.execute(
+            f"SELECT event_id, epoch FROM {t}.settlement_suspense_release WHERE outcome = 'split'"
+        ).fetchall()
+    )
+    payables = _query(
+        connection,
+        f"""SELECT recipient, arg_max(earned_micros, epoch) AS earned_micros,
+                   arg_max(cumulative_micros, epoch) AS cumulative_micros
+            FROM {t}.settlement_payable GROUP BY recipient ORDER BY recipient""",
+    )
+    return PriorState(last, closings[last], closings, held, reversed_ids, released, payables)
+
+
+def read_inputs(connection: duckdb.DuckDBPyConnection, prior: PriorState, closing: int) -> EpochInputs:
+    """The epoch's new events (lazy), its reversals and their originals, and the registry at `closing`."""
+    metered_files = data_files(connection, "inference_metered", closing)
+    new_files = metered_files.filter(pl.col("snapshot") > prior.closing_snapshot)
+    metered_schema = file_tables["inference_metered"]
+    new_events = _scan(new_files, event_columns, metered_schema).unique("event_id", keep="any")
+    reversal_files = data_files(connection, "inference_reversed", closing).filter(
+        pl.col("snapshot") > prior.closing_snapshot
+    )
+    reversals = (
+        pl.concat([pl.read_parquet(p) for p in reversal_files["path"]])
+        if reversal_files.height
+        else pl.from_arrow(file_tables["inference_reversed"].empty_table())
+    ).unique("event_id", keep="first", maintain_order=True)
+    originals = pl.DataFrame(schema={**held_schema, "arrival_snapshot": pl.Int64}).drop("epoch")
+    if reversals.height:  # type: ignore[union-attr]
+        wanted = reversals["original_event_id"].unique().implode()  # type: ignore[index]
+        originals = (
+            pl.scan_parquet(metered_files["path"].to_list(), include_file_paths="path")
+            .filter(pl.col("event_id").is_in(wanted))
+            .join(metered_files.lazy(), on="path")
+            .sort(["event_id", "snapshot"])
+            .unique("event_id", keep="first")
+            .select(*event_columns, pl.col("snapshot").alias("arrival_snapshot"))
+            .collect()
+        )
+    contributors = _snapshot_rows(connection, "contributor_registered", closing)
+    addresses = (
+        contributors.sort(["event_time", "event_id"])
+        .unique("contributor_id", keep="last")
+        .select("contributor_id", "payout_address")
+    )
+    return EpochInputs(
+        closing_snapshot=closing,
+        new_events=new_events,
+        reversals=reversals,  # type: ignore[arg-type]
+        originals=originals,
+        models=_snapshot_rows(connection, "model_registered", closing),
+        policies=_snapshot_rows(connection, "split_policy_set", closing),
+        addresses=addresses,
+    )
+
+
+def plan_from_ledger(ledger: Ledger, progress: Progress | None = None) -> tuple[EpochPlan, dict]:
+    """Plan the next epoch over the ledger as it is now; return the plan and its reversal rows."""
+    step = progress or (lambda name, done, total: None)
+    step(_steps[0], 0, len(_steps))
+    prior = read_prior(ledger.connection)
+    closing = ledger.current_snapshot()
+    step(_steps[1], 1, len(_steps))
+    inputs = read_inputs(ledger.connection, prior, closing)
+    step(_steps[2], 2, len(_steps))
+    plan = plan_epoch(inputs, prior)
+    step(_steps[3], 3, len(_steps))
+    return plan, {"reversals": inputs.reversals}
+
+
+def write_plan(ledger: Ledger, plan: EpochPlan, reversal_rows: pl.DataFrame) -> int:
+    """Append the plan in one transaction, refusing if another epoch closed meanwhile."""
+    now = datetime.now(UTC)
+    epoch_row = pa.Table.from_pylist(
+        [
+            {
+                "epoch": plan.epoch,
+                "previous_snapshot": plan.previous_snapshot,
+                "closing_snapshot": plan.closing_snapshot,
+                "closed_at": now,
+                "event_count": plan.event_count,
+                "fee_micros": plan.fee_micros,
+                "reversal_count": plan.reversal_count,
+                "reversed_micros": plan.reversed_micros,
+                "dead_letter_count": plan.dead_letter_count,
+                "suspended_micros": plan.suspended_micros,
+                "released_micros": plan.released_micros,
+                "suspense_micros": plan.suspense_micros,
+                "payable_micros": plan.payable_micros,
+                "receivable_micros": plan.receivable_micros,
+                "group_count": plan.group_count,
+            }
+        ],
+        schema=tables.epoch_schema,
+    )
+    reversal_table = plan.reversals.select(
+        pl.lit(plan.epoch, pl.Int64).alias("epoch"),
+        "event_id",
+        "original_event_id",
+        "outcome",
+        pl.col("fee_micros"),
+        "settled_snapshot",
+    )
+    rows = {
+        "settlement_epoch": epoch_row,
+        "settlement_posting": _arrow(plan.postings, tables.posting_schema),
+        "settlement_payable": _arrow(plan.payables, tables.payable_schema),
+        "settlement_suspense_item": _arrow(plan.suspense_items, tables.suspense_item_schema),
+        "settlement_suspense_release": _arrow(plan.suspense_releases, tables.suspense_release_schema),
+        "settlement_reversal": _arrow(reversal_table, tables.reversal_schema),
+        "dead_letter": _dead_letters(plan, reversal_rows, now),
+    }
+
+    def still_next(connection: duckdb.DuckDBPyConnection) -> None:
+        (latest,) = connection.execute(
+            f"SELECT coalesce(max(epoch), 0) FROM {catalog_alias}.main.settlement_epoch"
+        ).fetchone()
+        if latest != plan.epoch - 1:
+            raise EpochConflictError(plan.epoch, latest)
+
+    return ledger.append_records(rows, precondition=still_next)
+
+
+def _arrow(frame: pl.DataFrame, schema: pa.Schema) -> pa.Table:
+    return frame.select(schema.names).to_arrow().cast(schema)
+
+
+def _dead_letters(plan: EpochPlan, reversal_rows: pl.DataFrame, now: datetime) -> pa.Table:
+    dead = plan.reversals.filter(pl.col("outcome") == rev.dead_letter).select("event_id", "reason")
+    source = reversal_rows.join(dead, on="event_id").sort("event_id")
+    records = []
+    for row in source.iter_rows(named=True):
+        raw = json.dumps({k: str(v) for k, v in row.items() if k != "reason"}, sort_keys=True).encode()
+        records.append(
+            {
+                "kafka_topic": row["kafka_topic"],
+                "kafka_partition": row["kafka_partition"],
+                "kafka_offset": row["kafka_offset"],
+                "ingest_batch_id": row["ingest_batch_id"],
+                "received_at": now,
+                "reason": f"settlement epoch {plan.epoch}: {row['reason']}",
+                "error_field": "data.original_event_id",
+                "event_id": row["event_id"],
+                "event_type": "ai.inference.reversed.v1",
+                "raw": raw,
+                "raw_size_bytes": len(raw),
+                "raw_sha256": hashlib.sha256(raw).hexdigest(),
+            }
+        )
+    return pa.Table.from_pylist(records, schema=dead_letter_schema)

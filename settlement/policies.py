@@ -1,0 +1,221 @@
+"""Which split applies to a fee: the registry as known at a snapshot, resolved into routes.
+
+A model registration is valid when every parent is itself validly registered (so the lineage
+graph is a DAG of registered models no deeper than `lineage_depth_max`); the first registration
+of a model id is the one in force, later ones are ignored. A policy is usable when its
+`model:<parent>` recipients are exactly the model's registered parents with their registered
+shares; a model with parents whose registration is not valid has no usable policy.
+
+For one fee of model M at time t, the *route* is the policy in force at t for M and every
+ancestor of M. It is constant between policy change points, so each model's timeline is cut
+into segments, and fees are matched to segments with one as-of join. A route is complete when
+every model on it has a usable policy in force; an incomplete route sends the fee to suspense.
+"""
+
+import hashlib
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+import polars as pl
+
+from schemas.fields import model_recipient_prefix
+from settlement.constants import key_hex_digits, lineage_depth_max, time_origin_year
+
+time_origin = datetime(time_origin_year, 1, 1, tzinfo=UTC)
+time_type = pl.Datetime("us", "UTC")
+
+
+@dataclass(frozen=True)
+class Policy:
+    policy_id: str
+    model_id: str
+    effective_from: datetime
+    compute_share_ppm: int
+    shares: tuple[tuple[str, int], ...]
+    order: tuple  # (effective_from, event_time, event_id): the later one wins at a time
+
+
+@dataclass
+class Resolution:
+    """The registry as known at one snapshot, as frames the split engine joins against."""
+
+    segments: pl.DataFrame  # model_id, segment_start, route_id, pool_id, compute_share_ppm, complete
+    pools: pl.DataFrame  # pool_id, model_id, policy_id, level
+    pool_shares: pl.DataFrame  # pool_id, recipient, share_ppm, target_pool_id (null for contributors)
+    problems: list[str] = field(default_factory=list)
+
+
+def short_key(*parts: str) -> str:
+    return hashlib.sha256("\x1f".join(parts).encode()).hexdigest()[:key_hex_digits]
+
+
+def valid_lineage(models: pl.DataFrame) -> tuple[dict[str, dict[str, int]], dict[str, int], list[str]]:
+    """Registered parents of each validly registered model, its level (longest path to a root), problems."""
+    first = models.sort(["event_time", "event_id"]).unique("model_id", keep="first", maintain_order=True)
+    parents = {
+        row["model_id"]: {p["model_id"]: p["share_ppm"] for p in row["parents"]}
+        for row in first.iter_rows(named=True)
+    }
+    level: dict[str, int] = {}
+    problems: list[str] = []
+    pending = set(parents)
+    # Each round admits the models whose parents are all admitted; a cycle or a missing parent
+    # never is. Rounds are bounded by the depth limit, so this loop is too.
+    for depth in range(lineage_depth_max + 1):
+        admitted = {m for m in pending if all(p in level for p in parents[m])}
+        for model_id in admitted:
+            level[model_id] = depth
+        pending -= admitted
+        if not admitted:
+            break
+    for model_id in sorted(pending):
+        missing = sorted(p for p in parents[model_id] if p not in parents)
+        reason = (
+            f"unregistered parents {missing}"
+            if missing
+            else "a lineage cycle or a chain past the depth limit"
+        )
+        problems.append(f"model `{model_id}` is not validly registered: {reason}")
+    return {m: parents[m] for m in level}, level, problems
+
+
+def _policies(policies: pl.DataFrame) -> dict[str, list[Policy]]:
+    by_model: dict[str, list[Policy]] = {}
+    for row in policies.iter_rows(named=True):
+        shares = tuple(sorted((s["recipient"], s["share_ppm"]) for s in row["shares"]))
+        policy = Policy(
+            row["event_id"],
+            row["model_id"],
+            row["effective_from"],
+            row["compute_share_ppm"],
+            shares,
+            (row["effective_from"], row["event_time"], row["event_id"]),
+        )
+        by_model.setdefault(policy.model_id, []).append(policy)
+    for items in by_model.values():
+        items.sort(key=lambda p: p.order)
+    return by_model
+
+
+def _usable(policy: Policy, parents: dict[str, int] | None) -> bool:
+    named = {
+        r.removeprefix(model_recipient_prefix): s
+        for r, s in policy.shares
+        if r.startswith(model_recipient_prefix)
+    }
+    if parents is None:  # an unregistered model may only pay contributors
+        return not named
+    return named == parents
+
+
+def _in_force(items: list[Policy], at: datetime) -> Policy | None:
+    chosen = None
+    for policy in items:
+        if policy.effective_from <= at:
+            chosen = policy
+    return chosen
+
+
+def resolve(models: pl.DataFrame, policies: pl.DataFrame, as_of_snapshot: int) -> Resolution:
+    """Resolve the registry as known at `as_of_snapshot` (rows with `known_snapshot` not after it)."""
+    models = models.filter(pl.col("known_snapshot") <= as_of_snapshot)
+    policies = policies.filter(pl.col("known_snapshot") <= as_of_snapshot)
+    registered_all = set(models["model_id"].to_list())
+    parents, level, problems = valid_lineage(models)
+    by_model = _policies(policies)
+
+    def lineage(model_id: str) -> dict[str, int] | None:
+        return parents.get(model_id) if model_id in registered_all else None
+
+    def closure(model_id: str) -> list[str]:
+        seen, stack = {model_id}, [model_id]
+        while stack:
+            for parent in parents.get(stack.pop(), {}):
+                if parent not in seen:
+                    seen.add(parent)
+                    stack.append(parent)
+        return sorted(seen)
+
+    segments: list[dict] = []
+    pools: dict[str, dict] = {}
+    pool_shares: list[dict] = []
+
+    def pool_of(model_id: str, vector: dict[str, Policy]) -> str:
+        members = closure(model_id)
+        pool_id = short_key(model_id, *(f"{m}={vector[m].policy_id}" for m in members))
+        if pool_id not in pools:
+            policy = vector[model_id]
+            pools[pool_id] = {
+                "pool_id": pool_id,
+                "model_id": model_id,
+                "policy_id": policy.policy_id,
+                "level": level.get(model_id, 0),
+            }
+            for recipient, share_ppm in policy.shares:
+                target = None
+                if recipient.startswith(model_recipient_prefix):
+                    target = pool_of(recipient.removeprefix(model_recipient_prefix), vector)
+                pool_shares.append(
+                    {
+                        "pool_id": pool_id,
+                        "recipient": recipient,
+                        "share_ppm": share_ppm,
+                        "target_pool_id": target,
+                    }
+                )
+        return pool_id
+
+    for model_id in sorted(set(by_model) | registered_all):
+        if model_id in registered_all and model_id not in parents:
+            continue  # not validly registered: every fee goes to suspense
+        members = closure(model_id)
+        starts = sorted({time_origin} | {p.effective_from for m in members for p in by_model.get(m, [])})
+        for start in starts:
+            vector = {m: _in_force(by_model.get(m, []), start) for m in members}
+            complete = all(p is not None and _usable(p, lineage(m)) for m, p in vector.items())
+            route_id = pool_id = None
+            compute_share_ppm = 0
+            if complete:
+                pool_id = pool_of(model_id, vector)  # type: ignore[arg-type]
+                route_id = pool_id
+                compute_share_ppm = vector[model_id].compute_share_ppm  # type: ignore[union-attr]
+            segments.append(
+                {
+                    "model_id": model_id,
+                    "segment_start": start,
+                    "route_id": route_id,
+                    "pool_id": pool_id,
+                    "compute_share_ppm": compute_share_ppm,
+                    "complete": complete,
+                }
+            )
+    for model_id, items in sorted(by_model.items()):
+        for policy in items:
+            if not _usable(policy, lineage(model_id)):
+                problems.append(
+                    f"policy `{policy.policy_id}` of model `{model_id}` is not usable: its model "
+                    "recipients must be exactly the model's registered parents and shares"
+                )
+    return Resolution(
+        pl.DataFrame(segments, schema=_segment_schema).sort(["model_id", "segment_start"]),
+        pl.DataFrame(list(pools.values()), schema=_pool_schema).sort("pool_id"),
+        pl.DataFrame(pool_shares, schema=_pool_share_schema).sort(["pool_id", "recipient"]),
+        problems,
+    )
+
+
+_segment_schema = {
+    "model_id": pl.String,
+    "segment_start": time_type,
+    "route_id": pl.String,
+    "pool_id": pl.String,
+    "compute_share_ppm": pl.Int64,
+    "complete": pl.Boolean,
+}
+_pool_schema = {"pool_id": pl.String, "model_id": pl.String, "policy_id": pl.String, "level": pl.Int64}
+_pool_share_schema = {
+    "pool_id": pl.String,
+    "recipient": pl.String,
+    "share_ppm": pl.Int64,
+    "target_pool_id": pl.String,
+}

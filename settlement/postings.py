@@ -1,0 +1,204 @@
+"""Balanced double-entry postings of an epoch, and the payables they add up to.
+
+Signs: a positive amount is a debit, a negative one a credit. `payer:<id>` is debited what it owes,
+`model:<id>` is a pass-through account (credited with its fees and inflows, debited with what it
+passes on, so it ends every epoch at zero), `contributor:<id>` is credited what it earned and
+`suspense` is credited what it holds.
+"""
+
+import polars as pl
+
+from schemas.fields import model_recipient_prefix
+from settlement.constants import amount_micros_max
+from settlement.split_errors import AmountOverflowError
+from settlement.splits import Split
+
+_i128 = pl.Int128
+contributor_prefix = "contributor:"
+suspense_account = "suspense"
+posting_columns = ["entry_id", "entry_kind", "account", "amount_micros", "model_id", "policy_id"]
+
+
+def _rows(
+    frame: pl.DataFrame,
+    entry_id: pl.Expr,
+    kind: str,
+    account: pl.Expr,
+    amount: pl.Expr,
+    model_id: pl.Expr | None = None,
+    policy_id: pl.Expr | None = None,
+) -> pl.DataFrame:
+    return frame.select(
+        entry_id.alias("entry_id"),
+        pl.lit(kind).alias("entry_kind"),
+        account.alias("account"),
+        amount.cast(_i128).alias("amount_micros"),
+        (model_id if model_id is not None else pl.lit(None, pl.String)).alias("model_id"),
+        (policy_id if policy_id is not None else pl.lit(None, pl.String)).alias("policy_id"),
+    )
+
+
+def _neg(expr: pl.Expr) -> pl.Expr:
+    return pl.lit(0, _i128) - expr.cast(_i128)
+
+
+def _model(column: str = "model_id") -> pl.Expr:
+    return pl.lit(model_recipient_prefix) + pl.col(column)
+
+
+def _recipient_account() -> pl.Expr:
+    return (
+        pl.when(pl.col("recipient").str.starts_with(model_recipient_prefix))
+        .then(pl.col("recipient"))
+        .otherwise(pl.lit(contributor_prefix) + pl.col("recipient"))
+    )
+
+
+def build_postings(
+    epoch: int,
+    billed: pl.DataFrame,
+    suspended: pl.DataFrame,
+    released: pl.DataFrame,
+    cancelled_held: pl.DataFrame,
+    split: Split,
+) -> pl.DataFrame:
+    """Every posting of the epoch, sorted, zero rows dropped; asserts each entry balances.
+
+    `billed`, `suspended`, `released` and `cancelled_held` are event rows (payer, model_id,
+    fee_micros): the fees billed (reversals negative), newly suspended, released from suspense,
+    and held ones cancelled by a reversal.
+    """
+    prefix = f"e{epoch}:"
+    parts = []
+    payer = billed.group_by("payer").agg(pl.col("fee_micros").cast(_i128).sum())
+    by_model = billed.group_by("model_id").agg(pl.col("fee_micros").cast(_i128).sum())
+    parts.append(
+        _rows(
+            payer,
+            pl.lit(prefix + "billing"),
+            "billing",
+            pl.lit("payer:") + pl.col("payer"),
+            pl.col("fee_micros"),
+        )
+    )
+    parts.append(
+        _rows(
+            by_model,
+            pl.lit(prefix + "billing"),
+            "billing",
+            _model(),
+            _neg(pl.col("fee_micros")),
+            pl.col("model_id"),
+        )
+    )
+    for kind, events, debit_model in (
+        ("suspense", suspended, True),
+        ("release", released, False),
+        ("suspense_reversal", cancelled_held, False),
+    ):
+        sums = events.group_by("model_id").agg(pl.col("fee_micros").cast(_i128).sum())
+        entry = pl.lit(prefix + kind)
+        to_model = pl.col("fee_micros") if debit_model else _neg(pl.col("fee_micros"))
+        to_suspense = _neg(pl.col("fee_micros")) if debit_model else pl.col("fee_micros")
+        parts.append(_rows(sums, entry, kind, _model(), to_model, pl.col("model_id")))
+        total = sums.select(pl.col("fee_micros").sum())
+        parts.append(_rows(total, entry, kind, pl.lit(suspense_account), to_suspense))
+    cut_entry = pl.lit(prefix + "cut:") + pl.col("allocation_id")
+    compute = split.cuts.filter(~pl.col("recipient").str.starts_with(model_recipient_prefix))
+    parts.append(
+        _rows(compute, cut_entry, "compute_cut", _model(), pl.col("amount_micros"), pl.col("model_id"))
+    )
+    parts.append(
+        _rows(
+            compute,
+            cut_entry,
+            "compute_cut",
+            pl.lit(contributor_prefix) + pl.col("recipient"),
+            _neg(pl.col("amount_micros")),
+            pl.col("model_id"),
+        )
+    )
+    pool_entry = pl.lit(prefix + "pool:") + pl.col("allocation_id")
+    pool_totals = split.pools.group_by("allocation_id", "model_id", "policy_id").agg(
+        pl.col("amount_micros").sum()
+    )
+    parts.append(
+        _rows(
+            pool_totals,
+            pool_entry,
+            "split",
+            _model(),
+            pl.col("amount_micros"),
+            pl.col("model_id"),
+            pl.col("policy_id"),
+        )
+    )
+    parts.append(
+        _rows(
+            split.pools,
+            pool_entry,
+            "split",
+            _recipient_account(),
+            _neg(pl.col("amount_micros")),
+            pl.col("model_id"),
+            pl.col("policy_id"),
+        )
+    )
+    postings = (
+        pl.concat(parts)
+        .group_by("entry_id", "entry_kind", "account", "model_id", "policy_id")
+        .agg(pl.col("amount_micros").sum())
+        .filter(pl.col("amount_micros") != 0)
+        .sort(["entry_id", "account"])
+        .select(posting_columns)
+    )
+    unbalanced = (
+        postings.group_by("entry_id").agg(pl.col("amount_micros").sum()).filter(pl.col("amount_micros") != 0)
+    )
+    assert unbalanced.is_empty(), f"unbalanced entries: {unbalanced}"
+    _check_bounds(epoch, postings, "account")
+    return postings.with_columns(pl.col("amount_micros").cast(pl.Int64), epoch=pl.lit(epoch, pl.Int64))
+
+
+def build_payables(
+    epoch: int, credits: pl.DataFrame, prior: pl.DataFrame, addresses: pl.DataFrame
+) -> pl.DataFrame:
+    """Rule 9: cumulative payables never decrease; a net negative epoch becomes a receivable.
+
+    `credits` (recipient, amount_micros) are the epoch's net credits; `prior` (recipient,
+    earned_micros, cumulative_micros) the latest totals; `addresses` (contributor_id,
+    payout_address) the addresses in force.
+    """
+    rows = (
+        credits.filter(pl.col("amount_micros") != 0)
+        .join(prior, on="recipient", how="left")
+        .with_columns(
+            credited=pl.col("amount_micros").cast(_i128),
+            earned=pl.col("earned_micros").fill_null(0).cast(_i128) + pl.col("amount_micros").cast(_i128),
+            before=pl.col("cumulative_micros").fill_null(0).cast(_i128),
+        )
+        .with_columns(cumulative=pl.max_horizontal("before", "earned"))
+        .join(addresses.rename({"contributor_id": "recipient"}), on="recipient", how="left")
+        .select(
+            pl.lit(epoch, pl.Int64).alias("epoch"),
+            "recipient",
+            pl.col("credited").alias("credited_micros"),
+            (pl.col("cumulative") - pl.col("before")).alias("amount_micros"),
+            pl.col("earned").alias("earned_micros"),
+            pl.col("cumulative").alias("cumulative_micros"),
+            (pl.col("cumulative") - pl.col("earned")).alias("receivable_micros"),
+            "payout_address",
+        )
+        .sort("recipient")
+    )
+    assert rows.filter(pl.col("amount_micros") < 0).is_empty(), "a cumulative payable decreased"
+    _check_bounds(epoch, rows, "recipient")
+    money = ["credited_micros", "amount_micros", "earned_micros", "cumulative_micros", "receivable_micros"]
+    return rows.with_columns(pl.col(money).cast(pl.Int64))
+
+
+def _check_bounds(epoch: int, frame: pl.DataFrame, name: str) -> None:
+    for column in [c for c, t in frame.schema.items() if t == _i128]:
+        over = frame.filter(pl.col(column).abs() > amount_micros_max)
+        if not over.is_empty():
+            raise AmountOverflowError(epoch, over[name][0], int(over[column][0]))

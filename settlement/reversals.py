@@ -1,0 +1,86 @@
+"""Rule 7: what each reversal of an epoch does, decided before any money moves.
+
+A reversal of an event that is settled (split in an earlier epoch, directly or on release from
+suspense) takes its fee back through the same route, resolved with the registry as known when the
+original was settled. A reversal of an event that is still unsplit (arrived in this epoch, or held
+in suspense) cancels it. A reversal of an unknown or already reversed event is a dead letter.
+Among reversals of one event in one epoch, the earliest (event time, then id) wins.
+"""
+
+import bisect
+
+import polars as pl
+
+from settlement.splits import event_columns
+
+taken_back, cancelled, dead_letter = "taken_back", "cancelled", "dead_letter"
+
+
+def classify(
+    reversals: pl.DataFrame,
+    originals: pl.DataFrame,
+    held_ids: set[str],
+    reversed_before: set[str],
+    released_before: dict[str, int],
+    epoch_closings: dict[int, int],
+    previous_snapshot: int,
+) -> pl.DataFrame:
+    """One row per reversal: outcome, reason, the original's fields and the snapshot it was settled at.
+
+    `originals` are the metered rows the reversals name, with the snapshot each arrived in
+    (`arrival_snapshot`); `released_before` maps an id released from suspense to its epoch.
+    """
+    by_id = {row["event_id"]: row for row in originals.iter_rows(named=True)}
+    closings = sorted(epoch_closings.values())
+    closing_epoch = {snapshot: epoch for epoch, snapshot in epoch_closings.items()}
+    claimed: set[str] = set()
+    rows = []
+    for reversal in reversals.sort(["event_time", "event_id"]).iter_rows(named=True):
+        target = reversal["original_event_id"]
+        original = by_id.get(target)
+        row = {
+            "event_id": reversal["event_id"],
+            "original_event_id": target,
+            "outcome": dead_letter,
+            "reason": None,
+            "settled_snapshot": None,
+            **{c: None for c in event_columns if c != "event_id"},
+        }
+        if original is None:
+            row["reason"] = (
+                f"reversal of unknown event `{target}`: no metered event with that id in the ledger"
+            )
+        elif target in reversed_before or target in claimed:
+            row["reason"] = f"reversal of already reversed event `{target}`"
+        else:
+            claimed.add(target)
+            row.update({c: original[c] for c in event_columns if c != "event_id"})
+            row["fee_micros"] = -original["fee_micros"]
+            if target in held_ids or original["arrival_snapshot"] > previous_snapshot:
+                row["outcome"] = cancelled
+            else:
+                row["outcome"] = taken_back
+                if target in released_before:
+                    row["settled_snapshot"] = epoch_closings[released_before[target]]
+                else:
+                    # The epoch an event arrived in is the first one closing at or after its snapshot.
+                    index = bisect.bisect_left(closings, original["arrival_snapshot"])
+                    assert index < len(closings), f"event `{target}` arrived after the last closed epoch"
+                    assert closings[index] in closing_epoch
+                    row["settled_snapshot"] = closings[index]
+        rows.append(row)
+    return pl.DataFrame(rows, schema=classified_schema)
+
+
+classified_schema = {
+    "event_id": pl.String,
+    "original_event_id": pl.String,
+    "outcome": pl.String,
+    "reason": pl.String,
+    "settled_snapshot": pl.Int64,
+    "event_time": pl.Datetime("us", "UTC"),
+    "model_id": pl.String,
+    "payer": pl.String,
+    "compute_provider": pl.String,
+    "fee_micros": pl.Int64,
+}
