@@ -16,7 +16,7 @@ leaf at a time through `eth_abi` or `eth_utils`.
 import mmap
 import os
 from bisect import bisect_left
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 from sha3 import keccak_256
@@ -177,6 +177,16 @@ class MerkleTree:
         """The checksummed account of the `value_index`-th leaf, in the order the leaves were given."""
         start = value_index * 40
         return "0x" + self._checksummed_hex[start : start + 40].decode("ascii")
+
+    @property
+    def total_amount_units(self) -> int:
+        """The sum of every leaf's cumulative amount: the `totalCumulative` to propose with the root."""
+        return sum(self._amounts_units)
+
+    def items(self) -> Iterator[tuple[str, int]]:
+        """`(checksummed account, cumulative amount)` for every leaf, in the order they were given."""
+        for i, amount in enumerate(self._amounts_units):
+            yield self.account_at(i), amount
 
     def amount_units(self, account: str) -> int:
         """The cumulative amount of `account` in this tree."""

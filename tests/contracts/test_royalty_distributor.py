@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 import pytest
@@ -19,71 +18,12 @@ from web3.contract import Contract
 from web3.exceptions import ContractCustomError
 from web3.logs import DISCARD
 
-from settlement.contract_artifacts import distributor_artifact, token_artifact
 from settlement.merkle import MerkleTree
-from tests.support.anvil import Anvil, anvil  # noqa: F401 - the fixture is used by name
+from tests.support.anvil import NO_DIGEST, Anvil, Deployment, anvil, deploy  # noqa: F401 - anvil is a fixture
 
 TIMELOCK_SECONDS = 3_600
-TOKEN_DECIMALS = 6
 SETTLER_ROLE = Web3.keccak(text="SETTLER_ROLE")
 GUARDIAN_ROLE = Web3.keccak(text="GUARDIAN_ROLE")
-NO_DIGEST = b"\x00" * 32
-
-
-@dataclass
-class Deployment:
-    w3: Web3
-    token: Contract
-    distributor: Contract
-    admin: str
-    settler: str
-    guardian: str
-    outsider: str
-
-    def send(self, call: Any, sender: str) -> Any:
-        """Send a transaction and return its receipt, failing the test if it reverted."""
-        receipt = self.w3.eth.wait_for_transaction_receipt(call.transact({"from": sender}))
-        assert receipt["status"] == 1
-        return receipt
-
-    def fund(self, amount_units: int) -> None:
-        self.send(self.token.functions.mint(self.distributor.address, amount_units), self.admin)
-
-    def propose(self, epoch: int, tree: MerkleTree, total_units: int | None = None) -> Any:
-        total = (
-            sum(tree.amount_units(tree.account_at(i)) for i in range(len(tree)))
-            if total_units is None
-            else (total_units)
-        )
-        return self.send(
-            self.distributor.functions.proposeRoot(epoch, tree.root, total, NO_DIGEST), self.settler
-        )
-
-    def claim(self, tree: MerkleTree, account: str, amount_units: int | None = None) -> Any:
-        amount = tree.amount_units(account) if amount_units is None else amount_units
-        call = self.distributor.functions.claim(account, amount, tree.proof(account))
-        return self.send(call, self.outsider)
-
-    def balance(self, account: str) -> int:
-        return self.token.functions.balanceOf(account).call()
-
-
-def deploy(w3: Web3, timelock_seconds: int) -> Deployment:
-    admin, settler, guardian, outsider = w3.eth.accounts[:4]
-    token_build, distributor_build = token_artifact(), distributor_artifact()
-    token_factory = w3.eth.contract(abi=token_build.abi, bytecode=token_build.bytecode)
-    receipt = w3.eth.wait_for_transaction_receipt(
-        token_factory.constructor("Test USD", "TUSD", TOKEN_DECIMALS, admin).transact({"from": admin})
-    )
-    token = w3.eth.contract(address=receipt["contractAddress"], abi=token_build.abi)
-    factory = w3.eth.contract(abi=distributor_build.abi, bytecode=distributor_build.bytecode)
-    receipt = w3.eth.wait_for_transaction_receipt(
-        factory.constructor(token.address, timelock_seconds, admin, settler, guardian).transact(
-            {"from": admin}
-        )
-    )
-    distributor = w3.eth.contract(address=receipt["contractAddress"], abi=distributor_build.abi)
-    return Deployment(w3, token, distributor, admin, settler, guardian, outsider)
 
 
 def payees(count: int, seed: int) -> list[str]:

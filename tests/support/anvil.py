@@ -18,11 +18,16 @@ import shutil
 import subprocess
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 
 import pytest
 from web3 import Web3
+from web3.contract import Contract
+
+from settlement.contract_artifacts import distributor_artifact, token_artifact
+from settlement.merkle import MerkleTree
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 CONTRACTS_DIR = REPO_ROOT / "contracts"
@@ -35,6 +40,8 @@ STOP_TIMEOUT_S = 10
 # The chain the tests and benchmarks assume: anvil's default id, and the fork the artifacts target.
 CHAIN_ID = 31337
 HARDFORK = "cancun"
+TOKEN_DECIMALS = 6
+NO_DIGEST = b"\x00" * 32
 
 _listening = re.compile(r"Listening on (127\.0\.0\.1):(\d+)")
 _arch_names = {"x86_64": "amd64", "amd64": "amd64", "aarch64": "arm64", "arm64": "arm64"}
@@ -135,6 +142,62 @@ class Anvil:
                 self.process.kill()
                 self.process.wait(timeout=STOP_TIMEOUT_S)
         self._log.close()
+
+
+@dataclass
+class Deployment:
+    w3: Web3
+    token: Contract
+    distributor: Contract
+    admin: str
+    settler: str
+    guardian: str
+    outsider: str
+
+    def send(self, call: Any, sender: str) -> Any:
+        """Send a transaction and return its receipt, failing the test if it reverted."""
+        receipt = self.w3.eth.wait_for_transaction_receipt(call.transact({"from": sender}))
+        assert receipt["status"] == 1
+        return receipt
+
+    def fund(self, amount_units: int) -> None:
+        self.send(self.token.functions.mint(self.distributor.address, amount_units), self.admin)
+
+    def propose(self, epoch: int, tree: MerkleTree, total_units: int | None = None) -> Any:
+        total = (
+            sum(tree.amount_units(tree.account_at(i)) for i in range(len(tree)))
+            if total_units is None
+            else (total_units)
+        )
+        return self.send(
+            self.distributor.functions.proposeRoot(epoch, tree.root, total, NO_DIGEST), self.settler
+        )
+
+    def claim(self, tree: MerkleTree, account: str, amount_units: int | None = None) -> Any:
+        amount = tree.amount_units(account) if amount_units is None else amount_units
+        call = self.distributor.functions.claim(account, amount, tree.proof(account))
+        return self.send(call, self.outsider)
+
+    def balance(self, account: str) -> int:
+        return self.token.functions.balanceOf(account).call()
+
+
+def deploy(w3: Web3, timelock_seconds: int) -> Deployment:
+    admin, settler, guardian, outsider = w3.eth.accounts[:4]
+    token_build, distributor_build = token_artifact(), distributor_artifact()
+    token_factory = w3.eth.contract(abi=token_build.abi, bytecode=token_build.bytecode)
+    receipt = w3.eth.wait_for_transaction_receipt(
+        token_factory.constructor("Test USD", "TUSD", TOKEN_DECIMALS, admin).transact({"from": admin})
+    )
+    token = w3.eth.contract(address=receipt["contractAddress"], abi=token_build.abi)
+    factory = w3.eth.contract(abi=distributor_build.abi, bytecode=distributor_build.bytecode)
+    receipt = w3.eth.wait_for_transaction_receipt(
+        factory.constructor(token.address, timelock_seconds, admin, settler, guardian).transact(
+            {"from": admin}
+        )
+    )
+    distributor = w3.eth.contract(address=receipt["contractAddress"], abi=distributor_build.abi)
+    return Deployment(w3, token, distributor, admin, settler, guardian, outsider)
 
 
 @pytest.fixture(scope="session")
