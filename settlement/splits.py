@@ -65,7 +65,9 @@ def route(events: pl.LazyFrame, resolution: Resolution) -> Routed:
     )
     changing = counts.filter(pl.col("len") > 1)["model_id"]
     steady = single.filter("complete")["model_id"]
-    held = span["model_id"].filter(~span["model_id"].is_in(steady) & ~span["model_id"].is_in(changing))
+    held = span["model_id"].filter(
+        ~span["model_id"].is_in(steady.to_list()) & ~span["model_id"].is_in(changing.to_list())
+    )
 
     sums = [
         pl.col("fee_micros").cast(_i128).sum().alias("fee_micros"),

@@ -1,0 +1,264 @@
+"""Generated registries and traffic for the split property tests, as in-memory polars frames."""
+
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from fractions import Fraction
+
+import polars as pl
+from hypothesis import strategies as st
+
+from settlement.epochs import EpochInputs, PriorState, advance, plan_epoch
+from settlement.splits import event_columns
+
+start = datetime(2026, 1, 1, tzinfo=UTC)
+contributors = [f"c{i}" for i in range(6)]
+providers = ["gpu-a", "gpu-b"]
+payers = ["p1", "p2", "p3"]
+ppm = 1_000_000
+
+
+@dataclass
+class World:
+    models: list[dict] = field(default_factory=list)  # model_id, parents {id: ppm}, known_snapshot
+    policies: list[dict] = field(default_factory=list)
+    events: list[dict] = field(default_factory=list)  # event columns + arrival (epoch)
+    reversals: list[dict] = field(default_factory=list)  # event_id, original_event_id, arrival
+    addresses: dict[str, str] = field(default_factory=dict)
+    epochs: int = 1
+
+
+def _split_ppm(draw, total: int, count: int) -> list[int]:
+    cuts = sorted(
+        draw(st.lists(st.integers(1, total - 1), min_size=count - 1, max_size=count - 1, unique=True))
+    )
+    bounds = [0, *cuts, total]
+    return [bounds[i + 1] - bounds[i] for i in range(count)]
+
+
+@st.composite
+def worlds(draw, events_max: int = 40, epochs_max: int = 3) -> World:
+    world = World(epochs=draw(st.integers(1, epochs_max)))
+    count = draw(st.integers(1, 7))
+    for index in range(count):
+        model_id = f"m{index}"
+        # Parents among earlier models keep the graph a DAG; a chain m0 <- m1 <- ... reaches depth 5+.
+        parents = {}
+        if index and draw(st.booleans()):
+            chosen = draw(st.lists(st.integers(0, index - 1), min_size=1, max_size=2, unique=True))
+            parents = {f"m{p}": draw(st.sampled_from([50_000, 100_000, 250_000])) for p in chosen}
+        if draw(st.integers(0, 9)) > 0:  # now and then a model is never registered
+            world.models.append(
+                {
+                    "model_id": model_id,
+                    "parents": parents,
+                    "known_snapshot": draw(st.integers(1, world.epochs)),
+                }
+            )
+        for number in range(draw(st.integers(0, 2))):
+            recipients = draw(st.lists(st.sampled_from(contributors), min_size=1, max_size=4, unique=True))
+            remaining = ppm - sum(parents.values())
+            shares = [{"recipient": f"model:{p}", "share_ppm": s} for p, s in parents.items()]
+            amounts = _split_ppm(draw, remaining, len(recipients))
+            shares += [{"recipient": r, "share_ppm": a} for r, a in zip(recipients, amounts, strict=True)]
+            world.policies.append(
+                {
+                    "event_id": f"pol-{model_id}-{number}",
+                    "model_id": model_id,
+                    "effective_from": start + timedelta(hours=draw(st.sampled_from([0, 0, 5, 30]))),
+                    "event_time": start + timedelta(minutes=number),
+                    "compute_share_ppm": draw(st.sampled_from([0, 100_000, 333_333, 1_000_000])),
+                    "shares": shares,
+                    "known_snapshot": draw(st.integers(1, world.epochs)),
+                }
+            )
+    for index in range(draw(st.integers(1, events_max))):
+        world.events.append(
+            {
+                "event_id": f"ev-{index:04d}",
+                "event_time": start + timedelta(hours=draw(st.integers(0, 40)), microseconds=index),
+                "model_id": f"m{draw(st.integers(0, count - 1))}",
+                "payer": draw(st.sampled_from(payers)),
+                "compute_provider": draw(st.sampled_from(providers)),
+                "fee_micros": draw(st.one_of(st.integers(1, 1_000), st.integers(1, 10**12))),
+                "arrival": draw(st.integers(1, world.epochs)),
+            }
+        )
+    for index in range(draw(st.integers(0, 6))):
+        target = draw(st.sampled_from([e["event_id"] for e in world.events] + ["ev-unknown"]))
+        world.reversals.append(
+            {
+                "event_id": f"rev-{index}",
+                "original_event_id": target,
+                "event_time": start + timedelta(hours=50, microseconds=index),
+                "arrival": draw(st.integers(1, world.epochs)),
+            }
+        )
+    world.addresses = {c: f"0x{i:040x}" for i, c in enumerate(contributors) if draw(st.booleans())}
+    return world
+
+
+def registry_frames(world: World) -> tuple[pl.DataFrame, pl.DataFrame]:
+    models = pl.DataFrame(
+        [
+            {
+                "event_id": f"reg-{m['model_id']}",
+                "event_time": start,
+                "model_id": m["model_id"],
+                "parents": [{"model_id": p, "share_ppm": s} for p, s in m["parents"].items()],
+                "known_snapshot": m["known_snapshot"],
+            }
+            for m in world.models
+        ],
+        schema={
+            "event_id": pl.String,
+            "event_time": pl.Datetime("us", "UTC"),
+            "model_id": pl.String,
+            "parents": pl.List(pl.Struct({"model_id": pl.String, "share_ppm": pl.Int64})),
+            "known_snapshot": pl.Int64,
+        },
+    )
+    policies = pl.DataFrame(
+        world.policies,
+        schema={
+            "event_id": pl.String,
+            "model_id": pl.String,
+            "effective_from": pl.Datetime("us", "UTC"),
+            "event_time": pl.Datetime("us", "UTC"),
+            "compute_share_ppm": pl.Int64,
+            "shares": pl.List(pl.Struct({"recipient": pl.String, "share_ppm": pl.Int64})),
+            "known_snapshot": pl.Int64,
+        },
+    )
+    return models, policies
+
+
+def event_frame(rows: list[dict]) -> pl.DataFrame:
+    return pl.DataFrame(
+        [{c: r[c] for c in event_columns} for r in rows],
+        schema={
+            **dict.fromkeys(event_columns, pl.String),
+            "event_time": pl.Datetime("us", "UTC"),
+            "fee_micros": pl.Int64,
+        },
+    ).select(event_columns)
+
+
+def run_epochs(world: World, order_seed: int | None = None) -> list:
+    """Close every epoch of the world in memory (epoch k closes at snapshot k); return the plans."""
+    models, policies = registry_frames(world)
+    prior, plans = PriorState(), []
+    for epoch in range(1, world.epochs + 1):
+        new = [e for e in world.events if e["arrival"] == epoch]
+        if order_seed is not None:
+            new = sorted(new, key=lambda e: hash((order_seed, e["event_id"])))
+        reversals = [r for r in world.reversals if r["arrival"] == epoch]
+        wanted = {r["original_event_id"] for r in reversals}
+        originals = event_frame(
+            [e for e in world.events if e["event_id"] in wanted and e["arrival"] <= epoch]
+        )
+        arrival = {e["event_id"]: e["arrival"] for e in world.events}
+        originals = originals.with_columns(
+            arrival_snapshot=pl.col("event_id").replace_strict(arrival, return_dtype=pl.Int64)
+        )
+        inputs = EpochInputs(
+            closing_snapshot=epoch,
+            new_events=event_frame(new).lazy(),
+            reversals=pl.DataFrame(
+                [{k: r[k] for k in ("event_id", "event_time", "original_event_id")} for r in reversals],
+                schema={
+                    "event_id": pl.String,
+                    "event_time": pl.Datetime("us", "UTC"),
+                    "original_event_id": pl.String,
+                },
+            ),
+            originals=originals,
+            models=models,
+            policies=policies,
+            addresses=pl.DataFrame(
+                {"contributor_id": list(world.addresses), "payout_address": list(world.addresses.values())},
+                schema={"contributor_id": pl.String, "payout_address": pl.String},
+            ),
+        )
+        plan = plan_epoch(inputs, prior)
+        plans.append(plan)
+        prior = advance(prior, plan)
+    return plans
+
+
+def exact_credits(
+    world: World, events: list[dict], snapshot: int
+) -> tuple[dict[str, Fraction], dict[str, set]]:
+    """Independent reference: each event's exact rational split, and the allocations feeding each recipient.
+
+    Returns (recipient -> exact amount, recipient -> set of allocation keys on its paths); events whose
+    route is incomplete at `snapshot` are skipped (they are suspense).
+    """
+    first: dict[str, dict] = {}
+    for m in world.models:
+        if m["known_snapshot"] <= snapshot and m["model_id"] not in first:
+            first[m["model_id"]] = m["parents"]
+
+    def valid(model_id: str, seen: tuple = ()) -> bool:
+        if model_id in seen or model_id not in first or len(seen) > 16:
+            return False
+        return all(valid(p, (*seen, model_id)) for p in first[model_id])
+
+    def in_force(model_id: str, at: datetime) -> dict | None:
+        known = [
+            p
+            for p in world.policies
+            if p["model_id"] == model_id and p["known_snapshot"] <= snapshot and p["effective_from"] <= at
+        ]
+        return max(known, key=lambda p: (p["effective_from"], p["event_time"], p["event_id"]), default=None)
+
+    def usable(model_id: str, policy: dict | None) -> bool:
+        if policy is None:
+            return False
+        named = {
+            s["recipient"][6:]: s["share_ppm"]
+            for s in policy["shares"]
+            if s["recipient"].startswith("model:")
+        }
+        if model_id not in first:
+            return not named and not any(
+                m["model_id"] == model_id and m["known_snapshot"] <= snapshot for m in world.models
+            )
+        return valid(model_id) and named == first[model_id]
+
+    exact: dict[str, Fraction] = {}
+    feeding: dict[str, set] = {}
+
+    def closure(model_id: str) -> list[str]:
+        out = {model_id}
+        for p in first.get(model_id, {}):
+            out |= set(closure(p))
+        return sorted(out)
+
+    for event in events:
+        model_id, at = event["model_id"], event["event_time"]
+        members = closure(model_id)
+        vector = {m: in_force(m, at) for m in members}
+        if not all(usable(m, vector[m]) for m in members):
+            continue
+
+        def key(m: str, vector: dict = vector) -> tuple:
+            return tuple((x, vector[x]["event_id"]) for x in closure(m))
+
+        cut = ("cut", model_id, key(model_id), event["compute_provider"])
+        fee = Fraction(event["fee_micros"])
+        compute = fee * vector[model_id]["compute_share_ppm"] / ppm
+        provider = event["compute_provider"]
+        exact[provider] = exact.get(provider, 0) + compute
+        feeding.setdefault(provider, set()).add(cut)
+        stack = [(model_id, fee - compute, {cut})]
+        while stack:
+            m, amount, path = stack.pop()
+            here = path | {("pool", m, key(m))}
+            for share in vector[m]["shares"]:
+                part = amount * share["share_ppm"] / ppm
+                if share["recipient"].startswith("model:"):
+                    stack.append((share["recipient"][6:], part, here))
+                else:
+                    exact[share["recipient"]] = exact.get(share["recipient"], 0) + part
+                    feeding.setdefault(share["recipient"], set()).update(here)
+    return exact, feeding

@@ -1,0 +1,145 @@
+"""Closing epochs through a real DuckLake ledger in a temporary folder."""
+
+import json
+import random
+
+import polars as pl
+import pytest
+
+from ingest.sample import SampleShape, SampleTraffic
+from ledger import IngestBatch, Ledger, PartitionOffsets, define_views, run_query
+from ledger.verify import verify
+from schemas import BatchDecoder
+from settlement import close_epoch
+from settlement.ledger_io import plan_from_ledger
+
+shape = SampleShape(models=8, contributors=12, compute_providers=3, derived_models_ppm=600_000)
+
+
+def _append(ledger: Ledger, values: list[bytes], first_offset: int, batch_size: int) -> int:
+    decoder = BatchDecoder()
+    offset = first_offset
+    for index in range(0, len(values), batch_size):
+        chunk = values[index : index + batch_size]
+        offsets = list(range(offset, offset + len(chunk)))
+        batch = IngestBatch.from_messages(chunk, ["t"] * len(chunk), [0] * len(chunk), offsets, decoder)
+        ledger.append(batch, [PartitionOffsets("t", 0, offset, offset + len(chunk))])
+        offset += len(chunk)
+    return offset
+
+
+def _reversal(event_id: str, original: str) -> bytes:
+    return json.dumps(
+        {
+            "specversion": "1.0",
+            "id": event_id,
+            "source": "//billing.example",
+            "type": "ai.inference.reversed.v1",
+            "time": "2026-11-25T00:00:00Z",
+            "datacontenttype": "application/json",
+            "data": {"original_event_id": original, "reason": "refund"},
+        }
+    ).encode()
+
+
+def _traffic(events: int) -> list[bytes]:
+    traffic = SampleTraffic(shape, seed=3)
+    return list(traffic.registry()) + list(traffic.metered(events))
+
+
+def _tables(ledger: Ledger) -> tuple[pl.DataFrame, pl.DataFrame]:
+    c = ledger.connection
+    postings = pl.from_arrow(
+        c.execute(
+            "SELECT entry_id, account, amount_micros FROM lake.main.settlement_posting ORDER BY ALL"
+        ).fetch_arrow_table()
+    )
+    payables = pl.from_arrow(
+        c.execute(
+            "SELECT recipient, amount_micros, cumulative_micros "
+            "FROM lake.main.settlement_payable ORDER BY ALL"
+        ).fetch_arrow_table()
+    )
+    return postings, payables
+
+
+def test_ingest_batching_and_order_do_not_change_postings_or_payables(tmp_path):
+    """Determinism: the same events in shuffled order and other batch sizes close to identical rows."""
+    values = _traffic(600)
+    results = []
+    for name, size, seed in (("a", 1_000, None), ("b", 37, 5)):
+        shuffled = list(values)
+        if seed is not None:
+            random.Random(seed).shuffle(shuffled)
+        with Ledger.open(tmp_path / name) as ledger:
+            _append(ledger, shuffled, 0, size)
+            close_epoch(ledger)
+            results.append(_tables(ledger))
+    assert results[0][0].equals(results[1][0])
+    assert results[0][1].equals(results[1][1])
+
+
+def test_dry_run_writes_nothing_and_a_second_close_is_a_noop(tmp_path):
+    """close-epoch --dry-run leaves the snapshot unchanged; closing twice with no new events says noop."""
+    with Ledger.open(tmp_path / "l") as ledger:
+        _append(ledger, _traffic(200), 0, 500)
+        before = ledger.current_snapshot()
+        dry = close_epoch(ledger, dry_run=True)
+        assert ledger.current_snapshot() == before and dry.event_count == 200 and not dry.noop
+        real = close_epoch(ledger)
+        assert (real.epoch, real.payable_micros, real.posting_count) == (
+            1,
+            dry.payable_micros,
+            dry.posting_count,
+        )
+        again = close_epoch(ledger)
+        assert again.noop and again.written_snapshot is None
+        assert verify(ledger).ok
+
+
+def test_late_events_settle_in_the_next_epoch_and_reversals_take_back(tmp_path):
+    """Rules 1 and 7: epoch 2 holds only the events appended after epoch 1; bad reversals are dead letters."""
+    values = _traffic(300)
+    with Ledger.open(tmp_path / "l") as ledger:
+        offset = _append(ledger, values[:-100], 0, 400)
+        first = close_epoch(ledger)
+        settled_id = json.loads(values[-101])["id"]
+        offset = _append(ledger, values[-100:], offset, 400)
+        _append(
+            ledger,
+            [_reversal("r1", settled_id), _reversal("r2", settled_id), _reversal("r3", "nope")],
+            offset,
+            10,
+        )
+        second = close_epoch(ledger)
+        assert first.event_count + second.event_count == 300
+        assert (second.reversal_count, second.dead_letter_count) == (3, 2)
+        fee = json.loads(values[-101])["data"]["fee_micros"]
+        assert second.reversed_micros == fee
+        define_views(ledger)
+        (total,) = run_query(ledger, "SELECT sum(balance_micros) FROM balances").to_pylist()[0].values()
+        assert total == 0
+        dead = run_query(ledger, "SELECT event_id FROM dead_letters ORDER BY 1").column(0).to_pylist()
+        assert dead == ["r2", "r3"]
+        rows = run_query(
+            ledger, "SELECT epoch, sum(amount_micros) FROM postings GROUP BY 1 ORDER BY 1"
+        ).to_pylist()
+        assert [list(r.values())[1] for r in rows] == [0, 0]
+        epochs = run_query(
+            ledger, "SELECT epoch, event_count, fee_micros, suspense_micros FROM epochs ORDER BY 1"
+        )
+        assert epochs.column("event_count").to_pylist() == [first.event_count, second.event_count]
+        assert verify(ledger).ok
+
+
+def test_concurrent_close_is_refused_without_writing(tmp_path):
+    """A plan made before another process closed the same epoch is refused by the write precondition."""
+    from settlement.ledger_io import write_plan
+    from settlement.split_errors import EpochConflictError
+
+    with Ledger.open(tmp_path / "l") as ledger:
+        _append(ledger, _traffic(50), 0, 500)
+        plan, extra = plan_from_ledger(ledger)
+        close_epoch(ledger)
+        with pytest.raises(EpochConflictError):
+            write_plan(ledger, plan, extra["reversals"])
