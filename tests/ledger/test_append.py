@@ -51,9 +51,9 @@ def test_exact_duplicates_are_dropped_and_conflicting_ones_dead_lettered(lake_di
     traffic = SampleTraffic()
     values = list(traffic.metered(500))
     with Ledger.open(lake_dir) as ledger:
-        first = ledger.append(*batch_of(values + [values[3]]))
+        first = ledger.append(*batch_of([*values, values[3]]))
         assert (first.events, first.duplicates, first.dead_letters) == (500, 1, 0)
-        resent = values[:100] + [conflicting_duplicate(values[7])]
+        resent = [*values[:100], conflicting_duplicate(values[7])]
         second = ledger.append(*batch_of(resent, first_offset=501))
         assert (second.events, second.duplicates, second.dead_letters) == (0, 100, 1)
         (count, distinct) = ledger.connection.execute(
