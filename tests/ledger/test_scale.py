@@ -24,7 +24,10 @@ def test_append_of_a_million_events_and_sql_over_them(lake_dir: Path) -> None:
             expected_fees_micros += sum(json.loads(value)["data"]["fee_micros"] for value in values)
             result = ledger.append(*batch_of(values, first_offset=first))
             assert result.events == batch_events
-    query = "SELECT count(*) AS events, sum(fee_micros) AS fees_micros, count(DISTINCT event_id) AS ids FROM inference_events"
+    query = (
+        "SELECT count(*) AS events, sum(fee_micros) AS fees_micros, count(DISTINCT event_id) AS ids "
+        "FROM inference_events"
+    )
     output = subprocess.run(
         royalty_command("sql", "--lake", str(lake_dir), "--format", "json", query),
         capture_output=True, text=True, check=True,
