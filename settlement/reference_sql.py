@@ -52,7 +52,8 @@ def reference_payables(
         SELECT model_id, parents FROM (SELECT *, row_number() OVER (PARTITION BY model_id
                ORDER BY event_time, event_id) AS n FROM {models}) WHERE n = 1""")
     c.execute("""CREATE OR REPLACE TEMP TABLE r_parent AS
-        SELECT model_id, p.model_id AS parent, p.share_ppm FROM (SELECT model_id, unnest(parents) AS p FROM r_models)""")
+        SELECT model_id, p.model_id AS parent, p.share_ppm
+        FROM (SELECT model_id, unnest(parents) AS p FROM r_models)""")
     c.execute("CREATE OR REPLACE TEMP TABLE r_valid (model_id VARCHAR, level INTEGER)")
     for level in range(lineage_depth_max + 1):
         (added,) = c.execute(f"""INSERT INTO r_valid SELECT model_id, {level} FROM r_models m
