@@ -32,9 +32,7 @@ DataPathOption = Annotated[
     str | None,
     typer.Option("--data-path", help="Parquet folder (needed with PostgreSQL). [env ROYALTY_DATA_PATH]"),
 ]
-ConfigOption = Annotated[
-    str | None, typer.Option("--config", help="TOML configuration file. [env ROYALTY_CONFIG]")
-]
+ConfigOption = Annotated[str | None, typer.Option("--config", help="TOML configuration file. [env ROYALTY_CONFIG]")]
 
 
 def _fail(error: Exception, exit_code: int = 2) -> None:
@@ -71,9 +69,7 @@ def sql(
         _fail(ValueError(f"--format must be one of {', '.join(output_formats)}, not `{output_format}`"))
     settings = load_settings({"lake": lake, "data_path": data_path}, config)
     try:
-        with Ledger.open_read_only(
-            settings.lake, settings.data_path, snapshot_version=as_of_snapshot
-        ) as ledger:
+        with Ledger.open_read_only(settings.lake, settings.data_path, snapshot_version=as_of_snapshot) as ledger:
             define_views(ledger)
             result = run_query(ledger, query)
     except RoyaltyError as error:
@@ -104,8 +100,7 @@ def verify(
         stdout.file.write(json.dumps({**vars(report), "ok": report.ok}) + "\n")
     else:
         stdout.print(
-            f"checked {report.snapshots} snapshots and {report.files} data files "
-            f"({report.bytes_checked} bytes)"
+            f"checked {report.snapshots} snapshots and {report.files} data files ({report.bytes_checked} bytes)"
         )
         for problem in report.problems:
             stderr.print(f"[bold red]problem:[/] {problem}", highlight=False)
@@ -115,6 +110,138 @@ def verify(
             else f"[bold red]ledger NOT verified: {len(report.problems)} problem(s)[/]"
         )
     raise typer.Exit(0 if report.ok else 1)
+
+
+@app.command()
+def ingest(
+    bootstrap_servers: Annotated[
+        str | None, typer.Option("--bootstrap-servers", help="Kafka HOST:PORT[,...]. [env ROYALTY_BOOTSTRAP_SERVERS]")
+    ] = None,
+    topic: Annotated[list[str] | None, typer.Option("--topic", help="Topic to ingest (repeatable).")] = None,
+    from_file: Annotated[
+        list[str] | None, typer.Option("--from-file", help="Backfill from a JSON-lines file ('-': stdin; repeatable).")
+    ] = None,
+    lake: LakeOption = None,
+    data_path: DataPathOption = None,
+    config: ConfigOption = None,
+    group_id: Annotated[str | None, typer.Option("--group-id", help="Share partitions with other processes.")] = None,
+    asset: Annotated[str | None, typer.Option("--asset", help="The one accepted fee asset.")] = None,
+    batch_records_max: Annotated[int | None, typer.Option("--batch-records-max", help="Most messages a batch.")] = None,
+    batch_latency_ms_max: Annotated[
+        int | None, typer.Option("--batch-latency-ms-max", help="Longest a message waits for its batch.")
+    ] = None,
+    metrics_port: Annotated[int | None, typer.Option("--metrics-port", help="Serve Prometheus metrics here.")] = None,
+    until_idle: Annotated[
+        float | None, typer.Option("--until-idle", help="Stop after the source has been quiet this many seconds.")
+    ] = None,
+    log_format: Annotated[str | None, typer.Option("--log-format", help="json or text.")] = None,
+) -> None:
+    """Consume CloudEvents from Kafka (or files) into the ledger, exactly once."""
+    import os
+    import socket
+
+    from ingest.metrics import IngestMetrics, serve_metrics
+    from ingest.service import IngestService
+    from ingest.sources import FileSource, KafkaSource
+    from ledger import Ledger
+
+    settings = load_settings(
+        {
+            "lake": lake,
+            "data_path": data_path,
+            "bootstrap_servers": bootstrap_servers,
+            "topics": tuple(topic) if topic else None,
+            "group_id": group_id,
+            "asset": asset,
+            "batch_records_max": batch_records_max,
+            "batch_latency_ms_max": batch_latency_ms_max,
+            "metrics_port": metrics_port,
+            "log_format": log_format,
+        },
+        config,
+    )
+    configure_logging(settings.log_format)
+    writer = f"{socket.gethostname()}:{os.getpid()}"
+    try:
+        ledger = Ledger.open(settings.lake, settings.data_path)
+        metrics = IngestMetrics()
+        if settings.metrics_port is not None:
+            serve_metrics(metrics, settings.metrics_port)
+
+        def make_source(service: IngestService):
+            if from_file:
+                return FileSource(from_file, stdin=sys.stdin.buffer)
+            return KafkaSource(
+                settings.bootstrap_servers,
+                settings.topics,
+                settings.group_id,
+                ledger.stored_offsets,
+                on_revoked=service.flush,
+                client_id=writer,
+            )
+
+        service = IngestService(
+            ledger,
+            make_source,
+            settings.asset,
+            settings.batch_records_max,
+            settings.batch_latency_ms_max,
+            writer,
+            metrics,
+        )
+        service.install_signal_handlers()
+        idle_s = until_idle if until_idle is not None else (0.0 if from_file else None)
+        summary = service.run(until_idle_s=idle_s)
+        ledger.close()
+    except RoyaltyError as error:
+        _fail(error)
+    stderr.print(
+        f"ingested {summary.messages} messages: {summary.events} events, {summary.duplicates} duplicates dropped, "
+        f"{summary.dead_letters} dead letters, in {summary.batches} batches ({summary.elapsed_s:.1f} s; "
+        f"stopped by {summary.stopped_by})",
+        highlight=False,
+    )
+
+
+@app.command("produce-sample")
+def produce_sample(
+    events: Annotated[int, typer.Option("--events", help="Inference events to produce.")] = 100_000,
+    bootstrap_servers: Annotated[str | None, typer.Option("--bootstrap-servers", help="Kafka HOST:PORT.")] = None,
+    topic: Annotated[str | None, typer.Option("--topic", help="Topic to produce to.")] = None,
+    to_file: Annotated[Path | None, typer.Option("--to-file", help="Write JSON lines here instead of Kafka.")] = None,
+    duplicates_ppm: Annotated[int, typer.Option("--duplicates-ppm", help="Exact duplicates per million.")] = 10_000,
+    conflicts_ppm: Annotated[int, typer.Option("--conflicts-ppm", help="Conflicting duplicates per million.")] = 1_000,
+    invalid_ppm: Annotated[int, typer.Option("--invalid-ppm", help="Invalid messages per million.")] = 10_000,
+    models: Annotated[int, typer.Option("--models", help="Models, some derived from others.")] = 20,
+    contributors: Annotated[int, typer.Option("--contributors", help="Contributors.")] = 200,
+    seed: Annotated[int, typer.Option("--seed", help="Random seed; the same seed gives the same traffic.")] = 7,
+    config: ConfigOption = None,
+) -> None:
+    """Produce realistic synthetic traffic (registry events first) to Kafka or a file."""
+    from rich.progress import Progress
+
+    from ingest.producer import produce_sample_traffic
+
+    settings = load_settings({"bootstrap_servers": bootstrap_servers, "topics": (topic,) if topic else None}, config)
+    with Progress(console=stderr, transient=True) as progress:
+        task = progress.add_task("producing", total=events)
+        counts = produce_sample_traffic(
+            events=events,
+            bootstrap_servers=None if to_file else settings.bootstrap_servers,
+            topic=settings.topics[0],
+            to_file=to_file,
+            duplicates_ppm=duplicates_ppm,
+            conflicts_ppm=conflicts_ppm,
+            invalid_ppm=invalid_ppm,
+            models=models,
+            contributors=contributors,
+            seed=seed,
+            on_progress=lambda done: progress.update(task, completed=done),
+        )
+    stderr.print(
+        " ".join(f"{name}={count}" for name, count in counts.items()) + f" -> {to_file or settings.topics[0]}",
+        highlight=False,
+    )
 
 
 def main() -> None:

@@ -29,9 +29,7 @@ def _setting(default: Any, description: str) -> Any:
 class Settings:
     """Every setting of the `royalty` commands."""
 
-    lake: str = _setting(
-        "./lake", "Ledger location: a directory (embedded SQLite catalog) or a PostgreSQL URL."
-    )
+    lake: str = _setting("./lake", "Ledger location: a directory (embedded SQLite catalog) or a PostgreSQL URL.")
     data_path: str | None = _setting(None, "Folder of the ledger's Parquet files (required with PostgreSQL).")
     bootstrap_servers: str = _setting("127.0.0.1:9092", "Kafka bootstrap servers, HOST:PORT[,HOST:PORT...].")
     topics: tuple[str, ...] = _setting(("inference-events",), "Kafka topics to ingest.")

@@ -1,0 +1,24 @@
+"""Bounds of the ingest service, each with the reason for its value."""
+
+# kafka-python returns at most this many records per poll; a few thousand keeps each poll
+# call cheap while letting a 50k-record batch fill in a handful of calls.
+poll_records_max = 10_000
+poll_timeout_ms_max = 200
+
+# Backoff while the broker is unreachable: quick first retries for a blip, then at most
+# every 30 s so an outage of hours does not flood the logs or the network.
+broker_backoff_s_min = 0.5
+broker_backoff_s_max = 30.0
+
+# A ledger that stays busy is retried by the ledger itself; past that, the service waits
+# this long before trying the same batch again instead of exiting.
+ledger_retry_s = 5.0
+
+progress_log_interval_s = 5.0
+
+# The largest batch an operator may configure: a batch is held in memory twice (raw bytes
+# and Arrow), so 1M messages of ~400 bytes stay under a gigabyte.
+batch_records_limit = 1_000_000
+
+assert broker_backoff_s_min < broker_backoff_s_max
+assert poll_records_max <= batch_records_limit

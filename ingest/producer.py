@@ -1,0 +1,81 @@
+"""`royalty produce-sample`: realistic traffic with duplicates, conflicts and invalid messages."""
+
+import random
+from collections.abc import Callable
+from pathlib import Path
+
+from ingest.sample import SampleShape, SampleTraffic, conflicting_duplicate, invalid_message
+
+_ppm = 1_000_000
+_chunk = 10_000
+
+
+def sample_messages(
+    events: int, duplicates_ppm: int, conflicts_ppm: int, invalid_ppm: int, models: int, contributors: int, seed: int
+):
+    """Yield (kind, message): registry events, then metering events with mistakes mixed in."""
+    traffic = SampleTraffic(SampleShape(models=models, contributors=contributors), seed=seed)
+    rng = random.Random(seed + 1)
+    for message in traffic.registry():
+        yield "registry", message
+    recent: list[bytes] = []
+    for message in traffic.metered(events):
+        yield "event", message
+        recent.append(message)
+        if len(recent) > 1_000:
+            recent = recent[-500:]
+        roll = rng.randrange(_ppm)
+        if roll < duplicates_ppm:
+            yield "duplicate", rng.choice(recent)
+        elif roll < duplicates_ppm + conflicts_ppm:
+            yield "conflict", conflicting_duplicate(rng.choice(recent))
+        elif roll < duplicates_ppm + conflicts_ppm + invalid_ppm:
+            yield "invalid", invalid_message(rng, message)
+
+
+def produce_sample_traffic(
+    events: int,
+    bootstrap_servers: str | None,
+    topic: str,
+    to_file: Path | None,
+    duplicates_ppm: int = 10_000,
+    conflicts_ppm: int = 1_000,
+    invalid_ppm: int = 10_000,
+    models: int = 20,
+    contributors: int = 200,
+    seed: int = 7,
+    on_progress: Callable[[int], None] | None = None,
+) -> dict[str, int]:
+    """Write the sample to a JSON-lines file or a Kafka topic; return counts by kind."""
+    counts = {"registry": 0, "event": 0, "duplicate": 0, "conflict": 0, "invalid": 0}
+    messages = sample_messages(events, duplicates_ppm, conflicts_ppm, invalid_ppm, models, contributors, seed)
+    if to_file is not None:
+        with open(to_file, "wb") as handle:
+            for kind, message in messages:
+                # A JSON-lines file cannot hold a raw newline inside a message; such invalid
+                # messages are written with it escaped, which keeps them invalid.
+                handle.write(message.replace(b"\n", b"\\n") + b"\n")
+                counts[kind] += 1
+                if on_progress and kind == "event" and counts["event"] % _chunk == 0:
+                    on_progress(counts["event"])
+        return counts
+    from kafka import KafkaProducer
+
+    producer = KafkaProducer(
+        bootstrap_servers=bootstrap_servers.split(","),
+        acks="all",
+        linger_ms=20,
+        batch_size=1024 * 1024,
+        compression_type=None,
+        max_request_size=8 * 1024 * 1024,
+    )
+    try:
+        for kind, message in messages:
+            producer.send(topic, message)
+            counts[kind] += 1
+            if on_progress and kind == "event" and counts["event"] % _chunk == 0:
+                on_progress(counts["event"])
+        producer.flush()
+    finally:
+        producer.close()
+    return counts
