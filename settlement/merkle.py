@@ -30,8 +30,12 @@ LEAF_ENCODING = ("address", "uint256")
 # bug upstream (or needs a sharded tree), not something to grind through.
 leaves_count_max = 2**24
 amount_units_max = 2**256 - 1
-# Below this many leaves a second process costs more to start than the checksums it takes over.
-checksum_fork_leaves_min = 50_000
+# Below this many leaves a second process costs more to start than the hashing it takes over.
+fork_leaves_min = 50_000
+# The forked child computes every checksum (one keccak per leaf) plus this share of the leaf hashes
+# (two each), while the parent also slices and indexes the accounts: measured here, a quarter
+# balances the two cores.
+forked_leaves_share_ppm = 250_000
 
 _account_chars = 42  # "0x" + 40 hex digits
 _account_bytes = 20
@@ -64,9 +68,7 @@ def process_proof(leaf: bytes, proof: Sequence[bytes]) -> bytes:
     return node
 
 
-def verify(
-    root: bytes | str, account: str, cumulative_amount_units: int, proof: Sequence[bytes | str]
-) -> bool:
+def verify(root: bytes | str, account: str, cumulative_amount_units: int, proof: Sequence[bytes | str]) -> bool:
     """Whether `proof` shows that `(account, cumulative_amount_units)` is a leaf of the tree with `root`."""
     proof_bytes = [_to_bytes32(p) for p in proof]
     return process_proof(leaf_hash(account, cumulative_amount_units), proof_bytes) == _to_bytes32(root)
@@ -98,29 +100,28 @@ class MerkleTree:
         leaves_count = len(accounts)
         if leaves_count != len(cumulative_amounts_units):
             raise MerkleTreeError(
-                f"{leaves_count} accounts but {len(cumulative_amounts_units)} amounts; "
-                "pass one amount per account"
+                f"{leaves_count} accounts but {len(cumulative_amounts_units)} amounts; pass one amount per account"
             )
         if leaves_count == 0:
-            raise MerkleTreeError(
-                "a tree needs at least one leaf; skip the epoch when nobody is owed anything"
-            )
+            raise MerkleTreeError("a tree needs at least one leaf; skip the epoch when nobody is owed anything")
         if leaves_count > leaves_count_max:
             raise MerkleTreeError(f"{leaves_count} leaves exceed leaves_count_max={leaves_count_max}")
         amounts_units = list(cumulative_amounts_units)
         _check_amounts(amounts_units)
         raw, given_hex = _parse_account_format(accounts)
-        # The checksums (a quarter of the keccak calls) run on the second core while this one hashes
-        # the leaves; they are only compared once the leaves are done.
-        wait_checksummed = _checksum_bodies_started(given_hex)
+        # The checksums and the last leaves are hashed on the second core while this one hashes the
+        # rest; the checksums are only compared once both are done.
+        first_child_leaf = leaves_count - leaves_count * forked_leaves_share_ppm // 1_000_000
+        wait_for_child = _hashes_started(given_hex, raw, amounts_units, first_child_leaf)
         try:
             accounts_raw = [raw[i : i + _account_bytes] for i in range(0, len(raw), _account_bytes)]
             index_by_account = dict(zip(accounts_raw, range(leaves_count), strict=True))
             if len(index_by_account) != leaves_count:
                 _raise_duplicate(accounts_raw, accounts)
-            leaves = _leaf_hashes(accounts_raw, amounts_units)
+            leaves = _leaf_hashes(accounts_raw[:first_child_leaf], amounts_units[:first_child_leaf])
         finally:
-            checksummed_hex = wait_checksummed()
+            checksummed_hex, child_leaves = wait_for_child()
+        leaves.extend(child_leaves)
         if checksummed_hex != given_hex:
             _check_mismatches_are_single_case(accounts, given_hex, checksummed_hex)
 
@@ -263,9 +264,7 @@ def _check_amounts(amounts_units: Sequence[int]) -> None:
         return
     for i, m in enumerate(amounts_units):
         if type(m) is not int:
-            raise MerkleTreeError(
-                f"amount `{m!r}` is a {type(m).__name__}, not an int of minor units", index=i
-            )
+            raise MerkleTreeError(f"amount `{m!r}` is a {type(m).__name__}, not an int of minor units", index=i)
         if not 0 <= m <= amount_units_max:
             raise MerkleTreeError(f"amount `{m}` is outside [0, 2**256)", index=i)
     raise AssertionError("unreachable: a bad amount was detected but not found")
@@ -303,31 +302,44 @@ def _parse_account_format(accounts: Sequence[str]) -> tuple[bytes, bytes]:
     return raw, body.encode("ascii")
 
 
-def _checksum_bodies_started(given: bytes) -> Callable[[], bytes]:
-    """Start `_checksum_bodies(given)` in a forked child; return the function that waits for its result.
+def _hashes_started(
+    given: bytes, raw: bytes, amounts_units: list[int], first_leaf: int
+) -> Callable[[], tuple[bytes, list[bytes]]]:
+    """Start hashing in a forked child; return the function that waits for and returns its results.
 
-    The child only hashes and writes into an anonymous shared mapping, touching no lock, file or
-    logger it inherited, then leaves with `os._exit`; without `fork`, for small inputs, or if the
-    child fails, the checksums are computed here instead.
+    The child computes `_checksum_bodies(given)` and the hashes of leaves `first_leaf..`, writes them
+    into an anonymous shared mapping, touches no lock, file or logger it inherited, and leaves with
+    `os._exit`. Without `fork`, below `fork_leaves_min`, or if the child fails, the same work is done
+    here instead.
     """
-    if not hasattr(os, "fork") or len(given) < 40 * checksum_fork_leaves_min:
-        return lambda: _checksum_bodies(given)
-    shared = mmap.mmap(-1, len(given))
+    leaves_count = len(amounts_units)
+
+    def compute() -> tuple[bytes, list[bytes]]:
+        accounts_raw = [raw[i * _account_bytes : (i + 1) * _account_bytes] for i in range(first_leaf, leaves_count)]
+        return _checksum_bodies(given), _leaf_hashes(accounts_raw, amounts_units[first_leaf:])
+
+    if not hasattr(os, "fork") or leaves_count < fork_leaves_min:
+        return compute
+    shared = mmap.mmap(-1, len(given) + _word_bytes * (leaves_count - first_leaf))
     pid = os.fork()
     if pid == 0:  # pragma: no cover - runs in the child, whose coverage is not collected
         status = 1
         try:
-            shared[:] = _checksum_bodies(given)
+            checksummed, leaves = compute()
+            shared[: len(given)] = checksummed
+            shared[len(given) :] = b"".join(leaves)
             status = 0
         finally:
             os._exit(status)
 
-    def wait() -> bytes:
+    def wait() -> tuple[bytes, list[bytes]]:
         _, status = os.waitpid(pid, 0)
         try:
             if os.waitstatus_to_exitcode(status) != 0:
-                return _checksum_bodies(given)
-            return shared[:]
+                return compute()
+            checksummed = shared[: len(given)]
+            joined = shared[len(given) :]
+            return checksummed, [joined[i : i + _word_bytes] for i in range(0, len(joined), _word_bytes)]
         finally:
             shared.close()
 

@@ -14,7 +14,7 @@ from settlement.exceptions import MerkleTreeError
 from settlement.merkle import (
     MerkleTree,
     amount_units_max,
-    checksum_fork_leaves_min,
+    fork_leaves_min,
     leaf_hash,
     process_proof,
     verify,
@@ -118,7 +118,7 @@ def test_mixed_case_address_with_a_wrong_checksum_is_rejected() -> None:
 
 def test_bad_checksum_is_caught_on_the_forked_path_too() -> None:
     """Pins that the large-tree path (checksums computed in a forked child) still rejects typos."""
-    accounts = random_accounts(checksum_fork_leaves_min, seed=6)
+    accounts = random_accounts(fork_leaves_min, seed=6)
     last = accounts[-1]
     position = next(i for i, c in enumerate(last) if i >= 2 and c.isalpha())
     accounts[-1] = last[:position] + last[position].swapcase() + last[position + 1 :]
@@ -129,10 +129,10 @@ def test_bad_checksum_is_caught_on_the_forked_path_too() -> None:
 
 def test_forked_and_inline_checksums_give_the_same_tree(monkeypatch: pytest.MonkeyPatch) -> None:
     """Pins that the forked checksum path changes nothing: same tree as with checksums computed inline."""
-    accounts = random_accounts(checksum_fork_leaves_min, seed=7)
+    accounts = random_accounts(fork_leaves_min, seed=7)
     amounts = list(range(len(accounts)))
     forked = MerkleTree.build(accounts, amounts)
-    monkeypatch.setattr(merkle, "checksum_fork_leaves_min", len(accounts) + 1)
+    monkeypatch.setattr(merkle, "fork_leaves_min", len(accounts) + 1)
     inline = MerkleTree.build([a.lower() for a in accounts], amounts)
     assert forked.root == inline.root
     assert inline.account_at(len(accounts) - 1) == forked.account_at(len(accounts) - 1) == accounts[-1]
