@@ -70,7 +70,7 @@ def registry(models: int, contributors: int, seed: int = 1) -> list[bytes]:
             shares = [{"recipient": f"model:{p['model_id']}", "share_ppm": p["share_ppm"]} for p in parents]
             left = 1_000_000 - sum(s["share_ppm"] for s in shares)
             cuts = [left // 4] * 3 + [left - 3 * (left // 4)]
-            shares += [{"recipient": f"contrib-{r:05d}", "share_ppm": c} for r, c in zip(recipients, cuts)]
+            shares += [{"recipient": f"contrib-{r:05d}", "share_ppm": c} for r, c in zip(recipients, cuts, strict=True)]
             effective = (start - timedelta(days=1) + timedelta(hours=hours if number else 0)).isoformat()
             values.append(
                 _envelope(
