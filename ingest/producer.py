@@ -4,6 +4,8 @@ import random
 from collections.abc import Callable
 from pathlib import Path
 
+import msgspec
+
 from ingest.sample import SampleShape, SampleTraffic, conflicting_duplicate, invalid_message
 
 _ppm = 1_000_000
@@ -31,6 +33,18 @@ def sample_messages(
             yield "conflict", conflicting_duplicate(rng.choice(recent))
         elif roll < duplicates_ppm + conflicts_ppm + invalid_ppm:
             yield "invalid", invalid_message(rng, message)
+
+
+class _Identity(msgspec.Struct):
+    id: str | None = None
+
+
+def _event_key(message: bytes) -> bytes | None:
+    try:
+        event_id = msgspec.json.decode(message, type=_Identity).id
+    except (msgspec.DecodeError, msgspec.ValidationError):
+        return None
+    return event_id.encode() if event_id else None
 
 
 def produce_sample_traffic(
@@ -71,7 +85,9 @@ def produce_sample_traffic(
     )
     try:
         for kind, message in messages:
-            producer.send(topic, message)
+            # Keyed by event id, as gateways key them: an event and its resends share a
+            # partition, so a resend is never read before the event it repeats.
+            producer.send(topic, message, key=_event_key(message))
             counts[kind] += 1
             if on_progress and kind == "event" and counts["event"] % _chunk == 0:
                 on_progress(counts["event"])

@@ -125,7 +125,7 @@ class KafkaSource:
         client_id: str = "royalty-ingest",
     ) -> None:
         from kafka import KafkaConsumer
-        from kafka.errors import NoBrokersAvailable
+        from kafka.errors import KafkaError
 
         self.topics = list(topics)
         self.group_id = group_id
@@ -147,7 +147,7 @@ class KafkaSource:
                     heartbeat_interval_ms=3_000,
                 )
                 break
-            except NoBrokersAvailable:
+            except KafkaError:  # no broker reachable yet: kafka-python 3 raises its base error
                 log.warning(
                     "kafka broker unreachable; retrying",
                     extra={"bootstrap_servers": bootstrap_servers, "retry_in_s": backoff_s},
