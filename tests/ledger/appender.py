@@ -1,6 +1,8 @@
 """A separate appending process for crash and concurrency tests.
 
-    python -m tests.ledger.appender LAKE TOPIC BATCHES EVENTS_PER_BATCH SEED
+    python -m tests.ledger.appender LAKE TOPIC BATCHES EVENTS_PER_BATCH SEED [DATA_PATH]
+
+LAKE is a folder or a PostgreSQL catalog string; DATA_PATH is required with the latter.
 
 Prints `committed <snapshot> <next_offset>` after each append, flushed, so the parent knows
 exactly what was committed when it kills this process.
@@ -15,8 +17,9 @@ from tests.ledger.helpers import batch_of
 
 def main() -> None:
     lake, topic, batches, size, seed = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
+    data_path = sys.argv[6] if len(sys.argv) > 6 else None
     traffic = SampleTraffic(SampleShape(), seed=seed)
-    with Ledger.open(lake) as ledger:
+    with Ledger.open(lake, data_path) as ledger:
         next_offset = ledger.stored_offsets().get((topic, 0), 0)
         values = list(traffic.metered(size * batches))
         print(f"ready {next_offset}", flush=True)
