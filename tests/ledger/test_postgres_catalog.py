@@ -1,0 +1,184 @@
+"""The ledger on a PostgreSQL DuckLake catalog behaves as on the embedded SQLite one, and takes concurrent writers."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import pytest
+
+from ingest.sample import SampleTraffic, conflicting_duplicate
+from ledger import Ledger, LedgerOffsetsFencedError, LedgerReadOnlyError, define_views, run_query
+from ledger.verify import verify
+from tests.conftest import repo_root, royalty_command
+from tests.ledger.helpers import batch_of
+
+if TYPE_CHECKING:
+    from tests.support.postgres import PostgresServer
+
+pytest_plugins = ("tests.support.postgres",)
+
+_appender = [sys.executable, "-m", "tests.ledger.appender"]
+_environment = {**os.environ, "PYTHONPATH": str(repo_root)}
+
+
+@dataclass(frozen=True)
+class Lake:
+    """Where one test's ledger lives: `Ledger.open(lake.location, lake.data_path)` and the CLI options."""
+
+    location: str
+    data_path: str | None
+
+    def open(self) -> Ledger:
+        return Ledger.open(self.location, self.data_path)
+
+    def open_read_only(self, snapshot_version: int | None = None) -> Ledger:
+        return Ledger.open_read_only(self.location, self.data_path, snapshot_version=snapshot_version)
+
+    def cli_options(self) -> list[str]:
+        return ["--lake", self.location, *(["--data-path", self.data_path] if self.data_path else [])]
+
+    def parquet_files(self) -> list[Path]:
+        root = Path(self.data_path) if self.data_path else Path(self.location) / "data"
+        return sorted(root.rglob("*.parquet"))
+
+
+@pytest.fixture
+def postgres_lake(request: pytest.FixtureRequest, tmp_path: Path) -> Lake:
+    """A fresh ledger on its own database of the session's PostgreSQL server, Parquet files under tmp_path."""
+    server: PostgresServer = request.getfixturevalue("postgres_server")
+    catalog = server.create_database(f"lake_{uuid.uuid4().hex[:12]}")
+    return Lake(catalog, str(tmp_path / "data"))
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def lake(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Lake]:
+    """A fresh ledger on each catalog backend: a SQLite-catalog folder, or a PostgreSQL database plus data path."""
+    if request.param == "sqlite":
+        yield Lake(str(tmp_path / "lake"), None)
+    else:
+        yield request.getfixturevalue("postgres_lake")
+
+
+def _count(lake: Lake, topic: str) -> tuple[int, int]:
+    with lake.open_read_only() as reader:
+        (count, distinct) = reader.connection.execute(
+            "SELECT count(*), count(DISTINCT event_id) FROM lake.main.inference_metered WHERE kafka_topic = ?",
+            [topic],
+        ).fetchone()
+    return int(count), int(distinct)
+
+
+def test_duplicates_are_dropped_and_conflicting_ones_dead_lettered(lake: Lake) -> None:
+    """Resending events (same and different content) across and within batches stores each id once, per backend."""
+    values = list(SampleTraffic().metered(500))
+    with lake.open() as ledger:
+        first = ledger.append(*batch_of([*values, values[3]]))
+        assert (first.events, first.duplicates, first.dead_letters) == (500, 1, 0)
+        resent = [*values[:100], conflicting_duplicate(values[7])]
+        second = ledger.append(*batch_of(resent, first_offset=501))
+        assert (second.events, second.duplicates, second.dead_letters) == (0, 100, 1)
+        assert second.snapshot_id > first.snapshot_id == ledger.current_snapshot() - 1
+    assert _count(lake, "t") == (500, 500)
+    with lake.open_read_only() as reader:
+        (reason, field, offset) = reader.connection.execute(
+            "SELECT reason, error_field, kafka_offset FROM lake.main.dead_letter"
+        ).fetchone()
+    assert "conflicting duplicate" in reason and json.loads(values[7])["id"] in reason
+    assert (field, offset) == ("id", 601)
+
+
+def test_bad_messages_become_dead_letters_and_good_ones_read_back_through_views(lake: Lake) -> None:
+    """Invalid messages are stored once with raw bytes and position; the good ones are readable via analyst SQL."""
+    good = list(SampleTraffic().metered(10))
+    values = [*good[:5], b"\xffgarbage", *good[5:]]
+    with lake.open() as ledger:
+        result = ledger.append(*batch_of(values, topic="events", partition=3, first_offset=40))
+        assert (result.events, result.dead_letters) == (10, 1)
+    with lake.open_read_only() as reader:
+        define_views(reader)
+        dead = run_query(reader, "SELECT * FROM dead_letters").to_pylist()
+        ids = run_query(reader, "SELECT event_id FROM inference_events ORDER BY event_id").column(0).to_pylist()
+        with pytest.raises(LedgerReadOnlyError, match="read-only"):
+            run_query(reader, "DELETE FROM lake.main.inference_metered")
+    assert [(d["kafka_partition"], d["kafka_offset"], d["raw"]) for d in dead] == [(3, 45, b"\xffgarbage")]
+    assert ids == sorted(json.loads(value)["id"] for value in good)
+
+
+def test_offsets_are_stored_with_the_rows_and_a_stale_batch_is_fenced(lake: Lake) -> None:
+    """Offsets advance with each append and survive a reopen; a batch starting before them writes nothing."""
+    values = list(SampleTraffic().metered(20))
+    with lake.open() as ledger:
+        ledger.append(*batch_of(values[:10], topic="a", partition=1, first_offset=0))
+        ledger.append(*batch_of(values[:4], topic="b", partition=0, first_offset=7))
+        snapshot = ledger.current_snapshot()
+        with pytest.raises(LedgerOffsetsFencedError, match="starts at 5"):
+            ledger.append(*batch_of(values[5:15], topic="a", partition=1, first_offset=5))
+        assert ledger.current_snapshot() == snapshot
+    with lake.open() as ledger:
+        assert ledger.stored_offsets() == {("a", 1): 10, ("b", 0): 11}
+        ledger.append(*batch_of(values[10:], topic="a", partition=1, first_offset=10))
+    with lake.open_read_only() as reader:
+        assert reader.stored_offsets() == {("a", 1): 20, ("b", 0): 11}
+    with lake.open_read_only(snapshot_version=snapshot) as as_of:
+        assert as_of.stored_offsets() == {("a", 1): 10, ("b", 0): 11}
+
+
+def test_verify_passes_then_names_an_edited_file_and_a_delete(lake: Lake) -> None:
+    """`royalty verify` (and `verify()`) accept an append-only ledger, then fail on a changed byte and on a DELETE."""
+    with lake.open() as ledger:
+        ledger.append(*batch_of([*SampleTraffic().metered(300), b"bad"]))
+    with lake.open_read_only() as reader:
+        report = verify(reader)
+    assert report.ok and report.files == 2, report.problems
+    assert subprocess.run(royalty_command("verify", *lake.cli_options()), capture_output=True).returncode == 0
+
+    target = lake.parquet_files()[0]
+    data = bytearray(target.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    target.write_bytes(bytes(data))
+    with lake.open_read_only() as reader:
+        problems = verify(reader).problems
+    assert len(problems) == 1 and target.name in problems[0] and "contents changed" in problems[0]
+
+    with lake.open() as ledger:
+        ledger.connection.execute("DELETE FROM lake.main.inference_metered WHERE input_tokens < 1000")
+    result = subprocess.run(royalty_command("verify", *lake.cli_options()), capture_output=True, text=True)
+    assert result.returncode == 1 and "delete" in result.stderr.lower()
+
+
+def test_two_appending_processes_on_one_postgres_catalog_land_every_append_once(postgres_lake: Lake) -> None:
+    """Two writer processes append small batches at once to one PostgreSQL catalog; nothing lost or doubled."""
+    postgres_lake.open().close()
+    size, batches = 200, 25
+    location, data_path = postgres_lake.location, str(postgres_lake.data_path)
+    writers = [
+        subprocess.Popen(
+            [*_appender, location, topic, str(batches), str(size), str(seed), data_path],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_environment, cwd=repo_root,
+        )
+        for seed, topic in enumerate(["writer-a", "writer-b"], start=1)
+    ]
+    for writer in writers:
+        output, errors = writer.communicate(timeout=120)
+        assert writer.returncode == 0, errors
+        assert output.count("committed") == batches
+    assert _count(postgres_lake, "writer-a") == _count(postgres_lake, "writer-b") == (size * batches, size * batches)
+    with postgres_lake.open_read_only() as reader:
+        assert reader.stored_offsets() == {("writer-a", 0): size * batches, ("writer-b", 0): size * batches}
+        (batch_rows, writers_seen) = reader.connection.execute(
+            "SELECT count(*), count(DISTINCT writer) FROM lake.main.ingest_batch"
+        ).fetchone()
+        (snapshots,) = reader.connection.execute("SELECT count(*) FROM lake.snapshots()").fetchone()
+        report = verify(reader)
+    assert (batch_rows, writers_seen) == (2 * batches, 2)
+    # Snapshot 0, the tables' creation, then one per append: no append was split or lost.
+    assert snapshots == 2 + 2 * batches
+    assert report.ok, report.problems
