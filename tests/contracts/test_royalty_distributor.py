@@ -18,6 +18,7 @@ from web3.contract import Contract
 from web3.exceptions import ContractCustomError
 from web3.logs import DISCARD
 
+from settlement.contract_artifacts import distributor_artifact
 from settlement.merkle import MerkleTree
 from tests.support.anvil import NO_DIGEST, Anvil, Deployment, anvil, deploy  # noqa: F401 - anvil is a fixture
 
@@ -40,19 +41,22 @@ def custom_error(contract: Contract, name: str) -> tuple[bytes, list[str]]:
 
 def assert_reverts(contract: Contract, call: Any, sender: str, name: str, *args: object) -> None:
     """Assert that `call` from `sender` reverts with custom error `name` carrying exactly `args`."""
+    assert_custom_error(contract, lambda: call.call({"from": sender}), name, *args)
+
+
+def assert_custom_error(contract: Contract, attempt: Callable[[], object], name: str, *args: object) -> None:
+    """Assert that `attempt()` reverts with custom error `name` (from `contract`'s ABI) carrying `args`."""
     selector, types = custom_error(contract, name)
     with pytest.raises(ContractCustomError) as raised:
-        call.call({"from": sender})
+        attempt()
     data = raised.value.data
     data = bytes.fromhex(data[2:]) if isinstance(data, str) else data
     assert data[:4] == selector, f"expected {name}, got selector 0x{data[:4].hex()}"
-    decoded = [
-        to_checksum_address(value) if kind == "address" else value
-        for kind, value in zip(types, decode(types, data[4:]), strict=True)
-    ]
-    assert decoded == [
-        to_checksum_address(a) if kind == "address" else a for kind, a in zip(types, args, strict=True)
-    ]
+
+    def normalised(values: Any) -> list[object]:
+        return [to_checksum_address(v) if t == "address" else v for t, v in zip(types, values, strict=True)]
+
+    assert normalised(decode(types, data[4:])) == normalised(args)
 
 
 @pytest.fixture
@@ -101,11 +105,7 @@ def test_two_epochs_pay_each_payee_its_cumulative_amount_then_exactly_the_differ
         before = d.balance(account)
         receipt = d.claim(second, account)
         (event,) = d.distributor.events.Claimed().process_receipt(receipt, errors=DISCARD)
-        assert (
-            event.args.amount
-            == d.balance(account) - before
-            == amounts[account] - first_amounts.get(account, 0)
-        )
+        assert event.args.amount == d.balance(account) - before == amounts[account] - first_amounts.get(account, 0)
     assert_reverts(
         d.distributor,
         d.distributor.functions.claim(accounts[1], 1, second.proof(accounts[1])),
@@ -371,3 +371,25 @@ def test_a_lower_cumulative_amount_than_claimed_reverts(chain) -> None:
         40,
         50,
     )
+
+
+def test_constructor_rejects_a_zero_token_a_zero_admin_and_an_overlong_timelock(anvil: Anvil) -> None:  # noqa: F811
+    """Pins deployment checks: each bad constructor argument reverts with its own error and value."""
+    w3 = anvil.w3
+    admin = w3.eth.accounts[0]
+    build = distributor_artifact()
+    factory = w3.eth.contract(abi=build.abi, bytecode=build.bytecode)
+    token = deploy(w3, 0).token.address
+    zero = "0x" + "00" * 20
+    for args, name, values in [
+        ((zero, 0, admin, admin, admin), "RoyaltyDistributorInvalidToken", (zero,)),
+        ((token, 0, zero, admin, admin), "RoyaltyDistributorInvalidAdmin", (zero,)),
+        (
+            (token, 30 * 86_400 + 1, admin, admin, admin),
+            "RoyaltyDistributorTimelockTooLong",
+            (30 * 86_400 + 1, 30 * 86_400),
+        ),
+    ]:
+        assert_custom_error(
+            factory, lambda a=args: factory.constructor(*a).estimate_gas({"from": admin}), name, *values
+        )
