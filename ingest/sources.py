@@ -202,11 +202,19 @@ class KafkaSource:
         )
 
     def seek(self, stored_offsets: dict[tuple[str, int], int]) -> None:
+        # Seeking is local to the consumer (no broker round trip), so it cannot fail in an outage.
         self._seek_partitions(list(self.consumer.assignment()))
 
     def poll(self, records_max: int, timeout_ms: int) -> Messages:
+        from kafka.errors import KafkaError
+
         messages = Messages()
-        polled = self.consumer.poll(timeout_ms=timeout_ms, max_records=records_max, update_offsets=True)
+        try:
+            polled = self.consumer.poll(timeout_ms=timeout_ms, max_records=records_max, update_offsets=True)
+        except KafkaError as error:
+            # An outage surfaces here as connection errors; the service reports it and retries.
+            log.debug("poll failed", extra={"error": str(error)})
+            return messages
         for partition, records in polled.items():
             count = len(records)
             messages.values += [record.value for record in records]
@@ -229,12 +237,19 @@ class KafkaSource:
             log.debug("informational offset commit failed", extra={"error": str(error)})
 
     def lag(self) -> dict[tuple[str, int], int]:
+        from kafka.errors import KafkaError
+
         lags = {}
-        for partition in self.consumer.assignment():
-            highwater = self.consumer.highwater(partition)
-            if highwater is None:
-                continue
-            lags[(partition.topic, partition.partition)] = max(0, highwater - self.consumer.position(partition))
+        try:
+            for partition in self.consumer.assignment():
+                highwater = self.consumer.highwater(partition)
+                if highwater is None:
+                    continue
+                position = self.consumer.position(partition, timeout_ms=1_000)
+                if position is not None:
+                    lags[(partition.topic, partition.partition)] = max(0, highwater - position)
+        except KafkaError as error:
+            log.debug("lag unknown while the broker is unreachable", extra={"error": str(error)})
         return lags
 
     def connected(self) -> bool:
