@@ -68,7 +68,9 @@ class SampleTraffic:
         """Contributors, models (some derived from earlier ones) and one policy per model."""
         shape, rng = self.shape, self.rng
         time = shape.start - timedelta(days=1)
-        for contributor_id in self.contributor_ids:
+        # Compute providers are paid like contributors, so they register payout addresses too.
+        providers = [f"gpu-{index:03d}" for index in range(shape.compute_providers)]
+        for contributor_id in [*self.contributor_ids, *providers]:
             address = to_checksum_address(rng.randbytes(20))
             yield _envelope(
                 "ai.contributor.registered.v1",

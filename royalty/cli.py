@@ -244,6 +244,33 @@ def produce_sample(
     )
 
 
+@app.command("close-epoch")
+def close_epoch_command(
+    lake: LakeOption = None,
+    data_path: DataPathOption = None,
+    config: ConfigOption = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Compute and print the epoch; write nothing.")] = False,
+) -> None:
+    """Close the next epoch: split every event committed since the last one into postings and payables."""
+    from rich.progress import Progress
+
+    from ledger import Ledger
+    from settlement import close_epoch, render_summary
+
+    settings = load_settings({"lake": lake, "data_path": data_path}, config)
+    try:
+        with Ledger.open(settings.lake, settings.data_path) as ledger, Progress(console=stderr, transient=True) as bar:
+            task = bar.add_task("closing epoch", total=None)
+
+            def progress(step: str, done: int, total: int) -> None:
+                bar.update(task, description=step, completed=done, total=total)
+
+            summary = close_epoch(ledger, dry_run=dry_run, progress=progress)
+    except RoyaltyError as error:
+        _fail(error)
+    render_summary(summary, stdout)
+
+
 def main() -> None:
     configure_logging()
     try:
