@@ -8,6 +8,7 @@ wheels; nothing is downloaded, here or in a production network without internet.
 
 import os
 import site
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,6 +19,10 @@ from ledger.errors import LedgerNotFoundError
 catalog_alias = "lake"
 sqlite_catalog_file = "catalog.sqlite"
 data_folder = "data"
+# Writers that attach a new PostgreSQL catalog at the same moment race to create DuckLake's
+# metadata tables; the losers' ATTACH fails with "already exists" and succeeds when retried.
+_catalog_creation_attempts = 5
+_catalog_creation_backoff_s = 0.2
 
 
 def extension_directory() -> str:
@@ -99,9 +104,16 @@ def connect(
         options.append("READ_ONLY")
     if snapshot_version is not None:
         options.append(f"SNAPSHOT_VERSION {int(snapshot_version)}")
-    connection.execute(
-        f"ATTACH 'ducklake:{_quote(location.catalog)}' AS {catalog_alias} ({', '.join(options)})"
-    )
+    attach = f"ATTACH 'ducklake:{_quote(location.catalog)}' AS {catalog_alias} ({', '.join(options)})"
+    for attempt in range(1, _catalog_creation_attempts + 1):
+        try:
+            connection.execute(attach)
+            break
+        except duckdb.Error as error:
+            racing = location.backend == "postgres" and "already exists" in str(error)
+            if not racing or attempt == _catalog_creation_attempts:
+                raise
+            time.sleep(_catalog_creation_backoff_s * attempt)
     connection.execute(f"USE {catalog_alias}")
     return connection
 

@@ -154,6 +154,29 @@ def test_verify_passes_then_names_an_edited_file_and_a_delete(lake: Lake) -> Non
     assert result.returncode == 1 and "delete" in result.stderr.lower()
 
 
+def test_processes_opening_a_new_postgres_catalog_at_once_all_succeed(
+    postgres_server: PostgresServer, tmp_path: Path
+) -> None:
+    """Three processes open one fresh PostgreSQL catalog at the same moment (twice); none loses the creation race."""
+    opener = "import sys; from ledger import Ledger; Ledger.open(sys.argv[1], sys.argv[2]).close()"
+    for round_number in range(2):
+        catalog = postgres_server.create_database(f"race_{uuid.uuid4().hex[:12]}")
+        data_path = str(tmp_path / f"data-{round_number}")
+        openers = [
+            subprocess.Popen([sys.executable, "-c", opener, catalog, data_path], stderr=subprocess.PIPE, text=True,
+                             env=_environment, cwd=repo_root)
+            for _ in range(3)
+        ]  # fmt: skip
+        for process in openers:
+            _, errors = process.communicate(timeout=60)
+            assert process.returncode == 0, errors[-2000:]
+    with Ledger.open_read_only(catalog, data_path) as reader:
+        (tables,) = reader.connection.execute(
+            "SELECT count(*) FROM duckdb_tables() WHERE database_name = 'lake'"
+        ).fetchone()
+    assert tables >= 5
+
+
 def test_two_appending_processes_on_one_postgres_catalog_land_every_append_once(postgres_lake: Lake) -> None:
     """Two writer processes append small batches at once to one PostgreSQL catalog; nothing lost or doubled."""
     postgres_lake.open().close()
