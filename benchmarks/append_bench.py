@@ -50,7 +50,8 @@ def main() -> None:
             result = ledger.append(batch, offsets)
             assert result.events == len(batch), result
         append_s = time.perf_counter() - started
-        data_bytes = sum(p.stat().st_size for p in (workdir / "lake" / "data" / "main" / "inference_metered").rglob("*.parquet"))
+        event_files = (workdir / "lake" / "data" / "main" / "inference_metered").rglob("*.parquet")
+        data_bytes = sum(path.stat().st_size for path in event_files)
         (stored,) = ledger.connection.execute("SELECT count(*) FROM inference_metered").fetchone()
         assert stored == args.events, stored
         ledger.close()
