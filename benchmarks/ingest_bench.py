@@ -42,7 +42,7 @@ def main() -> None:
         broker.create_topic(topic, partitions)
         print(f"producing {args.events:,} messages ...", flush=True)
         producer = KafkaProducer(bootstrap_servers=broker.bootstrap_servers, acks=1, linger_ms=50,
-                                 batch_size=1024 * 1024, buffer_memory=256 * 1024 * 1024)
+                                 batch_size=1024 * 1024)
         for value in SampleTraffic(SampleShape(models=1_000, contributors=10_000)).metered(args.events):
             producer.send(topic, value)
         producer.flush()
