@@ -71,9 +71,7 @@ def time_python(
 def time_js(accounts: list[str], amounts_units: list[int]) -> dict:
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / "values.json"
-        path.write_text(
-            json.dumps({"values": [[a, str(m)] for a, m in zip(accounts, amounts_units, strict=True)]})
-        )
+        path.write_text(json.dumps({"values": [[a, str(m)] for a, m in zip(accounts, amounts_units, strict=True)]}))
         result = subprocess.run(
             ["node", f"--max-old-space-size={NODE_HEAP_MB}", "tools/oz-merkle.mjs", "--bench", str(path)],
             cwd=CONTRACTS_DIR,

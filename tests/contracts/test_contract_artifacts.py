@@ -23,12 +23,8 @@ def test_committed_artifacts_equal_a_fresh_compile(tmp_path: Path) -> None:
     for name in (ROYALTY_DISTRIBUTOR, TEST_TOKEN):
         fresh = json.loads((tmp_path / f"{name}.json").read_text())
         committed = json.loads((ARTIFACTS_DIR / f"{name}.json").read_text())
-        changed = sorted(
-            key for key in fresh.keys() | committed.keys() if fresh.get(key) != committed.get(key)
-        )
-        assert not changed, (
-            f"{name}: {changed} differ; run `node contracts/compile.mjs` and commit the artifacts"
-        )
+        changed = sorted(key for key in fresh.keys() | committed.keys() if fresh.get(key) != committed.get(key))
+        assert not changed, f"{name}: {changed} differ; run `node contracts/compile.mjs` and commit the artifacts"
         assert (tmp_path / f"{name}.json").read_bytes() == (ARTIFACTS_DIR / f"{name}.json").read_bytes()
 
 

@@ -169,9 +169,7 @@ class Deployment:
             if total_units is None
             else (total_units)
         )
-        return self.send(
-            self.distributor.functions.proposeRoot(epoch, tree.root, total, NO_DIGEST), self.settler
-        )
+        return self.send(self.distributor.functions.proposeRoot(epoch, tree.root, total, NO_DIGEST), self.settler)
 
     def claim(self, tree: MerkleTree, account: str, amount_units: int | None = None) -> Any:
         amount = tree.amount_units(account) if amount_units is None else amount_units
@@ -192,9 +190,7 @@ def deploy(w3: Web3, timelock_seconds: int) -> Deployment:
     token = w3.eth.contract(address=receipt["contractAddress"], abi=token_build.abi)
     factory = w3.eth.contract(abi=distributor_build.abi, bytecode=distributor_build.bytecode)
     receipt = w3.eth.wait_for_transaction_receipt(
-        factory.constructor(token.address, timelock_seconds, admin, settler, guardian).transact(
-            {"from": admin}
-        )
+        factory.constructor(token.address, timelock_seconds, admin, settler, guardian).transact({"from": admin})
     )
     distributor = w3.eth.contract(address=receipt["contractAddress"], abi=distributor_build.abi)
     return Deployment(w3, token, distributor, admin, settler, guardian, outsider)
