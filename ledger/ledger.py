@@ -75,6 +75,7 @@ class Ledger:
         location.prepare()
         ledger = cls(location, connect(location, read_only=False), read_only=False)
         ledger._retrying(ledger._create_tables, "create tables")
+        ledger._retrying(ledger._set_inlining_options, "set inlining options")
         return ledger
 
     @classmethod
@@ -385,6 +386,16 @@ class Ledger:
         with self._transaction():
             for statement in create_statements(catalog_alias):
                 self.connection.execute(statement)
+        self._set_inlining_options()
+
+    def _set_inlining_options(self) -> None:
+        """Make this connection inline the bookkeeping tables' rows (idempotent; makes no snapshot).
+
+        DuckLake reads a catalog's options once, at ATTACH: a writer that attached while another
+        was creating a new ledger would never see the options the creator set afterwards, and its
+        bookkeeping rows would become Parquet files without recorded checksums. So every writer
+        sets them on its own connection.
+        """
         for statement in inlining_statements(catalog_alias):
             self.connection.execute(statement)
 

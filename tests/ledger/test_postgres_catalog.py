@@ -154,27 +154,34 @@ def test_verify_passes_then_names_an_edited_file_and_a_delete(lake: Lake) -> Non
     assert result.returncode == 1 and "delete" in result.stderr.lower()
 
 
-def test_processes_opening_a_new_postgres_catalog_at_once_all_succeed(
+def test_processes_opening_a_new_postgres_catalog_at_once_all_succeed_and_append_verifiably(
     postgres_server: PostgresServer, tmp_path: Path
 ) -> None:
-    """Three processes open one fresh PostgreSQL catalog at the same moment (twice); none loses the creation race."""
-    opener = "import sys; from ledger import Ledger; Ledger.open(sys.argv[1], sys.argv[2]).close()"
+    """Three processes open one fresh PostgreSQL catalog at once and append (twice over); none fails, verify passes."""
+    opener = (
+        "import sys; from ingest.sample import SampleTraffic; from ledger import Ledger; "
+        "from tests.ledger.helpers import batch_of\n"
+        "with Ledger.open(sys.argv[1], sys.argv[2]) as ledger:\n"
+        "    ledger.append(*batch_of(list(SampleTraffic(seed=int(sys.argv[3])).metered(50)), topic=sys.argv[3]))"
+    )
     for round_number in range(2):
         catalog = postgres_server.create_database(f"race_{uuid.uuid4().hex[:12]}")
         data_path = str(tmp_path / f"data-{round_number}")
         openers = [
-            subprocess.Popen([sys.executable, "-c", opener, catalog, data_path], stderr=subprocess.PIPE, text=True,
-                             env=_environment, cwd=repo_root)
-            for _ in range(3)
+            subprocess.Popen([sys.executable, "-c", opener, catalog, data_path, str(seed)], stderr=subprocess.PIPE,
+                             text=True, env=_environment, cwd=repo_root)
+            for seed in range(3)
         ]  # fmt: skip
         for process in openers:
             _, errors = process.communicate(timeout=60)
             assert process.returncode == 0, errors[-2000:]
-    with Ledger.open_read_only(catalog, data_path) as reader:
-        (tables,) = reader.connection.execute(
-            "SELECT count(*) FROM duckdb_tables() WHERE database_name = 'lake'"
-        ).fetchone()
-    assert tables >= 5
+        with Ledger.open_read_only(catalog, data_path) as reader:
+            offsets = reader.stored_offsets()
+            # A writer that attached before the creator set the inlining options would have
+            # written its bookkeeping rows as Parquet files with no recorded checksum.
+            report = verify(reader)
+        assert offsets == {(str(seed), 0): 50 for seed in range(3)}
+        assert report.ok and report.files == 3, report.problems
 
 
 def test_two_appending_processes_on_one_postgres_catalog_land_every_append_once(postgres_lake: Lake) -> None:
