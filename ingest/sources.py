@@ -255,7 +255,7 @@ class KafkaSource:
     def connected(self) -> bool:
         client = self.consumer._client  # kafka-python exposes no public connectivity check
         try:
-            return any(client.connected(broker.nodeId) for broker in client.cluster.brokers())
+            return any(client.connected(broker.node_id) for broker in client.cluster.brokers())
         except Exception:
             return False
 
