@@ -109,7 +109,6 @@ def test_two_ingest_processes_in_a_group_split_partitions_and_take_over_after_si
     catalog = postgres_server.create_database(f"group_{uuid.uuid4().hex[:8]}")
     data_path = tmp_path / "data"
     kafka_broker.create_topic(topic, PARTITIONS)
-    Ledger.open(catalog, str(data_path)).close()  # both processes then find the tables made
 
     def offsets() -> dict[tuple[str, int], int]:
         with Ledger.open_read_only(catalog, str(data_path)) as reader:
@@ -121,6 +120,7 @@ def test_two_ingest_processes_in_a_group_split_partitions_and_take_over_after_si
     def produce(events: int, seed: int) -> None:
         produce_sample_traffic(events, kafka_broker.bootstrap_servers, topic, None, seed=seed, **_no_mistakes, **_shape)
 
+    # Both start on a new, empty catalog at once, as an operator scaling out from nothing would.
     doomed = _Ingest(kafka_broker, topic, group, catalog, data_path, tmp_path / "doomed.log")
     survivor = _Ingest(kafka_broker, topic, group, catalog, data_path, tmp_path / "survivor.log")
     try:
@@ -156,6 +156,10 @@ def test_two_ingest_processes_in_a_group_split_partitions_and_take_over_after_si
 
         survivor.process.send_signal(signal.SIGTERM)
         assert survivor.process.wait(timeout=STOP_S_MAX) == 0, survivor.log_path.read_text()[-3000:]
+        # The broker never went away: an outage reported here stalled the group (a member that
+        # believes it is cut off sleeps instead of polling, and so misses rebalances).
+        for ingest in (doomed, survivor):
+            assert "kafka broker unreachable" not in ingest.log_path.read_text(), ingest.log_path
     finally:
         for ingest in (doomed, survivor):
             if ingest.process.poll() is None:
