@@ -129,6 +129,7 @@ class IngestService:
                     backoff_s = min(constants.broker_backoff_s_max, backoff_s * 2)
                 elif not was_connected:
                     log.info("kafka broker reachable again; resuming")
+                    backoff_s = constants.broker_backoff_s_min
                 was_connected = connected
                 if until_idle_s is not None and not self._pending and now - last_message >= until_idle_s:
                     self.summary.stopped_by = f"idle for {until_idle_s:g} s"

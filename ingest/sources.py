@@ -253,10 +253,12 @@ class KafkaSource:
         return lags
 
     def connected(self) -> bool:
+        from kafka.errors import KafkaError
+
         client = self.consumer._client  # kafka-python exposes no public connectivity check
         try:
             return any(client.connected(broker.node_id) for broker in client.cluster.brokers())
-        except Exception:
+        except KafkaError:
             return False
 
     def close(self) -> None:
