@@ -189,6 +189,9 @@ class Ledger:
             content += list(_data_columns(table_name))
             self.connection.register("batch_rows", rows)
             try:
+                if not self._may_hold_duplicates(table_name, rows):
+                    kept[table_name] = rows
+                    continue
                 verdicts = self.connection.execute(
                     f"""
                     WITH batch AS (
@@ -241,6 +244,24 @@ class Ledger:
             if rows.num_rows:
                 kept[table_name] = rows
         return kept, duplicates, conflicts
+
+    def _may_hold_duplicates(self, table_name: str, rows: pa.Table) -> bool:
+        """Whether `rows` repeat an event id among themselves or of the ledger (the common answer: no).
+
+        Cheap first: distinct ids in Arrow, then only the ids of stored rows in the batch's time range.
+        """
+        if pc.count_distinct(rows.column("event_id")).as_py() != rows.num_rows:
+            return True
+        (matches,) = self.connection.execute(
+            f"""
+            SELECT count(*) FROM {catalog_alias}.main.{table_name}
+            WHERE event_date IN (SELECT DISTINCT event_date FROM batch_rows)
+              AND event_time BETWEEN (SELECT min(event_time) FROM batch_rows)
+                                 AND (SELECT max(event_time) FROM batch_rows)
+              AND event_id IN (SELECT event_id FROM batch_rows)
+            """
+        ).fetchone()
+        return bool(matches)
 
     def _with_positions(self, batch: IngestBatch, rows: pa.Table, ingest_batch_id: str) -> pa.Table:
         indexes = rows.column("message_index")
