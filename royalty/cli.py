@@ -53,7 +53,7 @@ def schemas_export(
 
 @app.command()
 def sql(
-    query: Annotated[str, typer.Argument(help="SQL to run (SELECT or EXPLAIN only).")],
+    query: Annotated[str | None, typer.Argument(help="SQL to run (SELECT or EXPLAIN only).")] = None,
     lake: LakeOption = None,
     data_path: DataPathOption = None,
     config: ConfigOption = None,
@@ -61,15 +61,33 @@ def sql(
     as_of_snapshot: Annotated[
         int | None, typer.Option("--as-of-snapshot", help="Answer as the ledger stood at this snapshot.")
     ] = None,
+    as_of_epoch: Annotated[
+        int | None, typer.Option("--as-of-epoch", help="Answer as the ledger stood when this epoch closed.")
+    ] = None,
+    print_attach: Annotated[
+        bool, typer.Option("--print-attach", help="Print DuckDB statements that attach the ledger read-only; run none.")
+    ] = False,
 ) -> None:
     """Run a read-only query against the ledger's analyst views."""
     from ledger import Ledger, define_views, run_query
+    from ledger.attach import attach_statements, epoch_snapshot
 
     if output_format not in output_formats:
         _fail(ValueError(f"--format must be one of {', '.join(output_formats)}, not `{output_format}`"))
+    if as_of_snapshot is not None and as_of_epoch is not None:
+        _fail(ValueError("give --as-of-snapshot or --as-of-epoch, not both"))
+    if query is None and not print_attach:
+        _fail(ValueError("give a QUERY to run, or --print-attach"))
     settings = load_settings({"lake": lake, "data_path": data_path}, config)
     try:
-        with Ledger.open_read_only(settings.lake, settings.data_path, snapshot_version=as_of_snapshot) as ledger:
+        snapshot = as_of_snapshot
+        if as_of_epoch is not None:
+            with Ledger.open_read_only(settings.lake, settings.data_path) as ledger:
+                snapshot = epoch_snapshot(ledger, as_of_epoch)
+        with Ledger.open_read_only(settings.lake, settings.data_path, snapshot_version=snapshot) as ledger:
+            if print_attach:
+                stdout.file.write("\n".join(attach_statements(ledger, snapshot)) + "\n")
+                return
             define_views(ledger)
             result = run_query(ledger, query)
     except RoyaltyError as error:

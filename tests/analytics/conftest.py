@@ -1,0 +1,95 @@
+"""A settled two-epoch ledger shared by the analytics tests (built once per session, never written to)."""
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from ingest.sample import SampleShape, SampleTraffic
+from ledger import IngestBatch, Ledger, PartitionOffsets
+from schemas import BatchDecoder
+from settlement import close_epoch
+
+shape = SampleShape(
+    models=8, contributors=30, compute_providers=3, payers=50, derived_models_ppm=600_000, events_per_day=1_000
+)
+unregistered_model = "model-unregistered"
+epoch_1_events = 2_000
+epoch_2_events = 1_000
+
+
+def _append(ledger: Ledger, values: list[bytes], first_offset: int) -> int:
+    offsets = list(range(first_offset, first_offset + len(values)))
+    batch = IngestBatch.from_messages(values, ["t"] * len(values), [0] * len(values), offsets, BatchDecoder())
+    ledger.append(batch, [PartitionOffsets("t", 0, first_offset, first_offset + len(values))])
+    return first_offset + len(values)
+
+
+def _envelope(event_id: str, event_type: str, time: str, data: dict) -> bytes:
+    return json.dumps(
+        {
+            "specversion": "1.0",
+            "id": event_id,
+            "source": "//tests.example",
+            "type": event_type,
+            "time": time,
+            "datacontenttype": "application/json",
+            "data": data,
+        }
+    ).encode()
+
+
+def _unrouted(index: int) -> bytes:
+    """A call to a model nobody registered: its fee waits in suspense."""
+    return _envelope(
+        f"0193a000-0000-7000-8000-{index:012d}",
+        "ai.inference.metered.v1",
+        "2026-11-24T12:00:00Z",
+        {
+            "model_id": unregistered_model,
+            "request_id": f"req_unrouted_{index}",
+            "payer": "org-00001",
+            "compute_provider": "gpu-000",
+            "input_tokens": 100,
+            "output_tokens": 10,
+            "fee_micros": 450 + index,
+            "asset": shape.asset,
+        },
+    )
+
+
+def _reversal(index: int, original: bytes) -> bytes:
+    return _envelope(
+        f"0193b000-0000-7000-8000-{index:012d}",
+        "ai.inference.reversed.v1",
+        "2026-11-25T00:00:00Z",
+        {"original_event_id": json.loads(original)["id"], "reason": "refund"},
+    )
+
+
+def build_settled_ledger(directory: Path) -> None:
+    """Epoch 1: registry, sample calls and bad messages; epoch 2: more calls, unroutable ones, reversals."""
+    traffic = SampleTraffic(shape, seed=11)
+    with Ledger.open(directory) as ledger:
+        first = list(traffic.metered(epoch_1_events))
+        offset = _append(ledger, [*traffic.registry(), *first, b"{not json", b'{"specversion": "1.0"}'], 0)
+        close_epoch(ledger)
+        second = list(traffic.metered(epoch_2_events, first_index=epoch_1_events))
+        extra = [_unrouted(i) for i in range(3)] + [_reversal(i, first[i]) for i in range(2)]
+        _append(ledger, [*second, *extra, b"\xff"], offset)
+        close_epoch(ledger)
+
+
+@pytest.fixture(scope="session")
+def settled_lake(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A ledger with two closed epochs; copy it (`copy_lake`) before writing to it."""
+    directory = tmp_path_factory.mktemp("settled") / "lake"
+    build_settled_ledger(directory)
+    return directory
+
+
+def copy_lake(source: Path, target: Path) -> Path:
+    """A copy of a ledger folder; the copy's catalog names its own data path, so it is independent."""
+    shutil.copytree(source, target)
+    return target
