@@ -73,3 +73,89 @@ CREATE OR REPLACE TEMP VIEW balances AS
 SELECT account, sum(amount_micros)::BIGINT AS balance_micros, count(*) AS postings, max(epoch) AS last_epoch
 FROM lake.main.settlement_posting
 GROUP BY account;
+
+-- Checks that must all be zero in a healthy ledger: one row per check and closed epoch, with how many
+-- items it compared, how many disagree, and the sum of the absolute disagreements (micros).
+-- entry_balance: every posting entry sums to zero. recipient_credits: each payable's credited_micros
+-- equals what postings credited `contributor:<recipient>`. model_pass_through: model accounts end every
+-- epoch at zero. epoch_payable_total: the epoch's payable_micros equals its payables' amounts.
+-- billing_vs_epoch: payers were debited the epoch's fees less reversals. events_vs_epoch: the events
+-- whose data files the catalog added inside the epoch's snapshot range sum to its fee_micros (a
+-- duplicate event reaching the ledger shows here too). suspense_balance: suspense_micros is what the
+-- suspense postings hold. conservation: payable + Δsuspense − Δreceivables = fees − reversed.
+CREATE OR REPLACE TEMP VIEW reconciliation AS
+WITH e AS (
+    SELECT *, coalesce(lag(suspense_micros) OVER (ORDER BY epoch), 0) AS suspense_before_micros,
+           coalesce(lag(receivable_micros) OVER (ORDER BY epoch), 0) AS receivable_before_micros
+    FROM lake.main.settlement_epoch
+),
+entry_sums AS (
+    SELECT epoch, entry_id, sum(amount_micros) AS off_micros FROM lake.main.settlement_posting GROUP BY ALL
+),
+credits AS (
+    SELECT epoch, substr(account, length('contributor:') + 1) AS recipient, -sum(amount_micros) AS credited_micros
+    FROM lake.main.settlement_posting WHERE account LIKE 'contributor:%' GROUP BY ALL
+),
+recipient_diffs AS (
+    SELECT coalesce(p.epoch, c.epoch) AS epoch,
+           coalesce(p.credited_micros, 0) - coalesce(c.credited_micros, 0) AS off_micros
+    FROM lake.main.settlement_payable p FULL JOIN credits c ON p.epoch = c.epoch AND p.recipient = c.recipient
+),
+model_sums AS (
+    SELECT epoch, account, sum(amount_micros) AS off_micros
+    FROM lake.main.settlement_posting WHERE account LIKE 'model:%' GROUP BY ALL
+),
+payers AS (
+    SELECT epoch, sum(amount_micros) AS billed_micros
+    FROM lake.main.settlement_posting WHERE account LIKE 'payer:%' GROUP BY ALL
+),
+suspense AS (
+    SELECT epoch, -sum(amount_micros) AS moved_micros
+    FROM lake.main.settlement_posting WHERE account = 'suspense' GROUP BY ALL
+),
+files AS (
+    SELECT filename, count(*) AS events, sum(fee_micros) AS fee_micros
+    FROM lake.main.inference_metered GROUP BY filename
+),
+arrived AS (
+    SELECT e.epoch, sum(f.events) AS events, sum(f.fee_micros) AS fee_micros
+    FROM files f
+    JOIN __ducklake_metadata_lake.ducklake_data_file d ON f.filename LIKE '%/' || d.path
+    JOIN __ducklake_metadata_lake.ducklake_table t ON t.table_id = d.table_id AND t.table_name = 'inference_metered'
+    JOIN e ON d.begin_snapshot > e.previous_snapshot AND d.begin_snapshot <= e.closing_snapshot
+    GROUP BY e.epoch
+),
+checks AS (
+    SELECT 'entry_balance' AS check_name, epoch, count(*) AS items_checked,
+           count(*) FILTER (WHERE off_micros <> 0) AS items_off, sum(abs(off_micros)) AS difference_micros
+    FROM entry_sums GROUP BY epoch
+    UNION ALL
+    SELECT 'recipient_credits', epoch, count(*), count(*) FILTER (WHERE off_micros <> 0), sum(abs(off_micros))
+    FROM recipient_diffs GROUP BY epoch
+    UNION ALL
+    SELECT 'model_pass_through', epoch, count(*), count(*) FILTER (WHERE off_micros <> 0), sum(abs(off_micros))
+    FROM model_sums GROUP BY epoch
+    UNION ALL
+    SELECT 'epoch_payable_total', e.epoch, 1, 0, abs(e.payable_micros - coalesce(sum(p.amount_micros), 0))
+    FROM e LEFT JOIN lake.main.settlement_payable p ON p.epoch = e.epoch GROUP BY e.epoch, e.payable_micros
+    UNION ALL
+    SELECT 'billing_vs_epoch', e.epoch, 1, 0, abs(e.fee_micros - e.reversed_micros - coalesce(b.billed_micros, 0))
+    FROM e LEFT JOIN payers b ON b.epoch = e.epoch
+    UNION ALL
+    SELECT 'events_vs_epoch', e.epoch, e.event_count, abs(e.event_count - coalesce(a.events, 0)),
+           abs(e.fee_micros - coalesce(a.fee_micros, 0))
+    FROM e LEFT JOIN arrived a ON a.epoch = e.epoch
+    UNION ALL
+    SELECT 'suspense_balance', e.epoch, 1, 0,
+           abs(e.suspense_micros - sum(coalesce(s.moved_micros, 0)) OVER (ORDER BY e.epoch))
+    FROM e LEFT JOIN suspense s ON s.epoch = e.epoch
+    UNION ALL
+    SELECT 'conservation', epoch, 1, 0,
+           abs(payable_micros + (suspense_micros - suspense_before_micros)
+               - (receivable_micros - receivable_before_micros) - (fee_micros - reversed_micros))
+    FROM e
+)
+SELECT check_name, epoch, items_checked::BIGINT AS items_checked,
+       (items_off + (difference_micros <> 0 AND items_off = 0)::INTEGER)::BIGINT AS items_off,
+       difference_micros::BIGINT AS difference_micros
+FROM checks;

@@ -1,7 +1,6 @@
 """A settled two-epoch ledger shared by the analytics tests (built once per session, never written to)."""
 
 import json
-import shutil
 from pathlib import Path
 
 import pytest
@@ -83,13 +82,7 @@ def build_settled_ledger(directory: Path) -> None:
 
 @pytest.fixture(scope="session")
 def settled_lake(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A ledger with two closed epochs; copy it (`copy_lake`) before writing to it."""
+    """A ledger with two closed epochs, shared: a test that writes builds its own with `build_settled_ledger`."""
     directory = tmp_path_factory.mktemp("settled") / "lake"
     build_settled_ledger(directory)
     return directory
-
-
-def copy_lake(source: Path, target: Path) -> Path:
-    """A copy of a ledger folder; the copy's catalog names its own data path, so it is independent."""
-    shutil.copytree(source, target)
-    return target

@@ -1,0 +1,53 @@
+"""The `reconciliation` view: all zeros on a healthy settled ledger, non-zero once a posting is tampered with."""
+
+from pathlib import Path
+
+from ledger import Ledger, define_views, run_query
+from tests.analytics.conftest import build_settled_ledger
+
+checks = {
+    "entry_balance",
+    "recipient_credits",
+    "model_pass_through",
+    "epoch_payable_total",
+    "billing_vs_epoch",
+    "events_vs_epoch",
+    "suspense_balance",
+    "conservation",
+}
+
+
+def _reconciliation(lake: Path) -> list[dict]:
+    with Ledger.open_read_only(lake) as ledger:
+        define_views(ledger)
+        return run_query(ledger, "SELECT * FROM reconciliation ORDER BY epoch, check_name").to_pylist()
+
+
+def test_reconciliation_is_all_zeros_for_every_check_and_epoch_of_a_settled_ledger(settled_lake: Path) -> None:
+    """Every check has a row per closed epoch (suspense, reversals and dead letters included) and each is zero."""
+    rows = _reconciliation(settled_lake)
+    assert {(row["check_name"], row["epoch"]) for row in rows} == {(c, e) for c in checks for e in (1, 2)}
+    assert all(row["items_checked"] > 0 for row in rows)
+    assert [row for row in rows if row["items_off"] or row["difference_micros"]] == []
+
+
+def test_a_conflicting_posting_written_behind_the_ledgers_back_makes_reconciliation_non_zero(
+    settled_lake: Path, tmp_path: Path
+) -> None:
+    """Tamper: a second credit row for one contributor in an existing entry, inserted with plain DuckDB SQL."""
+    lake = tmp_path / "tampered"
+    build_settled_ledger(lake)
+    assert _reconciliation(lake) == _reconciliation(settled_lake)
+    with Ledger.open(lake) as ledger:
+        ledger.connection.execute(
+            """
+            INSERT INTO lake.main.settlement_posting
+            SELECT epoch, entry_id, entry_kind, account, -7 AS amount_micros, model_id, policy_id
+            FROM lake.main.settlement_posting
+            WHERE epoch = 2 AND account LIKE 'contributor:%' AND amount_micros < 0
+            ORDER BY entry_id, account LIMIT 1
+            """
+        )
+    off = {(row["check_name"], row["epoch"]): row for row in _reconciliation(lake) if row["difference_micros"]}
+    assert set(off) == {("entry_balance", 2), ("recipient_credits", 2)}
+    assert all(row["items_off"] == 1 and row["difference_micros"] == 7 for row in off.values())
