@@ -1,0 +1,331 @@
+"""The web3.py chain client of settlement: connect, sign locally, send, wait for confirmations.
+
+A JSON-RPC node when a URL is given, else web3's in-process `EthereumTesterProvider` (eth-tester with
+py-evm): a throwaway chain that lives as long as the process, for a newcomer's first run.
+
+Keys are read from the environment (`ROYALTY_SETTLER_KEY`, hex) or from an encrypted keystore file
+(the `keystore` setting) whose password is in `ROYALTY_KEYSTORE_PASSWORD`; never from a flag, and
+neither the key nor the password is ever logged or put in an error message. Transactions are signed
+here, so their hash is known before they are sent and can be recorded first (see `settle.py`).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from eth_abi import decode as abi_decode
+from eth_account import Account
+from eth_account.signers.local import LocalAccount
+from eth_utils import keccak
+from web3 import Web3
+from web3.contract import Contract
+from web3.exceptions import ContractCustomError, ContractLogicError, ContractPanicError, TransactionNotFound
+
+from settlement.contract_artifacts import distributor_artifact, token_artifact
+from settlement.settle_errors import (
+    ChainConfigError,
+    ChainUnavailableError,
+    ConfirmationTimeoutError,
+    TransactionRevertedError,
+)
+
+log = logging.getLogger(__name__)
+
+settler_key_env = "ROYALTY_SETTLER_KEY"
+claimer_key_env = "ROYALTY_CLAIMER_KEY"
+keystore_password_env = "ROYALTY_KEYSTORE_PASSWORD"
+# eth-tester's first funded account has private key 1: public knowledge, usable only on that
+# throwaway in-process chain, where it saves the newcomer from configuring a key.
+embedded_key = (1).to_bytes(32, "big")
+embedded_url = "embedded:eth-tester"
+
+# Polling cadence while waiting for a receipt or for confirmations: fast enough for anvil's
+# instant blocks, slow enough not to hammer a public node (12 s blocks).
+poll_s = 0.1
+# A receipt or its confirmations arrive within minutes on any live chain; past this the operator
+# must look (a stuck low-fee tx), and a rerun resumes from the recorded hash.
+confirm_timeout_s_default = 600
+rpc_timeout_s = 60
+token_decimals = 6  # payables are micros: one token unit per micro
+
+
+@dataclass
+class Chain:
+    """A connected chain, with the local signer transactions are sent from (if any)."""
+
+    w3: Web3
+    chain_id: int
+    rpc_url: str
+    signer: LocalAccount | None
+    confirmations: int = 1
+    confirm_timeout_s: int = confirm_timeout_s_default
+
+    @property
+    def embedded(self) -> bool:
+        return self.rpc_url == embedded_url
+
+    @property
+    def sender(self) -> str:
+        if self.signer is None:
+            raise ChainConfigError(
+                f"no signing key: set {settler_key_env} (hex private key) or the `keystore` setting with "
+                f"{keystore_password_env}",
+                "keystore",
+            )
+        return self.signer.address
+
+
+def load_signer(
+    keystore: str | None, key_env: str = settler_key_env, environ: Mapping[str, str] | None = None
+) -> LocalAccount | None:
+    """The account in env `key_env`, else in the encrypted `keystore` file; None when neither is set."""
+    environ = os.environ if environ is None else environ
+    key = environ.get(key_env, "").strip()
+    if key:
+        try:
+            return Account.from_key(key)
+        except (ValueError, TypeError):
+            # The exception text may quote the key; say only which variable is wrong.
+            raise ChainConfigError(f"{key_env} is not a 32-byte hex private key", key_env) from None
+    if not keystore:
+        return None
+    path = Path(keystore)
+    password = environ.get(keystore_password_env)
+    if password is None:
+        raise ChainConfigError(f"keystore `{path}` needs its password in {keystore_password_env}", "keystore")
+    try:
+        encrypted = path.read_text(encoding="utf-8")
+    except OSError as error:
+        raise ChainConfigError(f"cannot read keystore `{path}`: {error.strerror}", "keystore") from None
+    try:
+        return Account.from_key(Account.decrypt(encrypted, password))
+    except (ValueError, TypeError, KeyError):
+        raise ChainConfigError(
+            f"cannot decrypt keystore `{path}`: wrong {keystore_password_env} or not a keystore file", "keystore"
+        ) from None
+
+
+def connect(
+    rpc_url: str | None,
+    signer: LocalAccount | None,
+    confirmations: int = 1,
+    confirm_timeout_s: int = confirm_timeout_s_default,
+) -> Chain:
+    """Connect to `rpc_url`, or to a fresh in-process chain when it is None (signer defaults to its key)."""
+    if confirmations < 1:
+        raise ChainConfigError(f"confirmations must be at least 1 (the receipt's block), not {confirmations}")
+    if rpc_url is None:
+        try:
+            from web3 import EthereumTesterProvider
+
+            w3 = Web3(EthereumTesterProvider())
+        except Exception as error:  # eth-tester or py-evm missing: say how to install them.
+            raise ChainConfigError(
+                f"the embedded chain needs `pip install 'eth-tester[py-evm]'` ({type(error).__name__}); "
+                "or pass --rpc-url"
+            ) from None
+        signer = signer or Account.from_key(embedded_key)
+        url = embedded_url
+    else:
+        w3 = Web3(Web3.HTTPProvider(rpc_url, request_kwargs={"timeout": rpc_timeout_s}))
+        url = rpc_url
+    try:
+        chain_id = w3.eth.chain_id
+    except Exception as error:
+        raise ChainUnavailableError(url, type(error).__name__) from None
+    return Chain(w3, chain_id, url, signer, confirmations, confirm_timeout_s)
+
+
+def distributor_contract(chain: Chain, address: str) -> Contract:
+    """The RoyaltyDistributor at `address`, after checking that code is deployed there."""
+    if not Web3.is_address(address):
+        raise ChainConfigError(f"`{address}` is not an address", "distributor")
+    checksummed = Web3.to_checksum_address(address)
+    if chain.w3.eth.get_code(checksummed) in (b"", None):
+        raise ChainConfigError(
+            f"no contract at `{checksummed}` on chain `{chain.chain_id}`; deploy one with `royalty deploy`",
+            "distributor",
+        )
+    return chain.w3.eth.contract(address=checksummed, abi=distributor_artifact().abi)
+
+
+def token_contract(chain: Chain, distributor: Contract) -> Contract:
+    """The ERC-20 the distributor pays, after checking it counts in micros (6 decimals)."""
+    address = distributor.functions.token().call()
+    token = chain.w3.eth.contract(address=address, abi=token_artifact().abi)
+    decimals = token.functions.decimals().call()
+    if decimals != token_decimals:
+        raise ChainConfigError(
+            f"token `{address}` has {decimals} decimals; payables are micros, so it must have {token_decimals}",
+            "distributor",
+        )
+    return token
+
+
+# --- sending -------------------------------------------------------------------------------------
+
+
+def _error_selectors() -> dict[bytes, tuple[str, list[str]]]:
+    selectors = {}
+    for artifact in (distributor_artifact(), token_artifact()):
+        for entry in artifact.abi:
+            if entry["type"] == "error":
+                types = [item["type"] for item in entry["inputs"]]
+                signature = f"{entry['name']}({','.join(types)})"
+                selectors[keccak(text=signature)[:4]] = (entry["name"], types)
+    return selectors
+
+
+def decode_revert(data: Any) -> tuple[str, tuple]:
+    """The custom error's name and arguments from revert data (hex or bytes), or a generic name."""
+    raw = bytes.fromhex(data[2:] if data.startswith("0x") else data) if isinstance(data, str) else bytes(data or b"")
+    found = _error_selectors().get(raw[:4])
+    if found is None:
+        return "UnknownRevert", ("0x" + raw.hex(),)
+    name, types = found
+    try:
+        return name, tuple(abi_decode(types, raw[4:]))
+    except Exception:
+        return name, ()
+
+
+def _revert_of(error: Exception) -> tuple[str, tuple]:
+    if isinstance(error, ContractCustomError):
+        return decode_revert(error.data)
+    if isinstance(error, ContractPanicError | ContractLogicError):
+        return ("Revert", (str(error.message or error),))
+    return (type(error).__name__, ())
+
+
+def preflight(chain: Chain, call: Any, action: str) -> None:
+    """Simulate `call` from the sender; raise `TransactionRevertedError` with the decoded custom error."""
+    try:
+        # estimate_gas runs the call on the node like eth_call, and works for constructors too.
+        call.estimate_gas({"from": chain.sender})
+    except (ContractCustomError, ContractLogicError, ContractPanicError) as error:
+        raise TransactionRevertedError(action, *_revert_of(error)) from None
+
+
+@dataclass(frozen=True)
+class SignedTx:
+    """A transaction signed locally: its hash and nonce are known before it is sent."""
+
+    tx_hash: str
+    nonce: int
+    raw: bytes
+
+
+def sign(chain: Chain, call: Any, nonce: int | None = None) -> SignedTx:
+    """Build and sign `call` from the sender with `nonce` (default: the next one, counting pending txs)."""
+    sender = chain.sender
+    if nonce is None:
+        nonce = chain.w3.eth.get_transaction_count(sender, "pending")
+    tx = call.build_transaction({"from": sender, "nonce": nonce, "chainId": chain.chain_id})
+    signed = chain.signer.sign_transaction(tx)  # type: ignore[union-attr]
+    return SignedTx("0x" + bytes(signed.hash).hex(), nonce, bytes(signed.raw_transaction))
+
+
+def broadcast(chain: Chain, signed: SignedTx) -> None:
+    """Send a signed transaction; a node that already knows it is not an error."""
+    try:
+        chain.w3.eth.send_raw_transaction(signed.raw)
+    except Exception as error:
+        text = str(error).lower()
+        if "already known" in text or "already imported" in text:
+            return
+        raise
+    log.info("sent transaction", extra={"tx_hash": signed.tx_hash, "nonce": signed.nonce})
+
+
+def wait_confirmed(chain: Chain, tx_hash: str, action: str) -> dict:
+    """Wait for the receipt and `chain.confirmations` blocks on top of it (the receipt's block counts).
+
+    Raises `TransactionRevertedError` if it reverted and `ConfirmationTimeoutError` past the timeout.
+    """
+    deadline = time.monotonic() + chain.confirm_timeout_s
+    receipt = None
+    while time.monotonic() < deadline:
+        try:
+            receipt = chain.w3.eth.get_transaction_receipt(tx_hash)  # type: ignore[arg-type]
+        except TransactionNotFound:
+            receipt = None
+        if receipt is not None:
+            depth = chain.w3.eth.block_number - receipt["blockNumber"] + 1
+            if depth >= chain.confirmations:
+                # A reorg during the wait can move the tx; trust only the receipt seen after the depth.
+                again = chain.w3.eth.get_transaction_receipt(tx_hash)  # type: ignore[arg-type]
+                if again["blockHash"] == receipt["blockHash"]:
+                    break
+        time.sleep(poll_s)
+    else:
+        raise ConfirmationTimeoutError(tx_hash, chain.confirmations, chain.confirm_timeout_s)
+    if receipt["status"] != 1:
+        raise TransactionRevertedError(action, "Reverted", (), tx_hash)
+    return dict(receipt)
+
+
+def transact(chain: Chain, call: Any, action: str) -> dict:
+    """Preflight, sign, send and wait for `call`: for transactions that need no recorded intent."""
+    preflight(chain, call, action)
+    signed = sign(chain, call)
+    broadcast(chain, signed)
+    return wait_confirmed(chain, signed.tx_hash, action)
+
+
+def wait_no_pending(chain: Chain) -> None:
+    """Wait until none of the sender's transactions is pending (e.g. a funding transfer of a killed run)."""
+    deadline = time.monotonic() + chain.confirm_timeout_s
+    while chain.w3.eth.get_transaction_count(chain.sender, "pending") > chain.w3.eth.get_transaction_count(
+        chain.sender, "latest"
+    ):
+        if time.monotonic() > deadline:
+            raise ConfirmationTimeoutError(f"pending transactions of {chain.sender}", 1, chain.confirm_timeout_s)
+        time.sleep(poll_s)
+
+
+# --- deployment ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DeployedContracts:
+    token: str
+    distributor: str
+    admin: str
+    guardian: str
+    chain_id: int
+
+
+def deploy_contracts(
+    chain: Chain,
+    timelock_seconds: int,
+    guardian: str | None = None,
+    token: str | None = None,
+    mint_units: int = 0,
+) -> DeployedContracts:
+    """Deploy a TestToken (unless `token` is given) and a distributor administered and settled by the sender.
+
+    `mint_units` TestToken units go to the sender, to fund settlements on a local chain.
+    """
+    sender = chain.sender
+    w3 = chain.w3
+    if token is None:
+        build = token_artifact()
+        factory = w3.eth.contract(abi=build.abi, bytecode=build.bytecode)
+        receipt = transact(chain, factory.constructor("Test USD", "TUSD", token_decimals, sender), "deploy TestToken")
+        token = receipt["contractAddress"]
+        if mint_units:
+            minted = w3.eth.contract(address=token, abi=build.abi)
+            transact(chain, minted.functions.mint(sender, mint_units), "mint TestToken")
+    build = distributor_artifact()
+    factory = w3.eth.contract(abi=build.abi, bytecode=build.bytecode)
+    guardian = Web3.to_checksum_address(guardian) if guardian else sender
+    receipt = transact(
+        chain, factory.constructor(token, timelock_seconds, sender, sender, guardian), "deploy RoyaltyDistributor"
+    )
+    return DeployedContracts(str(token), receipt["contractAddress"], sender, guardian, chain.chain_id)

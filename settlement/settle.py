@@ -1,0 +1,518 @@
+"""The use case `settle`: close the epoch, build its payout tree, fund and propose the root, record it.
+
+Crash safety rests on three rules:
+
+1. The tree and every proof are written in one ledger transaction, once per epoch; a rerun reads
+   them back (and asserts the payables still give the same root) instead of writing them again.
+2. The `proposeRoot` transaction is signed locally and its hash and nonce are recorded in the ledger
+   (`settlement_intent`) BEFORE it is sent.
+3. Before proposing, the chain is asked first: a `RootProposed` event for the epoch with our root is
+   recorded as found (`outcome = recovered`); one with another root, or a later epoch on the contract,
+   stops with `ChainLedgerMismatchError` before anything is sent or written. A recorded intent whose
+   transaction the node still holds is waited for; one the node never saw is replaced by a fresh
+   proposal (same nonce, so at most one of them can ever be mined).
+
+Test hook: the environment variable `ROYALTY_TEST_CRASH_AT` (`before-send` or `after-send`) makes the
+process SIGKILL itself at that point of proposing, so tests can kill `royalty settle` at the worst
+moment deterministically. It is read only there and does nothing else.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import polars as pl
+import pyarrow as pa
+from web3 import Web3
+from web3.contract import Contract
+
+from ledger.connection import catalog_alias
+from ledger.ledger import Ledger
+from settlement import settle_tables
+from settlement.chain import (
+    Chain,
+    broadcast,
+    preflight,
+    sign,
+    token_contract,
+    transact,
+    wait_confirmed,
+    wait_no_pending,
+)
+from settlement.constants import amount_micros_max
+from settlement.ledger_io import Progress, plan_from_ledger
+from settlement.merkle import MerkleTree
+from settlement.report import EpochSummary, close_epoch
+from settlement.settle_errors import ChainLedgerMismatchError, NoSettlementError, SettleConflictError
+
+crash_hook_env = "ROYALTY_TEST_CRASH_AT"
+_t = f"{catalog_alias}.main"
+_steps = ["close epoch", "build tree", "write tree", "check chain", "fund", "propose", "confirm", "record"]
+
+
+@dataclass(frozen=True)
+class SettlementResult:
+    """What `settle` did (or, with `dry_run`, would do). Amounts in token units (= payable micros).
+
+    `outcome`: `nothing_to_settle` (no epoch with an addressed payable), `dry_run`, `proposed` (this
+    run sent and confirmed the proposal), `recovered` (a killed run's proposal, found and recorded) or
+    `already_recorded` (the ledger already holds this epoch's settlement on this contract).
+    """
+
+    outcome: str
+    epoch: int | None = None
+    root: str | None = None
+    total_units: int = 0
+    leaf_count: int = 0
+    unaddressed_units: int = 0
+    funded_units: int = 0
+    tx_hash: str | None = None
+    block_number: int | None = None
+    chain_id: int | None = None
+    contract: str | None = None
+    tree_path: str | None = None
+    tree_snapshot: int | None = None
+    closed: EpochSummary | None = None
+    notes: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class EpochTree:
+    epoch: int
+    closing_snapshot: int
+    tree: MerkleTree
+    ledger_digest: str
+    unaddressed_units: int
+    tree_snapshot: int | None  # None until written
+
+
+# --- ledger side (pure where it can be) ---------------------------------------------------------
+
+
+def address_leaves(payables: pl.DataFrame) -> tuple[dict[str, int], int]:
+    """Cumulative units per payout address from `settlement_payable` rows, and the unaddressed units.
+
+    Each epoch's growth (`amount_micros`) is paid to the address the recipient had at that epoch's
+    close, so an address change never moves what an old address could already claim; growth accrued
+    while a recipient had no address goes to the first address it registers later. Contributor ids
+    sharing an address are summed. Addresses are compared case-insensitively and returned checksummed.
+    """
+    rows = (
+        payables.sort(["recipient", "epoch"])
+        .with_columns(
+            address=pl.col("payout_address").str.to_lowercase().fill_null(strategy="backward").over("recipient")
+        )
+        .filter(pl.col("amount_micros") > 0)
+    )
+    unaddressed_units = int(rows.filter(pl.col("address").is_null())["amount_micros"].sum() or 0)
+    sums = (
+        rows.filter(pl.col("address").is_not_null())
+        .group_by("address")
+        .agg(pl.col("amount_micros").cast(pl.Int128).sum().alias("units"))
+        .sort("address")
+    )
+    leaves = {Web3.to_checksum_address(a): int(u) for a, u in sums.iter_rows()}
+    return leaves, unaddressed_units
+
+
+def ledger_digest(epoch: int, closing_snapshot: int, leaves: dict[str, int]) -> str:
+    """sha256 of the epoch, its closing snapshot and every leaf: proposed with the root, for audits."""
+    digest = hashlib.sha256(f"royalty-engine/settlement/v1\n{epoch}\n{closing_snapshot}\n".encode())
+    for account in sorted(leaves, key=str.lower):
+        digest.update(f"{account.lower()},{leaves[account]}\n".encode())
+    return "0x" + digest.hexdigest()
+
+
+def _frame(connection: duckdb.DuckDBPyConnection, sql: str, params: list | None = None) -> pl.DataFrame:
+    return pl.from_arrow(connection.execute(sql, params or []).fetch_arrow_table())  # type: ignore[return-value]
+
+
+def _latest_epoch(connection: duckdb.DuckDBPyConnection) -> tuple[int, int] | None:
+    row = connection.execute(
+        f"SELECT epoch, closing_snapshot FROM {_t}.settlement_epoch ORDER BY epoch DESC LIMIT 1"
+    ).fetchone()
+    return None if row is None else (int(row[0]), int(row[1]))
+
+
+def _payables(connection: duckdb.DuckDBPyConnection, epoch_max: int) -> pl.DataFrame:
+    return _frame(
+        connection,
+        f"SELECT epoch, recipient, amount_micros, payout_address FROM {_t}.settlement_payable WHERE epoch <= ?",
+        [epoch_max],
+    )
+
+
+def build_epoch_tree(epoch: int, closing_snapshot: int, payables: pl.DataFrame) -> EpochTree | None:
+    """The payout tree of `epoch` over `payables` (all rows up to it); None when no address is owed anything."""
+    leaves, unaddressed_units = address_leaves(payables)
+    if not leaves:
+        return None
+    tree = MerkleTree.from_amounts(leaves)
+    if tree.total_amount_units > amount_micros_max:
+        raise NoSettlementError(f"epoch {epoch}: total {tree.total_amount_units} units exceed int64; check payables")
+    return EpochTree(
+        epoch, closing_snapshot, tree, ledger_digest(epoch, closing_snapshot, leaves), unaddressed_units, None
+    )
+
+
+def read_stored_tree(connection: duckdb.DuckDBPyConnection, epoch: int) -> EpochTree | None:
+    """The tree `settle` wrote for `epoch`, rebuilt from its proof rows and checked against its root."""
+    root_row = connection.execute(
+        f"""SELECT closing_snapshot, root, ledger_digest, unaddressed_units, total_units, leaf_count
+            FROM {_t}.settlement_root WHERE epoch = ?""",
+        [epoch],
+    ).fetchone()
+    if root_row is None:
+        return None
+    closing_snapshot, root, digest, unaddressed_units, total_units, leaf_count = root_row
+    leaves = _frame(
+        connection,
+        f"SELECT account, cumulative_units FROM {_t}.settlement_proof WHERE epoch = ? ORDER BY account",
+        [epoch],
+    )
+    tree = MerkleTree.build(leaves["account"].to_list(), leaves["cumulative_units"].to_list())
+    assert tree.root_hex == root and len(tree) == leaf_count and tree.total_amount_units == total_units, (
+        f"epoch {epoch}: the stored proofs do not rebuild the stored root {root}"
+    )
+    tree_snapshot = _tree_snapshot(connection, epoch, closing_snapshot)
+    return EpochTree(epoch, closing_snapshot, tree, digest, unaddressed_units, tree_snapshot)
+
+
+def _tree_snapshot(connection: duckdb.DuckDBPyConnection, epoch: int, closing_snapshot: int) -> int:
+    """The snapshot that wrote the epoch's tree: the first one holding its root row (found by bisection,
+    since rows never disappear from an append-only table)."""
+    (low,), (high,) = (
+        [closing_snapshot],
+        connection.execute(f"SELECT max(snapshot_id) FROM ducklake_snapshots('{catalog_alias}')").fetchone(),
+    )
+    while low < high:
+        middle = (low + high) // 2
+        (count,) = connection.execute(
+            f"SELECT count(*) FROM {_t}.settlement_root AT (VERSION => {int(middle)}) WHERE epoch = ?", [epoch]
+        ).fetchone()
+        low, high = (low, middle) if count else (middle + 1, high)
+    return int(low)
+
+
+def write_tree(ledger: Ledger, tree: EpochTree) -> int:
+    """Append the root and every proof in one transaction; return the snapshot that wrote them."""
+    now = datetime.now(UTC)
+    t = tree.tree
+    root_rows = pa.Table.from_pylist(
+        [
+            {
+                "epoch": tree.epoch,
+                "closing_snapshot": tree.closing_snapshot,
+                "root": t.root_hex,
+                "total_units": t.total_amount_units,
+                "leaf_count": len(t),
+                "ledger_digest": tree.ledger_digest,
+                "unaddressed_units": tree.unaddressed_units,
+                "written_at": now,
+            }
+        ],
+        schema=settle_tables.root_schema,
+    )
+    dump = t.dump()
+    proof_rows = pa.Table.from_pydict(
+        {
+            "epoch": [tree.epoch] * len(t),
+            "account": [entry["value"][0] for entry in dump["values"]],
+            "cumulative_units": [int(entry["value"][1]) for entry in dump["values"]],
+            "tree_index": [entry["treeIndex"] for entry in dump["values"]],
+            "proof": [t.proof_hex(entry["value"][0]) for entry in dump["values"]],
+        },
+        schema=settle_tables.proof_schema,
+    )
+
+    def first_tree(connection: duckdb.DuckDBPyConnection) -> None:
+        (count,) = connection.execute(
+            f"SELECT count(*) FROM {_t}.settlement_root WHERE epoch = ?", [tree.epoch]
+        ).fetchone()
+        if count:
+            raise SettleConflictError(tree.epoch, "another `royalty settle` wrote this epoch's tree meanwhile")
+
+    return ledger.append_records(
+        {"settlement_root": root_rows, "settlement_proof": proof_rows}, precondition=first_tree
+    )
+
+
+def write_dump(tree_dir: Path, tree: EpochTree) -> Path:
+    """The tree in OpenZeppelin's dump format at `tree_dir/epoch-NNNNNN.json`, replaced atomically."""
+    tree_dir.mkdir(parents=True, exist_ok=True)
+    path = tree_dir / f"epoch-{tree.epoch:06d}.json"
+    body = json.dumps({**tree.tree.dump(), "epoch": tree.epoch, "ledgerDigest": tree.ledger_digest}, indent=1)
+    temporary = path.with_suffix(".json.tmp")
+    temporary.write_text(body, encoding="utf-8")
+    os.replace(temporary, path)
+    return path
+
+
+def _records(connection: duckdb.DuckDBPyConnection, table: str, epoch: int, chain_id: int, contract: str) -> list:
+    return _frame(
+        connection,
+        f"SELECT * FROM {_t}.{table} WHERE epoch = ? AND chain_id = ? AND lower(contract) = lower(?)",
+        [epoch, chain_id, contract],
+    ).to_dicts()
+
+
+def _append_guarded(
+    ledger: Ledger, table: str, row: dict, schema: pa.Schema, epoch: int, chain_id: int, contract: str
+) -> int:
+    def not_recorded(connection: duckdb.DuckDBPyConnection) -> None:
+        if _records(connection, "settlement_record", epoch, chain_id, contract):
+            raise SettleConflictError(epoch, "another `royalty settle` recorded this epoch's settlement meanwhile")
+
+    return ledger.append_records({table: pa.Table.from_pylist([row], schema=schema)}, precondition=not_recorded)
+
+
+# --- chain side ----------------------------------------------------------------------------------
+
+
+def _proposals(chain: Chain, distributor: Contract, epoch: int) -> list[dict]:
+    events = distributor.events.RootProposed.get_logs(from_block=0, argument_filters={"epoch": epoch})
+    return sorted(events, key=lambda e: (e["blockNumber"], e["logIndex"]))
+
+
+def _revoked(chain: Chain, distributor: Contract, epoch: int, root: str) -> dict | None:
+    events = distributor.events.RootRevoked.get_logs(from_block=0, argument_filters={"epoch": epoch})
+    for event in events:
+        if "0x" + bytes(event["args"]["root"]).hex() == root:
+            return event
+    return None
+
+
+def _hex(value: Any) -> str:
+    return "0x" + bytes(value).hex()
+
+
+def _crash_hook(point: str) -> None:
+    if os.environ.get(crash_hook_env) == point:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+# --- the use case --------------------------------------------------------------------------------
+
+
+def settle(
+    ledger: Ledger,
+    chain: Chain,
+    distributor: Contract,
+    dry_run: bool = False,
+    progress: Progress | None = None,
+    tree_dir: Path | None = None,
+) -> SettlementResult:
+    """Settle the latest epoch on `distributor`: close it if needed, write its tree, fund, propose, record.
+
+    Idempotent and resumable (see the module docstring). With `dry_run` nothing is written or sent:
+    the epoch is planned, its tree built and the chain read. Raises `ChainLedgerMismatchError` when
+    the chain holds a different root for the epoch or a later epoch, `TransactionRevertedError` with
+    the contract's decoded error when a preflight call reverts.
+    """
+    step = progress or (lambda name, done, total: None)
+    total_steps = len(_steps)
+    step(_steps[0], 0, total_steps)
+    contract = distributor.address
+    closed, tree = None, None
+    if dry_run:
+        tree = _dry_run_tree(ledger)
+    else:
+        summary = close_epoch(ledger)
+        closed = None if summary.noop else summary
+        latest = _latest_epoch(ledger.connection)
+        if latest is not None:
+            step(_steps[1], 1, total_steps)
+            tree = read_stored_tree(ledger.connection, latest[0])
+            rebuilt = build_epoch_tree(*latest, _payables(ledger.connection, latest[0]))
+            if tree is None and rebuilt is not None:
+                step(_steps[2], 2, total_steps)
+                write_tree(ledger, rebuilt)
+                tree = read_stored_tree(ledger.connection, latest[0])
+            assert tree is None or (rebuilt is not None and rebuilt.tree.root == tree.tree.root), (
+                f"epoch {latest[0]}: the ledger's payables no longer give the stored root"
+            )
+    if tree is None:
+        return SettlementResult("nothing_to_settle", chain_id=chain.chain_id, contract=contract, closed=closed)
+    base = {
+        "epoch": tree.epoch,
+        "root": tree.tree.root_hex,
+        "total_units": tree.tree.total_amount_units,
+        "leaf_count": len(tree.tree),
+        "unaddressed_units": tree.unaddressed_units,
+        "chain_id": chain.chain_id,
+        "contract": contract,
+        "tree_snapshot": tree.tree_snapshot,
+        "closed": closed,
+    }
+    if tree_dir is not None and not dry_run:
+        base["tree_path"] = str(write_dump(tree_dir, tree))
+
+    step(_steps[3], 3, total_steps)
+    found = _check_chain(ledger, chain, distributor, tree)
+    if found is not None:
+        return SettlementResult(**base, **found)
+    token = token_contract(chain, distributor)
+    shortfall_units = _shortfall_units(chain, distributor, token, tree.tree.total_amount_units)
+    if dry_run:
+        notes = [f"would transfer {shortfall_units} units to the distributor"] if shortfall_units else []
+        preflight_ok = shortfall_units == 0
+        if preflight_ok:
+            preflight(chain, _propose_call(distributor, tree), f"proposeRoot(epoch {tree.epoch})")
+        return SettlementResult("dry_run", **base, funded_units=shortfall_units, notes=notes)
+
+    step(_steps[4], 4, total_steps)
+    if shortfall_units:
+        transact(chain, token.functions.transfer(contract, shortfall_units), "fund the distributor")
+    step(_steps[5], 5, total_steps)
+    call = _propose_call(distributor, tree)
+    action = f"proposeRoot(epoch {tree.epoch})"
+    preflight(chain, call, action)
+    signed = sign(chain, call)
+    intent = {
+        "epoch": tree.epoch,
+        "chain_id": chain.chain_id,
+        "contract": contract,
+        "sender": chain.sender,
+        "nonce": signed.nonce,
+        "tx_hash": signed.tx_hash,
+        "root": tree.tree.root_hex,
+        "prepared_at": datetime.now(UTC),
+    }
+    _append_guarded(
+        ledger, "settlement_intent", intent, settle_tables.intent_schema, tree.epoch, chain.chain_id, contract
+    )
+    _crash_hook("before-send")
+    broadcast(chain, signed)
+    _crash_hook("after-send")
+    step(_steps[6], 6, total_steps)
+    receipt = wait_confirmed(chain, signed.tx_hash, action)
+    step(_steps[7], 7, total_steps)
+    recorded = _record(ledger, chain, tree, contract, signed.tx_hash, receipt, "proposed")
+    return SettlementResult(**base, funded_units=shortfall_units, **recorded)
+
+
+def _propose_call(distributor: Contract, tree: EpochTree) -> Any:
+    return distributor.functions.proposeRoot(
+        tree.epoch, tree.tree.root, tree.tree.total_amount_units, bytes.fromhex(tree.ledger_digest[2:])
+    )
+
+
+def _shortfall_units(chain: Chain, distributor: Contract, token: Contract, total_units: int) -> int:
+    if not chain.embedded and chain.signer is not None:
+        # A funding transfer of a killed run may still be pending; count it before topping up again.
+        wait_no_pending(chain)
+    claimed_units = distributor.functions.totalClaimed().call()
+    balance_units = token.functions.balanceOf(distributor.address).call()
+    return max(0, total_units - claimed_units - balance_units)
+
+
+def _dry_run_tree(ledger: Ledger) -> EpochTree | None:
+    latest = _latest_epoch(ledger.connection)
+    payables = _payables(ledger.connection, latest[0] if latest else 0)
+    plan, _ = plan_from_ledger(ledger)
+    if not plan.noop:
+        new_rows = plan.payables.select(
+            pl.lit(plan.epoch, pl.Int64).alias("epoch"), "recipient", "amount_micros", "payout_address"
+        )
+        payables = pl.concat([payables, new_rows.cast(payables.schema)])  # type: ignore[arg-type]
+        return build_epoch_tree(plan.epoch, plan.closing_snapshot, payables)
+    if latest is None:
+        return None
+    return read_stored_tree(ledger.connection, latest[0]) or build_epoch_tree(*latest, payables)
+
+
+def _check_chain(ledger: Ledger, chain: Chain, distributor: Contract, tree: EpochTree) -> dict | None:
+    """What the chain already holds for the epoch: a result to return, or None to go on and propose."""
+    epoch, root, contract = tree.epoch, tree.tree.root_hex, distributor.address
+    proposals = _proposals(chain, distributor, epoch)
+    records = _records(ledger.connection, "settlement_record", epoch, chain.chain_id, contract)
+    if records:
+        record = records[-1]
+        if not any(_hex(p["transactionHash"]) == record["tx_hash"] for p in proposals):
+            raise ChainLedgerMismatchError(
+                epoch,
+                f"the ledger records root {record['root']} in tx {record['tx_hash']}, which the chain does "
+                "not show (wrong node, or the chain was reset)",
+                chain.chain_id,
+                contract,
+            )
+        return {"outcome": "already_recorded", "tx_hash": record["tx_hash"], "block_number": record["block_number"]}
+    if proposals:
+        last = proposals[-1]
+        if _hex(last["args"]["root"]) != root:
+            raise ChainLedgerMismatchError(
+                epoch,
+                f"the chain holds root {_hex(last['args']['root'])} (tx {_hex(last['transactionHash'])}) but "
+                f"the ledger's tree has root {root}",
+                chain.chain_id,
+                contract,
+            )
+        revoked = _revoked(chain, distributor, epoch, root)
+        if revoked is not None:
+            raise ChainLedgerMismatchError(
+                epoch,
+                f"the guardian revoked root {root} in tx {_hex(revoked['transactionHash'])}; find out why "
+                "before proposing this epoch again",
+                chain.chain_id,
+                contract,
+            )
+        tx_hash = _hex(last["transactionHash"])
+        receipt = wait_confirmed(chain, tx_hash, f"proposeRoot(epoch {epoch})")
+        return _record(ledger, chain, tree, contract, tx_hash, receipt, "recovered")
+    for intent in _records(ledger.connection, "settlement_intent", epoch, chain.chain_id, contract):
+        if _known_to_node(chain, intent["tx_hash"]):
+            # Sent by a killed run and not mined yet (or mined and reverted: wait_confirmed says so).
+            receipt = wait_confirmed(chain, intent["tx_hash"], f"proposeRoot(epoch {epoch})")
+            return _record(ledger, chain, tree, contract, intent["tx_hash"], receipt, "recovered")
+    latest_epoch = distributor.functions.latestEpoch().call()
+    if latest_epoch >= epoch:
+        raise ChainLedgerMismatchError(
+            epoch,
+            f"the contract already holds epoch {latest_epoch} but no RootProposed for epoch {epoch}; "
+            "another ledger settles to it",
+            chain.chain_id,
+            contract,
+        )
+    return None
+
+
+def _known_to_node(chain: Chain, tx_hash: str) -> bool:
+    try:
+        return chain.w3.eth.get_transaction(tx_hash) is not None  # type: ignore[arg-type]
+    except Exception:  # TransactionNotFound, or a node that answers null
+        return False
+
+
+def _record(
+    ledger: Ledger, chain: Chain, tree: EpochTree, contract: str, tx_hash: str, receipt: dict, outcome: str
+) -> dict:
+    proposed = [log for log in receipt["logs"] if log["address"].lower() == contract.lower()]
+    assert proposed, f"tx {tx_hash} succeeded but emitted nothing from {contract}"
+    row = {
+        "epoch": tree.epoch,
+        "root": tree.tree.root_hex,
+        "total_units": tree.tree.total_amount_units,
+        "tx_hash": tx_hash,
+        "block_number": receipt["blockNumber"],
+        "block_hash": _hex(receipt["blockHash"]),
+        "chain_id": chain.chain_id,
+        "contract": contract,
+        "closing_snapshot": tree.closing_snapshot,
+        "tree_snapshot": tree.tree_snapshot or 0,
+        "outcome": outcome,
+        "recorded_at": datetime.now(UTC),
+    }
+    _append_guarded(ledger, "settlement_record", row, settle_tables.record_schema, tree.epoch, chain.chain_id, contract)
+    return {"outcome": outcome, "tx_hash": tx_hash, "block_number": receipt["blockNumber"]}
+
+
+StepCallback = Callable[[str, int, int], None]

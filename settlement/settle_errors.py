@@ -1,0 +1,110 @@
+"""Errors of on-chain settlement: the chain client, `settle`, proofs and claims."""
+
+from settlement.exceptions import SettlementError
+
+
+class ChainConfigError(SettlementError):
+    """A chain setting or a signing key is missing or unusable; nothing was sent."""
+
+    transient = False
+
+    def __init__(self, reason: str, setting: str | None = None) -> None:
+        self.reason = reason
+        self.setting = setting
+        super().__init__(f"{reason}" + (f" (setting `{setting}`)" if setting else ""))
+
+
+class ChainUnavailableError(SettlementError):
+    """The JSON-RPC node did not answer; nothing was recorded, run again when it is back."""
+
+    transient = True
+
+    def __init__(self, rpc_url: str, reason: str) -> None:
+        self.rpc_url = rpc_url
+        self.reason = reason
+        super().__init__(f"the node at `{rpc_url}` is unavailable ({reason}); check --rpc-url and run again")
+
+
+class TransactionRevertedError(SettlementError):
+    """A transaction (or its preflight call) reverted; `error_name` is the contract's custom error."""
+
+    transient = False
+
+    def __init__(self, action: str, error_name: str, error_args: tuple, tx_hash: str | None = None) -> None:
+        self.action = action
+        self.error_name = error_name
+        self.error_args = error_args
+        self.tx_hash = tx_hash
+        where = f" in tx `{tx_hash}`" if tx_hash else " (preflight call; nothing was sent)"
+        super().__init__(
+            f"{action} reverted{where} with {error_name}{error_args}; {_advice.get(error_name, _advice_default)}"
+        )
+
+
+_advice_default = "see contracts/README.md for what the error means"
+_advice = {
+    "RoyaltyDistributorRootPending": "an earlier root is still in its timelock; run again after it "
+    "becomes active (activeAtSeconds is the unix time), or have the guardian revoke it",
+    "RoyaltyDistributorUnderfunded": "transfer the missing units to the distributor, then run again",
+    "RoyaltyDistributorEpochNotIncreasing": "the contract already holds this or a later epoch; check that "
+    "--distributor is the contract this ledger settles to",
+    "AccessControlUnauthorizedAccount": "the signing key lacks the role; grant it with the admin key",
+    "RoyaltyDistributorNothingToClaim": "this account has already claimed everything this root pays it",
+    "RoyaltyDistributorRootNotActive": "the root is still in its timelock; claim after activeAtSeconds",
+    "RoyaltyDistributorInvalidProof": "fetch a fresh proof with `royalty proof` for the active root",
+    "RoyaltyDistributorNoActiveRoot": "no root is claimable yet; wait for the timelock of the first one",
+}
+
+
+class ChainLedgerMismatchError(SettlementError):
+    """The chain and the ledger disagree about an epoch; nothing was sent or written."""
+
+    transient = False
+
+    def __init__(self, epoch: int, reason: str, chain_id: int, contract: str) -> None:
+        self.epoch = epoch
+        self.reason = reason
+        self.chain_id = chain_id
+        self.contract = contract
+        super().__init__(
+            f"epoch `{epoch}` on chain `{chain_id}` contract `{contract}`: {reason}; nothing was sent or "
+            "written. Check --rpc-url and --distributor; if they are right, stop settling to this contract "
+            "and investigate (docs/operations.md)"
+        )
+
+
+class ConfirmationTimeoutError(SettlementError):
+    """A sent transaction was not mined (or confirmed) in time; it may still be; run again to resume."""
+
+    transient = True
+
+    def __init__(self, tx_hash: str, confirmations: int, timeout_s: int) -> None:
+        self.tx_hash = tx_hash
+        self.confirmations = confirmations
+        self.timeout_s = timeout_s
+        super().__init__(
+            f"tx `{tx_hash}` did not reach {confirmations} confirmation(s) within {timeout_s} s; it is recorded "
+            "as pending in the ledger: run `royalty settle` again to resume (it will not propose twice)"
+        )
+
+
+class NoSettlementError(SettlementError):
+    """There is no settled tree (or no leaf for the account) to build a proof or claim from."""
+
+    transient = False
+
+    def __init__(self, reason: str, account: str | None = None) -> None:
+        self.reason = reason
+        self.account = account
+        super().__init__(reason + (f" (account `{account}`)" if account else ""))
+
+
+class SettleConflictError(SettlementError):
+    """Another `royalty settle` wrote the same epoch's tree or settlement meanwhile; this one wrote nothing."""
+
+    transient = True
+
+    def __init__(self, epoch: int, reason: str) -> None:
+        self.epoch = epoch
+        self.reason = reason
+        super().__init__(f"epoch `{epoch}`: {reason}; nothing was written by this run, run `royalty settle` again")

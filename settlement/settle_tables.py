@@ -1,0 +1,84 @@
+"""The on-chain settlement's append-only ledger tables, declared with `ledger.tables.register_table`.
+
+- `settlement_root`: one row per epoch whose tree was built (root, total, leaf count, digest).
+- `settlement_proof`: every leaf of that tree with its proof, written in the same transaction.
+- `settlement_intent`: a signed `proposeRoot` transaction (hash and nonce), recorded BEFORE it is
+  sent, so a run killed after sending finds it and records its outcome instead of proposing again.
+- `settlement_record`: the confirmed proposal (tx, block, chain, contract, ledger snapshot).
+
+Token amounts are `*_units` of the payout token (6 decimals): one unit is one micro of payables.
+Roots and hashes are 0x-prefixed lowercase hex; accounts are EIP-55 checksummed.
+"""
+
+import pyarrow as pa
+
+from ledger.tables import register_table
+from schemas.arrow import timestamp_type
+
+_s, _i, _t = pa.string(), pa.int64(), timestamp_type
+
+
+def _schema(*fields: tuple[str, pa.DataType, bool]) -> pa.Schema:
+    return pa.schema([pa.field(name, kind, nullable=nullable) for name, kind, nullable in fields])
+
+
+root_schema = _schema(
+    ("epoch", _i, False),
+    ("closing_snapshot", _i, False),  # the epoch's closing ledger snapshot: the tree's input
+    ("root", _s, False),
+    ("total_units", _i, False),  # sum of the leaves: proposeRoot's totalCumulative
+    ("leaf_count", _i, False),
+    ("ledger_digest", _s, False),  # sha256 of the leaves and the snapshot, proposed with the root
+    ("unaddressed_units", _i, False),  # payables of contributor ids without a payout address yet
+    ("written_at", _t, False),
+)
+
+proof_schema = _schema(
+    ("epoch", _i, False),
+    ("account", _s, False),
+    ("cumulative_units", _i, False),
+    ("tree_index", _i, False),
+    ("proof", pa.list_(_s), False),
+)
+
+intent_schema = _schema(
+    ("epoch", _i, False),
+    ("chain_id", _i, False),
+    ("contract", _s, False),
+    ("sender", _s, False),
+    ("nonce", _i, False),
+    ("tx_hash", _s, False),
+    ("root", _s, False),
+    ("prepared_at", _t, False),
+)
+
+record_schema = _schema(
+    ("epoch", _i, False),
+    ("root", _s, False),
+    ("total_units", _i, False),
+    ("tx_hash", _s, False),
+    ("block_number", _i, False),
+    ("block_hash", _s, False),
+    ("chain_id", _i, False),
+    ("contract", _s, False),
+    ("closing_snapshot", _i, False),
+    ("tree_snapshot", _i, False),  # the ledger snapshot that wrote the tree and its proofs
+    ("outcome", _s, False),  # confirmed (this run sent it) | recovered (a rerun found it on-chain)
+    ("recorded_at", _t, False),
+)
+
+settle_tables: dict[str, tuple[pa.Schema, bool]] = {
+    "settlement_root": (root_schema, True),
+    "settlement_proof": (proof_schema, False),
+    "settlement_intent": (intent_schema, True),
+    "settlement_record": (record_schema, True),
+}
+
+
+def register() -> None:
+    """Declare the tables; the ledger creates them on its next open or append."""
+    for name, (schema, inlined) in settle_tables.items():
+        register_table(name, schema, inlined=inlined)
+
+
+register()
