@@ -40,6 +40,12 @@ class Settings:
     metrics_port: int | None = _setting(None, "Port of the Prometheus metrics endpoint; unset: none.")
     dead_letter_topic: str | None = _setting(None, "Kafka topic dead letters are also forwarded to.")
     log_format: str = _setting("json", "Log format: json (structured) or text.")
+    rpc_url: str | None = _setting(None, "EVM JSON-RPC URL; unset: an in-process eth-tester chain (throwaway).")
+    distributor: str | None = _setting(None, "Address of the RoyaltyDistributor contract settlements go to.")
+    confirmations: int = _setting(1, "Blocks a settlement tx must have (its own included) before it is recorded.")
+    keystore: str | None = _setting(None, "Encrypted keystore file of the signing key (password: env).")
+    tree_dir: str | None = _setting(None, "Folder of per-epoch tree JSON files; unset: `<lake>/trees` (folder lake).")
+    confirm_timeout_s: int = _setting(600, "Longest wait for a settlement tx's receipt and confirmations.")
 
     @classmethod
     def descriptions(cls) -> dict[str, str]:
