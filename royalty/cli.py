@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
+from royalty import analytics_commands, chain_commands
 from royalty.config import load_settings
 from royalty.logs import configure_logging
 from royalty.output import output_formats, render
@@ -287,6 +288,12 @@ def close_epoch_command(
     except RoyaltyError as error:
         _fail(error)
     render_summary(summary, stdout)
+
+
+analytics_commands.register(app)
+
+
+chain_commands.register(app)
 
 
 def main() -> None:

@@ -1,0 +1,60 @@
+"""`royalty export` and `royalty report`: an epoch's statements and its sign-off page, for finance."""
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from royalty.config import load_settings
+from schemas.errors import RoyaltyError
+
+stdout = Console()
+stderr = Console(stderr=True)
+
+# Declared here rather than imported from `royalty.cli`: cli imports this module, and `python -m royalty.cli`
+# runs cli as `__main__`, so importing back from it would execute it a second time.
+LakeOption = Annotated[
+    str | None,
+    typer.Option("--lake", help="Ledger: a directory, or a PostgreSQL catalog URL. [env ROYALTY_LAKE]"),
+]
+DataPathOption = Annotated[
+    str | None,
+    typer.Option("--data-path", help="Parquet folder (needed with PostgreSQL). [env ROYALTY_DATA_PATH]"),
+]
+ConfigOption = Annotated[str | None, typer.Option("--config", help="TOML configuration file. [env ROYALTY_CONFIG]")]
+EpochOption = Annotated[int, typer.Option("--epoch", help="A closed epoch.")]
+
+
+def _fail(error: Exception, exit_code: int = 2) -> None:
+    stderr.print(f"[bold red]error:[/] {error}", highlight=False)
+    raise typer.Exit(exit_code)
+
+
+def export(
+    epoch: EpochOption,
+    to: Annotated[Path, typer.Option("--to", help="Folder to write DIR/epoch=N/ into.")],
+    lake: LakeOption = None,
+    data_path: DataPathOption = None,
+    config: ConfigOption = None,
+) -> None:
+    """Write an epoch's payables, postings and per-contributor statements as Parquet and CSV."""
+    from ledger import Ledger
+    from settlement.export import export_epoch
+
+    settings = load_settings({"lake": lake, "data_path": data_path}, config)
+    try:
+        with Ledger.open_read_only(settings.lake, settings.data_path) as ledger:
+            summary = export_epoch(ledger, epoch, to)
+    except RoyaltyError as error:
+        _fail(error)
+    stdout.print(
+        f"epoch {summary.epoch}: {summary.recipients} recipients ({summary.payable_micros:,} micros payable), "
+        f"{summary.postings} postings, {summary.statement_lines} statement lines -> {summary.directory}",
+        highlight=False,
+    )
+
+
+def register(app: typer.Typer) -> None:
+    """Add the analytics commands to the `royalty` app."""
+    app.command("export")(export)
