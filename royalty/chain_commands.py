@@ -1,0 +1,321 @@
+"""The on-chain commands of `royalty`: deploy, settle, proof, claim (registered by `register(app)`).
+
+Signing keys come from the environment (`ROYALTY_SETTLER_KEY`, or `ROYALTY_CLAIMER_KEY` for `claim`)
+or from the encrypted `keystore` file with `ROYALTY_KEYSTORE_PASSWORD`; there is deliberately no flag
+for a key, and no command prints one.
+"""
+
+import json
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from royalty.config import Settings, load_settings
+from schemas.errors import RoyaltyError
+
+stdout = Console()
+stderr = Console(stderr=True)
+
+LakeOption = Annotated[
+    str | None,
+    typer.Option("--lake", help="Ledger: a directory, or a PostgreSQL catalog URL. [env ROYALTY_LAKE]"),
+]
+DataPathOption = Annotated[
+    str | None,
+    typer.Option("--data-path", help="Parquet folder (needed with PostgreSQL). [env ROYALTY_DATA_PATH]"),
+]
+ConfigOption = Annotated[str | None, typer.Option("--config", help="TOML configuration file. [env ROYALTY_CONFIG]")]
+RpcOption = Annotated[
+    str | None,
+    typer.Option("--rpc-url", help="EVM JSON-RPC URL; unset: a throwaway in-process chain. [env ROYALTY_RPC_URL]"),
+]
+DistributorOption = Annotated[
+    str | None, typer.Option("--distributor", help="RoyaltyDistributor address. [env ROYALTY_DISTRIBUTOR]")
+]
+JsonOption = Annotated[bool, typer.Option("--json", help="Print one JSON object instead of text.")]
+
+# On the throwaway in-process chain `settle` deploys its own token and mints the settler this much,
+# the most a payable column can ever hold, so funding never falls short there.
+embedded_mint_units = 2**63 - 1
+
+
+def _fail(error: Exception, exit_code: int = 2) -> None:
+    stderr.print(f"[bold red]error:[/] {error}", highlight=False)
+    raise typer.Exit(exit_code)
+
+
+def _print_json(value: dict[str, Any]) -> None:
+    stdout.file.write(json.dumps(value) + "\n")
+    stdout.file.flush()
+
+
+def _chain(settings: Settings, key_env: str | None = None):
+    from settlement.chain import connect, load_signer, settler_key_env
+
+    signer = None
+    if key_env is not None:
+        signer = load_signer(settings.keystore, key_env)
+    signer = signer or load_signer(settings.keystore, settler_key_env)
+    return connect(settings.rpc_url, signer, settings.confirmations, settings.confirm_timeout_s)
+
+
+def deploy(
+    rpc_url: RpcOption = None,
+    config: ConfigOption = None,
+    timelock_seconds: Annotated[
+        int, typer.Option("--timelock-seconds", help="Seconds a root waits before claims (guardian may revoke).")
+    ] = 86_400,
+    guardian: Annotated[str | None, typer.Option("--guardian", help="Guardian address; unset: the deployer.")] = None,
+    token: Annotated[
+        str | None, typer.Option("--token", help="Existing 6-decimal ERC-20 to pay; unset: deploy a TestToken.")
+    ] = None,
+    mint_units: Annotated[
+        int, typer.Option("--mint-units", help="TestToken units to mint to the deployer (local chains).")
+    ] = 0,
+    output_json: JsonOption = False,
+) -> None:
+    """Deploy the distributor (and, for local use, a TestToken); the deployer is admin and settler."""
+    from settlement.chain import deploy_contracts
+
+    settings = load_settings({"rpc_url": rpc_url}, config)
+    try:
+        chain = _chain(settings)
+        deployed = deploy_contracts(chain, timelock_seconds, guardian, token, mint_units)
+    except RoyaltyError as error:
+        _fail(error)
+    result = {**vars(deployed), "rpc_url": chain.rpc_url}
+    if output_json:
+        _print_json(result)
+        return
+    for name in ("token", "distributor", "admin", "guardian", "chain_id"):
+        stdout.print(f"{name}: {result[name]}", highlight=False)
+    if chain.embedded:
+        stderr.print("note: the in-process chain ends with this command; pass --rpc-url to deploy for real")
+
+
+def settle_command(
+    lake: LakeOption = None,
+    data_path: DataPathOption = None,
+    config: ConfigOption = None,
+    rpc_url: RpcOption = None,
+    distributor: DistributorOption = None,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Plan, build the tree, read the chain; write nothing.")
+    ] = False,
+    confirmations: Annotated[
+        int | None, typer.Option("--confirmations", help="Blocks to wait for (the tx's own included).")
+    ] = None,
+    output_json: JsonOption = False,
+) -> None:
+    """Close the epoch if needed, write its payout tree and proofs, fund and propose the root, record it."""
+    from rich.progress import Progress
+
+    from ledger import Ledger
+    from settlement.chain import deploy_contracts, distributor_contract
+    from settlement.settle import settle
+
+    settings = load_settings(
+        {
+            "lake": lake,
+            "data_path": data_path,
+            "rpc_url": rpc_url,
+            "distributor": distributor,
+            "confirmations": confirmations,
+        },
+        config,
+    )
+    tree_dir = Path(settings.tree_dir) if settings.tree_dir else None
+    if tree_dir is None and "://" not in settings.lake and not settings.lake.startswith("postgres"):
+        tree_dir = Path(settings.lake) / "trees"
+    try:
+        chain = _chain(settings)
+        address = settings.distributor
+        if address is None and chain.embedded:
+            address = deploy_contracts(chain, 0, mint_units=embedded_mint_units).distributor
+            stderr.print(
+                f"in-process chain: deployed a TestToken and a distributor at {address}",
+                highlight=False,
+                soft_wrap=True,
+            )
+        if address is None:
+            from settlement.settle_errors import ChainConfigError
+
+            raise ChainConfigError("no distributor: pass --distributor or set ROYALTY_DISTRIBUTOR", "distributor")
+        contract = distributor_contract(chain, address)
+        with Ledger.open(settings.lake, settings.data_path) as ledger, Progress(console=stderr, transient=True) as bar:
+            task = bar.add_task("settling", total=None)
+
+            def progress(step: str, done: int, total: int) -> None:
+                bar.update(task, description=step, completed=done, total=total)
+
+            result = settle(ledger, chain, contract, dry_run=dry_run, progress=progress, tree_dir=tree_dir)
+    except RoyaltyError as error:
+        _fail(error)
+    summary = {k: v for k, v in vars(result).items() if k not in ("closed",)}
+    summary["closed_epoch"] = result.closed.epoch if result.closed else None
+    summary["total_units"] = str(result.total_units)
+    if output_json:
+        _print_json(summary)
+        return
+    table = Table(title=f"settlement: {result.outcome}")
+    table.add_column("field")
+    table.add_column("value")
+    for name, value in summary.items():
+        if name != "notes" and value is not None:
+            table.add_row(name, str(value))
+    stdout.print(table)
+    for note in result.notes:
+        stdout.print(note, highlight=False)
+    if dry_run:
+        stdout.print("dry run: nothing was written or sent")
+
+
+def _proof(settings: Settings, account: str) -> dict[str, Any]:
+    import duckdb
+    from web3 import Web3
+
+    from ledger import Ledger
+    from settlement import settle_tables  # noqa: F401  (declares the tables it reads)
+    from settlement.settle_errors import NoSettlementError
+
+    if not Web3.is_address(account):
+        raise NoSettlementError("not an address: pass --account 0x + 40 hex digits", account)
+    checksummed = Web3.to_checksum_address(account)
+    t = "lake.main"
+    with Ledger.open_read_only(settings.lake, settings.data_path) as ledger:
+        c = ledger.connection
+        try:
+            filters, params = "", []
+            if settings.distributor:
+                filters, params = "WHERE lower(contract) = lower(?)", [settings.distributor]
+            recorded = c.execute(
+                f"SELECT epoch, contract, chain_id, root FROM {t}.settlement_record {filters} "
+                "ORDER BY epoch DESC, recorded_at DESC LIMIT 1",
+                params,
+            ).fetchone()
+            if recorded is None:
+                latest = c.execute(
+                    f"SELECT epoch, NULL, NULL, root FROM {t}.settlement_root ORDER BY epoch DESC LIMIT 1"
+                )
+                recorded = latest.fetchone()
+            if recorded is None:
+                raise NoSettlementError("no settled epoch in this ledger yet: run `royalty settle` first")
+            epoch, contract, chain_id, root = recorded
+            leaf = c.execute(
+                f"SELECT cumulative_units, proof FROM {t}.settlement_proof WHERE epoch = ? AND account = ?",
+                [epoch, checksummed],
+            ).fetchone()
+        except duckdb.CatalogException:
+            raise NoSettlementError("this ledger has no settlement tables yet: run `royalty settle` first") from None
+    if leaf is None:
+        raise NoSettlementError(f"the epoch {epoch} tree (root {root}) has no leaf for this account", checksummed)
+    return {
+        "account": checksummed,
+        "cumulative_amount": str(leaf[0]),
+        "root": root,
+        "proof": list(leaf[1]),
+        "epoch": int(epoch),
+        "distributor": contract,
+        "chain_id": None if chain_id is None else int(chain_id),
+    }
+
+
+def proof(
+    account: Annotated[str, typer.Option("--account", help="Payout address (0x…).")],
+    lake: LakeOption = None,
+    data_path: DataPathOption = None,
+    config: ConfigOption = None,
+    distributor: DistributorOption = None,
+    output_json: JsonOption = False,
+) -> None:
+    """Print an account's cumulative amount and Merkle proof in the latest settled root."""
+    settings = load_settings({"lake": lake, "data_path": data_path, "distributor": distributor}, config)
+    try:
+        found = _proof(settings, account)
+    except RoyaltyError as error:
+        _fail(error)
+    if output_json:
+        _print_json(found)
+        return
+    for name in ("account", "cumulative_amount", "epoch", "root", "distributor", "chain_id"):
+        stdout.print(f"{name}: {found[name]}", highlight=False)
+    stdout.print("proof:", highlight=False)
+    for node in found["proof"]:
+        stdout.print(f"  {node}", highlight=False)
+
+
+def claim(
+    proof_file: Annotated[
+        Path | None, typer.Option("--proof-file", help="JSON written by `royalty proof --json` ('-': stdin).")
+    ] = None,
+    account: Annotated[str | None, typer.Option("--account", help="Payout address, with --lake.")] = None,
+    lake: LakeOption = None,
+    data_path: DataPathOption = None,
+    config: ConfigOption = None,
+    rpc_url: RpcOption = None,
+    distributor: DistributorOption = None,
+    output_json: JsonOption = False,
+) -> None:
+    """Submit a claim: pays the account its cumulative amount minus what it already claimed.
+
+    Signed with ROYALTY_CLAIMER_KEY (else the settler's key source); anyone may submit it, the
+    tokens always go to the account.
+    """
+    import sys
+
+    from settlement.chain import claimer_key_env, distributor_contract, token_contract, transact
+    from settlement.settle_errors import NoSettlementError
+
+    settings = load_settings(
+        {"lake": lake, "data_path": data_path, "rpc_url": rpc_url, "distributor": distributor}, config
+    )
+    try:
+        if proof_file is not None:
+            text = sys.stdin.read() if str(proof_file) == "-" else proof_file.read_text(encoding="utf-8")
+            found = json.loads(text)
+        elif account is not None:
+            found = _proof(settings, account)
+        else:
+            raise NoSettlementError("pass --proof-file (from `royalty proof --json`) or --account with --lake")
+        address = settings.distributor or found.get("distributor")
+        if not address:
+            raise NoSettlementError("the proof names no distributor: pass --distributor")
+        chain = _chain(settings, claimer_key_env)
+        if found.get("chain_id") is not None and int(found["chain_id"]) != chain.chain_id:
+            raise NoSettlementError(
+                f"the proof is for chain {found['chain_id']} but --rpc-url is chain {chain.chain_id}"
+            )
+        contract = distributor_contract(chain, address)
+        token = token_contract(chain, contract)
+        before_units = token.functions.balanceOf(found["account"]).call()
+        call = contract.functions.claim(
+            found["account"], int(found["cumulative_amount"]), [bytes.fromhex(p[2:]) for p in found["proof"]]
+        )
+        receipt = transact(chain, call, f"claim for {found['account']}")
+        paid_units = token.functions.balanceOf(found["account"]).call() - before_units
+    except RoyaltyError as error:
+        _fail(error)
+    except (OSError, ValueError, KeyError) as error:
+        _fail(RoyaltyError(f"cannot read the proof: {error}; pass the output of `royalty proof --json`"))
+    result = {
+        "account": found["account"],
+        "paid_units": str(paid_units),
+        "cumulative_amount": found["cumulative_amount"],
+        "tx_hash": "0x" + bytes(receipt["transactionHash"]).hex(),
+        "block_number": receipt["blockNumber"],
+    }
+    if output_json:
+        _print_json(result)
+    else:
+        stdout.print(f"claimed {paid_units} units for {found['account']} in tx {result['tx_hash']}", highlight=False)
+
+
+def register(app: typer.Typer) -> None:
+    """Add `deploy`, `settle`, `proof` and `claim` to the `royalty` app."""
+    app.command("deploy")(deploy)
+    app.command("settle")(settle_command)
+    app.command("proof")(proof)
+    app.command("claim")(claim)
