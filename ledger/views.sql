@@ -159,3 +159,14 @@ SELECT check_name, epoch, items_checked::BIGINT AS items_checked,
        (items_off + (difference_micros <> 0 AND items_off = 0)::INTEGER)::BIGINT AS items_off,
        difference_micros::BIGINT AS difference_micros
 FROM checks;
+
+-- One row per epoch root proposed on-chain and confirmed: the contract and chain, the transaction, and the
+-- ledger snapshots the tree was computed from (closing_snapshot) and written at (tree_snapshot).
+-- total_units sums every payout address's cumulative payable (token units: one unit per micro);
+-- outcome is `proposed`, or `recovered` when a rerun found a killed run's proposal on-chain.
+CREATE OR REPLACE TEMP VIEW settlements AS
+SELECT r.epoch, r.root, r.total_units, t.leaf_count, t.unaddressed_units, r.chain_id, r.contract, r.tx_hash,
+       r.block_number, r.block_hash, r.closing_snapshot, r.tree_snapshot, t.ledger_digest, r.outcome,
+       r.recorded_at
+FROM lake.main.settlement_record r
+JOIN lake.main.settlement_root t USING (epoch);
