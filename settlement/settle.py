@@ -333,15 +333,21 @@ def settle(
             step(_steps[1], 1, total_steps)
             tree = read_stored_tree(ledger.connection, latest[0])
             rebuilt = build_epoch_tree(*latest, _payables(ledger.connection, latest[0]))
-            if tree is None and rebuilt is not None:
-                step(_steps[2], 2, total_steps)
-                write_tree(ledger, rebuilt)
-                tree = read_stored_tree(ledger.connection, latest[0])
             assert tree is None or (rebuilt is not None and rebuilt.tree.root == tree.tree.root), (
                 f"epoch {latest[0]}: the ledger's payables no longer give the stored root"
             )
+            tree = tree or rebuilt
     if tree is None:
         return SettlementResult("nothing_to_settle", chain_id=chain.chain_id, contract=contract, closed=closed)
+
+    # The chain is read before anything is written, so a mismatch leaves the ledger as it was.
+    step(_steps[3], 3, total_steps)
+    found = _check_chain(ledger, chain, distributor, tree)
+    if not dry_run and tree.tree_snapshot is None:
+        step(_steps[2], 2, total_steps)
+        write_tree(ledger, tree)
+        tree = read_stored_tree(ledger.connection, tree.epoch)
+        assert tree is not None
     base = {
         "epoch": tree.epoch,
         "root": tree.tree.root_hex,
@@ -355,11 +361,17 @@ def settle(
     }
     if tree_dir is not None and not dry_run:
         base["tree_path"] = str(write_dump(tree_dir, tree))
-
-    step(_steps[3], 3, total_steps)
-    found = _check_chain(ledger, chain, distributor, tree)
-    if found is not None:
+    if found is not None and found["outcome"] == "already_recorded":
         return SettlementResult(**base, **found)
+    if found is not None:
+        if dry_run:
+            return SettlementResult("dry_run", **base, notes=[f"would record tx {found['tx_hash']}, already sent"])
+        step(_steps[6], 6, total_steps)
+        receipt = wait_confirmed(chain, found["tx_hash"], f"proposeRoot(epoch {tree.epoch})")
+        step(_steps[7], 7, total_steps)
+        return SettlementResult(
+            **base, **_record(ledger, chain, tree, contract, found["tx_hash"], receipt, "recovered")
+        )
     token = token_contract(chain, distributor)
     shortfall_units = _shortfall_units(chain, distributor, token, tree.tree.total_amount_units)
     if dry_run:
@@ -431,7 +443,8 @@ def _dry_run_tree(ledger: Ledger) -> EpochTree | None:
 
 
 def _check_chain(ledger: Ledger, chain: Chain, distributor: Contract, tree: EpochTree) -> dict | None:
-    """What the chain already holds for the epoch: a result to return, or None to go on and propose."""
+    """What the chain already holds for the epoch, read-only: `already_recorded` (with the recorded tx),
+    `recovered` (a tx to wait for and record), or None to go on and propose. Raises on a mismatch."""
     epoch, root, contract = tree.epoch, tree.tree.root_hex, distributor.address
     proposals = _proposals(chain, distributor, epoch)
     records = _records(ledger.connection, "settlement_record", epoch, chain.chain_id, contract)
@@ -465,14 +478,11 @@ def _check_chain(ledger: Ledger, chain: Chain, distributor: Contract, tree: Epoc
                 chain.chain_id,
                 contract,
             )
-        tx_hash = _hex(last["transactionHash"])
-        receipt = wait_confirmed(chain, tx_hash, f"proposeRoot(epoch {epoch})")
-        return _record(ledger, chain, tree, contract, tx_hash, receipt, "recovered")
+        return {"outcome": "recovered", "tx_hash": _hex(last["transactionHash"])}
     for intent in _records(ledger.connection, "settlement_intent", epoch, chain.chain_id, contract):
         if _known_to_node(chain, intent["tx_hash"]):
             # Sent by a killed run and not mined yet (or mined and reverted: wait_confirmed says so).
-            receipt = wait_confirmed(chain, intent["tx_hash"], f"proposeRoot(epoch {epoch})")
-            return _record(ledger, chain, tree, contract, intent["tx_hash"], receipt, "recovered")
+            return {"outcome": "recovered", "tx_hash": intent["tx_hash"]}
     latest_epoch = distributor.functions.latestEpoch().call()
     if latest_epoch >= epoch:
         raise ChainLedgerMismatchError(
