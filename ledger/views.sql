@@ -74,6 +74,14 @@ SELECT account, sum(amount_micros)::BIGINT AS balance_micros, count(*) AS postin
 FROM lake.main.settlement_posting
 GROUP BY account;
 
+-- One row per event ever held in suspense (its route was incomplete when its epoch closed): the epoch
+-- it entered, and the epoch and outcome (split | reversed) it left with, NULL while still held.
+CREATE OR REPLACE TEMP VIEW suspense_items AS
+SELECT i.epoch AS suspended_epoch, i.event_id, i.event_time, i.model_id, i.payer, i.compute_provider,
+       i.fee_micros, r.epoch AS released_epoch, r.outcome AS release_outcome
+FROM lake.main.settlement_suspense_item i
+LEFT JOIN lake.main.settlement_suspense_release r ON r.event_id = i.event_id;
+
 -- Checks that must all be zero in a healthy ledger: one row per check and closed epoch, with how many
 -- items it compared, how many disagree, and the sum of the absolute disagreements (micros).
 -- entry_balance: every posting entry sums to zero. recipient_credits: each payable's credited_micros
