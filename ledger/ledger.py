@@ -96,6 +96,11 @@ class Ledger:
     def close(self) -> None:
         self.connection.close()
 
+    def ensure_tables(self) -> None:
+        """Create every registered table this ledger lacks (tables registered after it was opened)."""
+        assert not self.read_only, "a read-only ledger cannot create tables"
+        self._retrying(self._create_tables, "create tables")
+
     def __enter__(self) -> "Ledger":
         return self
 

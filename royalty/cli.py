@@ -296,6 +296,27 @@ analytics_commands.register(app)
 chain_commands.register(app)
 
 
+@app.command()
+def demo(
+    workdir: Annotated[
+        Path | None, typer.Option("--workdir", help="Folder for the demo's ledger (default: temp).")
+    ] = None,
+    events: Annotated[int, typer.Option("--events", help="Inference events to produce.")] = 100_000,
+    kafka: Annotated[
+        str | None, typer.Option("--kafka", help="Use this Kafka (HOST:PORT) instead of the embedded broker.")
+    ] = None,
+) -> None:
+    """The main job on embedded defaults: broker, sample traffic, ingest, close the epoch, summary."""
+    from royalty.demo import render_demo, run_demo
+
+    configure_logging("json", level=30)
+    try:
+        result = run_demo(workdir, events, kafka, stderr)
+    except RoyaltyError as error:
+        _fail(error)
+    render_demo(result, stdout)
+
+
 def main() -> None:
     configure_logging()
     try:

@@ -44,6 +44,8 @@ def close_epoch(ledger: Ledger, dry_run: bool = False, progress: Progress | None
     `progress(step, done, total)` is called as the steps go. Raises `EpochConflictError` when another
     process closed an epoch meanwhile (nothing written; run again).
     """
+    if not ledger.read_only:
+        ledger.ensure_tables()  # a ledger opened before the settlement tables were registered
     plan, extra = plan_from_ledger(ledger, progress)
     written = None
     if not dry_run and not plan.noop:

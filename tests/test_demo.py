@@ -1,0 +1,30 @@
+"""`royalty demo`, the README's first command: it runs to the end and its figures are the ledger's."""
+
+import json
+import re
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from royalty.demo import summary_queries
+from tests.conftest import royalty_command
+
+
+@pytest.mark.slow
+def test_demo_runs_to_the_end_and_its_summary_matches_royalty_sql(tmp_path: Path) -> None:
+    """The demo's summary table shows the same numbers `royalty sql` returns for each figure's query."""
+    result = subprocess.run(
+        royalty_command("demo", "--workdir", str(tmp_path), "--events", "100000"),
+        capture_output=True, text=True, timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    lake = tmp_path / "lake"
+    for name, sql in summary_queries().items():
+        row = re.search(rf"│ {re.escape(name)}\s*│\s*([\d,]+) │", result.stdout)
+        assert row, f"`{name}` missing from the summary:\n{result.stdout}"
+        answer = subprocess.run(royalty_command("sql", "--lake", str(lake), "--format", "json", sql),
+                                capture_output=True, text=True, check=True)
+        (value,) = json.loads(answer.stdout)[0].values()
+        assert int(row.group(1).replace(",", "")) == value, name
+    assert subprocess.run(royalty_command("verify", "--lake", str(lake)), capture_output=True).returncode == 0
