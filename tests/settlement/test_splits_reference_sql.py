@@ -2,6 +2,7 @@
 
 import duckdb
 import polars as pl
+import pytest
 from hypothesis import HealthCheck, given, settings
 
 from ledger import Ledger
@@ -37,10 +38,11 @@ def test_generated_registries_split_identically_in_sql(world):
     _compare(world)
 
 
-def test_one_hundred_thousand_events_through_the_ledger_match_the_sql_reference(tmp_path):
-    """Cross-check at scale: 100k sample events closed through DuckLake equal the SQL payables."""
+@pytest.mark.slow
+def test_a_million_events_through_the_ledger_match_the_sql_reference(tmp_path):
+    """Cross-check at scale: 1,000,000 sample events closed through DuckLake equal the SQL payables."""
     with Ledger.open(tmp_path / "l") as ledger:
-        _append(ledger, _traffic(100_000), 0, 50_000)
+        _append(ledger, _traffic(1_000_000), 0, 250_000)
         close_epoch(ledger)
         c = ledger.connection
         got = pl.from_arrow(
