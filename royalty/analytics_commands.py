@@ -55,6 +55,33 @@ def export(
     )
 
 
+def report(
+    epoch: EpochOption,
+    out: Annotated[Path, typer.Option("--out", help="The HTML file to write.")] = Path("report.html"),
+    lake: LakeOption = None,
+    data_path: DataPathOption = None,
+    config: ConfigOption = None,
+) -> None:
+    """Write an epoch's self-contained settlement report (HTML, inline SVG charts) for sign-off."""
+    from ledger import Ledger
+    from settlement.report_html import money, write_report
+
+    settings = load_settings({"lake": lake, "data_path": data_path}, config)
+    try:
+        with Ledger.open_read_only(settings.lake, settings.data_path) as ledger:
+            data = write_report(ledger, epoch, out)
+    except RoyaltyError as error:
+        _fail(error)
+    verdict = "balanced" if data.conserved else "[bold red]NOT balanced[/]"
+    stdout.print(
+        f"epoch {epoch}: fees {money(data.epoch['fee_micros'])} {data.asset}, payable "
+        f"{money(data.epoch['payable_micros'])}, conservation {verdict}, "
+        f"{'settled' if data.settlement else 'not settled yet'} -> {out}",
+        highlight=False,
+    )
+
+
 def register(app: typer.Typer) -> None:
     """Add the analytics commands to the `royalty` app."""
     app.command("export")(export)
+    app.command("report")(report)

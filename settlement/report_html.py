@@ -1,0 +1,506 @@
+"""The settlement report: one self-contained HTML page a finance reviewer signs off before the root is proposed.
+
+Everything is read from the ledger (read-only, analyst views defined) and drawn as inline SVG, so the page
+needs no network, no script and no other file to be viewed or archived. Money is formatted from integer
+micros with integer arithmetic; chart lengths are integer pixel fractions of the largest value.
+"""
+
+import html
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+import polars as pl
+
+from ledger.attach import EpochNotClosedError
+from ledger.connection import catalog_alias
+from ledger.ledger import Ledger
+from ledger.query import define_views
+
+_t = f"{catalog_alias}.main"
+_metadata = f"__ducklake_metadata_{catalog_alias}"
+micros_per_unit = 1_000_000
+# Bounds on what one page shows, so a ledger with thousands of models or payees still gives a readable page.
+chart_models_max = 8
+chart_payees_max = 15
+chart_flows_max = 15
+table_rows_max = 20
+palette = ["#4e79a7", "#f28e2b", "#e15759", "#76b7b2", "#59a14f", "#edc948", "#b07aa1", "#ff9da7", "#9c755f"]
+assert len(palette) >= chart_models_max + 1
+
+
+@dataclass
+class ReportData:
+    """Every figure the page shows for one epoch. Money in micros."""
+
+    epoch: dict
+    previous: dict | None
+    asset: str
+    fees_by_day_model: pl.DataFrame  # event_date, model_id, fee_micros
+    top_payees: pl.DataFrame  # recipient, payout_address, amount_micros, cumulative_micros
+    payee_changes: pl.DataFrame  # recipient, amount_micros, previous_micros, change_micros
+    lineage_flows: pl.DataFrame  # derived_model, parent_model, flowed_micros
+    suspense_held: pl.DataFrame  # model_id, events, held_micros, oldest_event_time
+    dead_letters: pl.DataFrame  # field, reason, messages
+    reconciliation: pl.DataFrame  # check_name, items_checked, items_off, difference_micros
+    recipients: int
+    postings: int
+    payable_total_micros: int
+    ledger_digest: str | None
+    computed_root: str | None
+    settlement: dict | None  # the settlement_root row (and its record's tx) when the epoch is settled
+    generated_at: datetime = field(default_factory=lambda: datetime.now(UTC))
+
+    @property
+    def conserved(self) -> bool:
+        return self.conservation_difference_micros == 0 and self.reconciled
+
+    @property
+    def reconciled(self) -> bool:
+        rows = self.reconciliation
+        return rows.height > 0 and int(rows["items_off"].sum()) == 0 and int(rows["difference_micros"].sum()) == 0
+
+    @property
+    def conservation_difference_micros(self) -> int:
+        e, p = self.epoch, self.previous or {}
+        left = (
+            e["payable_micros"]
+            + (e["suspense_micros"] - p.get("suspense_micros", 0))
+            - (e["receivable_micros"] - p.get("receivable_micros", 0))
+        )
+        return left - (e["fee_micros"] - e["reversed_micros"])
+
+
+def _frame(ledger: Ledger, sql: str, params: list | None = None) -> pl.DataFrame:
+    return pl.from_arrow(ledger.connection.execute(sql, params or []).fetch_arrow_table())  # type: ignore[return-value]
+
+
+def _table_exists(ledger: Ledger, name: str) -> bool:
+    (count,) = ledger.connection.execute(
+        "SELECT count(*) FROM duckdb_tables() WHERE database_name = ? AND schema_name = 'main' AND table_name = ?",
+        [catalog_alias, name],
+    ).fetchone()
+    return count > 0
+
+
+def _arrived(table: str, group_columns: str, value_columns: str) -> str:
+    """Rows of a ledger file table whose data files arrived in the snapshot range (?, ?], grouped by file first
+    so that matching rows to files costs one comparison per file, not per row."""
+    return f"""
+        WITH per_file AS (SELECT filename, {group_columns}, {value_columns} FROM {_t}.{table} GROUP BY ALL),
+             files AS (
+                SELECT d.path FROM {_metadata}.ducklake_data_file d
+                JOIN {_metadata}.ducklake_table t ON t.table_id = d.table_id AND t.table_name = '{table}'
+                WHERE d.begin_snapshot > ? AND d.begin_snapshot <= ?)
+        SELECT p.* EXCLUDE (filename) FROM per_file p JOIN files f ON p.filename LIKE '%/' || f.path"""
+
+
+def gather(ledger: Ledger, epoch: int) -> ReportData:
+    """Read every figure of epoch `epoch`'s report from the ledger."""
+    define_views(ledger)
+    epochs = _frame(ledger, "SELECT * FROM epochs WHERE epoch IN (?, ?)", [epoch, epoch - 1])
+    this = epochs.filter(pl.col("epoch") == epoch)
+    if this.is_empty():
+        last = ledger.connection.execute(f"SELECT max(epoch) FROM {_t}.settlement_epoch").fetchone()[0]
+        raise EpochNotClosedError(epoch, last)
+    previous = epochs.filter(pl.col("epoch") == epoch - 1)
+    e = this.row(0, named=True)
+    window = [e["previous_snapshot"], e["closing_snapshot"]]
+    (asset,) = ledger.connection.execute("SELECT coalesce(any_value(asset), '') FROM inference_events").fetchone()
+
+    fees = _frame(
+        ledger,
+        f"""SELECT event_date, model_id, sum(fee_micros)::BIGINT AS fee_micros
+            FROM ({_arrived("inference_metered", "event_date, model_id", "sum(fee_micros) AS fee_micros")})
+            GROUP BY ALL ORDER BY event_date, model_id""",
+        window,
+    )
+    payables = _frame(
+        ledger,
+        """SELECT recipient, payout_address, amount_micros, cumulative_micros FROM payables
+           WHERE epoch = ? ORDER BY amount_micros DESC, recipient""",
+        [epoch],
+    )
+    changes = _frame(
+        ledger,
+        """SELECT coalesce(n.recipient, p.recipient) AS recipient, coalesce(n.amount_micros, 0) AS amount_micros,
+                  coalesce(p.amount_micros, 0) AS previous_micros,
+                  coalesce(n.amount_micros, 0) - coalesce(p.amount_micros, 0) AS change_micros
+           FROM (SELECT * FROM payables WHERE epoch = ?) n FULL JOIN (SELECT * FROM payables WHERE epoch = ?) p
+             ON n.recipient = p.recipient
+           ORDER BY abs(change_micros) DESC, recipient LIMIT ?""",
+        [epoch, epoch - 1, table_rows_max],
+    )
+    flows = _frame(
+        ledger,
+        """SELECT model_id AS derived_model, substr(account, length('model:') + 1) AS parent_model,
+                  (-sum(amount_micros))::BIGINT AS flowed_micros
+           FROM postings
+           WHERE epoch = ? AND entry_kind = 'split' AND account LIKE 'model:%' AND account <> 'model:' || model_id
+             AND amount_micros < 0
+           GROUP BY ALL ORDER BY flowed_micros DESC, derived_model, parent_model""",
+        [epoch],
+    )
+    suspense = pl.DataFrame(
+        schema={"model_id": pl.String, "events": pl.Int64, "held_micros": pl.Int64, "oldest_event_time": pl.Datetime}
+    )
+    if _table_exists(ledger, "settlement_suspense_item"):
+        suspense = _frame(
+            ledger,
+            """SELECT model_id, count(*) AS events, sum(fee_micros)::BIGINT AS held_micros,
+                      min(event_time) AS oldest_event_time
+               FROM suspense_items WHERE suspended_epoch <= ? AND (released_epoch IS NULL OR released_epoch > ?)
+               GROUP BY ALL ORDER BY held_micros DESC LIMIT ?""",
+            [epoch, epoch, table_rows_max],
+        )
+    dead = _frame(
+        ledger,
+        f"""SELECT coalesce(error_field, '(whole message)') AS field, reason, sum(messages)::BIGINT AS messages
+            FROM ({_arrived("dead_letter", "error_field, reason", "count(*) AS messages")})
+            GROUP BY ALL ORDER BY messages DESC, field, reason LIMIT ?""",
+        [*window, table_rows_max],
+    )
+    reconciliation = _frame(
+        ledger,
+        "SELECT check_name, items_checked, items_off, difference_micros FROM reconciliation "
+        "WHERE epoch = ? ORDER BY check_name",
+        [epoch],
+    )
+    (postings,) = ledger.connection.execute("SELECT count(*) FROM postings WHERE epoch = ?", [epoch]).fetchone()
+
+    digest, root = _digest_and_root(ledger, epoch, e["closing_snapshot"])
+    settlement = None
+    if _table_exists(ledger, "settlement_root"):
+        rows = _frame(ledger, f"SELECT * FROM {_t}.settlement_root WHERE epoch = ?", [epoch])
+        if rows.height:
+            settlement = rows.row(0, named=True)
+            if _table_exists(ledger, "settlement_record"):
+                records = _frame(
+                    ledger,
+                    f"SELECT tx_hash, block_number, chain_id, contract FROM {_t}.settlement_record "
+                    "WHERE epoch = ? ORDER BY recorded_at DESC LIMIT 1",
+                    [epoch],
+                )
+                if records.height:
+                    settlement |= records.row(0, named=True)
+    return ReportData(
+        epoch=e,
+        previous=previous.row(0, named=True) if previous.height else None,
+        asset=asset,
+        fees_by_day_model=fees,
+        top_payees=payables.head(chart_payees_max),
+        payee_changes=changes,
+        lineage_flows=flows,
+        suspense_held=suspense,
+        dead_letters=dead,
+        reconciliation=reconciliation,
+        recipients=payables.height,
+        postings=postings,
+        payable_total_micros=int(payables["amount_micros"].sum() or 0),
+        ledger_digest=digest,
+        computed_root=root,
+        settlement=settlement,
+    )
+
+
+def _digest_and_root(ledger: Ledger, epoch: int, closing_snapshot: int) -> tuple[str | None, str | None]:
+    """The ledger digest and payout root the settlement proposes for this epoch, computed as `royalty settle` does."""
+    from settlement.settle import build_epoch_tree
+
+    payables = _frame(
+        ledger,
+        f"SELECT epoch, recipient, amount_micros, payout_address FROM {_t}.settlement_payable WHERE epoch <= ?",
+        [epoch],
+    )
+    tree = build_epoch_tree(epoch, closing_snapshot, payables)
+    if tree is None:
+        return None, None
+    return tree.ledger_digest, tree.tree.root_hex
+
+
+# --- rendering -----------------------------------------------------------------------------------------------
+
+
+def money(micros: int) -> str:
+    """Integer micros as a decimal amount of the asset, e.g. 1234567 -> '1.234567'."""
+    sign = "-" if micros < 0 else ""
+    whole, fraction = divmod(abs(int(micros)), micros_per_unit)
+    return f"{sign}{whole:,}.{fraction:06d}"
+
+
+def _e(value: object) -> str:
+    return html.escape(str(value))
+
+
+def _scaled(value: int, largest: int, length_px: int) -> int:
+    """Floor of value/largest of length_px: integer pixels, the remainder is simply not drawn."""
+    return 0 if largest <= 0 else max(0, int(value) * length_px // int(largest))
+
+
+def svg_stacked_bars(title: str, fees: pl.DataFrame, asset: str) -> str:
+    """Fees per day, stacked by model (the top models by fee, the rest as 'other')."""
+    if fees.is_empty():
+        return f'<p class="empty">{_e(title)}: no fees in this epoch.</p>'
+    top = (
+        fees.group_by("model_id")
+        .agg(pl.col("fee_micros").sum())
+        .sort(["fee_micros", "model_id"], descending=[True, False])
+    )["model_id"].to_list()[:chart_models_max]
+    frame = fees.with_columns(
+        series=pl.when(pl.col("model_id").is_in(top)).then(pl.col("model_id")).otherwise(pl.lit("other"))
+    )
+    series = top + (["other"] if frame["series"].eq("other").any() else [])
+    days = sorted(frame["event_date"].unique().to_list())
+    totals = {
+        (row["event_date"], row["series"]): int(row["fee_micros"])
+        for row in frame.group_by(["event_date", "series"]).agg(pl.col("fee_micros").sum()).iter_rows(named=True)
+    }
+    day_totals = [sum(totals.get((day, s), 0) for s in series) for day in days]
+    width, height, left, bottom, top_px = 720, 300, 90, 40, 20
+    plot_h = height - bottom - top_px
+    bar_w = max(4, (width - left - 170) // max(1, len(days)) - 6)
+    largest = max(day_totals)
+    parts = [_svg_open("fees-by-day-model", title, width, height)]
+    parts.append(_axis_y(left, top_px, plot_h, largest, asset))
+    for index, day in enumerate(days):
+        x = left + 6 + index * (bar_w + 6)
+        y = top_px + plot_h
+        for color, name in zip(palette, series, strict=False):
+            value = totals.get((day, name), 0)
+            # A value too small for a whole pixel still gets one, so no model silently vanishes from a day.
+            h = max(1, _scaled(value, largest, plot_h)) if value > 0 else 0
+            if h:
+                y -= h
+                parts.append(
+                    f'<rect x="{x}" y="{y}" width="{bar_w}" height="{h}" fill="{color}">'
+                    f"<title>{_e(day)} {_e(name)}: {money(value)} {_e(asset)}</title></rect>"
+                )
+        parts.append(
+            f'<text x="{x + bar_w // 2}" y="{height - bottom + 16}" text-anchor="middle" class="tick">{_e(day)}</text>'
+        )
+    for index, (color, name) in enumerate(zip(palette, series, strict=False)):
+        y = top_px + index * 18
+        parts.append(f'<rect x="{width - 160}" y="{y}" width="12" height="12" fill="{color}"/>')
+        parts.append(f'<text x="{width - 142}" y="{y + 10}" class="legend">{_e(name)}</text>')
+    parts.append("</svg>")
+    return "".join(parts)
+
+
+def svg_horizontal_bars(chart_id: str, title: str, labels: list[str], values: list[int], asset: str) -> str:
+    """One bar per label, longest first, with the amount written after each bar."""
+    if not labels:
+        return f'<p class="empty">{_e(title)}: nothing in this epoch.</p>'
+    row_h, left, width = 22, 260, 720
+    height = row_h * len(labels) + 10
+    largest = max(values)
+    parts = [_svg_open(chart_id, title, width, height)]
+    for index, (label, value) in enumerate(zip(labels, values, strict=True)):
+        y = 5 + index * row_h
+        w = _scaled(value, largest, width - left - 150)
+        parts.append(f'<text x="{left - 8}" y="{y + 14}" text-anchor="end" class="tick">{_e(label)}</text>')
+        parts.append(
+            f'<rect x="{left}" y="{y + 2}" width="{max(1, w)}" height="{row_h - 6}" fill="{palette[0]}">'
+            f"<title>{_e(label)}: {money(value)} {_e(asset)}</title></rect>"
+        )
+        parts.append(f'<text x="{left + w + 6}" y="{y + 14}" class="tick">{money(value)}</text>')
+    parts.append("</svg>")
+    return "".join(parts)
+
+
+def _svg_open(chart_id: str, title: str, width: int, height: int) -> str:
+    return (
+        f'<svg class="chart" id="{chart_id}" xmlns="http://www.w3.org/2000/svg" role="img" '
+        f'width="{width}" height="{height}" viewBox="0 0 {width} {height}" aria-label="{_e(title)}">'
+        f"<title>{_e(title)}</title>"
+    )
+
+
+def _axis_y(left: int, top_px: int, plot_h: int, largest: int, asset: str) -> str:
+    parts = [f'<line x1="{left}" y1="{top_px}" x2="{left}" y2="{top_px + plot_h}" stroke="#888"/>']
+    for step in range(5):
+        value = largest * step // 4
+        y = top_px + plot_h - _scaled(value, largest, plot_h)
+        parts.append(f'<line x1="{left - 4}" y1="{y}" x2="{left}" y2="{y}" stroke="#888"/>')
+        parts.append(f'<text x="{left - 6}" y="{y + 4}" text-anchor="end" class="tick">{money(value)}</text>')
+    parts.append(
+        f'<text x="12" y="{top_px + plot_h // 2}" class="tick" transform="rotate(-90 12 {top_px + plot_h // 2})" '
+        f'text-anchor="middle">{_e(asset)}</text>'
+    )
+    return "".join(parts)
+
+
+def _table(headers: list[str], rows: list[list[object]], numeric_from: int = 1, table_id: str = "") -> str:
+    if not rows:
+        return '<p class="empty">none</p>'
+    head = "".join(f"<th>{_e(h)}</th>" for h in headers)
+    body = "".join(
+        "<tr>"
+        + "".join(f"<td{' class=num' if i >= numeric_from else ''}>{_e(v)}</td>" for i, v in enumerate(row))
+        + "</tr>"
+        for row in rows
+    )
+    ident = f' id="{table_id}"' if table_id else ""
+    return f"<table{ident}><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+_css = """
+body{font-family:system-ui,-apple-system,'Segoe UI',sans-serif;margin:2em auto;max-width:980px;color:#222}
+h1{margin-bottom:.2em} h2{border-bottom:1px solid #ddd;padding-bottom:.2em;margin-top:1.6em}
+table{border-collapse:collapse;margin:.5em 0} th,td{padding:.25em .7em;border-bottom:1px solid #eee;text-align:left}
+td.num{text-align:right;font-variant-numeric:tabular-nums} .ok{color:#1a7f37;font-weight:600}
+.bad{color:#c62828;font-weight:600} .muted{color:#666} .empty{color:#666;font-style:italic}
+code{font-size:.9em;word-break:break-all} svg .tick{font-size:11px;fill:#333} svg .legend{font-size:12px;fill:#222}
+.sign{margin-top:2em;padding:1em;border:1px dashed #999}
+"""
+
+
+def render_html(data: ReportData) -> str:
+    """The whole page as one string."""
+    e, p, asset = data.epoch, data.previous or {}, data.asset
+    verdict = (
+        '<span class="ok" id="conservation-verdict">balanced</span>'
+        if data.conserved
+        else '<span class="bad" id="conservation-verdict">NOT balanced</span>'
+    )
+    figures = [
+        ("events", "event_count", False),
+        ("fees", "fee_micros", True),
+        ("reversals", "reversal_count", False),
+        ("reversed", "reversed_micros", True),
+        ("suspended", "suspended_micros", True),
+        ("released from suspense", "released_micros", True),
+        ("suspense balance", "suspense_micros", True),
+        ("payable", "payable_micros", True),
+        ("receivables", "receivable_micros", True),
+        ("reversal dead letters", "dead_letter_count", False),
+    ]
+
+    def show(value: int, is_money: bool) -> str:
+        return money(value) if is_money else f"{value:,}"
+
+    totals = _table(
+        ["figure", f"epoch {e['epoch']}"],
+        [[name, show(e[key], m)] for name, key, m in figures]
+        + [["recipients", f"{data.recipients:,}"], ["postings", f"{data.postings:,}"]],
+        table_id="totals",
+    )
+    changes = _table(
+        ["figure", f"epoch {e['epoch'] - 1}" if data.previous else "previous", f"epoch {e['epoch']}", "change"],
+        [[name, show(p.get(key, 0), m), show(e[key], m), show(e[key] - p.get(key, 0), m)] for name, key, m in figures],
+        table_id="changes",
+    )
+    payee_changes = _table(
+        ["recipient", "previous epoch", "this epoch", "change"],
+        [
+            [r["recipient"], money(r["previous_micros"]), money(r["amount_micros"]), money(r["change_micros"])]
+            for r in data.payee_changes.iter_rows(named=True)
+        ],
+    )
+    conservation = (
+        f"<p>payable {money(e['payable_micros'])} + Δsuspense "
+        f"{money(e['suspense_micros'] - p.get('suspense_micros', 0))} − Δreceivables "
+        f"{money(e['receivable_micros'] - p.get('receivable_micros', 0))} = fees {money(e['fee_micros'])} − reversed "
+        f'{money(e["reversed_micros"])}: difference <strong id="conservation-difference">'
+        f"{money(data.conservation_difference_micros)}</strong> {_e(asset)} — {verdict}</p>"
+    )
+    reconciliation = _table(
+        ["check", "items checked", "items off", f"difference ({asset})"],
+        [
+            [r["check_name"], f"{r['items_checked']:,}", f"{r['items_off']:,}", money(r["difference_micros"])]
+            for r in data.reconciliation.iter_rows(named=True)
+        ],
+        table_id="reconciliation",
+    )
+    fees_chart = svg_stacked_bars(f"Fees by day and model ({asset})", data.fees_by_day_model, asset)
+    payees_chart = svg_horizontal_bars(
+        "top-payees",
+        f"Top payees ({asset})",
+        data.top_payees["recipient"].to_list(),
+        [int(v) for v in data.top_payees["amount_micros"].to_list()],
+        asset,
+    )
+    flows = data.lineage_flows.head(chart_flows_max)
+    flows_chart = svg_horizontal_bars(
+        "lineage-flows",
+        f"Lineage flows: derived model → parent ({asset})",
+        [f"{r['derived_model']} → {r['parent_model']}" for r in flows.iter_rows(named=True)],
+        [int(v) for v in flows["flowed_micros"].to_list()],
+        asset,
+    )
+    suspense = _table(
+        ["model", "events", f"held ({asset})", "oldest call"],
+        [
+            [r["model_id"], f"{r['events']:,}", money(r["held_micros"]), r["oldest_event_time"]]
+            for r in data.suspense_held.iter_rows(named=True)
+        ],
+        table_id="suspense",
+    )
+    dead = _table(
+        ["field", "reason", "messages"],
+        [[r["field"], r["reason"], f"{r['messages']:,}"] for r in data.dead_letters.iter_rows(named=True)],
+        numeric_from=2,
+        table_id="dead-letters",
+    )
+    if data.settlement:
+        s = data.settlement
+        tx = f"; proposed in tx <code>{_e(s['tx_hash'])}</code> (block {s['block_number']})" if "tx_hash" in s else ""
+        root = (
+            f'<p>root <code id="root">{_e(s["root"])}</code> over {s["leaf_count"]:,} leaves, total '
+            f"{money(s['total_units'])} {_e(asset)}{tx}.</p>"
+            f'<p>ledger digest <code id="ledger-digest">{_e(s["ledger_digest"])}</code></p>'
+        )
+        if data.ledger_digest and data.ledger_digest != s["ledger_digest"]:
+            root += (
+                f'<p class="bad">the payables now give digest <code>{_e(data.ledger_digest)}</code>, '
+                "not the stored one</p>"
+            )
+    else:
+        root = (
+            '<p><strong id="root">not settled yet</strong>: no root has been written for this epoch.</p>'
+            f'<p>ledger digest <code id="ledger-digest">{_e(data.ledger_digest or "none: no address is owed")}</code>'
+            f"{f' and root <code>{_e(data.computed_root)}</code>' if data.computed_root else ''}, as `royalty settle` "
+            "will propose them from these payables.</p>"
+        )
+    return f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8">
+<title>Settlement report, epoch {e["epoch"]}</title>
+<style>{_css}</style></head>
+<body>
+<h1>Settlement report — epoch {e["epoch"]}</h1>
+<p class="muted">ledger snapshots {e["previous_snapshot"] + 1}..{e["closing_snapshot"]}, closed {_e(e["closed_at"])};
+amounts in {_e(asset)} (integer micros shown with six decimals);
+generated {_e(data.generated_at.isoformat(timespec="seconds"))}</p>
+<h2>Totals</h2>
+{totals}
+<h2>Conservation</h2>
+{conservation}
+{reconciliation}
+<h2>Fees by day and model</h2>
+{fees_chart}
+<h2>Top payees</h2>
+{payees_chart}
+<h2>Lineage flows</h2>
+{flows_chart}
+<h2>Changes against the previous epoch</h2>
+{changes}
+<h3>Largest changes per recipient</h3>
+{payee_changes}
+<h2>Suspense</h2>
+<p>Events held after this epoch because their route was incomplete (by model, largest first).</p>
+{suspense}
+<h2>Dead letters</h2>
+<p>Messages of this epoch's snapshot range that broke the contract, by field and reason; reversal dead letters:
+{e["dead_letter_count"]:,}.</p>
+{dead}
+<h2>Root and ledger digest</h2>
+{root}
+<div class="sign">Reviewed and approved for proposal: ____________________ date: __________</div>
+</body></html>
+"""
+
+
+def write_report(ledger: Ledger, epoch: int, out: Path) -> ReportData:
+    """Gather epoch `epoch`'s figures and write its page to `out`; return the figures."""
+    data = gather(ledger, epoch)
+    Path(out).write_text(render_html(data), encoding="utf-8")
+    return data

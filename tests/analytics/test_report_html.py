@@ -1,0 +1,121 @@
+"""`royalty report`: the self-contained settlement page, rendered in headless Chromium and checked for figures."""
+
+import re
+import shutil
+import subprocess
+from datetime import UTC, datetime
+from pathlib import Path
+
+import polars as pl
+import pyarrow as pa
+import pytest
+
+from ledger import Ledger
+from settlement.report_html import gather, money, render_html
+from settlement.settle import build_epoch_tree
+from settlement.settle_tables import root_schema
+from tests.analytics.conftest import build_settled_ledger
+from tests.conftest import royalty_command
+
+chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+chromium_flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
+# Injected into a copy of the page by the test only (the report itself has no script): records what
+# Chromium actually laid out, so the dumped DOM proves the charts rendered with visible marks.
+layout_probe = """<script>
+const charts = [...document.querySelectorAll('svg.chart')];
+document.body.dataset.chartsRendered = charts.filter(c => c.getBBox().width > 0).map(c => c.id).join(' ');
+document.body.dataset.marksDrawn = charts.map(c =>
+  [...c.querySelectorAll('rect')].filter(r => r.getBBox().width > 0 && r.getBBox().height > 0).length).join(' ');
+</script></body>"""
+
+
+def _figures(lake: Path, epoch: int) -> dict:
+    with Ledger.open_read_only(lake) as ledger:
+        row = ledger.connection.execute(
+            "SELECT fee_micros, payable_micros, event_count FROM lake.main.settlement_epoch WHERE epoch = ?", [epoch]
+        ).fetchone()
+    return dict(zip(("fee_micros", "payable_micros", "event_count"), row, strict=True))
+
+
+@pytest.mark.skipif(chromium is None, reason="needs Debian's chromium (apt-get install -y chromium)")
+def test_report_renders_in_headless_chromium_with_totals_conservation_and_three_charts(
+    settled_lake: Path, tmp_path: Path
+) -> None:
+    """Write epoch 2's page via the CLI, load it from disk in Chromium with no network, read back the DOM."""
+    out = tmp_path / "report.html"
+    result = subprocess.run(
+        royalty_command("report", "--lake", str(settled_lake), "--epoch", "2", "--out", str(out)),
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 0, result.stderr
+    page = out.read_text()
+    assert not re.search(r"""(src|href)=["']?(https?:)?//""", page), "the page must not fetch anything"
+    probed = tmp_path / "probed.html"
+    probed.write_text(page.replace("</body>", layout_probe))
+    dom = subprocess.run(
+        [chromium, *chromium_flags, "--dump-dom", probed.as_uri()], capture_output=True, text=True, timeout=120
+    ).stdout
+
+    figures = _figures(settled_lake, 2)
+    totals = re.search(r'<table id="totals">.*?</table>', dom, re.DOTALL)
+    assert totals is not None
+    assert money(figures["fee_micros"]) in totals.group(0)
+    assert money(figures["payable_micros"]) in totals.group(0)
+    assert f"{figures['event_count']:,}" in totals.group(0)
+    assert re.search(r'id="conservation-verdict">balanced<', dom)
+    assert "not settled yet" in dom
+    rendered = re.search(r'data-charts-rendered="([^"]*)"', dom)
+    assert rendered is not None and rendered.group(1).split() == ["fees-by-day-model", "top-payees", "lineage-flows"]
+    marks = re.search(r'data-marks-drawn="([^"]*)"', dom)
+    assert marks is not None and all(int(n) > 0 for n in marks.group(1).split())
+    for section in ("Changes against the previous epoch", "Suspense", "Dead letters", "Root and ledger digest"):
+        assert section in dom
+    assert '<table id="suspense">' in dom and '<table id="dead-letters">' in dom
+
+
+def test_report_of_a_settled_epoch_shows_its_root_and_ledger_digest(tmp_path: Path) -> None:
+    """With a settlement_root row for the epoch (as `royalty settle` writes it) the page shows that root and digest."""
+    lake = tmp_path / "lake"
+    build_settled_ledger(lake)
+    with Ledger.open(lake) as ledger:
+        payables = pl.from_arrow(
+            ledger.connection.execute(
+                "SELECT epoch, recipient, amount_micros, payout_address FROM lake.main.settlement_payable"
+            ).fetch_arrow_table()
+        )
+        (closing_snapshot,) = ledger.connection.execute(
+            "SELECT closing_snapshot FROM lake.main.settlement_epoch WHERE epoch = 2"
+        ).fetchone()
+        tree = build_epoch_tree(2, closing_snapshot, payables)
+        assert tree is not None
+        row = {
+            "epoch": 2,
+            "closing_snapshot": tree.closing_snapshot,
+            "root": tree.tree.root_hex,
+            "total_units": tree.tree.total_amount_units,
+            "leaf_count": len(tree.tree),
+            "ledger_digest": tree.ledger_digest,
+            "unaddressed_units": tree.unaddressed_units,
+            "written_at": datetime.now(UTC),
+        }
+        ledger.append_records({"settlement_root": pa.Table.from_pylist([row], schema=root_schema)})
+    with Ledger.open_read_only(lake) as ledger:
+        page = render_html(gather(ledger, 2))
+        unsettled = render_html(gather(ledger, 1))
+    assert f'<code id="root">{tree.tree.root_hex}</code>' in page
+    assert f'<code id="ledger-digest">{tree.ledger_digest}</code>' in page
+    assert "not settled yet" not in page and 'class="bad"' not in page
+    assert "not settled yet" in unsettled
+
+
+def test_report_of_an_unclosed_epoch_fails_clearly(settled_lake: Path, tmp_path: Path) -> None:
+    """An epoch that is not closed is refused (exit 2) and no page is written."""
+    out = tmp_path / "r.html"
+    result = subprocess.run(
+        royalty_command("report", "--lake", str(settled_lake), "--epoch", "5", "--out", str(out)),
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 2 and "epoch `5` is not closed" in " ".join(result.stderr.split())
+    assert not out.exists()
