@@ -104,7 +104,13 @@ def test_every_payee_claims_its_payable_and_a_second_epoch_pays_exactly_the_diff
     lake = tmp_path / "lake"
     traffic, offset = _new_lake(lake, 400)
     deployed = _deploy(anvil)
+    dry = _royalty(
+        "settle", "--lake", str(lake), "--rpc-url", anvil.url, "--distributor", deployed["distributor"], "--dry-run"
+    )
+    assert (dry["outcome"], dry["epoch"], dry["funded_units"]) == ("dry_run", 1, int(dry["total_units"]))
+    assert len(_proposals(anvil, deployed["distributor"], 1)) == 0
     first = _settle(lake, anvil, deployed["distributor"])
+    assert first["root"] == dry["root"]
     assert first["outcome"] == "proposed" and first["epoch"] == 1 and first["closed_epoch"] == 1
     expected_1 = _expected_units(lake)
     assert sum(expected_1.values()) == int(first["total_units"]) and len(expected_1) == first["leaf_count"]
