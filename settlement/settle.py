@@ -23,7 +23,6 @@ import hashlib
 import json
 import os
 import signal
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -34,6 +33,7 @@ import polars as pl
 import pyarrow as pa
 from web3 import Web3
 from web3.contract import Contract
+from web3.logs import DISCARD
 
 from ledger.connection import catalog_alias
 from ledger.ledger import Ledger
@@ -52,7 +52,8 @@ from settlement.constants import amount_micros_max
 from settlement.ledger_io import Progress, plan_from_ledger
 from settlement.merkle import MerkleTree
 from settlement.report import EpochSummary, close_epoch
-from settlement.settle_errors import ChainLedgerMismatchError, NoSettlementError, SettleConflictError
+from settlement.settle_errors import ChainLedgerMismatchError, SettleConflictError
+from settlement.split_errors import AmountOverflowError
 
 crash_hook_env = "ROYALTY_TEST_CRASH_AT"
 _t = f"{catalog_alias}.main"
@@ -158,7 +159,7 @@ def build_epoch_tree(epoch: int, closing_snapshot: int, payables: pl.DataFrame) 
         return None
     tree = MerkleTree.from_amounts(leaves)
     if tree.total_amount_units > amount_micros_max:
-        raise NoSettlementError(f"epoch {epoch}: total {tree.total_amount_units} units exceed int64; check payables")
+        raise AmountOverflowError(epoch, "settlement_root.total_units", tree.total_amount_units)
     return EpochTree(
         epoch, closing_snapshot, tree, ledger_digest(epoch, closing_snapshot, leaves), unaddressed_units, None
     )
@@ -370,7 +371,7 @@ def settle(
         receipt = wait_confirmed(chain, found["tx_hash"], f"proposeRoot(epoch {tree.epoch})")
         step(_steps[7], 7, total_steps)
         return SettlementResult(
-            **base, **_record(ledger, chain, tree, contract, found["tx_hash"], receipt, "recovered")
+            **base, **_record(ledger, chain, tree, distributor, found["tx_hash"], receipt, "recovered")
         )
     token = token_contract(chain, distributor)
     shortfall_units = _shortfall_units(chain, distributor, token, tree.tree.total_amount_units)
@@ -408,7 +409,7 @@ def settle(
     step(_steps[6], 6, total_steps)
     receipt = wait_confirmed(chain, signed.tx_hash, action)
     step(_steps[7], 7, total_steps)
-    recorded = _record(ledger, chain, tree, contract, signed.tx_hash, receipt, "proposed")
+    recorded = _record(ledger, chain, tree, distributor, signed.tx_hash, receipt, "proposed")
     return SettlementResult(**base, funded_units=shortfall_units, **recorded)
 
 
@@ -481,7 +482,7 @@ def _check_chain(ledger: Ledger, chain: Chain, distributor: Contract, tree: Epoc
         return {"outcome": "recovered", "tx_hash": _hex(last["transactionHash"])}
     for intent in _records(ledger.connection, "settlement_intent", epoch, chain.chain_id, contract):
         if _known_to_node(chain, intent["tx_hash"]):
-            # Sent by a killed run and not mined yet (or mined and reverted: wait_confirmed says so).
+            # Sent by a killed run and not mined yet.
             return {"outcome": "recovered", "tx_hash": intent["tx_hash"]}
     latest_epoch = distributor.functions.latestEpoch().call()
     if latest_epoch >= epoch:
@@ -496,17 +497,31 @@ def _check_chain(ledger: Ledger, chain: Chain, distributor: Contract, tree: Epoc
 
 
 def _known_to_node(chain: Chain, tx_hash: str) -> bool:
+    """Whether the node holds `tx_hash` pending or mined successfully; a reverted one changed nothing."""
     try:
-        return chain.w3.eth.get_transaction(tx_hash) is not None  # type: ignore[arg-type]
+        tx = chain.w3.eth.get_transaction(tx_hash)  # type: ignore[arg-type]
     except Exception:  # TransactionNotFound, or a node that answers null
         return False
+    if tx is None:
+        return False
+    if tx.get("blockNumber") is None:
+        return True
+    return chain.w3.eth.get_transaction_receipt(tx_hash)["status"] == 1  # type: ignore[arg-type]
 
 
 def _record(
-    ledger: Ledger, chain: Chain, tree: EpochTree, contract: str, tx_hash: str, receipt: dict, outcome: str
+    ledger: Ledger, chain: Chain, tree: EpochTree, distributor: Contract, tx_hash: str, receipt: dict, outcome: str
 ) -> dict:
-    proposed = [log for log in receipt["logs"] if log["address"].lower() == contract.lower()]
-    assert proposed, f"tx {tx_hash} succeeded but emitted nothing from {contract}"
+    contract = distributor.address
+    events = distributor.events.RootProposed().process_receipt(receipt, errors=DISCARD)
+    roots = {(event["args"]["epoch"], _hex(event["args"]["root"])) for event in events}
+    if (tree.epoch, tree.tree.root_hex) not in roots:
+        raise ChainLedgerMismatchError(
+            tree.epoch,
+            f"tx {tx_hash} succeeded but proposed {sorted(roots) or 'nothing'}, not root {tree.tree.root_hex}",
+            chain.chain_id,
+            contract,
+        )
     row = {
         "epoch": tree.epoch,
         "root": tree.tree.root_hex,
@@ -523,6 +538,3 @@ def _record(
     }
     _append_guarded(ledger, "settlement_record", row, settle_tables.record_schema, tree.epoch, chain.chain_id, contract)
     return {"outcome": outcome, "tx_hash": tx_hash, "block_number": receipt["blockNumber"]}
-
-
-StepCallback = Callable[[str, int, int], None]
