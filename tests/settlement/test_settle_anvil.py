@@ -306,3 +306,26 @@ def test_settle_without_rpc_url_runs_on_an_in_process_chain(tmp_path: Path) -> N
     assert result.exit_code == 0, result.output
     summary = json.loads(result.stdout.strip().splitlines()[-1])
     assert summary["outcome"] == "proposed" and summary["epoch"] == 1 and summary["leaf_count"] > 0
+
+
+def test_a_root_still_in_its_timelock_makes_the_next_settle_fail_with_advice_and_send_nothing(
+    anvil: Anvil,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    """Distributor with a one-hour timelock: epoch 2's settle stops on the preflight's decoded
+    RoyaltyDistributorRootPending, says to wait or revoke, records no intent; after the hour it proposes."""
+    lake = tmp_path / "lake"
+    traffic, offset = _new_lake(lake, 100)
+    deployed = _royalty("deploy", "--rpc-url", anvil.url, "--timelock-seconds", "3600", "--mint-units", str(MINT_UNITS))
+    assert _settle(lake, anvil, deployed["distributor"])["outcome"] == "proposed"
+    with Ledger.open(str(lake)) as ledger:
+        _append(ledger, list(traffic.metered(50, first_index=100)), offset)
+    args = ["settle", "--lake", str(lake), "--rpc-url", anvil.url, "--distributor", deployed["distributor"]]
+    blocked = runner.invoke(app, args, env={"ROYALTY_SETTLER_KEY": SETTLER_KEY})
+    message = " ".join(blocked.stderr.split())
+    assert blocked.exit_code == 2 and "RoyaltyDistributorRootPending" in message and "nothing was sent" in message
+    assert [r["epoch"] for r in _settlement_rows(lake, "settlement_intent")] == [1]
+    assert len(_proposals(anvil, deployed["distributor"], 2)) == 0
+    anvil.advance_time(3_601)
+    assert _settle(lake, anvil, deployed["distributor"])["outcome"] == "proposed"
+    assert len(_proposals(anvil, deployed["distributor"], 2)) == 1
