@@ -21,25 +21,30 @@ class EpochNotClosedError(LedgerError):
         )
 
 
+def closing_snapshot(ledger: Ledger, epoch: int) -> int:
+    """Epoch `epoch`'s closing snapshot; `EpochNotClosedError` when the ledger has not closed it."""
+    table = f"{catalog_alias}.main.settlement_epoch"
+    try:
+        row = ledger.connection.execute(f"SELECT closing_snapshot FROM {table} WHERE epoch = ?", [epoch]).fetchone()
+        last = ledger.connection.execute(f"SELECT max(epoch) FROM {table}").fetchone()[0]
+    except duckdb.CatalogException:  # no epoch was ever closed: the settlement tables do not exist yet
+        raise EpochNotClosedError(epoch, None) from None
+    if row is None:
+        raise EpochNotClosedError(epoch, last)
+    return int(row[0])
+
+
 def epoch_snapshot(ledger: Ledger, epoch: int) -> int:
     """The snapshot that wrote epoch `epoch`: its events, postings and payables, and nothing of later epochs.
 
     The epoch's own rows are committed one snapshot after its `closing_snapshot`, so time travel to the
     closing snapshot itself would show the epoch's events but not the epoch; the writing snapshot shows both.
     """
-    table = f"{catalog_alias}.main.settlement_epoch"
-    try:
-        row = ledger.connection.execute(f"SELECT closing_snapshot FROM {table} WHERE epoch = ?", [epoch]).fetchone()
-        last = ledger.connection.execute(f"SELECT max(epoch) FROM {table}").fetchone()[0]
-    except duckdb.CatalogException:
-        raise EpochNotClosedError(epoch, None) from None
-    if row is None:
-        raise EpochNotClosedError(epoch, last)
-    closing_snapshot = int(row[0])
+    closing = closing_snapshot(ledger, epoch)
     (written,) = ledger.connection.execute(
         f"SELECT min(snapshot_id) FROM ducklake_table_changes('{catalog_alias}', 'main', 'settlement_epoch', ?, ?) "
         "WHERE epoch = ? AND change_type = 'insert'",
-        [closing_snapshot, ledger.current_snapshot(), epoch],
+        [closing, ledger.current_snapshot(), epoch],
     ).fetchone()
     assert written is not None, f"epoch {epoch} is in settlement_epoch but no snapshot inserted it"
     return int(written)

@@ -16,7 +16,7 @@ import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from ledger.attach import EpochNotClosedError
+from ledger.attach import closing_snapshot
 from ledger.connection import catalog_alias
 from ledger.ledger import Ledger
 
@@ -48,10 +48,7 @@ def export_epoch(ledger: Ledger, epoch: int, directory: Path) -> ExportSummary:
     function of the ledger.
     """
     connection = ledger.connection
-    closed = connection.execute(f"SELECT epoch FROM {_t}.settlement_epoch WHERE epoch = ?", [epoch]).fetchone()
-    if closed is None:
-        (last,) = connection.execute(f"SELECT max(epoch) FROM {_t}.settlement_epoch").fetchone()
-        raise EpochNotClosedError(epoch, last)
+    closing_snapshot(ledger, epoch)  # raises when the epoch is not closed
     (asset,) = connection.execute(f"SELECT any_value(asset) FROM {_t}.inference_metered").fetchone()
     directory = Path(directory)
     partition = f"epoch={int(epoch)}"

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import polars as pl
 
-from ledger.attach import EpochNotClosedError
+from ledger.attach import closing_snapshot
 from ledger.connection import catalog_alias
 from ledger.ledger import Ledger
 from ledger.query import define_views
@@ -97,12 +97,10 @@ def _arrived(table: str, group_columns: str, value_columns: str) -> str:
 
 def gather(ledger: Ledger, epoch: int) -> ReportData:
     """Read every figure of epoch `epoch`'s report from the ledger."""
+    closing_snapshot(ledger, epoch)  # raises when the epoch is not closed
     define_views(ledger)
     epochs = _frame(ledger, "SELECT * FROM epochs WHERE epoch IN (?, ?)", [epoch, epoch - 1])
     this = epochs.filter(pl.col("epoch") == epoch)
-    if this.is_empty():
-        last = ledger.connection.execute(f"SELECT max(epoch) FROM {_t}.settlement_epoch").fetchone()[0]
-        raise EpochNotClosedError(epoch, last)
     previous = epochs.filter(pl.col("epoch") == epoch - 1)
     e = this.row(0, named=True)
     window = [e["previous_snapshot"], e["closing_snapshot"]]
@@ -203,7 +201,7 @@ def gather(ledger: Ledger, epoch: int) -> ReportData:
     )
 
 
-def _digest_and_root(ledger: Ledger, epoch: int, closing_snapshot: int) -> tuple[str | None, str | None]:
+def _digest_and_root(ledger: Ledger, epoch: int, closing: int) -> tuple[str | None, str | None]:
     """The ledger digest and payout root the settlement proposes for this epoch, computed as `royalty settle` does."""
     from settlement.settle import build_epoch_tree
 
@@ -212,7 +210,7 @@ def _digest_and_root(ledger: Ledger, epoch: int, closing_snapshot: int) -> tuple
         f"SELECT epoch, recipient, amount_micros, payout_address FROM {_t}.settlement_payable WHERE epoch <= ?",
         [epoch],
     )
-    tree = build_epoch_tree(epoch, closing_snapshot, payables)
+    tree = build_epoch_tree(epoch, closing, payables)
     if tree is None:
         return None, None
     return tree.ledger_digest, tree.tree.root_hex

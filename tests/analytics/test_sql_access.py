@@ -7,6 +7,13 @@ from pathlib import Path
 import duckdb
 import pytest
 
+from ingest.sample import SampleTraffic
+from ledger import IngestBatch, Ledger, PartitionOffsets
+from ledger.attach import EpochNotClosedError, epoch_snapshot
+from schemas import BatchDecoder
+from settlement.export import export_epoch
+from settlement.report_html import gather
+from tests.analytics.conftest import shape
 from tests.conftest import royalty_command
 
 
@@ -60,3 +67,22 @@ def test_print_attach_statements_attach_read_only_in_a_plain_duckdb_client(settl
     assert last_epoch == (1 if as_of else 2)
     with pytest.raises(duckdb.Error, match=r"read.only"):
         client.execute("INSERT INTO lake.main.settlement_epoch SELECT * FROM lake.main.settlement_epoch")
+
+
+def test_epoch_tools_on_a_ledger_that_never_closed_an_epoch_say_so(tmp_path: Path) -> None:
+    """Before the settlement tables exist, time travel, export and report raise `EpochNotClosedError`."""
+    values = list(SampleTraffic(shape, seed=1).registry())
+    with Ledger.open(tmp_path / "lake") as ledger:
+        batch = IngestBatch.from_messages(
+            values, ["t"] * len(values), [0] * len(values), list(range(len(values))), BatchDecoder()
+        )
+        ledger.append(batch, [PartitionOffsets("t", 0, 0, len(values))])
+    with Ledger.open_read_only(tmp_path / "lake") as ledger:
+        for attempt in (
+            lambda: epoch_snapshot(ledger, 1),
+            lambda: export_epoch(ledger, 1, tmp_path / "out"),
+            lambda: gather(ledger, 1),
+        ):
+            with pytest.raises(EpochNotClosedError, match="no epoch has been closed yet"):
+                attempt()
+    assert not (tmp_path / "out").exists()
