@@ -22,9 +22,9 @@ from ingest.sample import SampleShape, SampleTraffic
 from ledger import IngestBatch, Ledger, PartitionOffsets, define_views, run_query
 from royalty.cli import app
 from schemas import BatchDecoder
-from settlement.chain import connect, distributor_contract, load_signer, token_contract
+from settlement.chain import connect, distributor_contract, load_signer, token_contract, transact
 from settlement.merkle import MerkleTree
-from settlement.settle_errors import ChainConfigError
+from settlement.settle_errors import ChainConfigError, ConfirmationTimeoutError
 from tests.support.anvil import REPO_ROOT, Anvil, anvil  # noqa: F401 - anvil is a fixture
 
 SETTLER_KEY = "0x47e179ec197488593b187f80a00eb0da91f1b9d0b13f8733639f19c30a34926a"  # anvil account 4
@@ -329,3 +329,23 @@ def test_a_root_still_in_its_timelock_makes_the_next_settle_fail_with_advice_and
     anvil.advance_time(3_601)
     assert _settle(lake, anvil, deployed["distributor"])["outcome"] == "proposed"
     assert len(_proposals(anvil, deployed["distributor"], 2)) == 1
+
+
+def test_transactions_wait_for_the_configured_confirmations_and_time_out_with_a_resumable_error(
+    anvil: Anvil,  # noqa: F811
+) -> None:
+    """chain.transact with confirmations=3 under 1 s interval mining returns only once two blocks sit on
+    the receipt's; with no further blocks, confirmations=5 raises ConfirmationTimeoutError after its bound."""
+    deployed = _deploy(anvil)
+    signer = load_signer(None, environ={"ROYALTY_SETTLER_KEY": SETTLER_KEY})
+    chain = connect(anvil.url, signer, confirmations=3, confirm_timeout_s=30)
+    token = token_contract(chain, distributor_contract(chain, deployed["distributor"]))
+    anvil.rpc("evm_setIntervalMining", [1])
+    try:
+        receipt = transact(chain, token.functions.transfer(deployed["distributor"], 1), "transfer")
+        assert anvil.w3.eth.block_number - receipt["blockNumber"] + 1 >= 3
+    finally:
+        anvil.rpc("evm_setIntervalMining", [0])
+    impatient = connect(anvil.url, signer, confirmations=5, confirm_timeout_s=1)
+    with pytest.raises(ConfirmationTimeoutError, match="run `royalty settle` again"):
+        transact(impatient, token.functions.transfer(deployed["distributor"], 1), "transfer")
