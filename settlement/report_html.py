@@ -256,12 +256,16 @@ def svg_stacked_bars(title: str, fees: pl.DataFrame, asset: str) -> str:
     day_totals = [sum(totals.get((day, s), 0) for s in series) for day in days]
     width, height, left, bottom, top_px = 720, 300, 90, 40, 20
     plot_h = height - bottom - top_px
-    bar_w = max(4, (width - left - 170) // max(1, len(days)) - 6)
+    # Floor division: the plot keeps its width whatever the number of days; the leftover pixels stay blank.
+    slot_w = max(1, (width - left - 170) // len(days))
+    gap_w = min(6, slot_w // 4)
+    bar_w = max(1, slot_w - gap_w)
+    label_every = max(1, (len(days) * 110) // (width - left - 170) + 1)  # about 110 px per date label
     largest = max(day_totals)
     parts = [_svg_open("fees-by-day-model", title, width, height)]
     parts.append(_axis_y(left, top_px, plot_h, largest, asset))
     for index, day in enumerate(days):
-        x = left + 6 + index * (bar_w + 6)
+        x = left + gap_w + index * slot_w
         y = top_px + plot_h
         for color, name in zip(palette, series, strict=False):
             value = totals.get((day, name), 0)
@@ -273,9 +277,11 @@ def svg_stacked_bars(title: str, fees: pl.DataFrame, asset: str) -> str:
                     f'<rect x="{x}" y="{y}" width="{bar_w}" height="{h}" fill="{color}">'
                     f"<title>{_e(day)} {_e(name)}: {money(value)} {_e(asset)}</title></rect>"
                 )
-        parts.append(
-            f'<text x="{x + bar_w // 2}" y="{height - bottom + 16}" text-anchor="middle" class="tick">{_e(day)}</text>'
-        )
+        if index % label_every == 0:
+            parts.append(
+                f'<text x="{x + bar_w // 2}" y="{height - bottom + 16}" text-anchor="middle" class="tick">'
+                f"{_e(day)}</text>"
+            )
     for index, (color, name) in enumerate(zip(palette, series, strict=False)):
         y = top_px + index * 18
         parts.append(f'<rect x="{width - 160}" y="{y}" width="12" height="12" fill="{color}"/>')
