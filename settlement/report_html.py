@@ -16,9 +16,9 @@ from ledger.attach import closing_snapshot
 from ledger.connection import catalog_alias
 from ledger.ledger import Ledger
 from ledger.query import define_views
+from settlement.ledger_io import data_files
 
 _t = f"{catalog_alias}.main"
-_metadata = f"__ducklake_metadata_{catalog_alias}"
 micros_per_unit = 1_000_000
 # Bounds on what one page shows, so a ledger with thousands of models or payees still gives a readable page.
 chart_models_max = 8
@@ -83,16 +83,16 @@ def _table_exists(ledger: Ledger, name: str) -> bool:
     return count > 0
 
 
-def _arrived(table: str, group_columns: str, value_columns: str) -> str:
-    """Rows of a ledger file table whose data files arrived in the snapshot range (?, ?], grouped by file first
-    so that matching rows to files costs one comparison per file, not per row."""
-    return f"""
-        WITH per_file AS (SELECT filename, {group_columns}, {value_columns} FROM {_t}.{table} GROUP BY ALL),
-             files AS (
-                SELECT d.path FROM {_metadata}.ducklake_data_file d
-                JOIN {_metadata}.ducklake_table t ON t.table_id = d.table_id AND t.table_name = '{table}'
-                WHERE d.begin_snapshot > ? AND d.begin_snapshot <= ?)
-        SELECT p.* EXCLUDE (filename) FROM per_file p JOIN files f ON p.filename LIKE '%/' || f.path"""
+def _arrived(
+    ledger: Ledger, table: str, window: tuple[int, int], select: str, empty: dict, params: list
+) -> pl.DataFrame:
+    """`select` over the rows of a ledger file table whose data files arrived in the snapshot range (window]:
+    only those files are read, so the cost follows the epoch's size, not the ledger's."""
+    previous, closing = window
+    files = data_files(ledger.connection, table, closing).filter(pl.col("snapshot") > previous)
+    if files.is_empty():
+        return pl.DataFrame(schema=empty)
+    return _frame(ledger, select.replace("{rows}", "read_parquet(?)"), [files["path"].to_list(), *params])
 
 
 def gather(ledger: Ledger, epoch: int) -> ReportData:
@@ -103,15 +103,17 @@ def gather(ledger: Ledger, epoch: int) -> ReportData:
     this = epochs.filter(pl.col("epoch") == epoch)
     previous = epochs.filter(pl.col("epoch") == epoch - 1)
     e = this.row(0, named=True)
-    window = [e["previous_snapshot"], e["closing_snapshot"]]
+    window = (e["previous_snapshot"], e["closing_snapshot"])
     (asset,) = ledger.connection.execute("SELECT coalesce(any_value(asset), '') FROM inference_events").fetchone()
 
-    fees = _frame(
+    fees = _arrived(
         ledger,
-        f"""SELECT event_date, model_id, sum(fee_micros)::BIGINT AS fee_micros
-            FROM ({_arrived("inference_metered", "event_date, model_id", "sum(fee_micros) AS fee_micros")})
-            GROUP BY ALL ORDER BY event_date, model_id""",
+        "inference_metered",
         window,
+        """SELECT event_date, model_id, sum(fee_micros)::BIGINT AS fee_micros FROM {rows}
+           GROUP BY ALL ORDER BY event_date, model_id""",
+        {"event_date": pl.Date, "model_id": pl.String, "fee_micros": pl.Int64},
+        [],
     )
     payables = _frame(
         ledger,
@@ -151,12 +153,14 @@ def gather(ledger: Ledger, epoch: int) -> ReportData:
                GROUP BY ALL ORDER BY held_micros DESC LIMIT ?""",
             [epoch, epoch, table_rows_max],
         )
-    dead = _frame(
+    dead = _arrived(
         ledger,
-        f"""SELECT coalesce(error_field, '(whole message)') AS field, reason, sum(messages)::BIGINT AS messages
-            FROM ({_arrived("dead_letter", "error_field, reason", "count(*) AS messages")})
-            GROUP BY ALL ORDER BY messages DESC, field, reason LIMIT ?""",
-        [*window, table_rows_max],
+        "dead_letter",
+        window,
+        """SELECT coalesce(error_field, '(whole message)') AS field, reason, count(*) AS messages FROM {rows}
+           GROUP BY ALL ORDER BY messages DESC, field, reason LIMIT ?""",
+        {"field": pl.String, "reason": pl.String, "messages": pl.Int64},
+        [table_rows_max],
     )
     reconciliation = _frame(
         ledger,
