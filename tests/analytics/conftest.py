@@ -67,10 +67,10 @@ def _reversal(index: int, original: bytes) -> bytes:
     )
 
 
-def build_settled_ledger(directory: Path) -> None:
+def build_settled_ledger(location: Path | str, data_path: str | None = None) -> None:
     """Epoch 1: registry, sample calls and bad messages; epoch 2: more calls, unroutable ones, reversals."""
     traffic = SampleTraffic(shape, seed=11)
-    with Ledger.open(directory) as ledger:
+    with Ledger.open(location, data_path) as ledger:
         first = list(traffic.metered(epoch_1_events))
         offset = _append(ledger, [*traffic.registry(), *first, b"{not json", b'{"specversion": "1.0"}'], 0)
         close_epoch(ledger)

@@ -1,9 +1,18 @@
 """The `reconciliation` view: all zeros on a healthy settled ledger, non-zero once a posting is tampered with."""
 
+import uuid
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+import pytest
 
 from ledger import Ledger, define_views, run_query
 from tests.analytics.conftest import build_settled_ledger
+
+if TYPE_CHECKING:
+    from tests.support.postgres import PostgresServer
+
+pytest_plugins = ("tests.support.postgres",)
 
 checks = {
     "entry_balance",
@@ -17,8 +26,8 @@ checks = {
 }
 
 
-def _reconciliation(lake: Path) -> list[dict]:
-    with Ledger.open_read_only(lake) as ledger:
+def _reconciliation(lake: Path | str, data_path: str | None = None) -> list[dict]:
+    with Ledger.open_read_only(lake, data_path) as ledger:
         define_views(ledger)
         return run_query(ledger, "SELECT * FROM reconciliation ORDER BY epoch, check_name").to_pylist()
 
@@ -51,3 +60,15 @@ def test_a_conflicting_posting_written_behind_the_ledgers_back_makes_reconciliat
     off = {(row["check_name"], row["epoch"]): row for row in _reconciliation(lake) if row["difference_micros"]}
     assert set(off) == {("entry_balance", 2), ("recipient_credits", 2)}
     assert all(row["items_off"] == 1 and row["difference_micros"] == 7 for row in off.values())
+
+
+def test_reconciliation_reads_the_catalog_metadata_on_a_postgresql_catalog_too(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    """events_vs_epoch joins DuckLake's own metadata tables: the same all-zero rows with a PostgreSQL catalog."""
+    server: PostgresServer = request.getfixturevalue("postgres_server")
+    catalog = server.create_database(f"lake_{uuid.uuid4().hex[:12]}")
+    build_settled_ledger(catalog, str(tmp_path / "data"))
+    rows = _reconciliation(catalog, str(tmp_path / "data"))
+    assert {(row["check_name"], row["epoch"]) for row in rows} == {(c, e) for c in checks for e in (1, 2)}
+    assert [row for row in rows if row["items_off"] or row["difference_micros"]] == []
