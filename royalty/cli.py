@@ -305,13 +305,16 @@ def demo(
     kafka: Annotated[
         str | None, typer.Option("--kafka", help="Use this Kafka (HOST:PORT) instead of the embedded broker.")
     ] = None,
+    rpc_url: Annotated[
+        str | None, typer.Option("--rpc-url", help="Use this EVM node instead of the in-process chain.")
+    ] = None,
 ) -> None:
     """The main job on embedded defaults: broker, sample traffic, ingest, close the epoch, summary."""
     from royalty.demo import render_demo, run_demo
 
     configure_logging("json", level=30)
     try:
-        result = run_demo(workdir, events, kafka, stderr)
+        result = run_demo(workdir, events, kafka, rpc_url, stderr)
     except RoyaltyError as error:
         _fail(error)
     render_demo(result, stdout)

@@ -1,8 +1,10 @@
 """`royalty demo`: the whole pipeline on embedded defaults, for a newcomer with Python and pip.
 
 Stages: start the embedded Kafka-compatible broker (or use `--kafka`), produce sample traffic
-with some duplicates and invalid messages, ingest it until idle, close the epoch, and print a
-summary whose figures are re-read from the ledger with the same SQL a user would run.
+with some duplicates and invalid messages, ingest it until idle, close the epoch, deploy the
+distributor on the in-process chain (or `--rpc-url`), settle the root, claim for the two largest
+payees, write the settlement report, and print a summary whose ledger figures are re-read with
+the same SQL a user would run.
 """
 
 import shutil
@@ -21,10 +23,17 @@ from ingest.producer import produce_sample_traffic
 from ingest.service import IngestService
 from ingest.sources import KafkaSource
 from ledger import Ledger, define_views, run_query
+from settlement import close_epoch
+from settlement.chain import connect, deploy_contracts, distributor_contract, load_signer, token_contract, transact
+from settlement.report_html import write_report
+from settlement.settle import settle
 
 demo_topic = "inference-events"
 # The service stops once the topic has been quiet this long after the last message.
 ingest_idle_s = 3.0
+# Test tokens minted to the settler on the local chain: far more than any demo's payables.
+demo_mint_units = 10**18
+claims_count = 2
 
 
 @dataclass
@@ -36,6 +45,9 @@ class DemoResult:
     produced: dict[str, int] = field(default_factory=dict)
     figures: dict[str, int] = field(default_factory=dict)
     stage_seconds: dict[str, float] = field(default_factory=dict)
+    chain: dict[str, object] = field(default_factory=dict)
+    claims: list[tuple[str, int, int]] = field(default_factory=list)
+    report: Path | None = None
 
 
 @contextmanager
@@ -49,7 +61,7 @@ def _broker(kafka: str | None) -> Iterator[str]:
         yield broker.bootstrap_servers
 
 
-def run_demo(workdir: Path | None, events: int, kafka: str | None, console: Console) -> DemoResult:
+def run_demo(workdir: Path | None, events: int, kafka: str | None, rpc_url: str | None, console: Console) -> DemoResult:
     """Run every stage; return the figures. Cleans up the broker it started."""
     workdir = Path(workdir or tempfile.mkdtemp(prefix="royalty-demo-"))
     lake = workdir / "lake"
@@ -94,14 +106,49 @@ def run_demo(workdir: Path | None, events: int, kafka: str | None, console: Cons
             service.run(until_idle_s=ingest_idle_s)
             result.stage_seconds["ingest"] = time.monotonic() - started
 
-            from settlement import close_epoch
-
             started = time.monotonic()
             task = progress.add_task("close epoch 1", total=5)
             close_epoch(ledger, progress=lambda step, done, total: progress.update(task, completed=done))
             result.stage_seconds["close epoch"] = time.monotonic() - started
+
+            started = time.monotonic()
+            task = progress.add_task("deploy, settle, claim", total=4)
+            chain = connect(rpc_url, load_signer(None))
+            deployed = deploy_contracts(chain, timelock_seconds=0, mint_units=demo_mint_units)
+            distributor = distributor_contract(chain, deployed.distributor)
+            progress.update(task, completed=1)
+            settled = settle(ledger, chain, distributor, tree_dir=workdir / "trees")
+            progress.update(task, completed=2)
+            result.chain = {
+                "chain id": chain.chain_id,
+                "distributor": deployed.distributor,
+                "root": settled.root or "",
+                "settle tx": settled.tx_hash or "",
+            }
+            result.claims = _claim_top_payees(ledger, chain, distributor, settled.epoch or 0, claims_count)
+            progress.update(task, completed=3)
+            result.report = workdir / "report.html"
+            write_report(ledger, settled.epoch or 1, result.report)
+            progress.update(task, completed=4)
+            result.stage_seconds["settle, claim, report"] = time.monotonic() - started
     result.figures = summary_figures(lake)
     return result
+
+
+def _claim_top_payees(ledger: Ledger, chain, distributor, epoch: int, count: int) -> list[tuple[str, int, int]]:
+    """Claim for the `count` largest payees; return (account, cumulative units, token balance after)."""
+    rows = ledger.connection.execute(
+        "SELECT account, cumulative_units, proof FROM lake.main.settlement_proof WHERE epoch = ? "
+        "ORDER BY cumulative_units DESC, account LIMIT ?",
+        [epoch, count],
+    ).fetchall()
+    token = token_contract(chain, distributor)
+    claims = []
+    for account, cumulative_units, proof in rows:
+        call = distributor.functions.claim(account, int(cumulative_units), [bytes.fromhex(p[2:]) for p in proof])
+        transact(chain, call, f"claim for {account}")
+        claims.append((account, int(cumulative_units), int(token.functions.balanceOf(account).call())))
+    return claims
 
 
 def summary_queries() -> dict[str, str]:
@@ -114,6 +161,7 @@ def summary_queries() -> dict[str, str]:
         "epochs closed": "SELECT count(*) FROM epochs",
         "payable (micros)": "SELECT coalesce(sum(amount_micros), 0) FROM payables",
         "recipients paid": "SELECT count(DISTINCT recipient) FROM payables",
+        "roots settled on-chain": "SELECT count(*) FROM settlements",
     }
 
 
@@ -132,6 +180,16 @@ def render_demo(result: DemoResult, console: Console) -> None:
     for name, value in result.figures.items():
         table.add_row(name, f"{value:,}")
     console.print(table)
+    for name, value in result.chain.items():
+        console.print(f"{name}: {value}", highlight=False, soft_wrap=True)
+    for account, cumulative_units, balance_units in result.claims:
+        console.print(
+            f"claimed {account}: cumulative {cumulative_units:,} units, token balance now {balance_units:,}",
+            highlight=False,
+            soft_wrap=True,
+        )
+    if result.report is not None:
+        console.print(f"settlement report: {result.report}", highlight=False)
     console.print(
         "timings: " + ", ".join(f"{stage} {seconds:.1f} s" for stage, seconds in result.stage_seconds.items())
     )

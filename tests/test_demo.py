@@ -13,7 +13,7 @@ from tests.conftest import royalty_command
 
 @pytest.mark.slow
 def test_demo_runs_to_the_end_and_its_summary_matches_royalty_sql(tmp_path: Path) -> None:
-    """The demo's summary table shows the same numbers `royalty sql` returns for each figure's query."""
+    """The summary matches `royalty sql` for each figure; two claims pay their payables; a report is written."""
     result = subprocess.run(
         royalty_command("demo", "--workdir", str(tmp_path), "--events", "100000"),
         capture_output=True, text=True, timeout=600,
@@ -27,4 +27,9 @@ def test_demo_runs_to_the_end_and_its_summary_matches_royalty_sql(tmp_path: Path
                                 capture_output=True, text=True, check=True)
         (value,) = json.loads(answer.stdout)[0].values()
         assert int(row.group(1).replace(",", "")) == value, name
+    claims = re.findall(r"claimed (0x[0-9a-fA-F]{40}): cumulative ([\d,]+) units,\s*token balance now ([\d,]+)",
+                        result.stdout)
+    assert len(claims) == 2
+    assert all(cumulative == balance for _, cumulative, balance in claims), claims
+    assert "Reviewed and approved" in (tmp_path / "report.html").read_text()
     assert subprocess.run(royalty_command("verify", "--lake", str(lake)), capture_output=True).returncode == 0
