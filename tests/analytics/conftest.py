@@ -1,14 +1,19 @@
 """A settled two-epoch ledger shared by the analytics tests (built once per session, never written to)."""
 
 import json
+from datetime import UTC, datetime
 from pathlib import Path
 
+import polars as pl
+import pyarrow as pa
 import pytest
 
 from ingest.sample import SampleShape, SampleTraffic
 from ledger import IngestBatch, Ledger, PartitionOffsets
 from schemas import BatchDecoder
 from settlement import close_epoch
+from settlement.settle import EpochTree, build_epoch_tree
+from settlement.settle_tables import record_schema, root_schema
 
 shape = SampleShape(
     models=8, contributors=30, compute_providers=3, payers=50, derived_models_ppm=600_000, events_per_day=1_000
@@ -68,12 +73,14 @@ def _reversal(index: int, original: bytes) -> bytes:
 
 
 def build_settled_ledger(location: Path | str, data_path: str | None = None) -> None:
-    """Epoch 1: registry, sample calls and bad messages; epoch 2: more calls, unroutable ones, reversals."""
+    """Epoch 1: registry, sample calls and bad messages, settled (root recorded); epoch 2, not settled: more calls,
+    unroutable ones, reversals."""
     traffic = SampleTraffic(shape, seed=11)
     with Ledger.open(location, data_path) as ledger:
         first = list(traffic.metered(epoch_1_events))
         offset = _append(ledger, [*traffic.registry(), *first, b"{not json", b'{"specversion": "1.0"}'], 0)
         close_epoch(ledger)
+        record_settlement(ledger, 1)
         second = list(traffic.metered(epoch_2_events, first_index=epoch_1_events))
         extra = [_unrouted(i) for i in range(3)] + [_reversal(i, first[i]) for i in range(2)]
         _append(ledger, [*second, *extra, b"\xff"], offset)
@@ -86,3 +93,46 @@ def settled_lake(tmp_path_factory: pytest.TempPathFactory) -> Path:
     directory = tmp_path_factory.mktemp("settled") / "lake"
     build_settled_ledger(directory)
     return directory
+
+
+def record_settlement(ledger: Ledger, epoch: int) -> EpochTree:
+    """Write the root and a confirmed-proposal record for `epoch` as `royalty settle` would (no chain involved)."""
+    payables = pl.from_arrow(
+        ledger.connection.execute(
+            "SELECT epoch, recipient, amount_micros, payout_address FROM lake.main.settlement_payable WHERE epoch <= ?",
+            [epoch],
+        ).fetch_arrow_table()
+    )
+    (closing_snapshot,) = ledger.connection.execute(
+        "SELECT closing_snapshot FROM lake.main.settlement_epoch WHERE epoch = ?", [epoch]
+    ).fetchone()
+    tree = build_epoch_tree(epoch, closing_snapshot, payables)
+    assert tree is not None
+    now = datetime.now(UTC)
+    root = {
+        "epoch": epoch,
+        "closing_snapshot": closing_snapshot,
+        "root": tree.tree.root_hex,
+        "total_units": tree.tree.total_amount_units,
+        "leaf_count": len(tree.tree),
+        "ledger_digest": tree.ledger_digest,
+        "unaddressed_units": tree.unaddressed_units,
+        "written_at": now,
+    }
+    written = ledger.append_records({"settlement_root": pa.Table.from_pylist([root], schema=root_schema)})
+    record = {
+        "epoch": epoch,
+        "root": tree.tree.root_hex,
+        "total_units": tree.tree.total_amount_units,
+        "tx_hash": "0x" + "ab" * 32,
+        "block_number": 7,
+        "block_hash": "0x" + "cd" * 32,
+        "chain_id": 31337,
+        "contract": "0x" + "12" * 20,
+        "closing_snapshot": closing_snapshot,
+        "tree_snapshot": written,
+        "outcome": "proposed",
+        "recorded_at": now,
+    }
+    ledger.append_records({"settlement_record": pa.Table.from_pylist([record], schema=record_schema)})
+    return tree

@@ -3,18 +3,13 @@
 import re
 import shutil
 import subprocess
-from datetime import UTC, datetime
 from pathlib import Path
 
-import polars as pl
-import pyarrow as pa
 import pytest
 
 from ledger import Ledger
 from settlement.report_html import gather, money, render_html
-from settlement.settle import build_epoch_tree
-from settlement.settle_tables import root_schema
-from tests.analytics.conftest import build_settled_ledger
+from tests.analytics.conftest import build_settled_ledger, record_settlement
 from tests.conftest import royalty_command
 
 chromium = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -75,38 +70,21 @@ def test_report_renders_in_headless_chromium_with_totals_conservation_and_three_
 
 
 def test_report_of_a_settled_epoch_shows_its_root_and_ledger_digest(tmp_path: Path) -> None:
-    """With a settlement_root row for the epoch (as `royalty settle` writes it) the page shows that root and digest."""
+    """With the root and record `royalty settle` writes for the epoch, the page shows that root, digest and tx."""
     lake = tmp_path / "lake"
     build_settled_ledger(lake)
+    with Ledger.open_read_only(lake) as ledger:
+        before = render_html(gather(ledger, 2))
     with Ledger.open(lake) as ledger:
-        payables = pl.from_arrow(
-            ledger.connection.execute(
-                "SELECT epoch, recipient, amount_micros, payout_address FROM lake.main.settlement_payable"
-            ).fetch_arrow_table()
-        )
-        (closing_snapshot,) = ledger.connection.execute(
-            "SELECT closing_snapshot FROM lake.main.settlement_epoch WHERE epoch = 2"
-        ).fetchone()
-        tree = build_epoch_tree(2, closing_snapshot, payables)
-        assert tree is not None
-        row = {
-            "epoch": 2,
-            "closing_snapshot": tree.closing_snapshot,
-            "root": tree.tree.root_hex,
-            "total_units": tree.tree.total_amount_units,
-            "leaf_count": len(tree.tree),
-            "ledger_digest": tree.ledger_digest,
-            "unaddressed_units": tree.unaddressed_units,
-            "written_at": datetime.now(UTC),
-        }
-        ledger.append_records({"settlement_root": pa.Table.from_pylist([row], schema=root_schema)})
+        tree = record_settlement(ledger, 2)
     with Ledger.open_read_only(lake) as ledger:
         page = render_html(gather(ledger, 2))
-        unsettled = render_html(gather(ledger, 1))
+    assert "not settled yet" in before
+    assert f"root <code>{tree.tree.root_hex}</code>" in before  # the root settle will propose, computed ahead
     assert f'<code id="root">{tree.tree.root_hex}</code>' in page
     assert f'<code id="ledger-digest">{tree.ledger_digest}</code>' in page
     assert "not settled yet" not in page and 'class="bad"' not in page
-    assert "not settled yet" in unsettled
+    assert "0x" + "ab" * 32 in page
 
 
 def test_report_of_an_unclosed_epoch_fails_clearly(settled_lake: Path, tmp_path: Path) -> None:
