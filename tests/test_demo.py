@@ -32,4 +32,11 @@ def test_demo_runs_to_the_end_and_its_summary_matches_royalty_sql(tmp_path: Path
     assert len(claims) == 2
     assert all(cumulative == balance for _, cumulative, balance in claims), claims
     assert "Reviewed and approved" in (tmp_path / "report.html").read_text()
+    reconciliation = subprocess.run(
+        royalty_command("sql", "--lake", str(lake), "--format", "json",
+                        "SELECT check_name, items_off, difference_micros FROM reconciliation"),
+        capture_output=True, text=True, check=True,
+    )
+    rows = json.loads(reconciliation.stdout)
+    assert rows and all(row["items_off"] == 0 and row["difference_micros"] == 0 for row in rows), rows
     assert subprocess.run(royalty_command("verify", "--lake", str(lake)), capture_output=True).returncode == 0
