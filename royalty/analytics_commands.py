@@ -4,31 +4,13 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
 
+from royalty.common import ConfigOption, DataPathOption, LakeOption, stdout
+from royalty.common import fail as _fail
 from royalty.config import load_settings
 from schemas.errors import RoyaltyError
 
-stdout = Console()
-stderr = Console(stderr=True)
-
-# Declared here rather than imported from `royalty.cli`: cli imports this module, and `python -m royalty.cli`
-# runs cli as `__main__`, so importing back from it would execute it a second time.
-LakeOption = Annotated[
-    str | None,
-    typer.Option("--lake", help="Ledger: a directory, or a PostgreSQL catalog URL. [env ROYALTY_LAKE]"),
-]
-DataPathOption = Annotated[
-    str | None,
-    typer.Option("--data-path", help="Parquet folder (needed with PostgreSQL). [env ROYALTY_DATA_PATH]"),
-]
-ConfigOption = Annotated[str | None, typer.Option("--config", help="TOML configuration file. [env ROYALTY_CONFIG]")]
 EpochOption = Annotated[int, typer.Option("--epoch", help="A closed epoch.")]
-
-
-def _fail(error: Exception, exit_code: int = 2) -> None:
-    stderr.print(f"[bold red]error:[/] {error}", highlight=False)
-    raise typer.Exit(exit_code)
 
 
 def export(

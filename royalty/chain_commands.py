@@ -10,24 +10,13 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
+from royalty.common import ConfigOption, DataPathOption, LakeOption, stderr, stdout
+from royalty.common import fail as _fail
 from royalty.config import Settings, load_settings
 from schemas.errors import RoyaltyError
 
-stdout = Console()
-stderr = Console(stderr=True)
-
-LakeOption = Annotated[
-    str | None,
-    typer.Option("--lake", help="Ledger: a directory, or a PostgreSQL catalog URL. [env ROYALTY_LAKE]"),
-]
-DataPathOption = Annotated[
-    str | None,
-    typer.Option("--data-path", help="Parquet folder (needed with PostgreSQL). [env ROYALTY_DATA_PATH]"),
-]
-ConfigOption = Annotated[str | None, typer.Option("--config", help="TOML configuration file. [env ROYALTY_CONFIG]")]
 RpcOption = Annotated[
     str | None,
     typer.Option("--rpc-url", help="EVM JSON-RPC URL; unset: a throwaway in-process chain. [env ROYALTY_RPC_URL]"),
@@ -40,11 +29,6 @@ JsonOption = Annotated[bool, typer.Option("--json", help="Print one JSON object 
 # On the throwaway in-process chain `settle` deploys its own token and mints the settler this much,
 # the most a payable column can ever hold, so funding never falls short there.
 embedded_mint_units = 2**63 - 1
-
-
-def _fail(error: Exception, exit_code: int = 2) -> None:
-    stderr.print(f"[bold red]error:[/] {error}", highlight=False)
-    raise typer.Exit(exit_code)
 
 
 def _print_json(value: dict[str, Any]) -> None:

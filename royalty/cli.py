@@ -6,9 +6,10 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
 
 from royalty import analytics_commands, chain_commands
+from royalty.common import ConfigOption, DataPathOption, LakeOption, stderr, stdout
+from royalty.common import fail as _fail
 from royalty.config import load_settings
 from royalty.logs import configure_logging
 from royalty.output import output_formats, render
@@ -22,23 +23,7 @@ app = typer.Typer(
 schemas_app = typer.Typer(help="The producer contract: event schemas.", no_args_is_help=True)
 app.add_typer(schemas_app, name="schemas")
 
-stdout = Console()
-stderr = Console(stderr=True)
 
-LakeOption = Annotated[
-    str | None,
-    typer.Option("--lake", help="Ledger: a directory, or a PostgreSQL catalog URL. [env ROYALTY_LAKE]"),
-]
-DataPathOption = Annotated[
-    str | None,
-    typer.Option("--data-path", help="Parquet folder (needed with PostgreSQL). [env ROYALTY_DATA_PATH]"),
-]
-ConfigOption = Annotated[str | None, typer.Option("--config", help="TOML configuration file. [env ROYALTY_CONFIG]")]
-
-
-def _fail(error: Exception, exit_code: int = 2) -> None:
-    stderr.print(f"[bold red]error:[/] {error}", highlight=False)
-    raise typer.Exit(exit_code)
 
 
 @schemas_app.command("export")
