@@ -207,11 +207,7 @@ class Ledger:
                         SELECT * FROM batch WHERE nth = 1
                     ),
                     stored AS (
-                        SELECT {", ".join(content)} FROM {catalog_alias}.main.{table_name}
-                        WHERE event_date IN (SELECT DISTINCT event_date FROM batch_rows)
-                          AND event_time BETWEEN (SELECT min(event_time) FROM batch_rows)
-                                             AND (SELECT max(event_time) FROM batch_rows)
-                          AND event_id IN (SELECT event_id FROM batch_rows)
+                        SELECT {", ".join(content)} FROM {_stored_same_ids(table_name)}
                     )
                     SELECT b.message_index,
                            coalesce(s.event_id, e.event_id) AS first_id,
@@ -259,11 +255,7 @@ class Ledger:
             return True
         (matches,) = self.connection.execute(
             f"""
-            SELECT count(*) FROM {catalog_alias}.main.{table_name}
-            WHERE event_date IN (SELECT DISTINCT event_date FROM batch_rows)
-              AND event_time BETWEEN (SELECT min(event_time) FROM batch_rows)
-                                 AND (SELECT max(event_time) FROM batch_rows)
-              AND event_id IN (SELECT event_id FROM batch_rows)
+            SELECT count(*) FROM {_stored_same_ids(table_name)}
             """
         ).fetchone()
         return bool(matches)
@@ -452,6 +444,18 @@ class Ledger:
                 log.debug("ledger busy, retrying", extra={"attempt": attempt, "error": last_error})
                 time.sleep(delay_s * (0.5 + random.random()))
         raise LedgerBusyError(self.location.display, constants.commit_attempts_max, last_error)
+
+
+def _stored_same_ids(table_name: str) -> str:
+    """FROM/WHERE of the stored rows sharing an event id with the registered `batch_rows`.
+
+    An event's duplicates share its event time, so only files whose event times overlap the
+    batch's (by the catalog's column statistics) in the batch's event dates are read.
+    """
+    return f"""{catalog_alias}.main.{table_name}
+        WHERE event_date IN (SELECT DISTINCT event_date FROM batch_rows)
+          AND event_time BETWEEN (SELECT min(event_time) FROM batch_rows) AND (SELECT max(event_time) FROM batch_rows)
+          AND event_id IN (SELECT event_id FROM batch_rows)"""
 
 
 def _data_columns(table_name: str) -> Iterator[str]:
