@@ -82,16 +82,16 @@ SELECT i.epoch AS suspended_epoch, i.event_id, i.event_time, i.model_id, i.payer
 FROM lake.main.settlement_suspense_item i
 LEFT JOIN lake.main.settlement_suspense_release r ON r.event_id = i.event_id;
 
--- Checks that must all be zero in a healthy ledger: one row per check and closed epoch, with how many
--- items it compared, how many disagree, and the sum of the absolute disagreements (micros).
--- entry_balance: every posting entry sums to zero. recipient_credits: each payable's credited_micros
+-- The ledger's own checks, one row per check and closed epoch, with how many items it compared, how
+-- many disagree, and the sum of the absolute disagreements (micros); `reconciliation` (below) adds the
+-- chain's checks. entry_balance: every posting entry sums to zero. recipient_credits: each payable's credited_micros
 -- equals what postings credited `contributor:<recipient>`. model_pass_through: model accounts end every
 -- epoch at zero. epoch_payable_total: the epoch's payable_micros equals its payables' amounts.
 -- billing_vs_epoch: payers were debited the epoch's fees less reversals. events_vs_epoch: the events
 -- whose data files the catalog added inside the epoch's snapshot range sum to its fee_micros (a
 -- duplicate event reaching the ledger shows here too). suspense_balance: suspense_micros is what the
 -- suspense postings hold. conservation: payable + Δsuspense − Δreceivables = fees − reversed.
-CREATE OR REPLACE TEMP VIEW reconciliation AS
+CREATE OR REPLACE TEMP VIEW ledger_checks AS
 WITH e AS (
     SELECT *, coalesce(lag(suspense_micros) OVER (ORDER BY epoch), 0) AS suspense_before_micros,
            coalesce(lag(receivable_micros) OVER (ORDER BY epoch), 0) AS receivable_before_micros
@@ -178,3 +178,73 @@ SELECT r.epoch, r.root, r.total_units, t.leaf_count, t.unaddressed_units, r.chai
        r.recorded_at
 FROM lake.main.settlement_record r
 JOIN lake.main.settlement_root t USING (epoch);
+
+-- One row per `Claimed` event of the distributor, read from the chain by `royalty sync-claims` once it had
+-- the configured confirmations. amount_micros is what the claim paid (one token unit per micro);
+-- cumulative_claimed_micros the account's claimed total after it, which is its leaf in the epoch's root.
+CREATE OR REPLACE TEMP VIEW claims AS
+SELECT account, epoch, amount_units AS amount_micros, cumulative_units AS cumulative_claimed_micros, block_number,
+       block_hash, tx_hash, log_index, chain_id, contract, synced_at
+FROM lake.main.settlement_claim;
+
+-- The chain side's checks, in the shape of ledger_checks, one row per settled (or claimed) epoch.
+-- root_vs_payables: the proposed root's total is the cumulative payables up to the epoch less those of
+-- contributors without an address, and the chain record's total is the tree's. proofs_vs_root: the stored
+-- leaves are leaf_count and sum to the root's total. claims_vs_tree: every synced claim's cumulative amount
+-- is the account's leaf in the root it claimed against. claims_paid: every claim paid its cumulative amount
+-- less the account's previous claim's (a forged, altered, missing or repeated claim row shows here).
+CREATE OR REPLACE TEMP VIEW chain_checks AS
+WITH settled AS (
+    SELECT r.epoch, r.total_units AS recorded_units, t.total_units AS tree_units, t.unaddressed_units, t.leaf_count
+    FROM lake.main.settlement_record r JOIN lake.main.settlement_root t USING (epoch)
+),
+payable_totals AS (
+    SELECT s.epoch, sum(p.amount_micros) AS payable_micros
+    FROM settled s JOIN lake.main.settlement_payable p ON p.epoch <= s.epoch GROUP BY s.epoch
+),
+proof_totals AS (
+    SELECT epoch, count(*) AS leaves, sum(cumulative_units) AS units FROM lake.main.settlement_proof GROUP BY epoch
+),
+claim_rows AS (
+    SELECT *, cumulative_units - coalesce(lag(cumulative_units) OVER (
+               PARTITION BY chain_id, lower(contract), account ORDER BY block_number, log_index), 0) AS due_units
+    FROM lake.main.settlement_claim
+),
+claim_diffs AS (
+    SELECT c.epoch, abs(c.cumulative_units - coalesce(l.cumulative_units, 0)) AS leaf_off_micros,
+           abs(c.amount_units - c.due_units) AS paid_off_micros
+    FROM claim_rows c LEFT JOIN lake.main.settlement_proof l ON l.epoch = c.epoch AND l.account = c.account
+),
+chain_epochs AS (
+    SELECT epoch FROM settled UNION SELECT epoch FROM claim_diffs
+),
+checks AS (
+    SELECT 'root_vs_payables' AS check_name, s.epoch, 1 AS items_checked, 0 AS items_off,
+           abs(coalesce(p.payable_micros, 0) - s.unaddressed_units - s.tree_units)
+           + abs(s.recorded_units - s.tree_units) AS difference_micros
+    FROM settled s LEFT JOIN payable_totals p USING (epoch)
+    UNION ALL
+    SELECT 'proofs_vs_root', s.epoch, s.leaf_count, abs(s.leaf_count - coalesce(t.leaves, 0)),
+           abs(s.tree_units - coalesce(t.units, 0))
+    FROM settled s LEFT JOIN proof_totals t USING (epoch)
+    UNION ALL
+    SELECT 'claims_vs_tree', e.epoch, count(c.epoch), count(*) FILTER (WHERE c.leaf_off_micros <> 0),
+           coalesce(sum(c.leaf_off_micros), 0)
+    FROM chain_epochs e LEFT JOIN claim_diffs c USING (epoch) GROUP BY e.epoch
+    UNION ALL
+    SELECT 'claims_paid', e.epoch, count(c.epoch), count(*) FILTER (WHERE c.paid_off_micros <> 0),
+           coalesce(sum(c.paid_off_micros), 0)
+    FROM chain_epochs e LEFT JOIN claim_diffs c USING (epoch) GROUP BY e.epoch
+)
+SELECT check_name, epoch, items_checked::BIGINT AS items_checked,
+       (items_off + (difference_micros <> 0 AND items_off = 0)::INTEGER)::BIGINT AS items_off,
+       difference_micros::BIGINT AS difference_micros
+FROM checks;
+
+-- Checks that must all be zero in a healthy system: the ledger's and, once it has settled, the chain's.
+CREATE OR REPLACE TEMP VIEW reconciliation AS
+SELECT * FROM ledger_checks UNION ALL SELECT * FROM chain_checks;
+
+-- A ledger that never settled has no chain tables: there, reconciliation is the ledger's checks alone.
+CREATE TEMP VIEW IF NOT EXISTS reconciliation AS
+SELECT * FROM ledger_checks;

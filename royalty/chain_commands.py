@@ -1,4 +1,4 @@
-"""The on-chain commands of `royalty`: deploy, settle, proof, claim (registered by `register(app)`).
+"""The on-chain commands of `royalty`: deploy, settle, proof, claim, sync-claims (see `register(app)`).
 
 Signing keys come from the environment (`ROYALTY_SETTLER_KEY`, or `ROYALTY_CLAIMER_KEY` for `claim`)
 or from the encrypted `keystore` file with `ROYALTY_KEYSTORE_PASSWORD`; there is deliberately no flag
@@ -297,9 +297,84 @@ def claim(
         stdout.print(f"claimed {paid_units} units for {found['account']} in tx {result['tx_hash']}", highlight=False)
 
 
+def sync_claims_command(
+    lake: LakeOption = None,
+    data_path: DataPathOption = None,
+    config: ConfigOption = None,
+    rpc_url: RpcOption = None,
+    distributor: DistributorOption = None,
+    confirmations: Annotated[
+        int | None, typer.Option("--confirmations", help="Blocks a claim must have (its own included).")
+    ] = None,
+    output_json: JsonOption = False,
+) -> None:
+    """Read the distributor's Claimed events into the ledger (the `claims` view); needs no key.
+
+    Reads from where the previous run stopped; a rerun never stores a claim twice.
+    """
+    from rich.progress import Progress
+
+    from ledger import Ledger
+    from settlement.chain import connect, distributor_contract
+    from settlement.claims_sync import sync_claims
+    from settlement.settle_errors import ChainConfigError
+
+    settings = load_settings(
+        {
+            "lake": lake,
+            "data_path": data_path,
+            "rpc_url": rpc_url,
+            "distributor": distributor,
+            "confirmations": confirmations,
+        },
+        config,
+    )
+    try:
+        if settings.rpc_url is None:
+            raise ChainConfigError("claims are read from a live chain: pass --rpc-url", "rpc_url")
+        chain = connect(settings.rpc_url, None, settings.confirmations, settings.confirm_timeout_s)
+        with Ledger.open(settings.lake, settings.data_path) as ledger:
+            address = settings.distributor or _recorded_distributor(ledger, chain.chain_id)
+            contract = distributor_contract(chain, address)
+            with Progress(console=stderr, transient=True) as bar:
+                task = bar.add_task("reading Claimed events", total=None)
+                result = sync_claims(
+                    ledger, chain, contract, lambda done, total: bar.update(task, completed=done, total=total)
+                )
+    except RoyaltyError as error:
+        _fail(error)
+    if output_json:
+        _print_json({**vars(result), "claimed_units_added": str(result.claimed_units_added)})
+        return
+    stdout.print(
+        f"stored {result.claims_added} claim(s) paying {result.claimed_units_added:,} units from blocks "
+        f"{result.from_block}..{result.to_block} of chain {result.chain_id} (head {result.head_block}), "
+        f"distributor {result.contract}",
+        highlight=False,
+        soft_wrap=True,
+    )
+
+
+def _recorded_distributor(ledger: Any, chain_id: int) -> str:
+    """The distributor this ledger's latest settlement on `chain_id` went to."""
+    from settlement import settle_tables  # noqa: F401  (declares the tables it reads)
+    from settlement.settle_errors import ChainConfigError
+
+    ledger.ensure_tables()
+    row = ledger.connection.execute(
+        "SELECT contract FROM lake.main.settlement_record WHERE chain_id = ? ORDER BY epoch DESC LIMIT 1", [chain_id]
+    ).fetchone()
+    if row is None:
+        raise ChainConfigError(
+            f"this ledger has settled nothing on chain {chain_id}: pass --distributor", "distributor"
+        )
+    return str(row[0])
+
+
 def register(app: typer.Typer) -> None:
-    """Add `deploy`, `settle`, `proof` and `claim` to the `royalty` app."""
+    """Add `deploy`, `settle`, `proof`, `claim` and `sync-claims` to the `royalty` app."""
     app.command("deploy")(deploy)
     app.command("settle")(settle_command)
     app.command("proof")(proof)
     app.command("claim")(claim)
+    app.command("sync-claims")(sync_claims_command)

@@ -5,6 +5,8 @@
 - `settlement_intent`: a signed `proposeRoot` transaction (hash and nonce), recorded BEFORE it is
   sent, so a run killed after sending finds it and records its outcome instead of proposing again.
 - `settlement_record`: the confirmed proposal (tx, block, chain, contract, ledger snapshot).
+- `settlement_claim`: every `Claimed` event of the distributor, read back by `royalty sync-claims`.
+- `settlement_claim_sync`: one row per block range `sync-claims` read, the cursor of the next run.
 
 Token amounts are `*_units` of the payout token (6 decimals): one unit is one micro of payables.
 Roots and hashes are 0x-prefixed lowercase hex; accounts are EIP-55 checksummed.
@@ -67,11 +69,37 @@ record_schema = _schema(
     ("recorded_at", _t, False),
 )
 
+claim_schema = _schema(
+    ("chain_id", _i, False),
+    ("contract", _s, False),
+    ("account", _s, False),
+    ("epoch", _i, False),  # the active root's epoch the claim proved against
+    ("amount_units", _i, False),  # paid by this claim
+    ("cumulative_units", _i, False),  # the account's claimed total after it: its leaf in that root
+    ("block_number", _i, False),
+    ("block_hash", _s, False),
+    ("tx_hash", _s, False),
+    ("log_index", _i, False),
+    ("synced_at", _t, False),
+)
+
+claim_sync_schema = _schema(
+    ("chain_id", _i, False),
+    ("contract", _s, False),
+    ("from_block", _i, False),
+    ("to_block", _i, False),
+    ("to_block_hash", _s, False),  # checked by the next run: a deeper reorganisation stops it
+    ("claims", _i, False),
+    ("synced_at", _t, False),
+)
+
 settle_tables: dict[str, tuple[pa.Schema, bool]] = {
     "settlement_root": (root_schema, True),
     "settlement_proof": (proof_schema, False),
     "settlement_intent": (intent_schema, True),
     "settlement_record": (record_schema, True),
+    "settlement_claim": (claim_schema, False),
+    "settlement_claim_sync": (claim_sync_schema, True),
 }
 
 

@@ -12,8 +12,8 @@ from ingest.sample import SampleShape, SampleTraffic
 from ledger import IngestBatch, Ledger, PartitionOffsets
 from schemas import BatchDecoder
 from settlement import close_epoch
-from settlement.settle import EpochTree, build_epoch_tree
-from settlement.settle_tables import record_schema, root_schema
+from settlement.settle import EpochTree, build_epoch_tree, write_tree
+from settlement.settle_tables import claim_schema, claim_sync_schema, record_schema
 
 shape = SampleShape(
     models=8, contributors=30, compute_providers=3, payers=50, derived_models_ppm=600_000, events_per_day=1_000
@@ -21,6 +21,7 @@ shape = SampleShape(
 unregistered_model = "model-unregistered"
 epoch_1_events = 2_000
 epoch_2_events = 1_000
+claimants = 2  # the largest payees of epoch 1 claim
 
 
 def _append(ledger: Ledger, values: list[bytes], first_offset: int) -> int:
@@ -80,7 +81,7 @@ def build_settled_ledger(location: Path | str, data_path: str | None = None) -> 
         first = list(traffic.metered(epoch_1_events))
         offset = _append(ledger, [*traffic.registry(), *first, b"{not json", b'{"specversion": "1.0"}'], 0)
         close_epoch(ledger)
-        record_settlement(ledger, 1)
+        record_claims(ledger, record_settlement(ledger, 1), claimants)
         second = list(traffic.metered(epoch_2_events, first_index=epoch_1_events))
         extra = [_unrouted(i) for i in range(3)] + [_reversal(i, first[i]) for i in range(2)]
         _append(ledger, [*second, *extra, b"\xff"], offset)
@@ -96,7 +97,7 @@ def settled_lake(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def record_settlement(ledger: Ledger, epoch: int) -> EpochTree:
-    """Write the root and a confirmed-proposal record for `epoch` as `royalty settle` would (no chain involved)."""
+    """Write the tree, its proofs and a confirmed-proposal record for `epoch` as `royalty settle` would (no chain)."""
     payables = pl.from_arrow(
         ledger.connection.execute(
             "SELECT epoch, recipient, amount_micros, payout_address FROM lake.main.settlement_payable WHERE epoch <= ?",
@@ -108,18 +109,8 @@ def record_settlement(ledger: Ledger, epoch: int) -> EpochTree:
     ).fetchone()
     tree = build_epoch_tree(epoch, closing_snapshot, payables)
     assert tree is not None
+    written = write_tree(ledger, tree)
     now = datetime.now(UTC)
-    root = {
-        "epoch": epoch,
-        "closing_snapshot": closing_snapshot,
-        "root": tree.tree.root_hex,
-        "total_units": tree.tree.total_amount_units,
-        "leaf_count": len(tree.tree),
-        "ledger_digest": tree.ledger_digest,
-        "unaddressed_units": tree.unaddressed_units,
-        "written_at": now,
-    }
-    written = ledger.append_records({"settlement_root": pa.Table.from_pylist([root], schema=root_schema)})
     record = {
         "epoch": epoch,
         "root": tree.tree.root_hex,
@@ -136,3 +127,41 @@ def record_settlement(ledger: Ledger, epoch: int) -> EpochTree:
     }
     ledger.append_records({"settlement_record": pa.Table.from_pylist([record], schema=record_schema)})
     return tree
+
+
+def record_claims(ledger: Ledger, tree: EpochTree, count: int) -> list[dict]:
+    """Write `Claimed` rows for the `count` largest leaves of `tree` as `royalty sync-claims` would."""
+    leaves = sorted(tree.tree.items(), key=lambda leaf: (-leaf[1], leaf[0]))[:count]
+    now = datetime.now(UTC)
+    rows = [
+        {
+            "chain_id": 31337,
+            "contract": "0x" + "12" * 20,
+            "account": account,
+            "epoch": tree.epoch,
+            "amount_units": units,
+            "cumulative_units": units,
+            "block_number": 8 + index,
+            "block_hash": "0x" + f"{index:02x}" * 32,
+            "tx_hash": "0x" + f"{index + 16:02x}" * 32,
+            "log_index": 1,
+            "synced_at": now,
+        }
+        for index, (account, units) in enumerate(leaves)
+    ]
+    sync = {
+        "chain_id": 31337,
+        "contract": "0x" + "12" * 20,
+        "from_block": 7,
+        "to_block": 8 + count,
+        "to_block_hash": "0x" + "ef" * 32,
+        "claims": count,
+        "synced_at": now,
+    }
+    ledger.append_records(
+        {
+            "settlement_claim": pa.Table.from_pylist(rows, schema=claim_schema),
+            "settlement_claim_sync": pa.Table.from_pylist([sync], schema=claim_sync_schema),
+        }
+    )
+    return rows

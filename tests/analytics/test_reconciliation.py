@@ -24,6 +24,7 @@ checks = {
     "suspense_balance",
     "conservation",
 }
+chain_checks = {"root_vs_payables", "proofs_vs_root", "claims_vs_tree", "claims_paid"}
 
 
 def _reconciliation(lake: Path | str, data_path: str | None = None) -> list[dict]:
@@ -33,9 +34,11 @@ def _reconciliation(lake: Path | str, data_path: str | None = None) -> list[dict
 
 
 def test_reconciliation_is_all_zeros_for_every_check_and_epoch_of_a_settled_ledger(settled_lake: Path) -> None:
-    """Every check has a row per closed epoch (suspense, reversals and dead letters included) and each is zero."""
+    """Every ledger check has a row per closed epoch (suspense, reversals and dead letters included), every chain
+    check one per settled epoch (epoch 1, with two synced claims), and each is zero."""
     rows = _reconciliation(settled_lake)
-    assert {(row["check_name"], row["epoch"]) for row in rows} == {(c, e) for c in checks for e in (1, 2)}
+    expected = {(c, e) for c in checks for e in (1, 2)} | {(c, 1) for c in chain_checks}
+    assert {(row["check_name"], row["epoch"]) for row in rows} == expected
     assert all(row["items_checked"] > 0 for row in rows)
     assert [row for row in rows if row["items_off"] or row["difference_micros"]] == []
 
@@ -70,5 +73,50 @@ def test_reconciliation_reads_the_catalog_metadata_on_a_postgresql_catalog_too(
     catalog = server.create_database(f"lake_{uuid.uuid4().hex[:12]}")
     build_settled_ledger(catalog, str(tmp_path / "data"))
     rows = _reconciliation(catalog, str(tmp_path / "data"))
-    assert {(row["check_name"], row["epoch"]) for row in rows} == {(c, e) for c in checks for e in (1, 2)}
+    expected = {(c, e) for c in checks for e in (1, 2)} | {(c, 1) for c in chain_checks}
+    assert {(row["check_name"], row["epoch"]) for row in rows} == expected
     assert [row for row in rows if row["items_off"] or row["difference_micros"]] == []
+
+
+@pytest.mark.parametrize(
+    ("tamper", "expected_off"),
+    [
+        (
+            "UPDATE lake.main.settlement_claim SET amount_units = amount_units + 5 WHERE block_number = 8",
+            {("claims_paid", 1): 5},
+        ),
+        (
+            "UPDATE lake.main.settlement_claim SET cumulative_units = cumulative_units + 9 WHERE block_number = 9",
+            {("claims_vs_tree", 1): 9, ("claims_paid", 1): 9},
+        ),
+        (
+            "INSERT INTO lake.main.settlement_claim SELECT * REPLACE (log_index + 1 AS log_index) "
+            "FROM lake.main.settlement_claim WHERE block_number = 8",
+            None,
+        ),
+        (
+            "UPDATE lake.main.settlement_proof SET cumulative_units = cumulative_units - 3 "
+            "WHERE tree_index = (SELECT max(tree_index) FROM lake.main.settlement_proof)",
+            None,
+        ),
+    ],
+    ids=["claim-amount-altered", "claim-cumulative-forged", "claim-repeated", "proof-leaf-lowered"],
+)
+def test_a_tampered_claim_or_proof_record_makes_the_chain_checks_non_zero(
+    tmp_path: Path, tamper: str, expected_off: dict[tuple[str, int], int] | None
+) -> None:
+    """Tamper with the synced claims or the stored proofs behind the ledger's back with plain SQL: the chain
+    checks name the epoch and the difference in micros."""
+    lake = tmp_path / "tampered"
+    build_settled_ledger(lake)
+    with Ledger.open(lake) as ledger:
+        ledger.connection.execute(tamper)
+    off = {
+        (row["check_name"], row["epoch"]): row["difference_micros"]
+        for row in _reconciliation(lake)
+        if row["difference_micros"] or row["items_off"]
+    }
+    if expected_off is not None:
+        assert off == expected_off
+    else:
+        assert off and {check for check, _ in off} <= chain_checks

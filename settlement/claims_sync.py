@@ -1,0 +1,203 @@
+"""The use case `sync_claims`: read the distributor's `Claimed` events back into the ledger.
+
+Claims happen on-chain, signed by whoever submits them; the ledger learns of them only by reading
+the chain. Each run reads the blocks after the previous run's cursor up to the newest block with the
+configured confirmations, in ranges of at most `block_span_max` blocks, and appends each range's
+claims together with the range itself (`settlement_claim_sync`) in one ledger transaction. So:
+
+- a rerun, or a run killed midway, never stores a claim twice: a range is stored with its claims or
+  not at all, and the next run starts after the last stored range;
+- two runs at once cannot both store a range: the transaction's precondition re-reads the cursor;
+- a chain reorganisation deeper than the confirmations waited for, which could remove a stored
+  claim, is detected at the next run (the cursor block's hash changed) and stops it with a message.
+
+The `claims` view and the claim rows of the `reconciliation` view read these tables.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import duckdb
+import pyarrow as pa
+from web3.contract import Contract
+
+from ledger.connection import catalog_alias
+from ledger.ledger import Ledger
+from settlement import settle_tables
+from settlement.chain import Chain
+from settlement.exceptions import SettlementError
+from settlement.settle_errors import ChainUnavailableError
+
+# Many public JSON-RPC providers refuse `eth_getLogs` over more than 10,000 blocks (some 2,000);
+# 2,000 keeps every provider answering, and a range is also the unit of one ledger transaction.
+block_span_max = 2_000
+
+_t = f"{catalog_alias}.main"
+
+
+class ClaimSyncConflictError(SettlementError):
+    """Another `sync-claims` stored the same block range meanwhile; this run stored nothing more."""
+
+    transient = True
+
+    def __init__(self, from_block: int) -> None:
+        self.from_block = from_block
+        super().__init__(
+            f"another `royalty sync-claims` stored the claims from block {from_block} meanwhile; "
+            "nothing was written by this run for that range: run it again"
+        )
+
+
+class ChainReorganisedError(SettlementError):
+    """The block the previous sync ended at is no longer on the chain: claims may have been undone."""
+
+    transient = False
+
+    def __init__(self, block_number: int, stored_hash: str, chain_hash: str, confirmations: int) -> None:
+        self.block_number = block_number
+        self.stored_hash = stored_hash
+        self.chain_hash = chain_hash
+        super().__init__(
+            f"block {block_number} was {stored_hash} when claims were last synced but is {chain_hash} now: "
+            f"the chain reorganised deeper than the {confirmations} confirmation(s) waited for, so claims "
+            "stored from that range may no longer exist. Nothing was written. Compare `claims` with the "
+            "chain's Claimed events, and raise --confirmations (docs/operations.md)"
+        )
+
+
+@dataclass(frozen=True)
+class ClaimSyncResult:
+    """What one `sync_claims` run read and stored."""
+
+    chain_id: int
+    contract: str
+    from_block: int
+    to_block: int  # the last block read; from_block - 1 when there was nothing new to read
+    head_block: int
+    claims_added: int
+    claimed_units_added: int
+
+
+ClaimSyncProgress = Callable[[int, int], None]  # (blocks done, blocks to read)
+
+
+def _cursor(connection: duckdb.DuckDBPyConnection, chain_id: int, contract: str) -> tuple[int, str] | None:
+    row = connection.execute(
+        f"SELECT to_block, to_block_hash FROM {_t}.settlement_claim_sync "
+        "WHERE chain_id = ? AND lower(contract) = lower(?) ORDER BY to_block DESC LIMIT 1",
+        [chain_id, contract],
+    ).fetchone()
+    return None if row is None else (int(row[0]), str(row[1]))
+
+
+def _first_proposal_block(connection: duckdb.DuckDBPyConnection, chain_id: int, contract: str) -> int:
+    """No claim can precede the contract's first recorded root; without one, read from genesis."""
+    (block,) = connection.execute(
+        f"SELECT min(block_number) FROM {_t}.settlement_record WHERE chain_id = ? AND lower(contract) = lower(?)",
+        [chain_id, contract],
+    ).fetchone()
+    return 0 if block is None else int(block)
+
+
+def _hex(value: Any) -> str:
+    return "0x" + bytes(value).hex()
+
+
+def _claim_rows(chain: Chain, distributor: Contract, from_block: int, to_block: int) -> list[dict]:
+    try:
+        events = distributor.events.Claimed.get_logs(from_block=from_block, to_block=to_block)
+    except (OSError, ConnectionError) as error:
+        raise ChainUnavailableError(chain.rpc_url, type(error).__name__) from None
+    synced_at = datetime.now(UTC)
+    rows = [
+        {
+            "chain_id": chain.chain_id,
+            "contract": distributor.address,
+            "account": event["args"]["account"],
+            "epoch": int(event["args"]["epoch"]),
+            "amount_units": int(event["args"]["amount"]),
+            "cumulative_units": int(event["args"]["cumulativeAmount"]),
+            "block_number": int(event["blockNumber"]),
+            "block_hash": _hex(event["blockHash"]),
+            "tx_hash": _hex(event["transactionHash"]),
+            "log_index": int(event["logIndex"]),
+            "synced_at": synced_at,
+        }
+        for event in events
+    ]
+    return sorted(rows, key=lambda row: (row["block_number"], row["log_index"]))
+
+
+def _block_hash(chain: Chain, number: int) -> str:
+    try:
+        return _hex(chain.w3.eth.get_block(number)["hash"])
+    except (OSError, ConnectionError) as error:
+        raise ChainUnavailableError(chain.rpc_url, type(error).__name__) from None
+
+
+def sync_claims(
+    ledger: Ledger, chain: Chain, distributor: Contract, progress: ClaimSyncProgress | None = None
+) -> ClaimSyncResult:
+    """Store every `Claimed` event with `chain.confirmations` confirmations that the ledger lacks."""
+    contract = distributor.address
+    connection = ledger.connection
+    ledger.ensure_tables()
+    cursor = _cursor(connection, chain.chain_id, contract)
+    if cursor is None:
+        from_block = _first_proposal_block(connection, chain.chain_id, contract)
+    else:
+        stored_block, stored_hash = cursor
+        chain_hash = _block_hash(chain, stored_block)
+        if chain_hash != stored_hash:
+            raise ChainReorganisedError(stored_block, stored_hash, chain_hash, chain.confirmations)
+        from_block = stored_block + 1
+    head_block = chain.w3.eth.block_number
+    last_block = head_block - (chain.confirmations - 1)  # the receipt's own block counts as one
+    claims_added = claimed_units_added = 0
+    start = from_block
+    while start <= last_block:
+        end = min(start + block_span_max - 1, last_block)
+        rows = _claim_rows(chain, distributor, start, end)
+        sync_row = {
+            "chain_id": chain.chain_id,
+            "contract": contract,
+            "from_block": start,
+            "to_block": end,
+            "to_block_hash": _block_hash(chain, end),
+            "claims": len(rows),
+            "synced_at": datetime.now(UTC),
+        }
+        expected_cursor = None if start == from_block and cursor is None else start - 1
+
+        def range_is_next(
+            connection: duckdb.DuckDBPyConnection, expected: int | None = expected_cursor, first: int = start
+        ) -> None:
+            now = _cursor(connection, chain.chain_id, contract)
+            if (None if now is None else now[0]) != expected:
+                raise ClaimSyncConflictError(first)
+
+        ledger.append_records(
+            {
+                "settlement_claim": pa.Table.from_pylist(rows, schema=settle_tables.claim_schema),
+                "settlement_claim_sync": pa.Table.from_pylist([sync_row], schema=settle_tables.claim_sync_schema),
+            },
+            precondition=range_is_next,
+        )
+        claims_added += len(rows)
+        claimed_units_added += sum(row["amount_units"] for row in rows)
+        if progress is not None:
+            progress(end - from_block + 1, last_block - from_block + 1)
+        start = end + 1
+    return ClaimSyncResult(
+        chain.chain_id,
+        contract,
+        from_block,
+        max(last_block, from_block - 1),
+        head_block,
+        claims_added,
+        claimed_units_added,
+    )
