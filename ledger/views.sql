@@ -179,6 +179,11 @@ SELECT r.epoch, r.root, r.total_units, t.leaf_count, t.unaddressed_units, r.chai
 FROM lake.main.settlement_record r
 JOIN lake.main.settlement_root t USING (epoch);
 
+-- One row per payout address and epoch whose tree was written: its cumulative amount in that root.
+CREATE OR REPLACE TEMP VIEW payout_leaves AS
+SELECT epoch, account, cumulative_units AS cumulative_micros, tree_index
+FROM lake.main.settlement_proof;
+
 -- One row per `Claimed` event of the distributor, read from the chain by `royalty sync-claims` once it had
 -- the configured confirmations. amount_micros is what the claim paid (one token unit per micro);
 -- cumulative_claimed_micros the account's claimed total after it, which is its leaf in the epoch's root.

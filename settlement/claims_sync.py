@@ -24,6 +24,7 @@ from typing import Any
 import duckdb
 import pyarrow as pa
 from web3.contract import Contract
+from web3.exceptions import BlockNotFound
 
 from ledger.connection import catalog_alias
 from ledger.ledger import Ledger
@@ -135,6 +136,8 @@ def _claim_rows(chain: Chain, distributor: Contract, from_block: int, to_block: 
 def _block_hash(chain: Chain, number: int) -> str:
     try:
         return _hex(chain.w3.eth.get_block(number)["hash"])
+    except BlockNotFound:
+        return "missing (the chain is shorter now)"
     except (OSError, ConnectionError) as error:
         raise ChainUnavailableError(chain.rpc_url, type(error).__name__) from None
 
