@@ -59,3 +59,14 @@ class LedgerNotFoundError(LedgerError):
 
 class LedgerIntegrityError(LedgerError):
     """The stored ledger is not what was written: a file changed, vanished, or rows were removed."""
+
+
+class QueryTimeoutError(LedgerError):
+    """A read-only query ran past its time limit and was interrupted; nothing was changed."""
+
+    def __init__(self, timeout_s: float) -> None:
+        self.timeout_s = timeout_s
+        super().__init__(
+            f"the query ran past {timeout_s:g} s and was stopped (setting `query_seconds_max`); narrow it "
+            "(a date range, fewer columns) or raise --timeout-s"
+        )

@@ -1,11 +1,12 @@
 """Read-only SQL over the ledger, with the analyst views defined."""
 
+import threading
 from importlib import resources
 
 import duckdb
 import pyarrow as pa
 
-from ledger.errors import LedgerReadOnlyError
+from ledger.errors import LedgerReadOnlyError, QueryTimeoutError
 from ledger.ledger import Ledger
 
 # Statement types an analyst query may contain. Everything else (INSERT, COPY TO a file,
@@ -33,13 +34,27 @@ def define_views(ledger: Ledger) -> None:
             continue
 
 
-def run_query(ledger: Ledger, sql: str) -> pa.Table:
-    """Run one or more read-only statements; return the last one's result as Arrow."""
+def run_query(ledger: Ledger, sql: str, timeout_s: float | None = None) -> pa.Table:
+    """Run one or more read-only statements; return the last one's result as Arrow.
+
+    With `timeout_s`, the whole run is interrupted past that many seconds (QueryTimeoutError).
+    """
     statements = ledger.connection.extract_statements(sql)
     for statement in statements:
         if statement.type not in _readable:
             raise LedgerReadOnlyError(statement.query)
+    timer = None
+    if timeout_s is not None:
+        timer = threading.Timer(timeout_s, ledger.connection.interrupt)
+        timer.daemon = True
+        timer.start()
     result: pa.Table | None = None
-    for statement in statements:
-        result = ledger.connection.execute(statement).fetch_arrow_table()
+    try:
+        for statement in statements:
+            result = ledger.connection.execute(statement).fetch_arrow_table()
+    except duckdb.InterruptException:
+        raise QueryTimeoutError(timeout_s or 0) from None
+    finally:
+        if timer is not None:
+            timer.cancel()
     return result if result is not None else pa.table({})

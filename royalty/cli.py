@@ -53,6 +53,9 @@ def sql(
     print_attach: Annotated[
         bool, typer.Option("--print-attach", help="Print DuckDB statements that attach the ledger read-only; run none.")
     ] = False,
+    timeout_s: Annotated[
+        int | None, typer.Option("--timeout-s", help="Stop the query after this many seconds. [default 300]")
+    ] = None,
 ) -> None:
     """Run a read-only query against the ledger's analyst views."""
     from ledger import Ledger, define_views, run_query
@@ -64,7 +67,7 @@ def sql(
         _fail(ValueError("give --as-of-snapshot or --as-of-epoch, not both"))
     if query is None and not print_attach:
         _fail(ValueError("give a QUERY to run, or --print-attach"))
-    settings = load_settings({"lake": lake, "data_path": data_path}, config)
+    settings = load_settings({"lake": lake, "data_path": data_path, "query_seconds_max": timeout_s}, config)
     try:
         snapshot = as_of_snapshot
         if as_of_epoch is not None:
@@ -75,7 +78,7 @@ def sql(
                 stdout.file.write("\n".join(attach_statements(ledger, snapshot)) + "\n")
                 return
             define_views(ledger)
-            result = run_query(ledger, query)
+            result = run_query(ledger, query, settings.query_seconds_max)
     except RoyaltyError as error:
         _fail(error)
     except Exception as error:  # DuckDB's own errors: a typo in the query is not a crash.

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, get_type_hints
 
+from ingest.constants import batch_records_limit
 from schemas.errors import RoyaltyError
 
 config_file_default = "royalty.toml"
@@ -46,6 +47,7 @@ class Settings:
     keystore: str | None = _setting(None, "Encrypted keystore file of the signing key (password: env).")
     tree_dir: str | None = _setting(None, "Folder of per-epoch tree JSON files; unset: `<lake>/trees` (folder lake).")
     confirm_timeout_s: int = _setting(600, "Longest wait for a settlement tx's receipt and confirmations.")
+    query_seconds_max: int = _setting(300, "Longest a `royalty sql` query may run before it is stopped.")
 
     @classmethod
     def descriptions(cls) -> dict[str, str]:
@@ -72,7 +74,29 @@ def load_settings(flags: dict[str, Any] | None = None, config_path: str | None =
         if env_prefix + item.name.upper() in os.environ
     }
     settings = _apply(settings, environment, "environment")
-    return _apply(settings, {k: v for k, v in (flags or {}).items() if v is not None}, "flags")
+    settings = _apply(settings, {k: v for k, v in (flags or {}).items() if v is not None}, "flags")
+    _check_bounds(settings)
+    return settings
+
+
+# Inclusive bounds of numeric settings, so an operator's typo is a clear error, not a crash or a
+# runaway: a batch is held in memory twice (ingest.constants), an hour is longer than any sane batch
+# wait or interactive query, and no chain reorganises deeper than a day of Ethereum blocks.
+setting_bounds: dict[str, tuple[int, int]] = {
+    "batch_records_max": (1, batch_records_limit),
+    "batch_latency_ms_max": (1, 3_600_000),
+    "confirmations": (1, 7_200),
+    "confirm_timeout_s": (1, 86_400),
+    "query_seconds_max": (1, 3_600),
+    "metrics_port": (1, 65_535),
+}
+
+
+def _check_bounds(settings: Settings) -> None:
+    for name, (low, high) in setting_bounds.items():
+        value = getattr(settings, name)
+        if value is not None and not low <= value <= high:
+            raise ConfigError(f"setting `{name}` is {value:,}; it must be from {low:,} to {high:,}")
 
 
 def _apply(settings: Settings, values: dict[str, Any], origin: str) -> Settings:

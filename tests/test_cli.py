@@ -4,6 +4,8 @@ import json
 import subprocess
 from pathlib import Path
 
+import pytest
+
 from schemas import event_types
 from tests.conftest import royalty_command
 
@@ -34,3 +36,20 @@ def test_sql_on_a_missing_ledger_says_so(tmp_path: Path) -> None:
     )
     assert result.returncode == 2
     assert "no ledger" in result.stderr and "nowhere" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["ingest", "--from-file", "-", "--batch-records-max", "5000000"], "`batch_records_max` is 5,000,000"),
+        (["ingest", "--from-file", "-", "--batch-latency-ms-max", "0"], "`batch_latency_ms_max` is 0"),
+        (["sql", "--timeout-s", "99999", "SELECT 1"], "`query_seconds_max` is 99,999"),
+    ],
+)
+def test_a_setting_out_of_its_bounds_is_refused_with_the_bounds(tmp_path: Path, args: list[str], message: str) -> None:
+    """Named limits: an operator's out-of-range setting is a one-line error giving the allowed range, no traceback."""
+    result = subprocess.run(
+        royalty_command(*args, "--lake", str(tmp_path / "lake")), capture_output=True, text=True, input=""
+    )
+    assert result.returncode == 2, result.stderr
+    assert message in result.stderr and "it must be from" in result.stderr and "Traceback" not in result.stderr
