@@ -1,14 +1,10 @@
-"""`royalty ingest` against a real Apache Kafka broker: exactly-once effect under errors, kills and outages."""
+"""`royalty ingest` against a real Apache Kafka broker: exactly-once under bad input (kills, outages: tests/faults)."""
 
 from __future__ import annotations
 
 import os
-import random
-import signal
 import subprocess
 import sys
-import threading
-import time
 from collections import Counter
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -102,88 +98,3 @@ def test_ingest_keeps_every_valid_event_once_and_every_bad_message_as_a_dead_let
     assert result.returncode == 0, result.stderr[-3000:]
     ids, dead = expected(events, seed, **ppm)
     assert_exactly_once(tmp_path / "lake", topic, kafka_broker, ids, dead)
-
-
-def test_ingest_killed_repeatedly_while_traffic_flows_ends_identical_to_an_uninterrupted_run(
-    kafka_broker: KafkaBroker, tmp_path: Path
-) -> None:
-    """SIGKILL of the ingest process 6 times at random moments while producing; the ledger equals a clean run's."""
-    topic, events, seed = "ingest-crash", 60_000, 12
-    ppm = {"duplicates_ppm": 10_000, "conflicts_ppm": 1_000, "invalid_ppm": 10_000}
-    kafka_broker.create_topic(topic, 6)
-    producer = threading.Thread(
-        target=produce_sample_traffic,
-        args=(events, kafka_broker.bootstrap_servers, topic, None),
-        kwargs={"models": 20, "contributors": 200, "seed": seed, **ppm},
-    )
-    producer.start()
-    rng = random.Random(3)
-    lake = tmp_path / "crashed"
-    for _kill in range(6):
-        process = subprocess.Popen(ingest_command(kafka_broker, topic, lake), env=_environment,
-                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        time.sleep(rng.uniform(2.0, 5.0))
-        process.send_signal(signal.SIGKILL)
-        process.wait()
-    producer.join()
-    for target in (lake, tmp_path / "clean"):
-        finished = subprocess.run(ingest_command(kafka_broker, topic, target, "--until-idle", "5"),
-                                  capture_output=True, text=True, env=_environment, timeout=catch_up_s_max)
-        assert finished.returncode == 0, finished.stderr[-3000:]
-    ids, dead = expected(events, seed, **ppm)
-    assert_exactly_once(lake, topic, kafka_broker, ids, dead)
-    crashed, clean = stored(lake), stored(tmp_path / "clean")
-    assert crashed[0] == clean[0], "event ids differ from the uninterrupted run"
-    assert crashed[1] == clean[1], "dead letters differ from the uninterrupted run"
-
-
-def test_broker_restart_mid_stream_loses_and_duplicates_nothing(kafka_broker: KafkaBroker, tmp_path: Path) -> None:
-    """The broker stops and starts while ingest runs; the service logs the outage, resumes, and SIGTERM exits 0."""
-    topic, seed = "ingest-restart", 13
-    kafka_broker.create_topic(topic, 3)
-    no_errors = {"duplicates_ppm": 0, "conflicts_ppm": 0, "invalid_ppm": 0}
-    produce_sample_traffic(20_000, kafka_broker.bootstrap_servers, topic, None, models=20, contributors=200,
-                           seed=seed, **no_errors)
-    lake = tmp_path / "lake"
-    log_path = tmp_path / "ingest.log"
-    with log_path.open("w") as log:
-        process = subprocess.Popen(ingest_command(kafka_broker, topic, lake), env=_environment, stderr=log)
-        try:
-            _wait_for(lambda: lake.joinpath("catalog.sqlite").exists() and _events(lake) > 0)
-            kafka_broker.stop()
-            time.sleep(4)
-            kafka_broker.start()
-            produce_sample_traffic(20_000, kafka_broker.bootstrap_servers, topic, None, models=20,
-                                   contributors=200, seed=seed + 1, **no_errors)
-            ends = {(topic, p): end for p, end in kafka_broker.end_offsets(topic).items()}
-            _wait_for(lambda: _offsets(lake) == ends)
-        finally:
-            process.send_signal(signal.SIGTERM)
-            assert process.wait(timeout=60) == 0
-    first, _ = expected(20_000, seed, **no_errors)
-    second, _ = expected(20_000, seed + 1, **no_errors)
-    ids = {t: first.get(t, set()) | second.get(t, set()) for t in set(first) | set(second)}
-    assert_exactly_once(lake, topic, kafka_broker, ids, 0)
-    assert "unreachable" in log_path.read_text()
-
-
-def _events(lake: Path) -> int:
-    with Ledger.open_read_only(lake) as reader:
-        return reader.connection.execute("SELECT count(*) FROM lake.main.inference_metered").fetchone()[0]
-
-
-def _offsets(lake: Path) -> dict[tuple[str, int], int]:
-    with Ledger.open_read_only(lake) as reader:
-        return reader.stored_offsets()
-
-
-def _wait_for(condition, timeout_s: float = catch_up_s_max) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        try:
-            if condition():
-                return
-        except Exception:  # the ledger may not exist yet
-            pass
-        time.sleep(0.5)
-    raise AssertionError(f"condition not met within {timeout_s} s")
