@@ -89,7 +89,7 @@ _sample_line = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{[^}]*\})?\s+(\S+)$")
 
 @dataclass
 class Sample:
-    """One periodic reading, `t_s` seconds after the service started."""
+    """One periodic reading, `t_s` seconds after production started."""
 
     t_s: float
     rss_mib: float
@@ -280,8 +280,8 @@ def start_service(
                             text=True, env=environment, cwd=lake.parent)
 
 
-def follow_log(process: subprocess.Popen[str], started_at: float, log: ServiceLog, log_path: Path) -> None:
-    """Parse the service's stderr until it closes, and copy it to `log_path`."""
+def follow_log(process: subprocess.Popen[str], log: ServiceLog, log_path: Path) -> None:
+    """Parse the service's stderr until it closes, and copy it to `log_path`; times are time.monotonic()."""
     assert process.stderr is not None
     with log_path.open("w") as copy:
         for line in process.stderr:
@@ -294,7 +294,7 @@ def follow_log(process: subprocess.Popen[str], started_at: float, log: ServiceLo
                 continue
             if not isinstance(entry, dict):
                 continue
-            t_s = time.monotonic() - started_at
+            t_s = time.monotonic()
             message = entry.get("message")
             if message == "batch committed":
                 log.batches.append(BatchLine(t_s, float(entry["latency_s"]), int(entry["messages"])))
@@ -517,6 +517,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     broker: KafkaBroker | None = None
     failures: list[str] = []
     load_start = [round(x, 2) for x in os.getloadavg()]
+    started_wall = datetime.now(UTC).isoformat(timespec="seconds")
     samples: list[Sample] = []
     log = ServiceLog()
     producer: SteadyProducer | None = None
@@ -539,9 +540,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         print(f"topic {topic} on {bootstrap_servers}; ledger {lake}; metrics {metrics_url}", flush=True)
 
         lake.mkdir(parents=True)
-        started_at = time.monotonic()
         process = start_service(bootstrap_servers, topic, lake, metrics_port, args)
-        reader = threading.Thread(target=follow_log, args=(process, started_at, log, workdir / "ingest.log"),
+        reader = threading.Thread(target=follow_log, args=(process, log, workdir / "ingest.log"),
                                   name="soak-log", daemon=True)
         reader.start()
         # Wait for the metrics endpoint, which the service opens before reading anything.
@@ -557,7 +557,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
         producer = SteadyProducer(bootstrap_servers, topic, args.rate, args.duration_s)
         producer.start()
-        next_sample = time.monotonic()
+        while not producer.started_at and not producer.done.is_set():
+            time.sleep(0.01)
+        started_at = producer.started_at or time.monotonic()
+        next_sample = started_at
         last_report = time.monotonic()
         production_ended_at: float | None = None
         drain_deadline: float | None = None
@@ -574,9 +577,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 failures.append(f"could not sample the service: {error!r}")
                 break
             producing = not producer.done.is_set()
+            t_s = round(time.monotonic() - started_at, 2)
             lag = last_metrics.get("lag_total")
             sample = Sample(
-                t_s=round(time.monotonic() - started_at, 2),
+                t_s=t_s,
                 rss_mib=round(status["VmRSS"] / 1024, 1),
                 hwm_mib=round(status["VmHWM"] / 1024, 1),
                 produced=producer.sent,
@@ -587,7 +591,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 lag=None if lag is None else int(lag),
                 backlog=producer.sent - int(last_metrics.get("royalty_ingest_messages_total", 0)),
                 load_1m=round(os.getloadavg()[0], 2),
-                producing=producing,
+                producing=producing and t_s <= args.duration_s,
             )
             samples.append(sample)
             if time.monotonic() - last_report >= 30:
@@ -622,6 +626,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         if broker is not None:
             broker.stop()
     load_end = [round(x, 2) for x in os.getloadavg()]
+    if producer is not None and producer.started_at:
+        for line in log.batches:
+            line.t_s = round(line.t_s - producer.started_at, 3)
+        log.progress_lags = [(t - producer.started_at, lag) for t, lag in log.progress_lags]
 
     assert producer is not None
     if producer.errors:
@@ -645,7 +653,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     produced_s = (producer.finished_at or time.monotonic()) - producer.started_at if producer.started_at else 0.0
     summary: dict[str, Any] = {
         "command": " ".join(["python", "benchmarks/soak.py", *sys.argv[1:]]),
-        "started_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "started_at": started_wall,
+        "ended_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "config": {
             "duration_s": args.duration_s,
             "rate": args.rate,
