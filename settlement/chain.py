@@ -19,19 +19,27 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import requests
 from eth_abi import decode as abi_decode
 from eth_account import Account
 from eth_account.signers.local import LocalAccount
 from eth_utils import keccak
 from web3 import Web3
 from web3.contract import Contract
-from web3.exceptions import ContractCustomError, ContractLogicError, ContractPanicError, TransactionNotFound
+from web3.exceptions import (
+    ContractCustomError,
+    ContractLogicError,
+    ContractPanicError,
+    ProviderConnectionError,
+    TransactionNotFound,
+)
 
 from settlement.contract_artifacts import distributor_artifact, token_artifact
 from settlement.settle_errors import (
     ChainConfigError,
     ChainUnavailableError,
     ConfirmationTimeoutError,
+    TransactionDroppedError,
     TransactionRevertedError,
 )
 
@@ -52,6 +60,16 @@ poll_s = 0.1
 # must look (a stuck low-fee tx), and a rerun resumes from the recorded hash.
 confirm_timeout_s_default = 600
 rpc_timeout_s = 60
+# A sent transaction that the node neither mined nor holds for this long was dropped: a reorganisation
+# removed it, or the node restarted without its pool. Long enough for a load-balanced RPC's backends to
+# see a fresh transaction, short enough not to wait out the whole confirmation timeout for nothing.
+dropped_after_s = 10.0
+# What web3's HTTP provider raises while the node is down or restarting.
+node_unreachable_errors: tuple[type[Exception], ...] = (
+    requests.exceptions.ConnectionError,
+    requests.exceptions.Timeout,
+    ProviderConnectionError,
+)
 token_decimals = 6  # payables are micros: one token unit per micro
 
 
@@ -243,28 +261,66 @@ def broadcast(chain: Chain, signed: SignedTx) -> None:
     log.info("sent transaction", extra={"tx_hash": signed.tx_hash, "nonce": signed.nonce})
 
 
+def _receipt(chain: Chain, tx_hash: str) -> Any:
+    try:
+        return chain.w3.eth.get_transaction_receipt(tx_hash)  # type: ignore[arg-type]
+    except TransactionNotFound:
+        return None
+
+
+def _in_pool(chain: Chain, tx_hash: str) -> bool:
+    try:
+        return chain.w3.eth.get_transaction(tx_hash) is not None  # type: ignore[arg-type]
+    except TransactionNotFound:
+        return False
+
+
 def wait_confirmed(chain: Chain, tx_hash: str, action: str) -> dict:
     """Wait for the receipt and `chain.confirmations` blocks on top of it (the receipt's block counts).
 
-    Raises `TransactionRevertedError` if it reverted and `ConfirmationTimeoutError` past the timeout.
+    A node that is down or restarting is polled again until the timeout. Raises
+    `TransactionRevertedError` if the tx reverted, `TransactionDroppedError` once the node has neither
+    mined nor held it for `dropped_after_s` (a reorganisation or a restart dropped it),
+    `ChainUnavailableError` if the node is still unreachable at the timeout, and
+    `ConfirmationTimeoutError` past the timeout otherwise.
     """
     deadline = time.monotonic() + chain.confirm_timeout_s
     receipt = None
+    missing_since: float | None = None
+    unreachable: str | None = None
     while time.monotonic() < deadline:
         try:
-            receipt = chain.w3.eth.get_transaction_receipt(tx_hash)  # type: ignore[arg-type]
-        except TransactionNotFound:
-            receipt = None
-        if receipt is not None:
-            depth = chain.w3.eth.block_number - receipt["blockNumber"] + 1
-            if depth >= chain.confirmations:
-                # A reorg during the wait can move the tx; trust only the receipt seen after the depth.
-                again = chain.w3.eth.get_transaction_receipt(tx_hash)  # type: ignore[arg-type]
-                if again["blockHash"] == receipt["blockHash"]:
-                    break
+            receipt = _receipt(chain, tx_hash)
+            if receipt is not None:
+                missing_since = None
+                depth = chain.w3.eth.block_number - receipt["blockNumber"] + 1
+                if depth >= chain.confirmations:
+                    # A reorg during the wait can move the tx; trust only the receipt seen after the depth.
+                    again = _receipt(chain, tx_hash)
+                    if again is not None and again["blockHash"] == receipt["blockHash"]:
+                        unreachable = None
+                        break
+            elif _in_pool(chain, tx_hash):
+                missing_since = None
+            else:
+                missing_since = missing_since or time.monotonic()
+                if time.monotonic() - missing_since >= dropped_after_s:
+                    raise TransactionDroppedError(action, tx_hash, chain.rpc_url, dropped_after_s)
+            unreachable = None
+        except node_unreachable_errors as error:
+            if unreachable is None:
+                log.warning("node unreachable, retrying", extra={"tx_hash": tx_hash, "error": type(error).__name__})
+            unreachable, receipt, missing_since = type(error).__name__, None, None
         time.sleep(poll_s)
     else:
+        if unreachable is not None:
+            raise ChainUnavailableError(
+                chain.rpc_url,
+                f"{unreachable} for {chain.confirm_timeout_s} s while waiting for tx `{tx_hash}`; a rerun looks for it "
+                "on the chain before sending anything again",
+            )
         raise ConfirmationTimeoutError(tx_hash, chain.confirmations, chain.confirm_timeout_s)
+    assert receipt is not None
     if receipt["status"] != 1:
         raise TransactionRevertedError(action, "Reverted", (), tx_hash)
     return dict(receipt)

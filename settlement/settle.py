@@ -41,6 +41,7 @@ from settlement import settle_tables
 from settlement.chain import (
     Chain,
     broadcast,
+    node_unreachable_errors,
     preflight,
     sign,
     token_contract,
@@ -52,7 +53,7 @@ from settlement.constants import amount_micros_max
 from settlement.ledger_io import Progress, plan_from_ledger
 from settlement.merkle import MerkleTree
 from settlement.report import EpochSummary, close_epoch
-from settlement.settle_errors import ChainLedgerMismatchError, SettleConflictError
+from settlement.settle_errors import ChainLedgerMismatchError, ChainUnavailableError, SettleConflictError
 from settlement.split_errors import AmountOverflowError
 
 crash_hook_env = "ROYALTY_TEST_CRASH_AT"
@@ -189,19 +190,18 @@ def read_stored_tree(connection: duckdb.DuckDBPyConnection, epoch: int) -> Epoch
 
 
 def _tree_snapshot(connection: duckdb.DuckDBPyConnection, epoch: int, closing_snapshot: int) -> int:
-    """The snapshot that wrote the epoch's tree: the first one holding its root row (found by bisection,
-    since rows never disappear from an append-only table)."""
-    (low,), (high,) = (
-        [closing_snapshot],
-        connection.execute(f"SELECT max(snapshot_id) FROM ducklake_snapshots('{catalog_alias}')").fetchone(),
-    )
-    while low < high:
-        middle = (low + high) // 2
-        (count,) = connection.execute(
-            f"SELECT count(*) FROM {_t}.settlement_root AT (VERSION => {int(middle)}) WHERE epoch = ?", [epoch]
-        ).fetchone()
-        low, high = (low, middle) if count else (middle + 1, high)
-    return int(low)
+    """The snapshot that wrote the epoch's tree: the one inserting its root row, from DuckLake's change feed.
+
+    (Not by time travel: after a query at the current snapshot, `AT (VERSION => v)` can fail with "table does
+    not exist at version v" on DuckLake 1.4 for a table created before v, which broke every rerun.)
+    """
+    (latest,) = connection.execute(f"SELECT max(snapshot_id) FROM ducklake_snapshots('{catalog_alias}')").fetchone()
+    (first,) = connection.execute(
+        "SELECT min(snapshot_id) FROM ducklake_table_insertions(?, 'main', 'settlement_root', ?, ?) WHERE epoch = ?",
+        [catalog_alias, int(closing_snapshot), int(latest), epoch],
+    ).fetchone()
+    assert first is not None, f"epoch {epoch}: no insertion of its root row after snapshot {closing_snapshot}"
+    return int(first)
 
 
 def write_tree(ledger: Ledger, tree: EpochTree) -> int:
@@ -317,8 +317,28 @@ def settle(
     Idempotent and resumable (see the module docstring). With `dry_run` nothing is written or sent:
     the epoch is planned, its tree built and the chain read. Raises `ChainLedgerMismatchError` when
     the chain holds a different root for the epoch or a later epoch, `TransactionRevertedError` with
-    the contract's decoded error when a preflight call reverts.
+    the contract's decoded error when a preflight call reverts, `ChainUnavailableError` when the node
+    stops answering between steps (waiting for confirmations rides out a restart), and
+    `TransactionDroppedError` when a reorganisation or a node restart drops a sent transaction.
     """
+    try:
+        return _settle(ledger, chain, distributor, dry_run, progress, tree_dir)
+    except node_unreachable_errors as error:
+        raise ChainUnavailableError(
+            chain.rpc_url,
+            f"{type(error).__name__}; nothing unconfirmed is recorded as settled, and a rerun resumes from what "
+            "the chain and the ledger hold without proposing twice",
+        ) from None
+
+
+def _settle(
+    ledger: Ledger,
+    chain: Chain,
+    distributor: Contract,
+    dry_run: bool,
+    progress: Progress | None,
+    tree_dir: Path | None,
+) -> SettlementResult:
     step = progress or (lambda name, done, total: None)
     total_steps = len(_steps)
     step(_steps[0], 0, total_steps)

@@ -88,6 +88,24 @@ class ConfirmationTimeoutError(SettlementError):
         )
 
 
+class TransactionDroppedError(SettlementError):
+    """A sent transaction is neither mined nor pending any more (a reorganisation or a node restart dropped it)."""
+
+    transient = True
+
+    def __init__(self, action: str, tx_hash: str, rpc_url: str, missing_s: float) -> None:
+        self.action = action
+        self.tx_hash = tx_hash
+        self.rpc_url = rpc_url
+        self.missing_s = missing_s
+        super().__init__(
+            f"{action}: tx `{tx_hash}` was dropped: the node at `{rpc_url}` has neither mined nor held it for "
+            f"{missing_s:g} s (a chain reorganisation removed it, or the node restarted without its pending "
+            "transactions); nothing is recorded as settled: run `royalty settle` again, it sends it again with "
+            "the same nonce, so at most one can ever be mined"
+        )
+
+
 class NoSettlementError(SettlementError):
     """There is no settled tree (or no leaf for the account) to build a proof or claim from."""
 

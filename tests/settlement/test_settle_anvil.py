@@ -2,7 +2,8 @@
 
 Keys are anvil's well-known dev accounts 4 (settler) and 5 (claimer), so the contract tests' accounts
 0..3 are never raced for nonces. The commands run in-process through typer's runner, except where a
-real process must die (the crash tests) or its whole output must be inspected (the key test).
+real process's whole output must be inspected (the key test). The crash tests (SIGKILL around each ledger
+transaction and the send) are in tests/faults/test_settle_crash.py.
 """
 
 from __future__ import annotations
@@ -170,68 +171,6 @@ def _settlement_rows(lake: Path, table: str) -> list[dict]:
         return pl.from_arrow(
             ledger.connection.execute(f"SELECT * FROM lake.main.{table}").fetch_arrow_table()
         ).to_dicts()
-
-
-@pytest.mark.parametrize("crash_at", ["after-send", "before-send"])
-def test_settle_killed_around_sending_is_resumed_with_exactly_one_proposal(
-    anvil: Anvil,  # noqa: F811
-    tmp_path: Path,
-    crash_at: str,
-) -> None:
-    """SIGKILL `royalty settle` (the ROYALTY_TEST_CRASH_AT hook) just after / just before it sends proposeRoot;
-    the rerun records the same root and the chain shows exactly one RootProposed for the epoch."""
-    lake = tmp_path / "lake"
-    _new_lake(lake, 200)
-    deployed = _deploy(anvil)
-    killed = _settle_process(lake, anvil, deployed["distributor"], crash_at)
-    assert killed.returncode == -9, killed.stderr
-    intents = _settlement_rows(lake, "settlement_intent")
-    assert len(intents) == 1 and _settlement_rows(lake, "settlement_record") == []
-    assert len(_proposals(anvil, deployed["distributor"], 1)) == (1 if crash_at == "after-send" else 0)
-
-    rerun = _settle_process(lake, anvil, deployed["distributor"], None)
-    assert rerun.returncode == 0, rerun.stderr
-    result = json.loads(rerun.stdout.strip().splitlines()[-1])
-    assert result["outcome"] == ("recovered" if crash_at == "after-send" else "proposed")
-    assert result["root"] == intents[0]["root"]
-    if crash_at == "after-send":
-        assert result["tx_hash"] == intents[0]["tx_hash"]
-    proposals = _proposals(anvil, deployed["distributor"], 1)
-    assert len(proposals) == 1 and "0x" + bytes(proposals[0]["args"]["root"]).hex() == result["root"]
-    records = _settlement_rows(lake, "settlement_record")
-    assert [(r["epoch"], r["root"], r["tx_hash"]) for r in records] == [(1, result["root"], result["tx_hash"])]
-
-
-def test_settle_killed_while_its_proposal_is_pending_waits_for_that_transaction(
-    anvil: Anvil,  # noqa: F811
-    tmp_path: Path,
-) -> None:
-    """With anvil's automine off, kill `royalty settle` after sending: the rerun finds the recorded hash
-    in the node's pool, waits for it to be mined (interval mining) and records it, proposing nothing."""
-    lake = tmp_path / "lake"
-    _new_lake(lake, 200)
-    deployed = _deploy(anvil)
-    chain = connect(anvil.url, load_signer(None, environ={"ROYALTY_SETTLER_KEY": SETTLER_KEY}))
-    contract = distributor_contract(chain, deployed["distributor"])
-    token = token_contract(chain, contract)
-    # Fund up front: with automine off the killed run must not wait on its own funding transfer.
-    funding = token.functions.transfer(contract.address, 10**12).transact({"from": chain.sender})
-    anvil.w3.eth.wait_for_transaction_receipt(funding)
-    anvil.rpc("evm_setAutomine", [False])
-    try:
-        killed = _settle_process(lake, anvil, deployed["distributor"], "after-send")
-        assert killed.returncode == -9, killed.stderr
-        (intent,) = _settlement_rows(lake, "settlement_intent")
-        assert anvil.w3.eth.get_transaction(intent["tx_hash"])["blockNumber"] is None  # pending
-        anvil.rpc("evm_setIntervalMining", [1])
-        rerun = _settle_process(lake, anvil, deployed["distributor"], None)
-    finally:
-        anvil.rpc("evm_setIntervalMining", [0])
-        anvil.rpc("evm_setAutomine", [True])
-    assert rerun.returncode == 0, rerun.stderr
-    result = json.loads(rerun.stdout.strip().splitlines()[-1])
-    assert (result["outcome"], result["tx_hash"]) == ("recovered", intent["tx_hash"])
-    assert len(_proposals(anvil, deployed["distributor"], 1)) == 1
 
 
 def test_a_chain_holding_another_root_for_the_epoch_stops_settle_and_changes_nothing(
