@@ -82,7 +82,8 @@ def anvil_binary() -> Path:
 class Anvil:
     """One anvil process on 127.0.0.1, with its JSON-RPC URL and a connected `Web3`."""
 
-    def __init__(self, binary: Path, log_path: Path, extra_args: tuple[str, ...] = ()) -> None:
+    def __init__(self, binary: Path, log_path: Path, extra_args: tuple[str, ...] = (), port: int = 0) -> None:
+        """Start anvil; `port` 0 lets the OS pick one (a restarted node passes its old port to keep its URL)."""
         self.log_path = log_path
         self._log = open(log_path, "w")  # noqa: SIM115 - closed in stop(), the process outlives a with-block
         self.process = subprocess.Popen(
@@ -91,7 +92,7 @@ class Anvil:
                 "--host",
                 "127.0.0.1",
                 "--port",
-                "0",
+                str(port),
                 "--chain-id",
                 str(CHAIN_ID),
                 "--hardfork",

@@ -1,0 +1,233 @@
+"""Fault injection, settlement half: the JSON-RPC node (anvil) stops and restarts in the middle of `royalty settle`.
+
+The node runs with `--state FILE` on a fixed port, so it keeps its chain (blocks, receipts, logs) across a
+restart, but, like a real node, loses the transactions still waiting in its pool. Outcomes required:
+
+- restarted while settle waits for confirmations: settle rides it out and finishes by itself;
+- down between two steps (before the funding transfer, before sending the proposal): settle stops with
+  `ChainUnavailableError` saying a rerun resumes; the rerun settles with one root;
+- restarted while the proposal is still in its pool: settle stops with `TransactionDroppedError`; the rerun
+  sends it again with the same nonce and exactly one root is proposed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+import settlement.settle as settle_module
+from royalty.cli import app
+from settlement.chain import connect, distributor_contract, token_contract
+from tests.settlement.test_settle_anvil import (
+    SETTLER_KEY,
+    _deploy,
+    _new_lake,
+    _proposals,
+    _settle,
+    _settlement_rows,
+)
+from tests.support.anvil import REPO_ROOT, Anvil, anvil_binary
+
+EVENTS = 120
+WAIT_S = 120
+runner = CliRunner()
+
+
+class RestartableNode:
+    """An anvil that keeps its chain in `state.json` across restarts and comes back on the same port."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.starts = 0
+        self.node = self._start(0)
+        self.port = int(self.node.url.rsplit(":", 1)[1])
+
+    def _start(self, port: int) -> Anvil:
+        self.starts += 1
+        log = self.folder / f"anvil-{self.starts}.log"
+        return Anvil(anvil_binary(), log, ("--state", str(self.folder / "state.json")), port=port)
+
+    def stop(self) -> None:
+        """SIGTERM: anvil writes its state file and exits; pending transactions are lost."""
+        self.node.stop()
+
+    def start(self) -> None:
+        self.node = self._start(self.port)
+
+
+@pytest.fixture
+def restartable(tmp_path: Path) -> Iterator[RestartableNode]:
+    """A fresh anvil with a state file, stopped at the end of the test."""
+    folder = tmp_path / "node"
+    folder.mkdir()
+    node = RestartableNode(folder)
+    try:
+        yield node
+    finally:
+        node.stop()
+
+
+def _settle_popen(lake: Path, node: Anvil, distributor: str, *extra: str) -> subprocess.Popen:
+    env = {**os.environ, "ROYALTY_SETTLER_KEY": SETTLER_KEY, "PYTHONPATH": str(REPO_ROOT)}
+    env.pop("ROYALTY_TEST_CRASH_AT", None)
+    command = [sys.executable, "-m", "royalty.cli", "settle", "--lake", str(lake), "--rpc-url", node.url]
+    return subprocess.Popen(
+        [*command, "--distributor", distributor, "--json", *extra],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def _wait_until(condition: Callable[[], object], process: subprocess.Popen, what: str) -> None:
+    deadline = time.monotonic() + WAIT_S
+    while not condition():
+        if process.poll() is not None:
+            raise AssertionError(f"settle exited ({process.returncode}) before {what}: {process.communicate()}")
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.1)
+
+
+def _prefund(node: Anvil, distributor: str) -> None:
+    """Fund more than enough up front, so settle sends no funding transfer (and waits on none)."""
+    chain = connect(node.url, None)
+    token = token_contract(chain, distributor_contract(chain, distributor))
+    settler = chain.w3.eth.account.from_key(SETTLER_KEY).address
+    node.w3.eth.wait_for_transaction_receipt(token.functions.transfer(distributor, 10**12).transact({"from": settler}))
+
+
+def _assert_one_root_recorded(lake: Path, node: Anvil, distributor: str) -> dict:
+    """Exactly one RootProposed for epoch 1, with the ledger's root, and one record naming its tx and block."""
+    (root_row,) = _settlement_rows(lake, "settlement_root")
+    (proposal,) = _proposals(node, distributor, 1)
+    assert "0x" + bytes(proposal["args"]["root"]).hex() == root_row["root"]
+    (record,) = _settlement_rows(lake, "settlement_record")
+    receipt = node.w3.eth.get_transaction_receipt(record["tx_hash"])
+    assert record["tx_hash"] == "0x" + bytes(proposal["transactionHash"]).hex()
+    assert (record["block_number"], record["block_hash"]) == (
+        receipt["blockNumber"],
+        "0x" + bytes(receipt["blockHash"]).hex(),
+    )
+    return record
+
+
+def test_node_restarted_while_settle_waits_for_confirmations_is_ridden_out(
+    restartable: RestartableNode, tmp_path: Path
+) -> None:
+    """Kill anvil (state kept) while `royalty settle --confirmations 3` waits on its mined proposal, restart it
+    on the same port and mine two blocks: the same settle run records the proposal (exit 0, one root)."""
+    lake = tmp_path / "lake"
+    _new_lake(lake, EVENTS)
+    node = restartable.node
+    deployed = _deploy(node)
+    _prefund(node, deployed["distributor"])
+    process = _settle_popen(lake, node, deployed["distributor"], "--confirmations", "3")
+    try:
+        _wait_until(lambda: _proposals(node, deployed["distributor"], 1), process, "the proposal is mined")
+        restartable.stop()
+        time.sleep(2)  # settle polls a dead node meanwhile
+        restartable.start()
+        restartable.node.rpc("anvil_mine", [2])
+        stdout, stderr = process.communicate(timeout=WAIT_S)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == 0, stderr
+    assert "node unreachable, retrying" in stderr
+    result = json.loads(stdout.strip().splitlines()[-1])
+    assert result["outcome"] == "proposed"
+    record = _assert_one_root_recorded(lake, restartable.node, deployed["distributor"])
+    assert record["tx_hash"] == result["tx_hash"]
+
+
+@pytest.mark.parametrize(("step", "patched"), [("fund", "transact"), ("propose", "broadcast")])
+def test_node_down_between_steps_stops_with_a_resumable_message_and_the_rerun_settles_once(
+    restartable: RestartableNode,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    step: str,
+    patched: str,
+) -> None:
+    """Stop anvil just before settle's funding transfer / its proposeRoot broadcast: settle exits 2 with
+    ChainUnavailableError saying a rerun resumes, records nothing as settled; after a restart the rerun
+    funds exactly once and proposes exactly one root."""
+    lake = tmp_path / "lake"
+    _new_lake(lake, EVENTS)
+    deployed = _deploy(restartable.node)
+    real = getattr(settle_module, patched)
+
+    def stop_node_then(*args: object, **kwargs: object) -> object:
+        restartable.stop()
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(settle_module, patched, stop_node_then)
+    args = ["settle", "--lake", str(lake), "--rpc-url", restartable.node.url, "--distributor", deployed["distributor"]]
+    failed = runner.invoke(app, args, env={"ROYALTY_SETTLER_KEY": SETTLER_KEY})
+    monkeypatch.undo()
+    message = " ".join(failed.stderr.split())
+    assert failed.exit_code == 2, failed.output
+    assert "is unavailable (ConnectionError" in message and "a rerun resumes" in message, message
+    assert _settlement_rows(lake, "settlement_record") == []
+    assert len(_settlement_rows(lake, "settlement_intent")) == (1 if step == "propose" else 0)
+
+    restartable.start()
+    assert _proposals(restartable.node, deployed["distributor"], 1) == []
+    rerun = _settle(lake, restartable.node, deployed["distributor"])
+    assert rerun["outcome"] == "proposed"
+    record = _assert_one_root_recorded(lake, restartable.node, deployed["distributor"])
+    chain = connect(restartable.node.url, None)
+    contract = distributor_contract(chain, deployed["distributor"])
+    assert token_contract(chain, contract).functions.balanceOf(contract.address).call() == record["total_units"]
+
+
+def test_node_restarted_with_the_proposal_still_pending_stops_as_dropped_and_the_rerun_proposes_once(
+    restartable: RestartableNode, tmp_path: Path
+) -> None:
+    """With automine off, restart anvil while settle's proposeRoot waits in its pool (lost on restart): settle
+    rides out the outage, then exits 2 with TransactionDroppedError and records nothing; the rerun sends the
+    proposal again with the same nonce and the chain holds exactly one root."""
+    lake = tmp_path / "lake"
+    _new_lake(lake, EVENTS)
+    node = restartable.node
+    deployed = _deploy(node)
+    _prefund(node, deployed["distributor"])
+    settler = node.w3.eth.account.from_key(SETTLER_KEY).address
+    node.rpc("evm_setAutomine", [False])
+    process = _settle_popen(lake, node, deployed["distributor"])
+    try:
+        _wait_until(
+            lambda: (
+                node.w3.eth.get_transaction_count(settler, "pending")
+                > node.w3.eth.get_transaction_count(settler, "latest")
+            ),
+            process,
+            "the proposal waits in the pool",
+        )
+        restartable.stop()
+        restartable.start()  # automine is on again, and the pool is empty
+        _, stderr = process.communicate(timeout=WAIT_S)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == 2, stderr
+    message = " ".join(stderr.split())
+    assert "was dropped" in message and "run `royalty settle` again" in message, message
+    (intent,) = _settlement_rows(lake, "settlement_intent")
+    assert _settlement_rows(lake, "settlement_record") == []
+    assert _proposals(restartable.node, deployed["distributor"], 1) == []
+
+    rerun = _settle(lake, restartable.node, deployed["distributor"])
+    assert rerun["outcome"] == "proposed"  # the same signed tx again, or a replacement with the same nonce
+    record = _assert_one_root_recorded(lake, restartable.node, deployed["distributor"])
+    intents = sorted(_settlement_rows(lake, "settlement_intent"), key=lambda i: i["prepared_at"])
+    assert [i["nonce"] for i in intents] == [intent["nonce"]] * 2
+    assert record["tx_hash"] == intents[-1]["tx_hash"] == rerun["tx_hash"]
