@@ -96,6 +96,8 @@ def _identity(raw: bytes) -> tuple[str | None, str | None]:
     """The `id` and `type` of a rejected message, where it has readable ones."""
     try:
         identity = msgspec.json.decode(raw, type=_Identity)
-    except (msgspec.DecodeError, msgspec.ValidationError):
+    except (msgspec.MsgspecError, ValueError, RecursionError):
+        # msgspec also raises UnicodeDecodeError (invalid UTF-8 in a key) and RecursionError
+        # (nesting past Python's recursion limit): a rejected message may be anything.
         return None, None
     return identity.id, identity.type

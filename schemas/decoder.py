@@ -22,6 +22,7 @@ from schemas.arrow import decoded_schema
 from schemas.derive import ColumnCheck, Derived
 from schemas.errors import SchemaError
 from schemas.events import EventType, event_types
+from schemas.fields import printable_pattern
 
 
 @dataclass(frozen=True)
@@ -74,7 +75,10 @@ class BatchDecoder:
                 continue
             try:
                 event = decode(value)
-            except (msgspec.ValidationError, msgspec.DecodeError):
+            except (msgspec.MsgspecError, ValueError, RecursionError):
+                # Besides its own errors msgspec raises UnicodeDecodeError on some invalid UTF-8 and
+                # RecursionError on JSON nested deeper than Python's recursion limit: pydantic, the
+                # authority, explains each of them.
                 slow.append(index)
                 continue
             indexes, events = grouped.setdefault(type(event), ([], []))
@@ -121,6 +125,8 @@ class BatchDecoder:
             return self._explainer.validate_json(text), None
         except ValidationError as error:
             return None, _schema_error(error)
+        except (ValueError, RecursionError) as error:  # not seen, but bad input must never stop a batch
+            return None, SchemaError(f"undecodable message ({type(error).__name__}: {str(error)[:200]})")
 
 
 _column_of_path = {"id": "event_id", "time": "event_time", "source": "source"}
@@ -168,6 +174,8 @@ def _schema_error(error: ValidationError) -> SchemaError:
     path = ".".join(str(part) for part in location) or None
     if kind == "extra_forbidden":
         message = "unknown field; the contract forbids fields it does not define"
+    if kind == "string_pattern_mismatch" and first.get("ctx", {}).get("pattern") == printable_pattern:
+        message = "must not contain control characters (U+0000 to U+001F, U+007F)"
     extra = f" ({len(error.errors())} errors in all)" if error.error_count() > 1 else ""
     return SchemaError(message.removeprefix("Value error, ") + extra, path)
 

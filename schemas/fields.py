@@ -39,8 +39,13 @@ Identifier = Annotated[
     str,
     StringConstraints(min_length=1, max_length=limits.identifier_chars_max, pattern=identifier_pattern),
 ]
-EventId = Annotated[str, StringConstraints(min_length=1, max_length=limits.event_id_chars_max)]
-Source = Annotated[str, StringConstraints(min_length=1, max_length=limits.source_chars_max)]
+# Free-form ids and sources, but printable: a control character (NUL above all) is a producer bug, and
+# an id is used as a key in SQL filters, logs and proofs where such characters break or hide things.
+printable_pattern = r"^[^\x00-\x1f\x7f]+$"
+EventId = Annotated[
+    str, StringConstraints(min_length=1, max_length=limits.event_id_chars_max, pattern=printable_pattern)
+]
+Source = Annotated[str, StringConstraints(min_length=1, max_length=limits.source_chars_max, pattern=printable_pattern)]
 # A time before this is a producer clock error, not a real event.
 EventTime = Annotated[AwareDatetime, Field(ge=datetime(limits.event_year_min, 1, 1, tzinfo=UTC))]
 Tokens = Annotated[int, Field(ge=0, le=limits.tokens_max)]

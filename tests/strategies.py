@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 from schemas import limits
 
 identifier = st.from_regex(r"\A[A-Za-z0-9][A-Za-z0-9._@/+-]{0,40}\Z", fullmatch=True)
-event_id = st.text(st.characters(exclude_categories=("Cs",)), min_size=1, max_size=64)
+event_id = st.text(st.characters(exclude_categories=("Cs", "Cc")), min_size=1, max_size=64)
 source = st.from_regex(r"\A//[a-z0-9.-]{1,20}/[a-z0-9-]{0,10}\Z", fullmatch=True)
 offsets = st.sampled_from([UTC, timezone(timedelta(hours=2)), timezone(timedelta(hours=-5, minutes=-30))])
 times = st.datetimes(min_value=datetime(2000, 1, 2), max_value=datetime(2099, 12, 31), timezones=offsets)
