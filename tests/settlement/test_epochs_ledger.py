@@ -143,3 +143,45 @@ def test_concurrent_close_is_refused_without_writing(tmp_path):
         close_epoch(ledger)
         with pytest.raises(EpochConflictError):
             write_plan(ledger, plan, extra["reversals"])
+
+
+def test_events_stored_twice_behind_ingest_are_settled_once_and_the_same_way_every_time(tmp_path):
+    """The settlement's own deduplication (for two writers that both passed the offsets fence): rows of events
+    already in the ledger, written again straight into the table, one of them with another fee, are settled
+    once each; the epoch equals the one closed without the extra rows except for the conflicting event, and
+    two ledgers with the same rows pick the same version of it."""
+    values = _traffic(300)
+    clean = tmp_path / "clean"
+    with Ledger.open(clean) as ledger:
+        _append(ledger, values, 0, 1_000)
+        close_epoch(ledger)
+        expected = _tables(ledger)
+
+    def doubled(name: str) -> tuple[pl.DataFrame, pl.DataFrame, tuple]:
+        with Ledger.open(tmp_path / name) as ledger:
+            _append(ledger, values, 0, 1_000)
+            stored = ledger.connection.execute(
+                "SELECT * FROM lake.main.inference_metered ORDER BY event_id LIMIT 40"
+            ).fetch_arrow_table()
+            again = pl.from_arrow(stored).with_columns(
+                fee_micros=pl.when(pl.int_range(pl.len()) == 0)
+                .then(pl.col("fee_micros") + 1)
+                .otherwise(pl.col("fee_micros"))
+            )
+            ledger.append_records({"inference_metered": again.to_arrow().cast(stored.schema)})
+            close_epoch(ledger)
+            epoch = ledger.connection.execute(
+                "SELECT event_count, fee_micros FROM lake.main.settlement_epoch"
+            ).fetchone()
+            return (*_tables(ledger), epoch)
+
+    first, second = doubled("doubled-1"), doubled("doubled-2")
+    assert first[0].equals(second[0]) and first[1].equals(second[1]) and first[2] == second[2]
+    with Ledger.open_read_only(clean) as ledger:
+        clean_epoch = ledger.connection.execute(
+            "SELECT event_count, fee_micros FROM lake.main.settlement_epoch"
+        ).fetchone()
+    assert first[2][0] == clean_epoch[0]  # every event once
+    assert first[2][1] - clean_epoch[1] in (0, 1)  # the conflicting event's fee, counted once
+    if first[2][1] == clean_epoch[1]:
+        assert first[0].equals(expected[0]) and first[1].equals(expected[1])
