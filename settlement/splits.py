@@ -8,9 +8,10 @@ Pure functions on polars frames, no ledger access, so property tests run on in-m
    allocate it over the policy's shares, children before parents, so a parent's pool is complete
    when it is allocated. Every allocation is `allocation.allocate` (exact largest remainder).
 
-Events are routed without sorting them: a model whose route does not change within the epoch's
-event times (almost all of them) is summed first and joined after; only the events of a model
-whose policy changes inside that span are joined to its segments one by one.
+Events are routed without sorting them, in one pass that sums fees per (model, provider) with
+their time span: a model whose route does not change within that span (almost all of them) is
+done with it; only the events of a model whose policy changes inside the span, or that has no
+complete route, are read again and joined to its segments one by one.
 """
 
 from dataclasses import dataclass
@@ -46,12 +47,22 @@ class Split:
 
 
 def route(events: pl.LazyFrame, resolution: Resolution) -> Routed:
-    """Match fees to their route by model and event time, and sum them per group."""
-    span = (
-        events.group_by("model_id")
-        .agg(pl.col("event_time").min().alias("first_time"), pl.col("event_time").max().alias("last_time"))
+    """Match fees to their route by model and event time, and sum them per group.
+
+    One pass sums every (model, provider) and finds its time span; the models whose route is one
+    complete segment over that span (almost all) are done with it. Only the events of models whose
+    route changes within the span, or is incomplete, are read again.
+    """
+    sums = [
+        pl.col("fee_micros").cast(_i128).sum().alias("fee_micros"),
+        pl.len().cast(pl.Int64).alias("events"),
+    ]
+    provider_sums = (
+        events.group_by("model_id", "compute_provider")
+        .agg(*sums, pl.col("event_time").min().alias("first_time"), pl.col("event_time").max().alias("last_time"))
         .collect()
     )
+    span = provider_sums.group_by("model_id").agg(pl.col("first_time").min(), pl.col("last_time").max())
     segments = resolution.segments.with_columns(
         segment_end=pl.col("segment_start").shift(-1).over("model_id")
     )
@@ -69,41 +80,41 @@ def route(events: pl.LazyFrame, resolution: Resolution) -> Routed:
         ~span["model_id"].is_in(steady.to_list()) & ~span["model_id"].is_in(changing.to_list())
     )
 
-    sums = [
-        pl.col("fee_micros").cast(_i128).sum().alias("fee_micros"),
-        pl.len().cast(pl.Int64).alias("events"),
-    ]
     keys = ["model_id", "pool_id", "compute_provider", "compute_share_ppm"]
     steady_groups = (
-        events.filter(pl.col("model_id").is_in(steady.implode()))
-        .group_by("model_id", "compute_provider")
-        .agg(sums)
-        .join(single.lazy(), on="model_id")
+        provider_sums.filter(pl.col("model_id").is_in(steady.implode()))
+        .join(single, on="model_id")
         .select(*keys, "fee_micros", "events")
     )
-    changing_rows = (
-        events.filter(pl.col("model_id").is_in(changing.implode()))
-        .join(
-            overlapping.lazy().select(
-                "model_id", "segment_start", "segment_end", "pool_id", "compute_share_ppm", "complete"
-            ),
-            on="model_id",
+    changing_groups = pl.DataFrame(schema=steady_groups.schema)
+    incomplete = pl.DataFrame(schema=events.collect_schema()).select(event_columns)
+    if changing.len() or held.len():
+        changing_rows = (
+            events.filter(pl.col("model_id").is_in(changing.implode()))
+            .join(
+                overlapping.lazy().select(
+                    "model_id", "segment_start", "segment_end", "pool_id", "compute_share_ppm", "complete"
+                ),
+                on="model_id",
+            )
+            .filter(
+                (pl.col("event_time") >= pl.col("segment_start"))
+                & (pl.col("segment_end").is_null() | (pl.col("event_time") < pl.col("segment_end")))
+            )
         )
-        .filter(
-            (pl.col("event_time") >= pl.col("segment_start"))
-            & (pl.col("segment_end").is_null() | (pl.col("event_time") < pl.col("segment_end")))
+        incomplete_rows = pl.concat(
+            [
+                events.filter(pl.col("model_id").is_in(held.implode())).select(event_columns),
+                changing_rows.filter(~pl.col("complete")).select(event_columns),
+            ]
         )
+        changing_groups, incomplete = pl.collect_all(
+            [changing_rows.filter("complete").group_by(keys).agg(sums), incomplete_rows]
+        )
+    groups = pl.concat([steady_groups, changing_groups.select(steady_groups.columns)]).sort(
+        ["model_id", "pool_id", "compute_provider"]
     )
-    changing_groups = changing_rows.filter("complete").group_by(keys).agg(sums)
-    incomplete = pl.concat(
-        [
-            events.filter(pl.col("model_id").is_in(held.implode())).select(event_columns),
-            changing_rows.filter(~pl.col("complete")).select(event_columns),
-        ]
-    )
-    steady_df, changing_df, incomplete_df = pl.collect_all([steady_groups, changing_groups, incomplete])
-    groups = pl.concat([steady_df, changing_df]).sort(["model_id", "pool_id", "compute_provider"])
-    return Routed(groups, incomplete_df.sort("event_id"))
+    return Routed(groups, incomplete.sort("event_id"))
 
 
 def split(groups: pl.DataFrame, resolution: Resolution) -> Split:
