@@ -9,6 +9,8 @@ from tests.support.anvil import CONTRACTS_DIR, require_node_modules
 
 # solc-js compiles both contracts in a few seconds here; the bound catches a hung compiler.
 COMPILE_TIMEOUT_S = 300
+# The reentrancy attacker of tests/contracts/test_invariants.py: compiled and committed like the others.
+MALICIOUS_TOKEN = "MaliciousToken"
 
 
 def test_committed_artifacts_equal_a_fresh_compile(tmp_path: Path) -> None:
@@ -20,7 +22,7 @@ def test_committed_artifacts_equal_a_fresh_compile(tmp_path: Path) -> None:
         check=True,
         timeout=COMPILE_TIMEOUT_S,
     )
-    for name in (ROYALTY_DISTRIBUTOR, TEST_TOKEN):
+    for name in (ROYALTY_DISTRIBUTOR, TEST_TOKEN, MALICIOUS_TOKEN):
         fresh = json.loads((tmp_path / f"{name}.json").read_text())
         committed = json.loads((ARTIFACTS_DIR / f"{name}.json").read_text())
         changed = sorted(key for key in fresh.keys() | committed.keys() if fresh.get(key) != committed.get(key))
