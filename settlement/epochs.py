@@ -11,7 +11,7 @@ import polars as pl
 
 from settlement import reversals as rev
 from settlement.policies import Resolution, resolve
-from settlement.postings import build_payables, build_postings
+from settlement.postings import billed_sums, build_payables, build_postings
 from settlement.splits import Routed, event_columns, route, split
 
 _i128 = pl.Int128
@@ -130,11 +130,14 @@ def plan_epoch(inputs: EpochInputs, prior: PriorState) -> EpochPlan:
     merged = _merge_resolutions(list(resolutions.values()))
     the_split = split(pl.concat(groups), merged)
 
-    billed = pl.concat(
-        [
-            inputs.new_events.select("payer", "model_id", "fee_micros").collect(),
-            valid.select("payer", "model_id", "fee_micros"),
-        ]
+    # Aggregated as it is scanned: the epoch's events are never all held in memory at once.
+    billed = billed_sums(
+        pl.concat(
+            [
+                inputs.new_events.select("payer", "model_id", "fee_micros"),
+                valid.select("payer", "model_id", "fee_micros").lazy(),
+            ]
+        )
     )
     suspended = routed_new.incomplete
     postings = build_postings(epoch, billed, suspended, released, cancelled_held, the_split)

@@ -54,9 +54,16 @@ def _recipient_account() -> pl.Expr:
     )
 
 
+def billed_sums(billed: pl.LazyFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """The fees billed per payer and per model, from event rows (payer, model_id, fee_micros), in one scan."""
+    fees = pl.col("fee_micros").cast(_i128).sum()
+    by_payer, by_model = pl.collect_all([billed.group_by("payer").agg(fees), billed.group_by("model_id").agg(fees)])
+    return by_payer, by_model
+
+
 def build_postings(
     epoch: int,
-    billed: pl.DataFrame,
+    billed: tuple[pl.DataFrame, pl.DataFrame],
     suspended: pl.DataFrame,
     released: pl.DataFrame,
     cancelled_held: pl.DataFrame,
@@ -64,14 +71,13 @@ def build_postings(
 ) -> pl.DataFrame:
     """Every posting of the epoch, sorted, zero rows dropped; asserts each entry balances.
 
-    `billed`, `suspended`, `released` and `cancelled_held` are event rows (payer, model_id,
-    fee_micros): the fees billed (reversals negative), newly suspended, released from suspense,
-    and held ones cancelled by a reversal.
+    `billed` is the fees billed (reversals negative) per payer and per model (`billed_sums`);
+    `suspended`, `released` and `cancelled_held` are event rows (payer, model_id, fee_micros):
+    newly suspended, released from suspense, and held ones cancelled by a reversal.
     """
     prefix = f"e{epoch}:"
     parts = []
-    payer = billed.group_by("payer").agg(pl.col("fee_micros").cast(_i128).sum())
-    by_model = billed.group_by("model_id").agg(pl.col("fee_micros").cast(_i128).sum())
+    payer, by_model = billed
     parts.append(
         _rows(
             payer,
