@@ -1,6 +1,6 @@
 """The use case `settle`: close the epoch, build its payout tree, fund and propose the root, record it.
 
-Crash safety rests on three rules:
+Crash safety rests on four rules:
 
 1. The tree and every proof are written in one ledger transaction, once per epoch; a rerun reads
    them back (and asserts the payables still give the same root) instead of writing them again.
@@ -11,6 +11,10 @@ Crash safety rests on three rules:
    stops with `ChainLedgerMismatchError` before anything is sent or written. A recorded intent whose
    transaction the node still holds is waited for; one the node never saw is replaced by a fresh
    proposal (same nonce, so at most one of them can ever be mined).
+4. Nothing is recorded as settled before the chain shows the proposal at the configured depth: a node
+   restart while waiting is ridden out, a proposal dropped by a reorganisation or a restart stops the run
+   (`TransactionDroppedError`), and a node lost between steps stops it (`ChainUnavailableError`); a rerun
+   resumes by rules 1-3.
 
 Test hook: the environment variable `ROYALTY_TEST_CRASH_AT` (`before-send` or `after-send`) makes the
 process SIGKILL itself at that point of proposing, so tests can kill `royalty settle` at the worst
