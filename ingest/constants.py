@@ -10,9 +10,16 @@ poll_timeout_ms_max = 200
 broker_backoff_s_min = 0.5
 broker_backoff_s_max = 30.0
 
-# A ledger that stays busy is retried by the ledger itself; past that, the service waits
-# this long before trying the same batch again instead of exiting.
-ledger_retry_s = 5.0
+# A ledger that fails (catalog unreachable, disk full or read-only, busy past the ledger's own
+# retries) is retried with the same batch: quickly at first for a blip, then at most every
+# 30 s, like the broker, so an outage of hours does not flood the logs or the catalog.
+ledger_backoff_s_min = 0.5
+ledger_backoff_s_max = 30.0
+# Past this much continuous failure the service exits non-zero with the last error, so that a
+# supervisor alerts someone and restarts it; a restart resumes from the ledger's offsets.
+ledger_failing_s_max = 15 * 60.0
+# How often a backoff sleep checks for SIGTERM, so a stop request is honoured promptly.
+stop_check_s = 0.25
 
 progress_log_interval_s = 5.0
 
@@ -21,4 +28,6 @@ progress_log_interval_s = 5.0
 batch_records_limit = 1_000_000
 
 assert broker_backoff_s_min < broker_backoff_s_max
+assert ledger_backoff_s_min < ledger_backoff_s_max < ledger_failing_s_max
+assert stop_check_s <= ledger_backoff_s_min
 assert poll_records_max <= batch_records_limit

@@ -19,6 +19,7 @@ class IngestMetrics:
     batches_total: int = 0
     fenced_batches_total: int = 0
     broker_outages_total: int = 0
+    ledger_outages_total: int = 0
     batch_latency_s_buckets: list[int] = field(default_factory=lambda: [0] * (len(latency_buckets_s) + 1))
     batch_latency_s_sum: float = 0.0
     records_per_s: float = 0.0
@@ -53,6 +54,12 @@ class IngestMetrics:
             "counter",
             "Times the broker became unreachable.",
             [("", self.broker_outages_total)],
+        )
+        metric(
+            "royalty_ingest_ledger_outages_total",
+            "counter",
+            "Times an append failed and was retried (catalog unreachable, storage failing, busy).",
+            [("", self.ledger_outages_total)],
         )
         metric("royalty_ingest_records_per_second", "gauge", "Recent ingest rate.", [("", self.records_per_s)])
         cumulative, buckets = 0, []

@@ -17,9 +17,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from ingest import constants
+from ingest.errors import IngestLedgerFailingError
 from ingest.metrics import IngestMetrics
 from ingest.sources import Messages, Source
-from ledger import IngestBatch, Ledger, LedgerBusyError, LedgerError, LedgerOffsetsFencedError, PartitionOffsets
+from ledger import IngestBatch, Ledger, LedgerError, LedgerOffsetsFencedError, PartitionOffsets
 from schemas import BatchDecoder, DecodedBatch, Rejection, SchemaError
 
 log = logging.getLogger("royalty.ingest")
@@ -85,6 +86,9 @@ class IngestService:
         self._pending = Messages()
         self._pending_since = 0.0
         self._stopping = False
+        # A batch the service gave up on inside a rebalance callback, where the consumer swallows
+        # exceptions; `run` raises it so the process exits non-zero instead of 0.
+        self._failure: IngestLedgerFailingError | None = None
         self.source = source_factory(self)
 
     # Lifecycle -----------------------------------------------------------------------------
@@ -106,6 +110,8 @@ class IngestService:
         backoff_s = constants.broker_backoff_s_min
         self.source.seek(self.ledger.stored_offsets())
         while not self._stopping:
+            if self._failure is not None:
+                raise self._failure
             room = self.batch_records_max - len(self._pending)
             polled = self.source.poll(min(room, constants.poll_records_max), constants.poll_timeout_ms_max)
             now = time.monotonic()
@@ -139,6 +145,8 @@ class IngestService:
                 last_progress, progress_messages = now, self.summary.messages
         if self._pending:
             self.flush()
+        if self._failure is not None:
+            raise self._failure
         if not self.summary.stopped_by:
             self.summary.stopped_by = "signal"
         self.summary.elapsed_s = time.monotonic() - started
@@ -149,7 +157,12 @@ class IngestService:
     # Batches -------------------------------------------------------------------------------
 
     def flush(self) -> None:
-        """Append the pending messages with their offsets; on a stale batch, re-read from the ledger's offsets."""
+        """Append the pending messages with their offsets; on a stale batch, re-read from the ledger's offsets.
+
+        While the ledger fails (catalog unreachable, storage failing, busy) the same batch is retried
+        with backoff; on a stop request or after `constants.ledger_failing_s_max` the service gives up
+        with `IngestLedgerFailingError`: nothing of the batch was committed, so nothing is lost.
+        """
         messages, self._pending = self._pending, Messages()
         if not messages:
             return
@@ -164,6 +177,8 @@ class IngestService:
             datetime.now(UTC),
         )
         offsets = _partition_offsets(messages)
+        backoff_s = constants.ledger_backoff_s_min
+        failing_since: float | None = None
         while True:
             try:
                 result = self.ledger.append(batch, offsets, writer=self.writer)
@@ -173,13 +188,26 @@ class IngestService:
                 log.warning("batch refused as stale; re-reading from the ledger's offsets", extra={"error": str(error)})
                 self.source.seek(self.ledger.stored_offsets())
                 return
-            except (LedgerBusyError, LedgerError) as error:
+            except LedgerError as error:
                 # The batch is not lost: nothing was committed, and it is retried as it is.
+                now = time.monotonic()
+                if failing_since is None:
+                    failing_since = now
+                    self.metrics.ledger_outages_total += 1
+                failing_s = now - failing_since
                 log.error(
-                    "ledger append failed; retrying the same batch",
-                    extra={"error": str(error), "retry_in_s": constants.ledger_retry_s},
+                    f"{error.failing}; retrying the same batch",
+                    extra={"error": str(error), "failing_s": round(failing_s, 1), "retry_in_s": backoff_s},
                 )
-                time.sleep(constants.ledger_retry_s)
+                if self._stopping or failing_s + backoff_s > constants.ledger_failing_s_max:
+                    why = "on request" if self._stopping else f"after {constants.ledger_failing_s_max:g} s of retries"
+                    self._failure = IngestLedgerFailingError(why, len(messages), failing_s, error)
+                    raise self._failure from error
+                self._sleep_unless_stopping(backoff_s)
+                backoff_s = min(constants.ledger_backoff_s_max, backoff_s * 2)
+        if failing_since is not None:
+            failed_for_s = round(time.monotonic() - failing_since, 1)
+            log.warning("ledger available again; resuming", extra={"failed_for_s": failed_for_s})
         latency_s = time.monotonic() - read_at
         self.metrics.observe_batch_latency(latency_s)
         self.metrics.messages_total += len(messages)
@@ -201,6 +229,11 @@ class IngestService:
         )
         if self._on_committed is not None:
             self._on_committed(self.summary)
+
+    def _sleep_unless_stopping(self, seconds: float) -> None:
+        deadline = time.monotonic() + seconds
+        while not self._stopping and time.monotonic() < deadline:
+            time.sleep(min(constants.stop_check_s, max(0.0, deadline - time.monotonic())))
 
     def _log_progress(self, interval_s: float, messages: int) -> None:
         self.metrics.records_per_s = messages / interval_s if interval_s > 0 else 0.0

@@ -13,6 +13,7 @@ from typing import IO, Protocol
 
 from ingest import constants
 from ingest.errors import IngestConfigError
+from ledger import LedgerError
 
 log = logging.getLogger(__name__)
 
@@ -131,6 +132,8 @@ class KafkaSource:
         self.group_id = group_id
         self._stored_offsets = stored_offsets
         self._on_revoked = on_revoked
+        # Partitions assigned while the ledger could not tell their offsets: paused until it can.
+        self._unpositioned: set = set()
         backoff_s = constants.broker_backoff_s_min
         while True:
             try:
@@ -189,13 +192,28 @@ class KafkaSource:
         self._seek_partitions(partitions)
 
     def _seek_partitions(self, partitions: list) -> None:
-        stored = self._stored_offsets()
+        try:
+            stored = self._stored_offsets()
+        except LedgerError as error:
+            # Only the ledger's offsets count: rather than read from Kafka's, the partitions wait,
+            # paused, and `poll` positions them once the ledger answers again.
+            if not set(partitions) <= self._unpositioned:
+                log.warning(
+                    "partitions assigned while the ledger is unreachable; paused until it answers",
+                    extra={"partitions": [f"{p.topic}/{p.partition}" for p in partitions], "error": str(error)},
+                )
+            self.consumer.pause(*partitions)
+            self._unpositioned |= set(partitions)
+            return
         for partition in partitions:
             offset = stored.get((partition.topic, partition.partition))
             if offset is None:
                 self.consumer.seek_to_beginning(partition)
             else:
                 self.consumer.seek(partition, offset)
+        if self._unpositioned & set(partitions):
+            self.consumer.resume(*(self._unpositioned & set(partitions)))
+            self._unpositioned -= set(partitions)
         log.info(
             "partitions positioned at the ledger's offsets",
             extra={"partitions": [f"{p.topic}/{p.partition}" for p in partitions]},
@@ -209,6 +227,10 @@ class KafkaSource:
         from kafka.errors import KafkaError
 
         messages = Messages()
+        if self._unpositioned:
+            self._unpositioned &= self.consumer.assignment()
+            if self._unpositioned:
+                self._seek_partitions(sorted(self._unpositioned))
         try:
             polled = self.consumer.poll(timeout_ms=timeout_ms, max_records=records_max, update_offsets=True)
         except KafkaError as error:

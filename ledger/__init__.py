@@ -3,11 +3,13 @@
 from ledger.batch import IngestBatch, PartitionOffsets
 from ledger.errors import (
     LedgerBusyError,
+    LedgerCatalogUnavailableError,
     LedgerError,
     LedgerIntegrityError,
     LedgerNotFoundError,
     LedgerOffsetsFencedError,
     LedgerReadOnlyError,
+    LedgerStorageError,
 )
 from ledger.ledger import AppendResult, Ledger
 from ledger.query import define_views, run_query
@@ -17,11 +19,13 @@ __all__ = [
     "IngestBatch",
     "Ledger",
     "LedgerBusyError",
+    "LedgerCatalogUnavailableError",
     "LedgerError",
     "LedgerIntegrityError",
     "LedgerNotFoundError",
     "LedgerOffsetsFencedError",
     "LedgerReadOnlyError",
+    "LedgerStorageError",
     "PartitionOffsets",
     "define_views",
     "run_query",

@@ -1,5 +1,7 @@
 """Errors of the ledger package. Transient ones may be retried; the others may not."""
 
+import errno as errno_codes
+
 from schemas.errors import RoyaltyError
 
 
@@ -7,6 +9,8 @@ class LedgerError(RoyaltyError):
     """Base of every ledger error."""
 
     transient = False
+    # What a service that retries this error says is failing, in its log lines.
+    failing = "ledger append failed"
 
 
 class LedgerBusyError(LedgerError):
@@ -21,6 +25,42 @@ class LedgerBusyError(LedgerError):
             f"ledger `{location}` stayed busy after {attempts} attempts (last error: {last_error}); "
             "other writers hold the catalog: retry later or add fewer concurrent writers"
         )
+
+
+class LedgerCatalogUnavailableError(LedgerError):
+    """The catalog database cannot be reached (PostgreSQL down, network cut); nothing was written."""
+
+    transient = True
+    failing = "ledger catalog unreachable"
+
+    def __init__(self, location: str, what: str, error: str) -> None:
+        self.location = location
+        self.what = what
+        super().__init__(
+            f"ledger `{location}`: catalog unreachable during {what} ({error}); nothing was written. "
+            "Check that the catalog database is running and reachable; retrying is safe"
+        )
+
+
+class LedgerStorageError(LedgerError):
+    """A data file could not be written (disk full, read-only, permissions); nothing was committed."""
+
+    transient = True
+    failing = "ledger storage failing"
+
+    def __init__(self, path: str, errno: int | None, reason: str) -> None:
+        self.path = path
+        self.errno = errno
+        self.errno_name = _errno_name(errno)
+        super().__init__(
+            f"cannot write ledger data file `{path}`: [{self.errno_name}] {reason}; nothing was committed. "
+            "Free space or restore write access to the ledger's data path; retrying the same batch is safe"
+        )
+
+
+def _errno_name(errno: int | None) -> str:
+    """`ENOSPC` for 28: the name an operator searches for."""
+    return errno_codes.errorcode.get(errno, f"errno {errno}") if errno is not None else "no errno"
 
 
 class LedgerOffsetsFencedError(LedgerError):

@@ -26,7 +26,14 @@ import pyarrow.parquet as pq
 from ledger import constants
 from ledger.batch import IngestBatch, PartitionOffsets, dead_letter_rows
 from ledger.connection import LedgerLocation, catalog_alias, connect
-from ledger.errors import LedgerBusyError, LedgerError, LedgerNotFoundError, LedgerOffsetsFencedError
+from ledger.errors import (
+    LedgerBusyError,
+    LedgerCatalogUnavailableError,
+    LedgerError,
+    LedgerNotFoundError,
+    LedgerOffsetsFencedError,
+    LedgerStorageError,
+)
 from ledger.tables import all_tables, create_statements, file_tables, inlined_tables, inlining_statements
 from schemas.arrow import envelope_fields, position_fields
 from schemas.events import event_types
@@ -36,6 +43,18 @@ log = logging.getLogger(__name__)
 # Errors a concurrent writer causes: SQLite's single-writer lock, DuckLake's optimistic
 # commit conflicts, PostgreSQL serialization failures. Anything else is not retried.
 _transient_markers = ("database is locked", "conflict", "busy", "could not serialize", "deadlock")
+# Errors of a catalog database that is down, restarting or cut off (libpq's wording): an outage
+# the caller retries with backoff, unlike the contention above that the ledger retries itself.
+_catalog_lost_markers = (
+    "unable to connect",
+    "could not connect",
+    "connection refused",
+    "server closed the connection",
+    "terminating connection",
+    "no connection to the server",
+    "ssl connection has been closed",
+    "the database system is",  # starting up, shutting down, in recovery mode
+)
 
 
 @dataclass(frozen=True)
@@ -73,7 +92,11 @@ class Ledger:
         """Create or open a ledger for writing."""
         location = LedgerLocation.parse(path_or_catalog_url, data_path)
         location.prepare()
-        ledger = cls(location, connect(location, read_only=False), read_only=False)
+        try:
+            connection = connect(location, read_only=False)
+        except duckdb.Error as error:
+            raise _ledger_error(error, "open", location.display) from error
+        ledger = cls(location, connection, read_only=False)
         ledger._retrying(ledger._create_tables, "create tables")
         ledger._retrying(ledger._set_inlining_options, "set inlining options")
         return ledger
@@ -89,9 +112,11 @@ class Ledger:
         location = LedgerLocation.parse(path_or_catalog_url, data_path)
         if not location.exists():
             raise LedgerNotFoundError(location.display)
-        return cls(
-            location, connect(location, read_only=True, snapshot_version=snapshot_version), read_only=True
-        )
+        try:
+            connection = connect(location, read_only=True, snapshot_version=snapshot_version)
+        except duckdb.Error as error:
+            raise _ledger_error(error, "open", location.display) from error
+        return cls(location, connection, read_only=True)
 
     def close(self) -> None:
         self.connection.close()
@@ -110,7 +135,16 @@ class Ledger:
     # Reading -------------------------------------------------------------------------------
 
     def stored_offsets(self) -> dict[tuple[str, int], int]:
-        """The next offset to read for every (topic, partition) the ledger has data from."""
+        """The next offset to read for every (topic, partition) the ledger has data from.
+
+        Raises `LedgerCatalogUnavailableError` when the catalog cannot be reached.
+        """
+        try:
+            return self._stored_offsets()
+        except duckdb.Error as error:
+            raise _ledger_error(error, "read stored offsets", self.location.display) from error
+
+    def _stored_offsets(self) -> dict[tuple[str, int], int]:
         rows = self.connection.execute(
             f"SELECT kafka_topic, kafka_partition, max(next_offset) FROM {catalog_alias}.main.ingest_offset "
             "GROUP BY ALL"
@@ -131,7 +165,9 @@ class Ledger:
         """Write `batch` and the offsets it covers in one transaction; return what was stored.
 
         Raises `LedgerOffsetsFencedError` if another writer already stored offsets past the
-        start of this batch (nothing is written), `LedgerBusyError` if the catalog stays locked.
+        start of this batch (nothing is written), `LedgerBusyError` if the catalog stays locked,
+        `LedgerCatalogUnavailableError` if it cannot be reached, `LedgerStorageError` if a data
+        file cannot be written; in each case nothing was committed.
         """
         assert not self.read_only, "append on a read-only ledger"
         ingest_batch_id = uuid.uuid4().hex
@@ -172,7 +208,7 @@ class Ledger:
         return AppendResult(snapshot_id, ingest_batch_id, events, duplicates, dead_letters.num_rows)
 
     def _check_offsets_fence(self, offsets: Sequence[PartitionOffsets]) -> None:
-        stored = self.stored_offsets()
+        stored = self._stored_offsets()
         for item in offsets:
             stored_offset = stored.get((item.topic, item.partition))
             if stored_offset is not None and stored_offset > item.first_offset:
@@ -289,7 +325,6 @@ class Ledger:
         folder = f"main/{table_name}" + (f"/event_date={event_date.isoformat()}" if event_date else "")
         relative = f"{folder}/{ingest_batch_id}-{uuid.uuid4().hex[:8]}.parquet"
         absolute = Path(self.location.data_path) / relative
-        absolute.parent.mkdir(parents=True, exist_ok=True)
         sink = pa.BufferOutputStream()
         pq.write_table(
             rows,
@@ -300,11 +335,19 @@ class Ledger:
         )
         data = sink.getvalue().to_pybytes()
         temporary = absolute.with_suffix(".parquet.tmp")
-        with open(temporary, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temporary, absolute)
+        try:
+            absolute.parent.mkdir(parents=True, exist_ok=True)
+            with open(temporary, "wb") as handle:
+                handle.write(data)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(temporary, absolute)
+        except OSError as error:
+            # A half-written temporary file would hold on to the very space that ran out.
+            with suppress(OSError):
+                temporary.unlink(missing_ok=True)
+            path = error.filename or str(temporary)
+            raise LedgerStorageError(path, error.errno, error.strerror or str(error)) from error
         return _FileToAdd(table_name, str(absolute), relative, len(data), hashlib.sha256(data).hexdigest())
 
     def _insert_bookkeeping(
@@ -436,9 +479,7 @@ class Ledger:
             except duckdb.Error as error:
                 message = str(error)
                 if not any(marker in message.lower() for marker in _transient_markers):
-                    raise LedgerError(
-                        f"{what} failed on ledger `{self.location.display}`: {message}"
-                    ) from error
+                    raise _ledger_error(error, what, self.location.display) from error
                 last_error = message.splitlines()[0]
                 delay_s = min(constants.commit_backoff_s_max, constants.commit_backoff_s_min * 2**attempt)
                 log.debug("ledger busy, retrying", extra={"attempt": attempt, "error": last_error})
@@ -464,9 +505,19 @@ def _data_columns(table_name: str) -> Iterator[str]:
             yield from event_type.data_model.model_fields
 
 
+def _ledger_error(error: duckdb.Error, what: str, location: str) -> LedgerError:
+    """The typed error for a DuckDB error that retrying at once will not cure."""
+    message = str(error)
+    if any(marker in message.lower() for marker in _catalog_lost_markers):
+        return LedgerCatalogUnavailableError(location, what, message.splitlines()[0])
+    return LedgerError(f"{what} failed on ledger `{location}`: {message}")
+
+
 def _remove_files(files: list[_FileToAdd]) -> None:
+    """Remove the files of an append that did not commit (best effort: the storage may be what failed)."""
     for file in files:
-        Path(file.absolute_path).unlink(missing_ok=True)
+        with suppress(OSError):
+            Path(file.absolute_path).unlink(missing_ok=True)
 
 
 assert set(all_tables) >= {event_type.table for event_type in event_types.values()}

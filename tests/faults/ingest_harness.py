@@ -222,6 +222,11 @@ class IngestProcess:
         """Return once the process has joined the broker and sought the ledger's offsets (or exited)."""
         wait_for(lambda: bool(self.logged(POSITIONED)) or not self.alive(), timeout_s, f"{self.log_path} never started")
 
+    def partitions(self) -> set[int]:
+        """The partitions the process was last positioned on (its share of a consumer group)."""
+        positioned = self.logged(POSITIONED)
+        return {int(name.rsplit("/", 1)[1]) for name in positioned[-1]["partitions"]} if positioned else set()
+
     def output(self) -> str:
         return self.log_path.read_text(errors="replace")
 
