@@ -450,7 +450,8 @@ def print_report(summary: dict[str, Any]) -> None:
           f"drained {ingest['drain_s']:.1f} s after production stopped; service exit code {ingest['exit_code']}")
     print(f"RSS: first minute median {rss['first_mib']:.1f} MiB (max {rss['first_max_mib']:.1f}), last minute "
           f"median {rss['last_mib']:.1f} MiB (max {rss['last_max_mib']:.1f}); growth x{rss['growth']:.3f} "
-          f"(threshold x{rss['threshold']:.2f}); peak (VmHWM) {rss['hwm_mib']:.1f} MiB")
+          f"(threshold x{rss['threshold']:.2f}); trend {rss['slope_mib_per_min']:+.2f} MiB/min; "
+          f"peak (VmHWM) {rss['hwm_mib']:.1f} MiB")
     print(f"batch latency (read to commit, {latency['count']:,} batches, includes the batching wait of up to "
           f"{summary['config']['batch_latency_ms_max']} ms): p50 {fmt(latency['p50'])} s, p95 {fmt(latency['p95'])} s, "
           f"p99 {fmt(latency['p99'])} s, max {fmt(latency['max'])} s")
@@ -591,7 +592,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 lag=None if lag is None else int(lag),
                 backlog=producer.sent - int(last_metrics.get("royalty_ingest_messages_total", 0)),
                 load_1m=round(os.getloadavg()[0], 2),
-                producing=producing and t_s <= args.duration_s,
+                producing=producing and t_s < args.duration_s,
             )
             samples.append(sample)
             if time.monotonic() - last_report >= 30:
@@ -646,6 +647,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     last = [s.rss_mib for s in producing if s.t_s >= last_from] or first
     growth = statistics.median(last) / statistics.median(first) if statistics.median(first) else float("inf")
     flat = growth <= args.rss_growth_max
+    # The trend over the whole production period (least squares), steadier than two windows.
+    slope = (statistics.linear_regression([s.t_s for s in producing], [s.rss_mib for s in producing]).slope * 60
+             if len(producing) >= 2 else 0.0)
     if not flat:
         failures.append(f"RSS grew x{growth:.3f} from the first to the last minute (threshold x{args.rss_growth_max})")
     lags = [s.lag for s in producing if s.lag is not None]
@@ -698,6 +702,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "last_max_mib": max(last),
             "window_s": window_s,
             "growth": round(growth, 4),
+            "slope_mib_per_min": round(slope, 2),
             "threshold": args.rss_growth_max,
             "flat": flat,
             "hwm_mib": max((s.hwm_mib for s in samples), default=0.0),
