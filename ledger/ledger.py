@@ -57,6 +57,14 @@ _catalog_lost_markers = (
 )
 
 
+# DuckDB keeps per-connection caches that grow with every append and that nothing bounds short
+# of its memory limit (80% of RAM): Parquet data the duplicate check read, and catalog metadata
+# of each new snapshot and file, about 0.2 MiB per append in all (benchmarks/RESULTS.md, Soak).
+# A writer reconnects after this many appends, which keeps a long-running ingest service's
+# memory flat (a sawtooth of ~40 MiB); at one append a second that is every 100 s, for ~0.1-0.3 s.
+appends_per_connection_max = 100
+
+
 @dataclass(frozen=True)
 class AppendResult:
     """What one append stored."""
@@ -84,8 +92,9 @@ class Ledger:
         self, location: LedgerLocation, connection: duckdb.DuckDBPyConnection, read_only: bool
     ) -> None:
         self.location = location
-        self.connection = connection
+        self._connection: duckdb.DuckDBPyConnection | None = connection
         self.read_only = read_only
+        self._appends_on_connection = 0
 
     @classmethod
     def open(cls, path_or_catalog_url: str | os.PathLike[str], data_path: str | None = None) -> "Ledger":
@@ -119,7 +128,8 @@ class Ledger:
         return cls(location, connection, read_only=True)
 
     def close(self) -> None:
-        self.connection.close()
+        if self._connection is not None:
+            self._connection.close()
 
     def ensure_tables(self) -> None:
         """Create every registered table this ledger lacks (tables registered after it was opened)."""
@@ -171,7 +181,42 @@ class Ledger:
         """
         assert not self.read_only, "append on a read-only ledger"
         ingest_batch_id = uuid.uuid4().hex
-        return self._retrying(lambda: self._append_once(batch, offsets, writer, ingest_batch_id), "append")
+        result = self._retrying(lambda: self._append_once(batch, offsets, writer, ingest_batch_id), "append")
+        self._appends_on_connection += 1
+        if self._appends_on_connection >= appends_per_connection_max:
+            self._reconnect()
+        return result
+
+    def _reconnect(self) -> None:
+        """Replace the connection with a fresh one, dropping the caches the old one grew.
+
+        Called only between transactions. The old connection is closed first (it may hold the
+        SQLite catalog's lock); if the new one cannot be made now (the catalog is down), the next
+        use of `connection` tries again and raises the typed error there.
+        """
+        self._connection.close()
+        self._connection = None
+        self._appends_on_connection = 0
+        try:
+            self._connection = self._writer_connection()
+        except LedgerError as error:
+            log.warning("ledger reconnect failed; the next append retries it", extra={"error": str(error)})
+
+    def _writer_connection(self) -> duckdb.DuckDBPyConnection:
+        try:
+            connection = connect(self.location, read_only=False)
+            for statement in inlining_statements(catalog_alias):
+                connection.execute(statement)
+        except duckdb.Error as error:
+            raise _ledger_error(error, "reconnect", self.location.display) from error
+        return connection
+
+    @property
+    def connection(self) -> duckdb.DuckDBPyConnection:
+        """The DuckDB connection with the ledger attached as `lake`."""
+        if self._connection is None:
+            self._connection = self._writer_connection()
+        return self._connection
 
     def _append_once(
         self, batch: IngestBatch, offsets: Sequence[PartitionOffsets], writer: str, ingest_batch_id: str

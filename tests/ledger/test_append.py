@@ -113,3 +113,27 @@ def test_reader_refuses_every_kind_of_write(lake_dir: Path) -> None:
             with pytest.raises(LedgerReadOnlyError, match="read-only"):
                 run_query(reader, statement)
         assert run_query(reader, "SELECT count(*) AS n FROM inference_events").to_pylist() == [{"n": 3}]
+
+
+def test_a_writer_reconnects_every_so_many_appends_and_carries_on_exactly(
+    lake_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The connection is replaced after `appends_per_connection_max` appends (bounding DuckDB's per-connection
+    caches); appends after it keep deduplicating against earlier ones and fencing offsets."""
+    import ledger.ledger as ledger_module
+
+    monkeypatch.setattr(ledger_module, "appends_per_connection_max", 3)
+    values = list(SampleTraffic().metered(70))
+    with Ledger.open(lake_dir) as ledger:
+        connections = [ledger.connection]
+        for index in range(7):
+            ledger.append(*batch_of(values[index * 10 : index * 10 + 10], first_offset=index * 10))
+            if ledger.connection is not connections[-1]:
+                connections.append(ledger.connection)
+        assert len(connections) == 3  # after appends 3 and 6
+        resent = ledger.append(*batch_of([*values[:10], conflicting_duplicate(values[0])], first_offset=70))
+        assert (resent.events, resent.duplicates, resent.dead_letters) == (0, 10, 1)
+        with pytest.raises(LedgerOffsetsFencedError):
+            ledger.append(*batch_of(values[:5], first_offset=60))
+        (count,) = ledger.connection.execute("SELECT count(*) FROM lake.main.inference_metered").fetchone()
+        assert count == 70 and ledger.stored_offsets() == {("t", 0): 81}
