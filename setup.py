@@ -17,5 +17,11 @@ setup(
             extra_compile_args=native_compile_args,
             optional=True,
         ),
+        Extension(
+            "ingest._kafka_records",
+            sources=["ingest/_kafka_records.c"],
+            extra_compile_args=native_compile_args,
+            optional=True,
+        ),
     ],
 )

@@ -8,14 +8,19 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from operator import attrgetter
 from pathlib import Path
 from typing import IO, Protocol
 
-from ingest import constants
+from ingest import constants, native_records
 from ingest.errors import IngestConfigError
 from ledger import LedgerError
 
 log = logging.getLogger(__name__)
+
+# Both kafka-python's ConsumerRecord and the native decoder's Record have these attributes.
+_record_value = attrgetter("value")
+_record_offset = attrgetter("offset")
 
 
 @dataclass
@@ -157,6 +162,7 @@ class KafkaSource:
                 )
                 time.sleep(backoff_s)
                 backoff_s = min(constants.broker_backoff_s_max, backoff_s * 2)
+        native_records.install(self.consumer)
         if group_id is None:
             self._assign_all()
         else:
@@ -239,10 +245,10 @@ class KafkaSource:
             return messages
         for partition, records in polled.items():
             count = len(records)
-            messages.values += [record.value for record in records]
+            messages.values += map(_record_value, records)
             messages.topics += [partition.topic] * count
             messages.partitions += [partition.partition] * count
-            messages.offsets += [record.offset for record in records]
+            messages.offsets += map(_record_offset, records)
         return messages
 
     def commit_informational(self, next_offsets: dict[tuple[str, int], int]) -> None:
