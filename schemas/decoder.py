@@ -7,7 +7,7 @@ the format) accepts the message, which is then kept. A message is never dropped 
 it is either a row of one of the returned tables or one of the rejections.
 """
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from operator import attrgetter
 from typing import Annotated, Any, Union
@@ -23,6 +23,7 @@ from schemas.derive import ColumnCheck, Derived
 from schemas.errors import SchemaError
 from schemas.events import EventType, event_types
 from schemas.fields import printable_pattern
+from schemas.native_plan import build_native_decoder
 
 
 @dataclass(frozen=True)
@@ -48,7 +49,7 @@ class DecodedBatch:
 class BatchDecoder:
     """Decodes and validates whole batches of CloudEvents JSON messages."""
 
-    def __init__(self) -> None:
+    def __init__(self, use_native: bool = True) -> None:
         derived = Derived()
         self._event_types: dict[type, EventType] = {}
         self._column_checks: dict[type, list[ColumnCheck]] = {}
@@ -62,6 +63,13 @@ class BatchDecoder:
         self._explainer: TypeAdapter[Any] = TypeAdapter(
             Annotated[Union[envelopes], Field(discriminator="type")]  # type: ignore[misc]  # noqa: UP007
         )
+        native = build_native_decoder(list(event_types.values())) if use_native else None
+        self._native, self._native_types = native if native is not None else (None, [])
+
+    @property
+    def native(self) -> bool:
+        """Whether the native fast path (`schemas/_fastjson.c`) is in use."""
+        return self._native is not None
 
     def decode(self, values: Sequence[bytes]) -> DecodedBatch:
         """Decode `values`; the result accounts for every one of them exactly once."""
@@ -69,7 +77,23 @@ class BatchDecoder:
         grouped: dict[type, tuple[list[int], list[Any]]] = {}
         slow: list[int] = []
         rejections: list[Rejection] = []
-        for index, value in enumerate(values):
+        parts: dict[str, list[pa.Table]] = {}
+        indexes_left: Iterable[int] = range(len(values))
+        if self._native is not None:
+            # The native path takes what it is certain of; the rest goes the msgspec way below.
+            results, indexes_left = self._native.decode(values)
+            for native_type, result in zip(self._native_types, results, strict=True):
+                if result is None:
+                    continue
+                event_type = native_type.event_type
+                table = _native_table(event_type, native_type.columns, *result)
+                passed = _column_checks_mask(table, native_type.column_checks)
+                if passed is not None:
+                    slow.extend(table.filter(pc.invert(passed)).column("message_index").to_pylist())
+                    table = table.filter(passed)
+                parts.setdefault(event_type.table, []).append(table)
+        for index in indexes_left:
+            value = values[index]
             if len(value) > limits.message_bytes_max:
                 rejections.append(Rejection(index, _oversize(len(value))))
                 continue
@@ -84,7 +108,6 @@ class BatchDecoder:
             indexes, events = grouped.setdefault(type(event), ([], []))
             indexes.append(index)
             events.append(event)
-        parts: dict[str, list[pa.Table]] = {}
         for struct, (indexes, events) in grouped.items():
             table = _to_arrow(self._event_types[struct], indexes, events)
             passed = _column_checks_mask(table, self._column_checks[struct])
@@ -198,3 +221,21 @@ def _to_arrow(event_type: EventType, indexes: list[int], events: list[Any]) -> p
         columns[name] = pa.array(values, type=arrow_type)
     columns["message_index"] = pa.array(indexes, type=pa.int64())
     return pa.Table.from_pydict(columns, schema=schema)
+
+
+def _native_table(
+    event_type: EventType, columns: list[str], count: int, message_indexes: bytes, buffers: list[Any]
+) -> pa.Table:
+    """The native decoder's buffers as a table of the decoded schema, without copying."""
+    schema = decoded_schema(event_type)
+    arrays: dict[str, pa.Array] = {}
+    for name, buffer in zip(columns, buffers, strict=True):
+        arrow_type = schema.field(name).type
+        if isinstance(buffer, tuple):  # a string column: int32 offsets and UTF-8 data
+            offsets, data = buffer
+            arrays[name] = pa.Array.from_buffers(arrow_type, count, [None, pa.py_buffer(offsets), pa.py_buffer(data)])
+        else:
+            arrays[name] = pa.Array.from_buffers(arrow_type, count, [None, pa.py_buffer(buffer)])
+    arrays["event_date"] = pc.cast(arrays["event_time"], pa.date32())
+    arrays["message_index"] = pa.Array.from_buffers(pa.int64(), count, [None, pa.py_buffer(message_indexes)])
+    return pa.Table.from_pydict({name: arrays[name] for name in schema.names}, schema=schema)

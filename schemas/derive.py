@@ -39,7 +39,7 @@ def python_pattern(pattern: str) -> str:
     return pattern[:-1] + r"\Z" if pattern.endswith("$") and not pattern.endswith(r"\$") else pattern
 
 
-def _constraints(metadata: list[Any]) -> tuple[dict[str, Any], list[Any]]:
+def constraints_of(metadata: list[Any]) -> tuple[dict[str, Any], list[Any]]:
     """msgspec.Meta keyword arguments and Python validators of one field's metadata."""
     kwargs: dict[str, Any] = {}
     validators: list[Any] = []
@@ -89,7 +89,7 @@ class Derived:
             if name == tag_field:
                 (tag,) = get_args(info.annotation)
                 continue
-            kwargs, validators = _constraints(list(info.metadata))
+            kwargs, validators = constraints_of(list(info.metadata))
             if checks is not None:
                 kwargs = _split_column_checks(info.annotation, kwargs, checks, prefix + name)
             nested_checks = checks if name == "data" else None
