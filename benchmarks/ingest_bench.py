@@ -2,7 +2,8 @@
 
 Starts a local Apache Kafka broker (scripts/kafka-local), produces `--events` realistic metering
 messages into a 6-partition topic, then measures in the same run:
-  - baseline: a kafka-python consumer with all partitions assigned, iterating and discarding;
+  - baseline: a stock kafka-python consumer with all partitions assigned, iterating and discarding;
+  - the same consumer with the native record decoder installed (ingest/native_records.py), for reference;
   - the ingest service (Kafka source, decode and validate, dedup, Parquet, DuckLake commit with
     offsets) from the same topic into a fresh embedded ledger, until the stored offsets reach
     the end offsets.
@@ -20,6 +21,7 @@ from pathlib import Path
 
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
+from ingest import native_records
 from ingest.sample import SampleShape, SampleTraffic
 from ingest.service import IngestService
 from ingest.sources import KafkaSource
@@ -30,11 +32,30 @@ topic = "bench-events"
 partitions = 6
 
 
+def raw_consume(bootstrap_servers: str, events: int, native: bool) -> float:
+    """Seconds for one consumer, all partitions assigned, to iterate over `events` records and discard them."""
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap_servers, enable_auto_commit=False,
+                             max_poll_records=10_000, fetch_max_bytes=64 * 1024 * 1024,
+                             max_partition_fetch_bytes=8 * 1024 * 1024)
+    if native:
+        assert native_records.install(consumer)
+    consumer.assign([TopicPartition(topic, p) for p in range(partitions)])
+    consumer.seek_to_beginning()
+    started, seen = time.perf_counter(), 0
+    while seen < events:
+        for records in consumer.poll(timeout_ms=200, max_records=10_000).values():
+            seen += len(records)
+    elapsed_s = time.perf_counter() - started
+    consumer.close()
+    return elapsed_s
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--events", type=int, default=1_000_000)
     parser.add_argument("--batch-records-max", type=int, default=50_000)
     args = parser.parse_args()
+    native_available = native_records.decoder_name() == "native"
     workdir = Path(tempfile.mkdtemp(prefix="ingest-bench-"))
     broker = KafkaBroker(workdir / "kafka", heap_mb=1024)
     broker.start()
@@ -50,17 +71,8 @@ def main() -> None:
         ends = broker.end_offsets(topic)
         assert sum(ends.values()) == args.events, ends
 
-        consumer = KafkaConsumer(bootstrap_servers=broker.bootstrap_servers, enable_auto_commit=False,
-                                 max_poll_records=10_000, fetch_max_bytes=64 * 1024 * 1024,
-                                 max_partition_fetch_bytes=8 * 1024 * 1024)
-        consumer.assign([TopicPartition(topic, p) for p in range(partitions)])
-        consumer.seek_to_beginning()
-        started, seen = time.perf_counter(), 0
-        while seen < args.events:
-            for records in consumer.poll(timeout_ms=200, max_records=10_000).values():
-                seen += len(records)
-        raw_s = time.perf_counter() - started
-        consumer.close()
+        raw_s = raw_consume(broker.bootstrap_servers, args.events, native=False)
+        native_s = raw_consume(broker.bootstrap_servers, args.events, native=True) if native_available else None
 
         ledger = Ledger.open(workdir / "lake")
         expected = {(topic, p): end for p, end in ends.items()}
@@ -88,7 +100,11 @@ def main() -> None:
     print(f"machine: cores={os.cpu_count()} load={os.getloadavg()[0]:.1f}; {args.events:,} messages, "
           f"{partitions} partitions, batches of {args.batch_records_max:,}")
     print(f"raw kafka-python consume (iterate and discard): {raw_rate:,.0f} messages/s ({raw_s:.1f} s)")
-    print(f"royalty ingest end to end into the ledger:      {ingest_rate:,.0f} events/s ({ingest_s:.1f} s)")
+    if native_s is not None:
+        print(f"raw consume, native record decoder:             {args.events / native_s:,.0f} messages/s "
+              f"({native_s:.1f} s)")
+    print(f"royalty ingest end to end into the ledger:      {ingest_rate:,.0f} events/s ({ingest_s:.1f} s), "
+          f"record decoder: {native_records.decoder_name()}")
     print(f"ratio ingest/raw: {ingest_rate / raw_rate:.2f} (targets: >= 100,000 events/s and >= 0.5)")
 
 
