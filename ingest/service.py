@@ -4,12 +4,18 @@ Exactly-once effect: offsets live in the ledger, written in the same transaction
 and the source is positioned from them on start, on every partition assignment, and after a
 batch is refused as stale. Bad input becomes dead letters in the same transaction; it never
 stops the service or the good records of its batch.
+
+One batch at a time is decoded and appended on a worker thread while the main thread reads the
+next one from the source: DuckDB and Parquet release the GIL, and the broker's fetch round trips
+overlap with the append. The source is only ever touched by the main thread, and a batch's
+results (metrics, callbacks, a stale batch's re-seek) are taken in on the main thread too.
 """
 
 import logging
 import signal
 import time
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -20,7 +26,7 @@ from ingest import constants
 from ingest.errors import IngestLedgerFailingError
 from ingest.metrics import IngestMetrics
 from ingest.sources import Messages, Source
-from ledger import IngestBatch, Ledger, LedgerError, LedgerOffsetsFencedError, PartitionOffsets
+from ledger import AppendResult, IngestBatch, Ledger, LedgerError, LedgerOffsetsFencedError, PartitionOffsets
 from schemas import BatchDecoder, DecodedBatch, Rejection, SchemaError
 
 log = logging.getLogger("royalty.ingest")
@@ -86,6 +92,10 @@ class IngestService:
         self._pending = Messages()
         self._pending_since = 0.0
         self._stopping = False
+        # The batch being appended on the worker thread, if any: at most one, so that batches
+        # commit in the order they were read.
+        self._appender = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ledger-append")
+        self._in_flight: Future[_Appended] | None = None
         # A batch the service gave up on inside a rebalance callback, where the consumer swallows
         # exceptions; `run` raises it so the process exits non-zero instead of 0.
         self._failure: IngestLedgerFailingError | None = None
@@ -103,15 +113,27 @@ class IngestService:
 
     def run(self, until_idle_s: float | None = None) -> IngestSummary:
         started = time.monotonic()
+        self.source.seek(self.ledger.stored_offsets())
+        try:
+            self._run_loop(until_idle_s)
+        finally:
+            self._appender.shutdown(wait=True)
+        self.summary.elapsed_s = time.monotonic() - started
+        self.source.close()
+        log.info("ingest stopped", extra={"stopped_by": self.summary.stopped_by, **_counts(self.summary)})
+        return self.summary
+
+    def _run_loop(self, until_idle_s: float | None) -> None:
         last_message = time.monotonic()
         last_progress = time.monotonic()
         progress_messages = 0
         was_connected = True
         backoff_s = constants.broker_backoff_s_min
-        self.source.seek(self.ledger.stored_offsets())
         while not self._stopping:
             if self._failure is not None:
                 raise self._failure
+            if self._in_flight is not None and self._in_flight.done():
+                self._take_in_flight()
             room = self.batch_records_max - len(self._pending)
             polled = self.source.poll(min(room, constants.poll_records_max), constants.poll_timeout_ms_max)
             now = time.monotonic()
@@ -124,7 +146,7 @@ class IngestService:
             if self._pending and (
                 len(self._pending) >= self.batch_records_max or now - self._pending_since >= self.batch_latency_s_max
             ):
-                self.flush()
+                self._flush_in_background()
             if not polled:
                 connected = self.source.connected()
                 if not connected:
@@ -143,30 +165,78 @@ class IngestService:
             if now - last_progress >= constants.progress_log_interval_s:
                 self._log_progress(now - last_progress, self.summary.messages - progress_messages)
                 last_progress, progress_messages = now, self.summary.messages
-        if self._pending:
-            self.flush()
+        self.flush()
         if self._failure is not None:
             raise self._failure
         if not self.summary.stopped_by:
             self.summary.stopped_by = "signal"
-        self.summary.elapsed_s = time.monotonic() - started
-        self.source.close()
-        log.info("ingest stopped", extra={"stopped_by": self.summary.stopped_by, **_counts(self.summary)})
-        return self.summary
 
     # Batches -------------------------------------------------------------------------------
 
     def flush(self) -> None:
-        """Append the pending messages with their offsets; on a stale batch, re-read from the ledger's offsets.
+        """Append every message read so far with its offsets, and return once it is committed.
 
-        While the ledger fails (catalog unreachable, storage failing, busy) the same batch is retried
-        with backoff; on a stop request or after `constants.ledger_failing_s_max` the service gives up
-        with `IngestLedgerFailingError`: nothing of the batch was committed, so nothing is lost.
+        Called on stop and when partitions are about to be revoked. On a stale batch the source is
+        re-positioned from the ledger's offsets. While the ledger fails (catalog unreachable, storage
+        failing, busy) the same batch is retried with backoff; on a stop request or after
+        `constants.ledger_failing_s_max` the service gives up with `IngestLedgerFailingError`:
+        nothing of the batch was committed, so nothing is lost.
         """
+        self._flush_in_background()
+        self._take_in_flight()
+
+    def _flush_in_background(self) -> None:
+        """Hand the pending messages to the worker, once the batch before them is committed."""
+        self._take_in_flight()
         messages, self._pending = self._pending, Messages()
-        if not messages:
+        if messages:
+            self._in_flight = self._appender.submit(self._append, messages, self._pending_since)
+
+    def _take_in_flight(self) -> None:
+        """Wait for the batch on the worker, if any, and account for it on this (the source's) thread."""
+        if self._in_flight is None:
             return
-        read_at = self._pending_since
+        in_flight, self._in_flight = self._in_flight, None
+        try:
+            appended = in_flight.result()
+        except LedgerOffsetsFencedError as error:
+            self.metrics.fenced_batches_total += 1
+            log.warning("batch refused as stale; re-reading from the ledger's offsets", extra={"error": str(error)})
+            # Whatever was read after the stale batch continues from a stale position too.
+            self._pending = Messages()
+            self.source.seek(self.ledger.stored_offsets())
+            return
+        except IngestLedgerFailingError as error:
+            self._failure = error
+            raise
+        result = appended.result
+        self.metrics.observe_batch_latency(appended.latency_s)
+        self.metrics.messages_total += appended.messages
+        self.metrics.events_total += result.events
+        self.metrics.duplicates_total += result.duplicates
+        self.metrics.dead_letters_total += result.dead_letters
+        self.metrics.batches_total += 1
+        self.summary.messages += appended.messages
+        self.summary.events += result.events
+        self.summary.duplicates += result.duplicates
+        self.summary.dead_letters += result.dead_letters
+        self.summary.batches += 1
+        commit = getattr(self.source, "commit_informational", None)
+        if commit is not None:
+            commit({(o.topic, o.partition): o.next_offset for o in appended.offsets})
+        log.debug(
+            "batch committed",
+            extra={
+                "snapshot_id": result.snapshot_id,
+                "messages": appended.messages,
+                "latency_s": round(appended.latency_s, 3),
+            },
+        )
+        if self._on_committed is not None:
+            self._on_committed(self.summary)
+
+    def _append(self, messages: Messages, read_at: float) -> "_Appended":
+        """Decode `messages` and append them with their offsets (on the worker thread; never touches the source)."""
         decoded = reject_foreign_assets(self.decoder.decode(messages.values), self.asset)
         batch = IngestBatch(
             messages.values,
@@ -176,18 +246,15 @@ class IngestService:
             decoded,
             datetime.now(UTC),
         )
-        offsets = _partition_offsets(messages)
+        offsets = _partition_offsets(batch)
         backoff_s = constants.ledger_backoff_s_min
         failing_since: float | None = None
         while True:
             try:
                 result = self.ledger.append(batch, offsets, writer=self.writer)
                 break
-            except LedgerOffsetsFencedError as error:
-                self.metrics.fenced_batches_total += 1
-                log.warning("batch refused as stale; re-reading from the ledger's offsets", extra={"error": str(error)})
-                self.source.seek(self.ledger.stored_offsets())
-                return
+            except LedgerOffsetsFencedError:
+                raise
             except LedgerError as error:
                 # The batch is not lost: nothing was committed, and it is retried as it is.
                 now = time.monotonic()
@@ -201,34 +268,13 @@ class IngestService:
                 )
                 if self._stopping or failing_s + backoff_s > constants.ledger_failing_s_max:
                     why = "on request" if self._stopping else f"after {constants.ledger_failing_s_max:g} s of retries"
-                    self._failure = IngestLedgerFailingError(why, len(messages), failing_s, error)
-                    raise self._failure from error
+                    raise IngestLedgerFailingError(why, len(messages), failing_s, error) from error
                 self._sleep_unless_stopping(backoff_s)
                 backoff_s = min(constants.ledger_backoff_s_max, backoff_s * 2)
         if failing_since is not None:
             failed_for_s = round(time.monotonic() - failing_since, 1)
             log.warning("ledger available again; resuming", extra={"failed_for_s": failed_for_s})
-        latency_s = time.monotonic() - read_at
-        self.metrics.observe_batch_latency(latency_s)
-        self.metrics.messages_total += len(messages)
-        self.metrics.events_total += result.events
-        self.metrics.duplicates_total += result.duplicates
-        self.metrics.dead_letters_total += result.dead_letters
-        self.metrics.batches_total += 1
-        self.summary.messages += len(messages)
-        self.summary.events += result.events
-        self.summary.duplicates += result.duplicates
-        self.summary.dead_letters += result.dead_letters
-        self.summary.batches += 1
-        commit = getattr(self.source, "commit_informational", None)
-        if commit is not None:
-            commit({(o.topic, o.partition): o.next_offset for o in offsets})
-        log.debug(
-            "batch committed",
-            extra={"snapshot_id": result.snapshot_id, "messages": len(messages), "latency_s": round(latency_s, 3)},
-        )
-        if self._on_committed is not None:
-            self._on_committed(self.summary)
+        return _Appended(len(messages), offsets, result, time.monotonic() - read_at)
 
     def _sleep_unless_stopping(self, seconds: float) -> None:
         deadline = time.monotonic() + seconds
@@ -249,16 +295,25 @@ class IngestService:
         )
 
 
-def _partition_offsets(messages: Messages) -> list[PartitionOffsets]:
-    first: dict[tuple[str, int], int] = {}
-    last: dict[tuple[str, int], int] = {}
-    for topic, partition, offset in zip(messages.topics, messages.partitions, messages.offsets, strict=True):
-        key = (topic, partition)
-        if key not in first or offset < first[key]:
-            first[key] = offset
-        if key not in last or offset > last[key]:
-            last[key] = offset
-    return [PartitionOffsets(t, p, first[(t, p)], last[(t, p)] + 1) for (t, p) in sorted(first)]
+@dataclass(frozen=True)
+class _Appended:
+    """A batch the worker committed: what the main thread accounts for."""
+
+    messages: int
+    offsets: list[PartitionOffsets]
+    result: AppendResult
+    latency_s: float
+
+
+def _partition_offsets(batch: IngestBatch) -> list[PartitionOffsets]:
+    positions = pa.table({"topic": batch.topics, "partition": batch.partitions, "offset": batch.offsets})
+    ranges = positions.group_by(["topic", "partition"]).aggregate([("offset", "min"), ("offset", "max")])
+    columns = [ranges.column(name).to_pylist() for name in ("topic", "partition", "offset_min", "offset_max")]
+    offsets = [
+        PartitionOffsets(topic, partition, first, last + 1)
+        for topic, partition, first, last in zip(*columns, strict=True)
+    ]
+    return sorted(offsets, key=lambda o: (o.topic, o.partition))
 
 
 def _counts(summary: IngestSummary) -> dict[str, int]:

@@ -10,6 +10,7 @@ import hashlib
 import logging
 import os
 import random
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
@@ -95,6 +96,9 @@ class Ledger:
         self._connection: duckdb.DuckDBPyConnection | None = connection
         self.read_only = read_only
         self._appends_on_connection = 0
+        # The ingest service appends from a worker thread while its polling thread may read the
+        # stored offsets (partition assignment); one DuckDB connection serves one call at a time.
+        self._lock = threading.RLock()
 
     @classmethod
     def open(cls, path_or_catalog_url: str | os.PathLike[str], data_path: str | None = None) -> "Ledger":
@@ -128,8 +132,9 @@ class Ledger:
         return cls(location, connection, read_only=True)
 
     def close(self) -> None:
-        if self._connection is not None:
-            self._connection.close()
+        with self._lock:
+            if self._connection is not None:
+                self._connection.close()
 
     def ensure_tables(self) -> None:
         """Create every registered table this ledger lacks (tables registered after it was opened)."""
@@ -150,7 +155,8 @@ class Ledger:
         Raises `LedgerCatalogUnavailableError` when the catalog cannot be reached.
         """
         try:
-            return self._stored_offsets()
+            with self._lock:
+                return self._stored_offsets()
         except duckdb.Error as error:
             raise _ledger_error(error, "read stored offsets", self.location.display) from error
 
@@ -181,10 +187,11 @@ class Ledger:
         """
         assert not self.read_only, "append on a read-only ledger"
         ingest_batch_id = uuid.uuid4().hex
-        result = self._retrying(lambda: self._append_once(batch, offsets, writer, ingest_batch_id), "append")
-        self._appends_on_connection += 1
-        if self._appends_on_connection >= appends_per_connection_max:
-            self._reconnect()
+        with self._lock:
+            result = self._retrying(lambda: self._append_once(batch, offsets, writer, ingest_batch_id), "append")
+            self._appends_on_connection += 1
+            if self._appends_on_connection >= appends_per_connection_max:
+                self._reconnect()
         return result
 
     def _reconnect(self) -> None:
