@@ -70,7 +70,7 @@ def install(consumer: Any) -> bool:
         if reason is None:
             log.info("kafka record decoder: native (ingest._kafka_records)")
         else:
-            log.warning(f"kafka record decoder: kafka-python's pure-Python parser, about 2x slower ingest; {reason}")
+            log.warning(f"kafka record decoder: kafka-python's pure-Python parser, a slower consume; {reason}")
     if reason is not None:
         return False
     # kafka-python's Fetcher builds `self.PartitionRecords(...)`: an instance attribute overrides the class's.
