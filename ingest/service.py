@@ -87,6 +87,10 @@ class IngestService:
         self.writer = writer
         self.metrics = metrics or IngestMetrics()
         self.decoder = BatchDecoder()
+        if self.decoder.native:
+            log.info("json decoder: native (schemas._fastjson), then msgspec and pydantic for what it leaves")
+        else:
+            log.warning("json decoder: msgspec and pydantic only (schemas._fastjson not built), a slower decode")
         self.summary = IngestSummary()
         self._on_committed = on_committed
         self._pending = Messages()

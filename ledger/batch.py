@@ -34,7 +34,7 @@ class IngestBatch:
     one of those tables or one of `decoded.rejections`.
     """
 
-    values: Sequence[bytes]
+    values: Sequence[bytes | None]  # None: a Kafka record with a null value (a tombstone)
     topics: pa.Array  # string, one per message
     partitions: pa.Array  # int32
     offsets: pa.Array  # int64
@@ -44,7 +44,7 @@ class IngestBatch:
     @classmethod
     def from_messages(
         cls,
-        values: Sequence[bytes],
+        values: Sequence[bytes | None],
         topics: Sequence[str],
         partitions: Sequence[int],
         offsets: Sequence[int],
@@ -70,7 +70,7 @@ def dead_letter_rows(
     """Dead-letter rows for the messages at the given indexes, with their reasons and fields."""
     columns: dict[str, list] = {field.name: [] for field in dead_letter_schema}
     for index, reason, error_field in reasons:
-        raw = bytes(batch.values[index])
+        raw = bytes(batch.values[index] or b"")  # a null Kafka value (tombstone) is kept as no bytes
         event_id, event_type = _identity(raw)
         columns["kafka_topic"].append(batch.topics[index].as_py())
         columns["kafka_partition"].append(batch.partitions[index].as_py())

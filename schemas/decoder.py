@@ -71,8 +71,11 @@ class BatchDecoder:
         """Whether the native fast path (`schemas/_fastjson.c`) is in use."""
         return self._native is not None
 
-    def decode(self, values: Sequence[bytes]) -> DecodedBatch:
-        """Decode `values`; the result accounts for every one of them exactly once."""
+    def decode(self, values: Sequence[bytes | None]) -> DecodedBatch:
+        """Decode `values`; the result accounts for every one of them exactly once.
+
+        A value of None (a Kafka record with a null value) is a rejection like any bad message.
+        """
         decode = self._decoder.decode
         grouped: dict[type, tuple[list[int], list[Any]]] = {}
         slow: list[int] = []
@@ -94,6 +97,9 @@ class BatchDecoder:
                 parts.setdefault(event_type.table, []).append(table)
         for index in indexes_left:
             value = values[index]
+            if value is None:
+                rejections.append(Rejection(index, _no_value))
+                continue
             if len(value) > limits.message_bytes_max:
                 rejections.append(Rejection(index, _oversize(len(value))))
                 continue
@@ -133,8 +139,10 @@ class BatchDecoder:
         tables = {name: pa.concat_tables(tables) for name, tables in parts.items()}
         return DecodedBatch(tables, sorted(rejections, key=attrgetter("index")))
 
-    def explain(self, value: bytes) -> SchemaError | None:
+    def explain(self, value: bytes | None) -> SchemaError | None:
         """Why `value` breaks the contract, or None when it does not."""
+        if value is None:
+            return _no_value
         if len(value) > limits.message_bytes_max:
             return _oversize(len(value))
         return self._validate_slowly(value)[1]
@@ -169,6 +177,10 @@ def _column_checks_mask(table: pa.Table, checks: list[ColumnCheck]) -> pa.Array 
             )(column, bound)
         passed = ok if passed is None else pc.and_(passed, ok)
     return passed
+
+
+# A Kafka record whose value is null: a tombstone (compacted topics use them to delete a key).
+_no_value = SchemaError("the Kafka record has no value (null, a tombstone); a CloudEvent JSON object was expected")
 
 
 def _oversize(size_bytes: int) -> SchemaError:

@@ -98,3 +98,31 @@ def test_ingest_keeps_every_valid_event_once_and_every_bad_message_as_a_dead_let
     assert result.returncode == 0, result.stderr[-3000:]
     ids, dead = expected(events, seed, **ppm)
     assert_exactly_once(tmp_path / "lake", topic, kafka_broker, ids, dead)
+
+
+def test_records_without_a_value_become_dead_letters_and_ingest_carries_on(
+    kafka_broker: KafkaBroker, tmp_path: Path
+) -> None:
+    """Tombstones (null values, with keys as on a compacted topic) and an empty value among real events."""
+    from kafka import KafkaProducer
+
+    from ingest.sample import SampleTraffic
+
+    topic = "ingest-tombstones"
+    kafka_broker.create_topic(topic, 1)
+    events = list(SampleTraffic().metered(20))
+    producer = KafkaProducer(bootstrap_servers=kafka_broker.bootstrap_servers)
+    for index, event in enumerate(events):
+        producer.send(topic, key=b"key", value=event)
+        if index in (3, 11):
+            producer.send(topic, key=b"key", value=None)
+    producer.send(topic, key=b"key", value=b"")
+    producer.flush()
+    producer.close()
+    result = subprocess.run(ingest_command(kafka_broker, topic, tmp_path / "lake", "--until-idle", "3"),
+                            capture_output=True, text=True, env=_environment, timeout=catch_up_s_max)
+    assert result.returncode == 0, result.stderr[-3000:]
+    ids, dead, offsets = stored(tmp_path / "lake")
+    assert set(ids["ai.inference.metered.v1"]) == {msgspec.json.decode(e, type=_Identity).id for e in events}
+    assert [(offset, "tombstone" in reason) for _, offset, reason in dead] == [(4, True), (13, True), (22, False)]
+    assert offsets == {(topic, 0): 23}

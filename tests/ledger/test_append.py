@@ -83,6 +83,18 @@ def test_bad_messages_become_dead_letters_with_raw_bytes_and_position(lake_dir: 
     assert rows[1]["error_field"] == "data.fee_micros" and rows[1]["event_id"] == json.loads(good[5])["id"]
 
 
+def test_a_record_without_a_value_is_a_dead_letter_with_no_bytes(lake_dir: Path) -> None:
+    """A Kafka tombstone (null value) is stored as a dead letter at its position, beside the good events."""
+    good = list(SampleTraffic().metered(3))
+    with Ledger.open(lake_dir) as ledger:
+        result = ledger.append(*batch_of([good[0], None, *good[1:]], topic="events", partition=1, first_offset=7))
+        assert (result.events, result.dead_letters) == (3, 1)
+        define_views(ledger)
+        (row,) = run_query(ledger, "SELECT * FROM dead_letters").to_pylist()
+    assert (row["kafka_offset"], row["raw"], row["raw_size_bytes"]) == (8, b"", 0)
+    assert "no value" in row["reason"] and "tombstone" in row["reason"]
+
+
 def test_offsets_are_stored_with_the_rows_and_a_stale_batch_is_fenced(lake_dir: Path) -> None:
     """Offsets advance with each append; a batch starting before the stored offset writes nothing."""
     values = list(SampleTraffic().metered(20))

@@ -6,6 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from ingest.sample import SampleTraffic
 from schemas import BatchDecoder, event_types
 from schemas.limits import message_bytes_max
 from tests.strategies import encode, event_type_names, utc, valid_event
@@ -111,6 +112,16 @@ def test_whole_message_problems_are_explained() -> None:
     assert "object" in reasons[2]
     assert "over the limit" in reasons[3]
     assert "unknown event type" in reasons[4] and "ai.inference.metered.v1" in reasons[4]
+
+
+def test_a_record_without_a_value_is_rejected_and_the_rest_of_the_batch_kept() -> None:
+    """A Kafka tombstone (null value) is a bad message, not a crash."""
+    valid = next(iter(SampleTraffic().metered(1)))
+    batch = decoder.decode([None, valid, None])
+    assert batch.valid_count == 1
+    assert [rejection.index for rejection in batch.rejections] == [0, 2]
+    assert all("no value" in str(rejection.error) for rejection in batch.rejections)
+    assert "tombstone" in str(decoder.explain(None))
 
 
 @given(st.lists(st.tuples(valid_event(), st.booleans(), st.sampled_from(_mutations())), min_size=1, max_size=30))
