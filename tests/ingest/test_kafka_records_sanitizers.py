@@ -6,14 +6,11 @@ in a subprocess, parses generated batches (checked against kafka-python), every 
 random bit flips and random bytes; any sanitizer report fails the test.
 """
 
-import os
-import shutil
-import subprocess
-import sys
-import sysconfig
 from pathlib import Path
 
 import pytest
+
+from tests.support.sanitizers import run_sanitized
 
 root = Path(__file__).resolve().parents[2]
 
@@ -65,39 +62,7 @@ print("sanitized run clean")
 """
 
 
-def _runtime(name: str) -> str | None:
-    path = subprocess.run(["gcc", f"-print-file-name={name}"], capture_output=True, text=True).stdout.strip()
-    return path if os.path.isabs(path) and os.path.exists(path) else None
-
-
 @pytest.mark.slow
 def test_the_record_parser_is_clean_under_address_and_undefined_behavior_sanitizers(tmp_path: Path) -> None:
     """Pins memory safety on hostile input: a sanitized build parses valid, cut, flipped and random sections."""
-    if shutil.which("gcc") is None or _runtime("libasan.so") is None:
-        if os.environ.get("CI"):
-            pytest.fail("gcc with libasan is needed for the sanitizer test")
-        pytest.skip("gcc with libasan is not installed")
-    built = tmp_path / ("_kafka_records" + sysconfig.get_config_var("EXT_SUFFIX"))
-    subprocess.run(
-        [
-            "gcc", "-O1", "-g", "-fsanitize=address,undefined", "-fno-sanitize-recover=undefined",
-            "-fno-omit-frame-pointer", "-std=c11", "-fPIC", "-shared",
-            f"-I{sysconfig.get_paths()['include']}", str(root / "ingest" / "_kafka_records.c"), "-o", str(built),
-        ],
-        check=True,
-    )  # fmt: skip
-    environment = {
-        **os.environ,
-        "LD_PRELOAD": _runtime("libasan.so") or "",
-        "ASAN_OPTIONS": "detect_leaks=0:abort_on_error=1",
-        # Every object its own malloc block: in pymalloc's arenas a read past a bytes object's end
-        # lands in memory ASan considers valid (a parser with a bound check removed passed without this).
-        "PYTHONMALLOC": "malloc",
-        "PYTHONPATH": str(root),
-    }
-    result = subprocess.run(
-        [sys.executable, "-c", driver, str(built)], cwd=root, env=environment, capture_output=True, text=True,
-        timeout=600,
-    )  # fmt: skip
-    assert result.returncode == 0, result.stderr[-4000:]
-    assert "sanitized run clean" in result.stdout
+    run_sanitized(root / "ingest" / "_kafka_records.c", "_kafka_records", driver, tmp_path)

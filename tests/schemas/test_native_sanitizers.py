@@ -6,14 +6,11 @@ and decodes edge cases, random corruptions of a real event, random bytes and eve
 of an event in a subprocess; any sanitizer report fails the test.
 """
 
-import os
-import shutil
-import subprocess
-import sys
-import sysconfig
 from pathlib import Path
 
 import pytest
+
+from tests.support.sanitizers import run_sanitized
 
 root = Path(__file__).resolve().parents[2]
 
@@ -38,40 +35,6 @@ print("sanitized run clean")
 """
 
 
-def _runtime(name: str) -> str | None:
-    path = subprocess.run(["gcc", f"-print-file-name={name}"], capture_output=True, text=True).stdout.strip()
-    return path if os.path.isabs(path) and os.path.exists(path) else None
-
-
 @pytest.mark.slow
 def test_the_native_decoder_is_clean_under_address_and_undefined_behavior_sanitizers(tmp_path: Path) -> None:
-    if shutil.which("gcc") is None or _runtime("libasan.so") is None:
-        if os.environ.get("CI"):
-            pytest.fail("gcc with libasan is needed for the sanitizer test")
-        pytest.skip("gcc with libasan is not installed")
-    built = tmp_path / ("_fastjson" + sysconfig.get_config_var("EXT_SUFFIX"))
-    subprocess.run(
-        [
-            "gcc", "-O1", "-g", "-fsanitize=address,undefined", "-fno-sanitize-recover=undefined",
-            "-fno-omit-frame-pointer", "-std=c11", "-fPIC", "-shared",
-            f"-I{sysconfig.get_paths()['include']}", str(root / "schemas" / "_fastjson.c"), "-o", str(built),
-        ],
-        check=True,
-    )
-    environment = {
-        **os.environ,
-        "LD_PRELOAD": _runtime("libasan.so") or "",
-        "ASAN_OPTIONS": "detect_leaks=0:abort_on_error=1",
-        # Every bytes object its own malloc block, so a read past a message's end is caught (with
-        # pymalloc's pools it would land in a neighbouring object, unseen).
-        "PYTHONMALLOC": "malloc",
-        # pycryptodome's keccak is loaded with RTLD_DEEPBIND, which ASan refuses; pysha3 is not.
-        "ETH_HASH_BACKEND": "pysha3",
-        "PYTHONPATH": str(root),
-    }
-    result = subprocess.run(
-        [sys.executable, "-c", driver, str(built)], cwd=root, env=environment, capture_output=True, text=True,
-        timeout=600,
-    )
-    assert result.returncode == 0, result.stderr[-4000:]
-    assert "sanitized run clean" in result.stdout
+    run_sanitized(root / "schemas" / "_fastjson.c", "_fastjson", driver, tmp_path)
