@@ -3,6 +3,7 @@
 The snapshot history must contain only creations and inserts; no data file may ever have
 been retired or masked by a delete file; every data file listed by the catalog must exist
 with the size the catalog recorded and the SHA-256 the ledger recorded when it added it.
+Files in the data folder that no snapshot lists are reported beside (`ledger/orphans.py`).
 """
 
 import hashlib
@@ -11,6 +12,7 @@ from pathlib import Path
 
 from ledger.connection import catalog_alias
 from ledger.ledger import Ledger
+from ledger.orphans import OrphanFile, find_orphans
 
 # The only kinds of change an append-only ledger makes, as DuckLake names them.
 allowed_changes = {"schemas_created", "tables_created", "tables_inserted_into", "inlined_insert"}
@@ -25,6 +27,9 @@ class VerifyReport:
     files: int = 0
     bytes_checked: int = 0
     problems: list[str] = field(default_factory=list)
+    # Files no snapshot lists (left by interrupted appends): not part of the ledger, so not a
+    # problem, but space to reclaim. None when the data folder is not local.
+    orphans: list[OrphanFile] | None = None
 
     @property
     def ok(self) -> bool:
@@ -69,12 +74,15 @@ def verify(ledger: Ledger) -> VerifyReport:
             "SELECT table_name FROM duckdb_tables() WHERE database_name = ? ORDER BY ALL", [catalog_alias]
         ).fetchall()
     ]
+    listed: set[str] = set()
     for table in tables:
         for path, size_bytes in connection.execute(
             "SELECT data_file, data_file_size_bytes FROM ducklake_list_files(?, ?)", [catalog_alias, table]
         ).fetchall():
             report.files += 1
+            listed.add(path)
             _check_file(report, path, size_bytes, checksums.get(path.removeprefix(data_path)))
+    report.orphans = find_orphans(ledger, listed)
     return report
 
 

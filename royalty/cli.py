@@ -92,9 +92,26 @@ def verify(
     data_path: DataPathOption = None,
     config: ConfigOption = None,
     output_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
+    remove_orphans: Annotated[
+        bool,
+        typer.Option(
+            "--remove-orphans",
+            help="Delete data-folder files that no snapshot lists (left by killed appends), if old enough.",
+        ),
+    ] = False,
+    orphan_age_s_min: Annotated[
+        float | None,
+        typer.Option(
+            "--orphan-age-s-min",
+            min=0,
+            help="Only remove orphans at least this old, as an append may be in flight. [default: 86400]",
+        ),
+    ] = None,
 ) -> None:
     """Prove the ledger is append-only and every data file is intact; exit 1 if not."""
     from ledger import Ledger
+    from ledger.orphans import orphan_age_s_min_default
+    from ledger.orphans import remove_orphans as remove_orphan_files
     from ledger.verify import verify as verify_ledger
 
     settings = load_settings({"lake": lake, "data_path": data_path}, config)
@@ -103,14 +120,32 @@ def verify(
             report = verify_ledger(ledger)
     except RoyaltyError as error:
         _fail(error)
+    orphans = report.orphans or []
+    if orphan_age_s_min is None:
+        orphan_age_s_min = orphan_age_s_min_default
+    removed = remove_orphan_files(orphans, orphan_age_s_min) if remove_orphans else []
     if output_json:
-        stdout.file.write(json.dumps({**vars(report), "ok": report.ok}) + "\n")
+        fields = {**vars(report), "orphans": None if report.orphans is None else [vars(o) for o in orphans]}
+        stdout.file.write(json.dumps({**fields, "orphans_removed": [o.path for o in removed], "ok": report.ok}) + "\n")
     else:
         stdout.print(
             f"checked {report.snapshots} snapshots and {report.files} data files ({report.bytes_checked} bytes)"
         )
         for problem in report.problems:
             stderr.print(f"[bold red]problem:[/] {problem}", highlight=False)
+        if orphans:
+            stdout.print(
+                f"note: {len(orphans)} file(s), {sum(o.size_bytes for o in orphans)} bytes, in the data folder belong "
+                "to no snapshot (left by appends that were interrupted); they are not part of the ledger. "
+                + (
+                    f"Removed {len(removed)} at least {orphan_age_s_min:g} s old."
+                    if remove_orphans
+                    else f"`--remove-orphans` deletes those at least {orphan_age_s_min:g} s old."
+                ),
+                highlight=False,
+            )
+        elif report.orphans is None:
+            stdout.print("note: the data folder is not local; files no snapshot lists were not looked for")
         stdout.print(
             "[green]ledger verified: append-only, every file intact[/]"
             if report.ok

@@ -57,6 +57,16 @@ def test_kill_during_append_leaves_the_previous_snapshot_and_verify_passes(lake_
         ).fetchone()
     assert distinct == size * batches
     assert subprocess.run(royalty_command("verify", "--lake", str(lake_dir)), capture_output=True).returncode == 0
+    # Whatever files the kills left outside every snapshot can go; the ledger stays whole.
+    cleaned = subprocess.run(
+        royalty_command("verify", "--lake", str(lake_dir), "--remove-orphans", "--orphan-age-s-min", "0"),
+        capture_output=True, text=True,
+    )
+    assert cleaned.returncode == 0, cleaned.stderr
+    with Ledger.open_read_only(lake_dir) as reader:
+        report = verify(reader)
+        assert report.ok and report.orphans == [], (report.problems, report.orphans)
+    assert _count(lake_dir, "crash") == size * batches
 
 
 def test_two_appending_processes_and_a_reader_at_once_land_every_append_once(lake_dir: Path) -> None:

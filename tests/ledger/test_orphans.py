@@ -1,0 +1,74 @@
+"""Files no snapshot lists (left by killed appends) are reported by `verify` and removed only when old."""
+
+import json
+import os
+import subprocess
+import time
+from pathlib import Path
+
+from ingest.sample import SampleTraffic
+from ledger import Ledger
+from ledger.orphans import find_orphans, remove_orphans
+from ledger.verify import verify
+from tests.conftest import royalty_command
+from tests.ledger.helpers import batch_of
+
+
+def _lake_with_strays(lake_dir: Path) -> tuple[list[Path], int]:
+    with Ledger.open(lake_dir) as ledger:
+        ledger.append(*batch_of(list(SampleTraffic().metered(200))))
+        data = Path(ledger.location.data_path)
+    folder = data / "main" / "inference_metered" / "event_date=2026-11-23"
+    folder.mkdir(parents=True, exist_ok=True)
+    strays = [folder / "killed-append-0000.parquet", folder / "killed-append-0001.parquet.tmp"]
+    for stray in strays:
+        stray.write_bytes(b"PAR1 half written")
+    (data / "notes.txt").write_text("not a ledger file")
+    return strays, 200
+
+
+def _rows(lake_dir: Path) -> int:
+    with Ledger.open_read_only(lake_dir) as reader:
+        (count,) = reader.connection.execute("SELECT count(*) FROM lake.main.inference_metered").fetchone()
+        return int(count)
+
+
+def test_verify_reports_stray_files_without_failing_and_removes_only_old_ones(lake_dir: Path) -> None:
+    strays, events = _lake_with_strays(lake_dir)
+    with Ledger.open_read_only(lake_dir) as reader:
+        report = verify(reader)
+        assert report.ok, report.problems
+        assert [Path(o.path) for o in report.orphans or []] == sorted(strays)
+        assert remove_orphans(report.orphans or [], age_s_min=3600) == []
+    assert all(stray.exists() for stray in strays)
+    old = time.time() - 7200
+    os.utime(strays[0], (old, old))
+    with Ledger.open_read_only(lake_dir) as reader:
+        removed = remove_orphans(find_orphans(reader, set()) or [], age_s_min=3600)
+    assert [Path(o.path) for o in removed] == [strays[0]]
+    assert not strays[0].exists() and strays[1].exists()
+    with Ledger.open_read_only(lake_dir) as reader:
+        report = verify(reader)
+        assert report.ok and report.files > 0
+    assert _rows(lake_dir) == events
+
+
+def test_the_cli_names_the_orphans_and_removes_them_on_request(lake_dir: Path) -> None:
+    strays, events = _lake_with_strays(lake_dir)
+    listed = subprocess.run(royalty_command("verify", "--lake", str(lake_dir)), capture_output=True, text=True)
+    assert listed.returncode == 0, listed.stderr
+    assert "2 file(s)" in listed.stdout and "--remove-orphans" in listed.stdout
+    kept = subprocess.run(
+        royalty_command("verify", "--lake", str(lake_dir), "--remove-orphans", "--json"), capture_output=True, text=True
+    )
+    assert json.loads(kept.stdout)["orphans_removed"] == []  # younger than a day
+    removed = subprocess.run(
+        royalty_command("verify", "--lake", str(lake_dir), "--remove-orphans", "--orphan-age-s-min", "0", "--json"),
+        capture_output=True, text=True,
+    )
+    report = json.loads(removed.stdout)
+    assert report["ok"] and sorted(report["orphans_removed"]) == sorted(map(str, strays))
+    assert not any(stray.exists() for stray in strays)
+    again = subprocess.run(royalty_command("verify", "--lake", str(lake_dir)), capture_output=True, text=True)
+    assert again.returncode == 0 and "no snapshot" not in again.stdout
+    assert _rows(lake_dir) == events
