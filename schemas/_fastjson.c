@@ -6,8 +6,9 @@
  * and literal values all come from the plan.
  *
  * It only ever says "certainly valid" or "not sure". A message is accepted here only when it is
- * strict JSON whose every key is known, every required field present, no key repeated, every
- * value of the exact kind and within its bounds, strings valid UTF-8 without escapes, and times
+ * strict JSON whose every key is known (and written without escapes), every required field
+ * present, no key repeated, every value of the exact kind and within its bounds, strings valid
+ * UTF-8 (escapes decoded; a lone UTF-16 surrogate is left to Python), and times
  * in the plain RFC 3339 form `YYYY-MM-DDTHH:MM:SS[.ffffff](Z|+HH:MM|-HH:MM)`. Anything else --
  * invalid, unusual or merely written differently -- is returned as deferred, and the Python
  * decoder (msgspec, then pydantic, the authority) decides it. Patterns and time bounds are not
@@ -99,11 +100,143 @@ static inline const char *skip_ws(const char *p, const char *end) {
     return p;
 }
 
-/* A JSON string without escapes, starting at the opening quote. Validates UTF-8 strictly (no
- * overlong forms, no surrogates, nothing past U+10FFFF) and counts code points. Returns the
- * pointer after the closing quote, or NULL when the string is invalid or has an escape. */
+/* The length of the valid UTF-8 sequence at `p` (1 to 4), or 0: strict, so no overlong forms,
+ * no UTF-16 surrogates, nothing past U+10FFFF. */
+static inline int utf8_sequence(const char *p, const char *end) {
+    unsigned char c = (unsigned char)*p;
+    if (c < 0x80) return 1;
+    if (c >= 0xC2 && c <= 0xDF) return end - p >= 2 && ((unsigned char)p[1] & 0xC0) == 0x80 ? 2 : 0;
+    if (c >= 0xE0 && c <= 0xEF) {
+        if (end - p < 3) return 0;
+        unsigned char c1 = (unsigned char)p[1], c2 = (unsigned char)p[2];
+        if ((c1 & 0xC0) != 0x80 || (c2 & 0xC0) != 0x80) return 0;
+        if (c == 0xE0 && c1 < 0xA0) return 0;  /* overlong */
+        if (c == 0xED && c1 >= 0xA0) return 0; /* UTF-16 surrogate */
+        return 3;
+    }
+    if (c >= 0xF0 && c <= 0xF4) {
+        if (end - p < 4) return 0;
+        unsigned char c1 = (unsigned char)p[1], c2 = (unsigned char)p[2], c3 = (unsigned char)p[3];
+        if ((c1 & 0xC0) != 0x80 || (c2 & 0xC0) != 0x80 || (c3 & 0xC0) != 0x80) return 0;
+        if (c == 0xF0 && c1 < 0x90) return 0; /* overlong */
+        if (c == 0xF4 && c1 >= 0x90) return 0; /* past U+10FFFF */
+        return 4;
+    }
+    return 0;
+}
+
+static int hex4(const char *p, const char *end, uint32_t *value) {
+    if (end - p < 4) return 0;
+    uint32_t v = 0;
+    for (int i = 0; i < 4; i++) {
+        char c = p[i];
+        int digit = c >= '0' && c <= '9' ? c - '0' : c >= 'a' && c <= 'f' ? c - 'a' + 10 : c >= 'A' && c <= 'F' ? c - 'A' + 10 : -1;
+        if (digit < 0) return 0;
+        v = v * 16 + (uint32_t)digit;
+    }
+    *value = v;
+    return 1;
+}
+
+static char *put_utf8(char *w, uint32_t cp) {
+    if (cp < 0x80) {
+        *w++ = (char)cp;
+    } else if (cp < 0x800) {
+        *w++ = (char)(0xC0 | (cp >> 6));
+        *w++ = (char)(0x80 | (cp & 0x3F));
+    } else if (cp < 0x10000) {
+        *w++ = (char)(0xE0 | (cp >> 12));
+        *w++ = (char)(0x80 | ((cp >> 6) & 0x3F));
+        *w++ = (char)(0x80 | (cp & 0x3F));
+    } else {
+        *w++ = (char)(0xF0 | (cp >> 18));
+        *w++ = (char)(0x80 | ((cp >> 12) & 0x3F));
+        *w++ = (char)(0x80 | ((cp >> 6) & 0x3F));
+        *w++ = (char)(0x80 | (cp & 0x3F));
+    }
+    return w;
+}
+
+/* The rest of a string from its first escape at `p` on. With a `scratch` cursor the decoded
+ * string is written there (never longer than its JSON text) and `*start`/`*len` point at it;
+ * without one the escapes are only checked (keys, skipped values). A lone UTF-16 surrogate
+ * (`\ud800` unpaired) is left to the Python path. */
+static const char *scan_escaped(const char *p, const char *end, const char **start, Py_ssize_t *len, int64_t *chars,
+                                int64_t count, char **scratch) {
+    char *w = NULL;
+    if (scratch) {
+        w = *scratch;
+        memcpy(w, *start, (size_t)(p - *start));
+        w += p - *start;
+    }
+    while (p < end) {
+        unsigned char c = (unsigned char)*p;
+        if (c == '"') {
+            if (scratch) {
+                *start = *scratch;
+                *len = w - *scratch;
+                *scratch = w;
+            } else {
+                *len = p - *start;
+            }
+            *chars = count;
+            return p + 1;
+        }
+        if (c < 0x20) return NULL;
+        if (c == '\\') {
+            if (end - p < 2) return NULL;
+            char decoded;
+            switch (p[1]) {
+            case '"': decoded = '"'; break;
+            case '\\': decoded = '\\'; break;
+            case '/': decoded = '/'; break;
+            case 'b': decoded = '\b'; break;
+            case 'f': decoded = '\f'; break;
+            case 'n': decoded = '\n'; break;
+            case 'r': decoded = '\r'; break;
+            case 't': decoded = '\t'; break;
+            case 'u': {
+                uint32_t cp, low;
+                if (!hex4(p + 2, end, &cp)) return NULL;
+                p += 6;
+                if (cp >= 0xD800 && cp <= 0xDBFF) {
+                    if (end - p < 6 || p[0] != '\\' || p[1] != 'u' || !hex4(p + 2, end, &low) || low < 0xDC00 ||
+                        low > 0xDFFF)
+                        return NULL;
+                    cp = 0x10000 + ((cp - 0xD800) << 10) + (low - 0xDC00);
+                    p += 6;
+                } else if (cp >= 0xDC00 && cp <= 0xDFFF) {
+                    return NULL;
+                }
+                if (w) w = put_utf8(w, cp);
+                count++;
+                continue;
+            }
+            default:
+                return NULL;
+            }
+            if (w) *w++ = decoded;
+            p += 2;
+            count++;
+            continue;
+        }
+        int n = utf8_sequence(p, end);
+        if (!n) return NULL;
+        if (w) {
+            memcpy(w, p, (size_t)n);
+            w += n;
+        }
+        p += n;
+        count++;
+    }
+    return NULL;
+}
+
+/* A JSON string, starting at the opening quote: validates UTF-8 strictly and counts code points.
+ * Returns the pointer after the closing quote, or NULL when the string is invalid. A string
+ * with escapes is decoded into `scratch` when given (see scan_escaped). */
 static const char *scan_string(const char *p, const char *end, const char **start, Py_ssize_t *len,
-                               int64_t *chars) {
+                               int64_t *chars, char **scratch) {
     if (p >= end || *p != '"') return NULL;
     p++;
     *start = p;
@@ -127,29 +260,11 @@ static const char *scan_string(const char *p, const char *end, const char **star
             *chars = count;
             return p + 1;
         }
-        if (c == '\\' || c < 0x20) return NULL;
-        if (c < 0x80) {
-            p++;
-        } else if (c >= 0xC2 && c <= 0xDF) {
-            if (end - p < 2 || ((unsigned char)p[1] & 0xC0) != 0x80) return NULL;
-            p += 2;
-        } else if (c >= 0xE0 && c <= 0xEF) {
-            if (end - p < 3) return NULL;
-            unsigned char c1 = (unsigned char)p[1], c2 = (unsigned char)p[2];
-            if ((c1 & 0xC0) != 0x80 || (c2 & 0xC0) != 0x80) return NULL;
-            if (c == 0xE0 && c1 < 0xA0) return NULL; /* overlong */
-            if (c == 0xED && c1 >= 0xA0) return NULL; /* UTF-16 surrogate */
-            p += 3;
-        } else if (c >= 0xF0 && c <= 0xF4) {
-            if (end - p < 4) return NULL;
-            unsigned char c1 = (unsigned char)p[1], c2 = (unsigned char)p[2], c3 = (unsigned char)p[3];
-            if ((c1 & 0xC0) != 0x80 || (c2 & 0xC0) != 0x80 || (c3 & 0xC0) != 0x80) return NULL;
-            if (c == 0xF0 && c1 < 0x90) return NULL; /* overlong */
-            if (c == 0xF4 && c1 >= 0x90) return NULL; /* past U+10FFFF */
-            p += 4;
-        } else {
-            return NULL;
-        }
+        if (c == '\\') return scan_escaped(p, end, start, len, chars, count, scratch);
+        if (c < 0x20) return NULL;
+        int n = utf8_sequence(p, end);
+        if (!n) return NULL;
+        p += n;
         count++;
     }
     return NULL;
@@ -190,12 +305,12 @@ static const char *skip_value(const char *p, const char *end, int depth) {
     if (p >= end) return NULL;
     switch (*p) {
     case '"':
-        return scan_string(p, end, &s, &n, &chars);
+        return scan_string(p, end, &s, &n, &chars, NULL);
     case '{':
         p = skip_ws(p + 1, end);
         if (p < end && *p == '}') return p + 1;
         for (;;) {
-            p = scan_string(skip_ws(p, end), end, &s, &n, &chars);
+            p = scan_string(skip_ws(p, end), end, &s, &n, &chars, NULL);
             if (!p) return NULL;
             p = skip_ws(p, end);
             if (p >= end || *p != ':') return NULL;
@@ -354,13 +469,13 @@ static int matches_pattern(const Field *f, const char *s, Py_ssize_t n) {
 }
 
 /* The value of one field. Returns the pointer after it, or NULL to defer the message. */
-static const char *read_field(const Field *f, const char *p, const char *end, Slot *slot) {
+static const char *read_field(const Field *f, const char *p, const char *end, Slot *slot, char **scratch) {
     const char *s;
     Py_ssize_t n;
     int64_t chars;
     switch (f->kind) {
     case K_STR:
-        p = scan_string(p, end, &s, &n, &chars);
+        p = scan_string(p, end, &s, &n, &chars, scratch);
         if (!p || chars < f->lo || chars > f->hi) return NULL;
         if (f->has_pattern && !matches_pattern(f, s, n)) return NULL;
         slot->p = s;
@@ -368,7 +483,7 @@ static const char *read_field(const Field *f, const char *p, const char *end, Sl
         return p;
     case K_LITERAL:
     case K_TAG:
-        p = scan_string(p, end, &s, &n, &chars);
+        p = scan_string(p, end, &s, &n, &chars, scratch);
         if (!p) return NULL;
         if (f->kind == K_LITERAL) {
             int matched = 0;
@@ -380,7 +495,7 @@ static const char *read_field(const Field *f, const char *p, const char *end, Sl
         slot->len = n;
         return p;
     case K_TIME:
-        p = scan_string(p, end, &s, &n, &chars);
+        p = scan_string(p, end, &s, &n, &chars, scratch);
         if (!p || !parse_time(s, n, &slot->value) || slot->value < f->lo || slot->value > f->hi) return NULL;
         return p;
     case K_INT:
@@ -403,6 +518,7 @@ static const char *read_field(const Field *f, const char *p, const char *end, Sl
 typedef struct Envelope {
     const struct Decoder *decoder;
     Slot *data_slots;
+    char **scratch; /* where escaped strings are decoded to */
     int tag_index;  /* in the envelope's fields */
     int type_index; /* -1 until `data` has been read as that type */
 } Envelope;
@@ -411,7 +527,7 @@ static const char *read_data(Envelope *envelope, const Slot *slots, const char *
 
 /* An object whose keys are all among `fields`, none repeated, every required one present. */
 static int read_object(const Field *fields, int n_fields, const char *p, const char *end, Slot *slots,
-                       const char **after, Envelope *envelope) {
+                       const char **after, Envelope *envelope, char **scratch) {
     int index = -1;
     for (int i = 0; i < n_fields; i++) slots[i].seen = 0;
     p = skip_ws(p, end);
@@ -424,7 +540,7 @@ static int read_object(const Field *fields, int n_fields, const char *p, const c
             const char *key;
             Py_ssize_t key_len;
             int64_t chars;
-            p = scan_string(p, end, &key, &key_len, &chars);
+            p = scan_string(p, end, &key, &key_len, &chars, NULL);
             if (!p) return 0;
             const Field *f = find_field(fields, n_fields, key, key_len, &index);
             if (!f || slots[index].seen) return 0;
@@ -434,7 +550,7 @@ static int read_object(const Field *fields, int n_fields, const char *p, const c
             if (f->kind == K_DATA && envelope && slots[envelope->tag_index].seen)
                 p = read_data(envelope, slots, p, end);
             else
-                p = read_field(f, p, end, &slots[index]);
+                p = read_field(f, p, end, &slots[index], scratch);
             if (!p) return 0;
             slots[index].seen = 1;
             p = skip_ws(p, end);
@@ -510,7 +626,8 @@ static const char *read_data(Envelope *envelope, const Slot *slots, const char *
         const TypeSpec *spec = &d->types[t];
         if (spec->tag_len != tag->len || memcmp(spec->tag, tag->p, (size_t)tag->len) != 0) continue;
         const char *after;
-        if (!read_object(spec->fields, spec->n_fields, p, end, envelope->data_slots, &after, NULL)) return NULL;
+        if (!read_object(spec->fields, spec->n_fields, p, end, envelope->data_slots, &after, NULL, envelope->scratch))
+            return NULL;
         envelope->type_index = t;
         return after;
     }
@@ -518,11 +635,14 @@ static const char *read_data(Envelope *envelope, const Slot *slots, const char *
 }
 
 /* Returns the accepting type's index, or -1 to defer the message. */
-static int classify(const Decoder *d, const char *p, Py_ssize_t n, Slot *env_slots, Slot *data_slots) {
+static int classify(const Decoder *d, const char *p, Py_ssize_t n, Slot *env_slots, Slot *data_slots,
+                    char *scratch_buffer) {
     const char *end = p + n, *after;
     if (n > d->message_bytes_max) return -1;
-    Envelope envelope = {d, data_slots, d->tag_index, -1};
-    if (!read_object(d->envelope, d->n_envelope, p, end, env_slots, &after, &envelope)) return -1;
+    /* Decoded strings are never longer than their JSON text, so the message's size bounds them. */
+    char *scratch = scratch_buffer;
+    Envelope envelope = {d, data_slots, &scratch, d->tag_index, -1};
+    if (!read_object(d->envelope, d->n_envelope, p, end, env_slots, &after, &envelope, &scratch)) return -1;
     if (skip_ws(after, end) != end) return -1;
     if (envelope.type_index >= 0) return envelope.type_index;
     /* `data` came before `type`: it was skipped, and is read now. */
@@ -539,7 +659,10 @@ static PyObject *Decoder_decode(Decoder *self, PyObject *values) {
     Py_ssize_t *lengths = PyMem_RawMalloc(sizeof(Py_ssize_t) * (size_t)(n ? n : 1));
     int8_t *accepted = PyMem_RawMalloc((size_t)(n ? n : 1));
     TypeOut *outs = PyMem_RawCalloc((size_t)self->n_types, sizeof(TypeOut));
-    if (!pointers || !lengths || !accepted || !outs) {
+    /* Every message is at most message_bytes_max, and so are its decoded strings together. */
+    char *scratch = PyMem_RawMalloc((size_t)self->message_bytes_max + 1);
+    if (!pointers || !lengths || !accepted || !outs || !scratch) {
+        PyMem_RawFree(scratch);
         PyMem_RawFree(pointers);
         PyMem_RawFree(lengths);
         PyMem_RawFree(accepted);
@@ -561,7 +684,7 @@ static PyObject *Decoder_decode(Decoder *self, PyObject *values) {
     Py_BEGIN_ALLOW_THREADS
     Slot env_slots[FIELDS_MAX], data_slots[FIELDS_MAX];
     for (Py_ssize_t i = 0; i < n; i++) {
-        int t = pointers[i] ? classify(self, pointers[i], lengths[i], env_slots, data_slots) : -1;
+        int t = pointers[i] ? classify(self, pointers[i], lengths[i], env_slots, data_slots, scratch) : -1;
         if (t >= 0 && !out_of_memory && !commit(self, t, &outs[t], (int64_t)i, env_slots, data_slots)) {
             out_of_memory = 1; /* or a column past 2 GiB: the rest goes to the Python path */
             t = -1;
@@ -608,6 +731,7 @@ static PyObject *Decoder_decode(Decoder *self, PyObject *values) {
         }
     }
     for (int t = 0; t < self->n_types; t++) type_out_free(&outs[t], self->n_columns[t]);
+    PyMem_RawFree(scratch);
     PyMem_RawFree(pointers);
     PyMem_RawFree(lengths);
     PyMem_RawFree(accepted);
@@ -617,6 +741,7 @@ static PyObject *Decoder_decode(Decoder *self, PyObject *values) {
 
 fail:
     for (int t = 0; t < self->n_types; t++) type_out_free(&outs[t], self->n_columns[t]);
+    PyMem_RawFree(scratch);
     PyMem_RawFree(pointers);
     PyMem_RawFree(lengths);
     PyMem_RawFree(accepted);
@@ -708,6 +833,10 @@ static int Decoder_init(Decoder *self, PyObject *args, PyObject *kwargs) {
     if (!PyArg_ParseTuple(args, "nOO", &message_bytes_max, &envelope, &types)) return -1;
     Py_XSETREF(self->keep, PyList_New(0));
     if (!self->keep) return -1;
+    if (message_bytes_max < 0) {
+        PyErr_SetString(PyExc_ValueError, "message_bytes_max must not be negative");
+        return -1;
+    }
     self->message_bytes_max = message_bytes_max;
     if (!load_fields(self, envelope, self->envelope, &self->n_envelope)) return -1;
     int tags = 0, datas = 0;

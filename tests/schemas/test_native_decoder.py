@@ -85,9 +85,27 @@ edge_cases = [
     ("DEL in id", _replaced(b'"id":"01a2', b'"id":"\x7f01a2'), False),
     ("non-ASCII model id", _replaced(b'"model-0001"', '"modèle"'.encode()), False),
     ("model id starting with a dot", _replaced(b'"model-0001"', b'".model"'), False),
-    ("escaped id", _replaced(b'"id":"01a2', b'"id":"\\u00e901a2'), False),
-    ("escaped slash in source", _replaced(b'"//gateway', b'"\\/\\/gateway'), False),
+    ("escaped id", _replaced(b'"id":"01a2', b'"id":"\\u00e901a2'), True),
+    ("escaped slash in source", _replaced(b'"//gateway', b'"\\/\\/gateway'), True),
     ("escaped NUL in id", _replaced(b'"id":"01a2', b'"id":"\\u000001a2'), False),
+    ("escaped emoji (surrogate pair) in id", _replaced(b'"id":"01a2', b'"id":"\\ud83d\\ude0001a2'), True),
+    ("escaped letters in model id", _replaced(b'"model-0001"', b'"\\u006Dodel-\\u0030001"'), True),
+    ("escaped quote and backslash in id", _replaced(b'"id":"01a2', b'"id":"\\"\\\\01a2'), True),
+    ("escaped newline in id", _replaced(b'"id":"01a2', b'"id":"\\n01a2'), False),
+    ("escaped tab in reason", _replaced(b'"refund"', b'"ref\\tund"', reversed_event), False),
+    ("escaped literal", _replaced(b'"refund"', b'"\\u0072efund"', reversed_event), True),
+    ("escaped time", _replaced(b'"2026-11-23T', b'"2026\\u002d11-23T'), True),
+    ("unknown escape", _replaced(b'"id":"01a2', b'"id":"\\x4101a2'), False),
+    ("short unicode escape", _replaced(b'"id":"01a2', b'"id":"\\u12"'), False),
+    ("high surrogate then a letter", _replaced(b'"id":"01a2', b'"id":"\\ud83dA01a2'), False),
+    ("low surrogate alone", _replaced(b'"id":"01a2', b'"id":"\\ude0001a2'), False),
+    ("escaped key", _replaced(b'"source":', b'"sourc\\u0065":'), False),
+    ("escaped key in data", _replaced(b'"payer":', b'"p\\u0061yer":'), False),
+    ("escape in skipped data before type", json.dumps(
+        dict(reversed(list(json.loads(metered).items()))), ensure_ascii=True
+    ).encode().replace(b'"model-0001"', b'"\\u006dodel-0001"'), True),
+    ("model id of 128 characters, escaped", _replaced(b'"model-0001"', b'"' + b"\\u006d" * 128 + b'"'), True),
+    ("model id of 129 characters, escaped", _replaced(b'"model-0001"', b'"' + b"\\u006d" * 129 + b'"'), False),
     ("lone surrogate", _replaced(b'"id":"01a2', b'"id":"\\ud80001a2'), False),
     ("raw control byte", _replaced(b'"id":"01a2', b'"id":"\x0101a2'), False),
     ("overlong UTF-8", _replaced(b'"id":"01a2', b'"id":"\xc0\xaf01a2'), False),
@@ -183,21 +201,32 @@ def test_generated_valid_events_decode_the_same_and_mostly_natively(events: list
     assert batch.valid_count == len(values)
 
 
+@settings(max_examples=200)
+@given(st.lists(st.sampled_from(event_type_names).flatmap(valid_event), min_size=1, max_size=30))
+def test_generated_events_with_every_non_ascii_character_escaped_decode_the_same(events: list[dict]) -> None:
+    """As Python's `json.dumps` writes by default: `\\uXXXX` escapes, surrogate pairs beyond the BMP."""
+    values = [json.dumps(event, ensure_ascii=True).encode() for event in events]
+    batch = assert_same_outcome(values)
+    assert batch.valid_count == len(values)
+
+
 @settings(max_examples=300)
 @given(st.sampled_from(event_type_names).flatmap(valid_event), st.data())
 def test_generated_events_with_a_byte_changed_decode_the_same(event: dict, data: st.DataObject) -> None:
     value = bytearray(encode(event))
     for _ in range(data.draw(st.integers(1, 3))):
         position = data.draw(st.integers(0, len(value) - 1))
-        value[position] = data.draw(st.sampled_from(b'"\\{}[],:0129.-+eETZ xa\x00\x7f\x80\xc3\xff'))
+        value[position] = data.draw(st.sampled_from(b'"\\{}[],:0129.-+eETZ xau/\x00\x7f\x80\xc3\xff'))
     assert_same_outcome([bytes(value), encode(event)])
 
 
 def test_random_corruptions_of_a_metered_event_decode_the_same() -> None:
     rng = random.Random(20261124)
     values = []
+    escaped = metered.replace(b'"org-02995"', b'"org-\\u0030\\u00322995"').replace(b"//", b"\\/\\/")
+    assert natively_accepted(escaped)
     for _ in range(5_000):
-        value = bytearray(metered)
+        value = bytearray(rng.choice([metered, escaped]))
         for _ in range(rng.randint(1, 4)):
             choice = rng.random()
             position = rng.randrange(len(value))
