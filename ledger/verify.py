@@ -30,6 +30,9 @@ class VerifyReport:
     # Files no snapshot lists (left by interrupted appends): not part of the ledger, so not a
     # problem, but space to reclaim. None when the data folder is not local.
     orphans: list[OrphanFile] | None = None
+    # Offset ranges of a partition appended more than once: the ledger is intact, but the events
+    # there are stored twice (settlement counts each event once).
+    warnings: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -83,7 +86,37 @@ def verify(ledger: Ledger) -> VerifyReport:
             listed.add(path)
             _check_file(report, path, size_bytes, checksums.get(path.removeprefix(data_path)))
     report.orphans = find_orphans(ledger, listed)
+    report.warnings += _offset_overlaps(ledger)
     return report
+
+
+def _offset_overlaps(ledger: Ledger) -> list[str]:
+    """Batches whose offset range starts below what earlier batches of the partition covered.
+
+    The offsets fence refuses such a batch, except when two writers both pass it before either
+    commits (two consumers owning one partition at the same instant, or a reset topic).
+    """
+    rows = ledger.connection.execute(
+        f"""
+        WITH ranges AS (
+            SELECT o.*, b.writer,
+                   max(o.next_offset) OVER (
+                       PARTITION BY o.kafka_topic, o.kafka_partition ORDER BY o.first_offset, o.next_offset,
+                       o.ingest_batch_id ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING
+                   ) AS covered_to
+            FROM {catalog_alias}.main.ingest_offset o
+            JOIN {catalog_alias}.main.ingest_batch b USING (ingest_batch_id)
+        )
+        SELECT kafka_topic, kafka_partition, first_offset, least(next_offset, covered_to), ingest_batch_id, writer
+        FROM ranges WHERE first_offset < covered_to ORDER BY ALL
+        """
+    ).fetchall()
+    return [
+        f"offsets {first}..{last - 1} of {topic}/{partition} were appended again by batch {batch} "
+        f"(writer {writer}): two writers owned the partition at once, or the topic was recreated; "
+        "the events there are stored twice and settlement counts each once"
+        for topic, partition, first, last, batch, writer in rows
+    ]
 
 
 def _check_file(report: VerifyReport, path: str, size_bytes: int, recorded: tuple[int, str] | None) -> None:

@@ -133,6 +133,8 @@ def verify(
         )
         for problem in report.problems:
             stderr.print(f"[bold red]problem:[/] {problem}", highlight=False)
+        for warning in report.warnings:
+            stderr.print(f"[bold yellow]warning:[/] {warning}", highlight=False)
         if orphans:
             stdout.print(
                 f"note: {len(orphans)} file(s), {sum(o.size_bytes for o in orphans)} bytes, in the data folder belong "

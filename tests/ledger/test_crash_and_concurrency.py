@@ -98,3 +98,4 @@ def test_two_appending_processes_and_a_reader_at_once_land_every_append_once(lak
         (batch_rows,) = reader.connection.execute("SELECT count(*) FROM lake.main.ingest_batch").fetchone()
         assert batch_rows == 2 * batches
         assert verify(reader).ok
+
