@@ -2,8 +2,8 @@
  * Native fast path of the batch decoder: CloudEvents JSON messages straight into Arrow buffers.
  *
  * The decoder is built from a plan that `schemas/native_plan.py` derives from the pydantic
- * models, so this file holds no schema of its own: field names, kinds, length and value bounds
- * and literal values all come from the plan.
+ * models, so this file holds no schema of its own: field names, kinds, length, value and time
+ * bounds, literal values and character-class patterns (as byte tables) all come from the plan.
  *
  * It only ever says "certainly valid" or "not sure". A message is accepted here only when it is
  * strict JSON whose every key is known (and written without escapes), every required field
@@ -11,8 +11,8 @@
  * UTF-8 (escapes decoded; a lone UTF-16 surrogate is left to Python), and times
  * in the plain RFC 3339 form `YYYY-MM-DDTHH:MM:SS[.ffffff](Z|+HH:MM|-HH:MM)`. Anything else --
  * invalid, unusual or merely written differently -- is returned as deferred, and the Python
- * decoder (msgspec, then pydantic, the authority) decides it. Patterns and time bounds are not
- * checked here: the Python side checks them on whole Arrow columns, as for its own path.
+ * decoder (msgspec, then pydantic, the authority) decides it. Patterns the plan could not
+ * compile to byte tables are checked by the Python side on whole Arrow columns.
  *
  * Parsing runs without the GIL on a tuple of the batch's bytes objects.
  */
