@@ -1,11 +1,12 @@
 """The native decoder's plan, derived from the pydantic models like the msgspec Structs.
 
 `schemas/_fastjson.c` knows nothing of the contract: it is handed, per event type, the fields
-of the envelope and of `data` with their kind, bounds and literal values. An event type is
-given to it only when every constraint of its fields is one the native code checks itself or
-that the decoder checks afterwards on whole Arrow columns (patterns, time bounds); a type with
-Python validators, nested models or lists stays with the msgspec path. The plan holds
-no constraint of its own: change a field in `fields.py` and the plan follows.
+of the envelope and of `data` with their kind, length, value and time bounds, literal values and
+character-class patterns compiled to byte tables. An event type is given to it only when every
+constraint of its fields is one the native code checks itself or that the decoder checks
+afterwards on whole Arrow columns (patterns that do not compile to tables); a type with Python
+validators, nested models or lists stays with the msgspec path. The plan holds no constraint of
+its own: change a field in `fields.py` and the plan follows.
 """
 
 from collections.abc import Callable
@@ -123,27 +124,27 @@ def _field_spec(name: str, info: FieldInfo, column: int, checks: list[ColumnChec
         tables = None if compiled is None else (compiled.first, compiled.rest, compiled.rest_min)
         return (key, _fastjson.KIND_STR, low, high, (), column, int(required), tables)
     if annotation is int:
-        low, high = _bounds(kwargs, lambda bound: bound, step=1)
+        low, high = _bounds(kwargs, int)
         _no_more(name, kwargs)
         return (key, _fastjson.KIND_INT, low, high, (), column, int(required), None)
     if annotation is AwareDatetime:
-        low, high = _bounds(kwargs, _epoch_micros, step=1)
+        low, high = _bounds(kwargs, _epoch_micros)
         _no_more(name, kwargs)
         return (key, _fastjson.KIND_TIME, low, high, (), column, int(required), None)
     raise NotNative(f"{name}: no native kind for {annotation!r}")
 
 
-def _bounds(kwargs: dict[str, Any], as_int: Callable[[Any], int], step: int) -> tuple[int, int]:
+def _bounds(kwargs: dict[str, Any], as_int: Callable[[Any], int]) -> tuple[int, int]:
     """Inclusive int64 bounds from pydantic's gt/ge/lt/le, removed from `kwargs`."""
     low, high = int64_min, int64_max
     if "ge" in kwargs:
         low = max(low, as_int(kwargs.pop("ge")))
     if "gt" in kwargs:
-        low = max(low, as_int(kwargs.pop("gt")) + step)
+        low = max(low, as_int(kwargs.pop("gt")) + 1)
     if "le" in kwargs:
         high = min(high, as_int(kwargs.pop("le")))
     if "lt" in kwargs:
-        high = min(high, as_int(kwargs.pop("lt")) - step)
+        high = min(high, as_int(kwargs.pop("lt")) - 1)
     if not int64_min <= low <= high <= int64_max:
         raise NotNative(f"bounds {low}..{high} do not fit int64")
     return low, high
