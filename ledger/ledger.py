@@ -14,7 +14,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager, nullcontext, suppress
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -35,6 +35,7 @@ from ledger.errors import (
     LedgerOffsetsFencedError,
     LedgerStorageError,
 )
+from ledger.partition_locks import PartitionLocks
 from ledger.tables import all_tables, create_statements, file_tables, inlined_tables, inlining_statements
 from schemas.arrow import envelope_fields, position_fields
 from schemas.events import event_types
@@ -99,6 +100,12 @@ class Ledger:
         # The ingest service appends from a worker thread while its polling thread may read the
         # stored offsets (partition assignment); one DuckDB connection serves one call at a time.
         self._lock = threading.RLock()
+        # On a PostgreSQL catalog, appends hold a lock per partition so the offsets fence cannot be raced.
+        self._partition_locks = (
+            PartitionLocks(location.catalog.removeprefix("postgres:"), location.display)
+            if location.backend == "postgres" and not read_only
+            else None
+        )
 
     @classmethod
     def open(cls, path_or_catalog_url: str | os.PathLike[str], data_path: str | None = None) -> "Ledger":
@@ -135,6 +142,8 @@ class Ledger:
         with self._lock:
             if self._connection is not None:
                 self._connection.close()
+            if self._partition_locks is not None:
+                self._partition_locks.close()
 
     def ensure_tables(self) -> None:
         """Create every registered table this ledger lacks (tables registered after it was opened)."""
@@ -187,7 +196,12 @@ class Ledger:
         """
         assert not self.read_only, "append on a read-only ledger"
         ingest_batch_id = uuid.uuid4().hex
-        with self._lock:
+        locked = (
+            self._partition_locks.holding((item.topic, item.partition) for item in offsets)
+            if self._partition_locks is not None
+            else nullcontext()
+        )
+        with self._lock, locked:
             result = self._retrying(lambda: self._append_once(batch, offsets, writer, ingest_batch_id), "append")
             self._appends_on_connection += 1
             if self._appends_on_connection >= appends_per_connection_max:

@@ -101,7 +101,7 @@ def _offset_overlaps(ledger: Ledger) -> list[str]:
         WITH ranges AS (
             SELECT o.*, b.writer,
                    max(o.next_offset) OVER (
-                       PARTITION BY o.kafka_topic, o.kafka_partition ORDER BY o.first_offset, o.next_offset,
+                       PARTITION BY o.kafka_topic, o.kafka_partition ORDER BY o.first_offset, b.committed_at,
                        o.ingest_batch_id ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING
                    ) AS covered_to
             FROM {catalog_alias}.main.ingest_offset o

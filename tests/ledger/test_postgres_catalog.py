@@ -214,57 +214,67 @@ def test_two_appending_processes_on_one_postgres_catalog_land_every_append_once(
     assert report.ok, report.problems
 
 
-def test_two_writers_passing_the_offsets_fence_at_once_are_caught(postgres_lake: Lake) -> None:
-    """Two writers (two consumers that both believe they own partition 2) check the fence before either commits.
 
-    Either the second is fenced, or it stores the range again and `verify` names the range.
+def test_a_second_writer_waits_for_the_partition_and_is_fenced_not_stored_twice(postgres_lake: Lake) -> None:
+    """Two writers (two consumers that both believe they own partition 2) append the same range at once.
+
+    The first holds the partition's lock from before its transaction until after its commit; the second
+    waits for it, then sees the first one's offsets and is refused: the range is stored once.
     """
     import threading
+    import time
 
     values = list(SampleTraffic().metered(50))
     outcomes: dict[str, object] = {}
+    first_checked, release_first = threading.Event(), threading.Event()
     with postgres_lake.open() as first, postgres_lake.open() as second:
-        both_checked = threading.Barrier(2, timeout=30)
-        first_done = threading.Event()
+        check = first._check_offsets_fence
 
-        def fence_then_wait(ledger: Ledger, after_first: bool) -> None:
-            check = ledger._check_offsets_fence
+        def check_then_hold(offsets) -> None:
+            check(offsets)
+            first_checked.set()
+            release_first.wait(30)
 
-            def checked(offsets) -> None:
-                check(offsets)
-                if not both_checked.broken and not first_done.is_set():
-                    both_checked.wait()
-                    if after_first:
-                        first_done.wait(30)
-
-            ledger._check_offsets_fence = checked  # type: ignore[method-assign]
-
-        fence_then_wait(first, after_first=False)
-        fence_then_wait(second, after_first=True)
+        first._check_offsets_fence = check_then_hold  # type: ignore[method-assign]
 
         def append(ledger: Ledger, name: str) -> None:
             try:
                 outcomes[name] = ledger.append(*batch_of(values, topic="zombie", partition=2, first_offset=100))
             except Exception as error:  # the test reads the outcome on its own thread
                 outcomes[name] = error
-            if name == "first":
-                first_done.set()
 
-        threads = [threading.Thread(target=append, args=pair) for pair in ((first, "first"), (second, "second"))]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join(timeout=120)
+        first_thread = threading.Thread(target=append, args=(first, "first"))
+        first_thread.start()
+        assert first_checked.wait(30)
+        second_thread = threading.Thread(target=append, args=(second, "second"))
+        second_thread.start()
+        time.sleep(1.0)
+        assert second_thread.is_alive() and "second" not in outcomes, "the second writer did not wait"
+        release_first.set()
+        first_thread.join(timeout=60)
+        second_thread.join(timeout=60)
     assert not isinstance(outcomes["first"], Exception), outcomes
+    assert isinstance(outcomes["second"], LedgerOffsetsFencedError), outcomes
     with postgres_lake.open_read_only() as reader:
         report = verify(reader)
         (stored,) = reader.connection.execute(
             "SELECT count(*) FROM lake.main.inference_metered WHERE kafka_topic = 'zombie'"
         ).fetchone()
+    assert report.ok and not report.warnings, (report.problems, report.warnings)
+    assert stored == 50
+
+
+def test_verify_names_an_offset_range_stored_twice(postgres_lake: Lake) -> None:
+    """Were a range ever stored twice (a writer without the partition locks), `verify` names it."""
+    values = list(SampleTraffic().metered(20))
+    with postgres_lake.open() as ledger:
+        ledger.append(*batch_of(values, topic="zombie", partition=2, first_offset=100))
+        ledger._check_offsets_fence = lambda offsets: None  # type: ignore[method-assign]
+        ledger.append(*batch_of(values, topic="zombie", partition=2, first_offset=100), writer="host:42")
+    with postgres_lake.open_read_only() as reader:
+        report = verify(reader)
     assert report.ok, report.problems
-    if isinstance(outcomes["second"], LedgerOffsetsFencedError):
-        assert stored == 50 and not report.warnings
-    else:
-        # Today's behaviour on PostgreSQL (DuckLake retries the second commit: no read-set conflicts).
-        assert stored == 100, outcomes
-        assert len(report.warnings) == 1 and "offsets 100..149 of zombie/2 were appended again" in report.warnings[0]
+    assert len(report.warnings) == 1, report.warnings
+    assert "offsets 100..119 of zombie/2 were appended again" in report.warnings[0] and "host:42" in report.warnings[0]
+    listed = subprocess.run(royalty_command("verify", *postgres_lake.cli_options()), capture_output=True, text=True)
+    assert listed.returncode == 0 and "appended again" in listed.stderr
