@@ -258,7 +258,7 @@ class IngestService:
                 result = self.ledger.append(batch, offsets, writer=self.writer)
                 break
             except LedgerOffsetsFencedError:
-                raise
+                raise  # not a failing ledger but a stale batch: the main thread re-seeks, no retry
             except LedgerError as error:
                 # The batch is not lost: nothing was committed, and it is retried as it is.
                 now = time.monotonic()

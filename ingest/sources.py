@@ -27,7 +27,7 @@ _record_offset = attrgetter("offset")
 class Messages:
     """Messages as parallel lists, in the order read."""
 
-    values: list[bytes] = field(default_factory=list)
+    values: list[bytes | None] = field(default_factory=list)  # None: a record with a null value
     topics: list[str] = field(default_factory=list)
     partitions: list[int] = field(default_factory=list)
     offsets: list[int] = field(default_factory=list)
