@@ -12,6 +12,7 @@ import os
 import shutil
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -52,6 +53,12 @@ def free_loopback_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def script_environment() -> dict[str, str]:
+    """The script's environment: its broker probe runs this interpreter (which has kafka-python),
+    not whatever `python3` comes first on PATH."""
+    return {**os.environ, "PYTHON": sys.executable}
+
+
 def _run_script(args: list[str], timeout_s: float) -> str:
     try:
         done = subprocess.run(
@@ -61,6 +68,7 @@ def _run_script(args: list[str], timeout_s: float) -> str:
             timeout=timeout_s,
             check=False,
             stdin=subprocess.DEVNULL,
+            env=script_environment(),
         )
     except subprocess.TimeoutExpired as error:
         raise KafkaBrokerError(
@@ -150,6 +158,7 @@ class KafkaBroker:
             capture_output=True,
             timeout=STOP_TIMEOUT_S,
             check=False,
+            env=script_environment(),
         )
         return done.returncode == 0
 
