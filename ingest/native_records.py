@@ -10,14 +10,16 @@ groups, offsets) stays kafka-python's. Legacy (magic 0/1) batches, and consumers
 value deserializers, keep kafka-python's own per-record path.
 
 Records come back as `Record(offset, value)`; `value` is None for a null value, as kafka-python's.
-Without the extension (no C compiler at install time) `install` logs one warning and leaves the
-consumer stock: same results, slower.
+Without the extension (no C compiler at install time), or with a kafka-python other than the one
+pinned (`KAFKA_PYTHON_VERSION`), `install` logs one warning and leaves the consumer stock: same
+results, slower.
 """
 
 import logging
 from collections.abc import Iterator
 from typing import Any
 
+import kafka
 import kafka.errors as Errors
 from kafka.consumer.fetcher import Fetcher, IsolationLevel
 from kafka.record.default_records import DefaultRecordBatch
@@ -32,6 +34,10 @@ else:
 
 log = logging.getLogger(__name__)
 
+# The kafka-python release whose PartitionRecords._unpack_records `_unpack_batches` copies line for line
+# (pinned in pyproject.toml). Another release may change that logic (offsets, aborted transactions)
+# without renaming anything, and a copy out of step could skip or stall: it falls back to the stock path.
+KAFKA_PYTHON_VERSION = "3.0.12"
 # Below every offset: once a record is kept, no later one is skipped (kafka-python's dropwhile).
 _OFFSET_MIN = -(2**63)
 # The private parts of kafka-python this module reads; checked once so that a kafka-python
@@ -48,6 +54,12 @@ def decoder_name() -> str:
 def _unavailable_reason() -> str | None:
     if _import_error is not None:
         return f"the extension ingest._kafka_records is not built ({_import_error})"
+    installed = getattr(kafka, "__version__", "unknown")
+    if installed != KAFKA_PYTHON_VERSION:
+        return (
+            f"kafka-python {installed} is installed, the native decoder copies {KAFKA_PYTHON_VERSION}'s record "
+            f"loop; install kafka-python=={KAFKA_PYTHON_VERSION} (pyproject.toml pins it) for the fast path"
+        )
     missing = [name for name in _BATCH_ATTRIBUTES if not hasattr(DefaultRecordBatch, name)]
     if missing or not hasattr(Fetcher, "PartitionRecords"):
         lacking = ", ".join(missing) or "PartitionRecords"
@@ -129,7 +141,7 @@ class NativePartitionRecords(Fetcher.PartitionRecords):
         return taken
 
     def _unpack_batches(self, tp: Any, records: Any) -> Iterator[bool]:
-        # Line for line kafka-python 3.0.12's Fetcher.PartitionRecords._unpack_records, but for the
+        # Line for line kafka-python KAFKA_PYTHON_VERSION's Fetcher.PartitionRecords._unpack_records, but for the
         # per-record loop, which is one `decode_records` call per v2 batch.
         floor = self.fetch_offset
         batch = records.next_batch()

@@ -194,3 +194,31 @@ def test_without_the_extension_install_warns_once_and_leaves_the_consumer_stock(
     assert "not built" in caplog.records[0].message
     assert all(not hasattr(consumer._fetcher, "PartitionRecords") for consumer in consumers)
     assert native_records.decoder_name() == "kafka-python"
+
+
+def test_another_kafka_python_release_falls_back_with_a_warning(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Pins the version gate: on a kafka-python other than the one whose record loop the hook copies
+    (faked here as 3.0.13), install warns once, naming both versions, and leaves the consumer stock."""
+    monkeypatch.setattr(native_records.kafka, "__version__", "3.0.13")
+    monkeypatch.setattr(native_records, "_logged", False)
+    consumer = type("Consumer", (), {"_fetcher": type("Fetcher", (), {})()})()
+    with caplog.at_level(logging.INFO, logger="ingest.native_records"):
+        assert native_records.install(consumer) is False
+    assert [r.levelname for r in caplog.records] == ["WARNING"]
+    assert "kafka-python 3.0.13 is installed" in caplog.records[0].message
+    assert f"kafka-python=={native_records.KAFKA_PYTHON_VERSION}" in caplog.records[0].message
+    assert not hasattr(consumer._fetcher, "PartitionRecords")
+    assert native_records.decoder_name() == "kafka-python"
+
+
+def test_pyproject_pins_the_kafka_python_the_hook_copies() -> None:
+    """Pins the pin: pyproject.toml requires exactly KAFKA_PYTHON_VERSION, and that is what is installed here."""
+    import tomllib
+    from pathlib import Path
+
+    project = tomllib.loads((Path(__file__).resolve().parents[2] / "pyproject.toml").read_text())
+    pins = [d for d in project["project"]["dependencies"] if d.startswith("kafka-python")]
+    assert pins == [f"kafka-python=={native_records.KAFKA_PYTHON_VERSION}"]
+    assert native_records.kafka.__version__ == native_records.KAFKA_PYTHON_VERSION
