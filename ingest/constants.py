@@ -1,5 +1,7 @@
 """Bounds of the ingest service, each with the reason for its value."""
 
+from schemas.errors import require
+
 # kafka-python returns at most this many records per poll; a few thousand keeps each poll
 # call cheap while letting a 50k-record batch fill in a handful of calls.
 poll_records_max = 10_000
@@ -27,7 +29,7 @@ progress_log_interval_s = 5.0
 # and Arrow), so 1M messages of ~400 bytes stay under a gigabyte.
 batch_records_limit = 1_000_000
 
-assert broker_backoff_s_min < broker_backoff_s_max
-assert ledger_backoff_s_min < ledger_backoff_s_max < ledger_failing_s_max
-assert stop_check_s <= ledger_backoff_s_min
-assert poll_records_max <= batch_records_limit
+require(broker_backoff_s_min < broker_backoff_s_max, "broker backoff: min < max")
+require(ledger_backoff_s_min < ledger_backoff_s_max < ledger_failing_s_max, "ledger backoff: min < max < give-up")
+require(stop_check_s <= ledger_backoff_s_min, "a backoff sleep checks for a stop request at least once")
+require(poll_records_max <= batch_records_limit, "one poll fits in the largest batch")

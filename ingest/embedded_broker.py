@@ -27,6 +27,8 @@ import time
 from pathlib import Path
 from types import TracebackType
 
+from schemas.errors import require
+
 # Tansu answers in milliseconds; the bound covers a machine busy with a test suite.
 START_TIMEOUT_S = 10.0
 STOP_TIMEOUT_S = 5.0
@@ -123,7 +125,7 @@ class EmbeddedBroker:
         from kafka import KafkaAdminClient
         from kafka.errors import KafkaError
 
-        assert self._process is not None
+        require(self._process is not None, "the embedded broker is started before it is waited for")
         deadline_s = time.monotonic() + self.start_timeout_s
         while True:
             if self._process.poll() is not None:

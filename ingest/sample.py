@@ -14,6 +14,7 @@ from datetime import UTC, datetime, timedelta
 from eth_utils import to_checksum_address
 
 from schemas import limits
+from schemas.errors import require
 
 _ppm = limits.ppm_total
 
@@ -114,7 +115,7 @@ class SampleTraffic:
         shares += [
             {"recipient": recipient, "share_ppm": bounds[i + 1] - bounds[i]} for i, recipient in enumerate(recipients)
         ]
-        assert sum(share["share_ppm"] for share in shares) == _ppm
+        require(sum(share["share_ppm"] for share in shares) == _ppm, "sample policy shares sum to 1,000,000 ppm")
         return shares
 
     def metered(self, count: int, first_index: int = 0) -> Iterator[bytes]:

@@ -23,7 +23,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from ingest import constants
-from ingest.errors import IngestLedgerFailingError
+from ingest.errors import IngestConfigError, IngestLedgerFailingError
 from ingest.metrics import IngestMetrics
 from ingest.sources import Messages, Source
 from ledger import AppendResult, IngestBatch, Ledger, LedgerError, LedgerOffsetsFencedError, PartitionOffsets
@@ -79,7 +79,10 @@ class IngestService:
         metrics: IngestMetrics | None = None,
         on_committed: Callable[[IngestSummary], None] | None = None,
     ) -> None:
-        assert 0 < batch_records_max <= constants.batch_records_limit, batch_records_max
+        if not 0 < batch_records_max <= constants.batch_records_limit:
+            raise IngestConfigError(
+                f"batch_records_max={batch_records_max} is outside 1..{constants.batch_records_limit}"
+            )
         self.ledger = ledger
         self.asset = asset
         self.batch_records_max = batch_records_max

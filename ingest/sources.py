@@ -15,6 +15,7 @@ from typing import IO, Protocol
 from ingest import constants, native_records
 from ingest.errors import IngestConfigError
 from ledger import LedgerError
+from schemas.errors import require
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +63,7 @@ class FileSource:
         self._files: list[tuple[str, IO[bytes]]] = []
         for path in paths:
             if path == "-":
-                assert stdin is not None
+                require(stdin is not None, "a `-` file source is given the standard input stream")
                 self._files.append(("file:-", stdin))
             else:
                 resolved = Path(path).expanduser().resolve()

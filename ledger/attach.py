@@ -6,6 +6,7 @@ from ledger.connection import LedgerLocation, catalog_alias, extension_directory
 from ledger.errors import LedgerError
 from ledger.ledger import Ledger
 from ledger.query import analyst_view_statements
+from schemas.errors import require
 
 
 class EpochNotClosedError(LedgerError):
@@ -46,7 +47,7 @@ def epoch_snapshot(ledger: Ledger, epoch: int) -> int:
         "WHERE epoch = ? AND change_type = 'insert'",
         [closing, ledger.current_snapshot(), epoch],
     ).fetchone()
-    assert written is not None, f"epoch {epoch} is in settlement_epoch but no snapshot inserted it"
+    require(written is not None, f"epoch {epoch} is in settlement_epoch but no snapshot inserted it")
     return int(written)
 
 

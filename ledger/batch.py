@@ -11,6 +11,7 @@ import pyarrow as pa
 from ledger import constants
 from ledger.tables import dead_letter_schema
 from schemas.decoder import BatchDecoder, DecodedBatch
+from schemas.errors import require
 
 
 @dataclass(frozen=True)
@@ -23,7 +24,7 @@ class PartitionOffsets:
     next_offset: int
 
     def __post_init__(self) -> None:
-        assert 0 <= self.first_offset <= self.next_offset, self
+        require(0 <= self.first_offset <= self.next_offset, f"offsets are ordered: {self}")
 
 
 @dataclass(frozen=True)
@@ -50,7 +51,10 @@ class IngestBatch:
         offsets: Sequence[int],
         decoder: BatchDecoder,
     ) -> "IngestBatch":
-        assert len(values) == len(topics) == len(partitions) == len(offsets)
+        require(
+            len(values) == len(topics) == len(partitions) == len(offsets),
+            "a batch has one topic, partition and offset per message",
+        )
         return cls(
             values,
             pa.array(topics, pa.string()),

@@ -1,5 +1,7 @@
 """Bounds of the ledger package, each with the reason for its value."""
 
+from schemas.errors import require
+
 # SQLite allows one committing writer at a time and DuckLake retries its own commit
 # conflicts; past this many whole-transaction retries something is wrong, not busy.
 commit_attempts_max = 50
@@ -20,4 +22,4 @@ parquet_zstd_level = 3
 # every append does not leave a tiny Parquet file per table behind.
 inlined_rows_max = 1_000_000
 
-assert commit_backoff_s_min < commit_backoff_s_max
+require(commit_backoff_s_min < commit_backoff_s_max, "commit backoff: min < max")

@@ -33,11 +33,14 @@ from ledger.errors import (
     LedgerError,
     LedgerNotFoundError,
     LedgerOffsetsFencedError,
+    LedgerReadOnlyError,
     LedgerStorageError,
 )
 from ledger.partition_locks import PartitionLocks
+from ledger.redact import redact
 from ledger.tables import all_tables, create_statements, file_tables, inlined_tables, inlining_statements
 from schemas.arrow import envelope_fields, position_fields
+from schemas.errors import require
 from schemas.events import event_types
 
 log = logging.getLogger(__name__)
@@ -147,7 +150,8 @@ class Ledger:
 
     def ensure_tables(self) -> None:
         """Create every registered table this ledger lacks (tables registered after it was opened)."""
-        assert not self.read_only, "a read-only ledger cannot create tables"
+        if self.read_only:
+            raise LedgerReadOnlyError("create tables")
         self._retrying(self._create_tables, "create tables")
 
     def __enter__(self) -> "Ledger":
@@ -194,7 +198,8 @@ class Ledger:
         `LedgerCatalogUnavailableError` if it cannot be reached, `LedgerStorageError` if a data
         file cannot be written; in each case nothing was committed.
         """
-        assert not self.read_only, "append on a read-only ledger"
+        if self.read_only:
+            raise LedgerReadOnlyError("append")
         ingest_batch_id = uuid.uuid4().hex
         locked = (
             self._partition_locks.holding((item.topic, item.partition) for item in offsets)
@@ -449,7 +454,8 @@ class Ledger:
         Rows of file tables become checksummed Parquet files; rows of inlined tables are
         inserted into the catalog. Tables must be declared with `ledger.tables.register_table`.
         """
-        assert not self.read_only, "append on a read-only ledger"
+        if self.read_only:
+            raise LedgerReadOnlyError("append records")
         self._retrying(self._create_tables, "create tables")
         records_batch_id = uuid.uuid4().hex
 
@@ -543,7 +549,7 @@ class Ledger:
             try:
                 return work()
             except duckdb.Error as error:
-                message = str(error)
+                message = redact(error)
                 if not any(marker in message.lower() for marker in _transient_markers):
                     raise _ledger_error(error, what, self.location.display) from error
                 last_error = message.splitlines()[0]
@@ -573,7 +579,7 @@ def _data_columns(table_name: str) -> Iterator[str]:
 
 def _ledger_error(error: duckdb.Error, what: str, location: str) -> LedgerError:
     """The typed error for a DuckDB error that retrying at once will not cure."""
-    message = str(error)
+    message = redact(error)  # libpq and DuckDB quote the connection string, password included
     if any(marker in message.lower() for marker in _catalog_lost_markers):
         return LedgerCatalogUnavailableError(location, what, message.splitlines()[0])
     return LedgerError(f"{what} failed on ledger `{location}`: {message}")
@@ -586,4 +592,4 @@ def _remove_files(files: list[_FileToAdd]) -> None:
             Path(file.absolute_path).unlink(missing_ok=True)
 
 
-assert set(all_tables) >= {event_type.table for event_type in event_types.values()}
+require(set(all_tables) >= {t.table for t in event_types.values()}, "every event type has a ledger table")

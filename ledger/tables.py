@@ -8,7 +8,9 @@ The small bookkeeping tables (offsets, batches, checksums) are inlined into the 
 import pyarrow as pa
 
 from ledger import constants
+from ledger.format import format_table, ledger_format_schema
 from schemas.arrow import ledger_schemas, position_fields, timestamp_type
+from schemas.errors import require
 
 dead_letter_schema = pa.schema(
     [
@@ -62,6 +64,7 @@ inlined_tables: dict[str, pa.Schema] = {
     "ingest_offset": ingest_offset_schema,
     "ingest_batch": ingest_batch_schema,
     "file_checksum": file_checksum_schema,
+    format_table: ledger_format_schema,
 }
 all_tables: dict[str, pa.Schema] = {**file_tables, **inlined_tables}
 
@@ -73,9 +76,7 @@ def register_table(name: str, schema: pa.Schema, inlined: bool = False) -> None:
     live in the catalog and suit a few small rows per transaction.
     """
     existing = all_tables.get(name)
-    assert existing is None or existing.equals(schema), (
-        f"table `{name}` registered twice with different schemas"
-    )
+    require(existing is None or existing.equals(schema), f"table `{name}` is registered with one schema")
     (inlined_tables if inlined else file_tables)[name] = schema
     all_tables[name] = schema
 
@@ -93,7 +94,7 @@ def duckdb_type(arrow_type: pa.DataType) -> str:
     if pa.types.is_date32(arrow_type):
         return "DATE"
     if pa.types.is_timestamp(arrow_type):
-        assert arrow_type.tz == "UTC" and arrow_type.unit == "us", arrow_type
+        require(arrow_type.tz == "UTC" and arrow_type.unit == "us", f"timestamps are UTC microseconds: {arrow_type}")
         return "TIMESTAMPTZ"
     if pa.types.is_list(arrow_type):
         return duckdb_type(arrow_type.value_type) + "[]"
@@ -103,10 +104,12 @@ def duckdb_type(arrow_type: pa.DataType) -> str:
     raise TypeError(f"no DuckDB type for {arrow_type}; extend ledger/tables.py")
 
 
-def create_statements(catalog: str) -> list[str]:
-    """Idempotent DDL for every ledger table."""
+def create_statements(catalog: str, names: list[str] | None = None) -> list[str]:
+    """Idempotent DDL for every ledger table (or the `names` given)."""
     statements = []
     for name, schema in all_tables.items():
+        if names is not None and name not in names:
+            continue
         columns = ", ".join(
             f"{field.name} {duckdb_type(field.type)}{'' if field.nullable else ' NOT NULL'}"
             for field in schema
@@ -115,10 +118,11 @@ def create_statements(catalog: str) -> list[str]:
     return statements
 
 
-def inlining_statements(catalog: str) -> list[str]:
+def inlining_statements(catalog: str, names: list[str] | None = None) -> list[str]:
     """Keep the bookkeeping tables' rows in the catalog (run after the tables exist)."""
     return [
         f"CALL ducklake_set_option('{catalog}', 'data_inlining_row_limit', "
         f"{constants.inlined_rows_max}, table_name => '{name}')"
         for name in inlined_tables
+        if names is None or name in names
     ]

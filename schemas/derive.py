@@ -20,6 +20,8 @@ import msgspec
 from pydantic import AfterValidator, AwareDatetime, BaseModel, StringConstraints
 from pydantic_core import PydanticUndefined
 
+from schemas.errors import require
+
 
 @dataclass(frozen=True)
 class ColumnCheck:
@@ -137,7 +139,7 @@ class Derived:
                 kwargs = {**kwargs, "pattern": python_pattern(str(kwargs["pattern"]))}
             return Annotated[annotation, msgspec.Meta(**kwargs)] if kwargs else annotation
         if origin is Literal:
-            assert not kwargs, "constraints on a Literal are meaningless"
+            require(not kwargs, "constraints on a Literal are meaningless")
             return annotation
         if origin is list:
             (item,) = get_args(annotation)
@@ -146,7 +148,7 @@ class Derived:
         if origin in (Union, UnionType):
             raise TypeError(f"unions are not supported in event data: {annotation!r}")
         if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-            assert not kwargs, "constraints on a nested model are not supported"
+            require(not kwargs, "constraints on a nested model are not supported")
             return self._struct_for(annotation, None, checks, prefix)
         raise TypeError(f"no msgspec translation for {annotation!r}; extend schemas/derive.py")
 

@@ -4,6 +4,8 @@ Each bound is part of the contract with producers: a message past one of them is
 with a reason that names the bound, never truncated or silently accepted.
 """
 
+from schemas.errors import require
+
 # A metering event is ~400 bytes; 64 KiB leaves room for large policies while keeping one
 # bad producer from making a batch hold gigabytes in memory.
 message_bytes_max = 64 * 1024
@@ -31,5 +33,5 @@ parents_count_max = 32
 # Time stamps before this year are a producer clock error.
 event_year_min = 2000
 
-assert message_bytes_max >= 4096, "a single metering event must fit comfortably"
-assert fee_micros_max * 10**8 < 2**127, "a day of maximal fees must fit in a 128-bit sum"
+require(message_bytes_max >= 4096, "a single metering event must fit comfortably")
+require(fee_micros_max * 10**8 < 2**127, "a day of maximal fees must fit in a 128-bit sum")

@@ -9,6 +9,7 @@ passes int64 long before a real epoch does.
 
 import polars as pl
 
+from schemas.errors import InvariantViolation
 from settlement.constants import ppm_total
 
 _i128 = pl.Int128
@@ -43,8 +44,8 @@ def allocate(parts: pl.DataFrame, key: str = "allocation_id") -> pl.DataFrame:
         pl.col("share_ppm").sum().alias("ppm"),
         (pl.col("amount_micros").sum() - pl.col("total_micros").first().cast(_i128)).alias("lost"),
     )
-    assert check["ppm"].eq(ppm_total).all(), (
-        f"shares do not sum to {ppm_total}: {check.filter(pl.col('ppm') != ppm_total)}"
-    )
-    assert check["lost"].eq(0).all(), "an allocation's parts do not sum to its total"
+    if not check["ppm"].eq(ppm_total).all():
+        raise InvariantViolation(f"shares do not sum to {ppm_total}: {check.filter(pl.col('ppm') != ppm_total)}")
+    if not check["lost"].eq(0).all():
+        raise InvariantViolation(f"an allocation's parts do not sum to its total: {check.filter(pl.col('lost') != 0)}")
     return allocated.sort([key, "recipient"])

@@ -34,6 +34,7 @@ from web3.exceptions import (
     TransactionNotFound,
 )
 
+from schemas.errors import require
 from settlement.contract_artifacts import distributor_artifact, token_artifact
 from settlement.settle_errors import (
     ChainConfigError,
@@ -320,7 +321,7 @@ def wait_confirmed(chain: Chain, tx_hash: str, action: str) -> dict:
                 "on the chain before sending anything again",
             )
         raise ConfirmationTimeoutError(tx_hash, chain.confirmations, chain.confirm_timeout_s)
-    assert receipt is not None
+    require(receipt is not None, f"{action}: a confirmed tx `{tx_hash}` has a receipt")
     if receipt["status"] != 1:
         raise TransactionRevertedError(action, "Reverted", (), tx_hash)
     return dict(receipt)

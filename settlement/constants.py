@@ -1,6 +1,7 @@
 """Bounds of the split engine, each with the reason for its value."""
 
 from schemas import limits
+from schemas.errors import require
 
 ppm_total = limits.ppm_total
 
@@ -19,5 +20,5 @@ key_hex_digits = 16
 # The first time any policy can be in force: before it, no model has a policy.
 time_origin_year = limits.event_year_min
 
-assert lineage_depth_max >= 5, "the issue requires lineage DAGs of depth 5"
-assert limits.fee_micros_max * ppm_total < 2**127 // 2**40, "Int128 products of a fee sum and ppm fit"
+require(lineage_depth_max >= 5, "the issue requires lineage DAGs of depth 5")
+require(limits.fee_micros_max * ppm_total < 2**127 // 2**40, "Int128 products of a fee sum and ppm fit")

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 
 import polars as pl
 
+from schemas.errors import require
 from settlement import reversals as rev
 from settlement.policies import Resolution, resolve
 from settlement.postings import billed_sums, build_payables, build_postings
@@ -93,7 +94,10 @@ def plan_epoch(inputs: EpochInputs, prior: PriorState) -> EpochPlan:
     """Compute epoch `prior.epoch + 1`: splits, suspense, reversals, postings and payables."""
     epoch = prior.epoch + 1
     closing = inputs.closing_snapshot
-    assert closing >= prior.closing_snapshot, "an epoch cannot close before the previous one"
+    require(
+        closing >= prior.closing_snapshot,
+        f"epoch {epoch} closes at snapshot {closing}, not before epoch {prior.epoch}'s {prior.closing_snapshot}",
+    )
     resolutions: dict[int, Resolution] = {closing: resolve(inputs.models, inputs.policies, closing)}
     classified = rev.classify(
         inputs.reversals,
@@ -123,9 +127,7 @@ def plan_epoch(inputs: EpochInputs, prior: PriorState) -> EpochPlan:
             taken.filter(pl.col("settled_snapshot") == snapshot).select(event_columns).lazy(),
             resolutions[snapshot],
         )
-        assert routed.incomplete.is_empty(), (
-            "a settled event's route must still be complete as of its snapshot"
-        )
+        require(routed.incomplete.is_empty(), f"settled events still route completely as of snapshot {snapshot}")
         groups.append(routed.groups)
     merged = _merge_resolutions(list(resolutions.values()))
     the_split = split(pl.concat(groups), merged)
@@ -170,11 +172,15 @@ def plan_epoch(inputs: EpochInputs, prior: PriorState) -> EpochPlan:
     reversed_micros = -_sum(valid)
     # Conservation: what the epoch billed is what it made payable, plus what suspense now holds
     # more, minus what recipients now owe back more.
-    assert (
-        payable + (suspense_after - suspense_before) - (receivable - prior_receivable)
-        == new_fees - reversed_micros
+    accounted_micros = payable + (suspense_after - suspense_before) - (receivable - prior_receivable)
+    require(
+        accounted_micros == new_fees - reversed_micros,
+        f"conservation in epoch {epoch}: payable {payable} + suspense change {suspense_after - suspense_before} "
+        f"- receivables change {receivable - prior_receivable} = {accounted_micros} micros, but fees "
+        f"{new_fees} - reversed {reversed_micros} = {new_fees - reversed_micros}",
     )
-    assert _sum(postings, "amount_micros") == 0
+    postings_micros = _sum(postings, "amount_micros")
+    require(postings_micros == 0, f"the postings of epoch {epoch} sum to {postings_micros} micros, not 0")
 
     suspense_items = suspended.with_columns(epoch=pl.lit(epoch, pl.Int64)).select(
         "epoch", "event_id", "event_time", "model_id", "payer", "compute_provider", "fee_micros"

@@ -8,6 +8,7 @@ passes on, so it ends every epoch at zero), `contributor:<id>` is credited what 
 
 import polars as pl
 
+from schemas.errors import InvariantViolation
 from schemas.fields import model_recipient_prefix
 from settlement.constants import amount_micros_max
 from settlement.split_errors import AmountOverflowError
@@ -161,7 +162,8 @@ def build_postings(
     unbalanced = (
         postings.group_by("entry_id").agg(pl.col("amount_micros").sum()).filter(pl.col("amount_micros") != 0)
     )
-    assert unbalanced.is_empty(), f"unbalanced entries: {unbalanced}"
+    if not unbalanced.is_empty():
+        raise InvariantViolation(f"epoch {epoch}: unbalanced posting entries: {unbalanced}")
     _check_bounds(epoch, postings, "account")
     return postings.with_columns(pl.col("amount_micros").cast(pl.Int64), epoch=pl.lit(epoch, pl.Int64))
 
@@ -197,7 +199,9 @@ def build_payables(
         )
         .sort("recipient")
     )
-    assert rows.filter(pl.col("amount_micros") < 0).is_empty(), "a cumulative payable decreased"
+    decreased = rows.filter(pl.col("amount_micros") < 0)
+    if not decreased.is_empty():
+        raise InvariantViolation(f"epoch {epoch}: a cumulative payable decreased: {decreased}")
     _check_bounds(epoch, rows, "recipient")
     money = ["credited_micros", "amount_micros", "earned_micros", "cumulative_micros", "receivable_micros"]
     return rows.with_columns(pl.col(money).cast(pl.Int64))

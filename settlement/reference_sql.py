@@ -9,6 +9,7 @@ children first). No reversals and no earlier epochs: every given event is new.
 import duckdb
 import polars as pl
 
+from schemas.errors import require
 from settlement.constants import lineage_depth_max, ppm_total, time_origin_year
 
 _largest_remainder = """
@@ -36,7 +37,7 @@ def _allocate(connection: duckdb.DuckDBPyConnection, source: str, target: str) -
     (bad,) = connection.execute(
         f"SELECT count(*) FROM (SELECT alloc FROM {target} GROUP BY alloc HAVING sum(amount) <> any_value(total))"
     ).fetchone()
-    assert bad == 0, "a reference allocation does not sum to its total"
+    require(bad == 0, "a reference allocation sums to its total")
 
 
 def reference_payables(

@@ -16,6 +16,7 @@ from ledger.attach import closing_snapshot
 from ledger.connection import catalog_alias
 from ledger.ledger import Ledger
 from ledger.query import define_views
+from schemas.errors import require
 from settlement.ledger_io import data_files
 
 _t = f"{catalog_alias}.main"
@@ -26,7 +27,7 @@ chart_payees_max = 15
 chart_flows_max = 15
 table_rows_max = 20
 palette = ["#4e79a7", "#f28e2b", "#e15759", "#76b7b2", "#59a14f", "#edc948", "#b07aa1", "#ff9da7", "#9c755f"]
-assert len(palette) >= chart_models_max + 1
+require(len(palette) >= chart_models_max + 1, "a colour for each charted model and the rest")
 
 
 @dataclass

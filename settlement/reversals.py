@@ -11,6 +11,7 @@ import bisect
 
 import polars as pl
 
+from schemas.errors import require
 from settlement.splits import event_columns
 
 taken_back, cancelled, dead_letter = "taken_back", "cancelled", "dead_letter"
@@ -65,8 +66,8 @@ def classify(
                 else:
                     # The epoch an event arrived in is the first one closing at or after its snapshot.
                     index = bisect.bisect_left(closings, original["arrival_snapshot"])
-                    assert index < len(closings), f"event `{target}` arrived after the last closed epoch"
-                    assert closings[index] in closing_epoch
+                    require(index < len(closings), f"event `{target}` arrived by the last closed epoch")
+                    require(closings[index] in closing_epoch, f"snapshot {closings[index]} closes an epoch")
                     row["settled_snapshot"] = closings[index]
         rows.append(row)
     return pl.DataFrame(rows, schema=classified_schema)

@@ -41,6 +41,7 @@ from web3.logs import DISCARD
 
 from ledger.connection import catalog_alias
 from ledger.ledger import Ledger
+from schemas.errors import require
 from settlement import settle_tables
 from settlement.chain import (
     Chain,
@@ -186,8 +187,9 @@ def read_stored_tree(connection: duckdb.DuckDBPyConnection, epoch: int) -> Epoch
         [epoch],
     )
     tree = MerkleTree.build(leaves["account"].to_list(), leaves["cumulative_units"].to_list())
-    assert tree.root_hex == root and len(tree) == leaf_count and tree.total_amount_units == total_units, (
-        f"epoch {epoch}: the stored proofs do not rebuild the stored root {root}"
+    require(
+        tree.root_hex == root and len(tree) == leaf_count and tree.total_amount_units == total_units,
+        f"epoch {epoch}: the stored proofs rebuild the stored root {root} (they give {tree.root_hex})",
     )
     tree_snapshot = _tree_snapshot(connection, epoch, closing_snapshot)
     return EpochTree(epoch, closing_snapshot, tree, digest, unaddressed_units, tree_snapshot)
@@ -204,7 +206,7 @@ def _tree_snapshot(connection: duckdb.DuckDBPyConnection, epoch: int, closing_sn
         "SELECT min(snapshot_id) FROM ducklake_table_insertions(?, 'main', 'settlement_root', ?, ?) WHERE epoch = ?",
         [catalog_alias, int(closing_snapshot), int(latest), epoch],
     ).fetchone()
-    assert first is not None, f"epoch {epoch}: no insertion of its root row after snapshot {closing_snapshot}"
+    require(first is not None, f"epoch {epoch}: a snapshot after {closing_snapshot} inserted its root row")
     return int(first)
 
 
@@ -358,8 +360,9 @@ def _settle(
             step(_steps[1], 1, total_steps)
             tree = read_stored_tree(ledger.connection, latest[0])
             rebuilt = build_epoch_tree(*latest, _payables(ledger.connection, latest[0]))
-            assert tree is None or (rebuilt is not None and rebuilt.tree.root == tree.tree.root), (
-                f"epoch {latest[0]}: the ledger's payables no longer give the stored root"
+            require(
+                tree is None or (rebuilt is not None and rebuilt.tree.root == tree.tree.root),
+                f"epoch {latest[0]}: the ledger's payables still give the stored root",
             )
             tree = tree or rebuilt
     if tree is None:
@@ -372,7 +375,7 @@ def _settle(
         step(_steps[2], 2, total_steps)
         write_tree(ledger, tree)
         tree = read_stored_tree(ledger.connection, tree.epoch)
-        assert tree is not None
+        require(tree is not None, "the tree just written reads back")
     base = {
         "epoch": tree.epoch,
         "root": tree.tree.root_hex,

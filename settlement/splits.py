@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 import polars as pl
 
+from schemas.errors import require
 from schemas.fields import model_recipient_prefix
 from settlement.allocation import allocate
 from settlement.constants import ppm_total
@@ -166,7 +167,7 @@ def split(groups: pl.DataFrame, resolution: Resolution) -> Split:
         )
         inflow = pl.concat([inflow, upstream])
     pools = pl.concat(allocated) if allocated else _empty_pools()
-    assert pools["pool_id"].n_unique() == pools.select("pool_id").unique().height
+    require(pools["pool_id"].n_unique() == pools.select("pool_id").unique().height, "pool ids are unique")
     contributor_parts = pl.concat(
         [
             cuts.filter(~pl.col("recipient").str.starts_with(model_recipient_prefix)).select(
@@ -177,7 +178,8 @@ def split(groups: pl.DataFrame, resolution: Resolution) -> Split:
     )
     credits = contributor_parts.group_by("recipient").agg(pl.col("amount_micros").sum()).sort("recipient")
     moved = int(groups["fee_micros"].sum() or 0)
-    assert int(credits["amount_micros"].sum() or 0) == moved, "the split created or lost money"
+    credited = int(credits["amount_micros"].sum() or 0)
+    require(credited == moved, f"the split credits {credited} micros of {moved} split: it created or lost money")
     return Split(cuts, pools, credits)
 
 
