@@ -6,6 +6,7 @@ from ledger.connection import LedgerLocation, catalog_alias, extension_directory
 from ledger.errors import LedgerError
 from ledger.ledger import Ledger
 from ledger.query import analyst_view_statements
+from ledger.redact import dsn_password, without_password
 from schemas.errors import require
 
 
@@ -77,9 +78,21 @@ def attach_statements(ledger: Ledger, snapshot_version: int | None = None) -> li
         "SET autoinstall_known_extensions = false;",
         "LOAD ducklake;",
         "LOAD sqlite;" if location.backend == "sqlite" else "LOAD postgres;",
-        f"ATTACH {_literal('ducklake:' + location.catalog)} AS {catalog_alias} ({', '.join(options)});",
+        *_password_note(location),
+        f"ATTACH {_literal('ducklake:' + without_password(location.catalog))} AS {catalog_alias} "
+        f"({', '.join(options)});",
         f"USE {catalog_alias};",
         *defined_view_statements(ledger),
+    ]
+
+
+def _password_note(location: LedgerLocation) -> list[str]:
+    """A comment saying where the catalog password comes from, when the printed ATTACH leaves it out."""
+    if dsn_password(location.catalog) is None:
+        return []
+    return [
+        "-- The catalog password is not printed: libpq reads it from a passfile (~/.pgpass or PGPASSFILE), "
+        "a service (service=NAME in PGSERVICEFILE) or PGPASSWORD in the client's environment."
     ]
 
 

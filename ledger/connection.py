@@ -4,17 +4,25 @@ A ledger location is either a directory (the embedded default: `catalog.sqlite` 
 `data/` folder inside it) or a PostgreSQL catalog URL (`postgres:dbname=royalty host=...` or
 `postgresql://...`) together with a data path. Extensions come from the `duckdb-ext-*`
 wheels; nothing is downloaded, here or in a production network without internet.
+
+An embedded ledger in its default layout is relocatable: the folder is the whole ledger, so a
+copy, a moved folder or a restored backup opens from where it is, and never reads the original.
+DuckLake records the data path in its catalog (`ducklake_metadata.data_path`); a new embedded
+ledger records it relative (`data/`), and every connection attaches with the folder's own
+`data/` and `OVERRIDE_DATA_PATH`, which DuckLake uses for this session without writing it back.
+Ledgers created before record an absolute `.../data/`: they open the same way wherever they are.
 """
 
 import os
 import site
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import duckdb
 
-from ledger.errors import LedgerNotFoundError
+from ledger.errors import LedgerDataPathError, LedgerNotFoundError
+from ledger.redact import dsn_password, redact, remember_secret
 
 catalog_alias = "lake"
 sqlite_catalog_file = "catalog.sqlite"
@@ -41,31 +49,34 @@ def extension_directory() -> str:
 class LedgerLocation:
     """Where a ledger's catalog and data files live."""
 
-    catalog: str  # the DuckLake catalog part of the ATTACH string
+    # The DuckLake catalog part of the ATTACH string: it may carry the password, so it is never printed
+    # (not even by repr); `display` is the same location with every credential masked.
+    catalog: str = field(repr=False)
     data_path: str
     display: str
     backend: str  # sqlite | postgres
+    # An embedded ledger whose data is its own `data/` folder: opened from wherever the folder is.
+    relocatable: bool = False
 
     @classmethod
     def parse(cls, location: str | os.PathLike[str], data_path: str | None = None) -> "LedgerLocation":
         text = str(location)
         if text.startswith(("postgres:", "postgresql://", "postgres://")):
+            remember_secret(dsn_password(text))
             if data_path is None:
                 raise ValueError(
-                    f"catalog `{text}` is PostgreSQL: give the data path too (--data-path DIR or "
+                    f"catalog `{redact(text)}` is PostgreSQL: give the data path too (--data-path DIR or "
                     "ROYALTY_DATA_PATH), where every writer can reach the Parquet files"
                 )
             dsn = (
                 text.removeprefix("postgres:") if text.startswith("postgres:") and "//" not in text else text
             )
-            return cls(f"postgres:{dsn}", _folder(data_path), text, "postgres")
+            return cls(f"postgres:{dsn}", _folder(data_path), redact(text), "postgres")
         directory = Path(text).expanduser().resolve()
-        return cls(
-            f"sqlite:{directory / sqlite_catalog_file}",
-            _folder(data_path or str(directory / data_folder)),
-            str(directory),
-            "sqlite",
-        )
+        own_data = _folder(str(directory / data_folder))
+        folder = own_data if data_path is None else _folder(data_path)
+        catalog = f"sqlite:{directory / sqlite_catalog_file}"
+        return cls(catalog, folder, str(directory), "sqlite", relocatable=folder == own_data)
 
     def exists(self) -> bool:
         if self.backend == "sqlite":
@@ -99,23 +110,83 @@ def connect(
     )
     connection.execute("LOAD ducklake")
     connection.execute("LOAD sqlite" if location.backend == "sqlite" else "LOAD postgres")
-    options = [f"DATA_PATH '{_quote(location.data_path)}'"]
-    if read_only:
-        options.append("READ_ONLY")
-    if snapshot_version is not None:
-        options.append(f"SNAPSHOT_VERSION {int(snapshot_version)}")
-    attach = f"ATTACH 'ducklake:{_quote(location.catalog)}' AS {catalog_alias} ({', '.join(options)})"
+    options = ", ".join(attach_options(location, read_only, snapshot_version))
+    attach = f"ATTACH 'ducklake:{_quote(location.catalog)}' AS {catalog_alias} ({options})"
+    new = not location.exists()
     for attempt in range(1, _catalog_creation_attempts + 1):
         try:
             connection.execute(attach)
             break
         except duckdb.Error as error:
+            if "does not match existing data path" in str(error):
+                connection.close()
+                recorded = _recorded_in_error(str(error))
+                raise LedgerDataPathError(location.display, recorded, location.data_path) from None
             racing = location.backend == "postgres" and "already exists" in str(error)
             if not racing or attempt == _catalog_creation_attempts:
                 raise
             time.sleep(_catalog_creation_backoff_s * attempt)
+    if location.relocatable:
+        _check_own_data_path(connection, location, record_relative=new and not read_only)
     connection.execute(f"USE {catalog_alias}")
     return connection
+
+
+def attach_options(location: LedgerLocation, read_only: bool, snapshot_version: int | None = None) -> list[str]:
+    """The options of DuckLake's ATTACH for `location` (DuckDB SQL, values quoted)."""
+    options = [f"DATA_PATH '{_quote(location.data_path)}'"]
+    if location.relocatable:
+        options.append("OVERRIDE_DATA_PATH TRUE")
+    if read_only:
+        options.append("READ_ONLY")
+    if snapshot_version is not None:
+        options.append(f"SNAPSHOT_VERSION {int(snapshot_version)}")
+    return options
+
+
+def recorded_data_path(connection: duckdb.DuckDBPyConnection) -> str | None:
+    """The data path the catalog records (relative `data/` or an absolute path), None before creation."""
+    row = connection.execute(
+        f"SELECT value FROM __ducklake_metadata_{catalog_alias}.ducklake_metadata "
+        "WHERE key = 'data_path' AND scope IS NULL"
+    ).fetchone()
+    return None if row is None else str(row[0])
+
+
+def is_own_data_path(recorded: str) -> bool:
+    """Whether a recorded data path is an embedded ledger's own `data/` folder, here or where it was created.
+
+    An absolute `.../data/` is what ledgers created before relocation recorded; anything else was a
+    data path given explicitly (`--data-path`), which the folder does not contain.
+    """
+    return recorded.rstrip("/") == data_folder or ("://" not in recorded and Path(recorded).name == data_folder)
+
+
+def _check_own_data_path(
+    connection: duckdb.DuckDBPyConnection, location: LedgerLocation, record_relative: bool
+) -> None:
+    recorded = recorded_data_path(connection)
+    if recorded is None:
+        return
+    if not is_own_data_path(recorded):
+        connection.close()
+        raise LedgerDataPathError(location.display, recorded, location.data_path)
+    if record_relative and recorded != f"{data_folder}/":
+        connection.execute(
+            f"UPDATE __ducklake_metadata_{catalog_alias}.ducklake_metadata SET value = ? "
+            "WHERE key = 'data_path' AND scope IS NULL",
+            [f"{data_folder}/"],
+        )
+
+
+def _recorded_in_error(message: str) -> str:
+    """The recorded path in DuckLake's 'does not match existing data path in the catalog "X"' error."""
+    marker = 'existing data path in the catalog "'
+    start = message.find(marker)
+    if start < 0:
+        return "(see the catalog's ducklake_metadata)"
+    start += len(marker)
+    return message[start : message.find('"', start)]
 
 
 def _quote(text: str) -> str:

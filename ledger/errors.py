@@ -2,6 +2,7 @@
 
 import errno as errno_codes
 
+from ledger.redact import redact
 from schemas.errors import RoyaltyError
 
 
@@ -19,7 +20,8 @@ class LedgerBusyError(LedgerError):
     transient = True
 
     def __init__(self, location: str, attempts: int, last_error: str) -> None:
-        self.location = location
+        self.location = location = redact(location)
+        last_error = redact(last_error)
         self.attempts = attempts
         super().__init__(
             f"ledger `{location}` stayed busy after {attempts} attempts (last error: {last_error}); "
@@ -34,7 +36,8 @@ class LedgerCatalogUnavailableError(LedgerError):
     failing = "ledger catalog unreachable"
 
     def __init__(self, location: str, what: str, error: str) -> None:
-        self.location = location
+        self.location = location = redact(location)
+        error = redact(error)
         self.what = what
         super().__init__(
             f"ledger `{location}`: catalog unreachable during {what} ({error}); nothing was written. "
@@ -93,12 +96,44 @@ class LedgerNotFoundError(LedgerError):
     """The ledger location holds no ledger, and a reader cannot create one."""
 
     def __init__(self, location: str) -> None:
-        self.location = location
+        self.location = location = redact(location)
         super().__init__(f"no ledger at `{location}`; create one with `royalty ingest` (or check --lake)")
+
+
+class LedgerFormatError(LedgerError):
+    """The ledger is in another format than this code reads and writes (migrate or upgrade)."""
+
+
+class LedgerDataPathError(LedgerError):
+    """The catalog records its data files elsewhere than the data path this ledger was opened with."""
+
+    def __init__(self, location: str, recorded: str, given: str) -> None:
+        self.location = location
+        self.recorded = recorded
+        self.given = given
+        super().__init__(
+            f"ledger `{location}` records its data files at `{recorded}`, not at `{given}`: give "
+            f"--data-path {recorded} (or ROYALTY_DATA_PATH). If the files were moved to `{given}`, "
+            "docs/operations.md (Relocation) says how to record the new place"
+        )
 
 
 class LedgerIntegrityError(LedgerError):
     """The stored ledger is not what was written: a file changed, vanished, or rows were removed."""
+
+
+class LedgerDataFileMissingError(LedgerIntegrityError):
+    """Data files the catalog lists are gone from the data folder: what they held cannot be read."""
+
+    def __init__(self, paths: list[str], what: str) -> None:
+        self.paths = paths
+        self.what = what
+        shown = ", ".join(f"`{path}`" for path in paths[:5]) + (f" and {len(paths) - 5} more" if len(paths) > 5 else "")
+        super().__init__(
+            f"{what}: {len(paths)} data file(s) the ledger lists are missing: {shown}; nothing was written or sent. "
+            "Restore them from a backup of the data folder, then run `royalty verify` (it names every missing or "
+            "changed file) and run this again; docs/operations.md, 'A data file is missing'. No flag overrides this"
+        )
 
 
 class QueryTimeoutError(LedgerError):

@@ -31,13 +31,26 @@ from ledger.errors import (
     LedgerBusyError,
     LedgerCatalogUnavailableError,
     LedgerError,
+    LedgerFormatError,
     LedgerNotFoundError,
     LedgerOffsetsFencedError,
     LedgerReadOnlyError,
     LedgerStorageError,
 )
+from ledger.format import (
+    FormatStep,
+    MigrationResult,
+    format_table,
+    format_version_current,
+    ledger_tables,
+    pending_steps,
+    record_format,
+    require_current_format,
+    stored_format_version,
+)
 from ledger.partition_locks import PartitionLocks
 from ledger.redact import redact
+from ledger.step_locks import StepLocks
 from ledger.tables import all_tables, create_statements, file_tables, inlined_tables, inlining_statements
 from schemas.arrow import envelope_fields, position_fields
 from schemas.errors import require
@@ -109,20 +122,46 @@ class Ledger:
             if location.backend == "postgres" and not read_only
             else None
         )
+        # Settlement steps (close an epoch, write a tree, propose, record, sync claims) have one writer each.
+        self._step_locks = None if read_only else StepLocks(location.backend, location.catalog, location.display)
 
     @classmethod
-    def open(cls, path_or_catalog_url: str | os.PathLike[str], data_path: str | None = None) -> "Ledger":
-        """Create or open a ledger for writing."""
+    def open(
+        cls, path_or_catalog_url: str | os.PathLike[str], data_path: str | None = None, create: bool = True
+    ) -> "Ledger":
+        """Open a ledger for writing; create it if it does not exist and `create` (only ingest creates one).
+
+        With `create=False` a missing embedded ledger raises `LedgerNotFoundError` and nothing is created.
+        """
         location = LedgerLocation.parse(path_or_catalog_url, data_path)
+        if not create and not location.exists():
+            raise LedgerNotFoundError(location.display)
         location.prepare()
         try:
             connection = connect(location, read_only=False)
         except duckdb.Error as error:
             raise _ledger_error(error, "open", location.display) from error
         ledger = cls(location, connection, read_only=False)
-        ledger._retrying(ledger._create_tables, "create tables")
-        ledger._retrying(ledger._set_inlining_options, "set inlining options")
+        try:
+            ledger._retrying(ledger._prepare_format, "check the ledger format")
+            ledger._retrying(ledger._create_tables, "create tables")
+            ledger._retrying(ledger._set_inlining_options, "set inlining options")
+        except BaseException:
+            ledger.close()
+            raise
         return ledger
+
+    @classmethod
+    def open_for_migration(cls, path_or_catalog_url: str | os.PathLike[str], data_path: str | None = None) -> "Ledger":
+        """Open an existing ledger of any format this code knows, for `migrate` only."""
+        location = LedgerLocation.parse(path_or_catalog_url, data_path)
+        if not location.exists():
+            raise LedgerNotFoundError(location.display)
+        try:
+            connection = connect(location, read_only=False)
+        except duckdb.Error as error:
+            raise _ledger_error(error, "open", location.display) from error
+        return cls(location, connection, read_only=False)
 
     @classmethod
     def open_read_only(
@@ -137,8 +176,15 @@ class Ledger:
             raise LedgerNotFoundError(location.display)
         try:
             connection = connect(location, read_only=True, snapshot_version=snapshot_version)
+            # A time-travel open sees the catalog as of its snapshot, maybe before the format was
+            # recorded; the format is the current one's, checked by every current open.
+            if snapshot_version is None:
+                require_current_format(stored_format_version(connection), location.display)
         except duckdb.Error as error:
             raise _ledger_error(error, "open", location.display) from error
+        except LedgerFormatError:
+            connection.close()
+            raise
         return cls(location, connection, read_only=True)
 
     def close(self) -> None:
@@ -147,12 +193,27 @@ class Ledger:
                 self._connection.close()
             if self._partition_locks is not None:
                 self._partition_locks.close()
+            if self._step_locks is not None:
+                self._step_locks.close()
 
     def ensure_tables(self) -> None:
         """Create every registered table this ledger lacks (tables registered after it was opened)."""
         if self.read_only:
             raise LedgerReadOnlyError("create tables")
         self._retrying(self._create_tables, "create tables")
+
+    @contextmanager
+    def step_lock(self, name: str) -> Iterator[None]:
+        """Be the only writer of step `name` on this ledger for the block (any catalog, any process).
+
+        A second holder waits (up to `partition_locks.lock_wait_s_max`, then `LedgerBusyError`); after
+        the lock is taken the caller re-reads what the step depends on, then writes or finds it done.
+        See `ledger.step_locks`.
+        """
+        if self._step_locks is None:
+            raise LedgerReadOnlyError(f"lock step {name}")
+        with self._step_locks.holding(name):
+            yield
 
     def __enter__(self) -> "Ledger":
         return self
@@ -508,18 +569,61 @@ class Ledger:
         return int(row[0])
 
     def _create_tables(self) -> None:
-        existing = {
-            name
-            for (name,) in self.connection.execute(
-                "SELECT table_name FROM duckdb_tables() WHERE database_name = ?", [catalog_alias]
-            ).fetchall()
-        }
-        if existing >= set(all_tables):
+        if ledger_tables(self.connection) >= set(all_tables):
             return
         with self._transaction():
             for statement in create_statements(catalog_alias):
                 self.connection.execute(statement)
         self._set_inlining_options()
+
+    def _prepare_format(self) -> None:
+        """Refuse a ledger of another format; give a new ledger the current one.
+
+        A new ledger's format table is created, made inlined and stamped before any other table,
+        in transactions of their own (DuckLake sets no option on a table of the same transaction):
+        a ledger holding only an empty format table is a creation that was interrupted.
+        """
+        version = stored_format_version(self.connection)
+        require_current_format(version, self.location.display)
+        if version is not None:
+            return
+        with self._transaction():
+            for statement in create_statements(catalog_alias, [format_table]):
+                self.connection.execute(statement)
+        for statement in inlining_statements(catalog_alias, [format_table]):
+            self.connection.execute(statement)
+        with self._transaction():
+            (rows,) = self.connection.execute(
+                f"SELECT count(*) FROM {catalog_alias}.main.{format_table}"
+            ).fetchone()
+            if not rows:
+                record_format(self.connection, format_version_current, "new ledger")
+
+    def migrate(self) -> MigrationResult:
+        """Apply every format step this ledger lacks, each in one transaction with its record."""
+        if self.read_only:
+            raise LedgerReadOnlyError("migrate")
+        before = stored_format_version(self.connection)
+        if before is None:
+            self._retrying(self._prepare_format, "create the ledger format")
+            self._retrying(self._create_tables, "create tables")
+            return MigrationResult(format_version_current, format_version_current, [])
+        if before > format_version_current:
+            require_current_format(before, self.location.display)
+        if pending_steps(before):
+            self._retrying(self._create_tables, "create tables")
+        applied = []
+        for step in pending_steps(before):
+
+            def apply(step: FormatStep = step) -> None:
+                with self._transaction():
+                    step.apply(self.connection)
+                    record_format(self.connection, step.version, step.summary)
+
+            self._retrying(apply, f"migrate to format {step.version}")
+            log.info("ledger format step applied", extra={"format_version": step.version, "summary": step.summary})
+            applied.append(f"{step.version}: {step.summary}")
+        return MigrationResult(before, stored_format_version(self.connection) or before, applied)
 
     def _set_inlining_options(self) -> None:
         """Make this connection inline the bookkeeping tables' rows (idempotent; makes no snapshot).

@@ -8,6 +8,9 @@ advisory lock per (topic, partition), taken on a connection of its own before it
 transaction begins and released after it ends: the second writer waits, then its transaction
 sees the first one's offsets and the fence refuses the stale batch. (On a SQLite catalog the
 database lock already turns the race into a retry that the fence refuses.)
+
+The same mechanism serves any named step that must have one writer (`step_lock_key`, used by
+`ledger.step_locks` for the settlement steps), on a connection of its own.
 """
 
 import hashlib
@@ -15,6 +18,7 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager, suppress
 
 from ledger.errors import LedgerBusyError, LedgerCatalogUnavailableError
+from ledger.redact import redact
 
 # Namespaces this project's advisory locks apart from any other user of the database.
 _lock_namespace = 0x524F59  # "ROY"
@@ -25,7 +29,16 @@ lock_wait_s_max = 120
 
 def partition_lock_key(topic: str, partition: int) -> int:
     """A stable signed 64-bit key for one partition's lock."""
-    digest = hashlib.blake2b(f"{_lock_namespace}:{topic}:{partition}".encode(), digest_size=8).digest()
+    return _key(f"{_lock_namespace}:{topic}:{partition}")
+
+
+def step_lock_key(name: str) -> int:
+    """A stable signed 64-bit key for the lock of one named step (e.g. a settlement step)."""
+    return _key(f"{_lock_namespace}:step:{name}")
+
+
+def _key(text: str) -> int:
+    digest = hashlib.blake2b(text.encode(), digest_size=8).digest()
     return int.from_bytes(digest, "big", signed=True)
 
 
@@ -40,9 +53,16 @@ class PartitionLocks:
     @contextmanager
     def holding(self, partitions: Iterable[tuple[str, int]]) -> Iterator[None]:
         """Hold the locks of `partitions` (in key order, so writers never deadlock) for the block."""
+        keys = {partition_lock_key(topic, partition) for topic, partition in partitions}
+        with self.holding_keys(keys, "a partition"):
+            yield
+
+    @contextmanager
+    def holding_keys(self, lock_keys: Iterable[int], what: str) -> Iterator[None]:
+        """Hold the advisory locks `lock_keys` (taken in key order) for the block; `what` names them in errors."""
         import psycopg
 
-        keys = sorted({partition_lock_key(topic, partition) for topic, partition in partitions})
+        keys = sorted(set(lock_keys))
         try:
             connection = self._connect()
             with connection.cursor() as cursor:
@@ -51,11 +71,12 @@ class PartitionLocks:
         except psycopg.errors.LockNotAvailable as error:
             self._unlock_all()
             raise LedgerBusyError(
-                self._location, 1, f"a partition stayed locked by another writer for {lock_wait_s_max} s"
+                self._location, 1, f"{what} stayed locked by another writer for {lock_wait_s_max} s"
             ) from error
         except psycopg.Error as error:
             self._drop_connection()
-            raise LedgerCatalogUnavailableError(self._location, "partition locking", str(error).strip()) from error
+            reason = redact(error).strip()
+            raise LedgerCatalogUnavailableError(self._location, f"locking {what}", reason) from error
         try:
             yield
         finally:

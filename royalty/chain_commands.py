@@ -12,7 +12,8 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from royalty.common import ConfigOption, DataPathOption, LakeOption, stderr, stdout
+from ledger.redact import redact_url
+from royalty.common import ConfigOption, DataPathOption, LakeOption, require_ledger, stderr, stdout
 from royalty.common import fail as _fail
 from royalty.config import Settings, load_settings
 from schemas.errors import RoyaltyError
@@ -70,7 +71,7 @@ def deploy(
         deployed = deploy_contracts(chain, timelock_seconds, guardian, token, mint_units)
     except RoyaltyError as error:
         _fail(error)
-    result = {**vars(deployed), "rpc_url": chain.rpc_url}
+    result = {**vars(deployed), "rpc_url": redact_url(chain.rpc_url)}
     if output_json:
         _print_json(result)
         return
@@ -111,6 +112,7 @@ def settle_command(
         },
         config,
     )
+    require_ledger(settings.lake, settings.data_path)
     tree_dir = Path(settings.tree_dir) if settings.tree_dir else None
     if tree_dir is None and "://" not in settings.lake and not settings.lake.startswith("postgres"):
         tree_dir = Path(settings.lake) / "trees"
@@ -129,7 +131,10 @@ def settle_command(
 
             raise ChainConfigError("no distributor: pass --distributor or set ROYALTY_DISTRIBUTOR", "distributor")
         contract = distributor_contract(chain, address)
-        with Ledger.open(settings.lake, settings.data_path) as ledger, Progress(console=stderr, transient=True) as bar:
+        with (
+            Ledger.open(settings.lake, settings.data_path, create=False) as ledger,
+            Progress(console=stderr, transient=True) as bar,
+        ):
             task = bar.add_task("settling", total=None)
 
             def progress(step: str, done: int, total: int) -> None:
@@ -329,11 +334,12 @@ def sync_claims_command(
         },
         config,
     )
+    require_ledger(settings.lake, settings.data_path)
     try:
         if settings.rpc_url is None:
             raise ChainConfigError("claims are read from a live chain: pass --rpc-url", "rpc_url")
         chain = connect(settings.rpc_url, None, settings.confirmations, settings.confirm_timeout_s)
-        with Ledger.open(settings.lake, settings.data_path) as ledger:
+        with Ledger.open(settings.lake, settings.data_path, create=False) as ledger:
             address = settings.distributor or _recorded_distributor(ledger, chain.chain_id)
             contract = distributor_contract(chain, address)
             with Progress(console=stderr, transient=True) as bar:

@@ -7,7 +7,8 @@ from typing import Annotated
 
 import typer
 
-from royalty import analytics_commands, chain_commands
+from ledger.redact import redact
+from royalty import analytics_commands, catalog_commands, chain_commands
 from royalty.common import ConfigOption, DataPathOption, LakeOption, stderr, stdout
 from royalty.common import fail as _fail
 from royalty.config import load_settings
@@ -68,12 +69,14 @@ def sql(
     if query is None and not print_attach:
         _fail(ValueError("give a QUERY to run, or --print-attach"))
     settings = load_settings({"lake": lake, "data_path": data_path, "query_seconds_max": timeout_s}, config)
+    # Analysts read through the SELECT-only role when one is configured (`royalty catalog grant-reader`).
+    catalog = settings.reader_lake or settings.lake
     try:
         snapshot = as_of_snapshot
         if as_of_epoch is not None:
-            with Ledger.open_read_only(settings.lake, settings.data_path) as ledger:
+            with Ledger.open_read_only(catalog, settings.data_path) as ledger:
                 snapshot = epoch_snapshot(ledger, as_of_epoch)
-        with Ledger.open_read_only(settings.lake, settings.data_path, snapshot_version=snapshot) as ledger:
+        with Ledger.open_read_only(catalog, settings.data_path, snapshot_version=snapshot) as ledger:
             if print_attach:
                 stdout.file.write("\n".join(attach_statements(ledger, snapshot)) + "\n")
                 return
@@ -154,6 +157,62 @@ def verify(
             else f"[bold red]ledger NOT verified: {len(report.problems)} problem(s)[/]"
         )
     raise typer.Exit(0 if report.ok else 1)
+
+
+@app.command()
+def migrate(
+    lake: LakeOption = None,
+    data_path: DataPathOption = None,
+    config: ConfigOption = None,
+) -> None:
+    """Move a ledger written by an earlier version forward to this version's format.
+
+    Back the ledger up first and stop every process using it. Each step is one transaction that
+    records itself, so an interrupted migration is resumed by running the command again.
+    """
+    from ledger import Ledger
+    from ledger.format import format_version_current
+
+    settings = load_settings({"lake": lake, "data_path": data_path}, config)
+    try:
+        with Ledger.open_for_migration(settings.lake, settings.data_path) as ledger:
+            result = ledger.migrate()
+    except RoyaltyError as error:
+        _fail(error)
+    for step in result.steps_applied:
+        stdout.print(f"applied format step {step}", highlight=False)
+    if result.steps_applied:
+        stdout.print(f"ledger migrated from format {result.format_before} to {result.format_after}")
+    else:
+        stdout.print(f"ledger is already in format {format_version_current}; nothing to do")
+
+
+@app.command()
+def backup(
+    to: Annotated[Path, typer.Option("--to", help="New folder for the copy (must not exist, or be empty).")],
+    lake: LakeOption = None,
+    data_path: DataPathOption = None,
+    config: ConfigOption = None,
+    output_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
+) -> None:
+    """Copy an embedded ledger consistently while writers run: the catalog, the files it names; verified."""
+    from ledger.backup import backup as backup_ledger
+    from ledger.connection import LedgerLocation
+
+    settings = load_settings({"lake": lake, "data_path": data_path}, config)
+    try:
+        result = backup_ledger(LedgerLocation.parse(settings.lake, settings.data_path), to)
+    except (RoyaltyError, ValueError) as error:
+        _fail(error)
+    if output_json:
+        stdout.file.write(json.dumps(vars(result)) + "\n")
+        return
+    stdout.print(
+        f"backed up the ledger at snapshot {result.snapshot_id}: the catalog and {result.files} data files "
+        f"({result.bytes_copied} bytes), verified -> {result.directory}",
+        highlight=False,
+        soft_wrap=True,
+    )
 
 
 @app.command()
@@ -303,7 +362,10 @@ def close_epoch_command(
 
     settings = load_settings({"lake": lake, "data_path": data_path}, config)
     try:
-        with Ledger.open(settings.lake, settings.data_path) as ledger, Progress(console=stderr, transient=True) as bar:
+        with (
+            Ledger.open(settings.lake, settings.data_path, create=False) as ledger,
+            Progress(console=stderr, transient=True) as bar,
+        ):
             task = bar.add_task("closing epoch", total=None)
 
             def progress(step: str, done: int, total: int) -> None:
@@ -321,6 +383,9 @@ analytics_commands.register(app)
 chain_commands.register(app)
 
 
+catalog_commands.register(app)
+
+
 @app.command()
 def demo(
     workdir: Annotated[
@@ -333,24 +398,35 @@ def demo(
     rpc_url: Annotated[
         str | None, typer.Option("--rpc-url", help="Use this EVM node instead of the in-process chain.")
     ] = None,
+    force: Annotated[
+        bool, typer.Option("--force", help="Delete a ledger already in WORKDIR/lake; without it the demo refuses.")
+    ] = False,
 ) -> None:
     """The main job on embedded defaults: broker, sample traffic, ingest, close the epoch, summary."""
     from royalty.demo import render_demo, run_demo
 
     configure_logging("json", level=30)
     try:
-        result = run_demo(workdir, events, kafka, rpc_url, stderr)
+        result = run_demo(workdir, events, kafka, rpc_url, stderr, force=force)
     except RoyaltyError as error:
         _fail(error)
     render_demo(result, stdout)
 
 
+def _redacted_excepthook(kind: type[BaseException], value: BaseException, trace: object) -> None:
+    """Print an unexpected exception's traceback with every credential masked (a DSN, an RPC key)."""
+    import traceback
+
+    sys.stderr.write(redact("".join(traceback.format_exception(kind, value, trace))))
+
+
 def main() -> None:
     configure_logging()
+    sys.excepthook = _redacted_excepthook
     try:
         app()
     except RoyaltyError as error:
-        stderr.print(f"[bold red]error:[/] {error}", highlight=False)
+        stderr.print(f"[bold red]error:[/] {redact(error)}", highlight=False)
         sys.exit(2)
 
 

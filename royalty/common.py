@@ -9,6 +9,8 @@ from typing import Annotated, NoReturn
 import typer
 from rich.console import Console
 
+from ledger.redact import redact
+
 stdout = Console()
 stderr = Console(stderr=True)
 
@@ -25,5 +27,18 @@ ConfigOption = Annotated[str | None, typer.Option("--config", help="TOML configu
 
 def fail(error: Exception, exit_code: int = 2) -> NoReturn:
     """Print `error` on standard error and exit with `exit_code` (2: the command could not do its work)."""
-    stderr.print(f"[bold red]error:[/] {error}", highlight=False)
+    stderr.print(f"[bold red]error:[/] {redact(error)}", highlight=False)
     raise typer.Exit(exit_code)
+
+
+def require_ledger(lake: str, data_path: str | None) -> None:
+    """Refuse (exit 2) a location that holds no ledger, before any other work: a reading command creates nothing."""
+    from ledger.connection import LedgerLocation
+    from ledger.errors import LedgerNotFoundError
+
+    try:
+        location = LedgerLocation.parse(lake, data_path)
+    except ValueError as error:
+        fail(error)
+    if not location.exists():
+        fail(LedgerNotFoundError(location.display))

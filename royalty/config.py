@@ -6,6 +6,7 @@ variables are `ROYALTY_<NAME>` in upper case; a flag given on the command line w
 """
 
 import os
+import sys
 import tomllib
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
@@ -32,6 +33,9 @@ class Settings:
 
     lake: str = _setting("./lake", "Ledger location: a directory (embedded SQLite catalog) or a PostgreSQL URL.")
     data_path: str | None = _setting(None, "Folder of the ledger's Parquet files (required with PostgreSQL).")
+    reader_lake: str | None = _setting(
+        None, "PostgreSQL URL of a SELECT-only role (`royalty catalog grant-reader`) that `royalty sql` uses."
+    )
     bootstrap_servers: str = _setting("127.0.0.1:9092", "Kafka bootstrap servers, HOST:PORT[,HOST:PORT...].")
     topics: tuple[str, ...] = _setting(("inference-events",), "Kafka topics to ingest.")
     group_id: str | None = _setting(None, "Kafka consumer group; unset: one process assigns all partitions.")
@@ -75,6 +79,7 @@ def load_settings(flags: dict[str, Any] | None = None, config_path: str | None =
     }
     settings = _apply(settings, environment, "environment")
     settings = _apply(settings, {k: v for k, v in (flags or {}).items() if v is not None}, "flags")
+    _warn_secret_flags(flags or {})
     _check_bounds(settings)
     return settings
 
@@ -90,6 +95,22 @@ setting_bounds: dict[str, tuple[int, int]] = {
     "query_seconds_max": (1, 3_600),
     "metrics_port": (1, 65_535),
 }
+
+
+def _warn_secret_flags(flags: dict[str, Any]) -> None:
+    """Warn when a flag carries a credential: every user of the machine reads it in the process list."""
+    from ledger.redact import dsn_password, redact_url
+
+    for name in ("lake", "reader_lake", "rpc_url"):
+        value = flags.get(name)
+        if not isinstance(value, str):
+            continue
+        if dsn_password(value) is not None or (name == "rpc_url" and redact_url(value) != value):
+            sys.stderr.write(
+                f"warning: --{name.replace('_', '-')} carries a credential, which any user of this machine can "
+                f"read in the process list (ps); set {env_prefix}{name.upper()} instead, and for PostgreSQL keep "
+                "the password in a passfile (PGPASSFILE, ~/.pgpass) or a service (service=NAME)\n"
+            )
 
 
 def _check_bounds(settings: Settings) -> None:

@@ -1,9 +1,15 @@
-"""Structured logging: one JSON object per line on standard error (or plain text)."""
+"""Structured logging: one JSON object per line on standard error (or plain text).
+
+Every line is passed through `ledger.redact` last, so a credential in a message, an `extra` field
+or a traceback (a DSN's password, an RPC URL's key) is masked whoever wrote it.
+"""
 
 import json
 import logging
 import sys
 from datetime import UTC, datetime
+
+from ledger.redact import redact
 
 _standard_attributes = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime"}
 
@@ -19,7 +25,14 @@ class JsonFormatter(logging.Formatter):
         entry.update({k: v for k, v in vars(record).items() if k not in _standard_attributes})
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
-        return json.dumps(entry, default=str)
+        return redact(json.dumps(entry, default=str))
+
+
+class RedactingFormatter(logging.Formatter):
+    """The plain-text format, credentials masked."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return redact(super().format(record))
 
 
 def configure_logging(log_format: str = "json", level: int = logging.INFO) -> None:
@@ -27,7 +40,7 @@ def configure_logging(log_format: str = "json", level: int = logging.INFO) -> No
     if log_format == "json":
         handler.setFormatter(JsonFormatter())
     else:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        handler.setFormatter(RedactingFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)

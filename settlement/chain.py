@@ -15,7 +15,7 @@ import logging
 import os
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +34,7 @@ from web3.exceptions import (
     TransactionNotFound,
 )
 
+from ledger.redact import redact_url
 from schemas.errors import require
 from settlement.contract_artifacts import distributor_artifact, token_artifact
 from settlement.settle_errors import (
@@ -80,7 +81,7 @@ class Chain:
 
     w3: Web3
     chain_id: int
-    rpc_url: str
+    rpc_url: str = field(repr=False)  # may carry an API key: print `redact_url(rpc_url)`
     signer: LocalAccount | None
     confirmations: int = 1
     confirm_timeout_s: int = confirm_timeout_s_default
@@ -152,6 +153,7 @@ def connect(
         signer = signer or Account.from_key(embedded_key)
         url = embedded_url
     else:
+        redact_url(rpc_url)  # remembers its key, so a library's message quoting the URL is masked too
         w3 = Web3(Web3.HTTPProvider(rpc_url, request_kwargs={"timeout": rpc_timeout_s}))
         url = rpc_url
     try:

@@ -1,5 +1,6 @@
 """Errors of on-chain settlement: the chain client, `settle`, proofs and claims."""
 
+from ledger.redact import redact, redact_url
 from settlement.exceptions import SettlementError
 
 
@@ -20,8 +21,8 @@ class ChainUnavailableError(SettlementError):
     transient = True
 
     def __init__(self, rpc_url: str, reason: str) -> None:
-        self.rpc_url = rpc_url
-        self.reason = reason
+        self.rpc_url = rpc_url = redact_url(rpc_url)  # a hosted node's URL carries its API key
+        self.reason = reason = redact(reason)
         super().__init__(f"the node at `{rpc_url}` is unavailable ({reason}); check --rpc-url and run again")
 
 
@@ -96,7 +97,7 @@ class TransactionDroppedError(SettlementError):
     def __init__(self, action: str, tx_hash: str, rpc_url: str, missing_s: float) -> None:
         self.action = action
         self.tx_hash = tx_hash
-        self.rpc_url = rpc_url
+        self.rpc_url = rpc_url = redact_url(rpc_url)
         self.missing_s = missing_s
         super().__init__(
             f"{action}: tx `{tx_hash}` was dropped: the node at `{rpc_url}` has neither mined nor held it for "
