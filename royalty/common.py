@@ -23,6 +23,22 @@ DataPathOption = Annotated[
     typer.Option("--data-path", help="Parquet folder (needed with PostgreSQL). [env ROYALTY_DATA_PATH]"),
 ]
 ConfigOption = Annotated[str | None, typer.Option("--config", help="TOML configuration file. [env ROYALTY_CONFIG]")]
+# Overrides of the checks that keep money from moving on unverified data (settlement.input_checks): flags
+# only, never settings, so that accepting a failed check is a decision made for one run.
+AcceptUnverifiedOption = Annotated[
+    bool,
+    typer.Option(
+        "--accept-unverified-files",
+        help="Go on although data files this step reads fail their recorded checksum (after investigating).",
+    ),
+]
+AcceptUnreconciledOption = Annotated[
+    bool,
+    typer.Option(
+        "--accept-unreconciled",
+        help="Go on although reconciliation rows are non-zero (after investigating).",
+    ),
+]
 
 
 def fail(error: Exception, exit_code: int = 2) -> NoReturn:

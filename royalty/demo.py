@@ -23,6 +23,7 @@ from ingest.producer import produce_sample_traffic
 from ingest.service import IngestService
 from ingest.sources import KafkaSource
 from ledger import Ledger, define_views, run_query
+from schemas.errors import RoyaltyError
 from settlement import close_epoch
 from settlement.chain import connect, deploy_contracts, distributor_contract, load_signer, token_contract, transact
 from settlement.claims_sync import sync_claims
@@ -62,11 +63,34 @@ def _broker(kafka: str | None) -> Iterator[str]:
         yield broker.bootstrap_servers
 
 
-def run_demo(workdir: Path | None, events: int, kafka: str | None, rpc_url: str | None, console: Console) -> DemoResult:
-    """Run every stage; return the figures. Cleans up the broker it started."""
+class DemoWorkdirError(RoyaltyError):
+    """The demo's workdir already holds a ledger, which the demo would replace."""
+
+    def __init__(self, lake: Path) -> None:
+        self.lake = lake
+        super().__init__(
+            f"`{lake}` already exists and the demo starts from an empty ledger, so it would be deleted; "
+            "nothing was changed. Pick another --workdir, or pass --force to delete it"
+        )
+
+
+def run_demo(
+    workdir: Path | None,
+    events: int,
+    kafka: str | None,
+    rpc_url: str | None,
+    console: Console,
+    force: bool = False,
+) -> DemoResult:
+    """Run every stage; return the figures. Cleans up the broker it started.
+
+    A workdir that already holds `lake/` is refused (`DemoWorkdirError`) unless `force`.
+    """
     workdir = Path(workdir or tempfile.mkdtemp(prefix="royalty-demo-"))
     lake = workdir / "lake"
-    if lake.exists():
+    if lake.exists() or lake.is_symlink():
+        if not force:
+            raise DemoWorkdirError(lake)
         shutil.rmtree(lake)
     workdir.mkdir(parents=True, exist_ok=True)
     result = DemoResult(workdir, lake)
