@@ -12,8 +12,16 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from ledger.redact import redact_url
-from royalty.common import ConfigOption, DataPathOption, LakeOption, require_ledger, stderr, stdout
+from royalty.common import (
+    AcceptUnreconciledOption,
+    AcceptUnverifiedOption,
+    ConfigOption,
+    DataPathOption,
+    LakeOption,
+    require_ledger,
+    stderr,
+    stdout,
+)
 from royalty.common import fail as _fail
 from royalty.config import Settings, load_settings
 from schemas.errors import RoyaltyError
@@ -71,6 +79,8 @@ def deploy(
         deployed = deploy_contracts(chain, timelock_seconds, guardian, token, mint_units)
     except RoyaltyError as error:
         _fail(error)
+    from ledger.redact import redact_url
+
     result = {**vars(deployed), "rpc_url": redact_url(chain.rpc_url)}
     if output_json:
         _print_json(result)
@@ -94,12 +104,15 @@ def settle_command(
         int | None, typer.Option("--confirmations", help="Blocks to wait for (the tx's own included).")
     ] = None,
     output_json: JsonOption = False,
+    accept_unverified_files: AcceptUnverifiedOption = False,
+    accept_unreconciled: AcceptUnreconciledOption = False,
 ) -> None:
     """Close the epoch if needed, write its payout tree and proofs, fund and propose the root, record it."""
     from rich.progress import Progress
 
     from ledger import Ledger
     from settlement.chain import deploy_contracts, distributor_contract
+    from settlement.input_checks import InputChecks
     from settlement.settle import settle
 
     settings = load_settings(
@@ -140,7 +153,10 @@ def settle_command(
             def progress(step: str, done: int, total: int) -> None:
                 bar.update(task, description=step, completed=done, total=total)
 
-            result = settle(ledger, chain, contract, dry_run=dry_run, progress=progress, tree_dir=tree_dir)
+            checks = InputChecks(accept_unverified_files, accept_unreconciled)
+            result = settle(
+                ledger, chain, contract, dry_run=dry_run, progress=progress, tree_dir=tree_dir, checks=checks
+            )
     except RoyaltyError as error:
         _fail(error)
     summary = {k: v for k, v in vars(result).items() if k not in ("closed",)}

@@ -7,9 +7,16 @@ from typing import Annotated
 
 import typer
 
-from ledger.redact import redact
 from royalty import analytics_commands, catalog_commands, chain_commands
-from royalty.common import ConfigOption, DataPathOption, LakeOption, stderr, stdout
+from royalty.common import (
+    AcceptUnreconciledOption,
+    AcceptUnverifiedOption,
+    ConfigOption,
+    DataPathOption,
+    LakeOption,
+    stderr,
+    stdout,
+)
 from royalty.common import fail as _fail
 from royalty.config import load_settings
 from royalty.logs import configure_logging
@@ -353,12 +360,15 @@ def close_epoch_command(
     data_path: DataPathOption = None,
     config: ConfigOption = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Compute and print the epoch; write nothing.")] = False,
+    accept_unverified_files: AcceptUnverifiedOption = False,
+    accept_unreconciled: AcceptUnreconciledOption = False,
 ) -> None:
     """Close the next epoch: split every event committed since the last one into postings and payables."""
     from rich.progress import Progress
 
     from ledger import Ledger
     from settlement import close_epoch, render_summary
+    from settlement.input_checks import InputChecks
 
     settings = load_settings({"lake": lake, "data_path": data_path}, config)
     try:
@@ -371,7 +381,8 @@ def close_epoch_command(
             def progress(step: str, done: int, total: int) -> None:
                 bar.update(task, description=step, completed=done, total=total)
 
-            summary = close_epoch(ledger, dry_run=dry_run, progress=progress)
+            checks = InputChecks(accept_unverified_files, accept_unreconciled)
+            summary = close_epoch(ledger, dry_run=dry_run, progress=progress, checks=checks)
     except RoyaltyError as error:
         _fail(error)
     render_summary(summary, stdout)
@@ -417,6 +428,8 @@ def _redacted_excepthook(kind: type[BaseException], value: BaseException, trace:
     """Print an unexpected exception's traceback with every credential masked (a DSN, an RPC key)."""
     import traceback
 
+    from ledger.redact import redact
+
     sys.stderr.write(redact("".join(traceback.format_exception(kind, value, trace))))
 
 
@@ -426,6 +439,8 @@ def main() -> None:
     try:
         app()
     except RoyaltyError as error:
+        from ledger.redact import redact
+
         stderr.print(f"[bold red]error:[/] {redact(error)}", highlight=False)
         sys.exit(2)
 

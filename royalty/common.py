@@ -9,8 +9,6 @@ from typing import Annotated, NoReturn
 import typer
 from rich.console import Console
 
-from ledger.redact import redact
-
 stdout = Console()
 stderr = Console(stderr=True)
 
@@ -43,6 +41,8 @@ AcceptUnreconciledOption = Annotated[
 
 def fail(error: Exception, exit_code: int = 2) -> NoReturn:
     """Print `error` on standard error and exit with `exit_code` (2: the command could not do its work)."""
+    from ledger.redact import redact  # here, not at the top: `ledger` imports DuckDB, slow for `--help`
+
     stderr.print(f"[bold red]error:[/] {redact(error)}", highlight=False)
     raise typer.Exit(exit_code)
 

@@ -99,12 +99,12 @@ setting_bounds: dict[str, tuple[int, int]] = {
 
 def _warn_secret_flags(flags: dict[str, Any]) -> None:
     """Warn when a flag carries a credential: every user of the machine reads it in the process list."""
-    from ledger.redact import dsn_password, redact_url
-
     for name in ("lake", "reader_lake", "rpc_url"):
         value = flags.get(name)
-        if not isinstance(value, str):
+        if not isinstance(value, str) or ("://" not in value and "password" not in value.lower()):
             continue
+        from ledger.redact import dsn_password, redact_url  # only now: `ledger` imports DuckDB
+
         if dsn_password(value) is not None or (name == "rpc_url" and redact_url(value) != value):
             sys.stderr.write(
                 f"warning: --{name.replace('_', '-')} carries a credential, which any user of this machine can "

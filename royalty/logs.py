@@ -9,8 +9,6 @@ import logging
 import sys
 from datetime import UTC, datetime
 
-from ledger.redact import redact
-
 _standard_attributes = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime"}
 
 
@@ -25,6 +23,8 @@ class JsonFormatter(logging.Formatter):
         entry.update({k: v for k, v in vars(record).items() if k not in _standard_attributes})
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
+        from ledger.redact import redact  # here, not at the top: `ledger` imports DuckDB, slow for `--help`
+
         return redact(json.dumps(entry, default=str))
 
 
@@ -32,6 +32,8 @@ class RedactingFormatter(logging.Formatter):
     """The plain-text format, credentials masked."""
 
     def format(self, record: logging.LogRecord) -> str:
+        from ledger.redact import redact
+
         return redact(super().format(record))
 
 
