@@ -25,8 +25,8 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from ledger import constants
-from ledger.batch import IngestBatch, PartitionOffsets, dead_letter_rows
-from ledger.connection import LedgerLocation, catalog_alias, connect
+from ledger.batch import FileSourcePosition, IngestBatch, PartitionOffsets, dead_letter_rows
+from ledger.connection import LedgerLocation, catalog_alias, connect, ledger_id
 from ledger.errors import (
     LedgerBusyError,
     LedgerCatalogUnavailableError,
@@ -113,6 +113,7 @@ class Ledger:
         self._connection: duckdb.DuckDBPyConnection | None = connection
         self.read_only = read_only
         self._appends_on_connection = 0
+        self._id: str | None = None
         # The ingest service appends from a worker thread while its polling thread may read the
         # stored offsets (partition assignment); one DuckDB connection serves one call at a time.
         self._lock = threading.RLock()
@@ -250,9 +251,17 @@ class Ledger:
     # Writing -------------------------------------------------------------------------------
 
     def append(
-        self, batch: IngestBatch, offsets: Sequence[PartitionOffsets], writer: str = ""
+        self,
+        batch: IngestBatch,
+        offsets: Sequence[PartitionOffsets],
+        writer: str = "",
+        file_positions: Sequence[FileSourcePosition] = (),
     ) -> AppendResult:
         """Write `batch` and the offsets it covers in one transaction; return what was stored.
+
+        `file_positions` fingerprint how far each file source of the batch was read (see
+        `file_sources`). A dead letter of a file line whose content up to there is already stored
+        is dropped and counted with the duplicates.
 
         Raises `LedgerOffsetsFencedError` if another writer already stored offsets past the
         start of this batch (nothing is written), `LedgerBusyError` if the catalog stays locked,
@@ -268,7 +277,9 @@ class Ledger:
             else nullcontext()
         )
         with self._lock, locked:
-            result = self._retrying(lambda: self._append_once(batch, offsets, writer, ingest_batch_id), "append")
+            result = self._retrying(
+                lambda: self._append_once(batch, offsets, writer, ingest_batch_id, file_positions), "append"
+            )
             self._appends_on_connection += 1
             if self._appends_on_connection >= appends_per_connection_max:
                 self._reconnect()
@@ -306,7 +317,12 @@ class Ledger:
         return self._connection
 
     def _append_once(
-        self, batch: IngestBatch, offsets: Sequence[PartitionOffsets], writer: str, ingest_batch_id: str
+        self,
+        batch: IngestBatch,
+        offsets: Sequence[PartitionOffsets],
+        writer: str,
+        ingest_batch_id: str,
+        file_positions: Sequence[FileSourcePosition] = (),
     ) -> AppendResult:
         written: list[_FileToAdd] = []
         with self._transaction():
@@ -315,6 +331,8 @@ class Ledger:
             reasons = [(r.index, str(r.error), r.error.field) for r in batch.decoded.rejections]
             reasons += conflicts
             dead_letters = dead_letter_rows(batch, sorted(reasons), ingest_batch_id)
+            dead_letters, dead_lines, stored_already = self._new_dead_letters(batch, sorted(reasons), dead_letters)
+            duplicates += stored_already
             try:
                 for table_name, rows in kept.items():
                     written += self._write_event_files(
@@ -333,11 +351,109 @@ class Ledger:
                     duplicates,
                     dead_letters.num_rows,
                 )
+                self._insert_file_source_rows(file_positions, dead_lines, ingest_batch_id)
             except BaseException:
                 _remove_files(written)
                 raise
         snapshot_id = self._last_committed_snapshot()
         return AppendResult(snapshot_id, ingest_batch_id, events, duplicates, dead_letters.num_rows)
+
+    def _new_dead_letters(
+        self, batch: IngestBatch, reasons: Sequence[tuple[int, str, str | None]], dead_letters: pa.Table
+    ) -> tuple[pa.Table, pa.Table, int]:
+        """Drop the dead letters of file lines stored before (same line, same raw bytes, same content up to there).
+
+        Returns the dead letters to store, their `dead_letter_line` rows (without batch id) and how many were dropped.
+        """
+        lines = pa.table(
+            {
+                "row": pa.array(range(len(reasons)), pa.int64()),
+                "kafka_topic": dead_letters.column("kafka_topic"),
+                "kafka_offset": dead_letters.column("kafka_offset"),
+                "line_prefix_sha256": pa.array(
+                    [_line_digest(batch, index) for index, _, _ in reasons], pa.string()
+                ),
+                "raw_sha256": dead_letters.column("raw_sha256"),
+            }
+        ).filter(pc.is_valid(pa.field("line_prefix_sha256")))
+        if not lines.num_rows:
+            return dead_letters, lines, 0
+        self.connection.register("new_dead_lines", lines)
+        try:
+            keep = self.connection.execute(
+                f"""
+                SELECT row FROM (
+                    SELECT n.row, row_number() OVER (
+                        PARTITION BY n.kafka_offset, n.line_prefix_sha256, n.raw_sha256 ORDER BY n.row
+                    ) AS nth
+                    FROM new_dead_lines n
+                    WHERE NOT EXISTS (
+                        SELECT 1 FROM {catalog_alias}.main.dead_letter_line s
+                        WHERE s.line_prefix_sha256 = n.line_prefix_sha256
+                          AND s.kafka_offset = n.kafka_offset AND s.raw_sha256 = n.raw_sha256
+                    )
+                ) WHERE nth = 1
+                """
+            ).fetchall()
+        finally:
+            self.connection.unregister("new_dead_lines")
+        dropped = set(lines.column("row").to_pylist()) - {row for (row,) in keep}
+        if not dropped:
+            return dead_letters, lines, 0
+        kept_rows = pa.array(sorted(set(range(len(reasons))) - dropped), pa.int64())
+        lines = lines.filter(pc.is_in(lines.column("row"), kept_rows))
+        return dead_letters.take(kept_rows), lines, len(dropped)
+
+    def _insert_file_source_rows(
+        self, positions: Sequence[FileSourcePosition], dead_lines: pa.Table, ingest_batch_id: str
+    ) -> None:
+        if positions:
+            self.connection.executemany(
+                f"INSERT INTO {catalog_alias}.main.file_source_position VALUES (?, ?, ?, ?, ?, ?)",
+                [
+                    [p.topic, p.next_offset, p.prefix_size_bytes, p.prefix_sha256, p.source_name, ingest_batch_id]
+                    for p in positions
+                ],
+            )
+        if dead_lines.num_rows:
+            rows = dead_lines.drop_columns(["row"]).append_column(
+                "ingest_batch_id", pa.repeat(pa.scalar(ingest_batch_id, pa.string()), dead_lines.num_rows)
+            )
+            self._insert_inlined("dead_letter_line", rows)
+
+    def file_sources(self) -> dict[str, FileSourcePosition]:
+        """The furthest recorded position of every file source, by its key (`kafka_topic`)."""
+        try:
+            with self._lock:
+                rows = self.connection.execute(
+                    f"""
+                    SELECT kafka_topic, next_offset, prefix_size_bytes, prefix_sha256, source_name
+                    FROM {catalog_alias}.main.file_source_position
+                    QUALIFY row_number() OVER (
+                        PARTITION BY kafka_topic ORDER BY next_offset DESC, prefix_size_bytes DESC
+                    ) = 1
+                    """
+                ).fetchall()
+        except duckdb.Error as error:
+            raise _ledger_error(error, "read file source positions", self.location.display) from error
+        return {row[0]: FileSourcePosition(*row) for row in rows}
+
+    def adopt_file_position(self, position: FileSourcePosition) -> None:
+        """Record the fingerprint of a position stored before fingerprints were (trusted once, from now on checked)."""
+        self.append_records(
+            {
+                "file_source_position": pa.table(
+                    {
+                        "kafka_topic": [position.topic],
+                        "next_offset": [position.next_offset],
+                        "prefix_size_bytes": [position.prefix_size_bytes],
+                        "prefix_sha256": [position.prefix_sha256],
+                        "source_name": [position.source_name],
+                        "ingest_batch_id": ["adopted"],
+                    }
+                )
+            }
+        )
 
     def _check_offsets_fence(self, offsets: Sequence[PartitionOffsets]) -> None:
         stored = self._stored_offsets()
@@ -455,7 +571,7 @@ class Ledger:
     def _write_file(self, table_name: str, rows: pa.Table, ingest_batch_id: str, event_date) -> _FileToAdd:
         rows = rows.cast(file_tables[table_name])
         folder = f"main/{table_name}" + (f"/event_date={event_date.isoformat()}" if event_date else "")
-        relative = f"{folder}/{ingest_batch_id}-{uuid.uuid4().hex[:8]}.parquet"
+        relative = f"{folder}/{self._ledger_id()}-{ingest_batch_id}-{uuid.uuid4().hex[:8]}.parquet"
         absolute = Path(self.location.data_path) / relative
         sink = pa.BufferOutputStream()
         pq.write_table(
@@ -481,6 +597,12 @@ class Ledger:
             path = error.filename or str(temporary)
             raise LedgerStorageError(path, error.errno, error.strerror or str(error)) from error
         return _FileToAdd(table_name, str(absolute), relative, len(data), hashlib.sha256(data).hexdigest())
+
+    def _ledger_id(self) -> str:
+        """This ledger's identity (`connection.ledger_id`), read once: data file names start with it."""
+        if self._id is None:
+            self._id = ledger_id(self.connection)
+        return self._id
 
     def _insert_bookkeeping(
         self,
@@ -673,6 +795,13 @@ def _stored_same_ids(table_name: str) -> str:
         WHERE event_date IN (SELECT DISTINCT event_date FROM batch_rows)
           AND event_time BETWEEN (SELECT min(event_time) FROM batch_rows) AND (SELECT max(event_time) FROM batch_rows)
           AND event_id IN (SELECT event_id FROM batch_rows)"""
+
+
+def _line_digest(batch: IngestBatch, index: int) -> str | None:
+    if not batch.line_digests:
+        return None
+    state = batch.line_digests[index]
+    return None if state is None else state.hexdigest()
 
 
 def _data_columns(table_name: str) -> Iterator[str]:

@@ -59,11 +59,40 @@ file_checksum_schema = pa.schema(
     ]
 )
 
+# One row per append that read a file (or stdin), and per position adopted from before fingerprints:
+# the source's key (its `kafka_topic`), the next line to read, and the size and SHA-256 of the bytes
+# before that line. A file is resumed only when its first `prefix_size_bytes` still hash the same.
+file_source_position_schema = pa.schema(
+    [
+        pa.field("kafka_topic", pa.string(), nullable=False),
+        pa.field("next_offset", pa.int64(), nullable=False),
+        pa.field("prefix_size_bytes", pa.int64(), nullable=False),
+        pa.field("prefix_sha256", pa.string(), nullable=False),
+        pa.field("source_name", pa.string(), nullable=False),
+        pa.field("ingest_batch_id", pa.string(), nullable=False),
+    ]
+)
+
+# One row per dead letter read from a file or stdin: the SHA-256 of its source's bytes up to the end
+# of its line. With the line and `raw_sha256` it names the dead letter by content, whatever name or
+# stream the content came in under, so a re-sent stream does not store its dead letters again.
+dead_letter_line_schema = pa.schema(
+    [
+        pa.field("kafka_topic", pa.string(), nullable=False),
+        pa.field("kafka_offset", pa.int64(), nullable=False),
+        pa.field("line_prefix_sha256", pa.string(), nullable=False),
+        pa.field("raw_sha256", pa.string(), nullable=False),
+        pa.field("ingest_batch_id", pa.string(), nullable=False),
+    ]
+)
+
 file_tables: dict[str, pa.Schema] = {**ledger_schemas, "dead_letter": dead_letter_schema}
 inlined_tables: dict[str, pa.Schema] = {
     "ingest_offset": ingest_offset_schema,
     "ingest_batch": ingest_batch_schema,
     "file_checksum": file_checksum_schema,
+    "file_source_position": file_source_position_schema,
+    "dead_letter_line": dead_letter_line_schema,
     format_table: ledger_format_schema,
 }
 all_tables: dict[str, pa.Schema] = {**file_tables, **inlined_tables}

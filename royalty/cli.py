@@ -68,6 +68,7 @@ def sql(
     """Run a read-only query against the ledger's analyst views."""
     from ledger import Ledger, define_views, run_query
     from ledger.attach import attach_statements, epoch_snapshot
+    from ledger.sql_policy import lock_down, lock_down_statements
 
     if output_format not in output_formats:
         _fail(ValueError(f"--format must be one of {', '.join(output_formats)}, not `{output_format}`"))
@@ -85,9 +86,12 @@ def sql(
                 snapshot = epoch_snapshot(ledger, as_of_epoch)
         with Ledger.open_read_only(catalog, settings.data_path, snapshot_version=snapshot) as ledger:
             if print_attach:
-                stdout.file.write("\n".join(attach_statements(ledger, snapshot)) + "\n")
+                limits = (ledger.location.data_path, settings.query_memory_mb_max, settings.query_threads_max)
+                statements = [*attach_statements(ledger, snapshot), *lock_down_statements(*limits)]
+                stdout.file.write("\n".join(statements) + "\n")
                 return
             define_views(ledger)
+            lock_down(ledger, settings.query_memory_mb_max, settings.query_threads_max)
             result = run_query(ledger, query, settings.query_seconds_max)
     except RoyaltyError as error:
         _fail(error)
@@ -145,15 +149,23 @@ def verify(
             stderr.print(f"[bold red]problem:[/] {problem}", highlight=False)
         for warning in report.warnings:
             stderr.print(f"[bold yellow]warning:[/] {warning}", highlight=False)
-        if orphans:
+        own = [o for o in orphans if o.ours]
+        if own:
             stdout.print(
-                f"note: {len(orphans)} file(s), {sum(o.size_bytes for o in orphans)} bytes, in the data folder belong "
+                f"note: {len(own)} file(s), {sum(o.size_bytes for o in own)} bytes, in the data folder belong "
                 "to no snapshot (left by appends that were interrupted); they are not part of the ledger. "
                 + (
                     f"Removed {len(removed)} at least {orphan_age_s_min:g} s old."
                     if remove_orphans
                     else f"`--remove-orphans` deletes those at least {orphan_age_s_min:g} s old."
                 ),
+                highlight=False,
+            )
+        if len(own) < len(orphans):
+            stdout.print(
+                f"note: {len(orphans) - len(own)} Parquet file(s) in the data folder are not named as this ledger "
+                "names its files (another ledger's, a foreign file, or written before names carried the ledger's "
+                "id); they are never removed: delete them by hand once you know no other catalog uses them.",
                 highlight=False,
             )
         elif report.orphans is None:

@@ -1,0 +1,153 @@
+"""The ledger's format version, and the steps that move an older ledger forward (`royalty migrate`).
+
+Stored data outlives code. A ledger records the format it is written in as rows of the inlined
+table `ledger_format`, one per step applied (a new ledger gets one row, the current format).
+A ledger without that table was written before formats were recorded: it is format 1.
+
+Code of this version writes and reads ledgers of `format_version_current` only. An older ledger
+is refused with the command that moves it forward; a newer one with the advice to upgrade.
+`royalty migrate` applies the missing steps in order, each in one DuckLake transaction that also
+records its row, so a migration killed halfway leaves a ledger at a well-defined earlier format.
+`royalty verify` accepts a schema change (`tables_altered`) only in a snapshot that recorded a
+step this way.
+
+Adding a step (a change to a table, a digest or a rule):
+1. Append a `FormatStep` to `format_steps` below with the next version and a one-line summary;
+   its `apply(connection)` runs inside the migration's transaction, must be idempotent (the table
+   may already have the new shape when it was created by this version's DDL) and may use
+   `add_column_if_missing`.
+2. Change the table's declaration (`ledger/tables.py`, the event schemas, or a `register_table`
+   call) so new ledgers are created in the new shape directly.
+3. Extend `tests/ledger/test_format.py` if the step needs more than "the v1 ledger migrates and
+   works".
+"""
+
+import os
+import socket
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import duckdb
+import pyarrow as pa
+
+from ledger.connection import catalog_alias
+from ledger.errors import LedgerFormatError
+from schemas.arrow import timestamp_type
+
+format_table = "ledger_format"
+format_version_first = 1  # every ledger written before this table existed
+
+ledger_format_schema = pa.schema(
+    [
+        pa.field("format_version", pa.int32(), nullable=False),
+        pa.field("applied_at", timestamp_type, nullable=False),
+        pa.field("writer", pa.string(), nullable=False),
+        pa.field("summary", pa.string(), nullable=False),
+    ]
+)
+
+
+@dataclass(frozen=True)
+class FormatStep:
+    """One step from format `version - 1` to `version`."""
+
+    version: int
+    summary: str
+    apply: Callable[[duckdb.DuckDBPyConnection], None]
+
+
+def _record_format_only(connection: duckdb.DuckDBPyConnection) -> None:
+    """Format 2 only starts recording the format: the table itself is created by the migration."""
+
+
+format_steps: list[FormatStep] = [
+    FormatStep(2, "record the ledger format version (table ledger_format)", _record_format_only),
+]
+
+format_version_current = format_steps[-1].version if format_steps else format_version_first
+
+
+def check_steps(steps: list[FormatStep]) -> None:
+    """The steps are numbered 2, 3, ... without a gap (checked at import: a merge slip is a crash)."""
+    expected = list(range(format_version_first + 1, format_version_first + 1 + len(steps)))
+    if [step.version for step in steps] != expected:
+        raise RuntimeError(f"ledger format steps are numbered {[s.version for s in steps]}, expected {expected}")
+
+
+check_steps(format_steps)
+
+
+def writer_name() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def ledger_tables(connection: duckdb.DuckDBPyConnection) -> set[str]:
+    return {
+        name
+        for (name,) in connection.execute(
+            "SELECT table_name FROM duckdb_tables() WHERE database_name = ?", [catalog_alias]
+        ).fetchall()
+    }
+
+
+def stored_format_version(connection: duckdb.DuckDBPyConnection) -> int | None:
+    """The ledger's format; None for a ledger with no tables yet (a new one)."""
+    tables = ledger_tables(connection)
+    if not tables:
+        return None
+    if format_table not in tables:
+        return format_version_first
+    (version,) = connection.execute(
+        f"SELECT max(format_version) FROM {catalog_alias}.main.{format_table}"
+    ).fetchone()
+    return format_version_first if version is None else int(version)
+
+
+def require_current_format(version: int | None, display: str) -> None:
+    """Refuse a ledger this code may not read or write, saying what to do."""
+    if version is None or version == format_version_current:
+        return
+    if version > format_version_current:
+        raise LedgerFormatError(
+            f"ledger `{display}` is in format {version}, written by a newer royalty-engine; this one "
+            f"reads and writes format {format_version_current}: upgrade royalty-engine to use it"
+        )
+    raise LedgerFormatError(
+        f"ledger `{display}` is in format {version}; this royalty-engine reads and writes format "
+        f"{format_version_current}. Back it up (`royalty backup`, or copy the folder / dump the catalog), "
+        f"stop every process using it, then run `royalty migrate --lake {display}`"
+    )
+
+
+def record_format(connection: duckdb.DuckDBPyConnection, version: int, summary: str) -> None:
+    """Insert one `ledger_format` row (inside the caller's transaction)."""
+    connection.execute(
+        f"INSERT INTO {catalog_alias}.main.{format_table} VALUES (?, ?, ?, ?)",
+        [version, datetime.now(UTC), writer_name(), summary],
+    )
+
+
+def pending_steps(version: int) -> list[FormatStep]:
+    return [step for step in format_steps if step.version > version]
+
+
+def add_column_if_missing(
+    connection: duckdb.DuckDBPyConnection, table: str, column: str, duckdb_type: str
+) -> None:
+    """ALTER TABLE ... ADD COLUMN unless the table already has it (created in the new shape)."""
+    (present,) = connection.execute(
+        "SELECT count(*) FROM duckdb_columns() WHERE database_name = ? AND table_name = ? AND column_name = ?",
+        [catalog_alias, table, column],
+    ).fetchone()
+    if not present:
+        connection.execute(f"ALTER TABLE {catalog_alias}.main.{table} ADD COLUMN {column} {duckdb_type}")
+
+
+@dataclass(frozen=True)
+class MigrationResult:
+    """What `royalty migrate` did."""
+
+    format_before: int
+    format_after: int
+    steps_applied: list[str]

@@ -1,0 +1,111 @@
+"""The ledger format version and `royalty migrate`: a ledger written by the previous version opens.
+
+`tests/fixtures/ledger_format_1.tar.gz` is a ledger written by the code before formats were
+recorded (commit ac69727): 3,000 sample events ingested, epoch 1 closed and settled on the
+in-process chain, then 1,000 more events ingested and left unsettled. It was written in
+`/tmp/v1gen/lake`, so its catalog names that folder as its data path.
+"""
+
+import subprocess
+import tarfile
+from pathlib import Path
+
+import pytest
+
+from ledger import Ledger
+from ledger.errors import LedgerFormatError
+from ledger.format import format_table, format_version_current, record_format
+from ledger.verify import verify
+from tests.conftest import repo_root, royalty_command
+
+fixture_v1 = repo_root / "tests" / "fixtures" / "ledger_format_1.tar.gz"
+
+
+def _royalty(*args: str) -> subprocess.CompletedProcess:
+    result = subprocess.run(royalty_command(*args), capture_output=True, text=True, timeout=300)
+    result.stderr = " ".join(result.stderr.split())  # rich wraps long messages
+    return result
+
+
+@pytest.fixture
+def lake_v1(tmp_path: Path) -> Path:
+    with tarfile.open(fixture_v1) as archive:
+        archive.extractall(tmp_path, filter="data")
+    return tmp_path / "lake"
+
+
+def test_a_ledger_of_the_previous_format_is_refused_until_migrated(lake_v1: Path) -> None:
+    """Every command refuses a format-1 ledger, naming `royalty migrate`, and writes nothing."""
+    catalog_before = (lake_v1 / "catalog.sqlite").read_bytes()
+    for args in (
+        ("sql", "--lake", str(lake_v1), "SELECT count(*) FROM inference_events"),
+        ("verify", "--lake", str(lake_v1)),
+        ("close-epoch", "--lake", str(lake_v1)),
+    ):
+        result = _royalty(*args)
+        assert result.returncode == 2, (args, result.stdout, result.stderr)
+        assert "format 1" in result.stderr and "royalty migrate" in result.stderr, result.stderr
+    assert (lake_v1 / "catalog.sqlite").read_bytes() == catalog_before
+
+
+def test_migrate_moves_a_previous_ledger_forward_and_it_then_verifies_and_settles(lake_v1: Path) -> None:
+    """`royalty migrate` applies the steps once; the ledger then verifies, queries and closes its next epoch."""
+    first = _royalty("migrate", "--lake", str(lake_v1))
+    assert first.returncode == 0, first.stderr
+    assert f"from format 1 to {format_version_current}" in first.stdout
+    again = _royalty("migrate", "--lake", str(lake_v1))
+    assert again.returncode == 0 and "nothing to do" in again.stdout
+
+    verified = _royalty("verify", "--lake", str(lake_v1))
+    assert verified.returncode == 0, verified.stdout + verified.stderr
+    counted = _royalty("sql", "--lake", str(lake_v1), "--format", "csv", "SELECT count(*) AS n FROM inference_events")
+    assert counted.returncode == 0, counted.stderr
+    assert int(counted.stdout.splitlines()[-1]) == 3_000 + 1_000  # both samples' distinct valid calls
+    closed = _royalty("close-epoch", "--lake", str(lake_v1))
+    assert closed.returncode == 0, closed.stderr
+    epochs = _royalty("sql", "--lake", str(lake_v1), "--format", "csv", "SELECT max(epoch) FROM epochs")
+    assert epochs.stdout.splitlines()[-1] == "2"
+    with Ledger.open_read_only(lake_v1) as ledger:
+        rows = ledger.connection.execute(f"SELECT format_version FROM lake.main.{format_table}").fetchall()
+    assert sorted(version for (version,) in rows) == list(range(2, format_version_current + 1))
+
+
+def test_a_new_ledger_records_the_current_format_once(lake_dir: Path) -> None:
+    for _ in range(2):
+        Ledger.open(lake_dir).close()
+    with Ledger.open_read_only(lake_dir) as ledger:
+        rows = ledger.connection.execute(f"SELECT format_version FROM lake.main.{format_table}").fetchall()
+        assert rows == [(format_version_current,)]
+        assert verify(ledger).ok
+
+
+def test_a_ledger_of_a_newer_format_is_refused_naming_the_upgrade(lake_dir: Path) -> None:
+    with Ledger.open(lake_dir) as ledger:
+        ledger.connection.execute("BEGIN")
+        record_format(ledger.connection, format_version_current + 1, "from the future")
+        ledger.connection.execute("COMMIT")
+    for open_ledger in (Ledger.open, Ledger.open_read_only):
+        with pytest.raises(LedgerFormatError, match="newer royalty-engine"):
+            open_ledger(lake_dir)
+    result = _royalty("migrate", "--lake", str(lake_dir))
+    assert result.returncode == 2 and "newer royalty-engine" in result.stderr
+
+
+def test_verify_accepts_a_schema_change_only_from_a_recorded_migration_step(lake_dir: Path) -> None:
+    """A column added in the snapshot of a format step passes; any other ALTER is named."""
+    with Ledger.open(lake_dir) as ledger:
+        connection = ledger.connection
+        connection.execute("BEGIN")
+        connection.execute("ALTER TABLE lake.main.dead_letter ADD COLUMN added_by_a_step VARCHAR")
+        record_format(connection, format_version_current, "a step of a test")
+        connection.execute("COMMIT")
+        assert verify(ledger).ok
+        connection.execute("ALTER TABLE lake.main.dead_letter ADD COLUMN added_behind_the_ledger VARCHAR")
+        problems = verify(ledger).problems
+    assert len(problems) == 1 and "tables_altered" in problems[0], problems
+
+
+def test_a_migration_reports_nothing_to_do_on_a_current_ledger(lake_dir: Path) -> None:
+    Ledger.open(lake_dir).close()
+    result = _royalty("migrate", "--lake", str(lake_dir))
+    assert result.returncode == 0 and "nothing to do" in result.stdout
