@@ -2,7 +2,7 @@
 
 import duckdb
 
-from ledger.connection import LedgerLocation, catalog_alias, extension_directory
+from ledger.connection import LedgerLocation, attach_options, catalog_alias, extension_directory
 from ledger.errors import LedgerError
 from ledger.ledger import Ledger
 from ledger.query import analyst_view_statements
@@ -70,9 +70,7 @@ def attach_statements(ledger: Ledger, snapshot_version: int | None = None) -> li
     Extensions load from the `duckdb-ext-*` wheels' folder, never from the network.
     """
     location: LedgerLocation = ledger.location
-    options = [f"DATA_PATH {_literal(location.data_path)}", "READ_ONLY"]
-    if snapshot_version is not None:
-        options.append(f"SNAPSHOT_VERSION {int(snapshot_version)}")
+    options = attach_options(location, read_only=True, snapshot_version=snapshot_version)
     return [
         f"SET extension_directory = {_literal(extension_directory())};",
         "SET autoinstall_known_extensions = false;",

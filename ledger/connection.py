@@ -179,6 +179,19 @@ def _check_own_data_path(
         )
 
 
+def ledger_id(connection: duckdb.DuckDBPyConnection) -> str:
+    """The ledger's identity: its `main` schema's UUID (32 hex digits), fixed when the ledger was created.
+
+    Data files this ledger writes start with it, so files of another ledger sharing a data folder are
+    never taken for this one's (`ledger/orphans.py`). A copy of the ledger is the same ledger.
+    """
+    (schema_uuid,) = connection.execute(
+        f"SELECT schema_uuid FROM __ducklake_metadata_{catalog_alias}.ducklake_schema "
+        "WHERE schema_name = 'main' ORDER BY begin_snapshot LIMIT 1"
+    ).fetchone()
+    return str(schema_uuid).replace("-", "").lower()
+
+
 def _recorded_in_error(message: str) -> str:
     """The recorded path in DuckLake's 'does not match existing data path in the catalog "X"' error."""
     marker = 'existing data path in the catalog "'

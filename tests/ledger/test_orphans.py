@@ -6,8 +6,12 @@ import subprocess
 import time
 from pathlib import Path
 
+import pyarrow as pa
+import pyarrow.parquet as pq
+
 from ingest.sample import SampleTraffic
 from ledger import Ledger
+from ledger.connection import ledger_id
 from ledger.orphans import find_orphans, remove_orphans
 from ledger.verify import verify
 from tests.conftest import royalty_command
@@ -18,9 +22,14 @@ def _lake_with_strays(lake_dir: Path) -> tuple[list[Path], int]:
     with Ledger.open(lake_dir) as ledger:
         ledger.append(*batch_of(list(SampleTraffic().metered(200))))
         data = Path(ledger.location.data_path)
+        identity = ledger_id(ledger.connection)
     folder = data / "main" / "inference_metered" / "event_date=2026-11-23"
     folder.mkdir(parents=True, exist_ok=True)
-    strays = [folder / "killed-append-0000.parquet", folder / "killed-append-0001.parquet.tmp"]
+    # Named as a killed append of this ledger leaves them: its id, a batch id, 8 hex digits.
+    strays = [
+        folder / f"{identity}-{'a' * 32}-0000beef.parquet",
+        folder / f"{identity}-{'b' * 32}-0001beef.parquet.tmp",
+    ]
     for stray in strays:
         stray.write_bytes(b"PAR1 half written")
     (data / "notes.txt").write_text("not a ledger file")
@@ -72,3 +81,37 @@ def test_the_cli_names_the_orphans_and_removes_them_on_request(lake_dir: Path) -
     again = subprocess.run(royalty_command("verify", "--lake", str(lake_dir)), capture_output=True, text=True)
     assert again.returncode == 0 and "no snapshot" not in again.stdout
     assert _rows(lake_dir) == events
+
+
+def test_remove_orphans_never_deletes_a_file_another_catalog_may_own(tmp_path: Path) -> None:
+    """Two ledgers share one data folder, and a foreign Parquet file sits in it: removing orphans of the
+    first (at any age) deletes only its own killed append's file; the other ledger's committed file and the
+    foreign one survive, and the other ledger still verifies."""
+    first, second = tmp_path / "first", tmp_path / "second"
+    strays, events = _lake_with_strays(first)
+    shared = first / "data"
+    with Ledger.open(second, data_path=str(shared)) as other:
+        other.append(*batch_of(list(SampleTraffic(seed=3).metered(50))))
+    with Ledger.open_read_only(second, data_path=str(shared)) as reader:
+        other_files = {Path(path) for (path,) in reader.connection.execute(
+            "SELECT data_file FROM ducklake_list_files('lake', 'inference_metered')").fetchall()}
+    foreign = shared / "main" / "inference_metered" / "part-00000-spark.parquet"
+    pq.write_table(pa.table({"x": [1, 2, 3]}), foreign)
+    before_names = f"{'c' * 32}-0000beef.parquet"  # a batch id and 8 hex digits: named before names had the id
+    written_before = foreign.with_name(before_names)
+    written_before.write_bytes(b"PAR1")
+    result = subprocess.run(
+        royalty_command("verify", "--lake", str(first), "--remove-orphans", "--orphan-age-s-min", "0", "--json"),
+        capture_output=True, text=True,
+    )
+    report = json.loads(result.stdout)
+    assert report["ok"], report
+    assert sorted(report["orphans_removed"]) == sorted(map(str, strays))
+    assert other_files and all(path.exists() for path in other_files)
+    assert foreign.exists() and written_before.exists()
+    assert {o["path"] for o in report["orphans"] if not o["ours"]} >= {str(foreign), str(written_before)}
+    with Ledger.open_read_only(second, data_path=str(shared)) as reader:
+        assert verify(reader).ok
+        (count,) = reader.connection.execute("SELECT count(*) FROM lake.main.inference_metered").fetchone()
+    assert count == 50
+    assert _rows(first) == events
