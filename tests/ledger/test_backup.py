@@ -1,0 +1,114 @@
+"""`royalty backup`: a consistent, verified, self-contained copy of a ledger taken while ingest runs."""
+
+import json
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from ingest.sample import SampleTraffic
+from ledger import Ledger
+from ledger.backup import BackupError, backup
+from ledger.connection import LedgerLocation
+from ledger.tables import file_tables
+from ledger.verify import verify
+from tests.conftest import royalty_command
+from tests.ledger.helpers import batch_of
+
+event_tables = sorted(name for name in file_tables if name != "dead_letter")
+
+
+def _batches(lake: Path, snapshot_version: int | None = None) -> dict[str, int]:
+    """Each ingest batch and the events it recorded."""
+    with Ledger.open_read_only(lake, snapshot_version=snapshot_version) as reader:
+        return dict(reader.connection.execute("SELECT ingest_batch_id, events FROM lake.main.ingest_batch").fetchall())
+
+
+def _events_per_batch(lake: Path) -> dict[str, int]:
+    """The rows each batch actually stored, counted in the event tables."""
+    with Ledger.open_read_only(lake) as reader:
+        union = " UNION ALL ".join(f"SELECT ingest_batch_id FROM lake.main.{table}" for table in event_tables)
+        rows = reader.connection.execute(f"SELECT ingest_batch_id, count(*) FROM ({union}) GROUP BY ALL").fetchall()
+        return dict(rows)
+
+
+def test_backup_during_a_running_ingest_is_a_consistent_verified_snapshot(tmp_path: Path) -> None:
+    """A real `royalty ingest --from-file` appends in small batches while `royalty backup` runs: the backup
+    opens from its own folder, verifies, holds every file of every batch it records and nothing of a later
+    one, and equals the live ledger as of the backup's snapshot."""
+    source = tmp_path / "traffic.jsonl"
+    produced = subprocess.run(
+        royalty_command("produce-sample", "--to-file", str(source), "--events", "20000", "--invalid-ppm", "0"),
+        capture_output=True, text=True,
+    )
+    assert produced.returncode == 0, produced.stderr
+    lake, target = tmp_path / "lake", tmp_path / "backups" / "monday"
+    ingest = subprocess.Popen(
+        royalty_command("ingest", "--from-file", str(source), "--lake", str(lake), "--batch-records-max", "200"),
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and not (lake / "catalog.sqlite").exists():
+            time.sleep(0.05)
+        while time.monotonic() < deadline and len(_batches(lake)) < 3:
+            time.sleep(0.05)
+        result = subprocess.run(
+            royalty_command("backup", "--lake", str(lake), "--to", str(target), "--json"),
+            capture_output=True, text=True, timeout=120,
+        )
+        running_after_backup = ingest.poll() is None
+    finally:
+        _, errors = ingest.communicate(timeout=300)
+    assert ingest.returncode == 0, errors
+    assert result.returncode == 0, result.stderr
+    assert running_after_backup, "ingest finished before the backup did: give it more events"
+    summary = json.loads(result.stdout)
+    backed_up, final = _batches(target), _batches(lake)
+    assert 3 <= len(backed_up) < len(final)
+    assert _events_per_batch(target) == {batch: events for batch, events in backed_up.items() if events}
+    assert _batches(lake, snapshot_version=summary["snapshot_id"]) == backed_up
+    assert sorted(path.name for path in target.iterdir()) == ["catalog.sqlite", "data"]
+    verified = subprocess.run(
+        royalty_command("verify", "--lake", str(target), "--json"), capture_output=True, text=True
+    )
+    report = json.loads(verified.stdout)
+    assert verified.returncode == 0 and report["ok"] and report["orphans"] == [], report
+    assert report["files"] == summary["files"]
+
+
+def test_backup_refuses_an_existing_target_a_target_inside_the_lake_and_a_postgres_catalog(tmp_path: Path) -> None:
+    lake = tmp_path / "lake"
+    with Ledger.open(lake) as ledger:
+        ledger.append(*batch_of(list(SampleTraffic().metered(20))))
+    location = LedgerLocation.parse(lake)
+    taken = tmp_path / "taken"
+    taken.mkdir()
+    (taken / "keep.txt").write_text("mine")
+    with pytest.raises(BackupError, match="not empty"):
+        backup(location, taken)
+    assert (taken / "keep.txt").read_text() == "mine"
+    with pytest.raises(BackupError, match="inside the ledger"):
+        backup(location, lake / "data" / "backup")
+    postgres = LedgerLocation.parse("postgres:dbname=royalty host=localhost", str(tmp_path / "files"))
+    with pytest.raises(BackupError, match="pg_dump"):
+        backup(postgres, tmp_path / "pg-backup")
+    assert not (tmp_path / "pg-backup").exists()
+
+
+def test_a_backup_whose_copy_does_not_verify_is_not_put_in_place(tmp_path: Path) -> None:
+    """A data file changed after it was written is copied as it is: the copy fails its checksum, so the
+    backup is refused and left under `.partial`, never presented as a good backup."""
+    lake = tmp_path / "lake"
+    with Ledger.open(lake) as ledger:
+        ledger.append(*batch_of(list(SampleTraffic().metered(20))))
+    victim = next((lake / "data").rglob("*.parquet"))
+    damaged = bytearray(victim.read_bytes())
+    damaged[len(damaged) // 2] ^= 0xFF
+    victim.write_bytes(bytes(damaged))
+    with pytest.raises(BackupError, match="does not verify"):
+        backup(LedgerLocation.parse(lake), tmp_path / "copy")
+    assert not (tmp_path / "copy").exists() and (tmp_path / "copy.partial").is_dir()
+    with Ledger.open_read_only(tmp_path / "copy.partial") as reader:
+        assert not verify(reader).ok
