@@ -345,6 +345,109 @@ static const char *skip_value(const char *p, const char *end, int depth) {
     }
 }
 
+/* ---- repeated keys ---------------------------------------------------------------------- */
+
+/* Keys remembered per object: no object of the contract has nearly this many fields. */
+#define KEYS_MAX 64
+enum { KEYS_UNIQUE = 0, KEYS_REPEATED = 1, KEYS_UNSURE = 2 };
+
+/* Skips one JSON value, as skip_value, and notes in `*status` an object in it that repeats a key
+ * (KEYS_REPEATED, and the scan stops: NULL) or a key it cannot compare byte for byte (one written
+ * with escapes, or an object past KEYS_MAX keys: KEYS_UNSURE, for the Python side to decide). */
+static const char *scan_keys(const char *p, const char *end, int depth, int *status) {
+    const char *s;
+    Py_ssize_t n;
+    int64_t chars;
+    if (depth > DEPTH_MAX) return NULL;
+    p = skip_ws(p, end);
+    if (p >= end) return NULL;
+    if (*p == '[') {
+        p = skip_ws(p + 1, end);
+        if (p < end && *p == ']') return p + 1;
+        for (;;) {
+            p = scan_keys(p, end, depth + 1, status);
+            if (!p) return NULL;
+            p = skip_ws(p, end);
+            if (p >= end) return NULL;
+            if (*p == ']') return p + 1;
+            if (*p != ',') return NULL;
+            p++;
+        }
+    }
+    if (*p != '{') return skip_value(p, end, depth);
+    const char *keys[KEYS_MAX];
+    Py_ssize_t key_lens[KEYS_MAX];
+    int count = 0;
+    p = skip_ws(p + 1, end);
+    if (p < end && *p == '}') return p + 1;
+    for (;;) {
+        p = scan_string(skip_ws(p, end), end, &s, &n, &chars, NULL);
+        if (!p) return NULL;
+        if (memchr(s, '\\', (size_t)n) || count == KEYS_MAX) {
+            *status = KEYS_UNSURE;
+        } else {
+            for (int i = 0; i < count; i++)
+                if (key_lens[i] == n && memcmp(keys[i], s, (size_t)n) == 0) {
+                    *status = KEYS_REPEATED;
+                    return NULL;
+                }
+            keys[count] = s;
+            key_lens[count++] = n;
+        }
+        p = skip_ws(p, end);
+        if (p >= end || *p != ':') return NULL;
+        p = scan_keys(p + 1, end, depth + 1, status);
+        if (!p) return NULL;
+        p = skip_ws(p, end);
+        if (p >= end) return NULL;
+        if (*p == '}') return p + 1;
+        if (*p != ',') return NULL;
+        p++;
+    }
+}
+
+/* KEYS_UNIQUE when the message is strict JSON in which no object repeats a key, KEYS_REPEATED when
+ * one does, KEYS_UNSURE otherwise (not JSON, too deep, escaped keys, very many keys). */
+static int8_t repeated_keys_status(const char *p, Py_ssize_t n) {
+    const char *end = p + n;
+    int status = KEYS_UNIQUE;
+    const char *after = scan_keys(p, end, 1, &status);
+    if (status == KEYS_REPEATED) return KEYS_REPEATED;
+    if (!after || skip_ws(after, end) != end) return KEYS_UNSURE;
+    return (int8_t)status;
+}
+
+static PyObject *repeated_keys(PyObject *module, PyObject *values) {
+    (void)module;
+    PyObject *items = PySequence_Tuple(values);
+    if (!items) return NULL;
+    Py_ssize_t n = PyTuple_GET_SIZE(items);
+    PyObject *result = PyBytes_FromStringAndSize(NULL, n);
+    const char **pointers = PyMem_RawMalloc(sizeof(char *) * (size_t)(n ? n : 1));
+    Py_ssize_t *lengths = PyMem_RawMalloc(sizeof(Py_ssize_t) * (size_t)(n ? n : 1));
+    if (!result || !pointers || !lengths) {
+        PyMem_RawFree(pointers);
+        PyMem_RawFree(lengths);
+        Py_XDECREF(result);
+        Py_DECREF(items);
+        return PyErr_NoMemory();
+    }
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *item = PyTuple_GET_ITEM(items, i);
+        pointers[i] = PyBytes_Check(item) ? PyBytes_AS_STRING(item) : NULL;
+        lengths[i] = PyBytes_Check(item) ? PyBytes_GET_SIZE(item) : 0;
+    }
+    char *statuses = PyBytes_AS_STRING(result);
+    Py_BEGIN_ALLOW_THREADS
+    for (Py_ssize_t i = 0; i < n; i++)
+        statuses[i] = (char)(pointers[i] ? repeated_keys_status(pointers[i], lengths[i]) : KEYS_UNSURE);
+    Py_END_ALLOW_THREADS
+    PyMem_RawFree(pointers);
+    PyMem_RawFree(lengths);
+    Py_DECREF(items);
+    return result;
+}
+
 /* A JSON integer: -?(0|[1-9][0-9]*), not followed by a fraction or exponent, within int64. */
 static const char *scan_int(const char *p, const char *end, int64_t *value) {
     int negative = 0;
@@ -921,11 +1024,20 @@ static PyTypeObject DecoderType = {
     .tp_methods = Decoder_methods,
 };
 
+static PyMethodDef module_methods[] = {
+    {"repeated_keys", (PyCFunction)repeated_keys, METH_O,
+     "repeated_keys(values) -> bytes: per value KEYS_UNIQUE (no JSON object in it repeats a key), "
+     "KEYS_REPEATED (one does) or KEYS_UNSURE (not strict JSON, escaped keys, too deep or too many keys: "
+     "the Python side decides); a value that is not bytes is KEYS_UNSURE."},
+    {NULL, NULL, 0, NULL},
+};
+
 static struct PyModuleDef module = {
     PyModuleDef_HEAD_INIT,
     .m_name = "_fastjson",
     .m_doc = "Native fast path of schemas.decoder (see schemas/native_plan.py).",
     .m_size = -1,
+    .m_methods = module_methods,
 };
 
 PyMODINIT_FUNC PyInit__fastjson(void) {
@@ -944,5 +1056,8 @@ PyMODINIT_FUNC PyInit__fastjson(void) {
     PyModule_AddIntConstant(m, "KIND_TIME", K_TIME);
     PyModule_AddIntConstant(m, "KIND_TAG", K_TAG);
     PyModule_AddIntConstant(m, "KIND_DATA", K_DATA);
+    PyModule_AddIntConstant(m, "KEYS_UNIQUE", KEYS_UNIQUE);
+    PyModule_AddIntConstant(m, "KEYS_REPEATED", KEYS_REPEATED);
+    PyModule_AddIntConstant(m, "KEYS_UNSURE", KEYS_UNSURE);
     return m;
 }

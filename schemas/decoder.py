@@ -5,8 +5,14 @@ A message it rejects is handed to pydantic, which is the authority: pydantic eit
 the rejection with the field and the reason, or (where the two parsers differ on an edge of
 the format) accepts the message, which is then kept. A message is never dropped silently:
 it is either a row of one of the returned tables or one of the rejections.
+
+A JSON object that names a key twice is refused (`duplicate_key`) before either parser sees it:
+both keep the last value, while another reader of the same bytes (an upstream validator, an
+auditor's tool) may keep the first and see another fee. The native scanner
+(`_fastjson.repeated_keys`) clears almost every message at once; `_repeated_key` decides the rest.
 """
 
+import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from operator import attrgetter
@@ -23,7 +29,10 @@ from schemas.derive import ColumnCheck, Derived
 from schemas.errors import SchemaError
 from schemas.events import EventType, event_types
 from schemas.fields import printable_pattern
-from schemas.native_plan import build_native_decoder
+from schemas.native_plan import build_native_decoder, repeated_keys_statuses
+
+# The reason code a dead letter for a repeated JSON key starts with.
+duplicate_key_code = "duplicate_key"
 
 
 @dataclass(frozen=True)
@@ -95,6 +104,8 @@ class BatchDecoder:
                     slow.extend(table.filter(pc.invert(passed)).column("message_index").to_pylist())
                     table = table.filter(passed)
                 parts.setdefault(event_type.table, []).append(table)
+        indexes_left = list(indexes_left)
+        repeated = _repeated_key_errors(values, indexes_left)
         for index in indexes_left:
             value = values[index]
             if value is None:
@@ -102,6 +113,9 @@ class BatchDecoder:
                 continue
             if len(value) > limits.message_bytes_max:
                 rejections.append(Rejection(index, _oversize(len(value))))
+                continue
+            if index in repeated:
+                rejections.append(Rejection(index, repeated[index]))
                 continue
             try:
                 event = decode(value)
@@ -145,6 +159,9 @@ class BatchDecoder:
             return _no_value
         if len(value) > limits.message_bytes_max:
             return _oversize(len(value))
+        repeated = _repeated_key_errors([value], [0])
+        if repeated:
+            return repeated[0]
         return self._validate_slowly(value)[1]
 
     def _validate_slowly(self, value: bytes) -> tuple[BaseModel | None, SchemaError | None]:
@@ -158,6 +175,67 @@ class BatchDecoder:
             return None, _schema_error(error)
         except (ValueError, RecursionError) as error:  # not seen, but bad input must never stop a batch
             return None, SchemaError(f"undecodable message ({type(error).__name__}: {str(error)[:200]})")
+
+
+def _repeated_key_errors(values: Sequence[bytes | None], indexes: list[int]) -> dict[int, SchemaError]:
+    """The `duplicate_key` error of each message at `indexes` in which a JSON object repeats a key.
+
+    The native scanner answers for almost all at once; only what it is unsure of (escaped keys,
+    invalid JSON) or finds repeated is parsed again in Python, to be certain and to name the key.
+    """
+    candidates = [index for index in indexes if values[index] is not None]
+    statuses = repeated_keys_statuses([values[index] for index in candidates])
+    errors: dict[int, SchemaError] = {}
+    for index, status in zip(candidates, statuses, strict=True):
+        if status == 0 or len(values[index]) > limits.message_bytes_max:  # type: ignore[arg-type]
+            continue
+        error = _repeated_key(values[index])  # type: ignore[arg-type]
+        if error is not None:
+            errors[index] = error
+    return errors
+
+
+class _RepeatedKey(dict):
+    """A decoded JSON object that named `key` more than once."""
+
+    key: str
+
+
+def _object_of_pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    seen: set[str] = set()
+    for name, _ in pairs:
+        if name in seen:
+            marked = _RepeatedKey(pairs)
+            marked.key = name
+            return marked
+        seen.add(name)
+    return dict(pairs)
+
+
+def _repeated_key(value: bytes) -> SchemaError | None:
+    """The `duplicate_key` error when an object of the JSON text `value` repeats a key, else None.
+
+    Text that is not JSON is no concern here: the parsers reject it with their own reason.
+    """
+    try:
+        document = json.loads(value, object_pairs_hook=_object_of_pairs)
+    except (ValueError, RecursionError):
+        return None
+    stack: list[tuple[Any, str]] = [(document, "")]
+    while stack:
+        node, path = stack.pop()
+        if isinstance(node, _RepeatedKey):
+            where = f"{path}.{node.key}" if path else node.key
+            return SchemaError(
+                f"{duplicate_key_code}: the key `{node.key}` appears more than once in one JSON object; "
+                "send each key once (readers disagree on which value counts)",
+                where,
+            )
+        if isinstance(node, dict):
+            stack.extend((child, f"{path}.{name}" if path else name) for name, child in node.items())
+        elif isinstance(node, list):
+            stack.extend((child, f"{path}.{i}") for i, child in enumerate(node))
+    return None
 
 
 _column_of_path = {"id": "event_id", "time": "event_time", "source": "source"}

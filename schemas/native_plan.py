@@ -53,6 +53,16 @@ def native_available() -> bool:
     return _fastjson is not None
 
 
+def repeated_keys_statuses(values: list[bytes | None]) -> bytes:
+    """Per value 0 when no JSON object in it repeats a key, else nonzero (repeated, or not sure).
+
+    Without the extension every value is "not sure", and the caller checks each in Python.
+    """
+    if _fastjson is None:
+        return b"\x02" * len(values)
+    return _fastjson.repeated_keys(values)
+
+
 def build_native_decoder(types: list[EventType]) -> tuple[Any, list[NativeType]] | None:
     """The native decoder for those of `types` it can handle, or None (not built, or none fit)."""
     if _fastjson is None:
