@@ -61,8 +61,14 @@ def _record_format_only(connection: duckdb.DuckDBPyConnection) -> None:
     """Format 2 only starts recording the format: the table itself is created by the migration."""
 
 
+def _record_inlined_digests(connection: duckdb.DuckDBPyConnection) -> None:
+    """Format 3 digests every later transaction's inlined rows; the table `inlined_digest` is created by the
+    migration, and verify checks inlined rows from the snapshot that created it on (earlier ones: a warning)."""
+
+
 format_steps: list[FormatStep] = [
     FormatStep(2, "record the ledger format version (table ledger_format)", _record_format_only),
+    FormatStep(3, "record a digest of each transaction's inlined rows (table inlined_digest)", _record_inlined_digests),
 ]
 
 format_version_current = format_steps[-1].version if format_steps else format_version_first

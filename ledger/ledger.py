@@ -48,6 +48,7 @@ from ledger.format import (
     require_current_format,
     stored_format_version,
 )
+from ledger.inlined_digest import digest_rows, digest_table, relation_digests, undigested_tables
 from ledger.partition_locks import PartitionLocks
 from ledger.redact import redact
 from ledger.step_locks import StepLocks
@@ -114,6 +115,8 @@ class Ledger:
         self.read_only = read_only
         self._appends_on_connection = 0
         self._id: str | None = None
+        # Row digests of what the open transaction inlined, by table; recorded in `inlined_digest` at commit.
+        self._pending_digests: dict[str, list[str]] = {}
         # The ingest service appends from a worker thread while its polling thread may read the
         # stored offsets (partition assignment); one DuckDB connection serves one call at a time.
         self._lock = threading.RLock()
@@ -375,7 +378,7 @@ class Ledger:
                 ),
                 "raw_sha256": dead_letters.column("raw_sha256"),
             }
-        ).filter(pc.is_valid(pa.field("line_prefix_sha256")))
+        ).filter(pc.is_valid(pc.field("line_prefix_sha256")))
         if not lines.num_rows:
             return dead_letters, lines, 0
         self.connection.register("new_dead_lines", lines)
@@ -408,8 +411,8 @@ class Ledger:
         self, positions: Sequence[FileSourcePosition], dead_lines: pa.Table, ingest_batch_id: str
     ) -> None:
         if positions:
-            self.connection.executemany(
-                f"INSERT INTO {catalog_alias}.main.file_source_position VALUES (?, ?, ?, ?, ?, ?)",
+            self._insert_inlined_rows(
+                "file_source_position",
                 [
                     [p.topic, p.next_offset, p.prefix_size_bytes, p.prefix_sha256, p.source_name, ingest_batch_id]
                     for p in positions
@@ -614,15 +617,14 @@ class Ledger:
         duplicates: int,
         dead_letters: int,
     ) -> None:
-        execute = self.connection.executemany
         if offsets:
-            execute(
-                f"INSERT INTO {catalog_alias}.main.ingest_offset VALUES (?, ?, ?, ?, ?)",
+            self._insert_inlined_rows(
+                "ingest_offset",
                 [[o.topic, o.partition, o.first_offset, o.next_offset, ingest_batch_id] for o in offsets],
             )
-        self.connection.execute(
-            f"INSERT INTO {catalog_alias}.main.ingest_batch VALUES (?, ?, ?, ?, ?, ?, ?)",
-            [ingest_batch_id, datetime.now(UTC), writer, len(batch), events, duplicates, dead_letters],
+        self._insert_inlined_rows(
+            "ingest_batch",
+            [[ingest_batch_id, datetime.now(UTC), writer, len(batch), events, duplicates, dead_letters]],
         )
 
     def append_records(
@@ -662,13 +664,35 @@ class Ledger:
         return self._retrying(once, "append records")
 
     def _insert_inlined(self, table_name: str, rows: pa.Table) -> None:
-        self.connection.register("inlined_rows", rows.cast(inlined_tables[table_name]))
+        """Insert rows into an inlined table, noting their digests for the transaction's `inlined_digest` rows."""
+        schema = inlined_tables[table_name]
+        self.connection.register("inlined_rows", rows.cast(schema))
         try:
             self.connection.execute(
                 f"INSERT INTO {catalog_alias}.main.{table_name} SELECT * FROM inlined_rows"
             )
+            if table_name not in undigested_tables:
+                digests = relation_digests(self.connection, "inlined_rows", schema)
+                self._pending_digests.setdefault(table_name, []).extend(digests)
         finally:
             self.connection.unregister("inlined_rows")
+
+    def _insert_inlined_rows(self, table_name: str, rows: list[list]) -> None:
+        schema = inlined_tables[table_name]
+        by_column = zip(*rows, strict=True)
+        columns = [pa.array(list(values), type=item.type) for values, item in zip(by_column, schema, strict=True)]
+        self._insert_inlined(table_name, pa.Table.from_arrays(columns, schema=schema))
+
+    def _record_inlined_digests(self) -> None:
+        """Insert the open transaction's `inlined_digest` rows (called just before its COMMIT)."""
+        if not any(self._pending_digests.values()):
+            return
+        self.connection.register("digest_rows", digest_rows(self._pending_digests))
+        try:
+            self.connection.execute(f"INSERT INTO {catalog_alias}.main.{digest_table} SELECT * FROM digest_rows")
+        finally:
+            self.connection.unregister("digest_rows")
+        self._pending_digests = {}
 
     def _add_files(self, written: list[_FileToAdd], batch_id: str) -> None:
         """Register written files with DuckLake and record their checksums, in the caller's transaction."""
@@ -677,9 +701,8 @@ class Ledger:
                 "CALL ducklake_add_data_files(?, ?, ?)", [catalog_alias, file.table, file.absolute_path]
             )
         if written:
-            self.connection.executemany(
-                f"INSERT INTO {catalog_alias}.main.file_checksum VALUES (?, ?, ?, ?, ?)",
-                [[f.relative_path, f.table, f.size_bytes, f.sha256, batch_id] for f in written],
+            self._insert_inlined_rows(
+                "file_checksum", [[f.relative_path, f.table, f.size_bytes, f.sha256, batch_id] for f in written]
             )
 
     def _last_committed_snapshot(self) -> int:
@@ -760,10 +783,13 @@ class Ledger:
 
     @contextmanager
     def _transaction(self) -> Iterator[None]:
+        self._pending_digests = {}
         self.connection.execute("BEGIN TRANSACTION")
         try:
             yield
+            self._record_inlined_digests()
         except BaseException:
+            self._pending_digests = {}
             with suppress(duckdb.Error):
                 self.connection.execute("ROLLBACK")
             raise
@@ -816,6 +842,15 @@ def _ledger_error(error: duckdb.Error, what: str, location: str) -> LedgerError:
     if any(marker in message.lower() for marker in _catalog_lost_markers):
         return LedgerCatalogUnavailableError(location, what, message.splitlines()[0])
     return LedgerError(f"{what} failed on ledger `{location}`: {message}")
+
+
+def ledger_error_of(error: duckdb.Error, what: str, location: str) -> LedgerError:
+    """The typed error for a DuckDB error raised outside the ledger's own retries (a batch command's reads):
+    contention and a lost catalog are transient (a scheduler retries), anything else is not."""
+    message = redact(error)
+    if any(marker in message.lower() for marker in _transient_markers):
+        return LedgerBusyError(location, 1, message.splitlines()[0])
+    return _ledger_error(error, what, location)
 
 
 def _remove_files(files: list[_FileToAdd]) -> None:

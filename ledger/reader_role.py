@@ -52,8 +52,14 @@ def generate_password() -> str:
     return secrets.token_urlsafe(generated_password_bytes)
 
 
-def grant_reader(catalog: str, role: str, password: str, schema: str = "public") -> ReaderGrant:
-    """Create or update `role` as a SELECT-only login on the catalog `catalog` (a writer's DSN)."""
+def grant_reader(
+    catalog: str, role: str, password: str, schema: str = "public", writer_role: str | None = None
+) -> ReaderGrant:
+    """Create or update `role` as a SELECT-only login on the catalog `catalog`.
+
+    `catalog` connects as a role that may create roles (CREATEROLE or superuser); `writer_role` (default:
+    that same role) is the role the ledger writers connect as, whose future tables the reader may read.
+    """
     import psycopg
     from psycopg import sql
     from psycopg.conninfo import conninfo_to_dict, make_conninfo
@@ -65,9 +71,11 @@ def grant_reader(catalog: str, role: str, password: str, schema: str = "public")
     dsn = catalog.removeprefix("postgres:")
     try:
         with psycopg.connect(dsn, autocommit=True, connect_timeout=connect_timeout_s) as connection:
-            writer = connection.info.user
-            if writer == role:
-                raise ReaderRoleError(f"role `{role}` is the writer this command connects as; name a new role")
+            writer = writer_role or connection.info.user
+            if role in (writer, connection.info.user):
+                raise ReaderRoleError(
+                    f"role `{role}` is a writer or the role this command connects as; name a new role"
+                )
             _check_not_privileged(connection, role)
             hashed = connection.pgconn.encrypt_password(password.encode(), role.encode(), b"scram-sha-256").decode()
             identifier = sql.Identifier(role)

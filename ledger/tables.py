@@ -9,6 +9,7 @@ import pyarrow as pa
 
 from ledger import constants
 from ledger.format import format_table, ledger_format_schema
+from ledger.inlined_digest import digest_table, inlined_digest_schema
 from schemas.arrow import ledger_schemas, position_fields, timestamp_type
 from schemas.errors import require
 
@@ -94,6 +95,7 @@ inlined_tables: dict[str, pa.Schema] = {
     "file_source_position": file_source_position_schema,
     "dead_letter_line": dead_letter_line_schema,
     format_table: ledger_format_schema,
+    digest_table: inlined_digest_schema,
 }
 all_tables: dict[str, pa.Schema] = {**file_tables, **inlined_tables}
 

@@ -13,8 +13,10 @@ from pathlib import Path
 
 from ledger.connection import catalog_alias
 from ledger.format import format_table
+from ledger.inlined_digest import check_inlined_rows
 from ledger.ledger import Ledger
 from ledger.orphans import OrphanFile, find_orphans
+from ledger.tables import inlined_tables
 
 # The only kinds of change an append-only ledger makes, as DuckLake names them.
 allowed_changes = {"schemas_created", "tables_created", "tables_inserted_into", "inlined_insert"}
@@ -99,6 +101,9 @@ def verify(ledger: Ledger) -> VerifyReport:
             _check_file(report, path, size_bytes, checksums.get(path.removeprefix(data_path)))
     report.orphans = find_orphans(ledger, listed)
     report.warnings += _offset_overlaps(ledger)
+    inlined_problems, inlined_warnings = check_inlined_rows(connection, catalog_alias, inlined_tables)
+    report.problems += inlined_problems
+    report.warnings += inlined_warnings
     return report
 
 

@@ -29,12 +29,17 @@ def grant_reader_command(
         ),
     ] = None,
     schema: Annotated[str, typer.Option("--schema", help="The catalog's PostgreSQL schema.")] = "public",
+    writer_role: Annotated[
+        str | None,
+        typer.Option("--writer-role", help="Role the writers connect as (tables it creates later are granted)."),
+    ] = None,
 ) -> None:
     """Create a SELECT-only PostgreSQL role on the catalog and print its reader DSN (`reader_lake`).
 
-    Run it with the writers' DSN (--lake or ROYALTY_LAKE, as the role the writers use): tables DuckLake
-    creates later are granted too. The password is ROYALTY_READER_PASSWORD, or a generated one; it is
-    printed only inside the reader DSN, and only when neither --passfile nor ROYALTY_READER_PASSWORD is given.
+    --lake (or ROYALTY_LAKE) connects as a role that may create roles; tables the writers' role
+    (--writer-role, default: that same role) creates later are granted too. The password is
+    ROYALTY_READER_PASSWORD, or a generated one; it is printed only inside the reader DSN, and only
+    when neither --passfile nor ROYALTY_READER_PASSWORD is given.
     """
     from ledger.reader_role import add_passfile_entry, generate_password, grant_reader
 
@@ -47,7 +52,7 @@ def grant_reader_command(
             )
         chosen = os.environ.get(reader_password_env)
         password = chosen or generate_password()
-        grant = grant_reader(settings.lake, role, password, schema)
+        grant = grant_reader(settings.lake, role, password, schema, writer_role)
         if passfile is not None:
             add_passfile_entry(passfile, grant)
     except RoyaltyError as error:

@@ -1,0 +1,197 @@
+"""Digests of the rows a transaction inlines into the catalog, so `royalty verify` sees them changed.
+
+The bookkeeping tables (offsets, batches, checksums, file positions, and the settlement's small
+tables) are inlined: their rows live in the catalog database (`ducklake_inlined_data_*`), not in
+checksummed Parquet files. Anyone who can write the catalog could change them behind DuckLake's
+back (an UPDATE moving stored offsets by a million makes ingest skip a million messages) without
+leaving a snapshot. So every transaction that inlines rows also records, in `inlined_digest`, one
+row per table it inserted into: how many rows, and a short digest of each row's canonical text.
+`royalty verify` reads every inlined row with the snapshot that inserted it (DuckLake's
+`snapshot_id` column), recomputes the digests and names each row whose digest was never recorded,
+each recorded row that is gone, and each snapshot that inlined rows without a digest.
+
+This detects a change made with a catalog client (psql, sqlite3, `postgres_execute`). It does not
+stop a writer-credentialed attacker who recomputes the digests too (the algorithm is public):
+against that, the boundary is that only the writers hold write credentials (`royalty catalog
+grant-reader`, file permissions), and settled epochs are anchored on-chain.
+"""
+
+import hashlib
+import json
+from collections.abc import Iterable
+
+import duckdb
+import pyarrow as pa
+
+digest_table = "inlined_digest"
+inlined_digest_schema = pa.schema(
+    [
+        pa.field("table_name", pa.string(), nullable=False),
+        pa.field("row_count", pa.int64(), nullable=False),
+        # The sorted digests of the rows, space-separated (see `row_digest_chars`).
+        pa.field("row_digests", pa.string(), nullable=False),
+    ]
+)
+# Leading hex characters of each row's SHA-256 kept: 64 bits, so matching a changed row to a recorded
+# digest by chance or by search takes ~2^64 tries, at 17 bytes a row in the catalog.
+row_digest_chars = 16
+# Tables whose inserts are not digested: the digest table itself, and the format record (written by
+# `ledger.format` before the digest table exists; its history is checked by verify's format rules).
+undigested_tables = frozenset({digest_table, "ledger_format"})
+
+
+def row_text_sql(columns: list[tuple[str, bool]]) -> str:
+    """A DuckDB expression giving each row's canonical text: JSON of its (name, is timestamp) columns.
+
+    Timestamps are numbers (epoch µs), not text, so the text does not depend on the session's time zone.
+    """
+    members = []
+    for name, is_timestamp in columns:
+        column = f'"{name}"'
+        members.append(f'"{name}" := {f"epoch_us({column})" if is_timestamp else column}')
+    return f"to_json(struct_pack({', '.join(members)}))::VARCHAR"
+
+
+def schema_columns(schema: pa.Schema) -> list[tuple[str, bool]]:
+    return [(item.name, pa.types.is_timestamp(item.type)) for item in schema]
+
+
+def table_columns(connection: duckdb.DuckDBPyConnection, catalog: str, table: str) -> list[tuple[str, bool]]:
+    """A ledger table's columns as the catalog declares them, in order."""
+    return [
+        (name, data_type.startswith("TIMESTAMP"))
+        for name, data_type in connection.execute(
+            "SELECT column_name, data_type FROM duckdb_columns() WHERE database_name = ? AND schema_name = 'main' "
+            "AND table_name = ? ORDER BY column_index",
+            [catalog, table],
+        ).fetchall()
+    ]
+
+
+def canonical_text(text: str) -> str:
+    """A row's JSON text without its NULL columns: a column a migration added later leaves old rows' digests alone."""
+    values = {name: value for name, value in json.loads(text).items() if value is not None}
+    return json.dumps(values, sort_keys=True, separators=(",", ":"))
+
+
+def row_digest(text: str) -> str:
+    return hashlib.sha256(canonical_text(text).encode()).hexdigest()[:row_digest_chars]
+
+
+def relation_digests(connection: duckdb.DuckDBPyConnection, relation: str, schema: pa.Schema) -> list[str]:
+    """The row digests of the registered relation `relation` (rows about to be inserted)."""
+    rows = connection.execute(f"SELECT {row_text_sql(schema_columns(schema))} FROM {relation}").fetchall()
+    return [row_digest(text) for (text,) in rows]
+
+
+def digest_rows(pending: dict[str, list[str]]) -> pa.Table:
+    """The `inlined_digest` rows of one transaction: one per table it inlined rows into."""
+    tables = sorted(name for name, digests in pending.items() if digests)
+    return pa.table(
+        {
+            "table_name": tables,
+            "row_count": [len(pending[name]) for name in tables],
+            "row_digests": [" ".join(sorted(pending[name])) for name in tables],
+        },
+        schema=inlined_digest_schema,
+    )
+
+
+# A tampered catalog could hold millions of changed rows: verify names this many per table, then counts.
+rows_named_per_table_max = 20
+
+
+def check_inlined_rows(
+    connection: duckdb.DuckDBPyConnection, catalog: str, inlined: Iterable[str]
+) -> tuple[list[str], list[str]]:
+    """Problems and warnings of the inlined tables (`inlined`, and any table with recorded digests).
+
+    Every row of a digested table, with the snapshot that inserted it, must match a digest recorded by
+    that snapshot; every recorded digest must match a row. Rows inserted before the digest table
+    existed (a ledger migrated from format 2 or earlier) are counted in a warning, not checked.
+    """
+    present = {
+        name
+        for (name,) in connection.execute(
+            "SELECT table_name FROM duckdb_tables() WHERE database_name = ?", [catalog]
+        ).fetchall()
+    }
+    if digest_table not in present:
+        return [], []
+    (start,) = connection.execute(
+        f"SELECT min(begin_snapshot) FROM __ducklake_metadata_{catalog}.ducklake_table WHERE table_name = ?",
+        [digest_table],
+    ).fetchone()
+    problems: list[str] = []
+    recorded = _recorded(connection, catalog, problems)
+    unchecked = 0
+    digested = {table for _, table in recorded}
+    for table in sorted((set(inlined) | digested) & present - undigested_tables):
+        found: dict[int, dict[str, list[str]]] = {}
+        text_sql = row_text_sql(table_columns(connection, catalog, table))
+        for snapshot_id, text in connection.execute(
+            f"SELECT snapshot_id, {text_sql} FROM {catalog}.main.{table}"
+        ).fetchall():
+            if start is not None and snapshot_id < start:
+                unchecked += 1
+                continue
+            found.setdefault(snapshot_id, {}).setdefault(row_digest(text), []).append(canonical_text(text))
+        problems += _table_problems(table, found, {s: d for (s, t), d in recorded.items() if t == table})
+    warnings = []
+    if unchecked:
+        warnings.append(
+            f"{unchecked} inlined bookkeeping row(s) were written before this ledger recorded their digests "
+            "(ledger format 3): they are trusted as they are, not checked against a digest"
+        )
+    return problems, warnings
+
+
+def _recorded(connection: duckdb.DuckDBPyConnection, catalog: str, problems: list[str]) -> dict:
+    """The recorded digests by (snapshot, table), as a multiset {digest: count}."""
+    recorded: dict[tuple[int, str], dict[str, int]] = {}
+    for snapshot_id, table, row_count, digests in connection.execute(
+        f"SELECT snapshot_id, table_name, row_count, row_digests FROM {catalog}.main.{digest_table}"
+    ).fetchall():
+        items = digests.split()
+        if len(items) != row_count:
+            problems.append(
+                f"the digest row of table `{table}` at snapshot {snapshot_id} lists {len(items)} digests for "
+                f"{row_count} rows: it was changed in the catalog behind DuckLake's back"
+            )
+        counts = recorded.setdefault((snapshot_id, table), {})
+        for item in items:
+            counts[item] = counts.get(item, 0) + 1
+    return recorded
+
+
+def _table_problems(
+    table: str, found: dict[int, dict[str, list[str]]], recorded: dict[int, dict[str, int]]
+) -> list[str]:
+    """One problem naming every row (up to a bound) that differs from what its snapshot recorded."""
+    named: list[str] = []
+    for snapshot_id in sorted(set(found) | set(recorded)):
+        expected = dict(recorded.get(snapshot_id, {}))
+        unmatched: list[str] = []
+        for digest, texts in sorted(found.get(snapshot_id, {}).items()):
+            matched = min(len(texts), expected.get(digest, 0))
+            expected[digest] = expected.get(digest, 0) - matched
+            unmatched += texts[matched:]
+        if unmatched and snapshot_id not in recorded:
+            named += [
+                f"row {text} carries snapshot {snapshot_id}, which recorded no digest for it" for text in unmatched
+            ]
+        else:
+            named += [
+                f"row {text} (snapshot {snapshot_id}) matches no digest that snapshot recorded" for text in unmatched
+            ]
+        gone = sum(count for count in expected.values() if count > 0) - len(unmatched)
+        if gone > 0:
+            named.append(f"{gone} row(s) snapshot {snapshot_id} inserted are gone")
+    if not named:
+        return []
+    more = len(named) - rows_named_per_table_max
+    return [
+        f"inlined table `{table}` was changed in the catalog behind DuckLake's back: "
+        + "; ".join(named[:rows_named_per_table_max])
+        + (f"; and {more} more" if more > 0 else "")
+    ]
