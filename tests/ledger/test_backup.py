@@ -1,11 +1,12 @@
 """`royalty backup`: a consistent, verified, self-contained copy of a ledger taken while ingest runs."""
 
 import json
-import subprocess
+import threading
 import time
 from pathlib import Path
 
 import pytest
+from typer.testing import CliRunner
 
 from ingest.sample import SampleTraffic
 from ledger import Ledger
@@ -13,9 +14,11 @@ from ledger.backup import BackupError, backup
 from ledger.connection import LedgerLocation
 from ledger.tables import file_tables
 from ledger.verify import verify
-from tests.conftest import royalty_command
+from royalty.cli import app
 from tests.ledger.helpers import batch_of
 
+runner = CliRunner()
+appends_max = 200  # a bound on the writer thread; the test stops it long before
 event_tables = sorted(name for name in file_tables if name != "dead_letter")
 
 
@@ -33,48 +36,45 @@ def _events_per_batch(lake: Path) -> dict[str, int]:
         return dict(rows)
 
 
-def test_backup_during_a_running_ingest_is_a_consistent_verified_snapshot(tmp_path: Path) -> None:
-    """A real `royalty ingest --from-file` appends in small batches while `royalty backup` runs: the backup
-    opens from its own folder, verifies, holds every file of every batch it records and nothing of a later
-    one, and equals the live ledger as of the backup's snapshot."""
-    source = tmp_path / "traffic.jsonl"
-    produced = subprocess.run(
-        royalty_command("produce-sample", "--to-file", str(source), "--events", "20000", "--invalid-ppm", "0"),
-        capture_output=True, text=True,
-    )
-    assert produced.returncode == 0, produced.stderr
+def test_backup_during_running_appends_is_a_consistent_verified_snapshot(tmp_path: Path) -> None:
+    """A writer thread appends batch after batch while `royalty backup` runs: the backup opens from its own
+    folder, verifies, holds every file of every batch it records and nothing of a later one, and equals the
+    live ledger as of the backup's snapshot; the writer went on appending during and after it."""
     lake, target = tmp_path / "lake", tmp_path / "backups" / "monday"
-    ingest = subprocess.Popen(
-        royalty_command("ingest", "--from-file", str(source), "--lake", str(lake), "--batch-records-max", "200"),
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-    )
+    traffic = SampleTraffic(seed=21)
+    with Ledger.open(lake) as ledger:
+        ledger.append(*batch_of(list(traffic.registry())))
+    stop, appended = threading.Event(), []
+
+    def write() -> None:
+        with Ledger.open(lake) as writer:
+            while not stop.is_set() and len(appended) < appends_max:
+                offset = 1_000 * (len(appended) + 1)
+                appended.append(writer.append(*batch_of(list(traffic.metered(100)), first_offset=offset)))
+
+    thread = threading.Thread(target=write)
+    thread.start()
     try:
         deadline = time.monotonic() + 120
-        while time.monotonic() < deadline and not (lake / "catalog.sqlite").exists():
-            time.sleep(0.05)
-        while time.monotonic() < deadline and len(_batches(lake)) < 3:
-            time.sleep(0.05)
-        result = subprocess.run(
-            royalty_command("backup", "--lake", str(lake), "--to", str(target), "--json"),
-            capture_output=True, text=True, timeout=120,
-        )
-        running_after_backup = ingest.poll() is None
+        while len(appended) < 3 and thread.is_alive() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        result = runner.invoke(app, ["backup", "--lake", str(lake), "--to", str(target), "--json"])
+        during = len(appended)
+        while len(appended) < during + 2 and thread.is_alive() and time.monotonic() < deadline:
+            time.sleep(0.01)
     finally:
-        _, errors = ingest.communicate(timeout=300)
-    assert ingest.returncode == 0, errors
-    assert result.returncode == 0, result.stderr
-    assert running_after_backup, "ingest finished before the backup did: give it more events"
-    summary = json.loads(result.stdout)
+        stop.set()
+        thread.join(timeout=120)
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.output)
     backed_up, final = _batches(target), _batches(lake)
-    assert 3 <= len(backed_up) < len(final)
+    assert 3 < len(backed_up) < len(final), (len(backed_up), len(final))
     assert _events_per_batch(target) == {batch: events for batch, events in backed_up.items() if events}
     assert _batches(lake, snapshot_version=summary["snapshot_id"]) == backed_up
     assert sorted(path.name for path in target.iterdir()) == ["catalog.sqlite", "data"]
-    verified = subprocess.run(
-        royalty_command("verify", "--lake", str(target), "--json"), capture_output=True, text=True
-    )
-    report = json.loads(verified.stdout)
-    assert verified.returncode == 0 and report["ok"] and report["orphans"] == [], report
+    verified = runner.invoke(app, ["verify", "--lake", str(target), "--json"])
+    report = json.loads(verified.output)
+    assert verified.exit_code == 0 and report["ok"] and report["orphans"] == [], report
     assert report["files"] == summary["files"]
 
 
