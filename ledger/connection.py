@@ -172,11 +172,17 @@ def _check_own_data_path(
         connection.close()
         raise LedgerDataPathError(location.display, recorded, location.data_path)
     if record_relative and recorded != f"{data_folder}/":
-        connection.execute(
-            f"UPDATE __ducklake_metadata_{catalog_alias}.ducklake_metadata SET value = ? "
-            "WHERE key = 'data_path' AND scope IS NULL",
-            [f"{data_folder}/"],
-        )
+        try:
+            connection.execute(
+                f"UPDATE __ducklake_metadata_{catalog_alias}.ducklake_metadata SET value = ? "
+                "WHERE key = 'data_path' AND scope IS NULL",
+                [f"{data_folder}/"],
+            )
+        except duckdb.Error as error:
+            # Another writer creating the same ledger holds the catalog: it records the relative path
+            # itself, and an absolute one opens just the same (the override), so nothing is lost.
+            if "locked" not in str(error).lower() and "busy" not in str(error).lower():
+                raise
 
 
 def ledger_id(connection: duckdb.DuckDBPyConnection) -> str:
