@@ -1,0 +1,130 @@
+"""`royalty verify` names inlined bookkeeping rows changed in the catalog behind DuckLake's back, on both catalogs.
+
+The offsets, batches and checksums live in the catalog database (`ducklake_inlined_data_*`), not in
+checksummed files; each test changes them with the catalog's own client (sqlite3, psycopg), as an
+operator or an attacker holding the catalog's credentials would, and runs the real `verify`.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import subprocess
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import pytest
+
+from ingest.sample import SampleTraffic
+from ledger import Ledger
+from ledger.verify import verify
+from tests.conftest import royalty_command
+from tests.ledger.helpers import batch_of
+
+if TYPE_CHECKING:
+    from tests.support.postgres import PostgresServer
+
+pytest_plugins = ("tests.support.postgres",)
+
+OFFSET_SHIFT = 1_000_000
+METERED = 40
+
+
+@dataclass(frozen=True)
+class Catalog:
+    """A two-append ledger and a way to run SQL on its catalog database directly."""
+
+    location: str
+    data_path: str | None
+    execute: Callable[[str], list[tuple]]
+
+    def inlined_table(self, table: str) -> str:
+        (table_id,) = self.execute(f"SELECT table_id FROM ducklake_table WHERE table_name = '{table}'")[0]
+        names = self.execute(
+            "SELECT table_name FROM ducklake_inlined_data_tables WHERE table_id = " + str(table_id)
+        )
+        return names[-1][0]
+
+
+def _fill(location: str, data_path: str | None) -> int:
+    """Two appends: offsets 0..19, then 20..end; return the end (the second batch's next offset)."""
+    values = list(SampleTraffic(seed=3).registry()) + list(SampleTraffic(seed=3).metered(METERED))
+    with Ledger.open(location, data_path) as ledger:
+        ledger.append(*batch_of(values[:20], topic="t", first_offset=0))
+        ledger.append(*batch_of(values[20:], topic="t", first_offset=20))
+    return len(values)
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def catalog(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Catalog]:
+    if request.param == "sqlite":
+        location = str(tmp_path / "lake")
+        _fill(location, None)
+
+        def run_sqlite(sql: str) -> list[tuple]:
+            with sqlite3.connect(tmp_path / "lake" / "catalog.sqlite") as database:
+                return database.execute(sql).fetchall()
+
+        yield Catalog(location, None, run_sqlite)
+        return
+    import psycopg
+
+    server: PostgresServer = request.getfixturevalue("postgres_server")
+    location = server.create_database(f"digest_{uuid.uuid4().hex[:10]}")
+    _fill(location, str(tmp_path / "data"))
+
+    def run_postgres(sql: str) -> list[tuple]:
+        with psycopg.connect(location.removeprefix("postgres:"), autocommit=True) as database:
+            cursor = database.execute(sql)
+            return cursor.fetchall() if cursor.description else []
+
+    yield Catalog(location, str(tmp_path / "data"), run_postgres)
+
+
+def _problems(catalog: Catalog) -> list[str]:
+    with Ledger.open_read_only(catalog.location, catalog.data_path) as ledger:
+        return verify(ledger).problems
+
+
+def test_stored_offsets_moved_by_a_million_in_the_catalog_are_named(catalog: Catalog) -> None:
+    """The issue's attack: an UPDATE on the inlined offsets table (ingest would skip a million messages)."""
+    assert _problems(catalog) == []
+    table = catalog.inlined_table("ingest_offset")
+    catalog.execute(f"UPDATE {table} SET next_offset = next_offset + {OFFSET_SHIFT} WHERE first_offset = 20")
+    problems = _problems(catalog)
+    assert len(problems) == 1, problems
+    assert "inlined table `ingest_offset` was changed in the catalog behind DuckLake's back" in problems[0]
+    end = len(list(SampleTraffic(seed=3).registry())) + METERED
+    assert f'"next_offset":{OFFSET_SHIFT + end}' in problems[0]
+    assert '"first_offset":20' in problems[0] and '"first_offset":0,' not in problems[0]
+
+
+def test_a_changed_checksum_a_deleted_batch_and_a_moved_snapshot_are_named(catalog: Catalog) -> None:
+    """Other direct edits: a file checksum rewritten, a batch row deleted, an offsets row moved to another snapshot."""
+    catalog.execute(f"UPDATE {catalog.inlined_table('file_checksum')} SET sha256 = 'f00d' WHERE row_id = 0")
+    catalog.execute(f"DELETE FROM {catalog.inlined_table('ingest_batch')} WHERE row_id = 0")
+    offsets = catalog.inlined_table("ingest_offset")
+    catalog.execute(f"UPDATE {offsets} SET begin_snapshot = begin_snapshot + 1 WHERE first_offset = 0")
+    problems = " ".join(_problems(catalog))
+    assert '"sha256":"f00d"' in problems
+    assert "inlined table `ingest_batch` was changed" in problems and "row(s) snapshot" in problems
+    assert "inlined table `ingest_offset` was changed" in problems and '"first_offset":0,' in problems
+
+
+def test_verify_command_exits_1_naming_the_changed_row(tmp_path: Path) -> None:
+    """Through the CLI on an embedded ledger: exit 1, the table and the changed value on standard error."""
+    lake = tmp_path / "lake"
+    _fill(str(lake), None)
+    database = sqlite3.connect(lake / "catalog.sqlite")
+    (table_id,) = database.execute("SELECT table_id FROM ducklake_table WHERE table_name = 'ingest_offset'").fetchone()
+    (table,) = database.execute(
+        "SELECT table_name FROM ducklake_inlined_data_tables WHERE table_id = ?", [table_id]
+    ).fetchone()
+    with database:
+        database.execute(f"UPDATE {table} SET next_offset = next_offset + {OFFSET_SHIFT}")
+    database.close()
+    result = subprocess.run(royalty_command("verify", "--lake", str(lake)), capture_output=True, text=True)
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "ingest_offset" in result.stderr and str(OFFSET_SHIFT + 20) in result.stderr.replace("\n", "")
