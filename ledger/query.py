@@ -6,15 +6,9 @@ from importlib import resources
 import duckdb
 import pyarrow as pa
 
-from ledger.errors import LedgerReadOnlyError, QueryTimeoutError
+from ledger.errors import QueryTimeoutError
 from ledger.ledger import Ledger
-
-# Statement types an analyst query may contain. Everything else (INSERT, COPY TO a file,
-# ATTACH, SET, CREATE ...) is refused before it runs, on top of the read-only attachment.
-_readable = {
-    duckdb.StatementType.SELECT,
-    duckdb.StatementType.EXPLAIN,
-}
+from ledger.sql_policy import checked_statements
 
 
 def analyst_view_statements() -> list[str]:
@@ -37,12 +31,11 @@ def define_views(ledger: Ledger) -> None:
 def run_query(ledger: Ledger, sql: str, timeout_s: float | None = None) -> pa.Table:
     """Run one or more read-only statements; return the last one's result as Arrow.
 
-    With `timeout_s`, the whole run is interrupted past that many seconds (QueryTimeoutError).
+    Every statement is checked by the analyst statement policy (`ledger.sql_policy`) before any runs:
+    `QueryRefusedError` (a `LedgerReadOnlyError`) names what was refused. With `timeout_s`, the whole run
+    is interrupted past that many seconds (QueryTimeoutError).
     """
-    statements = ledger.connection.extract_statements(sql)
-    for statement in statements:
-        if statement.type not in _readable:
-            raise LedgerReadOnlyError(statement.query)
+    statements = checked_statements(ledger.connection, sql)
     timer = None
     if timeout_s is not None:
         timer = threading.Timer(timeout_s, ledger.connection.interrupt)

@@ -3,6 +3,12 @@
 -- shape between versions; these views keep their columns.
 -- Each statement ends with a semicolon at the end of a line.
 
+-- One row per ledger snapshot (commit): what `--as-of-snapshot S` can answer as of.
+-- changes maps each kind of change (tables_created, tables_inserted_into, inlined_insert, ...) to what it touched.
+CREATE OR REPLACE TEMP VIEW snapshots AS
+SELECT snapshot_id, snapshot_time, schema_version, changes, author, commit_message, commit_extra_info
+FROM ducklake_snapshots('lake');
+
 -- One row per accepted paid inference call, deduplicated by event id at ingest.
 CREATE OR REPLACE TEMP VIEW inference_events AS
 SELECT event_id, event_time, model_id, request_id, payer, compute_provider, input_tokens, output_tokens,

@@ -52,6 +52,8 @@ class Settings:
     tree_dir: str | None = _setting(None, "Folder of per-epoch tree JSON files; unset: `<lake>/trees` (folder lake).")
     confirm_timeout_s: int = _setting(600, "Longest wait for a settlement tx's receipt and confirmations.")
     query_seconds_max: int = _setting(300, "Longest a `royalty sql` query may run before it is stopped.")
+    query_memory_mb_max: int = _setting(4_096, "Most memory a `royalty sql` query may use (MiB); past it, it fails.")
+    query_threads_max: int = _setting(4, "Most threads a `royalty sql` query runs on.")
 
     @classmethod
     def descriptions(cls) -> dict[str, str]:
@@ -86,13 +88,16 @@ def load_settings(flags: dict[str, Any] | None = None, config_path: str | None =
 
 # Inclusive bounds of numeric settings, so an operator's typo is a clear error, not a crash or a
 # runaway: a batch is held in memory twice (ingest.constants), an hour is longer than any sane batch
-# wait or interactive query, and no chain reorganises deeper than a day of Ethereum blocks.
+# wait or interactive query, and no chain reorganises deeper than a day of Ethereum blocks. An analyst
+# query below 64 MiB cannot hold one Parquet row group; 1 TiB and 256 threads exceed any one host.
 setting_bounds: dict[str, tuple[int, int]] = {
     "batch_records_max": (1, batch_records_limit),
     "batch_latency_ms_max": (1, 3_600_000),
     "confirmations": (1, 7_200),
     "confirm_timeout_s": (1, 86_400),
     "query_seconds_max": (1, 3_600),
+    "query_memory_mb_max": (64, 1_048_576),
+    "query_threads_max": (1, 256),
     "metrics_port": (1, 65_535),
 }
 

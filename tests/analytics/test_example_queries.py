@@ -1,4 +1,4 @@
-"""Every ```sql block of docs/analytics.md runs through `run_query` on a settled ledger and returns rows."""
+"""Every ```sql block of docs/analytics.md runs as `royalty sql` runs it (locked down, policy) and returns rows."""
 
 import re
 from pathlib import Path
@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 
 from ledger import Ledger, define_views, run_query
+from ledger.sql_policy import lock_down
 from tests.conftest import repo_root
 
 _block = re.compile(r"(?:<!-- needs: (?P<needs>[\w, ]+) -->\s*\n)?```sql\n(?P<sql>.*?)```", re.DOTALL)
@@ -27,9 +28,10 @@ def test_the_analyst_docs_hold_at_least_ten_example_queries() -> None:
 
 @pytest.mark.parametrize(("query", "needs"), example_queries(), ids=lambda v: v[:50] if isinstance(v, str) else "")
 def test_example_query_returns_rows_on_a_settled_ledger(settled_lake: Path, query: str, needs: list[str]) -> None:
-    """Run one documented query read-only (as `royalty sql` does); it must return at least one row."""
+    """Run one documented query as `royalty sql` does (engine locked down, statement policy); it must return rows."""
     with Ledger.open_read_only(settled_lake) as ledger:
         define_views(ledger)
+        lock_down(ledger, memory_mb=1_024, threads=2)
         views = {name for (name,) in ledger.connection.execute("SELECT view_name FROM duckdb_views()").fetchall()}
         missing = [view for view in needs if view not in views]
         if missing:

@@ -52,12 +52,13 @@ def test_sql_refuses_writes(settled_lake: Path) -> None:
     """`royalty sql` refuses anything but SELECT/EXPLAIN before it runs, even with time travel."""
     result = _sql(settled_lake, "--as-of-epoch", "1", "DELETE FROM lake.main.settlement_posting")
     assert result.returncode == 2
-    assert "refuses writes" in " ".join(result.stderr.split())
+    assert "read-only and reads the ledger only; refused the DELETE statement" in " ".join(result.stderr.split())
 
 
 @pytest.mark.parametrize("as_of", [(), ("--as-of-epoch", "1")])
 def test_print_attach_statements_attach_read_only_in_a_plain_duckdb_client(settled_lake: Path, as_of) -> None:
-    """The printed statements run as-is in a bare DuckDB connection: views answer, writes are refused."""
+    """The printed statements run as-is in a bare DuckDB connection: views answer, writes are refused, and the
+    lock-down settings hold: no file outside the data path, no setting changes."""
     result = _sql(settled_lake, "--print-attach", *as_of)
     assert result.returncode == 0, result.stderr
     client = duckdb.connect()
@@ -67,6 +68,11 @@ def test_print_attach_statements_attach_read_only_in_a_plain_duckdb_client(settl
     assert last_epoch == (1 if as_of else 2)
     with pytest.raises(duckdb.Error, match=r"read.only"):
         client.execute("INSERT INTO lake.main.settlement_epoch SELECT * FROM lake.main.settlement_epoch")
+    with pytest.raises(duckdb.PermissionException):
+        client.execute("SELECT * FROM read_text('/etc/passwd')")
+    for statement in ("SET enable_external_access = true", "SET lock_configuration = false", "SET threads = 64"):
+        with pytest.raises(duckdb.InvalidInputException, match="locked"):
+            client.execute(statement)
 
 
 def test_epoch_tools_on_a_ledger_that_never_closed_an_epoch_say_so(tmp_path: Path) -> None:
