@@ -62,6 +62,13 @@ log = logging.getLogger(__name__)
 # Errors a concurrent writer causes: SQLite's single-writer lock, DuckLake's optimistic
 # commit conflicts, PostgreSQL serialization failures. Anything else is not retried.
 _transient_markers = ("database is locked", "conflict", "busy", "could not serialize", "deadlock")
+# A login the catalog refused (libpq's wording; DuckDB wraps it in "Unable to connect"): no retry cures it.
+_login_refused_markers = (
+    "password authentication failed",
+    "no password supplied",
+    "does not exist",  # the role or the database, after libpq's FATAL
+    "pg_hba.conf",
+)
 # Errors of a catalog database that is down, restarting or cut off (libpq's wording): an outage
 # the caller retries with backoff, unlike the contention above that the ledger retries itself.
 _catalog_lost_markers = (
@@ -839,6 +846,12 @@ def _data_columns(table_name: str) -> Iterator[str]:
 def _ledger_error(error: duckdb.Error, what: str, location: str) -> LedgerError:
     """The typed error for a DuckDB error that retrying at once will not cure."""
     message = redact(error)  # libpq and DuckDB quote the connection string, password included
+    reason = next((line for line in message.splitlines() if "FATAL" in line), message.splitlines()[0])
+    if "fatal:" in message.lower() and any(marker in message.lower() for marker in _login_refused_markers):
+        return LedgerError(
+            f"{what} failed on ledger `{location}`: the catalog refused the login ({reason.strip()}); check the "
+            "user, the database and the password (a passfile, service=NAME or PGPASSWORD; docs/operations.md)"
+        )
     if any(marker in message.lower() for marker in _catalog_lost_markers):
         return LedgerCatalogUnavailableError(location, what, message.splitlines()[0])
     return LedgerError(f"{what} failed on ledger `{location}`: {message}")

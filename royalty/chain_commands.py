@@ -34,6 +34,14 @@ DistributorOption = Annotated[
     str | None, typer.Option("--distributor", help="RoyaltyDistributor address. [env ROYALTY_DISTRIBUTOR]")
 ]
 JsonOption = Annotated[bool, typer.Option("--json", help="Print one JSON object instead of text.")]
+FromBlockOption = Annotated[
+    int | None,
+    typer.Option(
+        "--from-block",
+        help="Block the distributor was deployed in (`royalty deploy` prints it); logs are read from there. "
+        "Unset: found on the chain (needs a node with old state). [env ROYALTY_FROM_BLOCK]",
+    ),
+]
 
 # On the throwaway in-process chain `settle` deploys its own token and mints the settler this much,
 # the most a payable column can ever hold, so funding never falls short there.
@@ -85,7 +93,7 @@ def deploy(
     if output_json:
         _print_json(result)
         return
-    for name in ("token", "distributor", "admin", "guardian", "chain_id"):
+    for name in ("token", "distributor", "admin", "guardian", "chain_id", "deployment_block"):
         stdout.print(f"{name}: {result[name]}", highlight=False)
     if chain.embedded:
         stderr.print("note: the in-process chain ends with this command; pass --rpc-url to deploy for real")
@@ -106,6 +114,7 @@ def settle_command(
     output_json: JsonOption = False,
     accept_unverified_files: AcceptUnverifiedOption = False,
     accept_unreconciled: AcceptUnreconciledOption = False,
+    from_block: FromBlockOption = None,
 ) -> None:
     """Close the epoch if needed, write its payout tree and proofs, fund and propose the root, record it."""
     from rich.progress import Progress
@@ -122,6 +131,7 @@ def settle_command(
             "rpc_url": rpc_url,
             "distributor": distributor,
             "confirmations": confirmations,
+            "from_block": from_block,
         },
         config,
     )
@@ -131,9 +141,10 @@ def settle_command(
         tree_dir = Path(settings.lake) / "trees"
     try:
         chain = _chain(settings)
-        address = settings.distributor
+        address, logs_from = settings.distributor, settings.from_block
         if address is None and chain.embedded:
-            address = deploy_contracts(chain, 0, mint_units=embedded_mint_units).distributor
+            deployed = deploy_contracts(chain, 0, mint_units=embedded_mint_units)
+            address, logs_from = deployed.distributor, deployed.deployment_block
             stderr.print(
                 f"in-process chain: deployed a TestToken and a distributor at {address}",
                 highlight=False,
@@ -155,7 +166,14 @@ def settle_command(
 
             checks = InputChecks(accept_unverified_files, accept_unreconciled)
             result = settle(
-                ledger, chain, contract, dry_run=dry_run, progress=progress, tree_dir=tree_dir, checks=checks
+                ledger,
+                chain,
+                contract,
+                dry_run=dry_run,
+                progress=progress,
+                tree_dir=tree_dir,
+                checks=checks,
+                from_block=logs_from,
             )
     except RoyaltyError as error:
         _fail(error)
@@ -328,6 +346,7 @@ def sync_claims_command(
         int | None, typer.Option("--confirmations", help="Blocks a claim must have (its own included).")
     ] = None,
     output_json: JsonOption = False,
+    from_block: FromBlockOption = None,
 ) -> None:
     """Read the distributor's Claimed events into the ledger (the `claims` view); needs no key.
 
@@ -347,6 +366,7 @@ def sync_claims_command(
             "rpc_url": rpc_url,
             "distributor": distributor,
             "confirmations": confirmations,
+            "from_block": from_block,
         },
         config,
     )
@@ -361,7 +381,11 @@ def sync_claims_command(
             with Progress(console=stderr, transient=True) as bar:
                 task = bar.add_task("reading Claimed events", total=None)
                 result = sync_claims(
-                    ledger, chain, contract, lambda done, total: bar.update(task, completed=done, total=total)
+                    ledger,
+                    chain,
+                    contract,
+                    lambda done, total: bar.update(task, completed=done, total=total),
+                    from_block=settings.from_block,
                 )
     except RoyaltyError as error:
         _fail(error)

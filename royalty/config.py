@@ -12,8 +12,9 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, get_type_hints
 
-from ingest.constants import batch_records_limit
+from ingest.constants import batch_bytes_limit, batch_bytes_max_default, batch_records_limit
 from schemas.errors import RoyaltyError
+from schemas.limits import event_time_future_s_max_default, event_time_future_s_max_limit
 
 config_file_default = "royalty.toml"
 env_prefix = "ROYALTY_"
@@ -41,12 +42,20 @@ class Settings:
     group_id: str | None = _setting(None, "Kafka consumer group; unset: one process assigns all partitions.")
     asset: str = _setting("USDC", "The one asset fees are accepted in; other assets become dead letters.")
     batch_records_max: int = _setting(50_000, "Most messages in one ledger append.")
+    batch_bytes_max: int = _setting(batch_bytes_max_default, "Most bytes of messages in one ledger append.")
     batch_latency_ms_max: int = _setting(1_000, "Longest a message waits before its batch is appended.")
+    event_time_future_s_max: int = _setting(
+        event_time_future_s_max_default,
+        "Most seconds an event's `time` may be ahead of the ingest clock; later ones become dead letters.",
+    )
     metrics_port: int | None = _setting(None, "Port of the Prometheus metrics endpoint; unset: none.")
     dead_letter_topic: str | None = _setting(None, "Kafka topic dead letters are also forwarded to.")
     log_format: str = _setting("json", "Log format: json (structured) or text.")
     rpc_url: str | None = _setting(None, "EVM JSON-RPC URL; unset: an in-process eth-tester chain (throwaway).")
     distributor: str | None = _setting(None, "Address of the RoyaltyDistributor contract settlements go to.")
+    from_block: int | None = _setting(
+        None, "Block the distributor was deployed in (`royalty deploy` prints it); its logs are read from there."
+    )
     confirmations: int = _setting(1, "Blocks a settlement tx must have (its own included) before it is recorded.")
     keystore: str | None = _setting(None, "Encrypted keystore file of the signing key (password: env).")
     tree_dir: str | None = _setting(None, "Folder of per-epoch tree JSON files; unset: `<lake>/trees` (folder lake).")
@@ -92,8 +101,11 @@ def load_settings(flags: dict[str, Any] | None = None, config_path: str | None =
 # query below 64 MiB cannot hold one Parquet row group; 1 TiB and 256 threads exceed any one host.
 setting_bounds: dict[str, tuple[int, int]] = {
     "batch_records_max": (1, batch_records_limit),
+    "batch_bytes_max": (64 * 1024, batch_bytes_limit),
     "batch_latency_ms_max": (1, 3_600_000),
+    "event_time_future_s_max": (1, event_time_future_s_max_limit),
     "confirmations": (1, 7_200),
+    "from_block": (0, 2**63 - 1),
     "confirm_timeout_s": (1, 86_400),
     "query_seconds_max": (1, 3_600),
     "query_memory_mb_max": (64, 1_048_576),

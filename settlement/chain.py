@@ -358,6 +358,8 @@ class DeployedContracts:
     admin: str
     guardian: str
     chain_id: int
+    # The distributor's creation block: `settle` and `sync-claims` read its logs from there (`from_block`).
+    deployment_block: int
 
 
 def deploy_contracts(
@@ -387,4 +389,6 @@ def deploy_contracts(
     receipt = transact(
         chain, factory.constructor(token, timelock_seconds, sender, sender, guardian), "deploy RoyaltyDistributor"
     )
-    return DeployedContracts(str(token), receipt["contractAddress"], sender, guardian, chain.chain_id)
+    return DeployedContracts(
+        str(token), receipt["contractAddress"], sender, guardian, chain.chain_id, int(receipt["blockNumber"])
+    )

@@ -7,7 +7,11 @@ claims together with the range itself (`settlement_claim_sync`) in one ledger tr
 
 - a rerun, or a run killed midway, never stores a claim twice: a range is stored with its claims or
   not at all, and the next run starts after the last stored range;
-- two runs at once cannot both store a range: the transaction's precondition re-reads the cursor;
+- two runs at once cannot both store a range: each range is read and stored holding the
+  `claim-sync` step lock (`Ledger.step_lock`, any catalog) after re-reading the cursor, so a run that
+  waited starts after what the other stored (the transaction's precondition re-checks the cursor too);
+- the first run starts at the contract's first recorded root, else at its deployment block
+  (`settlement.chain_logs`), never at block 0, and no read spans more than `block_span_max` blocks;
 - a chain reorganisation deeper than the confirmations waited for, which could remove a stored
   claim, is detected at the next run (the cursor block's hash changed) and stops it with a message.
 
@@ -30,12 +34,12 @@ from ledger.connection import catalog_alias
 from ledger.ledger import Ledger
 from settlement import settle_tables
 from settlement.chain import Chain
+from settlement.chain_logs import block_ranges, log_start_block, read_logs
 from settlement.exceptions import SettlementError
 from settlement.settle_errors import ChainUnavailableError
 
-# Many public JSON-RPC providers refuse `eth_getLogs` over more than 10,000 blocks (some 2,000);
-# 2,000 keeps every provider answering, and a range is also the unit of one ledger transaction.
-block_span_max = 2_000
+# The step lock (`Ledger.step_lock`) a run holds while it reads and stores one range.
+claim_sync_step = "claim-sync"
 
 _t = f"{catalog_alias}.main"
 
@@ -95,13 +99,15 @@ def _cursor(connection: duckdb.DuckDBPyConnection, chain_id: int, contract: str)
     return None if row is None else (int(row[0]), str(row[1]))
 
 
-def _first_proposal_block(connection: duckdb.DuckDBPyConnection, chain_id: int, contract: str) -> int:
-    """No claim can precede the contract's first recorded root; without one, read from genesis."""
+def _first_block(
+    connection: duckdb.DuckDBPyConnection, chain: Chain, distributor: Contract, from_block: int | None
+) -> int:
+    """No claim can precede the contract's first recorded root; without one, its deployment block."""
     (block,) = connection.execute(
         f"SELECT min(block_number) FROM {_t}.settlement_record WHERE chain_id = ? AND lower(contract) = lower(?)",
-        [chain_id, contract],
+        [chain.chain_id, distributor.address],
     ).fetchone()
-    return 0 if block is None else int(block)
+    return log_start_block(chain, distributor, from_block) if block is None else int(block)
 
 
 def _hex(value: Any) -> str:
@@ -109,10 +115,7 @@ def _hex(value: Any) -> str:
 
 
 def _claim_rows(chain: Chain, distributor: Contract, from_block: int, to_block: int) -> list[dict]:
-    try:
-        events = distributor.events.Claimed.get_logs(from_block=from_block, to_block=to_block)
-    except (OSError, ConnectionError) as error:
-        raise ChainUnavailableError(chain.rpc_url, type(error).__name__) from None
+    events = read_logs(chain, distributor.events.Claimed, from_block, to_block)
     synced_at = datetime.now(UTC)
     rows = [
         {
@@ -143,64 +146,84 @@ def _block_hash(chain: Chain, number: int) -> str:
 
 
 def sync_claims(
-    ledger: Ledger, chain: Chain, distributor: Contract, progress: ClaimSyncProgress | None = None
+    ledger: Ledger,
+    chain: Chain,
+    distributor: Contract,
+    progress: ClaimSyncProgress | None = None,
+    from_block: int | None = None,
 ) -> ClaimSyncResult:
-    """Store every `Claimed` event with `chain.confirmations` confirmations that the ledger lacks."""
+    """Store every `Claimed` event with `chain.confirmations` confirmations that the ledger lacks.
+
+    A first run starts at the first recorded root on this contract, else at `from_block` (the distributor's
+    deployment block; None: found on the chain).
+    """
     contract = distributor.address
     connection = ledger.connection
     ledger.ensure_tables()
     cursor = _cursor(connection, chain.chain_id, contract)
     if cursor is None:
-        from_block = _first_proposal_block(connection, chain.chain_id, contract)
+        first_block = _first_block(connection, chain, distributor, from_block)
     else:
         stored_block, stored_hash = cursor
         chain_hash = _block_hash(chain, stored_block)
         if chain_hash != stored_hash:
             raise ChainReorganisedError(stored_block, stored_hash, chain_hash, chain.confirmations)
-        from_block = stored_block + 1
+        first_block = stored_block + 1
     head_block = chain.w3.eth.block_number
     last_block = head_block - (chain.confirmations - 1)  # the receipt's own block counts as one
     claims_added = claimed_units_added = 0
-    start = from_block
+    start = first_block
     while start <= last_block:
-        end = min(start + block_span_max - 1, last_block)
-        rows = _claim_rows(chain, distributor, start, end)
-        sync_row = {
-            "chain_id": chain.chain_id,
-            "contract": contract,
-            "from_block": start,
-            "to_block": end,
-            "to_block_hash": _block_hash(chain, end),
-            "claims": len(rows),
-            "synced_at": datetime.now(UTC),
-        }
-        expected_cursor = None if start == from_block and cursor is None else start - 1
-
-        def range_is_next(
-            connection: duckdb.DuckDBPyConnection, expected: int | None = expected_cursor, first: int = start
-        ) -> None:
-            now = _cursor(connection, chain.chain_id, contract)
-            if (None if now is None else now[0]) != expected:
-                raise ClaimSyncConflictError(first)
-
-        ledger.append_records(
-            {
-                "settlement_claim": pa.Table.from_pylist(rows, schema=settle_tables.claim_schema),
-                "settlement_claim_sync": pa.Table.from_pylist([sync_row], schema=settle_tables.claim_sync_schema),
-            },
-            precondition=range_is_next,
-        )
+        with ledger.step_lock(claim_sync_step):
+            # Another run may have stored ranges while this one waited: go on after them.
+            now = _cursor(ledger.connection, chain.chain_id, contract)
+            start = start if now is None else max(start, now[0] + 1)
+            if start > last_block:
+                break
+            end = next(block_ranges(start, last_block))[1]
+            rows = _store_range(ledger, chain, distributor, start, end, None if now is None else now[0])
         claims_added += len(rows)
         claimed_units_added += sum(row["amount_units"] for row in rows)
         if progress is not None:
-            progress(end - from_block + 1, last_block - from_block + 1)
+            progress(end - first_block + 1, last_block - first_block + 1)
         start = end + 1
     return ClaimSyncResult(
         chain.chain_id,
         contract,
-        from_block,
-        max(last_block, from_block - 1),
+        first_block,
+        max(last_block, first_block - 1),
         head_block,
         claims_added,
         claimed_units_added,
     )
+
+
+def _store_range(
+    ledger: Ledger, chain: Chain, distributor: Contract, start: int, end: int, expected_cursor: int | None
+) -> list[dict]:
+    """Read the claims of blocks `start..end` and store them with the range, if the cursor is still `expected`."""
+    contract = distributor.address
+    rows = _claim_rows(chain, distributor, start, end)
+    sync_row = {
+        "chain_id": chain.chain_id,
+        "contract": contract,
+        "from_block": start,
+        "to_block": end,
+        "to_block_hash": _block_hash(chain, end),
+        "claims": len(rows),
+        "synced_at": datetime.now(UTC),
+    }
+
+    def range_is_next(connection: duckdb.DuckDBPyConnection) -> None:
+        now = _cursor(connection, chain.chain_id, contract)
+        if (None if now is None else now[0]) != expected_cursor:
+            raise ClaimSyncConflictError(start)
+
+    ledger.append_records(
+        {
+            "settlement_claim": pa.Table.from_pylist(rows, schema=settle_tables.claim_schema),
+            "settlement_claim_sync": pa.Table.from_pylist([sync_row], schema=settle_tables.claim_sync_schema),
+        },
+        precondition=range_is_next,
+    )
+    return rows

@@ -26,6 +26,8 @@ from settlement.splits import event_columns
 Progress = Callable[[str, int, int], None]  # (step name, steps done, steps total)
 _steps = ["read state", "read registry", "scan events", "split", "write"]
 _metadata = f"__ducklake_metadata_{catalog_alias}"
+# The step lock (`Ledger.step_lock`) every epoch closer holds while it re-checks and writes.
+close_step = "close-epoch"
 
 
 def data_files(connection: duckdb.DuckDBPyConnection, table: str, snapshot: int) -> pl.DataFrame:
@@ -154,12 +156,22 @@ def read_inputs(connection: duckdb.DuckDBPyConnection, prior: PriorState, closin
     )
 
 
-def plan_from_ledger(ledger: Ledger, progress: Progress | None = None) -> tuple[EpochPlan, dict]:
-    """Plan the next epoch over the ledger as it is now; return the plan and its reversal rows."""
+def plan_from_ledger(
+    ledger: Ledger,
+    progress: Progress | None = None,
+    check_inputs: Callable[[PriorState, int], object] | None = None,
+) -> tuple[EpochPlan, dict]:
+    """Plan the next epoch over the ledger as it is now; return the plan and its reversal rows.
+
+    `check_inputs(prior, closing_snapshot)` runs before the epoch's events and registry are read, and
+    refuses by raising (`settlement.input_checks`).
+    """
     step = progress or (lambda name, done, total: None)
     step(_steps[0], 0, len(_steps))
     prior = read_prior(ledger.connection)
     closing = ledger.current_snapshot()
+    if check_inputs is not None:
+        check_inputs(prior, closing)
     step(_steps[1], 1, len(_steps))
     inputs = read_inputs(ledger.connection, prior, closing)
     step(_steps[2], 2, len(_steps))
@@ -219,6 +231,28 @@ def write_plan(ledger: Ledger, plan: EpochPlan, reversal_rows: pl.DataFrame) -> 
             raise EpochConflictError(plan.epoch, latest)
 
     return ledger.append_records(rows, precondition=still_next)
+
+
+def latest_epoch(connection: duckdb.DuckDBPyConnection) -> int:
+    """The last closed epoch (0 before the first)."""
+    (latest,) = connection.execute(
+        f"SELECT coalesce(max(epoch), 0) FROM {catalog_alias}.main.settlement_epoch"
+    ).fetchone()
+    return int(latest)
+
+
+def write_plan_once(ledger: Ledger, plan: EpochPlan, reversal_rows: pl.DataFrame) -> int | None:
+    """Write the plan as the epoch's only closer: the new snapshot, or None when another process closed it.
+
+    The plan was made without the lock (planning is the long part); with the `close-epoch` step lock
+    held, the ledger is read again: an epoch at or past `plan.epoch` means another process closed it
+    first, and nothing is written (no file either). `write_plan`'s in-transaction check stays as a
+    second guard for a writer that does not take the lock.
+    """
+    with ledger.step_lock(close_step):
+        if latest_epoch(ledger.connection) >= plan.epoch:
+            return None
+        return write_plan(ledger, plan, reversal_rows)
 
 
 def _arrow(frame: pl.DataFrame, schema: pa.Schema) -> pa.Table:

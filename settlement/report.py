@@ -2,12 +2,15 @@
 
 from dataclasses import dataclass, field
 
+import duckdb
 import polars as pl
 from rich.console import Console
 from rich.table import Table
 
+from ledger.errors import LedgerDataFileMissingError
 from ledger.ledger import Ledger
-from settlement.ledger_io import Progress, plan_from_ledger, write_plan
+from settlement.input_checks import InputChecks, missing_listed_files, verify_close_inputs
+from settlement.ledger_io import Progress, plan_from_ledger, write_plan_once
 
 
 @dataclass(frozen=True)
@@ -35,21 +38,45 @@ class EpochSummary:
     noop: bool = False
     dry_run: bool = False
     written_snapshot: int | None = None
+    # Failed input checks an operator let through (--accept-unverified-files, --accept-unreconciled).
+    accepted_problems: list[str] = field(default_factory=list)
+    # Another process closed this epoch while this one planned it: nothing was written by this run.
+    closed_by_another: bool = False
 
 
-def close_epoch(ledger: Ledger, dry_run: bool = False, progress: Progress | None = None) -> EpochSummary:
+def close_epoch(
+    ledger: Ledger, dry_run: bool = False, progress: Progress | None = None, checks: InputChecks | None = None
+) -> EpochSummary:
     """Close the next epoch over every event committed since the last one; write it unless `dry_run`.
 
     With no new events, reversals or suspense releases it writes nothing and says so (`noop`).
     `progress(step, done, total)` is called as the steps go. Raises `EpochConflictError` when another
-    process closed an epoch meanwhile (nothing written; run again).
+    process closed an epoch meanwhile (nothing written; run again). Before reading the epoch's inputs it
+    checks them (`settlement.input_checks`): `UnverifiedInputError` when a file it reads fails its
+    checksum, `UnreconciledLedgerError` when a reconciliation row is non-zero (each unless `checks`
+    accepts it), `LedgerDataFileMissingError` when a listed file is gone; nothing is written then.
     """
+    checks = checks or InputChecks()
     if not ledger.read_only:
         ledger.ensure_tables()  # a ledger opened before the settlement tables were registered
-    plan, extra = plan_from_ledger(ledger, progress)
+    accepted: list[str] = []
+
+    def check_inputs(prior, closing: int) -> None:
+        accepted.extend(verify_close_inputs(ledger, prior, closing, checks))
+
+    try:
+        plan, extra = plan_from_ledger(ledger, progress, check_inputs)
+    except (FileNotFoundError, duckdb.IOException) as error:
+        # A file outside the checked set (or removed since): name every missing one, not polars' traceback.
+        missing = missing_listed_files(ledger)
+        if not missing:
+            raise
+        raise LedgerDataFileMissingError(missing, "closing the next epoch") from error
     written = None
+    closed_by_another = False
     if not dry_run and not plan.noop:
-        written = write_plan(ledger, plan, extra["reversals"])
+        written = write_plan_once(ledger, plan, extra["reversals"])
+        closed_by_another = written is None
     if progress:
         progress("done", 5, 5)
     unaddressed = plan.payables.filter(pl.col("payout_address").is_null())["recipient"].to_list()
@@ -75,6 +102,16 @@ def close_epoch(ledger: Ledger, dry_run: bool = False, progress: Progress | None
         noop=plan.noop,
         dry_run=dry_run,
         written_snapshot=written,
+        accepted_problems=accepted,
+        closed_by_another=closed_by_another,
+    )
+
+
+def closed_by_another_message(epoch: int) -> str:
+    """What a closer that lost the race says (exit 0: the epoch is closed, once)."""
+    return (
+        f"epoch {epoch} was closed by another process; nothing written by this run "
+        "(`royalty sql` on `settlement_epoch` shows its figures)"
     )
 
 
@@ -86,6 +123,9 @@ def render_summary(summary: EpochSummary, console: Console | None = None) -> Non
             f"nothing to settle: no new events, reversals or suspense releases since snapshot "
             f"{summary.previous_snapshot} (epoch {summary.epoch - 1}); nothing was written"
         )
+        return
+    if summary.closed_by_another:
+        console.print(closed_by_another_message(summary.epoch))
         return
     verb = "would close" if summary.dry_run else "closed"
     table = Table(
@@ -115,6 +155,8 @@ def render_summary(summary: EpochSummary, console: Console | None = None) -> Non
     console.print(table)
     for problem in summary.problems:
         console.print(f"[yellow]registry:[/yellow] {problem}")
+    for problem in summary.accepted_problems:
+        console.print(f"[bold yellow]accepted by override:[/] {problem}", highlight=False)
     if summary.dry_run:
         console.print("dry run: nothing was written")
     else:

@@ -45,6 +45,7 @@ from schemas.errors import require
 from settlement import settle_tables
 from settlement.chain import (
     Chain,
+    SignedTx,
     broadcast,
     node_unreachable_errors,
     preflight,
@@ -54,15 +55,19 @@ from settlement.chain import (
     wait_confirmed,
     wait_no_pending,
 )
+from settlement.chain_logs import log_start_block, read_logs
 from settlement.constants import amount_micros_max
+from settlement.input_checks import InputChecks, verify_close_inputs, verify_settle_inputs
 from settlement.ledger_io import Progress, plan_from_ledger
 from settlement.merkle import MerkleTree
-from settlement.report import EpochSummary, close_epoch
+from settlement.report import EpochSummary, close_epoch, closed_by_another_message
 from settlement.settle_errors import ChainLedgerMismatchError, ChainUnavailableError, SettleConflictError
 from settlement.split_errors import AmountOverflowError
 
 crash_hook_env = "ROYALTY_TEST_CRASH_AT"
 _t = f"{catalog_alias}.main"
+# The step locks (`Ledger.step_lock`) of settle's writes: one writer of each at a time, on any catalog.
+tree_step, propose_step, record_step = "settle-tree", "settle-propose", "settle-record"
 _steps = ["close epoch", "build tree", "write tree", "check chain", "fund", "propose", "confirm", "record"]
 
 
@@ -253,6 +258,23 @@ def write_tree(ledger: Ledger, tree: EpochTree) -> int:
     )
 
 
+def _write_tree_once(ledger: Ledger, tree: EpochTree) -> EpochTree:
+    """Write the epoch's tree unless another run did meanwhile (the `tree` step lock held); return the stored one.
+
+    A tree another run wrote is the same tree (the same payables give the same root); that is checked.
+    """
+    with ledger.step_lock(tree_step):
+        if read_stored_tree(ledger.connection, tree.epoch) is None:
+            write_tree(ledger, tree)
+        stored = read_stored_tree(ledger.connection, tree.epoch)
+    require(stored is not None, f"epoch {tree.epoch}: the tree just written reads back")
+    require(
+        stored.tree.root == tree.tree.root,  # type: ignore[union-attr]
+        f"epoch {tree.epoch}: the tree another run wrote has this run's root {tree.tree.root_hex}",
+    )
+    return stored  # type: ignore[return-value]
+
+
 def write_dump(tree_dir: Path, tree: EpochTree) -> Path:
     """The tree in OpenZeppelin's dump format at `tree_dir/epoch-NNNNNN.json`, replaced atomically."""
     tree_dir.mkdir(parents=True, exist_ok=True)
@@ -285,13 +307,27 @@ def _append_guarded(
 # --- chain side ----------------------------------------------------------------------------------
 
 
-def _proposals(chain: Chain, distributor: Contract, epoch: int) -> list[dict]:
-    events = distributor.events.RootProposed.get_logs(from_block=0, argument_filters={"epoch": epoch})
-    return sorted(events, key=lambda e: (e["blockNumber"], e["logIndex"]))
+def _logs_from_block(ledger: Ledger, chain: Chain, distributor: Contract, epoch: int, from_block: int | None) -> int:
+    """Where the epoch's RootProposed / RootRevoked logs can start: not before the distributor's deployment,
+    nor before the previous epoch's proposal this ledger recorded (epochs only grow on the contract)."""
+    (previous,) = ledger.connection.execute(
+        f"""SELECT max(block_number) FROM {_t}.settlement_record
+            WHERE chain_id = ? AND lower(contract) = lower(?) AND epoch < ?""",
+        [chain.chain_id, distributor.address, epoch],
+    ).fetchone()
+    if previous is not None and from_block is None:
+        return int(previous)  # no need to look for the deployment block
+    return max(log_start_block(chain, distributor, from_block), int(previous or 0))
 
 
-def _revoked(chain: Chain, distributor: Contract, epoch: int, root: str) -> dict | None:
-    events = distributor.events.RootRevoked.get_logs(from_block=0, argument_filters={"epoch": epoch})
+def _proposals(chain: Chain, distributor: Contract, epoch: int, logs_from: int) -> list[dict]:
+    head = chain.w3.eth.block_number
+    return read_logs(chain, distributor.events.RootProposed, logs_from, head, {"epoch": epoch})
+
+
+def _revoked(chain: Chain, distributor: Contract, epoch: int, root: str, logs_from: int) -> dict | None:
+    head = chain.w3.eth.block_number
+    events = read_logs(chain, distributor.events.RootRevoked, logs_from, head, {"epoch": epoch})
     for event in events:
         if "0x" + bytes(event["args"]["root"]).hex() == root:
             return event
@@ -317,8 +353,19 @@ def settle(
     dry_run: bool = False,
     progress: Progress | None = None,
     tree_dir: Path | None = None,
+    checks: InputChecks | None = None,
+    from_block: int | None = None,
 ) -> SettlementResult:
     """Settle the latest epoch on `distributor`: close it if needed, write its tree, fund, propose, record.
+
+    The chain's logs are read from `from_block` (the distributor's deployment block; None: found on the
+    chain, `settlement.chain_logs`) or from the block of the previous epoch's recorded proposal, in
+    bounded ranges.
+
+    Money moves only on verified data: closing checks the epoch's inputs, and before the tree is built or
+    read the payables and proofs it reads are checked against their recorded checksums and every
+    reconciliation row must be zero (`settlement.input_checks`; `checks` holds the operator's overrides).
+    A failed check raises before anything is written or sent.
 
     Idempotent and resumable (see the module docstring). With `dry_run` nothing is written or sent:
     the epoch is planned, its tree built and the chain read. Raises `ChainLedgerMismatchError` when
@@ -328,7 +375,7 @@ def settle(
     `TransactionDroppedError` when a reorganisation or a node restart drops a sent transaction.
     """
     try:
-        return _settle(ledger, chain, distributor, dry_run, progress, tree_dir)
+        return _settle(ledger, chain, distributor, dry_run, progress, tree_dir, checks or InputChecks(), from_block)
     except node_unreachable_errors as error:
         raise ChainUnavailableError(
             chain.rpc_url,
@@ -344,20 +391,26 @@ def _settle(
     dry_run: bool,
     progress: Progress | None,
     tree_dir: Path | None,
+    checks: InputChecks,
+    from_block: int | None,
 ) -> SettlementResult:
     step = progress or (lambda name, done, total: None)
     total_steps = len(_steps)
     step(_steps[0], 0, total_steps)
     contract = distributor.address
     closed, tree = None, None
+    notes: list[str] = []
     if dry_run:
-        tree = _dry_run_tree(ledger)
+        tree = _dry_run_tree(ledger, checks)
     else:
-        summary = close_epoch(ledger)
-        closed = None if summary.noop else summary
+        summary = close_epoch(ledger, checks=checks)
+        closed = None if summary.noop or summary.closed_by_another else summary
+        if summary.closed_by_another:
+            notes.append(closed_by_another_message(summary.epoch))
         latest = _latest_epoch(ledger.connection)
         if latest is not None:
             step(_steps[1], 1, total_steps)
+            verify_settle_inputs(ledger, latest[0], checks)
             tree = read_stored_tree(ledger.connection, latest[0])
             rebuilt = build_epoch_tree(*latest, _payables(ledger.connection, latest[0]))
             require(
@@ -366,16 +419,17 @@ def _settle(
             )
             tree = tree or rebuilt
     if tree is None:
-        return SettlementResult("nothing_to_settle", chain_id=chain.chain_id, contract=contract, closed=closed)
+        return SettlementResult(
+            "nothing_to_settle", chain_id=chain.chain_id, contract=contract, closed=closed, notes=notes
+        )
 
     # The chain is read before anything is written, so a mismatch leaves the ledger as it was.
     step(_steps[3], 3, total_steps)
-    found = _check_chain(ledger, chain, distributor, tree)
+    logs_from = _logs_from_block(ledger, chain, distributor, tree.epoch, from_block)
+    found = _check_chain(ledger, chain, distributor, tree, logs_from)
     if not dry_run and tree.tree_snapshot is None:
         step(_steps[2], 2, total_steps)
-        write_tree(ledger, tree)
-        tree = read_stored_tree(ledger.connection, tree.epoch)
-        require(tree is not None, "the tree just written reads back")
+        tree = _write_tree_once(ledger, tree)
     base = {
         "epoch": tree.epoch,
         "root": tree.tree.root_hex,
@@ -389,34 +443,64 @@ def _settle(
     }
     if tree_dir is not None and not dry_run:
         base["tree_path"] = str(write_dump(tree_dir, tree))
-    if found is not None and found["outcome"] == "already_recorded":
-        return SettlementResult(**base, **found)
-    if found is not None:
-        if dry_run:
-            return SettlementResult("dry_run", **base, notes=[f"would record tx {found['tx_hash']}, already sent"])
-        step(_steps[6], 6, total_steps)
-        receipt = wait_confirmed(chain, found["tx_hash"], f"proposeRoot(epoch {tree.epoch})")
-        step(_steps[7], 7, total_steps)
+    base["notes"] = notes
+    if found is not None and dry_run and found["outcome"] != "already_recorded":
         return SettlementResult(
-            **base, **_record(ledger, chain, tree, distributor, found["tx_hash"], receipt, "recovered")
+            "dry_run", **{**base, "notes": [*notes, f"would record tx {found['tx_hash']}, already sent"]}
         )
+    if found is not None:
+        return _finish_found(ledger, chain, distributor, tree, base, found, step)
+    if dry_run:
+        token = token_contract(chain, distributor)
+        shortfall_units = _shortfall_units(chain, distributor, token, tree.tree.total_amount_units)
+        if shortfall_units:
+            notes.append(f"would transfer {shortfall_units} units to the distributor")
+        else:
+            preflight(chain, _propose_call(distributor, tree), f"proposeRoot(epoch {tree.epoch})")
+        return SettlementResult("dry_run", **base, funded_units=shortfall_units)
+
+    # One proposer at a time: under the lock the chain and the ledger are asked again, so a run that
+    # waited for another one's proposal finds it (and records it) instead of proposing again.
+    with ledger.step_lock(propose_step):
+        found = _check_chain(ledger, chain, distributor, tree, logs_from)
+        if found is None:
+            signed, shortfall_units = _fund_and_send(ledger, chain, distributor, tree, step)
+    if found is not None:
+        return _finish_found(ledger, chain, distributor, tree, base, found, step)
+    step(_steps[6], 6, total_steps)
+    receipt = wait_confirmed(chain, signed.tx_hash, f"proposeRoot(epoch {tree.epoch})")
+    step(_steps[7], 7, total_steps)
+    recorded = _record(ledger, chain, tree, distributor, signed.tx_hash, receipt, "proposed")
+    return SettlementResult(**base, funded_units=shortfall_units, **recorded)
+
+
+def _finish_found(
+    ledger: Ledger, chain: Chain, distributor: Contract, tree: EpochTree, base: dict, found: dict, step: Any
+) -> SettlementResult:
+    """The epoch's proposal is already on the chain or in the node: record it (or report it recorded)."""
+    if found["outcome"] == "already_recorded":
+        return SettlementResult(**base, **found)
+    step(_steps[6], 6, len(_steps))
+    receipt = wait_confirmed(chain, found["tx_hash"], f"proposeRoot(epoch {tree.epoch})")
+    step(_steps[7], 7, len(_steps))
+    return SettlementResult(**base, **_record(ledger, chain, tree, distributor, found["tx_hash"], receipt, "recovered"))
+
+
+def _fund_and_send(
+    ledger: Ledger, chain: Chain, distributor: Contract, tree: EpochTree, step: Any
+) -> tuple[SignedTx, int]:
+    """Fund the distributor's shortfall, sign the proposal, record the intent, send it (propose lock held)."""
+    contract = distributor.address
     token = token_contract(chain, distributor)
     shortfall_units = _shortfall_units(chain, distributor, token, tree.tree.total_amount_units)
-    if dry_run:
-        notes = [f"would transfer {shortfall_units} units to the distributor"] if shortfall_units else []
-        preflight_ok = shortfall_units == 0
-        if preflight_ok:
-            preflight(chain, _propose_call(distributor, tree), f"proposeRoot(epoch {tree.epoch})")
-        return SettlementResult("dry_run", **base, funded_units=shortfall_units, notes=notes)
-
-    step(_steps[4], 4, total_steps)
+    step(_steps[4], 4, len(_steps))
     if shortfall_units:
         transact(chain, token.functions.transfer(contract, shortfall_units), "fund the distributor")
-    step(_steps[5], 5, total_steps)
+    step(_steps[5], 5, len(_steps))
     call = _propose_call(distributor, tree)
     action = f"proposeRoot(epoch {tree.epoch})"
     preflight(chain, call, action)
-    signed = sign(chain, call)
+    signed = sign(chain, call, _replacement_nonce(ledger, chain, tree.epoch, contract))
     intent = {
         "epoch": tree.epoch,
         "chain_id": chain.chain_id,
@@ -433,11 +517,27 @@ def _settle(
     _crash_hook("before-send")
     broadcast(chain, signed)
     _crash_hook("after-send")
-    step(_steps[6], 6, total_steps)
-    receipt = wait_confirmed(chain, signed.tx_hash, action)
-    step(_steps[7], 7, total_steps)
-    recorded = _record(ledger, chain, tree, distributor, signed.tx_hash, receipt, "proposed")
-    return SettlementResult(**base, funded_units=shortfall_units, **recorded)
+    return signed, shortfall_units
+
+
+def _replacement_nonce(ledger: Ledger, chain: Chain, epoch: int, contract: str) -> int | None:
+    """The nonce of the epoch's recorded intent, if that nonce is still unused; None for the next one.
+
+    A proposal that was recorded but never mined (dropped, or never sent) is replaced with the same nonce,
+    so the old transaction, should it still reach a block, and its replacement can never both be mined.
+    Once the sender's mined transactions have used that nonce (by another transaction: `_check_chain`
+    found no proposal of ours), the old one can never be mined and the next nonce is safe.
+    """
+    sender = chain.sender
+    intents = [
+        intent
+        for intent in _records(ledger.connection, "settlement_intent", epoch, chain.chain_id, contract)
+        if intent["sender"].lower() == sender.lower()
+    ]
+    if not intents:
+        return None
+    nonce = int(max(intents, key=lambda intent: intent["prepared_at"])["nonce"])
+    return nonce if chain.w3.eth.get_transaction_count(sender, "latest") <= nonce else None
 
 
 def _propose_call(distributor: Contract, tree: EpochTree) -> Any:
@@ -455,10 +555,14 @@ def _shortfall_units(chain: Chain, distributor: Contract, token: Contract, total
     return max(0, total_units - claimed_units - balance_units)
 
 
-def _dry_run_tree(ledger: Ledger) -> EpochTree | None:
+def _dry_run_tree(ledger: Ledger, checks: InputChecks) -> EpochTree | None:
     latest = _latest_epoch(ledger.connection)
+    if latest is not None:
+        verify_settle_inputs(ledger, latest[0], checks)
     payables = _payables(ledger.connection, latest[0] if latest else 0)
-    plan, _ = plan_from_ledger(ledger)
+    plan, _ = plan_from_ledger(
+        ledger, check_inputs=lambda prior, closing: verify_close_inputs(ledger, prior, closing, checks)
+    )
     if not plan.noop:
         new_rows = plan.payables.select(
             pl.lit(plan.epoch, pl.Int64).alias("epoch"), "recipient", "amount_micros", "payout_address"
@@ -470,11 +574,11 @@ def _dry_run_tree(ledger: Ledger) -> EpochTree | None:
     return read_stored_tree(ledger.connection, latest[0]) or build_epoch_tree(*latest, payables)
 
 
-def _check_chain(ledger: Ledger, chain: Chain, distributor: Contract, tree: EpochTree) -> dict | None:
+def _check_chain(ledger: Ledger, chain: Chain, distributor: Contract, tree: EpochTree, logs_from: int) -> dict | None:
     """What the chain already holds for the epoch, read-only: `already_recorded` (with the recorded tx),
     `recovered` (a tx to wait for and record), or None to go on and propose. Raises on a mismatch."""
     epoch, root, contract = tree.epoch, tree.tree.root_hex, distributor.address
-    proposals = _proposals(chain, distributor, epoch)
+    proposals = _proposals(chain, distributor, epoch, logs_from)
     records = _records(ledger.connection, "settlement_record", epoch, chain.chain_id, contract)
     if records:
         record = records[-1]
@@ -497,7 +601,7 @@ def _check_chain(ledger: Ledger, chain: Chain, distributor: Contract, tree: Epoc
                 chain.chain_id,
                 contract,
             )
-        revoked = _revoked(chain, distributor, epoch, root)
+        revoked = _revoked(chain, distributor, epoch, root, logs_from)
         if revoked is not None:
             raise ChainLedgerMismatchError(
                 epoch,
@@ -563,5 +667,15 @@ def _record(
         "outcome": outcome,
         "recorded_at": datetime.now(UTC),
     }
-    _append_guarded(ledger, "settlement_record", row, settle_tables.record_schema, tree.epoch, chain.chain_id, contract)
+    with ledger.step_lock(record_step):
+        recorded = _records(ledger.connection, "settlement_record", tree.epoch, chain.chain_id, contract)
+        if recorded:  # another run recorded it while this one waited for the confirmations
+            return {
+                "outcome": "already_recorded",
+                "tx_hash": recorded[-1]["tx_hash"],
+                "block_number": recorded[-1]["block_number"],
+            }
+        _append_guarded(
+            ledger, "settlement_record", row, settle_tables.record_schema, tree.epoch, chain.chain_id, contract
+        )
     return {"outcome": outcome, "tx_hash": tx_hash, "block_number": receipt["blockNumber"]}
