@@ -8,12 +8,14 @@ from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+from typer.testing import CliRunner
 
 from ingest.sample import SampleTraffic
 from ledger import Ledger
 from ledger.connection import ledger_id
 from ledger.orphans import find_orphans, remove_orphans
 from ledger.verify import verify
+from royalty.cli import app
 from tests.conftest import royalty_command
 from tests.ledger.helpers import batch_of
 
@@ -100,11 +102,9 @@ def test_remove_orphans_never_deletes_a_file_another_catalog_may_own(tmp_path: P
     before_names = f"{'c' * 32}-0000beef.parquet"  # a batch id and 8 hex digits: named before names had the id
     written_before = foreign.with_name(before_names)
     written_before.write_bytes(b"PAR1")
-    result = subprocess.run(
-        royalty_command("verify", "--lake", str(first), "--remove-orphans", "--orphan-age-s-min", "0", "--json"),
-        capture_output=True, text=True,
-    )
-    report = json.loads(result.stdout)
+    result = CliRunner().invoke(app, ["verify", "--lake", str(first), "--remove-orphans", "--orphan-age-s-min", "0",
+                                      "--json"])
+    report = json.loads(result.output)
     assert report["ok"], report
     assert sorted(report["orphans_removed"]) == sorted(map(str, strays))
     assert other_files and all(path.exists() for path in other_files)
