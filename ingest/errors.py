@@ -19,8 +19,27 @@ class IngestLedgerFailingError(IngestError):
         self.messages = messages
         self.failing_s = failing_s
         self.error = error
+        # Transient when the ledger kept failing with transient errors (a supervisor restarting it may find the
+        # catalog back); not when the ledger refused the batch with an error retrying cannot cure.
+        self.transient = bool(getattr(error, "transient", False))
+        failing = (
+            f"while the ledger had been failing for {failing_s:.0f} s"
+            if self.transient
+            else "because the ledger refused the batch with an error that retrying cannot cure (not retried)"
+        )
         super().__init__(
-            f"ingest stopped {why} while the ledger had been failing for {failing_s:.0f} s; the last batch "
-            f"({messages} messages) was not committed and is read again from the ledger's offsets on restart. "
-            f"Last error: {error}"
+            f"ingest stopped {why} {failing}; the last batch ({messages} messages) was not committed and is read "
+            f"again from the ledger's offsets on restart. Last error: {error}"
+        )
+
+
+class IngestSourceRacedError(IngestError):
+    """Another process stored positions of a file source this one was reading: two backfills of one file."""
+
+    def __init__(self, keys: list[str]) -> None:
+        self.keys = keys
+        super().__init__(
+            f"another process stored positions of file source(s) {', '.join(f'`{k}`' for k in keys)} while this one "
+            "read them (the same file ingested twice at once); this process's last batch was not written. "
+            "Let the other process finish, then run this command again: it resumes after what is stored"
         )

@@ -27,7 +27,9 @@ from ingest.errors import IngestConfigError, IngestLedgerFailingError
 from ingest.metrics import IngestMetrics
 from ingest.sources import Messages, Source
 from ledger import AppendResult, IngestBatch, Ledger, LedgerError, LedgerOffsetsFencedError, PartitionOffsets
-from schemas import BatchDecoder, DecodedBatch, Rejection, SchemaError
+from ledger.batch import FileSourcePosition
+from schemas import BatchDecoder, DecodedBatch, Rejection, SchemaError, limits
+from schemas.decoder import utc_now
 
 log = logging.getLogger("royalty.ingest")
 
@@ -78,6 +80,9 @@ class IngestService:
         writer: str,
         metrics: IngestMetrics | None = None,
         on_committed: Callable[[IngestSummary], None] | None = None,
+        batch_bytes_max: int = constants.batch_bytes_max_default,
+        event_time_future_s_max: int = limits.event_time_future_s_max_default,
+        clock: Callable[[], datetime] = utc_now,
     ) -> None:
         if not 0 < batch_records_max <= constants.batch_records_limit:
             raise IngestConfigError(
@@ -86,10 +91,16 @@ class IngestService:
         self.ledger = ledger
         self.asset = asset
         self.batch_records_max = batch_records_max
+        if not 0 < batch_bytes_max <= constants.batch_bytes_limit:
+            raise IngestConfigError(f"batch_bytes_max={batch_bytes_max} is outside 1..{constants.batch_bytes_limit}")
+        # A batch stops at this many bytes of messages as well as at `batch_records_max` messages: it
+        # is held in memory about four times over (raw, decoded, Arrow, Parquet), twice while one appends.
+        self.batch_bytes_max = batch_bytes_max
         self.batch_latency_s_max = batch_latency_ms_max / 1000
         self.writer = writer
         self.metrics = metrics or IngestMetrics()
-        self.decoder = BatchDecoder()
+        # `clock` is the ingest clock event times are checked against (tests inject one).
+        self.decoder = BatchDecoder(event_time_future_s_max=event_time_future_s_max, clock=clock)
         if self.decoder.native:
             log.info("json decoder: native (schemas._fastjson), then msgspec and pydantic for what it leaves")
         else:
@@ -142,7 +153,10 @@ class IngestService:
             if self._in_flight is not None and self._in_flight.done():
                 self._take_in_flight()
             room = self.batch_records_max - len(self._pending)
-            polled = self.source.poll(min(room, constants.poll_records_max), constants.poll_timeout_ms_max)
+            bytes_room = max(0, self.batch_bytes_max - self._pending.size_bytes)
+            polled = self.source.poll(
+                min(room, constants.poll_records_max), constants.poll_timeout_ms_max, bytes_room
+            )
             now = time.monotonic()
             if polled:
                 if not self._pending:
@@ -151,7 +165,9 @@ class IngestService:
                 last_message = now
                 backoff_s = constants.broker_backoff_s_min
             if self._pending and (
-                len(self._pending) >= self.batch_records_max or now - self._pending_since >= self.batch_latency_s_max
+                len(self._pending) >= self.batch_records_max
+                or self._pending.size_bytes >= self.batch_bytes_max
+                or now - self._pending_since >= self.batch_latency_s_max
             ):
                 self._flush_in_background()
             if not polled:
@@ -197,7 +213,9 @@ class IngestService:
         self._take_in_flight()
         messages, self._pending = self._pending, Messages()
         if messages:
-            self._in_flight = self._appender.submit(self._append, messages, self._pending_since)
+            # Where a file source got to, taken here: the source belongs to this thread.
+            positions = self.source.file_positions(messages) if messages.line_digests else []
+            self._in_flight = self._appender.submit(self._append, messages, self._pending_since, positions)
 
     def _take_in_flight(self) -> None:
         """Wait for the batch on the worker, if any, and account for it on this (the source's) thread."""
@@ -242,7 +260,9 @@ class IngestService:
         if self._on_committed is not None:
             self._on_committed(self.summary)
 
-    def _append(self, messages: Messages, read_at: float) -> "_Appended":
+    def _append(
+        self, messages: Messages, read_at: float, file_positions: list[FileSourcePosition] | None = None
+    ) -> "_Appended":
         """Decode `messages` and append them with their offsets (on the worker thread; never touches the source)."""
         decoded = reject_foreign_assets(self.decoder.decode(messages.values), self.asset)
         batch = IngestBatch(
@@ -252,13 +272,14 @@ class IngestService:
             pa.array(messages.offsets, pa.int64()),
             decoded,
             datetime.now(UTC),
+            messages.line_digests,
         )
         offsets = _partition_offsets(batch)
         backoff_s = constants.ledger_backoff_s_min
         failing_since: float | None = None
         while True:
             try:
-                result = self.ledger.append(batch, offsets, writer=self.writer)
+                result = self.ledger.append(batch, offsets, writer=self.writer, file_positions=file_positions or ())
                 break
             except LedgerOffsetsFencedError:
                 raise  # not a failing ledger but a stale batch: the main thread re-seeks, no retry
@@ -269,6 +290,10 @@ class IngestService:
                     failing_since = now
                     self.metrics.ledger_outages_total += 1
                 failing_s = now - failing_since
+                if not error.transient:
+                    # A bug or a refusal (a binder error, a read-only ledger): retrying the batch cannot cure it.
+                    log.error(f"{error.failing}; not retried: the error is not transient", extra={"error": str(error)})
+                    raise IngestLedgerFailingError("at once", len(messages), failing_s, error) from error
                 log.error(
                     f"{error.failing}; retrying the same batch",
                     extra={"error": str(error), "failing_s": round(failing_s, 1), "retry_in_s": backoff_s},

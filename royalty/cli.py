@@ -14,6 +14,7 @@ from royalty.common import (
     ConfigOption,
     DataPathOption,
     LakeOption,
+    exit_code_of,
     stderr,
     stdout,
 )
@@ -249,6 +250,9 @@ def ingest(
     group_id: Annotated[str | None, typer.Option("--group-id", help="Share partitions with other processes.")] = None,
     asset: Annotated[str | None, typer.Option("--asset", help="The one accepted fee asset.")] = None,
     batch_records_max: Annotated[int | None, typer.Option("--batch-records-max", help="Most messages a batch.")] = None,
+    batch_bytes_max: Annotated[
+        int | None, typer.Option("--batch-bytes-max", help="Most bytes of messages a batch.")
+    ] = None,
     batch_latency_ms_max: Annotated[
         int | None, typer.Option("--batch-latency-ms-max", help="Longest a message waits for its batch.")
     ] = None,
@@ -276,6 +280,7 @@ def ingest(
             "group_id": group_id,
             "asset": asset,
             "batch_records_max": batch_records_max,
+            "batch_bytes_max": batch_bytes_max,
             "batch_latency_ms_max": batch_latency_ms_max,
             "metrics_port": metrics_port,
             "log_format": log_format,
@@ -292,7 +297,10 @@ def ingest(
 
         def make_source(service: IngestService):
             if from_file:
-                return FileSource(from_file, stdin=sys.stdin.buffer)
+                # What each file resumes from, and why, before it is read (stderr: stdout may be piped).
+                return FileSource(
+                    from_file, ledger, stdin=sys.stdin.buffer, report=lambda text: stderr.print(text, highlight=False)
+                )
             return KafkaSource(
                 settings.bootstrap_servers,
                 settings.topics,
@@ -310,6 +318,8 @@ def ingest(
             settings.batch_latency_ms_max,
             writer,
             metrics,
+            batch_bytes_max=settings.batch_bytes_max,
+            event_time_future_s_max=settings.event_time_future_s_max,
         )
         service.install_signal_handlers()
         idle_s = until_idle if until_idle is not None else (0.0 if from_file else None)
@@ -454,7 +464,20 @@ def main() -> None:
         from ledger.redact import redact
 
         stderr.print(f"[bold red]error:[/] {redact(error)}", highlight=False)
-        sys.exit(2)
+        sys.exit(exit_code_of(error))
+    except Exception as error:
+        # A DuckDB error no command turned into a typed one (a read while the catalog is locked or down):
+        # typed here so that contention and outages exit 75 and a scheduler retries.
+        import duckdb
+
+        if not isinstance(error, duckdb.Error):
+            raise
+        from ledger.ledger import ledger_error_of
+        from ledger.redact import redact
+
+        typed = ledger_error_of(error, "the command", "--lake")
+        stderr.print(f"[bold red]error:[/] {redact(typed)}", highlight=False)
+        sys.exit(exit_code_of(typed))
 
 
 if __name__ == "__main__":

@@ -39,12 +39,23 @@ AcceptUnreconciledOption = Annotated[
 ]
 
 
-def fail(error: Exception, exit_code: int = 2) -> NoReturn:
-    """Print `error` on standard error and exit with `exit_code` (2: the command could not do its work)."""
+# Exit codes of a command that could not do its work: 75 (EX_TEMPFAIL, sysexits.h) when retrying it as it is
+# may succeed (a busy or unreachable catalog, a node that is down), so cron or Airflow retries; 2 otherwise.
+exit_permanent = 2
+exit_transient = 75
+
+
+def exit_code_of(error: BaseException) -> int:
+    """75 for an error marked `transient`, 2 for any other."""
+    return exit_transient if getattr(error, "transient", False) else exit_permanent
+
+
+def fail(error: Exception, exit_code: int | None = None) -> NoReturn:
+    """Print `error` on standard error and exit with `exit_code` (default: `exit_code_of(error)`)."""
     from ledger.redact import redact  # here, not at the top: `ledger` imports DuckDB, slow for `--help`
 
     stderr.print(f"[bold red]error:[/] {redact(error)}", highlight=False)
-    raise typer.Exit(exit_code)
+    raise typer.Exit(exit_code_of(error) if exit_code is None else exit_code)
 
 
 def require_ledger(lake: str, data_path: str | None) -> None:

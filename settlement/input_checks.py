@@ -1,0 +1,166 @@
+"""Money moves only on verified data: the checks `close-epoch` and `settle` run before they write or send.
+
+Two checks, each with an override for an operator who has investigated (`InputChecks`):
+
+- every data file the step reads has the size the catalog recorded and the SHA-256 the ledger recorded
+  when it added the file (`file_checksum`); only the files the step reads are hashed: the epoch's new
+  events and reversals (and, when there are reversals, the earlier events they may name), the registry
+  tables, and the settlement's own tables;
+- every row of the `reconciliation` view is zero.
+
+A listed data file that is missing is refused whatever the overrides say: there is nothing to read.
+"""
+
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import duckdb
+
+from ledger.connection import catalog_alias
+from ledger.errors import LedgerDataFileMissingError
+from ledger.ledger import Ledger
+from ledger.query import define_views
+from ledger.verify import check_files
+from settlement.epochs import PriorState
+from settlement.exceptions import UnreconciledLedgerError, UnverifiedInputError
+
+log = logging.getLogger("royalty.settlement")
+
+_metadata = f"__ducklake_metadata_{catalog_alias}"
+# Read whole by `read_prior` (and `settle`): small, one file per epoch at most.
+_settlement_state_tables = (
+    "settlement_payable",
+    "settlement_suspense_item",
+    "settlement_suspense_release",
+    "settlement_reversal",
+)
+_registry_tables = ("contributor_registered", "model_registered", "split_policy_set")
+
+
+@dataclass(frozen=True)
+class InputChecks:
+    """Which refusals an operator has overridden (flags `--accept-unverified-files`, `--accept-unreconciled`)."""
+
+    accept_unverified_files: bool = False
+    accept_unreconciled: bool = False
+
+
+def listed_files(
+    connection: duckdb.DuckDBPyConnection,
+    table: str,
+    snapshot: int | None = None,
+    added_after_snapshot: int | None = None,
+) -> list[tuple[str, int]]:
+    """(absolute path, size in bytes) of `table`'s data files as of `snapshot` (default: now), optionally
+    only those added after `added_after_snapshot`."""
+    version = "" if snapshot is None else ", snapshot_version => ?"
+    params: list = [catalog_alias, table] + ([] if snapshot is None else [snapshot])
+    if added_after_snapshot is None:
+        rows = connection.execute(
+            f"SELECT data_file, data_file_size_bytes FROM ducklake_list_files(?, ?{version})", params
+        ).fetchall()
+    else:
+        rows = connection.execute(
+            f"""
+            SELECT DISTINCT f.data_file, f.data_file_size_bytes
+            FROM ducklake_list_files(?, ?{version}) f
+            JOIN {_metadata}.ducklake_data_file d ON f.data_file LIKE '%/' || d.path
+            JOIN {_metadata}.ducklake_table t ON t.table_id = d.table_id AND t.table_name = ?
+            WHERE d.begin_snapshot > ?
+            """,
+            [*params, table, added_after_snapshot],
+        ).fetchall()
+    return sorted((str(path), int(size)) for path, size in rows)
+
+
+def close_input_files(connection: duckdb.DuckDBPyConnection, prior: PriorState, closing: int) -> list[tuple[str, int]]:
+    """Every data file closing the epoch after `prior` at snapshot `closing` reads (`ledger_io.read_inputs`)."""
+    files = listed_files(connection, "inference_reversed", closing, prior.closing_snapshot)
+    # With reversals, their originals are looked up among every event up to the closing snapshot.
+    metered_since = None if files else prior.closing_snapshot
+    files += listed_files(connection, "inference_metered", closing, metered_since)
+    for table in _registry_tables:
+        files += listed_files(connection, table, closing)
+    for table in _settlement_state_tables:
+        files += listed_files(connection, table)
+    return files
+
+
+def settle_input_files(connection: duckdb.DuckDBPyConnection, epoch: int) -> list[tuple[str, int]]:
+    """The data files `settle` reads for `epoch`'s tree: every payable, and the proofs holding the epoch's rows."""
+    files = listed_files(connection, "settlement_payable")
+    proof_files = {
+        path
+        for (path,) in connection.execute(
+            f"SELECT DISTINCT filename FROM {catalog_alias}.main.settlement_proof WHERE epoch = ?", [epoch]
+        ).fetchall()
+    }
+    files += [(path, size) for path, size in listed_files(connection, "settlement_proof") if path in proof_files]
+    return files
+
+
+def verify_files(ledger: Ledger, files: Iterable[tuple[str, int]], checks: InputChecks, what: str) -> list[str]:
+    """Refuse unless every file is intact; return the problems an override let through (logged as warnings)."""
+    files = list(files)
+    missing = [path for path, _ in files if not Path(path).is_file()]
+    if missing:
+        raise LedgerDataFileMissingError(missing, what)
+    problems = check_files(ledger, files).problems
+    if problems and not checks.accept_unverified_files:
+        raise UnverifiedInputError(what, problems)
+    for problem in problems:
+        log.warning(f"{what}: accepted with --accept-unverified-files: {problem}")
+    return problems
+
+
+def unreconciled_rows(ledger: Ledger) -> list[tuple[str, int, int, int]]:
+    """The non-zero rows of the `reconciliation` view (none on a ledger that never closed an epoch)."""
+    define_views(ledger)
+    try:
+        return ledger.connection.execute(
+            "SELECT check_name, epoch, items_off, difference_micros FROM reconciliation "
+            "WHERE items_off <> 0 OR difference_micros <> 0 ORDER BY epoch, check_name"
+        ).fetchall()
+    except duckdb.CatalogException:  # no settlement tables yet: nothing was settled to reconcile
+        return []
+
+
+def verify_reconciled(ledger: Ledger, checks: InputChecks, what: str) -> list[str]:
+    """Refuse unless every reconciliation row is zero; return what an override let through (logged)."""
+    rows = unreconciled_rows(ledger)
+    if rows and not checks.accept_unreconciled:
+        raise UnreconciledLedgerError(what, rows)
+    accepted = [
+        f"{check} in epoch {epoch}: {items} item(s) off by {micros} micros"
+        for check, epoch, items, micros in rows
+    ]
+    for row in accepted:
+        log.warning(f"{what}: accepted with --accept-unreconciled: reconciliation {row}")
+    return accepted
+
+
+def verify_close_inputs(ledger: Ledger, prior: PriorState, closing: int, checks: InputChecks) -> list[str]:
+    """Before an epoch is closed: its input files, then the reconciliation of what earlier epochs recorded."""
+    what = f"closing epoch {prior.epoch + 1}"
+    files = close_input_files(ledger.connection, prior, closing)
+    return verify_files(ledger, files, checks, what) + verify_reconciled(ledger, checks, what)
+
+
+def verify_settle_inputs(ledger: Ledger, epoch: int, checks: InputChecks) -> list[str]:
+    """Before `settle` builds, writes or proposes `epoch`'s tree: the files it reads, then reconciliation."""
+    what = f"settling epoch {epoch}"
+    files = settle_input_files(ledger.connection, epoch)
+    return verify_files(ledger, files, checks, what) + verify_reconciled(ledger, checks, what)
+
+
+def missing_listed_files(ledger: Ledger) -> list[str]:
+    """Every data file the catalog lists now that is not in the data folder (only `stat`s, reads nothing)."""
+    tables = [
+        name
+        for (name,) in ledger.connection.execute(
+            "SELECT table_name FROM duckdb_tables() WHERE database_name = ? ORDER BY ALL", [catalog_alias]
+        ).fetchall()
+    ]
+    return [path for table in tables for path, _ in listed_files(ledger.connection, table) if not Path(path).is_file()]
