@@ -98,9 +98,13 @@ def _folder(path: str) -> str:
 
 
 def connect(
-    location: LedgerLocation, read_only: bool, snapshot_version: int | None = None
+    location: LedgerLocation, read_only: bool, snapshot_version: int | None = None, create: bool = True
 ) -> duckdb.DuckDBPyConnection:
-    """A new DuckDB connection with the ledger attached as `lake` and selected."""
+    """A new DuckDB connection with the ledger attached as `lake` and selected.
+
+    Without `create` (and always when `read_only`) a catalog holding no ledger raises `LedgerNotFoundError`
+    and nothing is created in it (a PostgreSQL database stays empty).
+    """
     connection = duckdb.connect(
         config={
             "extension_directory": extension_directory(),
@@ -110,7 +114,9 @@ def connect(
     )
     connection.execute("LOAD ducklake")
     connection.execute("LOAD sqlite" if location.backend == "sqlite" else "LOAD postgres")
-    options = ", ".join(attach_options(location, read_only, snapshot_version))
+    options = ", ".join(
+        [*attach_options(location, read_only, snapshot_version), *([] if create else ["CREATE_IF_NOT_EXISTS FALSE"])]
+    )
     attach = f"ATTACH 'ducklake:{_quote(location.catalog)}' AS {catalog_alias} ({options})"
     new = not location.exists()
     for attempt in range(1, _catalog_creation_attempts + 1):
@@ -118,6 +124,9 @@ def connect(
             connection.execute(attach)
             break
         except duckdb.Error as error:
+            if "creating a new DuckLake is explicitly disabled" in str(error):
+                connection.close()
+                raise LedgerNotFoundError(location.display) from None
             if "does not match existing data path" in str(error):
                 connection.close()
                 recorded = _recorded_in_error(str(error))

@@ -147,9 +147,10 @@ class Ledger:
         location = LedgerLocation.parse(path_or_catalog_url, data_path)
         if not create and not location.exists():
             raise LedgerNotFoundError(location.display)
-        location.prepare()
+        if create:
+            location.prepare()
         try:
-            connection = connect(location, read_only=False)
+            connection = connect(location, read_only=False, create=create)
         except duckdb.Error as error:
             raise _ledger_error(error, "open", location.display) from error
         ledger = cls(location, connection, read_only=False)

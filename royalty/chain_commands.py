@@ -374,8 +374,8 @@ def sync_claims_command(
     try:
         if settings.rpc_url is None:
             raise ChainConfigError("claims are read from a live chain: pass --rpc-url", "rpc_url")
-        chain = connect(settings.rpc_url, None, settings.confirmations, settings.confirm_timeout_s)
         with Ledger.open(settings.lake, settings.data_path, create=False) as ledger:
+            chain = connect(settings.rpc_url, None, settings.confirmations, settings.confirm_timeout_s)
             address = settings.distributor or _recorded_distributor(ledger, chain.chain_id)
             contract = distributor_contract(chain, address)
             with Progress(console=stderr, transient=True) as bar:

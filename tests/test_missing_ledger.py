@@ -9,7 +9,9 @@ import pytest
 from typer.testing import CliRunner
 
 from royalty.cli import app
+from tests.support.postgres import PostgresServer
 
+pytest_plugins = ("tests.support.postgres",)
 runner = CliRunner()
 account = "0x" + "11" * 20
 
@@ -42,6 +44,23 @@ def test_a_command_on_a_missing_ledger_exits_2_and_creates_nothing(tmp_path: Pat
     assert "no ledger at" in result.output and str(lake) in result.output.replace("\n", "")
     assert not lake.exists()
     assert sorted(path.name for path in tmp_path.iterdir()) == [], "the refused command wrote something"
+
+
+@pytest.mark.parametrize("name", ["close-epoch", "sync-claims", "sql", "verify"])
+def test_a_command_on_an_empty_postgres_catalog_exits_2_and_creates_no_ledger(
+    postgres_server: PostgresServer, tmp_path: Path, name: str
+) -> None:
+    """A PostgreSQL database holding no ledger stays empty: no DuckLake tables, no data folder."""
+    database = f"missing_{name.replace('-', '_')}"
+    catalog = postgres_server.create_database(database)
+    data = tmp_path / "files"
+    result = runner.invoke(app, [name, "--lake", catalog, "--data-path", str(data), *reading_commands[name]])
+    assert result.exit_code == 2, result.output
+    assert "no ledger at" in result.output
+    tables = postgres_server.psql("SELECT count(*) FROM information_schema.tables WHERE table_schema = 'public'",
+                                  database=database)
+    assert tables.strip() == "0", tables
+    assert not data.exists()
 
 
 def test_demo_refuses_a_workdir_holding_a_ledger_without_force(tmp_path: Path) -> None:
