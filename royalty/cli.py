@@ -457,7 +457,6 @@ def _redacted_excepthook(kind: type[BaseException], value: BaseException, trace:
 
 def main() -> None:
     configure_logging()
-    sys.excepthook = _redacted_excepthook
     try:
         app()
     except RoyaltyError as error:
@@ -471,7 +470,9 @@ def main() -> None:
         import duckdb
 
         if not isinstance(error, duckdb.Error):
-            raise
+            # An unexpected crash: its traceback, credentials masked (typer replaces sys.excepthook itself).
+            _redacted_excepthook(type(error), error, error.__traceback__)
+            sys.exit(1)
         from ledger.ledger import ledger_error_of
         from ledger.redact import redact
 
