@@ -2,12 +2,13 @@
 
 Used by `royalty produce-sample`, the benchmarks and the tests. Deterministic for a seed.
 Event ids are UUIDv7 (time-ordered), as modern gateways mint them; request ids are random.
+Every event time is before now: ingest refuses times ahead of its clock (`time_in_future`).
 """
 
 import json
 import random
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
@@ -31,6 +32,10 @@ class SampleShape:
     asset: str = "USDC"
     start: datetime = datetime(2026, 11, 23, tzinfo=UTC)
     events_per_day: int = 1_000_000
+
+
+def _utc_now() -> datetime:
+    return datetime.now(UTC)
 
 
 def uuid7(unix_ms: int, rng: random.Random) -> str:
@@ -57,8 +62,11 @@ def _envelope(event_type: str, event_id: str, time: datetime, data: dict, source
 class SampleTraffic:
     """A deterministic generator of registry and metering messages."""
 
-    def __init__(self, shape: SampleShape = SampleShape(), seed: int = 7) -> None:
+    def __init__(
+        self, shape: SampleShape = SampleShape(), seed: int = 7, clock: Callable[[], datetime] = _utc_now
+    ) -> None:
         self.shape = shape
+        self.clock = clock
         self.rng = random.Random(seed)
         self.model_ids = [f"model-{index:04d}" for index in range(shape.models)]
         self.contributor_ids = [f"contrib-{index:05d}" for index in range(shape.contributors)]
@@ -122,6 +130,14 @@ class SampleTraffic:
         """`count` paid inference calls, spread evenly over days of `events_per_day`."""
         shape, rng = self.shape, self.rng
         step_us = 86_400_000_000 // shape.events_per_day
+        last = shape.start + timedelta(microseconds=(first_index + count) * step_us)
+        now = self.clock()
+        if count and last > now:
+            raise ValueError(
+                f"{count:,} sample events from index {first_index:,} at {shape.events_per_day:,} a day from "
+                f"{shape.start.date()} would reach {last.isoformat()}, after now ({now.isoformat()}), and ingest "
+                "refuses event times ahead of its clock; ask for fewer events or more events a day"
+            )
         for index in range(first_index, first_index + count):
             time = shape.start + timedelta(microseconds=index * step_us + rng.randrange(step_us))
             input_tokens = rng.randrange(20, 4_000)

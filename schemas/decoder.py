@@ -13,8 +13,9 @@ auditor's tool) may keep the first and see another fee. The native scanner
 """
 
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from operator import attrgetter
 from typing import Annotated, Any, Union
 
@@ -24,15 +25,21 @@ import pyarrow.compute as pc
 from pydantic import BaseModel, Field, TypeAdapter, ValidationError
 
 from schemas import limits
-from schemas.arrow import decoded_schema
+from schemas.arrow import decoded_schema, timestamp_type
 from schemas.derive import ColumnCheck, Derived
 from schemas.errors import SchemaError
 from schemas.events import EventType, event_types
 from schemas.fields import printable_pattern
 from schemas.native_plan import build_native_decoder, repeated_keys_statuses
 
-# The reason code a dead letter for a repeated JSON key starts with.
+# The reason codes dead letters for a repeated JSON key and for a time ahead of the clock start with.
 duplicate_key_code = "duplicate_key"
+time_in_future_code = "time_in_future"
+
+
+def utc_now() -> datetime:
+    """The ingest clock: the host's time, in UTC."""
+    return datetime.now(UTC)
 
 
 @dataclass(frozen=True)
@@ -56,9 +63,25 @@ class DecodedBatch:
 
 
 class BatchDecoder:
-    """Decodes and validates whole batches of CloudEvents JSON messages."""
+    """Decodes and validates whole batches of CloudEvents JSON messages.
 
-    def __init__(self, use_native: bool = True) -> None:
+    An event whose envelope `time` is more than `event_time_future_s_max` seconds ahead of `clock()`
+    (read once per batch) is refused as `time_in_future`.
+    """
+
+    def __init__(
+        self,
+        use_native: bool = True,
+        event_time_future_s_max: int = limits.event_time_future_s_max_default,
+        clock: Callable[[], datetime] = utc_now,
+    ) -> None:
+        if not 0 <= event_time_future_s_max <= limits.event_time_future_s_max_limit:
+            raise ValueError(
+                f"event_time_future_s_max={event_time_future_s_max} "
+                f"is outside 0..{limits.event_time_future_s_max_limit}"
+            )
+        self.event_time_future_s_max = event_time_future_s_max
+        self._clock = clock
         derived = Derived()
         self._event_types: dict[type, EventType] = {}
         self._column_checks: dict[type, list[ColumnCheck]] = {}
@@ -151,7 +174,42 @@ class BatchDecoder:
                 _to_arrow(self._event_types[struct], indexes, events)
             )
         tables = {name: pa.concat_tables(tables) for name, tables in parts.items()}
+        tables = self._refuse_future_times(tables, rejections)
         return DecodedBatch(tables, sorted(rejections, key=attrgetter("index")))
+
+    def _time_limit(self) -> tuple[datetime, datetime]:
+        now = self._clock()
+        return now, now + timedelta(seconds=self.event_time_future_s_max)
+
+    def _refuse_future_times(self, tables: dict[str, pa.Table], rejections: list[Rejection]) -> dict[str, pa.Table]:
+        """`tables` without the rows timed past the clock's limit, each of which becomes a rejection.
+
+        One comparison per table on the Arrow column, after both decoding paths, so they cannot disagree.
+        """
+        now, limit = self._time_limit()
+        bound = pa.scalar(limit, type=timestamp_type)
+        kept: dict[str, pa.Table] = {}
+        for name, table in tables.items():
+            future = pc.greater(table.column("event_time"), bound)
+            if pc.any(future).as_py():
+                refused = table.filter(future)
+                # As integers and text: a time past 9999-12-31 in UTC has no Python datetime.
+                micros = refused.column("event_time").cast(pa.int64()).to_pylist()
+                texts = pc.cast(refused.column("event_time"), pa.string()).to_pylist()
+                indexes = refused.column("message_index").to_pylist()
+                for index, time_us, text in zip(indexes, micros, texts, strict=True):
+                    rejections.append(Rejection(index, self._future_error(text, time_us / 1e6 - now.timestamp(), now)))
+                table = table.filter(pc.invert(future))
+            kept[name] = table
+        return kept
+
+    def _future_error(self, time: str, ahead_s: float, now: datetime) -> SchemaError:
+        return SchemaError(
+            f"{time_in_future_code}: {time} is {ahead_s:,.0f} s ahead of the ingest clock "
+            f"({now.isoformat()}), more than event_time_future_s_max={self.event_time_future_s_max}; "
+            "fix the producer's clock and send the event again",
+            "time",
+        )
 
     def explain(self, value: bytes | None) -> SchemaError | None:
         """Why `value` breaks the contract, or None when it does not."""
@@ -162,7 +220,16 @@ class BatchDecoder:
         repeated = _repeated_key_errors([value], [0])
         if repeated:
             return repeated[0]
-        return self._validate_slowly(value)[1]
+        accepted, error = self._validate_slowly(value)
+        if accepted is not None:
+            now, limit = self._time_limit()
+            if accepted.time > limit:  # type: ignore[attr-defined]
+                # Through Arrow, as `decode` words it (a time past 9999 in UTC has no Python datetime).
+                table = pa.table({"event_time": pa.array([accepted.time], timestamp_type)})  # type: ignore[attr-defined]
+                time_us = table.column("event_time").cast(pa.int64())[0].as_py()
+                text = pc.cast(table.column("event_time"), pa.string())[0].as_py()
+                return self._future_error(text, time_us / 1e6 - now.timestamp(), now)
+        return error
 
     def _validate_slowly(self, value: bytes) -> tuple[BaseModel | None, SchemaError | None]:
         try:

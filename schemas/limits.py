@@ -33,5 +33,13 @@ parents_count_max = 32
 # Time stamps before this year are a producer clock error.
 event_year_min = 2000
 
+# An envelope `time` further than this ahead of the ingest clock is refused (`time_in_future`):
+# the time orders registry records, so a record dated 9999 would otherwise outrank every later one.
+# Five minutes covers ordinary clock skew between a gateway and the ingest hosts; the setting
+# `event_time_future_s_max` (royalty/config.py) changes it within these bounds. A policy's
+# `effective_from` is data, not the envelope time, and may lie in the future.
+event_time_future_s_max_default = 300
+event_time_future_s_max_limit = 7 * 86_400
+
 require(message_bytes_max >= 4096, "a single metering event must fit comfortably")
 require(fee_micros_max * 10**8 < 2**127, "a day of maximal fees must fit in a 128-bit sum")

@@ -12,7 +12,9 @@ identifier = st.from_regex(r"\A[A-Za-z0-9][A-Za-z0-9._@/+-]{0,40}\Z", fullmatch=
 event_id = st.text(st.characters(exclude_categories=("Cs", "Cc")), min_size=1, max_size=64)
 source = st.from_regex(r"\A//[a-z0-9.-]{1,20}/[a-z0-9-]{0,10}\Z", fullmatch=True)
 offsets = st.sampled_from([UTC, timezone(timedelta(hours=2)), timezone(timedelta(hours=-5, minutes=-30))])
-times = st.datetimes(min_value=datetime(2000, 1, 2), max_value=datetime(2099, 12, 31), timezones=offsets)
+# Before now (a day of margin covers the -05:30 offset): ingest refuses times ahead of its clock.
+times_max = datetime.now(UTC).replace(tzinfo=None) - timedelta(days=1)
+times = st.datetimes(min_value=datetime(2000, 1, 2), max_value=times_max, timezones=offsets)
 address = st.binary(min_size=20, max_size=20).map(to_checksum_address)
 ppm = limits.ppm_total
 

@@ -8,6 +8,7 @@ values, and leaves everything else to the Python path.
 import json
 import os
 import random
+from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 from hypothesis import given, settings
@@ -25,8 +26,10 @@ pytestmark = pytest.mark.skipif(
     not native_available() and not os.environ.get("CI"), reason="schemas._fastjson not built (no C compiler)"
 )
 
-with_native = BatchDecoder()
-without_native = BatchDecoder(use_native=False)
+# One clock reading for both, so that a `time_in_future` reason (which quotes the clock) reads the same.
+_started = datetime.now(UTC)
+with_native = BatchDecoder(clock=lambda: _started)
+without_native = BatchDecoder(use_native=False, clock=lambda: _started)
 
 metered = (
     b'{"specversion":"1.0","id":"01a205b3-d02a-7651-8317-1ff4a6a3a450","source":"//gateway.example/eu-west-1",'
@@ -260,3 +263,58 @@ def test_a_compiled_character_class_pattern_matches_what_the_regex_matches(patte
 @pytest.mark.parametrize("pattern", [r"^\d+$", r"^[a-z]{3}$", r"^[a&&b]+$", r"^[é]+$", r"^ab$", r"^[a-z]+"])
 def test_other_patterns_are_left_to_the_regex_engine(pattern: str) -> None:
     assert compile_char_class_pattern(pattern) is None
+
+
+# The ingest clock of the time-in-future tests: `metered` is dated 42 ms after it.
+clock_now = datetime(2026, 11, 23, tzinfo=UTC)
+clocked_native = BatchDecoder(event_time_future_s_max=300, clock=lambda: clock_now)
+clocked_python = BatchDecoder(use_native=False, event_time_future_s_max=300, clock=lambda: clock_now)
+
+
+def _assert_same_clocked_outcome(values: list[bytes]) -> DecodedBatch:
+    native, python = clocked_native.decode(values), clocked_python.decode(values)
+    assert _outcome(native)[1] == _outcome(python)[1]
+    for name, table in _outcome(native)[0].items():
+        assert table.equals(_outcome(python)[0][name]), name
+    return native
+
+
+future_cases = [
+    ("at the limit", b"2026-11-23T00:05:00Z", True),
+    ("at the limit, offset", b"2026-11-23T05:35:00+05:30", True),
+    ("a microsecond past", b"2026-11-23T00:05:00.000001Z", False),
+    ("a microsecond past, offset", b"2026-11-22T18:35:00.000001-05:30", False),
+    ("year 9999", b"9999-12-31T23:59:59Z", False),
+    ("past 9999 in UTC", b"9999-12-31T23:59:59.999999-23:59", False),
+    ("an hour before the clock", b"2026-11-22T23:00:00Z", True),
+]
+
+
+@pytest.mark.parametrize(("what", "time", "kept"), future_cases, ids=[case[0] for case in future_cases])
+def test_a_time_ahead_of_the_clock_has_the_same_outcome_with_and_without_the_native_path(
+    what: str, time: bytes, kept: bool
+) -> None:
+    """Pins the time bound on both paths: the native plan's static time bounds and the clock's limit
+    (checked on the Arrow column after both paths) give one outcome, `time_in_future` past the limit."""
+    value = _replaced(b"2026-11-23T00:00:00.042445Z", time)
+    batch = _assert_same_clocked_outcome([metered, value])
+    assert batch.valid_count == 1 + kept
+    if not kept:
+        (rejection,) = batch.rejections
+        assert rejection.error.field == "time" and rejection.error.reason.startswith("time_in_future: ")
+        assert str(clocked_python.explain(value)) == str(rejection.error)
+
+
+@settings(max_examples=200)
+@given(
+    ahead_us=st.integers(-10**9, 10**9),
+    offset_minutes=st.sampled_from([0, 330, -330, 23 * 60 + 59, -(23 * 60 + 59)]),
+)
+def test_generated_times_around_the_clock_limit_decode_the_same(ahead_us: int, offset_minutes: int) -> None:
+    """Property: for any time within ±1000 s of the limit, in any offset, both paths agree, and the
+    event is kept exactly when it is at most event_time_future_s_max ahead of the clock."""
+    moment = clock_now + timedelta(seconds=300, microseconds=ahead_us)
+    zone = timezone(timedelta(minutes=offset_minutes))
+    text = moment.astimezone(zone).isoformat().replace("+00:00", "Z").encode()
+    batch = _assert_same_clocked_outcome([_replaced(b"2026-11-23T00:00:00.042445Z", text)])
+    assert batch.valid_count == (1 if ahead_us <= 0 else 0)
