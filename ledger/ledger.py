@@ -478,6 +478,9 @@ class Ledger:
     ) -> tuple[dict[str, pa.Table], int, list[tuple[int, str, str | None]]]:
         """Drop exact duplicates (in the batch and against the ledger); report conflicting ones.
 
+        An event is identified by its (source, event id), as CloudEvents defines: the same id from two
+        sources is two events, and only within one source does other content make a conflict.
+
         An event's duplicates share its event time, so only files whose event times overlap the
         batch's (by the catalog's column statistics) in the batch's event dates are read.
         """
@@ -495,7 +498,7 @@ class Ledger:
                 verdicts = self.connection.execute(
                     f"""
                     WITH batch AS (
-                        SELECT *, row_number() OVER (PARTITION BY event_id ORDER BY message_index) AS nth
+                        SELECT *, row_number() OVER (PARTITION BY source, event_id ORDER BY message_index) AS nth
                         FROM batch_rows
                     ),
                     earlier AS (
@@ -512,8 +515,8 @@ class Ledger:
                            END AS identical,
                            s.event_id IS NOT NULL AS in_ledger
                     FROM batch b
-                    LEFT JOIN stored s ON s.event_id = b.event_id
-                    LEFT JOIN earlier e ON e.event_id = b.event_id AND b.nth > 1
+                    LEFT JOIN stored s ON s.source = b.source AND s.event_id = b.event_id
+                    LEFT JOIN earlier e ON e.source = b.source AND e.event_id = b.event_id AND b.nth > 1
                     WHERE s.event_id IS NOT NULL OR b.nth > 1
                     """
                 ).fetchall()
@@ -529,7 +532,8 @@ class Ledger:
                     conflicts.append(
                         (
                             message_index,
-                            f"conflicting duplicate: event id `{event_id}` is {where} with different content",
+                            f"conflicting duplicate: event id `{event_id}` of this source is {where} "
+                            "with different content",
                             "id",
                         )
                     )
@@ -542,9 +546,10 @@ class Ledger:
         return kept, duplicates, conflicts
 
     def _may_hold_duplicates(self, table_name: str, rows: pa.Table) -> bool:
-        """Whether `rows` repeat an event id among themselves or of the ledger (the common answer: no).
+        """Whether `rows` repeat a (source, event id) among themselves or of the ledger (the common answer: no).
 
-        Cheap first: distinct ids in Arrow, then only the ids of stored rows in the batch's time range.
+        Cheap first: distinct ids in Arrow (distinct ids are distinct pairs), then only the stored rows
+        of the batch's time range.
         """
         if pc.count_distinct(rows.column("event_id")).as_py() != rows.num_rows:
             return True
@@ -580,7 +585,7 @@ class Ledger:
         return files
 
     def _write_file(self, table_name: str, rows: pa.Table, ingest_batch_id: str, event_date) -> _FileToAdd:
-        rows = rows.cast(file_tables[table_name])
+        rows = rows.select(file_tables[table_name].names).cast(file_tables[table_name])
         folder = f"main/{table_name}" + (f"/event_date={event_date.isoformat()}" if event_date else "")
         relative = f"{folder}/{self._ledger_id()}-{ingest_batch_id}-{uuid.uuid4().hex[:8]}.parquet"
         absolute = Path(self.location.data_path) / relative
@@ -820,7 +825,9 @@ class Ledger:
 
 
 def _stored_same_ids(table_name: str) -> str:
-    """FROM/WHERE of the stored rows sharing an event id with the registered `batch_rows`.
+    """FROM/WHERE of the stored rows sharing a (source, event id) with the registered `batch_rows`.
+
+    CloudEvents makes `source` + `id` unique, not the id alone: two producers may both send id `42`.
 
     An event's duplicates share its event time, so only files whose event times overlap the
     batch's (by the catalog's column statistics) in the batch's event dates are read.
@@ -828,7 +835,8 @@ def _stored_same_ids(table_name: str) -> str:
     return f"""{catalog_alias}.main.{table_name}
         WHERE event_date IN (SELECT DISTINCT event_date FROM batch_rows)
           AND event_time BETWEEN (SELECT min(event_time) FROM batch_rows) AND (SELECT max(event_time) FROM batch_rows)
-          AND event_id IN (SELECT event_id FROM batch_rows)"""
+          AND event_id IN (SELECT event_id FROM batch_rows)
+          AND (source, event_id) IN (SELECT source, event_id FROM batch_rows)"""
 
 
 def _line_digest(batch: IngestBatch, index: int) -> str | None:
@@ -847,8 +855,11 @@ def _data_columns(table_name: str) -> Iterator[str]:
 def _ledger_error(error: duckdb.Error, what: str, location: str) -> LedgerError:
     """The typed error for a DuckDB error that retrying at once will not cure."""
     message = redact(error)  # libpq and DuckDB quote the connection string, password included
+    lowered = message.lower()
     reason = next((line for line in message.splitlines() if "FATAL" in line), message.splitlines()[0])
-    if "fatal:" in message.lower() and any(marker in message.lower() for marker in _login_refused_markers):
+    # libpq says FATAL for the server's refusals and fe_sendauth when it had no password to send.
+    said_by_libpq = "fatal:" in lowered or "fe_sendauth" in lowered
+    if said_by_libpq and any(marker in lowered for marker in _login_refused_markers):
         return LedgerError(
             f"{what} failed on ledger `{location}`: the catalog refused the login ({reason.strip()}); check the "
             "user, the database and the password (a passfile, service=NAME or PGPASSWORD; docs/operations.md)"

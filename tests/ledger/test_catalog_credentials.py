@@ -130,6 +130,30 @@ def test_print_attach_leaves_the_password_out_and_its_attach_works_with_a_passfi
     assert batches >= 1
 
 
+def test_a_service_and_a_passfile_keep_the_password_off_every_command_line(secured: Secured, tmp_path: Path) -> None:
+    """`ROYALTY_LAKE=postgres:service=NAME` (connection in PGSERVICEFILE, password in PGPASSFILE): the commands
+    connect with no password in argv, the environment's DSN or the output."""
+    services = tmp_path / "pg_service.conf"
+    services.write_text(
+        f"[royalty_test]\nhost=127.0.0.1\nport={secured.server.port}\ndbname={secured.database}\n"
+        f"user={secured.writer}\n"
+    )
+    passfile = _passfile(tmp_path / "pgpass", secured, secured.writer, WRITER_PASSWORD)
+    variables = {
+        "ROYALTY_LAKE": "postgres:service=royalty_test", "ROYALTY_DATA_PATH": secured.data_path,
+        "PGSERVICEFILE": str(services), "PGPASSFILE": str(passfile),
+    }  # fmt: skip
+    answered = _run("sql", "--format", "json", "SELECT count(*) AS batches FROM lake.main.ingest_batch", **variables)
+    assert answered.returncode == 0, answered.stderr
+    assert json.loads(answered.stdout)[0]["batches"] >= 1
+    verified = _run("verify", **variables)
+    assert verified.returncode == 0, verified.stdout + verified.stderr
+    assert WRITER_PASSWORD not in answered.stdout + answered.stderr + verified.stdout + verified.stderr
+    passfile.write_text("")  # no password anywhere: PostgreSQL refuses, and the error says it was the login
+    refused = _run("verify", **variables)
+    assert refused.returncode == 2 and "refused the login" in refused.stderr, refused.stderr
+
+
 def test_connection_errors_and_a_password_flag_never_print_the_password(secured: Secured) -> None:
     """A refused login, an unreachable catalog and a `--lake` flag holding the password: exit 2 with a clear
     message, the password masked (`password=***`) everywhere, and a warning that argv is public."""
