@@ -13,8 +13,11 @@ hot paths work on whole columns with C-level bytes operations and list comprehen
 leaf at a time through `eth_abi` or `eth_utils`.
 """
 
+import logging
 import mmap
 import os
+import signal
+import time
 from bisect import bisect_left
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
@@ -22,6 +25,8 @@ from typing import Any
 from sha3 import keccak_256
 
 from settlement.exceptions import MerkleTreeError
+
+log = logging.getLogger("royalty.settlement")
 
 DUMP_FORMAT = "standard-v1"
 LEAF_ENCODING = ("address", "uint256")
@@ -36,6 +41,10 @@ fork_leaves_min = 50_000
 # (two each), while the parent also slices and indexes the accounts: measured here, a quarter
 # balances the two cores.
 forked_leaves_share_ppm = 250_000
+# The forked child's share of the largest tree (2**24 leaves) takes about 20 s here; past this bound it is
+# taken for stuck, killed, and its work done in this process instead.
+fork_wait_s_max = 120.0
+fork_poll_s = 0.005
 
 _account_chars = 42  # "0x" + 40 hex digits
 _account_bytes = 20
@@ -309,8 +318,9 @@ def _hashes_started(
 
     The child computes `_checksum_bodies(given)` and the hashes of leaves `first_leaf..`, writes them
     into an anonymous shared mapping, touches no lock, file or logger it inherited, and leaves with
-    `os._exit`. Without `fork`, below `fork_leaves_min`, or if the child fails, the same work is done
-    here instead.
+    `os._exit`. Without `fork`, below `fork_leaves_min`, while other threads run (DuckDB's and polars'
+    pools: a lock one of them holds at the fork stays locked forever in the child), or if the child fails
+    or outlives `fork_wait_s_max`, the same work is done here instead.
     """
     leaves_count = len(amounts_units)
 
@@ -318,7 +328,7 @@ def _hashes_started(
         accounts_raw = [raw[i * _account_bytes : (i + 1) * _account_bytes] for i in range(first_leaf, leaves_count)]
         return _checksum_bodies(given), _leaf_hashes(accounts_raw, amounts_units[first_leaf:])
 
-    if not hasattr(os, "fork") or leaves_count < fork_leaves_min:
+    if not hasattr(os, "fork") or leaves_count < fork_leaves_min or _other_threads_running():
         return compute
     shared = mmap.mmap(-1, len(given) + _word_bytes * (leaves_count - first_leaf))
     pid = os.fork()
@@ -333,9 +343,9 @@ def _hashes_started(
             os._exit(status)
 
     def wait() -> tuple[bytes, list[bytes]]:
-        _, status = os.waitpid(pid, 0)
+        status = _wait_bounded(pid, fork_wait_s_max)
         try:
-            if os.waitstatus_to_exitcode(status) != 0:
+            if status is None or os.waitstatus_to_exitcode(status) != 0:
                 return compute()
             checksummed = shared[: len(given)]
             joined = shared[len(given) :]
@@ -344,6 +354,31 @@ def _hashes_started(
             shared.close()
 
     return wait
+
+
+def _other_threads_running() -> bool:
+    """Whether this process runs any thread but the calling one, native pools included (Linux: /proc)."""
+    try:
+        return len(os.listdir("/proc/self/task")) > 1
+    except OSError:
+        return True  # no /proc: native pools cannot be counted, so never fork
+
+
+def _wait_bounded(pid: int, wait_s_max: float) -> int | None:
+    """The child's wait status, or None (the child killed and reaped) if it has not exited within `wait_s_max`."""
+    deadline = time.monotonic() + wait_s_max
+    while time.monotonic() < deadline:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            return status
+        time.sleep(fork_poll_s)
+    os.kill(pid, signal.SIGKILL)
+    os.waitpid(pid, 0)
+    log.warning(
+        f"merkle: the hashing child process did not finish within {wait_s_max:g} s (fork_wait_s_max); killed it "
+        "and hashed its share here instead"
+    )
+    return None
 
 
 def _checksum_bodies(given: bytes) -> bytes:

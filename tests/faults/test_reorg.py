@@ -34,7 +34,7 @@ def test_a_reorg_removing_the_proposal_before_its_confirmations_is_not_recorded_
     tmp_path: Path,
 ) -> None:
     """`royalty settle --confirmations 3` sees its proposal mined; `anvil_reorg` replaces that block with an
-    empty one: settle exits 2 naming the dropped tx, the ledger has no settlement_record, the chain no
+    empty one: settle exits 75 (EX_TEMPFAIL) naming the dropped tx, the ledger has no settlement_record, the chain no
     RootProposed; the rerun proposes once (same nonce) and records the proposal the chain now holds."""
     lake = tmp_path / "lake"
     _new_lake(lake, EVENTS)
@@ -52,7 +52,7 @@ def test_a_reorg_removing_the_proposal_before_its_confirmations_is_not_recorded_
     finally:
         if process.poll() is None:
             process.kill()
-    assert process.returncode == 2, stderr
+    assert process.returncode == 75, stderr  # EX_TEMPFAIL: a rerun sends it again
     message = " ".join(stderr.split())
     assert f"tx `{_tx_hash(removed)}` was dropped" in message and "chain reorganisation" in message, message
     assert _settlement_rows(lake, "settlement_record") == []

@@ -157,7 +157,7 @@ def test_node_down_between_steps_stops_with_a_resumable_message_and_the_rerun_se
     step: str,
     patched: str,
 ) -> None:
-    """Stop anvil just before settle's funding transfer / its proposeRoot broadcast: settle exits 2 with
+    """Stop anvil just before settle's funding transfer / its proposeRoot broadcast: settle exits 75 (EX_TEMPFAIL) with
     ChainUnavailableError saying a rerun resumes, records nothing as settled; after a restart the rerun
     funds exactly once and proposes exactly one root."""
     lake = tmp_path / "lake"
@@ -174,7 +174,7 @@ def test_node_down_between_steps_stops_with_a_resumable_message_and_the_rerun_se
     failed = runner.invoke(app, args, env={"ROYALTY_SETTLER_KEY": SETTLER_KEY})
     monkeypatch.undo()
     message = " ".join(failed.stderr.split())
-    assert failed.exit_code == 2, failed.output
+    assert failed.exit_code == 75, failed.output  # EX_TEMPFAIL: the node being down is transient
     assert "is unavailable (ConnectionError" in message and "a rerun resumes" in message, message
     assert _settlement_rows(lake, "settlement_record") == []
     assert len(_settlement_rows(lake, "settlement_intent")) == (1 if step == "propose" else 0)
@@ -193,7 +193,7 @@ def test_node_restarted_with_the_proposal_still_pending_stops_as_dropped_and_the
     restartable: RestartableNode, tmp_path: Path
 ) -> None:
     """With automine off, restart anvil while settle's proposeRoot waits in its pool (lost on restart): settle
-    rides out the outage, then exits 2 with TransactionDroppedError and records nothing; the rerun sends the
+    rides out the outage, then exits 75 with TransactionDroppedError and records nothing; the rerun sends the
     proposal again with the same nonce and the chain holds exactly one root."""
     lake = tmp_path / "lake"
     _new_lake(lake, EVENTS)
@@ -218,7 +218,7 @@ def test_node_restarted_with_the_proposal_still_pending_stops_as_dropped_and_the
     finally:
         if process.poll() is None:
             process.kill()
-    assert process.returncode == 2, stderr
+    assert process.returncode == 75, stderr  # EX_TEMPFAIL: a rerun sends it again
     message = " ".join(stderr.split())
     assert "was dropped" in message and "run `royalty settle` again" in message, message
     (intent,) = _settlement_rows(lake, "settlement_intent")

@@ -116,8 +116,9 @@ def test_mixed_case_address_with_a_wrong_checksum_is_rejected() -> None:
     assert raised.value.index == 1
 
 
-def test_bad_checksum_is_caught_on_the_forked_path_too() -> None:
+def test_bad_checksum_is_caught_on_the_forked_path_too(monkeypatch: pytest.MonkeyPatch) -> None:
     """Pins that the large-tree path (checksums computed in a forked child) still rejects typos."""
+    monkeypatch.setattr(merkle, "_other_threads_running", lambda: False)  # pytest runs threads: force the fork
     accounts = random_accounts(fork_leaves_min, seed=6)
     last = accounts[-1]
     position = next(i for i, c in enumerate(last) if i >= 2 and c.isalpha())
@@ -131,7 +132,9 @@ def test_forked_and_inline_checksums_give_the_same_tree(monkeypatch: pytest.Monk
     """Pins that the forked checksum path changes nothing: same tree as with checksums computed inline."""
     accounts = random_accounts(fork_leaves_min, seed=7)
     amounts = list(range(len(accounts)))
+    monkeypatch.setattr(merkle, "_other_threads_running", lambda: False)  # pytest runs threads: force the fork
     forked = MerkleTree.build(accounts, amounts)
+    monkeypatch.undo()
     monkeypatch.setattr(merkle, "fork_leaves_min", len(accounts) + 1)
     inline = MerkleTree.build([a.lower() for a in accounts], amounts)
     assert forked.root == inline.root
