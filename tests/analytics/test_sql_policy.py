@@ -21,6 +21,8 @@ from pathlib import Path
 
 import duckdb
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from ledger import Ledger, define_views, run_query
 from ledger.sql_policy import QueryRefusedError, lock_down
@@ -148,6 +150,57 @@ def test_escape_is_refused_and_changes_nothing(analyst_lake: AnalystLake, sql: s
     assert _settings(lake.reader) == settings
     assert list(lake.outside.iterdir()) == []
     assert run_query(lake.reader, "SELECT count(*) AS n FROM contributor_registrations").to_pylist()[0]["n"] > 0
+
+
+_script_escapes = [
+    "COPY payables TO '{outside}/p.csv'",
+    "SET threads = 64",
+    "RESET enable_external_access",
+    "LOAD sqlite",
+    "INSTALL httpfs",
+    "ATTACH '{outside}/o.duckdb' AS o",
+    "PRAGMA threads = 64",
+    "CALL pragma_version()",
+    "SELECT * FROM read_text('/etc/passwd')",
+    "FROM '/etc/passwd'",
+    "SELECT * FROM glob('{outside}/*')",
+    "SELECT * FROM payables, read_blob('{data}**')",
+    "SELECT (SELECT count(*) FROM read_csv('/etc/passwd')) AS n FROM epochs",
+]
+_wrappers = [
+    "{s}",
+    "EXPLAIN {s}",
+    "EXPLAIN ANALYZE {s}",
+    "explain analyze {s}",
+    "/* a note */ EXPLAIN ANALYZE {s}",
+    "-- a note\nEXPLAIN {s}",
+    "EXPLAIN\n\tANALYZE\n{s}",
+    "EXPLAIN ANALYZE /* a note */ {s}",
+]
+_reads = ["SELECT count(*) FROM epochs", "FROM payables LIMIT 1", "EXPLAIN ANALYZE SELECT 1"]
+
+
+@settings(max_examples=40)
+@given(
+    escape=st.sampled_from(_script_escapes),
+    wrapper=st.sampled_from(_wrappers),
+    before=st.lists(st.sampled_from(_reads), max_size=2),
+    after=st.lists(st.sampled_from(_reads), max_size=2),
+)
+def test_an_escape_anywhere_in_a_script_is_refused(
+    analyst_lake: AnalystLake, escape: str, wrapper: str, before: list[str], after: list[str]
+) -> None:
+    """Property: however an escape is wrapped (EXPLAIN, ANALYZE, comments, case) and wherever it stands among
+    reads, the whole script is refused and nothing changes."""
+    lake = analyst_lake
+    statement = wrapper.format(s=escape.format(outside=lake.outside, data=lake.data_path))
+    files, settings_before = lake.digests(), _settings(lake.reader)
+    # DuckDB's parser itself rejects a few (`EXPLAIN ATTACH`): nothing runs either way.
+    with pytest.raises((QueryRefusedError, duckdb.ParserException)):
+        run_query(lake.reader, ";\n".join([*before, statement, *after]))
+    assert lake.digests() == files
+    assert _settings(lake.reader) == settings_before
+    assert list(lake.outside.iterdir()) == []
 
 
 def test_postgres_execute_cannot_move_stored_offsets(analyst_lake: AnalystLake) -> None:
