@@ -165,10 +165,21 @@ def recorded_data_path(connection: duckdb.DuckDBPyConnection) -> str | None:
 def is_own_data_path(recorded: str) -> bool:
     """Whether a recorded data path is an embedded ledger's own `data/` folder, here or where it was created.
 
-    An absolute `.../data/` is what ledgers created before relocation recorded; anything else was a
-    data path given explicitly (`--data-path`), which the folder does not contain.
+    An absolute `X/data/` is what ledgers created before relocation recorded: the ledger's own folder if
+    `X` was a ledger folder (it holds a catalog, or it is gone: the ledger was moved). A `data/` folder
+    that still exists beside no catalog, or any other path, was given explicitly (`--data-path`), and
+    the ledger's files are there, not in its folder. Only paths are looked at, never the files.
     """
-    return recorded.rstrip("/") == data_folder or ("://" not in recorded and Path(recorded).name == data_folder)
+    if recorded.rstrip("/") == data_folder:
+        return True
+    path = Path(recorded)
+    if "://" in recorded or path.name != data_folder:
+        return False
+    try:
+        external = path.is_dir() and not (path.parent / sqlite_catalog_file).exists()
+    except OSError:  # an unreadable former place: not this ledger's files either way
+        external = False
+    return not external
 
 
 def _check_own_data_path(

@@ -120,9 +120,11 @@ def test_print_attach_of_a_copy_attaches_the_copy(original: Path, tmp_path: Path
     assert count == 300
 
 
-def test_a_ledger_whose_data_lives_elsewhere_is_refused_without_its_data_path(tmp_path: Path) -> None:
-    """A folder ledger created with an explicit data path does not silently read its own empty `data/`."""
-    lake, data = tmp_path / "lake", tmp_path / "files"
+@pytest.mark.parametrize("folder", ["files", "elsewhere/data"])
+def test_a_ledger_whose_data_lives_elsewhere_is_refused_without_its_data_path(tmp_path: Path, folder: str) -> None:
+    """A folder ledger created with an explicit data path (even one named `data`) does not silently read its
+    own empty `data/`."""
+    lake, data = tmp_path / "lake", tmp_path / folder
     with Ledger.open(lake, data_path=str(data)) as ledger:
         ledger.append(*batch_of(list(SampleTraffic().metered(20))))
     with pytest.raises(LedgerDataPathError) as refused:
