@@ -33,3 +33,13 @@ require(broker_backoff_s_min < broker_backoff_s_max, "broker backoff: min < max"
 require(ledger_backoff_s_min < ledger_backoff_s_max < ledger_failing_s_max, "ledger backoff: min < max < give-up")
 require(stop_check_s <= ledger_backoff_s_min, "a backoff sleep checks for a stop request at least once")
 require(poll_records_max <= batch_records_limit, "one poll fits in the largest batch")
+
+# A file's prefix is hashed in chunks of this size when it is matched against recorded sources.
+file_hash_chunk_bytes = 1024 * 1024
+
+# A batch also stops at a byte budget (setting `batch_bytes_max`): 3,000 messages of 64 KiB took
+# 846 MB of memory in one batch (about 4.4 bytes held per byte read), so 50,000 would take ~14 GB and
+# an out-of-memory kill would re-read the same batch forever. 64 MiB holds 50,000 typical messages of
+# ~400 bytes with room to spare, and keeps a batch of large messages under ~300 MB.
+batch_bytes_max_default = 64 * 1024 * 1024
+batch_bytes_limit = 1024 * 1024 * 1024

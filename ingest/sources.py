@@ -4,24 +4,43 @@ A source yields messages as parallel lists (values, topics, partitions, offsets)
 moved to the positions stored in the ledger, which are the only positions that count.
 """
 
+import hashlib
 import logging
+import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from operator import attrgetter
 from pathlib import Path
-from typing import IO, Protocol
+from typing import IO, TYPE_CHECKING, Protocol
 
 from ingest import constants, native_records
-from ingest.errors import IngestConfigError
+from ingest.errors import IngestConfigError, IngestSourceRacedError
 from ledger import LedgerError
-from schemas.errors import require
+from ledger.batch import FileSourcePosition, LineDigest
+
+if TYPE_CHECKING:
+    from ledger import Ledger
 
 log = logging.getLogger(__name__)
 
 # Both kafka-python's ConsumerRecord and the native decoder's Record have these attributes.
 _record_value = attrgetter("value")
 _record_offset = attrgetter("offset")
+
+
+def _value_size(value: bytes | None) -> int:
+    return 0 if value is None else len(value)
+
+
+def _within_budget(values: list[bytes | None], bytes_max: int, at_least_one: bool) -> int:
+    """How many of `values`, from the first, fit in `bytes_max` (one at least if asked: a batch always advances)."""
+    total = 0
+    for count, value in enumerate(values):
+        total += _value_size(value)
+        if total > bytes_max:
+            return max(int(at_least_one), count)
+    return len(values)
 
 
 @dataclass
@@ -32,6 +51,11 @@ class Messages:
     topics: list[str] = field(default_factory=list)
     partitions: list[int] = field(default_factory=list)
     offsets: list[int] = field(default_factory=list)
+    size_bytes: int = 0  # of the values, for the batch's byte budget
+    # Read from files or stdin only (empty for Kafka): per message, the SHA-256 state of its source's
+    # bytes up to the end of its line, and where that line ends.
+    line_digests: list[LineDigest] = field(default_factory=list)
+    line_ends: list[int] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.values)
@@ -41,10 +65,15 @@ class Messages:
         self.topics += other.topics
         self.partitions += other.partitions
         self.offsets += other.offsets
+        self.size_bytes += other.size_bytes
+        self.line_digests += other.line_digests
+        self.line_ends += other.line_ends
 
 
 class Source(Protocol):
-    def poll(self, records_max: int, timeout_ms: int) -> Messages: ...
+    def poll(self, records_max: int, timeout_ms: int, bytes_max: int | None = None) -> Messages:
+        """Up to `records_max` messages, and no more once they hold `bytes_max` bytes (at least one)."""
+        ...
 
     def seek(self, stored_offsets: dict[tuple[str, int], int]) -> None: ...
 
@@ -56,51 +85,218 @@ class Source(Protocol):
 
 
 class FileSource:
-    """CloudEvents as JSON lines; `file:<absolute path>`, partition 0 and the line index stand in
-    for Kafka's topic, partition and offset, so a file ingested twice adds nothing."""
+    """CloudEvents as JSON lines from files or stdin (`-`), for backfills.
 
-    def __init__(self, paths: Sequence[str], stdin: IO[bytes] | None = None) -> None:
-        self._files: list[tuple[str, IO[bytes]]] = []
+    A file source is known by its content, not its name: each append records how far a source was
+    read (its key, the next line, the size and SHA-256 of the bytes before that line). A file is
+    resumed only where a recorded source's bytes are still its first bytes (an appended log), under
+    whatever name it is read now; otherwise it is a new source, read from its first line, and what
+    the ledger already holds is dropped there: events by id, dead letters by their line's content.
+    Stdin is never resumed by position: it is read in full each time, and fingerprinted as it is read.
+    Keys are `file:<absolute path>` or `file:-`, with `#2`, `#3`, ... for the next new source under the
+    same name; partition 0 and the line index stand in for Kafka's partition and offset.
+    """
+
+    def __init__(
+        self,
+        paths: Sequence[str],
+        ledger: "Ledger",
+        stdin: IO[bytes] | None = None,
+        report: Callable[[str], None] | None = None,
+    ) -> None:
+        self._ledger = ledger
+        self._report = report or (lambda text: log.info(text))
+        self._inputs: list[_FileInput] = []
         for path in paths:
             if path == "-":
-                require(stdin is not None, "a `-` file source is given the standard input stream")
-                self._files.append(("file:-", stdin))
-            else:
-                resolved = Path(path).expanduser().resolve()
-                if not resolved.is_file():
-                    raise IngestConfigError(f"--from-file `{path}` does not exist or is not a file")
-                self._files.append((f"file:{resolved}", resolved.open("rb")))
-        self._line_index = [0] * len(self._files)
-        self._skip_until = [0] * len(self._files)
+                if stdin is None:
+                    raise IngestConfigError("--from-file `-` reads stdin, and this process has none")
+                self._inputs.append(_FileInput("-", None, stdin))
+                continue
+            resolved = Path(path).expanduser().resolve()
+            if not resolved.is_file():
+                raise IngestConfigError(f"--from-file `{path}` does not exist or is not a file")
+            self._inputs.append(_FileInput(path, resolved, resolved.open("rb")))
         self._current = 0
+        self._positioned = False
 
     def seek(self, stored_offsets: dict[tuple[str, int], int]) -> None:
-        for index, (name, _) in enumerate(self._files):
-            self._skip_until[index] = stored_offsets.get((name, 0), 0)
+        if self._positioned:
+            # Called again only after another writer stored offsets for a key this process reads.
+            raise IngestSourceRacedError(sorted({item.key for item in self._inputs}))
+        self._positioned = True
+        recorded = self._ledger.file_sources()
+        legacy = {
+            topic: offset
+            for (topic, partition), offset in stored_offsets.items()
+            if topic.startswith(_key_prefix) and partition == 0 and topic not in recorded
+        }
+        used = set(recorded) | set(legacy)
+        for item in self._inputs:
+            if item.path is None:
+                self._start_stdin(item, used, legacy)
+            else:
+                self._position_file(item, recorded, legacy, used)
+            used.add(item.key)
 
-    def poll(self, records_max: int, timeout_ms: int) -> Messages:
+    def _start_stdin(self, item: "_FileInput", used: set[str], legacy: dict[str, int]) -> None:
+        item.key = _new_key(f"{_key_prefix}-", used)
+        old_key = _key_prefix + "-"
+        ignored = (
+            f"; the position recorded for stdin before fingerprints (`{old_key}`, line {legacy[old_key]:,}) is ignored"
+            if old_key in legacy
+            else ""
+        )
+        self._note(
+            item,
+            f"stdin: skipped 0 lines: stdin is never resumed by position; read in full as source `{item.key}`, "
+            f"events already in the ledger are dropped by id and dead letters by their line's content{ignored}",
+        )
+
+    def _position_file(
+        self,
+        item: "_FileInput",
+        recorded: dict[str, FileSourcePosition],
+        legacy: dict[str, int],
+        used: set[str],
+    ) -> None:
+        own_key = f"{_key_prefix}{item.path}"
+        size_bytes = os.fstat(item.handle.fileno()).st_size
+        candidates = [
+            position
+            for key, position in recorded.items()
+            if key not in self._claimed() and position.prefix_size_bytes <= size_bytes
+        ]
+        states = _prefix_states(item.handle, sorted({c.prefix_size_bytes for c in candidates}))
+        matches = [
+            c
+            for c in candidates
+            if c.prefix_size_bytes in states
+            and states[c.prefix_size_bytes].hexdigest() == c.prefix_sha256
+            and (c.prefix_size_bytes == size_bytes or _byte_before(item.handle, c.prefix_size_bytes) == b"\n")
+        ]
+        if matches:
+            best = max(matches, key=lambda c: (c.prefix_size_bytes, c.next_offset, c.topic == own_key))
+            item.resume(best.topic, best.next_offset, best.prefix_size_bytes, states[best.prefix_size_bytes])
+            under = "" if best.source_name == item.name else f", read before as `{best.source_name}`"
+            self._note(
+                item,
+                f"`{item.name}`: skipped {best.next_offset:,} lines already read: its first "
+                f"{best.prefix_size_bytes:,} bytes are unchanged (SHA-256 {best.prefix_sha256[:16]}...) since "
+                f"source `{best.topic}` read them{under}; reading on from line {best.next_offset + 1:,}",
+            )
+            return
+        if own_key in legacy and own_key not in self._claimed() and self._trust_once(item, own_key, legacy[own_key]):
+            return
+        item.handle.seek(0)
+        item.key = _new_key(own_key, used)
+        earlier = recorded.get(own_key) or next(
+            (p for k, p in sorted(recorded.items()) if k.startswith(own_key + "#") and p.source_name == item.name),
+            None,
+        )
+        if earlier is None and own_key not in legacy:
+            why = "a source not read before"
+        elif earlier is None:
+            why = "its content does not reach the position recorded for this path before fingerprints"
+        else:
+            why = f"its content differs from what source `{earlier.topic}` read from this path: " + _why_changed(
+                earlier, size_bytes, states
+            )
+        self._note(
+            item,
+            f"`{item.name}`: skipped 0 lines: {why}; read in full as source `{item.key}`"
+            + ("" if earlier is None and own_key not in legacy else
+               "; events already in the ledger are dropped by id and dead letters by their line's content"),
+            warning=earlier is not None or own_key in legacy,
+        )
+
+    def _trust_once(self, item: "_FileInput", key: str, next_offset: int) -> bool:
+        """Resume at a position recorded before fingerprints, fingerprinting it now: the one unchecked resume."""
+        item.handle.seek(0)
+        state = hashlib.sha256()
+        size_bytes = 0
+        for _ in range(next_offset):
+            line = item.handle.readline()
+            if not line:
+                return False
+            state.update(line)
+            size_bytes += len(line)
+        position = FileSourcePosition(key, next_offset, size_bytes, state.hexdigest(), item.name)
+        self._ledger.adopt_file_position(position)
+        item.resume(key, next_offset, size_bytes, state)
+        self._note(
+            item,
+            f"`{item.name}`: skipped {next_offset:,} lines already read, by the position recorded for "
+            f"`{key}` before file fingerprints existed: trusted this once without a check. Its first "
+            f"{size_bytes:,} bytes are fingerprinted now (SHA-256 {position.prefix_sha256[:16]}...); later runs "
+            f"resume only if they are unchanged",
+            warning=True,
+        )
+        return True
+
+    def _claimed(self) -> set[str]:
+        return {item.key for item in self._inputs if item.key}
+
+    def _note(self, item: "_FileInput", text: str, warning: bool = False) -> None:
+        item.note = text
+        (log.warning if warning else log.info)(text, extra={"source": item.key})
+        self._report(text)
+
+    @property
+    def notes(self) -> list[str]:
+        """What `seek` decided for each input: lines skipped as already read, and why."""
+        return [item.note for item in self._inputs]
+
+    def poll(self, records_max: int, timeout_ms: int, bytes_max: int | None = None) -> Messages:
         messages = Messages()
-        while self._current < len(self._files) and len(messages) < records_max:
-            name, handle = self._files[self._current]
-            line = handle.readline()
+        digests, ends = messages.line_digests, messages.line_ends
+        while self._current < len(self._inputs) and len(messages) < records_max:
+            if bytes_max is not None and messages and messages.size_bytes >= bytes_max:
+                break
+            item = self._inputs[self._current]
+            line = item.handle.readline()
             if not line:
                 self._current += 1
                 continue
-            index = self._line_index[self._current]
-            self._line_index[self._current] += 1
-            if index < self._skip_until[self._current]:
-                continue
+            index = item.line_index
+            item.line_index += 1
+            item.state.update(line)
+            item.size_bytes += len(line)
             value = line.rstrip(b"\r\n")
             if not value.strip():
                 continue  # blank lines are layout, not messages
             messages.values.append(value)
-            messages.topics.append(name)
+            messages.topics.append(item.key)
             messages.partitions.append(0)
             messages.offsets.append(index)
+            messages.size_bytes += len(value)
+            digests.append(item.state.copy())
+            ends.append(item.size_bytes)
         return messages
 
+    def file_positions(self, messages: Messages) -> list[FileSourcePosition]:
+        """How far `messages` read each file source, with the fingerprint of its bytes up to there."""
+        names = {item.key: item.name for item in self._inputs}
+        last: dict[str, int] = {}
+        for index in range(len(messages) - 1, -1, -1):
+            topic = messages.topics[index]
+            if topic not in last:
+                last[topic] = index
+                if len(last) == len(names):
+                    break
+        return [
+            FileSourcePosition(
+                topic,
+                messages.offsets[index] + 1,
+                messages.line_ends[index],
+                messages.line_digests[index].hexdigest(),
+                names[topic],
+            )
+            for topic, index in sorted(last.items())
+        ]
+
     def exhausted(self) -> bool:
-        return self._current >= len(self._files)
+        return self._current >= len(self._inputs)
 
     def lag(self) -> dict[tuple[str, int], int]:
         return {}
@@ -109,9 +305,72 @@ class FileSource:
         return True
 
     def close(self) -> None:
-        for name, handle in self._files:
-            if name != "file:-":
-                handle.close()
+        for item in self._inputs:
+            if item.path is not None:
+                item.handle.close()
+
+
+_key_prefix = "file:"
+
+
+@dataclass
+class _FileInput:
+    """One `--from-file` argument while it is read."""
+
+    name: str  # as given
+    path: Path | None  # None: stdin
+    handle: IO[bytes]
+    key: str = ""
+    line_index: int = 0
+    size_bytes: int = 0
+    state: "hashlib._Hash" = field(default_factory=hashlib.sha256)
+    note: str = ""
+
+    def resume(self, key: str, line_index: int, size_bytes: int, state: "hashlib._Hash") -> None:
+        self.key, self.line_index, self.size_bytes, self.state = key, line_index, size_bytes, state.copy()
+        self.handle.seek(size_bytes)
+
+
+def _new_key(base: str, used: set[str]) -> str:
+    """`base`, or `base#2`, `#3`, ...: the first not used yet (the same in every process, so two
+    processes reading one new source meet at the offsets fence rather than both storing it)."""
+    if base not in used:
+        return base
+    number = 2
+    while f"{base}#{number}" in used:
+        number += 1
+    return f"{base}#{number}"
+
+
+def _prefix_states(handle: IO[bytes], sizes: list[int]) -> dict[int, "hashlib._Hash"]:
+    """SHA-256 states of the file's first `size` bytes for each of the ascending `sizes`, in one pass."""
+    states: dict[int, hashlib._Hash] = {}
+    state = hashlib.sha256()
+    handle.seek(0)
+    done = 0
+    for size in sizes:
+        while done < size:
+            chunk = handle.read(min(constants.file_hash_chunk_bytes, size - done))
+            if not chunk:
+                return states
+            state.update(chunk)
+            done += len(chunk)
+        states[size] = state.copy()
+    return states
+
+
+def _byte_before(handle: IO[bytes], position: int) -> bytes:
+    handle.seek(position - 1)
+    return handle.read(1)
+
+
+def _why_changed(earlier: FileSourcePosition, size_bytes: int, states: dict[int, "hashlib._Hash"]) -> str:
+    if earlier.prefix_size_bytes > size_bytes:
+        return f"it holds {size_bytes:,} bytes, fewer than the {earlier.prefix_size_bytes:,} read before"
+    state = states.get(earlier.prefix_size_bytes)
+    if state is not None and state.hexdigest() != earlier.prefix_sha256:
+        return f"its first {earlier.prefix_size_bytes:,} bytes changed"
+    return "the line read last had no line end then, and has grown since"
 
 
 class KafkaSource:
@@ -230,7 +489,7 @@ class KafkaSource:
         # Seeking is local to the consumer (no broker round trip), so it cannot fail in an outage.
         self._seek_partitions(list(self.consumer.assignment()))
 
-    def poll(self, records_max: int, timeout_ms: int) -> Messages:
+    def poll(self, records_max: int, timeout_ms: int, bytes_max: int | None = None) -> Messages:
         from kafka.errors import KafkaError
 
         messages = Messages()
@@ -245,11 +504,20 @@ class KafkaSource:
             log.debug("poll failed", extra={"error": str(error)})
             return messages
         for partition, records in polled.items():
+            values = list(map(_record_value, records))
+            if bytes_max is not None:
+                count = _within_budget(values, bytes_max - messages.size_bytes, at_least_one=not messages)
+                if count < len(records):
+                    # Past the byte budget: the rest is fetched again by the next poll, not held here.
+                    self.consumer.seek(partition, records[count].offset)
+                    records, values = records[:count], values[:count]
+            size_bytes = sum(map(_value_size, values))
             count = len(records)
-            messages.values += map(_record_value, records)
+            messages.values += values
             messages.topics += [partition.topic] * count
             messages.partitions += [partition.partition] * count
             messages.offsets += map(_record_offset, records)
+            messages.size_bytes += size_bytes
         return messages
 
     def commit_informational(self, next_offsets: dict[tuple[str, int], int]) -> None:

@@ -4,6 +4,7 @@ import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Protocol
 
 import msgspec
 import pyarrow as pa
@@ -28,6 +29,27 @@ class PartitionOffsets:
 
 
 @dataclass(frozen=True)
+class FileSourcePosition:
+    """How far a file source (a file or stdin, keyed by `topic`) was read, and what it held up to there.
+
+    `prefix_sha256` is the SHA-256 of its first `prefix_size_bytes` bytes, the bytes of lines before
+    `next_offset`: `head -c <prefix_size_bytes> FILE | sha256sum` recomputes it.
+    """
+
+    topic: str
+    next_offset: int
+    prefix_size_bytes: int
+    prefix_sha256: str
+    source_name: str  # the path as given on the command line, or `-`
+
+
+class LineDigest(Protocol):
+    """The state of a SHA-256 over a source's bytes up to the end of one line (a `hashlib` object)."""
+
+    def hexdigest(self) -> str: ...
+
+
+@dataclass(frozen=True)
 class IngestBatch:
     """Raw messages, where each was read from, and what the decoder made of them.
 
@@ -41,6 +63,9 @@ class IngestBatch:
     offsets: pa.Array  # int64
     decoded: DecodedBatch
     received_at: datetime
+    # Messages read from files or stdin: per message, the SHA-256 of its source up to the end of its
+    # line, so that its dead letter is stored once whatever name the content came in under. Empty for Kafka.
+    line_digests: Sequence[LineDigest | None] = ()
 
     @classmethod
     def from_messages(
