@@ -221,8 +221,11 @@ def _excerpt(text: str) -> str:
 def lock_down_statements(data_path: str, memory_mb: int, threads: int) -> list[str]:
     """The settings that bound an analyst connection once the ledger is attached and the views defined.
 
-    Files are reachable only under the data path (DuckLake reads its Parquet files there; a SQLite catalog
-    and PostgreSQL are already open); the configuration is locked last, so no statement can undo these.
+    Files are reachable only under the data path: `enable_external_access = false` alone fails DuckLake's own
+    Parquet reads, and `allowed_directories` admits them (reads and writes: the statement policy refuses
+    COPY). A SQLite catalog and PostgreSQL are already attached, and a new ATTACH of either is refused. The
+    configuration is locked last, so no statement can undo these. Not stopped here: `postgres_execute` on
+    the attached PostgreSQL catalog, which only the statement policy and a SELECT-only catalog role refuse.
     """
     return [
         f"SET allowed_directories = ['{data_path.replace(chr(39), chr(39) * 2)}'];",
