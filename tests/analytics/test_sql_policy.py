@@ -323,3 +323,26 @@ def test_an_analyst_uid_without_write_access_queries_the_ledger(sqlite_lake: Pat
     assert write.stdout.split() == [str(analyst_uid)], write.stderr
     assert write.returncode != 0 and "Permission denied" in write.stderr
     assert {path: path.read_bytes() for path in lake.rglob("*") if path.is_file()} == files
+
+
+def test_engine_limits_come_from_settings_within_bounds(sqlite_lake: Path) -> None:
+    """`query_memory_mb_max` and `query_threads_max` set the printed lock-down; out of bounds they are refused."""
+    environment = {**os.environ, "ROYALTY_QUERY_MEMORY_MB_MAX": "300", "ROYALTY_QUERY_THREADS_MAX": "3"}
+    printed = subprocess.run(
+        royalty_command("sql", "--lake", str(sqlite_lake), "--print-attach"),
+        capture_output=True,
+        text=True,
+        env=environment,
+    )
+    assert printed.returncode == 0, printed.stderr
+    lines = printed.stdout.splitlines()
+    assert {"SET memory_limit = '300MB';", "SET threads = 3;", "SET enable_external_access = false;"} <= set(lines)
+    assert lines[-1] == "SET lock_configuration = true;"
+    refused = subprocess.run(
+        royalty_command("sql", "--lake", str(sqlite_lake), "SELECT 1"),
+        capture_output=True,
+        text=True,
+        env={**os.environ, "ROYALTY_QUERY_MEMORY_MB_MAX": "10"},
+    )
+    assert refused.returncode == 2
+    assert "`query_memory_mb_max` is 10; it must be from 64 to 1,048,576" in " ".join(refused.stderr.split())
