@@ -64,8 +64,8 @@ def test_a_new_ledger_records_its_data_path_relative(original: Path) -> None:
 def test_a_copied_lake_opens_verifies_and_closes_an_epoch_without_the_original(
     original: Path, tmp_path: Path, recorded: str
 ) -> None:
-    """The copy answers `sql`, passes `verify`, closes an epoch and takes more appends while the original is
-    gone from its path; the original, put back, is byte for byte and time for time what it was."""
+    """The copy answers `sql`, passes `verify`, closes an epoch, settles it and takes more appends while the
+    original is gone from its path; the original, put back, is byte for byte and time for time what it was."""
     source = tmp_path / "source"
     shutil.copytree(original, source)
     if recorded.startswith("absolute"):  # what every ledger created before recorded
@@ -83,6 +83,11 @@ def test_a_copied_lake_opens_verifies_and_closes_an_epoch_without_the_original(
         assert verified.exit_code == 0, verified.output
         closed = _run("close-epoch", "--lake", str(copy))
         assert closed.exit_code == 0, closed.output
+        settles = recorded.startswith("absolute")  # one settle is enough: it reads what close-epoch read
+        if settles:
+            settled = _run("settle", "--lake", str(copy), "--json")  # on the in-process chain
+            assert settled.exit_code == 0, settled.output
+            assert '"root": "0x' in settled.output
         with Ledger.open(copy) as ledger:
             ledger.append(*batch_of(list(SampleTraffic(seed=11).metered(40)), first_offset=10_000))
         with Ledger.open_read_only(copy) as reader:
@@ -91,7 +96,8 @@ def test_a_copied_lake_opens_verifies_and_closes_an_epoch_without_the_original(
             assert all(path.startswith(str(copy)) for path, in reader.connection.execute(
                 "SELECT data_file FROM ducklake_list_files('lake', 'inference_metered')").fetchall())
             (epochs,) = reader.connection.execute("SELECT count(*) FROM lake.main.settlement_epoch").fetchone()
-        assert epochs == 1
+            (settlements,) = reader.connection.execute("SELECT count(*) FROM lake.main.settlement_record").fetchone()
+        assert epochs == 1 and settlements == int(settles)
         assert not source.exists(), "something recreated the original's path"
     finally:
         hidden.rename(source)
