@@ -16,6 +16,7 @@ from typing import Any
 
 from web3.contract import Contract
 
+from ledger.redact import redact_url
 from settlement.chain import Chain, node_unreachable_errors
 from settlement.settle_errors import ChainConfigError, ChainUnavailableError
 
@@ -79,8 +80,9 @@ def deployment_block(chain: Chain, address: str) -> int:
         raise
     except Exception as error:  # a node without old state answers with an RPC error ("missing trie node", ...)
         raise ChainConfigError(
-            f"cannot find the block distributor `{address}` was deployed in: the node at `{chain.rpc_url}` does not "
-            f"answer eth_getCode for old blocks ({type(error).__name__}). Pass --from-block N (or set from_block), "
+            f"cannot find the block distributor `{address}` was deployed in: the node at "
+            f"`{redact_url(chain.rpc_url)}` does not answer eth_getCode for old blocks ({type(error).__name__}). "
+            "Pass --from-block N (or set from_block), "
             "N being the `deployment_block` that `royalty deploy` printed, or the contract creation block a block "
             "explorer shows",
             "from_block",

@@ -10,7 +10,7 @@ class ChainConfigError(SettlementError):
     transient = False
 
     def __init__(self, reason: str, setting: str | None = None) -> None:
-        self.reason = reason
+        self.reason = reason = redact(reason)  # it may quote a node URL and its key
         self.setting = setting
         super().__init__(f"{reason}" + (f" (setting `{setting}`)" if setting else ""))
 
