@@ -18,6 +18,8 @@ from schemas import limits
 from schemas.errors import require
 
 _ppm = limits.ppm_total
+# The CloudEvents source of the sample's metering events (its registry events come from //registry.example).
+metered_source = "//gateway.example/eu-west-1"
 
 
 @dataclass(frozen=True)
@@ -156,7 +158,7 @@ class SampleTraffic:
                     "fee_micros": input_tokens * 3 + output_tokens * 15 + rng.randrange(0, 100),
                     "asset": shape.asset,
                 },
-                "//gateway.example/eu-west-1",
+                metered_source,
             )
 
 

@@ -66,9 +66,46 @@ def _record_inlined_digests(connection: duckdb.DuckDBPyConnection) -> None:
     migration, and verify checks inlined rows from the snapshot that created it on (earlier ones: a warning)."""
 
 
+def _key_events_by_source_and_id(connection: duckdb.DuckDBPyConnection) -> None:
+    """Format 4 keys events by (source, id), as CloudEvents does: a reversal may name its original's
+    source, and the settlement's suspense and reversal rows record sources. Rows written before have
+    NULL there; the settlement reads them as the one metered event with that id (ids were unique then)."""
+    existing = ledger_tables(connection)  # a table not there yet is created in the new shape
+    for table, column in (
+        ("inference_reversed", "original_source"),
+        ("settlement_suspense_item", "source"),
+        ("settlement_suspense_release", "source"),
+        ("settlement_reversal", "source"),
+        ("settlement_reversal", "original_source"),
+    ):
+        if table in existing:
+            add_column_if_missing(connection, table, column, "VARCHAR")
+
+
+def _fingerprint_file_sources(connection: duckdb.DuckDBPyConnection) -> None:
+    """Format 5 knows file sources by content: tables `file_source_position` (how far each file or stdin
+    source was read, with the size and SHA-256 of those bytes) and `dead_letter_line` (each file dead
+    letter's line fingerprint). Positions stored before have none: ingest trusts each once, with a warning."""
+    from ledger.tables import create_statements  # ledger.tables imports this module
+
+    for statement in create_statements(catalog_alias, ["file_source_position", "dead_letter_line"]):
+        connection.execute(statement)
+
+
 format_steps: list[FormatStep] = [
     FormatStep(2, "record the ledger format version (table ledger_format)", _record_format_only),
     FormatStep(3, "record a digest of each transaction's inlined rows (table inlined_digest)", _record_inlined_digests),
+    FormatStep(
+        4,
+        "key events by (source, id): inference_reversed.original_source, source columns of the settlement's "
+        "suspense and reversal tables",
+        _key_events_by_source_and_id,
+    ),
+    FormatStep(
+        5,
+        "know file sources by content: tables file_source_position (fingerprints) and dead_letter_line",
+        _fingerprint_file_sources,
+    ),
 ]
 
 format_version_current = format_steps[-1].version if format_steps else format_version_first

@@ -224,6 +224,10 @@ class Ledger:
         """
         if self._step_locks is None:
             raise LedgerReadOnlyError(f"lock step {name}")
+        # A result left half-read (`execute(...).fetchone()`) keeps its read open on the catalog: on a
+        # SQLite catalog that blocks the lock's holder, which would wait for this waiter forever.
+        with self._lock:
+            self.connection.execute("SELECT 1").fetchall()
         with self._step_locks.holding(name):
             yield
 

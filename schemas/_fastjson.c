@@ -21,7 +21,8 @@
 #include <stdint.h>
 #include <string.h>
 
-enum { K_STR = 1, K_INT = 2, K_LITERAL = 3, K_TIME = 4, K_TAG = 5, K_DATA = 6 };
+/* K_ABSENT: an optional field the native path takes only when it is absent (its column is then all null). */
+enum { K_STR = 1, K_INT = 2, K_LITERAL = 3, K_TIME = 4, K_TAG = 5, K_DATA = 6, K_ABSENT = 7 };
 enum { COLUMN_STRING = 1, COLUMN_INT64 = 2 };
 
 #define FIELDS_MAX 32
@@ -646,7 +647,7 @@ static int read_object(const Field *fields, int n_fields, const char *p, const c
             p = scan_string(p, end, &key, &key_len, &chars, NULL);
             if (!p) return 0;
             const Field *f = find_field(fields, n_fields, key, key_len, &index);
-            if (!f || slots[index].seen) return 0;
+            if (!f || slots[index].seen || f->kind == K_ABSENT) return 0;
             p = skip_ws(p, end);
             if (p >= end || *p != ':') return 0;
             p = skip_ws(p + 1, end);
@@ -896,7 +897,7 @@ static int load_field(Decoder *self, PyObject *spec, Field *f) {
     f->lo = lo;
     f->hi = hi;
     if (!keep_bytes(self, name, &f->name, &f->name_len)) return 0;
-    if (f->kind < K_STR || f->kind > K_DATA) {
+    if (f->kind < K_STR || f->kind > K_ABSENT) {
         PyErr_Format(PyExc_ValueError, "unknown field kind %d", f->kind);
         return 0;
     }
@@ -1056,6 +1057,7 @@ PyMODINIT_FUNC PyInit__fastjson(void) {
     PyModule_AddIntConstant(m, "KIND_TIME", K_TIME);
     PyModule_AddIntConstant(m, "KIND_TAG", K_TAG);
     PyModule_AddIntConstant(m, "KIND_DATA", K_DATA);
+    PyModule_AddIntConstant(m, "KIND_ABSENT", K_ABSENT);
     PyModule_AddIntConstant(m, "KEYS_UNIQUE", KEYS_UNIQUE);
     PyModule_AddIntConstant(m, "KEYS_REPEATED", KEYS_REPEATED);
     PyModule_AddIntConstant(m, "KEYS_UNSURE", KEYS_UNSURE);

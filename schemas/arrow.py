@@ -6,7 +6,8 @@ the event time: duplicates of an event share it, so deduplication looks in one d
 """
 
 from datetime import datetime
-from typing import Annotated, Any, Literal, get_args, get_origin
+from types import NoneType, UnionType
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 import pyarrow as pa
 from pydantic import AwareDatetime, BaseModel
@@ -37,6 +38,8 @@ def arrow_type_for(annotation: Any) -> pa.DataType:
     origin = get_origin(annotation)
     if origin is Annotated:
         return arrow_type_for(get_args(annotation)[0])
+    if optional_of(annotation) is not None:
+        return arrow_type_for(optional_of(annotation))
     if annotation in (AwareDatetime, datetime):
         return timestamp_type
     if annotation is str or origin is Literal:
@@ -51,9 +54,19 @@ def arrow_type_for(annotation: Any) -> pa.DataType:
     raise TypeError(f"no Arrow type for {annotation!r}; extend schemas/arrow.py")
 
 
+def optional_of(annotation: Any) -> Any:
+    """`T` of an optional field's `T | None`, else None."""
+    if get_origin(annotation) in (Union, UnionType):
+        members = [member for member in get_args(annotation) if member is not NoneType]
+        if len(members) == 1 and len(get_args(annotation)) == 2:
+            return members[0]
+    return None
+
+
 def data_fields(model: type[BaseModel]) -> list[pa.Field]:
+    """One column per field; an optional field (`T | None = None`) is a nullable column."""
     return [
-        pa.field(name, arrow_type_for(info.annotation), nullable=False)
+        pa.field(name, arrow_type_for(info.annotation), nullable=optional_of(info.annotation) is not None)
         for name, info in model.model_fields.items()
     ]
 
@@ -70,8 +83,15 @@ def decoded_schema(event_type: EventType) -> pa.Schema:
 
 
 def ledger_schema(event_type: EventType) -> pa.Schema:
-    """Columns of the event type's ledger table."""
-    return pa.schema([*envelope_fields, *data_fields(event_type.data_model), *position_fields])
+    """Columns of the event type's ledger table.
+
+    Optional data fields come last: they were added to the contract later, and a ledger format step
+    appends such a column to an existing table, so new and migrated tables have the same column order.
+    """
+    data = data_fields(event_type.data_model)
+    return pa.schema(
+        [*envelope_fields, *(f for f in data if not f.nullable), *position_fields, *(f for f in data if f.nullable)]
+    )
 
 
 ledger_schemas: dict[str, pa.Schema] = {

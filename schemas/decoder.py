@@ -121,7 +121,7 @@ class BatchDecoder:
                 if result is None:
                     continue
                 event_type = native_type.event_type
-                table = _native_table(event_type, native_type.columns, *result)
+                table = _native_table(event_type, native_type.columns, *result)  # null_columns: all null
                 passed = _column_checks_mask(table, native_type.column_checks)
                 if passed is not None:
                     slow.extend(table.filter(pc.invert(passed)).column("message_index").to_pylist())
@@ -394,5 +394,8 @@ def _native_table(
         else:
             arrays[name] = pa.Array.from_buffers(arrow_type, count, [None, pa.py_buffer(buffer)])
     arrays["event_date"] = pc.cast(arrays["event_time"], pa.date32())
+    for name in schema.names:
+        if name not in arrays and name != "message_index":  # an optional field the native path saw absent
+            arrays[name] = pa.nulls(count, schema.field(name).type)
     arrays["message_index"] = pa.Array.from_buffers(pa.int64(), count, [None, pa.py_buffer(message_indexes)])
     return pa.Table.from_pydict({name: arrays[name] for name in schema.names}, schema=schema)

@@ -20,6 +20,7 @@ import msgspec
 from pydantic import AfterValidator, AwareDatetime, BaseModel, StringConstraints
 from pydantic_core import PydanticUndefined
 
+from schemas.arrow import optional_of
 from schemas.errors import require
 
 
@@ -145,8 +146,17 @@ class Derived:
             (item,) = get_args(annotation)
             list_type = list[self._type_for(item, {}, None, prefix)]  # type: ignore[misc]
             return Annotated[list_type, msgspec.Meta(**kwargs)] if kwargs else list_type
+        if origin is Annotated:
+            inner, *metadata = get_args(annotation)
+            inner_kwargs, validators = constraints_of(metadata)
+            require(not validators, f"no validators inside an optional field: {annotation!r}")
+            return self._type_for(inner, {**inner_kwargs, **kwargs}, checks, prefix)
+        if optional_of(annotation) is not None:
+            # `T | None = None`: an optional field, null when absent. Its constraints stay in msgspec
+            # (not column checks: a null would fail them there).
+            return self._type_for(optional_of(annotation), kwargs, None, prefix) | None
         if origin in (Union, UnionType):
-            raise TypeError(f"unions are not supported in event data: {annotation!r}")
+            raise TypeError(f"unions other than `T | None` are not supported in event data: {annotation!r}")
         if isinstance(annotation, type) and issubclass(annotation, BaseModel):
             require(not kwargs, "constraints on a nested model are not supported")
             return self._struct_for(annotation, None, checks, prefix)

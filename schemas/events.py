@@ -1,9 +1,10 @@
 """The producer contract: CloudEvents 1.0 envelopes (structured JSON mode) with typed `data`.
 
 Each event type is one pydantic model of its `data`, named in the past tense, and one
-envelope model made from it. `id` is the event's idempotency key: the ledger keeps one event
-per id. These models are the single definition that the fast decoder (`decoder.py`), the
-Arrow schemas (`arrow.py`) and the JSON Schema export derive from.
+envelope model made from it. `source` + `id` is the event's idempotency key, as CloudEvents
+defines it: the ledger keeps one event per (source, id). These models are the single
+definition that the fast decoder (`decoder.py`), the Arrow schemas (`arrow.py`) and the JSON
+Schema export derive from.
 """
 
 from dataclasses import dataclass
@@ -48,10 +49,15 @@ class InferenceMetered(_Data):
 
 
 class InferenceReversed(_Data):
-    """A refund or chargeback of an earlier `InferenceMetered` event, by its event id."""
+    """A refund or chargeback of an earlier `InferenceMetered` event, by its source and event id.
+
+    The original is looked up within the reversal's own `source` unless `original_source` names
+    another (a billing system reversing a gateway's event): CloudEvents ids are unique per source.
+    """
 
     original_event_id: EventId
     reason: Literal["refund", "chargeback"]
+    original_source: Source | None = None
 
 
 class ContributorRegistered(_Data):

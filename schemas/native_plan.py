@@ -19,6 +19,7 @@ from pydantic.fields import FieldInfo
 from pydantic_core import PydanticUndefined
 
 from schemas import limits
+from schemas.arrow import optional_of
 from schemas.char_class import compile_char_class_pattern
 from schemas.derive import ColumnCheck, constraints_of
 from schemas.events import EventType
@@ -43,6 +44,7 @@ class NativeType:
     event_type: EventType
     columns: list[str]
     column_checks: list[ColumnCheck]
+    null_columns: list[str]  # optional fields, taken natively only when absent: all null
 
 
 class NotNative(Exception):
@@ -73,20 +75,22 @@ def build_native_decoder(types: list[EventType]) -> tuple[Any, list[NativeType]]
     for event_type in types:
         checks: list[ColumnCheck] = []
         try:
-            type_envelope, tag, data_fields, columns = _plan_of(event_type, checks)
+            type_envelope, tag, data_fields, columns, null_columns = _plan_of(event_type, checks)
         except NotNative:
             continue
         if envelope is not None and type_envelope != envelope:
             continue  # an envelope unlike the others': keep that type on the msgspec path
         envelope = type_envelope
         planned.append((tag, data_fields))
-        native_types.append(NativeType(event_type, columns, checks))
+        native_types.append(NativeType(event_type, columns, checks, null_columns))
     if envelope is None:
         return None
     return _fastjson.Decoder(limits.message_bytes_max, envelope, tuple(planned)), native_types
 
 
-def _plan_of(event_type: EventType, checks: list[ColumnCheck]) -> tuple[tuple, bytes, tuple, list[str]]:
+def _plan_of(
+    event_type: EventType, checks: list[ColumnCheck]
+) -> tuple[tuple, bytes, tuple, list[str], list[str]]:
     columns = list(envelope_columns.values())
     envelope: list[tuple] = []
     tag = b""
@@ -101,12 +105,18 @@ def _plan_of(event_type: EventType, checks: list[ColumnCheck]) -> tuple[tuple, b
             column = list(envelope_columns).index(name) if name in envelope_columns else -1
             envelope.append(_field_spec(name, info, column, checks, name))
     data: list[tuple] = []
+    null_columns: list[str] = []
     for name, info in event_type.data_model.model_fields.items():
+        if optional_of(info.annotation) is not None and info.default is None:
+            # Present, it goes the Python way (which checks it); absent, its column is null.
+            data.append((name.encode(), _fastjson.KIND_ABSENT, 0, 0, (), -1, 0, None))
+            null_columns.append(name)
+            continue
         data.append(_field_spec(name, info, len(columns), checks, f"data.{name}"))
         columns.append(name)
     if event_type.data_model.__pydantic_decorators__.model_validators:
         raise NotNative(f"{event_type.type} has model validators")
-    return tuple(envelope), tag, tuple(data), columns
+    return tuple(envelope), tag, tuple(data), columns, null_columns
 
 
 def _field_spec(name: str, info: FieldInfo, column: int, checks: list[ColumnCheck], path: str) -> tuple:

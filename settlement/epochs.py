@@ -13,7 +13,7 @@ from schemas.errors import require
 from settlement import reversals as rev
 from settlement.policies import Resolution, resolve
 from settlement.postings import billed_sums, build_payables, build_postings
-from settlement.splits import Routed, event_columns, route, split
+from settlement.splits import Routed, event_columns, event_key, route, split
 
 _i128 = pl.Int128
 
@@ -26,8 +26,8 @@ class PriorState:
     closing_snapshot: int = 0
     epoch_closings: dict[int, int] = field(default_factory=dict)
     held: pl.DataFrame = field(default_factory=lambda: pl.DataFrame(schema=held_schema))
-    reversed_ids: set[str] = field(default_factory=set)
-    released: dict[str, int] = field(default_factory=dict)  # event id -> epoch it was released in
+    reversed_ids: set[str] = field(default_factory=set)  # keys (splits.key_of) of reversed events
+    released: dict[str, int] = field(default_factory=dict)  # event key -> epoch it was released in
     payables: pl.DataFrame = field(
         default_factory=lambda: pl.DataFrame(
             schema={"recipient": pl.String, "earned_micros": pl.Int64, "cumulative_micros": pl.Int64}
@@ -40,8 +40,8 @@ class EpochInputs:
     """The ledger as seen by the epoch closing at `closing_snapshot`."""
 
     closing_snapshot: int
-    new_events: pl.LazyFrame  # event_columns, deduplicated by event id
-    reversals: pl.DataFrame  # event_id, event_time, original_event_id
+    new_events: pl.LazyFrame  # event_columns, deduplicated by (source, event id)
+    reversals: pl.DataFrame  # event_id, source, event_time, original_event_id, original_source (may be null)
     originals: pl.DataFrame  # event_columns + arrival_snapshot of the metered events reversals name
     models: pl.DataFrame  # model_registered rows + known_snapshot
     policies: pl.DataFrame  # split_policy_set rows + known_snapshot
@@ -102,22 +102,24 @@ def plan_epoch(inputs: EpochInputs, prior: PriorState) -> EpochPlan:
     classified = rev.classify(
         inputs.reversals,
         inputs.originals,
-        set(prior.held["event_id"].to_list()),
+        set(prior.held.select(event_key())["event_key"].to_list()) if prior.held.height else set(),
         prior.reversed_ids,
         prior.released,
         prior.epoch_closings,
         prior.closing_snapshot,
     )
     valid = classified.filter(pl.col("outcome") != rev.dead_letter)
-    cancelled_ids = valid.filter(pl.col("outcome") == rev.cancelled)["original_event_id"]
-    new_kept = inputs.new_events.filter(~pl.col("event_id").is_in(cancelled_ids.implode()))
-    held = prior.held.filter(~pl.col("event_id").is_in(cancelled_ids.implode()))
-    cancelled_held = prior.held.filter(pl.col("event_id").is_in(cancelled_ids.implode()))
+    cancelled_keys = valid.filter(pl.col("outcome") == rev.cancelled).select(
+        event_key("original_source", "original_event_id")
+    )["event_key"]
+    new_kept = inputs.new_events.filter(~event_key().is_in(cancelled_keys.implode()))
+    held = prior.held.filter(~event_key().is_in(cancelled_keys.implode()))
+    cancelled_held = prior.held.filter(event_key().is_in(cancelled_keys.implode()))
 
     routed_new = route(new_kept, resolutions[closing])
     routed_held = route(held.select(event_columns).lazy(), resolutions[closing])
-    still_held = set(routed_held.incomplete["event_id"].to_list())
-    released = held.filter(~pl.col("event_id").is_in(list(still_held)))
+    still_held = routed_held.incomplete.select(event_key())["event_key"]
+    released = held.filter(~event_key().is_in(still_held.implode()))
     groups = [routed_new.groups, routed_held.groups]
     taken = valid.filter(pl.col("outcome") == rev.taken_back)
     for snapshot in sorted(set(taken["settled_snapshot"].to_list())):
@@ -183,18 +185,18 @@ def plan_epoch(inputs: EpochInputs, prior: PriorState) -> EpochPlan:
     require(postings_micros == 0, f"the postings of epoch {epoch} sum to {postings_micros} micros, not 0")
 
     suspense_items = suspended.with_columns(epoch=pl.lit(epoch, pl.Int64)).select(
-        "epoch", "event_id", "event_time", "model_id", "payer", "compute_provider", "fee_micros"
+        "epoch", "event_id", "source", "event_time", "model_id", "payer", "compute_provider", "fee_micros"
     )
     releases = pl.concat(
         [
             released.select(
-                pl.lit(epoch, pl.Int64).alias("epoch"), "event_id", pl.lit("split").alias("outcome")
+                pl.lit(epoch, pl.Int64).alias("epoch"), "event_id", "source", pl.lit("split").alias("outcome")
             ),
             cancelled_held.select(
-                pl.lit(epoch, pl.Int64).alias("epoch"), "event_id", pl.lit("reversed").alias("outcome")
+                pl.lit(epoch, pl.Int64).alias("epoch"), "event_id", "source", pl.lit("reversed").alias("outcome")
             ),
         ]
-    ).sort("event_id")
+    ).sort(["event_id", "source"])
     problems = [p for resolution in resolutions.values() for p in resolution.problems]
     return EpochPlan(
         epoch=epoch,
@@ -213,7 +215,7 @@ def plan_epoch(inputs: EpochInputs, prior: PriorState) -> EpochPlan:
         group_count=the_split.cuts["allocation_id"].n_unique() + the_split.pools["allocation_id"].n_unique(),
         postings=postings,
         payables=payables,
-        suspense_items=suspense_items.sort("event_id"),
+        suspense_items=suspense_items.sort(["event_id", "source"]),
         suspense_releases=releases,
         reversals=classified,
         problems=sorted(set(problems)),
@@ -223,19 +225,18 @@ def plan_epoch(inputs: EpochInputs, prior: PriorState) -> EpochPlan:
 def advance(prior: PriorState, plan: EpochPlan) -> PriorState:
     """The state after `plan` is written: what the next epoch sees (used by in-memory drivers)."""
     released = dict(prior.released)
-    released.update(
-        {e: plan.epoch for e in plan.suspense_releases.filter(pl.col("outcome") == "split")["event_id"]}
-    )
-    gone = set(plan.suspense_releases["event_id"].to_list())
+    split_keys = plan.suspense_releases.filter(pl.col("outcome") == "split").select(event_key())["event_key"]
+    released.update(dict.fromkeys(split_keys.to_list(), plan.epoch))
+    gone = plan.suspense_releases.select(event_key())["event_key"].implode()
     held = (
         pl.concat(
             [
-                prior.held.filter(~pl.col("event_id").is_in(list(gone))),
+                prior.held.filter(~event_key().is_in(gone)),
                 plan.suspense_items.select(*event_columns, "epoch"),
             ]
         )
         if plan.suspense_items.height
-        else prior.held.filter(~pl.col("event_id").is_in(list(gone)))
+        else prior.held.filter(~event_key().is_in(gone))
     )
     payables = pl.concat(
         [
@@ -244,7 +245,9 @@ def advance(prior: PriorState, plan: EpochPlan) -> PriorState:
         ]
     ).sort("recipient")
     reversed_ids = prior.reversed_ids | set(
-        plan.reversals.filter(pl.col("outcome") != rev.dead_letter)["original_event_id"].to_list()
+        plan.reversals.filter(pl.col("outcome") != rev.dead_letter)
+        .select(event_key("original_source", "original_event_id"))["event_key"]
+        .to_list()
     )
     return PriorState(
         epoch=plan.epoch,

@@ -21,7 +21,7 @@ from settlement import reversals as rev
 from settlement import tables
 from settlement.epochs import EpochInputs, EpochPlan, PriorState, held_schema, plan_epoch
 from settlement.split_errors import EpochConflictError
-from settlement.splits import event_columns
+from settlement.splits import event_columns, event_key, key_of
 
 Progress = Callable[[str, int, int], None]  # (step name, steps done, steps total)
 _steps = ["read state", "read registry", "scan events", "split", "write"]
@@ -52,6 +52,15 @@ def _scan(files: pl.DataFrame, columns: list[str], schema: pa.Schema) -> pl.Lazy
     return pl.scan_parquet(files["path"].to_list()).select(columns)
 
 
+def _with_columns_of(frame: pl.DataFrame, schema: pa.Schema) -> pl.DataFrame:
+    """`frame` with every column of `schema`: those a file written before a format step lacks are null."""
+    missing = [field for field in schema if field.name not in frame.columns]
+    empty = pl.from_arrow(pa.schema(missing).empty_table()) if missing else None
+    if empty is None:
+        return frame
+    return frame.with_columns(pl.lit(None, dtype=empty.schema[f.name]).alias(f.name) for f in missing)  # type: ignore[union-attr]
+
+
 def _snapshot_rows(connection: duckdb.DuckDBPyConnection, table: str, snapshot: int) -> pl.DataFrame:
     """All rows of a small registry table as of `snapshot`, each with the snapshot that added it."""
     files = data_files(connection, table, snapshot)
@@ -78,23 +87,28 @@ def read_prior(connection: duckdb.DuckDBPyConnection) -> PriorState:
     if not closings:
         return PriorState()
     last = max(closings)
+    items = _with_sources(t, "settlement_suspense_item", "event_id", "source")
+    releases = _with_sources(t, "settlement_suspense_release", "event_id", "source")
     held = _query(
         connection,
-        f"""SELECT i.event_id, i.event_time, i.model_id, i.payer, i.compute_provider, i.fee_micros, i.epoch
-            FROM {t}.settlement_suspense_item i
-            ANTI JOIN {t}.settlement_suspense_release r USING (event_id)""",
+        f"""SELECT i.event_id, i.source, i.event_time, i.model_id, i.payer, i.compute_provider, i.fee_micros,
+                   i.epoch
+            FROM {items} i
+            ANTI JOIN {releases} r ON r.source = i.source AND r.event_id = i.event_id""",
     ).cast(held_schema)  # type: ignore[arg-type]
+    reversals = _with_sources(t, "settlement_reversal", "original_event_id", "original_source")
     reversed_ids = {
-        row[0]
-        for row in connection.execute(
-            f"SELECT original_event_id FROM {t}.settlement_reversal WHERE outcome <> '{rev.dead_letter}'"
+        key_of(source, event_id)
+        for source, event_id in connection.execute(
+            f"SELECT original_source, original_event_id FROM {reversals} WHERE outcome <> '{rev.dead_letter}'"
         ).fetchall()
     }
-    released = dict(
-        connection.execute(
-            f"SELECT event_id, epoch FROM {t}.settlement_suspense_release WHERE outcome = 'split'"
+    released = {
+        key_of(source, event_id): epoch
+        for source, event_id, epoch in connection.execute(
+            f"SELECT source, event_id, epoch FROM {releases} WHERE outcome = 'split'"
         ).fetchall()
-    )
+    }
     payables = _query(
         connection,
         f"""SELECT recipient, arg_max(earned_micros, epoch) AS earned_micros,
@@ -102,6 +116,20 @@ def read_prior(connection: duckdb.DuckDBPyConnection) -> PriorState:
             FROM {t}.settlement_payable GROUP BY recipient ORDER BY recipient""",
     )
     return PriorState(last, closings[last], closings, held, reversed_ids, released, payables)
+
+
+def _with_sources(t: str, table: str, id_column: str, source_column: str) -> str:
+    """`table` as a subquery whose `source_column` is never NULL.
+
+    Rows written before ledger format 4 have no source there; ids were unique in the whole ledger
+    then, so such a row's event is the one metered event with that id, and takes its source.
+    """
+    return f"""(SELECT x.* REPLACE (coalesce(x.{source_column}, m.source) AS {source_column})
+        FROM {t}.{table} x LEFT JOIN (
+            SELECT event_id, min(source) AS source FROM {t}.inference_metered
+            WHERE event_id IN (SELECT {id_column} FROM {t}.{table} WHERE {source_column} IS NULL)
+            GROUP BY event_id
+        ) m ON x.{source_column} IS NULL AND m.event_id = x.{id_column})"""
 
 
 def read_inputs(connection: duckdb.DuckDBPyConnection, prior: PriorState, closing: int) -> EpochInputs:
@@ -116,26 +144,40 @@ def read_inputs(connection: duckdb.DuckDBPyConnection, prior: PriorState, closin
     # never missed, and a rare hash collision only costs the exact deduplication below. That one
     # keeps, of ids stored twice with different content, the least row in column order: the same
     # choice on every run.
-    rows, distinct_hashes = new_events.select(pl.len(), pl.col("event_id").hash().n_unique()).collect().row(0)
+    # An event is its (source, id): the same id from two sources is two events, both paid.
+    rows, distinct_hashes = (
+        new_events.select(pl.len(), pl.struct("source", "event_id").hash().n_unique()).collect().row(0)
+    )
     if rows != distinct_hashes:
-        new_events = new_events.sort(event_columns).unique("event_id", keep="first", maintain_order=True)
+        new_events = new_events.sort(event_columns).unique(["source", "event_id"], keep="first", maintain_order=True)
     reversal_files = data_files(connection, "inference_reversed", closing).filter(
         pl.col("snapshot") > prior.closing_snapshot
     )
+    reversal_schema = file_tables["inference_reversed"]
     reversals = (
-        pl.concat([pl.read_parquet(p) for p in reversal_files["path"]])
+        # A file written before ledger format 4 has no `original_source`: null, the reversal's own source.
+        pl.concat(
+            [_with_columns_of(pl.read_parquet(p), reversal_schema) for p in reversal_files["path"]]
+        )
         if reversal_files.height
-        else pl.from_arrow(file_tables["inference_reversed"].empty_table())
-    ).unique("event_id", keep="first", maintain_order=True)
+        else pl.from_arrow(reversal_schema.empty_table())
+    ).unique(["source", "event_id"], keep="first", maintain_order=True)
     originals = pl.DataFrame(schema={**held_schema, "arrival_snapshot": pl.Int64}).drop("epoch")
     if reversals.height:  # type: ignore[union-attr]
-        wanted = reversals["original_event_id"].unique().implode()  # type: ignore[index]
+        wanted = (
+            reversals.select(  # type: ignore[union-attr]
+                event_key(pl.coalesce("original_source", "source"), "original_event_id")
+            )["event_key"]
+            .unique()
+            .implode()
+        )
         originals = (
             pl.scan_parquet(metered_files["path"].to_list(), include_file_paths="path")
-            .filter(pl.col("event_id").is_in(wanted))
+            .filter(pl.col("event_id").is_in(reversals["original_event_id"].unique().implode()))  # type: ignore[index]
+            .filter(event_key().is_in(wanted))
             .join(metered_files.lazy(), on="path")
-            .sort(["event_id", "snapshot"])
-            .unique("event_id", keep="first")
+            .sort(["source", "event_id", "snapshot"])
+            .unique(["source", "event_id"], keep="first")
             .select(*event_columns, pl.col("snapshot").alias("arrival_snapshot"))
             .collect()
         )
@@ -212,6 +254,8 @@ def write_plan(ledger: Ledger, plan: EpochPlan, reversal_rows: pl.DataFrame) -> 
         "outcome",
         pl.col("fee_micros"),
         "settled_snapshot",
+        "source",
+        "original_source",
     )
     rows = {
         "settlement_epoch": epoch_row,
@@ -260,8 +304,8 @@ def _arrow(frame: pl.DataFrame, schema: pa.Schema) -> pa.Table:
 
 
 def _dead_letters(plan: EpochPlan, reversal_rows: pl.DataFrame, now: datetime) -> pa.Table:
-    dead = plan.reversals.filter(pl.col("outcome") == rev.dead_letter).select("event_id", "reason")
-    source = reversal_rows.join(dead, on="event_id").sort("event_id")
+    dead = plan.reversals.filter(pl.col("outcome") == rev.dead_letter).select("source", "event_id", "reason")
+    source = reversal_rows.join(dead, on=["source", "event_id"]).sort(["event_id", "source"])
     records = []
     for row in source.iter_rows(named=True):
         raw = json.dumps({k: str(v) for k, v in row.items() if k != "reason"}, sort_keys=True).encode()

@@ -45,10 +45,15 @@ def reference_payables(
 ) -> pl.DataFrame:
     """Per-recipient credits of one epoch: `events`, `models`, `policies` name relations or subqueries.
 
-    `events` has model_id, event_time, compute_provider, fee_micros; `models` and `policies` the
-    registry rows as known at the closing snapshot.
+    `events` has event_id, source, model_id, event_time, payer, compute_provider, fee_micros; an
+    event is its (source, event_id), and of rows repeating one, the least in column order counts,
+    as in the engine. `models` and `policies` are the registry rows as known at the closing snapshot.
     """
     c = connection
+    c.execute(f"""CREATE OR REPLACE TEMP TABLE r_events AS
+        SELECT * EXCLUDE (n) FROM (SELECT *, row_number() OVER (PARTITION BY source, event_id
+               ORDER BY event_time, model_id, payer, compute_provider, fee_micros) AS n FROM {events}) WHERE n = 1""")
+    events = "r_events"
     c.execute(f"""CREATE OR REPLACE TEMP TABLE r_models AS
         SELECT model_id, parents FROM (SELECT *, row_number() OVER (PARTITION BY model_id
                ORDER BY event_time, event_id) AS n FROM {models}) WHERE n = 1""")

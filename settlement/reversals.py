@@ -1,5 +1,8 @@
 """Rule 7: what each reversal of an epoch does, decided before any money moves.
 
+A reversal names its original by id within its own source, or within `original_source` when it
+gives one (events are keyed by (source, id)); sets below hold `splits.key_of` keys.
+
 A reversal of an event that is settled (split in an earlier epoch, directly or on release from
 suspense) takes its fee back through the same route, resolved with the registry as known when the
 original was settled. A reversal of an event that is still unsplit (arrived in this epoch, or held
@@ -12,7 +15,7 @@ import bisect
 import polars as pl
 
 from schemas.errors import require
-from settlement.splits import event_columns
+from settlement.splits import event_columns, key_of
 
 taken_back, cancelled, dead_letter = "taken_back", "cancelled", "dead_letter"
 
@@ -31,38 +34,43 @@ def classify(
     `originals` are the metered rows the reversals name, with the snapshot each arrived in
     (`arrival_snapshot`); `released_before` maps an id released from suspense to its epoch.
     """
-    by_id = {row["event_id"]: row for row in originals.iter_rows(named=True)}
+    by_key = {key_of(row["source"], row["event_id"]): row for row in originals.iter_rows(named=True)}
     closings = sorted(epoch_closings.values())
     closing_epoch = {snapshot: epoch for epoch, snapshot in epoch_closings.items()}
     claimed: set[str] = set()
     rows = []
-    for reversal in reversals.sort(["event_time", "event_id"]).iter_rows(named=True):
+    for reversal in reversals.sort(["event_time", "source", "event_id"]).iter_rows(named=True):
         target = reversal["original_event_id"]
-        original = by_id.get(target)
+        target_source = reversal.get("original_source") or reversal["source"]
+        key = key_of(target_source, target)
+        original = by_key.get(key)
         row = {
             "event_id": reversal["event_id"],
+            "source": reversal["source"],
             "original_event_id": target,
+            "original_source": target_source,
             "outcome": dead_letter,
             "reason": None,
             "settled_snapshot": None,
-            **{c: None for c in event_columns if c != "event_id"},
+            **{c: None for c in event_columns if c not in ("event_id", "source")},
         }
         if original is None:
             row["reason"] = (
-                f"reversal of unknown event `{target}`: no metered event with that id in the ledger"
+                f"reversal of unknown event `{target}` of source `{target_source}`: no metered event with that "
+                "source and id in the ledger (a reversal names another source's event with `original_source`)"
             )
-        elif target in reversed_before or target in claimed:
-            row["reason"] = f"reversal of already reversed event `{target}`"
+        elif key in reversed_before or key in claimed:
+            row["reason"] = f"reversal of already reversed event `{target}` of source `{target_source}`"
         else:
-            claimed.add(target)
-            row.update({c: original[c] for c in event_columns if c != "event_id"})
+            claimed.add(key)
+            row.update({c: original[c] for c in event_columns if c not in ("event_id", "source")})
             row["fee_micros"] = -original["fee_micros"]
-            if target in held_ids or original["arrival_snapshot"] > previous_snapshot:
+            if key in held_ids or original["arrival_snapshot"] > previous_snapshot:
                 row["outcome"] = cancelled
             else:
                 row["outcome"] = taken_back
-                if target in released_before:
-                    row["settled_snapshot"] = epoch_closings[released_before[target]]
+                if key in released_before:
+                    row["settled_snapshot"] = epoch_closings[released_before[key]]
                 else:
                     # The epoch an event arrived in is the first one closing at or after its snapshot.
                     index = bisect.bisect_left(closings, original["arrival_snapshot"])
@@ -75,7 +83,9 @@ def classify(
 
 classified_schema = {
     "event_id": pl.String,
+    "source": pl.String,
     "original_event_id": pl.String,
+    "original_source": pl.String,
     "outcome": pl.String,
     "reason": pl.String,
     "settled_snapshot": pl.Int64,

@@ -25,7 +25,23 @@ from settlement.constants import ppm_total
 from settlement.policies import Resolution
 
 _i128 = pl.Int128
-event_columns = ["event_id", "event_time", "model_id", "payer", "compute_provider", "fee_micros"]
+event_columns = ["event_id", "source", "event_time", "model_id", "payer", "compute_provider", "fee_micros"]
+
+# An event is identified by its (source, id), as CloudEvents defines: two producers may both use id `42`.
+# Sources and ids are printable (schemas.fields: no control character), so the unit separator joins
+# them into one unambiguous key for sets and filters.
+key_separator = "\x1f"
+
+
+def event_key(source: str | pl.Expr = "source", event_id: str = "event_id") -> pl.Expr:
+    """The key of each row's event, from its source and id columns."""
+    source_expr = pl.col(source) if isinstance(source, str) else source
+    return pl.concat_str([source_expr, pl.col(event_id)], separator=key_separator).alias("event_key")
+
+
+def key_of(source: str, event_id: str) -> str:
+    """The key of one event, as `event_key` computes it."""
+    return f"{source}{key_separator}{event_id}"
 
 
 @dataclass

@@ -63,12 +63,14 @@ suspense_item_schema = _schema(
     ("payer", _s, False),
     ("compute_provider", _s, False),
     ("fee_micros", _i, False),
+    ("source", _s, True),  # with event_id the event's key; NULL in rows of ledger format < 4
 )
 
 suspense_release_schema = _schema(
     ("epoch", _i, False),
     ("event_id", _s, False),
     ("outcome", _s, False),  # split | reversed
+    ("source", _s, True),  # NULL in rows of ledger format < 4
 )
 
 reversal_schema = _schema(
@@ -78,6 +80,8 @@ reversal_schema = _schema(
     ("outcome", _s, False),  # taken_back | cancelled | dead_letter
     ("fee_micros", _i, True),
     ("settled_snapshot", _i, True),
+    ("source", _s, True),  # the reversal's; NULL in rows of ledger format < 4
+    ("original_source", _s, True),  # the original's, as resolved; NULL in rows of ledger format < 4
 )
 
 settlement_tables: dict[str, tuple[pa.Schema, bool]] = {

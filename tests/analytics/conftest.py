@@ -69,7 +69,12 @@ def _reversal(index: int, original: bytes) -> bytes:
         f"0193b000-0000-7000-8000-{index:012d}",
         "ai.inference.reversed.v1",
         "2026-11-25T00:00:00Z",
-        {"original_event_id": json.loads(original)["id"], "reason": "refund"},
+        # From another source than the original's, so it names that source (events are keyed by (source, id)).
+        {
+            "original_event_id": json.loads(original)["id"],
+            "reason": "refund",
+            "original_source": json.loads(original)["source"],
+        },
     )
 
 

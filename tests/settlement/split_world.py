@@ -8,12 +8,14 @@ import polars as pl
 from hypothesis import strategies as st
 
 from settlement.epochs import EpochInputs, PriorState, advance, plan_epoch
-from settlement.splits import event_columns
+from settlement.splits import event_columns, event_key, key_of
 
 start = datetime(2026, 1, 1, tzinfo=UTC)
 contributors = [f"c{i}" for i in range(6)]
 providers = ["gpu-a", "gpu-b"]
 payers = ["p1", "p2", "p3"]
+# Two gateways that mint the same ids: events are keyed by (source, id), so `ev-0003` of each is its own event.
+sources = ["//gw-a", "//gw-b"]
 ppm = 1_000_000
 
 
@@ -22,7 +24,8 @@ class World:
     models: list[dict] = field(default_factory=list)  # model_id, parents {id: ppm}, known_snapshot
     policies: list[dict] = field(default_factory=list)
     events: list[dict] = field(default_factory=list)  # event columns + arrival (epoch)
-    reversals: list[dict] = field(default_factory=list)  # event_id, original_event_id, arrival
+    # event_id, source, original_event_id, original_source (None: the reversal's own source), arrival
+    reversals: list[dict] = field(default_factory=list)
     addresses: dict[str, str] = field(default_factory=dict)
     epochs: int = 1
 
@@ -74,7 +77,8 @@ def worlds(draw, events_max: int = 40, epochs_max: int = 3) -> World:
     for index in range(draw(st.integers(1, events_max))):
         world.events.append(
             {
-                "event_id": f"ev-{index:04d}",
+                "event_id": f"ev-{index // 2:04d}",
+                "source": sources[index % 2],
                 "event_time": start + timedelta(hours=draw(st.integers(0, 40)), microseconds=index),
                 "model_id": f"m{draw(st.integers(0, count - 1))}",
                 "payer": draw(st.sampled_from(payers)),
@@ -84,11 +88,17 @@ def worlds(draw, events_max: int = 40, epochs_max: int = 3) -> World:
             }
         )
     for index in range(draw(st.integers(0, 6))):
-        target = draw(st.sampled_from([e["event_id"] for e in world.events] + ["ev-unknown"]))
+        target, target_source = draw(
+            st.sampled_from([(e["event_id"], e["source"]) for e in world.events] + [("ev-unknown", sources[0])])
+        )
+        # From the original's own source, or from a billing system naming the original's source.
+        source = draw(st.sampled_from([target_source, "//billing"]))
         world.reversals.append(
             {
                 "event_id": f"rev-{index}",
+                "source": source,
                 "original_event_id": target,
+                "original_source": None if source == target_source else target_source,
                 "event_time": start + timedelta(hours=50, microseconds=index),
                 "arrival": draw(st.integers(1, world.epochs)),
             }
@@ -150,25 +160,30 @@ def run_epochs(world: World, order_seed: int | None = None) -> list:
     for epoch in range(1, world.epochs + 1):
         new = [e for e in world.events if e["arrival"] == epoch]
         if order_seed is not None:
-            new = sorted(new, key=lambda e: hash((order_seed, e["event_id"])))
+            new = sorted(new, key=lambda e: hash((order_seed, e["source"], e["event_id"])))
         reversals = [r for r in world.reversals if r["arrival"] == epoch]
-        wanted = {r["original_event_id"] for r in reversals}
+        wanted = {(r["original_source"] or r["source"], r["original_event_id"]) for r in reversals}
         originals = event_frame(
-            [e for e in world.events if e["event_id"] in wanted and e["arrival"] <= epoch]
+            [e for e in world.events if (e["source"], e["event_id"]) in wanted and e["arrival"] <= epoch]
         )
-        arrival = {e["event_id"]: e["arrival"] for e in world.events}
+        arrival = {key_of(e["source"], e["event_id"]): e["arrival"] for e in world.events}
         originals = originals.with_columns(
-            arrival_snapshot=pl.col("event_id").replace_strict(arrival, return_dtype=pl.Int64)
+            arrival_snapshot=event_key().replace_strict(arrival, return_dtype=pl.Int64)
         )
         inputs = EpochInputs(
             closing_snapshot=epoch,
             new_events=event_frame(new).lazy(),
             reversals=pl.DataFrame(
-                [{k: r[k] for k in ("event_id", "event_time", "original_event_id")} for r in reversals],
+                [
+                    {k: r[k] for k in ("event_id", "source", "event_time", "original_event_id", "original_source")}
+                    for r in reversals
+                ],
                 schema={
                     "event_id": pl.String,
+                    "source": pl.String,
                     "event_time": pl.Datetime("us", "UTC"),
                     "original_event_id": pl.String,
+                    "original_source": pl.String,
                 },
             ),
             originals=originals,

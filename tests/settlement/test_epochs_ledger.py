@@ -7,6 +7,7 @@ import polars as pl
 import pytest
 
 from ingest.sample import SampleShape, SampleTraffic
+from ingest.sample import metered_source as sample_source
 from ledger import IngestBatch, Ledger, PartitionOffsets, define_views, run_query
 from ledger.verify import verify
 from schemas import BatchDecoder
@@ -37,7 +38,8 @@ def _reversal(event_id: str, original: str) -> bytes:
             "type": "ai.inference.reversed.v1",
             "time": "2026-11-25T00:00:00Z",
             "datacontenttype": "application/json",
-            "data": {"original_event_id": original, "reason": "refund"},
+            # The billing system reverses a gateway's event: it names the gateway's source.
+            "data": {"original_event_id": original, "reason": "refund", "original_source": sample_source},
         }
     ).encode()
 

@@ -74,10 +74,10 @@ def test_reversals_are_taken_back_once_and_bad_ones_are_dead_letters(world):
     plans = run_epochs(world)
     outcomes = pl.concat([p.reversals for p in plans])
     settled = outcomes.filter(pl.col("outcome") != "dead_letter")
-    assert settled["original_event_id"].is_unique().all()
-    known = {e["event_id"]: e for e in world.events}
+    assert settled.select("original_source", "original_event_id").is_unique().all()
+    known = {(e["source"], e["event_id"]): e for e in world.events}
     for row in outcomes.iter_rows(named=True):
-        target = known.get(row["original_event_id"])
+        target = known.get((row["original_source"], row["original_event_id"]))
         if row["outcome"] != "dead_letter":
             assert target is not None and row["fee_micros"] == -target["fee_micros"]
     # Everything billed, minus reversals, is either payable (net of receivables) or held in suspense.
@@ -91,9 +91,11 @@ def test_reversals_are_taken_back_once_and_bad_ones_are_dead_letters(world):
 def test_suspense_is_released_once_a_policy_covers_it(world):
     """Rule 6: events held for a missing policy are released by the first epoch whose registry covers them."""
     plans = run_epochs(world)
-    held: set[str] = set()
+    held: set[tuple[str, str]] = set()
     for plan in plans:
-        released = set(plan.suspense_releases["event_id"].to_list())
+        released = set(plan.suspense_releases.select("source", "event_id").iter_rows())
         assert released <= held, "only held events are released"
-        held = (held - released) | set(plan.suspense_items["event_id"].to_list())
-    assert plans[-1].suspense_micros == sum(e["fee_micros"] for e in world.events if e["event_id"] in held)
+        held = (held - released) | set(plan.suspense_items.select("source", "event_id").iter_rows())
+    assert plans[-1].suspense_micros == sum(
+        e["fee_micros"] for e in world.events if (e["source"], e["event_id"]) in held
+    )
