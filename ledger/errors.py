@@ -114,7 +114,7 @@ class LedgerDataPathError(LedgerError):
         super().__init__(
             f"ledger `{location}` records its data files at `{recorded}`, not at `{given}`: give "
             f"--data-path {recorded} (or ROYALTY_DATA_PATH). If the files were moved to `{given}`, "
-            "docs/operations.md (Relocation) says how to record the new place"
+            "docs/operations.md (Backup, restore and relocation) says how to record the new place"
         )
 
 

@@ -19,7 +19,9 @@ from ledger.verify import verify
 from royalty.cli import app
 from tests.conftest import royalty_command
 from tests.ledger.helpers import batch_of
+from tests.support.postgres import PostgresServer
 
+pytest_plugins = ("tests.support.postgres",)
 runner = CliRunner()
 
 
@@ -142,3 +144,16 @@ def test_a_ledger_whose_data_lives_elsewhere_is_refused_without_its_data_path(tm
     assert not (lake / "data").exists()
     with Ledger.open_read_only(lake, data_path=str(data)) as reader:
         assert verify(reader).ok
+
+
+def test_a_postgres_ledger_opened_with_another_data_path_is_refused_naming_both(
+    postgres_server: PostgresServer, tmp_path: Path
+) -> None:
+    catalog = postgres_server.create_database("relocated_data")
+    data = tmp_path / "files"
+    with Ledger.open(catalog, data_path=str(data)) as ledger:
+        ledger.append(*batch_of(list(SampleTraffic().metered(20))))
+    with pytest.raises(LedgerDataPathError) as refused:
+        Ledger.open_read_only(catalog, data_path=str(tmp_path / "moved"))
+    assert f"{data}/" in str(refused.value) and f"{tmp_path / 'moved'}/" in str(refused.value)
+    assert "relocation" in str(refused.value)
