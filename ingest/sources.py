@@ -102,10 +102,10 @@ class FileSource:
         paths: Sequence[str],
         ledger: "Ledger",
         stdin: IO[bytes] | None = None,
-        report: Callable[[str], None] | None = None,
+        report: Callable[[str], None] | None = None,  # default: the log
     ) -> None:
         self._ledger = ledger
-        self._report = report or (lambda text: log.info(text))
+        self._report = report
         self._inputs: list[_FileInput] = []
         for path in paths:
             if path == "-":
@@ -119,6 +119,8 @@ class FileSource:
             self._inputs.append(_FileInput(path, resolved, resolved.open("rb")))
         self._current = 0
         self._positioned = False
+        # A message read but past the byte budget of the batch polled: the first of the next one.
+        self._held: tuple[bytes, int, hashlib._Hash, int] | None = None
 
     def seek(self, stored_offsets: dict[tuple[str, int], int]) -> None:
         if self._positioned:
@@ -239,8 +241,10 @@ class FileSource:
 
     def _note(self, item: "_FileInput", text: str, warning: bool = False) -> None:
         item.note = text
-        (log.warning if warning else log.info)(text, extra={"source": item.key})
-        self._report(text)
+        if self._report is not None:
+            self._report(text)
+        else:
+            (log.warning if warning else log.info)(text, extra={"source": item.key})
 
     @property
     def notes(self) -> list[str]:
@@ -249,30 +253,39 @@ class FileSource:
 
     def poll(self, records_max: int, timeout_ms: int, bytes_max: int | None = None) -> Messages:
         messages = Messages()
-        digests, ends = messages.line_digests, messages.line_ends
         while self._current < len(self._inputs) and len(messages) < records_max:
-            if bytes_max is not None and messages and messages.size_bytes >= bytes_max:
-                break
             item = self._inputs[self._current]
-            line = item.handle.readline()
-            if not line:
+            line = self._held or self._read_line(item)
+            self._held = None
+            if line is None:
                 self._current += 1
                 continue
-            index = item.line_index
-            item.line_index += 1
-            item.state.update(line)
-            item.size_bytes += len(line)
-            value = line.rstrip(b"\r\n")
-            if not value.strip():
-                continue  # blank lines are layout, not messages
+            value, index, state, end = line
+            if bytes_max is not None and messages and messages.size_bytes + len(value) > bytes_max:
+                self._held = line  # the first message of the next batch: this one is full
+                break
             messages.values.append(value)
             messages.topics.append(item.key)
             messages.partitions.append(0)
             messages.offsets.append(index)
             messages.size_bytes += len(value)
-            digests.append(item.state.copy())
-            ends.append(item.size_bytes)
+            messages.line_digests.append(state)
+            messages.line_ends.append(end)
         return messages
+
+    def _read_line(self, item: "_FileInput") -> "tuple[bytes, int, hashlib._Hash, int] | None":
+        """The next message of `item`: its bytes, line index, SHA-256 state and end; None at its end."""
+        while True:
+            line = item.handle.readline()
+            if not line:
+                return None
+            index = item.line_index
+            item.line_index += 1
+            item.state.update(line)
+            item.size_bytes += len(line)
+            value = line.rstrip(b"\r\n")
+            if value.strip():  # blank lines are layout, not messages
+                return value, index, item.state.copy(), item.size_bytes
 
     def file_positions(self, messages: Messages) -> list[FileSourcePosition]:
         """How far `messages` read each file source, with the fingerprint of its bytes up to there."""

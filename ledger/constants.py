@@ -10,9 +10,10 @@ commit_backoff_s_min = 0.01
 # a backoff that never exceeds a second keeps a busy writer responsive to shutdown.
 commit_backoff_s_max = 1.0
 
-# An oversize message is kept in the dead letters up to this many bytes, with its full
-# size and digest, so the row identifies it without one bad producer filling the disk.
-dead_letter_raw_bytes_max = 1024 * 1024
+# A dead letter keeps the first this many bytes of its message, with the full size and SHA-256: enough
+# to read what broke (an envelope, the start of `data`) without one bad producer of 64 KiB or 1 MiB
+# messages filling the disk, and the digest still matches the message in the producer's own logs.
+dead_letter_raw_bytes_max = 4 * 1024
 
 # Parquet row groups of this many rows keep files readable in one pass by analysts' tools.
 parquet_row_group_rows_max = 1_000_000

@@ -183,7 +183,9 @@ def test_a_position_recorded_before_fingerprints_is_trusted_once_with_a_warning(
     assert f"skipped {len(lines):,} lines already read: its first" in checked and "trusted" not in checked
 
 
-def test_two_inputs_of_one_run_with_the_same_content_store_it_once(sample: Path, reference: dict, tmp_path: Path) -> None:
+def test_two_inputs_of_one_run_with_the_same_content_store_it_once(
+    sample: Path, reference: dict, tmp_path: Path
+) -> None:
     copy = tmp_path / "copy.jsonl"
     shutil.copy(sample, copy)
     lake = tmp_path / "lake"

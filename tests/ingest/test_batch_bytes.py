@@ -1,0 +1,116 @@
+"""A batch has a byte budget (`batch_bytes_max`), not only a record count; a dead letter keeps a bounded prefix.
+
+Issue 12: 3,000 messages of 64 KiB took 846 MB in one batch; at 50,000 records that is ~14 GB, and an
+out-of-memory kill re-reads the same batch forever. The `royalty` CLI ingests real files into real
+DuckLake ledgers here; its peak memory is read from the kernel (`wait4`) for that process alone.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from ingest.sources import _within_budget
+from ledger import Ledger
+from ledger.constants import dead_letter_raw_bytes_max
+from tests.conftest import royalty_command
+
+LINE_BYTES = 64 * 1024
+BUDGET_BYTES = 4 * 1024 * 1024
+# Peak memory may differ this much between two runs of the same ingest (allocator, thread stacks).
+RSS_NOISE_BYTES = 24 * 1024 * 1024
+
+
+def big_lines(count: int) -> list[bytes]:
+    """Messages of exactly 64 KiB that break the contract (no `time`, no `data`): dead letters."""
+    lines = []
+    for number in range(count):
+        head = {"specversion": "1.0", "id": f"big-{number}", "source": "//t", "type": "ai.inference.metered.v1"}
+        line = json.dumps({**head, "pad": ""}).encode()
+        lines.append(json.dumps({**head, "pad": "x" * (LINE_BYTES - len(line))}).encode())
+    return lines
+
+
+def ingest_peak_rss_bytes(path: Path, lake: Path, budget_bytes: int) -> int:
+    """Run `royalty ingest --from-file`; return that process's peak resident memory."""
+    process = subprocess.Popen(
+        royalty_command(
+            "ingest", "--from-file", str(path), "--lake", str(lake), "--batch-bytes-max", str(budget_bytes)
+        ),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    stderr = process.stderr.read() if process.stderr else b""
+    _, status, usage = os.wait4(process.pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0, stderr.decode()
+    return usage.ru_maxrss * 1024
+
+
+@pytest.fixture(scope="module")
+def big_file(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[bytes]]:
+    lines = big_lines(800)  # 50 MiB
+    path = tmp_path_factory.mktemp("big") / "big.jsonl"
+    path.write_bytes(b"\n".join(lines) + b"\n")
+    return path, lines
+
+
+def test_batches_stop_at_the_byte_budget_and_memory_does_not_grow_with_the_input(
+    big_file: tuple[Path, list[bytes]], tmp_path: Path
+) -> None:
+    path, lines = big_file
+    small = tmp_path / "small.jsonl"
+    small.write_bytes(b"\n".join(lines[:40]) + b"\n")
+    baseline = ingest_peak_rss_bytes(small, tmp_path / "small-lake", BUDGET_BYTES)
+    peak = ingest_peak_rss_bytes(path, tmp_path / "lake", BUDGET_BYTES)
+
+    with Ledger.open_read_only(str(tmp_path / "lake")) as ledger:
+        batches = [n for (n,) in ledger.connection.execute("SELECT messages FROM lake.main.ingest_batch").fetchall()]
+        dead = ledger.connection.execute(
+            "SELECT kafka_offset, raw, raw_size_bytes, raw_sha256 FROM lake.main.dead_letter ORDER BY kafka_offset"
+        ).fetchall()
+    assert sum(batches) == len(lines)
+    assert max(batches) == BUDGET_BYTES // LINE_BYTES  # 64 messages of 64 KiB: the budget, not 50,000 records
+    # 20x the input, not 20x the memory: without a budget this ingest holds ~2 bytes per byte read more.
+    assert peak - baseline < RSS_NOISE_BYTES, (peak, baseline)
+
+    assert len(dead) == len(lines)
+    for offset, raw, size_bytes, sha256 in dead:
+        assert raw == lines[offset][:dead_letter_raw_bytes_max]
+        assert (size_bytes, sha256) == (LINE_BYTES, hashlib.sha256(lines[offset]).hexdigest())
+
+
+def test_a_message_larger_than_the_budget_is_a_batch_of_its_own(tmp_path: Path) -> None:
+    """A batch always advances: one message over the budget is appended alone, never stuck."""
+    lines = big_lines(3)
+    path = tmp_path / "three.jsonl"
+    path.write_bytes(b"\n".join(lines) + b"\n")
+    lake = tmp_path / "lake"
+    result = subprocess.run(
+        royalty_command("ingest", "--from-file", str(path), "--lake", str(lake), "--batch-bytes-max", "65536"),
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 0, result.stderr
+    with Ledger.open_read_only(str(lake)) as ledger:
+        batches = ledger.connection.execute("SELECT messages FROM lake.main.ingest_batch").fetchall()
+    assert batches == [(1,)] * 3
+
+
+@pytest.mark.parametrize(
+    ("sizes", "budget", "at_least_one", "fits"),
+    [
+        ([10, 10, 10], 25, True, 2),
+        ([10, 10, 10], 30, True, 3),
+        ([40, 10], 25, True, 1),  # larger than the budget: alone, so the batch advances
+        ([40, 10], 25, False, 0),  # ...unless the batch already holds messages
+        ([0, 0, 5], 0, False, 2),  # tombstones (no bytes) fit anywhere
+    ],
+)
+def test_a_kafka_poll_is_cut_at_the_budget(sizes: list[int], budget: int, at_least_one: bool, fits: int) -> None:
+    values = [None if size == 0 else b"x" * size for size in sizes]
+    assert _within_budget(values, budget, at_least_one) == fits
