@@ -38,6 +38,8 @@ row_digest_chars = 16
 # Tables whose inserts are not digested: the digest table itself, and the format record (written by
 # `ledger.format` before the digest table exists; its history is checked by verify's format rules).
 undigested_tables = frozenset({digest_table, "ledger_format"})
+# The ledger format that introduced the digests (`ledger/format.py`).
+digests_format_version = 3
 
 
 def row_text_sql(columns: list[tuple[str, bool]]) -> str:
@@ -122,6 +124,12 @@ def check_inlined_rows(
         f"SELECT min(begin_snapshot) FROM __ducklake_metadata_{catalog}.ducklake_table WHERE table_name = ?",
         [digest_table],
     ).fetchone()
+    # A ledger created at format 3 or later has no legitimate row older than its digest table.
+    created_digesting = "ledger_format" in present and connection.execute(
+        f"SELECT min(format_version) >= {digests_format_version} FROM {catalog}.main.ledger_format"
+    ).fetchone()[0]
+    if created_digesting:
+        start = None  # every row is checked: one claiming an older snapshot has no digest and is named
     problems: list[str] = []
     recorded = _recorded(connection, catalog, problems)
     unchecked = 0

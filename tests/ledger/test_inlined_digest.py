@@ -102,15 +102,21 @@ def test_stored_offsets_moved_by_a_million_in_the_catalog_are_named(catalog: Cat
 
 
 def test_a_changed_checksum_a_deleted_batch_and_a_moved_snapshot_are_named(catalog: Catalog) -> None:
-    """Other direct edits: a file checksum rewritten, a batch row deleted, an offsets row moved to another snapshot."""
+    """Other direct edits: a file checksum rewritten, a batch row deleted, an offsets row moved to another snapshot,
+    and one forged into the ledger's first snapshot (on a ledger created digesting, no row predates the digests)."""
     catalog.execute(f"UPDATE {catalog.inlined_table('file_checksum')} SET sha256 = 'f00d' WHERE row_id = 0")
     catalog.execute(f"DELETE FROM {catalog.inlined_table('ingest_batch')} WHERE row_id = 0")
     offsets = catalog.inlined_table("ingest_offset")
     catalog.execute(f"UPDATE {offsets} SET begin_snapshot = begin_snapshot + 1 WHERE first_offset = 0")
+    catalog.execute(  # a forged row claiming the ledger's first snapshot, before any digest
+        f"INSERT INTO {offsets} SELECT row_id + 1000, 1, end_snapshot, kafka_topic, kafka_partition, 777, 778, "
+        f"ingest_batch_id FROM {offsets} WHERE first_offset = 20"
+    )
     problems = " ".join(_problems(catalog))
     assert '"sha256":"f00d"' in problems
     assert "inlined table `ingest_batch` was changed" in problems and "row(s) snapshot" in problems
     assert "inlined table `ingest_offset` was changed" in problems and '"first_offset":0,' in problems
+    assert '"first_offset":777' in problems and "carries snapshot 1, which recorded no digest" in problems
 
 
 def test_verify_command_exits_1_naming_the_changed_row(tmp_path: Path) -> None:
