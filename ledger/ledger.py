@@ -170,7 +170,7 @@ class Ledger:
         if not location.exists():
             raise LedgerNotFoundError(location.display)
         try:
-            connection = connect(location, read_only=False)
+            connection = connect(location, read_only=False, create=False)
         except duckdb.Error as error:
             raise _ledger_error(error, "open", location.display) from error
         return cls(location, connection, read_only=False)

@@ -46,7 +46,7 @@ def test_a_command_on_a_missing_ledger_exits_2_and_creates_nothing(tmp_path: Pat
     assert sorted(path.name for path in tmp_path.iterdir()) == [], "the refused command wrote something"
 
 
-@pytest.mark.parametrize("name", ["close-epoch", "sync-claims", "sql", "verify"])
+@pytest.mark.parametrize("name", ["close-epoch", "sync-claims", "sql", "verify", "migrate"])
 def test_a_command_on_an_empty_postgres_catalog_exits_2_and_creates_no_ledger(
     postgres_server: PostgresServer, tmp_path: Path, name: str
 ) -> None:
