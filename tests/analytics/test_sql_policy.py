@@ -239,6 +239,20 @@ def test_lock_down_alone_stops_files_and_settings(analyst_lake: AnalystLake) -> 
     assert events > 0
 
 
+def test_import_database_reads_no_file(analyst_lake: AnalystLake, tmp_path: Path) -> None:
+    """DuckDB reads IMPORT DATABASE's files while parsing, before the policy sees a statement: the lock-down
+    refuses that read; were it gone, the statements the files hold (CREATE, COPY) would be refused."""
+    (tmp_path / "schema.sql").write_text("CREATE TABLE stolen (line VARCHAR);\n")
+    (tmp_path / "load.sql").write_text("COPY stolen FROM '/etc/passwd';\n")
+    settings_before = _settings(analyst_lake.reader)
+    with pytest.raises((duckdb.PermissionException, QueryRefusedError)):
+        run_query(analyst_lake.reader, f"IMPORT DATABASE '{tmp_path}'")
+    assert _settings(analyst_lake.reader) == settings_before
+    assert analyst_lake.reader.connection.execute(
+        "SELECT count(*) FROM duckdb_tables() WHERE table_name = 'stolen'"
+    ).fetchone() == (0,)
+
+
 def test_documented_reads_pass_the_policy(analyst_lake: AnalystLake) -> None:
     """What analysts legitimately write passes: the snapshots view, raw tables, CTEs, EXPLAIN ANALYZE, DESCRIBE."""
     for sql in (
