@@ -36,7 +36,7 @@ class ScriptedSource:
         self.position = stored_offsets.get((TOPIC, 0), 0)
         self.seeks.append(self.position)
 
-    def poll(self, records_max: int, timeout_ms: int) -> Messages:
+    def poll(self, records_max: int, timeout_ms: int, bytes_max: int | None = None) -> Messages:
         if self.ledger is not None and self.ledger.appending.is_set():
             self.polls_during_append += 1
         end = min(self.total, self.position + min(records_max, self.chunk))
@@ -71,7 +71,9 @@ class MemoryLedger:
     def stored_offsets(self) -> dict[tuple[str, int], int]:
         return dict(self.next_offset)
 
-    def append(self, batch: IngestBatch, offsets: list[PartitionOffsets], writer: str = "") -> AppendResult:
+    def append(
+        self, batch: IngestBatch, offsets: list[PartitionOffsets], writer: str = "", file_positions: tuple = ()
+    ) -> AppendResult:
         self.appending.set()
         try:
             if self.before_append is not None:
@@ -166,7 +168,7 @@ def test_flush_waits_for_the_batch_in_flight_then_commits_the_pending_messages()
     flushed_at: list[tuple[int, int]] = []
     original_poll = source.poll
 
-    def poll_then_flush(records_max: int, timeout_ms: int) -> Messages:
+    def poll_then_flush(records_max: int, timeout_ms: int, bytes_max: int | None = None) -> Messages:
         polled = original_poll(records_max, timeout_ms)
         if source.position == 700 and not flushed_at:
             service._pending.extend(polled)  # the service would add them after poll returns
