@@ -304,11 +304,14 @@ def _arrow(frame: pl.DataFrame, schema: pa.Schema) -> pa.Table:
 
 
 def _dead_letters(plan: EpochPlan, reversal_rows: pl.DataFrame, now: datetime) -> pa.Table:
-    dead = plan.reversals.filter(pl.col("outcome") == rev.dead_letter).select("source", "event_id", "reason")
+    # Named apart from the reversal's own `reason` (refund, chargeback), which the rows also carry.
+    dead = plan.reversals.filter(pl.col("outcome") == rev.dead_letter).select(
+        "source", "event_id", pl.col("reason").alias("dead_letter_reason")
+    )
     source = reversal_rows.join(dead, on=["source", "event_id"]).sort(["event_id", "source"])
     records = []
     for row in source.iter_rows(named=True):
-        raw = json.dumps({k: str(v) for k, v in row.items() if k != "reason"}, sort_keys=True).encode()
+        raw = json.dumps({k: str(v) for k, v in row.items() if k != "dead_letter_reason"}, sort_keys=True).encode()
         records.append(
             {
                 "kafka_topic": row["kafka_topic"],
@@ -316,7 +319,7 @@ def _dead_letters(plan: EpochPlan, reversal_rows: pl.DataFrame, now: datetime) -
                 "kafka_offset": row["kafka_offset"],
                 "ingest_batch_id": row["ingest_batch_id"],
                 "received_at": now,
-                "reason": f"settlement epoch {plan.epoch}: {row['reason']}",
+                "reason": f"settlement epoch {plan.epoch}: {row['dead_letter_reason']}",
                 "error_field": "data.original_event_id",
                 "event_id": row["event_id"],
                 "event_type": "ai.inference.reversed.v1",
