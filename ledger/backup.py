@@ -20,7 +20,9 @@ import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
 
-from ledger.connection import LedgerLocation, data_folder, sqlite_catalog_file
+import duckdb
+
+from ledger.connection import LedgerLocation, connect, data_folder, sqlite_catalog_file
 from ledger.errors import LedgerError, LedgerNotFoundError
 from ledger.ledger import Ledger
 from ledger.verify import verify
@@ -84,7 +86,7 @@ def backup(location: LedgerLocation, target: Path) -> BackupResult:
         copied_bytes += destination.stat().st_size
     (partial / data_folder).mkdir(exist_ok=True)
     _sync_tree(partial)
-    with Ledger.open_read_only(partial) as copy:
+    with _open_any_format(partial) as copy:
         snapshot_id = copy.current_snapshot()
         report = verify(copy)
     if not report.ok:
@@ -94,6 +96,17 @@ def backup(location: LedgerLocation, target: Path) -> BackupResult:
         )
     os.rename(partial, target)
     return BackupResult(str(target), snapshot_id, len(files), copied_bytes)
+
+
+def _open_any_format(folder: Path) -> Ledger:
+    """The copy opened read-only whatever its format: a ledger of an older format is backed up before
+    `royalty migrate`, and what is checked here (files against their checksums) is the same in every format."""
+    location = LedgerLocation.parse(folder)
+    try:
+        connection = connect(location, read_only=True)
+    except duckdb.Error as error:
+        raise BackupError(f"the copy at `{folder}` does not open: {error}") from error
+    return Ledger(location, connection, read_only=True)
 
 
 def _check_target(location: LedgerLocation, target: Path) -> None:

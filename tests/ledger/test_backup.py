@@ -1,6 +1,7 @@
 """`royalty backup`: a consistent, verified, self-contained copy of a ledger taken while ingest runs."""
 
 import json
+import tarfile
 import threading
 import time
 from pathlib import Path
@@ -15,6 +16,7 @@ from ledger.connection import LedgerLocation
 from ledger.tables import file_tables
 from ledger.verify import verify
 from royalty.cli import app
+from tests.conftest import repo_root
 from tests.ledger.helpers import batch_of
 
 runner = CliRunner()
@@ -112,3 +114,19 @@ def test_a_backup_whose_copy_does_not_verify_is_not_put_in_place(tmp_path: Path)
     assert not (tmp_path / "copy").exists() and (tmp_path / "copy.partial").is_dir()
     with Ledger.open_read_only(tmp_path / "copy.partial") as reader:
         assert not verify(reader).ok
+
+
+def test_a_ledger_of_an_older_format_is_backed_up_before_migrating_and_the_copy_migrates(tmp_path: Path) -> None:
+    """The format refusal says to back up first: the backup of a format-1 ledger (created elsewhere, its
+    catalog recording that absolute path) verifies, and the copy migrates while the original stays as it was."""
+    with tarfile.open(repo_root / "tests" / "fixtures" / "ledger_format_1.tar.gz") as archive:
+        archive.extractall(tmp_path, filter="data")
+    lake = tmp_path / "lake"
+    catalog_before = (lake / "catalog.sqlite").read_bytes()
+    result = runner.invoke(app, ["backup", "--lake", str(lake), "--to", str(tmp_path / "before-migrate")])
+    assert result.exit_code == 0, result.output
+    migrated = runner.invoke(app, ["migrate", "--lake", str(tmp_path / "before-migrate")])
+    assert migrated.exit_code == 0, migrated.output
+    verified = runner.invoke(app, ["verify", "--lake", str(tmp_path / "before-migrate")])
+    assert verified.exit_code == 0, verified.output
+    assert (lake / "catalog.sqlite").read_bytes() == catalog_before
