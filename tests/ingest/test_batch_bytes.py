@@ -12,13 +12,20 @@ import json
 import os
 import subprocess
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
-from ingest.sources import _within_budget
+from ingest.service import IngestService
+from ingest.sources import KafkaSource, _within_budget
 from ledger import Ledger
 from ledger.constants import dead_letter_raw_bytes_max
 from tests.conftest import royalty_command
+
+if TYPE_CHECKING:
+    from tests.support.kafka_broker import KafkaBroker
+
+pytest_plugins = ("tests.support.kafka_broker",)
 
 LINE_BYTES = 64 * 1024
 BUDGET_BYTES = 4 * 1024 * 1024
@@ -114,3 +121,34 @@ def test_a_message_larger_than_the_budget_is_a_batch_of_its_own(tmp_path: Path) 
 def test_a_kafka_poll_is_cut_at_the_budget(sizes: list[int], budget: int, at_least_one: bool, fits: int) -> None:
     values = [None if size == 0 else b"x" * size for size in sizes]
     assert _within_budget(values, budget, at_least_one) == fits
+
+
+def test_a_kafka_batch_stops_at_the_byte_budget_and_reads_the_rest_next(
+    kafka_broker: KafkaBroker, tmp_path: Path
+) -> None:
+    """A poll past the budget is cut and its partitions sought back: every record once, no batch over the budget."""
+    from kafka import KafkaProducer
+
+    topic = "batch-bytes"
+    kafka_broker.create_topic(topic, 2)
+    lines = big_lines(120)  # 7.5 MiB; one poll fetches far more than the budget
+    producer = KafkaProducer(bootstrap_servers=kafka_broker.bootstrap_servers, linger_ms=20)
+    for number, line in enumerate(lines):
+        producer.send(topic, value=line, partition=number % 2)
+    producer.flush(timeout=60)
+    producer.close()
+    budget_bytes = 8 * LINE_BYTES
+    with Ledger.open(str(tmp_path / "lake")) as ledger:
+
+        def source(_: IngestService) -> KafkaSource:
+            return KafkaSource(kafka_broker.bootstrap_servers, [topic], None, ledger.stored_offsets)
+
+        service = IngestService(ledger, source, "USDC", 50_000, 200, "test", batch_bytes_max=budget_bytes)
+        service.run(until_idle_s=3.0)
+        batches = [n for (n,) in ledger.connection.execute("SELECT messages FROM lake.main.ingest_batch").fetchall()]
+        dead = ledger.connection.execute(
+            "SELECT kafka_partition, kafka_offset, raw_sha256 FROM lake.main.dead_letter"
+        ).fetchall()
+    assert sum(batches) == len(lines) and max(batches) <= budget_bytes // LINE_BYTES, batches
+    assert sorted(sha for _, _, sha in dead) == sorted(hashlib.sha256(line).hexdigest() for line in lines)
+    assert len({(partition, offset) for partition, offset, _ in dead}) == len(lines)
