@@ -9,16 +9,18 @@ CREATE OR REPLACE TEMP VIEW snapshots AS
 SELECT snapshot_id, snapshot_time, schema_version, changes, author, commit_message, commit_extra_info
 FROM ducklake_snapshots('lake');
 
--- One row per accepted paid inference call, deduplicated by event id at ingest.
+-- One row per accepted paid inference call, deduplicated by (source, event_id) at ingest: an event is
+-- its source and id together (CloudEvents), so two producers' event `42` are two rows.
 CREATE OR REPLACE TEMP VIEW inference_events AS
 SELECT event_id, event_time, model_id, request_id, payer, compute_provider, input_tokens, output_tokens,
        fee_micros, asset, event_date, source, kafka_topic, kafka_partition, kafka_offset, ingest_batch_id
 FROM lake.main.inference_metered;
 
--- One row per refund or chargeback, naming the event it reverses.
+-- One row per refund or chargeback, naming the event it reverses: `original_event_id` of
+-- `original_source`, or of the reversal's own `source` when original_source is NULL.
 CREATE OR REPLACE TEMP VIEW reversals AS
 SELECT event_id, event_time, original_event_id, reason, event_date, source,
-       kafka_topic, kafka_partition, kafka_offset, ingest_batch_id
+       kafka_topic, kafka_partition, kafka_offset, ingest_batch_id, original_source
 FROM lake.main.inference_reversed;
 
 -- Every registration of a contributor's payout address; the latest one is in force.
@@ -83,10 +85,12 @@ GROUP BY account;
 -- One row per event ever held in suspense (its route was incomplete when its epoch closed): the epoch
 -- it entered, and the epoch and outcome (split | reversed) it left with, NULL while still held.
 CREATE OR REPLACE TEMP VIEW suspense_items AS
+-- source is NULL for items suspended before ledger format 4 (ids were unique then: the id alone matches).
 SELECT i.epoch AS suspended_epoch, i.event_id, i.event_time, i.model_id, i.payer, i.compute_provider,
-       i.fee_micros, r.epoch AS released_epoch, r.outcome AS release_outcome
+       i.fee_micros, r.epoch AS released_epoch, r.outcome AS release_outcome, i.source
 FROM lake.main.settlement_suspense_item i
-LEFT JOIN lake.main.settlement_suspense_release r ON r.event_id = i.event_id;
+LEFT JOIN lake.main.settlement_suspense_release r
+  ON r.event_id = i.event_id AND (r.source = i.source OR r.source IS NULL OR i.source IS NULL);
 
 -- The ledger's own checks, one row per check and closed epoch, with how many items it compared, how
 -- many disagree, and the sum of the absolute disagreements (micros); `reconciliation` (below) adds the
