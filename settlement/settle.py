@@ -61,7 +61,12 @@ from settlement.input_checks import InputChecks, verify_close_inputs, verify_set
 from settlement.ledger_io import Progress, plan_from_ledger
 from settlement.merkle import MerkleTree
 from settlement.report import EpochSummary, close_epoch, closed_by_another_message
-from settlement.settle_errors import ChainLedgerMismatchError, ChainUnavailableError, SettleConflictError
+from settlement.settle_errors import (
+    ChainLedgerMismatchError,
+    ChainUnavailableError,
+    NonceGapError,
+    SettleConflictError,
+)
 from settlement.split_errors import AmountOverflowError
 
 crash_hook_env = "ROYALTY_TEST_CRASH_AT"
@@ -526,7 +531,9 @@ def _replacement_nonce(ledger: Ledger, chain: Chain, epoch: int, contract: str) 
     A proposal that was recorded but never mined (dropped, or never sent) is replaced with the same nonce,
     so the old transaction, should it still reach a block, and its replacement can never both be mined.
     Once the sender's mined transactions have used that nonce (by another transaction: `_check_chain`
-    found no proposal of ours), the old one can never be mined and the next nonce is safe.
+    found no proposal of ours), the old one can never be mined and the next nonce is safe. A nonce ahead of
+    the account's next one (earlier transactions dropped) is a `NonceGapError`: a replacement could not be
+    mined before the gap is filled, and a fresh nonce would let both be mined.
     """
     sender = chain.sender
     intents = [
@@ -536,8 +543,13 @@ def _replacement_nonce(ledger: Ledger, chain: Chain, epoch: int, contract: str) 
     ]
     if not intents:
         return None
-    nonce = int(max(intents, key=lambda intent: intent["prepared_at"])["nonce"])
-    return nonce if chain.w3.eth.get_transaction_count(sender, "latest") <= nonce else None
+    intent = max(intents, key=lambda intent: intent["prepared_at"])
+    nonce, next_nonce = int(intent["nonce"]), chain.w3.eth.get_transaction_count(sender, "latest")
+    if next_nonce > nonce:
+        return None
+    if next_nonce < nonce:
+        raise NonceGapError(epoch, intent["tx_hash"], nonce, next_nonce, sender)
+    return nonce
 
 
 def _propose_call(distributor: Contract, tree: EpochTree) -> Any:

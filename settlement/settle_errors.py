@@ -127,3 +127,24 @@ class SettleConflictError(SettlementError):
         self.epoch = epoch
         self.reason = reason
         super().__init__(f"epoch `{epoch}`: {reason}; nothing was written by this run, run `royalty settle` again")
+
+
+class NonceGapError(SettlementError):
+    """The recorded proposal's nonce is ahead of the settler account's next nonce; nothing was sent."""
+
+    transient = False
+
+    def __init__(self, epoch: int, tx_hash: str, intent_nonce: int, next_nonce: int, sender: str) -> None:
+        self.epoch = epoch
+        self.tx_hash = tx_hash
+        self.intent_nonce = intent_nonce
+        self.next_nonce = next_nonce
+        self.sender = sender
+        super().__init__(
+            f"epoch `{epoch}`: the recorded proposal tx `{tx_hash}` has nonce {intent_nonce}, but the next nonce of "
+            f"settler `{sender}` is {next_nonce}: transactions before it were dropped, so that proposal can still be "
+            f"mined once nonces {next_nonce}..{intent_nonce - 1} are used. A replacement must reuse nonce "
+            f"{intent_nonce} (one of the two can then be mined, never both), which the node cannot mine before "
+            "them. Nothing was sent. Send transactions from the settler account until its next nonce is "
+            f"{intent_nonce} (e.g. 0-value transfers to itself), then run `royalty settle` again (docs/operations.md)"
+        )
