@@ -5,15 +5,19 @@ letter), and a reversal of `42` hit whichever was stored.
 """
 
 import json
+from datetime import UTC, datetime
 from pathlib import Path
 
 import duckdb
 import polars as pl
+import pyarrow as pa
 
 from ingest.sample import SampleShape, SampleTraffic
 from ledger import Ledger
-from settlement import close_epoch
+from settlement import close_epoch, tables
+from settlement.ledger_io import read_prior
 from settlement.reference_sql import reference_payables
+from settlement.splits import key_of
 from tests.ledger.helpers import batch_of
 
 shape = SampleShape(models=3, contributors=6, compute_providers=2, payers=5, derived_models_ppm=0)
@@ -146,3 +150,26 @@ def test_the_reference_sql_keeps_one_row_per_source_and_id() -> None:
     connection.register("po", policies.to_arrow())
     credits = reference_payables(connection, "ev", "mo", "po")
     assert credits.rows() == [("alice", 200)]
+
+
+def test_settlement_rows_written_before_format_4_take_the_source_of_their_event(tmp_path: Path) -> None:
+    """Pins the reading of older rows: a suspense item, release or reversal without a source (ledger
+    format < 4, when ids were unique) is the one metered event with that id, and gets its source."""
+    registry, base = _world()
+    with Ledger.open(tmp_path / "lake") as ledger:
+        ledger.append(*batch_of([*registry, _metered(base, "//gw-a", "7", 500), _metered(base, "//gw-a", "8", 600)]))
+        close_epoch(ledger)
+        held = {"epoch": [1], "event_id": ["7"], "event_time": [datetime(2026, 11, 23, tzinfo=UTC)],
+                "model_id": ["model-0000"], "payer": ["p"], "compute_provider": ["g"], "fee_micros": [500],
+                "source": [None]}
+        reversal = {"epoch": [1], "event_id": ["r"], "original_event_id": ["8"], "outcome": ["taken_back"],
+                    "fee_micros": [-600], "settled_snapshot": [1], "source": [None], "original_source": [None]}
+        ledger.append_records(
+            {
+                "settlement_suspense_item": pa.table(held, schema=tables.suspense_item_schema),
+                "settlement_reversal": pa.table(reversal, schema=tables.reversal_schema),
+            }
+        )
+        prior = read_prior(ledger.connection)
+    assert prior.held.select("source", "event_id").rows() == [("//gw-a", "7")]
+    assert prior.reversed_ids == {key_of("//gw-a", "8")}
