@@ -142,7 +142,9 @@ def run_demo(
             deployed = deploy_contracts(chain, timelock_seconds=0, mint_units=demo_mint_units)
             distributor = distributor_contract(chain, deployed.distributor)
             progress.update(task, completed=1)
-            settled = settle(ledger, chain, distributor, tree_dir=workdir / "trees")
+            settled = settle(
+                ledger, chain, distributor, tree_dir=workdir / "trees", from_block=deployed.deployment_block
+            )
             progress.update(task, completed=2)
             result.chain = {
                 "chain id": chain.chain_id,
@@ -151,7 +153,8 @@ def run_demo(
                 "settle tx": settled.tx_hash or "",
             }
             result.claims = _claim_top_payees(ledger, chain, distributor, settled.epoch or 0, claims_count)
-            sync_claims(ledger, chain, distributor)  # as `royalty sync-claims` would: the `claims` view
+            # as `royalty sync-claims` would: the `claims` view
+            sync_claims(ledger, chain, distributor, from_block=deployed.deployment_block)
             progress.update(task, completed=3)
             result.report = workdir / "report.html"
             write_report(ledger, settled.epoch or 1, result.report)

@@ -1,6 +1,6 @@
 """The use case `settle`: close the epoch, build its payout tree, fund and propose the root, record it.
 
-Crash safety rests on four rules:
+Crash safety and concurrency rest on five rules:
 
 1. The tree and every proof are written in one ledger transaction, once per epoch; a rerun reads
    them back (and asserts the payables still give the same root) instead of writing them again.
@@ -15,6 +15,9 @@ Crash safety rests on four rules:
    restart while waiting is ridden out, a proposal dropped by a reorganisation or a restart stops the run
    (`TransactionDroppedError`), and a node lost between steps stops it (`ChainUnavailableError`); a rerun
    resumes by rules 1-3.
+5. Each writing step (close, tree, propose, record) has one writer at a time on any catalog
+   (`Ledger.step_lock`): a run that waited for another finds the step done after the lock and goes on
+   from there (the epoch closed, the tree written, the proposal on the chain or recorded).
 
 Test hook: the environment variable `ROYALTY_TEST_CRASH_AT` (`before-send` or `after-send`) makes the
 process SIGKILL itself at that point of proposing, so tests can kill `royalty settle` at the worst
