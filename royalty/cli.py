@@ -297,10 +297,8 @@ def ingest(
 
         def make_source(service: IngestService):
             if from_file:
-                # What each file resumes from, and why, before it is read (stderr: stdout may be piped).
-                return FileSource(
-                    from_file, ledger, stdin=sys.stdin.buffer, report=lambda text: stderr.print(text, highlight=False)
-                )
+                # What each file resumes from, and why, before it is read; one line each, unwrapped (paths).
+                return FileSource(from_file, ledger, stdin=sys.stdin.buffer, report=_report_unwrapped)
             return KafkaSource(
                 settings.bootstrap_servers,
                 settings.topics,
@@ -333,6 +331,10 @@ def ingest(
         f"stopped by {summary.stopped_by})",
         highlight=False,
     )
+
+
+def _report_unwrapped(text: str) -> None:
+    stderr.print(text, highlight=False, soft_wrap=True)
 
 
 @app.command("produce-sample")

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from ingest.errors import IngestSourceRacedError
 from ingest.service import IngestService
 from ingest.sources import FileSource
 from ledger import IngestBatch, Ledger, PartitionOffsets
@@ -203,3 +204,26 @@ def test_the_recorded_fingerprint_is_the_sha256_of_the_bytes_read(sample: Path, 
     assert position.prefix_size_bytes == len(content)
     assert position.next_offset == len(content.splitlines())
     assert position.prefix_sha256 == hashlib.sha256(content).hexdigest()
+
+
+def test_a_file_another_process_is_ingesting_stops_with_nothing_of_the_batch_written(
+    sample: Path, tmp_path: Path
+) -> None:
+    """Two backfills of one new file at once meet at the offsets fence; the second stops, saying what to do."""
+    lake = tmp_path / "lake"
+    topic = f"file:{sample}"
+    rival = sample.read_bytes().splitlines()[:10]
+
+    class RacedSource(FileSource):
+        def seek(self, stored_offsets: dict[tuple[str, int], int]) -> None:
+            super().seek(stored_offsets)
+            if not self.notes[1:]:  # the first seek only: the other process appends after it
+                batch = IngestBatch.from_messages(rival, [topic] * 10, [0] * 10, list(range(10)), BatchDecoder())
+                ledger.append(batch, [PartitionOffsets(topic, 0, 0, 10)])
+
+    with Ledger.open(str(lake)) as ledger:
+        service = IngestService(ledger, lambda _: RacedSource([str(sample)], ledger), "USDC", 50_000, 50, "test")
+        with pytest.raises(IngestSourceRacedError, match="run this command again: it resumes after what is stored"):
+            service.run(until_idle_s=0.0)
+        (batches,) = ledger.connection.execute("SELECT count(*) FROM lake.main.ingest_batch").fetchone()
+    assert batches == 1  # the other process's only
