@@ -126,9 +126,8 @@ def _check_not_privileged(connection, role: str) -> None:
         )
 
 
-def add_passfile_entry(passfile: Path, grant: ReaderGrant) -> None:
-    """Write the reader's password to a libpq passfile (made 0600; an existing one must not be readable by others)."""
-    line = ":".join(_passfile_field(v) for v in (grant.host, grant.port, grant.dbname, grant.role, grant.password))
+def check_passfile(passfile: Path) -> None:
+    """Refuse a passfile others may read (libpq ignores it, and it would expose the password)."""
     if passfile.exists():
         mode = passfile.stat().st_mode
         if mode & (stat.S_IRWXG | stat.S_IRWXO):
@@ -136,6 +135,13 @@ def add_passfile_entry(passfile: Path, grant: ReaderGrant) -> None:
                 f"passfile `{passfile}` is readable by others (mode {stat.S_IMODE(mode):o}); libpq ignores it: "
                 f"chmod 600 {passfile} and run again"
             )
+
+
+def add_passfile_entry(passfile: Path, grant: ReaderGrant) -> None:
+    """Write the reader's password to a libpq passfile (made 0600; an existing one must not be readable by others)."""
+    line = ":".join(_passfile_field(v) for v in (grant.host, grant.port, grant.dbname, grant.role, grant.password))
+    check_passfile(passfile)
+    if passfile.exists():
         kept = [entry for entry in passfile.read_text().splitlines() if entry.split(":")[:4] != line.split(":")[:4]]
     else:
         kept = []

@@ -41,7 +41,7 @@ def grant_reader_command(
     ROYALTY_READER_PASSWORD, or a generated one; it is printed only inside the reader DSN, and only
     when neither --passfile nor ROYALTY_READER_PASSWORD is given.
     """
-    from ledger.reader_role import add_passfile_entry, generate_password, grant_reader
+    from ledger.reader_role import add_passfile_entry, check_passfile, generate_password, grant_reader
 
     settings = load_settings({"lake": lake}, config)
     try:
@@ -50,6 +50,8 @@ def grant_reader_command(
                 "grant-reader needs a PostgreSQL catalog (--lake or ROYALTY_LAKE); an embedded (SQLite) ledger has "
                 "no roles: give analysts read-only access to its folder instead (docs/operations.md)"
             )
+        if passfile is not None:
+            check_passfile(passfile)  # before any role is touched
         chosen = os.environ.get(reader_password_env)
         password = chosen or generate_password()
         grant = grant_reader(settings.lake, role, password, schema, writer_role)

@@ -299,3 +299,31 @@ def _inlined_table(database: psycopg.Connection, table: str) -> str:
         [table_id],
     ).fetchone()
     return name
+
+
+def test_grant_reader_refuses_an_embedded_ledger_a_privileged_role_and_a_shared_passfile(
+    secured: Secured, tmp_path: Path
+) -> None:
+    """No role on a SQLite catalog (exit 2, pointing at file permissions); the writer role, or a role that may
+    create databases, is left unchanged; a passfile others can read is refused before any role is touched."""
+    embedded = _run("catalog", "grant-reader", "--role", "analyst", ROYALTY_LAKE=str(tmp_path / "lake"))
+    assert embedded.returncode == 2 and "read-only access to its folder" in " ".join(embedded.stderr.split())
+    assert not (tmp_path / "lake").exists()
+    as_writer = _run(
+        "catalog", "grant-reader", "--role", secured.writer, "--writer-role", secured.writer,
+        ROYALTY_LAKE=secured.admin_dsn,
+    )  # fmt: skip
+    assert as_writer.returncode == 2 and "is a writer" in as_writer.stderr
+    privileged = f"creator_{uuid.uuid4().hex[:8]}"
+    secured.server.psql(f"CREATE ROLE {privileged} LOGIN CREATEDB", database="postgres")
+    refused = _run("catalog", "grant-reader", "--role", privileged, ROYALTY_LAKE=secured.admin_dsn)
+    assert refused.returncode == 2 and "left unchanged" in " ".join(refused.stderr.split())
+    assert secured.server.psql(f"SELECT rolcreatedb FROM pg_roles WHERE rolname = '{privileged}'").strip() == "t"
+    shared = tmp_path / "shared.pgpass"
+    shared.write_text("")
+    shared.chmod(0o644)
+    reader = f"reader_{uuid.uuid4().hex[:8]}"
+    loose = _run("catalog", "grant-reader", "--role", reader, "--passfile", str(shared), ROYALTY_LAKE=secured.admin_dsn)
+    assert loose.returncode == 2 and "readable by others" in " ".join(loose.stderr.split())
+    assert shared.read_text() == ""
+    assert secured.server.psql(f"SELECT count(*) FROM pg_roles WHERE rolname = '{reader}'").strip() == "0"
