@@ -125,9 +125,12 @@ def check_inlined_rows(
         [digest_table],
     ).fetchone()
     # A ledger created at format 3 or later has no legitimate row older than its digest table.
-    created_digesting = "ledger_format" in present and connection.execute(
-        f"SELECT min(format_version) >= {digests_format_version} FROM {catalog}.main.ledger_format"
-    ).fetchone()[0]
+    created_digesting = (
+        "ledger_format" in present
+        and connection.execute(
+            f"SELECT min(format_version) >= {digests_format_version} FROM {catalog}.main.ledger_format"
+        ).fetchone()[0]
+    )
     if created_digesting:
         start = None  # every row is checked: one claiming an older snapshot has no digest and is named
     problems: list[str] = []

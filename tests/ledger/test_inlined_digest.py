@@ -42,9 +42,7 @@ class Catalog:
 
     def inlined_table(self, table: str) -> str:
         (table_id,) = self.execute(f"SELECT table_id FROM ducklake_table WHERE table_name = '{table}'")[0]
-        names = self.execute(
-            "SELECT table_name FROM ducklake_inlined_data_tables WHERE table_id = " + str(table_id)
-        )
+        names = self.execute("SELECT table_name FROM ducklake_inlined_data_tables WHERE table_id = " + str(table_id))
         return names[-1][0]
 
 
