@@ -91,7 +91,10 @@ def run_demo(
     if lake.exists() or lake.is_symlink():
         if not force:
             raise DemoWorkdirError(lake)
-        shutil.rmtree(lake)
+        if lake.is_dir() and not lake.is_symlink():
+            shutil.rmtree(lake)
+        else:
+            lake.unlink()  # a link or a file: the demo's ledger is made in its place, the target is kept
     workdir.mkdir(parents=True, exist_ok=True)
     result = DemoResult(workdir, lake)
     columns = (
