@@ -16,9 +16,10 @@ mask = "***"
 # A path segment this long made only of key characters is an API key (Infura, Alchemy and QuickNode
 # issue 32-40 character keys), not a route name like `v3` or `rpc`.
 key_segment_chars_min = 20
-# Registered secrets shorter than this are not replaced (a one-character password would blank out
-# every occurrence of that character); libpq passwords that short are refused at registration.
-secret_chars_min = 4
+# Registered secrets shorter than this are not replaced anywhere they appear: a short password is often a
+# word ("royalty") that would blank out the commands' own advice. The patterns still mask it in every DSN
+# and URL form; only a short secret quoted outside those forms stays visible.
+secret_chars_min = 8
 
 # libpq key=value: `password=x`, `password = 'x y'`, also `sslpassword`.
 _keyword_value = re.compile(r"(?i)(?<![?&])\b((?:ssl)?password)(\s*=\s*)('(?:[^'\\]|\\.)*'|[^\s'\"]+)")
