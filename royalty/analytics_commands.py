@@ -1,4 +1,7 @@
-"""`royalty export` and `royalty report`: an epoch's statements and its sign-off page, for finance."""
+"""`royalty export` and `royalty report`: an epoch's statements and its sign-off page, for finance.
+
+Both only read: through the SELECT-only role (`reader_lake`) when one is configured, like `royalty sql`.
+"""
 
 from pathlib import Path
 from typing import Annotated
@@ -26,7 +29,7 @@ def export(
 
     settings = load_settings({"lake": lake, "data_path": data_path}, config)
     try:
-        with Ledger.open_read_only(settings.lake, settings.data_path) as ledger:
+        with Ledger.open_read_only(settings.reader_lake or settings.lake, settings.data_path) as ledger:
             summary = export_epoch(ledger, epoch, to)
     except RoyaltyError as error:
         _fail(error)
@@ -50,7 +53,7 @@ def report(
 
     settings = load_settings({"lake": lake, "data_path": data_path}, config)
     try:
-        with Ledger.open_read_only(settings.lake, settings.data_path) as ledger:
+        with Ledger.open_read_only(settings.reader_lake or settings.lake, settings.data_path) as ledger:
             data = write_report(ledger, epoch, out)
     except RoyaltyError as error:
         _fail(error)

@@ -35,7 +35,7 @@ class Settings:
     lake: str = _setting("./lake", "Ledger location: a directory (embedded SQLite catalog) or a PostgreSQL URL.")
     data_path: str | None = _setting(None, "Folder of the ledger's Parquet files (required with PostgreSQL).")
     reader_lake: str | None = _setting(
-        None, "PostgreSQL URL of a SELECT-only role (`royalty catalog grant-reader`) that `royalty sql` uses."
+        None, "SELECT-only PostgreSQL DSN (`royalty catalog grant-reader`) for `royalty sql`, `export`, `report`."
     )
     bootstrap_servers: str = _setting("127.0.0.1:9092", "Kafka bootstrap servers, HOST:PORT[,HOST:PORT...].")
     topics: tuple[str, ...] = _setting(("inference-events",), "Kafka topics to ingest.")

@@ -290,6 +290,9 @@ def test_grant_reader_role_reads_through_royalty_sql_and_postgresql_refuses_its_
     assert json.loads(answered.stdout)[0]["batches"] >= 1
     attach = _run("sql", "--print-attach", ROYALTY_READER_LAKE=reader_dsn, ROYALTY_DATA_PATH=secured.data_path)
     assert attach.returncode == 0 and f"user={reader}" in attach.stdout and password not in attach.stdout
+    report = _run("report", "--epoch", "1", "--out", str(tmp_path / "r.html"),
+                  ROYALTY_READER_LAKE=reader_dsn, ROYALTY_DATA_PATH=secured.data_path)  # fmt: skip
+    assert report.returncode == 2 and "no epoch has been closed yet" in " ".join(report.stderr.split()), report.stderr
 
 
 def _inlined_table(database: psycopg.Connection, table: str) -> str:
