@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import shutil
 import subprocess
+import tarfile
 from pathlib import Path
 
 import pytest
@@ -20,7 +21,7 @@ from ingest.sources import FileSource
 from ledger import IngestBatch, Ledger, PartitionOffsets
 from schemas import BatchDecoder
 from schemas.arrow import ledger_schemas
-from tests.conftest import royalty_command
+from tests.conftest import repo_root, royalty_command
 
 
 def produce(path: Path, events: int, seed: int = 7) -> None:
@@ -227,3 +228,23 @@ def test_a_file_another_process_is_ingesting_stops_with_nothing_of_the_batch_wri
             service.run(until_idle_s=0.0)
         (batches,) = ledger.connection.execute("SELECT count(*) FROM lake.main.ingest_batch").fetchone()
     assert batches == 1  # the other process's only
+
+
+def test_a_ledger_of_format_1_migrated_takes_file_backfills_by_content(sample: Path, tmp_path: Path) -> None:
+    """A ledger written before fingerprints (its file offsets have none) migrates, then fingerprints what it reads."""
+    with tarfile.open(repo_root / "tests" / "fixtures" / "ledger_format_1.tar.gz") as archive:
+        archive.extractall(tmp_path, filter="data")
+    lake = tmp_path / "lake"
+    migrated = subprocess.run(royalty_command("migrate", "--lake", str(lake)), capture_output=True, text=True)
+    assert migrated.returncode == 0, migrated.stderr
+    with Ledger.open(str(lake)) as ledger:
+        legacy = {topic for topic, _ in ledger.stored_offsets() if topic.startswith("file:")}
+        assert legacy and not ledger.file_sources()  # offsets of files, without fingerprints
+
+    report = cli_ingest(lake, str(sample))
+    again = cli_ingest(lake, str(sample))
+    with Ledger.open(str(lake)) as ledger:
+        assert set(ledger.file_sources()) == {f"file:{sample}"}
+    assert f"`{sample}`: skipped 0 lines: a source not read before" in report
+    lines = len(sample.read_bytes().splitlines())
+    assert f"skipped {lines:,} lines already read" in again and "ingested 0 messages" in again
