@@ -591,7 +591,10 @@ class Ledger:
     def _write_file(self, table_name: str, rows: pa.Table, ingest_batch_id: str, event_date) -> _FileToAdd:
         rows = rows.select(file_tables[table_name].names).cast(file_tables[table_name])
         folder = f"main/{table_name}" + (f"/event_date={event_date.isoformat()}" if event_date else "")
-        relative = f"{folder}/{self._ledger_id()}-{ingest_batch_id}-{uuid.uuid4().hex[:8]}.parquet"
+        # `s<snapshot>`: the snapshot this transaction started from, so `verify --remove-orphans` can tell
+        # this catalog's killed appends from files a copy or a newer restore of it committed (ledger/orphans.py).
+        name = f"{self._ledger_id()}-s{self.current_snapshot()}-{ingest_batch_id}-{uuid.uuid4().hex[:8]}"
+        relative = f"{folder}/{name}.parquet"
         absolute = Path(self.location.data_path) / relative
         sink = pa.BufferOutputStream()
         pq.write_table(

@@ -8,9 +8,16 @@ may have written a file it has not committed yet), so it never touches a file a 
 still commit. Only a local data folder is searched.
 
 A data folder may hold files this catalog does not own: another ledger's (a shared folder), a
-foreign Parquet file, files written before file names carried the ledger's identity. Only files
-named as this ledger names its own (`<ledger id>-<batch id>-<8 hex>.parquet[.tmp]`, the id being
-`connection.ledger_id`) are ever removed; the others are reported and left alone.
+foreign Parquet file, files written before file names carried the ledger's identity, and files a
+copy of this ledger committed (an older catalog restored over a live folder: the newer files are
+the newer catalog's). Only this catalog's own leftovers are ever removed. A ledger names its files
+`<ledger id>-s<snapshot>-<batch id>-<8 hex>.parquet[.tmp]`: the ledger's id (`connection.ledger_id`,
+shared by its copies) and the snapshot the writing transaction started from. A leftover of this
+catalog names a snapshot this catalog has, and was written after that snapshot was committed; a
+file a restored-older catalog finds from its newer self names a snapshot it does not have, or one
+it committed only after the file was written. The others are reported and left alone. And when
+any such file of a newer self is found, nothing at all is removed: the folder is shared with a
+newer catalog of this ledger, whose first files after the restore point name a snapshot both have.
 """
 
 import os
@@ -26,6 +33,10 @@ from ledger.ledger import Ledger
 # (ingest/constants.py), and one append takes seconds.
 orphan_age_s_min_default = 24 * 3600.0
 _written_suffixes = (".parquet", ".parquet.tmp")
+# A file's modification time and a snapshot's commit time may come from two clocks (the writer's
+# host, the storage server): a leftover written this much "before" its snapshot is still this
+# catalog's. Small on purpose: a clock further off only keeps a leftover, never deletes a file.
+clock_skew_s_max = 5.0
 
 
 @dataclass(frozen=True)
@@ -33,13 +44,24 @@ class OrphanFile:
     path: str
     size_bytes: int
     age_s: float
-    # Named as this ledger names the files it writes: only such files are ever removed.
+    # This catalog's own leftover (its name, a snapshot it has, written after it): only such files are removed.
     ours: bool = True
+    # Named with this ledger's id but not this catalog's leftover: a copy or a newer catalog of this
+    # ledger wrote it into the same folder. While any is present, nothing is removed.
+    sibling: bool = False
 
 
 def own_file_name(identity: str) -> re.Pattern[str]:
-    """The names of the data files the ledger `identity` writes (and of their temporary files)."""
-    return re.compile(rf"{re.escape(identity)}-[0-9a-f]{{32}}-[0-9a-f]{{8}}\.parquet(\.tmp)?")
+    """The names of the data files the ledger `identity` writes (and of their temporary files);
+    group 1 is the snapshot the writing transaction started from."""
+    return re.compile(rf"{re.escape(identity)}-s([0-9]+)-[0-9a-f]{{32}}-[0-9a-f]{{8}}\.parquet(\.tmp)?")
+
+
+def _is_own_leftover(name: re.Match[str] | None, modified_at_s: float, committed_at_s: dict[int, float]) -> bool:
+    if name is None:
+        return False
+    started_from = committed_at_s.get(int(name.group(1)))
+    return started_from is not None and modified_at_s >= started_from - clock_skew_s_max
 
 
 def find_orphans(ledger: Ledger, listed_paths: set[str]) -> list[OrphanFile] | None:
@@ -61,6 +83,8 @@ def find_orphans(ledger: Ledger, listed_paths: set[str]) -> list[OrphanFile] | N
     ):
         known_names.update(Path(path).name for (path,) in ledger.connection.execute(query).fetchall())
     own_name = own_file_name(ledger_id(ledger.connection))
+    snapshots = f"SELECT snapshot_id, epoch(snapshot_time) FROM {catalog_alias}.snapshots()"
+    committed_at_s = dict(ledger.connection.execute(snapshots).fetchall())
     now = time.time()
     orphans = []
     for directory, _, names in os.walk(root):
@@ -72,13 +96,20 @@ def find_orphans(ledger: Ledger, listed_paths: set[str]) -> list[OrphanFile] | N
                 stat = path.stat()
             except FileNotFoundError:  # an append's temporary file, renamed meanwhile
                 continue
-            ours = own_name.fullmatch(name) is not None
-            orphans.append(OrphanFile(str(path), stat.st_size, max(0.0, now - stat.st_mtime), ours))
+            named = own_name.fullmatch(name)
+            ours = _is_own_leftover(named, stat.st_mtime, committed_at_s)
+            age_s = max(0.0, now - stat.st_mtime)
+            orphans.append(OrphanFile(str(path), stat.st_size, age_s, ours, sibling=named is not None and not ours))
     return sorted(orphans, key=lambda orphan: orphan.path)
 
 
 def remove_orphans(orphans: list[OrphanFile], age_s_min: float) -> list[OrphanFile]:
-    """Delete the orphans this ledger wrote that are at least `age_s_min` old; returns those deleted."""
+    """Delete this catalog's leftovers at least `age_s_min` old; returns those deleted.
+
+    Nothing is deleted while another catalog of this ledger shares the folder (`removal_blocked`).
+    """
+    if removal_blocked(orphans):
+        return []
     removed = []
     for orphan in orphans:
         if not orphan.ours or orphan.age_s < age_s_min:
@@ -89,3 +120,8 @@ def remove_orphans(orphans: list[OrphanFile], age_s_min: float) -> list[OrphanFi
             continue
         removed.append(orphan)
     return removed
+
+
+def removal_blocked(orphans: list[OrphanFile]) -> bool:
+    """Whether the data folder holds files a copy or a newer catalog of this ledger committed."""
+    return any(orphan.sibling for orphan in orphans)

@@ -125,7 +125,7 @@ def verify(
 ) -> None:
     """Prove the ledger is append-only and every data file is intact; exit 1 if not."""
     from ledger import Ledger
-    from ledger.orphans import orphan_age_s_min_default
+    from ledger.orphans import orphan_age_s_min_default, removal_blocked
     from ledger.orphans import remove_orphans as remove_orphan_files
     from ledger.verify import verify as verify_ledger
 
@@ -164,9 +164,17 @@ def verify(
             )
         if len(own) < len(orphans):
             stdout.print(
-                f"note: {len(orphans) - len(own)} Parquet file(s) in the data folder are not named as this ledger "
-                "names its files (another ledger's, a foreign file, or written before names carried the ledger's "
-                "id); they are never removed: delete them by hand once you know no other catalog uses them.",
+                f"note: {len(orphans) - len(own)} Parquet file(s) in the data folder are not this catalog's leftovers "
+                "(another ledger's, a copy's or a newer catalog's of this ledger, a foreign file, or written before "
+                "names carried the ledger's id); they are never removed: delete them by hand once you know no "
+                "other catalog uses them.",
+                highlight=False,
+            )
+        if orphans and removal_blocked(orphans):
+            stderr.print(
+                "[bold yellow]warning:[/] the data folder holds files another catalog of this same ledger committed "
+                "(a copy, or a newer catalog than this restored one): nothing is removed while it does. See "
+                "docs/operations.md (Backup, restore and relocation)",
                 highlight=False,
             )
         elif report.orphans is None:

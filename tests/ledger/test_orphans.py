@@ -2,8 +2,11 @@
 
 import json
 import os
+import shutil
+import sqlite3
 import subprocess
 import time
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import pyarrow as pa
@@ -20,17 +23,29 @@ from tests.conftest import royalty_command
 from tests.ledger.helpers import batch_of
 
 
+def _backdate_history(catalog_file: Path, seconds: float) -> None:
+    """Make the catalog's snapshots `seconds` older: a ledger that has been running that long."""
+    with sqlite3.connect(catalog_file) as catalog:
+        for snapshot_id, text in catalog.execute("SELECT snapshot_id, snapshot_time FROM ducklake_snapshot").fetchall():
+            moved = datetime.fromisoformat(text.removesuffix("+00")) - timedelta(seconds=seconds)
+            catalog.execute(
+                "UPDATE ducklake_snapshot SET snapshot_time = ? WHERE snapshot_id = ?",
+                [f"{moved.isoformat(sep=' ')}+00", snapshot_id],
+            )
+
+
 def _lake_with_strays(lake_dir: Path) -> tuple[list[Path], int]:
     with Ledger.open(lake_dir) as ledger:
         ledger.append(*batch_of(list(SampleTraffic().metered(200))))
         data = Path(ledger.location.data_path)
-        identity = ledger_id(ledger.connection)
+        identity, tip = ledger_id(ledger.connection), ledger.current_snapshot()
+    _backdate_history(lake_dir / "catalog.sqlite", 2 * 24 * 3600)
     folder = data / "main" / "inference_metered" / "event_date=2026-11-23"
     folder.mkdir(parents=True, exist_ok=True)
-    # Named as a killed append of this ledger leaves them: its id, a batch id, 8 hex digits.
+    # Named as a killed append of this ledger leaves them: its id, the snapshot it started from, a batch id.
     strays = [
-        folder / f"{identity}-{'a' * 32}-0000beef.parquet",
-        folder / f"{identity}-{'b' * 32}-0001beef.parquet.tmp",
+        folder / f"{identity}-s{tip}-{'a' * 32}-0000beef.parquet",
+        folder / f"{identity}-s{tip}-{'b' * 32}-0001beef.parquet.tmp",
     ]
     for stray in strays:
         stray.write_bytes(b"PAR1 half written")
@@ -115,3 +130,35 @@ def test_remove_orphans_never_deletes_a_file_another_catalog_may_own(tmp_path: P
         (count,) = reader.connection.execute("SELECT count(*) FROM lake.main.inference_metered").fetchone()
     assert count == 50
     assert _rows(first) == events
+
+
+def test_an_older_catalog_restored_over_a_live_folder_removes_nothing_of_its_newer_self(tmp_path: Path) -> None:
+    """The catalog is put back to an earlier copy while the data folder keeps the files appended since: those
+    files name the ledger's id, and snapshots the restored catalog lacks or committed after them; none is
+    removed, nor is anything else while they are there, and the restored ledger still reads and verifies."""
+    lake = tmp_path / "lake"
+    traffic = SampleTraffic(seed=5)
+    with Ledger.open(lake) as ledger:
+        ledger.append(*batch_of(list(traffic.metered(50))))
+    older = tmp_path / "catalog-at-backup.sqlite"
+    shutil.copyfile(lake / "catalog.sqlite", older)
+    with Ledger.open(lake) as ledger:
+        for offset in (1_000, 2_000):
+            ledger.append(*batch_of(list(traffic.metered(50)), first_offset=offset))
+    newer_files = set((lake / "data").rglob("*.parquet"))
+    # As time passes: the backup an hour old, the files appended since half an hour old, the restore now.
+    _backdate_history(older, 3600)
+    for path in newer_files:
+        os.utime(path, (time.time() - 1800, time.time() - 1800))
+    shutil.copyfile(older, lake / "catalog.sqlite")
+    with Ledger.open(lake) as restored:  # the restored catalog goes on: its next snapshot is after the files
+        restored.append(*batch_of(list(SampleTraffic(seed=6).metered(10)), topic="after-restore"))
+    result = CliRunner().invoke(app, ["verify", "--lake", str(lake), "--remove-orphans", "--orphan-age-s-min", "0",
+                                      "--json"])
+    report = json.loads(result.output)
+    assert report["ok"] and report["orphans_removed"] == [], report
+    assert any(orphan["sibling"] for orphan in report["orphans"]), report["orphans"]
+    assert all(path.exists() for path in newer_files)
+    with Ledger.open_read_only(lake) as reader:
+        (count,) = reader.connection.execute("SELECT count(*) FROM lake.main.inference_metered").fetchone()
+    assert count == 60
