@@ -10,6 +10,7 @@ orphans), and `settle` goes on with that epoch's tree and proposal.
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import subprocess
@@ -65,6 +66,35 @@ main()
 """
 
 
+# The same for `royalty sync-claims`: every process holds once it has read the claim-sync cursor the first time.
+_SYNC_DRIVER = """
+import os, sys, time
+from pathlib import Path
+import settlement.claims_sync as claims_sync
+
+barrier, parties = Path(os.environ["BARRIER"]), int(os.environ["PARTIES"])
+real_cursor = claims_sync._cursor
+waited = []
+
+def cursor_then_wait(*args, **kwargs):
+    found = real_cursor(*args, **kwargs)
+    if not waited:
+        waited.append(True)
+        (barrier / str(os.getpid())).touch()
+        deadline = time.monotonic() + float(os.environ["BARRIER_TIMEOUT_S"])
+        while len(list(barrier.iterdir())) < parties and time.monotonic() < deadline:
+            time.sleep(0.02)
+    return found
+
+claims_sync._cursor = cursor_then_wait
+
+from royalty.cli import main
+
+sys.argv = ["royalty", *sys.argv[1:]]
+main()
+"""
+
+
 class Catalog:
     """One test ledger: a SQLite-catalog folder, or a PostgreSQL database with a data folder."""
 
@@ -99,7 +129,7 @@ def catalog(request: pytest.FixtureRequest, tmp_path: Path) -> Catalog:
     return found
 
 
-def _run_at_once(args: list[str], tmp_path: Path) -> list[subprocess.CompletedProcess]:
+def _run_at_once(args: list[str], tmp_path: Path, driver: str = _DRIVER) -> list[subprocess.CompletedProcess]:
     barrier = tmp_path / f"barrier-{uuid.uuid4().hex[:8]}"
     barrier.mkdir()
     env = {
@@ -113,7 +143,7 @@ def _run_at_once(args: list[str], tmp_path: Path) -> list[subprocess.CompletedPr
     env.pop("ROYALTY_TEST_CRASH_AT", None)
     processes = [
         subprocess.Popen(
-            [sys.executable, "-c", _DRIVER, *args], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+            [sys.executable, "-c", driver, *args], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
         )
         for _ in range(PROCESSES)
     ]
@@ -176,3 +206,19 @@ def test_concurrent_settle_processes_close_build_propose_and_record_once(
     (proposal,) = _proposals(anvil, deployed["distributor"], 1)
     assert record["tx_hash"] == "0x" + bytes(proposal["transactionHash"]).hex()
     assert record["root"] == summaries[0]["root"]
+
+
+def test_concurrent_sync_claims_processes_store_each_block_range_once(
+    catalog: Catalog,
+    anvil: Anvil,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    """PROCESSES `royalty sync-claims` at once, all having read the same (empty) cursor: every process exits 0
+    and the stored ranges cover the blocks once, without overlap (each range is stored holding the lock)."""
+    deployed = _deploy(anvil)
+    args = ["sync-claims", *catalog.options(), "--rpc-url", anvil.url, "--distributor", deployed["distributor"]]
+    results = _run_at_once([*args, "--from-block", str(deployed["deployment_block"])], tmp_path, _SYNC_DRIVER)
+    assert [r.returncode for r in results] == [0] * PROCESSES, [r.stderr for r in results]
+    ranges = sorted(catalog.rows("settlement_claim_sync").select("from_block", "to_block").rows())
+    assert ranges and ranges[0][0] == deployed["deployment_block"], ranges
+    assert all(later[0] == earlier[1] + 1 for earlier, later in itertools.pairwise(ranges)), ranges
