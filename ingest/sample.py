@@ -14,6 +14,7 @@ from datetime import UTC, datetime, timedelta
 
 from eth_utils import to_checksum_address
 
+from ingest.errors import IngestConfigError
 from schemas import limits
 from schemas.errors import require
 
@@ -135,7 +136,7 @@ class SampleTraffic:
         last = shape.start + timedelta(microseconds=(first_index + count) * step_us)
         now = self.clock()
         if count and last > now:
-            raise ValueError(
+            raise IngestConfigError(
                 f"{count:,} sample events from index {first_index:,} at {shape.events_per_day:,} a day from "
                 f"{shape.start.date()} would reach {last.isoformat()}, after now ({now.isoformat()}), and ingest "
                 "refuses event times ahead of its clock; ask for fewer events or more events a day"

@@ -28,9 +28,18 @@ def _conflicting(value: bytes) -> bytes:
     return json.dumps(event).encode()
 
 
+def _other_source(value: bytes) -> bytes:
+    """The same id from another producer, with another fee: another event, not a conflict."""
+    event = json.loads(value)
+    event["source"] = "//other-gateway.example"
+    event["data"]["fee_micros"] += 7
+    return json.dumps(event).encode()
+
+
 message = st.one_of(
     st.sampled_from(range(len(pool))).map(lambda i: ("event", pool[i])),
     st.sampled_from(range(len(pool))).map(lambda i: ("conflict", _conflicting(pool[i]))),
+    st.sampled_from(range(len(pool))).map(lambda i: ("other source", _other_source(pool[i]))),
     st.binary(max_size=12).map(lambda junk: ("junk", b"\xff" + junk)),
 )
 logs = st.lists(st.lists(message, min_size=1, max_size=30), min_size=2, max_size=2)
@@ -39,16 +48,17 @@ steps = st.lists(
 )
 
 
-def _expected(committed: list[bytes]) -> tuple[dict[str, bytes], int, int]:
-    """One in-order pass: the first content of an id is kept; an identical resend is a duplicate; a different
-    one is a dead letter, as is junk."""
-    kept: dict[str, bytes] = {}
+def _expected(committed: list[bytes]) -> tuple[dict[tuple[str, str], bytes], int, int]:
+    """One in-order pass: the first content of a (source, id) is kept; an identical resend is a duplicate; a
+    different one is a dead letter, as is junk."""
+    kept: dict[tuple[str, str], bytes] = {}
     dead_letters = duplicates = 0
     for value in committed:
         if value.startswith(b"\xff"):
             dead_letters += 1
             continue
-        event_id = json.loads(value)["id"]
+        event = json.loads(value)
+        event_id = (event["source"], event["id"])
         if event_id not in kept:
             kept[event_id] = value
         elif kept[event_id] == value:
@@ -102,10 +112,12 @@ def test_any_batching_crashes_and_redeliveries_store_each_message_exactly_once(
                 append(partition, stored, len(values[partition]) - stored)
 
         kept, dead_letters, duplicates = _expected(committed)
-        rows = ledger.connection.execute("SELECT event_id, fee_micros FROM lake.main.inference_metered").fetchall()
-        assert sorted(event_id for event_id, _ in rows) == sorted(kept)
-        assert {event_id: fee for event_id, fee in rows} == {
-            event_id: json.loads(value)["data"]["fee_micros"] for event_id, value in kept.items()
+        rows = ledger.connection.execute(
+            "SELECT source, event_id, fee_micros FROM lake.main.inference_metered"
+        ).fetchall()
+        assert sorted((source, event_id) for source, event_id, _ in rows) == sorted(kept)
+        assert {(source, event_id): fee for source, event_id, fee in rows} == {
+            key: json.loads(value)["data"]["fee_micros"] for key, value in kept.items()
         }
         (stored_dead_letters,) = ledger.connection.execute("SELECT count(*) FROM lake.main.dead_letter").fetchone()
         assert (stored_dead_letters, duplicates_reported) == (dead_letters, duplicates)

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from ingest.errors import IngestConfigError
 from ingest.sample import SampleShape, SampleTraffic
 from ingest.service import IngestService
 from ledger import Ledger
@@ -100,7 +101,7 @@ def test_the_sample_generator_never_dates_an_event_after_now() -> None:
     shape = SampleShape(start=datetime(2026, 11, 23, tzinfo=UTC), events_per_day=1_000)
     traffic = SampleTraffic(shape, clock=lambda: datetime(2026, 11, 24, tzinfo=UTC))
     assert len(list(traffic.metered(1_000))) == 1_000
-    with pytest.raises(ValueError, match=r"after now.*fewer events or more events a day"):
+    with pytest.raises(IngestConfigError, match=r"after now.*fewer events or more events a day"):
         list(traffic.metered(1, first_index=1_000))
 
 
