@@ -49,7 +49,7 @@ def make_leaves(count: int) -> tuple[list[str], list[int]]:
 
 
 def cpu_seconds() -> float:
-    """CPU time of this process and its reaped children (the forked checksum worker)."""
+    """CPU time of this process and its reaped children (the hashing helper process)."""
     t = os.times()
     return t.user + t.system + t.children_user + t.children_system
 

@@ -14,17 +14,19 @@ leaf at a time through `eth_abi` or `eth_utils`.
 """
 
 import logging
-import mmap
-import os
-import signal
-import time
+import subprocess
+import sys
+import threading
 from bisect import bisect_left
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 from sha3 import keccak_256
 
+from settlement import tree_hashing
 from settlement.exceptions import MerkleTreeError
+from settlement.tree_hashing import checksum_bodies as _checksum_bodies
+from settlement.tree_hashing import leaf_hashes as _leaf_hashes
 
 log = logging.getLogger("royalty.settlement")
 
@@ -36,25 +38,20 @@ LEAF_ENCODING = ("address", "uint256")
 leaves_count_max = 2**24
 amount_units_max = 2**256 - 1
 # Below this many leaves a second process costs more to start than the hashing it takes over.
-fork_leaves_min = 50_000
-# The forked child computes every checksum (one keccak per leaf) plus this share of the leaf hashes
-# (two each), while the parent also slices and indexes the accounts: measured here, a quarter
+helper_leaves_min = 50_000
+# The helper process computes every checksum (one keccak per leaf) plus this share of the leaf hashes
+# (two each), while this one also slices and indexes the accounts: measured here, a quarter
 # balances the two cores.
-forked_leaves_share_ppm = 250_000
-# The forked child's share of the largest tree (2**24 leaves) takes about 20 s here; past this bound it is
+helper_leaves_share_ppm = 250_000
+# The helper's share of the largest tree (2**24 leaves) takes about 20 s here; past this bound it is
 # taken for stuck, killed, and its work done in this process instead.
-fork_wait_s_max = 120.0
-fork_poll_s = 0.005
+helper_wait_s_max = 120.0
+# A fresh interpreter that imports only `sha3` (`-I`: no PYTHONPATH, no user site, no current folder).
+_helper_command = [sys.executable, "-I", tree_hashing.__file__]
 
 _account_chars = 42  # "0x" + 40 hex digits
 _account_bytes = 20
 _word_bytes = 32
-_address_padding = bytes(_word_bytes - _account_bytes)
-
-# For the EIP-55 checksum in bulk: a hex digit of the address's keccak that is >= 8 upper-cases the
-# letter at the same position; 0x20 is the ASCII bit that separates "a" from "A".
-_case_bit_if_high_nibble = bytes(0x20 if chr(c) in "89abcdef" else 0 for c in range(256))
-_case_bit_if_letter = bytes(0x20 if chr(c) in "abcdefABCDEF" else 0 for c in range(256))
 
 
 def leaf_hash(account: str, cumulative_amount_units: int) -> bytes:
@@ -120,7 +117,7 @@ class MerkleTree:
         raw, given_hex = _parse_account_format(accounts)
         # The checksums and the last leaves are hashed on the second core while this one hashes the
         # rest; the checksums are only compared once both are done.
-        first_child_leaf = leaves_count - leaves_count * forked_leaves_share_ppm // 1_000_000
+        first_child_leaf = leaves_count - leaves_count * helper_leaves_share_ppm // 1_000_000
         wait_for_child = _hashes_started(given_hex, raw, amounts_units, first_child_leaf)
         try:
             accounts_raw = [raw[i : i + _account_bytes] for i in range(0, len(raw), _account_bytes)]
@@ -255,15 +252,6 @@ def _fill_internal_nodes(tree: list[bytes], leaves_count: int) -> None:
         last = first - 1
 
 
-def _leaf_hashes(accounts_raw: Sequence[bytes], amounts_units: Sequence[int]) -> list[bytes]:
-    k = keccak_256
-    pad = _address_padding
-    return [
-        k(k(pad + a + m.to_bytes(32, "big")).digest()).digest()
-        for a, m in zip(accounts_raw, amounts_units, strict=True)
-    ]
-
-
 def _check_amounts(amounts_units: Sequence[int]) -> None:
     if (
         all(type(m) is int for m in amounts_units)
@@ -314,13 +302,13 @@ def _parse_account_format(accounts: Sequence[str]) -> tuple[bytes, bytes]:
 def _hashes_started(
     given: bytes, raw: bytes, amounts_units: list[int], first_leaf: int
 ) -> Callable[[], tuple[bytes, list[bytes]]]:
-    """Start hashing in a forked child; return the function that waits for and returns its results.
+    """Start hashing in a helper process; return the function that waits for and returns its results.
 
-    The child computes `_checksum_bodies(given)` and the hashes of leaves `first_leaf..`, writes them
-    into an anonymous shared mapping, touches no lock, file or logger it inherited, and leaves with
-    `os._exit`. Without `fork`, below `fork_leaves_min`, while other threads run (DuckDB's and polars'
-    pools: a lock one of them holds at the fork stays locked forever in the child), or if the child fails
-    or outlives `fork_wait_s_max`, the same work is done here instead.
+    The helper (`settlement/tree_hashing.py` run as a script) computes `checksum_bodies(given)` and the
+    hashes of leaves `first_leaf..`. It is a new interpreter, not a fork: DuckDB, polars and pyarrow run
+    threads in this process, and a forked copy would hold their locks in whatever state they were. Below
+    `helper_leaves_min`, if the helper cannot start or fails, or if it outlives `helper_wait_s_max` (it is
+    killed then), the same work is done here instead.
     """
     leaves_count = len(amounts_units)
 
@@ -328,67 +316,50 @@ def _hashes_started(
         accounts_raw = [raw[i * _account_bytes : (i + 1) * _account_bytes] for i in range(first_leaf, leaves_count)]
         return _checksum_bodies(given), _leaf_hashes(accounts_raw, amounts_units[first_leaf:])
 
-    if not hasattr(os, "fork") or leaves_count < fork_leaves_min or _other_threads_running():
+    if leaves_count < helper_leaves_min:
         return compute
-    shared = mmap.mmap(-1, len(given) + _word_bytes * (leaves_count - first_leaf))
-    pid = os.fork()
-    if pid == 0:  # pragma: no cover - runs in the child, whose coverage is not collected
-        status = 1
+    request = tree_hashing.request(given, raw[first_leaf * _account_bytes :], amounts_units[first_leaf:])
+    try:
+        helper = subprocess.Popen(_helper_command, stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    except OSError as error:
+        log.warning(f"merkle: the hashing helper process did not start ({error}); hashing here on one core")
+        return compute
+    answer: dict[str, bytes] = {}
+
+    def exchange() -> None:
+        # The helper reads all of its input before it writes, so one thread feeds it, then reads it; a killed
+        # helper ends this with a broken pipe or an end of file.
         try:
-            checksummed, leaves = compute()
-            shared[: len(given)] = checksummed
-            shared[len(given) :] = b"".join(leaves)
-            status = 0
-        finally:
-            os._exit(status)
+            helper.stdin.write(request)
+            helper.stdin.close()
+            answer["out"] = helper.stdout.read()
+        except OSError:
+            pass
+
+    exchanging = threading.Thread(target=exchange, name="merkle-helper-io", daemon=True)
+    exchanging.start()
+    expected_bytes = len(given) + _word_bytes * (leaves_count - first_leaf)
 
     def wait() -> tuple[bytes, list[bytes]]:
-        status = _wait_bounded(pid, fork_wait_s_max)
-        try:
-            if status is None or os.waitstatus_to_exitcode(status) != 0:
-                return compute()
-            checksummed = shared[: len(given)]
-            joined = shared[len(given) :]
-            return checksummed, [joined[i : i + _word_bytes] for i in range(0, len(joined), _word_bytes)]
-        finally:
-            shared.close()
+        exchanging.join(helper_wait_s_max)
+        if exchanging.is_alive():
+            helper.kill()
+            exchanging.join()
+            helper.wait()
+            log.warning(
+                f"merkle: the hashing helper process did not finish within {helper_wait_s_max:g} s "
+                "(helper_wait_s_max); killed it and hashed its share here instead"
+            )
+            return compute()
+        returncode = helper.wait()
+        out = answer.get("out", b"")
+        if returncode != 0 or len(out) != expected_bytes:
+            log.warning(f"merkle: the hashing helper process failed (exit {returncode}); hashed its share here")
+            return compute()
+        joined = out[len(given) :]
+        return out[: len(given)], [joined[i : i + _word_bytes] for i in range(0, len(joined), _word_bytes)]
 
     return wait
-
-
-def _other_threads_running() -> bool:
-    """Whether this process runs any thread but the calling one, native pools included (Linux: /proc)."""
-    try:
-        return len(os.listdir("/proc/self/task")) > 1
-    except OSError:
-        return True  # no /proc: native pools cannot be counted, so never fork
-
-
-def _wait_bounded(pid: int, wait_s_max: float) -> int | None:
-    """The child's wait status, or None (the child killed and reaped) if it has not exited within `wait_s_max`."""
-    deadline = time.monotonic() + wait_s_max
-    while time.monotonic() < deadline:
-        done, status = os.waitpid(pid, os.WNOHANG)
-        if done:
-            return status
-        time.sleep(fork_poll_s)
-    os.kill(pid, signal.SIGKILL)
-    os.waitpid(pid, 0)
-    log.warning(
-        f"merkle: the hashing child process did not finish within {wait_s_max:g} s (fork_wait_s_max); killed it "
-        "and hashed its share here instead"
-    )
-    return None
-
-
-def _checksum_bodies(given: bytes) -> bytes:
-    """EIP-55 for many addresses at once: 40 hex characters each in, checksummed characters out."""
-    lower = given.lower()
-    k = keccak_256
-    digests = b"".join([k(lower[i : i + 40]).digest()[:20] for i in range(0, len(lower), 40)])
-    case_bits = int.from_bytes(digests.hex().encode("ascii").translate(_case_bit_if_high_nibble), "big")
-    letter_bits = int.from_bytes(lower.translate(_case_bit_if_letter), "big")
-    return (int.from_bytes(lower, "big") ^ (case_bits & letter_bits)).to_bytes(len(lower), "big")
 
 
 def _check_mismatches_are_single_case(accounts: Sequence[str], given: bytes, checksummed: bytes) -> None:

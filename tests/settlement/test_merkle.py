@@ -14,7 +14,7 @@ from settlement.exceptions import MerkleTreeError
 from settlement.merkle import (
     MerkleTree,
     amount_units_max,
-    fork_leaves_min,
+    helper_leaves_min,
     leaf_hash,
     process_proof,
     verify,
@@ -116,10 +116,9 @@ def test_mixed_case_address_with_a_wrong_checksum_is_rejected() -> None:
     assert raised.value.index == 1
 
 
-def test_bad_checksum_is_caught_on_the_forked_path_too(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Pins that the large-tree path (checksums computed in a forked child) still rejects typos."""
-    monkeypatch.setattr(merkle, "_other_threads_running", lambda: False)  # pytest runs threads: force the fork
-    accounts = random_accounts(fork_leaves_min, seed=6)
+def test_bad_checksum_is_caught_on_the_helper_process_path_too() -> None:
+    """Pins that the large-tree path (checksums computed in the helper process) still rejects typos."""
+    accounts = random_accounts(helper_leaves_min, seed=6)
     last = accounts[-1]
     position = next(i for i, c in enumerate(last) if i >= 2 and c.isalpha())
     accounts[-1] = last[:position] + last[position].swapcase() + last[position + 1 :]
@@ -128,14 +127,12 @@ def test_bad_checksum_is_caught_on_the_forked_path_too(monkeypatch: pytest.Monke
     assert raised.value.index == len(accounts) - 1
 
 
-def test_forked_and_inline_checksums_give_the_same_tree(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Pins that the forked checksum path changes nothing: same tree as with checksums computed inline."""
-    accounts = random_accounts(fork_leaves_min, seed=7)
+def test_helper_process_and_inline_checksums_give_the_same_tree(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Pins that the helper-process hashing path changes nothing: same tree as with everything hashed inline."""
+    accounts = random_accounts(helper_leaves_min, seed=7)
     amounts = list(range(len(accounts)))
-    monkeypatch.setattr(merkle, "_other_threads_running", lambda: False)  # pytest runs threads: force the fork
     forked = MerkleTree.build(accounts, amounts)
-    monkeypatch.undo()
-    monkeypatch.setattr(merkle, "fork_leaves_min", len(accounts) + 1)
+    monkeypatch.setattr(merkle, "helper_leaves_min", len(accounts) + 1)
     inline = MerkleTree.build([a.lower() for a in accounts], amounts)
     assert forked.root == inline.root
     assert inline.account_at(len(accounts) - 1) == forked.account_at(len(accounts) - 1) == accounts[-1]
