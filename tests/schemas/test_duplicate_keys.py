@@ -54,6 +54,9 @@ repeated = [
     ("data object twice", _replaced(metered, b'"data":', b'"data":{},"data":'), "data"),
     ("nested object in a list", _replaced(policy, b'"recipient":"bob"', b'"recipient":"mallory","recipient":"bob"'),
      "data.shares.1.recipient"),
+    ("repeat after more keys than the native scanner compares",
+     _replaced(metered, b'"asset":"USDC"', b'"asset":"USDC",' + b",".join(b'"x%d":1' % i for i in range(80))
+               + b',"fee_micros":5'), "data.fee_micros"),
 ]
 
 

@@ -31,6 +31,9 @@ junk = [bytes(rng.randrange(256) for _ in range(rng.randrange(600))) for _ in ra
 junk += [cases.metered[:end] for end in range(len(cases.metered))]
 junk += [b"{" * depth for depth in (1, 100, 100_000)]
 cases.assert_same_outcome(junk)
+nested = [b'{"a":' * depth + b"1" + b"}" * depth for depth in (1, 63, 64, 65, 10_000)]
+nested += [b"{" + b",".join(b'"k%d":1' % i for i in range(count)) + b',"k0":2}' for count in (63, 64, 65, 5_000)]
+module.repeated_keys(junk + nested)
 print("sanitized run clean")
 """
 
