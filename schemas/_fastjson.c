@@ -15,6 +15,9 @@
  * compile to byte tables are checked by the Python side on whole Arrow columns.
  *
  * Parsing runs without the GIL on a tuple of the batch's bytes objects.
+ *
+ * `repeated_keys` is a separate scan for the Python side: it tells which messages certainly repeat
+ * no key in any JSON object, so that only the others are parsed again in Python (decoder.py).
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>

@@ -5,8 +5,9 @@ of the envelope and of `data` with their kind, length, value and time bounds, li
 character-class patterns compiled to byte tables. An event type is given to it only when every
 constraint of its fields is one the native code checks itself or that the decoder checks
 afterwards on whole Arrow columns (patterns that do not compile to tables); a type with Python
-validators, nested models or lists stays with the msgspec path. The plan holds no constraint of
-its own: change a field in `fields.py` and the plan follows.
+validators, nested models or lists stays with the msgspec path. An optional field (`T | None =
+None`) is taken natively only when absent (its column is then null); present, the message goes the
+Python way. The plan holds no constraint of its own: change a field in `fields.py` and the plan follows.
 """
 
 from collections.abc import Callable
