@@ -1,6 +1,7 @@
 """Bounds of the ingest service, each with the reason for its value."""
 
 from schemas.errors import require
+from schemas.limits import message_bytes_max
 
 # kafka-python returns at most this many records per poll; a few thousand keeps each poll
 # call cheap while letting a 50k-record batch fill in a handful of calls.
@@ -43,3 +44,8 @@ file_hash_chunk_bytes = 1024 * 1024
 # ~400 bytes with room to spare, and keeps a batch of large messages under ~300 MB.
 batch_bytes_max_default = 64 * 1024 * 1024
 batch_bytes_limit = 1024 * 1024 * 1024
+
+# A file line longer than any message may be (schemas.limits.message_bytes_max) is a dead letter whatever
+# it holds: only this many of its first bytes are held, the rest is read through (hashed and counted),
+# so one endless line cannot exhaust memory and be read again, and again, after each crash.
+file_line_bytes_held_max = message_bytes_max + 1

@@ -276,13 +276,15 @@ class FileSource:
     def _read_line(self, item: "_FileInput") -> "tuple[bytes, int, hashlib._Hash, int] | None":
         """The next message of `item`: its bytes, line index, SHA-256 state and end; None at its end."""
         while True:
-            line = item.handle.readline()
+            line = item.handle.readline(constants.file_line_bytes_held_max)
             if not line:
                 return None
             index = item.line_index
             item.line_index += 1
             item.state.update(line)
             item.size_bytes += len(line)
+            if len(line) == constants.file_line_bytes_held_max and not line.endswith(b"\n"):
+                return _read_through(item, line), index, item.state.copy(), item.size_bytes
             value = line.rstrip(b"\r\n")
             if value.strip():  # blank lines are layout, not messages
                 return value, index, item.state.copy(), item.size_bytes
@@ -342,6 +344,40 @@ class _FileInput:
     def resume(self, key: str, line_index: int, size_bytes: int, state: "hashlib._Hash") -> None:
         self.key, self.line_index, self.size_bytes, self.state = key, line_index, size_bytes, state.copy()
         self.handle.seek(size_bytes)
+
+
+class LongLine(bytes):
+    """The first bytes of a line too long to be a message; `len()`, `size_bytes` and `sha256` are the whole line's.
+
+    The decoder rejects it by its length, and its dead letter records the whole line's size and digest.
+    """
+
+    size_bytes: int
+    sha256: str
+
+    def __len__(self) -> int:
+        return self.size_bytes
+
+
+def _read_through(item: "_FileInput", head: bytes) -> LongLine:
+    """Read the rest of a long line (hashing it into the source's fingerprint), holding only `head`."""
+    whole = hashlib.sha256(head)
+    size_bytes = len(head)
+    while True:
+        chunk = item.handle.readline(constants.file_hash_chunk_bytes)
+        if not chunk:
+            break
+        item.state.update(chunk)
+        item.size_bytes += len(chunk)
+        ends = chunk.endswith(b"\n")
+        content = chunk.rstrip(b"\r\n") if ends else chunk
+        whole.update(content)
+        size_bytes += len(content)
+        if ends:
+            break
+    long_line = LongLine(head)
+    long_line.size_bytes, long_line.sha256 = size_bytes, whole.hexdigest()
+    return long_line
 
 
 def _new_key(base: str, used: set[str]) -> str:

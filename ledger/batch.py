@@ -99,7 +99,10 @@ def dead_letter_rows(
     """Dead-letter rows for the messages at the given indexes, with their reasons and fields."""
     columns: dict[str, list] = {field.name: [] for field in dead_letter_schema}
     for index, reason, error_field in reasons:
-        raw = bytes(batch.values[index] or b"")  # a null Kafka value (tombstone) is kept as no bytes
+        value = batch.values[index]
+        raw = bytes(value or b"")  # a null Kafka value (tombstone) is kept as no bytes
+        # A file line too long to hold (ingest.sources.LongLine) carries the whole line's size and digest.
+        size_bytes, sha256 = getattr(value, "size_bytes", len(raw)), getattr(value, "sha256", None)
         event_id, event_type = _identity(raw)
         columns["kafka_topic"].append(batch.topics[index].as_py())
         columns["kafka_partition"].append(batch.partitions[index].as_py())
@@ -111,8 +114,8 @@ def dead_letter_rows(
         columns["event_id"].append(event_id)
         columns["event_type"].append(event_type)
         columns["raw"].append(raw[: constants.dead_letter_raw_bytes_max])
-        columns["raw_size_bytes"].append(len(raw))
-        columns["raw_sha256"].append(hashlib.sha256(raw).hexdigest())
+        columns["raw_size_bytes"].append(size_bytes)
+        columns["raw_sha256"].append(sha256 or hashlib.sha256(raw).hexdigest())
     return pa.Table.from_pydict(columns, schema=dead_letter_schema)
 
 
