@@ -87,8 +87,8 @@ def read_prior(connection: duckdb.DuckDBPyConnection) -> PriorState:
     if not closings:
         return PriorState()
     last = max(closings)
-    items = _with_sources(t, "settlement_suspense_item", "event_id", "source")
-    releases = _with_sources(t, "settlement_suspense_release", "event_id", "source")
+    items = _with_sources(connection, t, "settlement_suspense_item", "event_id", "source")
+    releases = _with_sources(connection, t, "settlement_suspense_release", "event_id", "source")
     held = _query(
         connection,
         f"""SELECT i.event_id, i.source, i.event_time, i.model_id, i.payer, i.compute_provider, i.fee_micros,
@@ -96,7 +96,7 @@ def read_prior(connection: duckdb.DuckDBPyConnection) -> PriorState:
             FROM {items} i
             ANTI JOIN {releases} r ON r.source = i.source AND r.event_id = i.event_id""",
     ).cast(held_schema)  # type: ignore[arg-type]
-    reversals = _with_sources(t, "settlement_reversal", "original_event_id", "original_source")
+    reversals = _with_sources(connection, t, "settlement_reversal", "original_event_id", "original_source")
     reversed_ids = {
         key_of(source, event_id)
         for source, event_id in connection.execute(
@@ -118,12 +118,18 @@ def read_prior(connection: duckdb.DuckDBPyConnection) -> PriorState:
     return PriorState(last, closings[last], closings, held, reversed_ids, released, payables)
 
 
-def _with_sources(t: str, table: str, id_column: str, source_column: str) -> str:
-    """`table` as a subquery whose `source_column` is never NULL.
+def _with_sources(
+    connection: duckdb.DuckDBPyConnection, t: str, table: str, id_column: str, source_column: str
+) -> str:
+    """`table`, or a subquery of it, whose `source_column` is never NULL.
 
     Rows written before ledger format 4 have no source there; ids were unique in the whole ledger
-    then, so such a row's event is the one metered event with that id, and takes its source.
+    then, so such a row's event is the one metered event with that id, and takes its source. Only a
+    ledger holding such rows reads the metered events for it.
     """
+    (legacy,) = connection.execute(f"SELECT count(*) FROM {t}.{table} WHERE {source_column} IS NULL").fetchone()
+    if not legacy:
+        return f"{t}.{table}"
     return f"""(SELECT x.* REPLACE (coalesce(x.{source_column}, m.source) AS {source_column})
         FROM {t}.{table} x LEFT JOIN (
             SELECT event_id, min(source) AS source FROM {t}.inference_metered
