@@ -91,14 +91,17 @@ def close_input_files(connection: duckdb.DuckDBPyConnection, prior: PriorState, 
 def settle_input_files(connection: duckdb.DuckDBPyConnection, epoch: int) -> list[tuple[str, int]]:
     """The data files `settle` reads for `epoch`'s tree: every payable, and the proofs holding the epoch's rows."""
     files = listed_files(connection, "settlement_payable")
+    proofs = listed_files(connection, "settlement_proof")
+    missing = [path for path, _ in proofs if not Path(path).is_file()]
+    if missing:  # the query below would read them: name them instead
+        raise LedgerDataFileMissingError(missing, f"settling epoch {epoch}")
     proof_files = {
         path
         for (path,) in connection.execute(
             f"SELECT DISTINCT filename FROM {catalog_alias}.main.settlement_proof WHERE epoch = ?", [epoch]
         ).fetchall()
     }
-    files += [(path, size) for path, size in listed_files(connection, "settlement_proof") if path in proof_files]
-    return files
+    return files + [(path, size) for path, size in proofs if path in proof_files]
 
 
 def verify_files(ledger: Ledger, files: Iterable[tuple[str, int]], checks: InputChecks, what: str) -> list[str]:

@@ -222,3 +222,27 @@ def test_production_code_has_no_bare_assert() -> None:
                 if isinstance(node, ast.Assert):
                     found.append(f"{path.relative_to(repo_root)}:{node.lineno}")
     assert found == []
+
+
+def test_settle_checks_the_stored_proofs_of_the_epoch_it_settles(tmp_path: Path) -> None:
+    """A rerun of `settle` reads the epoch's stored tree: a rewritten proof file is refused, a deleted one named."""
+    from ledger.errors import LedgerDataFileMissingError
+    from settlement.exceptions import UnverifiedInputError
+    from settlement.input_checks import InputChecks, verify_settle_inputs
+    from settlement.settle import _payables, build_epoch_tree, write_tree
+
+    lake = tmp_path / "lake"
+    _new_lake(lake, events=100)
+    with Ledger.open(lake) as ledger:
+        close_epoch(ledger)
+        write_tree(ledger, build_epoch_tree(1, ledger.current_snapshot(), _payables(ledger.connection, 1)))
+        assert verify_settle_inputs(ledger, 1, InputChecks()) == []
+    (proof_file,) = _files(lake, "settlement_proof")
+    _rewrite_addresses(proof_file, "account")
+    with Ledger.open(lake) as ledger:
+        with pytest.raises(UnverifiedInputError, match="settling epoch 1"):
+            verify_settle_inputs(ledger, 1, InputChecks())
+        Path(proof_file).unlink()
+        with pytest.raises(LedgerDataFileMissingError) as missing:
+            verify_settle_inputs(ledger, 1, InputChecks(accept_unverified_files=True))
+    assert missing.value.paths == [proof_file]
