@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 
 from royalty import analytics_commands, catalog_commands, chain_commands
 from royalty.common import (
@@ -472,7 +473,7 @@ def main() -> None:
     except RoyaltyError as error:
         from ledger.redact import redact
 
-        stderr.print(f"[bold red]error:[/] {redact(error)}", highlight=False)
+        stderr.print(f"[bold red]error:[/] {escape(redact(error))}", highlight=False)
         sys.exit(exit_code_of(error))
     except Exception as error:
         # A DuckDB error no command turned into a typed one (a read while the catalog is locked or down):
@@ -487,7 +488,7 @@ def main() -> None:
         from ledger.redact import redact
 
         typed = ledger_error_of(error, "the command", "--lake")
-        stderr.print(f"[bold red]error:[/] {redact(typed)}", highlight=False)
+        stderr.print(f"[bold red]error:[/] {escape(redact(typed))}", highlight=False)
         sys.exit(exit_code_of(typed))
 
 

@@ -8,6 +8,7 @@ from typing import Annotated, NoReturn
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 stdout = Console()
 stderr = Console(stderr=True)
@@ -54,7 +55,8 @@ def fail(error: Exception, exit_code: int | None = None) -> NoReturn:
     """Print `error` on standard error and exit with `exit_code` (default: `exit_code_of(error)`)."""
     from ledger.redact import redact  # here, not at the top: `ledger` imports DuckDB, slow for `--help`
 
-    stderr.print(f"[bold red]error:[/] {redact(error)}", highlight=False)
+    # escaped: a message may quote brackets (`pip install -e '.[embedded]'`, a path) that rich would eat as markup
+    stderr.print(f"[bold red]error:[/] {escape(redact(error))}", highlight=False)
     raise typer.Exit(exit_code_of(error) if exit_code is None else exit_code)
 
 

@@ -25,7 +25,15 @@ from ingest.sources import KafkaSource
 from ledger import Ledger, define_views, run_query
 from schemas.errors import RoyaltyError
 from settlement import close_epoch
-from settlement.chain import connect, deploy_contracts, distributor_contract, load_signer, token_contract, transact
+from settlement.chain import (
+    connect,
+    deploy_contracts,
+    distributor_contract,
+    load_signer,
+    require_embedded_chain,
+    token_contract,
+    transact,
+)
 from settlement.claims_sync import sync_claims
 from settlement.report_html import write_report
 from settlement.settle import settle
@@ -86,6 +94,8 @@ def run_demo(
 
     A workdir that already holds `lake/` is refused (`DemoWorkdirError`) unless `force`.
     """
+    if rpc_url is None:
+        require_embedded_chain()  # before any work, not after ingesting and closing the epoch
     workdir = Path(workdir or tempfile.mkdtemp(prefix="royalty-demo-"))
     lake = workdir / "lake"
     if lake.exists() or lake.is_symlink():

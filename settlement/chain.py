@@ -54,6 +54,8 @@ keystore_password_env = "ROYALTY_KEYSTORE_PASSWORD"
 # throwaway in-process chain, where it saves the newcomer from configuring a key.
 embedded_key = (1).to_bytes(32, "big")
 embedded_url = "embedded:eth-tester"
+embedded_install_command = "pip install -e '.[embedded]'"
+embedded_packages = {"eth_tester": "eth-tester", "eth": "py-evm"}  # module -> the package that provides it
 
 # Polling cadence while waiting for a receipt or for confirmations: fast enough for anvil's
 # instant blocks, slow enough not to hammer a public node (12 s blocks).
@@ -131,6 +133,26 @@ def load_signer(
         ) from None
 
 
+def require_embedded_chain() -> None:
+    """Refuse (exit 2, naming the install command) when the in-process chain's packages are not installed.
+
+    eth-tester and py-evm come with the `embedded` extra only: an operator who always passes --rpc-url
+    does not install a beta EVM.
+    """
+    try:
+        import eth.vm  # noqa: F401
+        import eth_tester  # noqa: F401
+    except ImportError as error:
+        module = (error.name or "eth_tester").split(".")[0]
+        package = embedded_packages.get(module, module)
+        raise ChainConfigError(
+            f"without --rpc-url this command runs an in-process chain, which needs the `embedded` extra "
+            f"(`{package}` is not installed): install it with `{embedded_install_command}` "
+            "(from a release: `pip install 'royalty-engine[embedded]'`), or pass --rpc-url",
+            "rpc_url",
+        ) from None
+
+
 def connect(
     rpc_url: str | None,
     signer: LocalAccount | None,
@@ -141,15 +163,10 @@ def connect(
     if confirmations < 1:
         raise ChainConfigError(f"confirmations must be at least 1 (the receipt's block), not {confirmations}")
     if rpc_url is None:
-        try:
-            from web3 import EthereumTesterProvider
+        require_embedded_chain()
+        from web3 import EthereumTesterProvider
 
-            w3 = Web3(EthereumTesterProvider())
-        except Exception as error:  # eth-tester or py-evm missing: say how to install them.
-            raise ChainConfigError(
-                f"the embedded chain needs `pip install 'eth-tester[py-evm]'` ({type(error).__name__}); "
-                "or pass --rpc-url"
-            ) from None
+        w3 = Web3(EthereumTesterProvider())
         signer = signer or Account.from_key(embedded_key)
         url = embedded_url
     else:
