@@ -31,7 +31,7 @@ from tests.settlement.test_settle_anvil import (
     _deploy,
     _new_lake,
     _proposals,
-    _settle,
+    _royalty,
     _settlement_rows,
 )
 from tests.support.anvil import REPO_ROOT, Anvil, anvil_binary
@@ -73,6 +73,22 @@ def restartable(tmp_path: Path) -> Iterator[RestartableNode]:
         yield node
     finally:
         node.stop()
+
+
+def _settle_after_restart(lake: Path, node: Anvil, deployed: dict) -> dict:
+    """`royalty settle` on a restarted node: it loaded its state without the old blocks' states, like a
+    non-archive node, so the distributor's deployment block is passed (as an operator sets `from_block`)."""
+    return _royalty(
+        "settle",
+        "--lake",
+        str(lake),
+        "--rpc-url",
+        node.url,
+        "--distributor",
+        deployed["distributor"],
+        "--from-block",
+        str(deployed["deployment_block"]),
+    )
 
 
 def _settle_popen(lake: Path, node: Anvil, distributor: str, *extra: str) -> subprocess.Popen:
@@ -181,7 +197,7 @@ def test_node_down_between_steps_stops_with_a_resumable_message_and_the_rerun_se
 
     restartable.start()
     assert _proposals(restartable.node, deployed["distributor"], 1) == []
-    rerun = _settle(lake, restartable.node, deployed["distributor"])
+    rerun = _settle_after_restart(lake, restartable.node, deployed)
     assert rerun["outcome"] == "proposed"
     record = _assert_one_root_recorded(lake, restartable.node, deployed["distributor"])
     chain = connect(restartable.node.url, None)
@@ -225,7 +241,7 @@ def test_node_restarted_with_the_proposal_still_pending_stops_as_dropped_and_the
     assert _settlement_rows(lake, "settlement_record") == []
     assert _proposals(restartable.node, deployed["distributor"], 1) == []
 
-    rerun = _settle(lake, restartable.node, deployed["distributor"])
+    rerun = _settle_after_restart(lake, restartable.node, deployed)
     assert rerun["outcome"] == "proposed"  # the same signed tx again, or a replacement with the same nonce
     record = _assert_one_root_recorded(lake, restartable.node, deployed["distributor"])
     intents = sorted(_settlement_rows(lake, "settlement_intent"), key=lambda i: i["prepared_at"])
