@@ -32,3 +32,18 @@ def lake_dir(tmp_path: Path) -> Path:
 def royalty_command(*args: str) -> list[str]:
     """The `royalty` CLI as a subprocess command line, independent of PATH."""
     return [sys.executable, "-m", "royalty.cli", *args]
+
+
+# The fast tests (`pytest -m "not slow and not integration"`) are what CI runs on Python 3.12 and 3.13;
+# the whole suite runs on 3.11. A test is `integration` when it needs a component started for it (a
+# Kafka broker, PostgreSQL, anvil, node's OpenZeppelin, Chromium) or sits in a folder of such tests.
+integration_fixtures = frozenset({"kafka_broker", "postgres_server", "anvil", "oz_merkle"})
+integration_folders = frozenset({"integration", "faults", "soak", "contracts"})
+tests_root = Path(__file__).resolve().parent
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        folder = item.path.relative_to(tests_root).parts[0]
+        if folder in integration_folders or integration_fixtures.intersection(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.integration)

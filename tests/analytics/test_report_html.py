@@ -34,6 +34,7 @@ def _figures(lake: Path, epoch: int) -> dict:
 
 
 # In CI (.ci/run installs chromium) a missing browser fails the test instead of skipping it.
+@pytest.mark.integration
 @pytest.mark.skipif(
     chromium is None and os.environ.get("CI") != "true",
     reason="needs Debian's chromium (apt-get install -y chromium)",

@@ -8,8 +8,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from click.testing import Result
-from typer.testing import CliRunner
+from typer.testing import CliRunner, Result  # typer 0.29 vendors click: `click` is not installed with it
 
 from ingest.sample import SampleTraffic
 from ledger import Ledger
