@@ -40,7 +40,8 @@ from settlement.input_checks import (  # noqa: E402
     verify_files,
 )
 from settlement.ledger_io import plan_from_ledger, read_prior  # noqa: E402
-from settlement.settle import _payables, build_epoch_tree, write_tree  # noqa: E402
+from settlement.onchain.payout_tree import build_epoch_tree  # noqa: E402
+from settlement.onchain.settle import _payables, write_tree  # noqa: E402
 
 batch_events = 100_000
 

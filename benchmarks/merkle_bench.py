@@ -4,7 +4,7 @@ Run from the repository root after `(cd contracts && npm ci)`:
 
     python benchmarks/merkle_bench.py [--leaves 1000000] [--js-leaves 100000] [--repeat 3]
 
-Part 1 builds the same leaves with `settlement.merkle` and with `StandardMerkleTree.of` in node, checks
+Part 1 builds the same leaves with `settlement.onchain.merkle` and with `StandardMerkleTree.of` in node, checks
 that both give the same root, and prints the times and their ratio. The JS tree takes about three
 minutes for 1,000,000 leaves here, so it builds the first `--js-leaves` of them (100,000 by default)
 and the ratio is taken at that size; pass `--js-leaves 1000000` to compare at full size.
@@ -28,7 +28,7 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
-from settlement.merkle import MerkleTree  # noqa: E402
+from settlement.onchain.merkle import MerkleTree  # noqa: E402
 from tests.support.anvil import CONTRACTS_DIR, Anvil, anvil_binary, deploy  # noqa: E402
 
 SEED = 20_260_101

@@ -22,7 +22,7 @@ from eth_utils import to_checksum_address
 from ledger import IngestBatch, Ledger, PartitionOffsets
 from schemas import BatchDecoder
 from settlement import close_epoch
-from settlement.reference_sql import reference_payables
+from settlement.engine.reference_sql import reference_payables
 
 start = datetime(2026, 11, 23, tzinfo=UTC)
 files_events_max = 5_000_000  # one Parquet file per this many events, like several ingest appends

@@ -25,7 +25,7 @@ def export(
 ) -> None:
     """Write an epoch's payables, postings and per-contributor statements as Parquet and CSV."""
     from ledger import Ledger
-    from settlement.export import export_epoch
+    from settlement.use_cases.export_epoch import export_epoch
 
     settings = load_settings({"lake": lake, "data_path": data_path}, config)
     try:
@@ -49,7 +49,8 @@ def report(
 ) -> None:
     """Write an epoch's self-contained settlement report (HTML, inline SVG charts) for sign-off."""
     from ledger import Ledger
-    from settlement.report_html import money, write_report
+    from settlement.reports import money
+    from settlement.use_cases.write_report import write_report
 
     settings = load_settings({"lake": lake, "data_path": data_path}, config)
     try:

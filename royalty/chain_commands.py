@@ -54,7 +54,7 @@ def _print_json(value: dict[str, Any]) -> None:
 
 
 def _chain(settings: Settings, key_env: str | None = None):
-    from settlement.chain import connect, load_signer, settler_key_env
+    from settlement.onchain import connect, load_signer, settler_key_env
 
     signer = None
     if key_env is not None:
@@ -79,7 +79,7 @@ def deploy(
     output_json: JsonOption = False,
 ) -> None:
     """Deploy the distributor (and, for local use, a TestToken); the deployer is admin and settler."""
-    from settlement.chain import deploy_contracts
+    from settlement.onchain import deploy_contracts
 
     settings = load_settings({"rpc_url": rpc_url}, config)
     try:
@@ -120,9 +120,9 @@ def settle_command(
     from rich.progress import Progress
 
     from ledger import Ledger
-    from settlement.chain import deploy_contracts, distributor_contract
-    from settlement.input_checks import InputChecks
-    from settlement.settle import settle
+    from settlement import InputChecks
+    from settlement.onchain import deploy_contracts, distributor_contract
+    from settlement.use_cases.settle import settle
 
     settings = load_settings(
         {
@@ -151,7 +151,7 @@ def settle_command(
                 soft_wrap=True,
             )
         if address is None:
-            from settlement.settle_errors import ChainConfigError
+            from settlement.onchain import ChainConfigError
 
             raise ChainConfigError("no distributor: pass --distributor or set ROYALTY_DISTRIBUTOR", "distributor")
         contract = distributor_contract(chain, address)
@@ -201,8 +201,8 @@ def _proof(settings: Settings, account: str) -> dict[str, Any]:
     from web3 import Web3
 
     from ledger import Ledger
-    from settlement import settle_tables  # noqa: F401  (declares the tables it reads)
-    from settlement.settle_errors import NoSettlementError
+    from settlement.onchain import NoSettlementError
+    from settlement.onchain import tables as settle_tables  # noqa: F401  (declares the tables it reads)
 
     if not Web3.is_address(account):
         raise NoSettlementError("not an address: pass --account 0x + 40 hex digits", account)
@@ -289,8 +289,7 @@ def claim(
     """
     import sys
 
-    from settlement.chain import claimer_key_env, distributor_contract, token_contract, transact
-    from settlement.settle_errors import NoSettlementError
+    from settlement.onchain import NoSettlementError, claimer_key_env, distributor_contract, token_contract, transact
 
     settings = load_settings(
         {"lake": lake, "data_path": data_path, "rpc_url": rpc_url, "distributor": distributor}, config
@@ -355,9 +354,8 @@ def sync_claims_command(
     from rich.progress import Progress
 
     from ledger import Ledger
-    from settlement.chain import connect, distributor_contract
-    from settlement.claims_sync import sync_claims
-    from settlement.settle_errors import ChainConfigError
+    from settlement.onchain import ChainConfigError, connect, distributor_contract
+    from settlement.use_cases.sync_claims import sync_claims
 
     settings = load_settings(
         {
@@ -403,8 +401,8 @@ def sync_claims_command(
 
 def _recorded_distributor(ledger: Any, chain_id: int) -> str:
     """The distributor this ledger's latest settlement on `chain_id` went to."""
-    from settlement import settle_tables  # noqa: F401  (declares the tables it reads)
-    from settlement.settle_errors import ChainConfigError
+    from settlement.onchain import ChainConfigError
+    from settlement.onchain import tables as settle_tables  # noqa: F401  (declares the tables it reads)
 
     ledger.ensure_tables()
     row = ledger.connection.execute(

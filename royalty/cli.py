@@ -400,8 +400,9 @@ def close_epoch_command(
     from rich.progress import Progress
 
     from ledger import Ledger
-    from settlement import close_epoch, render_summary
-    from settlement.input_checks import InputChecks
+    from royalty.summary import render_summary
+    from settlement import InputChecks
+    from settlement.use_cases.close_epoch import close_epoch
 
     settings = load_settings({"lake": lake, "data_path": data_path}, config)
     try:

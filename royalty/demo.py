@@ -24,8 +24,7 @@ from ingest.service import IngestService
 from ingest.sources import KafkaSource
 from ledger import Ledger, define_views, run_query
 from schemas.errors import RoyaltyError
-from settlement import close_epoch
-from settlement.chain import (
+from settlement.onchain import (
     connect,
     deploy_contracts,
     distributor_contract,
@@ -34,9 +33,10 @@ from settlement.chain import (
     token_contract,
     transact,
 )
-from settlement.claims_sync import sync_claims
-from settlement.report_html import write_report
-from settlement.settle import settle
+from settlement.use_cases.close_epoch import close_epoch
+from settlement.use_cases.settle import settle
+from settlement.use_cases.sync_claims import sync_claims
+from settlement.use_cases.write_report import write_report
 
 demo_topic = "inference-events"
 # The service stops once the topic has been quiet this long after the last message.

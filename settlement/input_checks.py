@@ -23,7 +23,7 @@ from ledger.errors import LedgerDataFileMissingError
 from ledger.ledger import Ledger
 from ledger.query import define_views
 from ledger.verify import check_files
-from settlement.epochs import PriorState
+from settlement.engine.epochs import PriorState
 from settlement.exceptions import UnreconciledLedgerError, UnverifiedInputError
 
 log = logging.getLogger("royalty.settlement")

@@ -17,11 +17,11 @@ import pyarrow as pa
 from ledger.connection import catalog_alias
 from ledger.ledger import Ledger
 from ledger.tables import dead_letter_schema, file_tables
-from settlement import reversals as rev
 from settlement import tables
-from settlement.epochs import EpochInputs, EpochPlan, PriorState, held_schema, plan_epoch
-from settlement.split_errors import EpochConflictError
-from settlement.splits import event_columns, event_key, key_of
+from settlement.engine import reversals as rev
+from settlement.engine.epochs import EpochInputs, EpochPlan, PriorState, held_schema, plan_epoch
+from settlement.engine.exceptions import EpochConflictError
+from settlement.engine.splits import event_columns, event_key, key_of
 
 Progress = Callable[[str, int, int], None]  # (step name, steps done, steps total)
 _steps = ["read state", "read registry", "scan events", "split", "write"]

@@ -12,8 +12,9 @@ from ingest.sample import SampleShape, SampleTraffic
 from ledger import IngestBatch, Ledger, PartitionOffsets
 from schemas import BatchDecoder
 from settlement import close_epoch
-from settlement.settle import EpochTree, build_epoch_tree, write_tree
-from settlement.settle_tables import claim_schema, claim_sync_schema, record_schema
+from settlement.onchain.payout_tree import EpochTree, build_epoch_tree
+from settlement.onchain.settle import write_tree
+from settlement.onchain.tables import claim_schema, claim_sync_schema, record_schema
 
 shape = SampleShape(
     models=8, contributors=30, compute_providers=3, payers=50, derived_models_ppm=600_000, events_per_day=1_000

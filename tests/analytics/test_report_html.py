@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from ledger import Ledger
-from settlement.report_html import gather, money, render_html
+from settlement.reports.html import gather, money, render_html
 from tests.analytics.conftest import build_settled_ledger, record_settlement
 from tests.conftest import royalty_command
 

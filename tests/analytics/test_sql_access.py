@@ -11,8 +11,8 @@ from ingest.sample import SampleTraffic
 from ledger import IngestBatch, Ledger, PartitionOffsets
 from ledger.attach import EpochNotClosedError, epoch_snapshot
 from schemas import BatchDecoder
-from settlement.export import export_epoch
-from settlement.report_html import gather
+from settlement.reports.export import export_epoch
+from settlement.reports.html import gather
 from tests.analytics.conftest import shape
 from tests.conftest import royalty_command
 

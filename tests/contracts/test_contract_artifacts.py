@@ -4,7 +4,7 @@ import json
 import subprocess
 from pathlib import Path
 
-from settlement.contract_artifacts import ARTIFACTS_DIR, ROYALTY_DISTRIBUTOR, TEST_TOKEN, load_artifact
+from settlement.onchain.contract_artifacts import ARTIFACTS_DIR, ROYALTY_DISTRIBUTOR, TEST_TOKEN, load_artifact
 from tests.support.anvil import CONTRACTS_DIR, require_node_modules
 
 # solc-js compiles both contracts in a few seconds here; the bound catches a hung compiler.

@@ -46,9 +46,9 @@ from web3.contract import Contract
 from web3.exceptions import ContractCustomError
 from web3.logs import DISCARD
 
-from settlement.chain import decode_revert
-from settlement.contract_artifacts import distributor_artifact, load_artifact
-from settlement.merkle import MerkleTree, leaf_hash, process_proof
+from settlement.onchain.chain import decode_revert
+from settlement.onchain.contract_artifacts import distributor_artifact, load_artifact
+from settlement.onchain.merkle import MerkleTree, leaf_hash, process_proof
 from tests.support.anvil import NO_DIGEST, Anvil, Deployment, anvil, deploy  # noqa: F401 - anvil is a fixture
 
 TIMELOCK_SECONDS = 10_000

@@ -1,4 +1,4 @@
-"""RoyaltyDistributor against a real anvil, with proofs from settlement.merkle.
+"""RoyaltyDistributor against a real anvil, with proofs from settlement.onchain.merkle.
 
 Every revert is asserted by its custom error selector and decoded arguments, never by "it reverted".
 All contract tests live in this one module so that they share one anvil process.
@@ -18,8 +18,8 @@ from web3.contract import Contract
 from web3.exceptions import ContractCustomError
 from web3.logs import DISCARD
 
-from settlement.contract_artifacts import distributor_artifact
-from settlement.merkle import MerkleTree
+from settlement.onchain.contract_artifacts import distributor_artifact
+from settlement.onchain.merkle import MerkleTree
 from tests.support.anvil import NO_DIGEST, Anvil, Deployment, anvil, deploy  # noqa: F401 - anvil is a fixture
 
 TIMELOCK_SECONDS = 3_600

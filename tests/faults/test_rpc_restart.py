@@ -23,9 +23,9 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-import settlement.settle as settle_module
+import settlement.onchain.settle as settle_module
 from royalty.cli import app
-from settlement.chain import connect, distributor_contract, token_contract
+from settlement.onchain.chain import connect, distributor_contract, token_contract
 from tests.settlement.test_settle_anvil import (
     SETTLER_KEY,
     _deploy,

@@ -24,7 +24,7 @@ import pytest
 
 from ledger import Ledger
 from ledger.verify import verify
-from settlement.chain import connect, distributor_contract, token_contract
+from settlement.onchain.chain import connect, distributor_contract, token_contract
 from tests.settlement.test_settle_anvil import (
     SETTLER_KEY,
     _deploy,
@@ -45,7 +45,7 @@ RUN_TIMEOUT_S = 180
 _DRIVER = """
 import contextlib, os, signal, sys
 from ledger.ledger import Ledger
-import settlement.settle as settle_module
+import settlement.onchain.settle as settle_module
 
 table, when = os.environ["FAULT_AT"].split(":")
 

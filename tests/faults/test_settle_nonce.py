@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from settlement.chain import connect, distributor_contract, token_contract
+from settlement.onchain.chain import connect, distributor_contract, token_contract
 from tests.settlement.test_settle_anvil import (
     SETTLER_KEY,
     _deploy,

@@ -7,8 +7,8 @@ from fractions import Fraction
 import polars as pl
 from hypothesis import strategies as st
 
-from settlement.epochs import EpochInputs, PriorState, advance, plan_epoch
-from settlement.splits import event_columns, event_key, key_of
+from settlement.engine.epochs import EpochInputs, PriorState, advance, plan_epoch
+from settlement.engine.splits import event_columns, event_key, key_of
 
 start = datetime(2026, 1, 1, tzinfo=UTC)
 contributors = [f"c{i}" for i in range(6)]

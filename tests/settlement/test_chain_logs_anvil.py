@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from web3 import HTTPProvider
 
-import settlement.chain_logs as chain_logs
+import settlement.onchain.chain_logs as chain_logs
 from tests.settlement.test_settle_anvil import _append, _deploy, _new_lake, _royalty, _settlement_rows
 from tests.support.anvil import Anvil, anvil  # noqa: F401 - anvil is a fixture
 

@@ -136,8 +136,8 @@ def test_late_events_settle_in_the_next_epoch_and_reversals_take_back(tmp_path):
 
 def test_concurrent_close_is_refused_without_writing(tmp_path):
     """A plan made before another process closed the same epoch is refused by the write precondition."""
+    from settlement.engine.exceptions import EpochConflictError
     from settlement.ledger_io import write_plan
-    from settlement.split_errors import EpochConflictError
 
     with Ledger.open(tmp_path / "l") as ledger:
         _append(ledger, _traffic(50), 0, 500)

@@ -1,4 +1,4 @@
-"""Unit tests of settlement.merkle: encoding, validation, proofs, dump and load."""
+"""Unit tests of settlement.onchain.merkle: encoding, validation, proofs, dump and load."""
 
 import random
 import re
@@ -9,9 +9,9 @@ from eth_utils import keccak, to_checksum_address
 from hypothesis import given
 from hypothesis import strategies as st
 
-from settlement import merkle
-from settlement.exceptions import MerkleTreeError
-from settlement.merkle import (
+from settlement.onchain import merkle
+from settlement.onchain.exceptions import MerkleTreeError
+from settlement.onchain.merkle import (
     MerkleTree,
     amount_units_max,
     helper_leaves_min,

@@ -11,8 +11,8 @@ import duckdb
 import polars as pl
 import pytest
 
-from settlement import merkle
-from settlement.merkle import MerkleTree
+from settlement.onchain import merkle
+from settlement.onchain.merkle import MerkleTree
 from tests.settlement.test_merkle import random_accounts
 
 leaves = 2_000  # small and fast; the tests lower `helper_leaves_min` below it

@@ -1,4 +1,4 @@
-"""Cross-checks settlement.merkle against @openzeppelin/merkle-tree (node), the reference layout."""
+"""Cross-checks settlement.onchain.merkle against @openzeppelin/merkle-tree (node), the reference layout."""
 
 import random
 
@@ -6,7 +6,7 @@ from eth_utils import to_checksum_address
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from settlement.merkle import MerkleTree, amount_units_max
+from settlement.onchain.merkle import MerkleTree, amount_units_max
 from tests.support.oz_merkle import OzMerkle, oz_merkle  # noqa: F401 - the fixture is used by name
 
 leaves_count_max = 2_000

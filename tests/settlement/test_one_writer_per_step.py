@@ -43,7 +43,7 @@ _DRIVER = """
 import os, sys, time
 from pathlib import Path
 import settlement.ledger_io as ledger_io
-import settlement.report as report
+import settlement.closing as report
 
 barrier, parties = Path(os.environ["BARRIER"]), int(os.environ["PARTIES"])
 real_plan = ledger_io.plan_from_ledger
@@ -70,7 +70,7 @@ main()
 _SYNC_DRIVER = """
 import os, sys, time
 from pathlib import Path
-import settlement.claims_sync as claims_sync
+import settlement.onchain.claims_sync as claims_sync
 
 barrier, parties = Path(os.environ["BARRIER"]), int(os.environ["PARTIES"])
 real_cursor = claims_sync._cursor

@@ -23,9 +23,9 @@ from ingest.sample import SampleShape, SampleTraffic
 from ledger import IngestBatch, Ledger, PartitionOffsets, define_views, run_query
 from royalty.cli import app
 from schemas import BatchDecoder
-from settlement.chain import connect, distributor_contract, load_signer, token_contract, transact
-from settlement.merkle import MerkleTree
-from settlement.settle_errors import ChainConfigError, ConfirmationTimeoutError
+from settlement.onchain.chain import connect, distributor_contract, load_signer, token_contract, transact
+from settlement.onchain.exceptions import ChainConfigError, ConfirmationTimeoutError
+from settlement.onchain.merkle import MerkleTree
 from tests.support.anvil import REPO_ROOT, Anvil, anvil  # noqa: F401 - anvil is a fixture
 
 SETTLER_KEY = "0x47e179ec197488593b187f80a00eb0da91f1b9d0b13f8733639f19c30a34926a"  # anvil account 4

@@ -15,9 +15,9 @@ import pyarrow as pa
 from ingest.sample import SampleShape, SampleTraffic
 from ledger import Ledger
 from settlement import close_epoch, tables
+from settlement.engine.reference_sql import reference_payables
+from settlement.engine.splits import key_of
 from settlement.ledger_io import read_prior
-from settlement.reference_sql import reference_payables
-from settlement.splits import key_of
 from tests.ledger.helpers import batch_of
 
 shape = SampleShape(models=3, contributors=6, compute_providers=2, payers=5, derived_models_ppm=0)

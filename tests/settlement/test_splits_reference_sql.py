@@ -7,7 +7,7 @@ from hypothesis import HealthCheck, given, settings
 
 from ledger import Ledger
 from settlement import close_epoch
-from settlement.reference_sql import reference_payables
+from settlement.engine.reference_sql import reference_payables
 from tests.settlement.split_world import event_frame, registry_frames, run_epochs, worlds
 from tests.settlement.test_epochs_ledger import _append, _traffic
 

@@ -20,8 +20,9 @@ from ingest.sample import SampleShape, SampleTraffic
 from ledger import IngestBatch, Ledger, PartitionOffsets
 from royalty.cli import app
 from schemas import BatchDecoder
-from settlement import close_epoch, settle_tables  # noqa: F401 - every table exists before the snapshots compared
+from settlement import close_epoch
 from settlement.ledger_io import data_files
+from settlement.onchain import tables as settle_tables  # noqa: F401 - every table exists before the snapshots compared
 from tests.conftest import repo_root
 
 shape = SampleShape(models=4, contributors=8, compute_providers=2, payers=20)
@@ -179,8 +180,8 @@ _corrupted_close = textwrap.dedent(
     import sys
     assert False, "this script must run under python -O"  # removed by -O: proves the flag is in force
     import polars as pl
-    from settlement import splits
-    from settlement.allocation import allocate
+    from settlement.engine import splits
+    from settlement.engine.allocation import allocate
 
     def allocate_one_unit_short(parts, key="allocation_id"):
         allocated = allocate(parts, key)
@@ -229,7 +230,8 @@ def test_settle_checks_the_stored_proofs_of_the_epoch_it_settles(tmp_path: Path)
     from ledger.errors import LedgerDataFileMissingError
     from settlement.exceptions import UnverifiedInputError
     from settlement.input_checks import InputChecks, verify_settle_inputs
-    from settlement.settle import _payables, build_epoch_tree, write_tree
+    from settlement.onchain.payout_tree import build_epoch_tree
+    from settlement.onchain.settle import _payables, write_tree
 
     lake = tmp_path / "lake"
     _new_lake(lake, events=100)

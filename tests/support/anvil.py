@@ -26,8 +26,8 @@ import pytest
 from web3 import Web3
 from web3.contract import Contract
 
-from settlement.contract_artifacts import distributor_artifact, token_artifact
-from settlement.merkle import MerkleTree
+from settlement.onchain.contract_artifacts import distributor_artifact, token_artifact
+from settlement.onchain.merkle import MerkleTree
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 CONTRACTS_DIR = REPO_ROOT / "contracts"

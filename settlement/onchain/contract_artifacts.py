@@ -10,7 +10,7 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-from settlement.exceptions import ContractArtifactError
+from settlement.onchain.exceptions import ContractArtifactError
 
 ARTIFACTS_DIR = Path(__file__).resolve().parent.parent / "contracts" / "artifacts"
 ROYALTY_DISTRIBUTOR = "RoyaltyDistributor"

@@ -26,8 +26,6 @@ moment deterministically. It is read only there and does nothing else.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 import signal
 from dataclasses import dataclass, field
@@ -38,15 +36,17 @@ from typing import Any
 import duckdb
 import polars as pl
 import pyarrow as pa
-from web3 import Web3
 from web3.contract import Contract
 from web3.logs import DISCARD
 
 from ledger.connection import catalog_alias
 from ledger.ledger import Ledger
 from schemas.errors import require
-from settlement import settle_tables
-from settlement.chain import (
+from settlement.closing import EpochSummary, close_epoch, closed_by_another_message
+from settlement.input_checks import InputChecks, verify_close_inputs, verify_settle_inputs
+from settlement.ledger_io import Progress, plan_from_ledger
+from settlement.onchain import tables as settle_tables
+from settlement.onchain.chain import (
     Chain,
     SignedTx,
     broadcast,
@@ -58,19 +58,15 @@ from settlement.chain import (
     wait_confirmed,
     wait_no_pending,
 )
-from settlement.chain_logs import log_start_block, read_logs
-from settlement.constants import amount_micros_max
-from settlement.input_checks import InputChecks, verify_close_inputs, verify_settle_inputs
-from settlement.ledger_io import Progress, plan_from_ledger
-from settlement.merkle import MerkleTree
-from settlement.report import EpochSummary, close_epoch, closed_by_another_message
-from settlement.settle_errors import (
+from settlement.onchain.chain_logs import log_start_block, read_logs
+from settlement.onchain.exceptions import (
     ChainLedgerMismatchError,
     ChainUnavailableError,
     NonceGapError,
     SettleConflictError,
 )
-from settlement.split_errors import AmountOverflowError
+from settlement.onchain.merkle import MerkleTree
+from settlement.onchain.payout_tree import EpochTree, build_epoch_tree, write_dump
 
 crash_hook_env = "ROYALTY_TEST_CRASH_AT"
 _t = f"{catalog_alias}.main"
@@ -105,51 +101,7 @@ class SettlementResult:
     notes: list[str] = field(default_factory=list)
 
 
-@dataclass(frozen=True)
-class EpochTree:
-    epoch: int
-    closing_snapshot: int
-    tree: MerkleTree
-    ledger_digest: str
-    unaddressed_units: int
-    tree_snapshot: int | None  # None until written
-
-
 # --- ledger side (pure where it can be) ---------------------------------------------------------
-
-
-def address_leaves(payables: pl.DataFrame) -> tuple[dict[str, int], int]:
-    """Cumulative units per payout address from `settlement_payable` rows, and the unaddressed units.
-
-    Each epoch's growth (`amount_micros`) is paid to the address the recipient had at that epoch's
-    close, so an address change never moves what an old address could already claim; growth accrued
-    while a recipient had no address goes to the first address it registers later. Contributor ids
-    sharing an address are summed. Addresses are compared case-insensitively and returned checksummed.
-    """
-    rows = (
-        payables.sort(["recipient", "epoch"])
-        .with_columns(
-            address=pl.col("payout_address").str.to_lowercase().fill_null(strategy="backward").over("recipient")
-        )
-        .filter(pl.col("amount_micros") > 0)
-    )
-    unaddressed_units = int(rows.filter(pl.col("address").is_null())["amount_micros"].sum() or 0)
-    sums = (
-        rows.filter(pl.col("address").is_not_null())
-        .group_by("address")
-        .agg(pl.col("amount_micros").cast(pl.Int128).sum().alias("units"))
-        .sort("address")
-    )
-    leaves = {Web3.to_checksum_address(a): int(u) for a, u in sums.iter_rows()}
-    return leaves, unaddressed_units
-
-
-def ledger_digest(epoch: int, closing_snapshot: int, leaves: dict[str, int]) -> str:
-    """sha256 of the epoch, its closing snapshot and every leaf: proposed with the root, for audits."""
-    digest = hashlib.sha256(f"royalty-engine/settlement/v1\n{epoch}\n{closing_snapshot}\n".encode())
-    for account in sorted(leaves, key=str.lower):
-        digest.update(f"{account.lower()},{leaves[account]}\n".encode())
-    return "0x" + digest.hexdigest()
 
 
 def _frame(connection: duckdb.DuckDBPyConnection, sql: str, params: list | None = None) -> pl.DataFrame:
@@ -168,19 +120,6 @@ def _payables(connection: duckdb.DuckDBPyConnection, epoch_max: int) -> pl.DataF
         connection,
         f"SELECT epoch, recipient, amount_micros, payout_address FROM {_t}.settlement_payable WHERE epoch <= ?",
         [epoch_max],
-    )
-
-
-def build_epoch_tree(epoch: int, closing_snapshot: int, payables: pl.DataFrame) -> EpochTree | None:
-    """The payout tree of `epoch` over `payables` (all rows up to it); None when no address is owed anything."""
-    leaves, unaddressed_units = address_leaves(payables)
-    if not leaves:
-        return None
-    tree = MerkleTree.from_amounts(leaves)
-    if tree.total_amount_units > amount_micros_max:
-        raise AmountOverflowError(epoch, "settlement_root.total_units", tree.total_amount_units)
-    return EpochTree(
-        epoch, closing_snapshot, tree, ledger_digest(epoch, closing_snapshot, leaves), unaddressed_units, None
     )
 
 
@@ -283,17 +222,6 @@ def _write_tree_once(ledger: Ledger, tree: EpochTree) -> EpochTree:
     return stored  # type: ignore[return-value]
 
 
-def write_dump(tree_dir: Path, tree: EpochTree) -> Path:
-    """The tree in OpenZeppelin's dump format at `tree_dir/epoch-NNNNNN.json`, replaced atomically."""
-    tree_dir.mkdir(parents=True, exist_ok=True)
-    path = tree_dir / f"epoch-{tree.epoch:06d}.json"
-    body = json.dumps({**tree.tree.dump(), "epoch": tree.epoch, "ledgerDigest": tree.ledger_digest}, indent=1)
-    temporary = path.with_suffix(".json.tmp")
-    temporary.write_text(body, encoding="utf-8")
-    os.replace(temporary, path)
-    return path
-
-
 def _records(connection: duckdb.DuckDBPyConnection, table: str, epoch: int, chain_id: int, contract: str) -> list:
     return _frame(
         connection,
@@ -367,7 +295,7 @@ def settle(
     """Settle the latest epoch on `distributor`: close it if needed, write its tree, fund, propose, record.
 
     The chain's logs are read from `from_block` (the distributor's deployment block; None: found on the
-    chain, `settlement.chain_logs`) or from the block of the previous epoch's recorded proposal, in
+    chain, `settlement.onchain.chain_logs`) or from the block of the previous epoch's recorded proposal, in
     bounded ranges.
 
     Money moves only on verified data: closing checks the epoch's inputs, and before the tree is built or

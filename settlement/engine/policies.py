@@ -19,7 +19,7 @@ from datetime import UTC, datetime
 import polars as pl
 
 from schemas.fields import model_recipient_prefix
-from settlement.constants import key_hex_digits, lineage_depth_max, time_origin_year
+from settlement.engine.constants import key_hex_digits, lineage_depth_max, time_origin_year
 
 time_origin = datetime(time_origin_year, 1, 1, tzinfo=UTC)
 time_type = pl.Datetime("us", "UTC")

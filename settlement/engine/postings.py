@@ -10,9 +10,9 @@ import polars as pl
 
 from schemas.errors import InvariantViolation
 from schemas.fields import model_recipient_prefix
-from settlement.constants import amount_micros_max
-from settlement.split_errors import AmountOverflowError
-from settlement.splits import Split
+from settlement.engine.constants import amount_micros_max
+from settlement.engine.exceptions import AmountOverflowError
+from settlement.engine.splits import Split
 
 _i128 = pl.Int128
 contributor_prefix = "contributor:"

@@ -1,8 +1,8 @@
 """Bulk hashing for the payout tree: EIP-55 checksums and leaf hashes over whole columns.
 
 It imports nothing but `sha3`, so that it also runs as a script: the helper process in which
-`settlement.merkle` hashes a share of a large tree on the second core. The helper is a fresh interpreter
-(`python -I settlement/tree_hashing.py`), not a fork: a forked copy of a process running DuckDB, polars
+`settlement.onchain.merkle` hashes a share of a large tree on the second core. The helper is a fresh interpreter
+(`python -I settlement/onchain/tree_hashing.py`), not a fork: a forked copy of a process running DuckDB, polars
 or pyarrow threads would inherit their locks in whatever state they were, and could wait on one forever.
 
 Protocol (stdin, then stdout, little-endian counts): in, `accounts_count`, `leaves_count` (u64 each), the

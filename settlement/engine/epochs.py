@@ -10,10 +10,10 @@ from dataclasses import dataclass, field
 import polars as pl
 
 from schemas.errors import require
-from settlement import reversals as rev
-from settlement.policies import Resolution, resolve
-from settlement.postings import billed_sums, build_payables, build_postings
-from settlement.splits import Routed, event_columns, event_key, route, split
+from settlement.engine import reversals as rev
+from settlement.engine.policies import Resolution, resolve
+from settlement.engine.postings import billed_sums, build_payables, build_postings
+from settlement.engine.splits import Routed, event_columns, event_key, route, split
 
 _i128 = pl.Int128
 

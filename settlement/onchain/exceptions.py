@@ -148,3 +148,63 @@ class NonceGapError(SettlementError):
             "them. Nothing was sent. Send transactions from the settler account until its next nonce is "
             f"{intent_nonce} (e.g. 0-value transfers to itself), then run `royalty settle` again (docs/operations.md)"
         )
+
+
+class MerkleTreeError(SettlementError):
+    """The leaves given for a payout tree, or a dumped tree, are not acceptable.
+
+    `account` is the offending payout address (as given) when one is at fault, `index` its position in
+    the input; both are `None` when the input as a whole is at fault.
+    """
+
+    transient = False
+
+    def __init__(self, reason: str, account: object = None, index: int | None = None) -> None:
+        self.reason = reason
+        self.account = account
+        self.index = index
+        where = f"leaf {index} (account `{account}`): " if index is not None else ""
+        super().__init__(f"{where}{reason}")
+
+
+class ContractArtifactError(SettlementError):
+    """A committed contract artifact is missing or does not have the expected shape."""
+
+    transient = False
+
+    def __init__(self, reason: str, contract_name: str) -> None:
+        self.reason = reason
+        self.contract_name = contract_name
+        super().__init__(
+            f"contract artifact `{contract_name}`: {reason}; run `node contracts/compile.mjs` to rebuild it"
+        )
+
+
+class ClaimSyncConflictError(SettlementError):
+    """Another `sync-claims` stored the same block range meanwhile; this run stored nothing more."""
+
+    transient = True
+
+    def __init__(self, from_block: int) -> None:
+        self.from_block = from_block
+        super().__init__(
+            f"another `royalty sync-claims` stored the claims from block {from_block} meanwhile; "
+            "nothing was written by this run for that range: run it again"
+        )
+
+
+class ChainReorganisedError(SettlementError):
+    """The block the previous sync ended at is no longer on the chain: claims may have been undone."""
+
+    transient = False
+
+    def __init__(self, block_number: int, stored_hash: str, chain_hash: str, confirmations: int) -> None:
+        self.block_number = block_number
+        self.stored_hash = stored_hash
+        self.chain_hash = chain_hash
+        super().__init__(
+            f"block {block_number} was {stored_hash} when claims were last synced but is {chain_hash} now: "
+            f"the chain reorganised deeper than the {confirmations} confirmation(s) waited for, so claims "
+            "stored from that range may no longer exist. Nothing was written. Compare `claims` with the "
+            "chain's Claimed events, and raise --confirmations (docs/operations.md)"
+        )

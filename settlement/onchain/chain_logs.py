@@ -17,8 +17,8 @@ from typing import Any
 from web3.contract import Contract
 
 from ledger.redact import redact_url
-from settlement.chain import Chain, node_unreachable_errors
-from settlement.settle_errors import ChainConfigError, ChainUnavailableError
+from settlement.onchain.chain import Chain, node_unreachable_errors
+from settlement.onchain.exceptions import ChainConfigError, ChainUnavailableError
 
 # Many public JSON-RPC providers refuse `eth_getLogs` over more than 10,000 blocks (some 2,000);
 # 2,000 keeps every provider answering, and in `sync-claims` a range is also one ledger transaction.

@@ -20,9 +20,9 @@ import polars as pl
 
 from schemas.errors import require
 from schemas.fields import model_recipient_prefix
-from settlement.allocation import allocate
-from settlement.constants import ppm_total
-from settlement.policies import Resolution
+from settlement.engine.allocation import allocate
+from settlement.engine.constants import ppm_total
+from settlement.engine.policies import Resolution
 
 _i128 = pl.Int128
 event_columns = ["event_id", "source", "event_time", "model_id", "payer", "compute_provider", "fee_micros"]

@@ -10,7 +10,7 @@ import duckdb
 import polars as pl
 
 from schemas.errors import require
-from settlement.constants import lineage_depth_max, ppm_total, time_origin_year
+from settlement.engine.constants import lineage_depth_max, ppm_total, time_origin_year
 
 _largest_remainder = """
     SELECT *, floor_micros + CASE WHEN rank_in < total_abs - sum(floor_micros) OVER (PARTITION BY alloc)

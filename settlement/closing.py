@@ -1,11 +1,9 @@
-"""The public use case `close_epoch`, its summary, and the summary rendered with rich."""
+"""Closing an epoch: `close_epoch` (the use case `settlement.use_cases.close_epoch` names) and its summary."""
 
 from dataclasses import dataclass, field
 
 import duckdb
 import polars as pl
-from rich.console import Console
-from rich.table import Table
 
 from ledger.errors import LedgerDataFileMissingError
 from ledger.ledger import Ledger
@@ -113,51 +111,3 @@ def closed_by_another_message(epoch: int) -> str:
         f"epoch {epoch} was closed by another process; nothing written by this run "
         "(`royalty sql` on `settlement_epoch` shows its figures)"
     )
-
-
-def render_summary(summary: EpochSummary, console: Console | None = None) -> None:
-    """Print the summary table (and any registry problems) for `royalty close-epoch`."""
-    console = console or Console()
-    if summary.noop:
-        console.print(
-            f"nothing to settle: no new events, reversals or suspense releases since snapshot "
-            f"{summary.previous_snapshot} (epoch {summary.epoch - 1}); nothing was written"
-        )
-        return
-    if summary.closed_by_another:
-        console.print(closed_by_another_message(summary.epoch))
-        return
-    verb = "would close" if summary.dry_run else "closed"
-    table = Table(
-        title=f"epoch {summary.epoch} {verb}: snapshots {summary.previous_snapshot + 1}.."
-        f"{summary.closing_snapshot}"
-    )
-    table.add_column("figure")
-    table.add_column("value", justify="right")
-    rows = [
-        ("events", summary.event_count),
-        ("fees (micros)", summary.fee_micros),
-        ("reversals", summary.reversal_count),
-        ("reversed (micros)", summary.reversed_micros),
-        ("reversal dead letters", summary.dead_letter_count),
-        ("suspended (micros)", summary.suspended_micros),
-        ("released from suspense (micros)", summary.released_micros),
-        ("suspense balance (micros)", summary.suspense_micros),
-        ("payable (micros)", summary.payable_micros),
-        ("receivables (micros)", summary.receivable_micros),
-        ("allocation groups", summary.group_count),
-        ("postings", summary.posting_count),
-        ("recipients", summary.recipient_count),
-        ("recipients without payout address", len(summary.unaddressed_recipients)),
-    ]
-    for name, value in rows:
-        table.add_row(name, f"{value:,}")
-    console.print(table)
-    for problem in summary.problems:
-        console.print(f"[yellow]registry:[/yellow] {problem}")
-    for problem in summary.accepted_problems:
-        console.print(f"[bold yellow]accepted by override:[/] {problem}", highlight=False)
-    if summary.dry_run:
-        console.print("dry run: nothing was written")
-    else:
-        console.print(f"written at ledger snapshot {summary.written_snapshot}")

@@ -23,10 +23,10 @@ from typing import Any
 
 from sha3 import keccak_256
 
-from settlement import tree_hashing
-from settlement.exceptions import MerkleTreeError
-from settlement.tree_hashing import checksum_bodies as _checksum_bodies
-from settlement.tree_hashing import leaf_hashes as _leaf_hashes
+from settlement.onchain import tree_hashing
+from settlement.onchain.exceptions import MerkleTreeError
+from settlement.onchain.tree_hashing import checksum_bodies as _checksum_bodies
+from settlement.onchain.tree_hashing import leaf_hashes as _leaf_hashes
 
 log = logging.getLogger("royalty.settlement")
 
@@ -304,7 +304,7 @@ def _hashes_started(
 ) -> Callable[[], tuple[bytes, list[bytes]]]:
     """Start hashing in a helper process; return the function that waits for and returns its results.
 
-    The helper (`settlement/tree_hashing.py` run as a script) computes `checksum_bodies(given)` and the
+    The helper (`settlement/onchain/tree_hashing.py` run as a script) computes `checksum_bodies(given)` and the
     hashes of leaves `first_leaf..`. It is a new interpreter, not a fork: DuckDB, polars and pyarrow run
     threads in this process, and a forked copy would hold their locks in whatever state they were. Below
     `helper_leaves_min`, if the helper cannot start or fails, or if it outlives `helper_wait_s_max` (it is

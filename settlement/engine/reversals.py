@@ -15,7 +15,7 @@ import bisect
 import polars as pl
 
 from schemas.errors import require
-from settlement.splits import event_columns, key_of
+from settlement.engine.splits import event_columns, key_of
 
 taken_back, cancelled, dead_letter = "taken_back", "cancelled", "dead_letter"
 

@@ -208,7 +208,7 @@ def gather(ledger: Ledger, epoch: int) -> ReportData:
 
 def _digest_and_root(ledger: Ledger, epoch: int, closing: int) -> tuple[str | None, str | None]:
     """The ledger digest and payout root the settlement proposes for this epoch, computed as `royalty settle` does."""
-    from settlement.settle import build_epoch_tree
+    from settlement.onchain.payout_tree import build_epoch_tree
 
     payables = _frame(
         ledger,

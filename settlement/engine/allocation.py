@@ -10,7 +10,7 @@ passes int64 long before a real epoch does.
 import polars as pl
 
 from schemas.errors import InvariantViolation
-from settlement.constants import ppm_total
+from settlement.engine.constants import ppm_total
 
 _i128 = pl.Int128
 

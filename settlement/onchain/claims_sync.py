@@ -11,7 +11,7 @@ claims together with the range itself (`settlement_claim_sync`) in one ledger tr
   `claim-sync` step lock (`Ledger.step_lock`, any catalog) after re-reading the cursor, so a run that
   waited starts after what the other stored (the transaction's precondition re-checks the cursor too);
 - the first run starts at the contract's first recorded root, else at its deployment block
-  (`settlement.chain_logs`), never at block 0, and no read spans more than `block_span_max` blocks;
+  (`settlement.onchain.chain_logs`), never at block 0, and no read spans more than `block_span_max` blocks;
 - a chain reorganisation deeper than the confirmations waited for, which could remove a stored
   claim, is detected at the next run (the cursor block's hash changed) and stops it with a message.
 
@@ -32,46 +32,15 @@ from web3.exceptions import BlockNotFound
 
 from ledger.connection import catalog_alias
 from ledger.ledger import Ledger
-from settlement import settle_tables
-from settlement.chain import Chain
-from settlement.chain_logs import block_ranges, log_start_block, read_logs
-from settlement.exceptions import SettlementError
-from settlement.settle_errors import ChainUnavailableError
+from settlement.onchain import tables as settle_tables
+from settlement.onchain.chain import Chain
+from settlement.onchain.chain_logs import block_ranges, log_start_block, read_logs
+from settlement.onchain.exceptions import ChainReorganisedError, ChainUnavailableError, ClaimSyncConflictError
 
 # The step lock (`Ledger.step_lock`) a run holds while it reads and stores one range.
 claim_sync_step = "claim-sync"
 
 _t = f"{catalog_alias}.main"
-
-
-class ClaimSyncConflictError(SettlementError):
-    """Another `sync-claims` stored the same block range meanwhile; this run stored nothing more."""
-
-    transient = True
-
-    def __init__(self, from_block: int) -> None:
-        self.from_block = from_block
-        super().__init__(
-            f"another `royalty sync-claims` stored the claims from block {from_block} meanwhile; "
-            "nothing was written by this run for that range: run it again"
-        )
-
-
-class ChainReorganisedError(SettlementError):
-    """The block the previous sync ended at is no longer on the chain: claims may have been undone."""
-
-    transient = False
-
-    def __init__(self, block_number: int, stored_hash: str, chain_hash: str, confirmations: int) -> None:
-        self.block_number = block_number
-        self.stored_hash = stored_hash
-        self.chain_hash = chain_hash
-        super().__init__(
-            f"block {block_number} was {stored_hash} when claims were last synced but is {chain_hash} now: "
-            f"the chain reorganised deeper than the {confirmations} confirmation(s) waited for, so claims "
-            "stored from that range may no longer exist. Nothing was written. Compare `claims` with the "
-            "chain's Claimed events, and raise --confirmations (docs/operations.md)"
-        )
 
 
 @dataclass(frozen=True)

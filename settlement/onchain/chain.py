@@ -36,8 +36,8 @@ from web3.exceptions import (
 
 from ledger.redact import redact_url
 from schemas.errors import require
-from settlement.contract_artifacts import distributor_artifact, token_artifact
-from settlement.settle_errors import (
+from settlement.onchain.contract_artifacts import distributor_artifact, token_artifact
+from settlement.onchain.exceptions import (
     ChainConfigError,
     ChainUnavailableError,
     ConfirmationTimeoutError,

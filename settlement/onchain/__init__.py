@@ -1,0 +1,40 @@
+"""On-chain settlement: the payout tree, the Merkle tree, the chain client, `settle`, claim sync, artifacts.
+
+The verbs themselves are in `settlement.use_cases` (`settle`, `sync_claims`); this surface is what the
+CLI needs beside them.
+"""
+
+from settlement.onchain import tables
+from settlement.onchain.chain import (
+    Chain,
+    claimer_key_env,
+    connect,
+    deploy_contracts,
+    distributor_contract,
+    load_signer,
+    require_embedded_chain,
+    settler_key_env,
+    token_contract,
+    transact,
+)
+from settlement.onchain.exceptions import ChainConfigError, NoSettlementError
+from settlement.onchain.merkle import MerkleTree
+from settlement.onchain.payout_tree import EpochTree
+
+__all__ = [
+    "Chain",
+    "ChainConfigError",
+    "EpochTree",
+    "MerkleTree",
+    "NoSettlementError",
+    "claimer_key_env",
+    "connect",
+    "deploy_contracts",
+    "distributor_contract",
+    "load_signer",
+    "require_embedded_chain",
+    "settler_key_env",
+    "tables",
+    "token_contract",
+    "transact",
+]
