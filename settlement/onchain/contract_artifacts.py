@@ -12,7 +12,7 @@ from typing import Any
 
 from settlement.onchain.exceptions import ContractArtifactError
 
-ARTIFACTS_DIR = Path(__file__).resolve().parent.parent / "contracts" / "artifacts"
+ARTIFACTS_DIR = Path(__file__).resolve().parents[2] / "contracts" / "artifacts"
 ROYALTY_DISTRIBUTOR = "RoyaltyDistributor"
 TEST_TOKEN = "TestToken"
 
