@@ -18,6 +18,7 @@ from pathlib import Path
 
 import duckdb
 
+from ledger import recorder
 from ledger.connection import catalog_alias
 from ledger.errors import LedgerDataFileMissingError
 from ledger.ledger import Ledger
@@ -28,7 +29,6 @@ from settlement.exceptions import UnreconciledLedgerError, UnverifiedInputError
 
 log = logging.getLogger("royalty.settlement")
 
-_metadata = f"__ducklake_metadata_{catalog_alias}"
 # Read whole by `read_prior` (and `settle`): small, one file per epoch at most.
 _settlement_state_tables = (
     "settlement_payable",
@@ -55,24 +55,10 @@ def listed_files(
 ) -> list[tuple[str, int]]:
     """(absolute path, size in bytes) of `table`'s data files as of `snapshot` (default: now), optionally
     only those added after `added_after_snapshot`."""
-    version = "" if snapshot is None else ", snapshot_version => ?"
-    params: list = [catalog_alias, table] + ([] if snapshot is None else [snapshot])
     if added_after_snapshot is None:
-        rows = connection.execute(
-            f"SELECT data_file, data_file_size_bytes FROM ducklake_list_files(?, ?{version})", params
-        ).fetchall()
-    else:
-        rows = connection.execute(
-            f"""
-            SELECT DISTINCT f.data_file, f.data_file_size_bytes
-            FROM ducklake_list_files(?, ?{version}) f
-            JOIN {_metadata}.ducklake_data_file d ON f.data_file LIKE '%/' || d.path
-            JOIN {_metadata}.ducklake_table t ON t.table_id = d.table_id AND t.table_name = ?
-            WHERE d.begin_snapshot > ?
-            """,
-            [*params, table, added_after_snapshot],
-        ).fetchall()
-    return sorted((str(path), int(size)) for path, size in rows)
+        return recorder.listed_files(connection, table, snapshot)
+    files = recorder.files_added(connection, table, snapshot, added_after_snapshot)
+    return sorted({(str(path), int(size)) for path, size in files.select("path", "size_bytes").iter_rows()})
 
 
 def close_input_files(connection: duckdb.DuckDBPyConnection, prior: PriorState, closing: int) -> list[tuple[str, int]]:

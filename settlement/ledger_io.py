@@ -14,6 +14,7 @@ import duckdb
 import polars as pl
 import pyarrow as pa
 
+from ledger import recorder
 from ledger.connection import catalog_alias
 from ledger.ledger import Ledger
 from ledger.tables import dead_letter_schema, file_tables
@@ -25,25 +26,14 @@ from settlement.engine.splits import event_columns, event_key, key_of
 
 Progress = Callable[[str, int, int], None]  # (step name, steps done, steps total)
 _steps = ["read state", "read registry", "scan events", "split", "write"]
-_metadata = f"__ducklake_metadata_{catalog_alias}"
 # The step lock (`Ledger.step_lock`) every epoch closer holds while it re-checks and writes.
 close_step = "close-epoch"
 
 
 def data_files(connection: duckdb.DuckDBPyConnection, table: str, snapshot: int) -> pl.DataFrame:
     """The data files of `table` as of `snapshot` (absolute path, the snapshot that added each)."""
-    rows = connection.execute(
-        f"""
-        SELECT f.data_file AS path, d.begin_snapshot AS snapshot
-        FROM ducklake_list_files('{catalog_alias}', ?, snapshot_version => ?) f
-        JOIN {_metadata}.ducklake_data_file d ON f.data_file LIKE '%/' || d.path
-        JOIN {_metadata}.ducklake_table t ON t.table_id = d.table_id AND t.table_name = ?
-        WHERE d.begin_snapshot <= ?
-        ORDER BY f.data_file
-        """,
-        [table, snapshot, table, snapshot],
-    ).fetch_arrow_table()
-    return pl.from_arrow(rows).unique("path").sort("path")  # type: ignore[return-value]
+    files = recorder.files_added(connection, table, snapshot).select("path", "snapshot")
+    return files.unique("path").sort("path")
 
 
 def _scan(files: pl.DataFrame, columns: list[str], schema: pa.Schema) -> pl.LazyFrame:

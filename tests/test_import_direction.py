@@ -108,10 +108,18 @@ def test_the_check_sees_a_wrong_way_import(tmp_path: Path) -> None:
     assert "duckdb" in banned_third_party["settlement.engine"]
 
 
-# Modules outside ledger/ that still build SQL on DuckLake's catalog themselves (`lake.main...` or
-# `{catalog_alias}.main...`) or read its `__ducklake_metadata_*` tables. The ledger's recorder API is to
-# replace them; this list only shrinks (a module leaving it must be removed from it).
-ducklake_sql_known_offenders = {
+# DuckLake's internal catalog tables and its snapshot and file functions: only ledger/ (its recorder API,
+# ledger/recorder.py) touches them.
+_ducklake_internals = (
+    "__ducklake_metadata",
+    "ducklake_snapshots(",
+    "ducklake_table_insertions(",
+    "ducklake_list_files(",
+)
+# Modules outside ledger/ that still build SQL on the catalog's tables themselves (`lake.main...` or
+# `{catalog_alias}.main...`). The recorder API is to take these queries over; this list only shrinks (a module
+# leaving it must be removed from it).
+lake_main_known_offenders = {
     "royalty/chain_commands.py",
     "royalty/demo.py",
     "settlement/input_checks.py",
@@ -121,17 +129,27 @@ ducklake_sql_known_offenders = {
     "settlement/reports/export.py",
     "settlement/reports/html.py",
 }
-_ducklake_internals = ("lake.main", "catalog_alias}.main", "__ducklake_metadata")
+_lake_main = ("lake.main", "catalog_alias}.main")
+
+
+def _modules_naming(package: str, markers: tuple[str, ...]) -> set[str]:
+    return {
+        path.relative_to(repo_root).as_posix()
+        for path in (repo_root / package).rglob("*.py")
+        if any(marker in path.read_text(encoding="utf-8") for marker in markers)
+    }
 
 
 @pytest.mark.parametrize("package", [p for p in packages if p != "ledger"])
-def test_only_the_ledger_reaches_into_ducklake(package: str) -> None:
-    """No module outside ledger/ names `lake.main` or `__ducklake_metadata`, but the known offenders listed."""
-    reaching = {
-        path.relative_to(repo_root).as_posix()
-        for path in (repo_root / package).rglob("*.py")
-        if any(marker in path.read_text(encoding="utf-8") for marker in _ducklake_internals)
-    }
-    known = {name for name in ducklake_sql_known_offenders if name.startswith(package + "/")}
-    assert reaching - known == set(), "new modules outside ledger/ reach into DuckLake's catalog"
-    assert known - reaching == set(), "remove these from ducklake_sql_known_offenders: they no longer reach in"
+def test_only_the_ledger_reaches_into_ducklake_internals(package: str) -> None:
+    """No module outside ledger/ joins `__ducklake_metadata_*` or calls DuckLake's snapshot or file functions."""
+    assert _modules_naming(package, _ducklake_internals) == set()
+
+
+@pytest.mark.parametrize("package", [p for p in packages if p != "ledger"])
+def test_no_new_module_outside_the_ledger_builds_lake_main_sql(package: str) -> None:
+    """No module outside ledger/ names `lake.main` but the known offenders listed (a list that only shrinks)."""
+    reaching = _modules_naming(package, _lake_main)
+    known = {name for name in lake_main_known_offenders if name.startswith(package + "/")}
+    assert reaching - known == set(), "new modules outside ledger/ build SQL on lake.main"
+    assert known - reaching == set(), "remove these from lake_main_known_offenders: they no longer do"

@@ -39,6 +39,7 @@ import pyarrow as pa
 from web3.contract import Contract
 from web3.logs import DISCARD
 
+from ledger import recorder
 from ledger.connection import catalog_alias
 from ledger.ledger import Ledger
 from schemas.errors import require
@@ -148,18 +149,10 @@ def read_stored_tree(connection: duckdb.DuckDBPyConnection, epoch: int) -> Epoch
 
 
 def _tree_snapshot(connection: duckdb.DuckDBPyConnection, epoch: int, closing_snapshot: int) -> int:
-    """The snapshot that wrote the epoch's tree: the one inserting its root row, from DuckLake's change feed.
-
-    (Not by time travel: after a query at the current snapshot, `AT (VERSION => v)` can fail with "table does
-    not exist at version v" on DuckLake 1.4 for a table created before v, which broke every rerun.)
-    """
-    (latest,) = connection.execute(f"SELECT max(snapshot_id) FROM ducklake_snapshots('{catalog_alias}')").fetchone()
-    (first,) = connection.execute(
-        "SELECT min(snapshot_id) FROM ducklake_table_insertions(?, 'main', 'settlement_root', ?, ?) WHERE epoch = ?",
-        [catalog_alias, int(closing_snapshot), int(latest), epoch],
-    ).fetchone()
+    """The snapshot that wrote the epoch's tree: the one inserting its root row (DuckLake's change feed)."""
+    first = recorder.first_inserting_snapshot(connection, "settlement_root", closing_snapshot, "epoch", epoch)
     require(first is not None, f"epoch {epoch}: a snapshot after {closing_snapshot} inserted its root row")
-    return int(first)
+    return int(first)  # type: ignore[arg-type]
 
 
 def write_tree(ledger: Ledger, tree: EpochTree) -> int:
