@@ -4,6 +4,7 @@ from rich.console import Console
 from rich.table import Table
 
 from settlement import EpochSummary, closed_by_another_message
+from settlement.engine.figures import summary_rows
 
 
 def render_summary(summary: EpochSummary, console: Console | None = None) -> None:
@@ -26,17 +27,7 @@ def render_summary(summary: EpochSummary, console: Console | None = None) -> Non
     table.add_column("figure")
     table.add_column("value", justify="right")
     rows = [
-        ("events", summary.event_count),
-        ("fees (micros)", summary.fee_micros),
-        ("reversals", summary.reversal_count),
-        ("reversed (micros)", summary.reversed_micros),
-        ("reversal dead letters", summary.dead_letter_count),
-        ("suspended (micros)", summary.suspended_micros),
-        ("released from suspense (micros)", summary.released_micros),
-        ("suspense balance (micros)", summary.suspense_micros),
-        ("payable (micros)", summary.payable_micros),
-        ("receivables (micros)", summary.receivable_micros),
-        ("allocation groups", summary.group_count),
+        *summary_rows(summary),
         ("postings", summary.posting_count),
         ("recipients", summary.recipient_count),
         ("recipients without payout address", len(summary.unaddressed_recipients)),

@@ -7,28 +7,15 @@ import polars as pl
 
 from ledger.errors import LedgerDataFileMissingError
 from ledger.ledger import Ledger
+from settlement.engine.figures import EpochFigures, figure_values
 from settlement.input_checks import InputChecks, missing_listed_files, verify_close_inputs
 from settlement.ledger_io import Progress, plan_from_ledger, write_plan_once
 
 
 @dataclass(frozen=True)
-class EpochSummary:
-    """What closing an epoch did (or, with `dry_run`, would do). Money in micros."""
+class EpochSummary(EpochFigures):
+    """What closing an epoch did (or, with `dry_run`, would do): its figures (`EpochFigures`) and more."""
 
-    epoch: int
-    previous_snapshot: int
-    closing_snapshot: int
-    event_count: int
-    fee_micros: int
-    reversal_count: int
-    reversed_micros: int
-    dead_letter_count: int
-    suspended_micros: int
-    released_micros: int
-    suspense_micros: int
-    payable_micros: int
-    receivable_micros: int
-    group_count: int
     posting_count: int
     recipient_count: int
     unaddressed_recipients: list[str] = field(default_factory=list)
@@ -79,20 +66,7 @@ def close_epoch(
         progress("done", 5, 5)
     unaddressed = plan.payables.filter(pl.col("payout_address").is_null())["recipient"].to_list()
     return EpochSummary(
-        epoch=plan.epoch,
-        previous_snapshot=plan.previous_snapshot,
-        closing_snapshot=plan.closing_snapshot,
-        event_count=plan.event_count,
-        fee_micros=plan.fee_micros,
-        reversal_count=plan.reversal_count,
-        reversed_micros=plan.reversed_micros,
-        dead_letter_count=plan.dead_letter_count,
-        suspended_micros=plan.suspended_micros,
-        released_micros=plan.released_micros,
-        suspense_micros=plan.suspense_micros,
-        payable_micros=plan.payable_micros,
-        receivable_micros=plan.receivable_micros,
-        group_count=plan.group_count,
+        **figure_values(plan),
         posting_count=plan.postings.height,
         recipient_count=plan.payables.height,
         unaddressed_recipients=unaddressed,

@@ -19,6 +19,7 @@ from ledger.connection import catalog_alias
 from ledger.ledger import Ledger
 from ledger.tables import dead_letter_schema, file_tables
 from settlement import tables
+from settlement.engine import figures
 from settlement.engine import reversals as rev
 from settlement.engine.epochs import EpochInputs, EpochPlan, PriorState, held_schema, plan_epoch
 from settlement.engine.exceptions import EpochConflictError
@@ -222,25 +223,7 @@ def write_plan(ledger: Ledger, plan: EpochPlan, reversal_rows: pl.DataFrame) -> 
     """Append the plan in one transaction, refusing if another epoch closed meanwhile."""
     now = datetime.now(UTC)
     epoch_row = pa.Table.from_pylist(
-        [
-            {
-                "epoch": plan.epoch,
-                "previous_snapshot": plan.previous_snapshot,
-                "closing_snapshot": plan.closing_snapshot,
-                "closed_at": now,
-                "event_count": plan.event_count,
-                "fee_micros": plan.fee_micros,
-                "reversal_count": plan.reversal_count,
-                "reversed_micros": plan.reversed_micros,
-                "dead_letter_count": plan.dead_letter_count,
-                "suspended_micros": plan.suspended_micros,
-                "released_micros": plan.released_micros,
-                "suspense_micros": plan.suspense_micros,
-                "payable_micros": plan.payable_micros,
-                "receivable_micros": plan.receivable_micros,
-                "group_count": plan.group_count,
-            }
-        ],
+        [figures.epoch_row(plan, now)],
         schema=tables.epoch_schema,
     )
     reversal_table = plan.reversals.select(

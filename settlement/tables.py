@@ -7,6 +7,7 @@ import pyarrow as pa
 
 from ledger.tables import register_table
 from schemas.arrow import timestamp_type
+from settlement.engine.figures import epoch_row_columns
 
 
 def _schema(*fields: tuple[str, pa.DataType, bool]) -> pa.Schema:
@@ -15,22 +16,9 @@ def _schema(*fields: tuple[str, pa.DataType, bool]) -> pa.Schema:
 
 _s, _i, _t = pa.string(), pa.int64(), timestamp_type
 
+# One row per closed epoch: its figures (`settlement.engine.figures.EpochFigures`) and when it was closed.
 epoch_schema = _schema(
-    ("epoch", _i, False),
-    ("previous_snapshot", _i, False),
-    ("closing_snapshot", _i, False),
-    ("closed_at", _t, False),
-    ("event_count", _i, False),
-    ("fee_micros", _i, False),
-    ("reversal_count", _i, False),
-    ("reversed_micros", _i, False),
-    ("dead_letter_count", _i, False),
-    ("suspended_micros", _i, False),
-    ("released_micros", _i, False),
-    ("suspense_micros", _i, False),  # what suspense holds after the epoch
-    ("payable_micros", _i, False),
-    ("receivable_micros", _i, False),  # what recipients owe back after the epoch
-    ("group_count", _i, False),
+    *((name, _t if name == "closed_at" else _i, False) for name in epoch_row_columns())
 )
 
 # Signed double-entry rows: positive debits, negative credits; each entry sums to zero.

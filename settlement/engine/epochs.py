@@ -11,6 +11,7 @@ import polars as pl
 
 from schemas.errors import require
 from settlement.engine import reversals as rev
+from settlement.engine.figures import EpochFigures
 from settlement.engine.policies import Resolution, resolve
 from settlement.engine.postings import billed_sums, build_payables, build_postings
 from settlement.engine.splits import Routed, event_columns, event_key, route, split
@@ -48,24 +49,10 @@ class EpochInputs:
     addresses: pl.DataFrame  # contributor_id, payout_address (in force at the closing snapshot)
 
 
-@dataclass
-class EpochPlan:
-    """Every row one epoch appends, and the figures of its summary."""
+@dataclass(frozen=True)
+class EpochPlan(EpochFigures):
+    """Every row one epoch appends, and the figures of its summary (`EpochFigures`)."""
 
-    epoch: int
-    previous_snapshot: int
-    closing_snapshot: int
-    event_count: int
-    fee_micros: int
-    reversal_count: int
-    reversed_micros: int
-    dead_letter_count: int
-    suspended_micros: int
-    released_micros: int
-    suspense_micros: int
-    payable_micros: int
-    receivable_micros: int
-    group_count: int
     postings: pl.DataFrame
     payables: pl.DataFrame
     suspense_items: pl.DataFrame

@@ -17,6 +17,7 @@ from ledger.connection import catalog_alias
 from ledger.ledger import Ledger
 from ledger.query import define_views
 from schemas.errors import require
+from settlement.engine.figures import report_figures
 from settlement.ledger_io import data_files
 
 _t = f"{catalog_alias}.main"
@@ -371,18 +372,7 @@ def render_html(data: ReportData) -> str:
         if data.conserved
         else '<span class="bad" id="conservation-verdict">NOT balanced</span>'
     )
-    figures = [
-        ("events", "event_count", False),
-        ("fees", "fee_micros", True),
-        ("reversals", "reversal_count", False),
-        ("reversed", "reversed_micros", True),
-        ("suspended", "suspended_micros", True),
-        ("released from suspense", "released_micros", True),
-        ("suspense balance", "suspense_micros", True),
-        ("payable", "payable_micros", True),
-        ("receivables", "receivable_micros", True),
-        ("reversal dead letters", "dead_letter_count", False),
-    ]
+    figures = report_figures()
 
     def show(value: int, is_money: bool) -> str:
         return money(value) if is_money else f"{value:,}"
