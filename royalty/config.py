@@ -36,16 +36,17 @@ _other_env_names = frozenset(
 )
 
 # The TOML table of the current `load_settings` call, read by `_TomlSource`.
-_toml_table: ContextVar[tuple[dict[str, Any], str]] = ContextVar("royalty_toml_table", default=({}, ""))
+_toml_table: ContextVar[dict[str, Any] | None] = ContextVar("royalty_toml_table", default=None)
 
 
 class ConfigError(RoyaltyError):
     """A setting is missing or malformed."""
 
 
-def _setting(default: Any, description: str, bounds: tuple[int, int] | None = None) -> Any:
+def _setting(default: Any, description: str, bounds: tuple[int, int] | None = None, secret: bool = False) -> Any:
+    """A field; `secret`: may carry a credential (a DSN's or URL's password), so it is left out of repr."""
     low, high = bounds or (None, None)
-    return Field(default=default, description=description, ge=low, le=high)
+    return Field(default=default, description=description, ge=low, le=high, repr=not secret)
 
 
 # Bounds of numeric settings, so an operator's typo is a clear error, not a crash or a runaway: a batch is
@@ -59,10 +60,14 @@ class Settings(BaseSettings):
         env_prefix=env_prefix, extra="forbid", frozen=True, coerce_numbers_to_str=True, validate_default=False
     )
 
-    lake: str = _setting("./lake", "Ledger location: a directory (embedded SQLite catalog) or a PostgreSQL URL.")
+    lake: str = _setting(
+        "./lake", "Ledger location: a directory (embedded SQLite catalog) or a PostgreSQL URL.", secret=True
+    )
     data_path: str | None = _setting(None, "Folder of the ledger's Parquet files (required with PostgreSQL).")
     reader_lake: str | None = _setting(
-        None, "SELECT-only PostgreSQL DSN (`royalty catalog grant-reader`) for `royalty sql`, `export`, `report`."
+        None,
+        "SELECT-only PostgreSQL DSN (`royalty catalog grant-reader`) for `royalty sql`, `export`, `report`.",
+        secret=True,
     )
     bootstrap_servers: str = _setting("127.0.0.1:9092", "Kafka bootstrap servers, HOST:PORT[,HOST:PORT...].")
     # NoDecode: the environment gives a comma-separated list (`a,b`), not JSON.
@@ -82,7 +87,9 @@ class Settings(BaseSettings):
     metrics_port: int | None = _setting(None, "Port of the Prometheus metrics endpoint; unset: none.", (1, 65_535))
     dead_letter_topic: str | None = _setting(None, "Kafka topic dead letters are also forwarded to.")
     log_format: str = _setting("json", "Log format: json (structured) or text.")
-    rpc_url: str | None = _setting(None, "EVM JSON-RPC URL; unset: an in-process eth-tester chain (throwaway).")
+    rpc_url: str | None = _setting(
+        None, "EVM JSON-RPC URL; unset: an in-process eth-tester chain (throwaway).", secret=True
+    )
     distributor: str | None = _setting(None, "Address of the RoyaltyDistributor contract settlements go to.")
     from_block: int | None = _setting(
         None,
@@ -153,7 +160,7 @@ class _TomlSource(PydanticBaseSettingsSource):
         return None, field_name, False
 
     def __call__(self) -> dict[str, Any]:
-        return _toml_table.get()[0]
+        return dict(_toml_table.get() or {})
 
 
 class _DeprecatedEnvSource(PydanticBaseSettingsSource):
@@ -180,10 +187,12 @@ def load_settings(flags: dict[str, Any] | None = None, config_path: str | None =
         raise ConfigError(f"configuration file `{path}` does not exist (from --config or {env_prefix}CONFIG)")
     path = path or (config_file_default if Path(config_file_default).is_file() else None)
     table = _read_toml(path) if path is not None else {}
-    given = {key.replace("-", "_"): value for key, value in (flags or {}).items() if value is not None}
+    given = _renamed(
+        {key.replace("-", "_"): value for key, value in (flags or {}).items() if value is not None}, "flags"
+    )
     _check_known(given, "flags")
     _warn_unknown_env()
-    token = _toml_table.set((table, f"file `{path}`"))
+    token = _toml_table.set(table)
     try:
         settings = Settings(**given)
     except ValidationError as error:
@@ -200,14 +209,19 @@ def _read_toml(path: str) -> dict[str, Any]:
             table = tomllib.load(handle)
         except tomllib.TOMLDecodeError as error:
             raise ConfigError(f"configuration file `{path}` is not valid TOML: {error}") from error
-    table = {key.replace("-", "_"): value for key, value in table.items()}
-    for old, new in deprecated_settings.items():
-        if old in table:
-            _warn(f"setting `{old}` in file `{path}` is deprecated; name it `{new}`")
-            value = table.pop(old)
-            table.setdefault(new, value)
+    table = _renamed({key.replace("-", "_"): value for key, value in table.items()}, f"file `{path}`")
     _check_known(table, f"file `{path}`")
     return table
+
+
+def _renamed(values: dict[str, Any], origin: str) -> dict[str, Any]:
+    """`values` with each deprecated name replaced by its new one (which wins when both are given), warned."""
+    values = dict(values)
+    for old, new in deprecated_settings.items():
+        if old in values:
+            _warn(f"setting `{old}` in {origin} is deprecated; name it `{new}`")
+            values.setdefault(new, values.pop(old))
+    return values
 
 
 def _check_known(values: dict[str, Any], origin: str) -> None:

@@ -100,6 +100,15 @@ def test_a_variable_close_to_a_setting_name_is_named(
     assert "FAULT_SEED" not in err
 
 
+def test_settings_that_may_carry_a_password_stay_out_of_repr(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A Settings object printed or logged by mistake shows no DSN or RPC URL (they may embed a password)."""
+    monkeypatch.setenv("ROYALTY_LAKE", "postgresql://owner:hunter2@db/ledger")
+    monkeypatch.setenv("ROYALTY_READER_LAKE", "postgresql://reader:hunter3@db/ledger")
+    monkeypatch.setenv("ROYALTY_RPC_URL", "https://node.example/v1/hunter4")
+    settings = load_settings()
+    assert settings.lake.endswith("@db/ledger") and "hunter" not in repr(settings) and "hunter" not in str(settings)
+
+
 @pytest.mark.parametrize("name", sorted(setting_bounds))
 def test_every_bound_is_inclusive_and_refused_past_it(name: str) -> None:
     """Each numeric setting takes both its bounds and refuses one past either, with a message giving the range."""
@@ -121,6 +130,8 @@ def test_the_renamed_query_setting_still_works_from_the_file_with_a_warning(
     both = _toml(tmp_path / "both.toml", "query_seconds_max = 7\nquery_s_max = 9\n")
     assert load_settings(config_path=both).query_s_max == 9
     assert "name it `query_s_max`" in capsys.readouterr().err
+    assert load_settings({"query_seconds_max": 4}, both).query_s_max == 4  # a caller passing the old name
+    assert "setting `query_seconds_max` in flags is deprecated" in capsys.readouterr().err
 
 
 def test_the_renamed_query_variable_still_works_with_a_warning(
