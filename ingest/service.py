@@ -30,6 +30,7 @@ from ledger import AppendResult, IngestBatch, Ledger, LedgerError, LedgerOffsets
 from ledger.batch import FileSourcePosition
 from schemas import BatchDecoder, DecodedBatch, Rejection, SchemaError, limits
 from schemas.decoder import utc_now
+from schemas.reason_codes import ReasonCode
 
 log = logging.getLogger("royalty.ingest")
 
@@ -57,7 +58,12 @@ def reject_foreign_assets(decoded: DecodedBatch, asset: str) -> DecodedBatch:
         return decoded
     rejected = metered.filter(foreign)
     rejections = decoded.rejections + [
-        Rejection(index, SchemaError(f"asset `{other}` is not this ledger's asset `{asset}`", "data.asset"))
+        Rejection(
+            index,
+            SchemaError(
+                f"asset `{other}` is not this ledger's asset `{asset}`", "data.asset", ReasonCode.asset_not_accepted
+            ),
+        )
         for index, other in zip(
             rejected.column("message_index").to_pylist(), rejected.column("asset").to_pylist(), strict=True
         )
