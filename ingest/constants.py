@@ -28,12 +28,12 @@ progress_log_interval_s = 5.0
 
 # The largest batch an operator may configure: a batch is held in memory twice (raw bytes
 # and Arrow), so 1M messages of ~400 bytes stay under a gigabyte.
-batch_records_limit = 1_000_000
+batch_records_max_limit = 1_000_000
 
 require(broker_backoff_s_min < broker_backoff_s_max, "broker backoff: min < max")
 require(ledger_backoff_s_min < ledger_backoff_s_max < ledger_failing_s_max, "ledger backoff: min < max < give-up")
 require(stop_check_s <= ledger_backoff_s_min, "a backoff sleep checks for a stop request at least once")
-require(poll_records_max <= batch_records_limit, "one poll fits in the largest batch")
+require(poll_records_max <= batch_records_max_limit, "one poll fits in the largest batch")
 
 # A file's prefix is hashed in chunks of this size when it is matched against recorded sources.
 file_hash_chunk_bytes = 1024 * 1024
@@ -43,7 +43,7 @@ file_hash_chunk_bytes = 1024 * 1024
 # an out-of-memory kill would re-read the same batch forever. 64 MiB holds 50,000 typical messages of
 # ~400 bytes with room to spare, and keeps a batch of large messages under ~300 MB.
 batch_bytes_max_default = 64 * 1024 * 1024
-batch_bytes_limit = 1024 * 1024 * 1024
+batch_bytes_max_limit = 1024 * 1024 * 1024
 
 # A file line longer than any message may be (schemas.limits.message_bytes_max) is a dead letter whatever
 # it holds: only this many of its first bytes are held, the rest is read through (hashed and counted),

@@ -30,6 +30,7 @@ from ledger import AppendResult, IngestBatch, Ledger, LedgerError, LedgerOffsets
 from ledger.batch import FileSourcePosition
 from schemas import BatchDecoder, DecodedBatch, Rejection, SchemaError, limits
 from schemas.decoder import utc_now
+from schemas.reason_codes import ReasonCode
 
 log = logging.getLogger("royalty.ingest")
 
@@ -57,7 +58,12 @@ def reject_foreign_assets(decoded: DecodedBatch, asset: str) -> DecodedBatch:
         return decoded
     rejected = metered.filter(foreign)
     rejections = decoded.rejections + [
-        Rejection(index, SchemaError(f"asset `{other}` is not this ledger's asset `{asset}`", "data.asset"))
+        Rejection(
+            index,
+            SchemaError(
+                f"asset `{other}` is not this ledger's asset `{asset}`", "data.asset", ReasonCode.asset_not_accepted
+            ),
+        )
         for index, other in zip(
             rejected.column("message_index").to_pylist(), rejected.column("asset").to_pylist(), strict=True
         )
@@ -84,15 +90,17 @@ class IngestService:
         event_time_future_s_max: int = limits.event_time_future_s_max_default,
         clock: Callable[[], datetime] = utc_now,
     ) -> None:
-        if not 0 < batch_records_max <= constants.batch_records_limit:
+        if not 0 < batch_records_max <= constants.batch_records_max_limit:
             raise IngestConfigError(
-                f"batch_records_max={batch_records_max} is outside 1..{constants.batch_records_limit}"
+                f"batch_records_max={batch_records_max} is outside 1..{constants.batch_records_max_limit}"
             )
         self.ledger = ledger
         self.asset = asset
         self.batch_records_max = batch_records_max
-        if not 0 < batch_bytes_max <= constants.batch_bytes_limit:
-            raise IngestConfigError(f"batch_bytes_max={batch_bytes_max} is outside 1..{constants.batch_bytes_limit}")
+        if not 0 < batch_bytes_max <= constants.batch_bytes_max_limit:
+            raise IngestConfigError(
+                f"batch_bytes_max={batch_bytes_max} is outside 1..{constants.batch_bytes_max_limit}"
+            )
         # A batch stops at this many bytes of messages as well as at `batch_records_max` messages: it
         # is held in memory about four times over (raw, decoded, Arrow, Parquet), twice while one appends.
         self.batch_bytes_max = batch_bytes_max

@@ -13,6 +13,10 @@ from ledger import constants
 from ledger.tables import dead_letter_schema
 from schemas.decoder import BatchDecoder, DecodedBatch
 from schemas.errors import require
+from schemas.reason_codes import ReasonCode
+
+# A rejected message: its index in the batch, the reason text, the offending field and the reason code.
+DeadLetterReason = tuple[int, str, str | None, ReasonCode]
 
 
 @dataclass(frozen=True)
@@ -94,11 +98,11 @@ class IngestBatch:
 
 
 def dead_letter_rows(
-    batch: IngestBatch, reasons: Sequence[tuple[int, str, str | None]], ingest_batch_id: str
+    batch: IngestBatch, reasons: Sequence[DeadLetterReason], ingest_batch_id: str
 ) -> pa.Table:
     """Dead-letter rows for the messages at the given indexes, with their reasons and fields."""
     columns: dict[str, list] = {field.name: [] for field in dead_letter_schema}
-    for index, reason, error_field in reasons:
+    for index, reason, error_field, reason_code in reasons:
         value = batch.values[index]
         raw = bytes(value or b"")  # a null Kafka value (tombstone) is kept as no bytes
         # A file line too long to hold (ingest.sources.LongLine) carries the whole line's size and digest.
@@ -110,6 +114,7 @@ def dead_letter_rows(
         columns["ingest_batch_id"].append(ingest_batch_id)
         columns["received_at"].append(batch.received_at)
         columns["reason"].append(reason)
+        columns["reason_code"].append(str(reason_code))
         columns["error_field"].append(error_field)
         columns["event_id"].append(event_id)
         columns["event_type"].append(event_type)

@@ -142,6 +142,6 @@ class QueryTimeoutError(LedgerError):
     def __init__(self, timeout_s: float) -> None:
         self.timeout_s = timeout_s
         super().__init__(
-            f"the query ran past {timeout_s:g} s and was stopped (setting `query_seconds_max`); narrow it "
+            f"the query ran past {timeout_s:g} s and was stopped (setting `query_s_max`); narrow it "
             "(a date range, fewer columns) or raise --timeout-s"
         )

@@ -92,6 +92,13 @@ def _fingerprint_file_sources(connection: duckdb.DuckDBPyConnection) -> None:
         connection.execute(statement)
 
 
+def _add_dead_letter_reason_codes(connection: duckdb.DuckDBPyConnection) -> None:
+    """Format 6 stores each dead letter's stable `reason_code` (schemas.reason_codes). Rows stored before keep
+    NULL there (the ledger is append-only): the `dead_letters` view derives their code from the reason text."""
+    if "dead_letter" in ledger_tables(connection):
+        add_column_if_missing(connection, "dead_letter", "reason_code", "VARCHAR")
+
+
 format_steps: list[FormatStep] = [
     FormatStep(2, "record the ledger format version (table ledger_format)", _record_format_only),
     FormatStep(3, "record a digest of each transaction's inlined rows (table inlined_digest)", _record_inlined_digests),
@@ -105,6 +112,12 @@ format_steps: list[FormatStep] = [
         5,
         "know file sources by content: tables file_source_position (fingerprints) and dead_letter_line",
         _fingerprint_file_sources,
+    ),
+    FormatStep(
+        6,
+        "a stable reason_code on each dead letter (dead_letter.reason_code; the dead_letters view derives it for "
+        "older rows from the reason text)",
+        _add_dead_letter_reason_codes,
     ),
 ]
 

@@ -25,7 +25,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from ledger import constants
-from ledger.batch import FileSourcePosition, IngestBatch, PartitionOffsets, dead_letter_rows
+from ledger.batch import DeadLetterReason, FileSourcePosition, IngestBatch, PartitionOffsets, dead_letter_rows
 from ledger.connection import LedgerLocation, catalog_alias, connect, ledger_id
 from ledger.errors import (
     LedgerBusyError,
@@ -56,6 +56,7 @@ from ledger.tables import all_tables, create_statements, file_tables, inlined_ta
 from schemas.arrow import envelope_fields, position_fields
 from schemas.errors import require
 from schemas.events import event_types
+from schemas.reason_codes import ReasonCode
 
 log = logging.getLogger(__name__)
 
@@ -343,7 +344,7 @@ class Ledger:
         with self._transaction():
             self._check_offsets_fence(offsets)
             kept, duplicates, conflicts = self._deduplicate(batch)
-            reasons = [(r.index, str(r.error), r.error.field) for r in batch.decoded.rejections]
+            reasons = [(r.index, str(r.error), r.error.field, r.error.code) for r in batch.decoded.rejections]
             reasons += conflicts
             dead_letters = dead_letter_rows(batch, sorted(reasons), ingest_batch_id)
             dead_letters, dead_lines, stored_already = self._new_dead_letters(batch, sorted(reasons), dead_letters)
@@ -374,7 +375,7 @@ class Ledger:
         return AppendResult(snapshot_id, ingest_batch_id, events, duplicates, dead_letters.num_rows)
 
     def _new_dead_letters(
-        self, batch: IngestBatch, reasons: Sequence[tuple[int, str, str | None]], dead_letters: pa.Table
+        self, batch: IngestBatch, reasons: Sequence[DeadLetterReason], dead_letters: pa.Table
     ) -> tuple[pa.Table, pa.Table, int]:
         """Drop the dead letters of file lines stored before (same line, same raw bytes, same content up to there).
 
@@ -386,7 +387,7 @@ class Ledger:
                 "kafka_topic": dead_letters.column("kafka_topic"),
                 "kafka_offset": dead_letters.column("kafka_offset"),
                 "line_prefix_sha256": pa.array(
-                    [_line_digest(batch, index) for index, _, _ in reasons], pa.string()
+                    [_line_digest(batch, index) for index, *_ in reasons], pa.string()
                 ),
                 "raw_sha256": dead_letters.column("raw_sha256"),
             }
@@ -479,7 +480,7 @@ class Ledger:
 
     def _deduplicate(
         self, batch: IngestBatch
-    ) -> tuple[dict[str, pa.Table], int, list[tuple[int, str, str | None]]]:
+    ) -> tuple[dict[str, pa.Table], int, list[DeadLetterReason]]:
         """Drop exact duplicates (in the batch and against the ledger); report conflicting ones.
 
         An event is identified by its (source, event id), as CloudEvents defines: the same id from two
@@ -490,7 +491,7 @@ class Ledger:
         """
         kept: dict[str, pa.Table] = {}
         duplicates = 0
-        conflicts: list[tuple[int, str, str | None]] = []
+        conflicts: list[DeadLetterReason] = []
         for table_name, rows in batch.decoded.tables.items():
             content = [field.name for field in envelope_fields if field.name != "event_date"]
             content += list(_data_columns(table_name))
@@ -539,6 +540,7 @@ class Ledger:
                             f"conflicting duplicate: event id `{event_id}` of this source is {where} "
                             "with different content",
                             "id",
+                            ReasonCode.conflicting_duplicate,
                         )
                     )
             if dropped:

@@ -38,7 +38,7 @@ _read_advice = (
     "`royalty sql` reads the ledger through its views (docs/analytics.md) and its tables under lake.main; "
     "`royalty export` writes an epoch's statements as files"
 )
-_settings_advice = "the engine settings are fixed: `query_memory_mb_max`, `query_threads_max`, `query_seconds_max`"
+_settings_advice = "the engine settings are fixed: `query_memory_mb_max`, `query_threads_max`, `query_s_max`"
 _function_advice = {
     "ducklake_snapshots": "use the view `snapshots`",
     "ducklake_table_changes": "use the views, with --as-of-snapshot / --as-of-epoch for an earlier state",
@@ -210,7 +210,7 @@ def _statement_refused(kind: duckdb.StatementType | None, text: str, inside_expl
         f"{name}{where}{excerpt}",
         "Analysts run queries only (SELECT, or EXPLAIN [ANALYZE] SELECT): only `royalty ingest` and the settlement "
         "jobs write, the engine settings are fixed (`query_memory_mb_max`, `query_threads_max`, "
-        "`query_seconds_max`) and no extension, file or other database can be attached or loaded",
+        "`query_s_max`) and no extension, file or other database can be attached or loaded",
     )
 
 

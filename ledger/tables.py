@@ -24,6 +24,9 @@ dead_letter_schema = pa.schema(
         pa.field("raw", pa.binary(), nullable=False),
         pa.field("raw_size_bytes", pa.int64(), nullable=False),
         pa.field("raw_sha256", pa.string(), nullable=False),
+        # A `schemas.reason_codes.ReasonCode`, filled by every writer. Last, where format step 6 adds it to an
+        # older table; NULL in the rows stored before (the `dead_letters` view derives theirs from `reason`).
+        pa.field("reason_code", pa.string()),
     ]
 )
 

@@ -39,11 +39,41 @@ SELECT event_id, event_time, model_id, effective_from, compute_share_ppm, shares
        kafka_topic, kafka_partition, kafka_offset
 FROM lake.main.split_policy_set;
 
--- One row per message that broke the contract, with the reason naming the field and problem.
+-- One row per message that broke the contract, with the reason naming the field and problem, and its
+-- stable reason_code (docs/analytics.md). Rows stored before ledger format 6 have no stored code: it is
+-- derived here from the reason text, by the rules of schemas/reason_codes.py (`whole_message_rules`, then
+-- `reason_rules`), in order: tests/schemas/test_reason_codes.py requires this CASE and those lists to agree.
 CREATE OR REPLACE TEMP VIEW dead_letters AS
-SELECT reason, raw, error_field, event_id, event_type, received_at, kafka_topic, kafka_partition,
+SELECT reason,
+       CASE WHEN reason_code IS NOT NULL THEN reason_code
+              WHEN error_field IS NULL AND regexp_matches(reason_message, '^Input should be an object') THEN 'not_an_object'
+              WHEN regexp_matches(reason_message, '^message is not UTF-8') THEN 'invalid_utf8'
+              WHEN regexp_matches(reason_message, '^invalid JSON: EOF while parsing') THEN 'truncated_json'
+              WHEN regexp_matches(reason_message, '^invalid JSON: ') THEN 'invalid_json'
+              WHEN regexp_matches(reason_message, '^undecodable message ') THEN 'invalid_json'
+              WHEN regexp_matches(reason_message, '^a CloudEvent must be a JSON object') THEN 'not_an_object'
+              WHEN regexp_matches(reason_message, '^message is [0-9]+ bytes, over the limit') THEN 'message_too_large'
+              WHEN regexp_matches(reason_message, '^the Kafka record has no value') THEN 'missing_value'
+              WHEN regexp_matches(reason_message, '^duplicate_key: ') THEN 'duplicate_key'
+              WHEN regexp_matches(reason_message, '^time_in_future: ') THEN 'time_in_future'
+              WHEN regexp_matches(reason_message, '^unknown event type ') THEN 'unknown_event_type'
+              WHEN regexp_matches(reason_message, '^missing; expected one of ') THEN 'field_missing'
+              WHEN regexp_matches(reason_message, '^Field required') THEN 'field_missing'
+              WHEN regexp_matches(reason_message, '^unknown field; ') THEN 'unknown_field'
+              WHEN regexp_matches(reason_message, '^asset `') THEN 'asset_not_accepted'
+              WHEN regexp_matches(reason_message, '^conflicting duplicate: ') THEN 'conflicting_duplicate'
+              WHEN regexp_matches(reason_message, '^settlement epoch [0-9]+: reversal of unknown event ') THEN 'reversal_unresolved'
+              WHEN regexp_matches(reason_message, '^settlement epoch [0-9]+: reversal of already reversed event ') THEN 'reversal_repeated'
+              WHEN error_field IS NOT NULL THEN 'field_invalid'
+              ELSE 'unclassified' END AS reason_code,
+       raw, error_field, event_id, event_type, received_at, kafka_topic, kafka_partition,
        kafka_offset, raw_size_bytes, raw_sha256, ingest_batch_id
-FROM lake.main.dead_letter;
+FROM (
+    SELECT *,
+           CASE WHEN error_field IS NOT NULL AND starts_with(reason, 'field `' || error_field || '`: ')
+                THEN substr(reason, length(error_field) + 11) ELSE reason END AS reason_message
+    FROM lake.main.dead_letter
+);
 
 -- The next offset to read per source partition, as stored with the data.
 CREATE OR REPLACE TEMP VIEW ingest_offsets AS

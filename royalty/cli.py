@@ -78,7 +78,7 @@ def sql(
         _fail(ValueError("give --as-of-snapshot or --as-of-epoch, not both"))
     if query is None and not print_attach:
         _fail(ValueError("give a QUERY to run, or --print-attach"))
-    settings = load_settings({"lake": lake, "data_path": data_path, "query_seconds_max": timeout_s}, config)
+    settings = load_settings({"lake": lake, "data_path": data_path, "query_s_max": timeout_s}, config)
     # Analysts read through the SELECT-only role when one is configured (`royalty catalog grant-reader`).
     catalog = settings.reader_lake or settings.lake
     try:
@@ -94,7 +94,7 @@ def sql(
                 return
             define_views(ledger)
             lock_down(ledger, settings.query_memory_mb_max, settings.query_threads_max)
-            result = run_query(ledger, query, settings.query_seconds_max)
+            result = run_query(ledger, query, settings.query_s_max)
     except RoyaltyError as error:
         _fail(error)
     except Exception as error:  # DuckDB's own errors: a typo in the query is not a crash.
@@ -244,6 +244,16 @@ def backup(
     )
 
 
+def _until_idle_s(until_idle_s: float | None, deprecated: float | None) -> float | None:
+    """`--until-idle` (renamed `--until-idle-s`, units last) still works, with a warning."""
+    if deprecated is None:
+        return until_idle_s
+    if until_idle_s is not None:
+        _fail(ValueError("give --until-idle-s only (--until-idle is its deprecated name)"))
+    sys.stderr.write("warning: --until-idle is deprecated; use --until-idle-s\n")
+    return deprecated
+
+
 @app.command()
 def ingest(
     bootstrap_servers: Annotated[
@@ -266,8 +276,11 @@ def ingest(
         int | None, typer.Option("--batch-latency-ms-max", help="Longest a message waits for its batch.")
     ] = None,
     metrics_port: Annotated[int | None, typer.Option("--metrics-port", help="Serve Prometheus metrics here.")] = None,
-    until_idle: Annotated[
-        float | None, typer.Option("--until-idle", help="Stop after the source has been quiet this many seconds.")
+    until_idle_s: Annotated[
+        float | None, typer.Option("--until-idle-s", help="Stop after the source has been quiet this many seconds.")
+    ] = None,
+    until_idle_deprecated: Annotated[
+        float | None, typer.Option("--until-idle", hidden=True, help="Deprecated: --until-idle-s.")
     ] = None,
     log_format: Annotated[str | None, typer.Option("--log-format", help="json or text.")] = None,
 ) -> None:
@@ -280,6 +293,7 @@ def ingest(
     from ingest.sources import FileSource, KafkaSource
     from ledger import Ledger
 
+    until_idle_s = _until_idle_s(until_idle_s, until_idle_deprecated)
     settings = load_settings(
         {
             "lake": lake,
@@ -329,7 +343,7 @@ def ingest(
             event_time_future_s_max=settings.event_time_future_s_max,
         )
         service.install_signal_handlers()
-        idle_s = until_idle if until_idle is not None else (0.0 if from_file else None)
+        idle_s = until_idle_s if until_idle_s is not None else (0.0 if from_file else None)
         summary = service.run(until_idle_s=idle_s)
         ledger.close()
     except RoyaltyError as error:

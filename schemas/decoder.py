@@ -31,10 +31,11 @@ from schemas.errors import SchemaError
 from schemas.events import EventType, event_types
 from schemas.fields import printable_pattern
 from schemas.native_plan import build_native_decoder, repeated_keys_statuses
+from schemas.reason_codes import ReasonCode
 
 # The reason codes dead letters for a repeated JSON key and for a time ahead of the clock start with.
-duplicate_key_code = "duplicate_key"
-time_in_future_code = "time_in_future"
+duplicate_key_code = ReasonCode.duplicate_key.value
+time_in_future_code = ReasonCode.time_in_future.value
 
 
 def utc_now() -> datetime:
@@ -209,6 +210,7 @@ class BatchDecoder:
             f"({now.isoformat()}), more than event_time_future_s_max={self.event_time_future_s_max}; "
             "fix the producer's clock and send the event again",
             "time",
+            ReasonCode.time_in_future,
         )
 
     def explain(self, value: bytes | None) -> SchemaError | None:
@@ -235,13 +237,17 @@ class BatchDecoder:
         try:
             text = value.decode("utf-8")
         except UnicodeDecodeError as error:
-            return None, SchemaError(f"message is not UTF-8 (bad byte at offset {error.start})")
+            return None, SchemaError(
+                f"message is not UTF-8 (bad byte at offset {error.start})", code=ReasonCode.invalid_utf8
+            )
         try:
             return self._explainer.validate_json(text), None
         except ValidationError as error:
             return None, _schema_error(error)
         except (ValueError, RecursionError) as error:  # not seen, but bad input must never stop a batch
-            return None, SchemaError(f"undecodable message ({type(error).__name__}: {str(error)[:200]})")
+            return None, SchemaError(
+                f"undecodable message ({type(error).__name__}: {str(error)[:200]})", code=ReasonCode.invalid_json
+            )
 
 
 def _repeated_key_errors(values: Sequence[bytes | None], indexes: list[int]) -> dict[int, SchemaError]:
@@ -297,6 +303,7 @@ def _repeated_key(value: bytes) -> SchemaError | None:
                 f"{duplicate_key_code}: the key `{node.key}` appears more than once in one JSON object; "
                 "send each key once (readers disagree on which value counts)",
                 where,
+                ReasonCode.duplicate_key,
             )
         if isinstance(node, dict):
             stack.extend((child, f"{path}.{name}" if path else name) for name, child in node.items())
@@ -325,13 +332,17 @@ def _column_checks_mask(table: pa.Table, checks: list[ColumnCheck]) -> pa.Array 
 
 
 # A Kafka record whose value is null: a tombstone (compacted topics use them to delete a key).
-_no_value = SchemaError("the Kafka record has no value (null, a tombstone); a CloudEvent JSON object was expected")
+_no_value = SchemaError(
+    "the Kafka record has no value (null, a tombstone); a CloudEvent JSON object was expected",
+    code=ReasonCode.missing_value,
+)
 
 
 def _oversize(size_bytes: int) -> SchemaError:
     return SchemaError(
         f"message is {size_bytes} bytes, over the limit of {limits.message_bytes_max} bytes "
-        "(schemas.limits.message_bytes_max)"
+        "(schemas.limits.message_bytes_max)",
+        code=ReasonCode.message_too_large,
     )
 
 
@@ -339,25 +350,37 @@ def _schema_error(error: ValidationError) -> SchemaError:
     first = error.errors(include_url=False)[0]
     kind, location, message = first["type"], list(first["loc"]), first["msg"]
     if kind == "json_invalid":
-        return SchemaError(f"invalid JSON: {first.get('ctx', {}).get('error', message)}")
+        detail = first.get("ctx", {}).get("error", message)
+        truncated = str(detail).startswith("EOF while parsing")
+        return SchemaError(
+            f"invalid JSON: {detail}", code=ReasonCode.truncated_json if truncated else ReasonCode.invalid_json
+        )
     if kind in ("union_tag_invalid", "union_tag_not_found"):
         known = ", ".join(sorted(event_types))
         if kind == "union_tag_not_found":
-            return SchemaError(f"missing; expected one of {known}", "type")
+            return SchemaError(f"missing; expected one of {known}", "type", ReasonCode.field_missing)
         return SchemaError(
-            f"unknown event type {first['input'].get('type')!r}; expected one of {known}", "type"
+            f"unknown event type {first['input'].get('type')!r}; expected one of {known}",
+            "type",
+            ReasonCode.unknown_event_type,
         )
-    if kind == "model_attributes_type" and not location:
-        return SchemaError(f"a CloudEvent must be a JSON object, got {type(first['input']).__name__}")
+    if kind in ("model_attributes_type", "dict_type") and not location:
+        return SchemaError(
+            f"a CloudEvent must be a JSON object, got {type(first['input']).__name__}", code=ReasonCode.not_an_object
+        )
     if location and location[0] in event_types:
         location = location[1:]
     path = ".".join(str(part) for part in location) or None
+    code = _field_codes.get(kind, ReasonCode.field_invalid)
     if kind == "extra_forbidden":
         message = "unknown field; the contract forbids fields it does not define"
     if kind == "string_pattern_mismatch" and first.get("ctx", {}).get("pattern") == printable_pattern:
         message = "must not contain control characters (U+0000 to U+001F, U+007F)"
     extra = f" ({len(error.errors())} errors in all)" if error.error_count() > 1 else ""
-    return SchemaError(message.removeprefix("Value error, ") + extra, path)
+    return SchemaError(message.removeprefix("Value error, ") + extra, path, code)
+
+
+_field_codes = {"missing": ReasonCode.field_missing, "extra_forbidden": ReasonCode.unknown_field}
 
 
 def _to_arrow(event_type: EventType, indexes: list[int], events: list[Any]) -> pa.Table:

@@ -1,5 +1,7 @@
 """Errors of the schemas package."""
 
+from schemas.reason_codes import ReasonCode, reason_code_of
+
 
 class RoyaltyError(Exception):
     """Root of every error royalty-engine raises on purpose.
@@ -37,10 +39,12 @@ class SchemaError(RoyaltyError):
     """A message does not satisfy the producer contract.
 
     `field` is the dotted path of the offending field (`data.fee_micros`), or `None` when the
-    message as a whole is at fault (not UTF-8, not JSON, too large).
+    message as a whole is at fault (not UTF-8, not JSON, too large). `code` is the stable
+    `ReasonCode` its dead letter stores; when not given it is derived from the text.
     """
 
-    def __init__(self, reason: str, field: str | None = None) -> None:
+    def __init__(self, reason: str, field: str | None = None, code: ReasonCode | None = None) -> None:
         self.reason = reason
         self.field = field
         super().__init__(f"field `{field}`: {reason}" if field else reason)
+        self.code = code if code is not None else reason_code_of(str(self), field)

@@ -285,12 +285,17 @@ def _arrow(frame: pl.DataFrame, schema: pa.Schema) -> pa.Table:
 def _dead_letters(plan: EpochPlan, reversal_rows: pl.DataFrame, now: datetime) -> pa.Table:
     # Named apart from the reversal's own `reason` (refund, chargeback), which the rows also carry.
     dead = plan.reversals.filter(pl.col("outcome") == rev.dead_letter).select(
-        "source", "event_id", pl.col("reason").alias("dead_letter_reason")
+        "source",
+        "event_id",
+        pl.col("reason").alias("dead_letter_reason"),
+        pl.col("reason_code").alias("dead_letter_code"),
     )
     source = reversal_rows.join(dead, on=["source", "event_id"]).sort(["event_id", "source"])
     records = []
     for row in source.iter_rows(named=True):
-        raw = json.dumps({k: str(v) for k, v in row.items() if k != "dead_letter_reason"}, sort_keys=True).encode()
+        raw = json.dumps(
+            {k: str(v) for k, v in row.items() if k not in ("dead_letter_reason", "dead_letter_code")}, sort_keys=True
+        ).encode()
         records.append(
             {
                 "kafka_topic": row["kafka_topic"],
@@ -305,6 +310,7 @@ def _dead_letters(plan: EpochPlan, reversal_rows: pl.DataFrame, now: datetime) -
                 "raw": raw,
                 "raw_size_bytes": len(raw),
                 "raw_sha256": hashlib.sha256(raw).hexdigest(),
+                "reason_code": str(row["dead_letter_code"]),
             }
         )
     return pa.Table.from_pylist(records, schema=dead_letter_schema)

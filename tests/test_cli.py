@@ -44,7 +44,7 @@ def test_sql_on_a_missing_ledger_says_so(tmp_path: Path) -> None:
         (["ingest", "--from-file", "-", "--batch-records-max", "5000000"], "`batch_records_max` is 5,000,000"),
         (["ingest", "--from-file", "-", "--batch-latency-ms-max", "0"], "`batch_latency_ms_max` is 0"),
         (["ingest", "--from-file", "-", "--batch-bytes-max", "2147483648"], "`batch_bytes_max` is 2,147,483,648"),
-        (["sql", "--timeout-s", "99999", "SELECT 1"], "`query_seconds_max` is 99,999"),
+        (["sql", "--timeout-s", "99999", "SELECT 1"], "`query_s_max` is 99,999"),
     ],
 )
 def test_a_setting_out_of_its_bounds_is_refused_with_the_bounds(tmp_path: Path, args: list[str], message: str) -> None:

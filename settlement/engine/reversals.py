@@ -15,6 +15,7 @@ import bisect
 import polars as pl
 
 from schemas.errors import require
+from schemas.reason_codes import ReasonCode
 from settlement.engine.splits import event_columns, key_of
 
 taken_back, cancelled, dead_letter = "taken_back", "cancelled", "dead_letter"
@@ -51,6 +52,7 @@ def classify(
             "original_source": target_source,
             "outcome": dead_letter,
             "reason": None,
+            "reason_code": None,
             "settled_snapshot": None,
             **{c: None for c in event_columns if c not in ("event_id", "source")},
         }
@@ -59,8 +61,10 @@ def classify(
                 f"reversal of unknown event `{target}` of source `{target_source}`: no metered event with that "
                 "source and id in the ledger (a reversal names another source's event with `original_source`)"
             )
+            row["reason_code"] = ReasonCode.reversal_unresolved.value
         elif key in reversed_before or key in claimed:
             row["reason"] = f"reversal of already reversed event `{target}` of source `{target_source}`"
+            row["reason_code"] = ReasonCode.reversal_repeated.value
         else:
             claimed.add(key)
             row.update({c: original[c] for c in event_columns if c not in ("event_id", "source")})
@@ -88,6 +92,7 @@ classified_schema = {
     "original_source": pl.String,
     "outcome": pl.String,
     "reason": pl.String,
+    "reason_code": pl.String,  # a schemas.reason_codes.ReasonCode, for a dead letter
     "settled_snapshot": pl.Int64,
     "event_time": pl.Datetime("us", "UTC"),
     "model_id": pl.String,

@@ -95,8 +95,8 @@ def test_epoch_tools_on_a_ledger_that_never_closed_an_epoch_say_so(tmp_path: Pat
 
 
 def test_a_query_past_its_time_limit_is_stopped_with_advice_and_the_next_one_runs(settled_lake: Path) -> None:
-    """`--timeout-s` (setting `query_seconds_max`) interrupts a runaway query: exit 2 naming the limit, no hang."""
+    """`--timeout-s` (setting `query_s_max`) interrupts a runaway query: exit 2 naming the limit, no hang."""
     runaway = _sql(settled_lake, "--timeout-s", "1", "SELECT count(*) FROM range(1000000000000) a, inference_events")
     assert runaway.returncode == 2
-    assert "ran past 1 s and was stopped (setting `query_seconds_max`)" in " ".join(runaway.stderr.split())
+    assert "ran past 1 s and was stopped (setting `query_s_max`)" in " ".join(runaway.stderr.split())
     assert _rows(_sql(settled_lake, "--timeout-s", "1", "--format", "json", "SELECT 1 AS one")) == [{"one": 1}]

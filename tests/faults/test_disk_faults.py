@@ -170,7 +170,7 @@ def test_disk_full_during_append_stops_cleanly_on_sigterm_and_a_restart_after_fr
 
         remount(data, f"size={ROOMY_DISK_KB}k")
         restart = IngestProcess(kafka_broker, produced.topic, lake, tmp_path / "restart.log", *BATCH_OPTIONS,
-                                "--until-idle", "3")  # fmt: skip
+                                "--until-idle-s", "3")  # fmt: skip
         assert restart.process.wait(timeout=CATCH_UP_S_MAX) == 0, restart.output()[-3000:]
         assert_exactly_once(ledger_contents(lake), expected_ledger(kafka_broker, produced))
         assert _unlisted_files(lake) == []

@@ -72,7 +72,7 @@ def test_ingest_sigkilled_twenty_times_while_traffic_flows_stores_every_event_an
         producer.stop()
 
     final = IngestProcess(
-        kafka_broker, produced.topic, lake, tmp_path / "final.log", *BATCH_OPTIONS, "--until-idle", "3"
+        kafka_broker, produced.topic, lake, tmp_path / "final.log", *BATCH_OPTIONS, "--until-idle-s", "3"
     )
     assert final.process.wait(timeout=CATCH_UP_S_MAX) == 0, final.output()[-3000:]
 

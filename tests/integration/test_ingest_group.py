@@ -69,7 +69,7 @@ class _Ingest:
         command = [
             sys.executable, "-m", "royalty.cli", "ingest", "--bootstrap-servers", broker.bootstrap_servers,
             "--topic", topic, "--group-id", group, "--lake", catalog, "--data-path", str(data_path),
-            "--batch-records-max", "5000", "--batch-latency-ms-max", "300", "--until-idle", "300",
+            "--batch-records-max", "5000", "--batch-latency-ms-max", "300", "--until-idle-s", "300",
             "--log-format", "json",
         ]  # fmt: skip
         self.process = subprocess.Popen(command, env=_environment, stdout=subprocess.DEVNULL, stderr=self._log)

@@ -93,7 +93,7 @@ def test_ingest_keeps_every_valid_event_once_and_every_bad_message_as_a_dead_let
     kafka_broker.create_topic(topic, 6)
     produce_sample_traffic(events, kafka_broker.bootstrap_servers, topic, None, models=20, contributors=200,
                            seed=seed, **ppm)
-    result = subprocess.run(ingest_command(kafka_broker, topic, tmp_path / "lake", "--until-idle", "5"),
+    result = subprocess.run(ingest_command(kafka_broker, topic, tmp_path / "lake", "--until-idle-s", "5"),
                             capture_output=True, text=True, env=_environment, timeout=catch_up_s_max)
     assert result.returncode == 0, result.stderr[-3000:]
     ids, dead = expected(events, seed, **ppm)
@@ -119,7 +119,7 @@ def test_records_without_a_value_become_dead_letters_and_ingest_carries_on(
     producer.send(topic, key=b"key", value=b"")
     producer.flush()
     producer.close()
-    result = subprocess.run(ingest_command(kafka_broker, topic, tmp_path / "lake", "--until-idle", "3"),
+    result = subprocess.run(ingest_command(kafka_broker, topic, tmp_path / "lake", "--until-idle-s", "3"),
                             capture_output=True, text=True, env=_environment, timeout=catch_up_s_max)
     assert result.returncode == 0, result.stderr[-3000:]
     ids, dead, offsets = stored(tmp_path / "lake")

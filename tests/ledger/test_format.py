@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from ledger import Ledger
+from ledger import Ledger, define_views
 from ledger.errors import LedgerFormatError
 from ledger.format import format_table, format_version_current, record_format
 from ledger.verify import verify
@@ -68,6 +68,29 @@ def test_migrate_moves_a_previous_ledger_forward_and_it_then_verifies_and_settle
     with Ledger.open_read_only(lake_v1) as ledger:
         rows = ledger.connection.execute(f"SELECT format_version FROM lake.main.{format_table}").fetchall()
     assert sorted(version for (version,) in rows) == list(range(2, format_version_current + 1))
+
+
+def test_old_dead_letters_get_a_code_from_their_reason_after_migrate(lake_v1: Path) -> None:
+    """Format 6: the v1 ledger's dead letters keep a NULL stored reason_code (no row is rewritten), and the
+    `dead_letters` view shows a derived code for each, none `unclassified`: the sample's invalid messages and
+    the conflicting duplicates."""
+    assert _royalty("migrate", "--lake", str(lake_v1)).returncode == 0
+    with Ledger.open_read_only(lake_v1) as ledger:
+        stored = ledger.connection.execute(
+            "SELECT count(*), count(reason_code) FROM lake.main.dead_letter"
+        ).fetchone()
+        define_views(ledger)
+        codes = dict(
+            ledger.connection.execute(
+                "SELECT coalesce(reason_code, 'NULL'), count(*) FROM dead_letters GROUP BY ALL"
+            ).fetchall()
+        )
+    assert stored[0] > 0 and stored[1] == 0
+    assert sum(codes.values()) == stored[0]
+    assert set(codes) == {
+        "truncated_json", "invalid_utf8", "unknown_event_type", "unknown_field", "field_invalid",
+        "conflicting_duplicate",
+    }, codes
 
 
 def test_a_new_ledger_records_the_current_format_once(lake_dir: Path) -> None:

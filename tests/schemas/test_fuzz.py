@@ -116,7 +116,7 @@ def test_fuzzed_batches_appended_to_a_ledger_land_every_message_as_an_event_a_du
     tmp_path: Path,
 ) -> None:
     """Ten appends of 1,000 hostile messages: the ledger's events, duplicates dropped and dead letters (each with
-    a reason) add up to every message sent, with nothing silently dropped."""
+    a reason and a stored reason_code) add up to every message sent, with nothing silently dropped."""
     rng = random.Random(7)
     sent = duplicates = 0
     with Ledger.open(tmp_path / "lake") as ledger:
@@ -132,8 +132,9 @@ def test_fuzzed_batches_appended_to_a_ledger_land_every_message_as_an_event_a_du
                     + (SELECT count(*) FROM lake.main.model_registered)
                     + (SELECT count(*) FROM lake.main.split_policy_set),
                       (SELECT count(*) FROM lake.main.dead_letter),
-                      (SELECT count(*) FROM lake.main.dead_letter WHERE coalesce(reason, '') = '')"""
+                      (SELECT count(*) FROM lake.main.dead_letter WHERE coalesce(reason, '') = ''),
+                      (SELECT count(*) FROM lake.main.dead_letter WHERE reason_code IS NULL)"""
         ).fetchone()
-    events, dead_letters, without_reason = counts
+    events, dead_letters, without_reason, without_code = counts
     assert events + duplicates + dead_letters == sent
-    assert dead_letters > 0 and events > 0 and without_reason == 0
+    assert dead_letters > 0 and events > 0 and without_reason == 0 and without_code == 0

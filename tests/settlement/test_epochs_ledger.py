@@ -121,8 +121,10 @@ def test_late_events_settle_in_the_next_epoch_and_reversals_take_back(tmp_path):
         define_views(ledger)
         (total,) = run_query(ledger, "SELECT sum(balance_micros) FROM balances").to_pylist()[0].values()
         assert total == 0
-        dead = run_query(ledger, "SELECT event_id FROM dead_letters ORDER BY 1").column(0).to_pylist()
-        assert dead == ["r2", "r3"]
+        dead = ledger.connection.execute(
+            "SELECT event_id, reason_code FROM lake.main.dead_letter ORDER BY 1"
+        ).fetchall()
+        assert dead == [("r2", "reversal_repeated"), ("r3", "reversal_unresolved")]
         rows = run_query(
             ledger, "SELECT epoch, sum(amount_micros) FROM postings GROUP BY 1 ORDER BY 1"
         ).to_pylist()
