@@ -18,16 +18,10 @@ Crash safety and concurrency rest on five rules:
 5. Each writing step (close, tree, propose, record) has one writer at a time on any catalog
    (`Ledger.step_lock`): a run that waited for another finds the step done after the lock and goes on
    from there (the epoch closed, the tree written, the proposal on the chain or recorded).
-
-Test hook: the environment variable `ROYALTY_TEST_CRASH_AT` (`before-send` or `after-send`) makes the
-process SIGKILL itself at that point of proposing, so tests can kill `royalty settle` at the worst
-moment deterministically. It is read only there and does nothing else.
 """
 
 from __future__ import annotations
 
-import os
-import signal
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -69,7 +63,6 @@ from settlement.onchain.exceptions import (
 from settlement.onchain.merkle import MerkleTree
 from settlement.onchain.payout_tree import EpochTree, build_epoch_tree, write_dump
 
-crash_hook_env = "ROYALTY_TEST_CRASH_AT"
 _t = f"{catalog_alias}.main"
 # The step locks (`Ledger.step_lock`) of settle's writes: one writer of each at a time, on any catalog.
 tree_step, propose_step, record_step = "settle-tree", "settle-propose", "settle-record"
@@ -267,11 +260,6 @@ def _hex(value: Any) -> str:
     return "0x" + bytes(value).hex()
 
 
-def _crash_hook(point: str) -> None:
-    if os.environ.get(crash_hook_env) == point:
-        os.kill(os.getpid(), signal.SIGKILL)
-
-
 # --- the use case --------------------------------------------------------------------------------
 
 
@@ -443,9 +431,7 @@ def _fund_and_send(
     _append_guarded(
         ledger, "settlement_intent", intent, settle_tables.intent_schema, tree.epoch, chain.chain_id, contract
     )
-    _crash_hook("before-send")
     broadcast(chain, signed)
-    _crash_hook("after-send")
     return signed, shortfall_units
 
 

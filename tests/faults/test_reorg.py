@@ -18,8 +18,8 @@ from typer.testing import CliRunner
 
 from royalty.cli import app
 from tests.faults.test_rpc_restart import WAIT_S, _assert_one_root_recorded, _prefund, _settle_popen, _wait_until
-from tests.settlement.test_settle_anvil import SETTLER_KEY, _deploy, _new_lake, _proposals, _settle, _settlement_rows
 from tests.support.anvil import Anvil, anvil  # noqa: F401 - anvil is a fixture
+from tests.support.settle_runs import SETTLER_KEY, deploy, new_lake, proposals, settle, settlement_rows
 
 EVENTS = 120
 runner = CliRunner()
@@ -37,17 +37,17 @@ def test_a_reorg_removing_the_proposal_before_its_confirmations_is_not_recorded_
     empty one: settle exits 75 (EX_TEMPFAIL) naming the dropped tx, the ledger has no settlement_record, the chain no
     RootProposed; the rerun proposes once (same nonce) and records the proposal the chain now holds."""
     lake = tmp_path / "lake"
-    _new_lake(lake, EVENTS)
-    deployed = _deploy(anvil)
+    new_lake(lake, EVENTS)
+    deployed = deploy(anvil)
     distributor = deployed["distributor"]
     _prefund(anvil, distributor)
     process = _settle_popen(lake, anvil, distributor, "--confirmations", "3")
     try:
-        _wait_until(lambda: _proposals(anvil, distributor, 1), process, "the proposal is mined")
-        (removed,) = _proposals(anvil, distributor, 1)
+        _wait_until(lambda: proposals(anvil, distributor, 1), process, "the proposal is mined")
+        (removed,) = proposals(anvil, distributor, 1)
         assert anvil.w3.eth.block_number == removed["blockNumber"]
         anvil.rpc("anvil_reorg", [1, []])
-        assert _proposals(anvil, distributor, 1) == []
+        assert proposals(anvil, distributor, 1) == []
         _, stderr = process.communicate(timeout=WAIT_S)
     finally:
         if process.poll() is None:
@@ -55,14 +55,14 @@ def test_a_reorg_removing_the_proposal_before_its_confirmations_is_not_recorded_
     assert process.returncode == 75, stderr  # EX_TEMPFAIL: a rerun sends it again
     message = " ".join(stderr.split())
     assert f"tx `{_tx_hash(removed)}` was dropped" in message and "chain reorganisation" in message, message
-    assert _settlement_rows(lake, "settlement_record") == []
-    (intent,) = _settlement_rows(lake, "settlement_intent")
+    assert settlement_rows(lake, "settlement_record") == []
+    (intent,) = settlement_rows(lake, "settlement_intent")
 
-    rerun = _settle(lake, anvil, distributor)
+    rerun = settle(lake, anvil, distributor)
     assert rerun["outcome"] == "proposed"
     record = _assert_one_root_recorded(lake, anvil, distributor)
     assert record["tx_hash"] == rerun["tx_hash"]  # the same signed tx again, or one with the same nonce
-    intents = sorted(_settlement_rows(lake, "settlement_intent"), key=lambda i: i["prepared_at"])
+    intents = sorted(settlement_rows(lake, "settlement_intent"), key=lambda i: i["prepared_at"])
     assert [i["nonce"] for i in intents] == [intent["nonce"]] * 2
 
 
@@ -73,17 +73,17 @@ def test_a_reorg_moving_the_proposal_into_another_block_records_the_block_it_end
     """While settle waits for 3 confirmations, `anvil_reorg` re-mines the proposal's block with the same
     transaction (another block hash): settle waits out the depth on the new block and records that one."""
     lake = tmp_path / "lake"
-    _new_lake(lake, EVENTS)
-    deployed = _deploy(anvil)
+    new_lake(lake, EVENTS)
+    deployed = deploy(anvil)
     distributor = deployed["distributor"]
     _prefund(anvil, distributor)
     process = _settle_popen(lake, anvil, distributor, "--confirmations", "3")
     try:
-        _wait_until(lambda: _proposals(anvil, distributor, 1), process, "the proposal is mined")
-        (first,) = _proposals(anvil, distributor, 1)
+        _wait_until(lambda: proposals(anvil, distributor, 1), process, "the proposal is mined")
+        (first,) = proposals(anvil, distributor, 1)
         raw = anvil.rpc("eth_getRawTransactionByHash", [_tx_hash(first)])
         anvil.rpc("anvil_reorg", [1, [[raw, 0]]])
-        (moved,) = _proposals(anvil, distributor, 1)
+        (moved,) = proposals(anvil, distributor, 1)
         assert _tx_hash(moved) == _tx_hash(first) and moved["blockHash"] != first["blockHash"]
         time.sleep(1)  # settle polls the new block meanwhile
         anvil.rpc("anvil_mine", [2])
@@ -104,16 +104,16 @@ def test_a_reorg_deeper_than_the_confirmations_after_the_record_stops_the_rerun_
     """Settle with 1 confirmation records its proposal; a 2-block reorg then removes it: the rerun fails with
     ChainLedgerMismatchError naming the recorded tx and the chain gains no proposal (an operator decides)."""
     lake = tmp_path / "lake"
-    _new_lake(lake, EVENTS)
-    deployed = _deploy(anvil)
+    new_lake(lake, EVENTS)
+    deployed = deploy(anvil)
     distributor = deployed["distributor"]
-    first = _settle(lake, anvil, distributor)
+    first = settle(lake, anvil, distributor)
     assert first["outcome"] == "proposed"
     anvil.rpc("anvil_reorg", [2, []])  # the funding transfer and the proposal
-    assert _proposals(anvil, distributor, 1) == []
+    assert proposals(anvil, distributor, 1) == []
     args = ["settle", "--lake", str(lake), "--rpc-url", anvil.url, "--distributor", distributor]
     result = runner.invoke(app, args, env={"ROYALTY_SETTLER_KEY": SETTLER_KEY})
     message = " ".join(result.stderr.split())
     assert result.exit_code == 2 and first["tx_hash"] in message and "nothing was sent or written" in message
-    assert _proposals(anvil, distributor, 1) == []
-    assert len(_settlement_rows(lake, "settlement_record")) == 1
+    assert proposals(anvil, distributor, 1) == []
+    assert len(settlement_rows(lake, "settlement_record")) == 1

@@ -26,15 +26,15 @@ from typer.testing import CliRunner
 import settlement.onchain.settle as settle_module
 from royalty.cli import app
 from settlement.onchain.chain import connect, distributor_contract, token_contract
-from tests.settlement.test_settle_anvil import (
-    SETTLER_KEY,
-    _deploy,
-    _new_lake,
-    _proposals,
-    _royalty,
-    _settlement_rows,
-)
 from tests.support.anvil import REPO_ROOT, Anvil, anvil_binary
+from tests.support.settle_runs import (
+    SETTLER_KEY,
+    deploy,
+    new_lake,
+    proposals,
+    royalty,
+    settlement_rows,
+)
 
 EVENTS = 120
 WAIT_S = 120
@@ -78,7 +78,7 @@ def restartable(tmp_path: Path) -> Iterator[RestartableNode]:
 def _settle_after_restart(lake: Path, node: Anvil, deployed: dict) -> dict:
     """`royalty settle` on a restarted node: it loaded its state without the old blocks' states, like a
     non-archive node, so the distributor's deployment block is passed (as an operator sets `from_block`)."""
-    return _royalty(
+    return royalty(
         "settle",
         "--lake",
         str(lake),
@@ -93,7 +93,6 @@ def _settle_after_restart(lake: Path, node: Anvil, deployed: dict) -> dict:
 
 def _settle_popen(lake: Path, node: Anvil, distributor: str, *extra: str) -> subprocess.Popen:
     env = {**os.environ, "ROYALTY_SETTLER_KEY": SETTLER_KEY, "PYTHONPATH": str(REPO_ROOT)}
-    env.pop("ROYALTY_TEST_CRASH_AT", None)
     command = [sys.executable, "-m", "royalty.cli", "settle", "--lake", str(lake), "--rpc-url", node.url]
     return subprocess.Popen(
         [*command, "--distributor", distributor, "--json", *extra],
@@ -123,10 +122,10 @@ def _prefund(node: Anvil, distributor: str) -> None:
 
 def _assert_one_root_recorded(lake: Path, node: Anvil, distributor: str) -> dict:
     """Exactly one RootProposed for epoch 1, with the ledger's root, and one record naming its tx and block."""
-    (root_row,) = _settlement_rows(lake, "settlement_root")
-    (proposal,) = _proposals(node, distributor, 1)
+    (root_row,) = settlement_rows(lake, "settlement_root")
+    (proposal,) = proposals(node, distributor, 1)
     assert "0x" + bytes(proposal["args"]["root"]).hex() == root_row["root"]
-    (record,) = _settlement_rows(lake, "settlement_record")
+    (record,) = settlement_rows(lake, "settlement_record")
     receipt = node.w3.eth.get_transaction_receipt(record["tx_hash"])
     assert record["tx_hash"] == "0x" + bytes(proposal["transactionHash"]).hex()
     assert (record["block_number"], record["block_hash"]) == (
@@ -142,13 +141,13 @@ def test_node_restarted_while_settle_waits_for_confirmations_is_ridden_out(
     """Kill anvil (state kept) while `royalty settle --confirmations 3` waits on its mined proposal, restart it
     on the same port and mine two blocks: the same settle run records the proposal (exit 0, one root)."""
     lake = tmp_path / "lake"
-    _new_lake(lake, EVENTS)
+    new_lake(lake, EVENTS)
     node = restartable.node
-    deployed = _deploy(node)
+    deployed = deploy(node)
     _prefund(node, deployed["distributor"])
     process = _settle_popen(lake, node, deployed["distributor"], "--confirmations", "3")
     try:
-        _wait_until(lambda: _proposals(node, deployed["distributor"], 1), process, "the proposal is mined")
+        _wait_until(lambda: proposals(node, deployed["distributor"], 1), process, "the proposal is mined")
         restartable.stop()
         time.sleep(2)  # settle polls a dead node meanwhile
         restartable.start()
@@ -177,8 +176,8 @@ def test_node_down_between_steps_stops_with_a_resumable_message_and_the_rerun_se
     ChainUnavailableError saying a rerun resumes, records nothing as settled; after a restart the rerun
     funds exactly once and proposes exactly one root."""
     lake = tmp_path / "lake"
-    _new_lake(lake, EVENTS)
-    deployed = _deploy(restartable.node)
+    new_lake(lake, EVENTS)
+    deployed = deploy(restartable.node)
     real = getattr(settle_module, patched)
 
     def stop_node_then(*args: object, **kwargs: object) -> object:
@@ -192,11 +191,11 @@ def test_node_down_between_steps_stops_with_a_resumable_message_and_the_rerun_se
     message = " ".join(failed.stderr.split())
     assert failed.exit_code == 75, failed.output  # EX_TEMPFAIL: the node being down is transient
     assert "is unavailable (ConnectionError" in message and "a rerun resumes" in message, message
-    assert _settlement_rows(lake, "settlement_record") == []
-    assert len(_settlement_rows(lake, "settlement_intent")) == (1 if step == "propose" else 0)
+    assert settlement_rows(lake, "settlement_record") == []
+    assert len(settlement_rows(lake, "settlement_intent")) == (1 if step == "propose" else 0)
 
     restartable.start()
-    assert _proposals(restartable.node, deployed["distributor"], 1) == []
+    assert proposals(restartable.node, deployed["distributor"], 1) == []
     rerun = _settle_after_restart(lake, restartable.node, deployed)
     assert rerun["outcome"] == "proposed"
     record = _assert_one_root_recorded(lake, restartable.node, deployed["distributor"])
@@ -212,9 +211,9 @@ def test_node_restarted_with_the_proposal_still_pending_stops_as_dropped_and_the
     rides out the outage, then exits 75 with TransactionDroppedError and records nothing; the rerun sends the
     proposal again with the same nonce and the chain holds exactly one root."""
     lake = tmp_path / "lake"
-    _new_lake(lake, EVENTS)
+    new_lake(lake, EVENTS)
     node = restartable.node
-    deployed = _deploy(node)
+    deployed = deploy(node)
     _prefund(node, deployed["distributor"])
     settler = node.w3.eth.account.from_key(SETTLER_KEY).address
     node.rpc("evm_setAutomine", [False])
@@ -237,13 +236,13 @@ def test_node_restarted_with_the_proposal_still_pending_stops_as_dropped_and_the
     assert process.returncode == 75, stderr  # EX_TEMPFAIL: a rerun sends it again
     message = " ".join(stderr.split())
     assert "was dropped" in message and "run `royalty settle` again" in message, message
-    (intent,) = _settlement_rows(lake, "settlement_intent")
-    assert _settlement_rows(lake, "settlement_record") == []
-    assert _proposals(restartable.node, deployed["distributor"], 1) == []
+    (intent,) = settlement_rows(lake, "settlement_intent")
+    assert settlement_rows(lake, "settlement_record") == []
+    assert proposals(restartable.node, deployed["distributor"], 1) == []
 
     rerun = _settle_after_restart(lake, restartable.node, deployed)
     assert rerun["outcome"] == "proposed"  # the same signed tx again, or a replacement with the same nonce
     record = _assert_one_root_recorded(lake, restartable.node, deployed["distributor"])
-    intents = sorted(_settlement_rows(lake, "settlement_intent"), key=lambda i: i["prepared_at"])
+    intents = sorted(settlement_rows(lake, "settlement_intent"), key=lambda i: i["prepared_at"])
     assert [i["nonce"] for i in intents] == [intent["nonce"]] * 2
     assert record["tx_hash"] == intents[-1]["tx_hash"] == rerun["tx_hash"]

@@ -6,7 +6,8 @@ ledger's root, exactly one `settlement_record` naming that transaction, the dist
 once (its balance is the root's total), and every payee's claim paying exactly its payable. The ledger
 stays verifiable (`royalty verify`) even when the kill lands inside an open DuckLake transaction.
 
-Two ways of killing: the production hook `ROYALTY_TEST_CRASH_AT` (`before-send`, `after-send`), and, for
+Two ways of killing, both from a small driver around the real CLI (production code has no hook): `settle`'s
+`broadcast` wrapped to SIGKILL just before or after sending (`tests/support/settle_runs.py`), and, for
 the ledger transactions, a small driver that runs the real CLI in a subprocess after wrapping
 `Ledger.append_records` so the process SIGKILLs itself before the transaction, inside it (rows and
 Parquet files written, COMMIT not yet run), or right after it commits.
@@ -25,16 +26,16 @@ import pytest
 from ledger import Ledger
 from ledger.verify import verify
 from settlement.onchain.chain import connect, distributor_contract, token_contract
-from tests.settlement.test_settle_anvil import (
-    SETTLER_KEY,
-    _deploy,
-    _expected_units,
-    _new_lake,
-    _proposals,
-    _settle_process,
-    _settlement_rows,
-)
 from tests.support.anvil import REPO_ROOT, Anvil, anvil  # noqa: F401 - anvil is a fixture
+from tests.support.settle_runs import (
+    SETTLER_KEY,
+    deploy,
+    expected_units,
+    new_lake,
+    proposals,
+    settle_process,
+    settlement_rows,
+)
 
 CLAIMER = "0x9965507D1a55bcC2695C58ba16FB37d819B0A4dc"  # anvil dev account 5, unlocked on the node
 EVENTS = 120
@@ -95,7 +96,6 @@ main()
 
 def _settle_killed_at(lake: Path, node: Anvil, distributor: str, fault_at: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "ROYALTY_SETTLER_KEY": SETTLER_KEY, "PYTHONPATH": str(REPO_ROOT), "FAULT_AT": fault_at}
-    env.pop("ROYALTY_TEST_CRASH_AT", None)
     args = ["settle", "--lake", str(lake), "--rpc-url", node.url, "--distributor", distributor, "--json"]
     return subprocess.run(
         [sys.executable, "-c", _DRIVER, *args], env=env, capture_output=True, text=True, timeout=RUN_TIMEOUT_S
@@ -103,28 +103,28 @@ def _settle_killed_at(lake: Path, node: Anvil, distributor: str, fault_at: str) 
 
 
 def _root_rows(lake: Path) -> list[dict]:
-    return _settlement_rows(lake, "settlement_root")
+    return settlement_rows(lake, "settlement_root")
 
 
 def _assert_settled_exactly_once(lake: Path, node: Anvil, distributor: str, result: dict) -> None:
     """One proposal and one record for epoch 1 with the ledger's root; funded once; every claim pays its payable."""
     (root_row,) = _root_rows(lake)
     assert result["root"] == root_row["root"] and result["epoch"] == 1
-    proposals = _proposals(node, distributor, 1)
-    assert len(proposals) == 1, proposals
-    assert "0x" + bytes(proposals[0]["args"]["root"]).hex() == root_row["root"]
-    tx_hash = "0x" + bytes(proposals[0]["transactionHash"]).hex()
-    records = _settlement_rows(lake, "settlement_record")
+    on_chain = proposals(node, distributor, 1)
+    assert len(on_chain) == 1, on_chain
+    assert "0x" + bytes(on_chain[0]["args"]["root"]).hex() == root_row["root"]
+    tx_hash = "0x" + bytes(on_chain[0]["transactionHash"]).hex()
+    records = settlement_rows(lake, "settlement_record")
     assert [(r["epoch"], r["root"], r["tx_hash"], r["block_number"]) for r in records] == [
-        (1, root_row["root"], tx_hash, proposals[0]["blockNumber"])
+        (1, root_row["root"], tx_hash, on_chain[0]["blockNumber"])
     ]
     chain = connect(node.url, None)
     contract = distributor_contract(chain, distributor)
     token = token_contract(chain, contract)
     assert token.functions.balanceOf(contract.address).call() == root_row["total_units"]  # funded exactly once
 
-    expected = _expected_units(lake)
-    proofs = _settlement_rows(lake, "settlement_proof")
+    expected = expected_units(lake)
+    proofs = settlement_rows(lake, "settlement_proof")
     assert {p["account"].lower(): p["cumulative_units"] for p in proofs} == expected
     for leaf in proofs:
         call = contract.functions.claim(leaf["account"], leaf["cumulative_units"], leaf["proof"])
@@ -164,19 +164,19 @@ def test_settle_killed_around_each_ledger_transaction_resumes_with_exactly_one_r
     the record (or after funding): the ledger holds only committed transactions and stays verifiable, and
     the rerun finishes with one root proposed, recorded once, funded once, and claims paying the payables."""
     lake = tmp_path / "lake"
-    _new_lake(lake, EVENTS)
-    deployed = _deploy(anvil)
+    new_lake(lake, EVENTS)
+    deployed = deploy(anvil)
     killed = _settle_killed_at(lake, anvil, deployed["distributor"], fault_at)
     assert killed.returncode == -9, killed.stderr
     assert len(_root_rows(lake)) == roots
-    assert len(_settlement_rows(lake, "settlement_intent")) == intents
-    assert len(_settlement_rows(lake, "settlement_record")) == (1 if fault_at == "settlement_record:after" else 0)
-    assert len(_proposals(anvil, deployed["distributor"], 1)) == proposed
+    assert len(settlement_rows(lake, "settlement_intent")) == intents
+    assert len(settlement_rows(lake, "settlement_record")) == (1 if fault_at == "settlement_record:after" else 0)
+    assert len(proposals(anvil, deployed["distributor"], 1)) == proposed
     with Ledger.open_read_only(str(lake)) as ledger:
         report = verify(ledger)
     assert report.ok, report.problems
 
-    rerun = _settle_process(lake, anvil, deployed["distributor"], None)
+    rerun = settle_process(lake, anvil, deployed["distributor"], None)
     assert rerun.returncode == 0, rerun.stderr
     result = json.loads(rerun.stdout.strip().splitlines()[-1])
     assert result["outcome"] == outcome
@@ -191,18 +191,18 @@ def test_settle_killed_around_sending_is_resumed_with_exactly_one_proposal(
     tmp_path: Path,
     crash_at: str,
 ) -> None:
-    """SIGKILL `royalty settle` (the ROYALTY_TEST_CRASH_AT hook) just after / just before it sends proposeRoot;
+    """SIGKILL `royalty settle` (its `broadcast` wrapped by a driver) just after / just before it sends proposeRoot;
     the rerun records the same root and the chain shows exactly one RootProposed for the epoch."""
     lake = tmp_path / "lake"
-    _new_lake(lake, EVENTS)
-    deployed = _deploy(anvil)
-    killed = _settle_process(lake, anvil, deployed["distributor"], crash_at)
+    new_lake(lake, EVENTS)
+    deployed = deploy(anvil)
+    killed = settle_process(lake, anvil, deployed["distributor"], crash_at)
     assert killed.returncode == -9, killed.stderr
-    intents = _settlement_rows(lake, "settlement_intent")
-    assert len(intents) == 1 and _settlement_rows(lake, "settlement_record") == []
-    assert len(_proposals(anvil, deployed["distributor"], 1)) == (1 if crash_at == "after-send" else 0)
+    intents = settlement_rows(lake, "settlement_intent")
+    assert len(intents) == 1 and settlement_rows(lake, "settlement_record") == []
+    assert len(proposals(anvil, deployed["distributor"], 1)) == (1 if crash_at == "after-send" else 0)
 
-    rerun = _settle_process(lake, anvil, deployed["distributor"], None)
+    rerun = settle_process(lake, anvil, deployed["distributor"], None)
     assert rerun.returncode == 0, rerun.stderr
     result = json.loads(rerun.stdout.strip().splitlines()[-1])
     assert result["outcome"] == ("recovered" if crash_at == "after-send" else "proposed")
@@ -219,8 +219,8 @@ def test_settle_killed_while_its_proposal_is_pending_waits_for_that_transaction(
     """With anvil's automine off, kill `royalty settle` after sending: the rerun finds the recorded hash
     in the node's pool, waits for it to be mined (interval mining) and records it, proposing nothing."""
     lake = tmp_path / "lake"
-    _new_lake(lake, EVENTS)
-    deployed = _deploy(anvil)
+    new_lake(lake, EVENTS)
+    deployed = deploy(anvil)
     chain = connect(anvil.url, None)
     contract = distributor_contract(chain, deployed["distributor"])
     token = token_contract(chain, contract)
@@ -230,18 +230,18 @@ def test_settle_killed_while_its_proposal_is_pending_waits_for_that_transaction(
     anvil.w3.eth.wait_for_transaction_receipt(funding)
     anvil.rpc("evm_setAutomine", [False])
     try:
-        killed = _settle_process(lake, anvil, deployed["distributor"], "after-send")
+        killed = settle_process(lake, anvil, deployed["distributor"], "after-send")
         assert killed.returncode == -9, killed.stderr
-        (intent,) = _settlement_rows(lake, "settlement_intent")
+        (intent,) = settlement_rows(lake, "settlement_intent")
         assert anvil.w3.eth.get_transaction(intent["tx_hash"])["blockNumber"] is None  # pending
         anvil.rpc("evm_setIntervalMining", [1])
-        rerun = _settle_process(lake, anvil, deployed["distributor"], None)
+        rerun = settle_process(lake, anvil, deployed["distributor"], None)
     finally:
         anvil.rpc("evm_setIntervalMining", [0])
         anvil.rpc("evm_setAutomine", [True])
     assert rerun.returncode == 0, rerun.stderr
     result = json.loads(rerun.stdout.strip().splitlines()[-1])
     assert (result["outcome"], result["tx_hash"]) == ("recovered", intent["tx_hash"])
-    assert len(_proposals(anvil, deployed["distributor"], 1)) == 1
-    records = _settlement_rows(lake, "settlement_record")
+    assert len(proposals(anvil, deployed["distributor"], 1)) == 1
+    records = settlement_rows(lake, "settlement_record")
     assert [(r["root"], r["tx_hash"]) for r in records] == [(intent["root"], intent["tx_hash"])]

@@ -15,15 +15,15 @@ import json
 from pathlib import Path
 
 from settlement.onchain.chain import connect, distributor_contract, token_contract
-from tests.settlement.test_settle_anvil import (
-    SETTLER_KEY,
-    _deploy,
-    _new_lake,
-    _proposals,
-    _settle_process,
-    _settlement_rows,
-)
 from tests.support.anvil import Anvil, anvil  # noqa: F401 - anvil is a fixture
+from tests.support.settle_runs import (
+    SETTLER_KEY,
+    deploy,
+    new_lake,
+    proposals,
+    settle_process,
+    settlement_rows,
+)
 
 EVENTS = 80
 
@@ -36,8 +36,8 @@ def test_a_replacement_proposal_reuses_the_recorded_nonce_and_never_skips_past_i
     nothing and says the nonce gap; after a transaction fills n-1, the rerun proposes with nonce n (the old
     code signed the next nonce, n-1) and exactly one RootProposed and one record exist."""
     lake = tmp_path / "lake"
-    _new_lake(lake, EVENTS)
-    deployed = _deploy(anvil)
+    new_lake(lake, EVENTS)
+    deployed = deploy(anvil)
     distributor = deployed["distributor"]
     chain = connect(anvil.url, None)
     token = token_contract(chain, distributor_contract(chain, distributor))
@@ -50,30 +50,30 @@ def test_a_replacement_proposal_reuses_the_recorded_nonce_and_never_skips_past_i
     settler_transfer()  # funded: settle sends no funding transfer of its own
     snapshot = anvil.rpc("evm_snapshot", [])
     settler_transfer()  # nonce n-1, soon lost
-    killed = _settle_process(lake, anvil, distributor, "before-send")
+    killed = settle_process(lake, anvil, distributor, "before-send")
     assert killed.returncode == -9, killed.stderr
-    (intent,) = _settlement_rows(lake, "settlement_intent")
+    (intent,) = settlement_rows(lake, "settlement_intent")
     assert anvil.rpc("evm_revert", [snapshot]) is True
     next_nonce = anvil.w3.eth.get_transaction_count(settler, "latest")
     assert intent["nonce"] == next_nonce + 1
 
-    refused = _settle_process(lake, anvil, distributor, None)
+    refused = settle_process(lake, anvil, distributor, None)
     assert refused.returncode == 2, refused.stdout + refused.stderr
     message = " ".join(refused.stderr.split())
     assert f"has nonce {intent['nonce']}, but the next nonce of settler `{settler}` is {next_nonce}" in message
     assert "Nothing was sent" in message
-    assert len(_settlement_rows(lake, "settlement_intent")) == 1
+    assert len(settlement_rows(lake, "settlement_intent")) == 1
     assert anvil.w3.eth.get_transaction_count(settler, "pending") == next_nonce  # nothing sent
 
     settler_transfer()  # fills nonce n-1
-    rerun = _settle_process(lake, anvil, distributor, None)
+    rerun = settle_process(lake, anvil, distributor, None)
     assert rerun.returncode == 0, rerun.stderr
     result = json.loads(rerun.stdout.strip().splitlines()[-1])
     assert result["outcome"] == "proposed"
-    intents = sorted(_settlement_rows(lake, "settlement_intent"), key=lambda row: row["prepared_at"])
+    intents = sorted(settlement_rows(lake, "settlement_intent"), key=lambda row: row["prepared_at"])
     assert [row["nonce"] for row in intents] == [intent["nonce"]] * 2
     assert anvil.w3.eth.get_transaction(result["tx_hash"])["nonce"] == intent["nonce"]
-    (proposal,) = _proposals(anvil, distributor, 1)
+    (proposal,) = proposals(anvil, distributor, 1)
     assert "0x" + bytes(proposal["transactionHash"]).hex() == result["tx_hash"]
-    (record,) = _settlement_rows(lake, "settlement_record")
+    (record,) = settlement_rows(lake, "settlement_record")
     assert record["tx_hash"] == result["tx_hash"]

@@ -14,8 +14,8 @@ import pytest
 from web3 import HTTPProvider
 
 import settlement.onchain.chain_logs as chain_logs
-from tests.settlement.test_settle_anvil import _append, _deploy, _new_lake, _royalty, _settlement_rows
 from tests.support.anvil import Anvil, anvil  # noqa: F401 - anvil is a fixture
+from tests.support.settle_runs import append, deploy, new_lake, royalty, settlement_rows
 
 SPAN_BLOCKS = 7
 BLOCKS_BEFORE = 40
@@ -53,7 +53,7 @@ def test_settle_and_sync_claims_read_logs_from_the_deployment_block_in_bounded_r
     the chain), sync-claims (--from-block) and a second epoch's settle (after the first proposal) never ask
     for a log before those blocks nor for more than SPAN_BLOCKS blocks at once."""
     anvil.rpc("anvil_mine", [hex(BLOCKS_BEFORE)])
-    deployed = _deploy(anvil)
+    deployed = deploy(anvil)
     deployment_block = deployed["deployment_block"]
     distributor = deployed["distributor"]
     assert anvil.w3.eth.get_code(distributor, deployment_block - 1) == b""
@@ -64,8 +64,8 @@ def test_settle_and_sync_claims_read_logs_from_the_deployment_block_in_bounded_r
     calls = _record_get_logs(monkeypatch)
 
     lake = tmp_path / "lake"
-    traffic, offset = _new_lake(lake, 60)
-    _royalty(
+    traffic, offset = new_lake(lake, 60)
+    royalty(
         "sync-claims",
         "--lake",
         str(lake),
@@ -79,17 +79,17 @@ def test_settle_and_sync_claims_read_logs_from_the_deployment_block_in_bounded_r
     _assert_bounded_from(calls, deployment_block)
 
     calls.clear()
-    first = _royalty("settle", "--lake", str(lake), "--rpc-url", anvil.url, "--distributor", distributor)
+    first = royalty("settle", "--lake", str(lake), "--rpc-url", anvil.url, "--distributor", distributor)
     assert first["outcome"] == "proposed"
     _assert_bounded_from(calls, deployment_block)  # found on the chain by binary search
 
     from ledger import Ledger
 
     with Ledger.open(str(lake)) as ledger:
-        _append(ledger, list(traffic.metered(40)), offset)
+        append(ledger, list(traffic.metered(40)), offset)
     anvil.rpc("anvil_mine", [hex(BLOCKS_AFTER)])
     calls.clear()
-    second = _royalty(
+    second = royalty(
         "settle",
         "--lake",
         str(lake),
@@ -101,5 +101,5 @@ def test_settle_and_sync_claims_read_logs_from_the_deployment_block_in_bounded_r
         str(deployment_block),
     )
     assert (second["outcome"], second["epoch"]) == ("proposed", 2)
-    (record_1,) = [r for r in _settlement_rows(lake, "settlement_record") if r["epoch"] == 1]
+    (record_1,) = [r for r in settlement_rows(lake, "settlement_record") if r["epoch"] == 1]
     _assert_bounded_from(calls, record_1["block_number"])

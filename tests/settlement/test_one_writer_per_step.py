@@ -24,8 +24,8 @@ import pytest
 
 from ledger import Ledger
 from ledger.verify import verify
-from tests.settlement.test_settle_anvil import SETTLER_KEY, _append, _deploy, _proposals, shape
 from tests.support.anvil import REPO_ROOT, Anvil, anvil  # noqa: F401 - anvil is a fixture
+from tests.support.settle_runs import SETTLER_KEY, append, deploy, proposals, shape
 
 if TYPE_CHECKING:
     from tests.support.postgres import PostgresServer
@@ -125,7 +125,7 @@ def catalog(request: pytest.FixtureRequest, tmp_path: Path) -> Catalog:
 
     traffic = SampleTraffic(shape, seed=5)
     with found.open() as ledger:
-        _append(ledger, list(traffic.registry()) + list(traffic.metered(EVENTS)), 0)
+        append(ledger, list(traffic.registry()) + list(traffic.metered(EVENTS)), 0)
     return found
 
 
@@ -140,7 +140,6 @@ def _run_at_once(args: list[str], tmp_path: Path, driver: str = _DRIVER) -> list
         "BARRIER_TIMEOUT_S": str(BARRIER_TIMEOUT_S),
         "ROYALTY_SETTLER_KEY": SETTLER_KEY,
     }
-    env.pop("ROYALTY_TEST_CRASH_AT", None)
     processes = [
         subprocess.Popen(
             [sys.executable, "-c", driver, *args], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
@@ -189,7 +188,7 @@ def test_concurrent_settle_processes_close_build_propose_and_record_once(
 ) -> None:
     """PROCESSES `royalty settle` at once on one ledger and one distributor: exactly one epoch, one tree, one
     intent, one RootProposed and one settlement record; every process exits 0 and reports the same root."""
-    deployed = _deploy(anvil)
+    deployed = deploy(anvil)
     args = ["settle", *catalog.options(), "--rpc-url", anvil.url, "--distributor", deployed["distributor"], "--json"]
     results = _run_at_once(args, tmp_path)
     assert [r.returncode for r in results] == [0] * PROCESSES, [r.stderr for r in results]
@@ -203,7 +202,7 @@ def test_concurrent_settle_processes_close_build_propose_and_record_once(
     assert catalog.rows("settlement_root")["epoch"].to_list() == [1]
     assert catalog.rows("settlement_intent").height == 1
     (record,) = catalog.rows("settlement_record").to_dicts()
-    (proposal,) = _proposals(anvil, deployed["distributor"], 1)
+    (proposal,) = proposals(anvil, deployed["distributor"], 1)
     assert record["tx_hash"] == "0x" + bytes(proposal["transactionHash"]).hex()
     assert record["root"] == summaries[0]["root"]
 
@@ -215,7 +214,7 @@ def test_concurrent_sync_claims_processes_store_each_block_range_once(
 ) -> None:
     """PROCESSES `royalty sync-claims` at once, all having read the same (empty) cursor: every process exits 0
     and the stored ranges cover the blocks once, without overlap (each range is stored holding the lock)."""
-    deployed = _deploy(anvil)
+    deployed = deploy(anvil)
     args = ["sync-claims", *catalog.options(), "--rpc-url", anvil.url, "--distributor", deployed["distributor"]]
     results = _run_at_once([*args, "--from-block", str(deployed["deployment_block"])], tmp_path, _SYNC_DRIVER)
     assert [r.returncode for r in results] == [0] * PROCESSES, [r.stderr for r in results]

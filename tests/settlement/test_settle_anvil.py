@@ -9,91 +9,32 @@ transaction and the send) are in tests/faults/test_settle_crash.py.
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
-import polars as pl
 import pytest
 from eth_account import Account
-from typer.testing import CliRunner
 
-from ingest.sample import SampleShape, SampleTraffic
-from ledger import IngestBatch, Ledger, PartitionOffsets, define_views, run_query
+from ledger import Ledger, define_views, run_query
 from royalty.cli import app
-from schemas import BatchDecoder
 from settlement.onchain.chain import connect, distributor_contract, load_signer, token_contract, transact
 from settlement.onchain.exceptions import ChainConfigError, ConfirmationTimeoutError
 from settlement.onchain.merkle import MerkleTree
-from tests.support.anvil import REPO_ROOT, Anvil, anvil  # noqa: F401 - anvil is a fixture
-
-SETTLER_KEY = "0x47e179ec197488593b187f80a00eb0da91f1b9d0b13f8733639f19c30a34926a"  # anvil account 4
-CLAIMER_KEY = "0x8b3a350cf5c34c9194ca85829a2df0ec3153be0318b5e2d3348e872092edffba"  # anvil account 5
-MINT_UNITS = 10**15
-shape = SampleShape(models=4, contributors=8, compute_providers=2, payers=20)
-runner = CliRunner()
-
-
-def _append(ledger: Ledger, values: list[bytes], first_offset: int) -> int:
-    offsets = list(range(first_offset, first_offset + len(values)))
-    batch = IngestBatch.from_messages(values, ["t"] * len(values), [0] * len(values), offsets, BatchDecoder())
-    ledger.append(batch, [PartitionOffsets("t", 0, first_offset, first_offset + len(values))])
-    return first_offset + len(values)
-
-
-def _new_lake(lake: Path, events: int, seed: int = 3) -> tuple[SampleTraffic, int]:
-    traffic = SampleTraffic(shape, seed=seed)
-    with Ledger.open(str(lake)) as ledger:
-        offset = _append(ledger, list(traffic.registry()) + list(traffic.metered(events)), 0)
-    return traffic, offset
-
-
-def _royalty(*args: str, env: dict[str, str] | None = None) -> dict:
-    """Run a `royalty` command in-process with `--json`; return its JSON output."""
-    result = runner.invoke(app, [*args, "--json"], env={"ROYALTY_SETTLER_KEY": SETTLER_KEY, **(env or {})})
-    assert result.exit_code == 0, result.output
-    return json.loads(result.stdout.strip().splitlines()[-1])
-
-
-def _deploy(node: Anvil) -> dict:
-    return _royalty("deploy", "--rpc-url", node.url, "--timelock-seconds", "0", "--mint-units", str(MINT_UNITS))
-
-
-def _settle(lake: Path, node: Anvil, distributor: str) -> dict:
-    return _royalty("settle", "--lake", str(lake), "--rpc-url", node.url, "--distributor", distributor)
-
-
-def _expected_units(lake: Path) -> dict[str, int]:
-    """Each payout address's cumulative payable, from the `payables` view (latest row per contributor)."""
-    with Ledger.open_read_only(str(lake)) as ledger:
-        define_views(ledger)
-        rows = run_query(
-            ledger,
-            """SELECT lower(payout_address) AS address, sum(cumulative_micros)::BIGINT AS units
-               FROM (SELECT recipient, arg_max(cumulative_micros, epoch) AS cumulative_micros,
-                            arg_max(payout_address, epoch) AS payout_address
-                     FROM payables GROUP BY recipient)
-               WHERE payout_address IS NOT NULL GROUP BY 1""",
-        )
-    return dict(zip(rows["address"].to_pylist(), rows["units"].to_pylist(), strict=True))
-
-
-def _claim_with_proof_output(lake: Path, node: Anvil, account: str, tmp_path: Path) -> int:
-    proof = _royalty("proof", "--lake", str(lake), "--account", account)
-    path = tmp_path / f"proof-{account}.json"
-    path.write_text(json.dumps(proof))
-    claimed = _royalty(
-        "claim", "--proof-file", str(path), "--rpc-url", node.url, env={"ROYALTY_CLAIMER_KEY": CLAIMER_KEY}
-    )
-    assert claimed["cumulative_amount"] == proof["cumulative_amount"]
-    return int(claimed["paid_units"])
-
-
-def _proposals(node: Anvil, distributor: str, epoch: int) -> list:
-    chain = connect(node.url, None)
-    contract = distributor_contract(chain, distributor)
-    return contract.events.RootProposed.get_logs(from_block=0, argument_filters={"epoch": epoch})
+from tests.support.anvil import Anvil, anvil  # noqa: F401 - anvil is a fixture
+from tests.support.settle_runs import (
+    MINT_UNITS,
+    SETTLER_KEY,
+    append,
+    claim_with_proof_output,
+    deploy,
+    expected_units,
+    new_lake,
+    proposals,
+    royalty,
+    runner,
+    settle,
+    settle_process,
+    settlement_rows,
+)
 
 
 def test_every_payee_claims_its_payable_and_a_second_epoch_pays_exactly_the_difference(
@@ -103,17 +44,17 @@ def test_every_payee_claims_its_payable_and_a_second_epoch_pays_exactly_the_diff
     """End to end on anvil: events → settle → every payee claims with `royalty proof` output → balances
     equal payables; a second epoch's claims pay the growth and the contract keeps the unclaimed rest."""
     lake = tmp_path / "lake"
-    traffic, offset = _new_lake(lake, 400)
-    deployed = _deploy(anvil)
-    dry = _royalty(
+    traffic, offset = new_lake(lake, 400)
+    deployed = deploy(anvil)
+    dry = royalty(
         "settle", "--lake", str(lake), "--rpc-url", anvil.url, "--distributor", deployed["distributor"], "--dry-run"
     )
     assert (dry["outcome"], dry["epoch"], dry["funded_units"]) == ("dry_run", 1, int(dry["total_units"]))
-    assert len(_proposals(anvil, deployed["distributor"], 1)) == 0
-    first = _settle(lake, anvil, deployed["distributor"])
+    assert len(proposals(anvil, deployed["distributor"], 1)) == 0
+    first = settle(lake, anvil, deployed["distributor"])
     assert first["root"] == dry["root"]
     assert first["outcome"] == "proposed" and first["epoch"] == 1 and first["closed_epoch"] == 1
-    expected_1 = _expected_units(lake)
+    expected_1 = expected_units(lake)
     assert sum(expected_1.values()) == int(first["total_units"]) and len(expected_1) == first["leaf_count"]
     dump = json.loads(Path(first["tree_path"]).read_text())
     assert MerkleTree.load(dump).root_hex == first["root"]
@@ -122,30 +63,30 @@ def test_every_payee_claims_its_payable_and_a_second_epoch_pays_exactly_the_diff
     contract = distributor_contract(chain, deployed["distributor"])
     token = token_contract(chain, contract)
     for address, units in expected_1.items():
-        assert _claim_with_proof_output(lake, anvil, address, tmp_path) == units
+        assert claim_with_proof_output(lake, anvil, address, tmp_path) == units
         assert token.functions.balanceOf(contract.w3.to_checksum_address(address)).call() == units
     assert token.functions.balanceOf(contract.address).call() == 0
 
     with Ledger.open(str(lake)) as ledger:
-        _append(ledger, list(traffic.metered(300, first_index=400)), offset)
-    second = _settle(lake, anvil, deployed["distributor"])
+        append(ledger, list(traffic.metered(300, first_index=400)), offset)
+    second = settle(lake, anvil, deployed["distributor"])
     assert second["outcome"] == "proposed" and second["epoch"] == 2
-    expected_2 = _expected_units(lake)
+    expected_2 = expected_units(lake)
     assert all(expected_2[a] >= expected_1.get(a, 0) for a in expected_2)
     grown = sorted(a for a in expected_2 if expected_2[a] > expected_1.get(a, 0))
     assert len(grown) >= 2
     unclaimed = grown[0]
     for address in grown[1:]:
-        assert _claim_with_proof_output(lake, anvil, address, tmp_path) == expected_2[address] - expected_1.get(
+        assert claim_with_proof_output(lake, anvil, address, tmp_path) == expected_2[address] - expected_1.get(
             address, 0
         )
     remaining = expected_2[unclaimed] - expected_1.get(unclaimed, 0)
     assert token.functions.balanceOf(contract.address).call() == remaining
     assert contract.functions.totalClaimed().call() == sum(expected_2.values()) - remaining
 
-    again = _settle(lake, anvil, deployed["distributor"])
+    again = settle(lake, anvil, deployed["distributor"])
     assert again["outcome"] == "already_recorded" and again["tx_hash"] == second["tx_hash"]
-    assert [len(_proposals(anvil, deployed["distributor"], e)) for e in (1, 2)] == [1, 1]
+    assert [len(proposals(anvil, deployed["distributor"], e)) for e in (1, 2)] == [1, 1]
     with Ledger.open_read_only(str(lake)) as ledger:
         define_views(ledger)
         rows = run_query(ledger, "SELECT epoch, root, outcome FROM settlements ORDER BY epoch").to_pylist()
@@ -155,43 +96,25 @@ def test_every_payee_claims_its_payable_and_a_second_epoch_pays_exactly_the_diff
     ]
 
 
-def _settle_process(lake: Path, node: Anvil, distributor: str, crash_at: str | None) -> subprocess.CompletedProcess:
-    env = {**os.environ, "ROYALTY_SETTLER_KEY": SETTLER_KEY, "PYTHONPATH": str(REPO_ROOT)}
-    env.pop("ROYALTY_TEST_CRASH_AT", None)
-    if crash_at:
-        env["ROYALTY_TEST_CRASH_AT"] = crash_at
-    command = [sys.executable, "-m", "royalty.cli", "settle", "--lake", str(lake), "--rpc-url", node.url]
-    return subprocess.run(
-        [*command, "--distributor", distributor, "--json"], env=env, capture_output=True, text=True, timeout=120
-    )
-
-
-def _settlement_rows(lake: Path, table: str) -> list[dict]:
-    with Ledger.open_read_only(str(lake)) as ledger:
-        return pl.from_arrow(
-            ledger.connection.execute(f"SELECT * FROM lake.main.{table}").fetch_arrow_table()
-        ).to_dicts()
-
-
 def test_a_chain_holding_another_root_for_the_epoch_stops_settle_and_changes_nothing(
     anvil: Anvil,  # noqa: F811
     tmp_path: Path,
 ) -> None:
     """Settle ledger A to a contract, then ledger B (other events) to the same one: B's run fails with the
     mismatch error naming both roots, and B's ledger gains no tree, intent or record."""
-    deployed = _deploy(anvil)
-    _new_lake(tmp_path / "a", 150, seed=3)
-    assert _settle(tmp_path / "a", anvil, deployed["distributor"])["outcome"] == "proposed"
+    deployed = deploy(anvil)
+    new_lake(tmp_path / "a", 150, seed=3)
+    assert settle(tmp_path / "a", anvil, deployed["distributor"])["outcome"] == "proposed"
     lake_b = tmp_path / "b"
-    _new_lake(lake_b, 150, seed=4)
+    new_lake(lake_b, 150, seed=4)
     args = ["settle", "--lake", str(lake_b), "--rpc-url", anvil.url, "--distributor", deployed["distributor"]]
     result = runner.invoke(app, args, env={"ROYALTY_SETTLER_KEY": SETTLER_KEY})
     assert result.exit_code == 2
     message = " ".join(result.stderr.split())
     assert "epoch `1`" in message and "the chain holds root" in message and "nothing was sent or written" in message
     for table in ("settlement_root", "settlement_intent", "settlement_record"):
-        assert _settlement_rows(lake_b, table) == []
-    assert len(_proposals(anvil, deployed["distributor"], 1)) == 1
+        assert settlement_rows(lake_b, table) == []
+    assert len(proposals(anvil, deployed["distributor"], 1)) == 1
 
 
 def test_the_signing_key_never_appears_in_any_output_log_or_file(
@@ -201,9 +124,9 @@ def test_the_signing_key_never_appears_in_any_output_log_or_file(
     """Run `royalty settle` as a process with JSON logs, and a malformed key in-process; grep every byte of
     output, of the tree files and of the ledger's folder for the key (with and without 0x, any case)."""
     lake = tmp_path / "lake"
-    _new_lake(lake, 100)
-    deployed = _deploy(anvil)
-    run = _settle_process(lake, anvil, deployed["distributor"], None)
+    new_lake(lake, 100)
+    deployed = deploy(anvil)
+    run = settle_process(lake, anvil, deployed["distributor"], None)
     assert run.returncode == 0, run.stderr
     bad_key = SETTLER_KEY[:-2] + "zz"
     bad = runner.invoke(
@@ -240,7 +163,7 @@ def test_keys_come_from_the_environment_or_an_encrypted_keystore_never_else() ->
 def test_settle_without_rpc_url_runs_on_an_in_process_chain(tmp_path: Path) -> None:
     """No --rpc-url: eth-tester's in-process EVM; settle deploys its own contracts, proposes and records."""
     lake = tmp_path / "lake"
-    _new_lake(lake, 100)
+    new_lake(lake, 100)
     result = runner.invoke(app, ["settle", "--lake", str(lake), "--json"], env={"ROYALTY_SETTLER_KEY": ""})
     assert result.exit_code == 0, result.output
     summary = json.loads(result.stdout.strip().splitlines()[-1])
@@ -254,20 +177,20 @@ def test_a_root_still_in_its_timelock_makes_the_next_settle_fail_with_advice_and
     """Distributor with a one-hour timelock: epoch 2's settle stops on the preflight's decoded
     RoyaltyDistributorRootPending, says to wait or revoke, records no intent; after the hour it proposes."""
     lake = tmp_path / "lake"
-    traffic, offset = _new_lake(lake, 100)
-    deployed = _royalty("deploy", "--rpc-url", anvil.url, "--timelock-seconds", "3600", "--mint-units", str(MINT_UNITS))
-    assert _settle(lake, anvil, deployed["distributor"])["outcome"] == "proposed"
+    traffic, offset = new_lake(lake, 100)
+    deployed = royalty("deploy", "--rpc-url", anvil.url, "--timelock-seconds", "3600", "--mint-units", str(MINT_UNITS))
+    assert settle(lake, anvil, deployed["distributor"])["outcome"] == "proposed"
     with Ledger.open(str(lake)) as ledger:
-        _append(ledger, list(traffic.metered(50, first_index=100)), offset)
+        append(ledger, list(traffic.metered(50, first_index=100)), offset)
     args = ["settle", "--lake", str(lake), "--rpc-url", anvil.url, "--distributor", deployed["distributor"]]
     blocked = runner.invoke(app, args, env={"ROYALTY_SETTLER_KEY": SETTLER_KEY})
     message = " ".join(blocked.stderr.split())
     assert blocked.exit_code == 2 and "RoyaltyDistributorRootPending" in message and "nothing was sent" in message
-    assert [r["epoch"] for r in _settlement_rows(lake, "settlement_intent")] == [1]
-    assert len(_proposals(anvil, deployed["distributor"], 2)) == 0
+    assert [r["epoch"] for r in settlement_rows(lake, "settlement_intent")] == [1]
+    assert len(proposals(anvil, deployed["distributor"], 2)) == 0
     anvil.advance_time(3_601)
-    assert _settle(lake, anvil, deployed["distributor"])["outcome"] == "proposed"
-    assert len(_proposals(anvil, deployed["distributor"], 2)) == 1
+    assert settle(lake, anvil, deployed["distributor"])["outcome"] == "proposed"
+    assert len(proposals(anvil, deployed["distributor"], 2)) == 1
 
 
 def test_transactions_wait_for_the_configured_confirmations_and_time_out_with_a_resumable_error(
@@ -275,7 +198,7 @@ def test_transactions_wait_for_the_configured_confirmations_and_time_out_with_a_
 ) -> None:
     """chain.transact with confirmations=3 under 1 s interval mining returns only once two blocks sit on
     the receipt's; with no further blocks, confirmations=5 raises ConfirmationTimeoutError after its bound."""
-    deployed = _deploy(anvil)
+    deployed = deploy(anvil)
     signer = load_signer(None, environ={"ROYALTY_SETTLER_KEY": SETTLER_KEY})
     chain = connect(anvil.url, signer, confirmations=3, confirm_timeout_s=30)
     token = token_contract(chain, distributor_contract(chain, deployed["distributor"]))

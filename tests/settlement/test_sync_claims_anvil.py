@@ -8,20 +8,20 @@ from typer.testing import CliRunner
 
 from ledger import Ledger, define_views, run_query
 from royalty.cli import app
-from tests.settlement.test_settle_anvil import (
-    _append,
-    _claim_with_proof_output,
-    _deploy,
-    _expected_units,
-    _new_lake,
-    _royalty,
-    _settle,
-)
 from tests.support.anvil import Anvil, anvil  # noqa: F401 - anvil is a fixture
+from tests.support.settle_runs import (
+    append,
+    claim_with_proof_output,
+    deploy,
+    expected_units,
+    new_lake,
+    royalty,
+    settle,
+)
 
 
 def _sync(lake: Path, node: Anvil, *extra: str) -> dict:
-    return _royalty("sync-claims", "--lake", str(lake), "--rpc-url", node.url, *extra)
+    return royalty("sync-claims", "--lake", str(lake), "--rpc-url", node.url, *extra)
 
 
 def _query(lake: Path, sql: str) -> list[dict]:
@@ -41,12 +41,12 @@ def test_claims_are_read_back_once_each_across_epochs_and_reconcile_to_zero(
     """Settle, claim for three payees, sync: the `claims` view holds exactly those claims; a rerun adds none;
     epoch 2's claim pays the difference and the next sync adds just it; every reconciliation row is zero."""
     lake = tmp_path / "lake"
-    traffic, offset = _new_lake(lake, 300, seed=5)
-    deployed = _deploy(anvil)
-    _settle(lake, anvil, deployed["distributor"])
-    expected_1 = _expected_units(lake)
+    traffic, offset = new_lake(lake, 300, seed=5)
+    deployed = deploy(anvil)
+    settle(lake, anvil, deployed["distributor"])
+    expected_1 = expected_units(lake)
     claimants = sorted(expected_1, key=lambda a: (-expected_1[a], a))[:3]
-    paid = {a: _claim_with_proof_output(lake, anvil, a, tmp_path) for a in claimants}
+    paid = {a: claim_with_proof_output(lake, anvil, a, tmp_path) for a in claimants}
 
     first = _sync(lake, anvil)  # the distributor comes from the ledger's settlement record
     assert (first["claims_added"], int(first["claimed_units_added"])) == (3, sum(paid.values()))
@@ -59,11 +59,11 @@ def test_claims_are_read_back_once_each_across_epochs_and_reconcile_to_zero(
     assert again["claims_added"] == 0 and again["from_block"] == first["to_block"] + 1
 
     with Ledger.open(str(lake)) as ledger:
-        _append(ledger, list(traffic.metered(200, first_index=300)), offset)
-    _settle(lake, anvil, deployed["distributor"])
-    expected_2 = _expected_units(lake)
+        append(ledger, list(traffic.metered(200, first_index=300)), offset)
+    settle(lake, anvil, deployed["distributor"])
+    expected_2 = expected_units(lake)
     grown = next(a for a in claimants if expected_2[a] > expected_1[a])
-    assert _claim_with_proof_output(lake, anvil, grown, tmp_path) == expected_2[grown] - expected_1[grown]
+    assert claim_with_proof_output(lake, anvil, grown, tmp_path) == expected_2[grown] - expected_1[grown]
     second = _sync(lake, anvil, "--distributor", deployed["distributor"])
     assert (second["claims_added"], int(second["claimed_units_added"])) == (1, expected_2[grown] - expected_1[grown])
     totals = _query(
@@ -82,12 +82,12 @@ def test_a_reorganisation_below_the_synced_cursor_stops_the_next_sync_with_advic
     """Sync claims, then revert the chain (evm_revert) and mine other blocks in place of the synced ones: the
     next sync refuses, names the block and both hashes, and writes nothing."""
     lake = tmp_path / "lake"
-    _new_lake(lake, 200, seed=9)
-    deployed = _deploy(anvil)
-    _settle(lake, anvil, deployed["distributor"])
+    new_lake(lake, 200, seed=9)
+    deployed = deploy(anvil)
+    settle(lake, anvil, deployed["distributor"])
     snapshot = anvil.rpc("evm_snapshot", [])
-    account = max(_expected_units(lake).items(), key=lambda item: item[1])[0]
-    _claim_with_proof_output(lake, anvil, account, tmp_path)
+    account = max(expected_units(lake).items(), key=lambda item: item[1])[0]
+    claim_with_proof_output(lake, anvil, account, tmp_path)
     synced = _sync(lake, anvil)
     assert synced["claims_added"] == 1
     anvil.rpc("evm_revert", [snapshot])
