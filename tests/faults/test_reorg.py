@@ -17,9 +17,20 @@ from pathlib import Path
 from typer.testing import CliRunner
 
 from royalty.cli import app
-from tests.faults.test_rpc_restart import WAIT_S, _assert_one_root_recorded, _prefund, _settle_popen, _wait_until
 from tests.support.anvil import Anvil, anvil  # noqa: F401 - anvil is a fixture
-from tests.support.settle_runs import SETTLER_KEY, deploy, new_lake, proposals, settle, settlement_rows
+from tests.support.settle_runs import (
+    SETTLER_KEY,
+    assert_one_root_recorded,
+    deploy,
+    new_lake,
+    prefund,
+    proposals,
+    settle,
+    settle_popen,
+    settlement_rows,
+    wait_s_max,
+    wait_until,
+)
 
 EVENTS = 120
 runner = CliRunner()
@@ -40,15 +51,15 @@ def test_a_reorg_removing_the_proposal_before_its_confirmations_is_not_recorded_
     new_lake(lake, EVENTS)
     deployed = deploy(anvil)
     distributor = deployed["distributor"]
-    _prefund(anvil, distributor)
-    process = _settle_popen(lake, anvil, distributor, "--confirmations", "3")
+    prefund(anvil, distributor)
+    process = settle_popen(lake, anvil, distributor, "--confirmations", "3")
     try:
-        _wait_until(lambda: proposals(anvil, distributor, 1), process, "the proposal is mined")
+        wait_until(lambda: proposals(anvil, distributor, 1), process, "the proposal is mined")
         (removed,) = proposals(anvil, distributor, 1)
         assert anvil.w3.eth.block_number == removed["blockNumber"]
         anvil.rpc("anvil_reorg", [1, []])
         assert proposals(anvil, distributor, 1) == []
-        _, stderr = process.communicate(timeout=WAIT_S)
+        _, stderr = process.communicate(timeout=wait_s_max)
     finally:
         if process.poll() is None:
             process.kill()
@@ -60,7 +71,7 @@ def test_a_reorg_removing_the_proposal_before_its_confirmations_is_not_recorded_
 
     rerun = settle(lake, anvil, distributor)
     assert rerun["outcome"] == "proposed"
-    record = _assert_one_root_recorded(lake, anvil, distributor)
+    record = assert_one_root_recorded(lake, anvil, distributor)
     assert record["tx_hash"] == rerun["tx_hash"]  # the same signed tx again, or one with the same nonce
     intents = sorted(settlement_rows(lake, "settlement_intent"), key=lambda i: i["prepared_at"])
     assert [i["nonce"] for i in intents] == [intent["nonce"]] * 2
@@ -76,10 +87,10 @@ def test_a_reorg_moving_the_proposal_into_another_block_records_the_block_it_end
     new_lake(lake, EVENTS)
     deployed = deploy(anvil)
     distributor = deployed["distributor"]
-    _prefund(anvil, distributor)
-    process = _settle_popen(lake, anvil, distributor, "--confirmations", "3")
+    prefund(anvil, distributor)
+    process = settle_popen(lake, anvil, distributor, "--confirmations", "3")
     try:
-        _wait_until(lambda: proposals(anvil, distributor, 1), process, "the proposal is mined")
+        wait_until(lambda: proposals(anvil, distributor, 1), process, "the proposal is mined")
         (first,) = proposals(anvil, distributor, 1)
         raw = anvil.rpc("eth_getRawTransactionByHash", [_tx_hash(first)])
         anvil.rpc("anvil_reorg", [1, [[raw, 0]]])
@@ -87,13 +98,13 @@ def test_a_reorg_moving_the_proposal_into_another_block_records_the_block_it_end
         assert _tx_hash(moved) == _tx_hash(first) and moved["blockHash"] != first["blockHash"]
         time.sleep(1)  # settle polls the new block meanwhile
         anvil.rpc("anvil_mine", [2])
-        stdout, stderr = process.communicate(timeout=WAIT_S)
+        stdout, stderr = process.communicate(timeout=wait_s_max)
     finally:
         if process.poll() is None:
             process.kill()
     assert process.returncode == 0, stderr
     assert json.loads(stdout.strip().splitlines()[-1])["outcome"] == "proposed"
-    record = _assert_one_root_recorded(lake, anvil, distributor)
+    record = assert_one_root_recorded(lake, anvil, distributor)
     assert record["block_hash"] == "0x" + bytes(moved["blockHash"]).hex() != "0x" + bytes(first["blockHash"]).hex()
 
 

@@ -13,11 +13,8 @@ restart, but, like a real node, loses the transactions still waiting in its pool
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -26,18 +23,22 @@ from typer.testing import CliRunner
 import settlement.onchain.settle as settle_module
 from royalty.cli import app
 from settlement.onchain.chain import connect, distributor_contract, token_contract
-from tests.support.anvil import REPO_ROOT, Anvil, anvil_binary
+from tests.support.anvil import Anvil, anvil_binary
 from tests.support.settle_runs import (
     SETTLER_KEY,
+    assert_one_root_recorded,
     deploy,
     new_lake,
+    prefund,
     proposals,
     royalty,
+    settle_popen,
     settlement_rows,
+    wait_s_max,
+    wait_until,
 )
 
 EVENTS = 120
-WAIT_S = 120
 runner = CliRunner()
 
 
@@ -91,50 +92,6 @@ def _settle_after_restart(lake: Path, node: Anvil, deployed: dict) -> dict:
     )
 
 
-def _settle_popen(lake: Path, node: Anvil, distributor: str, *extra: str) -> subprocess.Popen:
-    env = {**os.environ, "ROYALTY_SETTLER_KEY": SETTLER_KEY, "PYTHONPATH": str(REPO_ROOT)}
-    command = [sys.executable, "-m", "royalty.cli", "settle", "--lake", str(lake), "--rpc-url", node.url]
-    return subprocess.Popen(
-        [*command, "--distributor", distributor, "--json", *extra],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-
-
-def _wait_until(condition: Callable[[], object], process: subprocess.Popen, what: str) -> None:
-    deadline = time.monotonic() + WAIT_S
-    while not condition():
-        if process.poll() is not None:
-            raise AssertionError(f"settle exited ({process.returncode}) before {what}: {process.communicate()}")
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.1)
-
-
-def _prefund(node: Anvil, distributor: str) -> None:
-    """Fund more than enough up front, so settle sends no funding transfer (and waits on none)."""
-    chain = connect(node.url, None)
-    token = token_contract(chain, distributor_contract(chain, distributor))
-    settler = chain.w3.eth.account.from_key(SETTLER_KEY).address
-    node.w3.eth.wait_for_transaction_receipt(token.functions.transfer(distributor, 10**12).transact({"from": settler}))
-
-
-def _assert_one_root_recorded(lake: Path, node: Anvil, distributor: str) -> dict:
-    """Exactly one RootProposed for epoch 1, with the ledger's root, and one record naming its tx and block."""
-    (root_row,) = settlement_rows(lake, "settlement_root")
-    (proposal,) = proposals(node, distributor, 1)
-    assert "0x" + bytes(proposal["args"]["root"]).hex() == root_row["root"]
-    (record,) = settlement_rows(lake, "settlement_record")
-    receipt = node.w3.eth.get_transaction_receipt(record["tx_hash"])
-    assert record["tx_hash"] == "0x" + bytes(proposal["transactionHash"]).hex()
-    assert (record["block_number"], record["block_hash"]) == (
-        receipt["blockNumber"],
-        "0x" + bytes(receipt["blockHash"]).hex(),
-    )
-    return record
-
-
 def test_node_restarted_while_settle_waits_for_confirmations_is_ridden_out(
     restartable: RestartableNode, tmp_path: Path
 ) -> None:
@@ -144,15 +101,15 @@ def test_node_restarted_while_settle_waits_for_confirmations_is_ridden_out(
     new_lake(lake, EVENTS)
     node = restartable.node
     deployed = deploy(node)
-    _prefund(node, deployed["distributor"])
-    process = _settle_popen(lake, node, deployed["distributor"], "--confirmations", "3")
+    prefund(node, deployed["distributor"])
+    process = settle_popen(lake, node, deployed["distributor"], "--confirmations", "3")
     try:
-        _wait_until(lambda: proposals(node, deployed["distributor"], 1), process, "the proposal is mined")
+        wait_until(lambda: proposals(node, deployed["distributor"], 1), process, "the proposal is mined")
         restartable.stop()
         time.sleep(2)  # settle polls a dead node meanwhile
         restartable.start()
         restartable.node.rpc("anvil_mine", [2])
-        stdout, stderr = process.communicate(timeout=WAIT_S)
+        stdout, stderr = process.communicate(timeout=wait_s_max)
     finally:
         if process.poll() is None:
             process.kill()
@@ -160,7 +117,7 @@ def test_node_restarted_while_settle_waits_for_confirmations_is_ridden_out(
     assert "node unreachable, retrying" in stderr
     result = json.loads(stdout.strip().splitlines()[-1])
     assert result["outcome"] == "proposed"
-    record = _assert_one_root_recorded(lake, restartable.node, deployed["distributor"])
+    record = assert_one_root_recorded(lake, restartable.node, deployed["distributor"])
     assert record["tx_hash"] == result["tx_hash"]
 
 
@@ -198,7 +155,7 @@ def test_node_down_between_steps_stops_with_a_resumable_message_and_the_rerun_se
     assert proposals(restartable.node, deployed["distributor"], 1) == []
     rerun = _settle_after_restart(lake, restartable.node, deployed)
     assert rerun["outcome"] == "proposed"
-    record = _assert_one_root_recorded(lake, restartable.node, deployed["distributor"])
+    record = assert_one_root_recorded(lake, restartable.node, deployed["distributor"])
     chain = connect(restartable.node.url, None)
     contract = distributor_contract(chain, deployed["distributor"])
     assert token_contract(chain, contract).functions.balanceOf(contract.address).call() == record["total_units"]
@@ -214,12 +171,12 @@ def test_node_restarted_with_the_proposal_still_pending_stops_as_dropped_and_the
     new_lake(lake, EVENTS)
     node = restartable.node
     deployed = deploy(node)
-    _prefund(node, deployed["distributor"])
+    prefund(node, deployed["distributor"])
     settler = node.w3.eth.account.from_key(SETTLER_KEY).address
     node.rpc("evm_setAutomine", [False])
-    process = _settle_popen(lake, node, deployed["distributor"])
+    process = settle_popen(lake, node, deployed["distributor"])
     try:
-        _wait_until(
+        wait_until(
             lambda: (
                 node.w3.eth.get_transaction_count(settler, "pending")
                 > node.w3.eth.get_transaction_count(settler, "latest")
@@ -229,7 +186,7 @@ def test_node_restarted_with_the_proposal_still_pending_stops_as_dropped_and_the
         )
         restartable.stop()
         restartable.start()  # automine is on again, and the pool is empty
-        _, stderr = process.communicate(timeout=WAIT_S)
+        _, stderr = process.communicate(timeout=wait_s_max)
     finally:
         if process.poll() is None:
             process.kill()
@@ -242,7 +199,7 @@ def test_node_restarted_with_the_proposal_still_pending_stops_as_dropped_and_the
 
     rerun = _settle_after_restart(lake, restartable.node, deployed)
     assert rerun["outcome"] == "proposed"  # the same signed tx again, or a replacement with the same nonce
-    record = _assert_one_root_recorded(lake, restartable.node, deployed["distributor"])
+    record = assert_one_root_recorded(lake, restartable.node, deployed["distributor"])
     intents = sorted(settlement_rows(lake, "settlement_intent"), key=lambda i: i["prepared_at"])
     assert [i["nonce"] for i in intents] == [intent["nonce"]] * 2
     assert record["tx_hash"] == intents[-1]["tx_hash"] == rerun["tx_hash"]

@@ -9,6 +9,8 @@ import json
 import os
 import subprocess
 import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import polars as pl
@@ -18,7 +20,7 @@ from ingest.sample import SampleShape, SampleTraffic
 from ledger import IngestBatch, Ledger, PartitionOffsets, define_views, run_query
 from royalty.cli import app
 from schemas import BatchDecoder
-from settlement.onchain.chain import connect, distributor_contract
+from settlement.onchain.chain import connect, distributor_contract, token_contract
 from tests.support.anvil import REPO_ROOT, Anvil
 
 SETTLER_KEY = "0x47e179ec197488593b187f80a00eb0da91f1b9d0b13f8733639f19c30a34926a"  # anvil account 4
@@ -26,6 +28,8 @@ CLAIMER_KEY = "0x8b3a350cf5c34c9194ca85829a2df0ec3153be0318b5e2d3348e872092edffb
 MINT_UNITS = 10**15
 shape = SampleShape(models=4, contributors=8, compute_providers=2, payers=20)
 runner = CliRunner()
+# The longest wait for a settle subprocess to reach a point a test waits for.
+wait_s_max = 120
 
 
 def append(ledger: Ledger, values: list[bytes], first_offset: int) -> int:
@@ -130,3 +134,47 @@ def settlement_rows(lake: Path, table: str) -> list[dict]:
         return pl.from_arrow(
             ledger.connection.execute(f"SELECT * FROM lake.main.{table}").fetch_arrow_table()
         ).to_dicts()
+
+
+def settle_popen(lake: Path, node: Anvil, distributor: str, *extra: str) -> subprocess.Popen:
+    env = {**os.environ, "ROYALTY_SETTLER_KEY": SETTLER_KEY, "PYTHONPATH": str(REPO_ROOT)}
+    command = [sys.executable, "-m", "royalty.cli", "settle", "--lake", str(lake), "--rpc-url", node.url]
+    return subprocess.Popen(
+        [*command, "--distributor", distributor, "--json", *extra],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def wait_until(condition: Callable[[], object], process: subprocess.Popen, what: str) -> None:
+    deadline = time.monotonic() + wait_s_max
+    while not condition():
+        if process.poll() is not None:
+            raise AssertionError(f"settle exited ({process.returncode}) before {what}: {process.communicate()}")
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.1)
+
+
+def prefund(node: Anvil, distributor: str) -> None:
+    """Fund more than enough up front, so settle sends no funding transfer (and waits on none)."""
+    chain = connect(node.url, None)
+    token = token_contract(chain, distributor_contract(chain, distributor))
+    settler = chain.w3.eth.account.from_key(SETTLER_KEY).address
+    node.w3.eth.wait_for_transaction_receipt(token.functions.transfer(distributor, 10**12).transact({"from": settler}))
+
+
+def assert_one_root_recorded(lake: Path, node: Anvil, distributor: str) -> dict:
+    """Exactly one RootProposed for epoch 1, with the ledger's root, and one record naming its tx and block."""
+    (root_row,) = settlement_rows(lake, "settlement_root")
+    (proposal,) = proposals(node, distributor, 1)
+    assert "0x" + bytes(proposal["args"]["root"]).hex() == root_row["root"]
+    (record,) = settlement_rows(lake, "settlement_record")
+    receipt = node.w3.eth.get_transaction_receipt(record["tx_hash"])
+    assert record["tx_hash"] == "0x" + bytes(proposal["transactionHash"]).hex()
+    assert (record["block_number"], record["block_hash"]) == (
+        receipt["blockNumber"],
+        "0x" + bytes(receipt["blockHash"]).hex(),
+    )
+    return record
