@@ -9,14 +9,13 @@ passes on, so it ends every epoch at zero), `contributor:<id>` is credited what 
 import polars as pl
 
 from schemas.errors import InvariantViolation
-from schemas.fields import model_recipient_prefix
+from settlement.engine.accounts import contributor_prefix, payer_prefix, suspense_account
+from settlement.engine.accounts import model_prefix as model_recipient_prefix
 from settlement.engine.constants import amount_micros_max
 from settlement.engine.exceptions import AmountOverflowError
 from settlement.engine.splits import Split
 
 _i128 = pl.Int128
-contributor_prefix = "contributor:"
-suspense_account = "suspense"
 posting_columns = ["entry_id", "entry_kind", "account", "amount_micros", "model_id", "policy_id"]
 
 
@@ -84,7 +83,7 @@ def build_postings(
             payer,
             pl.lit(prefix + "billing"),
             "billing",
-            pl.lit("payer:") + pl.col("payer"),
+            pl.lit(payer_prefix) + pl.col("payer"),
             pl.col("fee_micros"),
         )
     )

@@ -19,9 +19,9 @@ from pathlib import Path
 from ledger.attach import closing_snapshot
 from ledger.connection import catalog_alias
 from ledger.ledger import Ledger
+from settlement.engine.accounts import contributor_prefix
 
 _t = f"{catalog_alias}.main"
-contributor_prefix = "contributor:"
 tables = ("payables", "payables_csv", "postings", "postings_csv", "statements", "statements_csv", "manifests")
 _parquet = "FORMAT parquet, COMPRESSION zstd"
 _csv = "FORMAT csv, HEADER true"

@@ -17,10 +17,12 @@ from ledger.connection import catalog_alias
 from ledger.ledger import Ledger
 from ledger.query import define_views
 from schemas.errors import require
+from settlement.engine.accounts import model_prefix, sql_literal
 from settlement.engine.figures import report_figures
 from settlement.ledger_io import data_files
 
 _t = f"{catalog_alias}.main"
+_model = sql_literal(model_prefix)
 micros_per_unit = 1_000_000
 # Bounds on what one page shows, so a ledger with thousands of models or payees still gives a readable page.
 chart_models_max = 8
@@ -135,10 +137,11 @@ def gather(ledger: Ledger, epoch: int) -> ReportData:
     )
     flows = _frame(
         ledger,
-        """SELECT model_id AS derived_model, substr(account, length('model:') + 1) AS parent_model,
+        f"""SELECT model_id AS derived_model, substr(account, length({_model}) + 1) AS parent_model,
                   (-sum(amount_micros))::BIGINT AS flowed_micros
            FROM postings
-           WHERE epoch = ? AND entry_kind = 'split' AND account LIKE 'model:%' AND account <> 'model:' || model_id
+           WHERE epoch = ? AND entry_kind = 'split' AND starts_with(account, {_model})
+             AND account <> {_model} || model_id
              AND amount_micros < 0
            GROUP BY ALL ORDER BY flowed_micros DESC, derived_model, parent_model""",
         [epoch],

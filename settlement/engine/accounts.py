@@ -1,0 +1,20 @@
+"""The accounts of the settlement's double-entry postings, defined once.
+
+`payer:<id>` is debited what it owes, `model:<id>` is a pass-through account (it ends every epoch at
+zero), `contributor:<id>` is credited what it earned and `suspense` what it holds. The model prefix is
+the producer contract's (`schemas.fields`: a split policy names a parent model as `model:<id>`). The
+SQL of the exports and the HTML report use these; the `ledger_checks` view (still in ledger/views.sql)
+and the SQL reference (`reference_sql.py`, an independent implementation on purpose) spell them out.
+"""
+
+from schemas.fields import model_recipient_prefix
+
+model_prefix = model_recipient_prefix
+contributor_prefix = "contributor:"
+payer_prefix = "payer:"
+suspense_account = "suspense"
+
+
+def sql_literal(text: str) -> str:
+    """`text` as a SQL string literal (the prefixes above hold no quote; this keeps it so)."""
+    return "'" + text.replace("'", "''") + "'"
