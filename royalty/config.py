@@ -20,7 +20,7 @@ from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict
 
 from ingest.constants import batch_bytes_max_default, batch_bytes_max_limit, batch_records_max_limit
-from schemas.errors import RoyaltyError
+from royalty.exceptions import ConfigError
 from schemas.limits import event_time_future_s_max_default, event_time_future_s_max_limit
 
 config_file_default = "royalty.toml"
@@ -32,15 +32,11 @@ deprecated_settings: dict[str, str] = {"query_seconds_max": "query_s_max"}
 
 # ROYALTY_* variables that are not settings (secrets, test and CI knobs): never warned about.
 _other_env_names = frozenset(
-    {"CONFIG", "SETTLER_KEY", "CLAIMER_KEY", "KEYSTORE_PASSWORD", "READER_PASSWORD", "TEST_CRASH_AT"}
+    {"CONFIG", "SETTLER_KEY", "CLAIMER_KEY", "KEYSTORE_PASSWORD", "READER_PASSWORD"}
 )
 
 # The TOML table of the current `load_settings` call, read by `_TomlSource`.
 _toml_table: ContextVar[dict[str, Any] | None] = ContextVar("royalty_toml_table", default=None)
-
-
-class ConfigError(RoyaltyError):
-    """A setting is missing or malformed."""
 
 
 def _setting(default: Any, description: str, bounds: tuple[int, int] | None = None, secret: bool = False) -> Any:

@@ -23,7 +23,7 @@ from ingest.producer import produce_sample_traffic
 from ingest.service import IngestService
 from ingest.sources import KafkaSource
 from ledger import Ledger, define_views, run_query
-from schemas.errors import RoyaltyError
+from royalty.exceptions import DemoWorkdirError
 from settlement.onchain import (
     connect,
     deploy_contracts,
@@ -69,17 +69,6 @@ def _broker(kafka: str | None) -> Iterator[str]:
 
     with EmbeddedBroker() as broker:
         yield broker.bootstrap_servers
-
-
-class DemoWorkdirError(RoyaltyError):
-    """The demo's workdir already holds a ledger, which the demo would replace."""
-
-    def __init__(self, lake: Path) -> None:
-        self.lake = lake
-        super().__init__(
-            f"`{lake}` already exists and the demo starts from an empty ledger, so it would be deleted; "
-            "nothing was changed. Pick another --workdir, or pass --force to delete it"
-        )
 
 
 def run_demo(
