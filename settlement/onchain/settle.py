@@ -24,6 +24,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
@@ -69,6 +70,16 @@ tree_step, propose_step, record_step = "settle-tree", "settle-propose", "settle-
 _steps = ["close epoch", "build tree", "write tree", "check chain", "fund", "propose", "confirm", "record"]
 
 
+class SettleOutcome(StrEnum):
+    """What a `settle` run ended with (its value is what `--json` prints and `settlement_record` stores)."""
+
+    nothing_to_settle = "nothing_to_settle"  # no epoch with an addressed payable
+    dry_run = "dry_run"
+    proposed = "proposed"  # this run sent and confirmed the proposal
+    recovered = "recovered"  # a killed run's proposal, found and recorded
+    already_recorded = "already_recorded"  # the ledger holds this epoch's settlement on this contract
+
+
 @dataclass(frozen=True)
 class SettlementResult:
     """What `settle` did (or, with `dry_run`, would do). Amounts in token units (= payable micros).
@@ -78,7 +89,7 @@ class SettlementResult:
     `already_recorded` (the ledger already holds this epoch's settlement on this contract).
     """
 
-    outcome: str
+    outcome: SettleOutcome
     epoch: int | None = None
     root: str | None = None
     total_units: int = 0
@@ -337,7 +348,7 @@ def _settle(
             tree = tree or rebuilt
     if tree is None:
         return SettlementResult(
-            "nothing_to_settle", chain_id=chain.chain_id, contract=contract, closed=closed, notes=notes
+            SettleOutcome.nothing_to_settle, chain_id=chain.chain_id, contract=contract, closed=closed, notes=notes
         )
 
     # The chain is read before anything is written, so a mismatch leaves the ledger as it was.
@@ -361,9 +372,9 @@ def _settle(
     if tree_dir is not None and not dry_run:
         base["tree_path"] = str(write_dump(tree_dir, tree))
     base["notes"] = notes
-    if found is not None and dry_run and found["outcome"] != "already_recorded":
+    if found is not None and dry_run and found["outcome"] != SettleOutcome.already_recorded:
         return SettlementResult(
-            "dry_run", **{**base, "notes": [*notes, f"would record tx {found['tx_hash']}, already sent"]}
+            SettleOutcome.dry_run, **{**base, "notes": [*notes, f"would record tx {found['tx_hash']}, already sent"]}
         )
     if found is not None:
         return _finish_found(ledger, chain, distributor, tree, base, found, step)
@@ -374,7 +385,7 @@ def _settle(
             notes.append(f"would transfer {shortfall_units} units to the distributor")
         else:
             preflight(chain, _propose_call(distributor, tree), f"proposeRoot(epoch {tree.epoch})")
-        return SettlementResult("dry_run", **base, funded_units=shortfall_units)
+        return SettlementResult(SettleOutcome.dry_run, **base, funded_units=shortfall_units)
 
     # One proposer at a time: under the lock the chain and the ledger are asked again, so a run that
     # waited for another one's proposal finds it (and records it) instead of proposing again.
@@ -387,7 +398,7 @@ def _settle(
     step(_steps[6], 6, total_steps)
     receipt = wait_confirmed(chain, signed.tx_hash, f"proposeRoot(epoch {tree.epoch})")
     step(_steps[7], 7, total_steps)
-    recorded = _record(ledger, chain, tree, distributor, signed.tx_hash, receipt, "proposed")
+    recorded = _record(ledger, chain, tree, distributor, signed.tx_hash, receipt, SettleOutcome.proposed)
     return SettlementResult(**base, funded_units=shortfall_units, **recorded)
 
 
@@ -395,12 +406,13 @@ def _finish_found(
     ledger: Ledger, chain: Chain, distributor: Contract, tree: EpochTree, base: dict, found: dict, step: Any
 ) -> SettlementResult:
     """The epoch's proposal is already on the chain or in the node: record it (or report it recorded)."""
-    if found["outcome"] == "already_recorded":
+    if found["outcome"] == SettleOutcome.already_recorded:
         return SettlementResult(**base, **found)
     step(_steps[6], 6, len(_steps))
     receipt = wait_confirmed(chain, found["tx_hash"], f"proposeRoot(epoch {tree.epoch})")
     step(_steps[7], 7, len(_steps))
-    return SettlementResult(**base, **_record(ledger, chain, tree, distributor, found["tx_hash"], receipt, "recovered"))
+    recorded = _record(ledger, chain, tree, distributor, found["tx_hash"], receipt, SettleOutcome.recovered)
+    return SettlementResult(**base, **recorded)
 
 
 def _fund_and_send(
@@ -512,7 +524,8 @@ def _check_chain(ledger: Ledger, chain: Chain, distributor: Contract, tree: Epoc
                 chain.chain_id,
                 contract,
             )
-        return {"outcome": "already_recorded", "tx_hash": record["tx_hash"], "block_number": record["block_number"]}
+        outcome = SettleOutcome.already_recorded
+        return {"outcome": outcome, "tx_hash": record["tx_hash"], "block_number": record["block_number"]}
     if proposals:
         last = proposals[-1]
         if _hex(last["args"]["root"]) != root:
@@ -532,11 +545,11 @@ def _check_chain(ledger: Ledger, chain: Chain, distributor: Contract, tree: Epoc
                 chain.chain_id,
                 contract,
             )
-        return {"outcome": "recovered", "tx_hash": _hex(last["transactionHash"])}
+        return {"outcome": SettleOutcome.recovered, "tx_hash": _hex(last["transactionHash"])}
     for intent in _records(ledger.connection, "settlement_intent", epoch, chain.chain_id, contract):
         if _known_to_node(chain, intent["tx_hash"]):
             # Sent by a killed run and not mined yet.
-            return {"outcome": "recovered", "tx_hash": intent["tx_hash"]}
+            return {"outcome": SettleOutcome.recovered, "tx_hash": intent["tx_hash"]}
     latest_epoch = distributor.functions.latestEpoch().call()
     if latest_epoch >= epoch:
         raise ChainLedgerMismatchError(
@@ -563,7 +576,13 @@ def _known_to_node(chain: Chain, tx_hash: str) -> bool:
 
 
 def _record(
-    ledger: Ledger, chain: Chain, tree: EpochTree, distributor: Contract, tx_hash: str, receipt: dict, outcome: str
+    ledger: Ledger,
+    chain: Chain,
+    tree: EpochTree,
+    distributor: Contract,
+    tx_hash: str,
+    receipt: dict,
+    outcome: SettleOutcome,
 ) -> dict:
     contract = distributor.address
     events = distributor.events.RootProposed().process_receipt(receipt, errors=DISCARD)
@@ -586,14 +605,14 @@ def _record(
         "contract": contract,
         "closing_snapshot": tree.closing_snapshot,
         "tree_snapshot": tree.tree_snapshot or 0,
-        "outcome": outcome,
+        "outcome": outcome.value,
         "recorded_at": datetime.now(UTC),
     }
     with ledger.step_lock(record_step):
         recorded = _records(ledger.connection, "settlement_record", tree.epoch, chain.chain_id, contract)
         if recorded:  # another run recorded it while this one waited for the confirmations
             return {
-                "outcome": "already_recorded",
+                "outcome": SettleOutcome.already_recorded,
                 "tx_hash": recorded[-1]["tx_hash"],
                 "block_number": recorded[-1]["block_number"],
             }
