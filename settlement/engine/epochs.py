@@ -1,8 +1,8 @@
 """Closing one epoch, as a pure function of what the ledger holds (rules 1, 6, 7 and 9).
 
 `plan_epoch` takes the epoch's new events, the registry as known at the closing snapshot and the
-settlement's own state, and returns every row the epoch appends. `ledger_io.close_epoch` reads
-those inputs from the ledger and writes the plan in one transaction.
+settlement's own state, and returns every row the epoch appends. `settlement.closing.close_epoch`
+reads those inputs from the ledger (`settlement.ledger_io`) and writes the plan in one transaction.
 """
 
 from dataclasses import dataclass, field
@@ -119,7 +119,7 @@ def plan_epoch(inputs: EpochInputs, prior: PriorState) -> EpochPlan:
         require(routed.incomplete.is_empty(), f"settled events still route completely as of snapshot {snapshot}")
         groups.append(routed.groups)
     merged = _merge_resolutions(list(resolutions.values()))
-    the_split = split(pl.concat(groups), merged)
+    epoch_split = split(pl.concat(groups), merged)
 
     # Aggregated as it is scanned: the epoch's events are never all held in memory at once.
     billed = billed_sums(
@@ -131,8 +131,8 @@ def plan_epoch(inputs: EpochInputs, prior: PriorState) -> EpochPlan:
         )
     )
     suspended = routed_new.incomplete
-    postings = build_postings(epoch, billed, suspended, released, cancelled_held, the_split)
-    payables = build_payables(epoch, the_split.credits, prior.payables, inputs.addresses)
+    postings = build_postings(epoch, billed, suspended, released, cancelled_held, epoch_split)
+    payables = build_payables(epoch, epoch_split.credits, prior.payables, inputs.addresses)
 
     prior_receivable = _sum(
         prior.payables.with_columns(
@@ -199,7 +199,7 @@ def plan_epoch(inputs: EpochInputs, prior: PriorState) -> EpochPlan:
         suspense_micros=suspense_after,
         payable_micros=payable,
         receivable_micros=receivable,
-        group_count=the_split.cuts["allocation_id"].n_unique() + the_split.pools["allocation_id"].n_unique(),
+        group_count=epoch_split.cuts["allocation_id"].n_unique() + epoch_split.pools["allocation_id"].n_unique(),
         postings=postings,
         payables=payables,
         suspense_items=suspense_items.sort(["event_id", "source"]),
