@@ -33,36 +33,40 @@ def listed_files(
     return sorted((str(path), int(size)) for path, size in rows)
 
 
-def files_added(
-    connection: duckdb.DuckDBPyConnection,
-    table: str,
-    snapshot: int | None = None,
-    after_snapshot: int | None = None,
-) -> pl.DataFrame:
-    """The data files of `table` as of `snapshot` (default: now) that a snapshot after `after_snapshot`
-    (default: any) added: `path` (absolute), `size_bytes` and `snapshot` (the one that added it), by path."""
-    version = "" if snapshot is None else ", snapshot_version => ?"
-    params: list = [catalog_alias, table] + ([] if snapshot is None else [snapshot]) + [table]
-    bounds = []
-    if snapshot is not None:
-        bounds.append("d.begin_snapshot <= ?")
-        params.append(snapshot)
-    if after_snapshot is not None:
-        bounds.append("d.begin_snapshot > ?")
-        params.append(after_snapshot)
-    where = f"WHERE {' AND '.join(bounds)}" if bounds else ""
+def files_as_of(connection: duckdb.DuckDBPyConnection, table: str, snapshot: int) -> pl.DataFrame:
+    """The data files of `table` as of `snapshot`: `path` (absolute) and `snapshot` (the one that added it)."""
     rows = connection.execute(
         f"""
-        SELECT DISTINCT f.data_file AS path, f.data_file_size_bytes AS size_bytes, d.begin_snapshot AS snapshot
+        SELECT f.data_file AS path, d.begin_snapshot AS snapshot
+        FROM ducklake_list_files('{catalog_alias}', ?, snapshot_version => ?) f
+        JOIN {_metadata}.ducklake_data_file d ON f.data_file LIKE '%/' || d.path
+        JOIN {_metadata}.ducklake_table t ON t.table_id = d.table_id AND t.table_name = ?
+        WHERE d.begin_snapshot <= ?
+        ORDER BY f.data_file
+        """,
+        [table, snapshot, table, snapshot],
+    ).fetch_arrow_table()
+    return pl.from_arrow(rows).unique("path").sort("path")  # type: ignore[return-value]
+
+
+def files_added_after(
+    connection: duckdb.DuckDBPyConnection, table: str, after_snapshot: int, snapshot: int | None = None
+) -> list[tuple[str, int]]:
+    """(absolute path, size in bytes) of the data files of `table` as of `snapshot` (default: now) that a
+    snapshot after `after_snapshot` added, sorted."""
+    version = "" if snapshot is None else ", snapshot_version => ?"
+    params: list = [catalog_alias, table] + ([] if snapshot is None else [snapshot])
+    rows = connection.execute(
+        f"""
+        SELECT DISTINCT f.data_file, f.data_file_size_bytes
         FROM ducklake_list_files(?, ?{version}) f
         JOIN {_metadata}.ducklake_data_file d ON f.data_file LIKE '%/' || d.path
         JOIN {_metadata}.ducklake_table t ON t.table_id = d.table_id AND t.table_name = ?
-        {where}
-        ORDER BY path
+        WHERE d.begin_snapshot > ?
         """,
-        params,
-    ).fetch_arrow_table()
-    return pl.from_arrow(rows)  # type: ignore[return-value]
+        [*params, table, after_snapshot],
+    ).fetchall()
+    return sorted((str(path), int(size)) for path, size in rows)
 
 
 def current_snapshot(connection: duckdb.DuckDBPyConnection) -> int:

@@ -57,8 +57,7 @@ def listed_files(
     only those added after `added_after_snapshot`."""
     if added_after_snapshot is None:
         return recorder.listed_files(connection, table, snapshot)
-    files = recorder.files_added(connection, table, snapshot, added_after_snapshot)
-    return sorted({(str(path), int(size)) for path, size in files.select("path", "size_bytes").iter_rows()})
+    return recorder.files_added_after(connection, table, added_after_snapshot, snapshot)
 
 
 def close_input_files(connection: duckdb.DuckDBPyConnection, prior: PriorState, closing: int) -> list[tuple[str, int]]:

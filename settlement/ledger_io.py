@@ -33,8 +33,7 @@ close_step = "close-epoch"
 
 def data_files(connection: duckdb.DuckDBPyConnection, table: str, snapshot: int) -> pl.DataFrame:
     """The data files of `table` as of `snapshot` (absolute path, the snapshot that added each)."""
-    files = recorder.files_added(connection, table, snapshot).select("path", "snapshot")
-    return files.unique("path").sort("path")
+    return recorder.files_as_of(connection, table, snapshot)
 
 
 def _scan(files: pl.DataFrame, columns: list[str], schema: pa.Schema) -> pl.LazyFrame:
