@@ -11,6 +11,7 @@ from schemas.events import (
     SplitPolicySet,
     event_types,
 )
+from schemas.reason_codes import ReasonCode, reason_code_of
 
 __all__ = [
     "BatchDecoder",
@@ -20,9 +21,11 @@ __all__ = [
     "InferenceMetered",
     "InferenceReversed",
     "ModelRegistered",
+    "ReasonCode",
     "Rejection",
     "RoyaltyError",
     "SchemaError",
     "SplitPolicySet",
     "event_types",
+    "reason_code_of",
 ]

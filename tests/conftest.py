@@ -45,5 +45,25 @@ tests_root = Path(__file__).resolve().parent
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     for item in items:
         folder = item.path.relative_to(tests_root).parts[0]
-        if folder in integration_folders or integration_fixtures.intersection(getattr(item, "fixturenames", ())):
+        if folder in integration_folders or _uses_a_component(item):
             item.add_marker(pytest.mark.integration)
+
+
+def _uses_a_component(item: pytest.Item) -> bool:
+    """An integration fixture among its fixtures, or a catalog fixture parametrized to `postgres`."""
+    if integration_fixtures.intersection(getattr(item, "fixturenames", ())):
+        return True
+    callspec = getattr(item, "callspec", None)
+    return callspec is not None and "postgres" in callspec.params.values()
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_fixture_setup(fixturedef: "pytest.FixtureDef[object]", request: pytest.FixtureRequest) -> None:
+    """A component fetched with `request.getfixturevalue` escapes the marking above: fail, naming the fix."""
+    item = getattr(request, "_pyfuncitem", None)
+    if fixturedef.argname in integration_fixtures and item is not None and not item.get_closest_marker("integration"):
+        pytest.fail(
+            f"{item.nodeid} starts `{fixturedef.argname}` but is not an integration test: request the fixture "
+            "by argument or mark the test `@pytest.mark.integration` (tests/conftest.py)",
+            pytrace=False,
+        )

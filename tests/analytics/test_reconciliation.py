@@ -66,11 +66,10 @@ def test_a_conflicting_posting_written_behind_the_ledgers_back_makes_reconciliat
 
 
 def test_reconciliation_reads_the_catalog_metadata_on_a_postgresql_catalog_too(
-    request: pytest.FixtureRequest, tmp_path: Path
+    postgres_server: "PostgresServer", tmp_path: Path
 ) -> None:
     """events_vs_epoch joins DuckLake's own metadata tables: the same all-zero rows with a PostgreSQL catalog."""
-    server: PostgresServer = request.getfixturevalue("postgres_server")
-    catalog = server.create_database(f"lake_{uuid.uuid4().hex[:12]}")
+    catalog = postgres_server.create_database(f"lake_{uuid.uuid4().hex[:12]}")
     build_settled_ledger(catalog, str(tmp_path / "data"))
     rows = _reconciliation(catalog, str(tmp_path / "data"))
     expected = {(c, e) for c in checks for e in (1, 2)} | {(c, 1) for c in chain_checks}

@@ -172,12 +172,13 @@ def test_a_line_longer_than_any_message_is_read_through_not_held(tmp_path: Path)
     assert peak - baseline < RSS_NOISE_BYTES, (peak, baseline)  # held whole, it would be 64 MiB several times
     with Ledger.open_read_only(str(lake)) as ledger:
         dead = ledger.connection.execute(
-            "SELECT kafka_offset, raw, raw_size_bytes, raw_sha256, reason FROM lake.main.dead_letter "
+            "SELECT kafka_offset, raw, raw_size_bytes, raw_sha256, reason, reason_code FROM lake.main.dead_letter "
             "ORDER BY kafka_offset"
         ).fetchall()
         (position,) = ledger.file_sources().values()
     assert [row[0] for row in dead] == [0, 1, 2]
-    _, raw, size_bytes, sha256, reason = dead[1]
+    _, raw, size_bytes, sha256, reason, reason_code = dead[1]
+    assert reason_code == "message_too_large"
     assert (raw, size_bytes, sha256) == (
         long_line[:dead_letter_raw_bytes_max], len(long_line), hashlib.sha256(long_line).hexdigest()
     )

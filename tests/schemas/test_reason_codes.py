@@ -22,7 +22,7 @@ from schemas import BatchDecoder
 from schemas.limits import message_bytes_max
 from schemas.native_plan import native_available
 from schemas.reason_codes import ReasonCode, reason_code_of, reason_rules, whole_message_rules
-from tests.schemas.test_fuzz import _hostile
+from tests.support.hostile import hostile_message
 
 _started = datetime(2026, 11, 24, tzinfo=UTC)
 decoders = {
@@ -138,7 +138,7 @@ def test_the_other_writers_reasons_derive_their_code() -> None:
 _hostile_rng = random.Random(14)
 _traffic = list(SampleTraffic(seed=5).metered(300))
 _sample_invalid = [invalid_message(random.Random(i), _traffic[i]) for i in range(120)]
-_corpus = [_hostile(_hostile_rng) for _ in range(600)] + _sample_invalid + [None]
+_corpus = [hostile_message(_hostile_rng) for _ in range(600)] + _sample_invalid + [None]
 
 
 @pytest.mark.parametrize("decoder_name", sorted(decoders))
