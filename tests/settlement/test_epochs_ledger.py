@@ -6,27 +6,12 @@ import random
 import polars as pl
 import pytest
 
-from ingest.sample import SampleShape, SampleTraffic
 from ingest.sample import metered_source as sample_source
-from ledger import IngestBatch, Ledger, PartitionOffsets, define_views, run_query
+from ledger import Ledger, define_views, run_query
 from ledger.verify import verify
-from schemas import BatchDecoder
 from settlement import close_epoch
 from settlement.ledger_io import plan_from_ledger
-
-shape = SampleShape(models=8, contributors=12, compute_providers=3, derived_models_ppm=600_000)
-
-
-def _append(ledger: Ledger, values: list[bytes], first_offset: int, batch_size: int) -> int:
-    decoder = BatchDecoder()
-    offset = first_offset
-    for index in range(0, len(values), batch_size):
-        chunk = values[index : index + batch_size]
-        offsets = list(range(offset, offset + len(chunk)))
-        batch = IngestBatch.from_messages(chunk, ["t"] * len(chunk), [0] * len(chunk), offsets, decoder)
-        ledger.append(batch, [PartitionOffsets("t", 0, offset, offset + len(chunk))])
-        offset += len(chunk)
-    return offset
+from tests.support.ledger_batches import append_in_batches, sample_messages
 
 
 def _reversal(event_id: str, original: str) -> bytes:
@@ -42,11 +27,6 @@ def _reversal(event_id: str, original: str) -> bytes:
             "data": {"original_event_id": original, "reason": "refund", "original_source": sample_source},
         }
     ).encode()
-
-
-def _traffic(events: int) -> list[bytes]:
-    traffic = SampleTraffic(shape, seed=3)
-    return list(traffic.registry()) + list(traffic.metered(events))
 
 
 def _tables(ledger: Ledger) -> tuple[pl.DataFrame, pl.DataFrame]:
@@ -67,14 +47,14 @@ def _tables(ledger: Ledger) -> tuple[pl.DataFrame, pl.DataFrame]:
 
 def test_ingest_batching_and_order_do_not_change_postings_or_payables(tmp_path):
     """Determinism: the same events in shuffled order and other batch sizes close to identical rows."""
-    values = _traffic(600)
+    values = sample_messages(600)
     results = []
     for name, size, seed in (("a", 1_000, None), ("b", 37, 5)):
         shuffled = list(values)
         if seed is not None:
             random.Random(seed).shuffle(shuffled)
         with Ledger.open(tmp_path / name) as ledger:
-            _append(ledger, shuffled, 0, size)
+            append_in_batches(ledger, shuffled, 0, size)
             close_epoch(ledger)
             results.append(_tables(ledger))
     assert results[0][0].equals(results[1][0])
@@ -84,7 +64,7 @@ def test_ingest_batching_and_order_do_not_change_postings_or_payables(tmp_path):
 def test_dry_run_writes_nothing_and_a_second_close_is_a_noop(tmp_path):
     """close-epoch --dry-run leaves the snapshot unchanged; closing twice with no new events says noop."""
     with Ledger.open(tmp_path / "l") as ledger:
-        _append(ledger, _traffic(200), 0, 500)
+        append_in_batches(ledger, sample_messages(200), 0, 500)
         before = ledger.current_snapshot()
         dry = close_epoch(ledger, dry_run=True)
         assert ledger.current_snapshot() == before and dry.event_count == 200 and not dry.noop
@@ -101,13 +81,13 @@ def test_dry_run_writes_nothing_and_a_second_close_is_a_noop(tmp_path):
 
 def test_late_events_settle_in_the_next_epoch_and_reversals_take_back(tmp_path):
     """Rules 1 and 7: epoch 2 holds only the events appended after epoch 1; bad reversals are dead letters."""
-    values = _traffic(300)
+    values = sample_messages(300)
     with Ledger.open(tmp_path / "l") as ledger:
-        offset = _append(ledger, values[:-100], 0, 400)
+        offset = append_in_batches(ledger, values[:-100], 0, 400)
         first = close_epoch(ledger)
         settled_id = json.loads(values[-101])["id"]
-        offset = _append(ledger, values[-100:], offset, 400)
-        _append(
+        offset = append_in_batches(ledger, values[-100:], offset, 400)
+        append_in_batches(
             ledger,
             [_reversal("r1", settled_id), _reversal("r2", settled_id), _reversal("r3", "nope")],
             offset,
@@ -142,7 +122,7 @@ def test_concurrent_close_is_refused_without_writing(tmp_path):
     from settlement.ledger_io import write_plan
 
     with Ledger.open(tmp_path / "l") as ledger:
-        _append(ledger, _traffic(50), 0, 500)
+        append_in_batches(ledger, sample_messages(50), 0, 500)
         plan, extra = plan_from_ledger(ledger)
         close_epoch(ledger)
         with pytest.raises(EpochConflictError):
@@ -154,16 +134,16 @@ def test_events_stored_twice_behind_ingest_are_settled_once_and_the_same_way_eve
     already in the ledger, written again straight into the table, one of them with another fee, are settled
     once each; the epoch equals the one closed without the extra rows except for the conflicting event, and
     two ledgers with the same rows pick the same version of it."""
-    values = _traffic(300)
+    values = sample_messages(300)
     clean = tmp_path / "clean"
     with Ledger.open(clean) as ledger:
-        _append(ledger, values, 0, 1_000)
+        append_in_batches(ledger, values, 0, 1_000)
         close_epoch(ledger)
         expected = _tables(ledger)
 
     def doubled(name: str) -> tuple[pl.DataFrame, pl.DataFrame, tuple]:
         with Ledger.open(tmp_path / name) as ledger:
-            _append(ledger, values, 0, 1_000)
+            append_in_batches(ledger, values, 0, 1_000)
             stored = ledger.connection.execute(
                 "SELECT * FROM lake.main.inference_metered ORDER BY event_id LIMIT 40"
             ).fetch_arrow_table()

@@ -9,7 +9,7 @@ from ledger import Ledger
 from settlement import close_epoch
 from settlement.engine.reference_sql import reference_payables
 from tests.settlement.split_world import event_frame, registry_frames, run_epochs, worlds
-from tests.settlement.test_epochs_ledger import _append, _traffic
+from tests.support.ledger_batches import append_in_batches, sample_messages
 
 
 def _compare(world) -> None:
@@ -42,7 +42,7 @@ def test_generated_registries_split_identically_in_sql(world):
 def test_a_million_events_through_the_ledger_match_the_sql_reference(tmp_path):
     """Cross-check at scale: 1,000,000 sample events closed through DuckLake equal the SQL payables."""
     with Ledger.open(tmp_path / "l") as ledger:
-        _append(ledger, _traffic(1_000_000), 0, 250_000)
+        append_in_batches(ledger, sample_messages(1_000_000), 0, 250_000)
         close_epoch(ledger)
         c = ledger.connection
         got = pl.from_arrow(
