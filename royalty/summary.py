@@ -4,7 +4,7 @@ from rich.console import Console
 from rich.table import Table
 
 from settlement import EpochSummary, closed_by_another_message
-from settlement.engine.figures import summary_rows
+from settlement.engine import summary_rows
 
 
 def render_summary(summary: EpochSummary, console: Console | None = None) -> None:

@@ -153,3 +153,20 @@ def test_no_new_module_outside_the_ledger_builds_lake_main_sql(package: str) -> 
     known = {name for name in lake_main_known_offenders if name.startswith(package + "/")}
     assert reaching - known == set(), "new modules outside ledger/ build SQL on lake.main"
     assert known - reaching == set(), "remove these from lake_main_known_offenders: they no longer do"
+
+
+_settlement_surfaces = {"settlement", "settlement.engine", "settlement.onchain", "settlement.reports"}
+
+
+def test_the_cli_imports_settlement_only_through_its_package_surfaces() -> None:
+    """royalty/ imports a settlement package's `__init__` names, or a verb's module in settlement.use_cases."""
+    found = []
+    for path in sorted((repo_root / "royalty").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom) and node.level == 0 and (node.module or "").startswith("settlement"):
+                module = node.module or ""
+                if module not in _settlement_surfaces and not module.startswith("settlement.use_cases."):
+                    found.append(f"{path.relative_to(repo_root).as_posix()}:{node.lineno} imports {module}")
+            elif isinstance(node, ast.Import):
+                found += [f"{path.name}:{node.lineno} {a.name}" for a in node.names if a.name.startswith("settlement")]
+    assert found == []

@@ -7,5 +7,15 @@ benchmarks.
 
 from settlement.engine.epochs import EpochInputs, EpochPlan, PriorState, plan_epoch
 from settlement.engine.exceptions import AmountOverflowError, EpochConflictError
+from settlement.engine.figures import EpochFigures, summary_rows
 
-__all__ = ["AmountOverflowError", "EpochConflictError", "EpochInputs", "EpochPlan", "PriorState", "plan_epoch"]
+__all__ = [
+    "AmountOverflowError",
+    "EpochConflictError",
+    "EpochFigures",
+    "EpochInputs",
+    "EpochPlan",
+    "PriorState",
+    "plan_epoch",
+    "summary_rows",
+]
