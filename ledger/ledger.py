@@ -10,6 +10,7 @@ import hashlib
 import logging
 import os
 import random
+import re
 import threading
 import time
 import uuid
@@ -873,9 +874,22 @@ def _ledger_error(error: duckdb.Error, what: str, location: str) -> LedgerError:
             f"{what} failed on ledger `{location}`: the catalog refused the login ({reason.strip()}); check the "
             "user, the database and the password (a passfile, service=NAME or PGPASSWORD; docs/operations.md)"
         )
-    if any(marker in message.lower() for marker in _catalog_lost_markers):
+    if _catalog_lost(message):
         return LedgerCatalogUnavailableError(location, what, message.splitlines()[0])
     return LedgerError(f"{what} failed on ledger `{location}`: {message}")
+
+
+# libpq has no text to give when the catalog's connection died under a query: DuckDB then reports
+# `Failed to commit: Failed to execute query "ROLLBACK": ` with nothing after the colon.
+_query_failed_without_reason = re.compile(r'failed to execute query "[^"]*":[ \t]*$', re.MULTILINE)
+
+
+def _catalog_lost(message: str) -> bool:
+    """Whether a DuckDB error says the catalog database went away (an outage, retried), not refused the work."""
+    lowered = message.lower()
+    return any(marker in lowered for marker in _catalog_lost_markers) or bool(
+        _query_failed_without_reason.search(lowered)
+    )
 
 
 def ledger_error_of(error: duckdb.Error, what: str, location: str) -> LedgerError:
