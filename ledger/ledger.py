@@ -874,7 +874,7 @@ def _ledger_error(error: duckdb.Error, what: str, location: str) -> LedgerError:
             f"{what} failed on ledger `{location}`: the catalog refused the login ({reason.strip()}); check the "
             "user, the database and the password (a passfile, service=NAME or PGPASSWORD; docs/operations.md)"
         )
-    if _catalog_lost(message):
+    if _catalog_lost(message, postgres=location.startswith(("postgres:", "postgresql://", "postgres://"))):
         return LedgerCatalogUnavailableError(location, what, message.splitlines()[0])
     return LedgerError(f"{what} failed on ledger `{location}`: {message}")
 
@@ -884,11 +884,17 @@ def _ledger_error(error: duckdb.Error, what: str, location: str) -> LedgerError:
 _query_failed_without_reason = re.compile(r'failed to execute query "[^"]*":[ \t]*$', re.MULTILINE)
 
 
-def _catalog_lost(message: str) -> bool:
+# After that, the catalog's PostgreSQL transaction is left aborted until the connection is replaced.
+_postgres_transaction_lost_marker = "current transaction is aborted"
+
+
+def _catalog_lost(message: str, postgres: bool) -> bool:
     """Whether a DuckDB error says the catalog database went away (an outage, retried), not refused the work."""
     lowered = message.lower()
-    return any(marker in lowered for marker in _catalog_lost_markers) or bool(
-        _query_failed_without_reason.search(lowered)
+    return (
+        any(marker in lowered for marker in _catalog_lost_markers)
+        or bool(_query_failed_without_reason.search(lowered))
+        or (postgres and _postgres_transaction_lost_marker in lowered)
     )
 
 

@@ -20,6 +20,8 @@ location = "postgres:dbname=royalty host=127.0.0.1"
         'TransactionContext Error: Failed to commit: Failed to execute query "ROLLBACK": ',
         'Failed to execute query "COMMIT": \nserver closed the connection unexpectedly',
         "IO Error: Unable to connect to Postgres at host=127.0.0.1: connection refused",
+        "TransactionContext Error: Failed to get data file list from DuckLake: Current transaction is aborted "
+        "(please ROLLBACK)",
     ],
 )
 def test_a_catalog_connection_that_died_is_a_transient_outage(message: str) -> None:
