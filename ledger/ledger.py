@@ -152,7 +152,7 @@ class Ledger:
         if create:
             location.prepare()
         try:
-            connection = connect(location, read_only=False, create=create)
+            connection = _connect_retrying(location, read_only=False, create=create)
         except duckdb.Error as error:
             raise _ledger_error(error, "open", location.display) from error
         ledger = cls(location, connection, read_only=False)
@@ -172,7 +172,7 @@ class Ledger:
         if not location.exists():
             raise LedgerNotFoundError(location.display)
         try:
-            connection = connect(location, read_only=False, create=False)
+            connection = _connect_retrying(location, read_only=False, create=False)
         except duckdb.Error as error:
             raise _ledger_error(error, "open", location.display) from error
         return cls(location, connection, read_only=False)
@@ -189,7 +189,7 @@ class Ledger:
         if not location.exists():
             raise LedgerNotFoundError(location.display)
         try:
-            connection = connect(location, read_only=True, snapshot_version=snapshot_version)
+            connection = _connect_retrying(location, read_only=True, snapshot_version=snapshot_version)
             # A time-travel open sees the catalog as of its snapshot, maybe before the format was
             # recorded; the format is the current one's, checked by every current open.
             if snapshot_version is None:
@@ -319,7 +319,7 @@ class Ledger:
 
     def _writer_connection(self) -> duckdb.DuckDBPyConnection:
         try:
-            connection = connect(self.location, read_only=False)
+            connection = _connect_retrying(self.location, read_only=False)
             for statement in inlining_statements(catalog_alias):
                 connection.execute(statement)
         except duckdb.Error as error:
@@ -860,6 +860,20 @@ def _data_columns(table_name: str) -> Iterator[str]:
     for event_type in event_types.values():
         if event_type.table == table_name:
             yield from event_type.data_model.model_fields
+
+
+def _connect_retrying(location: LedgerLocation, **options: object) -> duckdb.DuckDBPyConnection:
+    """`connect`, retried like a commit while other writers hold the SQLite catalog's lock (the ATTACH reads it)."""
+    for attempt in range(constants.commit_attempts_max):
+        try:
+            return connect(location, **options)
+        except duckdb.Error as error:
+            contended = any(marker in str(error).lower() for marker in _transient_markers)
+            if not contended or attempt == constants.commit_attempts_max - 1:
+                raise
+            delay_s = min(constants.commit_backoff_s_max, constants.commit_backoff_s_min * 2**attempt)
+            time.sleep(delay_s * (0.5 + random.random()))
+    raise RuntimeError("unreachable: the last attempt raises")
 
 
 def _ledger_error(error: duckdb.Error, what: str, location: str) -> LedgerError:
