@@ -43,8 +43,14 @@ integration_folders = frozenset({"integration", "faults", "soak", "contracts"})
 tests_root = Path(__file__).resolve().parent
 
 
+nightly = os.environ.get("ROYALTY_NIGHTLY") == "1"
+skip_nightly = pytest.mark.skip(reason="a nightly depth: run with ROYALTY_NIGHTLY=1 (CI runs the shorter depth)")
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     for item in items:
+        if not nightly and item.get_closest_marker("nightly") is not None:
+            item.add_marker(skip_nightly)
         folder = item.path.relative_to(tests_root).parts[0]
         if folder in integration_folders or _uses_a_component(item):
             item.add_marker(pytest.mark.integration)
