@@ -1,104 +1,131 @@
-"""Prometheus metrics of the ingest service, served as text on `--metrics-port`."""
+"""Prometheus metrics of the ingest service (prometheus_client), served on `--metrics-port`.
 
-import threading
-from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+Each service has a registry of its own (not the library's global one), so several services in one
+process (tests, the demo) keep their figures apart. Only the service's main thread updates them; the
+HTTP server thread only reads.
+"""
+
+from collections.abc import Mapping
+from http.server import ThreadingHTTPServer
+
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    disable_created_metrics,
+    generate_latest,
+    start_http_server,
+)
+
+# The `_created` timestamps are read as separate untyped families from the text format Prometheus scrapes,
+# and nothing here uses them.
+disable_created_metrics()
 
 # Upper bounds of the batch latency histogram buckets, in seconds.
 latency_buckets_s = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
+_prefix = "royalty_ingest"
 
-@dataclass
+
 class IngestMetrics:
-    """Counters and gauges of one ingest process. Updated by the service thread only."""
+    """Counters, gauges and the batch latency histogram of one ingest process."""
 
-    messages_total: int = 0
-    events_total: int = 0
-    duplicates_total: int = 0
-    dead_letters_total: int = 0
-    batches_total: int = 0
-    fenced_batches_total: int = 0
-    broker_outages_total: int = 0
-    ledger_outages_total: int = 0
-    batch_latency_s_buckets: list[int] = field(default_factory=lambda: [0] * (len(latency_buckets_s) + 1))
-    batch_latency_s_sum: float = 0.0
-    records_per_s: float = 0.0
-    lag_by_partition: dict[tuple[str, int], int] = field(default_factory=dict)
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
 
-    def observe_batch_latency(self, seconds: float) -> None:
-        index = next((i for i, bound in enumerate(latency_buckets_s) if seconds <= bound), len(latency_buckets_s))
-        self.batch_latency_s_buckets[index] += 1
-        self.batch_latency_s_sum += seconds
+        def counter(name: str, help_text: str, labels: tuple[str, ...] = ()) -> Counter:
+            return Counter(f"{_prefix}_{name}", help_text, labels, registry=self.registry)
+
+        self._messages = counter("messages", "Messages read.")
+        self._events = counter("events", "Events stored.")
+        self._duplicates = counter("duplicates", "Exact duplicates dropped.")
+        self._dead_letters = counter("dead_letters", "Dead letters stored.")
+        self._dead_letters_by_reason = counter(
+            "dead_letters_by_reason", "Dead letters stored, by reason_code (schemas.reason_codes).", ("reason_code",)
+        )
+        self._batches = counter("batches", "Ledger appends.")
+        self._fenced = counter("fenced_batches", "Batches refused as stale.")
+        self._broker_outages = counter("broker_outages", "Times the broker became unreachable.")
+        self._ledger_outages = counter(
+            "ledger_outages", "Times an append failed and was retried (catalog unreachable, storage failing, busy)."
+        )
+        self._append_retries = counter("append_retries", "Appends of a batch retried after a transient failure.")
+        self._records_per_s = Gauge(
+            f"{_prefix}_records_per_second", "Recent ingest rate (messages a second).", registry=self.registry
+        )
+        self._lag = Gauge(
+            f"{_prefix}_consumer_lag",
+            "Messages behind the end of each partition.",
+            ("topic", "partition"),
+            registry=self.registry,
+        )
+        self._latency = Histogram(
+            f"{_prefix}_batch_latency_seconds",
+            "Read-to-commit time of a batch.",
+            buckets=latency_buckets_s,
+            registry=self.registry,
+        )
+
+    # Updates (the service's main thread) -------------------------------------------------------
+
+    def batch_committed(
+        self,
+        messages: int,
+        events: int,
+        duplicates: int,
+        dead_letters: int,
+        dead_letters_by_reason: Mapping[str, int],
+        latency_s: float,
+    ) -> None:
+        self._messages.inc(messages)
+        self._events.inc(events)
+        self._duplicates.inc(duplicates)
+        self._dead_letters.inc(dead_letters)
+        for reason_code, count in dead_letters_by_reason.items():
+            self._dead_letters_by_reason.labels(reason_code).inc(count)
+        self._batches.inc()
+        self._latency.observe(latency_s)
+
+    def batch_fenced(self) -> None:
+        self._fenced.inc()
+
+    def broker_outage(self) -> None:
+        self._broker_outages.inc()
+
+    def ledger_outage(self) -> None:
+        self._ledger_outages.inc()
+
+    def append_retried(self) -> None:
+        self._append_retries.inc()
+
+    def progress(self, records_per_s: float, lag_by_partition: Mapping[tuple[str, int], int]) -> None:
+        self._records_per_s.set(records_per_s)
+        self._lag.clear()  # partitions revoked since the last report are no longer this process's
+        for (topic, partition), lag in sorted(lag_by_partition.items()):
+            self._lag.labels(topic, str(partition)).set(lag)
+
+    # Reading -----------------------------------------------------------------------------------
+
+    def value(self, sample: str, labels: Mapping[str, str] | None = None) -> float:
+        """The current value of one sample (`royalty_ingest_events_total`), 0 if it has none yet."""
+        found = self.registry.get_sample_value(sample, dict(labels or {}))
+        return 0.0 if found is None else found
+
+    @property
+    def fenced_batches_total(self) -> int:
+        return int(self.value(f"{_prefix}_fenced_batches_total"))
+
+    @property
+    def records_per_s(self) -> float:
+        return self.value(f"{_prefix}_records_per_second")
 
     def render(self) -> str:
-        lines = []
-
-        def metric(name: str, kind: str, help_text: str, samples: list[tuple[str, float]]) -> None:
-            lines.append(f"# HELP {name} {help_text}")
-            lines.append(f"# TYPE {name} {kind}")
-            lines.extend(f"{name}{labels} {value}" for labels, value in samples)
-
-        metric("royalty_ingest_messages_total", "counter", "Messages read.", [("", self.messages_total)])
-        metric("royalty_ingest_events_total", "counter", "Events stored.", [("", self.events_total)])
-        metric("royalty_ingest_duplicates_total", "counter", "Exact duplicates dropped.", [("", self.duplicates_total)])
-        metric("royalty_ingest_dead_letters_total", "counter", "Dead letters stored.", [("", self.dead_letters_total)])
-        metric("royalty_ingest_batches_total", "counter", "Ledger appends.", [("", self.batches_total)])
-        metric(
-            "royalty_ingest_fenced_batches_total",
-            "counter",
-            "Batches refused as stale.",
-            [("", self.fenced_batches_total)],
-        )
-        metric(
-            "royalty_ingest_broker_outages_total",
-            "counter",
-            "Times the broker became unreachable.",
-            [("", self.broker_outages_total)],
-        )
-        metric(
-            "royalty_ingest_ledger_outages_total",
-            "counter",
-            "Times an append failed and was retried (catalog unreachable, storage failing, busy).",
-            [("", self.ledger_outages_total)],
-        )
-        metric("royalty_ingest_records_per_second", "gauge", "Recent ingest rate.", [("", self.records_per_s)])
-        cumulative, buckets = 0, []
-        for bound, count in zip([*latency_buckets_s, float("inf")], self.batch_latency_s_buckets, strict=True):
-            cumulative += count
-            buckets.append((f'{{le="{"+Inf" if bound == float("inf") else bound}"}}', cumulative))
-        metric("royalty_ingest_batch_latency_seconds_bucket", "histogram", "Read-to-commit time of a batch.", buckets)
-        lines.append(f"royalty_ingest_batch_latency_seconds_sum {self.batch_latency_s_sum}")
-        lines.append(f"royalty_ingest_batch_latency_seconds_count {cumulative}")
-        metric(
-            "royalty_ingest_consumer_lag",
-            "gauge",
-            "Messages behind the end of each partition.",
-            [
-                (f'{{topic="{topic}",partition="{partition}"}}', lag)
-                for (topic, partition), lag in sorted(self.lag_by_partition.items())
-            ],
-        )
-        return "\n".join(lines) + "\n"
+        """The exposition text Prometheus scrapes."""
+        return generate_latest(self.registry).decode()
 
 
 def serve_metrics(metrics: IngestMetrics, port: int, host: str = "127.0.0.1") -> ThreadingHTTPServer:
-    """Serve `metrics` at http://host:port/metrics from a daemon thread."""
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            if self.path.rstrip("/") not in ("", "/metrics"):
-                self.send_error(404)
-                return
-            body = metrics.render().encode()
-            self.send_response(200)
-            self.send_header("Content-Type", "text/plain; version=0.0.4")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, *args: object) -> None:
-            pass
-
-    server = ThreadingHTTPServer((host, port), Handler)
-    threading.Thread(target=server.serve_forever, name="metrics", daemon=True).start()
+    """Serve `metrics` at http://host:port/metrics from a daemon thread (prometheus_client's server)."""
+    server, _thread = start_http_server(port, addr=host, registry=metrics.registry)
     return server

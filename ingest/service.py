@@ -182,7 +182,7 @@ class IngestService:
                 connected = self.source.connected()
                 if not connected:
                     if was_connected:
-                        self.metrics.broker_outages_total += 1
+                        self.metrics.broker_outage()
                         log.warning("kafka broker unreachable; the service keeps retrying")
                     time.sleep(backoff_s)
                     backoff_s = min(constants.broker_backoff_s_max, backoff_s * 2)
@@ -233,7 +233,7 @@ class IngestService:
         try:
             appended = in_flight.result()
         except LedgerOffsetsFencedError as error:
-            self.metrics.fenced_batches_total += 1
+            self.metrics.batch_fenced()
             log.warning("batch refused as stale; re-reading from the ledger's offsets", extra={"error": str(error)})
             # Whatever was read after the stale batch continues from a stale position too.
             self._pending = Messages()
@@ -243,12 +243,14 @@ class IngestService:
             self._failure = error
             raise
         result = appended.result
-        self.metrics.observe_batch_latency(appended.latency_s)
-        self.metrics.messages_total += appended.messages
-        self.metrics.events_total += result.events
-        self.metrics.duplicates_total += result.duplicates
-        self.metrics.dead_letters_total += result.dead_letters
-        self.metrics.batches_total += 1
+        self.metrics.batch_committed(
+            appended.messages,
+            result.events,
+            result.duplicates,
+            result.dead_letters,
+            result.dead_letters_by_reason,
+            appended.latency_s,
+        )
         self.summary.messages += appended.messages
         self.summary.events += result.events
         self.summary.duplicates += result.duplicates
@@ -296,7 +298,7 @@ class IngestService:
                 now = time.monotonic()
                 if failing_since is None:
                     failing_since = now
-                    self.metrics.ledger_outages_total += 1
+                    self.metrics.ledger_outage()
                 failing_s = now - failing_since
                 if not error.transient:
                     # A bug or a refusal (a binder error, a read-only ledger): retrying the batch cannot cure it.
@@ -310,6 +312,7 @@ class IngestService:
                     why = "on request" if self._stopping else f"after {constants.ledger_failing_s_max:g} s of retries"
                     raise IngestLedgerFailingError(why, len(messages), failing_s, error) from error
                 self._sleep_unless_stopping(backoff_s)
+                self.metrics.append_retried()
                 backoff_s = min(constants.ledger_backoff_s_max, backoff_s * 2)
         if failing_since is not None:
             failed_for_s = round(time.monotonic() - failing_since, 1)
@@ -322,13 +325,13 @@ class IngestService:
             time.sleep(min(constants.stop_check_s, max(0.0, deadline - time.monotonic())))
 
     def _log_progress(self, interval_s: float, messages: int) -> None:
-        self.metrics.records_per_s = messages / interval_s if interval_s > 0 else 0.0
+        records_per_s = messages / interval_s if interval_s > 0 else 0.0
         lags = self.source.lag()
-        self.metrics.lag_by_partition = lags
+        self.metrics.progress(records_per_s, lags)
         log.info(
             "ingest progress",
             extra={
-                "records_per_s": round(self.metrics.records_per_s),
+                "records_per_s": round(records_per_s),
                 "lag_total": sum(lags.values()),
                 **_counts(self.summary),
             },

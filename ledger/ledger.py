@@ -14,9 +14,11 @@ import re
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections import Counter
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, nullcontext, suppress
 from dataclasses import dataclass
+from dataclasses import field as dataclass_field
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -102,6 +104,8 @@ class AppendResult:
     events: int
     duplicates: int
     dead_letters: int
+    # The stored dead letters counted by `reason_code` (schemas.reason_codes); sums to `dead_letters`.
+    dead_letters_by_reason: Mapping[str, int] = dataclass_field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -373,7 +377,8 @@ class Ledger:
                 _remove_files(written)
                 raise
         snapshot_id = self._last_committed_snapshot()
-        return AppendResult(snapshot_id, ingest_batch_id, events, duplicates, dead_letters.num_rows)
+        by_reason = Counter(dead_letters.column("reason_code").to_pylist())
+        return AppendResult(snapshot_id, ingest_batch_id, events, duplicates, dead_letters.num_rows, dict(by_reason))
 
     def _new_dead_letters(
         self, batch: IngestBatch, reasons: Sequence[DeadLetterReason], dead_letters: pa.Table

@@ -179,6 +179,12 @@ def settle_command(
         _fail(error)
     summary = {k: v for k, v in vars(result).items() if k not in ("closed",)}
     summary["closed_epoch"] = result.closed.epoch if result.closed else None
+    if settings.pushgateway_url and not dry_run:
+        from royalty.job_metrics import push_figures
+
+        warning = push_figures("settle", {**summary, "total_units": result.total_units}, settings.pushgateway_url)
+        if warning:
+            stderr.print(f"warning: {warning}", highlight=False, markup=False, soft_wrap=True)
     summary["total_units"] = str(result.total_units)
     if output_json:
         _print_json(summary)
@@ -197,53 +203,11 @@ def settle_command(
 
 
 def _proof(settings: Settings, account: str) -> dict[str, Any]:
-    import duckdb
-    from web3 import Web3
-
     from ledger import Ledger
-    from settlement.onchain import NoSettlementError
-    from settlement.onchain import tables as settle_tables  # noqa: F401  (declares the tables it reads)
+    from settlement.onchain import account_proof
 
-    if not Web3.is_address(account):
-        raise NoSettlementError("not an address: pass --account 0x + 40 hex digits", account)
-    checksummed = Web3.to_checksum_address(account)
-    t = "lake.main"
     with Ledger.open_read_only(settings.lake, settings.data_path) as ledger:
-        c = ledger.connection
-        try:
-            filters, params = "", []
-            if settings.distributor:
-                filters, params = "WHERE lower(contract) = lower(?)", [settings.distributor]
-            recorded = c.execute(
-                f"SELECT epoch, contract, chain_id, root FROM {t}.settlement_record {filters} "
-                "ORDER BY epoch DESC, recorded_at DESC LIMIT 1",
-                params,
-            ).fetchone()
-            if recorded is None:
-                latest = c.execute(
-                    f"SELECT epoch, NULL, NULL, root FROM {t}.settlement_root ORDER BY epoch DESC LIMIT 1"
-                )
-                recorded = latest.fetchone()
-            if recorded is None:
-                raise NoSettlementError("no settled epoch in this ledger yet: run `royalty settle` first")
-            epoch, contract, chain_id, root = recorded
-            leaf = c.execute(
-                f"SELECT cumulative_units, proof FROM {t}.settlement_proof WHERE epoch = ? AND account = ?",
-                [epoch, checksummed],
-            ).fetchone()
-        except duckdb.CatalogException:
-            raise NoSettlementError("this ledger has no settlement tables yet: run `royalty settle` first") from None
-    if leaf is None:
-        raise NoSettlementError(f"the epoch {epoch} tree (root {root}) has no leaf for this account", checksummed)
-    return {
-        "account": checksummed,
-        "cumulative_amount": str(leaf[0]),
-        "root": root,
-        "proof": list(leaf[1]),
-        "epoch": int(epoch),
-        "distributor": contract,
-        "chain_id": None if chain_id is None else int(chain_id),
-    }
+        return account_proof(ledger, account, settings.distributor)
 
 
 def proof(
@@ -354,7 +318,7 @@ def sync_claims_command(
     from rich.progress import Progress
 
     from ledger import Ledger
-    from settlement.onchain import ChainConfigError, connect, distributor_contract
+    from settlement.onchain import ChainConfigError, connect, distributor_contract, recorded_distributor
     from settlement.use_cases.sync_claims import sync_claims
 
     settings = load_settings(
@@ -374,7 +338,7 @@ def sync_claims_command(
             raise ChainConfigError("claims are read from a live chain: pass --rpc-url", "rpc_url")
         with Ledger.open(settings.lake, settings.data_path, create=False) as ledger:
             chain = connect(settings.rpc_url, None, settings.confirmations, settings.confirm_timeout_s)
-            address = settings.distributor or _recorded_distributor(ledger, chain.chain_id)
+            address = settings.distributor or recorded_distributor(ledger, chain.chain_id)
             contract = distributor_contract(chain, address)
             with Progress(console=stderr, transient=True) as bar:
                 task = bar.add_task("reading Claimed events", total=None)
@@ -397,22 +361,6 @@ def sync_claims_command(
         highlight=False,
         soft_wrap=True,
     )
-
-
-def _recorded_distributor(ledger: Any, chain_id: int) -> str:
-    """The distributor this ledger's latest settlement on `chain_id` went to."""
-    from settlement.onchain import ChainConfigError
-    from settlement.onchain import tables as settle_tables  # noqa: F401  (declares the tables it reads)
-
-    ledger.ensure_tables()
-    row = ledger.connection.execute(
-        "SELECT contract FROM lake.main.settlement_record WHERE chain_id = ? ORDER BY epoch DESC LIMIT 1", [chain_id]
-    ).fetchone()
-    if row is None:
-        raise ChainConfigError(
-            f"this ledger has settled nothing on chain {chain_id}: pass --distributor", "distributor"
-        )
-    return str(row[0])
 
 
 def register(app: typer.Typer) -> None:

@@ -434,6 +434,16 @@ def close_epoch_command(
     except RoyaltyError as error:
         _fail(error)
     render_summary(summary, stdout)
+    if settings.pushgateway_url and not dry_run:
+        _push_figures("close-epoch", vars(summary), settings.pushgateway_url)
+
+
+def _push_figures(job: str, figures: dict, url: str) -> None:
+    from royalty.job_metrics import push_figures
+
+    warning = push_figures(job, figures, url)
+    if warning:
+        stderr.print(f"[bold yellow]warning:[/] {escape(warning)}", highlight=False, soft_wrap=True)
 
 
 analytics_commands.register(app)

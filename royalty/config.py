@@ -81,6 +81,9 @@ class Settings(BaseSettings):
         (1, event_time_future_s_max_limit),
     )
     metrics_port: int | None = _setting(None, "Port of the Prometheus metrics endpoint; unset: none.", (1, 65_535))
+    pushgateway_url: str | None = _setting(
+        None, "Prometheus Pushgateway URL `close-epoch` and `settle` push their figures to; unset: none.", secret=True
+    )
     dead_letter_topic: str | None = _setting(None, "Kafka topic dead letters are also forwarded to.")
     log_format: str = _setting("json", "Log format: json (structured) or text.")
     rpc_url: str | None = _setting(
