@@ -15,7 +15,10 @@ const require = createRequire(import.meta.url)
 const solc = require('solc')
 
 const here = dirname(fileURLToPath(import.meta.url))
-const CONTRACTS = ['RoyaltyDistributor', 'TestToken', 'MaliciousToken']
+const CONTRACTS = [
+  'RoyaltyDistributor', 'TestToken', 'MaliciousToken', 'ModelRegistry',
+  'CommunityToken', 'CommunityGovernor', 'CommunityTimelock', 'TestContractWallet'
+]
 // Changing any of these changes every bytecode: they are part of the artifact, and the drift test
 // recompiles with exactly these. Cancun is the newest fork that every major EVM chain runs.
 const SETTINGS = {

@@ -1,11 +1,18 @@
 // SPDX-License-Identifier: MIT
 pragma solidity 0.8.37;
 
-import {AccessControl} from "@openzeppelin/contracts/access/AccessControl.sol";
+import {AccessControlDefaultAdminRules} from
+    "@openzeppelin/contracts/access/extensions/AccessControlDefaultAdminRules.sol";
 import {IERC20} from "@openzeppelin/contracts/token/ERC20/IERC20.sol";
 import {SafeERC20} from "@openzeppelin/contracts/token/ERC20/utils/SafeERC20.sol";
 import {MerkleProof} from "@openzeppelin/contracts/utils/cryptography/MerkleProof.sol";
 import {ReentrancyGuardTransient} from "@openzeppelin/contracts/utils/ReentrancyGuardTransient.sol";
+
+/// @notice What a predecessor distributor must answer for a migration to start from it.
+interface IRoyaltyDistributorPredecessor {
+    function latestEpoch() external view returns (uint64);
+    function pendingRoot() external view returns (uint64, bytes32, uint256, bytes32, uint64);
+}
 
 /**
  * @title RoyaltyDistributor
@@ -13,51 +20,81 @@ import {ReentrancyGuardTransient} from "@openzeppelin/contracts/utils/Reentrancy
  *
  * Each epoch the settler proposes one root over `(address account, uint256 cumulativeAmount)` leaves,
  * hashed as OpenZeppelin's StandardMerkleTree does. A leaf holds everything the account has earned
- * since the first epoch, and the contract keeps what each account has claimed, so one claim collects
- * every epoch so far and a claim against a later root pays exactly the difference.
+ * (on this contract), and the contract keeps what each account has claimed, so one claim collects every
+ * epoch so far and a claim against a later root pays exactly the difference.
  *
- * A proposed root waits `timelockSeconds` before it can be claimed against; until then a guardian can
- * revoke it, so a stolen settler key cannot drain the contract. While a root waits, claims keep working
- * against the last active root. Only one root waits at a time: proposing while one is still in its
- * timelock reverts, and once its timelock has passed the waiting root becomes the active one.
+ * A proposed root waits `timelockSeconds` (at least `TIMELOCK_SECONDS_MIN` off local chains) before it
+ * can be claimed against; until then any guardian can revoke it, and a revoked root can never be proposed
+ * again. While a root waits, claims keep working against the last active root. A proposal must raise the
+ * epoch by 1 to `EPOCH_STEP_MAX`, must not lower `totalCumulative`, and may add at most
+ * `maxEpochGrowthUnits` (set by the admin) to it, so one stolen settler key can neither brick the contract
+ * nor propose more than one bounded, revocable increment.
  *
- * Funding is a plain ERC-20 transfer to this contract before proposing: a proposal reverts unless the
- * balance covers `totalCumulative` minus everything claimed so far.
+ * Roles: the default admin (transferred in two delayed steps, OpenZeppelin's
+ * `AccessControlDefaultAdminRules`) grants roles, sets the treasury and the growth cap and sweeps surplus;
+ * the settler proposes and pulls funding from the treasury; guardians revoke. The settler holds no funds:
+ * `fund` moves tokens only from the treasury (which approved this contract) into this contract.
+ *
+ * Tokens must deliver what a transfer says: funding and claims check the balance delta, so a
+ * fee-on-transfer or rebasing token reverts with `RoyaltyDistributorTransferMismatch` instead of breaking
+ * the accounting.
+ *
+ * Storage is laid out for the claim path: one slot holds `totalClaimed`, the latest root's activation time
+ * and which of two root records is the latest; each root record is its hash plus one packed slot.
  */
-contract RoyaltyDistributor is AccessControl, ReentrancyGuardTransient {
+contract RoyaltyDistributor is AccessControlDefaultAdminRules, ReentrancyGuardTransient {
     using SafeERC20 for IERC20;
 
-    /// @notice The role allowed to propose roots.
+    /// @notice The role allowed to propose roots and to pull funding from the treasury.
     bytes32 public constant SETTLER_ROLE = keccak256("SETTLER_ROLE");
-    /// @notice The role allowed to revoke a root during its timelock.
+    /// @notice The role allowed to revoke a root during its timelock (several accounts may hold it).
     bytes32 public constant GUARDIAN_ROLE = keccak256("GUARDIAN_ROLE");
-    /// @notice The longest timelock the constructor accepts: past a month, claims would be frozen
-    /// for longer than any operator could mean.
+    /// @notice The longest timelock: past a month, claims would be frozen for longer than any operator means.
     uint64 public constant TIMELOCK_SECONDS_MAX = 30 days;
+    /// @notice The shortest timelock off local chains: time for a guardian to see a bad root and revoke it.
+    uint64 public constant TIMELOCK_SECONDS_MIN = 1 hours;
+    /// @notice The most a proposal may raise the epoch by (epochs settled late are skipped on-chain).
+    uint64 public constant EPOCH_STEP_MAX = 10_000;
+    /// @notice anvil's and hardhat's chain id: a local chain, where a short timelock is allowed.
+    uint256 public constant LOCAL_CHAIN_ID = 31337;
+    /// @notice eth-tester's chain id (the in-process chain): also local.
+    uint256 public constant EMBEDDED_CHAIN_ID = 131277322940537;
 
-    struct Root {
-        bytes32 root;
-        bytes32 ledgerDigest;
-        uint256 totalCumulative;
+    struct State {
+        uint128 totalClaimed;
+        uint64 latestActiveAtSeconds; // 0 until a root is proposed
+        uint8 latestIndex; // which of the two root records holds the latest proposal
+    }
+
+    struct RootMeta {
+        uint128 totalCumulative;
         uint64 epoch;
-        // When the root becomes claimable; 0 marks an empty slot (block timestamps are never 0).
-        uint64 activeAtSeconds;
+        uint64 activeAtSeconds; // 0 marks a record never proposed into
+    }
+
+    struct Limits {
+        address treasury;
+        uint128 maxEpochGrowthUnits;
     }
 
     /// @notice The token paid out.
     IERC20 public immutable token;
     /// @notice Seconds between a proposal and the moment its root can be claimed against.
     uint64 public immutable timelockSeconds;
+    /// @notice The distributor this one took over from (zero if none): it keeps paying what its last root owes.
+    address public immutable predecessor;
+    /// @notice The predecessor's last epoch; leaves here count only what was earned after it.
+    uint64 public immutable predecessorEpoch;
 
     /// @notice Units of `token` each account has claimed so far, over all epochs.
     mapping(address account => uint256) public claimed;
-    /// @notice Units of `token` claimed so far by all accounts together.
-    uint256 public totalClaimed;
-    /// @notice Roots a guardian revoked; a claim proving against one reverts with its own error.
+    /// @notice Roots a guardian revoked: never claimable, never proposable again.
     mapping(bytes32 root => bool) public revokedRoots;
 
-    Root private _active;
-    Root private _pending;
+    State private _state;
+    bytes32[2] private _rootHashes;
+    RootMeta[2] private _rootMeta;
+    Limits private _limits;
 
     /// @notice A root was proposed for `epoch`; it becomes claimable at `activeAtSeconds`.
     event RootProposed(
@@ -71,21 +108,39 @@ contract RoyaltyDistributor is AccessControl, ReentrancyGuardTransient {
     event RootRevoked(uint64 indexed epoch, bytes32 indexed root, address indexed guardian);
     /// @notice `account` received `amount` units, bringing its claimed total to `cumulativeAmount`.
     event Claimed(address indexed account, uint64 indexed epoch, uint256 amount, uint256 cumulativeAmount);
+    /// @notice `amount` units came from `treasury` into this contract.
+    event Funded(address indexed treasury, uint256 amount);
+    /// @notice The admin moved `amount` of `asset` above what the roots owe to `to`.
+    event Swept(address indexed asset, address indexed to, uint256 amount);
+    /// @notice The admin set the treasury `fund` pulls from.
+    event TreasurySet(address treasury);
+    /// @notice The admin set the most one proposal may add to `totalCumulative`.
+    event MaxEpochGrowthSet(uint128 maxEpochGrowthUnits);
 
     /// @notice The token address is zero.
     error RoyaltyDistributorInvalidToken(address token);
-    /// @notice The admin address is zero.
-    error RoyaltyDistributorInvalidAdmin(address admin);
     /// @notice The timelock is longer than `TIMELOCK_SECONDS_MAX`.
     error RoyaltyDistributorTimelockTooLong(uint64 timelockSeconds, uint64 timelockSecondsMax);
+    /// @notice The timelock is shorter than `TIMELOCK_SECONDS_MIN` on a chain that is not local.
+    error RoyaltyDistributorTimelockTooShort(uint64 timelockSeconds, uint64 timelockSecondsMin);
+    /// @notice The predecessor still has a root in its timelock: wait until it is active (or revoked).
+    error RoyaltyDistributorPredecessorRootPending(address predecessor, uint64 epoch);
     /// @notice A proposed epoch is not greater than the latest one still standing (active or waiting).
     error RoyaltyDistributorEpochNotIncreasing(uint64 last, uint64 given);
+    /// @notice A proposed epoch is more than `stepMax` past the latest one.
+    error RoyaltyDistributorEpochStepTooLarge(uint64 last, uint64 given, uint64 stepMax);
     /// @notice A proposed root is zero.
     error RoyaltyDistributorZeroRoot();
+    /// @notice A guardian revoked this root once; it cannot be proposed again.
+    error RoyaltyDistributorRootWasRevoked(bytes32 root);
     /// @notice A root for `epoch` is still in its timelock until `activeAtSeconds`; wait or revoke it.
     error RoyaltyDistributorRootPending(uint64 epoch, uint64 activeAtSeconds);
-    /// @notice A proposed total is below what accounts have already claimed, so the tree is wrong.
-    error RoyaltyDistributorTotalBelowClaimed(uint256 totalCumulative, uint256 totalClaimed);
+    /// @notice A proposed total is below the latest root's: cumulative totals never decrease.
+    error RoyaltyDistributorTotalDecreasing(uint256 latestTotal, uint256 totalCumulative);
+    /// @notice A proposal would add more than the admin's `maxEpochGrowthUnits`.
+    error RoyaltyDistributorGrowthTooLarge(uint256 growth, uint256 maxEpochGrowthUnits);
+    /// @notice A total does not fit the 128 bits it is stored in.
+    error RoyaltyDistributorTotalTooLarge(uint256 totalCumulative);
     /// @notice The balance does not cover what the proposed root would let accounts claim.
     error RoyaltyDistributorUnderfunded(uint256 required, uint256 balance);
     /// @notice `root` is not the root waiting in its timelock, so there is nothing to revoke.
@@ -104,83 +159,164 @@ contract RoyaltyDistributor is AccessControl, ReentrancyGuardTransient {
     error RoyaltyDistributorNothingToClaim(address account, uint256 cumulativeAmount);
     /// @notice Claims would exceed the total the active root declared (and was funded for).
     error RoyaltyDistributorRootTotalExceeded(uint256 totalCumulative, uint256 totalClaimedAfter);
+    /// @notice A token transfer moved `received` units where it said `expected` (fee-on-transfer, rebasing).
+    error RoyaltyDistributorTransferMismatch(address token, uint256 expected, uint256 received);
+    /// @notice No treasury is set: the admin sets one with `setTreasury`.
+    error RoyaltyDistributorNoTreasury();
+    /// @notice A sweep of `amount` exceeds the `surplus` above what the roots owe.
+    error RoyaltyDistributorSweepExceedsSurplus(uint256 amount, uint256 surplus);
+    /// @notice `claimMany` got arrays of different lengths.
+    error RoyaltyDistributorLengthMismatch(uint256 accounts, uint256 amounts, uint256 proofs);
 
     /**
      * @notice Deploys a distributor of `token_` whose roots wait `timelockSeconds_` before claims.
+     * @param adminDelaySeconds the delay of a default-admin transfer (two steps: begin, then accept).
      * @param settler granted SETTLER_ROLE unless zero (grant it later then).
-     * @param guardian granted GUARDIAN_ROLE unless zero (grant it later then).
+     * @param guardians each granted GUARDIAN_ROLE.
+     * @param treasury_ where `fund` pulls tokens from (zero: set it later with `setTreasury`).
+     * @param maxEpochGrowthUnits_ the most one proposal may add to `totalCumulative`.
+     * @param predecessor_ a distributor this one takes over from (zero: none); its latest epoch, which must
+     * be active, is where this one's epochs start.
      */
-    constructor(IERC20 token_, uint64 timelockSeconds_, address admin, address settler, address guardian) {
+    constructor(
+        IERC20 token_,
+        uint64 timelockSeconds_,
+        uint48 adminDelaySeconds,
+        address admin,
+        address settler,
+        address[] memory guardians,
+        address treasury_,
+        uint128 maxEpochGrowthUnits_,
+        address predecessor_
+    ) AccessControlDefaultAdminRules(adminDelaySeconds, admin) {
         if (address(token_) == address(0)) revert RoyaltyDistributorInvalidToken(address(token_));
-        if (admin == address(0)) revert RoyaltyDistributorInvalidAdmin(admin);
         if (timelockSeconds_ > TIMELOCK_SECONDS_MAX) {
             revert RoyaltyDistributorTimelockTooLong(timelockSeconds_, TIMELOCK_SECONDS_MAX);
         }
+        if (timelockSeconds_ < TIMELOCK_SECONDS_MIN && block.chainid != LOCAL_CHAIN_ID && block.chainid != EMBEDDED_CHAIN_ID)
+        {
+            revert RoyaltyDistributorTimelockTooShort(timelockSeconds_, TIMELOCK_SECONDS_MIN);
+        }
         token = token_;
         timelockSeconds = timelockSeconds_;
-        _grantRole(DEFAULT_ADMIN_ROLE, admin);
+        uint64 startEpoch;
+        if (predecessor_ != address(0)) {
+            IRoyaltyDistributorPredecessor old = IRoyaltyDistributorPredecessor(predecessor_);
+            (uint64 pendingEpoch,,,,) = old.pendingRoot();
+            if (pendingEpoch != 0) revert RoyaltyDistributorPredecessorRootPending(predecessor_, pendingEpoch);
+            startEpoch = old.latestEpoch();
+        }
+        predecessor = predecessor_;
+        predecessorEpoch = startEpoch;
+        _rootMeta[0].epoch = startEpoch;
         if (settler != address(0)) _grantRole(SETTLER_ROLE, settler);
-        if (guardian != address(0)) _grantRole(GUARDIAN_ROLE, guardian);
+        for (uint256 i = 0; i < guardians.length; ++i) {
+            _grantRole(GUARDIAN_ROLE, guardians[i]);
+        }
+        _limits = Limits(treasury_, maxEpochGrowthUnits_);
+        emit TreasurySet(treasury_);
+        emit MaxEpochGrowthSet(maxEpochGrowthUnits_);
     }
+
+    // --- settler ---------------------------------------------------------------------------------
 
     /**
      * @notice Proposes `root` for `epoch`; it becomes claimable after the timelock.
-     * @param epoch must exceed the epoch of the active root and of any root waiting in its timelock
-     * (a revoked epoch may be proposed again).
-     * @param totalCumulative the sum of every leaf's cumulative amount; the contract's balance must
-     * cover it minus `totalClaimed`.
-     * @param ledgerDigest the digest of the ledger snapshot the root was computed from, for audits.
+     * @param epoch must exceed the latest epoch still standing by 1 to `EPOCH_STEP_MAX`.
+     * @param totalCumulative the sum of every leaf's cumulative amount: at least the latest root's, at most
+     * `maxEpochGrowthUnits` more, and the balance must cover it minus `totalClaimed`.
+     * @param ledgerDigest the digest of the ledger snapshot the root was computed from (in the event only).
      */
     function proposeRoot(uint64 epoch, bytes32 root, uint256 totalCumulative, bytes32 ledgerDigest)
         external
         onlyRole(SETTLER_ROLE)
     {
         if (root == bytes32(0)) revert RoyaltyDistributorZeroRoot();
-        _promotePendingIfDue();
-        if (_pending.activeAtSeconds != 0) {
-            revert RoyaltyDistributorRootPending(_pending.epoch, _pending.activeAtSeconds);
+        State memory s = _state;
+        RootMeta memory latest = _rootMeta[s.latestIndex];
+        if (s.latestActiveAtSeconds > block.timestamp) {
+            revert RoyaltyDistributorRootPending(latest.epoch, s.latestActiveAtSeconds);
         }
-        if (epoch <= _active.epoch) revert RoyaltyDistributorEpochNotIncreasing(_active.epoch, epoch);
-        uint256 claimedSoFar = totalClaimed;
-        if (totalCumulative < claimedSoFar) {
-            revert RoyaltyDistributorTotalBelowClaimed(totalCumulative, claimedSoFar);
+        if (epoch <= latest.epoch) revert RoyaltyDistributorEpochNotIncreasing(latest.epoch, epoch);
+        if (epoch - latest.epoch > EPOCH_STEP_MAX) {
+            revert RoyaltyDistributorEpochStepTooLarge(latest.epoch, epoch, EPOCH_STEP_MAX);
         }
-        uint256 required;
-        unchecked {
-            // Cannot underflow: checked just above.
-            required = totalCumulative - claimedSoFar;
-        }
+        if (revokedRoots[root]) revert RoyaltyDistributorRootWasRevoked(root);
+        _checkTotal(latest.totalCumulative, totalCumulative);
+        uint256 required = totalCumulative - s.totalClaimed; // claimed <= latest total <= this total
         uint256 balance = token.balanceOf(address(this));
         if (balance < required) revert RoyaltyDistributorUnderfunded(required, balance);
 
         uint64 activeAtSeconds = uint64(block.timestamp) + timelockSeconds;
-        _pending = Root({
-            root: root,
-            ledgerDigest: ledgerDigest,
-            totalCumulative: totalCumulative,
-            epoch: epoch,
-            activeAtSeconds: activeAtSeconds
-        });
+        uint8 next = s.latestIndex ^ 1;
+        _rootHashes[next] = root;
+        _rootMeta[next] = RootMeta(uint128(totalCumulative), epoch, activeAtSeconds);
+        _state = State(s.totalClaimed, activeAtSeconds, next);
         emit RootProposed(epoch, root, totalCumulative, ledgerDigest, activeAtSeconds);
     }
 
     /**
-     * @notice Revokes `root`, which must be waiting in its timelock; the active root stays in force
-     * and the revoked root's epoch may be proposed again.
+     * @notice Pulls `amount` units from the treasury (which approved this contract) into this contract.
+     */
+    function fund(uint256 amount) external onlyRole(SETTLER_ROLE) {
+        address from = _limits.treasury;
+        if (from == address(0)) revert RoyaltyDistributorNoTreasury();
+        uint256 before = token.balanceOf(address(this));
+        token.safeTransferFrom(from, address(this), amount);
+        _requireDelivered(token.balanceOf(address(this)) - before, amount);
+        emit Funded(from, amount);
+    }
+
+    // --- guardians -------------------------------------------------------------------------------
+
+    /**
+     * @notice Revokes `root`, which must be waiting in its timelock; the active root stays in force and
+     * `root` can never be proposed again (its epoch can, with another root).
      */
     function revokeRoot(bytes32 root) external onlyRole(GUARDIAN_ROLE) {
-        Root memory pending = _pending;
-        if (pending.activeAtSeconds == 0 || pending.root != root || pending.activeAtSeconds <= block.timestamp) {
+        State memory s = _state;
+        if (s.latestActiveAtSeconds <= block.timestamp || _rootHashes[s.latestIndex] != root) {
             revert RoyaltyDistributorNotPending(root);
         }
-        delete _pending;
+        uint8 previous = s.latestIndex ^ 1;
+        uint64 epoch = _rootMeta[s.latestIndex].epoch;
+        _state = State(s.totalClaimed, _rootMeta[previous].activeAtSeconds, previous);
         revokedRoots[root] = true;
-        emit RootRevoked(pending.epoch, root, msg.sender);
+        emit RootRevoked(epoch, root, msg.sender);
+    }
+
+    // --- admin -----------------------------------------------------------------------------------
+
+    /// @notice Sets the account `fund` pulls from; it must approve this contract.
+    function setTreasury(address treasury_) external onlyRole(DEFAULT_ADMIN_ROLE) {
+        _limits.treasury = treasury_;
+        emit TreasurySet(treasury_);
+    }
+
+    /// @notice Sets the most one proposal may add to `totalCumulative`.
+    function setMaxEpochGrowthUnits(uint128 maxEpochGrowthUnits_) external onlyRole(DEFAULT_ADMIN_ROLE) {
+        _limits.maxEpochGrowthUnits = maxEpochGrowthUnits_;
+        emit MaxEpochGrowthSet(maxEpochGrowthUnits_);
     }
 
     /**
-     * @notice Pays `account` its `cumulativeAmount` minus what it has already claimed; anyone may
-     * submit it, the tokens always go to `account`.
+     * @notice Sends `amount` of `asset` to `to`: for the paid token, only what the balance holds above what
+     * the latest root owes (`totalCumulative − totalClaimed`); any other token entirely.
+     */
+    function sweep(IERC20 asset, address to, uint256 amount) external onlyRole(DEFAULT_ADMIN_ROLE) nonReentrant {
+        if (asset == token) {
+            uint256 surplus = surplusUnits();
+            if (amount > surplus) revert RoyaltyDistributorSweepExceedsSurplus(amount, surplus);
+        }
+        asset.safeTransfer(to, amount);
+        emit Swept(address(asset), to, amount);
+    }
+
+    // --- claims ----------------------------------------------------------------------------------
+
+    /**
+     * @notice Pays `account` its `cumulativeAmount` minus what it has already claimed; anyone may submit
+     * it, the tokens always go to `account`.
      * @param proof the sibling hashes from the leaf `(account, cumulativeAmount)` to the active root.
      * @return amount the units paid now.
      */
@@ -189,96 +325,185 @@ contract RoyaltyDistributor is AccessControl, ReentrancyGuardTransient {
         nonReentrant
         returns (uint256 amount)
     {
+        State memory s = _state;
+        uint256 index = _activeIndex(s);
+        amount = _settleClaim(s, _rootHashes[index], account, cumulativeAmount, proof);
+        RootMeta memory active = _rootMeta[index];
+        uint256 totalClaimedAfter = s.totalClaimed + amount;
+        if (totalClaimedAfter > active.totalCumulative) {
+            revert RoyaltyDistributorRootTotalExceeded(active.totalCumulative, totalClaimedAfter);
+        }
+        _state.totalClaimed = uint128(totalClaimedAfter); // fits: at most a 128-bit total
+        emit Claimed(account, active.epoch, amount, cumulativeAmount);
+        _payOut(account, amount);
+    }
+
+    /**
+     * @notice `claim` for several accounts in one transaction (for relayers); all or nothing.
+     * @return paid the units paid to each account.
+     */
+    function claimMany(address[] calldata accounts, uint256[] calldata cumulativeAmounts, bytes32[][] calldata proofs)
+        external
+        nonReentrant
+        returns (uint256[] memory paid)
+    {
+        if (accounts.length != cumulativeAmounts.length || accounts.length != proofs.length) {
+            revert RoyaltyDistributorLengthMismatch(accounts.length, cumulativeAmounts.length, proofs.length);
+        }
+        State memory s = _state;
+        uint256 index = _activeIndex(s);
+        RootMeta memory active = _rootMeta[index];
+        uint256 totalClaimedAfter;
+        (paid, totalClaimedAfter) = _settleClaims(s, index, active.epoch, accounts, cumulativeAmounts, proofs);
+        if (totalClaimedAfter > active.totalCumulative) {
+            revert RoyaltyDistributorRootTotalExceeded(active.totalCumulative, totalClaimedAfter);
+        }
+        _state.totalClaimed = uint128(totalClaimedAfter);
+        for (uint256 i = 0; i < accounts.length; ++i) {
+            _payOut(accounts[i], paid[i]);
+        }
+    }
+
+    // --- views -----------------------------------------------------------------------------------
+
+    /// @notice The root claims are checked against now (zeros before the first one is claimable).
+    function activeRoot()
+        external
+        view
+        returns (uint64 epoch, bytes32 root, uint256 totalCumulative, bytes32 ledgerDigest, uint64 activeAtSeconds)
+    {
+        uint256 index = _activeIndex(_state);
+        RootMeta memory m = _rootMeta[index];
+        if (m.activeAtSeconds == 0) return (0, bytes32(0), 0, bytes32(0), 0);
+        return (m.epoch, _rootHashes[index], m.totalCumulative, bytes32(0), m.activeAtSeconds);
+    }
+
+    /// @notice The root waiting in its timelock (zeros when none is waiting). The ledger digest is in the
+    /// `RootProposed` event only (returned as zero here).
+    function pendingRoot()
+        external
+        view
+        returns (uint64 epoch, bytes32 root, uint256 totalCumulative, bytes32 ledgerDigest, uint64 activeAtSeconds)
+    {
+        State memory s = _state;
+        if (s.latestActiveAtSeconds > block.timestamp) {
+            RootMeta memory m = _rootMeta[s.latestIndex];
+            return (m.epoch, _rootHashes[s.latestIndex], m.totalCumulative, bytes32(0), m.activeAtSeconds);
+        }
+    }
+
+    /// @notice The epoch of the latest root still standing, active or waiting; the next proposal must exceed it.
+    function latestEpoch() external view returns (uint64) {
+        return _rootMeta[_state.latestIndex].epoch;
+    }
+
+    /// @notice The latest root's total, active or waiting: what the roots owe, with `totalClaimed`.
+    function latestTotalCumulative() public view returns (uint256) {
+        return _rootMeta[_state.latestIndex].totalCumulative;
+    }
+
+    /// @notice Units of `token` claimed so far by all accounts together.
+    function totalClaimed() external view returns (uint256) {
+        return _state.totalClaimed;
+    }
+
+    /// @notice The balance above what the latest root still owes (`totalCumulative − totalClaimed`).
+    function surplusUnits() public view returns (uint256) {
+        uint256 owed = latestTotalCumulative() - _state.totalClaimed;
+        uint256 balance = token.balanceOf(address(this));
+        return balance > owed ? balance - owed : 0;
+    }
+
+    /// @notice The account `fund` pulls from.
+    function treasury() external view returns (address) {
+        return _limits.treasury;
+    }
+
+    /// @notice The most one proposal may add to `totalCumulative`.
+    function maxEpochGrowthUnits() external view returns (uint256) {
+        return _limits.maxEpochGrowthUnits;
+    }
+
+    // --- internals -------------------------------------------------------------------------------
+
+    /// @dev The latest record while its timelock has passed, else the one before it.
+    function _activeIndex(State memory s) private view returns (uint256) {
+        return s.latestActiveAtSeconds <= block.timestamp ? s.latestIndex : s.latestIndex ^ 1;
+    }
+
+    function _checkTotal(uint256 latestTotal, uint256 totalCumulative) private view {
+        if (totalCumulative < latestTotal) revert RoyaltyDistributorTotalDecreasing(latestTotal, totalCumulative);
+        if (totalCumulative > type(uint128).max) revert RoyaltyDistributorTotalTooLarge(totalCumulative);
+        uint256 growthMax = _limits.maxEpochGrowthUnits;
+        if (totalCumulative - latestTotal > growthMax) {
+            revert RoyaltyDistributorGrowthTooLarge(totalCumulative - latestTotal, growthMax);
+        }
+    }
+
+    /// @dev Checks the leaf against `root` and records the claim; returns the units to pay.
+    function _settleClaim(
+        State memory s,
+        bytes32 root,
+        address account,
+        uint256 cumulativeAmount,
+        bytes32[] calldata proof
+    ) private returns (uint256 amount) {
         bytes32 leaf = keccak256(bytes.concat(keccak256(abi.encode(account, cumulativeAmount))));
         bytes32 proven = MerkleProof.processProofCalldata(proof, leaf);
-        Root storage active = _activeRootStorage();
-        if (proven != active.root || active.activeAtSeconds == 0) {
-            _revertForUnprovenRoot(proven, account, cumulativeAmount, active.activeAtSeconds != 0);
-        }
-
+        if (proven != root) _revertForUnprovenRoot(s, proven, account, cumulativeAmount);
         uint256 alreadyClaimed = claimed[account];
         if (cumulativeAmount < alreadyClaimed) {
             revert RoyaltyDistributorCumulativeBelowClaimed(account, cumulativeAmount, alreadyClaimed);
         }
         if (cumulativeAmount == alreadyClaimed) revert RoyaltyDistributorNothingToClaim(account, cumulativeAmount);
         unchecked {
-            // Cannot underflow: cumulativeAmount > alreadyClaimed was checked just above.
-            amount = cumulativeAmount - alreadyClaimed;
-        }
-        uint256 totalClaimedAfter = totalClaimed + amount;
-        if (totalClaimedAfter > active.totalCumulative) {
-            revert RoyaltyDistributorRootTotalExceeded(active.totalCumulative, totalClaimedAfter);
+            amount = cumulativeAmount - alreadyClaimed; // > 0: checked just above
         }
         claimed[account] = cumulativeAmount;
-        totalClaimed = totalClaimedAfter;
-        emit Claimed(account, active.epoch, amount, cumulativeAmount);
-        token.safeTransfer(account, amount);
     }
 
-    /**
-     * @notice The root claims are checked against now (zeros before the first one is claimable).
-     */
-    function activeRoot()
-        external
-        view
-        returns (uint64 epoch, bytes32 root, uint256 totalCumulative, bytes32 ledgerDigest, uint64 activeAtSeconds)
-    {
-        return _unpack(_activeRootStorage());
-    }
-
-    /**
-     * @notice The root waiting in its timelock (zeros when none is waiting).
-     */
-    function pendingRoot()
-        external
-        view
-        returns (uint64 epoch, bytes32 root, uint256 totalCumulative, bytes32 ledgerDigest, uint64 activeAtSeconds)
-    {
-        if (_pending.activeAtSeconds > block.timestamp) return _unpack(_pending);
-    }
-
-    /**
-     * @notice The epoch of the latest root still standing, active or waiting; the next proposal must
-     * exceed it.
-     */
-    function latestEpoch() external view returns (uint64) {
-        return _pending.activeAtSeconds != 0 ? _pending.epoch : _active.epoch;
-    }
-
-    /// @dev A waiting root whose timelock has passed is the active one even before it is moved.
-    function _activeRootStorage() private view returns (Root storage) {
-        uint64 pendingActiveAt = _pending.activeAtSeconds;
-        if (pendingActiveAt != 0 && pendingActiveAt <= block.timestamp) return _pending;
-        return _active;
-    }
-
-    function _promotePendingIfDue() private {
-        uint64 pendingActiveAt = _pending.activeAtSeconds;
-        if (pendingActiveAt != 0 && pendingActiveAt <= block.timestamp) {
-            _active = _pending;
-            delete _pending;
+    /// @dev `_settleClaim` for each account against the root at `index`; returns what each is paid and the
+    /// new `totalClaimed`.
+    function _settleClaims(
+        State memory s,
+        uint256 index,
+        uint64 epoch,
+        address[] calldata accounts,
+        uint256[] calldata cumulativeAmounts,
+        bytes32[][] calldata proofs
+    ) private returns (uint256[] memory paid, uint256 totalClaimedAfter) {
+        bytes32 root = _rootHashes[index];
+        paid = new uint256[](accounts.length);
+        totalClaimedAfter = s.totalClaimed;
+        for (uint256 i = 0; i < accounts.length; ++i) {
+            paid[i] = _settleClaim(s, root, accounts[i], cumulativeAmounts[i], proofs[i]);
+            totalClaimedAfter += paid[i];
+            emit Claimed(accounts[i], epoch, paid[i], cumulativeAmounts[i]);
         }
     }
 
-    /// @dev Only on the failure path: names the root the proof was for, so a claimant knows whether
-    /// to wait, to stop, or to fetch a fresh proof.
-    function _revertForUnprovenRoot(bytes32 proven, address account, uint256 cumulativeAmount, bool anyActive)
+    /// @dev Transfers and checks that `account` received exactly `amount`.
+    function _payOut(address account, uint256 amount) private {
+        uint256 before = token.balanceOf(account);
+        token.safeTransfer(account, amount);
+        _requireDelivered(token.balanceOf(account) - before, amount);
+    }
+
+    function _requireDelivered(uint256 received, uint256 expected) private view {
+        if (received != expected) revert RoyaltyDistributorTransferMismatch(address(token), expected, received);
+    }
+
+    /// @dev Only on the failure path: names the root the proof was for, so a claimant knows whether to wait,
+    /// to stop, or to fetch a fresh proof.
+    function _revertForUnprovenRoot(State memory s, bytes32 proven, address account, uint256 cumulativeAmount)
         private
         view
     {
-        if (_pending.activeAtSeconds > block.timestamp && proven == _pending.root) {
-            revert RoyaltyDistributorRootNotActive(_pending.epoch, _pending.activeAtSeconds);
+        if (s.latestActiveAtSeconds > block.timestamp && proven == _rootHashes[s.latestIndex]) {
+            revert RoyaltyDistributorRootNotActive(_rootMeta[s.latestIndex].epoch, s.latestActiveAtSeconds);
         }
         if (revokedRoots[proven]) revert RoyaltyDistributorRootRevoked(proven);
-        if (!anyActive) revert RoyaltyDistributorNoActiveRoot();
+        if (_rootMeta[_activeIndex(s)].activeAtSeconds == 0) revert RoyaltyDistributorNoActiveRoot();
         revert RoyaltyDistributorInvalidProof(account, cumulativeAmount);
-    }
-
-    function _unpack(Root storage r)
-        private
-        view
-        returns (uint64 epoch, bytes32 root, uint256 totalCumulative, bytes32 ledgerDigest, uint64 activeAtSeconds)
-    {
-        return (r.epoch, r.root, r.totalCumulative, r.ledgerDigest, r.activeAtSeconds);
     }
 }

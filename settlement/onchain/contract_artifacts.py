@@ -15,6 +15,7 @@ from settlement.onchain.exceptions import ContractArtifactError
 ARTIFACTS_DIR = Path(__file__).resolve().parents[2] / "contracts" / "artifacts"
 ROYALTY_DISTRIBUTOR = "RoyaltyDistributor"
 TEST_TOKEN = "TestToken"
+MODEL_REGISTRY = "ModelRegistry"
 
 
 @dataclass(frozen=True)
@@ -65,3 +66,8 @@ def distributor_artifact() -> ContractArtifact:
 def token_artifact() -> ContractArtifact:
     """The mintable TestToken for local chains (never deployed to a real network)."""
     return load_artifact(TEST_TOKEN)
+
+
+def registry_artifact() -> ContractArtifact:
+    """The ModelRegistry contract (lineage, split policies by governors, payout addresses)."""
+    return load_artifact(MODEL_REGISTRY)

@@ -4,13 +4,23 @@ import json
 import subprocess
 from pathlib import Path
 
-from settlement.onchain.contract_artifacts import ARTIFACTS_DIR, ROYALTY_DISTRIBUTOR, TEST_TOKEN, load_artifact
+from settlement.onchain.contract_artifacts import (
+    ARTIFACTS_DIR,
+    MODEL_REGISTRY,
+    ROYALTY_DISTRIBUTOR,
+    TEST_TOKEN,
+    load_artifact,
+)
 from tests.support.anvil import CONTRACTS_DIR, require_node_modules
 
 # solc-js compiles both contracts in a few seconds here; the bound catches a hung compiler.
 COMPILE_TIMEOUT_S = 300
 # The reentrancy attacker of tests/contracts/test_invariants.py: compiled and committed like the others.
 MALICIOUS_TOKEN = "MaliciousToken"
+# The registry, and the governance and wallet contracts its tests deploy (tests/contracts/test_model_registry.py).
+REGISTRY_CONTRACTS = (
+    MODEL_REGISTRY, "CommunityToken", "CommunityGovernor", "CommunityTimelock", "TestContractWallet"
+)
 
 
 def test_committed_artifacts_equal_a_fresh_compile(tmp_path: Path) -> None:
@@ -22,7 +32,7 @@ def test_committed_artifacts_equal_a_fresh_compile(tmp_path: Path) -> None:
         check=True,
         timeout=COMPILE_TIMEOUT_S,
     )
-    for name in (ROYALTY_DISTRIBUTOR, TEST_TOKEN, MALICIOUS_TOKEN):
+    for name in (ROYALTY_DISTRIBUTOR, TEST_TOKEN, MALICIOUS_TOKEN, *REGISTRY_CONTRACTS):
         fresh = json.loads((tmp_path / f"{name}.json").read_text())
         committed = json.loads((ARTIFACTS_DIR / f"{name}.json").read_text())
         changed = sorted(key for key in fresh.keys() | committed.keys() if fresh.get(key) != committed.get(key))
@@ -32,7 +42,7 @@ def test_committed_artifacts_equal_a_fresh_compile(tmp_path: Path) -> None:
 
 def test_artifacts_load_with_their_build_facts() -> None:
     """Pins the loader: both artifacts load with bytecode, the pinned compiler and fixed settings."""
-    for name in (ROYALTY_DISTRIBUTOR, TEST_TOKEN):
+    for name in (ROYALTY_DISTRIBUTOR, TEST_TOKEN, MODEL_REGISTRY):
         artifact = load_artifact(name)
         assert artifact.bytecode.startswith("0x60") and artifact.deployed_bytecode.startswith("0x")
         assert artifact.compiler_version.startswith("0.8.37+")
