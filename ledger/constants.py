@@ -23,4 +23,11 @@ parquet_zstd_level = 3
 # every append does not leave a tiny Parquet file per table behind.
 inlined_rows_max = 1_000_000
 
+# Compaction (ledger/compaction.py) leaves files of at least this size alone: a file this large is read at
+# disk speed, merging it again would only rewrite it.
+compacted_file_bytes_min = 64 * 1024 * 1024
+# At most this many files merge into one, so one merge holds a bounded set of paths and one transaction
+# stays short; a folder with more merges again on the next run.
+compaction_files_per_merge_max = 2_000
+
 require(commit_backoff_s_min < commit_backoff_s_max, "commit backoff: min < max")

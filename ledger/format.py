@@ -99,6 +99,15 @@ def _add_dead_letter_reason_codes(connection: duckdb.DuckDBPyConnection) -> None
         add_column_if_missing(connection, "dead_letter", "reason_code", "VARCHAR")
 
 
+def _record_compactions(connection: duckdb.DuckDBPyConnection) -> None:
+    """Format 7 records compactions (ledger/compaction.py): tables ledger_compaction (the merged file and the proof
+    it holds exactly the retired files' rows) and ledger_compaction_retired. Before, no file was ever retired."""
+    from ledger.tables import compaction_retired_table, compaction_table, create_statements
+
+    for statement in create_statements(catalog_alias, [compaction_table, compaction_retired_table]):
+        connection.execute(statement)
+
+
 format_steps: list[FormatStep] = [
     FormatStep(2, "record the ledger format version (table ledger_format)", _record_format_only),
     FormatStep(3, "record a digest of each transaction's inlined rows (table inlined_digest)", _record_inlined_digests),
@@ -118,6 +127,12 @@ format_steps: list[FormatStep] = [
         "a stable reason_code on each dead letter (dead_letter.reason_code; the dead_letters view derives it for "
         "older rows from the reason text)",
         _add_dead_letter_reason_codes,
+    ),
+    FormatStep(
+        7,
+        "record compactions: tables ledger_compaction (merged file, SHA-256, row count and rows digest) and "
+        "ledger_compaction_retired (the files each retired)",
+        _record_compactions,
     ),
 ]
 

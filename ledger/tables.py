@@ -90,6 +90,35 @@ dead_letter_line_schema = pa.schema(
     ]
 )
 
+# Each compaction (ledger/compaction.py): the merged file with the proof that it holds exactly the
+# retired files' rows, and each file it retired.
+compaction_table = "ledger_compaction"
+compaction_retired_table = "ledger_compaction_retired"
+compaction_schema = pa.schema(
+    [
+        pa.field("compaction_id", pa.string(), nullable=False),
+        pa.field("table_name", pa.string(), nullable=False),
+        pa.field("event_date", pa.date32()),
+        pa.field("merged_path", pa.string(), nullable=False),  # relative to the data folder
+        pa.field("size_bytes", pa.int64(), nullable=False),
+        pa.field("sha256", pa.string(), nullable=False),
+        pa.field("row_count", pa.int64(), nullable=False),
+        # Sum of the first 64 bits of each row's SHA-256 (rows_digest_sql): order-independent, and a row
+        # lost, added, doubled or changed changes it.
+        pa.field("rows_digest", pa.string(), nullable=False),
+        pa.field("first_snapshot", pa.int64(), nullable=False),
+        pa.field("last_snapshot", pa.int64(), nullable=False),
+        pa.field("compacted_at", timestamp_type, nullable=False),
+    ]
+)
+compaction_retired_schema = pa.schema(
+    [
+        pa.field("compaction_id", pa.string(), nullable=False),
+        pa.field("path", pa.string(), nullable=False),  # relative to the data folder
+        pa.field("row_count", pa.int64(), nullable=False),
+    ]
+)
+
 file_tables: dict[str, pa.Schema] = {**ledger_schemas, "dead_letter": dead_letter_schema}
 inlined_tables: dict[str, pa.Schema] = {
     "ingest_offset": ingest_offset_schema,
@@ -99,6 +128,8 @@ inlined_tables: dict[str, pa.Schema] = {
     "dead_letter_line": dead_letter_line_schema,
     format_table: ledger_format_schema,
     digest_table: inlined_digest_schema,
+    compaction_table: compaction_schema,
+    compaction_retired_table: compaction_retired_schema,
 }
 all_tables: dict[str, pa.Schema] = {**file_tables, **inlined_tables}
 

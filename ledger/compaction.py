@@ -1,0 +1,336 @@
+"""Compaction that keeps the proof: merge the small files of each table, event date and epoch.
+
+A ledger in service adds one small Parquet file per table and event date on every append; after a
+year, listing and opening them costs more than reading the rows. `compact` rewrites the files of one
+(table, event date, epoch window) into one file, in one DuckLake transaction that also records:
+
+- `ledger_compaction`: the merged file (path, size, SHA-256), how many rows it holds and an
+  order-independent digest of every row (`rows_digest`), and the range of snapshots its rows were
+  appended in;
+- `ledger_compaction_retired`: each file it retired, with its row count;
+- `file_checksum`: the merged file's size and SHA-256, as an append records its files.
+
+The proof is checked before the commit and again by `royalty verify`: the retired files' rows and the
+merged file's rows have the same count and digest. Each row keeps the snapshot that appended it in the
+column `_ducklake_internal_snapshot_id` (the name DuckLake's own merge gives it), so settlement by
+snapshot range reads the same rows; readers that open Parquet files directly go through
+`recorder.scan_files`. The retirement itself is a DELETE of exactly the retired files' rows: DuckLake
+ends those files at the compaction's snapshot (no delete file), so time travel to any earlier snapshot
+reads the original files, which are never removed.
+
+Why not DuckLake's `ducklake_merge_adjacent_files` (DuckDB 1.4.4, DuckLake 0.3): it merges a table's files
+across event dates and epochs alike, deletes the retired files' catalog rows (so nothing records what was
+retired), and after it `ducklake_table_insertions` over the merged snapshots returns no rows.
+
+Never merged: files of registry tables (their arrival order decides authority), files of different epoch
+windows (an epoch's events are the rows appended after the previous closing snapshot), files newer than
+`older_than_s`, and files already past `compacted_file_bytes_min`.
+"""
+
+import hashlib
+import logging
+import os
+import uuid
+from bisect import bisect_left
+from collections.abc import Iterator
+from contextlib import suppress
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+
+import duckdb
+import pyarrow as pa
+
+from ledger import constants
+from ledger.connection import catalog_alias
+from ledger.errors import LedgerError
+from ledger.inlined_digest import row_text_sql
+from ledger.ledger import Ledger
+from ledger.tables import compaction_retired_table, compaction_table, duckdb_type, file_tables
+
+log = logging.getLogger(__name__)
+
+# The column of a merged file holding the snapshot that appended each row (DuckLake's name for it).
+snapshot_column = "_ducklake_internal_snapshot_id"
+# Tables compaction may merge: the event tables whose rows settle by snapshot range, and dead letters.
+# Registry tables are never merged (records take effect in arrival order), nor the settlement's own
+# (one file per epoch already).
+compactable_tables = ("inference_metered", "inference_reversed", "dead_letter")
+# The step lock every epoch closer holds while it writes (settlement.ledger_io.close_step): a compaction
+# holds it too, so no epoch closes between the windows a compaction computed and its commit.
+close_step = "close-epoch"
+
+@dataclass(frozen=True)
+class _File:
+    table: str
+    relative_path: str  # to the data folder
+    absolute_path: str
+    rows: int
+    size_bytes: int
+    first_snapshot: int
+    last_snapshot: int
+    merged: bool  # written by a compaction: carries `snapshot_column`
+    event_date: date | None
+
+
+@dataclass
+class CompactionReport:
+    """What one `compact` run merged."""
+
+    merges: int = 0
+    files_retired: int = 0
+    rows: int = 0
+    bytes_written: int = 0
+    snapshots: list[int] = field(default_factory=list)
+
+
+def compact(ledger: Ledger, older_than_s: float = 0.0, now: datetime | None = None) -> CompactionReport:
+    """Merge the small files of every compactable table, event date and epoch window; one transaction each.
+
+    Holds the close-epoch step lock throughout. Raises `LedgerError` when a merged file's proof does not
+    hold (nothing of that merge is committed).
+    """
+    report = CompactionReport()
+    cutoff = (now or datetime.now(UTC)) - timedelta(seconds=older_than_s)
+    with ledger.step_lock(close_step):
+        for group in _groups(ledger, cutoff):
+            snapshot = ledger._retrying(lambda group=group: _merge(ledger, group), "compact")
+            report.merges += 1
+            report.files_retired += len(group)
+            report.rows += sum(file.rows for file in group)
+            report.snapshots.append(snapshot)
+            report.bytes_written += _merged_size(ledger, snapshot)
+    return report
+
+
+def _merged_size(ledger: Ledger, snapshot: int) -> int:
+    (size,) = ledger.connection.execute(
+        f"SELECT coalesce(sum(size_bytes), 0) FROM {catalog_alias}.main.{compaction_table} "
+        f"WHERE snapshot_id = ?",
+        [snapshot],
+    ).fetchone()
+    return int(size)
+
+
+def closing_snapshots(connection: duckdb.DuckDBPyConnection) -> list[int]:
+    """Every epoch's closing snapshot, ascending (none before the settlement tables exist)."""
+    (exists,) = connection.execute(
+        "SELECT count(*) FROM duckdb_tables() WHERE database_name = ? AND table_name = 'settlement_epoch'",
+        [catalog_alias],
+    ).fetchone()
+    if not exists:
+        return []
+    rows = connection.execute(f"SELECT DISTINCT closing_snapshot FROM {catalog_alias}.main.settlement_epoch").fetchall()
+    return sorted(int(snapshot) for (snapshot,) in rows)
+
+
+def live_files(ledger: Ledger, table: str) -> list[_File]:
+    """The data files `table` lists now, with the snapshots their rows were appended in."""
+    metadata = f"__ducklake_metadata_{catalog_alias}"
+    merged = {
+        path: (first, last)
+        for path, first, last in ledger.connection.execute(
+            f"SELECT merged_path, first_snapshot, last_snapshot FROM {catalog_alias}.main.{compaction_table} "
+            "WHERE table_name = ?",
+            [table],
+        ).fetchall()
+    }
+    rows = ledger.connection.execute(
+        f"""
+        SELECT d.path, d.record_count, d.file_size_bytes, d.begin_snapshot
+        FROM {metadata}.ducklake_data_file d
+        JOIN {metadata}.ducklake_table t ON t.table_id = d.table_id AND t.end_snapshot IS NULL AND t.table_name = ?
+        WHERE d.end_snapshot IS NULL
+        """,
+        [table],
+    ).fetchall()
+    files = []
+    for path, count, size, begin in rows:
+        relative = f"main/{table}/{path}"
+        first, last = merged.get(relative, (begin, begin))
+        folder = Path(path).parent.name
+        dated = folder.startswith("event_date=")
+        event_date = date.fromisoformat(folder.removeprefix("event_date=")) if dated else None
+        files.append(
+            _File(
+                table, relative, ledger.location.data_path + relative, int(count), int(size), int(first),
+                int(last), relative in merged, event_date,
+            )
+        )
+    return files
+
+
+def _groups(ledger: Ledger, cutoff: datetime) -> Iterator[list[_File]]:
+    """Lists of files to merge into one: same table, event date and epoch window, old and small enough."""
+    connection = ledger.connection
+    closings = closing_snapshots(connection)
+    committed_at = dict(
+        connection.execute(f"SELECT snapshot_id, snapshot_time FROM ducklake_snapshots('{catalog_alias}')").fetchall()
+    )
+    for table in compactable_tables:
+        if table not in file_tables:
+            continue
+        by_key: dict[tuple, list[_File]] = {}
+        for file in live_files(ledger, table):
+            if file.size_bytes >= constants.compacted_file_bytes_min or committed_at[file.last_snapshot] > cutoff:
+                continue
+            # Window k holds the rows appended after closing snapshot k-1, up to and including closing snapshot k.
+            window = bisect_left(closings, file.last_snapshot)
+            if bisect_left(closings, file.first_snapshot) != window:
+                continue  # never the case for files this module wrote; left alone if it ever is
+            by_key.setdefault((file.event_date, window), []).append(file)
+        for _, files in sorted(by_key.items(), key=lambda item: (str(item[0][0]), item[0][1])):
+            files.sort(key=lambda file: (file.first_snapshot, file.relative_path))
+            for start in range(0, len(files), constants.compaction_files_per_merge_max):
+                chunk = files[start : start + constants.compaction_files_per_merge_max]
+                if len(chunk) > 1:
+                    yield chunk
+
+
+def rows_sql(connection: duckdb.DuckDBPyConnection, files: list[_File], table: str) -> str:
+    """A query of the rows of `files` with the table's declared columns and `snapshot_column`.
+
+    A column a file lacks (written before a format step added it) is NULL. Registers `compaction_files`.
+    """
+    connection.register(
+        "compaction_files",
+        pa.table(
+            {
+                "filename": [file.absolute_path for file in files],
+                "begin_snapshot": pa.array([file.first_snapshot for file in files], pa.int64()),
+            }
+        ),
+    )
+    paths = ", ".join(_quote(file.absolute_path) for file in files)
+    present = {
+        name
+        for (name, *_rest) in connection.execute(
+            f"DESCRIBE SELECT * FROM read_parquet([{paths}], union_by_name = true, filename = true)"
+        ).fetchall()
+    }
+    columns = [
+        f'r."{item.name}"' if item.name in present else f'NULL::{duckdb_type(item.type)} AS "{item.name}"'
+        for item in file_tables[table]
+    ]
+    snapshot = f"coalesce(r.{snapshot_column}, f.begin_snapshot)" if snapshot_column in present else "f.begin_snapshot"
+    return (
+        f"SELECT {', '.join(columns)}, {snapshot} AS {snapshot_column} "
+        f"FROM read_parquet([{paths}], union_by_name = true, filename = true) r "
+        "JOIN compaction_files f ON f.filename = r.filename"
+    )
+
+
+def rows_digest_sql(table: str, relation: str) -> str:
+    """(row count, rows digest) of `relation` over the table's declared columns and `snapshot_column`."""
+    columns = [(item.name, pa.types.is_timestamp(item.type)) for item in file_tables[table]]
+    text = row_text_sql([*columns, (snapshot_column, False)])
+    return (
+        f"SELECT count(*), coalesce(sum(('0x' || left(sha256({text}), 16))::UBIGINT::HUGEINT), 0)::VARCHAR "
+        f"FROM ({relation})"
+    )
+
+
+def _merge(ledger: Ledger, files: list[_File]) -> int:
+    """Write the merged file of `files`, check its proof, retire them and record it; the new snapshot."""
+    connection = ledger.connection
+    table = files[0].table
+    compaction_id = uuid.uuid4().hex
+    folder = Path(files[0].relative_path).parent.as_posix()
+    name = f"{ledger._ledger_id()}-s{ledger.current_snapshot()}-{compaction_id}-{uuid.uuid4().hex[:8]}.parquet"
+    relative = f"{folder}/{name}"
+    absolute = Path(ledger.location.data_path) / relative
+    temporary = absolute.with_suffix(".parquet.tmp")
+    try:
+        source = rows_sql(connection, files, table)
+        expected = connection.execute(rows_digest_sql(table, source)).fetchone()
+        order = "event_time, event_id" if "event_time" in file_tables[table].names else "kafka_topic, kafka_offset"
+        connection.execute(
+            f"COPY ({source} ORDER BY {order}, {snapshot_column}) TO {_quote(str(temporary))} "
+            f"(FORMAT parquet, COMPRESSION zstd, ROW_GROUP_SIZE {constants.parquet_row_group_rows_max})"
+        )
+        _fsync(temporary)
+        os.replace(temporary, absolute)
+        written = connection.execute(
+            rows_digest_sql(table, f"SELECT * FROM read_parquet({_quote(str(absolute))})")
+        ).fetchone()
+        if tuple(written) != tuple(expected):
+            raise LedgerError(
+                f"compaction of {len(files)} files of `{table}` wrote {written[0]} rows (digest {written[1]}), "
+                f"but they hold {expected[0]} (digest {expected[1]}); nothing was committed"
+            )
+        sha256, size_bytes = _sha256(absolute)
+        with ledger._transaction():
+            _retire(connection, files, table)
+            connection.execute(
+                "CALL ducklake_add_data_files(?, ?, ?, ignore_extra_columns => true)",
+                [catalog_alias, table, str(absolute)],
+            )
+            ledger._insert_inlined_rows("file_checksum", [[relative, table, size_bytes, sha256, compaction_id]])
+            ledger._insert_inlined_rows(
+                compaction_table,
+                [
+                    [
+                        compaction_id, table, files[0].event_date, relative, size_bytes, sha256, int(expected[0]),
+                        str(expected[1]), min(f.first_snapshot for f in files), max(f.last_snapshot for f in files),
+                        datetime.now(UTC),
+                    ]
+                ],
+            )
+            ledger._insert_inlined_rows(
+                compaction_retired_table, [[compaction_id, file.relative_path, file.rows] for file in files]
+            )
+    except BaseException:
+        for leftover in (temporary, absolute):
+            with suppress(OSError):
+                leftover.unlink(missing_ok=True)
+        raise
+    finally:
+        with suppress(duckdb.Error):
+            connection.unregister("compaction_files")
+    snapshot = ledger._last_committed_snapshot()
+    log.info(
+        "ledger files compacted",
+        extra={"table": table, "files": len(files), "rows": int(expected[0]), "snapshot": snapshot},
+    )
+    return snapshot
+
+
+def _retire(connection: duckdb.DuckDBPyConnection, files: list[_File], table: str) -> None:
+    """Delete exactly the rows of `files` (whole files: DuckLake ends them, no delete file)."""
+    batches = connection.execute(
+        f"SELECT DISTINCT ingest_batch_id FROM ({rows_sql(connection, files, table)})"
+    ).fetchall()
+    connection.register("retired_batches", pa.table({"ingest_batch_id": [b for (b,) in batches]}))
+    try:
+        dates = [file.event_date for file in files]
+        date_filter = "event_date = ? AND " if dates[0] is not None else ""
+        (deleted,) = connection.execute(
+            f"DELETE FROM {catalog_alias}.main.{table} WHERE {date_filter}"
+            "ingest_batch_id IN (SELECT ingest_batch_id FROM retired_batches)",
+            [dates[0]] if dates[0] is not None else [],
+        ).fetchone()
+    finally:
+        connection.unregister("retired_batches")
+    expected = sum(file.rows for file in files)
+    if deleted != expected:
+        # Rolled back by the caller: the batches had rows in other files too (never written so by the ledger).
+        raise LedgerError(f"compaction would retire {deleted} rows of `{table}` for {expected} in its files")
+
+
+def _quote(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
+
+
+def _fsync(path: Path) -> None:
+    with open(path, "rb") as handle:
+        os.fsync(handle.fileno())
+
+
+def _sha256(path: Path) -> tuple[str, int]:
+    digest = hashlib.sha256()
+    size = 0
+    with path.open("rb") as handle:
+        while chunk := handle.read(8 * 1024 * 1024):
+            digest.update(chunk)
+            size += len(chunk)
+    return digest.hexdigest(), size
