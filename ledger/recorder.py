@@ -1,24 +1,68 @@
-"""The recorder API: what other packages read of DuckLake's own bookkeeping, in one place.
+"""The recorder API: what other packages read and write of the ledger, in one place.
 
-Data files of a table (as of a snapshot, added after another), the current snapshot, and the first
-snapshot that inserted matching rows. Only this module (and the rest of `ledger/`) joins DuckLake's
-internal `__ducklake_metadata_*` tables or calls its snapshot functions, so a DuckLake upgrade that
-changes them is handled here (tests/test_import_direction.py checks that no module outside `ledger/`
-reaches into them).
+Other packages (settlement, the CLI, the benchmarks) reach the ledger only through this module and
+`Ledger`: the SQL name of a registered table (`table`, as of a snapshot too), a query's rows as a polars
+frame (`frame`), the rows of a small table as of a snapshot (`rows_as_of`), the data files of a table as
+of a snapshot and those added between two snapshots (`files_as_of`, `files_added_after`), the current
+snapshot, the first snapshot that inserted matching rows, and appending records of registered tables
+(`Ledger.append_records`). Only `ledger/` names the catalog's alias and schema (`lake.main`), joins
+DuckLake's internal `__ducklake_metadata_*` tables or calls its snapshot functions, so a DuckLake upgrade
+or another catalog backend is handled here (tests/test_import_direction.py checks that no module outside
+`ledger/` reaches into them).
 
 Each function takes the connection the caller already reads with (a `Ledger`'s, under its lock where
-the caller holds it), so the reads see the same snapshot as the caller's other queries.
+the caller holds it), so the reads see the same snapshot as the caller's other queries. An unregistered
+table name raises `InvariantViolation` (a bug, never input).
 """
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
 import duckdb
 import polars as pl
 
+from ledger.compaction import snapshot_column
 from ledger.connection import catalog_alias
+from ledger.format import ledger_tables
+from ledger.tables import all_tables, compaction_table, file_tables
 from schemas.errors import require
 
 _metadata = f"__ducklake_metadata_{catalog_alias}"
+
+
+def table(name: str, snapshot: int | None = None) -> str:
+    """The SQL name of the registered ledger table `name` for a query on a ledger connection.
+
+    With `snapshot`, the table as of that snapshot (DuckLake's time travel). Registered tables only:
+    the ledger's own, and those declared with `ledger.tables.register_table` (the settlement's).
+    """
+    require(name in all_tables, f"`{name}` is a registered ledger table")
+    qualified = f"{catalog_alias}.main.{name}"
+    return qualified if snapshot is None else f"{qualified} AT (VERSION => {int(snapshot)})"
+
+
+def existing_tables(connection: duckdb.DuckDBPyConnection) -> set[str]:
+    """The names of the tables this ledger holds (a registered table is created on a writer's next open)."""
+    return ledger_tables(connection)
+
+
+def frame(connection: duckdb.DuckDBPyConnection, sql: str, params: list | None = None) -> pl.DataFrame:
+    """The rows of one query (its tables named with `table`) as a polars frame."""
+    return pl.from_arrow(connection.execute(sql, params or []).fetch_arrow_table())  # type: ignore[return-value]
+
+
+def rows_as_of(connection: duckdb.DuckDBPyConnection, name: str, snapshot: int) -> pl.DataFrame:
+    """Every row of the small file table `name` as of `snapshot`, each with `known_snapshot`: the snapshot
+    that added its file. Read from the files themselves (a registry table holds few rows)."""
+    files = files_as_of(connection, name, snapshot)
+    schema = file_tables[name]
+    if files.is_empty():
+        return pl.from_arrow(schema.empty_table()).with_columns(known_snapshot=pl.lit(0, pl.Int64))  # type: ignore
+    frames = [
+        pl.read_parquet(path).with_columns(known_snapshot=pl.lit(known, pl.Int64)) for path, known in files.iter_rows()
+    ]
+    return pl.concat(frames)
 
 
 def listed_files(
@@ -34,13 +78,21 @@ def listed_files(
 
 
 def files_as_of(connection: duckdb.DuckDBPyConnection, table: str, snapshot: int) -> pl.DataFrame:
-    """The data files of `table` as of `snapshot`: `path` (absolute) and `snapshot` (the one that added it)."""
+    """The data files of `table` as of `snapshot`: `path` (absolute) and `snapshot` (the one that added it).
+
+    A file a compaction wrote holds rows of several snapshots of one epoch window: its `snapshot` is the last
+    of them (so a filter `snapshot > closing snapshot` keeps or drops it whole, as it did its files); read
+    it with `scan_files` for each row's own snapshot.
+    """
+    merged, merged_join = _merged_snapshots(connection)
     rows = connection.execute(
         f"""
-        SELECT f.data_file AS path, d.begin_snapshot AS snapshot
+        SELECT f.data_file AS path, {merged} AS snapshot
         FROM ducklake_list_files('{catalog_alias}', ?, snapshot_version => ?) f
-        JOIN {_metadata}.ducklake_data_file d ON f.data_file LIKE '%/' || d.path
+        JOIN {_metadata}.ducklake_data_file d
+          ON parse_filename(f.data_file) = parse_filename(d.path) AND f.data_file LIKE '%/' || d.path
         JOIN {_metadata}.ducklake_table t ON t.table_id = d.table_id AND t.table_name = ?
+        {merged_join}
         WHERE d.begin_snapshot <= ?
         ORDER BY f.data_file
         """,
@@ -56,17 +108,85 @@ def files_added_after(
     snapshot after `after_snapshot` added, sorted."""
     version = "" if snapshot is None else ", snapshot_version => ?"
     params: list = [catalog_alias, table] + ([] if snapshot is None else [snapshot])
+    merged, merged_join = _merged_snapshots(connection)
     rows = connection.execute(
         f"""
         SELECT DISTINCT f.data_file, f.data_file_size_bytes
         FROM ducklake_list_files(?, ?{version}) f
-        JOIN {_metadata}.ducklake_data_file d ON f.data_file LIKE '%/' || d.path
+        JOIN {_metadata}.ducklake_data_file d
+          ON parse_filename(f.data_file) = parse_filename(d.path) AND f.data_file LIKE '%/' || d.path
         JOIN {_metadata}.ducklake_table t ON t.table_id = d.table_id AND t.table_name = ?
-        WHERE d.begin_snapshot > ?
+        {merged_join}
+        WHERE {merged} > ?
         """,
         [*params, table, after_snapshot],
     ).fetchall()
     return sorted((str(path), int(size)) for path, size in rows)
+
+
+def _merged_snapshots(connection: duckdb.DuckDBPyConnection) -> tuple[str, str]:
+    """(snapshot expression, join) giving a data file `d` of table `t` its rows' last snapshot: its begin
+    snapshot, or for a file a compaction wrote the last snapshot of the rows it merged."""
+    if compaction_table not in ledger_tables(connection):  # a time-travel connection from before format 7
+        return "d.begin_snapshot", ""
+    return (
+        "coalesce(c.last_snapshot, d.begin_snapshot)",
+        f"LEFT JOIN {catalog_alias}.main.{compaction_table} c "
+        "ON c.merged_path = 'main/' || t.table_name || '/' || d.path",
+    )
+
+
+def scan_files(connection: duckdb.DuckDBPyConnection, files: pl.DataFrame, columns: list[str]) -> pl.LazyFrame:
+    """The rows of `files` (as `files_as_of` gives them) with `columns` and `snapshot`: the snapshot that
+    appended each row.
+
+    A file a compaction wrote carries each row's snapshot in `compaction.snapshot_column` (DuckLake's
+    `_ducklake_internal_snapshot_id`), a column no other file has: polars refuses a scan whose files differ
+    so, and it is not a column of the table. Every reader that opens data files itself goes through here.
+    """
+    merged_paths = _merged_paths(connection, files["path"].to_list())
+    plain = files.filter(~pl.col("path").is_in(list(merged_paths)))
+    merged = files.filter(pl.col("path").is_in(list(merged_paths)))
+    frames = []
+    if plain.height:
+        frames.append(
+            pl.scan_parquet(plain["path"].to_list(), include_file_paths="path", extra_columns="ignore")
+            .select(*columns, "path")
+            .join(plain.lazy().select("path", "snapshot"), on="path")
+            .drop("path")
+        )
+    if merged.height:
+        frames.append(
+            pl.scan_parquet(merged["path"].to_list())
+            .select(*columns, pl.col(snapshot_column).cast(pl.Int64).alias("snapshot"))
+        )
+    if not frames:
+        raise ValueError("scan_files needs at least one file")
+    return pl.concat(frames, how="vertical_relaxed")
+
+
+def _merged_paths(connection: duckdb.DuckDBPyConnection, paths: list[str]) -> set[str]:
+    """Those of `paths` (absolute) that a compaction wrote."""
+    if compaction_table not in ledger_tables(connection) or not paths:
+        return set()
+    relative = {
+        path
+        for (path,) in connection.execute(f"SELECT merged_path FROM {catalog_alias}.main.{compaction_table}").fetchall()
+    }
+    # A data file's path is the data folder's, then `main/<table>/...` (the folder may itself hold a `/main/`).
+    return {path for path in paths if path[path.rfind("/main/") + 1 :] in relative}
+
+
+def compactions_across(connection: duckdb.DuckDBPyConnection, snapshot: int) -> int:
+    """How many compactions merged rows appended up to `snapshot` with rows appended after it: an epoch closing
+    at `snapshot` would split their files (a close planned before such a compaction committed plans again)."""
+    if compaction_table not in ledger_tables(connection):
+        return 0
+    (count,) = connection.execute(
+        f"SELECT count(*) FROM {catalog_alias}.main.{compaction_table} WHERE first_snapshot <= ? AND last_snapshot > ?",
+        [snapshot, snapshot],
+    ).fetchone()
+    return int(count)
 
 
 def current_snapshot(connection: duckdb.DuckDBPyConnection) -> int:
@@ -90,3 +210,15 @@ def first_inserting_snapshot(
         [catalog_alias, table, int(after_snapshot), current_snapshot(connection), value],
     ).fetchone()
     return None if first is None else int(first)
+
+
+def snapshot_times(connection: duckdb.DuckDBPyConnection, snapshots: list[int]) -> dict[int, datetime]:
+    """When each of `snapshots` was committed, by the writer's clock (UTC): no producer controls it."""
+    if not snapshots:
+        return {}
+    rows = connection.execute(
+        f"SELECT snapshot_id, snapshot_time FROM ducklake_snapshots('{catalog_alias}') "
+        "WHERE list_contains(?, snapshot_id)",
+        [sorted({int(s) for s in snapshots})],
+    ).fetchall()
+    return {int(snapshot): time.astimezone(UTC) for snapshot, time in rows}

@@ -64,6 +64,9 @@ SELECT reason,
               WHEN regexp_matches(reason_message, '^conflicting duplicate: ') THEN 'conflicting_duplicate'
               WHEN regexp_matches(reason_message, '^settlement epoch [0-9]+: reversal of unknown event ') THEN 'reversal_unresolved'
               WHEN regexp_matches(reason_message, '^settlement epoch [0-9]+: reversal of already reversed event ') THEN 'reversal_repeated'
+              WHEN regexp_matches(reason_message, '^settlement epoch [0-9]+: unauthorized source ') THEN 'unauthorized_source'
+              WHEN regexp_matches(reason_message, '^settlement epoch [0-9]+: policy notice: ') THEN 'policy_notice'
+              WHEN regexp_matches(reason_message, '^settlement epoch [0-9]+: model already registered: ') THEN 'model_already_registered'
               WHEN error_field IS NOT NULL THEN 'field_invalid'
               ELSE 'unclassified' END AS reason_code,
        raw, error_field, event_id, event_type, received_at, kafka_topic, kafka_partition,

@@ -35,6 +35,9 @@ class ReasonCode(StrEnum):
     conflicting_duplicate = "conflicting_duplicate"
     reversal_unresolved = "reversal_unresolved"
     reversal_repeated = "reversal_repeated"
+    unauthorized_source = "unauthorized_source"
+    policy_notice = "policy_notice"
+    model_already_registered = "model_already_registered"
     unclassified = "unclassified"  # a reason text no rule knows (never written by this version)
 
 
@@ -61,6 +64,9 @@ reason_rules: tuple[tuple[str, ReasonCode], ...] = (
     (r"^conflicting duplicate: ", ReasonCode.conflicting_duplicate),
     (r"^settlement epoch [0-9]+: reversal of unknown event ", ReasonCode.reversal_unresolved),
     (r"^settlement epoch [0-9]+: reversal of already reversed event ", ReasonCode.reversal_repeated),
+    (r"^settlement epoch [0-9]+: unauthorized source ", ReasonCode.unauthorized_source),
+    (r"^settlement epoch [0-9]+: policy notice: ", ReasonCode.policy_notice),
+    (r"^settlement epoch [0-9]+: model already registered: ", ReasonCode.model_already_registered),
 )
 _compiled_rules = tuple((re.compile(pattern), code) for pattern, code in reason_rules)
 _compiled_whole_message_rules = tuple((re.compile(pattern), code) for pattern, code in whole_message_rules)

@@ -7,6 +7,7 @@ import polars as pl
 
 from ledger.errors import LedgerDataFileMissingError
 from ledger.ledger import Ledger
+from settlement.engine.authority import RegistryRules
 from settlement.engine.figures import EpochFigures, figure_values
 from settlement.input_checks import InputChecks, missing_listed_files, verify_close_inputs
 from settlement.ledger_io import Progress, plan_from_ledger, write_plan_once
@@ -30,7 +31,11 @@ class EpochSummary(EpochFigures):
 
 
 def close_epoch(
-    ledger: Ledger, dry_run: bool = False, progress: Progress | None = None, checks: InputChecks | None = None
+    ledger: Ledger,
+    dry_run: bool = False,
+    progress: Progress | None = None,
+    checks: InputChecks | None = None,
+    rules: RegistryRules | None = None,
 ) -> EpochSummary:
     """Close the next epoch over every event committed since the last one; write it unless `dry_run`.
 
@@ -40,6 +45,8 @@ def close_epoch(
     checks them (`settlement.input_checks`): `UnverifiedInputError` when a file it reads fails its
     checksum, `UnreconciledLedgerError` when a reconciliation row is non-zero (each unless `checks`
     accepts it), `LedgerDataFileMissingError` when a listed file is gone; nothing is written then.
+    `rules` judge the operator registry's records (`settlement.engine.authority`; default: the open defaults);
+    the records they refuse become dead letters in the epoch's transaction.
     """
     checks = checks or InputChecks()
     if not ledger.read_only:
@@ -50,7 +57,7 @@ def close_epoch(
         accepted.extend(verify_close_inputs(ledger, prior, closing, checks))
 
     try:
-        plan, extra = plan_from_ledger(ledger, progress, check_inputs)
+        plan, extra = plan_from_ledger(ledger, progress, check_inputs, rules)
     except (FileNotFoundError, duckdb.IOException) as error:
         # A file outside the checked set (or removed since): name every missing one, not polars' traceback.
         missing = missing_listed_files(ledger)
@@ -60,7 +67,7 @@ def close_epoch(
     written = None
     closed_by_another = False
     if not dry_run and not plan.noop:
-        written = write_plan_once(ledger, plan, extra["reversals"])
+        written = write_plan_once(ledger, plan, extra["reversals"], extra["registry_refused"])
         closed_by_another = written is None
     if progress:
         progress("done", 5, 5)

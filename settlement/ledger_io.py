@@ -5,6 +5,7 @@ to and including the closing one, scanned lazily with polars. The registry and t
 own tables are small and read through DuckDB.
 """
 
+import dataclasses
 import hashlib
 import json
 from collections.abc import Callable
@@ -15,14 +16,14 @@ import polars as pl
 import pyarrow as pa
 
 from ledger import recorder
-from ledger.connection import catalog_alias
 from ledger.ledger import Ledger
 from ledger.tables import dead_letter_schema, file_tables
 from settlement import tables
 from settlement.engine import figures
 from settlement.engine import reversals as rev
+from settlement.engine.authority import Judgment, RegistryRules, judge, position_columns, registry_codes
 from settlement.engine.epochs import EpochInputs, EpochPlan, PriorState, held_schema, plan_epoch
-from settlement.engine.exceptions import EpochConflictError
+from settlement.engine.exceptions import CompactedWhilePlanningError, EpochConflictError
 from settlement.engine.splits import event_columns, event_key, key_of
 
 Progress = Callable[[str, int, int], None]  # (step name, steps done, steps total)
@@ -39,7 +40,8 @@ def data_files(connection: duckdb.DuckDBPyConnection, table: str, snapshot: int)
 def _scan(files: pl.DataFrame, columns: list[str], schema: pa.Schema) -> pl.LazyFrame:
     if files.is_empty():
         return pl.from_arrow(schema.empty_table()).lazy().select(columns)  # type: ignore[union-attr]
-    return pl.scan_parquet(files["path"].to_list()).select(columns)
+    # A file a compaction wrote has one more column (each row's snapshot), ignored here: the files are whole epochs'.
+    return pl.scan_parquet(files["path"].to_list(), extra_columns="ignore").select(columns)
 
 
 def _with_columns_of(frame: pl.DataFrame, schema: pa.Schema) -> pl.DataFrame:
@@ -51,42 +53,24 @@ def _with_columns_of(frame: pl.DataFrame, schema: pa.Schema) -> pl.DataFrame:
     return frame.with_columns(pl.lit(None, dtype=empty.schema[f.name]).alias(f.name) for f in missing)  # type: ignore[union-attr]
 
 
-def _snapshot_rows(connection: duckdb.DuckDBPyConnection, table: str, snapshot: int) -> pl.DataFrame:
-    """All rows of a small registry table as of `snapshot`, each with the snapshot that added it."""
-    files = data_files(connection, table, snapshot)
-    schema = file_tables[table]
-    if files.is_empty():
-        return pl.from_arrow(schema.empty_table()).with_columns(known_snapshot=pl.lit(0, pl.Int64))  # type: ignore
-    frames = [
-        pl.read_parquet(path).with_columns(known_snapshot=pl.lit(known, pl.Int64))
-        for path, known in files.iter_rows()
-    ]
-    return pl.concat(frames)
-
-
-def _query(connection: duckdb.DuckDBPyConnection, sql: str) -> pl.DataFrame:
-    return pl.from_arrow(connection.execute(sql).fetch_arrow_table())  # type: ignore[return-value]
-
-
 def read_prior(connection: duckdb.DuckDBPyConnection) -> PriorState:
     """The settlement state the ledger holds now."""
-    t = f"{catalog_alias}.main"
     closings = dict(
-        connection.execute(f"SELECT epoch, closing_snapshot FROM {t}.settlement_epoch").fetchall()
+        connection.execute(f"SELECT epoch, closing_snapshot FROM {recorder.table('settlement_epoch')}").fetchall()
     )
     if not closings:
         return PriorState()
     last = max(closings)
-    items = _with_sources(connection, t, "settlement_suspense_item", "event_id", "source")
-    releases = _with_sources(connection, t, "settlement_suspense_release", "event_id", "source")
-    held = _query(
+    items = _with_sources(connection, "settlement_suspense_item", "event_id", "source")
+    releases = _with_sources(connection, "settlement_suspense_release", "event_id", "source")
+    held = recorder.frame(
         connection,
         f"""SELECT i.event_id, i.source, i.event_time, i.model_id, i.payer, i.compute_provider, i.fee_micros,
                    i.epoch
             FROM {items} i
             ANTI JOIN {releases} r ON r.source = i.source AND r.event_id = i.event_id""",
     ).cast(held_schema)  # type: ignore[arg-type]
-    reversals = _with_sources(connection, t, "settlement_reversal", "original_event_id", "original_source")
+    reversals = _with_sources(connection, "settlement_reversal", "original_event_id", "original_source")
     reversed_ids = {
         key_of(source, event_id)
         for source, event_id in connection.execute(
@@ -99,37 +83,69 @@ def read_prior(connection: duckdb.DuckDBPyConnection) -> PriorState:
             f"SELECT source, event_id, epoch FROM {releases} WHERE outcome = 'split'"
         ).fetchall()
     }
-    payables = _query(
+    payables = recorder.frame(
         connection,
         f"""SELECT recipient, arg_max(earned_micros, epoch) AS earned_micros,
                    arg_max(cumulative_micros, epoch) AS cumulative_micros
-            FROM {t}.settlement_payable GROUP BY recipient ORDER BY recipient""",
+            FROM {recorder.table("settlement_payable")} GROUP BY recipient ORDER BY recipient""",
     )
     return PriorState(last, closings[last], closings, held, reversed_ids, released, payables)
 
 
-def _with_sources(
-    connection: duckdb.DuckDBPyConnection, t: str, table: str, id_column: str, source_column: str
-) -> str:
+def _with_sources(connection: duckdb.DuckDBPyConnection, table: str, id_column: str, source_column: str) -> str:
     """`table`, or a subquery of it, whose `source_column` is never NULL.
 
     Rows written before ledger format 4 have no source there; ids were unique in the whole ledger
     then, so such a row's event is the one metered event with that id, and takes its source. Only a
     ledger holding such rows reads the metered events for it.
     """
-    (legacy,) = connection.execute(f"SELECT count(*) FROM {t}.{table} WHERE {source_column} IS NULL").fetchone()
+    name, metered = recorder.table(table), recorder.table("inference_metered")
+    (legacy,) = connection.execute(f"SELECT count(*) FROM {name} WHERE {source_column} IS NULL").fetchone()
     if not legacy:
-        return f"{t}.{table}"
+        return name
     return f"""(SELECT x.* REPLACE (coalesce(x.{source_column}, m.source) AS {source_column})
-        FROM {t}.{table} x LEFT JOIN (
-            SELECT event_id, min(source) AS source FROM {t}.inference_metered
-            WHERE event_id IN (SELECT {id_column} FROM {t}.{table} WHERE {source_column} IS NULL)
+        FROM {name} x LEFT JOIN (
+            SELECT event_id, min(source) AS source FROM {metered}
+            WHERE event_id IN (SELECT {id_column} FROM {name} WHERE {source_column} IS NULL)
             GROUP BY event_id
         ) m ON x.{source_column} IS NULL AND m.event_id = x.{id_column})"""
 
 
-def read_inputs(connection: duckdb.DuckDBPyConnection, prior: PriorState, closing: int) -> EpochInputs:
-    """The epoch's new events (lazy), its reversals and their originals, and the registry at `closing`."""
+def read_registry(
+    connection: duckdb.DuckDBPyConnection, prior: PriorState, closing: int, rules: RegistryRules
+) -> Judgment:
+    """The operator registry as of `closing`, judged by `rules` (`settlement.engine.authority`).
+
+    Records judged when an earlier epoch closed keep their judgment: refused exactly when a registry dead
+    letter names their position.
+    """
+    codes = ", ".join(f"'{code.value}'" for code in sorted(registry_codes))
+    refused_before = set(
+        recorder.frame(
+            connection,
+            f"SELECT {', '.join(position_columns)} FROM {recorder.table('dead_letter')} WHERE reason_code IN ({codes})",
+        ).iter_rows()
+    )
+    models = recorder.rows_as_of(connection, "model_registered", closing)
+    policies = recorder.rows_as_of(connection, "split_policy_set", closing)
+    contributors = recorder.rows_as_of(connection, "contributor_registered", closing)
+    arrival_times = (
+        recorder.snapshot_times(connection, policies["known_snapshot"].unique().to_list())
+        if rules.policy_notice_s is not None
+        else None
+    )
+    return judge(models, policies, contributors, rules, refused_before, prior.closing_snapshot, arrival_times)
+
+
+def read_inputs(
+    connection: duckdb.DuckDBPyConnection,
+    prior: PriorState,
+    closing: int,
+    registry: Judgment | None = None,
+    reversal_sources: tuple[str, ...] = (),
+) -> EpochInputs:
+    """The epoch's new events (lazy), its reversals and their originals, and the registry at `closing`
+    (`registry`: as `read_registry` judged it; default: by the default rules)."""
     metered_files = data_files(connection, "inference_metered", closing)
     new_files = metered_files.filter(pl.col("snapshot") > prior.closing_snapshot)
     metered_schema = file_tables["inference_metered"]
@@ -153,7 +169,10 @@ def read_inputs(connection: duckdb.DuckDBPyConnection, prior: PriorState, closin
     reversals = (
         # A file written before ledger format 4 has no `original_source`: null, the reversal's own source.
         pl.concat(
-            [_with_columns_of(pl.read_parquet(p), reversal_schema) for p in reversal_files["path"]]
+            [
+                _with_columns_of(pl.read_parquet(p), reversal_schema).select(reversal_schema.names)
+                for p in reversal_files["path"]
+            ]
         )
         if reversal_files.height
         else pl.from_arrow(reversal_schema.empty_table())
@@ -168,29 +187,24 @@ def read_inputs(connection: duckdb.DuckDBPyConnection, prior: PriorState, closin
             .implode()
         )
         originals = (
-            pl.scan_parquet(metered_files["path"].to_list(), include_file_paths="path")
+            recorder.scan_files(connection, metered_files, event_columns)  # each row with its own snapshot
             .filter(pl.col("event_id").is_in(reversals["original_event_id"].unique().implode()))  # type: ignore[index]
             .filter(event_key().is_in(wanted))
-            .join(metered_files.lazy(), on="path")
             .sort(["source", "event_id", "snapshot"])
             .unique(["source", "event_id"], keep="first")
             .select(*event_columns, pl.col("snapshot").alias("arrival_snapshot"))
             .collect()
         )
-    contributors = _snapshot_rows(connection, "contributor_registered", closing)
-    addresses = (
-        contributors.sort(["event_time", "event_id"])
-        .unique("contributor_id", keep="last")
-        .select("contributor_id", "payout_address")
-    )
+    registry = registry or read_registry(connection, prior, closing, RegistryRules())
     return EpochInputs(
         closing_snapshot=closing,
         new_events=new_events,
         reversals=reversals,  # type: ignore[arg-type]
         originals=originals,
-        models=_snapshot_rows(connection, "model_registered", closing),
-        policies=_snapshot_rows(connection, "split_policy_set", closing),
-        addresses=addresses,
+        models=registry.models,
+        policies=registry.policies,
+        addresses=registry.addresses,
+        reversal_sources=reversal_sources,
     )
 
 
@@ -198,12 +212,15 @@ def plan_from_ledger(
     ledger: Ledger,
     progress: Progress | None = None,
     check_inputs: Callable[[PriorState, int], object] | None = None,
+    rules: RegistryRules | None = None,
 ) -> tuple[EpochPlan, dict]:
-    """Plan the next epoch over the ledger as it is now; return the plan and its reversal rows.
+    """Plan the next epoch over the ledger as it is now; return the plan, its reversal rows and the
+    registry records it refuses (`registry_refused`, judged by `rules`; default: the open defaults).
 
     `check_inputs(prior, closing_snapshot)` runs before the epoch's events and registry are read, and
     refuses by raising (`settlement.input_checks`).
     """
+    rules = rules or RegistryRules()
     step = progress or (lambda name, done, total: None)
     step(_steps[0], 0, len(_steps))
     prior = read_prior(ledger.connection)
@@ -211,15 +228,25 @@ def plan_from_ledger(
     if check_inputs is not None:
         check_inputs(prior, closing)
     step(_steps[1], 1, len(_steps))
-    inputs = read_inputs(ledger.connection, prior, closing)
+    registry = read_registry(ledger.connection, prior, closing, rules)
+    inputs = read_inputs(ledger.connection, prior, closing, registry, rules.reversal_sources)
     step(_steps[2], 2, len(_steps))
     plan = plan_epoch(inputs, prior)
+    refusals = [
+        f"{row['event_type']} `{row['event_id']}` of source `{row['source']}` refused ({row['reason_code']}): "
+        f"{row['reason']}"
+        for row in registry.refused
+    ]
+    plan = dataclasses.replace(plan, problems=sorted({*plan.problems, *registry.problems, *refusals}))
     step(_steps[3], 3, len(_steps))
-    return plan, {"reversals": inputs.reversals}
+    return plan, {"reversals": inputs.reversals, "registry_refused": registry.refused}
 
 
-def write_plan(ledger: Ledger, plan: EpochPlan, reversal_rows: pl.DataFrame) -> int:
-    """Append the plan in one transaction, refusing if another epoch closed meanwhile."""
+def write_plan(
+    ledger: Ledger, plan: EpochPlan, reversal_rows: pl.DataFrame, registry_refused: list[dict] | None = None
+) -> int:
+    """Append the plan in one transaction, refusing if another epoch closed meanwhile; the registry records
+    it refused become dead letters in the same transaction."""
     now = datetime.now(UTC)
     epoch_row = pa.Table.from_pylist(
         [figures.epoch_row(plan, now)],
@@ -242,12 +269,14 @@ def write_plan(ledger: Ledger, plan: EpochPlan, reversal_rows: pl.DataFrame) -> 
         "settlement_suspense_item": _arrow(plan.suspense_items, tables.suspense_item_schema),
         "settlement_suspense_release": _arrow(plan.suspense_releases, tables.suspense_release_schema),
         "settlement_reversal": _arrow(reversal_table, tables.reversal_schema),
-        "dead_letter": _dead_letters(plan, reversal_rows, now),
+        "dead_letter": pa.concat_tables(
+            [_dead_letters(plan, reversal_rows, now), _registry_dead_letters(plan.epoch, registry_refused or [], now)]
+        ),
     }
 
     def still_next(connection: duckdb.DuckDBPyConnection) -> None:
         (latest,) = connection.execute(
-            f"SELECT coalesce(max(epoch), 0) FROM {catalog_alias}.main.settlement_epoch"
+            f"SELECT coalesce(max(epoch), 0) FROM {recorder.table('settlement_epoch')}"
         ).fetchone()
         if latest != plan.epoch - 1:
             raise EpochConflictError(plan.epoch, latest)
@@ -258,12 +287,14 @@ def write_plan(ledger: Ledger, plan: EpochPlan, reversal_rows: pl.DataFrame) -> 
 def latest_epoch(connection: duckdb.DuckDBPyConnection) -> int:
     """The last closed epoch (0 before the first)."""
     (latest,) = connection.execute(
-        f"SELECT coalesce(max(epoch), 0) FROM {catalog_alias}.main.settlement_epoch"
+        f"SELECT coalesce(max(epoch), 0) FROM {recorder.table('settlement_epoch')}"
     ).fetchone()
     return int(latest)
 
 
-def write_plan_once(ledger: Ledger, plan: EpochPlan, reversal_rows: pl.DataFrame) -> int | None:
+def write_plan_once(
+    ledger: Ledger, plan: EpochPlan, reversal_rows: pl.DataFrame, registry_refused: list[dict] | None = None
+) -> int | None:
     """Write the plan as the epoch's only closer: the new snapshot, or None when another process closed it.
 
     The plan was made without the lock (planning is the long part); with the `close-epoch` step lock
@@ -274,7 +305,9 @@ def write_plan_once(ledger: Ledger, plan: EpochPlan, reversal_rows: pl.DataFrame
     with ledger.step_lock(close_step):
         if latest_epoch(ledger.connection) >= plan.epoch:
             return None
-        return write_plan(ledger, plan, reversal_rows)
+        if recorder.compactions_across(ledger.connection, plan.closing_snapshot):
+            raise CompactedWhilePlanningError(plan.epoch, plan.closing_snapshot)
+        return write_plan(ledger, plan, reversal_rows, registry_refused)
 
 
 def _arrow(frame: pl.DataFrame, schema: pa.Schema) -> pa.Table:
@@ -310,6 +343,36 @@ def _dead_letters(plan: EpochPlan, reversal_rows: pl.DataFrame, now: datetime) -
                 "raw_size_bytes": len(raw),
                 "raw_sha256": hashlib.sha256(raw).hexdigest(),
                 "reason_code": str(row["dead_letter_code"]),
+            }
+        )
+    return pa.Table.from_pylist(records, schema=dead_letter_schema)
+
+
+# The field a registry refusal is about, per reason code.
+_refused_fields = {"unauthorized_source": "source", "policy_notice": "data.effective_from"}
+
+
+def _registry_dead_letters(epoch: int, refused: list[dict], now: datetime) -> pa.Table:
+    """One dead letter per registry record refused this epoch, at the record's position (authority.judge)."""
+    records = []
+    for row in sorted(refused, key=lambda r: (r["kafka_topic"], r["kafka_partition"], r["kafka_offset"])):
+        fields = {k: v for k, v in row.items() if k not in ("reason", "reason_code", "known_snapshot")}
+        raw = json.dumps({k: str(v) for k, v in fields.items()}, sort_keys=True).encode()
+        records.append(
+            {
+                "kafka_topic": row["kafka_topic"],
+                "kafka_partition": row["kafka_partition"],
+                "kafka_offset": row["kafka_offset"],
+                "ingest_batch_id": row["ingest_batch_id"],
+                "received_at": now,
+                "reason": f"settlement epoch {epoch}: {row['reason']}",
+                "error_field": _refused_fields.get(row["reason_code"], "data.model_id"),
+                "event_id": row["event_id"],
+                "event_type": row["event_type"],
+                "raw": raw,
+                "raw_size_bytes": len(raw),
+                "raw_sha256": hashlib.sha256(raw).hexdigest(),
+                "reason_code": row["reason_code"],
             }
         )
     return pa.Table.from_pylist(records, schema=dead_letter_schema)

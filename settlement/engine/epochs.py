@@ -47,6 +47,8 @@ class EpochInputs:
     models: pl.DataFrame  # model_registered rows + known_snapshot
     policies: pl.DataFrame  # split_policy_set rows + known_snapshot
     addresses: pl.DataFrame  # contributor_id, payout_address (in force at the closing snapshot)
+    # Sources that may reverse any source's event (besides the event's own source): RegistryRules.reversal_sources.
+    reversal_sources: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -94,6 +96,7 @@ def plan_epoch(inputs: EpochInputs, prior: PriorState) -> EpochPlan:
         prior.released,
         prior.epoch_closings,
         prior.closing_snapshot,
+        inputs.reversal_sources,
     )
     valid = classified.filter(pl.col("outcome") != rev.dead_letter)
     cancelled_keys = valid.filter(pl.col("outcome") == rev.cancelled).select(

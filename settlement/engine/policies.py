@@ -2,9 +2,11 @@
 
 A model registration is valid when every parent is itself validly registered (so the lineage
 graph is a DAG of registered models no deeper than `lineage_depth_max`); the first registration
-of a model id is the one in force, later ones are ignored. A policy is usable when its
-`model:<parent>` recipients are exactly the model's registered parents with their registered
-shares; a model with parents whose registration is not valid has no usable policy.
+of a model id is the one in force, later ones are ignored (in a ledger the operator registry's rules,
+`authority.judge`, pass one registration per model, the first by arrival). A policy of a model that
+no registration names is not usable: its fees wait in suspense until the model is registered.
+A policy is usable when its `model:<parent>` recipients are exactly the model's registered parents
+with their registered shares; a model with parents whose registration is not valid has no usable policy.
 
 For one fee of model M at time t, the *route* is the policy in force at t for M and every
 ancestor of M. It is constant between policy change points, so each model's timeline is cut
@@ -19,6 +21,7 @@ from datetime import UTC, datetime
 import polars as pl
 
 from schemas.fields import model_recipient_prefix
+from settlement.engine.authority import arrival_columns
 from settlement.engine.constants import key_hex_digits, lineage_depth_max, time_origin_year
 
 time_origin = datetime(time_origin_year, 1, 1, tzinfo=UTC)
@@ -51,7 +54,9 @@ def short_key(*parts: str) -> str:
 
 def valid_lineage(models: pl.DataFrame) -> tuple[dict[str, dict[str, int]], dict[str, int], list[str]]:
     """Registered parents of each validly registered model, its level (longest path to a root), problems."""
-    first = models.sort(["event_time", "event_id"]).unique("model_id", keep="first", maintain_order=True)
+    # The first by arrival (the producer's `time` decides nothing: a backdated registration squats no id).
+    order = [c for c in arrival_columns if c in models.columns]
+    first = models.sort(order).unique("model_id", keep="first", maintain_order=True)
     parents = {
         row["model_id"]: {p["model_id"]: p["share_ppm"] for p in row["parents"]}
         for row in first.iter_rows(named=True)
@@ -103,8 +108,8 @@ def _usable(policy: Policy, parents: dict[str, int] | None) -> bool:
         for r, s in policy.shares
         if r.startswith(model_recipient_prefix)
     }
-    if parents is None:  # an unregistered model may only pay contributors
-        return not named
+    if parents is None:  # a model no registration names is not paid: its fees wait in suspense
+        return False
     return named == parents
 
 
@@ -191,7 +196,12 @@ def resolve(models: pl.DataFrame, policies: pl.DataFrame, as_of_snapshot: int) -
             )
     for model_id, items in sorted(by_model.items()):
         for policy in items:
-            if not _usable(policy, lineage(model_id)):
+            if model_id not in registered_all:
+                problems.append(
+                    f"policy `{policy.policy_id}` of model `{model_id}` is not used: no registration names the "
+                    "model, so its fees wait in suspense until one does"
+                )
+            elif not _usable(policy, lineage(model_id)):
                 problems.append(
                     f"policy `{policy.policy_id}` of model `{model_id}` is not usable: its model "
                     "recipients must be exactly the model's registered parents and shares"

@@ -6,7 +6,8 @@ gives one (events are keyed by (source, id)); sets below hold `splits.key_of` ke
 A reversal of an event that is settled (split in an earlier epoch, directly or on release from
 suspense) takes its fee back through the same route, resolved with the registry as known when the
 original was settled. A reversal of an event that is still unsplit (arrived in this epoch, or held
-in suspense) cancels it. A reversal of an unknown or already reversed event is a dead letter.
+in suspense) cancels it. A reversal of an unknown or already reversed event, or from a source that
+may not reverse it (neither the original's source nor one `reversal_sources` lists), is a dead letter.
 Among reversals of one event in one epoch, the earliest (event time, then id) wins.
 """
 
@@ -29,11 +30,13 @@ def classify(
     released_before: dict[str, int],
     epoch_closings: dict[int, int],
     previous_snapshot: int,
+    reversal_sources: tuple[str, ...] = (),
 ) -> pl.DataFrame:
     """One row per reversal: outcome, reason, the original's fields and the snapshot it was settled at.
 
     `originals` are the metered rows the reversals name, with the snapshot each arrived in
-    (`arrival_snapshot`); `released_before` maps an id released from suspense to its epoch.
+    (`arrival_snapshot`); `released_before` maps an id released from suspense to its epoch. Only the
+    original's own source, or one of `reversal_sources`, may reverse it (else `unauthorized_source`).
     """
     by_key = {key_of(row["source"], row["event_id"]): row for row in originals.iter_rows(named=True)}
     closings = sorted(epoch_closings.values())
@@ -62,6 +65,12 @@ def classify(
                 "source and id in the ledger (a reversal names another source's event with `original_source`)"
             )
             row["reason_code"] = ReasonCode.reversal_unresolved.value
+        elif reversal["source"] != target_source and reversal["source"] not in reversal_sources:
+            row["reason"] = (
+                f"unauthorized source `{reversal['source']}`: it may not reverse event `{target}` of source "
+                f"`{target_source}`; only that source or one `reversal_sources` lists may"
+            )
+            row["reason_code"] = ReasonCode.unauthorized_source.value
         elif key in reversed_before or key in claimed:
             row["reason"] = f"reversal of already reversed event `{target}` of source `{target_source}`"
             row["reason_code"] = ReasonCode.reversal_repeated.value

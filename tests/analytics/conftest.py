@@ -12,6 +12,7 @@ from ingest.sample import SampleShape, SampleTraffic
 from ledger import IngestBatch, Ledger, PartitionOffsets
 from schemas import BatchDecoder
 from settlement import close_epoch
+from settlement.engine.authority import RegistryRules
 from settlement.onchain.payout_tree import EpochTree, build_epoch_tree
 from settlement.onchain.settle import write_tree
 from settlement.onchain.tables import claim_schema, claim_sync_schema, record_schema
@@ -91,7 +92,7 @@ def build_settled_ledger(location: Path | str, data_path: str | None = None) -> 
         second = list(traffic.metered(epoch_2_events, first_index=epoch_1_events))
         extra = [_unrouted(i) for i in range(3)] + [_reversal(i, first[i]) for i in range(2)]
         _append(ledger, [*second, *extra, b"\xff"], offset)
-        close_epoch(ledger)
+        close_epoch(ledger, rules=RegistryRules(reversal_sources=("//tests.example",)))
 
 
 @pytest.fixture(scope="session")

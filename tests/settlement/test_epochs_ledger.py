@@ -10,6 +10,7 @@ from ingest.sample import metered_source as sample_source
 from ledger import Ledger, define_views, run_query
 from ledger.verify import verify
 from settlement import close_epoch
+from settlement.engine.authority import RegistryRules
 from settlement.ledger_io import plan_from_ledger
 from tests.support.ledger_batches import append_in_batches, sample_messages
 
@@ -93,7 +94,7 @@ def test_late_events_settle_in_the_next_epoch_and_reversals_take_back(tmp_path):
             offset,
             10,
         )
-        second = close_epoch(ledger)
+        second = close_epoch(ledger, rules=RegistryRules(reversal_sources=("//billing.example",)))
         assert first.event_count + second.event_count == 300
         assert (second.reversal_count, second.dead_letter_count) == (3, 2)
         fee = json.loads(values[-101])["data"]["fee_micros"]

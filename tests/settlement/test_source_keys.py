@@ -15,6 +15,7 @@ import pyarrow as pa
 from ingest.sample import SampleShape, SampleTraffic
 from ledger import Ledger
 from settlement import close_epoch, tables
+from settlement.engine.authority import RegistryRules
 from settlement.engine.reference_sql import reference_payables
 from settlement.engine.splits import key_of
 from settlement.ledger_io import read_prior
@@ -95,21 +96,24 @@ def test_a_conflict_is_a_conflict_only_within_one_source(tmp_path: Path) -> None
 
 
 def test_a_reversal_resolves_within_its_source_unless_it_names_original_source(tmp_path: Path) -> None:
-    """Pins reversal lookup across sources: //gw-b reverses its own `42`; //billing reverses //gw-a's `42`
-    by naming original_source, and without it finds no `42` of its own (a dead letter)."""
+    """Pins reversal lookup across sources: //gw-b reverses its own `42`; //billing (trusted by
+    `reversal_sources`) reverses //gw-a's `42` by naming original_source, and without it finds no `42` of its
+    own (a dead letter); //intruder, not trusted, may not reverse //gw-b's (`unauthorized_source`)."""
     registry, base = _world()
     events = [_metered(base, "//gw-a", "42", 1_000_000), _metered(base, "//gw-b", "42", 3_000_000)]
     reversals = [
         _reversal("//gw-b", "r-1", "42"),
         _reversal("//billing", "r-2", "42", original_source="//gw-a"),
         _reversal("//billing", "r-3", "42"),
+        _reversal("//intruder", "r-4", "42", original_source="//gw-b"),
     ]
+    rules = RegistryRules(reversal_sources=("//billing",))
     with Ledger.open(tmp_path / "lake") as ledger:
         offset = len(registry) + len(events)
         ledger.append(*batch_of(registry + events))
-        close_epoch(ledger)
+        close_epoch(ledger, rules=rules)
         ledger.append(*batch_of(reversals, first_offset=offset))
-        plan = close_epoch(ledger)
+        plan = close_epoch(ledger, rules=rules)
         rows = ledger.connection.execute(
             "SELECT event_id, source, original_source, outcome, fee_micros FROM lake.main.settlement_reversal "
             "ORDER BY event_id"
@@ -117,11 +121,16 @@ def test_a_reversal_resolves_within_its_source_unless_it_names_original_source(t
         (dead_letter,) = ledger.connection.execute(
             "SELECT reason FROM lake.main.dead_letter WHERE event_id = 'r-3'"
         ).fetchone()
+        (intruder_code,) = ledger.connection.execute(
+            "SELECT reason_code FROM lake.main.dead_letter WHERE event_id = 'r-4'"
+        ).fetchone()
     assert rows == [
         ("r-1", "//gw-b", "//gw-b", "taken_back", -3_000_000),
         ("r-2", "//billing", "//gw-a", "taken_back", -1_000_000),
         ("r-3", "//billing", "//billing", "dead_letter", None),
+        ("r-4", "//intruder", "//gw-b", "dead_letter", None),
     ]
+    assert intruder_code == "unauthorized_source"
     assert plan.reversed_micros == 4_000_000
     assert "unknown event `42` of source `//billing`" in dead_letter and "original_source" in dead_letter
 
