@@ -334,3 +334,120 @@ def _sha256(path: Path) -> tuple[str, int]:
             digest.update(chunk)
             size += len(chunk)
     return digest.hexdigest(), size
+
+
+@dataclass
+class CompactionAudit:
+    """What `verify` learns from the compaction records: the retirements they account for, and problems."""
+
+    # (path relative to the data folder, snapshot that retired it) of every recorded retirement.
+    retirements: set[tuple[str, int]] = field(default_factory=set)
+    # The snapshots that committed a compaction, with the names of the tables each compacted.
+    snapshots: dict[int, set[str]] = field(default_factory=dict)
+    problems: list[str] = field(default_factory=list)
+    files: int = 0
+    bytes_checked: int = 0
+
+
+def audit(ledger: Ledger, checksums: dict[str, tuple[int, str]]) -> CompactionAudit:
+    """Re-check every recorded compaction: the files it retired are the ones DuckLake ended at its snapshot,
+    each still exists with its recorded SHA-256, and the merged file holds exactly their rows."""
+    result = CompactionAudit()
+    connection = ledger.connection
+    metadata = f"__ducklake_metadata_{catalog_alias}"
+    retired_now: dict[str, int] = {
+        f"main/{table}/{path}": int(end)
+        for table, path, end in connection.execute(
+            f"""
+            SELECT t.table_name, d.path, d.end_snapshot FROM {metadata}.ducklake_data_file d
+            JOIN {metadata}.ducklake_table t ON t.table_id = d.table_id AND t.end_snapshot IS NULL
+            WHERE d.end_snapshot IS NOT NULL
+            """
+        ).fetchall()
+    }
+    retired_by: dict[str, list[tuple[str, int]]] = {}
+    for compaction_id, path, rows in connection.execute(
+        f"SELECT compaction_id, path, row_count FROM {catalog_alias}.main.{compaction_retired_table}"
+    ).fetchall():
+        retired_by.setdefault(compaction_id, []).append((path, int(rows)))
+    for snapshot, compaction_id, table, merged_path, rows, digest, first, last in connection.execute(
+        f"""SELECT snapshot_id, compaction_id, table_name, merged_path, row_count, rows_digest, first_snapshot,
+                   last_snapshot FROM {catalog_alias}.main.{compaction_table} ORDER BY snapshot_id"""
+    ).fetchall():
+        result.snapshots.setdefault(int(snapshot), set()).add(table)
+        retired = retired_by.get(compaction_id, [])
+        where = f"compaction at snapshot {snapshot} ({compaction_id})"
+        for path, _ in retired:
+            result.retirements.add((path, int(snapshot)))
+            if retired_now.get(path) != int(snapshot):
+                result.problems.append(
+                    f"{where} records retiring `{path}`, but the catalog "
+                    + ("still lists it: its rows are counted twice" if path not in retired_now
+                       else f"retired it at snapshot {retired_now[path]}")
+                )
+        files = [
+            _File(table, path, ledger.location.data_path + path, count, 0, first, last, False, None)
+            for path, count in retired
+        ]
+        _audit_proof(ledger, result, where, table, files, merged_path, (int(rows), str(digest)), checksums)
+    return result
+
+
+def _audit_proof(
+    ledger: Ledger,
+    result: CompactionAudit,
+    where: str,
+    table: str,
+    files: list[_File],
+    merged_path: str,
+    recorded: tuple[int, str],
+    checksums: dict[str, tuple[int, str]],
+) -> None:
+    connection = ledger.connection
+    for path in [file.relative_path for file in files] + [merged_path]:
+        absolute = Path(ledger.location.data_path + path)
+        if not absolute.is_file():
+            result.problems.append(f"{where}: file `{path}` is missing")
+            return
+        sha256, size = _sha256(absolute)
+        result.files += 1
+        result.bytes_checked += size
+        if checksums.get(path, (None, None))[1] != sha256:
+            result.problems.append(f"{where}: file `{path}` does not match the SHA-256 recorded when it was written")
+            return
+    if sum(file.rows for file in files) != recorded[0]:
+        result.problems.append(f"{where}: the retired files' recorded row counts do not sum to {recorded[0]}")
+    # A file's own rows' snapshots: its begin snapshot, or its snapshot column when it is itself a merged file.
+    begins = _begin_snapshots(ledger, table, [file.relative_path for file in files])
+    files = [
+        _File(table, f.relative_path, f.absolute_path, f.rows, 0, begins.get(f.relative_path, -1), 0, False, None)
+        for f in files
+    ]
+    try:
+        before = tuple(connection.execute(rows_digest_sql(table, rows_sql(connection, files, table))).fetchone())
+        merged = f"SELECT * FROM read_parquet({_quote(ledger.location.data_path + merged_path)})"
+        after = tuple(connection.execute(rows_digest_sql(table, merged)).fetchone())
+    except duckdb.Error as error:
+        result.problems.append(f"{where}: its files cannot be read to check the proof ({error})")
+        return
+    finally:
+        with suppress(duckdb.Error):
+            connection.unregister("compaction_files")
+    for name, found in (("the retired files", before), ("the merged file", after)):
+        if (int(found[0]), str(found[1])) != recorded:
+            result.problems.append(
+                f"{where}: {name} hold {found[0]} rows with digest {found[1]}; the compaction recorded "
+                f"{recorded[0]} rows with digest {recorded[1]}"
+            )
+
+
+def _begin_snapshots(ledger: Ledger, table: str, paths: list[str]) -> dict[str, int]:
+    metadata = f"__ducklake_metadata_{catalog_alias}"
+    wanted = {path.removeprefix(f"main/{table}/"): path for path in paths}
+    rows = ledger.connection.execute(
+        f"""SELECT d.path, d.begin_snapshot FROM {metadata}.ducklake_data_file d
+            JOIN {metadata}.ducklake_table t
+              ON t.table_id = d.table_id AND t.end_snapshot IS NULL AND t.table_name = ?""",
+        [table],
+    ).fetchall()
+    return {wanted[path]: int(begin) for path, begin in rows if path in wanted}

@@ -1,7 +1,9 @@
 """Proof that the ledger is append-only and its files are the ones that were written.
 
 The snapshot history must contain only creations and inserts; no data file may ever have
-been retired or masked by a delete file; every data file listed by the catalog must exist
+been retired or masked by a delete file, except by a compaction that recorded the files it retired
+and the proof that its merged file holds exactly their rows (`ledger/compaction.py`, re-checked here);
+every data file listed by the catalog must exist
 with the size the catalog recorded and the SHA-256 the ledger recorded when it added it.
 Files in the data folder that no snapshot lists are reported beside (`ledger/orphans.py`).
 """
@@ -11,6 +13,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ledger.compaction import audit as audit_compactions
 from ledger.connection import catalog_alias
 from ledger.format import format_table
 from ledger.inlined_digest import check_inlined_rows
@@ -53,6 +56,17 @@ def verify(ledger: Ledger) -> VerifyReport:
             f"SELECT table_id FROM {metadata}.ducklake_table WHERE table_name = ?", [format_table]
         ).fetchall()
     }
+    checksums = _recorded_checksums(ledger)
+    compactions = audit_compactions(ledger, checksums)
+    report.problems += compactions.problems
+    report.files += compactions.files
+    report.bytes_checked += compactions.bytes_checked
+    names = {
+        str(table_id): name
+        for table_id, name in connection.execute(
+            f"SELECT table_id, table_name FROM {metadata}.ducklake_table"
+        ).fetchall()
+    }
     for snapshot_id, changes in connection.execute(
         f"SELECT snapshot_id, changes FROM {catalog_alias}.snapshots() ORDER BY snapshot_id"
     ).fetchall():
@@ -62,6 +76,8 @@ def verify(ledger: Ledger) -> VerifyReport:
         for kind, subjects in changes.items():
             if kind == "tables_altered" and migration_step:
                 continue  # a column added by a `royalty migrate` step, recorded in the same snapshot
+            if kind == "tables_deleted_from" and _compacted(subjects, compactions.snapshots.get(snapshot_id), names):
+                continue  # files retired by a recorded compaction, checked below
             if kind not in allowed_changes:
                 report.problems.append(
                     f"snapshot {snapshot_id} made a change of kind `{kind}` ({subjects}); "
@@ -72,18 +88,16 @@ def verify(ledger: Ledger) -> VerifyReport:
         report.problems.append(
             f"the catalog lists {delete_files} delete file(s): rows were deleted or updated"
         )
-    for path, end_snapshot in connection.execute(
-        f"SELECT path, end_snapshot FROM {metadata}.ducklake_data_file WHERE end_snapshot IS NOT NULL"
+    for table_name, path, end_snapshot in connection.execute(
+        f"""SELECT t.table_name, d.path, d.end_snapshot FROM {metadata}.ducklake_data_file d
+            LEFT JOIN {metadata}.ducklake_table t ON t.table_id = d.table_id AND t.end_snapshot IS NULL
+            WHERE d.end_snapshot IS NOT NULL"""
     ).fetchall():
+        if (f"main/{table_name}/{path}", end_snapshot) in compactions.retirements:
+            continue  # retired by a compaction that recorded it, with its proof (checked above)
         report.problems.append(
             f"data file `{path}` was retired at snapshot {end_snapshot}: rows were removed"
         )
-    checksums = {
-        path: (size_bytes, sha256)
-        for path, size_bytes, sha256 in connection.execute(
-            f"SELECT path, size_bytes, sha256 FROM {catalog_alias}.main.file_checksum"
-        ).fetchall()
-    }
     data_path = ledger.location.data_path
     tables = [
         name
@@ -127,6 +141,11 @@ def _recorded_checksums(ledger: Ledger) -> dict[str, tuple[int, str]]:
             f"SELECT path, size_bytes, sha256 FROM {catalog_alias}.main.file_checksum"
         ).fetchall()
     }
+
+
+def _compacted(subjects: list[str], compacted: set[str] | None, names: dict[str, str]) -> bool:
+    """Whether every table a snapshot deleted from is one a compaction recorded in that snapshot compacted."""
+    return bool(compacted) and all(names.get(str(subject), str(subject)) in compacted for subject in subjects)
 
 
 def _records_a_format_step(changes: dict[str, list[str]], format_table_ids: set[str]) -> bool:

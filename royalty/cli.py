@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 from rich.markup import escape
 
-from royalty import analytics_commands, catalog_commands, chain_commands
+from royalty import analytics_commands, catalog_commands, chain_commands, claims_commands, registry_commands
 from royalty.common import (
     AcceptUnreconciledOption,
     AcceptUnverifiedOption,
@@ -214,6 +214,42 @@ def migrate(
         stdout.print(f"ledger migrated from format {result.format_before} to {result.format_after}")
     else:
         stdout.print(f"ledger is already in format {format_version_current}; nothing to do")
+
+
+@app.command()
+def compact(
+    lake: LakeOption = None,
+    data_path: DataPathOption = None,
+    config: ConfigOption = None,
+    older_than_s: Annotated[
+        float,
+        typer.Option("--older-than-s", min=0, help="Only merge files committed at least this many seconds ago."),
+    ] = 0.0,
+    output_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
+) -> None:
+    """Merge the small data files of each event table, event date and epoch into one, keeping the proof.
+
+    Each merge is one transaction recording the files it retired, the merged file's SHA-256 and proof that
+    it holds exactly their rows (`royalty verify` re-checks it). Registry tables are never merged, nor files
+    of two epochs. Safe beside ingest and close-epoch (docs/operations.md, Compaction).
+    """
+    from ledger import Ledger
+    from ledger.compaction import compact as compact_ledger
+
+    settings = load_settings({"lake": lake, "data_path": data_path}, config)
+    try:
+        with Ledger.open(settings.lake, settings.data_path, create=False) as ledger:
+            report = compact_ledger(ledger, older_than_s)
+    except RoyaltyError as error:
+        _fail(error)
+    if output_json:
+        stdout.file.write(json.dumps(vars(report)) + "\n")
+    else:
+        stdout.print(
+            f"compacted: {report.merges} merged file(s) written, {report.files_retired} file(s) retired, "
+            f"{report.rows} rows, {report.bytes_written} bytes",
+            highlight=False,
+        )
 
 
 @app.command()
@@ -450,6 +486,8 @@ analytics_commands.register(app)
 
 
 chain_commands.register(app)
+claims_commands.register(app)
+registry_commands.register(app)
 
 
 catalog_commands.register(app)

@@ -17,6 +17,21 @@ class EpochConflictError(SettlementError):
         )
 
 
+class CompactedWhilePlanningError(SettlementError):
+    """A compaction merged files across the snapshot this epoch was planned at; nothing was written."""
+
+    transient = True
+
+    def __init__(self, epoch: int, closing_snapshot: int) -> None:
+        self.epoch = epoch
+        self.closing_snapshot = closing_snapshot
+        super().__init__(
+            f"epoch `{epoch}` cannot be closed at snapshot {closing_snapshot}: a `royalty compact` merged files "
+            "across that snapshot while the epoch was planned (an epoch never splits a merged file); nothing was "
+            "written, run it again"
+        )
+
+
 class AmountOverflowError(SettlementError):
     """An epoch amount does not fit the ledger's int64 columns."""
 
