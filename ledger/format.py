@@ -108,6 +108,13 @@ def _record_compactions(connection: duckdb.DuckDBPyConnection) -> None:
         connection.execute(statement)
 
 
+def _know_the_onchain_registry(connection: duckdb.DuckDBPyConnection) -> None:
+    """Format 8 knows the on-chain registry: tables registry_event (ModelRegistry's events in the ledger's names),
+    registry_sync (the block ranges read, the cursor) and settlement_epoch_registry (the registry block an epoch
+    settled with), declared by settlement.chain_registry and created by the first writer that uses them, as the
+    settlement's tables are. Nothing to change in stored rows; code of format 7 must not settle such a ledger."""
+
+
 format_steps: list[FormatStep] = [
     FormatStep(2, "record the ledger format version (table ledger_format)", _record_format_only),
     FormatStep(3, "record a digest of each transaction's inlined rows (table inlined_digest)", _record_inlined_digests),
@@ -133,6 +140,12 @@ format_steps: list[FormatStep] = [
         "record compactions: tables ledger_compaction (merged file, SHA-256, row count and rows digest) and "
         "ledger_compaction_retired (the files each retired)",
         _record_compactions,
+    ),
+    FormatStep(
+        8,
+        "know the on-chain registry: tables registry_event, registry_sync and settlement_epoch_registry "
+        "(created on first use)",
+        _know_the_onchain_registry,
     ),
 ]
 

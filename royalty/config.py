@@ -13,7 +13,7 @@ import sys
 import tomllib
 from contextvars import ContextVar
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from annotated_types import Ge, Le
 from pydantic import Field, ValidationError, field_validator, model_validator
@@ -97,6 +97,17 @@ class Settings(BaseSettings):
     )
     confirmations: int = _setting(
         1, "Blocks a settlement tx must have (its own included) before it is recorded.", (1, 7_200)
+    )
+    registry_mode: Literal["operator", "onchain"] = _setting(
+        "operator",
+        "Who decides who is paid: `onchain` (a ModelRegistry contract, synced by `sync-registry`) or `operator` "
+        "(registry events on Kafka from allowlisted sources).",
+    )
+    registry: str | None = _setting(None, "Address of the ModelRegistry contract (`royalty deploy-registry`).")
+    registry_from_block: int | None = _setting(
+        None,
+        "Block the registry was deployed in (`royalty deploy-registry` prints it); its events are read from there.",
+        (0, 2**63 - 1),
     )
     keystore: str | None = _setting(None, "Encrypted keystore file of the signing key (password: env).")
     tree_dir: str | None = _setting(None, "Folder of per-epoch tree JSON files; unset: `<lake>/trees` (folder lake).")

@@ -36,7 +36,7 @@ from web3.exceptions import (
 
 from ledger.redact import redact_url
 from schemas.errors import require
-from settlement.onchain.contract_artifacts import distributor_artifact, token_artifact
+from settlement.onchain.contract_artifacts import distributor_artifact, registry_artifact, token_artifact
 from settlement.onchain.exceptions import (
     ChainConfigError,
     ChainUnavailableError,
@@ -211,7 +211,7 @@ def token_contract(chain: Chain, distributor: Contract) -> Contract:
 
 def _error_selectors() -> dict[bytes, tuple[str, list[str]]]:
     selectors = {}
-    for artifact in (distributor_artifact(), token_artifact()):
+    for artifact in (distributor_artifact(), token_artifact(), registry_artifact()):
         for entry in artifact.abi:
             if entry["type"] == "error":
                 types = [item["type"] for item in entry["inputs"]]
@@ -368,6 +368,18 @@ def wait_no_pending(chain: Chain) -> None:
 # --- deployment ----------------------------------------------------------------------------------
 
 
+# Chains where one key may hold every role: anvil's/hardhat's id and the in-process chain's (eth-tester).
+local_chain_ids = frozenset({31337, 131277322940537})
+# The default delay of a two-step admin transfer (`beginDefaultAdminTransfer`, then accept after it).
+admin_delay_seconds_default = 3 * 86_400
+# The contract's own floor off local chains (`TIMELOCK_SECONDS_MIN`): time for a guardian to revoke.
+timelock_seconds_min = 3_600
+growth_units_unlimited = 2**128 - 1
+zero_address = "0x" + "00" * 20
+# The units sent to the new distributor to check that a transfer delivers what it says (sweepable surplus).
+token_probe_units = 1
+
+
 @dataclass(frozen=True)
 class DeployedContracts:
     token: str
@@ -377,6 +389,61 @@ class DeployedContracts:
     chain_id: int
     # The distributor's creation block: `settle` and `sync-claims` read its logs from there (`from_block`).
     deployment_block: int
+    settler: str = ""
+    guardians: tuple[str, ...] = ()
+    treasury: str = ""
+    max_epoch_growth_units: int = growth_units_unlimited
+    predecessor: str = zero_address
+
+
+@dataclass(frozen=True)
+class DeployRoles:
+    """Who holds what on a new distributor; unset: the deployer (allowed only on a local chain)."""
+
+    admin: str | None = None
+    settler: str | None = None
+    guardians: tuple[str, ...] = ()
+    treasury: str | None = None
+    admin_delay_seconds: int = admin_delay_seconds_default
+    max_epoch_growth_units: int = growth_units_unlimited
+    allow_shared_roles: bool = False
+
+
+def _checksummed(address: str, flag: str) -> str:
+    if not Web3.is_address(address):
+        raise ChainConfigError(f"{flag} `{address}` is not an address", flag.lstrip("-"))
+    return Web3.to_checksum_address(address)
+
+
+def resolve_roles(chain: Chain, roles: DeployRoles, timelock_seconds: int) -> DeployRoles:
+    """Fill unset roles with the deployer and refuse shared roles or a short timelock off a local chain.
+
+    On a chain other than anvil's (31337) or the in-process one, admin, settler and every guardian must be
+    distinct accounts (one stolen key must not hold two roles) unless `allow_shared_roles` (test chains).
+    """
+    sender = chain.sender
+    admin = _checksummed(roles.admin, "--admin") if roles.admin else sender
+    settler = _checksummed(roles.settler, "--settler") if roles.settler else sender
+    guardians = tuple(_checksummed(g, "--guardian") for g in roles.guardians) or (sender,)
+    treasury = _checksummed(roles.treasury, "--treasury") if roles.treasury else sender
+    local = chain.chain_id in local_chain_ids
+    holders = [admin, settler, *guardians]
+    if not local and not roles.allow_shared_roles and len(set(holders)) < len(holders):
+        raise ChainConfigError(
+            f"on chain {chain.chain_id} the admin ({admin}), the settler ({settler}) and the guardians "
+            f"({', '.join(guardians)}) must be distinct accounts: pass --admin, --settler and --guardian "
+            "(repeatable), or --allow-shared-roles on a test chain",
+            "roles",
+        )
+    if not local and timelock_seconds < timelock_seconds_min:
+        raise ChainConfigError(
+            f"--timelock-seconds {timelock_seconds} is below the minimum {timelock_seconds_min} off a local chain "
+            "(chain id 31337 or the in-process chain): a guardian needs time to revoke a bad root",
+            "timelock_seconds",
+        )
+    return DeployRoles(
+        admin, settler, guardians, treasury, roles.admin_delay_seconds, roles.max_epoch_growth_units, True
+    )
 
 
 def deploy_contracts(
@@ -385,27 +452,102 @@ def deploy_contracts(
     guardian: str | None = None,
     token: str | None = None,
     mint_units: int = 0,
+    roles: DeployRoles | None = None,
+    predecessor: str | None = None,
 ) -> DeployedContracts:
-    """Deploy a TestToken (unless `token` is given) and a distributor administered and settled by the sender.
+    """Deploy a TestToken (unless `token` is given) and a distributor with `roles` (unset ones: the sender).
 
-    `mint_units` TestToken units go to the sender, to fund settlements on a local chain.
+    `mint_units` TestToken units go to the treasury, and when the sender is the treasury it approves the
+    distributor for them, to fund settlements on a local chain. An existing `token` must have 6 decimals
+    and deliver what a transfer says (probed with `token_probe_units` sent to the new distributor when the
+    sender holds any; a surplus the admin may sweep). `predecessor`: a distributor this one takes over
+    from (`royalty deploy --migrate-from`).
     """
+    roles = roles or DeployRoles(guardians=(guardian,) if guardian else ())
+    roles = resolve_roles(chain, roles, timelock_seconds)
     sender = chain.sender
     w3 = chain.w3
+    given_token = token is not None
     if token is None:
-        build = token_artifact()
-        factory = w3.eth.contract(abi=build.abi, bytecode=build.bytecode)
-        receipt = transact(chain, factory.constructor("Test USD", "TUSD", token_decimals, sender), "deploy TestToken")
-        token = receipt["contractAddress"]
-        if mint_units:
-            minted = w3.eth.contract(address=token, abi=build.abi)
-            transact(chain, minted.functions.mint(sender, mint_units), "mint TestToken")
+        token = _deploy_test_token(chain)
+    token = _checksummed(token, "--token")
+    token_handle = w3.eth.contract(address=token, abi=token_artifact().abi)
+    _check_decimals(token_handle)
     build = distributor_artifact()
     factory = w3.eth.contract(abi=build.abi, bytecode=build.bytecode)
-    guardian = Web3.to_checksum_address(guardian) if guardian else sender
-    receipt = transact(
-        chain, factory.constructor(token, timelock_seconds, sender, sender, guardian), "deploy RoyaltyDistributor"
+    old = _checksummed(predecessor, "--migrate-from") if predecessor else zero_address
+    args = (
+        token,
+        timelock_seconds,
+        roles.admin_delay_seconds,
+        roles.admin,
+        roles.settler,
+        list(roles.guardians),
+        roles.treasury,
+        roles.max_epoch_growth_units,
+        old,
     )
+    receipt = transact(chain, factory.constructor(*args), "deploy RoyaltyDistributor")
+    distributor = receipt["contractAddress"]
+    if mint_units:
+        minted = w3.eth.contract(address=token, abi=token_artifact().abi)
+        transact(chain, minted.functions.mint(roles.treasury, mint_units), "mint TestToken")
+        if roles.treasury == sender:
+            transact(chain, minted.functions.approve(distributor, mint_units), "approve the distributor")
+    if given_token:  # our own TestToken is known to deliver what it says
+        probe_transfer(chain, token_handle, distributor)
     return DeployedContracts(
-        str(token), receipt["contractAddress"], sender, guardian, chain.chain_id, int(receipt["blockNumber"])
+        token,
+        distributor,
+        str(roles.admin),
+        roles.guardians[0],
+        chain.chain_id,
+        int(receipt["blockNumber"]),
+        str(roles.settler),
+        roles.guardians,
+        str(roles.treasury),
+        roles.max_epoch_growth_units,
+        old,
     )
+
+
+def _deploy_test_token(chain: Chain) -> str:
+    build = token_artifact()
+    factory = chain.w3.eth.contract(abi=build.abi, bytecode=build.bytecode)
+    call = factory.constructor("Test USD", "TUSD", token_decimals, chain.sender)
+    return str(transact(chain, call, "deploy TestToken")["contractAddress"])
+
+
+def _check_decimals(token: Contract) -> None:
+    try:
+        decimals = token.functions.decimals().call()
+    except Exception as error:
+        raise ChainConfigError(
+            f"token `{token.address}` does not answer decimals() ({type(error).__name__}): not an ERC-20", "token"
+        ) from None
+    if decimals != token_decimals:
+        raise ChainConfigError(
+            f"token `{token.address}` has {decimals} decimals; payables are micros, so it must have {token_decimals}",
+            "token",
+        )
+
+
+def probe_transfer(chain: Chain, token: Contract, to: str) -> bool:
+    """Send `token_probe_units` from the sender to `to` and check they arrive; False if the sender holds none.
+
+    Raises `ChainConfigError` for a token whose transfer delivers another amount (a fee-on-transfer or
+    rebasing token), which would break the distributor's accounting.
+    """
+    if token.functions.balanceOf(chain.sender).call() < token_probe_units:
+        log.warning("token transfer not probed: the deployer holds none", extra={"token": token.address})
+        return False
+    before = token.functions.balanceOf(to).call()
+    transact(chain, token.functions.transfer(to, token_probe_units), "probe a token transfer")
+    received = token.functions.balanceOf(to).call() - before
+    if received != token_probe_units:
+        raise ChainConfigError(
+            f"token `{token.address}`: a transfer of {token_probe_units} unit(s) delivered {received}; a "
+            "fee-on-transfer or rebasing token breaks the distributor's accounting: pay with a plain ERC-20",
+            "token",
+        )
+    return True

@@ -185,10 +185,10 @@ class ClaimSyncConflictError(SettlementError):
 
     transient = True
 
-    def __init__(self, from_block: int) -> None:
+    def __init__(self, from_block: int, command: str = "sync-claims", what: str = "claims") -> None:
         self.from_block = from_block
         super().__init__(
-            f"another `royalty sync-claims` stored the claims from block {from_block} meanwhile; "
+            f"another `royalty {command}` stored the {what} from block {from_block} meanwhile; "
             "nothing was written by this run for that range: run it again"
         )
 
