@@ -15,7 +15,8 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING, Protocol
 
 from ingest import constants, native_records
-from ingest.errors import IngestConfigError, IngestSourceRacedError
+from ingest.errors import IngestBrokerUnreachableError, IngestConfigError, IngestSourceRacedError
+from ingest.kafka_security import KafkaSecurity
 from ledger import LedgerError
 from ledger.batch import FileSourcePosition, LineDigest
 
@@ -438,9 +439,14 @@ class KafkaSource:
         stored_offsets: Callable[[], dict[tuple[str, int], int]],
         on_revoked: Callable[[], None] | None = None,
         client_id: str = "royalty-ingest",
+        security: KafkaSecurity | None = None,
+        unreachable_s_max: float = constants.broker_unreachable_s_max_default,
     ) -> None:
         from kafka import KafkaConsumer
-        from kafka.errors import KafkaError
+        from kafka.errors import AuthorizationError, KafkaError, SaslAuthenticationFailedError
+
+        security = security or KafkaSecurity()
+        client_options = security.client_options()  # checked before any connection; never logged
 
         self.topics = list(topics)
         self.group_id = group_id
@@ -449,6 +455,7 @@ class KafkaSource:
         # Partitions assigned while the ledger could not tell their offsets: paused until it can.
         self._unpositioned: set = set()
         backoff_s = constants.broker_backoff_s_min
+        started = time.monotonic()
         while True:
             try:
                 self.consumer = KafkaConsumer(
@@ -462,9 +469,19 @@ class KafkaSource:
                     max_partition_fetch_bytes=8 * 1024 * 1024,
                     session_timeout_ms=10_000,
                     heartbeat_interval_ms=3_000,
+                    **client_options,
                 )
                 break
+            except (SaslAuthenticationFailedError, AuthorizationError) as error:
+                raise IngestConfigError(
+                    f"the Kafka broker at {bootstrap_servers} refused ingest's credentials ({security.describe()}): "
+                    f"{type(error).__name__}; check kafka_sasl_username, the password in ROYALTY_KAFKA_SASL_PASSWORD "
+                    "and the user's ACLs (READ on the topics and the group, DESCRIBE on the topics)"
+                ) from None
             except KafkaError:  # no broker reachable yet: kafka-python 3 raises its base error
+                waited_s = time.monotonic() - started
+                if waited_s + backoff_s > unreachable_s_max:
+                    raise IngestBrokerUnreachableError(bootstrap_servers, waited_s) from None
                 log.warning(
                     "kafka broker unreachable; retrying",
                     extra={"bootstrap_servers": bootstrap_servers, "retry_in_s": backoff_s},
@@ -501,7 +518,10 @@ class KafkaSource:
                     break
                 time.sleep(0.2)
             if not numbers:
-                raise IngestConfigError(f"topic `{topic}` does not exist on the broker (or has no partitions)")
+                raise IngestConfigError(
+                    f"topic `{topic}` does not exist on the broker (or has no partitions, or ingest's Kafka user "
+                    "may not DESCRIBE it: check its ACLs)"
+                )
             partitions += [TopicPartition(topic, number) for number in sorted(numbers)]
         self.consumer.assign(partitions)
         self._seek_partitions(partitions)
@@ -539,7 +559,7 @@ class KafkaSource:
         self._seek_partitions(list(self.consumer.assignment()))
 
     def poll(self, records_max: int, timeout_ms: int, bytes_max: int | None = None) -> Messages:
-        from kafka.errors import KafkaError
+        from kafka.errors import AuthorizationError, KafkaError
 
         messages = Messages()
         if self._unpositioned:
@@ -548,6 +568,11 @@ class KafkaSource:
                 self._seek_partitions(sorted(self._unpositioned))
         try:
             polled = self.consumer.poll(timeout_ms=timeout_ms, max_records=records_max, update_offsets=True)
+        except AuthorizationError as error:  # an ACL refused: retrying cannot cure it
+            raise IngestConfigError(
+                f"the Kafka broker refused ingest's user a read ({type(error).__name__}); grant it READ and "
+                "DESCRIBE on the topics (and READ on the consumer group when --group-id is set)"
+            ) from None
         except KafkaError as error:
             # An outage surfaces here as connection errors; the service reports it and retries.
             log.debug("poll failed", extra={"error": str(error)})

@@ -18,6 +18,7 @@ from royalty.common import (
     ConfigOption,
     DataPathOption,
     LakeOption,
+    registry_rules,
     require_ledger,
     stderr,
     stdout,
@@ -174,6 +175,7 @@ def settle_command(
                 tree_dir=tree_dir,
                 checks=checks,
                 from_block=logs_from,
+                rules=registry_rules(settings),
             )
     except RoyaltyError as error:
         _fail(error)

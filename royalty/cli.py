@@ -2,8 +2,9 @@
 
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.markup import escape
@@ -16,6 +17,8 @@ from royalty.common import (
     DataPathOption,
     LakeOption,
     exit_code_of,
+    kafka_security,
+    registry_rules,
     stderr,
     stdout,
 )
@@ -324,6 +327,7 @@ def ingest(
     import os
     import socket
 
+    from ingest.errors import IngestConfigError
     from ingest.metrics import IngestMetrics, serve_metrics
     from ingest.service import IngestService
     from ingest.sources import FileSource, KafkaSource
@@ -347,12 +351,27 @@ def ingest(
         config,
     )
     configure_logging(settings.log_format)
+    if not from_file and "bootstrap_servers" not in settings.model_fields_set:
+        # The default broker address is a guess: retrying it forever looked like a hang.
+        _fail(
+            IngestConfigError(
+                "no source to ingest: give --bootstrap-servers HOST:PORT (or set ROYALTY_BOOTSTRAP_SERVERS, or "
+                "bootstrap_servers in royalty.toml) to consume Kafka, or --from-file PATH ('-': stdin) to backfill"
+            )
+        )
     writer = f"{socket.gethostname()}:{os.getpid()}"
     try:
+        security = None if from_file else kafka_security(settings)  # a bad combination fails before the ledger
         ledger = Ledger.open(settings.lake, settings.data_path)
         metrics = IngestMetrics()
         if settings.metrics_port is not None:
-            serve_metrics(metrics, settings.metrics_port)
+            try:
+                serve_metrics(metrics, settings.metrics_port)
+            except OSError as error:
+                raise IngestConfigError(
+                    f"cannot serve metrics on port {settings.metrics_port}: {error.strerror}; pick another "
+                    "--metrics-port (ROYALTY_METRICS_PORT)"
+                ) from None
 
         def make_source(service: IngestService):
             if from_file:
@@ -365,6 +384,8 @@ def ingest(
                 ledger.stored_offsets,
                 on_revoked=service.flush,
                 client_id=writer,
+                security=security,
+                unreachable_s_max=settings.broker_unreachable_s_max,
             )
 
         service = IngestService(
@@ -385,10 +406,11 @@ def ingest(
     except RoyaltyError as error:
         _fail(error)
     stderr.print(
-        f"ingested {summary.messages} messages: {summary.events} events, {summary.duplicates} duplicates dropped, "
-        f"{summary.dead_letters} dead letters, in {summary.batches} batches ({summary.elapsed_s:.1f} s; "
+        f"ingested {summary.messages:,} messages: {summary.events:,} events, {summary.duplicates:,} duplicates "
+        f"dropped, {summary.dead_letters:,} dead letters, in {summary.batches:,} batches ({summary.elapsed_s:,.1f} s; "
         f"stopped by {summary.stopped_by})",
         highlight=False,
+        soft_wrap=True,
     )
 
 
@@ -398,15 +420,23 @@ def _report_unwrapped(text: str) -> None:
 
 @app.command("produce-sample")
 def produce_sample(
-    events: Annotated[int, typer.Option("--events", help="Inference events to produce.")] = 100_000,
-    bootstrap_servers: Annotated[str | None, typer.Option("--bootstrap-servers", help="Kafka HOST:PORT.")] = None,
+    events: Annotated[int, typer.Option("--events", min=1, help="Inference events to produce.")] = 100_000,
+    bootstrap_servers: Annotated[
+        str | None, typer.Option("--bootstrap-servers", help="Kafka HOST:PORT. [env ROYALTY_BOOTSTRAP_SERVERS]")
+    ] = None,
     topic: Annotated[str | None, typer.Option("--topic", help="Topic to produce to.")] = None,
     to_file: Annotated[Path | None, typer.Option("--to-file", help="Write JSON lines here instead of Kafka.")] = None,
-    duplicates_ppm: Annotated[int, typer.Option("--duplicates-ppm", help="Exact duplicates per million.")] = 10_000,
-    conflicts_ppm: Annotated[int, typer.Option("--conflicts-ppm", help="Conflicting duplicates per million.")] = 1_000,
-    invalid_ppm: Annotated[int, typer.Option("--invalid-ppm", help="Invalid messages per million.")] = 10_000,
-    models: Annotated[int, typer.Option("--models", help="Models, some derived from others.")] = 20,
-    contributors: Annotated[int, typer.Option("--contributors", help="Contributors.")] = 200,
+    duplicates_ppm: Annotated[
+        int, typer.Option("--duplicates-ppm", min=0, max=1_000_000, help="Exact duplicates per million.")
+    ] = 10_000,
+    conflicts_ppm: Annotated[
+        int, typer.Option("--conflicts-ppm", min=0, max=1_000_000, help="Conflicting duplicates per million.")
+    ] = 1_000,
+    invalid_ppm: Annotated[
+        int, typer.Option("--invalid-ppm", min=0, max=1_000_000, help="Invalid messages per million.")
+    ] = 10_000,
+    models: Annotated[int, typer.Option("--models", min=1, help="Models, some derived from others.")] = 20,
+    contributors: Annotated[int, typer.Option("--contributors", min=1, help="Contributors.")] = 200,
     seed: Annotated[int, typer.Option("--seed", help="Random seed; the same seed gives the same traffic.")] = 7,
     config: ConfigOption = None,
 ) -> None:
@@ -416,9 +446,21 @@ def produce_sample(
     from ingest.producer import produce_sample_traffic
 
     settings = load_settings({"bootstrap_servers": bootstrap_servers, "topics": (topic,) if topic else None}, config)
+    if to_file is None and "bootstrap_servers" not in settings.model_fields_set:
+        _fail(
+            ValueError(
+                "no destination: give --to-file PATH to write JSON lines, or --bootstrap-servers HOST:PORT (or "
+                "ROYALTY_BOOTSTRAP_SERVERS) to produce to Kafka"
+            )
+        )
+    if to_file is not None and to_file.is_dir():
+        _fail(ValueError(f"--to-file `{to_file}` is a folder; give a file path, e.g. {to_file / 'sample.jsonl'}"))
+    if to_file is not None and not to_file.parent.is_dir():
+        _fail(ValueError(f"--to-file `{to_file}`: the folder `{to_file.parent}` does not exist; create it first"))
     with Progress(console=stderr, transient=True) as progress:
         task = progress.add_task("producing", total=events)
-        counts = produce_sample_traffic(
+        counts = _produce(
+            produce_sample_traffic,
             events=events,
             bootstrap_servers=None if to_file else settings.bootstrap_servers,
             topic=settings.topics[0],
@@ -432,9 +474,26 @@ def produce_sample(
             on_progress=lambda done: progress.update(task, completed=done),
         )
     stderr.print(
-        " ".join(f"{name}={count}" for name, count in counts.items()) + f" -> {to_file or settings.topics[0]}",
+        " ".join(f"{name}={count:,}" for name, count in counts.items()) + f" -> {to_file or settings.topics[0]}",
         highlight=False,
+        soft_wrap=True,
     )
+
+
+def _produce(produce: Callable[..., dict[str, int]], **arguments: Any) -> dict[str, int]:
+    """Run `produce`; a broker that cannot be reached is an error naming it (exit 75), not a traceback."""
+    from kafka.errors import KafkaError
+
+    try:
+        return produce(**arguments)
+    except KafkaError as error:
+        _fail(
+            RoyaltyError(
+                f"cannot produce to Kafka at `{arguments['bootstrap_servers']}`: {type(error).__name__} {error}; "
+                "check --bootstrap-servers and that the broker runs"
+            ),
+            exit_code=75,
+        )
 
 
 @app.command("close-epoch")
@@ -466,7 +525,9 @@ def close_epoch_command(
                 bar.update(task, description=step, completed=done, total=total)
 
             checks = InputChecks(accept_unverified_files, accept_unreconciled)
-            summary = close_epoch(ledger, dry_run=dry_run, progress=progress, checks=checks)
+            summary = close_epoch(
+                ledger, dry_run=dry_run, progress=progress, checks=checks, rules=registry_rules(settings)
+            )
     except RoyaltyError as error:
         _fail(error)
     render_summary(summary, stdout)

@@ -4,11 +4,19 @@ A module of its own because `royalty.cli` imports the command modules, and `pyth
 runs cli as `__main__`: importing these back from cli would execute it a second time.
 """
 
-from typing import Annotated, NoReturn
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, NoReturn
 
 import typer
 from rich.console import Console
 from rich.markup import escape
+
+if TYPE_CHECKING:
+    from ingest.kafka_security import KafkaSecurity
+    from royalty.config import Settings
+    from settlement.engine.authority import RegistryRules
 
 stdout = Console()
 stderr = Console(stderr=True)
@@ -71,3 +79,49 @@ def require_ledger(lake: str, data_path: str | None) -> None:
         fail(error)
     if not location.exists():
         fail(LedgerNotFoundError(location.display))
+
+
+def require_output_file(path: Path, flag: str) -> None:
+    """Refuse (exit 2) an output file path that cannot be written: a folder, or inside a missing folder."""
+    if path.is_dir():
+        fail(ValueError(f"{flag} `{path}` is a folder; give a file path, e.g. {flag} {path / 'report.html'}"))
+    if not path.parent.is_dir():
+        fail(
+            ValueError(
+                f"{flag} `{path}`: the folder `{path.parent}` does not exist; create it (mkdir -p {path.parent}) "
+                f"or give another {flag}"
+            )
+        )
+
+
+def require_output_folder(path: Path, flag: str) -> None:
+    """Refuse (exit 2) an output folder path that is a file (or lies under one)."""
+    for part in (path, *path.parents):
+        if part.exists() and not part.is_dir():
+            fail(ValueError(f"{flag} `{path}`: `{part}` is a file, not a folder; give a folder (created if missing)"))
+
+
+def registry_rules(settings: Settings) -> RegistryRules:
+    """The operator registry's rules (`settlement.engine.authority`) from the settings."""
+    from settlement.engine.authority import RegistryRules
+
+    return RegistryRules(dict(settings.registry_sources), tuple(settings.reversal_sources), settings.policy_notice_s)
+
+
+def kafka_security(settings: Settings) -> KafkaSecurity:
+    """How the Kafka clients authenticate (`ingest.kafka_security`), checked: a bad combination is a clear error."""
+    from ingest.kafka_security import KafkaSecurity
+
+    security = KafkaSecurity(
+        settings.kafka_security_protocol,
+        settings.kafka_sasl_mechanism,
+        settings.kafka_sasl_username,
+        settings.kafka_sasl_password,
+        settings.kafka_ssl_cafile,
+        settings.kafka_ssl_certfile,
+        settings.kafka_ssl_keyfile,
+        settings.kafka_ssl_password,
+        settings.kafka_ssl_check_hostname,
+    )
+    security.check()
+    return security

@@ -16,12 +16,19 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from annotated_types import Ge, Le
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict
 
-from ingest.constants import batch_bytes_max_default, batch_bytes_max_limit, batch_records_max_limit
+from ingest.constants import (
+    batch_bytes_max_default,
+    batch_bytes_max_limit,
+    batch_records_max_limit,
+    broker_unreachable_s_max_default,
+    broker_unreachable_s_max_limit,
+)
 from royalty.exceptions import ConfigError
-from schemas.limits import event_time_future_s_max_default, event_time_future_s_max_limit
+from schemas.events import registry_event_types as registry_types
+from schemas.limits import event_time_future_s_max_default, event_time_future_s_max_limit, policy_notice_s_max
 
 config_file_default = "royalty.toml"
 env_prefix = "ROYALTY_"
@@ -69,6 +76,28 @@ class Settings(BaseSettings):
     # NoDecode: the environment gives a comma-separated list (`a,b`), not JSON.
     topics: Annotated[tuple[str, ...], NoDecode] = _setting(("inference-events",), "Kafka topics to ingest.")
     group_id: str | None = _setting(None, "Kafka consumer group; unset: one process assigns all partitions.")
+    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = _setting(
+        "PLAINTEXT", "How ingest connects to Kafka: PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL (docs/operations.md)."
+    )
+    kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = _setting(
+        None, "SASL mechanism with a SASL_* protocol: PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512."
+    )
+    kafka_sasl_username: str | None = _setting(None, "SASL user ingest authenticates as.")
+    kafka_sasl_password: SecretStr | None = _setting(
+        None, "SASL password: set ROYALTY_KAFKA_SASL_PASSWORD (never a flag); never logged.", secret=True
+    )
+    kafka_ssl_cafile: str | None = _setting(None, "PEM file of the CA that signed the brokers' certificates.")
+    kafka_ssl_certfile: str | None = _setting(None, "PEM file of ingest's client certificate (mutual TLS).")
+    kafka_ssl_keyfile: str | None = _setting(None, "PEM file of the client certificate's private key.")
+    kafka_ssl_password: SecretStr | None = _setting(
+        None, "Password of an encrypted client key: set ROYALTY_KAFKA_SSL_PASSWORD; never logged.", secret=True
+    )
+    kafka_ssl_check_hostname: bool = _setting(True, "Check that a broker's certificate names its host.")
+    broker_unreachable_s_max: int = _setting(
+        broker_unreachable_s_max_default,
+        "Seconds `ingest` waits for a broker it has never reached since start before it exits 75.",
+        (1, broker_unreachable_s_max_limit),
+    )
     asset: str = _setting("USDC", "The one asset fees are accepted in; other assets become dead letters.")
     batch_records_max: int = _setting(50_000, "Most messages in one ledger append.", (1, batch_records_max_limit))
     batch_bytes_max: int = _setting(
@@ -109,6 +138,21 @@ class Settings(BaseSettings):
         "Block the registry was deployed in (`royalty deploy-registry` prints it); its events are read from there.",
         (0, 2**63 - 1),
     )
+    # NoDecode: TOML gives a table, the environment JSON (`{"ai.split-policy.set.v1": ["//governance"]}`).
+    registry_sources: dict[str, tuple[str, ...]] = _setting(
+        {},
+        "Operator registry: per registry event type, the CloudEvents sources that may write it for any id "
+        "(a listed type admits new ids only from them); others only for the ids their source registered.",
+    )
+    reversal_sources: Annotated[tuple[str, ...], NoDecode] = _setting(
+        (), "Sources that may reverse any source's events (besides the event's own source), comma-separated."
+    )
+    policy_notice_s: int | None = _setting(
+        None,
+        "Operator registry: refuse a policy change (not a model's first) taking effect sooner than this many "
+        "seconds after it arrives; unset: no notice (historical backfills load).",
+        (0, policy_notice_s_max),
+    )
     keystore: str | None = _setting(None, "Encrypted keystore file of the signing key (password: env).")
     tree_dir: str | None = _setting(None, "Folder of per-epoch tree JSON files; unset: `<lake>/trees` (folder lake).")
     confirm_timeout_s: int = _setting(600, "Longest wait for a settlement tx's receipt and confirmations.", (1, 86_400))
@@ -134,7 +178,15 @@ class Settings(BaseSettings):
         # Highest first: flags (init arguments), ROYALTY_* env, deprecated env names, the TOML file.
         return init_settings, env_settings, _DeprecatedEnvSource(settings_cls), _TomlSource(settings_cls)
 
-    @field_validator("topics", mode="before")
+    @field_validator("registry_sources")
+    @classmethod
+    def _registry_event_types(cls, value: dict[str, tuple[str, ...]]) -> dict[str, tuple[str, ...]]:
+        unknown = sorted(set(value) - set(registry_types))
+        if unknown:
+            raise ValueError(f"keys {unknown} are not registry event types; use {list(registry_types)}")
+        return value
+
+    @field_validator("topics", "reversal_sources", mode="before")
     @classmethod
     def _split_topics(cls, value: Any) -> Any:
         if isinstance(value, str):

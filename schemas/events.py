@@ -160,3 +160,6 @@ event_types: dict[str, EventType] = {
         _event_type("ai.split-policy.set.v1", SplitPolicySet, "split_policy_set"),
     )
 }
+
+# The operator registry's event types: who may write each is decided at settlement (settlement.engine.authority).
+registry_event_types = ("ai.model.registered.v1", "ai.contributor.registered.v1", "ai.split-policy.set.v1")

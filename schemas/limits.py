@@ -40,6 +40,9 @@ event_year_min = 2000
 # `effective_from` is data, not the envelope time, and may lie in the future.
 event_time_future_s_max_default = 300
 event_time_future_s_max_limit = 7 * 86_400
+# The longest policy notice an operator registry may require (`policy_notice_s`): a year, past which a
+# policy change could never take effect within a model's life.
+policy_notice_s_max = 366 * 86_400
 
 require(message_bytes_max >= 4096, "a single metering event must fit comfortably")
 require(fee_micros_max * 10**8 < 2**127, "a day of maximal fees must fit in a 128-bit sum")

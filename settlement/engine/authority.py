@@ -26,12 +26,10 @@ from datetime import datetime, timedelta
 
 import polars as pl
 
+from schemas.events import registry_event_types
 from schemas.reason_codes import ReasonCode
 
-model_type = "ai.model.registered.v1"
-contributor_type = "ai.contributor.registered.v1"
-policy_type = "ai.split-policy.set.v1"
-registry_types = (model_type, contributor_type, policy_type)
+model_type, contributor_type, policy_type = registry_types = registry_event_types
 arrival_columns = ["known_snapshot", "kafka_topic", "kafka_partition", "kafka_offset", "event_id"]
 # What names a stored record in its dead letter (which has no `source` column).
 position_columns = ["kafka_topic", "kafka_partition", "kafka_offset", "event_id"]

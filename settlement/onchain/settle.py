@@ -35,10 +35,10 @@ from web3.contract import Contract
 from web3.logs import DISCARD
 
 from ledger import recorder
-from ledger.connection import catalog_alias
 from ledger.ledger import Ledger
 from schemas.errors import require
 from settlement.closing import EpochSummary, close_epoch, closed_by_another_message
+from settlement.engine.authority import RegistryRules
 from settlement.input_checks import InputChecks, verify_close_inputs, verify_settle_inputs
 from settlement.ledger_io import Progress, plan_from_ledger
 from settlement.onchain import tables as settle_tables
@@ -46,6 +46,7 @@ from settlement.onchain.chain import (
     Chain,
     SignedTx,
     broadcast,
+    local_chain_ids,
     node_unreachable_errors,
     preflight,
     sign,
@@ -58,13 +59,13 @@ from settlement.onchain.chain_logs import log_start_block, read_logs
 from settlement.onchain.exceptions import (
     ChainLedgerMismatchError,
     ChainUnavailableError,
+    FundingRefusedError,
     NonceGapError,
     SettleConflictError,
 )
 from settlement.onchain.merkle import MerkleTree
 from settlement.onchain.payout_tree import EpochTree, build_epoch_tree, write_dump
 
-_t = f"{catalog_alias}.main"
 # The step locks (`Ledger.step_lock`) of settle's writes: one writer of each at a time, on any catalog.
 tree_step, propose_step, record_step = "settle-tree", "settle-propose", "settle-record"
 _steps = ["close epoch", "build tree", "write tree", "check chain", "fund", "propose", "confirm", "record"]
@@ -115,7 +116,7 @@ def _frame(connection: duckdb.DuckDBPyConnection, sql: str, params: list | None 
 
 def _latest_epoch(connection: duckdb.DuckDBPyConnection) -> tuple[int, int] | None:
     row = connection.execute(
-        f"SELECT epoch, closing_snapshot FROM {_t}.settlement_epoch ORDER BY epoch DESC LIMIT 1"
+        f"SELECT epoch, closing_snapshot FROM {recorder.table('settlement_epoch')} ORDER BY epoch DESC LIMIT 1"
     ).fetchone()
     return None if row is None else (int(row[0]), int(row[1]))
 
@@ -123,7 +124,8 @@ def _latest_epoch(connection: duckdb.DuckDBPyConnection) -> tuple[int, int] | No
 def _payables(connection: duckdb.DuckDBPyConnection, epoch_max: int) -> pl.DataFrame:
     return _frame(
         connection,
-        f"SELECT epoch, recipient, amount_micros, payout_address FROM {_t}.settlement_payable WHERE epoch <= ?",
+        "SELECT epoch, recipient, amount_micros, payout_address "
+        f"FROM {recorder.table('settlement_payable')} WHERE epoch <= ?",
         [epoch_max],
     )
 
@@ -132,7 +134,7 @@ def read_stored_tree(connection: duckdb.DuckDBPyConnection, epoch: int) -> Epoch
     """The tree `settle` wrote for `epoch`, rebuilt from its proof rows and checked against its root."""
     root_row = connection.execute(
         f"""SELECT closing_snapshot, root, ledger_digest, unaddressed_units, total_units, leaf_count
-            FROM {_t}.settlement_root WHERE epoch = ?""",
+            FROM {recorder.table('settlement_root')} WHERE epoch = ?""",
         [epoch],
     ).fetchone()
     if root_row is None:
@@ -140,7 +142,7 @@ def read_stored_tree(connection: duckdb.DuckDBPyConnection, epoch: int) -> Epoch
     closing_snapshot, root, digest, unaddressed_units, total_units, leaf_count = root_row
     leaves = _frame(
         connection,
-        f"SELECT account, cumulative_units FROM {_t}.settlement_proof WHERE epoch = ? ORDER BY account",
+        f"SELECT account, cumulative_units FROM {recorder.table('settlement_proof')} WHERE epoch = ? ORDER BY account",
         [epoch],
     )
     tree = MerkleTree.build(leaves["account"].to_list(), leaves["cumulative_units"].to_list())
@@ -192,7 +194,7 @@ def write_tree(ledger: Ledger, tree: EpochTree) -> int:
 
     def first_tree(connection: duckdb.DuckDBPyConnection) -> None:
         (count,) = connection.execute(
-            f"SELECT count(*) FROM {_t}.settlement_root WHERE epoch = ?", [tree.epoch]
+            f"SELECT count(*) FROM {recorder.table('settlement_root')} WHERE epoch = ?", [tree.epoch]
         ).fetchone()
         if count:
             raise SettleConflictError(tree.epoch, "another `royalty settle` wrote this epoch's tree meanwhile")
@@ -222,7 +224,7 @@ def _write_tree_once(ledger: Ledger, tree: EpochTree) -> EpochTree:
 def _records(connection: duckdb.DuckDBPyConnection, table: str, epoch: int, chain_id: int, contract: str) -> list:
     return _frame(
         connection,
-        f"SELECT * FROM {_t}.{table} WHERE epoch = ? AND chain_id = ? AND lower(contract) = lower(?)",
+        f"SELECT * FROM {recorder.table(table)} WHERE epoch = ? AND chain_id = ? AND lower(contract) = lower(?)",
         [epoch, chain_id, contract],
     ).to_dicts()
 
@@ -244,7 +246,7 @@ def _logs_from_block(ledger: Ledger, chain: Chain, distributor: Contract, epoch:
     """Where the epoch's RootProposed / RootRevoked logs can start: not before the distributor's deployment,
     nor before the previous epoch's proposal this ledger recorded (epochs only grow on the contract)."""
     (previous,) = ledger.connection.execute(
-        f"""SELECT max(block_number) FROM {_t}.settlement_record
+        f"""SELECT max(block_number) FROM {recorder.table('settlement_record')}
             WHERE chain_id = ? AND lower(contract) = lower(?) AND epoch < ?""",
         [chain.chain_id, distributor.address, epoch],
     ).fetchone()
@@ -283,6 +285,8 @@ def settle(
     tree_dir: Path | None = None,
     checks: InputChecks | None = None,
     from_block: int | None = None,
+    funding_units_max: int | None = None,
+    rules: RegistryRules | None = None,
 ) -> SettlementResult:
     """Settle the latest epoch on `distributor`: close it if needed, write its tree, fund, propose, record.
 
@@ -301,15 +305,59 @@ def settle(
     the contract's decoded error when a preflight call reverts, `ChainUnavailableError` when the node
     stops answering between steps (waiting for confirmations rides out a restart), and
     `TransactionDroppedError` when a reorganisation or a node restart drops a sent transaction.
+
+    Funding: a shortfall is pulled from the distributor's treasury (`fund`, through the allowance the
+    treasury gave the distributor), at most `funding_units_max` units per run; above that, or without a cap
+    off a local chain, `FundingRefusedError` names the figures before anything is sent.
     """
     try:
-        return _settle(ledger, chain, distributor, dry_run, progress, tree_dir, checks or InputChecks(), from_block)
+        return _settle(
+            ledger,
+            chain,
+            distributor,
+            dry_run,
+            progress,
+            tree_dir,
+            checks or InputChecks(),
+            from_block,
+            funding_units_max,
+            rules,
+        )
     except node_unreachable_errors as error:
         raise ChainUnavailableError(
             chain.rpc_url,
             f"{type(error).__name__}; nothing unconfirmed is recorded as settled, and a rerun resumes from what "
             "the chain and the ledger hold without proposing twice",
         ) from None
+
+
+@dataclass(frozen=True)
+class Funding:
+    """What the distributor holds against what the tree's total needs (token units)."""
+
+    total_units: int
+    claimed_units: int
+    balance_units: int
+
+    @property
+    def shortfall_units(self) -> int:
+        return max(0, self.total_units - self.claimed_units - self.balance_units)
+
+
+@dataclass(frozen=True)
+class SettlePlan:
+    """What a settle run does next, read from the ledger and the chain without writing or sending anything.
+
+    `found`: the epoch's proposal already on the chain, in the node or recorded (see `_check_chain`);
+    `funding`: the distributor's figures when a proposal is to be sent.
+    """
+
+    tree: EpochTree | None
+    closed: EpochSummary | None = None
+    notes: tuple[str, ...] = ()
+    logs_from: int = 0
+    found: dict | None = None
+    funding: Funding | None = None
 
 
 def _settle(
@@ -321,83 +369,140 @@ def _settle(
     tree_dir: Path | None,
     checks: InputChecks,
     from_block: int | None,
+    funding_units_max: int | None = None,
+    rules: RegistryRules | None = None,
 ) -> SettlementResult:
     step = progress or (lambda name, done, total: None)
-    total_steps = len(_steps)
-    step(_steps[0], 0, total_steps)
-    contract = distributor.address
-    closed, tree = None, None
-    notes: list[str] = []
+    step(_steps[0], 0, len(_steps))
     if dry_run:
-        tree = _dry_run_tree(ledger, checks)
+        tree, closed, notes = _dry_run_tree(ledger, checks, rules), None, ()
     else:
-        summary = close_epoch(ledger, checks=checks)
-        closed = None if summary.noop or summary.closed_by_another else summary
-        if summary.closed_by_another:
-            notes.append(closed_by_another_message(summary.epoch))
-        latest = _latest_epoch(ledger.connection)
-        if latest is not None:
-            step(_steps[1], 1, total_steps)
-            verify_settle_inputs(ledger, latest[0], checks)
-            tree = read_stored_tree(ledger.connection, latest[0])
-            rebuilt = build_epoch_tree(*latest, _payables(ledger.connection, latest[0]))
-            require(
-                tree is None or (rebuilt is not None and rebuilt.tree.root == tree.tree.root),
-                f"epoch {latest[0]}: the ledger's payables still give the stored root",
-            )
-            tree = tree or rebuilt
-    if tree is None:
-        return SettlementResult(
-            SettleOutcome.nothing_to_settle, chain_id=chain.chain_id, contract=contract, closed=closed, notes=notes
-        )
+        tree, closed, notes = _close_and_read_tree(ledger, checks, step, rules)
+    plan = plan_settlement(ledger, chain, distributor, tree, from_block, funding_units_max)
+    plan = SettlePlan(plan.tree, closed, notes, plan.logs_from, plan.found, plan.funding)
+    if dry_run:
+        return _dry_run_result(chain, distributor, plan)
+    return _apply(ledger, chain, distributor, plan, step, tree_dir, funding_units_max)
 
-    # The chain is read before anything is written, so a mismatch leaves the ledger as it was.
-    step(_steps[3], 3, total_steps)
+
+def _close_and_read_tree(
+    ledger: Ledger, checks: InputChecks, step: Any, rules: RegistryRules | None = None
+) -> tuple:
+    """Close the epoch if there is one to close; return the latest epoch's tree (stored, else built)."""
+    summary = close_epoch(ledger, checks=checks, rules=rules)
+    closed = None if summary.noop or summary.closed_by_another else summary
+    notes = (closed_by_another_message(summary.epoch),) if summary.closed_by_another else ()
+    latest = _latest_epoch(ledger.connection)
+    if latest is None:
+        return None, closed, notes
+    step(_steps[1], 1, len(_steps))
+    verify_settle_inputs(ledger, latest[0], checks)
+    tree = read_stored_tree(ledger.connection, latest[0])
+    rebuilt = build_epoch_tree(*latest, _payables(ledger.connection, latest[0]))
+    require(
+        tree is None or (rebuilt is not None and rebuilt.tree.root == tree.tree.root),
+        f"epoch {latest[0]}: the ledger's payables still give the stored root",
+    )
+    return tree or rebuilt, closed, notes
+
+
+def plan_settlement(
+    ledger: Ledger,
+    chain: Chain,
+    distributor: Contract,
+    tree: EpochTree | None,
+    from_block: int | None,
+    funding_units_max: int | None,
+) -> SettlePlan:
+    """Read-only: what the chain holds for the tree's epoch, and the funding a proposal needs (checked
+    against the run's cap and the treasury's allowance). Raises on a mismatch or a refused funding."""
+    if tree is None:
+        return SettlePlan(None)
     logs_from = _logs_from_block(ledger, chain, distributor, tree.epoch, from_block)
     found = _check_chain(ledger, chain, distributor, tree, logs_from)
-    if not dry_run and tree.tree_snapshot is None:
-        step(_steps[2], 2, total_steps)
-        tree = _write_tree_once(ledger, tree)
-    base = {
+    if found is not None:
+        return SettlePlan(tree, logs_from=logs_from, found=found)
+    funding = _funding(chain, distributor, tree.tree.total_amount_units)
+    check_funding(chain, distributor, tree.epoch, funding, funding_units_max)
+    return SettlePlan(tree, logs_from=logs_from, funding=funding)
+
+
+def _base(chain: Chain, distributor: Contract, plan: SettlePlan, tree: EpochTree) -> dict:
+    return {
         "epoch": tree.epoch,
         "root": tree.tree.root_hex,
         "total_units": tree.tree.total_amount_units,
         "leaf_count": len(tree.tree),
         "unaddressed_units": tree.unaddressed_units,
         "chain_id": chain.chain_id,
-        "contract": contract,
+        "contract": distributor.address,
         "tree_snapshot": tree.tree_snapshot,
-        "closed": closed,
+        "closed": plan.closed,
+        "notes": list(plan.notes),
     }
-    if tree_dir is not None and not dry_run:
-        base["tree_path"] = str(write_dump(tree_dir, tree))
-    base["notes"] = notes
-    if found is not None and dry_run and found["outcome"] != SettleOutcome.already_recorded:
-        return SettlementResult(
-            SettleOutcome.dry_run, **{**base, "notes": [*notes, f"would record tx {found['tx_hash']}, already sent"]}
-        )
-    if found is not None:
-        return _finish_found(ledger, chain, distributor, tree, base, found, step)
-    if dry_run:
-        token = token_contract(chain, distributor)
-        shortfall_units = _shortfall_units(chain, distributor, token, tree.tree.total_amount_units)
-        if shortfall_units:
-            notes.append(f"would transfer {shortfall_units} units to the distributor")
-        else:
-            preflight(chain, _propose_call(distributor, tree), f"proposeRoot(epoch {tree.epoch})")
-        return SettlementResult(SettleOutcome.dry_run, **base, funded_units=shortfall_units)
 
+
+def _nothing(chain: Chain, distributor: Contract, plan: SettlePlan) -> SettlementResult:
+    return SettlementResult(
+        SettleOutcome.nothing_to_settle,
+        chain_id=chain.chain_id,
+        contract=distributor.address,
+        closed=plan.closed,
+        notes=list(plan.notes),
+    )
+
+
+def _dry_run_result(chain: Chain, distributor: Contract, plan: SettlePlan) -> SettlementResult:
+    """What a real run would do, from the plan alone (the proposal is preflighted when it is fundable)."""
+    if plan.tree is None:
+        return _nothing(chain, distributor, plan)
+    base = _base(chain, distributor, plan, plan.tree)
+    found = plan.found
+    if found is not None and found["outcome"] == SettleOutcome.already_recorded:
+        return SettlementResult(**base, **found)
+    if found is not None:
+        base["notes"].append(f"would record tx {found['tx_hash']}, already sent")
+        return SettlementResult(SettleOutcome.dry_run, **base)
+    shortfall_units = plan.funding.shortfall_units if plan.funding else 0
+    if shortfall_units:
+        base["notes"].append(f"would pull {shortfall_units} units from the treasury into the distributor")
+    else:
+        preflight(chain, _propose_call(distributor, plan.tree), f"proposeRoot(epoch {plan.tree.epoch})")
+    return SettlementResult(SettleOutcome.dry_run, **base, funded_units=shortfall_units)
+
+
+def _apply(
+    ledger: Ledger,
+    chain: Chain,
+    distributor: Contract,
+    plan: SettlePlan,
+    step: Any,
+    tree_dir: Path | None,
+    funding_units_max: int | None,
+) -> SettlementResult:
+    """Write the tree (once), then fund, propose and record, or record a proposal already on the chain."""
+    if plan.tree is None:
+        return _nothing(chain, distributor, plan)
+    tree = plan.tree
+    if tree.tree_snapshot is None:
+        step(_steps[2], 2, len(_steps))
+        tree = _write_tree_once(ledger, tree)
+    base = _base(chain, distributor, plan, tree)
+    if tree_dir is not None:
+        base["tree_path"] = str(write_dump(tree_dir, tree))
+    if plan.found is not None:
+        return _finish_found(ledger, chain, distributor, tree, base, plan.found, step)
     # One proposer at a time: under the lock the chain and the ledger are asked again, so a run that
     # waited for another one's proposal finds it (and records it) instead of proposing again.
     with ledger.step_lock(propose_step):
-        found = _check_chain(ledger, chain, distributor, tree, logs_from)
+        found = _check_chain(ledger, chain, distributor, tree, plan.logs_from)
         if found is None:
-            signed, shortfall_units = _fund_and_send(ledger, chain, distributor, tree, step)
+            signed, shortfall_units = _fund_and_send(ledger, chain, distributor, tree, step, funding_units_max)
     if found is not None:
         return _finish_found(ledger, chain, distributor, tree, base, found, step)
-    step(_steps[6], 6, total_steps)
+    step(_steps[6], 6, len(_steps))
     receipt = wait_confirmed(chain, signed.tx_hash, f"proposeRoot(epoch {tree.epoch})")
-    step(_steps[7], 7, total_steps)
+    step(_steps[7], 7, len(_steps))
     recorded = _record(ledger, chain, tree, distributor, signed.tx_hash, receipt, SettleOutcome.proposed)
     return SettlementResult(**base, funded_units=shortfall_units, **recorded)
 
@@ -416,15 +521,17 @@ def _finish_found(
 
 
 def _fund_and_send(
-    ledger: Ledger, chain: Chain, distributor: Contract, tree: EpochTree, step: Any
+    ledger: Ledger, chain: Chain, distributor: Contract, tree: EpochTree, step: Any, funding_units_max: int | None
 ) -> tuple[SignedTx, int]:
-    """Fund the distributor's shortfall, sign the proposal, record the intent, send it (propose lock held)."""
+    """Pull the distributor's shortfall from the treasury, sign the proposal, record the intent, send it
+    (propose lock held). The settler's key holds no funds: `fund` moves tokens only treasury → distributor."""
     contract = distributor.address
-    token = token_contract(chain, distributor)
-    shortfall_units = _shortfall_units(chain, distributor, token, tree.tree.total_amount_units)
+    funding = _funding(chain, distributor, tree.tree.total_amount_units)
+    check_funding(chain, distributor, tree.epoch, funding, funding_units_max)
+    shortfall_units = funding.shortfall_units
     step(_steps[4], 4, len(_steps))
     if shortfall_units:
-        transact(chain, token.functions.transfer(contract, shortfall_units), "fund the distributor")
+        transact(chain, distributor.functions.fund(shortfall_units), "fund the distributor from the treasury")
     step(_steps[5], 5, len(_steps))
     call = _propose_call(distributor, tree)
     action = f"proposeRoot(epoch {tree.epoch})"
@@ -480,22 +587,58 @@ def _propose_call(distributor: Contract, tree: EpochTree) -> Any:
     )
 
 
-def _shortfall_units(chain: Chain, distributor: Contract, token: Contract, total_units: int) -> int:
+def _funding(chain: Chain, distributor: Contract, total_units: int) -> Funding:
     if not chain.embedded and chain.signer is not None:
-        # A funding transfer of a killed run may still be pending; count it before topping up again.
+        # A funding transaction of a killed run may still be pending; count it before topping up again.
         wait_no_pending(chain)
+    token = token_contract(chain, distributor)
     claimed_units = distributor.functions.totalClaimed().call()
-    balance_units = token.functions.balanceOf(distributor.address).call()
-    return max(0, total_units - claimed_units - balance_units)
+    return Funding(total_units, claimed_units, token.functions.balanceOf(distributor.address).call())
 
 
-def _dry_run_tree(ledger: Ledger, checks: InputChecks) -> EpochTree | None:
+def check_funding(
+    chain: Chain, distributor: Contract, epoch: int, funding: Funding, funding_units_max: int | None
+) -> None:
+    """Refuse (`FundingRefusedError`, with the figures) a shortfall above the run's cap, or one the treasury
+    has not approved or does not hold. Without a cap, funding is refused off a local chain."""
+    shortfall_units = funding.shortfall_units
+    if not shortfall_units:
+        return
+    figures = (
+        f"the tree's total {funding.total_units} − claimed {funding.claimed_units} − the distributor's balance "
+        f"{funding.balance_units} = {shortfall_units} units to fund"
+    )
+    if funding_units_max is None and chain.chain_id not in local_chain_ids:
+        raise FundingRefusedError(
+            epoch,
+            f"{figures}, and this run has no funding cap: pass --funding-cap-units (the most one run may "
+            "pull from the treasury) after checking the epoch's payables",
+        )
+    if funding_units_max is not None and shortfall_units > funding_units_max:
+        raise FundingRefusedError(
+            epoch,
+            f"{figures}, above this run's cap of {funding_units_max} (--funding-cap-units): check the "
+            "epoch's payables (`royalty statement`), then raise the cap for this run if they are right",
+        )
+    token = token_contract(chain, distributor)
+    treasury = distributor.functions.treasury().call()
+    allowance_units = token.functions.allowance(treasury, distributor.address).call()
+    held_units = token.functions.balanceOf(treasury).call()
+    if allowance_units < shortfall_units or held_units < shortfall_units:
+        raise FundingRefusedError(
+            epoch,
+            f"{figures}, but the treasury {treasury} holds {held_units} and allows the distributor "
+            f"{allowance_units}: have the treasury approve the distributor (ERC-20 approve) and hold the units",
+        )
+
+
+def _dry_run_tree(ledger: Ledger, checks: InputChecks, rules: RegistryRules | None = None) -> EpochTree | None:
     latest = _latest_epoch(ledger.connection)
     if latest is not None:
         verify_settle_inputs(ledger, latest[0], checks)
     payables = _payables(ledger.connection, latest[0] if latest else 0)
     plan, _ = plan_from_ledger(
-        ledger, check_inputs=lambda prior, closing: verify_close_inputs(ledger, prior, closing, checks)
+        ledger, check_inputs=lambda prior, closing: verify_close_inputs(ledger, prior, closing, checks), rules=rules
     )
     if not plan.noop:
         new_rows = plan.payables.select(

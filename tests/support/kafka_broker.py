@@ -102,11 +102,13 @@ class KafkaBroker:
     and see every record written before the restart.
     """
 
-    def __init__(self, state_dir: Path, *, heap_mb: int = HEAP_MB_DEFAULT) -> None:
+    def __init__(self, state_dir: Path, *, heap_mb: int = HEAP_MB_DEFAULT, sasl: bool = False) -> None:
         self.state_dir = Path(state_dir)
         self.heap_mb = heap_mb
+        self.sasl = sasl
         self.port: int | None = None
         self.controller_port: int | None = None
+        self.sasl_port: int | None = None
         self.start_duration_s: float | None = None
 
     @property
@@ -115,6 +117,13 @@ class KafkaBroker:
         if self.port is None:
             raise KafkaBrokerError("the broker has not been started yet; call start() first")
         return f"127.0.0.1:{self.port}"
+
+    @property
+    def sasl_bootstrap_servers(self) -> str:
+        """`host:port` of the SASL_PLAINTEXT (SCRAM) listener, where ACLs decide (a broker made with sasl=True)."""
+        if self.sasl_port is None:
+            raise KafkaBrokerError("the broker has no SASL listener; make it with sasl=True and start() it")
+        return f"127.0.0.1:{self.sasl_port}"
 
     @property
     def log_path(self) -> Path:
@@ -128,6 +137,11 @@ class KafkaBroker:
             self.controller_port = free_loopback_port()
             while self.controller_port == self.port:
                 self.controller_port = free_loopback_port()
+            if self.sasl:
+                self.sasl_port = free_loopback_port()
+                while self.sasl_port in (self.port, self.controller_port):
+                    self.sasl_port = free_loopback_port()
+        sasl_args = ["--sasl-port", str(self.sasl_port)] if self.sasl_port is not None else []
         started_s = time.monotonic()
         _run_script(
             [
@@ -137,6 +151,7 @@ class KafkaBroker:
                 "--controller-port", str(self.controller_port),
                 "--heap-mb", str(self.heap_mb),
                 "--stop-with-pid", str(os.getpid()),
+                *sasl_args,
             ],
             START_TIMEOUT_S,
         )  # fmt: skip
@@ -167,6 +182,37 @@ class KafkaBroker:
         return KafkaAdminClient(
             bootstrap_servers=self.bootstrap_servers, request_timeout_ms=ADMIN_REQUEST_TIMEOUT_MS
         )
+
+    def add_scram_user(self, user: str, password: str, mechanism: str = "SCRAM-SHA-256") -> None:
+        """Create (or change) a SCRAM user through the admin listener: the password is never on a command line."""
+        from kafka.admin import ScramMechanism, UserScramCredentialUpsertion
+
+        admin = self.admin()
+        try:
+            admin.alter_user_scram_credentials(
+                [UserScramCredentialUpsertion(user, ScramMechanism[mechanism.replace("-", "_")], password)]
+            )
+        finally:
+            admin.close()
+
+    def allow(self, user: str, operation: str, resource_type: str, name: str) -> None:
+        """Grant `User:<user>` one operation (READ, WRITE, DESCRIBE) on a TOPIC or GROUP, from any host."""
+        from kafka.admin import ACL, ACLOperation, ACLPermissionType, ResourcePattern, ResourceType
+
+        acl = ACL(
+            f"User:{user}",
+            "*",
+            ACLOperation[operation],
+            ACLPermissionType.ALLOW,
+            ResourcePattern(ResourceType[resource_type], name),
+        )
+        admin = self.admin()
+        try:
+            result = admin.create_acls([acl])
+            if result.get("failed"):
+                raise KafkaBrokerError(f"creating ACL {acl} failed: {result['failed']}")
+        finally:
+            admin.close()
 
     def create_topic(self, name: str, partitions: int) -> None:
         """Create a topic (replication factor 1) and wait until every partition has a leader."""
@@ -210,13 +256,8 @@ class KafkaBroker:
             consumer.close()
 
 
-@pytest.fixture(scope="session")
-def kafka_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KafkaBroker]:
-    """One real Kafka broker for the whole session, stopped at its end.
-
-    Missing Java or jars skip the tests that use it, except under CI=true, where they fail.
-    A broker that is installed but will not start always fails.
-    """
+def require_real_broker() -> None:
+    """Install the jars, or skip (fail under CI=true) when Java or the jars are missing."""
     reason = missing_prerequisite()
     if reason is None:
         try:
@@ -228,6 +269,15 @@ def kafka_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KafkaBrok
             pytest.fail(f"CI=true and a real Kafka broker is required: {reason}", pytrace=False)
         pytest.skip(f"no real Kafka broker: {reason}")
 
+
+@pytest.fixture(scope="session")
+def kafka_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KafkaBroker]:
+    """One real Kafka broker for the whole session, stopped at its end.
+
+    Missing Java or jars skip the tests that use it, except under CI=true, where they fail.
+    A broker that is installed but will not start always fails.
+    """
+    require_real_broker()
     broker = KafkaBroker(tmp_path_factory.mktemp("kafka"))
     broker.start()
     try:
