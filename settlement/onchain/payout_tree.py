@@ -77,11 +77,19 @@ def build_epoch_tree(epoch: int, closing_snapshot: int, payables: pl.DataFrame) 
     )
 
 
+def published_dump(tree: EpochTree) -> dict:
+    """The published tree: OpenZeppelin's `StandardMerkleTree` dump plus `epoch` and `ledgerDigest`.
+
+    What `write_dump` writes and the claim page (`settlement.reports.claims_page`) embeds.
+    """
+    return {**tree.tree.dump(), "epoch": tree.epoch, "ledgerDigest": tree.ledger_digest}
+
+
 def write_dump(tree_dir: Path, tree: EpochTree) -> Path:
     """The tree in OpenZeppelin's dump format at `tree_dir/epoch-NNNNNN.json`, replaced atomically."""
     tree_dir.mkdir(parents=True, exist_ok=True)
     path = tree_dir / f"epoch-{tree.epoch:06d}.json"
-    body = json.dumps({**tree.tree.dump(), "epoch": tree.epoch, "ledgerDigest": tree.ledger_digest}, indent=1)
+    body = json.dumps(published_dump(tree), indent=1)
     temporary = path.with_suffix(".json.tmp")
     temporary.write_text(body, encoding="utf-8")
     os.replace(temporary, path)
