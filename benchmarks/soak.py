@@ -62,7 +62,7 @@ from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.admin import NewTopic  # noqa: E402
 
 from ingest.producer import _event_key, sample_messages  # noqa: E402
-from ledger import Ledger  # noqa: E402
+from ledger import Ledger, recorder  # noqa: E402
 from ledger.verify import verify  # noqa: E402
 from schemas.arrow import ledger_schemas  # noqa: E402
 from tests.support.kafka_broker import TOPIC_READY_TIMEOUT_S, KafkaBroker, free_loopback_port  # noqa: E402
@@ -330,13 +330,16 @@ def check_ledger(lake: Path, topic: str, bootstrap_servers: str, producer: Stead
         rows, distinct = 0, 0
         for table in ledger_schemas:
             count, ids = connection.execute(
-                f"SELECT count(*), count(DISTINCT event_id) FROM lake.main.{table}"
+                f"SELECT count(*), count(DISTINCT event_id) FROM {recorder.table(table)}"
             ).fetchone()
             rows, distinct = rows + count, distinct + ids
         dead, dead_positions = connection.execute(
-            "SELECT count(*), count(DISTINCT (kafka_partition, kafka_offset)) FROM lake.main.dead_letter"
+            "SELECT count(*), count(DISTINCT (kafka_partition, kafka_offset)) "
+            f"FROM {recorder.table('dead_letter')}"
         ).fetchone()
-        (duplicates,) = connection.execute("SELECT coalesce(sum(duplicates), 0) FROM lake.main.ingest_batch").fetchone()
+        (duplicates,) = connection.execute(
+            f"SELECT coalesce(sum(duplicates), 0) FROM {recorder.table('ingest_batch')}"
+        ).fetchone()
         stored_offsets = reader.stored_offsets()
         report = verify(reader)
     consumer = KafkaConsumer(bootstrap_servers=bootstrap_servers, enable_auto_commit=False)

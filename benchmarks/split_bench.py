@@ -19,7 +19,7 @@ from pathlib import Path
 import polars as pl
 from eth_utils import to_checksum_address
 
-from ledger import IngestBatch, Ledger, PartitionOffsets
+from ledger import IngestBatch, Ledger, PartitionOffsets, recorder
 from schemas import BatchDecoder
 from settlement import close_epoch
 from settlement.engine.reference_sql import reference_payables
@@ -155,9 +155,9 @@ def main() -> None:
         began = time.perf_counter()
         expected = reference_payables(
             connection,
-            "lake.main.inference_metered",
-            "lake.main.model_registered",
-            "lake.main.split_policy_set",
+            recorder.table("inference_metered"),
+            recorder.table("model_registered"),
+            recorder.table("split_policy_set"),
         )
         sql_s = time.perf_counter() - began
         same = plan_payables.rename({"credited_micros": "amount_micros"}).equals(

@@ -28,6 +28,7 @@ from settlement.onchain import (
     connect,
     deploy_contracts,
     distributor_contract,
+    largest_leaves,
     load_signer,
     require_embedded_chain,
     token_contract,
@@ -58,6 +59,8 @@ class DemoResult:
     chain: dict[str, object] = field(default_factory=dict)
     claims: list[tuple[str, int, int]] = field(default_factory=list)
     report: Path | None = None
+    # (reason_code, dead letters), largest first: they sum to the `dead letters` figure.
+    dead_letters_by_reason: list[tuple[str, int]] = field(default_factory=list)
 
 
 @contextmanager
@@ -163,19 +166,15 @@ def run_demo(
             progress.update(task, completed=4)
             result.stage_seconds["settle, claim, report"] = time.monotonic() - started
     result.figures = summary_figures(lake)
+    result.dead_letters_by_reason = dead_letters_by_reason(lake)
     return result
 
 
 def _claim_top_payees(ledger: Ledger, chain, distributor, epoch: int, count: int) -> list[tuple[str, int, int]]:
     """Claim for the `count` largest payees; return (account, cumulative units, token balance after)."""
-    rows = ledger.connection.execute(
-        "SELECT account, cumulative_units, proof FROM lake.main.settlement_proof WHERE epoch = ? "
-        "ORDER BY cumulative_units DESC, account LIMIT ?",
-        [epoch, count],
-    ).fetchall()
     token = token_contract(chain, distributor)
     claims = []
-    for account, cumulative_units, proof in rows:
+    for account, cumulative_units, proof in largest_leaves(ledger, epoch, count):
         call = distributor.functions.claim(account, int(cumulative_units), [bytes.fromhex(p[2:]) for p in proof])
         transact(chain, call, f"claim for {account}")
         claims.append((account, int(cumulative_units), int(token.functions.balanceOf(account).call())))
@@ -205,6 +204,20 @@ def summary_figures(lake: Path) -> dict[str, int]:
         return {name: int(run_query(reader, sql).column(0)[0].as_py()) for name, sql in summary_queries().items()}
 
 
+dead_letters_by_reason_sql = (
+    "SELECT reason_code, count(*) AS dead_letters FROM dead_letters GROUP BY ALL "
+    "ORDER BY dead_letters DESC, reason_code"
+)
+
+
+def dead_letters_by_reason(lake: Path) -> list[tuple[str, int]]:
+    """The dead letters by `reason_code` (a closed list, schemas.reason_codes), as `royalty sql` gives them."""
+    with Ledger.open_read_only(lake) as reader:
+        define_views(reader)
+        rows = run_query(reader, dead_letters_by_reason_sql).to_pylist()
+    return [(row["reason_code"], int(row["dead_letters"])) for row in rows]
+
+
 def render_demo(result: DemoResult, console: Console) -> None:
     table = Table(title="royalty demo", show_header=True)
     table.add_column("figure")
@@ -214,6 +227,14 @@ def render_demo(result: DemoResult, console: Console) -> None:
     for name, value in result.figures.items():
         table.add_row(name, f"{value:,}")
     console.print(table)
+    if result.dead_letters_by_reason:
+        reasons = Table(title="dead letters by reason_code", show_header=True)
+        reasons.add_column("reason_code")
+        reasons.add_column("dead letters", justify="right")
+        for code, count in result.dead_letters_by_reason:
+            reasons.add_row(code, f"{count:,}")
+        reasons.add_row("total", f"{sum(count for _, count in result.dead_letters_by_reason):,}", style="bold")
+        console.print(reasons)
     for name, value in result.chain.items():
         console.print(f"{name}: {value}", highlight=False, soft_wrap=True)
     for account, cumulative_units, balance_units in result.claims:
@@ -234,7 +255,7 @@ def render_demo(result: DemoResult, console: Console) -> None:
         highlight=False,
     )
     console.print(
-        f'  royalty sql --lake {result.lake} "SELECT reason, count(*) FROM dead_letters GROUP BY ALL"', highlight=False
+        f'  royalty sql --lake {result.lake} "{dead_letters_by_reason_sql}"', highlight=False, soft_wrap=True
     )
     console.print(f"  royalty verify --lake {result.lake}", highlight=False)
 

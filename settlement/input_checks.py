@@ -19,7 +19,6 @@ from pathlib import Path
 import duckdb
 
 from ledger import recorder
-from ledger.connection import catalog_alias
 from ledger.errors import LedgerDataFileMissingError
 from ledger.ledger import Ledger
 from ledger.query import define_views
@@ -83,7 +82,7 @@ def settle_input_files(connection: duckdb.DuckDBPyConnection, epoch: int) -> lis
     proof_files = {
         path
         for (path,) in connection.execute(
-            f"SELECT DISTINCT filename FROM {catalog_alias}.main.settlement_proof WHERE epoch = ?", [epoch]
+            f"SELECT DISTINCT filename FROM {recorder.table('settlement_proof')} WHERE epoch = ?", [epoch]
         ).fetchall()
     }
     return files + [(path, size) for path, size in proofs if path in proof_files]
@@ -145,10 +144,5 @@ def verify_settle_inputs(ledger: Ledger, epoch: int, checks: InputChecks) -> lis
 
 def missing_listed_files(ledger: Ledger) -> list[str]:
     """Every data file the catalog lists now that is not in the data folder (only `stat`s, reads nothing)."""
-    tables = [
-        name
-        for (name,) in ledger.connection.execute(
-            "SELECT table_name FROM duckdb_tables() WHERE database_name = ? ORDER BY ALL", [catalog_alias]
-        ).fetchall()
-    ]
+    tables = sorted(recorder.existing_tables(ledger.connection))
     return [path for table in tables for path, _ in listed_files(ledger.connection, table) if not Path(path).is_file()]

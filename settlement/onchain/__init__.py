@@ -20,6 +20,7 @@ from settlement.onchain.chain import (
 from settlement.onchain.exceptions import ChainConfigError, NoSettlementError
 from settlement.onchain.merkle import MerkleTree
 from settlement.onchain.payout_tree import EpochTree
+from settlement.onchain.proofs import account_proof, largest_leaves, recorded_distributor
 
 __all__ = [
     "Chain",
@@ -27,11 +28,14 @@ __all__ = [
     "EpochTree",
     "MerkleTree",
     "NoSettlementError",
+    "account_proof",
     "claimer_key_env",
     "connect",
     "deploy_contracts",
     "distributor_contract",
+    "largest_leaves",
     "load_signer",
+    "recorded_distributor",
     "require_embedded_chain",
     "settler_key_env",
     "tables",

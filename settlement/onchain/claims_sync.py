@@ -30,7 +30,7 @@ import pyarrow as pa
 from web3.contract import Contract
 from web3.exceptions import BlockNotFound
 
-from ledger.connection import catalog_alias
+from ledger import recorder
 from ledger.ledger import Ledger
 from settlement.onchain import tables as settle_tables
 from settlement.onchain.chain import Chain
@@ -40,7 +40,6 @@ from settlement.onchain.exceptions import ChainReorganisedError, ChainUnavailabl
 # The step lock (`Ledger.step_lock`) a run holds while it reads and stores one range.
 claim_sync_step = "claim-sync"
 
-_t = f"{catalog_alias}.main"
 
 
 @dataclass(frozen=True)
@@ -61,7 +60,7 @@ ClaimSyncProgress = Callable[[int, int], None]  # (blocks done, blocks to read)
 
 def _cursor(connection: duckdb.DuckDBPyConnection, chain_id: int, contract: str) -> tuple[int, str] | None:
     row = connection.execute(
-        f"SELECT to_block, to_block_hash FROM {_t}.settlement_claim_sync "
+        f"SELECT to_block, to_block_hash FROM {recorder.table('settlement_claim_sync')} "
         "WHERE chain_id = ? AND lower(contract) = lower(?) ORDER BY to_block DESC LIMIT 1",
         [chain_id, contract],
     ).fetchone()
@@ -73,7 +72,8 @@ def _first_block(
 ) -> int:
     """No claim can precede the contract's first recorded root; without one, its deployment block."""
     (block,) = connection.execute(
-        f"SELECT min(block_number) FROM {_t}.settlement_record WHERE chain_id = ? AND lower(contract) = lower(?)",
+        f"SELECT min(block_number) FROM {recorder.table('settlement_record')} "
+        "WHERE chain_id = ? AND lower(contract) = lower(?)",
         [chain.chain_id, distributor.address],
     ).fetchone()
     return log_start_block(chain, distributor, from_block) if block is None else int(block)

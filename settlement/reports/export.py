@@ -16,12 +16,11 @@ import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from ledger import recorder
 from ledger.attach import closing_snapshot
-from ledger.connection import catalog_alias
 from ledger.ledger import Ledger
 from settlement.engine.accounts import contributor_prefix
 
-_t = f"{catalog_alias}.main"
 tables = ("payables", "payables_csv", "postings", "postings_csv", "statements", "statements_csv", "manifests")
 _parquet = "FORMAT parquet, COMPRESSION zstd"
 _csv = "FORMAT csv, HEADER true"
@@ -49,7 +48,7 @@ def export_epoch(ledger: Ledger, epoch: int, directory: Path) -> ExportSummary:
     """
     connection = ledger.connection
     closing_snapshot(ledger, epoch)  # raises when the epoch is not closed
-    (asset,) = connection.execute(f"SELECT any_value(asset) FROM {_t}.inference_metered").fetchone()
+    (asset,) = connection.execute(f"SELECT any_value(asset) FROM {recorder.table('inference_metered')}").fetchone()
     directory = Path(directory)
     partition = f"epoch={int(epoch)}"
     for folder in tables:
@@ -61,14 +60,14 @@ def export_epoch(ledger: Ledger, epoch: int, directory: Path) -> ExportSummary:
         "payables": f"""
             SELECT recipient, payout_address, credited_micros, amount_micros, earned_micros, cumulative_micros,
                    receivable_micros, ?::VARCHAR AS asset
-            FROM {_t}.settlement_payable WHERE epoch = ? ORDER BY recipient""",
+            FROM {recorder.table('settlement_payable')} WHERE epoch = ? ORDER BY recipient""",
         "postings": f"""
             SELECT entry_id, entry_kind, account, amount_micros, model_id, policy_id
-            FROM {_t}.settlement_posting WHERE epoch = ? ORDER BY entry_id, account""",
+            FROM {recorder.table('settlement_posting')} WHERE epoch = ? ORDER BY entry_id, account""",
         "statements": f"""
             SELECT substr(account, {len(contributor_prefix) + 1}) AS recipient, entry_id, entry_kind, model_id,
                    policy_id, -amount_micros AS credited_micros, ?::VARCHAR AS asset
-            FROM {_t}.settlement_posting
+            FROM {recorder.table('settlement_posting')}
             WHERE epoch = ? AND starts_with(account, '{contributor_prefix}')
             ORDER BY recipient, entry_id""",
     }
@@ -90,13 +89,14 @@ def export_epoch(ledger: Ledger, epoch: int, directory: Path) -> ExportSummary:
         )
 
     recipients, payable_micros = connection.execute(
-        f"SELECT count(*), coalesce(sum(amount_micros), 0)::BIGINT FROM {_t}.settlement_payable WHERE epoch = ?",
+        "SELECT count(*), coalesce(sum(amount_micros), 0)::BIGINT "
+        f"FROM {recorder.table('settlement_payable')} WHERE epoch = ?",
         [epoch],
     ).fetchone()
     postings, lines, credited_micros = connection.execute(
         f"""SELECT count(*), count(*) FILTER (WHERE starts_with(account, '{contributor_prefix}')),
                    coalesce(-sum(amount_micros) FILTER (WHERE starts_with(account, '{contributor_prefix}')), 0)::BIGINT
-            FROM {_t}.settlement_posting WHERE epoch = ?""",
+            FROM {recorder.table('settlement_posting')} WHERE epoch = ?""",
         [epoch],
     ).fetchone()
     summary = ExportSummary(

@@ -12,16 +12,16 @@ from pathlib import Path
 
 import polars as pl
 
+from ledger import recorder
 from ledger.attach import closing_snapshot
-from ledger.connection import catalog_alias
 from ledger.ledger import Ledger
 from ledger.query import define_views
 from schemas.errors import require
+from schemas.reason_codes import reason_code_of
 from settlement.engine.accounts import model_prefix, sql_literal
 from settlement.engine.figures import report_figures
 from settlement.ledger_io import data_files
 
-_t = f"{catalog_alias}.main"
 _model = sql_literal(model_prefix)
 micros_per_unit = 1_000_000
 # Bounds on what one page shows, so a ledger with thousands of models or payees still gives a readable page.
@@ -45,7 +45,7 @@ class ReportData:
     payee_changes: pl.DataFrame  # recipient, amount_micros, previous_micros, change_micros
     lineage_flows: pl.DataFrame  # derived_model, parent_model, flowed_micros
     suspense_held: pl.DataFrame  # model_id, events, held_micros, oldest_event_time
-    dead_letters: pl.DataFrame  # field, reason, messages
+    dead_letters: pl.DataFrame  # reason_code, messages, example (the commonest reason text of the code)
     reconciliation: pl.DataFrame  # check_name, items_checked, items_off, difference_micros
     recipients: int
     postings: int
@@ -76,27 +76,54 @@ class ReportData:
 
 
 def _frame(ledger: Ledger, sql: str, params: list | None = None) -> pl.DataFrame:
-    return pl.from_arrow(ledger.connection.execute(sql, params or []).fetch_arrow_table())  # type: ignore[return-value]
+    return recorder.frame(ledger.connection, sql, params)
 
 
 def _table_exists(ledger: Ledger, name: str) -> bool:
-    (count,) = ledger.connection.execute(
-        "SELECT count(*) FROM duckdb_tables() WHERE database_name = ? AND schema_name = 'main' AND table_name = ?",
-        [catalog_alias, name],
-    ).fetchone()
-    return count > 0
+    return name in recorder.existing_tables(ledger.connection)
 
 
 def _arrived(
-    ledger: Ledger, table: str, window: tuple[int, int], select: str, empty: dict, params: list
+    ledger: Ledger,
+    table: str,
+    window: tuple[int, int],
+    select: str,
+    empty: dict,
+    params: list,
+    union_by_name: bool = False,
 ) -> pl.DataFrame:
     """`select` over the rows of a ledger file table whose data files arrived in the snapshot range (window]:
-    only those files are read, so the cost follows the epoch's size, not the ledger's."""
+    only those files are read, so the cost follows the epoch's size, not the ledger's. `union_by_name`: files
+    written by older ledger formats may lack a column added since."""
     previous, closing = window
     files = data_files(ledger.connection, table, closing).filter(pl.col("snapshot") > previous)
     if files.is_empty():
         return pl.DataFrame(schema=empty)
-    return _frame(ledger, select.replace("{rows}", "read_parquet(?)"), [files["path"].to_list(), *params])
+    rows = "read_parquet(?, union_by_name = true)" if union_by_name else "read_parquet(?)"
+    return _frame(ledger, select.replace("{rows}", rows), [files["path"].to_list(), *params])
+
+
+def dead_letters_by_reason_code(by_reason: pl.DataFrame) -> pl.DataFrame:
+    """(reason_code, messages, example) from counts by (reason_code, reason, error_field), largest first.
+
+    Rows stored before ledger format 6 have no code: it is derived from their reason text, as the
+    `dead_letters` view does. Every message is counted under exactly one code.
+    """
+    if by_reason.is_empty():
+        return pl.DataFrame(schema={"reason_code": pl.String, "messages": pl.Int64, "example": pl.String})
+    if "reason_code" not in by_reason.columns:
+        by_reason = by_reason.with_columns(reason_code=pl.lit(None, pl.String))
+    codes = [
+        code if code is not None else str(reason_code_of(reason, error_field))
+        for code, reason, error_field in by_reason.select("reason_code", "reason", "error_field").iter_rows()
+    ]
+    return (
+        by_reason.with_columns(reason_code=pl.Series(codes, dtype=pl.String))
+        .sort(["messages", "reason"], descending=[True, False])
+        .group_by("reason_code", maintain_order=True)
+        .agg(pl.col("messages").sum(), pl.col("reason").first().alias("example"))
+        .sort(["messages", "reason_code"], descending=[True, False])
+    )
 
 
 def gather(ledger: Ledger, epoch: int) -> ReportData:
@@ -162,10 +189,11 @@ def gather(ledger: Ledger, epoch: int) -> ReportData:
         ledger,
         "dead_letter",
         window,
-        """SELECT coalesce(error_field, '(whole message)') AS field, reason, count(*) AS messages FROM {rows}
-           GROUP BY ALL ORDER BY messages DESC, field, reason LIMIT ?""",
-        {"field": pl.String, "reason": pl.String, "messages": pl.Int64},
-        [table_rows_max],
+        """SELECT COLUMNS(c -> c IN ('reason_code', 'reason', 'error_field')), count(*) AS messages FROM {rows}
+           GROUP BY ALL""",
+        {"reason_code": pl.String, "reason": pl.String, "error_field": pl.String, "messages": pl.Int64},
+        [],
+        union_by_name=True,
     )
     reconciliation = _frame(
         ledger,
@@ -178,13 +206,13 @@ def gather(ledger: Ledger, epoch: int) -> ReportData:
     digest, root = _digest_and_root(ledger, epoch, e["closing_snapshot"])
     settlement = None
     if _table_exists(ledger, "settlement_root"):
-        rows = _frame(ledger, f"SELECT * FROM {_t}.settlement_root WHERE epoch = ?", [epoch])
+        rows = _frame(ledger, f"SELECT * FROM {recorder.table('settlement_root')} WHERE epoch = ?", [epoch])
         if rows.height:
             settlement = rows.row(0, named=True)
             if _table_exists(ledger, "settlement_record"):
                 records = _frame(
                     ledger,
-                    f"SELECT tx_hash, block_number, chain_id, contract FROM {_t}.settlement_record "
+                    f"SELECT tx_hash, block_number, chain_id, contract FROM {recorder.table('settlement_record')} "
                     "WHERE epoch = ? ORDER BY recorded_at DESC LIMIT 1",
                     [epoch],
                 )
@@ -199,7 +227,7 @@ def gather(ledger: Ledger, epoch: int) -> ReportData:
         payee_changes=changes,
         lineage_flows=flows,
         suspense_held=suspense,
-        dead_letters=dead,
+        dead_letters=dead_letters_by_reason_code(dead),
         reconciliation=reconciliation,
         recipients=payables.height,
         postings=postings,
@@ -216,7 +244,8 @@ def _digest_and_root(ledger: Ledger, epoch: int, closing: int) -> tuple[str | No
 
     payables = _frame(
         ledger,
-        f"SELECT epoch, recipient, amount_micros, payout_address FROM {_t}.settlement_payable WHERE epoch <= ?",
+        "SELECT epoch, recipient, amount_micros, payout_address "
+        f"FROM {recorder.table('settlement_payable')} WHERE epoch <= ?",
         [epoch],
     )
     tree = build_epoch_tree(epoch, closing, payables)
@@ -237,6 +266,12 @@ def money(micros: int) -> str:
 
 def _e(value: object) -> str:
     return html.escape(str(value))
+
+
+def _shortened(text: str | None, length_max: int = 120) -> str:
+    """A reason text cut to `length_max` characters (a reason may quote a whole message)."""
+    text = text or ""
+    return text if len(text) <= length_max else text[: length_max - 1] + "…"
 
 
 def _scaled(value: int, largest: int, length_px: int) -> int:
@@ -437,9 +472,14 @@ def render_html(data: ReportData) -> str:
         ],
         table_id="suspense",
     )
+    dead_total = int(data.dead_letters["messages"].sum() or 0)
     dead = _table(
-        ["field", "reason", "messages"],
-        [[r["field"], r["reason"], f"{r['messages']:,}"] for r in data.dead_letters.iter_rows(named=True)],
+        ["reason code", "example reason", "messages"],
+        [
+            [r["reason_code"], _shortened(r["example"]), f"{r['messages']:,}"]
+            for r in data.dead_letters.iter_rows(named=True)
+        ]
+        + ([["total", "", f"{dead_total:,}"]] if dead_total else []),
         numeric_from=2,
         table_id="dead-letters",
     )
@@ -491,8 +531,9 @@ generated {_e(data.generated_at.isoformat(timespec="seconds"))}</p>
 <p>Events held after this epoch because their route was incomplete (by model, largest first).</p>
 {suspense}
 <h2>Dead letters</h2>
-<p>Messages of this epoch's snapshot range that broke the contract, by field and reason; reversal dead letters:
-{e["dead_letter_count"]:,}.</p>
+<p>Messages of this epoch's snapshot range that broke the contract, by reason code (docs/analytics.md says what
+the producer should do for each): <strong id="dead-letters-total">{dead_total:,}</strong> in all; reversal dead
+letters: {e["dead_letter_count"]:,}.</p>
 {dead}
 <h2>Root and ledger digest</h2>
 {root}
