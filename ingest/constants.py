@@ -12,6 +12,11 @@ poll_timeout_ms_max = 200
 # every 30 s so an outage of hours does not flood the logs or the network.
 broker_backoff_s_min = 0.5
 broker_backoff_s_max = 30.0
+# A broker never reached since the service started is more likely a wrong address than an outage: past this
+# long (setting `broker_unreachable_s_max`) the service exits 75 naming the servers, so the mistake shows and
+# a supervisor retries. Once connected, outages are retried without bound (they end).
+broker_unreachable_s_max_default = 300
+broker_unreachable_s_max_limit = 86_400
 
 # A ledger that fails (catalog unreachable, disk full or read-only, busy past the ledger's own
 # retries) is retried with the same batch: quickly at first for a blip, then at most every

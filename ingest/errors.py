@@ -43,3 +43,18 @@ class IngestSourceRacedError(IngestError):
             "read them (the same file ingested twice at once); this process's last batch was not written. "
             "Let the other process finish, then run this command again: it resumes after what is stored"
         )
+
+
+class IngestBrokerUnreachableError(IngestError):
+    """No broker of `bootstrap_servers` answered since the service started, for `waited_s` seconds."""
+
+    transient = True
+
+    def __init__(self, bootstrap_servers: str, waited_s: float) -> None:
+        self.bootstrap_servers = bootstrap_servers
+        self.waited_s = waited_s
+        super().__init__(
+            f"no Kafka broker answered at `{bootstrap_servers}` for {waited_s:.0f} s since start; check "
+            "--bootstrap-servers (ROYALTY_BOOTSTRAP_SERVERS) and that the broker runs. Nothing was read; "
+            "setting `broker_unreachable_s_max` sets how long to wait"
+        )

@@ -469,6 +469,8 @@ class KafkaSource:
                     max_partition_fetch_bytes=8 * 1024 * 1024,
                     session_timeout_ms=10_000,
                     heartbeat_interval_ms=3_000,
+                    # One attempt never outlasts the wait for a broker never reached (kafka-python's default: 30 s).
+                    bootstrap_timeout_ms=int(min(30.0, unreachable_s_max) * 1000),
                     **client_options,
                 )
                 break

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import duckdb
 
-from ledger.errors import LedgerDataPathError, LedgerNotFoundError
+from ledger.errors import LedgerDataPathError, LedgerLocationError, LedgerNotFoundError
 from ledger.redact import dsn_password, redact, remember_secret
 
 catalog_alias = "lake"
@@ -84,11 +84,19 @@ class LedgerLocation:
         return True  # a PostgreSQL catalog is checked by attaching it
 
     def prepare(self) -> None:
-        """Create the local folders a new embedded ledger needs."""
-        if self.backend == "sqlite":
-            Path(self.catalog.removeprefix("sqlite:")).parent.mkdir(parents=True, exist_ok=True)
+        """Create the local folders a new embedded ledger needs; `LedgerLocationError` when a file is in the way."""
+        folders = [Path(self.catalog.removeprefix("sqlite:")).parent] if self.backend == "sqlite" else []
         if "://" not in self.data_path:
-            Path(self.data_path).mkdir(parents=True, exist_ok=True)
+            folders.append(Path(self.data_path))
+        for folder in folders:
+            try:
+                folder.mkdir(parents=True, exist_ok=True)
+            except FileExistsError:
+                raise LedgerLocationError(str(folder), "it is a file, not a folder") from None
+            except NotADirectoryError:
+                raise LedgerLocationError(str(folder), "a part of the path is a file, not a folder") from None
+            except PermissionError as error:
+                raise LedgerLocationError(str(folder), f"permission denied ({error.strerror})") from None
 
 
 def _folder(path: str) -> str:

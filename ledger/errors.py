@@ -100,6 +100,17 @@ class LedgerNotFoundError(LedgerError):
         super().__init__(f"no ledger at `{location}`; create one with `royalty ingest` (or check --lake)")
 
 
+class LedgerLocationError(LedgerError):
+    """A new embedded ledger cannot be made where it was asked for (a file is in the way, no permission)."""
+
+    def __init__(self, path: str, problem: str) -> None:
+        self.path = path = redact(path)
+        super().__init__(
+            f"cannot create a ledger at `{path}`: {problem}; give --lake a folder (new or holding a ledger) "
+            "or a PostgreSQL catalog URL"
+        )
+
+
 class LedgerFormatError(LedgerError):
     """The ledger is in another format than this code reads and writes (migrate or upgrade)."""
 

@@ -8,7 +8,14 @@ from typing import Annotated
 
 import typer
 
-from royalty.common import ConfigOption, DataPathOption, LakeOption, stdout
+from royalty.common import (
+    ConfigOption,
+    DataPathOption,
+    LakeOption,
+    require_output_file,
+    require_output_folder,
+    stdout,
+)
 from royalty.common import fail as _fail
 from royalty.config import load_settings
 from schemas.errors import RoyaltyError
@@ -27,6 +34,7 @@ def export(
     from ledger import Ledger
     from settlement.use_cases.export_epoch import export_epoch
 
+    require_output_folder(to, "--to")
     settings = load_settings({"lake": lake, "data_path": data_path}, config)
     try:
         with Ledger.open_read_only(settings.reader_lake or settings.lake, settings.data_path) as ledger:
@@ -52,6 +60,7 @@ def report(
     from settlement.reports import money
     from settlement.use_cases.write_report import write_report
 
+    require_output_file(out, "--out")
     settings = load_settings({"lake": lake, "data_path": data_path}, config)
     try:
         with Ledger.open_read_only(settings.reader_lake or settings.lake, settings.data_path) as ledger:

@@ -597,7 +597,7 @@ def main() -> None:
     except RoyaltyError as error:
         from ledger.redact import redact
 
-        stderr.print(f"[bold red]error:[/] {escape(redact(error))}", highlight=False)
+        stderr.print(f"[bold red]error:[/] {escape(redact(error))}", highlight=False, soft_wrap=True)
         sys.exit(exit_code_of(error))
     except Exception as error:
         # A DuckDB error no command turned into a typed one (a read while the catalog is locked or down):
@@ -612,7 +612,7 @@ def main() -> None:
         from ledger.redact import redact
 
         typed = ledger_error_of(error, "the command", "--lake")
-        stderr.print(f"[bold red]error:[/] {escape(redact(typed))}", highlight=False)
+        stderr.print(f"[bold red]error:[/] {escape(redact(typed))}", highlight=False, soft_wrap=True)
         sys.exit(exit_code_of(typed))
 
 

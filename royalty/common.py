@@ -64,7 +64,7 @@ def fail(error: Exception, exit_code: int | None = None) -> NoReturn:
     from ledger.redact import redact  # here, not at the top: `ledger` imports DuckDB, slow for `--help`
 
     # escaped: a message may quote brackets (`pip install -e '.[embedded]'`, a path) that rich would eat as markup
-    stderr.print(f"[bold red]error:[/] {escape(redact(error))}", highlight=False)
+    stderr.print(f"[bold red]error:[/] {escape(redact(error))}", highlight=False, soft_wrap=True)
     raise typer.Exit(exit_code_of(error) if exit_code is None else exit_code)
 
 

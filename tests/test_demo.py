@@ -27,6 +27,12 @@ def test_demo_runs_to_the_end_and_its_summary_matches_royalty_sql(tmp_path: Path
                                 capture_output=True, text=True, check=True)
         (value,) = json.loads(answer.stdout)[0].values()
         assert int(row.group(1).replace(",", "")) == value, name
+    # Dead letters by reason_code (issue 21): one row per code, summing to the `dead letters` figure.
+    by_reason = dict(re.findall(r"│ ([a-z_]+)\s*│\s*([\d,]+) │", result.stdout.split("dead letters by reason_code")[1]))
+    total = int(by_reason.pop("total").replace(",", ""))
+    dead_letters = int(re.search(r"│ dead letters\s*│\s*([\d,]+) │", result.stdout).group(1).replace(",", ""))
+    assert total == sum(int(v.replace(",", "")) for v in by_reason.values()) == dead_letters
+    assert "conflicting_duplicate" in by_reason and len(by_reason) >= 3
     claims = re.findall(r"claimed (0x[0-9a-fA-F]{40}): cumulative ([\d,]+) units,\s*token balance now ([\d,]+)",
                         result.stdout)
     assert len(claims) == 2

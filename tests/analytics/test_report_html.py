@@ -8,7 +8,11 @@ from pathlib import Path
 
 import pytest
 
+from ingest.producer import produce_sample_traffic
+from ingest.service import IngestService
+from ingest.sources import FileSource
 from ledger import Ledger
+from settlement import close_epoch
 from settlement.reports.html import gather, money, render_html
 from tests.analytics.conftest import build_settled_ledger, record_settlement
 from tests.conftest import royalty_command
@@ -103,3 +107,31 @@ def test_report_of_an_unclosed_epoch_fails_clearly(settled_lake: Path, tmp_path:
     )
     assert result.returncode == 2 and "epoch `5` is not closed" in " ".join(result.stderr.split())
     assert not out.exists()
+
+
+def test_dead_letters_are_grouped_by_reason_code_with_a_total_matching_the_ledger(tmp_path: Path) -> None:
+    """Issue 21: the top 20 (field, reason) rows hid the conflicts among thousands of distinct reasons; one row per
+    reason_code now, and a total equal to the dead letters the epoch's range holds."""
+    sample, lake = tmp_path / "sample.jsonl", tmp_path / "lake"
+    produce_sample_traffic(3_000, None, "t", sample, invalid_ppm=100_000, conflicts_ppm=20_000, seed=4)
+    with Ledger.open(lake) as ledger:
+        IngestService(
+            ledger, lambda _: FileSource([str(sample)], ledger, report=lambda _: None), "USDC", 50_000, 50, "test"
+        ).run(until_idle_s=0.0)
+        close_epoch(ledger)
+    with Ledger.open_read_only(lake) as ledger:
+        stored = dict(
+            ledger.connection.execute("SELECT reason_code, count(*) FROM lake.main.dead_letter GROUP BY ALL").fetchall()
+        )
+        distinct_reasons = ledger.connection.execute(
+            "SELECT count(DISTINCT reason) FROM lake.main.dead_letter"
+        ).fetchone()[0]
+        data = gather(ledger, 1)
+    page = render_html(data)
+    assert distinct_reasons > 20 and stored.get("conflicting_duplicate", 0) > 0  # the shape that hid conflicts
+    shown = dict(zip(data.dead_letters["reason_code"].to_list(), data.dead_letters["messages"].to_list(), strict=True))
+    assert shown == stored
+    table = re.search(r'<table id="dead-letters">.*?</table>', page, re.DOTALL).group(0)
+    assert "<td>conflicting_duplicate</td>" in table
+    assert f"<td>total</td><td></td><td class=num>{sum(stored.values()):,}</td>" in table
+    assert f'id="dead-letters-total">{sum(stored.values()):,}<' in page

@@ -163,7 +163,7 @@ def test_the_same_content_under_another_name_or_on_stdin_stores_nothing_again(
     assert stored(lake) == reference  # no dead letter stored twice, no event
     lines = len(sample.read_bytes().splitlines())
     assert f"skipped {lines:,} lines already read" in renamed and f"read before as `{sample}`" in renamed
-    assert f"ingested {lines} messages: 0 events, {lines} duplicates dropped, 0 dead letters" in resent
+    assert f"ingested {lines:,} messages: 0 events, {lines:,} duplicates dropped, 0 dead letters" in resent
 
 
 def test_a_position_recorded_before_fingerprints_is_trusted_once_with_a_warning(
