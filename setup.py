@@ -17,6 +17,23 @@ setup(
             extra_compile_args=native_compile_args,
             optional=True,
         ),
+        # The payout Merkle tree: vendored Keccak (settlement/onchain/vendor/README.md), threads without the GIL.
+        Extension(
+            "settlement.onchain._merkle_native",
+            sources=[
+                "settlement/onchain/_merkle_native.c",
+                "settlement/onchain/_keccak_avx2.c",
+                "settlement/onchain/_keccak_scalar.c",
+            ],
+            depends=[
+                "settlement/onchain/_keccak_batch.h",
+                "settlement/onchain/vendor/xkcp/KeccakP-1600-times4-SIMD256.c",
+                "settlement/onchain/vendor/pqclean/fips202.c",
+            ],
+            extra_compile_args=native_compile_args,
+            extra_link_args=["-pthread"],
+            optional=True,
+        ),
         Extension(
             "ingest._kafka_records",
             sources=["ingest/_kafka_records.c"],

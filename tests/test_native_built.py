@@ -2,6 +2,8 @@
 
 import importlib
 import os
+import platform
+from pathlib import Path
 
 import pytest
 
@@ -13,3 +15,15 @@ def test_kafka_records_extension_is_built_in_ci() -> None:
     from ingest import native_records
 
     assert native_records.decoder_name() == "native"
+
+
+@pytest.mark.skipif(not os.environ.get("CI"), reason="only CI requires the C extensions to be built")
+def test_merkle_extension_is_built_in_ci() -> None:
+    """Pins the native payout-tree build in CI: `settlement.onchain._merkle_native` imports, `MerkleTree.build` uses
+    it, and on this x86-64 machine it hashes with XKCP's AVX2 lanes."""
+    native = importlib.import_module("settlement.onchain._merkle_native")
+    from settlement.onchain import merkle
+
+    assert merkle._merkle_native is native
+    if platform.machine() == "x86_64" and "avx2" in Path("/proc/cpuinfo").read_text():
+        assert native.implementation() == "xkcp-avx2-x4"

@@ -7,28 +7,31 @@ the children of `i` are `2i+1` and `2i+2`, the smallest leaf hash is last). This
 `StandardMerkleTree.of(values, ["address", "uint256"])` of `@openzeppelin/merkle-tree` builds, so its
 root, proofs and `dump()` are interchangeable with ours and verify with OpenZeppelin's `MerkleProof`.
 
-A million leaves is about four million keccak calls (two per leaf, one per internal node, one per
-address checksum); at roughly 0.7 µs a call through `safe-pysha3` that is the whole time budget, so the
-hot paths work on whole columns with C-level bytes operations and list comprehensions, never on one
-leaf at a time through `eth_abi` or `eth_utils`.
+A million leaves is about four million Keccak-256 calls (two per leaf, one per internal node, one per
+address checksum). `settlement.onchain._merkle_native` (a C extension built by `setup.py`) does the whole
+build: it checks the leaves, hashes them with vendored Keccak code (XKCP's four permutations at once in AVX2
+lanes, PQClean's portable code without AVX2; `settlement/onchain/vendor/README.md`), sorts them and hashes
+every internal node, on up to `hashing_threads_max` threads that run without the GIL; no process is started
+or forked (DuckDB, polars and pyarrow threads run in this process). Where the extension could not be built
+(no C compiler) the same tree is built here in Python through `safe-pysha3`, on one core and several times
+slower; CI requires the extension (`tests/test_native_built.py`).
 """
 
-import logging
-import subprocess
-import sys
-import threading
-from bisect import bisect_left
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from typing import Any
+import os
+import secrets
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any, NoReturn
 
 from sha3 import keccak_256
 
-from settlement.onchain import tree_hashing
 from settlement.onchain.exceptions import MerkleTreeError
 from settlement.onchain.tree_hashing import checksum_bodies as _checksum_bodies
 from settlement.onchain.tree_hashing import leaf_hashes as _leaf_hashes
 
-log = logging.getLogger("royalty.settlement")
+try:
+    from settlement.onchain import _merkle_native
+except ImportError:  # no C compiler at install time: the Python build below, same tree
+    _merkle_native = None
 
 DUMP_FORMAT = "standard-v1"
 LEAF_ENCODING = ("address", "uint256")
@@ -37,17 +40,9 @@ LEAF_ENCODING = ("address", "uint256")
 # bug upstream (or needs a sharded tree), not something to grind through.
 leaves_count_max = 2**24
 amount_units_max = 2**256 - 1
-# Below this many leaves a second process costs more to start than the hashing it takes over.
-helper_leaves_min = 50_000
-# The helper process computes every checksum (one keccak per leaf) plus this share of the leaf hashes
-# (two each), while this one also slices and indexes the accounts: measured here, a quarter
-# balances the two cores.
-helper_leaves_share_ppm = 250_000
-# The helper's share of the largest tree (2**24 leaves) takes about 20 s here; past this bound it is
-# taken for stuck, killed, and its work done in this process instead.
-helper_wait_s_max = 120.0
-# A fresh interpreter that imports only `sha3` (`-I`: no PYTHONPATH, no user site, no current folder).
-_helper_command = [sys.executable, "-I", tree_hashing.__file__]
+# The native build hashes on this many threads at most (and no more than this process may run on); each
+# thread takes at least 4,096 leaves or nodes of a step, so a small tree is built on one.
+hashing_threads_max = 8
 
 _account_chars = 42  # "0x" + 40 hex digits
 _account_bytes = 20
@@ -87,9 +82,8 @@ class MerkleTree:
         "_amounts_units",
         "_checksummed_hex",
         "_index_by_account",
-        "_leaves",
-        "_sorted_leaves",
-        "_tree",
+        "_tree_bytes",
+        "_tree_index_by_value",
     )
 
     def __init__(self) -> None:
@@ -112,37 +106,17 @@ class MerkleTree:
             raise MerkleTreeError("a tree needs at least one leaf; skip the epoch when nobody is owed anything")
         if leaves_count > leaves_count_max:
             raise MerkleTreeError(f"{leaves_count} leaves exceed leaves_count_max={leaves_count_max}")
+        accounts_list = list(accounts)
         amounts_units = list(cumulative_amounts_units)
-        _check_amounts(amounts_units)
-        raw, given_hex = _parse_account_format(accounts)
-        # The checksums and the last leaves are hashed on the second core while this one hashes the
-        # rest; the checksums are only compared once both are done.
-        first_child_leaf = leaves_count - leaves_count * helper_leaves_share_ppm // 1_000_000
-        wait_for_child = _hashes_started(given_hex, raw, amounts_units, first_child_leaf)
-        try:
-            accounts_raw = [raw[i : i + _account_bytes] for i in range(0, len(raw), _account_bytes)]
-            index_by_account = dict(zip(accounts_raw, range(leaves_count), strict=True))
-            if len(index_by_account) != leaves_count:
-                _raise_duplicate(accounts_raw, accounts)
-            leaves = _leaf_hashes(accounts_raw[:first_child_leaf], amounts_units[:first_child_leaf])
-        finally:
-            checksummed_hex, child_leaves = wait_for_child()
-        leaves.extend(child_leaves)
-        if checksummed_hex != given_hex:
-            _check_mismatches_are_single_case(accounts, given_hex, checksummed_hex)
-
-        sorted_leaves = sorted(leaves)
-        tree: list[bytes] = [b""] * (leaves_count - 1)
-        tree.extend(reversed(sorted_leaves))
-        _fill_internal_nodes(tree, leaves_count)
+        build_parts = _build_python if _merkle_native is None else _build_native
+        tree_bytes, checksummed_hex, tree_index_by_value, index_by_account = build_parts(accounts_list, amounts_units)
 
         self = object.__new__(cls)
         self._amounts_units = amounts_units
         self._checksummed_hex = checksummed_hex
         self._index_by_account = index_by_account
-        self._leaves = leaves
-        self._sorted_leaves = sorted_leaves
-        self._tree = tree
+        self._tree_bytes = tree_bytes
+        self._tree_index_by_value = tree_index_by_value
         return self
 
     @classmethod
@@ -161,7 +135,7 @@ class MerkleTree:
         accounts = [entry["value"][0] for entry in values]
         amounts_units = [_parse_amount(entry["value"][1], i, accounts[i]) for i, entry in enumerate(values)]
         tree = cls.build(accounts, amounts_units)
-        if [_to_bytes32(node) for node in data["tree"]] != tree._tree:
+        if b"".join([_to_bytes32(node) for node in data["tree"]]) != tree._tree_bytes:
             raise MerkleTreeError("the dumped nodes differ from the tree rebuilt from its values")
         for i, entry in enumerate(values):
             if entry["treeIndex"] != tree._tree_index(i):
@@ -169,16 +143,16 @@ class MerkleTree:
         return tree
 
     def __len__(self) -> int:
-        return len(self._leaves)
+        return len(self._amounts_units)
 
     @property
     def root(self) -> bytes:
         """The 32-byte root to propose on-chain."""
-        return self._tree[0]
+        return self._node(0)
 
     @property
     def root_hex(self) -> str:
-        return "0x" + self._tree[0].hex()
+        return "0x" + self._node(0).hex()
 
     def account_at(self, value_index: int) -> str:
         """The checksummed account of the `value_index`-th leaf, in the order the leaves were given."""
@@ -205,7 +179,7 @@ class MerkleTree:
         proof = []
         while tree_index > 0:
             # The sibling of an odd (left) child is the next node, of an even (right) child the previous.
-            proof.append(self._tree[tree_index + 1 if tree_index % 2 else tree_index - 1])
+            proof.append(self._node(tree_index + 1 if tree_index % 2 else tree_index - 1))
             tree_index = (tree_index - 1) // 2
         return proof
 
@@ -217,7 +191,7 @@ class MerkleTree:
         return {
             "format": DUMP_FORMAT,
             "leafEncoding": list(LEAF_ENCODING),
-            "tree": ["0x" + node.hex() for node in self._tree],
+            "tree": _nodes_hex(self._tree_bytes),
             "values": [
                 {"value": [self.account_at(i), str(amount)], "treeIndex": self._tree_index(i)}
                 for i, amount in enumerate(self._amounts_units)
@@ -226,15 +200,83 @@ class MerkleTree:
 
     def _value_index(self, account: str) -> int:
         raw, _ = _parse_accounts([account])
-        try:
-            return self._index_by_account[raw]
-        except KeyError:
-            raise MerkleTreeError("account is not a leaf of this tree", account) from None
+        value_index = self._index_by_account.get(raw)
+        if value_index is None:
+            raise MerkleTreeError("account is not a leaf of this tree", account)
+        return value_index
 
     def _tree_index(self, value_index: int) -> int:
-        # Leaves sit in descending hash order at the end of the array.
-        position = bisect_left(self._sorted_leaves, self._leaves[value_index])
-        return len(self._tree) - 1 - position
+        return self._tree_index_by_value[value_index]
+
+    def _node(self, tree_index: int) -> bytes:
+        return self._tree_bytes[tree_index * _word_bytes : (tree_index + 1) * _word_bytes]
+
+
+# A built tree's parts: every node joined (the root first), the checksummed account bodies joined, each
+# leaf's tree index in the order given, and a lookup from an account's 20 bytes to its position there.
+_BuildParts = tuple[bytes, bytes, Sequence[int], Any]
+
+
+def _hashing_threads() -> int:
+    try:
+        usable_cpus = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        usable_cpus = os.cpu_count() or 1
+    return max(1, min(usable_cpus, hashing_threads_max))
+
+
+def _build_native(accounts: list[str], amounts_units: list[int]) -> _BuildParts:
+    try:
+        tree_bytes, checksummed_hex, tree_index, index = _merkle_native.build(
+            accounts, amounts_units, _hashing_threads(), secrets.randbits(64), False
+        )
+    except _merkle_native.LeafError as error:
+        _raise_leaf_error(accounts, amounts_units, *error.args)
+    return tree_bytes, checksummed_hex, memoryview(tree_index).cast("I"), index
+
+
+def _raise_leaf_error(accounts: list[str], amounts_units: list[int], kind: str, index: int, earlier: int) -> NoReturn:
+    """The error the Python build raises for the same first offending leaf (the native build names it)."""
+    if kind in ("amount_type", "amount_range"):
+        _check_amounts(amounts_units[index : index + 1], first_index=index)
+    elif kind == "account":
+        _raise_first_bad_account(accounts[index : index + 1], first_index=index)
+    elif kind == "duplicate":
+        raise MerkleTreeError(_duplicate_message(earlier), accounts[index], index)
+    elif kind == "checksum":
+        given = accounts[index][2:].encode("ascii")
+        _check_mismatches_are_single_case(accounts[index : index + 1], given, _checksum_bodies(given), index)
+    raise MerkleTreeError(f"the native build refused leaf {index} ({kind}) but the check here passes it")
+
+
+def _build_python(accounts: list[str], amounts_units: list[int]) -> _BuildParts:
+    leaves_count = len(accounts)
+    _check_amounts(amounts_units)
+    raw, given_hex = _parse_account_format(accounts)
+    accounts_raw = [raw[i : i + _account_bytes] for i in range(0, len(raw), _account_bytes)]
+    index_by_account = dict(zip(accounts_raw, range(leaves_count), strict=True))
+    if len(index_by_account) != leaves_count:
+        _raise_duplicate(accounts_raw, accounts)
+    checksummed_hex = _checksum_bodies(given_hex)
+    if checksummed_hex != given_hex:
+        _check_mismatches_are_single_case(accounts, given_hex, checksummed_hex)
+    leaves = _leaf_hashes(accounts_raw, amounts_units)
+    ascending = sorted(range(leaves_count), key=leaves.__getitem__)
+    tree: list[bytes] = [b""] * (leaves_count - 1)
+    tree.extend([leaves[i] for i in reversed(ascending)])
+    _fill_internal_nodes(tree, leaves_count)
+    # Leaves sit in descending hash order at the end of the array.
+    last = len(tree) - 1
+    tree_index_by_value = [0] * leaves_count
+    for rank, value_index in enumerate(ascending):
+        tree_index_by_value[value_index] = last - rank
+    return b"".join(tree), checksummed_hex, tree_index_by_value, index_by_account
+
+
+def _nodes_hex(tree_bytes: bytes) -> list[str]:
+    digits = tree_bytes.hex()
+    step = 2 * _word_bytes
+    return ["0x" + digits[i : i + step] for i in range(0, len(digits), step)]
 
 
 def _fill_internal_nodes(tree: list[bytes], leaves_count: int) -> None:
@@ -252,14 +294,14 @@ def _fill_internal_nodes(tree: list[bytes], leaves_count: int) -> None:
         last = first - 1
 
 
-def _check_amounts(amounts_units: Sequence[int]) -> None:
+def _check_amounts(amounts_units: Sequence[int], first_index: int = 0) -> None:
     if (
         all(type(m) is int for m in amounts_units)
         and min(amounts_units) >= 0
         and (max(amounts_units) <= amount_units_max)
     ):
         return
-    for i, m in enumerate(amounts_units):
+    for i, m in enumerate(amounts_units, start=first_index):
         if type(m) is not int:
             raise MerkleTreeError(f"amount `{m!r}` is a {type(m).__name__}, not an int of minor units", index=i)
         if not 0 <= m <= amount_units_max:
@@ -299,70 +341,9 @@ def _parse_account_format(accounts: Sequence[str]) -> tuple[bytes, bytes]:
     return raw, body.encode("ascii")
 
 
-def _hashes_started(
-    given: bytes, raw: bytes, amounts_units: list[int], first_leaf: int
-) -> Callable[[], tuple[bytes, list[bytes]]]:
-    """Start hashing in a helper process; return the function that waits for and returns its results.
-
-    The helper (`settlement/onchain/tree_hashing.py` run as a script) computes `checksum_bodies(given)` and the
-    hashes of leaves `first_leaf..`. It is a new interpreter, not a fork: DuckDB, polars and pyarrow run
-    threads in this process, and a forked copy would hold their locks in whatever state they were. Below
-    `helper_leaves_min`, if the helper cannot start or fails, or if it outlives `helper_wait_s_max` (it is
-    killed then), the same work is done here instead.
-    """
-    leaves_count = len(amounts_units)
-
-    def compute() -> tuple[bytes, list[bytes]]:
-        accounts_raw = [raw[i * _account_bytes : (i + 1) * _account_bytes] for i in range(first_leaf, leaves_count)]
-        return _checksum_bodies(given), _leaf_hashes(accounts_raw, amounts_units[first_leaf:])
-
-    if leaves_count < helper_leaves_min:
-        return compute
-    request = tree_hashing.request(given, raw[first_leaf * _account_bytes :], amounts_units[first_leaf:])
-    try:
-        helper = subprocess.Popen(_helper_command, stdin=subprocess.PIPE, stdout=subprocess.PIPE)
-    except OSError as error:
-        log.warning(f"merkle: the hashing helper process did not start ({error}); hashing here on one core")
-        return compute
-    answer: dict[str, bytes] = {}
-
-    def exchange() -> None:
-        # The helper reads all of its input before it writes, so one thread feeds it, then reads it; a killed
-        # helper ends this with a broken pipe or an end of file.
-        try:
-            helper.stdin.write(request)
-            helper.stdin.close()
-            answer["out"] = helper.stdout.read()
-        except OSError:
-            pass
-
-    exchanging = threading.Thread(target=exchange, name="merkle-helper-io", daemon=True)
-    exchanging.start()
-    expected_bytes = len(given) + _word_bytes * (leaves_count - first_leaf)
-
-    def wait() -> tuple[bytes, list[bytes]]:
-        exchanging.join(helper_wait_s_max)
-        if exchanging.is_alive():
-            helper.kill()
-            exchanging.join()
-            helper.wait()
-            log.warning(
-                f"merkle: the hashing helper process did not finish within {helper_wait_s_max:g} s "
-                "(helper_wait_s_max); killed it and hashed its share here instead"
-            )
-            return compute()
-        returncode = helper.wait()
-        out = answer.get("out", b"")
-        if returncode != 0 or len(out) != expected_bytes:
-            log.warning(f"merkle: the hashing helper process failed (exit {returncode}); hashed its share here")
-            return compute()
-        joined = out[len(given) :]
-        return out[: len(given)], [joined[i : i + _word_bytes] for i in range(0, len(joined), _word_bytes)]
-
-    return wait
-
-
-def _check_mismatches_are_single_case(accounts: Sequence[str], given: bytes, checksummed: bytes) -> None:
+def _check_mismatches_are_single_case(
+    accounts: Sequence[str], given: bytes, checksummed: bytes, first_index: int = 0
+) -> None:
     # An all-lowercase or all-uppercase address carries no checksum (EIP-55), so it is accepted as is;
     # a mixed-case one is a checksum the writer meant, and a mismatch there is a typo.
     if given in (given.lower(), given.upper()):
@@ -371,11 +352,11 @@ def _check_mismatches_are_single_case(accounts: Sequence[str], given: bytes, che
         body = given[i * 40 : i * 40 + 40]
         if body != checksummed[i * 40 : i * 40 + 40] and body not in (body.lower(), body.upper()):
             expected = "0x" + checksummed[i * 40 : i * 40 + 40].decode("ascii")
-            raise MerkleTreeError(f"bad EIP-55 checksum; did you mean `{expected}`?", accounts[i], i)
+            raise MerkleTreeError(f"bad EIP-55 checksum; did you mean `{expected}`?", accounts[i], first_index + i)
 
 
-def _raise_first_bad_account(accounts: Sequence[str]) -> None:
-    for i, account in enumerate(accounts):
+def _raise_first_bad_account(accounts: Sequence[str], first_index: int = 0) -> None:
+    for i, account in enumerate(accounts, start=first_index):
         ok = type(account) is str and len(account) == _account_chars and account.startswith("0x")
         if ok:
             body = account[2:]
@@ -389,13 +370,13 @@ def _raise_duplicate(accounts_raw: Sequence[bytes], accounts: Sequence[str]) -> 
     first_index: dict[bytes, int] = {}
     for i, raw in enumerate(accounts_raw):
         if raw in first_index:
-            raise MerkleTreeError(
-                f"account repeats leaf {first_index[raw]}; sum the contributors sharing an address first",
-                accounts[i],
-                i,
-            )
+            raise MerkleTreeError(_duplicate_message(first_index[raw]), accounts[i], i)
         first_index[raw] = i
     raise AssertionError("unreachable: a duplicate was detected but not found")
+
+
+def _duplicate_message(earlier_index: int) -> str:
+    return f"account repeats leaf {earlier_index}; sum the contributors sharing an address first"
 
 
 def _parse_amount(value: object, index: int, account: object) -> int:

@@ -1,24 +1,15 @@
-"""Bulk hashing for the payout tree: EIP-55 checksums and leaf hashes over whole columns.
+"""Bulk hashing for the payout tree's Python build: EIP-55 checksums and leaf hashes over whole columns.
 
-It imports nothing but `sha3`, so that it also runs as a script: the helper process in which
-`settlement.onchain.merkle` hashes a share of a large tree on the second core. The helper is a fresh interpreter
-(`python -I settlement/onchain/tree_hashing.py`), not a fork: a forked copy of a process running DuckDB, polars
-or pyarrow threads would inherit their locks in whatever state they were, and could wait on one forever.
-
-Protocol (stdin, then stdout, little-endian counts): in, `accounts_count`, `leaves_count` (u64 each), the
-`accounts_count` 40-hex-digit account bodies, then for each leaf its 20-byte account and its amount as 32
-big-endian bytes; out, the checksummed bodies (40 bytes each), then the leaf hashes (32 bytes each).
+`settlement.onchain.merkle` uses it where its native build (`settlement.onchain._merkle_native`) is absent, and
+for single accounts (a proof's lookup, an error's expected checksum).
 """
 
-import struct
-import sys
 from collections.abc import Sequence
 
 from sha3 import keccak_256
 
 account_bytes = 20
 word_bytes = 32
-header = struct.Struct("<QQ")
 _address_padding = bytes(word_bytes - account_bytes)
 
 # For the EIP-55 checksum in bulk: a hex digit of the address's keccak that is >= 8 upper-cases the
@@ -45,43 +36,3 @@ def leaf_hashes(accounts_raw: Sequence[bytes], amounts_units: Sequence[int]) -> 
         k(k(pad + a + m.to_bytes(32, "big")).digest()).digest()
         for a, m in zip(accounts_raw, amounts_units, strict=True)
     ]
-
-
-def leaf_hashes_of_words(accounts_raw: bytes, amounts_words: bytes) -> bytes:
-    """`leaf_hashes` over joined 20-byte accounts and 32-byte big-endian amounts; the hashes joined."""
-    k = keccak_256
-    pad = _address_padding
-    count = len(accounts_raw) // account_bytes
-    return b"".join(
-        [
-            k(
-                k(
-                    pad
-                    + accounts_raw[i * account_bytes : (i + 1) * account_bytes]
-                    + amounts_words[i * word_bytes : (i + 1) * word_bytes]
-                ).digest()
-            ).digest()
-            for i in range(count)
-        ]
-    )
-
-
-def request(given: bytes, accounts_raw: bytes, amounts_units: Sequence[int]) -> bytes:
-    """The helper's input for checksumming `given` and hashing the leaves of `accounts_raw` / `amounts_units`."""
-    words = b"".join([m.to_bytes(word_bytes, "big") for m in amounts_units])
-    return header.pack(len(given) // 40, len(amounts_units)) + given + accounts_raw + words
-
-
-def _serve() -> None:
-    data = sys.stdin.buffer.read()
-    accounts_count, leaves_count = header.unpack_from(data)
-    given_end = header.size + 40 * accounts_count
-    raw_end = given_end + account_bytes * leaves_count
-    out = sys.stdout.buffer
-    out.write(checksum_bodies(data[header.size : given_end]))
-    out.write(leaf_hashes_of_words(data[given_end:raw_end], data[raw_end : raw_end + word_bytes * leaves_count]))
-    out.flush()
-
-
-if __name__ == "__main__":
-    _serve()

@@ -14,7 +14,6 @@ from settlement.onchain.exceptions import MerkleTreeError
 from settlement.onchain.merkle import (
     MerkleTree,
     amount_units_max,
-    helper_leaves_min,
     leaf_hash,
     process_proof,
     verify,
@@ -116,9 +115,9 @@ def test_mixed_case_address_with_a_wrong_checksum_is_rejected() -> None:
     assert raised.value.index == 1
 
 
-def test_bad_checksum_is_caught_on_the_helper_process_path_too() -> None:
-    """Pins that the large-tree path (checksums computed in the helper process) still rejects typos."""
-    accounts = random_accounts(helper_leaves_min, seed=6)
+def test_bad_checksum_is_caught_on_the_native_multithreaded_path_too() -> None:
+    """Pins that the large-tree path (checksums computed on several native threads) still rejects typos."""
+    accounts = random_accounts(2 * 4096 + 3, seed=6)
     last = accounts[-1]
     position = next(i for i, c in enumerate(last) if i >= 2 and c.isalpha())
     accounts[-1] = last[:position] + last[position].swapcase() + last[position + 1 :]
@@ -127,15 +126,15 @@ def test_bad_checksum_is_caught_on_the_helper_process_path_too() -> None:
     assert raised.value.index == len(accounts) - 1
 
 
-def test_helper_process_and_inline_checksums_give_the_same_tree(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Pins that the helper-process hashing path changes nothing: same tree as with everything hashed inline."""
-    accounts = random_accounts(helper_leaves_min, seed=7)
+def test_native_and_python_builds_give_the_same_tree(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Pins that the native build (threads, vendored Keccak) changes nothing: same tree as the Python build."""
+    accounts = random_accounts(2 * 4096 + 3, seed=7)
     amounts = list(range(len(accounts)))
-    forked = MerkleTree.build(accounts, amounts)
-    monkeypatch.setattr(merkle, "helper_leaves_min", len(accounts) + 1)
-    inline = MerkleTree.build([a.lower() for a in accounts], amounts)
-    assert forked.root == inline.root
-    assert inline.account_at(len(accounts) - 1) == forked.account_at(len(accounts) - 1) == accounts[-1]
+    native = MerkleTree.build(accounts, amounts)
+    monkeypatch.setattr(merkle, "_merkle_native", None)
+    python = MerkleTree.build([a.lower() for a in accounts], amounts)
+    assert native.dump() == python.dump()
+    assert python.account_at(len(accounts) - 1) == native.account_at(len(accounts) - 1) == accounts[-1]
 
 
 def test_proof_for_an_unknown_account_is_an_error() -> None:

@@ -1,0 +1,521 @@
+/*
+ * Native build of the payout Merkle tree for settlement/onchain/merkle.py: check the leaves, hash them, sort them
+ * and hash every internal node, on up to `threads` threads that run without the GIL (no process is forked).
+ *
+ * Hashing is the vendored Keccak (vendor/README.md): XKCP's four permutations at once in AVX2 lanes where the CPU
+ * has AVX2, PQClean's portable code one message at a time elsewhere. Every message here (a 64-byte leaf encoding,
+ * a 32-byte digest, a 40-character address body, a 64-byte pair) fits in one block. The layout is OpenZeppelin's
+ * StandardMerkleTree, exactly as the Python path of merkle.py builds it: leaves sorted by hash and laid in
+ * descending order at the end of one array of 2n-1 nodes, node p the hash of its children 2p+1 and 2p+2 in
+ * ascending byte order.
+ *
+ * build(accounts, amounts, threads, seed, portable) -> (tree, checksummed, tree_index, index)
+ *   tree         bytes: the 2n-1 nodes of 32 bytes each, the root first;
+ *   checksummed  bytes: the EIP-55 bodies (40 hex characters each), in the order given;
+ *   tree_index   bytes: the tree position of each leaf in the order given, as native uint32;
+ *   index        AccountIndex: `index.get(account_20_bytes)` is the account's position in the order given, or None.
+ * `seed` keys the account hash table (so that chosen addresses cannot make its probes long); `portable` forces
+ * the one-at-a-time Keccak (for tests). Bad input raises LeafError(kind, index, other), checked in this order and
+ * each naming its first offending leaf, as the Python path does: "amount_type", "amount_range", "account",
+ * "duplicate" (`other`: the earlier leaf with that account), "checksum" (a mixed-case body that is not the EIP-55
+ * checksum of the address).
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <pthread.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "_keccak_batch.h"
+
+#define ACCOUNT_BYTES 20
+#define BODY_CHARS 40
+#define WORD_BYTES 32
+#define LEAF_ENCODING_BYTES 64
+#define THREADS_MAX 64
+/* Below this many items a thread costs more to start than the work it takes over. */
+#define ITEMS_PER_THREAD_MIN 4096
+#define SORT_BUCKETS 65536
+
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#define HAVE_X4 1
+#else
+#define HAVE_X4 0
+#endif
+
+static PyObject *LeafError;
+static int cpu_has_avx2;
+
+/* ---- Keccak-256 of four one-block messages of `length` bytes, one after the other ---- */
+
+static void keccak256_four(int x4, const uint8_t *messages, unsigned int length, uint8_t *digests) {
+#if HAVE_X4
+    if (x4) {
+        merkle_keccak256_x4(messages, length, digests);
+        return;
+    }
+#endif
+    for (int i = 0; i < 4; i++) merkle_keccak256_one(messages + i * length, length, digests + i * KECCAK256_DIGEST_BYTES);
+}
+
+/* ---- threads: run fn over [0, count) split into up to `threads` ranges (boundaries multiples of 4) ---- */
+
+typedef void (*range_fn)(void *ctx, size_t lo, size_t hi, int worker);
+
+typedef struct {
+    range_fn fn;
+    void *ctx;
+    size_t lo, hi;
+    int worker;
+} Job;
+
+static void *job_run(void *arg) {
+    Job *job = arg;
+    job->fn(job->ctx, job->lo, job->hi, job->worker);
+    return NULL;
+}
+
+static void run_parallel(range_fn fn, void *ctx, size_t count, int threads) {
+    size_t workers = (size_t)threads;
+    if (workers > count / ITEMS_PER_THREAD_MIN) workers = count / ITEMS_PER_THREAD_MIN;
+    if (workers < 1) workers = 1;
+    Job jobs[THREADS_MAX];
+    pthread_t ids[THREADS_MAX];
+    int started[THREADS_MAX];
+    for (size_t w = 0; w < workers; w++) {
+        jobs[w].fn = fn;
+        jobs[w].ctx = ctx;
+        jobs[w].lo = w == 0 ? 0 : (count * w / workers) & ~(size_t)3;
+        jobs[w].hi = w + 1 == workers ? count : (count * (w + 1) / workers) & ~(size_t)3;
+        jobs[w].worker = (int)w;
+    }
+    for (size_t w = 1; w < workers; w++) started[w] = pthread_create(&ids[w], NULL, job_run, &jobs[w]) == 0;
+    job_run(&jobs[0]);
+    for (size_t w = 1; w < workers; w++) {
+        if (started[w])
+            pthread_join(ids[w], NULL);
+        else
+            job_run(&jobs[w]); /* no thread could start: do its share here */
+    }
+}
+
+/* ---- account hash table: from a 20-byte account to its position, keyed by a random seed ---- */
+
+static uint64_t account_hash(const uint8_t *account, uint64_t seed) {
+    uint64_t a, b;
+    uint32_t c;
+    memcpy(&a, account, 8);
+    memcpy(&b, account + 8, 8);
+    memcpy(&c, account + 16, 4);
+    uint64_t h = (seed ^ a) * 0x9E3779B97F4A7C15ULL;
+    h = ((h ^ (h >> 32)) ^ b) * 0xBF58476D1CE4E5B9ULL;
+    h = ((h ^ (h >> 29)) ^ c) * 0x94D049BB133111EBULL;
+    return h ^ (h >> 31);
+}
+
+typedef struct {
+    PyObject_HEAD
+    uint8_t *accounts; /* 20 bytes each, in the order given */
+    uint32_t *slots;   /* position + 1, 0 when empty; linear probing */
+    uint64_t mask;
+    uint64_t seed;
+} AccountIndex;
+
+/* Insert every account in order; returns -1, or the first position whose account is already in (its earlier
+   position in *earlier). */
+static Py_ssize_t index_fill(AccountIndex *index, size_t count, Py_ssize_t *earlier) {
+    for (size_t i = 0; i < count; i++) {
+        const uint8_t *account = index->accounts + i * ACCOUNT_BYTES;
+        uint64_t slot = account_hash(account, index->seed) & index->mask;
+        while (index->slots[slot]) {
+            uint32_t other = index->slots[slot] - 1;
+            if (memcmp(index->accounts + (size_t)other * ACCOUNT_BYTES, account, ACCOUNT_BYTES) == 0) {
+                *earlier = other;
+                return (Py_ssize_t)i;
+            }
+            slot = (slot + 1) & index->mask;
+        }
+        index->slots[slot] = (uint32_t)i + 1;
+    }
+    return -1;
+}
+
+static PyObject *AccountIndex_get(AccountIndex *self, PyObject *arg) {
+    char *account;
+    Py_ssize_t length;
+    if (!PyBytes_Check(arg) || PyBytes_AsStringAndSize(arg, &account, &length) < 0 || length != ACCOUNT_BYTES) {
+        PyErr_SetString(PyExc_TypeError, "get() takes the account's 20 bytes");
+        return NULL;
+    }
+    uint64_t slot = account_hash((const uint8_t *)account, self->seed) & self->mask;
+    while (self->slots[slot]) {
+        uint32_t position = self->slots[slot] - 1;
+        if (memcmp(self->accounts + (size_t)position * ACCOUNT_BYTES, account, ACCOUNT_BYTES) == 0)
+            return PyLong_FromUnsignedLong(position);
+        slot = (slot + 1) & self->mask;
+    }
+    Py_RETURN_NONE;
+}
+
+static void AccountIndex_dealloc(AccountIndex *self) {
+    PyMem_RawFree(self->accounts);
+    PyMem_RawFree(self->slots);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static PyMethodDef AccountIndex_methods[] = {
+    {"get", (PyCFunction)AccountIndex_get, METH_O, "get(account_20_bytes) -> position in the order given, or None"},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyTypeObject AccountIndexType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "settlement.onchain._merkle_native.AccountIndex",
+    .tp_basicsize = sizeof(AccountIndex),
+    .tp_dealloc = (destructor)AccountIndex_dealloc,
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "The tree's accounts, by their 20 bytes.",
+    .tp_methods = AccountIndex_methods,
+};
+
+/* ---- the build ---- */
+
+typedef struct {
+    uint64_t key; /* the leaf hash's first 8 bytes, big-endian: sorts as the hash does */
+    uint32_t position;
+} SortKey;
+
+typedef struct {
+    size_t count;
+    int x4;
+    const uint8_t *encodings; /* 64 bytes per leaf: 12 zero bytes, the account, the amount (abi.encode) */
+    const uint8_t *given;     /* 40 characters per leaf, as given */
+    const uint8_t *lower;     /* the same, lowercase */
+    uint8_t *checksummed;     /* 40 characters per leaf, EIP-55 */
+    uint8_t *leaves;          /* 32 bytes per leaf, in the order given */
+    SortKey *keys;
+    SortKey *sorted;
+    size_t *bucket_starts; /* SORT_BUCKETS + 1 */
+    uint8_t *tree;
+    uint32_t *tree_index;
+    size_t first_node; /* of the run of internal nodes being hashed */
+    size_t bad_checksum[THREADS_MAX];
+} Build;
+
+static int hex_value[256];
+
+static int mixed_case(const uint8_t *body) {
+    int lower = 0, upper = 0;
+    for (int c = 0; c < BODY_CHARS; c++) {
+        lower |= body[c] >= 'a' && body[c] <= 'f';
+        upper |= body[c] >= 'A' && body[c] <= 'F';
+    }
+    return lower && upper;
+}
+
+static void checksum_body(const uint8_t *lower, const uint8_t *digest, uint8_t *out) {
+    for (int c = 0; c < BODY_CHARS; c++) {
+        int nibble = c % 2 == 0 ? digest[c / 2] >> 4 : digest[c / 2] & 15;
+        out[c] = lower[c] >= 'a' && nibble >= 8 ? (uint8_t)(lower[c] - 32) : lower[c];
+    }
+}
+
+static uint64_t big_endian_64(const uint8_t *p) {
+    uint64_t v = 0;
+    for (int i = 0; i < 8; i++) v = v << 8 | p[i];
+    return v;
+}
+
+/* Leaf hashes and EIP-55 checksums of leaves [lo, hi). */
+static void hash_leaves(void *ctx, size_t lo, size_t hi, int worker) {
+    Build *b = ctx;
+    uint8_t tail_encodings[4 * LEAF_ENCODING_BYTES], tail_bodies[4 * BODY_CHARS], tail_leaves[4 * WORD_BYTES];
+    uint8_t inner[4 * WORD_BYTES], digests[4 * WORD_BYTES];
+    size_t bad = (size_t)-1;
+    for (size_t i = lo; i < hi; i += 4) {
+        size_t n = hi - i < 4 ? hi - i : 4;
+        const uint8_t *encodings = b->encodings + i * LEAF_ENCODING_BYTES, *bodies = b->lower + i * BODY_CHARS;
+        uint8_t *leaves = b->leaves + i * WORD_BYTES;
+        if (n < 4) { /* the last few: padded with zeros, their extra digests dropped */
+            memset(tail_encodings, 0, sizeof tail_encodings);
+            memset(tail_bodies, 0, sizeof tail_bodies);
+            memcpy(tail_encodings, encodings, n * LEAF_ENCODING_BYTES);
+            memcpy(tail_bodies, bodies, n * BODY_CHARS);
+            encodings = tail_encodings;
+            bodies = tail_bodies;
+            leaves = tail_leaves;
+        }
+        keccak256_four(b->x4, encodings, LEAF_ENCODING_BYTES, inner);
+        keccak256_four(b->x4, inner, WORD_BYTES, leaves);
+        keccak256_four(b->x4, bodies, BODY_CHARS, digests);
+        if (n < 4) memcpy(b->leaves + i * WORD_BYTES, tail_leaves, n * WORD_BYTES);
+        for (size_t k = 0; k < n; k++) {
+            size_t at = i + k;
+            uint8_t *out = b->checksummed + at * BODY_CHARS;
+            checksum_body(b->lower + at * BODY_CHARS, digests + k * WORD_BYTES, out);
+            const uint8_t *given = b->given + at * BODY_CHARS;
+            if (bad == (size_t)-1 && memcmp(out, given, BODY_CHARS) != 0 && mixed_case(given)) bad = at;
+            b->keys[at].key = big_endian_64(b->leaves + at * WORD_BYTES);
+            b->keys[at].position = (uint32_t)at;
+        }
+    }
+    b->bad_checksum[worker] = bad;
+}
+
+/* qsort has no context argument: the leaves of the build this thread sorts. */
+static _Thread_local const uint8_t *sort_leaves;
+
+static int key_compare(const void *x, const void *y) {
+    const SortKey *a = x, *b = y;
+    if (a->key != b->key) return a->key < b->key ? -1 : 1;
+    return memcmp(sort_leaves + (size_t)a->position * WORD_BYTES, sort_leaves + (size_t)b->position * WORD_BYTES,
+                  WORD_BYTES);
+}
+
+/* Sort buckets [lo, hi) of the 16-bit radix pass by the whole hash. */
+static void sort_buckets(void *ctx, size_t lo, size_t hi, int worker) {
+    Build *b = ctx;
+    sort_leaves = b->leaves;
+    for (size_t bucket = lo; bucket < hi; bucket++) {
+        SortKey *items = b->sorted + b->bucket_starts[bucket];
+        size_t n = b->bucket_starts[bucket + 1] - b->bucket_starts[bucket];
+        if (n > 1) qsort(items, n, sizeof *items, key_compare);
+    }
+}
+
+/* Lay leaves of ascending rank [lo, hi) into the tree, the smallest last. */
+static void place_leaves(void *ctx, size_t lo, size_t hi, int worker) {
+    Build *b = ctx;
+    size_t last = 2 * b->count - 2;
+    for (size_t rank = lo; rank < hi; rank++) {
+        uint32_t position = b->sorted[rank].position;
+        memcpy(b->tree + (last - rank) * WORD_BYTES, b->leaves + (size_t)position * WORD_BYTES, WORD_BYTES);
+        b->tree_index[position] = (uint32_t)(last - rank);
+    }
+}
+
+/* Hash internal nodes first_node + [lo, hi), whose children are all already hashed. */
+static void hash_nodes(void *ctx, size_t lo, size_t hi, int worker) {
+    Build *b = ctx;
+    uint8_t pairs[4 * 2 * WORD_BYTES], tail_parents[4 * WORD_BYTES];
+    for (size_t i = lo; i < hi; i += 4) {
+        size_t n = hi - i < 4 ? hi - i : 4;
+        if (n < 4) memset(pairs, 0, sizeof pairs);
+        for (size_t k = 0; k < n; k++) {
+            size_t node = b->first_node + i + k;
+            const uint8_t *left = b->tree + (2 * node + 1) * WORD_BYTES, *right = left + WORD_BYTES;
+            int ascending = memcmp(left, right, WORD_BYTES) < 0;
+            memcpy(pairs + k * 2 * WORD_BYTES, ascending ? left : right, WORD_BYTES);
+            memcpy(pairs + k * 2 * WORD_BYTES + WORD_BYTES, ascending ? right : left, WORD_BYTES);
+        }
+        uint8_t *parents = b->tree + (b->first_node + i) * WORD_BYTES;
+        keccak256_four(b->x4, pairs, 2 * WORD_BYTES, n < 4 ? tail_parents : parents);
+        if (n < 4) memcpy(parents, tail_parents, n * WORD_BYTES);
+    }
+}
+
+static void build_tree(Build *b, int threads) {
+    size_t n = b->count;
+    size_t *starts = b->bucket_starts;
+    memset(starts, 0, (SORT_BUCKETS + 1) * sizeof *starts);
+    for (size_t i = 0; i < n; i++) starts[(b->keys[i].key >> 48) + 1]++;
+    for (size_t bucket = 0; bucket < SORT_BUCKETS; bucket++) starts[bucket + 1] += starts[bucket];
+    for (size_t i = 0; i < n; i++) b->sorted[starts[b->keys[i].key >> 48]++] = b->keys[i];
+    /* the scatter advanced each start to the next bucket's: shift back */
+    memmove(starts + 1, starts, SORT_BUCKETS * sizeof *starts);
+    starts[0] = 0;
+    run_parallel(sort_buckets, b, SORT_BUCKETS, threads);
+    run_parallel(place_leaves, b, n, threads);
+    /* Nodes (last + 1) / 2 .. last have all their children past `last`: one run at a time, as merkle.py. */
+    for (Py_ssize_t last = (Py_ssize_t)n - 2; last >= 0;) {
+        size_t first = (size_t)(last + 1) / 2;
+        b->first_node = first;
+        run_parallel(hash_nodes, b, (size_t)last - first + 1, threads);
+        last = (Py_ssize_t)first - 1;
+    }
+}
+
+static int leaf_error(const char *kind, Py_ssize_t index, Py_ssize_t other) {
+    PyObject *args = Py_BuildValue("(snn)", kind, index, other);
+    if (args) {
+        PyErr_SetObject(LeafError, args);
+        Py_DECREF(args);
+    }
+    return -1;
+}
+
+/* The amount's 32 big-endian bytes into `word`; LeafError if it is not an int in [0, 2**256). */
+static int parse_amount(PyObject *amount, Py_ssize_t i, uint8_t *word) {
+    if (!PyLong_CheckExact(amount)) return leaf_error("amount_type", i, -1);
+    int overflow = 0;
+    long long value = PyLong_AsLongLongAndOverflow(amount, &overflow);
+    if (value == -1 && PyErr_Occurred()) return -1;
+    if (overflow < 0 || (overflow == 0 && value < 0)) return leaf_error("amount_range", i, -1);
+    if (overflow == 0) {
+        for (int k = 0; k < 8; k++) word[WORD_BYTES - 1 - k] = (uint8_t)((unsigned long long)value >> (8 * k));
+        return 0;
+    }
+    PyObject *bytes = PyObject_CallMethod(amount, "to_bytes", "is", WORD_BYTES, "big");
+    if (!bytes) {
+        if (!PyErr_ExceptionMatches(PyExc_OverflowError)) return -1;
+        PyErr_Clear();
+        return leaf_error("amount_range", i, -1);
+    }
+    memcpy(word, PyBytes_AS_STRING(bytes), WORD_BYTES);
+    Py_DECREF(bytes);
+    return 0;
+}
+
+/* "0x" and 40 hex digits: the account's bytes into `raw`, its body into `given` and `lower`. */
+static int parse_account(PyObject *account, Py_ssize_t i, uint8_t *raw, uint8_t *given, uint8_t *lower) {
+    if (!PyUnicode_CheckExact(account) || PyUnicode_GET_LENGTH(account) != 2 + BODY_CHARS ||
+        !PyUnicode_IS_ASCII(account))
+        return leaf_error("account", i, -1);
+    const uint8_t *text = PyUnicode_DATA(account);
+    if (text[0] != '0' || text[1] != 'x') return leaf_error("account", i, -1);
+    for (int c = 0; c < BODY_CHARS; c += 2) {
+        int high = hex_value[text[2 + c]], low = hex_value[text[3 + c]];
+        if (high < 0 || low < 0) return leaf_error("account", i, -1);
+        raw[c / 2] = (uint8_t)(high << 4 | low);
+    }
+    memcpy(given, text + 2, BODY_CHARS);
+    for (int c = 0; c < BODY_CHARS; c++) lower[c] = given[c] >= 'A' && given[c] <= 'F' ? given[c] + 32 : given[c];
+    return 0;
+}
+
+static PyObject *build(PyObject *module, PyObject *args) {
+    PyObject *accounts_in, *amounts_in;
+    int threads, portable;
+    unsigned long long seed;
+    if (!PyArg_ParseTuple(args, "OOiKp", &accounts_in, &amounts_in, &threads, &seed, &portable)) return NULL;
+    if (!PyList_CheckExact(accounts_in) || !PyList_CheckExact(amounts_in) ||
+        PyList_GET_SIZE(accounts_in) != PyList_GET_SIZE(amounts_in) || PyList_GET_SIZE(accounts_in) < 1 ||
+        PyList_GET_SIZE(accounts_in) > (Py_ssize_t)(UINT32_MAX / 4)) {
+        PyErr_SetString(PyExc_ValueError, "build() takes two lists of the same length, at least 1 and below 2**30");
+        return NULL;
+    }
+    if (threads < 1) threads = 1;
+    if (threads > THREADS_MAX) threads = THREADS_MAX;
+    size_t n = (size_t)PyList_GET_SIZE(accounts_in);
+    size_t slots = 8;
+    while (slots < 2 * n) slots *= 2;
+
+    PyObject *result = NULL, *tree = NULL, *checksummed = NULL, *tree_index = NULL;
+    AccountIndex *index = NULL;
+    Build b = {.count = n, .x4 = cpu_has_avx2 && !portable};
+    uint8_t *encodings = PyMem_RawCalloc(n, LEAF_ENCODING_BYTES);
+    uint8_t *bodies = PyMem_RawMalloc(n * 2 * BODY_CHARS);
+    uint8_t *leaves = PyMem_RawMalloc(n * WORD_BYTES);
+    SortKey *keys = PyMem_RawMalloc(2 * n * sizeof(SortKey));
+    size_t *starts = PyMem_RawMalloc((SORT_BUCKETS + 1) * sizeof(size_t));
+    tree = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)((2 * n - 1) * WORD_BYTES));
+    checksummed = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)(n * BODY_CHARS));
+    tree_index = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)(n * sizeof(uint32_t)));
+    index = PyObject_New(AccountIndex, &AccountIndexType);
+    if (index) {
+        index->accounts = PyMem_RawMalloc(n * ACCOUNT_BYTES);
+        index->slots = PyMem_RawCalloc(slots, sizeof(uint32_t));
+        index->mask = slots - 1;
+        index->seed = seed;
+    }
+    if (!encodings || !bodies || !leaves || !keys || !starts || !tree || !checksummed || !tree_index || !index ||
+        !index->accounts || !index->slots) {
+        if (!PyErr_Occurred()) PyErr_NoMemory();
+        goto done;
+    }
+    b.encodings = encodings;
+    b.given = bodies;
+    b.lower = bodies + n * BODY_CHARS;
+    b.checksummed = (uint8_t *)PyBytes_AS_STRING(checksummed);
+    b.leaves = leaves;
+    b.keys = keys;
+    b.sorted = keys + n;
+    b.bucket_starts = starts;
+    b.tree = (uint8_t *)PyBytes_AS_STRING(tree);
+    b.tree_index = (uint32_t *)PyBytes_AS_STRING(tree_index);
+
+    for (size_t i = 0; i < n; i++)
+        if (parse_amount(PyList_GET_ITEM(amounts_in, i), (Py_ssize_t)i, encodings + i * LEAF_ENCODING_BYTES + WORD_BYTES) < 0)
+            goto done;
+    for (size_t i = 0; i < n; i++) {
+        uint8_t *raw = encodings + i * LEAF_ENCODING_BYTES + WORD_BYTES - ACCOUNT_BYTES;
+        if (parse_account(PyList_GET_ITEM(accounts_in, i), (Py_ssize_t)i, raw, bodies + i * BODY_CHARS,
+                          bodies + (n + i) * BODY_CHARS) < 0)
+            goto done;
+        memcpy(index->accounts + i * ACCOUNT_BYTES, raw, ACCOUNT_BYTES);
+    }
+
+    Py_ssize_t duplicate, earlier = -1;
+    size_t bad_checksum = (size_t)-1;
+    Py_BEGIN_ALLOW_THREADS
+    for (int w = 0; w < THREADS_MAX; w++) b.bad_checksum[w] = (size_t)-1;
+    run_parallel(hash_leaves, &b, n, threads);
+    for (int w = 0; w < THREADS_MAX; w++)
+        if (b.bad_checksum[w] < bad_checksum) bad_checksum = b.bad_checksum[w];
+    duplicate = index_fill(index, n, &earlier);
+    if (duplicate < 0 && bad_checksum == (size_t)-1) build_tree(&b, threads);
+    Py_END_ALLOW_THREADS
+    if (duplicate >= 0) {
+        leaf_error("duplicate", duplicate, earlier);
+        goto done;
+    }
+    if (bad_checksum != (size_t)-1) {
+        leaf_error("checksum", (Py_ssize_t)bad_checksum, -1);
+        goto done;
+    }
+    result = PyTuple_Pack(4, tree, checksummed, tree_index, (PyObject *)index);
+
+done:
+    PyMem_RawFree(encodings);
+    PyMem_RawFree(bodies);
+    PyMem_RawFree(leaves);
+    PyMem_RawFree(keys);
+    PyMem_RawFree(starts);
+    Py_XDECREF(tree);
+    Py_XDECREF(checksummed);
+    Py_XDECREF(tree_index);
+    Py_XDECREF((PyObject *)index);
+    return result;
+}
+
+static PyObject *implementation(PyObject *module, PyObject *unused) {
+    return PyUnicode_FromString(cpu_has_avx2 ? "xkcp-avx2-x4" : "pqclean-portable");
+}
+
+static PyMethodDef module_methods[] = {
+    {"build", build, METH_VARARGS,
+     "build(accounts, amounts, threads, seed, portable) -> (tree, checksummed, tree_index, index); "
+     "see the file's header"},
+    {"implementation", implementation, METH_NOARGS, "The Keccak code in use: 'xkcp-avx2-x4' or 'pqclean-portable'."},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module = {
+    PyModuleDef_HEAD_INIT,
+    .m_name = "_merkle_native",
+    .m_doc = "Native build of the payout Merkle tree (settlement/onchain/merkle.py).",
+    .m_size = -1,
+    .m_methods = module_methods,
+};
+
+PyMODINIT_FUNC PyInit__merkle_native(void) {
+    for (int c = 0; c < 256; c++) hex_value[c] = -1;
+    for (int c = 0; c < 10; c++) hex_value['0' + c] = c;
+    for (int c = 0; c < 6; c++) hex_value['a' + c] = hex_value['A' + c] = 10 + c;
+#if HAVE_X4
+    __builtin_cpu_init();
+    cpu_has_avx2 = __builtin_cpu_supports("avx2");
+#endif
+    if (PyType_Ready(&AccountIndexType) < 0) return NULL;
+    PyObject *m = PyModule_Create(&module);
+    if (!m) return NULL;
+    LeafError = PyErr_NewException("settlement.onchain._merkle_native.LeafError", PyExc_ValueError, NULL);
+    if (!LeafError || PyModule_AddObject(m, "LeafError", LeafError) < 0) {
+        Py_XDECREF(LeafError);
+        Py_DECREF(m);
+        return NULL;
+    }
+    Py_INCREF(LeafError);
+    return m;
+}

@@ -1,0 +1,158 @@
+"""The native tree build (`settlement.onchain._merkle_native`): the same tree and the same refusals as the Python
+build, on any number of threads, with either Keccak code, from concurrent callers, and never a fork or a process."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import threading
+
+import duckdb
+import polars as pl
+import pytest
+from eth_utils import to_checksum_address
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from settlement.onchain import merkle
+from settlement.onchain.exceptions import MerkleTreeError
+from settlement.onchain.merkle import MerkleTree, amount_units_max
+from tests.settlement.test_merkle import random_accounts
+
+native = pytest.importorskip("settlement.onchain._merkle_native", reason="the native tree build is not built here")
+
+# Each thread takes at least 4,096 items of a step (ITEMS_PER_THREAD_MIN in _merkle_native.c): this many leaves
+# split the leaf hashing and the widest node steps over three threads, with a tail of fewer than four.
+several_threads_leaves = 3 * 4096 + 3
+
+
+def python_build(accounts: list[str], amounts: list[int], monkeypatch: pytest.MonkeyPatch) -> MerkleTree:
+    with monkeypatch.context() as patch:
+        patch.setattr(merkle, "_merkle_native", None)
+        return MerkleTree.build(accounts, amounts)
+
+
+def native_tree_bytes(accounts: list[str], amounts: list[int], threads: int, portable: bool) -> bytes:
+    return native.build(accounts, amounts, threads, 7, portable)[0]
+
+
+@st.composite
+def leaves(draw: st.DrawFn) -> tuple[list[str], list[int]]:
+    raw = draw(st.lists(st.binary(min_size=20, max_size=20), min_size=1, max_size=40, unique=True))
+    style = draw(st.sampled_from(["checksummed", "lower", "upper"]))
+    accounts = [to_checksum_address(a) for a in raw]
+    if style == "lower":
+        accounts = [a.lower() for a in accounts]
+    elif style == "upper":
+        accounts = ["0x" + a[2:].upper() for a in accounts]
+    amounts = draw(st.lists(st.integers(0, amount_units_max), min_size=len(raw), max_size=len(raw)))
+    return accounts, amounts
+
+
+@settings(max_examples=150, deadline=None)
+@given(leaves())
+def test_native_tree_equals_the_python_build(leaf_columns: tuple[list[str], list[int]]) -> None:
+    """Property: for any distinct accounts (any case style) and uint256 amounts, the native build's nodes, dump and
+    proofs equal the Python build's, with the AVX2 and the portable Keccak alike."""
+    accounts, amounts = leaf_columns
+    with pytest.MonkeyPatch.context() as patch:
+        python = python_build(accounts, amounts, patch)
+    tree = MerkleTree.build(accounts, amounts)
+    assert tree.dump() == python.dump()
+    assert [tree.proof(a) for a in accounts] == [python.proof(a) for a in accounts]
+    assert native_tree_bytes(accounts, amounts, 1, portable=True) == python._tree_bytes
+
+
+def test_any_thread_count_and_either_keccak_give_the_same_tree(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Pins the split over threads (ranges, tails of 1-3, the node steps) and the AVX2 lanes against the
+    Python build at a size that uses several threads."""
+    accounts = random_accounts(several_threads_leaves, seed=21)
+    amounts = [i * 10**15 for i in range(len(accounts))]
+    expected = python_build(accounts, amounts, monkeypatch)._tree_bytes
+    for threads in (1, 2, 3, 8):
+        assert native_tree_bytes(accounts, amounts, threads, portable=False) == expected, threads
+    assert native_tree_bytes(accounts, amounts, 3, portable=True) == expected
+
+
+def bad_inputs() -> list[tuple[list, list]]:
+    good = random_accounts(6, seed=22)
+    typo_at = next(i for i, c in enumerate(good[4]) if i >= 2 and c.isalpha())
+    typo = good[4][:typo_at] + good[4][typo_at].swapcase() + good[4][typo_at + 1 :]
+    ones = [1] * 6
+    return [
+        (good, [1, 2, 3, -1, 5, 2**256]),  # the first bad amount, not the last
+        (good, [1, 2, True, 4, 5.0, 6]),
+        (good, [1, 2, 3, 4, 5, 2**256]),
+        ([*good[:2], good[2].lower()[:-1], *good[3:]], ones),
+        ([*good[:2], "0X" + good[2][2:], *good[3:]], ones),
+        ([*good[:2], good[2][:-1] + "g", *good[3:]], ones),
+        ([*good[:2], good[2][:-1] + "é", *good[3:]], ones),
+        ([*good[:2], b"\x11" * 20, *good[3:]], ones),
+        ([*good[:5], good[1].lower()], ones),  # the same address in another case
+        ([*good[:4], typo, good[1]], ones),  # a duplicate after a typo: the duplicate is named (as in Python)
+        ([*good[:4], typo, good[5]], ones),
+        ([*good[:3], good[4], typo, good[5]], [1, 2, 3, 4, -5, 6]),  # amounts are checked first
+    ]
+
+
+@pytest.mark.parametrize(("accounts", "amounts"), bad_inputs())
+def test_native_refusals_equal_the_python_build(accounts: list, amounts: list, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Pins that a bad leaf is refused with the Python build's message and index, its first bad leaf first."""
+    with pytest.raises(MerkleTreeError) as python:
+        python_build(accounts, amounts, monkeypatch)
+    with pytest.raises(MerkleTreeError, match=re.escape(str(python.value))) as ours:
+        MerkleTree.build(accounts, amounts)
+    assert (ours.value.index, ours.value.account) == (python.value.index, python.value.account)
+
+
+def test_build_never_forks_nor_starts_a_process_while_duckdb_and_polars_pools_run(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """As in `settle`: DuckDB and polars have run (their thread pools are up); a tree large enough for several
+    hashing threads is built in this process, with no fork and no process started."""
+    duckdb.sql("SELECT sum(range) FROM range(1000000)").fetchall()
+    pl.DataFrame({"a": list(range(100_000))}).group_by("a").len()
+    assert len(os.listdir("/proc/self/task")) > 1
+    accounts = random_accounts(several_threads_leaves, seed=23)
+    amounts = list(range(len(accounts)))
+    expected = python_build(accounts, amounts, monkeypatch).root
+
+    def refused(*args: object, **kwargs: object) -> None:
+        raise AssertionError("a process was forked or started while other threads run")
+
+    for module, name in ((os, "fork"), (os, "posix_spawn"), (subprocess, "Popen")):
+        monkeypatch.setattr(module, name, refused)
+    monkeypatch.setattr(merkle, "hashing_threads_max", 3)
+    assert MerkleTree.build(accounts, amounts).root == expected
+
+
+def test_concurrent_builds_from_several_threads_each_get_their_own_tree(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The build runs without the GIL: builds started together from four threads each return their tree."""
+    inputs = [
+        (random_accounts(several_threads_leaves, seed=30 + k), [k + 1] * several_threads_leaves) for k in range(4)
+    ]
+    expected = [python_build(a, m, monkeypatch).root for a, m in inputs]
+    roots: dict[int, bytes] = {}
+    start = threading.Barrier(len(inputs))
+
+    def build(k: int) -> None:
+        start.wait()
+        roots[k] = MerkleTree.build(*inputs[k]).root
+
+    threads = [threading.Thread(target=build, args=(k,)) for k in range(len(inputs))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert [roots[k] for k in range(len(inputs))] == expected
+
+
+def test_account_lookup_finds_every_leaf_and_nothing_else() -> None:
+    """Pins the native account index: every account finds its position, an absent one finds none."""
+    accounts = random_accounts(5000, seed=24)
+    *_, index = native.build(accounts, [1] * len(accounts), 2, 99, False)
+    assert [index.get(bytes.fromhex(a[2:])) for a in accounts] == list(range(len(accounts)))
+    assert index.get(bytes(20)) is None
+    with pytest.raises(TypeError):
+        index.get(b"\x00" * 19)
