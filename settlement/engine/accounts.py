@@ -11,6 +11,9 @@ from schemas.fields import model_recipient_prefix
 
 model_prefix = model_recipient_prefix
 contributor_prefix = "contributor:"
+# A dataset of the on-chain registry, as a policy names it: its share is split again by the dataset's own policy,
+# through the pass-through account `model:dataset:<id>` (docs/registry.md).
+dataset_prefix = "dataset:"
 payer_prefix = "payer:"
 suspense_account = "suspense"
 

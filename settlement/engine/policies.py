@@ -21,11 +21,14 @@ from datetime import UTC, datetime
 import polars as pl
 
 from schemas.fields import model_recipient_prefix
+from settlement.engine.accounts import dataset_prefix
 from settlement.engine.authority import arrival_columns
 from settlement.engine.constants import key_hex_digits, lineage_depth_max, time_origin_year
 
 time_origin = datetime(time_origin_year, 1, 1, tzinfo=UTC)
 time_type = pl.Datetime("us", "UTC")
+# Below every model's level (0 and up): split levels run from the highest down, so datasets go last.
+dataset_level = -1
 
 
 @dataclass(frozen=True)
@@ -102,7 +105,18 @@ def _policies(policies: pl.DataFrame) -> dict[str, list[Policy]]:
     return by_model
 
 
-def _usable(policy: Policy, parents: dict[str, int] | None) -> bool:
+def _named_datasets(policy: Policy | None) -> set[str]:
+    """The datasets (`dataset:<id>` records) a policy sends a share to: they split it again by their own policy."""
+    return set() if policy is None else {r for r, _ in policy.shares if r.startswith(dataset_prefix)}
+
+
+def _usable(policy: Policy, parents: dict[str, int] | None, datasets: frozenset[str] | set[str] = frozenset()) -> bool:
+    if any(r.startswith(dataset_prefix) and r not in datasets for r, _ in policy.shares):
+        return False  # a share to a dataset no registration names
+    if policy.model_id.startswith(dataset_prefix) and any(
+        r.startswith((dataset_prefix, model_recipient_prefix)) for r, _ in policy.shares
+    ):
+        return False  # a dataset's split pays accounts only
     named = {
         r.removeprefix(model_recipient_prefix): s
         for r, s in policy.shares
@@ -141,12 +155,24 @@ def resolve(models: pl.DataFrame, policies: pl.DataFrame, as_of_snapshot: int) -
                     stack.append(parent)
         return sorted(seen)
 
+    datasets = {m for m in registered_all if m.startswith(dataset_prefix)}
+
+    def reached(model_id: str, vector: dict[str, Policy | None]) -> list[str]:
+        """The lineage closure and the datasets its policies in force name (their splits apply too)."""
+        members = closure(model_id)
+        return sorted({*members, *(d for m in members for d in _named_datasets(vector.get(m)))})
+
+    def candidates(model_id: str) -> list[str]:
+        """Every record whose policy may be on the route at some time: the closure and every dataset named."""
+        members = closure(model_id)
+        return sorted({*members, *(d for m in members for p in by_model.get(m, []) for d in _named_datasets(p))})
+
     segments: list[dict] = []
     pools: dict[str, dict] = {}
     pool_shares: list[dict] = []
 
     def pool_of(model_id: str, vector: dict[str, Policy]) -> str:
-        members = closure(model_id)
+        members = reached(model_id, vector)
         pool_id = short_key(model_id, *(f"{m}={vector[m].policy_id}" for m in members))
         if pool_id not in pools:
             policy = vector[model_id]
@@ -154,12 +180,15 @@ def resolve(models: pl.DataFrame, policies: pl.DataFrame, as_of_snapshot: int) -
                 "pool_id": pool_id,
                 "model_id": model_id,
                 "policy_id": policy.policy_id,
-                "level": level.get(model_id, 0),
+                # A dataset is paid by the models that name it, so it is split after all of them.
+                "level": dataset_level if model_id.startswith(dataset_prefix) else level.get(model_id, 0),
             }
             for recipient, share_ppm in policy.shares:
                 target = None
                 if recipient.startswith(model_recipient_prefix):
                     target = pool_of(recipient.removeprefix(model_recipient_prefix), vector)
+                elif recipient.startswith(dataset_prefix):
+                    target = pool_of(recipient, vector)
                 pool_shares.append(
                     {
                         "pool_id": pool_id,
@@ -173,11 +202,13 @@ def resolve(models: pl.DataFrame, policies: pl.DataFrame, as_of_snapshot: int) -
     for model_id in sorted(set(by_model) | registered_all):
         if model_id in registered_all and model_id not in parents:
             continue  # not validly registered: every fee goes to suspense
-        members = closure(model_id)
+        members = candidates(model_id)
         starts = sorted({time_origin} | {p.effective_from for m in members for p in by_model.get(m, [])})
         for start in starts:
             vector = {m: _in_force(by_model.get(m, []), start) for m in members}
-            complete = all(p is not None and _usable(p, lineage(m)) for m, p in vector.items())
+            complete = all(
+                (p := vector[m]) is not None and _usable(p, lineage(m), datasets) for m in reached(model_id, vector)
+            )
             route_id = pool_id = None
             compute_share_ppm = 0
             if complete:
@@ -201,7 +232,7 @@ def resolve(models: pl.DataFrame, policies: pl.DataFrame, as_of_snapshot: int) -
                     f"policy `{policy.policy_id}` of model `{model_id}` is not used: no registration names the "
                     "model, so its fees wait in suspense until one does"
                 )
-            elif not _usable(policy, lineage(model_id)):
+            elif not _usable(policy, lineage(model_id), datasets):
                 problems.append(
                     f"policy `{policy.policy_id}` of model `{model_id}` is not usable: its model "
                     "recipients must be exactly the model's registered parents and shares"

@@ -9,7 +9,7 @@ passes on, so it ends every epoch at zero), `contributor:<id>` is credited what 
 import polars as pl
 
 from schemas.errors import InvariantViolation
-from settlement.engine.accounts import contributor_prefix, payer_prefix, suspense_account
+from settlement.engine.accounts import contributor_prefix, dataset_prefix, payer_prefix, suspense_account
 from settlement.engine.accounts import model_prefix as model_recipient_prefix
 from settlement.engine.constants import amount_micros_max
 from settlement.engine.exceptions import AmountOverflowError
@@ -50,6 +50,8 @@ def _recipient_account() -> pl.Expr:
     return (
         pl.when(pl.col("recipient").str.starts_with(model_recipient_prefix))
         .then(pl.col("recipient"))
+        .when(pl.col("recipient").str.starts_with(dataset_prefix))
+        .then(pl.lit(model_recipient_prefix) + pl.col("recipient"))
         .otherwise(pl.lit(contributor_prefix) + pl.col("recipient"))
     )
 

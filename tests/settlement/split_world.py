@@ -40,8 +40,29 @@ def _split_ppm(draw, total: int, count: int) -> list[int]:
 
 
 @st.composite
-def worlds(draw, events_max: int = 40, epochs_max: int = 3) -> World:
+def worlds(draw, events_max: int = 40, epochs_max: int = 3, with_datasets: bool = False) -> World:
+    """A registry and traffic; `with_datasets`: on-chain datasets too (`dataset:<id>` records with their own
+    split among contributors, named by some model policies), as the on-chain registry maps them."""
     world = World(epochs=draw(st.integers(1, epochs_max)))
+    datasets = [f"dataset:d{i}" for i in range(draw(st.integers(1, 2)))] if with_datasets else []
+    for dataset in datasets:
+        if draw(st.integers(0, 5)) > 0:  # now and then a dataset is named but never registered
+            known = draw(st.integers(1, world.epochs))
+            world.models.append({"model_id": dataset, "parents": {}, "known_snapshot": known})
+        for number in range(draw(st.integers(0, 2))):
+            recipients = draw(st.lists(st.sampled_from(contributors), min_size=1, max_size=3, unique=True))
+            amounts = _split_ppm(draw, ppm, len(recipients))
+            world.policies.append(
+                {
+                    "event_id": f"pol-{dataset}-{number}",
+                    "model_id": dataset,
+                    "effective_from": start + timedelta(hours=draw(st.sampled_from([0, 0, 10, 20]))),
+                    "event_time": start + timedelta(minutes=number),
+                    "compute_share_ppm": 0,
+                    "shares": [{"recipient": r, "share_ppm": a} for r, a in zip(recipients, amounts, strict=True)],
+                    "known_snapshot": draw(st.integers(1, world.epochs)),
+                }
+            )
     count = draw(st.integers(1, 7))
     for index in range(count):
         model_id = f"m{index}"
@@ -59,7 +80,8 @@ def worlds(draw, events_max: int = 40, epochs_max: int = 3) -> World:
                 }
             )
         for number in range(draw(st.integers(0, 2))):
-            recipients = draw(st.lists(st.sampled_from(contributors), min_size=1, max_size=4, unique=True))
+            pool = contributors + (datasets if datasets and draw(st.booleans()) else [])
+            recipients = draw(st.lists(st.sampled_from(pool), min_size=1, max_size=4, unique=True))
             remaining = ppm - sum(parents.values())
             shares = [{"recipient": f"model:{p}", "share_ppm": s} for p, s in parents.items()]
             amounts = _split_ppm(draw, remaining, len(recipients))
@@ -231,6 +253,8 @@ def exact_credits(
     def usable(model_id: str, policy: dict | None) -> bool:
         if policy is None:
             return False
+        if any(s["recipient"].startswith("dataset:") and s["recipient"] not in first for s in policy["shares"]):
+            return False
         named = {
             s["recipient"][6:]: s["share_ppm"]
             for s in policy["shares"]
@@ -249,15 +273,27 @@ def exact_credits(
             out |= set(closure(p))
         return sorted(out)
 
+    def reached(model_id: str, at: datetime) -> list[str]:
+        """The closure and the datasets its policies in force at `at` name."""
+        members = closure(model_id)
+        named = {
+            s["recipient"]
+            for m in members
+            if (p := in_force(m, at)) is not None
+            for s in p["shares"]
+            if s["recipient"].startswith("dataset:")
+        }
+        return sorted({*members, *named})
+
     for event in events:
         model_id, at = event["model_id"], event["event_time"]
-        members = closure(model_id)
+        members = reached(model_id, at)
         vector = {m: in_force(m, at) for m in members}
         if not all(usable(m, vector[m]) for m in members):
             continue
 
-        def key(m: str, vector: dict = vector) -> tuple:
-            return tuple((x, vector[x]["event_id"]) for x in closure(m))
+        def key(m: str, vector: dict = vector, at: datetime = at) -> tuple:
+            return tuple((x, vector[x]["event_id"]) for x in reached(m, at))
 
         cut = ("cut", model_id, key(model_id), event["compute_provider"])
         fee = Fraction(event["fee_micros"])
@@ -273,6 +309,8 @@ def exact_credits(
                 part = amount * share["share_ppm"] / ppm
                 if share["recipient"].startswith("model:"):
                     stack.append((share["recipient"][6:], part, here))
+                elif share["recipient"].startswith("dataset:"):
+                    stack.append((share["recipient"], part, here))
                 else:
                     exact[share["recipient"]] = exact.get(share["recipient"], 0) + part
                     feeding.setdefault(share["recipient"], set()).update(here)
