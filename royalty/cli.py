@@ -526,7 +526,12 @@ def close_epoch_command(
 
             checks = InputChecks(accept_unverified_files, accept_unreconciled)
             summary = close_epoch(
-                ledger, dry_run=dry_run, progress=progress, checks=checks, rules=registry_rules(settings)
+                ledger,
+                dry_run=dry_run,
+                progress=progress,
+                checks=checks,
+                rules=registry_rules(settings),
+                registry_contract=registry_commands.onchain_registry(settings),
             )
     except RoyaltyError as error:
         _fail(error)

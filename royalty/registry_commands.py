@@ -57,6 +57,21 @@ def _registry(settings: Settings, chain):
     return registry_contract(chain, settings.registry)
 
 
+def onchain_registry(settings: Settings) -> str | None:
+    """The registry contract an epoch settles with in on-chain mode; None in operator mode."""
+    from settlement.onchain.exceptions import ChainConfigError
+
+    if settings.registry_mode != "onchain":
+        return None
+    if settings.registry is None:
+        raise ChainConfigError(
+            "registry_mode is onchain but no registry is set: set `registry` (ROYALTY_REGISTRY) to the ModelRegistry "
+            "address `royalty deploy-registry` printed",
+            "registry",
+        )
+    return settings.registry
+
+
 def _report(result, output_json: bool) -> None:
     if output_json:
         _print_json(vars(result))

@@ -17,12 +17,14 @@ that names it sends that share down to the dataset's policy, as a parent's share
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import duckdb
 import polars as pl
 import pyarrow as pa
+from eth_utils import to_checksum_address
 
 from ledger import recorder
 from ledger.tables import register_table
@@ -33,6 +35,7 @@ registry_sync_table = "registry_sync"
 epoch_registry_table = "settlement_epoch_registry"
 
 _s, _i = pa.string(), pa.int64()
+_address = re.compile(r"0x[0-9a-fA-F]{40}")
 
 
 def _schema(*fields: tuple[str, pa.DataType, bool]) -> pa.Schema:
@@ -205,6 +208,31 @@ def registry_records(events: pl.DataFrame) -> RegistryRecords:
             [{"contributor_id": a, "payout_address": p} for a, p in sorted(payouts.items())], schema=address_schema
         ),
     )
+
+
+def registry_source(connection: duckdb.DuckDBPyConnection, contract: str) -> RegistrySource | None:
+    """The chain of the synced registry at `contract` (the one its `registry_sync` rows name); None: never synced."""
+    if registry_sync_table not in recorder.existing_tables(connection):
+        return None
+    rows = connection.execute(
+        f"SELECT DISTINCT chain_id, contract FROM {recorder.table(registry_sync_table)} "
+        "WHERE lower(contract) = lower(?)",
+        [contract],
+    ).fetchall()
+    if len(rows) != 1:
+        return None  # never synced (several chains under one address cannot happen: deployments differ)
+    return RegistrySource(int(rows[0][0]), str(rows[0][1]))
+
+
+def with_own_addresses(addresses: pl.DataFrame, accounts: list[str]) -> pl.DataFrame:
+    """`addresses` plus each of `accounts` that is an address and has none yet, paid at itself (on-chain,
+    an account that never set a payout address is paid where it is)."""
+    known = set(addresses["contributor_id"].to_list())
+    extra = sorted({a for a in accounts if a and _address.fullmatch(a) and a not in known})
+    if not extra:
+        return addresses
+    own = pl.DataFrame({"contributor_id": extra, "payout_address": [to_checksum_address(a) for a in extra]})
+    return pl.concat([addresses, own.cast(address_schema)])  # type: ignore[arg-type]
 
 
 def epoch_registry_row(epoch: int, source: RegistrySource, cursor: RegistryCursor) -> pa.Table:

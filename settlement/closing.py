@@ -36,6 +36,7 @@ def close_epoch(
     progress: Progress | None = None,
     checks: InputChecks | None = None,
     rules: RegistryRules | None = None,
+    registry_contract: str | None = None,
 ) -> EpochSummary:
     """Close the next epoch over every event committed since the last one; write it unless `dry_run`.
 
@@ -46,7 +47,9 @@ def close_epoch(
     checksum, `UnreconciledLedgerError` when a reconciliation row is non-zero (each unless `checks`
     accepts it), `LedgerDataFileMissingError` when a listed file is gone; nothing is written then.
     `rules` judge the operator registry's records (`settlement.engine.authority`; default: the open defaults);
-    the records they refuse become dead letters in the epoch's transaction.
+    the records they refuse become dead letters in the epoch's transaction. With `registry_contract` (on-chain
+    mode) the registry is that contract's as of the synced block, recorded with the epoch; Kafka registry
+    records are ignored; `RegistryBehindError` while that block is earlier than the epoch's latest event.
     """
     checks = checks or InputChecks()
     if not ledger.read_only:
@@ -57,7 +60,7 @@ def close_epoch(
         accepted.extend(verify_close_inputs(ledger, prior, closing, checks))
 
     try:
-        plan, extra = plan_from_ledger(ledger, progress, check_inputs, rules)
+        plan, extra = plan_from_ledger(ledger, progress, check_inputs, rules, registry_contract)
     except (FileNotFoundError, duckdb.IOException) as error:
         # A file outside the checked set (or removed since): name every missing one, not polars' traceback.
         missing = missing_listed_files(ledger)
@@ -67,7 +70,7 @@ def close_epoch(
     written = None
     closed_by_another = False
     if not dry_run and not plan.noop:
-        written = write_plan_once(ledger, plan, extra["reversals"], extra["registry_refused"])
+        written = write_plan_once(ledger, plan, extra["reversals"], extra["registry_refused"], extra["extra_rows"])
         closed_by_another = written is None
     if progress:
         progress("done", 5, 5)

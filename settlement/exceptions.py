@@ -41,3 +41,33 @@ class UnreconciledLedgerError(SettlementError):
             "with `royalty sql \"SELECT * FROM reconciliation WHERE items_off <> 0 OR difference_micros <> 0\"` "
             "and `royalty verify`; only once you have investigated, run this again with `--accept-unreconciled`"
         )
+
+
+class RegistryNotSyncedError(SettlementError):
+    """On-chain mode, but the ledger holds no synced block of that registry: nothing was written."""
+
+    transient = False
+
+    def __init__(self, contract: str) -> None:
+        self.contract = contract
+        super().__init__(
+            f"registry_mode is onchain but the ledger holds no synced block of registry `{contract}`; nothing was "
+            "written. Run `royalty sync-registry --rpc-url URL --registry ADDRESS` first, then close the epoch"
+        )
+
+
+class RegistryBehindError(SettlementError):
+    """The synced registry ends before the epoch's latest event: a passed vote could silently not apply."""
+
+    transient = True  # a later `sync-registry` catches up
+
+    def __init__(self, block_number: int, block_time: object, latest_event_time: object) -> None:
+        self.block_number = block_number
+        self.block_time = block_time
+        self.latest_event_time = latest_event_time
+        super().__init__(
+            f"the registry is synced up to block {block_number} at {block_time}, earlier than the epoch's latest "
+            f"event at {latest_event_time}: a policy the chain set since could apply to those events; nothing was "
+            "written. Run `royalty sync-registry` (the chain must have a confirmed block at or after that event "
+            "time), then close the epoch again"
+        )

@@ -18,13 +18,14 @@ import pyarrow as pa
 from ledger import recorder
 from ledger.ledger import Ledger
 from ledger.tables import dead_letter_schema, file_tables
-from settlement import tables
+from settlement import chain_registry, tables
 from settlement.engine import figures
 from settlement.engine import reversals as rev
 from settlement.engine.authority import Judgment, RegistryRules, judge, position_columns, registry_codes
 from settlement.engine.epochs import EpochInputs, EpochPlan, PriorState, held_schema, plan_epoch
 from settlement.engine.exceptions import CompactedWhilePlanningError, EpochConflictError
 from settlement.engine.splits import event_columns, event_key, key_of
+from settlement.exceptions import RegistryBehindError, RegistryNotSyncedError
 
 Progress = Callable[[str, int, int], None]  # (step name, steps done, steps total)
 _steps = ["read state", "read registry", "scan events", "split", "write"]
@@ -137,6 +138,41 @@ def read_registry(
     return judge(models, policies, contributors, rules, refused_before, prior.closing_snapshot, arrival_times)
 
 
+def read_chain_registry(
+    connection: duckdb.DuckDBPyConnection, contract: str, prior: PriorState, closing: int
+) -> tuple[Judgment, pa.Table]:
+    """The on-chain registry as of the stored sync cursor, as the engine's registry records, and the epoch's
+    `settlement_epoch_registry` row (epoch number filled in by the caller's plan). The chain is the only
+    authority: registry records on Kafka are not read (each epoch names how many it ignored)."""
+    source = chain_registry.registry_source(connection, contract)
+    cursor = None if source is None else chain_registry.registry_cursor(connection, source.chain_id, source.contract)
+    if source is None or cursor is None:
+        raise RegistryNotSyncedError(contract)
+    records = chain_registry.registry_records(chain_registry.registry_events(connection, source, cursor.block_number))
+    ignored = sum(
+        int((recorder.rows_as_of(connection, table, closing)["known_snapshot"] > prior.closing_snapshot).sum())
+        for table in ("model_registered", "split_policy_set", "contributor_registered")
+    )
+    problems = (
+        [f"{ignored} registry record(s) on Kafka ignored: registry_mode is onchain, the registry contract decides"]
+        if ignored
+        else []
+    )
+    judgment = Judgment(records.models, records.policies, records.addresses, [], problems)
+    return judgment, chain_registry.epoch_registry_row(prior.epoch + 1, source, cursor)
+
+
+def _require_registry_caught_up(inputs: EpochInputs, prior: PriorState, row: pa.Table) -> None:
+    """Refuse while the synced registry ends before the epoch's latest event (a vote could silently not apply)."""
+    (latest,) = inputs.new_events.select(pl.col("event_time").max()).collect().row(0)
+    if not prior.held.is_empty():
+        held = prior.held["event_time"].max()
+        latest = held if latest is None else max(latest, held)
+    block_time = row["block_time"][0].as_py()
+    if latest is not None and block_time < latest:
+        raise RegistryBehindError(row["block_number"][0].as_py(), block_time, latest)
+
+
 def read_inputs(
     connection: duckdb.DuckDBPyConnection,
     prior: PriorState,
@@ -213,6 +249,7 @@ def plan_from_ledger(
     progress: Progress | None = None,
     check_inputs: Callable[[PriorState, int], object] | None = None,
     rules: RegistryRules | None = None,
+    registry_contract: str | None = None,
 ) -> tuple[EpochPlan, dict]:
     """Plan the next epoch over the ledger as it is now; return the plan, its reversal rows and the
     registry records it refuses (`registry_refused`, judged by `rules`; default: the open defaults).
@@ -228,8 +265,19 @@ def plan_from_ledger(
     if check_inputs is not None:
         check_inputs(prior, closing)
     step(_steps[1], 1, len(_steps))
-    registry = read_registry(ledger.connection, prior, closing, rules)
+    extra_rows: dict[str, pa.Table] = {}
+    if registry_contract is None:
+        registry = read_registry(ledger.connection, prior, closing, rules)
+    else:  # on-chain mode (`registry_mode = onchain`): the contract's state as of the synced block
+        registry, extra_rows[chain_registry.epoch_registry_table] = read_chain_registry(
+            ledger.connection, registry_contract, prior, closing
+        )
     inputs = read_inputs(ledger.connection, prior, closing, registry, rules.reversal_sources)
+    if registry_contract is not None:
+        _require_registry_caught_up(inputs, prior, extra_rows[chain_registry.epoch_registry_table])
+        providers = inputs.new_events.select(pl.col("compute_provider").unique()).collect()["compute_provider"]
+        accounts = [*providers.to_list(), *prior.held["compute_provider"].to_list()]
+        inputs = dataclasses.replace(inputs, addresses=chain_registry.with_own_addresses(inputs.addresses, accounts))
     step(_steps[2], 2, len(_steps))
     plan = plan_epoch(inputs, prior)
     refusals = [
@@ -239,11 +287,15 @@ def plan_from_ledger(
     ]
     plan = dataclasses.replace(plan, problems=sorted({*plan.problems, *registry.problems, *refusals}))
     step(_steps[3], 3, len(_steps))
-    return plan, {"reversals": inputs.reversals, "registry_refused": registry.refused}
+    return plan, {"reversals": inputs.reversals, "registry_refused": registry.refused, "extra_rows": extra_rows}
 
 
 def write_plan(
-    ledger: Ledger, plan: EpochPlan, reversal_rows: pl.DataFrame, registry_refused: list[dict] | None = None
+    ledger: Ledger,
+    plan: EpochPlan,
+    reversal_rows: pl.DataFrame,
+    registry_refused: list[dict] | None = None,
+    extra_rows: dict[str, pa.Table] | None = None,
 ) -> int:
     """Append the plan in one transaction, refusing if another epoch closed meanwhile; the registry records
     it refused become dead letters in the same transaction."""
@@ -281,6 +333,7 @@ def write_plan(
         if latest != plan.epoch - 1:
             raise EpochConflictError(plan.epoch, latest)
 
+    rows.update(extra_rows or {})  # the on-chain registry block the epoch settled with (settlement_epoch_registry)
     return ledger.append_records(rows, precondition=still_next)
 
 
@@ -293,7 +346,11 @@ def latest_epoch(connection: duckdb.DuckDBPyConnection) -> int:
 
 
 def write_plan_once(
-    ledger: Ledger, plan: EpochPlan, reversal_rows: pl.DataFrame, registry_refused: list[dict] | None = None
+    ledger: Ledger,
+    plan: EpochPlan,
+    reversal_rows: pl.DataFrame,
+    registry_refused: list[dict] | None = None,
+    extra_rows: dict[str, pa.Table] | None = None,
 ) -> int | None:
     """Write the plan as the epoch's only closer: the new snapshot, or None when another process closed it.
 
@@ -307,7 +364,7 @@ def write_plan_once(
             return None
         if recorder.compactions_across(ledger.connection, plan.closing_snapshot):
             raise CompactedWhilePlanningError(plan.epoch, plan.closing_snapshot)
-        return write_plan(ledger, plan, reversal_rows, registry_refused)
+        return write_plan(ledger, plan, reversal_rows, registry_refused, extra_rows)
 
 
 def _arrow(frame: pl.DataFrame, schema: pa.Schema) -> pa.Table:

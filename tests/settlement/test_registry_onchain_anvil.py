@@ -1,21 +1,52 @@
 """The on-chain registry end to end on a real anvil: the `royalty registry` commands write it, `sync-registry`
-indexes it into the ledger once, and `close-epoch` in on-chain mode pays by it and by nothing else.
+indexes it into the ledger once, a community's Governor + Timelock vote a split, and `close-epoch` in on-chain
+mode pays by the chain and by nothing else.
 
-One anvil for the module (the session's); each test deploys its own registry and uses its own ledger.
+One anvil for the module, its clock started ten days back, so that the chain can pass a policy's notice and
+the metered events around it are still in the past for ingest's clock; each test deploys its own registry and
+uses its own ledger.
 """
 
 from __future__ import annotations
 
 import json
+import time
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import pytest
+from eth_utils import keccak
 from typer.testing import CliRunner
 
 from ledger import Ledger, define_views, run_query
 from royalty.cli import app
-from tests.support.anvil import Anvil, anvil  # noqa: F401 - anvil is a fixture
+from settlement.onchain.contract_artifacts import registry_artifact
+from settlement.onchain.registry_ids import ACCOUNT, account_word, id_word
+from tests.support.anvil import Anvil, anvil_binary
+from tests.support.registry_chain import (
+    TIMELOCK_DELAY_S,
+    VOTING_DELAY_BLOCKS,
+    VOTING_PERIOD_BLOCKS,
+    deploy_community,
+    reverts,
+    send,
+)
 from tests.support.settle_runs import SETTLER_KEY, append, royalty
+
+NOTICE_S = 2 * 86_400  # ModelRegistry.NOTICE_SECONDS
+GENESIS_AGO_S = 10 * 86_400
+
+
+@pytest.fixture(scope="module")
+def anvil(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Anvil]:
+    """This module's anvil, its genesis ten days back (its clock runs from there)."""
+    genesis = int(time.time()) - GENESIS_AGO_S
+    node = Anvil(anvil_binary(), tmp_path_factory.mktemp("anvil") / "anvil.log", ("--timestamp", str(genesis)))
+    try:
+        yield node
+    finally:
+        node.stop()
 
 runner = CliRunner()
 
@@ -66,7 +97,7 @@ def chain_time(node: Anvil) -> datetime:
 
 
 def test_sync_registry_stores_each_event_once_in_block_order_and_catches_a_reorganisation(
-    anvil: Anvil,  # noqa: F811
+    anvil: Anvil,
     tmp_path: Path,
 ) -> None:
     """Register a model, a dataset, a split and a payout address with the CLI; sync: every event stored once in
@@ -119,4 +150,87 @@ def test_sync_registry_stores_each_event_once_in_block_order_and_catches_a_reorg
     assert query(lake, "SELECT count(*) AS n FROM registry_event") == [{"n": 6}]
 
 
-__all__ = ["append", "metered"]
+
+def close(lake: Path, registry: str) -> object:
+    """`royalty close-epoch` in on-chain mode (settings from the environment, as an operator sets them)."""
+    env = {"ROYALTY_REGISTRY_MODE": "onchain", "ROYALTY_REGISTRY": registry}
+    return runner.invoke(app, ["close-epoch", "--lake", str(lake)], env=env)
+
+
+def payables(lake: Path) -> dict[str, tuple[int, str | None]]:
+    rows = query(
+        lake,
+        "SELECT recipient, arg_max(cumulative_micros, epoch) AS c, arg_max(payout_address, epoch) AS a "
+        "FROM settlement_payable GROUP BY recipient",
+    )
+    return {r["recipient"]: (r["c"], r["a"]) for r in rows}
+
+
+def test_a_community_vote_changes_the_split_of_events_metered_after_its_effective_time_only(
+    anvil: Anvil,
+    tmp_path: Path,
+) -> None:
+    """Governance end to end: ERC20Votes holders vote through OpenZeppelin's Governor and a TimelockController
+    (the model's governor) to split `llama` half to bob from `effectiveFrom` on. close-epoch refuses while the
+    synced registry ends before the epoch's latest event (naming both times); once synced past it, events
+    metered before `effectiveFrom` pay alice alone, those after pay alice and bob, and the epoch records the
+    registry block it settled with."""
+    w3 = anvil.w3
+    registry_address = deploy_registry(anvil)["registry"]
+    registry = w3.eth.contract(address=registry_address, abi=registry_artifact().abi)
+    owner = w3.eth.accounts[4]  # the CLI's signer (ROYALTY_SETTLER_KEY)
+    alice, bob, provider, alice_wallet = w3.eth.accounts[5], w3.eth.accounts[6], w3.eth.accounts[7], w3.eth.accounts[8]
+    base = ("--rpc-url", anvil.url, "--registry", registry_address)
+    cli("registry", "register-model", "llama", "--weights-uri", "ipfs://llama", *base)
+    first = chain_time(anvil).strftime("%Y-%m-%dT%H:%M:%S")
+    cli("registry", "set-policy", "llama", "--effective-from", first, "--compute-share-ppm", "100000",
+        "--share", f"{alice}=1000000", *base)  # fmt: skip
+    send(w3, registry.functions.setPayoutAddress(alice_wallet), alice)
+
+    community = deploy_community(w3, w3.eth.accounts[0], [w3.eth.accounts[1], w3.eth.accounts[2]])
+    send(w3, registry.functions.setModelGovernor(id_word("llama"), community.timelock.address), owner)
+    effective = chain_time(anvil) + timedelta(seconds=NOTICE_S + 3_600)
+    halves = [(ACCOUNT, account_word(a), 450_000) for a in sorted([alice, bob], key=lambda a: account_word(a))]
+    halves = [(k, w, 500_000) for k, w, _ in halves]
+    call = registry.functions.setModelPolicy(id_word("llama"), int(effective.timestamp()), 100_000, halves)
+    reverts(registry, call, owner, "ModelRegistryNotGovernor", owner, community.timelock.address)
+    proposal = ([registry_address], [0], [registry.encode_abi("setModelPolicy", args=call.args)])
+    description = "llama: half to bob"
+    governor, voter = community.governor, community.voters[0]
+    send(w3, governor.functions.propose(*proposal, description), voter)
+    proposal_id = governor.functions.hashProposal(*proposal, keccak(text=description)).call()
+    for _ in range(VOTING_DELAY_BLOCKS + 1):
+        anvil.rpc("evm_mine", [])
+    for holder in community.voters:
+        send(w3, governor.functions.castVote(proposal_id, 1), holder)
+    for _ in range(VOTING_PERIOD_BLOCKS + 1):
+        anvil.rpc("evm_mine", [])
+    send(w3, governor.functions.queue(*proposal, keccak(text=description)), voter)
+    anvil.advance_time(TIMELOCK_DELAY_S + 1)
+    send(w3, governor.functions.execute(*proposal, keccak(text=description)), voter)
+
+    lake = tmp_path / "lake"
+    fee = 1_000_000
+    before = [metered(f"b{i}", "llama", effective - timedelta(minutes=10 - i), provider, fee) for i in range(2)]
+    after = [metered(f"a{i}", "llama", effective + timedelta(minutes=10 + i), provider, fee) for i in range(2)]
+    with Ledger.open(str(lake)) as ledger:
+        append(ledger, before + after, 0)
+    synced = sync(lake, anvil, registry_address)  # the chain has not reached the events' times yet
+    refused = close(lake, registry_address)
+    assert refused.exit_code != 0
+    message = " ".join(refused.output.split())
+    assert f"synced up to block {synced['to_block']}" in message and "earlier than the epoch's latest event" in message
+    assert query(lake, "SELECT count(*) AS n FROM settlement_epoch") == [{"n": 0}]
+
+    anvil.advance_time(int((effective - chain_time(anvil)).total_seconds()) + 3_600)
+    caught_up = sync(lake, anvil, registry_address)
+    closed = close(lake, registry_address)
+    assert closed.exit_code == 0, closed.output
+    compute = 4 * fee // 10
+    assert payables(lake) == {
+        provider: (compute, provider),
+        alice: (2 * 900_000 + 2 * 450_000, alice_wallet),
+        bob: (2 * 450_000, bob),
+    }
+    (recorded,) = query(lake, "SELECT epoch, block_number, contract FROM settlement_epoch_registry")
+    assert recorded == {"epoch": 1, "block_number": caught_up["to_block"], "contract": registry_address}
