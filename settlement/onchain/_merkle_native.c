@@ -367,21 +367,61 @@ static int parse_amount(PyObject *amount, Py_ssize_t i, uint8_t *word) {
     return 0;
 }
 
-/* "0x" and 40 hex digits: the account's bytes into `raw`, its body into `given` and `lower`. */
-static int parse_account(PyObject *account, Py_ssize_t i, uint8_t *raw, uint8_t *given, uint8_t *lower) {
+/* "0x" and 40 hex digits: the account's bytes into `raw`, its body into `given` and `lower`; 0 if it is not.
+   Runs without the GIL: it only reads the fields of a str that the build's own tuple keeps alive (str is
+   immutable), through the macros that read them, and calls no function of the C API. */
+static int parse_account(PyObject *account, uint8_t *raw, uint8_t *given, uint8_t *lower) {
     if (!PyUnicode_CheckExact(account) || PyUnicode_GET_LENGTH(account) != 2 + BODY_CHARS ||
         !PyUnicode_IS_ASCII(account))
-        return leaf_error("account", i, -1);
+        return 0;
     const uint8_t *text = PyUnicode_DATA(account);
-    if (text[0] != '0' || text[1] != 'x') return leaf_error("account", i, -1);
+    if (text[0] != '0' || text[1] != 'x') return 0;
     for (int c = 0; c < BODY_CHARS; c += 2) {
         int high = hex_value[text[2 + c]], low = hex_value[text[3 + c]];
-        if (high < 0 || low < 0) return leaf_error("account", i, -1);
+        if (high < 0 || low < 0) return 0;
         raw[c / 2] = (uint8_t)(high << 4 | low);
     }
     memcpy(given, text + 2, BODY_CHARS);
     for (int c = 0; c < BODY_CHARS; c++) lower[c] = given[c] >= 'A' && given[c] <= 'F' ? given[c] + 32 : given[c];
-    return 0;
+    return 1;
+}
+
+typedef struct {
+    PyObject *accounts; /* a tuple: its items stay alive while the GIL is released */
+    uint8_t *encodings, *given, *lower, *index_accounts;
+    size_t bad_account[THREADS_MAX];
+} ParseContext;
+
+static void parse_accounts(void *ctx, size_t lo, size_t hi, int worker) {
+    ParseContext *p = ctx;
+    size_t bad = (size_t)-1;
+    for (size_t i = lo; i < hi && bad == (size_t)-1; i++) {
+        uint8_t *raw = p->encodings + i * LEAF_ENCODING_BYTES + WORD_BYTES - ACCOUNT_BYTES;
+        if (parse_account(PyTuple_GET_ITEM(p->accounts, i), raw, p->given + i * BODY_CHARS, p->lower + i * BODY_CHARS))
+            memcpy(p->index_accounts + i * ACCOUNT_BYTES, raw, ACCOUNT_BYTES);
+        else
+            bad = i;
+    }
+    p->bad_account[worker] = bad;
+}
+
+typedef struct {
+    AccountIndex *index;
+    size_t count;
+    Py_ssize_t duplicate, earlier;
+} IndexJob;
+
+static void *index_run(void *arg) {
+    IndexJob *job = arg;
+    job->duplicate = index_fill(job->index, job->count, &job->earlier);
+    return NULL;
+}
+
+static size_t first_of(const size_t *firsts) {
+    size_t first = (size_t)-1;
+    for (int w = 0; w < THREADS_MAX; w++)
+        if (firsts[w] < first) first = firsts[w];
+    return first;
 }
 
 static PyObject *build(PyObject *module, PyObject *args) {
@@ -401,7 +441,7 @@ static PyObject *build(PyObject *module, PyObject *args) {
     size_t slots = 8;
     while (slots < 2 * n) slots *= 2;
 
-    PyObject *result = NULL, *tree = NULL, *checksummed = NULL, *tree_index = NULL;
+    PyObject *result = NULL, *accounts = NULL, *tree = NULL, *checksummed = NULL, *tree_index = NULL;
     AccountIndex *index = NULL;
     Build b = {.count = n, .x4 = cpu_has_avx2 && !portable};
     uint8_t *encodings = PyMem_RawCalloc(n, LEAF_ENCODING_BYTES);
@@ -438,26 +478,34 @@ static PyObject *build(PyObject *module, PyObject *args) {
     for (size_t i = 0; i < n; i++)
         if (parse_amount(PyList_GET_ITEM(amounts_in, i), (Py_ssize_t)i, encodings + i * LEAF_ENCODING_BYTES + WORD_BYTES) < 0)
             goto done;
-    for (size_t i = 0; i < n; i++) {
-        uint8_t *raw = encodings + i * LEAF_ENCODING_BYTES + WORD_BYTES - ACCOUNT_BYTES;
-        if (parse_account(PyList_GET_ITEM(accounts_in, i), (Py_ssize_t)i, raw, bodies + i * BODY_CHARS,
-                          bodies + (n + i) * BODY_CHARS) < 0)
-            goto done;
-        memcpy(index->accounts + i * ACCOUNT_BYTES, raw, ACCOUNT_BYTES);
-    }
-
-    Py_ssize_t duplicate, earlier = -1;
-    size_t bad_checksum = (size_t)-1;
+    accounts = PySequence_Tuple(accounts_in);
+    if (!accounts) goto done;
+    ParseContext parse = {accounts, encodings, bodies, bodies + n * BODY_CHARS, index->accounts, {0}};
+    IndexJob index_job = {index, n, -1, -1};
+    size_t bad_account, bad_checksum = (size_t)-1;
     Py_BEGIN_ALLOW_THREADS
-    for (int w = 0; w < THREADS_MAX; w++) b.bad_checksum[w] = (size_t)-1;
-    run_parallel(hash_leaves, &b, n, threads);
-    for (int w = 0; w < THREADS_MAX; w++)
-        if (b.bad_checksum[w] < bad_checksum) bad_checksum = b.bad_checksum[w];
-    duplicate = index_fill(index, n, &earlier);
-    if (duplicate < 0 && bad_checksum == (size_t)-1) build_tree(&b, threads);
+    for (int w = 0; w < THREADS_MAX; w++) parse.bad_account[w] = b.bad_checksum[w] = (size_t)-1;
+    run_parallel(parse_accounts, &parse, n, threads);
+    bad_account = first_of(parse.bad_account);
+    if (bad_account == (size_t)-1) {
+        /* the account index (sequential: the first repeat is named) alongside the leaf hashing */
+        pthread_t indexing;
+        int index_started = threads > 1 && pthread_create(&indexing, NULL, index_run, &index_job) == 0;
+        run_parallel(hash_leaves, &b, n, threads);
+        bad_checksum = first_of(b.bad_checksum);
+        if (index_started)
+            pthread_join(indexing, NULL);
+        else
+            index_run(&index_job);
+        if (index_job.duplicate < 0 && bad_checksum == (size_t)-1) build_tree(&b, threads);
+    }
     Py_END_ALLOW_THREADS
-    if (duplicate >= 0) {
-        leaf_error("duplicate", duplicate, earlier);
+    if (bad_account != (size_t)-1) {
+        leaf_error("account", (Py_ssize_t)bad_account, -1);
+        goto done;
+    }
+    if (index_job.duplicate >= 0) {
+        leaf_error("duplicate", index_job.duplicate, index_job.earlier);
         goto done;
     }
     if (bad_checksum != (size_t)-1) {
@@ -472,6 +520,7 @@ done:
     PyMem_RawFree(leaves);
     PyMem_RawFree(keys);
     PyMem_RawFree(starts);
+    Py_XDECREF(accounts);
     Py_XDECREF(tree);
     Py_XDECREF(checksummed);
     Py_XDECREF(tree_index);
