@@ -6,9 +6,8 @@ from typing import Annotated
 
 import typer
 
-from royalty.common import ConfigOption, DataPathOption, LakeOption, stdout
+from royalty.common import ConfigOption, DataPathOption, LakeOption, load_settings, stdout
 from royalty.common import fail as _fail
-from royalty.config import load_settings
 from schemas.errors import RoyaltyError
 
 
@@ -33,10 +32,11 @@ def claims_page(
     waits out its timelock); it checks the proof against the distributor's active root in the browser.
     """
     from ledger import Ledger
-    from settlement.use_cases.claims_page import claims_page_from_ledger
+    from settlement.use_cases.claims_page import check_page_directory, claims_page_from_ledger
 
     settings = load_settings({"lake": lake, "data_path": data_path, "distributor": distributor}, config)
     try:
+        check_page_directory(to)
         with Ledger.open_read_only(settings.reader_lake or settings.lake, settings.data_path) as ledger:
             page = claims_page_from_ledger(ledger, to, epoch, settings.distributor)
     except RoyaltyError as error:

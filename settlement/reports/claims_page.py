@@ -113,6 +113,12 @@ def page_data(trees: Sequence[EpochTree], chain_id: int, distributor: str) -> di
     }
 
 
+def check_page_directory(directory: Path) -> None:
+    """Refuse a `directory` that is an existing file (checked again when writing)."""
+    if directory.exists() and not directory.is_dir():
+        raise ClaimsPageError(f"`{directory}` is a file: pass --to a folder (it is created if missing)")
+
+
 def write_claims_page(directory: Path, trees: Sequence[EpochTree], chain_id: int, distributor: str) -> ClaimsPage:
     """Write the claim page for `trees` (newest first) on `distributor` of chain `chain_id` into `directory`.
 
@@ -120,8 +126,7 @@ def write_claims_page(directory: Path, trees: Sequence[EpochTree], chain_id: int
     """
     require(len(trees) > 0, "a claim page is written for at least one tree")
     directory = Path(directory)
-    if directory.exists() and not directory.is_dir():
-        raise ClaimsPageError(f"`{directory}` is a file: pass --to a folder (it is created if missing)")
+    check_page_directory(directory)
     missing = [name for name in page_files if not (PAGE_DIR / name).is_file()]
     if missing:
         raise ClaimsPageError(

@@ -3,6 +3,11 @@
 The page itself is `settlement.reports.claims_page`; a publishing verb reuses `write_claims_page`.
 """
 
-from settlement.reports.claims_page import ClaimsPage, claims_page_from_ledger, write_claims_page
+from settlement.reports.claims_page import (
+    ClaimsPage,
+    check_page_directory,
+    claims_page_from_ledger,
+    write_claims_page,
+)
 
-__all__ = ["ClaimsPage", "claims_page_from_ledger", "write_claims_page"]
+__all__ = ["ClaimsPage", "check_page_directory", "claims_page_from_ledger", "write_claims_page"]

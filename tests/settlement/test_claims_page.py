@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from typer.testing import CliRunner
+from typer.testing import CliRunner, Result
 
 from ledger import Ledger
 from royalty.cli import app
@@ -77,6 +77,7 @@ class World:
     payee: str
     expected_1: dict[str, int]
     expected_2: dict[str, int]
+    nothing_recorded: Result  # `claims-page` run before anything was settled
 
     def balance(self, account: str) -> int:
         chain = connect(self.node.url, None)
@@ -93,6 +94,7 @@ def world(anvil: Anvil, tmp_path_factory: pytest.TempPathFactory) -> World:  # n
     tmp = tmp_path_factory.mktemp("claims")
     lake = tmp / "lake"
     traffic, offset = new_lake(lake, 300, seed=7)
+    nothing_recorded = CliRunner().invoke(app, ["claims-page", "--lake", str(lake), "--to", str(tmp / "early")])
     deployed = royalty(
         "deploy", "--rpc-url", anvil.url, "--timelock-seconds", str(TIMELOCK_S), "--mint-units", str(MINT_UNITS)
     )
@@ -111,7 +113,7 @@ def world(anvil: Anvil, tmp_path_factory: pytest.TempPathFactory) -> World:  # n
     anvil.rpc("anvil_impersonateAccount", [payee])
     anvil.rpc("anvil_setBalance", [payee, hex(10**18)])
     payee = anvil.w3.to_checksum_address(payee)
-    return World(anvil, lake, deployed["distributor"], page, payee, expected_1, expected_2)
+    return World(anvil, lake, deployed["distributor"], page, payee, expected_1, expected_2, nothing_recorded)
 
 
 @pytest.fixture(scope="module")
@@ -271,13 +273,12 @@ def test_the_page_takes_the_distributor_abi_from_the_artifact_and_refuses_one_it
         page_abi(renamed)
 
 
-def test_claims_page_refuses_a_ledger_with_no_epoch_recorded_on_a_chain(tmp_path: Path) -> None:
+@pytest.mark.integration
+def test_claims_page_refuses_a_ledger_with_no_epoch_recorded_on_a_chain(world: World) -> None:
     """Nothing settled yet: exit 2 saying to run `royalty settle` first, and no page written."""
-    lake = tmp_path / "lake"
-    new_lake(lake, 20)
-    result = CliRunner().invoke(app, ["claims-page", "--lake", str(lake), "--to", str(tmp_path / "page")])
+    result = world.nothing_recorded
     assert result.exit_code == 2 and "run `royalty settle` first" in " ".join(result.output.split())
-    assert not (tmp_path / "page").exists()
+    assert not (world.page.parent / "early").exists()
 
 
 @pytest.mark.integration
