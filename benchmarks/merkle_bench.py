@@ -2,12 +2,14 @@
 
 Run from the repository root after `(cd contracts && npm ci)`:
 
-    python benchmarks/merkle_bench.py [--leaves 1000000] [--js-leaves 100000] [--repeat 3]
+    python benchmarks/merkle_bench.py [--leaves 1000000] [--js-leaves 100000] [--repeat 5] [--tree-only]
 
 Part 1 builds the same leaves with `settlement.onchain.merkle` and with `StandardMerkleTree.of` in node, checks
-that both give the same root, and prints the times and their ratio. The JS tree takes about three
-minutes for 1,000,000 leaves here, so it builds the first `--js-leaves` of them (100,000 by default)
-and the ratio is taken at that size; pass `--js-leaves 1000000` to compare at full size.
+that both give the same root, and prints the times and their ratio. The build is `MerkleTree.build` whole:
+checks, every leaf and node hashed (the root and any proof available), the account index; then, separately,
+`dump()` and every leaf's proof as hex (what `settle` stores). The JS tree takes minutes for 1,000,000 leaves
+here, so it builds the first `--js-leaves` of them (100,000 by default) and the ratio is taken at that size;
+pass `--js-leaves 1000000` to compare at full size, `--js-leaves 0` to skip node.
 
 Part 2 deploys the token and the distributor on a fresh anvil, proposes the root of the full tree,
 claims for one payee of it, and compares with paying every payee by one ERC-20 transfer each.
@@ -28,6 +30,7 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
+from settlement.onchain import merkle  # noqa: E402
 from settlement.onchain.merkle import MerkleTree  # noqa: E402
 from tests.support.anvil import CONTRACTS_DIR, Anvil, anvil_binary, deploy  # noqa: E402
 
@@ -49,7 +52,7 @@ def make_leaves(count: int) -> tuple[list[str], list[int]]:
 
 
 def cpu_seconds() -> float:
-    """CPU time of this process and its reaped children (the hashing helper process)."""
+    """CPU time of this process (all its threads) and its reaped children."""
     t = os.times()
     return t.user + t.system + t.children_user + t.children_system
 
@@ -83,22 +86,45 @@ def time_js(accounts: list[str], amounts_units: list[int]) -> dict:
     return json.loads(result.stdout)
 
 
+def build_path() -> str:
+    if merkle._merkle_native is None:
+        return "Python build (safe-pysha3, one core): the native extension is not built"
+    return f"native build, Keccak {merkle._merkle_native.implementation()}, {merkle._hashing_threads()} threads"
+
+
+def time_outputs(tree: MerkleTree) -> None:
+    started = time.perf_counter()
+    dump = tree.dump()
+    dumped = time.perf_counter()
+    proofs = [tree.proof_hex(entry["value"][0]) for entry in dump["values"]]
+    proved = time.perf_counter()
+    print(
+        f"        then dump() {dumped - started:.2f} s, every proof as hex {proved - dumped:.2f} s "
+        f"({len(proofs):,} proofs of {len(proofs[0])} nodes)"
+    )
+
+
 def bench_build(leaves_count: int, js_leaves_count: int, repeat: int) -> MerkleTree:
+    print(f"tree: {build_path()}")
     accounts, amounts_units = make_leaves(leaves_count)
     tree, walls, cpus = time_python(accounts, amounts_units, repeat)
     print(
         f"python  {leaves_count:>9,} leaves: build {min(walls):6.2f} s wall, {min(cpus):.2f} s CPU "
         f"(runs: {', '.join(f'{w:.2f}' for w in walls)} s)"
     )
+    time_outputs(tree)
+    if js_leaves_count <= 0:
+        return tree
 
     js_count = min(js_leaves_count, leaves_count)
     small, small_walls, _ = time_python(accounts[:js_count], amounts_units[:js_count], repeat)
     js = time_js(accounts[:js_count], amounts_units[:js_count])
     assert js["root"] == small.root_hex, f"roots differ: JS {js['root']} vs Python {small.root_hex}"
     js_s = js["build_ms"] / 1000
-    print(f"python  {js_count:>9,} leaves: build {min(small_walls):6.2f} s")
+    runs = ", ".join(f"{w:.2f}" for w in small_walls)
+    print(f"python  {js_count:>9,} leaves: build {min(small_walls):6.2f} s (runs: {runs} s)")
     print(f"js (OZ) {js_count:>9,} leaves: build {js_s:6.2f} s  (StandardMerkleTree.of, same root)")
-    print(f"ratio at {js_count:,} leaves: JS / Python = {js_s / min(small_walls):.1f}x")
+    print(f"ratio at {js_count:,} leaves: JS / Python = {js_s / min(small_walls):.0f}x")
     if js_count < leaves_count:
         print(f"(JS not run at {leaves_count:,} leaves, it takes minutes; pass --js-leaves {leaves_count})")
     return tree
@@ -161,8 +187,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--leaves", type=int, default=1_000_000)
     parser.add_argument("--js-leaves", type=int, default=100_000)
-    parser.add_argument("--repeat", type=int, default=3)
-    parser.add_argument("--skip-gas", action="store_true")
+    parser.add_argument("--repeat", type=int, default=5, help="builds per size; the best is reported")
+    parser.add_argument("--skip-gas", "--tree-only", action="store_true", help="the tree figures only, no anvil")
     args = parser.parse_args()
     print(f"machine: {os.cpu_count()} cores, load average {os.getloadavg()[0]:.2f} at start")
     tree = bench_build(args.leaves, args.js_leaves, args.repeat)
