@@ -21,8 +21,10 @@ from typer.testing import CliRunner
 
 from ledger import Ledger, define_views, run_query
 from royalty.cli import app
+from schemas import BatchDecoder
 from settlement.onchain.contract_artifacts import registry_artifact
 from settlement.onchain.registry_ids import ACCOUNT, account_word, id_word
+from tests.ledger.helpers import batch_of
 from tests.support.anvil import Anvil, anvil_binary
 from tests.support.registry_chain import (
     TIMELOCK_DELAY_S,
@@ -234,3 +236,72 @@ def test_a_community_vote_changes_the_split_of_events_metered_after_its_effectiv
     }
     (recorded,) = query(lake, "SELECT epoch, block_number, contract FROM settlement_epoch_registry")
     assert recorded == {"epoch": 1, "block_number": caught_up["to_block"], "contract": registry_address}
+
+
+def registry_record(event_type: str, event_id: str, source: str, data: dict, at: datetime) -> bytes:
+    """A registry CloudEvent on Kafka, as an operator registry (or an attacker) produces it."""
+    envelope = {"specversion": "1.0", "id": event_id, "source": source, "type": event_type}
+    return json.dumps({**envelope, "time": at.isoformat().replace("+00:00", "Z"), "data": data}).encode()
+
+
+def test_the_issue_attacks_change_no_payout_in_onchain_mode(anvil: Anvil, tmp_path: Path) -> None:
+    """The four attacks of issue 15 against on-chain mode: on the chain each reverts with its error (another
+    account's payout address, a split by a non-governor, a squatted model id, a policy for an unregistered
+    model); on Kafka (a payout address dated 9999, a 100% policy, a backdated registration naming a ghost
+    parent, a policy for a never-registered model) they are ignored: the attacked ledger pays exactly what the
+    clean one pays, and fees of the never-registered model stay in suspense."""
+    w3 = anvil.w3
+    registry_address = deploy_registry(anvil)["registry"]
+    registry = w3.eth.contract(address=registry_address, abi=registry_artifact().abi)
+    alice, bob, provider, mallory = (w3.eth.accounts[i] for i in (5, 6, 7, 9))
+    base = ("--rpc-url", anvil.url, "--registry", registry_address)
+    cli("registry", "register-model", "m", *base)
+    effective = chain_time(anvil) + timedelta(seconds=5)
+    cli("registry", "set-policy", "m", "--effective-from", effective.strftime("%Y-%m-%dT%H:%M:%S"),
+        "--share", f"{alice}=600000", "--share", f"{bob}=400000", *base)  # fmt: skip
+
+    everything = [(ACCOUNT, account_word(mallory), 1_000_000)]
+    later = int(effective.timestamp()) + NOTICE_S + 60
+    reverts(registry, registry.functions.setModelPolicy(id_word("m"), later, 0, everything), mallory,
+            "ModelRegistryNotGovernor", mallory, w3.eth.accounts[4])  # fmt: skip
+    squat = registry.functions.registerModel(id_word("m"), [], 0, b"\x00" * 32, "", mallory)
+    reverts(registry, squat, mallory, "ModelRegistryModelExists", id_word("m"))
+    ghost = registry.functions.setModelPolicy(id_word("ghost"), later, 0, everything)
+    reverts(registry, ghost, mallory, "ModelRegistryModelMissing", id_word("ghost"))
+    send(w3, registry.functions.setPayoutAddress(mallory), mallory)  # mallory can re-point only her own payouts
+
+    events = [metered(f"e{i}", "m", effective + timedelta(seconds=1 + i), provider, 1_000_000) for i in range(4)]
+    ghost_events = [metered(f"g{i}", "ghost", effective + timedelta(seconds=1 + i), provider, 500) for i in range(2)]
+    at = effective - timedelta(days=30)
+    attacks = [
+        registry_record("ai.contributor.registered.v1", "x1", "//attacker", {"contributor_id": alice,
+                        "payout_address": mallory}, datetime(9999, 12, 31, tzinfo=UTC)),
+        registry_record("ai.split-policy.set.v1", "x2", "//attacker", {"model_id": "m",
+                        "effective_from": "2000-01-01T00:00:00Z", "compute_share_ppm": 0,
+                        "shares": [{"recipient": mallory, "share_ppm": 1_000_000}]}, at),
+        registry_record("ai.model.registered.v1", "x3", "//attacker", {"model_id": "m",
+                        "parents": [{"model_id": "ghost-parent", "share_ppm": 1}]}, datetime(2000, 1, 1, tzinfo=UTC)),
+        registry_record("ai.model.registered.v1", "x4", "//attacker", {"model_id": "ghost", "parents": []}, at),
+        registry_record("ai.split-policy.set.v1", "x5", "//attacker", {"model_id": "ghost",
+                        "effective_from": "2000-01-01T00:00:00Z", "compute_share_ppm": 0,
+                        "shares": [{"recipient": mallory, "share_ppm": 1_000_000}]}, at),
+    ]  # fmt: skip
+    far_future = BatchDecoder(clock=lambda: datetime(9999, 12, 31, 23, 0, tzinfo=UTC))
+    anvil.advance_time(120)
+    results = {}
+    for name, extra in (("clean", []), ("attacked", attacks)):
+        lake = tmp_path / name
+        with Ledger.open(str(lake)) as ledger:
+            if extra:
+                ledger.append(*batch_of(extra, partition=1, decoder=far_future))
+            append(ledger, events + ghost_events, 0)
+        sync(lake, anvil, registry_address)
+        closed = close(lake, registry_address)
+        assert closed.exit_code == 0, closed.output
+        suspense = query(lake, "SELECT sum(fee_micros)::BIGINT AS held FROM settlement_suspense_item")
+        results[name] = (payables(lake), suspense)
+    assert results["attacked"] == results["clean"]
+    assert results["clean"] == (
+        {alice: (2_400_000, alice), bob: (1_600_000, bob)},
+        [{"held": 1_000}],
+    )
