@@ -1,0 +1,208 @@
+"""Compaction that keeps the proof (ledger/compaction.py): the same rows, epochs, views and exports, and a
+verify that accepts only recorded retirements."""
+
+import json
+import random
+from pathlib import Path
+
+import polars as pl
+import pytest
+
+from ledger import Ledger, define_views, recorder
+from ledger.compaction import compact, live_files, snapshot_column
+from ledger.verify import verify
+from settlement import close_epoch
+from settlement.ledger_io import _scan, data_files
+from settlement.reports.export import export_epoch
+from tests.support.ledger_batches import append_in_batches, sample_messages
+
+_views_unchanged_by_compaction = (
+    "inference_events", "reversals", "dead_letters", "ingest_offsets", "ingest_batches", "epochs",
+)  # fmt: skip
+
+
+def _settlement(ledger: Ledger) -> dict[str, list]:
+    c = ledger.connection
+    return {
+        name: c.execute(sql).fetchall()
+        for name, sql in {
+            "postings": "SELECT entry_id, account, amount_micros FROM lake.main.settlement_posting ORDER BY ALL",
+            "payables": "SELECT recipient, amount_micros, cumulative_micros FROM lake.main.settlement_payable "
+            "ORDER BY ALL",
+        }.items()
+    }
+
+
+def _views(ledger: Ledger) -> dict[str, list]:
+    define_views(ledger)
+    present = {name for (name,) in ledger.connection.execute("SELECT view_name FROM duckdb_views()").fetchall()}
+    return {
+        name: ledger.connection.execute(f"SELECT * FROM {name} ORDER BY ALL").fetchall()
+        for name in _views_unchanged_by_compaction
+        if name in present
+    }
+
+
+def _garbage() -> bytes:
+    return b'{"not": "an event"}'
+
+
+def _messages() -> list[bytes]:
+    values = sample_messages(500)
+    rng = random.Random(7)
+    for index in rng.sample(range(40, len(values)), 8):
+        values.insert(index, _garbage())  # dead letters, compacted too
+    return values
+
+
+@pytest.fixture(scope="module")
+def compared(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """The same appends and epoch closes on two ledgers, one compacted between them; what each returned."""
+    root = tmp_path_factory.mktemp("compaction")
+    values = _messages()
+    half = len(values) // 2
+    seen: dict = {}
+    for name in ("plain", "compacted"):
+        with Ledger.open(root / name) as ledger:
+            offset = append_in_batches(ledger, values[:half], 0, 60)
+            close_epoch(ledger)
+            append_in_batches(ledger, values[half:], offset, 45)
+            if name == "compacted":
+                before_snapshot = ledger.current_snapshot()
+                seen["before"] = {
+                    "rows": ledger.connection.execute("SELECT * FROM lake.main.inference_metered ORDER BY ALL")
+                    .fetchall(),
+                    "views": _views(ledger),
+                    "plan": close_epoch(ledger, dry_run=True),
+                    "files": {t: len(live_files(ledger, t)) for t in ("inference_metered", "dead_letter")},
+                }
+                seen["report"] = compact(ledger)
+                seen["after"] = {
+                    "rows": ledger.connection.execute("SELECT * FROM lake.main.inference_metered ORDER BY ALL")
+                    .fetchall(),
+                    "time_travel": ledger.connection.execute(
+                        f"SELECT * FROM lake.main.inference_metered AT (VERSION => {before_snapshot}) ORDER BY ALL"
+                    ).fetchall(),
+                    "views": _views(ledger),
+                    "files": {t: len(live_files(ledger, t)) for t in ("inference_metered", "dead_letter")},
+                }
+                seen["verify_after_compaction"] = verify(ledger)
+            summary = close_epoch(ledger)
+            seen[name] = {
+                "summary": summary,
+                "tables": _settlement(ledger),
+                "export": _export(ledger, root / f"export-{name}"),
+                "verify": verify(ledger),
+            }
+            if name == "compacted":
+                seen["second_compaction"] = compact(ledger)
+                seen["verify_after_second"] = verify(ledger)
+                seen["lake"] = root / name
+            else:
+                seen["plain_lake"] = root / name
+    return seen
+
+
+def _export(ledger: Ledger, directory: Path) -> dict:
+    export_epoch(ledger, 2, directory)
+    return {
+        str(path.relative_to(directory)): pl.read_parquet(path).sort(pl.all()).rows()
+        for path in sorted(directory.rglob("*.parquet"))
+    }
+
+
+def test_compaction_merges_small_files_per_event_date_and_epoch(compared):
+    before, after = compared["before"]["files"], compared["after"]["files"]
+    assert compared["report"].merges >= 2
+    assert after["inference_metered"] < before["inference_metered"] / 3
+    assert after["dead_letter"] < before["dead_letter"]
+
+
+def test_rows_time_travel_and_views_are_unchanged_row_for_row(compared):
+    before, after = compared["before"], compared["after"]
+    assert after["rows"] == before["rows"]
+    assert after["time_travel"] == before["rows"]
+    assert after["views"] == before["views"]
+    assert set(after["views"]) >= {"inference_events", "dead_letters", "ingest_batches"}
+
+
+def test_epoch_settled_after_compaction_is_the_one_without_it(compared):
+    plain, compacted = compared["plain"], compared["compacted"]
+    assert compacted["tables"] == plain["tables"]
+    assert compacted["summary"].fee_micros == plain["summary"].fee_micros == compared["before"]["plan"].fee_micros
+    assert compacted["export"] == plain["export"]
+
+
+def test_verify_accepts_recorded_compactions_and_rechecks_their_proof(compared):
+    reports = (compared["verify_after_compaction"], compared["compacted"]["verify"], compared["verify_after_second"])
+    for report in reports:
+        assert report.ok, report.problems
+    # The second run merged the closed epoch's merged file with nothing new: nothing to do there, and never
+    # across the closing snapshot.
+    assert compared["second_compaction"].merges == 0
+
+
+def test_scan_reads_plain_and_merged_files_together_with_each_rows_snapshot(compared):
+    """A merged file carries `_ducklake_internal_snapshot_id`; polars refused a scan mixing it with plain files."""
+    count_sql = (
+        "SELECT count(*), list(DISTINCT b.snapshot_id ORDER BY b.snapshot_id) FROM lake.main.inference_metered "
+        "JOIN (SELECT ingest_batch_id, snapshot_id FROM lake.main.ingest_batch) b USING (ingest_batch_id)"
+    )
+    with Ledger.open_read_only(compared["plain_lake"]) as ledger:
+        plain = data_files(ledger.connection, "inference_metered", ledger.current_snapshot())
+        (plain_count, _) = ledger.connection.execute(count_sql).fetchone()
+    with Ledger.open_read_only(compared["lake"]) as ledger:
+        merged = data_files(ledger.connection, "inference_metered", ledger.current_snapshot())
+        assert all(snapshot_column in pl.read_parquet_schema(p) for p in merged["path"])
+        ordered = pl.concat([plain, merged])  # plain files first: the scan's schema is theirs
+        rows = _scan(ordered, ["source", "event_id", "fee_micros"], None).collect()
+        scanned = recorder.scan_files(ledger.connection, ordered, ["source", "event_id"]).collect()
+        (merged_count, appended) = ledger.connection.execute(count_sql).fetchone()
+    assert rows.height == scanned.height == plain_count + merged_count
+    from_merged = scanned.tail(merged_count)  # plain frames come first in scan_files' result
+    assert sorted(from_merged["snapshot"].unique().to_list()) == appended
+
+
+def test_verify_names_a_retirement_no_compaction_recorded(tmp_path):
+    """Rows deleted behind the ledger's back (a DELETE, or DuckLake's own merge run by hand) are a violation."""
+    with Ledger.open(tmp_path / "deleted") as ledger:
+        append_in_batches(ledger, sample_messages(300), 0, 50)
+        (event_id,) = ledger.connection.execute("SELECT min(event_id) FROM lake.main.inference_metered").fetchone()
+        ledger.connection.execute("DELETE FROM lake.main.inference_metered WHERE event_id = ?", [event_id])
+        report = verify(ledger)
+    assert any("tables_deleted_from" in problem for problem in report.problems)
+    assert any("delete file" in problem for problem in report.problems), report.problems
+
+    with Ledger.open(tmp_path / "merged") as ledger:
+        append_in_batches(ledger, sample_messages(300), 0, 50)
+        ledger.connection.execute("CALL ducklake_merge_adjacent_files('lake', 'inference_metered')")
+        report = verify(ledger)
+    assert any("has no recorded checksum" in problem for problem in report.problems), report.problems
+
+
+def test_verify_names_a_merged_file_that_does_not_hold_the_retired_rows(tmp_path):
+    with Ledger.open(tmp_path / "lake") as ledger:
+        append_in_batches(ledger, sample_messages(300), 0, 50)
+        assert compact(ledger).merges == 1
+        (merged,) = ledger.connection.execute("SELECT merged_path FROM lake.main.ledger_compaction").fetchone()
+    path = tmp_path / "lake" / "data" / merged
+    rows = pl.read_parquet(path)
+    rows.head(rows.height - 1).write_parquet(path)  # one row lost
+    with Ledger.open_read_only(tmp_path / "lake") as ledger:
+        report = verify(ledger)
+    assert any("does not match the SHA-256" in problem for problem in report.problems), report.problems
+
+
+def test_compact_command_reports_json_and_refuses_a_missing_ledger(tmp_path):
+    from typer.testing import CliRunner
+
+    from royalty.cli import app
+
+    with Ledger.open(tmp_path / "lake") as ledger:
+        append_in_batches(ledger, sample_messages(200), 0, 40)
+    result = CliRunner().invoke(app, ["compact", "--lake", str(tmp_path / "lake"), "--json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout.strip().splitlines()[-1])["merges"] == 1
+    result = CliRunner().invoke(app, ["compact", "--lake", str(tmp_path / "missing")])
+    assert result.exit_code != 0
+    assert not (tmp_path / "missing").exists()
