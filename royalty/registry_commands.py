@@ -9,15 +9,17 @@ commands run on a throwaway in-process chain (useful only to try them).
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from royalty.chain_commands import FromBlockOption, JsonOption, RpcOption, _chain, _print_json
-from royalty.common import ConfigOption, DataPathOption, LakeOption, require_ledger, stderr, stdout
+from royalty.common import ConfigOption, DataPathOption, LakeOption, load_settings, require_ledger, stderr, stdout
 from royalty.common import fail as _fail
-from royalty.config import Settings, load_settings
 from schemas.errors import RoyaltyError
+
+if TYPE_CHECKING:
+    from royalty.config import Settings  # imported on first use (royalty.common.load_settings)
 
 RegistryOption = Annotated[
     str | None, typer.Option("--registry", help="ModelRegistry address. [env ROYALTY_REGISTRY]")
@@ -49,8 +51,7 @@ def _pairs(values: list[str], what: str) -> dict[str, int]:
 
 
 def _registry(settings: Settings, chain):
-    from settlement.onchain.exceptions import ChainConfigError
-    from settlement.onchain.registry_sync import registry_contract
+    from settlement.onchain import ChainConfigError, registry_contract
 
     if settings.registry is None:
         raise ChainConfigError("no registry: pass --registry (printed by `royalty deploy-registry`)", "registry")
@@ -59,7 +60,7 @@ def _registry(settings: Settings, chain):
 
 def onchain_registry(settings: Settings) -> str | None:
     """The registry contract an epoch settles with in on-chain mode; None in operator mode."""
-    from settlement.onchain.exceptions import ChainConfigError
+    from settlement.onchain import ChainConfigError
 
     if settings.registry_mode != "onchain":
         return None
@@ -81,7 +82,7 @@ def _report(result, output_json: bool) -> None:
 
 def deploy_registry(rpc_url: RpcOption = None, config: ConfigOption = None, output_json: JsonOption = False) -> None:
     """Deploy a ModelRegistry (no admin: nobody owns it); prints its address and deployment block."""
-    from settlement.onchain.registry_ops import deploy_registry as deploy
+    from settlement.onchain import deploy_registry as deploy
 
     settings = load_settings({"rpc_url": rpc_url}, config)
     try:
@@ -111,7 +112,7 @@ def register_model_command(
     output_json: JsonOption = False,
 ) -> None:
     """Register a model, owned by the signer, with its lineage, weights and governor."""
-    from settlement.onchain.registry_ops import register_model
+    from settlement.onchain import register_model
 
     settings = load_settings({"rpc_url": rpc_url, "registry": registry}, config)
     parents = _pairs(parent, "--parent")
@@ -144,7 +145,7 @@ def register_dataset_command(
     output_json: JsonOption = False,
 ) -> None:
     """Register a dataset, owned by the signer, with its content and governor."""
-    from settlement.onchain.registry_ops import register_dataset
+    from settlement.onchain import register_dataset
 
     settings = load_settings({"rpc_url": rpc_url, "registry": registry}, config)
     try:
@@ -174,7 +175,7 @@ def set_policy_command(
     output_json: JsonOption = False,
 ) -> None:
     """Set the split of a model or dataset from --effective-from on (the signer must be its governor)."""
-    from settlement.onchain.registry_ops import set_policy
+    from settlement.onchain import set_policy
 
     settings = load_settings({"rpc_url": rpc_url, "registry": registry}, config)
     shares = _pairs(share, "--share")
@@ -196,7 +197,7 @@ def set_payout_command(
     output_json: JsonOption = False,
 ) -> None:
     """Send the signer's payouts to PAYOUT (only an account itself can change its payout address)."""
-    from settlement.onchain.registry_ops import set_payout
+    from settlement.onchain import set_payout
 
     settings = load_settings({"rpc_url": rpc_url, "registry": registry}, config)
     try:
@@ -228,7 +229,7 @@ def sync_registry_command(
 
     from ledger import Ledger
     from settlement.onchain import ChainConfigError, connect
-    from settlement.onchain.registry_sync import sync_registry
+    from settlement.use_cases.sync_registry import sync_registry
 
     settings = load_settings(
         {

@@ -21,6 +21,14 @@ from settlement.onchain.exceptions import ChainConfigError, NoSettlementError
 from settlement.onchain.merkle import MerkleTree
 from settlement.onchain.payout_tree import EpochTree
 from settlement.onchain.proofs import account_proof, largest_leaves, recorded_distributor
+from settlement.onchain.registry_ops import (
+    deploy_registry,
+    register_dataset,
+    register_model,
+    set_payout,
+    set_policy,
+)
+from settlement.onchain.registry_sync import registry_contract
 
 __all__ = [
     "Chain",
@@ -32,11 +40,17 @@ __all__ = [
     "claimer_key_env",
     "connect",
     "deploy_contracts",
+    "deploy_registry",
     "distributor_contract",
     "largest_leaves",
     "load_signer",
     "recorded_distributor",
+    "register_dataset",
+    "register_model",
+    "registry_contract",
     "require_embedded_chain",
+    "set_payout",
+    "set_policy",
     "settler_key_env",
     "tables",
     "token_contract",
