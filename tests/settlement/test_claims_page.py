@@ -235,6 +235,9 @@ def test_the_page_shows_the_active_roots_figures_and_its_claim_pays_exactly_the_
     signing = {m for m in browser.evaluate("window.rpcMethods") if "sign" in m or m.startswith("eth_send")}
     assert signing == {"eth_sendTransaction"}
     assert browser.exceptions == []
+    # Nothing but the page's own files and the wallet's node (the test wallet's fetches) was requested.
+    page_files = {(world.page / name).as_uri() for name in ("index.html", "claims.js", "claims-data.js")}
+    assert set(browser.requested_urls) - {world.node.url, world.node.url + "/"} == page_files
 
 
 @pytest.mark.integration

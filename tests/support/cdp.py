@@ -82,8 +82,10 @@ class Browser:
             raise
         self._ids = itertools.count(1)
         self.exceptions: list[str] = []
+        self.requested_urls: list[str] = []
         self.send("Runtime.enable")
         self.send("Page.enable")
+        self.send("Network.enable")
 
     def _port(self) -> int:
         deadline = time.monotonic() + start_timeout_s
@@ -97,7 +99,7 @@ class Browser:
         raise RuntimeError(f"chromium did not listen within {start_timeout_s} s; see {self.log_path}")
 
     def send(self, method: str, params: dict[str, Any] | None = None) -> dict[str, Any]:
-        """One DevTools command; events read meanwhile are dropped, but the page's exceptions are kept."""
+        """One DevTools command; of the events read meanwhile, the page's exceptions and requests are kept."""
         message_id = next(self._ids)
         self.socket.send(json.dumps({"id": message_id, "method": method, "params": params or {}}))
         while True:
@@ -105,6 +107,8 @@ class Browser:
             if message.get("method") == "Runtime.exceptionThrown":
                 details = message["params"]["exceptionDetails"]
                 self.exceptions.append(details.get("exception", {}).get("description") or details.get("text", ""))
+            elif message.get("method") == "Network.requestWillBeSent":
+                self.requested_urls.append(message["params"]["request"]["url"])
             if message.get("id") == message_id:
                 if "error" in message:
                     raise PageError(f"{method}: {message['error']}")
