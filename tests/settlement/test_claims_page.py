@@ -125,10 +125,11 @@ def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Browser]:
         chromium.close()
 
 
-def _open_connected(browser: Browser, world: World, page: Path) -> dict:
-    """Load the page from disk as a phone with the test wallet, connect, and return what it shows."""
+def _open_connected(browser: Browser, world: World, page: Path, account: str | None = None) -> dict:
+    """Load the page from disk as a phone with the test wallet of `account` (default: the payee), connect,
+    and return what it shows."""
     browser.send("Emulation.setDeviceMetricsOverride", PHONE)
-    script = _provider % {"rpc": json.dumps(world.node.url), "account": json.dumps(world.payee)}
+    script = _provider % {"rpc": json.dumps(world.node.url), "account": json.dumps(account or world.payee)}
     added = browser.send("Page.addScriptToEvaluateOnNewDocument", {"source": script})
     try:
         browser.open((page / "index.html").as_uri())
@@ -258,6 +259,16 @@ def test_a_tampered_tree_in_the_page_is_caught_against_the_on_chain_root_and_can
     shown = _open_connected(browser, world, tampered)
     assert shown["verified"] == "false" and "does NOT lead to the on-chain active root" in shown["text"]
     assert shown["claimDisabled"] and shown["kind"] == "error"
+
+
+@pytest.mark.integration
+def test_an_address_the_trees_do_not_pay_sees_nothing_to_claim(world: World, browser: Browser) -> None:
+    """A wallet whose address is in no tree: zero figures, no claim offered, and no error."""
+    outsider = world.node.w3.eth.accounts[9]
+    assert outsider.lower() not in world.expected_2
+    shown = _open_connected(browser, world, world.page, outsider)
+    assert (shown["cumulative"], shown["claimed"], shown["claimable"]) == ("0", "0", "0")
+    assert shown["claimDisabled"] and "pays this address nothing" in shown["text"] and shown["kind"] != "error"
 
 
 def test_the_page_takes_the_distributor_abi_from_the_artifact_and_refuses_one_it_cannot_call() -> None:
