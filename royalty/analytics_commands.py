@@ -12,12 +12,12 @@ from royalty.common import (
     ConfigOption,
     DataPathOption,
     LakeOption,
+    load_settings,
     require_output_file,
     require_output_folder,
     stdout,
 )
 from royalty.common import fail as _fail
-from royalty.config import load_settings
 from schemas.errors import RoyaltyError
 
 EpochOption = Annotated[int, typer.Option("--epoch", help="A closed epoch.")]

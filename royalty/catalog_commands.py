@@ -6,9 +6,9 @@ from typing import Annotated
 
 import typer
 
-from royalty.common import ConfigOption, LakeOption, stderr, stdout
+from royalty.common import ConfigOption, LakeOption, env_prefix, load_settings, stderr, stdout
 from royalty.common import fail as _fail
-from royalty.config import ConfigError, env_prefix, load_settings
+from royalty.exceptions import ConfigError
 from schemas.errors import RoyaltyError
 
 catalog_app = typer.Typer(help="The PostgreSQL catalog: roles for analysts.", no_args_is_help=True)

@@ -7,7 +7,7 @@ for a key, and no command prints one.
 
 import json
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.table import Table
@@ -18,14 +18,17 @@ from royalty.common import (
     ConfigOption,
     DataPathOption,
     LakeOption,
+    load_settings,
     registry_rules,
     require_ledger,
     stderr,
     stdout,
 )
 from royalty.common import fail as _fail
-from royalty.config import Settings, load_settings
 from schemas.errors import RoyaltyError
+
+if TYPE_CHECKING:
+    from royalty.config import Settings  # imported on first use (royalty.common.load_settings)
 
 RpcOption = Annotated[
     str | None,
@@ -54,7 +57,7 @@ def _print_json(value: dict[str, Any]) -> None:
     stdout.file.flush()
 
 
-def _chain(settings: Settings, key_env: str | None = None):
+def _chain(settings: "Settings", key_env: str | None = None):
     from settlement.onchain import connect, load_signer, settler_key_env
 
     signer = None
@@ -204,7 +207,7 @@ def settle_command(
         stdout.print("dry run: nothing was written or sent")
 
 
-def _proof(settings: Settings, account: str) -> dict[str, Any]:
+def _proof(settings: "Settings", account: str) -> dict[str, Any]:
     from ledger import Ledger
     from settlement.onchain import account_proof
 

@@ -18,12 +18,12 @@ from royalty.common import (
     LakeOption,
     exit_code_of,
     kafka_security,
+    load_settings,
     registry_rules,
     stderr,
     stdout,
 )
 from royalty.common import fail as _fail
-from royalty.config import load_settings
 from royalty.logs import configure_logging
 from royalty.output import output_formats, render
 from schemas.errors import RoyaltyError

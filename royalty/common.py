@@ -7,7 +7,7 @@ runs cli as `__main__`: importing these back from cli would execute it a second 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, NoReturn
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
 from rich.console import Console
@@ -20,6 +20,17 @@ if TYPE_CHECKING:
 
 stdout = Console()
 stderr = Console(stderr=True)
+
+# The prefix of the settings' environment variables (royalty.config's `env_prefix`, kept equal by a test).
+env_prefix = "ROYALTY_"
+
+
+def load_settings(flags: dict[str, Any] | None = None, config_path: str | None = None) -> Settings:
+    """`royalty.config.load_settings`, imported on the first call: pydantic-settings alone takes ~0.2 s of CPU,
+    which `royalty --help` and every command's help need not pay (tests/test_cli_startup.py)."""
+    from royalty.config import load_settings as load
+
+    return load(flags, config_path)
 
 LakeOption = Annotated[
     str | None,

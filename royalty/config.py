@@ -27,8 +27,8 @@ from ingest.constants import (
     broker_unreachable_s_max_limit,
 )
 from royalty.exceptions import ConfigError
-from schemas.events import registry_event_types as registry_types
 from schemas.limits import event_time_future_s_max_default, event_time_future_s_max_limit, policy_notice_s_max
+from schemas.type_names import registry_event_types as registry_types  # not schemas.events: slow
 
 config_file_default = "royalty.toml"
 env_prefix = "ROYALTY_"

@@ -5,10 +5,12 @@ import io
 import json
 from datetime import date, datetime
 from decimal import Decimal
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import pyarrow as pa
 from rich.console import Console
+
+if TYPE_CHECKING:
+    import pyarrow as pa  # only the type: pyarrow is slow to import for `royalty --help`
 from rich.table import Table
 
 output_formats = ("table", "csv", "json")
@@ -29,7 +31,7 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def render(table: pa.Table, output_format: str, console: Console) -> None:
+def render(table: "pa.Table", output_format: str, console: Console) -> None:
     rows = [{key: _plain(value) for key, value in row.items()} for row in table.to_pylist()]
     if output_format == "json":
         console.file.write(json.dumps(rows, indent=None) + "\n")

@@ -12,7 +12,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, create_model, model_validator
 
-from schemas import limits
+from schemas import limits, type_names
+from schemas.errors import require
 from schemas.fields import (
     AssetCode,
     EventId,
@@ -161,5 +162,6 @@ event_types: dict[str, EventType] = {
     )
 }
 
-# The operator registry's event types: who may write each is decided at settlement (settlement.engine.authority).
-registry_event_types = ("ai.model.registered.v1", "ai.contributor.registered.v1", "ai.split-policy.set.v1")
+# The operator registry's event types, declared where `royalty.config` reads them without the models.
+registry_event_types = type_names.registry_event_types
+require(set(registry_event_types) <= set(event_types), "the registry's event types are event types")
