@@ -2,16 +2,9 @@
 // the distributor, the distributor's ABI (taken from contracts/artifacts when the page was written) and
 // the published payout trees. Everything else comes from the wallet (EIP-1193): the active root, what the
 // account has claimed, and the claim transaction itself. No server, no network but the wallet's.
-import {
-  BaseError,
-  ContractFunctionRevertedError,
-  createPublicClient,
-  createWalletClient,
-  custom,
-  erc20Abi,
-  getAddress,
-  parseEventLogs,
-} from "viem";
+import { BaseError, ContractFunctionRevertedError, createClient, custom, erc20Abi, getAddress, parseEventLogs } from "viem";
+// The actions one by one rather than the public and wallet clients' decorators: the bundle keeps only these.
+import { readContract, simulateContract, waitForTransactionReceipt, writeContract } from "viem/actions";
 import { formatAmount, shortHex } from "./format.js";
 import { DumpError, leafOf, loadTree, proofLeadsTo } from "./tree.js";
 
@@ -25,8 +18,7 @@ const state = {
   trees: new Map(), // root -> tree
   provider: null,
   account: null,
-  publicClient: null,
-  walletClient: null,
+  client: null,
   token: null, // {address, decimals, symbol}
   claim: null, // {account, cumulativeUnits, proof, claimableUnits} when the proof leads to the active root
   busy: false,
@@ -62,7 +54,7 @@ function outputsOf(functionName, values) {
 }
 
 function readDistributor(functionName, args = []) {
-  return state.publicClient.readContract({
+  return readContract(state.client, {
     address: state.config.distributor,
     abi: state.config.distributorAbi,
     functionName,
@@ -140,10 +132,8 @@ async function connect() {
     setStatus("No wallet found: open this page in a browser with a wallet extension, or use `royalty claim`.", "error");
     return;
   }
-  const transport = custom(provider);
   state.provider = provider;
-  state.publicClient = createPublicClient({ transport, pollingInterval: pollingIntervalMs });
-  state.walletClient = createWalletClient({ transport, pollingInterval: pollingIntervalMs });
+  state.client = createClient({ transport: custom(provider), pollingInterval: pollingIntervalMs });
   try {
     const accounts = await provider.request({ method: "eth_requestAccounts" });
     if (!accounts?.length) throw new Error("the wallet shared no account");
@@ -164,7 +154,7 @@ async function connect() {
 async function readToken() {
   if (state.token !== null) return;
   const address = await readDistributor("token");
-  const read = (functionName) => state.publicClient.readContract({ address, abi: erc20Abi, functionName });
+  const read = (functionName) => readContract(state.client, { address, abi: erc20Abi, functionName });
   try {
     const [decimals, symbol] = await Promise.all([read("decimals"), read("symbol")]);
     state.token = { address, decimals: Number(decimals), symbol };
@@ -273,16 +263,16 @@ async function claim() {
   $("claim").disabled = true;
   try {
     setStatus("Confirm the claim in your wallet…");
-    const { request } = await state.publicClient.simulateContract({
+    const { request } = await simulateContract(state.client, {
       address: state.config.distributor,
       abi: state.config.distributorAbi,
       functionName: "claim",
       args: [pending.account, pending.cumulativeUnits, pending.proof],
       account: state.account,
     });
-    const hash = await state.walletClient.writeContract({ ...request, chain: null });
+    const hash = await writeContract(state.client, { ...request, chain: null });
     setStatus(`Sent ${hash}; waiting for it to be mined…`);
-    const receipt = await state.publicClient.waitForTransactionReceipt({ hash });
+    const receipt = await waitForTransactionReceipt(state.client, { hash });
     if (receipt.status !== "success") throw new Error(`the claim transaction ${hash} reverted`);
     const [event] = parseEventLogs({ abi: state.config.distributorAbi, logs: receipt.logs, eventName: "Claimed" });
     const paidUnits = event?.args?.amount ?? 0n;
