@@ -1,6 +1,7 @@
 """Read-only SQL over the ledger, with the analyst views defined."""
 
 import threading
+from collections.abc import Callable
 from importlib import resources
 
 import duckdb
@@ -10,12 +11,30 @@ from ledger.errors import QueryTimeoutError
 from ledger.ledger import Ledger
 from ledger.sql_policy import checked_statements
 
+# Further analyst views, by owner (e.g. the settlement's, over its tables): each a function returning CREATE
+# VIEW statements, defined after the ledger's own in the order registered.
+_registered_views: dict[str, Callable[[], list[str]]] = {}
+
+
+def sql_statements(text: str) -> list[str]:
+    """The statements of a views file: `--` comment lines dropped, each statement ending with `;` at a line end."""
+    lines = [line for line in text.splitlines() if not line.lstrip().startswith("--")]
+    return [statement.strip().rstrip(";") + ";" for statement in "\n".join(lines).split(";\n") if statement.strip()]
+
+
+def register_views(owner: str, statements: Callable[[], list[str]]) -> None:
+    """Declare `owner`'s analyst views (over tables it registered with `ledger.tables.register_table`).
+
+    `statements()` is called each time the views are defined, so table names come from `recorder.table`.
+    Registering the same owner again replaces its views.
+    """
+    _registered_views[owner] = statements
+
 
 def analyst_view_statements() -> list[str]:
-    """The CREATE VIEW statements of `views.sql`, one string each."""
-    text = resources.files("ledger").joinpath("views.sql").read_text()
-    lines = [line for line in text.splitlines() if not line.lstrip().startswith("--")]
-    return [statement.strip() + ";" for statement in "\n".join(lines).split(";\n") if statement.strip()]
+    """The CREATE VIEW statements of `views.sql`, then those of each registered owner, one string each."""
+    own = sql_statements(resources.files("ledger").joinpath("views.sql").read_text())
+    return own + [statement for statements in _registered_views.values() for statement in statements()]
 
 
 def define_views(ledger: Ledger) -> None:

@@ -5,9 +5,11 @@ Each closed epoch appends to all of them in one ledger transaction; nothing is e
 
 import pyarrow as pa
 
+from ledger.query import register_views
 from ledger.tables import register_table
 from schemas.arrow import timestamp_type
 from settlement.engine.figures import epoch_row_columns
+from settlement.views import settlement_view_statements
 
 
 def _schema(*fields: tuple[str, pa.DataType, bool]) -> pa.Schema:
@@ -83,9 +85,10 @@ settlement_tables: dict[str, tuple[pa.Schema, bool]] = {
 
 
 def register() -> None:
-    """Declare the tables; the ledger creates them on its next open or append."""
+    """Declare the tables, which the ledger creates on its next open or append, and their analyst views."""
     for name, (schema, inlined) in settlement_tables.items():
         register_table(name, schema, inlined=inlined)
+    register_views("settlement", settlement_view_statements)
 
 
 register()

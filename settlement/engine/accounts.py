@@ -3,8 +3,9 @@
 `payer:<id>` is debited what it owes, `model:<id>` is a pass-through account (it ends every epoch at
 zero), `contributor:<id>` is credited what it earned and `suspense` what it holds. The model prefix is
 the producer contract's (`schemas.fields`: a split policy names a parent model as `model:<id>`). The
-SQL of the exports and the HTML report use these; the `ledger_checks` view (still in ledger/views.sql)
-and the SQL reference (`reference_sql.py`, an independent implementation on purpose) spell them out.
+SQL of the exports, the HTML report and the settlement's analyst views (`settlement/views.sql`, filled in by
+`settlement.views`) use these; only the SQL reference (`reference_sql.py`, an independent implementation on
+purpose) spells them out.
 """
 
 from schemas.fields import model_recipient_prefix

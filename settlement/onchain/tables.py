@@ -14,8 +14,10 @@ Roots and hashes are 0x-prefixed lowercase hex; accounts are EIP-55 checksummed.
 
 import pyarrow as pa
 
+from ledger.query import register_views
 from ledger.tables import register_table
 from schemas.arrow import timestamp_type
+from settlement.views import view_statements
 
 _s, _i, _t = pa.string(), pa.int64(), timestamp_type
 
@@ -104,9 +106,16 @@ settle_tables: dict[str, tuple[pa.Schema, bool]] = {
 
 
 def register() -> None:
-    """Declare the tables; the ledger creates them on its next open or append."""
+    """Declare the tables, which the ledger creates on its next open or append, and their analyst views
+    (after the settlement's: `reconciliation` adds the chain's checks to the ledger's)."""
     for name, (schema, inlined) in settle_tables.items():
         register_table(name, schema, inlined=inlined)
+    register_views("settlement.onchain", chain_view_statements)
+
+
+def chain_view_statements() -> list[str]:
+    """The chain side's views: settlements, payout leaves, claims, chain checks, reconciliation."""
+    return view_statements("settlement.onchain")
 
 
 register()

@@ -1,0 +1,137 @@
+-- The settlement's analyst views (docs/analytics.md describes every column), over its own tables: registered
+-- with the ledger by `settlement.tables.register` and defined after the ledger's (ledger/views.sql).
+-- `$${settlement_epoch}` is a ledger table's SQL name (`ledger.recorder.table`), `$${contributor_prefix}` and the other
+-- account names come from `settlement.engine.accounts`. Each statement ends with a semicolon at the end of a line.
+
+-- One row per closed settlement epoch: the snapshot range it settled and its totals (micros).
+-- suspense_micros is what suspense holds after the epoch; receivable_micros what recipients owe back.
+CREATE OR REPLACE TEMP VIEW epochs AS
+SELECT epoch, closing_snapshot, event_count, fee_micros, suspense_micros, previous_snapshot, closed_at,
+       reversal_count, reversed_micros, dead_letter_count, suspended_micros, released_micros,
+       payable_micros, receivable_micros, group_count
+FROM ${settlement_epoch};
+
+-- Double-entry postings: positive amounts are debits, negative credits; each entry sums to zero.
+CREATE OR REPLACE TEMP VIEW postings AS
+SELECT epoch, entry_id, account, amount_micros, entry_kind, model_id, policy_id
+FROM ${settlement_posting};
+
+-- Per epoch and recipient (a contributor id): what became payable and the cumulative payable,
+-- which never decreases; receivable_micros is owed back after reversals and netted later.
+CREATE OR REPLACE TEMP VIEW payables AS
+SELECT epoch, recipient, amount_micros, cumulative_micros, credited_micros, earned_micros,
+       receivable_micros, payout_address
+FROM ${settlement_payable};
+
+-- Every account's balance over all closed epochs (debits positive, credits negative).
+CREATE OR REPLACE TEMP VIEW balances AS
+SELECT account, sum(amount_micros)::BIGINT AS balance_micros, count(*) AS postings, max(epoch) AS last_epoch
+FROM ${settlement_posting}
+GROUP BY account;
+
+-- One row per event ever held in suspense (its route was incomplete when its epoch closed): the epoch
+-- it entered, and the epoch and outcome (split | reversed) it left with, NULL while still held.
+CREATE OR REPLACE TEMP VIEW suspense_items AS
+-- source is NULL for items suspended before ledger format 4 (ids were unique then: the id alone matches).
+SELECT i.epoch AS suspended_epoch, i.event_id, i.event_time, i.model_id, i.payer, i.compute_provider,
+       i.fee_micros, r.epoch AS released_epoch, r.outcome AS release_outcome, i.source
+FROM ${settlement_suspense_item} i
+LEFT JOIN ${settlement_suspense_release} r
+  ON r.event_id = i.event_id AND (r.source = i.source OR r.source IS NULL OR i.source IS NULL);
+
+-- The ledger's own checks, one row per check and closed epoch, with how many items it compared, how
+-- many disagree, and the sum of the absolute disagreements (micros); `reconciliation` (below) adds the
+-- chain's checks. entry_balance: every posting entry sums to zero. recipient_credits: each payable's credited_micros
+-- equals what postings credited `contributor:<recipient>`. model_pass_through: model accounts end every
+-- epoch at zero. epoch_payable_total: the epoch's payable_micros equals its payables' amounts.
+-- billing_vs_epoch: payers were debited the epoch's fees less reversals. events_vs_epoch: the events
+-- whose data files the catalog added inside the epoch's snapshot range sum to its fee_micros (a
+-- duplicate event reaching the ledger shows here too). suspense_balance: suspense_micros is what the
+-- suspense postings hold. conservation: payable + Δsuspense − Δreceivables = fees − reversed.
+CREATE OR REPLACE TEMP VIEW ledger_checks AS
+WITH e AS (
+    SELECT *, coalesce(lag(suspense_micros) OVER (ORDER BY epoch), 0) AS suspense_before_micros,
+           coalesce(lag(receivable_micros) OVER (ORDER BY epoch), 0) AS receivable_before_micros
+    FROM ${settlement_epoch}
+),
+entry_sums AS (
+    SELECT epoch, entry_id, sum(amount_micros) AS off_micros FROM ${settlement_posting} GROUP BY ALL
+),
+credits AS (
+    SELECT epoch, substr(account, length(${contributor_prefix}) + 1) AS recipient, -sum(amount_micros) AS credited_micros
+    FROM ${settlement_posting} WHERE account LIKE ${contributor_prefix} || '%' GROUP BY ALL
+),
+recipient_diffs AS (
+    SELECT coalesce(p.epoch, c.epoch) AS epoch,
+           coalesce(p.credited_micros, 0) - coalesce(c.credited_micros, 0) AS off_micros
+    FROM ${settlement_payable} p FULL JOIN credits c ON p.epoch = c.epoch AND p.recipient = c.recipient
+),
+model_sums AS (
+    SELECT epoch, account, sum(amount_micros) AS off_micros
+    FROM ${settlement_posting} WHERE account LIKE ${model_prefix} || '%' GROUP BY ALL
+),
+payers AS (
+    SELECT epoch, sum(amount_micros) AS billed_micros
+    FROM ${settlement_posting} WHERE account LIKE ${payer_prefix} || '%' GROUP BY ALL
+),
+suspense AS (
+    SELECT epoch, -sum(amount_micros) AS moved_micros
+    FROM ${settlement_posting} WHERE account = ${suspense_account} GROUP BY ALL
+),
+files AS (
+    SELECT filename, count(*) AS events, sum(fee_micros) AS fee_micros
+    FROM ${inference_metered} GROUP BY filename
+),
+-- A file `royalty compact` merged holds rows of one epoch's snapshot range: it counts at its rows' last snapshot.
+arrived_files AS (
+    SELECT f.*, a.arrived_snapshot
+    FROM files f
+    JOIN data_file_arrivals a
+      ON a.table_name = 'inference_metered' AND parse_filename(f.filename) = parse_filename(a.path)
+     AND f.filename LIKE '%/' || a.path
+),
+arrived AS (
+    SELECT e.epoch, sum(f.events) AS events, sum(f.fee_micros) AS fee_micros
+    FROM arrived_files f
+    JOIN e ON f.arrived_snapshot > e.previous_snapshot AND f.arrived_snapshot <= e.closing_snapshot
+    GROUP BY e.epoch
+),
+checks AS (
+    SELECT 'entry_balance' AS check_name, epoch, count(*) AS items_checked,
+           count(*) FILTER (WHERE off_micros <> 0) AS items_off, sum(abs(off_micros)) AS difference_micros
+    FROM entry_sums GROUP BY epoch
+    UNION ALL
+    SELECT 'recipient_credits', epoch, count(*), count(*) FILTER (WHERE off_micros <> 0), sum(abs(off_micros))
+    FROM recipient_diffs GROUP BY epoch
+    UNION ALL
+    SELECT 'model_pass_through', epoch, count(*), count(*) FILTER (WHERE off_micros <> 0), sum(abs(off_micros))
+    FROM model_sums GROUP BY epoch
+    UNION ALL
+    SELECT 'epoch_payable_total', e.epoch, 1, 0, abs(e.payable_micros - coalesce(sum(p.amount_micros), 0))
+    FROM e LEFT JOIN ${settlement_payable} p ON p.epoch = e.epoch GROUP BY e.epoch, e.payable_micros
+    UNION ALL
+    SELECT 'billing_vs_epoch', e.epoch, 1, 0, abs(e.fee_micros - e.reversed_micros - coalesce(b.billed_micros, 0))
+    FROM e LEFT JOIN payers b ON b.epoch = e.epoch
+    UNION ALL
+    SELECT 'events_vs_epoch', e.epoch, e.event_count, abs(e.event_count - coalesce(a.events, 0)),
+           abs(e.fee_micros - coalesce(a.fee_micros, 0))
+    FROM e LEFT JOIN arrived a ON a.epoch = e.epoch
+    UNION ALL
+    SELECT 'suspense_balance', e.epoch, 1, 0,
+           abs(e.suspense_micros - sum(coalesce(s.moved_micros, 0)) OVER (ORDER BY e.epoch))
+    FROM e LEFT JOIN suspense s ON s.epoch = e.epoch
+    UNION ALL
+    SELECT 'conservation', epoch, 1, 0,
+           abs(payable_micros + (suspense_micros - suspense_before_micros)
+               - (receivable_micros - receivable_before_micros) - (fee_micros - reversed_micros))
+    FROM e
+)
+SELECT check_name, epoch, items_checked::BIGINT AS items_checked,
+       (items_off + (difference_micros <> 0 AND items_off = 0)::INTEGER)::BIGINT AS items_off,
+       difference_micros::BIGINT AS difference_micros
+FROM checks;
+
+-- Checks that must all be zero in a healthy system: the ledger's here; once it has settled, the chain's views
+-- (settlement/onchain/views.sql) replace this with the ledger's and the chain's checks together.
+CREATE OR REPLACE TEMP VIEW reconciliation AS
+SELECT * FROM ledger_checks;
