@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import shutil
 import subprocess
 from collections.abc import Iterator
@@ -18,12 +19,14 @@ from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner, Result
+from web3 import Web3
 
 from ledger import Ledger
 from royalty.cli import app
 from settlement.onchain.chain import connect, distributor_contract, token_contract
 from settlement.onchain.contract_artifacts import distributor_artifact
 from settlement.onchain.exceptions import ContractArtifactError
+from settlement.onchain.merkle import MerkleTree
 from settlement.reports.claims_page import page_abi
 from tests.support.anvil import REPO_ROOT, Anvil, anvil  # noqa: F401 - anvil is a fixture
 from tests.support.cdp import Browser, png_size
@@ -329,13 +332,54 @@ def test_claims_page_refuses_an_unrecorded_epoch_and_a_file_as_folder(world: Wor
     assert not (tmp_path / "p").exists() and file.read_text() == ""
 
 
-@pytest.mark.integration
-def test_the_committed_bundle_is_what_the_source_builds() -> None:
-    """claims_page/built/ (committed, so users need no node) equals a fresh esbuild of claims_page/src/."""
+def _require_page_toolchain() -> None:
     if shutil.which("node") is None or not (PAGE_SOURCE / "node_modules" / ".package-lock.json").is_file():
         reason = "needs node and `(cd claims_page && npm ci)`"
         if os.environ.get("CI", "").lower() in ("true", "1", "yes"):
             pytest.fail(reason, pytrace=False)
         pytest.skip(reason)
+
+
+# Runs the page's tree module under node on a dump from stdin: every leaf's proof and the root it leads to.
+_node_proofs = """
+import { loadTree, leafOf, proofLeadsTo } from "./src/tree.js";
+let text = "";
+for await (const chunk of process.stdin) text += chunk;
+const tree = loadTree(JSON.parse(text));
+const out = {};
+for (const { account } of tree.leaves.values()) {
+  const leaf = leafOf(tree, account);
+  out[account] = { proof: leaf.proof, leadsTo: proofLeadsTo(leaf.account, leaf.cumulativeUnits, leaf.proof) };
+}
+console.log(JSON.stringify({ root: tree.root, out }));
+"""
+
+
+@pytest.mark.integration
+def test_the_pages_proofs_are_the_python_trees_proofs_for_every_leaf() -> None:
+    """The page's tree code (claims_page/src/tree.js, under node) gives each leaf of a 77-leaf tree the same proof
+    as `MerkleTree.proof`, leading to the same root; an odd leaf count covers the unbalanced edge."""
+    _require_page_toolchain()
+    rng = random.Random(21)
+    amounts = {Web3.to_checksum_address(f"0x{rng.getrandbits(160):040x}"): rng.randrange(10**12) for _ in range(77)}
+    tree = MerkleTree.from_amounts(amounts)
+    node = subprocess.run(
+        ["node", "--input-type=module", "-e", _node_proofs],
+        cwd=PAGE_SOURCE,
+        input=json.dumps(tree.dump()),
+        capture_output=True,
+        text=True,
+    )
+    assert node.returncode == 0, node.stderr
+    answer = json.loads(node.stdout)
+    assert answer["root"] == tree.root_hex and set(answer["out"]) == set(amounts)
+    for account, found in answer["out"].items():
+        assert found == {"proof": tree.proof_hex(account), "leadsTo": tree.root_hex}
+
+
+@pytest.mark.integration
+def test_the_committed_bundle_is_what_the_source_builds() -> None:
+    """claims_page/built/ (committed, so users need no node) equals a fresh esbuild of claims_page/src/."""
+    _require_page_toolchain()
     check = subprocess.run(["node", "build.mjs", "--check"], cwd=PAGE_SOURCE, capture_output=True, text=True)
     assert check.returncode == 0, check.stderr
