@@ -17,7 +17,7 @@ const solc = require('solc')
 const here = dirname(fileURLToPath(import.meta.url))
 const CONTRACTS = [
   'RoyaltyDistributor', 'TestToken', 'MaliciousToken', 'ModelRegistry',
-  'CommunityToken', 'CommunityGovernor', 'CommunityTimelock', 'TestContractWallet'
+  'CommunityToken', 'CommunityGovernor', 'CommunityTimelock', 'TestContractWallet', 'FeeToken'
 ]
 // Changing any of these changes every bytecode: they are part of the artifact, and the drift test
 // recompiles with exactly these. Cancun is the newest fork that every major EVM chain runs.

@@ -304,7 +304,7 @@ contract RoyaltyDistributor is AccessControlDefaultAdminRules, ReentrancyGuardTr
      * the latest root owes (`totalCumulative − totalClaimed`); any other token entirely.
      */
     function sweep(IERC20 asset, address to, uint256 amount) external onlyRole(DEFAULT_ADMIN_ROLE) nonReentrant {
-        if (asset == token) {
+        if (address(asset) == address(token)) {
             uint256 surplus = surplusUnits();
             if (amount > surplus) revert RoyaltyDistributorSweepExceedsSurplus(amount, surplus);
         }

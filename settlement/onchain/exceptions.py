@@ -54,7 +54,30 @@ _advice = {
     "RoyaltyDistributorRootNotActive": "the root is still in its timelock; claim after activeAtSeconds",
     "RoyaltyDistributorInvalidProof": "fetch a fresh proof with `royalty proof` for the active root",
     "RoyaltyDistributorNoActiveRoot": "no root is claimable yet; wait for the timelock of the first one",
+    "RoyaltyDistributorGrowthTooLarge": "the root adds more than the admin's maxEpochGrowthUnits; check the "
+    "epoch's payables, then have the admin raise the cap with setMaxEpochGrowthUnits if they are right",
+    "RoyaltyDistributorTotalDecreasing": "the tree's total is below the contract's latest root: this ledger "
+    "does not settle to this contract, or its payables were rewritten",
+    "RoyaltyDistributorEpochStepTooLarge": "the epoch jumps too far past the contract's latest one; check that "
+    "--distributor is the contract this ledger settles to",
+    "RoyaltyDistributorRootWasRevoked": "a guardian revoked this root; find out why before settling again",
+    "RoyaltyDistributorTransferMismatch": "the token delivered another amount than the transfer said "
+    "(fee-on-transfer or rebasing): the distributor cannot pay with it",
+    "RoyaltyDistributorNoTreasury": "the admin must set a treasury (setTreasury) that approved the distributor",
+    "ERC20InsufficientAllowance": "the treasury must approve the distributor for the funding (approve)",
+    "RoyaltyDistributorSweepExceedsSurplus": "only the balance above what the roots owe can be swept",
 }
+
+
+class FundingRefusedError(SettlementError):
+    """Funding the distributor would exceed the run's cap, or the treasury cannot cover it; nothing was sent."""
+
+    transient = False
+
+    def __init__(self, epoch: int, reason: str) -> None:
+        self.epoch = epoch
+        self.reason = reason
+        super().__init__(f"epoch `{epoch}`: {reason}; nothing was sent or recorded as settled")
 
 
 class ChainLedgerMismatchError(SettlementError):

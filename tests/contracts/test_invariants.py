@@ -49,7 +49,15 @@ from web3.logs import DISCARD
 from settlement.onchain.chain import decode_revert
 from settlement.onchain.contract_artifacts import distributor_artifact, load_artifact
 from settlement.onchain.merkle import MerkleTree, leaf_hash, process_proof
-from tests.support.anvil import NO_DIGEST, Anvil, Deployment, anvil, deploy  # noqa: F401 - anvil is a fixture
+from tests.support.anvil import (  # noqa: F401 - anvil is a fixture
+    GROWTH_UNLIMITED,
+    NO_DIGEST,
+    ZERO_ADDRESS,
+    Anvil,
+    Deployment,
+    anvil,
+    deploy,
+)
 
 TIMELOCK_SECONDS = 10_000
 CLOCK_STEPS_S = [4_000, 12_000]  # sums are multiples of 4,000: never within 2,000 s of the timelock
@@ -335,7 +343,9 @@ def _malicious_distributor(node: Anvil) -> tuple[Contract, Contract, str]:
     token = w3.eth.contract(address=receipt["contractAddress"], abi=token_build.abi)
     factory = w3.eth.contract(abi=distributor_build.abi, bytecode=distributor_build.bytecode)
     receipt = w3.eth.wait_for_transaction_receipt(
-        factory.constructor(token.address, 0, admin, settler, guardian).transact({"from": admin})
+        factory.constructor(
+            token.address, 0, 0, admin, settler, [guardian], admin, GROWTH_UNLIMITED, ZERO_ADDRESS
+        ).transact({"from": admin})
     )
     distributor = w3.eth.contract(address=receipt["contractAddress"], abi=distributor_build.abi)
     tree = MerkleTree.build(PAYEES, [1_000, 2_000, 3_000, 4_000])

@@ -328,9 +328,9 @@ def test_underfunded_proposal_reverts(chain) -> None:
         d.distributor,
         d.distributor.functions.proposeRoot(2, grown.root, 59, NO_DIGEST),
         d.settler,
-        "RoyaltyDistributorTotalBelowClaimed",
+        "RoyaltyDistributorTotalDecreasing",
+        100,
         59,
-        60,
     )
 
 
@@ -382,10 +382,10 @@ def test_constructor_rejects_a_zero_token_a_zero_admin_and_an_overlong_timelock(
     token = deploy(w3, 0).token.address
     zero = "0x" + "00" * 20
     for args, name, values in [
-        ((zero, 0, admin, admin, admin), "RoyaltyDistributorInvalidToken", (zero,)),
-        ((token, 0, zero, admin, admin), "RoyaltyDistributorInvalidAdmin", (zero,)),
+        ((zero, 0, 0, admin, admin, [admin], admin, 1, zero), "RoyaltyDistributorInvalidToken", (zero,)),
+        ((token, 0, 0, zero, admin, [admin], admin, 1, zero), "AccessControlInvalidDefaultAdmin", (zero,)),
         (
-            (token, 30 * 86_400 + 1, admin, admin, admin),
+            (token, 30 * 86_400 + 1, 0, admin, admin, [admin], admin, 1, zero),
             "RoyaltyDistributorTimelockTooLong",
             (30 * 86_400 + 1, 30 * 86_400),
         ),

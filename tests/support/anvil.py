@@ -181,7 +181,23 @@ class Deployment:
         return self.token.functions.balanceOf(account).call()
 
 
-def deploy(w3: Web3, timelock_seconds: int) -> Deployment:
+GROWTH_UNLIMITED = 2**128 - 1
+ZERO_ADDRESS = "0x" + "00" * 20
+
+
+def deploy(
+    w3: Web3,
+    timelock_seconds: int,
+    max_epoch_growth_units: int = GROWTH_UNLIMITED,
+    admin_delay_seconds: int = 0,
+    guardians: list[str] | None = None,
+    treasury: str | None = None,
+    predecessor: str = ZERO_ADDRESS,
+) -> Deployment:
+    """A TestToken and a distributor with distinct admin (account 0), settler (1) and guardian (2).
+
+    `guardians` default to account 2; `treasury` to the admin.
+    """
     admin, settler, guardian, outsider = w3.eth.accounts[:4]
     token_build, distributor_build = token_artifact(), distributor_artifact()
     token_factory = w3.eth.contract(abi=token_build.abi, bytecode=token_build.bytecode)
@@ -190,9 +206,19 @@ def deploy(w3: Web3, timelock_seconds: int) -> Deployment:
     )
     token = w3.eth.contract(address=receipt["contractAddress"], abi=token_build.abi)
     factory = w3.eth.contract(abi=distributor_build.abi, bytecode=distributor_build.bytecode)
-    receipt = w3.eth.wait_for_transaction_receipt(
-        factory.constructor(token.address, timelock_seconds, admin, settler, guardian).transact({"from": admin})
+    args = (
+        token.address,
+        timelock_seconds,
+        admin_delay_seconds,
+        admin,
+        settler,
+        guardians or [guardian],
+        treasury or admin,
+        max_epoch_growth_units,
+        predecessor,
     )
+    receipt = w3.eth.wait_for_transaction_receipt(factory.constructor(*args).transact({"from": admin}))
+    assert receipt["status"] == 1
     distributor = w3.eth.contract(address=receipt["contractAddress"], abi=distributor_build.abi)
     return Deployment(w3, token, distributor, admin, settler, guardian, outsider)
 
