@@ -18,6 +18,8 @@ from royalty.common import (
     ConfigOption,
     DataPathOption,
     LakeOption,
+    check_address,
+    check_payout_address,
     load_settings,
     registry_rules,
     require_ledger,
@@ -35,7 +37,9 @@ RpcOption = Annotated[
     typer.Option("--rpc-url", help="EVM JSON-RPC URL; unset: a throwaway in-process chain. [env ROYALTY_RPC_URL]"),
 ]
 DistributorOption = Annotated[
-    str | None, typer.Option("--distributor", help="RoyaltyDistributor address. [env ROYALTY_DISTRIBUTOR]")
+    str | None, typer.Option(
+        "--distributor", callback=check_address, help="RoyaltyDistributor address. [env ROYALTY_DISTRIBUTOR]"
+    )
 ]
 JsonOption = Annotated[bool, typer.Option("--json", help="Print one JSON object instead of text.")]
 FromBlockOption = Annotated[
@@ -67,38 +71,110 @@ def _chain(settings: "Settings", key_env: str | None = None):
     return connect(settings.rpc_url, signer, settings.confirmations, settings.confirm_timeout_s)
 
 
+def _check_addresses(values: list[str] | None) -> list[str] | None:
+    """`check_address` for a repeatable option. A typer callback."""
+    return None if values is None else [str(check_address(value)) for value in values]
+
+
 def deploy(
     rpc_url: RpcOption = None,
     config: ConfigOption = None,
     timelock_seconds: Annotated[
-        int, typer.Option("--timelock-seconds", help="Seconds a root waits before claims (guardian may revoke).")
+        int,
+        typer.Option(
+            "--timelock-seconds",
+            help="Seconds a root waits before claims (guardians may revoke); at least 3,600 off a local chain.",
+        ),
     ] = 86_400,
-    guardian: Annotated[str | None, typer.Option("--guardian", help="Guardian address; unset: the deployer.")] = None,
+    admin: Annotated[
+        str | None,
+        typer.Option("--admin", callback=check_address, help="Admin (a Safe, say); unset: the deployer (local only)."),
+    ] = None,
+    settler: Annotated[
+        str | None,
+        typer.Option("--settler", callback=check_address, help="Settler (proposes roots); unset: the deployer."),
+    ] = None,
+    guardian: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--guardian", callback=_check_addresses, help="Guardian address (repeatable); unset: the deployer."
+        ),
+    ] = None,
+    treasury: Annotated[
+        str | None,
+        typer.Option(
+            "--treasury",
+            callback=check_address,
+            help="Account settle pulls funding from (it must approve the distributor); unset: the deployer.",
+        ),
+    ] = None,
+    admin_delay_seconds: Annotated[
+        int, typer.Option("--admin-delay-seconds", min=0, help="Delay of the two-step admin transfer.")
+    ] = 3 * 86_400,
+    max_epoch_growth_units: Annotated[
+        int | None,
+        typer.Option(
+            "--max-epoch-growth-units", min=0, help="Most one proposal may add to the total; unset: unlimited."
+        ),
+    ] = None,
+    allow_shared_roles: Annotated[
+        bool,
+        typer.Option("--allow-shared-roles", help="Let one account hold several roles on a non-local test chain."),
+    ] = False,
+    migrate_from: Annotated[
+        str | None,
+        typer.Option(
+            "--migrate-from",
+            callback=check_address,
+            help="A deployed distributor this one takes over from: leaves here count only what was earned after "
+            "its last root, which stays claimable there.",
+        ),
+    ] = None,
     token: Annotated[
         str | None, typer.Option("--token", help="Existing 6-decimal ERC-20 to pay; unset: deploy a TestToken.")
     ] = None,
     mint_units: Annotated[
-        int, typer.Option("--mint-units", help="TestToken units to mint to the deployer (local chains).")
+        int,
+        typer.Option("--mint-units", help="TestToken units to mint to the treasury, approved if it is the deployer."),
     ] = 0,
     output_json: JsonOption = False,
 ) -> None:
-    """Deploy the distributor (and, for local use, a TestToken); the deployer is admin and settler."""
+    """Deploy the distributor (and, for local use, a TestToken) with distinct admin, settler and guardians.
+
+    Off a local chain (anvil's 31337, the in-process chain) one account may hold only one role unless
+    --allow-shared-roles, and the timelock is at least an hour.
+    """
     from settlement.onchain import deploy_contracts
+    from settlement.onchain.chain import DeployRoles, growth_units_unlimited
 
     settings = load_settings({"rpc_url": rpc_url}, config)
+    roles = DeployRoles(
+        admin,
+        settler,
+        tuple(guardian or ()),
+        treasury,
+        admin_delay_seconds,
+        growth_units_unlimited if max_epoch_growth_units is None else max_epoch_growth_units,
+        allow_shared_roles,
+    )
     try:
         chain = _chain(settings)
-        deployed = deploy_contracts(chain, timelock_seconds, guardian, token, mint_units)
+        deployed = deploy_contracts(chain, timelock_seconds, None, token, mint_units, roles, migrate_from)
     except RoyaltyError as error:
         _fail(error)
     from ledger.redact import redact_url
 
     result = {**vars(deployed), "rpc_url": redact_url(chain.rpc_url)}
+    result["guardians"] = list(deployed.guardians)
+    result["max_epoch_growth_units"] = str(deployed.max_epoch_growth_units)
     if output_json:
         _print_json(result)
         return
-    for name in ("token", "distributor", "admin", "guardian", "chain_id", "deployment_block"):
+    names = ("token", "distributor", "admin", "settler", "guardians", "treasury", "chain_id", "deployment_block")
+    for name in names:
         stdout.print(f"{name}: {result[name]}", highlight=False)
+    if deployed.predecessor != "0x" + "00" * 20:
+        stdout.print(f"migrated from: {deployed.predecessor}", highlight=False)
     if chain.embedded:
         stderr.print("note: the in-process chain ends with this command; pass --rpc-url to deploy for real")
 
@@ -216,7 +292,7 @@ def _proof(settings: "Settings", account: str) -> dict[str, Any]:
 
 
 def proof(
-    account: Annotated[str, typer.Option("--account", help="Payout address (0x…).")],
+    account: Annotated[str, typer.Option("--account", callback=check_payout_address, help="Payout address (0x…).")],
     lake: LakeOption = None,
     data_path: DataPathOption = None,
     config: ConfigOption = None,
@@ -243,7 +319,9 @@ def claim(
     proof_file: Annotated[
         Path | None, typer.Option("--proof-file", help="JSON written by `royalty proof --json` ('-': stdin).")
     ] = None,
-    account: Annotated[str | None, typer.Option("--account", help="Payout address, with --lake.")] = None,
+    account: Annotated[
+        str | None, typer.Option("--account", callback=check_payout_address, help="Payout address, with --lake.")
+    ] = None,
     lake: LakeOption = None,
     data_path: DataPathOption = None,
     config: ConfigOption = None,

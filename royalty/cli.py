@@ -74,7 +74,9 @@ def sql(
     from ledger import Ledger, define_views, run_query
     from ledger.attach import attach_statements, epoch_snapshot
     from ledger.sql_policy import lock_down, lock_down_statements
+    from settlement.use_cases.ledger_setup import register_with_ledger
 
+    register_with_ledger()  # the settlement's analyst views, defined after the ledger's
     if output_format not in output_formats:
         _fail(ValueError(f"--format must be one of {', '.join(output_formats)}, not `{output_format}`"))
     if as_of_snapshot is not None and as_of_epoch is not None:
@@ -564,7 +566,7 @@ def demo(
     workdir: Annotated[
         Path | None, typer.Option("--workdir", help="Folder for the demo's ledger (default: temp).")
     ] = None,
-    events: Annotated[int, typer.Option("--events", help="Inference events to produce.")] = 100_000,
+    events: Annotated[int, typer.Option("--events", min=1, help="Inference events to produce.")] = 100_000,
     kafka: Annotated[
         str | None, typer.Option("--kafka", help="Use this Kafka (HOST:PORT) instead of the embedded broker.")
     ] = None,

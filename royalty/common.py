@@ -136,3 +136,34 @@ def kafka_security(settings: Settings) -> KafkaSecurity:
     )
     security.check()
     return security
+
+
+def check_address(value: str | None) -> str | None:
+    """`value` if it is an address a wallet would accept (typer.BadParameter otherwise): 0x + 40 hex digits, in one
+    case or with a valid EIP-55 checksum (a mixed-case address with a wrong one is a typo). A typer callback."""
+    return _checked_address(value, payout=False)
+
+
+def check_payout_address(value: str | None) -> str | None:
+    """`check_address` for an address that receives payouts: the zero address is refused too. A typer callback."""
+    return _checked_address(value, payout=True)
+
+
+def _checked_address(value: str | None, payout: bool) -> str | None:
+    if value is None:
+        return None
+    import re
+
+    from eth_utils import is_checksum_address  # only now: eth-utils is slow to import
+
+    if not re.fullmatch(r"0x[0-9a-fA-F]{40}", value):
+        raise typer.BadParameter(f"`{value}` is not an address (0x followed by 40 hex digits)")
+    body = value[2:]
+    if body not in (body.lower(), body.upper()) and not is_checksum_address(value):
+        raise typer.BadParameter(
+            f"`{value}` fails its EIP-55 checksum (the mixed case encodes one), as a mistyped address does; copy it "
+            "again from its source"
+        )
+    if payout and int(body, 16) == 0:
+        raise typer.BadParameter("the zero address cannot be a payout address: tokens claimed for it are lost")
+    return value

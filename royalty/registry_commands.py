@@ -14,7 +14,16 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from royalty.chain_commands import FromBlockOption, JsonOption, RpcOption, _chain, _print_json
-from royalty.common import ConfigOption, DataPathOption, LakeOption, load_settings, require_ledger, stderr, stdout
+from royalty.common import (
+    ConfigOption,
+    DataPathOption,
+    LakeOption,
+    check_payout_address,
+    load_settings,
+    require_ledger,
+    stderr,
+    stdout,
+)
 from royalty.common import fail as _fail
 from schemas.errors import RoyaltyError
 
@@ -190,7 +199,9 @@ def set_policy_command(
 
 @registry_app.command("set-payout")
 def set_payout_command(
-    payout: Annotated[str, typer.Argument(help="The address the signer's payouts go to from now on.")],
+    payout: Annotated[
+        str, typer.Argument(callback=check_payout_address, help="The address the signer's payouts go to from now on.")
+    ],
     rpc_url: RpcOption = None,
     registry: RegistryOption = None,
     config: ConfigOption = None,

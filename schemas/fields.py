@@ -24,6 +24,8 @@ def check_payout_address(value: str) -> str:
         raise ValueError(f"`{value}` is not a 20-byte hex address (0x followed by 40 hex digits)")
     if not is_checksum_address(value):
         raise ValueError(f"`{value}` fails the EIP-55 checksum; send the checksummed (mixed-case) form")
+    if int(value, 16) == 0:
+        raise ValueError("the zero address cannot be a payout address: tokens claimed for it are lost")
     return value
 
 

@@ -95,3 +95,37 @@ def test_ingest_from_a_broker_never_reached_exits_75_after_the_bound(tmp_path: P
     )
     assert code == 75
     assert f"no Kafka broker answered at `127.0.0.1:{port}`" in message and "broker_unreachable_s_max" in message
+
+
+checksummed = "0x5aAeb6053F3E94C9b9A09f33669435E7Ef1BeAed"  # EIP-55's own example
+mistyped = checksummed[:-1] + "D"  # one letter's case changed: the checksum fails
+zero = "0x" + "0" * 40
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["proof", "--account", mistyped], "fails its EIP-55 checksum"),
+        (["claim", "--account", mistyped, "--lake", "lake"], "fails its EIP-55 checksum"),
+        (["settle", "--distributor", mistyped], "fails its EIP-55 checksum"),
+        (["proof", "--account", zero], "the zero address cannot be a payout address"),
+        (["claim", "--account", zero, "--lake", "lake"], "the zero address cannot be a payout address"),
+        (["registry", "set-payout", zero], "the zero address cannot be a payout address"),
+        (["proof", "--account", "0x123"], "is not an address"),
+        (["demo", "--events", "0"], "greater than or equal to 1"),
+    ],
+)
+def test_a_mistyped_address_the_zero_payout_address_and_no_events_are_refused(
+    tmp_path: Path, args: list[str], message: str
+) -> None:
+    result = subprocess.run(royalty_command(*args), cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    text = " ".join(result.stderr.replace("│", " ").split())
+    assert result.returncode == 2 and message in text and "Traceback" not in result.stderr, result.stderr
+
+
+def test_an_address_in_one_case_or_checksummed_passes_the_check() -> None:
+    from royalty.common import check_address, check_payout_address
+
+    for address in (checksummed, checksummed.lower(), "0x" + checksummed[2:].upper()):
+        assert check_payout_address(address) == address
+    assert check_address(zero) == zero  # only a payout address may not be zero
