@@ -27,6 +27,7 @@ import time
 from pathlib import Path
 from types import TracebackType
 
+from ingest.errors import IngestError
 from schemas.errors import require
 
 # Tansu answers in milliseconds; the bound covers a machine busy with a test suite.
@@ -46,7 +47,7 @@ TANSU_ENV_KEYS = (
 )
 
 
-class EmbeddedBrokerError(RuntimeError):
+class EmbeddedBrokerError(IngestError, RuntimeError):
     """The embedded broker could not be found, started or stopped."""
 
 

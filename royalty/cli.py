@@ -323,7 +323,10 @@ def ingest(
     until_idle_deprecated: Annotated[
         float | None, typer.Option("--until-idle", hidden=True, help="Deprecated: --until-idle-s.")
     ] = None,
-    log_format: Annotated[str | None, typer.Option("--log-format", help="json or text.")] = None,
+    log_format: Annotated[
+        str | None,
+        typer.Option("--log-format", help="auto (text on a terminal, JSON otherwise), json or text. [default: auto]"),
+    ] = None,
 ) -> None:
     """Consume CloudEvents from Kafka (or files) into the ledger, exactly once."""
     import os
@@ -580,7 +583,7 @@ def demo(
     """The main job on embedded defaults: broker, sample traffic, ingest, close the epoch, summary."""
     from royalty.demo import render_demo, run_demo
 
-    configure_logging("json", level=30)
+    configure_logging("auto", level=30)
     try:
         result = run_demo(workdir, events, kafka, rpc_url, stderr, force=force)
     except RoyaltyError as error:
