@@ -528,6 +528,45 @@ done:
     return result;
 }
 
+/* proof(tree, tree_index, as_hex) -> the siblings from that node up to the root, as bytes or as "0x" hex str. */
+static PyObject *proof(PyObject *module, PyObject *args) {
+    Py_buffer tree;
+    Py_ssize_t node;
+    int as_hex;
+    if (!PyArg_ParseTuple(args, "y*np", &tree, &node, &as_hex)) return NULL;
+    PyObject *siblings = NULL;
+    Py_ssize_t nodes = tree.len / WORD_BYTES;
+    if (tree.len % WORD_BYTES != 0 || node < 0 || node >= nodes) {
+        PyErr_SetString(PyExc_ValueError, "proof() takes a tree of 32-byte nodes and one of its node indexes");
+        goto done;
+    }
+    siblings = PyList_New(0);
+    for (; siblings && node > 0; node = (node - 1) / 2) {
+        const uint8_t *sibling = (const uint8_t *)tree.buf + (node % 2 ? node + 1 : node - 1) * WORD_BYTES;
+        PyObject *item;
+        if (as_hex) {
+            static const char digits[] = "0123456789abcdef";
+            item = PyUnicode_New(2 + 2 * WORD_BYTES, 127);
+            if (item) {
+                Py_UCS1 *text = PyUnicode_1BYTE_DATA(item);
+                text[0] = '0';
+                text[1] = 'x';
+                for (int k = 0; k < WORD_BYTES; k++) {
+                    text[2 + 2 * k] = (Py_UCS1)digits[sibling[k] >> 4];
+                    text[3 + 2 * k] = (Py_UCS1)digits[sibling[k] & 15];
+                }
+            }
+        } else {
+            item = PyBytes_FromStringAndSize((const char *)sibling, WORD_BYTES);
+        }
+        if (!item || PyList_Append(siblings, item) < 0) Py_CLEAR(siblings);
+        Py_XDECREF(item);
+    }
+done:
+    PyBuffer_Release(&tree);
+    return siblings;
+}
+
 static PyObject *implementation(PyObject *module, PyObject *unused) {
     return PyUnicode_FromString(cpu_has_avx2 ? "xkcp-avx2-x4" : "pqclean-portable");
 }
@@ -536,6 +575,8 @@ static PyMethodDef module_methods[] = {
     {"build", build, METH_VARARGS,
      "build(accounts, amounts, threads, seed, portable) -> (tree, checksummed, tree_index, index); "
      "see the file's header"},
+    {"proof", proof, METH_VARARGS,
+     "proof(tree, tree_index, as_hex) -> list of the siblings from that node up to the root (bytes or '0x' hex)"},
     {"implementation", implementation, METH_NOARGS, "The Keccak code in use: 'xkcp-avx2-x4' or 'pqclean-portable'."},
     {NULL, NULL, 0, NULL},
 };

@@ -175,16 +175,21 @@ class MerkleTree:
 
     def proof(self, account: str) -> list[bytes]:
         """The sibling path from `account`'s leaf to the root, leaf side first."""
+        return self._proof(account, as_hex=False)
+
+    def proof_hex(self, account: str) -> list[str]:
+        return self._proof(account, as_hex=True)
+
+    def _proof(self, account: str, as_hex: bool) -> list:
         tree_index = self._tree_index(self._value_index(account))
+        if _merkle_native is not None:
+            return _merkle_native.proof(self._tree_bytes, tree_index, as_hex)
         proof = []
         while tree_index > 0:
             # The sibling of an odd (left) child is the next node, of an even (right) child the previous.
             proof.append(self._node(tree_index + 1 if tree_index % 2 else tree_index - 1))
             tree_index = (tree_index - 1) // 2
-        return proof
-
-    def proof_hex(self, account: str) -> list[str]:
-        return ["0x" + node.hex() for node in self.proof(account)]
+        return ["0x" + node.hex() for node in proof] if as_hex else proof
 
     def dump(self) -> dict[str, Any]:
         """The tree in `@openzeppelin/merkle-tree`'s `dump()` format; amounts as decimal strings."""
@@ -199,11 +204,15 @@ class MerkleTree:
         }
 
     def _value_index(self, account: str) -> int:
-        raw, _ = _parse_accounts([account])
-        value_index = self._index_by_account.get(raw)
-        if value_index is None:
-            raise MerkleTreeError("account is not a leaf of this tree", account)
-        return value_index
+        raw = _account_raw(account)
+        value_index = None if raw is None else self._index_by_account.get(raw)
+        if value_index is not None:
+            body = account[2:]
+            checksummed = self._checksummed_hex[value_index * 40 : value_index * 40 + 40].decode("ascii")
+            if body == checksummed or body in (body.lower(), body.upper()):
+                return value_index
+        _parse_accounts([account])  # names a malformed address or a wrong checksum
+        raise MerkleTreeError("account is not a leaf of this tree", account)
 
     def _tree_index(self, value_index: int) -> int:
         return self._tree_index_by_value[value_index]
@@ -373,6 +382,17 @@ def _raise_duplicate(accounts_raw: Sequence[bytes], accounts: Sequence[str]) -> 
             raise MerkleTreeError(_duplicate_message(first_index[raw]), accounts[i], i)
         first_index[raw] = i
     raise AssertionError("unreachable: a duplicate was detected but not found")
+
+
+def _account_raw(account: object) -> bytes | None:
+    """The 20 bytes of one `0x` + 40 hex digits address (its checksum unchecked), or None."""
+    if type(account) is not str or len(account) != _account_chars or not account.startswith("0x"):
+        return None
+    try:
+        raw = bytes.fromhex(account[2:])
+    except ValueError:
+        return None
+    return raw if len(raw) == _account_bytes else None  # fromhex skips whitespace
 
 
 def _duplicate_message(earlier_index: int) -> str:
