@@ -123,9 +123,6 @@ class EmbeddedBroker:
             raise
 
     def _wait_ready(self) -> None:
-        from kafka import KafkaAdminClient
-        from kafka.errors import KafkaError
-
         require(self._process is not None, "the embedded broker is started before it is waited for")
         deadline_s = time.monotonic() + self.start_timeout_s
         while True:
@@ -134,26 +131,40 @@ class EmbeddedBroker:
                     f"the embedded broker exited with code {self._process.returncode} during start-up; "
                     f"see {self._log_path}"
                 )
-            try:
-                admin = KafkaAdminClient(
-                    bootstrap_servers=self.bootstrap_servers, request_timeout_ms=METADATA_REQUEST_TIMEOUT_MS
-                )
-            except KafkaError:
-                pass
-            else:
-                try:
-                    if admin.describe_cluster()["brokers"]:
-                        return
-                except KafkaError:
-                    pass
-                finally:
-                    admin.close()
+            # A Kafka client is tried only once the port accepts connections: kafka-python logs each refused
+            # connection as an ERROR, which a healthy start must not print.
+            if self._accepts_connections() and self._lists_a_broker():
+                return
             if time.monotonic() >= deadline_s:
                 raise EmbeddedBrokerError(
                     f"the embedded broker did not answer on {self.bootstrap_servers} within "
                     f"{self.start_timeout_s} s; see {self._log_path}"
                 )
             time.sleep(READY_POLL_S)
+
+    def _lists_a_broker(self) -> bool:
+        from kafka import KafkaAdminClient
+        from kafka.errors import KafkaError
+
+        try:
+            admin = KafkaAdminClient(
+                bootstrap_servers=self.bootstrap_servers, request_timeout_ms=METADATA_REQUEST_TIMEOUT_MS
+            )
+        except KafkaError:
+            return False
+        try:
+            return bool(admin.describe_cluster()["brokers"])
+        except KafkaError:
+            return False
+        finally:
+            admin.close()
+
+    def _accepts_connections(self) -> bool:
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=READY_POLL_S):
+                return True
+        except OSError:
+            return False
 
     def stop(self) -> None:
         """Stop the broker (SIGTERM, SIGKILL after a bound); its data is gone."""

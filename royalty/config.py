@@ -114,7 +114,9 @@ class Settings(BaseSettings):
         None, "Prometheus Pushgateway URL `close-epoch` and `settle` push their figures to; unset: none.", secret=True
     )
     dead_letter_topic: str | None = _setting(None, "Kafka topic dead letters are also forwarded to.")
-    log_format: str = _setting("json", "Log format: json (structured) or text.")
+    log_format: Literal["auto", "json", "text"] = _setting(
+        "auto", "Log format: auto (text on a terminal, JSON otherwise), json (one object a line) or text."
+    )
     rpc_url: str | None = _setting(
         None, "EVM JSON-RPC URL; unset: an in-process eth-tester chain (throwaway).", secret=True
     )
@@ -126,6 +128,12 @@ class Settings(BaseSettings):
     )
     confirmations: int = _setting(
         1, "Blocks a settlement tx must have (its own included) before it is recorded.", (1, 7_200)
+    )
+    funding_cap_units: int | None = _setting(
+        None,
+        "Most token units one `settle` run may pull from the treasury into the distributor; unset: no funding "
+        "off a local chain (a shortfall stops with the figures).",
+        (0, 2**128 - 1),
     )
     registry_mode: Literal["operator", "onchain"] = _setting(
         "operator",
