@@ -50,11 +50,18 @@ class IngestBrokerUnreachableError(IngestError):
 
     transient = True
 
-    def __init__(self, bootstrap_servers: str, waited_s: float) -> None:
+    def __init__(self, bootstrap_servers: str, waited_s: float, login: str | None = None) -> None:
         self.bootstrap_servers = bootstrap_servers
         self.waited_s = waited_s
+        # With SASL, a broker that refuses the login closes the connection: to the client, it did not answer.
+        credentials = (
+            f", and that it accepts ingest's login ({login}: kafka_sasl_username, ROYALTY_KAFKA_SASL_PASSWORD; the "
+            "broker's log names a failed authentication)"
+            if login
+            else ""
+        )
         super().__init__(
             f"no Kafka broker answered at `{bootstrap_servers}` for {waited_s:.0f} s since start; check "
-            "--bootstrap-servers (ROYALTY_BOOTSTRAP_SERVERS) and that the broker runs. Nothing was read; "
-            "setting `broker_unreachable_s_max` sets how long to wait"
+            f"--bootstrap-servers (ROYALTY_BOOTSTRAP_SERVERS) and that the broker runs{credentials}. Nothing was "
+            "read; setting `broker_unreachable_s_max` sets how long to wait"
         )

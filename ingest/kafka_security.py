@@ -75,6 +75,12 @@ class KafkaSecurity:
                 options["ssl_password"] = self.ssl_password.get_secret_value()
         return options
 
+    def login(self) -> str | None:
+        """The SASL login an error may name (mechanism and user, never the password); None without SASL."""
+        if not self.protocol.startswith("SASL_"):
+            return None
+        return f"{self.sasl_mechanism} as `{self.sasl_username}`"
+
     def describe(self) -> str:
         """What a log line may say about it: protocol, mechanism and user; never a password."""
         parts = [self.protocol]

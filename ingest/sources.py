@@ -423,6 +423,14 @@ def _why_changed(earlier: FileSourcePosition, size_bytes: int, states: dict[int,
     return "the line read last had no line end then, and has grown since"
 
 
+def _login_refused(bootstrap_servers: str, security: KafkaSecurity, error: Exception) -> IngestConfigError:
+    return IngestConfigError(
+        f"the Kafka broker at {bootstrap_servers} refused ingest's credentials ({security.describe()}): "
+        f"{type(error).__name__}; check kafka_sasl_username, the password in ROYALTY_KAFKA_SASL_PASSWORD and the "
+        "user's ACLs (READ on the topics and the group, DESCRIBE on the topics)"
+    )
+
+
 class KafkaSource:
     """A kafka-python consumer: all partitions by manual assignment, or a share of them in a group.
 
@@ -475,15 +483,13 @@ class KafkaSource:
                 )
                 break
             except (SaslAuthenticationFailedError, AuthorizationError) as error:
-                raise IngestConfigError(
-                    f"the Kafka broker at {bootstrap_servers} refused ingest's credentials ({security.describe()}): "
-                    f"{type(error).__name__}; check kafka_sasl_username, the password in ROYALTY_KAFKA_SASL_PASSWORD "
-                    "and the user's ACLs (READ on the topics and the group, DESCRIBE on the topics)"
-                ) from None
+                raise _login_refused(bootstrap_servers, security, error) from None
             except KafkaError:  # no broker reachable yet: kafka-python 3 raises its base error
+                # (kafka-python 3 reports a SCRAM login the broker refused the same way: the broker closes the
+                # connection, and bootstrap times out; the error names the credentials when there are some.)
                 waited_s = time.monotonic() - started
                 if waited_s + backoff_s > unreachable_s_max:
-                    raise IngestBrokerUnreachableError(bootstrap_servers, waited_s) from None
+                    raise IngestBrokerUnreachableError(bootstrap_servers, waited_s, security.login()) from None
                 log.warning(
                     "kafka broker unreachable; retrying",
                     extra={"bootstrap_servers": bootstrap_servers, "retry_in_s": backoff_s},
