@@ -30,7 +30,7 @@ layers = [
     ("metrics_port", "9001", "9002", 9003, (None, 9001, 9002, 9003)),  # optional int
     ("topics", '["a", "b"]', "c, d", ("e",), (("inference-events",), ("a", "b"), ("c", "d"), ("e",))),  # tuple
     ("group_id", '"toml-group"', "env-group", "flag-group", (None, "toml-group", "env-group", "flag-group")),
-    ("log_format", '"text"', "json", "text", ("json", "text", "json", "text")),  # str
+    ("log_format", '"text"', "json", "text", ("auto", "text", "json", "text")),  # a choice
 ]
 
 
