@@ -131,13 +131,46 @@ def gather(ledger: Ledger, epoch: int) -> ReportData:
     closing_snapshot(ledger, epoch)  # raises when the epoch is not closed
     define_views(ledger)
     epochs = _frame(ledger, "SELECT * FROM epochs WHERE epoch IN (?, ?)", [epoch, epoch - 1])
-    this = epochs.filter(pl.col("epoch") == epoch)
+    this_epoch = epochs.filter(pl.col("epoch") == epoch).row(0, named=True)
     previous = epochs.filter(pl.col("epoch") == epoch - 1)
-    e = this.row(0, named=True)
-    window = (e["previous_snapshot"], e["closing_snapshot"])
+    window = (this_epoch["previous_snapshot"], this_epoch["closing_snapshot"])
     (asset,) = ledger.connection.execute("SELECT coalesce(any_value(asset), '') FROM inference_events").fetchone()
+    payables = _frame(
+        ledger,
+        """SELECT recipient, payout_address, amount_micros, cumulative_micros FROM payables
+           WHERE epoch = ? ORDER BY amount_micros DESC, recipient""",
+        [epoch],
+    )
+    reconciliation = _frame(
+        ledger,
+        "SELECT check_name, items_checked, items_off, difference_micros FROM reconciliation "
+        "WHERE epoch = ? ORDER BY check_name",
+        [epoch],
+    )
+    (postings,) = ledger.connection.execute("SELECT count(*) FROM postings WHERE epoch = ?", [epoch]).fetchone()
+    digest, root = _digest_and_root(ledger, epoch, this_epoch["closing_snapshot"])
+    return ReportData(
+        epoch=this_epoch,
+        previous=previous.row(0, named=True) if previous.height else None,
+        asset=asset,
+        fees_by_day_model=_fees_by_day_model(ledger, window),
+        top_payees=payables.head(chart_payees_max),
+        payee_changes=_payee_changes(ledger, epoch),
+        lineage_flows=_lineage_flows(ledger, epoch),
+        suspense_held=_suspense_held(ledger, epoch),
+        dead_letters=dead_letters_by_reason_code(_dead_letter_counts(ledger, window)),
+        reconciliation=reconciliation,
+        recipients=payables.height,
+        postings=postings,
+        payable_total_micros=int(payables["amount_micros"].sum() or 0),
+        ledger_digest=digest,
+        computed_root=root,
+        settlement=_settlement_of(ledger, epoch),
+    )
 
-    fees = _arrived(
+
+def _fees_by_day_model(ledger: Ledger, window: tuple[int, int]) -> pl.DataFrame:
+    return _arrived(
         ledger,
         "inference_metered",
         window,
@@ -146,13 +179,11 @@ def gather(ledger: Ledger, epoch: int) -> ReportData:
         {"event_date": pl.Date, "model_id": pl.String, "fee_micros": pl.Int64},
         [],
     )
-    payables = _frame(
-        ledger,
-        """SELECT recipient, payout_address, amount_micros, cumulative_micros FROM payables
-           WHERE epoch = ? ORDER BY amount_micros DESC, recipient""",
-        [epoch],
-    )
-    changes = _frame(
+
+
+def _payee_changes(ledger: Ledger, epoch: int) -> pl.DataFrame:
+    """The payees whose payable changed most against the previous epoch."""
+    return _frame(
         ledger,
         """SELECT coalesce(n.recipient, p.recipient) AS recipient, coalesce(n.amount_micros, 0) AS amount_micros,
                   coalesce(p.amount_micros, 0) AS previous_micros,
@@ -162,7 +193,11 @@ def gather(ledger: Ledger, epoch: int) -> ReportData:
            ORDER BY abs(change_micros) DESC, recipient LIMIT ?""",
         [epoch, epoch - 1, table_rows_max],
     )
-    flows = _frame(
+
+
+def _lineage_flows(ledger: Ledger, epoch: int) -> pl.DataFrame:
+    """What flowed from each derived model to each parent model in the epoch's splits."""
+    return _frame(
         ledger,
         f"""SELECT model_id AS derived_model, substr(account, length({_model}) + 1) AS parent_model,
                   (-sum(amount_micros))::BIGINT AS flowed_micros
@@ -173,19 +208,26 @@ def gather(ledger: Ledger, epoch: int) -> ReportData:
            GROUP BY ALL ORDER BY flowed_micros DESC, derived_model, parent_model""",
         [epoch],
     )
-    suspense = pl.DataFrame(
-        schema={"model_id": pl.String, "events": pl.Int64, "held_micros": pl.Int64, "oldest_event_time": pl.Datetime}
+
+
+def _suspense_held(ledger: Ledger, epoch: int) -> pl.DataFrame:
+    """What suspense holds after the epoch, by model (empty on a ledger that never suspended anything)."""
+    if not _table_exists(ledger, "settlement_suspense_item"):
+        columns = {"model_id": pl.String, "events": pl.Int64, "held_micros": pl.Int64}
+        return pl.DataFrame(schema={**columns, "oldest_event_time": pl.Datetime})
+    return _frame(
+        ledger,
+        """SELECT model_id, count(*) AS events, sum(fee_micros)::BIGINT AS held_micros,
+                  min(event_time) AS oldest_event_time
+           FROM suspense_items WHERE suspended_epoch <= ? AND (released_epoch IS NULL OR released_epoch > ?)
+           GROUP BY ALL ORDER BY held_micros DESC LIMIT ?""",
+        [epoch, epoch, table_rows_max],
     )
-    if _table_exists(ledger, "settlement_suspense_item"):
-        suspense = _frame(
-            ledger,
-            """SELECT model_id, count(*) AS events, sum(fee_micros)::BIGINT AS held_micros,
-                      min(event_time) AS oldest_event_time
-               FROM suspense_items WHERE suspended_epoch <= ? AND (released_epoch IS NULL OR released_epoch > ?)
-               GROUP BY ALL ORDER BY held_micros DESC LIMIT ?""",
-            [epoch, epoch, table_rows_max],
-        )
-    dead = _arrived(
+
+
+def _dead_letter_counts(ledger: Ledger, window: tuple[int, int]) -> pl.DataFrame:
+    """Counts of the dead letters that arrived in the epoch, by (reason_code, reason, error_field)."""
+    return _arrived(
         ledger,
         "dead_letter",
         window,
@@ -195,47 +237,26 @@ def gather(ledger: Ledger, epoch: int) -> ReportData:
         [],
         union_by_name=True,
     )
-    reconciliation = _frame(
-        ledger,
-        "SELECT check_name, items_checked, items_off, difference_micros FROM reconciliation "
-        "WHERE epoch = ? ORDER BY check_name",
-        [epoch],
-    )
-    (postings,) = ledger.connection.execute("SELECT count(*) FROM postings WHERE epoch = ?", [epoch]).fetchone()
 
-    digest, root = _digest_and_root(ledger, epoch, e["closing_snapshot"])
-    settlement = None
-    if _table_exists(ledger, "settlement_root"):
-        rows = _frame(ledger, f"SELECT * FROM {recorder.table('settlement_root')} WHERE epoch = ?", [epoch])
-        if rows.height:
-            settlement = rows.row(0, named=True)
-            if _table_exists(ledger, "settlement_record"):
-                records = _frame(
-                    ledger,
-                    f"SELECT tx_hash, block_number, chain_id, contract FROM {recorder.table('settlement_record')} "
-                    "WHERE epoch = ? ORDER BY recorded_at DESC LIMIT 1",
-                    [epoch],
-                )
-                if records.height:
-                    settlement |= records.row(0, named=True)
-    return ReportData(
-        epoch=e,
-        previous=previous.row(0, named=True) if previous.height else None,
-        asset=asset,
-        fees_by_day_model=fees,
-        top_payees=payables.head(chart_payees_max),
-        payee_changes=changes,
-        lineage_flows=flows,
-        suspense_held=suspense,
-        dead_letters=dead_letters_by_reason_code(dead),
-        reconciliation=reconciliation,
-        recipients=payables.height,
-        postings=postings,
-        payable_total_micros=int(payables["amount_micros"].sum() or 0),
-        ledger_digest=digest,
-        computed_root=root,
-        settlement=settlement,
-    )
+
+def _settlement_of(ledger: Ledger, epoch: int) -> dict | None:
+    """The epoch's settlement_root row with its latest record's transaction, None when it is not settled."""
+    if not _table_exists(ledger, "settlement_root"):
+        return None
+    rows = _frame(ledger, f"SELECT * FROM {recorder.table('settlement_root')} WHERE epoch = ?", [epoch])
+    if not rows.height:
+        return None
+    settlement = rows.row(0, named=True)
+    if _table_exists(ledger, "settlement_record"):
+        records = _frame(
+            ledger,
+            f"SELECT tx_hash, block_number, chain_id, contract FROM {recorder.table('settlement_record')} "
+            "WHERE epoch = ? ORDER BY recorded_at DESC LIMIT 1",
+            [epoch],
+        )
+        if records.height:
+            settlement |= records.row(0, named=True)
+    return settlement
 
 
 def _digest_and_root(ledger: Ledger, epoch: int, closing: int) -> tuple[str | None, str | None]:
@@ -404,42 +425,8 @@ code{font-size:.9em;word-break:break-all} svg .tick{font-size:11px;fill:#333} sv
 
 def render_html(data: ReportData) -> str:
     """The whole page as one string."""
-    e, p, asset = data.epoch, data.previous or {}, data.asset
-    verdict = (
-        '<span class="ok" id="conservation-verdict">balanced</span>'
-        if data.conserved
-        else '<span class="bad" id="conservation-verdict">NOT balanced</span>'
-    )
-    figures = report_figures()
-
-    def show(value: int, is_money: bool) -> str:
-        return money(value) if is_money else f"{value:,}"
-
-    totals = _table(
-        ["figure", f"epoch {e['epoch']}"],
-        [[name, show(e[key], m)] for name, key, m in figures]
-        + [["recipients", f"{data.recipients:,}"], ["postings", f"{data.postings:,}"]],
-        table_id="totals",
-    )
-    changes = _table(
-        ["figure", f"epoch {e['epoch'] - 1}" if data.previous else "previous", f"epoch {e['epoch']}", "change"],
-        [[name, show(p.get(key, 0), m), show(e[key], m), show(e[key] - p.get(key, 0), m)] for name, key, m in figures],
-        table_id="changes",
-    )
-    payee_changes = _table(
-        ["recipient", "previous epoch", "this epoch", "change"],
-        [
-            [r["recipient"], money(r["previous_micros"]), money(r["amount_micros"]), money(r["change_micros"])]
-            for r in data.payee_changes.iter_rows(named=True)
-        ],
-    )
-    conservation = (
-        f"<p>payable {money(e['payable_micros'])} + Δsuspense "
-        f"{money(e['suspense_micros'] - p.get('suspense_micros', 0))} − Δreceivables "
-        f"{money(e['receivable_micros'] - p.get('receivable_micros', 0))} = fees {money(e['fee_micros'])} − reversed "
-        f'{money(e["reversed_micros"])}: difference <strong id="conservation-difference">'
-        f"{money(data.conservation_difference_micros)}</strong> {_e(asset)} — {verdict}</p>"
-    )
+    epoch, asset = data.epoch, data.asset
+    totals, changes = _figure_tables(data)
     reconciliation = _table(
         ["check", "items checked", "items off", f"difference ({asset})"],
         [
@@ -448,21 +435,13 @@ def render_html(data: ReportData) -> str:
         ],
         table_id="reconciliation",
     )
-    fees_chart = svg_stacked_bars(f"Fees by day and model ({asset})", data.fees_by_day_model, asset)
-    payees_chart = svg_horizontal_bars(
-        "top-payees",
-        f"Top payees ({asset})",
-        data.top_payees["recipient"].to_list(),
-        [int(v) for v in data.top_payees["amount_micros"].to_list()],
-        asset,
-    )
-    flows = data.lineage_flows.head(chart_flows_max)
-    flows_chart = svg_horizontal_bars(
-        "lineage-flows",
-        f"Lineage flows: derived model → parent ({asset})",
-        [f"{r['derived_model']} → {r['parent_model']}" for r in flows.iter_rows(named=True)],
-        [int(v) for v in flows["flowed_micros"].to_list()],
-        asset,
+    fees_chart, payees_chart, flows_chart = _charts(data)
+    payee_changes = _table(
+        ["recipient", "previous epoch", "this epoch", "change"],
+        [
+            [r["recipient"], money(r["previous_micros"]), money(r["amount_micros"]), money(r["change_micros"])]
+            for r in data.payee_changes.iter_rows(named=True)
+        ],
     )
     suspense = _table(
         ["model", "events", f"held ({asset})", "oldest call"],
@@ -472,44 +451,17 @@ def render_html(data: ReportData) -> str:
         ],
         table_id="suspense",
     )
-    dead_total = int(data.dead_letters["messages"].sum() or 0)
-    dead = _table(
-        ["reason code", "example reason", "messages"],
-        [
-            [r["reason_code"], _shortened(r["example"]), f"{r['messages']:,}"]
-            for r in data.dead_letters.iter_rows(named=True)
-        ]
-        + ([["total", "", f"{dead_total:,}"]] if dead_total else []),
-        numeric_from=2,
-        table_id="dead-letters",
-    )
-    if data.settlement:
-        s = data.settlement
-        tx = f"; proposed in tx <code>{_e(s['tx_hash'])}</code> (block {s['block_number']})" if "tx_hash" in s else ""
-        root = (
-            f'<p>root <code id="root">{_e(s["root"])}</code> over {s["leaf_count"]:,} leaves, total '
-            f"{money(s['total_units'])} {_e(asset)}{tx}.</p>"
-            f'<p>ledger digest <code id="ledger-digest">{_e(s["ledger_digest"])}</code></p>'
-        )
-        if data.ledger_digest and data.ledger_digest != s["ledger_digest"]:
-            root += (
-                f'<p class="bad">the payables now give digest <code>{_e(data.ledger_digest)}</code>, '
-                "not the stored one</p>"
-            )
-    else:
-        root = (
-            '<p><strong id="root">not settled yet</strong>: no root has been written for this epoch.</p>'
-            f'<p>ledger digest <code id="ledger-digest">{_e(data.ledger_digest or "none: no address is owed")}</code>'
-            f"{f' and root <code>{_e(data.computed_root)}</code>' if data.computed_root else ''}, as `royalty settle` "
-            "will propose them from these payables.</p>"
-        )
+    dead, dead_total = _dead_letters_table(data)
+    conservation = _conservation(data)
+    root = _settled_root(data) if data.settlement else _unsettled_root(data)
+    snapshots = f"{epoch['previous_snapshot'] + 1}..{epoch['closing_snapshot']}"
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8">
-<title>Settlement report, epoch {e["epoch"]}</title>
+<title>Settlement report, epoch {epoch["epoch"]}</title>
 <style>{_css}</style></head>
 <body>
-<h1>Settlement report — epoch {e["epoch"]}</h1>
-<p class="muted">ledger snapshots {e["previous_snapshot"] + 1}..{e["closing_snapshot"]}, closed {_e(e["closed_at"])};
+<h1>Settlement report — epoch {epoch["epoch"]}</h1>
+<p class="muted">ledger snapshots {snapshots}, closed {_e(epoch["closed_at"])};
 amounts in {_e(asset)} (integer micros shown with six decimals);
 generated {_e(data.generated_at.isoformat(timespec="seconds"))}</p>
 <h2>Totals</h2>
@@ -533,13 +485,133 @@ generated {_e(data.generated_at.isoformat(timespec="seconds"))}</p>
 <h2>Dead letters</h2>
 <p>Messages of this epoch's snapshot range that broke the contract, by reason code (docs/analytics.md says what
 the producer should do for each): <strong id="dead-letters-total">{dead_total:,}</strong> in all; reversal dead
-letters: {e["dead_letter_count"]:,}.</p>
+letters: {epoch["dead_letter_count"]:,}.</p>
 {dead}
 <h2>Root and ledger digest</h2>
 {root}
 <div class="sign">Reviewed and approved for proposal: ____________________ date: __________</div>
 </body></html>
 """
+
+
+
+
+def _figure_tables(data: ReportData) -> tuple[str, str]:
+    """The epoch's figures (`settlement.engine.figures`), and the same against the previous epoch."""
+    this_epoch, previous = data.epoch, data.previous or {}
+    figures = report_figures()
+
+    def show(value: int, is_money: bool) -> str:
+        return money(value) if is_money else f"{value:,}"
+
+    totals = _table(
+        ["figure", f"epoch {this_epoch['epoch']}"],
+        [[name, show(this_epoch[key], is_money)] for name, key, is_money in figures]
+        + [["recipients", f"{data.recipients:,}"], ["postings", f"{data.postings:,}"]],
+        table_id="totals",
+    )
+    changes = _table(
+        ["figure", f"epoch {this_epoch['epoch'] - 1}" if data.previous else "previous", f"epoch {this_epoch['epoch']}",
+         "change"],
+        [
+            [
+                name,
+                show(previous.get(key, 0), is_money),
+                show(this_epoch[key], is_money),
+                show(this_epoch[key] - previous.get(key, 0), is_money),
+            ]
+            for name, key, is_money in figures
+        ],
+        table_id="changes",
+    )
+    return totals, changes
+
+
+def _conservation(data: ReportData) -> str:
+    """The conservation line: payable + Δsuspense − Δreceivables against fees − reversed, with its verdict."""
+    this_epoch, previous = data.epoch, data.previous or {}
+    verdict = (
+        '<span class="ok" id="conservation-verdict">balanced</span>'
+        if data.conserved
+        else '<span class="bad" id="conservation-verdict">NOT balanced</span>'
+    )
+    return (
+        f"<p>payable {money(this_epoch['payable_micros'])} + Δsuspense "
+        f"{money(this_epoch['suspense_micros'] - previous.get('suspense_micros', 0))} − Δreceivables "
+        f"{money(this_epoch['receivable_micros'] - previous.get('receivable_micros', 0))} = fees "
+        f"{money(this_epoch['fee_micros'])} − reversed "
+        f'{money(this_epoch["reversed_micros"])}: difference <strong id="conservation-difference">'
+        f"{money(data.conservation_difference_micros)}</strong> {_e(data.asset)} — {verdict}</p>"
+    )
+
+
+def _charts(data: ReportData) -> tuple[str, str, str]:
+    """Fees by day and model, the top payees, and the lineage flows, as SVG."""
+    asset = data.asset
+    fees_chart = svg_stacked_bars(f"Fees by day and model ({asset})", data.fees_by_day_model, asset)
+    payees_chart = svg_horizontal_bars(
+        "top-payees",
+        f"Top payees ({asset})",
+        data.top_payees["recipient"].to_list(),
+        [int(v) for v in data.top_payees["amount_micros"].to_list()],
+        asset,
+    )
+    flows = data.lineage_flows.head(chart_flows_max)
+    flows_chart = svg_horizontal_bars(
+        "lineage-flows",
+        f"Lineage flows: derived model → parent ({asset})",
+        [f"{r['derived_model']} → {r['parent_model']}" for r in flows.iter_rows(named=True)],
+        [int(v) for v in flows["flowed_micros"].to_list()],
+        asset,
+    )
+    return fees_chart, payees_chart, flows_chart
+
+
+def _dead_letters_table(data: ReportData) -> tuple[str, int]:
+    """The dead letters by reason code, with their total."""
+    dead_total = int(data.dead_letters["messages"].sum() or 0)
+    table = _table(
+        ["reason code", "example reason", "messages"],
+        [
+            [r["reason_code"], _shortened(r["example"]), f"{r['messages']:,}"]
+            for r in data.dead_letters.iter_rows(named=True)
+        ]
+        + ([["total", "", f"{dead_total:,}"]] if dead_total else []),
+        numeric_from=2,
+        table_id="dead-letters",
+    )
+    return table, dead_total
+
+
+def _settled_root(data: ReportData) -> str:
+    """The stored root, its proposal and digest; a warning when the payables now give another digest."""
+    settled = data.settlement or {}
+    tx = (
+        f"; proposed in tx <code>{_e(settled['tx_hash'])}</code> (block {settled['block_number']})"
+        if "tx_hash" in settled
+        else ""
+    )
+    root = (
+        f'<p>root <code id="root">{_e(settled["root"])}</code> over {settled["leaf_count"]:,} leaves, total '
+        f"{money(settled['total_units'])} {_e(data.asset)}{tx}.</p>"
+        f'<p>ledger digest <code id="ledger-digest">{_e(settled["ledger_digest"])}</code></p>'
+    )
+    if data.ledger_digest and data.ledger_digest != settled["ledger_digest"]:
+        root += (
+            f'<p class="bad">the payables now give digest <code>{_e(data.ledger_digest)}</code>, '
+            "not the stored one</p>"
+        )
+    return root
+
+
+def _unsettled_root(data: ReportData) -> str:
+    """The digest and root `royalty settle` would propose from the payables as they are."""
+    return (
+        '<p><strong id="root">not settled yet</strong>: no root has been written for this epoch.</p>'
+        f'<p>ledger digest <code id="ledger-digest">{_e(data.ledger_digest or "none: no address is owed")}</code>'
+        f"{f' and root <code>{_e(data.computed_root)}</code>' if data.computed_root else ''}, as `royalty settle` "
+        "will propose them from these payables.</p>"
+    )
 
 
 def write_report(ledger: Ledger, epoch: int, out: Path) -> ReportData:
