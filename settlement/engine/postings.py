@@ -78,80 +78,12 @@ def build_postings(
     newly suspended, released from suspense, and held ones cancelled by a reversal.
     """
     prefix = f"e{epoch}:"
-    parts = []
-    payer, by_model = billed
-    parts.append(
-        _rows(
-            payer,
-            pl.lit(prefix + "billing"),
-            "billing",
-            pl.lit(payer_prefix) + pl.col("payer"),
-            pl.col("fee_micros"),
-        )
-    )
-    parts.append(
-        _rows(
-            by_model,
-            pl.lit(prefix + "billing"),
-            "billing",
-            _model(),
-            _neg(pl.col("fee_micros")),
-            pl.col("model_id"),
-        )
-    )
-    for kind, events, debit_model in (
-        ("suspense", suspended, True),
-        ("release", released, False),
-        ("suspense_reversal", cancelled_held, False),
-    ):
-        sums = events.group_by("model_id").agg(pl.col("fee_micros").cast(_i128).sum())
-        entry = pl.lit(prefix + kind)
-        to_model = pl.col("fee_micros") if debit_model else _neg(pl.col("fee_micros"))
-        to_suspense = _neg(pl.col("fee_micros")) if debit_model else pl.col("fee_micros")
-        parts.append(_rows(sums, entry, kind, _model(), to_model, pl.col("model_id")))
-        total = sums.select(pl.col("fee_micros").sum())
-        parts.append(_rows(total, entry, kind, pl.lit(suspense_account), to_suspense))
-    cut_entry = pl.lit(prefix + "cut:") + pl.col("allocation_id")
-    compute = split.cuts.filter(~pl.col("recipient").str.starts_with(model_recipient_prefix))
-    parts.append(
-        _rows(compute, cut_entry, "compute_cut", _model(), pl.col("amount_micros"), pl.col("model_id"))
-    )
-    parts.append(
-        _rows(
-            compute,
-            cut_entry,
-            "compute_cut",
-            pl.lit(contributor_prefix) + pl.col("recipient"),
-            _neg(pl.col("amount_micros")),
-            pl.col("model_id"),
-        )
-    )
-    pool_entry = pl.lit(prefix + "pool:") + pl.col("allocation_id")
-    pool_totals = split.pools.group_by("allocation_id", "model_id", "policy_id").agg(
-        pl.col("amount_micros").sum()
-    )
-    parts.append(
-        _rows(
-            pool_totals,
-            pool_entry,
-            "split",
-            _model(),
-            pl.col("amount_micros"),
-            pl.col("model_id"),
-            pl.col("policy_id"),
-        )
-    )
-    parts.append(
-        _rows(
-            split.pools,
-            pool_entry,
-            "split",
-            _recipient_account(),
-            _neg(pl.col("amount_micros")),
-            pl.col("model_id"),
-            pl.col("policy_id"),
-        )
-    )
+    parts = [
+        *_billing_rows(prefix, billed),
+        *_suspense_rows(prefix, suspended, released, cancelled_held),
+        *_cut_rows(prefix, split),
+        *_pool_rows(prefix, split),
+    ]
     postings = (
         pl.concat(parts)
         .group_by("entry_id", "entry_kind", "account", "model_id", "policy_id")
@@ -167,6 +99,58 @@ def build_postings(
         raise InvariantViolation(f"epoch {epoch}: unbalanced posting entries: {unbalanced}")
     _check_bounds(epoch, postings, "account")
     return postings.with_columns(pl.col("amount_micros").cast(pl.Int64), epoch=pl.lit(epoch, pl.Int64))
+
+
+def _billing_rows(prefix: str, billed: tuple[pl.DataFrame, pl.DataFrame]) -> list[pl.DataFrame]:
+    """Payers are debited what they were billed; the billed models' pass-through accounts credited."""
+    by_payer, by_model = billed
+    entry = pl.lit(prefix + "billing")
+    return [
+        _rows(by_payer, entry, "billing", pl.lit(payer_prefix) + pl.col("payer"), pl.col("fee_micros")),
+        _rows(by_model, entry, "billing", _model(), _neg(pl.col("fee_micros")), pl.col("model_id")),
+    ]
+
+
+def _suspense_rows(
+    prefix: str, suspended: pl.DataFrame, released: pl.DataFrame, cancelled_held: pl.DataFrame
+) -> list[pl.DataFrame]:
+    """Fees moved into suspense from their models, and back out on release or on a cancelling reversal."""
+    parts = []
+    for kind, events, debit_model in (
+        ("suspense", suspended, True),
+        ("release", released, False),
+        ("suspense_reversal", cancelled_held, False),
+    ):
+        sums = events.group_by("model_id").agg(pl.col("fee_micros").cast(_i128).sum())
+        entry = pl.lit(prefix + kind)
+        to_model = pl.col("fee_micros") if debit_model else _neg(pl.col("fee_micros"))
+        to_suspense = _neg(pl.col("fee_micros")) if debit_model else pl.col("fee_micros")
+        parts.append(_rows(sums, entry, kind, _model(), to_model, pl.col("model_id")))
+        total = sums.select(pl.col("fee_micros").sum())
+        parts.append(_rows(total, entry, kind, pl.lit(suspense_account), to_suspense))
+    return parts
+
+
+def _cut_rows(prefix: str, split: Split) -> list[pl.DataFrame]:
+    """The compute providers' cuts: from the model's account to the provider's contributor account."""
+    entry = pl.lit(prefix + "cut:") + pl.col("allocation_id")
+    compute = split.cuts.filter(~pl.col("recipient").str.starts_with(model_recipient_prefix))
+    recipient = pl.lit(contributor_prefix) + pl.col("recipient")
+    return [
+        _rows(compute, entry, "compute_cut", _model(), pl.col("amount_micros"), pl.col("model_id")),
+        _rows(compute, entry, "compute_cut", recipient, _neg(pl.col("amount_micros")), pl.col("model_id")),
+    ]
+
+
+def _pool_rows(prefix: str, split: Split) -> list[pl.DataFrame]:
+    """Each policy's pool: from the model's account to every recipient's (a contributor, or a parent model)."""
+    entry = pl.lit(prefix + "pool:") + pl.col("allocation_id")
+    totals = split.pools.group_by("allocation_id", "model_id", "policy_id").agg(pl.col("amount_micros").sum())
+    amount = pl.col("amount_micros")
+    return [
+        _rows(totals, entry, "split", _model(), amount, pl.col("model_id"), pl.col("policy_id")),
+        _rows(split.pools, entry, "split", _recipient_account(), _neg(amount), pl.col("model_id"), pl.col("policy_id")),
+    ]
 
 
 def build_payables(
