@@ -195,6 +195,15 @@ def settle_command(
     accept_unverified_files: AcceptUnverifiedOption = False,
     accept_unreconciled: AcceptUnreconciledOption = False,
     from_block: FromBlockOption = None,
+    funding_cap_units: Annotated[
+        int | None,
+        typer.Option(
+            "--funding-cap-units",
+            min=0,
+            help="Most units this run may pull from the treasury; a larger shortfall stops with the figures. "
+            "[env ROYALTY_FUNDING_CAP_UNITS]",
+        ),
+    ] = None,
 ) -> None:
     """Close the epoch if needed, write its payout tree and proofs, fund and propose the root, record it."""
     from rich.progress import Progress
@@ -212,6 +221,7 @@ def settle_command(
             "distributor": distributor,
             "confirmations": confirmations,
             "from_block": from_block,
+            "funding_cap_units": funding_cap_units,
         },
         config,
     )
@@ -254,6 +264,7 @@ def settle_command(
                 tree_dir=tree_dir,
                 checks=checks,
                 from_block=logs_from,
+                funding_units_max=settings.funding_cap_units,
                 rules=registry_rules(settings),
             )
     except RoyaltyError as error:
@@ -331,12 +342,14 @@ def claim(
 ) -> None:
     """Submit a claim: pays the account its cumulative amount minus what it already claimed.
 
-    Signed with ROYALTY_CLAIMER_KEY (else the settler's key source); anyone may submit it, the
-    tokens always go to the account.
+    Proves against the distributor's active root (while the latest root waits out its timelock, the one
+    before it), taking the account's proof in it from the ledger with --account. Signed with
+    ROYALTY_CLAIMER_KEY only, never the settler's key; anyone may submit it, the tokens always go to the account.
     """
     import sys
 
-    from settlement.onchain import NoSettlementError, claimer_key_env, distributor_contract, token_contract, transact
+    from settlement.onchain import NoSettlementError, connect, distributor_contract, token_contract, transact
+    from settlement.onchain.claiming import claimer_signer, proof_for_active_root, proof_in_root
 
     settings = load_settings(
         {"lake": lake, "data_path": data_path, "rpc_url": rpc_url, "distributor": distributor}, config
@@ -352,12 +365,21 @@ def claim(
         address = settings.distributor or found.get("distributor")
         if not address:
             raise NoSettlementError("the proof names no distributor: pass --distributor")
-        chain = _chain(settings, claimer_key_env)
+        signer = claimer_signer(embedded=settings.rpc_url is None)
+        chain = connect(settings.rpc_url, signer, settings.confirmations, settings.confirm_timeout_s)
         if found.get("chain_id") is not None and int(found["chain_id"]) != chain.chain_id:
             raise NoSettlementError(
                 f"the proof is for chain {found['chain_id']} but --rpc-url is chain {chain.chain_id}"
             )
         contract = distributor_contract(chain, address)
+
+        def lookup(root: str) -> dict[str, Any] | None:
+            from ledger import Ledger
+
+            with Ledger.open_read_only(settings.lake, settings.data_path) as ledger:
+                return proof_in_root(ledger, found["account"], root)
+
+        found = proof_for_active_root(contract, found, lookup if proof_file is None else None)
         token = token_contract(chain, contract)
         before_units = token.functions.balanceOf(found["account"]).call()
         call = contract.functions.claim(
