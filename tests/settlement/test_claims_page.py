@@ -265,6 +265,34 @@ def test_a_tampered_tree_in_the_page_is_caught_against_the_on_chain_root_and_can
 
 
 @pytest.mark.integration
+def test_a_claim_made_elsewhere_after_the_page_loaded_is_refused_with_the_contracts_error(
+    world: World, browser: Browser
+) -> None:
+    """Another payee's page shows its claimable amount; someone claims it for them meanwhile (anyone may); the
+    page's Claim then stops at the simulation with the contract's custom error, and nothing is paid twice."""
+    world.node.advance_time(TIMELOCK_S + 1)  # epoch 2 active, whichever test ran before
+    other = next(a for a in sorted(world.expected_2, key=lambda a: -world.expected_2[a]) if a != world.payee.lower())
+    other = Web3.to_checksum_address(other)
+    world.node.rpc("anvil_impersonateAccount", [other])
+    world.node.rpc("anvil_setBalance", [other, hex(10**18)])
+    shown = _open_connected(browser, world, world.page, other)
+    claimable = world.expected_2[other.lower()] - world.claimed(other)
+    assert claimable > 0 and shown["claimable"] == str(claimable) and not shown["claimDisabled"]
+
+    tree = MerkleTree.load(json.loads((world.lake / "trees" / "epoch-000002.json").read_text()))
+    chain = connect(world.node.url, None)
+    contract = distributor_contract(chain, world.distributor)
+    call = contract.functions.claim(other, tree.amount_units(other), tree.proof(other))
+    receipt = world.node.w3.eth.wait_for_transaction_receipt(call.transact({"from": world.node.w3.eth.accounts[0]}))
+    assert receipt["status"] == 1
+    balance_units = world.balance(other)
+
+    refused = _claim(browser)
+    assert refused["kind"] == "error" and "RoyaltyDistributorNothingToClaim" in refused["status"]
+    assert world.balance(other) == balance_units and world.claimed(other) == world.expected_2[other.lower()]
+
+
+@pytest.mark.integration
 def test_an_address_the_trees_do_not_pay_sees_nothing_to_claim(world: World, browser: Browser) -> None:
     """A wallet whose address is in no tree: zero figures, no claim offered, and no error."""
     outsider = world.node.w3.eth.accounts[9]
