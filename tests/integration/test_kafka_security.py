@@ -62,10 +62,10 @@ def _producer(broker: KafkaBroker, user: str) -> KafkaProducer:
     )  # fmt: skip
 
 
-def _ingest(broker: KafkaBroker, lake: Path, password: str) -> subprocess.CompletedProcess:
+def _ingest(broker: KafkaBroker, lake: Path, password: str, user: str = "ingest") -> subprocess.CompletedProcess:
     environment = {
         **os.environ, "PYTHONPATH": str(repo_root), "ROYALTY_KAFKA_SECURITY_PROTOCOL": "SASL_PLAINTEXT",
-        "ROYALTY_KAFKA_SASL_MECHANISM": mechanisms["ingest"], "ROYALTY_KAFKA_SASL_USERNAME": "ingest",
+        "ROYALTY_KAFKA_SASL_MECHANISM": mechanisms[user], "ROYALTY_KAFKA_SASL_USERNAME": user,
         "ROYALTY_KAFKA_SASL_PASSWORD": password, "ROYALTY_BROKER_UNREACHABLE_S_MAX": "5",
     }  # fmt: skip
     command = [
@@ -125,3 +125,11 @@ def test_ingest_consumes_with_its_scram_credentials_and_never_prints_them(
         stored = sum(reader.stored_offsets().values())
     assert (events, stored) == (200, len(messages))
     assert all(password not in result.stdout + result.stderr for password in passwords.values())
+
+
+def test_ingest_as_a_user_without_read_acl_stops_naming_the_grants(sasl_broker: KafkaBroker, tmp_path: Path) -> None:
+    """The intruder may DESCRIBE the topic but not READ it: ingest stops (exit 2), it does not spin."""
+    result = _ingest(sasl_broker, tmp_path / "lake", passwords["intruder"], user="intruder")
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert "grant it READ and DESCRIBE on the topics" in result.stderr
+    assert passwords["intruder"] not in result.stdout + result.stderr

@@ -17,6 +17,7 @@ payers = ["p1", "p2", "p3"]
 # Two gateways that mint the same ids: events are keyed by (source, id), so `ev-0003` of each is its own event.
 sources = ["//gw-a", "//gw-b"]
 billing_source = "//billing"
+untrusted_source = "//intruder"
 ppm = 1_000_000
 
 
@@ -115,7 +116,8 @@ def worlds(draw, events_max: int = 40, epochs_max: int = 3, with_datasets: bool 
             st.sampled_from([(e["event_id"], e["source"]) for e in world.events] + [("ev-unknown", sources[0])])
         )
         # From the original's own source, or from a billing system naming the original's source.
-        source = draw(st.sampled_from([target_source, billing_source]))
+        # An untrusted source's reversal is a dead letter (only the original's source or reversal_sources).
+        source = draw(st.sampled_from([target_source, billing_source, untrusted_source]))
         world.reversals.append(
             {
                 "event_id": f"rev-{index}",

@@ -3,7 +3,7 @@
 import polars as pl
 from hypothesis import HealthCheck, given, settings
 
-from tests.settlement.split_world import exact_credits, run_epochs, worlds
+from tests.settlement.split_world import billing_source, exact_credits, run_epochs, untrusted_source, worlds
 
 fast = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -70,16 +70,21 @@ def test_cumulative_payables_never_decrease_even_with_reversals(world):
 @fast
 @given(worlds(events_max=20, epochs_max=3))
 def test_reversals_are_taken_back_once_and_bad_ones_are_dead_letters(world):
-    """Rule 7: a reversal settles once; unknown or repeated targets are dead letters; totals net to zero."""
+    """Rule 7: a reversal settles once; unknown or repeated targets, and reversals from a source neither the
+    original's nor trusted (`reversal_sources`), are dead letters; totals net to zero."""
     plans = run_epochs(world)
     outcomes = pl.concat([p.reversals for p in plans])
     settled = outcomes.filter(pl.col("outcome") != "dead_letter")
     assert settled.select("original_source", "original_event_id").is_unique().all()
     known = {(e["source"], e["event_id"]): e for e in world.events}
+    arrival = {r["event_id"]: r["arrival"] for r in world.reversals}
     for row in outcomes.iter_rows(named=True):
         target = known.get((row["original_source"], row["original_event_id"]))
         if row["outcome"] != "dead_letter":
             assert target is not None and row["fee_micros"] == -target["fee_micros"]
+            assert row["source"] in (row["original_source"], billing_source)
+        elif target is not None and row["source"] == untrusted_source and target["arrival"] <= arrival[row["event_id"]]:
+            assert row["reason"].startswith("unauthorized source")
     # Everything billed, minus reversals, is either payable (net of receivables) or held in suspense.
     last = plans[-1]
     billed = sum(p.fee_micros - p.reversed_micros for p in plans)
