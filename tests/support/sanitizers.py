@@ -23,8 +23,9 @@ def _runtime(name: str) -> str | None:
     return path if os.path.isabs(path) and os.path.exists(path) else None
 
 
-def run_sanitized(source: Path, module_name: str, driver: str, workdir: Path) -> None:
-    """Build `source` as `module_name` with both sanitizers and run `driver` against it."""
+def run_sanitized(source: Path | list[Path], module_name: str, driver: str, workdir: Path) -> None:
+    """Build `source` (one C file or several) as `module_name` with both sanitizers and run `driver` against it."""
+    sources = [str(path) for path in (source if isinstance(source, list) else [source])]
     asan = _runtime("libasan.so") if shutil.which("gcc") else None
     if asan is None:
         if os.environ.get("CI"):
@@ -34,8 +35,8 @@ def run_sanitized(source: Path, module_name: str, driver: str, workdir: Path) ->
     subprocess.run(
         [
             "gcc", "-O1", "-g", "-fsanitize=address,undefined", "-fno-sanitize-recover=undefined",
-            "-fno-omit-frame-pointer", "-std=c11", "-fPIC", "-shared",
-            f"-I{sysconfig.get_paths()['include']}", str(source), "-o", str(built),
+            "-fno-omit-frame-pointer", "-std=c11", "-fPIC", "-shared", "-pthread",
+            f"-I{sysconfig.get_paths()['include']}", *sources, "-o", str(built),
         ],
         check=True,
     )  # fmt: skip
