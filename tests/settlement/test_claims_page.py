@@ -96,7 +96,7 @@ def world(anvil: Anvil, tmp_path_factory: pytest.TempPathFactory) -> World:  # n
     """Epoch 1 settled and active, epoch 2 settled and in its timelock, and the page written after both."""
     tmp = tmp_path_factory.mktemp("claims")
     lake = tmp / "lake"
-    traffic, offset = new_lake(lake, 300, seed=7)
+    traffic, offset = new_lake(lake, 80, seed=7)
     nothing_recorded = CliRunner().invoke(app, ["claims-page", "--lake", str(lake), "--to", str(tmp / "early")])
     deployed = royalty(
         "deploy", "--rpc-url", anvil.url, "--timelock-seconds", str(TIMELOCK_S), "--mint-units", str(MINT_UNITS)
@@ -105,7 +105,7 @@ def world(anvil: Anvil, tmp_path_factory: pytest.TempPathFactory) -> World:  # n
     expected_1 = expected_units(lake)
     anvil.advance_time(TIMELOCK_S + 1)
     with Ledger.open(str(lake)) as ledger:
-        append(ledger, list(traffic.metered(200, first_index=300)), offset)
+        append(ledger, list(traffic.metered(60, first_index=80)), offset)
     settle(lake, anvil, deployed["distributor"])
     expected_2 = expected_units(lake)
     page = tmp / "page"
