@@ -172,7 +172,9 @@ def _groups(ledger: Ledger, cutoff: datetime) -> Iterator[list[_File]]:
             continue
         by_key: dict[tuple, list[_File]] = {}
         for file in live_files(ledger, table):
-            if file.size_bytes >= constants.compacted_file_bytes_min or committed_at[file.last_snapshot] > cutoff:
+            # A file an append committed after `committed_at` was read is newer than any cutoff.
+            committed = committed_at.get(file.last_snapshot)
+            if file.size_bytes >= constants.compacted_file_bytes_min or committed is None or committed > cutoff:
                 continue
             # Window k holds the rows appended after closing snapshot k-1, up to and including closing snapshot k.
             window = bisect_left(closings, file.last_snapshot)

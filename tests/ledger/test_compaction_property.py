@@ -6,6 +6,7 @@ import signal
 import subprocess
 import sys
 import time
+from contextlib import suppress
 from pathlib import Path
 
 import pytest
@@ -19,6 +20,8 @@ from settlement import close_epoch
 from settlement.onchain.payout_tree import build_epoch_tree
 from tests.support.anvil import REPO_ROOT
 from tests.support.ledger_batches import append_in_batches, sample_messages
+
+pytest_plugins = ("tests.support.postgres",)
 
 _messages = sample_messages(240)
 _operations = st.lists(
@@ -135,3 +138,67 @@ def test_sigkill_during_compaction_leaves_the_ledger_as_before_or_after(tmp_path
     assert report.ok, report.problems
     assert _rows(lake) == before
     assert live == dates  # one file per event date
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def catalog(request: pytest.FixtureRequest, tmp_path: Path) -> tuple[str, str | None]:
+    """(location, data path) of a fresh ledger on each catalog backend."""
+    if request.param == "sqlite":
+        return str(tmp_path / "lake"), None
+    import uuid
+
+    server = request.getfixturevalue("postgres_server")
+    return server.create_database(f"compact_{uuid.uuid4().hex[:12]}"), str(tmp_path / "data")
+
+
+def test_compaction_beside_ingest_and_close_epoch_settles_every_event_once(catalog):
+    """Appends, compactions and epoch closes from three writers at once: each event settles exactly once."""
+    import threading
+
+    from settlement.engine.exceptions import CompactedWhilePlanningError
+
+    location, data_path = catalog
+    messages = sample_messages(200)
+    with Ledger.open(location, data_path) as ledger:
+        offset = append_in_batches(ledger, messages[:60], 0, 20)
+    errors: list[BaseException] = []
+
+    def appender() -> None:
+        with Ledger.open(location, data_path) as ledger:
+            append_in_batches(ledger, messages[offset:], offset, 20)
+
+    def compactor() -> None:
+        with Ledger.open(location, data_path) as ledger:
+            for _ in range(2):
+                compact(ledger)
+
+    def closer() -> None:
+        with Ledger.open(location, data_path) as ledger:
+            for _ in range(2):
+                with suppress(CompactedWhilePlanningError):  # transient: the next close plans again
+                    close_epoch(ledger)
+
+    def run(work) -> None:
+        try:
+            work()
+        except BaseException as error:  # reported by the assertion below
+            errors.append((work.__name__, error))
+
+    threads = [threading.Thread(target=run, args=(work,)) for work in (appender, compactor, closer)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=600)
+    assert not errors, errors
+    with Ledger.open(location, data_path) as ledger:
+        compact(ledger)
+        close_epoch(ledger)
+        report = verify(ledger)
+        (settled, settled_fees) = ledger.connection.execute(
+            "SELECT sum(event_count), sum(fee_micros) FROM lake.main.settlement_epoch"
+        ).fetchone()
+        (stored, fees) = ledger.connection.execute(
+            "SELECT count(*), sum(fee_micros) FROM lake.main.inference_metered"
+        ).fetchone()
+    assert report.ok, report.problems
+    assert (settled, settled_fees) == (stored, fees)

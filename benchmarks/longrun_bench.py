@@ -1,0 +1,123 @@
+"""A ledger after months of low-rate service: close-epoch, an analyst query and verify, before and after compaction.
+
+Appends the same events to two embedded ledgers: `small` in many small appends (what a low-rate ingest
+writes, one append per `batch_latency_ms_max`), `large` in a few large ones. Then times, on each, a
+`close-epoch --dry-run`, the documented analyst query `SELECT model_id, sum(fee_micros) FROM inference_events
+GROUP BY ALL` (docs/analytics.md) and `verify`; compacts `small` (`royalty compact`) and times them again.
+Reports append latency per size class, catalog bytes per append, files per table and the ratios
+small/large before and after compaction (the issue's target: within 1.2x after compaction).
+
+    python benchmarks/longrun_bench.py --appends 2000 --events-per-append 200 --large-appends 4
+
+Each figure is the fastest of `--repeat` runs. Keep a run under a few minutes on a shared machine.
+"""
+
+import argparse
+import json
+import platform
+import shutil
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+from ingest.sample import SampleShape, SampleTraffic
+from ledger import IngestBatch, Ledger, PartitionOffsets, define_views, run_query
+from ledger.compaction import compact, live_files
+from ledger.verify import verify
+from schemas import BatchDecoder
+from settlement import close_epoch
+
+analyst_query = "SELECT model_id, sum(fee_micros) AS fee_micros FROM inference_events GROUP BY ALL ORDER BY ALL"
+
+
+def _batches(values: list[bytes], size: int, decoder: BatchDecoder) -> list[tuple[IngestBatch, list]]:
+    batches = []
+    for start in range(0, len(values), size):
+        chunk = values[start : start + size]
+        offsets = list(range(start, start + len(chunk)))
+        batch = IngestBatch.from_messages(chunk, ["bench"] * len(chunk), [0] * len(chunk), offsets, decoder)
+        batches.append((batch, [PartitionOffsets("bench", 0, start, start + len(chunk))]))
+    return batches
+
+
+def _fastest(work, repeat: int) -> float:
+    times = []
+    for _ in range(repeat):
+        started = time.perf_counter()
+        work()
+        times.append(time.perf_counter() - started)
+    return min(times)
+
+
+def _measure(lake: Path, repeat: int) -> dict:
+    with Ledger.open(lake) as ledger:
+        define_views(ledger)
+        figures = {
+            "close_epoch_dry_run_s": _fastest(lambda: close_epoch(ledger, dry_run=True), repeat),
+            "analyst_query_s": _fastest(lambda: run_query(ledger, analyst_query), repeat),
+            "verify_s": _fastest(lambda: verify(ledger), repeat),
+            "event_files": len(live_files(ledger, "inference_metered")),
+        }
+    figures["catalog_bytes"] = (lake / "catalog.sqlite").stat().st_size
+    return figures
+
+
+def _append_all(lake: Path, batches: list) -> list[float]:
+    latencies = []
+    with Ledger.open(lake) as ledger:
+        for batch, offsets in batches:
+            started = time.perf_counter()
+            ledger.append(batch, offsets)
+            latencies.append(time.perf_counter() - started)
+    return latencies
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--appends", type=int, default=2_000, help="small appends")
+    parser.add_argument("--events-per-append", type=int, default=200)
+    parser.add_argument("--large-appends", type=int, default=4)
+    parser.add_argument("--repeat", type=int, default=2)
+    args = parser.parse_args()
+
+    traffic = SampleTraffic(SampleShape(models=100, contributors=1_000), seed=11)
+    registry = list(traffic.registry())
+    events = list(traffic.metered(args.appends * args.events_per_append))
+    decoder = BatchDecoder()
+    small = _batches(registry + events, args.events_per_append, decoder)
+    large = _batches(registry + events, -(-len(registry + events) // args.large_appends), decoder)
+    workdir = Path(tempfile.mkdtemp(prefix="longrun-bench-"))
+    try:
+        small_latencies = _append_all(workdir / "small", small)
+        _append_all(workdir / "large", large)
+        result: dict = {
+            "appends": len(small),
+            "events": len(events),
+            "append_ms_median": round(statistics.median(small_latencies) * 1000, 1),
+            "append_ms_p95": round(sorted(small_latencies)[int(len(small_latencies) * 0.95)] * 1000, 1),
+            "large": _measure(workdir / "large", args.repeat),
+            "small_before": _measure(workdir / "small", args.repeat),
+        }
+        result["catalog_bytes_per_append"] = round(
+            (result["small_before"]["catalog_bytes"] - result["large"]["catalog_bytes"]) / (len(small) - len(large))
+        )
+        with Ledger.open(workdir / "small") as ledger:
+            started = time.perf_counter()
+            report = compact(ledger)
+            result["compact_s"] = round(time.perf_counter() - started, 2)
+            result["compact"] = {"merges": report.merges, "files_retired": report.files_retired}
+        result["small_after"] = _measure(workdir / "small", args.repeat)
+        for key in ("close_epoch_dry_run_s", "analyst_query_s", "verify_s"):
+            for when in ("before", "after"):
+                result.setdefault("ratios", {})[f"{key}_{when}"] = round(
+                    result[f"small_{when}"][key] / result["large"][key], 2
+                )
+        result["machine"] = platform.platform()
+        print(json.dumps(result, indent=2))
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
