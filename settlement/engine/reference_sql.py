@@ -75,7 +75,7 @@ def reference_payables(
         SELECT * FROM up""")
     c.execute(f"""CREATE OR REPLACE TEMP TABLE r_policy AS
         SELECT event_id AS policy_id, model_id, effective_from, event_time, compute_share_ppm, shares,
-          CASE WHEN model_id IN (SELECT model_id FROM r_models) AND model_id NOT IN (SELECT model_id FROM r_valid)
+          CASE WHEN model_id NOT IN (SELECT model_id FROM r_valid)  -- unregistered, or not validly: not paid
                THEN false
                ELSE coalesce((SELECT list_sort(list(s.recipient[7:] || '/' || s.share_ppm))
                               FROM (SELECT unnest(shares) AS s) WHERE s.recipient LIKE 'model:%'), [])
@@ -83,7 +83,7 @@ def reference_payables(
                               WHERE rp.model_id = pol.model_id), [])
           END AS usable
         FROM {policies} pol""")
-    # Unregistered models with a policy: their own closure, a single member.
+    # Unregistered models with a policy: their own closure, a single member (never complete: suspense).
     c.execute("""INSERT INTO r_closure SELECT DISTINCT model_id, model_id FROM r_policy
                  WHERE model_id NOT IN (SELECT model_id FROM r_models)""")
     c.execute(f"""CREATE OR REPLACE TEMP TABLE r_segment AS
