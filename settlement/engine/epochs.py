@@ -14,7 +14,7 @@ from settlement.engine import reversals as rev
 from settlement.engine.figures import EpochFigures
 from settlement.engine.policies import Resolution, resolve
 from settlement.engine.postings import billed_sums, build_payables, build_postings
-from settlement.engine.splits import Routed, event_columns, event_key, route, split
+from settlement.engine.splits import Routed, Split, event_columns, event_key, route, split
 
 _i128 = pl.Int128
 
@@ -99,6 +99,53 @@ def plan_epoch(inputs: EpochInputs, prior: PriorState) -> EpochPlan:
         inputs.reversal_sources,
     )
     valid = classified.filter(pl.col("outcome") != rev.dead_letter)
+    moves = _route(inputs, prior, valid, resolutions)
+    # Aggregated as it is scanned: the epoch's events are never all held in memory at once.
+    billed = billed_sums(
+        pl.concat(
+            [
+                inputs.new_events.select("payer", "model_id", "fee_micros"),
+                valid.select("payer", "model_id", "fee_micros").lazy(),
+            ]
+        )
+    )
+    postings = build_postings(epoch, billed, moves.suspended, moves.released, moves.cancelled_held, moves.split)
+    payables = build_payables(epoch, moves.split.credits, prior.payables, inputs.addresses)
+    totals = _checked_totals(epoch, inputs, prior, valid, moves, postings, payables)
+    problems = [problem for resolution in resolutions.values() for problem in resolution.problems]
+    return EpochPlan(
+        epoch=epoch,
+        previous_snapshot=prior.closing_snapshot,
+        closing_snapshot=closing,
+        reversal_count=classified.height,
+        dead_letter_count=classified.height - valid.height,
+        group_count=moves.split.cuts["allocation_id"].n_unique() + moves.split.pools["allocation_id"].n_unique(),
+        postings=postings,
+        payables=payables,
+        suspense_items=_suspense_items(epoch, moves.suspended),
+        suspense_releases=_suspense_releases(epoch, moves.released, moves.cancelled_held),
+        reversals=classified,
+        problems=sorted(set(problems)),
+        **totals,
+    )
+
+
+@dataclass(frozen=True)
+class _Moves:
+    """Where the epoch's events went: split (new, released and taken-back ones), or into or out of suspense."""
+
+    split: Split
+    suspended: pl.DataFrame  # new events whose route is incomplete
+    released: pl.DataFrame  # held events that now route completely
+    cancelled_held: pl.DataFrame  # held events a reversal cancelled
+
+
+def _route(
+    inputs: EpochInputs, prior: PriorState, valid: pl.DataFrame, resolutions: dict[int, Resolution]
+) -> _Moves:
+    """Route the new and held events with the registry at closing, and the taken-back ones with the registry
+    as of the snapshot each was settled at (added to `resolutions`); split them all together."""
+    closing = inputs.closing_snapshot
     cancelled_keys = valid.filter(pl.col("outcome") == rev.cancelled).select(
         event_key("original_source", "original_event_id")
     )["event_key"]
@@ -122,44 +169,34 @@ def plan_epoch(inputs: EpochInputs, prior: PriorState) -> EpochPlan:
         require(routed.incomplete.is_empty(), f"settled events still route completely as of snapshot {snapshot}")
         groups.append(routed.groups)
     merged = _merge_resolutions(list(resolutions.values()))
-    epoch_split = split(pl.concat(groups), merged)
+    return _Moves(split(pl.concat(groups), merged), routed_new.incomplete, released, cancelled_held)
 
-    # Aggregated as it is scanned: the epoch's events are never all held in memory at once.
-    billed = billed_sums(
-        pl.concat(
-            [
-                inputs.new_events.select("payer", "model_id", "fee_micros"),
-                valid.select("payer", "model_id", "fee_micros").lazy(),
-            ]
-        )
-    )
-    suspended = routed_new.incomplete
-    postings = build_postings(epoch, billed, suspended, released, cancelled_held, epoch_split)
-    payables = build_payables(epoch, epoch_split.credits, prior.payables, inputs.addresses)
 
-    prior_receivable = _sum(
-        prior.payables.with_columns(
-            r=pl.col("cumulative_micros").cast(_i128) - pl.col("earned_micros").cast(_i128)
-        ),
-        "r",
+def _receivable(payables: pl.DataFrame) -> int:
+    """What the recipients of `payables` owe back: cumulative less earned."""
+    return _sum(
+        payables.with_columns(owed=pl.col("cumulative_micros").cast(_i128) - pl.col("earned_micros").cast(_i128)),
+        "owed",
     )
-    touched = set(payables["recipient"].to_list())
-    untouched = prior.payables.filter(~pl.col("recipient").is_in(list(touched)))
-    receivable = _sum(payables, "receivable_micros") + _sum(
-        untouched.with_columns(
-            r=pl.col("cumulative_micros").cast(_i128) - pl.col("earned_micros").cast(_i128)
-        ),
-        "r",
-    )
+
+
+def _checked_totals(
+    epoch: int,
+    inputs: EpochInputs,
+    prior: PriorState,
+    valid: pl.DataFrame,
+    moves: _Moves,
+    postings: pl.DataFrame,
+    payables: pl.DataFrame,
+) -> dict[str, int]:
+    """The epoch's money figures, after checking conservation and that the postings sum to zero."""
+    prior_receivable = _receivable(prior.payables)
+    untouched = prior.payables.filter(~pl.col("recipient").is_in(payables["recipient"].unique().to_list()))
+    receivable = _sum(payables, "receivable_micros") + _receivable(untouched)
     new_fees = _sum(inputs.new_events.select("fee_micros").collect())
-    event_count = inputs.new_events.select(pl.len()).collect().item()
-    suspended_micros, released_micros, cancelled_micros = (
-        _sum(suspended),
-        _sum(released),
-        _sum(cancelled_held),
-    )
+    suspended_micros, released_micros = _sum(moves.suspended), _sum(moves.released)
     suspense_before = _sum(prior.held)
-    suspense_after = suspense_before + suspended_micros - released_micros - cancelled_micros
+    suspense_after = suspense_before + suspended_micros - released_micros - _sum(moves.cancelled_held)
     payable = _sum(payables, "amount_micros")
     reversed_micros = -_sum(valid)
     # Conservation: what the epoch billed is what it made payable, plus what suspense now holds
@@ -173,11 +210,28 @@ def plan_epoch(inputs: EpochInputs, prior: PriorState) -> EpochPlan:
     )
     postings_micros = _sum(postings, "amount_micros")
     require(postings_micros == 0, f"the postings of epoch {epoch} sum to {postings_micros} micros, not 0")
+    return {
+        "event_count": inputs.new_events.select(pl.len()).collect().item(),
+        "fee_micros": new_fees,
+        "reversed_micros": reversed_micros,
+        "suspended_micros": suspended_micros,
+        "released_micros": released_micros,
+        "suspense_micros": suspense_after,
+        "payable_micros": payable,
+        "receivable_micros": receivable,
+    }
 
-    suspense_items = suspended.with_columns(epoch=pl.lit(epoch, pl.Int64)).select(
-        "epoch", "event_id", "source", "event_time", "model_id", "payer", "compute_provider", "fee_micros"
+
+def _suspense_items(epoch: int, suspended: pl.DataFrame) -> pl.DataFrame:
+    return (
+        suspended.with_columns(epoch=pl.lit(epoch, pl.Int64))
+        .select("epoch", "event_id", "source", "event_time", "model_id", "payer", "compute_provider", "fee_micros")
+        .sort(["event_id", "source"])
     )
-    releases = pl.concat(
+
+
+def _suspense_releases(epoch: int, released: pl.DataFrame, cancelled_held: pl.DataFrame) -> pl.DataFrame:
+    return pl.concat(
         [
             released.select(
                 pl.lit(epoch, pl.Int64).alias("epoch"), "event_id", "source", pl.lit("split").alias("outcome")
@@ -187,29 +241,6 @@ def plan_epoch(inputs: EpochInputs, prior: PriorState) -> EpochPlan:
             ),
         ]
     ).sort(["event_id", "source"])
-    problems = [p for resolution in resolutions.values() for p in resolution.problems]
-    return EpochPlan(
-        epoch=epoch,
-        previous_snapshot=prior.closing_snapshot,
-        closing_snapshot=closing,
-        event_count=event_count,
-        fee_micros=new_fees,
-        reversal_count=classified.height,
-        reversed_micros=reversed_micros,
-        dead_letter_count=classified.height - valid.height,
-        suspended_micros=suspended_micros,
-        released_micros=released_micros,
-        suspense_micros=suspense_after,
-        payable_micros=payable,
-        receivable_micros=receivable,
-        group_count=epoch_split.cuts["allocation_id"].n_unique() + epoch_split.pools["allocation_id"].n_unique(),
-        postings=postings,
-        payables=payables,
-        suspense_items=suspense_items.sort(["event_id", "source"]),
-        suspense_releases=releases,
-        reversals=classified,
-        problems=sorted(set(problems)),
-    )
 
 
 def advance(prior: PriorState, plan: EpochPlan) -> PriorState:
