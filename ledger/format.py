@@ -185,7 +185,12 @@ def stored_format_version(connection: duckdb.DuckDBPyConnection) -> int | None:
     (version,) = connection.execute(
         f"SELECT max(format_version) FROM {catalog_alias}.main.{format_table}"
     ).fetchone()
-    return format_version_first if version is None else int(version)
+    if version is not None:
+        return int(version)
+    # An empty format table alone is a new ledger another process is creating (or whose creation was
+    # interrupted): it creates and stamps that table before any other. Beside older tables it is a
+    # format-1 ledger whose migration stopped before its first step was recorded.
+    return None if tables == {format_table} else format_version_first
 
 
 def require_current_format(version: int | None, display: str) -> None:

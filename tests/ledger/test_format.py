@@ -13,8 +13,10 @@ from pathlib import Path
 import pytest
 
 from ledger import Ledger, define_views
+from ledger.connection import LedgerLocation, catalog_alias, connect
 from ledger.errors import LedgerFormatError
-from ledger.format import format_table, format_version_current, record_format
+from ledger.format import format_table, format_version_current, record_format, stored_format_version
+from ledger.tables import create_statements
 from ledger.verify import verify
 from tests.conftest import repo_root, royalty_command
 
@@ -132,3 +134,26 @@ def test_a_migration_reports_nothing_to_do_on_a_current_ledger(lake_dir: Path) -
     Ledger.open(lake_dir).close()
     result = _royalty("migrate", "--lake", str(lake_dir))
     assert result.returncode == 0 and "nothing to do" in result.stdout
+
+
+def test_a_ledger_another_process_is_creating_is_not_mistaken_for_format_1(lake_dir: Path) -> None:
+    """Two processes opening a new ledger at once: the second may see the creator's format table before
+    its first row (the creator makes and stamps that table first, in transactions of their own). That is a
+    new ledger, not a format-1 ledger to migrate (it was refused so: three writers on a fresh PostgreSQL
+    catalog, one exited 2 'is in format 1'). Beside older tables an empty format table still means format 1."""
+    lake_dir.mkdir()
+    connection = connect(LedgerLocation.parse(str(lake_dir)), read_only=False)
+    for statement in create_statements(catalog_alias, [format_table]):
+        connection.execute(statement)
+    assert stored_format_version(connection) is None
+    connection.close()
+    with Ledger.open(lake_dir) as ledger:
+        assert stored_format_version(ledger.connection) == format_version_current
+        assert verify(ledger).ok
+    stale = lake_dir.parent / "stale"
+    stale.mkdir()
+    connection = connect(LedgerLocation.parse(str(stale)), read_only=False)
+    for statement in create_statements(catalog_alias, [format_table, "dead_letter"]):
+        connection.execute(statement)
+    assert stored_format_version(connection) == 1
+    connection.close()
