@@ -33,7 +33,9 @@ function sha256 (text) {
 }
 
 function readSource (name) {
-  if (name.startsWith('@openzeppelin/')) return readFileSync(join(here, 'node_modules', name), 'utf8')
+  if (name.startsWith('@openzeppelin/') || name.startsWith('solady/')) {
+    return readFileSync(join(here, 'node_modules', name), 'utf8')
+  }
   return readFileSync(join(here, name), 'utf8')
 }
 
@@ -59,8 +61,8 @@ function compile () {
   }
   const output = JSON.parse(solc.compile(JSON.stringify(input), { import: findImports }))
   const errors = (output.errors ?? []).filter((e) => e.severity === 'error')
-  // Warnings inside OpenZeppelin's sources (such as its note on transient storage) are theirs to keep.
-  const ours = (output.errors ?? []).filter((e) => e.severity === 'error' || !e.sourceLocation?.file?.startsWith('@'))
+  // Warnings inside OpenZeppelin's and Solady's sources (such as notes on transient storage) are theirs to keep.
+  const ours = (output.errors ?? []).filter((e) => e.severity === 'error' || !/^(@|solady\/)/.test(e.sourceLocation?.file ?? ''))
   for (const e of ours) console.error(e.formattedMessage)
   if (errors.length > 0) process.exit(1)
 

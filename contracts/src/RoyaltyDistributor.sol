@@ -7,6 +7,8 @@ import {IERC20} from "@openzeppelin/contracts/token/ERC20/IERC20.sol";
 import {SafeERC20} from "@openzeppelin/contracts/token/ERC20/utils/SafeERC20.sol";
 import {MerkleProof} from "@openzeppelin/contracts/utils/cryptography/MerkleProof.sol";
 import {ReentrancyGuardTransient} from "@openzeppelin/contracts/utils/ReentrancyGuardTransient.sol";
+import {MerkleProofLib} from "solady/src/utils/MerkleProofLib.sol";
+import {SafeTransferLib} from "solady/src/utils/SafeTransferLib.sol";
 
 /// @notice What a predecessor distributor must answer for a migration to start from it.
 interface IRoyaltyDistributorPredecessor {
@@ -448,14 +450,22 @@ contract RoyaltyDistributor is AccessControlDefaultAdminRules, ReentrancyGuardTr
         uint256 cumulativeAmount,
         bytes32[] calldata proof
     ) private returns (uint256 amount) {
-        bytes32 leaf = keccak256(bytes.concat(keccak256(abi.encode(account, cumulativeAmount))));
-        bytes32 proven = MerkleProof.processProofCalldata(proof, leaf);
-        if (proven != root) _revertForUnprovenRoot(s, proven, account, cumulativeAmount);
+        bytes32 leaf;
+        assembly ("memory-safe") {
+            // keccak256(bytes.concat(keccak256(abi.encode(account, cumulativeAmount)))) in scratch space
+            mstore(0x00, account)
+            mstore(0x20, cumulativeAmount)
+            mstore(0x00, keccak256(0x00, 0x40))
+            leaf := keccak256(0x00, 0x20)
+        }
+        if (!MerkleProofLib.verifyCalldata(proof, root, leaf)) {
+            _revertForUnprovenRoot(s, MerkleProof.processProofCalldata(proof, leaf), account, cumulativeAmount);
+        }
         uint256 alreadyClaimed = claimed[account];
-        if (cumulativeAmount < alreadyClaimed) {
+        if (cumulativeAmount <= alreadyClaimed) {
+            if (cumulativeAmount == alreadyClaimed) revert RoyaltyDistributorNothingToClaim(account, cumulativeAmount);
             revert RoyaltyDistributorCumulativeBelowClaimed(account, cumulativeAmount, alreadyClaimed);
         }
-        if (cumulativeAmount == alreadyClaimed) revert RoyaltyDistributorNothingToClaim(account, cumulativeAmount);
         unchecked {
             amount = cumulativeAmount - alreadyClaimed; // > 0: checked just above
         }
@@ -484,9 +494,10 @@ contract RoyaltyDistributor is AccessControlDefaultAdminRules, ReentrancyGuardTr
 
     /// @dev Transfers and checks that `account` received exactly `amount`.
     function _payOut(address account, uint256 amount) private {
-        uint256 before = token.balanceOf(account);
-        token.safeTransfer(account, amount);
-        _requireDelivered(token.balanceOf(account) - before, amount);
+        address paid = address(token);
+        uint256 before = SafeTransferLib.balanceOf(paid, account);
+        SafeTransferLib.safeTransfer(paid, account, amount);
+        _requireDelivered(SafeTransferLib.balanceOf(paid, account) - before, amount);
     }
 
     function _requireDelivered(uint256 received, uint256 expected) private view {
