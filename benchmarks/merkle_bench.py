@@ -30,6 +30,7 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
+from benchmarks import distributor_gas  # noqa: E402
 from settlement.onchain import merkle  # noqa: E402
 from settlement.onchain.merkle import MerkleTree  # noqa: E402
 from tests.support.anvil import CONTRACTS_DIR, Anvil, anvil_binary, deploy  # noqa: E402
@@ -134,6 +135,7 @@ def bench_gas(tree: MerkleTree) -> None:
     node = Anvil(anvil_binary(), Path(tempfile.mkdtemp()) / "anvil.log", ("--gas-limit", "1000000000"))
     try:
         gas_report(node, tree)
+        distributor_gas.print_report(distributor_gas.gas_report(node, len(tree)), len(tree))
     finally:
         node.stop()
 
