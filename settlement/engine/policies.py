@@ -139,110 +139,120 @@ def resolve(models: pl.DataFrame, policies: pl.DataFrame, as_of_snapshot: int) -
     """Resolve the registry as known at `as_of_snapshot` (rows with `known_snapshot` not after it)."""
     models = models.filter(pl.col("known_snapshot") <= as_of_snapshot)
     policies = policies.filter(pl.col("known_snapshot") <= as_of_snapshot)
-    registered_all = set(models["model_id"].to_list())
-    parents, level, problems = valid_lineage(models)
-    by_model = _policies(policies)
+    resolver = _Resolver(models, policies)
+    segments = [
+        segment
+        for model_id in sorted(set(resolver.by_model) | resolver.registered)
+        if model_id not in resolver.registered or model_id in resolver.parents  # else: all its fees to suspense
+        for segment in resolver.segments(model_id)
+    ]
+    return Resolution(
+        pl.DataFrame(segments, schema=_segment_schema).sort(["model_id", "segment_start"]),
+        pl.DataFrame(list(resolver.pools.values()), schema=_pool_schema).sort("pool_id"),
+        pl.DataFrame(resolver.pool_shares, schema=_pool_share_schema).sort(["pool_id", "recipient"]),
+        resolver.problems + resolver.unused_policy_problems(),
+    )
 
-    def lineage(model_id: str) -> dict[str, int] | None:
-        return parents.get(model_id) if model_id in registered_all else None
 
-    def closure(model_id: str) -> list[str]:
+class _Resolver:
+    """The registry as known at one snapshot: each model's route segments and the pools they pay into."""
+
+    def __init__(self, models: pl.DataFrame, policies: pl.DataFrame) -> None:
+        self.registered = set(models["model_id"].to_list())
+        self.parents, self.level, self.problems = valid_lineage(models)
+        self.by_model = _policies(policies)
+        self.datasets = {m for m in self.registered if m.startswith(dataset_prefix)}
+        self.pools: dict[str, dict] = {}
+        self.pool_shares: list[dict] = []
+
+    def lineage(self, model_id: str) -> dict[str, int] | None:
+        return self.parents.get(model_id) if model_id in self.registered else None
+
+    def closure(self, model_id: str) -> list[str]:
         seen, stack = {model_id}, [model_id]
         while stack:
-            for parent in parents.get(stack.pop(), {}):
+            for parent in self.parents.get(stack.pop(), {}):
                 if parent not in seen:
                     seen.add(parent)
                     stack.append(parent)
         return sorted(seen)
 
-    datasets = {m for m in registered_all if m.startswith(dataset_prefix)}
-
-    def reached(model_id: str, vector: dict[str, Policy | None]) -> list[str]:
+    def reached(self, model_id: str, vector: dict[str, Policy | None]) -> list[str]:
         """The lineage closure and the datasets its policies in force name (their splits apply too)."""
-        members = closure(model_id)
+        members = self.closure(model_id)
         return sorted({*members, *(d for m in members for d in _named_datasets(vector.get(m)))})
 
-    def candidates(model_id: str) -> list[str]:
+    def candidates(self, model_id: str) -> list[str]:
         """Every record whose policy may be on the route at some time: the closure and every dataset named."""
-        members = closure(model_id)
-        return sorted({*members, *(d for m in members for p in by_model.get(m, []) for d in _named_datasets(p))})
+        members = self.closure(model_id)
+        named = (d for m in members for p in self.by_model.get(m, []) for d in _named_datasets(p))
+        return sorted({*members, *named})
 
-    segments: list[dict] = []
-    pools: dict[str, dict] = {}
-    pool_shares: list[dict] = []
-
-    def pool_of(model_id: str, vector: dict[str, Policy]) -> str:
-        members = reached(model_id, vector)
+    def pool_of(self, model_id: str, vector: dict[str, Policy]) -> str:
+        """The pool of `model_id` under the policies in force `vector`, added with its shares when new."""
+        members = self.reached(model_id, vector)
         pool_id = short_key(model_id, *(f"{m}={vector[m].policy_id}" for m in members))
-        if pool_id not in pools:
-            policy = vector[model_id]
-            pools[pool_id] = {
-                "pool_id": pool_id,
-                "model_id": model_id,
-                "policy_id": policy.policy_id,
-                # A dataset is paid by the models that name it, so it is split after all of them.
-                "level": dataset_level if model_id.startswith(dataset_prefix) else level.get(model_id, 0),
-            }
-            for recipient, share_ppm in policy.shares:
-                target = None
-                if recipient.startswith(model_recipient_prefix):
-                    target = pool_of(recipient.removeprefix(model_recipient_prefix), vector)
-                elif recipient.startswith(dataset_prefix):
-                    target = pool_of(recipient, vector)
-                pool_shares.append(
-                    {
-                        "pool_id": pool_id,
-                        "recipient": recipient,
-                        "share_ppm": share_ppm,
-                        "target_pool_id": target,
-                    }
-                )
+        if pool_id in self.pools:
+            return pool_id
+        policy = vector[model_id]
+        self.pools[pool_id] = {
+            "pool_id": pool_id,
+            "model_id": model_id,
+            "policy_id": policy.policy_id,
+            # A dataset is paid by the models that name it, so it is split after all of them.
+            "level": dataset_level if model_id.startswith(dataset_prefix) else self.level.get(model_id, 0),
+        }
+        for recipient, share_ppm in policy.shares:
+            target = None
+            if recipient.startswith(model_recipient_prefix):
+                target = self.pool_of(recipient.removeprefix(model_recipient_prefix), vector)
+            elif recipient.startswith(dataset_prefix):
+                target = self.pool_of(recipient, vector)
+            self.pool_shares.append(
+                {"pool_id": pool_id, "recipient": recipient, "share_ppm": share_ppm, "target_pool_id": target}
+            )
         return pool_id
 
-    for model_id in sorted(set(by_model) | registered_all):
-        if model_id in registered_all and model_id not in parents:
-            continue  # not validly registered: every fee goes to suspense
-        members = candidates(model_id)
-        starts = sorted({time_origin} | {p.effective_from for m in members for p in by_model.get(m, [])})
+    def segments(self, model_id: str) -> list[dict]:
+        """One segment per time a policy on the model's route takes effect: its pool, or incomplete."""
+        members = self.candidates(model_id)
+        starts = sorted({time_origin} | {p.effective_from for m in members for p in self.by_model.get(m, [])})
+        segments = []
         for start in starts:
-            vector = {m: _in_force(by_model.get(m, []), start) for m in members}
+            vector = {m: _in_force(self.by_model.get(m, []), start) for m in members}
             complete = all(
-                (p := vector[m]) is not None and _usable(p, lineage(m), datasets) for m in reached(model_id, vector)
+                (p := vector[m]) is not None and _usable(p, self.lineage(m), self.datasets)
+                for m in self.reached(model_id, vector)
             )
-            route_id = pool_id = None
-            compute_share_ppm = 0
-            if complete:
-                pool_id = pool_of(model_id, vector)  # type: ignore[arg-type]
-                route_id = pool_id
-                compute_share_ppm = vector[model_id].compute_share_ppm  # type: ignore[union-attr]
+            pool_id = self.pool_of(model_id, vector) if complete else None  # type: ignore[arg-type]
             segments.append(
                 {
                     "model_id": model_id,
                     "segment_start": start,
-                    "route_id": route_id,
+                    "route_id": pool_id,
                     "pool_id": pool_id,
-                    "compute_share_ppm": compute_share_ppm,
+                    "compute_share_ppm": vector[model_id].compute_share_ppm if complete else 0,  # type: ignore[union-attr]
                     "complete": complete,
                 }
             )
-    for model_id, items in sorted(by_model.items()):
-        for policy in items:
-            if model_id not in registered_all:
-                problems.append(
-                    f"policy `{policy.policy_id}` of model `{model_id}` is not used: no registration names the "
-                    "model, so its fees wait in suspense until one does"
-                )
-            elif not _usable(policy, lineage(model_id), datasets):
-                problems.append(
-                    f"policy `{policy.policy_id}` of model `{model_id}` is not usable: its model "
-                    "recipients must be exactly the model's registered parents and shares"
-                )
-    return Resolution(
-        pl.DataFrame(segments, schema=_segment_schema).sort(["model_id", "segment_start"]),
-        pl.DataFrame(list(pools.values()), schema=_pool_schema).sort("pool_id"),
-        pl.DataFrame(pool_shares, schema=_pool_share_schema).sort(["pool_id", "recipient"]),
-        problems,
-    )
+        return segments
+
+    def unused_policy_problems(self) -> list[str]:
+        """A policy of a model no registration names, or whose model recipients are not its registered parents."""
+        problems = []
+        for model_id, items in sorted(self.by_model.items()):
+            for policy in items:
+                if model_id not in self.registered:
+                    problems.append(
+                        f"policy `{policy.policy_id}` of model `{model_id}` is not used: no registration names the "
+                        "model, so its fees wait in suspense until one does"
+                    )
+                elif not _usable(policy, self.lineage(model_id), self.datasets):
+                    problems.append(
+                        f"policy `{policy.policy_id}` of model `{model_id}` is not usable: its model "
+                        "recipients must be exactly the model's registered parents and shares"
+                    )
+        return problems
 
 
 _segment_schema = {
