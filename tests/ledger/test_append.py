@@ -95,20 +95,6 @@ def test_a_record_without_a_value_is_a_dead_letter_with_no_bytes(lake_dir: Path)
     assert "no value" in row["reason"] and "tombstone" in row["reason"]
 
 
-def test_offsets_are_stored_with_the_rows_and_a_stale_batch_is_fenced(lake_dir: Path) -> None:
-    """Offsets advance with each append; a batch starting before the stored offset writes nothing."""
-    values = list(SampleTraffic().metered(20))
-    with Ledger.open(lake_dir) as ledger:
-        ledger.append(*batch_of(values[:10], topic="a", partition=1, first_offset=0))
-        assert ledger.stored_offsets() == {("a", 1): 10}
-        snapshot = ledger.current_snapshot()
-        with pytest.raises(LedgerOffsetsFencedError, match="starts at 5"):
-            ledger.append(*batch_of(values[5:15], topic="a", partition=1, first_offset=5))
-        assert ledger.current_snapshot() == snapshot
-        ledger.append(*batch_of(values[10:], topic="a", partition=1, first_offset=10))
-        assert ledger.stored_offsets() == {("a", 1): 20}
-
-
 def test_reader_refuses_every_kind_of_write(lake_dir: Path) -> None:
     """Writes through `run_query` fail with a clear error before they run, whatever the statement."""
     with Ledger.open(lake_dir) as ledger:
