@@ -43,7 +43,7 @@ import pyarrow as pa
 
 from ledger import constants
 from ledger.connection import catalog_alias
-from ledger.errors import LedgerError
+from ledger.errors import LedgerBusyError, LedgerError
 from ledger.inlined_digest import row_text_sql
 from ledger.ledger import Ledger
 from ledger.tables import compaction_retired_table, compaction_table, duckdb_type, file_tables
@@ -82,6 +82,8 @@ class CompactionReport:
     rows: int = 0
     bytes_written: int = 0
     snapshots: list[int] = field(default_factory=list)
+    # Merges left for the next run because the catalog stayed busy (nothing of them was committed).
+    skipped: int = 0
 
 
 def compact(ledger: Ledger, older_than_s: float = 0.0, now: datetime | None = None) -> CompactionReport:
@@ -93,31 +95,30 @@ def compact(ledger: Ledger, older_than_s: float = 0.0, now: datetime | None = No
     report = CompactionReport()
     cutoff = (now or datetime.now(UTC)) - timedelta(seconds=older_than_s)
     with ledger.step_lock(close_step):
-        for group in _groups(ledger, cutoff):
-            snapshot = ledger._retrying(lambda group=group: _merge(ledger, group), "compact")
+        for group in list(_groups(ledger, cutoff)):
+            try:
+                snapshot, size_bytes = _merge(ledger, group)
+            except LedgerBusyError as error:
+                # The writers kept the catalog busy past the retries: this merge waits for the next run.
+                log.warning("compaction skipped a merge: the catalog stayed busy", extra={"error": str(error)})
+                report.skipped += 1
+                continue
             report.merges += 1
             report.files_retired += len(group)
             report.rows += sum(file.rows for file in group)
             report.snapshots.append(snapshot)
-            report.bytes_written += _merged_size(ledger, snapshot)
+            report.bytes_written += size_bytes
     return report
-
-
-def _merged_size(ledger: Ledger, snapshot: int) -> int:
-    (size,) = ledger.connection.execute(
-        f"SELECT coalesce(sum(size_bytes), 0) FROM {catalog_alias}.main.{compaction_table} "
-        f"WHERE snapshot_id = ?",
-        [snapshot],
-    ).fetchone()
-    return int(size)
 
 
 def closing_snapshots(connection: duckdb.DuckDBPyConnection) -> list[int]:
     """Every epoch's closing snapshot, ascending (none before the settlement tables exist)."""
-    (exists,) = connection.execute(
+    # fetchall, not fetchone, here and below: a result left open keeps a read on a SQLite catalog, which
+    # blocks every writer's commit.
+    ((exists,),) = connection.execute(
         "SELECT count(*) FROM duckdb_tables() WHERE database_name = ? AND table_name = 'settlement_epoch'",
         [catalog_alias],
-    ).fetchone()
+    ).fetchall()
     if not exists:
         return []
     rows = connection.execute(f"SELECT DISTINCT closing_snapshot FROM {catalog_alias}.main.settlement_epoch").fetchall()
@@ -232,8 +233,9 @@ def rows_digest_sql(table: str, relation: str) -> str:
     )
 
 
-def _merge(ledger: Ledger, files: list[_File]) -> int:
-    """Write the merged file of `files`, check its proof, retire them and record it; the new snapshot."""
+def _merge(ledger: Ledger, files: list[_File]) -> tuple[int, int]:
+    """Write the merged file of `files`, check its proof, then retire them and record it in one transaction
+    (retried while other writers hold the catalog); the new snapshot and the merged file's size."""
     connection = ledger.connection
     table = files[0].table
     compaction_id = uuid.uuid4().hex
@@ -244,7 +246,8 @@ def _merge(ledger: Ledger, files: list[_File]) -> int:
     temporary = absolute.with_suffix(".parquet.tmp")
     try:
         source = rows_sql(connection, files, table)
-        expected = connection.execute(rows_digest_sql(table, source)).fetchone()
+        (expected,) = connection.execute(rows_digest_sql(table, source)).fetchall()
+        batches = [b for (b,) in connection.execute(f"SELECT DISTINCT ingest_batch_id FROM ({source})").fetchall()]
         order = "event_time, event_id" if "event_time" in file_tables[table].names else "kafka_topic, kafka_offset"
         connection.execute(
             f"COPY ({source} ORDER BY {order}, {snapshot_column}) TO {_quote(str(temporary))} "
@@ -252,35 +255,35 @@ def _merge(ledger: Ledger, files: list[_File]) -> int:
         )
         _fsync(temporary)
         os.replace(temporary, absolute)
-        written = connection.execute(
+        (written,) = connection.execute(
             rows_digest_sql(table, f"SELECT * FROM read_parquet({_quote(str(absolute))})")
-        ).fetchone()
+        ).fetchall()
         if tuple(written) != tuple(expected):
             raise LedgerError(
                 f"compaction of {len(files)} files of `{table}` wrote {written[0]} rows (digest {written[1]}), "
                 f"but they hold {expected[0]} (digest {expected[1]}); nothing was committed"
             )
         sha256, size_bytes = _sha256(absolute)
-        with ledger._transaction():
-            _retire(connection, files, table)
-            connection.execute(
-                "CALL ducklake_add_data_files(?, ?, ?, ignore_extra_columns => true)",
-                [catalog_alias, table, str(absolute)],
-            )
-            ledger._insert_inlined_rows("file_checksum", [[relative, table, size_bytes, sha256, compaction_id]])
-            ledger._insert_inlined_rows(
-                compaction_table,
-                [
-                    [
-                        compaction_id, table, files[0].event_date, relative, size_bytes, sha256, int(expected[0]),
-                        str(expected[1]), min(f.first_snapshot for f in files), max(f.last_snapshot for f in files),
-                        datetime.now(UTC),
-                    ]
-                ],
-            )
-            ledger._insert_inlined_rows(
-                compaction_retired_table, [[compaction_id, file.relative_path, file.rows] for file in files]
-            )
+        record = [
+            compaction_id, table, files[0].event_date, relative, size_bytes, sha256, int(expected[0]),
+            str(expected[1]), min(f.first_snapshot for f in files), max(f.last_snapshot for f in files),
+            datetime.now(UTC),
+        ]  # fmt: skip
+
+        def commit() -> None:
+            with ledger._transaction():
+                _retire(connection, files, table, batches)
+                connection.execute(
+                    "CALL ducklake_add_data_files(?, ?, ?, ignore_extra_columns => true)",
+                    [catalog_alias, table, str(absolute)],
+                ).fetchall()
+                ledger._insert_inlined_rows("file_checksum", [[relative, table, size_bytes, sha256, compaction_id]])
+                ledger._insert_inlined_rows(compaction_table, [record])
+                ledger._insert_inlined_rows(
+                    compaction_retired_table, [[compaction_id, file.relative_path, file.rows] for file in files]
+                )
+
+        ledger._retrying(commit, "compact")
     except BaseException:
         for leftover in (temporary, absolute):
             with suppress(OSError):
@@ -294,23 +297,21 @@ def _merge(ledger: Ledger, files: list[_File]) -> int:
         "ledger files compacted",
         extra={"table": table, "files": len(files), "rows": int(expected[0]), "snapshot": snapshot},
     )
-    return snapshot
+    return snapshot, size_bytes
 
 
-def _retire(connection: duckdb.DuckDBPyConnection, files: list[_File], table: str) -> None:
-    """Delete exactly the rows of `files` (whole files: DuckLake ends them, no delete file)."""
-    batches = connection.execute(
-        f"SELECT DISTINCT ingest_batch_id FROM ({rows_sql(connection, files, table)})"
-    ).fetchall()
-    connection.register("retired_batches", pa.table({"ingest_batch_id": [b for (b,) in batches]}))
+def _retire(connection: duckdb.DuckDBPyConnection, files: list[_File], table: str, batches: list[str]) -> None:
+    """Delete exactly the rows of `files`: those of `batches` on their event date (whole files, so DuckLake ends
+    them at this snapshot and writes no delete file)."""
+    connection.register("retired_batches", pa.table({"ingest_batch_id": pa.array(batches, pa.string())}))
     try:
-        dates = [file.event_date for file in files]
-        date_filter = "event_date = ? AND " if dates[0] is not None else ""
-        (deleted,) = connection.execute(
+        event_date = files[0].event_date
+        date_filter = "event_date = ? AND " if event_date is not None else ""
+        ((deleted,),) = connection.execute(
             f"DELETE FROM {catalog_alias}.main.{table} WHERE {date_filter}"
             "ingest_batch_id IN (SELECT ingest_batch_id FROM retired_batches)",
-            [dates[0]] if dates[0] is not None else [],
-        ).fetchone()
+            [event_date] if event_date is not None else [],
+        ).fetchall()
     finally:
         connection.unregister("retired_batches")
     expected = sum(file.rows for file in files)
@@ -426,9 +427,9 @@ def _audit_proof(
         for f in files
     ]
     try:
-        before = tuple(connection.execute(rows_digest_sql(table, rows_sql(connection, files, table))).fetchone())
+        (before,) = connection.execute(rows_digest_sql(table, rows_sql(connection, files, table))).fetchall()
         merged = f"SELECT * FROM read_parquet({_quote(ledger.location.data_path + merged_path)})"
-        after = tuple(connection.execute(rows_digest_sql(table, merged)).fetchone())
+        (after,) = connection.execute(rows_digest_sql(table, merged)).fetchall()
     except duckdb.Error as error:
         result.problems.append(f"{where}: its files cannot be read to check the proof ({error})")
         return

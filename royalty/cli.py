@@ -22,6 +22,7 @@ from royalty.common import (
     registry_rules,
     stderr,
     stdout,
+    with_lake,
 )
 from royalty.common import fail as _fail
 from royalty.logs import configure_logging
@@ -32,6 +33,9 @@ app = typer.Typer(
     help="royalty-engine: event-sourced royalty accounting for community-owned AI models.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
+    # Plain help: flags shown as flags (not `<bool>`), `[env ...]`/`[default ...]` kept (rich markup ate them),
+    # lines that fit any terminal or pipe, and rich's markdown not imported at start.
+    rich_markup_mode=None,
 )
 schemas_app = typer.Typer(help="The producer contract: event schemas.", no_args_is_help=True)
 app.add_typer(schemas_app, name="schemas")
@@ -150,7 +154,7 @@ def verify(
         stdout.file.write(json.dumps({**fields, "orphans_removed": [o.path for o in removed], "ok": report.ok}) + "\n")
     else:
         stdout.print(
-            f"checked {report.snapshots} snapshots and {report.files} data files ({report.bytes_checked} bytes)"
+            f"checked {report.snapshots:,} snapshots and {report.files:,} data files ({report.bytes_checked:,} bytes)"
         )
         for problem in report.problems:
             stderr.print(f"[bold red]problem:[/] {problem}", highlight=False)
@@ -251,8 +255,9 @@ def compact(
         stdout.file.write(json.dumps(vars(report)) + "\n")
     else:
         stdout.print(
-            f"compacted: {report.merges} merged file(s) written, {report.files_retired} file(s) retired, "
-            f"{report.rows} rows, {report.bytes_written} bytes",
+            f"compacted: {report.merges:,} merged file(s) written, {report.files_retired:,} file(s) retired, "
+            f"{report.rows:,} rows, {report.bytes_written:,} bytes"
+            + (f"; {report.skipped} merge(s) left for the next run (catalog busy)" if report.skipped else ""),
             highlight=False,
         )
 
@@ -278,8 +283,8 @@ def backup(
         stdout.file.write(json.dumps(vars(result)) + "\n")
         return
     stdout.print(
-        f"backed up the ledger at snapshot {result.snapshot_id}: the catalog and {result.files} data files "
-        f"({result.bytes_copied} bytes), verified -> {result.directory}",
+        f"backed up the ledger at snapshot {result.snapshot_id}: the catalog and {result.files:,} data files "
+        f"({result.bytes_copied:,} bytes), verified -> {result.directory}",
         highlight=False,
         soft_wrap=True,
     )
@@ -300,7 +305,9 @@ def ingest(
     bootstrap_servers: Annotated[
         str | None, typer.Option("--bootstrap-servers", help="Kafka HOST:PORT[,...]. [env ROYALTY_BOOTSTRAP_SERVERS]")
     ] = None,
-    topic: Annotated[list[str] | None, typer.Option("--topic", help="Topic to ingest (repeatable).")] = None,
+    topic: Annotated[
+        list[str] | None, typer.Option("--topic", help="Topic to ingest (repeatable). [default: inference-events]")
+    ] = None,
     from_file: Annotated[
         list[str] | None, typer.Option("--from-file", help="Backfill from a JSON-lines file ('-': stdin; repeatable).")
     ] = None,
@@ -308,15 +315,20 @@ def ingest(
     data_path: DataPathOption = None,
     config: ConfigOption = None,
     group_id: Annotated[str | None, typer.Option("--group-id", help="Share partitions with other processes.")] = None,
-    asset: Annotated[str | None, typer.Option("--asset", help="The one accepted fee asset.")] = None,
-    batch_records_max: Annotated[int | None, typer.Option("--batch-records-max", help="Most messages a batch.")] = None,
+    asset: Annotated[str | None, typer.Option("--asset", help="The one accepted fee asset. [default: USDC]")] = None,
+    batch_records_max: Annotated[
+        int | None, typer.Option("--batch-records-max", help="Most messages a batch. [default: 50,000]")
+    ] = None,
     batch_bytes_max: Annotated[
-        int | None, typer.Option("--batch-bytes-max", help="Most bytes of messages a batch.")
+        int | None, typer.Option("--batch-bytes-max", help="Most bytes of messages a batch. [default: 67,108,864]")
     ] = None,
     batch_latency_ms_max: Annotated[
-        int | None, typer.Option("--batch-latency-ms-max", help="Longest a message waits for its batch.")
+        int | None,
+        typer.Option("--batch-latency-ms-max", help="Longest a message waits for its batch. [default: 1,000]"),
     ] = None,
-    metrics_port: Annotated[int | None, typer.Option("--metrics-port", help="Serve Prometheus metrics here.")] = None,
+    metrics_port: Annotated[
+        int | None, typer.Option("--metrics-port", help="Serve Prometheus metrics here. [default: none]")
+    ] = None,
     until_idle_s: Annotated[
         float | None, typer.Option("--until-idle-s", help="Stop after the source has been quiet this many seconds.")
     ] = None,
@@ -600,14 +612,35 @@ def _redacted_excepthook(kind: type[BaseException], value: BaseException, trace:
     sys.stderr.write(redact("".join(traceback.format_exception(kind, value, trace))))
 
 
+def _quiet_when_the_reader_left() -> None:
+    """`royalty proof | head`: once the reader of standard output has gone, what is left unwritten is dropped
+    instead of ending in "Exception ignored ... BrokenPipeError" at exit (click already stops a write that meets
+    the closed pipe, silently)."""
+    import os
+
+    try:
+        sys.stdout.flush()
+    except (BrokenPipeError, ValueError):
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+
+
 def main() -> None:
+    import atexit
+
+    atexit.register(_quiet_when_the_reader_left)
     configure_logging()
     try:
         app()
+    except SystemExit as exiting:
+        # typer (click) ends a command whose write met a closed pipe with exit 1 after wrapping the streams in its
+        # PacifyFlushWrapper; the reader having had enough (`| head`) is not a failure of the command.
+        if exiting.code == 1 and type(sys.stdout).__name__ == "PacifyFlushWrapper":
+            sys.exit(0)
+        raise
     except RoyaltyError as error:
         from ledger.redact import redact
 
-        stderr.print(f"[bold red]error:[/] {escape(redact(error))}", highlight=False, soft_wrap=True)
+        stderr.print(f"[bold red]error:[/] {escape(redact(with_lake(str(error))))}", highlight=False, soft_wrap=True)
         sys.exit(exit_code_of(error))
     except Exception as error:
         # A DuckDB error no command turned into a typed one (a read while the catalog is locked or down):
