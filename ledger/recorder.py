@@ -3,7 +3,8 @@
 Other packages (settlement, the CLI, the benchmarks) reach the ledger only through this module and
 `Ledger`: the SQL name of a registered table (`table`, as of a snapshot too), a query's rows as a polars
 frame (`frame`), the rows of a small table as of a snapshot (`rows_as_of`), the data files of a table as
-of a snapshot and those added between two snapshots (`files_as_of`, `files_added_after`), the current
+of a snapshot and those added between two snapshots (`files_as_of`, `files_added_after`), their rows with
+each row's own snapshot whether or not a compaction merged them (`scan_files`), the current
 snapshot, the first snapshot that inserted matching rows, and appending records of registered tables
 (`Ledger.append_records`). Only `ledger/` names the catalog's alias and schema (`lake.main`), joins
 DuckLake's internal `__ducklake_metadata_*` tables or calls its snapshot functions, so a DuckLake upgrade
