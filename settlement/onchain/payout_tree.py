@@ -22,12 +22,26 @@ from settlement.onchain.merkle import MerkleTree
 
 @dataclass(frozen=True)
 class EpochTree:
+    """An epoch's payout tree: the Merkle tree of its address leaves, with the ledger figures it commits to."""
+
     epoch: int
     closing_snapshot: int
     tree: MerkleTree
     ledger_digest: str
     unaddressed_units: int
     tree_snapshot: int | None  # None until written
+
+    @property
+    def root(self) -> bytes:
+        return self.tree.root
+
+    @property
+    def root_hex(self) -> str:
+        return self.tree.root_hex
+
+    @property
+    def total_amount_units(self) -> int:
+        return self.tree.total_amount_units
 
 
 def address_leaves(payables: pl.DataFrame) -> tuple[dict[str, int], int]:

@@ -19,7 +19,7 @@ from ledger.tables import register_table
 from schemas.arrow import timestamp_type
 from settlement.views import view_statements
 
-_s, _i, _t = pa.string(), pa.int64(), timestamp_type
+_string, _int64, _timestamp = pa.string(), pa.int64(), timestamp_type
 
 
 def _schema(*fields: tuple[str, pa.DataType, bool]) -> pa.Schema:
@@ -27,72 +27,72 @@ def _schema(*fields: tuple[str, pa.DataType, bool]) -> pa.Schema:
 
 
 root_schema = _schema(
-    ("epoch", _i, False),
-    ("closing_snapshot", _i, False),  # the epoch's closing ledger snapshot: the tree's input
-    ("root", _s, False),
-    ("total_units", _i, False),  # sum of the leaves: proposeRoot's totalCumulative
-    ("leaf_count", _i, False),
-    ("ledger_digest", _s, False),  # sha256 of the leaves and the snapshot, proposed with the root
-    ("unaddressed_units", _i, False),  # payables of contributor ids without a payout address yet
-    ("written_at", _t, False),
+    ("epoch", _int64, False),
+    ("closing_snapshot", _int64, False),  # the epoch's closing ledger snapshot: the tree's input
+    ("root", _string, False),
+    ("total_units", _int64, False),  # sum of the leaves: proposeRoot's totalCumulative
+    ("leaf_count", _int64, False),
+    ("ledger_digest", _string, False),  # sha256 of the leaves and the snapshot, proposed with the root
+    ("unaddressed_units", _int64, False),  # payables of contributor ids without a payout address yet
+    ("written_at", _timestamp, False),
 )
 
 proof_schema = _schema(
-    ("epoch", _i, False),
-    ("account", _s, False),
-    ("cumulative_units", _i, False),
-    ("tree_index", _i, False),
-    ("proof", pa.list_(_s), False),
+    ("epoch", _int64, False),
+    ("account", _string, False),
+    ("cumulative_units", _int64, False),
+    ("tree_index", _int64, False),
+    ("proof", pa.list_(_string), False),
 )
 
 intent_schema = _schema(
-    ("epoch", _i, False),
-    ("chain_id", _i, False),
-    ("contract", _s, False),
-    ("sender", _s, False),
-    ("nonce", _i, False),
-    ("tx_hash", _s, False),
-    ("root", _s, False),
-    ("prepared_at", _t, False),
+    ("epoch", _int64, False),
+    ("chain_id", _int64, False),
+    ("contract", _string, False),
+    ("sender", _string, False),
+    ("nonce", _int64, False),
+    ("tx_hash", _string, False),
+    ("root", _string, False),
+    ("prepared_at", _timestamp, False),
 )
 
 record_schema = _schema(
-    ("epoch", _i, False),
-    ("root", _s, False),
-    ("total_units", _i, False),
-    ("tx_hash", _s, False),
-    ("block_number", _i, False),
-    ("block_hash", _s, False),
-    ("chain_id", _i, False),
-    ("contract", _s, False),
-    ("closing_snapshot", _i, False),
-    ("tree_snapshot", _i, False),  # the ledger snapshot that wrote the tree and its proofs
-    ("outcome", _s, False),  # confirmed (this run sent it) | recovered (a rerun found it on-chain)
-    ("recorded_at", _t, False),
+    ("epoch", _int64, False),
+    ("root", _string, False),
+    ("total_units", _int64, False),
+    ("tx_hash", _string, False),
+    ("block_number", _int64, False),
+    ("block_hash", _string, False),
+    ("chain_id", _int64, False),
+    ("contract", _string, False),
+    ("closing_snapshot", _int64, False),
+    ("tree_snapshot", _int64, False),  # the ledger snapshot that wrote the tree and its proofs
+    ("outcome", _string, False),  # confirmed (this run sent it) | recovered (a rerun found it on-chain)
+    ("recorded_at", _timestamp, False),
 )
 
 claim_schema = _schema(
-    ("chain_id", _i, False),
-    ("contract", _s, False),
-    ("account", _s, False),
-    ("epoch", _i, False),  # the active root's epoch the claim proved against
-    ("amount_units", _i, False),  # paid by this claim
-    ("cumulative_units", _i, False),  # the account's claimed total after it: its leaf in that root
-    ("block_number", _i, False),
-    ("block_hash", _s, False),
-    ("tx_hash", _s, False),
-    ("log_index", _i, False),
-    ("synced_at", _t, False),
+    ("chain_id", _int64, False),
+    ("contract", _string, False),
+    ("account", _string, False),
+    ("epoch", _int64, False),  # the active root's epoch the claim proved against
+    ("amount_units", _int64, False),  # paid by this claim
+    ("cumulative_units", _int64, False),  # the account's claimed total after it: its leaf in that root
+    ("block_number", _int64, False),
+    ("block_hash", _string, False),
+    ("tx_hash", _string, False),
+    ("log_index", _int64, False),
+    ("synced_at", _timestamp, False),
 )
 
 claim_sync_schema = _schema(
-    ("chain_id", _i, False),
-    ("contract", _s, False),
-    ("from_block", _i, False),
-    ("to_block", _i, False),
-    ("to_block_hash", _s, False),  # checked by the next run: a deeper reorganisation stops it
-    ("claims", _i, False),
-    ("synced_at", _t, False),
+    ("chain_id", _int64, False),
+    ("contract", _string, False),
+    ("from_block", _int64, False),
+    ("to_block", _int64, False),
+    ("to_block_hash", _string, False),  # checked by the next run: a deeper reorganisation stops it
+    ("claims", _int64, False),
+    ("synced_at", _timestamp, False),
 )
 
 settle_tables: dict[str, tuple[pa.Schema, bool]] = {

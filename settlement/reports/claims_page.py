@@ -181,7 +181,7 @@ def recorded_trees(
     for row_epoch, _, _, root, _ in same:
         tree = read_stored_tree(ledger.connection, row_epoch)
         require(
-            tree is not None and tree.tree.root_hex == root,
+            tree is not None and tree.root_hex == root,
             f"epoch {row_epoch}: the stored tree gives the root recorded on-chain {root}",
         )
         trees.append(tree)

@@ -272,7 +272,7 @@ def _digest_and_root(ledger: Ledger, epoch: int, closing: int) -> tuple[str | No
     tree = build_epoch_tree(epoch, closing, payables)
     if tree is None:
         return None, None
-    return tree.ledger_digest, tree.tree.root_hex
+    return tree.ledger_digest, tree.root_hex
 
 
 # --- rendering -----------------------------------------------------------------------------------------------
