@@ -193,13 +193,16 @@ class MerkleTree:
 
     def dump(self) -> dict[str, Any]:
         """The tree in `@openzeppelin/merkle-tree`'s `dump()` format; amounts as decimal strings."""
+        bodies = self._checksummed_hex.decode("ascii")
         return {
             "format": DUMP_FORMAT,
             "leafEncoding": list(LEAF_ENCODING),
             "tree": _nodes_hex(self._tree_bytes),
             "values": [
-                {"value": [self.account_at(i), str(amount)], "treeIndex": self._tree_index(i)}
-                for i, amount in enumerate(self._amounts_units)
+                {"value": ["0x" + bodies[i * 40 : i * 40 + 40], str(amount)], "treeIndex": tree_index}
+                for i, (amount, tree_index) in enumerate(
+                    zip(self._amounts_units, self._tree_index_by_value, strict=True)
+                )
             ],
         }
 
