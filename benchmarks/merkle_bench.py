@@ -110,7 +110,7 @@ def bench_build(leaves_count: int, js_leaves_count: int, repeat: int) -> MerkleT
     accounts, amounts_units = make_leaves(leaves_count)
     tree, walls, cpus = time_python(accounts, amounts_units, repeat)
     print(
-        f"python  {leaves_count:>9,} leaves: build {min(walls):6.2f} s wall, {min(cpus):.2f} s CPU "
+        f"ours    {leaves_count:>9,} leaves: build {min(walls):6.2f} s wall, {min(cpus):.2f} s CPU "
         f"(runs: {', '.join(f'{w:.2f}' for w in walls)} s)"
     )
     time_outputs(tree)
@@ -120,12 +120,12 @@ def bench_build(leaves_count: int, js_leaves_count: int, repeat: int) -> MerkleT
     js_count = min(js_leaves_count, leaves_count)
     small, small_walls, _ = time_python(accounts[:js_count], amounts_units[:js_count], repeat)
     js = time_js(accounts[:js_count], amounts_units[:js_count])
-    assert js["root"] == small.root_hex, f"roots differ: JS {js['root']} vs Python {small.root_hex}"
+    assert js["root"] == small.root_hex, f"roots differ: JS {js['root']} vs ours {small.root_hex}"
     js_s = js["build_ms"] / 1000
     runs = ", ".join(f"{w:.2f}" for w in small_walls)
-    print(f"python  {js_count:>9,} leaves: build {min(small_walls):6.2f} s (runs: {runs} s)")
+    print(f"ours    {js_count:>9,} leaves: build {min(small_walls):6.2f} s (runs: {runs} s)")
     print(f"js (OZ) {js_count:>9,} leaves: build {js_s:6.2f} s  (StandardMerkleTree.of, same root)")
-    print(f"ratio at {js_count:,} leaves: JS / Python = {js_s / min(small_walls):.0f}x")
+    print(f"ratio at {js_count:,} leaves: JS / ours = {js_s / min(small_walls):.0f}x")
     if js_count < leaves_count:
         print(f"(JS not run at {leaves_count:,} leaves, it takes minutes; pass --js-leaves {leaves_count})")
     return tree
