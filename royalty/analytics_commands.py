@@ -42,8 +42,8 @@ def export(
     except RoyaltyError as error:
         _fail(error)
     stdout.print(
-        f"epoch {summary.epoch}: {summary.recipients} recipients ({summary.payable_micros:,} micros payable), "
-        f"{summary.postings} postings, {summary.statement_lines} statement lines -> {summary.directory}",
+        f"epoch {summary.epoch}: {summary.recipients:,} recipients ({summary.payable_micros:,} micros payable), "
+        f"{summary.postings:,} postings, {summary.statement_lines:,} statement lines -> {summary.directory}",
         highlight=False,
     )
 

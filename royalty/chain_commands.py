@@ -286,7 +286,9 @@ def settle_command(
     table.add_column("value")
     for name, value in summary.items():
         if name != "notes" and value is not None:
-            table.add_row(name, str(value))
+            # Amounts and counts with thousands separators; ids (epoch, block, chain, snapshot) as they are.
+            figure = name.endswith(("_units", "_count")) and str(value).isdigit()
+            table.add_row(name, f"{int(value):,}" if figure else str(value))
     stdout.print(table)
     for note in result.notes:
         stdout.print(note, highlight=False)
@@ -401,7 +403,7 @@ def claim(
     if output_json:
         _print_json(result)
     else:
-        stdout.print(f"claimed {paid_units} units for {found['account']} in tx {result['tx_hash']}", highlight=False)
+        stdout.print(f"claimed {paid_units:,} units for {found['account']} in tx {result['tx_hash']}", highlight=False)
 
 
 def sync_claims_command(

@@ -6,8 +6,9 @@ runs cli as `__main__`: importing these back from cli would execute it a second 
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, NoReturn
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn, TextIO
 
 import typer
 from rich.console import Console
@@ -18,8 +19,31 @@ if TYPE_CHECKING:
     from royalty.config import Settings
     from settlement.engine.authority import RegistryRules
 
-stdout = Console()
-stderr = Console(stderr=True)
+# On a pipe or in a file nothing reads the output as a screen: rich's 80 columns would wrap commands, paths and
+# figures (and split a hint someone copies), so lines are as long as they need and tables as wide.
+pipe_width = 10_000
+
+
+class _Console(Console):
+    def on_broken_pipe(self) -> None:
+        """`royalty proof | head`: the reader has had enough. Stop as rich does (the rest of the output to
+        /dev/null, no traceback), but with success: the command did its work."""
+        import os
+
+        self.quiet = True
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        raise SystemExit(0)
+
+
+def _console(stream: TextIO, to_stderr: bool) -> Console:
+    isatty = getattr(stream, "isatty", None)
+    width = None if isatty is not None and isatty() else pipe_width
+    # soft_wrap: a long line is never broken by rich, only by the terminal (copying it gives one line back).
+    return _Console(stderr=to_stderr, soft_wrap=True, width=width)
+
+
+stdout = _console(sys.stdout, False)
+stderr = _console(sys.stderr, True)
 
 # The prefix of the settings' environment variables (royalty.config's `env_prefix`, kept equal by a test).
 env_prefix = "ROYALTY_"
@@ -34,7 +58,9 @@ def load_settings(flags: dict[str, Any] | None = None, config_path: str | None =
 
 LakeOption = Annotated[
     str | None,
-    typer.Option("--lake", help="Ledger: a directory, or a PostgreSQL catalog URL. [env ROYALTY_LAKE]"),
+    typer.Option(
+        "--lake", help="Ledger: a directory, or a PostgreSQL catalog URL. [default: ./lake; env ROYALTY_LAKE]"
+    ),
 ]
 DataPathOption = Annotated[
     str | None,
@@ -75,8 +101,39 @@ def fail(error: Exception, exit_code: int | None = None) -> NoReturn:
     from ledger.redact import redact  # here, not at the top: `ledger` imports DuckDB, slow for `--help`
 
     # escaped: a message may quote brackets (`pip install -e '.[embedded]'`, a path) that rich would eat as markup
-    stderr.print(f"[bold red]error:[/] {escape(redact(error))}", highlight=False, soft_wrap=True)
+    stderr.print(f"[bold red]error:[/] {escape(redact(with_lake(str(error))))}", highlight=False, soft_wrap=True)
     raise typer.Exit(exit_code_of(error) if exit_code is None else exit_code)
+
+
+# The commands that read a ledger from --lake (tests/test_cli_output.py keeps this equal to the app's).
+lake_commands = frozenset(
+    {
+        "backup", "claim", "claims-page", "close-epoch", "compact", "export", "ingest", "migrate", "proof",
+        "report", "settle", "sql", "sync-claims", "sync-registry", "verify",
+    }
+)  # fmt: skip
+
+
+def with_lake(message: str, argv: list[str] | None = None) -> str:
+    """`message` with `--lake X` added to each `royalty <command>` hint it quotes, when this run was given
+    `--lake X` on its command line: the hint then works when copied (settings from the environment or a TOML
+    file apply to the hint as they are). A hint naming --lake already is left alone."""
+    import re
+    import shlex
+
+    argv = sys.argv[1:] if argv is None else argv
+    lake = next((argv[i + 1] for i, arg in enumerate(argv[:-1]) if arg == "--lake"), None)
+    lake = lake or next((arg.removeprefix("--lake=") for arg in argv if arg.startswith("--lake=")), None)
+    if lake is None:
+        return message
+
+    def add(match: re.Match[str]) -> str:
+        command, rest = match.group(1), match.group(2)
+        if command not in lake_commands or "--lake" in rest:
+            return match.group(0)
+        return f"`royalty {command} --lake {shlex.quote(lake)}{rest}`"
+
+    return re.sub(r"`royalty ([a-z-]+)([^`]*)`", add, message)
 
 
 def require_ledger(lake: str, data_path: str | None) -> None:

@@ -47,4 +47,4 @@ def render(table: "pa.Table", output_format: str, console: Console) -> None:
         for row in rows:
             view.add_row(*("NULL" if v is None else str(v) for v in row.values()))
         console.print(view)
-        console.print(f"{table.num_rows} row(s)", style="dim")
+        console.print(f"{table.num_rows:,} row(s)", style="dim")
