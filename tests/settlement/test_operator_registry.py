@@ -7,6 +7,8 @@ registry was ordered by the producer's `time`.
 """
 
 import json
+import os
+import subprocess
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -27,6 +29,7 @@ from settlement.engine.authority import (
     policy_type,
     position_columns,
 )
+from tests.conftest import royalty_command
 from tests.ledger.helpers import batch_of
 
 registry_source, attacker, gateway = "//registry.example", "//attacker.example", "//gateway.example"
@@ -336,3 +339,20 @@ def test_judgment_depends_on_arrival_only_and_accepts_only_the_owner(registry, r
     refused = {tuple(r[c] for c in position_columns) for r in judged.refused}
     accepted = pl.concat([judged.models.select(position_columns), judged.policies.select(position_columns)])
     assert refused.isdisjoint(set(accepted.iter_rows()))
+
+
+def test_royalty_close_epoch_applies_the_registry_settings(tmp_path: Path) -> None:
+    """The CLI reads `registry_sources` (here from the environment): a source listed for policies may set any
+    model's; without the setting, the same ledger refuses it (the other tests)."""
+    with Ledger.open(tmp_path / "l") as ledger:
+        feed = Feed(ledger)
+        feed.send([*legit_registry, _policy("gov-pol", attacker, "m", {"mallory": 1_000_000}, start + timedelta(1))])
+        feed.send(events)
+    environment = {**os.environ, "ROYALTY_REGISTRY_SOURCES": json.dumps({policy_type: [attacker]})}
+    result = subprocess.run(
+        royalty_command("close-epoch", "--lake", str(tmp_path / "l")),
+        capture_output=True, text=True, timeout=300, env=environment,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    with Ledger.open_read_only(tmp_path / "l") as reader:
+        assert _payouts(reader) == {"mallory": (4_000_000, mallory)}
