@@ -494,9 +494,11 @@ contract RoyaltyDistributor is AccessControlDefaultAdminRules, ReentrancyGuardTr
 
     /// @dev Transfers and checks that `account` received exactly `amount`.
     function _payOut(address account, uint256 amount) private {
+        // OpenZeppelin's transfer bubbles the token's revert reason up; Solady's balance reads skip the
+        // extcodesize check a high-level call makes.
         address paid = address(token);
         uint256 before = SafeTransferLib.balanceOf(paid, account);
-        SafeTransferLib.safeTransfer(paid, account, amount);
+        token.safeTransfer(account, amount);
         _requireDelivered(SafeTransferLib.balanceOf(paid, account) - before, amount);
     }
 

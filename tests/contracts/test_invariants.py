@@ -63,11 +63,16 @@ TIMELOCK_SECONDS = 10_000
 CLOCK_STEPS_S = [4_000, 12_000]  # sums are multiples of 4,000: never within 2,000 s of the timelock
 SETTLER_ROLE = Web3.keccak(text="SETTLER_ROLE")
 GUARDIAN_ROLE = Web3.keccak(text="GUARDIAN_ROLE")
+DEFAULT_ADMIN_ROLE = b"\x00" * 32
+# The admin's growth cap at deployment: below the largest proposal the machine draws (4 x 1,000,000), so
+# GrowthTooLarge is reached; the `set_growth_cap` rule moves it.
+GROWTH_CAP_UNITS = 3_000_000
 PAYEES = [to_checksum_address(f"0x{i:02x}" + "ab" * 19) for i in (0x11, 0x22, 0x33, 0x44)]
 GAS = 600_000  # sent with a fixed gas limit, so a reverting call is mined (and changes nothing)
-# Modest on a busy 2-core machine: 60 examples of up to 30 steps take 50-80 s here; CI's "ci" profile
-# derandomizes the same budget.
-MAX_EXAMPLES = 60
+# CI's depth: 30 examples of up to 30 steps (~30-40 s on a busy 2-core machine; CI's "ci" profile
+# derandomizes it); the nightly run takes NIGHTLY_EXAMPLES.
+MAX_EXAMPLES = 30
+NIGHTLY_EXAMPLES = 300
 STEPS_PER_EXAMPLE = 30
 
 
@@ -102,7 +107,9 @@ class Model:
 
     now: int = 0
     funded: int = 0
+    swept: int = 0
     total_claimed: int = 0
+    growth_cap: int = GROWTH_CAP_UNITS
     claimed: dict[str, int] = field(default_factory=lambda: dict.fromkeys(PAYEES, 0))
     active: Proposal | None = None  # the raw slots, as stored; effective() applies the clock
     pending: Proposal | None = None
@@ -119,6 +126,13 @@ class Model:
         slot = self.pending or self.active
         return slot.epoch if slot else 0
 
+    def latest_total(self) -> int:
+        slot = self.pending or self.active
+        return slot.total if slot else 0
+
+    def held(self) -> int:
+        return self.funded - self.total_claimed - self.swept
+
 
 class DistributorMachine(RuleBasedStateMachine):
     """Random sequences of funding, proposals, revocations, clock moves and claims, checked against `Model`."""
@@ -128,6 +142,7 @@ class DistributorMachine(RuleBasedStateMachine):
         self.node, self.d = node, d
         self.snapshot = node.rpc("evm_snapshot", [])
         self.model = Model()
+        self.latest_total_seen = 0
 
     def teardown(self) -> None:
         assert self.node.rpc("evm_revert", [self.snapshot]) is True
@@ -159,6 +174,45 @@ class DistributorMachine(RuleBasedStateMachine):
         self._send(self.d.token.functions.mint(self.d.distributor.address, units), self.d.admin)
         self.model.funded += units
 
+    @rule(units=st.integers(1, 5_000_000), sender_index=st.sampled_from([0, 0, 0, 1]))
+    def fund_from_treasury(self, units: int, sender_index: int) -> None:
+        """The settler pulls units from the treasury (the admin here, which approved them); no one else may."""
+        d = self.d
+        sender = [d.settler, d.settler, d.settler, d.outsider][sender_index]
+        self._send(d.token.functions.mint(d.admin, units), d.admin)
+        self._send(d.token.functions.approve(d.distributor.address, units), d.admin)
+        error = None if sender == d.settler else ("AccessControlUnauthorizedAccount", (sender, SETTLER_ROLE))
+        self._expect(d.distributor.functions.fund(units), sender, error)
+        if error is None:
+            self.model.funded += units
+
+    @rule(cap=st.sampled_from([0, 1_000_000, GROWTH_CAP_UNITS, 10**12]), sender_index=st.sampled_from([0, 0, 1, 2]))
+    def set_growth_cap(self, cap: int, sender_index: int) -> None:
+        """The admin (or another account) sets the most one proposal may add."""
+        d = self.d
+        sender = [d.admin, d.admin, d.settler, d.guardian][sender_index]
+        error = None if sender == d.admin else ("AccessControlUnauthorizedAccount", (sender, DEFAULT_ADMIN_ROLE))
+        self._expect(d.distributor.functions.setMaxEpochGrowthUnits(cap), sender, error)
+        if error is None:
+            self.model.growth_cap = cap
+
+    @rule(pick=st.integers(0, 10**6), sender_index=st.sampled_from([0, 0, 0, 1, 2]), over=st.booleans())
+    def sweep(self, pick: int, sender_index: int, over: bool) -> None:
+        """The admin (or another account) sweeps part of the surplus above what the latest root owes, or more."""
+        m, d = self.model, self.d
+        sender = [d.admin, d.admin, d.admin, d.settler, d.guardian][sender_index]
+        surplus = max(0, m.held() - (m.latest_total() - m.total_claimed))
+        amount = surplus + 1 + pick % 1_000 if over else pick % (surplus + 1)
+        if sender != d.admin:
+            error = ("AccessControlUnauthorizedAccount", (sender, DEFAULT_ADMIN_ROLE))
+        elif amount > surplus:
+            error = ("RoyaltyDistributorSweepExceedsSurplus", (amount, surplus))
+        else:
+            error = None
+        self._expect(d.distributor.functions.sweep(d.token.address, d.guardian, amount), sender, error)
+        if error is None:
+            m.swept += amount
+
     @rule(
         sender_index=st.sampled_from([0, 0, 0, 0, 0, 1, 2, 3]),
         epoch_step=st.sampled_from([1, 1, 1, 1, 1, 2, 0, -1]),
@@ -175,15 +229,20 @@ class DistributorMachine(RuleBasedStateMachine):
         amounts = [(active.amount(a) if active else 0) + inc for a, inc in zip(PAYEES, increments, strict=True)]
         tree = MerkleTree.build(PAYEES, amounts)
         total = max(0, sum(amounts) + total_delta)  # a negative delta declares less than the leaves (a bad tree)
-        balance = m.funded - m.total_claimed
+        balance = m.held()
+        latest_total = active.total if active else 0
         if sender != d.settler:
             error = ("AccessControlUnauthorizedAccount", (sender, SETTLER_ROLE))
         elif waiting is not None:
             error = ("RoyaltyDistributorRootPending", (waiting.epoch, waiting.active_at))
         elif epoch <= base:
             error = ("RoyaltyDistributorEpochNotIncreasing", (base, epoch))
-        elif total < m.total_claimed:
-            error = ("RoyaltyDistributorTotalBelowClaimed", (total, m.total_claimed))
+        elif tree.root in m.revoked:
+            error = ("RoyaltyDistributorRootWasRevoked", (tree.root,))
+        elif total < latest_total:
+            error = ("RoyaltyDistributorTotalDecreasing", (latest_total, total))
+        elif total - latest_total > m.growth_cap:
+            error = ("RoyaltyDistributorGrowthTooLarge", (total - latest_total, m.growth_cap))
         elif balance < total - m.total_claimed:
             error = ("RoyaltyDistributorUnderfunded", (total - m.total_claimed, balance))
         else:
@@ -289,15 +348,21 @@ class DistributorMachine(RuleBasedStateMachine):
             batch.add(d.token.functions.balanceOf(d.distributor.address))
             batch.add(functions.latestEpoch())
             batch.add(functions.activeRoot())
+            batch.add(functions.latestTotalCumulative())
             for account in PAYEES:
                 batch.add(functions.claimed(account))
             for account in PAYEES:
                 batch.add(d.token.functions.balanceOf(account))
-            total_claimed, held, latest_epoch, active_root, *per_account = batch.execute()
+            total_claimed, held, latest_epoch, active_root, latest_total, *per_account = batch.execute()
         claimed, balances = per_account[: len(PAYEES)], per_account[len(PAYEES) :]
         active, _ = m.effective()
         assert total_claimed == m.total_claimed == sum(balances) == sum(claimed)
-        assert total_claimed <= m.funded and held == m.funded - total_claimed
+        assert total_claimed + m.swept <= m.funded and held == m.held()
+        # The active (claimable) cumulative total never decreases; a waiting one is never below it.
+        active_total = active_root[2]
+        assert active_total == (active.total if active else 0) >= self.latest_total_seen
+        assert latest_total == m.latest_total() >= active_total
+        self.latest_total_seen = active_total
         for account, claimed_units in zip(PAYEES, claimed, strict=True):
             assert claimed_units == m.claimed[account] <= (active.amount(account) if active else 0)
         assert total_claimed <= (active.total if active else 0)
@@ -308,21 +373,36 @@ class DistributorMachine(RuleBasedStateMachine):
 @pytest.fixture(scope="module")
 def invariant_world(anvil: Anvil) -> Deployment:  # noqa: F811
     """One token and distributor (timelock 10,000 s) for every example; each example reverts to this state."""
-    return deploy(anvil.w3, TIMELOCK_SECONDS)
+    return deploy(anvil.w3, TIMELOCK_SECONDS, max_epoch_growth_units=GROWTH_CAP_UNITS)
+
+
+def _run_machine(node: Anvil, world: Deployment, examples: int) -> None:
+    outcomes.clear()
+    run_state_machine_as_test(
+        lambda: DistributorMachine(node, world),
+        settings=settings(max_examples=examples, stateful_step_count=STEPS_PER_EXAMPLE),
+    )
+
+
+@pytest.mark.nightly
+def test_distributor_invariants_hold_for_many_more_sequences(
+    anvil: Anvil,  # noqa: F811
+    invariant_world: Deployment,
+) -> None:
+    """The state machine below at the nightly depth."""
+    _run_machine(anvil, invariant_world, NIGHTLY_EXAMPLES)
 
 
 def test_distributor_invariants_hold_for_any_sequence_of_actions(
     anvil: Anvil,  # noqa: F811
     invariant_world: Deployment,
 ) -> None:
-    """Proves, for random sequences of fund / propose / revoke / advance time / claim (valid and invalid,
-    several accounts and epochs, any sender): every outcome is the model's, paid ≤ funded, claimed ≤ the
-    active cumulative amount, and only the settler proposes and only the guardian revokes."""
-    outcomes.clear()
-    run_state_machine_as_test(
-        lambda: DistributorMachine(anvil, invariant_world),
-        settings=settings(max_examples=MAX_EXAMPLES, stateful_step_count=STEPS_PER_EXAMPLE),
-    )
+    """Proves, for random sequences of fund (plain and from the treasury) / propose / revoke / advance time /
+    claim (valid and invalid, several accounts and epochs, any sender) / growth cap / sweep: every outcome is
+    the model's, paid + swept ≤ funded, claimed ≤ the active cumulative amount, cumulative totals never
+    decrease, only the settler proposes and funds, only the guardian revokes, only the admin sets the cap
+    and sweeps (and never below what the roots owe)."""
+    _run_machine(anvil, invariant_world, MAX_EXAMPLES)
     # The run really went through the paths the invariants are about (about 40 paying claims per run here).
     exercised = ["claim: ok", "proposeRoot: ok", "revokeRoot: ok", "claim: RoyaltyDistributorInvalidProof"]
     exercised += ["proposeRoot: AccessControlUnauthorizedAccount", "revokeRoot: AccessControlUnauthorizedAccount"]
