@@ -54,6 +54,8 @@ class ReportData:
     computed_root: str | None
     settlement: dict | None  # the settlement_root row (and its record's tx) when the epoch is settled
     generated_at: datetime = field(default_factory=lambda: datetime.now(UTC))
+    # Claims read back from the chain (`sync-claims`) against roots up to this epoch: claims, accounts, paid_micros.
+    claims_paid: dict | None = None
 
     @property
     def conserved(self) -> bool:
@@ -166,6 +168,7 @@ def gather(ledger: Ledger, epoch: int) -> ReportData:
         ledger_digest=digest,
         computed_root=root,
         settlement=_settlement_of(ledger, epoch),
+        claims_paid=_claims_paid(ledger, epoch),
     )
 
 
@@ -257,6 +260,19 @@ def _settlement_of(ledger: Ledger, epoch: int) -> dict | None:
         if records.height:
             settlement |= records.row(0, named=True)
     return settlement
+
+
+def _claims_paid(ledger: Ledger, epoch: int) -> dict | None:
+    """What the distributor paid out against this epoch's root and earlier ones, None before any claim sync."""
+    if not _table_exists(ledger, "settlement_claim"):
+        return None
+    return _frame(
+        ledger,
+        f"""SELECT count(*) AS claims, count(DISTINCT account) AS accounts,
+                   coalesce(sum(amount_units), 0)::BIGINT AS paid_micros
+            FROM {recorder.table("settlement_claim")} WHERE epoch <= ?""",
+        [epoch],
+    ).row(0, named=True)
 
 
 def _digest_and_root(ledger: Ledger, epoch: int, closing: int) -> tuple[str | None, str | None]:
@@ -384,13 +400,37 @@ def _svg_open(chart_id: str, title: str, width: int, height: int) -> str:
     )
 
 
+def _tick_label(micros: int) -> str:
+    """A round amount without trailing zeros: 2500000 micros -> '2.5'."""
+    whole, fraction = divmod(micros, micros_per_unit)
+    return f"{whole:,}" + (f".{fraction:06d}".rstrip("0") if fraction else "")
+
+
+def hash_html(value: str, ident: str = "") -> str:
+    """A hash in monospace, breakable every 16 hex digits (<wbr>: a copy still gives the hash whole)."""
+    text = str(value)
+    groups = [text[i : i + 16] for i in range(0, len(text), 16)]
+    ident = f' id="{ident}"' if ident else ""
+    return f'<code class="hash"{ident} title="{_e(text)}">' + "<wbr>".join(_e(g) for g in groups) + "</code>"
+
+
+def tick_step_micros(largest_micros: int, ticks_max: int = 5) -> int:
+    """A round step (1, 2 or 5 times a power of ten, in micros) giving at most `ticks_max` ticks above zero."""
+    step = 1
+    while True:
+        for factor in (1, 2, 5):
+            if largest_micros <= step * factor * ticks_max:
+                return step * factor
+        step *= 10
+
+
 def _axis_y(left: int, top_px: int, plot_h: int, largest: int, asset: str) -> str:
     parts = [f'<line x1="{left}" y1="{top_px}" x2="{left}" y2="{top_px + plot_h}" stroke="#888"/>']
-    for step in range(5):
-        value = largest * step // 4
+    step_micros = tick_step_micros(largest)
+    for value in range(0, largest + 1, step_micros):
         y = top_px + plot_h - _scaled(value, largest, plot_h)
         parts.append(f'<line x1="{left - 4}" y1="{y}" x2="{left}" y2="{y}" stroke="#888"/>')
-        parts.append(f'<text x="{left - 6}" y="{y + 4}" text-anchor="end" class="tick">{money(value)}</text>')
+        parts.append(f'<text x="{left - 6}" y="{y + 4}" text-anchor="end" class="tick">{_tick_label(value)}</text>')
     parts.append(
         f'<text x="12" y="{top_px + plot_h // 2}" class="tick" transform="rotate(-90 12 {top_px + plot_h // 2})" '
         f'text-anchor="middle">{_e(asset)}</text>'
@@ -420,6 +460,7 @@ td.num{text-align:right;font-variant-numeric:tabular-nums} .ok{color:#1a7f37;fon
 .bad{color:#c62828;font-weight:600} .muted{color:#666} .empty{color:#666;font-style:italic}
 code{font-size:.9em;word-break:break-all} svg .tick{font-size:11px;fill:#333} svg .legend{font-size:12px;fill:#222}
 .sign{margin-top:2em;padding:1em;border:1px dashed #999}
+code.hash{font-family:ui-monospace,Menlo,Consolas,monospace;word-break:normal}
 """
 
 
@@ -454,14 +495,19 @@ def render_html(data: ReportData) -> str:
     dead, dead_total = _dead_letters_table(data)
     conservation = _conservation(data)
     root = _settled_root(data) if data.settlement else _unsettled_root(data)
-    snapshots = f"{epoch['previous_snapshot'] + 1}..{epoch['closing_snapshot']}"
+    dates = data.fees_by_day_model["event_date"]
+    dated = (
+        f"events dated {_e(dates.min())} to {_e(dates.max())} ({dates.n_unique():,} days)"
+        if len(dates)
+        else "no metered events"
+    )
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8">
 <title>Settlement report, epoch {epoch["epoch"]}</title>
 <style>{_css}</style></head>
 <body>
 <h1>Settlement report — epoch {epoch["epoch"]}</h1>
-<p class="muted">ledger snapshots {snapshots}, closed {_e(epoch["closed_at"])};
+<p class="muted">{dated}, closed {_e(epoch["closed_at"])};
 amounts in {_e(asset)} (integer micros shown with six decimals);
 generated {_e(data.generated_at.isoformat(timespec="seconds"))}</p>
 <h2>Totals</h2>
@@ -473,6 +519,7 @@ generated {_e(data.generated_at.isoformat(timespec="seconds"))}</p>
 {fees_chart}
 <h2>Top payees</h2>
 {payees_chart}
+{_top_payees_table(data)}
 <h2>Lineage flows</h2>
 {flows_chart}
 <h2>Changes against the previous epoch</h2>
@@ -494,8 +541,6 @@ letters: {epoch["dead_letter_count"]:,}.</p>
 """
 
 
-
-
 def _figure_tables(data: ReportData) -> tuple[str, str]:
     """The epoch's figures (`settlement.engine.figures`), and the same against the previous epoch."""
     this_epoch, previous = data.epoch, data.previous or {}
@@ -511,8 +556,12 @@ def _figure_tables(data: ReportData) -> tuple[str, str]:
         table_id="totals",
     )
     changes = _table(
-        ["figure", f"epoch {this_epoch['epoch'] - 1}" if data.previous else "previous", f"epoch {this_epoch['epoch']}",
-         "change"],
+        [
+            "figure",
+            f"epoch {this_epoch['epoch'] - 1}" if data.previous else "previous",
+            f"epoch {this_epoch['epoch']}",
+            "change",
+        ],
         [
             [
                 name,
@@ -567,6 +616,26 @@ def _charts(data: ReportData) -> tuple[str, str, str]:
     return fees_chart, payees_chart, flows_chart
 
 
+def _top_payees_table(data: ReportData) -> str:
+    """The top payees with their payout address and share of the epoch's payable (parts per million, shown in %)."""
+    total = data.payable_total_micros
+    rows = []
+    for row in data.top_payees.iter_rows(named=True):
+        share_ppm = row["amount_micros"] * 1_000_000 // total if total > 0 else 0
+        address = row["payout_address"] or "none: held until one is registered"
+        rows.append(
+            [
+                row["recipient"],
+                address,
+                money(row["amount_micros"]),
+                f"{share_ppm // 10_000}.{share_ppm % 10_000:04d} %",
+            ]
+        )
+    return _table(
+        ["recipient", "payout address", f"payable ({data.asset})", "share of payable"], rows, 2, "top-payees-table"
+    )
+
+
 def _dead_letters_table(data: ReportData) -> tuple[str, int]:
     """The dead letters by reason code, with their total."""
     dead_total = int(data.dead_letters["messages"].sum() or 0)
@@ -587,30 +656,49 @@ def _settled_root(data: ReportData) -> str:
     """The stored root, its proposal and digest; a warning when the payables now give another digest."""
     settled = data.settlement or {}
     tx = (
-        f"; proposed in tx <code>{_e(settled['tx_hash'])}</code> (block {settled['block_number']})"
+        f"; proposed in tx {hash_html(settled['tx_hash'])} (block {settled['block_number']:,})"
         if "tx_hash" in settled
         else ""
     )
+    chain = (
+        f'<p>chain id <strong id="chain-id">{settled["chain_id"]}</strong>, distributor '
+        f"{hash_html(settled['contract'], 'distributor')}</p>"
+        if settled.get("contract")
+        else ""
+    )
     root = (
-        f'<p>root <code id="root">{_e(settled["root"])}</code> over {settled["leaf_count"]:,} leaves, total '
+        f"{chain}<p>root {hash_html(settled['root'], 'root')} over {settled['leaf_count']:,} leaves, total "
         f"{money(settled['total_units'])} {_e(data.asset)}{tx}.</p>"
-        f'<p>ledger digest <code id="ledger-digest">{_e(settled["ledger_digest"])}</code></p>'
+        f"<p>ledger digest {hash_html(settled['ledger_digest'], 'ledger-digest')}</p>{_claims_line(data)}"
     )
     if data.ledger_digest and data.ledger_digest != settled["ledger_digest"]:
         root += (
-            f'<p class="bad">the payables now give digest <code>{_e(data.ledger_digest)}</code>, '
-            "not the stored one</p>"
+            f'<p class="bad">the payables now give digest <code>{_e(data.ledger_digest)}</code>, not the stored one</p>'
         )
     return root
 
 
+def _claims_line(data: ReportData) -> str:
+    claims = data.claims_paid
+    if not claims:
+        return '<p id="claims-paid">claims paid: none read back yet (`royalty sync-claims` reads them)</p>'
+    return (
+        f'<p id="claims-paid">claims paid (read back from the chain): {claims["claims"]:,} claims by '
+        f"{claims['accounts']:,} accounts, {money(claims['paid_micros'])} {_e(data.asset)}</p>"
+    )
+
+
 def _unsettled_root(data: ReportData) -> str:
     """The digest and root `royalty settle` would propose from the payables as they are."""
+    digest = (
+        hash_html(data.ledger_digest, "ledger-digest")
+        if data.ledger_digest
+        else '<code id="ledger-digest">none: no address is owed</code>'
+    )
+    root = f" and root {hash_html(data.computed_root)}" if data.computed_root else ""
     return (
         '<p><strong id="root">not settled yet</strong>: no root has been written for this epoch.</p>'
-        f'<p>ledger digest <code id="ledger-digest">{_e(data.ledger_digest or "none: no address is owed")}</code>'
-        f"{f' and root <code>{_e(data.computed_root)}</code>' if data.computed_root else ''}, as `royalty settle` "
-        "will propose them from these payables.</p>"
+        f"<p>ledger digest {digest}{root}, as `royalty settle` will propose them from these payables.</p>"
     )
 
 

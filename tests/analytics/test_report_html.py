@@ -1,5 +1,6 @@
 """`royalty report`: the self-contained settlement page, rendered in headless Chromium and checked for figures."""
 
+import itertools
 import os
 import re
 import shutil
@@ -13,7 +14,7 @@ from ingest.service import IngestService
 from ingest.sources import FileSource
 from ledger import Ledger
 from settlement import close_epoch
-from settlement.reports.html import gather, money, render_html
+from settlement.reports.html import gather, money, render_html, tick_step_micros
 from tests.analytics.conftest import build_settled_ledger, record_settlement
 from tests.conftest import royalty_command
 
@@ -89,12 +90,45 @@ def test_report_of_a_settled_epoch_shows_its_root_and_ledger_digest(tmp_path: Pa
         tree = record_settlement(ledger, 2)
     with Ledger.open_read_only(lake) as ledger:
         page = render_html(gather(ledger, 2))
+    before, page = before.replace("<wbr>", ""), page.replace("<wbr>", "")  # hashes break every 16 digits
     assert "not settled yet" in before
-    assert f"root <code>{tree.tree.root_hex}</code>" in before  # the root settle will propose, computed ahead
-    assert f'<code id="root">{tree.tree.root_hex}</code>' in page
-    assert f'<code id="ledger-digest">{tree.ledger_digest}</code>' in page
+    assert f'root <code class="hash" title="{tree.root_hex}">{tree.root_hex}</code>' in before  # computed ahead
+    assert f'<code class="hash" id="root" title="{tree.root_hex}">{tree.root_hex}</code>' in page
+    assert f'id="ledger-digest" title="{tree.ledger_digest}">{tree.ledger_digest}</code>' in page
     assert "not settled yet" not in page and 'class="bad"' not in page
     assert "0x" + "ab" * 32 in page
+    # Issue 21: the chain and distributor, the claims paid (epoch 1's two claimants, read back).
+    assert 'chain id <strong id="chain-id">31337</strong>' in page and f'id="distributor" title="0x{"12" * 20}"' in page
+    assert re.search(
+        r'id="claims-paid">claims paid \(read back from the chain\): 2 claims by 2 accounts, [\d,]+\.\d{6}', page
+    )
+
+
+def test_report_shows_payout_addresses_shares_the_event_dates_and_round_ticks(settled_lake: Path) -> None:
+    """Issue 21: who is paid where and what share, which days the events are from, and readable axis ticks."""
+    with Ledger.open_read_only(settled_lake) as ledger:
+        data = gather(ledger, 1)
+    page = render_html(data)
+    payees = re.search(r'<table id="top-payees-table">.*?</table>', page, re.DOTALL).group(0)
+    top = data.top_payees.row(0, named=True)
+    share_ppm = top["amount_micros"] * 1_000_000 // data.payable_total_micros
+    assert f"<td>{top['recipient']}</td><td>{top['payout_address']}</td>" in payees
+    assert f"{share_ppm // 10_000}.{share_ppm % 10_000:04d} %" in payees
+    dates = data.fees_by_day_model["event_date"]
+    assert f"events dated {dates.min()} to {dates.max()} ({dates.n_unique():,} days)" in page
+    assert "ledger snapshots" not in page.split("<h2>")[0]  # the header names dates, not snapshot numbers
+    ticks = re.findall(r'text-anchor="end" class="tick">([\d,.]+)</text>', page.split('id="fees-by-day-model"')[1])
+    steps = {round(float(b.replace(",", "")) - float(a.replace(",", "")), 6) for a, b in itertools.pairwise(ticks)}
+    assert len(steps) == 1 and ticks[0] == "0"
+    mantissa = f"{steps.pop():e}".split("e")[0].rstrip("0").rstrip(".")
+    assert mantissa in {"1", "2", "5"}
+
+
+@pytest.mark.parametrize(
+    ("largest_micros", "step_micros"), [(1, 1), (7, 2), (1_000_000, 200_000), (4_321_000_000, 1_000_000_000)]
+)
+def test_tick_steps_are_round(largest_micros: int, step_micros: int) -> None:
+    assert tick_step_micros(largest_micros) == step_micros
 
 
 def test_report_of_an_unclosed_epoch_fails_clearly(settled_lake: Path, tmp_path: Path) -> None:
