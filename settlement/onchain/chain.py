@@ -376,8 +376,9 @@ admin_delay_seconds_default = 3 * 86_400
 timelock_seconds_min = 3_600
 growth_units_unlimited = 2**128 - 1
 zero_address = "0x" + "00" * 20
-# The units sent to the new distributor to check that a transfer delivers what it says (sweepable surplus).
-token_probe_units = 1
+# The most units sent to the new distributor to check that a transfer delivers what it says (one token at 6
+# decimals: enough for a percentage fee to show; a sweepable surplus).
+token_probe_units = 1_000_000
 
 
 @dataclass(frozen=True)
@@ -533,20 +534,21 @@ def _check_decimals(token: Contract) -> None:
 
 
 def probe_transfer(chain: Chain, token: Contract, to: str) -> bool:
-    """Send `token_probe_units` from the sender to `to` and check they arrive; False if the sender holds none.
+    """Send up to `token_probe_units` from the sender to `to` and check they arrive; False if the sender holds none.
 
     Raises `ChainConfigError` for a token whose transfer delivers another amount (a fee-on-transfer or
     rebasing token), which would break the distributor's accounting.
     """
-    if token.functions.balanceOf(chain.sender).call() < token_probe_units:
+    probe_units = min(token_probe_units, token.functions.balanceOf(chain.sender).call())
+    if probe_units == 0:
         log.warning("token transfer not probed: the deployer holds none", extra={"token": token.address})
         return False
     before = token.functions.balanceOf(to).call()
-    transact(chain, token.functions.transfer(to, token_probe_units), "probe a token transfer")
+    transact(chain, token.functions.transfer(to, probe_units), "probe a token transfer")
     received = token.functions.balanceOf(to).call() - before
-    if received != token_probe_units:
+    if received != probe_units:
         raise ChainConfigError(
-            f"token `{token.address}`: a transfer of {token_probe_units} unit(s) delivered {received}; a "
+            f"token `{token.address}`: a transfer of {probe_units} unit(s) delivered {received}; a "
             "fee-on-transfer or rebasing token breaks the distributor's accounting: pay with a plain ERC-20",
             "token",
         )

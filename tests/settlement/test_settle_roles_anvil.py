@@ -14,6 +14,7 @@ import pytest
 
 from royalty.cli import app
 from settlement.onchain.chain import connect, distributor_contract, token_contract
+from settlement.onchain.contract_artifacts import load_artifact
 from tests.support.anvil import Anvil, anvil  # noqa: F401 - anvil is a fixture
 from tests.support.settle_runs import (
     CLAIMER_KEY,
@@ -156,6 +157,25 @@ def test_claim_never_signs_with_the_settler_key(anvil: Anvil, tmp_path: Path) ->
     )  # fmt: skip
     assert result.exit_code == 2 and "set ROYALTY_CLAIMER_KEY" in result.output
     assert "never" in result.output and "settler" in result.output
+
+
+def test_deploy_refuses_a_fee_on_transfer_token(anvil: Anvil) -> None:  # noqa: F811
+    """The attack: a 1% fee token made `claimed` exceed what arrived. `deploy --token` probes a transfer from
+    the deployer to the new distributor and exits 2 naming what was sent and what arrived."""
+    w3 = anvil.w3
+    build = load_artifact("FeeToken")
+    receipt = w3.eth.wait_for_transaction_receipt(
+        w3.eth.contract(abi=build.abi, bytecode=build.bytecode).constructor().transact({"from": w3.eth.accounts[0]})
+    )
+    fee_token = w3.eth.contract(address=receipt["contractAddress"], abi=build.abi)
+    settler = w3.eth.account.from_key(SETTLER_KEY).address
+    w3.eth.wait_for_transaction_receipt(fee_token.functions.mint(settler, 5_000_000).transact({"from": settler}))
+    result = _invoke(
+        "deploy", "--rpc-url", anvil.url, "--timelock-seconds", "0", "--token", fee_token.address,
+        env={"ROYALTY_SETTLER_KEY": SETTLER_KEY},
+    )  # fmt: skip
+    assert result.exit_code == 2, result.output
+    assert "a transfer of 1000000 unit(s) delivered 990000" in result.output and "fee-on-transfer" in result.output
 
 
 @pytest.fixture(autouse=True)
