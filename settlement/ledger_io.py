@@ -54,10 +54,13 @@ def _with_columns_of(frame: pl.DataFrame, schema: pa.Schema) -> pl.DataFrame:
     return frame.with_columns(pl.lit(None, dtype=empty.schema[f.name]).alias(f.name) for f in missing)  # type: ignore[union-attr]
 
 
-def read_prior(connection: duckdb.DuckDBPyConnection) -> PriorState:
-    """The settlement state the ledger holds now."""
+def read_prior(connection: duckdb.DuckDBPyConnection, before_epoch: int | None = None) -> PriorState:
+    """The settlement state the ledger holds now, or (`before_epoch`) as the epochs before that one left it."""
+    upto = "" if before_epoch is None else f" WHERE epoch < {int(before_epoch)}"
     closings = dict(
-        connection.execute(f"SELECT epoch, closing_snapshot FROM {recorder.table('settlement_epoch')}").fetchall()
+        connection.execute(
+            f"SELECT epoch, closing_snapshot FROM {recorder.table('settlement_epoch')}{upto}"
+        ).fetchall()
     )
     if not closings:
         return PriorState()
@@ -68,27 +71,28 @@ def read_prior(connection: duckdb.DuckDBPyConnection) -> PriorState:
         connection,
         f"""SELECT i.event_id, i.source, i.event_time, i.model_id, i.payer, i.compute_provider, i.fee_micros,
                    i.epoch
-            FROM {items} i
-            ANTI JOIN {releases} r ON r.source = i.source AND r.event_id = i.event_id""",
+            FROM (SELECT * FROM {items}{upto}) i
+            ANTI JOIN (SELECT * FROM {releases}{upto}) r ON r.source = i.source AND r.event_id = i.event_id""",
     ).cast(held_schema)  # type: ignore[arg-type]
     reversals = _with_sources(connection, "settlement_reversal", "original_event_id", "original_source")
     reversed_ids = {
         key_of(source, event_id)
         for source, event_id in connection.execute(
             f"SELECT original_source, original_event_id FROM {reversals} WHERE outcome <> '{rev.dead_letter}'"
+            + upto.replace("WHERE", "AND")
         ).fetchall()
     }
     released = {
         key_of(source, event_id): epoch
         for source, event_id, epoch in connection.execute(
-            f"SELECT source, event_id, epoch FROM {releases} WHERE outcome = 'split'"
+            f"SELECT source, event_id, epoch FROM {releases} WHERE outcome = 'split'" + upto.replace("WHERE", "AND")
         ).fetchall()
     }
     payables = recorder.frame(
         connection,
         f"""SELECT recipient, arg_max(earned_micros, epoch) AS earned_micros,
                    arg_max(cumulative_micros, epoch) AS cumulative_micros
-            FROM {recorder.table("settlement_payable")} GROUP BY recipient ORDER BY recipient""",
+            FROM {recorder.table("settlement_payable")}{upto} GROUP BY recipient ORDER BY recipient""",
     )
     return PriorState(last, closings[last], closings, held, reversed_ids, released, payables)
 

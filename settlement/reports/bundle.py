@@ -1,0 +1,305 @@
+"""An epoch's bundle: the inputs of its payout tree as Parquet, and a manifest (docs/spec/settlement-v1.md).
+
+`publish_epoch` re-reads the closed epoch's inputs with the settlement's own readers (`settlement.ledger_io`:
+the state the earlier epochs left, the registry in force, the epoch's events and reversals), plans the epoch
+again with the engine, and refuses unless that plan gives exactly the payables the epoch wrote. It then writes
+what the spec's rules take as inputs, aggregated (no payer, event or request id): the allocation groups per
+hour, the pools and policies in force, the reversals and suspense movements, the recipients' state before the
+epoch, the previous and the new cumulative leaves. `settlement.reports.audit` recomputes the leaves and the
+root from these files alone, with its own SQL.
+"""
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import duckdb
+import polars as pl
+
+from ledger import recorder
+from ledger.attach import closing_snapshot
+from ledger.ledger import Ledger
+from schemas.errors import require
+from settlement import chain_registry
+from settlement.engine import reversals as rev
+from settlement.engine.authority import RegistryRules
+from settlement.engine.constants import amount_micros_max
+from settlement.engine.epochs import EpochInputs, PriorState, _merge_resolutions, plan_epoch
+from settlement.engine.policies import Resolution, resolve
+from settlement.engine.splits import event_columns, event_key, key_separator, route
+from settlement.exceptions import SettlementError
+from settlement.ledger_io import read_inputs, read_prior, read_registry
+from settlement.onchain.merkle import MerkleTree
+from settlement.onchain.payout_tree import address_leaves, ledger_digest
+from settlement.onchain.settle import read_stored_tree
+
+rules_version = "settlement-v1"
+manifest_name = "manifest.json"
+# The files of a bundle, in the order the audit checks them.
+bundle_files = (
+    "groups.parquet",
+    "pools.parquet",
+    "pool_shares.parquet",
+    "policies.parquet",
+    "reversals.parquet",
+    "suspense.parquet",
+    "prior_recipients.parquet",
+    "prior_leaves.parquet",
+    "payables.parquet",
+    "leaves.parquet",
+)
+_hour = pl.Datetime("us", "UTC")
+
+
+class BundleError(SettlementError):
+    """The ledger's epoch cannot be published as it was closed."""
+
+
+@dataclass(frozen=True)
+class PublishSummary:
+    epoch: int
+    directory: str
+    groups: int
+    leaves: int
+    root: str | None
+    manifest_sha256: str
+
+
+def publish_epoch(ledger: Ledger, epoch: int, directory: Path, rules: RegistryRules | None = None) -> PublishSummary:
+    """Write epoch `epoch`'s bundle into `directory` (created; files there of the same names replaced)."""
+    rules = rules or RegistryRules()
+    connection = ledger.connection
+    closing = closing_snapshot(ledger, epoch)  # raises when the epoch is not closed
+    prior = read_prior(connection, before_epoch=epoch)
+    require(prior.epoch == epoch - 1, f"epochs before {epoch} are all closed")
+    inputs, registry_block = _epoch_inputs(connection, prior, closing, rules)
+    plan = plan_epoch(inputs, prior)
+    stored = recorder.frame(
+        connection,
+        f"SELECT * FROM {recorder.table('settlement_payable')} WHERE epoch <= ? ORDER BY epoch, recipient",
+        [epoch],
+    )
+    payables = stored.filter(pl.col("epoch") == epoch).drop("epoch")
+    compared = ["recipient", "credited_micros", "amount_micros", "cumulative_micros", "payout_address"]
+    if not plan.payables.select(compared).equals(payables.select(compared)):
+        raise BundleError(
+            f"epoch {epoch} does not recompute from the ledger to the payables it wrote: publish with the registry "
+            "settings (registry_sources, reversal_sources, policy_notice_s) the epoch was closed with"
+        )
+    frames = _frames(inputs, prior, plan, stored, epoch)
+    leaves, unaddressed_units = address_leaves(stored)
+    tree = MerkleTree.from_amounts(leaves) if leaves else None
+    settled = read_stored_tree(connection, epoch)
+    if settled is not None and (tree is None or settled.root_hex != tree.root_hex):
+        raise BundleError(f"epoch {epoch}: the payables give another root than the one settled ({settled.root_hex})")
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    files = {}
+    for name in bundle_files:
+        frame = frames[name]
+        frame.write_parquet(directory / name, compression="zstd", statistics=False)
+        files[name] = {"sha256": _sha256(directory / name), "rows": frame.height}
+    manifest = {
+        "rules_version": rules_version,
+        "epoch": epoch,
+        "previous_snapshot": prior.closing_snapshot,
+        "closing_snapshot": closing,
+        "registry": registry_block,
+        "files": files,
+        "root": tree.root_hex if tree else None,
+        "leaf_count": len(leaves),
+        "total_units": sum(leaves.values()),
+        "unaddressed_units": unaddressed_units,
+        "ledger_digest": ledger_digest(epoch, closing, leaves),
+    }
+    body = (json.dumps(manifest, indent=1, sort_keys=True) + "\n").encode()
+    (directory / manifest_name).write_bytes(body)
+    return PublishSummary(
+        epoch, str(directory), frames["groups.parquet"].height, len(leaves), manifest["root"],
+        hashlib.sha256(body).hexdigest(),
+    )
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _epoch_inputs(
+    connection: duckdb.DuckDBPyConnection, prior: PriorState, closing: int, rules: RegistryRules
+) -> tuple[EpochInputs, dict | None]:
+    """The epoch's inputs as `close_epoch` read them: the operator registry judged by `rules`, or (an epoch
+    closed in on-chain mode) the registry contract's state as of the block the epoch recorded."""
+    epoch = prior.epoch + 1
+    row = None
+    if chain_registry.epoch_registry_table in recorder.existing_tables(connection):
+        row = connection.execute(
+            f"SELECT chain_id, contract, block_number, block_hash FROM "
+            f"{recorder.table(chain_registry.epoch_registry_table)} WHERE epoch = ?",
+            [epoch],
+        ).fetchone()
+    if row is None:
+        registry = read_registry(connection, prior, closing, rules)
+        return read_inputs(connection, prior, closing, registry, rules.reversal_sources), None
+    source = chain_registry.RegistrySource(int(row[0]), str(row[1]))
+    records = chain_registry.registry_records(chain_registry.registry_events(connection, source, int(row[2])))
+    from settlement.engine.authority import Judgment
+
+    judgment = Judgment(records.models, records.policies, records.addresses, [], [])
+    inputs = read_inputs(connection, prior, closing, judgment, rules.reversal_sources)
+    providers = inputs.new_events.select(pl.col("compute_provider").unique()).collect()["compute_provider"]
+    accounts = [*providers.to_list(), *prior.held["compute_provider"].to_list()]
+    addresses = chain_registry.with_own_addresses(inputs.addresses, accounts)
+    inputs = EpochInputs(**{**inputs.__dict__, "addresses": addresses})
+    block = {"chain_id": int(row[0]), "contract": str(row[1]), "block_number": int(row[2]), "block_hash": str(row[3])}
+    return inputs, block
+
+
+def _hourly(events: pl.LazyFrame, resolution: Resolution, kind: str) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """The engine's routing (`splits.route`) per hour: the hour rides in the provider key, which routing never
+    reads; the groups come back with `hour` apart, and the events whose route is incomplete."""
+    hour_text = pl.col("event_time").dt.truncate("1h").dt.strftime("%Y-%m-%dT%H:%M:%S%.6fZ")
+    keyed = events.with_columns(compute_provider=pl.concat_str("compute_provider", hour_text, separator=key_separator))
+    routed = route(keyed, resolution)
+    parts = pl.col("compute_provider").str.split_exact(key_separator, 1)
+    groups = routed.groups.with_columns(
+        kind=pl.lit(kind),
+        compute_provider=parts.struct.field("field_0"),
+        hour=parts.struct.field("field_1").str.to_datetime("%Y-%m-%dT%H:%M:%S%.6fZ", time_zone="UTC"),
+    )
+    incomplete = routed.incomplete.with_columns(
+        compute_provider=pl.col("compute_provider").str.split(key_separator).list.first()
+    )
+    return groups, incomplete
+
+
+def _groups(inputs: EpochInputs, prior: PriorState, reversals: pl.DataFrame) -> dict[str, pl.DataFrame]:
+    """The allocation groups (new, released and taken-back fees), the suspense moves and the resolutions used:
+    the routing of `epochs._route`, per hour."""
+    closing = inputs.closing_snapshot
+    valid = reversals.filter(pl.col("outcome") != rev.dead_letter)
+    cancelled = valid.filter(pl.col("outcome") == rev.cancelled).select(
+        event_key("original_source", "original_event_id")
+    )["event_key"].implode()
+    resolutions = {closing: resolve(inputs.models, inputs.policies, closing)}
+    new, suspended = _hourly(inputs.new_events.filter(~event_key().is_in(cancelled)), resolutions[closing], "new")
+    held = prior.held.filter(~event_key().is_in(cancelled))
+    released_groups, still = _hourly(held.select(event_columns).lazy(), resolutions[closing], "released")
+    still_keys = still.select(event_key())["event_key"].implode()
+    parts = [new, released_groups]
+    taken = valid.filter(pl.col("outcome") == rev.taken_back)
+    for snapshot in sorted(set(taken["settled_snapshot"].to_list())):
+        resolutions.setdefault(snapshot, resolve(inputs.models, inputs.policies, snapshot))
+        rows = taken.filter(pl.col("settled_snapshot") == snapshot).select(event_columns).lazy()
+        parts.append(_hourly(rows, resolutions[snapshot], "reversal")[0])
+    groups = pl.concat(parts).select(
+        "kind", "model_id", "pool_id", "compute_provider", "compute_share_ppm", "hour", "events", "fee_micros"
+    )
+    moves = {
+        "carried_in": prior.held,
+        "suspended": suspended,
+        "released": held.filter(~event_key().is_in(still_keys)),
+        "cancelled": prior.held.filter(event_key().is_in(cancelled)),
+    }
+    return {"groups": groups, **moves, "resolution": _merge_resolutions(list(resolutions.values()))}
+
+
+def _reachable(resolution: Resolution, pools: set[str]) -> set[str]:
+    edges = resolution.pool_shares.filter(pl.col("target_pool_id").is_not_null())
+    targets: dict[str, set[str]] = {}
+    for pool_id, target in edges.select("pool_id", "target_pool_id").iter_rows():
+        targets.setdefault(pool_id, set()).add(target)
+    seen, stack = set(pools), list(pools)
+    while stack:
+        for target in targets.get(stack.pop(), ()):
+            if target not in seen:
+                seen.add(target)
+                stack.append(target)
+    return seen
+
+
+def _int64(frame: pl.DataFrame, columns: list[str]) -> pl.DataFrame:
+    for column in columns:
+        largest = frame[column].cast(pl.Int128).abs().max() if frame.height else 0
+        require(int(largest or 0) <= amount_micros_max, f"{column} fits a Parquet int64")
+    return frame.with_columns(pl.col(columns).cast(pl.Int64))
+
+
+def _frames(
+    inputs: EpochInputs, prior: PriorState, plan, stored: pl.DataFrame, epoch: int
+) -> dict[str, pl.DataFrame]:
+    routed = _groups(inputs, prior, plan.reversals)
+    groups = routed["groups"].sort("kind", "model_id", "pool_id", "compute_provider", "hour")
+    groups = _int64(groups, ["fee_micros"])
+    resolution: Resolution = routed["resolution"]
+    used = _reachable(resolution, set(groups["pool_id"].to_list()))
+    pools = resolution.pools.filter(pl.col("pool_id").is_in(list(used))).sort("pool_id")
+    shares = resolution.pool_shares.filter(pl.col("pool_id").is_in(list(used))).sort("pool_id", "recipient")
+    policies = (
+        inputs.policies.filter(pl.col("event_id").is_in(pools["policy_id"].to_list()))
+        .unique("event_id")
+        .select(
+            pl.col("event_id").alias("policy_id"), "model_id", "effective_from", "compute_share_ppm",
+            pl.col("shares").list.eval(pl.element().sort_by(pl.element().struct.field("recipient"))),
+        )
+        .sort("policy_id")
+    )
+    moves = [
+        routed[name].group_by("model_id").agg(pl.len().cast(pl.Int64).alias("events"), pl.col("fee_micros").sum())
+        .with_columns(movement=pl.lit(name))
+        for name in ("carried_in", "suspended", "released", "cancelled")
+    ]
+    suspense = pl.concat([m.select("movement", "model_id", "events", "fee_micros") for m in moves])
+    out = (
+        pl.concat([m.select("model_id", "events", "fee_micros") for m in (moves[0], moves[1])])
+        .vstack(pl.concat([m.select("model_id", "events", "fee_micros") for m in (moves[2], moves[3])])
+                .with_columns(-pl.col("events"), -pl.col("fee_micros")))
+        .group_by("model_id").agg(pl.col("events").sum(), pl.col("fee_micros").sum())
+        .filter(pl.col("events") != 0).with_columns(movement=pl.lit("carried_out"))
+    )
+    suspense = _int64(pl.concat([suspense, out.select(suspense.columns)]).sort("movement", "model_id"), ["fee_micros"])
+    reversals = (
+        plan.reversals.group_by("outcome", "model_id")
+        .agg(pl.len().cast(pl.Int64).alias("events"), pl.col("fee_micros").sum())
+        .sort("outcome", "model_id", nulls_last=True)
+    )
+    before = stored.filter(pl.col("epoch") < epoch)
+    prior_leaves, _ = address_leaves(before)
+    pending = (
+        before.sort("recipient", "epoch")
+        .with_columns(later=pl.col("payout_address").fill_null(strategy="backward").over("recipient"))
+        .filter(pl.col("later").is_null())
+        .group_by("recipient").agg(pl.col("amount_micros").sum().alias("unaddressed_micros"))
+    )
+    prior_recipients = (
+        prior.payables.join(pending, on="recipient", how="left")
+        .with_columns(pl.col("unaddressed_micros").fill_null(0))
+        .sort("recipient")
+    )
+    leaves, _ = address_leaves(stored)
+    payables = stored.filter(pl.col("epoch") == epoch).select(
+        "recipient", "credited_micros", "amount_micros", "earned_micros", "cumulative_micros", "receivable_micros",
+        "payout_address",
+    )
+    return {
+        "groups.parquet": groups,
+        "pools.parquet": pools,
+        "pool_shares.parquet": shares,
+        "policies.parquet": policies,
+        "reversals.parquet": reversals,
+        "suspense.parquet": suspense,
+        "prior_recipients.parquet": prior_recipients,
+        "prior_leaves.parquet": _leaf_frame(prior_leaves),
+        "payables.parquet": payables,
+        "leaves.parquet": _leaf_frame(leaves),
+    }
+
+
+def _leaf_frame(leaves: dict[str, int]) -> pl.DataFrame:
+    return pl.DataFrame(
+        {"address": list(leaves), "units": list(leaves.values())}, schema={"address": pl.String, "units": pl.Int64}
+    ).sort(pl.col("address").str.to_lowercase())
