@@ -17,7 +17,7 @@ from rich.markup import escape
 if TYPE_CHECKING:
     from ingest.kafka_security import KafkaSecurity
     from royalty.config import Settings
-    from settlement.engine.authority import RegistryRules
+    from settlement.engine import RegistryRules
 
 # On a pipe or in a file nothing reads the output as a screen: rich's 80 columns would wrap commands, paths and
 # figures (and split a hint someone copies), so lines are as long as they need and tables as wide.
@@ -171,7 +171,7 @@ def require_output_folder(path: Path, flag: str) -> None:
 
 def registry_rules(settings: Settings) -> RegistryRules:
     """The operator registry's rules (`settlement.engine.authority`) from the settings."""
-    from settlement.engine.authority import RegistryRules
+    from settlement.engine import RegistryRules
 
     return RegistryRules(dict(settings.registry_sources), tuple(settings.reversal_sources), settings.policy_notice_s)
 

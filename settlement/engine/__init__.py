@@ -5,6 +5,7 @@ reference (`reference_sql`) re-implements the rules in DuckDB SQL over in-memory
 benchmarks.
 """
 
+from settlement.engine.authority import RegistryRules
 from settlement.engine.epochs import EpochInputs, EpochPlan, PriorState, plan_epoch
 from settlement.engine.exceptions import AmountOverflowError, EpochConflictError
 from settlement.engine.figures import EpochFigures, summary_rows
@@ -16,6 +17,7 @@ __all__ = [
     "EpochInputs",
     "EpochPlan",
     "PriorState",
+    "RegistryRules",
     "plan_epoch",
     "summary_rows",
 ]

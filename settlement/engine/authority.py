@@ -26,8 +26,8 @@ from datetime import datetime, timedelta
 
 import polars as pl
 
-from schemas.events import registry_event_types
 from schemas.reason_codes import ReasonCode
+from schemas.type_names import registry_event_types
 
 model_type, contributor_type, policy_type = registry_types = registry_event_types
 arrival_columns = ["known_snapshot", "kafka_topic", "kafka_partition", "kafka_offset", "event_id"]
