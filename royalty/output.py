@@ -37,7 +37,7 @@ def render(table: "pa.Table", output_format: str, console: Console) -> None:
         console.file.write(json.dumps(rows, indent=None) + "\n")
     elif output_format == "csv":
         buffer = io.StringIO()
-        writer = csv.writer(buffer)
+        writer = csv.writer(buffer, lineterminator="\n")  # LF: a shell reading a value gets no stray CR
         writer.writerow(table.column_names)
         for row in rows:
             writer.writerow([json.dumps(v) if isinstance(v, list | dict) else v for v in row.values()])

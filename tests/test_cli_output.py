@@ -81,6 +81,13 @@ def test_help_shows_flags_as_flags_and_the_defaults() -> None:
     assert "[default: inference-events]" in ingest and "[default: 50,000]" in ingest
 
 
+def test_csv_lines_end_in_a_line_feed_only(lake: Path) -> None:
+    """A value read by a shell (`ACCOUNT=$(royalty sql --format csv ... | tail -1)`) carries no stray CR."""
+    query = "SELECT a FROM (SELECT 'x' AS a UNION ALL SELECT 'y') ORDER BY a"
+    result = _run("sql", "--lake", str(lake), "--format", "csv", query)
+    assert result.returncode == 0 and result.stdout == "a\nx\ny\n"
+
+
 def test_a_reader_that_stops_early_ends_nothing_in_an_error(lake: Path) -> None:
     """`royalty sql ... | head -1`: exit 0 and nothing on standard error, for a table and for CSV."""
     # More than a pipe holds (64 KiB), so that a write meets the closed pipe; a rich table is slow to lay out.
