@@ -204,6 +204,20 @@ def settle_command(
             "[env ROYALTY_FUNDING_CAP_UNITS]",
         ),
     ] = None,
+    via: Annotated[
+        str,
+        typer.Option(
+            "--via",
+            help="`key`: sign and send with the settler's key; `safe`: write the funding and the proposal as a "
+            "Safe Transaction Builder batch for --safe's signers (no key needed); a later settle records it.",
+        ),
+    ] = "key",
+    safe: Annotated[
+        str | None, typer.Option("--safe", callback=check_address, help="The Safe holding SETTLER_ROLE (--via safe).")
+    ] = None,
+    safe_batch_dir: Annotated[
+        Path | None, typer.Option("--safe-batch-dir", help="Folder for the batch JSON; unset: the tree folder.")
+    ] = None,
 ) -> None:
     """Close the epoch if needed, write its payout tree and proofs, fund and propose the root, record it."""
     from rich.progress import Progress
@@ -230,6 +244,10 @@ def settle_command(
     if tree_dir is None and "://" not in settings.lake and not settings.lake.startswith("postgres"):
         tree_dir = Path(settings.lake) / "trees"
     try:
+        if via not in ("key", "safe") or (via == "safe") != (safe is not None):
+            from settlement.onchain import ChainConfigError
+
+            raise ChainConfigError("pass --via key (the default), or --via safe with --safe 0xSAFE…", "via")
         chain = _chain(settings)
         address, logs_from = settings.distributor, settings.from_block
         if address is None and chain.embedded:
@@ -266,6 +284,8 @@ def settle_command(
                 from_block=logs_from,
                 funding_units_max=settings.funding_cap_units,
                 rules=registry_rules(settings),
+                via_safe=safe,
+                safe_batch_dir=safe_batch_dir or tree_dir,
             )
     except RoyaltyError as error:
         _fail(error)

@@ -57,6 +57,7 @@ from settlement.onchain.chain import (
 )
 from settlement.onchain.chain_logs import log_start_block, read_logs
 from settlement.onchain.exceptions import (
+    ChainConfigError,
     ChainLedgerMismatchError,
     ChainUnavailableError,
     FundingRefusedError,
@@ -65,6 +66,7 @@ from settlement.onchain.exceptions import (
 )
 from settlement.onchain.merkle import MerkleTree
 from settlement.onchain.payout_tree import EpochTree, build_epoch_tree, write_dump
+from settlement.onchain.safe_batch import check_safe_settler, safe_batch, write_safe_batch
 
 # The step locks (`Ledger.step_lock`) of settle's writes: one writer of each at a time, on any catalog.
 tree_step, propose_step, record_step = "settle-tree", "settle-propose", "settle-record"
@@ -79,6 +81,7 @@ class SettleOutcome(StrEnum):
     proposed = "proposed"  # this run sent and confirmed the proposal
     recovered = "recovered"  # a killed run's proposal, found and recorded
     already_recorded = "already_recorded"  # the ledger holds this epoch's settlement on this contract
+    safe_batch = "safe_batch"  # the proposal written as a Safe Transaction Builder batch for the signers
 
 
 @dataclass(frozen=True)
@@ -105,6 +108,7 @@ class SettlementResult:
     tree_snapshot: int | None = None
     closed: EpochSummary | None = None
     notes: list[str] = field(default_factory=list)
+    safe_batch_path: str | None = None
 
 
 # --- ledger side (pure where it can be) ---------------------------------------------------------
@@ -287,6 +291,8 @@ def settle(
     from_block: int | None = None,
     funding_units_max: int | None = None,
     rules: RegistryRules | None = None,
+    via_safe: str | None = None,
+    safe_batch_dir: Path | None = None,
 ) -> SettlementResult:
     """Settle the latest epoch on `distributor`: close it if needed, write its tree, fund, propose, record.
 
@@ -309,6 +315,10 @@ def settle(
     Funding: a shortfall is pulled from the distributor's treasury (`fund`, through the allowance the
     treasury gave the distributor), at most `funding_units_max` units per run; above that, or without a cap
     off a local chain, `FundingRefusedError` names the figures before anything is sent.
+
+    With `via_safe` (a Safe holding SETTLER_ROLE) nothing is signed here: the funding and the proposal are
+    written as a Safe Transaction Builder batch to `safe_batch_dir` (`SettleOutcome.safe_batch`); once the
+    signers execute it, a later run finds the proposal on the chain and records it (`recovered`).
     """
     try:
         return _settle(
@@ -322,6 +332,8 @@ def settle(
             from_block,
             funding_units_max,
             rules,
+            via_safe,
+            safe_batch_dir,
         )
     except node_unreachable_errors as error:
         raise ChainUnavailableError(
@@ -371,6 +383,8 @@ def _settle(
     from_block: int | None,
     funding_units_max: int | None = None,
     rules: RegistryRules | None = None,
+    via_safe: str | None = None,
+    safe_batch_dir: Path | None = None,
 ) -> SettlementResult:
     step = progress or (lambda name, done, total: None)
     step(_steps[0], 0, len(_steps))
@@ -378,10 +392,13 @@ def _settle(
         tree, closed, notes = _dry_run_tree(ledger, checks, rules), None, ()
     else:
         tree, closed, notes = _close_and_read_tree(ledger, checks, step, rules)
-    plan = plan_settlement(ledger, chain, distributor, tree, from_block, funding_units_max)
+    safe = check_safe_settler(distributor, via_safe) if via_safe else None
+    plan = plan_settlement(ledger, chain, distributor, tree, from_block, funding_units_max, safe)
     plan = SettlePlan(plan.tree, closed, notes, plan.logs_from, plan.found, plan.funding)
     if dry_run:
         return _dry_run_result(chain, distributor, plan)
+    if safe is not None and plan.found is None and plan.tree is not None:
+        return _write_batch(ledger, chain, distributor, plan, step, tree_dir, safe, safe_batch_dir or tree_dir)
     return _apply(ledger, chain, distributor, plan, step, tree_dir, funding_units_max)
 
 
@@ -413,18 +430,64 @@ def plan_settlement(
     tree: EpochTree | None,
     from_block: int | None,
     funding_units_max: int | None,
+    safe: str | None = None,
 ) -> SettlePlan:
     """Read-only: what the chain holds for the tree's epoch, and the funding a proposal needs (checked
-    against the run's cap and the treasury's allowance). Raises on a mismatch or a refused funding."""
+    against the run's cap and the treasury's allowance; a Safe that is the treasury approves in its batch).
+    Raises on a mismatch or a refused funding."""
     if tree is None:
         return SettlePlan(None)
+    _refuse_a_migrated_distributor(distributor)
     logs_from = _logs_from_block(ledger, chain, distributor, tree.epoch, from_block)
     found = _check_chain(ledger, chain, distributor, tree, logs_from)
     if found is not None:
         return SettlePlan(tree, logs_from=logs_from, found=found)
     funding = _funding(chain, distributor, tree.tree.total_amount_units)
-    check_funding(chain, distributor, tree.epoch, funding, funding_units_max)
+    check_funding(chain, distributor, tree.epoch, funding, funding_units_max, safe)
     return SettlePlan(tree, logs_from=logs_from, funding=funding)
+
+
+def _refuse_a_migrated_distributor(distributor: Contract) -> None:
+    """A distributor deployed with --migrate-from needs leaves net of what its predecessor owes; settle does not
+    build those yet, and proposing plain cumulative leaves there would pay the predecessor's part twice."""
+    predecessor = distributor.functions.predecessor().call()
+    if int(predecessor, 16) != 0:
+        raise ChainConfigError(
+            f"{distributor.address} took over from {predecessor}: settling to a migrated distributor (leaves net "
+            "of what the old one owes) is not built yet; nothing was written or sent",
+            "distributor",
+        )
+
+
+def _write_batch(
+    ledger: Ledger,
+    chain: Chain,
+    distributor: Contract,
+    plan: SettlePlan,
+    step: Any,
+    tree_dir: Path | None,
+    safe: str,
+    batch_dir: Path | None,
+) -> SettlementResult:
+    """Write the tree (once), then the Safe batch funding and proposing it; nothing is signed or sent here."""
+    if batch_dir is None:
+        raise ChainConfigError("--via safe needs a folder for the batch: pass --safe-batch-dir", "safe_batch_dir")
+    tree = plan.tree
+    require(tree is not None and plan.funding is not None, "a Safe batch is written for a planned proposal")
+    if tree.tree_snapshot is None:  # type: ignore[union-attr]
+        step(_steps[2], 2, len(_steps))
+        tree = _write_tree_once(ledger, tree)  # type: ignore[arg-type]
+    base = _base(chain, distributor, plan, tree)  # type: ignore[arg-type]
+    if tree_dir is not None:
+        base["tree_path"] = str(write_dump(tree_dir, tree))  # type: ignore[arg-type]
+    shortfall_units = plan.funding.shortfall_units  # type: ignore[union-attr]
+    batch = safe_batch(chain, distributor, tree, shortfall_units, safe)  # type: ignore[arg-type]
+    path = write_safe_batch(batch_dir, tree.epoch, batch)  # type: ignore[union-attr]
+    base["notes"].append(
+        f"import {path} in the Safe's Transaction Builder and execute it; then run `royalty settle` again to "
+        "record the proposal"
+    )
+    return SettlementResult(SettleOutcome.safe_batch, **base, funded_units=shortfall_units, safe_batch_path=str(path))
 
 
 def _base(chain: Chain, distributor: Contract, plan: SettlePlan, tree: EpochTree) -> dict:
@@ -597,7 +660,12 @@ def _funding(chain: Chain, distributor: Contract, total_units: int) -> Funding:
 
 
 def check_funding(
-    chain: Chain, distributor: Contract, epoch: int, funding: Funding, funding_units_max: int | None
+    chain: Chain,
+    distributor: Contract,
+    epoch: int,
+    funding: Funding,
+    funding_units_max: int | None,
+    safe: str | None = None,
 ) -> None:
     """Refuse (`FundingRefusedError`, with the figures) a shortfall above the run's cap, or one the treasury
     has not approved or does not hold. Without a cap, funding is refused off a local chain."""
@@ -624,6 +692,8 @@ def check_funding(
     treasury = distributor.functions.treasury().call()
     allowance_units = token.functions.allowance(treasury, distributor.address).call()
     held_units = token.functions.balanceOf(treasury).call()
+    if safe is not None and treasury == safe:
+        allowance_units = shortfall_units  # the Safe's batch approves the distributor first
     if allowance_units < shortfall_units or held_units < shortfall_units:
         raise FundingRefusedError(
             epoch,

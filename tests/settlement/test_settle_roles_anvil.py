@@ -178,6 +178,48 @@ def test_deploy_refuses_a_fee_on_transfer_token(anvil: Anvil) -> None:  # noqa: 
     assert "a transfer of 1000000 unit(s) delivered 990000" in result.output and "fee-on-transfer" in result.output
 
 
+def test_settle_via_safe_writes_a_batch_and_a_later_settle_records_the_executed_proposal(
+    anvil: Anvil,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    """No hot key: with the settler role and the treasury held by a Safe (an unlocked anvil account stands in
+    for it), `settle --via safe` without any key writes the Transaction Builder batch (approve, fund,
+    proposeRoot) and sends nothing; a rerun before execution writes the same batch; executed by the Safe, a
+    later `settle` finds the proposal on the chain and records it (recovered), then reports it recorded."""
+    safe = anvil.w3.eth.accounts[8]
+    deployed = royalty(
+        "deploy", "--rpc-url", anvil.url, "--timelock-seconds", "0", "--settler", safe, "--treasury", safe,
+        "--mint-units", str(MINT_UNITS),
+    )  # fmt: skip
+    lake = tmp_path / "lake"
+    new_lake(lake, 150)
+    args = ["settle", "--lake", str(lake), "--rpc-url", anvil.url, "--distributor", deployed["distributor"], "--json"]
+    batch_args = [*args, "--via", "safe", "--safe", safe, "--safe-batch-dir", str(tmp_path / "batches")]
+    first = _invoke(*batch_args, env={})
+    assert first.exit_code == 0, first.output
+    written = json.loads(first.stdout.strip().splitlines()[-1])
+    assert written["outcome"] == "safe_batch" and written["funded_units"] == int(written["total_units"])
+    batch = json.loads(Path(written["safe_batch_path"]).read_text())
+    assert batch["chainId"] == "31337" and batch["meta"]["createdFromSafeAddress"] == safe
+    assert [tx["to"] for tx in batch["transactions"]] == [deployed["token"], *[deployed["distributor"]] * 2]
+    assert proposals(anvil, deployed["distributor"], 1) == []
+    again = _invoke(*batch_args, env={})
+    assert json.loads(again.stdout.strip().splitlines()[-1])["root"] == written["root"]
+    assert settlement_rows(lake, "settlement_record") == []
+
+    for tx in batch["transactions"]:  # the Safe's signers execute the batch
+        sent = anvil.w3.eth.send_transaction({"from": safe, "to": tx["to"], "data": tx["data"], "value": 0})
+        assert anvil.w3.eth.wait_for_transaction_receipt(sent)["status"] == 1
+    recorded = _invoke(*args, env={})
+    assert recorded.exit_code == 0, recorded.output
+    result = json.loads(recorded.stdout.strip().splitlines()[-1])
+    assert (result["outcome"], result["root"]) == ("recovered", written["root"])
+    (record,) = settlement_rows(lake, "settlement_record")
+    assert record["tx_hash"] == "0x" + bytes(proposals(anvil, deployed["distributor"], 1)[0]["transactionHash"]).hex()
+    final = json.loads(_invoke(*args, env={}).stdout.strip().splitlines()[-1])
+    assert final["outcome"] == "already_recorded"
+
+
 @pytest.fixture(autouse=True)
 def _no_claimer_key(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("ROYALTY_CLAIMER_KEY", raising=False)
