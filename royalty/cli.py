@@ -9,7 +9,14 @@ from typing import Annotated, Any
 import typer
 from rich.markup import escape
 
-from royalty import analytics_commands, catalog_commands, chain_commands, claims_commands, registry_commands
+from royalty import (
+    analytics_commands,
+    bundle_commands,
+    catalog_commands,
+    chain_commands,
+    claims_commands,
+    registry_commands,
+)
 from royalty.common import (
     AcceptUnreconciledOption,
     AcceptUnverifiedOption,
@@ -571,6 +578,7 @@ analytics_commands.register(app)
 chain_commands.register(app)
 claims_commands.register(app)
 registry_commands.register(app)
+bundle_commands.register(app)
 
 
 catalog_commands.register(app)

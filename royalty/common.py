@@ -109,7 +109,7 @@ def fail(error: Exception, exit_code: int | None = None) -> NoReturn:
 lake_commands = frozenset(
     {
         "backup", "claim", "claims-page", "close-epoch", "compact", "export", "ingest", "migrate", "proof",
-        "report", "settle", "sql", "sync-claims", "sync-registry", "verify",
+        "publish", "report", "settle", "sql", "sync-claims", "sync-registry", "verify",
     }
 )  # fmt: skip
 

@@ -1,0 +1,288 @@
+"""`royalty audit`: recompute an epoch's leaves and root from its bundle alone (docs/spec/settlement-v1.md).
+
+A second implementation on purpose: DuckDB SQL over the bundle's Parquet files, written from the spec, sharing
+nothing with the engine (`settlement.engine`) or the publisher. Only the tree encoding is reused: the Merkle
+tree builder (`settlement.onchain.merkle`) hashes the recomputed leaves into OpenZeppelin's StandardMerkleTree
+root. Each check names the first file, pool, group, recipient or leaf that disagrees.
+"""
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import duckdb
+from web3 import Web3
+
+from settlement.exceptions import SettlementError
+from settlement.onchain.merkle import MerkleTree
+
+rules_versions = ("settlement-v1",)
+_ppm = 1_000_000
+_files = (
+    "groups", "pools", "pool_shares", "policies", "reversals", "suspense", "prior_recipients", "prior_leaves",
+    "payables", "leaves",
+)
+
+
+class AuditDisagreement(SettlementError):
+    """The bundle does not recompute: `what` names the first file, pool, group, recipient or leaf."""
+
+    def __init__(self, what: str, detail: str) -> None:
+        self.what = what
+        super().__init__(f"{what}: {detail}")
+
+
+@dataclass(frozen=True)
+class AuditResult:
+    epoch: int
+    root: str | None
+    leaves: int
+    groups: int
+    chain_checked: bool
+
+    def statement(self) -> str:
+        chain = "; the distributor's root for the epoch matches" if self.chain_checked else ""
+        return (
+            f"epoch {self.epoch}: {self.groups:,} allocation groups recompute to {self.leaves:,} leaves and root "
+            f"{self.root} under the manifest's rules; every file matches its SHA-256{chain}"
+        )
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def read_manifest(directory: Path) -> dict:
+    """The manifest, after checking its rules version and every file's SHA-256."""
+    path = Path(directory) / "manifest.json"
+    if not path.is_file():
+        raise AuditDisagreement("manifest.json", f"no manifest in {directory}; publish one with `royalty publish`")
+    manifest = json.loads(path.read_text(encoding="utf-8"))
+    if manifest.get("rules_version") not in rules_versions:
+        raise AuditDisagreement("manifest.json", f"rules version {manifest.get('rules_version')!r} is not one of "
+                                f"{list(rules_versions)} this audit implements")
+    listed = manifest.get("files", {})
+    for name in (f"{stem}.parquet" for stem in _files):
+        if name not in listed or not (Path(directory) / name).is_file():
+            raise AuditDisagreement(name, "missing from the bundle or its manifest")
+        actual = _sha256(Path(directory) / name)
+        if actual != listed[name]["sha256"]:
+            raise AuditDisagreement(name, f"SHA-256 {actual} is not the manifest's {listed[name]['sha256']}")
+    return manifest
+
+
+def _first(connection: duckdb.DuckDBPyConnection, sql: str) -> tuple | None:
+    return connection.execute(sql).fetchone()
+
+
+def _check_registry(c: duckdb.DuckDBPyConnection) -> None:
+    """Pools are the policies they name; groups carry their policy's compute share; shares sum to 1,000,000."""
+    bad = _first(c, f"""SELECT pool_id, sum(share_ppm) FROM pool_shares GROUP BY 1 HAVING sum(share_ppm) <> {_ppm}
+                        ORDER BY 1 LIMIT 1""")
+    if bad:
+        raise AuditDisagreement(f"pool {bad[0]}", f"its shares sum to {bad[1]} ppm, not {_ppm}")
+    bad = _first(c, """
+        WITH published AS (SELECT pool_id, list_sort(list(recipient || '=' || share_ppm)) AS shares
+                           FROM pool_shares GROUP BY 1),
+             named AS (SELECT p.pool_id, p.policy_id,
+                              (SELECT list_sort(list(s.recipient || '=' || s.share_ppm))
+                               FROM (SELECT unnest(pol.shares) AS s)) AS shares
+                       FROM pools p LEFT JOIN policies pol ON pol.policy_id = p.policy_id AND pol.model_id = p.model_id)
+        SELECT n.pool_id, n.policy_id FROM named n LEFT JOIN published u USING (pool_id)
+        WHERE n.shares IS NULL OR u.shares IS NULL OR n.shares <> u.shares ORDER BY 1 LIMIT 1""")
+    if bad:
+        raise AuditDisagreement(f"pool {bad[0]}", f"its shares are not those of policy {bad[1]} in policies.parquet")
+    bad = _first(c, """
+        SELECT s.pool_id, s.recipient FROM pool_shares s LEFT JOIN pools t ON t.pool_id = s.target_pool_id
+        WHERE (s.recipient LIKE 'model:%' OR s.recipient LIKE 'dataset:%')
+          AND (t.pool_id IS NULL OR t.model_id <> CASE WHEN s.recipient LIKE 'model:%' THEN s.recipient[7:]
+                                                       ELSE s.recipient END)
+           OR (s.target_pool_id IS NOT NULL AND s.recipient NOT LIKE 'model:%' AND s.recipient NOT LIKE 'dataset:%')
+        ORDER BY 1, 2 LIMIT 1""")
+    if bad:
+        raise AuditDisagreement(f"pool {bad[0]}", f"its share to {bad[1]} does not pay into that record's pool")
+    bad = _first(c, """
+        SELECT g.kind, g.model_id, g.pool_id, g.compute_provider, g.hour FROM groups g
+        LEFT JOIN pools p USING (pool_id) LEFT JOIN policies pol ON pol.policy_id = p.policy_id
+        WHERE p.model_id IS DISTINCT FROM g.model_id OR pol.compute_share_ppm IS DISTINCT FROM g.compute_share_ppm
+           OR g.hour + INTERVAL 1 HOUR <= pol.effective_from
+        ORDER BY ALL LIMIT 1""")
+    if bad:
+        raise AuditDisagreement(
+            f"group ({', '.join(str(v) for v in bad)})",
+            "its pool is not its model's, or its compute share or hour is not its policy's",
+        )
+
+
+_allocate_sql = """
+    CREATE OR REPLACE TEMP TABLE {target} AS
+    SELECT alloc, recipient, target_pool_id, total,
+           sign(total) * (floor_abs + CASE WHEN rank_in < abs(total) - sum(floor_abs) OVER (PARTITION BY alloc)
+                                           THEN 1 ELSE 0 END) AS amount
+    FROM (SELECT *, row_number() OVER (PARTITION BY alloc ORDER BY remainder DESC, recipient) - 1 AS rank_in
+          FROM (SELECT *, (abs(total) * share_ppm) // {ppm} AS floor_abs, (abs(total) * share_ppm) % {ppm} AS remainder
+                FROM {source}))
+"""
+
+
+def _allocate(c: duckdb.DuckDBPyConnection, source: str, target: str) -> None:
+    c.execute(_allocate_sql.format(target=target, source=source, ppm=_ppm))
+
+
+def _credits(c: duckdb.DuckDBPyConnection) -> None:
+    """The epoch's credits per recipient (spec: compute cut, then pools from the highest level down)."""
+    c.execute(f"""CREATE TEMP TABLE cut_in AS
+        WITH sums AS (SELECT model_id, pool_id, compute_provider, compute_share_ppm,
+                             sum(fee_micros::HUGEINT) AS total FROM groups GROUP BY ALL)
+        SELECT model_id || '|' || pool_id || '|' || compute_provider AS alloc, total, compute_provider AS recipient,
+               compute_share_ppm AS share_ppm, NULL::VARCHAR AS target_pool_id FROM sums
+        UNION ALL
+        SELECT model_id || '|' || pool_id || '|' || compute_provider, total, 'model:' || model_id,
+               {_ppm} - compute_share_ppm, pool_id FROM sums""")
+    _allocate(c, "cut_in", "cut_out")
+    c.execute("CREATE TEMP TABLE inflow AS SELECT target_pool_id AS pool_id, amount FROM cut_out "
+              "WHERE target_pool_id IS NOT NULL")
+    c.execute("CREATE TEMP TABLE credit AS SELECT recipient, amount FROM cut_out WHERE target_pool_id IS NULL")
+    for (level,) in c.execute("SELECT DISTINCT level FROM pools ORDER BY 1 DESC").fetchall():
+        c.execute(f"""CREATE OR REPLACE TEMP TABLE pool_in AS
+            SELECT s.pool_id AS alloc, t.total, s.recipient, s.share_ppm, s.target_pool_id
+            FROM pool_shares s JOIN pools p USING (pool_id)
+            JOIN (SELECT pool_id, sum(amount) AS total FROM inflow GROUP BY 1) t USING (pool_id)
+            WHERE p.level = {int(level)}""")
+        _allocate(c, "pool_in", "pool_out")
+        c.execute("INSERT INTO inflow SELECT target_pool_id, amount FROM pool_out WHERE target_pool_id IS NOT NULL")
+        c.execute("INSERT INTO credit SELECT recipient, amount FROM pool_out WHERE target_pool_id IS NULL")
+
+
+def _check_payables(c: duckdb.DuckDBPyConnection) -> None:
+    """Spec: earned grows by the credit, the cumulative never decreases, the growth is what becomes payable."""
+    c.execute("""CREATE TEMP TABLE recomputed AS
+        SELECT recipient, credited, earned, greatest(before, earned) AS cumulative,
+               greatest(before, earned) - before AS amount, greatest(before, earned) - earned AS receivable
+        FROM (SELECT c.recipient, c.credited, coalesce(p.earned_micros, 0) + c.credited AS earned,
+                     coalesce(p.cumulative_micros, 0) AS before
+              FROM (SELECT recipient, sum(amount) AS credited FROM credit GROUP BY 1 HAVING sum(amount) <> 0) c
+              LEFT JOIN prior_recipients p USING (recipient))""")
+    bad = _first(c, """
+        SELECT coalesce(r.recipient, b.recipient), r.credited, b.credited_micros, r.amount, b.amount_micros
+        FROM recomputed r FULL JOIN payables b USING (recipient)
+        WHERE r.recipient IS NULL OR b.recipient IS NULL OR r.credited <> b.credited_micros
+           OR r.earned <> b.earned_micros OR r.cumulative <> b.cumulative_micros OR r.amount <> b.amount_micros
+           OR r.receivable <> b.receivable_micros
+        ORDER BY 1 LIMIT 1""")
+    if bad:
+        raise AuditDisagreement(
+            f"recipient {bad[0]}",
+            f"recomputed credit {bad[1]} and payable growth {bad[3]} micros; "
+            f"payables.parquet says {bad[2]} and {bad[4]}",
+        )
+
+
+def _check_suspense(c: duckdb.DuckDBPyConnection) -> None:
+    """Spec: carried out = carried in + suspended - released - cancelled, per model; releases are split."""
+    bad = _first(c, """
+        WITH m AS (SELECT model_id,
+                          sum(CASE movement WHEN 'carried_in' THEN fee_micros WHEN 'suspended' THEN fee_micros
+                                            WHEN 'released' THEN -fee_micros WHEN 'cancelled' THEN -fee_micros
+                                            ELSE 0 END) AS expected,
+                          sum(CASE WHEN movement = 'carried_out' THEN fee_micros ELSE 0 END) AS published,
+                          sum(CASE WHEN movement = 'released' THEN fee_micros ELSE 0 END) AS released
+                   FROM suspense GROUP BY 1),
+             g AS (SELECT model_id, sum(fee_micros) AS released FROM groups WHERE kind = 'released' GROUP BY 1)
+        SELECT coalesce(m.model_id, g.model_id) FROM m FULL JOIN g USING (model_id)
+        WHERE coalesce(m.expected, 0) <> coalesce(m.published, 0) OR coalesce(m.released, 0) <> coalesce(g.released, 0)
+        ORDER BY 1 LIMIT 1""")
+    if bad:
+        raise AuditDisagreement(f"suspense of model {bad[0]}", "carried out is not carried in plus suspended less "
+                                "released and cancelled, or the released fees are not the released groups'")
+    bad = _first(c, """
+        WITH r AS (SELECT model_id, sum(fee_micros) AS fee FROM reversals WHERE outcome = 'taken_back' GROUP BY 1),
+             g AS (SELECT model_id, sum(fee_micros) AS fee FROM groups WHERE kind = 'reversal' GROUP BY 1)
+        SELECT coalesce(r.model_id, g.model_id) FROM r FULL JOIN g USING (model_id)
+        WHERE r.fee IS DISTINCT FROM g.fee ORDER BY 1 LIMIT 1""")
+    if bad:
+        raise AuditDisagreement(f"reversals of model {bad[0]}", "the fees taken back are not the reversal groups'")
+
+
+def _leaves(c: duckdb.DuckDBPyConnection, manifest: dict) -> dict[str, int]:
+    """Spec: growth goes to the address in force at the epoch's close, with what waited for an address."""
+    rows = c.execute("""
+        WITH growth AS (
+            SELECT lower(b.payout_address) AS address, b.amount_micros + coalesce(p.unaddressed_micros, 0) AS units
+            FROM payables b LEFT JOIN prior_recipients p USING (recipient) WHERE b.payout_address IS NOT NULL
+            UNION ALL SELECT lower(address), units FROM prior_leaves)
+        SELECT address, sum(units)::HUGEINT FROM growth GROUP BY 1 HAVING sum(units) > 0 ORDER BY 1""").fetchall()
+    leaves = {Web3.to_checksum_address(a): int(u) for a, u in rows}
+    published = {
+        Web3.to_checksum_address(a): int(u) for a, u in c.execute("SELECT address, units FROM leaves").fetchall()
+    }
+    for address in sorted(set(leaves) | set(published), key=str.lower):
+        if leaves.get(address) != published.get(address):
+            raise AuditDisagreement(
+                f"leaf {address}",
+                f"recomputed {leaves.get(address)} units; leaves.parquet says {published.get(address)}",
+            )
+    (unaddressed,) = c.execute("""
+        SELECT coalesce(sum(CASE WHEN b.payout_address IS NULL THEN b.amount_micros ELSE 0 END), 0)
+             + coalesce((SELECT sum(unaddressed_micros) FROM prior_recipients p WHERE p.recipient NOT IN
+                         (SELECT recipient FROM payables WHERE payout_address IS NOT NULL)), 0)
+        FROM payables b""").fetchone()
+    if int(unaddressed) != manifest.get("unaddressed_units"):
+        raise AuditDisagreement("manifest.json", f"unaddressed units recompute to {unaddressed}, "
+                                f"not the manifest's {manifest.get('unaddressed_units')}")
+    return leaves
+
+
+def audit_bundle(directory: Path, rpc_url: str | None = None, distributor: str | None = None) -> AuditResult:
+    """Check the bundle at `directory`; with `rpc_url` and `distributor`, that the chain holds its root.
+
+    Raises `AuditDisagreement` naming the first disagreement."""
+    directory = Path(directory)
+    manifest = read_manifest(directory)
+    with duckdb.connect() as c:
+        for stem in _files:
+            path = str(directory / f"{stem}.parquet").replace("'", "''")
+            c.execute(f"CREATE TEMP TABLE {stem} AS SELECT * FROM read_parquet('{path}')")
+        _check_registry(c)
+        _check_suspense(c)
+        _credits(c)
+        _check_payables(c)
+        leaves = _leaves(c, manifest)
+        (groups,) = c.execute("SELECT count(*) FROM groups").fetchone()
+    root = MerkleTree.from_amounts(leaves).root_hex if leaves else None
+    if root != manifest.get("root"):
+        raise AuditDisagreement(
+            "manifest.json", f"the leaves give root {root}, not the manifest's {manifest.get('root')}"
+        )
+    if rpc_url is not None:
+        _check_chain(manifest, rpc_url, distributor)
+    return AuditResult(int(manifest["epoch"]), root, len(leaves), int(groups), rpc_url is not None)
+
+
+def _check_chain(manifest: dict, rpc_url: str, distributor: str | None) -> None:
+    """A RootProposed of the epoch on the distributor carries the recomputed root (and the manifest's digest)."""
+    from settlement.onchain.chain import connect, distributor_contract
+    from settlement.onchain.chain_logs import log_start_block, read_logs
+
+    if distributor is None:
+        raise AuditDisagreement("--distributor", "checking the chain needs the distributor's address")
+    chain = connect(rpc_url, None)
+    contract = distributor_contract(chain, distributor)
+    logs = read_logs(chain, contract.events.RootProposed, log_start_block(chain, contract, None),
+                     chain.w3.eth.block_number, {"epoch": int(manifest["epoch"])})
+    proposed = [("0x" + bytes(log["args"]["root"]).hex(), "0x" + bytes(log["args"]["ledgerDigest"]).hex())
+                for log in logs]
+    if not proposed:
+        raise AuditDisagreement("chain", f"no root proposed for epoch {manifest['epoch']} at {contract.address}")
+    root, digest = proposed[-1]
+    if root != manifest["root"]:
+        raise AuditDisagreement("chain", f"the distributor's root for epoch {manifest['epoch']} is {root}, "
+                                f"the bundle's {manifest['root']}")
+    if digest != manifest["ledger_digest"]:
+        raise AuditDisagreement("chain", f"the distributor's ledger digest {digest} is not the manifest's "
+                                f"{manifest['ledger_digest']}")
