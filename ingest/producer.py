@@ -1,7 +1,9 @@
 """`royalty produce-sample`: realistic traffic with duplicates, conflicts and invalid messages."""
 
+import dataclasses
 import random
 from collections.abc import Callable
+from datetime import datetime
 from pathlib import Path
 
 import msgspec
@@ -13,10 +15,22 @@ _chunk = 10_000
 
 
 def sample_messages(
-    events: int, duplicates_ppm: int, conflicts_ppm: int, invalid_ppm: int, models: int, contributors: int, seed: int
+    events: int,
+    duplicates_ppm: int,
+    conflicts_ppm: int,
+    invalid_ppm: int,
+    models: int,
+    contributors: int,
+    seed: int,
+    provider_addresses: bool = False,
+    timing: tuple[datetime, int] | None = None,
 ):
-    """Yield (kind, message): registry events, then metering events with mistakes mixed in."""
-    traffic = SampleTraffic(SampleShape(models=models, contributors=contributors), seed=seed)
+    """Yield (kind, message): registry events, then metering events with mistakes mixed in (`timing`: the
+    first event's time and events a day, instead of the sample's fixed ones)."""
+    shape = SampleShape(models=models, contributors=contributors, provider_addresses=provider_addresses)
+    if timing is not None:
+        shape = dataclasses.replace(shape, start=timing[0], events_per_day=timing[1])
+    traffic = SampleTraffic(shape, seed=seed)
     rng = random.Random(seed + 1)
     for message in traffic.registry():
         yield "registry", message
@@ -59,10 +73,15 @@ def produce_sample_traffic(
     contributors: int = 200,
     seed: int = 7,
     on_progress: Callable[[int], None] | None = None,
+    provider_addresses: bool = False,
+    timing: tuple[datetime, int] | None = None,
 ) -> dict[str, int]:
-    """Write the sample to a JSON-lines file or a Kafka topic; return counts by kind."""
+    """Write the sample to a JSON-lines file or a Kafka topic; return counts by kind (`provider_addresses`:
+    compute providers named by address, as the on-chain registry mode pays them)."""
     counts = {"registry": 0, "event": 0, "duplicate": 0, "conflict": 0, "invalid": 0}
-    messages = sample_messages(events, duplicates_ppm, conflicts_ppm, invalid_ppm, models, contributors, seed)
+    messages = sample_messages(
+        events, duplicates_ppm, conflicts_ppm, invalid_ppm, models, contributors, seed, provider_addresses, timing
+    )
     if to_file is not None:
         with open(to_file, "wb") as handle:
             for kind, message in messages:

@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-from eth_utils import to_checksum_address
+from eth_utils import keccak, to_checksum_address
 
 from ingest.errors import IngestConfigError
 from schemas import limits
@@ -35,6 +35,13 @@ class SampleShape:
     asset: str = "USDC"
     start: datetime = datetime(2026, 11, 23, tzinfo=UTC)
     events_per_day: int = 1_000_000
+    # On-chain registry mode: accounts are addresses, so metering events name the compute provider by one.
+    provider_addresses: bool = False
+
+
+def provider_address(index: int) -> str:
+    """The address of sample compute provider `index` (derived from its id, so no draw of the generator)."""
+    return to_checksum_address(keccak(text=f"gpu-{index:03d}")[:20])
 
 
 def _utc_now() -> datetime:
@@ -117,6 +124,9 @@ class SampleTraffic:
                 "//registry.example",
             )
 
+    def _provider(self, index: int) -> str:
+        return provider_address(index) if self.shape.provider_addresses else f"gpu-{index:03d}"
+
     def _shares(self, model_id: str, parents: list[dict]) -> list[dict]:
         recipients = self.rng.sample(self.contributor_ids, k=min(len(self.contributor_ids), self.rng.randint(1, 5)))
         shares = [{"recipient": f"model:{p['model_id']}", "share_ppm": p["share_ppm"]} for p in parents]
@@ -153,7 +163,7 @@ class SampleTraffic:
                     "model_id": self.model_ids[int(rng.paretovariate(1.2)) % len(self.model_ids)],
                     "request_id": f"req_{rng.getrandbits(64):016x}",
                     "payer": f"org-{rng.randrange(shape.payers):05d}",
-                    "compute_provider": f"gpu-{rng.randrange(shape.compute_providers):03d}",
+                    "compute_provider": self._provider(rng.randrange(shape.compute_providers)),
                     "input_tokens": input_tokens,
                     "output_tokens": output_tokens,
                     "fee_micros": input_tokens * 3 + output_tokens * 15 + rng.randrange(0, 100),

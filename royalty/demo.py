@@ -5,38 +5,54 @@ with some duplicates and invalid messages, ingest it until idle, close the epoch
 distributor on the in-process chain (or `--rpc-url`), settle the root, claim for the two largest
 payees, write the settlement report, and print a summary whose ledger figures are re-read with
 the same SQL a user would run.
+
+On the in-process chain the registry is on-chain (docs/registry.md): the demo deploys a ModelRegistry,
+registers the sample's models with their lineage and first policies (contributors and compute providers
+are addresses), meters its traffic after those policies take effect, syncs the registry into the ledger
+(`sync-registry`) and closes the epoch in on-chain mode: the sample's registry records on Kafka are ignored.
+With `--rpc-url` it keeps the operator registry (Kafka).
 """
 
+import json
 import shutil
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
+from web3.contract import Contract
 
 from ingest.producer import produce_sample_traffic
+from ingest.sample import SampleShape, SampleTraffic
 from ingest.service import IngestService
 from ingest.sources import KafkaSource
 from ledger import Ledger, define_views, run_query
 from royalty.exceptions import DemoWorkdirError
 from settlement.onchain import (
+    Chain,
     connect,
     deploy_contracts,
+    deploy_registry,
     distributor_contract,
     largest_leaves,
     load_signer,
+    register_model,
+    registry_contract,
     require_embedded_chain,
+    set_policy,
     token_contract,
     transact,
 )
 from settlement.use_cases.close_epoch import close_epoch
 from settlement.use_cases.settle import settle
 from settlement.use_cases.sync_claims import sync_claims
+from settlement.use_cases.sync_registry import sync_registry
 from settlement.use_cases.write_report import write_report
 
 demo_topic = "inference-events"
@@ -45,6 +61,13 @@ ingest_idle_s = 3.0
 # Test tokens minted to the settler on the local chain: far more than any demo's payables.
 demo_mint_units = 10**18
 claims_count = 2
+# The sample's population (produce_sample_traffic's defaults): the on-chain registry mirrors its registry.
+sample_models, sample_contributors, sample_seed = 20, 200, 7
+# On-chain, a first policy applies no earlier than its block: each is set to apply this many seconds after it
+# is sent; the demo's traffic is metered after the last one applies, spread over `traffic_span_s` (so it is in
+# the past when ingested).
+policy_start_delay_s = 5
+traffic_span_s = 2
 
 
 @dataclass
@@ -108,6 +131,17 @@ def run_demo(
     with _broker(kafka) as bootstrap_servers, Progress(*columns, console=console) as progress:
         if kafka is not None:
             _create_topic(bootstrap_servers)
+        chain = registry = None
+        timing = None
+        if rpc_url is None:
+            started = time.monotonic()
+            task = progress.add_task("register models on-chain", total=sample_models)
+            chain = connect(None, load_signer(None))
+            registry, start = _onchain_registry(chain, lambda done: progress.update(task, completed=done))
+            timing = (start, max(1, events * 86_400 // traffic_span_s))
+            time.sleep(max(0.0, (start - datetime.now(UTC)).total_seconds() + traffic_span_s))
+            result.chain["registry"] = registry.address
+            result.stage_seconds["registry"] = time.monotonic() - started
         started = time.monotonic()
         task = progress.add_task("produce sample traffic", total=events)
         result.produced = produce_sample_traffic(
@@ -115,7 +149,12 @@ def run_demo(
             bootstrap_servers,
             demo_topic,
             None,
+            models=sample_models,
+            contributors=sample_contributors,
+            seed=sample_seed,
             on_progress=lambda done: progress.update(task, completed=done),
+            provider_addresses=registry is not None,
+            timing=timing,
         )
         progress.update(task, completed=events)
         result.stage_seconds["produce"] = time.monotonic() - started
@@ -138,12 +177,21 @@ def run_demo(
 
             started = time.monotonic()
             task = progress.add_task("close epoch 1", total=5)
-            close_epoch(ledger, progress=lambda step, done, total: progress.update(task, completed=done))
+            if chain is not None and registry is not None:  # as `royalty sync-registry` would, past every event
+                tester = chain.w3.provider.ethereum_tester  # type: ignore[attr-defined]
+                tester.time_travel(int(time.time()) + 1)  # a block stamped after every event: the cursor
+                tester.mine_blocks(1)
+                sync_registry(ledger, chain, registry, from_block=0)
+            close_epoch(
+                ledger,
+                progress=lambda step, done, total: progress.update(task, completed=done),
+                registry_contract=None if registry is None else registry.address,
+            )
             result.stage_seconds["close epoch"] = time.monotonic() - started
 
             started = time.monotonic()
             task = progress.add_task("deploy, settle, claim", total=4)
-            chain = connect(rpc_url, load_signer(None))
+            chain = chain or connect(rpc_url, load_signer(None))
             deployed = deploy_contracts(chain, timelock_seconds=0, mint_units=demo_mint_units)
             distributor = distributor_contract(chain, deployed.distributor)
             progress.update(task, completed=1)
@@ -152,6 +200,7 @@ def run_demo(
             )
             progress.update(task, completed=2)
             result.chain = {
+                **result.chain,
                 "chain id": chain.chain_id,
                 "distributor": deployed.distributor,
                 "root": settled.root or "",
@@ -168,6 +217,37 @@ def run_demo(
     result.figures = summary_figures(lake)
     result.dead_letters_by_reason = dead_letters_by_reason(lake)
     return result
+
+
+def _onchain_registry(chain: Chain, progress: Callable[[int], None]) -> tuple[Contract, datetime]:
+    """Deploy a ModelRegistry and register the sample's models (lineage and first policy, contributors by their
+    sample payout address); return it and the time its policies apply from."""
+    traffic = SampleTraffic(
+        SampleShape(models=sample_models, contributors=sample_contributors, provider_addresses=True), seed=sample_seed
+    )
+    records = [json.loads(message) for message in traffic.registry()]
+    addresses = {
+        r["data"]["contributor_id"]: r["data"]["payout_address"]
+        for r in records
+        if r["type"] == "ai.contributor.registered.v1"
+    }
+    registry = registry_contract(chain, deploy_registry(chain).registry)
+    for record in records:
+        if record["type"] == "ai.model.registered.v1":
+            parents = {p["model_id"]: p["share_ppm"] for p in record["data"]["parents"]}
+            register_model(chain, registry, record["data"]["model_id"], parents)
+    start = datetime.fromtimestamp(0, UTC)
+    for done, record in enumerate(r for r in records if r["type"] == "ai.split-policy.set.v1"):
+        data = record["data"]
+        shares = {addresses.get(s["recipient"], s["recipient"]): s["share_ppm"] for s in data["shares"]}
+        # Never before its block, which the in-process chain stamps with the wall clock or, when blocks come
+        # faster than one a second, one second after the last block.
+        latest = int(chain.w3.eth.get_block("latest")["timestamp"])
+        effective = datetime.fromtimestamp(max(latest, int(time.time())) + policy_start_delay_s, UTC)
+        set_policy(chain, registry, data["model_id"], effective, shares, data["compute_share_ppm"])
+        start = max(start, effective)
+        progress(done + 1)
+    return registry, start
 
 
 def _claim_top_payees(ledger: Ledger, chain, distributor, epoch: int, count: int) -> list[tuple[str, int, int]]:
