@@ -358,3 +358,40 @@ def test_claim_many_pays_each_account_or_none(chain_of) -> None:
     assert [(e.args.account, e.args.amount) for e in events] == list(zip(accounts, amounts, strict=True))
     assert [d.balance(a) for a in accounts] == amounts
     assert d.distributor.functions.totalClaimed().call() == 100
+
+
+def test_a_successor_records_its_predecessor_and_starts_at_its_last_epoch(anvil: Anvil, chain_of) -> None:  # noqa: F811
+    """Pins the migration's on-chain part: a distributor deployed with a predecessor refuses while the old one
+    has a root in its timelock, and otherwise records it and its last epoch, from which its own epochs rise."""
+    old = chain_of(TIMELOCK_SECONDS)
+    tree = MerkleTree.build(payees(2, seed=29), [5, 6])
+    old.fund(11)
+    old.propose(7, tree)
+    w3 = anvil.w3
+    admin, settler, guardian = w3.eth.accounts[:3]
+    build = distributor_artifact()
+    factory = w3.eth.contract(abi=build.abi, bytecode=build.bytecode)
+    args = [old.token.address, 0, 0, admin, settler, [guardian], admin, GROWTH_UNLIMITED, old.distributor.address]
+    assert_custom_error(
+        factory,
+        lambda: factory.constructor(*args).estimate_gas({"from": admin}),
+        "RoyaltyDistributorPredecessorRootPending",
+        old.distributor.address,
+        7,
+    )
+    anvil.advance_time(TIMELOCK_SECONDS)
+    receipt = w3.eth.wait_for_transaction_receipt(factory.constructor(*args).transact({"from": admin}))
+    new = w3.eth.contract(address=receipt["contractAddress"], abi=build.abi)
+    assert (new.functions.predecessor().call(), new.functions.predecessorEpoch().call()) == (
+        old.distributor.address,
+        7,
+    )
+    assert new.functions.latestEpoch().call() == 7
+    assert_reverts(
+        new,
+        new.functions.proposeRoot(7, tree.root, 11, NO_DIGEST),
+        settler,
+        "RoyaltyDistributorEpochNotIncreasing",
+        7,
+        7,
+    )

@@ -220,6 +220,20 @@ def test_settle_via_safe_writes_a_batch_and_a_later_settle_records_the_executed_
     assert final["outcome"] == "already_recorded"
 
 
+def test_settle_refuses_a_migrated_distributor_until_net_leaves_are_built(anvil: Anvil, tmp_path: Path) -> None:  # noqa: F811
+    """`deploy --migrate-from OLD` records the predecessor on the new contract; settle does not build the leaves
+    net of what the old one owes yet, so it refuses that distributor (exit 2) rather than pay twice."""
+    old = royalty("deploy", "--rpc-url", anvil.url, "--timelock-seconds", "0")
+    new = royalty("deploy", "--rpc-url", anvil.url, "--timelock-seconds", "0", "--migrate-from", old["distributor"])
+    assert new["predecessor"] == old["distributor"]
+    lake = tmp_path / "lake"
+    new_lake(lake, 60)
+    args = ["settle", "--lake", str(lake), "--rpc-url", anvil.url, "--distributor", new["distributor"]]
+    refused = _invoke(*args, env={"ROYALTY_SETTLER_KEY": SETTLER_KEY})
+    assert refused.exit_code == 2 and "is not built yet" in refused.output
+    assert proposals(anvil, new["distributor"], 1) == []
+
+
 @pytest.fixture(autouse=True)
 def _no_claimer_key(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("ROYALTY_CLAIMER_KEY", raising=False)
