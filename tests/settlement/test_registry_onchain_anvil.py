@@ -196,6 +196,14 @@ def test_a_community_vote_changes_the_split_of_events_metered_after_its_effectiv
     halves = [(k, w, 500_000) for k, w, _ in halves]
     call = registry.functions.setModelPolicy(id_word("llama"), int(effective.timestamp()), 100_000, halves)
     reverts(registry, call, owner, "ModelRegistryNotGovernor", owner, community.timelock.address)
+    refused_cli = runner.invoke(
+        app,
+        ["registry", "set-policy", "llama", "--effective-from", effective.strftime("%Y-%m-%dT%H:%M:%S"),
+         "--share", f"{bob}=1000000", *base],
+        env={"ROYALTY_SETTLER_KEY": SETTLER_KEY},
+    )  # fmt: skip
+    assert refused_cli.exit_code == 2
+    assert "ModelRegistryNotGovernor" in refused_cli.output and "nothing was sent" in refused_cli.output
     proposal = ([registry_address], [0], [registry.encode_abi("setModelPolicy", args=call.args)])
     description = "llama: half to bob"
     governor, voter = community.governor, community.voters[0]
