@@ -1,0 +1,186 @@
+"""Issue 18: `royalty publish` writes an epoch's bundle and `royalty audit` recomputes its leaves and root from it.
+
+One ledger (module-scoped) closes two epochs covering lineage, a policy change mid-epoch, a reversal taken
+back and one cancelled, fees held in suspense then released, and a payout address change; both bundles audit
+clean, and each tamper kind is named by the audit (a fee sum, a policy share, a leaf, a file without its hash).
+"""
+
+import json
+import shutil
+from datetime import timedelta
+from pathlib import Path
+
+import polars as pl
+import pytest
+from typer.testing import CliRunner
+from web3 import Web3
+
+from ingest.sample import _envelope, metered_source
+from ledger import Ledger
+from royalty.cli import app
+from settlement import close_epoch
+from settlement.engine.authority import RegistryRules
+from settlement.reports.audit import AuditDisagreement, audit_bundle
+from settlement.reports.bundle import BundleError, publish_epoch
+from tests.support.ledger_batches import append_in_batches, sample_messages, shape
+
+registry_source = "//registry.example"
+new_payout = Web3.to_checksum_address("0x" + "ab" * 20)
+billing_source = "//billing.example"
+rules = RegistryRules(reversal_sources=(billing_source,))
+
+
+def _metered(event_id: str, model_id: str, seconds: float, fee_micros: int) -> bytes:
+    data = {
+        "model_id": model_id, "request_id": f"req-{event_id}", "payer": "org-00001", "compute_provider": "gpu-001",
+        "input_tokens": 10, "output_tokens": 10, "fee_micros": fee_micros, "asset": shape.asset,
+    }
+    time = shape.start + timedelta(seconds=seconds)
+    return _envelope("ai.inference.metered.v1", event_id, time, data, metered_source)
+
+
+def _registry(event_type: str, event_id: str, data: dict) -> bytes:
+    return _envelope(event_type, event_id, shape.start - timedelta(hours=1), data, registry_source)
+
+
+def _reversal(event_id: str, original: str) -> bytes:
+    data = {"original_event_id": original, "reason": "refund", "original_source": metered_source}
+    return _envelope("ai.inference.reversed.v1", event_id, shape.start + timedelta(seconds=40), data, billing_source)
+
+
+@pytest.fixture(scope="module")
+def bundles(tmp_path_factory: pytest.TempPathFactory) -> dict[int, Path]:
+    root = tmp_path_factory.mktemp("bundle")
+    values = sample_messages(120)
+    registry, metered = values[:-120], values[-120:]
+    policy_change = _registry(  # model-0000 has no parents; its new policy applies from 10 s into the epoch
+        "ai.split-policy.set.v1",
+        "pol-change",
+        {
+            "model_id": "model-0000",
+            "effective_from": (shape.start + timedelta(seconds=10)).isoformat().replace("+00:00", "Z"),
+            "compute_share_ppm": 150_000,
+            "shares": [{"recipient": "contrib-00000", "share_ppm": 700_001}, {"recipient": "contrib-00011",
+                                                                              "share_ppm": 299_999}],
+        },
+    )
+    around_change = [_metered("m0-before", "model-0000", 5, 5_000), _metered("m0-after", "model-0000", 15, 7_000)]
+    late_model = [_metered(f"late-{i}", "model-late", 2 + i, 1_000 + i) for i in range(3)]
+    derived_late = [
+        _registry(
+            "ai.model.registered.v1",
+            "reg-late",
+            {"model_id": "model-late", "parents": [{"model_id": "model-0000", "share_ppm": 100_000}]},
+        ),
+        _registry(
+            "ai.split-policy.set.v1",
+            "pol-late",
+            {
+                "model_id": "model-late",
+                "effective_from": (shape.start - timedelta(hours=1)).isoformat().replace("+00:00", "Z"),
+                "compute_share_ppm": 100_000,
+                "shares": [{"recipient": "model:model-0000", "share_ppm": 100_000},
+                           {"recipient": "contrib-00003", "share_ppm": 900_000}],
+            },
+        ),
+    ]
+    new_address = _registry(
+        "ai.contributor.registered.v1",
+        "addr-change",
+        {"contributor_id": "contrib-00000", "payout_address": new_payout},
+    )
+    first_id = json.loads(metered[0])["id"]
+    last_id = json.loads(metered[-1])["id"]
+    with Ledger.open(root / "lake") as ledger:
+        first_batch = [*registry, policy_change, *metered[:80], *around_change, *late_model]
+        offset = append_in_batches(ledger, first_batch, 0, 500)
+        assert close_epoch(ledger, rules=rules).suspended_micros == 3_003
+        offset = append_in_batches(
+            ledger, [*derived_late, new_address, *metered[80:], _reversal("rev-1", first_id)], offset, 500
+        )
+        append_in_batches(ledger, [_reversal("rev-2", last_id)], offset, 10)
+        second = close_epoch(ledger, rules=rules)
+        assert (second.released_micros, second.reversal_count, second.dead_letter_count) == (3_003, 2, 0)
+        published = {epoch: root / f"epoch-{epoch}" for epoch in (1, 2)}
+        for epoch, directory in published.items():
+            publish_epoch(ledger, epoch, directory, rules)
+        with pytest.raises(BundleError, match="registry settings"):  # closed with reversal sources: say so
+            publish_epoch(ledger, 2, root / "wrong-rules", RegistryRules())
+    return published
+
+
+def test_a_multi_epoch_bundle_audits_clean_and_covers_the_scenario(bundles):
+    """Both epochs recompute; the bundle holds the policy change, the release, the reversals and the new address."""
+    for epoch, directory in bundles.items():
+        result = audit_bundle(directory)
+        manifest = json.loads((directory / "manifest.json").read_text())
+        assert (result.epoch, result.root, manifest["rules_version"]) == (epoch, manifest["root"], "settlement-v1")
+    first, second = (bundles[e] for e in (1, 2))
+    pools = pl.read_parquet(first / "pools.parquet")
+    assert pools.filter(pl.col("model_id") == "model-0000")["policy_id"].n_unique() == 2  # changed mid-epoch
+    suspense = pl.read_parquet(first / "suspense.parquet")
+    assert suspense.filter(pl.col("movement") == "carried_out")["fee_micros"].sum() == 3_003
+    groups = pl.read_parquet(second / "groups.parquet")
+    assert set(groups["kind"]) == {"new", "released", "reversal"}
+    assert "payer" not in groups.columns and "event_id" not in groups.columns
+    outcomes = set(pl.read_parquet(second / "reversals.parquet")["outcome"])
+    assert outcomes == {"taken_back", "cancelled"}
+    payables = pl.read_parquet(second / "payables.parquet")
+    assert payables.filter(pl.col("recipient") == "contrib-00000")["payout_address"].item() == new_payout
+    assert (second / "manifest.json").read_text().count('"sha256"') == 10
+
+
+def _tampered(source: Path, target: Path, name: str, change, rehash: bool = True) -> Path:
+    shutil.copytree(source, target)
+    frame = change(pl.read_parquet(target / name))
+    frame.write_parquet(target / name)
+    if rehash:
+        import hashlib
+
+        manifest = json.loads((target / "manifest.json").read_text())
+        manifest["files"][name]["sha256"] = hashlib.sha256((target / name).read_bytes()).hexdigest()
+        (target / "manifest.json").write_text(json.dumps(manifest))
+    return target
+
+
+def _first_row_plus(column: str, delta: int):
+    return lambda f: f.with_columns(
+        pl.when(pl.int_range(pl.len()) == 0).then(pl.col(column) + delta).otherwise(pl.col(column)).alias(column)
+    )
+
+
+def _one_policy_share_moved(frame: pl.DataFrame) -> pl.DataFrame:
+    """One ppm moved between the first two recipients of the first policy with two: the sum stays 1,000,000."""
+    index = next(i for i, s in enumerate(frame["shares"].to_list()) if len(s) > 1)
+    shares = frame["shares"].to_list()
+    shares[index][0]["share_ppm"] += 1
+    shares[index][1]["share_ppm"] -= 1
+    return frame.with_columns(pl.Series("shares", shares, dtype=frame.schema["shares"]))
+
+
+@pytest.mark.parametrize(
+    ("name", "change", "rehash", "named"),
+    [
+        ("groups.parquet", _first_row_plus("fee_micros", 1_000), True, "recipient "),
+        ("policies.parquet", _one_policy_share_moved, True, "pool "),
+        ("leaves.parquet", _first_row_plus("units", 1), True, "leaf 0x"),
+        ("groups.parquet", _first_row_plus("fee_micros", 1), False, "groups.parquet"),
+    ],
+    ids=["fee-sum", "policy-share", "leaf", "file-without-hash"],
+)
+def test_each_tamper_kind_is_named(bundles, tmp_path, name, change, rehash, named):
+    """A changed fee sum, policy share or leaf (with the manifest's hash updated) and a file changed without its
+    hash: the audit names the first disagreeing recipient, pool, leaf or file."""
+    tampered = _tampered(bundles[2], tmp_path / "b", name, change, rehash)
+    with pytest.raises(AuditDisagreement) as caught:
+        audit_bundle(tampered)
+    assert caught.value.what.startswith(named), str(caught.value)
+
+
+def test_royalty_audit_exits_0_with_a_statement_or_1_naming_the_disagreement(bundles, tmp_path):
+    runner = CliRunner()
+    clean = runner.invoke(app, ["audit", "--bundle", str(bundles[2])])
+    assert clean.exit_code == 0 and "recompute to" in clean.output, clean.output
+    tampered = _tampered(bundles[2], tmp_path / "b", "leaves.parquet", _first_row_plus("units", 1), rehash=False)
+    bad = runner.invoke(app, ["audit", "--bundle", str(tampered)])
+    assert bad.exit_code == 1 and "leaves.parquet" in bad.output, bad.output
