@@ -17,6 +17,7 @@ or forked (DuckDB, polars and pyarrow threads run in this process). Where the ex
 slower; CI requires the extension (`tests/test_native_built.py`).
 """
 
+import logging
 import os
 import secrets
 from collections.abc import Iterator, Mapping, Sequence
@@ -32,6 +33,9 @@ try:
     from settlement.onchain import _merkle_native
 except ImportError:  # no C compiler at install time: the Python build below, same tree
     _merkle_native = None
+
+log = logging.getLogger("royalty.settlement")
+_python_build_logged = False
 
 DUMP_FORMAT = "standard-v1"
 LEAF_ENCODING = ("address", "uint256")
@@ -262,6 +266,13 @@ def _raise_leaf_error(accounts: list[str], amounts_units: list[int], kind: str, 
 
 
 def _build_python(accounts: list[str], amounts_units: list[int]) -> _BuildParts:
+    global _python_build_logged
+    if not _python_build_logged:
+        _python_build_logged = True
+        log.warning(
+            "merkle: the native tree build (settlement.onchain._merkle_native) is not built; building trees in "
+            "Python, several times slower (install a C compiler, e.g. Debian's gcc, then reinstall the package)"
+        )
     leaves_count = len(accounts)
     _check_amounts(amounts_units)
     raw, given_hex = _parse_account_format(accounts)

@@ -3,6 +3,7 @@ build, on any number of threads, with either Keccak code, from concurrent caller
 
 from __future__ import annotations
 
+import logging
 import os
 import random
 import re
@@ -179,3 +180,19 @@ def test_account_lookup_finds_every_leaf_and_nothing_else() -> None:
     assert index.get(bytes(20)) is None
     with pytest.raises(TypeError):
         index.get(b"\x00" * 19)
+
+
+def test_the_python_build_says_once_that_the_extension_is_missing(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Without the extension the tree is still built, and the first build logs why it is slow and what to do."""
+    monkeypatch.setattr(merkle, "_merkle_native", None)
+    monkeypatch.setattr(merkle, "_python_build_logged", False)
+    accounts = random_accounts(3, seed=25)
+    with caplog.at_level(logging.WARNING, logger="royalty.settlement"):
+        first = MerkleTree.build(accounts, [1, 2, 3])
+        MerkleTree.build(accounts, [1, 2, 3])
+    warnings = [r.getMessage() for r in caplog.records if "native tree build" in r.getMessage()]
+    assert len(warnings) == 1
+    assert "install a C compiler" in warnings[0]
+    assert first.proof(accounts[0])
