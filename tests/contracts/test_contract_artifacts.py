@@ -17,6 +17,8 @@ from tests.support.anvil import CONTRACTS_DIR, require_node_modules
 COMPILE_TIMEOUT_S = 300
 # The reentrancy attacker of tests/contracts/test_invariants.py: compiled and committed like the others.
 MALICIOUS_TOKEN = "MaliciousToken"
+# The fee-on-transfer token of tests/contracts/test_distributor_rules.py.
+FEE_TOKEN = "FeeToken"
 # The registry, and the governance and wallet contracts its tests deploy (tests/contracts/test_model_registry.py).
 REGISTRY_CONTRACTS = (
     MODEL_REGISTRY, "CommunityToken", "CommunityGovernor", "CommunityTimelock", "TestContractWallet"
@@ -32,7 +34,7 @@ def test_committed_artifacts_equal_a_fresh_compile(tmp_path: Path) -> None:
         check=True,
         timeout=COMPILE_TIMEOUT_S,
     )
-    for name in (ROYALTY_DISTRIBUTOR, TEST_TOKEN, MALICIOUS_TOKEN, *REGISTRY_CONTRACTS):
+    for name in (ROYALTY_DISTRIBUTOR, TEST_TOKEN, MALICIOUS_TOKEN, FEE_TOKEN, *REGISTRY_CONTRACTS):
         fresh = json.loads((tmp_path / f"{name}.json").read_text())
         committed = json.loads((ARTIFACTS_DIR / f"{name}.json").read_text())
         changed = sorted(key for key in fresh.keys() | committed.keys() if fresh.get(key) != committed.get(key))
