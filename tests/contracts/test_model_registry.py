@@ -95,6 +95,8 @@ def test_payout_address_changes_only_by_the_account_or_its_signature(anvil: Anvi
     receipt = send(w3, registry.functions.setPayoutAddress(relayer), account)
     (event,) = registry.events.PayoutAddressSet().process_receipt(receipt, errors=DISCARD)
     assert (event.args.account, event.args.payout) == (account, relayer)
+    send(w3, registry.functions.setPayoutAddress(thief), thief)  # anyone else sets only its own
+    assert registry.functions.payoutAddress(account).call() == relayer
 
     key, wrong_key = Account.create(), Account.create()
     deadline = now(w3) + 3_600
