@@ -156,6 +156,9 @@ def run_demo(
             provider_addresses=registry is not None,
             timing=timing,
         )
+        story = story_messages(events, registry is not None, timing)
+        _produce_messages(bootstrap_servers, story)
+        result.produced["story"] = len(story)
         progress.update(task, completed=events)
         result.stage_seconds["produce"] = time.monotonic() - started
 
@@ -269,6 +272,8 @@ def summary_queries() -> dict[str, str]:
         "dead letters": "SELECT count(*) FROM dead_letters",
         "duplicates dropped": "SELECT coalesce(sum(duplicates), 0) FROM ingest_batches",
         "epochs closed": "SELECT count(*) FROM epochs",
+        "reversals settled": "SELECT coalesce(sum(reversal_count), 0) FROM epochs",
+        "calls held in suspense": "SELECT count(*) FROM suspense_items WHERE released_epoch IS NULL",
         "payable (micros)": "SELECT coalesce(sum(amount_micros), 0) FROM payables",
         "recipients paid": "SELECT count(DISTINCT recipient) FROM payables",
         "roots settled on-chain": "SELECT count(*) FROM settlements",
@@ -276,6 +281,63 @@ def summary_queries() -> dict[str, str]:
         "reconciliation rows off (must be 0)": "SELECT count(*) FROM reconciliation "
         "WHERE items_off <> 0 OR difference_micros <> 0",
     }
+
+
+# Reversals and calls to a model nobody registered, on top of the sample, so that the reversal and suspense
+# sections of the report and their documented queries show rows.
+story_reversals_max = 20
+story_unregistered_calls = 5
+unregistered_model = "model-unregistered"
+
+
+def story_messages(events: int, provider_addresses: bool, timing: tuple[datetime, int] | None) -> list[bytes]:
+    """Refunds of a few of the sample's calls (from the calls' own source, which may reverse them) and calls to
+    `unregistered_model`, whose fees wait in suspense; every time is a sample call's, so none is in the future."""
+    from ingest.producer import sample_messages
+
+    metered = [
+        message
+        for kind, message in sample_messages(
+            events, 0, 0, 0, sample_models, sample_contributors, sample_seed, provider_addresses, timing
+        )
+        if kind == "event"
+    ]
+    reversed_calls = metered[:: max(1, len(metered) // story_reversals_max)][:story_reversals_max]
+    story = []
+    for index, call in enumerate(reversed_calls):
+        original = json.loads(call)
+        story.append(
+            _story_event(
+                original, "ai.inference.reversed.v1", f"demo-refund-{index}",
+                {"original_event_id": original["id"], "reason": "refund"},
+            )
+        )
+    for index, call in enumerate(metered[-story_unregistered_calls:]):
+        original = json.loads(call)
+        story.append(
+            _story_event(
+                original, original["type"], f"demo-unregistered-{index}",
+                {**original["data"], "model_id": unregistered_model, "request_id": f"req_unregistered_{index}"},
+            )
+        )
+    return story
+
+
+def _story_event(original: dict, event_type: str, event_id: str, data: dict) -> bytes:
+    event = {**original, "type": event_type, "id": event_id, "data": data}
+    return json.dumps(event, separators=(",", ":")).encode()
+
+
+def _produce_messages(bootstrap_servers: str, messages: list[bytes]) -> None:
+    from kafka import KafkaProducer
+
+    producer = KafkaProducer(bootstrap_servers=bootstrap_servers.split(","), acks="all")
+    try:
+        for message in messages:
+            producer.send(demo_topic, message, key=json.loads(message)["id"].encode())
+        producer.flush()
+    finally:
+        producer.close()
 
 
 def summary_figures(lake: Path) -> dict[str, int]:

@@ -28,11 +28,15 @@ def test_demo_runs_to_the_end_and_its_summary_matches_royalty_sql(tmp_path: Path
         (value,) = json.loads(answer.stdout)[0].values()
         assert int(row.group(1).replace(",", "")) == value, name
     # Dead letters by reason_code (issue 21): one row per code, summing to the `dead letters` figure.
-    by_reason = dict(re.findall(r"│ ([a-z0-9_]+)\s*│\s*([\d,]+) │", result.stdout.split("dead letters by reason_code")[1]))
+    reason_table = result.stdout.split("dead letters by reason_code")[1]
+    by_reason = dict(re.findall(r"│ ([a-z0-9_]+)\s*│\s*([\d,]+) │", reason_table))
     total = int(by_reason.pop("total").replace(",", ""))
     dead_letters = int(re.search(r"│ dead letters\s*│\s*([\d,]+) │", result.stdout).group(1).replace(",", ""))
     assert total == sum(int(v.replace(",", "")) for v in by_reason.values()) == dead_letters
     assert "conflicting_duplicate" in by_reason and len(by_reason) >= 3
+    # The story on top of the sample (issue 21): refunds settled and calls to an unregistered model in suspense.
+    for figure in ("reversals settled", "calls held in suspense"):
+        assert int(re.search(rf"│ {figure}\s*│\s*([\d,]+) │", result.stdout).group(1).replace(",", "")) > 0, figure
     claims = re.findall(r"claimed (0x[0-9a-fA-F]{40}): cumulative ([\d,]+) units,\s*token balance now ([\d,]+)",
                         result.stdout)
     assert len(claims) == 2
