@@ -313,3 +313,14 @@ def test_the_issue_attacks_change_no_payout_in_onchain_mode(anvil: Anvil, tmp_pa
         {alice: (2_400_000, alice), bob: (1_600_000, bob)},
         [{"held": 1_000}],
     )
+    # Issue 18: the attacked ledger's bundle is read with the registry as of the block the epoch recorded (the
+    # Kafka records stay ignored), and audits clean.
+    bundle = tmp_path / "bundle"
+    attacked = str(tmp_path / "attacked")
+    published = runner.invoke(app, ["publish", "--epoch", "1", "--to", str(bundle), "--lake", attacked])
+    assert published.exit_code == 0, published.output
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    (recorded,) = query(tmp_path / "attacked", "SELECT block_number FROM settlement_epoch_registry")
+    assert manifest["registry"]["block_number"] == recorded["block_number"]
+    audited = runner.invoke(app, ["audit", "--bundle", str(bundle)])
+    assert audited.exit_code == 0 and manifest["root"] in audited.output, audited.output
