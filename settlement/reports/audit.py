@@ -20,7 +20,7 @@ from settlement.onchain.merkle import MerkleTree
 rules_versions = ("settlement-v1",)
 _ppm = 1_000_000
 _files = (
-    "groups", "pools", "pool_shares", "policies", "reversals", "suspense", "prior_recipients", "prior_leaves",
+    "groups", "pools", "pool_shares", "policies", "models", "reversals", "suspense", "prior_recipients", "prior_leaves",
     "payables", "leaves",
 )
 
@@ -110,13 +110,42 @@ def _check_registry(c: duckdb.DuckDBPyConnection) -> None:
         SELECT g.kind, g.model_id, g.pool_id, g.compute_provider, g.hour FROM groups g
         LEFT JOIN pools p USING (pool_id) LEFT JOIN policies pol ON pol.policy_id = p.policy_id
         WHERE p.model_id IS DISTINCT FROM g.model_id OR pol.compute_share_ppm IS DISTINCT FROM g.compute_share_ppm
-           OR g.hour + INTERVAL 1 HOUR <= pol.effective_from
         ORDER BY ALL LIMIT 1""")
     if bad:
-        raise AuditDisagreement(
-            f"group ({', '.join(str(v) for v in bad)})",
-            "its pool is not its model's, or its compute share or hour is not its policy's",
-        )
+        raise AuditDisagreement(_group(bad), "its pool is not its model's, or its compute share is not its policy's")
+    bad = _first(c, """
+        SELECT p.pool_id FROM pools p LEFT JOIN models m USING (model_id)
+        WHERE p.model_id NOT LIKE 'dataset:%' AND (m.model_id IS NULL OR
+              coalesce((SELECT list_sort(list(s.recipient[7:] || '=' || s.share_ppm)) FROM pool_shares s
+                        WHERE s.pool_id = p.pool_id AND s.recipient LIKE 'model:%'), [])
+              <> coalesce((SELECT list_sort(list(x.model_id || '=' || x.share_ppm))
+                           FROM (SELECT unnest(m.parents) AS x)), []))
+        ORDER BY 1 LIMIT 1""")
+    if bad:
+        raise AuditDisagreement(f"pool {bad[0]}", "its shares to models are not its model's registered parents")
+    # A group's pool, and every pool it pays into, is under the policy in force during the group's hour: one in
+    # effect before the hour ends, and no later policy of the record in effect from its start. A taken-back
+    # group was routed with the registry as of its original's epoch, so only new and released ones are checked.
+    bad = _first(c, """
+        WITH RECURSIVE reach(kind, model_id, group_pool, compute_provider, hour, pool_id) AS (
+            SELECT kind, model_id, pool_id, compute_provider, hour, pool_id FROM groups WHERE kind <> 'reversal'
+            UNION SELECT r.kind, r.model_id, r.group_pool, r.compute_provider, r.hour, s.target_pool_id
+            FROM reach r JOIN pool_shares s ON s.pool_id = r.pool_id WHERE s.target_pool_id IS NOT NULL)
+        SELECT r.kind, r.model_id, r.group_pool, r.compute_provider, r.hour FROM reach r
+        JOIN pools p USING (pool_id) JOIN policies pol ON pol.policy_id = p.policy_id
+        WHERE r.hour + INTERVAL 1 HOUR <= pol.effective_from
+           OR EXISTS (SELECT 1 FROM policies q WHERE q.model_id = pol.model_id AND q.effective_from <= r.hour
+                      AND (q.effective_from > pol.effective_from
+                           OR (q.effective_from = pol.effective_from AND q.event_time > pol.event_time)
+                           OR (q.effective_from = pol.effective_from AND q.event_time = pol.event_time
+                               AND q.policy_id > pol.policy_id)))
+        ORDER BY ALL LIMIT 1""")
+    if bad:
+        raise AuditDisagreement(_group(bad), "a pool it pays into is not under the policy in force during its hour")
+
+
+def _group(row: tuple) -> str:
+    return f"group ({', '.join(str(v) for v in row)})"
 
 
 _allocate_sql = """

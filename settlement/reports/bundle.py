@@ -23,7 +23,7 @@ from ledger.ledger import Ledger
 from schemas.errors import require
 from settlement import chain_registry
 from settlement.engine import reversals as rev
-from settlement.engine.authority import RegistryRules
+from settlement.engine.authority import RegistryRules, arrival_columns
 from settlement.engine.constants import amount_micros_max
 from settlement.engine.epochs import EpochInputs, PriorState, _merge_resolutions, plan_epoch
 from settlement.engine.policies import Resolution, resolve
@@ -42,6 +42,7 @@ bundle_files = (
     "pools.parquet",
     "pool_shares.parquet",
     "policies.parquet",
+    "models.parquet",
     "reversals.parquet",
     "suspense.parquet",
     "prior_recipients.parquet",
@@ -239,14 +240,25 @@ def _frames(
     used = _reachable(resolution, set(groups["pool_id"].to_list()))
     pools = resolution.pools.filter(pl.col("pool_id").is_in(list(used))).sort("pool_id")
     shares = resolution.pool_shares.filter(pl.col("pool_id").is_in(list(used))).sort("pool_id", "recipient")
+    records = pools["model_id"].unique().to_list()
+    # Every accepted policy of the pools' records known at the close (not only those in use), so the audit can
+    # check that no later one was in force at a group's hour.
     policies = (
-        inputs.policies.filter(pl.col("event_id").is_in(pools["policy_id"].to_list()))
+        inputs.policies.filter(pl.col("model_id").is_in(records))
         .unique("event_id")
         .select(
-            pl.col("event_id").alias("policy_id"), "model_id", "effective_from", "compute_share_ppm",
+            pl.col("event_id").alias("policy_id"), "model_id", "effective_from", "event_time", "compute_share_ppm",
             pl.col("shares").list.eval(pl.element().sort_by(pl.element().struct.field("recipient"))),
+            "known_snapshot",
         )
         .sort("policy_id")
+    )
+    order = [c for c in arrival_columns if c in inputs.models.columns]
+    models = (
+        inputs.models.sort(order).unique("model_id", keep="first", maintain_order=True)  # the registration in force
+        .filter(pl.col("model_id").is_in(records))
+        .select("model_id", pl.col("parents").list.eval(pl.element().sort_by(pl.element().struct.field("model_id"))))
+        .sort("model_id")
     )
     moves = [
         routed[name].group_by("model_id").agg(pl.len().cast(pl.Int64).alias("events"), pl.col("fee_micros").sum())
@@ -290,6 +302,7 @@ def _frames(
         "pools.parquet": pools,
         "pool_shares.parquet": shares,
         "policies.parquet": policies,
+        "models.parquet": models,
         "reversals.parquet": reversals,
         "suspense.parquet": suspense,
         "prior_recipients.parquet": prior_recipients,

@@ -127,7 +127,7 @@ def test_a_multi_epoch_bundle_audits_clean_and_covers_the_scenario(bundles):
     assert outcomes == {"taken_back", "cancelled"}
     payables = pl.read_parquet(second / "payables.parquet")
     assert payables.filter(pl.col("recipient") == "contrib-00000")["payout_address"].item() == new_payout
-    assert (second / "manifest.json").read_text().count('"sha256"') == 10
+    assert (second / "manifest.json").read_text().count('"sha256"') == 11
 
 
 def _tampered(source: Path, target: Path, name: str, change, rehash: bool = True) -> Path:
@@ -158,19 +158,28 @@ def _one_policy_share_moved(frame: pl.DataFrame) -> pl.DataFrame:
     return frame.with_columns(pl.Series("shares", shares, dtype=frame.schema["shares"]))
 
 
+def _policy_change_backdated(frame: pl.DataFrame) -> pl.DataFrame:
+    """The mid-epoch policy made effective before the hour: the groups of the older policy no longer fit."""
+    earlier = shape.start - timedelta(minutes=30)
+    when = pl.col("policy_id") == "pol-change"
+    return frame.with_columns(pl.when(when).then(pl.lit(earlier)).otherwise(pl.col("effective_from"))
+                              .cast(frame.schema["effective_from"]).alias("effective_from"))
+
+
 @pytest.mark.parametrize(
     ("name", "change", "rehash", "named"),
     [
         ("groups.parquet", _first_row_plus("fee_micros", 1_000), True, "recipient "),
         ("policies.parquet", _one_policy_share_moved, True, "pool "),
+        ("policies.parquet", _policy_change_backdated, True, "group ("),
         ("leaves.parquet", _first_row_plus("units", 1), True, "leaf 0x"),
         ("groups.parquet", _first_row_plus("fee_micros", 1), False, "groups.parquet"),
     ],
-    ids=["fee-sum", "policy-share", "leaf", "file-without-hash"],
+    ids=["fee-sum", "policy-share", "policy-time", "leaf", "file-without-hash"],
 )
 def test_each_tamper_kind_is_named(bundles, tmp_path, name, change, rehash, named):
-    """A changed fee sum, policy share or leaf (with the manifest's hash updated) and a file changed without its
-    hash: the audit names the first disagreeing recipient, pool, leaf or file."""
+    """A changed fee sum, policy share, policy time or leaf (with the manifest's hash updated) and a file changed
+    without its hash: the audit names the first disagreeing recipient, pool, group, leaf or file."""
     tampered = _tampered(bundles[2], tmp_path / "b", name, change, rehash)
     with pytest.raises(AuditDisagreement) as caught:
         audit_bundle(tampered)
