@@ -302,18 +302,19 @@ def _merge(ledger: Ledger, files: list[_File]) -> tuple[int, int]:
 
 def _retire(connection: duckdb.DuckDBPyConnection, files: list[_File], table: str, batches: list[str]) -> None:
     """Delete exactly the rows of `files`: those of `batches` on their event date (whole files, so DuckLake ends
-    them at this snapshot and writes no delete file)."""
-    connection.register("retired_batches", pa.table({"ingest_batch_id": pa.array(batches, pa.string())}))
-    try:
-        event_date = files[0].event_date
-        date_filter = "event_date = ? AND " if event_date is not None else ""
-        ((deleted,),) = connection.execute(
-            f"DELETE FROM {catalog_alias}.main.{table} WHERE {date_filter}"
-            "ingest_batch_id IN (SELECT ingest_batch_id FROM retired_batches)",
-            [event_date] if event_date is not None else [],
-        ).fetchall()
-    finally:
-        connection.unregister("retired_batches")
+    them at this snapshot and writes no delete file).
+
+    The batch ids are literals, not a subquery: DuckLake then skips by column statistics every file holding none
+    of them, which keeps the transaction short. On a SQLite catalog a long transaction cannot commit while
+    appends commit beside it ("database is locked" on every retry).
+    """
+    event_date = files[0].event_date
+    conditions = [f"ingest_batch_id IN ({', '.join(_quote(batch) for batch in batches)})"]
+    if event_date is not None:
+        conditions.insert(0, f"event_date = DATE '{event_date.isoformat()}'")
+    ((deleted,),) = connection.execute(
+        f"DELETE FROM {catalog_alias}.main.{table} WHERE {' AND '.join(conditions)}"
+    ).fetchall()
     expected = sum(file.rows for file in files)
     if deleted != expected:
         # Rolled back by the caller: the batches had rows in other files too (never written so by the ledger).

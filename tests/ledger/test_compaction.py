@@ -116,6 +116,14 @@ def test_compaction_merges_small_files_per_event_date_and_epoch(compared):
     assert compared["report"].merges >= 2
     assert after["inference_metered"] < before["inference_metered"] / 3
     assert after["dead_letter"] < before["dead_letter"]
+    with Ledger.open_read_only(compared["lake"]) as ledger:
+        closings = [s for (s,) in ledger.connection.execute("SELECT closing_snapshot FROM lake.main.settlement_epoch")]
+        ranges = ledger.connection.execute(
+            "SELECT table_name, first_snapshot, last_snapshot FROM lake.main.ledger_compaction"
+        ).fetchall()
+    assert {table for table, *_ in ranges} <= {"inference_metered", "inference_reversed", "dead_letter"}
+    # Never across a closing snapshot: no epoch closes inside a merged file's range of snapshots.
+    assert not [r for r in ranges for closing in closings if r[1] <= closing < r[2]], (ranges, closings)
 
 
 def test_rows_time_travel_and_views_are_unchanged_row_for_row(compared):
