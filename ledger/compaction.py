@@ -95,7 +95,7 @@ def compact(ledger: Ledger, older_than_s: float = 0.0, now: datetime | None = No
     report = CompactionReport()
     cutoff = (now or datetime.now(UTC)) - timedelta(seconds=older_than_s)
     with ledger.step_lock(close_step):
-        for group in list(_groups(ledger, cutoff)):
+        for group in ledger._retrying(lambda: list(_groups(ledger, cutoff)), "list the files to compact"):
             try:
                 snapshot, size_bytes = _merge(ledger, group)
             except LedgerBusyError as error:
