@@ -292,7 +292,11 @@ def _merge(ledger: Ledger, files: list[_File]) -> tuple[int, int]:
     finally:
         with suppress(duckdb.Error):
             connection.unregister("compaction_files")
-    snapshot = ledger._last_committed_snapshot()
+    # Read whole (fetchall): a result left open would keep a read on a SQLite catalog and block every writer.
+    ((snapshot,),) = connection.execute(
+        f"SELECT coalesce((SELECT id FROM ducklake_last_committed_snapshot('{catalog_alias}')), "
+        f"(SELECT max(snapshot_id) FROM ducklake_snapshots('{catalog_alias}')))"
+    ).fetchall()
     log.info(
         "ledger files compacted",
         extra={"table": table, "files": len(files), "rows": int(expected[0]), "snapshot": snapshot},
