@@ -61,6 +61,10 @@ contract RoyaltyDistributor is AccessControlDefaultAdminRules, ReentrancyGuardTr
     uint256 public constant LOCAL_CHAIN_ID = 31337;
     /// @notice eth-tester's chain id (the in-process chain): also local.
     uint256 public constant EMBEDDED_CHAIN_ID = 131277322940537;
+    /// @dev The root hash of the record standing for "no root yet": no proof hashes to it (it is no keccak
+    /// output anyone can find), and being non-zero, the second proposal overwrites it at the price of a
+    /// changed slot rather than a slot written from zero.
+    bytes32 private constant NO_ROOT = bytes32(uint256(1));
 
     struct State {
         uint128 totalClaimed;
@@ -71,7 +75,7 @@ contract RoyaltyDistributor is AccessControlDefaultAdminRules, ReentrancyGuardTr
     struct RootMeta {
         uint128 totalCumulative;
         uint64 epoch;
-        uint64 activeAtSeconds; // 0 marks a record never proposed into
+        uint64 activeAtSeconds; // record 1 before the first proposal: 0
     }
 
     struct Limits {
@@ -210,7 +214,9 @@ contract RoyaltyDistributor is AccessControlDefaultAdminRules, ReentrancyGuardTr
         }
         predecessor = predecessor_;
         predecessorEpoch = startEpoch;
-        _rootMeta[0].epoch = startEpoch;
+        // Record 0 stands for "no root yet": active since time 1, paying nothing, with a root no proof reaches.
+        _rootHashes[0] = NO_ROOT;
+        _rootMeta[0] = RootMeta(0, startEpoch, 1);
         if (settler != address(0)) _grantRole(SETTLER_ROLE, settler);
         for (uint256 i = 0; i < guardians.length; ++i) {
             _grantRole(GUARDIAN_ROLE, guardians[i]);
@@ -375,9 +381,10 @@ contract RoyaltyDistributor is AccessControlDefaultAdminRules, ReentrancyGuardTr
         returns (uint64 epoch, bytes32 root, uint256 totalCumulative, bytes32 ledgerDigest, uint64 activeAtSeconds)
     {
         uint256 index = _activeIndex(_state);
+        bytes32 active = _rootHashes[index];
+        if (active == NO_ROOT || active == bytes32(0)) return (0, bytes32(0), 0, bytes32(0), 0);
         RootMeta memory m = _rootMeta[index];
-        if (m.activeAtSeconds == 0) return (0, bytes32(0), 0, bytes32(0), 0);
-        return (m.epoch, _rootHashes[index], m.totalCumulative, bytes32(0), m.activeAtSeconds);
+        return (m.epoch, active, m.totalCumulative, bytes32(0), m.activeAtSeconds);
     }
 
     /// @notice The root waiting in its timelock (zeros when none is waiting). The ledger digest is in the
@@ -516,7 +523,8 @@ contract RoyaltyDistributor is AccessControlDefaultAdminRules, ReentrancyGuardTr
             revert RoyaltyDistributorRootNotActive(_rootMeta[s.latestIndex].epoch, s.latestActiveAtSeconds);
         }
         if (revokedRoots[proven]) revert RoyaltyDistributorRootRevoked(proven);
-        if (_rootMeta[_activeIndex(s)].activeAtSeconds == 0) revert RoyaltyDistributorNoActiveRoot();
+        bytes32 active = _rootHashes[_activeIndex(s)];
+        if (active == NO_ROOT || active == bytes32(0)) revert RoyaltyDistributorNoActiveRoot();
         revert RoyaltyDistributorInvalidProof(account, cumulativeAmount);
     }
 }
