@@ -25,7 +25,7 @@ from settlement import chain_registry
 from settlement.engine import reversals as rev
 from settlement.engine.authority import RegistryRules, arrival_columns
 from settlement.engine.constants import amount_micros_max
-from settlement.engine.epochs import EpochInputs, PriorState, _merge_resolutions, plan_epoch
+from settlement.engine.epochs import EpochInputs, EpochPlan, PriorState, _merge_resolutions, plan_epoch
 from settlement.engine.policies import Resolution, resolve
 from settlement.engine.splits import event_columns, event_key, key_separator, route
 from settlement.exceptions import SettlementError
@@ -88,13 +88,26 @@ def publish_epoch(ledger: Ledger, epoch: int, directory: Path, rules: RegistryRu
             f"epoch {epoch} does not recompute from the ledger to the payables it wrote: publish with the registry "
             "settings (registry_sources, reversal_sources, policy_notice_s) the epoch was closed with"
         )
-    frames = _frames(inputs, prior, plan, stored, epoch)
+    frames = bundle_frames(inputs, prior, plan, stored, epoch)
+    leaves, _ = address_leaves(stored)
+    settled = read_stored_tree(connection, epoch)
+    if settled is not None and (not leaves or settled.root_hex != MerkleTree.from_amounts(leaves).root_hex):
+        raise BundleError(f"epoch {epoch}: the payables give another root than the one settled ({settled.root_hex})")
+    return write_bundle(Path(directory), frames, stored, epoch, (prior.closing_snapshot, closing), registry_block)
+
+
+def write_bundle(
+    directory: Path,
+    frames: dict[str, pl.DataFrame],
+    stored: pl.DataFrame,
+    epoch: int,
+    snapshots: tuple[int, int],
+    registry_block: dict | None = None,
+) -> PublishSummary:
+    """Write `frames` (`bundle_frames`) and the manifest into `directory`; `stored` are the payable rows of
+    epochs up to `epoch`, `snapshots` the previous and the closing snapshot."""
     leaves, unaddressed_units = address_leaves(stored)
     tree = MerkleTree.from_amounts(leaves) if leaves else None
-    settled = read_stored_tree(connection, epoch)
-    if settled is not None and (tree is None or settled.root_hex != tree.root_hex):
-        raise BundleError(f"epoch {epoch}: the payables give another root than the one settled ({settled.root_hex})")
-    directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     files = {}
     for name in bundle_files:
@@ -104,15 +117,15 @@ def publish_epoch(ledger: Ledger, epoch: int, directory: Path, rules: RegistryRu
     manifest = {
         "rules_version": rules_version,
         "epoch": epoch,
-        "previous_snapshot": prior.closing_snapshot,
-        "closing_snapshot": closing,
+        "previous_snapshot": snapshots[0],
+        "closing_snapshot": snapshots[1],
         "registry": registry_block,
         "files": files,
         "root": tree.root_hex if tree else None,
         "leaf_count": len(leaves),
         "total_units": sum(leaves.values()),
         "unaddressed_units": unaddressed_units,
-        "ledger_digest": ledger_digest(epoch, closing, leaves),
+        "ledger_digest": ledger_digest(epoch, snapshots[1], leaves),
     }
     body = (json.dumps(manifest, indent=1, sort_keys=True) + "\n").encode()
     (directory / manifest_name).write_bytes(body)
@@ -230,9 +243,11 @@ def _int64(frame: pl.DataFrame, columns: list[str]) -> pl.DataFrame:
     return frame.with_columns(pl.col(columns).cast(pl.Int64))
 
 
-def _frames(
-    inputs: EpochInputs, prior: PriorState, plan, stored: pl.DataFrame, epoch: int
+def bundle_frames(
+    inputs: EpochInputs, prior: PriorState, plan: EpochPlan, stored: pl.DataFrame, epoch: int
 ) -> dict[str, pl.DataFrame]:
+    """The bundle's files of `epoch`, from its inputs, the state before it, its plan and the payable rows of
+    epochs up to it (`stored`: epoch, recipient, the payable columns, payout_address)."""
     routed = _groups(inputs, prior, plan.reversals)
     groups = routed["groups"].sort("kind", "model_id", "pool_id", "compute_provider", "hour")
     groups = _int64(groups, ["fee_micros"])
@@ -244,7 +259,7 @@ def _frames(
     # Every accepted policy of the pools' records known at the close (not only those in use), so the audit can
     # check that no later one was in force at a group's hour.
     policies = (
-        inputs.policies.filter(pl.col("model_id").is_in(records))
+        inputs.policies.filter(pl.col("model_id").is_in(records), pl.col("known_snapshot") <= inputs.closing_snapshot)
         .unique("event_id")
         .select(
             pl.col("event_id").alias("policy_id"), "model_id", "effective_from", "event_time", "compute_share_ppm",
@@ -255,7 +270,8 @@ def _frames(
     )
     order = [c for c in arrival_columns if c in inputs.models.columns]
     models = (
-        inputs.models.sort(order).unique("model_id", keep="first", maintain_order=True)  # the registration in force
+        inputs.models.filter(pl.col("known_snapshot") <= inputs.closing_snapshot)
+        .sort(order).unique("model_id", keep="first", maintain_order=True)  # the registration in force
         .filter(pl.col("model_id").is_in(records))
         .select("model_id", pl.col("parents").list.eval(pl.element().sort_by(pl.element().struct.field("model_id"))))
         .sort("model_id")

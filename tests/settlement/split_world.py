@@ -178,8 +178,10 @@ def event_frame(rows: list[dict]) -> pl.DataFrame:
     ).select(event_columns)
 
 
-def run_epochs(world: World, order_seed: int | None = None) -> list:
-    """Close every epoch of the world in memory (epoch k closes at snapshot k); return the plans."""
+def run_epochs(world: World, order_seed: int | None = None, each=None) -> list:
+    """Close every epoch of the world in memory (epoch k closes at snapshot k); return the plans.
+
+    `each(inputs, prior, plan)` is called after each epoch is planned (the bundle property test publishes it)."""
     models, policies = registry_frames(world)
     prior, plans = PriorState(), []
     for epoch in range(1, world.epochs + 1):
@@ -222,6 +224,8 @@ def run_epochs(world: World, order_seed: int | None = None) -> list:
         )
         plan = plan_epoch(inputs, prior)
         plans.append(plan)
+        if each is not None:
+            each(inputs, prior, plan)
         prior = advance(prior, plan)
     return plans
 

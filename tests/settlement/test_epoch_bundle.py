@@ -6,12 +6,14 @@ clean, and each tamper kind is named by the audit (a fee sum, a policy share, a 
 """
 
 import json
+import os
 import shutil
 from datetime import timedelta
 from pathlib import Path
 
 import polars as pl
 import pytest
+from hypothesis import HealthCheck, given, settings
 from typer.testing import CliRunner
 from web3 import Web3
 
@@ -21,7 +23,8 @@ from royalty.cli import app
 from settlement import close_epoch
 from settlement.engine.authority import RegistryRules
 from settlement.reports.audit import AuditDisagreement, audit_bundle
-from settlement.reports.bundle import BundleError, publish_epoch
+from settlement.reports.bundle import BundleError, bundle_frames, publish_epoch, write_bundle
+from tests.settlement.split_world import run_epochs, worlds
 from tests.support.ledger_batches import append_in_batches, sample_messages, shape
 
 registry_source = "//registry.example"
@@ -193,3 +196,28 @@ def test_royalty_audit_exits_0_with_a_statement_or_1_naming_the_disagreement(bun
     tampered = _tampered(bundles[2], tmp_path / "b", "leaves.parquet", _first_row_plus("units", 1), rehash=False)
     bad = runner.invoke(app, ["audit", "--bundle", str(tampered)])
     assert bad.exit_code == 1 and "leaves.parquet" in bad.output, bad.output
+
+
+# 12 examples in CI (a few seconds); ROYALTY_NIGHTLY=1 runs 150.
+@settings(
+    max_examples=150 if os.environ.get("ROYALTY_NIGHTLY") == "1" else 12,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
+@given(world=worlds(epochs_max=3))
+def test_the_audit_recomputes_every_generated_epoch_the_engine_closed(world, tmp_path_factory):
+    """Property: on generated registries and traffic (lineage, policy changes, suspense, reversals taken back
+    and cancelled, addresses or none), every epoch's bundle audits clean: the audit's SQL, written from the spec,
+    gives the engine's payables, leaves and root."""
+    root = tmp_path_factory.mktemp("world")
+    stored: list[pl.DataFrame] = []
+
+    def publish(inputs, prior, plan) -> None:
+        stored.append(plan.payables)
+        rows = pl.concat(stored)
+        frames = bundle_frames(inputs, prior, plan, rows, plan.epoch)
+        directory = root / f"epoch-{plan.epoch}"
+        write_bundle(directory, frames, rows, plan.epoch, (prior.closing_snapshot, plan.closing_snapshot))
+        assert audit_bundle(directory).epoch == plan.epoch
+
+    run_epochs(world, each=publish)
