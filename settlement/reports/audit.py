@@ -33,6 +33,10 @@ class AuditDisagreement(SettlementError):
         super().__init__(f"{what}: {detail}")
 
 
+class BundleMissingError(SettlementError):
+    """No bundle where `--bundle` points: nothing to audit (a usage error, not a disagreement)."""
+
+
 @dataclass(frozen=True)
 class AuditResult:
     epoch: int
@@ -61,7 +65,9 @@ def read_manifest(directory: Path) -> dict:
     """The manifest, after checking its rules version and every file's SHA-256."""
     path = Path(directory) / "manifest.json"
     if not path.is_file():
-        raise AuditDisagreement("manifest.json", f"no manifest in {directory}; publish one with `royalty publish`")
+        raise BundleMissingError(
+            f"no manifest.json in {directory}; point --bundle at a folder `royalty publish` wrote"
+        )
     manifest = json.loads(path.read_text(encoding="utf-8"))
     if manifest.get("rules_version") not in rules_versions:
         raise AuditDisagreement("manifest.json", f"rules version {manifest.get('rules_version')!r} is not one of "

@@ -196,6 +196,8 @@ def test_royalty_audit_exits_0_with_a_statement_or_1_naming_the_disagreement(bun
     tampered = _tampered(bundles[2], tmp_path / "b", "leaves.parquet", _first_row_plus("units", 1), rehash=False)
     bad = runner.invoke(app, ["audit", "--bundle", str(tampered)])
     assert bad.exit_code == 1 and "leaves.parquet" in bad.output, bad.output
+    missing = runner.invoke(app, ["audit", "--bundle", str(tmp_path / "nowhere")])
+    assert missing.exit_code == 2 and "no manifest.json" in missing.output, missing.output
 
 
 # 12 examples in CI (a few seconds); ROYALTY_NIGHTLY=1 runs 150.
