@@ -65,13 +65,14 @@ SETTLER_ROLE = Web3.keccak(text="SETTLER_ROLE")
 GUARDIAN_ROLE = Web3.keccak(text="GUARDIAN_ROLE")
 DEFAULT_ADMIN_ROLE = b"\x00" * 32
 # The admin's growth cap at deployment: below the largest proposal the machine draws (4 x 1,000,000), so
-# GrowthTooLarge is reached; the `set_growth_cap` rule moves it.
-GROWTH_CAP_UNITS = 3_000_000
+# GrowthTooLarge is reached now and then without blocking most proposals; the `set_growth_cap` rule moves it.
+GROWTH_CAP_UNITS = 3_500_000
 PAYEES = [to_checksum_address(f"0x{i:02x}" + "ab" * 19) for i in (0x11, 0x22, 0x33, 0x44)]
 GAS = 600_000  # sent with a fixed gas limit, so a reverting call is mined (and changes nothing)
-# CI's depth: 30 examples of up to 30 steps (~30-40 s on a busy 2-core machine; CI's "ci" profile
-# derandomizes it); the nightly run takes NIGHTLY_EXAMPLES.
-MAX_EXAMPLES = 30
+# CI's depth: 60 examples of up to 30 steps (50-80 s on a busy 2-core machine, as before the roles, cap and
+# sweep rules; fewer examples left some paths unvisited; CI's "ci" profile derandomizes it); the nightly run
+# takes NIGHTLY_EXAMPLES.
+MAX_EXAMPLES = 60
 NIGHTLY_EXAMPLES = 300
 STEPS_PER_EXAMPLE = 30
 
@@ -186,7 +187,7 @@ class DistributorMachine(RuleBasedStateMachine):
         if error is None:
             self.model.funded += units
 
-    @rule(cap=st.sampled_from([0, 1_000_000, GROWTH_CAP_UNITS, 10**12]), sender_index=st.sampled_from([0, 0, 1, 2]))
+    @rule(cap=st.sampled_from([2_000_000, GROWTH_CAP_UNITS, 10**12]), sender_index=st.sampled_from([0, 0, 1, 2]))
     def set_growth_cap(self, cap: int, sender_index: int) -> None:
         """The admin (or another account) sets the most one proposal may add."""
         d = self.d
