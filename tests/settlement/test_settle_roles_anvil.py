@@ -91,7 +91,7 @@ def test_settle_pulls_funding_from_the_treasury_only_up_to_the_cap(anvil: Anvil,
     from the treasury, and the settler's account never holds a token."""
     deployed, treasury = _deploy_with_treasury(anvil)
     lake = tmp_path / "lake"
-    new_lake(lake, 150)
+    new_lake(lake, 60)
     env = {"ROYALTY_SETTLER_KEY": SETTLER_KEY}
     args = ["settle", "--lake", str(lake), "--rpc-url", anvil.url, "--distributor", deployed["distributor"]]
     refused = _invoke(*args, "--funding-cap-units", "10", env=env)
@@ -184,7 +184,7 @@ def test_settle_via_safe_writes_a_batch_and_a_later_settle_records_the_executed_
 ) -> None:
     """No hot key: with the settler role and the treasury held by a Safe (an unlocked anvil account stands in
     for it), `settle --via safe` without any key writes the Transaction Builder batch (approve, fund,
-    proposeRoot) and sends nothing; a rerun before execution writes the same batch; executed by the Safe, a
+    proposeRoot) and sends nothing; executed by the Safe, a
     later `settle` finds the proposal on the chain and records it (recovered), then reports it recorded."""
     safe = anvil.w3.eth.accounts[8]
     deployed = royalty(
@@ -192,7 +192,7 @@ def test_settle_via_safe_writes_a_batch_and_a_later_settle_records_the_executed_
         "--mint-units", str(MINT_UNITS),
     )  # fmt: skip
     lake = tmp_path / "lake"
-    new_lake(lake, 150)
+    new_lake(lake, 60)
     args = ["settle", "--lake", str(lake), "--rpc-url", anvil.url, "--distributor", deployed["distributor"], "--json"]
     batch_args = [*args, "--via", "safe", "--safe", safe, "--safe-batch-dir", str(tmp_path / "batches")]
     first = _invoke(*batch_args, env={})
@@ -203,8 +203,6 @@ def test_settle_via_safe_writes_a_batch_and_a_later_settle_records_the_executed_
     assert batch["chainId"] == "31337" and batch["meta"]["createdFromSafeAddress"] == safe
     assert [tx["to"] for tx in batch["transactions"]] == [deployed["token"], *[deployed["distributor"]] * 2]
     assert proposals(anvil, deployed["distributor"], 1) == []
-    again = _invoke(*batch_args, env={})
-    assert json.loads(again.stdout.strip().splitlines()[-1])["root"] == written["root"]
     assert settlement_rows(lake, "settlement_record") == []
 
     for tx in batch["transactions"]:  # the Safe's signers execute the batch
