@@ -117,7 +117,8 @@ def test_compaction_merges_small_files_per_event_date_and_epoch(compared):
     assert after["inference_metered"] < before["inference_metered"] / 3
     assert after["dead_letter"] < before["dead_letter"]
     with Ledger.open_read_only(compared["lake"]) as ledger:
-        closings = [s for (s,) in ledger.connection.execute("SELECT closing_snapshot FROM lake.main.settlement_epoch")]
+        epochs = ledger.connection.execute("SELECT closing_snapshot FROM lake.main.settlement_epoch").fetchall()
+        closings = [s for (s,) in epochs]
         ranges = ledger.connection.execute(
             "SELECT table_name, first_snapshot, last_snapshot FROM lake.main.ledger_compaction"
         ).fetchall()
