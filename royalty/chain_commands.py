@@ -144,8 +144,7 @@ def deploy(
     Off a local chain (anvil's 31337, the in-process chain) one account may hold only one role unless
     --allow-shared-roles, and the timelock is at least an hour.
     """
-    from settlement.onchain import deploy_contracts
-    from settlement.onchain.chain import DeployRoles, growth_units_unlimited
+    from settlement.onchain import DeployRoles, deploy_contracts, growth_units_unlimited
 
     settings = load_settings({"rpc_url": rpc_url}, config)
     roles = DeployRoles(
@@ -370,8 +369,16 @@ def claim(
     """
     import sys
 
-    from settlement.onchain import NoSettlementError, connect, distributor_contract, token_contract, transact
-    from settlement.onchain.claiming import claimer_signer, proof_for_active_root, proof_in_root
+    from settlement.onchain import (
+        NoSettlementError,
+        claimer_signer,
+        connect,
+        distributor_contract,
+        proof_for_active_root,
+        proof_in_root,
+        token_contract,
+        transact,
+    )
 
     settings = load_settings(
         {"lake": lake, "data_path": data_path, "rpc_url": rpc_url, "distributor": distributor}, config

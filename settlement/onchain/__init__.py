@@ -7,16 +7,19 @@ CLI needs beside them.
 from settlement.onchain import tables
 from settlement.onchain.chain import (
     Chain,
+    DeployRoles,
     claimer_key_env,
     connect,
     deploy_contracts,
     distributor_contract,
+    growth_units_unlimited,
     load_signer,
     require_embedded_chain,
     settler_key_env,
     token_contract,
     transact,
 )
+from settlement.onchain.claiming import claimer_signer, proof_for_active_root, proof_in_root
 from settlement.onchain.exceptions import ChainConfigError, NoSettlementError
 from settlement.onchain.merkle import MerkleTree
 from settlement.onchain.payout_tree import EpochTree
@@ -33,17 +36,22 @@ from settlement.onchain.registry_sync import registry_contract
 __all__ = [
     "Chain",
     "ChainConfigError",
+    "DeployRoles",
     "EpochTree",
     "MerkleTree",
     "NoSettlementError",
     "account_proof",
     "claimer_key_env",
+    "claimer_signer",
     "connect",
     "deploy_contracts",
     "deploy_registry",
     "distributor_contract",
+    "growth_units_unlimited",
     "largest_leaves",
     "load_signer",
+    "proof_for_active_root",
+    "proof_in_root",
     "recorded_distributor",
     "register_dataset",
     "register_model",
