@@ -192,7 +192,8 @@ def test_node_restarted_with_the_proposal_still_pending_stops_as_dropped_and_the
             process.kill()
     assert process.returncode == 75, stderr  # EX_TEMPFAIL: a rerun sends it again
     message = " ".join(stderr.split())
-    assert "was dropped" in message and "run `royalty settle` again" in message, message
+    # The hint repeats the --lake the command was given (`royalty settle --lake L`).
+    assert "was dropped" in message and f"run `royalty settle --lake {lake}` again" in message, message
     (intent,) = settlement_rows(lake, "settlement_intent")
     assert settlement_rows(lake, "settlement_record") == []
     assert proposals(restartable.node, deployed["distributor"], 1) == []
