@@ -16,6 +16,8 @@ offsets = st.sampled_from([UTC, timezone(timedelta(hours=2)), timezone(timedelta
 times_max = datetime.now(UTC).replace(tzinfo=None) - timedelta(days=1)
 times = st.datetimes(min_value=datetime(2000, 1, 2), max_value=times_max, timezones=offsets)
 address = st.binary(min_size=20, max_size=20).map(to_checksum_address)
+# A payout address may be any address but the zero one (tokens claimed for it are lost: refused as field_invalid).
+payout_address = st.binary(min_size=20, max_size=20).filter(any).map(to_checksum_address)
 ppm = limits.ppm_total
 
 
@@ -48,7 +50,7 @@ def event_data(draw: st.DrawFn, event_type: str) -> dict:
     if event_type == "ai.inference.reversed.v1":
         return {"original_event_id": draw(event_id), "reason": draw(st.sampled_from(["refund", "chargeback"]))}
     if event_type == "ai.contributor.registered.v1":
-        return {"contributor_id": draw(identifier), "payout_address": draw(address)}
+        return {"contributor_id": draw(identifier), "payout_address": draw(payout_address)}
     if event_type == "ai.model.registered.v1":
         model_id = draw(identifier)
         parents = draw(st.lists(identifier.filter(lambda p: p != model_id), max_size=3, unique=True))
