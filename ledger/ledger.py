@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from dataclasses import field as dataclass_field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TypeVar
 
 import duckdb
 import pyarrow as pa
@@ -62,10 +63,15 @@ from schemas.events import event_types
 from schemas.reason_codes import ReasonCode
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 # Errors a concurrent writer causes: SQLite's single-writer lock, DuckLake's optimistic
 # commit conflicts, PostgreSQL serialization failures. Anything else is not retried.
 _transient_markers = ("database is locked", "conflict", "busy", "could not serialize", "deadlock")
+# DuckLake caches a catalog's name maps per connection, reloading only ids above a watermark; with
+# several writers on a PostgreSQL catalog a connection can pass a map another writer committed and then
+# cannot read that writer's file. The catalog is intact (a fresh connection reads it): reconnect, retry.
+_stale_cache_markers = ("unknown name map id",)
 # A login the catalog refused (libpq's wording; DuckDB wraps it in "Unable to connect"): no retry cures it.
 _login_refused_markers = (
     "password authentication failed",
@@ -120,12 +126,12 @@ class _FileToAdd:
 class Ledger:
     """A DuckLake ledger opened for writing (`open`) or for reading (`open_read_only`)."""
 
-    def __init__(
-        self, location: LedgerLocation, connection: duckdb.DuckDBPyConnection, read_only: bool
-    ) -> None:
+    def __init__(self, location: LedgerLocation, connection: duckdb.DuckDBPyConnection, read_only: bool) -> None:
         self.location = location
         self._connection: duckdb.DuckDBPyConnection | None = connection
         self.read_only = read_only
+        # A read-only ledger opened as of an earlier snapshot reconnects as of the same one.
+        self._snapshot_version: int | None = None
         self._appends_on_connection = 0
         self._id: str | None = None
         # Row digests of what the open transaction inlined, by table; recorded in `inlined_digest` at commit.
@@ -203,7 +209,9 @@ class Ledger:
         except LedgerFormatError:
             connection.close()
             raise
-        return cls(location, connection, read_only=True)
+        ledger = cls(location, connection, read_only=True)
+        ledger._snapshot_version = snapshot_version
+        return ledger
 
     def close(self) -> None:
         with self._lock:
@@ -264,9 +272,7 @@ class Ledger:
         return {(topic, partition): next_offset for topic, partition, next_offset in rows}
 
     def current_snapshot(self) -> int:
-        (snapshot_id,) = self.connection.execute(
-            f"SELECT id FROM {catalog_alias}.current_snapshot()"
-        ).fetchone()
+        (snapshot_id,) = self.connection.execute(f"SELECT id FROM {catalog_alias}.current_snapshot()").fetchone()
         return int(snapshot_id)
 
     # Writing -------------------------------------------------------------------------------
@@ -313,7 +319,8 @@ class Ledger:
         SQLite catalog's lock); if the new one cannot be made now (the catalog is down), the next
         use of `connection` tries again and raises the typed error there.
         """
-        self._connection.close()
+        if self._connection is not None:
+            self._connection.close()
         self._connection = None
         self._appends_on_connection = 0
         try:
@@ -323,6 +330,8 @@ class Ledger:
 
     def _writer_connection(self) -> duckdb.DuckDBPyConnection:
         try:
+            if self.read_only:
+                return _connect_retrying(self.location, read_only=True, snapshot_version=self._snapshot_version)
             connection = _connect_retrying(self.location, read_only=False)
             for statement in inlining_statements(catalog_alias):
                 connection.execute(statement)
@@ -356,9 +365,7 @@ class Ledger:
             duplicates += stored_already
             try:
                 for table_name, rows in kept.items():
-                    written += self._write_event_files(
-                        table_name, self._with_positions(batch, rows, ingest_batch_id)
-                    )
+                    written += self._write_event_files(table_name, self._with_positions(batch, rows, ingest_batch_id))
                 if dead_letters.num_rows:
                     written.append(self._write_file("dead_letter", dead_letters, ingest_batch_id, None))
                 self._add_files(written, ingest_batch_id)
@@ -392,9 +399,7 @@ class Ledger:
                 "row": pa.array(range(len(reasons)), pa.int64()),
                 "kafka_topic": dead_letters.column("kafka_topic"),
                 "kafka_offset": dead_letters.column("kafka_offset"),
-                "line_prefix_sha256": pa.array(
-                    [_line_digest(batch, index) for index, *_ in reasons], pa.string()
-                ),
+                "line_prefix_sha256": pa.array([_line_digest(batch, index) for index, *_ in reasons], pa.string()),
                 "raw_sha256": dead_letters.column("raw_sha256"),
             }
         ).filter(pc.is_valid(pc.field("line_prefix_sha256")))
@@ -484,9 +489,7 @@ class Ledger:
             if stored_offset is not None and stored_offset > item.first_offset:
                 raise LedgerOffsetsFencedError(item.topic, item.partition, stored_offset, item.first_offset)
 
-    def _deduplicate(
-        self, batch: IngestBatch
-    ) -> tuple[dict[str, pa.Table], int, list[DeadLetterReason]]:
+    def _deduplicate(self, batch: IngestBatch) -> tuple[dict[str, pa.Table], int, list[DeadLetterReason]]:
         """Drop exact duplicates (in the batch and against the ledger); report conflicting ones.
 
         An event is identified by its (source, event id), as CloudEvents defines: the same id from two
@@ -550,9 +553,7 @@ class Ledger:
                         )
                     )
             if dropped:
-                rows = rows.filter(
-                    pc.invert(pc.is_in(rows.column("message_index"), pa.array(dropped, pa.int64())))
-                )
+                rows = rows.filter(pc.invert(pc.is_in(rows.column("message_index"), pa.array(dropped, pa.int64()))))
             if rows.num_rows:
                 kept[table_name] = rows
         return kept, duplicates, conflicts
@@ -591,9 +592,7 @@ class Ledger:
         files = []
         for event_date in dates:
             part = rows.filter(pc.equal(rows.column("event_date"), pa.scalar(event_date, pa.date32())))
-            files.append(
-                self._write_file(table_name, part, rows.column("ingest_batch_id")[0].as_py(), event_date)
-            )
+            files.append(self._write_file(table_name, part, rows.column("ingest_batch_id")[0].as_py(), event_date))
         return files
 
     def _write_file(self, table_name: str, rows: pa.Table, ingest_batch_id: str, event_date) -> _FileToAdd:
@@ -696,9 +695,7 @@ class Ledger:
         schema = inlined_tables[table_name]
         self.connection.register("inlined_rows", rows.cast(schema))
         try:
-            self.connection.execute(
-                f"INSERT INTO {catalog_alias}.main.{table_name} SELECT * FROM inlined_rows"
-            )
+            self.connection.execute(f"INSERT INTO {catalog_alias}.main.{table_name} SELECT * FROM inlined_rows")
             if table_name not in undigested_tables:
                 digests = relation_digests(self.connection, "inlined_rows", schema)
                 self._pending_digests.setdefault(table_name, []).extend(digests)
@@ -734,9 +731,7 @@ class Ledger:
             )
 
     def _last_committed_snapshot(self) -> int:
-        row = self.connection.execute(
-            f"SELECT id FROM ducklake_last_committed_snapshot('{catalog_alias}')"
-        ).fetchone()
+        row = self.connection.execute(f"SELECT id FROM ducklake_last_committed_snapshot('{catalog_alias}')").fetchone()
         if row is None or row[0] is None:
             return self.current_snapshot()
         return int(row[0])
@@ -766,9 +761,7 @@ class Ledger:
         for statement in inlining_statements(catalog_alias, [format_table]):
             self.connection.execute(statement)
         with self._transaction():
-            (rows,) = self.connection.execute(
-                f"SELECT count(*) FROM {catalog_alias}.main.{format_table}"
-            ).fetchone()
+            (rows,) = self.connection.execute(f"SELECT count(*) FROM {catalog_alias}.main.{format_table}").fetchone()
             if not rows:
                 record_format(self.connection, format_version_current, "new ledger")
 
@@ -824,15 +817,34 @@ class Ledger:
         self.connection.execute("COMMIT")
 
     def _retrying(self, work, what: str):
+        return self._retried(work, what, lambda error: _ledger_error(error, what, self.location.display))
+
+    def reading(self, work: Callable[[], T], what: str) -> T:
+        """Run `work`, a read that writes nothing, retrying what another writer's commit can cause.
+
+        A read that met a commit (SQLite's lock) is retried with backoff, and one that met a stale
+        catalog cache is retried on a fresh connection (so `work` must reach the connection through
+        `ledger.connection` each time); `LedgerBusyError` past the bound. Any other DuckDB error is
+        raised unchanged, for the caller to name.
+        """
+        with self._lock:
+            return self._retried(work, what, lambda error: error)
+
+    def _retried(self, work, what: str, other_error: Callable[[duckdb.Error], BaseException]):
         last_error = ""
         for attempt in range(constants.commit_attempts_max):
             try:
                 return work()
             except duckdb.Error as error:
-                message = redact(error)
-                if not any(marker in message.lower() for marker in _transient_markers):
-                    raise _ledger_error(error, what, self.location.display) from error
-                last_error = message.splitlines()[0]
+                message = redact(error).lower()
+                stale_cache = any(marker in message for marker in _stale_cache_markers)
+                if not stale_cache and not any(marker in message for marker in _transient_markers):
+                    raise other_error(error) from error
+                last_error = redact(error).splitlines()[0]
+                if stale_cache:
+                    log.info("ledger catalog cache stale; reconnecting", extra={"what": what, "error": last_error})
+                    self._reconnect()
+                    continue
                 delay_s = min(constants.commit_backoff_s_max, constants.commit_backoff_s_min * 2**attempt)
                 log.debug("ledger busy, retrying", extra={"attempt": attempt, "error": last_error})
                 time.sleep(delay_s * (0.5 + random.random()))

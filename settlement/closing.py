@@ -59,8 +59,12 @@ def close_epoch(
     def check_inputs(prior, closing: int) -> None:
         accepted.extend(verify_close_inputs(ledger, prior, closing, checks))
 
+    def plan_once() -> tuple:
+        accepted.clear()  # a read retried after meeting another writer's commit checks again
+        return plan_from_ledger(ledger, progress, check_inputs, rules, registry_contract)
+
     try:
-        plan, extra = plan_from_ledger(ledger, progress, check_inputs, rules, registry_contract)
+        plan, extra = ledger.reading(plan_once, "plan the next epoch")
     except (FileNotFoundError, duckdb.IOException) as error:
         # A file outside the checked set (or removed since): name every missing one, not polars' traceback.
         missing = missing_listed_files(ledger)
