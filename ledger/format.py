@@ -115,6 +115,13 @@ def _know_the_onchain_registry(connection: duckdb.DuckDBPyConnection) -> None:
     settlement's tables are. Nothing to change in stored rows; code of format 7 must not settle such a ledger."""
 
 
+def _commit_manifests(connection: duckdb.DuckDBPyConnection) -> None:
+    """Format 9 commits each epoch's bundle: table settlement_manifest (the epoch's `manifest.json`, verbatim, and its
+    rules version), written with the epoch's tree and created on first use. An epoch whose tree is written from
+    this format on proposes the manifest's SHA-256 as its ledger digest (settlement-v2); epochs whose tree was
+    written before have no row and keep their settlement-v1 digest, never recomputed. No stored row changes."""
+
+
 format_steps: list[FormatStep] = [
     FormatStep(2, "record the ledger format version (table ledger_format)", _record_format_only),
     FormatStep(3, "record a digest of each transaction's inlined rows (table inlined_digest)", _record_inlined_digests),
@@ -146,6 +153,12 @@ format_steps: list[FormatStep] = [
         "know the on-chain registry: tables registry_event, registry_sync and settlement_epoch_registry "
         "(created on first use)",
         _know_the_onchain_registry,
+    ),
+    FormatStep(
+        9,
+        "commit each epoch's bundle: table settlement_manifest (created on first use); the ledger digest of an "
+        "epoch whose tree is written from now on is the SHA-256 of its manifest (settlement-v2)",
+        _commit_manifests,
     ),
 ]
 
