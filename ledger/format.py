@@ -122,6 +122,13 @@ def _commit_manifests(connection: duckdb.DuckDBPyConnection) -> None:
     written before have no row and keep their settlement-v1 digest, never recomputed. No stored row changes."""
 
 
+def _know_token_holders(connection: duckdb.DuckDBPyConnection) -> None:
+    """Format 10 knows token holders: tables holder_transfer (an ERC-20's Transfer logs), holder_sync (the block
+    ranges read, the cursor) and settlement_epoch_blocks (the block range an epoch weighted holders' balances
+    over), declared by settlement.holders and created by the first writer that uses them. Nothing to change in
+    stored rows; code of format 9 must not settle such a ledger (it would not pay `holders:` recipients)."""
+
+
 format_steps: list[FormatStep] = [
     FormatStep(2, "record the ledger format version (table ledger_format)", _record_format_only),
     FormatStep(3, "record a digest of each transaction's inlined rows (table inlined_digest)", _record_inlined_digests),
@@ -159,6 +166,11 @@ format_steps: list[FormatStep] = [
         "commit each epoch's bundle: table settlement_manifest (created on first use); the ledger digest of an "
         "epoch whose tree is written from now on is the SHA-256 of its manifest (settlement-v2)",
         _commit_manifests,
+    ),
+    FormatStep(
+        10,
+        "know token holders: tables holder_transfer, holder_sync and settlement_epoch_blocks (created on first use)",
+        _know_token_holders,
     ),
 ]
 

@@ -1,0 +1,191 @@
+"""Token holders as the ledger holds them: indexed `Transfer` logs, the sync cursor, each epoch's block range.
+
+`royalty sync-holders` (`settlement.onchain.holders_sync`) stores every `Transfer` log of an ERC-20 in
+`holder_transfer` and each block range it read in `holder_sync` (the cursor, with its last block's hash and
+time). A balance at a block is a query over `holder_transfer` (`balances_at`); an epoch that pays a
+`holders:<token>` recipient records the block range it weighted balances over in `settlement_epoch_blocks`.
+
+Token amounts are base units of the holder token as decimal text (`value_units`): an ERC-20 amount is a
+uint256, which no Parquet integer holds; queries cast it to HUGEINT (the sync refuses a transfer above
+`holder_value_units_max`).
+
+A holder's weight over blocks `from..to` is its time-weighted balance: the sum over those blocks of its
+balance at the end of each block. With `delta` each transfer's signed change, that is
+`sum(delta * (to - greatest(block, from) + 1))` over every transfer up to `to`: one aggregate, no per-block rows.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import duckdb
+import polars as pl
+import pyarrow as pa
+
+from ledger import recorder
+from ledger.tables import register_table
+from schemas.arrow import timestamp_type
+
+holder_transfer_table = "holder_transfer"
+holder_sync_table = "holder_sync"
+epoch_blocks_table = "settlement_epoch_blocks"
+
+zero_address = "0x" + "00" * 20
+# A transfer's value is stored as text and summed as HUGEINT (signed 128 bits): a larger value is refused,
+# and so is a balance times a block count past it (DuckDB raises on overflow rather than wrapping).
+holder_value_units_max = 2**127 - 1
+
+_s, _i = pa.string(), pa.int64()
+
+
+def _schema(*fields: tuple[str, pa.DataType, bool]) -> pa.Schema:
+    return pa.schema([pa.field(name, kind, nullable=nullable) for name, kind, nullable in fields])
+
+
+holder_transfer_schema = _schema(
+    ("chain_id", _i, False),
+    ("token", _s, False),  # checksummed
+    ("block_number", _i, False),
+    ("block_hash", _s, False),
+    ("tx_hash", _s, False),
+    ("log_index", _i, False),
+    ("from_address", _s, False),  # checksummed; the zero address for a mint
+    ("to_address", _s, False),  # checksummed; the zero address for a burn
+    ("value_units", _s, False),  # decimal text of the uint256 value
+    ("synced_at", timestamp_type, False),
+)
+holder_sync_schema = _schema(
+    ("chain_id", _i, False),
+    ("token", _s, False),
+    ("from_block", _i, False),
+    ("to_block", _i, False),
+    ("to_block_hash", _s, False),  # checked by the next run: a deeper reorganisation stops it
+    ("to_block_time", timestamp_type, False),  # close-epoch compares it with the epoch's latest event time
+    ("transfers", _i, False),
+    ("checked_holders", _i, False),  # holders whose indexed balance matched balanceOf at to_block
+    ("synced_at", timestamp_type, False),
+)
+epoch_blocks_schema = _schema(
+    ("epoch", _i, False),
+    ("chain_id", _i, False),
+    ("from_block", _i, False),  # holders' balances are weighted over from_block..to_block, both included
+    ("to_block", _i, False),
+    ("to_block_time", timestamp_type, False),
+)
+
+register_table(holder_transfer_table, holder_transfer_schema, inlined=False)
+register_table(holder_sync_table, holder_sync_schema, inlined=True)
+register_table(epoch_blocks_table, epoch_blocks_schema, inlined=True)
+
+
+@dataclass(frozen=True)
+class HolderCursor:
+    """The last block range `sync-holders` stored for one token."""
+
+    chain_id: int
+    token: str
+    first_block: int  # the first block the sync read: balances are known from there on
+    block_number: int
+    block_hash: str
+    block_time: datetime
+
+
+def holder_cursor(
+    connection: duckdb.DuckDBPyConnection, token: str, chain_id: int | None = None
+) -> HolderCursor | None:
+    """The stored sync cursor of `token` (on `chain_id`, or the chain it was synced on); None before the first."""
+    if holder_sync_table not in recorder.existing_tables(connection):
+        return None
+    chain = "" if chain_id is None else " AND chain_id = ?"
+    row = connection.execute(
+        f"SELECT chain_id, token, to_block, to_block_hash, to_block_time, "
+        f"min(from_block) OVER (PARTITION BY chain_id) FROM {recorder.table(holder_sync_table)} "
+        f"WHERE lower(token) = lower(?){chain} ORDER BY to_block DESC LIMIT 1",
+        [token] + ([] if chain_id is None else [chain_id]),
+    ).fetchone()
+    if row is None:
+        return None
+    block_time = row[4] if row[4].tzinfo else row[4].replace(tzinfo=UTC)
+    return HolderCursor(int(row[0]), str(row[1]), int(row[5]), int(row[2]), str(row[3]), block_time)
+
+
+def _deltas(token_filter: str) -> str:
+    table = recorder.table(holder_transfer_table)
+    return f"""(SELECT to_address AS holder, block_number, value_units::HUGEINT AS delta
+                FROM {table} WHERE {token_filter}
+                UNION ALL
+                SELECT from_address AS holder, block_number, -(value_units::HUGEINT) AS delta
+                FROM {table} WHERE {token_filter})"""
+
+
+_token_filter = "chain_id = $chain AND lower(token) = lower($token) AND block_number <= $to_block"
+
+
+def balances_at(connection: duckdb.DuckDBPyConnection, chain_id: int, token: str, block: int) -> dict[str, int]:
+    """Every non-zero balance of `token` at the end of `block`, from the indexed transfers (the zero address
+    excluded: its 'balance' is minus the supply)."""
+    if holder_transfer_table not in recorder.existing_tables(connection):
+        return {}
+    rows = connection.execute(
+        f"""SELECT holder, sum(delta) AS balance FROM {_deltas(_token_filter)}
+            WHERE holder <> '{zero_address}' GROUP BY holder HAVING sum(delta) <> 0""",
+        {"chain": chain_id, "token": token, "to_block": block},
+    ).fetchall()
+    return {str(holder): int(balance) for holder, balance in rows}
+
+
+def holder_weights(
+    connection: duckdb.DuckDBPyConnection,
+    chain_id: int,
+    token: str,
+    from_block: int,
+    to_block: int,
+    excluded: set[str],
+) -> pl.DataFrame:
+    """Each holder's time-weighted balance of `token` over `from_block..to_block` (holder, weight as decimal
+    text, sorted by holder), without `excluded` addresses (lowercase) and without holders of weight 0."""
+    empty = pl.DataFrame(schema={"holder": pl.String, "weight": pl.String})
+    if holder_transfer_table not in recorder.existing_tables(connection):
+        return empty
+    rows = connection.execute(
+        f"""SELECT holder, sum(delta * ($to_block - greatest(block_number, $from_block) + 1))::VARCHAR AS weight
+            FROM {_deltas(_token_filter)}
+            WHERE lower(holder) NOT IN (SELECT unnest($excluded::VARCHAR[]))
+            GROUP BY holder HAVING sum(delta * ($to_block - greatest(block_number, $from_block) + 1)) > 0
+            ORDER BY holder""",
+        {
+            "chain": chain_id,
+            "token": token,
+            "from_block": from_block,
+            "to_block": to_block,
+            "excluded": sorted({zero_address, token.lower(), *excluded}),
+        },
+    ).fetchall()
+    return pl.DataFrame(rows, schema=empty.schema, orient="row") if rows else empty
+
+
+def last_epoch_blocks(connection: duckdb.DuckDBPyConnection) -> tuple[int, int] | None:
+    """(chain id, to_block) of the last epoch that recorded a block range; None before the first."""
+    if epoch_blocks_table not in recorder.existing_tables(connection):
+        return None
+    row = connection.execute(
+        f"SELECT chain_id, to_block FROM {recorder.table(epoch_blocks_table)} ORDER BY epoch DESC LIMIT 1"
+    ).fetchone()
+    return None if row is None else (int(row[0]), int(row[1]))
+
+
+def epoch_blocks_row(epoch: int, chain_id: int, from_block: int, to_block: int, to_block_time: datetime) -> pa.Table:
+    """The `settlement_epoch_blocks` row of an epoch that weighted holders over `from_block..to_block`."""
+    return pa.Table.from_pylist(
+        [
+            {
+                "epoch": epoch,
+                "chain_id": chain_id,
+                "from_block": from_block,
+                "to_block": to_block,
+                "to_block_time": to_block_time,
+            }
+        ],
+        schema=epoch_blocks_schema,
+    )
