@@ -497,10 +497,73 @@ def sync_claims_command(
     )
 
 
+def sync_holders_command(
+    token: Annotated[str, typer.Option("--token", callback=check_address, help="The ERC-20 whose holders are paid.")],
+    lake: LakeOption = None,
+    data_path: DataPathOption = None,
+    config: ConfigOption = None,
+    rpc_url: RpcOption = None,
+    confirmations: Annotated[
+        int | None, typer.Option("--confirmations", help="Blocks a transfer must have (its own included).")
+    ] = None,
+    from_block: Annotated[
+        int | None,
+        typer.Option(
+            "--from-block",
+            help="Block the token was deployed in; its Transfer logs are read from there (every one is needed). "
+            "Unset: found on the chain (needs a node with old state).",
+        ),
+    ] = None,
+    output_json: JsonOption = False,
+) -> None:
+    """Index a token's Transfer logs into the ledger (`holder_balances`), for `holders:<token>` recipients.
+
+    Reads from where the previous run stopped; a rerun never stores a transfer twice. Each range is checked
+    against the token's balanceOf for a sample of holders: a rebasing or fee-on-transfer token is refused.
+    """
+    from rich.progress import Progress
+
+    from ledger import Ledger
+    from settlement.onchain import ChainConfigError, connect
+    from settlement.use_cases.sync_holders import holder_token_contract, sync_holders
+
+    settings = load_settings(
+        {"lake": lake, "data_path": data_path, "rpc_url": rpc_url, "confirmations": confirmations}, config
+    )
+    require_ledger(settings.lake, settings.data_path)
+    try:
+        if settings.rpc_url is None:
+            raise ChainConfigError("token transfers are read from a live chain: pass --rpc-url", "rpc_url")
+        with Ledger.open(settings.lake, settings.data_path, create=False) as ledger:
+            chain = connect(settings.rpc_url, None, settings.confirmations, settings.confirm_timeout_s)
+            contract = holder_token_contract(chain, token)
+            with Progress(console=stderr, transient=True) as bar:
+                task = bar.add_task("reading Transfer events", total=None)
+                result = sync_holders(
+                    ledger,
+                    chain,
+                    contract,
+                    lambda done, total: bar.update(task, completed=done, total=total),
+                    from_block=from_block,
+                )
+    except RoyaltyError as error:
+        _fail(error)
+    if output_json:
+        _print_json(vars(result))
+        return
+    stdout.print(
+        f"stored {result.transfers_added} transfer(s) of token {result.token} from blocks "
+        f"{result.from_block}..{result.to_block} of chain {result.chain_id} (head {result.head_block})",
+        highlight=False,
+        soft_wrap=True,
+    )
+
+
 def register(app: typer.Typer) -> None:
-    """Add `deploy`, `settle`, `proof`, `claim` and `sync-claims` to the `royalty` app."""
+    """Add `deploy`, `settle`, `proof`, `claim`, `sync-claims` and `sync-holders` to the `royalty` app."""
     app.command("deploy")(deploy)
     app.command("settle")(settle_command)
     app.command("proof")(proof)
     app.command("claim")(claim)
     app.command("sync-claims")(sync_claims_command)
+    app.command("sync-holders")(sync_holders_command)

@@ -54,7 +54,24 @@ def load_settings(flags: dict[str, Any] | None = None, config_path: str | None =
     which `royalty --help` and every command's help need not pay (tests/test_cli_startup.py)."""
     from royalty.config import load_settings as load
 
-    return load(flags, config_path)
+    settings = load(flags, config_path)
+    if (settings.data_path or "").startswith("s3://"):
+        _configure_object_storage(settings)
+    return settings
+
+
+def _configure_object_storage(settings: Settings) -> None:
+    """Hand the `s3_*` settings (else the AWS variables) to the ledger for an `s3://` data path."""
+    from ledger.object_store import configure  # only now: `ledger` imports DuckDB, slow for `--help`
+
+    secret = settings.s3_secret_access_key
+    configure(
+        settings.s3_access_key_id,
+        secret.get_secret_value() if secret is not None else None,
+        settings.s3_endpoint_url,
+        settings.s3_region,
+        settings.s3_url_style,
+    )
 
 LakeOption = Annotated[
     str | None,
@@ -64,7 +81,10 @@ LakeOption = Annotated[
 ]
 DataPathOption = Annotated[
     str | None,
-    typer.Option("--data-path", help="Parquet folder (needed with PostgreSQL). [env ROYALTY_DATA_PATH]"),
+    typer.Option(
+        "--data-path",
+        help="Parquet folder or s3://bucket/prefix (needed with PostgreSQL). [env ROYALTY_DATA_PATH]",
+    ),
 ]
 ConfigOption = Annotated[str | None, typer.Option("--config", help="TOML configuration file. [env ROYALTY_CONFIG]")]
 # Overrides of the checks that keep money from moving on unverified data (settlement.input_checks): flags
@@ -109,7 +129,7 @@ def fail(error: Exception, exit_code: int | None = None) -> NoReturn:
 lake_commands = frozenset(
     {
         "backup", "claim", "claims-page", "close-epoch", "compact", "export", "ingest", "migrate", "proof",
-        "publish", "report", "settle", "sql", "sync-claims", "sync-registry", "verify",
+        "publish", "report", "settle", "sql", "sync-claims", "sync-holders", "sync-registry", "verify",
     }
 )  # fmt: skip
 

@@ -67,6 +67,20 @@ class Settings(BaseSettings):
         "./lake", "Ledger location: a directory (embedded SQLite catalog) or a PostgreSQL URL.", secret=True
     )
     data_path: str | None = _setting(None, "Folder of the ledger's Parquet files (required with PostgreSQL).")
+    s3_endpoint_url: str | None = _setting(
+        None, "S3-compatible endpoint of an `s3://` data path (http://host:port); unset: AWS_ENDPOINT_URL, else AWS."
+    )
+    s3_region: str | None = _setting(None, "Region of an `s3://` data path; unset: AWS_REGION, else us-east-1.")
+    s3_access_key_id: str | None = _setting(None, "Access key of an `s3://` data path; unset: AWS_ACCESS_KEY_ID.")
+    s3_secret_access_key: SecretStr | None = _setting(
+        None,
+        "Secret key of an `s3://` data path: set ROYALTY_S3_SECRET_ACCESS_KEY (never a flag) or "
+        "AWS_SECRET_ACCESS_KEY; never logged.",
+        secret=True,
+    )
+    s3_url_style: Literal["path", "vhost"] | None = _setting(
+        None, "S3 URL style: path (host/bucket/key) or vhost; unset: path with an endpoint, vhost for AWS."
+    )
     reader_lake: str | None = _setting(
         None,
         "SELECT-only PostgreSQL DSN (`royalty catalog grant-reader`) for `royalty sql`, `export`, `report`.",
@@ -155,6 +169,11 @@ class Settings(BaseSettings):
     reversal_sources: Annotated[tuple[str, ...], NoDecode] = _setting(
         (), "Sources that may reverse any source's events (besides the event's own source), comma-separated."
     )
+    holder_excluded: Annotated[tuple[str, ...], NoDecode] = _setting(
+        (),
+        "Addresses never paid as token holders (pools, treasuries, bridges), comma-separated; the zero address, "
+        "the token itself and the distributor never are. Their share goes to the other holders.",
+    )
     policy_notice_s: int | None = _setting(
         None,
         "Operator registry: refuse a policy change (not a model's first) taking effect sooner than this many "
@@ -194,7 +213,7 @@ class Settings(BaseSettings):
             raise ValueError(f"keys {unknown} are not registry event types; use {list(registry_types)}")
         return value
 
-    @field_validator("topics", "reversal_sources", mode="before")
+    @field_validator("topics", "reversal_sources", "holder_excluded", mode="before")
     @classmethod
     def _split_topics(cls, value: Any) -> Any:
         if isinstance(value, str):

@@ -221,13 +221,36 @@ class ChainReorganisedError(SettlementError):
 
     transient = False
 
-    def __init__(self, block_number: int, stored_hash: str, chain_hash: str, confirmations: int) -> None:
+    def __init__(
+        self,
+        block_number: int,
+        stored_hash: str,
+        chain_hash: str,
+        confirmations: int,
+        what: str = "claims",
+        compare: str = "`claims` with the chain's Claimed events",
+    ) -> None:
         self.block_number = block_number
         self.stored_hash = stored_hash
         self.chain_hash = chain_hash
         super().__init__(
-            f"block {block_number} was {stored_hash} when claims were last synced but is {chain_hash} now: "
-            f"the chain reorganised deeper than the {confirmations} confirmation(s) waited for, so claims "
-            "stored from that range may no longer exist. Nothing was written. Compare `claims` with the "
-            "chain's Claimed events, and raise --confirmations (docs/operations.md)"
+            f"block {block_number} was {stored_hash} when {what} were last synced but is {chain_hash} now: "
+            f"the chain reorganised deeper than the {confirmations} confirmation(s) waited for, so {what} "
+            f"stored from that range may no longer exist. Nothing was written. Compare {compare}, "
+            "and raise --confirmations (docs/operations.md)"
+        )
+
+
+class HolderTokenRefusedError(SettlementError):
+    """The token's balances do not follow its Transfer logs (rebasing, fee-on-transfer, ...): no holder token."""
+
+    transient = False
+
+    def __init__(self, token: str, reason: str, start: int, end: int) -> None:
+        self.token = token
+        super().__init__(
+            f"token `{token}` cannot be a holder token: {reason}. Holders are paid by balances computed from "
+            f"Transfer logs, so a token whose balances change otherwise (rebasing, fee-on-transfer without a "
+            f"Transfer of the fee) is refused; nothing was written for blocks {start}..{end}. Pay its holders "
+            "some other way, or name a standard ERC-20"
         )

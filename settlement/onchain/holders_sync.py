@@ -1,0 +1,248 @@
+"""The use case `sync_holders`: index an ERC-20's `Transfer` logs into the ledger, as `sync_claims` does claims.
+
+Each run reads the blocks after the token's stored cursor up to the newest block with the configured
+confirmations, in ranges of at most `block_span_max` blocks (`chain_logs.index_logs`), and appends each
+range's transfers (`holder_transfer`) together with the range itself (`holder_sync`, with its last block's
+hash and time) in one ledger transaction, holding the `holder-sync` step lock and fenced on the cursor. A
+rerun or a run killed midway never stores a transfer twice; a reorganisation deeper than the confirmations is
+found at the next run (the cursor block's hash changed) and stops it. The first run starts at the token's
+deployment block (or `--from-block`): balances are sums of transfers, so every transfer must be there.
+
+Before a range is stored, the balances its transfers give are checked against the token's own `balanceOf`
+at the range's last block for a sample of holders (`holder_check_sample_max`: those the range touched and
+some it did not). A token whose balances change without a `Transfer` (rebasing, a fee kept silently) fails
+that check: the run stops naming the holder and both balances, and nothing of that range is written.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import duckdb
+import pyarrow as pa
+from web3 import Web3
+from web3.contract import Contract
+
+from ledger import recorder
+from ledger.ledger import Ledger
+from settlement.holders import (
+    holder_cursor,
+    holder_sync_schema,
+    holder_sync_table,
+    holder_transfer_schema,
+    holder_transfer_table,
+    holder_value_units_max,
+    zero_address,
+)
+from settlement.onchain.chain import Chain, node_unreachable_errors
+from settlement.onchain.chain_logs import LogIndex, block_hash, index_logs, log_start_block, read_logs
+from settlement.onchain.contract_artifacts import token_artifact
+from settlement.onchain.exceptions import (
+    ChainConfigError,
+    ChainUnavailableError,
+    ClaimSyncConflictError,
+    HolderTokenRefusedError,
+)
+
+# The step lock (`Ledger.step_lock`) a run holds while it reads and stores one range.
+holder_sync_step = "holder-sync"
+# Holders whose balance is checked against `balanceOf` per stored range: half among those the range touched,
+# half among the others (a rebase moves every balance). Each is one `eth_call`.
+holder_check_sample_max = 8
+
+HolderSyncProgress = Callable[[int, int], None]  # (blocks done, blocks to read)
+
+
+@dataclass(frozen=True)
+class HolderSyncResult:
+    """What one `sync_holders` run read and stored."""
+
+    chain_id: int
+    token: str
+    from_block: int
+    to_block: int  # the last block read; from_block - 1 when there was nothing new to read
+    head_block: int
+    transfers_added: int
+
+
+def holder_token_contract(chain: Chain, address: str) -> Contract:
+    """The ERC-20 at `address` (Transfer and balanceOf), after checking that code is deployed there."""
+    if not Web3.is_address(address):
+        raise ChainConfigError(f"`{address}` is not an address", "token")
+    checksummed = Web3.to_checksum_address(address)
+    try:
+        code = chain.w3.eth.get_code(checksummed)
+    except (*node_unreachable_errors, OSError, ConnectionError) as error:
+        raise ChainUnavailableError(chain.rpc_url, type(error).__name__) from None
+    if code in (b"", None):
+        raise ChainConfigError(f"no contract at `{checksummed}` on chain `{chain.chain_id}`", "token")
+    return chain.w3.eth.contract(address=checksummed, abi=token_artifact().abi)
+
+
+def sync_holders(
+    ledger: Ledger,
+    chain: Chain,
+    token: Contract,
+    progress: HolderSyncProgress | None = None,
+    from_block: int | None = None,
+) -> HolderSyncResult:
+    """Store every `Transfer` of `token` with `chain.confirmations` confirmations that the ledger lacks.
+
+    A first run starts at `from_block` (the token's deployment block; None: found on the chain).
+    """
+    ledger.ensure_tables()
+
+    def cursor(connection: duckdb.DuckDBPyConnection) -> tuple[int, str] | None:
+        found = holder_cursor(connection, token.address, chain.chain_id)
+        return None if found is None else (found.block_number, found.block_hash)
+
+    def store(start: int, end: int, expected: int | None) -> int:
+        return _store_range(ledger, chain, token, start, end, expected, cursor)
+
+    run = index_logs(
+        ledger,
+        chain,
+        LogIndex(holder_sync_step, cursor, store),
+        lambda: log_start_block(chain, token, from_block),
+        progress,
+        reorganised=("token transfers", "`holder_balances` with the token's Transfer logs"),
+    )
+    return HolderSyncResult(
+        chain.chain_id, token.address, run.first_block, run.last_block, run.head_block, run.rows_added
+    )
+
+
+def _transfer_rows(chain: Chain, token: Contract, start: int, end: int) -> list[dict]:
+    synced_at = datetime.now(UTC)
+    rows = []
+    for log in read_logs(chain, token.events.Transfer, start, end):
+        args = log["args"]
+        value = int(args["value"])
+        if value > holder_value_units_max:
+            raise HolderTokenRefusedError(
+                token.address, f"a transfer of {value} units exceeds the {holder_value_units_max} the ledger sums",
+                start, end,
+            )
+        rows.append(
+            {
+                "chain_id": chain.chain_id,
+                "token": token.address,
+                "block_number": int(log["blockNumber"]),
+                "block_hash": "0x" + bytes(log["blockHash"]).hex(),
+                "tx_hash": "0x" + bytes(log["transactionHash"]).hex(),
+                "log_index": int(log["logIndex"]),
+                "from_address": Web3.to_checksum_address(args["from"]),
+                "to_address": Web3.to_checksum_address(args["to"]),
+                "value_units": str(value),
+                "synced_at": synced_at,
+            }
+        )
+    return rows
+
+
+def _sample(addresses: set[str], end: int, count: int) -> list[str]:
+    """Up to `count` of `addresses`, chosen by a hash of each with the block (a different sample each range)."""
+    ranked = sorted(addresses, key=lambda a: hashlib.sha256(f"{a.lower()}:{end}".encode()).digest())
+    return ranked[:count]
+
+
+def _stored_balances(connection: duckdb.DuckDBPyConnection, chain_id: int, token: str, holders: list[str]) -> dict:
+    if not holders or holder_transfer_table not in recorder.existing_tables(connection):
+        return {}
+    table = recorder.table(holder_transfer_table)
+    rows = connection.execute(
+        f"""SELECT holder, sum(delta) FROM (
+                SELECT to_address AS holder, value_units::HUGEINT AS delta FROM {table}
+                WHERE chain_id = $chain AND lower(token) = lower($token) AND to_address IN (SELECT unnest($h))
+                UNION ALL
+                SELECT from_address, -(value_units::HUGEINT) FROM {table}
+                WHERE chain_id = $chain AND lower(token) = lower($token) AND from_address IN (SELECT unnest($h))
+            ) GROUP BY holder""",
+        {"chain": chain_id, "token": token, "h": holders},
+    ).fetchall()
+    return {str(holder): int(balance) for holder, balance in rows}
+
+
+def _other_holders(connection: duckdb.DuckDBPyConnection, chain_id: int, token: str, end: int, count: int) -> set:
+    """Up to `count` stored holders (recipients of an earlier transfer), by a hash varying with `end`."""
+    if count <= 0 or holder_transfer_table not in recorder.existing_tables(connection):
+        return set()
+    rows = connection.execute(
+        f"SELECT DISTINCT to_address FROM {recorder.table(holder_transfer_table)} "
+        "WHERE chain_id = ? AND lower(token) = lower(?) AND to_address <> ? "
+        "ORDER BY hash(to_address || ?::VARCHAR), to_address LIMIT ?",
+        [chain_id, token, zero_address, end, count],
+    ).fetchall()
+    return {str(holder) for (holder,) in rows}
+
+
+def _check_balances(ledger: Ledger, chain: Chain, token: Contract, rows: list[dict], start: int, end: int) -> int:
+    """Compare the indexed balance of a sample of holders at `end` with `balanceOf`; return how many were checked."""
+    half = holder_check_sample_max // 2
+    touched = {r["to_address"] for r in rows} | {r["from_address"] for r in rows}
+    touched.discard(zero_address)
+    holders = _sample(touched, end, half)
+    others = _other_holders(ledger.connection, chain.chain_id, token.address, end, holder_check_sample_max)
+    holders += _sample(others - set(holders), end, holder_check_sample_max - len(holders))
+    indexed = _stored_balances(ledger.connection, chain.chain_id, token.address, holders)
+    for row in rows:
+        value = int(row["value_units"])
+        indexed[row["to_address"]] = indexed.get(row["to_address"], 0) + value
+        indexed[row["from_address"]] = indexed.get(row["from_address"], 0) - value
+    for holder in holders:
+        try:
+            on_chain = int(token.functions.balanceOf(holder).call(block_identifier=end))
+        except (*node_unreachable_errors, OSError, ConnectionError) as error:
+            raise ChainUnavailableError(chain.rpc_url, type(error).__name__) from None
+        if on_chain != indexed.get(holder, 0):
+            raise HolderTokenRefusedError(
+                token.address,
+                f"holder {holder} has {on_chain} units at block {end} by balanceOf but {indexed.get(holder, 0)} "
+                "by its Transfer logs",
+                start,
+                end,
+            )
+    return len(holders)
+
+
+def _store_range(
+    ledger: Ledger,
+    chain: Chain,
+    token: Contract,
+    start: int,
+    end: int,
+    expected_cursor: int | None,
+    cursor: Callable[[duckdb.DuckDBPyConnection], tuple[int, str] | None],
+) -> int:
+    """Read the transfers of blocks `start..end`, check balances, store them with the range if still next."""
+    rows = _transfer_rows(chain, token, start, end)
+    checked = _check_balances(ledger, chain, token, rows, start, end)
+    block = chain.w3.eth.get_block(end)
+    sync_row = {
+        "chain_id": chain.chain_id,
+        "token": token.address,
+        "from_block": start,
+        "to_block": end,
+        "to_block_hash": block_hash(chain, end),
+        "to_block_time": datetime.fromtimestamp(int(block["timestamp"]), UTC),
+        "transfers": len(rows),
+        "checked_holders": checked,
+        "synced_at": datetime.now(UTC),
+    }
+
+    def range_is_next(connection: duckdb.DuckDBPyConnection) -> None:
+        now = cursor(connection)
+        if (None if now is None else now[0]) != expected_cursor:
+            raise ClaimSyncConflictError(start, "sync-holders", "token transfers")
+
+    ledger.append_records(
+        {
+            holder_transfer_table: pa.Table.from_pylist(rows, schema=holder_transfer_schema),
+            holder_sync_table: pa.Table.from_pylist([sync_row], schema=holder_sync_schema),
+        },
+        precondition=range_is_next,
+    )
+    return len(rows)
