@@ -47,6 +47,12 @@ nightly = os.environ.get("ROYALTY_NIGHTLY") == "1"
 skip_nightly = pytest.mark.skip(reason="a nightly depth: run with ROYALTY_NIGHTLY=1 (CI runs the shorter depth)")
 
 
+def depth(ci: int, nightly_depth: int) -> int:
+    """How deep a soak, fuzz or scale test goes: `ci` in CI (its 25-minute budget), `nightly_depth` with
+    ROYALTY_NIGHTLY=1 (docs/guarantees.md, "Test depths")."""
+    return nightly_depth if nightly else ci
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     for item in items:
         if not nightly and item.get_closest_marker("nightly") is not None:
