@@ -5,7 +5,8 @@
 2. The copy records its data path relative (`data/`), so the backup is a self-contained ledger
    folder that opens wherever it is put.
 3. Every data and delete file the copied catalog names (in any snapshot) is copied into the
-   backup's `data/`. Committed Parquet files never change, so copying them after the catalog gives
+   backup's `data/` (from S3 too, when the data path is `s3://`: the backup is a local ledger folder).
+   Committed Parquet files never change, so copying them after the catalog gives
    exactly the state the catalog copy describes; files written later belong to no snapshot of the
    copy and are not copied.
 4. The copy is verified (`ledger.verify`: every file's size and recorded SHA-256) before it is
@@ -25,11 +26,13 @@ import duckdb
 from ledger.connection import LedgerLocation, connect, data_folder, sqlite_catalog_file
 from ledger.errors import LedgerError, LedgerNotFoundError
 from ledger.ledger import Ledger
+from ledger.object_store import store_for
 from ledger.verify import verify
 
 # How long the catalog copy waits for a writer's commit to finish (SQLite busy timeout).
 catalog_lock_wait_s_max = 30.0
 partial_suffix = ".partial"
+_copy_chunk_bytes = 8 * 1024 * 1024
 
 
 class BackupError(LedgerError):
@@ -72,12 +75,13 @@ def backup(location: LedgerLocation, target: Path) -> BackupResult:
     _copy_catalog(Path(location.catalog.removeprefix("sqlite:")), catalog_copy)
     files = _listed_files(catalog_copy)
     copied_bytes = 0
-    source_root = Path(location.data_path)
+    store = store_for(location.data_path)  # a local folder, or an `s3://` prefix copied down to the backup
     for relative in files:
-        source, destination = source_root / relative, partial / data_folder / relative
+        source, destination = location.data_path + relative, partial / data_folder / relative
         destination.parent.mkdir(parents=True, exist_ok=True)
         try:
-            shutil.copyfile(source, destination)
+            with store.open(source) as reader, open(destination, "wb") as writer:
+                shutil.copyfileobj(reader, writer, _copy_chunk_bytes)
         except FileNotFoundError:
             raise BackupError(
                 f"data file `{source}` is named by the catalog but missing; nothing is complete at `{partial}`. "

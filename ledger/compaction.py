@@ -47,6 +47,7 @@ from ledger.errors import LedgerBusyError, LedgerError
 from ledger.format import ledger_tables
 from ledger.inlined_digest import row_text_sql
 from ledger.ledger import Ledger
+from ledger.object_store import DataStore, is_s3
 from ledger.tables import compaction_retired_table, compaction_table, duckdb_type, file_tables
 
 log = logging.getLogger(__name__)
@@ -243,28 +244,31 @@ def _merge(ledger: Ledger, files: list[_File]) -> tuple[int, int]:
     folder = Path(files[0].relative_path).parent.as_posix()
     name = f"{ledger._ledger_id()}-s{ledger.current_snapshot()}-{compaction_id}-{uuid.uuid4().hex[:8]}.parquet"
     relative = f"{folder}/{name}"
-    absolute = Path(ledger.location.data_path) / relative
-    temporary = absolute.with_suffix(".parquet.tmp")
+    absolute = ledger.location.data_path + relative
+    store = ledger.store
+    # A local file is written aside, synced and renamed; an S3 upload appears whole when it completes.
+    temporary = absolute if is_s3(absolute) else absolute.removesuffix(".parquet") + ".parquet.tmp"
     try:
         source = rows_sql(connection, files, table)
         (expected,) = connection.execute(rows_digest_sql(table, source)).fetchall()
         batches = [b for (b,) in connection.execute(f"SELECT DISTINCT ingest_batch_id FROM ({source})").fetchall()]
         order = "event_time, event_id" if "event_time" in file_tables[table].names else "kafka_topic, kafka_offset"
         connection.execute(
-            f"COPY ({source} ORDER BY {order}, {snapshot_column}) TO {_quote(str(temporary))} "
+            f"COPY ({source} ORDER BY {order}, {snapshot_column}) TO {_quote(temporary)} "
             f"(FORMAT parquet, COMPRESSION zstd, ROW_GROUP_SIZE {constants.parquet_row_group_rows_max})"
         )
-        _fsync(temporary)
-        os.replace(temporary, absolute)
+        if temporary != absolute:
+            _fsync(Path(temporary))
+            os.replace(temporary, absolute)
         (written,) = connection.execute(
-            rows_digest_sql(table, f"SELECT * FROM read_parquet({_quote(str(absolute))})")
+            rows_digest_sql(table, f"SELECT * FROM read_parquet({_quote(absolute)})")
         ).fetchall()
         if tuple(written) != tuple(expected):
             raise LedgerError(
                 f"compaction of {len(files)} files of `{table}` wrote {written[0]} rows (digest {written[1]}), "
                 f"but they hold {expected[0]} (digest {expected[1]}); nothing was committed"
             )
-        sha256, size_bytes = _sha256(absolute)
+        sha256, size_bytes = _sha256(store, absolute)
         record = [
             compaction_id, table, files[0].event_date, relative, size_bytes, sha256, int(expected[0]),
             str(expected[1]), min(f.first_snapshot for f in files), max(f.last_snapshot for f in files),
@@ -276,7 +280,7 @@ def _merge(ledger: Ledger, files: list[_File]) -> tuple[int, int]:
                 _retire(connection, files, table, batches)
                 connection.execute(
                     "CALL ducklake_add_data_files(?, ?, ?, ignore_extra_columns => true)",
-                    [catalog_alias, table, str(absolute)],
+                    [catalog_alias, table, absolute],
                 ).fetchall()
                 ledger._insert_inlined_rows("file_checksum", [[relative, table, size_bytes, sha256, compaction_id]])
                 ledger._insert_inlined_rows(compaction_table, [record])
@@ -286,9 +290,9 @@ def _merge(ledger: Ledger, files: list[_File]) -> tuple[int, int]:
 
         ledger._retrying(commit, "compact")
     except BaseException:
-        for leftover in (temporary, absolute):
+        for leftover in {temporary, absolute}:
             with suppress(OSError):
-                leftover.unlink(missing_ok=True)
+                store.remove(leftover)
         raise
     finally:
         with suppress(duckdb.Error):
@@ -335,10 +339,10 @@ def _fsync(path: Path) -> None:
         os.fsync(handle.fileno())
 
 
-def _sha256(path: Path) -> tuple[str, int]:
+def _sha256(store: DataStore, path: str) -> tuple[str, int]:
     digest = hashlib.sha256()
     size = 0
-    with path.open("rb") as handle:
+    with store.open(path) as handle:
         while chunk := handle.read(8 * 1024 * 1024):
             digest.update(chunk)
             size += len(chunk)
@@ -418,11 +422,11 @@ def _audit_proof(
 ) -> None:
     connection = ledger.connection
     for path in [file.relative_path for file in files] + [merged_path]:
-        absolute = Path(ledger.location.data_path + path)
-        if not absolute.is_file():
+        absolute = ledger.location.data_path + path
+        if ledger.store.size(absolute) is None:
             result.problems.append(f"{where}: file `{path}` is missing")
             return
-        sha256, size = _sha256(absolute)
+        sha256, size = _sha256(ledger.store, absolute)
         result.files += 1
         result.bytes_checked += size
         if checksums.get(path, (None, None))[1] != sha256:

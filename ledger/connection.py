@@ -22,6 +22,7 @@ from pathlib import Path
 import duckdb
 
 from ledger.errors import LedgerDataPathError, LedgerLocationError, LedgerNotFoundError
+from ledger.object_store import secret_statements
 from ledger.redact import dsn_password, redact, remember_secret
 
 catalog_alias = "lake"
@@ -122,6 +123,9 @@ def connect(
     )
     connection.execute("LOAD ducklake")
     connection.execute("LOAD sqlite" if location.backend == "sqlite" else "LOAD postgres")
+    # An `s3://` data path: httpfs and the store's credentials, before DuckLake's ATTACH uses them.
+    for statement in secret_statements(location.data_path):
+        connection.execute(statement)
     options = ", ".join(
         [*attach_options(location, read_only, snapshot_version), *([] if create else ["CREATE_IF_NOT_EXISTS FALSE"])]
     )

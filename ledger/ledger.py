@@ -20,7 +20,6 @@ from contextlib import contextmanager, nullcontext, suppress
 from dataclasses import dataclass
 from dataclasses import field as dataclass_field
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import TypeVar
 
 import duckdb
@@ -53,6 +52,7 @@ from ledger.format import (
     stored_format_version,
 )
 from ledger.inlined_digest import digest_rows, digest_table, relation_digests, undigested_tables
+from ledger.object_store import DataStore, store_for
 from ledger.partition_locks import PartitionLocks
 from ledger.redact import redact
 from ledger.step_locks import StepLocks
@@ -78,6 +78,17 @@ _login_refused_markers = (
     "no password supplied",
     "does not exist",  # the role or the database, after libpq's FATAL
     "pg_hba.conf",
+)
+# DuckDB httpfs errors of an object store (an `s3://` data path) that is down, restarting or failing.
+_object_store_lost_markers = (
+    "could not establish connection",
+    "unable to connect to url",
+    "http error",
+    "error for http",
+    "http get error",
+    "http head error",
+    "http put error",
+    "http post error",
 )
 # Errors of a catalog database that is down, restarting or cut off (libpq's wording): an outage
 # the caller retries with backoff, unlike the contention above that the ledger retries itself.
@@ -147,6 +158,8 @@ class Ledger:
         )
         # Settlement steps (close an epoch, write a tree, propose, record, sync claims) have one writer each.
         self._step_locks = None if read_only else StepLocks(location.backend, location.catalog, location.display)
+        # The data path: a local folder or an S3 prefix (ledger/object_store.py).
+        self.store = store_for(location.data_path)
 
     @classmethod
     def open(
@@ -167,6 +180,7 @@ class Ledger:
             raise _ledger_error(error, "open", location.display) from error
         ledger = cls(location, connection, read_only=False)
         try:
+            ledger.store.check()  # refused credentials or a missing bucket: said now, not at the first append
             ledger._retrying(ledger._prepare_format, "check the ledger format")
             ledger._retrying(ledger._create_tables, "create tables")
             ledger._retrying(ledger._set_inlining_options, "set inlining options")
@@ -211,6 +225,11 @@ class Ledger:
             raise
         ledger = cls(location, connection, read_only=True)
         ledger._snapshot_version = snapshot_version
+        try:
+            ledger.store.check()
+        except BaseException:
+            ledger.close()
+            raise
         return ledger
 
     def close(self) -> None:
@@ -381,7 +400,7 @@ class Ledger:
                 )
                 self._insert_file_source_rows(file_positions, dead_lines, ingest_batch_id)
             except BaseException:
-                _remove_files(written)
+                _remove_files(self.store, written)
                 raise
         snapshot_id = self._last_committed_snapshot()
         by_reason = Counter(dead_letters.column("reason_code").to_pylist())
@@ -602,7 +621,7 @@ class Ledger:
         # this catalog's killed appends from files a copy or a newer restore of it committed (ledger/orphans.py).
         name = f"{self._ledger_id()}-s{self.current_snapshot()}-{ingest_batch_id}-{uuid.uuid4().hex[:8]}"
         relative = f"{folder}/{name}.parquet"
-        absolute = Path(self.location.data_path) / relative
+        absolute = self.location.data_path + relative
         sink = pa.BufferOutputStream()
         pq.write_table(
             rows,
@@ -612,21 +631,8 @@ class Ledger:
             row_group_size=constants.parquet_row_group_rows_max,
         )
         data = sink.getvalue().to_pybytes()
-        temporary = absolute.with_suffix(".parquet.tmp")
-        try:
-            absolute.parent.mkdir(parents=True, exist_ok=True)
-            with open(temporary, "wb") as handle:
-                handle.write(data)
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(temporary, absolute)
-        except OSError as error:
-            # A half-written temporary file would hold on to the very space that ran out.
-            with suppress(OSError):
-                temporary.unlink(missing_ok=True)
-            path = error.filename or str(temporary)
-            raise LedgerStorageError(path, error.errno, error.strerror or str(error)) from error
-        return _FileToAdd(table_name, str(absolute), relative, len(data), hashlib.sha256(data).hexdigest())
+        self.store.write(absolute, data)
+        return _FileToAdd(table_name, absolute, relative, len(data), hashlib.sha256(data).hexdigest())
 
     def _ledger_id(self) -> str:
         """This ledger's identity (`connection.ledger_id`), read once: data file names start with it."""
@@ -684,7 +690,7 @@ class Ledger:
                             written.append(self._write_file(table_name, rows, records_batch_id, None))
                     self._add_files(written, records_batch_id)
                 except BaseException:
-                    _remove_files(written)
+                    _remove_files(self.store, written)
                     raise
             return self._last_committed_snapshot()
 
@@ -907,6 +913,9 @@ def _ledger_error(error: duckdb.Error, what: str, location: str) -> LedgerError:
         )
     if _catalog_lost(message, postgres=location.startswith(("postgres:", "postgresql://", "postgres://"))):
         return LedgerCatalogUnavailableError(location, what, message.splitlines()[0])
+    if any(marker in lowered for marker in _object_store_lost_markers):
+        # DuckDB's httpfs met an object store that is down or failing: the data files are out of reach now.
+        return LedgerStorageError(location, None, f"object storage failed during {what}: {message.splitlines()[0]}")
     return LedgerError(f"{what} failed on ledger `{location}`: {message}")
 
 
@@ -938,11 +947,11 @@ def ledger_error_of(error: duckdb.Error, what: str, location: str) -> LedgerErro
     return _ledger_error(error, what, location)
 
 
-def _remove_files(files: list[_FileToAdd]) -> None:
+def _remove_files(store: DataStore, files: list[_FileToAdd]) -> None:
     """Remove the files of an append that did not commit (best effort: the storage may be what failed)."""
     for file in files:
         with suppress(OSError):
-            Path(file.absolute_path).unlink(missing_ok=True)
+            store.remove(file.absolute_path)
 
 
 require(set(all_tables) >= {t.table for t in event_types.values()}, "every event type has a ledger table")

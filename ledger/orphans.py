@@ -5,7 +5,7 @@ those files in the data folder; no snapshot lists them, so they are not part of 
 nothing reads them, but they take space. `find_orphans` lists them; `remove_orphans` deletes
 those older than an age that no append in flight can reach (an append that is still running
 may have written a file it has not committed yet), so it never touches a file a writer may
-still commit. Only a local data folder is searched.
+still commit. The data path is searched where it is: a local folder or an `s3://` prefix.
 
 A data folder may hold files this catalog does not own: another ledger's (a shared folder), a
 foreign Parquet file, files written before file names carried the ledger's identity, and files a
@@ -20,7 +20,6 @@ any such file of a newer self is found, nothing at all is removed: the folder is
 newer catalog of this ledger, whose first files after the restore point name a snapshot both have.
 """
 
-import os
 import re
 import time
 from dataclasses import dataclass
@@ -28,6 +27,7 @@ from pathlib import Path
 
 from ledger.connection import catalog_alias, ledger_id
 from ledger.ledger import Ledger
+from ledger.object_store import DataStore
 
 # No append runs for a day: ingest gives up on a failing ledger after 15 minutes
 # (ingest/constants.py), and one append takes seconds.
@@ -64,15 +64,11 @@ def _is_own_leftover(name: re.Match[str] | None, modified_at_s: float, committed
     return started_from is not None and modified_at_s >= started_from - clock_skew_s_max
 
 
-def find_orphans(ledger: Ledger, listed_paths: set[str]) -> list[OrphanFile] | None:
-    """Files the ledger wrote that no snapshot lists, or None when the data folder is not local.
+def find_orphans(ledger: Ledger, listed_paths: set[str]) -> list[OrphanFile]:
+    """Files the ledger wrote that no snapshot lists, in its local folder or under its `s3://` prefix.
 
     `listed_paths` are the absolute paths of the files the catalog lists now.
     """
-    data_path = ledger.location.data_path
-    if "://" in data_path:
-        return None
-    root = Path(data_path)
     known_names = {Path(path).name for path in listed_paths}
     metadata = f"__ducklake_metadata_{catalog_alias}"
     # Any file the catalog ever named, retired or not, and any the ledger recorded a checksum of.
@@ -87,23 +83,20 @@ def find_orphans(ledger: Ledger, listed_paths: set[str]) -> list[OrphanFile] | N
     committed_at_s = dict(ledger.connection.execute(snapshots).fetchall())
     now = time.time()
     orphans = []
-    for directory, _, names in os.walk(root):
-        for name in names:
-            if not name.endswith(_written_suffixes) or name in known_names:
-                continue
-            path = Path(directory) / name
-            try:
-                stat = path.stat()
-            except FileNotFoundError:  # an append's temporary file, renamed meanwhile
-                continue
-            named = own_name.fullmatch(name)
-            ours = _is_own_leftover(named, stat.st_mtime, committed_at_s)
-            age_s = max(0.0, now - stat.st_mtime)
-            orphans.append(OrphanFile(str(path), stat.st_size, age_s, ours, sibling=named is not None and not ours))
+    for stored in ledger.store.walk():
+        name = stored.path.rsplit("/", 1)[-1]
+        if not name.endswith(_written_suffixes) or name in known_names:
+            continue
+        named = own_name.fullmatch(name)
+        ours = _is_own_leftover(named, stored.modified_at_s, committed_at_s)
+        age_s = max(0.0, now - stored.modified_at_s)
+        orphans.append(
+            OrphanFile(stored.path, stored.size_bytes, age_s, ours, sibling=named is not None and not ours)
+        )
     return sorted(orphans, key=lambda orphan: orphan.path)
 
 
-def remove_orphans(orphans: list[OrphanFile], age_s_min: float) -> list[OrphanFile]:
+def remove_orphans(orphans: list[OrphanFile], age_s_min: float, store: DataStore | None = None) -> list[OrphanFile]:
     """Delete this catalog's leftovers at least `age_s_min` old; returns those deleted.
 
     Nothing is deleted while another catalog of this ledger shares the folder (`removal_blocked`).
@@ -114,10 +107,13 @@ def remove_orphans(orphans: list[OrphanFile], age_s_min: float) -> list[OrphanFi
     for orphan in orphans:
         if not orphan.ours or orphan.age_s < age_s_min:
             continue
-        try:
-            Path(orphan.path).unlink()
-        except FileNotFoundError:
-            continue
+        if store is None:
+            try:
+                Path(orphan.path).unlink()
+            except FileNotFoundError:
+                continue
+        else:
+            store.remove(orphan.path)
         removed.append(orphan)
     return removed
 

@@ -26,6 +26,7 @@ import polars as pl
 from ledger.compaction import snapshot_column
 from ledger.connection import catalog_alias
 from ledger.format import ledger_tables
+from ledger.object_store import file_size, polars_storage_options
 from ledger.tables import all_tables, compaction_table, file_tables
 from schemas.errors import require
 
@@ -61,7 +62,7 @@ def rows_as_of(connection: duckdb.DuckDBPyConnection, name: str, snapshot: int) 
     if files.is_empty():
         return pl.from_arrow(schema.empty_table()).with_columns(known_snapshot=pl.lit(0, pl.Int64))  # type: ignore
     frames = [
-        pl.read_parquet(path).with_columns(known_snapshot=pl.lit(known, pl.Int64)) for path, known in files.iter_rows()
+        read_parquet(path).with_columns(known_snapshot=pl.lit(known, pl.Int64)) for path, known in files.iter_rows()
     ]
     return pl.concat(frames)
 
@@ -151,19 +152,34 @@ def scan_files(connection: duckdb.DuckDBPyConnection, files: pl.DataFrame, colum
     frames = []
     if plain.height:
         frames.append(
-            pl.scan_parquet(plain["path"].to_list(), include_file_paths="path", extra_columns="ignore")
+            scan_parquet(plain["path"].to_list(), include_file_paths="path", extra_columns="ignore")
             .select(*columns, "path")
             .join(plain.lazy().select("path", "snapshot"), on="path")
             .drop("path")
         )
     if merged.height:
         frames.append(
-            pl.scan_parquet(merged["path"].to_list())
+            scan_parquet(merged["path"].to_list())
             .select(*columns, pl.col(snapshot_column).cast(pl.Int64).alias("snapshot"))
         )
     if not frames:
         raise ValueError("scan_files needs at least one file")
     return pl.concat(frames, how="vertical_relaxed")
+
+
+def data_file_exists(path: str) -> bool:
+    """Whether the data file at `path` (absolute: local or `s3://`) is there."""
+    return file_size(path) is not None
+
+
+def read_parquet(path: str) -> pl.DataFrame:
+    """One data file of the ledger as a frame, wherever its data path is (a local folder or S3)."""
+    return pl.read_parquet(path, storage_options=polars_storage_options(path))
+
+
+def scan_parquet(paths: list[str], **options: object) -> pl.LazyFrame:
+    """Data files of the ledger (all under one data path) scanned lazily, with the store's credentials."""
+    return pl.scan_parquet(paths, storage_options=polars_storage_options(paths[0]) if paths else None, **options)
 
 
 def _merged_paths(connection: duckdb.DuckDBPyConnection, paths: list[str]) -> set[str]:

@@ -4,26 +4,25 @@ The snapshot history must contain only creations and inserts; no data file may e
 been retired or masked by a delete file, except by a compaction that recorded the files it retired
 and the proof that its merged file holds exactly their rows (`ledger/compaction.py`, re-checked here);
 every data file listed by the catalog must exist
-with the size the catalog recorded and the SHA-256 the ledger recorded when it added it.
+with the size the catalog recorded and the SHA-256 the ledger recorded when it added it (read back from
+the data path, a local folder or S3: `ledger/object_store.py`).
 Files in the data folder that no snapshot lists are reported beside (`ledger/orphans.py`).
 """
 
-import hashlib
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from ledger.compaction import audit as audit_compactions
 from ledger.connection import catalog_alias
 from ledger.format import format_table
 from ledger.inlined_digest import check_inlined_rows
 from ledger.ledger import Ledger
+from ledger.object_store import DataStore
 from ledger.orphans import OrphanFile, find_orphans
 from ledger.tables import inlined_tables
 
 # The only kinds of change an append-only ledger makes, as DuckLake names them.
 allowed_changes = {"schemas_created", "tables_created", "tables_inserted_into", "inlined_insert"}
-_hash_chunk_bytes = 8 * 1024 * 1024
 
 
 @dataclass
@@ -35,7 +34,7 @@ class VerifyReport:
     bytes_checked: int = 0
     problems: list[str] = field(default_factory=list)
     # Files no snapshot lists (left by interrupted appends): not part of the ledger, so not a
-    # problem, but space to reclaim. None when the data folder is not local.
+    # problem, but space to reclaim. In a local folder or under an `s3://` prefix alike.
     orphans: list[OrphanFile] | None = None
     # Offset ranges of a partition appended more than once: the ledger is intact, but the events
     # there are stored twice (settlement counts each event once).
@@ -112,7 +111,7 @@ def verify(ledger: Ledger) -> VerifyReport:
         ).fetchall():
             report.files += 1
             listed.add(path)
-            _check_file(report, path, size_bytes, checksums.get(path.removeprefix(data_path)))
+            _check_file(report, path, size_bytes, checksums.get(path.removeprefix(data_path)), ledger.store)
     report.orphans = find_orphans(ledger, listed)
     report.warnings += _offset_overlaps(ledger)
     inlined_problems, inlined_warnings = check_inlined_rows(connection, catalog_alias, inlined_tables)
@@ -129,7 +128,7 @@ def check_files(ledger: Ledger, files: Iterable[tuple[str, int]]) -> VerifyRepor
     data_path = ledger.location.data_path
     for path, size_bytes in files:
         report.files += 1
-        _check_file(report, path, size_bytes, checksums.get(path.removeprefix(data_path)))
+        _check_file(report, path, size_bytes, checksums.get(path.removeprefix(data_path)), ledger.store)
     return report
 
 
@@ -185,12 +184,14 @@ def _offset_overlaps(ledger: Ledger) -> list[str]:
     ]
 
 
-def _check_file(report: VerifyReport, path: str, size_bytes: int, recorded: tuple[int, str] | None) -> None:
-    file = Path(path)
-    if not file.is_file():
+def _check_file(
+    report: VerifyReport, path: str, size_bytes: int, recorded: tuple[int, str] | None, store: DataStore
+) -> None:
+    """Check one data file, read back from its store (a local folder or S3)."""
+    actual_size = store.size(path)
+    if actual_size is None:
         report.problems.append(f"data file `{path}` is missing")
         return
-    actual_size = file.stat().st_size
     if actual_size != size_bytes:
         report.problems.append(
             f"data file `{path}` is {actual_size} bytes; the catalog recorded {size_bytes}"
@@ -199,13 +200,10 @@ def _check_file(report: VerifyReport, path: str, size_bytes: int, recorded: tupl
     if recorded is None:
         report.problems.append(f"data file `{path}` has no recorded checksum: it was not added by an append")
         return
-    digest = hashlib.sha256()
-    with file.open("rb") as handle:
-        while chunk := handle.read(_hash_chunk_bytes):
-            digest.update(chunk)
+    digest = store.sha256(path)
     report.bytes_checked += actual_size
-    if digest.hexdigest() != recorded[1]:
+    if digest != recorded[1]:
         report.problems.append(
-            f"data file `{path}` has SHA-256 {digest.hexdigest()}, but {recorded[1]} was recorded "
+            f"data file `{path}` has SHA-256 {digest}, but {recorded[1]} was recorded "
             "when it was added: its contents changed"
         )

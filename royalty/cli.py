@@ -150,12 +150,13 @@ def verify(
     try:
         with Ledger.open_read_only(settings.lake, settings.data_path) as ledger:
             report = verify_ledger(ledger)
+            store = ledger.store  # a local folder or an `s3://` prefix: orphans are removed where they are
     except RoyaltyError as error:
         _fail(error)
     orphans = report.orphans or []
     if orphan_age_s_min is None:
         orphan_age_s_min = orphan_age_s_min_default
-    removed = remove_orphan_files(orphans, orphan_age_s_min) if remove_orphans else []
+    removed = remove_orphan_files(orphans, orphan_age_s_min, store) if remove_orphans else []
     if output_json:
         fields = {**vars(report), "orphans": None if report.orphans is None else [vars(o) for o in orphans]}
         stdout.file.write(json.dumps({**fields, "orphans_removed": [o.path for o in removed], "ok": report.ok}) + "\n")
@@ -556,6 +557,7 @@ def close_epoch_command(
                 checks=checks,
                 rules=registry_rules(settings),
                 registry_contract=registry_commands.onchain_registry(settings),
+                holder_excluded=(*settings.holder_excluded, *([settings.distributor] if settings.distributor else [])),
             )
     except RoyaltyError as error:
         _fail(error)

@@ -14,7 +14,6 @@ A listed data file that is missing is refused whatever the overrides say: there 
 import logging
 from collections.abc import Iterable
 from dataclasses import dataclass
-from pathlib import Path
 
 import duckdb
 
@@ -76,7 +75,7 @@ def settle_input_files(connection: duckdb.DuckDBPyConnection, epoch: int) -> lis
     """The data files `settle` reads for `epoch`'s tree: every payable, and the proofs holding the epoch's rows."""
     files = listed_files(connection, "settlement_payable")
     proofs = listed_files(connection, "settlement_proof")
-    missing = [path for path, _ in proofs if not Path(path).is_file()]
+    missing = [path for path, _ in proofs if not recorder.data_file_exists(path)]
     if missing:  # the query below would read them: name them instead
         raise LedgerDataFileMissingError(missing, f"settling epoch {epoch}")
     proof_files = {
@@ -91,7 +90,7 @@ def settle_input_files(connection: duckdb.DuckDBPyConnection, epoch: int) -> lis
 def verify_files(ledger: Ledger, files: Iterable[tuple[str, int]], checks: InputChecks, what: str) -> list[str]:
     """Refuse unless every file is intact; return the problems an override let through (logged as warnings)."""
     files = list(files)
-    missing = [path for path, _ in files if not Path(path).is_file()]
+    missing = [path for path, _ in files if not recorder.data_file_exists(path)]
     if missing:
         raise LedgerDataFileMissingError(missing, what)
     problems = check_files(ledger, files).problems
@@ -145,4 +144,5 @@ def verify_settle_inputs(ledger: Ledger, epoch: int, checks: InputChecks) -> lis
 def missing_listed_files(ledger: Ledger) -> list[str]:
     """Every data file the catalog lists now that is not in the data folder (only `stat`s, reads nothing)."""
     tables = sorted(recorder.existing_tables(ledger.connection))
-    return [path for table in tables for path, _ in listed_files(ledger.connection, table) if not Path(path).is_file()]
+    listed = [path for table in tables for path, _ in listed_files(ledger.connection, table)]
+    return [path for path in listed if not recorder.data_file_exists(path)]

@@ -18,14 +18,15 @@ import pyarrow as pa
 from ledger import recorder
 from ledger.ledger import Ledger
 from ledger.tables import dead_letter_schema, file_tables
-from settlement import chain_registry, tables
+from settlement import chain_registry, holders, tables
 from settlement.engine import figures
 from settlement.engine import reversals as rev
 from settlement.engine.authority import Judgment, RegistryRules, judge, position_columns, registry_codes
 from settlement.engine.epochs import EpochInputs, EpochPlan, PriorState, held_schema, plan_epoch
 from settlement.engine.exceptions import CompactedWhilePlanningError, EpochConflictError
+from settlement.engine.holders import HolderWeights, holder_tokens
 from settlement.engine.splits import event_columns, event_key, key_of
-from settlement.exceptions import RegistryBehindError, RegistryNotSyncedError
+from settlement.exceptions import HoldersBehindError, RegistryBehindError, RegistryNotSyncedError
 
 Progress = Callable[[str, int, int], None]  # (step name, steps done, steps total)
 _steps = ["read state", "read registry", "scan events", "split", "write"]
@@ -42,7 +43,7 @@ def _scan(files: pl.DataFrame, columns: list[str], schema: pa.Schema) -> pl.Lazy
     if files.is_empty():
         return pl.from_arrow(schema.empty_table()).lazy().select(columns)  # type: ignore[union-attr]
     # A file a compaction wrote has one more column (each row's snapshot), ignored here: the files are whole epochs'.
-    return pl.scan_parquet(files["path"].to_list(), extra_columns="ignore").select(columns)
+    return recorder.scan_parquet(files["path"].to_list(), extra_columns="ignore").select(columns)
 
 
 def _with_columns_of(frame: pl.DataFrame, schema: pa.Schema) -> pl.DataFrame:
@@ -166,15 +167,81 @@ def read_chain_registry(
     return judgment, chain_registry.epoch_registry_row(prior.epoch + 1, source, cursor)
 
 
-def _require_registry_caught_up(inputs: EpochInputs, prior: PriorState, row: pa.Table) -> None:
-    """Refuse while the synced registry ends before the epoch's latest event (a vote could silently not apply)."""
+def _latest_event_time(inputs: EpochInputs, prior: PriorState) -> datetime | None:
+    """The latest event time the epoch settles: of its new events and of those still held in suspense."""
     (latest,) = inputs.new_events.select(pl.col("event_time").max()).collect().row(0)
     if not prior.held.is_empty():
         held = prior.held["event_time"].max()
-        latest = held if latest is None else max(latest, held)
+        latest = held if latest is None else max(latest, held)  # type: ignore[call-overload]
+    return latest
+
+
+def _require_registry_caught_up(inputs: EpochInputs, prior: PriorState, row: pa.Table) -> None:
+    """Refuse while the synced registry ends before the epoch's latest event (a vote could silently not apply)."""
+    latest = _latest_event_time(inputs, prior)
     block_time = row["block_time"][0].as_py()
     if latest is not None and block_time < latest:
         raise RegistryBehindError(row["block_number"][0].as_py(), block_time, latest)
+
+
+def read_holder_weights(
+    connection: duckdb.DuckDBPyConnection,
+    tokens: list[str],
+    epoch: int,
+    latest_event_time: datetime | None,
+    registry_block: tuple[int, int, datetime] | None,
+    excluded: tuple[str, ...] = (),
+) -> tuple[HolderWeights, pa.Table]:
+    """The time-weighted balances of each token's holders over the epoch's block range, and the range's
+    `settlement_epoch_blocks` row.
+
+    The range starts after the last range an epoch recorded (the first: where every token's sync started) and
+    ends at the registry block in on-chain mode (`registry_block`: chain id, block, time), else at the last
+    block every token's sync stored. Refuses (`HoldersBehindError`) while a token's sync ends before that block,
+    or (operator mode) before the epoch's latest event time, or when no block is new since the last range.
+    """
+    cursors = {}
+    for token in tokens:
+        cursor = holders.holder_cursor(connection, token, None if registry_block is None else registry_block[0])
+        if cursor is None:
+            raise HoldersBehindError(token, "the ledger holds none of its Transfer logs")
+        cursors[token] = cursor
+    chains = {cursor.chain_id for cursor in cursors.values()}
+    if len(chains) != 1:
+        raise HoldersBehindError(tokens[0], f"the tokens it pays were synced on several chains ({sorted(chains)})")
+    (chain_id,) = chains
+    if registry_block is not None:
+        end, end_time = registry_block[1], registry_block[2]
+        for token, cursor in cursors.items():
+            if cursor.block_number < end:
+                raise HoldersBehindError(
+                    token, f"its Transfer logs are synced up to block {cursor.block_number}, before the registry "
+                    f"block {end} the epoch settles with",
+                )
+    else:
+        lowest = min(cursors.values(), key=lambda c: c.block_number)
+        end, end_time = lowest.block_number, lowest.block_time
+        if latest_event_time is not None and end_time < latest_event_time:
+            raise HoldersBehindError(
+                lowest.token, f"its Transfer logs are synced up to block {end} at {end_time}, earlier than the "
+                f"epoch's latest event at {latest_event_time}",
+            )
+    previous = holders.last_epoch_blocks(connection)
+    start = max(c.first_block for c in cursors.values()) if previous is None else previous[1] + 1
+    if start > end:
+        raise HoldersBehindError(
+            tokens[0], f"no block after {start - 1}, where the previous epoch's range ended, is synced yet"
+        )
+    lowered = tuple(address.lower() for address in excluded)
+    weights = {
+        token: [
+            (holder, int(weight))
+            for holder, weight in holders.holder_weights(connection, chain_id, token, start, end, set(lowered))
+            .iter_rows()
+        ]
+        for token in tokens
+    }
+    return weights, holders.epoch_blocks_row(epoch, chain_id, start, end, end_time)
 
 
 def read_inputs(
@@ -210,7 +277,7 @@ def read_inputs(
         # A file written before ledger format 4 has no `original_source`: null, the reversal's own source.
         pl.concat(
             [
-                _with_columns_of(pl.read_parquet(p), reversal_schema).select(reversal_schema.names)
+                _with_columns_of(recorder.read_parquet(p), reversal_schema).select(reversal_schema.names)
                 for p in reversal_files["path"]
             ]
         )
@@ -254,12 +321,14 @@ def plan_from_ledger(
     check_inputs: Callable[[PriorState, int], object] | None = None,
     rules: RegistryRules | None = None,
     registry_contract: str | None = None,
+    holder_excluded: tuple[str, ...] = (),
 ) -> tuple[EpochPlan, dict]:
     """Plan the next epoch over the ledger as it is now; return the plan, its reversal rows and the
     registry records it refuses (`registry_refused`, judged by `rules`; default: the open defaults).
 
     `check_inputs(prior, closing_snapshot)` runs before the epoch's events and registry are read, and
-    refuses by raising (`settlement.input_checks`).
+    refuses by raising (`settlement.input_checks`). When a policy names `holders:<token>`, the holders' weights
+    over the epoch's block range are read (`read_holder_weights`; `holder_excluded` addresses are never paid).
     """
     rules = rules or RegistryRules()
     step = progress or (lambda name, done, total: None)
@@ -282,6 +351,23 @@ def plan_from_ledger(
         providers = inputs.new_events.select(pl.col("compute_provider").unique()).collect()["compute_provider"]
         accounts = [*providers.to_list(), *prior.held["compute_provider"].to_list()]
         inputs = dataclasses.replace(inputs, addresses=chain_registry.with_own_addresses(inputs.addresses, accounts))
+    tokens = holder_tokens(registry.policies)
+    if tokens:  # a policy pays token holders: weigh their balances over the epoch's block range
+        registry_row = extra_rows.get(chain_registry.epoch_registry_table)
+        registry_block = (
+            None
+            if registry_row is None
+            else (
+                registry_row["chain_id"][0].as_py(),
+                registry_row["block_number"][0].as_py(),
+                registry_row["block_time"][0].as_py(),
+            )
+        )
+        weights, extra_rows[holders.epoch_blocks_table] = read_holder_weights(
+            ledger.connection, tokens, prior.epoch + 1, _latest_event_time(inputs, prior), registry_block,
+            holder_excluded,
+        )
+        inputs = dataclasses.replace(inputs, holder_weights=weights)
     step(_steps[2], 2, len(_steps))
     plan = plan_epoch(inputs, prior)
     refusals = [
@@ -337,7 +423,9 @@ def write_plan(
         if latest != plan.epoch - 1:
             raise EpochConflictError(plan.epoch, latest)
 
-    rows.update(extra_rows or {})  # the on-chain registry block the epoch settled with (settlement_epoch_registry)
+    # The on-chain registry block the epoch settled with (settlement_epoch_registry), the block range holders'
+    # balances were weighted over (settlement_epoch_blocks).
+    rows.update(extra_rows or {})
     return ledger.append_records(rows, precondition=still_next)
 
 
