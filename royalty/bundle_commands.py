@@ -1,7 +1,8 @@
 """`royalty publish` and `royalty audit`: an epoch's bundle, and its independent recomputation (issue 18).
 
 `publish` only reads the ledger (through the SELECT-only role when one is configured); `audit` reads only the
-bundle (and, with `--rpc-url`, the distributor's logs). docs/spec/settlement-v1.md is the rules both follow.
+bundle (and, with `--rpc-url`, the distributor's logs). docs/spec/settlement-v1.md and settlement-v2.md are the
+rules both follow.
 """
 
 from pathlib import Path
@@ -42,9 +43,14 @@ def publish(
             summary = publish_epoch(ledger, epoch, to, registry_rules(settings))
     except RoyaltyError as error:
         _fail(error)
+    committed = (
+        f"ledger digest {summary.ledger_digest} ({summary.rules_version})"
+        if summary.ledger_digest
+        else f"not settled yet: `royalty settle` proposes this manifest's SHA-256 ({summary.rules_version})"
+    )
     stdout.print(
         f"epoch {summary.epoch}: {summary.groups:,} allocation groups, {summary.leaves:,} leaves, root "
-        f"{summary.root} -> {summary.directory} (manifest.json sha256 {summary.manifest_sha256}); "
+        f"{summary.root} -> {summary.directory} (manifest.json sha256 {summary.manifest_sha256}; {committed}); "
         f"check it with `royalty audit --bundle {summary.directory}`",
         highlight=False,
         soft_wrap=True,

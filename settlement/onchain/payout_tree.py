@@ -30,6 +30,7 @@ class EpochTree:
     ledger_digest: str
     unaddressed_units: int
     tree_snapshot: int | None  # None until written
+    manifest: bytes | None = None  # settlement-v2: the manifest.json whose SHA-256 is `ledger_digest`, until written
 
     @property
     def root(self) -> bytes:
@@ -71,24 +72,33 @@ def address_leaves(payables: pl.DataFrame) -> tuple[dict[str, int], int]:
 
 
 def ledger_digest(epoch: int, closing_snapshot: int, leaves: dict[str, int]) -> str:
-    """sha256 of the epoch, its closing snapshot and every leaf: proposed with the root, for audits."""
+    """sha256 of the epoch, its closing snapshot and every leaf: the digest of settlement-v1 (epochs whose tree
+    was written before ledger format 9); settlement-v2 proposes the SHA-256 of the epoch's manifest instead."""
     digest = hashlib.sha256(f"royalty-engine/settlement/v1\n{epoch}\n{closing_snapshot}\n".encode())
     for account in sorted(leaves, key=str.lower):
         digest.update(f"{account.lower()},{leaves[account]}\n".encode())
     return "0x" + digest.hexdigest()
 
 
-def build_epoch_tree(epoch: int, closing_snapshot: int, payables: pl.DataFrame) -> EpochTree | None:
-    """The payout tree of `epoch` over `payables` (all rows up to it); None when no address is owed anything."""
+def build_epoch_tree(
+    epoch: int, closing_snapshot: int, payables: pl.DataFrame, manifest: bytes | None = None
+) -> EpochTree | None:
+    """The payout tree of `epoch` over `payables` (all rows up to it); None when no address is owed anything.
+
+    With `manifest` (settlement-v2) its SHA-256 is the ledger digest; without, the leaf digest of settlement-v1."""
     leaves, unaddressed_units = address_leaves(payables)
     if not leaves:
         return None
     tree = MerkleTree.from_amounts(leaves)
     if tree.total_amount_units > amount_micros_max:
         raise AmountOverflowError(epoch, "settlement_root.total_units", tree.total_amount_units)
-    return EpochTree(
-        epoch, closing_snapshot, tree, ledger_digest(epoch, closing_snapshot, leaves), unaddressed_units, None
-    )
+    digest = ledger_digest(epoch, closing_snapshot, leaves) if manifest is None else manifest_digest(manifest)
+    return EpochTree(epoch, closing_snapshot, tree, digest, unaddressed_units, None, manifest)
+
+
+def manifest_digest(manifest: bytes) -> str:
+    """settlement-v2's ledger digest: the SHA-256 of the epoch's manifest.json bytes."""
+    return "0x" + hashlib.sha256(manifest).hexdigest()
 
 
 def published_dump(tree: EpochTree) -> dict:

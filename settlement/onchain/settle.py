@@ -22,6 +22,8 @@ Crash safety and concurrency rest on five rules:
 
 from __future__ import annotations
 
+import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -65,7 +67,7 @@ from settlement.onchain.exceptions import (
     SettleConflictError,
 )
 from settlement.onchain.merkle import MerkleTree
-from settlement.onchain.payout_tree import EpochTree, build_epoch_tree, write_dump
+from settlement.onchain.payout_tree import EpochTree, build_epoch_tree, manifest_digest, write_dump
 from settlement.onchain.safe_batch import check_safe_settler, safe_batch, write_safe_batch
 
 # The step locks (`Ledger.step_lock`) of settle's writes: one writer of each at a time, on any catalog.
@@ -82,6 +84,11 @@ class SettleOutcome(StrEnum):
     recovered = "recovered"  # a killed run's proposal, found and recorded
     already_recorded = "already_recorded"  # the ledger holds this epoch's settlement on this contract
     safe_batch = "safe_batch"  # the proposal written as a Safe Transaction Builder batch for the signers
+
+
+# Composes a closed epoch's manifest.json (settlement.reports.bundle.epoch_manifest; reports import onchain, not
+# the other way): (ledger, epoch, registry rules) -> the manifest's bytes.
+ManifestOf = Callable[[Ledger, int, RegistryRules | None], bytes]
 
 
 @dataclass(frozen=True)
@@ -158,6 +165,20 @@ def read_stored_tree(connection: duckdb.DuckDBPyConnection, epoch: int) -> Epoch
     return EpochTree(epoch, closing_snapshot, tree, digest, unaddressed_units, tree_snapshot)
 
 
+def read_stored_manifest(connection: duckdb.DuckDBPyConnection, epoch: int) -> bytes | None:
+    """The manifest `settle` stored with the epoch's tree (settlement-v2); None for an epoch of settlement-v1."""
+    if "settlement_manifest" not in recorder.existing_tables(connection):
+        return None
+    row = connection.execute(
+        f"SELECT manifest, manifest_sha256 FROM {recorder.table('settlement_manifest')} WHERE epoch = ?", [epoch]
+    ).fetchone()
+    if row is None:
+        return None
+    body = str(row[0]).encode()
+    require(manifest_digest(body) == row[1], f"epoch {epoch}: the stored manifest has its recorded SHA-256 {row[1]}")
+    return body
+
+
 def _tree_snapshot(connection: duckdb.DuckDBPyConnection, epoch: int, closing_snapshot: int) -> int:
     """The snapshot that wrote the epoch's tree: the one inserting its root row (DuckLake's change feed)."""
     first = recorder.first_inserting_snapshot(connection, "settlement_root", closing_snapshot, "epoch", epoch)
@@ -196,6 +217,16 @@ def write_tree(ledger: Ledger, tree: EpochTree) -> int:
         schema=settle_tables.proof_schema,
     )
 
+    records = {"settlement_root": root_rows, "settlement_proof": proof_rows}
+    if tree.manifest is not None:
+        require(manifest_digest(tree.manifest) == tree.ledger_digest, "the tree's digest is its manifest's SHA-256")
+        version = str(json.loads(tree.manifest)["rules_version"])
+        records["settlement_manifest"] = pa.Table.from_pylist(
+            [{"epoch": tree.epoch, "rules_version": version, "manifest": tree.manifest.decode(),
+              "manifest_sha256": tree.ledger_digest, "written_at": now}],
+            schema=settle_tables.manifest_schema,
+        )
+
     def first_tree(connection: duckdb.DuckDBPyConnection) -> None:
         (count,) = connection.execute(
             f"SELECT count(*) FROM {recorder.table('settlement_root')} WHERE epoch = ?", [tree.epoch]
@@ -203,9 +234,7 @@ def write_tree(ledger: Ledger, tree: EpochTree) -> int:
         if count:
             raise SettleConflictError(tree.epoch, "another `royalty settle` wrote this epoch's tree meanwhile")
 
-    return ledger.append_records(
-        {"settlement_root": root_rows, "settlement_proof": proof_rows}, precondition=first_tree
-    )
+    return ledger.append_records(records, precondition=first_tree)
 
 
 def _write_tree_once(ledger: Ledger, tree: EpochTree) -> EpochTree:
@@ -293,6 +322,8 @@ def settle(
     rules: RegistryRules | None = None,
     via_safe: str | None = None,
     safe_batch_dir: Path | None = None,
+    *,
+    manifest_of: ManifestOf,
 ) -> SettlementResult:
     """Settle the latest epoch on `distributor`: close it if needed, write its tree, fund, propose, record.
 
@@ -319,9 +350,13 @@ def settle(
     With `via_safe` (a Safe holding SETTLER_ROLE) nothing is signed here: the funding and the proposal are
     written as a Safe Transaction Builder batch to `safe_batch_dir` (`SettleOutcome.safe_batch`); once the
     signers execute it, a later run finds the proposal on the chain and records it (`recovered`).
+
+    `manifest_of(ledger, epoch, rules)` composes the epoch's bundle manifest (`settlement.reports.bundle`): a tree
+    written by this run proposes its SHA-256 as the ledger digest (settlement-v2) and stores it with the tree.
     """
     try:
         return _settle(
+            manifest_of,
             ledger,
             chain,
             distributor,
@@ -373,6 +408,7 @@ class SettlePlan:
 
 
 def _settle(
+    manifest_of: ManifestOf,
     ledger: Ledger,
     chain: Chain,
     distributor: Contract,
@@ -391,7 +427,7 @@ def _settle(
     if dry_run:
         tree, closed, notes = _dry_run_tree(ledger, checks, rules), None, ()
     else:
-        tree, closed, notes = _close_and_read_tree(ledger, checks, step, rules)
+        tree, closed, notes = _close_and_read_tree(ledger, checks, step, rules, manifest_of)
     safe = check_safe_settler(distributor, via_safe) if via_safe else None
     plan = plan_settlement(ledger, chain, distributor, tree, from_block, funding_units_max, safe)
     plan = SettlePlan(plan.tree, closed, notes, plan.logs_from, plan.found, plan.funding)
@@ -403,9 +439,10 @@ def _settle(
 
 
 def _close_and_read_tree(
-    ledger: Ledger, checks: InputChecks, step: Any, rules: RegistryRules | None = None
+    ledger: Ledger, checks: InputChecks, step: Any, rules: RegistryRules | None, manifest_of: ManifestOf
 ) -> tuple:
-    """Close the epoch if there is one to close; return the latest epoch's tree (stored, else built)."""
+    """Close the epoch if there is one to close; return the latest epoch's tree (stored, else built: then with
+    the epoch's manifest, whose SHA-256 is its digest)."""
     summary = close_epoch(ledger, checks=checks, rules=rules)
     closed = None if summary.noop or summary.closed_by_another else summary
     notes = (closed_by_another_message(summary.epoch),) if summary.closed_by_another else ()
@@ -420,6 +457,9 @@ def _close_and_read_tree(
         tree is None or (rebuilt is not None and rebuilt.tree.root == tree.tree.root),
         f"epoch {latest[0]}: the ledger's payables still give the stored root",
     )
+    if tree is None and rebuilt is not None:
+        manifest = manifest_of(ledger, latest[0], rules)
+        rebuilt = build_epoch_tree(*latest, _payables(ledger.connection, latest[0]), manifest)
     return tree or rebuilt, closed, notes
 
 

@@ -5,6 +5,8 @@
 - `settlement_intent`: a signed `proposeRoot` transaction (hash and nonce), recorded BEFORE it is
   sent, so a run killed after sending finds it and records its outcome instead of proposing again.
 - `settlement_record`: the confirmed proposal (tx, block, chain, contract, ledger snapshot).
+- `settlement_manifest`: the epoch's bundle manifest (`manifest.json`, verbatim) under settlement-v2, written
+  with the tree; its SHA-256 is the root row's `ledger_digest`. An epoch without a row is settlement-v1.
 - `settlement_claim`: every `Claimed` event of the distributor, read back by `royalty sync-claims`.
 - `settlement_claim_sync`: one row per block range `sync-claims` read, the cursor of the next run.
 
@@ -34,6 +36,14 @@ root_schema = _schema(
     ("leaf_count", _int64, False),
     ("ledger_digest", _string, False),  # sha256 of the leaves and the snapshot, proposed with the root
     ("unaddressed_units", _int64, False),  # payables of contributor ids without a payout address yet
+    ("written_at", _timestamp, False),
+)
+
+manifest_schema = _schema(
+    ("epoch", _int64, False),
+    ("rules_version", _string, False),
+    ("manifest", _string, False),  # manifest.json as UTF-8 text, byte for byte
+    ("manifest_sha256", _string, False),  # 0x-prefixed: the root row's ledger_digest
     ("written_at", _timestamp, False),
 )
 
@@ -98,6 +108,7 @@ claim_sync_schema = _schema(
 settle_tables: dict[str, tuple[pa.Schema, bool]] = {
     "settlement_root": (root_schema, True),
     "settlement_proof": (proof_schema, False),
+    "settlement_manifest": (manifest_schema, True),
     "settlement_intent": (intent_schema, True),
     "settlement_record": (record_schema, True),
     "settlement_claim": (claim_schema, False),

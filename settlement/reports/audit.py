@@ -4,6 +4,10 @@ A second implementation on purpose: DuckDB SQL over the bundle's Parquet files, 
 nothing with the engine (`settlement.engine`) or the publisher. Only the tree encoding is reused: the Merkle
 tree builder (`settlement.onchain.merkle`) hashes the recomputed leaves into OpenZeppelin's StandardMerkleTree
 root. Each check names the first file, pool, group, recipient or leaf that disagrees.
+
+The digest proposed with the root depends on the epoch's rules version: under settlement-v2 it is the SHA-256 of
+`manifest.json` itself (so the root commits to every file the manifest names); an epoch settled under
+settlement-v1 proposed the SHA-256 of its leaves, which its manifest repeats and this audit recomputes.
 """
 
 import hashlib
@@ -17,7 +21,7 @@ from web3 import Web3
 from settlement.exceptions import SettlementError
 from settlement.onchain.merkle import MerkleTree
 
-rules_versions = ("settlement-v1",)
+rules_versions = ("settlement-v1", "settlement-v2")
 _ppm = 1_000_000
 _files = (
     "groups", "pools", "pool_shares", "policies", "models", "reversals", "suspense", "prior_recipients", "prior_leaves",
@@ -44,12 +48,19 @@ class AuditResult:
     leaves: int
     groups: int
     chain_checked: bool
+    rules_version: str = "settlement-v2"
+    ledger_digest: str | None = None  # the digest the root commits to under the manifest's rules
 
     def statement(self) -> str:
-        chain = "; the distributor's root for the epoch matches" if self.chain_checked else ""
+        chain = "; the distributor's root and ledger digest for the epoch match" if self.chain_checked else ""
+        committed = (
+            f"; ledger digest {self.ledger_digest} (the SHA-256 of manifest.json)"
+            if self.rules_version != "settlement-v1"
+            else f"; ledger digest {self.ledger_digest} (settlement-v1: the SHA-256 of the leaves)"
+        )
         return (
             f"epoch {self.epoch}: {self.groups:,} allocation groups recompute to {self.leaves:,} leaves and root "
-            f"{self.root} under the manifest's rules; every file matches its SHA-256{chain}"
+            f"{self.root} under {self.rules_version}; every file matches its SHA-256{committed}{chain}"
         )
 
 
@@ -68,7 +79,9 @@ def read_manifest(directory: Path) -> dict:
         raise BundleMissingError(
             f"no manifest.json in {directory}; point --bundle at a folder `royalty publish` wrote"
         )
-    manifest = json.loads(path.read_text(encoding="utf-8"))
+    body = path.read_bytes()
+    manifest = json.loads(body)
+    manifest["_sha256"] = "0x" + hashlib.sha256(body).hexdigest()
     if manifest.get("rules_version") not in rules_versions:
         raise AuditDisagreement("manifest.json", f"rules version {manifest.get('rules_version')!r} is not one of "
                                 f"{list(rules_versions)} this audit implements")
@@ -294,13 +307,31 @@ def audit_bundle(directory: Path, rpc_url: str | None = None, distributor: str |
         raise AuditDisagreement(
             "manifest.json", f"the leaves give root {root}, not the manifest's {manifest.get('root')}"
         )
+    digest = _committed_digest(manifest, leaves)
     if rpc_url is not None:
-        _check_chain(manifest, rpc_url, distributor)
-    return AuditResult(int(manifest["epoch"]), root, len(leaves), int(groups), rpc_url is not None)
+        _check_chain(manifest, digest, rpc_url, distributor)
+    return AuditResult(
+        int(manifest["epoch"]), root, len(leaves), int(groups), rpc_url is not None, manifest["rules_version"], digest
+    )
 
 
-def _check_chain(manifest: dict, rpc_url: str, distributor: str | None) -> None:
-    """A RootProposed of the epoch on the distributor carries the recomputed root (and the manifest's digest)."""
+def _committed_digest(manifest: dict, leaves: dict[str, int]) -> str:
+    """The ledger digest the root commits to: settlement-v2, the manifest's own SHA-256; settlement-v1, the SHA-256
+    of the epoch, its closing snapshot and the leaves (spec §11), which must be the one the manifest repeats."""
+    if manifest["rules_version"] != "settlement-v1":
+        return manifest["_sha256"]
+    text = f"royalty-engine/settlement/v1\n{manifest['epoch']}\n{manifest['closing_snapshot']}\n" + "".join(
+        f"{address.lower()},{units}\n" for address, units in sorted(leaves.items(), key=lambda item: item[0].lower())
+    )
+    digest = "0x" + hashlib.sha256(text.encode()).hexdigest()
+    if digest != manifest.get("ledger_digest"):
+        raise AuditDisagreement("manifest.json", f"the leaves give settlement-v1 digest {digest}, not the manifest's "
+                                f"{manifest.get('ledger_digest')}")
+    return digest
+
+
+def _check_chain(manifest: dict, digest_committed: str, rpc_url: str, distributor: str | None) -> None:
+    """A RootProposed of the epoch on the distributor carries the recomputed root and the digest it commits to."""
     from settlement.onchain.chain import connect, distributor_contract
     from settlement.onchain.chain_logs import log_start_block, read_logs
 
@@ -318,6 +349,7 @@ def _check_chain(manifest: dict, rpc_url: str, distributor: str | None) -> None:
     if root != manifest["root"]:
         raise AuditDisagreement("chain", f"the distributor's root for epoch {manifest['epoch']} is {root}, "
                                 f"the bundle's {manifest['root']}")
-    if digest != manifest["ledger_digest"]:
-        raise AuditDisagreement("chain", f"the distributor's ledger digest {digest} is not the manifest's "
-                                f"{manifest['ledger_digest']}")
+    if digest != digest_committed:
+        what = "the manifest's" if manifest["rules_version"] == "settlement-v1" else "manifest.json's SHA-256"
+        raise AuditDisagreement("chain", f"the distributor's ledger digest for epoch {manifest['epoch']} is {digest}, "
+                                f"not {what} {digest_committed}: this manifest is not the one the root committed to")

@@ -7,9 +7,16 @@ what the spec's rules take as inputs, aggregated (no payer, event or request id)
 hour, the pools and policies in force, the reversals and suspense movements, the recipients' state before the
 epoch, the previous and the new cumulative leaves. `settlement.reports.audit` recomputes the leaves and the
 root from these files alone, with its own SQL.
+
+Rules versions (docs/spec/): under `settlement-v2` the ledger digest proposed on-chain is the SHA-256 of the
+epoch's `manifest.json`, so the root commits to its published inputs. `settle` composes that manifest when it
+writes the epoch's tree (`epoch_manifest`) and the ledger keeps it verbatim (`settlement_manifest`); `publish`
+writes those exact bytes. An epoch whose tree was written before (no stored manifest) stays `settlement-v1`: its
+manifest repeats the leaf digest it proposed, which is never recomputed under the new rules.
 """
 
 import hashlib
+import io
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,9 +39,10 @@ from settlement.exceptions import SettlementError
 from settlement.ledger_io import read_inputs, read_prior, read_registry
 from settlement.onchain.merkle import MerkleTree
 from settlement.onchain.payout_tree import address_leaves, ledger_digest
-from settlement.onchain.settle import read_stored_tree
+from settlement.onchain.settle import read_stored_manifest, read_stored_tree
 
-rules_version = "settlement-v1"
+rules_version_v1 = "settlement-v1"  # ledger digest: sha256 of the leaves (payout_tree.ledger_digest)
+rules_version = "settlement-v2"  # ledger digest: sha256 of manifest.json
 manifest_name = "manifest.json"
 # The files of a bundle, in the order the audit checks them.
 bundle_files = (
@@ -65,10 +73,60 @@ class PublishSummary:
     leaves: int
     root: str | None
     manifest_sha256: str
+    rules_version: str = rules_version
+    ledger_digest: str | None = None  # the digest settled on-chain with the root; None before settle wrote it
+
+
+@dataclass(frozen=True)
+class EpochBundle:
+    """A closed epoch's bundle before it is written: its files, the payable rows of epochs up to it, the
+    previous and the closing snapshot, and the registry block (on-chain mode)."""
+
+    epoch: int
+    frames: dict[str, pl.DataFrame]
+    stored: pl.DataFrame
+    snapshots: tuple[int, int]
+    registry_block: dict | None
 
 
 def publish_epoch(ledger: Ledger, epoch: int, directory: Path, rules: RegistryRules | None = None) -> PublishSummary:
-    """Write epoch `epoch`'s bundle into `directory` (created; files there of the same names replaced)."""
+    """Write epoch `epoch`'s bundle into `directory` (created; files there of the same names replaced).
+
+    The manifest is the one the settled root committed to: the stored one (settlement-v2), or for an epoch
+    settled under settlement-v1 one naming that version and its leaf digest. Refuses when the files written now
+    are not those the stored manifest names."""
+    bundle = read_epoch_bundle(ledger, epoch, rules)
+    directory = Path(directory)
+    settled = read_stored_tree(ledger.connection, epoch)
+    committed = read_stored_manifest(ledger.connection, epoch)
+    if committed is not None:
+        digest = "0x" + hashlib.sha256(committed).hexdigest()
+        if settled is None or settled.ledger_digest != digest:
+            raise BundleError(f"epoch {epoch}: the stored manifest's SHA-256 {digest} is not the digest settled "
+                              f"with its root ({settled.ledger_digest if settled else 'no tree'})")
+        return write_bundle(directory, **_bundle_args(bundle), committed=committed)
+    if settled is None:  # not settled yet: the manifest `settle` will commit to
+        return write_bundle(directory, **_bundle_args(bundle))
+    summary = write_bundle(directory, **_bundle_args(bundle), version=rules_version_v1)
+    if summary.ledger_digest != settled.ledger_digest:
+        raise BundleError(f"epoch {epoch}: the leaves give digest {summary.ledger_digest}, not the one settled "
+                          f"({settled.ledger_digest})")
+    return summary
+
+
+def epoch_manifest(ledger: Ledger, epoch: int, rules: RegistryRules | None = None) -> bytes:
+    """The `manifest.json` of closed epoch `epoch` under the current rules: what `settle` stores with the epoch's
+    tree and proposes the SHA-256 of (the files themselves are not written)."""
+    return compose_bundle(**_bundle_args(read_epoch_bundle(ledger, epoch, rules)))[0]
+
+
+def _bundle_args(bundle: EpochBundle) -> dict:
+    return {"frames": bundle.frames, "stored": bundle.stored, "epoch": bundle.epoch, "snapshots": bundle.snapshots,
+            "registry_block": bundle.registry_block}
+
+
+def read_epoch_bundle(ledger: Ledger, epoch: int, rules: RegistryRules | None = None) -> EpochBundle:
+    """Plan closed epoch `epoch` again from the ledger and check it gives the payables (and root) it wrote."""
     rules = rules or RegistryRules()
     connection = ledger.connection
     closing = closing_snapshot(ledger, epoch)  # raises when the epoch is not closed
@@ -93,29 +151,31 @@ def publish_epoch(ledger: Ledger, epoch: int, directory: Path, rules: RegistryRu
     settled = read_stored_tree(connection, epoch)
     if settled is not None and (not leaves or settled.root_hex != MerkleTree.from_amounts(leaves).root_hex):
         raise BundleError(f"epoch {epoch}: the payables give another root than the one settled ({settled.root_hex})")
-    return write_bundle(Path(directory), frames, stored, epoch, (prior.closing_snapshot, closing), registry_block)
+    return EpochBundle(epoch, frames, stored, (prior.closing_snapshot, closing), registry_block)
 
 
-def write_bundle(
-    directory: Path,
+def compose_bundle(
     frames: dict[str, pl.DataFrame],
     stored: pl.DataFrame,
     epoch: int,
     snapshots: tuple[int, int],
     registry_block: dict | None = None,
-) -> PublishSummary:
-    """Write `frames` (`bundle_frames`) and the manifest into `directory`; `stored` are the payable rows of
-    epochs up to `epoch`, `snapshots` the previous and the closing snapshot."""
+    version: str = rules_version,
+) -> tuple[bytes, dict[str, bytes]]:
+    """The manifest's bytes and each file's Parquet bytes. `stored` are the payable rows of epochs up to
+    `epoch`, `snapshots` the previous and the closing snapshot. Under settlement-v1 the manifest repeats the
+    leaf digest (`ledger_digest`); under settlement-v2 its own SHA-256 is the digest, so it holds none."""
+    require(version in (rules_version_v1, rules_version), f"rules version {version} is one this code writes")
     leaves, unaddressed_units = address_leaves(stored)
     tree = MerkleTree.from_amounts(leaves) if leaves else None
-    directory.mkdir(parents=True, exist_ok=True)
-    files = {}
+    contents, files = {}, {}
     for name in bundle_files:
-        frame = frames[name]
-        frame.write_parquet(directory / name, compression="zstd", statistics=False)
-        files[name] = {"sha256": _sha256(directory / name), "rows": frame.height}
+        buffer = io.BytesIO()
+        frames[name].write_parquet(buffer, compression="zstd", statistics=False)
+        contents[name] = buffer.getvalue()
+        files[name] = {"sha256": hashlib.sha256(contents[name]).hexdigest(), "rows": frames[name].height}
     manifest = {
-        "rules_version": rules_version,
+        "rules_version": version,
         "epoch": epoch,
         "previous_snapshot": snapshots[0],
         "closing_snapshot": snapshots[1],
@@ -125,22 +185,49 @@ def write_bundle(
         "leaf_count": len(leaves),
         "total_units": sum(leaves.values()),
         "unaddressed_units": unaddressed_units,
-        "ledger_digest": ledger_digest(epoch, snapshots[1], leaves),
     }
-    body = (json.dumps(manifest, indent=1, sort_keys=True) + "\n").encode()
+    if version == rules_version_v1:
+        manifest["ledger_digest"] = ledger_digest(epoch, snapshots[1], leaves)
+    return (json.dumps(manifest, indent=1, sort_keys=True) + "\n").encode(), contents
+
+
+def write_bundle(
+    directory: Path,
+    frames: dict[str, pl.DataFrame],
+    stored: pl.DataFrame,
+    epoch: int,
+    snapshots: tuple[int, int],
+    registry_block: dict | None = None,
+    committed: bytes | None = None,
+    version: str = rules_version,
+) -> PublishSummary:
+    """Write `frames` (`bundle_frames`) and the manifest into `directory` (`compose_bundle`). With `committed`
+    (the manifest a settled root committed to) those bytes are written, after checking every file is the one
+    it names."""
+    body, contents = compose_bundle(frames, stored, epoch, snapshots, registry_block, version)
+    if committed is not None:
+        named = json.loads(committed)["files"]
+        for name, content in contents.items():
+            actual = hashlib.sha256(content).hexdigest()
+            if named.get(name, {}).get("sha256") != actual:
+                raise BundleError(
+                    f"epoch {epoch}: {name} written now has SHA-256 {actual}, not the one its settled manifest "
+                    f"names ({named.get(name, {}).get('sha256')}); the epoch's inputs or the Parquet writer "
+                    "changed since it was settled: publish with the version that settled it"
+                )
+        body = committed
+    directory.mkdir(parents=True, exist_ok=True)
+    for name, content in contents.items():
+        (directory / name).write_bytes(content)
     (directory / manifest_name).write_bytes(body)
-    return PublishSummary(
-        epoch, str(directory), frames["groups.parquet"].height, len(leaves), manifest["root"],
-        hashlib.sha256(body).hexdigest(),
+    manifest = json.loads(body)
+    digest = manifest.get("ledger_digest") if manifest["rules_version"] == rules_version_v1 else (
+        "0x" + hashlib.sha256(body).hexdigest() if committed is not None else None
     )
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    return PublishSummary(
+        epoch, str(directory), frames["groups.parquet"].height, int(manifest["leaf_count"]), manifest["root"],
+        hashlib.sha256(body).hexdigest(), manifest["rules_version"], digest,
+    )
 
 
 def _epoch_inputs(

@@ -276,8 +276,12 @@ def _claims_paid(ledger: Ledger, epoch: int) -> dict | None:
 
 
 def _digest_and_root(ledger: Ledger, epoch: int, closing: int) -> tuple[str | None, str | None]:
-    """The ledger digest and payout root the settlement proposes for this epoch, computed as `royalty settle` does."""
-    from settlement.onchain.payout_tree import build_epoch_tree
+    """The ledger digest and payout root the settlement proposes for this epoch, computed as `royalty settle` does.
+
+    Under settlement-v2 the digest is the SHA-256 of the manifest stored with the tree; before the tree is written
+    it is not known yet (None), and an epoch settled under settlement-v1 gets its leaf digest recomputed."""
+    from settlement.onchain.payout_tree import build_epoch_tree, manifest_digest
+    from settlement.onchain.settle import read_stored_manifest, read_stored_tree
 
     payables = _frame(
         ledger,
@@ -288,6 +292,11 @@ def _digest_and_root(ledger: Ledger, epoch: int, closing: int) -> tuple[str | No
     tree = build_epoch_tree(epoch, closing, payables)
     if tree is None:
         return None, None
+    manifest = read_stored_manifest(ledger.connection, epoch)
+    if manifest is not None:
+        return manifest_digest(manifest), tree.root_hex
+    if read_stored_tree(ledger.connection, epoch) is None:
+        return None, tree.root_hex
     return tree.ledger_digest, tree.root_hex
 
 
@@ -693,6 +702,8 @@ def _unsettled_root(data: ReportData) -> str:
     digest = (
         hash_html(data.ledger_digest, "ledger-digest")
         if data.ledger_digest
+        else '<code id="ledger-digest">the SHA-256 of the epoch\'s manifest.json, fixed when the tree is written</code>'
+        if data.computed_root
         else '<code id="ledger-digest">none: no address is owed</code>'
     )
     root = f" and root {hash_html(data.computed_root)}" if data.computed_root else ""

@@ -117,7 +117,7 @@ def test_a_multi_epoch_bundle_audits_clean_and_covers_the_scenario(bundles):
     for epoch, directory in bundles.items():
         result = audit_bundle(directory)
         manifest = json.loads((directory / "manifest.json").read_text())
-        assert (result.epoch, result.root, manifest["rules_version"]) == (epoch, manifest["root"], "settlement-v1")
+        assert (result.epoch, result.root, manifest["rules_version"]) == (epoch, manifest["root"], "settlement-v2")
     first, second = (bundles[e] for e in (1, 2))
     pools = pl.read_parquet(first / "pools.parquet")
     assert pools.filter(pl.col("model_id") == "model-0000")["policy_id"].n_unique() == 2  # changed mid-epoch
