@@ -38,7 +38,6 @@ from ledger.errors import (
     LedgerNotFoundError,
     LedgerOffsetsFencedError,
     LedgerReadOnlyError,
-    LedgerStorageError,
 )
 from ledger.format import (
     FormatStep,
@@ -51,8 +50,9 @@ from ledger.format import (
     require_current_format,
     stored_format_version,
 )
-from ledger.inlined_digest import digest_rows, digest_table, relation_digests, undigested_tables
-from ledger.object_store import DataStore, store_for
+from ledger.inlined_digest import arrow_digests, digest_rows, digest_table, relation_digests, undigested_tables
+from ledger.object_store import DataStore, ObjectStoreUnavailableError, store_for
+from ledger.offsets_fence import StoredOffsets, read_stored_offsets
 from ledger.partition_locks import PartitionLocks
 from ledger.redact import redact
 from ledger.step_locks import StepLocks
@@ -158,6 +158,9 @@ class Ledger:
         )
         # Settlement steps (close an epoch, write a tree, propose, record, sync claims) have one writer each.
         self._step_locks = None if read_only else StepLocks(location.backend, location.catalog, location.display)
+        # The stored offsets the fence reads, kept between appends (ledger/offsets_fence.py).
+        self._fence_offsets = StoredOffsets(location.backend)
+        self._threads: int | None = None  # DuckDB's thread count on this machine, read at the first small append
         # The data path: a local folder or an S3 prefix (ledger/object_store.py).
         self.store = store_for(location.data_path)
 
@@ -284,11 +287,7 @@ class Ledger:
             raise _ledger_error(error, "read stored offsets", self.location.display) from error
 
     def _stored_offsets(self) -> dict[tuple[str, int], int]:
-        rows = self.connection.execute(
-            f"SELECT kafka_topic, kafka_partition, max(next_offset) FROM {catalog_alias}.main.ingest_offset "
-            "GROUP BY ALL"
-        ).fetchall()
-        return {(topic, partition): next_offset for topic, partition, next_offset in rows}
+        return read_stored_offsets(self.connection)
 
     def current_snapshot(self) -> int:
         (snapshot_id,) = self.connection.execute(f"SELECT id FROM {catalog_alias}.current_snapshot()").fetchone()
@@ -322,7 +321,7 @@ class Ledger:
             if self._partition_locks is not None
             else nullcontext()
         )
-        with self._lock, locked:
+        with self._lock, locked, self._threads_for(len(batch)):
             result = self._retrying(
                 lambda: self._append_once(batch, offsets, writer, ingest_batch_id, file_positions), "append"
             )
@@ -330,6 +329,26 @@ class Ledger:
             if self._appends_on_connection >= appends_per_connection_max:
                 self._reconnect()
         return result
+
+    @contextmanager
+    def _threads_for(self, messages: int) -> Iterator[None]:
+        """Run a small append on one DuckDB thread (`constants.append_one_thread_messages_max`).
+
+        Its statements are many and tiny; handing each one's tasks to worker threads costs more CPU than
+        the work (benchmarks/RESULTS.md, small appends). The connection's thread count is restored after.
+        """
+        if messages > constants.append_one_thread_messages_max:
+            yield
+            return
+        if self._threads is None:
+            (self._threads,) = self.connection.execute("SELECT current_setting('threads')").fetchone()
+        self.connection.execute("SET threads = 1")
+        try:
+            yield
+        finally:
+            if self._connection is not None:  # a reconnect that failed leaves none (and a new one has the default)
+                with suppress(duckdb.Error):
+                    self._connection.execute(f"SET threads = {int(self._threads)}")
 
     def _reconnect(self) -> None:
         """Replace the connection with a fresh one, dropping the caches the old one grew.
@@ -376,6 +395,7 @@ class Ledger:
         written: list[_FileToAdd] = []
         with self._transaction():
             self._check_offsets_fence(offsets)
+            read_at = self._fence_offsets.snapshot
             kept, duplicates, conflicts = self._deduplicate(batch)
             reasons = [(r.index, str(r.error), r.error.field, r.error.code) for r in batch.decoded.rejections]
             reasons += conflicts
@@ -403,6 +423,7 @@ class Ledger:
                 _remove_files(self.store, written)
                 raise
         snapshot_id = self._last_committed_snapshot()
+        self._fence_offsets.committed(read_at, snapshot_id, offsets)
         by_reason = Counter(dead_letters.column("reason_code").to_pylist())
         return AppendResult(snapshot_id, ingest_batch_id, events, duplicates, dead_letters.num_rows, dict(by_reason))
 
@@ -502,7 +523,7 @@ class Ledger:
         )
 
     def _check_offsets_fence(self, offsets: Sequence[PartitionOffsets]) -> None:
-        stored = self._stored_offsets()
+        stored = self._fence_offsets.read(self.connection)
         for item in offsets:
             stored_offset = stored.get((item.topic, item.partition))
             if stored_offset is not None and stored_offset > item.first_offset:
@@ -538,7 +559,7 @@ class Ledger:
                         SELECT * FROM batch WHERE nth = 1
                     ),
                     stored AS (
-                        SELECT {", ".join(content)} FROM {_stored_same_ids(table_name)}
+                        SELECT {", ".join(content)} FROM {_stored_same_ids(table_name, rows)}
                     )
                     SELECT b.message_index,
                            coalesce(s.event_id, e.event_id) AS first_id,
@@ -583,11 +604,13 @@ class Ledger:
         Cheap first: distinct ids in Arrow (distinct ids are distinct pairs), then only the stored rows
         of the batch's time range.
         """
+        if not rows.num_rows:
+            return False
         if pc.count_distinct(rows.column("event_id")).as_py() != rows.num_rows:
             return True
         (matches,) = self.connection.execute(
             f"""
-            SELECT count(*) FROM {_stored_same_ids(table_name)}
+            SELECT count(*) FROM {_stored_same_ids(table_name, rows)}
             """
         ).fetchone()
         return bool(matches)
@@ -699,11 +722,14 @@ class Ledger:
     def _insert_inlined(self, table_name: str, rows: pa.Table) -> None:
         """Insert rows into an inlined table, noting their digests for the transaction's `inlined_digest` rows."""
         schema = inlined_tables[table_name]
-        self.connection.register("inlined_rows", rows.cast(schema))
+        rows = rows.cast(schema)
+        self.connection.register("inlined_rows", rows)
         try:
             self.connection.execute(f"INSERT INTO {catalog_alias}.main.{table_name} SELECT * FROM inlined_rows")
             if table_name not in undigested_tables:
-                digests = relation_digests(self.connection, "inlined_rows", schema)
+                digests = arrow_digests(rows)
+                if digests is None:
+                    digests = relation_digests(self.connection, "inlined_rows", schema)
                 self._pending_digests.setdefault(table_name, []).extend(digests)
         finally:
             self.connection.unregister("inlined_rows")
@@ -857,19 +883,38 @@ class Ledger:
         raise LedgerBusyError(self.location.display, constants.commit_attempts_max, last_error)
 
 
-def _stored_same_ids(table_name: str) -> str:
-    """FROM/WHERE of the stored rows sharing a (source, event id) with the registered `batch_rows`.
+def _stored_same_ids(table_name: str, rows: pa.Table) -> str:
+    """FROM/WHERE of the stored rows sharing a (source, event id) with `rows`, registered as `batch_rows`.
 
     CloudEvents makes `source` + `id` unique, not the id alone: two producers may both send id `42`.
 
-    An event's duplicates share its event time, so only files whose event times overlap the
-    batch's (by the catalog's column statistics) in the batch's event dates are read.
+    An event's duplicates share its event date and time, and its id lies within the batch's ids: the
+    batch's dates, time range and id range are written as constants, so DuckLake skips every file whose
+    column statistics rule it out without opening it (a new batch of a live stream usually opens none).
     """
     return f"""{catalog_alias}.main.{table_name}
-        WHERE event_date IN (SELECT DISTINCT event_date FROM batch_rows)
-          AND event_time BETWEEN (SELECT min(event_time) FROM batch_rows) AND (SELECT max(event_time) FROM batch_rows)
+        WHERE {_batch_bounds_sql(rows)}
           AND event_id IN (SELECT event_id FROM batch_rows)
           AND (source, event_id) IN (SELECT source, event_id FROM batch_rows)"""
+
+
+# Event ids written into SQL as bounds: printable ASCII (compared the same way by Arrow and DuckDB).
+_plain_id = re.compile(r"[ -~]*")
+
+
+def _batch_bounds_sql(rows: pa.Table) -> str:
+    """Constant conditions every stored duplicate of a row of `rows` meets (non-empty `rows`)."""
+    dates = ", ".join(f"DATE '{day.isoformat()}'" for day in pc.unique(rows.column("event_date")).to_pylist())
+    earliest, latest = (pc.min_max(rows.column("event_time"))[end].as_py() for end in ("min", "max"))
+    bounds = [
+        f"event_date IN ({dates})",
+        f"event_time BETWEEN TIMESTAMPTZ '{earliest.isoformat()}' AND TIMESTAMPTZ '{latest.isoformat()}'",
+    ]
+    lowest, highest = (pc.min_max(rows.column("event_id"))[end].as_py() for end in ("min", "max"))
+    if _plain_id.fullmatch(lowest) and _plain_id.fullmatch(highest):
+        quoted = [value.replace("'", "''") for value in (lowest, highest)]
+        bounds.append(f"event_id BETWEEN '{quoted[0]}' AND '{quoted[1]}'")
+    return " AND ".join(bounds)
 
 
 def _line_digest(batch: IngestBatch, index: int) -> str | None:
@@ -915,7 +960,7 @@ def _ledger_error(error: duckdb.Error, what: str, location: str) -> LedgerError:
         return LedgerCatalogUnavailableError(location, what, message.splitlines()[0])
     if any(marker in lowered for marker in _object_store_lost_markers):
         # DuckDB's httpfs met an object store that is down or failing: the data files are out of reach now.
-        return LedgerStorageError(location, None, f"object storage failed during {what}: {message.splitlines()[0]}")
+        return ObjectStoreUnavailableError(location, f"during {what}: {message.splitlines()[0]}")
     return LedgerError(f"{what} failed on ledger `{location}`: {message}")
 
 

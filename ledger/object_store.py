@@ -40,9 +40,12 @@ _hash_chunk_bytes = 8 * 1024 * 1024
 # The S3 errors that say the credentials are wrong: retrying cannot cure them.
 _refused_markers = (
     "invalidaccesskeyid",
+    "invalid_access_key_id",
     "signaturedoesnotmatch",
+    "signature_does_not_match",
     "access denied",
     "accessdenied",
+    "access_denied",
     "forbidden",
     "403",
     "invalidtoken",
@@ -58,6 +61,20 @@ class ObjectStoreRefusedError(LedgerError):
             f"object storage refused access to the ledger's data path `{data_path}` ({redact(reason)}); check "
             "the access key and secret (ROYALTY_S3_ACCESS_KEY_ID / ROYALTY_S3_SECRET_ACCESS_KEY or "
             "AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY), the endpoint and the bucket (docs/operations.md)"
+        )
+
+
+class ObjectStoreUnavailableError(LedgerStorageError):
+    """The object store could not be reached or failed a request (down, restarting, cut off): transient."""
+
+    def __init__(self, path: str, reason: str) -> None:
+        self.path = path
+        self.errno = None
+        self.errno_name = "no errno"
+        LedgerError.__init__(
+            self,
+            f"object storage failed for `{path}` ({redact(reason)}); nothing was committed. Check that the S3 "
+            "endpoint is up and reachable; retrying is safe",
         )
 
 
@@ -270,7 +287,7 @@ class S3DataStore(DataStore):
             with self._fs.open_output_stream(self._key(path)) as stream:
                 stream.write(data)
         except OSError as error:
-            raise LedgerStorageError(path, error.errno, redact(error)) from error
+            raise ObjectStoreUnavailableError(path, str(error).splitlines()[0]) from error
 
     def size(self, path: str) -> int | None:
         info = self._fs.get_file_info(self._key(path))
@@ -302,7 +319,7 @@ class S3DataStore(DataStore):
             message = str(error)
             if any(marker in message.lower() for marker in _refused_markers):
                 raise ObjectStoreRefusedError(self.data_path, message.splitlines()[0]) from None
-            raise LedgerStorageError(self.data_path, error.errno, redact(message.splitlines()[0])) from None
+            raise ObjectStoreUnavailableError(self.data_path, message.splitlines()[0]) from None
         if bucket_info.type == self._file_type.NotFound:
             raise ObjectStoreRefusedError(self.data_path, f"bucket `{bucket}` does not exist")
 

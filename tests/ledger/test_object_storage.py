@@ -1,0 +1,292 @@
+"""The ledger with its data files on S3 (`--data-path s3://bucket/prefix`), on a real SeaweedFS server.
+
+Every command runs on it: `ingest` writes each Parquet file to the bucket (nothing local), `verify` reads
+each one back against its recorded SHA-256 and lists and removes orphans there, `close-epoch`, `settle` (the
+in-process chain), `sql`, `export` and `backup` read them from there. The catalog is SQLite (the command
+chain) or PostgreSQL (several writers' layout). Faults: the server stopped in the middle of an ingest
+(retried, nothing lost or doubled, `verify` clean), wrong credentials (a clear error at start, the secret
+never echoed), an object removed behind the ledger's back (named by `verify`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import threading
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import pytest
+from typer.testing import CliRunner
+
+from ingest.service import IngestService
+from ingest.sources import FileSource
+from ledger import Ledger, object_store
+from ledger.connection import ledger_id
+from ledger.verify import verify
+from royalty.cli import app
+from tests.conftest import royalty_command
+
+if TYPE_CHECKING:
+    # Imported for annotations only: importing the modules before pytest_plugins registers them
+    # would keep pytest from rewriting their asserts.
+    from tests.support.postgres import PostgresServer
+    from tests.support.seaweedfs import SeaweedServer
+
+pytest_plugins = ("tests.support.seaweedfs", "tests.support.postgres")
+runner = CliRunner()
+sample_events = 300
+
+
+@pytest.fixture(autouse=True)
+def _fresh_configuration(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each test starts from the AWS variables (a CLI run in this process configures the ledger's S3 access)."""
+    monkeypatch.setattr(object_store, "_configured", None)
+
+
+@pytest.fixture(scope="module")
+def s3_environment(seaweedfs: SeaweedServer) -> Iterator[dict[str, str]]:
+    """The standard AWS variables pointing at the test server, set for the module."""
+    environment = seaweedfs.environment()
+    with pytest.MonkeyPatch.context() as patch:
+        for name, value in environment.items():
+            patch.setenv(name, value)
+        for name in ("AWS_ENDPOINT_URL_S3", "AWS_SESSION_TOKEN", "AWS_DEFAULT_REGION"):
+            patch.delenv(name, raising=False)
+        yield environment
+
+
+@pytest.fixture(scope="module")
+def sample(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("sample") / "sample.jsonl"
+    subprocess.run(
+        royalty_command("produce-sample", "--to-file", str(path), "--events", str(sample_events), "--seed", "3"),
+        check=True,
+        capture_output=True,
+    )
+    return path
+
+
+def _invoke(*args: str) -> str:
+    result = runner.invoke(app, list(args))
+    assert result.exit_code == 0, result.output
+    return result.output
+
+
+def _objects(seaweedfs: SeaweedServer, data_path: str) -> dict[str, int]:
+    """Every object under `data_path`, by `s3://` path, with its size."""
+    from pyarrow import fs
+
+    prefix = data_path.removeprefix("s3://").rstrip("/")
+    infos = seaweedfs.filesystem().get_file_info(fs.FileSelector(prefix, recursive=True, allow_not_found=True))
+    return {f"s3://{info.path}": info.size for info in infos if info.type == fs.FileType.File}
+
+
+def _listed(lake: str, data_path: str) -> dict[str, int]:
+    """Every data file the catalog lists now, with the size it recorded."""
+    with Ledger.open_read_only(lake, data_path) as ledger:
+        tables = [
+            name
+            for (name,) in ledger.connection.execute(
+                "SELECT table_name FROM duckdb_tables() WHERE database_name = 'lake'"
+            ).fetchall()
+        ]
+        return {
+            path: size
+            for table in tables
+            for path, size in ledger.connection.execute(
+                "SELECT data_file, data_file_size_bytes FROM ducklake_list_files('lake', ?)", [table]
+            ).fetchall()
+        }
+
+
+@pytest.fixture(scope="module")
+def s3_lake(
+    s3_environment: dict[str, str], seaweedfs: SeaweedServer, sample: Path, tmp_path_factory: pytest.TempPathFactory
+) -> tuple[str, str]:
+    """An embedded (SQLite) catalog with its data on S3, the sample ingested with `royalty ingest`."""
+    lake = str(tmp_path_factory.mktemp("s3") / "lake")
+    data_path = seaweedfs.data_path(f"chain-{uuid.uuid4().hex[:8]}")
+    _invoke("ingest", "--from-file", str(sample), "--lake", lake, "--data-path", data_path, "--log-format", "text")
+    return lake, data_path
+
+
+@pytest.fixture(scope="module")
+def closed(s3_lake: tuple[str, str]) -> str:
+    lake, data_path = s3_lake
+    return _invoke("close-epoch", "--lake", lake, "--data-path", data_path)
+
+
+@pytest.fixture(scope="module")
+def settled(closed: str, s3_lake: tuple[str, str]) -> dict:
+    lake, data_path = s3_lake
+    return json.loads(_invoke("settle", "--lake", lake, "--data-path", data_path, "--json").strip().splitlines()[-1])
+
+
+def test_ingest_writes_every_data_file_to_the_bucket_and_none_locally(
+    s3_lake: tuple[str, str], seaweedfs: SeaweedServer
+) -> None:
+    lake, data_path = s3_lake
+    listed = _listed(lake, data_path)
+    assert listed and all(path.startswith(data_path) for path in listed)
+    objects = _objects(seaweedfs, data_path)
+    assert {path: objects.get(path) for path in listed} == listed, "every listed file is an object of its size"
+    assert not list(Path(lake).rglob("*.parquet")), "no data file was written locally"
+    with Ledger.open_read_only(lake, data_path) as ledger:
+        (events,) = ledger.connection.execute("SELECT count(*) FROM lake.main.inference_metered").fetchone()
+    assert events == sample_events
+
+
+def test_verify_reads_every_object_back_and_removes_orphans_in_the_bucket(
+    s3_lake: tuple[str, str], seaweedfs: SeaweedServer
+) -> None:
+    """A leftover named like this ledger's own (an append killed before its commit) is listed and removed;
+    a foreign object under the prefix is listed and left alone."""
+    lake, data_path = s3_lake
+    with Ledger.open_read_only(lake, data_path) as ledger:
+        identity = ledger_id(ledger.connection)
+        snapshot = ledger.current_snapshot()
+    prefix = data_path.removeprefix("s3://")
+    leftover = f"{prefix}main/inference_metered/{identity}-s{snapshot}-{uuid.uuid4().hex}-0123abcd.parquet"
+    foreign = f"{prefix}main/inference_metered/someone-elses.parquet"
+    filesystem = seaweedfs.filesystem()
+    for key in (leftover, foreign):
+        with filesystem.open_output_stream(key) as stream:
+            stream.write(b"not a committed file")
+
+    report = json.loads(
+        _invoke("verify", "--lake", lake, "--data-path", data_path, "--json", "--remove-orphans",
+                "--orphan-age-s-min", "0")
+    )  # fmt: skip
+    assert report["ok"], report["problems"]
+    assert report["files"] == len(_listed(lake, data_path)) and report["bytes_checked"] > 0
+    assert {o["path"]: o["ours"] for o in report["orphans"]} == {f"s3://{leftover}": True, f"s3://{foreign}": False}
+    assert report["orphans_removed"] == [f"s3://{leftover}"]
+    objects = _objects(seaweedfs, data_path)
+    assert f"s3://{leftover}" not in objects and f"s3://{foreign}" in objects
+    filesystem.delete_file(foreign)
+
+
+def test_close_epoch_reads_its_inputs_from_the_bucket(closed: str, s3_lake: tuple[str, str]) -> None:
+    lake, data_path = s3_lake
+    assert "epoch 1 closed" in closed
+    with Ledger.open_read_only(lake, data_path) as ledger:
+        (events,) = ledger.connection.execute(
+            "SELECT event_count FROM lake.main.settlement_epoch WHERE epoch = 1"
+        ).fetchone()
+    assert events == sample_events
+    assert all(path.startswith(data_path) for path in _listed(lake, data_path))
+
+
+def test_settle_on_the_in_process_chain_reads_payables_from_the_bucket(settled: dict) -> None:
+    assert settled["outcome"] == "proposed" and settled["epoch"] == 1 and settled["leaf_count"] > 0
+
+
+def test_sql_reads_the_views_over_the_bucket(s3_lake: tuple[str, str]) -> None:
+    lake, data_path = s3_lake
+    output = _invoke("sql", "--lake", lake, "--data-path", data_path, "SELECT count(*) AS n FROM inference_events")
+    assert str(sample_events) in output
+
+
+def test_export_writes_the_epoch_read_from_the_bucket(
+    settled: dict, s3_lake: tuple[str, str], tmp_path: Path
+) -> None:
+    lake, data_path = s3_lake
+    output = _invoke("export", "--lake", lake, "--data-path", data_path, "--epoch", "1", "--to", str(tmp_path / "out"))
+    assert "epoch 1" in output and any((tmp_path / "out").iterdir())
+
+
+def test_backup_copies_the_objects_into_a_local_ledger_that_verifies(
+    settled: dict, s3_lake: tuple[str, str], tmp_path: Path
+) -> None:
+    lake, data_path = s3_lake
+    _invoke("backup", "--lake", lake, "--data-path", data_path, "--to", str(tmp_path / "backup"))
+    copied = sorted(path.name for path in (tmp_path / "backup" / "data").rglob("*.parquet"))
+    assert copied == sorted(path.rsplit("/", 1)[-1] for path in _listed(lake, data_path))
+    with Ledger.open_read_only(tmp_path / "backup") as copy:
+        assert verify(copy).ok
+
+
+def test_verify_names_an_object_removed_behind_the_ledgers_back(
+    s3_environment: dict[str, str], seaweedfs: SeaweedServer, sample: Path, tmp_path: Path
+) -> None:
+    lake, data_path = str(tmp_path / "lake"), seaweedfs.data_path(f"missing-{uuid.uuid4().hex[:8]}")
+    _invoke("ingest", "--from-file", str(sample), "--lake", lake, "--data-path", data_path, "--log-format", "text")
+    victim = sorted(path for path in _listed(lake, data_path) if "/inference_metered/" in path)[0]
+    seaweedfs.filesystem().delete_file(victim.removeprefix("s3://"))
+    result = runner.invoke(app, ["verify", "--lake", lake, "--data-path", data_path])
+    assert result.exit_code == 1, result.output
+    assert f"data file `{victim}` is missing" in " ".join(result.output.split())
+
+
+def test_a_postgres_catalog_with_data_on_s3_ingests_verifies_and_closes(
+    s3_environment: dict[str, str], seaweedfs: SeaweedServer, postgres_server: PostgresServer, sample: Path
+) -> None:
+    catalog = postgres_server.create_database(f"s3_{uuid.uuid4().hex[:8]}")
+    data_path = seaweedfs.data_path(f"pg-{uuid.uuid4().hex[:8]}")
+    _invoke("ingest", "--from-file", str(sample), "--lake", catalog, "--data-path", data_path, "--log-format", "text")
+    report = json.loads(_invoke("verify", "--lake", catalog, "--data-path", data_path, "--json"))
+    assert report["ok"] and report["files"] > 0 and report["orphans"] == []
+    assert "epoch 1 closed" in _invoke("close-epoch", "--lake", catalog, "--data-path", data_path)
+    assert all(path.startswith(data_path) for path in _listed(catalog, data_path))
+
+
+def test_wrong_credentials_stop_the_command_at_start_without_echoing_the_secret(
+    s3_environment: dict[str, str], seaweedfs: SeaweedServer, sample: Path, tmp_path: Path
+) -> None:
+    wrong = "wrong-secret-" + uuid.uuid4().hex
+    environment = {**s3_environment, "AWS_SECRET_ACCESS_KEY": wrong}
+    lake, data_path = tmp_path / "lake", seaweedfs.data_path(f"denied-{uuid.uuid4().hex[:8]}")
+    done = subprocess.run(
+        royalty_command("ingest", "--from-file", str(sample), "--lake", str(lake), "--data-path", data_path,
+                        "--log-format", "json"),
+        env={**os.environ, **environment}, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    output = " ".join((done.stdout + done.stderr).split())
+    assert done.returncode == 2, output
+    assert "object storage refused access" in output and data_path in output and "AWS_SECRET_ACCESS_KEY" in output
+    assert wrong not in output and s3_environment["AWS_SECRET_ACCESS_KEY"] not in output
+    assert _objects(seaweedfs, data_path) == {}
+
+
+def test_ingest_retries_through_an_object_store_outage_and_stores_each_event_once(
+    s3_environment: dict[str, str], sample: Path, tmp_path: Path
+) -> None:
+    """A server of its own is stopped right after the first batch commits and started again 3 s later: the next
+    appends fail (nothing committed), ingest retries the same batch, and the ledger ends with every event once."""
+    from tests.support.seaweedfs import SeaweedServer
+
+    server = SeaweedServer(tmp_path / "weed")
+    server.start()
+    try:
+        config = object_store.configure(endpoint_url=server.endpoint_url)
+        assert config.endpoint_url == server.endpoint_url
+        lake, data_path = str(tmp_path / "lake"), server.data_path("outage")
+        restarted = threading.Event()
+
+        def stop_once(summary: object) -> None:
+            if restarted.is_set() or not server.is_running():
+                return
+            server.stop()
+            timer = threading.Timer(3.0, lambda: (server.start(), restarted.set()))
+            timer.daemon = True
+            timer.start()
+
+        with Ledger.open(lake, data_path) as ledger:
+            service = IngestService(
+                ledger, lambda _: FileSource([str(sample)], ledger), "USDC", 100, 50, "outage", on_committed=stop_once
+            )
+            service.run(until_idle_s=0.0)
+            assert restarted.is_set(), "the server was stopped during the ingest and started again"
+            counts = ledger.connection.execute(
+                "SELECT count(*), count(DISTINCT (source, event_id)) FROM lake.main.inference_metered"
+            ).fetchone()
+            assert counts == (sample_events, sample_events)
+            report = verify(ledger)
+        assert report.ok, report.problems
+        assert report.warnings == [] and [o for o in report.orphans or [] if o.ours] == []
+    finally:
+        server.stop()
