@@ -193,7 +193,10 @@ def registry_rules(settings: Settings) -> RegistryRules:
     """The operator registry's rules (`settlement.engine.authority`) from the settings."""
     from settlement.engine import RegistryRules
 
-    return RegistryRules(dict(settings.registry_sources), tuple(settings.reversal_sources), settings.policy_notice_s)
+    excluded = (*settings.holder_excluded, *([settings.distributor] if settings.distributor else []))
+    return RegistryRules(
+        dict(settings.registry_sources), tuple(settings.reversal_sources), settings.policy_notice_s, excluded
+    )
 
 
 def kafka_security(settings: Settings) -> KafkaSecurity:

@@ -16,6 +16,8 @@ from schemas import limits
 # No ':' in an identifier, so that `model:<id>` can never be confused with a contributor id.
 identifier_pattern = r"^[A-Za-z0-9][A-Za-z0-9._@/+-]*$"
 model_recipient_prefix = "model:"
+# `holders:<token address>`: the holders of an ERC-20, pro rata to their time-weighted balances (settlement.holders).
+holders_recipient_prefix = "holders:"
 
 
 def check_payout_address(value: str) -> str:
@@ -30,10 +32,16 @@ def check_payout_address(value: str) -> str:
 
 
 def check_recipient(value: str) -> str:
-    """A recipient is a contributor id or `model:<parent model id>`."""
+    """A recipient is a contributor id, `model:<parent model id>` or `holders:<token address>` (the holders of
+    an ERC-20, paid by their time-weighted balances; the address EIP-55 checksummed)."""
+    if value.startswith(holders_recipient_prefix):
+        token = value.removeprefix(holders_recipient_prefix)
+        if not re.fullmatch(r"0x[0-9a-fA-F]{40}", token) or not is_checksum_address(token) or int(token, 16) == 0:
+            raise ValueError(f"`{value}`: holders of a token are named `holders:<checksummed token address>`")
+        return value
     target = value.removeprefix(model_recipient_prefix)
     if not re.fullmatch(identifier_pattern, target):
-        raise ValueError(f"`{value}` is neither a contributor id nor `model:<model id>`")
+        raise ValueError(f"`{value}` is neither a contributor id nor `model:<model id>` nor `holders:<token>`")
     return value
 
 

@@ -50,6 +50,9 @@ def close_epoch(
     the records they refuse become dead letters in the epoch's transaction. With `registry_contract` (on-chain
     mode) the registry is that contract's as of the synced block, recorded with the epoch; Kafka registry
     records are ignored; `RegistryBehindError` while that block is earlier than the epoch's latest event.
+    A policy naming `holders:<token>` pays the token's holders by time-weighted balance over the epoch's block
+    range, recorded with the epoch (`HoldersBehindError` while the holder sync ends before it); the addresses
+    in `rules.holder_excluded` are never paid as holders.
     """
     checks = checks or InputChecks()
     if not ledger.read_only:

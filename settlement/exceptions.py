@@ -71,3 +71,16 @@ class RegistryBehindError(SettlementError):
             "written. Run `royalty sync-registry` (the chain must have a confirmed block at or after that event "
             "time), then close the epoch again"
         )
+
+
+class HoldersBehindError(SettlementError):
+    """The epoch pays a token's holders but their synced Transfer logs end before the epoch's block range does."""
+
+    transient = True  # a later `sync-holders` catches up
+
+    def __init__(self, token: str, reason: str) -> None:
+        self.token = token
+        super().__init__(
+            f"the epoch pays the holders of token `{token}` but {reason}; nothing was written. Run "
+            f"`royalty sync-holders --rpc-url URL --token {token}`, then close the epoch again"
+        )

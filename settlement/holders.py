@@ -72,6 +72,9 @@ epoch_blocks_schema = _schema(
     ("from_block", _i, False),  # holders' balances are weighted over from_block..to_block, both included
     ("to_block", _i, False),
     ("to_block_time", timestamp_type, False),
+    # The addresses never paid as holders in this epoch besides the zero address and the token (lowercase,
+    # sorted, comma-separated): a re-plan of the epoch (bundle, audit) uses these, not today's settings.
+    ("excluded", _s, False),
 )
 
 register_table(holder_transfer_table, holder_transfer_schema, inlined=False)
@@ -165,6 +168,11 @@ def holder_weights(
     return pl.DataFrame(rows, schema=empty.schema, orient="row") if rows else empty
 
 
+def excluded_addresses(excluded: tuple[str, ...] | list[str]) -> list[str]:
+    """The exclusion list as an epoch records it: lowercase, sorted, without duplicates or blanks."""
+    return sorted({address.strip().lower() for address in excluded if address.strip()})
+
+
 def last_epoch_blocks(connection: duckdb.DuckDBPyConnection) -> tuple[int, int] | None:
     """(chain id, to_block) of the last epoch that recorded a block range; None before the first."""
     if epoch_blocks_table not in recorder.existing_tables(connection):
@@ -175,7 +183,9 @@ def last_epoch_blocks(connection: duckdb.DuckDBPyConnection) -> tuple[int, int] 
     return None if row is None else (int(row[0]), int(row[1]))
 
 
-def epoch_blocks_row(epoch: int, chain_id: int, from_block: int, to_block: int, to_block_time: datetime) -> pa.Table:
+def epoch_blocks_row(
+    epoch: int, chain_id: int, from_block: int, to_block: int, to_block_time: datetime, excluded: list[str]
+) -> pa.Table:
     """The `settlement_epoch_blocks` row of an epoch that weighted holders over `from_block..to_block`."""
     return pa.Table.from_pylist(
         [
@@ -185,6 +195,7 @@ def epoch_blocks_row(epoch: int, chain_id: int, from_block: int, to_block: int, 
                 "from_block": from_block,
                 "to_block": to_block,
                 "to_block_time": to_block_time,
+                "excluded": ",".join(excluded),
             }
         ],
         schema=epoch_blocks_schema,

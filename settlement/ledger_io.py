@@ -184,6 +184,12 @@ def _require_registry_caught_up(inputs: EpochInputs, prior: PriorState, row: pa.
         raise RegistryBehindError(row["block_number"][0].as_py(), block_time, latest)
 
 
+def _has_work(inputs: EpochInputs, prior: PriorState) -> bool:
+    """Whether the epoch may split anything: new events or reversals, or events held in suspense (an epoch
+    without any is a no-op and weighs no holders)."""
+    return bool(inputs.reversals.height or prior.held.height or inputs.new_events.select(pl.len()).collect().item())
+
+
 def read_holder_weights(
     connection: duckdb.DuckDBPyConnection,
     tokens: list[str],
@@ -232,16 +238,40 @@ def read_holder_weights(
         raise HoldersBehindError(
             tokens[0], f"no block after {start - 1}, where the previous epoch's range ended, is synced yet"
         )
-    lowered = tuple(address.lower() for address in excluded)
-    weights = {
+    recorded = holders.excluded_addresses(excluded)
+    weights = _weights(connection, chain_id, tokens, start, end, tuple(recorded))
+    return weights, holders.epoch_blocks_row(epoch, chain_id, start, end, end_time, recorded)
+
+
+def recorded_holder_weights(
+    connection: duckdb.DuckDBPyConnection, epoch: int, policies: pl.DataFrame
+) -> HolderWeights | None:
+    """The holder weights closed epoch `epoch` was planned with: over the block range and without the addresses
+    it recorded (None: it recorded none, so it paid no holders)."""
+    if holders.epoch_blocks_table not in recorder.existing_tables(connection):
+        return None
+    row = connection.execute(
+        f"SELECT chain_id, from_block, to_block, excluded FROM {recorder.table(holders.epoch_blocks_table)} "
+        "WHERE epoch = ?",
+        [epoch],
+    ).fetchone()
+    if row is None:
+        return None
+    excluded = tuple(address for address in str(row[3]).split(",") if address)
+    return _weights(connection, int(row[0]), holder_tokens(policies), int(row[1]), int(row[2]), excluded)
+
+
+def _weights(
+    connection: duckdb.DuckDBPyConnection, chain_id: int, tokens: list[str], start: int, end: int, excluded: tuple
+) -> HolderWeights:
+    lowered = {address.lower() for address in excluded}
+    return {
         token: [
             (holder, int(weight))
-            for holder, weight in holders.holder_weights(connection, chain_id, token, start, end, set(lowered))
-            .iter_rows()
+            for holder, weight in holders.holder_weights(connection, chain_id, token, start, end, lowered).iter_rows()
         ]
         for token in tokens
     }
-    return weights, holders.epoch_blocks_row(epoch, chain_id, start, end, end_time)
 
 
 def read_inputs(
@@ -321,14 +351,13 @@ def plan_from_ledger(
     check_inputs: Callable[[PriorState, int], object] | None = None,
     rules: RegistryRules | None = None,
     registry_contract: str | None = None,
-    holder_excluded: tuple[str, ...] = (),
 ) -> tuple[EpochPlan, dict]:
     """Plan the next epoch over the ledger as it is now; return the plan, its reversal rows and the
     registry records it refuses (`registry_refused`, judged by `rules`; default: the open defaults).
 
     `check_inputs(prior, closing_snapshot)` runs before the epoch's events and registry are read, and
     refuses by raising (`settlement.input_checks`). When a policy names `holders:<token>`, the holders' weights
-    over the epoch's block range are read (`read_holder_weights`; `holder_excluded` addresses are never paid).
+    over the epoch's block range are read (`read_holder_weights`; `rules.holder_excluded` are never paid).
     """
     rules = rules or RegistryRules()
     step = progress or (lambda name, done, total: None)
@@ -351,7 +380,7 @@ def plan_from_ledger(
         providers = inputs.new_events.select(pl.col("compute_provider").unique()).collect()["compute_provider"]
         accounts = [*providers.to_list(), *prior.held["compute_provider"].to_list()]
         inputs = dataclasses.replace(inputs, addresses=chain_registry.with_own_addresses(inputs.addresses, accounts))
-    tokens = holder_tokens(registry.policies)
+    tokens = holder_tokens(registry.policies) if _has_work(inputs, prior) else []
     if tokens:  # a policy pays token holders: weigh their balances over the epoch's block range
         registry_row = extra_rows.get(chain_registry.epoch_registry_table)
         registry_block = (
@@ -365,7 +394,7 @@ def plan_from_ledger(
         )
         weights, extra_rows[holders.epoch_blocks_table] = read_holder_weights(
             ledger.connection, tokens, prior.epoch + 1, _latest_event_time(inputs, prior), registry_block,
-            holder_excluded,
+            rules.holder_excluded,
         )
         inputs = dataclasses.replace(inputs, holder_weights=weights)
     step(_steps[2], 2, len(_steps))

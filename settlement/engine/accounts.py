@@ -8,13 +8,16 @@ SQL of the exports, the HTML report and the settlement's analyst views (`settlem
 purpose) spells them out.
 """
 
-from schemas.fields import model_recipient_prefix
+from schemas.fields import holders_recipient_prefix, model_recipient_prefix
 
 model_prefix = model_recipient_prefix
 contributor_prefix = "contributor:"
 # A dataset of the on-chain registry, as a policy names it: its share is split again by the dataset's own policy,
 # through the pass-through account `model:dataset:<id>` (docs/registry.md).
 dataset_prefix = "dataset:"
+# The holders of an ERC-20 (`holders:<token address>`): credited like a contributor by the split, then passed on
+# in the same epoch to `contributor:<holder address>` by time-weighted balance (settlement.engine.holders).
+holders_prefix = holders_recipient_prefix
 payer_prefix = "payer:"
 suspense_account = "suspense"
 

@@ -49,3 +49,28 @@ def allocate(parts: pl.DataFrame, key: str = "allocation_id") -> pl.DataFrame:
     if not check["lost"].eq(0).all():
         raise InvariantViolation(f"an allocation's parts do not sum to its total: {check.filter(pl.col('lost') != 0)}")
     return allocated.sort([key, "recipient"])
+
+
+def allocate_by_weight(total: int, weights: list[tuple[str, int]]) -> list[tuple[str, int]]:
+    """Allocate the integer `total` over positive integer `weights` (recipient, weight) by the same rule as
+    `allocate`, with weights in place of ppm shares: each part the floor of `total * weight / sum`, the units
+    left over one each to the largest remainders, ties to the smaller recipient. A negative total is allocated
+    as its absolute value and negated. Python integers: a time-weighted token balance is far past Int128 when
+    multiplied by a total. Returns (recipient, amount) sorted by recipient, zero amounts included.
+    """
+    if any(weight <= 0 for _, weight in weights):
+        raise InvariantViolation("allocation weights must be positive")
+    if not weights:
+        if total:
+            raise InvariantViolation(f"{total} to allocate over no weight")
+        return []
+    whole = sum(weight for _, weight in weights)
+    size = abs(total)
+    parts = [(recipient, *divmod(size * weight, whole)) for recipient, weight in weights]
+    left = size - sum(floor for _, floor, _ in parts)
+    lucky = {recipient for recipient, _, _ in sorted(parts, key=lambda p: (-p[2], p[0]))[:left]}
+    sign = -1 if total < 0 else 1
+    allocated = sorted((recipient, sign * (floor + (recipient in lucky))) for recipient, floor, _ in parts)
+    if sum(amount for _, amount in allocated) != total:
+        raise InvariantViolation(f"an allocation by weight does not sum to its total {total}")
+    return allocated

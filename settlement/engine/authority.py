@@ -40,11 +40,13 @@ registry_codes = frozenset(
 
 @dataclass(frozen=True)
 class RegistryRules:
-    """The operator registry's settings: trusted sources per event type, reversal sources, policy notice."""
+    """The registry's settings: trusted sources per event type, reversal sources, policy notice (operator
+    registry), and the addresses never paid as token holders (either registry mode)."""
 
     registry_sources: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     reversal_sources: tuple[str, ...] = ()
     policy_notice_s: int | None = None
+    holder_excluded: tuple[str, ...] = ()  # pools, treasuries, bridges, the distributor (`holder_excluded`)
 
     def listed(self, event_type: str, source: str) -> bool:
         return source in self.registry_sources.get(event_type, ())

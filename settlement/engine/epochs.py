@@ -12,6 +12,7 @@ import polars as pl
 from schemas.errors import require
 from settlement.engine import reversals as rev
 from settlement.engine.figures import EpochFigures
+from settlement.engine.holders import HolderWeights, pass_to_holders
 from settlement.engine.policies import Resolution, resolve
 from settlement.engine.postings import billed_sums, build_payables, build_postings
 from settlement.engine.splits import Routed, Split, event_columns, event_key, route, split
@@ -49,6 +50,8 @@ class EpochInputs:
     addresses: pl.DataFrame  # contributor_id, payout_address (in force at the closing snapshot)
     # Sources that may reverse any source's event (besides the event's own source): RegistryRules.reversal_sources.
     reversal_sources: tuple[str, ...] = ()
+    # Per token a `holders:<token>` recipient names: each holder's time-weighted balance over the epoch's blocks.
+    holder_weights: HolderWeights | None = None
 
 
 @dataclass(frozen=True)
@@ -109,8 +112,13 @@ def plan_epoch(inputs: EpochInputs, prior: PriorState) -> EpochPlan:
             ]
         )
     )
-    postings = build_postings(epoch, billed, moves.suspended, moves.released, moves.cancelled_held, moves.split)
-    payables = build_payables(epoch, moves.split.credits, prior.payables, inputs.addresses)
+    credits, holder_postings, holder_addresses = pass_to_holders(epoch, moves.split.credits, inputs.holder_weights)
+    postings = build_postings(
+        epoch, billed, moves.suspended, moves.released, moves.cancelled_held, moves.split, holder_postings
+    )
+    known = inputs.addresses["contributor_id"].implode()
+    addresses = pl.concat([inputs.addresses, holder_addresses.filter(~pl.col("contributor_id").is_in(known))])
+    payables = build_payables(epoch, credits, prior.payables, addresses)
     totals = _checked_totals(epoch, inputs, prior, valid, moves, postings, payables)
     problems = [problem for resolution in resolutions.values() for problem in resolution.problems]
     return EpochPlan(

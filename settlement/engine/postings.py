@@ -70,8 +70,12 @@ def build_postings(
     released: pl.DataFrame,
     cancelled_held: pl.DataFrame,
     split: Split,
+    extra: pl.DataFrame | None = None,
 ) -> pl.DataFrame:
     """Every posting of the epoch, sorted, zero rows dropped; asserts each entry balances.
+
+    `extra` are further posting rows (posting columns, Int128 amounts): the entries passing a `holders:<token>`
+    take on to the token's holders (`settlement.engine.holders`).
 
     `billed` is the fees billed (reversals negative) per payer and per model (`billed_sums`);
     `suspended`, `released` and `cancelled_held` are event rows (payer, model_id, fee_micros):
@@ -83,6 +87,7 @@ def build_postings(
         *_suspense_rows(prefix, suspended, released, cancelled_held),
         *_cut_rows(prefix, split),
         *_pool_rows(prefix, split),
+        *([] if extra is None or extra.is_empty() else [extra.select(posting_columns)]),
     ]
     postings = (
         pl.concat(parts)

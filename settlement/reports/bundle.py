@@ -36,10 +36,11 @@ from settlement.engine.epochs import EpochInputs, EpochPlan, PriorState, _merge_
 from settlement.engine.policies import Resolution, resolve
 from settlement.engine.splits import event_columns, event_key, key_separator, route
 from settlement.exceptions import SettlementError
-from settlement.ledger_io import read_inputs, read_prior, read_registry
+from settlement.ledger_io import read_inputs, read_prior, read_registry, recorded_holder_weights
 from settlement.onchain.merkle import MerkleTree
 from settlement.onchain.payout_tree import address_leaves, ledger_digest
 from settlement.onchain.settle import read_stored_manifest, read_stored_tree
+from settlement.reports import sum_tree
 
 rules_version_v1 = "settlement-v1"  # ledger digest: sha256 of the leaves (payout_tree.ledger_digest)
 rules_version = "settlement-v2"  # ledger digest: sha256 of manifest.json
@@ -87,6 +88,7 @@ class EpochBundle:
     stored: pl.DataFrame
     snapshots: tuple[int, int]
     registry_block: dict | None
+    events: pl.DataFrame | None = None  # the new and released events, routed to their groups (with receipts)
 
 
 def publish_epoch(ledger: Ledger, epoch: int, directory: Path, rules: RegistryRules | None = None) -> PublishSummary:
@@ -95,10 +97,11 @@ def publish_epoch(ledger: Ledger, epoch: int, directory: Path, rules: RegistryRu
     The manifest is the one the settled root committed to: the stored one (settlement-v2), or for an epoch
     settled under settlement-v1 one naming that version and its leaf digest. Refuses when the files written now
     are not those the stored manifest names."""
-    bundle = read_epoch_bundle(ledger, epoch, rules)
     directory = Path(directory)
     settled = read_stored_tree(ledger.connection, epoch)
     committed = read_stored_manifest(ledger.connection, epoch)
+    # A manifest stored without an event commitment was composed without the groups' sum-tree roots.
+    bundle = read_epoch_bundle(ledger, epoch, rules, receipts=committed is None or b'"events"' in committed)
     if committed is not None:
         digest = "0x" + hashlib.sha256(committed).hexdigest()
         if settled is None or settled.ledger_digest != digest:
@@ -125,7 +128,9 @@ def _bundle_args(bundle: EpochBundle) -> dict:
             "registry_block": bundle.registry_block}
 
 
-def read_epoch_bundle(ledger: Ledger, epoch: int, rules: RegistryRules | None = None) -> EpochBundle:
+def read_epoch_bundle(
+    ledger: Ledger, epoch: int, rules: RegistryRules | None = None, receipts: bool = True
+) -> EpochBundle:
     """Plan closed epoch `epoch` again from the ledger and check it gives the payables (and root) it wrote."""
     rules = rules or RegistryRules()
     connection = ledger.connection
@@ -133,6 +138,8 @@ def read_epoch_bundle(ledger: Ledger, epoch: int, rules: RegistryRules | None = 
     prior = read_prior(connection, before_epoch=epoch)
     require(prior.epoch == epoch - 1, f"epochs before {epoch} are all closed")
     inputs, registry_block = _epoch_inputs(connection, prior, closing, rules)
+    weights = recorded_holder_weights(connection, epoch, inputs.policies)
+    inputs = EpochInputs(**{**inputs.__dict__, "holder_weights": weights})
     plan = plan_epoch(inputs, prior)
     stored = recorder.frame(
         connection,
@@ -146,12 +153,13 @@ def read_epoch_bundle(ledger: Ledger, epoch: int, rules: RegistryRules | None = 
             f"epoch {epoch} does not recompute from the ledger to the payables it wrote: publish with the registry "
             "settings (registry_sources, reversal_sources, policy_notice_s) the epoch was closed with"
         )
-    frames = bundle_frames(inputs, prior, plan, stored, epoch)
+    frames = bundle_frames(inputs, prior, plan, stored, epoch, receipts)
     leaves, _ = address_leaves(stored)
     settled = read_stored_tree(connection, epoch)
     if settled is not None and (not leaves or settled.root_hex != MerkleTree.from_amounts(leaves).root_hex):
         raise BundleError(f"epoch {epoch}: the payables give another root than the one settled ({settled.root_hex})")
-    return EpochBundle(epoch, frames, stored, (prior.closing_snapshot, closing), registry_block)
+    events = frames.pop("events", None)
+    return EpochBundle(epoch, frames, stored, (prior.closing_snapshot, closing), registry_block, events)
 
 
 def compose_bundle(
@@ -188,6 +196,9 @@ def compose_bundle(
     }
     if version == rules_version_v1:
         manifest["ledger_digest"] = ledger_digest(epoch, snapshots[1], leaves)
+    commitment = events_commitment(frames["groups.parquet"])
+    if commitment is not None:
+        manifest["events"] = commitment
     return (json.dumps(manifest, indent=1, sort_keys=True) + "\n").encode(), contents
 
 
@@ -260,25 +271,72 @@ def _epoch_inputs(
     return inputs, block
 
 
-def _hourly(events: pl.LazyFrame, resolution: Resolution, kind: str) -> tuple[pl.DataFrame, pl.DataFrame]:
+group_keys = ["kind", "model_id", "pool_id", "compute_provider", "compute_share_ppm", "hour"]
+
+
+def _hourly(
+    events: pl.LazyFrame, resolution: Resolution, kind: str, receipts: bool = True
+) -> tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame | None]:
     """The engine's routing (`splits.route`) per hour: the hour rides in the provider key, which routing never
-    reads; the groups come back with `hour` apart, and the events whose route is incomplete."""
+    reads; the groups come back with `hour` apart, and the events whose route is incomplete. With `receipts` the
+    event's (source, id) rides there too, so each event comes back routed: the groups then carry the root of the
+    sum tree over their events (`events_root`, `sum_tree`), and the routed events are returned (else None)."""
     hour_text = pl.col("event_time").dt.truncate("1h").dt.strftime("%Y-%m-%dT%H:%M:%S%.6fZ")
-    keyed = events.with_columns(compute_provider=pl.concat_str("compute_provider", hour_text, separator=key_separator))
+    carried = ["compute_provider", hour_text, *(("source", "event_id") if receipts else ())]
+    keyed = events.with_columns(compute_provider=pl.concat_str(carried, separator=key_separator))
     routed = route(keyed, resolution)
-    parts = pl.col("compute_provider").str.split_exact(key_separator, 1)
-    groups = routed.groups.with_columns(
+    parts = pl.col("compute_provider").str.split_exact(key_separator, len(carried) - 1)
+    rows = routed.groups.with_columns(
         kind=pl.lit(kind),
         compute_provider=parts.struct.field("field_0"),
         hour=parts.struct.field("field_1").str.to_datetime("%Y-%m-%dT%H:%M:%S%.6fZ", time_zone="UTC"),
+        **({"source": parts.struct.field("field_2"), "event_id": parts.struct.field("field_3")} if receipts else {}),
     )
     incomplete = routed.incomplete.with_columns(
         compute_provider=pl.col("compute_provider").str.split(key_separator).list.first()
     )
-    return groups, incomplete
+    if not receipts:
+        return rows, incomplete, None
+    groups = rows.group_by(group_keys).agg(pl.col("events").sum(), pl.col("fee_micros").sum())
+    return groups.join(_events_roots(rows), on=group_keys, how="left", nulls_equal=True), incomplete, rows
 
 
-def _groups(inputs: EpochInputs, prior: PriorState, reversals: pl.DataFrame) -> dict[str, pl.DataFrame]:
+def group_leaves(rows: pl.DataFrame) -> list[tuple[str, str, int]]:
+    """One group's (source, event_id, fee_micros) in the sum tree's order: (source, event id) by UTF-8 bytes."""
+    triples = [(s, e, int(f)) for s, e, f in rows.select("source", "event_id", "fee_micros").iter_rows()]
+    return sorted(triples, key=lambda t: (t[0].encode(), t[1].encode()))
+
+
+def _events_roots(rows: pl.DataFrame) -> pl.DataFrame:
+    """Per group, the root of the sum tree over its events; its sum is the group's fee sum (checked)."""
+    out = []
+    for keys, members in rows.group_by(group_keys):
+        top = sum_tree.root([sum_tree.leaf(*t) for t in group_leaves(members)])
+        require(top.fee_micros == int(members["fee_micros"].sum()), "a group's sum tree sums to its fees")
+        out.append({**dict(zip(group_keys, keys, strict=True)), "events_root": "0x" + top.hash.hex()})
+    schema = {**{k: rows.schema[k] for k in group_keys}, "events_root": pl.String}
+    return pl.DataFrame(out, schema=schema)
+
+
+def events_commitment(groups: pl.DataFrame) -> dict | None:
+    """The manifest's event commitment: the sum tree over the groups' roots in groups.parquet order (each group
+    root taken as a node with its fee sum); its sum is the epoch's routed fees. None without receipts."""
+    if "events_root" not in groups.columns:
+        return None
+    nodes = [
+        sum_tree.SumNode(bytes.fromhex(h.removeprefix("0x")), int(f))
+        for h, f in groups.select("events_root", "fee_micros").iter_rows()
+    ]
+    if not nodes:
+        return {"root": None, "fee_micros": 0, "events": 0, "groups": 0}
+    top = sum_tree.root(nodes)
+    return {"root": "0x" + top.hash.hex(), "fee_micros": top.fee_micros, "events": int(groups["events"].sum()),
+            "groups": groups.height}
+
+
+def _groups(
+    inputs: EpochInputs, prior: PriorState, reversals: pl.DataFrame, receipts: bool = True
+) -> dict[str, pl.DataFrame]:
     """The allocation groups (new, released and taken-back fees), the suspense moves and the resolutions used:
     the routing of `epochs._route`, per hour."""
     closing = inputs.closing_snapshot
@@ -287,26 +345,30 @@ def _groups(inputs: EpochInputs, prior: PriorState, reversals: pl.DataFrame) -> 
         event_key("original_source", "original_event_id")
     )["event_key"].implode()
     resolutions = {closing: resolve(inputs.models, inputs.policies, closing)}
-    new, suspended = _hourly(inputs.new_events.filter(~event_key().is_in(cancelled)), resolutions[closing], "new")
+    new, suspended, new_rows = _hourly(
+        inputs.new_events.filter(~event_key().is_in(cancelled)), resolutions[closing], "new", receipts
+    )
     held = prior.held.filter(~event_key().is_in(cancelled))
-    released_groups, still = _hourly(held.select(event_columns).lazy(), resolutions[closing], "released")
+    released_groups, still, released_rows = _hourly(
+        held.select(event_columns).lazy(), resolutions[closing], "released", receipts
+    )
     still_keys = still.select(event_key())["event_key"].implode()
     parts = [new, released_groups]
     taken = valid.filter(pl.col("outcome") == rev.taken_back)
     for snapshot in sorted(set(taken["settled_snapshot"].to_list())):
         resolutions.setdefault(snapshot, resolve(inputs.models, inputs.policies, snapshot))
         rows = taken.filter(pl.col("settled_snapshot") == snapshot).select(event_columns).lazy()
-        parts.append(_hourly(rows, resolutions[snapshot], "reversal")[0])
-    groups = pl.concat(parts).select(
-        "kind", "model_id", "pool_id", "compute_provider", "compute_share_ppm", "hour", "events", "fee_micros"
-    )
+        parts.append(_hourly(rows, resolutions[snapshot], "reversal", receipts)[0])
+    routed_events = pl.concat([new_rows, released_rows]) if receipts else None  # type: ignore[list-item]
+    groups = pl.concat(parts).select(*group_keys, "events", "fee_micros", *(["events_root"] if receipts else []))
     moves = {
         "carried_in": prior.held,
         "suspended": suspended,
         "released": held.filter(~event_key().is_in(still_keys)),
         "cancelled": prior.held.filter(event_key().is_in(cancelled)),
     }
-    return {"groups": groups, **moves, "resolution": _merge_resolutions(list(resolutions.values()))}
+    return {"groups": groups, **moves, "resolution": _merge_resolutions(list(resolutions.values())),
+            "events": routed_events}
 
 
 def _reachable(resolution: Resolution, pools: set[str]) -> set[str]:
@@ -331,11 +393,11 @@ def _int64(frame: pl.DataFrame, columns: list[str]) -> pl.DataFrame:
 
 
 def bundle_frames(
-    inputs: EpochInputs, prior: PriorState, plan: EpochPlan, stored: pl.DataFrame, epoch: int
+    inputs: EpochInputs, prior: PriorState, plan: EpochPlan, stored: pl.DataFrame, epoch: int, receipts: bool = True
 ) -> dict[str, pl.DataFrame]:
     """The bundle's files of `epoch`, from its inputs, the state before it, its plan and the payable rows of
     epochs up to it (`stored`: epoch, recipient, the payable columns, payout_address)."""
-    routed = _groups(inputs, prior, plan.reversals)
+    routed = _groups(inputs, prior, plan.reversals, receipts)
     groups = routed["groups"].sort("kind", "model_id", "pool_id", "compute_provider", "hour")
     groups = _int64(groups, ["fee_micros"])
     resolution: Resolution = routed["resolution"]
@@ -412,6 +474,7 @@ def bundle_frames(
         "prior_leaves.parquet": _leaf_frame(prior_leaves),
         "payables.parquet": payables,
         "leaves.parquet": _leaf_frame(leaves),
+        **({"events": routed["events"]} if receipts else {}),  # not a file: what a receipt proves from
     }
 
 

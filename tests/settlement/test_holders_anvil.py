@@ -9,8 +9,10 @@ its own token and uses its own ledger.
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -19,10 +21,12 @@ from web3.contract import Contract
 
 from ledger import Ledger
 from royalty.cli import app
+from settlement.engine.allocation import allocate_by_weight
 from settlement.holders import balances_at
 from settlement.onchain.contract_artifacts import load_artifact, token_artifact
+from tests.ledger.helpers import batch_of
 from tests.support.anvil import Anvil, anvil_binary
-from tests.support.settle_runs import royalty
+from tests.support.settle_runs import claim_with_proof_output, deploy, royalty, settle
 
 GENESIS_AGO_S = 86_400
 runner = CliRunner()
@@ -133,3 +137,157 @@ def test_a_reorganisation_below_the_cursor_stops_the_next_sync(anvil: Anvil, tmp
     assert result.exit_code != 0
     message = " ".join(result.output.split())
     assert f"block {synced['to_block']} was 0x" in message and "token transfers" in message
+
+
+def _event(event_type: str, event_id: str, data: dict, at: datetime, source: str = "//registry") -> bytes:
+    envelope = {"specversion": "1.0", "id": event_id, "source": source, "type": event_type}
+    return json.dumps({**envelope, "time": at.isoformat().replace("+00:00", "Z"), "data": data}).encode()
+
+
+def _registry(token: str, alice: str, at: datetime) -> list[bytes]:
+    policy = {
+        "model_id": "m",
+        "effective_from": at.isoformat().replace("+00:00", "Z"),
+        "compute_share_ppm": 0,
+        "shares": [
+            {"recipient": "alice", "share_ppm": 400_000},
+            {"recipient": f"holders:{token}", "share_ppm": 600_000},
+        ],
+    }
+    return [
+        _event("ai.contributor.registered.v1", "reg-alice", {"contributor_id": "alice", "payout_address": alice}, at),
+        _event("ai.model.registered.v1", "reg-m", {"model_id": "m", "parents": []}, at),
+        _event("ai.split-policy.set.v1", "pol-m", policy, at),
+    ]
+
+
+def _metered(first: int, count: int, at: datetime) -> list[bytes]:
+    data = {
+        "model_id": "m", "payer": "org-1", "compute_provider": "gpu-1", "input_tokens": 1, "output_tokens": 1,
+        "fee_micros": 1_000_003, "asset": "USDC",
+    }  # fmt: skip
+    return [
+        _event("ai.inference.metered.v1", f"ev-{i}", {**data, "request_id": f"r-{i}"}, at, "//gateway")
+        for i in range(first, first + count)
+    ]
+
+
+class _Feed:
+    def __init__(self, lake: Path) -> None:
+        self.lake, self.offset = lake, 0
+
+    def send(self, values: list[bytes]) -> None:
+        with Ledger.open(str(self.lake)) as ledger:
+            ledger.append(*batch_of(values, first_offset=self.offset))
+        self.offset += len(values)
+
+
+def _close(lake: Path, env: dict[str, str] | None = None) -> CliRunner:
+    result = runner.invoke(app, ["close-epoch", "--lake", str(lake)], env=env or {})
+    return result
+
+
+def _payables(lake: Path, epoch: int) -> dict[str, int]:
+    with Ledger.open_read_only(str(lake)) as ledger:
+        rows = ledger.connection.execute(
+            "SELECT recipient, amount_micros FROM lake.main.settlement_payable WHERE epoch = ?", [epoch]
+        ).fetchall()
+    return dict(rows)
+
+
+def _oracle_weights(token: Contract, holders: list[str], first: int, last: int) -> dict[str, int]:
+    """Each holder's balance summed over blocks first..last, asked of the token itself block by block."""
+    blocks = range(first, last + 1)
+    return {h: sum(token.functions.balanceOf(h).call(block_identifier=b) for b in blocks) for h in holders}
+
+
+def _mine(node: Anvil, blocks: int) -> None:
+    """Mine `blocks` blocks 12 s apart (the chain's clock moves past the metered events' times)."""
+    node.rpc("anvil_mine", [hex(blocks), hex(12)])
+
+
+def test_an_epoch_pays_holders_by_time_weighted_balance_and_they_claim_with_the_normal_claim(
+    anvil: Anvil, tmp_path: Path
+) -> None:
+    """A policy gives 60% of model m to `holders:<token>`. Holders mint, transfer mid-epoch and sell between
+    epochs; one is excluded by setting. Each holder's payable is its exact largest-remainder part of the take
+    over the balances the token reports block by block, within one unit of the exact fraction; a holder who
+    sold before epoch 2's range gets nothing in epoch 2; settled on-chain, a holder claims its amount with the
+    ordinary claim; a close while the holder sync is behind refuses with exit 75."""
+    lake = tmp_path / "lake"
+    token = _deploy(anvil)
+    admin, h1, h2, h3, h4, alice = anvil.w3.eth.accounts[:6]
+    _send(anvil, token.functions.mint(h1, 1_000 * 10**18), admin)
+    _send(anvil, token.functions.mint(h2, 3_000 * 10**18), admin)
+    _send(anvil, token.functions.mint(h4, 5_000 * 10**18), admin)  # a treasury, excluded
+    _mine(anvil, 5)
+    _send(anvil, token.functions.transfer(h3, 400 * 10**18), h1)  # mid-epoch
+    _mine(anvil, 5)
+    at = datetime.fromtimestamp(anvil.w3.eth.get_block(1)["timestamp"], UTC)
+    feed = _Feed(lake)
+    feed.send(_registry(token.address, alice, at) + _metered(0, 20, at + timedelta(seconds=1)))
+    env = {"ROYALTY_HOLDER_EXCLUDED": h4}
+
+    behind = _close(lake, env)  # no holder sync yet
+    assert behind.exit_code == 75, behind.output
+    assert "Run `royalty sync-holders" in " ".join(behind.output.split())
+
+    first_sync = _sync(lake, anvil, token.address)
+    closed = _close(lake, env)
+    assert closed.exit_code == 0, closed.output
+    take = 20 * 1_000_003 * 600_000 // 1_000_000  # alice's 40% part is floor-exact here: 8,000,024
+    weights = _oracle_weights(token, [h1, h2, h3], first_sync["from_block"], first_sync["to_block"])
+    paid = _payables(lake, 1)
+    assert h4 not in paid and f"holders:{token.address}" not in paid
+    assert sum(paid[h] for h in (h1, h2, h3)) + paid["alice"] == 20 * 1_000_003
+    assert sum(paid[h] for h in (h1, h2, h3)) == take
+    whole = sum(weights.values())
+    for holder, weight in weights.items():
+        assert abs(paid[holder] * whole - take * weight) < whole  # within one unit of the exact fraction
+    assert dict(allocate_by_weight(take, sorted(weights.items()))) == {h: paid[h] for h in weights}
+
+    _send(anvil, token.functions.transfer(h2, 600 * 10**18), h1)  # h1 sells the rest before epoch 2's range
+    _mine(anvil, 3)
+    feed.send(_metered(20, 10, at + timedelta(seconds=2)))
+    second_sync = _sync(lake, anvil, token.address)
+    assert _close(lake, env).exit_code == 0
+    paid_2 = _payables(lake, 2)
+    assert h1 not in paid_2  # held nothing over epoch 2's blocks
+    weights_2 = _oracle_weights(token, [h2, h3], first_sync["to_block"] + 1, second_sync["to_block"])
+    take_2 = 10 * 1_000_003 * 600_000 // 1_000_000
+    assert dict(allocate_by_weight(take_2, sorted(weights_2.items()))) == {h: paid_2[h] for h in (h2, h3)}
+    with Ledger.open_read_only(str(lake)) as ledger:
+        ranges = ledger.connection.execute(
+            "SELECT epoch, from_block, to_block FROM lake.main.settlement_epoch_blocks ORDER BY epoch"
+        ).fetchall()
+    assert ranges == [
+        (1, first_sync["from_block"], first_sync["to_block"]),
+        (2, first_sync["to_block"] + 1, second_sync["to_block"]),
+    ]
+
+    deployed = deploy(anvil)
+    settle(lake, anvil, deployed["distributor"])
+    assert claim_with_proof_output(lake, anvil, h3, tmp_path) == paid[h3] + paid_2[h3]
+    assert claim_with_proof_output(lake, anvil, h1, tmp_path) == paid[h1]
+
+
+def test_buying_just_before_the_range_end_earns_only_the_blocks_held(anvil: Anvil, tmp_path: Path) -> None:
+    """The buy-before-snapshot attack: a whale buys ten times the supply in the range's last block. A snapshot
+    at that block would pay it 10/11 of the take; time-weighted it gets its one block's worth."""
+    lake = tmp_path / "lake"
+    token = _deploy(anvil)
+    admin, holder, whale, alice = anvil.w3.eth.accounts[:4]
+    _send(anvil, token.functions.mint(holder, 1_000), admin)
+    _mine(anvil, 50)
+    _send(anvil, token.functions.mint(whale, 10_000), admin)  # the range's last block (1 confirmation)
+    at = datetime.fromtimestamp(anvil.w3.eth.get_block(1)["timestamp"], UTC)
+    feed = _Feed(lake)
+    feed.send(_registry(token.address, alice, at) + _metered(0, 10, at + timedelta(seconds=1)))
+    synced = _sync(lake, anvil, token.address)
+    assert _close(lake).exit_code == 0
+    paid = _payables(lake, 1)
+    take = 10 * 1_000_003 * 600_000 // 1_000_000
+    weights = _oracle_weights(token, [holder, whale], synced["from_block"], synced["to_block"])
+    assert weights[whale] == 10_000  # one block held
+    assert paid[whale] == dict(allocate_by_weight(take, sorted(weights.items())))[whale]
+    assert paid[whale] < take // 4 < take * 10 // 11  # a snapshot at the range's end would pay it 10/11
