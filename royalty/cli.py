@@ -557,7 +557,6 @@ def close_epoch_command(
                 checks=checks,
                 rules=registry_rules(settings),
                 registry_contract=registry_commands.onchain_registry(settings),
-                holder_excluded=(*settings.holder_excluded, *([settings.distributor] if settings.distributor else [])),
             )
     except RoyaltyError as error:
         _fail(error)
