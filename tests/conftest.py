@@ -38,7 +38,7 @@ def royalty_command(*args: str) -> list[str]:
 # `-m "not slow and not integration"`. A test is `integration` when it needs a component started for it (a
 # Kafka broker, PostgreSQL, anvil, node's OpenZeppelin, Chromium) or sits in a folder of such tests. A
 # component fetched with `request.getfixturevalue` is not seen here: request it by argument instead.
-integration_fixtures = frozenset({"kafka_broker", "postgres_server", "anvil", "oz_merkle"})
+integration_fixtures = frozenset({"kafka_broker", "postgres_server", "anvil", "oz_merkle", "seaweedfs"})
 integration_folders = frozenset({"integration", "faults", "soak", "contracts"})
 tests_root = Path(__file__).resolve().parent
 
