@@ -30,4 +30,9 @@ compacted_file_bytes_min = 64 * 1024 * 1024
 # stays short; a folder with more merges again on the next run.
 compaction_files_per_merge_max = 2_000
 
+# An append of at most this many messages runs on one DuckDB thread: its statements are tiny and scheduling
+# them on worker threads cost more CPU than they saved (benchmarks/RESULTS.md, small appends). Larger
+# batches keep DuckDB's parallel scans for the duplicate check against many stored files.
+append_one_thread_messages_max = 10_000
+
 require(commit_backoff_s_min < commit_backoff_s_max, "commit backoff: min < max")

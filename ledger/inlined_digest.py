@@ -86,6 +86,40 @@ def relation_digests(connection: duckdb.DuckDBPyConnection, relation: str, schem
     return [row_digest(text) for (text,) in rows]
 
 
+def digestible_in_python(schema: pa.Schema) -> bool:
+    """Whether `arrow_digests` digests rows of `schema`: every column of a type whose JSON text Python writes
+    exactly as DuckDB's `to_json` does, once both are parsed back (`canonical_text`)."""
+    return all(_digestible_in_python(item.type) for item in schema)
+
+
+def _digestible_in_python(data_type: pa.DataType) -> bool:
+    if pa.types.is_timestamp(data_type):
+        return data_type.unit == "us"
+    return pa.types.is_string(data_type) or pa.types.is_integer(data_type) or pa.types.is_boolean(data_type)
+
+
+def arrow_digests(rows: pa.Table) -> list[str] | None:
+    """The row digests of `rows` computed in Python, equal to `relation_digests` of the same rows; None when a
+    column's type is not one `_digestible_in_python` (the caller then asks DuckDB).
+
+    A small append inlines a handful of bookkeeping rows: digesting them here saves a DuckDB query per table
+    (benchmarks/RESULTS.md, small appends). tests/ledger/test_inlined_digest.py checks both agree.
+    """
+    if not digestible_in_python(rows.schema):
+        return None
+    columns = {}
+    for item in rows.schema:
+        column = rows.column(item.name)
+        # DuckDB's text is `epoch_us(...)`: the microseconds since the epoch, an integer.
+        columns[item.name] = (column.cast(pa.int64()) if pa.types.is_timestamp(item.type) else column).to_pylist()
+    digests = []
+    for index in range(rows.num_rows):
+        values = {name: column[index] for name, column in columns.items() if column[index] is not None}
+        text = json.dumps(values, sort_keys=True, separators=(",", ":"))
+        digests.append(hashlib.sha256(text.encode()).hexdigest()[:row_digest_chars])
+    return digests
+
+
 def digest_rows(pending: dict[str, list[str]]) -> pa.Table:
     """The `inlined_digest` rows of one transaction: one per table it inlined rows into."""
     tables = sorted(name for name, digests in pending.items() if digests)
