@@ -1,10 +1,12 @@
-"""`royalty publish` and `royalty audit`: an epoch's bundle, and its independent recomputation (issue 18).
+"""`royalty publish`, `royalty audit` and `royalty receipt`: an epoch's bundle, its independent recomputation, and
+a payer's proof that an event was counted (issue 18).
 
 `publish` only reads the ledger (through the SELECT-only role when one is configured); `audit` reads only the
 bundle (and, with `--rpc-url`, the distributor's logs). docs/spec/settlement-v1.md and settlement-v2.md are the
 rules both follow.
 """
 
+import json
 from pathlib import Path
 from typing import Annotated
 
@@ -65,23 +67,73 @@ def audit(
     distributor: Annotated[
         str | None, typer.Option("--distributor", help="RoyaltyDistributor address (with --rpc-url).")
     ] = None,
+    receipt: Annotated[
+        Path | None, typer.Option("--receipt", help="A payer's receipt (`royalty receipt --out`) to check too.")
+    ] = None,
 ) -> None:
     """Recompute an epoch's leaves and root from its bundle alone; exit 1 naming the first disagreement."""
-    from settlement.use_cases.audit_bundle import AuditDisagreement, audit_bundle
+    from settlement.use_cases.audit_bundle import AuditDisagreement, audit_bundle, verify_receipt
 
     if (rpc_url is None) != (distributor is None):
         _fail(RoyaltyError("--rpc-url and --distributor go together: give both to check the chain, or neither"), 2)
+    body = _read_receipt(receipt) if receipt is not None else None
     try:
         result = audit_bundle(bundle, rpc_url, distributor)
+        statement = result.statement() if body is None else verify_receipt(bundle, body, result)
     except AuditDisagreement as error:
         stderr.print(f"[bold red]disagrees:[/] {escape(str(error))}", highlight=False, soft_wrap=True)
         raise typer.Exit(1) from None
     except RoyaltyError as error:
         _fail(error)
-    stdout.print(result.statement(), highlight=False, soft_wrap=True)
+    stdout.print(statement, highlight=False, soft_wrap=True)
+
+
+def _read_receipt(path: Path) -> dict:
+    try:
+        body = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as error:
+        _fail(RoyaltyError(f"--receipt {path}: not a readable JSON receipt ({type(error).__name__}); write one with "
+                           "`royalty receipt --source S --event-id ID --out FILE`"), 2)
+    if not isinstance(body, dict):
+        _fail(RoyaltyError(f"--receipt {path}: a receipt is one JSON object, as `royalty receipt --out` writes"), 2)
+    return body
+
+
+def receipt(
+    source: Annotated[str, typer.Option("--source", help="The metered event's CloudEvents source.")],
+    event_id: Annotated[str, typer.Option("--event-id", help="The metered event's CloudEvents id.")],
+    out: Annotated[Path | None, typer.Option("--out", help="Write the receipt (JSON) to this file.")] = None,
+    output_json: Annotated[bool, typer.Option("--json", help="Print the receipt as JSON instead of text.")] = False,
+    lake: LakeOption = None,
+    data_path: DataPathOption = None,
+    config: ConfigOption = None,
+) -> None:
+    """A payer's proof that one metered event was counted in its settled epoch's published fee sums."""
+    from ledger import Ledger
+    from settlement.use_cases.payer_receipt import payer_receipt
+
+    settings = load_settings({"lake": lake, "data_path": data_path}, config)
+    try:
+        with Ledger.open_read_only(settings.reader_lake or settings.lake, settings.data_path) as ledger:
+            made = payer_receipt(ledger, source, event_id, registry_rules(settings))
+    except RoyaltyError as error:
+        _fail(error)
+    text = json.dumps(made.body, indent=1, sort_keys=True)
+    if out is not None:
+        out.write_text(text + "\n", encoding="utf-8")
+    if output_json:
+        stdout.print(json.dumps(made.body, sort_keys=True), highlight=False, soft_wrap=True, markup=False)
+        return
+    written = f"; written to {out}" if out is not None else ""
+    stdout.print(
+        f"{made.summary}{written}; check it with `royalty audit --bundle DIR --receipt FILE` against the epoch's "
+        f"bundle (`royalty publish --epoch {made.body['epoch']} --to DIR`)",
+        highlight=False, soft_wrap=True, markup=False,
+    )
 
 
 def register(app: typer.Typer) -> None:
-    """Add `publish` and `audit` to the `royalty` app."""
+    """Add `publish`, `audit` and `receipt` to the `royalty` app."""
     app.command("publish")(publish)
     app.command("audit")(audit)
+    app.command("receipt")(receipt)

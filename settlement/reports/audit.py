@@ -13,6 +13,7 @@ settlement-v1 proposed the SHA-256 of its leaves, which its manifest repeats and
 import hashlib
 import json
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 
 import duckdb
@@ -20,6 +21,7 @@ from web3 import Web3
 
 from settlement.exceptions import SettlementError
 from settlement.onchain.merkle import MerkleTree
+from settlement.reports import sum_tree
 
 rules_versions = ("settlement-v1", "settlement-v2")
 _ppm = 1_000_000
@@ -301,6 +303,7 @@ def audit_bundle(directory: Path, rpc_url: str | None = None, distributor: str |
         _credits(c)
         _check_payables(c)
         leaves = _leaves(c, manifest)
+        _check_events_commitment(c, manifest)
         (groups,) = c.execute("SELECT count(*) FROM groups").fetchone()
     root = MerkleTree.from_amounts(leaves).root_hex if leaves else None
     if root != manifest.get("root"):
@@ -313,6 +316,68 @@ def audit_bundle(directory: Path, rpc_url: str | None = None, distributor: str |
     return AuditResult(
         int(manifest["epoch"]), root, len(leaves), int(groups), rpc_url is not None, manifest["rules_version"], digest
     )
+
+
+def _group_rows(c: duckdb.DuckDBPyConnection) -> list[tuple]:
+    """The groups in the spec's order: (kind, model_id, pool_id, compute_provider) by UTF-8 bytes, then hour."""
+    rows = c.execute("""SELECT kind, model_id, pool_id, compute_provider, epoch_us(hour), events_root, fee_micros,
+                               events FROM groups""").fetchall()
+    return sorted(rows, key=lambda r: (r[0].encode(), r[1].encode(), r[2].encode(), r[3].encode(), r[4]))
+
+
+def _check_events_commitment(c: duckdb.DuckDBPyConnection, manifest: dict) -> None:
+    """The manifest's event commitment is the sum tree over the groups' event roots, and sums the groups' fees."""
+    committed = manifest.get("events")
+    if committed is None:
+        return
+    rows = _group_rows(c)
+    if any(row[5] is None for row in rows):
+        raise AuditDisagreement("groups.parquet", "a group has no events_root, but the manifest commits to them")
+    nodes = [sum_tree.SumNode(bytes.fromhex(row[5].removeprefix("0x")), int(row[6])) for row in rows]
+    top = sum_tree.root(nodes) if nodes else None
+    recomputed = {
+        "root": "0x" + top.hash.hex() if top else None,
+        "fee_micros": top.fee_micros if top else 0,
+        "events": sum(int(row[7]) for row in rows),
+        "groups": len(rows),
+    }
+    if recomputed != committed:
+        raise AuditDisagreement("manifest.json", f"the groups' event roots give event commitment {recomputed}, "
+                                f"not the manifest's {committed}")
+
+
+def verify_receipt(directory: Path, receipt: dict, audited: AuditResult | None = None) -> str:
+    """Check a payer's receipt (`royalty receipt`) against the bundle at `directory`, which must audit clean
+    (`audited`: its audit, when already run): its proof leads from the event to its group's `events_root` and to
+    the group's fee sum. Returns a statement."""
+    audited = audited or audit_bundle(directory)
+    group, event = receipt.get("group", {}), receipt.get("event", {})
+    if receipt.get("epoch") != audited.epoch:
+        raise AuditDisagreement("receipt", f"it is of epoch {receipt.get('epoch')}, the bundle of {audited.epoch}")
+    try:
+        hour_us = int(datetime.fromisoformat(str(group["hour"]).replace("Z", "+00:00")).timestamp() * 1_000_000)
+        start = sum_tree.leaf(str(event["source"]), str(event["event_id"]), int(event["fee_micros"]))
+        top = sum_tree.fold(start, receipt["proof"])
+    except (KeyError, TypeError, ValueError) as error:
+        raise AuditDisagreement("receipt", f"it is not a receipt `royalty receipt` writes ({error})") from None
+    with duckdb.connect() as c:
+        path = str(Path(directory) / "groups.parquet").replace("'", "''")
+        c.execute(f"CREATE TEMP TABLE groups AS SELECT * FROM read_parquet('{path}')")
+        row = c.execute(
+            """SELECT events_root, fee_micros FROM groups WHERE kind = ? AND model_id = ? AND pool_id = ?
+               AND compute_provider = ? AND epoch_us(hour) = ?""",
+            [receipt.get("kind"), group.get("model_id"), group.get("pool_id"), group.get("compute_provider"), hour_us],
+        ).fetchone()
+    label = f"receipt of {event.get('source')}/{event.get('event_id')}"
+    if row is None:
+        raise AuditDisagreement(label, "the bundle has no such group")
+    root, fee_micros = row
+    if "0x" + top.hash.hex() != root or top.fee_micros != int(fee_micros):
+        raise AuditDisagreement(label, f"its proof leads to root {'0x' + top.hash.hex()} summing {top.fee_micros} "
+                                f"micros, not the group's {root} summing {fee_micros}")
+    return (f"event {event['source']}/{event['event_id']} ({event['fee_micros']} micros) is counted in epoch "
+            f"{audited.epoch}'s group {group['model_id']} / {group['compute_provider']} / {group['hour']} "
+            f"({fee_micros} micros), and the bundle audits clean")
 
 
 def _committed_digest(manifest: dict, leaves: dict[str, int]) -> str:

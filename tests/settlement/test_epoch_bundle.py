@@ -22,8 +22,9 @@ from ledger import Ledger
 from royalty.cli import app
 from settlement import close_epoch
 from settlement.engine.authority import RegistryRules
-from settlement.reports.audit import AuditDisagreement, audit_bundle
+from settlement.reports.audit import AuditDisagreement, audit_bundle, verify_receipt
 from settlement.reports.bundle import BundleError, bundle_frames, publish_epoch, write_bundle
+from settlement.reports.receipts import receipt_from
 from tests.settlement.split_world import run_epochs, worlds
 from tests.support.ledger_batches import append_in_batches, sample_messages, shape
 
@@ -200,6 +201,50 @@ def test_royalty_audit_exits_0_with_a_statement_or_1_naming_the_disagreement(bun
     assert missing.exit_code == 2 and "no manifest.json" in missing.output, missing.output
 
 
+def _receipt(lake: Path, event_id: str, out: Path) -> object:
+    return CliRunner().invoke(
+        app, ["receipt", "--lake", str(lake), "--source", metered_source, "--event-id", event_id, "--out", str(out)],
+        env={"ROYALTY_REVERSAL_SOURCES": billing_source},  # the rules the epochs were closed with
+    )
+
+
+def test_a_payer_receipt_verifies_against_its_bundle_and_a_changed_amount_fails(bundles, tmp_path):
+    """`royalty receipt` proves an event counted in its group's published fee sum (one split in its epoch, one
+    released from suspense a later epoch); `royalty audit --receipt` checks it from the bundle alone, and refuses
+    a changed amount, another epoch's bundle, and an event no epoch split (cancelled by a reversal)."""
+    runner, lake = CliRunner(), bundles[1].parent / "lake"
+    for event_id, epoch, kind in (("m0-after", 1, "new"), ("late-1", 2, "released")):
+        path = tmp_path / f"{event_id}.json"
+        made = _receipt(lake, event_id, path)
+        assert made.exit_code == 0, made.output
+        receipt = json.loads(path.read_text())
+        assert (receipt["epoch"], receipt["kind"], receipt["event"]["event_id"]) == (epoch, kind, event_id)
+        assert "payer" not in path.read_text() and "org-00001" not in path.read_text()
+        checked = runner.invoke(app, ["audit", "--bundle", str(bundles[epoch]), "--receipt", str(path)])
+        assert checked.exit_code == 0 and f"{event_id} (" in checked.output, checked.output
+        other = runner.invoke(app, ["audit", "--bundle", str(bundles[3 - epoch]), "--receipt", str(path)])
+        assert other.exit_code == 1 and "receipt: it is of epoch" in other.output, other.output
+    receipt["event"]["fee_micros"] += 1
+    path.write_text(json.dumps(receipt))
+    changed = runner.invoke(app, ["audit", "--bundle", str(bundles[2]), "--receipt", str(path)])
+    assert changed.exit_code == 1 and "receipt of" in changed.output and "its proof leads to" in changed.output
+    cancelled = _receipt(lake, json.loads(sample_messages(120)[-1])["id"], tmp_path / "none.json")
+    assert cancelled.exit_code != 0 and "was not split by any closed epoch" in cancelled.output, cancelled.output
+    unknown = _receipt(lake, "no-such-event", tmp_path / "none.json")
+    assert unknown.exit_code != 0 and "no metered event" in unknown.output, unknown.output
+
+
+def test_the_event_commitment_sums_the_groups_and_is_checked(bundles, tmp_path):
+    """The manifest commits to the groups' event roots; a group root edited (file rehashed) is named."""
+    manifest = json.loads((bundles[2] / "manifest.json").read_text())
+    groups = pl.read_parquet(bundles[2] / "groups.parquet")
+    assert (manifest["events"]["fee_micros"], manifest["events"]["groups"]) == (groups["fee_micros"].sum(), len(groups))
+    flipped = _tampered(bundles[2], tmp_path / "g", "groups.parquet",
+                        lambda f: f.with_columns(events_root=pl.col("events_root").reverse()))
+    with pytest.raises(AuditDisagreement, match="event commitment"):
+        audit_bundle(flipped)
+
+
 # 12 examples in CI (a few seconds); ROYALTY_NIGHTLY=1 runs 150.
 @settings(
     max_examples=150 if os.environ.get("ROYALTY_NIGHTLY") == "1" else 12,
@@ -210,7 +255,8 @@ def test_royalty_audit_exits_0_with_a_statement_or_1_naming_the_disagreement(bun
 def test_the_audit_recomputes_every_generated_epoch_the_engine_closed(world, tmp_path_factory):
     """Property: on generated registries and traffic (lineage, policy changes, suspense, reversals taken back
     and cancelled, addresses or none), every epoch's bundle audits clean: the audit's SQL, written from the spec,
-    gives the engine's payables, leaves and root."""
+    gives the engine's payables, leaves and root. Every payer's receipt verifies, a changed amount does not, and
+    the sum at the event commitment's root is the epoch's fees."""
     root = tmp_path_factory.mktemp("world")
     stored: list[pl.DataFrame] = []
 
@@ -220,6 +266,19 @@ def test_the_audit_recomputes_every_generated_epoch_the_engine_closed(world, tmp
         frames = bundle_frames(inputs, prior, plan, rows, plan.epoch)
         directory = root / f"epoch-{plan.epoch}"
         write_bundle(directory, frames, rows, plan.epoch, (prior.closing_snapshot, plan.closing_snapshot))
-        assert audit_bundle(directory).epoch == plan.epoch
+        audited = audit_bundle(directory)
+        assert audited.epoch == plan.epoch
+        # Payer receipts: the event commitment sums to the fees the epoch credits (new + released - taken back),
+        # every routed event's receipt verifies from the bundle alone, and one with a changed amount does not.
+        events = frames["events"]
+        commitment = json.loads((directory / "manifest.json").read_text())["events"]
+        assert commitment["fee_micros"] == int(plan.payables["credited_micros"].sum() or 0)
+        for row in events.iter_rows(named=True):
+            body = receipt_from(plan.epoch, events, row).body
+            assert verify_receipt(directory, body, audited).startswith(f"event {row['source']}/{row['event_id']}")
+        if events.height:
+            body["event"]["fee_micros"] += 1
+            with pytest.raises(AuditDisagreement, match="its proof leads to"):
+                verify_receipt(directory, body, audited)
 
     run_epochs(world, each=publish)
