@@ -129,7 +129,7 @@ def fail(error: Exception, exit_code: int | None = None) -> NoReturn:
 lake_commands = frozenset(
     {
         "backup", "claim", "claims-page", "close-epoch", "compact", "export", "ingest", "migrate", "proof",
-        "publish", "report", "settle", "sql", "sync-claims", "sync-holders", "sync-registry", "verify",
+        "publish", "receipt", "report", "settle", "sql", "sync-claims", "sync-holders", "sync-registry", "verify",
     }
 )  # fmt: skip
 
