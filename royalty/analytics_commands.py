@@ -43,8 +43,12 @@ def export(
         _fail(error)
     stdout.print(
         f"epoch {summary.epoch}: {summary.recipients:,} recipients ({summary.payable_micros:,} micros payable), "
-        f"{summary.postings:,} postings, {summary.statement_lines:,} statement lines -> {summary.directory}",
+        f"{summary.postings:,} postings, {summary.statement_lines:,} statement lines -> {summary.directory}; "
+        + (f"ledger digest {summary.ledger_digest} ({summary.rules_version}), " if summary.ledger_digest else
+           "not settled yet, ")
+        + f"verify with `{summary.audit_command}`",
         highlight=False,
+        soft_wrap=True,
     )
 
 

@@ -20,6 +20,7 @@ from ledger import recorder
 from ledger.attach import closing_snapshot
 from ledger.ledger import Ledger
 from settlement.engine.accounts import contributor_prefix
+from settlement.onchain.settle import read_stored_manifest, read_stored_tree
 
 tables = ("payables", "payables_csv", "postings", "postings_csv", "statements", "statements_csv", "manifests")
 _parquet = "FORMAT parquet, COMPRESSION zstd"
@@ -38,6 +39,11 @@ class ExportSummary:
     payable_micros: int
     credited_micros: int
     asset: str | None
+    # The link to the epoch's bundle (issue 18): the digest its root committed to, under which rules, and how
+    # anyone checks the statements' epoch from the published files.
+    ledger_digest: str | None = None  # None until `settle` wrote the epoch's tree
+    rules_version: str | None = None
+    audit_command: str = ""
 
 
 def export_epoch(ledger: Ledger, epoch: int, directory: Path) -> ExportSummary:
@@ -108,9 +114,26 @@ def export_epoch(ledger: Ledger, epoch: int, directory: Path) -> ExportSummary:
         payable_micros=payable_micros,
         credited_micros=credited_micros,
         asset=asset,
+        **bundle_link(ledger, epoch),
     )
     (directory / "manifests" / f"{partition}.json").write_text(json.dumps(asdict(summary), indent=2) + "\n")
     return summary
+
+
+def bundle_link(ledger: Ledger, epoch: int) -> dict:
+    """What links an epoch's statements to its bundle: the settled ledger digest (settlement-v2: the SHA-256 of
+    the manifest `royalty publish` writes), its rules version, and the commands that check it."""
+    settled = read_stored_tree(ledger.connection, epoch)
+    version = None
+    if settled is not None:
+        version = "settlement-v2" if read_stored_manifest(ledger.connection, epoch) is not None else "settlement-v1"
+    folder = f"bundle-epoch-{int(epoch)}"
+    return {
+        "ledger_digest": settled.ledger_digest if settled else None,
+        "rules_version": version,
+        "audit_command": f"royalty publish --epoch {int(epoch)} --to {folder} && royalty audit --bundle {folder} "
+        "--rpc-url URL --distributor 0x…",
+    }
 
 
 def _literal(text: str) -> str:

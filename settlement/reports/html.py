@@ -679,12 +679,26 @@ def _settled_root(data: ReportData) -> str:
         f"{chain}<p>root {hash_html(settled['root'], 'root')} over {settled['leaf_count']:,} leaves, total "
         f"{money(settled['total_units'])} {_e(data.asset)}{tx}.</p>"
         f"<p>ledger digest {hash_html(settled['ledger_digest'], 'ledger-digest')}</p>{_claims_line(data)}"
+        f"{_audit_line(data, settled)}"
     )
     if data.ledger_digest and data.ledger_digest != settled["ledger_digest"]:
         root += (
             f'<p class="bad">the payables now give digest <code>{_e(data.ledger_digest)}</code>, not the stored one</p>'
         )
     return root
+
+
+def _audit_line(data: ReportData, settled: dict) -> str:
+    """How anyone checks this root from the epoch's published bundle (issue 18)."""
+    epoch = int(data.epoch["epoch"])
+    chain = (
+        f" --rpc-url URL --distributor {_e(settled['contract'])}" if settled.get("contract") else ""
+    )
+    return (
+        f'<p id="audit-command">anyone can recompute this root from the epoch\'s bundle: '
+        f"<code>royalty publish --epoch {epoch} --to bundle-epoch-{epoch}</code>, then "
+        f"<code>royalty audit --bundle bundle-epoch-{epoch}{chain}</code> (docs/settlement.md, Verifying an epoch)</p>"
+    )
 
 
 def _claims_line(data: ReportData) -> str:

@@ -67,6 +67,10 @@ def test_export_writes_statements_that_hive_readers_and_spreadsheets_total_to_th
         recipients,
         postings,
     )
+    # Issue 18: the statements link to the epoch's bundle (not settled here: no digest yet).
+    assert manifest["ledger_digest"] is None and manifest["rules_version"] is None
+    assert manifest["audit_command"].startswith("royalty publish --epoch 2 --to bundle-epoch-2 && royalty audit")
+    assert "royalty audit --bundle bundle-epoch-2" in result.stdout
 
 
 def test_export_of_an_unclosed_epoch_fails_and_writes_nothing(settled_lake: Path, tmp_path: Path) -> None:

@@ -96,6 +96,9 @@ def test_report_of_a_settled_epoch_shows_its_root_and_ledger_digest(tmp_path: Pa
     assert f'<code class="hash" id="root" title="{tree.root_hex}">{tree.root_hex}</code>' in page
     assert f'id="ledger-digest" title="{tree.ledger_digest}">{tree.ledger_digest}</code>' in page
     assert "not settled yet" not in page and 'class="bad"' not in page
+    # Issue 18: the page names how anyone recomputes the root from the epoch's bundle.
+    assert "<code>royalty audit --bundle bundle-epoch-2 --rpc-url URL --distributor" in page
+    assert 'id="audit-command"' not in before
     assert "0x" + "ab" * 32 in page
     # Issue 21: the chain and distributor, the claims paid (epoch 1's two claimants, read back).
     assert 'chain id <strong id="chain-id">31337</strong>' in page and f'id="distributor" title="0x{"12" * 20}"' in page
