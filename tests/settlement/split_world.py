@@ -178,10 +178,11 @@ def event_frame(rows: list[dict]) -> pl.DataFrame:
     ).select(event_columns)
 
 
-def run_epochs(world: World, order_seed: int | None = None, each=None) -> list:
+def run_epochs(world: World, order_seed: int | None = None, each=None, holder_weights=None) -> list:
     """Close every epoch of the world in memory (epoch k closes at snapshot k); return the plans.
 
-    `each(inputs, prior, plan)` is called after each epoch is planned (the bundle property test publishes it)."""
+    `each(inputs, prior, plan)` is called after each epoch is planned (the bundle property test publishes it);
+    `holder_weights(epoch)` gives the epoch's token holders' weights (`settlement.engine.holders`)."""
     models, policies = registry_frames(world)
     prior, plans = PriorState(), []
     for epoch in range(1, world.epochs + 1):
@@ -221,6 +222,7 @@ def run_epochs(world: World, order_seed: int | None = None, each=None) -> list:
                 schema={"contributor_id": pl.String, "payout_address": pl.String},
             ),
             reversal_sources=(billing_source,),  # trusted to reverse the gateways' events
+            holder_weights=None if holder_weights is None else holder_weights(epoch),
         )
         plan = plan_epoch(inputs, prior)
         plans.append(plan)

@@ -1,0 +1,215 @@
+"""Token-holder shares (issue 17), as properties: the time-weighted balances the ledger computes from Transfer
+rows, the exact largest-remainder allocation over them, and whole epochs paying a `holders:<token>` recipient.
+
+The balance queries run on an in-memory DuckDB database attached under the ledger's catalog name, holding
+`holder_transfer` as the ledger declares it: the same SQL, without a DuckLake per example.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from fractions import Fraction
+
+import duckdb
+import polars as pl
+import pyarrow as pa
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from ledger.connection import catalog_alias
+from ledger.tables import create_statements
+from settlement.engine.allocation import allocate_by_weight
+from settlement.holders import (
+    balances_at,
+    holder_transfer_schema,
+    holder_transfer_table,
+    holder_weights,
+    zero_address,
+)
+from tests.conftest import depth
+from tests.settlement.split_world import contributors, run_epochs, worlds
+
+chain_id = 31337
+token = "0x" + "7e" * 20
+holders = [f"0x{i:040x}" for i in range(1, 6)]
+
+
+@pytest.fixture(scope="module")
+def connection() -> Iterator[duckdb.DuckDBPyConnection]:
+    database = duckdb.connect()
+    database.execute(f"ATTACH ':memory:' AS {catalog_alias}")
+    for statement in create_statements(catalog_alias, [holder_transfer_table]):
+        database.execute(statement)
+    yield database
+    database.close()
+
+
+@st.composite
+def transfer_logs(draw: st.DrawFn, blocks_max: int = 30) -> list[tuple[int, str, str, int]]:
+    """(block, from, to, value) in chain order: mints from the zero address, transfers within balances, burns."""
+    balances: dict[str, int] = {}
+    logs = []
+    for block in sorted(draw(st.lists(st.integers(0, blocks_max), min_size=1, max_size=25))):
+        holder = draw(st.sampled_from(holders))
+        kind = draw(st.sampled_from(["mint", "transfer", "burn"])) if balances.get(holder) else "mint"
+        if kind == "mint":
+            value = draw(st.integers(1, 10**30))
+            logs.append((block, zero_address, holder, value))
+        else:
+            value = draw(st.integers(1, balances[holder]))
+            target = zero_address if kind == "burn" else draw(st.sampled_from(holders))
+            logs.append((block, holder, target, value))
+            balances[holder] -= value
+        balances[logs[-1][2]] = balances.get(logs[-1][2], 0) + value
+    return logs
+
+
+def _store(connection: duckdb.DuckDBPyConnection, logs: list, batches: int, seed: int) -> None:
+    """Replace the table's rows by `logs`, inserted in `batches` batches in a shuffled order."""
+    connection.execute(f"DELETE FROM {catalog_alias}.main.{holder_transfer_table}")
+    rows = [
+        {
+            "chain_id": chain_id, "token": token, "block_number": block, "block_hash": f"0x{block:064x}",
+            "tx_hash": f"0x{index:064x}", "log_index": index, "from_address": sender, "to_address": receiver,
+            "value_units": str(value), "synced_at": datetime(2026, 1, 1, tzinfo=UTC),
+        }
+        for index, (block, sender, receiver, value) in enumerate(logs)
+    ]
+    random.Random(seed).shuffle(rows)
+    size = max(1, len(rows) // batches)
+    for first in range(0, len(rows), size):
+        batch = pa.Table.from_pylist(rows[first : first + size], schema=holder_transfer_schema)  # noqa: F841
+        connection.execute(f"INSERT INTO {catalog_alias}.main.{holder_transfer_table} SELECT * FROM batch")
+
+
+def _brute_force(logs: list, first: int, last: int) -> dict[str, int]:
+    """Each holder's balance at the end of every block first..last, summed block by block."""
+    weights: dict[str, int] = {}
+    for block in range(first, last + 1):
+        balance: dict[str, int] = {}
+        for at, sender, receiver, value in logs:
+            if at <= block:
+                balance[sender] = balance.get(sender, 0) - value
+                balance[receiver] = balance.get(receiver, 0) + value
+        for holder, amount in balance.items():
+            weights[holder] = weights.get(holder, 0) + amount
+    return {h: w for h, w in weights.items() if h != zero_address and w > 0}
+
+
+@settings(max_examples=depth(25, 300), deadline=None)
+@given(
+    logs=transfer_logs(),
+    first=st.integers(0, 30),
+    length=st.integers(0, 30),
+    batches=st.integers(1, 5),
+    seed=st.integers(0, 1000),
+)
+def test_time_weighted_balances_are_the_per_block_sums_whatever_the_batching(
+    connection: duckdb.DuckDBPyConnection, logs: list, first: int, length: int, batches: int, seed: int
+) -> None:
+    """The one-aggregate weight equals the balance summed block by block over the range, and each balance
+    at a block equals the running sum, however the rows were batched and ordered when stored."""
+    _store(connection, logs, batches, seed)
+    last = first + length
+    weights = holder_weights(connection, chain_id, token, first, last, set())
+    assert dict(zip(weights["holder"], map(int, weights["weight"]), strict=True)) == _brute_force(logs, first, last)
+    at_last = _brute_force(logs, last, last)
+    assert {h: b for h, b in balances_at(connection, chain_id, token, last).items() if b > 0} == at_last
+    excluded = holder_weights(connection, chain_id, token, first, last, {holders[0]})
+    assert holders[0] not in excluded["holder"].to_list()
+
+
+@settings(max_examples=depth(100, 1000), deadline=None)
+@given(
+    total=st.integers(-(10**13), 10**13),
+    weights=st.dictionaries(st.sampled_from(holders + contributors), st.integers(1, 10**40), min_size=1),
+    seed=st.integers(0, 1000),
+)
+def test_allocation_by_weight_sums_to_the_take_exactly_and_each_part_is_within_one_unit(
+    total: int, weights: dict[str, int], seed: int
+) -> None:
+    """Conservation (the parts sum to the take exactly), each part within one unit of its exact fraction, and
+    the same parts whatever order the holders come in."""
+    pairs = sorted(weights.items())
+    allocated = dict(allocate_by_weight(total, pairs))
+    assert sum(allocated.values()) == total
+    whole = sum(weights.values())
+    for holder, weight in weights.items():
+        assert abs(allocated[holder] - Fraction(total * weight, whole)) < 1
+    shuffled = list(pairs)
+    random.Random(seed).shuffle(shuffled)
+    assert dict(allocate_by_weight(total, shuffled)) == allocated
+
+
+@settings(max_examples=depth(25, 300), deadline=None)
+@given(
+    take=st.integers(0, 10**13),
+    balance=st.integers(1, 10**27),
+    half_blocks=st.integers(1, 500),
+    others=st.lists(st.integers(1, 10**27), max_size=3),
+)
+def test_a_holder_for_half_the_range_gets_half_within_the_largest_remainder_unit(
+    connection: duckdb.DuckDBPyConnection, take: int, balance: int, half_blocks: int, others: list[int]
+) -> None:
+    """A holds `balance` over the whole range, B the same for its first half (then sells to C, who holds it for
+    the second half): B's part is half of A's, and so is C's, each within the largest-remainder unit."""
+    a, b, c, *rest = holders
+    first, last = 10, 10 + 2 * half_blocks - 1
+    logs = [(0, zero_address, a, balance), (0, zero_address, b, balance)]
+    logs += [(0, zero_address, holder, value) for holder, value in zip(rest, others, strict=False)]
+    logs.append((first + half_blocks, b, c, balance))  # B holds blocks first..first+half-1
+    _store(connection, logs, 1, 0)
+    weights = holder_weights(connection, chain_id, token, first, last, set())
+    paid = dict(allocate_by_weight(take, list(zip(weights["holder"], map(int, weights["weight"]), strict=True))))
+    assert abs(2 * paid[b] - paid[a]) <= 2 and abs(2 * paid[c] - paid[a]) <= 2
+
+
+def _with_holders(world, recipient: str):
+    """The same world with contributor `c0` replaced by `recipient` in every policy."""
+    for policy in world.policies:
+        policy["shares"] = [
+            {**share, "recipient": recipient if share["recipient"] == contributors[0] else share["recipient"]}
+            for share in policy["shares"]
+        ]
+    return world
+
+
+@settings(max_examples=depth(15, 200), deadline=None)
+@given(
+    world=worlds(),
+    weights=st.lists(st.dictionaries(st.sampled_from(holders), st.integers(1, 10**30), min_size=1), min_size=3),
+)
+def test_epochs_paying_holders_pass_exactly_the_take_on_and_change_nobody_else(world, weights) -> None:
+    """Whole epochs (new events, suspense, reversals): with `holders:<token>` in c0's place, each epoch credits
+    the holders together exactly what c0 is credited without it (so payables + suspense still equal fees),
+    by the largest-remainder rule over that epoch's weights; every other recipient's rows are unchanged, and
+    every cumulative payable only grows."""
+    import copy
+
+    baseline = run_epochs(copy.deepcopy(world))
+    recipient = f"holders:{token}"
+    per_epoch = {epoch: sorted(weights[epoch - 1].items()) for epoch in range(1, world.epochs + 1)}
+    plans = run_epochs(_with_holders(world, recipient), holder_weights=lambda epoch: {token: per_epoch[epoch]})
+    suspense_before = receivable_before = 0
+    for before, after in zip(baseline, plans, strict=True):
+        take = before.payables.filter(pl.col("recipient") == contributors[0])["credited_micros"].sum()
+        received = after.payables.filter(pl.col("recipient").is_in(holders))
+        expected = {h: a for h, a in allocate_by_weight(int(take), per_epoch[after.epoch]) if a}
+        assert dict(zip(received["recipient"], received["credited_micros"], strict=True)) == expected
+        assert (received["amount_micros"] >= 0).all()
+        assert recipient not in after.payables["recipient"].to_list()
+        others = [pl.col("recipient") != contributors[0], ~pl.col("recipient").is_in(holders)]
+        assert before.payables.filter(others).equals(after.payables.filter(others))
+        assert (before.fee_micros, before.suspense_micros) == (after.fee_micros, after.suspense_micros)
+        # Conservation: payables + suspense change - receivables change = fees - reversed, every epoch.
+        accounted = (
+            after.payable_micros
+            + (after.suspense_micros - suspense_before)
+            - (after.receivable_micros - receivable_before)
+        )
+        assert accounted == after.fee_micros - after.reversed_micros
+        suspense_before, receivable_before = after.suspense_micros, after.receivable_micros
+        assert int(after.postings["amount_micros"].sum()) == 0
