@@ -42,7 +42,7 @@ def publish(
     settings = load_settings({"lake": lake, "data_path": data_path}, config)
     try:
         with Ledger.open_read_only(settings.reader_lake or settings.lake, settings.data_path) as ledger:
-            summary = publish_epoch(ledger, epoch, to, registry_rules(settings))
+            summary = publish_epoch(ledger, epoch, to, registry_rules(settings), settings.payer_receipts)
     except RoyaltyError as error:
         _fail(error)
     committed = (

@@ -285,6 +285,7 @@ def settle_command(
                 rules=registry_rules(settings),
                 via_safe=safe,
                 safe_batch_dir=safe_batch_dir or tree_dir,
+                payer_receipts=settings.payer_receipts,
             )
     except RoyaltyError as error:
         _fail(error)

@@ -174,6 +174,11 @@ class Settings(BaseSettings):
         "Addresses never paid as token holders (pools, treasuries, bridges), comma-separated; the zero address, "
         "the token itself and the distributor never are. Their share goes to the other holders.",
     )
+    payer_receipts: bool = _setting(
+        True,
+        "Commit each allocation group's event sum-tree root in the epoch's bundle, so payers can prove an event "
+        "counted (`royalty receipt`); off: no event commitment, and settle composes the manifest faster.",
+    )
     policy_notice_s: int | None = _setting(
         None,
         "Operator registry: refuse a policy change (not a model's first) taking effect sooner than this many "

@@ -351,6 +351,9 @@ def verify_receipt(directory: Path, receipt: dict, audited: AuditResult | None =
     (`audited`: its audit, when already run): its proof leads from the event to its group's `events_root` and to
     the group's fee sum. Returns a statement."""
     audited = audited or audit_bundle(directory)
+    if "events" not in read_manifest(directory):
+        raise AuditDisagreement("receipt", "this bundle commits to no event roots (published with payer_receipts "
+                                "off), so no receipt can be checked against it")
     group, event = receipt.get("group", {}), receipt.get("event", {})
     if receipt.get("epoch") != audited.epoch:
         raise AuditDisagreement("receipt", f"it is of epoch {receipt.get('epoch')}, the bundle of {audited.epoch}")

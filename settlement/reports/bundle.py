@@ -91,17 +91,21 @@ class EpochBundle:
     events: pl.DataFrame | None = None  # the new and released events, routed to their groups (with receipts)
 
 
-def publish_epoch(ledger: Ledger, epoch: int, directory: Path, rules: RegistryRules | None = None) -> PublishSummary:
+def publish_epoch(
+    ledger: Ledger, epoch: int, directory: Path, rules: RegistryRules | None = None, receipts: bool = True
+) -> PublishSummary:
     """Write epoch `epoch`'s bundle into `directory` (created; files there of the same names replaced).
 
     The manifest is the one the settled root committed to: the stored one (settlement-v2), or for an epoch
     settled under settlement-v1 one naming that version and its leaf digest. Refuses when the files written now
-    are not those the stored manifest names."""
+    are not those the stored manifest names. `receipts` (the deployment's `payer_receipts`) applies to an epoch not
+    settled yet; a settled one follows its stored manifest."""
     directory = Path(directory)
     settled = read_stored_tree(ledger.connection, epoch)
     committed = read_stored_manifest(ledger.connection, epoch)
     # A manifest stored without an event commitment was composed without the groups' sum-tree roots.
-    bundle = read_epoch_bundle(ledger, epoch, rules, receipts=committed is None or b'"events"' in committed)
+    has_events = receipts if committed is None else b'"events"' in committed
+    bundle = read_epoch_bundle(ledger, epoch, rules, receipts=has_events)
     if committed is not None:
         digest = "0x" + hashlib.sha256(committed).hexdigest()
         if settled is None or settled.ledger_digest != digest:
@@ -117,10 +121,11 @@ def publish_epoch(ledger: Ledger, epoch: int, directory: Path, rules: RegistryRu
     return summary
 
 
-def epoch_manifest(ledger: Ledger, epoch: int, rules: RegistryRules | None = None) -> bytes:
+def epoch_manifest(ledger: Ledger, epoch: int, rules: RegistryRules | None = None, receipts: bool = True) -> bytes:
     """The `manifest.json` of closed epoch `epoch` under the current rules: what `settle` stores with the epoch's
-    tree and proposes the SHA-256 of (the files themselves are not written)."""
-    return compose_bundle(**_bundle_args(read_epoch_bundle(ledger, epoch, rules)))[0]
+    tree and proposes the SHA-256 of (the files themselves are not written). `receipts`: with the event
+    commitment."""
+    return compose_bundle(**_bundle_args(read_epoch_bundle(ledger, epoch, rules, receipts)))[0]
 
 
 def _bundle_args(bundle: EpochBundle) -> dict:

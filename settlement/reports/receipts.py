@@ -15,6 +15,7 @@ from ledger import recorder
 from ledger.ledger import Ledger
 from settlement.engine.authority import RegistryRules
 from settlement.exceptions import SettlementError
+from settlement.onchain.settle import read_stored_manifest
 from settlement.reports import sum_tree
 from settlement.reports.bundle import group_keys, group_leaves, read_epoch_bundle
 
@@ -54,13 +55,16 @@ def payer_receipt(ledger: Ledger, source: str, event_id: str, rules: RegistryRul
     if arrived is None:
         raise ReceiptError(f"no metered event with id {event_id!r} in this ledger; check --source and --event-id")
     for epoch in _closed_epochs(ledger, arrived):
-        bundle = read_epoch_bundle(ledger, epoch, rules)
-        events = bundle.events
-        if events is None:
-            continue
-        mine = events.filter((pl.col("source") == source) & (pl.col("event_id") == event_id))
+        events = read_epoch_bundle(ledger, epoch, rules).events
+        mine = events.filter((pl.col("source") == source) & (pl.col("event_id") == event_id))  # type: ignore[union-attr]
         if mine.height:
-            return receipt_from(epoch, events, mine.row(0, named=True))
+            committed = read_stored_manifest(ledger.connection, epoch)
+            if committed is not None and b'"events"' not in committed:
+                raise ReceiptError(
+                    f"epoch {epoch}, which split event {source}/{event_id}, was settled without payer receipts "
+                    "(payer_receipts off): its bundle commits to no event root, so no receipt can be checked"
+                )
+            return receipt_from(epoch, events, mine.row(0, named=True))  # type: ignore[arg-type]
     raise ReceiptError(
         f"event {source}/{event_id} was not split by any closed epoch: it is held in suspense (its route is "
         "incomplete), was cancelled by a reversal, or its epoch is not closed yet: run `royalty close-epoch` or "

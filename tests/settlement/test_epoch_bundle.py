@@ -24,7 +24,7 @@ from settlement import close_epoch
 from settlement.engine.authority import RegistryRules
 from settlement.reports.audit import AuditDisagreement, audit_bundle, verify_receipt
 from settlement.reports.bundle import BundleError, bundle_frames, publish_epoch, write_bundle
-from settlement.reports.receipts import receipt_from
+from settlement.reports.receipts import payer_receipt, receipt_from
 from tests.settlement.split_world import run_epochs, worlds
 from tests.support.ledger_batches import append_in_batches, sample_messages, shape
 
@@ -232,6 +232,20 @@ def test_a_payer_receipt_verifies_against_its_bundle_and_a_changed_amount_fails(
     assert cancelled.exit_code != 0 and "was not split by any closed epoch" in cancelled.output, cancelled.output
     unknown = _receipt(lake, "no-such-event", tmp_path / "none.json")
     assert unknown.exit_code != 0 and "no metered event" in unknown.output, unknown.output
+
+
+def test_payer_receipts_off_publish_no_event_commitment_and_receipts_are_refused(bundles, tmp_path):
+    """`payer_receipts = false` (per deployment): the bundle has no group roots nor event commitment, still audits
+    clean, and a receipt checked against it is refused by name."""
+    with Ledger.open_read_only(bundles[1].parent / "lake") as ledger:
+        publish_epoch(ledger, 1, tmp_path / "off", rules, receipts=False)
+        receipt = payer_receipt(ledger, metered_source, "m0-after", rules).body
+    assert "events" not in json.loads((tmp_path / "off" / "manifest.json").read_text())
+    assert "events_root" not in pl.read_parquet(tmp_path / "off" / "groups.parquet").columns
+    assert audit_bundle(tmp_path / "off").root == audit_bundle(bundles[1]).root
+    assert verify_receipt(bundles[1], receipt).startswith("event ")
+    with pytest.raises(AuditDisagreement, match="commits to no event roots"):
+        verify_receipt(tmp_path / "off", receipt)
 
 
 def test_the_event_commitment_sums_the_groups_and_is_checked(bundles, tmp_path):
