@@ -18,7 +18,7 @@ import shutil
 import tempfile
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -36,6 +36,7 @@ from ledger import Ledger, define_views, run_query
 from royalty.exceptions import DemoWorkdirError
 from settlement.onchain import (
     Chain,
+    TransactionRevertedError,
     connect,
     deploy_contracts,
     deploy_registry,
@@ -67,6 +68,7 @@ sample_models, sample_contributors, sample_seed = 20, 200, 7
 # is sent; the demo's traffic is metered after the last one applies, spread over `traffic_span_s` (so it is in
 # the past when ingested).
 policy_start_delay_s = 5
+policy_attempts_max = 3
 traffic_span_s = 2
 
 
@@ -243,14 +245,33 @@ def _onchain_registry(chain: Chain, progress: Callable[[int], None]) -> tuple[Co
     for done, record in enumerate(r for r in records if r["type"] == "ai.split-policy.set.v1"):
         data = record["data"]
         shares = {addresses.get(s["recipient"], s["recipient"]): s["share_ppm"] for s in data["shares"]}
-        # Never before its block, which the in-process chain stamps with the wall clock or, when blocks come
-        # faster than one a second, one second after the last block.
-        latest = int(chain.w3.eth.get_block("latest")["timestamp"])
-        effective = datetime.fromtimestamp(max(latest, int(time.time())) + policy_start_delay_s, UTC)
-        set_policy(chain, registry, data["model_id"], effective, shares, data["compute_share_ppm"])
+        effective = _set_first_policy(chain, registry, data["model_id"], shares, data["compute_share_ppm"])
         start = max(start, effective)
         progress(done + 1)
     return registry, start
+
+
+def _set_first_policy(
+    chain: Chain, registry: Contract, model_id: str, shares: dict[str, int], compute_ppm: int
+) -> datetime:
+    """Set a model's first policy `policy_start_delay_s` after now; return when it applies from.
+
+    Never before its block, which the in-process chain stamps with the wall clock or, when blocks come faster
+    than one a second, one second after the last block. On a starved machine more than the delay can pass
+    between reading the clock and the block (the contract refuses a retroactive policy): try again, later.
+    """
+    from eth_tester.exceptions import TransactionFailed
+
+    def attempt() -> datetime:
+        latest = int(chain.w3.eth.get_block("latest")["timestamp"])
+        effective = datetime.fromtimestamp(max(latest, int(time.time())) + policy_start_delay_s, UTC)
+        set_policy(chain, registry, model_id, effective, shares, compute_ppm)
+        return effective
+
+    for _ in range(policy_attempts_max - 1):
+        with suppress(TransactionRevertedError, TransactionFailed):
+            return attempt()
+    return attempt()
 
 
 def _claim_top_payees(ledger: Ledger, chain, distributor, epoch: int, count: int) -> list[tuple[str, int, int]]:
@@ -308,7 +329,9 @@ def story_messages(events: int, provider_addresses: bool, timing: tuple[datetime
         original = json.loads(call)
         story.append(
             _story_event(
-                original, "ai.inference.reversed.v1", f"demo-refund-{index}",
+                original,
+                "ai.inference.reversed.v1",
+                f"demo-refund-{index}",
                 {"original_event_id": original["id"], "reason": "refund"},
             )
         )
@@ -316,7 +339,9 @@ def story_messages(events: int, provider_addresses: bool, timing: tuple[datetime
         original = json.loads(call)
         story.append(
             _story_event(
-                original, original["type"], f"demo-unregistered-{index}",
+                original,
+                original["type"],
+                f"demo-unregistered-{index}",
                 {**original["data"], "model_id": unregistered_model, "request_id": f"req_unregistered_{index}"},
             )
         )
@@ -396,9 +421,7 @@ def render_demo(result: DemoResult, console: Console) -> None:
         'FROM inference_events GROUP BY ALL ORDER BY fees_micros DESC LIMIT 10"',
         highlight=False,
     )
-    console.print(
-        f'  royalty sql --lake {result.lake} "{dead_letters_by_reason_sql}"', highlight=False, soft_wrap=True
-    )
+    console.print(f'  royalty sql --lake {result.lake} "{dead_letters_by_reason_sql}"', highlight=False, soft_wrap=True)
     console.print(f"  royalty verify --lake {result.lake}", highlight=False)
 
 

@@ -20,7 +20,7 @@ from settlement.onchain.chain import (
     transact,
 )
 from settlement.onchain.claiming import claimer_signer, proof_for_active_root, proof_in_root
-from settlement.onchain.exceptions import ChainConfigError, NoSettlementError
+from settlement.onchain.exceptions import ChainConfigError, NoSettlementError, TransactionRevertedError
 from settlement.onchain.merkle import MerkleTree
 from settlement.onchain.payout_tree import EpochTree
 from settlement.onchain.proofs import account_proof, largest_leaves, recorded_distributor
@@ -40,6 +40,7 @@ __all__ = [
     "EpochTree",
     "MerkleTree",
     "NoSettlementError",
+    "TransactionRevertedError",
     "account_proof",
     "claimer_key_env",
     "claimer_signer",
