@@ -5,6 +5,7 @@ import duckdb
 from ledger.connection import LedgerLocation, attach_options, catalog_alias, extension_directory
 from ledger.errors import LedgerError
 from ledger.ledger import Ledger
+from ledger.object_store import secret_statements, secret_statements_redacted
 from ledger.query import analyst_view_statements
 from ledger.redact import dsn_password, without_password
 from schemas.errors import require
@@ -77,6 +78,7 @@ def attach_statements(ledger: Ledger, snapshot_version: int | None = None) -> li
         "LOAD ducklake;",
         "LOAD sqlite;" if location.backend == "sqlite" else "LOAD postgres;",
         *_password_note(location),
+        *_s3_note(location),
         f"ATTACH {_literal('ducklake:' + without_password(location.catalog))} AS {catalog_alias} "
         f"({', '.join(options)});",
         f"USE {catalog_alias};",
@@ -91,6 +93,19 @@ def _password_note(location: LedgerLocation) -> list[str]:
     return [
         "-- The catalog password is not printed: libpq reads it from a passfile (~/.pgpass or PGPASSFILE), "
         "a service (service=NAME in PGSERVICEFILE) or PGPASSWORD in the client's environment."
+    ]
+
+
+def _s3_note(location: LedgerLocation) -> list[str]:
+    """For an `s3://` data path: httpfs, and the client's S3 secret to create (its secret key is never printed)."""
+    statements = secret_statements(location.data_path)
+    if not statements:
+        return []
+    secret = secret_statements_redacted(location.data_path)
+    return [
+        "LOAD httpfs;",
+        "-- The data files are on S3: create the secret with your key (the secret key is not printed), e.g.",
+        f"-- {secret};",
     ]
 
 

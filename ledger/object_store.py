@@ -182,6 +182,19 @@ def secret_statements(data_path: str) -> list[str]:
     return ["LOAD httpfs", f"CREATE OR REPLACE TEMPORARY SECRET royalty_data ({', '.join(options)})"]
 
 
+def secret_statements_redacted(data_path: str) -> str:
+    """The CREATE SECRET of `secret_statements` with the secret key and token masked, to print."""
+    statements = secret_statements(data_path)
+    if not statements:
+        return ""
+    config = current()
+    text = statements[-1]
+    for secret in (config.secret_access_key, config.session_token):
+        if secret:
+            text = text.replace(f"'{_quote(secret)}'", "'***'")
+    return text
+
+
 def polars_storage_options(path: str) -> dict[str, str] | None:
     """polars' `storage_options` for reading `path` (None for a local file)."""
     if not is_s3(path):

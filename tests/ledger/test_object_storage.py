@@ -189,6 +189,9 @@ def test_sql_reads_the_views_over_the_bucket(s3_lake: tuple[str, str]) -> None:
     lake, data_path = s3_lake
     output = _invoke("sql", "--lake", lake, "--data-path", data_path, "SELECT count(*) AS n FROM inference_events")
     assert str(sample_events) in output
+    attach = _invoke("sql", "--lake", lake, "--data-path", data_path, "--print-attach")
+    assert "LOAD httpfs;" in attach and "SECRET '***'" in attach
+    assert os.environ["AWS_SECRET_ACCESS_KEY"] not in attach
 
 
 def test_export_writes_the_epoch_read_from_the_bucket(
@@ -208,18 +211,6 @@ def test_backup_copies_the_objects_into_a_local_ledger_that_verifies(
     assert copied == sorted(path.rsplit("/", 1)[-1] for path in _listed(lake, data_path))
     with Ledger.open_read_only(tmp_path / "backup") as copy:
         assert verify(copy).ok
-
-
-def test_verify_names_an_object_removed_behind_the_ledgers_back(
-    s3_environment: dict[str, str], seaweedfs: SeaweedServer, sample: Path, tmp_path: Path
-) -> None:
-    lake, data_path = str(tmp_path / "lake"), seaweedfs.data_path(f"missing-{uuid.uuid4().hex[:8]}")
-    _invoke("ingest", "--from-file", str(sample), "--lake", lake, "--data-path", data_path, "--log-format", "text")
-    victim = sorted(path for path in _listed(lake, data_path) if "/inference_metered/" in path)[0]
-    seaweedfs.filesystem().delete_file(victim.removeprefix("s3://"))
-    result = runner.invoke(app, ["verify", "--lake", lake, "--data-path", data_path])
-    assert result.exit_code == 1, result.output
-    assert f"data file `{victim}` is missing" in " ".join(result.output.split())
 
 
 def test_a_postgres_catalog_with_data_on_s3_ingests_verifies_and_closes(
@@ -292,11 +283,12 @@ def test_ingest_retries_through_an_object_store_outage_and_stores_each_event_onc
         server.stop()
 
 
-def test_compaction_merges_files_in_the_bucket_and_verify_checks_the_proof(
+def test_compaction_merges_files_in_the_bucket_and_verify_names_a_missing_object(
     s3_environment: dict[str, str], seaweedfs: SeaweedServer, sample: Path, tmp_path: Path
 ) -> None:
     """Small batches leave several files per event date; `compact` writes each merged file to the bucket
-    (DuckDB COPY TO s3), records its checksum read back from there, and `verify` re-checks the proof."""
+    (DuckDB COPY TO s3), records its checksum read back from there, and `verify` re-checks the proof. Then an
+    object removed behind the ledger's back is named by `verify`."""
     from ledger.compaction import compact
 
     lake, data_path = str(tmp_path / "lake"), seaweedfs.data_path(f"compact-{uuid.uuid4().hex[:8]}")
@@ -315,6 +307,13 @@ def test_compaction_merges_files_in_the_bucket_and_verify_checks_the_proof(
     merged = [path for path in _listed(lake, data_path) if "/inference_metered/" in path]
     objects = _objects(seaweedfs, data_path)
     assert merged and all(path in objects for path in merged)
+
+    # An object removed behind the ledger's back is named by `verify` (exit 1).
+    victim = sorted(merged)[0]
+    seaweedfs.filesystem().delete_file(victim.removeprefix("s3://"))
+    result = runner.invoke(app, ["verify", "--lake", lake, "--data-path", data_path])
+    assert result.exit_code == 1, result.output
+    assert f"data file `{victim}` is missing" in " ".join(result.output.split())
 
 
 def test_s3_settings_win_over_the_aws_variables_and_the_secret_is_redacted(monkeypatch: pytest.MonkeyPatch) -> None:
