@@ -30,6 +30,7 @@ SEED = 20_260_102
 SMALL_TREE_LEAVES = 16  # the claimants: a real tree, extended upwards to the full depth
 MANY = 10  # accounts in the claimMany measurement
 TIMELOCK_SECONDS = 0
+WAITING_TIMELOCK_SECONDS = 3_600  # for the claims made while the next root waits
 
 
 class DeepTree:
@@ -96,7 +97,26 @@ def gas_report(node: Anvil, leaves: int) -> dict[str, float]:
     figures[f"claimMany, {len(returning)} returning accounts, per account"] = (
         d.send(call, d.outsider)["gasUsed"] / len(returning)
     )
+    figures.update(_while_a_root_waits(node, accounts, depth))
     return figures
+
+
+def _while_a_root_waits(node: Anvil, accounts: list[str], depth: int) -> dict[str, float]:
+    """Claims against the active root while the next one is in its timelock (with a settle cadence equal to
+    the timelock every claim is one of these): they also read what the waiting root added."""
+    d = deploy(node.w3, WAITING_TIMELOCK_SECONDS)
+    d.fund(10**15)
+    trees = [DeepTree({a: epoch * 1_000_000 for a in accounts}, depth, SEED + 3 + epoch) for epoch in (1, 2, 3)]
+    _propose(d, 1, trees[0])
+    node.advance_time(WAITING_TIMELOCK_SECONDS)
+    _claim(d, trees[0], accounts[0])
+    _propose(d, 2, trees[1])
+    node.advance_time(WAITING_TIMELOCK_SECONDS)
+    _propose(d, 3, trees[2])
+    return {
+        "claim, new account, next root waiting": _claim(d, trees[1], accounts[1]),
+        "claim, returning account, next root waiting": _claim(d, trees[1], accounts[0]),
+    }
 
 
 def print_report(figures: dict[str, float], leaves: int) -> None:

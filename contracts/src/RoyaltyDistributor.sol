@@ -5,6 +5,7 @@ import {AccessControlDefaultAdminRules} from
     "@openzeppelin/contracts/access/extensions/AccessControlDefaultAdminRules.sol";
 import {IERC20} from "@openzeppelin/contracts/token/ERC20/IERC20.sol";
 import {SafeERC20} from "@openzeppelin/contracts/token/ERC20/utils/SafeERC20.sol";
+import {SafeCast} from "@openzeppelin/contracts/utils/math/SafeCast.sol";
 import {MerkleProof} from "@openzeppelin/contracts/utils/cryptography/MerkleProof.sol";
 import {ReentrancyGuardTransient} from "@openzeppelin/contracts/utils/ReentrancyGuardTransient.sol";
 import {MerkleProofLib} from "solady/src/utils/MerkleProofLib.sol";
@@ -41,8 +42,11 @@ interface IRoyaltyDistributorPredecessor {
  * fee-on-transfer or rebasing token reverts with `RoyaltyDistributorTransferMismatch` instead of breaking
  * the accounting.
  *
- * Storage is laid out for the claim path: one slot holds `totalClaimed`, the latest root's activation time
- * and which of two root records is the latest; each root record is its hash plus one packed slot.
+ * Storage is laid out for the claim path, which reads three slots (the state, the active root's hash and the
+ * account's claimed amount) and writes two: the state slot holds what the latest root still owes
+ * (`headroomUnits` = its total − `totalClaimed`, the per-root cap on claims), its epoch, its activation time
+ * and which of two root records is the latest. While the latest root waits, a claim against the previous one
+ * also reads how much the latest root added (`latestGrowthUnits`, packed with the growth cap).
  */
 contract RoyaltyDistributor is AccessControlDefaultAdminRules, ReentrancyGuardTransient {
     using SafeERC20 for IERC20;
@@ -65,10 +69,17 @@ contract RoyaltyDistributor is AccessControlDefaultAdminRules, ReentrancyGuardTr
     /// output anyone can find), and being non-zero, the second proposal overwrites it at the price of a
     /// changed slot rather than a slot written from zero.
     bytes32 private constant NO_ROOT = bytes32(uint256(1));
+    /// @dev Where `State`'s fields after `headroomUnits` (bits 0-127) start in its storage word.
+    uint256 private constant _ACTIVE_AT_SHIFT = 128;
+    uint256 private constant _EPOCH_SHIFT = 168;
+    uint256 private constant _EPOCH_STEP_SHIFT = 232;
+    uint256 private constant _INDEX_SHIFT = 248;
 
     struct State {
-        uint128 totalClaimed;
-        uint64 latestActiveAtSeconds; // 0 until a root is proposed
+        uint128 headroomUnits; // the latest root's totalCumulative − totalClaimed
+        uint40 latestActiveAtSeconds; // 1 before the first proposal ("no root yet" counts as active)
+        uint64 latestEpoch;
+        uint16 latestEpochStep; // latest epoch − the previous record's (≤ EPOCH_STEP_MAX), read while it waits
         uint8 latestIndex; // which of the two root records holds the latest proposal
     }
 
@@ -78,9 +89,9 @@ contract RoyaltyDistributor is AccessControlDefaultAdminRules, ReentrancyGuardTr
         uint64 activeAtSeconds; // record 1 before the first proposal: 0
     }
 
-    struct Limits {
-        address treasury;
+    struct Growth {
         uint128 maxEpochGrowthUnits;
+        uint128 latestGrowthUnits; // the latest root's totalCumulative − the previous record's
     }
 
     /// @notice The token paid out.
@@ -100,7 +111,8 @@ contract RoyaltyDistributor is AccessControlDefaultAdminRules, ReentrancyGuardTr
     State private _state;
     bytes32[2] private _rootHashes;
     RootMeta[2] private _rootMeta;
-    Limits private _limits;
+    Growth private _growth;
+    address private _treasury;
 
     /// @notice A root was proposed for `epoch`; it becomes claimable at `activeAtSeconds`.
     event RootProposed(
@@ -217,11 +229,13 @@ contract RoyaltyDistributor is AccessControlDefaultAdminRules, ReentrancyGuardTr
         // Record 0 stands for "no root yet": active since time 1, paying nothing, with a root no proof reaches.
         _rootHashes[0] = NO_ROOT;
         _rootMeta[0] = RootMeta(0, startEpoch, 1);
+        _state = State(0, 1, startEpoch, 0, 0);
         if (settler != address(0)) _grantRole(SETTLER_ROLE, settler);
         for (uint256 i = 0; i < guardians.length; ++i) {
             _grantRole(GUARDIAN_ROLE, guardians[i]);
         }
-        _limits = Limits(treasury_, maxEpochGrowthUnits_);
+        _treasury = treasury_;
+        _growth.maxEpochGrowthUnits = maxEpochGrowthUnits_;
         emit TreasurySet(treasury_);
         emit MaxEpochGrowthSet(maxEpochGrowthUnits_);
     }
@@ -241,25 +255,28 @@ contract RoyaltyDistributor is AccessControlDefaultAdminRules, ReentrancyGuardTr
     {
         if (root == bytes32(0)) revert RoyaltyDistributorZeroRoot();
         State memory s = _state;
-        RootMeta memory latest = _rootMeta[s.latestIndex];
         if (s.latestActiveAtSeconds > block.timestamp) {
-            revert RoyaltyDistributorRootPending(latest.epoch, s.latestActiveAtSeconds);
+            revert RoyaltyDistributorRootPending(s.latestEpoch, s.latestActiveAtSeconds);
         }
-        if (epoch <= latest.epoch) revert RoyaltyDistributorEpochNotIncreasing(latest.epoch, epoch);
-        if (epoch - latest.epoch > EPOCH_STEP_MAX) {
-            revert RoyaltyDistributorEpochStepTooLarge(latest.epoch, epoch, EPOCH_STEP_MAX);
+        if (epoch <= s.latestEpoch) revert RoyaltyDistributorEpochNotIncreasing(s.latestEpoch, epoch);
+        if (epoch - s.latestEpoch > EPOCH_STEP_MAX) {
+            revert RoyaltyDistributorEpochStepTooLarge(s.latestEpoch, epoch, EPOCH_STEP_MAX);
         }
         if (revokedRoots[root]) revert RoyaltyDistributorRootWasRevoked(root);
-        _checkTotal(latest.totalCumulative, totalCumulative);
-        uint256 required = totalCumulative - s.totalClaimed; // claimed <= latest total <= this total
+        uint256 latestTotal = _rootMeta[s.latestIndex].totalCumulative;
+        uint128 growthMax = _growth.maxEpochGrowthUnits;
+        _checkTotal(latestTotal, totalCumulative, growthMax);
+        // What the new root owes: its total minus what was claimed (claimed <= latest total <= this total).
+        uint256 required = totalCumulative - (latestTotal - s.headroomUnits);
         uint256 balance = token.balanceOf(address(this));
         if (balance < required) revert RoyaltyDistributorUnderfunded(required, balance);
 
-        uint64 activeAtSeconds = uint64(block.timestamp) + timelockSeconds;
+        uint40 activeAtSeconds = SafeCast.toUint40(block.timestamp + timelockSeconds);
         uint8 next = s.latestIndex ^ 1;
         _rootHashes[next] = root;
         _rootMeta[next] = RootMeta(uint128(totalCumulative), epoch, activeAtSeconds);
-        _state = State(s.totalClaimed, activeAtSeconds, next);
+        _growth = Growth(growthMax, uint128(totalCumulative - latestTotal));
+        _state = State(uint128(required), activeAtSeconds, epoch, uint16(epoch - s.latestEpoch), next);
         emit RootProposed(epoch, root, totalCumulative, ledgerDigest, activeAtSeconds);
     }
 
@@ -267,7 +284,7 @@ contract RoyaltyDistributor is AccessControlDefaultAdminRules, ReentrancyGuardTr
      * @notice Pulls `amount` units from the treasury (which approved this contract) into this contract.
      */
     function fund(uint256 amount) external onlyRole(SETTLER_ROLE) {
-        address from = _limits.treasury;
+        address from = _treasury;
         if (from == address(0)) revert RoyaltyDistributorNoTreasury();
         uint256 before = token.balanceOf(address(this));
         token.safeTransferFrom(from, address(this), amount);
@@ -287,23 +304,25 @@ contract RoyaltyDistributor is AccessControlDefaultAdminRules, ReentrancyGuardTr
             revert RoyaltyDistributorNotPending(root);
         }
         uint8 previous = s.latestIndex ^ 1;
-        uint64 epoch = _rootMeta[s.latestIndex].epoch;
-        _state = State(s.totalClaimed, _rootMeta[previous].activeAtSeconds, previous);
+        RootMeta memory before = _rootMeta[previous];
+        uint128 headroom = s.headroomUnits - _growth.latestGrowthUnits; // what the previous root still owes
+        // The previous root was active when this one was proposed: it stays so (its step is never read).
+        _state = State(headroom, uint40(before.activeAtSeconds), before.epoch, 0, previous);
         revokedRoots[root] = true;
-        emit RootRevoked(epoch, root, msg.sender);
+        emit RootRevoked(s.latestEpoch, root, msg.sender);
     }
 
     // --- admin -----------------------------------------------------------------------------------
 
     /// @notice Sets the account `fund` pulls from; it must approve this contract.
     function setTreasury(address treasury_) external onlyRole(DEFAULT_ADMIN_ROLE) {
-        _limits.treasury = treasury_;
+        _treasury = treasury_;
         emit TreasurySet(treasury_);
     }
 
     /// @notice Sets the most one proposal may add to `totalCumulative`.
     function setMaxEpochGrowthUnits(uint128 maxEpochGrowthUnits_) external onlyRole(DEFAULT_ADMIN_ROLE) {
-        _limits.maxEpochGrowthUnits = maxEpochGrowthUnits_;
+        _growth.maxEpochGrowthUnits = maxEpochGrowthUnits_;
         emit MaxEpochGrowthSet(maxEpochGrowthUnits_);
     }
 
@@ -333,16 +352,12 @@ contract RoyaltyDistributor is AccessControlDefaultAdminRules, ReentrancyGuardTr
         nonReentrant
         returns (uint256 amount)
     {
-        State memory s = _state;
-        uint256 index = _activeIndex(s);
-        amount = _settleClaim(s, _rootHashes[index], account, cumulativeAmount, proof);
-        RootMeta memory active = _rootMeta[index];
-        uint256 totalClaimedAfter = s.totalClaimed + amount;
-        if (totalClaimedAfter > active.totalCumulative) {
-            revert RoyaltyDistributorRootTotalExceeded(active.totalCumulative, totalClaimedAfter);
-        }
-        _state.totalClaimed = uint128(totalClaimedAfter); // fits: at most a 128-bit total
-        emit Claimed(account, active.epoch, amount, cumulativeAmount);
+        uint256 word = _stateWord();
+        (uint256 index, uint256 headroom, uint64 epoch) = _active(word);
+        amount = _settleClaim(_rootHashes[index], account, cumulativeAmount, proof);
+        if (amount > headroom) _revertTotalExceeded(index, amount);
+        _setHeadroomLower(word, amount);
+        emit Claimed(account, epoch, amount, cumulativeAmount);
         _payOut(account, amount);
     }
 
@@ -358,15 +373,12 @@ contract RoyaltyDistributor is AccessControlDefaultAdminRules, ReentrancyGuardTr
         if (accounts.length != cumulativeAmounts.length || accounts.length != proofs.length) {
             revert RoyaltyDistributorLengthMismatch(accounts.length, cumulativeAmounts.length, proofs.length);
         }
-        State memory s = _state;
-        uint256 index = _activeIndex(s);
-        RootMeta memory active = _rootMeta[index];
-        uint256 totalClaimedAfter;
-        (paid, totalClaimedAfter) = _settleClaims(s, index, active.epoch, accounts, cumulativeAmounts, proofs);
-        if (totalClaimedAfter > active.totalCumulative) {
-            revert RoyaltyDistributorRootTotalExceeded(active.totalCumulative, totalClaimedAfter);
-        }
-        _state.totalClaimed = uint128(totalClaimedAfter);
+        uint256 word = _stateWord();
+        (uint256 index, uint256 headroom, uint64 epoch) = _active(word);
+        uint256 paidTotal;
+        (paid, paidTotal) = _settleClaims(index, epoch, accounts, cumulativeAmounts, proofs);
+        if (paidTotal > headroom) _revertTotalExceeded(index, paidTotal);
+        _setHeadroomLower(word, paidTotal);
         for (uint256 i = 0; i < accounts.length; ++i) {
             _payOut(accounts[i], paid[i]);
         }
@@ -403,7 +415,7 @@ contract RoyaltyDistributor is AccessControlDefaultAdminRules, ReentrancyGuardTr
 
     /// @notice The epoch of the latest root still standing, active or waiting; the next proposal must exceed it.
     function latestEpoch() external view returns (uint64) {
-        return _rootMeta[_state.latestIndex].epoch;
+        return _state.latestEpoch;
     }
 
     /// @notice The latest root's total, active or waiting: what the roots owe, with `totalClaimed`.
@@ -413,24 +425,24 @@ contract RoyaltyDistributor is AccessControlDefaultAdminRules, ReentrancyGuardTr
 
     /// @notice Units of `token` claimed so far by all accounts together.
     function totalClaimed() external view returns (uint256) {
-        return _state.totalClaimed;
+        return latestTotalCumulative() - _state.headroomUnits;
     }
 
     /// @notice The balance above what the latest root still owes (`totalCumulative − totalClaimed`).
     function surplusUnits() public view returns (uint256) {
-        uint256 owed = latestTotalCumulative() - _state.totalClaimed;
+        uint256 owed = _state.headroomUnits;
         uint256 balance = token.balanceOf(address(this));
         return balance > owed ? balance - owed : 0;
     }
 
     /// @notice The account `fund` pulls from.
     function treasury() external view returns (address) {
-        return _limits.treasury;
+        return _treasury;
     }
 
     /// @notice The most one proposal may add to `totalCumulative`.
     function maxEpochGrowthUnits() external view returns (uint256) {
-        return _limits.maxEpochGrowthUnits;
+        return _growth.maxEpochGrowthUnits;
     }
 
     // --- internals -------------------------------------------------------------------------------
@@ -440,10 +452,45 @@ contract RoyaltyDistributor is AccessControlDefaultAdminRules, ReentrancyGuardTr
         return s.latestActiveAtSeconds <= block.timestamp ? s.latestIndex : s.latestIndex ^ 1;
     }
 
-    function _checkTotal(uint256 latestTotal, uint256 totalCumulative) private view {
+    /// @dev `_state` as its raw storage word, for the claim path (the fields are read with the shifts below).
+    function _stateWord() private view returns (uint256 word) {
+        assembly ("memory-safe") {
+            word := sload(_state.slot)
+        }
+    }
+
+    /// @dev Stores `word` with its headroom (the low 128 bits, `State`'s first field) lowered by `amount`, which
+    /// the caller checked is at most the active root's headroom, itself at most the latest's: no borrow.
+    function _setHeadroomLower(uint256 word, uint256 amount) private {
+        assembly ("memory-safe") {
+            sstore(_state.slot, sub(word, amount))
+        }
+    }
+
+    /// @dev From `_state`'s word: the root claims are checked against now, what it still owes, and its epoch.
+    /// The latest while its timelock has passed, else the previous one, which owes the latest's headroom minus
+    /// what the latest added. Solidity packs `State`'s fields from the lowest bits up, in declaration order.
+    function _active(uint256 word) private view returns (uint256 index, uint256 headroom, uint64 epoch) {
+        index = word >> _INDEX_SHIFT;
+        headroom = uint128(word);
+        epoch = uint64(word >> _EPOCH_SHIFT);
+        if (uint40(word >> _ACTIVE_AT_SHIFT) > block.timestamp) {
+            index ^= 1;
+            headroom -= _growth.latestGrowthUnits;
+            epoch -= uint16(word >> _EPOCH_STEP_SHIFT);
+        }
+    }
+
+    /// @dev Only on the failure path: reverts naming the active root's total and what claims would reach.
+    function _revertTotalExceeded(uint256 index, uint256 amount) private view {
+        State memory s = _state;
+        uint256 claimedBefore = _rootMeta[s.latestIndex].totalCumulative - s.headroomUnits;
+        revert RoyaltyDistributorRootTotalExceeded(_rootMeta[index].totalCumulative, claimedBefore + amount);
+    }
+
+    function _checkTotal(uint256 latestTotal, uint256 totalCumulative, uint256 growthMax) private pure {
         if (totalCumulative < latestTotal) revert RoyaltyDistributorTotalDecreasing(latestTotal, totalCumulative);
         if (totalCumulative > type(uint128).max) revert RoyaltyDistributorTotalTooLarge(totalCumulative);
-        uint256 growthMax = _limits.maxEpochGrowthUnits;
         if (totalCumulative - latestTotal > growthMax) {
             revert RoyaltyDistributorGrowthTooLarge(totalCumulative - latestTotal, growthMax);
         }
@@ -451,7 +498,6 @@ contract RoyaltyDistributor is AccessControlDefaultAdminRules, ReentrancyGuardTr
 
     /// @dev Checks the leaf against `root` and records the claim; returns the units to pay.
     function _settleClaim(
-        State memory s,
         bytes32 root,
         address account,
         uint256 cumulativeAmount,
@@ -466,7 +512,7 @@ contract RoyaltyDistributor is AccessControlDefaultAdminRules, ReentrancyGuardTr
             leaf := keccak256(0x00, 0x20)
         }
         if (!MerkleProofLib.verifyCalldata(proof, root, leaf)) {
-            _revertForUnprovenRoot(s, MerkleProof.processProofCalldata(proof, leaf), account, cumulativeAmount);
+            _revertForUnprovenRoot(MerkleProof.processProofCalldata(proof, leaf), account, cumulativeAmount);
         }
         uint256 alreadyClaimed = claimed[account];
         if (cumulativeAmount <= alreadyClaimed) {
@@ -479,22 +525,19 @@ contract RoyaltyDistributor is AccessControlDefaultAdminRules, ReentrancyGuardTr
         claimed[account] = cumulativeAmount;
     }
 
-    /// @dev `_settleClaim` for each account against the root at `index`; returns what each is paid and the
-    /// new `totalClaimed`.
+    /// @dev `_settleClaim` for each account against the root at `index`; returns what each is paid and the sum.
     function _settleClaims(
-        State memory s,
         uint256 index,
         uint64 epoch,
         address[] calldata accounts,
         uint256[] calldata cumulativeAmounts,
         bytes32[][] calldata proofs
-    ) private returns (uint256[] memory paid, uint256 totalClaimedAfter) {
+    ) private returns (uint256[] memory paid, uint256 paidTotal) {
         bytes32 root = _rootHashes[index];
         paid = new uint256[](accounts.length);
-        totalClaimedAfter = s.totalClaimed;
         for (uint256 i = 0; i < accounts.length; ++i) {
-            paid[i] = _settleClaim(s, root, accounts[i], cumulativeAmounts[i], proofs[i]);
-            totalClaimedAfter += paid[i];
+            paid[i] = _settleClaim(root, accounts[i], cumulativeAmounts[i], proofs[i]);
+            paidTotal += paid[i];
             emit Claimed(accounts[i], epoch, paid[i], cumulativeAmounts[i]);
         }
     }
@@ -515,12 +558,10 @@ contract RoyaltyDistributor is AccessControlDefaultAdminRules, ReentrancyGuardTr
 
     /// @dev Only on the failure path: names the root the proof was for, so a claimant knows whether to wait,
     /// to stop, or to fetch a fresh proof.
-    function _revertForUnprovenRoot(State memory s, bytes32 proven, address account, uint256 cumulativeAmount)
-        private
-        view
-    {
+    function _revertForUnprovenRoot(bytes32 proven, address account, uint256 cumulativeAmount) private view {
+        State memory s = _state;
         if (s.latestActiveAtSeconds > block.timestamp && proven == _rootHashes[s.latestIndex]) {
-            revert RoyaltyDistributorRootNotActive(_rootMeta[s.latestIndex].epoch, s.latestActiveAtSeconds);
+            revert RoyaltyDistributorRootNotActive(s.latestEpoch, s.latestActiveAtSeconds);
         }
         if (revokedRoots[proven]) revert RoyaltyDistributorRootRevoked(proven);
         bytes32 active = _rootHashes[_activeIndex(s)];

@@ -352,6 +352,52 @@ def test_claims_cannot_exceed_the_total_the_root_declared(chain) -> None:
     )
 
 
+def test_while_a_root_waits_the_active_one_is_capped_at_its_own_total_and_a_revocation_keeps_the_books(
+    anvil: Anvil,  # noqa: F811
+    chain,
+) -> None:
+    """Pins the packed claim state (what the latest root still owes, its epoch and its step from the previous
+    one): claims during a timelock are capped at the active root's total, not the waiting one's, and name the
+    active epoch; revoking the waiting root brings `totalClaimed`, the latest total and the surplus back."""
+    d = chain(TIMELOCK_SECONDS)
+    accounts = payees(2, seed=12)
+    forged = MerkleTree.build(accounts, [80, 80])  # leaves above its declared total of 100
+    d.fund(1_000)
+    d.propose(3, forged, total_units=100)
+    anvil.advance_time(TIMELOCK_SECONDS)
+    waiting = MerkleTree.build(accounts, [150, 150])
+    d.propose(7, waiting)
+    (claimed,) = d.distributor.events.Claimed().process_receipt(d.claim(forged, accounts[0]), errors=DISCARD)
+    assert (claimed.args.epoch, claimed.args.amount) == (3, 80)
+    over = d.distributor.functions.claim(accounts[1], 80, forged.proof(accounts[1]))
+    assert_reverts(d.distributor, over, d.outsider, "RoyaltyDistributorRootTotalExceeded", 100, 160)
+    views = d.distributor.functions
+    assert (views.totalClaimed().call(), views.latestTotalCumulative().call(), views.surplusUnits().call()) == (
+        80,
+        300,
+        920 - 220,
+    )
+
+    d.send(d.distributor.functions.revokeRoot(waiting.root), d.guardian)
+    assert (views.totalClaimed().call(), views.latestTotalCumulative().call(), views.surplusUnits().call()) == (
+        80,
+        100,
+        920 - 20,
+    )
+    assert views.latestEpoch().call() == 3
+    assert views.activeRoot().call()[:3] == [3, forged.root, 100]
+    assert_reverts(d.distributor, over, d.outsider, "RoyaltyDistributorRootTotalExceeded", 100, 160)
+
+    corrected = MerkleTree.build(accounts, [150, 149])
+    d.propose(5, corrected)
+    anvil.advance_time(TIMELOCK_SECONDS)
+    (claimed,) = d.distributor.events.Claimed().process_receipt(d.claim(corrected, accounts[1]), errors=DISCARD)
+    assert (claimed.args.epoch, claimed.args.amount) == (5, 149)
+    d.claim(corrected, accounts[0])
+    assert [d.balance(a) for a in accounts] == [150, 149]
+    assert (views.totalClaimed().call(), views.surplusUnits().call()) == (299, 1_000 - 299)
+
+
 def test_a_lower_cumulative_amount_than_claimed_reverts(chain) -> None:
     """Pins monotonic claims on-chain: a later root that lowers an account's amount cannot be claimed."""
     d = chain(0)
