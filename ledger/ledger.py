@@ -290,7 +290,8 @@ class Ledger:
         return read_stored_offsets(self.connection)
 
     def current_snapshot(self) -> int:
-        (snapshot_id,) = self.connection.execute(f"SELECT id FROM {catalog_alias}.current_snapshot()").fetchone()
+        # fetchall: a result left half-read keeps its read of an SQLite catalog open, and other writers' commits wait.
+        ((snapshot_id,),) = self.connection.execute(f"SELECT id FROM {catalog_alias}.current_snapshot()").fetchall()
         return int(snapshot_id)
 
     # Writing -------------------------------------------------------------------------------
@@ -763,7 +764,9 @@ class Ledger:
             )
 
     def _last_committed_snapshot(self) -> int:
-        row = self.connection.execute(f"SELECT id FROM ducklake_last_committed_snapshot('{catalog_alias}')").fetchone()
+        # fetchall, as in `current_snapshot`: this ends an append, and the writer may then idle for a while.
+        rows = self.connection.execute(f"SELECT id FROM ducklake_last_committed_snapshot('{catalog_alias}')").fetchall()
+        row = rows[0] if rows else None
         if row is None or row[0] is None:
             return self.current_snapshot()
         return int(row[0])

@@ -36,15 +36,15 @@ class StoredOffsets:
 
     def read(self, connection: duckdb.DuckDBPyConnection) -> dict[tuple[str, int], int]:
         """The stored offsets as `connection`'s open transaction sees them."""
-        (current,) = connection.execute(f"SELECT id FROM {catalog_alias}.current_snapshot()").fetchone()
+        ((current,),) = connection.execute(f"SELECT id FROM {catalog_alias}.current_snapshot()").fetchall()
         kept = self._snapshot
         if kept is None or kept > current or (kept < current and not self._unchanged(connection, kept, current)):
             self._offsets = read_stored_offsets(connection)
-            (self._table_id,) = connection.execute(
+            ((self._table_id,),) = connection.execute(
                 f"SELECT table_id FROM __ducklake_metadata_{catalog_alias}.ducklake_table "
                 "WHERE table_name = ? AND end_snapshot IS NULL",
                 [_offsets_table],
-            ).fetchone()
+            ).fetchall()
         self._snapshot = current
         return dict(self._offsets)
 

@@ -16,6 +16,7 @@ import pytest
 
 from ingest.sample import SampleTraffic, conflicting_duplicate
 from ledger import Ledger, LedgerOffsetsFencedError, LedgerReadOnlyError, define_views, run_query
+from ledger.batch import FileSourcePosition
 from ledger.verify import verify
 from tests.conftest import repo_root, royalty_command
 from tests.ledger.helpers import batch_of
@@ -129,6 +130,61 @@ def test_offsets_are_stored_with_the_rows_and_a_stale_batch_is_fenced(lake: Lake
         assert reader.stored_offsets() == {("a", 1): 20, ("b", 0): 11}
     with lake.open_read_only(snapshot_version=snapshot) as as_of:
         assert as_of.stored_offsets() == {("a", 1): 10, ("b", 0): 11}
+
+
+def test_a_writer_keeps_the_stored_offsets_yet_is_fenced_by_another_writers_offsets(
+    lake: Lake, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The fence reads `ingest_offset` once per writer, not in every append (issue 19: that scan grew with the
+    ledger's age); a snapshot of another writer that stored offsets makes it read them, and its stale batch is
+    fenced; one that only inserted into another table does not."""
+    import ledger.offsets_fence as offsets_fence
+
+    reads = []
+    read_all = offsets_fence.read_stored_offsets
+
+    def counted(connection: object) -> dict:
+        reads.append(1)
+        return read_all(connection)
+
+    monkeypatch.setattr(offsets_fence, "read_stored_offsets", counted)
+    values = list(SampleTraffic().metered(60))
+    with lake.open() as first, lake.open() as second:
+        for start in (0, 10, 20):
+            first.append(*batch_of(values[start : start + 10], first_offset=start))
+        second.adopt_file_position(FileSourcePosition("file:x", 3, 30, "0" * 64, "x.jsonl"))  # another table only
+        first.append(*batch_of(values[30:40], first_offset=30))
+        assert len(reads) == 1
+        second.append(*batch_of(values[40:50], first_offset=40))  # takes the partition over
+        with pytest.raises(LedgerOffsetsFencedError, match="starts at 40"):
+            first.append(*batch_of(values[40:45], first_offset=40))
+        first.append(*batch_of(values[50:], first_offset=50))
+        assert len(reads) == 3  # the first writer's one, the second's, the first's after the second's offsets
+    assert _count(lake, "t") == (60, 60)
+    with lake.open_read_only() as reader:
+        assert reader.stored_offsets() == {("t", 0): 60}
+        assert verify(reader).problems == []
+
+
+def test_a_resent_event_with_a_quote_or_a_non_ascii_id_is_still_a_duplicate(lake: Lake) -> None:
+    """The duplicate check writes the batch's id range into its SQL (so DuckLake skips files by statistics): an id
+    with a quote is escaped, one outside printable ASCII leaves the range out; both resends are found."""
+    values = list(SampleTraffic().metered(30))
+    odd = []
+    for value, event_id in zip(values[:2], ["it's-1", "\u00e9v\u00e9nement-2"], strict=True):
+        event = json.loads(value)
+        event["id"] = json.loads(f'"{event_id}"')
+        odd.append(json.dumps(event, separators=(",", ":")).encode())
+    with lake.open() as ledger:
+        ledger.append(*batch_of([*odd, *values[2:10]], first_offset=0))
+        ledger.append(*batch_of(values[10:20], first_offset=10))
+        for first_offset, resent in enumerate([[odd[0], *values[20:25]], [odd[1], *values[25:]]]):
+            result = ledger.append(*batch_of(resent, first_offset=20 + first_offset * 6))
+            assert (result.events, result.duplicates) == (len(resent) - 1, 1), result
+        changed = conflicting_duplicate(odd[0])
+        result = ledger.append(*batch_of([changed], first_offset=32))
+        assert (result.events, result.duplicates, result.dead_letters) == (0, 0, 1)
+    assert _count(lake, "t") == (30, 30)
 
 
 def test_verify_passes_then_names_an_edited_file_and_a_delete(lake: Lake) -> None:
