@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import msgspec
+import pytest
 
 from ingest.producer import produce_sample_traffic, sample_messages
 from ledger import Ledger
@@ -26,8 +27,9 @@ from tests.conftest import repo_root
 if TYPE_CHECKING:
     from tests.support.kafka_broker import KafkaBroker
     from tests.support.postgres import PostgresServer
+    from tests.support.seaweedfs import SeaweedServer
 
-pytest_plugins = ("tests.support.kafka_broker", "tests.support.postgres")
+pytest_plugins = ("tests.support.kafka_broker", "tests.support.postgres", "tests.support.seaweedfs")
 
 _environment = {**os.environ, "PYTHONPATH": str(repo_root)}
 _no_mistakes = {"duplicates_ppm": 0, "conflicts_ppm": 0, "invalid_ppm": 0}
@@ -63,16 +65,19 @@ def _expected_ids(events: int, seed: int) -> dict[str, set[str]]:
 class _Ingest:
     """One `royalty ingest --group-id` process, its JSON log in a file, and the partitions it was last given."""
 
-    def __init__(self, broker: KafkaBroker, topic: str, group: str, catalog: str, data_path: Path, log: Path):
+    def __init__(
+        self, broker: KafkaBroker, topic: str, group: str, catalog: str, data_path: str, log: Path,
+        environment: dict[str, str],
+    ) -> None:  # fmt: skip
         self.log_path = log
         self._log = log.open("w")
         command = [
             sys.executable, "-m", "royalty.cli", "ingest", "--bootstrap-servers", broker.bootstrap_servers,
-            "--topic", topic, "--group-id", group, "--lake", catalog, "--data-path", str(data_path),
+            "--topic", topic, "--group-id", group, "--lake", catalog, "--data-path", data_path,
             "--batch-records-max", "5000", "--batch-latency-ms-max", "300", "--until-idle-s", "300",
             "--log-format", "json",
         ]  # fmt: skip
-        self.process = subprocess.Popen(command, env=_environment, stdout=subprocess.DEVNULL, stderr=self._log)
+        self.process = subprocess.Popen(command, env=environment, stdout=subprocess.DEVNULL, stderr=self._log)
         self.writer = f"{socket.gethostname()}:{self.process.pid}"
 
     def assignments(self) -> list[set[int]]:
@@ -101,17 +106,33 @@ def _wait_for(condition: Callable[[], bool], timeout_s: float, what: str) -> Non
     raise AssertionError(f"{what}: not within {timeout_s} s")
 
 
+# The scale-out layout: the data files in an S3 bucket (a real SeaweedFS), shared by processes on several
+# machines (issue 20). The same run on a shared local folder is the nightly depth.
+@pytest.mark.parametrize("storage", [pytest.param("folder", marks=pytest.mark.nightly), "s3"])
 def test_two_ingest_processes_in_a_group_split_partitions_and_take_over_after_sigkill(
-    kafka_broker: KafkaBroker, postgres_server: PostgresServer, tmp_path: Path
-) -> None:
+    kafka_broker: KafkaBroker, postgres_server: PostgresServer, tmp_path: Path, request: pytest.FixtureRequest,
+    storage: str,
+) -> None:  # fmt: skip
     """Issue 3's group acceptance: two processes split 6 partitions; one SIGKILLed mid-stream; every event once."""
     topic, group = f"group-{uuid.uuid4().hex[:8]}", "royalty-ingest-test"
     catalog = postgres_server.create_database(f"group_{uuid.uuid4().hex[:8]}")
-    data_path = tmp_path / "data"
+    environment = dict(_environment)
+    if storage == "s3":
+        seaweedfs: SeaweedServer = request.getfixturevalue("seaweedfs")
+        data_path = seaweedfs.data_path(f"group-{uuid.uuid4().hex[:8]}")
+        environment.update(seaweedfs.environment())
+        monkeypatch: pytest.MonkeyPatch = request.getfixturevalue("monkeypatch")
+        for name, value in seaweedfs.environment().items():  # this process's reads of the ledger
+            monkeypatch.setenv(name, value)
+        from ledger import object_store
+
+        monkeypatch.setattr(object_store, "_configured", None)
+    else:
+        data_path = str(tmp_path / "data")
     kafka_broker.create_topic(topic, PARTITIONS)
 
     def offsets() -> dict[tuple[str, int], int]:
-        with Ledger.open_read_only(catalog, str(data_path)) as reader:
+        with Ledger.open_read_only(catalog, data_path) as reader:
             return reader.stored_offsets()
 
     def ends() -> dict[tuple[str, int], int]:
@@ -121,8 +142,8 @@ def test_two_ingest_processes_in_a_group_split_partitions_and_take_over_after_si
         produce_sample_traffic(events, kafka_broker.bootstrap_servers, topic, None, seed=seed, **_no_mistakes, **_shape)
 
     # Both start on a new, empty catalog at once, as an operator scaling out from nothing would.
-    doomed = _Ingest(kafka_broker, topic, group, catalog, data_path, tmp_path / "doomed.log")
-    survivor = _Ingest(kafka_broker, topic, group, catalog, data_path, tmp_path / "survivor.log")
+    doomed = _Ingest(kafka_broker, topic, group, catalog, data_path, tmp_path / "doomed.log", environment)
+    survivor = _Ingest(kafka_broker, topic, group, catalog, data_path, tmp_path / "survivor.log", environment)
     try:
         # 1. The group settles with the six partitions split between the two processes.
         _wait_for(
@@ -171,7 +192,7 @@ def test_two_ingest_processes_in_a_group_split_partitions_and_take_over_after_si
     for events, seed in ((20_000, 21), (20_000, 22), (10_000, 23)):
         for event_type, ids in _expected_ids(events, seed).items():
             expected.setdefault(event_type, set()).update(ids)
-    with Ledger.open_read_only(catalog, str(data_path)) as reader:
+    with Ledger.open_read_only(catalog, data_path) as reader:
         stored = {
             event_type: Counter(
                 row[0] for row in reader.connection.execute(f"SELECT event_id FROM lake.main.{table}").fetchall()
@@ -186,7 +207,10 @@ def test_two_ingest_processes_in_a_group_split_partitions_and_take_over_after_si
             ).fetchall()
         )
         stored_offsets = reader.stored_offsets()
+        files = [path for (path,) in reader.connection.execute(
+            "SELECT data_file FROM ducklake_list_files('lake', 'inference_metered')").fetchall()]
         report = verify(reader)
+    assert files and all(path.startswith(data_path.rstrip("/") + "/") for path in files), files[:3]
     for event_type, ids in expected.items():
         assert set(stored[event_type]) == ids, event_type
         assert max(stored[event_type].values()) == 1, f"{event_type} stored more than once"
