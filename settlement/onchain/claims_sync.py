@@ -28,14 +28,13 @@ from typing import Any
 import duckdb
 import pyarrow as pa
 from web3.contract import Contract
-from web3.exceptions import BlockNotFound
 
 from ledger import recorder
 from ledger.ledger import Ledger
 from settlement.onchain import tables as settle_tables
 from settlement.onchain.chain import Chain
-from settlement.onchain.chain_logs import block_ranges, log_start_block, read_logs
-from settlement.onchain.exceptions import ChainReorganisedError, ChainUnavailableError, ClaimSyncConflictError
+from settlement.onchain.chain_logs import LogIndex, block_hash, index_logs, log_start_block, read_logs
+from settlement.onchain.exceptions import ClaimSyncConflictError
 
 # The step lock (`Ledger.step_lock`) a run holds while it reads and stores one range.
 claim_sync_step = "claim-sync"
@@ -105,15 +104,6 @@ def _claim_rows(chain: Chain, distributor: Contract, from_block: int, to_block: 
     return sorted(rows, key=lambda row: (row["block_number"], row["log_index"]))
 
 
-def _block_hash(chain: Chain, number: int) -> str:
-    try:
-        return _hex(chain.w3.eth.get_block(number)["hash"])
-    except BlockNotFound:
-        return "missing (the chain is shorter now)"
-    except (OSError, ConnectionError) as error:
-        raise ChainUnavailableError(chain.rpc_url, type(error).__name__) from None
-
-
 def sync_claims(
     ledger: Ledger,
     chain: Chain,
@@ -124,46 +114,32 @@ def sync_claims(
     """Store every `Claimed` event with `chain.confirmations` confirmations that the ledger lacks.
 
     A first run starts at the first recorded root on this contract, else at `from_block` (the distributor's
-    deployment block; None: found on the chain).
+    deployment block; None: found on the chain). The range loop is `chain_logs.index_logs`.
     """
     contract = distributor.address
-    connection = ledger.connection
     ledger.ensure_tables()
-    cursor = _cursor(connection, chain.chain_id, contract)
-    if cursor is None:
-        first_block = _first_block(connection, chain, distributor, from_block)
-    else:
-        stored_block, stored_hash = cursor
-        chain_hash = _block_hash(chain, stored_block)
-        if chain_hash != stored_hash:
-            raise ChainReorganisedError(stored_block, stored_hash, chain_hash, chain.confirmations)
-        first_block = stored_block + 1
-    head_block = chain.w3.eth.block_number
-    last_block = head_block - (chain.confirmations - 1)  # the receipt's own block counts as one
-    claims_added = claimed_units_added = 0
-    start = first_block
-    while start <= last_block:
-        with ledger.step_lock(claim_sync_step):
-            # Another run may have stored ranges while this one waited: go on after them.
-            now = _cursor(ledger.connection, chain.chain_id, contract)
-            start = start if now is None else max(start, now[0] + 1)
-            if start > last_block:
-                break
-            end = next(block_ranges(start, last_block))[1]
-            rows = _store_range(ledger, chain, distributor, start, end, None if now is None else now[0])
-        claims_added += len(rows)
-        claimed_units_added += sum(row["amount_units"] for row in rows)
-        if progress is not None:
-            progress(end - first_block + 1, last_block - first_block + 1)
-        start = end + 1
+    stored: list[dict] = []
+
+    def store(start: int, end: int, expected: int | None) -> int:
+        rows = _store_range(ledger, chain, distributor, start, end, expected)
+        stored.extend(rows)
+        return len(rows)
+
+    run = index_logs(
+        ledger,
+        chain,
+        LogIndex(claim_sync_step, lambda connection: _cursor(connection, chain.chain_id, contract), store),
+        lambda: _first_block(ledger.connection, chain, distributor, from_block),
+        progress,
+    )
     return ClaimSyncResult(
         chain.chain_id,
         contract,
-        first_block,
-        max(last_block, first_block - 1),
-        head_block,
-        claims_added,
-        claimed_units_added,
+        run.first_block,
+        run.last_block,
+        run.head_block,
+        run.rows_added,
+        sum(row["amount_units"] for row in stored),
     )
 
 
@@ -178,7 +154,7 @@ def _store_range(
         "contract": contract,
         "from_block": start,
         "to_block": end,
-        "to_block_hash": _block_hash(chain, end),
+        "to_block_hash": block_hash(chain, end),
         "claims": len(rows),
         "synced_at": datetime.now(UTC),
     }

@@ -33,14 +33,9 @@ from settlement.chain_registry import (
     registry_sync_table,
 )
 from settlement.onchain.chain import Chain, node_unreachable_errors
-from settlement.onchain.chain_logs import block_ranges, log_start_block
+from settlement.onchain.chain_logs import LogIndex, index_logs, log_start_block
 from settlement.onchain.contract_artifacts import registry_artifact
-from settlement.onchain.exceptions import (
-    ChainConfigError,
-    ChainReorganisedError,
-    ChainUnavailableError,
-    ClaimSyncConflictError,
-)
+from settlement.onchain.exceptions import ChainConfigError, ChainUnavailableError, ClaimSyncConflictError
 from settlement.onchain.registry_ids import DATASET, MODEL, recipient_name, word_id
 
 # The step lock (`Ledger.step_lock`) a run holds while it reads and stores one range.
@@ -178,36 +173,30 @@ def sync_registry(
 ) -> RegistrySyncResult:
     """Store every registry event with `chain.confirmations` confirmations that the ledger lacks.
 
-    A first run starts at `from_block` (the registry's deployment block; None: found on the chain).
+    A first run starts at `from_block` (the registry's deployment block; None: found on the chain). The range
+    loop is `chain_logs.index_logs`.
     """
     source = RegistrySource(chain.chain_id, registry.address)
     ledger.ensure_tables()
-    cursor = registry_cursor(ledger.connection, source.chain_id, source.contract)
-    if cursor is None:
-        first_block = log_start_block(chain, registry, from_block)
-    else:
-        chain_hash = _block(chain, cursor.block_number)[0]
-        if chain_hash != cursor.block_hash:
-            raise ChainReorganisedError(cursor.block_number, cursor.block_hash, chain_hash, chain.confirmations)
-        first_block = cursor.block_number + 1
-    head_block = chain.w3.eth.block_number
-    last_block = head_block - (chain.confirmations - 1)  # the receipt's own block counts as one
-    events_added = 0
-    start = first_block
-    while start <= last_block:
-        with ledger.step_lock(registry_sync_step):
-            # Another run may have stored ranges while this one waited: go on after them.
-            now = registry_cursor(ledger.connection, source.chain_id, source.contract)
-            start = start if now is None else max(start, now.block_number + 1)
-            if start > last_block:
-                break
-            end = next(block_ranges(start, last_block))[1]
-            events_added += _store_range(ledger, chain, registry, start, end, None if now is None else now.block_number)
-        if progress is not None:
-            progress(end - first_block + 1, last_block - first_block + 1)
-        start = end + 1
+
+    def cursor(connection: duckdb.DuckDBPyConnection) -> tuple[int, str] | None:
+        found = registry_cursor(connection, source.chain_id, source.contract)
+        return None if found is None else (found.block_number, found.block_hash)
+
+    run = index_logs(
+        ledger,
+        chain,
+        LogIndex(
+            registry_sync_step,
+            cursor,
+            lambda start, end, expected: _store_range(ledger, chain, registry, start, end, expected),
+        ),
+        lambda: log_start_block(chain, registry, from_block),
+        progress,
+        reorganised=("registry events", "`registry_event` with the registry's events"),
+    )
     return RegistrySyncResult(
-        source.chain_id, source.contract, first_block, max(last_block, first_block - 1), head_block, events_added
+        source.chain_id, source.contract, run.first_block, run.last_block, run.head_block, run.rows_added
     )
 
 
