@@ -24,8 +24,10 @@ import polars as pl
 import pyarrow as pa
 
 from ledger import recorder
+from ledger.query import register_views
 from ledger.tables import register_table
 from schemas.arrow import timestamp_type
+from settlement.views import view_statements
 
 holder_transfer_table = "holder_transfer"
 holder_sync_table = "holder_sync"
@@ -77,9 +79,18 @@ epoch_blocks_schema = _schema(
     ("excluded", _s, False),
 )
 
-register_table(holder_transfer_table, holder_transfer_schema, inlined=False)
-register_table(holder_sync_table, holder_sync_schema, inlined=True)
-register_table(epoch_blocks_table, epoch_blocks_schema, inlined=True)
+
+
+def register() -> None:
+    """Declare the tables, which the ledger creates on a writer's next open or append, and their analyst views
+    (`holder_balances`, `holder_payables`: settlement/holder_views.sql)."""
+    register_table(holder_transfer_table, holder_transfer_schema, inlined=False)
+    register_table(holder_sync_table, holder_sync_schema, inlined=True)
+    register_table(epoch_blocks_table, epoch_blocks_schema, inlined=True)
+    register_views("settlement.holders", lambda: view_statements("settlement", "holder_views.sql"))
+
+
+register()
 
 
 @dataclass(frozen=True)

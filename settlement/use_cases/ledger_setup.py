@@ -1,7 +1,7 @@
 """Declaring the settlement with the ledger: its tables (`ledger.tables.register_table`) and its analyst views
 (`ledger.query.register_views`), the settlement's own and the chain side's, in that order."""
 
-from settlement import tables
+from settlement import holders, tables
 from settlement.onchain import tables as chain_tables
 
 
@@ -12,4 +12,5 @@ def register_with_ledger() -> None:
     so the settlement's views are there whichever settlement modules the command imported.
     """
     tables.register()
+    holders.register()
     chain_tables.register()

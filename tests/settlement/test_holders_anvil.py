@@ -19,7 +19,7 @@ import pytest
 from typer.testing import CliRunner
 from web3.contract import Contract
 
-from ledger import Ledger
+from ledger import Ledger, define_views, run_query
 from royalty.cli import app
 from settlement.engine.allocation import allocate_by_weight
 from settlement.holders import balances_at
@@ -264,6 +264,17 @@ def test_an_epoch_pays_holders_by_time_weighted_balance_and_they_claim_with_the_
         (1, first_sync["from_block"], first_sync["to_block"]),
         (2, first_sync["to_block"] + 1, second_sync["to_block"]),
     ]
+    with Ledger.open_read_only(str(lake)) as ledger:
+        define_views(ledger)
+        credited = run_query(
+            ledger, "SELECT epoch, sum(credited_micros)::BIGINT AS total FROM holder_payables GROUP BY 1 ORDER BY 1"
+        ).to_pylist()
+        balances = run_query(
+            ledger, "SELECT holder, weighted_units::VARCHAR AS w, excluded FROM holder_balances WHERE epoch = 1"
+        ).to_pylist()
+    assert credited == [{"epoch": 1, "total": take}, {"epoch": 2, "total": take_2}]
+    assert {r["holder"]: int(r["w"]) for r in balances if not r["excluded"]} == weights
+    assert {r["holder"] for r in balances if r["excluded"]} == {h4}
 
     deployed = deploy(anvil)
     settle(lake, anvil, deployed["distributor"])
