@@ -469,6 +469,8 @@ def deploy_contracts(
     sender = chain.sender
     w3 = chain.w3
     given_token = token is not None
+    if predecessor:
+        token = _predecessor_token(chain, predecessor, token)
     if token is None:
         token = _deploy_test_token(chain)
     token = _checksummed(token, "--token")
@@ -510,6 +512,19 @@ def deploy_contracts(
         roles.max_epoch_growth_units,
         old,
     )
+
+
+def _predecessor_token(chain: Chain, predecessor: str, token: str | None) -> str:
+    """The token a migrated distributor pays: its predecessor's (its leaves are net of what the old one owes in
+    it); another `--token` is refused."""
+    old_token = Web3.to_checksum_address(distributor_contract(chain, predecessor).functions.token().call())
+    if token is not None and _checksummed(token, "--token") != old_token:
+        raise ChainConfigError(
+            f"--token {token} is not {old_token}, the token {predecessor} pays: a distributor that takes over "
+            "pays the same token (leave --token out to use it)",
+            "token",
+        )
+    return old_token
 
 
 def _deploy_test_token(chain: Chain) -> str:

@@ -81,12 +81,20 @@ def ledger_digest(epoch: int, closing_snapshot: int, leaves: dict[str, int]) -> 
 
 
 def build_epoch_tree(
-    epoch: int, closing_snapshot: int, payables: pl.DataFrame, manifest: bytes | None = None
+    epoch: int,
+    closing_snapshot: int,
+    payables: pl.DataFrame,
+    manifest: bytes | None = None,
+    owed_elsewhere_units: dict[str, int] | None = None,
 ) -> EpochTree | None:
     """The payout tree of `epoch` over `payables` (all rows up to it); None when no address is owed anything.
 
-    With `manifest` (settlement-v2) its SHA-256 is the ledger digest; without, the leaf digest of settlement-v1."""
+    With `manifest` (settlement-v2) its SHA-256 is the ledger digest; without, the leaf digest of settlement-v1.
+    `owed_elsewhere_units`: what a predecessor distributor's last root already owes each address (a distributor
+    deployed with `--migrate-from`); the leaves are then net of it (`net_leaves`)."""
     leaves, unaddressed_units = address_leaves(payables)
+    if owed_elsewhere_units is not None:
+        leaves = net_leaves(leaves, owed_elsewhere_units)
     if not leaves:
         return None
     tree = MerkleTree.from_amounts(leaves)
@@ -94,6 +102,14 @@ def build_epoch_tree(
         raise AmountOverflowError(epoch, "settlement_root.total_units", tree.total_amount_units)
     digest = ledger_digest(epoch, closing_snapshot, leaves) if manifest is None else manifest_digest(manifest)
     return EpochTree(epoch, closing_snapshot, tree, digest, unaddressed_units, None, manifest)
+
+
+def net_leaves(cumulative_units: dict[str, int], owed_elsewhere_units: dict[str, int]) -> dict[str, int]:
+    """Each address's cumulative units minus what a predecessor's last root owes it (claimable there, forever);
+    addresses owed nothing more are left out. An address whose cumulative fell below what the predecessor owes
+    gets no leaf: it keeps what the old root promised and no more."""
+    net = {address: units - owed_elsewhere_units.get(address, 0) for address, units in cumulative_units.items()}
+    return {address: units for address, units in net.items() if units > 0}
 
 
 def manifest_digest(manifest: bytes) -> str:

@@ -33,6 +33,7 @@ from typing import Any
 import duckdb
 import polars as pl
 import pyarrow as pa
+from web3 import Web3
 from web3.contract import Contract
 from web3.logs import DISCARD
 
@@ -48,6 +49,7 @@ from settlement.onchain.chain import (
     Chain,
     SignedTx,
     broadcast,
+    distributor_contract,
     local_chain_ids,
     node_unreachable_errors,
     preflight,
@@ -424,10 +426,11 @@ def _settle(
 ) -> SettlementResult:
     step = progress or (lambda name, done, total: None)
     step(_steps[0], 0, len(_steps))
+    predecessor = read_predecessor(ledger, chain, distributor)
     if dry_run:
-        tree, closed, notes = _dry_run_tree(ledger, checks, rules), None, ()
+        tree, closed, notes = _dry_run_tree(ledger, checks, rules, predecessor), None, ()
     else:
-        tree, closed, notes = _close_and_read_tree(ledger, checks, step, rules, manifest_of)
+        tree, closed, notes = _close_and_read_tree(ledger, checks, step, rules, manifest_of, predecessor)
     safe = check_safe_settler(distributor, via_safe) if via_safe else None
     plan = plan_settlement(ledger, chain, distributor, tree, from_block, funding_units_max, safe)
     plan = SettlePlan(plan.tree, closed, notes, plan.logs_from, plan.found, plan.funding)
@@ -439,27 +442,38 @@ def _settle(
 
 
 def _close_and_read_tree(
-    ledger: Ledger, checks: InputChecks, step: Any, rules: RegistryRules | None, manifest_of: ManifestOf
+    ledger: Ledger,
+    checks: InputChecks,
+    step: Any,
+    rules: RegistryRules | None,
+    manifest_of: ManifestOf,
+    predecessor: Predecessor | None = None,
 ) -> tuple:
     """Close the epoch if there is one to close; return the latest epoch's tree (stored, else built: then with
-    the epoch's manifest, whose SHA-256 is its digest)."""
+    the epoch's manifest, whose SHA-256 is its digest). For a migrated distributor the leaves are net of what
+    its predecessor's last root owes."""
     summary = close_epoch(ledger, checks=checks, rules=rules)
     closed = None if summary.noop or summary.closed_by_another else summary
     notes = (closed_by_another_message(summary.epoch),) if summary.closed_by_another else ()
     latest = _latest_epoch(ledger.connection)
     if latest is None:
         return None, closed, notes
+    if predecessor is not None and latest[0] <= predecessor.epoch:
+        return None, closed, (*notes, predecessor.not_after_message(latest[0]))
+    owed = predecessor.owed_units if predecessor is not None else None
     step(_steps[1], 1, len(_steps))
     verify_settle_inputs(ledger, latest[0], checks)
     tree = read_stored_tree(ledger.connection, latest[0])
-    rebuilt = build_epoch_tree(*latest, _payables(ledger.connection, latest[0]))
+    rebuilt = build_epoch_tree(*latest, _payables(ledger.connection, latest[0]), owed_elsewhere_units=owed)
+    if predecessor is not None and tree is not None and (rebuilt is None or rebuilt.tree.root != tree.tree.root):
+        raise ChainConfigError(predecessor.stored_plain_message(latest[0]), "distributor")
     require(
         tree is None or (rebuilt is not None and rebuilt.tree.root == tree.tree.root),
         f"epoch {latest[0]}: the ledger's payables still give the stored root",
     )
     if tree is None and rebuilt is not None:
         manifest = manifest_of(ledger, latest[0], rules)
-        rebuilt = build_epoch_tree(*latest, _payables(ledger.connection, latest[0]), manifest)
+        rebuilt = build_epoch_tree(*latest, _payables(ledger.connection, latest[0]), manifest, owed)
     return tree or rebuilt, closed, notes
 
 
@@ -477,7 +491,6 @@ def plan_settlement(
     Raises on a mismatch or a refused funding."""
     if tree is None:
         return SettlePlan(None)
-    _refuse_a_migrated_distributor(distributor)
     logs_from = _logs_from_block(ledger, chain, distributor, tree.epoch, from_block)
     found = _check_chain(ledger, chain, distributor, tree, logs_from)
     if found is not None:
@@ -487,16 +500,63 @@ def plan_settlement(
     return SettlePlan(tree, logs_from=logs_from, funding=funding)
 
 
-def _refuse_a_migrated_distributor(distributor: Contract) -> None:
-    """A distributor deployed with --migrate-from needs leaves net of what its predecessor owes; settle does not
-    build those yet, and proposing plain cumulative leaves there would pay the predecessor's part twice."""
-    predecessor = distributor.functions.predecessor().call()
-    if int(predecessor, 16) != 0:
+@dataclass(frozen=True)
+class Predecessor:
+    """The distributor a migrated one took over from (`royalty deploy --migrate-from`): its address, its last
+    epoch, and what that epoch's root owes each address there (forever); the new distributor's leaves are each
+    address's cumulative units net of it, so no unit is paid twice and none is lost."""
+
+    address: str
+    epoch: int
+    owed_units: dict[str, int]
+
+    def not_after_message(self, epoch: int) -> str:
+        return (
+            f"epoch {epoch} is not after epoch {self.epoch}, the last root of {self.address}, which this distributor "
+            "took over from: nothing to settle here until a later epoch closes (ingest, then settle again)"
+        )
+
+    def stored_plain_message(self, epoch: int) -> str:
+        return (
+            f"epoch {epoch}'s tree in the ledger holds whole cumulative leaves, not leaves net of what {self.address} "
+            f"(the predecessor) owes after epoch {self.epoch}: it was written for another distributor and cannot be "
+            "proposed to this one; close a later epoch (ingest, then settle again). Nothing was written or sent"
+        )
+
+
+def read_predecessor(ledger: Ledger, chain: Chain, distributor: Contract) -> Predecessor | None:
+    """The distributor `distributor` took over from, with what its last root owes each address (from the ledger's
+    tree of that epoch, checked against the old contract's root); None when it took over from none.
+
+    Refuses (ChainConfigError) when the old contract had a root proposed after the migration, or when the ledger
+    lacks that epoch's tree or holds another root for it: the net leaves would be wrong."""
+    address = distributor.functions.predecessor().call()
+    if int(address, 16) == 0:
+        return None
+    epoch = int(distributor.functions.predecessorEpoch().call())
+    if epoch == 0:
+        return Predecessor(address, 0, {})  # the old distributor had no root: it owes nothing
+    old = distributor_contract(chain, address)
+    latest = int(old.functions.latestEpoch().call())
+    if latest != epoch:
         raise ChainConfigError(
-            f"{distributor.address} took over from {predecessor}: settling to a migrated distributor (leaves net "
-            "of what the old one owes) is not built yet; nothing was written or sent",
+            f"{address}, which {distributor.address} took over from after epoch {epoch}, has had epoch {latest} "
+            "proposed since: the old distributor must get no more roots (a guardian revokes one still waiting; "
+            "the admin revokes its settler's role). Nothing was written or sent",
             "distributor",
         )
+    active_epoch, root, *_ = old.functions.activeRoot().call()
+    stored = read_stored_tree(ledger.connection, epoch)
+    if stored is None or active_epoch != epoch or stored.tree.root_hex != Web3.to_hex(root):
+        raise ChainConfigError(
+            f"the ledger holds no tree for epoch {epoch} with the root {Web3.to_hex(root)} that {address} (the "
+            f"predecessor of {distributor.address}) holds: settle the migrated distributor from the ledger that "
+            "settled the old one. Nothing was written or sent",
+            "lake",
+        )
+    tree = stored.tree
+    owed = {account: tree.amount_units(account) for account in map(tree.account_at, range(len(tree)))}
+    return Predecessor(address, epoch, owed)
 
 
 def _write_batch(
@@ -742,7 +802,11 @@ def check_funding(
         )
 
 
-def _dry_run_tree(ledger: Ledger, checks: InputChecks, rules: RegistryRules | None = None) -> EpochTree | None:
+def _dry_run_tree(
+    ledger: Ledger, checks: InputChecks, rules: RegistryRules | None = None, predecessor: Predecessor | None = None
+) -> EpochTree | None:
+    after = predecessor.epoch if predecessor is not None else 0  # a migrated distributor's epochs start after it
+    owed = predecessor.owed_units if predecessor is not None else None
     latest = _latest_epoch(ledger.connection)
     if latest is not None:
         verify_settle_inputs(ledger, latest[0], checks)
@@ -755,10 +819,12 @@ def _dry_run_tree(ledger: Ledger, checks: InputChecks, rules: RegistryRules | No
             pl.lit(plan.epoch, pl.Int64).alias("epoch"), "recipient", "amount_micros", "payout_address"
         )
         payables = pl.concat([payables, new_rows.cast(payables.schema)])  # type: ignore[arg-type]
-        return build_epoch_tree(plan.epoch, plan.closing_snapshot, payables)
-    if latest is None:
+        return build_epoch_tree(plan.epoch, plan.closing_snapshot, payables, owed_elsewhere_units=owed)
+    if latest is None or latest[0] <= after:
         return None
-    return read_stored_tree(ledger.connection, latest[0]) or build_epoch_tree(*latest, payables)
+    return read_stored_tree(ledger.connection, latest[0]) or build_epoch_tree(
+        *latest, payables, owed_elsewhere_units=owed
+    )
 
 
 def _check_chain(ledger: Ledger, chain: Chain, distributor: Contract, tree: EpochTree, logs_from: int) -> dict | None:

@@ -11,20 +11,29 @@ import json
 from pathlib import Path
 
 import pytest
+from web3 import Web3
+from web3.contract import Contract
+from web3.exceptions import ContractCustomError
 
+from ledger.ledger import Ledger
 from royalty.cli import app
 from settlement.onchain.chain import connect, distributor_contract, token_contract
 from settlement.onchain.contract_artifacts import load_artifact
+from settlement.onchain.merkle import MerkleTree
+from settlement.onchain.settle import read_stored_tree
 from tests.support.anvil import Anvil, anvil  # noqa: F401 - anvil is a fixture
 from tests.support.settle_runs import (
     CLAIMER_KEY,
     MINT_UNITS,
     SETTLER_KEY,
     append,
+    deploy,
+    expected_units,
     new_lake,
     proposals,
     royalty,
     runner,
+    settle,
     settlement_rows,
 )
 
@@ -218,18 +227,78 @@ def test_settle_via_safe_writes_a_batch_and_a_later_settle_records_the_executed_
     assert final["outcome"] == "already_recorded"
 
 
-def test_settle_refuses_a_migrated_distributor_until_net_leaves_are_built(anvil: Anvil, tmp_path: Path) -> None:  # noqa: F811
-    """`deploy --migrate-from OLD` records the predecessor on the new contract; settle does not build the leaves
-    net of what the old one owes yet, so it refuses that distributor (exit 2) rather than pay twice."""
-    old = royalty("deploy", "--rpc-url", anvil.url, "--timelock-seconds", "0")
-    new = royalty("deploy", "--rpc-url", anvil.url, "--timelock-seconds", "0", "--migrate-from", old["distributor"])
-    assert new["predecessor"] == old["distributor"]
+def test_a_distributor_migrated_mid_history_pays_no_unit_twice_and_loses_none(anvil: Anvil, tmp_path: Path) -> None:  # noqa: F811
+    """Issue 16's migration: epoch 1 settles to OLD and half the payees claim there; `deploy --migrate-from OLD`;
+    epoch 2 settles to NEW with each leaf its cumulative payable net of what OLD's last root owes. Then everyone
+    claims the rest on both (`royalty claim --account` for two of them, the stored proofs for the others): each
+    payee holds exactly its cumulative payable, both contracts are left holding nothing, and claiming again on
+    either pays nothing."""
     lake = tmp_path / "lake"
-    new_lake(lake, 60)
-    args = ["settle", "--lake", str(lake), "--rpc-url", anvil.url, "--distributor", new["distributor"]]
-    refused = _invoke(*args, env={"ROYALTY_SETTLER_KEY": SETTLER_KEY})
-    assert refused.exit_code == 2 and "is not built yet" in refused.output
-    assert proposals(anvil, new["distributor"], 1) == []
+    traffic, offset = new_lake(lake, 60)
+    old_deployed = deploy(anvil)
+    old = old_deployed["distributor"]
+    settle(lake, anvil, old)
+    owed_1 = {Web3.to_checksum_address(a): u for a, u in expected_units(lake).items()}
+    early = sorted(owed_1)[: len(owed_1) // 2]
+    chain = connect(anvil.url, None)
+    contracts = {old: distributor_contract(chain, old)}
+    tree_1 = _stored_tree(lake, 1)
+    for account in early:
+        _claim_stored(anvil, contracts[old], tree_1, account)
+
+    new_deployed = royalty(
+        "deploy", "--rpc-url", anvil.url, "--timelock-seconds", "0", "--mint-units", str(MINT_UNITS),
+        "--migrate-from", old,
+    )  # fmt: skip
+    new = new_deployed["distributor"]
+    assert (new_deployed["predecessor"], new_deployed["token"]) == (old, old_deployed["token"])
+    contracts[new] = distributor_contract(chain, new)
+    with Ledger.open(str(lake)) as ledger:
+        append(ledger, list(traffic.metered(40, first_index=60)), offset)
+    second = settle(lake, anvil, new)
+    cumulative = {Web3.to_checksum_address(a): u for a, u in expected_units(lake).items()}
+    growth = {a: u - owed_1.get(a, 0) for a, u in cumulative.items() if u > owed_1.get(a, 0)}
+    assert (second["outcome"], second["epoch"]) == ("proposed", 2)
+    assert (int(second["total_units"]), second["leaf_count"]) == (sum(growth.values()), len(growth))
+    assert proposals(anvil, old, 2) == []
+
+    by_cli = sorted(set(owed_1) - set(early))[:1] + sorted(set(growth) & set(early))[:1]
+    env = {"ROYALTY_CLAIMER_KEY": CLAIMER_KEY}
+    for account in by_cli:
+        for distributor, owed in ((old, owed_1), (new, growth)):
+            if account in owed and not (distributor == old and account in early):
+                paid = royalty("claim", "--account", account, "--lake", str(lake), "--rpc-url", anvil.url,
+                               "--distributor", distributor, env=env)  # fmt: skip
+                assert int(paid["paid_units"]) == owed[account]
+    tree_2 = _stored_tree(lake, 2)
+    for account in sorted(set(owed_1) - set(early) - set(by_cli)):
+        _claim_stored(anvil, contracts[old], tree_1, account)
+    for account in sorted(set(growth) - set(by_cli)):
+        _claim_stored(anvil, contracts[new], tree_2, account)
+
+    token = token_contract(chain, contracts[new])
+    assert {a: token.functions.balanceOf(a).call() for a in cumulative} == cumulative
+    assert [token.functions.balanceOf(c).call() for c in (old, new)] == [0, 0]
+    assert contracts[old].functions.totalClaimed().call() == sum(owed_1.values())
+    assert contracts[new].functions.totalClaimed().call() == sum(growth.values())
+    for distributor, tree, account in ((old, tree_1, early[0]), (new, tree_2, sorted(growth)[0])):
+        with pytest.raises(ContractCustomError):
+            _claim_stored(anvil, contracts[distributor], tree, account)
+
+
+def _stored_tree(lake: Path, epoch: int) -> MerkleTree:
+    with Ledger.open_read_only(str(lake)) as ledger:
+        stored = read_stored_tree(ledger.connection, epoch)
+    assert stored is not None
+    return stored.tree
+
+
+def _claim_stored(node: Anvil, contract: Contract, tree: MerkleTree, account: str) -> None:
+    """`account`'s claim with its proof in the ledger's `tree`, relayed by an unlocked account."""
+    call = contract.functions.claim(account, tree.amount_units(account), tree.proof(account))
+    call.call({"from": node.w3.eth.accounts[3]})  # a revert raises here, with its custom error
+    receipt = node.w3.eth.wait_for_transaction_receipt(call.transact({"from": node.w3.eth.accounts[3]}))
+    assert receipt["status"] == 1
 
 
 @pytest.fixture(autouse=True)
