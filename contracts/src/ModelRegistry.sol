@@ -17,8 +17,9 @@ import {Nonces} from "@openzeppelin/contracts/utils/Nonces.sol";
  * - A dataset is registered the same way (content digest and URI, a governor).
  * - Only a model's (or dataset's) governor sets its split policy, effective no earlier than `NOTICE_SECONDS`
  *   after the block that sets it (a model's or dataset's first policy only never before that block). A model
- *   policy names accounts, each of the model's parents with exactly its lineage share, and registered datasets;
- *   a dataset policy names accounts only. Shares sum to `PPM_TOTAL`, in at most `RECIPIENTS_MAX` recipients,
+ *   policy names accounts, each of the model's parents with exactly its lineage share, registered datasets and
+ *   the holders of ERC-20 tokens (the indexer pays them by time-weighted balance); a dataset policy names
+ *   accounts and token holders only. Shares sum to `PPM_TOTAL`, in at most `RECIPIENTS_MAX` recipients,
  *   sorted by (kind, id) strictly ascending (so none repeats).
  *
  * Ids are `bytes32`: an identifier of at most 32 ASCII characters, left-aligned and zero-padded, as off-chain
@@ -30,7 +31,8 @@ contract ModelRegistry is EIP712, Nonces {
     enum RecipientKind {
         Account, // an address, as `bytes32(uint256(uint160(account)))`
         Model, // a parent model id: its lineage share goes up the DAG
-        Dataset // a dataset id: split again by the dataset's policy
+        Dataset, // a dataset id: split again by the dataset's policy
+        Holders // the holders of an ERC-20, as `bytes32(uint256(uint160(token)))`: paid by time-weighted balance
     }
 
     /// @notice One parent of a model and the share of the model's revenue it is due.
@@ -325,7 +327,7 @@ contract ModelRegistry is EIP712, Nonces {
             if (share.sharePpm == 0) revert ModelRegistryBadShares(0, PPM_TOTAL);
             totalPpm += share.sharePpm;
             if (share.kind == subjectKind && share.id == subjectId) revert ModelRegistrySelfReference(subjectId);
-            if (share.kind == RecipientKind.Account) {
+            if (share.kind == RecipientKind.Account || share.kind == RecipientKind.Holders) {
                 if (share.id == bytes32(0) || uint256(share.id) >> 160 != 0) revert ModelRegistryBadAddress(share.id);
             } else if (subjectKind == RecipientKind.Dataset) {
                 revert ModelRegistryRecipientKindNotAllowed(i, share.kind);

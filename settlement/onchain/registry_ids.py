@@ -3,7 +3,8 @@
 On-chain a model or dataset id is a `bytes32`: an identifier (`schemas.fields.identifier_pattern`) of at most
 32 ASCII characters, left-aligned and zero-padded. An account is an address; a split's recipient is
 `(kind, bytes32 id, share_ppm)` with kind 0 an account (the address right-aligned), 1 a parent model, 2 a
-dataset. Off-chain the same recipient is the checksummed address, `model:<id>` or `dataset:<id>`.
+dataset, 3 the holders of an ERC-20 (the token's address right-aligned). Off-chain the same recipient is the
+checksummed address, `model:<id>`, `dataset:<id>` or `holders:<token address>`.
 """
 
 from __future__ import annotations
@@ -12,10 +13,10 @@ import re
 
 from eth_utils import to_checksum_address
 
-from schemas.fields import identifier_pattern, model_recipient_prefix
+from schemas.fields import holders_recipient_prefix, identifier_pattern, model_recipient_prefix
 from settlement.onchain.exceptions import ChainConfigError
 
-ACCOUNT, MODEL, DATASET = 0, 1, 2
+ACCOUNT, MODEL, DATASET, HOLDERS = 0, 1, 2, 3
 dataset_recipient_prefix = "dataset:"
 id_bytes_max = 32
 
@@ -48,9 +49,12 @@ def account_word(address: str) -> bytes:
 
 
 def recipient_name(kind: int, word: bytes) -> str | None:
-    """The ledger's name of an on-chain recipient (address, `model:<id>`, `dataset:<id>`); None if malformed."""
+    """The ledger's name of an on-chain recipient (address, `model:<id>`, `dataset:<id>`, `holders:<token>`);
+    None if malformed."""
     if kind == ACCOUNT:
         return to_checksum_address(bytes(word)[-20:])
+    if kind == HOLDERS:
+        return holders_recipient_prefix + to_checksum_address(bytes(word)[-20:])
     identifier = word_id(word)
     if identifier is None:
         return None
@@ -58,15 +62,19 @@ def recipient_name(kind: int, word: bytes) -> str | None:
 
 
 def recipient_tuple(name: str, share_ppm: int) -> tuple[int, bytes, int]:
-    """The on-chain `Share` of a ledger recipient name (address, `model:<id>`, `dataset:<id>`)."""
+    """The on-chain `Share` of a ledger recipient name (address, `model:<id>`, `dataset:<id>`, `holders:<token>`)."""
     if name.startswith(model_recipient_prefix):
         return (MODEL, id_word(name.removeprefix(model_recipient_prefix)), share_ppm)
     if name.startswith(dataset_recipient_prefix):
         return (DATASET, id_word(name.removeprefix(dataset_recipient_prefix)), share_ppm)
+    if name.startswith(holders_recipient_prefix) and re.fullmatch(
+        r"0x[0-9a-fA-F]{40}", name.removeprefix(holders_recipient_prefix)
+    ):
+        return (HOLDERS, account_word(name.removeprefix(holders_recipient_prefix)), share_ppm)
     if not re.fullmatch(r"0x[0-9a-fA-F]{40}", name):
         raise ChainConfigError(
-            f"recipient `{name}` is neither an address nor `model:<id>` nor `dataset:<id>`: on-chain, accounts are "
-            "addresses",
+            f"recipient `{name}` is neither an address nor `model:<id>`, `dataset:<id>` or `holders:<token address>`: "
+            "on-chain, accounts are addresses",
             "shares",
         )
     return (ACCOUNT, account_word(name), share_ppm)

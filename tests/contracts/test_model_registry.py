@@ -14,6 +14,7 @@ from web3 import Web3
 from web3.contract import Contract
 from web3.logs import DISCARD
 
+from settlement.onchain.registry_ids import HOLDERS, recipient_name, recipient_tuple
 from tests.support.anvil import Anvil, anvil  # noqa: F401 - anvil is a fixture
 from tests.support.registry_chain import (
     ACCOUNT,
@@ -84,6 +85,31 @@ def test_only_the_governor_sets_a_policy_and_a_change_needs_the_notice(anvil: An
     receipt = send(w3, registry.functions.setModelPolicy(model, later, 0, solo_policy(outsider)), governor)
     (event,) = registry.events.SplitPolicySet().process_receipt(receipt, errors=DISCARD)
     assert (event.args.subjectKind, event.args.subjectId) == (MODEL, model)
+
+
+def test_a_policy_may_pay_the_holders_of_a_token_named_by_its_address(anvil: Anvil, registry: Contract) -> None:  # noqa: F811
+    """Issue 17: recipient kind Holders (3) names an ERC-20 by its address, in a model's or a dataset's policy,
+    after the accounts; a zero or wider-than-an-address id reverts; the indexer reads it as `holders:<token>`."""
+    w3 = anvil.w3
+    owner, payee, token = w3.eth.accounts[1], w3.eth.accounts[2], w3.eth.accounts[8]
+    model, data = fresh("holders"), fresh("holders-data")
+    register(registry, model, owner, owner)
+    send(w3, registry.functions.registerDataset(data, NO_DIGEST, "ipfs://data", owner), owner)
+    start = now(w3) + 10
+    holders = (HOLDERS, account_word(token), 600_000)
+    for bad in (b"\x00" * 32, b"\x01" * 32):
+        shares = [(ACCOUNT, account_word(payee), 400_000), (HOLDERS, bad, 600_000)]
+        call = registry.functions.setModelPolicy(model, start, 0, shares)
+        reverts(registry, call, owner, "ModelRegistryBadAddress", bad)
+    call = registry.functions.setModelPolicy(model, start, 0, [holders, (ACCOUNT, account_word(payee), 400_000)])
+    reverts(registry, call, owner, "ModelRegistryNotSorted", 1)
+    shares = [(ACCOUNT, account_word(payee), 400_000), holders]
+    receipt = send(w3, registry.functions.setModelPolicy(model, start, 0, shares), owner)
+    (event,) = registry.events.SplitPolicySet().process_receipt(receipt, errors=DISCARD)
+    named = [recipient_name(int(share["kind"]), share["id"]) for share in event.args.shares]
+    assert named == [payee, f"holders:{token}"]
+    assert recipient_tuple(f"holders:{token}", 600_000) == holders
+    send(w3, registry.functions.setDatasetPolicy(data, start, [(HOLDERS, account_word(token), 1_000_000)]), owner)
 
 
 def test_payout_address_changes_only_by_the_account_or_its_signature(anvil: Anvil, registry: Contract) -> None:  # noqa: F811
