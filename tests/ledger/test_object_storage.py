@@ -335,3 +335,19 @@ def test_s3_settings_win_over_the_aws_variables_and_the_secret_is_redacted(monke
     statements = object_store.secret_statements("s3://bucket/prefix/")
     assert "ENDPOINT '127.0.0.1:2'" in statements[-1] and "USE_SSL false" in statements[-1]
     assert object_store.secret_statements("/a/local/folder/") == []
+
+
+def test_an_endpoint_that_does_not_answer_is_a_retryable_exit_75(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Nothing listens on the endpoint: the command stops at start with exit 75 (retry later), naming the store."""
+    from tests.support.postgres import free_loopback_port
+
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "key")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "a-secret-nobody-reads")
+    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{free_loopback_port()}")
+    result = runner.invoke(app, ["ingest", "--from-file", "-", "--lake", str(tmp_path / "lake"),
+                                 "--data-path", "s3://nowhere/prefix"], input="")  # fmt: skip
+    output = " ".join(result.output.split())
+    assert result.exit_code == 75, output
+    assert "object storage failed for `s3://nowhere/prefix/`" in output and "a-secret-nobody-reads" not in output
