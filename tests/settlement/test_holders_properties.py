@@ -22,13 +22,17 @@ from hypothesis import strategies as st
 from ledger.connection import catalog_alias
 from ledger.tables import create_statements
 from settlement.engine.allocation import allocate_by_weight
+from settlement.exceptions import HoldersBehindError
 from settlement.holders import (
     balances_at,
+    epoch_blocks_table,
+    holder_sync_table,
     holder_transfer_schema,
     holder_transfer_table,
     holder_weights,
     zero_address,
 )
+from settlement.ledger_io import read_holder_weights
 from tests.conftest import depth
 from tests.settlement.split_world import contributors, run_epochs, worlds
 
@@ -213,3 +217,50 @@ def test_epochs_paying_holders_pass_exactly_the_take_on_and_change_nobody_else(w
         assert accounted == after.fee_micros - after.reversed_micros
         suspense_before, receivable_before = after.suspense_micros, after.receivable_micros
         assert int(after.postings["amount_micros"].sum()) == 0
+
+
+def _range_ledger() -> duckdb.DuckDBPyConnection:
+    """An in-memory database under the ledger's catalog name with the holders' three tables."""
+    database = duckdb.connect()
+    database.execute(f"ATTACH ':memory:' AS {catalog_alias}")
+    for statement in create_statements(catalog_alias, [holder_transfer_table, holder_sync_table, epoch_blocks_table]):
+        database.execute(statement)
+    return database
+
+
+def _synced(database: duckdb.DuckDBPyConnection, token_address: str, first: int, last: int, at: datetime) -> None:
+    database.execute(
+        f"INSERT INTO {catalog_alias}.main.{holder_sync_table} VALUES (?, ?, ?, ?, '0xhash', ?, 0, 0, ?)",
+        [chain_id, token_address, first, last, at, at],
+    )
+
+
+def test_the_epoch_block_range_and_the_refusals_while_the_holder_sync_is_behind() -> None:
+    """Operator mode: the range ends at the lowest token cursor and starts after the previous range (the first
+    at the sync's first block); close refuses (HoldersBehindError, transient: exit 75) for a token never synced,
+    a cursor older than the epoch's latest event, or no new block. On-chain mode: the range ends at the registry
+    block, refused while a token's cursor is before it."""
+    database = _range_ledger()
+    other = "0x" + "8e" * 20
+    noon = datetime(2026, 1, 1, 12, tzinfo=UTC)
+    with pytest.raises(HoldersBehindError, match="holds none of its Transfer logs") as never:
+        read_holder_weights(database, [token], 1, noon, None)
+    assert never.value.transient
+    _synced(database, token, 5, 40, noon)
+    _synced(database, other, 7, 30, noon)
+    weights, row = read_holder_weights(database, sorted([token, other]), 1, noon, None, ("0xABC",))
+    assert row.to_pylist()[0] | {"to_block_time": None} == {
+        "epoch": 1, "chain_id": chain_id, "from_block": 7, "to_block": 30, "to_block_time": None, "excluded": "0xabc",
+    }
+    assert weights == {token: [], other: []}
+    with pytest.raises(HoldersBehindError, match="earlier than the epoch's latest event"):
+        read_holder_weights(database, [token], 1, datetime(2026, 1, 1, 13, tzinfo=UTC), None)
+    database.execute(f"INSERT INTO {catalog_alias}.main.{epoch_blocks_table} SELECT * FROM row")
+    with pytest.raises(HoldersBehindError, match="no block after 30"):
+        read_holder_weights(database, [other], 2, noon, None)
+    _, row = read_holder_weights(database, [token], 2, noon, None)
+    assert (row["from_block"][0].as_py(), row["to_block"][0].as_py()) == (31, 40)
+    with pytest.raises(HoldersBehindError, match="before the registry block 41"):
+        read_holder_weights(database, [token], 2, noon, (chain_id, 41, noon))
+    _, row = read_holder_weights(database, [token], 2, None, (chain_id, 35, noon))
+    assert (row["from_block"][0].as_py(), row["to_block"][0].as_py()) == (31, 35)
