@@ -35,7 +35,7 @@ class VerifyReport:
     problems: list[str] = field(default_factory=list)
     # Files no snapshot lists (left by interrupted appends): not part of the ledger, so not a
     # problem, but space to reclaim. In a local folder or under an `s3://` prefix alike.
-    orphans: list[OrphanFile] | None = None
+    orphans: list[OrphanFile] = field(default_factory=list)
     # Offset ranges of a partition appended more than once: the ledger is intact, but the events
     # there are stored twice (settlement counts each event once).
     warnings: list[str] = field(default_factory=list)

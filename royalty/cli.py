@@ -48,8 +48,6 @@ schemas_app = typer.Typer(help="The producer contract: event schemas.", no_args_
 app.add_typer(schemas_app, name="schemas")
 
 
-
-
 @schemas_app.command("export")
 def schemas_export(
     directory: Annotated[Path, typer.Argument(help="Folder to write the JSON Schema files to.")],
@@ -158,7 +156,7 @@ def verify(
         orphan_age_s_min = orphan_age_s_min_default
     removed = remove_orphan_files(orphans, orphan_age_s_min, store) if remove_orphans else []
     if output_json:
-        fields = {**vars(report), "orphans": None if report.orphans is None else [vars(o) for o in orphans]}
+        fields = {**vars(report), "orphans": [vars(o) for o in orphans]}
         stdout.file.write(json.dumps({**fields, "orphans_removed": [o.path for o in removed], "ok": report.ok}) + "\n")
     else:
         stdout.print(
@@ -195,8 +193,6 @@ def verify(
                 "docs/operations.md (Backup, restore and relocation)",
                 highlight=False,
             )
-        elif report.orphans is None:
-            stdout.print("note: the data folder is not local; files no snapshot lists were not looked for")
         stdout.print(
             "[green]ledger verified: append-only, every file intact[/]"
             if report.ok
@@ -340,6 +336,12 @@ def ingest(
     until_idle_s: Annotated[
         float | None, typer.Option("--until-idle-s", help="Stop after the source has been quiet this many seconds.")
     ] = None,
+    compact_when_idle_s: Annotated[
+        int | None,
+        typer.Option(
+            "--compact-when-idle-s", help="Compact the ledger when the source is quiet this long. [default 0: never]"
+        ),
+    ] = None,
     until_idle_deprecated: Annotated[
         float | None, typer.Option("--until-idle", hidden=True, help="Deprecated: --until-idle-s.")
     ] = None,
@@ -370,6 +372,7 @@ def ingest(
             "batch_records_max": batch_records_max,
             "batch_bytes_max": batch_bytes_max,
             "batch_latency_ms_max": batch_latency_ms_max,
+            "compact_when_idle_s": compact_when_idle_s,
             "metrics_port": metrics_port,
             "log_format": log_format,
         },
@@ -423,6 +426,7 @@ def ingest(
             metrics,
             batch_bytes_max=settings.batch_bytes_max,
             event_time_future_s_max=settings.event_time_future_s_max,
+            compact_when_idle_s=settings.compact_when_idle_s,
         )
         service.install_signal_handlers()
         idle_s = until_idle_s if until_idle_s is not None else (0.0 if from_file else None)
