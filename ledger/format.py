@@ -129,6 +129,13 @@ def _know_token_holders(connection: duckdb.DuckDBPyConnection) -> None:
     stored rows; code of format 9 must not settle such a ledger (it would not pay `holders:` recipients)."""
 
 
+def _know_migrated_distributors(connection: duckdb.DuckDBPyConnection) -> None:
+    """Format 11 knows distributors deployed with `--migrate-from`: table settlement_migration (an epoch whose leaves
+    are net of the predecessor's last root, written with its tree; created on first use, as the settlement's tables
+    are), which the reconciliation's root_vs_payables check reads. Nothing to change in stored rows; code of format
+    10 must not settle such a ledger (its reconciliation would flag every migrated epoch)."""
+
+
 format_steps: list[FormatStep] = [
     FormatStep(2, "record the ledger format version (table ledger_format)", _record_format_only),
     FormatStep(3, "record a digest of each transaction's inlined rows (table inlined_digest)", _record_inlined_digests),
@@ -171,6 +178,12 @@ format_steps: list[FormatStep] = [
         10,
         "know token holders: tables holder_transfer, holder_sync and settlement_epoch_blocks (created on first use)",
         _know_token_holders,
+    ),
+    FormatStep(
+        11,
+        "know migrated distributors: table settlement_migration (created on first use); root_vs_payables subtracts "
+        "the predecessor's last root from a migrated epoch's payables",
+        _know_migrated_distributors,
     ),
 ]
 

@@ -31,6 +31,7 @@ class EpochTree:
     unaddressed_units: int
     tree_snapshot: int | None  # None until written
     manifest: bytes | None = None  # settlement-v2: the manifest.json whose SHA-256 is `ledger_digest`, until written
+    net_of: tuple[str, int] | None = None  # (predecessor, its last epoch) whose leaves these are net of
 
     @property
     def root(self) -> bytes:
@@ -86,12 +87,14 @@ def build_epoch_tree(
     payables: pl.DataFrame,
     manifest: bytes | None = None,
     owed_elsewhere_units: dict[str, int] | None = None,
+    net_of: tuple[str, int] | None = None,
 ) -> EpochTree | None:
     """The payout tree of `epoch` over `payables` (all rows up to it); None when no address is owed anything.
 
     With `manifest` (settlement-v2) its SHA-256 is the ledger digest; without, the leaf digest of settlement-v1.
     `owed_elsewhere_units`: what a predecessor distributor's last root already owes each address (a distributor
-    deployed with `--migrate-from`); the leaves are then net of it (`net_leaves`)."""
+    deployed with `--migrate-from`); the leaves are then net of it (`net_leaves`), and `net_of` names that
+    predecessor and epoch (recorded with the tree)."""
     leaves, unaddressed_units = address_leaves(payables)
     if owed_elsewhere_units is not None:
         leaves = net_leaves(leaves, owed_elsewhere_units)
@@ -101,7 +104,7 @@ def build_epoch_tree(
     if tree.total_amount_units > amount_micros_max:
         raise AmountOverflowError(epoch, "settlement_root.total_units", tree.total_amount_units)
     digest = ledger_digest(epoch, closing_snapshot, leaves) if manifest is None else manifest_digest(manifest)
-    return EpochTree(epoch, closing_snapshot, tree, digest, unaddressed_units, None, manifest)
+    return EpochTree(epoch, closing_snapshot, tree, digest, unaddressed_units, None, manifest, net_of)
 
 
 def net_leaves(cumulative_units: dict[str, int], owed_elsewhere_units: dict[str, int]) -> dict[str, int]:

@@ -220,6 +220,13 @@ def write_tree(ledger: Ledger, tree: EpochTree) -> int:
     )
 
     records = {"settlement_root": root_rows, "settlement_proof": proof_rows}
+    if tree.net_of is not None:
+        predecessor, predecessor_epoch = tree.net_of
+        records["settlement_migration"] = pa.Table.from_pylist(
+            [{"epoch": tree.epoch, "predecessor": predecessor, "predecessor_epoch": predecessor_epoch,
+              "written_at": now}],
+            schema=settle_tables.migration_schema,
+        )  # fmt: skip
     if tree.manifest is not None:
         require(manifest_digest(tree.manifest) == tree.ledger_digest, "the tree's digest is its manifest's SHA-256")
         version = str(json.loads(tree.manifest)["rules_version"])
@@ -461,10 +468,11 @@ def _close_and_read_tree(
     if predecessor is not None and latest[0] <= predecessor.epoch:
         return None, closed, (*notes, predecessor.not_after_message(latest[0]))
     owed = predecessor.owed_units if predecessor is not None else None
+    net_of = predecessor.net_of if predecessor is not None else None
     step(_steps[1], 1, len(_steps))
     verify_settle_inputs(ledger, latest[0], checks)
     tree = read_stored_tree(ledger.connection, latest[0])
-    rebuilt = build_epoch_tree(*latest, _payables(ledger.connection, latest[0]), owed_elsewhere_units=owed)
+    rebuilt = build_epoch_tree(*latest, _payables(ledger.connection, latest[0]), None, owed, net_of)
     if predecessor is not None and tree is not None and (rebuilt is None or rebuilt.tree.root != tree.tree.root):
         raise ChainConfigError(predecessor.stored_plain_message(latest[0]), "distributor")
     require(
@@ -473,7 +481,7 @@ def _close_and_read_tree(
     )
     if tree is None and rebuilt is not None:
         manifest = manifest_of(ledger, latest[0], rules)
-        rebuilt = build_epoch_tree(*latest, _payables(ledger.connection, latest[0]), manifest, owed)
+        rebuilt = build_epoch_tree(*latest, _payables(ledger.connection, latest[0]), manifest, owed, net_of)
     return tree or rebuilt, closed, notes
 
 
@@ -509,6 +517,10 @@ class Predecessor:
     address: str
     epoch: int
     owed_units: dict[str, int]
+
+    @property
+    def net_of(self) -> tuple[str, int]:
+        return self.address, self.epoch
 
     def not_after_message(self, epoch: int) -> str:
         return (
@@ -807,6 +819,7 @@ def _dry_run_tree(
 ) -> EpochTree | None:
     after = predecessor.epoch if predecessor is not None else 0  # a migrated distributor's epochs start after it
     owed = predecessor.owed_units if predecessor is not None else None
+    net_of = predecessor.net_of if predecessor is not None else None
     latest = _latest_epoch(ledger.connection)
     if latest is not None:
         verify_settle_inputs(ledger, latest[0], checks)
@@ -819,12 +832,10 @@ def _dry_run_tree(
             pl.lit(plan.epoch, pl.Int64).alias("epoch"), "recipient", "amount_micros", "payout_address"
         )
         payables = pl.concat([payables, new_rows.cast(payables.schema)])  # type: ignore[arg-type]
-        return build_epoch_tree(plan.epoch, plan.closing_snapshot, payables, owed_elsewhere_units=owed)
+        return build_epoch_tree(plan.epoch, plan.closing_snapshot, payables, None, owed, net_of)
     if latest is None or latest[0] <= after:
         return None
-    return read_stored_tree(ledger.connection, latest[0]) or build_epoch_tree(
-        *latest, payables, owed_elsewhere_units=owed
-    )
+    return read_stored_tree(ledger.connection, latest[0]) or build_epoch_tree(*latest, payables, None, owed, net_of)
 
 
 def _check_chain(ledger: Ledger, chain: Chain, distributor: Contract, tree: EpochTree, logs_from: int) -> dict | None:

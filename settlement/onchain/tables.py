@@ -7,6 +7,8 @@
 - `settlement_record`: the confirmed proposal (tx, block, chain, contract, ledger snapshot).
 - `settlement_manifest`: the epoch's bundle manifest (`manifest.json`, verbatim) under settlement-v2, written
   with the tree; its SHA-256 is the root row's `ledger_digest`. An epoch without a row is settlement-v1.
+- `settlement_migration`: an epoch whose leaves are net of a predecessor distributor's last root (`deploy
+  --migrate-from`), written with its tree.
 - `settlement_claim`: every `Claimed` event of the distributor, read back by `royalty sync-claims`.
 - `settlement_claim_sync`: one row per block range `sync-claims` read, the cursor of the next run.
 
@@ -81,6 +83,13 @@ record_schema = _schema(
     ("recorded_at", _timestamp, False),
 )
 
+migration_schema = _schema(
+    ("epoch", _int64, False),  # an epoch whose tree was written for a distributor deployed with --migrate-from
+    ("predecessor", _string, False),  # the distributor it took over from (EIP-55)
+    ("predecessor_epoch", _int64, False),  # that one's last root: the leaves here are net of its leaves
+    ("written_at", _timestamp, False),
+)
+
 claim_schema = _schema(
     ("chain_id", _int64, False),
     ("contract", _string, False),
@@ -111,6 +120,7 @@ settle_tables: dict[str, tuple[pa.Schema, bool]] = {
     "settlement_manifest": (manifest_schema, True),
     "settlement_intent": (intent_schema, True),
     "settlement_record": (record_schema, True),
+    "settlement_migration": (migration_schema, True),
     "settlement_claim": (claim_schema, False),
     "settlement_claim_sync": (claim_sync_schema, True),
 }

@@ -29,7 +29,8 @@ FROM ${settlement_claim};
 
 -- The chain side's checks, in the shape of ledger_checks, one row per settled (or claimed) epoch.
 -- root_vs_payables: the proposed root's total is the cumulative payables up to the epoch less those of
--- contributors without an address, and the chain record's total is the tree's. proofs_vs_root: the stored
+-- contributors without an address (and, for a migrated distributor's epoch, less its predecessor's last root's
+-- total, still claimable there), and the chain record's total is the tree's. proofs_vs_root: the stored
 -- leaves are leaf_count and sum to the root's total. claims_vs_tree: every synced claim's cumulative amount
 -- is the account's leaf in the root it claimed against. claims_paid: every claim paid its cumulative amount
 -- less the account's previous claim's (a forged, altered, missing or repeated claim row shows here).
@@ -41,6 +42,10 @@ WITH settled AS (
 payable_totals AS (
     SELECT s.epoch, sum(p.amount_micros) AS payable_micros
     FROM settled s JOIN ${settlement_payable} p ON p.epoch <= s.epoch GROUP BY s.epoch
+),
+net_of AS (  -- an epoch of a migrated distributor: its leaves are net of its predecessor's last root
+    SELECT m.epoch, t.total_units AS owed_units
+    FROM ${settlement_migration} m JOIN ${settlement_root} t ON t.epoch = m.predecessor_epoch
 ),
 proof_totals AS (
     SELECT epoch, count(*) AS leaves, sum(cumulative_units) AS units FROM ${settlement_proof} GROUP BY epoch
@@ -60,9 +65,9 @@ chain_epochs AS (
 ),
 checks AS (
     SELECT 'root_vs_payables' AS check_name, s.epoch, 1 AS items_checked, 0 AS items_off,
-           abs(coalesce(p.payable_micros, 0) - s.unaddressed_units - s.tree_units)
+           abs(coalesce(p.payable_micros, 0) - s.unaddressed_units - coalesce(n.owed_units, 0) - s.tree_units)
            + abs(s.recorded_units - s.tree_units) AS difference_micros
-    FROM settled s LEFT JOIN payable_totals p USING (epoch)
+    FROM settled s LEFT JOIN payable_totals p USING (epoch) LEFT JOIN net_of n USING (epoch)
     UNION ALL
     SELECT 'proofs_vs_root', s.epoch, s.leaf_count, abs(s.leaf_count - coalesce(t.leaves, 0)),
            abs(s.tree_units - coalesce(t.units, 0))
