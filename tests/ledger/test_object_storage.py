@@ -213,6 +213,9 @@ def test_backup_copies_the_objects_into_a_local_ledger_that_verifies(
         assert verify(copy).ok
 
 
+# Nightly: CI's group test (tests/integration/test_ingest_group.py, `[s3]`) already ingests and verifies on a
+# PostgreSQL catalog with the data on S3; this adds close-epoch on that layout.
+@pytest.mark.nightly
 def test_a_postgres_catalog_with_data_on_s3_ingests_verifies_and_closes(
     s3_environment: dict[str, str], seaweedfs: SeaweedServer, postgres_server: PostgresServer, sample: Path
 ) -> None:
