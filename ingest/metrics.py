@@ -51,6 +51,9 @@ class IngestMetrics:
             "ledger_outages", "Times an append failed and was retried (catalog unreachable, storage failing, busy)."
         )
         self._append_retries = counter("append_retries", "Appends of a batch retried after a transient failure.")
+        self._compactions = counter("compactions", "Compactions run when the source was idle.")
+        self._compaction_failures = counter("compaction_failures", "Idle compactions that failed (retried later).")
+        self._files_compacted = counter("files_compacted", "Data files retired by idle compactions.")
         self._records_per_s = Gauge(
             f"{_prefix}_records_per_second", "Recent ingest rate (messages a second).", registry=self.registry
         )
@@ -98,6 +101,13 @@ class IngestMetrics:
 
     def append_retried(self) -> None:
         self._append_retries.inc()
+
+    def compacted(self, files_retired: int) -> None:
+        self._compactions.inc()
+        self._files_compacted.inc(files_retired)
+
+    def compaction_failed(self) -> None:
+        self._compaction_failures.inc()
 
     def progress(self, records_per_s: float, lag_by_partition: Mapping[tuple[str, int], int]) -> None:
         self._records_per_s.set(records_per_s)

@@ -28,6 +28,8 @@ from ingest.metrics import IngestMetrics
 from ingest.sources import Messages, Source
 from ledger import AppendResult, IngestBatch, Ledger, LedgerError, LedgerOffsetsFencedError, PartitionOffsets
 from ledger.batch import FileSourcePosition
+from ledger.compaction import CompactionReport
+from ledger.compaction import compact as compact_ledger
 from schemas import BatchDecoder, DecodedBatch, Rejection, SchemaError, limits
 from schemas.decoder import utc_now
 from schemas.reason_codes import ReasonCode
@@ -89,6 +91,8 @@ class IngestService:
         batch_bytes_max: int = constants.batch_bytes_max_default,
         event_time_future_s_max: int = limits.event_time_future_s_max_default,
         clock: Callable[[], datetime] = utc_now,
+        compact_when_idle_s: float = 0.0,
+        compact: Callable[[Ledger], CompactionReport] = compact_ledger,
     ) -> None:
         if not 0 < batch_records_max <= constants.batch_records_max_limit:
             raise IngestConfigError(
@@ -125,6 +129,11 @@ class IngestService:
         # A batch the service gave up on inside a rebalance callback, where the consumer swallows
         # exceptions; `run` raises it so the process exits non-zero instead of 0.
         self._failure: IngestLedgerFailingError | None = None
+        # Compaction (ledger.compaction) once the source has been quiet this long, once per quiet spell; 0: never.
+        # It runs on the append worker, so it never overlaps this process's appends.
+        self.compact_when_idle_s = compact_when_idle_s
+        self._compact = compact
+        self._compacted_this_quiet_spell = False
         self.source = source_factory(self)
 
     # Lifecycle -----------------------------------------------------------------------------
@@ -162,15 +171,14 @@ class IngestService:
                 self._take_in_flight()
             room = self.batch_records_max - len(self._pending)
             bytes_room = max(0, self.batch_bytes_max - self._pending.size_bytes)
-            polled = self.source.poll(
-                min(room, constants.poll_records_max), constants.poll_timeout_ms_max, bytes_room
-            )
+            polled = self.source.poll(min(room, constants.poll_records_max), constants.poll_timeout_ms_max, bytes_room)
             now = time.monotonic()
             if polled:
                 if not self._pending:
                     self._pending_since = now
                 self._pending.extend(polled)
                 last_message = now
+                self._compacted_this_quiet_spell = False
                 backoff_s = constants.broker_backoff_s_min
             if self._pending and (
                 len(self._pending) >= self.batch_records_max
@@ -190,6 +198,7 @@ class IngestService:
                     log.info("kafka broker reachable again; resuming")
                     backoff_s = constants.broker_backoff_s_min
                 was_connected = connected
+                self._compact_if_idle(now - last_message)
                 if until_idle_s is not None and not self._pending and now - last_message >= until_idle_s:
                     self.summary.stopped_by = f"idle for {until_idle_s:g} s"
                     break
@@ -201,6 +210,39 @@ class IngestService:
             raise self._failure
         if not self.summary.stopped_by:
             self.summary.stopped_by = "signal"
+
+    def _compact_if_idle(self, quiet_s: float) -> None:
+        """Compact the ledger on the append worker once the source has been quiet `compact_when_idle_s`."""
+        if (
+            self.compact_when_idle_s <= 0
+            or self._compacted_this_quiet_spell
+            or self._pending
+            or quiet_s < self.compact_when_idle_s
+        ):
+            return
+        self._compacted_this_quiet_spell = True
+        self._appender.submit(self._compact_logging_failures)
+
+    def _compact_logging_failures(self) -> None:
+        """Compact; a failure is logged with its reason and left for the next quiet spell (ingest carries on:
+        compaction only makes reads cheaper, and a failed one committed nothing)."""
+        try:
+            report = self._compact(self.ledger)
+        except LedgerError as error:
+            self.metrics.compaction_failed()
+            log.warning("compaction when idle failed; retried at the next quiet spell", extra={"error": str(error)})
+            return
+        except Exception:  # on the worker thread nobody would see it: logged with its traceback, never silent
+            self.metrics.compaction_failed()
+            log.exception("compaction when idle failed unexpectedly; retried at the next quiet spell")
+            return
+        self.metrics.compacted(report.files_retired)
+        if report.merges or report.skipped:
+            log.info(
+                "compacted when idle",
+                extra={"merges": report.merges, "files_retired": report.files_retired, "rows": report.rows,
+                       "skipped_busy": report.skipped},
+            )  # fmt: skip
 
     # Batches -------------------------------------------------------------------------------
 

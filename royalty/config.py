@@ -38,9 +38,7 @@ env_prefix = "ROYALTY_"
 deprecated_settings: dict[str, str] = {"query_seconds_max": "query_s_max"}
 
 # ROYALTY_* variables that are not settings (secrets, test and CI knobs): never warned about.
-_other_env_names = frozenset(
-    {"CONFIG", "SETTLER_KEY", "CLAIMER_KEY", "KEYSTORE_PASSWORD", "READER_PASSWORD"}
-)
+_other_env_names = frozenset({"CONFIG", "SETTLER_KEY", "CLAIMER_KEY", "KEYSTORE_PASSWORD", "READER_PASSWORD"})
 
 # The TOML table of the current `load_settings` call, read by `_TomlSource`.
 _toml_table: ContextVar[dict[str, Any] | None] = ContextVar("royalty_toml_table", default=None)
@@ -118,6 +116,12 @@ class Settings(BaseSettings):
         batch_bytes_max_default, "Most bytes of messages in one ledger append.", (64 * 1024, batch_bytes_max_limit)
     )
     batch_latency_ms_max: int = _setting(1_000, "Longest a message waits before its batch is appended.", (1, 3_600_000))
+    compact_when_idle_s: int = _setting(
+        0,
+        "`ingest` compacts the ledger (as `royalty compact`) once its source has been quiet this many seconds; "
+        "0: never.",
+        (0, 86_400),
+    )
     event_time_future_s_max: int = _setting(
         event_time_future_s_max_default,
         "Most seconds an event's `time` may be ahead of the ingest clock; later ones become dead letters.",
