@@ -184,10 +184,34 @@ def _require_registry_caught_up(inputs: EpochInputs, prior: PriorState, row: pa.
         raise RegistryBehindError(row["block_number"][0].as_py(), block_time, latest)
 
 
-def _has_work(inputs: EpochInputs, prior: PriorState) -> bool:
-    """Whether the epoch may split anything: new events or reversals, or events held in suspense (an epoch
-    without any is a no-op and weighs no holders)."""
-    return bool(inputs.reversals.height or prior.held.height or inputs.new_events.select(pl.len()).collect().item())
+def _weigh_holders(
+    connection: duckdb.DuckDBPyConnection,
+    inputs: EpochInputs,
+    prior: PriorState,
+    rules: RegistryRules,
+    extra_rows: dict[str, pa.Table],
+) -> Callable[[list[str]], HolderWeights]:
+    """The engine's source of holder weights: called with the tokens the epoch credits, it reads their weights
+    over the epoch's block range (`read_holder_weights`) and adds the range's row to `extra_rows`."""
+
+    def weigh(tokens: list[str]) -> HolderWeights:
+        registry_row = extra_rows.get(chain_registry.epoch_registry_table)
+        registry_block = (
+            None
+            if registry_row is None
+            else (
+                registry_row["chain_id"][0].as_py(),
+                registry_row["block_number"][0].as_py(),
+                registry_row["block_time"][0].as_py(),
+            )
+        )
+        weights, extra_rows[holders.epoch_blocks_table] = read_holder_weights(
+            connection, tokens, prior.epoch + 1, _latest_event_time(inputs, prior), registry_block,
+            rules.holder_excluded,
+        )
+        return weights
+
+    return weigh
 
 
 def read_holder_weights(
@@ -380,23 +404,10 @@ def plan_from_ledger(
         providers = inputs.new_events.select(pl.col("compute_provider").unique()).collect()["compute_provider"]
         accounts = [*providers.to_list(), *prior.held["compute_provider"].to_list()]
         inputs = dataclasses.replace(inputs, addresses=chain_registry.with_own_addresses(inputs.addresses, accounts))
-    tokens = holder_tokens(registry.policies) if _has_work(inputs, prior) else []
-    if tokens:  # a policy pays token holders: weigh their balances over the epoch's block range
-        registry_row = extra_rows.get(chain_registry.epoch_registry_table)
-        registry_block = (
-            None
-            if registry_row is None
-            else (
-                registry_row["chain_id"][0].as_py(),
-                registry_row["block_number"][0].as_py(),
-                registry_row["block_time"][0].as_py(),
-            )
+    if holder_tokens(registry.policies):  # a policy pays token holders: weigh them if the epoch credits them
+        inputs = dataclasses.replace(
+            inputs, holder_weights=_weigh_holders(ledger.connection, inputs, prior, rules, extra_rows)
         )
-        weights, extra_rows[holders.epoch_blocks_table] = read_holder_weights(
-            ledger.connection, tokens, prior.epoch + 1, _latest_event_time(inputs, prior), registry_block,
-            rules.holder_excluded,
-        )
-        inputs = dataclasses.replace(inputs, holder_weights=weights)
     step(_steps[2], 2, len(_steps))
     plan = plan_epoch(inputs, prior)
     refusals = [

@@ -12,7 +12,7 @@ import polars as pl
 from schemas.errors import require
 from settlement.engine import reversals as rev
 from settlement.engine.figures import EpochFigures
-from settlement.engine.holders import HolderWeights, pass_to_holders
+from settlement.engine.holders import HolderWeightSource, pass_to_holders
 from settlement.engine.policies import Resolution, resolve
 from settlement.engine.postings import billed_sums, build_payables, build_postings
 from settlement.engine.splits import Routed, Split, event_columns, event_key, route, split
@@ -50,8 +50,9 @@ class EpochInputs:
     addresses: pl.DataFrame  # contributor_id, payout_address (in force at the closing snapshot)
     # Sources that may reverse any source's event (besides the event's own source): RegistryRules.reversal_sources.
     reversal_sources: tuple[str, ...] = ()
-    # Per token a `holders:<token>` recipient names: each holder's time-weighted balance over the epoch's blocks.
-    holder_weights: HolderWeights | None = None
+    # Per token a `holders:<token>` recipient names: each holder's time-weighted balance over the epoch's blocks
+    # (or a function giving them for the tokens the epoch credits: `settlement.engine.holders`).
+    holder_weights: HolderWeightSource | None = None
 
 
 @dataclass(frozen=True)

@@ -12,6 +12,8 @@ the take on `holders:<token>`, unaddressed: it waits there, never lost.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import polars as pl
 
 from settlement.engine.accounts import contributor_prefix, holders_prefix
@@ -19,6 +21,9 @@ from settlement.engine.allocation import allocate_by_weight
 
 _i128 = pl.Int128
 HolderWeights = dict[str, list[tuple[str, int]]]  # token -> [(holder address, time-weighted balance)], by holder
+# The weights, or a function giving them for the tokens the epoch actually credits (read only when needed, so an
+# epoch whose policies name a token but credit it nothing never needs that token synced).
+HolderWeightSource = HolderWeights | Callable[[list[str]], HolderWeights]
 
 
 def holder_tokens(policies: pl.DataFrame) -> list[str]:
@@ -30,16 +35,19 @@ def holder_tokens(policies: pl.DataFrame) -> list[str]:
 
 
 def pass_to_holders(
-    epoch: int, credits: pl.DataFrame, weights: HolderWeights | None
+    epoch: int, credits: pl.DataFrame, source: HolderWeightSource | None
 ) -> tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame]:
     """The epoch's credits with each weighted `holders:<token>` take replaced by its holders' parts, the
     postings of those entries (posting columns, amounts Int128) and the holders' own payout addresses."""
     postings: list[dict] = []
     parts: list[dict] = []
     passed: set[str] = set()
-    for row in credits.filter(pl.col("recipient").str.starts_with(holders_prefix)).iter_rows(named=True):
+    takes = credits.filter(pl.col("recipient").str.starts_with(holders_prefix) & (pl.col("amount_micros") != 0))
+    tokens = sorted(r.removeprefix(holders_prefix) for r in takes["recipient"].to_list())
+    weights = (source(tokens) if callable(source) else source) if tokens and source is not None else {}
+    for row in takes.iter_rows(named=True):
         recipient, take = row["recipient"], int(row["amount_micros"])
-        holders = (weights or {}).get(recipient.removeprefix(holders_prefix), [])
+        holders = weights.get(recipient.removeprefix(holders_prefix), [])
         if not holders or take == 0:
             continue
         passed.add(recipient)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import time
+import traceback
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -26,7 +27,7 @@ from settlement.holders import balances_at
 from settlement.onchain.contract_artifacts import load_artifact, token_artifact
 from tests.ledger.helpers import batch_of
 from tests.support.anvil import Anvil, anvil_binary
-from tests.support.settle_runs import claim_with_proof_output, deploy, royalty, settle
+from tests.support.settle_runs import SETTLER_KEY, claim_with_proof_output, deploy, royalty
 
 GENESIS_AGO_S = 86_400
 runner = CliRunner()
@@ -277,7 +278,12 @@ def test_an_epoch_pays_holders_by_time_weighted_balance_and_they_claim_with_the_
     assert {r["holder"] for r in balances if r["excluded"]} == {h4}
 
     deployed = deploy(anvil)
-    settle(lake, anvil, deployed["distributor"])
+    settled = runner.invoke(
+        app,
+        ["settle", "--lake", str(lake), "--rpc-url", anvil.url, "--distributor", deployed["distributor"], "--json"],
+        env={"ROYALTY_SETTLER_KEY": SETTLER_KEY},
+    )
+    assert settled.exit_code == 0, (settled.output, "".join(traceback.format_exception(settled.exception)))
     assert claim_with_proof_output(lake, anvil, h3, tmp_path) == paid[h3] + paid_2[h3]
     assert claim_with_proof_output(lake, anvil, h1, tmp_path) == paid[h1]
 
