@@ -1,0 +1,111 @@
+"""Wall time of token holders' balances at a block and time-weighted balances over a range, over N indexed
+Transfer rows, and of allocating one take over the holders (issue 17).
+
+Writes N synthetic `holder_transfer` rows (mints to H holders, then transfers between random holders over
+B blocks) into a new DuckLake ledger through `Ledger.append_records` (as `sync-holders` stores them, in ranges
+of `--rows-per-append`), then times `balances_at` at the last block, `holder_weights` over the last half of
+the blocks, and `allocate_by_weight` of a 10^12-micro take over the weighted holders.
+
+    python benchmarks/holders_bench.py --transfers 10000000 --holders 1000000 [--keep]
+"""
+
+import argparse
+import shutil
+import tempfile
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TypeVar
+
+import polars as pl
+import pyarrow as pa
+
+from ledger import Ledger
+from settlement.engine.allocation import allocate_by_weight
+from settlement.holders import balances_at, holder_transfer_schema, holder_weights, zero_address
+
+T = TypeVar("T")
+chain_id, token = 31337, "0x" + "7e" * 20
+
+
+def _timed(label: str, work: Callable[[], T]) -> T:
+    began = time.perf_counter()
+    result = work()
+    print(f"{label}: {time.perf_counter() - began:.2f} s", flush=True)
+    return result
+
+
+def _rows(first: int, count: int, holders: int, blocks: int, seed: int) -> pa.Table:
+    """Transfers `first..first+count-1`: the first `holders` are mints (one each), the rest move 1 unit."""
+    total_moves = max(1, count + first - holders)
+    frame = (
+        pl.DataFrame({"index": pl.int_range(first, first + count, eager=True)})
+        .with_columns(
+            mint=pl.col("index") < holders,
+            a=pl.int_range(0, count, eager=True).shuffle(seed) % holders,
+            b=pl.int_range(0, count, eager=True).shuffle(seed + 1) % holders,
+        )
+        .with_columns(
+            block_number=pl.when("mint")
+            .then(0)
+            .otherwise(1 + (pl.col("index") - holders) * (blocks - 1) // total_moves),
+            from_address=pl.when("mint")
+            .then(pl.lit(zero_address))
+            .otherwise(pl.format("0x{}", pl.col("a").cast(pl.String).str.zfill(40))),
+            to_address=pl.format("0x{}", pl.when("mint").then("index").otherwise("b").cast(pl.String).str.zfill(40)),
+            value_units=pl.when("mint").then(pl.lit("1000000000000000000000")).otherwise(pl.lit("1")),
+        )
+        .select(
+            pl.lit(chain_id, pl.Int64).alias("chain_id"),
+            pl.lit(token).alias("token"),
+            pl.col("block_number").cast(pl.Int64),
+            pl.lit("0x" + "00" * 32).alias("block_hash"),
+            pl.format("0x{}", pl.col("index").cast(pl.String).str.zfill(64)).alias("tx_hash"),
+            pl.col("index").cast(pl.Int64).alias("log_index"),
+            "from_address",
+            "to_address",
+            "value_units",
+            pl.lit(datetime.now(UTC)).dt.cast_time_unit("us").dt.convert_time_zone("UTC").alias("synced_at"),
+        )
+    )
+    return frame.to_arrow().cast(holder_transfer_schema)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--transfers", type=int, default=1_000_000)
+    parser.add_argument("--holders", type=int, default=100_000)
+    parser.add_argument("--blocks", type=int, default=100_000)
+    parser.add_argument("--rows-per-append", type=int, default=2_000_000)
+    parser.add_argument("--keep", action="store_true")
+    args = parser.parse_args()
+    folder = Path(tempfile.mkdtemp(prefix="holders-bench-"))
+    try:
+        with Ledger.open(str(folder / "lake")) as ledger:
+            began = time.perf_counter()
+            for first in range(0, args.transfers, args.rows_per_append):
+                count = min(args.rows_per_append, args.transfers - first)
+                ledger.append_records({"holder_transfer": _rows(first, count, args.holders, args.blocks, first)})
+            print(f"stored {args.transfers:,} transfers: {time.perf_counter() - began:.2f} s", flush=True)
+        with Ledger.open_read_only(str(folder / "lake")) as ledger:
+            last = args.blocks
+            balances = _timed(
+                "balances at the last block", lambda: balances_at(ledger.connection, chain_id, token, last)
+            )
+            weights = _timed(
+                "time-weighted balances over the last half",
+                lambda: holder_weights(ledger.connection, chain_id, token, last // 2, last, set()),
+            )
+            pairs = [(holder, int(weight)) for holder, weight in weights.iter_rows()]
+            _timed("allocate one take over the holders", lambda: allocate_by_weight(10**12, pairs))
+            print(f"{len(balances):,} holders with a balance, {len(pairs):,} weighted")
+    finally:
+        if args.keep:
+            print(f"kept {folder}")
+        else:
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
