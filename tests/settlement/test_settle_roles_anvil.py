@@ -253,14 +253,18 @@ def test_a_distributor_migrated_mid_history_pays_no_unit_twice_and_loses_none(an
     new = new_deployed["distributor"]
     assert (new_deployed["predecessor"], new_deployed["token"]) == (old, old_deployed["token"])
     contracts[new] = distributor_contract(chain, new)
+    idle = settle(lake, anvil, new)  # epoch 1 went to OLD: NEW starts after it
+    assert idle["outcome"] == "nothing_to_settle" and "not after epoch 1" in idle["notes"][-1]
     with Ledger.open(str(lake)) as ledger:
-        append(ledger, list(traffic.metered(40, first_index=60)), offset)
+        offset = append(ledger, list(traffic.metered(40, first_index=60)), offset)
     second = settle(lake, anvil, new)
     cumulative = {Web3.to_checksum_address(a): u for a, u in expected_units(lake).items()}
     growth = {a: u - owed_1.get(a, 0) for a, u in cumulative.items() if u > owed_1.get(a, 0)}
     assert (second["outcome"], second["epoch"]) == ("proposed", 2)
     assert (int(second["total_units"]), second["leaf_count"]) == (sum(growth.values()), len(growth))
     assert proposals(anvil, old, 2) == []
+    (migration,) = settlement_rows(lake, "settlement_migration")
+    assert (migration["epoch"], migration["predecessor"], migration["predecessor_epoch"]) == (2, old, 1)
 
     by_cli = sorted(set(owed_1) - set(early))[:1] + sorted(set(growth) & set(early))[:1]
     env = {"ROYALTY_CLAIMER_KEY": CLAIMER_KEY}
@@ -284,6 +288,16 @@ def test_a_distributor_migrated_mid_history_pays_no_unit_twice_and_loses_none(an
     for distributor, tree, account in ((old, tree_1, early[0]), (new, tree_2, sorted(growth)[0])):
         with pytest.raises(ContractCustomError):
             _claim_stored(anvil, contracts[distributor], tree, account)
+
+    with Ledger.open(str(lake)) as ledger:  # a mistake: a later epoch settled to OLD after the migration
+        append(ledger, list(traffic.metered(20, first_index=100)), offset)
+    settle(lake, anvil, old)  # its close reconciles epoch 2 as net of epoch 1's root (refused before format 11)
+    refused = _invoke(
+        "settle", "--lake", str(lake), "--rpc-url", anvil.url, "--distributor", new,
+        env={"ROYALTY_SETTLER_KEY": SETTLER_KEY},
+    )  # fmt: skip
+    assert refused.exit_code == 2 and "must get no more roots" in refused.output
+    assert proposals(anvil, new, 3) == []
 
 
 def _stored_tree(lake: Path, epoch: int) -> MerkleTree:
