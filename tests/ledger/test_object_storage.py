@@ -11,6 +11,7 @@ never echoed), an object removed behind the ledger's back (named by `verify`).
 from __future__ import annotations
 
 import json
+import logging
 import os
 import subprocess
 import threading
@@ -247,7 +248,7 @@ def test_wrong_credentials_stop_the_command_at_start_without_echoing_the_secret(
 
 
 def test_ingest_retries_through_an_object_store_outage_and_stores_each_event_once(
-    s3_environment: dict[str, str], sample: Path, tmp_path: Path
+    s3_environment: dict[str, str], sample: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     """A server of its own is stopped right after the first batch commits and started again 3 s later: the next
     appends fail (nothing committed), ingest retries the same batch, and the ledger ends with every event once."""
@@ -283,7 +284,10 @@ def test_ingest_retries_through_an_object_store_outage_and_stores_each_event_onc
                 ledger, lambda _: FileSource([str(sample)], ledger), "USDC", 100, 50, "outage", on_committed=stop_once
             )
             services.append(service)
-            service.run(until_idle_s=0.0)
+            with caplog.at_level(logging.ERROR, logger="royalty.ingest"):
+                service.run(until_idle_s=0.0)
+            failures = [r.getMessage() for r in caplog.records if "retrying the same batch" in r.getMessage()]
+            assert failures and all(m.startswith("ledger storage failing") for m in failures), failures
             assert restarted.is_set(), "the server was stopped during the ingest and started again"
             counts = ledger.connection.execute(
                 "SELECT count(*), count(DISTINCT (source, event_id)) FROM lake.main.inference_metered"
