@@ -40,6 +40,8 @@ def royalty_command(*args: str) -> list[str]:
 # component fetched with `request.getfixturevalue` is not seen here: request it by argument instead.
 integration_fixtures = frozenset({"kafka_broker", "postgres_server", "anvil", "oz_merkle", "seaweedfs"})
 integration_folders = frozenset({"integration", "faults", "soak", "contracts"})
+# Tests that measure a rate or memory over time run alone (`serial`), after the parallel part (scripts/run-tests).
+serial_folders = frozenset({"soak"})
 tests_root = Path(__file__).resolve().parent
 
 
@@ -60,6 +62,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         folder = item.path.relative_to(tests_root).parts[0]
         if folder in integration_folders or _uses_a_component(item):
             item.add_marker(pytest.mark.integration)
+        if folder in serial_folders:
+            item.add_marker(pytest.mark.serial)
 
 
 def _uses_a_component(item: pytest.Item) -> bool:
