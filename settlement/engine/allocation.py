@@ -7,6 +7,8 @@ exactly what the same total would have paid. Products use Int128: a fee sum time
 passes int64 long before a real epoch does.
 """
 
+import heapq
+
 import polars as pl
 
 from schemas.errors import InvariantViolation
@@ -68,7 +70,7 @@ def allocate_by_weight(total: int, weights: list[tuple[str, int]]) -> list[tuple
     size = abs(total)
     parts = [(recipient, *divmod(size * weight, whole)) for recipient, weight in weights]
     left = size - sum(floor for _, floor, _ in parts)
-    lucky = {recipient for recipient, _, _ in sorted(parts, key=lambda p: (-p[2], p[0]))[:left]}
+    lucky = {recipient for recipient, _, _ in heapq.nsmallest(left, parts, key=lambda p: (-p[2], p[0]))}
     sign = -1 if total < 0 else 1
     allocated = sorted((recipient, sign * (floor + (recipient in lucky))) for recipient, floor, _ in parts)
     if sum(amount for _, amount in allocated) != total:
