@@ -108,6 +108,10 @@ def main() -> None:
             result["compact_s"] = round(time.perf_counter() - started, 2)
             result["compact"] = {"merges": report.merges, "files_retired": report.files_retired}
         result["small_after"] = _measure(workdir / "small", args.repeat)
+        with Ledger.open(workdir / "small") as ledger:  # also re-reading the retired files (`--retired-files`)
+            result["small_after"]["verify_retired_files_s"] = _fastest(
+                lambda: verify(ledger, retired_files=True), args.repeat
+            )
         for key in ("close_epoch_dry_run_s", "analyst_query_s", "verify_s"):
             for when in ("before", "after"):
                 result.setdefault("ratios", {})[f"{key}_{when}"] = round(

@@ -92,7 +92,7 @@ def backup(location: LedgerLocation, target: Path) -> BackupResult:
     _sync_tree(partial)
     with _open_any_format(partial) as copy:
         snapshot_id = copy.current_snapshot()
-        report = verify(copy)
+        report = verify(copy, retired_files=True)  # the copy's retired files too: time travel reads them
     if not report.ok:
         raise BackupError(
             f"the copy at `{partial}` does not verify ({len(report.problems)} problem(s), first: "

@@ -45,7 +45,11 @@ class VerifyReport:
         return not self.problems
 
 
-def verify(ledger: Ledger) -> VerifyReport:
+def verify(ledger: Ledger, retired_files: bool = False) -> VerifyReport:
+    """Check the whole ledger. The files compactions retired are read again only with `retired_files` (time
+    travel to before a compaction reads them; a backup checks all it copied): otherwise each compaction's
+    record is checked against the catalog and its merged file's SHA-256 like any live file's, which its proof
+    was checked against before it was committed (`ledger.compaction.audit`)."""
     report = VerifyReport()
     connection = ledger.connection
     metadata = f"__ducklake_metadata_{catalog_alias}"
@@ -56,7 +60,7 @@ def verify(ledger: Ledger) -> VerifyReport:
         ).fetchall()
     }
     checksums = _recorded_checksums(ledger)
-    compactions = audit_compactions(ledger, checksums)
+    compactions = audit_compactions(ledger, checksums, retired_files)
     report.problems += compactions.problems
     report.files += compactions.files
     report.bytes_checked += compactions.bytes_checked

@@ -137,6 +137,14 @@ def verify(
             help="Only remove orphans at least this old, as an append may be in flight. [default: 86400]",
         ),
     ] = None,
+    retired_files: Annotated[
+        bool,
+        typer.Option(
+            "--retired-files",
+            help="Also re-read the files compactions retired and re-check their proofs (time travel to before a "
+            "compaction reads them).",
+        ),
+    ] = False,
 ) -> None:
     """Prove the ledger is append-only and every data file is intact; exit 1 if not."""
     from ledger import Ledger
@@ -147,7 +155,7 @@ def verify(
     settings = load_settings({"lake": lake, "data_path": data_path}, config)
     try:
         with Ledger.open_read_only(settings.lake, settings.data_path) as ledger:
-            report = verify_ledger(ledger)
+            report = verify_ledger(ledger, retired_files=retired_files)
             store = ledger.store  # a local folder or an `s3://` prefix: orphans are removed where they are
     except RoyaltyError as error:
         _fail(error)

@@ -3,17 +3,22 @@ verify that accepts only recorded retirements."""
 
 import json
 import random
+import subprocess
 from pathlib import Path
+from typing import BinaryIO
+from unittest import mock
 
 import polars as pl
 import pytest
 
 from ledger import Ledger, define_views, recorder
 from ledger.compaction import compact, live_files, snapshot_column
+from ledger.object_store import DataStore
 from ledger.verify import verify
 from settlement import close_epoch
 from settlement.ledger_io import _scan, data_files
 from settlement.reports.export import export_epoch
+from tests.conftest import royalty_command
 from tests.support.ledger_batches import append_in_batches, sample_messages
 
 _views_unchanged_by_compaction = (
@@ -198,8 +203,46 @@ def test_verify_names_a_merged_file_that_does_not_hold_the_retired_rows(tmp_path
     rows = pl.read_parquet(path)
     rows.head(rows.height - 1).write_parquet(path)  # one row lost
     with Ledger.open_read_only(tmp_path / "lake") as ledger:
-        report = verify(ledger)
-    assert any("does not match the SHA-256" in problem for problem in report.problems), report.problems
+        report = verify(ledger)  # as a live file, against the SHA-256 recorded once its proof held
+        full = verify(ledger, retired_files=True)
+    assert any(merged in problem and "bytes; the catalog recorded" in problem for problem in report.problems), (
+        report.problems
+    )
+    assert any("does not match the SHA-256" in problem for problem in full.problems), full.problems
+
+
+def test_verify_reads_retired_files_only_when_asked(tmp_path):
+    """After a compaction `verify` no longer reads the files it retired (issue 19: verify was slower after
+    compacting, re-reading them): the recorded proof covers them. `--retired-files` reads them and names one
+    changed since (time travel to before the compaction would return its rows)."""
+    with Ledger.open(tmp_path / "lake") as ledger:
+        append_in_batches(ledger, sample_messages(300), 0, 50)
+        live_before = len(live_files(ledger, "inference_metered"))
+        assert compact(ledger).merges == 1
+        (retired,) = ledger.connection.execute(
+            "SELECT path FROM lake.main.ledger_compaction_retired ORDER BY path LIMIT 1"
+        ).fetchone()
+    reads: list[str] = []
+    original_open = DataStore.open
+
+    def counted(store: DataStore, path: str) -> BinaryIO:
+        reads.append(path)
+        return original_open(store, path)
+
+    with mock.patch.object(DataStore, "open", counted), Ledger.open_read_only(tmp_path / "lake") as ledger:
+        quick = verify(ledger)
+    assert quick.ok, quick.problems
+    assert live_before > 1 and not any(retired in path for path in reads), reads
+    path = tmp_path / "lake" / "data" / retired
+    path.write_bytes(path.read_bytes()[:-8] + b"tampered")
+    with Ledger.open_read_only(tmp_path / "lake") as ledger:
+        assert verify(ledger).ok
+        full = verify(ledger, retired_files=True)
+    assert any(retired in problem and "does not match the SHA-256" in problem for problem in full.problems)
+    result = subprocess.run(
+        royalty_command("verify", "--lake", str(tmp_path / "lake"), "--retired-files"), capture_output=True, text=True
+    )
+    assert result.returncode == 1 and retired in result.stderr.replace("\n", ""), result.stdout + result.stderr
 
 
 def test_compact_command_reports_json_and_refuses_a_missing_ledger(tmp_path):
