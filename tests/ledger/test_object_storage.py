@@ -294,6 +294,15 @@ def test_ingest_retries_through_an_object_store_outage_and_stores_each_event_onc
             ).fetchone()
             assert counts == (sample_events, sample_events)
             report = verify(ledger)
+            # DuckDB's own reads of the bucket (httpfs) meeting the stopped store are the same transient error.
+            server.stop()
+            ledger._reconnect()  # a fresh connection: nothing of the files cached
+            with pytest.raises(object_store.ObjectStoreUnavailableError, match="object storage failed"):
+                ledger._retrying(
+                    lambda: ledger.connection.execute("SELECT sum(fee_micros) FROM lake.main.inference_metered")
+                    .fetchall(),
+                    "read the events",
+                )
         # An object written just before the store went away may be left as an orphan (its removal failed too):
         # not part of the ledger, and `verify --remove-orphans` deletes it.
         assert report.ok, report.problems
