@@ -11,7 +11,7 @@ from ledger.errors import (
     LedgerReadOnlyError,
     LedgerStorageError,
 )
-from ledger.ledger import AppendResult, Ledger
+from ledger.ledger import AppendResult, Ledger, retrying_contention
 from ledger.query import define_views, run_query
 
 __all__ = [
@@ -28,5 +28,6 @@ __all__ = [
     "LedgerStorageError",
     "PartitionOffsets",
     "define_views",
+    "retrying_contention",
     "run_query",
 ]

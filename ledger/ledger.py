@@ -986,6 +986,29 @@ def _catalog_lost(message: str, postgres: bool) -> bool:
     )
 
 
+def met_another_writer(error: duckdb.Error) -> bool:
+    """Whether `error` is contention with another writer (SQLite's lock, a commit conflict): nothing was done, and
+    the same read or write may be tried again."""
+    message = redact(error).lower()
+    return any(marker in message for marker in _transient_markers)
+
+
+def retrying_contention(work: Callable[[], T]) -> T:
+    """Run `work`, a read that writes nothing, again with backoff while it meets another writer (a DuckDB error
+    `met_another_writer`, or `LedgerBusyError` from an open); the last attempt's error is raised as it is."""
+    for attempt in range(constants.commit_attempts_max - 1):
+        try:
+            return work()
+        except LedgerBusyError:
+            pass
+        except duckdb.Error as error:
+            if not met_another_writer(error):
+                raise
+        delay_s = min(constants.commit_backoff_s_max, constants.commit_backoff_s_min * 2**attempt)
+        time.sleep(delay_s * (0.5 + random.random()))
+    return work()
+
+
 def ledger_error_of(error: duckdb.Error, what: str, location: str) -> LedgerError:
     """The typed error for a DuckDB error raised outside the ledger's own retries (a batch command's reads):
     contention and a lost catalog are transient (a scheduler retries), anything else is not."""

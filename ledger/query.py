@@ -8,7 +8,7 @@ import duckdb
 import pyarrow as pa
 
 from ledger.errors import QueryTimeoutError
-from ledger.ledger import Ledger
+from ledger.ledger import Ledger, retrying_contention
 from ledger.sql_policy import checked_statements
 
 # Further analyst views, by owner (e.g. the settlement's, over its tables): each a function returning CREATE
@@ -54,7 +54,7 @@ def run_query(ledger: Ledger, sql: str, timeout_s: float | None = None) -> pa.Ta
     `QueryRefusedError` (a `LedgerReadOnlyError`) names what was refused. With `timeout_s`, the whole run
     is interrupted past that many seconds (QueryTimeoutError).
     """
-    statements = checked_statements(ledger.connection, sql)
+    statements = retrying_contention(lambda: checked_statements(ledger.connection, sql))
     timer = None
     if timeout_s is not None:
         timer = threading.Timer(timeout_s, ledger.connection.interrupt)
@@ -63,10 +63,17 @@ def run_query(ledger: Ledger, sql: str, timeout_s: float | None = None) -> pa.Ta
     result: pa.Table | None = None
     try:
         for statement in statements:
-            result = ledger.connection.execute(statement).fetch_arrow_table()
+            result = _execute_retrying(ledger, statement)
     except duckdb.InterruptException:
         raise QueryTimeoutError(timeout_s or 0) from None
     finally:
         if timer is not None:
             timer.cancel()
     return result if result is not None else pa.table({})
+
+
+def _execute_retrying(ledger: Ledger, statement: str) -> pa.Table:
+    """Run one read-only statement, again while it meets another writer's commit (an analyst's query beside ingest
+    on a SQLite catalog reads the catalog while an append holds its lock). On the same connection: a fresh one
+    would not carry the analyst's lock-down and views."""
+    return retrying_contention(lambda: ledger.connection.execute(statement).fetch_arrow_table())

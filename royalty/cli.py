@@ -80,7 +80,7 @@ def sql(
     ] = None,
 ) -> None:
     """Run a read-only query against the ledger's analyst views."""
-    from ledger import Ledger, define_views, run_query
+    from ledger import Ledger, define_views, retrying_contention, run_query
     from ledger.attach import attach_statements, epoch_snapshot
     from ledger.sql_policy import lock_down, lock_down_statements
     from settlement.use_cases.ledger_setup import register_with_ledger
@@ -100,15 +100,22 @@ def sql(
         if as_of_epoch is not None:
             with Ledger.open_read_only(catalog, settings.data_path) as ledger:
                 snapshot = epoch_snapshot(ledger, as_of_epoch)
-        with Ledger.open_read_only(catalog, settings.data_path, snapshot_version=snapshot) as ledger:
-            if print_attach:
+        if print_attach:
+            with Ledger.open_read_only(catalog, settings.data_path, snapshot_version=snapshot) as ledger:
                 limits = (ledger.location.data_path, settings.query_memory_mb_max, settings.query_threads_max)
                 statements = [*attach_statements(ledger, snapshot), *lock_down_statements(*limits)]
                 stdout.file.write("\n".join(statements) + "\n")
                 return
-            define_views(ledger)
-            lock_down(ledger, settings.query_memory_mb_max, settings.query_threads_max)
-            result = run_query(ledger, query, settings.query_s_max)
+
+        def query_once():
+            with Ledger.open_read_only(catalog, settings.data_path, snapshot_version=snapshot) as ledger:
+                define_views(ledger)
+                lock_down(ledger, settings.query_memory_mb_max, settings.query_threads_max)
+                return run_query(ledger, query, settings.query_s_max)
+
+        # Opening, defining the views and locking down read the catalog too: beside a writer on a SQLite catalog
+        # each may meet its lock, and is tried again on a fresh connection.
+        result = retrying_contention(query_once)
     except RoyaltyError as error:
         _fail(error)
     except Exception as error:  # DuckDB's own errors: a typo in the query is not a crash.
