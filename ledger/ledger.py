@@ -867,18 +867,23 @@ class Ledger:
 
     def _retried(self, work, what: str, other_error: Callable[[duckdb.Error], BaseException]):
         last_error = ""
+        reconnected = False
         for attempt in range(constants.commit_attempts_max):
             try:
                 return work()
             except duckdb.Error as error:
                 message = redact(error).lower()
                 stale_cache = any(marker in message for marker in _stale_cache_markers)
-                if not stale_cache and not any(marker in message for marker in _transient_markers):
+                # Met again on a fresh connection, the name map is missing from the catalog itself: not a cache.
+                if (stale_cache and reconnected) or (
+                    not stale_cache and not any(marker in message for marker in _transient_markers)
+                ):
                     raise other_error(error) from error
                 last_error = redact(error).splitlines()[0]
                 if stale_cache:
                     log.info("ledger catalog cache stale; reconnecting", extra={"what": what, "error": last_error})
                     self._reconnect()
+                    reconnected = True
                     continue
                 delay_s = min(constants.commit_backoff_s_max, constants.commit_backoff_s_min * 2**attempt)
                 log.debug("ledger busy, retrying", extra={"attempt": attempt, "error": last_error})

@@ -62,16 +62,26 @@ def test_an_append_meeting_a_stale_name_map_cache_commits_once_on_a_fresh_connec
     assert seen[0] is not seen[1]
 
 
-def test_other_read_errors_are_raised_unchanged_and_a_cache_that_stays_stale_is_busy(tmp_path):
+def test_other_read_errors_are_raised_unchanged_and_a_map_missing_on_a_fresh_connection_too_is_not_retried(tmp_path):
+    """A name map a fresh connection cannot find either is missing from the catalog (seen once in CI with two
+    writers on a fresh PostgreSQL catalog): raised at once, not retried as if busy (ingest then exits 2)."""
+    from ledger import LedgerError
+
     with Ledger.open(tmp_path / "lake") as ledger:
         with pytest.raises(duckdb.CatalogException):
             ledger.reading(lambda: ledger.connection.execute("SELECT * FROM lake.main.no_such_table"), "read")
+        calls = []
 
         def always_stale():
+            calls.append(ledger.connection)
             raise duckdb.InvalidInputException(_stale)
 
-        with pytest.raises(LedgerBusyError, match="Unknown name map id 45"):
+        with pytest.raises(duckdb.InvalidInputException, match="Unknown name map id 45"):
             ledger.reading(always_stale, "read")
+        assert len(calls) == 2 and calls[0] is not calls[1]
+        with pytest.raises(LedgerError, match="Unknown name map id 45") as raised:
+            ledger._retrying(always_stale, "append")
+        assert not isinstance(raised.value, LedgerBusyError) and not raised.value.transient
 
 
 def test_close_epoch_plans_again_after_a_stale_cache(tmp_path, monkeypatch):
