@@ -136,6 +136,16 @@ def _know_migrated_distributors(connection: duckdb.DuckDBPyConnection) -> None:
     10 must not settle such a ledger (its reconciliation would flag every migrated epoch)."""
 
 
+
+def _carry_holder_dust(connection: duckdb.DuckDBPyConnection) -> None:
+    """Format 12 carries token holders' sub-threshold parts forward (`holder_dust_units_min`): table
+    settlement_holder_dust (created on first use, declared by settlement.holders) and the column
+    settlement_epoch_blocks.dust_units_min (NULL in rows stored before: those epochs carried nothing, the threshold
+    was 0). An epoch that pays holders is published under settlement-v3, with the holders' weights and dust."""
+    if "settlement_epoch_blocks" in ledger_tables(connection):
+        add_column_if_missing(connection, "settlement_epoch_blocks", "dust_units_min", "BIGINT")
+
+
 format_steps: list[FormatStep] = [
     FormatStep(2, "record the ledger format version (table ledger_format)", _record_format_only),
     FormatStep(3, "record a digest of each transaction's inlined rows (table inlined_digest)", _record_inlined_digests),
@@ -184,6 +194,12 @@ format_steps: list[FormatStep] = [
         "know migrated distributors: table settlement_migration (created on first use); root_vs_payables subtracts "
         "the predecessor's last root from a migrated epoch's payables",
         _know_migrated_distributors,
+    ),
+    FormatStep(
+        12,
+        "carry token holders' dust: table settlement_holder_dust (created on first use) and column "
+        "settlement_epoch_blocks.dust_units_min (NULL before: no dust carried)",
+        _carry_holder_dust,
     ),
 ]
 

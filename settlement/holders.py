@@ -32,6 +32,7 @@ from settlement.views import view_statements
 holder_transfer_table = "holder_transfer"
 holder_sync_table = "holder_sync"
 epoch_blocks_table = "settlement_epoch_blocks"
+holder_dust_table = "settlement_holder_dust"
 
 zero_address = "0x" + "00" * 20
 # A transfer's value is stored as text and summed as HUGEINT (signed 128 bits): a larger value is refused,
@@ -77,6 +78,17 @@ epoch_blocks_schema = _schema(
     # The addresses never paid as holders in this epoch besides the zero address and the token (lowercase,
     # sorted, comma-separated): a re-plan of the epoch (bundle, audit) uses these, not today's settings.
     ("excluded", _s, False),
+    # The `holder_dust_units_min` the epoch applied (ledger format 12; NULL before: 0, no dust carried).
+    ("dust_units_min", _i, True),
+)
+# A holder's sub-threshold part carried forward (`holder_dust_units_min`): one row per epoch, token and holder
+# whose carried amount that epoch changed, with what is carried after it (0 once paid out). The carried total of a
+# token is the balance of the posting account `holders-dust:<token>` (settlement.engine.accounts).
+holder_dust_schema = _schema(
+    ("epoch", _i, False),
+    ("token", _s, False),  # checksummed
+    ("holder", _s, False),  # checksummed
+    ("carried_micros", _i, False),  # carried for the holder after this epoch
 )
 
 
@@ -87,10 +99,8 @@ def register() -> None:
     register_table(holder_transfer_table, holder_transfer_schema, inlined=False)
     register_table(holder_sync_table, holder_sync_schema, inlined=True)
     register_table(epoch_blocks_table, epoch_blocks_schema, inlined=True)
+    register_table(holder_dust_table, holder_dust_schema, inlined=False)
     register_views("settlement.holders", lambda: view_statements("settlement", "holder_views.sql"))
-
-
-register()
 
 
 @dataclass(frozen=True)
@@ -196,9 +206,16 @@ def last_epoch_blocks(connection: duckdb.DuckDBPyConnection) -> tuple[int, int] 
 
 
 def epoch_blocks_row(
-    epoch: int, chain_id: int, from_block: int, to_block: int, to_block_time: datetime, excluded: list[str]
+    epoch: int,
+    chain_id: int,
+    from_block: int,
+    to_block: int,
+    to_block_time: datetime,
+    excluded: list[str],
+    dust_units_min: int = 0,
 ) -> pa.Table:
-    """The `settlement_epoch_blocks` row of an epoch that weighted holders over `from_block..to_block`."""
+    """The `settlement_epoch_blocks` row of an epoch that weighted holders over `from_block..to_block` and carried
+    parts below `dust_units_min` forward."""
     return pa.Table.from_pylist(
         [
             {
@@ -208,6 +225,7 @@ def epoch_blocks_row(
                 "to_block": to_block,
                 "to_block_time": to_block_time,
                 "excluded": ",".join(excluded),
+                "dust_units_min": dust_units_min,
             }
         ],
         schema=epoch_blocks_schema,
