@@ -146,6 +146,17 @@ def _carry_holder_dust(connection: duckdb.DuckDBPyConnection) -> None:
         add_column_if_missing(connection, "settlement_epoch_blocks", "dust_units_min", "BIGINT")
 
 
+def _roll_up_metered_events(connection: duckdb.DuckDBPyConnection) -> None:
+    """Format 13 rolls metered events up as they are appended: table metered_rollup (per append, exact fee sums,
+    counts and event-time bounds per model, compute provider, payer, source and event hour), which close-epoch may
+    read instead of the events. A ledger migrated here gets the table empty: its events appended before close from
+    the events (the rollup path is used only for snapshot ranges whose every append wrote rollups)."""
+    from ledger.tables import create_statements, rollup_table
+
+    for statement in create_statements(catalog_alias, [rollup_table]):
+        connection.execute(statement)
+
+
 format_steps: list[FormatStep] = [
     FormatStep(2, "record the ledger format version (table ledger_format)", _record_format_only),
     FormatStep(3, "record a digest of each transaction's inlined rows (table inlined_digest)", _record_inlined_digests),
@@ -200,6 +211,12 @@ format_steps: list[FormatStep] = [
         "carry token holders' dust: table settlement_holder_dust (created on first use) and column "
         "settlement_epoch_blocks.dust_units_min (NULL before: no dust carried)",
         _carry_holder_dust,
+    ),
+    FormatStep(
+        13,
+        "roll metered events up at append: table metered_rollup (fee sums, counts and event-time bounds per model, "
+        "provider, payer, source and event hour; empty for the events appended before)",
+        _roll_up_metered_events,
     ),
 ]
 
