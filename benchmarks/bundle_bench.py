@@ -22,6 +22,7 @@ from ledger import Ledger
 from settlement.reports.audit import audit_bundle, verify_receipt
 from settlement.reports.bundle import epoch_manifest, publish_epoch
 from settlement.reports.receipts import payer_receipt
+from settlement.use_cases.ledger_setup import register_with_ledger
 
 T = TypeVar("T")
 
@@ -34,6 +35,7 @@ def _timed(label: str, work: Callable[[], T]) -> T:
 
 
 def main() -> None:
+    register_with_ledger()  # the settlement's tables and views, as every entry point declares them
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--events", type=int, default=1_000_000)
     parser.add_argument("--models", type=int, default=1_000)

@@ -24,6 +24,7 @@ import pyarrow as pa
 from ledger import Ledger
 from settlement.engine.allocation import allocate_by_weight
 from settlement.holders import balances_at, holder_transfer_schema, holder_weights, zero_address
+from settlement.use_cases.ledger_setup import register_with_ledger
 
 T = TypeVar("T")
 chain_id, token = 31337, "0x" + "7e" * 20
@@ -73,6 +74,7 @@ def _rows(first: int, count: int, holders: int, blocks: int, seed: int) -> pa.Ta
 
 
 def main() -> None:
+    register_with_ledger()  # the settlement's tables and views, as every entry point declares them
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--transfers", type=int, default=1_000_000)
     parser.add_argument("--holders", type=int, default=100_000)

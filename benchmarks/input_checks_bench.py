@@ -43,6 +43,7 @@ from settlement.input_checks import (  # noqa: E402
 from settlement.ledger_io import plan_from_ledger, read_prior  # noqa: E402
 from settlement.onchain.payout_tree import build_epoch_tree  # noqa: E402
 from settlement.onchain.settle import _payables, write_tree  # noqa: E402
+from settlement.use_cases.ledger_setup import register_with_ledger  # noqa: E402
 
 batch_events = 100_000
 
@@ -103,6 +104,7 @@ def _measure(ledger: Ledger, label: str, repeat: int) -> None:
 
 
 def main() -> None:
+    register_with_ledger()  # the settlement's tables and views, as every entry point declares them
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--events", type=int, default=1_000_000)
     parser.add_argument("--reversals", type=int, default=200)

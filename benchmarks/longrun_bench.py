@@ -27,6 +27,7 @@ from ledger.compaction import compact, live_files
 from ledger.verify import verify
 from schemas import BatchDecoder
 from settlement import close_epoch
+from settlement.use_cases.ledger_setup import register_with_ledger
 
 analyst_query = "SELECT model_id, sum(fee_micros) AS fee_micros FROM inference_events GROUP BY ALL ORDER BY ALL"
 
@@ -74,6 +75,7 @@ def _append_all(lake: Path, batches: list) -> list[float]:
 
 
 def main() -> None:
+    register_with_ledger()  # the settlement's tables and views, as every entry point declares them
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--appends", type=int, default=2_000, help="small appends")
     parser.add_argument("--events-per-append", type=int, default=200)

@@ -23,6 +23,7 @@ from ledger import IngestBatch, Ledger, PartitionOffsets, recorder
 from schemas import BatchDecoder
 from settlement import InputChecks, close_epoch
 from settlement.engine.reference_sql import reference_payables
+from settlement.use_cases.ledger_setup import register_with_ledger
 
 start = datetime(2026, 11, 23, tzinfo=UTC)
 files_events_max = 5_000_000  # one Parquet file per this many events, like several ingest appends
@@ -120,6 +121,7 @@ def events_file(path: Path, first: int, count: int, models: int) -> None:
 
 
 def main() -> None:
+    register_with_ledger()  # the settlement's tables and views, as every entry point declares them
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--events", type=int, default=1_000_000)
     parser.add_argument("--models", type=int, default=1_000)

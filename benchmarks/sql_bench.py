@@ -20,6 +20,7 @@ from split_bench import events_file, files_events_max, registry
 from ledger import IngestBatch, Ledger, PartitionOffsets, define_views, run_query
 from schemas import BatchDecoder
 from settlement import InputChecks, close_epoch
+from settlement.use_cases.ledger_setup import register_with_ledger
 
 queries = {
     "revenue by model and day": """
@@ -78,6 +79,7 @@ def timed(lake: Path, sql: str) -> tuple[float, int]:
 
 
 def main() -> None:
+    register_with_ledger()  # the settlement's tables and views, as every entry point declares them
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--events", type=int, default=1_000_000)
     parser.add_argument("--models", type=int, default=1_000)

@@ -39,7 +39,11 @@ def table(name: str, snapshot: int | None = None) -> str:
     With `snapshot`, the table as of that snapshot (DuckLake's time travel). Registered tables only:
     the ledger's own, and those declared with `ledger.tables.register_table` (the settlement's).
     """
-    require(name in all_tables, f"`{name}` is a registered ledger table")
+    require(
+        name in all_tables,
+        f"`{name}` is a registered ledger table (a package's tables are declared by its entry point before use: the "
+        "settlement's by `register_with_ledger`)",
+    )
     qualified = f"{catalog_alias}.main.{name}"
     return qualified if snapshot is None else f"{qualified} AT (VERSION => {int(snapshot)})"
 

@@ -83,9 +83,6 @@ def sql(
     from ledger import Ledger, define_views, retrying_contention, run_query
     from ledger.attach import attach_statements, epoch_snapshot
     from ledger.sql_policy import lock_down, lock_down_statements
-    from settlement.use_cases.ledger_setup import register_with_ledger
-
-    register_with_ledger()  # the settlement's analyst views, defined after the ledger's
     if output_format not in output_formats:
         _fail(ValueError(f"--format must be one of {', '.join(output_formats)}, not `{output_format}`"))
     if as_of_snapshot is not None and as_of_epoch is not None:
@@ -622,8 +619,10 @@ def demo(
 ) -> None:
     """The main job on embedded defaults: broker, sample traffic, ingest, close the epoch, summary."""
     from royalty.demo import render_demo, run_demo
+    from settlement.use_cases.ledger_setup import register_with_ledger
 
     configure_logging("auto", level=30)
+    register_with_ledger()  # the demo loads no settings: the settlement's tables and views, declared here
     try:
         result = run_demo(workdir, events, kafka, rpc_url, stderr, force=force)
     except RoyaltyError as error:

@@ -55,9 +55,19 @@ def load_settings(flags: dict[str, Any] | None = None, config_path: str | None =
     from royalty.config import load_settings as load
 
     settings = load(flags, config_path)
+    _declare_settlement_with_ledger()
     if (settings.data_path or "").startswith("s3://"):
         _configure_object_storage(settings)
     return settings
+
+
+def _declare_settlement_with_ledger() -> None:
+    """Every command loads its settings before it opens a ledger: the settlement's tables and views are declared
+    with the ledger here, explicitly (importing a settlement module declares nothing), so `verify` and `backup` check
+    the settlement's inlined tables too. Here rather than at start-up: a command's `--help` imports no Arrow."""
+    from settlement.use_cases.ledger_setup import register_with_ledger
+
+    register_with_ledger()
 
 
 def _configure_object_storage(settings: Settings) -> None:

@@ -11,7 +11,6 @@ Sub-packages, lowest first (tests/test_import_direction.py enforces it):
 - `settlement.use_cases`: one module per verb the CLI runs.
 """
 
-from settlement import tables as _tables  # noqa: F401  (declares the settlement's ledger tables)
 from settlement.closing import EpochSummary, close_epoch, closed_by_another_message
 from settlement.engine import AmountOverflowError, EpochConflictError, EpochPlan, plan_epoch
 from settlement.exceptions import SettlementError, UnreconciledLedgerError, UnverifiedInputError

@@ -74,12 +74,17 @@ epoch_registry_schema = _schema(
     ("block_time", timestamp_type, False),
 )
 
-for _name, _table_schema in (
-    (registry_event_table, registry_event_schema),
-    (registry_sync_table, registry_sync_schema),
-    (epoch_registry_table, epoch_registry_schema),
-):
-    register_table(_name, _table_schema, inlined=True)
+
+
+def register() -> None:
+    """Declare the registry's tables (inlined: a few rows per sync), which the ledger creates on a writer's next open
+    or append."""
+    for name, schema in (
+        (registry_event_table, registry_event_schema),
+        (registry_sync_table, registry_sync_schema),
+        (epoch_registry_table, epoch_registry_schema),
+    ):
+        register_table(name, schema, inlined=True)
 
 
 @dataclass(frozen=True)

@@ -89,6 +89,3 @@ def register() -> None:
     for name, (schema, inlined) in settlement_tables.items():
         register_table(name, schema, inlined=inlined)
     register_views("settlement", settlement_view_statements)
-
-
-register()

@@ -23,6 +23,15 @@ settings.load_profile("ci" if os.environ.get("CI") == "true" else "default")
 repo_root = Path(__file__).resolve().parent.parent
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _settlement_declared_with_the_ledger() -> None:
+    """The settlement's tables and views, declared once for the session as every entry point does (importing a
+    settlement module declares nothing: tests/settlement/test_registration.py)."""
+    from settlement.use_cases.ledger_setup import register_with_ledger
+
+    register_with_ledger()
+
+
 @pytest.fixture
 def lake_dir(tmp_path: Path) -> Path:
     """A fresh folder for an embedded ledger."""

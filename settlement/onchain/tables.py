@@ -137,6 +137,3 @@ def register() -> None:
 def chain_view_statements() -> list[str]:
     """The chain side's views: settlements, payout leaves, claims, chain checks, reconciliation."""
     return view_statements("settlement.onchain")
-
-
-register()
