@@ -433,6 +433,7 @@ def _settle(
 ) -> SettlementResult:
     step = progress or (lambda name, done, total: None)
     step(_steps[0], 0, len(_steps))
+    refuse_migrated_from(ledger, chain, distributor)
     predecessor = read_predecessor(ledger, chain, distributor)
     if dry_run:
         tree, closed, notes = _dry_run_tree(ledger, checks, rules, predecessor), None, ()
@@ -569,6 +570,39 @@ def read_predecessor(ledger: Ledger, chain: Chain, distributor: Contract) -> Pre
     tree = stored.tree
     owed = {account: tree.amount_units(account) for account in map(tree.account_at, range(len(tree)))}
     return Predecessor(address, epoch, owed)
+
+
+def refuse_migrated_from(ledger: Ledger, chain: Chain, distributor: Contract) -> None:
+    """Refuse (ChainConfigError) a settle to a distributor this ledger has migrated from: its leaves would be whole
+    cumulative amounts, and every unit already owed by its successor would be claimable twice."""
+    connection = ledger.connection
+    if "settlement_migration" not in recorder.existing_tables(connection):
+        return
+    row = connection.execute(
+        f"""SELECT epoch, predecessor_epoch FROM {recorder.table('settlement_migration')}
+            WHERE lower(predecessor) = lower(?) ORDER BY epoch LIMIT 1""",
+        [distributor.address],
+    ).fetchone()
+    if row is None:
+        return
+    epoch, predecessor_epoch = int(row[0]), int(row[1])
+    tables = recorder.existing_tables(connection)
+    successors = [
+        str(record["contract"])
+        for table in ("settlement_record", "settlement_intent")
+        if table in tables
+        for record in _frame(
+            connection, f"SELECT contract FROM {recorder.table(table)} WHERE epoch = ? AND chain_id = ?",
+            [epoch, chain.chain_id],
+        ).to_dicts()
+    ]  # fmt: skip
+    successor = successors[0] if successors else f"the distributor epoch {epoch}'s net tree was written for"
+    raise ChainConfigError(
+        f"this ledger migrated from {distributor.address} to {successor} after epoch {predecessor_epoch} (`royalty "
+        f"deploy --migrate-from`): the old distributor gets no more roots. Settle to {successor} instead (pass "
+        "--distributor); the old one keeps paying what its last root owes. Nothing was written or sent",
+        "distributor",
+    )
 
 
 def _write_batch(

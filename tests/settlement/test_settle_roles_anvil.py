@@ -291,13 +291,101 @@ def test_a_distributor_migrated_mid_history_pays_no_unit_twice_and_loses_none(an
 
     with Ledger.open(str(lake)) as ledger:  # a mistake: a later epoch settled to OLD after the migration
         append(ledger, list(traffic.metered(20, first_index=100)), offset)
-    settle(lake, anvil, old)  # its close reconciles epoch 2 as net of epoch 1's root (refused before format 11)
-    refused = _invoke(
-        "settle", "--lake", str(lake), "--rpc-url", anvil.url, "--distributor", new,
-        env={"ROYALTY_SETTLER_KEY": SETTLER_KEY},
-    )  # fmt: skip
+    settler_env = {"ROYALTY_SETTLER_KEY": SETTLER_KEY}
+    to_old = _invoke("settle", "--lake", str(lake), "--rpc-url", anvil.url, "--distributor", old, env=settler_env)
+    assert to_old.exit_code == 2, to_old.output  # before the fix: proposed, whole leaves, paid twice
+    assert f"this ledger migrated from {old} to {new} after epoch 1" in to_old.output
+    assert f"Settle to {new} instead" in to_old.output and "Nothing was written or sent" in to_old.output
+    assert proposals(anvil, old, 3) == [] and len(settlement_rows(lake, "settlement_root")) == 2
+    closed = _invoke("close-epoch", "--lake", str(lake), env={})  # reconciles epoch 2 as net of epoch 1's root
+    assert closed.exit_code == 0, closed.output
+
+    # OLD's own settler key (outside royalty) proposes to it anyway: the migrated distributor stops settling.
+    settler = chain.w3.eth.account.from_key(SETTLER_KEY).address
+    stray = contracts[old].functions.proposeRoot(3, b"\x07" * 32, sum(owed_1.values()), b"\x00" * 32)
+    anvil.w3.eth.wait_for_transaction_receipt(stray.transact({"from": settler}))
+    refused = _invoke("settle", "--lake", str(lake), "--rpc-url", anvil.url, "--distributor", new, env=settler_env)
     assert refused.exit_code == 2 and "must get no more roots" in refused.output
     assert proposals(anvil, new, 3) == []
+
+
+@pytest.fixture(scope="module")
+def migrated(anvil: Anvil, tmp_path_factory: pytest.TempPathFactory) -> dict:  # noqa: F811
+    """OLD settled epoch 1 from ledger `lake` (nothing claimed), then NEW deployed with `--migrate-from OLD`."""
+    lake = tmp_path_factory.mktemp("migrated") / "lake"
+    traffic, offset = new_lake(lake, 40)
+    old = deploy(anvil)["distributor"]
+    settle(lake, anvil, old)
+    new = royalty(
+        "deploy", "--rpc-url", anvil.url, "--timelock-seconds", "0", "--mint-units", str(MINT_UNITS),
+        "--migrate-from", old,
+    )["distributor"]  # fmt: skip
+    return {"lake": lake, "traffic": traffic, "offset": offset, "old": old, "new": new}
+
+
+def _settle_refused(node: Anvil, lake: Path, distributor: str) -> str:
+    """`royalty settle` to `distributor`, which must exit 2 having sent nothing to it; its output."""
+    refused = _invoke(
+        "settle", "--lake", str(lake), "--rpc-url", node.url, "--distributor", distributor,
+        env={"ROYALTY_SETTLER_KEY": SETTLER_KEY},
+    )  # fmt: skip
+    assert refused.exit_code == 2, refused.output
+    assert "Nothing was written or sent" in refused.output
+    contract = distributor_contract(connect(node.url, None), distributor)
+    assert contract.functions.latestEpoch().call() == contract.functions.predecessorEpoch().call()
+    return refused.output
+
+
+def test_a_migrated_distributor_refuses_a_ledger_without_the_old_tree(
+    anvil: Anvil,  # noqa: F811
+    migrated: dict,
+    tmp_path: Path,
+) -> None:
+    """A ledger that never settled OLD's epoch 1 cannot know what OLD still owes each address: settling it to NEW
+    exits 2 naming the epoch and OLD's root, before closing anything."""
+    lake = tmp_path / "lake"
+    new_lake(lake, 30, seed=5)
+    output = _settle_refused(anvil, lake, migrated["new"])
+    assert "the ledger holds no tree for epoch 1 with the root" in output and migrated["old"] in output
+    assert settlement_rows(lake, "settlement_epoch") == []
+
+
+def test_a_migrated_distributor_refuses_a_ledger_whose_old_root_differs(
+    anvil: Anvil,  # noqa: F811
+    migrated: dict,
+    tmp_path: Path,
+) -> None:
+    """Another ledger settled its own epoch 1 (to another distributor): its tree is not the one OLD holds, so the
+    net leaves would be wrong; settling it to NEW exits 2 naming OLD's root."""
+    lake = tmp_path / "lake"
+    new_lake(lake, 40, seed=7)
+    settle(lake, anvil, deploy(anvil)["distributor"])
+    old_root = distributor_contract(connect(anvil.url, None), migrated["old"]).functions.activeRoot().call()[1]
+    assert _stored_tree(lake, 1).root_hex != Web3.to_hex(old_root)
+    output = _settle_refused(anvil, lake, migrated["new"])
+    assert f"with the root {Web3.to_hex(old_root)} that {migrated['old']}" in output
+    assert len(settlement_rows(lake, "settlement_epoch")) == 1
+
+
+def test_a_migrated_distributor_refuses_a_tree_of_whole_leaves(anvil: Anvil, migrated: dict, tmp_path: Path) -> None:  # noqa: F811
+    """Epoch 2's tree was written for OLD (a Safe batch its signers never executed), so its leaves are whole
+    cumulative amounts: proposing it to NEW would pay epoch 1 twice. Settling to NEW exits 2 saying so."""
+    lake, old = migrated["lake"], migrated["old"]
+    with Ledger.open(str(lake)) as ledger:
+        append(ledger, list(migrated["traffic"].metered(20, first_index=40)), migrated["offset"])
+    safe = anvil.w3.eth.accounts[8]
+    contract = distributor_contract(connect(anvil.url, None), old)
+    admin = anvil.w3.eth.account.from_key(SETTLER_KEY).address
+    grant = contract.functions.grantRole(contract.functions.SETTLER_ROLE().call(), safe).transact({"from": admin})
+    anvil.w3.eth.wait_for_transaction_receipt(grant)
+    batch = royalty(
+        "settle", "--lake", str(lake), "--rpc-url", anvil.url, "--distributor", old, "--via", "safe", "--safe", safe,
+        "--safe-batch-dir", str(tmp_path / "batches"),
+    )  # fmt: skip
+    assert (batch["outcome"], batch["epoch"]) == ("safe_batch", 2)
+    output = _settle_refused(anvil, lake, migrated["new"])
+    assert "epoch 2's tree in the ledger holds whole cumulative leaves" in output
+    assert proposals(anvil, old, 2) == [] and settlement_rows(lake, "settlement_migration") == []
 
 
 def _stored_tree(lake: Path, epoch: int) -> MerkleTree:
