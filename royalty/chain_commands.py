@@ -6,8 +6,9 @@ for a key, and no command prints one.
 """
 
 import json
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
 from rich.table import Table
@@ -31,6 +32,8 @@ from schemas.errors import RoyaltyError
 
 if TYPE_CHECKING:
     from royalty.config import Settings  # imported on first use (royalty.common.load_settings)
+
+T = TypeVar("T")
 
 RpcOption = Annotated[
     str | None,
@@ -522,33 +525,19 @@ def sync_holders_command(
     Reads from where the previous run stopped; a rerun never stores a transfer twice. Each range is checked
     against the token's balanceOf for a sample of holders: a rebasing or fee-on-transfer token is refused.
     """
-    from rich.progress import Progress
-
-    from ledger import Ledger
-    from settlement.onchain import ChainConfigError, connect
     from settlement.use_cases.sync_holders import holder_token_contract, sync_holders
 
     settings = load_settings(
         {"lake": lake, "data_path": data_path, "rpc_url": rpc_url, "confirmations": confirmations}, config
     )
-    require_ledger(settings.lake, settings.data_path)
-    try:
-        if settings.rpc_url is None:
-            raise ChainConfigError("token transfers are read from a live chain: pass --rpc-url", "rpc_url")
-        with Ledger.open(settings.lake, settings.data_path, create=False) as ledger:
-            chain = connect(settings.rpc_url, None, settings.confirmations, settings.confirm_timeout_s)
-            contract = holder_token_contract(chain, token)
-            with Progress(console=stderr, transient=True) as bar:
-                task = bar.add_task("reading Transfer events", total=None)
-                result = sync_holders(
-                    ledger,
-                    chain,
-                    contract,
-                    lambda done, total: bar.update(task, completed=done, total=total),
-                    from_block=from_block,
-                )
-    except RoyaltyError as error:
-        _fail(error)
+    result = sync_from_chain(
+        settings,
+        "token transfers",
+        "Transfer events",
+        lambda chain: holder_token_contract(chain, token),
+        sync_holders,
+        from_block,
+    )
     if output_json:
         _print_json(vars(result))
         return
@@ -558,6 +547,42 @@ def sync_holders_command(
         highlight=False,
         soft_wrap=True,
     )
+
+
+def sync_from_chain(
+    settings: "Settings",
+    what: str,
+    events: str,
+    contract_of: Callable[[Any], Any],
+    sync: Callable[..., T],
+    from_block: int | None,
+) -> T:
+    """The body of a `sync-*` command: on the ledger (which must exist) and a read-only chain client, `sync(ledger,
+    chain, contract_of(chain), progress, from_block=...)` with a progress bar of the `events` read; a `RoyaltyError`
+    ends the command. `what` names what is read, for the refusal without `--rpc-url`."""
+    from rich.progress import Progress
+
+    from ledger import Ledger
+    from settlement.onchain import ChainConfigError, connect
+
+    require_ledger(settings.lake, settings.data_path)
+    try:
+        if settings.rpc_url is None:
+            raise ChainConfigError(f"{what} are read from a live chain: pass --rpc-url", "rpc_url")
+        with Ledger.open(settings.lake, settings.data_path, create=False) as ledger:
+            chain = connect(settings.rpc_url, None, settings.confirmations, settings.confirm_timeout_s)
+            contract = contract_of(chain)
+            with Progress(console=stderr, transient=True) as bar:
+                task = bar.add_task(f"reading {events}", total=None)
+                return sync(
+                    ledger,
+                    chain,
+                    contract,
+                    lambda done, total: bar.update(task, completed=done, total=total),
+                    from_block=from_block,
+                )
+    except RoyaltyError as error:
+        _fail(error)
 
 
 def register(app: typer.Typer) -> None:

@@ -13,15 +13,13 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from royalty.chain_commands import FromBlockOption, JsonOption, RpcOption, _chain, _print_json
+from royalty.chain_commands import FromBlockOption, JsonOption, RpcOption, _chain, _print_json, sync_from_chain
 from royalty.common import (
     ConfigOption,
     DataPathOption,
     LakeOption,
     check_payout_address,
     load_settings,
-    require_ledger,
-    stderr,
     stdout,
 )
 from royalty.common import fail as _fail
@@ -236,10 +234,6 @@ def sync_registry_command(
     Reads from where the previous run stopped; a rerun never stores an event twice. In on-chain mode an epoch
     settles with the registry as of the last block stored here.
     """
-    from rich.progress import Progress
-
-    from ledger import Ledger
-    from settlement.onchain import ChainConfigError, connect
     from settlement.use_cases.sync_registry import sync_registry
 
     settings = load_settings(
@@ -253,24 +247,14 @@ def sync_registry_command(
         },
         config,
     )
-    require_ledger(settings.lake, settings.data_path)
-    try:
-        if settings.rpc_url is None:
-            raise ChainConfigError("the registry is read from a live chain: pass --rpc-url", "rpc_url")
-        with Ledger.open(settings.lake, settings.data_path, create=False) as ledger:
-            chain = connect(settings.rpc_url, None, settings.confirmations, settings.confirm_timeout_s)
-            contract = _registry(settings, chain)
-            with Progress(console=stderr, transient=True) as bar:
-                task = bar.add_task("reading registry events", total=None)
-                result = sync_registry(
-                    ledger,
-                    chain,
-                    contract,
-                    lambda done, total: bar.update(task, completed=done, total=total),
-                    from_block=settings.registry_from_block,
-                )
-    except RoyaltyError as error:
-        _fail(error)
+    result = sync_from_chain(
+        settings,
+        "the registry's events",
+        "registry events",
+        lambda chain: _registry(settings, chain),
+        sync_registry,
+        settings.registry_from_block,
+    )
     if output_json:
         _print_json(vars(result))
         return

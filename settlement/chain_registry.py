@@ -29,6 +29,7 @@ from eth_utils import to_checksum_address
 from ledger import recorder
 from ledger.tables import register_table
 from schemas.arrow import timestamp_type
+from settlement.tables import chain_sync_schema, table_schema
 
 registry_event_table = "registry_event"
 registry_sync_table = "registry_sync"
@@ -38,11 +39,7 @@ _s, _i = pa.string(), pa.int64()
 _address = re.compile(r"0x[0-9a-fA-F]{40}")
 
 
-def _schema(*fields: tuple[str, pa.DataType, bool]) -> pa.Schema:
-    return pa.schema([pa.field(name, kind, nullable=nullable) for name, kind, nullable in fields])
-
-
-registry_event_schema = _schema(
+registry_event_schema = table_schema(
     ("chain_id", _i, False),
     ("contract", _s, False),
     ("block_number", _i, False),
@@ -55,17 +52,8 @@ registry_event_schema = _schema(
     ("detail", _s, False),  # the event's arguments in the ledger's names, canonical JSON
     ("synced_at", timestamp_type, False),
 )
-registry_sync_schema = _schema(
-    ("chain_id", _i, False),
-    ("contract", _s, False),
-    ("from_block", _i, False),
-    ("to_block", _i, False),
-    ("to_block_hash", _s, False),  # checked by the next run: a deeper reorganisation stops it
-    ("to_block_time", timestamp_type, False),  # close-epoch compares it with the epoch's latest event time
-    ("events", _i, False),
-    ("synced_at", timestamp_type, False),
-)
-epoch_registry_schema = _schema(
+registry_sync_schema = chain_sync_schema("contract", "events")
+epoch_registry_schema = table_schema(
     ("epoch", _i, False),
     ("chain_id", _i, False),
     ("contract", _s, False),

@@ -27,6 +27,7 @@ from ledger import recorder
 from ledger.query import register_views
 from ledger.tables import register_table
 from schemas.arrow import timestamp_type
+from settlement.tables import chain_sync_schema, table_schema
 from settlement.views import view_statements
 
 holder_transfer_table = "holder_transfer"
@@ -42,11 +43,9 @@ holder_value_units_max = 2**127 - 1
 _s, _i = pa.string(), pa.int64()
 
 
-def _schema(*fields: tuple[str, pa.DataType, bool]) -> pa.Schema:
-    return pa.schema([pa.field(name, kind, nullable=nullable) for name, kind, nullable in fields])
 
 
-holder_transfer_schema = _schema(
+holder_transfer_schema = table_schema(
     ("chain_id", _i, False),
     ("token", _s, False),  # checksummed
     ("block_number", _i, False),
@@ -58,18 +57,9 @@ holder_transfer_schema = _schema(
     ("value_units", _s, False),  # decimal text of the uint256 value
     ("synced_at", timestamp_type, False),
 )
-holder_sync_schema = _schema(
-    ("chain_id", _i, False),
-    ("token", _s, False),
-    ("from_block", _i, False),
-    ("to_block", _i, False),
-    ("to_block_hash", _s, False),  # checked by the next run: a deeper reorganisation stops it
-    ("to_block_time", timestamp_type, False),  # close-epoch compares it with the epoch's latest event time
-    ("transfers", _i, False),
-    ("checked_holders", _i, False),  # holders whose indexed balance matched balanceOf at to_block
-    ("synced_at", timestamp_type, False),
-)
-epoch_blocks_schema = _schema(
+# `checked_holders`: holders whose indexed balance matched balanceOf at to_block.
+holder_sync_schema = chain_sync_schema("token", "transfers", ("checked_holders", _i, False))
+epoch_blocks_schema = table_schema(
     ("epoch", _i, False),
     ("chain_id", _i, False),
     ("from_block", _i, False),  # holders' balances are weighted over from_block..to_block, both included
@@ -84,7 +74,7 @@ epoch_blocks_schema = _schema(
 # A holder's sub-threshold part carried forward (`holder_dust_units_min`): one row per epoch, token and holder
 # whose carried amount that epoch changed, with what is carried after it (0 once paid out). The carried total of a
 # token is the balance of the posting account `holders-dust:<token>` (settlement.engine.accounts).
-holder_dust_schema = _schema(
+holder_dust_schema = table_schema(
     ("epoch", _i, False),
     ("token", _s, False),  # checksummed
     ("holder", _s, False),  # checksummed

@@ -12,19 +12,37 @@ from settlement.engine.figures import epoch_row_columns
 from settlement.views import settlement_view_statements
 
 
-def _schema(*fields: tuple[str, pa.DataType, bool]) -> pa.Schema:
+def table_schema(*fields: tuple[str, pa.DataType, bool]) -> pa.Schema:
+    """A settlement table's Arrow schema from (name, type, nullable) triples, in column order."""
     return pa.schema([pa.field(name, kind, nullable=nullable) for name, kind, nullable in fields])
 
 
 _string, _int64, _timestamp = pa.string(), pa.int64(), timestamp_type
 
+
+def chain_sync_schema(subject: str, counted: str, *extra: tuple[str, pa.DataType, bool]) -> pa.Schema:
+    """A chain sync cursor table's schema (`registry_sync`, `holder_sync`): one row per block range of the contract
+    named in `subject` read into the ledger, with how many of its logs (`counted`) were stored, then `extra`."""
+    return table_schema(
+        ("chain_id", _int64, False),
+        (subject, _string, False),
+        ("from_block", _int64, False),
+        ("to_block", _int64, False),
+        ("to_block_hash", _string, False),  # checked by the next run: a deeper reorganisation stops it
+        ("to_block_time", _timestamp, False),  # close-epoch compares it with the epoch's latest event time
+        (counted, _int64, False),
+        *extra,
+        ("synced_at", _timestamp, False),
+    )
+
+
 # One row per closed epoch: its figures (`settlement.engine.figures.EpochFigures`) and when it was closed.
-epoch_schema = _schema(
+epoch_schema = table_schema(
     *((name, _timestamp if name == "closed_at" else _int64, False) for name in epoch_row_columns())
 )
 
 # Signed double-entry rows: positive debits, negative credits; each entry sums to zero.
-posting_schema = _schema(
+posting_schema = table_schema(
     ("epoch", _int64, False),
     ("entry_id", _string, False),
     ("entry_kind", _string, False),
@@ -34,7 +52,7 @@ posting_schema = _schema(
     ("policy_id", _string, True),
 )
 
-payable_schema = _schema(
+payable_schema = table_schema(
     ("epoch", _int64, False),
     ("recipient", _string, False),
     ("credited_micros", _int64, False),  # net credit of the epoch, negative when reversals dominate
@@ -45,7 +63,7 @@ payable_schema = _schema(
     ("payout_address", _string, True),
 )
 
-suspense_item_schema = _schema(
+suspense_item_schema = table_schema(
     ("epoch", _int64, False),
     ("event_id", _string, False),
     ("event_time", _timestamp, False),
@@ -56,14 +74,14 @@ suspense_item_schema = _schema(
     ("source", _string, True),  # with event_id the event's key; NULL in rows of ledger format < 4
 )
 
-suspense_release_schema = _schema(
+suspense_release_schema = table_schema(
     ("epoch", _int64, False),
     ("event_id", _string, False),
     ("outcome", _string, False),  # split | reversed
     ("source", _string, True),  # NULL in rows of ledger format < 4
 )
 
-reversal_schema = _schema(
+reversal_schema = table_schema(
     ("epoch", _int64, False),
     ("event_id", _string, False),
     ("original_event_id", _string, False),

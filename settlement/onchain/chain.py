@@ -180,17 +180,28 @@ def connect(
     return Chain(w3, chain_id, url, signer, confirmations, confirm_timeout_s)
 
 
+def deployed_contract(chain: Chain, address: str, abi: list, setting: str, deploy_hint: str = "") -> Contract:
+    """The contract with `abi` at `address`, after checking that it is an address and that code is deployed there.
+
+    A refusal is a `ChainConfigError` naming `setting` (the option or setting that gave the address), followed by
+    `deploy_hint` when there is no code; a node out of reach is `ChainUnavailableError`.
+    """
+    if not Web3.is_address(address):
+        raise ChainConfigError(f"`{address}` is not an address", setting)
+    checksummed = Web3.to_checksum_address(address)
+    try:
+        code = chain.w3.eth.get_code(checksummed)
+    except (*node_unreachable_errors, OSError, ConnectionError) as error:
+        raise ChainUnavailableError(chain.rpc_url, type(error).__name__) from None
+    if code in (b"", None):
+        raise ChainConfigError(f"no contract at `{checksummed}` on chain `{chain.chain_id}`{deploy_hint}", setting)
+    return chain.w3.eth.contract(address=checksummed, abi=abi)
+
+
 def distributor_contract(chain: Chain, address: str) -> Contract:
     """The RoyaltyDistributor at `address`, after checking that code is deployed there."""
-    if not Web3.is_address(address):
-        raise ChainConfigError(f"`{address}` is not an address", "distributor")
-    checksummed = Web3.to_checksum_address(address)
-    if chain.w3.eth.get_code(checksummed) in (b"", None):
-        raise ChainConfigError(
-            f"no contract at `{checksummed}` on chain `{chain.chain_id}`; deploy one with `royalty deploy`",
-            "distributor",
-        )
-    return chain.w3.eth.contract(address=checksummed, abi=distributor_artifact().abi)
+    hint = "; deploy one with `royalty deploy`"
+    return deployed_contract(chain, address, distributor_artifact().abi, "distributor", hint)
 
 
 def token_contract(chain: Chain, distributor: Contract) -> Contract:

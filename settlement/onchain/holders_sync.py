@@ -37,11 +37,10 @@ from settlement.holders import (
     holder_value_units_max,
     zero_address,
 )
-from settlement.onchain.chain import Chain, node_unreachable_errors
+from settlement.onchain.chain import Chain, deployed_contract, node_unreachable_errors
 from settlement.onchain.chain_logs import LogIndex, block_hash, index_logs, log_start_block, read_logs
 from settlement.onchain.contract_artifacts import token_artifact
 from settlement.onchain.exceptions import (
-    ChainConfigError,
     ChainUnavailableError,
     ClaimSyncConflictError,
     HolderTokenRefusedError,
@@ -70,16 +69,7 @@ class HolderSyncResult:
 
 def holder_token_contract(chain: Chain, address: str) -> Contract:
     """The ERC-20 at `address` (Transfer and balanceOf), after checking that code is deployed there."""
-    if not Web3.is_address(address):
-        raise ChainConfigError(f"`{address}` is not an address", "token")
-    checksummed = Web3.to_checksum_address(address)
-    try:
-        code = chain.w3.eth.get_code(checksummed)
-    except (*node_unreachable_errors, OSError, ConnectionError) as error:
-        raise ChainUnavailableError(chain.rpc_url, type(error).__name__) from None
-    if code in (b"", None):
-        raise ChainConfigError(f"no contract at `{checksummed}` on chain `{chain.chain_id}`", "token")
-    return chain.w3.eth.contract(address=checksummed, abi=token_artifact().abi)
+    return deployed_contract(chain, address, token_artifact().abi, "token")
 
 
 def sync_holders(

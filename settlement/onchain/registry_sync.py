@@ -32,10 +32,10 @@ from settlement.chain_registry import (
     registry_sync_schema,
     registry_sync_table,
 )
-from settlement.onchain.chain import Chain, node_unreachable_errors
+from settlement.onchain.chain import Chain, deployed_contract, node_unreachable_errors
 from settlement.onchain.chain_logs import LogIndex, index_logs, log_start_block
 from settlement.onchain.contract_artifacts import registry_artifact
-from settlement.onchain.exceptions import ChainConfigError, ChainUnavailableError, ClaimSyncConflictError
+from settlement.onchain.exceptions import ChainUnavailableError, ClaimSyncConflictError
 from settlement.onchain.registry_ids import DATASET, MODEL, recipient_name, word_id
 
 # The step lock (`Ledger.step_lock`) a run holds while it reads and stores one range.
@@ -60,15 +60,8 @@ class RegistrySyncResult:
 
 def registry_contract(chain: Chain, address: str) -> Contract:
     """The ModelRegistry at `address`, after checking that code is deployed there."""
-    if not Web3.is_address(address):
-        raise ChainConfigError(f"`{address}` is not an address", "registry")
-    checksummed = Web3.to_checksum_address(address)
-    if chain.w3.eth.get_code(checksummed) in (b"", None):
-        raise ChainConfigError(
-            f"no contract at `{checksummed}` on chain `{chain.chain_id}`; deploy one with `royalty deploy-registry`",
-            "registry",
-        )
-    return chain.w3.eth.contract(address=checksummed, abi=registry_artifact().abi)
+    hint = "; deploy one with `royalty deploy-registry`"
+    return deployed_contract(chain, address, registry_artifact().abi, "registry", hint)
 
 
 def _hex(value: Any) -> str:

@@ -21,16 +21,13 @@ import pyarrow as pa
 from ledger.query import register_views
 from ledger.tables import register_table
 from schemas.arrow import timestamp_type
+from settlement.tables import table_schema
 from settlement.views import view_statements
 
 _string, _int64, _timestamp = pa.string(), pa.int64(), timestamp_type
 
 
-def _schema(*fields: tuple[str, pa.DataType, bool]) -> pa.Schema:
-    return pa.schema([pa.field(name, kind, nullable=nullable) for name, kind, nullable in fields])
-
-
-root_schema = _schema(
+root_schema = table_schema(
     ("epoch", _int64, False),
     ("closing_snapshot", _int64, False),  # the epoch's closing ledger snapshot: the tree's input
     ("root", _string, False),
@@ -41,7 +38,7 @@ root_schema = _schema(
     ("written_at", _timestamp, False),
 )
 
-manifest_schema = _schema(
+manifest_schema = table_schema(
     ("epoch", _int64, False),
     ("rules_version", _string, False),
     ("manifest", _string, False),  # manifest.json as UTF-8 text, byte for byte
@@ -49,7 +46,7 @@ manifest_schema = _schema(
     ("written_at", _timestamp, False),
 )
 
-proof_schema = _schema(
+proof_schema = table_schema(
     ("epoch", _int64, False),
     ("account", _string, False),
     ("cumulative_units", _int64, False),
@@ -57,7 +54,7 @@ proof_schema = _schema(
     ("proof", pa.list_(_string), False),
 )
 
-intent_schema = _schema(
+intent_schema = table_schema(
     ("epoch", _int64, False),
     ("chain_id", _int64, False),
     ("contract", _string, False),
@@ -68,7 +65,7 @@ intent_schema = _schema(
     ("prepared_at", _timestamp, False),
 )
 
-record_schema = _schema(
+record_schema = table_schema(
     ("epoch", _int64, False),
     ("root", _string, False),
     ("total_units", _int64, False),
@@ -83,14 +80,14 @@ record_schema = _schema(
     ("recorded_at", _timestamp, False),
 )
 
-migration_schema = _schema(
+migration_schema = table_schema(
     ("epoch", _int64, False),  # an epoch whose tree was written for a distributor deployed with --migrate-from
     ("predecessor", _string, False),  # the distributor it took over from (EIP-55)
     ("predecessor_epoch", _int64, False),  # that one's last root: the leaves here are net of its leaves
     ("written_at", _timestamp, False),
 )
 
-claim_schema = _schema(
+claim_schema = table_schema(
     ("chain_id", _int64, False),
     ("contract", _string, False),
     ("account", _string, False),
@@ -104,7 +101,7 @@ claim_schema = _schema(
     ("synced_at", _timestamp, False),
 )
 
-claim_sync_schema = _schema(
+claim_sync_schema = table_schema(
     ("chain_id", _int64, False),
     ("contract", _string, False),
     ("from_block", _int64, False),
