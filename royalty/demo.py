@@ -17,42 +17,37 @@ import json
 import shutil
 import tempfile
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager, suppress
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
-from web3.contract import Contract
 
-from ingest.producer import produce_sample_traffic
-from ingest.sample import SampleShape, SampleTraffic
+from ingest.producer import sample_messages
 from ingest.service import IngestService
 from ingest.sources import KafkaSource
 from ledger import Ledger, define_views, run_query
+from royalty.demo_history import Timeline, first_days, last_days
 from royalty.exceptions import DemoWorkdirError
 from settlement.onchain import (
     Chain,
-    TransactionRevertedError,
     connect,
     deploy_contracts,
-    deploy_registry,
     distributor_contract,
     largest_leaves,
     load_signer,
-    register_model,
-    registry_contract,
     require_embedded_chain,
-    set_policy,
     token_contract,
     transact,
 )
 from settlement.use_cases.close_epoch import close_epoch
 from settlement.use_cases.settle import settle
 from settlement.use_cases.sync_claims import sync_claims
+from settlement.use_cases.sync_holders import holder_token_contract, sync_holders
 from settlement.use_cases.sync_registry import sync_registry
 from settlement.use_cases.write_report import write_report
 
@@ -64,12 +59,10 @@ demo_mint_units = 10**18
 claims_count = 2
 # The sample's population (produce_sample_traffic's defaults): the on-chain registry mirrors its registry.
 sample_models, sample_contributors, sample_seed = 20, 200, 7
-# On-chain, a first policy applies no earlier than its block: each is set to apply this many seconds after it
-# is sent; the demo's traffic is metered after the last one applies, spread over `traffic_span_s` (so it is in
-# the past when ingested).
-policy_start_delay_s = 5
-policy_attempts_max = 3
-traffic_span_s = 2
+# Duplicates, conflicting resends and invalid messages, ppm of the sample's calls (produce_sample_traffic's).
+sample_mistakes_ppm = (10_000, 1_000, 10_000)
+# On the in-process chain the traffic spans several days in two epochs: the first holds this share of the calls.
+epoch_one_events_ppm = 500_000
 
 
 @dataclass
@@ -133,145 +126,194 @@ def run_demo(
     with _broker(kafka) as bootstrap_servers, Progress(*columns, console=console) as progress:
         if kafka is not None:
             _create_topic(bootstrap_servers)
-        chain = registry = None
-        timing = None
-        if rpc_url is None:
-            started = time.monotonic()
-            task = progress.add_task("register models on-chain", total=sample_models)
-            chain = connect(None, load_signer(None))
-            registry, start = _onchain_registry(chain, lambda done: progress.update(task, completed=done))
-            timing = (start, max(1, events * 86_400 // traffic_span_s))
-            time.sleep(max(0.0, (start - datetime.now(UTC)).total_seconds() + traffic_span_s))
-            result.chain["registry"] = registry.address
-            result.stage_seconds["registry"] = time.monotonic() - started
-        started = time.monotonic()
-        task = progress.add_task("produce sample traffic", total=events)
-        result.produced = produce_sample_traffic(
-            events,
-            bootstrap_servers,
-            demo_topic,
-            None,
-            models=sample_models,
-            contributors=sample_contributors,
-            seed=sample_seed,
-            on_progress=lambda done: progress.update(task, completed=done),
-            provider_addresses=registry is not None,
-            timing=timing,
-        )
-        story = story_messages(events, registry is not None, timing)
-        _produce_messages(bootstrap_servers, story)
-        result.produced["story"] = len(story)
-        progress.update(task, completed=events)
-        result.stage_seconds["produce"] = time.monotonic() - started
-
-        started = time.monotonic()
-        total_messages = sum(result.produced.values())
-        task = progress.add_task("ingest into the ledger", total=total_messages)
+        run = _Run(result, bootstrap_servers, progress)
         with Ledger.open(lake) as ledger:
-            service = IngestService(
-                ledger,
-                lambda owner: KafkaSource(bootstrap_servers, [demo_topic], None, ledger.stored_offsets),
-                "USDC",
-                50_000,
-                500,
-                "demo",
-                on_committed=lambda summary: progress.update(task, completed=summary.messages),
-            )
-            service.run(until_idle_s=ingest_idle_s)
-            result.stage_seconds["ingest"] = time.monotonic() - started
-
-            started = time.monotonic()
-            task = progress.add_task("close epoch 1", total=5)
-            if chain is not None and registry is not None:  # as `royalty sync-registry` would, past every event
-                tester = chain.w3.provider.ethereum_tester  # type: ignore[attr-defined]
-                tester.time_travel(int(time.time()) + 1)  # a block stamped after every event: the cursor
-                tester.mine_blocks(1)
-                sync_registry(ledger, chain, registry, from_block=0)
-            close_epoch(
-                ledger,
-                progress=lambda step, done, total: progress.update(task, completed=done),
-                registry_contract=None if registry is None else registry.address,
-            )
-            result.stage_seconds["close epoch"] = time.monotonic() - started
-
-            started = time.monotonic()
-            task = progress.add_task("deploy, settle, claim", total=4)
-            chain = chain or connect(rpc_url, load_signer(None))
-            deployed = deploy_contracts(chain, timelock_seconds=0, mint_units=demo_mint_units)
-            distributor = distributor_contract(chain, deployed.distributor)
-            progress.update(task, completed=1)
-            settled = settle(
-                ledger, chain, distributor, tree_dir=workdir / "trees", from_block=deployed.deployment_block
-            )
-            progress.update(task, completed=2)
-            result.chain = {
-                **result.chain,
-                "chain id": chain.chain_id,
-                "distributor": deployed.distributor,
-                "root": settled.root or "",
-                "settle tx": settled.tx_hash or "",
-            }
-            result.claims = _claim_top_payees(ledger, chain, distributor, settled.epoch or 0, claims_count)
-            # as `royalty sync-claims` would: the `claims` view
-            sync_claims(ledger, chain, distributor, from_block=deployed.deployment_block)
-            progress.update(task, completed=3)
-            result.report = workdir / "report.html"
-            write_report(ledger, settled.epoch or 1, result.report)
-            progress.update(task, completed=4)
-            result.stage_seconds["settle, claim, report"] = time.monotonic() - started
+            if rpc_url is None:
+                chain, epoch = _run_history(run, ledger, events)
+            else:
+                chain, epoch = _run_one_epoch(run, ledger, events, rpc_url)
+            _settle_claim_report(run, ledger, chain, epoch, workdir)
     result.figures = summary_figures(lake)
     result.dead_letters_by_reason = dead_letters_by_reason(lake)
     return result
 
 
-def _onchain_registry(chain: Chain, progress: Callable[[int], None]) -> tuple[Contract, datetime]:
-    """Deploy a ModelRegistry and register the sample's models (lineage and first policy, contributors by their
-    sample payout address); return it and the time its policies apply from."""
-    traffic = SampleTraffic(
-        SampleShape(models=sample_models, contributors=sample_contributors, provider_addresses=True), seed=sample_seed
+@dataclass
+class _Run:
+    """What the stages share: the result they fill, the broker, the progress display."""
+
+    result: DemoResult
+    bootstrap_servers: str
+    progress: Progress
+
+    def stage(self, name: str, started: float) -> None:
+        self.result.stage_seconds[name] = self.result.stage_seconds.get(name, 0.0) + time.monotonic() - started
+
+
+def _run_one_epoch(run: _Run, ledger: Ledger, events: int, rpc_url: str) -> tuple[Chain, int]:
+    """`--rpc-url`: the sample with its operator registry (Kafka) in one epoch."""
+    messages = sample_messages(events, *sample_mistakes_ppm, sample_models, sample_contributors, sample_seed)
+    story = story_messages(events, False, None)
+    _produce(run, "produce sample traffic", messages, events, story)
+    _ingest(run, ledger, "ingest into the ledger")
+    started = time.monotonic()
+    task = run.progress.add_task("close epoch 1", total=5)
+    close_epoch(ledger, progress=lambda step, done, total: run.progress.update(task, completed=done))
+    run.stage("close epoch", started)
+    return connect(rpc_url, load_signer(None)), 1
+
+
+def _run_history(run: _Run, ledger: Ledger, events: int) -> tuple[Chain, int]:
+    """The in-process chain with several days of history (`royalty.demo_history`), in two epochs: the first
+    closed at `Timeline.epoch_one_end`, the second after the payout address change, shortly before now."""
+    now = int(time.time())
+    epoch_one_events = events * epoch_one_events_ppm // 1_000_000
+    timeline = Timeline.plan(now, events, epoch_one_events)
+    started = time.monotonic()
+    task = run.progress.add_task("write the chain's first days", total=sample_models)
+    demo = first_days(
+        timeline,
+        sample_models,
+        sample_contributors,
+        sample_seed,
+        lambda done: run.progress.update(task, completed=done),
     )
-    records = [json.loads(message) for message in traffic.registry()]
-    addresses = {
-        r["data"]["contributor_id"]: r["data"]["payout_address"]
-        for r in records
-        if r["type"] == "ai.contributor.registered.v1"
+    run.result.chain |= {"registry": demo.registry.address, "holder token": demo.token.address}
+    run.stage("chain history", started)
+    messages = sample_messages(
+        events, *sample_mistakes_ppm, sample_models, sample_contributors, sample_seed, True, timeline.timing
+    )
+    first, second = _split_at_event(messages, epoch_one_events)
+    story = story_messages(events, True, timeline.timing)
+    story_first = [m for m in story if _event_time(m) < timeline.epoch_one_end]
+    story_second = [m for m in story if _event_time(m) >= timeline.epoch_one_end]
+    for epoch, (messages_of, story_of) in enumerate(((first, story_first), (second, story_second)), start=1):
+        if epoch == 2:
+            started = time.monotonic()
+            demo_chain = last_days(demo, now)  # the payout address change, more trades, then live blocks
+            run.stage("chain history", started)
+        count = epoch_one_events if epoch == 1 else events - epoch_one_events
+        _produce(run, f"produce days of epoch {epoch}", messages_of, count, story_of)
+        _ingest(run, ledger, f"ingest epoch {epoch}")
+        started = time.monotonic()
+        task = run.progress.add_task(f"sync the chain, close epoch {epoch}", total=5)
+        # as `royalty sync-registry` and `royalty sync-holders` would, up to the newest block
+        sync_registry(ledger, demo.chain, demo.registry, from_block=0)
+        sync_holders(ledger, demo.chain, holder_token_contract(demo.chain, demo.token.address))
+        close_epoch(
+            ledger,
+            progress=lambda step, done, total, task=task: run.progress.update(task, completed=done),
+            registry_contract=demo.registry.address,
+        )
+        run.stage("close epochs", started)
+    run.result.chain["payout address change"] = f"{demo.moved_account.address} -> {demo.new_payout}"
+    return demo_chain, 2
+
+
+def _settle_claim_report(run: _Run, ledger: Ledger, chain: Chain, epoch: int, workdir: Path) -> None:
+    """Deploy the distributor, settle the latest epoch, claim for the largest payees, write the report."""
+    started = time.monotonic()
+    progress, result = run.progress, run.result
+    task = progress.add_task("deploy, settle, claim", total=4)
+    deployed = deploy_contracts(chain, timelock_seconds=0, mint_units=demo_mint_units)
+    distributor = distributor_contract(chain, deployed.distributor)
+    progress.update(task, completed=1)
+    settled = settle(ledger, chain, distributor, tree_dir=workdir / "trees", from_block=deployed.deployment_block)
+    progress.update(task, completed=2)
+    result.chain |= {
+        "chain id": chain.chain_id,
+        "distributor": deployed.distributor,
+        "root": settled.root or "",
+        "settle tx": settled.tx_hash or "",
     }
-    registry = registry_contract(chain, deploy_registry(chain).registry)
-    for record in records:
-        if record["type"] == "ai.model.registered.v1":
-            parents = {p["model_id"]: p["share_ppm"] for p in record["data"]["parents"]}
-            register_model(chain, registry, record["data"]["model_id"], parents)
-    start = datetime.fromtimestamp(0, UTC)
-    for done, record in enumerate(r for r in records if r["type"] == "ai.split-policy.set.v1"):
-        data = record["data"]
-        shares = {addresses.get(s["recipient"], s["recipient"]): s["share_ppm"] for s in data["shares"]}
-        effective = _set_first_policy(chain, registry, data["model_id"], shares, data["compute_share_ppm"])
-        start = max(start, effective)
-        progress(done + 1)
-    return registry, start
+    result.claims = _claim_top_payees(ledger, chain, distributor, settled.epoch or epoch, claims_count)
+    # as `royalty sync-claims` would: the `claims` view
+    sync_claims(ledger, chain, distributor, from_block=deployed.deployment_block)
+    progress.update(task, completed=3)
+    result.report = workdir / "report.html"
+    write_report(ledger, settled.epoch or epoch, result.report)
+    progress.update(task, completed=4)
+    run.stage("settle, claim, report", started)
 
 
-def _set_first_policy(
-    chain: Chain, registry: Contract, model_id: str, shares: dict[str, int], compute_ppm: int
-) -> datetime:
-    """Set a model's first policy `policy_start_delay_s` after now; return when it applies from.
+def _split_at_event(
+    messages: Iterator[tuple[str, bytes]], first_events: int
+) -> tuple[Iterator[tuple[str, bytes]], Iterator[tuple[str, bytes]]]:
+    """The (kind, message) pairs before the sample's call number `first_events`, and the rest (read the first
+    iterator to its end before the second)."""
+    carried: list[tuple[str, bytes]] = []
 
-    Never before its block, which the in-process chain stamps with the wall clock or, when blocks come faster
-    than one a second, one second after the last block. On a starved machine more than the delay can pass
-    between reading the clock and the block (the contract refuses a retroactive policy): try again, later.
-    """
-    from eth_tester.exceptions import TransactionFailed
+    def first() -> Iterator[tuple[str, bytes]]:
+        seen = 0
+        for kind, message in messages:
+            if kind == "event":
+                if seen == first_events:
+                    carried.append((kind, message))
+                    return
+                seen += 1
+            yield kind, message
 
-    def attempt() -> datetime:
-        latest = int(chain.w3.eth.get_block("latest")["timestamp"])
-        effective = datetime.fromtimestamp(max(latest, int(time.time())) + policy_start_delay_s, UTC)
-        set_policy(chain, registry, model_id, effective, shares, compute_ppm)
-        return effective
+    def second() -> Iterator[tuple[str, bytes]]:
+        yield from carried
+        yield from messages
 
-    for _ in range(policy_attempts_max - 1):
-        with suppress(TransactionRevertedError, TransactionFailed):
-            return attempt()
-    return attempt()
+    return first(), second()
+
+
+def _event_time(message: bytes) -> int:
+    return int(datetime.fromisoformat(json.loads(message)["time"]).timestamp())
+
+
+def _message_key(message: bytes) -> bytes | None:
+    """The event id, as gateways key their messages (an event and its resends share a partition)."""
+    try:
+        event_id = json.loads(message).get("id")
+    except (ValueError, AttributeError):
+        return None
+    return event_id.encode() if isinstance(event_id, str) and event_id else None
+
+
+def _produce(run: _Run, name: str, messages: Iterator[tuple[str, bytes]], events: int, story: list[bytes]) -> None:
+    """Send the sample's messages (counted by kind into the result) and the story's to the demo topic."""
+    from kafka import KafkaProducer
+
+    started = time.monotonic()
+    task = run.progress.add_task(name, total=events)
+    counts = run.result.produced
+    producer = KafkaProducer(
+        bootstrap_servers=run.bootstrap_servers.split(","), acks="all", linger_ms=20, batch_size=1024 * 1024
+    )
+    try:
+        for kind, message in messages:
+            producer.send(demo_topic, message, key=_message_key(message))
+            counts[kind] = counts.get(kind, 0) + 1
+            if kind == "event" and counts["event"] % 5_000 == 0:
+                run.progress.update(task, advance=5_000)
+        for message in story:
+            producer.send(demo_topic, message, key=_message_key(message))
+        producer.flush()
+    finally:
+        producer.close()
+    counts["story"] = counts.get("story", 0) + len(story)
+    run.progress.update(task, completed=events)
+    run.stage("produce", started)
+
+
+def _ingest(run: _Run, ledger: Ledger, name: str) -> None:
+    """Ingest until the topic has been quiet `ingest_idle_s` (resuming at the offsets the ledger stored)."""
+    started = time.monotonic()
+    task = run.progress.add_task(name, total=sum(run.result.produced.values()))
+    service = IngestService(
+        ledger,
+        lambda owner: KafkaSource(run.bootstrap_servers, [demo_topic], None, ledger.stored_offsets),
+        "USDC",
+        50_000,
+        500,
+        "demo",
+        on_committed=lambda summary: run.progress.update(task, completed=summary.messages),
+    )
+    service.run(until_idle_s=ingest_idle_s)
+    run.stage("ingest", started)
 
 
 def _claim_top_payees(ledger: Ledger, chain, distributor, epoch: int, count: int) -> list[tuple[str, int, int]]:
@@ -314,8 +356,6 @@ unregistered_model = "model-unregistered"
 def story_messages(events: int, provider_addresses: bool, timing: tuple[datetime, int] | None) -> list[bytes]:
     """Refunds of a few of the sample's calls (from the calls' own source, which may reverse them) and calls to
     `unregistered_model`, whose fees wait in suspense; every time is a sample call's, so none is in the future."""
-    from ingest.producer import sample_messages
-
     metered = [
         message
         for kind, message in sample_messages(
@@ -351,18 +391,6 @@ def story_messages(events: int, provider_addresses: bool, timing: tuple[datetime
 def _story_event(original: dict, event_type: str, event_id: str, data: dict) -> bytes:
     event = {**original, "type": event_type, "id": event_id, "data": data}
     return json.dumps(event, separators=(",", ":")).encode()
-
-
-def _produce_messages(bootstrap_servers: str, messages: list[bytes]) -> None:
-    from kafka import KafkaProducer
-
-    producer = KafkaProducer(bootstrap_servers=bootstrap_servers.split(","), acks="all")
-    try:
-        for message in messages:
-            producer.send(demo_topic, message, key=json.loads(message)["id"].encode())
-        producer.flush()
-    finally:
-        producer.close()
 
 
 def summary_figures(lake: Path) -> dict[str, int]:

@@ -18,3 +18,7 @@ class DemoWorkdirError(RoyaltyError):
             f"`{lake}` already exists and the demo starts from an empty ledger, so it would be deleted; "
             "nothing was changed. Pick another --workdir, or pass --force to delete it"
         )
+
+
+class DemoChainError(RoyaltyError):
+    """A transaction the demo sends to its in-process chain failed (a bug in the demo, not in the user's setup)."""
