@@ -157,6 +157,19 @@ def _roll_up_metered_events(connection: duckdb.DuckDBPyConnection) -> None:
         connection.execute(statement)
 
 
+def _store_tree_nodes(connection: duckdb.DuckDBPyConnection) -> None:
+    """Format 14 stores each payout tree's nodes in binary (table settlement_tree_node, created on first use) and reads
+    an account's proof off them; the leaves stay in settlement_proof, whose hex `proof` becomes nullable (NULL for
+    trees written from now on; the proofs stored before are kept and read as they are)."""
+    nullable = connection.execute(
+        "SELECT is_nullable FROM duckdb_columns() WHERE database_name = ? AND table_name = 'settlement_proof' "
+        "AND column_name = 'proof'",
+        [catalog_alias],
+    ).fetchone()
+    if nullable is not None and not nullable[0]:  # a table created in the new shape is left as it is
+        connection.execute(f"ALTER TABLE {catalog_alias}.main.settlement_proof ALTER COLUMN proof DROP NOT NULL")
+
+
 format_steps: list[FormatStep] = [
     FormatStep(2, "record the ledger format version (table ledger_format)", _record_format_only),
     FormatStep(3, "record a digest of each transaction's inlined rows (table inlined_digest)", _record_inlined_digests),
@@ -217,6 +230,12 @@ format_steps: list[FormatStep] = [
         "roll metered events up at append: table metered_rollup (fee sums, counts and event-time bounds per model, "
         "provider, payer, source and event hour; empty for the events appended before)",
         _roll_up_metered_events,
+    ),
+    FormatStep(
+        14,
+        "store payout trees' nodes, not every proof in hex: table settlement_tree_node (created on first use); "
+        "settlement_proof.proof NULL from now on (kept for the trees written before)",
+        _store_tree_nodes,
     ),
 ]
 
