@@ -28,6 +28,7 @@ from web3.contract import Contract
 
 from settlement.onchain.contract_artifacts import distributor_artifact, token_artifact
 from settlement.onchain.merkle import MerkleTree
+from tests.support.components import skip_or_fail
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 CONTRACTS_DIR = REPO_ROOT / "contracts"
@@ -47,17 +48,9 @@ _listening = re.compile(r"Listening on (127\.0\.0\.1):(\d+)")
 _arch_names = {"x86_64": "amd64", "amd64": "amd64", "aarch64": "arm64", "arm64": "arm64"}
 
 
-def in_ci() -> bool:
-    """Whether this run is CI's, where a missing prerequisite must fail rather than skip."""
-    return os.environ.get("CI", "").lower() in ("true", "1", "yes")
-
-
 def missing_prerequisite(reason: str) -> NoReturn:
     """Fail under CI (the install step is broken), skip elsewhere (a newcomer without node)."""
-    message = f"{reason}; install it with `(cd contracts && npm ci)`"
-    if in_ci():
-        pytest.fail(message, pytrace=False)
-    pytest.skip(message)
+    skip_or_fail(f"{reason}; install it with `(cd contracts && npm ci)`")
 
 
 def require_node_modules() -> Path:

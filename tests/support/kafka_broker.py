@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -20,6 +19,8 @@ from pathlib import Path
 import pytest
 from kafka import KafkaAdminClient, KafkaConsumer, TopicPartition
 from kafka.admin import NewTopic
+
+from tests.support.components import free_loopback_port, skip_or_fail
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 KAFKA_LOCAL = REPO_ROOT / "scripts" / "kafka-local"
@@ -41,16 +42,6 @@ class KafkaBrokerError(RuntimeError):
     """The local broker could not be installed, started, stopped or asked something."""
 
 
-def in_ci() -> bool:
-    """Whether this run is CI's, where a missing prerequisite must fail rather than skip."""
-    return os.environ.get("CI", "").lower() in ("true", "1", "yes")
-
-
-def free_loopback_port() -> int:
-    """A TCP port on 127.0.0.1 that was free a moment ago (the OS picks it)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def script_environment() -> dict[str, str]:
@@ -265,9 +256,7 @@ def require_real_broker() -> None:
         except KafkaBrokerError as error:
             reason = f"the Kafka broker jars could not be installed: {error}"
     if reason is not None:
-        if in_ci():
-            pytest.fail(f"CI=true and a real Kafka broker is required: {reason}", pytrace=False)
-        pytest.skip(f"no real Kafka broker: {reason}")
+        skip_or_fail(f"no real Kafka broker: {reason}", f"CI=true and a real Kafka broker is required: {reason}")
 
 
 @pytest.fixture(scope="session")

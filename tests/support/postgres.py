@@ -13,14 +13,14 @@ import glob
 import os
 import pwd
 import shutil
-import socket
 import subprocess
-import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+from tests.support.components import free_loopback_port, session_server
 
 BINARY_GLOB = "/usr/lib/postgresql/*/bin"
 SERVER_USER = "postgres"
@@ -45,18 +45,6 @@ SERVER_SETTINGS = {
 
 class PostgresServerError(RuntimeError):
     """The local PostgreSQL server could not be initialised, started, stopped or asked something."""
-
-
-def in_ci() -> bool:
-    """Whether this run is CI's, where a missing prerequisite must fail rather than skip."""
-    return os.environ.get("CI", "").lower() in ("true", "1", "yes")
-
-
-def free_loopback_port() -> int:
-    """A TCP port on 127.0.0.1 that was free a moment ago (the OS picks it)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def binary_directory() -> Path | None:
@@ -230,17 +218,5 @@ def postgres_server() -> Iterator[PostgresServer]:
     Missing binaries skip the tests that use it, except under CI=true, where they fail.
     A server that is installed but will not start always fails.
     """
-    reason = missing_prerequisite()
-    if reason is not None:
-        if in_ci():
-            pytest.fail(f"CI=true and a real PostgreSQL server is required: {reason}", pytrace=False)
-        pytest.skip(f"no PostgreSQL server: {reason}")
-    # Not under pytest's temp folders: they are 0700 root, which the `postgres` OS user cannot enter.
-    base_dir = Path(tempfile.mkdtemp(prefix="royalty-postgres-"))
-    server = PostgresServer(base_dir)
-    try:
-        server.start()
+    with session_server("PostgreSQL server", missing_prerequisite(), "royalty-postgres-", PostgresServer) as server:
         yield server
-    finally:
-        server.stop()
-        shutil.rmtree(base_dir, ignore_errors=True)

@@ -16,7 +16,6 @@ import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -25,6 +24,8 @@ from contextlib import ExitStack
 from pathlib import Path
 
 import pytest
+
+from tests.support.components import session_server
 
 BUCKET = "royalty"
 ACCESS_KEY_ID = "royaltytestkey"
@@ -40,9 +41,6 @@ _port_flags = (
 )  # fmt: skip
 
 
-def in_ci() -> bool:
-    """Whether this run is CI's, where a missing prerequisite must fail rather than skip."""
-    return os.environ.get("CI", "").lower() in ("true", "1", "yes")
 
 
 def weed_binary() -> str | None:
@@ -173,16 +171,5 @@ class SeaweedServer:
 @pytest.fixture(scope="session")
 def seaweedfs() -> Iterator[SeaweedServer]:
     """One real SeaweedFS S3 server for the whole session, stopped at its end."""
-    reason = missing_prerequisite()
-    if reason is not None:
-        if in_ci():
-            pytest.fail(f"CI=true and a real S3 server is required: {reason}", pytrace=False)
-        pytest.skip(f"no S3 server: {reason}")
-    base_dir = Path(tempfile.mkdtemp(prefix="royalty-seaweedfs-"))
-    server = SeaweedServer(base_dir)
-    try:
-        server.start()
+    with session_server("S3 server", missing_prerequisite(), "royalty-seaweedfs-", SeaweedServer) as server:
         yield server
-    finally:
-        server.stop()
-        shutil.rmtree(base_dir, ignore_errors=True)
