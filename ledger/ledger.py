@@ -20,6 +20,7 @@ from contextlib import contextmanager, nullcontext, suppress
 from dataclasses import dataclass
 from dataclasses import field as dataclass_field
 from datetime import UTC, datetime
+from enum import Enum
 from typing import TypeVar
 
 import duckdb
@@ -55,8 +56,9 @@ from ledger.object_store import DataStore, ObjectStoreUnavailableError, store_fo
 from ledger.offsets_fence import StoredOffsets, read_stored_offsets
 from ledger.partition_locks import PartitionLocks
 from ledger.redact import redact
+from ledger.rollups import metered_table, rollup_rows
 from ledger.step_locks import StepLocks
-from ledger.tables import all_tables, create_statements, file_tables, inlined_tables, inlining_statements
+from ledger.tables import all_tables, create_statements, file_tables, inlined_tables, inlining_statements, rollup_table
 from schemas.arrow import envelope_fields, position_fields
 from schemas.errors import require
 from schemas.events import event_types
@@ -406,6 +408,8 @@ class Ledger:
             try:
                 for table_name, rows in kept.items():
                     written += self._write_event_files(table_name, self._with_positions(batch, rows, ingest_batch_id))
+                    if table_name == metered_table and rows.num_rows:  # format 13: its rollups, in this transaction
+                        written.append(self._write_file(rollup_table, rollup_rows(rows), ingest_batch_id, None))
                 if dead_letters.num_rows:
                     written.append(self._write_file("dead_letter", dead_letters, ingest_batch_id, None))
                 self._add_files(written, ingest_batch_id)
@@ -866,29 +870,39 @@ class Ledger:
             return self._retried(work, what, lambda error: error)
 
     def _retried(self, work, what: str, other_error: Callable[[duckdb.Error], BaseException]):
+        """`work` under `retried`: another writer's commit is waited out, a stale catalog cache is retried at once on
+        a fresh connection (once: met again there, the name map is missing from the catalog itself); past the bound
+        `LedgerBusyError`, and any other DuckDB error `other_error(error)`."""
         last_error = ""
         reconnected = False
-        for attempt in range(constants.commit_attempts_max):
-            try:
-                return work()
-            except duckdb.Error as error:
-                message = redact(error).lower()
-                stale_cache = any(marker in message for marker in _stale_cache_markers)
-                # Met again on a fresh connection, the name map is missing from the catalog itself: not a cache.
-                if (stale_cache and reconnected) or (
-                    not stale_cache and not any(marker in message for marker in _transient_markers)
-                ):
-                    raise other_error(error) from error
-                last_error = redact(error).splitlines()[0]
-                if stale_cache:
-                    log.info("ledger catalog cache stale; reconnecting", extra={"what": what, "error": last_error})
-                    self._reconnect()
-                    reconnected = True
-                    continue
-                delay_s = min(constants.commit_backoff_s_max, constants.commit_backoff_s_min * 2**attempt)
-                log.debug("ledger busy, retrying", extra={"attempt": attempt, "error": last_error})
-                time.sleep(delay_s * (0.5 + random.random()))
-        raise LedgerBusyError(self.location.display, constants.commit_attempts_max, last_error)
+
+        def retry(error: Exception) -> Retry:
+            nonlocal last_error, reconnected
+            if not isinstance(error, duckdb.Error):
+                return Retry.no
+            message = redact(error).lower()
+            stale_cache = any(marker in message for marker in _stale_cache_markers)
+            if (stale_cache and reconnected) or (
+                not stale_cache and not any(marker in message for marker in _transient_markers)
+            ):
+                return Retry.no
+            last_error = redact(error).splitlines()[0]
+            if not stale_cache:
+                log.debug("ledger busy, retrying", extra={"what": what, "error": last_error})
+                return Retry.after_backoff
+            log.info("ledger catalog cache stale; reconnecting", extra={"what": what, "error": last_error})
+            self._reconnect()
+            reconnected = True
+            return Retry.now
+
+        try:
+            return retried(
+                work,
+                retry,
+                exhausted=lambda _: LedgerBusyError(self.location.display, constants.commit_attempts_max, last_error),
+            )
+        except duckdb.Error as error:
+            raise other_error(error) from error
 
 
 def _stored_same_ids(table_name: str, rows: pa.Table) -> str:
@@ -938,18 +952,53 @@ def _data_columns(table_name: str) -> Iterator[str]:
             yield from event_type.data_model.model_fields
 
 
-def _connect_retrying(location: LedgerLocation, **options: object) -> duckdb.DuckDBPyConnection:
-    """`connect`, retried like a commit while other writers hold the SQLite catalog's lock (the ATTACH reads it)."""
+class Retry(Enum):
+    """What `retried` does after an attempt failed with an error."""
+
+    no = "no"  # raise it
+    now = "now"  # try again at once (e.g. on a fresh connection)
+    after_backoff = "after_backoff"  # wait, then try again
+
+
+def retried(
+    work: Callable[[], T],
+    retry: Callable[[Exception], Retry],
+    exhausted: Callable[[Exception], BaseException] | None = None,
+) -> T:
+    """Run `work`, again while `retry(error)` says so, up to `constants.commit_attempts_max` attempts in all, waiting
+    between attempts with exponential backoff and jitter (`commit_backoff_s_min` to `_max`). The ledger's one retry
+    loop: its commits and reads (`Ledger.reading`), opening a connection, and `retrying_contention`.
+
+    An error `retry` declines is raised as it is; past the bound, `exhausted(error)` (default: the error itself).
+    """
     for attempt in range(constants.commit_attempts_max):
         try:
-            return connect(location, **options)
-        except duckdb.Error as error:
-            contended = any(marker in str(error).lower() for marker in _transient_markers)
-            if not contended or attempt == constants.commit_attempts_max - 1:
+            return work()
+        except Exception as error:
+            decision = retry(error)
+            if decision is Retry.no:
                 raise
-            delay_s = min(constants.commit_backoff_s_max, constants.commit_backoff_s_min * 2**attempt)
-            time.sleep(delay_s * (0.5 + random.random()))
+            if attempt == constants.commit_attempts_max - 1:
+                failure = error if exhausted is None else exhausted(error)
+                if failure is error:
+                    raise
+                raise failure from error
+            if decision is Retry.after_backoff:
+                delay_s = min(constants.commit_backoff_s_max, constants.commit_backoff_s_min * 2**attempt)
+                time.sleep(delay_s * (0.5 + random.random()))
     raise RuntimeError("unreachable: the last attempt raises")
+
+
+def _connect_retrying(location: LedgerLocation, **options: object) -> duckdb.DuckDBPyConnection:
+    """`connect`, retried like a commit while other writers hold the SQLite catalog's lock (the ATTACH reads it)."""
+    return retried(lambda: connect(location, **options), _contention_retry)
+
+
+def _contention_retry(error: Exception) -> Retry:
+    """Another writer's lock or commit met (a DuckDB error `met_another_writer`, or `LedgerBusyError` from an open
+    that waited as long as it may): wait and try again; anything else is raised."""
+    contended = isinstance(error, LedgerBusyError) or (isinstance(error, duckdb.Error) and met_another_writer(error))
+    return Retry.after_backoff if contended else Retry.no
 
 
 def _ledger_error(error: duckdb.Error, what: str, location: str) -> LedgerError:
@@ -1001,17 +1050,7 @@ def met_another_writer(error: duckdb.Error) -> bool:
 def retrying_contention(work: Callable[[], T]) -> T:
     """Run `work`, a read that writes nothing, again with backoff while it meets another writer (a DuckDB error
     `met_another_writer`, or `LedgerBusyError` from an open); the last attempt's error is raised as it is."""
-    for attempt in range(constants.commit_attempts_max - 1):
-        try:
-            return work()
-        except LedgerBusyError:
-            pass
-        except duckdb.Error as error:
-            if not met_another_writer(error):
-                raise
-        delay_s = min(constants.commit_backoff_s_max, constants.commit_backoff_s_min * 2**attempt)
-        time.sleep(delay_s * (0.5 + random.random()))
-    return work()
+    return retried(work, _contention_retry)
 
 
 def ledger_error_of(error: duckdb.Error, what: str, location: str) -> LedgerError:

@@ -28,6 +28,9 @@ class EpochSummary(EpochFigures):
     accepted_problems: list[str] = field(default_factory=list)
     # Another process closed this epoch while this one planned it: nothing was written by this run.
     closed_by_another: bool = False
+    # Closed from the appends' rollups (`from_rollups`): (model, hour) cells read from rollups and from events;
+    # None when the events were read (asked to, or an append of the range wrote no rollups).
+    rollup_cells: tuple[int, int] | None = None
 
 
 def close_epoch(
@@ -37,6 +40,7 @@ def close_epoch(
     checks: InputChecks | None = None,
     rules: RegistryRules | None = None,
     registry_contract: str | None = None,
+    from_rollups: bool = False,
 ) -> EpochSummary:
     """Close the next epoch over every event committed since the last one; write it unless `dry_run`.
 
@@ -52,7 +56,8 @@ def close_epoch(
     records are ignored; `RegistryBehindError` while that block is earlier than the epoch's latest event.
     A policy naming `holders:<token>` pays the token's holders by time-weighted balance over the epoch's block
     range, recorded with the epoch (`HoldersBehindError` while the holder sync ends before it); the addresses
-    in `rules.holder_excluded` are never paid as holders.
+    in `rules.holder_excluded` are never paid as holders. `from_rollups` reads the new events from the appends'
+    rollups where that is exact (`settlement.rollups`: the same plan), from the events elsewhere.
     """
     checks = checks or InputChecks()
     if not ledger.read_only:
@@ -64,7 +69,7 @@ def close_epoch(
 
     def plan_once() -> tuple:
         accepted.clear()  # a read retried after meeting another writer's commit checks again
-        return plan_from_ledger(ledger, progress, check_inputs, rules, registry_contract)
+        return plan_from_ledger(ledger, progress, check_inputs, rules, registry_contract, from_rollups)
 
     try:
         plan, extra = ledger.reading(plan_once, "plan the next epoch")
@@ -93,6 +98,7 @@ def close_epoch(
         written_snapshot=written,
         accepted_problems=accepted,
         closed_by_another=closed_by_another,
+        rollup_cells=extra["rollup_cells"],
     )
 
 

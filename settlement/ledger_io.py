@@ -18,15 +18,18 @@ import pyarrow as pa
 from ledger import recorder
 from ledger.ledger import Ledger
 from ledger.tables import dead_letter_schema, file_tables
+from schemas.errors import require
 from settlement import chain_registry, holders, tables
 from settlement.engine import figures
 from settlement.engine import reversals as rev
 from settlement.engine.authority import Judgment, RegistryRules, judge, position_columns, registry_codes
 from settlement.engine.epochs import EpochInputs, EpochPlan, PriorState, held_schema, plan_epoch
 from settlement.engine.exceptions import CompactedWhilePlanningError, EpochConflictError
-from settlement.engine.holders import HolderWeights, holder_tokens
+from settlement.engine.holders import HolderWeights, dust_schema, holder_tokens
+from settlement.engine.policies import resolve
 from settlement.engine.splits import event_columns, event_key, key_of
 from settlement.exceptions import HoldersBehindError, RegistryBehindError, RegistryNotSyncedError
+from settlement.rollups import events_from_rollups
 
 Progress = Callable[[str, int, int], None]  # (step name, steps done, steps total)
 _steps = ["read state", "read registry", "scan events", "split", "write"]
@@ -95,7 +98,23 @@ def read_prior(connection: duckdb.DuckDBPyConnection, before_epoch: int | None =
                    arg_max(cumulative_micros, epoch) AS cumulative_micros
             FROM {recorder.table("settlement_payable")}{upto} GROUP BY recipient ORDER BY recipient""",
     )
-    return PriorState(last, closings[last], closings, held, reversed_ids, released, payables)
+    return PriorState(
+        last, closings[last], closings, held, reversed_ids, released, payables, read_holder_dust(connection, upto)
+    )
+
+
+def read_holder_dust(connection: duckdb.DuckDBPyConnection, upto: str = "") -> pl.DataFrame:
+    """What token holders carry forward (token, holder, carried_micros; non-zero), as the epochs `upto` (a WHERE
+    on `epoch`, or none) left it: each holder's latest row."""
+    if holders.holder_dust_table not in recorder.existing_tables(connection):
+        return pl.DataFrame(schema=dust_schema)
+    return recorder.frame(
+        connection,
+        f"""SELECT token, holder, carried_micros FROM (
+                SELECT token, holder, arg_max(carried_micros, epoch) AS carried_micros
+                FROM {recorder.table(holders.holder_dust_table)}{upto} GROUP BY ALL)
+            WHERE carried_micros <> 0 ORDER BY token, holder""",
+    ).cast(dust_schema)  # type: ignore[arg-type]
 
 
 def _with_sources(connection: duckdb.DuckDBPyConnection, table: str, id_column: str, source_column: str) -> str:
@@ -207,7 +226,7 @@ def _weigh_holders(
         )
         weights, extra_rows[holders.epoch_blocks_table] = read_holder_weights(
             connection, tokens, prior.epoch + 1, _latest_event_time(inputs, prior), registry_block,
-            rules.holder_excluded,
+            rules.holder_excluded, rules.holder_dust_units_min,
         )
         return weights
 
@@ -221,6 +240,7 @@ def read_holder_weights(
     latest_event_time: datetime | None,
     registry_block: tuple[int, int, datetime] | None,
     excluded: tuple[str, ...] = (),
+    dust_units_min: int = 0,
 ) -> tuple[HolderWeights, pa.Table]:
     """The time-weighted balances of each token's holders over the epoch's block range, and the range's
     `settlement_epoch_blocks` row.
@@ -264,7 +284,29 @@ def read_holder_weights(
         )
     recorded = holders.excluded_addresses(excluded)
     weights = _weights(connection, chain_id, tokens, start, end, tuple(recorded))
-    return weights, holders.epoch_blocks_row(epoch, chain_id, start, end, end_time, recorded)
+    return weights, holders.epoch_blocks_row(epoch, chain_id, start, end, end_time, recorded, dust_units_min)
+
+
+def recorded_epoch_blocks(connection: duckdb.DuckDBPyConnection, epoch: int) -> dict | None:
+    """The block range closed epoch `epoch` weighted holders over (`settlement_epoch_blocks`: chain_id,
+    from_block, to_block, excluded as a list, dust_units_min; 0 for a row stored before ledger format 12), or None:
+    it recorded none, so it paid no holders."""
+    if holders.epoch_blocks_table not in recorder.existing_tables(connection):
+        return None
+    row = connection.execute(
+        f"SELECT chain_id, from_block, to_block, excluded, dust_units_min "
+        f"FROM {recorder.table(holders.epoch_blocks_table)} WHERE epoch = ?",
+        [epoch],
+    ).fetchone()
+    if row is None:
+        return None
+    return {
+        "chain_id": int(row[0]),
+        "from_block": int(row[1]),
+        "to_block": int(row[2]),
+        "excluded": [address for address in str(row[3]).split(",") if address],
+        "dust_units_min": int(row[4] or 0),
+    }
 
 
 def recorded_holder_weights(
@@ -272,17 +314,11 @@ def recorded_holder_weights(
 ) -> HolderWeights | None:
     """The holder weights closed epoch `epoch` was planned with: over the block range and without the addresses
     it recorded (None: it recorded none, so it paid no holders)."""
-    if holders.epoch_blocks_table not in recorder.existing_tables(connection):
-        return None
-    row = connection.execute(
-        f"SELECT chain_id, from_block, to_block, excluded FROM {recorder.table(holders.epoch_blocks_table)} "
-        "WHERE epoch = ?",
-        [epoch],
-    ).fetchone()
+    row = recorded_epoch_blocks(connection, epoch)
     if row is None:
         return None
-    excluded = tuple(address for address in str(row[3]).split(",") if address)
-    return _weights(connection, int(row[0]), holder_tokens(policies), int(row[1]), int(row[2]), excluded)
+    tokens = holder_tokens(policies)
+    return _weights(connection, row["chain_id"], tokens, row["from_block"], row["to_block"], tuple(row["excluded"]))
 
 
 def _weights(
@@ -304,25 +340,16 @@ def read_inputs(
     closing: int,
     registry: Judgment | None = None,
     reversal_sources: tuple[str, ...] = (),
+    from_rollups: bool = False,
 ) -> EpochInputs:
     """The epoch's new events (lazy), its reversals and their originals, and the registry at `closing`
-    (`registry`: as `read_registry` judged it; default: by the default rules)."""
+    (`registry`: as `read_registry` judged it; default: by the default rules).
+
+    `from_rollups`: the new events as the appends' rollups give them where that is exact (`settlement.rollups`;
+    the same payables), read from the events where not, or wholly when an append of the range wrote none.
+    """
     metered_files = data_files(connection, "inference_metered", closing)
     new_files = metered_files.filter(pl.col("snapshot") > prior.closing_snapshot)
-    metered_schema = file_tables["inference_metered"]
-    new_events = _scan(new_files, event_columns, metered_schema)
-    # Ingest already drops duplicates, so one counting pass usually shows there is nothing to drop
-    # and spares every later pass over the events a deduplication. It counts 64-bit hashes of the
-    # ids (about twice as fast as counting the strings): equal ids hash equally, so a duplicate is
-    # never missed, and a rare hash collision only costs the exact deduplication below. That one
-    # keeps, of ids stored twice with different content, the least row in column order: the same
-    # choice on every run.
-    # An event is its (source, id): the same id from two sources is two events, both paid.
-    rows, distinct_hashes = (
-        new_events.select(pl.len(), pl.struct("source", "event_id").hash().n_unique()).collect().row(0)
-    )
-    if rows != distinct_hashes:
-        new_events = new_events.sort(event_columns).unique(["source", "event_id"], keep="first", maintain_order=True)
     reversal_files = data_files(connection, "inference_reversed", closing).filter(
         pl.col("snapshot") > prior.closing_snapshot
     )
@@ -357,16 +384,42 @@ def read_inputs(
             .collect()
         )
     registry = registry or read_registry(connection, prior, closing, RegistryRules())
+    rolled = None
+    if from_rollups:
+        resolution = resolve(registry.models, registry.policies, closing)
+        new_originals = originals.filter(pl.col("arrival_snapshot") > prior.closing_snapshot)
+        rolled = events_from_rollups(
+            connection, new_files, prior.closing_snapshot, closing, resolution, new_originals
+        )
     return EpochInputs(
         closing_snapshot=closing,
-        new_events=new_events,
+        new_events=_new_events(new_files) if rolled is None else rolled.events,
         reversals=reversals,  # type: ignore[arg-type]
         originals=originals,
         models=registry.models,
         policies=registry.policies,
         addresses=registry.addresses,
         reversal_sources=reversal_sources,
+        rollup_cells=None if rolled is None else (rolled.rollup_cells, rolled.event_cells),
     )
+
+
+def _new_events(new_files: pl.DataFrame) -> pl.LazyFrame:
+    """The epoch's new events, read from their files, deduplicated by (source, id)."""
+    new_events = _scan(new_files, event_columns, file_tables["inference_metered"])
+    # Ingest already drops duplicates, so one counting pass usually shows there is nothing to drop
+    # and spares every later pass over the events a deduplication. It counts 64-bit hashes of the
+    # ids (about twice as fast as counting the strings): equal ids hash equally, so a duplicate is
+    # never missed, and a rare hash collision only costs the exact deduplication below. That one
+    # keeps, of ids stored twice with different content, the least row in column order: the same
+    # choice on every run.
+    # An event is its (source, id): the same id from two sources is two events, both paid.
+    rows, distinct_hashes = (
+        new_events.select(pl.len(), pl.struct("source", "event_id").hash().n_unique()).collect().row(0)
+    )
+    if rows != distinct_hashes:
+        new_events = new_events.sort(event_columns).unique(["source", "event_id"], keep="first", maintain_order=True)
+    return new_events
 
 
 def plan_from_ledger(
@@ -375,13 +428,15 @@ def plan_from_ledger(
     check_inputs: Callable[[PriorState, int], object] | None = None,
     rules: RegistryRules | None = None,
     registry_contract: str | None = None,
+    from_rollups: bool = False,
 ) -> tuple[EpochPlan, dict]:
     """Plan the next epoch over the ledger as it is now; return the plan, its reversal rows and the
     registry records it refuses (`registry_refused`, judged by `rules`; default: the open defaults).
 
     `check_inputs(prior, closing_snapshot)` runs before the epoch's events and registry are read, and
-    refuses by raising (`settlement.input_checks`). When a policy names `holders:<token>`, the holders' weights
-    over the epoch's block range are read (`read_holder_weights`; `rules.holder_excluded` are never paid).
+    refuses by raising (`settlement.input_checks`). `from_rollups`: read the new events from the appends' rollups
+    where that is exact (`settlement.rollups`), the same plan. When a policy names `holders:<token>`, the holders'
+    weights over the epoch's block range are read (`read_holder_weights`; `rules.holder_excluded` are never paid).
     """
     rules = rules or RegistryRules()
     step = progress or (lambda name, done, total: None)
@@ -398,7 +453,7 @@ def plan_from_ledger(
         registry, extra_rows[chain_registry.epoch_registry_table] = read_chain_registry(
             ledger.connection, registry_contract, prior, closing
         )
-    inputs = read_inputs(ledger.connection, prior, closing, registry, rules.reversal_sources)
+    inputs = read_inputs(ledger.connection, prior, closing, registry, rules.reversal_sources, from_rollups)
     if registry_contract is not None:
         _require_registry_caught_up(inputs, prior, extra_rows[chain_registry.epoch_registry_table])
         providers = inputs.new_events.select(pl.col("compute_provider").unique()).collect()["compute_provider"]
@@ -406,10 +461,14 @@ def plan_from_ledger(
         inputs = dataclasses.replace(inputs, addresses=chain_registry.with_own_addresses(inputs.addresses, accounts))
     if holder_tokens(registry.policies):  # a policy pays token holders: weigh them if the epoch credits them
         inputs = dataclasses.replace(
-            inputs, holder_weights=_weigh_holders(ledger.connection, inputs, prior, rules, extra_rows)
+            inputs,
+            holder_weights=_weigh_holders(ledger.connection, inputs, prior, rules, extra_rows),
+            holder_dust_units_min=rules.holder_dust_units_min,
         )
     step(_steps[2], 2, len(_steps))
     plan = plan_epoch(inputs, prior)
+    # A rollup row stands for many events: it may be split, never held in suspense one by one (settlement.rollups).
+    require(plan.suspense_items["event_id"].null_count() == 0, "no rollup row is held in suspense")
     refusals = [
         f"{row['event_type']} `{row['event_id']}` of source `{row['source']}` refused ({row['reason_code']}): "
         f"{row['reason']}"
@@ -417,7 +476,12 @@ def plan_from_ledger(
     ]
     plan = dataclasses.replace(plan, problems=sorted({*plan.problems, *registry.problems, *refusals}))
     step(_steps[3], 3, len(_steps))
-    return plan, {"reversals": inputs.reversals, "registry_refused": registry.refused, "extra_rows": extra_rows}
+    return plan, {
+        "reversals": inputs.reversals,
+        "registry_refused": registry.refused,
+        "extra_rows": extra_rows,
+        "rollup_cells": inputs.rollup_cells,
+    }
 
 
 def write_plan(
@@ -466,6 +530,10 @@ def write_plan(
     # The on-chain registry block the epoch settled with (settlement_epoch_registry), the block range holders'
     # balances were weighted over (settlement_epoch_blocks).
     rows.update(extra_rows or {})
+    if not plan.holder_dust.is_empty():  # the holders whose carried dust changed
+        rows[holders.holder_dust_table] = _arrow(
+            plan.holder_dust.with_columns(epoch=pl.lit(plan.epoch, pl.Int64)), holders.holder_dust_schema
+        )
     return ledger.append_records(rows, precondition=still_next)
 
 

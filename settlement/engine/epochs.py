@@ -12,10 +12,10 @@ import polars as pl
 from schemas.errors import require
 from settlement.engine import reversals as rev
 from settlement.engine.figures import EpochFigures
-from settlement.engine.holders import HolderWeightSource, pass_to_holders
+from settlement.engine.holders import HolderWeightSource, dust_schema, pass_to_holders
 from settlement.engine.policies import Resolution, resolve
 from settlement.engine.postings import billed_sums, build_payables, build_postings
-from settlement.engine.splits import Routed, Split, event_columns, event_key, route, split
+from settlement.engine.splits import Routed, Split, event_columns, event_count, event_key, route, split
 
 _i128 = pl.Int128
 
@@ -35,6 +35,8 @@ class PriorState:
             schema={"recipient": pl.String, "earned_micros": pl.Int64, "cumulative_micros": pl.Int64}
         )
     )
+    # Token holders' parts carried forward below `holder_dust_units_min` (token, holder, carried_micros; non-zero).
+    holder_dust: pl.DataFrame = field(default_factory=lambda: pl.DataFrame(schema=dust_schema))
 
 
 @dataclass
@@ -53,6 +55,10 @@ class EpochInputs:
     # Per token a `holders:<token>` recipient names: each holder's time-weighted balance over the epoch's blocks
     # (or a function giving them for the tokens the epoch credits: `settlement.engine.holders`).
     holder_weights: HolderWeightSource | None = None
+    # Closed from the appends' rollups (settlement.rollups): (model, hour) cells read from rollups, from events.
+    rollup_cells: tuple[int, int] | None = None
+    # A holder's accumulated part below this many micros is carried forward, not credited (0: never).
+    holder_dust_units_min: int = 0
 
 
 @dataclass(frozen=True)
@@ -65,6 +71,8 @@ class EpochPlan(EpochFigures):
     suspense_releases: pl.DataFrame
     reversals: pl.DataFrame  # classified, with reasons
     problems: list[str]
+    # The holders whose carried dust changed: token, holder, carried_micros after the epoch (0: paid out).
+    holder_dust: pl.DataFrame = field(default_factory=lambda: pl.DataFrame(schema=dust_schema))
 
     @property
     def noop(self) -> bool:
@@ -113,14 +121,16 @@ def plan_epoch(inputs: EpochInputs, prior: PriorState) -> EpochPlan:
             ]
         )
     )
-    credits, holder_postings, holder_addresses = pass_to_holders(epoch, moves.split.credits, inputs.holder_weights)
+    credits, holder_postings, holder_addresses, holder_dust = pass_to_holders(
+        epoch, moves.split.credits, inputs.holder_weights, prior.holder_dust, inputs.holder_dust_units_min
+    )
     postings = build_postings(
         epoch, billed, moves.suspended, moves.released, moves.cancelled_held, moves.split, holder_postings
     )
     known = inputs.addresses["contributor_id"].implode()
     addresses = pl.concat([inputs.addresses, holder_addresses.filter(~pl.col("contributor_id").is_in(known))])
     payables = build_payables(epoch, credits, prior.payables, addresses)
-    totals = _checked_totals(epoch, inputs, prior, valid, moves, postings, payables)
+    totals = _checked_totals(epoch, inputs, prior, valid, moves, postings, payables, _dust_change(prior, holder_dust))
     problems = [problem for resolution in resolutions.values() for problem in resolution.problems]
     return EpochPlan(
         epoch=epoch,
@@ -135,8 +145,18 @@ def plan_epoch(inputs: EpochInputs, prior: PriorState) -> EpochPlan:
         suspense_releases=_suspense_releases(epoch, moves.released, moves.cancelled_held),
         reversals=classified,
         problems=sorted(set(problems)),
+        holder_dust=holder_dust,
         **totals,
     )
+
+
+def _dust_change(prior: PriorState, changed: pl.DataFrame) -> int:
+    """How much more dust the holders carry after the epoch than before (`changed`: their rows after it)."""
+    if changed.is_empty():
+        return 0
+    before = changed.select("token", "holder").join(prior.holder_dust, on=["token", "holder"], how="left")
+    return _sum(changed, "carried_micros") - _sum(before.with_columns(pl.col("carried_micros").fill_null(0)),
+                                                  "carried_micros")
 
 
 @dataclass(frozen=True)
@@ -158,7 +178,8 @@ def _route(
     cancelled_keys = valid.filter(pl.col("outcome") == rev.cancelled).select(
         event_key("original_source", "original_event_id")
     )["event_key"]
-    new_kept = inputs.new_events.filter(~event_key().is_in(cancelled_keys.implode()))
+    # A weighted rollup row has no event id (null key): never a cancelled event (settlement.rollups reads those raw).
+    new_kept = inputs.new_events.filter(~event_key().is_in(cancelled_keys.implode()).fill_null(False))
     held = prior.held.filter(~event_key().is_in(cancelled_keys.implode()))
     cancelled_held = prior.held.filter(event_key().is_in(cancelled_keys.implode()))
 
@@ -197,6 +218,7 @@ def _checked_totals(
     moves: _Moves,
     postings: pl.DataFrame,
     payables: pl.DataFrame,
+    dust_change: int = 0,
 ) -> dict[str, int]:
     """The epoch's money figures, after checking conservation and that the postings sum to zero."""
     prior_receivable = _receivable(prior.payables)
@@ -208,19 +230,20 @@ def _checked_totals(
     suspense_after = suspense_before + suspended_micros - released_micros - _sum(moves.cancelled_held)
     payable = _sum(payables, "amount_micros")
     reversed_micros = -_sum(valid)
-    # Conservation: what the epoch billed is what it made payable, plus what suspense now holds
-    # more, minus what recipients now owe back more.
-    accounted_micros = payable + (suspense_after - suspense_before) - (receivable - prior_receivable)
+    # Conservation: what the epoch billed is what it made payable, plus what suspense and the holders' dust now
+    # hold more, minus what recipients now owe back more.
+    accounted_micros = payable + (suspense_after - suspense_before) + dust_change - (receivable - prior_receivable)
     require(
         accounted_micros == new_fees - reversed_micros,
         f"conservation in epoch {epoch}: payable {payable} + suspense change {suspense_after - suspense_before} "
-        f"- receivables change {receivable - prior_receivable} = {accounted_micros} micros, but fees "
+        f"+ holder dust change {dust_change} - receivables change {receivable - prior_receivable} "
+        f"= {accounted_micros} micros, but fees "
         f"{new_fees} - reversed {reversed_micros} = {new_fees - reversed_micros}",
     )
     postings_micros = _sum(postings, "amount_micros")
     require(postings_micros == 0, f"the postings of epoch {epoch} sum to {postings_micros} micros, not 0")
     return {
-        "event_count": inputs.new_events.select(pl.len()).collect().item(),
+        "event_count": inputs.new_events.select(event_count(inputs.new_events)).collect().item(),
         "fee_micros": new_fees,
         "reversed_micros": reversed_micros,
         "suspended_micros": suspended_micros,
@@ -279,6 +302,12 @@ def advance(prior: PriorState, plan: EpochPlan) -> PriorState:
         .select(event_key("original_source", "original_event_id"))["event_key"]
         .to_list()
     )
+    keys = ["token", "holder"]
+    dust = (
+        pl.concat([prior.holder_dust.join(plan.holder_dust, on=keys, how="anti"), plan.holder_dust])
+        .filter(pl.col("carried_micros") != 0)
+        .sort(keys)
+    )
     return PriorState(
         epoch=plan.epoch,
         closing_snapshot=plan.closing_snapshot,
@@ -287,6 +316,7 @@ def advance(prior: PriorState, plan: EpochPlan) -> PriorState:
         reversed_ids=reversed_ids,
         released=released,
         payables=payables,
+        holder_dust=dust,
     )
 
 

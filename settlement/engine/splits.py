@@ -26,6 +26,16 @@ from settlement.engine.policies import Resolution
 
 _i128 = pl.Int128
 event_columns = ["event_id", "source", "event_time", "model_id", "payer", "compute_provider", "fee_micros"]
+# A further column of weighted event rows: how many events the row stands for (a rollup row of settlement.rollups,
+# whose fee is their sum and event time their latest). Rows without it are one event each.
+event_count_column = "event_count"
+
+
+def event_count(events: pl.LazyFrame | pl.DataFrame) -> pl.Expr:
+    """How many events the rows of `events` stand for (the sum of their weights, or their number)."""
+    names = events.collect_schema().names()
+    return pl.col(event_count_column).sum() if event_count_column in names else pl.len()
+
 
 # An event is identified by its (source, id), as CloudEvents defines: two producers may both use id `42`.
 # Sources and ids are printable (schemas.fields: no control character), so the unit separator joins
@@ -72,7 +82,7 @@ def route(events: pl.LazyFrame, resolution: Resolution) -> Routed:
     """
     sums = [
         pl.col("fee_micros").cast(_i128).sum().alias("fee_micros"),
-        pl.len().cast(pl.Int64).alias("events"),
+        event_count(events).cast(pl.Int64).alias("events"),
     ]
     provider_sums = (
         events.group_by("model_id", "compute_provider")

@@ -7,8 +7,12 @@ from fractions import Fraction
 import polars as pl
 from hypothesis import strategies as st
 
+from ledger.rollups import rollup_rows
+from ledger.tables import rollup_schema
 from settlement.engine.epochs import EpochInputs, PriorState, advance, plan_epoch
+from settlement.engine.policies import resolve
 from settlement.engine.splits import event_columns, event_key, key_of
+from settlement.rollups import weighted_events
 
 start = datetime(2026, 1, 1, tzinfo=UTC)
 contributors = [f"c{i}" for i in range(6)]
@@ -41,9 +45,13 @@ def _split_ppm(draw, total: int, count: int) -> list[int]:
 
 
 @st.composite
-def worlds(draw, events_max: int = 40, epochs_max: int = 3, with_datasets: bool = False) -> World:
+def worlds(
+    draw, events_max: int = 40, epochs_max: int = 3, with_datasets: bool = False, mid_hour: bool = False
+) -> World:
     """A registry and traffic; `with_datasets`: on-chain datasets too (`dataset:<id>` records with their own
-    split among contributors, named by some model policies), as the on-chain registry maps them."""
+    split among contributors, named by some model policies), as the on-chain registry maps them. `mid_hour`:
+    policies may take effect, and events happen, at minutes past the hour (a rollup cell a policy change splits)."""
+    minutes = st.sampled_from([0, 20, 40]) if mid_hour else st.just(0)
     world = World(epochs=draw(st.integers(1, epochs_max)))
     datasets = [f"dataset:d{i}" for i in range(draw(st.integers(1, 2)))] if with_datasets else []
     for dataset in datasets:
@@ -91,7 +99,8 @@ def worlds(draw, events_max: int = 40, epochs_max: int = 3, with_datasets: bool 
                 {
                     "event_id": f"pol-{model_id}-{number}",
                     "model_id": model_id,
-                    "effective_from": start + timedelta(hours=draw(st.sampled_from([0, 0, 5, 30]))),
+                    "effective_from": start
+                    + timedelta(hours=draw(st.sampled_from([0, 0, 5, 30])), minutes=draw(minutes)),
                     "event_time": start + timedelta(minutes=number),
                     "compute_share_ppm": draw(st.sampled_from([0, 100_000, 333_333, 1_000_000])),
                     "shares": shares,
@@ -103,7 +112,8 @@ def worlds(draw, events_max: int = 40, epochs_max: int = 3, with_datasets: bool 
             {
                 "event_id": f"ev-{index // 2:04d}",
                 "source": sources[index % 2],
-                "event_time": start + timedelta(hours=draw(st.integers(0, 40)), microseconds=index),
+                "event_time": start
+                + timedelta(hours=draw(st.integers(0, 40)), minutes=draw(minutes), microseconds=index),
                 "model_id": f"m{draw(st.integers(0, count - 1))}",
                 "payer": draw(st.sampled_from(payers)),
                 "compute_provider": draw(st.sampled_from(providers)),
@@ -178,11 +188,22 @@ def event_frame(rows: list[dict]) -> pl.DataFrame:
     ).select(event_columns)
 
 
-def run_epochs(world: World, order_seed: int | None = None, each=None, holder_weights=None) -> list:
+def run_epochs(
+    world: World,
+    order_seed: int | None = None,
+    each=None,
+    holder_weights=None,
+    holder_dust_units_min: int = 0,
+    path: str = "events",
+) -> list:
     """Close every epoch of the world in memory (epoch k closes at snapshot k); return the plans.
 
+    `path="rollups"` reads each epoch's new events as settlement.rollups does: from the rollup rows two appends of
+    them would write (ledger.rollups), and from the raw events only in the cells where rollups cannot be exact.
+
     `each(inputs, prior, plan)` is called after each epoch is planned (the bundle property test publishes it);
-    `holder_weights(epoch)` gives the epoch's token holders' weights (`settlement.engine.holders`)."""
+    `holder_weights(epoch)` gives the epoch's token holders' weights (`settlement.engine.holders`), and a holder's
+    part below `holder_dust_units_min` is carried forward."""
     models, policies = registry_frames(world)
     prior, plans = PriorState(), []
     for epoch in range(1, world.epochs + 1):
@@ -198,9 +219,12 @@ def run_epochs(world: World, order_seed: int | None = None, each=None, holder_we
         originals = originals.with_columns(
             arrival_snapshot=event_key().replace_strict(arrival, return_dtype=pl.Int64)
         )
+        new_events = event_frame(new).lazy()
+        if path == "rollups":
+            new_events = rolled_up(event_frame(new), models, policies, epoch, originals)
         inputs = EpochInputs(
             closing_snapshot=epoch,
-            new_events=event_frame(new).lazy(),
+            new_events=new_events,
             reversals=pl.DataFrame(
                 [
                     {k: r[k] for k in ("event_id", "source", "event_time", "original_event_id", "original_source")}
@@ -223,6 +247,7 @@ def run_epochs(world: World, order_seed: int | None = None, each=None, holder_we
             ),
             reversal_sources=(billing_source,),  # trusted to reverse the gateways' events
             holder_weights=None if holder_weights is None else holder_weights(epoch),
+            holder_dust_units_min=holder_dust_units_min,
         )
         plan = plan_epoch(inputs, prior)
         plans.append(plan)
@@ -230,6 +255,21 @@ def run_epochs(world: World, order_seed: int | None = None, each=None, holder_we
             each(inputs, prior, plan)
         prior = advance(prior, plan)
     return plans
+
+
+def rolled_up(
+    events: pl.DataFrame, models: pl.DataFrame, policies: pl.DataFrame, closing: int, originals: pl.DataFrame
+) -> pl.LazyFrame:
+    """`events` as the rollup path gives them: the rollups of two appends (halves), raw events where needed."""
+    half = events.height // 2
+    appends = [events.slice(0, half), events.slice(half)]
+    rollups = pl.concat(
+        [pl.from_arrow(rollup_schema.empty_table())]
+        + [pl.from_arrow(rollup_rows(part.to_arrow())) for part in appends if part.height]
+    )
+    new_originals = originals.filter(pl.col("arrival_snapshot") == closing)
+    resolution = resolve(models, policies, closing)
+    return weighted_events(rollups, events.lazy(), resolution, new_originals).events  # type: ignore[arg-type]
 
 
 def exact_credits(
