@@ -205,7 +205,11 @@ def registry_rules(settings: Settings) -> RegistryRules:
 
     excluded = (*settings.holder_excluded, *([settings.distributor] if settings.distributor else []))
     return RegistryRules(
-        dict(settings.registry_sources), tuple(settings.reversal_sources), settings.policy_notice_s, excluded
+        dict(settings.registry_sources),
+        tuple(settings.reversal_sources),
+        settings.policy_notice_s,
+        excluded,
+        settings.holder_dust_units_min,
     )
 
 

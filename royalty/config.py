@@ -27,7 +27,12 @@ from ingest.constants import (
     broker_unreachable_s_max_limit,
 )
 from royalty.exceptions import ConfigError
-from schemas.limits import event_time_future_s_max_default, event_time_future_s_max_limit, policy_notice_s_max
+from schemas.limits import (
+    event_time_future_s_max_default,
+    event_time_future_s_max_limit,
+    holder_dust_units_min_limit,
+    policy_notice_s_max,
+)
 from schemas.type_names import registry_event_types as registry_types  # not schemas.events: slow
 
 config_file_default = "royalty.toml"
@@ -177,6 +182,12 @@ class Settings(BaseSettings):
         (),
         "Addresses never paid as token holders (pools, treasuries, bridges), comma-separated; the zero address, "
         "the token itself and the distributor never are. Their share goes to the other holders.",
+    )
+    holder_dust_units_min: int = _setting(
+        0,
+        "Token holders: a holder's part of an epoch (plus what it carried) below this many units of the payout "
+        "asset is carried forward for it, not paid, until it reaches this; 0: every part is paid.",
+        (0, holder_dust_units_min_limit),
     )
     payer_receipts: bool = _setting(
         True,

@@ -24,6 +24,10 @@ tokens_max = 2**40
 # or checks for overflow, so this bound is about rejecting nonsense, not about int64.
 fee_micros_max = 10**12
 
+# A token holder's part below the `holder_dust_units_min` setting is carried forward: a threshold past one fee's
+# maximum (a million units of the asset) would hold small holders' money for good, so the setting stops there.
+holder_dust_units_min_limit = fee_micros_max
+
 ppm_total = 1_000_000
 
 # A policy or lineage list longer than this is a configuration error, not a real split.

@@ -29,3 +29,13 @@ SELECT epoch, substr(entry_id, strpos(entry_id, ':') + 1 + length('holders:')) A
        substr(account, length(${contributor_prefix}) + 1) AS holder, (-amount_micros)::BIGINT AS credited_micros
 FROM ${settlement_posting}
 WHERE entry_kind = 'holders' AND amount_micros < 0;
+
+-- Token holders' dust (`holder_dust_units_min`): per epoch, token and holder whose carried amount changed, what it
+-- carries after the epoch (micros; 0 once paid out) and by how much that changed. `latest` marks each holder's
+-- current row: `SELECT * FROM holder_dust WHERE latest AND carried_micros > 0` is what is carried now.
+CREATE OR REPLACE TEMP VIEW holder_dust AS
+SELECT epoch, token, holder, carried_micros,
+       carried_micros - coalesce(lag(carried_micros) OVER (PARTITION BY token, holder ORDER BY epoch), 0)
+           AS change_micros,
+       epoch = max(epoch) OVER (PARTITION BY token, holder) AS latest
+FROM ${settlement_holder_dust};

@@ -18,6 +18,7 @@ _accounts = {
     "model_prefix": accounts.model_prefix,
     "payer_prefix": accounts.payer_prefix,
     "suspense_account": accounts.suspense_account,
+    "holder_dust_prefix": accounts.holder_dust_prefix,
 }
 
 

@@ -47,7 +47,8 @@ LEFT JOIN ${settlement_suspense_release} r
 -- billing_vs_epoch: payers were debited the epoch's fees less reversals. events_vs_epoch: the events
 -- whose data files the catalog added inside the epoch's snapshot range sum to its fee_micros (a
 -- duplicate event reaching the ledger shows here too). suspense_balance: suspense_micros is what the
--- suspense postings hold. conservation: payable + Δsuspense − Δreceivables = fees − reversed.
+-- suspense postings hold. conservation: payable + Δsuspense + Δholder dust − Δreceivables = fees − reversed
+-- (Δholder dust: what the epoch's `holders-dust:<token>` postings were credited).
 CREATE OR REPLACE TEMP VIEW ledger_checks AS
 WITH e AS (
     SELECT *, coalesce(lag(suspense_micros) OVER (ORDER BY epoch), 0) AS suspense_before_micros,
@@ -77,6 +78,11 @@ payers AS (
 suspense AS (
     SELECT epoch, -sum(amount_micros) AS moved_micros
     FROM ${settlement_posting} WHERE account = ${suspense_account} GROUP BY ALL
+),
+-- What token holders' carried dust grew by (`holders-dust:<token>` accounts, credited when a part is carried).
+dust AS (
+    SELECT epoch, -sum(amount_micros) AS moved_micros
+    FROM ${settlement_posting} WHERE account LIKE ${holder_dust_prefix} || '%' GROUP BY ALL
 ),
 files AS (
     SELECT filename, count(*) AS events, sum(fee_micros) AS fee_micros
@@ -121,10 +127,10 @@ checks AS (
            abs(e.suspense_micros - sum(coalesce(s.moved_micros, 0)) OVER (ORDER BY e.epoch))
     FROM e LEFT JOIN suspense s ON s.epoch = e.epoch
     UNION ALL
-    SELECT 'conservation', epoch, 1, 0,
-           abs(payable_micros + (suspense_micros - suspense_before_micros)
+    SELECT 'conservation', e.epoch, 1, 0,
+           abs(payable_micros + (suspense_micros - suspense_before_micros) + coalesce(d.moved_micros, 0)
                - (receivable_micros - receivable_before_micros) - (fee_micros - reversed_micros))
-    FROM e
+    FROM e LEFT JOIN dust d ON d.epoch = e.epoch
 )
 SELECT check_name, epoch, items_checked::BIGINT AS items_checked,
        (items_off + (difference_micros <> 0 AND items_off = 0)::INTEGER)::BIGINT AS items_off,

@@ -18,6 +18,9 @@ dataset_prefix = "dataset:"
 # The holders of an ERC-20 (`holders:<token address>`): credited like a contributor by the split, then passed on
 # in the same epoch to `contributor:<holder address>` by time-weighted balance (settlement.engine.holders).
 holders_prefix = holders_recipient_prefix
+# What a token's holders' parts below `holder_dust_units_min` add up to, carried forward per holder
+# (`holders-dust:<token address>`): credited when a part is carried, debited when the holder is paid it.
+holder_dust_prefix = "holders-dust:"
 payer_prefix = "payer:"
 suspense_account = "suspense"
 

@@ -47,6 +47,7 @@ class RegistryRules:
     reversal_sources: tuple[str, ...] = ()
     policy_notice_s: int | None = None
     holder_excluded: tuple[str, ...] = ()  # pools, treasuries, bridges, the distributor (`holder_excluded`)
+    holder_dust_units_min: int = 0  # a holder's part below this is carried forward (`holder_dust_units_min`)
 
     def listed(self, event_type: str, source: str) -> bool:
         return source in self.registry_sources.get(event_type, ())

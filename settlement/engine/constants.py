@@ -17,6 +17,9 @@ amount_micros_max = 2**63 - 1
 # the few thousand routes of an epoch far below one in a billion.
 key_hex_digits = 16
 
+# The most `holder_dust_units_min` may be (schemas.limits, where the settings read it without the engine).
+holder_dust_units_min_limit = limits.holder_dust_units_min_limit
+
 # The first time any policy can be in force: before it, no model has a policy.
 time_origin_year = limits.event_year_min
 

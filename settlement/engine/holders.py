@@ -8,6 +8,11 @@ entry `e<epoch>:holders:<token>`: the `contributor:holders:<token>` account is d
 `contributor:<address>` credited its part. Holders are paid at their own address, in the same cumulative
 leaves as every other payee. A token with no weighted holder (none synced, or every holder excluded) keeps
 the take on `holders:<token>`, unaddressed: it waits there, never lost.
+
+Dust (`holder_dust_units_min`, docs/spec/settlement-v3.md): a holder whose part plus what it carried in stays
+below the threshold is not credited; the amount is carried on `holders-dust:<token>` (in the same entry) and
+recorded per holder (`settlement_holder_dust`), and paid in the first later epoch paying that token's holders in
+which the holder's accumulated amount reaches the threshold.
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ from collections.abc import Callable
 
 import polars as pl
 
-from settlement.engine.accounts import contributor_prefix, holders_prefix
+from settlement.engine.accounts import contributor_prefix, holder_dust_prefix, holders_prefix
 from settlement.engine.allocation import allocate_by_weight
 
 _i128 = pl.Int128
@@ -34,29 +39,51 @@ def holder_tokens(policies: pl.DataFrame) -> list[str]:
     return sorted({r.removeprefix(holders_prefix) for r in recipients.drop_nulls() if r.startswith(holders_prefix)})
 
 
+dust_schema = {"token": pl.String, "holder": pl.String, "carried_micros": pl.Int64}
+
+
 def pass_to_holders(
-    epoch: int, credits: pl.DataFrame, source: HolderWeightSource | None
-) -> tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame]:
+    epoch: int,
+    credits: pl.DataFrame,
+    source: HolderWeightSource | None,
+    dust: pl.DataFrame | None = None,
+    dust_units_min: int = 0,
+) -> tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame, pl.DataFrame]:
     """The epoch's credits with each weighted `holders:<token>` take replaced by its holders' parts, the
-    postings of those entries (posting columns, amounts Int128) and the holders' own payout addresses."""
+    postings of those entries (posting columns, amounts Int128), the holders' own payout addresses, and the
+    holders' dust rows whose carried amount changed (`dust_schema`).
+
+    `dust` (`dust_schema`) is what earlier epochs carried per token and holder. A holder's accumulated amount
+    (its part plus what it carried in) strictly between 0 and `dust_units_min` is carried forward on
+    `holders-dust:<token>` instead of credited; any other accumulated amount (at or past the threshold, or
+    negative after a reversal) is credited, and the carried amount goes to 0. With a threshold of 0 nothing is
+    ever carried.
+    """
     postings: list[dict] = []
     parts: list[dict] = []
+    dust_rows: list[dict] = []
     passed: set[str] = set()
     takes = credits.filter(pl.col("recipient").str.starts_with(holders_prefix) & (pl.col("amount_micros") != 0))
     tokens = sorted(r.removeprefix(holders_prefix) for r in takes["recipient"].to_list())
     weights = (source(tokens) if callable(source) else source) if tokens and source is not None else {}
+    carried = _carried(dust)
     for row in takes.iter_rows(named=True):
         recipient, take = row["recipient"], int(row["amount_micros"])
-        holders = weights.get(recipient.removeprefix(holders_prefix), [])
+        token = recipient.removeprefix(holders_prefix)
+        holders = weights.get(token, [])
         if not holders or take == 0:
             continue
         passed.add(recipient)
         entry = f"e{epoch}:{recipient}"
         postings.append(_posting(entry, contributor_prefix + recipient, take))
-        for holder, amount in allocate_by_weight(take, holders):
-            if amount:
-                postings.append(_posting(entry, contributor_prefix + holder, -amount))
-                parts.append({"recipient": holder, "amount_micros": amount})
+        paid, changed = carry_dust(allocate_by_weight(take, holders), carried.get(token, {}), dust_units_min)
+        for holder, amount in paid:
+            postings.append(_posting(entry, contributor_prefix + holder, -amount))
+            parts.append({"recipient": holder, "amount_micros": amount})
+        moved = sum(after - carried.get(token, {}).get(holder, 0) for holder, after in changed)
+        if moved:
+            postings.append(_posting(entry, holder_dust_prefix + token, -moved))
+        dust_rows.extend({"token": token, "holder": holder, "carried_micros": after} for holder, after in changed)
     kept = credits.filter(~pl.col("recipient").is_in(sorted(passed)))
     received = pl.DataFrame(parts, schema={"recipient": pl.String, "amount_micros": _i128})
     merged = (
@@ -76,7 +103,38 @@ def pass_to_holders(
     addresses = pl.DataFrame(
         {"contributor_id": sorted(set(received["recipient"].to_list()))}, schema={"contributor_id": pl.String}
     ).with_columns(payout_address=pl.col("contributor_id"))
-    return merged, pl.DataFrame(postings, schema=posting_schema), addresses
+    changed_dust = pl.DataFrame(dust_rows, schema=dust_schema).sort("token", "holder")
+    return merged, pl.DataFrame(postings, schema=posting_schema), addresses, changed_dust
+
+
+def carry_dust(
+    parts: list[tuple[str, int]], carried_in: dict[str, int], dust_units_min: int
+) -> tuple[list[tuple[str, int]], list[tuple[str, int]]]:
+    """Apply the dust threshold to one token's allocated `parts` (holder, amount): returns the holders credited
+    (holder, amount, non-zero, by holder) and the holders whose carried amount changed (holder, carried after)."""
+    paid, changed = [], []
+    amounts = dict(parts)
+    holders = list(amounts) if not carried_in else sorted(set(amounts) | set(carried_in))
+    for holder in holders:
+        before = carried_in.get(holder, 0)
+        accumulated = amounts.get(holder, 0) + before
+        after = accumulated if 0 < accumulated < dust_units_min else 0
+        if accumulated and not after:
+            paid.append((holder, accumulated))
+        if after != before:
+            changed.append((holder, after))
+    return paid, changed
+
+
+def _carried(dust: pl.DataFrame | None) -> dict[str, dict[str, int]]:
+    """token -> holder -> carried micros (non-zero only)."""
+    carried: dict[str, dict[str, int]] = {}
+    if dust is None:
+        return carried
+    for token, holder, amount in dust.select("token", "holder", "carried_micros").iter_rows():
+        if amount:
+            carried.setdefault(token, {})[holder] = int(amount)
+    return carried
 
 
 def _posting(entry: str, account: str, amount: int) -> dict:

@@ -51,7 +51,10 @@ def worlds(
     """A registry and traffic; `with_datasets`: on-chain datasets too (`dataset:<id>` records with their own
     split among contributors, named by some model policies), as the on-chain registry maps them. `mid_hour`:
     policies may take effect, and events happen, at minutes past the hour (a rollup cell a policy change splits)."""
-    minutes = st.sampled_from([0, 20, 40]) if mid_hour else st.just(0)
+    minutes = st.sampled_from([0, 30, 59]) if mid_hour else st.just(0)
+    policy_hours = st.sampled_from([0, 5]) if mid_hour else st.sampled_from([0, 0, 5, 30])
+    # Mid-hour worlds crowd their events into a few hours around the policy changes, so rollup cells hold several.
+    event_hours = st.integers(4, 5) if mid_hour else st.integers(0, 40)
     world = World(epochs=draw(st.integers(1, epochs_max)))
     datasets = [f"dataset:d{i}" for i in range(draw(st.integers(1, 2)))] if with_datasets else []
     for dataset in datasets:
@@ -100,7 +103,7 @@ def worlds(
                     "event_id": f"pol-{model_id}-{number}",
                     "model_id": model_id,
                     "effective_from": start
-                    + timedelta(hours=draw(st.sampled_from([0, 0, 5, 30])), minutes=draw(minutes)),
+                    + timedelta(hours=draw(policy_hours), minutes=draw(minutes)),
                     "event_time": start + timedelta(minutes=number),
                     "compute_share_ppm": draw(st.sampled_from([0, 100_000, 333_333, 1_000_000])),
                     "shares": shares,
@@ -113,7 +116,7 @@ def worlds(
                 "event_id": f"ev-{index // 2:04d}",
                 "source": sources[index % 2],
                 "event_time": start
-                + timedelta(hours=draw(st.integers(0, 40)), minutes=draw(minutes), microseconds=index),
+                + timedelta(hours=draw(event_hours), minutes=draw(minutes), microseconds=index),
                 "model_id": f"m{draw(st.integers(0, count - 1))}",
                 "payer": draw(st.sampled_from(payers)),
                 "compute_provider": draw(st.sampled_from(providers)),

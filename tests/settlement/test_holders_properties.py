@@ -251,6 +251,7 @@ def test_the_epoch_block_range_and_the_refusals_while_the_holder_sync_is_behind(
     weights, row = read_holder_weights(database, sorted([token, other]), 1, noon, None, ("0xABC",))
     assert row.to_pylist()[0] | {"to_block_time": None} == {
         "epoch": 1, "chain_id": chain_id, "from_block": 7, "to_block": 30, "to_block_time": None, "excluded": "0xabc",
+        "dust_units_min": 0,
     }
     assert weights == {token: [], other: []}
     with pytest.raises(HoldersBehindError, match="earlier than the epoch's latest event"):
@@ -264,3 +265,121 @@ def test_the_epoch_block_range_and_the_refusals_while_the_holder_sync_is_behind(
         read_holder_weights(database, [token], 2, noon, (chain_id, 41, noon))
     _, row = read_holder_weights(database, [token], 2, None, (chain_id, 35, noon))
     assert (row["from_block"][0].as_py(), row["to_block"][0].as_py()) == (31, 35)
+
+
+def _dust_after(state: dict[tuple[str, str], int], plan) -> dict[tuple[str, str], int]:
+    """The holders' carried dust after `plan` (token, holder -> micros; non-zero), from the rows it changed."""
+    after = dict(state)
+    for token_address, holder, carried in plan.holder_dust.iter_rows():
+        after[(token_address, holder)] = carried
+    return {key: value for key, value in after.items() if value}
+
+
+@settings(max_examples=depth(25, 200), deadline=None)
+@given(
+    world=worlds(epochs_max=4),
+    weights=st.lists(
+        st.dictionaries(st.sampled_from(holders), st.one_of(st.integers(1, 10**3), st.integers(1, 10**30)), min_size=2),
+        min_size=4,
+    ),
+    dust_units_min=st.one_of(st.integers(0, 200), st.sampled_from([10**6, 10**12])),
+    order_seed=st.integers(0, 1000),
+)
+def test_holder_dust_is_carried_never_lost_and_conserved(world, weights, dust_units_min: int, order_seed: int) -> None:
+    """`holder_dust_units_min`: every epoch, payables + Δsuspense + Δdust − Δreceivables = fees − reversed and the
+    postings balance (the `holders-dust:<token>` account moves by exactly the change in carried dust). A holder is
+    credited only an accumulated amount at or past the threshold (or a negative one), and carries only amounts
+    strictly between 0 and it. Nothing is lost: over the epochs, what each holder was credited plus what it still
+    carries is what it is credited with no threshold. Every cumulative payable only grows, and the epochs give the
+    same payables and dust whatever order their events come in."""
+    import copy
+
+    recipient = f"holders:{token}"
+    per_epoch = {epoch: sorted(weights[epoch - 1].items()) for epoch in range(1, world.epochs + 1)}
+    source = lambda epoch: {token: per_epoch[epoch]}  # noqa: E731
+    without = run_epochs(_with_holders(copy.deepcopy(world), recipient), holder_weights=source)
+    plans = run_epochs(
+        _with_holders(copy.deepcopy(world), recipient), holder_weights=source, holder_dust_units_min=dust_units_min
+    )
+    shuffled = run_epochs(
+        _with_holders(copy.deepcopy(world), recipient), order_seed, holder_weights=source,
+        holder_dust_units_min=dust_units_min,
+    )
+    dust: dict[tuple[str, str], int] = {}
+    suspense_before = receivable_before = 0
+    cumulative: dict[str, int] = {}
+    for plan, again, plain in zip(plans, shuffled, without, strict=True):
+        assert plan.payables.equals(again.payables) and plan.holder_dust.equals(again.holder_dust)
+        after = _dust_after(dust, plan)
+        # The rule, simulated from the parts the epoch gives with no threshold: part + carried below the threshold
+        # (and above 0) is carried, anything else credited.
+        expected_dust, expected_credit = dict(dust), {}
+        parts = plain.payables.filter(pl.col("recipient").is_in(holders))
+        for holder, part in parts.select("recipient", "credited_micros").iter_rows():
+            accumulated = dust.get((token, holder), 0) + part
+            carried = accumulated if 0 < accumulated < dust_units_min else 0
+            expected_dust[(token, holder)] = carried
+            if accumulated and not carried:
+                expected_credit[holder] = accumulated
+        assert after == {key: value for key, value in expected_dust.items() if value}
+        received = plan.payables.filter(pl.col("recipient").is_in(holders))
+        assert dict(received.select("recipient", "credited_micros").iter_rows()) == expected_credit
+        assert all(0 < carried < dust_units_min for carried in after.values())
+        dust_change = sum(after.values()) - sum(dust.values())
+        accounted = (
+            plan.payable_micros
+            + (plan.suspense_micros - suspense_before)
+            + dust_change
+            - (plan.receivable_micros - receivable_before)
+        )
+        assert accounted == plan.fee_micros - plan.reversed_micros
+        assert int(plan.postings["amount_micros"].sum()) == 0
+        dust_postings = plan.postings.filter(pl.col("account") == f"holders-dust:{token}")["amount_micros"].sum()
+        assert -int(dust_postings or 0) == dust_change
+        credited = plan.payables.filter(pl.col("recipient").is_in(holders))["credited_micros"].to_list()
+        assert all(amount >= dust_units_min or amount < 0 for amount in credited)
+        for row in plan.payables.iter_rows(named=True):
+            assert row["amount_micros"] >= 0 and row["cumulative_micros"] >= cumulative.get(row["recipient"], 0)
+            cumulative[row["recipient"]] = row["cumulative_micros"]
+        dust, suspense_before, receivable_before = after, plan.suspense_micros, plan.receivable_micros
+    def credited_to(runs: list, holder: str) -> int:
+        return sum(int(p.payables.filter(pl.col("recipient") == holder)["credited_micros"].sum() or 0) for p in runs)
+
+    for holder in holders:
+        assert credited_to(plans, holder) + dust.get((token, holder), 0) == credited_to(without, holder)
+
+
+def test_a_holders_dust_is_carried_until_it_reaches_the_threshold_then_paid_whole() -> None:
+    """Epoch by epoch through `pass_to_holders` with a threshold of 3 micros: B's 1-micro parts are carried (1, then
+    2) and paid whole (3) in the epoch they reach the threshold; a taken-back epoch (negative take) lowers the
+    carried amount first; each entry balances on `holders-dust:<token>`; a threshold of 0 carries nothing."""
+    from settlement.engine.holders import dust_schema, pass_to_holders
+
+    a, b = holders[0], holders[1]
+    recipient = f"holders:{token}"
+    dust = pl.DataFrame(schema=dust_schema)
+    seen = []
+    for epoch, take in enumerate([10, 10, 10, 10, -10], start=1):
+        credits = pl.DataFrame({"recipient": [recipient], "amount_micros": [take]}, schema={
+            "recipient": pl.String, "amount_micros": pl.Int128})
+        merged, postings, _, changed = pass_to_holders(epoch, credits, {token: [(a, 9), (b, 1)]}, dust, 3)
+        assert int(postings["amount_micros"].sum()) == 0
+        dust_posting = int(postings.filter(pl.col("account") == f"holders-dust:{token}")["amount_micros"].sum() or 0)
+        before = dict(dust.select("holder", "carried_micros").iter_rows())
+        now = {**before, **dict(changed.select("holder", "carried_micros").iter_rows())}
+        assert -dust_posting == sum(now.values()) - sum(before.values())
+        dust = pl.DataFrame(
+            [{"token": token, "holder": h, "carried_micros": c} for h, c in sorted(now.items()) if c],
+            schema=dust_schema,
+        )
+        seen.append((dict(merged.select("recipient", "amount_micros").iter_rows()), now.get(b, 0)))
+    assert seen == [
+        ({a: 9}, 1),
+        ({a: 9}, 2),
+        ({a: 9, b: 3}, 0),
+        ({a: 9}, 1),
+        ({a: -9}, 0),  # B's part of the reversal (-1) takes back the micro it carried: nothing credited, 0 carried
+    ]
+    merged, _, _, changed = pass_to_holders(1, credits.with_columns(amount_micros=pl.lit(10, pl.Int128)),
+                                            {token: [(a, 9), (b, 1)]}, None, 0)
+    assert dict(merged.iter_rows()) == {a: 9, b: 1} and changed.is_empty()
