@@ -1,16 +1,17 @@
 """`royalty demo`: the whole pipeline on embedded defaults, for a newcomer with Python and pip.
 
 Stages: start the embedded Kafka-compatible broker (or use `--kafka`), produce sample traffic
-with some duplicates and invalid messages, ingest it until idle, close the epoch, deploy the
-distributor on the in-process chain (or `--rpc-url`), settle the root, claim for the two largest
+with some duplicates and invalid messages, ingest it until idle, close the epochs, deploy the
+distributor on the in-process chain (or `--rpc-url`), settle the latest root, claim for the two largest
 payees, write the settlement report, and print a summary whose ledger figures are re-read with
 the same SQL a user would run.
 
-On the in-process chain the registry is on-chain (docs/registry.md): the demo deploys a ModelRegistry,
-registers the sample's models with their lineage and first policies (contributors and compute providers
-are addresses), meters its traffic after those policies take effect, syncs the registry into the ledger
-(`sync-registry`) and closes the epoch in on-chain mode: the sample's registry records on Kafka are ignored.
-With `--rpc-url` it keeps the operator registry (Kafka).
+On the in-process chain the registry is on-chain (docs/registry.md) and the story spans four days in two epochs
+(`royalty.demo_history`): the chain's history starts four days back, a ModelRegistry and a holder token are
+deployed there, the traffic runs over the days, a policy changes mid-history, a contributor moves its payout address
+between the epochs; before each close the registry and the token's transfers are synced (`sync-registry`,
+`sync-holders`) and the epoch is closed in on-chain mode (the sample's registry records on Kafka are ignored).
+With `--rpc-url` it keeps the operator registry (Kafka) and one epoch.
 """
 
 import json
