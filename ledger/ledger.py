@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from dataclasses import field as dataclass_field
 from datetime import UTC, datetime
 from enum import Enum
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 import duckdb
 import pyarrow as pa
@@ -63,6 +63,9 @@ from schemas.arrow import envelope_fields, position_fields
 from schemas.errors import require
 from schemas.events import event_types
 from schemas.reason_codes import ReasonCode
+
+if TYPE_CHECKING:
+    from ledger.recorder import Recorder
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -245,6 +248,13 @@ class Ledger:
                 self._partition_locks.close()
             if self._step_locks is not None:
                 self._step_locks.close()
+
+    @property
+    def recorder(self) -> "Recorder":
+        """The recorder API on this ledger (`ledger.recorder`): reads under this ledger's lock and retries."""
+        from ledger.recorder import Recorder  # it imports this module
+
+        return Recorder(self)
 
     def ensure_tables(self) -> None:
         """Create every registered table this ledger lacks (tables registered after it was opened)."""

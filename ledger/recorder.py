@@ -11,14 +11,20 @@ DuckLake's internal `__ducklake_metadata_*` tables or calls its snapshot functio
 or another catalog backend is handled here (tests/test_import_direction.py checks that no module outside
 `ledger/` reaches into them).
 
-Each function takes the connection the caller already reads with (a `Ledger`'s, under its lock where
-the caller holds it), so the reads see the same snapshot as the caller's other queries. An unregistered
+`Recorder` (a `Ledger`'s `recorder`) is how a caller runs them: each operation, or a group of them that must
+see one snapshot (`Recorder.read`), under the ledger's lock and its retries (`Ledger.reading`: another writer's
+commit waited out, a stale catalog cache retried on a fresh connection, `LedgerBusyError` past the bound), any
+other DuckDB error raised as a typed `LedgerError` (`ledger_error_of`: a lost catalog or object store is
+transient). The module functions below take a connection: they are the steps inside such a read, or inside a
+transaction's precondition (`Ledger.append_records`), where the caller already holds the lock. An unregistered
 table name raises `InvariantViolation` (a bug, never input).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING, TypeVar
 
 import duckdb
 import polars as pl
@@ -30,7 +36,78 @@ from ledger.object_store import file_size, polars_storage_options
 from ledger.tables import all_tables, compaction_table, file_tables
 from schemas.errors import require
 
+if TYPE_CHECKING:
+    from ledger.ledger import Ledger
+
+T = TypeVar("T")
 _metadata = f"__ducklake_metadata_{catalog_alias}"
+
+
+class Recorder:
+    """The recorder API on one ledger: every read under its lock and retries, with typed errors."""
+
+    def __init__(self, ledger: Ledger) -> None:
+        self._ledger = ledger
+
+    def read(self, work: Callable[[duckdb.DuckDBPyConnection], T], what: str) -> T:
+        """`work(connection)`, reads that must see one snapshot, under the ledger's lock and retries.
+
+        `work` reads only (it may run again, on a fresh connection); past the retries `LedgerBusyError`, and any
+        other DuckDB error a `LedgerError` naming `what`.
+        """
+        from ledger.ledger import ledger_error_of  # ledger.ledger imports the modules this one does
+
+        ledger = self._ledger
+        try:
+            return ledger.reading(lambda: work(ledger.connection), what)
+        except duckdb.Error as error:
+            raise ledger_error_of(error, what, ledger.location.display) from error
+
+    def frame(self, sql: str, params: list | None = None) -> pl.DataFrame:
+        """`frame`: one query's rows (its tables named with `table`) as a polars frame."""
+        return self.read(lambda connection: frame(connection, sql, params), "read the ledger")
+
+    def existing_tables(self) -> set[str]:
+        """`existing_tables`: the names of the tables this ledger holds."""
+        return self.read(existing_tables, "list the ledger's tables")
+
+    def current_snapshot(self) -> int:
+        """`current_snapshot`: the latest snapshot of the ledger."""
+        return self.read(current_snapshot, "read the current snapshot")
+
+    def rows_as_of(self, name: str, snapshot: int) -> pl.DataFrame:
+        """`rows_as_of`: every row of the small file table `name` as of `snapshot`, with `known_snapshot`."""
+        return self.read(lambda connection: rows_as_of(connection, name, snapshot), f"read `{name}`")
+
+    def files_as_of(self, table: str, snapshot: int) -> pl.DataFrame:
+        """`files_as_of`: the data files of `table` as of `snapshot`, each with the snapshot that added it."""
+        return self.read(lambda connection: files_as_of(connection, table, snapshot), f"list the files of `{table}`")
+
+    def files_added_after(self, table: str, after_snapshot: int, snapshot: int | None = None) -> list[tuple[str, int]]:
+        """`files_added_after`: the data files of `table` a snapshot after `after_snapshot` added."""
+        return self.read(
+            lambda connection: files_added_after(connection, table, after_snapshot, snapshot),
+            f"list the files of `{table}`",
+        )
+
+    def listed_files(self, table: str, snapshot: int | None = None) -> list[tuple[str, int]]:
+        """`listed_files`: (absolute path, size in bytes) of every data file of `table` as of `snapshot`."""
+        return self.read(lambda connection: listed_files(connection, table, snapshot), f"list the files of `{table}`")
+
+    def compactions_across(self, snapshot: int) -> int:
+        """`compactions_across`: how many compactions merged rows of both sides of `snapshot`."""
+        return self.read(lambda connection: compactions_across(connection, snapshot), "read the compactions")
+
+    def first_inserting_snapshot(self, table: str, after_snapshot: int, column: str, value: object) -> int | None:
+        """`first_inserting_snapshot`: the first snapshot after `after_snapshot` that inserted `column = value`."""
+        return self.read(
+            lambda connection: first_inserting_snapshot(connection, table, after_snapshot, column, value),
+            f"read the insertions into `{table}`",
+        )
+
+    def snapshot_times(self, snapshots: list[int]) -> dict[int, datetime]:
+        """`snapshot_times`: when each of `snapshots` was committed (UTC)."""
+        return self.read(lambda connection: snapshot_times(connection, snapshots), "read the snapshots' times")
 
 
 def table(name: str, snapshot: int | None = None) -> str:

@@ -143,6 +143,10 @@ def verify_settle_inputs(ledger: Ledger, epoch: int, checks: InputChecks) -> lis
 
 def missing_listed_files(ledger: Ledger) -> list[str]:
     """Every data file the catalog lists now that is not in the data folder (only `stat`s, reads nothing)."""
-    tables = sorted(recorder.existing_tables(ledger.connection))
-    listed = [path for table in tables for path, _ in listed_files(ledger.connection, table)]
+
+    def listed_now(connection: duckdb.DuckDBPyConnection) -> list[str]:
+        tables = sorted(recorder.existing_tables(connection))
+        return [path for table in tables for path, _ in listed_files(connection, table)]
+
+    listed = ledger.recorder.read(listed_now, "list the ledger's data files")
     return [path for path in listed if not recorder.data_file_exists(path)]

@@ -562,7 +562,7 @@ def write_plan_once(
     with ledger.step_lock(close_step):
         if latest_epoch(ledger.connection) >= plan.epoch:
             return None
-        if recorder.compactions_across(ledger.connection, plan.closing_snapshot):
+        if ledger.recorder.compactions_across(plan.closing_snapshot):
             raise CompactedWhilePlanningError(plan.epoch, plan.closing_snapshot)
         return write_plan(ledger, plan, reversal_rows, registry_refused, extra_rows)
 

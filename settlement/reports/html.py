@@ -78,11 +78,11 @@ class ReportData:
 
 
 def _frame(ledger: Ledger, sql: str, params: list | None = None) -> pl.DataFrame:
-    return recorder.frame(ledger.connection, sql, params)
+    return ledger.recorder.frame(sql, params)
 
 
 def _table_exists(ledger: Ledger, name: str) -> bool:
-    return name in recorder.existing_tables(ledger.connection)
+    return name in ledger.recorder.existing_tables()
 
 
 def _arrived(

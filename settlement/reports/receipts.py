@@ -51,7 +51,7 @@ def _closed_epochs(ledger: Ledger, from_snapshot: int) -> list[int]:
 def payer_receipt(ledger: Ledger, source: str, event_id: str, rules: RegistryRules | None = None) -> Receipt:
     """The receipt of event (`source`, `event_id`): the first closed epoch at or after its arrival whose new or
     released events hold it. Raises `ReceiptError` saying why there is none."""
-    arrived = recorder.first_inserting_snapshot(ledger.connection, "inference_metered", 0, "event_id", event_id)
+    arrived = ledger.recorder.first_inserting_snapshot("inference_metered", 0, "event_id", event_id)
     if arrived is None:
         raise ReceiptError(f"no metered event with id {event_id!r} in this ledger; check --source and --event-id")
     for epoch in _closed_epochs(ledger, arrived):
