@@ -477,30 +477,8 @@ def render_html(data: ReportData) -> str:
     """The whole page as one string."""
     epoch, asset = data.epoch, data.asset
     totals, changes = _figure_tables(data)
-    reconciliation = _table(
-        ["check", "items checked", "items off", f"difference ({asset})"],
-        [
-            [r["check_name"], f"{r['items_checked']:,}", f"{r['items_off']:,}", money(r["difference_micros"])]
-            for r in data.reconciliation.iter_rows(named=True)
-        ],
-        table_id="reconciliation",
-    )
+    reconciliation, payee_changes, suspense = _row_tables(data)
     fees_chart, payees_chart, flows_chart = _charts(data)
-    payee_changes = _table(
-        ["recipient", "previous epoch", "this epoch", "change"],
-        [
-            [r["recipient"], money(r["previous_micros"]), money(r["amount_micros"]), money(r["change_micros"])]
-            for r in data.payee_changes.iter_rows(named=True)
-        ],
-    )
-    suspense = _table(
-        ["model", "events", f"held ({asset})", "oldest call"],
-        [
-            [r["model_id"], f"{r['events']:,}", money(r["held_micros"]), r["oldest_event_time"]]
-            for r in data.suspense_held.iter_rows(named=True)
-        ],
-        table_id="suspense",
-    )
     dead, dead_total = _dead_letters_table(data)
     conservation = _conservation(data)
     root = _settled_root(data) if data.settlement else _unsettled_root(data)
@@ -548,6 +526,35 @@ letters: {epoch["dead_letter_count"]:,}.</p>
 <div class="sign">Reviewed and approved for proposal: ____________________ date: __________</div>
 </body></html>
 """
+
+
+def _row_tables(data: ReportData) -> tuple[str, str, str]:
+    """The reconciliation checks, each payee's change against the previous epoch, and the suspense held by model."""
+    asset = data.asset
+    reconciliation = _table(
+        ["check", "items checked", "items off", f"difference ({asset})"],
+        [
+            [r["check_name"], f"{r['items_checked']:,}", f"{r['items_off']:,}", money(r["difference_micros"])]
+            for r in data.reconciliation.iter_rows(named=True)
+        ],
+        table_id="reconciliation",
+    )
+    payee_changes = _table(
+        ["recipient", "previous epoch", "this epoch", "change"],
+        [
+            [r["recipient"], money(r["previous_micros"]), money(r["amount_micros"]), money(r["change_micros"])]
+            for r in data.payee_changes.iter_rows(named=True)
+        ],
+    )
+    suspense = _table(
+        ["model", "events", f"held ({asset})", "oldest call"],
+        [
+            [r["model_id"], f"{r['events']:,}", money(r["held_micros"]), r["oldest_event_time"]]
+            for r in data.suspense_held.iter_rows(named=True)
+        ],
+        table_id="suspense",
+    )
+    return reconciliation, payee_changes, suspense
 
 
 def _figure_tables(data: ReportData) -> tuple[str, str]:
