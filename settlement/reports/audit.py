@@ -23,12 +23,15 @@ from settlement.exceptions import SettlementError
 from settlement.onchain.merkle import MerkleTree
 from settlement.reports import sum_tree
 
-rules_versions = ("settlement-v1", "settlement-v2")
+rules_versions = ("settlement-v1", "settlement-v2", "settlement-v3")
 _ppm = 1_000_000
 _files = (
     "groups", "pools", "pool_shares", "policies", "models", "reversals", "suspense", "prior_recipients", "prior_leaves",
     "payables", "leaves",
 )
+# settlement-v3 adds the token holders' weights and dust (spec v3 §6b, §12).
+_holder_files = ("holder_weights", "prior_holder_dust", "holder_dust")
+_zero_address = "0x" + "00" * 20
 
 
 class AuditDisagreement(SettlementError):
@@ -88,13 +91,18 @@ def read_manifest(directory: Path) -> dict:
         raise AuditDisagreement("manifest.json", f"rules version {manifest.get('rules_version')!r} is not one of "
                                 f"{list(rules_versions)} this audit implements")
     listed = manifest.get("files", {})
-    for name in (f"{stem}.parquet" for stem in _files):
+    for name in (f"{stem}.parquet" for stem in _stems(manifest)):
         if name not in listed or not (Path(directory) / name).is_file():
             raise AuditDisagreement(name, "missing from the bundle or its manifest")
         actual = _sha256(Path(directory) / name)
         if actual != listed[name]["sha256"]:
             raise AuditDisagreement(name, f"SHA-256 {actual} is not the manifest's {listed[name]['sha256']}")
     return manifest
+
+
+def _stems(manifest: dict) -> tuple[str, ...]:
+    """The files a bundle of the manifest's rules version holds (without `.parquet`)."""
+    return _files + (_holder_files if manifest.get("rules_version") == "settlement-v3" else ())
 
 
 def _first(connection: duckdb.DuckDBPyConnection, sql: str) -> tuple | None:
@@ -209,7 +217,78 @@ def _credits(c: duckdb.DuckDBPyConnection) -> None:
         c.execute("INSERT INTO credit SELECT recipient, amount FROM pool_out WHERE target_pool_id IS NULL")
 
 
-def _check_payables(c: duckdb.DuckDBPyConnection) -> None:
+def _largest_remainder_by_weight(total: int, weights: list[tuple[str, int]]) -> dict[str, int]:
+    """Spec §5 with weights in place of ppm shares (§6a.5): floors of |total| x w / sum(w), the units left one each
+    to the largest remainders, ties to the smaller holder (byte order), the sign of the total. Python integers:
+    |total| x w passes DuckDB's 128 bits."""
+    whole, size = sum(w for _, w in weights), abs(total)
+    floors = {holder: size * w // whole for holder, w in weights}
+    ranked = sorted(weights, key=lambda hw: (-(size * hw[1] % whole), hw[0].encode()))
+    lucky = {holder for holder, _ in ranked[: size - sum(floors.values())]}
+    sign = -1 if total < 0 else 1
+    return {holder: sign * (floors[holder] + (holder in lucky)) for holder, _ in weights}
+
+
+def _pass_to_holders(c: duckdb.DuckDBPyConnection, manifest: dict) -> dict[str, str]:
+    """Spec v3 §6a and §6b: each `holders:<T>` credit of the epoch is allocated over the published weights of T's
+    holders, each holder's part plus the dust it carried in is credited, or carried when strictly between 0 and the
+    threshold; the carried amounts that change are `holder_dust.parquet`'s. Replaces those credits in `credit`.
+    Returns the holders credited, with their token (to name them)."""
+    takes = c.execute("""SELECT recipient, sum(amount)::VARCHAR FROM credit WHERE recipient LIKE 'holders:%'
+                         GROUP BY 1 HAVING sum(amount) <> 0 ORDER BY 1""").fetchall()
+    section = manifest.get("holders")
+    if section is None:
+        for recipient, _ in takes:
+            (kept,) = c.execute("SELECT count(*) FROM payables WHERE recipient = ?", [recipient]).fetchone()
+            if not kept:
+                raise AuditDisagreement(f"recipient {recipient}", f"the epoch passed this take on to the token's "
+                                        f"holders, but a {manifest['rules_version']} bundle carries no holder weights "
+                                        "(only a settlement-v3 bundle can be recomputed for it)")
+        return {}
+    never = {_zero_address, *(address.lower() for address in section["excluded"])}
+    threshold = int(section["dust_units_min"])
+    credited: dict[str, str] = {}
+    passed = set()
+    for recipient, take in takes:
+        token = recipient.removeprefix("holders:")
+        weights = [(h, int(w)) for h, w in c.execute(
+            "SELECT holder, weight FROM holder_weights WHERE token = ? ORDER BY holder", [token]).fetchall()]
+        if not weights:
+            continue  # no weighted holder: the take stays on holders:<T>, unaddressed (§6a.7)
+        for holder, weight in weights:
+            if weight <= 0 or holder.lower() in never or holder.lower() == token.lower():
+                raise AuditDisagreement(f"holder weight {holder} of {token}", "holder_weights.parquet gives a weight "
+                                        "to an excluded address, or a weight that is not positive")
+        passed.add(token)
+        parts = _largest_remainder_by_weight(int(take), weights)
+        carried_in = dict(c.execute("SELECT holder, carried_micros FROM prior_holder_dust WHERE token = ?",
+                                    [token]).fetchall())
+        published = dict(c.execute("SELECT holder, carried_micros FROM holder_dust WHERE token = ?",
+                                   [token]).fetchall())
+        c.execute("DELETE FROM credit WHERE recipient = ?", [recipient])
+        for holder in sorted(set(parts) | set(carried_in)):
+            before = int(carried_in.get(holder, 0))
+            accumulated = parts.get(holder, 0) + before
+            after = accumulated if 0 < accumulated < threshold else 0
+            if published.get(holder, before) != after or (holder in published and after == before):
+                raise AuditDisagreement(f"holder dust {holder} of {token}", f"recomputed {after} micros carried "
+                                        f"after the epoch; holder_dust.parquet says {published.get(holder)}")
+            if accumulated and not after:
+                c.execute("INSERT INTO credit VALUES (?, ?::HUGEINT)", [holder, str(accumulated)])
+                credited[holder] = token
+        extra = set(published) - set(parts) - set(carried_in)
+        if extra:
+            raise AuditDisagreement(f"holder dust {min(extra)} of {token}", "holder_dust.parquet changes the dust of "
+                                    "a holder with neither a part nor dust carried in")
+    (stray,) = c.execute("SELECT min(token) FROM holder_dust WHERE token NOT IN "
+                         "(SELECT unnest(?::VARCHAR[]))", [sorted(passed)]).fetchone()
+    if stray is not None:
+        raise AuditDisagreement(f"holder dust of {stray}", "holder_dust.parquet changes dust of a token whose "
+                                "holders the epoch did not pay")
+    return credited
+
+
+def _check_payables(c: duckdb.DuckDBPyConnection, holder_recipients: dict[str, str] | None = None) -> None:
     """Spec: earned grows by the credit, the cumulative never decreases, the growth is what becomes payable."""
     c.execute("""CREATE TEMP TABLE recomputed AS
         SELECT recipient, credited, earned, greatest(before, earned) AS cumulative,
@@ -226,10 +305,15 @@ def _check_payables(c: duckdb.DuckDBPyConnection) -> None:
            OR r.receivable <> b.receivable_micros
         ORDER BY 1 LIMIT 1""")
     if bad:
+        token = (holder_recipients or {}).get(bad[0])
+        holder = "" if token is None else (
+            f" (a holder of {token}: its part is recomputed from holder_weights.parquet, prior_holder_dust.parquet "
+            "and the holders' take)"
+        )
         raise AuditDisagreement(
             f"recipient {bad[0]}",
             f"recomputed credit {bad[1]} and payable growth {bad[3]} micros; "
-            f"payables.parquet says {bad[2]} and {bad[4]}",
+            f"payables.parquet says {bad[2]} and {bad[4]}{holder}",
         )
 
 
@@ -295,13 +379,14 @@ def audit_bundle(directory: Path, rpc_url: str | None = None, distributor: str |
     directory = Path(directory)
     manifest = read_manifest(directory)
     with duckdb.connect() as c:
-        for stem in _files:
+        for stem in _stems(manifest):
             path = str(directory / f"{stem}.parquet").replace("'", "''")
             c.execute(f"CREATE TEMP TABLE {stem} AS SELECT * FROM read_parquet('{path}')")
         _check_registry(c)
         _check_suspense(c)
         _credits(c)
-        _check_payables(c)
+        holder_recipients = _pass_to_holders(c, manifest)
+        _check_payables(c, holder_recipients)
         leaves = _leaves(c, manifest)
         _check_events_commitment(c, manifest)
         (groups,) = c.execute("SELECT count(*) FROM groups").fetchone()

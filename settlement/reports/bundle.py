@@ -12,7 +12,10 @@ Rules versions (docs/spec/): under `settlement-v2` the ledger digest proposed on
 epoch's `manifest.json`, so the root commits to its published inputs. `settle` composes that manifest when it
 writes the epoch's tree (`epoch_manifest`) and the ledger keeps it verbatim (`settlement_manifest`); `publish`
 writes those exact bytes. An epoch whose tree was written before (no stored manifest) stays `settlement-v1`: its
-manifest repeats the leaf digest it proposed, which is never recomputed under the new rules.
+manifest repeats the leaf digest it proposed, which is never recomputed under the new rules. An epoch that
+weighted token holders (it recorded a holders' block range) is `settlement-v3`: its bundle adds the holders'
+time-weighted balances, the exclusions and the dust carried in and out (`holder_files`, manifest `holders`), so the
+audit recomputes the holders' parts too; one settled under settlement-v2 keeps its manifest without them.
 """
 
 import hashlib
@@ -30,13 +33,21 @@ from ledger.ledger import Ledger
 from schemas.errors import require
 from settlement import chain_registry
 from settlement.engine import reversals as rev
+from settlement.engine.accounts import holders_prefix
 from settlement.engine.authority import RegistryRules, arrival_columns
 from settlement.engine.constants import amount_micros_max
 from settlement.engine.epochs import EpochInputs, EpochPlan, PriorState, _merge_resolutions, plan_epoch
+from settlement.engine.holders import dust_schema
 from settlement.engine.policies import Resolution, resolve
 from settlement.engine.splits import event_columns, event_key, key_separator, route
 from settlement.exceptions import SettlementError
-from settlement.ledger_io import read_inputs, read_prior, read_registry, recorded_holder_weights
+from settlement.ledger_io import (
+    read_inputs,
+    read_prior,
+    read_registry,
+    recorded_epoch_blocks,
+    recorded_holder_weights,
+)
 from settlement.onchain.merkle import MerkleTree
 from settlement.onchain.payout_tree import address_leaves, ledger_digest
 from settlement.onchain.settle import read_stored_manifest, read_stored_tree
@@ -44,6 +55,8 @@ from settlement.reports import sum_tree
 
 rules_version_v1 = "settlement-v1"  # ledger digest: sha256 of the leaves (payout_tree.ledger_digest)
 rules_version = "settlement-v2"  # ledger digest: sha256 of manifest.json
+# settlement-v2 plus token holders' weights and dust in the bundle: an epoch that recorded a holders' block range.
+rules_version_v3 = "settlement-v3"
 manifest_name = "manifest.json"
 # The files of a bundle, in the order the audit checks them.
 bundle_files = (
@@ -59,6 +72,8 @@ bundle_files = (
     "payables.parquet",
     "leaves.parquet",
 )
+# The files a settlement-v3 bundle adds (an epoch that weighted token holders), after those above.
+holder_files = ("holder_weights.parquet", "prior_holder_dust.parquet", "holder_dust.parquet")
 _hour = pl.Datetime("us", "UTC")
 
 
@@ -89,6 +104,7 @@ class EpochBundle:
     snapshots: tuple[int, int]
     registry_block: dict | None
     events: pl.DataFrame | None = None  # the new and released events, routed to their groups (with receipts)
+    holders: dict | None = None  # the holders' block range, exclusions and dust threshold (settlement-v3)
 
 
 def publish_epoch(
@@ -105,7 +121,9 @@ def publish_epoch(
     committed = read_stored_manifest(ledger.connection, epoch)
     # A manifest stored without an event commitment was composed without the groups' sum-tree roots.
     has_events = receipts if committed is None else b'"events"' in committed
-    bundle = read_epoch_bundle(ledger, epoch, rules, receipts=has_events)
+    # An epoch that paid holders but was settled under settlement-v2 committed to no holder files: none written.
+    has_holders = committed is None or b'"holders"' in committed
+    bundle = read_epoch_bundle(ledger, epoch, rules, receipts=has_events, with_holders=has_holders)
     if committed is not None:
         digest = "0x" + hashlib.sha256(committed).hexdigest()
         if settled is None or settled.ledger_digest != digest:
@@ -130,13 +148,15 @@ def epoch_manifest(ledger: Ledger, epoch: int, rules: RegistryRules | None = Non
 
 def _bundle_args(bundle: EpochBundle) -> dict:
     return {"frames": bundle.frames, "stored": bundle.stored, "epoch": bundle.epoch, "snapshots": bundle.snapshots,
-            "registry_block": bundle.registry_block}
+            "registry_block": bundle.registry_block, "holders": bundle.holders}
 
 
 def read_epoch_bundle(
-    ledger: Ledger, epoch: int, rules: RegistryRules | None = None, receipts: bool = True
+    ledger: Ledger, epoch: int, rules: RegistryRules | None = None, receipts: bool = True, with_holders: bool = True
 ) -> EpochBundle:
-    """Plan closed epoch `epoch` again from the ledger and check it gives the payables (and root) it wrote."""
+    """Plan closed epoch `epoch` again from the ledger and check it gives the payables (and root) it wrote.
+    An epoch that recorded a holders' block range is re-planned with the weights, exclusions and dust threshold it
+    recorded; `with_holders` puts them in the bundle (settlement-v3)."""
     rules = rules or RegistryRules()
     connection = ledger.connection
     closing = closing_snapshot(ledger, epoch)  # raises when the epoch is not closed
@@ -144,7 +164,9 @@ def read_epoch_bundle(
     require(prior.epoch == epoch - 1, f"epochs before {epoch} are all closed")
     inputs, registry_block = _epoch_inputs(connection, prior, closing, rules)
     weights = recorded_holder_weights(connection, epoch, inputs.policies)
-    inputs = EpochInputs(**{**inputs.__dict__, "holder_weights": weights})
+    blocks = recorded_epoch_blocks(connection, epoch)
+    dust_units_min = 0 if blocks is None else blocks["dust_units_min"]
+    inputs = EpochInputs(**{**inputs.__dict__, "holder_weights": weights, "holder_dust_units_min": dust_units_min})
     plan = plan_epoch(inputs, prior)
     stored = recorder.frame(
         connection,
@@ -159,12 +181,15 @@ def read_epoch_bundle(
             "settings (registry_sources, reversal_sources, policy_notice_s) the epoch was closed with"
         )
     frames = bundle_frames(inputs, prior, plan, stored, epoch, receipts)
+    if blocks is not None and with_holders:
+        frames.update(holder_frames(inputs, prior, plan))
     leaves, _ = address_leaves(stored)
     settled = read_stored_tree(connection, epoch)
     if settled is not None and (not leaves or settled.root_hex != MerkleTree.from_amounts(leaves).root_hex):
         raise BundleError(f"epoch {epoch}: the payables give another root than the one settled ({settled.root_hex})")
     events = frames.pop("events", None)
-    return EpochBundle(epoch, frames, stored, (prior.closing_snapshot, closing), registry_block, events)
+    holders = blocks if with_holders else None
+    return EpochBundle(epoch, frames, stored, (prior.closing_snapshot, closing), registry_block, events, holders)
 
 
 def compose_bundle(
@@ -174,15 +199,20 @@ def compose_bundle(
     snapshots: tuple[int, int],
     registry_block: dict | None = None,
     version: str = rules_version,
+    holders: dict | None = None,
 ) -> tuple[bytes, dict[str, bytes]]:
     """The manifest's bytes and each file's Parquet bytes. `stored` are the payable rows of epochs up to
     `epoch`, `snapshots` the previous and the closing snapshot. Under settlement-v1 the manifest repeats the
-    leaf digest (`ledger_digest`); under settlement-v2 its own SHA-256 is the digest, so it holds none."""
+    leaf digest (`ledger_digest`); under settlement-v2 its own SHA-256 is the digest, so it holds none. With
+    `holders` (the epoch's recorded block range, exclusions and dust threshold) and the holder files in `frames`,
+    the bundle is settlement-v3."""
     require(version in (rules_version_v1, rules_version), f"rules version {version} is one this code writes")
+    if holders is not None and version == rules_version:
+        version = rules_version_v3
     leaves, unaddressed_units = address_leaves(stored)
     tree = MerkleTree.from_amounts(leaves) if leaves else None
     contents, files = {}, {}
-    for name in bundle_files:
+    for name in bundle_files + (holder_files if version == rules_version_v3 else ()):
         buffer = io.BytesIO()
         frames[name].write_parquet(buffer, compression="zstd", statistics=False)
         contents[name] = buffer.getvalue()
@@ -201,6 +231,8 @@ def compose_bundle(
     }
     if version == rules_version_v1:
         manifest["ledger_digest"] = ledger_digest(epoch, snapshots[1], leaves)
+    if version == rules_version_v3:
+        manifest["holders"] = holders
     commitment = events_commitment(frames["groups.parquet"])
     if commitment is not None:
         manifest["events"] = commitment
@@ -216,11 +248,12 @@ def write_bundle(
     registry_block: dict | None = None,
     committed: bytes | None = None,
     version: str = rules_version,
+    holders: dict | None = None,
 ) -> PublishSummary:
     """Write `frames` (`bundle_frames`) and the manifest into `directory` (`compose_bundle`). With `committed`
     (the manifest a settled root committed to) those bytes are written, after checking every file is the one
     it names."""
-    body, contents = compose_bundle(frames, stored, epoch, snapshots, registry_block, version)
+    body, contents = compose_bundle(frames, stored, epoch, snapshots, registry_block, version, holders)
     if committed is not None:
         named = json.loads(committed)["files"]
         for name, content in contents.items():
@@ -488,6 +521,29 @@ def bundle_frames(
         "payables.parquet": payables,
         "leaves.parquet": _leaf_frame(leaves),
         **({"events": routed["events"]} if receipts else {}),  # not a file: what a receipt proves from
+    }
+
+
+def holder_frames(inputs: EpochInputs, prior: PriorState, plan: EpochPlan) -> dict[str, pl.DataFrame]:
+    """The settlement-v3 files of an epoch that weighted token holders, for the tokens whose holders' take it
+    passed on (its `holders` entries): each holder's time-weighted balance (`weight`, decimal text: it can pass
+    int64), the dust the holders carried in, and the holders' dust rows the epoch changed."""
+    entries = plan.postings.filter(pl.col("entry_kind") == "holders")["entry_id"].unique().to_list()
+    tokens = sorted({entry.split(":", 1)[1].removeprefix(holders_prefix) for entry in entries})
+    source = inputs.holder_weights
+    weights = (source(tokens) if callable(source) else source or {}) if tokens else {}
+    rows = [(token, holder, str(weight)) for token in tokens for holder, weight in weights.get(token, [])]
+    weight_frame = pl.DataFrame(rows, schema={"token": pl.String, "holder": pl.String, "weight": pl.String},
+                                orient="row").sort("token", "holder")
+    carried_in = prior.holder_dust.filter(pl.col("token").is_in(tokens)).select(list(dust_schema)).sort(
+        "token", "holder"
+    )
+    return {
+        "holder_weights.parquet": weight_frame,
+        "prior_holder_dust.parquet": carried_in.cast(dust_schema),  # type: ignore[arg-type]
+        "holder_dust.parquet": plan.holder_dust.select(list(dust_schema)).cast(dust_schema).sort(  # type: ignore[arg-type]
+            "token", "holder"
+        ),
     }
 
 

@@ -16,7 +16,7 @@ import duckdb
 import polars as pl
 import pyarrow as pa
 import pytest
-from hypothesis import given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from ledger.connection import catalog_alias
@@ -383,3 +383,73 @@ def test_a_holders_dust_is_carried_until_it_reaches_the_threshold_then_paid_whol
     merged, _, _, changed = pass_to_holders(1, credits.with_columns(amount_micros=pl.lit(10, pl.Int128)),
                                             {token: [(a, 9), (b, 1)]}, None, 0)
     assert dict(merged.iter_rows()) == {a: 9, b: 1} and changed.is_empty()
+
+
+@settings(max_examples=depth(10, 150), deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    world=worlds(epochs_max=3),
+    weights=st.lists(
+        st.dictionaries(st.sampled_from(holders), st.one_of(st.integers(1, 10**3), st.integers(1, 10**30)), min_size=1),
+        min_size=3,
+    ),
+    dust_units_min=st.one_of(st.integers(0, 200), st.just(10**6)),
+)
+def test_the_audit_recomputes_every_epoch_paying_holders_from_its_v3_bundle(
+    world, weights, dust_units_min: int, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """Every epoch paying `holders:<token>` (with dust carried and paid) publishes a settlement-v3 bundle holding
+    the holders' weights and the dust carried in and out, and the audit, written from the spec, recomputes its
+    payables, leaves and root from the bundle alone; a holder's weight moved past half or below a quarter of the
+    total (manifest hash updated) changes its part, and the audit names a holder (its payable, or its dust)."""
+    import hashlib
+    import json
+
+    from settlement.reports.audit import AuditDisagreement, audit_bundle
+    from settlement.reports.bundle import bundle_frames, holder_frames, write_bundle
+
+    root = tmp_path_factory.mktemp("holders-bundle")
+    recipient = f"holders:{token}"
+    per_epoch = {epoch: sorted(weights[epoch - 1].items()) for epoch in range(1, world.epochs + 1)}
+    stored: list[pl.DataFrame] = []
+    section = {"chain_id": chain_id, "from_block": 1, "to_block": 2, "excluded": [], "dust_units_min": dust_units_min}
+
+    def publish(inputs, prior, plan) -> None:
+        stored.append(plan.payables.with_columns(epoch=pl.lit(plan.epoch, pl.Int64)))
+        rows = pl.concat(stored, how="diagonal_relaxed")
+        frames = {**bundle_frames(inputs, prior, plan, rows, plan.epoch, receipts=False),
+                  **holder_frames(inputs, prior, plan)}
+        directory = root / f"epoch-{plan.epoch}"
+        write_bundle(directory, frames, rows, plan.epoch, (prior.closing_snapshot, plan.closing_snapshot),
+                     holders={**section, "from_block": plan.epoch, "to_block": plan.epoch})
+        manifest = json.loads((directory / "manifest.json").read_text())
+        assert manifest["rules_version"] == "settlement-v3" and manifest["holders"]["dust_units_min"] == dust_units_min
+        assert audit_bundle(directory).epoch == plan.epoch
+        weighted = pl.read_parquet(directory / "holder_weights.parquet")
+        received = plan.payables.filter(pl.col("recipient").is_in(holders))
+        if weighted.height < 2 or received.is_empty():
+            return
+        # Tamper: the first holder's weight moved from at least half the total to at most a quarter, or the reverse.
+        first, values = weighted["holder"][0], [int(w) for w in weighted["weight"]]
+        others = sum(values[1:])
+        changed = str(max(1, others // 3) if values[0] >= others else 3 * others)
+        weighted = weighted.with_columns(
+            pl.when(pl.col("holder") == first).then(pl.lit(changed)).otherwise(pl.col("weight")).alias("weight")
+        )
+        weighted.write_parquet(directory / "holder_weights.parquet")
+        manifest["files"]["holder_weights.parquet"]["sha256"] = hashlib.sha256(
+            (directory / "holder_weights.parquet").read_bytes()).hexdigest()
+        (directory / "manifest.json").write_text(json.dumps(manifest))
+        take = int(received["credited_micros"].sum())
+        if abs(take) < 1_000:  # a quarter of the take at least moves: past the largest-remainder units
+            return
+        with pytest.raises(AuditDisagreement) as caught:
+            audit_bundle(directory)
+        named = caught.value.what
+        assert named.startswith("holder dust 0x") or (
+            named.startswith("recipient 0x") and "holder_weights.parquet" in str(caught.value)
+        ), str(caught.value)
+
+    run_epochs(
+        _with_holders(world, recipient), each=publish, holder_weights=lambda epoch: {token: per_epoch[epoch]},
+        holder_dust_units_min=dust_units_min,
+    )
