@@ -21,7 +21,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from rich.console import Console
@@ -186,8 +186,9 @@ def _run_history(run: _Run, ledger: Ledger, events: int) -> tuple[Chain, int]:
     )
     first, second = _split_at_event(messages, epoch_one_events)
     story = story_messages(events, True, timeline.timing)
-    story_first = [m for m in story if _event_time(m) < timeline.epoch_one_end]
-    story_second = [m for m in story if _event_time(m) >= timeline.epoch_one_end]
+    # A refund goes with the call it refunds (same time), so it never arrives an epoch before it.
+    story_first = [m for m in story if _event_time_us(m) < timeline.epoch_two_start_us]
+    story_second = [m for m in story if _event_time_us(m) >= timeline.epoch_two_start_us]
     for epoch, (messages_of, story_of) in enumerate(((first, story_first), (second, story_second)), start=1):
         if epoch == 2:
             started = time.monotonic()
@@ -261,8 +262,9 @@ def _split_at_event(
     return first(), second()
 
 
-def _event_time(message: bytes) -> int:
-    return int(datetime.fromisoformat(json.loads(message)["time"]).timestamp())
+def _event_time_us(message: bytes) -> int:
+    at = datetime.fromisoformat(json.loads(message)["time"])
+    return (at - datetime(1970, 1, 1, tzinfo=UTC)) // timedelta(microseconds=1)
 
 
 def _message_key(message: bytes) -> bytes | None:
@@ -451,6 +453,13 @@ def render_demo(result: DemoResult, console: Console) -> None:
         highlight=False,
     )
     console.print(f'  royalty sql --lake {result.lake} "{dead_letters_by_reason_sql}"', highlight=False, soft_wrap=True)
+    if "holder token" in result.chain:
+        console.print(
+            f'  royalty sql --lake {result.lake} "SELECT epoch, holder, credited_micros FROM holder_payables '
+            'ORDER BY epoch, credited_micros DESC"',
+            highlight=False,
+            soft_wrap=True,
+        )
     console.print(f"  royalty verify --lake {result.lake}", highlight=False)
 
 

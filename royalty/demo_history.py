@@ -50,7 +50,8 @@ class Timeline:
     genesis: int
     traffic_start: int
     events_per_day: int
-    epoch_one_end: int  # the first epoch's registry block: after its last call, before the second epoch's first
+    epoch_one_end: int  # the first epoch's registry block: not before its last call, within a second of it
+    epoch_two_start_us: int  # no call of the first epoch is this late, none of the second earlier (microseconds)
 
     @classmethod
     def plan(cls, now: int, events: int, epoch_one_events: int) -> "Timeline":
@@ -59,10 +60,10 @@ class Timeline:
         span_s = now - traffic_end_before_now_s - start
         events_per_day = max(1, -(-events * day_s // span_s))  # rounded up: the last call stays before the end
         step_us = 86_400_000_000 // events_per_day
-        # The sample's call i lies in [start + i * step, start + (i + 1) * step): the second epoch's first call is
-        # not earlier than this.
-        epoch_one_end = start + (epoch_one_events * step_us) // 1_000_000
-        return cls(genesis, start, events_per_day, epoch_one_end)
+        # The sample's call i lies in [start + i * step, start + (i + 1) * step): every call of the first epoch is
+        # before this (rounded up to the second), the registry block it closes with.
+        epoch_one_end = start - (-(epoch_one_events * step_us) // 1_000_000)
+        return cls(genesis, start, events_per_day, epoch_one_end, start * 1_000_000 + epoch_one_events * step_us)
 
     @property
     def timing(self) -> tuple[datetime, int]:
