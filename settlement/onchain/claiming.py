@@ -19,6 +19,7 @@ from ledger import recorder
 from ledger.ledger import Ledger
 from settlement.onchain.chain import claimer_key_env, load_signer
 from settlement.onchain.exceptions import ChainConfigError, NoSettlementError
+from settlement.onchain.proofs import stored_proofs
 
 
 def claimer_signer(embedded: bool, environ: Mapping[str, str] | None = None) -> LocalAccount | None:
@@ -43,18 +44,20 @@ def proof_in_root(ledger: Ledger, account: str, root: str) -> dict[str, Any] | N
         if row is None:
             return None
         leaf = ledger.connection.execute(
-            f"SELECT cumulative_units, proof FROM {recorder.table('settlement_proof')} WHERE epoch = ? AND account = ?",
+            f"SELECT cumulative_units, tree_index, proof FROM {recorder.table('settlement_proof')} "
+            "WHERE epoch = ? AND account = ?",
             [row[0], checksummed],
         ).fetchone()
     except duckdb.CatalogException:
         return None
     if leaf is None:
         return None
+    (proof,) = stored_proofs(ledger.connection, int(row[0]), root, [(checksummed, *leaf)])
     return {
         "account": checksummed,
         "cumulative_amount": str(leaf[0]),
         "root": root,
-        "proof": list(leaf[1]),
+        "proof": proof,
         "epoch": int(row[0]),
     }
 

@@ -195,6 +195,20 @@ class MerkleTree:
             tree_index = (tree_index - 1) // 2
         return ["0x" + node.hex() for node in proof] if as_hex else proof
 
+    @property
+    def node_bytes(self) -> bytes:
+        """Every node, 32 bytes each, in `dump()`'s order (the root first, the leaves last): what `settle` stores."""
+        return self._tree_bytes
+
+    def tree_index(self, account: str) -> int:
+        """The position of `account`'s leaf among the nodes (`dump()`'s `treeIndex`)."""
+        return self._tree_index(self._value_index(account))
+
+    @property
+    def tree_indexes(self) -> Sequence[int]:
+        """Each leaf's position among the nodes, in the order the leaves were given."""
+        return self._tree_index_by_value
+
     def dump(self) -> dict[str, Any]:
         """The tree in `@openzeppelin/merkle-tree`'s `dump()` format; amounts as decimal strings."""
         bodies = self._checksummed_hex.decode("ascii")
@@ -315,6 +329,16 @@ def _fill_internal_nodes(tree: list[bytes], leaves_count: int) -> None:
             for a, b in zip(children[0::2], children[1::2], strict=True)
         ]
         last = first - 1
+
+
+def proof_indexes(tree_index: int) -> list[int]:
+    """The positions of the siblings from the node at `tree_index` up to the root, in a tree laid out as `dump()`'s."""
+    indexes = []
+    while tree_index > 0:
+        # The sibling of an odd (left) child is the next node, of an even (right) child the previous.
+        indexes.append(tree_index + 1 if tree_index % 2 else tree_index - 1)
+        tree_index = (tree_index - 1) // 2
+    return indexes
 
 
 def _check_amounts(amounts_units: Sequence[int], first_index: int = 0) -> None:

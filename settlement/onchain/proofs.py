@@ -13,7 +13,12 @@ from web3 import Web3
 
 from ledger import recorder
 from ledger.ledger import Ledger
+from schemas.errors import require
 from settlement.onchain.exceptions import ChainConfigError, NoSettlementError
+from settlement.onchain.merkle import leaf_hash, process_proof, proof_indexes
+from settlement.onchain.tables import tree_node_chunk_nodes
+
+_node_bytes = 32
 
 
 def account_proof(ledger: Ledger, account: str, distributor: str | None = None) -> dict[str, Any]:
@@ -38,18 +43,20 @@ def account_proof(ledger: Ledger, account: str, distributor: str | None = None) 
             raise NoSettlementError("no settled epoch in this ledger yet: run `royalty settle` first")
         epoch, contract, chain_id, root = recorded
         leaf = connection.execute(
-            f"SELECT cumulative_units, proof FROM {recorder.table('settlement_proof')} WHERE epoch = ? AND account = ?",
+            f"SELECT cumulative_units, tree_index, proof FROM {recorder.table('settlement_proof')} "
+            "WHERE epoch = ? AND account = ?",
             [epoch, checksummed],
         ).fetchone()
     except duckdb.CatalogException:
         raise NoSettlementError("this ledger has no settlement tables yet: run `royalty settle` first") from None
     if leaf is None:
         raise NoSettlementError(f"the epoch {epoch} tree (root {root}) has no leaf for this account", checksummed)
+    (proof,) = stored_proofs(connection, int(epoch), root, [(checksummed, *leaf)])
     return {
         "account": checksummed,
         "cumulative_amount": str(leaf[0]),
         "root": root,
-        "proof": list(leaf[1]),
+        "proof": proof,
         "epoch": int(epoch),
         "distributor": contract,
         "chain_id": None if chain_id is None else int(chain_id),
@@ -58,12 +65,53 @@ def account_proof(ledger: Ledger, account: str, distributor: str | None = None) 
 
 def largest_leaves(ledger: Ledger, epoch: int, count: int) -> list[tuple[str, int, list[str]]]:
     """The `count` largest leaves of `epoch`'s tree: (account, cumulative units, proof), largest first."""
-    rows = ledger.connection.execute(
-        f"SELECT account, cumulative_units, proof FROM {recorder.table('settlement_proof')} WHERE epoch = ? "
-        "ORDER BY cumulative_units DESC, account LIMIT ?",
+    connection = ledger.connection
+    rows = connection.execute(
+        f"SELECT account, cumulative_units, tree_index, proof FROM {recorder.table('settlement_proof')} "
+        "WHERE epoch = ? ORDER BY cumulative_units DESC, account LIMIT ?",
         [epoch, count],
     ).fetchall()
-    return [(str(account), int(units), list(proof)) for account, units, proof in rows]
+    (root,) = connection.execute(
+        f"SELECT root FROM {recorder.table('settlement_root')} WHERE epoch = ?", [epoch]
+    ).fetchone()
+    proofs = stored_proofs(connection, epoch, root, rows)
+    return [(str(row[0]), int(row[1]), proof) for row, proof in zip(rows, proofs, strict=True)]
+
+
+def stored_proofs(
+    connection: duckdb.DuckDBPyConnection, epoch: int, root: str, leaves: list[tuple[str, int, int, list | None]]
+) -> list[list[str]]:
+    """The hex proof of each `(account, cumulative units, tree index, stored proof)` leaf of `epoch`'s tree: the
+    stored one (trees written before ledger format 14), else its siblings read off `settlement_tree_node`. Each is
+    checked to lead from its leaf to `root`."""
+    indexes = {leaf[2]: proof_indexes(leaf[2]) for leaf in leaves if leaf[3] is None}
+    chunks = sorted({index // tree_node_chunk_nodes for path in indexes.values() for index in path})
+    nodes: dict[int, bytes] = {}
+    if chunks:
+        rows = connection.execute(
+            f"SELECT chunk, nodes FROM {recorder.table('settlement_tree_node')} WHERE epoch = ? AND "
+            f"chunk IN ({', '.join(map(str, chunks))})",
+            [epoch],
+        ).fetchall()
+        nodes = {int(chunk): bytes(body) for chunk, body in rows}
+    proofs = []
+    for account, units, tree_index, stored in leaves:
+        proof = list(stored) if stored is not None else [_node_hex(nodes, i, epoch) for i in indexes[tree_index]]
+        leads_to = process_proof(leaf_hash(account, int(units)), [bytes.fromhex(p[2:]) for p in proof])
+        require(
+            "0x" + leads_to.hex() == str(root).lower(),
+            f"epoch {epoch}: the stored proof of {account} leads to its stored root {root}",
+        )
+        proofs.append(proof)
+    return proofs
+
+
+def _node_hex(nodes: dict[int, bytes], index: int, epoch: int) -> str:
+    chunk = nodes.get(index // tree_node_chunk_nodes)
+    start = (index % tree_node_chunk_nodes) * _node_bytes
+    held = chunk is not None and len(chunk) >= start + _node_bytes
+    require(held, f"epoch {epoch}: the ledger holds tree node {index}")
+    return "0x" + chunk[start : start + _node_bytes].hex()  # type: ignore[index]
 
 
 def recorded_distributor(ledger: Ledger, chain_id: int) -> str:

@@ -207,19 +207,18 @@ def write_tree(ledger: Ledger, tree: EpochTree) -> int:
         ],
         schema=settle_tables.root_schema,
     )
-    dump = t.dump()
-    proof_rows = pa.Table.from_pydict(
+    accounts, amounts_units = zip(*t.items(), strict=True)
+    leaf_rows = pa.Table.from_pydict(
         {
-            "epoch": [tree.epoch] * len(t),
-            "account": [entry["value"][0] for entry in dump["values"]],
-            "cumulative_units": [int(entry["value"][1]) for entry in dump["values"]],
-            "tree_index": [entry["treeIndex"] for entry in dump["values"]],
-            "proof": [t.proof_hex(entry["value"][0]) for entry in dump["values"]],
+            "epoch": pa.repeat(pa.scalar(tree.epoch, pa.int64()), len(t)),
+            "account": list(accounts),
+            "cumulative_units": list(amounts_units),
+            "tree_index": list(t.tree_indexes),
+            "proof": pa.nulls(len(t), pa.list_(pa.string())),  # read off the nodes (format 14)
         },
         schema=settle_tables.proof_schema,
     )
-
-    records = {"settlement_root": root_rows, "settlement_proof": proof_rows}
+    records = {"settlement_root": root_rows, "settlement_proof": leaf_rows, "settlement_tree_node": _node_rows(tree)}
     if tree.net_of is not None:
         predecessor, predecessor_epoch = tree.net_of
         records["settlement_migration"] = pa.Table.from_pylist(
@@ -244,6 +243,17 @@ def write_tree(ledger: Ledger, tree: EpochTree) -> int:
             raise SettleConflictError(tree.epoch, "another `royalty settle` wrote this epoch's tree meanwhile")
 
     return ledger.append_records(records, precondition=first_tree)
+
+
+def _node_rows(tree: EpochTree) -> pa.Table:
+    """The tree's nodes, `tree_node_chunk_nodes` to a row (the proofs are read off them by position)."""
+    nodes = tree.tree.node_bytes
+    chunk_bytes = settle_tables.tree_node_chunk_nodes * 32
+    chunks = [nodes[start : start + chunk_bytes] for start in range(0, len(nodes), chunk_bytes)]
+    return pa.Table.from_pydict(
+        {"epoch": [tree.epoch] * len(chunks), "chunk": list(range(len(chunks))), "nodes": chunks},
+        schema=settle_tables.tree_node_schema,
+    )
 
 
 def _write_tree_once(ledger: Ledger, tree: EpochTree) -> EpochTree:

@@ -1,7 +1,10 @@
 """The on-chain settlement's append-only ledger tables, declared with `ledger.tables.register_table`.
 
 - `settlement_root`: one row per epoch whose tree was built (root, total, leaf count, digest).
-- `settlement_proof`: every leaf of that tree with its proof, written in the same transaction.
+- `settlement_proof`: every leaf of that tree, written in the same transaction; its `proof` (hex) only for trees
+  written before ledger format 14, NULL since: the proof is read off the stored nodes.
+- `settlement_tree_node`: the tree's nodes (from format 14), `tree_node_chunk_nodes` of 32 bytes a row, in
+  OpenZeppelin's dump order (the root first): an account's proof is its siblings there, read by position.
 - `settlement_intent`: a signed `proposeRoot` transaction (hash and nonce), recorded BEFORE it is
   sent, so a run killed after sending finds it and records its outcome instead of proposing again.
 - `settlement_record`: the confirmed proposal (tx, block, chain, contract, ledger snapshot).
@@ -25,7 +28,6 @@ from settlement.tables import table_schema
 from settlement.views import view_statements
 
 _string, _int64, _timestamp = pa.string(), pa.int64(), timestamp_type
-
 
 root_schema = table_schema(
     ("epoch", _int64, False),
@@ -51,7 +53,16 @@ proof_schema = table_schema(
     ("account", _string, False),
     ("cumulative_units", _int64, False),
     ("tree_index", _int64, False),
-    ("proof", pa.list_(_string), False),
+    ("proof", pa.list_(_string), True),  # hex, for trees written before format 14; NULL: in settlement_tree_node
+)
+
+# Nodes a `settlement_tree_node` row holds (128 KiB): a proof reads the few rows holding its siblings.
+tree_node_chunk_nodes = 4096
+
+tree_node_schema = table_schema(
+    ("epoch", _int64, False),
+    ("chunk", _int64, False),  # the row holds nodes chunk * tree_node_chunk_nodes onwards
+    ("nodes", pa.binary(), False),  # 32 bytes a node, in the dump's order
 )
 
 intent_schema = table_schema(
@@ -114,6 +125,7 @@ claim_sync_schema = table_schema(
 settle_tables: dict[str, tuple[pa.Schema, bool]] = {
     "settlement_root": (root_schema, True),
     "settlement_proof": (proof_schema, False),
+    "settlement_tree_node": (tree_node_schema, False),
     "settlement_manifest": (manifest_schema, True),
     "settlement_intent": (intent_schema, True),
     "settlement_record": (record_schema, True),

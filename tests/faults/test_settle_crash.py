@@ -25,6 +25,7 @@ import pytest
 
 from ledger import Ledger
 from ledger.verify import verify
+from settlement.onchain import account_proof
 from settlement.onchain.chain import connect, distributor_contract, token_contract
 from tests.support.anvil import REPO_ROOT, Anvil, anvil  # noqa: F401 - anvil is a fixture
 from tests.support.settle_runs import (
@@ -126,8 +127,10 @@ def _assert_settled_exactly_once(lake: Path, node: Anvil, distributor: str, resu
     expected = expected_units(lake)
     proofs = settlement_rows(lake, "settlement_proof")
     assert {p["account"].lower(): p["cumulative_units"] for p in proofs} == expected
+    with Ledger.open_read_only(str(lake)) as ledger:  # read off the stored tree nodes, as `royalty proof` does
+        proof_of = {leaf["account"]: account_proof(ledger, leaf["account"])["proof"] for leaf in proofs}
     for leaf in proofs:
-        call = contract.functions.claim(leaf["account"], leaf["cumulative_units"], leaf["proof"])
+        call = contract.functions.claim(leaf["account"], leaf["cumulative_units"], proof_of[leaf["account"]])
         receipt = node.w3.eth.wait_for_transaction_receipt(call.transact({"from": CLAIMER}))
         assert receipt["status"] == 1
         assert token.functions.balanceOf(leaf["account"]).call() == leaf["cumulative_units"]
