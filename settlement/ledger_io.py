@@ -89,7 +89,8 @@ def read_prior(connection: duckdb.DuckDBPyConnection, before_epoch: int | None =
     released = {
         key_of(source, event_id): epoch
         for source, event_id, epoch in connection.execute(
-            f"SELECT source, event_id, epoch FROM {releases} WHERE outcome = 'split'" + upto.replace("WHERE", "AND")
+            f"SELECT source, event_id, epoch FROM {releases} WHERE outcome = '{rev.ReleaseOutcome.split}'"
+            + upto.replace("WHERE", "AND")
         ).fetchall()
     }
     payables = recorder.frame(

@@ -263,13 +263,12 @@ def _suspense_items(epoch: int, suspended: pl.DataFrame) -> pl.DataFrame:
 
 
 def _suspense_releases(epoch: int, released: pl.DataFrame, cancelled_held: pl.DataFrame) -> pl.DataFrame:
+    epoch_column = pl.lit(epoch, pl.Int64).alias("epoch")
     return pl.concat(
         [
-            released.select(
-                pl.lit(epoch, pl.Int64).alias("epoch"), "event_id", "source", pl.lit("split").alias("outcome")
-            ),
+            released.select(epoch_column, "event_id", "source", pl.lit(rev.ReleaseOutcome.split).alias("outcome")),
             cancelled_held.select(
-                pl.lit(epoch, pl.Int64).alias("epoch"), "event_id", "source", pl.lit("reversed").alias("outcome")
+                epoch_column, "event_id", "source", pl.lit(rev.ReleaseOutcome.reversed).alias("outcome")
             ),
         ]
     ).sort(["event_id", "source"])
@@ -278,7 +277,8 @@ def _suspense_releases(epoch: int, released: pl.DataFrame, cancelled_held: pl.Da
 def advance(prior: PriorState, plan: EpochPlan) -> PriorState:
     """The state after `plan` is written: what the next epoch sees (used by in-memory drivers)."""
     released = dict(prior.released)
-    split_keys = plan.suspense_releases.filter(pl.col("outcome") == "split").select(event_key())["event_key"]
+    split = plan.suspense_releases.filter(pl.col("outcome") == rev.ReleaseOutcome.split)
+    split_keys = split.select(event_key())["event_key"]
     released.update(dict.fromkeys(split_keys.to_list(), plan.epoch))
     gone = plan.suspense_releases.select(event_key())["event_key"].implode()
     held = (

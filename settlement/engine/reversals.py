@@ -12,6 +12,7 @@ Among reversals of one event in one epoch, the earliest (event time, then id) wi
 """
 
 import bisect
+from enum import StrEnum
 
 import polars as pl
 
@@ -19,7 +20,23 @@ from schemas.errors import require
 from schemas.reason_codes import ReasonCode
 from settlement.engine.splits import event_columns, key_of
 
-taken_back, cancelled, dead_letter = "taken_back", "cancelled", "dead_letter"
+
+class ReversalOutcome(StrEnum):
+    """What a reversal does: the `outcome` column of `settlement_reversal`."""
+
+    taken_back = "taken_back"  # of a settled event: its fee back through the route it was settled by
+    cancelled = "cancelled"  # of an unsplit event (new or held in suspense): it is never split
+    dead_letter = "dead_letter"  # of an unknown or already reversed event, or from a source that may not
+
+
+class ReleaseOutcome(StrEnum):
+    """How an event held in suspense leaves it: the `outcome` column of `settlement_suspense_release`."""
+
+    split = "split"  # its route became complete: split in the releasing epoch
+    reversed = "reversed"  # a reversal cancelled it
+
+
+taken_back, cancelled, dead_letter = ReversalOutcome.taken_back, ReversalOutcome.cancelled, ReversalOutcome.dead_letter
 
 
 def classify(
@@ -53,7 +70,7 @@ def classify(
             "source": reversal["source"],
             "original_event_id": target,
             "original_source": target_source,
-            "outcome": dead_letter,
+            "outcome": dead_letter.value,
             "reason": None,
             "reason_code": None,
             "settled_snapshot": None,
@@ -79,9 +96,9 @@ def classify(
             row.update({c: original[c] for c in event_columns if c not in ("event_id", "source")})
             row["fee_micros"] = -original["fee_micros"]
             if key in held_ids or original["arrival_snapshot"] > previous_snapshot:
-                row["outcome"] = cancelled
+                row["outcome"] = cancelled.value
             else:
-                row["outcome"] = taken_back
+                row["outcome"] = taken_back.value
                 if key in released_before:
                     row["settled_snapshot"] = epoch_closings[released_before[key]]
                 else:
