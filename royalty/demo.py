@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import msgspec
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
@@ -267,13 +268,17 @@ def _event_time_us(message: bytes) -> int:
     return (at - datetime(1970, 1, 1, tzinfo=UTC)) // timedelta(microseconds=1)
 
 
+class _Identity(msgspec.Struct):
+    id: str | None = None
+
+
 def _message_key(message: bytes) -> bytes | None:
     """The event id, as gateways key their messages (an event and its resends share a partition)."""
     try:
-        event_id = json.loads(message).get("id")
-    except (ValueError, AttributeError):
+        event_id = msgspec.json.decode(message, type=_Identity).id
+    except (msgspec.DecodeError, msgspec.ValidationError):
         return None
-    return event_id.encode() if isinstance(event_id, str) and event_id else None
+    return event_id.encode() if event_id else None
 
 
 def _produce(run: _Run, name: str, messages: Iterator[tuple[str, bytes]], events: int, story: list[bytes]) -> None:
