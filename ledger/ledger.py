@@ -726,6 +726,9 @@ class Ledger:
                             self._insert_inlined(table_name, rows)
                         elif rows.num_rows:
                             written.append(self._write_file(table_name, rows, records_batch_id, None))
+                            if table_name == metered_table:  # every writer of metered events rolls them up
+                                rollups = rollup_rows(rows)
+                                written.append(self._write_file(rollup_table, rollups, records_batch_id, None))
                     self._add_files(written, records_batch_id)
                 except BaseException:
                     _remove_files(self.store, written)

@@ -545,6 +545,14 @@ def close_epoch_command(
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Compute and print the epoch; write nothing.")] = False,
     accept_unverified_files: AcceptUnverifiedOption = False,
     accept_unreconciled: AcceptUnreconciledOption = False,
+    from_rollups: Annotated[
+        bool | None,
+        typer.Option(
+            "--from-rollups/--from-events",
+            help="Read the appends' rollups where exact (the same epoch, faster), or every event; "
+            "default: the close_from_rollups setting (off).",
+        ),
+    ] = None,
 ) -> None:
     """Close the next epoch: split every event committed since the last one into postings and payables."""
     from rich.progress import Progress
@@ -554,7 +562,7 @@ def close_epoch_command(
     from settlement import InputChecks
     from settlement.use_cases.close_epoch import close_epoch
 
-    settings = load_settings({"lake": lake, "data_path": data_path}, config)
+    settings = load_settings({"lake": lake, "data_path": data_path, "close_from_rollups": from_rollups}, config)
     try:
         with (
             Ledger.open(settings.lake, settings.data_path, create=False) as ledger,
@@ -573,6 +581,7 @@ def close_epoch_command(
                 checks=checks,
                 rules=registry_rules(settings),
                 registry_contract=registry_commands.onchain_registry(settings),
+                from_rollups=settings.close_from_rollups,
             )
     except RoyaltyError as error:
         _fail(error)

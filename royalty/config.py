@@ -194,6 +194,11 @@ class Settings(BaseSettings):
         "Commit each allocation group's event sum-tree root in the epoch's bundle, so payers can prove an event "
         "counted (`royalty receipt`); off: no event commitment, and settle composes the manifest faster.",
     )
+    close_from_rollups: bool = _setting(
+        False,
+        "close-epoch reads the appends' rollups (ledger format 13) instead of every event where that is exact, and "
+        "the events of the other (model, hour) cells: the same epoch, at a cost that grows with groups, not events.",
+    )
     policy_notice_s: int | None = _setting(
         None,
         "Operator registry: refuse a policy change (not a model's first) taking effect sooner than this many "

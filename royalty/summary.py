@@ -21,8 +21,7 @@ def render_summary(summary: EpochSummary, console: Console | None = None) -> Non
         return
     verb = "would close" if summary.dry_run else "closed"
     table = Table(
-        title=f"epoch {summary.epoch} {verb}: snapshots {summary.previous_snapshot + 1}.."
-        f"{summary.closing_snapshot}"
+        title=f"epoch {summary.epoch} {verb}: snapshots {summary.previous_snapshot + 1}..{summary.closing_snapshot}"
     )
     table.add_column("figure")
     table.add_column("value", justify="right")
@@ -32,6 +31,11 @@ def render_summary(summary: EpochSummary, console: Console | None = None) -> Non
         ("recipients", summary.recipient_count),
         ("recipients without payout address", len(summary.unaddressed_recipients)),
     ]
+    if summary.rollup_cells is not None:
+        rows += [
+            ("hour cells read from rollups", summary.rollup_cells[0]),
+            ("hour cells read from events", summary.rollup_cells[1]),
+        ]
     for name, value in rows:
         table.add_row(name, f"{value:,}")
     console.print(table)

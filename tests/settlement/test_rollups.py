@@ -1,11 +1,17 @@
 """Closing from the appends' rollups (settlement.rollups) gives exactly what closing from the events gives."""
 
-from datetime import timedelta
+import json
+from datetime import datetime, timedelta
 
 import polars as pl
 from hypothesis import HealthCheck, given, settings
 
+from ingest.sample import SampleTraffic
+from ledger import Ledger
+from settlement import close_epoch
+from settlement.ledger_io import plan_from_ledger
 from tests.settlement.split_world import World, run_epochs, start, worlds
+from tests.support.ledger_batches import append_in_batches, sample_messages, shape
 
 fast = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -74,3 +80,70 @@ def test_an_hour_a_policy_change_splits_is_read_from_its_events():
         "c1": 9_000,
         "gpu-a": 1_200,
     }
+
+
+def _plans(ledger: Ledger) -> tuple[dict, dict, tuple[int, int] | None]:
+    events, _ = plan_from_ledger(ledger)
+    rollups, extra = plan_from_ledger(ledger, from_rollups=True)
+    return _rows(events), _rows(rollups), extra["rollup_cells"]
+
+
+def _resent(message: bytes, hours: int, fee_micros: int) -> bytes:
+    """The same event id sent again with another event time and fee (ingest's dedup looks at the batch's times)."""
+    event = json.loads(message)
+    when = datetime.fromisoformat(event["time"].replace("Z", "+00:00")) - timedelta(hours=hours)
+    event["time"] = when.isoformat().replace("+00:00", "Z")
+    event["data"]["fee_micros"] = fee_micros
+    return json.dumps(event).encode()
+
+
+def _reversal(number: int, original: bytes) -> bytes:
+    event = json.loads(original)
+    return json.dumps(
+        {
+            "specversion": "1.0",
+            "id": f"rev-{number}",
+            "source": event["source"],
+            "type": "ai.inference.reversed.v1",
+            "time": event["time"],
+            "datacontenttype": "application/json",
+            "data": {"original_event_id": event["id"], "reason": "refund"},
+        }
+    ).encode()
+
+
+def test_duplicates_and_reversals_stored_in_the_ledger_close_alike_from_rollups(tmp_path):
+    """Through DuckLake: a same-id resend with another event time (stored: ingest's dedup reads the batch's time
+    range only), a range appended twice by a racing writer, and a reversal of an event of the same epoch; then a
+    second epoch taking back a settled event. Each epoch plans the same from rollups as from the events, reading
+    from events only the hour cells holding a duplicate or the reversed event."""
+    values = sample_messages(400)
+    metered = [v for v in values if b"ai.inference.metered.v1" in v]
+    with Ledger.open(tmp_path / "l") as ledger:
+        offset = append_in_batches(ledger, values, 0, 100)
+        offset = append_in_batches(ledger, [_resent(metered[5], 3, 777), _reversal(1, metered[9])], offset, 10)
+        stored = ledger.connection.execute(
+            "SELECT * FROM lake.main.inference_metered ORDER BY event_id LIMIT 30"
+        ).fetch_arrow_table()
+        ledger.append_records({"inference_metered": stored})  # the racing writer's copy, with its rollups
+        events, rollups, cells = _plans(ledger)
+        assert rollups == events
+        assert cells is not None and cells[0] > 0 and cells[1] >= 2, cells
+        assert close_epoch(ledger, from_rollups=True).rollup_cells == cells
+        later = list(SampleTraffic(shape, seed=11).metered(50))
+        append_in_batches(ledger, [_reversal(2, metered[20]), *later], offset, 100)
+        events, rollups, cells = _plans(ledger)
+        assert rollups == events and events["reversal_count"] == 1
+        assert cells is not None and cells[0] > 0
+
+
+def test_events_appended_without_rollups_close_from_the_events(tmp_path):
+    """A range holding an append that wrote no rollups (a ledger from before format 13) is read from its events."""
+    with Ledger.open(tmp_path / "l") as ledger:
+        append_in_batches(ledger, sample_messages(50), 0, 100)
+        ledger.connection.execute(
+            "INSERT INTO lake.main.inference_metered SELECT * REPLACE (event_id || '-x' AS event_id) "
+            "FROM lake.main.inference_metered LIMIT 5"
+        )
+        events, rollups, cells = _plans(ledger)
+        assert cells is None and rollups == events and events["event_count"] == 55
