@@ -18,11 +18,12 @@ from ledger.ledger import Ledger
 from ledger.query import define_views
 from schemas.errors import require
 from schemas.reason_codes import reason_code_of
-from settlement.engine.accounts import model_prefix, sql_literal
+from settlement.engine.accounts import contributor_prefix, holder_dust_prefix, holders_prefix, model_prefix, sql_literal
 from settlement.engine.figures import report_figures
 from settlement.ledger_io import data_files
 
 _model = sql_literal(model_prefix)
+_holders, _dust = sql_literal(contributor_prefix + holders_prefix), sql_literal(holder_dust_prefix)
 micros_per_unit = 1_000_000
 # Bounds on what one page shows, so a ledger with thousands of models or payees still gives a readable page.
 chart_models_max = 8
@@ -31,6 +32,18 @@ chart_flows_max = 15
 table_rows_max = 20
 palette = ["#4e79a7", "#f28e2b", "#e15759", "#76b7b2", "#59a14f", "#edc948", "#b07aa1", "#ff9da7", "#9c755f"]
 require(len(palette) >= chart_models_max + 1, "a colour for each charted model and the rest")
+
+
+holder_token_schema = {
+    "token": pl.String,
+    "take_micros": pl.Int64,
+    "holders_paid": pl.Int64,
+    "paid_micros": pl.Int64,
+    "dust_change_micros": pl.Int64,
+    "dust_carried_micros": pl.Int64,
+    "dust_holders": pl.Int64,
+    "waiting_micros": pl.Int64,
+}
 
 
 @dataclass
@@ -56,6 +69,14 @@ class ReportData:
     generated_at: datetime = field(default_factory=lambda: datetime.now(UTC))
     # Claims read back from the chain (`sync-claims`) against roots up to this epoch: claims, accounts, paid_micros.
     claims_paid: dict | None = None
+    # Per `holders:<token>` recipient of the epoch: token, take_micros, holders_paid, paid_micros, dust_change_micros,
+    # dust_carried_micros (after the epoch), dust_holders (holders carrying dust after it), waiting_micros.
+    holder_tokens: pl.DataFrame = field(default_factory=lambda: pl.DataFrame(schema=holder_token_schema))
+
+    @property
+    def holder_dust_change_micros(self) -> int:
+        """What the token holders' carried dust grew by in the epoch (conservation counts it)."""
+        return int(self.holder_tokens["dust_change_micros"].sum() or 0) if self.holder_tokens.height else 0
 
     @property
     def conserved(self) -> bool:
@@ -72,6 +93,7 @@ class ReportData:
         left = (
             e["payable_micros"]
             + (e["suspense_micros"] - p.get("suspense_micros", 0))
+            + self.holder_dust_change_micros
             - (e["receivable_micros"] - p.get("receivable_micros", 0))
         )
         return left - (e["fee_micros"] - e["reversed_micros"])
@@ -169,7 +191,52 @@ def gather(ledger: Ledger, epoch: int) -> ReportData:
         computed_root=root,
         settlement=_settlement_of(ledger, epoch),
         claims_paid=_claims_paid(ledger, epoch),
+        holder_tokens=_holder_tokens(ledger, epoch),
     )
+
+
+def _holder_tokens(ledger: Ledger, epoch: int) -> pl.DataFrame:
+    """Per token whose holders a policy paid in the epoch: the take passed on (`holders` entries), how many holders
+    it credited and how much, the dust carried (its change in the epoch, the total and the holders carrying after
+    it), and a take still waiting on `holders:<token>` (no weighted holder)."""
+    dust_holders = (
+        "SELECT token, count(*) AS dust_holders FROM (SELECT token, holder, arg_max(carried_micros, epoch) AS c "
+        "FROM holder_dust WHERE epoch <= $epoch GROUP BY ALL) WHERE c <> 0 GROUP BY token"
+        if _table_exists(ledger, "settlement_holder_dust")
+        else "SELECT NULL::VARCHAR AS token, 0::BIGINT AS dust_holders WHERE false"
+    )
+    frame = _frame(
+        ledger,
+        f"""WITH entries AS (
+                SELECT substr(entry_id, strpos(entry_id, ':') + 1 + length({sql_literal(holders_prefix)})) AS token,
+                       account, amount_micros
+                FROM postings WHERE epoch = $epoch AND entry_kind = 'holders'),
+            passed AS (
+                SELECT token,
+                       sum(amount_micros) FILTER (WHERE account = {_holders} || token) AS take_micros,
+                       count(*) FILTER (WHERE account <> {_holders} || token AND NOT starts_with(account, {_dust}))
+                           AS holders_paid,
+                       -sum(amount_micros) FILTER (WHERE account <> {_holders} || token
+                                                     AND NOT starts_with(account, {_dust})) AS paid_micros,
+                       -sum(amount_micros) FILTER (WHERE starts_with(account, {_dust})) AS dust_change_micros
+                FROM entries GROUP BY token),
+            carried AS (
+                SELECT substr(account, length({_dust}) + 1) AS token, -sum(amount_micros) AS dust_carried_micros
+                FROM postings WHERE epoch <= $epoch AND starts_with(account, {_dust}) GROUP BY 1),
+            waiting AS (
+                SELECT substr(recipient, length({sql_literal(holders_prefix)}) + 1) AS token,
+                       credited_micros AS waiting_micros
+                FROM payables WHERE epoch = $epoch AND starts_with(recipient, {sql_literal(holders_prefix)})),
+            counted AS ({dust_holders})
+        SELECT token, coalesce(take_micros, 0) AS take_micros, coalesce(holders_paid, 0) AS holders_paid,
+               coalesce(paid_micros, 0) AS paid_micros, coalesce(dust_change_micros, 0) AS dust_change_micros,
+               coalesce(dust_carried_micros, 0) AS dust_carried_micros, coalesce(dust_holders, 0) AS dust_holders,
+               coalesce(waiting_micros, 0) AS waiting_micros
+        FROM passed FULL JOIN waiting USING (token) LEFT JOIN carried USING (token) LEFT JOIN counted USING (token)
+        ORDER BY token""",
+        {"epoch": epoch},
+    )
+    return frame.cast(holder_token_schema) if frame.height else pl.DataFrame(schema=holder_token_schema)  # type: ignore[arg-type]
 
 
 def _fees_by_day_model(ledger: Ledger, window: tuple[int, int]) -> pl.DataFrame:
@@ -509,6 +576,8 @@ generated {_e(data.generated_at.isoformat(timespec="seconds"))}</p>
 {_top_payees_table(data)}
 <h2>Lineage flows</h2>
 {flows_chart}
+<h2>Token holders</h2>
+{_holder_tokens_table(data)}
 <h2>Changes against the previous epoch</h2>
 {changes}
 <h3>Largest changes per recipient</h3>
@@ -592,6 +661,29 @@ def _figure_tables(data: ReportData) -> tuple[str, str]:
     return totals, changes
 
 
+def _holder_tokens_table(data: ReportData) -> str:
+    """Each `holders:<token>` recipient of the epoch: holders paid, what they were paid, and the dust carried."""
+    if data.holder_tokens.is_empty():
+        return "<p>No policy paid token holders in this epoch.</p>"
+    asset = data.asset
+    return (
+        "<p>Each token whose holders a policy paid: its take, passed on by time-weighted balance; the holders "
+        "credited; the dust carried for holders whose accumulated part is below <code>holder_dust_units_min</code> "
+        "(paid when it reaches it); a take waiting on <code>holders:&lt;token&gt;</code> has no weighted holder.</p>"
+        + _table(
+            ["token", f"take ({asset})", "holders paid", f"paid ({asset})", f"dust change ({asset})",
+             f"dust carried ({asset})", "holders carrying dust", f"waiting ({asset})"],
+            [
+                [f"holders:{r['token']}", money(r["take_micros"]), f"{r['holders_paid']:,}", money(r["paid_micros"]),
+                 money(r["dust_change_micros"]), money(r["dust_carried_micros"]), f"{r['dust_holders']:,}",
+                 money(r["waiting_micros"])]
+                for r in data.holder_tokens.iter_rows(named=True)
+            ],
+            table_id="holder-tokens",
+        )
+    )
+
+
 def _conservation(data: ReportData) -> str:
     """The conservation line: payable + Δsuspense − Δreceivables against fees − reversed, with its verdict."""
     this_epoch, previous = data.epoch, data.previous or {}
@@ -600,9 +692,12 @@ def _conservation(data: ReportData) -> str:
         if data.conserved
         else '<span class="bad" id="conservation-verdict">NOT balanced</span>'
     )
+    dust = (
+        f" + Δholder dust {money(data.holder_dust_change_micros)}" if data.holder_dust_change_micros else ""
+    )
     return (
         f"<p>payable {money(this_epoch['payable_micros'])} + Δsuspense "
-        f"{money(this_epoch['suspense_micros'] - previous.get('suspense_micros', 0))} − Δreceivables "
+        f"{money(this_epoch['suspense_micros'] - previous.get('suspense_micros', 0))}{dust} − Δreceivables "
         f"{money(this_epoch['receivable_micros'] - previous.get('receivable_micros', 0))} = fees "
         f"{money(this_epoch['fee_micros'])} − reversed "
         f'{money(this_epoch["reversed_micros"])}: difference <strong id="conservation-difference">'

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import shutil
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -197,3 +198,30 @@ def test_publish_replans_with_the_recorded_threshold_not_todays(lake: Path, tmp_
         publish_epoch(ledger, 1, tmp_path / "e1")
     carried = pl.read_parquet(tmp_path / "e1" / "holder_dust.parquet")
     assert carried.to_dicts() == [{"token": token, "holder": small, "carried_micros": _parts()[0][small]}]
+
+
+def test_the_report_shows_each_holder_token_with_the_holders_paid_and_the_dust_carried(lake: Path) -> None:
+    """The HTML report's "Token holders" table: per `holders:<token>` recipient, the take, the count of holders
+    paid and what they got, the dust carried (its change, total and holders carrying); the conservation line counts
+    the dust and stays balanced in both epochs."""
+    from settlement.reports.html import gather, render_html
+
+    first, _ = _parts()
+    take = first[big] + first[small]
+    with Ledger.open_read_only(str(lake)) as ledger:
+        reports = [gather(ledger, epoch) for epoch in (1, 2)]
+    assert [r.holder_tokens.to_dicts() for r in reports] == [
+        [{"token": token, "take_micros": take, "holders_paid": 1, "paid_micros": first[big],
+          "dust_change_micros": first[small], "dust_carried_micros": first[small], "dust_holders": 1,
+          "waiting_micros": 0}],
+        [{"token": token, "take_micros": take, "holders_paid": 2, "paid_micros": take + first[small],
+          "dust_change_micros": -first[small], "dust_carried_micros": 0, "dust_holders": 0, "waiting_micros": 0}],
+    ]  # fmt: skip
+    for report in reports:
+        assert report.conserved and report.conservation_difference_micros == 0
+    page = render_html(reports[0])
+    table = page[page.index('id="holder-tokens"'):]
+    cells = re.findall(r"<td[^>]*>(.*?)</td>", table[: table.index("</table>")])
+    assert cells == [f"holders:{token}", "6.000018", "1", f"{first[big] / 10**6:.6f}", "0.000006", "0.000006", "1",
+                     "0.000000"], cells
+    assert "Δholder dust" in page and 'id="conservation-verdict">balanced' in page
