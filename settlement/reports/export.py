@@ -121,12 +121,13 @@ def export_epoch(ledger: Ledger, epoch: int, directory: Path) -> ExportSummary:
 
 
 def bundle_link(ledger: Ledger, epoch: int) -> dict:
-    """What links an epoch's statements to its bundle: the settled ledger digest (settlement-v2: the SHA-256 of
-    the manifest `royalty publish` writes), its rules version, and the commands that check it."""
+    """What links an epoch's statements to its bundle: the settled ledger digest (settlement-v2 and v3: the SHA-256
+    of the manifest `royalty publish` writes), its rules version, and the commands that check it."""
     settled = read_stored_tree(ledger.connection, epoch)
     version = None
-    if settled is not None:
-        version = "settlement-v2" if read_stored_manifest(ledger.connection, epoch) is not None else "settlement-v1"
+    if settled is not None:  # the version the stored manifest names (v2, or v3 for an epoch paying holders)
+        stored = read_stored_manifest(ledger.connection, epoch)
+        version = "settlement-v1" if stored is None else str(json.loads(stored)["rules_version"])
     folder = f"bundle-epoch-{int(epoch)}"
     return {
         "ledger_digest": settled.ledger_digest if settled else None,
