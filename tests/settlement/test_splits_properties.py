@@ -1,6 +1,7 @@
 """Property tests of the split engine on in-memory frames (rules 2-9 of docs/splits.md)."""
 
 import polars as pl
+import pytest
 from hypothesis import HealthCheck, given, settings
 
 from tests.settlement.split_world import billing_source, exact_credits, run_epochs, untrusted_source, worlds
@@ -8,12 +9,14 @@ from tests.settlement.split_world import billing_source, exact_credits, run_epoc
 fast = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
+@pytest.mark.parametrize("path", ["events", "rollups"])
 @fast
-@given(worlds())
-def test_every_epoch_balances_and_conserves_fees(world):
-    """Conservation: postings of each entry and epoch sum to 0; payables + suspense - receivables = fees."""
+@given(world=worlds())
+def test_every_epoch_balances_and_conserves_fees(world, path):
+    """Conservation: postings of each entry and epoch sum to 0; payables + suspense - receivables = fees; closed
+    from the events or from the appends' rollups (settlement.rollups)."""
     receivable_before = suspense_before = 0
-    for plan in run_epochs(world):
+    for plan in run_epochs(world, path=path):
         assert plan.postings["amount_micros"].sum() == 0
         assert (
             plan.postings.group_by("entry_id").agg(pl.col("amount_micros").sum())["amount_micros"].eq(0).all()

@@ -8,12 +8,13 @@ from hypothesis import HealthCheck, given, settings
 from ledger import Ledger
 from settlement import close_epoch
 from settlement.engine.reference_sql import reference_payables
+from settlement.ledger_io import plan_from_ledger
 from tests.conftest import depth
 from tests.settlement.split_world import event_frame, registry_frames, run_epochs, worlds
 from tests.support.ledger_batches import append_in_batches, sample_messages
 
 
-def _compare(world) -> None:
+def _compare(world, path: str = "events") -> None:
     world.reversals = []
     for row in world.models + world.policies + world.events:
         row.setdefault("known_snapshot", 1)
@@ -21,7 +22,7 @@ def _compare(world) -> None:
     for event in world.events:
         event["arrival"] = 1
     world.epochs = 1
-    (plan,) = run_epochs(world)
+    (plan,) = run_epochs(world, path=path)
     models, policies = registry_frames(world)
     connection = duckdb.connect()
     connection.register("ev", event_frame(world.events).to_arrow())
@@ -32,11 +33,13 @@ def _compare(world) -> None:
     assert got.equals(expected.cast({"amount_micros": pl.Int128})), (got, expected)
 
 
+@pytest.mark.parametrize("path", ["events", "rollups"])
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(worlds(epochs_max=1))
-def test_generated_registries_split_identically_in_sql(world):
-    """Generated lineage DAGs, policy changes and missing policies: polars and SQL credit the same units."""
-    _compare(world)
+@given(world=worlds(epochs_max=1))
+def test_generated_registries_split_identically_in_sql(world, path):
+    """Generated lineage DAGs, policy changes and missing policies: polars and SQL credit the same units, whether
+    the epoch reads the events or the appends' rollups (settlement.rollups)."""
+    _compare(world, path)
 
 
 @pytest.mark.slow
@@ -46,6 +49,8 @@ def test_many_events_through_the_ledger_match_the_sql_reference(tmp_path):
     events = depth(250_000, 1_000_000)
     with Ledger.open(tmp_path / "l") as ledger:
         append_in_batches(ledger, sample_messages(events), 0, events // 4)
+        from_rollups, extra = plan_from_ledger(ledger, from_rollups=True)
+        assert extra["rollup_cells"] is not None and extra["rollup_cells"][0] > 0
         close_epoch(ledger)
         c = ledger.connection
         got = pl.from_arrow(
@@ -58,3 +63,7 @@ def test_many_events_through_the_ledger_match_the_sql_reference(tmp_path):
             c, "lake.main.inference_metered", "lake.main.model_registered", "lake.main.split_policy_set"
         )
         assert got.equals(expected)
+        rolled = from_rollups.payables.select(
+            "recipient", pl.col("credited_micros").cast(pl.Int128).alias("amount_micros")
+        )
+        assert rolled.equals(expected.cast({"amount_micros": pl.Int128}))  # the rollup path: the same payables
