@@ -15,6 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from ledger import Ledger
+from ledger.verify import verify as verify_ledger
 from settlement.onchain import account_proof, largest_leaves, proof_in_root
 from settlement.onchain.merkle import MerkleTree, verify
 from settlement.onchain.payout_tree import EpochTree, build_epoch_tree
@@ -41,9 +42,10 @@ def stored(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, MerkleTree]:
 
 
 def test_the_tree_is_stored_as_nodes_and_no_hex_proof(stored: tuple[Path, MerkleTree]) -> None:
-    """The nodes are stored once, in binary, in chunks; the leaf rows carry no hex proof."""
+    """The nodes are stored once, in binary, in chunks; the leaf rows carry no hex proof; the ledger verifies."""
     lake, tree = stored
     with Ledger.open_read_only(str(lake)) as ledger:
+        assert verify_ledger(ledger).ok
         chunks = ledger.connection.execute(
             "SELECT chunk, nodes FROM lake.main.settlement_tree_node WHERE epoch = 1 ORDER BY chunk"
         ).fetchall()
