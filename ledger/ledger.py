@@ -72,7 +72,15 @@ T = TypeVar("T")
 
 # Errors a concurrent writer causes: SQLite's single-writer lock, DuckLake's optimistic
 # commit conflicts, PostgreSQL serialization failures. Anything else is not retried.
-_transient_markers = ("database is locked", "conflict", "busy", "could not serialize", "deadlock")
+_transient_markers = (
+    "database is locked",
+    "conflict",
+    "busy",
+    "could not serialize",
+    "deadlock",
+    # DuckLake's commit met another writer's commit of the same ids (PostgreSQL catalog):
+    'duplicate key value violates unique constraint "ducklake_',
+)
 # DuckLake caches a catalog's name maps per connection, reloading only ids above a watermark; with
 # several writers on a PostgreSQL catalog a connection can pass a map another writer committed and then
 # cannot read that writer's file. The catalog is intact (a fresh connection reads it): reconnect, retry.
@@ -149,6 +157,8 @@ class Ledger:
         # A read-only ledger opened as of an earlier snapshot reconnects as of the same one.
         self._snapshot_version: int | None = None
         self._appends_on_connection = 0
+        # Transactions redone after meeting another writer (a commit conflict, SQLite's lock): for benchmarks.
+        self.commit_retries = 0
         self._id: str | None = None
         # Row digests of what the open transaction inlined, by table; recorded in `inlined_digest` at commit.
         self._pending_digests: dict[str, list[str]] = {}
@@ -901,6 +911,7 @@ class Ledger:
                 return Retry.no
             last_error = redact(error).splitlines()[0]
             if not stale_cache:
+                self.commit_retries += 1
                 log.debug("ledger busy, retrying", extra={"what": what, "error": last_error})
                 return Retry.after_backoff
             log.info("ledger catalog cache stale; reconnecting", extra={"what": what, "error": last_error})

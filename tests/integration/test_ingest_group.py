@@ -108,17 +108,9 @@ def _wait_for(condition: Callable[[], bool], timeout_s: float, what: str) -> Non
 
 # The scale-out layout: the data files in an S3 bucket (a real SeaweedFS), shared by processes on several
 # machines (issue 20). The same run on a shared local folder is the nightly depth.
-# Known open problem (issue 12 / 20 notes, session 6): in 1 of 2 full CI runs the doomed process met DuckLake's
-# "Unknown name map id 2" on every fresh connection: two writers starting on an empty PostgreSQL catalog at once
-# left a data file naming a column map the catalog does not hold (a DuckLake id race between writers). The ledger
-# now refuses that as not transient (exit 2) instead of retrying; the fix (serialising the first add_data_files
-# and its commit across writers) is not built yet.
-_name_map_race = pytest.mark.xfail(strict=False, reason="DuckLake name-map race between two writers on a fresh catalog")
 
 
-@pytest.mark.parametrize(
-    "storage", [pytest.param("folder", marks=pytest.mark.nightly), pytest.param("s3", marks=_name_map_race)]
-)
+@pytest.mark.parametrize("storage", [pytest.param("folder", marks=pytest.mark.nightly), "s3"])
 def test_two_ingest_processes_in_a_group_split_partitions_and_take_over_after_sigkill(
     kafka_broker: KafkaBroker, postgres_server: PostgresServer, tmp_path: Path, request: pytest.FixtureRequest,
     storage: str,

@@ -336,3 +336,46 @@ def test_verify_names_an_offset_range_stored_twice(postgres_lake: Lake) -> None:
     assert "offsets 100..119 of zombie/2 were appended again" in report.warnings[0] and "host:42" in report.warnings[0]
     listed = subprocess.run(royalty_command("verify", *postgres_lake.cli_options()), capture_output=True, text=True)
     assert listed.returncode == 0 and "appended again" in listed.stderr
+
+
+def test_an_append_whose_commit_meets_another_writers_commit_is_redone_and_every_file_stays_readable(
+    postgres_lake: Lake,
+) -> None:
+    """A writer commits while another's first append (new tables, so new DuckLake column maps) is open.
+
+    DuckLake (0.3, DuckDB 1.4.4) retries such a commit itself and re-numbers the new column maps but not
+    the files naming them: a file then names a map the catalog does not hold and no reader can read the
+    table ("Unknown name map id"). The ledger turns DuckLake's own retry off and redoes its whole
+    transaction instead; every row is stored once and readable. (On a SQLite catalog an open
+    transaction holds the catalog's lock, so another writer cannot commit inside it.)
+    """
+    from ingest.producer import sample_messages
+
+    lake = postgres_lake
+    mixed = [message for _kind, message in sample_messages(300, 0, 0, 50_000, 4, 20, seed=3)]
+    valid = [message for _kind, message in sample_messages(120, 0, 0, 0, 4, 20, seed=4)]
+    invalid = [b'{"not": "an event"}'] * 3
+    with lake.open() as first, lake.open() as second:
+        check = first._check_offsets_fence
+        others: list[object] = []
+
+        def check_then_let_the_other_commit(offsets) -> None:
+            check(offsets)
+            if not others:  # once: the redone transaction commits alone
+                others.append(second.append(*batch_of(valid, topic="other")))
+                others.append(second.append(*batch_of(invalid, topic="other", first_offset=len(valid))))
+
+        first._check_offsets_fence = check_then_let_the_other_commit  # type: ignore[method-assign]
+        first.append(*batch_of(mixed, topic="first"))
+    assert others, "the other writer did not commit inside the first one's transaction"
+    with lake.open_read_only() as reader:
+        rows = {
+            table: len(reader.connection.execute(f"SELECT * FROM lake.main.{table}").fetchall())
+            for table in ("inference_metered", "contributor_registered", "model_registered", "split_policy_set",
+                          "dead_letter")
+        }  # fmt: skip
+        offsets = reader.stored_offsets()
+        report = verify(reader)
+    assert offsets == {("first", 0): len(mixed), ("other", 0): len(valid) + len(invalid)}
+    assert sum(rows.values()) == len(mixed) + len(valid) + len(invalid), rows
+    assert report.ok, report.problems
