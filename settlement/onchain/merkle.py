@@ -209,12 +209,15 @@ class MerkleTree:
         """Each leaf's position among the nodes, in the order the leaves were given."""
         return self._tree_index_by_value
 
+    def dump_header(self) -> dict[str, Any]:
+        """The keys of `dump()` before its node and value lists."""
+        return {"format": DUMP_FORMAT, "leafEncoding": list(LEAF_ENCODING)}
+
     def dump(self) -> dict[str, Any]:
         """The tree in `@openzeppelin/merkle-tree`'s `dump()` format; amounts as decimal strings."""
         bodies = self._checksummed_hex.decode("ascii")
         return {
-            "format": DUMP_FORMAT,
-            "leafEncoding": list(LEAF_ENCODING),
+            **self.dump_header(),
             "tree": _nodes_hex(self._tree_bytes),
             "values": [
                 {"value": ["0x" + bodies[i * 40 : i * 40 + 40], str(amount)], "treeIndex": tree_index}

@@ -5,6 +5,7 @@ they are. On real DuckLake ledgers."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import tarfile
 from collections.abc import Iterator
@@ -18,7 +19,7 @@ from ledger import Ledger
 from ledger.verify import verify as verify_ledger
 from settlement.onchain import account_proof, largest_leaves, proof_in_root
 from settlement.onchain.merkle import MerkleTree, verify
-from settlement.onchain.payout_tree import EpochTree, build_epoch_tree
+from settlement.onchain.payout_tree import EpochTree, build_epoch_tree, published_dump, published_dump_json
 from settlement.onchain.settle import _payables, read_stored_tree, write_tree
 from settlement.onchain.tables import tree_node_chunk_nodes
 from tests.conftest import repo_root, royalty_command
@@ -132,3 +133,19 @@ def test_a_ledger_written_before_keeps_its_hex_proofs_and_stores_nodes_after_mig
             "SELECT count(*) FROM lake.main.settlement_proof WHERE epoch = 2 AND proof IS NULL"
         ).fetchone()
     assert nulls == len(second.tree)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    amounts_units=st.lists(st.integers(min_value=0, max_value=2**256 - 1), min_size=1, max_size=40),
+    epoch=st.integers(min_value=1, max_value=2**40),
+    seed=st.integers(min_value=0, max_value=2**32),
+)
+def test_the_written_dump_is_json_dumps_of_the_published_dump_byte_for_byte(
+    amounts_units: list[int], epoch: int, seed: int
+) -> None:
+    """`settle --tree-dir` writes the dump without a dict per leaf (json.dumps with indent took most of settle's
+    time at a million leaves); the bytes are those json.dumps(published_dump, indent=1) wrote before."""
+    tree = MerkleTree.build(_accounts(len(amounts_units), seed), amounts_units)
+    epoch_tree = EpochTree(epoch, 1, tree, "0x" + f"{seed:064x}", 0, None)
+    assert published_dump_json(epoch_tree) == json.dumps(published_dump(epoch_tree), indent=1)
