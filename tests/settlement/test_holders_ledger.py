@@ -27,7 +27,6 @@ from royalty.cli import app
 from settlement.engine.allocation import allocate_by_weight
 from settlement.holders import holder_sync_schema, holder_sync_table, holder_transfer_schema, holder_transfer_table
 from settlement.reports.audit import AuditDisagreement, audit_bundle
-from settlement.reports.bundle import publish_epoch
 from tests.ledger.helpers import batch_of
 
 chain_id = 31337
@@ -153,8 +152,10 @@ def test_each_epoch_publishes_a_v3_bundle_the_audit_recomputes_and_a_changed_wei
     lake: Path, tmp_path: Path
 ) -> None:
     """`royalty publish` writes the holders' weights, exclusions, threshold and dust carried in and out
-    (settlement-v3); `royalty audit` recomputes both epochs from them (exit 0). A changed weight of the big holder,
-    with the manifest's hash updated, is named (exit 1), and so is a dust row changed."""
+    (settlement-v3); `royalty audit` recomputes both epochs from them (exit 0). Publish runs without the dust
+    setting: it re-plans each epoch with the threshold the epoch recorded (with today's 0 the plan would not give the
+    payables written, and publish would refuse). A changed weight of the big holder, with the manifest's hash
+    updated, is named (exit 1), and so is a dust row changed."""
     for epoch in (1, 2):
         published = runner.invoke(app, ["publish", "--lake", str(lake), "--epoch", str(epoch),
                                          "--to", str(tmp_path / f"e{epoch}")])
@@ -189,15 +190,6 @@ def test_each_epoch_publishes_a_v3_bundle_the_audit_recomputes_and_a_changed_wei
     with pytest.raises(AuditDisagreement, match=r"holder_dust\.parquet says") as caught:
         audit_bundle(dust)
     assert caught.value.what == f"holder dust {small} of {token}"
-
-
-def test_publish_replans_with_the_recorded_threshold_not_todays(lake: Path, tmp_path: Path) -> None:
-    """An epoch is never recomputed under other rules: publish re-plans with the threshold the epoch recorded
-    (today's setting is not read), so the bundle of epoch 1 still carries the small holder's part."""
-    with Ledger.open(str(lake)) as ledger:
-        publish_epoch(ledger, 1, tmp_path / "e1")
-    carried = pl.read_parquet(tmp_path / "e1" / "holder_dust.parquet")
-    assert carried.to_dicts() == [{"token": token, "holder": small, "carried_micros": _parts()[0][small]}]
 
 
 def test_the_report_shows_each_holder_token_with_the_holders_paid_and_the_dust_carried(lake: Path) -> None:

@@ -275,7 +275,7 @@ def _dust_after(state: dict[tuple[str, str], int], plan) -> dict[tuple[str, str]
     return {key: value for key, value in after.items() if value}
 
 
-@settings(max_examples=depth(25, 200), deadline=None)
+@settings(max_examples=depth(15, 200), deadline=None)
 @given(
     world=worlds(epochs_max=4),
     weights=st.lists(
