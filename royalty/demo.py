@@ -147,6 +147,7 @@ class _Run:
     result: DemoResult
     bootstrap_servers: str
     progress: Progress
+    ingested: int = 0  # messages produced before the last ingest run
 
     def stage(self, name: str, started: float) -> None:
         self.result.stage_seconds[name] = self.result.stage_seconds.get(name, 0.0) + time.monotonic() - started
@@ -310,7 +311,8 @@ def _produce(run: _Run, name: str, messages: Iterator[tuple[str, bytes]], events
 def _ingest(run: _Run, ledger: Ledger, name: str) -> None:
     """Ingest until the topic has been quiet `ingest_idle_s` (resuming at the offsets the ledger stored)."""
     started = time.monotonic()
-    task = run.progress.add_task(name, total=sum(run.result.produced.values()))
+    produced = sum(run.result.produced.values())
+    task = run.progress.add_task(name, total=produced - run.ingested)
     service = IngestService(
         ledger,
         lambda owner: KafkaSource(run.bootstrap_servers, [demo_topic], None, ledger.stored_offsets),
@@ -321,6 +323,8 @@ def _ingest(run: _Run, ledger: Ledger, name: str) -> None:
         on_committed=lambda summary: run.progress.update(task, completed=summary.messages),
     )
     service.run(until_idle_s=ingest_idle_s)
+    run.ingested = produced
+    run.progress.update(task, completed=produced)  # the topic is quiet: everything produced is in
     run.stage("ingest", started)
 
 
