@@ -323,8 +323,8 @@ def _ingest(run: _Run, ledger: Ledger, name: str) -> None:
         on_committed=lambda summary: run.progress.update(task, completed=summary.messages),
     )
     service.run(until_idle_s=ingest_idle_s)
+    run.progress.update(task, completed=produced - run.ingested)  # the topic is quiet: everything produced is in
     run.ingested = produced
-    run.progress.update(task, completed=produced)  # the topic is quiet: everything produced is in
     run.stage("ingest", started)
 
 
