@@ -54,10 +54,10 @@ log = logging.getLogger(__name__)
 
 # The column of a merged file holding the snapshot that appended each row (DuckLake's name for it).
 snapshot_column = "_ducklake_internal_snapshot_id"
-# Tables compaction may merge: the event tables whose rows settle by snapshot range, and dead letters.
-# Registry tables are never merged (records take effect in arrival order), nor the settlement's own
-# (one file per epoch already).
-compactable_tables = ("inference_metered", "inference_reversed", "dead_letter")
+# Tables compaction may merge: the event tables whose rows settle by snapshot range, the metered events'
+# rollups (read by snapshot range too, settlement.rollups), and dead letters. Registry tables are never merged
+# (records take effect in arrival order), nor the settlement's own (one file per epoch already).
+compactable_tables = ("inference_metered", "metered_rollup", "inference_reversed", "dead_letter")
 # The step lock every epoch closer holds while it writes (settlement.ledger_io.close_step): a compaction
 # holds it too, so no epoch closes between the windows a compaction computed and its commit.
 close_step = "close-epoch"
@@ -252,7 +252,14 @@ def _merge(ledger: Ledger, files: list[_File]) -> tuple[int, int]:
         source = rows_sql(connection, files, table)
         (expected,) = connection.execute(rows_digest_sql(table, source)).fetchall()
         batches = [b for (b,) in connection.execute(f"SELECT DISTINCT ingest_batch_id FROM ({source})").fetchall()]
-        order = "event_time, event_id" if "event_time" in file_tables[table].names else "kafka_topic, kafka_offset"
+        names = file_tables[table].names
+        order = (
+            "event_time, event_id"
+            if "event_time" in names
+            else "event_hour, model_id, compute_provider, payer, source"
+            if "event_hour" in names  # metered_rollup
+            else "kafka_topic, kafka_offset"
+        )
         connection.execute(
             f"COPY ({source} ORDER BY {order}, {snapshot_column}) TO {_quote(temporary)} "
             f"(FORMAT parquet, COMPRESSION zstd, ROW_GROUP_SIZE {constants.parquet_row_group_rows_max})"

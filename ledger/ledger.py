@@ -429,7 +429,8 @@ class Ledger:
                 for table_name, rows in kept.items():
                     written += self._write_event_files(table_name, self._with_positions(batch, rows, ingest_batch_id))
                     if table_name == metered_table and rows.num_rows:  # format 13: its rollups, in this transaction
-                        written.append(self._write_file(rollup_table, rollup_rows(rows), ingest_batch_id, None))
+                        rollups = rollup_rows(rows, ingest_batch_id)
+                        written.append(self._write_file(rollup_table, rollups, ingest_batch_id, None))
                 if dead_letters.num_rows:
                     written.append(self._write_file("dead_letter", dead_letters, ingest_batch_id, None))
                 self._add_files(written, ingest_batch_id)
@@ -737,7 +738,7 @@ class Ledger:
                         elif rows.num_rows:
                             written.append(self._write_file(table_name, rows, records_batch_id, None))
                             if table_name == metered_table:  # every writer of metered events rolls them up
-                                rollups = rollup_rows(rows)
+                                rollups = rollup_rows(rows, records_batch_id)
                                 written.append(self._write_file(rollup_table, rollups, records_batch_id, None))
                     self._add_files(written, records_batch_id)
                 except BaseException:

@@ -16,8 +16,9 @@ metered_table = "inference_metered"
 rollup_keys = ["model_id", "compute_provider", "payer", "source", "event_hour"]
 
 
-def rollup_rows(events: pa.Table) -> pa.Table:
-    """The rollup rows of metered event rows (`event_time`, `fee_micros` and the key columns but the hour)."""
+def rollup_rows(events: pa.Table, ingest_batch_id: str) -> pa.Table:
+    """The rollup rows of metered event rows (`event_time`, `fee_micros` and the key columns but the hour) that the
+    append `ingest_batch_id` writes."""
     # A group's sum stays within int64: at most this many events, each at most fee_micros_max.
     require(events.num_rows * fee_micros_max < 2**63, f"an append of {events.num_rows} events fits an int64 fee sum")
     hours = pc.floor_temporal(events.column("event_time"), unit="hour")
@@ -38,5 +39,6 @@ def rollup_rows(events: pa.Table) -> pa.Table:
         "event_count": grouped.column("fee_micros_count"),
         "event_time_min": grouped.column("event_time_min"),
         "event_time_max": grouped.column("event_time_max"),
+        "ingest_batch_id": pa.repeat(pa.scalar(ingest_batch_id, pa.string()), grouped.num_rows),
     }
     return pa.table(columns).cast(rollup_schema)

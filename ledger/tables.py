@@ -134,6 +134,7 @@ rollup_schema = pa.schema(
         pa.field("event_count", pa.int64(), nullable=False),
         pa.field("event_time_min", timestamp_type, nullable=False),
         pa.field("event_time_max", timestamp_type, nullable=False),
+        pa.field("ingest_batch_id", pa.string(), nullable=False),  # the append's (compaction retires by it)
     ]
 )
 

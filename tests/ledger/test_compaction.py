@@ -12,7 +12,7 @@ import polars as pl
 import pytest
 
 from ledger import Ledger, define_views, recorder
-from ledger.compaction import compact, live_files, snapshot_column
+from ledger.compaction import compact, compactable_tables, live_files, snapshot_column
 from ledger.object_store import DataStore
 from ledger.verify import verify
 from settlement import close_epoch
@@ -79,7 +79,9 @@ def compared(tmp_path_factory: pytest.TempPathFactory) -> dict:
                     .fetchall(),
                     "views": _views(ledger),
                     "plan": close_epoch(ledger, dry_run=True),
-                    "files": {t: len(live_files(ledger, t)) for t in ("inference_metered", "dead_letter")},
+                    "files": {
+                        t: len(live_files(ledger, t)) for t in ("inference_metered", "metered_rollup", "dead_letter")
+                    },
                 }
                 seen["report"] = compact(ledger)
                 seen["after"] = {
@@ -89,7 +91,10 @@ def compared(tmp_path_factory: pytest.TempPathFactory) -> dict:
                         f"SELECT * FROM lake.main.inference_metered AT (VERSION => {before_snapshot}) ORDER BY ALL"
                     ).fetchall(),
                     "views": _views(ledger),
-                    "files": {t: len(live_files(ledger, t)) for t in ("inference_metered", "dead_letter")},
+                    "files": {
+                        t: len(live_files(ledger, t)) for t in ("inference_metered", "metered_rollup", "dead_letter")
+                    },
+                    "rollup_plan": close_epoch(ledger, dry_run=True, from_rollups=True),
                 }
                 seen["verify_after_compaction"] = verify(ledger)
             summary = close_epoch(ledger)
@@ -127,9 +132,20 @@ def test_compaction_merges_small_files_per_event_date_and_epoch(compared):
         ranges = ledger.connection.execute(
             "SELECT table_name, first_snapshot, last_snapshot FROM lake.main.ledger_compaction"
         ).fetchall()
-    assert {table for table, *_ in ranges} <= {"inference_metered", "inference_reversed", "dead_letter"}
+    assert {table for table, *_ in ranges} <= set(compactable_tables)
     # Never across a closing snapshot: no epoch closes inside a merged file's range of snapshots.
     assert not [r for r in ranges for closing in closings if r[1] <= closing < r[2]], (ranges, closings)
+
+
+def test_merged_rollups_close_the_open_epoch_as_its_events_do(compared):
+    """Rollup files are merged like the events' (per epoch window), and the open epoch closes from the merged
+    rollups to the same figures as from the events of the ledger never compacted."""
+    before, after = compared["before"]["files"], compared["after"]["files"]
+    assert after["metered_rollup"] < before["metered_rollup"]
+    rolled, plain = compared["after"]["rollup_plan"], compared["plain"]["summary"]
+    assert rolled.rollup_cells is not None and rolled.rollup_cells[0] > 0
+    same = ("event_count", "fee_micros", "payable_micros", "suspense_micros", "posting_count", "recipient_count")
+    assert {k: getattr(rolled, k) for k in same} == {k: getattr(plain, k) for k in same}
 
 
 def test_rows_time_travel_and_views_are_unchanged_row_for_row(compared):
@@ -197,7 +213,7 @@ def test_verify_names_a_retirement_no_compaction_recorded(tmp_path):
 def test_verify_names_a_merged_file_that_does_not_hold_the_retired_rows(tmp_path):
     with Ledger.open(tmp_path / "lake") as ledger:
         append_in_batches(ledger, sample_messages(300), 0, 50)
-        assert compact(ledger).merges == 1
+        assert compact(ledger).merges == 2  # the metered events' files, and their rollups'
         (merged,) = ledger.connection.execute("SELECT merged_path FROM lake.main.ledger_compaction").fetchone()
     path = tmp_path / "lake" / "data" / merged
     rows = pl.read_parquet(path)
@@ -218,7 +234,7 @@ def test_verify_reads_retired_files_only_when_asked(tmp_path):
     with Ledger.open(tmp_path / "lake") as ledger:
         append_in_batches(ledger, sample_messages(300), 0, 50)
         live_before = len(live_files(ledger, "inference_metered"))
-        assert compact(ledger).merges == 1
+        assert compact(ledger).merges == 2  # the metered events' files, and their rollups'
         (retired,) = ledger.connection.execute(
             "SELECT path FROM lake.main.ledger_compaction_retired ORDER BY path LIMIT 1"
         ).fetchone()
@@ -254,7 +270,7 @@ def test_compact_command_reports_json_and_refuses_a_missing_ledger(tmp_path):
         append_in_batches(ledger, sample_messages(200), 0, 40)
     result = CliRunner().invoke(app, ["compact", "--lake", str(tmp_path / "lake"), "--json"])
     assert result.exit_code == 0, result.output
-    assert json.loads(result.stdout.strip().splitlines()[-1])["merges"] == 1
+    assert json.loads(result.stdout.strip().splitlines()[-1])["merges"] == 2  # the events' files, their rollups'
     result = CliRunner().invoke(app, ["compact", "--lake", str(tmp_path / "missing")])
     assert result.exit_code != 0
     assert not (tmp_path / "missing").exists()

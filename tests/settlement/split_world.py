@@ -268,7 +268,11 @@ def rolled_up(
     appends = [events.slice(0, half), events.slice(half)]
     rollups = pl.concat(
         [pl.from_arrow(rollup_schema.empty_table())]
-        + [pl.from_arrow(rollup_rows(part.to_arrow())) for part in appends if part.height]
+        + [
+            pl.from_arrow(rollup_rows(part.to_arrow(), f"append-{number}"))
+            for number, part in enumerate(appends)
+            if part.height
+        ]
     )
     new_originals = originals.filter(pl.col("arrival_snapshot") == closing)
     resolution = resolve(models, policies, closing)
