@@ -308,3 +308,59 @@ def test_buying_just_before_the_range_end_earns_only_the_blocks_held(anvil: Anvi
     assert weights[whale] == 10_000  # one block held
     assert paid[whale] == dict(allocate_by_weight(take, sorted(weights.items())))[whale]
     assert paid[whale] < take // 4 < take * 10 // 11  # a snapshot at the range's end would pay it 10/11
+
+
+def test_onchain_mode_pays_a_registry_holders_recipient_and_its_v3_bundle_audits_against_the_chain(
+    anvil: Anvil, tmp_path: Path
+) -> None:
+    """On-chain mode end to end: the ModelRegistry gives 60% of model m to the recipient kind Holders; after
+    sync-registry and sync-holders, close-epoch weights the holders over blocks up to the registry block it settles
+    with (recorded), each holder's payable is its largest-remainder part over the balances the token reports block
+    by block; settled on the distributor, a holder claims exactly that; the epoch's settlement-v3 bundle audits
+    clean against the chain's root and digest."""
+    w3 = anvil.w3
+    registry_address = royalty("deploy-registry", "--rpc-url", anvil.url)["registry"]
+    token = _deploy(anvil)
+    admin, h1, h2, alice = w3.eth.accounts[0], w3.eth.accounts[1], w3.eth.accounts[2], w3.eth.accounts[5]
+    _send(anvil, token.functions.mint(h1, 1_000 * 10**18), admin)
+    _send(anvil, token.functions.mint(h2, 3_000 * 10**18), admin)
+    base = ("--rpc-url", anvil.url, "--registry", registry_address)
+    royalty("registry", "register-model", "m", "--weights-uri", "ipfs://m", *base)
+    first = datetime.fromtimestamp(int(w3.eth.get_block("latest")["timestamp"]), UTC)
+    royalty("registry", "set-policy", "m", "--effective-from", first.strftime("%Y-%m-%dT%H:%M:%S"),
+            "--compute-share-ppm", "0", "--share", f"{alice}=400000", "--share", f"holders:{token.address}=600000",
+            *base)  # fmt: skip
+    lake = tmp_path / "lake"
+    _Feed(lake).send(_metered(0, 10, first + timedelta(seconds=1)))
+    _send(anvil, token.functions.transfer(h2, 400 * 10**18), h1)  # mid-range
+    _mine(anvil, 3)
+    registry_sync = royalty("sync-registry", "--lake", str(lake), *base)
+    _send(anvil, token.functions.transfer(h1, 3_000 * 10**18), h2)  # after the registry block: not weighted
+    _mine(anvil, 2)
+    holder_sync = _sync(lake, anvil, token.address)
+    assert holder_sync["to_block"] > registry_sync["to_block"]
+    env = {"ROYALTY_REGISTRY_MODE": "onchain", "ROYALTY_REGISTRY": registry_address}
+    closed = _close(lake, env)
+    assert closed.exit_code == 0, closed.output
+    with Ledger.open_read_only(str(lake)) as ledger:
+        (recorded,) = ledger.connection.execute(
+            "SELECT from_block, to_block FROM lake.main.settlement_epoch_blocks WHERE epoch = 1"
+        ).fetchall()
+    assert recorded == (holder_sync["from_block"], registry_sync["to_block"])  # ends at the registry block
+    take = 10 * 1_000_003 * 600_000 // 1_000_000
+    weights = _oracle_weights(token, [h1, h2], *recorded)
+    paid = _payables(lake, 1)
+    assert {h: paid[h] for h in (h1, h2)} == dict(allocate_by_weight(take, sorted(weights.items())))
+    assert paid[alice] + take == 10 * 1_000_003
+
+    distributor = deploy(anvil)["distributor"]
+    settled = runner.invoke(app, ["settle", "--lake", str(lake), "--distributor", distributor, "--json"],
+                            env={"ROYALTY_SETTLER_KEY": SETTLER_KEY, "ROYALTY_RPC_URL": anvil.url, **env})
+    assert settled.exit_code == 0, (settled.output, "".join(traceback.format_exception(settled.exception)))
+    assert claim_with_proof_output(lake, anvil, h2, tmp_path) == paid[h2]
+    published = runner.invoke(app, ["publish", "--lake", str(lake), "--epoch", "1", "--to", str(tmp_path / "b")],
+                              env=env)
+    assert published.exit_code == 0, published.output
+    audited = runner.invoke(app, ["audit", "--bundle", str(tmp_path / "b"), "--rpc-url", anvil.url,
+                                  "--distributor", distributor])
+    assert audited.exit_code == 0 and "settlement-v3" in audited.output and "match" in audited.output, audited.output
