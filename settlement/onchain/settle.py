@@ -189,7 +189,8 @@ def _tree_snapshot(connection: duckdb.DuckDBPyConnection, epoch: int, closing_sn
 
 
 def write_tree(ledger: Ledger, tree: EpochTree) -> int:
-    """Append the root and every proof in one transaction; return the snapshot that wrote them."""
+    """Append the root, every leaf and the tree's nodes (the proofs are read off them) in one transaction; return the
+    snapshot that wrote them."""
     now = datetime.now(UTC)
     t = tree.tree
     root_rows = pa.Table.from_pylist(
