@@ -155,7 +155,8 @@ def test_each_epoch_publishes_a_v3_bundle_the_audit_recomputes_and_a_changed_wei
     (settlement-v3); `royalty audit` recomputes both epochs from them (exit 0). Publish runs without the dust
     setting: it re-plans each epoch with the threshold the epoch recorded (with today's 0 the plan would not give the
     payables written, and publish would refuse). A changed weight of the big holder, with the manifest's hash
-    updated, is named (exit 1), and so is a dust row changed."""
+    updated, is named (exit 1), and so is a dust row changed; as a settlement-v2 bundle (no holder files) the epoch
+    is named as not recomputable."""
     for epoch in (1, 2):
         published = runner.invoke(app, ["publish", "--lake", str(lake), "--epoch", str(epoch),
                                          "--to", str(tmp_path / f"e{epoch}")])
@@ -190,6 +191,18 @@ def test_each_epoch_publishes_a_v3_bundle_the_audit_recomputes_and_a_changed_wei
     with pytest.raises(AuditDisagreement, match=r"holder_dust\.parquet says") as caught:
         audit_bundle(dust)
     assert caught.value.what == f"holder dust {small} of {token}"
+    # The same epoch as a settlement-v2 bundle (no holder files): the audit says it cannot recompute the holders.
+    older = tmp_path / "v2"
+    shutil.copytree(tmp_path / "e1", older)
+    manifest = json.loads((older / "manifest.json").read_text())
+    manifest["rules_version"] = "settlement-v2"
+    del manifest["holders"]
+    for name in ("holder_weights.parquet", "prior_holder_dust.parquet", "holder_dust.parquet"):
+        del manifest["files"][name]
+    (older / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(AuditDisagreement, match="carries no holder weights") as caught:
+        audit_bundle(older)
+    assert caught.value.what == f"recipient holders:{token}"
 
 
 def test_the_report_shows_each_holder_token_with_the_holders_paid_and_the_dust_carried(lake: Path) -> None:
