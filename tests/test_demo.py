@@ -41,6 +41,8 @@ def test_demo_runs_to_the_end_and_its_summary_matches_royalty_sql(tmp_path: Path
         timeout=600,
     )
     assert result.returncode == 0, result.stderr[-3000:]
+    # A healthy run logs nothing at ERROR (issue 21; logs are JSON lines on a pipe).
+    assert not re.search(r'"level": "(error|critical)"', result.stderr), result.stderr[-3000:]
     stdout, lake = result.stdout, tmp_path / "lake"
     # Every figure as `royalty sql` gives it (one command: the figures' queries as scalar subqueries).
     queries = summary_queries()
