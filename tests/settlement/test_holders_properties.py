@@ -453,3 +453,35 @@ def test_the_audit_recomputes_every_epoch_paying_holders_from_its_v3_bundle(
         _with_holders(world, recipient), each=publish, holder_weights=lambda epoch: {token: per_epoch[epoch]},
         holder_dust_units_min=dust_units_min,
     )
+
+
+def test_the_spec_dust_example_by_hand_and_by_the_engine() -> None:
+    """docs/spec/settlement-v3.md §6b's worked example: take 1,001 over weights 6, 3, 1 with a threshold of 150 and
+    40 micros carried in by the third holder, by hand with fractions (independent of both implementations), then
+    through the engine's `pass_to_holders`: the same credits, dust and balanced entry."""
+    from settlement.engine.holders import dust_schema, pass_to_holders
+
+    a, b, c = (f"0x{letter * 40}" for letter in "abc")
+    weights, take, threshold, carried_in = {a: 6, b: 3, c: 1}, 1_001, 150, {c: 40}
+    exact = {h: Fraction(take * w, sum(weights.values())) for h, w in weights.items()}
+    floors = {h: int(x) for h, x in exact.items()}
+    left = take - sum(floors.values())
+    lucky = sorted(weights, key=lambda h: (-(exact[h] - floors[h]), h))[:left]
+    parts = {h: floors[h] + (h in lucky) for h in weights}
+    assert parts == {a: 601, b: 300, c: 100}
+    accumulated = {h: parts[h] + carried_in.get(h, 0) for h in weights}
+    credited = {h: v for h, v in accumulated.items() if not 0 < v < threshold}
+    carried_out = {h: v for h, v in accumulated.items() if 0 < v < threshold}
+    assert (credited, carried_out) == ({a: 601, b: 300}, {c: 140})
+
+    credits = pl.DataFrame({"recipient": [f"holders:{token}"], "amount_micros": [take]},
+                           schema={"recipient": pl.String, "amount_micros": pl.Int128})
+    dust = pl.DataFrame([{"token": token, "holder": c, "carried_micros": 40}], schema=dust_schema)
+    merged, postings, _, changed = pass_to_holders(7, credits, {token: sorted(weights.items())}, dust, threshold)
+    assert dict(merged.iter_rows()) == credited
+    assert changed.to_dicts() == [{"token": token, "holder": c, "carried_micros": 140}]
+    assert dict(postings.select("account", "amount_micros").iter_rows()) == {
+        f"contributor:holders:{token}": 1_001, f"contributor:{a}": -601, f"contributor:{b}": -300,
+        f"holders-dust:{token}": -100,
+    }
+    assert set(postings["entry_id"]) == {f"e7:holders:{token}"}
