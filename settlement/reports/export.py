@@ -123,10 +123,11 @@ def export_epoch(ledger: Ledger, epoch: int, directory: Path) -> ExportSummary:
 def bundle_link(ledger: Ledger, epoch: int) -> dict:
     """What links an epoch's statements to its bundle: the settled ledger digest (settlement-v2 and v3: the SHA-256
     of the manifest `royalty publish` writes), its rules version, and the commands that check it."""
-    settled = read_stored_tree(ledger.connection, epoch)
+    settled, stored = ledger.recorder.read(
+        lambda c: (read_stored_tree(c, epoch), read_stored_manifest(c, epoch)), "read the epoch's tree and manifest"
+    )
     version = None
     if settled is not None:  # the version the stored manifest names (v2, or v3 for an epoch paying holders)
-        stored = read_stored_manifest(ledger.connection, epoch)
         version = "settlement-v1" if stored is None else str(json.loads(stored)["rules_version"])
     folder = f"bundle-epoch-{int(epoch)}"
     return {

@@ -41,11 +41,11 @@ class Receipt:
 
 
 def _closed_epochs(ledger: Ledger, from_snapshot: int) -> list[int]:
-    rows = ledger.connection.execute(
+    epochs = ledger.recorder.frame(
         f"SELECT epoch FROM {recorder.table('settlement_epoch')} WHERE closing_snapshot >= ? ORDER BY epoch",
         [from_snapshot],
-    ).fetchall()
-    return [int(epoch) for (epoch,) in rows]
+    )
+    return [int(epoch) for epoch in epochs["epoch"]]
 
 
 def payer_receipt(ledger: Ledger, source: str, event_id: str, rules: RegistryRules | None = None) -> Receipt:
@@ -58,7 +58,7 @@ def payer_receipt(ledger: Ledger, source: str, event_id: str, rules: RegistryRul
         events = read_epoch_bundle(ledger, epoch, rules).events
         mine = events.filter((pl.col("source") == source) & (pl.col("event_id") == event_id))  # type: ignore[union-attr]
         if mine.height:
-            committed = read_stored_manifest(ledger.connection, epoch)
+            committed = ledger.recorder.read(lambda c, at=epoch: read_stored_manifest(c, at), "read a manifest")
             if committed is not None and b'"events"' not in committed:
                 raise ReceiptError(
                     f"epoch {epoch}, which split event {source}/{event_id}, was settled without payer receipts "
