@@ -664,7 +664,7 @@ def _figure_tables(data: ReportData) -> tuple[str, str]:
 def _holder_tokens_table(data: ReportData) -> str:
     """Each `holders:<token>` recipient of the epoch: holders paid, what they were paid, and the dust carried."""
     if data.holder_tokens.is_empty():
-        return "<p>No policy paid token holders in this epoch.</p>"
+        return '<p class="empty">No policy paid token holders in this epoch.</p>'
     asset = data.asset
     return (
         "<p>Each token whose holders a policy paid: its take, passed on by time-weighted balance; the holders "
