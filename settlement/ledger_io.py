@@ -402,6 +402,7 @@ def read_inputs(
         addresses=registry.addresses,
         reversal_sources=reversal_sources,
         rollup_cells=None if rolled is None else (rolled.rollup_cells, rolled.event_cells),
+        payer_fees=None if rolled is None else rolled.payer_fees,
     )
 
 
@@ -583,27 +584,42 @@ def _dead_letters(plan: EpochPlan, reversal_rows: pl.DataFrame, now: datetime) -
     source = reversal_rows.join(dead, on=["source", "event_id"]).sort(["event_id", "source"])
     records = []
     for row in source.iter_rows(named=True):
-        raw = json.dumps(
-            {k: str(v) for k, v in row.items() if k not in ("dead_letter_reason", "dead_letter_code")}, sort_keys=True
-        ).encode()
+        fields = {k: v for k, v in row.items() if k not in ("dead_letter_reason", "dead_letter_code")}
         records.append(
-            {
-                "kafka_topic": row["kafka_topic"],
-                "kafka_partition": row["kafka_partition"],
-                "kafka_offset": row["kafka_offset"],
-                "ingest_batch_id": row["ingest_batch_id"],
-                "received_at": now,
-                "reason": f"settlement epoch {plan.epoch}: {row['dead_letter_reason']}",
-                "error_field": "data.original_event_id",
-                "event_id": row["event_id"],
-                "event_type": "ai.inference.reversed.v1",
-                "raw": raw,
-                "raw_size_bytes": len(raw),
-                "raw_sha256": hashlib.sha256(raw).hexdigest(),
-                "reason_code": str(row["dead_letter_code"]),
-            }
+            _dead_letter(
+                row,
+                fields,
+                now,
+                f"settlement epoch {plan.epoch}: {row['dead_letter_reason']}",
+                "data.original_event_id",
+                "ai.inference.reversed.v1",
+                str(row["dead_letter_code"]),
+            )
         )
     return pa.Table.from_pylist(records, schema=dead_letter_schema)
+
+
+def _dead_letter(
+    position: dict, fields: dict, now: datetime, reason: str, error_field: str, event_type: str, reason_code: str
+) -> dict:
+    """A `dead_letter` row the settlement writes for a record it refused, at the record's Kafka position; its `raw`
+    is the record's `fields` as canonical JSON text (every value as text)."""
+    raw = json.dumps({k: str(v) for k, v in fields.items()}, sort_keys=True).encode()
+    return {
+        "kafka_topic": position["kafka_topic"],
+        "kafka_partition": position["kafka_partition"],
+        "kafka_offset": position["kafka_offset"],
+        "ingest_batch_id": position["ingest_batch_id"],
+        "received_at": now,
+        "reason": reason,
+        "error_field": error_field,
+        "event_id": position["event_id"],
+        "event_type": event_type,
+        "raw": raw,
+        "raw_size_bytes": len(raw),
+        "raw_sha256": hashlib.sha256(raw).hexdigest(),
+        "reason_code": reason_code,
+    }
 
 
 # The field a registry refusal is about, per reason code.
@@ -615,22 +631,7 @@ def _registry_dead_letters(epoch: int, refused: list[dict], now: datetime) -> pa
     records = []
     for row in sorted(refused, key=lambda r: (r["kafka_topic"], r["kafka_partition"], r["kafka_offset"])):
         fields = {k: v for k, v in row.items() if k not in ("reason", "reason_code", "known_snapshot")}
-        raw = json.dumps({k: str(v) for k, v in fields.items()}, sort_keys=True).encode()
-        records.append(
-            {
-                "kafka_topic": row["kafka_topic"],
-                "kafka_partition": row["kafka_partition"],
-                "kafka_offset": row["kafka_offset"],
-                "ingest_batch_id": row["ingest_batch_id"],
-                "received_at": now,
-                "reason": f"settlement epoch {epoch}: {row['reason']}",
-                "error_field": _refused_fields.get(row["reason_code"], "data.model_id"),
-                "event_id": row["event_id"],
-                "event_type": row["event_type"],
-                "raw": raw,
-                "raw_size_bytes": len(raw),
-                "raw_sha256": hashlib.sha256(raw).hexdigest(),
-                "reason_code": row["reason_code"],
-            }
-        )
+        reason = f"settlement epoch {epoch}: {row['reason']}"
+        error_field = _refused_fields.get(row["reason_code"], "data.model_id")
+        records.append(_dead_letter(row, fields, now, reason, error_field, row["event_type"], row["reason_code"]))
     return pa.Table.from_pylist(records, schema=dead_letter_schema)
