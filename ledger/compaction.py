@@ -256,7 +256,7 @@ def _merge(ledger: Ledger, files: list[_File]) -> tuple[int, int]:
         order = (
             "event_time, event_id"
             if "event_time" in names
-            else "event_hour, model_id, compute_provider, payer, source"
+            else "event_hour, model_id, compute_provider, source"
             if "event_hour" in names  # metered_rollup
             else "kafka_topic, kafka_offset"
         )

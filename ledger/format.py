@@ -148,7 +148,7 @@ def _carry_holder_dust(connection: duckdb.DuckDBPyConnection) -> None:
 
 def _roll_up_metered_events(connection: duckdb.DuckDBPyConnection) -> None:
     """Format 13 rolls metered events up as they are appended: table metered_rollup (per append, exact fee sums,
-    counts and event-time bounds per model, compute provider, payer, source and event hour), which close-epoch may
+    counts and event-time bounds per model, compute provider, source and event hour), which close-epoch may
     read instead of the events. A ledger migrated here gets the table empty: its events appended before close from
     the events (the rollup path is used only for snapshot ranges whose every append wrote rollups)."""
     from ledger.tables import create_statements, rollup_table
@@ -228,7 +228,7 @@ format_steps: list[FormatStep] = [
     FormatStep(
         13,
         "roll metered events up at append: table metered_rollup (fee sums, counts and event-time bounds per model, "
-        "provider, payer, source and event hour; empty for the events appended before)",
+        "provider, source and event hour; empty for the events appended before)",
         _roll_up_metered_events,
     ),
     FormatStep(

@@ -1,6 +1,6 @@
 """Each append's metered events rolled up (table `metered_rollup`, ledger format 13).
 
-An append writes, in its own transaction, one row per (model, compute provider, payer, source, event hour) its
+An append writes, in its own transaction, one row per (model, compute provider, source, event hour) its
 metered events touch: the exact fee sum, the event count and the least and greatest event time. Settlement may
 close an epoch from these rows instead of the events (`settlement.rollups`); the events stay the reference.
 """
@@ -13,7 +13,7 @@ from schemas.errors import require
 from schemas.limits import fee_micros_max
 
 metered_table = "inference_metered"
-rollup_keys = ["model_id", "compute_provider", "payer", "source", "event_hour"]
+rollup_keys = ["model_id", "compute_provider", "source", "event_hour"]
 
 
 def rollup_rows(events: pa.Table, ingest_batch_id: str) -> pa.Table:

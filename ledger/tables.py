@@ -120,14 +120,13 @@ compaction_retired_schema = pa.schema(
 )
 
 # Format 13: each append's metered events rolled up (ledger.rollups), in the append's own transaction. One row per
-# (model, compute provider, payer, source, event hour) the append touched: exact fee sum, event count and the
-# event-time bounds. The registry version in force is the append's snapshot, which the catalog records per file.
+# (model, compute provider, source, event hour) the append touched: exact fee sum, event count and the event-time
+# bounds. The registry version in force is the append's snapshot, which the catalog records per file.
 rollup_table = "metered_rollup"
 rollup_schema = pa.schema(
     [
         pa.field("model_id", pa.string(), nullable=False),
         pa.field("compute_provider", pa.string(), nullable=False),
-        pa.field("payer", pa.string(), nullable=False),
         pa.field("source", pa.string(), nullable=False),
         pa.field("event_hour", timestamp_type, nullable=False),
         pa.field("fee_micros", pa.int64(), nullable=False),

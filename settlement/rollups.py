@@ -1,8 +1,10 @@
 """An epoch's new metered events from the appends' rollups (`metered_rollup`, ledger format 13), where that is exact.
 
 The events path (`ledger_io.read_inputs`) reads every new event. This one reads the rollup rows the same appends
-wrote (one per model, provider, payer, source and event hour an append touched) and turns each into one weighted
-row that routes, bills and counts as its events do (`splits.event_count_column`). A (model, event hour) cell is
+wrote (one per model, provider, source and event hour an append touched) and turns each into one weighted row
+that routes, bills its model and counts as its events do (`splits.event_count_column`). The payers are billed from
+the events' payer and fee columns, read in the same pass as the id check (rollups name no payer: a payer column
+in their key would make them nearly as many as the events). A (model, event hour) cell is
 read from its raw events instead when the rollups cannot be exact for it:
 
 - an event id of the cell is stored twice (the cheap hash-count check of the events path finds it; the events of
@@ -33,7 +35,8 @@ _cell = ["model_id", "event_hour"]
 class RollupEvents:
     """The epoch's new events as weighted rows, and how many cells were read from rollups and from events."""
 
-    events: pl.LazyFrame  # event_columns + event_count_column; rollup rows have a null event_id
+    events: pl.LazyFrame  # event_columns + event_count_column; rollup rows have a null event_id and payer
+    payer_fees: pl.DataFrame  # payer, fee_micros (Int128): what the new events bill each payer, deduplicated
     rollup_cells: int
     event_cells: int
 
@@ -68,9 +71,13 @@ def weighted_events(
     (every new event, scanned only where needed) of the others, deduplicated as the events path does.
     `resolution` is the registry at the closing snapshot; `new_originals` the new events this epoch's reversals
     name."""
+    key = pl.struct("source", "event_id").hash()
+    counts, payer_fees = pl.collect_all(
+        [events.select(pl.len(), key.n_unique()), events.group_by("payer").agg(_fees())]
+    )
     dirty = pl.concat(
         [
-            _duplicated_cells(events),
+            _duplicated_cells(events, *counts.row(0)),
             _unsteady_cells(rollups, resolution),
             new_originals.select("model_id", _hour("event_time")),
         ]
@@ -82,7 +89,7 @@ def weighted_events(
             "source",
             pl.col("event_time_max").alias("event_time"),
             "model_id",
-            "payer",
+            pl.lit(None, pl.String).alias("payer"),
             "compute_provider",
             "fee_micros",
             pl.col("event_count").alias(event_count_column),
@@ -95,11 +102,20 @@ def weighted_events(
             .join(dirty.lazy(), on=_cell, how="semi")
             .select(event_columns)
         )
-        rows, distinct = raw.select(pl.len(), pl.struct("source", "event_id").hash().n_unique()).collect().row(0)
+        rows, distinct = raw.select(pl.len(), key.n_unique()).collect().row(0)
         if rows != distinct:  # as the events path deduplicates: of ids stored twice, the least row in column order
-            raw = raw.sort(event_columns).unique(["source", "event_id"], keep="first", maintain_order=True)
+            kept = raw.sort(event_columns).unique(["source", "event_id"], keep="first", maintain_order=True)
+            # The payers' sums over every stored row, less the copies the deduplication drops.
+            dropped = raw.group_by("payer").agg(_fees()).with_columns(pl.col("fee_micros") * -1)
+            payer_fees = pl.concat([payer_fees, dropped.collect(), kept.group_by("payer").agg(_fees()).collect()])
+            payer_fees = payer_fees.group_by("payer").agg(pl.col("fee_micros").sum())
+            raw = kept
         parts.append(raw.with_columns(pl.lit(1, pl.Int64).alias(event_count_column)))
-    return RollupEvents(pl.concat(parts), clean.select(_cell).unique().height, dirty.height)
+    return RollupEvents(pl.concat(parts), payer_fees, clean.select(_cell).unique().height, dirty.height)
+
+
+def _fees() -> pl.Expr:
+    return pl.col("fee_micros").cast(pl.Int128).sum()
 
 
 def _hour(column: str) -> pl.Expr:
@@ -112,11 +128,11 @@ def _scan_events(paths: list[str]) -> pl.LazyFrame:
     return recorder.scan_parquet(paths, extra_columns="ignore").select(event_columns)
 
 
-def _duplicated_cells(scan: pl.LazyFrame) -> pl.DataFrame:
+def _duplicated_cells(scan: pl.LazyFrame, rows: int, distinct: int) -> pl.DataFrame:
     """The (model, hour) cells holding a copy of an event id stored more than once (by 64-bit hash: a collision
-    only sends a cell to its events, which deduplicate exactly)."""
+    only sends a cell to its events, which deduplicate exactly). `rows`, `distinct`: the scan's row count and
+    distinct id hashes (equal: no id is stored twice)."""
     key = pl.struct("source", "event_id").hash().alias("key_hash")
-    rows, distinct = scan.select(pl.len(), key.n_unique()).collect().row(0)
     if rows == distinct:
         return pl.DataFrame(schema={"model_id": pl.String, "event_hour": pl.Datetime("us", "UTC")})
     keyed = scan.select(key, "model_id", _hour("event_time"))

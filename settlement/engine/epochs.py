@@ -57,6 +57,8 @@ class EpochInputs:
     holder_weights: HolderWeightSource | None = None
     # Closed from the appends' rollups (settlement.rollups): (model, hour) cells read from rollups, from events.
     rollup_cells: tuple[int, int] | None = None
+    # With rollup rows (which name no payer) in new_events: the new events' fees per payer (payer, fee_micros).
+    payer_fees: pl.DataFrame | None = None
     # A holder's accumulated part below this many micros is carried forward, not credited (0: never).
     holder_dust_units_min: int = 0
 
@@ -121,6 +123,11 @@ def plan_epoch(inputs: EpochInputs, prior: PriorState) -> EpochPlan:
             ]
         )
     )
+    if inputs.payer_fees is not None:  # rollup rows name no payer: the payers' sums come with them
+        payers = pl.concat(
+            [inputs.payer_fees.lazy(), valid.select("payer", "fee_micros").lazy()], how="vertical_relaxed"
+        )
+        billed = (payers.group_by("payer").agg(pl.col("fee_micros").cast(pl.Int128).sum()).collect(), billed[1])
     credits, holder_postings, holder_addresses, holder_dust = pass_to_holders(
         epoch, moves.split.credits, inputs.holder_weights, prior.holder_dust, inputs.holder_dust_units_min
     )

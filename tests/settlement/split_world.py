@@ -12,7 +12,7 @@ from ledger.tables import rollup_schema
 from settlement.engine.epochs import EpochInputs, PriorState, advance, plan_epoch
 from settlement.engine.policies import resolve
 from settlement.engine.splits import event_columns, event_key, key_of
-from settlement.rollups import weighted_events
+from settlement.rollups import RollupEvents, weighted_events
 
 start = datetime(2026, 1, 1, tzinfo=UTC)
 contributors = [f"c{i}" for i in range(6)]
@@ -222,9 +222,10 @@ def run_epochs(
         originals = originals.with_columns(
             arrival_snapshot=event_key().replace_strict(arrival, return_dtype=pl.Int64)
         )
-        new_events = event_frame(new).lazy()
+        new_events, payer_fees = event_frame(new).lazy(), None
         if path == "rollups":
-            new_events = rolled_up(event_frame(new), models, policies, epoch, originals)
+            rolled = rolled_up(event_frame(new), models, policies, epoch, originals)
+            new_events, payer_fees = rolled.events, rolled.payer_fees
         inputs = EpochInputs(
             closing_snapshot=epoch,
             new_events=new_events,
@@ -250,6 +251,7 @@ def run_epochs(
             ),
             reversal_sources=(billing_source,),  # trusted to reverse the gateways' events
             holder_weights=None if holder_weights is None else holder_weights(epoch),
+            payer_fees=payer_fees,
             holder_dust_units_min=holder_dust_units_min,
         )
         plan = plan_epoch(inputs, prior)
@@ -262,7 +264,7 @@ def run_epochs(
 
 def rolled_up(
     events: pl.DataFrame, models: pl.DataFrame, policies: pl.DataFrame, closing: int, originals: pl.DataFrame
-) -> pl.LazyFrame:
+) -> RollupEvents:
     """`events` as the rollup path gives them: the rollups of two appends (halves), raw events where needed."""
     half = events.height // 2
     appends = [events.slice(0, half), events.slice(half)]
@@ -276,7 +278,7 @@ def rolled_up(
     )
     new_originals = originals.filter(pl.col("arrival_snapshot") == closing)
     resolution = resolve(models, policies, closing)
-    return weighted_events(rollups, events.lazy(), resolution, new_originals).events  # type: ignore[arg-type]
+    return weighted_events(rollups, events.lazy(), resolution, new_originals)  # type: ignore[arg-type]
 
 
 def exact_credits(
