@@ -4,7 +4,8 @@ Transfer rows, and of allocating one take over the holders (issue 17).
 Writes N synthetic `holder_transfer` rows (mints to H holders, then transfers between random holders over
 B blocks) into a new DuckLake ledger through `Ledger.append_records` (as `sync-holders` stores them, in ranges
 of `--rows-per-append`), then times `balances_at` at the last block, `holder_weights` over the last half of
-the blocks, and `allocate_by_weight` of a 10^12-micro take over the weighted holders.
+the blocks, `allocate_by_weight` of a 10^12-micro take over the weighted holders, and the dust rule
+(`carry_dust`: threshold one past the median part, every tenth holder carrying 1 micro in).
 
     python benchmarks/holders_bench.py --transfers 10000000 --holders 1000000 [--keep]
 """
@@ -23,6 +24,7 @@ import pyarrow as pa
 
 from ledger import Ledger
 from settlement.engine.allocation import allocate_by_weight
+from settlement.engine.holders import carry_dust
 from settlement.holders import balances_at, holder_transfer_schema, holder_weights, zero_address
 from settlement.use_cases.ledger_setup import register_with_ledger
 
@@ -100,7 +102,15 @@ def main() -> None:
                 lambda: holder_weights(ledger.connection, chain_id, token, last // 2, last, set()),
             )
             pairs = [(holder, int(weight)) for holder, weight in weights.iter_rows()]
-            _timed("allocate one take over the holders", lambda: allocate_by_weight(10**12, pairs))
+            parts = _timed("allocate one take over the holders", lambda: allocate_by_weight(10**12, pairs))
+            # Dust (holder_dust_units_min): every tenth holder carries 1 micro in; the threshold is one past the median
+            # part, so about half the holders carry (most of them hold one unit: equal parts).
+            carried_in = {holder: 1 for holder, _ in pairs[::10]}
+            threshold = sorted(amount for _, amount in parts)[len(parts) // 2] + 1 if parts else 0
+            paid, changed = _timed(
+                "apply the dust threshold to the parts", lambda: carry_dust(parts, carried_in, threshold)
+            )
+            print(f"dust threshold {threshold:,} micros: {len(paid):,} holders paid, {len(changed):,} dust rows")
             print(f"{len(balances):,} holders with a balance, {len(pairs):,} weighted")
     finally:
         if args.keep:

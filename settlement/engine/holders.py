@@ -111,10 +111,11 @@ def carry_dust(
     parts: list[tuple[str, int]], carried_in: dict[str, int], dust_units_min: int
 ) -> tuple[list[tuple[str, int]], list[tuple[str, int]]]:
     """Apply the dust threshold to one token's allocated `parts` (holder, amount): returns the holders credited
-    (holder, amount, non-zero, by holder) and the holders whose carried amount changed (holder, carried after)."""
+    (holder, amount, non-zero) and the holders whose carried amount changed (holder, carried after), each in
+    `parts`' order, then the carried-only holders'."""
     paid, changed = [], []
     amounts = dict(parts)
-    holders = list(amounts) if not carried_in else sorted(set(amounts) | set(carried_in))
+    holders = [*amounts, *(holder for holder in carried_in if holder not in amounts)]  # callers sort what they keep
     for holder in holders:
         before = carried_in.get(holder, 0)
         accumulated = amounts.get(holder, 0) + before
