@@ -6,9 +6,21 @@ one or two policies each) is ingested as events. Prints both timings, their rati
 two gave identical payables.
 
     python benchmarks/split_bench.py --events 10000000 [--models 1000] [--contributors 10000]
+
+`--rollups` also writes the rollup rows (`metered_rollup`, ledger format 13) that appends of `--append-events`
+events each would write (events in time order, as a stream brings them; the files merged as compaction merges
+them: rows kept) and closes the epoch from them too (`close_epoch(from_rollups=True)`), timing the id check (the
+hash count over every new event id, which the rollup path keeps) apart, and comparing payables with the events
+path. `--simulated-day N` writes no events: rollup rows for a day of N events over `--models` models x 50
+providers x 24 hours x `--sources` sources x `--payers-per-group` payers each, closed from them alone (no event
+id to check: the id check's cost is the one measured with `--rollups`, scaled).
+
+    python benchmarks/split_bench.py --events 10000000 --rollups
+    python benchmarks/split_bench.py --simulated-day 10000000000 --sources 2
 """
 
 import argparse
+import dataclasses
 import json
 import random
 import tempfile
@@ -20,6 +32,7 @@ import polars as pl
 from eth_utils import to_checksum_address
 
 from ledger import IngestBatch, Ledger, PartitionOffsets, recorder
+from ledger.tables import rollup_schema, rollup_table
 from schemas import BatchDecoder
 from settlement import InputChecks, close_epoch
 from settlement.engine.reference_sql import reference_payables
@@ -67,9 +80,7 @@ def registry(models: int, contributors: int, seed: int = 1) -> list[bytes]:
             if depth[f"model-{parent:04d}"] < 3:
                 parents = [{"model_id": f"model-{parent:04d}", "share_ppm": 100_000}]
         depth[model_id] = 1 + max([depth[p["model_id"]] for p in parents], default=0)
-        values.append(
-            _envelope("ai.model.registered.v1", f"m{index}", {"model_id": model_id, "parents": parents})
-        )
+        values.append(_envelope("ai.model.registered.v1", f"m{index}", {"model_id": model_id, "parents": parents}))
         for number, hours in enumerate([0, 12] if index % 10 == 0 else [0]):
             recipients = rng.sample(range(contributors), k=4)
             shares = [{"recipient": f"model:{p['model_id']}", "share_ppm": p["share_ppm"]} for p in parents]
@@ -92,16 +103,14 @@ def registry(models: int, contributors: int, seed: int = 1) -> list[bytes]:
     return values
 
 
-def events_file(path: Path, first: int, count: int, models: int) -> None:
+def events_file(path: Path, first: int, count: int, models: int, total: int | None = None) -> pl.DataFrame:
+    """Write events `first`.. of the bench; `total`: in time order over the day (a stream's appends), else random."""
     index = pl.int_range(first, first + count, dtype=pl.UInt64)
     day_us = 86_400_000_000
+    offset_us = (index.hash(1) % day_us) if total is None else (index * (day_us // total))
     frame = pl.select(
         event_id=pl.lit("ev-") + index.cast(pl.String),
-        event_time=(
-            pl.lit(start)
-            - pl.duration(days=1)
-            + pl.duration(microseconds=(index.hash(1) % day_us).cast(pl.Int64))
-        ),
+        event_time=(pl.lit(start) - pl.duration(days=1) + pl.duration(microseconds=offset_us.cast(pl.Int64))),
         source=pl.lit("//gateway"),
         model_id=pl.lit("model-")
         + ((index.hash(2) % 1_000_000).sqrt().cast(pl.UInt64) * models // 1000).cast(pl.String).str.zfill(4),
@@ -118,6 +127,51 @@ def events_file(path: Path, first: int, count: int, models: int) -> None:
         ingest_batch_id=pl.lit("bench"),
     ).with_columns(event_date=pl.col("event_time").dt.date())
     frame.write_parquet(path, compression="zstd", row_group_size=1_000_000)
+    return frame
+
+
+def rollups_of(frame: pl.DataFrame, first: int, append_events: int) -> pl.DataFrame:
+    """The rollup rows appends of `append_events` consecutive events write (ledger.rollups), rows kept; with
+    `append_events` 0, one row per key (as a compaction summing rows would leave them: not built yet)."""
+    rows = frame.with_columns(
+        append=(pl.int_range(first, first + frame.height) // append_events) if append_events else pl.lit(0),
+        event_hour=pl.col("event_time").dt.truncate("1h"),
+    )
+    return (
+        rows.group_by("append", "model_id", "compute_provider", "source", "event_hour")
+        .agg(
+            pl.col("fee_micros").sum(),
+            pl.len().cast(pl.Int64).alias("event_count"),
+            pl.col("event_time").min().alias("event_time_min"),
+            pl.col("event_time").max().alias("event_time_max"),
+        )
+        .select(
+            *rollup_schema.names[:-1], (pl.lit("append-") + pl.col("append").cast(pl.String)).alias("ingest_batch_id")
+        )
+    )
+
+
+def day_rollups(path: Path, events: int, models: int, sources: int) -> pl.DataFrame:
+    """Rollup rows of a simulated day of `events` events: one per model, provider, hour and source (as merged)."""
+    groups = models * 50 * 24 * sources
+    index = pl.int_range(0, groups, dtype=pl.UInt64)
+    per_group = events // groups
+    frame = pl.select(
+        model_id=pl.lit("model-") + (index % models).cast(pl.String).str.zfill(4),
+        compute_provider=pl.lit("gpu-") + (index // models % 50).cast(pl.String),
+        source=pl.lit("//gateway-") + (index // (models * 50 * 24) % sources).cast(pl.String),
+        event_hour=pl.lit(start)
+        - pl.duration(days=1)
+        + pl.duration(hours=(index // (models * 50) % 24).cast(pl.Int64)),
+    ).with_columns(
+        fee_micros=(pl.lit(per_group, pl.Int64) * (index.hash(7) % 70_000 + 1).cast(pl.Int64)),
+        event_count=pl.lit(per_group, pl.Int64),
+        event_time_min=pl.col("event_hour"),
+        event_time_max=pl.col("event_hour") + pl.duration(minutes=59),
+        ingest_batch_id=pl.lit("day"),
+    )
+    frame.write_parquet(path, compression="zstd", row_group_size=1_000_000)
+    return frame
 
 
 def main() -> None:
@@ -126,7 +180,17 @@ def main() -> None:
     parser.add_argument("--events", type=int, default=1_000_000)
     parser.add_argument("--models", type=int, default=1_000)
     parser.add_argument("--contributors", type=int, default=10_000)
+    parser.add_argument("--rollups", action="store_true", help="Also write the appends' rollups; close from them.")
+    parser.add_argument(
+        "--append-events", type=int, default=50_000, help="Events per simulated append (0: rows summed per key)."
+    )
+    parser.add_argument("--no-sql", action="store_true", help="Skip the DuckDB SQL reference.")
+    parser.add_argument("--simulated-day", type=int, default=0, help="Events of a day simulated by rollups alone.")
+    parser.add_argument("--sources", type=int, default=1)
     args = parser.parse_args()
+    if args.simulated_day:
+        simulated_day(args)
+        return
     folder = Path(tempfile.mkdtemp(prefix="split-bench-"))
     with Ledger.open(folder / "lake") as ledger:
         values = registry(args.models, args.contributors)
@@ -135,18 +199,35 @@ def main() -> None:
         )
         ledger.append(batch, [PartitionOffsets("r", 0, 0, len(values))])
         began = time.perf_counter()
-        paths = []
+        paths, rollup_paths, rollup_rows = [], [], 0
         for first in range(0, args.events, files_events_max):
             path = folder / "lake" / "data" / "main" / "inference_metered" / f"bench-{first}.parquet"
             path.parent.mkdir(parents=True, exist_ok=True)
-            events_file(path, first, min(files_events_max, args.events - first), args.models)
+            count = min(files_events_max, args.events - first)
+            frame = events_file(path, first, count, args.models, args.events if args.rollups else None)
             paths.append(path)
+            if args.rollups:
+                rollup_path = folder / "lake" / "data" / "main" / rollup_table / f"bench-{first}.parquet"
+                rollup_path.parent.mkdir(parents=True, exist_ok=True)
+                rollups = rollups_of(frame, first, args.append_events)
+                rollups.write_parquet(rollup_path, compression="zstd", row_group_size=1_000_000)
+                rollup_paths.append(rollup_path)
+                rollup_rows += rollups.height
+            del frame
         connection = ledger.connection
-        connection.execute("BEGIN TRANSACTION")
+        connection.execute("BEGIN TRANSACTION")  # one snapshot: the events and their rollups, as an append
         for path in paths:
             connection.execute("CALL ducklake_add_data_files('lake', 'inference_metered', ?)", [str(path)])
+        for path in rollup_paths:
+            connection.execute(f"CALL ducklake_add_data_files('lake', '{rollup_table}', ?)", [str(path)])
         connection.execute("COMMIT")
         print(f"generated {args.events:,} events in {time.perf_counter() - began:.1f} s under {folder}")
+        if args.rollups:
+            print(
+                f"rollup rows: {rollup_rows:,} ({rollup_rows / args.events:.4f} per event; appends of "
+                f"{args.append_events:,} events)"
+            )
+            close_from_rollups(ledger, paths)
 
         began = time.perf_counter()
         summary = close_epoch(ledger, dry_run=True, checks=_bench_files)
@@ -158,6 +239,9 @@ def main() -> None:
         plan, _ = plan_from_ledger(ledger)
         plan_payables = plan.payables.select("recipient", pl.col("credited_micros").cast(pl.Int128))
         del plan
+        if args.no_sql:
+            print(f"polars engine (close_epoch --dry-run): {polars_s:.2f} s for {summary.event_count:,} events")
+            return
         began = time.perf_counter()
         expected = reference_payables(
             connection,
@@ -176,6 +260,81 @@ def main() -> None:
         print(
             f"DuckDB SQL reference: {sql_s:.2f} s; ratio polars/SQL = {polars_s / sql_s:.2f}; "
             f"identical payables: {same}"
+        )
+
+
+def close_from_rollups(ledger: Ledger, paths: list[Path]) -> None:
+    """Time the close from rollups, the id check it keeps, and compare its payables with the events path's."""
+    from settlement.ledger_io import plan_from_ledger
+
+    began = time.perf_counter()
+    summary = close_epoch(ledger, dry_run=True, checks=_bench_files, from_rollups=True)
+    rollups_s = time.perf_counter() - began
+    began = time.perf_counter()
+    ids = recorder.scan_parquet([str(p) for p in paths]).select(
+        pl.len(), pl.struct("source", "event_id").hash().n_unique()
+    )
+    ids.collect()
+    id_check_s = time.perf_counter() - began
+    plan, extra = plan_from_ledger(ledger, from_rollups=True)
+    rolled = plan.payables.select("recipient", "credited_micros")
+    del plan
+    events_plan, _ = plan_from_ledger(ledger)
+    same = rolled.equals(events_plan.payables.select("recipient", "credited_micros"))
+    print(
+        f"from rollups (close_epoch --dry-run --from-rollups): {rollups_s:.2f} s for {summary.event_count:,} events "
+        f"(of which the id check over every new event: {id_check_s:.2f} s); cells from rollups / from events: "
+        f"{extra['rollup_cells']}; identical payables to the events path: {same}"
+    )
+
+
+def simulated_day(args: argparse.Namespace) -> None:
+    """Plan a day of `args.simulated_day` events from generated rollups alone (no events written).
+
+    The rollup path bills payers from the events' payer and fee columns, read in the id check's pass; with no
+    events here, 10,000 payers are billed the day's total in equal parts, and that pass's cost is measured apart
+    (`--rollups`) and scaled."""
+    from settlement.engine.epochs import plan_epoch
+    from settlement.engine.policies import resolve
+    from settlement.ledger_io import read_inputs, read_prior
+    from settlement.rollups import weighted_events
+
+    folder = Path(tempfile.mkdtemp(prefix="split-bench-day-"))
+    with Ledger.open(folder / "lake") as ledger:
+        values = registry(args.models, args.contributors)
+        batch = IngestBatch.from_messages(
+            values, ["r"] * len(values), [0] * len(values), list(range(len(values))), BatchDecoder()
+        )
+        ledger.append(batch, [PartitionOffsets("r", 0, 0, len(values))])
+        path = folder / "day.parquet"
+        began = time.perf_counter()
+        rollups = day_rollups(path, args.simulated_day, args.models, args.sources)
+        print(
+            f"generated {rollups.height:,} rollup rows for a day of {args.simulated_day:,} events in "
+            f"{time.perf_counter() - began:.1f} s"
+        )
+        began = time.perf_counter()
+        rollups = pl.read_parquet(path)
+        prior = read_prior(ledger.connection)
+        closing = ledger.current_snapshot()
+        inputs = read_inputs(ledger.connection, prior, closing)
+        no_events = inputs.new_events.collect().lazy()
+        total = int(rollups["fee_micros"].cast(pl.Int128).sum())
+        payers = 10_000
+        payer_fees = pl.DataFrame(
+            {
+                "payer": [f"org-{i}" for i in range(payers)],
+                "fee_micros": [total // payers + (total % payers if i == 0 else 0) for i in range(payers)],
+            },
+            schema={"payer": pl.String, "fee_micros": pl.Int128},
+        )
+        rolled = weighted_events(rollups, no_events, resolve(inputs.models, inputs.policies, closing), inputs.originals)
+        plan = plan_epoch(dataclasses.replace(inputs, new_events=rolled.events, payer_fees=payer_fees), prior)
+        print(
+            f"planned from rollups: {time.perf_counter() - began:.2f} s for {plan.event_count:,} events "
+            f"(reading the rollup file, the registry, routing, allocations, postings, payables; no id check), "
+            f"{plan.group_count:,} allocation groups, {plan.postings.height:,} postings; cells from rollups / "
+            f"from events: {rolled.rollup_cells} / {rolled.event_cells}"
         )
 
 
