@@ -13,12 +13,11 @@ from royalty.common import (
     DataPathOption,
     LakeOption,
     load_settings,
+    reading_ledger,
     require_output_file,
     require_output_folder,
     stdout,
 )
-from royalty.common import fail as _fail
-from schemas.errors import RoyaltyError
 
 EpochOption = Annotated[int, typer.Option("--epoch", help="A closed epoch.")]
 
@@ -31,16 +30,11 @@ def export(
     config: ConfigOption = None,
 ) -> None:
     """Write an epoch's payables, postings and per-contributor statements as Parquet and CSV."""
-    from ledger import Ledger
     from settlement.use_cases.export_epoch import export_epoch
 
     require_output_folder(to, "--to")
     settings = load_settings({"lake": lake, "data_path": data_path}, config)
-    try:
-        with Ledger.open_read_only(settings.reader_lake or settings.lake, settings.data_path) as ledger:
-            summary = export_epoch(ledger, epoch, to)
-    except RoyaltyError as error:
-        _fail(error)
+    summary = reading_ledger(settings, lambda ledger: export_epoch(ledger, epoch, to))
     stdout.print(
         f"epoch {summary.epoch}: {summary.recipients:,} recipients ({summary.payable_micros:,} micros payable), "
         f"{summary.postings:,} postings, {summary.statement_lines:,} statement lines -> {summary.directory}; "
@@ -60,17 +54,12 @@ def report(
     config: ConfigOption = None,
 ) -> None:
     """Write an epoch's self-contained settlement report (HTML, inline SVG charts) for sign-off."""
-    from ledger import Ledger
     from settlement.reports import money
     from settlement.use_cases.write_report import write_report
 
     require_output_file(out, "--out")
     settings = load_settings({"lake": lake, "data_path": data_path}, config)
-    try:
-        with Ledger.open_read_only(settings.reader_lake or settings.lake, settings.data_path) as ledger:
-            data = write_report(ledger, epoch, out)
-    except RoyaltyError as error:
-        _fail(error)
+    data = reading_ledger(settings, lambda ledger: write_report(ledger, epoch, out))
     verdict = "balanced" if data.conserved else "[bold red]NOT balanced[/]"
     stdout.print(
         f"epoch {epoch}: fees {money(data.epoch['fee_micros'])} {data.asset}, payable "

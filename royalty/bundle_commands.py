@@ -18,6 +18,7 @@ from royalty.common import (
     DataPathOption,
     LakeOption,
     load_settings,
+    reading_ledger,
     registry_rules,
     require_output_folder,
     stderr,
@@ -35,16 +36,13 @@ def publish(
     config: ConfigOption = None,
 ) -> None:
     """Write a closed epoch's inputs as Parquet with manifest.json, for anyone to recompute its root."""
-    from ledger import Ledger
     from settlement.use_cases.publish_epoch import publish_epoch
 
     require_output_folder(to, "--to")
     settings = load_settings({"lake": lake, "data_path": data_path}, config)
-    try:
-        with Ledger.open_read_only(settings.reader_lake or settings.lake, settings.data_path) as ledger:
-            summary = publish_epoch(ledger, epoch, to, registry_rules(settings), settings.payer_receipts)
-    except RoyaltyError as error:
-        _fail(error)
+    summary = reading_ledger(
+        settings, lambda ledger: publish_epoch(ledger, epoch, to, registry_rules(settings), settings.payer_receipts)
+    )
     committed = (
         f"ledger digest {summary.ledger_digest} ({summary.rules_version})"
         if summary.ledger_digest
@@ -109,15 +107,10 @@ def receipt(
     config: ConfigOption = None,
 ) -> None:
     """A payer's proof that one metered event was counted in its settled epoch's published fee sums."""
-    from ledger import Ledger
     from settlement.use_cases.payer_receipt import payer_receipt
 
     settings = load_settings({"lake": lake, "data_path": data_path}, config)
-    try:
-        with Ledger.open_read_only(settings.reader_lake or settings.lake, settings.data_path) as ledger:
-            made = payer_receipt(ledger, source, event_id, registry_rules(settings))
-    except RoyaltyError as error:
-        _fail(error)
+    made = reading_ledger(settings, lambda ledger: payer_receipt(ledger, source, event_id, registry_rules(settings)))
     text = json.dumps(made.body, indent=1, sort_keys=True)
     if out is not None:
         out.write_text(text + "\n", encoding="utf-8")

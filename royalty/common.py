@@ -7,8 +7,9 @@ runs cli as `__main__`: importing these back from cli would execute it a second 
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, NoReturn, TextIO
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn, TextIO, TypeVar
 
 import typer
 from rich.console import Console
@@ -16,6 +17,7 @@ from rich.markup import escape
 
 if TYPE_CHECKING:
     from ingest.kafka_security import KafkaSecurity
+    from ledger import Ledger
     from royalty.config import Settings
     from settlement.engine import RegistryRules
 
@@ -133,6 +135,22 @@ def fail(error: Exception, exit_code: int | None = None) -> NoReturn:
     # escaped: a message may quote brackets (`pip install -e '.[embedded]'`, a path) that rich would eat as markup
     stderr.print(f"[bold red]error:[/] {escape(redact(with_lake(str(error))))}", highlight=False, soft_wrap=True)
     raise typer.Exit(exit_code_of(error) if exit_code is None else exit_code)
+
+
+T = TypeVar("T")
+
+
+def reading_ledger(settings: Settings, work: Callable[[Ledger], T]) -> T:
+    """`work(ledger)` on the ledger opened read-only, through the analysts' reader role when one is set
+    (`reader_lake`); a `RoyaltyError` ends the command with its message and exit code."""
+    from ledger import Ledger
+    from schemas.errors import RoyaltyError
+
+    try:
+        with Ledger.open_read_only(settings.reader_lake or settings.lake, settings.data_path) as ledger:
+            return work(ledger)
+    except RoyaltyError as error:
+        fail(error)
 
 
 # The commands that read a ledger from --lake (tests/test_cli_output.py keeps this equal to the app's).
