@@ -16,8 +16,7 @@ from web3 import Web3
 from web3.contract import Contract
 
 from royalty.exceptions import DemoChainError
-from settlement.onchain.chain import Chain
-from settlement.onchain.chain import embedded_url as _embedded_url
+from settlement.onchain import Chain, embedded_url
 
 # Gas limits of the demo's own transactions: generous bounds, the block is charged what they use.
 gas_call_max = 1_000_000
@@ -51,7 +50,7 @@ class HistoryChain:
         w3 = Web3(EthereumTesterProvider(self._tester))
         # eth-tester's funded accounts; the first is the embedded chain's signer (key 1), as `connect(None)` uses.
         self.accounts = [Account.from_key(key.to_bytes()) for key in self._backend.account_keys]
-        self.chain = Chain(w3, w3.eth.chain_id, _embedded_url, self.accounts[0])
+        self.chain = Chain(w3, w3.eth.chain_id, embedded_url, self.accounts[0])
         self.time = self.genesis_time
 
     def begin(self, at: int) -> None:

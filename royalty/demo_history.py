@@ -26,10 +26,7 @@ from ingest.sample import SampleShape, SampleTraffic
 from royalty.demo_chain import HistoryChain
 from royalty.exceptions import DemoChainError
 from schemas.fields import holders_recipient_prefix
-from settlement.onchain.chain import Chain
-from settlement.onchain.contract_artifacts import registry_artifact, token_artifact
-from settlement.onchain.registry_ids import id_word
-from settlement.onchain.registry_ops import policy_call
+from settlement.onchain import Chain, id_word, policy_call, registry_artifact, token_artifact
 
 day_s = 86_400
 history_s = 4 * day_s

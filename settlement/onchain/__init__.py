@@ -12,6 +12,7 @@ from settlement.onchain.chain import (
     connect,
     deploy_contracts,
     distributor_contract,
+    embedded_url,
     growth_units_unlimited,
     load_signer,
     require_embedded_chain,
@@ -20,12 +21,15 @@ from settlement.onchain.chain import (
     transact,
 )
 from settlement.onchain.claiming import claimer_signer, proof_for_active_root, proof_in_root
+from settlement.onchain.contract_artifacts import registry_artifact, token_artifact
 from settlement.onchain.exceptions import ChainConfigError, NoSettlementError, TransactionRevertedError
 from settlement.onchain.merkle import MerkleTree
 from settlement.onchain.payout_tree import EpochTree
 from settlement.onchain.proofs import account_proof, largest_leaves, recorded_distributor
+from settlement.onchain.registry_ids import id_word
 from settlement.onchain.registry_ops import (
     deploy_registry,
+    policy_call,
     register_dataset,
     register_model,
     set_payout,
@@ -48,20 +52,25 @@ __all__ = [
     "deploy_contracts",
     "deploy_registry",
     "distributor_contract",
+    "embedded_url",
     "growth_units_unlimited",
+    "id_word",
     "largest_leaves",
     "load_signer",
+    "policy_call",
     "proof_for_active_root",
     "proof_in_root",
     "recorded_distributor",
     "register_dataset",
     "register_model",
+    "registry_artifact",
     "registry_contract",
     "require_embedded_chain",
     "set_payout",
     "set_policy",
     "settler_key_env",
     "tables",
+    "token_artifact",
     "token_contract",
     "transact",
 ]
