@@ -156,14 +156,17 @@ def recorded_trees(
     filters, params = "", []
     if distributor is not None:
         filters, params = "WHERE lower(contract) = lower(?)", [distributor]
-    try:
-        rows = ledger.connection.execute(
+
+    def recorded(connection: duckdb.DuckDBPyConnection) -> list[tuple]:
+        if "settlement_record" not in recorder.existing_tables(connection):
+            return []
+        return connection.execute(
             f"SELECT epoch, chain_id, contract, root, max(recorded_at) AS last_at "
             f"FROM {recorder.table('settlement_record')} {filters} GROUP BY ALL ORDER BY epoch DESC, last_at DESC",
             params,
         ).fetchall()
-    except duckdb.CatalogException:
-        rows = []
+
+    rows = ledger.recorder.read(recorded, "read the settlements recorded on-chain")
     on = f" on distributor `{distributor}`" if distributor else ""
     if not rows:
         raise NoSettlementError(f"no epoch of this ledger is recorded on a chain{on} yet: run `royalty settle` first")
@@ -179,7 +182,7 @@ def recorded_trees(
     same = [row for row in rows if row[1] == chain_id and row[2].lower() == contract.lower()][:page_trees_max]
     trees = []
     for row_epoch, _, _, root, _ in same:
-        tree = read_stored_tree(ledger.connection, row_epoch)
+        tree = ledger.recorder.read(lambda c, at=row_epoch: read_stored_tree(c, at), "read a stored tree")
         require(
             tree is not None and tree.root_hex == root,
             f"epoch {row_epoch}: the stored tree gives the root recorded on-chain {root}",
