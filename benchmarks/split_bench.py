@@ -328,7 +328,10 @@ def simulated_day(args: argparse.Namespace) -> None:
             },
             schema={"payer": pl.String, "fee_micros": pl.Int128},
         )
-        rolled = weighted_events(rollups, no_events, resolve(inputs.models, inputs.policies, closing), inputs.originals)
+        resolution = resolve(inputs.models, inputs.policies, closing)
+        rolled = weighted_events(rollups, no_events, resolution, inputs.originals, count_check=False)
+        if rolled is None:
+            raise RuntimeError("no rollup events")
         plan = plan_epoch(dataclasses.replace(inputs, new_events=rolled.events, payer_fees=payer_fees), prior)
         print(
             f"planned from rollups: {time.perf_counter() - began:.2f} s for {plan.event_count:,} events "

@@ -225,6 +225,7 @@ def run_epochs(
         new_events, payer_fees = event_frame(new).lazy(), None
         if path == "rollups":
             rolled = rolled_up(event_frame(new), models, policies, epoch, originals)
+            assert rolled is not None, "the rollups count every event"
             new_events, payer_fees = rolled.events, rolled.payer_fees
         inputs = EpochInputs(
             closing_snapshot=epoch,
@@ -264,7 +265,7 @@ def run_epochs(
 
 def rolled_up(
     events: pl.DataFrame, models: pl.DataFrame, policies: pl.DataFrame, closing: int, originals: pl.DataFrame
-) -> RollupEvents:
+) -> RollupEvents | None:
     """`events` as the rollup path gives them: the rollups of two appends (halves), raw events where needed."""
     half = events.height // 2
     appends = [events.slice(0, half), events.slice(half)]

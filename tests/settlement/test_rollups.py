@@ -8,9 +8,12 @@ from hypothesis import HealthCheck, given, settings
 
 from ingest.sample import SampleTraffic
 from ledger import Ledger
+from ledger.rollups import rollup_rows
 from settlement import close_epoch
+from settlement.engine.policies import resolve
 from settlement.ledger_io import plan_from_ledger
-from tests.settlement.split_world import World, run_epochs, start, worlds
+from settlement.rollups import weighted_events
+from tests.settlement.split_world import World, event_frame, registry_frames, run_epochs, start, worlds
 from tests.support.ledger_batches import append_in_batches, sample_messages, shape
 
 fast = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -147,3 +150,17 @@ def test_events_appended_without_rollups_close_from_the_events(tmp_path):
         )
         events, rollups, cells = _plans(ledger)
         assert cells is None and rollups == events and events["event_count"] == 55
+
+
+def test_rollups_that_do_not_count_every_stored_event_are_not_used():
+    """Rollups missing an event (a file added behind the ledger's back in a snapshot that also wrote rollups) are
+    refused as a whole: the epoch is read from its events."""
+    events = event_frame([_event(1, start, 1_000), _event(2, start + timedelta(minutes=5), 2_000)])
+    rollups = pl.from_arrow(rollup_rows(events.head(1).to_arrow(), "append-1"))
+    world = World(models=[{"model_id": "m0", "parents": {}, "known_snapshot": 1}], policies=[_policy(0, start, "c0")])
+    models, policies = registry_frames(world)
+    originals = pl.DataFrame(schema={**event_frame([]).schema, "arrival_snapshot": pl.Int64})
+    resolution = resolve(models, policies, 1)
+    assert weighted_events(rollups, events.lazy(), resolution, originals) is None
+    whole = pl.from_arrow(rollup_rows(events.to_arrow(), "append-1"))
+    assert weighted_events(whole, events.lazy(), resolution, originals) is not None
