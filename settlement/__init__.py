@@ -9,25 +9,19 @@ Sub-packages, lowest first (tests/test_import_direction.py enforces it):
 - `settlement.onchain`: the payout tree, the Merkle tree, the chain client, `settle`, claim sync.
 - `settlement.reports`: exports and the HTML report.
 - `settlement.use_cases`: one module per verb the CLI runs.
+
+Names are imported on first use (`schemas.lazy_surface`).
 """
 
-from settlement.closing import EpochSummary, close_epoch, closed_by_another_message
-from settlement.engine import AmountOverflowError, EpochConflictError, EpochPlan, plan_epoch
-from settlement.exceptions import SettlementError, UnreconciledLedgerError, UnverifiedInputError
-from settlement.input_checks import InputChecks
-from settlement.ledger_io import Progress
+from schemas.lazy_surface import lazy_surface
 
-__all__ = [
-    "AmountOverflowError",
-    "EpochConflictError",
-    "EpochPlan",
-    "EpochSummary",
-    "InputChecks",
-    "Progress",
-    "SettlementError",
-    "UnreconciledLedgerError",
-    "UnverifiedInputError",
-    "close_epoch",
-    "closed_by_another_message",
-    "plan_epoch",
-]
+__getattr__, __dir__, __all__ = lazy_surface(
+    __name__,
+    {
+        "settlement.closing": ["EpochSummary", "close_epoch", "closed_by_another_message"],
+        "settlement.engine": ["AmountOverflowError", "EpochConflictError", "EpochPlan", "plan_epoch"],
+        "settlement.exceptions": ["SettlementError", "UnreconciledLedgerError", "UnverifiedInputError"],
+        "settlement.input_checks": ["InputChecks"],
+        "settlement.ledger_io": ["Progress"],
+    },
+)

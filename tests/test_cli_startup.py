@@ -73,3 +73,27 @@ def test_the_light_env_prefix_is_the_settings_one() -> None:
     from royalty import common, config
 
     assert common.env_prefix == config.env_prefix
+
+
+_modules_after_verify = """
+import json, sys
+import typer.main
+from royalty.cli import app
+
+try:
+    typer.main.get_command(app).main(["verify", "--lake", sys.argv[1]], prog_name="royalty", standalone_mode=False)
+except SystemExit:
+    pass
+sys.stderr.write(json.dumps(sorted(sys.modules)))
+"""
+
+
+def test_a_ledger_command_loads_no_chain_client(tmp_path) -> None:
+    """`royalty verify` declares the settlement's tables (settlement.onchain.tables) but never loads web3 or
+    eth_account (about 1.5 s of imports): the settlement packages' names are imported on first use."""
+    result = subprocess.run(
+        [sys.executable, "-c", _modules_after_verify, str(tmp_path / "none")], capture_output=True, text=True
+    )
+    loaded = set(json.loads(result.stderr.splitlines()[-1]))
+    assert "no ledger" in result.stderr and "settlement.onchain.tables" in loaded
+    assert not {"web3", "eth_account", "settlement.onchain.chain"} & loaded

@@ -2,75 +2,47 @@
 
 The verbs themselves are in `settlement.use_cases` (`settle`, `sync_claims`); this surface is what the
 CLI needs beside them.
+
+Names are imported on first use (`schemas.lazy_surface`): a command that needs only the tables does not
+load web3.
 """
 
-from settlement.onchain import tables
-from settlement.onchain.chain import (
-    Chain,
-    DeployRoles,
-    claimer_key_env,
-    connect,
-    deploy_contracts,
-    distributor_contract,
-    embedded_url,
-    growth_units_unlimited,
-    load_signer,
-    require_embedded_chain,
-    settler_key_env,
-    token_contract,
-    transact,
-)
-from settlement.onchain.claiming import claimer_signer, proof_for_active_root, proof_in_root
-from settlement.onchain.contract_artifacts import registry_artifact, token_artifact
-from settlement.onchain.exceptions import ChainConfigError, NoSettlementError, TransactionRevertedError
-from settlement.onchain.merkle import MerkleTree
-from settlement.onchain.payout_tree import EpochTree
-from settlement.onchain.proofs import account_proof, largest_leaves, recorded_distributor
-from settlement.onchain.registry_ids import id_word
-from settlement.onchain.registry_ops import (
-    deploy_registry,
-    policy_call,
-    register_dataset,
-    register_model,
-    set_payout,
-    set_policy,
-)
-from settlement.onchain.registry_sync import registry_contract
+from schemas.lazy_surface import lazy_surface
 
-__all__ = [
-    "Chain",
-    "ChainConfigError",
-    "DeployRoles",
-    "EpochTree",
-    "MerkleTree",
-    "NoSettlementError",
-    "TransactionRevertedError",
-    "account_proof",
-    "claimer_key_env",
-    "claimer_signer",
-    "connect",
-    "deploy_contracts",
-    "deploy_registry",
-    "distributor_contract",
-    "embedded_url",
-    "growth_units_unlimited",
-    "id_word",
-    "largest_leaves",
-    "load_signer",
-    "policy_call",
-    "proof_for_active_root",
-    "proof_in_root",
-    "recorded_distributor",
-    "register_dataset",
-    "register_model",
-    "registry_artifact",
-    "registry_contract",
-    "require_embedded_chain",
-    "set_payout",
-    "set_policy",
-    "settler_key_env",
-    "tables",
-    "token_artifact",
-    "token_contract",
-    "transact",
-]
+__getattr__, __dir__, __all__ = lazy_surface(
+    __name__,
+    {
+        "settlement.onchain.tables": ["tables"],
+        "settlement.onchain.chain": [
+            "Chain",
+            "DeployRoles",
+            "claimer_key_env",
+            "connect",
+            "deploy_contracts",
+            "distributor_contract",
+            "embedded_url",
+            "growth_units_unlimited",
+            "load_signer",
+            "require_embedded_chain",
+            "settler_key_env",
+            "token_contract",
+            "transact",
+        ],
+        "settlement.onchain.claiming": ["claimer_signer", "proof_for_active_root", "proof_in_root"],
+        "settlement.onchain.contract_artifacts": ["registry_artifact", "token_artifact"],
+        "settlement.onchain.exceptions": ["ChainConfigError", "NoSettlementError", "TransactionRevertedError"],
+        "settlement.onchain.merkle": ["MerkleTree"],
+        "settlement.onchain.payout_tree": ["EpochTree"],
+        "settlement.onchain.proofs": ["account_proof", "largest_leaves", "recorded_distributor"],
+        "settlement.onchain.registry_ids": ["id_word"],
+        "settlement.onchain.registry_ops": [
+            "deploy_registry",
+            "policy_call",
+            "register_dataset",
+            "register_model",
+            "set_payout",
+            "set_policy",
+        ],
+        "settlement.onchain.registry_sync": ["registry_contract"],
+    },
+)
