@@ -453,10 +453,7 @@ def sync_claims_command(
 
     Reads from where the previous run stopped; a rerun never stores a claim twice.
     """
-    from rich.progress import Progress
-
-    from ledger import Ledger
-    from settlement.onchain import ChainConfigError, connect, distributor_contract, recorded_distributor
+    from settlement.onchain import distributor_contract, recorded_distributor
     from settlement.use_cases.sync_claims import sync_claims
 
     settings = load_settings(
@@ -470,25 +467,16 @@ def sync_claims_command(
         },
         config,
     )
-    require_ledger(settings.lake, settings.data_path)
-    try:
-        if settings.rpc_url is None:
-            raise ChainConfigError("claims are read from a live chain: pass --rpc-url", "rpc_url")
-        with Ledger.open(settings.lake, settings.data_path, create=False) as ledger:
-            chain = connect(settings.rpc_url, None, settings.confirmations, settings.confirm_timeout_s)
-            address = settings.distributor or recorded_distributor(ledger, chain.chain_id)
-            contract = distributor_contract(chain, address)
-            with Progress(console=stderr, transient=True) as bar:
-                task = bar.add_task("reading Claimed events", total=None)
-                result = sync_claims(
-                    ledger,
-                    chain,
-                    contract,
-                    lambda done, total: bar.update(task, completed=done, total=total),
-                    from_block=settings.from_block,
-                )
-    except RoyaltyError as error:
-        _fail(error)
+    result = sync_from_chain(
+        settings,
+        "claims",
+        "Claimed events",
+        lambda ledger, chain: distributor_contract(
+            chain, settings.distributor or recorded_distributor(ledger, chain.chain_id)
+        ),
+        sync_claims,
+        settings.from_block,
+    )
     if output_json:
         _print_json({**vars(result), "claimed_units_added": str(result.claimed_units_added)})
         return
@@ -534,7 +522,7 @@ def sync_holders_command(
         settings,
         "token transfers",
         "Transfer events",
-        lambda chain: holder_token_contract(chain, token),
+        lambda _, chain: holder_token_contract(chain, token),
         sync_holders,
         from_block,
     )
@@ -553,13 +541,13 @@ def sync_from_chain(
     settings: "Settings",
     what: str,
     events: str,
-    contract_of: Callable[[Any], Any],
+    contract_of: Callable[[Any, Any], Any],
     sync: Callable[..., T],
     from_block: int | None,
 ) -> T:
     """The body of a `sync-*` command: on the ledger (which must exist) and a read-only chain client, `sync(ledger,
-    chain, contract_of(chain), progress, from_block=...)` with a progress bar of the `events` read; a `RoyaltyError`
-    ends the command. `what` names what is read, for the refusal without `--rpc-url`."""
+    chain, contract_of(ledger, chain), progress, from_block=...)` with a progress bar of the `events` read; a
+    `RoyaltyError` ends the command. `what` names what is read, for the refusal without `--rpc-url`."""
     from rich.progress import Progress
 
     from ledger import Ledger
@@ -571,7 +559,7 @@ def sync_from_chain(
             raise ChainConfigError(f"{what} are read from a live chain: pass --rpc-url", "rpc_url")
         with Ledger.open(settings.lake, settings.data_path, create=False) as ledger:
             chain = connect(settings.rpc_url, None, settings.confirmations, settings.confirm_timeout_s)
-            contract = contract_of(chain)
+            contract = contract_of(ledger, chain)
             with Progress(console=stderr, transient=True) as bar:
                 task = bar.add_task(f"reading {events}", total=None)
                 return sync(

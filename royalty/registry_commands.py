@@ -251,7 +251,7 @@ def sync_registry_command(
         settings,
         "the registry's events",
         "registry events",
-        lambda chain: _registry(settings, chain),
+        lambda _, chain: _registry(settings, chain),
         sync_registry,
         settings.registry_from_block,
     )
