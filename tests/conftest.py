@@ -58,6 +58,16 @@ nightly = os.environ.get("ROYALTY_NIGHTLY") == "1"
 skip_nightly = pytest.mark.skip(reason="a nightly depth: run with ROYALTY_NIGHTLY=1 (CI runs the shorter depth)")
 
 
+# CI's fast tests on Python 3.12 and 3.13 (.ci/run) check what depends on the interpreter; searching deep is
+# the 3.11 suite's job, so there the heaviest properties draw a fifth of their examples (`examples`).
+other_python = os.environ.get("ROYALTY_CI_OTHER_PYTHON") == "1"
+
+
+def examples(count: int) -> int:
+    """A property's example count: `count`, or a fifth of it (at least 10) in CI's runs on the other Pythons."""
+    return max(10, count // 5) if other_python else count
+
+
 def depth(ci: int, nightly_depth: int) -> int:
     """How deep a soak, fuzz or scale test goes: `ci` in CI (its 25-minute budget), `nightly_depth` with
     ROYALTY_NIGHTLY=1 (docs/guarantees.md, "Test depths")."""

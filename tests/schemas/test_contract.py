@@ -9,6 +9,7 @@ from hypothesis import strategies as st
 from ingest.sample import SampleTraffic
 from schemas import BatchDecoder, event_types
 from schemas.limits import message_bytes_max
+from tests.conftest import examples
 from tests.strategies import encode, event_type_names, utc, valid_event
 
 decoder = BatchDecoder()
@@ -57,6 +58,7 @@ def _set(event: dict, path: str, value: object) -> dict:
     return event
 
 
+@settings(max_examples=examples(100))
 @given(st.lists(valid_event(), min_size=1, max_size=20))
 def test_every_valid_event_decodes_to_the_values_it_was_sent_with(events: list[dict]) -> None:
     """Generated valid events of every type decode with each field unchanged (times in UTC)."""

@@ -16,6 +16,7 @@ from ledger import Ledger, define_views, run_query
 from schemas import BatchDecoder
 from schemas.decoder import duplicate_key_code
 from schemas.native_plan import native_available
+from tests.conftest import examples
 from tests.ledger.helpers import batch_of
 from tests.strategies import event_type_names, valid_event
 
@@ -118,7 +119,7 @@ def _object_paths(node: Any, path: tuple = ()) -> list[tuple]:
     return paths
 
 
-@settings(max_examples=150)
+@settings(max_examples=examples(150))
 @given(st.sampled_from(event_type_names).flatmap(valid_event), st.data())
 def test_any_object_of_any_event_repeating_a_key_is_refused(event: dict, data: st.DataObject) -> None:
     """Property: repeat the first key of any object of a valid event, and both decoders refuse it as

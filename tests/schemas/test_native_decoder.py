@@ -20,6 +20,7 @@ from schemas.decoder import DecodedBatch
 from schemas.fields import identifier_pattern, printable_pattern
 from schemas.limits import message_bytes_max
 from schemas.native_plan import native_available
+from tests.conftest import examples
 from tests.strategies import encode, event_type_names, valid_event
 
 pytestmark = pytest.mark.skipif(
@@ -196,7 +197,7 @@ def test_every_edge_case_in_one_batch_has_the_same_outcome() -> None:
     assert batch.valid_count >= sum(native for _, _, native in edge_cases)
 
 
-@settings(max_examples=300)
+@settings(max_examples=examples(300))
 @given(st.lists(st.sampled_from(event_type_names).flatmap(valid_event), min_size=1, max_size=30))
 def test_generated_valid_events_decode_the_same_and_mostly_natively(events: list[dict]) -> None:
     values = [encode(event) for event in events]
@@ -204,7 +205,7 @@ def test_generated_valid_events_decode_the_same_and_mostly_natively(events: list
     assert batch.valid_count == len(values)
 
 
-@settings(max_examples=200)
+@settings(max_examples=examples(200))
 @given(st.lists(st.sampled_from(event_type_names).flatmap(valid_event), min_size=1, max_size=30))
 def test_generated_events_with_every_non_ascii_character_escaped_decode_the_same(events: list[dict]) -> None:
     """As Python's `json.dumps` writes by default: `\\uXXXX` escapes, surrogate pairs beyond the BMP."""
@@ -213,7 +214,7 @@ def test_generated_events_with_every_non_ascii_character_escaped_decode_the_same
     assert batch.valid_count == len(values)
 
 
-@settings(max_examples=300)
+@settings(max_examples=examples(300))
 @given(st.sampled_from(event_type_names).flatmap(valid_event), st.data())
 def test_generated_events_with_a_byte_changed_decode_the_same(event: dict, data: st.DataObject) -> None:
     value = bytearray(encode(event))
@@ -305,7 +306,7 @@ def test_a_time_ahead_of_the_clock_has_the_same_outcome_with_and_without_the_nat
         assert str(clocked_python.explain(value)) == str(rejection.error)
 
 
-@settings(max_examples=200)
+@settings(max_examples=examples(200))
 @given(
     ahead_us=st.integers(-10**9, 10**9),
     offset_minutes=st.sampled_from([0, 330, -330, 23 * 60 + 59, -(23 * 60 + 59)]),

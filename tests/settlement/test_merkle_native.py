@@ -20,6 +20,7 @@ from hypothesis import strategies as st
 from settlement.onchain import merkle
 from settlement.onchain.exceptions import MerkleTreeError
 from settlement.onchain.merkle import MerkleTree, amount_units_max
+from tests.conftest import examples
 from tests.settlement.test_merkle import random_accounts
 
 try:
@@ -65,7 +66,7 @@ def leaves(draw: st.DrawFn) -> tuple[list[str], list[int]]:
 
 
 @needs_native
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=examples(150), deadline=None)
 @given(leaves())
 def test_native_tree_equals_the_python_build(leaf_columns: tuple[list[str], list[int]]) -> None:
     """Property: for any distinct accounts (any case style) and uint256 amounts, the native build's nodes, dump and
