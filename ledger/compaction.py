@@ -58,6 +58,9 @@ snapshot_column = "_ducklake_internal_snapshot_id"
 # rollups (read by snapshot range too, settlement.rollups), and dead letters. Registry tables are never merged
 # (records take effect in arrival order), nor the settlement's own (one file per epoch already).
 compactable_tables = ("inference_metered", "metered_rollup", "inference_reversed", "dead_letter")
+# The rollups' merged file sums its rows per key (settlement.rollups reads an epoch window whole, so a sum per
+# window is what it needs): the proof is then that the merged rows are exactly those sums of the retired rows.
+summed_table = "metered_rollup"
 # The step lock every epoch closer holds while it writes (settlement.ledger_io.close_step): a compaction
 # holds it too, so no epoch closes between the windows a compaction computed and its commit.
 close_step = "close-epoch"
@@ -225,6 +228,24 @@ def rows_sql(connection: duckdb.DuckDBPyConnection, files: list[_File], table: s
     )
 
 
+def merged_rows_sql(table: str, source: str) -> str:
+    """The rows a merged file of `table` holds, from its retired files' rows (`rows_sql`): the same rows, or for the
+    rollups one row per key with the exact sums, the least and greatest event times, the least batch id and the
+    last snapshot (a sum past int64 fails the cast: nothing is merged then)."""
+    if table != summed_table:
+        return source
+    return f"""SELECT model_id, compute_provider, source, event_hour, sum(fee_micros)::BIGINT AS fee_micros,
+               sum(event_count)::BIGINT AS event_count, min(event_time_min) AS event_time_min,
+               max(event_time_max) AS event_time_max, min(ingest_batch_id) AS ingest_batch_id,
+               max({snapshot_column}) AS {snapshot_column}
+        FROM ({source}) GROUP BY model_id, compute_provider, source, event_hour"""
+
+
+def _counts_agree(table: str, retired_rows: int, merged_rows: int) -> bool:
+    """The retired files' row count against the merged file's: equal, or (summed rollups) at least as many."""
+    return retired_rows >= merged_rows if table == summed_table else retired_rows == merged_rows
+
+
 def rows_digest_sql(table: str, relation: str) -> str:
     """(row count, rows digest) of `relation` over the table's declared columns and `snapshot_column`."""
     columns = [(item.name, pa.types.is_timestamp(item.type)) for item in file_tables[table]]
@@ -250,7 +271,8 @@ def _merge(ledger: Ledger, files: list[_File]) -> tuple[int, int]:
     temporary = absolute if is_s3(absolute) else absolute.removesuffix(".parquet") + ".parquet.tmp"
     try:
         source = rows_sql(connection, files, table)
-        (expected,) = connection.execute(rows_digest_sql(table, source)).fetchall()
+        merged_rows = merged_rows_sql(table, source)
+        (expected,) = connection.execute(rows_digest_sql(table, merged_rows)).fetchall()
         batches = [b for (b,) in connection.execute(f"SELECT DISTINCT ingest_batch_id FROM ({source})").fetchall()]
         names = file_tables[table].names
         order = (
@@ -261,7 +283,7 @@ def _merge(ledger: Ledger, files: list[_File]) -> tuple[int, int]:
             else "kafka_topic, kafka_offset"
         )
         connection.execute(
-            f"COPY ({source} ORDER BY {order}, {snapshot_column}) TO {_quote(temporary)} "
+            f"COPY ({merged_rows} ORDER BY {order}, {snapshot_column}) TO {_quote(temporary)} "
             f"(FORMAT parquet, COMPRESSION zstd, ROW_GROUP_SIZE {constants.parquet_row_group_rows_max})"
         )
         if temporary != absolute:
@@ -416,7 +438,7 @@ def audit(ledger: Ledger, checksums: dict[str, tuple[int, str]], retired_files: 
                        else f"retired it at snapshot {retired_now[path]}")
                 )
         if not retired_files:
-            if sum(count for _, count in retired) != int(rows):
+            if not _counts_agree(table, sum(count for _, count in retired), int(rows)):
                 result.problems.append(f"{where}: the retired files' recorded row counts do not sum to {rows}")
             continue
         files = [
@@ -449,7 +471,7 @@ def _audit_proof(
         if checksums.get(path, (None, None))[1] != sha256:
             result.problems.append(f"{where}: file `{path}` does not match the SHA-256 recorded when it was written")
             return
-    if sum(file.rows for file in files) != recorded[0]:
+    if not _counts_agree(table, sum(file.rows for file in files), recorded[0]):
         result.problems.append(f"{where}: the retired files' recorded row counts do not sum to {recorded[0]}")
     # A file's own rows' snapshots: its begin snapshot, or its snapshot column when it is itself a merged file.
     begins = _begin_snapshots(ledger, table, [file.relative_path for file in files])
@@ -458,7 +480,8 @@ def _audit_proof(
         for f in files
     ]
     try:
-        (before,) = connection.execute(rows_digest_sql(table, rows_sql(connection, files, table))).fetchall()
+        retired_rows = merged_rows_sql(table, rows_sql(connection, files, table))
+        (before,) = connection.execute(rows_digest_sql(table, retired_rows)).fetchall()
         merged = f"SELECT * FROM read_parquet({_quote(ledger.location.data_path + merged_path)})"
         (after,) = connection.execute(rows_digest_sql(table, merged)).fetchall()
     except duckdb.Error as error:

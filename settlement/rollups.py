@@ -13,8 +13,10 @@ read from its raw events instead when the rollups cannot be exact for it:
   incomplete there (its events go to suspense one by one), or the model has no route;
 - a reversal in this epoch names an event of the cell (a cancellation drops that one event).
 
-The whole epoch falls back to the events when an append of its snapshot range wrote no rollups (appended before
-format 13, or by a writer that does not roll up): `None`.
+The whole epoch falls back to the events (`None`) unless the range's rollups count and sum exactly its stored
+events: not so when an append of the range wrote none (appended before format 13) or a file was added behind the
+ledger's back. Compaction may have summed the rollup rows of an epoch window (ledger.compaction), which this reads
+alike.
 """
 
 from dataclasses import dataclass
@@ -53,8 +55,6 @@ def events_from_rollups(
     that range wrote none. `new_metered_files` are the range's metered files (`files_as_of`, filtered);
     `new_originals` the metered events this epoch's reversals name that arrived in the range."""
     rollup_files = recorder.files_as_of(connection, rollup_table, closing).filter(pl.col("snapshot") > prior_closing)
-    if not set(new_metered_files["snapshot"].to_list()) <= set(rollup_files["snapshot"].to_list()):
-        return None
     columns = rollup_schema.names
     rollups = (
         recorder.scan_parquet(rollup_files["path"].to_list(), extra_columns="ignore").select(columns).collect()
@@ -74,13 +74,18 @@ def weighted_events(
     """The epoch's new events as weighted rows: the `rollups` of the cells where they are exact, the raw `events`
     (every new event, scanned only where needed) of the others, deduplicated as the events path does.
     `resolution` is the registry at the closing snapshot; `new_originals` the new events this epoch's reversals
-    name. None when the rollups do not count exactly the stored events (a file added behind the ledger's back);
+    name. None when the rollups do not count and sum exactly the stored events (an append of the range wrote none,
+    or a file was added behind the ledger's back);
     `count_check` False only for a benchmark that plans from rollups with no events stored."""
     key = pl.struct("source", "event_id").hash()
     counts, payer_fees = pl.collect_all(
         [events.select(pl.len(), key.n_unique()), events.group_by("payer").agg(_fees())]
     )
-    if count_check and counts.item(0, 0) != int(rollups["event_count"].sum() or 0):
+    # The rollups must count and sum exactly the stored events: not so when an append of the range wrote none (before
+    # format 13) or a file was added behind the ledger's back.
+    stored = (counts.item(0, 0), int(payer_fees["fee_micros"].sum() or 0))
+    rolled = (int(rollups["event_count"].sum() or 0), int(rollups["fee_micros"].cast(pl.Int128).sum() or 0))
+    if count_check and stored != rolled:
         return None
     dirty = pl.concat(
         [
