@@ -26,6 +26,7 @@ from royalty.common import (
     require_ledger,
     stderr,
     stdout,
+    writing_ledger,
 )
 from royalty.common import fail as _fail
 from schemas.errors import RoyaltyError
@@ -222,9 +223,6 @@ def settle_command(
     ] = None,
 ) -> None:
     """Close the epoch if needed, write its payout tree and proofs, fund and propose the root, record it."""
-    from rich.progress import Progress
-
-    from ledger import Ledger
     from settlement import InputChecks
     from settlement.onchain import deploy_contracts, distributor_contract
     from settlement.use_cases.settle import settle
@@ -265,15 +263,7 @@ def settle_command(
 
             raise ChainConfigError("no distributor: pass --distributor or set ROYALTY_DISTRIBUTOR", "distributor")
         contract = distributor_contract(chain, address)
-        with (
-            Ledger.open(settings.lake, settings.data_path, create=False) as ledger,
-            Progress(console=stderr, transient=True) as bar,
-        ):
-            task = bar.add_task("settling", total=None)
-
-            def progress(step: str, done: int, total: int) -> None:
-                bar.update(task, description=step, completed=done, total=total)
-
+        with writing_ledger(settings, "settling") as (ledger, progress):
             checks = InputChecks(accept_unverified_files, accept_unreconciled)
             result = settle(
                 ledger,
@@ -548,27 +538,19 @@ def sync_from_chain(
     """The body of a `sync-*` command: on the ledger (which must exist) and a read-only chain client, `sync(ledger,
     chain, contract_of(ledger, chain), progress, from_block=...)` with a progress bar of the `events` read; a
     `RoyaltyError` ends the command. `what` names what is read, for the refusal without `--rpc-url`."""
-    from rich.progress import Progress
-
-    from ledger import Ledger
     from settlement.onchain import ChainConfigError, connect
 
     require_ledger(settings.lake, settings.data_path)
+    label = f"reading {events}"
     try:
         if settings.rpc_url is None:
             raise ChainConfigError(f"{what} are read from a live chain: pass --rpc-url", "rpc_url")
-        with Ledger.open(settings.lake, settings.data_path, create=False) as ledger:
+        with writing_ledger(settings, label) as (ledger, progress):
             chain = connect(settings.rpc_url, None, settings.confirmations, settings.confirm_timeout_s)
             contract = contract_of(ledger, chain)
-            with Progress(console=stderr, transient=True) as bar:
-                task = bar.add_task(f"reading {events}", total=None)
-                return sync(
-                    ledger,
-                    chain,
-                    contract,
-                    lambda done, total: bar.update(task, completed=done, total=total),
-                    from_block=from_block,
-                )
+            return sync(
+                ledger, chain, contract, lambda done, total: progress(label, done, total), from_block=from_block
+            )
     except RoyaltyError as error:
         _fail(error)
 

@@ -30,6 +30,7 @@ from royalty.common import (
     stderr,
     stdout,
     with_lake,
+    writing_ledger,
 )
 from royalty.common import fail as _fail
 from royalty.logs import configure_logging
@@ -555,24 +556,13 @@ def close_epoch_command(
     ] = None,
 ) -> None:
     """Close the next epoch: split every event committed since the last one into postings and payables."""
-    from rich.progress import Progress
-
-    from ledger import Ledger
     from royalty.summary import render_summary
     from settlement import InputChecks
     from settlement.use_cases.close_epoch import close_epoch
 
     settings = load_settings({"lake": lake, "data_path": data_path, "close_from_rollups": from_rollups}, config)
     try:
-        with (
-            Ledger.open(settings.lake, settings.data_path, create=False) as ledger,
-            Progress(console=stderr, transient=True) as bar,
-        ):
-            task = bar.add_task("closing epoch", total=None)
-
-            def progress(step: str, done: int, total: int) -> None:
-                bar.update(task, description=step, completed=done, total=total)
-
+        with writing_ledger(settings, "closing epoch") as (ledger, progress):
             checks = InputChecks(accept_unverified_files, accept_unreconciled)
             summary = close_epoch(
                 ledger,

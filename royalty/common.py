@@ -7,7 +7,8 @@ runs cli as `__main__`: importing these back from cli would execute it a second 
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, NoReturn, TextIO, TypeVar
 
@@ -151,6 +152,26 @@ def reading_ledger(settings: Settings, work: Callable[[Ledger], T]) -> T:
             return work(ledger)
     except RoyaltyError as error:
         fail(error)
+
+
+@contextmanager
+def writing_ledger(settings: Settings, label: str) -> Iterator[tuple[Ledger, Callable[[str, int, int], None]]]:
+    """The ledger (which must exist) opened for writing, with a progress bar on standard error starting at `label`:
+    yields the ledger and `progress(step, done, total)`, which names the step and moves the bar."""
+    from rich.progress import Progress
+
+    from ledger import Ledger
+
+    with (
+        Ledger.open(settings.lake, settings.data_path, create=False) as ledger,
+        Progress(console=stderr, transient=True) as bar,
+    ):
+        task = bar.add_task(label, total=None)
+
+        def progress(step: str, done: int, total: int) -> None:
+            bar.update(task, description=step, completed=done, total=total)
+
+        yield ledger, progress
 
 
 # The commands that read a ledger from --lake (tests/test_cli_output.py keeps this equal to the app's).
