@@ -164,3 +164,23 @@ def test_rollups_that_do_not_count_every_stored_event_are_not_used():
     assert weighted_events(rollups, events.lazy(), resolution, originals) is None
     whole = pl.from_arrow(rollup_rows(events.to_arrow(), "append-1"))
     assert weighted_events(whole, events.lazy(), resolution, originals) is not None
+
+
+def test_close_epoch_from_rollups_on_the_command_line(tmp_path):
+    """`royalty close-epoch --from-rollups` closes from rollups and says how many hour cells it read each way; the
+    setting `close_from_rollups` does the same, and `--from-events` overrides it."""
+    from typer.testing import CliRunner
+
+    from royalty.cli import app
+
+    with Ledger.open(tmp_path / "l") as ledger:
+        append_in_batches(ledger, sample_messages(60), 0, 100)
+    lake = str(tmp_path / "l")
+    dry = CliRunner().invoke(app, ["close-epoch", "--lake", lake, "--dry-run", "--from-rollups"])
+    assert dry.exit_code == 0 and "hour cells read from rollups" in dry.stdout, dry.output
+    events = CliRunner().invoke(
+        app, ["close-epoch", "--lake", lake, "--dry-run", "--from-events"], env={"ROYALTY_CLOSE_FROM_ROLLUPS": "true"}
+    )
+    assert events.exit_code == 0 and "hour cells" not in events.stdout, events.output
+    closed = CliRunner().invoke(app, ["close-epoch", "--lake", lake], env={"ROYALTY_CLOSE_FROM_ROLLUPS": "true"})
+    assert closed.exit_code == 0 and "hour cells read from rollups" in closed.stdout, closed.output
