@@ -384,6 +384,8 @@ def audit_bundle(directory: Path, rpc_url: str | None = None, distributor: str |
             c.execute(f"CREATE TEMP TABLE {stem} AS SELECT * FROM read_parquet('{path}')")
         _check_registry(c)
         _check_suspense(c)
+        if rpc_url is not None:  # with a chain, the holders' weights are checked against it before they are used
+            _check_holder_weights_on_chain(c, manifest, rpc_url)
         _credits(c)
         holder_recipients = _pass_to_holders(c, manifest)
         _check_payables(c, holder_recipients)
@@ -481,6 +483,48 @@ def _committed_digest(manifest: dict, leaves: dict[str, int]) -> str:
         raise AuditDisagreement("manifest.json", f"the leaves give settlement-v1 digest {digest}, not the manifest's "
                                 f"{manifest.get('ledger_digest')}")
     return digest
+
+
+def _check_holder_weights_on_chain(c: duckdb.DuckDBPyConnection, manifest: dict, rpc_url: str) -> None:
+    """Spec v1 §6a.3 from the chain: each token's `Transfer` logs from its deployment block to the range's end give
+    every holder's time-weighted balance over `from_block..to_block`, without the zero address, the token and the
+    excluded addresses; they must be `holder_weights.parquet`'s, holder by holder."""
+    section = manifest.get("holders")
+    if section is None:
+        return
+    from settlement.onchain.chain import connect
+    from settlement.onchain.chain_logs import deployment_block, read_logs
+    from settlement.onchain.contract_artifacts import token_artifact
+
+    chain = connect(rpc_url, None)
+    if chain.chain_id != int(section["chain_id"]):
+        raise AuditDisagreement("chain", f"the node is chain {chain.chain_id}; the holders' weights are of chain "
+                                f"{section['chain_id']}")
+    first, last = int(section["from_block"]), int(section["to_block"])
+    never = sorted({_zero_address, *(address.lower() for address in section["excluded"])})
+    for (token,) in c.execute("SELECT DISTINCT token FROM holder_weights ORDER BY 1").fetchall():
+        contract = chain.w3.eth.contract(address=Web3.to_checksum_address(token), abi=token_artifact().abi)
+        logs = read_logs(chain, contract.events.Transfer, deployment_block(chain, contract.address), last)
+        rows = [(log["args"][side], int(log["blockNumber"]), str(sign * int(log["args"]["value"])))
+                for log in logs for side, sign in (("to", 1), ("from", -1))]
+        c.execute("CREATE OR REPLACE TEMP TABLE chain_deltas (holder VARCHAR, block BIGINT, delta VARCHAR)")
+        if rows:
+            c.executemany("INSERT INTO chain_deltas VALUES (?, ?, ?)", rows)
+        bad = c.execute(
+            """WITH onchain AS (
+                   SELECT holder, sum(delta::HUGEINT * ($last - greatest(block, $first) + 1)) AS weight
+                   FROM chain_deltas
+                   WHERE lower(holder) NOT IN (SELECT unnest($never::VARCHAR[])) AND lower(holder) <> lower($token)
+                   GROUP BY holder HAVING sum(delta::HUGEINT * ($last - greatest(block, $first) + 1)) > 0),
+               published AS (SELECT holder, weight::HUGEINT AS weight FROM holder_weights WHERE token = $token)
+               SELECT coalesce(o.holder, p.holder), o.weight::VARCHAR, p.weight::VARCHAR
+               FROM onchain o FULL JOIN published p ON o.holder = p.holder
+               WHERE o.weight IS DISTINCT FROM p.weight ORDER BY 1 LIMIT 1""",
+            {"first": first, "last": last, "never": never, "token": token},
+        ).fetchone()
+        if bad:
+            raise AuditDisagreement(f"holder weight {bad[0]} of {token}", f"the chain's Transfer logs give "
+                                    f"{bad[1]} over blocks {first}..{last}; holder_weights.parquet says {bad[2]}")
 
 
 def _check_chain(manifest: dict, digest_committed: str, rpc_url: str, distributor: str | None) -> None:

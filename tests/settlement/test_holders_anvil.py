@@ -9,13 +9,16 @@ its own token and uses its own ledger.
 
 from __future__ import annotations
 
+import hashlib
 import json
+import shutil
 import time
 import traceback
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import polars as pl
 import pytest
 from typer.testing import CliRunner
 from web3.contract import Contract
@@ -25,6 +28,7 @@ from royalty.cli import app
 from settlement.engine.allocation import allocate_by_weight
 from settlement.holders import balances_at
 from settlement.onchain.contract_artifacts import load_artifact, token_artifact
+from settlement.reports.audit import AuditDisagreement, audit_bundle
 from tests.ledger.helpers import batch_of
 from tests.support.anvil import Anvil, anvil_binary
 from tests.support.settle_runs import SETTLER_KEY, claim_with_proof_output, deploy, royalty
@@ -317,7 +321,8 @@ def test_onchain_mode_pays_a_registry_holders_recipient_and_its_v3_bundle_audits
     sync-registry and sync-holders, close-epoch weights the holders over blocks up to the registry block it settles
     with (recorded), each holder's payable is its largest-remainder part over the balances the token reports block
     by block; settled on the distributor, a holder claims exactly that; the epoch's settlement-v3 bundle audits
-    clean against the chain's root and digest."""
+    clean against the chain's root and digest and its holders' weights against the token's Transfer logs, and a
+    weight the logs do not give is named."""
     w3 = anvil.w3
     registry_address = royalty("deploy-registry", "--rpc-url", anvil.url)["registry"]
     token = _deploy(anvil)
@@ -364,3 +369,16 @@ def test_onchain_mode_pays_a_registry_holders_recipient_and_its_v3_bundle_audits
     audited = runner.invoke(app, ["audit", "--bundle", str(tmp_path / "b"), "--rpc-url", anvil.url,
                                   "--distributor", distributor])
     assert audited.exit_code == 0 and "settlement-v3" in audited.output and "match" in audited.output, audited.output
+    # A weight the chain's Transfer logs do not give (the manifest's hash updated) is named against the chain.
+    tampered = tmp_path / "tampered"
+    shutil.copytree(tmp_path / "b", tampered)
+    weights_file = tampered / "holder_weights.parquet"
+    pl.read_parquet(weights_file).with_columns(
+        pl.when(pl.col("holder") == h1).then(pl.lit("1")).otherwise(pl.col("weight")).alias("weight")
+    ).write_parquet(weights_file)
+    manifest = json.loads((tampered / "manifest.json").read_text())
+    manifest["files"]["holder_weights.parquet"]["sha256"] = hashlib.sha256(weights_file.read_bytes()).hexdigest()
+    (tampered / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(AuditDisagreement, match="the chain's Transfer logs give") as caught:
+        audit_bundle(tampered, anvil.url, distributor)
+    assert caught.value.what == f"holder weight {h1} of {token.address}"
