@@ -16,7 +16,7 @@ from settlement.rollups import weighted_events
 from tests.settlement.split_world import World, event_frame, registry_frames, run_epochs, start, worlds
 from tests.support.ledger_batches import append_in_batches, sample_messages, shape
 
-fast = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+fast = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
 def _same_plans(world) -> None:
