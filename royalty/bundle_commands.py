@@ -2,8 +2,8 @@
 a payer's proof that an event was counted (issue 18).
 
 `publish` only reads the ledger (through the SELECT-only role when one is configured); `audit` reads only the
-bundle (and, with `--rpc-url`, the distributor's logs). docs/spec/settlement-v1.md and settlement-v2.md are the
-rules both follow.
+bundle (and, with `--rpc-url`, the distributor's and holder tokens' logs). docs/spec/settlement-v1.md to -v3.md
+are the rules both follow.
 """
 
 import json
@@ -60,7 +60,8 @@ def publish(
 def audit(
     bundle: Annotated[Path, typer.Option("--bundle", help="A folder `royalty publish` wrote.")],
     rpc_url: Annotated[
-        str | None, typer.Option("--rpc-url", help="EVM JSON-RPC URL: also check the distributor's root.")
+        str | None,
+        typer.Option("--rpc-url", help="EVM JSON-RPC URL: also check the distributor's root and holders' weights."),
     ] = None,
     distributor: Annotated[
         str | None, typer.Option("--distributor", help="RoyaltyDistributor address (with --rpc-url).")
