@@ -51,9 +51,10 @@ def events_from_rollups(
     resolution: Resolution,
     new_originals: pl.DataFrame,
 ) -> RollupEvents | None:
-    """The new events of the snapshot range (`prior_closing`, `closing`] from rollups, or None when an append of
-    that range wrote none. `new_metered_files` are the range's metered files (`files_as_of`, filtered);
-    `new_originals` the metered events this epoch's reversals name that arrived in the range."""
+    """The new events of the snapshot range (`prior_closing`, `closing`] from rollups, or None when the range's
+    rollups do not count and sum its stored events exactly (`weighted_events`). `new_metered_files` are the
+    range's metered files (`files_as_of`, filtered); `new_originals` the metered events this epoch's reversals name
+    that arrived in the range."""
     rollup_files = recorder.files_as_of(connection, rollup_table, closing).filter(pl.col("snapshot") > prior_closing)
     columns = rollup_schema.names
     rollups = (
