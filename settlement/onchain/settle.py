@@ -263,9 +263,9 @@ def _write_tree_once(ledger: Ledger, tree: EpochTree) -> EpochTree:
     A tree another run wrote is the same tree (the same payables give the same root); that is checked.
     """
     with ledger.step_lock(tree_step):
-        if read_stored_tree(ledger.connection, tree.epoch) is None:
+        if _stored_tree(ledger, tree.epoch) is None:
             write_tree(ledger, tree)
-        stored = read_stored_tree(ledger.connection, tree.epoch)
+        stored = _stored_tree(ledger, tree.epoch)
     require(stored is not None, f"epoch {tree.epoch}: the tree just written reads back")
     require(
         stored.tree.root == tree.tree.root,  # type: ignore[union-attr]
@@ -280,6 +280,18 @@ def _records(connection: duckdb.DuckDBPyConnection, table: str, epoch: int, chai
         f"SELECT * FROM {recorder.table(table)} WHERE epoch = ? AND chain_id = ? AND lower(contract) = lower(?)",
         [epoch, chain_id, contract],
     ).to_dicts()
+
+
+def _read_records(ledger: Ledger, table: str, epoch: int, chain_id: int, contract: str) -> list:
+    """`_records` outside a write transaction: under the ledger's lock and retries."""
+    return ledger.recorder.read(
+        lambda connection: _records(connection, table, epoch, chain_id, contract), f"read `{table}` of epoch {epoch}"
+    )
+
+
+def _stored_tree(ledger: Ledger, epoch: int) -> EpochTree | None:
+    """`read_stored_tree` outside a write transaction: under the ledger's lock and retries."""
+    return ledger.recorder.read(lambda connection: read_stored_tree(connection, epoch), f"read epoch {epoch}'s tree")
 
 
 def _append_guarded(
@@ -298,11 +310,14 @@ def _append_guarded(
 def _logs_from_block(ledger: Ledger, chain: Chain, distributor: Contract, epoch: int, from_block: int | None) -> int:
     """Where the epoch's RootProposed / RootRevoked logs can start: not before the distributor's deployment,
     nor before the previous epoch's proposal this ledger recorded (epochs only grow on the contract)."""
-    (previous,) = ledger.connection.execute(
-        f"""SELECT max(block_number) FROM {recorder.table('settlement_record')}
-            WHERE chain_id = ? AND lower(contract) = lower(?) AND epoch < ?""",
-        [chain.chain_id, distributor.address, epoch],
-    ).fetchone()
+    (previous,) = ledger.recorder.read(
+        lambda connection: connection.execute(
+            f"""SELECT max(block_number) FROM {recorder.table('settlement_record')}
+                WHERE chain_id = ? AND lower(contract) = lower(?) AND epoch < ?""",
+            [chain.chain_id, distributor.address, epoch],
+        ).fetchall()[0],
+        "read the previous epoch's proposal block",
+    )
     if previous is not None and from_block is None:
         return int(previous)  # no need to look for the deployment block
     return max(log_start_block(chain, distributor, from_block), int(previous or 0))
@@ -474,7 +489,7 @@ def _close_and_read_tree(
     summary = close_epoch(ledger, checks=checks, rules=rules)
     closed = None if summary.noop or summary.closed_by_another else summary
     notes = (closed_by_another_message(summary.epoch),) if summary.closed_by_another else ()
-    latest = _latest_epoch(ledger.connection)
+    latest = ledger.recorder.read(_latest_epoch, "read the latest epoch")
     if latest is None:
         return None, closed, notes
     if predecessor is not None and latest[0] <= predecessor.epoch:
@@ -483,8 +498,11 @@ def _close_and_read_tree(
     net_of = predecessor.net_of if predecessor is not None else None
     step(_steps[1], 1, len(_steps))
     verify_settle_inputs(ledger, latest[0], checks)
-    tree = read_stored_tree(ledger.connection, latest[0])
-    rebuilt = build_epoch_tree(*latest, _payables(ledger.connection, latest[0]), None, owed, net_of)
+    tree, payables = ledger.recorder.read(
+        lambda connection: (read_stored_tree(connection, latest[0]), _payables(connection, latest[0])),
+        f"read epoch {latest[0]}'s tree and payables",
+    )
+    rebuilt = build_epoch_tree(*latest, payables, None, owed, net_of)
     if predecessor is not None and tree is not None and (rebuilt is None or rebuilt.tree.root != tree.tree.root):
         raise ChainConfigError(predecessor.stored_plain_message(latest[0]), "distributor")
     require(
@@ -493,7 +511,7 @@ def _close_and_read_tree(
     )
     if tree is None and rebuilt is not None:
         manifest = manifest_of(ledger, latest[0], rules)
-        rebuilt = build_epoch_tree(*latest, _payables(ledger.connection, latest[0]), manifest, owed, net_of)
+        rebuilt = build_epoch_tree(*latest, payables, manifest, owed, net_of)
     return tree or rebuilt, closed, notes
 
 
@@ -570,7 +588,7 @@ def read_predecessor(ledger: Ledger, chain: Chain, distributor: Contract) -> Pre
             "distributor",
         )
     active_epoch, root, *_ = old.functions.activeRoot().call()
-    stored = read_stored_tree(ledger.connection, epoch)
+    stored = _stored_tree(ledger, epoch)
     if stored is None or active_epoch != epoch or stored.tree.root_hex != Web3.to_hex(root):
         raise ChainConfigError(
             f"the ledger holds no tree for epoch {epoch} with the root {Web3.to_hex(root)} that {address} (the "
@@ -586,16 +604,34 @@ def read_predecessor(ledger: Ledger, chain: Chain, distributor: Contract) -> Pre
 def refuse_migrated_from(ledger: Ledger, chain: Chain, distributor: Contract) -> None:
     """Refuse (ChainConfigError) a settle to a distributor this ledger has migrated from: its leaves would be whole
     cumulative amounts, and every unit already owed by its successor would be claimable twice."""
-    connection = ledger.connection
-    if "settlement_migration" not in recorder.existing_tables(connection):
+    migration = ledger.recorder.read(
+        lambda connection: _migration_from(connection, chain.chain_id, distributor.address), "read the migrations"
+    )
+    if migration is None:
         return
+    epoch, predecessor_epoch, successors = migration
+    successor = successors[0] if successors else f"the distributor epoch {epoch}'s net tree was written for"
+    raise ChainConfigError(
+        f"this ledger migrated from {distributor.address} to {successor} after epoch {predecessor_epoch} (`royalty "
+        f"deploy --migrate-from`): the old distributor gets no more roots. Settle to {successor} instead (pass "
+        "--distributor); the old one keeps paying what its last root owes. Nothing was written or sent",
+        "distributor",
+    )
+
+
+def _migration_from(
+    connection: duckdb.DuckDBPyConnection, chain_id: int, address: str
+) -> tuple[int, int, list[str]] | None:
+    """(epoch, predecessor epoch, successor contracts) of the ledger's migration from `address`; None if none."""
+    if "settlement_migration" not in recorder.existing_tables(connection):
+        return None
     row = connection.execute(
         f"""SELECT epoch, predecessor_epoch FROM {recorder.table('settlement_migration')}
             WHERE lower(predecessor) = lower(?) ORDER BY epoch LIMIT 1""",
-        [distributor.address],
+        [address],
     ).fetchone()
     if row is None:
-        return
+        return None
     epoch, predecessor_epoch = int(row[0]), int(row[1])
     tables = recorder.existing_tables(connection)
     successors = [
@@ -604,16 +640,10 @@ def refuse_migrated_from(ledger: Ledger, chain: Chain, distributor: Contract) ->
         if table in tables
         for record in _frame(
             connection, f"SELECT contract FROM {recorder.table(table)} WHERE epoch = ? AND chain_id = ?",
-            [epoch, chain.chain_id],
+            [epoch, chain_id],
         ).to_dicts()
     ]  # fmt: skip
-    successor = successors[0] if successors else f"the distributor epoch {epoch}'s net tree was written for"
-    raise ChainConfigError(
-        f"this ledger migrated from {distributor.address} to {successor} after epoch {predecessor_epoch} (`royalty "
-        f"deploy --migrate-from`): the old distributor gets no more roots. Settle to {successor} instead (pass "
-        "--distributor); the old one keeps paying what its last root owes. Nothing was written or sent",
-        "distributor",
-    )
+    return epoch, predecessor_epoch, successors
 
 
 def _write_batch(
@@ -787,7 +817,7 @@ def _replacement_nonce(ledger: Ledger, chain: Chain, epoch: int, contract: str) 
     sender = chain.sender
     intents = [
         intent
-        for intent in _records(ledger.connection, "settlement_intent", epoch, chain.chain_id, contract)
+        for intent in _read_records(ledger, "settlement_intent", epoch, chain.chain_id, contract)
         if intent["sender"].lower() == sender.lower()
     ]
     if not intents:
@@ -865,10 +895,12 @@ def _dry_run_tree(
     after = predecessor.epoch if predecessor is not None else 0  # a migrated distributor's epochs start after it
     owed = predecessor.owed_units if predecessor is not None else None
     net_of = predecessor.net_of if predecessor is not None else None
-    latest = _latest_epoch(ledger.connection)
+    latest = ledger.recorder.read(_latest_epoch, "read the latest epoch")
     if latest is not None:
         verify_settle_inputs(ledger, latest[0], checks)
-    payables = _payables(ledger.connection, latest[0] if latest else 0)
+    payables = ledger.recorder.read(
+        lambda connection: _payables(connection, latest[0] if latest else 0), "read the payables"
+    )
     plan, _ = plan_from_ledger(
         ledger, check_inputs=lambda prior, closing: verify_close_inputs(ledger, prior, closing, checks), rules=rules
     )
@@ -880,7 +912,7 @@ def _dry_run_tree(
         return build_epoch_tree(plan.epoch, plan.closing_snapshot, payables, None, owed, net_of)
     if latest is None or latest[0] <= after:
         return None
-    return read_stored_tree(ledger.connection, latest[0]) or build_epoch_tree(*latest, payables, None, owed, net_of)
+    return _stored_tree(ledger, latest[0]) or build_epoch_tree(*latest, payables, None, owed, net_of)
 
 
 def _check_chain(ledger: Ledger, chain: Chain, distributor: Contract, tree: EpochTree, logs_from: int) -> dict | None:
@@ -888,7 +920,7 @@ def _check_chain(ledger: Ledger, chain: Chain, distributor: Contract, tree: Epoc
     `recovered` (a tx to wait for and record), or None to go on and propose. Raises on a mismatch."""
     epoch, root, contract = tree.epoch, tree.tree.root_hex, distributor.address
     proposals = _proposals(chain, distributor, epoch, logs_from)
-    records = _records(ledger.connection, "settlement_record", epoch, chain.chain_id, contract)
+    records = _read_records(ledger, "settlement_record", epoch, chain.chain_id, contract)
     if records:
         record = records[-1]
         if not any(_hex(p["transactionHash"]) == record["tx_hash"] for p in proposals):
@@ -921,7 +953,7 @@ def _check_chain(ledger: Ledger, chain: Chain, distributor: Contract, tree: Epoc
                 contract,
             )
         return {"outcome": SettleOutcome.recovered, "tx_hash": _hex(last["transactionHash"])}
-    for intent in _records(ledger.connection, "settlement_intent", epoch, chain.chain_id, contract):
+    for intent in _read_records(ledger, "settlement_intent", epoch, chain.chain_id, contract):
         if _known_to_node(chain, intent["tx_hash"]):
             # Sent by a killed run and not mined yet.
             return {"outcome": SettleOutcome.recovered, "tx_hash": intent["tx_hash"]}
@@ -984,7 +1016,7 @@ def _record(
         "recorded_at": datetime.now(UTC),
     }
     with ledger.step_lock(record_step):
-        recorded = _records(ledger.connection, "settlement_record", tree.epoch, chain.chain_id, contract)
+        recorded = _read_records(ledger, "settlement_record", tree.epoch, chain.chain_id, contract)
         if recorded:  # another run recorded it while this one waited for the confirmations
             return {
                 "outcome": SettleOutcome.already_recorded,
