@@ -37,13 +37,19 @@ def claimer_signer(embedded: bool, environ: Mapping[str, str] | None = None) -> 
 def proof_in_root(ledger: Ledger, account: str, root: str) -> dict[str, Any] | None:
     """`account`'s leaf and proof in the stored tree whose root is `root`; None if no tree or no leaf."""
     checksummed = Web3.to_checksum_address(account)
+    return ledger.recorder.read(
+        lambda connection: _proof_in_root(connection, checksummed, root), "read the account's proof in the root"
+    )
+
+
+def _proof_in_root(connection: duckdb.DuckDBPyConnection, checksummed: str, root: str) -> dict[str, Any] | None:
     try:
-        row = ledger.connection.execute(
+        row = connection.execute(
             f"SELECT epoch FROM {recorder.table('settlement_root')} WHERE lower(root) = lower(?)", [root]
         ).fetchone()
         if row is None:
             return None
-        leaf = ledger.connection.execute(
+        leaf = connection.execute(
             f"SELECT cumulative_units, tree_index, proof FROM {recorder.table('settlement_proof')} "
             "WHERE epoch = ? AND account = ?",
             [row[0], checksummed],
@@ -52,7 +58,7 @@ def proof_in_root(ledger: Ledger, account: str, root: str) -> dict[str, Any] | N
         return None
     if leaf is None:
         return None
-    (proof,) = stored_proofs(ledger.connection, int(row[0]), root, [(checksummed, *leaf)])
+    (proof,) = stored_proofs(connection, int(row[0]), root, [(checksummed, *leaf)])
     return {
         "account": checksummed,
         "cumulative_amount": str(leaf[0]),

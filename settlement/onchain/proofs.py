@@ -27,7 +27,22 @@ def account_proof(ledger: Ledger, account: str, distributor: str | None = None) 
     if not Web3.is_address(account):
         raise NoSettlementError("not an address: pass --account 0x + 40 hex digits", account)
     checksummed = Web3.to_checksum_address(account)
-    connection = ledger.connection
+    epoch, contract, chain_id, root, leaf, proof = ledger.recorder.read(
+        lambda connection: _account_leaf(connection, checksummed, distributor), "read the account's proof"
+    )
+    return {
+        "account": checksummed,
+        "cumulative_amount": str(leaf[0]),
+        "root": root,
+        "proof": proof,
+        "epoch": int(epoch),
+        "distributor": contract,
+        "chain_id": None if chain_id is None else int(chain_id),
+    }
+
+
+def _account_leaf(connection: duckdb.DuckDBPyConnection, checksummed: str, distributor: str | None) -> tuple:
+    """(epoch, contract, chain id, root, leaf, proof) of `checksummed` in the latest recorded root, as one read."""
     try:
         filters, params = ("WHERE lower(contract) = lower(?)", [distributor]) if distributor else ("", [])
         recorded = connection.execute(
@@ -52,20 +67,17 @@ def account_proof(ledger: Ledger, account: str, distributor: str | None = None) 
     if leaf is None:
         raise NoSettlementError(f"the epoch {epoch} tree (root {root}) has no leaf for this account", checksummed)
     (proof,) = stored_proofs(connection, int(epoch), root, [(checksummed, *leaf)])
-    return {
-        "account": checksummed,
-        "cumulative_amount": str(leaf[0]),
-        "root": root,
-        "proof": proof,
-        "epoch": int(epoch),
-        "distributor": contract,
-        "chain_id": None if chain_id is None else int(chain_id),
-    }
+    return epoch, contract, chain_id, root, leaf, proof
 
 
 def largest_leaves(ledger: Ledger, epoch: int, count: int) -> list[tuple[str, int, list[str]]]:
     """The `count` largest leaves of `epoch`'s tree: (account, cumulative units, proof), largest first."""
-    connection = ledger.connection
+    return ledger.recorder.read(
+        lambda connection: _largest_leaves(connection, epoch, count), f"read epoch {epoch}'s largest leaves"
+    )
+
+
+def _largest_leaves(connection: duckdb.DuckDBPyConnection, epoch: int, count: int) -> list[tuple[str, int, list[str]]]:
     rows = connection.execute(
         f"SELECT account, cumulative_units, tree_index, proof FROM {recorder.table('settlement_proof')} "
         "WHERE epoch = ? ORDER BY cumulative_units DESC, account LIMIT ?",
@@ -117,10 +129,15 @@ def _node_hex(nodes: dict[int, bytes], index: int, epoch: int) -> str:
 def recorded_distributor(ledger: Ledger, chain_id: int) -> str:
     """The distributor this ledger's latest settlement on `chain_id` went to (`ChainConfigError` if none)."""
     ledger.ensure_tables()
-    row = ledger.connection.execute(
-        f"SELECT contract FROM {recorder.table('settlement_record')} WHERE chain_id = ? ORDER BY epoch DESC LIMIT 1",
-        [chain_id],
-    ).fetchone()
+    rows = ledger.recorder.read(
+        lambda connection: connection.execute(
+            f"SELECT contract FROM {recorder.table('settlement_record')} WHERE chain_id = ? ORDER BY epoch DESC "
+            "LIMIT 1",
+            [chain_id],
+        ).fetchall(),
+        "read the distributor last settled to",
+    )
+    row = rows[0] if rows else None
     if row is None:
         raise ChainConfigError(
             f"this ledger has settled nothing on chain {chain_id}: pass --distributor", "distributor"

@@ -20,9 +20,10 @@ from ledger.verify import verify as verify_ledger
 from settlement.onchain import account_proof, largest_leaves, proof_in_root
 from settlement.onchain.merkle import MerkleTree, verify
 from settlement.onchain.payout_tree import EpochTree, build_epoch_tree, published_dump, published_dump_json
-from settlement.onchain.settle import _payables, read_stored_tree, write_tree
+from settlement.onchain.settle import _payables, _stored_tree, read_stored_tree, write_tree
 from settlement.onchain.tables import tree_node_chunk_nodes
 from tests.conftest import repo_root, royalty_command
+from tests.ledger.test_recorder import _LockedFor
 
 fixture_v1 = repo_root / "tests" / "fixtures" / "ledger_format_1.tar.gz"
 
@@ -87,6 +88,31 @@ def test_the_largest_leaves_come_with_their_proofs(stored: tuple[Path, MerkleTre
     expected = sorted(tree.items(), key=lambda item: (-item[1], item[0]))[:5]
     assert [(account, units) for account, units, _ in largest] == expected
     assert all(proof == tree.proof_hex(account) for account, _, proof in largest)
+
+
+_settle_side_reads = {
+    "royalty proof": lambda ledger, tree: account_proof(ledger, tree.account_at(7))["proof"],
+    "claim's proof in the root": lambda ledger, tree: proof_in_root(ledger, tree.account_at(7), tree.root_hex)["proof"],
+    "the largest leaves": lambda ledger, tree: largest_leaves(ledger, 1, 1)[0][2],  # checked against its account
+    "settle's stored tree": lambda ledger, tree: _stored_tree(ledger, 1).tree.proof_hex(tree.account_at(7)),
+}
+
+
+@pytest.mark.parametrize("read", list(_settle_side_reads))
+def test_a_settle_side_read_meeting_another_writers_lock_is_tried_again(
+    stored: tuple[Path, MerkleTree], read: str
+) -> None:
+    """A proof or stored-tree read that meets another writer's SQLite lock (a `settle` or `ingest` committing) waits
+    it out through the ledger's recorder, instead of failing the command."""
+    lake, tree = stored
+    with Ledger.open_read_only(str(lake)) as ledger:
+        expected = _settle_side_reads[read](ledger, tree)
+        flaky = _LockedFor(ledger.connection, times=2)
+        ledger._connection = flaky  # type: ignore[assignment]
+        assert _settle_side_reads[read](ledger, tree) == expected
+        assert flaky.statements > 2
+    account = min(tree.items(), key=lambda item: (-item[1], item[0]))[0] if read == "the largest leaves" else None
+    assert expected == tree.proof_hex(account or tree.account_at(7))
 
 
 def test_a_changed_node_is_refused_not_served(tmp_path: Path) -> None:
