@@ -138,7 +138,7 @@ def index_logs(
     cursor, so two runs at once never store a range twice and a run killed midway resumes after the last
     stored range. `reorganised` names what was synced and what to compare, for the reorganisation error.
     """
-    cursor = index.cursor(ledger.connection)
+    cursor = ledger.recorder.read(index.cursor, f"read the {index.step} cursor")
     if cursor is None:
         start_block = first_block()
     else:
@@ -155,7 +155,8 @@ def index_logs(
     start = start_block
     while start <= last_block:
         with ledger.step_lock(index.step):
-            now = index.cursor(ledger.connection)  # another run may have stored ranges while this one waited
+            # Another run may have stored ranges while this one waited: read the cursor again, now, under the lock.
+            now = ledger.recorder.read(index.cursor, f"read the {index.step} cursor")
             start = start if now is None else max(start, now[0] + 1)
             if start > last_block:
                 break

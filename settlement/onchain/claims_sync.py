@@ -66,15 +66,16 @@ def _cursor(connection: duckdb.DuckDBPyConnection, chain_id: int, contract: str)
     return None if row is None else (int(row[0]), str(row[1]))
 
 
-def _first_block(
-    connection: duckdb.DuckDBPyConnection, chain: Chain, distributor: Contract, from_block: int | None
-) -> int:
+def _first_block(ledger: Ledger, chain: Chain, distributor: Contract, from_block: int | None) -> int:
     """No claim can precede the contract's first recorded root; without one, its deployment block."""
-    (block,) = connection.execute(
-        f"SELECT min(block_number) FROM {recorder.table('settlement_record')} "
-        "WHERE chain_id = ? AND lower(contract) = lower(?)",
-        [chain.chain_id, distributor.address],
-    ).fetchone()
+    ((block,),) = ledger.recorder.read(
+        lambda connection: connection.execute(
+            f"SELECT min(block_number) FROM {recorder.table('settlement_record')} "
+            "WHERE chain_id = ? AND lower(contract) = lower(?)",
+            [chain.chain_id, distributor.address],
+        ).fetchall(),
+        "read the distributor's first recorded root",
+    )
     return log_start_block(chain, distributor, from_block) if block is None else int(block)
 
 
@@ -129,7 +130,7 @@ def sync_claims(
         ledger,
         chain,
         LogIndex(claim_sync_step, lambda connection: _cursor(connection, chain.chain_id, contract), store),
-        lambda: _first_block(ledger.connection, chain, distributor, from_block),
+        lambda: _first_block(ledger, chain, distributor, from_block),
         progress,
     )
     return ClaimSyncResult(

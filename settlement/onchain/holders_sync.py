@@ -169,15 +169,24 @@ def _other_holders(connection: duckdb.DuckDBPyConnection, chain_id: int, token: 
     return {str(holder) for (holder,) in rows}
 
 
+def _sampled_balances(
+    connection: duckdb.DuckDBPyConnection, chain_id: int, token: str, touched: set[str], end: int
+) -> tuple[list[str], dict]:
+    """The holders to check (half of those `touched`, the rest other indexed holders) and their indexed balances."""
+    holders = _sample(touched, end, holder_check_sample_max // 2)
+    others = _other_holders(connection, chain_id, token, end, holder_check_sample_max)
+    holders += _sample(others - set(holders), end, holder_check_sample_max - len(holders))
+    return holders, _stored_balances(connection, chain_id, token, holders)
+
+
 def _check_balances(ledger: Ledger, chain: Chain, token: Contract, rows: list[dict], start: int, end: int) -> int:
     """Compare the indexed balance of a sample of holders at `end` with `balanceOf`; return how many were checked."""
-    half = holder_check_sample_max // 2
     touched = {r["to_address"] for r in rows} | {r["from_address"] for r in rows}
     touched.discard(zero_address)
-    holders = _sample(touched, end, half)
-    others = _other_holders(ledger.connection, chain.chain_id, token.address, end, holder_check_sample_max)
-    holders += _sample(others - set(holders), end, holder_check_sample_max - len(holders))
-    indexed = _stored_balances(ledger.connection, chain.chain_id, token.address, holders)
+    holders, indexed = ledger.recorder.read(
+        lambda connection: _sampled_balances(connection, chain.chain_id, token.address, touched, end),
+        "read the indexed balances",
+    )
     for row in rows:
         value = int(row["value_units"])
         indexed[row["to_address"]] = indexed.get(row["to_address"], 0) + value
