@@ -103,14 +103,19 @@ def verify_files(ledger: Ledger, files: Iterable[tuple[str, int]], checks: Input
 
 def unreconciled_rows(ledger: Ledger) -> list[tuple[str, int, int, int]]:
     """The non-zero rows of the `reconciliation` view (none on a ledger that never closed an epoch)."""
-    define_views(ledger)
-    try:
-        return ledger.connection.execute(
-            "SELECT check_name, epoch, items_off, difference_micros FROM reconciliation "
-            "WHERE items_off <> 0 OR difference_micros <> 0 ORDER BY epoch, check_name"
-        ).fetchall()
-    except duckdb.CatalogException:  # no settlement tables yet: nothing was settled to reconcile
-        return []
+
+    def read(connection: duckdb.DuckDBPyConnection) -> list[tuple[str, int, int, int]]:
+        define_views(ledger)  # on this connection: a retry may run on a fresh one
+        try:
+            return connection.execute(
+                "SELECT check_name, epoch, items_off, difference_micros FROM reconciliation "
+                "WHERE items_off <> 0 OR difference_micros <> 0 ORDER BY epoch, check_name"
+            ).fetchall()
+        except duckdb.CatalogException:  # no settlement tables yet: nothing was settled to reconcile
+            return []
+
+    # `Ledger.reading`: its lock and retries; a missing data file's error stays as it is, for close-epoch to name.
+    return ledger.reading(lambda: read(ledger.connection), "read the reconciliation")
 
 
 def verify_reconciled(ledger: Ledger, checks: InputChecks, what: str) -> list[str]:
@@ -130,14 +135,14 @@ def verify_reconciled(ledger: Ledger, checks: InputChecks, what: str) -> list[st
 def verify_close_inputs(ledger: Ledger, prior: PriorState, closing: int, checks: InputChecks) -> list[str]:
     """Before an epoch is closed: its input files, then the reconciliation of what earlier epochs recorded."""
     what = f"closing epoch {prior.epoch + 1}"
-    files = close_input_files(ledger.connection, prior, closing)
+    files = ledger.reading(lambda: close_input_files(ledger.connection, prior, closing), f"list the files of {what}")
     return verify_files(ledger, files, checks, what) + verify_reconciled(ledger, checks, what)
 
 
 def verify_settle_inputs(ledger: Ledger, epoch: int, checks: InputChecks) -> list[str]:
     """Before `settle` builds, writes or proposes `epoch`'s tree: the files it reads, then reconciliation."""
     what = f"settling epoch {epoch}"
-    files = settle_input_files(ledger.connection, epoch)
+    files = ledger.reading(lambda: settle_input_files(ledger.connection, epoch), f"list the files of {what}")
     return verify_files(ledger, files, checks, what) + verify_reconciled(ledger, checks, what)
 
 
