@@ -117,8 +117,10 @@ def publish_epoch(
     are not those the stored manifest names. `receipts` (the deployment's `payer_receipts`) applies to an epoch not
     settled yet; a settled one follows its stored manifest."""
     directory = Path(directory)
-    settled = read_stored_tree(ledger.connection, epoch)
-    committed = read_stored_manifest(ledger.connection, epoch)
+    settled, committed = ledger.recorder.read(
+        lambda connection: (read_stored_tree(connection, epoch), read_stored_manifest(connection, epoch)),
+        f"read epoch {epoch}'s tree and manifest",
+    )
     # A manifest stored without an event commitment was composed without the groups' sum-tree roots.
     has_events = receipts if committed is None else b'"events"' in committed
     # An epoch that paid holders but was settled under settlement-v2 committed to no holder files: none written.
@@ -158,21 +160,13 @@ def read_epoch_bundle(
     An epoch that recorded a holders' block range is re-planned with the weights, exclusions and dust threshold it
     recorded; `with_holders` puts them in the bundle (settlement-v3)."""
     rules = rules or RegistryRules()
-    connection = ledger.connection
     closing = closing_snapshot(ledger, epoch)  # raises when the epoch is not closed
-    prior = read_prior(connection, before_epoch=epoch)
-    require(prior.epoch == epoch - 1, f"epochs before {epoch} are all closed")
-    inputs, registry_block = _epoch_inputs(connection, prior, closing, rules)
-    weights = recorded_holder_weights(connection, epoch, inputs.policies)
-    blocks = recorded_epoch_blocks(connection, epoch)
+    prior, inputs, registry_block, weights, blocks, stored, settled = ledger.recorder.read(
+        lambda connection: _stored_epoch(connection, epoch, closing, rules), f"read epoch {epoch}'s inputs"
+    )
     dust_units_min = 0 if blocks is None else blocks["dust_units_min"]
     inputs = EpochInputs(**{**inputs.__dict__, "holder_weights": weights, "holder_dust_units_min": dust_units_min})
     plan = plan_epoch(inputs, prior)
-    stored = recorder.frame(
-        connection,
-        f"SELECT * FROM {recorder.table('settlement_payable')} WHERE epoch <= ? ORDER BY epoch, recipient",
-        [epoch],
-    )
     payables = stored.filter(pl.col("epoch") == epoch).drop("epoch")
     compared = ["recipient", "credited_micros", "amount_micros", "cumulative_micros", "payout_address"]
     if not plan.payables.select(compared).equals(payables.select(compared)):
@@ -184,12 +178,27 @@ def read_epoch_bundle(
     if blocks is not None and with_holders:
         frames.update(holder_frames(inputs, prior, plan))
     leaves, _ = address_leaves(stored)
-    settled = read_stored_tree(connection, epoch)
     if settled is not None and (not leaves or settled.root_hex != MerkleTree.from_amounts(leaves).root_hex):
         raise BundleError(f"epoch {epoch}: the payables give another root than the one settled ({settled.root_hex})")
     events = frames.pop("events", None)
     holders = blocks if with_holders else None
     return EpochBundle(epoch, frames, stored, (prior.closing_snapshot, closing), registry_block, events, holders)
+
+
+def _stored_epoch(connection: duckdb.DuckDBPyConnection, epoch: int, closing: int, rules: RegistryRules) -> tuple:
+    """What closed epoch `epoch` read and wrote, as of one snapshot: (prior state, inputs, registry block, holder
+    weights, holder blocks, stored payables up to the epoch, stored tree)."""
+    prior = read_prior(connection, before_epoch=epoch)
+    require(prior.epoch == epoch - 1, f"epochs before {epoch} are all closed")
+    inputs, registry_block = _epoch_inputs(connection, prior, closing, rules)
+    weights = recorded_holder_weights(connection, epoch, inputs.policies)
+    blocks = recorded_epoch_blocks(connection, epoch)
+    stored = recorder.frame(
+        connection,
+        f"SELECT * FROM {recorder.table('settlement_payable')} WHERE epoch <= ? ORDER BY epoch, recipient",
+        [epoch],
+    )
+    return prior, inputs, registry_block, weights, blocks, stored, read_stored_tree(connection, epoch)
 
 
 def compose_bundle(
