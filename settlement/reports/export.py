@@ -16,6 +16,8 @@ import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import duckdb
+
 from ledger import recorder
 from ledger.attach import closing_snapshot
 from ledger.ledger import Ledger
@@ -52,9 +54,13 @@ def export_epoch(ledger: Ledger, epoch: int, directory: Path) -> ExportSummary:
     A previous export of the same epoch there is replaced (other epochs are kept): the files are a pure
     function of the ledger.
     """
-    connection = ledger.connection
     closing_snapshot(ledger, epoch)  # raises when the epoch is not closed
-    (asset,) = connection.execute(f"SELECT any_value(asset) FROM {recorder.table('inference_metered')}").fetchone()
+    ((asset,),) = ledger.recorder.read(
+        lambda connection: connection.execute(
+            f"SELECT any_value(asset) FROM {recorder.table('inference_metered')}"
+        ).fetchall(),
+        "read the asset",
+    )
     directory = Path(directory)
     partition = f"epoch={int(epoch)}"
     for folder in tables:
@@ -78,6 +84,35 @@ def export_epoch(ledger: Ledger, epoch: int, directory: Path) -> ExportSummary:
             ORDER BY recipient, entry_id""",
     }
     parameters = {"payables": [asset, epoch], "postings": [epoch], "statements": [asset, epoch]}
+    recipients, payable_micros, postings, lines, credited_micros = ledger.recorder.read(
+        lambda connection: _write_files(connection, directory, partition, epoch, queries, parameters),
+        f"export epoch {epoch}",
+    )
+    summary = ExportSummary(
+        epoch=epoch,
+        directory=str(directory),
+        recipients=recipients,
+        postings=postings,
+        statement_lines=lines,
+        payable_micros=payable_micros,
+        credited_micros=credited_micros,
+        asset=asset,
+        **bundle_link(ledger, epoch),
+    )
+    (directory / "manifests" / f"{partition}.json").write_text(json.dumps(asdict(summary), indent=2) + "\n")
+    return summary
+
+
+def _write_files(
+    connection: duckdb.DuckDBPyConnection,
+    directory: Path,
+    partition: str,
+    epoch: int,
+    queries: dict[str, str],
+    parameters: dict[str, list],
+) -> tuple[int, int, int, int, int]:
+    """Write the epoch's files (each replaced when a retry writes it again); (recipients, payable micros,
+    postings, statement lines, credited micros), all as of one snapshot."""
     for name in ("payables", "postings"):
         for folder, options in ((name, _parquet), (f"{name}_csv", _csv)):
             path = directory / folder / partition / f"{name}.{'csv' if options == _csv else 'parquet'}"
@@ -98,26 +133,14 @@ def export_epoch(ledger: Ledger, epoch: int, directory: Path) -> ExportSummary:
         "SELECT count(*), coalesce(sum(amount_micros), 0)::BIGINT "
         f"FROM {recorder.table('settlement_payable')} WHERE epoch = ?",
         [epoch],
-    ).fetchone()
+    ).fetchall()[0]
     postings, lines, credited_micros = connection.execute(
         f"""SELECT count(*), count(*) FILTER (WHERE starts_with(account, '{contributor_prefix}')),
                    coalesce(-sum(amount_micros) FILTER (WHERE starts_with(account, '{contributor_prefix}')), 0)::BIGINT
             FROM {recorder.table('settlement_posting')} WHERE epoch = ?""",
         [epoch],
-    ).fetchone()
-    summary = ExportSummary(
-        epoch=epoch,
-        directory=str(directory),
-        recipients=recipients,
-        postings=postings,
-        statement_lines=lines,
-        payable_micros=payable_micros,
-        credited_micros=credited_micros,
-        asset=asset,
-        **bundle_link(ledger, epoch),
-    )
-    (directory / "manifests" / f"{partition}.json").write_text(json.dumps(asdict(summary), indent=2) + "\n")
-    return summary
+    ).fetchall()[0]
+    return recipients, payable_micros, postings, lines, credited_micros
 
 
 def bundle_link(ledger: Ledger, epoch: int) -> dict:
