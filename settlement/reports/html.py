@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
+import duckdb
 import polars as pl
 
 from ledger import recorder
@@ -120,7 +121,9 @@ def _arrived(
     only those files are read, so the cost follows the epoch's size, not the ledger's. `union_by_name`: files
     written by older ledger formats may lack a column added since."""
     previous, closing = window
-    files = data_files(ledger.connection, table, closing).filter(pl.col("snapshot") > previous)
+    files = ledger.recorder.read(
+        lambda connection: data_files(connection, table, closing), f"list the files of `{table}`"
+    ).filter(pl.col("snapshot") > previous)
     if files.is_empty():
         return pl.DataFrame(schema=empty)
     rows = "read_parquet(?, union_by_name = true)" if union_by_name else "read_parquet(?)"
@@ -158,7 +161,7 @@ def gather(ledger: Ledger, epoch: int) -> ReportData:
     this_epoch = epochs.filter(pl.col("epoch") == epoch).row(0, named=True)
     previous = epochs.filter(pl.col("epoch") == epoch - 1)
     window = (this_epoch["previous_snapshot"], this_epoch["closing_snapshot"])
-    (asset,) = ledger.connection.execute("SELECT coalesce(any_value(asset), '') FROM inference_events").fetchone()
+    asset = _frame(ledger, "SELECT coalesce(any_value(asset), '') AS asset FROM inference_events").item()
     payables = _frame(
         ledger,
         """SELECT recipient, payout_address, amount_micros, cumulative_micros FROM payables
@@ -171,7 +174,7 @@ def gather(ledger: Ledger, epoch: int) -> ReportData:
         "WHERE epoch = ? ORDER BY check_name",
         [epoch],
     )
-    (postings,) = ledger.connection.execute("SELECT count(*) FROM postings WHERE epoch = ?", [epoch]).fetchone()
+    postings = _frame(ledger, "SELECT count(*) AS postings FROM postings WHERE epoch = ?", [epoch]).item()
     digest, root = _digest_and_root(ledger, epoch, this_epoch["closing_snapshot"])
     return ReportData(
         epoch=this_epoch,
@@ -359,10 +362,14 @@ def _digest_and_root(ledger: Ledger, epoch: int, closing: int) -> tuple[str | No
     tree = build_epoch_tree(epoch, closing, payables)
     if tree is None:
         return None, None
-    manifest = read_stored_manifest(ledger.connection, epoch)
+    def stored_of(connection: duckdb.DuckDBPyConnection) -> tuple:
+        manifest = read_stored_manifest(connection, epoch)  # the tree is read only for an epoch without one
+        return manifest, None if manifest is not None else read_stored_tree(connection, epoch)
+
+    manifest, stored = ledger.recorder.read(stored_of, f"read epoch {epoch}'s manifest and tree")
     if manifest is not None:
         return manifest_digest(manifest), tree.root_hex
-    if read_stored_tree(ledger.connection, epoch) is None:
+    if stored is None:
         return None, tree.root_hex
     return tree.ledger_digest, tree.root_hex
 
