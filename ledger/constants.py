@@ -9,6 +9,9 @@ commit_backoff_s_min = 0.01
 # Two concurrent writers on one SQLite catalog wait for each other's commit (tens of ms);
 # a backoff that never exceeds a second keeps a busy writer responsive to shutdown.
 commit_backoff_s_max = 1.0
+# DuckLake's own retries of a commit that met another writer's (its default), allowed only for an append whose
+# files all reuse column maps this connection committed before (ledger/connection.py says why not otherwise).
+ducklake_commit_retries_max = 10
 
 # A dead letter keeps the first this many bytes of its message, with the full size and SHA-256: enough
 # to read what broke (an envelope, the start of `data`) without one bad producer of 64 KiB or 1 MiB

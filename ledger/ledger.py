@@ -159,6 +159,10 @@ class Ledger:
         self._appends_on_connection = 0
         # Transactions redone after meeting another writer (a commit conflict, SQLite's lock): for benchmarks.
         self.commit_retries = 0
+        # File tables this connection committed a data file to: their column maps exist and later files reuse them.
+        self._mapped_tables: set[str] = set()
+        self._tables_committing: set[str] = set()
+        self._ducklake_retries_allowed = False
         self._id: str | None = None
         # Row digests of what the open transaction inlined, by table; recorded in `inlined_digest` at commit.
         self._pending_digests: dict[str, list[str]] = {}
@@ -384,6 +388,7 @@ class Ledger:
             self._connection.close()
         self._connection = None
         self._appends_on_connection = 0
+        self._mapped_tables = set()
         try:
             self._connection = self._writer_connection()
         except LedgerError as error:
@@ -416,7 +421,7 @@ class Ledger:
         file_positions: Sequence[FileSourcePosition] = (),
     ) -> AppendResult:
         written: list[_FileToAdd] = []
-        with self._transaction():
+        with self._removing_files_of_a_refused_commit(written), self._transaction():
             self._check_offsets_fence(offsets)
             read_at = self._fence_offsets.snapshot
             kept, duplicates, conflicts = self._deduplicate(batch)
@@ -434,6 +439,7 @@ class Ledger:
                 if dead_letters.num_rows:
                     written.append(self._write_file("dead_letter", dead_letters, ingest_batch_id, None))
                 self._add_files(written, ingest_batch_id)
+                self._allow_ducklake_commit_retries({file.table for file in written})
                 events = sum(rows.num_rows for rows in kept.values())
                 self._insert_bookkeeping(
                     batch,
@@ -447,6 +453,7 @@ class Ledger:
                 self._insert_file_source_rows(file_positions, dead_lines, ingest_batch_id)
             except BaseException:
                 _remove_files(self.store, written)
+                written.clear()
                 raise
         snapshot_id = self._last_committed_snapshot()
         self._fence_offsets.committed(read_at, snapshot_id, offsets)
@@ -728,7 +735,7 @@ class Ledger:
 
         def once() -> int:
             written: list[_FileToAdd] = []
-            with self._transaction():
+            with self._removing_files_of_a_refused_commit(written), self._transaction():
                 if precondition is not None:
                     precondition(self.connection)
                 try:
@@ -743,6 +750,7 @@ class Ledger:
                     self._add_files(written, records_batch_id)
                 except BaseException:
                     _remove_files(self.store, written)
+                    written.clear()
                     raise
             return self._last_committed_snapshot()
 
@@ -868,16 +876,48 @@ class Ledger:
     @contextmanager
     def _transaction(self) -> Iterator[None]:
         self._pending_digests = {}
+        self._tables_committing = set()
         self.connection.execute("BEGIN TRANSACTION")
         try:
+            try:
+                yield
+                self._record_inlined_digests()
+            except BaseException:
+                self._pending_digests = {}
+                with suppress(duckdb.Error):
+                    self.connection.execute("ROLLBACK")
+                raise
+            self.connection.execute("COMMIT")
+            self._mapped_tables |= self._tables_committing
+        finally:
+            self._forbid_ducklake_commit_retries()
+
+    @contextmanager
+    def _removing_files_of_a_refused_commit(self, written: list["_FileToAdd"]) -> Iterator[None]:
+        """Remove the transaction's data files when the catalog refused its COMMIT (another writer's commit, a
+        lock): nothing of it is stored, and the ledger redoes it with new files. After any other failure of the
+        COMMIT (a lost connection) it may have been stored, so the files stay: at worst orphans `verify` lists."""
+        try:
             yield
-            self._record_inlined_digests()
-        except BaseException:
-            self._pending_digests = {}
-            with suppress(duckdb.Error):
-                self.connection.execute("ROLLBACK")
+        except duckdb.Error as error:
+            if any(marker in redact(error).lower() for marker in _transient_markers):
+                _remove_files(self.store, written)
             raise
-        self.connection.execute("COMMIT")
+
+    def _allow_ducklake_commit_retries(self, file_tables: set[str]) -> None:
+        """Let DuckLake retry this transaction's commit itself when it adds files only to `file_tables` whose
+        column maps this connection committed before (no new map, so none its retry could re-number): cheaper
+        than redoing the whole append. The tables are remembered once the commit succeeds."""
+        if file_tables <= self._mapped_tables:
+            self.connection.execute(f"SET ducklake_max_retry_count = {constants.ducklake_commit_retries_max}")
+            self._ducklake_retries_allowed = True
+        self._tables_committing = file_tables
+
+    def _forbid_ducklake_commit_retries(self) -> None:
+        if self._ducklake_retries_allowed and self._connection is not None:
+            with suppress(duckdb.Error):
+                self._connection.execute("SET ducklake_max_retry_count = 0")
+        self._ducklake_retries_allowed = False
 
     def _retrying(self, work, what: str):
         return self._retried(work, what, lambda error: _ledger_error(error, what, self.location.display))

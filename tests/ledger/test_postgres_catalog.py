@@ -193,7 +193,8 @@ def test_verify_passes_then_names_an_edited_file_and_a_delete(lake: Lake) -> Non
         ledger.append(*batch_of([*SampleTraffic().metered(300), b"bad"]))
     with lake.open_read_only() as reader:
         report = verify(reader)
-    assert report.ok and report.files == 2, report.problems
+    # The events' file, their rollups' (ledger format 13) and the dead letter's.
+    assert report.ok and report.files == 3, report.problems
     assert subprocess.run(royalty_command("verify", *lake.cli_options()), capture_output=True).returncode == 0
 
     target = lake.parquet_files()[0]
@@ -237,7 +238,8 @@ def test_processes_opening_a_new_postgres_catalog_at_once_all_succeed_and_append
             # written its bookkeeping rows as Parquet files with no recorded checksum.
             report = verify(reader)
         assert offsets == {(str(seed), 0): 50 for seed in range(3)}
-        assert report.ok and report.files == 3, report.problems
+        # Each process's append: its events' file and their rollups' (ledger format 13).
+        assert report.ok and report.files == 6 and not report.orphans, (report.problems, report.orphans)
 
 
 def test_two_appending_processes_on_one_postgres_catalog_land_every_append_once(postgres_lake: Lake) -> None:
@@ -378,4 +380,36 @@ def test_an_append_whose_commit_meets_another_writers_commit_is_redone_and_every
         report = verify(reader)
     assert offsets == {("first", 0): len(mixed), ("other", 0): len(valid) + len(invalid)}
     assert sum(rows.values()) == len(mixed) + len(valid) + len(invalid), rows
+    assert report.ok, report.problems
+
+
+def test_an_append_reusing_its_column_maps_lets_ducklake_retry_its_commit_and_stays_readable(
+    postgres_lake: Lake,
+) -> None:
+    """Once a writer's files of a table were committed, its later files reuse that column map: no new map for
+    DuckLake's own commit retry to re-number, so such an append's commit meeting another writer's is retried
+    by DuckLake (cheap) rather than redone whole by the ledger; every row stays readable."""
+    from ingest.sample import SampleTraffic
+
+    first_batch, second_batch = list(SampleTraffic(seed=5).metered(200)), list(SampleTraffic(seed=6).metered(200))
+    other = list(SampleTraffic(seed=7).metered(100))
+    with postgres_lake.open() as first, postgres_lake.open() as second:
+        first.append(*batch_of(first_batch, topic="first"))  # its column maps committed
+        second.append(*batch_of(other[:50], topic="other"))
+        check = first._check_offsets_fence
+        others: list[object] = []
+
+        def check_then_let_the_other_commit(offsets) -> None:
+            check(offsets)
+            if not others:
+                others.append(second.append(*batch_of(other[50:], topic="other", first_offset=50)))
+
+        first._check_offsets_fence = check_then_let_the_other_commit  # type: ignore[method-assign]
+        retries_before = first.commit_retries
+        first.append(*batch_of(second_batch, topic="first", first_offset=len(first_batch)))
+        assert others and first.commit_retries == retries_before, "the append was redone, not retried by DuckLake"
+    with postgres_lake.open_read_only() as reader:
+        stored = len(reader.connection.execute("SELECT * FROM lake.main.inference_metered").fetchall())
+        report = verify(reader)
+    assert stored == len(first_batch) + len(second_batch) + len(other)
     assert report.ok, report.problems
