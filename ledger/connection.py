@@ -125,7 +125,8 @@ def connect(
     # DuckLake's own retry of a commit that met another writer's (ducklake 0.3 on DuckDB 1.4.4) re-numbers the
     # transaction's new column maps but not the data files naming them: a file then names a map the catalog
     # does not hold and no reader can read its table ("Unknown name map id"). So a conflicting commit fails
-    # here, and the ledger redoes the whole transaction from a fresh snapshot (`Ledger._retried`).
+    # here, and the ledger redoes the whole transaction from a fresh snapshot (`Ledger._retried`); only an append
+    # whose files all reuse maps its connection committed lets DuckLake retry (`Ledger._allow_ducklake_commit_retries`).
     connection.execute("SET ducklake_max_retry_count = 0")
     connection.execute("LOAD sqlite" if location.backend == "sqlite" else "LOAD postgres")
     # An `s3://` data path: httpfs and the store's credentials, before DuckLake's ATTACH uses them.

@@ -562,7 +562,7 @@ def write_plan_once(
     second guard for a writer that does not take the lock.
     """
     with ledger.step_lock(close_step):
-        if latest_epoch(ledger.connection) >= plan.epoch:
+        if ledger.reading(lambda: latest_epoch(ledger.connection), "read the latest epoch") >= plan.epoch:
             return None
         if ledger.recorder.compactions_across(plan.closing_snapshot):
             raise CompactedWhilePlanningError(plan.epoch, plan.closing_snapshot)
