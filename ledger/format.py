@@ -170,6 +170,16 @@ def _store_tree_nodes(connection: duckdb.DuckDBPyConnection) -> None:
         connection.execute(f"ALTER TABLE {catalog_alias}.main.settlement_proof ALTER COLUMN proof DROP NOT NULL")
 
 
+def _record_snapshot_expiries(connection: duckdb.DuckDBPyConnection) -> None:
+    """Format 15 expires old snapshots under a retention policy (ledger/expiry.py): table ledger_snapshot_expiry
+    records each expiry (the snapshots expired, a digest of their history, the retired files it dropped, chained to
+    the previous expiry), which `royalty verify` checks in place of the history that is gone. Nothing expired before."""
+    from ledger.tables import create_statements, expiry_table
+
+    for statement in create_statements(catalog_alias, [expiry_table]):
+        connection.execute(statement)
+
+
 format_steps: list[FormatStep] = [
     FormatStep(2, "record the ledger format version (table ledger_format)", _record_format_only),
     FormatStep(3, "record a digest of each transaction's inlined rows (table inlined_digest)", _record_inlined_digests),
@@ -236,6 +246,12 @@ format_steps: list[FormatStep] = [
         "store payout trees' nodes, not every proof in hex: table settlement_tree_node (created on first use); "
         "settlement_proof.proof NULL from now on (kept for the trees written before)",
         _store_tree_nodes,
+    ),
+    FormatStep(
+        15,
+        "expire old snapshots under a retention policy: table ledger_snapshot_expiry (each expiry's snapshots, the "
+        "digest of their history and the retired files it dropped, chained), checked by verify",
+        _record_snapshot_expiries,
     ),
 ]
 

@@ -137,6 +137,24 @@ rollup_schema = pa.schema(
     ]
 )
 
+# Format 15: each snapshot expiry (ledger/expiry.py), one row: the snapshots it expired (as id ranges), the digest
+# of their history (what verify checked per snapshot), the files a compaction retired that it dropped from the
+# catalog (count and an order-independent digest of their paths), chained to the previous expiry's row.
+expiry_table = "ledger_snapshot_expiry"
+expiry_schema = pa.schema(
+    [
+        pa.field("expiry_id", pa.string(), nullable=False),
+        pa.field("expired_at", timestamp_type, nullable=False),
+        pa.field("snapshot_count", pa.int64(), nullable=False),
+        pa.field("expired_ranges", pa.string(), nullable=False),  # "5-7,10-19": snapshot ids, inclusive
+        pa.field("history_sha256", pa.string(), nullable=False),
+        pa.field("files_dropped", pa.int64(), nullable=False),
+        pa.field("files_digest", pa.string(), nullable=False),
+        pa.field("previous_sha256", pa.string(), nullable=False),  # the previous expiry's chain_sha256, or ""
+        pa.field("chain_sha256", pa.string(), nullable=False),
+    ]
+)
+
 file_tables: dict[str, pa.Schema] = {**ledger_schemas, "dead_letter": dead_letter_schema, rollup_table: rollup_schema}
 inlined_tables: dict[str, pa.Schema] = {
     "ingest_offset": ingest_offset_schema,
@@ -148,6 +166,7 @@ inlined_tables: dict[str, pa.Schema] = {
     digest_table: inlined_digest_schema,
     compaction_table: compaction_schema,
     compaction_retired_table: compaction_retired_schema,
+    expiry_table: expiry_schema,
 }
 all_tables: dict[str, pa.Schema] = {**file_tables, **inlined_tables}
 
