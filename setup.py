@@ -34,6 +34,14 @@ setup(
             extra_link_args=["-pthread"],
             optional=True,
         ),
+        # The payer receipts' group sum trees: SHA-256 from OpenSSL's libcrypto (the one Python's hashlib uses).
+        Extension(
+            "settlement.reports._sum_tree_native",
+            sources=["settlement/reports/_sum_tree_native.c"],
+            extra_compile_args=native_compile_args,
+            libraries=["crypto"],
+            optional=True,
+        ),
         Extension(
             "ingest._kafka_records",
             sources=["ingest/_kafka_records.c"],

@@ -27,3 +27,13 @@ def test_merkle_extension_is_built_in_ci() -> None:
     assert merkle._merkle_native is native
     if platform.machine() == "x86_64" and "avx2" in Path("/proc/cpuinfo").read_text():
         assert native.implementation() == "xkcp-avx2-x4"
+
+
+@pytest.mark.skipif(not os.environ.get("CI"), reason="only CI requires the C extensions to be built")
+def test_sum_tree_extension_is_built_in_ci() -> None:
+    """Pins the native payer-receipt sum trees in CI: `settlement.reports._sum_tree_native` imports (it links
+    OpenSSL's libcrypto) and `sum_tree.group_roots` / `root_of` use it."""
+    native = importlib.import_module("settlement.reports._sum_tree_native")
+    from settlement.reports import sum_tree
+
+    assert sum_tree._sum_tree_native is native

@@ -420,8 +420,8 @@ def _check_events_commitment(c: duckdb.DuckDBPyConnection, manifest: dict) -> No
     rows = _group_rows(c)
     if any(row[5] is None for row in rows):
         raise AuditDisagreement("groups.parquet", "a group has no events_root, but the manifest commits to them")
-    nodes = [sum_tree.SumNode(bytes.fromhex(row[5].removeprefix("0x")), int(row[6])) for row in rows]
-    top = sum_tree.root(nodes) if nodes else None
+    hashes = [bytes.fromhex(row[5].removeprefix("0x")) for row in rows]
+    top = sum_tree.root_of(hashes, [int(row[6]) for row in rows]) if rows else None
     recomputed = {
         "root": "0x" + top.hash.hex() if top else None,
         "fee_micros": top.fee_micros if top else 0,

@@ -358,19 +358,12 @@ def _events_roots(rows: pl.DataFrame) -> pl.DataFrame:
     """Per group, the root of the sum tree over its events (one pass over the rows sorted by group, then by
     (source, event id): polars orders strings by their UTF-8 bytes)."""
     ordered = rows.sort([*group_keys, "source", "event_id"])
-    first = ordered.select(pl.struct(group_keys).rle_id().alias("_group"))["_group"].to_list()
-    sources, ids, fees = (ordered[c].to_list() for c in ("source", "event_id", "fee_micros"))
-    roots, starts, leaves = [], [], []
-    for i, group in enumerate(first):
-        if i and group != first[i - 1]:
-            roots.append("0x" + sum_tree.root(leaves).hash.hex())
-            leaves = []
-        if not leaves:
-            starts.append(i)
-        leaves.append(sum_tree.leaf(sources[i], ids[i], int(fees[i])))
-    if leaves:
-        roots.append("0x" + sum_tree.root(leaves).hash.hex())
-    return ordered[starts].select(group_keys).with_columns(events_root=pl.Series(roots, dtype=pl.String))
+    group_ids = ordered.select(pl.struct(group_keys).rle_id().alias("_group"))["_group"]
+    starts = [0, *(group_ids.diff().fill_null(0) != 0).arg_true().to_list(), ordered.height] if ordered.height else [0]
+    roots = sum_tree.group_roots(ordered["source"], ordered["event_id"], ordered["fee_micros"], starts)
+    return ordered[starts[:-1]].select(group_keys).with_columns(
+        events_root=pl.Series(["0x" + h.hex() for h in roots], dtype=pl.String)
+    )
 
 
 def events_commitment(groups: pl.DataFrame) -> dict | None:
@@ -378,13 +371,10 @@ def events_commitment(groups: pl.DataFrame) -> dict | None:
     root taken as a node with its fee sum); its sum is the epoch's routed fees. None without receipts."""
     if "events_root" not in groups.columns:
         return None
-    nodes = [
-        sum_tree.SumNode(bytes.fromhex(h.removeprefix("0x")), int(f))
-        for h, f in groups.select("events_root", "fee_micros").iter_rows()
-    ]
-    if not nodes:
+    if not groups.height:
         return {"root": None, "fee_micros": 0, "events": 0, "groups": 0}
-    top = sum_tree.root(nodes)
+    hashes = [bytes.fromhex(h.removeprefix("0x")) for h in groups["events_root"].to_list()]
+    top = sum_tree.root_of(hashes, [int(f) for f in groups["fee_micros"].to_list()])
     return {"root": "0x" + top.hash.hex(), "fee_micros": top.fee_micros, "events": int(groups["events"].sum()),
             "groups": groups.height}
 
