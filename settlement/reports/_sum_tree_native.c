@@ -28,6 +28,14 @@
 
 typedef __int128 fee_t;
 
+/* OpenSSL 3's one-shot SHA256() fetches the algorithm by name on every call; the low-level calls do not. */
+static void sha256(const uint8_t *message, size_t length, uint8_t *digest) {
+    SHA256_CTX context;
+    SHA256_Init(&context);
+    SHA256_Update(&context, message, length);
+    SHA256_Final(digest, &context);
+}
+
 typedef struct {
     uint8_t hash[HASH_BYTES];
     fee_t fee;
@@ -64,7 +72,7 @@ static int node_of(const sum_node *left, const sum_node *right, sum_node *out) {
     fee_write(left->fee, body + 1 + HASH_BYTES);
     memcpy(body + 1 + HASH_BYTES + FEE_BYTES, right->hash, HASH_BYTES);
     fee_write(right->fee, body + 1 + 2 * HASH_BYTES + FEE_BYTES);
-    SHA256(body, sizeof body, out->hash);
+    sha256(body, sizeof body, out->hash);
     out->fee = sum;
     return 0;
 }
@@ -105,7 +113,7 @@ static int leaf_of(const uint8_t *source, uint32_t source_len, const uint8_t *id
     p += 4 + id_len;
     out->fee = (fee_t)fee;
     fee_write(out->fee, p);
-    SHA256(*scratch, need, out->hash);
+    sha256(*scratch, need, out->hash);
     return 0;
 }
 
