@@ -178,8 +178,11 @@ def _groups(ledger: Ledger, cutoff: datetime) -> Iterator[list[_File]]:
             continue
         by_key: dict[tuple, list[_File]] = {}
         for file in live_files(ledger, table):
-            # A file an append committed after `committed_at` was read is newer than any cutoff.
+            # A file an append committed after `committed_at` was read is newer than any cutoff; one whose snapshot an
+            # expiry removed (ledger/expiry.py) is older than the expiry's cutoff.
             committed = committed_at.get(file.last_snapshot)
+            if committed is None and committed_at and file.last_snapshot < max(committed_at):
+                committed = datetime.min.replace(tzinfo=UTC)
             if file.size_bytes >= constants.compacted_file_bytes_min or committed is None or committed > cutoff:
                 continue
             # Window k holds the rows appended after closing snapshot k-1, up to and including closing snapshot k.
@@ -389,6 +392,9 @@ class CompactionAudit:
     problems: list[str] = field(default_factory=list)
     files: int = 0
     bytes_checked: int = 0
+    # Recorded retired files the catalog no longer lists at all: a snapshot expiry dropped them (ledger/expiry.py
+    # checks that it recorded exactly these).
+    dropped: set[str] = field(default_factory=set)
 
 
 def audit(ledger: Ledger, checksums: dict[str, tuple[int, str]], retired_files: bool = True) -> CompactionAudit:
@@ -417,6 +423,14 @@ def audit(ledger: Ledger, checksums: dict[str, tuple[int, str]], retired_files: 
             """
         ).fetchall()
     }
+    live_now = {
+        f"main/{table}/{path}"
+        for table, path in connection.execute(
+            f"""SELECT t.table_name, d.path FROM {metadata}.ducklake_data_file d
+                JOIN {metadata}.ducklake_table t ON t.table_id = d.table_id AND t.end_snapshot IS NULL
+                WHERE d.end_snapshot IS NULL"""
+        ).fetchall()
+    }
     retired_by: dict[str, list[tuple[str, int]]] = {}
     for compaction_id, path, rows in connection.execute(
         f"SELECT compaction_id, path, row_count FROM {catalog_alias}.main.{compaction_retired_table}"
@@ -431,7 +445,9 @@ def audit(ledger: Ledger, checksums: dict[str, tuple[int, str]], retired_files: 
         where = f"compaction at snapshot {snapshot} ({compaction_id})"
         for path, _ in retired:
             result.retirements.add((path, int(snapshot)))
-            if retired_now.get(path) != int(snapshot):
+            if path not in retired_now and path not in live_now:
+                result.dropped.add(path)  # no retained snapshot saw it: an expiry dropped its catalog row
+            elif retired_now.get(path) != int(snapshot):
                 result.problems.append(
                     f"{where} records retiring `{path}`, but the catalog "
                     + ("still lists it: its rows are counted twice" if path not in retired_now
@@ -440,6 +456,11 @@ def audit(ledger: Ledger, checksums: dict[str, tuple[int, str]], retired_files: 
         if not retired_files:
             if not _counts_agree(table, sum(count for _, count in retired), int(rows)):
                 result.problems.append(f"{where}: the retired files' recorded row counts do not sum to {rows}")
+            continue
+        if any(path in result.dropped for path, _ in retired):
+            # The retired files were dropped by a snapshot expiry (and deleted): the merged file's rows are checked
+            # against the recorded proof alone.
+            _audit_merged(ledger, result, where, table, merged_path, (int(rows), str(digest)), checksums)
             continue
         files = [
             _File(table, path, ledger.location.data_path + path, count, 0, first, last, False, None)
@@ -496,6 +517,40 @@ def _audit_proof(
                 f"{where}: {name} hold {found[0]} rows with digest {found[1]}; the compaction recorded "
                 f"{recorded[0]} rows with digest {recorded[1]}"
             )
+
+
+def _audit_merged(
+    ledger: Ledger,
+    result: CompactionAudit,
+    where: str,
+    table: str,
+    merged_path: str,
+    recorded: tuple[int, str],
+    checksums: dict[str, tuple[int, str]],
+) -> None:
+    """Check a merged file whose retired files an expiry dropped: its SHA-256 and its rows against the record."""
+    absolute = ledger.location.data_path + merged_path
+    if ledger.store.size(absolute) is None:
+        result.problems.append(f"{where}: file `{merged_path}` is missing")
+        return
+    sha256, size = _sha256(ledger.store, absolute)
+    result.files += 1
+    result.bytes_checked += size
+    if checksums.get(merged_path, (None, None))[1] != sha256:
+        result.problems.append(f"{where}: file `{merged_path}` does not match the SHA-256 recorded when it was written")
+        return
+    try:
+        (found,) = ledger.connection.execute(
+            rows_digest_sql(table, f"SELECT * FROM read_parquet({_quote(absolute)})")
+        ).fetchall()
+    except duckdb.Error as error:
+        result.problems.append(f"{where}: its merged file cannot be read to check the proof ({error})")
+        return
+    if (int(found[0]), str(found[1])) != recorded:
+        result.problems.append(
+            f"{where}: the merged file holds {found[0]} rows with digest {found[1]}; the compaction recorded "
+            f"{recorded[0]} rows with digest {recorded[1]}"
+        )
 
 
 def _begin_snapshots(ledger: Ledger, table: str, paths: list[str]) -> dict[str, int]:

@@ -33,6 +33,12 @@ compacted_file_bytes_min = 64 * 1024 * 1024
 # stays short; a folder with more merges again on the next run.
 compaction_files_per_merge_max = 2_000
 
+# Snapshot expiry (ledger/expiry.py): by default snapshots younger than a week are kept (time travel to any of
+# them), and the retired files an expiry dropped are deleted once scheduled this long ago (a reader that opened an
+# expired snapshot before the expiry may still be reading them).
+expire_older_than_s_default = 7 * 24 * 3600.0
+expired_files_delete_after_s = 3600.0
+
 # An append of at most this many messages runs on one DuckDB thread: its statements are tiny and scheduling
 # them on worker threads cost more CPU than they saved (benchmarks/RESULTS.md, small appends). Larger
 # batches keep DuckDB's parallel scans for the duplicate check against many stored files.

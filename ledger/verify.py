@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 from ledger.compaction import audit as audit_compactions
 from ledger.connection import catalog_alias
+from ledger.expiry import audit as audit_expiries
 from ledger.format import format_table
 from ledger.inlined_digest import check_inlined_rows
 from ledger.ledger import Ledger
@@ -30,6 +31,8 @@ class VerifyReport:
     """What `verify` checked and every problem it found."""
 
     snapshots: int = 0
+    # Snapshots a recorded expiry removed from the history (ledger/expiry.py): checked by their record.
+    snapshots_expired: int = 0
     files: int = 0
     bytes_checked: int = 0
     problems: list[str] = field(default_factory=list)
@@ -64,6 +67,9 @@ def verify(ledger: Ledger, retired_files: bool = False) -> VerifyReport:
     report.problems += compactions.problems
     report.files += compactions.files
     report.bytes_checked += compactions.bytes_checked
+    expiries = audit_expiries(connection, compactions.dropped)
+    report.problems += expiries.problems
+    report.snapshots_expired = expiries.snapshots_expired
     names = {
         str(table_id): name
         for table_id, name in connection.execute(

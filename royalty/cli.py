@@ -280,6 +280,56 @@ def compact(
 
 
 @app.command()
+def expire(
+    lake: LakeOption = None,
+    data_path: DataPathOption = None,
+    config: ConfigOption = None,
+    older_than_s: Annotated[
+        float | None,
+        typer.Option(
+            "--older-than-s",
+            min=0,
+            help="Only expire snapshots committed at least this many seconds ago. [default: 604800, a week]",
+        ),
+    ] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Say what would be expired; change nothing.")] = False,
+    output_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
+) -> None:
+    """Expire old snapshots the ledger no longer needs, recording a digest of their history that verify checks.
+
+    Keeps every epoch's closing snapshot, every snapshot a ledger table refers to, every snapshot that did more than
+    append to the stream's tables, and the last `--older-than-s`; time travel works to those only. Retired files no
+    kept snapshot sees are deleted an hour later (docs/operations.md, Snapshot expiry).
+    """
+    from ledger import Ledger
+    from ledger.constants import expire_older_than_s_default
+    from ledger.expiry import expire as expire_ledger
+
+    settings = load_settings({"lake": lake, "data_path": data_path}, config)
+    try:
+        with Ledger.open(settings.lake, settings.data_path, create=False) as ledger:
+            report = expire_ledger(
+                ledger, expire_older_than_s_default if older_than_s is None else older_than_s, dry_run=dry_run
+            )
+    except RoyaltyError as error:
+        _fail(error)
+    if output_json:
+        stdout.file.write(json.dumps(vars(report)) + "\n")
+        return
+    verb = "would expire" if dry_run else "expired"
+    stdout.print(
+        f"{verb} {report.snapshots_expired:,} snapshot(s) ({_shortened(report.expired_ranges or 'none')}), kept "
+        f"{report.snapshots_retained:,}; {report.files_dropped:,} retired file(s) dropped from the catalog, "
+        f"{report.files_deleted:,} deleted",
+        highlight=False,
+    )
+
+
+def _shortened(text: str, chars_max: int = 80) -> str:
+    return text if len(text) <= chars_max else text[:chars_max] + "..."
+
+
+@app.command()
 def backup(
     to: Annotated[Path, typer.Option("--to", help="New folder for the copy (must not exist, or be empty).")],
     lake: LakeOption = None,
