@@ -10,8 +10,8 @@
  *   bytes data[offsets[i]:offsets[i + 1]] (Arrow's large-string layout), the fees signed 64-bit. Every buffer
  *   holds native int64 except the two data buffers.
  * root(hashes, fees) -> (hash, fee)
- *   The root over nodes given as their hashes (32 bytes each) and fee sums (16-byte big-endian two's complement
- *   each, as the encoding writes them); the fee comes back in the same 16 bytes. At least one node.
+ *   The root over nodes given as their hashes (32 bytes each) and fee sums (native int64 each); the fee comes
+ *   back as 16-byte big-endian two's complement (the encoding's). At least one node.
  * A malformed buffer raises ValueError; a fee sum beyond 128 bits OverflowError (the Python path's to_bytes does).
  */
 #define PY_SSIZE_T_CLEAN
@@ -47,12 +47,6 @@ static void fee_write(fee_t value, uint8_t *out) {
         out[i] = (uint8_t)(bits & 0xff);
         bits >>= 8;
     }
-}
-
-static fee_t fee_read(const uint8_t *in) {
-    unsigned __int128 bits = 0;
-    for (int i = 0; i < FEE_BYTES; i++) bits = (bits << 8) | in[i];
-    return (fee_t)bits;
 }
 
 static void length_write(uint32_t value, uint8_t *out) {
@@ -210,19 +204,20 @@ static PyObject *root(PyObject *self, PyObject *args) {
     if (!PyArg_ParseTuple(args, "y*y*", &hashes, &fees)) return NULL;
     PyObject *result = NULL;
     Py_ssize_t count = hashes.len / HASH_BYTES;
-    if (hashes.len % HASH_BYTES || fees.len != count * FEE_BYTES || count == 0) {
-        PyErr_SetString(PyExc_ValueError, "root needs n > 0 hashes of 32 bytes and n fees of 16 bytes");
+    if (hashes.len % HASH_BYTES || fees.len != count * (Py_ssize_t)sizeof(int64_t) || count == 0) {
+        PyErr_SetString(PyExc_ValueError, "root needs n > 0 hashes of 32 bytes and n int64 fees");
     } else {
         sum_node *nodes = PyMem_RawMalloc((size_t)count * sizeof(sum_node));
         if (!nodes) {
             PyErr_NoMemory();
         } else {
-            const uint8_t *h = hashes.buf, *f = fees.buf;
+            const uint8_t *h = hashes.buf;
+            const int64_t *f = fees.buf;
             int status;
             Py_BEGIN_ALLOW_THREADS
             for (Py_ssize_t i = 0; i < count; i++) {
                 memcpy(nodes[i].hash, h + i * HASH_BYTES, HASH_BYTES);
-                nodes[i].fee = fee_read(f + i * FEE_BYTES);
+                nodes[i].fee = (fee_t)f[i];
             }
             status = fold_levels(nodes, (size_t)count);
             Py_END_ALLOW_THREADS

@@ -373,8 +373,8 @@ def events_commitment(groups: pl.DataFrame) -> dict | None:
         return None
     if not groups.height:
         return {"root": None, "fee_micros": 0, "events": 0, "groups": 0}
-    hashes = [bytes.fromhex(h.removeprefix("0x")) for h in groups["events_root"].to_list()]
-    top = sum_tree.root_of(hashes, [int(f) for f in groups["fee_micros"].to_list()])
+    hashes = groups["events_root"].str.strip_prefix("0x").str.decode("hex").to_list()
+    top = sum_tree.root_of(hashes, groups["fee_micros"].to_list())
     return {"root": "0x" + top.hash.hex(), "fee_micros": top.fee_micros, "events": int(groups["events"].sum()),
             "groups": groups.height}
 

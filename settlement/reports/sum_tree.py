@@ -158,7 +158,11 @@ def root_of(hashes: Sequence[bytes], fees_micros: Sequence[int]) -> SumNode:
     """The root over nodes given as their hashes and fee sums (in this order; at least one): `root` of the
     `SumNode`s, built natively where the extension is built."""
     require(len(hashes) == len(fees_micros) and len(hashes) > 0, "one fee per hash, at least one node")
-    if _sum_tree_native is None:
+    try:
+        fees = array.array("q", fees_micros)  # the native build takes 64-bit sums (a group's always fit in practice)
+    except OverflowError:
+        fees = None
+    if _sum_tree_native is None or fees is None:
         return root([SumNode(h, int(f)) for h, f in zip(hashes, fees_micros, strict=True)])
-    top_hash, top_fee = _sum_tree_native.root(b"".join(hashes), b"".join(_fee(f) for f in fees_micros))
+    top_hash, top_fee = _sum_tree_native.root(b"".join(hashes), fees)
     return SumNode(top_hash, int.from_bytes(top_fee, "big", signed=True))
