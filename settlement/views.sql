@@ -39,6 +39,31 @@ FROM ${settlement_suspense_item} i
 LEFT JOIN ${settlement_suspense_release} r
   ON r.event_id = i.event_id AND (r.source = i.source OR r.source IS NULL OR i.source IS NULL);
 
+-- Per closed epoch and holder token (any with carried dust or a `holders-dust:<token>` posting): the dust its holders
+-- carry after the epoch, summed from `settlement_holder_dust` (each holder's latest row), and the balance of its
+-- `holders-dust:<token>` account then (credits, negated). ledger_checks' holder_dust_balance compares the two.
+CREATE OR REPLACE TEMP VIEW holder_dust_accounts AS
+WITH carried AS (
+    SELECT epoch, token, sum(change_micros) AS moved_micros
+    FROM (SELECT epoch, token,
+                 carried_micros - coalesce(lag(carried_micros) OVER (PARTITION BY token, holder ORDER BY epoch), 0)
+                     AS change_micros
+          FROM ${settlement_holder_dust})
+    GROUP BY ALL
+),
+posted AS (
+    SELECT epoch, substr(account, length(${holder_dust_prefix}) + 1) AS token, -sum(amount_micros) AS moved_micros
+    FROM ${settlement_posting} WHERE account LIKE ${holder_dust_prefix} || '%' GROUP BY ALL
+),
+tokens AS (SELECT token FROM carried UNION SELECT token FROM posted)
+SELECT e.epoch, t.token,
+       (sum(coalesce(c.moved_micros, 0)) OVER w)::BIGINT AS carried_micros,
+       (sum(coalesce(p.moved_micros, 0)) OVER w)::BIGINT AS account_micros
+FROM ${settlement_epoch} e CROSS JOIN tokens t
+LEFT JOIN carried c ON c.epoch = e.epoch AND c.token = t.token
+LEFT JOIN posted p ON p.epoch = e.epoch AND p.token = t.token
+WINDOW w AS (PARTITION BY t.token ORDER BY e.epoch);
+
 -- The ledger's own checks, one row per check and closed epoch, with how many items it compared, how
 -- many disagree, and the sum of the absolute disagreements (micros); `reconciliation` (below) adds the
 -- chain's checks. entry_balance: every posting entry sums to zero. recipient_credits: each payable's credited_micros
@@ -48,7 +73,9 @@ LEFT JOIN ${settlement_suspense_release} r
 -- whose data files the catalog added inside the epoch's snapshot range sum to its fee_micros (a
 -- duplicate event reaching the ledger shows here too). suspense_balance: suspense_micros is what the
 -- suspense postings hold. conservation: payable + Δsuspense + Δholder dust − Δreceivables = fees − reversed
--- (Δholder dust: what the epoch's `holders-dust:<token>` postings were credited).
+-- (Δholder dust: what the epoch's `holders-dust:<token>` postings were credited). holder_dust_balance (rows only once some
+-- token's holders carried dust; items are the tokens): the carried total of the dust rows equals each token's
+-- `holders-dust:<token>` account balance (view holder_dust_accounts).
 CREATE OR REPLACE TEMP VIEW ledger_checks AS
 WITH e AS (
     SELECT *, coalesce(lag(suspense_micros) OVER (ORDER BY epoch), 0) AS suspense_before_micros,
@@ -131,6 +158,10 @@ checks AS (
            abs(payable_micros + (suspense_micros - suspense_before_micros) + coalesce(d.moved_micros, 0)
                - (receivable_micros - receivable_before_micros) - (fee_micros - reversed_micros))
     FROM e LEFT JOIN dust d ON d.epoch = e.epoch
+    UNION ALL
+    SELECT 'holder_dust_balance', epoch, count(*), count(*) FILTER (WHERE carried_micros <> account_micros),
+           sum(abs(carried_micros - account_micros))
+    FROM holder_dust_accounts GROUP BY epoch
 )
 SELECT check_name, epoch, items_checked::BIGINT AS items_checked,
        (items_off + (difference_micros <> 0 AND items_off = 0)::INTEGER)::BIGINT AS items_off,

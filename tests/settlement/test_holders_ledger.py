@@ -230,3 +230,63 @@ def test_the_report_shows_each_holder_token_with_the_holders_paid_and_the_dust_c
     assert cells == [f"holders:{token}", "6.000018", "1", f"{first[big] / 10**6:.6f}", "0.000006", "0.000006", "1",
                      "0.000000"], cells
     assert "Δholder dust" in page and 'id="conservation-verdict">balanced' in page
+
+
+def _dust_checks(ledger: Ledger) -> tuple[list[dict], list[dict], list[dict]]:
+    define_views(ledger)
+    accounts = run_query(ledger, "SELECT * FROM holder_dust_accounts ORDER BY epoch").to_pylist()
+    checks = run_query(ledger, "SELECT epoch, items_checked, items_off, difference_micros FROM reconciliation "
+                               "WHERE check_name = 'holder_dust_balance' ORDER BY epoch").to_pylist()
+    off = run_query(ledger, "SELECT check_name, epoch, difference_micros FROM reconciliation "
+                            "WHERE items_off <> 0 ORDER BY ALL").to_pylist()
+    return accounts, checks, off
+
+
+def test_the_dust_rows_and_the_dust_account_agree_in_the_reconciliation(lake: Path) -> None:
+    """`holder_dust_accounts`: per epoch, the carried total of the `holder_dust` rows and the `holders-dust:<token>`
+    account's balance are the same (the small holder's part after epoch 1, 0 once paid in epoch 2), and the
+    reconciliation's holder_dust_balance row of each epoch checks the one token and finds nothing off."""
+    first, _ = _parts()
+    with Ledger.open_read_only(str(lake)) as ledger:
+        accounts, checks, off = _dust_checks(ledger)
+    assert accounts == [
+        {"epoch": 1, "token": token, "carried_micros": first[small], "account_micros": first[small]},
+        {"epoch": 2, "token": token, "carried_micros": 0, "account_micros": 0},
+    ]
+    assert checks == [{"epoch": e, "items_checked": 1, "items_off": 0, "difference_micros": 0} for e in (1, 2)]
+    assert off == []
+
+
+def test_a_dust_row_the_dust_account_does_not_hold_is_named_by_the_reconciliation_and_stops_close_epoch(
+    lake: Path, tmp_path: Path
+) -> None:
+    """Tamper: a `settlement_holder_dust` row saying the big holder carries 5 micros after epoch 2, appended behind
+    the engine's back (no posting moves `holders-dust:<token>`). Conservation, computed from the postings, still
+    holds; holder_dust_balance names epoch 2 (one token off by 5 micros), the report shows that row and is not
+    reconciled, and the check close-epoch and settle run first raises `UnreconciledLedgerError` naming the check
+    and epoch (exit 2 from the CLI: tests/settlement/test_verified_inputs.py)."""
+    from settlement.exceptions import UnreconciledLedgerError
+    from settlement.holders import holder_dust_schema, holder_dust_table
+    from settlement.input_checks import InputChecks, verify_reconciled
+    from settlement.reports.html import gather
+
+    tampered = tmp_path / "tampered"
+    shutil.copytree(lake, tampered)
+    row = {"epoch": 2, "token": token, "holder": big, "carried_micros": 5}
+    with Ledger.open(str(tampered)) as ledger:
+        ledger.append_records({holder_dust_table: pa.Table.from_pylist([row], schema=holder_dust_schema)})
+    with Ledger.open_read_only(str(tampered)) as ledger:
+        accounts, checks, off = _dust_checks(ledger)
+        report = gather(ledger, 2)
+        with pytest.raises(UnreconciledLedgerError) as refused:
+            verify_reconciled(ledger, InputChecks(), "close epoch 3")
+    assert accounts[-1] == {"epoch": 2, "token": token, "carried_micros": 5, "account_micros": 0}
+    assert checks[-1] == {"epoch": 2, "items_checked": 1, "items_off": 1, "difference_micros": 5}
+    assert off == [{"check_name": "holder_dust_balance", "epoch": 2, "difference_micros": 5}]
+    assert not report.reconciled
+    named = report.reconciliation.filter(pl.col("items_off") != 0)
+    assert named.select("check_name", "difference_micros").to_dicts() == [
+        {"check_name": "holder_dust_balance", "difference_micros": 5}
+    ]
+    message = " ".join(str(refused.value).split())
+    assert "holder_dust_balance in epoch 2" in message and "--accept-unreconciled" in message
