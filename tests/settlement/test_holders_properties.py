@@ -198,6 +198,7 @@ def test_epochs_paying_holders_pass_exactly_the_take_on_and_change_nobody_else(w
     per_epoch = {epoch: sorted(weights[epoch - 1].items()) for epoch in range(1, world.epochs + 1)}
     plans = run_epochs(_with_holders(world, recipient), holder_weights=lambda epoch: {token: per_epoch[epoch]})
     suspense_before = receivable_before = 0
+    cumulative: dict[str, int] = {}
     for before, after in zip(baseline, plans, strict=True):
         take = before.payables.filter(pl.col("recipient") == contributors[0])["credited_micros"].sum()
         received = after.payables.filter(pl.col("recipient").is_in(holders))
@@ -217,6 +218,9 @@ def test_epochs_paying_holders_pass_exactly_the_take_on_and_change_nobody_else(w
         assert accounted == after.fee_micros - after.reversed_micros
         suspense_before, receivable_before = after.suspense_micros, after.receivable_micros
         assert int(after.postings["amount_micros"].sum()) == 0
+        for row in after.payables.iter_rows(named=True):  # monotone: a holder's cumulative amount never falls
+            assert row["amount_micros"] >= 0 and row["cumulative_micros"] >= cumulative.get(row["recipient"], 0)
+            cumulative[row["recipient"]] = row["cumulative_micros"]
 
 
 def _range_ledger() -> duckdb.DuckDBPyConnection:
