@@ -5,7 +5,9 @@ writes, one append per `batch_latency_ms_max`), `large` in a few large ones. The
 `close-epoch --dry-run`, the documented analyst query `SELECT model_id, sum(fee_micros) FROM inference_events
 GROUP BY ALL` (docs/analytics.md) and `verify`; compacts `small` (`royalty compact`) and times them again.
 Reports append latency per size class, catalog bytes per append, files per table and the ratios
-small/large before and after compaction (the issue's target: within 1.2x after compaction).
+small/large before and after compaction (the issue's target: within 1.2x after compaction). With `--expire`, then
+expires every snapshot the retention policy lets go (`royalty expire --older-than-s 0`, ledger/expiry.py) and reports
+the catalog's live bytes (SQLite pages in use) per append before and after, and the figures again.
 
     python benchmarks/longrun_bench.py --appends 2000 --events-per-append 200 --large-appends 4
 
@@ -16,6 +18,7 @@ import argparse
 import json
 import platform
 import shutil
+import sqlite3
 import statistics
 import tempfile
 import time
@@ -24,6 +27,7 @@ from pathlib import Path
 from ingest.sample import SampleShape, SampleTraffic
 from ledger import IngestBatch, Ledger, PartitionOffsets, define_views, run_query
 from ledger.compaction import compact, live_files
+from ledger.expiry import expire
 from ledger.verify import verify
 from schemas import BatchDecoder
 from settlement import close_epoch
@@ -61,7 +65,18 @@ def _measure(lake: Path, repeat: int) -> dict:
             "event_files": len(live_files(ledger, "inference_metered")),
         }
     figures["catalog_bytes"] = (lake / "catalog.sqlite").stat().st_size
+    figures["catalog_live_bytes"] = _catalog_live_bytes(lake)
     return figures
+
+
+def _catalog_live_bytes(lake: Path) -> int:
+    """Bytes of the SQLite catalog's pages in use: the file keeps its size after rows are deleted (freed pages are
+    reused by later rows, or returned by `VACUUM`)."""
+    with sqlite3.connect(f"file:{lake / 'catalog.sqlite'}?mode=ro", uri=True) as catalog:
+        ((pages,),) = catalog.execute("PRAGMA page_count").fetchall()
+        ((free,),) = catalog.execute("PRAGMA freelist_count").fetchall()
+        ((size,),) = catalog.execute("PRAGMA page_size").fetchall()
+    return (pages - free) * size
 
 
 def _append_all(lake: Path, batches: list) -> list[float]:
@@ -81,6 +96,7 @@ def main() -> None:
     parser.add_argument("--events-per-append", type=int, default=200)
     parser.add_argument("--large-appends", type=int, default=4)
     parser.add_argument("--repeat", type=int, default=2)
+    parser.add_argument("--expire", action="store_true", help="also expire snapshots after compacting, and measure")
     args = parser.parse_args()
 
     traffic = SampleTraffic(SampleShape(models=100, contributors=1_000), seed=11)
@@ -114,8 +130,26 @@ def main() -> None:
             result["small_after"]["verify_retired_files_s"] = _fastest(
                 lambda: verify(ledger, retired_files=True), args.repeat
             )
+        whens = ["before", "after"]
+        if args.expire:
+            with Ledger.open(workdir / "small") as ledger:
+                started = time.perf_counter()
+                expired = expire(ledger, older_than_s=0, delete_files_after_s=0)
+                result["expire_s"] = round(time.perf_counter() - started, 2)
+                result["expire"] = {
+                    "snapshots_expired": expired.snapshots_expired,
+                    "snapshots_retained": expired.snapshots_retained,
+                    "files_dropped": expired.files_dropped,
+                }
+            result["small_expired"] = _measure(workdir / "small", args.repeat)
+            whens.append("expired")
+            large_live = result["large"]["catalog_live_bytes"]
+            result["catalog_live_bytes_per_append"] = {
+                when: round((result[f"small_{when}"]["catalog_live_bytes"] - large_live) / (len(small) - len(large)))
+                for when in whens
+            }
         for key in ("close_epoch_dry_run_s", "analyst_query_s", "verify_s"):
-            for when in ("before", "after"):
+            for when in whens:
                 result.setdefault("ratios", {})[f"{key}_{when}"] = round(
                     result[f"small_{when}"][key] / result["large"][key], 2
                 )

@@ -327,6 +327,11 @@ def paths_digest(paths: list[str]) -> str:
     return str(sum(int(hashlib.sha256(path.encode()).hexdigest()[:16], 16) for path in paths) % 2**64)
 
 
+def expired_snapshots(connection: duckdb.DuckDBPyConnection) -> list[tuple[int, int]]:
+    """The snapshot id ranges (inclusive) the recorded expiries removed, coalesced."""
+    return _coalesce([item for record in _records(connection) for item in parse_ranges(record["expired_ranges"])])
+
+
 def _records(connection: duckdb.DuckDBPyConnection) -> list[dict]:
     if expiry_table not in ledger_tables(connection):
         return []

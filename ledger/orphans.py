@@ -22,10 +22,12 @@ newer catalog of this ledger, whose first files after the restore point name a s
 
 import re
 import time
+from bisect import bisect_left, bisect_right
 from dataclasses import dataclass
 from pathlib import Path
 
 from ledger.connection import catalog_alias, ledger_id
+from ledger.expiry import expired_snapshots
 from ledger.ledger import Ledger
 from ledger.object_store import DataStore
 
@@ -57,11 +59,33 @@ def own_file_name(identity: str) -> re.Pattern[str]:
     return re.compile(rf"{re.escape(identity)}-s([0-9]+)-[0-9a-f]{{32}}-[0-9a-f]{{8}}\.parquet(\.tmp)?")
 
 
-def _is_own_leftover(name: re.Match[str] | None, modified_at_s: float, committed_at_s: dict[int, float]) -> bool:
+def _is_own_leftover(name: re.Match[str] | None, modified_at_s: float, committed_at_s: "_CommitTimes") -> bool:
     if name is None:
         return False
     started_from = committed_at_s.get(int(name.group(1)))
     return started_from is not None and modified_at_s >= started_from - clock_skew_s_max
+
+
+class _CommitTimes:
+    """When each snapshot of this catalog was committed; a snapshot an expiry of this catalog removed gets the commit
+    time of the snapshot kept before it, a lower bound of its own, so a leftover naming it is still this catalog's (a
+    newer catalog's names a snapshot no expiry of this one recorded)."""
+
+    def __init__(self, committed_at_s: dict[int, float], expired: list[tuple[int, int]]) -> None:
+        self._committed_at_s = committed_at_s
+        self._kept = sorted(committed_at_s)
+        self._expired = expired
+        self._expired_firsts = [first for first, _ in expired]
+
+    def get(self, snapshot: int) -> float | None:
+        found = self._committed_at_s.get(snapshot)
+        if found is not None:
+            return found
+        index = bisect_right(self._expired_firsts, snapshot) - 1
+        if index < 0 or self._expired[index][1] < snapshot:
+            return None
+        before = bisect_left(self._kept, snapshot)
+        return self._committed_at_s[self._kept[before - 1]] if before else None
 
 
 def find_orphans(ledger: Ledger, listed_paths: set[str]) -> list[OrphanFile]:
@@ -80,7 +104,9 @@ def find_orphans(ledger: Ledger, listed_paths: set[str]) -> list[OrphanFile]:
         known_names.update(Path(path).name for (path,) in ledger.connection.execute(query).fetchall())
     own_name = own_file_name(ledger_id(ledger.connection))
     snapshots = f"SELECT snapshot_id, epoch(snapshot_time) FROM {catalog_alias}.snapshots()"
-    committed_at_s = dict(ledger.connection.execute(snapshots).fetchall())
+    committed_at_s = _CommitTimes(
+        dict(ledger.connection.execute(snapshots).fetchall()), expired_snapshots(ledger.connection)
+    )
     now = time.time()
     orphans = []
     for stored in ledger.store.walk():

@@ -7,6 +7,8 @@ every data file listed by the catalog must exist
 with the size the catalog recorded and the SHA-256 the ledger recorded when it added it (read back from
 the data path, a local folder or S3: `ledger/object_store.py`).
 Files in the data folder that no snapshot lists are reported beside (`ledger/orphans.py`).
+Snapshots a recorded expiry removed (`ledger/expiry.py`) are checked by their record instead: every id missing
+from the history must be one an expiry recorded, every retired file gone from the catalog one it dropped.
 """
 
 from collections.abc import Iterable

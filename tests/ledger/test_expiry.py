@@ -1,0 +1,198 @@
+"""Snapshot expiry (ledger/expiry.py): the retention policy keeps what settlement and time travel need, and verify
+checks the recorded digest of the expired history in its place."""
+
+import os
+import shutil
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+import uuid
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from ledger import Ledger
+from ledger.compaction import compact
+from ledger.expiry import RetainedSnapshotError, expire
+from ledger.orphans import find_orphans
+from ledger.verify import verify
+from settlement import close_epoch
+from tests.support.anvil import REPO_ROOT
+from tests.support.ledger_batches import append_in_batches, sample_messages
+
+pytest_plugins = ("tests.support.postgres",)
+
+_values = sample_messages(200)
+_payables = "SELECT epoch, recipient, amount_micros, cumulative_micros FROM lake.main.settlement_payable ORDER BY ALL"
+
+
+def _epoch_rows(ledger: Ledger, closing: int) -> list:
+    return ledger.connection.execute(
+        f"SELECT * FROM lake.main.inference_metered AT (VERSION => {closing}) ORDER BY ALL"
+    ).fetchall()
+
+
+def _plan(ledger: Ledger) -> object:
+    """The next epoch's dry-run summary, but its closing snapshot (the latest: an expiry records itself in one)."""
+    return replace(close_epoch(ledger, dry_run=True), closing_snapshot=0)
+
+
+def _build(location: str, data_path: str | None, copy_before_expiry: Path | None = None) -> dict:
+    """Appends, an epoch closed, more appends, a compaction: what settlement and time travel return before an expiry,
+    then the expiry, then the same again."""
+    seen: dict = {}
+    with Ledger.open(location, data_path) as ledger:
+        offset = append_in_batches(ledger, _values[:110], 0, 20)
+        close_epoch(ledger)
+        append_in_batches(ledger, _values[110:], offset, 20)
+        compact(ledger)
+        (closing,) = ledger.connection.execute("SELECT closing_snapshot FROM lake.main.settlement_epoch").fetchone()
+        seen["closing"] = closing
+        seen["before"] = {
+            "epoch_rows": _epoch_rows(ledger, closing),
+            "payables": ledger.connection.execute(_payables).fetchall(),
+            "plan": _plan(ledger),
+        }
+        if copy_before_expiry is not None:
+            shutil.copytree(location, copy_before_expiry)
+        seen["report"] = expire(ledger, older_than_s=0, delete_files_after_s=0)
+        seen["after"] = {
+            "epoch_rows": _epoch_rows(ledger, closing),
+            "payables": ledger.connection.execute(_payables).fetchall(),
+            "plan": _plan(ledger),
+        }
+        seen["verify"] = verify(ledger)
+        seen["verify_retired"] = verify(ledger, retired_files=True)
+    return seen
+
+
+@pytest.fixture(scope="module")
+def expired(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    root = tmp_path_factory.mktemp("expiry")
+    seen = _build(str(root / "lake"), None, root / "before-expiry")
+    seen["lake"] = root / "lake"
+    seen["lake_before_expiry"] = root / "before-expiry"
+    return seen
+
+
+def test_expiry_keeps_closing_snapshots_and_settlement_returns_the_same(expired):
+    report = expired["report"]
+    assert report.snapshots_expired > 5 and report.files_dropped > 0
+    assert report.files_deleted == report.files_dropped  # deleted at once here (delete_files_after_s=0)
+    assert str(expired["closing"]) not in report.expired_ranges.replace("-", ",").split(",")
+    assert expired["after"] == expired["before"]  # time travel to the closing snapshot, payables, the next plan
+    assert expired["after"]["plan"].event_count > 0
+
+
+def test_verify_is_clean_after_expiry_and_counts_the_expired_snapshots(expired):
+    for name in ("verify", "verify_retired"):
+        report = expired[name]
+        assert report.ok, (name, report.problems)
+        assert report.snapshots_expired == expired["report"].snapshots_expired
+        assert not report.orphans
+
+
+def test_a_leftover_naming_an_expired_snapshot_is_still_this_catalogs_own(expired, tmp_path):
+    """A file a killed append left, named with a snapshot an expiry removed since: `verify --remove-orphans` may
+    remove it, and it does not block removal as another catalog's file would."""
+    lake = tmp_path / "lake"
+    shutil.copytree(expired["lake"], lake)
+    first_expired = int(expired["report"].expired_ranges.split("-")[0].split(",")[0])
+    with Ledger.open_read_only(lake) as ledger:
+        name = f"{ledger._ledger_id()}-s{first_expired}-{uuid.uuid4().hex}-{uuid.uuid4().hex[:8]}.parquet"
+        (lake / "data" / "main" / "inference_metered" / name).write_bytes(b"PAR1")
+        (orphan,) = find_orphans(ledger, set())
+    assert orphan.path.endswith(name) and orphan.ours and not orphan.sibling
+
+
+def test_a_retained_snapshot_cannot_be_expired(expired, tmp_path):
+    lake = tmp_path / "lake"
+    shutil.copytree(expired["lake"], lake)
+    with Ledger.open(lake) as ledger:
+        latest = ledger.current_snapshot()
+        with pytest.raises(RetainedSnapshotError, match="not expirable"):
+            expire(ledger, older_than_s=0, snapshots=[expired["closing"]])
+        assert ledger.current_snapshot() == latest  # nothing recorded
+        assert _epoch_rows(ledger, expired["closing"]) == expired["before"]["epoch_rows"]
+        assert expire(ledger, older_than_s=0, dry_run=True).snapshots_expired > 0  # the epoch close appended
+
+
+def _catalog(lake: Path) -> sqlite3.Connection:
+    return sqlite3.connect(lake / "catalog.sqlite")
+
+
+def _inlined_table(catalog: sqlite3.Connection, table: str) -> str:
+    ((name,),) = catalog.execute(
+        "SELECT i.table_name FROM ducklake_inlined_data_tables i JOIN ducklake_table t USING (table_id) "
+        "WHERE t.table_name = ? AND t.end_snapshot IS NULL ORDER BY i.schema_version DESC LIMIT 1",
+        [table],
+    ).fetchall()
+    return name
+
+
+def test_a_tampered_expiry_record_removed_history_and_a_removed_file_row_are_each_named_by_verify(expired, tmp_path):
+    """Changed in the catalog after an expiry: the record's history digest (its chain digest and its inlined row's
+    digest no longer match), a retained snapshot removed (history no expiry recorded), and a retired file's row
+    removed (it looks like an expiry's drop: the records' count and digest of dropped files name it)."""
+    lake = tmp_path / "lake"
+    shutil.copytree(expired["lake"], lake)
+    with Ledger.open_read_only(lake) as ledger:
+        retained = [s for (s,) in ledger.connection.execute("SELECT snapshot_id FROM lake.snapshots()").fetchall()]
+    victim = retained[len(retained) // 2]  # neither the first nor the latest
+    with _catalog(lake) as catalog:
+        record_table = _inlined_table(catalog, "ledger_snapshot_expiry")
+        catalog.execute(f"UPDATE {record_table} SET history_sha256 = ?", ["0" * 64])
+        catalog.execute("DELETE FROM ducklake_snapshot WHERE snapshot_id = ?", [victim])
+        catalog.execute("DELETE FROM ducklake_snapshot_changes WHERE snapshot_id = ?", [victim])
+        ((file_id,),) = catalog.execute(
+            "SELECT data_file_id FROM ducklake_data_file WHERE end_snapshot IS NOT NULL LIMIT 1"
+        ).fetchall()
+        catalog.execute("DELETE FROM ducklake_data_file WHERE data_file_id = ?", [file_id])
+    with Ledger.open_read_only(lake) as ledger:
+        problems = verify(ledger).problems
+    assert any("snapshot expiry recorded at snapshot" in p and "was changed in the catalog" in p for p in problems)
+    assert any("ledger_snapshot_expiry" in p and "behind DuckLake's back" in p for p in problems)
+    assert any(f"ids {victim})" in p and "no expiry recorded them" in p for p in problems), problems
+    assert any("are gone from the catalog, but the snapshot expiries recorded dropping" in p for p in problems)
+
+
+def test_sigkill_during_expiry_leaves_the_ledger_verifiable_before_or_after(expired, tmp_path):
+    """Killed while its transaction commits (the catalog's journal appears) or, if it finished first, after: verify
+    is clean either way, the epoch's rows are there, and a second run finishes the job."""
+    lake = tmp_path / "lake"
+    shutil.copytree(expired["lake_before_expiry"], lake)
+    journal = lake / "catalog.sqlite-journal"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "royalty.cli", "expire", "--lake", str(lake), "--older-than-s", "0"],
+        cwd=REPO_ROOT, env={**os.environ, "PYTHONPATH": str(REPO_ROOT)},
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and process.poll() is None and not journal.exists():
+        time.sleep(0.001)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    with Ledger.open_read_only(lake) as ledger:
+        report = verify(ledger)
+        rows = _epoch_rows(ledger, expired["closing"])
+    assert report.ok, report.problems
+    assert rows == expired["before"]["epoch_rows"]
+    with Ledger.open(lake) as ledger:
+        expire(ledger, older_than_s=0, delete_files_after_s=0)
+        # Left: at most the snapshot that was the latest when the expiry ran (DuckLake keeps the latest).
+        assert expire(ledger, older_than_s=0, dry_run=True).snapshots_expired <= 1
+        report = verify(ledger, retired_files=True)
+    assert report.ok, report.problems
+
+
+@pytest.mark.nightly  # ~40 s at CI's load: the same build and checks as the SQLite fixture
+def test_expiry_on_a_postgresql_catalog(postgres_server, tmp_path):
+    location = postgres_server.create_database(f"expire_{uuid.uuid4().hex[:12]}")
+    seen = _build(location, str(tmp_path / "data"))
+    assert seen["report"].snapshots_expired > 5 and seen["report"].files_dropped > 0
+    assert seen["after"] == seen["before"]
+    for name in ("verify", "verify_retired"):
+        assert seen[name].ok, (name, seen[name].problems)
