@@ -93,16 +93,9 @@ def _sum(frame: pl.DataFrame, column: str = "fee_micros") -> int:
     return int(frame[column].cast(_i128).sum() or 0) if frame.height else 0
 
 
-def plan_epoch(inputs: EpochInputs, prior: PriorState) -> EpochPlan:
-    """Compute epoch `prior.epoch + 1`: splits, suspense, reversals, postings and payables."""
-    epoch = prior.epoch + 1
-    closing = inputs.closing_snapshot
-    require(
-        closing >= prior.closing_snapshot,
-        f"epoch {epoch} closes at snapshot {closing}, not before epoch {prior.epoch}'s {prior.closing_snapshot}",
-    )
-    resolutions: dict[int, Resolution] = {closing: resolve(inputs.models, inputs.policies, closing)}
-    classified = rev.classify(
+def classify_reversals(inputs: EpochInputs, prior: PriorState) -> pl.DataFrame:
+    """The epoch's reversals, each with its outcome (`reversals.classify`), as `plan_epoch` applies them."""
+    return rev.classify(
         inputs.reversals,
         inputs.originals,
         set(prior.held.select(event_key())["event_key"].to_list()) if prior.held.height else set(),
@@ -112,6 +105,18 @@ def plan_epoch(inputs: EpochInputs, prior: PriorState) -> EpochPlan:
         prior.closing_snapshot,
         inputs.reversal_sources,
     )
+
+
+def plan_epoch(inputs: EpochInputs, prior: PriorState) -> EpochPlan:
+    """Compute epoch `prior.epoch + 1`: splits, suspense, reversals, postings and payables."""
+    epoch = prior.epoch + 1
+    closing = inputs.closing_snapshot
+    require(
+        closing >= prior.closing_snapshot,
+        f"epoch {epoch} closes at snapshot {closing}, not before epoch {prior.epoch}'s {prior.closing_snapshot}",
+    )
+    resolutions: dict[int, Resolution] = {closing: resolve(inputs.models, inputs.policies, closing)}
+    classified = classify_reversals(inputs, prior)
     valid = classified.filter(pl.col("outcome") != rev.dead_letter)
     moves = _route(inputs, prior, valid, resolutions)
     # Aggregated as it is scanned: the epoch's events are never all held in memory at once.

@@ -18,6 +18,7 @@ time-weighted balances, the exclusions and the dust carried in and out (`holder_
 audit recomputes the holders' parts too; one settled under settlement-v2 keeps its manifest without them.
 """
 
+import dataclasses
 import hashlib
 import io
 import json
@@ -36,7 +37,14 @@ from settlement.engine import reversals as rev
 from settlement.engine.accounts import holders_prefix
 from settlement.engine.authority import RegistryRules, arrival_columns
 from settlement.engine.constants import amount_micros_max
-from settlement.engine.epochs import EpochInputs, EpochPlan, PriorState, _merge_resolutions, plan_epoch
+from settlement.engine.epochs import (
+    EpochInputs,
+    EpochPlan,
+    PriorState,
+    _merge_resolutions,
+    classify_reversals,
+    plan_epoch,
+)
 from settlement.engine.holders import dust_schema
 from settlement.engine.policies import Resolution, resolve
 from settlement.engine.splits import event_columns, event_key, key_separator, route
@@ -103,7 +111,6 @@ class EpochBundle:
     stored: pl.DataFrame
     snapshots: tuple[int, int]
     registry_block: dict | None
-    events: pl.DataFrame | None = None  # the new and released events, routed to their groups (with receipts)
     holders: dict | None = None  # the holders' block range, exclusions and dust threshold (settlement-v3)
 
 
@@ -174,15 +181,33 @@ def read_epoch_bundle(
             f"epoch {epoch} does not recompute from the ledger to the payables it wrote: publish with the registry "
             "settings (registry_sources, reversal_sources, policy_notice_s) the epoch was closed with"
         )
-    frames = bundle_frames(inputs, prior, plan, stored, epoch, receipts)
+    frames = bundle_frames(inputs, prior, plan, stored, epoch, receipts, keep_events=False)
     if blocks is not None and with_holders:
         frames.update(holder_frames(inputs, prior, plan))
     leaves, _ = address_leaves(stored)
     if settled is not None and (not leaves or settled.root_hex != MerkleTree.from_amounts(leaves).root_hex):
         raise BundleError(f"epoch {epoch}: the payables give another root than the one settled ({settled.root_hex})")
-    events = frames.pop("events", None)
+    frames.pop("events", None)
     holders = blocks if with_holders else None
-    return EpochBundle(epoch, frames, stored, (prior.closing_snapshot, closing), registry_block, events, holders)
+    return EpochBundle(epoch, frames, stored, (prior.closing_snapshot, closing), registry_block, holders)
+
+
+def receipt_events(ledger: Ledger, epoch: int, model_id: str, rules: RegistryRules | None = None) -> pl.DataFrame:
+    """The new and released events of model `model_id` that closed epoch `epoch` split, each routed to its group
+    (what a payer receipt proves from): the epoch's inputs read as publish reads them and `_groups`' routing,
+    on that model's events only (routing is per model). The epoch is not planned again: a receipt that the
+    engine would not give fails `royalty audit --receipt` against the published bundle."""
+    rules = rules or RegistryRules()
+    closing = closing_snapshot(ledger, epoch)  # raises when the epoch is not closed
+    prior, inputs, *_ = ledger.recorder.read(
+        lambda connection: _stored_epoch(connection, epoch, closing, rules), f"read epoch {epoch}'s inputs"
+    )
+    reversals = classify_reversals(inputs, prior)
+    of_model = pl.col("model_id") == model_id
+    inputs = EpochInputs(**{**inputs.__dict__, "new_events": inputs.new_events.filter(of_model)})
+    prior = dataclasses.replace(prior, held=prior.held.filter(of_model))
+    events = _groups(inputs, prior, reversals, receipts=True, keep_events=True)["events"]
+    return events  # type: ignore[return-value]
 
 
 def _stored_epoch(connection: duckdb.DuckDBPyConnection, epoch: int, closing: int, rules: RegistryRules) -> tuple:
@@ -322,30 +347,78 @@ group_keys = ["kind", "model_id", "pool_id", "compute_provider", "compute_share_
 
 
 def _hourly(
-    events: pl.LazyFrame, resolution: Resolution, kind: str, receipts: bool = True
+    events: pl.LazyFrame, resolution: Resolution, kind: str, receipts: bool = True, keep_events: bool = True
 ) -> tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame | None]:
     """The engine's routing (`splits.route`) per hour: the hour rides in the provider key, which routing never
-    reads; the groups come back with `hour` apart, and the events whose route is incomplete. With `receipts` the
-    event's (source, id) rides there too, so each event comes back routed: the groups then carry the root of the
-    sum tree over their events (`events_root`, `sum_tree`), and the routed events are returned (else None)."""
+    reads; the groups come back with `hour` apart, and the events whose route is incomplete. With `receipts` each
+    event comes back routed (`_hourly_by_event`): the groups then carry the root of the sum tree over their events
+    (`events_root`, `sum_tree`), and the routed events are returned with `keep_events` (else None)."""
+    if receipts:
+        return _hourly_by_event(events, resolution, kind, keep_events)
     hour_text = pl.col("event_time").dt.truncate("1h").dt.strftime("%Y-%m-%dT%H:%M:%S%.6fZ")
-    carried = ["compute_provider", hour_text, *(("source", "event_id") if receipts else ())]
-    keyed = events.with_columns(compute_provider=pl.concat_str(carried, separator=key_separator))
+    keyed = events.with_columns(
+        compute_provider=pl.concat_str(["compute_provider", hour_text], separator=key_separator)
+    )
     routed = route(keyed, resolution)
-    parts = pl.col("compute_provider").str.split_exact(key_separator, len(carried) - 1)
+    parts = pl.col("compute_provider").str.split_exact(key_separator, 1)
     rows = routed.groups.with_columns(
         kind=pl.lit(kind),
         compute_provider=parts.struct.field("field_0"),
         hour=parts.struct.field("field_1").str.to_datetime("%Y-%m-%dT%H:%M:%S%.6fZ", time_zone="UTC"),
-        **({"source": parts.struct.field("field_2"), "event_id": parts.struct.field("field_3")} if receipts else {}),
     )
     incomplete = routed.incomplete.with_columns(
         compute_provider=pl.col("compute_provider").str.split(key_separator).list.first()
     )
-    if not receipts:
-        return rows, incomplete, None
+    return rows, incomplete, None
+
+
+# With receipts every event is routed on its own: the events are taken about this many at a time, all of a model's
+# in one batch (routing is per model), so memory holds one batch's events and routed rows, not the epoch's.
+receipt_batch_events = 8_000_000
+
+
+def _hourly_by_event(
+    events: pl.LazyFrame, resolution: Resolution, kind: str, keep_events: bool
+) -> tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame | None]:
+    """`_hourly` with receipts, in batches of models (`receipt_batch_events`)."""
+    count = int(events.select(pl.len()).collect().item())
+    batches = max(1, -(-count // receipt_batch_events))
+    parts = [
+        _route_each_event(
+            events if batches == 1 else events.filter(pl.col("model_id").hash(seed=0) % batches == batch),
+            resolution, kind, keep_events,
+        )
+        for batch in range(batches)
+    ]
+    groups, incomplete = pl.concat([p[0] for p in parts]), pl.concat([p[1] for p in parts])
+    return groups, incomplete, pl.concat([p[2] for p in parts]) if keep_events else None  # type: ignore[misc]
+
+
+def _route_each_event(
+    events: pl.LazyFrame, resolution: Resolution, kind: str, keep_events: bool
+) -> tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame | None]:
+    """Each event's row number rides in the provider key (routing groups by an integer, one group per event);
+    its provider, hour, source and id are gathered back by that number after routing. The groups with the root
+    of their events' sum tree, the incomplete events, and the routed events (with `keep_events`)."""
+    table = events.with_columns(hour=pl.col("event_time").dt.truncate("1h")).collect().with_row_index("_event_row")
+    names = events.collect_schema().names()
+    keyed = table.lazy().with_columns(compute_provider=pl.col("_event_row")).select(names)
+    routed = route(keyed, resolution)
+    row = routed.groups["compute_provider"]
+    rows = routed.groups.with_columns(
+        kind=pl.lit(kind),
+        compute_provider=table["compute_provider"].gather(row),
+        hour=table["hour"].gather(row),
+        source=table["source"].gather(row),
+        event_id=table["event_id"].gather(row),
+    )
+    incomplete = routed.incomplete.with_columns(
+        compute_provider=table["compute_provider"].gather(routed.incomplete["compute_provider"])
+    )
+    del table, keyed, routed
     groups = rows.group_by(group_keys).agg(pl.col("events").sum(), pl.col("fee_micros").sum())
-    return groups.join(_events_roots(rows), on=group_keys, how="left", nulls_equal=True), incomplete, rows
+    groups = groups.join(_events_roots(rows), on=group_keys, how="left", nulls_equal=True)
+    return groups, incomplete, rows if keep_events else None
 
 
 def group_leaves(rows: pl.DataFrame) -> list[tuple[str, str, int]]:
@@ -380,10 +453,11 @@ def events_commitment(groups: pl.DataFrame) -> dict | None:
 
 
 def _groups(
-    inputs: EpochInputs, prior: PriorState, reversals: pl.DataFrame, receipts: bool = True
+    inputs: EpochInputs, prior: PriorState, reversals: pl.DataFrame, receipts: bool = True, keep_events: bool = True
 ) -> dict[str, pl.DataFrame]:
     """The allocation groups (new, released and taken-back fees), the suspense moves and the resolutions used:
-    the routing of `epochs._route`, per hour."""
+    the routing of `epochs._route`, per hour; with `receipts` and `keep_events` the routed new and released events
+    too (`events`)."""
     closing = inputs.closing_snapshot
     valid = reversals.filter(pl.col("outcome") != rev.dead_letter)
     cancelled = valid.filter(pl.col("outcome") == rev.cancelled).select(
@@ -391,11 +465,11 @@ def _groups(
     )["event_key"].implode()
     resolutions = {closing: resolve(inputs.models, inputs.policies, closing)}
     new, suspended, new_rows = _hourly(
-        inputs.new_events.filter(~event_key().is_in(cancelled)), resolutions[closing], "new", receipts
+        inputs.new_events.filter(~event_key().is_in(cancelled)), resolutions[closing], "new", receipts, keep_events
     )
     held = prior.held.filter(~event_key().is_in(cancelled))
     released_groups, still, released_rows = _hourly(
-        held.select(event_columns).lazy(), resolutions[closing], "released", receipts
+        held.select(event_columns).lazy(), resolutions[closing], "released", receipts, keep_events
     )
     still_keys = still.select(event_key())["event_key"].implode()
     parts = [new, released_groups]
@@ -403,8 +477,8 @@ def _groups(
     for snapshot in sorted(set(taken["settled_snapshot"].to_list())):
         resolutions.setdefault(snapshot, resolve(inputs.models, inputs.policies, snapshot))
         rows = taken.filter(pl.col("settled_snapshot") == snapshot).select(event_columns).lazy()
-        parts.append(_hourly(rows, resolutions[snapshot], "reversal", receipts)[0])
-    routed_events = pl.concat([new_rows, released_rows]) if receipts else None  # type: ignore[list-item]
+        parts.append(_hourly(rows, resolutions[snapshot], "reversal", receipts, keep_events=False)[0])
+    routed_events = pl.concat([new_rows, released_rows]) if receipts and keep_events else None  # type: ignore[list-item]
     groups = pl.concat(parts).select(*group_keys, "events", "fee_micros", *(["events_root"] if receipts else []))
     moves = {
         "carried_in": prior.held,
@@ -438,11 +512,18 @@ def _int64(frame: pl.DataFrame, columns: list[str]) -> pl.DataFrame:
 
 
 def bundle_frames(
-    inputs: EpochInputs, prior: PriorState, plan: EpochPlan, stored: pl.DataFrame, epoch: int, receipts: bool = True
+    inputs: EpochInputs,
+    prior: PriorState,
+    plan: EpochPlan,
+    stored: pl.DataFrame,
+    epoch: int,
+    receipts: bool = True,
+    keep_events: bool = True,
 ) -> dict[str, pl.DataFrame]:
     """The bundle's files of `epoch`, from its inputs, the state before it, its plan and the payable rows of
-    epochs up to it (`stored`: epoch, recipient, the payable columns, payout_address)."""
-    routed = _groups(inputs, prior, plan.reversals, receipts)
+    epochs up to it (`stored`: epoch, recipient, the payable columns, payout_address); with `receipts` and
+    `keep_events` also `events`, the routed events (not a file)."""
+    routed = _groups(inputs, prior, plan.reversals, receipts, keep_events)
     groups = routed["groups"].sort("kind", "model_id", "pool_id", "compute_provider", "hour")
     groups = _int64(groups, ["fee_micros"])
     resolution: Resolution = routed["resolution"]
@@ -519,7 +600,7 @@ def bundle_frames(
         "prior_leaves.parquet": _leaf_frame(prior_leaves),
         "payables.parquet": payables,
         "leaves.parquet": _leaf_frame(leaves),
-        **({"events": routed["events"]} if receipts else {}),  # not a file: what a receipt proves from
+        **({"events": routed["events"]} if receipts and keep_events else {}),  # not a file: a receipt proves from
     }
 
 

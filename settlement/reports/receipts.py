@@ -1,9 +1,10 @@
 """`royalty receipt`: a payer's proof that one of its metered events was counted in a settled epoch.
 
 The group trees are not stored: the ledger keeps the events, and the bundle (`groups.parquet`, `events_root`) each
-group's sum-tree root. A receipt is recomputed on demand: the epoch that split the event is planned again
-(`bundle.read_epoch_bundle`, the same routing `publish` uses), the event's group found, and the sum-tree path from
-the event to the group's root returned (`sum_tree.proof`). `royalty audit --receipt FILE --bundle DIR` checks it
+group's sum-tree root. A receipt is recomputed on demand: the event's model is read from the ledger, that model's
+events in the epoch that split the event are routed again (`bundle.receipt_events`, the routing `publish` uses,
+on one model: the epoch is not planned again), the event's group found, and the sum-tree path from the event to
+the group's root returned (`sum_tree.proof`). `royalty audit --receipt FILE --bundle DIR` checks it
 against the published bundle without the ledger.
 """
 
@@ -17,7 +18,7 @@ from settlement.engine.authority import RegistryRules
 from settlement.exceptions import SettlementError
 from settlement.onchain.settle import read_stored_manifest
 from settlement.reports import sum_tree
-from settlement.reports.bundle import group_keys, group_leaves, read_epoch_bundle
+from settlement.reports.bundle import group_keys, group_leaves, receipt_events
 
 receipt_version = "settlement-receipt-v1"
 
@@ -48,15 +49,26 @@ def _closed_epochs(ledger: Ledger, from_snapshot: int) -> list[int]:
     return [int(epoch) for epoch in epochs["epoch"]]
 
 
+def _model_of(ledger: Ledger, source: str, event_id: str) -> str | None:
+    found = ledger.recorder.frame(
+        f"SELECT model_id FROM {recorder.table('inference_metered')} WHERE event_id = ? AND source = ? LIMIT 1",
+        [event_id, source],
+    )
+    return str(found["model_id"][0]) if found.height else None
+
+
 def payer_receipt(ledger: Ledger, source: str, event_id: str, rules: RegistryRules | None = None) -> Receipt:
     """The receipt of event (`source`, `event_id`): the first closed epoch at or after its arrival whose new or
     released events hold it. Raises `ReceiptError` saying why there is none."""
     arrived = ledger.recorder.first_inserting_snapshot("inference_metered", 0, "event_id", event_id)
     if arrived is None:
         raise ReceiptError(f"no metered event with id {event_id!r} in this ledger; check --source and --event-id")
+    model_id = _model_of(ledger, source, event_id)
+    if model_id is None:
+        raise ReceiptError(f"no metered event {source}/{event_id} in this ledger; check --source and --event-id")
     for epoch in _closed_epochs(ledger, arrived):
-        events = read_epoch_bundle(ledger, epoch, rules).events
-        mine = events.filter((pl.col("source") == source) & (pl.col("event_id") == event_id))  # type: ignore[union-attr]
+        events = receipt_events(ledger, epoch, model_id, rules)
+        mine = events.filter((pl.col("source") == source) & (pl.col("event_id") == event_id))
         if mine.height:
             committed = ledger.recorder.read(lambda c, at=epoch: read_stored_manifest(c, at), "read a manifest")
             if committed is not None and b'"events"' not in committed:
@@ -64,7 +76,7 @@ def payer_receipt(ledger: Ledger, source: str, event_id: str, rules: RegistryRul
                     f"epoch {epoch}, which split event {source}/{event_id}, was settled without payer receipts "
                     "(payer_receipts off): its bundle commits to no event root, so no receipt can be checked"
                 )
-            return receipt_from(epoch, events, mine.row(0, named=True))  # type: ignore[arg-type]
+            return receipt_from(epoch, events, mine.row(0, named=True))
     raise ReceiptError(
         f"event {source}/{event_id} was not split by any closed epoch: it is held in suspense (its route is "
         "incomplete), was cancelled by a reversal, or its epoch is not closed yet: run `royalty close-epoch` or "

@@ -22,6 +22,7 @@ from ledger import Ledger
 from royalty.cli import app
 from settlement import close_epoch
 from settlement.engine.authority import RegistryRules
+from settlement.reports import bundle as bundle_module
 from settlement.reports.audit import AuditDisagreement, audit_bundle, verify_receipt
 from settlement.reports.bundle import BundleError, bundle_frames, publish_epoch, write_bundle
 from settlement.reports.receipts import payer_receipt, receipt_from
@@ -296,3 +297,15 @@ def test_the_audit_recomputes_every_generated_epoch_the_engine_closed(world, tmp
                 verify_receipt(directory, body, audited)
 
     run_epochs(world, each=publish)
+
+
+def test_receipts_routed_in_model_batches_give_the_same_bundle_and_receipts(bundles, monkeypatch):
+    """With receipts the events are routed a batch of models at a time (`receipt_batch_events`, 8M events in
+    production): batches of a few events give the same manifest bytes (group roots, event commitment) and the same
+    receipt as one batch."""
+    with Ledger.open_read_only(bundles[1].parent / "lake") as ledger:
+        whole = payer_receipt(ledger, metered_source, "late-1", rules).body
+        monkeypatch.setattr(bundle_module, "receipt_batch_events", 7)
+        for epoch, directory in bundles.items():
+            assert bundle_module.epoch_manifest(ledger, epoch, rules) == (directory / "manifest.json").read_bytes()
+        assert payer_receipt(ledger, metered_source, "late-1", rules).body == whole
