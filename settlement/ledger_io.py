@@ -24,7 +24,11 @@ from settlement.engine import figures
 from settlement.engine import reversals as rev
 from settlement.engine.authority import Judgment, RegistryRules, judge, position_columns, registry_codes
 from settlement.engine.epochs import EpochInputs, EpochPlan, PriorState, held_schema, plan_epoch
-from settlement.engine.exceptions import CompactedWhilePlanningError, EpochConflictError
+from settlement.engine.exceptions import (
+    CompactedWhilePlanningError,
+    EpochConflictError,
+    ExpiredWhilePlanningError,
+)
 from settlement.engine.holders import HolderWeights, dust_schema, holder_tokens
 from settlement.engine.policies import resolve
 from settlement.engine.splits import event_columns, event_key, key_of
@@ -566,6 +570,8 @@ def write_plan_once(
             return None
         if ledger.recorder.compactions_across(plan.closing_snapshot):
             raise CompactedWhilePlanningError(plan.epoch, plan.closing_snapshot)
+        if plan.closing_snapshot not in ledger.recorder.snapshot_times([plan.closing_snapshot]):
+            raise ExpiredWhilePlanningError(plan.epoch, plan.closing_snapshot)
         return write_plan(ledger, plan, reversal_rows, registry_refused, extra_rows)
 
 

@@ -32,6 +32,21 @@ class CompactedWhilePlanningError(SettlementError):
         )
 
 
+class ExpiredWhilePlanningError(SettlementError):
+    """A `royalty expire` expired the snapshot this epoch was planned at; nothing was written."""
+
+    transient = True
+
+    def __init__(self, epoch: int, closing_snapshot: int) -> None:
+        self.epoch = epoch
+        self.closing_snapshot = closing_snapshot
+        super().__init__(
+            f"epoch `{epoch}` cannot be closed at snapshot {closing_snapshot}: a `royalty expire` expired that "
+            "snapshot while the epoch was planned (an epoch closes on a snapshot time travel reaches); nothing was "
+            "written, run it again"
+        )
+
+
 class AmountOverflowError(SettlementError):
     """An epoch amount does not fit the ledger's int64 columns."""
 

@@ -20,6 +20,7 @@ from ledger.expiry import RetainedSnapshotError, expire
 from ledger.orphans import find_orphans
 from ledger.verify import verify
 from settlement import close_epoch
+from settlement.engine.exceptions import ExpiredWhilePlanningError
 from tests.support.anvil import REPO_ROOT
 from tests.support.ledger_batches import append_in_batches, sample_messages
 
@@ -47,7 +48,7 @@ def _build(location: str, data_path: str | None, copy_before_expiry: Path | None
     with Ledger.open(location, data_path) as ledger:
         offset = append_in_batches(ledger, _values[:110], 0, 20)
         close_epoch(ledger)
-        append_in_batches(ledger, _values[110:], offset, 20)
+        seen["offset"] = append_in_batches(ledger, _values[110:], offset, 20)
         compact(ledger)
         (closing,) = ledger.connection.execute("SELECT closing_snapshot FROM lake.main.settlement_epoch").fetchone()
         seen["closing"] = closing
@@ -118,6 +119,27 @@ def test_a_retained_snapshot_cannot_be_expired(expired, tmp_path):
         assert ledger.current_snapshot() == latest  # nothing recorded
         assert _epoch_rows(ledger, expired["closing"]) == expired["before"]["epoch_rows"]
         assert expire(ledger, older_than_s=0, dry_run=True).snapshots_expired > 0  # the epoch close appended
+
+
+def test_an_epoch_planned_at_a_snapshot_expired_meanwhile_is_not_written(expired, tmp_path, monkeypatch):
+    """close-epoch plans without the step lock: an expiry between its plan and its write must not leave an epoch
+    closing on a snapshot time travel no longer reaches."""
+    import settlement.closing
+
+    lake = tmp_path / "lake"
+    shutil.copytree(expired["lake_before_expiry"], lake)
+    real_write = settlement.closing.write_plan_once
+
+    def expiring_first(ledger: Ledger, *args: object, **kwargs: object) -> int | None:
+        append_in_batches(ledger, sample_messages(210)[-10:], expired["offset"], 10)  # the planned one is not latest
+        expire(ledger, older_than_s=0, delete_files_after_s=0)
+        return real_write(ledger, *args, **kwargs)
+
+    monkeypatch.setattr(settlement.closing, "write_plan_once", expiring_first)
+    with Ledger.open(lake) as ledger:
+        with pytest.raises(ExpiredWhilePlanningError, match="run it again"):
+            close_epoch(ledger)
+        assert ledger.connection.execute("SELECT count(*) FROM lake.main.settlement_epoch").fetchone() == (1,)
 
 
 def _catalog(lake: Path) -> sqlite3.Connection:
