@@ -26,6 +26,11 @@ parquet_zstd_level = 3
 # every append does not leave a tiny Parquet file per table behind.
 inlined_rows_max = 1_000_000
 
+# An inlined table's rows are inserted as SQL literals up to this many rows (an append's offsets, batch, checksums
+# and digests: a handful), which costs less CPU than registering them as a relation (ledger.ledger._values_sql);
+# more rows (a batch of dead letters read from a file) are registered, where one scan beats a long statement.
+inlined_values_rows_max = 64
+
 # Compaction (ledger/compaction.py) leaves files of at least this size alone: a file this large is read at
 # disk speed, merging it again would only rewrite it.
 compacted_file_bytes_min = 64 * 1024 * 1024

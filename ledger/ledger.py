@@ -179,6 +179,8 @@ class Ledger:
         self._step_locks = None if read_only else StepLocks(location.backend, location.catalog, location.display)
         # The stored offsets the fence reads, kept between appends (ledger/offsets_fence.py).
         self._fence_offsets = StoredOffsets(location.backend)
+        # The snapshot the open transaction reads, read once per transaction (data file names carry it).
+        self._transaction_snapshot: int | None = None
         self._threads: int | None = None  # DuckDB's thread count on this machine, read at the first small append
         # The data path: a local folder or an S3 prefix (ledger/object_store.py).
         self.store = store_for(location.data_path)
@@ -424,6 +426,7 @@ class Ledger:
         with self._removing_files_of_a_refused_commit(written), self._transaction():
             self._check_offsets_fence(offsets)
             read_at = self._fence_offsets.snapshot
+            self._transaction_snapshot = read_at  # the fence read it in this transaction
             kept, duplicates, conflicts = self._deduplicate(batch)
             reasons = [(r.index, str(r.error), r.error.field, r.error.code) for r in batch.decoded.rejections]
             reasons += conflicts
@@ -675,7 +678,7 @@ class Ledger:
         folder = f"main/{table_name}" + (f"/event_date={event_date.isoformat()}" if event_date else "")
         # `s<snapshot>`: the snapshot this transaction started from, so `verify --remove-orphans` can tell
         # this catalog's killed appends from files a copy or a newer restore of it committed (ledger/orphans.py).
-        name = f"{self._ledger_id()}-s{self.current_snapshot()}-{ingest_batch_id}-{uuid.uuid4().hex[:8]}"
+        name = f"{self._ledger_id()}-s{self._snapshot_of_transaction()}-{ingest_batch_id}-{uuid.uuid4().hex[:8]}"
         relative = f"{folder}/{name}.parquet"
         absolute = self.location.data_path + relative
         sink = pa.BufferOutputStream()
@@ -689,6 +692,13 @@ class Ledger:
         data = sink.getvalue().to_pybytes()
         self.store.write(absolute, data)
         return _FileToAdd(table_name, absolute, relative, len(data), hashlib.sha256(data).hexdigest())
+
+    def _snapshot_of_transaction(self) -> int:
+        """The snapshot the open transaction reads: it does not move inside the transaction, so it is read once (each
+        read of DuckLake's `current_snapshot()` is a catalog query, ~2 ms of CPU in a small append)."""
+        if self._transaction_snapshot is None:
+            self._transaction_snapshot = self.current_snapshot()
+        return self._transaction_snapshot
 
     def _ledger_id(self) -> str:
         """This ledger's identity (`connection.ledger_id`), read once: data file names start with it."""
@@ -760,11 +770,21 @@ class Ledger:
         """Insert rows into an inlined table, noting their digests for the transaction's `inlined_digest` rows."""
         schema = inlined_tables[table_name]
         rows = rows.cast(schema)
+        digests = arrow_digests(rows)  # None when a column's type is not one Python digests as DuckDB does
+        few_rows = digests is not None and rows.num_rows <= constants.inlined_values_rows_max
+        values = _values_sql(rows) if few_rows else None
+        if values is not None:
+            if rows.num_rows:
+                self.connection.execute(
+                    f"INSERT INTO {catalog_alias}.main.{table_name} ({', '.join(rows.schema.names)}) VALUES {values}"
+                )
+            if table_name not in undigested_tables:
+                self._pending_digests.setdefault(table_name, []).extend(digests or [])
+            return
         self.connection.register("inlined_rows", rows)
         try:
             self.connection.execute(f"INSERT INTO {catalog_alias}.main.{table_name} SELECT * FROM inlined_rows")
             if table_name not in undigested_tables:
-                digests = arrow_digests(rows)
                 if digests is None:
                     digests = relation_digests(self.connection, "inlined_rows", schema)
                 self._pending_digests.setdefault(table_name, []).extend(digests)
@@ -781,19 +801,15 @@ class Ledger:
         """Insert the open transaction's `inlined_digest` rows (called just before its COMMIT)."""
         if not any(self._pending_digests.values()):
             return
-        self.connection.register("digest_rows", digest_rows(self._pending_digests))
-        try:
-            self.connection.execute(f"INSERT INTO {catalog_alias}.main.{digest_table} SELECT * FROM digest_rows")
-        finally:
-            self.connection.unregister("digest_rows")
+        self._insert_inlined(digest_table, digest_rows(self._pending_digests))  # undigested itself
         self._pending_digests = {}
 
     def _add_files(self, written: list[_FileToAdd], batch_id: str) -> None:
         """Register written files with DuckLake and record their checksums, in the caller's transaction."""
         for file in written:
-            self.connection.execute(
-                "CALL ducklake_add_data_files(?, ?, ?)", [catalog_alias, file.table, file.absolute_path]
-            )
+            # Literals, not parameters: see `_values_sql` (the path is the ledger's own, quoted all the same).
+            arguments = ", ".join(map(_quoted, (catalog_alias, file.table, file.absolute_path)))
+            self.connection.execute(f"CALL ducklake_add_data_files({arguments})")
         if written:
             self._insert_inlined_rows(
                 "file_checksum", [[f.relative_path, f.table, f.size_bytes, f.sha256, batch_id] for f in written]
@@ -877,6 +893,7 @@ class Ledger:
     def _transaction(self) -> Iterator[None]:
         self._pending_digests = {}
         self._tables_committing = set()
+        self._transaction_snapshot = None
         self.connection.execute("BEGIN TRANSACTION")
         try:
             try:
@@ -890,6 +907,7 @@ class Ledger:
             self.connection.execute("COMMIT")
             self._mapped_tables |= self._tables_committing
         finally:
+            self._transaction_snapshot = None
             self._forbid_ducklake_commit_retries()
 
     @contextmanager
@@ -1002,6 +1020,44 @@ def _batch_bounds_sql(rows: pa.Table) -> str:
         quoted = [value.replace("'", "''") for value in (lowest, highest)]
         bounds.append(f"event_id BETWEEN '{quoted[0]}' AND '{quoted[1]}'")
     return " AND ".join(bounds)
+
+
+def _values_sql(rows: pa.Table) -> str | None:
+    """The rows of a few plain columns (text, integers, booleans, UTC timestamps) as the SQL of a VALUES list, or None
+    when a value is not plain (`_sql_literal`); the caller then registers them as a relation.
+
+    Literals cost less CPU than a registered relation (DuckDB's Python client spends 1-2 ms on each `register`, and a
+    small append inlines rows into four tables) or than parameters (the client tries to import pandas for each one,
+    ~0.3 ms when pandas is not installed): benchmarks/RESULTS.md, small appends.
+    """
+    records = []
+    for record in zip(*(column.to_pylist() for column in rows.columns), strict=True):
+        literals = [_sql_literal(value) for value in record]
+        if None in literals:
+            return None
+        records.append(f"({', '.join(literals)})")  # type: ignore[arg-type]
+    return ", ".join(records)
+
+
+def _sql_literal(value: object) -> str | None:
+    """The SQL literal of a plain value: NULL, a boolean, an integer, a zoned timestamp, or text without NUL (quotes
+    doubled: DuckDB's string literals have no other escape); None for anything else."""
+    if value is None:
+        return "NULL"
+    if isinstance(value, bool):
+        return "TRUE" if value else "FALSE"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, datetime) and value.utcoffset() is not None:
+        return f"TIMESTAMPTZ '{value.isoformat()}'"
+    if isinstance(value, str) and "\x00" not in value:
+        return _quoted(value)
+    return None
+
+
+def _quoted(text: str) -> str:
+    """`text` as a SQL string literal (quotes doubled: DuckDB's string literals have no other escape)."""
+    return "'" + text.replace("'", "''") + "'"
 
 
 def _line_digest(batch: IngestBatch, index: int) -> str | None:

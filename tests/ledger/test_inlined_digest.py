@@ -25,7 +25,8 @@ from hypothesis import strategies as st
 from ingest.sample import SampleTraffic
 from ledger import Ledger
 from ledger.inlined_digest import arrow_digests, digestible_in_python, relation_digests
-from ledger.tables import inlined_tables
+from ledger.ledger import _values_sql
+from ledger.tables import duckdb_type, inlined_tables
 from ledger.verify import verify
 from tests.conftest import royalty_command
 from tests.ledger.helpers import batch_of
@@ -178,3 +179,52 @@ def test_python_row_digests_equal_duckdbs_for_every_inlined_table(rows: pa.Table
 def test_a_type_python_does_not_digest_is_left_to_duckdb() -> None:
     assert arrow_digests(pa.table({"day": pa.array([date(2026, 12, 6)], pa.date32())})) is None
     assert arrow_digests(pa.table({"amount": pa.array([1.5], pa.float64())})) is None
+
+
+@settings(max_examples=60, deadline=None)
+@given(_inlined_rows())
+def test_rows_inserted_as_sql_literals_are_stored_as_given(rows: pa.Table) -> None:
+    """A small append inserts its bookkeeping rows as SQL literals (`_values_sql`, cheaper than registering them):
+    quotes, backslashes, emoji, NULLs and microseconds must be stored exactly, so the digest `verify` recomputes from
+    the stored row is the one the append recorded. Text with a NUL is left to the registered-relation path."""
+    values = _values_sql(rows)
+    if values is None:
+        texts = [text for column in rows.columns if pa.types.is_string(column.type) for text in column.to_pylist()]
+        assert any(text is not None and "\x00" in text for text in texts)
+        return
+    connection = duckdb.connect()
+    connection.execute("SET TimeZone = 'Asia/Kathmandu'")  # a literal's instant must not depend on the session's zone
+    columns = ", ".join(f"{item.name} {duckdb_type(item.type)}" for item in rows.schema)
+    connection.execute(f"CREATE TABLE stored ({columns})")
+    if rows.num_rows:
+        connection.execute(f"INSERT INTO stored ({', '.join(rows.schema.names)}) VALUES {values}")
+    assert sorted(relation_digests(connection, "stored", rows.schema)) == sorted(arrow_digests(rows) or [])
+    assert connection.execute("SELECT count(*) FROM stored").fetchone() == (rows.num_rows,)
+
+
+def test_an_append_with_quotes_and_a_nul_in_its_bookkeeping_verifies_clean(tmp_path: Path) -> None:
+    """The writer's name (a quote, a backslash) goes in as a literal, a file position's source name with a NUL through
+    a registered relation; both are stored as given and `verify` finds every digest."""
+    values = list(SampleTraffic(seed=4).registry()) + list(SampleTraffic(seed=4).metered(10))
+    writer = "o'brien \\ 'ingest' ✓"
+    with Ledger.open(tmp_path / "lake") as ledger:
+        ledger.append(*batch_of(values, topic="t", first_offset=0), writer=writer)
+        ledger.append_records(
+            {
+                "file_source_position": pa.table(
+                    {
+                        "kafka_topic": ["file:a"],
+                        "next_offset": [3],
+                        "prefix_size_bytes": [10],
+                        "prefix_sha256": ["0" * 64],
+                        "source_name": ["a\x00b"],
+                        "ingest_batch_id": ["adopted"],
+                    }
+                )
+            }
+        )
+    with Ledger.open_read_only(tmp_path / "lake") as ledger:
+        assert verify(ledger).problems == []
+        assert ledger.connection.execute("SELECT writer FROM lake.main.ingest_batch").fetchall() == [(writer,)]
+        names = ledger.connection.execute("SELECT source_name FROM lake.main.file_source_position").fetchall()
+        assert names == [("a\x00b",)]
