@@ -7,13 +7,13 @@ two gave identical payables.
 
     python benchmarks/split_bench.py --events 10000000 [--models 1000] [--contributors 10000]
 
-`--rollups` also writes the rollup rows (`metered_rollup`, ledger format 13) that appends of `--append-events`
-events each would write (events in time order, as a stream brings them; the files merged as compaction merges
-them: rows kept) and closes the epoch from them too (`close_epoch(from_rollups=True)`), timing the id check (the
-hash count over every new event id, which the rollup path keeps) apart, and comparing payables with the events
+`--rollups` also writes the rollup rows (`metered_rollup`, with their key groups' id bounds, and
+`metered_payer_rollup`; ledger formats 13 and 16) that appends of `--append-events` events each would write (events
+in time order, as a stream brings them, with ids that grow with arrival; the files merged as compaction merges them:
+rows kept) and closes the epoch from them too (`close_epoch(from_rollups=True)`), comparing payables with the events
 path. `--simulated-day N` writes no events: rollup rows for a day of N events over `--models` models x 50
-providers x 24 hours x `--sources` sources x `--payers-per-group` payers each, closed from them alone (no event
-id to check: the id check's cost is the one measured with `--rollups`, scaled).
+providers x 24 hours x `--sources` sources (24 key groups, one per hour, as compaction would leave them) and 10,000
+payer rows, closed from them alone.
 
     python benchmarks/split_bench.py --events 10000000 --rollups
     python benchmarks/split_bench.py --simulated-day 10000000000 --sources 2
@@ -32,7 +32,7 @@ import polars as pl
 from eth_utils import to_checksum_address
 
 from ledger import IngestBatch, Ledger, PartitionOffsets, recorder
-from ledger.tables import rollup_schema, rollup_table
+from ledger.tables import payer_rollup_schema, payer_rollup_table, rollup_schema, rollup_table
 from schemas import BatchDecoder
 from settlement import InputChecks, close_epoch
 from settlement.engine.reference_sql import reference_payables
@@ -109,7 +109,7 @@ def events_file(path: Path, first: int, count: int, models: int, total: int | No
     day_us = 86_400_000_000
     offset_us = (index.hash(1) % day_us) if total is None else (index * (day_us // total))
     frame = pl.select(
-        event_id=pl.lit("ev-") + index.cast(pl.String),
+        event_id=pl.lit("ev-") + index.cast(pl.String).str.zfill(12),  # fixed width: ids grow with arrival
         event_time=(pl.lit(start) - pl.duration(days=1) + pl.duration(microseconds=offset_us.cast(pl.Int64))),
         source=pl.lit("//gateway"),
         model_id=pl.lit("model-")
@@ -130,25 +130,37 @@ def events_file(path: Path, first: int, count: int, models: int, total: int | No
     return frame
 
 
-def rollups_of(frame: pl.DataFrame, first: int, append_events: int) -> pl.DataFrame:
-    """The rollup rows appends of `append_events` consecutive events write (ledger.rollups), rows kept; with
-    `append_events` 0, one row per key (as a compaction summing rows would leave them: not built yet)."""
+def rollups_of(frame: pl.DataFrame, first: int, append_events: int) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """The rollup and payer rollup rows appends of `append_events` consecutive events write (ledger.rollups), rows
+    kept; with `append_events` 0, one row per key and one key group per file (as compaction sums them)."""
     rows = frame.with_columns(
-        append=(pl.int_range(first, first + frame.height) // append_events) if append_events else pl.lit(0),
+        append=(pl.int_range(first, first + frame.height) // append_events) if append_events else pl.lit(first),
         event_hour=pl.col("event_time").dt.truncate("1h"),
+    ).with_columns(
+        group_event_id_min=pl.col("event_id").min().over("append"),
+        group_event_id_max=pl.col("event_id").max().over("append"),
+        group_keys_unique=(pl.struct("source", "event_id").n_unique() == pl.len()).over("append"),
     )
-    return (
-        rows.group_by("append", "model_id", "compute_provider", "source", "event_hour")
+    batch = (pl.lit("append-") + pl.col("append").cast(pl.String)).alias("ingest_batch_id")
+    group = ["group_event_id_min", "group_event_id_max", "group_keys_unique"]
+    rollups = (
+        rows.group_by("append", "model_id", "compute_provider", "source", "event_hour", *group)
         .agg(
             pl.col("fee_micros").sum(),
             pl.len().cast(pl.Int64).alias("event_count"),
             pl.col("event_time").min().alias("event_time_min"),
             pl.col("event_time").max().alias("event_time_max"),
         )
-        .select(
-            *rollup_schema.names[:-1], (pl.lit("append-") + pl.col("append").cast(pl.String)).alias("ingest_batch_id")
-        )
+        .with_columns(batch)
+        .select(rollup_schema.names)
     )
+    payers = (
+        rows.group_by("append", "payer")
+        .agg(pl.col("fee_micros").sum(), pl.len().cast(pl.Int64).alias("event_count"))
+        .with_columns(batch)
+        .select(payer_rollup_schema.names)
+    )
+    return rollups, payers
 
 
 def day_rollups(path: Path, events: int, models: int, sources: int) -> pl.DataFrame:
@@ -156,22 +168,44 @@ def day_rollups(path: Path, events: int, models: int, sources: int) -> pl.DataFr
     groups = models * 50 * 24 * sources
     index = pl.int_range(0, groups, dtype=pl.UInt64)
     per_group = events // groups
-    frame = pl.select(
-        model_id=pl.lit("model-") + (index % models).cast(pl.String).str.zfill(4),
-        compute_provider=pl.lit("gpu-") + (index // models % 50).cast(pl.String),
-        source=pl.lit("//gateway-") + (index // (models * 50 * 24) % sources).cast(pl.String),
-        event_hour=pl.lit(start)
-        - pl.duration(days=1)
-        + pl.duration(hours=(index // (models * 50) % 24).cast(pl.Int64)),
-    ).with_columns(
-        fee_micros=(pl.lit(per_group, pl.Int64) * (index.hash(7) % 70_000 + 1).cast(pl.Int64)),
-        event_count=pl.lit(per_group, pl.Int64),
-        event_time_min=pl.col("event_hour"),
-        event_time_max=pl.col("event_hour") + pl.duration(minutes=59),
-        ingest_batch_id=pl.lit("day"),
+    frame = (
+        pl.select(
+            model_id=pl.lit("model-") + (index % models).cast(pl.String).str.zfill(4),
+            compute_provider=pl.lit("gpu-") + (index // models % 50).cast(pl.String),
+            source=pl.lit("//gateway-") + (index // (models * 50 * 24) % sources).cast(pl.String),
+            event_hour=pl.lit(start)
+            - pl.duration(days=1)
+            + pl.duration(hours=(index // (models * 50) % 24).cast(pl.Int64)),
+        )
+        .with_columns(
+            fee_micros=(pl.lit(per_group, pl.Int64) * (index.hash(7) % 70_000 + 1).cast(pl.Int64)),
+            event_count=pl.lit(per_group, pl.Int64),
+            event_time_min=pl.col("event_hour"),
+            event_time_max=pl.col("event_hour") + pl.duration(minutes=59),
+        )
+        .with_columns(  # one key group per hour (compaction's merged file of the hour's appends), ids growing by hour
+            ingest_batch_id=pl.lit("day-") + pl.col("event_hour").dt.hour().cast(pl.String),
+            group_event_id_min=pl.lit("ev-") + pl.col("event_hour").dt.hour().cast(pl.String).str.zfill(2) + "-0",
+            group_event_id_max=pl.lit("ev-") + pl.col("event_hour").dt.hour().cast(pl.String).str.zfill(2) + "-9",
+            group_keys_unique=pl.lit(True),
+        )
     )
     frame.write_parquet(path, compression="zstd", row_group_size=1_000_000)
     return frame
+
+
+def day_payers(path: Path, rollups: pl.DataFrame, payers: int = 10_000) -> None:
+    """A simulated day's payer rollups: `payers` payers billed the day's events and fees in near-equal parts."""
+    events, fees = int(rollups["event_count"].sum()), int(rollups["fee_micros"].cast(pl.Int128).sum())
+    pl.DataFrame(
+        {
+            "payer": [f"org-{i}" for i in range(payers)],
+            "fee_micros": [fees // payers + (fees % payers if i == 0 else 0) for i in range(payers)],
+            "event_count": [events // payers + (events % payers if i == 0 else 0) for i in range(payers)],
+            "ingest_batch_id": ["day"] * payers,
+        },
+        schema=dict(zip(payer_rollup_schema.names, [pl.String, pl.Int64, pl.Int64, pl.String], strict=True)),
+    ).write_parquet(path)
 
 
 def main() -> None:
@@ -200,6 +234,7 @@ def main() -> None:
         ledger.append(batch, [PartitionOffsets("r", 0, 0, len(values))])
         began = time.perf_counter()
         paths, rollup_paths, rollup_rows = [], [], 0
+        payer_paths = []
         for first in range(0, args.events, files_events_max):
             path = folder / "lake" / "data" / "main" / "inference_metered" / f"bench-{first}.parquet"
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -209,9 +244,13 @@ def main() -> None:
             if args.rollups:
                 rollup_path = folder / "lake" / "data" / "main" / rollup_table / f"bench-{first}.parquet"
                 rollup_path.parent.mkdir(parents=True, exist_ok=True)
-                rollups = rollups_of(frame, first, args.append_events)
+                rollups, payers = rollups_of(frame, first, args.append_events)
                 rollups.write_parquet(rollup_path, compression="zstd", row_group_size=1_000_000)
                 rollup_paths.append(rollup_path)
+                payer_path = folder / "lake" / "data" / "main" / payer_rollup_table / f"bench-{first}.parquet"
+                payer_path.parent.mkdir(parents=True, exist_ok=True)
+                payers.write_parquet(payer_path, compression="zstd", row_group_size=1_000_000)
+                payer_paths.append(payer_path)
                 rollup_rows += rollups.height
             del frame
         connection = ledger.connection
@@ -220,6 +259,8 @@ def main() -> None:
             connection.execute("CALL ducklake_add_data_files('lake', 'inference_metered', ?)", [str(path)])
         for path in rollup_paths:
             connection.execute(f"CALL ducklake_add_data_files('lake', '{rollup_table}', ?)", [str(path)])
+        for path in payer_paths:
+            connection.execute(f"CALL ducklake_add_data_files('lake', '{payer_rollup_table}', ?)", [str(path)])
         connection.execute("COMMIT")
         print(f"generated {args.events:,} events in {time.perf_counter() - began:.1f} s under {folder}")
         if args.rollups:
@@ -264,36 +305,26 @@ def main() -> None:
 
 
 def close_from_rollups(ledger: Ledger, paths: list[Path]) -> None:
-    """Time the close from rollups, the id check it keeps, and compare its payables with the events path's."""
+    """Time the close from rollups and compare its payables with the events path's."""
     from settlement.ledger_io import plan_from_ledger
 
     began = time.perf_counter()
     summary = close_epoch(ledger, dry_run=True, checks=_bench_files, from_rollups=True)
     rollups_s = time.perf_counter() - began
-    began = time.perf_counter()
-    ids = recorder.scan_parquet([str(p) for p in paths]).select(
-        pl.len(), pl.struct("source", "event_id").hash().n_unique()
-    )
-    ids.collect()
-    id_check_s = time.perf_counter() - began
     plan, extra = plan_from_ledger(ledger, from_rollups=True)
     rolled = plan.payables.select("recipient", "credited_micros")
     del plan
     events_plan, _ = plan_from_ledger(ledger)
     same = rolled.equals(events_plan.payables.select("recipient", "credited_micros"))
     print(
-        f"from rollups (close_epoch --dry-run --from-rollups): {rollups_s:.2f} s for {summary.event_count:,} events "
-        f"(of which the id check over every new event: {id_check_s:.2f} s); cells from rollups / from events: "
-        f"{extra['rollup_cells']}; identical payables to the events path: {same}"
+        f"from rollups (close_epoch --dry-run --from-rollups): {rollups_s:.2f} s for {summary.event_count:,} events; "
+        f"cells from rollups / from events: {extra['rollup_cells']}; identical payables to the events path: {same}"
     )
 
 
 def simulated_day(args: argparse.Namespace) -> None:
-    """Plan a day of `args.simulated_day` events from generated rollups alone (no events written).
-
-    The rollup path bills payers from the events' payer and fee columns, read in the id check's pass; with no
-    events here, 10,000 payers are billed the day's total in equal parts, and that pass's cost is measured apart
-    (`--rollups`) and scaled."""
+    """Plan a day of `args.simulated_day` events from generated rollups alone (no events written): 10,000 payers
+    billed the day's total in equal parts, as a compacted day's payer rollups."""
     from settlement.engine.epochs import plan_epoch
     from settlement.engine.policies import resolve
     from settlement.ledger_io import read_inputs, read_prior
@@ -306,36 +337,30 @@ def simulated_day(args: argparse.Namespace) -> None:
             values, ["r"] * len(values), [0] * len(values), list(range(len(values))), BatchDecoder()
         )
         ledger.append(batch, [PartitionOffsets("r", 0, 0, len(values))])
-        path = folder / "day.parquet"
+        path, payer_path = folder / "day.parquet", folder / "day-payers.parquet"
         began = time.perf_counter()
         rollups = day_rollups(path, args.simulated_day, args.models, args.sources)
+        day_payers(payer_path, rollups)
         print(
             f"generated {rollups.height:,} rollup rows for a day of {args.simulated_day:,} events in "
             f"{time.perf_counter() - began:.1f} s"
         )
         began = time.perf_counter()
         rollups = pl.read_parquet(path)
+        payer_rollups = pl.read_parquet(payer_path)
         prior = read_prior(ledger.connection)
         closing = ledger.current_snapshot()
         inputs = read_inputs(ledger.connection, prior, closing)
         no_events = inputs.new_events.collect().lazy()
-        total = int(rollups["fee_micros"].cast(pl.Int128).sum())
-        payers = 10_000
-        payer_fees = pl.DataFrame(
-            {
-                "payer": [f"org-{i}" for i in range(payers)],
-                "fee_micros": [total // payers + (total % payers if i == 0 else 0) for i in range(payers)],
-            },
-            schema={"payer": pl.String, "fee_micros": pl.Int128},
-        )
         resolution = resolve(inputs.models, inputs.policies, closing)
-        rolled = weighted_events(rollups, no_events, resolution, inputs.originals, count_check=False)
+        rolled = weighted_events(rollups, no_events, resolution, inputs.originals, payer_rollups, count_check=False)
         if rolled is None:
             raise RuntimeError("no rollup events")
-        plan = plan_epoch(dataclasses.replace(inputs, new_events=rolled.events, payer_fees=payer_fees), prior)
+        plan = plan_epoch(dataclasses.replace(inputs, new_events=rolled.events, payer_fees=rolled.payer_fees), prior)
         print(
             f"planned from rollups: {time.perf_counter() - began:.2f} s for {plan.event_count:,} events "
-            f"(reading the rollup file, the registry, routing, allocations, postings, payables; no id check), "
+            f"(reading the rollup files, the registry, the groups' id bounds, routing, allocations, postings, "
+            f"payables), "
             f"{plan.group_count:,} allocation groups, {plan.postings.height:,} postings; cells from rollups / "
             f"from events: {rolled.rollup_cells} / {rolled.event_cells}"
         )

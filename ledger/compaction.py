@@ -57,10 +57,18 @@ snapshot_column = "_ducklake_internal_snapshot_id"
 # Tables compaction may merge: the event tables whose rows settle by snapshot range, the metered events'
 # rollups (read by snapshot range too, settlement.rollups), and dead letters. Registry tables are never merged
 # (records take effect in arrival order), nor the settlement's own (one file per epoch already).
-compactable_tables = ("inference_metered", "metered_rollup", "inference_reversed", "dead_letter")
+compactable_tables = (
+    "inference_metered",
+    "metered_rollup",
+    "metered_payer_rollup",
+    "inference_reversed",
+    "dead_letter",
+)
 # The rollups' merged file sums its rows per key (settlement.rollups reads an epoch window whole, so a sum per
 # window is what it needs): the proof is then that the merged rows are exactly those sums of the retired rows.
-summed_table = "metered_rollup"
+# The payer rollups are summed per payer alike. A merged rollup file is one key group (ledger.rollups): its id bounds
+# are the hull of the merged groups', unique when each was and no two overlap.
+summed_tables = ("metered_rollup", "metered_payer_rollup")
 # The step lock every epoch closer holds while it writes (settlement.ledger_io.close_step): a compaction
 # holds it too, so no epoch closes between the windows a compaction computed and its commit.
 close_step = "close-epoch"
@@ -233,20 +241,44 @@ def rows_sql(connection: duckdb.DuckDBPyConnection, files: list[_File], table: s
 
 def merged_rows_sql(table: str, source: str) -> str:
     """The rows a merged file of `table` holds, from its retired files' rows (`rows_sql`): the same rows, or for the
-    rollups one row per key with the exact sums, the least and greatest event times, the least batch id and the
-    last snapshot (a sum past int64 fails the cast: nothing is merged then)."""
-    if table != summed_table:
+    rollups one row per key with the exact sums, the least and greatest event times, the merged rows' least batch id
+    (on every row: the merged file is one key group, settlement.rollups) and the last snapshot (a sum past int64
+    fails the cast: nothing is merged then); the payer rollups one row per payer alike."""
+    if table not in summed_tables:
         return source
-    return f"""SELECT model_id, compute_provider, source, event_hour, sum(fee_micros)::BIGINT AS fee_micros,
+    if table == "metered_payer_rollup":
+        return f"""SELECT payer, sum(fee_micros)::BIGINT AS fee_micros, sum(event_count)::BIGINT AS event_count,
+                   min(ingest_batch_id) AS ingest_batch_id, max({snapshot_column}) AS {snapshot_column}
+            FROM ({source}) GROUP BY payer"""
+    return f"""WITH merged_rows AS ({source}),
+        key_groups AS (
+            SELECT DISTINCT ingest_batch_id, group_event_id_min AS low, group_event_id_max AS high,
+                   group_keys_unique AS keys_unique
+            FROM merged_rows
+        ),
+        ordered AS (
+            SELECT *, max(high) OVER (ORDER BY low, high ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING) AS before
+            FROM key_groups
+        ),
+        bounds AS (
+            SELECT count(*) = count(low) AND count(*) = count(high) AND count(*) = count(keys_unique) AS known,
+                   min(low) AS low, max(high) AS high, min(ingest_batch_id) AS batch,
+                   bool_and(keys_unique AND (before IS NULL OR low > before)) AS keys_unique
+            FROM ordered
+        )
+        SELECT model_id, compute_provider, source, event_hour, sum(fee_micros)::BIGINT AS fee_micros,
                sum(event_count)::BIGINT AS event_count, min(event_time_min) AS event_time_min,
-               max(event_time_max) AS event_time_max, min(ingest_batch_id) AS ingest_batch_id,
+               max(event_time_max) AS event_time_max, any_value(b.batch) AS ingest_batch_id,
+               CASE WHEN any_value(b.known) THEN any_value(b.low) END AS group_event_id_min,
+               CASE WHEN any_value(b.known) THEN any_value(b.high) END AS group_event_id_max,
+               CASE WHEN any_value(b.known) THEN any_value(b.keys_unique) END AS group_keys_unique,
                max({snapshot_column}) AS {snapshot_column}
-        FROM ({source}) GROUP BY model_id, compute_provider, source, event_hour"""
+        FROM merged_rows CROSS JOIN bounds b GROUP BY model_id, compute_provider, source, event_hour"""
 
 
 def _counts_agree(table: str, retired_rows: int, merged_rows: int) -> bool:
     """The retired files' row count against the merged file's: equal, or (summed rollups) at least as many."""
-    return retired_rows >= merged_rows if table == summed_table else retired_rows == merged_rows
+    return retired_rows >= merged_rows if table in summed_tables else retired_rows == merged_rows
 
 
 def rows_digest_sql(table: str, relation: str) -> str:
@@ -283,6 +315,8 @@ def _merge(ledger: Ledger, files: list[_File]) -> tuple[int, int]:
             if "event_time" in names
             else "event_hour, model_id, compute_provider, source"
             if "event_hour" in names  # metered_rollup
+            else "payer"
+            if "payer" in names  # metered_payer_rollup
             else "kafka_topic, kafka_offset"
         )
         connection.execute(

@@ -157,6 +157,23 @@ def _roll_up_metered_events(connection: duckdb.DuckDBPyConnection) -> None:
         connection.execute(statement)
 
 
+def _bound_rollup_groups(connection: duckdb.DuckDBPyConnection) -> None:
+    """Format 16 lets close-epoch skip reading event ids and payers: metered_rollup's columns group_event_id_min,
+    group_event_id_max and group_keys_unique (NULL in rows stored before: those ranges close from the events) and
+    table metered_payer_rollup (per append, fee sum and count per payer)."""
+    from ledger.tables import create_statements, payer_rollup_table, rollup_table
+
+    for statement in create_statements(catalog_alias, [payer_rollup_table]):
+        connection.execute(statement)
+    if rollup_table in ledger_tables(connection):
+        for column, kind in [
+            ("group_event_id_min", "VARCHAR"),
+            ("group_event_id_max", "VARCHAR"),
+            ("group_keys_unique", "BOOLEAN"),
+        ]:
+            add_column_if_missing(connection, rollup_table, column, kind)
+
+
 def _store_tree_nodes(connection: duckdb.DuckDBPyConnection) -> None:
     """Format 14 stores each payout tree's nodes in binary (table settlement_tree_node, created on first use) and reads
     an account's proof off them; the leaves stay in settlement_proof, whose hex `proof` becomes nullable (NULL for
@@ -252,6 +269,13 @@ format_steps: list[FormatStep] = [
         "expire old snapshots under a retention policy: table ledger_snapshot_expiry (each expiry's snapshots, the "
         "digest of their history and the retired files it dropped, chained), checked by verify",
         _record_snapshot_expiries,
+    ),
+    FormatStep(
+        16,
+        "close epochs from rollups without reading event ids or payers: metered_rollup's group id bounds "
+        "(group_event_id_min/max, group_keys_unique; NULL before) and table metered_payer_rollup (per append, fee sum "
+        "and count per payer)",
+        _bound_rollup_groups,
     ),
 ]
 

@@ -56,9 +56,17 @@ from ledger.object_store import DataStore, ObjectStoreUnavailableError, store_fo
 from ledger.offsets_fence import StoredOffsets, read_stored_offsets
 from ledger.partition_locks import PartitionLocks
 from ledger.redact import redact
-from ledger.rollups import metered_table, rollup_rows
+from ledger.rollups import metered_table, payer_rollup_rows, rollup_rows
 from ledger.step_locks import StepLocks
-from ledger.tables import all_tables, create_statements, file_tables, inlined_tables, inlining_statements, rollup_table
+from ledger.tables import (
+    all_tables,
+    create_statements,
+    file_tables,
+    inlined_tables,
+    inlining_statements,
+    payer_rollup_table,
+    rollup_table,
+)
 from schemas.arrow import envelope_fields, position_fields
 from schemas.errors import require
 from schemas.events import event_types
@@ -437,8 +445,7 @@ class Ledger:
                 for table_name, rows in kept.items():
                     written += self._write_event_files(table_name, self._with_positions(batch, rows, ingest_batch_id))
                     if table_name == metered_table and rows.num_rows:  # format 13: its rollups, in this transaction
-                        rollups = rollup_rows(rows, ingest_batch_id)
-                        written.append(self._write_file(rollup_table, rollups, ingest_batch_id, None))
+                        written += self._rollup_files(rows, ingest_batch_id)
                 if dead_letters.num_rows:
                     written.append(self._write_file("dead_letter", dead_letters, ingest_batch_id, None))
                 self._add_files(written, ingest_batch_id)
@@ -693,6 +700,13 @@ class Ledger:
         self.store.write(absolute, data)
         return _FileToAdd(table_name, absolute, relative, len(data), hashlib.sha256(data).hexdigest())
 
+    def _rollup_files(self, rows: pa.Table, ingest_batch_id: str) -> list[_FileToAdd]:
+        """The rollup files of metered `rows` an append writes in its transaction (ledger.rollups)."""
+        return [
+            self._write_file(rollup_table, rollup_rows(rows, ingest_batch_id), ingest_batch_id, None),
+            self._write_file(payer_rollup_table, payer_rollup_rows(rows, ingest_batch_id), ingest_batch_id, None),
+        ]
+
     def _snapshot_of_transaction(self) -> int:
         """The snapshot the open transaction reads: it does not move inside the transaction, so it is read once (each
         read of DuckLake's `current_snapshot()` is a catalog query, ~2 ms of CPU in a small append)."""
@@ -755,8 +769,7 @@ class Ledger:
                         elif rows.num_rows:
                             written.append(self._write_file(table_name, rows, records_batch_id, None))
                             if table_name == metered_table:  # every writer of metered events rolls them up
-                                rollups = rollup_rows(rows, records_batch_id)
-                                written.append(self._write_file(rollup_table, rollups, records_batch_id, None))
+                                written += self._rollup_files(rows, records_batch_id)
                     self._add_files(written, records_batch_id)
                 except BaseException:
                     _remove_files(self.store, written)

@@ -1,14 +1,20 @@
-"""Each append's metered events rolled up (table `metered_rollup`, ledger format 13).
+"""Each append's metered events rolled up (tables `metered_rollup`, ledger format 13, and `metered_payer_rollup`,
+format 16).
 
 An append writes, in its own transaction, one row per (model, compute provider, source, event hour) its
-metered events touch: the exact fee sum, the event count and the least and greatest event time. Settlement may
-close an epoch from these rows instead of the events (`settlement.rollups`); the events stay the reference.
+metered events touch: the exact fee sum, the event count and the least and greatest event time; and one row per
+payer: the fee sum and the event count. Settlement may close an epoch from these rows instead of the events
+(`settlement.rollups`); the events stay the reference.
+
+Each metered rollup row also carries its key group's id bounds (format 16): the least and greatest event id of the
+append's metered rows, and whether no (source, event id) is among them twice. Two groups whose bounds do not overlap
+share no event, which is how the close knows no event is stored twice without reading the ids (`settlement.rollups`).
 """
 
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from ledger.tables import rollup_schema
+from ledger.tables import payer_rollup_schema, rollup_schema
 from schemas.errors import require
 from schemas.limits import fee_micros_max
 
@@ -40,5 +46,36 @@ def rollup_rows(events: pa.Table, ingest_batch_id: str) -> pa.Table:
         "event_time_min": grouped.column("event_time_min"),
         "event_time_max": grouped.column("event_time_max"),
         "ingest_batch_id": pa.repeat(pa.scalar(ingest_batch_id, pa.string()), grouped.num_rows),
+        **_group_bounds(events, grouped.num_rows),
     }
     return pa.table(columns).cast(rollup_schema)
+
+
+def _group_bounds(events: pa.Table, rows: int) -> dict[str, pa.Array]:
+    """The key group's id bounds (the rows' least and greatest event id; whether no (source, id) is there twice),
+    repeated on each of `rows` rollup rows."""
+    ids = events.column("event_id")
+    bounds = pc.min_max(ids)
+    keys = pa.table({"source": events.column("source"), "event_id": ids})
+    unique = keys.group_by(["source", "event_id"], use_threads=False).aggregate([]).num_rows == events.num_rows
+    return {
+        "group_event_id_min": pa.repeat(pa.scalar(bounds["min"].as_py(), pa.string()), rows),
+        "group_event_id_max": pa.repeat(pa.scalar(bounds["max"].as_py(), pa.string()), rows),
+        "group_keys_unique": pa.repeat(pa.scalar(unique, pa.bool_()), rows),
+    }
+
+
+def payer_rollup_rows(events: pa.Table, ingest_batch_id: str) -> pa.Table:
+    """The payer rollup rows of metered event rows (`payer`, `fee_micros`) that the append `ingest_batch_id`
+    writes: the fee sum and the event count per payer."""
+    require(events.num_rows * fee_micros_max < 2**63, f"an append of {events.num_rows} events fits an int64 fee sum")
+    grouped = events.select(["payer", "fee_micros"]).group_by("payer", use_threads=False).aggregate(
+        [("fee_micros", "sum"), ("fee_micros", "count")]
+    )
+    columns = {
+        "payer": grouped.column("payer"),
+        "fee_micros": grouped.column("fee_micros_sum"),
+        "event_count": grouped.column("fee_micros_count"),
+        "ingest_batch_id": pa.repeat(pa.scalar(ingest_batch_id, pa.string()), grouped.num_rows),
+    }
+    return pa.table(columns).cast(payer_rollup_schema)

@@ -134,6 +134,23 @@ rollup_schema = pa.schema(
         pa.field("event_time_min", timestamp_type, nullable=False),
         pa.field("event_time_max", timestamp_type, nullable=False),
         pa.field("ingest_batch_id", pa.string(), nullable=False),  # the append's (compaction retires by it)
+        # Format 16: the id bounds of the row's key group (an append's metered rows, or the appends a compaction
+        # summed): the least and greatest event id of its events, and whether no (source, event id) is in it twice.
+        # Groups whose bounds do not overlap share no event (settlement.rollups). NULL: appended before format 16.
+        pa.field("group_event_id_min", pa.string()),
+        pa.field("group_event_id_max", pa.string()),
+        pa.field("group_keys_unique", pa.bool_()),
+    ]
+)
+# Format 16: each append's metered events' fee sum and count per payer (ledger.rollups), so the close bills payers
+# without reading the events. Compaction sums them per payer.
+payer_rollup_table = "metered_payer_rollup"
+payer_rollup_schema = pa.schema(
+    [
+        pa.field("payer", pa.string(), nullable=False),
+        pa.field("fee_micros", pa.int64(), nullable=False),
+        pa.field("event_count", pa.int64(), nullable=False),
+        pa.field("ingest_batch_id", pa.string(), nullable=False),  # the append's (compaction retires by it)
     ]
 )
 
@@ -155,7 +172,12 @@ expiry_schema = pa.schema(
     ]
 )
 
-file_tables: dict[str, pa.Schema] = {**ledger_schemas, "dead_letter": dead_letter_schema, rollup_table: rollup_schema}
+file_tables: dict[str, pa.Schema] = {
+    **ledger_schemas,
+    "dead_letter": dead_letter_schema,
+    rollup_table: rollup_schema,
+    payer_rollup_table: payer_rollup_schema,
+}
 inlined_tables: dict[str, pa.Schema] = {
     "ingest_offset": ingest_offset_schema,
     "ingest_batch": ingest_batch_schema,
@@ -195,6 +217,8 @@ def duckdb_type(arrow_type: pa.DataType) -> str:
         return "INTEGER"
     if pa.types.is_date32(arrow_type):
         return "DATE"
+    if pa.types.is_boolean(arrow_type):
+        return "BOOLEAN"
     if pa.types.is_timestamp(arrow_type):
         require(arrow_type.tz == "UTC" and arrow_type.unit == "us", f"timestamps are UTC microseconds: {arrow_type}")
         return "TIMESTAMPTZ"

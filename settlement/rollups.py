@@ -1,36 +1,56 @@
-"""An epoch's new metered events from the appends' rollups (`metered_rollup`, ledger format 13), where that is exact.
+"""An epoch's new metered events from the appends' rollups (ledger formats 13 and 16), where that is exact.
 
 The events path (`ledger_io.read_inputs`) reads every new event. This one reads the rollup rows the same appends
-wrote (one per model, provider, source and event hour an append touched) and turns each into one weighted row
-that routes, bills its model and counts as its events do (`splits.event_count_column`). The payers are billed from
-the events' payer and fee columns, read in the same pass as the id check (rollups name no payer: a payer column
-in their key would make them nearly as many as the events). A (model, event hour) cell is
-read from its raw events instead when the rollups cannot be exact for it:
+wrote and no event at all unless a cell needs them:
 
-- an event id of the cell is stored twice (the cheap hash-count check of the events path finds it; the events of
-  every cell holding a copy are read, so the exact deduplication keeps the same copy);
+- `metered_rollup`: one row per model, provider, source and event hour an append touched, turned into one weighted
+  row that routes, bills its model and counts as its events do (`splits.event_count_column`);
+- `metered_payer_rollup`: one row per payer an append billed (fee sum, count), which bills the payers (rollups keyed
+  by payer as well would be nearly as many as the events: 10,000 payers x 1,000 models x 50 providers).
+
+No event stored twice, without reading the ids. The events path drops a (source, event id) stored twice in the
+range (a same-id resend with another event time, which ingest's dedup does not look for, or a range two racing
+writers appended). Each rollup row carries its key group's id bounds: the least and greatest event id of the append
+that wrote it (or of the appends a compaction summed into it) and whether no (source, id) is in the group twice
+(`ledger.rollups`). Two groups whose [least, greatest] id ranges do not overlap cannot share an event id; a
+duplicate's two copies lie in one group (then not unique) or in two groups whose ranges both hold its id (so they
+overlap). The close therefore reads from the events every cell of every group that is not unique or overlaps
+another group of the range (sorted by least id, a running greatest id), which deduplicates there exactly as the
+events path does. This is exact for any ids; it is fast when ids grow with arrival (ULIDs, UUIDv7, counters of
+fixed width), so appends' ranges do not overlap. With random ids (UUIDv4) every group overlaps and every cell is
+read from its events: as slow as the events path, never wrong.
+
+A (model, event hour) cell is also read from its raw events when:
+
 - the model's route changes inside the cell's event-time span (a policy taking effect mid-hour), or is
   incomplete there (its events go to suspense one by one), or the model has no route;
 - a reversal in this epoch names an event of the cell (a cancellation drops that one event).
 
-The whole epoch falls back to the events (`None`) unless the range's rollups count and sum exactly its stored
-events: not so when an append of the range wrote none (appended before format 13) or a file was added behind the
-ledger's back. Compaction may have summed the rollup rows of an epoch window (ledger.compaction), which this reads
-alike.
+The payers' sums are the payer rollups' less, in the cells read from events, what the deduplication drops.
+
+The whole epoch falls back to the events (`None`) unless the range's rollups are complete: the model rollups and the
+payer rollups each count exactly the stored events (the files' row counts, from their Parquet footers) and agree on
+the fee sum, and every row has its group bounds. Not so when an append of the range wrote none (appended before
+format 13 or 16) or a file was added behind the ledger's back. The events' fees themselves are not re-read: the
+files' recorded checksums (`royalty verify`) are what proves their content. Compaction may have summed the rollup
+rows of an epoch window (ledger.compaction: one key group per merged file), which this reads alike.
 """
 
 from dataclasses import dataclass
 
 import duckdb
 import polars as pl
+import pyarrow as pa
 
 from ledger import recorder
-from ledger.tables import rollup_schema, rollup_table
+from ledger.tables import payer_rollup_schema, payer_rollup_table, rollup_schema, rollup_table
 from settlement.engine.epochs import held_schema
 from settlement.engine.policies import Resolution
 from settlement.engine.splits import event_columns, event_count_column
 
 _cell = ["model_id", "event_hour"]
+# A rollup row's key group (ledger.rollups): the append (or compaction) that wrote it, and its id bounds.
+_group = ["ingest_batch_id", "group_event_id_min", "group_event_id_max", "group_keys_unique"]
 
 
 @dataclass(frozen=True)
@@ -52,17 +72,29 @@ def events_from_rollups(
     new_originals: pl.DataFrame,
 ) -> RollupEvents | None:
     """The new events of the snapshot range (`prior_closing`, `closing`] from rollups, or None when the range's
-    rollups do not count and sum its stored events exactly (`weighted_events`). `new_metered_files` are the
-    range's metered files (`files_as_of`, filtered); `new_originals` the metered events this epoch's reversals name
-    that arrived in the range."""
-    rollup_files = recorder.files_as_of(connection, rollup_table, closing).filter(pl.col("snapshot") > prior_closing)
-    columns = rollup_schema.names
-    rollups = (
-        recorder.scan_parquet(rollup_files["path"].to_list(), extra_columns="ignore").select(columns).collect()
-        if rollup_files.height
-        else pl.from_arrow(rollup_schema.empty_table())
+    rollups are not complete (`weighted_events`). `new_metered_files` are the range's metered files (`files_as_of`,
+    filtered); `new_originals` the metered events this epoch's reversals name that arrived in the range."""
+    rollups = _read_range(connection, rollup_table, rollup_schema, prior_closing, closing)
+    payer_rollups = _read_range(connection, payer_rollup_table, payer_rollup_schema, prior_closing, closing)
+    events = _scan_events(new_metered_files["path"].to_list())
+    return weighted_events(rollups, events, resolution, new_originals, payer_rollups)
+
+
+def _read_range(
+    connection: duckdb.DuckDBPyConnection, table: str, schema: pa.Schema, prior_closing: int, closing: int
+) -> pl.DataFrame:
+    """The rows of the rollup `table` appended in (`prior_closing`, `closing`]; a column a file lacks is null."""
+    files = recorder.files_as_of(connection, table, closing).filter(pl.col("snapshot") > prior_closing)
+    empty = pl.from_arrow(schema.empty_table())
+    if not files.height:
+        return empty  # type: ignore[return-value]
+    rows = recorder.scan_parquet(
+        files["path"].to_list(),
+        schema=empty.schema,
+        extra_columns="ignore",
+        missing_columns="insert",  # type: ignore[union-attr]
     )
-    return weighted_events(rollups, _scan_events(new_metered_files["path"].to_list()), resolution, new_originals)  # type: ignore[arg-type]
+    return rows.select(schema.names).collect()
 
 
 def weighted_events(
@@ -70,27 +102,20 @@ def weighted_events(
     events: pl.LazyFrame,
     resolution: Resolution,
     new_originals: pl.DataFrame,
+    payer_rollups: pl.DataFrame,
     count_check: bool = True,
 ) -> RollupEvents | None:
     """The epoch's new events as weighted rows: the `rollups` of the cells where they are exact, the raw `events`
-    (every new event, scanned only where needed) of the others, deduplicated as the events path does.
-    `resolution` is the registry at the closing snapshot; `new_originals` the new events this epoch's reversals
-    name. None when the rollups do not count and sum exactly the stored events (an append of the range wrote none,
-    or a file was added behind the ledger's back);
-    `count_check` False only for a benchmark that plans from rollups with no events stored."""
-    key = pl.struct("source", "event_id").hash()
-    counts, payer_fees = pl.collect_all(
-        [events.select(pl.len(), key.n_unique()), events.group_by("payer").agg(_fees())]
-    )
-    # The rollups must count and sum exactly the stored events: not so when an append of the range wrote none (before
-    # format 13) or a file was added behind the ledger's back.
-    stored = (counts.item(0, 0), int(payer_fees["fee_micros"].sum() or 0))
-    rolled = (int(rollups["event_count"].sum() or 0), int(rollups["fee_micros"].cast(pl.Int128).sum() or 0))
-    if count_check and stored != rolled:
+    (every new event, scanned only in the cells that need them) of the others, deduplicated as the events path
+    does; the payers billed from `payer_rollups`. `resolution` is the registry at the closing snapshot;
+    `new_originals` the new events this epoch's reversals name. None when the rollups are not complete (see the
+    module docstring); `count_check` False only for a benchmark that plans from rollups with no events stored."""
+    if not _complete(rollups, payer_rollups, events if count_check else None):
         return None
+    payer_fees = payer_rollups.group_by("payer").agg(_fees())
     dirty = pl.concat(
         [
-            _duplicated_cells(events, *counts.row(0)),
+            _shared_group_cells(rollups),
             _unsteady_cells(rollups, resolution),
             new_originals.select("model_id", _hour("event_time")),
         ]
@@ -109,22 +134,49 @@ def weighted_events(
         )
     ]
     if dirty.height:
+        key = pl.struct("source", "event_id").hash()
         raw = (
             events.select(event_columns)
             .with_columns(_hour("event_time"))
             .join(dirty.lazy(), on=_cell, how="semi")
             .select(event_columns)
+            .collect()
         )
-        rows, distinct = raw.select(pl.len(), key.n_unique()).collect().row(0)
-        if rows != distinct:  # as the events path deduplicates: of ids stored twice, the least row in column order
+        if raw.height != raw.select(key.n_unique()).item():  # the events path's choice: the least row in column order
             kept = raw.sort(event_columns).unique(["source", "event_id"], keep="first", maintain_order=True)
-            # The payers' sums over every stored row, less the copies the deduplication drops.
+            # The payer rollups count every stored row: less the copies the deduplication drops.
             dropped = raw.group_by("payer").agg(_fees()).with_columns(pl.col("fee_micros") * -1)
-            payer_fees = pl.concat([payer_fees, dropped.collect(), kept.group_by("payer").agg(_fees()).collect()])
+            payer_fees = pl.concat([payer_fees, dropped, kept.group_by("payer").agg(_fees())])
             payer_fees = payer_fees.group_by("payer").agg(pl.col("fee_micros").sum())
             raw = kept
-        parts.append(raw.with_columns(pl.lit(1, pl.Int64).alias(event_count_column)))
+        parts.append(raw.lazy().with_columns(pl.lit(1, pl.Int64).alias(event_count_column)))
     return RollupEvents(pl.concat(parts), payer_fees, clean.select(_cell).unique().height, dirty.height)
+
+
+def _complete(rollups: pl.DataFrame, payer_rollups: pl.DataFrame, events: pl.LazyFrame | None) -> bool:
+    """Whether the model and payer rollups each count every stored event (`events`: their files, whose row count
+    comes from the footers; None: not checked) and agree on the fees, and every rollup row has its group bounds."""
+    bounded = rollups.select(_group).null_count().sum_horizontal().item() == 0
+    counted = {int(rollups["event_count"].sum() or 0), int(payer_rollups["event_count"].sum() or 0)}
+    fees = {
+        int(rollups["fee_micros"].cast(pl.Int128).sum() or 0),
+        int(payer_rollups["fee_micros"].cast(pl.Int128).sum() or 0),
+    }
+    if events is not None:
+        counted.add(events.select(pl.len()).collect().item())
+    return bounded and len(counted) == 1 and len(fees) == 1
+
+
+def _shared_group_cells(rollups: pl.DataFrame) -> pl.DataFrame:
+    """The (model, hour) cells of every key group that may share an event id: a group not unique in itself, or
+    whose id range overlaps another's (sorted by least id, a group starting at or before the greatest id of those
+    before it overlaps one of them)."""
+    groups = rollups.select(_group).unique().sort("group_event_id_min", "group_event_id_max")
+    before = pl.col("group_event_id_max").cum_max().shift(1)
+    starts = before.is_null() | (pl.col("group_event_id_min") > before)
+    clustered = groups.with_columns(cluster=starts.cum_sum())
+    shared = clustered.filter((pl.len().over("cluster") > 1) | ~pl.col("group_keys_unique")).select(_group)
+    return rollups.join(shared, on=_group, how="semi", nulls_equal=True).select(_cell).unique()
 
 
 def _fees() -> pl.Expr:
@@ -139,18 +191,6 @@ def _scan_events(paths: list[str]) -> pl.LazyFrame:
     if not paths:
         return pl.LazyFrame(schema={c: held_schema[c] for c in event_columns})
     return recorder.scan_parquet(paths, extra_columns="ignore").select(event_columns)
-
-
-def _duplicated_cells(scan: pl.LazyFrame, rows: int, distinct: int) -> pl.DataFrame:
-    """The (model, hour) cells holding a copy of an event id stored more than once (by 64-bit hash: a collision
-    only sends a cell to its events, which deduplicate exactly). `rows`, `distinct`: the scan's row count and
-    distinct id hashes (equal: no id is stored twice)."""
-    key = pl.struct("source", "event_id").hash().alias("key_hash")
-    if rows == distinct:
-        return pl.DataFrame(schema={"model_id": pl.String, "event_hour": pl.Datetime("us", "UTC")})
-    keyed = scan.select(key, "model_id", _hour("event_time"))
-    repeated = keyed.group_by("key_hash").len().filter(pl.col("len") > 1).select("key_hash")
-    return keyed.join(repeated, on="key_hash", how="semi").select(_cell).unique().collect()
 
 
 def _unsteady_cells(rollups: pl.DataFrame, resolution: Resolution) -> pl.DataFrame:

@@ -234,7 +234,7 @@ def test_verify_names_a_retirement_no_compaction_recorded(tmp_path):
 def test_verify_names_a_merged_file_that_does_not_hold_the_retired_rows(tmp_path):
     with Ledger.open(tmp_path / "lake") as ledger:
         append_in_batches(ledger, sample_messages(300), 0, 50)
-        assert compact(ledger).merges == 2  # the metered events' files, and their rollups'
+        assert compact(ledger).merges == 3  # the metered events' files, their rollups' and payer rollups'
         (merged,) = ledger.connection.execute("SELECT merged_path FROM lake.main.ledger_compaction").fetchone()
     path = tmp_path / "lake" / "data" / merged
     rows = pl.read_parquet(path)
@@ -255,7 +255,7 @@ def test_verify_reads_retired_files_only_when_asked(tmp_path):
     with Ledger.open(tmp_path / "lake") as ledger:
         append_in_batches(ledger, sample_messages(300), 0, 50)
         live_before = len(live_files(ledger, "inference_metered"))
-        assert compact(ledger).merges == 2  # the metered events' files, and their rollups'
+        assert compact(ledger).merges == 3  # the metered events' files, their rollups' and payer rollups'
         (retired,) = ledger.connection.execute(
             "SELECT path FROM lake.main.ledger_compaction_retired ORDER BY path LIMIT 1"
         ).fetchone()
@@ -291,7 +291,7 @@ def test_compact_command_reports_json_and_refuses_a_missing_ledger(tmp_path):
         append_in_batches(ledger, sample_messages(200), 0, 40)
     result = CliRunner().invoke(app, ["compact", "--lake", str(tmp_path / "lake"), "--json"])
     assert result.exit_code == 0, result.output
-    assert json.loads(result.stdout.strip().splitlines()[-1])["merges"] == 2  # the events' files, their rollups'
+    assert json.loads(result.stdout.strip().splitlines()[-1])["merges"] == 3  # events, rollups, payer rollups
     result = CliRunner().invoke(app, ["compact", "--lake", str(tmp_path / "missing")])
     assert result.exit_code != 0
     assert not (tmp_path / "missing").exists()

@@ -193,8 +193,8 @@ def test_verify_passes_then_names_an_edited_file_and_a_delete(lake: Lake) -> Non
         ledger.append(*batch_of([*SampleTraffic().metered(300), b"bad"]))
     with lake.open_read_only() as reader:
         report = verify(reader)
-    # The events' file, their rollups' (ledger format 13) and the dead letter's.
-    assert report.ok and report.files == 3, report.problems
+    # The events' file, their rollups' (ledger format 13), their payer rollups' (format 16) and the dead letter's.
+    assert report.ok and report.files == 4, report.problems
     assert subprocess.run(royalty_command("verify", *lake.cli_options()), capture_output=True).returncode == 0
 
     target = lake.parquet_files()[0]
@@ -238,8 +238,8 @@ def test_processes_opening_a_new_postgres_catalog_at_once_all_succeed_and_append
             # written its bookkeeping rows as Parquet files with no recorded checksum.
             report = verify(reader)
         assert offsets == {(str(seed), 0): 50 for seed in range(3)}
-        # Each process's append: its events' file and their rollups' (ledger format 13).
-        assert report.ok and report.files == 6 and not report.orphans, (report.problems, report.orphans)
+        # Each process's append: its events' file, their rollups' (ledger format 13) and payer rollups' (format 16).
+        assert report.ok and report.files == 9 and not report.orphans, (report.problems, report.orphans)
 
 
 def test_two_appending_processes_on_one_postgres_catalog_land_every_append_once(postgres_lake: Lake) -> None:

@@ -7,8 +7,8 @@ from fractions import Fraction
 import polars as pl
 from hypothesis import strategies as st
 
-from ledger.rollups import rollup_rows
-from ledger.tables import rollup_schema
+from ledger.rollups import payer_rollup_rows, rollup_rows
+from ledger.tables import payer_rollup_schema, rollup_schema
 from settlement.engine.epochs import EpochInputs, PriorState, advance, plan_epoch
 from settlement.engine.policies import resolve
 from settlement.engine.splits import event_columns, event_key, key_of
@@ -37,20 +37,25 @@ class World:
 
 
 def _split_ppm(draw, total: int, count: int) -> list[int]:
-    cuts = sorted(
-        draw(st.lists(st.integers(1, total - 1), min_size=count - 1, max_size=count - 1, unique=True))
-    )
+    cuts = sorted(draw(st.lists(st.integers(1, total - 1), min_size=count - 1, max_size=count - 1, unique=True)))
     bounds = [0, *cuts, total]
     return [bounds[i + 1] - bounds[i] for i in range(count)]
 
 
 @st.composite
 def worlds(
-    draw, events_max: int = 40, epochs_max: int = 3, with_datasets: bool = False, mid_hour: bool = False
+    draw,
+    events_max: int = 40,
+    epochs_max: int = 3,
+    with_datasets: bool = False,
+    mid_hour: bool = False,
+    duplicates: bool = False,
 ) -> World:
     """A registry and traffic; `with_datasets`: on-chain datasets too (`dataset:<id>` records with their own
     split among contributors, named by some model policies), as the on-chain registry maps them. `mid_hour`:
-    policies may take effect, and events happen, at minutes past the hour (a rollup cell a policy change splits)."""
+    policies may take effect, and events happen, at minutes past the hour (a rollup cell a policy change splits).
+    `duplicates`: (source, id) stored twice in an epoch, as ingest lets them through: same-id resends with another
+    event time, model and fee, and ranges of events appended twice (racing writers)."""
     minutes = st.sampled_from([0, 30, 59]) if mid_hour else st.just(0)
     policy_hours = st.sampled_from([0, 5]) if mid_hour else st.sampled_from([0, 0, 5, 30])
     # Mid-hour worlds crowd their events into a few hours around the policy changes, so rollup cells hold several.
@@ -102,8 +107,7 @@ def worlds(
                 {
                     "event_id": f"pol-{model_id}-{number}",
                     "model_id": model_id,
-                    "effective_from": start
-                    + timedelta(hours=draw(policy_hours), minutes=draw(minutes)),
+                    "effective_from": start + timedelta(hours=draw(policy_hours), minutes=draw(minutes)),
                     "event_time": start + timedelta(minutes=number),
                     "compute_share_ppm": draw(st.sampled_from([0, 100_000, 333_333, 1_000_000])),
                     "shares": shares,
@@ -115,8 +119,7 @@ def worlds(
             {
                 "event_id": f"ev-{index // 2:04d}",
                 "source": sources[index % 2],
-                "event_time": start
-                + timedelta(hours=draw(event_hours), minutes=draw(minutes), microseconds=index),
+                "event_time": start + timedelta(hours=draw(event_hours), minutes=draw(minutes), microseconds=index),
                 "model_id": f"m{draw(st.integers(0, count - 1))}",
                 "payer": draw(st.sampled_from(payers)),
                 "compute_provider": draw(st.sampled_from(providers)),
@@ -141,8 +144,36 @@ def worlds(
                 "arrival": draw(st.integers(1, world.epochs)),
             }
         )
+    if duplicates:
+        _add_duplicates(draw, world, event_hours, minutes, count)
     world.addresses = {c: f"0x{i:040x}" for i, c in enumerate(contributors) if draw(st.booleans())}
     return world
+
+
+def _add_duplicates(draw, world: World, event_hours, minutes, models: int) -> None:
+    """Append to `world.events` copies of some of its events: a resent id with another time, model and fee, and
+    a range appended twice, each arriving in the original's epoch. Not of a reversed event: which copy a reversal
+    takes back (the first stored) and which the epoch keeps (the least in column order) may differ, in both paths
+    alike (a finding left to the engine)."""
+    reversed_keys = {(r["original_source"] or r["source"], r["original_event_id"]) for r in world.reversals}
+    originals = [e for e in world.events if (e["source"], e["event_id"]) not in reversed_keys]
+    if not originals:
+        return
+    for number in range(draw(st.integers(0, 2))):
+        original = draw(st.sampled_from(originals))
+        world.events.append(
+            {
+                **original,
+                "event_time": start + timedelta(hours=draw(event_hours), minutes=draw(minutes), microseconds=number),
+                "model_id": f"m{draw(st.integers(0, models - 1))}",
+                "fee_micros": draw(st.integers(1, 10**9)),
+                "arrival": original["arrival"],
+            }
+        )
+    if draw(st.booleans()):
+        first = draw(st.integers(0, len(originals) - 1))
+        copied = originals[first : first + draw(st.integers(1, 5))]
+        world.events += [dict(event) for event in copied]
 
 
 def registry_frames(world: World) -> tuple[pl.DataFrame, pl.DataFrame]:
@@ -218,11 +249,19 @@ def run_epochs(
         originals = event_frame(
             [e for e in world.events if (e["source"], e["event_id"]) in wanted and e["arrival"] <= epoch]
         )
-        arrival = {key_of(e["source"], e["event_id"]): e["arrival"] for e in world.events}
+        arrival: dict[str, int] = {}
+        for e in world.events:  # a (source, id) stored twice arrived first with its earliest copy
+            key = key_of(e["source"], e["event_id"])
+            arrival[key] = min(arrival.get(key, e["arrival"]), e["arrival"])
         originals = originals.with_columns(
             arrival_snapshot=event_key().replace_strict(arrival, return_dtype=pl.Int64)
-        )
-        new_events, payer_fees = event_frame(new).lazy(), None
+        ).unique(["source", "event_id"], keep="first", maintain_order=True)  # as the ledger keeps the first stored
+        new_events, payer_fees = event_frame(new), None
+        if new_events.select("source", "event_id").is_duplicated().any():  # as ledger_io._new_events deduplicates
+            new_events = new_events.sort(event_columns).unique(
+                ["source", "event_id"], keep="first", maintain_order=True
+            )
+        new_events = new_events.lazy()
         if path == "rollups":
             rolled = rolled_up(event_frame(new), models, policies, epoch, originals)
             assert rolled is not None, "the rollups count every event"
@@ -269,22 +308,24 @@ def rolled_up(
     """`events` as the rollup path gives them: the rollups of two appends (halves), raw events where needed."""
     half = events.height // 2
     appends = [events.slice(0, half), events.slice(half)]
-    rollups = pl.concat(
-        [pl.from_arrow(rollup_schema.empty_table())]
-        + [
-            pl.from_arrow(rollup_rows(part.to_arrow(), f"append-{number}"))
-            for number, part in enumerate(appends)
-            if part.height
-        ]
+    tables = [(rollup_schema, rollup_rows), (payer_rollup_schema, payer_rollup_rows)]
+    rollups, payer_rollups = (
+        pl.concat(
+            [pl.from_arrow(schema.empty_table())]
+            + [
+                pl.from_arrow(rows_of(part.to_arrow(), f"append-{number}"))
+                for number, part in enumerate(appends)
+                if part.height
+            ]
+        )
+        for schema, rows_of in tables
     )
     new_originals = originals.filter(pl.col("arrival_snapshot") == closing)
     resolution = resolve(models, policies, closing)
-    return weighted_events(rollups, events.lazy(), resolution, new_originals)  # type: ignore[arg-type]
+    return weighted_events(rollups, events.lazy(), resolution, new_originals, payer_rollups)  # type: ignore[arg-type]
 
 
-def exact_credits(
-    world: World, events: list[dict], snapshot: int
-) -> tuple[dict[str, Fraction], dict[str, set]]:
+def exact_credits(world: World, events: list[dict], snapshot: int) -> tuple[dict[str, Fraction], dict[str, set]]:
     """Independent reference: each event's exact rational split, and the allocations feeding each recipient.
 
     Returns (recipient -> exact amount, recipient -> set of allocation keys on its paths); events whose
@@ -313,11 +354,7 @@ def exact_credits(
             return False
         if any(s["recipient"].startswith("dataset:") and s["recipient"] not in first for s in policy["shares"]):
             return False
-        named = {
-            s["recipient"][6:]: s["share_ppm"]
-            for s in policy["shares"]
-            if s["recipient"].startswith("model:")
-        }
+        named = {s["recipient"][6:]: s["share_ppm"] for s in policy["shares"] if s["recipient"].startswith("model:")}
         if model_id not in first:  # a model no registration names is not paid (its fees wait in suspense)
             return False
         return valid(model_id) and named == first[model_id]

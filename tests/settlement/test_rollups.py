@@ -8,7 +8,7 @@ from hypothesis import HealthCheck, given, settings
 
 from ingest.sample import SampleTraffic
 from ledger import Ledger
-from ledger.rollups import rollup_rows
+from ledger.rollups import payer_rollup_rows, rollup_rows
 from settlement import close_epoch
 from settlement.engine.policies import resolve
 from settlement.ledger_io import plan_from_ledger
@@ -25,16 +25,15 @@ def _same_plans(world) -> None:
 
 
 def _rows(plan) -> dict:
-    return {
-        name: value.to_dicts() if isinstance(value, pl.DataFrame) else value for name, value in vars(plan).items()
-    }
+    return {name: value.to_dicts() if isinstance(value, pl.DataFrame) else value for name, value in vars(plan).items()}
 
 
 @fast
-@given(worlds(mid_hour=True))
+@given(worlds(mid_hour=True, duplicates=True))
 def test_rollups_close_every_epoch_as_the_events_do(world):
     """Generated registries (policies taking effect mid-hour and on the hour), suspense, releases and reversals over
-    several epochs: every row and figure of every epoch is the same from rollups as from the events."""
+    several epochs, with same-id resends at another event time and ranges appended twice: every row and figure of
+    every epoch is the same from rollups (the key groups' id bounds, the payer rollups) as from the events."""
     _same_plans(world)
 
 
@@ -153,17 +152,26 @@ def test_events_appended_without_rollups_close_from_the_events(tmp_path):
 
 
 def test_rollups_that_do_not_count_every_stored_event_are_not_used():
-    """Rollups missing an event (a file added behind the ledger's back in a snapshot that also wrote rollups) are
-    refused as a whole: the epoch is read from its events."""
+    """Rollups missing an event (a file added behind the ledger's back in a snapshot that also wrote rollups), payer
+    rollups missing one, or rollup rows without their group's id bounds (appended before format 16) are refused as a
+    whole: the epoch is read from its events."""
     events = event_frame([_event(1, start, 1_000), _event(2, start + timedelta(minutes=5), 2_000)])
-    rollups = pl.from_arrow(rollup_rows(events.head(1).to_arrow(), "append-1"))
     world = World(models=[{"model_id": "m0", "parents": {}, "known_snapshot": 1}], policies=[_policy(0, start, "c0")])
     models, policies = registry_frames(world)
     originals = pl.DataFrame(schema={**event_frame([]).schema, "arrival_snapshot": pl.Int64})
     resolution = resolve(models, policies, 1)
-    assert weighted_events(rollups, events.lazy(), resolution, originals) is None
-    whole = pl.from_arrow(rollup_rows(events.to_arrow(), "append-1"))
-    assert weighted_events(whole, events.lazy(), resolution, originals) is not None
+
+    def rolled(rows: pl.DataFrame, payer_rows: pl.DataFrame):
+        model = pl.from_arrow(rollup_rows(rows.to_arrow(), "append-1"))
+        payer = pl.from_arrow(payer_rollup_rows(payer_rows.to_arrow(), "append-1"))
+        return model, payer
+
+    model, payer = rolled(events, events)
+    assert weighted_events(model, events.lazy(), resolution, originals, payer) is not None
+    for partial_model, partial_payer in [rolled(events.head(1), events), rolled(events, events.head(1))]:
+        assert weighted_events(partial_model, events.lazy(), resolution, originals, partial_payer) is None
+    unbounded = model.with_columns(pl.lit(None, pl.String).alias("group_event_id_min"))
+    assert weighted_events(unbounded, events.lazy(), resolution, originals, payer) is None
 
 
 def test_close_epoch_from_rollups_on_the_command_line(tmp_path):
