@@ -176,6 +176,8 @@ def _shared_group_cells(rollups: pl.DataFrame) -> pl.DataFrame:
     starts = before.is_null() | (pl.col("group_event_id_min") > before)
     clustered = groups.with_columns(cluster=starts.cum_sum())
     shared = clustered.filter((pl.len().over("cluster") > 1) | ~pl.col("group_keys_unique")).select(_group)
+    if not shared.height:
+        return rollups.select(_cell).clear()
     return rollups.join(shared, on=_group, how="semi", nulls_equal=True).select(_cell).unique()
 
 

@@ -192,3 +192,19 @@ def test_close_epoch_from_rollups_on_the_command_line(tmp_path):
     assert events.exit_code == 0 and "hour cells" not in events.stdout, events.output
     closed = CliRunner().invoke(app, ["close-epoch", "--lake", lake], env={"ROYALTY_CLOSE_FROM_ROLLUPS": "true"})
     assert closed.exit_code == 0 and "hour cells read from rollups" in closed.stdout, closed.output
+
+
+def test_appends_whose_ids_grow_close_from_rollups_without_reading_an_event(tmp_path, monkeypatch):
+    """Appends of events whose ids grow with arrival (the sample's UUIDv7) have key groups whose id ranges do not
+    overlap: the close reads the rollups and payer rollups and no event column (the events' scan is replaced by
+    one holding only as many rows), and plans what the events path plans."""
+    import settlement.rollups as rollups_module
+
+    with Ledger.open(tmp_path / "l") as ledger:
+        append_in_batches(ledger, sample_messages(300), 0, 50)
+        events, _ = plan_from_ledger(ledger)
+        (stored,) = ledger.connection.execute("SELECT count(*) FROM lake.main.inference_metered").fetchone()
+        monkeypatch.setattr(rollups_module, "_scan_events", lambda paths: pl.LazyFrame({"row": list(range(stored))}))
+        rollups, extra = plan_from_ledger(ledger, from_rollups=True)
+    assert extra["rollup_cells"] is not None and extra["rollup_cells"][1] == 0
+    assert _rows(rollups) == _rows(events)
