@@ -66,7 +66,23 @@ def _measure(lake: Path, repeat: int) -> dict:
         }
     figures["catalog_bytes"] = (lake / "catalog.sqlite").stat().st_size
     figures["catalog_live_bytes"] = _catalog_live_bytes(lake)
+    figures["catalog_largest_tables_bytes"] = _largest_tables(lake)
     return figures
+
+
+def _largest_tables(lake: Path, count: int = 8) -> dict[str, int]:
+    """The catalog's largest tables and indexes by bytes in use (SQLite's dbstat), inlined tables by ledger name."""
+    with sqlite3.connect(f"file:{lake / 'catalog.sqlite'}?mode=ro", uri=True) as catalog:
+        names = dict(
+            catalog.execute(
+                "SELECT i.table_name, t.table_name FROM ducklake_inlined_data_tables i JOIN ducklake_table t "
+                "USING (table_id)"
+            ).fetchall()
+        )
+        rows = catalog.execute(
+            "SELECT name, sum(pgsize) - sum(unused) FROM dbstat GROUP BY name ORDER BY 2 DESC LIMIT ?", [count]
+        ).fetchall()
+    return {f"{name} ({names[name]})" if name in names else name: int(size) for name, size in rows}
 
 
 def _catalog_live_bytes(lake: Path) -> int:
