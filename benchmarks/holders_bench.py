@@ -3,7 +3,8 @@ Transfer rows, and of allocating one take over the holders (issue 17).
 
 Writes N synthetic `holder_transfer` rows (mints to H holders, then transfers between random holders over
 B blocks) into a new DuckLake ledger through `Ledger.append_records` (as `sync-holders` stores them, in ranges
-of `--rows-per-append`), then times `balances_at` at the last block, `holder_weights` over the last half of
+of `--rows-per-append`, each with the balance checkpoint `sync-holders` would store with it, unless
+`--no-checkpoints`), then times `balances_at` at the last block, `holder_weights` over the last half of
 the blocks, `allocate_by_weight` of a 10^12-micro take over the weighted holders, and the dust rule
 (`carry_dust`: threshold one past the median part, every tenth holder carrying 1 micro in).
 
@@ -22,10 +23,17 @@ from typing import TypeVar
 import polars as pl
 import pyarrow as pa
 
-from ledger import Ledger
+from ledger import Ledger, recorder
 from settlement.engine.allocation import allocate_by_weight
 from settlement.engine.holders import carry_dust
-from settlement.holders import balances_at, holder_transfer_schema, holder_weights, zero_address
+from settlement.holders import (
+    balance_checkpoint,
+    balances_at,
+    holder_checkpoint_table,
+    holder_transfer_schema,
+    holder_weights,
+    zero_address,
+)
 from settlement.use_cases.ledger_setup import register_with_ledger
 
 T = TypeVar("T")
@@ -39,9 +47,10 @@ def _timed(label: str, work: Callable[[], T]) -> T:
     return result
 
 
-def _rows(first: int, count: int, holders: int, blocks: int, seed: int) -> pa.Table:
-    """Transfers `first..first+count-1`: the first `holders` are mints (one each), the rest move 1 unit."""
-    total_moves = max(1, count + first - holders)
+def _rows(first: int, count: int, holders: int, blocks: int, seed: int, total: int) -> pa.Table:
+    """Transfers `first..first+count-1` of `total`: the first `holders` are mints (one each, at block 0), the rest
+    move 1 unit, over blocks 1..`blocks` in order (as a sync stores them: later appends hold later blocks)."""
+    total_moves = max(1, total - holders)
     frame = (
         pl.DataFrame({"index": pl.int_range(first, first + count, eager=True)})
         .with_columns(
@@ -75,6 +84,23 @@ def _rows(first: int, count: int, holders: int, blocks: int, seed: int) -> pa.Ta
     return frame.to_arrow().cast(holder_transfer_schema)
 
 
+def _check_sample(ledger: Ledger, balances: dict[str, int], weights: dict[str, int], last: int) -> None:
+    """Recompute 200 holders' balance and weight from every transfer (no checkpoint) and compare."""
+    sample = sorted(balances)[:: max(1, len(balances) // 200)]
+    table = recorder.table("holder_transfer")
+    rows = ledger.connection.execute(
+        f"""SELECT holder, sum(delta)::VARCHAR, sum(delta * ($last - greatest(block_number, $from) + 1))::VARCHAR
+            FROM (SELECT to_address AS holder, block_number, value_units::HUGEINT AS delta FROM {table}
+                  UNION ALL SELECT from_address, block_number, -(value_units::HUGEINT) FROM {table})
+            WHERE holder IN (SELECT unnest($sample)) GROUP BY holder""",
+        {"sample": sample, "last": last, "from": last // 2},
+    ).fetchall()
+    wrong = [h for h, b, w in rows if int(b) != balances[h] or int(w) != weights.get(h, 0)]
+    if wrong or len(rows) != len(sample):
+        raise SystemExit(f"balances or weights differ from every transfer's sum for {wrong[:5]}")
+    print(f"{len(sample)} sampled balances and weights equal the sums over every transfer")
+
+
 def main() -> None:
     register_with_ledger()  # the settlement's tables and views, as every entry point declares them
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -82,16 +108,33 @@ def main() -> None:
     parser.add_argument("--holders", type=int, default=100_000)
     parser.add_argument("--blocks", type=int, default=100_000)
     parser.add_argument("--rows-per-append", type=int, default=2_000_000)
+    parser.add_argument("--no-checkpoints", action="store_true", help="store no balance checkpoint (as before)")
     parser.add_argument("--keep", action="store_true")
     args = parser.parse_args()
     folder = Path(tempfile.mkdtemp(prefix="holders-bench-"))
     try:
         with Ledger.open(str(folder / "lake")) as ledger:
-            began = time.perf_counter()
+            began, checkpoints_s = time.perf_counter(), 0.0
             for first in range(0, args.transfers, args.rows_per_append):
                 count = min(args.rows_per_append, args.transfers - first)
-                ledger.append_records({"holder_transfer": _rows(first, count, args.holders, args.blocks, first)})
-            print(f"stored {args.transfers:,} transfers: {time.perf_counter() - began:.2f} s", flush=True)
+                rows = _rows(first, count, args.holders, args.blocks, first, args.transfers)
+                records = {"holder_transfer": rows}
+                if not args.no_checkpoints:
+                    # Every transfer up to the block before this append's last is stored or in it (blocks ascend).
+                    last_block = rows["block_number"][-1].as_py()
+                    end = last_block if first + count == args.transfers else last_block - 1
+                    checkpoint_began = time.perf_counter()
+                    checkpoint = balance_checkpoint(ledger.connection, chain_id, token, end, rows)
+                    checkpoints_s += time.perf_counter() - checkpoint_began
+                    if checkpoint is not None:
+                        records[holder_checkpoint_table] = checkpoint
+                        print(f"checkpoint at block {end:,}: {checkpoint.num_rows:,} balances", flush=True)
+                ledger.append_records(records)
+            print(
+                f"stored {args.transfers:,} transfers: {time.perf_counter() - began:.2f} s "
+                f"(computing checkpoints {checkpoints_s:.2f} s of it)",
+                flush=True,
+            )
         with Ledger.open_read_only(str(folder / "lake")) as ledger:
             last = args.blocks
             balances = _timed(
@@ -112,6 +155,7 @@ def main() -> None:
             )
             print(f"dust threshold {threshold:,} micros: {len(paid):,} holders paid, {len(changed):,} dust rows")
             print(f"{len(balances):,} holders with a balance, {len(pairs):,} weighted")
+            _check_sample(ledger, balances, dict(pairs), last)
     finally:
         if args.keep:
             print(f"kept {folder}")

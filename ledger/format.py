@@ -174,6 +174,14 @@ def _bound_rollup_groups(connection: duckdb.DuckDBPyConnection) -> None:
             add_column_if_missing(connection, rollup_table, column, kind)
 
 
+def _checkpoint_holder_balances(connection: duckdb.DuckDBPyConnection) -> None:
+    """Format 17 keeps token holders' balance checkpoints: table holder_balance_checkpoint (every address's balance
+    of a token at the end of a synced range, stored by `sync-holders` with the range once enough transfers came
+    after the previous one; created on first use). Balances and weights read the latest checkpoint before the
+    blocks they need and the transfers after it. Nothing to change in stored rows: a ledger without checkpoints
+    reads every transfer, as before."""
+
+
 def _store_tree_nodes(connection: duckdb.DuckDBPyConnection) -> None:
     """Format 14 stores each payout tree's nodes in binary (table settlement_tree_node, created on first use) and reads
     an account's proof off them; the leaves stay in settlement_proof, whose hex `proof` becomes nullable (NULL for
@@ -276,6 +284,12 @@ format_steps: list[FormatStep] = [
         "(group_event_id_min/max, group_keys_unique; NULL before) and table metered_payer_rollup (per append, fee sum "
         "and count per payer)",
         _bound_rollup_groups,
+    ),
+    FormatStep(
+        17,
+        "checkpoint token holders' balances: table holder_balance_checkpoint (created on first use; balances read "
+        "the latest checkpoint and the transfers after it)",
+        _checkpoint_holder_balances,
     ),
 ]
 

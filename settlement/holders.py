@@ -12,6 +12,14 @@ uint256, which no Parquet integer holds; queries cast it to HUGEINT (the sync re
 A holder's weight over blocks `from..to` is its time-weighted balance: the sum over those blocks of its
 balance at the end of each block. With `delta` each transfer's signed change, that is
 `sum(delta * (to - greatest(block, from) + 1))` over every transfer up to `to`: one aggregate, no per-block rows.
+
+Balance checkpoints keep that aggregate short over a long history (benchmarks/RESULTS.md, "Token holders"): with
+a range it stores, `sync-holders` may store every address's balance at the range's last block
+(`holder_balance_checkpoint`, `balance_checkpoint`), once at least `holder_checkpoint_transfers_min` transfers, and
+as many as the previous checkpoint's holders, were stored after the previous one (so checkpoints never hold more
+rows than the transfers). A balance at block B then sums the latest checkpoint at or before B and the transfers after
+it; a weight over `from..to` the latest checkpoint before `from` (a balance held since before `from` is a delta at
+a block before `from`: the same aggregate) and the transfers after it. Without a checkpoint, every transfer.
 """
 
 from __future__ import annotations
@@ -34,11 +42,15 @@ holder_transfer_table = "holder_transfer"
 holder_sync_table = "holder_sync"
 epoch_blocks_table = "settlement_epoch_blocks"
 holder_dust_table = "settlement_holder_dust"
+holder_checkpoint_table = "holder_balance_checkpoint"
 
 zero_address = "0x" + "00" * 20
 # A transfer's value is stored as text and summed as HUGEINT (signed 128 bits): a larger value is refused,
 # and so is a balance times a block count past it (DuckDB raises on overflow rather than wrapping).
 holder_value_units_max = 2**127 - 1
+# A balance checkpoint is stored once this many transfers (and at least as many as the previous checkpoint's rows)
+# were stored after the previous one: reading a checkpoint of H holders costs about as much as H transfers.
+holder_checkpoint_transfers_min = 250_000
 
 _s, _i = pa.string(), pa.int64()
 
@@ -71,6 +83,15 @@ epoch_blocks_schema = table_schema(
     # The `holder_dust_units_min` the epoch applied (ledger format 12; NULL before: 0, no dust carried).
     ("dust_units_min", _i, True),
 )
+# Every address's non-zero balance of a token at the end of one block (the zero address's is minus the supply),
+# stored by `sync-holders` with the range ending at that block (ledger format 17; `balance_checkpoint`).
+holder_checkpoint_schema = table_schema(
+    ("chain_id", _i, False),
+    ("token", _s, False),  # checksummed
+    ("block_number", _i, False),
+    ("holder", _s, False),  # checksummed
+    ("balance_units", _s, False),  # decimal text, as value_units
+)
 # A holder's sub-threshold part carried forward (`holder_dust_units_min`): one row per epoch, token and holder
 # whose carried amount that epoch changed, with what is carried after it (0 once paid out). The carried total of a
 # token is the balance of the posting account `holders-dust:<token>` (settlement.engine.accounts).
@@ -90,6 +111,7 @@ def register() -> None:
     register_table(holder_sync_table, holder_sync_schema, inlined=True)
     register_table(epoch_blocks_table, epoch_blocks_schema, inlined=True)
     register_table(holder_dust_table, holder_dust_schema, inlined=False)
+    register_table(holder_checkpoint_table, holder_checkpoint_schema, inlined=False)
     register_views("settlement.holders", lambda: view_statements("settlement", "holder_views.sql"))
 
 
@@ -124,16 +146,42 @@ def holder_cursor(
     return HolderCursor(int(row[0]), str(row[1]), int(row[5]), int(row[2]), str(row[3]), block_time)
 
 
-def _deltas(token_filter: str) -> str:
-    table = recorder.table(holder_transfer_table)
-    return f"""(SELECT to_address AS holder, block_number, value_units::HUGEINT AS delta
-                FROM {table} WHERE {token_filter}
-                UNION ALL
-                SELECT from_address AS holder, block_number, -(value_units::HUGEINT) AS delta
-                FROM {table} WHERE {token_filter})"""
+_token_filter = "chain_id = $chain AND lower(token) = lower($token)"
 
 
-_token_filter = "chain_id = $chain AND lower(token) = lower($token) AND block_number <= $to_block"
+def _checkpoint_before(connection: duckdb.DuckDBPyConnection, chain_id: int, token: str, before: int) -> int | None:
+    """The block of the latest balance checkpoint of `token` before block `before`; None: there is none."""
+    if holder_checkpoint_table not in recorder.existing_tables(connection):
+        return None
+    (block,) = connection.execute(
+        f"SELECT max(block_number) FROM {recorder.table(holder_checkpoint_table)} "
+        f"WHERE {_token_filter} AND block_number < $before",
+        {"chain": chain_id, "token": token, "before": before},
+    ).fetchone()
+    return None if block is None else int(block)
+
+
+def _deltas(checkpoint: int | None, sources: list[str] | None = None) -> str:
+    """(holder, block_number, delta) of every balance change of $token up to $to_block: the balances of the
+    checkpoint at block `checkpoint` (None: none) as deltas at that block, then the transfers after it in
+    `sources` (relations of `holder_transfer_schema`; None: the table)."""
+    after = "" if checkpoint is None else f" AND block_number > {int(checkpoint)}"
+    transfers = " UNION ALL ".join(
+        f"SELECT to_address, from_address, block_number, value_units FROM {source} "
+        f"WHERE {_token_filter} AND block_number <= $to_block{after}"
+        for source in sources or [recorder.table(holder_transfer_table)]
+    )
+    parts = [
+        """SELECT to_address AS holder, block_number, value_units::HUGEINT AS delta FROM transfers
+            UNION ALL
+            SELECT from_address AS holder, block_number, -(value_units::HUGEINT) AS delta FROM transfers"""
+    ]
+    if checkpoint is not None:
+        parts.append(
+            f"SELECT holder, block_number, balance_units::HUGEINT AS delta FROM "
+            f"{recorder.table(holder_checkpoint_table)} WHERE {_token_filter} AND block_number = {int(checkpoint)}"
+        )
+    return f"(WITH transfers AS ({transfers}) {' UNION ALL '.join(parts)})"
 
 
 def balances_at(connection: duckdb.DuckDBPyConnection, chain_id: int, token: str, block: int) -> dict[str, int]:
@@ -141,8 +189,9 @@ def balances_at(connection: duckdb.DuckDBPyConnection, chain_id: int, token: str
     excluded: its 'balance' is minus the supply)."""
     if holder_transfer_table not in recorder.existing_tables(connection):
         return {}
+    checkpoint = _checkpoint_before(connection, chain_id, token, block + 1)
     rows = connection.execute(  # through Arrow as text: a million Python HUGEINTs from fetchall take seconds
-        f"""SELECT holder, sum(delta)::VARCHAR AS balance FROM {_deltas(_token_filter)}
+        f"""SELECT holder, sum(delta)::VARCHAR AS balance FROM {_deltas(checkpoint)}
             WHERE holder <> '{zero_address}' GROUP BY holder HAVING sum(delta) <> 0""",
         {"chain": chain_id, "token": token, "to_block": block},
     ).fetch_arrow_table()
@@ -162,10 +211,11 @@ def holder_weights(
     empty = pl.DataFrame(schema={"holder": pl.String, "weight": pl.String})
     if holder_transfer_table not in recorder.existing_tables(connection):
         return empty
+    checkpoint = _checkpoint_before(connection, chain_id, token, from_block)
     weights = recorder.frame(
         connection,
         f"""SELECT holder, sum(delta * ($to_block - greatest(block_number, $from_block) + 1))::VARCHAR AS weight
-            FROM {_deltas(_token_filter)}
+            FROM {_deltas(checkpoint)}
             WHERE lower(holder) NOT IN (SELECT unnest($excluded::VARCHAR[]))
             GROUP BY holder HAVING sum(delta * ($to_block - greatest(block_number, $from_block) + 1)) > 0
             ORDER BY holder""",
@@ -178,6 +228,55 @@ def holder_weights(
         },
     )
     return weights if weights.height else empty
+
+
+def balance_checkpoint(
+    connection: duckdb.DuckDBPyConnection,
+    chain_id: int,
+    token: str,
+    block: int,
+    pending: pa.Table,
+    transfers_min: int | None = None,
+) -> pa.Table | None:
+    """The `holder_balance_checkpoint` rows to store with `pending` (the transfers of a range ending at `block`, not
+    stored yet: every transfer up to `block` is stored or pending), or None when none is due: fewer than
+    `transfers_min` (None: `holder_checkpoint_transfers_min`), or than the previous checkpoint's rows, transfers came
+    after the previous checkpoint."""
+    previous = _checkpoint_before(connection, chain_id, token, block + 1)
+    params = {"chain": chain_id, "token": token, "to_block": block}
+    after = "" if previous is None else f" AND block_number > {previous}"
+    stored_count = 0
+    if holder_transfer_table in recorder.existing_tables(connection):
+        (stored_count,) = connection.execute(
+            f"SELECT count(*) FROM {recorder.table(holder_transfer_table)} WHERE {_token_filter}"
+            f" AND block_number <= $to_block{after}",
+            params,
+        ).fetchone()
+    held = 0
+    if previous is not None:
+        (held,) = connection.execute(
+            f"SELECT count(*) FROM {recorder.table(holder_checkpoint_table)} WHERE {_token_filter}"
+            f" AND block_number = {previous}",
+            {"chain": chain_id, "token": token},
+        ).fetchone()
+    due = holder_checkpoint_transfers_min if transfers_min is None else transfers_min
+    if int(stored_count) + pending.num_rows < max(due, int(held), 1):
+        return None
+    pending_name = "holder_transfer_pending"
+    tables = recorder.existing_tables(connection)
+    stored = [recorder.table(holder_transfer_table)] if holder_transfer_table in tables else []
+    connection.register(pending_name, pending)
+    try:
+        rows = connection.execute(
+            f"""SELECT $chain::BIGINT AS chain_id, $checksummed AS token, $to_block::BIGINT AS block_number, holder,
+                       sum(delta)::VARCHAR AS balance_units
+                FROM {_deltas(previous, [*stored, pending_name])} GROUP BY holder HAVING sum(delta) <> 0
+                ORDER BY holder""",
+            {**params, "checksummed": token},
+        ).fetch_arrow_table()
+    finally:
+        connection.unregister(pending_name)
+    return rows.cast(holder_checkpoint_schema)
 
 
 def excluded_addresses(excluded: tuple[str, ...] | list[str]) -> list[str]:

@@ -24,8 +24,10 @@ from ledger.tables import create_statements
 from settlement.engine.allocation import allocate_by_weight
 from settlement.exceptions import HoldersBehindError
 from settlement.holders import (
+    balance_checkpoint,
     balances_at,
     epoch_blocks_table,
+    holder_checkpoint_table,
     holder_sync_table,
     holder_transfer_schema,
     holder_transfer_table,
@@ -45,7 +47,7 @@ holders = [f"0x{i:040x}" for i in range(1, 6)]
 def connection() -> Iterator[duckdb.DuckDBPyConnection]:
     database = duckdb.connect()
     database.execute(f"ATTACH ':memory:' AS {catalog_alias}")
-    for statement in create_statements(catalog_alias, [holder_transfer_table]):
+    for statement in create_statements(catalog_alias, [holder_transfer_table, holder_checkpoint_table]):
         database.execute(statement)
     yield database
     database.close()
@@ -124,6 +126,59 @@ def test_time_weighted_balances_are_the_per_block_sums_whatever_the_batching(
     assert {h: b for h, b in balances_at(connection, chain_id, token, last).items() if b > 0} == at_last
     excluded = holder_weights(connection, chain_id, token, first, last, {holders[0]})
     assert holders[0] not in excluded["holder"].to_list()
+
+
+def _sync_with_checkpoints(connection: duckdb.DuckDBPyConnection, logs: list, ends: list[int], due: int) -> int:
+    """Store `logs` as `sync-holders` does, range by range (ranges ending at `ends`), each with the balance
+    checkpoint `balance_checkpoint` gives with `due` as `transfers_min`; return how many checkpoints were stored."""
+    for table in (holder_transfer_table, holder_checkpoint_table):
+        connection.execute(f"DELETE FROM {catalog_alias}.main.{table}")
+    start, stored = 0, 0
+    for end in ends:
+        pending = pa.Table.from_pylist(
+            [
+                {
+                    "chain_id": chain_id, "token": token, "block_number": block, "block_hash": f"0x{block:064x}",
+                    "tx_hash": f"0x{index:064x}", "log_index": index, "from_address": sender,
+                    "to_address": receiver, "value_units": str(value), "synced_at": datetime(2026, 1, 1, tzinfo=UTC),
+                }
+                for index, (block, sender, receiver, value) in enumerate(logs)
+                if start <= block <= end
+            ],
+            schema=holder_transfer_schema,
+        )
+        checkpoint = balance_checkpoint(connection, chain_id, token, end, pending, transfers_min=due)
+        connection.execute(f"INSERT INTO {catalog_alias}.main.{holder_transfer_table} SELECT * FROM pending")
+        if checkpoint is not None:
+            connection.execute(f"INSERT INTO {catalog_alias}.main.{holder_checkpoint_table} SELECT * FROM checkpoint")
+            stored += 1
+        start = end + 1
+    return stored
+
+
+@settings(max_examples=depth(25, 300), deadline=None)
+@given(
+    logs=transfer_logs(),
+    cuts=st.lists(st.integers(0, 30), max_size=6),
+    due=st.integers(1, 6),
+    first=st.integers(0, 30),
+    length=st.integers(0, 30),
+)
+def test_balances_and_weights_read_over_checkpoints_equal_the_sums_over_every_transfer(
+    connection: duckdb.DuckDBPyConnection, logs: list, cuts: list[int], due: int, first: int, length: int
+) -> None:
+    """The sync's balance checkpoints change no balance and no weight: read from the latest checkpoint and the
+    transfers after it, they equal the balances summed block by block over every transfer (the simple reference),
+    at and after each checkpoint's block, and the weights over any range (starting before, at or after a checkpoint)."""
+    stored = _sync_with_checkpoints(connection, logs, [*sorted(set(cuts)), 60], due)
+    assert stored >= (due == 1)  # the first range with a transfer is due its checkpoint
+    for block in sorted({first, first + length, *cuts, *(cut + 1 for cut in cuts)}):
+        assert {h: b for h, b in balances_at(connection, chain_id, token, block).items() if b > 0} == _brute_force(
+            logs, block, block
+        )
+    last = first + length
+    weights = holder_weights(connection, chain_id, token, first, last, set())
+    assert dict(zip(weights["holder"], map(int, weights["weight"]), strict=True)) == _brute_force(logs, first, last)
 
 
 @settings(max_examples=depth(100, 1000), deadline=None)
