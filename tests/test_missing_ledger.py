@@ -31,6 +31,8 @@ reading_commands = {
     "report": ["--epoch", "1", "--out", "{tmp}/report.html"],
     "backup": ["--to", "{tmp}/backup"],
     "migrate": [],
+    "expire": [],
+    "expire --dry-run": ["--dry-run"],
 }
 
 
