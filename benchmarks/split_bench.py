@@ -137,9 +137,9 @@ def rollups_of(frame: pl.DataFrame, first: int, append_events: int) -> tuple[pl.
         append=(pl.int_range(first, first + frame.height) // append_events) if append_events else pl.lit(first),
         event_hour=pl.col("event_time").dt.truncate("1h"),
     ).with_columns(
-        group_event_id_min=pl.col("event_id").min().over("append"),
-        group_event_id_max=pl.col("event_id").max().over("append"),
-        group_keys_unique=(pl.struct("source", "event_id").n_unique() == pl.len()).over("append"),
+        group_event_id_min=pl.col("event_id").min().over("append", "source"),
+        group_event_id_max=pl.col("event_id").max().over("append", "source"),
+        group_keys_unique=(pl.col("event_id").n_unique() == pl.len()).over("append", "source"),
     )
     batch = (pl.lit("append-") + pl.col("append").cast(pl.String)).alias("ingest_batch_id")
     group = ["group_event_id_min", "group_event_id_max", "group_keys_unique"]

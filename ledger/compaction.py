@@ -66,8 +66,8 @@ compactable_tables = (
 )
 # The rollups' merged file sums its rows per key (settlement.rollups reads an epoch window whole, so a sum per
 # window is what it needs): the proof is then that the merged rows are exactly those sums of the retired rows.
-# The payer rollups are summed per payer alike. A merged rollup file is one key group (ledger.rollups): its id bounds
-# are the hull of the merged groups', unique when each was and no two overlap.
+# The payer rollups are summed per payer alike. A merged rollup file is one key group per source (ledger.rollups):
+# its id bounds are the hull of the merged groups' of the source, unique when each was and no two overlap.
 summed_tables = ("metered_rollup", "metered_payer_rollup")
 # The step lock every epoch closer holds while it writes (settlement.ledger_io.close_step): a compaction
 # holds it too, so no epoch closes between the windows a compaction computed and its commit.
@@ -242,8 +242,8 @@ def rows_sql(connection: duckdb.DuckDBPyConnection, files: list[_File], table: s
 def merged_rows_sql(table: str, source: str) -> str:
     """The rows a merged file of `table` holds, from its retired files' rows (`rows_sql`): the same rows, or for the
     rollups one row per key with the exact sums, the least and greatest event times, the merged rows' least batch id
-    (on every row: the merged file is one key group, settlement.rollups) and the last snapshot (a sum past int64
-    fails the cast: nothing is merged then); the payer rollups one row per payer alike."""
+    (on every row: the merged file is one key group per source, settlement.rollups) and the last snapshot (a sum
+    past int64 fails the cast: nothing is merged then); the payer rollups one row per payer alike."""
     if table not in summed_tables:
         return source
     if table == "metered_payer_rollup":
@@ -252,28 +252,36 @@ def merged_rows_sql(table: str, source: str) -> str:
             FROM ({source}) GROUP BY payer"""
     return f"""WITH merged_rows AS ({source}),
         key_groups AS (
-            SELECT DISTINCT ingest_batch_id, group_event_id_min AS low, group_event_id_max AS high,
+            SELECT DISTINCT source, ingest_batch_id, group_event_id_min AS low, group_event_id_max AS high,
                    group_keys_unique AS keys_unique
             FROM merged_rows
         ),
         ordered AS (
-            SELECT *, max(high) OVER (ORDER BY low, high ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING) AS before
+            SELECT *, max(high) OVER (
+                PARTITION BY source ORDER BY low, high ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING
+            ) AS before
             FROM key_groups
         ),
         bounds AS (
-            SELECT count(*) = count(low) AND count(*) = count(high) AND count(*) = count(keys_unique) AS known,
-                   min(low) AS low, max(high) AS high, min(ingest_batch_id) AS batch,
+            SELECT source,
+                   count(*) = count(low) AND count(*) = count(high) AND count(*) = count(keys_unique) AS known,
+                   min(low) AS low, max(high) AS high,
                    bool_and(keys_unique AND (before IS NULL OR low > before)) AS keys_unique
-            FROM ordered
-        )
-        SELECT model_id, compute_provider, source, event_hour, sum(fee_micros)::BIGINT AS fee_micros,
-               sum(event_count)::BIGINT AS event_count, min(event_time_min) AS event_time_min,
-               max(event_time_max) AS event_time_max, any_value(b.batch) AS ingest_batch_id,
+            FROM ordered GROUP BY source
+        ),
+        summed AS (
+        SELECT m.model_id, m.compute_provider, m.source, m.event_hour, sum(m.fee_micros)::BIGINT AS fee_micros,
+               sum(m.event_count)::BIGINT AS event_count, min(m.event_time_min) AS event_time_min,
+               max(m.event_time_max) AS event_time_max,
+               (SELECT min(ingest_batch_id) FROM merged_rows) AS ingest_batch_id,
                CASE WHEN any_value(b.known) THEN any_value(b.low) END AS group_event_id_min,
                CASE WHEN any_value(b.known) THEN any_value(b.high) END AS group_event_id_max,
                CASE WHEN any_value(b.known) THEN any_value(b.keys_unique) END AS group_keys_unique,
-               max({snapshot_column}) AS {snapshot_column}
-        FROM merged_rows CROSS JOIN bounds b GROUP BY model_id, compute_provider, source, event_hour"""
+               max(m.{snapshot_column}) AS {snapshot_column}
+        FROM merged_rows m JOIN bounds b ON b.source = m.source
+        GROUP BY m.model_id, m.compute_provider, m.source, m.event_hour
+        )
+        SELECT * FROM summed"""
 
 
 def _counts_agree(table: str, retired_rows: int, merged_rows: int) -> bool:

@@ -7,8 +7,9 @@ payer: the fee sum and the event count. Settlement may close an epoch from these
 (`settlement.rollups`); the events stay the reference.
 
 Each metered rollup row also carries its key group's id bounds (format 16): the least and greatest event id of the
-append's metered rows, and whether no (source, event id) is among them twice. Two groups whose bounds do not overlap
-share no event, which is how the close knows no event is stored twice without reading the ids (`settlement.rollups`).
+append's metered rows of its source, and whether no event id of that source is among them twice. Two groups of one
+source whose bounds do not overlap share no event (nor do groups of two sources: an event is its source and id),
+which is how the close knows no event is stored twice without reading the ids (`settlement.rollups`).
 """
 
 import pyarrow as pa
@@ -46,23 +47,27 @@ def rollup_rows(events: pa.Table, ingest_batch_id: str) -> pa.Table:
         "event_time_min": grouped.column("event_time_min"),
         "event_time_max": grouped.column("event_time_max"),
         "ingest_batch_id": pa.repeat(pa.scalar(ingest_batch_id, pa.string()), grouped.num_rows),
-        **_group_bounds(events, grouped.num_rows),
     }
-    return pa.table(columns).cast(rollup_schema)
+    rows = pa.table(columns).join(_group_bounds(events), keys="source", use_threads=False)
+    return rows.select(rollup_schema.names).cast(rollup_schema)
 
 
-def _group_bounds(events: pa.Table, rows: int) -> dict[str, pa.Array]:
-    """The key group's id bounds (the rows' least and greatest event id; whether no (source, id) is there twice),
-    repeated on each of `rows` rollup rows."""
-    ids = events.column("event_id")
-    bounds = pc.min_max(ids)
-    keys = pa.table({"source": events.column("source"), "event_id": ids})
-    unique = keys.group_by(["source", "event_id"], use_threads=False).aggregate([]).num_rows == events.num_rows
-    return {
-        "group_event_id_min": pa.repeat(pa.scalar(bounds["min"].as_py(), pa.string()), rows),
-        "group_event_id_max": pa.repeat(pa.scalar(bounds["max"].as_py(), pa.string()), rows),
-        "group_keys_unique": pa.repeat(pa.scalar(unique, pa.bool_()), rows),
-    }
+def _group_bounds(events: pa.Table) -> pa.Table:
+    """Per source, the key group's id bounds: the least and greatest event id of the source's rows, and whether no
+    event id of the source is among them twice."""
+    keys = pa.table({"source": events.column("source"), "event_id": events.column("event_id")})
+    bounds = keys.group_by("source", use_threads=False).aggregate(
+        [("event_id", "min"), ("event_id", "max"), ("event_id", "count"), ("event_id", "count_distinct")]
+    )
+    unique = pc.equal(bounds.column("event_id_count"), bounds.column("event_id_count_distinct"))
+    return pa.table(
+        {
+            "source": bounds.column("source"),
+            "group_event_id_min": bounds.column("event_id_min"),
+            "group_event_id_max": bounds.column("event_id_max"),
+            "group_keys_unique": unique,
+        }
+    )
 
 
 def payer_rollup_rows(events: pa.Table, ingest_batch_id: str) -> pa.Table:

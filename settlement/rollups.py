@@ -10,15 +10,16 @@ wrote and no event at all unless a cell needs them:
 
 No event stored twice, without reading the ids. The events path drops a (source, event id) stored twice in the
 range (a same-id resend with another event time, which ingest's dedup does not look for, or a range two racing
-writers appended). Each rollup row carries its key group's id bounds: the least and greatest event id of the append
-that wrote it (or of the appends a compaction summed into it) and whether no (source, id) is in the group twice
-(`ledger.rollups`). Two groups whose [least, greatest] id ranges do not overlap cannot share an event id; a
-duplicate's two copies lie in one group (then not unique) or in two groups whose ranges both hold its id (so they
-overlap). The close therefore reads from the events every cell of every group that is not unique or overlaps
-another group of the range (sorted by least id, a running greatest id), which deduplicates there exactly as the
-events path does. This is exact for any ids; it is fast when ids grow with arrival (ULIDs, UUIDv7, counters of
-fixed width), so appends' ranges do not overlap. With random ids (UUIDv4) every group overlaps and every cell is
-read from its events: as slow as the events path, never wrong.
+writers appended). Each rollup row carries its key group's id bounds: the least and greatest event id of its source
+in the append that wrote it (or in the appends a compaction summed into it) and whether no id of that source is in
+the group twice (`ledger.rollups`). Two groups of one source whose [least, greatest] id ranges do not overlap cannot
+share an event, nor can groups of two sources; a duplicate's two copies lie in one group (then not unique) or in
+two groups of its source whose ranges both hold its id (so they overlap). The close therefore reads from the events
+every cell of every group that is not unique or overlaps another group of its source in the range (sorted by least
+id, a running greatest id), which deduplicates there exactly as the events path does. This is exact for any ids.
+It is fast when each source's ids grow with arrival (ULIDs, UUIDv7, counters of fixed width), so its appends'
+ranges do not overlap. With random ids (UUIDv4), or several writers appending one source's interleaved ids at once,
+the groups overlap and their cells are read from the events: as slow as the events path, never wrong.
 
 A (model, event hour) cell is also read from its raw events when:
 
@@ -49,8 +50,8 @@ from settlement.engine.policies import Resolution
 from settlement.engine.splits import event_columns, event_count_column
 
 _cell = ["model_id", "event_hour"]
-# A rollup row's key group (ledger.rollups): the append (or compaction) that wrote it, and its id bounds.
-_group = ["ingest_batch_id", "group_event_id_min", "group_event_id_max", "group_keys_unique"]
+# A rollup row's key group (ledger.rollups): its source, the append (or compaction) that wrote it, its id bounds.
+_group = ["source", "ingest_batch_id", "group_event_id_min", "group_event_id_max", "group_keys_unique"]
 
 
 @dataclass(frozen=True)
@@ -169,10 +170,10 @@ def _complete(rollups: pl.DataFrame, payer_rollups: pl.DataFrame, events: pl.Laz
 
 def _shared_group_cells(rollups: pl.DataFrame) -> pl.DataFrame:
     """The (model, hour) cells of every key group that may share an event id: a group not unique in itself, or
-    whose id range overlaps another's (sorted by least id, a group starting at or before the greatest id of those
-    before it overlaps one of them)."""
-    groups = rollups.select(_group).unique().sort("group_event_id_min", "group_event_id_max")
-    before = pl.col("group_event_id_max").cum_max().shift(1)
+    whose id range overlaps another's of its source (sorted by least id, a group starting at or before the greatest
+    id of those before it overlaps one of them)."""
+    groups = rollups.select(_group).unique().sort("source", "group_event_id_min", "group_event_id_max")
+    before = pl.col("group_event_id_max").cum_max().shift(1).over("source")
     starts = before.is_null() | (pl.col("group_event_id_min") > before)
     clustered = groups.with_columns(cluster=starts.cum_sum())
     shared = clustered.filter((pl.len().over("cluster") > 1) | ~pl.col("group_keys_unique")).select(_group)

@@ -208,3 +208,32 @@ def test_appends_whose_ids_grow_close_from_rollups_without_reading_an_event(tmp_
         rollups, extra = plan_from_ledger(ledger, from_rollups=True)
     assert extra["rollup_cells"] is not None and extra["rollup_cells"][1] == 0
     assert _rows(rollups) == _rows(events)
+
+
+def test_key_groups_are_per_source_and_a_shared_id_of_one_source_reads_its_cells():
+    """Two sources counting ids alike (`ev-1`, `ev-2` each) in two appends share no event: every cell comes from
+    rollups. A third append resending `ev-1` of one source at another hour makes that source's overlapping groups'
+    cells (both hours) be read from the events; the other source's cell stays from rollups."""
+    world = World(models=[{"model_id": "m0", "parents": {}, "known_snapshot": 1}], policies=[_policy(0, start, "c0")])
+    models, policies = registry_frames(world)
+    originals = pl.DataFrame(schema={**event_frame([]).schema, "arrival_snapshot": pl.Int64})
+    resolution = resolve(models, policies, 1)
+    hour = timedelta(hours=1)
+    appends = [
+        event_frame([_event(1, start, 1_000), _event(2, start + timedelta(minutes=5), 2_000)]),
+        event_frame([_event(1, start, 3_000), _event(2, start, 4_000)]).with_columns(source=pl.lit("//gw-b")),
+        event_frame([_event(1, start + 3 * hour, 5_000)]),
+    ]
+
+    def closed(parts: list[pl.DataFrame]):
+        model, payer = (
+            pl.concat([pl.from_arrow(rows(part.to_arrow(), f"append-{n}")) for n, part in enumerate(parts)])
+            for rows in (rollup_rows, payer_rollup_rows)
+        )
+        return weighted_events(model, pl.concat(parts).lazy(), resolution, originals, payer)
+
+    two = closed(appends[:2])
+    assert two is not None and (two.rollup_cells, two.event_cells) == (1, 0)
+    three = closed(appends)
+    assert three is not None and three.event_cells == 2  # m0 at 00:00 and at 03:00, read from //gw-a's events
+    assert three.payer_fees["fee_micros"].sum() == 1_000 + 2_000 + 3_000 + 4_000  # the resend's copy dropped
