@@ -134,8 +134,8 @@ rollup_schema = pa.schema(
         pa.field("event_time_min", timestamp_type, nullable=False),
         pa.field("event_time_max", timestamp_type, nullable=False),
         pa.field("ingest_batch_id", pa.string(), nullable=False),  # the append's (compaction retires by it)
-        # Format 16: the id bounds of the row's key group (an append's metered rows, or the appends a compaction
-        # summed): the least and greatest event id of its events, and whether no (source, event id) is in it twice.
+        # Format 16: the id bounds of the row's key group (an append's metered rows of the row's source, or those of
+        # the appends a compaction summed): the least and greatest event id, and whether no id is in it twice.
         # Groups whose bounds do not overlap share no event (settlement.rollups). NULL: appended before format 16.
         pa.field("group_event_id_min", pa.string()),
         pa.field("group_event_id_max", pa.string()),
