@@ -23,8 +23,9 @@ import pytest
 from typer.testing import CliRunner
 from web3.contract import Contract
 
-from ledger import Ledger, define_views, run_query
+from ledger import Ledger, define_views, recorder, run_query
 from royalty.cli import app
+from settlement import holders
 from settlement.engine.allocation import allocate_by_weight
 from settlement.holders import balances_at
 from settlement.onchain.contract_artifacts import load_artifact, token_artifact
@@ -73,11 +74,16 @@ def _new_lake(lake: Path) -> None:
         pass
 
 
+@pytest.mark.parametrize("checkpointed", [False, True], ids=["no-checkpoint", "checkpoint-each-range"])
 def test_sync_indexes_transfers_once_and_balances_at_each_block_match_balance_of(
-    anvil: Anvil, tmp_path: Path
+    anvil: Anvil, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, checkpointed: bool
 ) -> None:
     """Mints and transfers over several blocks, synced in two runs with a 2-block span: every balance the
-    ledger computes at every block equals the token's balanceOf there; a rerun stores nothing."""
+    ledger computes at every block equals the token's balanceOf there; a rerun stores nothing. With a balance
+    checkpoint due after a single transfer, the first run stores one (at its last block) and the balances at
+    every block, before and after it, are the same."""
+    if checkpointed:
+        monkeypatch.setattr(holders, "holder_checkpoint_transfers_min", 1)
     lake = tmp_path / "lake"
     _new_lake(lake)
     token = _deploy(anvil)
@@ -93,6 +99,12 @@ def test_sync_indexes_transfers_once_and_balances_at_each_block_match_balance_of
     assert first["transfers_added"] + second["transfers_added"] == 5
     assert _sync(lake, anvil, token.address)["transfers_added"] == 0
     with Ledger.open_read_only(str(lake)) as ledger:
+        stored = set()
+        if holders.holder_checkpoint_table in recorder.existing_tables(ledger.connection):
+            stored = {block for (block,) in ledger.connection.execute(
+                f"SELECT DISTINCT block_number FROM {recorder.table(holders.holder_checkpoint_table)}").fetchall()}
+        # The second run's 2 transfers are fewer than the first checkpoint's 4 rows (a, b, c, the zero address).
+        assert stored == ({first["to_block"]} if checkpointed else set())
         for block in range(first["from_block"], second["to_block"] + 1):
             indexed = balances_at(ledger.connection, anvil.w3.eth.chain_id, token.address, block)
             for holder in (a, b, c):
