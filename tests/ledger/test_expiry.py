@@ -210,6 +210,35 @@ def test_sigkill_during_expiry_leaves_the_ledger_verifiable_before_or_after(expi
     assert report.ok, report.problems
 
 
+@pytest.mark.nightly  # ~40 s: another process's appends, three expiries, a backup
+def test_expiry_beside_another_process_appending_keeps_every_event_and_a_backup_verifies(expired, tmp_path):
+    from ledger.backup import backup
+    from ledger.connection import LedgerLocation
+
+    lake = tmp_path / "lake"
+    shutil.copytree(expired["lake_before_expiry"], lake)
+    code = (
+        "import sys; from ledger import Ledger; from tests.support.ledger_batches import append_in_batches, "
+        f"sample_messages\nwith Ledger.open({str(lake)!r}) as ledger:\n"
+        f"    append_in_batches(ledger, sample_messages(400)[-200:], {expired['offset']}, 10)\n"
+    )
+    appender = subprocess.Popen(
+        [sys.executable, "-c", code], cwd=REPO_ROOT, env={**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+    )
+    with Ledger.open(lake) as ledger:
+        for _ in range(3):
+            time.sleep(1.0)
+            expire(ledger, older_than_s=0, delete_files_after_s=0)
+        assert appender.wait(timeout=300) == 0
+        report = verify(ledger, retired_files=True)
+        (events,) = ledger.connection.execute("SELECT count(*) FROM lake.main.inference_metered").fetchone()
+    assert report.ok, report.problems
+    assert events == 400
+    backup(LedgerLocation.parse(str(lake), None), tmp_path / "backup")
+    with Ledger.open_read_only(tmp_path / "backup") as copy:
+        assert verify(copy, retired_files=True).ok
+
+
 @pytest.mark.nightly  # ~40 s at CI's load: the same build and checks as the SQLite fixture
 def test_expiry_on_a_postgresql_catalog(postgres_server, tmp_path):
     location = postgres_server.create_database(f"expire_{uuid.uuid4().hex[:12]}")
