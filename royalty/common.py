@@ -177,7 +177,7 @@ def writing_ledger(settings: Settings, label: str) -> Iterator[tuple[Ledger, Cal
 # The commands that read a ledger from --lake (tests/test_cli_output.py keeps this equal to the app's).
 lake_commands = frozenset(
     {
-        "backup", "claim", "claims-page", "close-epoch", "compact", "export", "ingest", "migrate", "proof",
+        "backup", "claim", "claims-page", "close-epoch", "compact", "expire", "export", "ingest", "migrate", "proof",
         "publish", "receipt", "report", "settle", "sql", "sync-claims", "sync-holders", "sync-registry", "verify",
     }
 )  # fmt: skip
