@@ -343,12 +343,15 @@ def test_onchain_mode_pays_a_registry_holders_recipient_and_its_v3_bundle_audits
     _send(anvil, token.functions.mint(h2, 3_000 * 10**18), admin)
     base = ("--rpc-url", anvil.url, "--registry", registry_address)
     royalty("registry", "register-model", "m", "--weights-uri", "ipfs://m", *base)
-    first = datetime.fromtimestamp(int(w3.eth.get_block("latest")["timestamp"]), UTC)
+    # A first policy may start at its own block, not before: a margin, as the block mining it comes later (the latest
+    # block's own time made this revert at load ~40).
+    first = datetime.fromtimestamp(int(w3.eth.get_block("latest")["timestamp"]), UTC) + timedelta(seconds=120)
     royalty("registry", "set-policy", "m", "--effective-from", first.strftime("%Y-%m-%dT%H:%M:%S"),
             "--compute-share-ppm", "0", "--share", f"{alice}=400000", "--share", f"holders:{token.address}=600000",
             *base)  # fmt: skip
     lake = tmp_path / "lake"
     _Feed(lake).send(_metered(0, 10, first + timedelta(seconds=1)))
+    anvil.advance_time(125)  # the registry block must come after the events' time
     _send(anvil, token.functions.transfer(h2, 400 * 10**18), h1)  # mid-range
     _mine(anvil, 3)
     registry_sync = royalty("sync-registry", "--lake", str(lake), *base)
