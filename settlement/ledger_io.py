@@ -355,6 +355,7 @@ def read_inputs(
     """
     metered_files = data_files(connection, "inference_metered", closing)
     new_files = metered_files.filter(pl.col("snapshot") > prior.closing_snapshot)
+    prior_files = metered_files.filter(pl.col("snapshot") <= prior.closing_snapshot)
     reversal_files = data_files(connection, "inference_reversed", closing).filter(
         pl.col("snapshot") > prior.closing_snapshot
     )
@@ -379,14 +380,22 @@ def read_inputs(
             .unique()
             .implode()
         )
-        originals = (
+        copies = (
             recorder.scan_files(connection, metered_files, event_columns)  # each row with its own snapshot
             .filter(pl.col("event_id").is_in(reversals["original_event_id"].unique().implode()))  # type: ignore[index]
             .filter(event_key().is_in(wanted))
-            .sort(["source", "event_id", "snapshot"])
-            .unique(["source", "event_id"], keep="first")
             .select(*event_columns, pl.col("snapshot").alias("arrival_snapshot"))
             .collect()
+        )
+        # The original is the copy the epochs paid: of the first epoch window holding a copy, the least row in
+        # column order (`_deduplicated`); a later window's copies are never paid (`stored_before_range`).
+        closings = pl.Series(sorted(prior.epoch_closings.values()), dtype=pl.Int64)
+        window = closings.search_sorted(copies["arrival_snapshot"], side="left").alias("_window")
+        originals = (
+            copies.with_columns(window)
+            .sort(["source", "event_id", "_window", *event_columns])
+            .unique(["source", "event_id"], keep="first", maintain_order=True)
+            .drop("_window")
         )
     registry = registry or read_registry(connection, prior, closing, RegistryRules())
     rolled = None
@@ -394,11 +403,11 @@ def read_inputs(
         resolution = resolve(registry.models, registry.policies, closing)
         new_originals = originals.filter(pl.col("arrival_snapshot") > prior.closing_snapshot)
         rolled = events_from_rollups(
-            connection, new_files, prior.closing_snapshot, closing, resolution, new_originals
+            connection, new_files, prior.closing_snapshot, closing, resolution, new_originals, prior_files
         )
     return EpochInputs(
         closing_snapshot=closing,
-        new_events=_new_events(new_files) if rolled is None else rolled.events,
+        new_events=_new_events(new_files, prior_files) if rolled is None else rolled.events,
         reversals=reversals,  # type: ignore[arg-type]
         originals=originals,
         models=registry.models,
@@ -410,9 +419,37 @@ def read_inputs(
     )
 
 
-def _new_events(new_files: pl.DataFrame) -> pl.LazyFrame:
-    """The epoch's new events, read from their files, deduplicated by (source, id)."""
-    new_events = _scan(new_files, event_columns, file_tables["inference_metered"])
+def _new_events(new_files: pl.DataFrame, prior_files: pl.DataFrame) -> pl.LazyFrame:
+    """The epoch's new events, read from their files, deduplicated by (source, id), without the copies of an
+    event stored before the epoch's range (`prior_files`: the metered files of earlier epochs)."""
+    new_events = _deduplicated(_scan(new_files, event_columns, file_tables["inference_metered"]))
+    stored_before = stored_before_range(new_events, prior_files)
+    if stored_before.height:
+        new_events = new_events.filter(~pl.struct("source", "event_id").is_in(stored_before.to_struct().implode()))
+    return new_events
+
+
+def stored_before_range(new_events: pl.LazyFrame, prior_files: pl.DataFrame) -> pl.DataFrame:
+    """The (source, event_id) pairs of `new_events` that a row of `prior_files` already holds: an event resent with
+    another event time, which ingest's duplicate probe (by event time) did not see, arriving in a later epoch. An
+    event is paid once, in the epoch its first copy arrived in. Only the earlier rows whose ids lie within the new
+    ids' range are read (Parquet statistics prune the rest: none at all when ids grow with arrival)."""
+    keys = ["source", "event_id"]
+    if prior_files.is_empty():
+        return pl.DataFrame(schema={"source": pl.String, "event_id": pl.String})
+    bounds = new_events.select(pl.col("event_id").min().alias("least"), pl.col("event_id").max().alias("greatest"))
+    least, greatest = bounds.collect().row(0)
+    if least is None:
+        return pl.DataFrame(schema={"source": pl.String, "event_id": pl.String})
+    earlier = (
+        _scan(prior_files, keys, file_tables["inference_metered"])
+        .filter(pl.col("event_id").is_between(pl.lit(least), pl.lit(greatest)))
+        .unique()
+    )
+    return earlier.join(new_events.select(keys).unique(), on=keys, how="semi").sort(keys).collect()
+
+
+def _deduplicated(new_events: pl.LazyFrame) -> pl.LazyFrame:
     # Ingest already drops duplicates, so one counting pass usually shows there is nothing to drop
     # and spares every later pass over the events a deduplication. It counts 64-bit hashes of the
     # ids (about twice as fast as counting the strings): equal ids hash equally, so a duplicate is

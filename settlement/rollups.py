@@ -71,14 +71,41 @@ def events_from_rollups(
     closing: int,
     resolution: Resolution,
     new_originals: pl.DataFrame,
+    prior_metered_files: pl.DataFrame | None = None,
 ) -> RollupEvents | None:
     """The new events of the snapshot range (`prior_closing`, `closing`] from rollups, or None when the range's
-    rollups are not complete (`weighted_events`). `new_metered_files` are the range's metered files (`files_as_of`,
-    filtered); `new_originals` the metered events this epoch's reversals name that arrived in the range."""
+    rollups are not complete (`weighted_events`) or an earlier epoch's event may be stored again in the range
+    (`_may_repeat_earlier_events`). `new_metered_files` are the range's metered files (`files_as_of`, filtered);
+    `new_originals` the metered events this epoch's reversals name that arrived in the range;
+    `prior_metered_files` the metered files of earlier epochs."""
     rollups = _read_range(connection, rollup_table, rollup_schema, prior_closing, closing)
     payer_rollups = _read_range(connection, payer_rollup_table, payer_rollup_schema, prior_closing, closing)
+    if prior_metered_files is not None and _may_repeat_earlier_events(rollups, prior_metered_files):
+        return None
     events = _scan_events(new_metered_files["path"].to_list())
     return weighted_events(rollups, events, resolution, new_originals, payer_rollups)
+
+
+def _may_repeat_earlier_events(rollups: pl.DataFrame, prior_metered_files: pl.DataFrame) -> bool:
+    """Whether an earlier epoch stored an id of a source within the range of ids the rollups give for that source
+    (then the events path, which drops an earlier event's later copies exactly, closes the epoch). Rows without id
+    bounds (appended before ledger format 16) make the rollups incomplete anyway."""
+    if prior_metered_files.is_empty() or rollups.is_empty():
+        return False
+    ranges = rollups.group_by("source").agg(
+        pl.col("group_event_id_min").min().alias("least"), pl.col("group_event_id_max").max().alias("greatest")
+    )
+    earlier = recorder.scan_parquet(prior_metered_files["path"].to_list(), extra_columns="ignore").select(
+        "source", "event_id"
+    )
+    for source, least, greatest in ranges.iter_rows():
+        if least is None or greatest is None:
+            return True
+        in_range = pl.col("event_id").is_between(pl.lit(least), pl.lit(greatest))
+        hit = earlier.filter((pl.col("source") == source) & in_range)
+        if hit.limit(1).collect().height:
+            return True
+    return False
 
 
 def _read_range(

@@ -1,0 +1,101 @@
+"""An event is paid once, whatever its copies: a producer's resend with another event time passes ingest's duplicate
+probe (it looks for copies at the same event time), so settlement must drop it, in a later epoch too, and a reversal
+must take back the copy that was paid."""
+
+import json
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from ledger import Ledger
+from ledger.verify import verify
+from settlement import close_epoch
+from settlement.exceptions import UnreconciledLedgerError
+from settlement.input_checks import InputChecks
+from tests.ledger.helpers import batch_of
+
+start = datetime(2026, 12, 1, tzinfo=UTC)
+alice = "0x" + "11" * 20
+
+
+def _event(event_type: str, event_id: str, data: dict, at: datetime, source: str) -> bytes:
+    envelope = {"specversion": "1.0", "id": event_id, "source": source, "type": event_type}
+    return json.dumps({**envelope, "time": at.isoformat().replace("+00:00", "Z"), "data": data}).encode()
+
+
+def _registry() -> list[bytes]:
+    policy = {
+        "model_id": "m", "effective_from": start.isoformat().replace("+00:00", "Z"), "compute_share_ppm": 0,
+        "shares": [{"recipient": "alice", "share_ppm": 1_000_000}],
+    }  # fmt: skip
+    return [
+        _event("ai.contributor.registered.v1", "reg-alice", {"contributor_id": "alice", "payout_address": alice},
+               start, "//registry"),
+        _event("ai.model.registered.v1", "reg-m", {"model_id": "m", "parents": []}, start, "//registry"),
+        _event("ai.split-policy.set.v1", "pol-m", policy, start, "//registry"),
+    ]  # fmt: skip
+
+
+def _metered(event_id: str, hours: int, fee_micros: int) -> bytes:
+    data = {
+        "model_id": "m", "payer": "org-1", "compute_provider": "gpu-1", "input_tokens": 1, "output_tokens": 1,
+        "fee_micros": fee_micros, "asset": "USDC", "request_id": f"r-{event_id}",
+    }  # fmt: skip
+    return _event("ai.inference.metered.v1", event_id, data, start + timedelta(hours=hours), "//gw")
+
+
+def _refund(event_id: str, original: str, hours: int) -> bytes:
+    data = {"original_event_id": original, "reason": "refund"}
+    return _event("ai.inference.reversed.v1", event_id, data, start + timedelta(hours=hours), "//gw")
+
+
+class _Feed:
+    def __init__(self, ledger: Ledger) -> None:
+        self.ledger, self.offset = ledger, 0
+
+    def send(self, *values: bytes) -> None:
+        self.ledger.append(*batch_of(list(values), first_offset=self.offset))
+        self.offset += len(values)
+
+
+def _paid_micros(ledger: Ledger) -> dict[int, int]:
+    sql = "SELECT epoch, sum(amount_micros) FROM lake.main.settlement_payable GROUP BY 1"
+    return {epoch: int(amount) for epoch, amount in ledger.connection.execute(sql).fetchall()}
+
+
+@pytest.mark.parametrize("from_rollups", [False, True], ids=["events", "rollups"])
+def test_an_event_resent_with_another_time_in_a_later_epoch_is_not_paid_again(
+    tmp_path: Path, from_rollups: bool
+) -> None:
+    with Ledger.open(tmp_path / "lake") as ledger:
+        feed = _Feed(ledger)
+        feed.send(*_registry(), _metered("ev-1", 1, 1_000), _metered("ev-2", 1, 500))
+        assert close_epoch(ledger, from_rollups=from_rollups).epoch == 1
+        # The resend (another event time, so stored: ingest probes by time) and one new event.
+        feed.send(_metered("ev-1", 5, 1_000), _metered("ev-3", 5, 70))
+        second = close_epoch(ledger, from_rollups=from_rollups)
+        assert second.epoch == 2
+        assert _paid_micros(ledger) == {1: 1_500, 2: 70}  # was {1: 1_500, 2: 1_070}: ev-1 paid twice
+        assert verify(ledger).ok
+
+
+def test_a_reversal_of_an_event_stored_twice_with_different_fees_takes_back_what_was_paid(tmp_path: Path) -> None:
+    """Two copies of ev-1 in one epoch: the epoch pays the least in column order (the earlier event time, fee 400); a
+    later refund must take back those 400, not the first-stored copy's 900 (which broke conservation: close-epoch
+    stopped)."""
+    with Ledger.open(tmp_path / "lake") as ledger:
+        feed = _Feed(ledger)
+        feed.send(*_registry(), _metered("ev-1", 2, 900))
+        feed.send(_metered("ev-1", 1, 400))  # an earlier time, alone: ingest's probe (by time) does not see the copy
+        feed.send(_metered("ev-2", 3, 50))
+        assert close_epoch(ledger).epoch == 1
+        assert _paid_micros(ledger) == {1: 450}
+        feed.send(_refund("rf-1", "ev-1", 6))
+        # The stored copy shows in epoch 1's reconciliation (events_vs_epoch): the operator looks, then accepts it.
+        with pytest.raises(UnreconciledLedgerError, match="events_vs_epoch in epoch 1"):
+            close_epoch(ledger)
+        second = close_epoch(ledger, checks=InputChecks(accept_unreconciled=True))
+        assert (second.epoch, second.reversal_count, second.reversed_micros) == (2, 1, 400)
+        assert second.receivable_micros == 400  # alice was paid 450 before the refund: she owes the 400 back
+        assert verify(ledger).ok
