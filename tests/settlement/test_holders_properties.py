@@ -74,8 +74,10 @@ def transfer_logs(draw: st.DrawFn, blocks_max: int = 30) -> list[tuple[int, str,
 
 
 def _store(connection: duckdb.DuckDBPyConnection, logs: list, batches: int, seed: int) -> None:
-    """Replace the table's rows by `logs`, inserted in `batches` batches in a shuffled order."""
-    connection.execute(f"DELETE FROM {catalog_alias}.main.{holder_transfer_table}")
+    """Replace the table's rows by `logs`, inserted in `batches` batches in a shuffled order; no balance checkpoint
+    (another test's would stand for these transfers: the module shares one connection)."""
+    for table in (holder_transfer_table, holder_checkpoint_table):
+        connection.execute(f"DELETE FROM {catalog_alias}.main.{table}")
     rows = [
         {
             "chain_id": chain_id, "token": token, "block_number": block, "block_hash": f"0x{block:064x}",
