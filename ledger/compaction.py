@@ -512,6 +512,23 @@ def audit(ledger: Ledger, checksums: dict[str, tuple[int, str]], retired_files: 
     return result
 
 
+def _file_as_recorded(
+    ledger: Ledger, path: str, checksums: dict[str, tuple[int, str]], result: CompactionAudit, where: str
+) -> bool:
+    """Whether the data file `path` exists and matches the SHA-256 recorded when it was written; else a problem."""
+    absolute = ledger.location.data_path + path
+    if ledger.store.size(absolute) is None:
+        result.problems.append(f"{where}: file `{path}` is missing")
+        return False
+    sha256, size = _sha256(ledger.store, absolute)
+    result.files += 1
+    result.bytes_checked += size
+    if checksums.get(path, (None, None))[1] != sha256:
+        result.problems.append(f"{where}: file `{path}` does not match the SHA-256 recorded when it was written")
+        return False
+    return True
+
+
 def _audit_proof(
     ledger: Ledger,
     result: CompactionAudit,
@@ -524,15 +541,7 @@ def _audit_proof(
 ) -> None:
     connection = ledger.connection
     for path in [file.relative_path for file in files] + [merged_path]:
-        absolute = ledger.location.data_path + path
-        if ledger.store.size(absolute) is None:
-            result.problems.append(f"{where}: file `{path}` is missing")
-            return
-        sha256, size = _sha256(ledger.store, absolute)
-        result.files += 1
-        result.bytes_checked += size
-        if checksums.get(path, (None, None))[1] != sha256:
-            result.problems.append(f"{where}: file `{path}` does not match the SHA-256 recorded when it was written")
+        if not _file_as_recorded(ledger, path, checksums, result, where):
             return
     if not _counts_agree(table, sum(file.rows for file in files), recorded[0]):
         result.problems.append(f"{where}: the retired files' recorded row counts do not sum to {recorded[0]}")
@@ -571,16 +580,9 @@ def _audit_merged(
     checksums: dict[str, tuple[int, str]],
 ) -> None:
     """Check a merged file whose retired files an expiry dropped: its SHA-256 and its rows against the record."""
+    if not _file_as_recorded(ledger, merged_path, checksums, result, where):
+        return
     absolute = ledger.location.data_path + merged_path
-    if ledger.store.size(absolute) is None:
-        result.problems.append(f"{where}: file `{merged_path}` is missing")
-        return
-    sha256, size = _sha256(ledger.store, absolute)
-    result.files += 1
-    result.bytes_checked += size
-    if checksums.get(merged_path, (None, None))[1] != sha256:
-        result.problems.append(f"{where}: file `{merged_path}` does not match the SHA-256 recorded when it was written")
-        return
     try:
         (found,) = ledger.connection.execute(
             rows_digest_sql(table, f"SELECT * FROM read_parquet({_quote(absolute)})")
