@@ -568,7 +568,8 @@ class Predecessor:
 
 def read_predecessor(ledger: Ledger, chain: Chain, distributor: Contract) -> Predecessor | None:
     """The distributor `distributor` took over from, with what its last root owes each address (from the ledger's
-    tree of that epoch, checked against the old contract's root); None when it took over from none.
+    tree of that epoch, checked against the old contract's root) plus what the distributors it took over from in
+    turn still owe; None when it took over from none.
 
     Refuses (ChainConfigError) when the old contract had a root proposed after the migration, or when the ledger
     lacks that epoch's tree or holds another root for it: the net leaves would be wrong."""
@@ -598,6 +599,11 @@ def read_predecessor(ledger: Ledger, chain: Chain, distributor: Contract) -> Pre
         )
     tree = stored.tree
     owed = {account: tree.amount_units(account) for account in map(tree.account_at, range(len(tree)))}
+    # The predecessor's leaves are net of its own predecessor's last root, which still owes its leaves too (A -> B
+    # -> C): what every distributor before this one owes is added, or A's amounts were claimable twice.
+    earlier = read_predecessor(ledger, chain, old)
+    for account, units in ({} if earlier is None else earlier.owed_units).items():
+        owed[account] = owed.get(account, 0) + units
     return Predecessor(address, epoch, owed)
 
 

@@ -29,13 +29,13 @@ FROM ${settlement_claim};
 
 -- The chain side's checks, in the shape of ledger_checks, one row per settled (or claimed) epoch.
 -- root_vs_payables: the proposed root's total is the cumulative payables up to the epoch less those of
--- contributors without an address (and, for a migrated distributor's epoch, less its predecessor's last root's
--- total, still claimable there), and the chain record's total is the tree's. proofs_vs_root: the stored
+-- contributors without an address (and, for a migrated distributor's epoch, less its predecessors' last roots'
+-- totals, still claimable there), and the chain record's total is the tree's. proofs_vs_root: the stored
 -- leaves are leaf_count and sum to the root's total. claims_vs_tree: every synced claim's cumulative amount
 -- is the account's leaf in the root it claimed against. claims_paid: every claim paid its cumulative amount
 -- less the account's previous claim's (a forged, altered, missing or repeated claim row shows here).
 CREATE OR REPLACE TEMP VIEW chain_checks AS
-WITH settled AS (
+WITH RECURSIVE settled AS (
     SELECT r.epoch, r.total_units AS recorded_units, t.total_units AS tree_units, t.unaddressed_units, t.leaf_count
     FROM ${settlement_record} r JOIN ${settlement_root} t USING (epoch)
 ),
@@ -43,9 +43,15 @@ payable_totals AS (
     SELECT s.epoch, sum(p.amount_micros) AS payable_micros
     FROM settled s JOIN ${settlement_payable} p ON p.epoch <= s.epoch GROUP BY s.epoch
 ),
-net_of AS (  -- an epoch of a migrated distributor: its leaves are net of its predecessor's last root
-    SELECT m.epoch, t.total_units AS owed_units
-    FROM ${settlement_migration} m JOIN ${settlement_root} t ON t.epoch = m.predecessor_epoch
+migrated_from (epoch, predecessor_epoch) AS (  -- every earlier distributor's last epoch, for A -> B -> C too
+    SELECT epoch, predecessor_epoch FROM ${settlement_migration}
+    UNION ALL
+    SELECT f.epoch, m.predecessor_epoch
+    FROM migrated_from f JOIN ${settlement_migration} m ON m.epoch = f.predecessor_epoch
+),
+net_of AS (  -- an epoch of a migrated distributor: its leaves are net of every predecessor's last root
+    SELECT f.epoch, sum(t.total_units) AS owed_units
+    FROM migrated_from f JOIN ${settlement_root} t ON t.epoch = f.predecessor_epoch GROUP BY f.epoch
 ),
 proof_totals AS (
     SELECT epoch, count(*) AS leaves, sum(cumulative_units) AS units FROM ${settlement_proof} GROUP BY epoch

@@ -15,6 +15,7 @@ from web3 import Web3
 from web3.contract import Contract
 from web3.exceptions import ContractCustomError
 
+from ledger import define_views, run_query
 from ledger.ledger import Ledger
 from royalty.cli import app
 from settlement.onchain.chain import connect, distributor_contract, token_contract
@@ -386,6 +387,39 @@ def test_a_migrated_distributor_refuses_a_tree_of_whole_leaves(anvil: Anvil, mig
     output = _settle_refused(anvil, lake, migrated["new"])
     assert "epoch 2's tree in the ledger holds whole cumulative leaves" in output
     assert proposals(anvil, old, 2) == [] and settlement_rows(lake, "settlement_migration") == []
+
+
+def test_a_second_migration_nets_what_every_earlier_distributor_still_owes(anvil: Anvil, tmp_path: Path) -> None:  # noqa: F811
+    """A -> B -> C: epoch 1 settles to A, epoch 2 to B (`--migrate-from A`), epoch 3 to C (`--migrate-from B`). A's
+    last root still owes its leaves forever, and so does B's, net of A: C's leaves must be net of both. Before the
+    fix they were net of B's leaves only, so every address could claim A's amount twice (A, then again in C)."""
+    lake = tmp_path / "lake"
+    traffic, offset = new_lake(lake, 12, seed=11)
+    chain_of = [deploy(anvil)["distributor"]]
+    settle(lake, anvil, chain_of[0])
+    for epoch, first_index in ((2, 12), (3, 20)):
+        chain_of.append(
+            royalty(
+                "deploy", "--rpc-url", anvil.url, "--timelock-seconds", "0", "--mint-units", str(MINT_UNITS),
+                "--migrate-from", chain_of[-1],
+            )["distributor"]
+        )  # fmt: skip
+        with Ledger.open(str(lake)) as ledger:
+            offset = append(ledger, list(traffic.metered(8, first_index=first_index)), offset)
+        settled = settle(lake, anvil, chain_of[-1])
+        assert (settled["outcome"], settled["epoch"]) == ("proposed", epoch)
+    cumulative = {Web3.to_checksum_address(a): u for a, u in expected_units(lake).items()}
+    claimable: dict[str, int] = {}  # over the three distributors' last roots, each claimable forever
+    for epoch in (1, 2, 3):
+        for account, units in _stored_tree(lake, epoch).items():
+            claimable[account] = claimable.get(account, 0) + units
+    assert claimable == cumulative  # was each address's epoch-1 leaf more (at 70 events: 411,134 for 277,657)
+    with Ledger.open_read_only(str(lake)) as ledger:  # the reconciliation nets both earlier roots too
+        define_views(ledger)
+        checks = run_query(
+            ledger, "SELECT epoch, difference_micros FROM chain_checks WHERE check_name = 'root_vs_payables' ORDER BY 1"
+        )
+    assert checks.to_pylist() == [{"epoch": e, "difference_micros": 0} for e in (1, 2, 3)]
 
 
 def _stored_tree(lake: Path, epoch: int) -> MerkleTree:
