@@ -35,6 +35,7 @@ import polars as pl
 import pyarrow as pa
 from web3 import Web3
 from web3.contract import Contract
+from web3.exceptions import BadFunctionCallOutput, ContractLogicError
 from web3.logs import DISCARD
 
 from ledger import recorder
@@ -601,10 +602,20 @@ def read_predecessor(ledger: Ledger, chain: Chain, distributor: Contract) -> Pre
     owed = {account: tree.amount_units(account) for account in map(tree.account_at, range(len(tree)))}
     # The predecessor's leaves are net of its own predecessor's last root, which still owes its leaves too (A -> B
     # -> C): what every distributor before this one owes is added, or A's amounts were claimable twice.
-    earlier = read_predecessor(ledger, chain, old)
+    earlier = _predecessor_of_predecessor(ledger, chain, old)
     for account, units in ({} if earlier is None else earlier.owed_units).items():
         owed[account] = owed.get(account, 0) + units
     return Predecessor(address, epoch, owed)
+
+
+def _predecessor_of_predecessor(ledger: Ledger, chain: Chain, old: Contract) -> Predecessor | None:
+    """`read_predecessor` of the distributor `old`; None when it predates migrations (it answers no `predecessor()`,
+    so it took over from none)."""
+    try:
+        old.functions.predecessor().call()
+    except (ContractLogicError, BadFunctionCallOutput):
+        return None
+    return read_predecessor(ledger, chain, old)
 
 
 def refuse_migrated_from(ledger: Ledger, chain: Chain, distributor: Contract) -> None:
