@@ -30,7 +30,7 @@ import pyarrow.parquet as pq
 
 from ingest.sample import SampleShape, SampleTraffic
 from ledger import IngestBatch, Ledger, PartitionOffsets
-from ledger.connection import extension_directory
+from ledger.extensions import extension_directory
 from schemas import BatchDecoder
 
 

@@ -2,8 +2,9 @@
 
 import duckdb
 
-from ledger.connection import LedgerLocation, attach_options, catalog_alias, extension_directory
+from ledger.connection import LedgerLocation, attach_options, catalog_alias
 from ledger.errors import LedgerError
+from ledger.extensions import extension_directory
 from ledger.ledger import Ledger
 from ledger.object_store import secret_statements, secret_statements_redacted
 from ledger.query import analyst_view_statements

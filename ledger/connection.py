@@ -14,7 +14,6 @@ Ledgers created before record an absolute `.../data/`: they open the same way wh
 """
 
 import os
-import site
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,7 +21,8 @@ from pathlib import Path
 import duckdb
 
 from ledger.errors import LedgerDataPathError, LedgerLocationError, LedgerNotFoundError
-from ledger.object_store import secret_statements
+from ledger.extensions import connect_with_extensions
+from ledger.object_store import is_s3, secret_statements
 from ledger.redact import dsn_password, redact, remember_secret
 
 catalog_alias = "lake"
@@ -32,18 +32,6 @@ data_folder = "data"
 # metadata tables; the losers' ATTACH fails with "already exists" and succeeds when retried.
 _catalog_creation_attempts = 5
 _catalog_creation_backoff_s = 0.2
-
-
-def extension_directory() -> str:
-    """The folder the `duckdb-ext-*` wheels install into."""
-    for root in [*site.getsitepackages(), site.getusersitepackages()]:
-        candidate = Path(root) / "duckdb_ext" / "extensions"
-        if candidate.is_dir():
-            return str(candidate)
-    raise LedgerNotFoundError(
-        "duckdb_ext/extensions (install the duckdb-ext-ducklake, -sqlite and -postgres wheels: "
-        "pip install -e .)"
-    )
 
 
 @dataclass(frozen=True)
@@ -114,21 +102,15 @@ def connect(
     Without `create` (and always when `read_only`) a catalog holding no ledger raises `LedgerNotFoundError`
     and nothing is created in it (a PostgreSQL database stays empty).
     """
-    connection = duckdb.connect(
-        config={
-            "extension_directory": extension_directory(),
-            "autoinstall_known_extensions": False,
-            "autoload_known_extensions": False,
-        }
-    )
-    connection.execute("LOAD ducklake")
+    backend_extension = "sqlite" if location.backend == "sqlite" else "postgres"
+    object_store = ["httpfs"] if is_s3(location.data_path) else []
+    connection = connect_with_extensions(["ducklake", backend_extension, *object_store])
     # DuckLake's own retry of a commit that met another writer's (ducklake 0.3 on DuckDB 1.4.4) re-numbers the
     # transaction's new column maps but not the data files naming them: a file then names a map the catalog
     # does not hold and no reader can read its table ("Unknown name map id"). So a conflicting commit fails
     # here, and the ledger redoes the whole transaction from a fresh snapshot (`Ledger._retried`); only an append
     # whose files all reuse maps its connection committed lets DuckLake retry (`Ledger._allow_ducklake_commit_retries`).
     connection.execute("SET ducklake_max_retry_count = 0")
-    connection.execute("LOAD sqlite" if location.backend == "sqlite" else "LOAD postgres")
     # An `s3://` data path: httpfs and the store's credentials, before DuckLake's ATTACH uses them.
     for statement in secret_statements(location.data_path):
         connection.execute(statement)
