@@ -54,6 +54,9 @@ class IngestMetrics:
         self._compactions = counter("compactions", "Compactions run when the source was idle.")
         self._compaction_failures = counter("compaction_failures", "Idle compactions that failed (retried later).")
         self._files_compacted = counter("files_compacted", "Data files retired by idle compactions.")
+        self._expiries = counter("expiries", "Snapshot expiries run when the source was idle.")
+        self._expiry_failures = counter("expiry_failures", "Idle snapshot expiries that failed (retried later).")
+        self._snapshots_expired = counter("snapshots_expired", "Snapshots expired by idle expiries.")
         self._records_per_s = Gauge(
             f"{_prefix}_records_per_second", "Recent ingest rate (messages a second).", registry=self.registry
         )
@@ -108,6 +111,13 @@ class IngestMetrics:
 
     def compaction_failed(self) -> None:
         self._compaction_failures.inc()
+
+    def expired(self, snapshots: int) -> None:
+        self._expiries.inc()
+        self._snapshots_expired.inc(snapshots)
+
+    def expiry_failed(self) -> None:
+        self._expiry_failures.inc()
 
     def progress(self, records_per_s: float, lag_by_partition: Mapping[tuple[str, int], int]) -> None:
         self._records_per_s.set(records_per_s)

@@ -30,6 +30,9 @@ from ledger import AppendResult, IngestBatch, Ledger, LedgerError, LedgerOffsets
 from ledger.batch import FileSourcePosition
 from ledger.compaction import CompactionReport
 from ledger.compaction import compact as compact_ledger
+from ledger.constants import expire_older_than_s_default
+from ledger.expiry import ExpiryReport
+from ledger.expiry import expire as expire_ledger
 from schemas import BatchDecoder, DecodedBatch, Rejection, SchemaError, limits
 from schemas.decoder import utc_now
 from schemas.reason_codes import ReasonCode
@@ -93,6 +96,9 @@ class IngestService:
         clock: Callable[[], datetime] = utc_now,
         compact_when_idle_s: float = 0.0,
         compact: Callable[[Ledger], CompactionReport] = compact_ledger,
+        expire_when_idle_s: float = 0.0,
+        expire_older_than_s: float = expire_older_than_s_default,
+        expire: Callable[[Ledger, float], ExpiryReport] = expire_ledger,
     ) -> None:
         if not 0 < batch_records_max <= constants.batch_records_max_limit:
             raise IngestConfigError(
@@ -133,7 +139,13 @@ class IngestService:
         # It runs on the append worker, so it never overlaps this process's appends.
         self.compact_when_idle_s = compact_when_idle_s
         self._compact = compact
-        self._compacted_this_quiet_spell = False
+        # Snapshot expiry (ledger.expiry) under the same rule, after the compaction when both are due (so the files
+        # it retired are dropped by the expiry); snapshots younger than `expire_older_than_s` are kept.
+        self.expire_when_idle_s = expire_when_idle_s
+        self.expire_older_than_s = expire_older_than_s
+        self._expire = expire
+        # The idle tasks ("compaction", "expiry") already run in the current quiet spell.
+        self._done_this_quiet_spell: set[str] = set()
         self.source = source_factory(self)
 
     # Lifecycle -----------------------------------------------------------------------------
@@ -178,7 +190,7 @@ class IngestService:
                     self._pending_since = now
                 self._pending.extend(polled)
                 last_message = now
-                self._compacted_this_quiet_spell = False
+                self._done_this_quiet_spell.clear()
                 backoff_s = constants.broker_backoff_s_min
             if self._pending and (
                 len(self._pending) >= self.batch_records_max
@@ -198,7 +210,7 @@ class IngestService:
                     log.info("kafka broker reachable again; resuming")
                     backoff_s = constants.broker_backoff_s_min
                 was_connected = connected
-                self._compact_if_idle(now - last_message)
+                self._maintain_if_idle(now - last_message)
                 if until_idle_s is not None and not self._pending and now - last_message >= until_idle_s:
                     self.summary.stopped_by = f"idle for {until_idle_s:g} s"
                     break
@@ -211,17 +223,20 @@ class IngestService:
         if not self.summary.stopped_by:
             self.summary.stopped_by = "signal"
 
-    def _compact_if_idle(self, quiet_s: float) -> None:
-        """Compact the ledger on the append worker once the source has been quiet `compact_when_idle_s`."""
-        if (
-            self.compact_when_idle_s <= 0
-            or self._compacted_this_quiet_spell
-            or self._pending
-            or quiet_s < self.compact_when_idle_s
-        ):
+    def _maintain_if_idle(self, quiet_s: float) -> None:
+        """On the append worker, once per quiet spell each: compact once the source has been quiet
+        `compact_when_idle_s`, expire snapshots once quiet `expire_when_idle_s` (compaction first when both are due:
+        the worker runs them in order)."""
+        if self._pending:
             return
-        self._compacted_this_quiet_spell = True
-        self._appender.submit(self._compact_logging_failures)
+        for task, idle_s, work in (
+            ("compaction", self.compact_when_idle_s, self._compact_logging_failures),
+            ("expiry", self.expire_when_idle_s, self._expire_logging_failures),
+        ):
+            if idle_s <= 0 or task in self._done_this_quiet_spell or quiet_s < idle_s:
+                continue
+            self._done_this_quiet_spell.add(task)
+            self._appender.submit(work)
 
     def _compact_logging_failures(self) -> None:
         """Compact; a failure is logged with its reason and left for the next quiet spell (ingest carries on:
@@ -242,6 +257,29 @@ class IngestService:
                 "compacted when idle",
                 extra={"merges": report.merges, "files_retired": report.files_retired, "rows": report.rows,
                        "skipped_busy": report.skipped},
+            )  # fmt: skip
+
+    def _expire_logging_failures(self) -> None:
+        """Expire old snapshots; a failure is logged and left for the next quiet spell, as a failed compaction is (a
+        failed expiry committed nothing)."""
+        try:
+            report = self._expire(self.ledger, self.expire_older_than_s)
+        except LedgerError as error:
+            self.metrics.expiry_failed()
+            log.warning(
+                "snapshot expiry when idle failed; retried at the next quiet spell", extra={"error": str(error)}
+            )
+            return
+        except Exception:  # on the worker thread nobody would see it: logged with its traceback, never silent
+            self.metrics.expiry_failed()
+            log.exception("snapshot expiry when idle failed unexpectedly; retried at the next quiet spell")
+            return
+        self.metrics.expired(report.snapshots_expired)
+        if report.snapshots_expired or report.files_deleted:
+            log.info(
+                "snapshots expired when idle",
+                extra={"snapshots_expired": report.snapshots_expired, "snapshots_kept": report.snapshots_retained,
+                       "files_dropped": report.files_dropped, "files_deleted": report.files_deleted},
             )  # fmt: skip
 
     # Batches -------------------------------------------------------------------------------

@@ -4,7 +4,7 @@ import json
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.markup import escape
@@ -36,6 +36,9 @@ from royalty.common import fail as _fail
 from royalty.logs import configure_logging
 from royalty.output import output_formats, render
 from schemas.errors import RoyaltyError
+
+if TYPE_CHECKING:
+    from royalty.config import Settings
 
 app = typer.Typer(
     help="royalty-engine: event-sourced royalty accounting for community-owned AI models.",
@@ -285,11 +288,12 @@ def expire(
     data_path: DataPathOption = None,
     config: ConfigOption = None,
     older_than_s: Annotated[
-        float | None,
+        int | None,
         typer.Option(
             "--older-than-s",
             min=0,
-            help="Only expire snapshots committed at least this many seconds ago. [default: 604800, a week]",
+            help="Only expire snapshots committed at least this many seconds ago (setting `expire_older_than_s`). "
+            "[default: 604800, a week]",
         ),
     ] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Say what would be expired; change nothing.")] = False,
@@ -302,15 +306,12 @@ def expire(
     kept snapshot sees are deleted an hour later (docs/operations.md, Snapshot expiry).
     """
     from ledger import Ledger
-    from ledger.constants import expire_older_than_s_default
     from ledger.expiry import expire as expire_ledger
 
-    settings = load_settings({"lake": lake, "data_path": data_path}, config)
+    settings = load_settings({"lake": lake, "data_path": data_path, "expire_older_than_s": older_than_s}, config)
     try:
         with Ledger.open(settings.lake, settings.data_path, create=False) as ledger:
-            report = expire_ledger(
-                ledger, expire_older_than_s_default if older_than_s is None else older_than_s, dry_run=dry_run
-            )
+            report = expire_ledger(ledger, _expire_older_than_s(settings), dry_run=dry_run)
     except RoyaltyError as error:
         _fail(error)
     if output_json:
@@ -323,6 +324,13 @@ def expire(
         f"{report.files_deleted:,} deleted",
         highlight=False,
     )
+
+
+def _expire_older_than_s(settings: "Settings") -> float:
+    """The setting `expire_older_than_s`, or the ledger's default (a week) when unset."""
+    from ledger.constants import expire_older_than_s_default
+
+    return expire_older_than_s_default if settings.expire_older_than_s is None else settings.expire_older_than_s
 
 
 def _shortened(text: str, chars_max: int = 80) -> str:
@@ -405,6 +413,13 @@ def ingest(
             "--compact-when-idle-s", help="Compact the ledger when the source is quiet this long. [default 0: never]"
         ),
     ] = None,
+    expire_when_idle_s: Annotated[
+        int | None,
+        typer.Option(
+            "--expire-when-idle-s",
+            help="Expire old snapshots (as `royalty expire`) when the source is quiet this long. [default 0: never]",
+        ),
+    ] = None,
     until_idle_deprecated: Annotated[
         float | None, typer.Option("--until-idle", hidden=True, help="Deprecated: --until-idle-s.")
     ] = None,
@@ -436,6 +451,7 @@ def ingest(
             "batch_bytes_max": batch_bytes_max,
             "batch_latency_ms_max": batch_latency_ms_max,
             "compact_when_idle_s": compact_when_idle_s,
+            "expire_when_idle_s": expire_when_idle_s,
             "metrics_port": metrics_port,
             "log_format": log_format,
         },
@@ -490,6 +506,8 @@ def ingest(
             batch_bytes_max=settings.batch_bytes_max,
             event_time_future_s_max=settings.event_time_future_s_max,
             compact_when_idle_s=settings.compact_when_idle_s,
+            expire_when_idle_s=settings.expire_when_idle_s,
+            expire_older_than_s=_expire_older_than_s(settings),
         )
         service.install_signal_handlers()
         idle_s = until_idle_s if until_idle_s is not None else (0.0 if from_file else None)

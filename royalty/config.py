@@ -127,6 +127,18 @@ class Settings(BaseSettings):
         "0: never.",
         (0, 86_400),
     )
+    expire_when_idle_s: int = _setting(
+        0,
+        "`ingest` expires old snapshots (as `royalty expire`, after its idle compaction when both are due) once its "
+        "source has been quiet this many seconds; 0: never.",
+        (0, 86_400),
+    )
+    expire_older_than_s: int | None = _setting(
+        None,
+        "Snapshots younger than this many seconds are kept by `royalty expire` and by ingest's idle expiry; unset: "
+        "604,800 (a week).",
+        (0, 3_650 * 86_400),
+    )
     event_time_future_s_max: int = _setting(
         event_time_future_s_max_default,
         "Most seconds an event's `time` may be ahead of the ingest clock; later ones become dead letters.",

@@ -15,6 +15,7 @@ from ingest.service import IngestService
 from ingest.sources import Messages
 from ledger import Ledger, LedgerBusyError
 from ledger.compaction import CompactionReport, compact
+from ledger.expiry import ExpiryReport
 from ledger.verify import verify
 from tests.support.ledger_batches import sample_messages
 
@@ -132,3 +133,19 @@ def test_compaction_when_idle_is_off_by_default(tmp_path):
         service = _service(ledger, QuietAfterSource(sample_messages(60), chunk=30), compact=never)
         service.run(until_idle_s=0.6)
     assert service.metrics.value("royalty_ingest_compactions_total") == 0
+    assert service.metrics.value("royalty_ingest_expiries_total") == 0
+
+
+def test_a_failing_idle_expiry_is_logged_and_counted_and_ingest_carries_on(tmp_path, caplog):
+    def busy_expire(ledger: Ledger, older_than_s: float) -> ExpiryReport:
+        raise LedgerBusyError("lake", 3, "database is locked")
+
+    messages = sample_messages(100)
+    with Ledger.open(tmp_path / "lake") as ledger:
+        service = _service(ledger, QuietAfterSource(messages, chunk=50), expire_when_idle_s=0.2, expire=busy_expire)
+        with caplog.at_level(logging.WARNING, logger="royalty.ingest"):
+            summary = service.run(until_idle_s=1.0)
+    assert summary.messages == len(messages)
+    assert service.metrics.value("royalty_ingest_expiry_failures_total") == 1
+    assert service.metrics.value("royalty_ingest_expiries_total") == 0
+    assert any("snapshot expiry when idle failed" in record.getMessage() for record in caplog.records)
