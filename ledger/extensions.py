@@ -6,12 +6,21 @@ is 0.6-0.8 s of CPU per connection, more than most commands' work. So a process 
 its first load, remembers the file as it was then (device, inode, size, modification and change times: a
 write restoring the modification time still changes the change time), and a later
 connection loads it without the check only while every file it needs is still the one checked. A file replaced
-since is checked again, and refused if unsigned. Whoever could replace a checked file between two connections of
-one process could as well replace this code.
+since is checked again, and refused if unsigned.
+
+The checked files are also remembered across processes, in the user's cache folder
+(`$XDG_CACHE_HOME/royalty-engine/`, else `~/.cache/royalty-engine/`; owner-only), so a CLI command no longer pays
+the check when nothing changed. That trusts nobody new: the record only vouches for a file with the same
+identity, and changing an extension file in place needs write access to the Python packages, whose code
+could as well skip the check. A missing, unreadable or malformed record means checking again; failing to write
+it only costs the check next time.
 """
 
+import contextlib
+import json
 import os
 import site
+import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -23,8 +32,9 @@ from ledger.errors import LedgerNotFoundError
 _extension_names = {"ducklake": "ducklake", "sqlite": "sqlite_scanner", "postgres": "postgres_scanner",
                     "httpfs": "httpfs"}  # fmt: skip
 _FileIdentity = tuple[int, int, int, int, int]
-# extension name -> the file DuckDB checked in this process, and its identity then
+# extension name -> the file DuckDB checked (in this process, or another one per the record), and its identity then
 _checked: dict[str, tuple[str, _FileIdentity]] = {}
+_record_read = False
 
 
 def extension_directory() -> str:
@@ -62,6 +72,11 @@ def connect_with_extensions(load_names: Iterable[str]) -> duckdb.DuckDBPyConnect
 
 
 def _still_checked(extension: str) -> bool:
+    global _record_read
+    if not _record_read:
+        _record_read = True
+        for name, (path, identity) in _read_record().items():
+            _checked.setdefault(name, (path, identity))
     remembered = _checked.get(extension)
     return remembered is not None and _identity(remembered[0]) == remembered[1]
 
@@ -74,6 +89,39 @@ def _remember_checked(connection: duckdb.DuckDBPyConnection) -> None:
         identity = _identity(path)
         if identity is not None:
             _checked[extension] = (path, identity)
+    _write_record()
+
+
+def _record_path() -> Path:
+    cache = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(cache) / "royalty-engine" / f"checked-extensions-duckdb-{duckdb.__version__}.json"
+
+
+def _read_record() -> dict[str, tuple[str, _FileIdentity]]:
+    try:
+        stored = json.loads(_record_path().read_text())
+        return {
+            str(name): (str(entry[0]), tuple(int(part) for part in entry[1:]))  # type: ignore[misc]
+            for name, entry in stored.items()
+            if isinstance(entry, list) and len(entry) == 6
+        }
+    except (OSError, ValueError, TypeError, AttributeError):
+        return {}
+
+
+def _write_record() -> None:
+    path = _record_path()
+    with contextlib.suppress(OSError):
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        entries = {name: [file, *identity] for name, (file, identity) in _checked.items()}
+        descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=".checked-")  # owner-only (0600)
+        try:
+            with os.fdopen(descriptor, "w") as file:
+                json.dump(entries, file)
+            os.replace(temporary, path)
+        except OSError:
+            Path(temporary).unlink(missing_ok=True)
+            raise
 
 
 def _identity(path: str) -> _FileIdentity | None:

@@ -2,6 +2,8 @@
 
 import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import duckdb
@@ -21,6 +23,8 @@ def extension_copy(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
             shutil.copy2(path, target)
     monkeypatch.setattr(extensions, "extension_directory", lambda: str(tmp_path / "extensions"))
     monkeypatch.setattr(extensions, "_checked", {})
+    monkeypatch.setattr(extensions, "_record_read", False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     return tmp_path / "extensions"
 
 
@@ -68,3 +72,37 @@ def test_a_file_changed_after_its_check_is_checked_again_and_a_bad_signature_ref
     # and the refused file is not remembered as checked: the next connection checks it again
     with pytest.raises(duckdb.Error, match=r"(?i)signature"):
         extensions.connect_with_extensions(["ducklake"])
+
+
+_connect_and_say = (
+    "from ledger.extensions import connect_with_extensions\n"
+    "with connect_with_extensions(['ducklake', 'sqlite']) as c:\n"
+    "    print(c.execute(\"SELECT current_setting('allow_unsigned_extensions')\").fetchone()[0])"
+)
+
+
+def test_a_later_process_reuses_the_check_an_earlier_one_recorded(tmp_path: Path) -> None:
+    """The record in the user's cache folder: the first process checks, the second does not; the record is
+    the owner's only."""
+    environment = {**os.environ, "XDG_CACHE_HOME": str(tmp_path / "cache")}
+
+    def unsigned_allowed() -> str:
+        done = subprocess.run([sys.executable, "-c", _connect_and_say], capture_output=True, text=True, env=environment)
+        assert done.returncode == 0, done.stderr
+        return done.stdout.strip()
+
+    assert unsigned_allowed() == "False"
+    assert unsigned_allowed() == "True"
+    (record,) = (tmp_path / "cache" / "royalty-engine").iterdir()
+    assert record.stat().st_mode & 0o077 == 0 and record.parent.stat().st_mode & 0o077 == 0
+
+
+def test_a_malformed_record_means_checking_again(extension_copy: Path) -> None:
+    with extensions.connect_with_extensions(["ducklake", "sqlite"]):
+        pass
+    record = extensions._record_path()
+    record.write_text('{"ducklake": [1, 2], "sqlite_scanner": "x"')
+    extensions._checked.clear()
+    extensions._record_read = False
+    with extensions.connect_with_extensions(["ducklake", "sqlite"]) as connection:
+        assert _signatures_checked(connection)
