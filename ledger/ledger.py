@@ -604,17 +604,20 @@ class Ledger:
                     stored AS (
                         SELECT {", ".join(content)} FROM {_stored_same_ids(table_name, rows)}
                     )
+                    -- One verdict per message: the ledger may hold an event twice (a resend with another event
+                    -- time passes this probe), and a copy identical to any of them is a duplicate, not a conflict.
                     SELECT b.message_index,
-                           coalesce(s.event_id, e.event_id) AS first_id,
-                           CASE WHEN s.event_id IS NOT NULL THEN
+                           any_value(coalesce(s.event_id, e.event_id)) AS first_id,
+                           bool_or(CASE WHEN s.event_id IS NOT NULL THEN
                                     ({" AND ".join(f"b.{c} IS NOT DISTINCT FROM s.{c}" for c in content)})
                                 ELSE ({" AND ".join(f"b.{c} IS NOT DISTINCT FROM e.{c}" for c in content)})
-                           END AS identical,
-                           s.event_id IS NOT NULL AS in_ledger
+                           END) AS identical,
+                           bool_or(s.event_id IS NOT NULL) AS in_ledger
                     FROM batch b
                     LEFT JOIN stored s ON s.source = b.source AND s.event_id = b.event_id
                     LEFT JOIN earlier e ON e.source = b.source AND e.event_id = b.event_id AND b.nth > 1
                     WHERE s.event_id IS NOT NULL OR b.nth > 1
+                    GROUP BY b.message_index ORDER BY b.message_index
                     """
                 ).fetchall()
             finally:

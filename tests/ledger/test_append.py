@@ -135,3 +135,27 @@ def test_a_writer_reconnects_every_so_many_appends_and_carries_on_exactly(
             ledger.append(*batch_of(values[:5], first_offset=60))
         (count,) = ledger.connection.execute("SELECT count(*) FROM lake.main.inference_metered").fetchone()
         assert count == 70 and ledger.stored_offsets() == {("t", 0): 81}
+
+
+def _metered_at(event_id: str, minute: int) -> bytes:
+    data = {
+        "model_id": "m", "payer": "org-1", "compute_provider": "gpu-1", "input_tokens": 1, "output_tokens": 1,
+        "fee_micros": 1_000, "asset": "USDC", "request_id": f"r-{event_id}",
+    }  # fmt: skip
+    envelope = {"specversion": "1.0", "id": event_id, "source": "//gw", "type": "ai.inference.metered.v1"}
+    return json.dumps({**envelope, "time": f"2026-12-01T10:{minute:02d}:00Z", "data": data}).encode()
+
+
+def test_a_resend_identical_to_one_of_two_stored_copies_is_one_duplicate_and_no_dead_letter(lake_dir: Path) -> None:
+    """ev-1 is stored twice: a resend with another event time passes the duplicate probe, which looks at the batch's
+    times. A third copy, identical to the first, comes in a batch whose times cover both stored copies: it is one
+    dropped duplicate. Before, it was compared with each stored copy, so it was counted as a duplicate AND stored as a
+    `conflicting_duplicate` dead letter (3 outcomes for 2 messages), whose runbook says to resend it with a new id:
+    that resend would have been paid a second time."""
+    with Ledger.open(lake_dir) as ledger:
+        assert ledger.append(*batch_of([_metered_at("ev-1", 0)])).events == 1
+        assert ledger.append(*batch_of([_metered_at("ev-1", 30)], first_offset=1)).events == 1
+        result = ledger.append(*batch_of([_metered_at("ev-1", 0), _metered_at("ev-2", 40)], first_offset=2))
+        assert (result.events, result.duplicates, result.dead_letters) == (1, 1, 0)  # was (1, 1, 1)
+        (dead,) = ledger.connection.execute("SELECT count(*) FROM lake.main.dead_letter").fetchone()
+        assert dead == 0
