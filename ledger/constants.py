@@ -43,6 +43,10 @@ compaction_files_per_merge_max = 2_000
 # expired snapshot before the expiry may still be reading them).
 expire_older_than_s_default = 7 * 24 * 3600.0
 expired_files_delete_after_s = 3600.0
+# After an expiry, a bookkeeping table's inlined rows move to a checksummed Parquet file of their own
+# (ledger/catalog_flush.py) once it holds this many: a flush costs the catalog a data file row and its column
+# statistics (~1-2 KB), a thousand inlined rows ~60-500 KB.
+bookkeeping_flush_rows_min = 1_000
 
 # An append of at most this many messages runs on one DuckDB thread: its statements are tiny and scheduling
 # them on worker threads cost more CPU than they saved (benchmarks/RESULTS.md, small appends). Larger

@@ -40,6 +40,7 @@ from datetime import UTC, datetime, timedelta
 import duckdb
 
 from ledger import constants
+from ledger.catalog_flush import flush_once
 from ledger.compaction import close_step, compactable_tables
 from ledger.connection import catalog_alias
 from ledger.errors import LedgerError
@@ -79,6 +80,8 @@ class ExpiryReport:
     expired_ranges: str = ""
     files_dropped: int = 0
     files_deleted: int = 0
+    # Bookkeeping rows moved out of the catalog into checksummed Parquet files (ledger/catalog_flush.py).
+    rows_flushed: int = 0
     dry_run: bool = False
     snapshot: int | None = None  # the snapshot that recorded the expiry
 
@@ -106,10 +109,12 @@ def expire(
     snapshots: list[int] | None = None,
     delete_files_after_s: float = constants.expired_files_delete_after_s,
     now: datetime | None = None,
+    flush_rows_min: int = constants.bookkeeping_flush_rows_min,
 ) -> ExpiryReport:
     """Expire every snapshot older than `older_than_s` the policy does not retain (or only `snapshots`, each of which
     must be expirable: `RetainedSnapshotError` otherwise), recording the expiry in the same transaction; then delete
-    the retired files DuckLake scheduled for deletion at least `delete_files_after_s` ago.
+    the retired files DuckLake scheduled for deletion at least `delete_files_after_s` ago, and move the bookkeeping
+    tables' inlined rows out of the catalog where one holds at least `flush_rows_min` (ledger/catalog_flush.py).
 
     Holds the close-epoch step lock, so no epoch closes on a snapshot being expired.
     """
@@ -138,6 +143,7 @@ def expire(
                 extra={"snapshots": len(plan.expired), "files_dropped": len(plan.dropped), "snapshot": report.snapshot},
             )
         report.files_deleted = _delete_scheduled_files(ledger, delete_files_after_s)
+        report.rows_flushed = sum(ledger._retrying(lambda: flush_once(ledger, flush_rows_min), "flush").values())
     return report
 
 

@@ -182,6 +182,14 @@ def _checkpoint_holder_balances(connection: duckdb.DuckDBPyConnection) -> None:
     reads every transfer, as before."""
 
 
+def _flush_bookkeeping_rows(connection: duckdb.DuckDBPyConnection) -> None:
+    """Format 18 lets `royalty expire` move the bookkeeping tables' inlined rows (offsets, batches, checksums, row
+    digests, compaction records) out of the catalog into Parquet files whose SHA-256 it records in `file_checksum`
+    (ledger/catalog_flush.py); verify accepts DuckLake's `flushed_inlined` change for those tables only. Nothing to
+    change in stored rows; code of an earlier format would call a flushed ledger's history a violation, hence the
+    step."""
+
+
 def _store_tree_nodes(connection: duckdb.DuckDBPyConnection) -> None:
     """Format 14 stores each payout tree's nodes in binary (table settlement_tree_node, created on first use) and reads
     an account's proof off them; the leaves stay in settlement_proof, whose hex `proof` becomes nullable (NULL for
@@ -290,6 +298,12 @@ format_steps: list[FormatStep] = [
         "checkpoint token holders' balances: table holder_balance_checkpoint (created on first use; balances read "
         "the latest checkpoint and the transfers after it)",
         _checkpoint_holder_balances,
+    ),
+    FormatStep(
+        18,
+        "bound the catalog: royalty expire moves the bookkeeping tables' inlined rows into Parquet files with their "
+        "SHA-256 recorded (each row keeps its snapshot and digest check); verify accepts that flush for them only",
+        _flush_bookkeeping_rows,
     ),
 ]
 
