@@ -370,6 +370,11 @@ def read_inputs(
         )
         if reversal_files.height
         else pl.from_arrow(reversal_schema.empty_table())
+    )
+    # Of copies of one reversal (a resend with another event time, maybe naming another original), the one that sorts
+    # first by content, as for metered events: never the first in file order, which depends on the batching.
+    reversals = reversals.sort(  # type: ignore[union-attr]
+        "event_id", "source", "event_time", "original_event_id", pl.coalesce("original_source", "source"), "reason"
     ).unique(["source", "event_id"], keep="first", maintain_order=True)
     originals = pl.DataFrame(schema={**held_schema, "arrival_snapshot": pl.Int64}).drop("epoch")
     if reversals.height:  # type: ignore[union-attr]

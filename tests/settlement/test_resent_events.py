@@ -99,3 +99,30 @@ def test_a_reversal_of_an_event_stored_twice_with_different_fees_takes_back_what
         assert (second.epoch, second.reversal_count, second.reversed_micros) == (2, 1, 400)
         assert second.receivable_micros == 400  # alice was paid 450 before the refund: she owes the 400 back
         assert verify(ledger).ok
+
+
+def _taken_back(tmp_path: Path, name: str, refund_batches: list[list[bytes]]) -> tuple[int, int]:
+    """(reversed micros of epoch 2, snapshots the refunds took) after ev-1 (900) and ev-2 (400) settle in epoch 1 and
+    the refund batches arrive (one append each) in epoch 2."""
+    with Ledger.open(tmp_path / name) as ledger:
+        feed = _Feed(ledger)
+        feed.send(*_registry(), _metered("ev-1", 1, 900), _metered("ev-2", 1, 400))
+        assert close_epoch(ledger).epoch == 1
+        for batch in refund_batches:
+            feed.send(*batch)
+        second = close_epoch(ledger)
+        assert (second.epoch, second.reversal_count) == (2, 1)
+        return second.reversed_micros
+
+
+def test_a_reversal_id_stored_twice_naming_two_originals_takes_back_the_same_one_whatever_the_batching(
+    tmp_path: Path,
+) -> None:
+    """A refund id resent with another event time and another original (ingest stores it: its probe looks by time)
+    is one reversal: the copy that sorts first by column (the earlier time), as for metered events, whatever the
+    batching. Before, the first copy in data-file path order won: sent in one append it took back ev-1 (900), sent in
+    two appends (the later time first) it took back ev-2 (400)."""
+    early, late = _refund("rf-1", "ev-1", 6), _refund("rf-1", "ev-2", 7)
+    one_append = _taken_back(tmp_path, "one", [[early, late]])
+    two_appends = _taken_back(tmp_path, "two", [[late], [early]])
+    assert one_append == two_appends == 900  # two appends took back 400 before
