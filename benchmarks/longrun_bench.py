@@ -266,6 +266,7 @@ def main() -> None:
                     "snapshots_expired": expired.snapshots_expired,
                     "snapshots_retained": expired.snapshots_retained,
                     "files_dropped": expired.files_dropped,
+                    "bookkeeping_rows_flushed": expired.rows_flushed,
                 }
             result["small_expired"] = _measure(workdir / "small", args.repeat)
             whens.append("expired")

@@ -14,6 +14,8 @@ from the history must be one an expiry recorded, every retired file gone from th
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
+import duckdb
+
 from ledger.catalog_flush import flushed_tables
 from ledger.compaction import audit as audit_compactions
 from ledger.connection import catalog_alias
@@ -128,8 +130,13 @@ def verify(ledger: Ledger, retired_files: bool = False) -> VerifyReport:
             listed.add(path)
             _check_file(report, path, size_bytes, checksums.get(path.removeprefix(data_path)), ledger.store)
     report.orphans = find_orphans(ledger, listed)
-    report.warnings += _offset_overlaps(ledger)
-    inlined_problems, inlined_warnings = check_inlined_rows(connection, catalog_alias, inlined_tables)
+    try:
+        report.warnings += _offset_overlaps(ledger)
+        inlined_problems, inlined_warnings = check_inlined_rows(connection, catalog_alias, inlined_tables)
+    except duckdb.Error as error:
+        # A bookkeeping file moved out of the catalog (ledger/catalog_flush.py) that was changed may not read at all;
+        # its SHA-256 mismatch is named above.
+        inlined_problems, inlined_warnings = [f"the bookkeeping rows cannot be read to check them: {error}"], []
     report.problems += inlined_problems
     report.warnings += inlined_warnings
     return report

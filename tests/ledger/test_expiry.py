@@ -12,9 +12,12 @@ import uuid
 from dataclasses import replace
 from pathlib import Path
 
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from ledger import Ledger
+from ledger.catalog_flush import flushed_tables, inlined_row_counts
 from ledger.compaction import compact
 from ledger.expiry import RetainedSnapshotError, expire
 from ledger.orphans import find_orphans
@@ -34,6 +37,14 @@ def _epoch_rows(ledger: Ledger, closing: int) -> list:
     return ledger.connection.execute(
         f"SELECT * FROM lake.main.inference_metered AT (VERSION => {closing}) ORDER BY ALL"
     ).fetchall()
+
+
+def _bookkeeping(ledger: Ledger) -> dict[str, list]:
+    """Every row of the bookkeeping tables an expiry moves out of the catalog, with the snapshot that inserted it."""
+    return {
+        table: ledger.connection.execute(f"SELECT snapshot_id, * FROM lake.main.{table} ORDER BY ALL").fetchall()
+        for table in flushed_tables
+    }
 
 
 def _plan(ledger: Ledger) -> object:
@@ -57,9 +68,14 @@ def _build(location: str, data_path: str | None, copy_before_expiry: Path | None
             "payables": ledger.connection.execute(_payables).fetchall(),
             "plan": _plan(ledger),
         }
+        seen["bookkeeping"] = _bookkeeping(ledger)
+        seen["inlined_before"] = sum(inlined_row_counts(ledger).values())
         if copy_before_expiry is not None:
             shutil.copytree(location, copy_before_expiry)
-        seen["report"] = expire(ledger, older_than_s=0, delete_files_after_s=0)
+        # Every bookkeeping table with a row moves out of the catalog (the default waits for 1,000 rows a table).
+        seen["report"] = expire(ledger, older_than_s=0, delete_files_after_s=0, flush_rows_min=1)
+        seen["inlined_after"] = inlined_row_counts(ledger)
+        seen["bookkeeping_after"] = _bookkeeping(ledger)
         seen["after"] = {
             "epoch_rows": _epoch_rows(ledger, closing),
             "payables": ledger.connection.execute(_payables).fetchall(),
@@ -94,6 +110,64 @@ def test_verify_is_clean_after_expiry_and_counts_the_expired_snapshots(expired):
         assert report.ok, (name, report.problems)
         assert report.snapshots_expired == expired["report"].snapshots_expired
         assert not report.orphans
+
+
+def test_expiry_moves_the_bookkeeping_rows_out_of_the_catalog_and_every_row_reads_the_same(expired):
+    """The offsets, batches, checksums, digests and compaction records leave the catalog for checksummed Parquet
+    files; each row still reads the same, with the snapshot that inserted it (verify's digest check of every row,
+    clean above, reads them so). Left inlined: the flushed files' own checksum rows and their digest row."""
+    report, before, after = expired["report"], expired["bookkeeping"], expired["bookkeeping_after"]
+    # Flushed too: the expiry record's digest row, inlined by the expiry itself.
+    assert expired["inlined_before"] > 100 and report.rows_flushed == expired["inlined_before"] + 1
+    tables_flushed = sum(1 for table in flushed_tables if before[table])
+    assert expired["inlined_after"]["file_checksum"] == tables_flushed  # one file each
+    assert expired["inlined_after"]["inlined_digest"] == 1
+    assert sum(expired["inlined_after"].values()) == tables_flushed + 1
+    for table in flushed_tables:
+        assert [row for row in after[table] if row in before[table]] == before[table], table
+        # The only rows added: the expiry's digest row, and the flushed files' checksums with their digest row.
+        added = {row[0] for row in after[table] if row not in before[table]}
+        assert added <= ({report.snapshot, report.snapshot + 1} if table == "inlined_digest" else set()) | (
+            {report.snapshot + 1} if table == "file_checksum" else set()
+        ), (table, added)
+
+
+def test_appends_and_an_epoch_after_the_flush_verify_and_a_flushed_file_changed_is_named(expired, tmp_path):
+    lake = tmp_path / "lake"
+    shutil.copytree(expired["lake"], lake)
+    with Ledger.open(lake) as ledger:
+        append_in_batches(ledger, sample_messages(230)[-30:], expired["offset"], 10)
+        assert close_epoch(ledger).event_count == 30 + expired["after"]["plan"].event_count
+        report = verify(ledger)
+        assert report.ok, report.problems
+        ((flushed,),) = ledger.connection.execute(
+            "SELECT DISTINCT filename FROM lake.main.ingest_offset WHERE filename LIKE '%.parquet'"
+        ).fetchall()
+    # An operator's edit of moved offsets rows: the file no longer matches what the flush recorded.
+    table = pa.Table.from_pylist(
+        [{**row, "next_offset": row["next_offset"] + 1_000_000} for row in pq.read_table(flushed).to_pylist()],
+        schema=pq.read_schema(flushed),
+    )
+    pq.write_table(table, flushed)
+    with Ledger.open_read_only(lake) as ledger:
+        problems = verify(ledger).problems
+    assert any(f"data file `{flushed}`" in p for p in problems), problems  # its size or SHA-256, as recorded
+    # DuckLake no longer reads the file (its footer is not the one the catalog recorded): said, not a crash.
+    assert any("bookkeeping rows cannot be read" in p for p in problems), problems
+
+
+def test_a_flush_of_any_other_table_is_named_by_verify(expired, tmp_path):
+    """DuckLake's own flush of a table the ledger never flushes (here the expiry records): a violation, and the file
+    it wrote has no recorded checksum."""
+    lake = tmp_path / "lake"
+    shutil.copytree(expired["lake"], lake)
+    with Ledger.open(lake) as ledger:
+        ledger.connection.execute(
+            "CALL ducklake_flush_inlined_data('lake', table_name => 'ledger_snapshot_expiry')"
+        ).fetchall()
+        problems = verify(ledger).problems
+    assert any("flushed_inlined" in p and "only creates and inserts" in p for p in problems), problems
+    assert any("ledger_snapshot_expiry" in p and "no recorded checksum" in p for p in problems), problems
 
 
 def test_a_leftover_naming_an_expired_snapshot_is_still_this_catalogs_own(expired, tmp_path):
