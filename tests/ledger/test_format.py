@@ -157,3 +157,21 @@ def test_a_ledger_another_process_is_creating_is_not_mistaken_for_format_1(lake_
         connection.execute(statement)
     assert stored_format_version(connection) == 1
     connection.close()
+
+
+def test_a_migrated_format_1_ledger_expires_and_moves_its_bookkeeping_out_of_the_catalog(lake_v1: Path) -> None:
+    """Format 18 (ledger/catalog_flush.py) on a ledger written before formats, digests and compaction existed: its
+    bookkeeping rows (some older than their digests) move to checksummed files and it still verifies and settles."""
+    from ledger.catalog_flush import inlined_row_counts
+    from ledger.expiry import expire
+    from settlement import close_epoch
+
+    assert _royalty("migrate", "--lake", str(lake_v1)).returncode == 0
+    with Ledger.open(lake_v1) as ledger:
+        offsets = ledger.connection.execute("SELECT * FROM lake.main.ingest_offset ORDER BY ALL").fetchall()
+        report = expire(ledger, older_than_s=0, delete_files_after_s=0, flush_rows_min=1)
+        assert report.rows_flushed > 0 and inlined_row_counts(ledger)["ingest_offset"] == 0
+        assert ledger.connection.execute("SELECT * FROM lake.main.ingest_offset ORDER BY ALL").fetchall() == offsets
+        result = verify(ledger)
+        assert result.ok, result.problems
+        assert close_epoch(ledger, dry_run=True).event_count == 1_000  # the unsettled sample
