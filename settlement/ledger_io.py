@@ -90,6 +90,14 @@ def read_prior(connection: duckdb.DuckDBPyConnection, before_epoch: int | None =
             + upto.replace("WHERE", "AND")
         ).fetchall()
     }
+    applied_reversals = {  # a row stored before ledger format 4 has no source: ids were unique then, none repeats
+        key_of(source, event_id): epoch
+        for source, event_id, epoch in connection.execute(
+            f"SELECT source, event_id, min(epoch) FROM {recorder.table('settlement_reversal')} "
+            f"WHERE outcome <> '{rev.dead_letter}' AND source IS NOT NULL" + upto.replace("WHERE", "AND")
+            + " GROUP BY ALL"
+        ).fetchall()
+    }
     released = {
         key_of(source, event_id): epoch
         for source, event_id, epoch in connection.execute(
@@ -104,7 +112,8 @@ def read_prior(connection: duckdb.DuckDBPyConnection, before_epoch: int | None =
             FROM {recorder.table("settlement_payable")}{upto} GROUP BY recipient ORDER BY recipient""",
     )
     return PriorState(
-        last, closings[last], closings, held, reversed_ids, released, payables, read_holder_dust(connection, upto)
+        last, closings[last], closings, held, reversed_ids, applied_reversals, released, payables,
+        read_holder_dust(connection, upto),
     )
 
 

@@ -29,6 +29,8 @@ class PriorState:
     epoch_closings: dict[int, int] = field(default_factory=dict)
     held: pl.DataFrame = field(default_factory=lambda: pl.DataFrame(schema=held_schema))
     reversed_ids: set[str] = field(default_factory=set)  # keys (splits.key_of) of reversed events
+    # Keys (splits.key_of of the reversal's own source and id) of the reversals applied, with the epoch of each.
+    applied_reversals: dict[str, int] = field(default_factory=dict)
     released: dict[str, int] = field(default_factory=dict)  # event key -> epoch it was released in
     payables: pl.DataFrame = field(
         default_factory=lambda: pl.DataFrame(
@@ -104,6 +106,7 @@ def classify_reversals(inputs: EpochInputs, prior: PriorState) -> pl.DataFrame:
         prior.epoch_closings,
         prior.closing_snapshot,
         inputs.reversal_sources,
+        prior.applied_reversals,
     )
 
 
@@ -314,6 +317,8 @@ def advance(prior: PriorState, plan: EpochPlan) -> PriorState:
         .select(event_key("original_source", "original_event_id"))["event_key"]
         .to_list()
     )
+    applied = plan.reversals.filter(pl.col("outcome") != rev.dead_letter).select(event_key())["event_key"]
+    applied_reversals = {**prior.applied_reversals, **dict.fromkeys(applied.to_list(), plan.epoch)}
     keys = ["token", "holder"]
     dust = (
         pl.concat([prior.holder_dust.join(plan.holder_dust, on=keys, how="anti"), plan.holder_dust])
@@ -326,6 +331,7 @@ def advance(prior: PriorState, plan: EpochPlan) -> PriorState:
         epoch_closings={**prior.epoch_closings, plan.epoch: plan.closing_snapshot},
         held=held.select(list(held_schema)),
         reversed_ids=reversed_ids,
+        applied_reversals=applied_reversals,
         released=released,
         payables=payables,
         holder_dust=dust,

@@ -8,7 +8,8 @@ suspense) takes its fee back through the same route, resolved with the registry 
 original was settled. A reversal of an event that is still unsplit (arrived in this epoch, or held
 in suspense) cancels it. A reversal of an unknown or already reversed event, or from a source that
 may not reverse it (neither the original's source nor one `reversal_sources` lists), is a dead letter.
-Among reversals of one event in one epoch, the earliest (event time, then id) wins.
+Among reversals of one event in one epoch, the earliest (event time, then id) wins. A reversal id is applied
+once: a copy of a reversal an earlier epoch applied (resent with another event time) is a dead letter.
 """
 
 import bisect
@@ -48,13 +49,17 @@ def classify(
     epoch_closings: dict[int, int],
     previous_snapshot: int,
     reversal_sources: tuple[str, ...] = (),
+    applied_before: dict[str, int] | None = None,
 ) -> pl.DataFrame:
     """One row per reversal: outcome, reason, the original's fields and the snapshot it was settled at.
 
     `originals` are the metered rows the reversals name, with the snapshot each arrived in
     (`arrival_snapshot`); `released_before` maps an id released from suspense to its epoch. Only the
     original's own source, or one of `reversal_sources`, may reverse it (else `unauthorized_source`).
+    `applied_before` maps the key of a reversal (its own source and id) an earlier epoch applied to that epoch: a
+    copy of it (a resend with another event time, which ingest stores) is a dead letter, never applied again.
     """
+    applied_before = applied_before or {}
     by_key = {key_of(row["source"], row["event_id"]): row for row in originals.iter_rows(named=True)}
     closings = sorted(epoch_closings.values())
     closing_epoch = {snapshot: epoch for epoch, snapshot in epoch_closings.items()}
@@ -76,7 +81,14 @@ def classify(
             "settled_snapshot": None,
             **{c: None for c in event_columns if c not in ("event_id", "source")},
         }
-        if original is None:
+        applied_in = applied_before.get(key_of(reversal["source"], reversal["event_id"]))
+        if applied_in is not None:
+            row["reason"] = (
+                f"reversal `{reversal['event_id']}` of source `{reversal['source']}` was applied in epoch "
+                f"{applied_in}: a copy of it (another event time) is not applied again; a new reversal needs a new id"
+            )
+            row["reason_code"] = ReasonCode.reversal_repeated.value
+        elif original is None:
             row["reason"] = (
                 f"reversal of unknown event `{target}` of source `{target_source}`: no metered event with that "
                 "source and id in the ledger (a reversal names another source's event with `original_source`)"

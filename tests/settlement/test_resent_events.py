@@ -126,3 +126,26 @@ def test_a_reversal_id_stored_twice_naming_two_originals_takes_back_the_same_one
     one_append = _taken_back(tmp_path, "one", [[early, late]])
     two_appends = _taken_back(tmp_path, "two", [[late], [early]])
     assert one_append == two_appends == 900  # two appends took back 400 before
+
+
+def test_a_reversal_applied_in_one_epoch_and_resent_naming_another_original_is_not_applied_again(
+    tmp_path: Path,
+) -> None:
+    """rf-1 takes back ev-1 (900) in epoch 2; a copy of rf-1 with another event time naming ev-2 arrives in epoch 3
+    (stored: ingest's probe looks by time). One reversal id is applied once: the copy is a dead letter. Before, it
+    took back ev-2's 400 as well."""
+    with Ledger.open(tmp_path / "lake") as ledger:
+        feed = _Feed(ledger)
+        feed.send(*_registry(), _metered("ev-1", 1, 900), _metered("ev-2", 1, 400))
+        assert close_epoch(ledger).epoch == 1
+        feed.send(_refund("rf-1", "ev-1", 6))
+        assert close_epoch(ledger).reversed_micros == 900
+        feed.send(_refund("rf-1", "ev-2", 9))
+        third = close_epoch(ledger)
+        assert (third.epoch, third.reversal_count, third.dead_letter_count) == (3, 1, 1)
+        assert third.reversed_micros == 0  # was 400
+        (reason,) = ledger.connection.execute(
+            "SELECT reason FROM lake.main.dead_letter WHERE event_id = 'rf-1'"
+        ).fetchone()
+        assert "applied in epoch 2" in reason
+        assert verify(ledger).ok
