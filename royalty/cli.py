@@ -321,7 +321,7 @@ def expire(
     stdout.print(
         f"{verb} {report.snapshots_expired:,} snapshot(s) ({_shortened(report.expired_ranges or 'none')}), kept "
         f"{report.snapshots_retained:,}; {report.files_dropped:,} retired file(s) dropped from the catalog, "
-        f"{report.files_deleted:,} deleted",
+        f"{report.files_deleted:,} deleted; {report.rows_flushed:,} bookkeeping row(s) moved out of the catalog",
         highlight=False,
     )
 
