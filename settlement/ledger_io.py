@@ -340,12 +340,13 @@ def _weights(
 ) -> HolderWeights:
     lowered = {address.lower() for address in excluded}
     return {
-        token: [
-            (holder, int(weight))
-            for holder, weight in holders.holder_weights(connection, chain_id, token, start, end, lowered).iter_rows()
-        ]
-        for token in tokens
+        token: _pairs(holders.holder_weights(connection, chain_id, token, start, end, lowered)) for token in tokens
     }
+
+
+def _pairs(weights: pl.DataFrame) -> list[tuple[str, int]]:
+    """(holder, weight) of a `holder_weights` frame, the decimal text weight as an int (by column: no row tuples)."""
+    return list(zip(weights["holder"].to_list(), map(int, weights["weight"].to_list()), strict=True))
 
 
 def read_inputs(

@@ -59,9 +59,9 @@ def pass_to_holders(
     negative after a reversal) is credited, and the carried amount goes to 0. With a threshold of 0 nothing is
     ever carried.
     """
-    postings: list[dict] = []
-    parts: list[dict] = []
-    dust_rows: list[dict] = []
+    postings: list[pl.DataFrame] = []
+    received: list[pl.DataFrame] = []
+    dust_rows: list[pl.DataFrame] = []
     passed: set[str] = set()
     takes = credits.filter(pl.col("recipient").str.starts_with(holders_prefix) & (pl.col("amount_micros") != 0))
     tokens = sorted(r.removeprefix(holders_prefix) for r in takes["recipient"].to_list())
@@ -75,36 +75,39 @@ def pass_to_holders(
             continue
         passed.add(recipient)
         entry = f"e{epoch}:{recipient}"
-        postings.append(_posting(entry, contributor_prefix + recipient, take))
         paid, changed = carry_dust(allocate_by_weight(take, holders), carried.get(token, {}), dust_units_min)
-        for holder, amount in paid:
-            postings.append(_posting(entry, contributor_prefix + holder, -amount))
-            parts.append({"recipient": holder, "amount_micros": amount})
         moved = sum(after - carried.get(token, {}).get(holder, 0) for holder, after in changed)
+        # Columns, not a dict per holder: at a million holders the dicts cost seconds.
+        paid_holders = [holder for holder, _ in paid]
+        paid_micros = pl.Series("amount_micros", [amount for _, amount in paid], _i128)
+        accounts = [contributor_prefix + recipient, *(contributor_prefix + holder for holder in paid_holders)]
+        amounts = [take, *(-amount for _, amount in paid)]  # negated here: polars has no Int128 negation
         if moved:
-            postings.append(_posting(entry, holder_dust_prefix + token, -moved))
-        dust_rows.extend({"token": token, "holder": holder, "carried_micros": after} for holder, after in changed)
+            accounts.append(holder_dust_prefix + token)
+            amounts.append(-moved)
+        postings.append(_postings(entry, accounts, pl.Series(amounts, dtype=_i128)))
+        received.append(
+            pl.DataFrame({"recipient": pl.Series(paid_holders, dtype=pl.String), "amount_micros": paid_micros})
+        )
+        dust_rows.append(
+            pl.DataFrame(
+                {"token": token, "holder": [h for h, _ in changed], "carried_micros": [a for _, a in changed]},
+                schema=dust_schema,
+            )
+        )
     kept = credits.filter(~pl.col("recipient").is_in(sorted(passed)))
-    received = pl.DataFrame(parts, schema={"recipient": pl.String, "amount_micros": _i128})
+    received_frame = pl.concat([pl.DataFrame(schema={"recipient": pl.String, "amount_micros": _i128}), *received])
     merged = (
-        pl.concat([kept.with_columns(pl.col("amount_micros").cast(_i128)), received])
+        pl.concat([kept.with_columns(pl.col("amount_micros").cast(_i128)), received_frame])
         .group_by("recipient")
         .agg(pl.col("amount_micros").sum())
         .sort("recipient")
     )
-    posting_schema = {
-        "entry_id": pl.String,
-        "entry_kind": pl.String,
-        "account": pl.String,
-        "amount_micros": _i128,
-        "model_id": pl.String,
-        "policy_id": pl.String,
-    }
-    addresses = pl.DataFrame(
-        {"contributor_id": sorted(set(received["recipient"].to_list()))}, schema={"contributor_id": pl.String}
-    ).with_columns(payout_address=pl.col("contributor_id"))
-    changed_dust = pl.DataFrame(dust_rows, schema=dust_schema).sort("token", "holder")
-    return merged, pl.DataFrame(postings, schema=posting_schema), addresses, changed_dust
+    addresses = received_frame.select(pl.col("recipient").unique().sort().alias("contributor_id")).with_columns(
+        payout_address=pl.col("contributor_id")
+    )
+    changed_dust = pl.concat([pl.DataFrame(schema=dust_schema), *dust_rows]).sort("token", "holder")
+    return merged, pl.concat([pl.DataFrame(schema=posting_schema), *postings]), addresses, changed_dust
 
 
 def carry_dust(
@@ -113,6 +116,8 @@ def carry_dust(
     """Apply the dust threshold to one token's allocated `parts` (holder, amount): returns the holders credited
     (holder, amount, non-zero) and the holders whose carried amount changed (holder, carried after), each in
     `parts`' order, then the carried-only holders'."""
+    if not carried_in and dust_units_min <= 0:  # nothing carried in or out: every non-zero part is paid
+        return [(holder, amount) for holder, amount in parts if amount], []
     paid, changed = [], []
     amounts = dict(parts)
     holders = [*amounts, *(holder for holder in carried_in if holder not in amounts)]  # callers sort what they keep
@@ -138,12 +143,23 @@ def _carried(dust: pl.DataFrame | None) -> dict[str, dict[str, int]]:
     return carried
 
 
-def _posting(entry: str, account: str, amount: int) -> dict:
-    return {
-        "entry_id": entry,
-        "entry_kind": "holders",
-        "account": account,
-        "amount_micros": amount,
-        "model_id": None,
-        "policy_id": None,
-    }
+posting_schema = {
+    "entry_id": pl.String,
+    "entry_kind": pl.String,
+    "account": pl.String,
+    "amount_micros": _i128,
+    "model_id": pl.String,
+    "policy_id": pl.String,
+}
+
+
+def _postings(entry: str, accounts: list[str], amounts: pl.Series) -> pl.DataFrame:
+    """One holders entry's posting rows: `accounts` with their `amounts` (Int128)."""
+    return pl.DataFrame({"account": accounts, "amount_micros": amounts}).select(
+        entry_id=pl.lit(entry),
+        entry_kind=pl.lit("holders"),
+        account="account",
+        amount_micros="amount_micros",
+        model_id=pl.lit(None, pl.String),
+        policy_id=pl.lit(None, pl.String),
+    )

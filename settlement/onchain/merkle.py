@@ -170,8 +170,8 @@ class MerkleTree:
 
     def items(self) -> Iterator[tuple[str, int]]:
         """`(checksummed account, cumulative amount)` for every leaf, in the order they were given."""
-        for i, amount in enumerate(self._amounts_units):
-            yield self.account_at(i), amount
+        hexes = self._checksummed_hex.decode("ascii")  # decoded once, not per leaf (seconds at 1M leaves)
+        return zip(("0x" + hexes[i : i + 40] for i in range(0, len(hexes), 40)), self._amounts_units, strict=True)
 
     def amount_units(self, account: str) -> int:
         """The cumulative amount of `account` in this tree."""

@@ -91,8 +91,9 @@ def ledger_digest(epoch: int, closing_snapshot: int, leaves: dict[str, int]) -> 
     """sha256 of the epoch, its closing snapshot and every leaf: the digest of settlement-v1 (epochs whose tree
     was written before ledger format 9); settlement-v2 proposes the SHA-256 of the epoch's manifest instead."""
     digest = hashlib.sha256(f"royalty-engine/settlement/v1\n{epoch}\n{closing_snapshot}\n".encode())
-    for account in sorted(leaves, key=str.lower):
-        digest.update(f"{account.lower()},{leaves[account]}\n".encode())
+    # One update of every line joined: the same bytes hashed, without a call per leaf.
+    lines = (f"{account.lower()},{leaves[account]}\n" for account in sorted(leaves, key=str.lower))
+    digest.update("".join(lines).encode())
     return "0x" + digest.hexdigest()
 
 

@@ -205,6 +205,26 @@ def test_allocation_by_weight_sums_to_the_take_exactly_and_each_part_is_within_o
     assert dict(allocate_by_weight(total, shuffled)) == allocated
 
 
+@settings(max_examples=depth(100, 1000), deadline=None)
+@given(
+    total=st.integers(-(10**6), 10**6),
+    weights=st.dictionaries(st.sampled_from(holders + contributors), st.integers(1, 4), min_size=1),
+)
+def test_allocation_by_weight_gives_the_left_over_units_to_the_largest_remainders_ties_to_the_smaller_holder(
+    total: int, weights: dict[str, int]
+) -> None:
+    """The exact rule, written plainly: floors of the exact fractions, then one unit each to the largest
+    remainders, equal remainders to the smaller holder (small weights make ties common), the sign applied last."""
+    whole, size = sum(weights.values()), abs(total)
+    exact = {holder: Fraction(size * weight, whole) for holder, weight in weights.items()}
+    parts = {holder: int(fraction) for holder, fraction in exact.items()}
+    ranked = sorted(weights, key=lambda holder: (-(exact[holder] - parts[holder]), holder))
+    for holder in ranked[: size - sum(parts.values())]:
+        parts[holder] += 1
+    expected = sorted((holder, amount if total >= 0 else -amount) for holder, amount in parts.items())
+    assert allocate_by_weight(total, sorted(weights.items())) == expected
+
+
 @settings(max_examples=depth(25, 300), deadline=None)
 @given(
     take=st.integers(0, 10**13),
