@@ -7,7 +7,11 @@ mines one block per transaction: N / per-tx blocks, so `sync-holders` reads them
 Then runs `royalty sync-holders` (a subprocess: the CLI as an operator runs it) into a new ledger and times it
 (logs/s), times `balances_at` at the last block, and checks a sample of those balances against `balanceOf`.
 
-    python benchmarks/holders_anvil_bench.py --logs 1000000 --holders 100000 [--per-tx 100]
+    python benchmarks/holders_anvil_bench.py --logs 1000000 --holders 100000 [--per-tx 100] \
+        [--anvil-arg=--prune-history]
+
+It also prints anvil's peak resident memory (VmHWM) after making the logs and at the end, and the sync's CPU time
+(the subprocess's user + system seconds).
 
 A benchmark, not a test: it is never collected by pytest.
 """
@@ -99,6 +103,13 @@ def make_logs(node: Anvil, token, sender: str, holders: int, logs: int, per_tx: 
     return block
 
 
+def anvil_memory_mb(node: Anvil) -> str:
+    """anvil's resident and peak resident memory now (from /proc), for the record."""
+    status = Path(f"/proc/{node.process.pid}/status").read_text().splitlines()
+    kb = {line.split(":")[0]: int(line.split()[1]) for line in status if line.startswith(("VmRSS", "VmHWM"))}
+    return f"anvil RSS {kb['VmRSS'] / 1024:,.0f} MB (peak {kb['VmHWM'] / 1024:,.0f} MB)"
+
+
 def _profiled_sync(stats: Path, lake: Path, node: Anvil, token: str, first_block: int) -> None:
     import cProfile
 
@@ -121,13 +132,14 @@ def main() -> None:
     parser.add_argument("--holders", type=int, default=10_000)
     parser.add_argument("--per-tx", type=int, default=100, help="Transfer logs per transaction (and block)")
     parser.add_argument("--keep", action="store_true")
+    parser.add_argument("--anvil-arg", action="append", default=[], help="an extra anvil option (repeatable)")
     parser.add_argument("--profile", type=Path, help="run the sync in this process under cProfile, stats to this file")
     args = parser.parse_args()
     register_with_ledger()
     folder = Path(tempfile.mkdtemp(prefix="holders-anvil-bench-"))
     gas = 60_000 * args.per_tx + 200_000
     # Blocks far from full: the base fee falls instead of outgrowing the transactions' fee cap.
-    node = Anvil(anvil_binary(), folder / "anvil.log", ("--gas-limit", str(gas * 4)))
+    node = Anvil(anvil_binary(), folder / "anvil.log", ("--gas-limit", str(gas * 4), *args.anvil_arg))
     try:
         abi, bytecode = compile_token()
         sender = node.w3.eth.accounts[0]
@@ -136,11 +148,12 @@ def main() -> None:
         token = node.w3.eth.contract(address=receipt["contractAddress"], abi=abi)
         deployed_block = receipt["blockNumber"]
         last = make_logs(node, token, sender, args.holders, args.logs, args.per_tx, gas)
+        print(anvil_memory_mb(node), flush=True)
         lake = folder / "lake"
         with Ledger.open(str(lake)):
             pass
         env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")])}
-        began = time.perf_counter()
+        began, children_began = time.perf_counter(), os.times()
         if args.profile:
             _profiled_sync(args.profile, lake, node, token.address, deployed_block)
             return
@@ -149,12 +162,16 @@ def main() -> None:
              "--token", token.address, "--confirmations", "1", "--from-block", str(deployed_block), "--json"],
             capture_output=True, text=True, env=env, check=False,
         )
-        took = time.perf_counter() - began
+        took, children = time.perf_counter() - began, os.times()
+        sync_cpu_s = (children.children_user - children_began.children_user) + (
+            children.children_system - children_began.children_system
+        )
         if synced.returncode != 0:
             raise SystemExit(f"sync-holders failed ({synced.returncode}): {synced.stderr[-2000:]}")
         result = json.loads(synced.stdout)
         print(f"sync-holders stored {result['transfers_added']:,} transfers of blocks {result['from_block']:,}.."
-              f"{result['to_block']:,}: {took:.1f} s, {result['transfers_added'] / took:,.0f} logs/s", flush=True)
+              f"{result['to_block']:,}: {took:.1f} s (CPU {sync_cpu_s:.1f} s), "
+              f"{result['transfers_added'] / took:,.0f} logs/s", flush=True)
         with Ledger.open_read_only(str(lake)) as ledger:
             began = time.perf_counter()
             balances = balances_at(ledger.connection, CHAIN_ID, token.address, last)
@@ -163,6 +180,7 @@ def main() -> None:
         sample = random.Random(1).sample(sorted(balances), min(20, len(balances)))
         wrong = [h for h in sample if token.functions.balanceOf(h).call(block_identifier=last) != balances[h]]
         print(f"balanceOf agrees for {len(sample) - len(wrong)} of {len(sample)} sampled holders", flush=True)
+        print(anvil_memory_mb(node), flush=True)
         if wrong:
             raise SystemExit(f"balances differ from balanceOf for {wrong}")
     finally:

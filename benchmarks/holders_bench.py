@@ -102,13 +102,35 @@ def _check_sample(ledger: Ledger, balances: dict[str, int], weights: dict[str, i
     print(f"{len(sample)} sampled balances and weights equal the sums over every transfer")
 
 
+def _check_balances(ledger: Ledger, balances: dict[str, int], block: int) -> None:
+    """Recompute 200 holders' balance at `block` from every transfer up to it (no checkpoint) and compare."""
+    sample = sorted(balances)[:: max(1, len(balances) // 200)]
+    table = recorder.table("holder_transfer")
+    rows = ledger.connection.execute(
+        f"""SELECT holder, sum(delta)::VARCHAR
+            FROM (SELECT to_address AS holder, value_units::HUGEINT AS delta FROM {table} WHERE block_number <= $b
+                  UNION ALL SELECT from_address, -(value_units::HUGEINT) FROM {table} WHERE block_number <= $b)
+            WHERE holder IN (SELECT unnest($sample)) GROUP BY holder""",
+        {"sample": sample, "b": block},
+    ).fetchall()
+    wrong = [h for h, b in rows if int(b) != balances[h]]
+    if wrong or len(rows) != len(sample):
+        raise SystemExit(f"balances at block {block} differ from every transfer's sum for {wrong[:5]}")
+    print(f"{len(sample)} sampled balances at block {block:,} equal the sums over every transfer up to it")
+
+
 def main() -> None:
     register_with_ledger()  # the settlement's tables and views, as every entry point declares them
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--transfers", type=int, default=1_000_000)
     parser.add_argument("--holders", type=int, default=100_000)
     parser.add_argument("--blocks", type=int, default=100_000)
-    parser.add_argument("--rows-per-append", type=int, default=2_000_000)
+    parser.add_argument(
+        "--rows-per-append",
+        type=int,
+        default=2_000_000,
+        help="transfers per append (a sync range: 180,000 is 2,000 blocks of 10M transfers over 100,000 blocks)",
+    )
     parser.add_argument("--no-checkpoints", action="store_true", help="store no balance checkpoint (as before)")
     parser.add_argument("--keep", action="store_true")
     args = parser.parse_args()
@@ -141,10 +163,23 @@ def main() -> None:
             balances = _timed(
                 "balances at the last block", lambda: balances_at(ledger.connection, chain_id, token, last)
             )
-            if not args.no_checkpoints:  # the worst case: the previous checkpoint and every transfer after it
-                _timed(
-                    "balances at the block before the last (before the last checkpoint)",
-                    lambda: balances_at(ledger.connection, chain_id, token, last - 1),
+            checkpoints = (
+                [
+                    block
+                    for (block,) in ledger.connection.execute(
+                        f"SELECT DISTINCT block_number FROM {recorder.table(holder_checkpoint_table)} ORDER BY 1"
+                    ).fetchall()
+                ]
+                if not args.no_checkpoints
+                else []
+            )
+            worst = None
+            if len(checkpoints) >= 2:  # the worst case: the previous checkpoint and every transfer up to the last one
+                worst = checkpoints[-1] - 1
+                worst_balances = _timed(
+                    f"balances at block {worst:,}, before the last checkpoint (the checkpoint at "
+                    f"{checkpoints[-2]:,} and every transfer after it)",
+                    lambda: balances_at(ledger.connection, chain_id, token, worst),
                 )
             weights = _timed(
                 "time-weighted balances over the last half",
@@ -162,6 +197,8 @@ def main() -> None:
             print(f"dust threshold {threshold:,} micros: {len(paid):,} holders paid, {len(changed):,} dust rows")
             print(f"{len(balances):,} holders with a balance, {len(pairs):,} weighted")
             _check_sample(ledger, balances, dict(pairs), last)
+            if worst is not None:
+                _check_balances(ledger, worst_balances, worst)
     finally:
         if args.keep:
             print(f"kept {folder}")

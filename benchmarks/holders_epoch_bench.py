@@ -1,0 +1,207 @@
+"""An epoch paying H holders of one token against the same epoch paying that share to one address (issue 17).
+
+Two ledgers hold the same things: the registry of `split_bench.py` (`--models` models, `--contributors`
+contributors), the same `--events` metered events (written straight to Parquet, as split_bench does), and the same
+token's indexed transfers (`--holders` mints, then `--transfers` minus that many one-unit transfers between random
+holders, with the sync cursor and the balance checkpoint `sync-holders` would store: holders_bench.py's rows). They
+differ in one policy: the most-used model's last contributor share is `holders:<token>` in the `holders` ledger
+and that contributor (one address) in the `address` ledger. Each ledger then runs, timed:
+
+- `close_epoch` (written: postings, payables, the holders' dust rows and block range in one transaction);
+- the tree build of `settle`: reading the payables up to the epoch, `build_epoch_tree`, `write_tree`.
+
+Each variant runs in its own process (its own peak RSS); the figures are wall and CPU seconds (all threads) and
+the ratio holders/address of each.
+
+    python benchmarks/holders_epoch_bench.py --events 1000000 --holders 1000000 [--dust-units-min 0]
+
+A benchmark, not a test: it is never collected by pytest.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TypeVar
+
+import pyarrow as pa
+from eth_utils import to_checksum_address
+
+from ledger import IngestBatch, Ledger, PartitionOffsets
+from schemas import BatchDecoder
+from settlement import close_epoch
+from settlement.engine.authority import RegistryRules
+from settlement.holders import (
+    balance_checkpoint,
+    holder_checkpoint_table,
+    holder_sync_schema,
+    holder_sync_table,
+    holder_transfer_table,
+)
+from settlement.onchain.payout_tree import build_epoch_tree
+from settlement.onchain.settle import _latest_epoch, _payables, write_tree
+from settlement.use_cases.ledger_setup import register_with_ledger
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import holders_bench
+import split_bench
+
+T = TypeVar("T")
+paid_model_index = -1  # the last model: the most events (split_bench draws model indexes with density ~ index)
+
+
+def _registry(models: int, contributors: int, holders_token: str | None) -> list[bytes]:
+    """split_bench's registry; with `holders_token`, the paid model's policies give their last contributor share to
+    `holders:<token>` instead."""
+    values = split_bench.registry(models, contributors)
+    if holders_token is None:
+        return values
+    model_id = f"model-{models + paid_model_index:04d}"
+    changed = []
+    for value in values:
+        envelope = json.loads(value)
+        if envelope["type"] == "ai.split-policy.set.v1" and envelope["data"]["model_id"] == model_id:
+            envelope["data"]["shares"][-1]["recipient"] = f"holders:{holders_token}"
+            value = json.dumps(envelope).encode()
+        changed.append(value)
+    return changed
+
+
+def _store_holders(ledger: Ledger, transfers: int, holders: int, blocks: int) -> None:
+    """The token's transfers over blocks 0..`blocks`, as one `sync-holders` range: transfers, cursor, checkpoint."""
+    token, chain_id = to_checksum_address(holders_bench.token), holders_bench.chain_id
+    rows = holders_bench._rows(0, transfers, holders, blocks, 0, transfers)
+    checkpoint = balance_checkpoint(ledger.connection, chain_id, token, blocks, rows)
+    now = datetime.now(UTC)
+    cursor = {
+        "chain_id": chain_id, "token": token, "from_block": 0, "to_block": blocks, "to_block_hash": "0x" + "11" * 32,
+        "to_block_time": now, "transfers": rows.num_rows, "checked_holders": 0, "synced_at": now,
+    }  # fmt: skip
+    cursor_row = pa.Table.from_pylist([cursor], schema=holder_sync_schema)
+    records = {holder_transfer_table: rows, holder_sync_table: cursor_row}
+    if checkpoint is not None:
+        records[holder_checkpoint_table] = checkpoint
+    ledger.append_records(records)
+
+
+def _timed(figures: dict, label: str, work: Callable[[], T]) -> T:
+    began, cpu_began = time.perf_counter(), time.process_time()
+    result = work()
+    figures[label] = (time.perf_counter() - began, time.process_time() - cpu_began)
+    print(f"  {label}: {figures[label][0]:.2f} s (CPU {figures[label][1]:.2f} s)", flush=True)
+    return result
+
+
+def _tree(ledger: Ledger) -> int:
+    """`settle`'s tree build for the latest epoch: payables read, tree built, root, leaves and nodes written."""
+    epoch, closing = ledger.recorder.read(_latest_epoch, "latest epoch")
+    payables = ledger.recorder.read(lambda connection: _payables(connection, epoch), "payables")
+    tree = build_epoch_tree(epoch, closing, payables)
+    if tree is None:
+        raise SystemExit("no address is owed anything")
+    write_tree(ledger, tree)
+    return len(tree.tree)
+
+
+def run_variant(args: argparse.Namespace) -> None:
+    """Build one ledger (`args.variant`), close its epoch and build its tree; print the figures as JSON last."""
+    register_with_ledger()
+    folder = Path(tempfile.mkdtemp(prefix=f"holders-epoch-{args.variant}-"))
+    figures: dict[str, tuple[float, float]] = {}
+    try:
+        with Ledger.open(folder / "lake") as ledger:
+            token = to_checksum_address(holders_bench.token) if args.variant == "holders" else None
+            values = _registry(args.models, args.contributors, token)
+            batch = IngestBatch.from_messages(
+                values, ["r"] * len(values), [0] * len(values), list(range(len(values))), BatchDecoder()
+            )
+            ledger.append(batch, [PartitionOffsets("r", 0, 0, len(values))])
+            _store_holders(ledger, max(args.transfers, args.holders), args.holders, args.blocks)
+            paths = []
+            for first in range(0, args.events, split_bench.files_events_max):
+                path = folder / "lake" / "data" / "main" / "inference_metered" / f"bench-{first}.parquet"
+                path.parent.mkdir(parents=True, exist_ok=True)
+                count = min(split_bench.files_events_max, args.events - first)
+                split_bench.events_file(path, first, count, args.models)
+                paths.append(path)
+            connection = ledger.connection
+            connection.execute("BEGIN TRANSACTION")
+            for path in paths:
+                connection.execute("CALL ducklake_add_data_files('lake', 'inference_metered', ?)", [str(path)])
+            connection.execute("COMMIT")
+            print(f"{args.variant}: ledger ready under {folder}", flush=True)
+            rules = RegistryRules(holder_dust_units_min=args.dust_units_min)
+            summary = _timed(
+                figures, "close", lambda: close_epoch(ledger, checks=split_bench._bench_files, rules=rules)
+            )
+            leaves = _timed(figures, "tree", lambda: _tree(ledger))
+        peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        print(
+            json.dumps(
+                {
+                    "variant": args.variant, "figures": figures, "leaves": leaves, "events": summary.event_count,
+                    "recipients": summary.recipient_count, "postings": summary.posting_count,
+                    "peak_rss_mb": round(peak_mb),
+                }
+            )
+        )  # fmt: skip
+    finally:
+        if args.keep:
+            print(f"kept {folder}")
+        else:
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--events", type=int, default=1_000_000)
+    parser.add_argument("--holders", type=int, default=1_000_000)
+    parser.add_argument("--transfers", type=int, default=0, help="Transfers in all (at least --holders: the mints)")
+    parser.add_argument("--blocks", type=int, default=1_000)
+    parser.add_argument("--models", type=int, default=1_000)
+    parser.add_argument("--contributors", type=int, default=10_000)
+    parser.add_argument("--dust-units-min", type=int, default=0)
+    parser.add_argument("--variant", choices=["holders", "address"], help="Run one variant in this process")
+    parser.add_argument("--keep", action="store_true")
+    args = parser.parse_args()
+    if args.variant:
+        run_variant(args)
+        return
+    results = {}
+    for variant in ("address", "holders"):
+        done = subprocess.run(
+            [sys.executable, __file__, *sys.argv[1:], "--variant", variant], capture_output=True, text=True, check=False
+        )
+        print(done.stdout[: done.stdout.rfind("\n{") + 1], end="", flush=True)
+        if done.returncode != 0:
+            raise SystemExit(f"{variant} failed ({done.returncode}): {done.stderr[-3000:]}")
+        results[variant] = json.loads(done.stdout[done.stdout.rfind("\n{") + 1 :])
+        print(
+            f"{variant}: {results[variant]['leaves']:,} leaves, {results[variant]['recipients']:,} recipients, "
+            f"{results[variant]['postings']:,} postings, {results[variant]['events']:,} events, "
+            f"peak RSS {results[variant]['peak_rss_mb']:,} MB",
+            flush=True,
+        )
+    for label in ("close", "tree"):
+        (hw, hc), (aw, ac) = results["holders"]["figures"][label], results["address"]["figures"][label]
+        print(f"{label}: holders {hw:.2f} s (CPU {hc:.2f}) / address {aw:.2f} s (CPU {ac:.2f}): "
+              f"ratio {hw / aw:.2f} wall, {hc / ac:.2f} CPU")  # fmt: skip
+    hw = sum(w for w, _ in results["holders"]["figures"].values())
+    hc = sum(c for _, c in results["holders"]["figures"].values())
+    aw = sum(w for w, _ in results["address"]["figures"].values())
+    ac = sum(c for _, c in results["address"]["figures"].values())
+    print(f"close + tree: holders {hw:.2f} s (CPU {hc:.2f}) / address {aw:.2f} s (CPU {ac:.2f}): "
+          f"ratio {hw / aw:.2f} wall, {hc / ac:.2f} CPU")  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
