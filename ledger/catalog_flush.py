@@ -14,7 +14,11 @@ data file, and still checks each flushed row against the digest its own transact
 
 `royalty expire` runs it after the expiry, when a table holds at least `bookkeeping_flush_rows_min` inlined rows.
 On a SQLite catalog the flush holds the catalog's write lock from the flush to its commit, so no append commits
-in between (they wait and retry, as beside any writer).
+in between (they wait and retry, as beside any writer). On PostgreSQL a flush and an append may commit in either
+order: with DuckLake's own commit retry off, the one that commits second fails and the ledger redoes it from a fresh
+snapshot (checked by hand on DuckDB 1.4.4 / DuckLake 0.3, every interleaving: no row lost or doubled). DuckLake's own
+retry of a flush's commit doubled the flushed rows there (they stayed inlined and were in the file), so a flush never
+runs with it on; an append's own retry after a flush committed is fine.
 """
 
 import hashlib
@@ -25,7 +29,7 @@ from ledger import constants
 from ledger.compaction import close_step
 from ledger.connection import catalog_alias
 from ledger.inlined_digest import digest_table
-from ledger.ledger import Ledger
+from ledger.ledger import Ledger, _FileToAdd
 from ledger.tables import compaction_retired_table, compaction_table
 
 log = logging.getLogger(__name__)
@@ -66,23 +70,27 @@ def flush_bookkeeping(ledger: Ledger, rows_min: int = constants.bookkeeping_flus
 def flush_once(ledger: Ledger, rows_min: int) -> dict[str, int]:
     """One try of `flush_bookkeeping`, for a caller holding the close-epoch step lock (`royalty expire`)."""
     connection = ledger.connection
-    with ledger._transaction():
+    ledger._forbid_ducklake_commit_retries()  # see the module's docstring: DuckLake's retry of a flush doubles rows
+    # The files the flush writes: removed again if the catalog refuses the commit (another writer's), as an append's.
+    written: list[_FileToAdd] = []
+    with ledger._removing_files_of_a_refused_commit(written), ledger._transaction():
         due = {table: rows for table, rows in inlined_row_counts(ledger).items() if rows and rows >= rows_min}
         if not due:
             return {}
-        written: list[list] = []
-        flush_id = f"catalog-flush-{uuid.uuid4().hex}"  # in file_checksum's batch column, as a compaction's id is
         for table in due:
             before = _files(ledger, table)
             connection.execute(
                 f"CALL ducklake_flush_inlined_data('{catalog_alias}', table_name => '{table}')"
             ).fetchall()
             for path in sorted(_files(ledger, table) - before):
-                relative = path.removeprefix(ledger.location.data_path)
                 sha256, size_bytes = _sha256(ledger, path)
-                written.append([relative, table, size_bytes, sha256, flush_id])
+                relative = path.removeprefix(ledger.location.data_path)
+                written.append(_FileToAdd(table, path, relative, size_bytes, sha256))
+        flush_id = f"catalog-flush-{uuid.uuid4().hex}"  # in file_checksum's batch column, as a compaction's id is
         # After every flush, so these rows stay inlined until the next one.
-        ledger._insert_inlined_rows("file_checksum", written)
+        ledger._insert_inlined_rows(
+            "file_checksum", [[f.relative_path, f.table, f.size_bytes, f.sha256, flush_id] for f in written]
+        )
     log.info("bookkeeping rows moved out of the catalog", extra={"rows": due, "files": len(written)})
     return due
 
