@@ -381,11 +381,7 @@ def read_inputs(
         if reversal_files.height
         else pl.from_arrow(reversal_schema.empty_table())
     )
-    # Of copies of one reversal (a resend with another event time, maybe naming another original), the one that sorts
-    # first by content, as for metered events: never the first in file order, which depends on the batching.
-    reversals = reversals.sort(  # type: ignore[union-attr]
-        "event_id", "source", "event_time", "original_event_id", pl.coalesce("original_source", "source"), "reason"
-    ).unique(["source", "event_id"], keep="first", maintain_order=True)
+    reversals = deduplicated_reversals(reversals)  # type: ignore[arg-type]
     originals = pl.DataFrame(schema={**held_schema, "arrival_snapshot": pl.Int64}).drop("epoch")
     if reversals.height:  # type: ignore[union-attr]
         wanted = (
@@ -413,7 +409,7 @@ def read_inputs(
             .drop("_window")
         )
     registry = registry or read_registry(connection, prior, closing, RegistryRules())
-    rolled = None
+    rolled, resolution = None, None
     if from_rollups:
         resolution = resolve(registry.models, registry.policies, closing)
         new_originals = originals.filter(pl.col("arrival_snapshot") > prior.closing_snapshot)
@@ -431,7 +427,17 @@ def read_inputs(
         reversal_sources=reversal_sources,
         rollup_cells=None if rolled is None else (rolled.rollup_cells, rolled.event_cells),
         payer_fees=None if rolled is None else rolled.payer_fees,
+        resolution=resolution,
     )
+
+
+def deduplicated_reversals(reversals: pl.DataFrame) -> pl.DataFrame:
+    """One row per (source, id) of an epoch's reversals: of copies of one (a resend with another event time, maybe
+    naming another original), the one that sorts first by content, as for metered events; never the first in file
+    order, which depends on the batching (spec v1 section 2.2)."""
+    return reversals.sort(
+        "event_id", "source", "event_time", "original_event_id", pl.coalesce("original_source", "source"), "reason"
+    ).unique(["source", "event_id"], keep="first", maintain_order=True)
 
 
 def _new_events(new_files: pl.DataFrame, prior_files: pl.DataFrame) -> pl.LazyFrame:

@@ -12,6 +12,7 @@ from ledger.tables import payer_rollup_schema, rollup_schema
 from settlement.engine.epochs import EpochInputs, PriorState, advance, plan_epoch
 from settlement.engine.policies import resolve
 from settlement.engine.splits import event_columns, event_key, key_of
+from settlement.ledger_io import deduplicated_reversals
 from settlement.rollups import RollupEvents, weighted_events
 
 start = datetime(2026, 1, 1, tzinfo=UTC)
@@ -47,9 +48,11 @@ def worlds(
     draw,
     events_max: int = 40,
     epochs_max: int = 3,
+    epochs_min: int = 1,
     with_datasets: bool = False,
     mid_hour: bool = False,
     duplicates: bool = False,
+    reversals_min: int = 0,
 ) -> World:
     """A registry and traffic; `with_datasets`: on-chain datasets too (`dataset:<id>` records with their own
     split among contributors, named by some model policies), as the on-chain registry maps them. `mid_hour`:
@@ -60,7 +63,7 @@ def worlds(
     policy_hours = st.sampled_from([0, 5]) if mid_hour else st.sampled_from([0, 0, 5, 30])
     # Mid-hour worlds crowd their events into a few hours around the policy changes, so rollup cells hold several.
     event_hours = st.integers(4, 5) if mid_hour else st.integers(0, 40)
-    world = World(epochs=draw(st.integers(1, epochs_max)))
+    world = World(epochs=draw(st.integers(epochs_min, epochs_max)))
     datasets = [f"dataset:d{i}" for i in range(draw(st.integers(1, 2)))] if with_datasets else []
     for dataset in datasets:
         if draw(st.integers(0, 5)) > 0:  # now and then a dataset is named but never registered
@@ -127,7 +130,7 @@ def worlds(
                 "arrival": draw(st.integers(1, world.epochs)),
             }
         )
-    for index in range(draw(st.integers(0, 6))):
+    for index in range(draw(st.integers(reversals_min, 6))):
         target, target_source = draw(
             st.sampled_from([(e["event_id"], e["source"]) for e in world.events] + [("ev-unknown", sources[0])])
         )
@@ -229,6 +232,7 @@ def run_epochs(
     holder_weights=None,
     holder_dust_units_min: int = 0,
     path: str = "events",
+    reversal_order_seed: int | None = None,
 ) -> list:
     """Close every epoch of the world in memory (epoch k closes at snapshot k); return the plans.
 
@@ -237,7 +241,8 @@ def run_epochs(
 
     `each(inputs, prior, plan)` is called after each epoch is planned (the bundle property test publishes it);
     `holder_weights(epoch)` gives the epoch's token holders' weights (`settlement.engine.holders`), and a holder's
-    part below `holder_dust_units_min` is carried forward."""
+    part below `holder_dust_units_min` is carried forward. Copies of a reversal id in one epoch are deduplicated as
+    the ledger does (`ledger_io.deduplicated_reversals`), after shuffling them by `reversal_order_seed`."""
     models, policies = registry_frames(world)
     prior, plans = PriorState(), []
     for epoch in range(1, world.epochs + 1):
@@ -245,6 +250,8 @@ def run_epochs(
         if order_seed is not None:
             new = sorted(new, key=lambda e: hash((order_seed, e["source"], e["event_id"])))
         reversals = [r for r in world.reversals if r["arrival"] == epoch]
+        if reversal_order_seed is not None:
+            reversals = sorted(reversals, key=lambda r: hash((reversal_order_seed, repr(sorted(r.items())))))
         wanted = {(r["original_source"] or r["source"], r["original_event_id"]) for r in reversals}
         originals = event_frame(
             [e for e in world.events if (e["source"], e["event_id"]) in wanted and e["arrival"] <= epoch]
@@ -269,18 +276,22 @@ def run_epochs(
         inputs = EpochInputs(
             closing_snapshot=epoch,
             new_events=new_events,
-            reversals=pl.DataFrame(
-                [
-                    {k: r[k] for k in ("event_id", "source", "event_time", "original_event_id", "original_source")}
-                    for r in reversals
-                ],
-                schema={
-                    "event_id": pl.String,
-                    "source": pl.String,
-                    "event_time": pl.Datetime("us", "UTC"),
-                    "original_event_id": pl.String,
-                    "original_source": pl.String,
-                },
+            reversals=deduplicated_reversals(
+                pl.DataFrame(
+                    [
+                        {k: r[k] for k in ("event_id", "source", "event_time", "original_event_id", "original_source")}
+                        | {"reason": "refund"}
+                        for r in reversals
+                    ],
+                    schema={
+                        "event_id": pl.String,
+                        "source": pl.String,
+                        "event_time": pl.Datetime("us", "UTC"),
+                        "original_event_id": pl.String,
+                        "original_source": pl.String,
+                        "reason": pl.String,
+                    },
+                )
             ),
             originals=originals,
             models=models,

@@ -1,8 +1,11 @@
 """Property tests of the split engine on in-memory frames (rules 2-9 of docs/splits.md)."""
 
+from datetime import timedelta
+
 import polars as pl
 import pytest
 from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from tests.settlement.split_world import billing_source, exact_credits, run_epochs, untrusted_source, worlds
 
@@ -92,6 +95,34 @@ def test_reversals_are_taken_back_once_and_bad_ones_are_dead_letters(world):
     last = plans[-1]
     billed = sum(p.fee_micros - p.reversed_micros for p in plans)
     assert sum(p.payable_micros for p in plans) + last.suspense_micros - last.receivable_micros == billed
+
+
+@fast
+@given(worlds(events_max=12, epochs_min=2, epochs_max=3, reversals_min=1), st.data())
+def test_a_reversal_id_is_applied_once_whatever_its_copies_and_their_order(world, data):
+    """Copies of reversal ids (resent with another event time, naming any event, arriving in the same epoch or a
+    later one; ingest stores them) never apply one (source, id) twice over the epochs, and the plans do not depend on
+    the order the copies arrive in within an epoch (the ledger's file order)."""
+    named = {(r["original_source"] or r["source"], r["original_event_id"]) for r in world.reversals}
+    for number, reversal in enumerate(data.draw(st.lists(st.sampled_from(world.reversals), min_size=1, max_size=4))):
+        # Another event of the source the reversal names (as authorized as the reversal was), none reverses yet.
+        source = reversal["original_source"] or reversal["source"]
+        others = [e for e in world.events if e["source"] == source and (source, e["event_id"]) not in named]
+        target = data.draw(st.sampled_from(others or world.events))
+        world.reversals.append(
+            {
+                **reversal,
+                "original_event_id": target["event_id"],
+                "event_time": reversal["event_time"] + timedelta(hours=1 + number),
+                "arrival": data.draw(st.integers(min(reversal["arrival"] + 1, world.epochs), world.epochs)),
+            }
+        )
+    plans = run_epochs(world, reversal_order_seed=1)
+    applied = pl.concat([p.reversals for p in plans]).filter(pl.col("outcome") != "dead_letter")
+    assert applied.select("source", "event_id").is_unique().all()
+    for plan, again in zip(plans, run_epochs(world, reversal_order_seed=2), strict=True):
+        assert plan.payables.equals(again.payables)
+        assert plan.reversals.sort("source", "event_id").equals(again.reversals.sort("source", "event_id"))
 
 
 @fast
