@@ -17,11 +17,21 @@ payer rows, closed from them alone.
 
     python benchmarks/split_bench.py --events 10000000 --rollups
     python benchmarks/split_bench.py --simulated-day 10000000000 --sources 2
+
+`--reuse FOLDER` closes the ledger an earlier run generated under FOLDER (printed as `generated ... under FOLDER`)
+again, without generating it; `--rollups-only` times only the close from rollups (not the events path, not the
+comparison of payables); `--profile` prints where the close from rollups spent its time (cProfile, top functions by
+cumulative CPU time, every thread's). Each close prints its wall and CPU seconds (CPU: every thread of the process).
+
+    python benchmarks/split_bench.py --reuse /tmp/split-bench-XXXX --rollups --rollups-only --profile
 """
 
 import argparse
+import cProfile
 import dataclasses
 import json
+import logging
+import pstats
 import random
 import tempfile
 import time
@@ -209,6 +219,7 @@ def day_payers(path: Path, rollups: pl.DataFrame, payers: int = 10_000) -> None:
 
 
 def main() -> None:
+    logging.getLogger("royalty.settlement").setLevel(logging.ERROR)  # the unverified bench files, accepted
     register_with_ledger()  # the settlement's tables and views, as every entry point declares them
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--events", type=int, default=1_000_000)
@@ -221,9 +232,16 @@ def main() -> None:
     parser.add_argument("--no-sql", action="store_true", help="Skip the DuckDB SQL reference.")
     parser.add_argument("--simulated-day", type=int, default=0, help="Events of a day simulated by rollups alone.")
     parser.add_argument("--sources", type=int, default=1)
+    parser.add_argument("--reuse", type=Path, help="Close the ledger an earlier run generated under this folder.")
+    parser.add_argument("--rollups-only", action="store_true", help="Time only the close from rollups.")
+    parser.add_argument("--profile", action="store_true", help="Profile the close from rollups (cProfile).")
     args = parser.parse_args()
     if args.simulated_day:
         simulated_day(args)
+        return
+    if args.reuse:
+        with Ledger.open(args.reuse / "lake") as ledger:
+            close_from_rollups(ledger, args.rollups_only, args.profile)
         return
     folder = Path(tempfile.mkdtemp(prefix="split-bench-"))
     with Ledger.open(folder / "lake") as ledger:
@@ -268,7 +286,9 @@ def main() -> None:
                 f"rollup rows: {rollup_rows:,} ({rollup_rows / args.events:.4f} per event; appends of "
                 f"{args.append_events:,} events)"
             )
-            close_from_rollups(ledger, paths)
+            close_from_rollups(ledger, args.rollups_only, args.profile)
+            if args.rollups_only:
+                return
 
         began = time.perf_counter()
         summary = close_epoch(ledger, dry_run=True, checks=_bench_files)
@@ -304,22 +324,33 @@ def main() -> None:
         )
 
 
-def close_from_rollups(ledger: Ledger, paths: list[Path]) -> None:
-    """Time the close from rollups and compare its payables with the events path's."""
+def close_from_rollups(ledger: Ledger, rollups_only: bool = False, profile: bool = False) -> None:
+    """Time the close from rollups (wall and CPU) and, unless `rollups_only`, compare its payables with the events
+    path's; `profile`: print the close's top functions by cumulative time."""
     from settlement.ledger_io import plan_from_ledger
 
-    began = time.perf_counter()
+    profiler = cProfile.Profile(time.process_time) if profile else None  # CPU seconds: the machine is shared
+    began, began_cpu = time.perf_counter(), time.process_time()
+    if profiler:
+        profiler.enable()
     summary = close_epoch(ledger, dry_run=True, checks=_bench_files, from_rollups=True)
-    rollups_s = time.perf_counter() - began
-    plan, extra = plan_from_ledger(ledger, from_rollups=True)
+    if profiler:
+        profiler.disable()
+    rollups_s, rollups_cpu_s = time.perf_counter() - began, time.process_time() - began_cpu
+    print(
+        f"from rollups (close_epoch --dry-run --from-rollups): {rollups_s:.2f} s wall, {rollups_cpu_s:.2f} s CPU "
+        f"for {summary.event_count:,} events; cells from rollups / from events: {summary.rollup_cells}"
+    )
+    if profiler:
+        pstats.Stats(profiler).sort_stats("cumulative").print_stats(40)
+    if rollups_only:
+        return
+    plan, _ = plan_from_ledger(ledger, from_rollups=True)
     rolled = plan.payables.select("recipient", "credited_micros")
     del plan
     events_plan, _ = plan_from_ledger(ledger)
     same = rolled.equals(events_plan.payables.select("recipient", "credited_micros"))
-    print(
-        f"from rollups (close_epoch --dry-run --from-rollups): {rollups_s:.2f} s for {summary.event_count:,} events; "
-        f"cells from rollups / from events: {extra['rollup_cells']}; identical payables to the events path: {same}"
-    )
+    print(f"identical payables to the events path: {same}")
 
 
 def simulated_day(args: argparse.Namespace) -> None:

@@ -141,26 +141,16 @@ def weighted_events(
     if not _complete(rollups, payer_rollups, events if count_check else None):
         return None
     payer_fees = payer_rollups.group_by("payer").agg(_fees())
+    cells = _cell_segments(rollups, resolution)
     dirty = pl.concat(
         [
             _shared_group_cells(rollups),
-            _unsteady_cells(rollups, resolution),
+            _unsteady_cells(cells, resolution),
             new_originals.select("model_id", _hour("event_time")),
         ]
     ).unique()
-    clean = rollups.join(dirty, on=_cell, how="anti")
-    parts = [
-        clean.lazy().select(
-            pl.lit(None, pl.String).alias("event_id"),
-            "source",
-            pl.col("event_time_max").alias("event_time"),
-            "model_id",
-            pl.lit(None, pl.String).alias("payer"),
-            "compute_provider",
-            "fee_micros",
-            pl.col("event_count").alias(event_count_column),
-        )
-    ]
+    clean_cells = cells.join(dirty, on=_cell, how="anti").select(*_cell, "segment_start")
+    parts = [_clean_rows(rollups, clean_cells, dirty).lazy()]
     if dirty.height:
         key = pl.struct("source", "event_id").hash()
         raw = (
@@ -178,7 +168,40 @@ def weighted_events(
             payer_fees = payer_fees.group_by("payer").agg(pl.col("fee_micros").sum())
             raw = kept
         parts.append(raw.lazy().with_columns(pl.lit(1, pl.Int64).alias(event_count_column)))
-    return RollupEvents(pl.concat(parts), payer_fees, clean.select(_cell).unique().height, dirty.height)
+    return RollupEvents(pl.concat(parts), payer_fees, clean_cells.height, dirty.height)
+
+
+def _clean_rows(rollups: pl.DataFrame, clean_cells: pl.DataFrame, dirty: pl.DataFrame) -> pl.DataFrame:
+    """The rollup rows of the `clean_cells` (each with the start of the route segment in force over its whole span;
+    `dirty`: the other cells) as weighted rows summed per model, provider and route segment. Every event of such a sum
+    routes, splits and bills as the sum does (one route over the segment, and no payer or event id on the row), and
+    the sum's time, its latest event's, lies in the segment too: far fewer rows to plan than the rollup rows (one per
+    model, provider, source, hour and key group). Only the rows of a model whose clean cells lie in several segments
+    are joined to their cells' segments; the others are summed per model and provider."""
+    rows = rollups if not dirty.height else rollups.join(dirty, on=_cell, how="anti")
+    segments = clean_cells.group_by("model_id").agg(pl.col("segment_start").n_unique().alias("segments"))
+    several = segments.filter(pl.col("segments") > 1)
+    in_several = pl.col("model_id").is_in(several["model_id"].implode())
+    sums = [pl.col("event_time_max").max(), pl.col("fee_micros").sum(), pl.col("event_count").sum()]
+    parts = [rows.filter(~in_several).group_by("model_id", "compute_provider").agg(sums)]
+    if several.height:
+        parts.append(
+            rows.filter(in_several)
+            .join(clean_cells, on=_cell)
+            .group_by("model_id", "compute_provider", "segment_start")
+            .agg(sums)
+            .drop("segment_start")
+        )
+    return pl.concat(parts).select(
+        pl.lit(None, pl.String).alias("event_id"),
+        pl.lit(None, pl.String).alias("source"),
+        pl.col("event_time_max").alias("event_time"),
+        "model_id",
+        pl.lit(None, pl.String).alias("payer"),
+        "compute_provider",
+        "fee_micros",
+        pl.col("event_count").alias(event_count_column),
+    )
 
 
 def _complete(rollups: pl.DataFrame, payer_rollups: pl.DataFrame, events: pl.LazyFrame | None) -> bool:
@@ -223,12 +246,12 @@ def _scan_events(paths: list[str]) -> pl.LazyFrame:
     return recorder.scan_parquet(paths, extra_columns="ignore").select(event_columns)
 
 
-def _unsteady_cells(rollups: pl.DataFrame, resolution: Resolution) -> pl.DataFrame:
-    """The cells whose model has no complete route for the whole of the cell's event-time span."""
+def _cell_segments(rollups: pl.DataFrame, resolution: Resolution) -> pl.DataFrame:
+    """Each cell's event-time span and the route segment in force at its first event (`segment_start`, `complete`;
+    null when the model has no route then)."""
     spans = rollups.group_by(_cell).agg(pl.col("event_time_min").min(), pl.col("event_time_max").max())
     segments = resolution.segments.select("model_id", "segment_start", "complete").sort("segment_start")
-    # The segment in force at the span's first event (None: the model has no route then).
-    first = spans.sort("event_time_min").join_asof(
+    return spans.sort("event_time_min").join_asof(
         segments,
         left_on="event_time_min",
         right_on="segment_start",
@@ -236,10 +259,16 @@ def _unsteady_cells(rollups: pl.DataFrame, resolution: Resolution) -> pl.DataFra
         strategy="backward",
         check_sortedness=False,  # both sorted by time, globally (and so within each model)
     )
-    incomplete = first.filter(pl.col("complete").is_null() | ~pl.col("complete")).select(_cell)
+
+
+def _unsteady_cells(cells: pl.DataFrame, resolution: Resolution) -> pl.DataFrame:
+    """The cells whose model has no complete route for the whole of the cell's event-time span (`cells`:
+    `_cell_segments`)."""
+    incomplete = cells.filter(pl.col("complete").is_null() | ~pl.col("complete")).select(_cell)
     # A segment starting after the first event and at or before the last one: the route changes inside the cell.
     changing = (
-        spans.join(segments, on="model_id")
+        cells.drop("segment_start", "complete")
+        .join(resolution.segments.select("model_id", "segment_start"), on="model_id")
         .filter(
             (pl.col("segment_start") > pl.col("event_time_min")) & (pl.col("segment_start") <= pl.col("event_time_max"))
         )

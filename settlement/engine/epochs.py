@@ -63,6 +63,9 @@ class EpochInputs:
     payer_fees: pl.DataFrame | None = None
     # A holder's accumulated part below this many micros is carried forward, not credited (0: never).
     holder_dust_units_min: int = 0
+    # The registry resolved at `closing_snapshot` (`policies.resolve` of `models` and `policies`), when the reader
+    # already resolved it (the rollup path does): not resolved again.
+    resolution: Resolution | None = None
 
 
 @dataclass(frozen=True)
@@ -118,7 +121,9 @@ def plan_epoch(inputs: EpochInputs, prior: PriorState) -> EpochPlan:
         closing >= prior.closing_snapshot,
         f"epoch {epoch} closes at snapshot {closing}, not before epoch {prior.epoch}'s {prior.closing_snapshot}",
     )
-    resolutions: dict[int, Resolution] = {closing: resolve(inputs.models, inputs.policies, closing)}
+    resolutions: dict[int, Resolution] = {
+        closing: inputs.resolution or resolve(inputs.models, inputs.policies, closing)
+    }
     classified = classify_reversals(inputs, prior)
     valid = classified.filter(pl.col("outcome") != rev.dead_letter)
     moves = _route(inputs, prior, valid, resolutions)
