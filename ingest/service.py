@@ -275,11 +275,12 @@ class IngestService:
             log.exception("snapshot expiry when idle failed unexpectedly; retried at the next quiet spell")
             return
         self.metrics.expired(report.snapshots_expired)
-        if report.snapshots_expired or report.files_deleted:
+        if report.snapshots_expired or report.files_deleted or report.rows_flushed:
             log.info(
                 "snapshots expired when idle",
                 extra={"snapshots_expired": report.snapshots_expired, "snapshots_kept": report.snapshots_retained,
-                       "files_dropped": report.files_dropped, "files_deleted": report.files_deleted},
+                       "files_dropped": report.files_dropped, "files_deleted": report.files_deleted,
+                       "bookkeeping_rows_flushed": report.rows_flushed},
             )  # fmt: skip
 
     # Batches -------------------------------------------------------------------------------
