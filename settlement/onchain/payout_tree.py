@@ -48,13 +48,14 @@ class EpochTree:
         return self.tree.total_amount_units
 
 
-def address_leaves(payables: pl.DataFrame) -> tuple[dict[str, int], int]:
+def address_leaves(payables: pl.DataFrame, checksummed: bool = True) -> tuple[dict[str, int], int]:
     """Cumulative units per payout address from `settlement_payable` rows, and the unaddressed units.
 
     Each epoch's growth (`amount_micros`) is paid to the address the recipient had at that epoch's
     close, so an address change never moves what an old address could already claim; growth accrued
     while a recipient had no address goes to the first address it registers later. Contributor ids
-    sharing an address are summed. Addresses are compared case-insensitively and returned checksummed.
+    sharing an address are summed. Addresses are compared case-insensitively and returned checksummed (lowercase
+    with `checksummed=False`: the tree's native build checksums them itself, a million in Python cost seconds).
     """
     rows = (
         payables.sort(["recipient", "epoch"])
@@ -70,7 +71,8 @@ def address_leaves(payables: pl.DataFrame) -> tuple[dict[str, int], int]:
         .agg(pl.col("amount_micros").cast(pl.Int128).sum().alias("units"))
         .sort("address")
     )
-    leaves = dict(zip(_checksummed(sums["address"].to_list()), (int(u) for u in sums["units"]), strict=True))
+    addresses = sums["address"].to_list()
+    leaves = dict(zip(_checksummed(addresses) if checksummed else addresses, map(int, sums["units"]), strict=True))
     return leaves, unaddressed_units
 
 
@@ -111,7 +113,8 @@ def build_epoch_tree(
     `owed_elsewhere_units`: what a predecessor distributor's last root already owes each address (a distributor
     deployed with `--migrate-from`); the leaves are then net of it (`net_leaves`), and `net_of` names that
     predecessor and epoch (recorded with the tree)."""
-    leaves, unaddressed_units = address_leaves(payables)
+    # Net of a predecessor's leaves, the addresses are matched checksummed; else the tree checksums them.
+    leaves, unaddressed_units = address_leaves(payables, checksummed=owed_elsewhere_units is not None)
     if owed_elsewhere_units is not None:
         leaves = net_leaves(leaves, owed_elsewhere_units)
     if not leaves:
