@@ -218,13 +218,18 @@ def registry_source(connection: duckdb.DuckDBPyConnection, contract: str) -> Reg
 
 
 def with_own_addresses(addresses: pl.DataFrame, accounts: list[str]) -> pl.DataFrame:
-    """`addresses` plus each of `accounts` that is an address and has none yet, paid at itself (on-chain,
-    an account that never set a payout address is paid where it is)."""
+    """`addresses` plus each of `accounts` that is an address and has none yet: paid at the payout address its
+    account set (the registry keys it by the checksummed address; an account may be written in any case, a compute
+    provider being free text), else at itself (on-chain, an account that never set one is paid where it is)."""
     known = set(addresses["contributor_id"].to_list())
     extra = sorted({a for a in accounts if a and _address.fullmatch(a) and a not in known})
     if not extra:
         return addresses
-    own = pl.DataFrame({"contributor_id": extra, "payout_address": [to_checksum_address(a) for a in extra]})
+    pairs = addresses.select("contributor_id", "payout_address").iter_rows()
+    set_by = {account.lower(): paid_at for account, paid_at in pairs if _address.fullmatch(account)}
+    own = pl.DataFrame(
+        {"contributor_id": extra, "payout_address": [set_by.get(a.lower(), to_checksum_address(a)) for a in extra]}
+    )
     return pl.concat([addresses, own.cast(address_schema)])  # type: ignore[arg-type]
 
 
