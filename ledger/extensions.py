@@ -32,8 +32,9 @@ from ledger.errors import LedgerNotFoundError
 _extension_names = {"ducklake": "ducklake", "sqlite": "sqlite_scanner", "postgres": "postgres_scanner",
                     "httpfs": "httpfs"}  # fmt: skip
 _FileIdentity = tuple[int, int, int, int, int]
-# extension name -> the file DuckDB checked (in this process, or another one per the record), and its identity then
-_checked: dict[str, tuple[str, _FileIdentity]] = {}
+# The files DuckDB checked, in this process or (per the record) another one
+# (several environments share the record: each has its own extension folder)
+_checked: dict[str, tuple[str, _FileIdentity]] = {}  # checked file -> its extension name, its identity then
 _record_read = False
 
 
@@ -51,10 +52,11 @@ def extension_directory() -> str:
 def connect_with_extensions(load_names: Iterable[str]) -> duckdb.DuckDBPyConnection:
     """A new in-memory DuckDB connection with `load_names` (`LOAD` names: ducklake, sqlite, ...) loaded."""
     names = list(load_names)
-    checked_before = all(_still_checked(_extension_names[name]) for name in names)
+    directory = extension_directory()
+    checked_before = all(_still_checked(_extension_names[name], directory) for name in names)
     connection = duckdb.connect(
         config={
-            "extension_directory": extension_directory(),
+            "extension_directory": directory,
             "autoinstall_known_extensions": False,
             "autoload_known_extensions": False,
             "allow_unsigned_extensions": checked_before,
@@ -71,14 +73,17 @@ def connect_with_extensions(load_names: Iterable[str]) -> duckdb.DuckDBPyConnect
     return connection
 
 
-def _still_checked(extension: str) -> bool:
+def _still_checked(extension: str, directory: str) -> bool:
     global _record_read
     if not _record_read:
         _record_read = True
-        for name, (path, identity) in _read_record().items():
-            _checked.setdefault(name, (path, identity))
-    remembered = _checked.get(extension)
-    return remembered is not None and _identity(remembered[0]) == remembered[1]
+        for path, entry in _read_record().items():
+            _checked.setdefault(path, entry)
+    inside = os.path.join(directory, "")
+    return any(
+        name == extension and path.startswith(inside) and _identity(path) == identity
+        for path, (name, identity) in _checked.items()
+    )
 
 
 def _remember_checked(connection: duckdb.DuckDBPyConnection) -> None:
@@ -88,21 +93,21 @@ def _remember_checked(connection: duckdb.DuckDBPyConnection) -> None:
     for extension, path in loaded:
         identity = _identity(path)
         if identity is not None:
-            _checked[extension] = (path, identity)
+            _checked[path] = (extension, identity)
     _write_record()
 
 
 def _record_path() -> Path:
     cache = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(cache) / "royalty-engine" / f"checked-extensions-duckdb-{duckdb.__version__}.json"
+    return Path(cache) / "royalty-engine" / f"checked-extension-files-duckdb-{duckdb.__version__}.json"
 
 
 def _read_record() -> dict[str, tuple[str, _FileIdentity]]:
     try:
         stored = json.loads(_record_path().read_text())
         return {
-            str(name): (str(entry[0]), tuple(int(part) for part in entry[1:]))  # type: ignore[misc]
-            for name, entry in stored.items()
+            str(path): (str(entry[0]), tuple(int(part) for part in entry[1:]))  # type: ignore[misc]
+            for path, entry in stored.items()
             if isinstance(entry, list) and len(entry) == 6
         }
     except (OSError, ValueError, TypeError, AttributeError):
@@ -113,7 +118,8 @@ def _write_record() -> None:
     path = _record_path()
     with contextlib.suppress(OSError):
         path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        entries = {name: [file, *identity] for name, (file, identity) in _checked.items()}
+        # files gone since (an environment removed) are left out, so the record does not grow with every venv
+        entries = {file: [name, *identity] for file, (name, identity) in _checked.items() if os.path.exists(file)}
         descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=".checked-")  # owner-only (0600)
         try:
             with os.fdopen(descriptor, "w") as file:

@@ -101,7 +101,7 @@ def test_a_malformed_record_means_checking_again(extension_copy: Path) -> None:
     with extensions.connect_with_extensions(["ducklake", "sqlite"]):
         pass
     record = extensions._record_path()
-    record.write_text('{"ducklake": [1, 2], "sqlite_scanner": "x"')
+    record.write_text('{"/x/ducklake.duckdb_extension": [1, 2], "/y": "x"')
     extensions._checked.clear()
     extensions._record_read = False
     with extensions.connect_with_extensions(["ducklake", "sqlite"]) as connection:
