@@ -14,9 +14,9 @@ from tests.ledger.helpers import batch_of
 from tests.strategies import encode, valid_event
 from tests.support.hostile import hostile_message
 
-# Batches of 1,000 hostile messages: 25 (25,000 messages) in CI, 100 nightly; a deeper run sets e.g.
+# Batches of 1,000 hostile messages: 15 (15,000 messages) in CI, 100 nightly; a deeper run sets e.g.
 # ROYALTY_FUZZ_BATCHES=10000 (10 million messages, about an hour on this machine).
-fuzz_batches = int(os.environ.get("ROYALTY_FUZZ_BATCHES", str(depth(25, 100))))
+fuzz_batches = int(os.environ.get("ROYALTY_FUZZ_BATCHES", str(depth(15, 100))))
 
 decoder = BatchDecoder()
 
