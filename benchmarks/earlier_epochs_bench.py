@@ -74,7 +74,12 @@ def measure(ledger: Ledger, earlier: int) -> None:
     prior = read_prior(connection)
     files = data_files(connection, "inference_metered", ledger.current_snapshot())
     new_files = files.filter(pl.col("snapshot") > prior.closing_snapshot)
-    prior_files = files.filter(pl.col("snapshot") <= prior.closing_snapshot)
+    try:  # the earlier files with their recorded id bounds, as the close reads them
+        from settlement.ledger_io import earlier_files
+
+        prior_files = earlier_files(connection, files, prior.closing_snapshot, ledger.current_snapshot())
+    except ImportError:  # a tree from before it (for a before/after comparison)
+        prior_files = files.filter(pl.col("snapshot") <= prior.closing_snapshot)
     new_events = pl.scan_parquet(new_files["path"].to_list()).select("source", "event_id")
     found, check_s, check_cpu_s = timed(lambda: stored_before_range(new_events, prior_files))
     events, events_s, events_cpu_s = timed(lambda: close_epoch(ledger, dry_run=True, checks=_bench_files))

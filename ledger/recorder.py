@@ -207,6 +207,46 @@ def files_added_after(
     return sorted((str(path), int(size)) for path, size in rows)
 
 
+def column_bounds(connection: duckdb.DuckDBPyConnection, table: str, column: str, snapshot: int) -> pl.DataFrame:
+    """`path` (absolute), `least`, `greatest`: the least and greatest value of the text `column` the catalog recorded
+    for each data file of `table` as of `snapshot` (from the file's Parquet statistics when it was added; null where
+    none was recorded). Read from the catalog alone: no data file is opened. A writer that shortens a long value's
+    statistic keeps it a bound (a prefix below, a successor above), so a file whose bounds miss a range holds no row in
+    it."""
+    rows = connection.execute(
+        f"""
+        SELECT f.data_file AS path, s.min_value AS least, s.max_value AS greatest
+        FROM ducklake_list_files('{catalog_alias}', ?, snapshot_version => ?) f
+        JOIN {_metadata}.ducklake_data_file d
+          ON parse_filename(f.data_file) = parse_filename(d.path) AND f.data_file LIKE '%/' || d.path
+        JOIN {_metadata}.ducklake_table t ON t.table_id = d.table_id AND t.table_name = ?
+        LEFT JOIN {_metadata}.ducklake_column c
+          ON c.table_id = t.table_id AND c.column_name = ? AND c.end_snapshot IS NULL
+        LEFT JOIN {_metadata}.ducklake_file_column_stats s
+          ON s.data_file_id = d.data_file_id AND s.column_id = c.column_id
+        WHERE d.begin_snapshot <= ?
+        """,
+        [table, snapshot, table, column, snapshot],
+    ).fetch_arrow_table()
+    frame = pl.from_arrow(rows).cast({"least": pl.String, "greatest": pl.String})  # type: ignore[union-attr]
+    # A file listed twice (a table's several versions in the catalog) with one row having no bounds: keep none.
+    return frame.group_by("path").agg(  # type: ignore[union-attr]
+        pl.when(pl.col("least").null_count() == 0).then(pl.col("least").min()).alias("least"),
+        pl.when(pl.col("greatest").null_count() == 0).then(pl.col("greatest").max()).alias("greatest"),
+    )
+
+
+def files_holding_between(files: pl.DataFrame, bounds: pl.DataFrame, least: str, greatest: str) -> pl.DataFrame:
+    """Those of `files` (with `path`) that may hold a value in [`least`, `greatest`]: every one but those whose
+    recorded `bounds` (`column_bounds`) both exist and miss that range."""
+    missed = bounds.filter(
+        pl.col("least").is_not_null()
+        & pl.col("greatest").is_not_null()
+        & ((pl.col("greatest") < least) | (pl.col("least") > greatest))
+    )
+    return files.filter(~pl.col("path").is_in(missed["path"].implode()))
+
+
 def _merged_snapshots(connection: duckdb.DuckDBPyConnection) -> tuple[str, str]:
     """(snapshot expression, join) giving a data file `d` of table `t` its rows' last snapshot: its begin
     snapshot, or for a file a compaction wrote the last snapshot of the rows it merged."""

@@ -33,7 +33,7 @@ from settlement.engine.holders import HolderWeights, dust_schema, holder_tokens
 from settlement.engine.policies import resolve
 from settlement.engine.splits import event_columns, event_key, key_of
 from settlement.exceptions import HoldersBehindError, RegistryBehindError, RegistryNotSyncedError
-from settlement.rollups import events_from_rollups
+from settlement.rollups import events_from_rollups, files_holding_ids_between
 
 Progress = Callable[[str, int, int], None]  # (step name, steps done, steps total)
 _steps = ["read state", "read registry", "scan events", "split", "write"]
@@ -365,7 +365,7 @@ def read_inputs(
     """
     metered_files = data_files(connection, "inference_metered", closing)
     new_files = metered_files.filter(pl.col("snapshot") > prior.closing_snapshot)
-    prior_files = metered_files.filter(pl.col("snapshot") <= prior.closing_snapshot)
+    prior_files = earlier_files(connection, metered_files, prior.closing_snapshot, closing)
     reversal_files = data_files(connection, "inference_reversed", closing).filter(
         pl.col("snapshot") > prior.closing_snapshot
     )
@@ -440,6 +440,19 @@ def deduplicated_reversals(reversals: pl.DataFrame) -> pl.DataFrame:
     ).unique(["source", "event_id"], keep="first", maintain_order=True)
 
 
+def earlier_files(
+    connection: duckdb.DuckDBPyConnection, metered_files: pl.DataFrame, prior_closing: int, closing: int
+) -> pl.DataFrame:
+    """The metered files of earlier epochs (of `metered_files`, `data_files` as of `closing`: added at or before
+    `prior_closing`), each with the least and greatest event id the catalog recorded for it (`least`, `greatest`;
+    null when none was): the id checks below open only the files whose ids may reach the new ones."""
+    prior_files = metered_files.filter(pl.col("snapshot") <= prior_closing)
+    if prior_files.is_empty():
+        return prior_files.with_columns(least=pl.lit(None, pl.String), greatest=pl.lit(None, pl.String))
+    bounds = recorder.column_bounds(connection, "inference_metered", "event_id", closing)
+    return prior_files.join(bounds, on="path", how="left")
+
+
 def _new_events(new_files: pl.DataFrame, prior_files: pl.DataFrame) -> pl.LazyFrame:
     """The epoch's new events, read from their files, deduplicated by (source, id), without the copies of an
     event stored before the epoch's range (`prior_files`: the metered files of earlier epochs)."""
@@ -454,14 +467,20 @@ def stored_before_range(new_events: pl.LazyFrame, prior_files: pl.DataFrame) -> 
     """The (source, event_id) pairs of `new_events` that a row of `prior_files` already holds: an event resent with
     another event time, which ingest's duplicate probe (by event time) did not see, arriving in a later epoch. An
     event is paid once, in the epoch its first copy arrived in. Only the earlier rows whose ids lie within the new
-    ids' range are read (Parquet statistics prune the rest: none at all when ids grow with arrival)."""
+    ids' range are read: only the files whose recorded id bounds (`earlier_files`) reach that range are opened, so
+    when ids grow with arrival no earlier file is, however many epochs the ledger holds (Parquet statistics then
+    prune the row groups of those opened)."""
     keys = ["source", "event_id"]
+    none = pl.DataFrame(schema={"source": pl.String, "event_id": pl.String})
     if prior_files.is_empty():
-        return pl.DataFrame(schema={"source": pl.String, "event_id": pl.String})
+        return none
     bounds = new_events.select(pl.col("event_id").min().alias("least"), pl.col("event_id").max().alias("greatest"))
     least, greatest = bounds.collect().row(0)
     if least is None:
-        return pl.DataFrame(schema={"source": pl.String, "event_id": pl.String})
+        return none
+    prior_files = files_holding_ids_between(prior_files, least, greatest)
+    if prior_files.is_empty():
+        return none
     earlier = (
         _scan(prior_files, keys, file_tables["inference_metered"])
         .filter(pl.col("event_id").is_between(pl.lit(least), pl.lit(greatest)))

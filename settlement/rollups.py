@@ -95,17 +95,25 @@ def _may_repeat_earlier_events(rollups: pl.DataFrame, prior_metered_files: pl.Da
     ranges = rollups.group_by("source").agg(
         pl.col("group_event_id_min").min().alias("least"), pl.col("group_event_id_max").max().alias("greatest")
     )
-    earlier = recorder.scan_parquet(prior_metered_files["path"].to_list(), extra_columns="ignore").select(
-        "source", "event_id"
-    )
     for source, least, greatest in ranges.iter_rows():
         if least is None or greatest is None:
             return True
+        files = files_holding_ids_between(prior_metered_files, least, greatest)
+        if files.is_empty():
+            continue
+        earlier = recorder.scan_parquet(files["path"].to_list(), extra_columns="ignore").select("source", "event_id")
         in_range = pl.col("event_id").is_between(pl.lit(least), pl.lit(greatest))
-        hit = earlier.filter((pl.col("source") == source) & in_range)
-        if hit.limit(1).collect().height:
+        if earlier.filter((pl.col("source") == source) & in_range).limit(1).collect().height:
             return True
     return False
+
+
+def files_holding_ids_between(prior_files: pl.DataFrame, least: str, greatest: str) -> pl.DataFrame:
+    """Those of `prior_files` that may hold an event id in [`least`, `greatest`]: all but the files whose recorded
+    id bounds (`ledger_io.earlier_files`) miss the range; all of them when no bounds came with them."""
+    if "least" not in prior_files.columns:
+        return prior_files
+    return recorder.files_holding_between(prior_files, prior_files, least, greatest)
 
 
 def _read_range(

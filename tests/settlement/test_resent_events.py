@@ -149,3 +149,45 @@ def test_a_reversal_applied_in_one_epoch_and_resent_naming_another_original_is_n
         ).fetchone()
         assert "applied in epoch 2" in reason
         assert verify(ledger).ok
+
+
+def _opened_paths(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Every data file polars is asked to scan from now on (the events path's and the rollup path's readers)."""
+    from ledger import recorder
+
+    opened: list[str] = []
+    scan = recorder.scan_parquet
+
+    def recording(paths: list[str], **options: object):
+        opened.extend(paths)
+        return scan(paths, **options)
+
+    monkeypatch.setattr(recorder, "scan_parquet", recording)
+    return opened
+
+
+@pytest.mark.parametrize("from_rollups", [False, True], ids=["events", "rollups"])
+def test_earlier_epochs_files_whose_ids_miss_the_new_ones_are_not_opened(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, from_rollups: bool
+) -> None:
+    """The check for events an earlier epoch stored opens only the earlier files whose recorded id bounds reach the new
+    ids (the catalog's per-file statistics): none when ids grow with arrival, whatever the ledger's age (it opened every
+    earlier file before). A resend of an epoch-2 id opens epoch 2's file, not epoch 1's, and is still not paid again."""
+    from ledger import recorder
+
+    with Ledger.open(tmp_path / "lake") as ledger:
+        feed = _Feed(ledger)
+        feed.send(*_registry(), _metered("ev-1", 1, 1_000), _metered("ev-2", 1, 500))
+        close_epoch(ledger, from_rollups=from_rollups)
+        first = set(recorder.files_as_of(ledger.connection, "inference_metered", ledger.current_snapshot())["path"])
+        feed.send(_metered("ev-3", 2, 70))
+        opened = _opened_paths(monkeypatch)
+        second = close_epoch(ledger, from_rollups=from_rollups)
+        assert not first & set(opened), opened  # epoch 1's ids all lie below ev-3: its file is never opened
+        assert second.rollup_cells == ((1, 0) if from_rollups else None)  # closed from rollups: no earlier id met
+        both = set(recorder.files_as_of(ledger.connection, "inference_metered", ledger.current_snapshot())["path"])
+        feed.send(_metered("ev-3", 6, 70), _metered("ev-4", 6, 9))  # ev-3 again, at another time
+        opened.clear()
+        close_epoch(ledger, from_rollups=from_rollups)
+        assert not first & set(opened) and both - first <= set(opened), opened
+        assert _paid_micros(ledger) == {1: 1_500, 2: 70, 3: 9}
