@@ -35,7 +35,7 @@ FROM ${settlement_claim};
 -- is the account's leaf in the root it claimed against. claims_paid: every claim paid its cumulative amount
 -- less the account's previous claim's (a forged, altered, missing or repeated claim row shows here).
 CREATE OR REPLACE TEMP VIEW chain_checks AS
-WITH RECURSIVE settled AS (
+WITH settled AS (
     SELECT r.epoch, r.total_units AS recorded_units, t.total_units AS tree_units, t.unaddressed_units, t.leaf_count
     FROM ${settlement_record} r JOIN ${settlement_root} t USING (epoch)
 ),
@@ -43,13 +43,15 @@ payable_totals AS (
     SELECT s.epoch, sum(p.amount_micros) AS payable_micros
     FROM settled s JOIN ${settlement_payable} p ON p.epoch <= s.epoch GROUP BY s.epoch
 ),
-migrated_from (epoch, predecessor_epoch) AS (  -- every earlier distributor's last epoch, for A -> B -> C too
-    SELECT epoch, predecessor_epoch FROM ${settlement_migration}
-    UNION ALL
-    SELECT f.epoch, m.predecessor_epoch
-    FROM migrated_from f JOIN ${settlement_migration} m ON m.epoch = f.predecessor_epoch
-),
 net_of AS (  -- an epoch of a migrated distributor: its leaves are net of every predecessor's last root
+    -- (the recursion in a WITH of its own: a WITH RECURSIVE over the whole view made DuckDB 1.4 count each claim
+    -- row of claims_paid three times)
+    WITH RECURSIVE migrated_from (epoch, predecessor_epoch) AS (  -- every earlier distributor's last epoch
+        SELECT epoch, predecessor_epoch FROM ${settlement_migration}
+        UNION ALL
+        SELECT f.epoch, m.predecessor_epoch
+        FROM migrated_from f JOIN ${settlement_migration} m ON m.epoch = f.predecessor_epoch
+    )
     SELECT f.epoch, sum(t.total_units) AS owed_units
     FROM migrated_from f JOIN ${settlement_root} t ON t.epoch = f.predecessor_epoch GROUP BY f.epoch
 ),
