@@ -7,6 +7,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from tests.conftest import depth
 from tests.settlement.split_world import billing_source, exact_credits, run_epochs, untrusted_source, worlds
 
 fast = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -97,7 +98,7 @@ def test_reversals_are_taken_back_once_and_bad_ones_are_dead_letters(world):
     assert sum(p.payable_micros for p in plans) + last.suspense_micros - last.receivable_micros == billed
 
 
-@fast
+@settings(max_examples=depth(25, 200), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(worlds(events_max=12, epochs_min=2, epochs_max=3, reversals_min=1), st.data())
 def test_a_reversal_id_is_applied_once_whatever_its_copies_and_their_order(world, data):
     """Copies of reversal ids (resent with another event time, naming any event, arriving in the same epoch or a
