@@ -23,6 +23,7 @@ from settlement import chain_registry, holders, tables
 from settlement.engine import figures
 from settlement.engine import reversals as rev
 from settlement.engine.authority import Judgment, RegistryRules, judge, position_columns, registry_codes
+from settlement.engine.constants import resent_ids_matched_max
 from settlement.engine.epochs import EpochInputs, EpochPlan, PriorState, held_schema, plan_epoch
 from settlement.engine.exceptions import (
     CompactedWhilePlanningError,
@@ -478,7 +479,7 @@ def stored_before_range(new_events: pl.LazyFrame, prior_files: pl.DataFrame) -> 
     least, greatest = bounds.collect().row(0)
     if least is None:
         return none
-    prior_files = files_holding_ids_between(prior_files, least, greatest)
+    prior_files = _files_holding_new_ids(new_events, files_holding_ids_between(prior_files, least, greatest))
     if prior_files.is_empty():
         return none
     earlier = (
@@ -487,6 +488,29 @@ def stored_before_range(new_events: pl.LazyFrame, prior_files: pl.DataFrame) -> 
         .unique()
     )
     return earlier.join(new_events.select(keys).unique(), on=keys, how="semi").sort(keys).collect()
+
+
+def _files_holding_new_ids(new_events: pl.LazyFrame, prior_files: pl.DataFrame) -> pl.DataFrame:
+    """Those of `prior_files` (with their recorded id bounds) whose bounds hold one of the new ids. Only the new ids
+    not above every earlier file's greatest can be in one (a resend of an old id, among ids growing with arrival):
+    when at most `resent_ids_matched_max`, each file is matched against them; else every file is kept."""
+    if prior_files.is_empty() or "least" not in prior_files.columns or prior_files["greatest"].null_count():
+        return prior_files
+    ceiling = prior_files["greatest"].max()
+    below = (
+        new_events.select("event_id")
+        .filter(pl.col("event_id") <= pl.lit(ceiling))
+        .unique()
+        .head(resent_ids_matched_max + 1)
+        .collect()["event_id"]
+        .sort()
+    )
+    if below.len() > resent_ids_matched_max:
+        return prior_files
+    # A file holds one iff some id lies in [least, greatest]; a file without recorded bounds is always kept.
+    first = below.search_sorted(prior_files["least"].fill_null(""), side="left")
+    after = below.search_sorted(prior_files["greatest"], side="right")
+    return prior_files.filter(prior_files["least"].is_null() | (after > first))
 
 
 def _deduplicated(new_events: pl.LazyFrame) -> pl.LazyFrame:

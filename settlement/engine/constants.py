@@ -20,6 +20,11 @@ key_hex_digits = 16
 # The most `holder_dust_units_min` may be (schemas.limits, where the settings read it without the engine).
 holder_dust_units_min_limit = limits.holder_dust_units_min_limit
 
+# The check for events an earlier epoch stored matches each earlier file's recorded id bounds against the new ids
+# that are not above every earlier id (resends, usually few) one by one when there are at most this many (sorted in
+# memory: a few MB); more, and it opens every earlier file whose bounds reach their overall range.
+resent_ids_matched_max = 100_000
+
 # The first time any policy can be in force: before it, no model has a policy.
 time_origin_year = limits.event_year_min
 

@@ -172,7 +172,8 @@ def test_earlier_epochs_files_whose_ids_miss_the_new_ones_are_not_opened(
 ) -> None:
     """The check for events an earlier epoch stored opens only the earlier files whose recorded id bounds reach the new
     ids (the catalog's per-file statistics): none when ids grow with arrival, whatever the ledger's age (it opened every
-    earlier file before). A resend of an epoch-2 id opens epoch 2's file, not epoch 1's, and is still not paid again."""
+    earlier file before). A resend of an epoch-2 id opens epoch 2's file, not epoch 1's, and is still not paid again; a
+    resend of an epoch-1 id among new ids opens (on the events path) epoch 1's file alone."""
     from ledger import recorder
 
     with Ledger.open(tmp_path / "lake") as ledger:
@@ -191,3 +192,13 @@ def test_earlier_epochs_files_whose_ids_miss_the_new_ones_are_not_opened(
         close_epoch(ledger, from_rollups=from_rollups)
         assert not first & set(opened) and both - first <= set(opened), opened
         assert _paid_micros(ledger) == {1: 1_500, 2: 70, 3: 9}
+        # ev-1 again among ids above every earlier one: the events path matches each earlier file's bounds against
+        # the new ids not above them (ev-1 alone), so epochs 2 and 3's files (ev-3 .. ev-4) stay closed too.
+        feed.send(_metered("ev-1", 7, 1_000), _metered("ev-5", 7, 3))
+        opened.clear()
+        # (epoch 3's dropped copy of ev-3 shows in its reconciliation, events_vs_epoch: accepted here)
+        close_epoch(ledger, from_rollups=from_rollups, checks=InputChecks(accept_unreconciled=True))
+        assert first <= set(opened), opened
+        if not from_rollups:  # (the rollup path's check reads its key group's whole id range, ev-1 .. ev-5)
+            assert not (both - first) & set(opened), opened
+        assert _paid_micros(ledger) == {1: 1_500, 2: 70, 3: 9, 4: 3}
