@@ -21,6 +21,7 @@ A benchmark, not a test: it is never collected by pytest.
 from __future__ import annotations
 
 import argparse
+import cProfile
 import json
 import resource
 import shutil
@@ -140,10 +141,16 @@ def run_variant(args: argparse.Namespace) -> None:
             connection.execute("COMMIT")
             print(f"{args.variant}: ledger ready under {folder}", flush=True)
             rules = RegistryRules(holder_dust_units_min=args.dust_units_min)
+            profile = cProfile.Profile() if args.profile else None
+            if profile:
+                profile.enable()
             summary = _timed(
                 figures, "close", lambda: close_epoch(ledger, checks=split_bench._bench_files, rules=rules)
             )
             leaves = _timed(figures, "tree", lambda: _tree(ledger))
+            if profile:
+                profile.disable()
+                profile.dump_stats(args.profile)
         peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         print(
             json.dumps(
@@ -172,6 +179,7 @@ def main() -> None:
     parser.add_argument("--dust-units-min", type=int, default=0)
     parser.add_argument("--variant", choices=["holders", "address"], help="Run one variant in this process")
     parser.add_argument("--keep", action="store_true")
+    parser.add_argument("--profile", help="with --variant: profile the close and the tree build into this file")
     args = parser.parse_args()
     if args.variant:
         run_variant(args)
