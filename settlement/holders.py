@@ -284,6 +284,31 @@ def excluded_addresses(excluded: tuple[str, ...] | list[str]) -> list[str]:
     return sorted({address.strip().lower() for address in excluded if address.strip()})
 
 
+# Where the ledger names a distributor contract (`settlement.onchain.tables`): each column is its address.
+_distributor_columns = (
+    ("settlement_record", "contract", True),
+    ("settlement_intent", "contract", True),
+    ("settlement_claim", "contract", True),
+    ("settlement_migration", "predecessor", False),  # no chain id: a predecessor is excluded on every chain
+)
+
+
+def known_distributors(connection: duckdb.DuckDBPyConnection, chain_id: int) -> list[str]:
+    """Every distributor the ledger knows on `chain_id` (lowercase): settled to, proposed to, claimed from or migrated
+    from. None of them is ever paid as a holder: a holder share credited to a distributor could not be claimed."""
+    tables = recorder.existing_tables(connection)
+    parts = [
+        f"SELECT lower({column}) AS address FROM {recorder.table(table)}"
+        + (f" WHERE chain_id = {int(chain_id)}" if by_chain else "")
+        for table, column, by_chain in _distributor_columns
+        if table in tables
+    ]
+    if not parts:
+        return []
+    rows = connection.execute(f"SELECT DISTINCT address FROM ({' UNION ALL '.join(parts)}) ORDER BY 1").fetchall()
+    return [str(row[0]) for row in rows]
+
+
 def last_epoch_blocks(connection: duckdb.DuckDBPyConnection) -> tuple[int, int] | None:
     """(chain id, to_block) of the last epoch that recorded a block range; None before the first."""
     if epoch_blocks_table not in recorder.existing_tables(connection):

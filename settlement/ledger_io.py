@@ -264,6 +264,8 @@ def read_holder_weights(
     ends at the registry block in on-chain mode (`registry_block`: chain id, block, time), else at the last
     block every token's sync stored. Refuses (`HoldersBehindError`) while a token's sync ends before that block,
     or (operator mode) before the epoch's latest event time, or when no block is new since the last range.
+    Never weighted: `excluded`, and every distributor the ledger knows (`holders.known_distributors`), with or
+    without the `distributor` setting; the row records them all, so a re-plan uses the same list.
     """
     cursors = {}
     for token in tokens:
@@ -297,7 +299,7 @@ def read_holder_weights(
         raise HoldersBehindError(
             tokens[0], f"no block after {start - 1}, where the previous epoch's range ended, is synced yet"
         )
-    recorded = holders.excluded_addresses(excluded)
+    recorded = holders.excluded_addresses([*excluded, *holders.known_distributors(connection, chain_id)])
     weights = _weights(connection, chain_id, tokens, start, end, tuple(recorded))
     return weights, holders.epoch_blocks_row(epoch, chain_id, start, end, end_time, recorded, dust_units_min)
 
