@@ -284,6 +284,46 @@ def test_sigkill_during_expiry_leaves_the_ledger_verifiable_before_or_after(expi
     assert report.ok, report.problems
 
 
+def test_sigkill_during_the_bookkeeping_flush_leaves_every_row_and_a_second_flush_finishes(expired, tmp_path):
+    """Killed once the flush wrote its first file (before or while it commits): every bookkeeping row reads as before
+    and verify is clean (an uncommitted file is an orphan, not a problem); a second flush moves the rows out."""
+    from ledger.catalog_flush import flush_bookkeeping
+
+    lake = tmp_path / "lake"
+    shutil.copytree(expired["lake_before_expiry"], lake)
+    with Ledger.open_read_only(lake) as ledger:
+        before = _bookkeeping(ledger)
+    folder = lake / "data" / "main" / "ingest_offset"
+    code = (
+        "from ledger import Ledger\nfrom ledger.catalog_flush import flush_bookkeeping\n"
+        f"with Ledger.open({str(lake)!r}) as ledger:\n    flush_bookkeeping(ledger, rows_min=1)\n"
+    )
+    process = subprocess.Popen(
+        [sys.executable, "-c", code], cwd=REPO_ROOT, env={**os.environ, "PYTHONPATH": str(REPO_ROOT)},
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and process.poll() is None and not any(folder.glob("*.parquet")):
+        time.sleep(0.001)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+
+    def unchanged(ledger: Ledger) -> None:
+        after = _bookkeeping(ledger)
+        for table in flushed_tables:  # a committed flush added its files' checksums and their digest row only
+            assert [row for row in after[table] if row in before[table]] == before[table], table
+
+    with Ledger.open(lake) as ledger:
+        report = verify(ledger)
+        assert report.ok, report.problems
+        unchanged(ledger)
+        flush_bookkeeping(ledger, rows_min=1)
+        assert sum(inlined_row_counts(ledger).values()) <= len(flushed_tables) + 1
+        unchanged(ledger)
+        report = verify(ledger)
+    assert report.ok, report.problems
+
+
 @pytest.mark.nightly  # ~40 s: another process's appends, three expiries, a backup
 def test_expiry_beside_another_process_appending_keeps_every_event_and_a_backup_verifies(expired, tmp_path):
     from ledger.backup import backup
