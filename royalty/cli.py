@@ -644,6 +644,14 @@ def close_epoch_command(
     except RoyaltyError as error:
         _fail(error)
     render_summary(summary, stdout)
+    if summary.holder_excluded is not None and not settings.distributor:
+        stdout.print(
+            "note: no `distributor` setting: the distributors this ledger settled to or migrated from are not paid as "
+            "holders, but one it has not settled to yet would be if it holds the token; set ROYALTY_DISTRIBUTOR "
+            "(or `distributor` in the config) before closing",
+            highlight=False,
+            soft_wrap=True,
+        )
     if settings.pushgateway_url and not dry_run:
         _push_figures("close-epoch", vars(summary), settings.pushgateway_url)
 

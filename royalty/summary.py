@@ -39,6 +39,9 @@ def render_summary(summary: EpochSummary, console: Console | None = None) -> Non
     for name, value in rows:
         table.add_row(name, f"{value:,}")
     console.print(table)
+    if summary.holder_excluded is not None:
+        never = ", ".join(summary.holder_excluded) or "none"
+        console.print(f"token holders: never paid as holders (besides the zero address and the token): {never}")
     for problem in summary.problems:
         console.print(f"[yellow]registry:[/yellow] {problem}")
     for problem in summary.accepted_problems:

@@ -7,6 +7,7 @@ import polars as pl
 
 from ledger.errors import LedgerDataFileMissingError
 from ledger.ledger import Ledger
+from settlement import holders
 from settlement.engine.authority import RegistryRules
 from settlement.engine.figures import EpochFigures, figure_values
 from settlement.input_checks import InputChecks, missing_listed_files, verify_close_inputs
@@ -31,6 +32,9 @@ class EpochSummary(EpochFigures):
     # Closed from the appends' rollups (`from_rollups`): (model, hour) cells read from rollups and from events;
     # None when the events were read (asked to, or an append of the range wrote no rollups).
     rollup_cells: tuple[int, int] | None = None
+    # The addresses never paid as holders in this epoch (lowercase, as `settlement_epoch_blocks` records them; the
+    # zero address and each token besides); None when the epoch paid no token holders.
+    holder_excluded: list[str] | None = None
 
 
 def close_epoch(
@@ -99,7 +103,15 @@ def close_epoch(
         accepted_problems=accepted,
         closed_by_another=closed_by_another,
         rollup_cells=extra["rollup_cells"],
+        holder_excluded=_holder_excluded(extra["extra_rows"]),
     )
+
+
+def _holder_excluded(extra_rows: dict) -> list[str] | None:
+    blocks = extra_rows.get(holders.epoch_blocks_table)
+    if blocks is None:
+        return None
+    return [address for address in str(blocks["excluded"][0].as_py()).split(",") if address]
 
 
 def closed_by_another_message(epoch: int) -> str:

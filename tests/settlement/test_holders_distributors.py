@@ -105,6 +105,11 @@ def test_close_epoch_without_the_distributor_setting_still_excludes_every_distri
     assert not {(2, current), (2, settled_to), (2, migrated_from)} & credited.keys()
     assert credited[(2, holder)] == take_micros
     assert set(recorded[1]["excluded"].split(",")) == {a.lower() for a in (settled_to, migrated_from, current)}
+    # The close says what it excluded, and that without the setting a distributor never settled to would be paid.
+    first, second = (" ".join(output.split()) for output in lake["outputs"][:2])
+    assert "no `distributor` setting" not in first and current.lower() in first
+    assert "no `distributor` setting" in second and "ROYALTY_DISTRIBUTOR" in second
+    assert all(address.lower() in second for address in (settled_to, migrated_from, current))
 
 
 def test_publish_and_audit_re_plan_each_epoch_with_the_exclusions_it_recorded(lake: dict, tmp_path: Path) -> None:
