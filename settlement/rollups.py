@@ -3,8 +3,9 @@
 The events path (`ledger_io.read_inputs`) reads every new event. This one reads the rollup rows the same appends
 wrote and no event at all unless a cell needs them:
 
-- `metered_rollup`: one row per model, provider, source and event hour an append touched, turned into one weighted
-  row that routes, bills its model and counts as its events do (`splits.event_count_column`);
+- `metered_rollup`: one row per model, provider, source and event hour an append touched; the rows of the cells
+  settled from rollups are summed per model, provider and route segment into weighted rows that route, bill their
+  model and count as their events do (`splits.event_count_column`, `_clean_rows`);
 - `metered_payer_rollup`: one row per payer an append billed (fee sum, count), which bills the payers (rollups keyed
   by payer as well would be nearly as many as the events: 10,000 payers x 1,000 models x 50 providers).
 
