@@ -1,12 +1,13 @@
 """What a ledger's earlier epochs cost the next close: the check that drops events an earlier epoch stored.
 
 An event is paid once, in the epoch its first copy arrived in: the events path drops the new rows whose (source, id)
-an earlier epoch stored (`settlement.ledger_io.stored_before_range`), and the rollup path closes from the events when
-an earlier epoch stored an id inside a source's rollup id range (`settlement.rollups._may_repeat_earlier_events`).
-Both read earlier epochs' event ids. This bench builds a ledger epoch by epoch (`--events-per-epoch` events in
-`--files-per-epoch` files, each added in its own snapshot with its summed rollups, as appends and compaction leave
-them; ids grow with arrival) and, once `--checkpoints` earlier epochs are closed, times a dry-run close of the next
-epoch from the events and from the rollups (wall and CPU seconds) and the earlier-id check alone.
+an earlier epoch stored (`settlement.ledger_io.stored_before_range`), and the rollup path reads from the events the
+cells of every key group whose id range an earlier file's recorded id bounds reach, and drops those copies there
+(`settlement.rollups._groups_earlier_files_reach`). Both read earlier epochs' event ids. This bench builds a ledger
+epoch by epoch (`--events-per-epoch` events in `--files-per-epoch` files, each added in its own snapshot with its
+summed rollups, as appends and compaction leave them; ids grow with arrival) and, once `--checkpoints` earlier
+epochs are closed, times a dry-run close of the next epoch from the events and from the rollups (wall and CPU
+seconds) and the earlier-id check alone.
 
     python benchmarks/earlier_epochs_bench.py --checkpoints 1,10,50
 

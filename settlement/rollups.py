@@ -38,6 +38,7 @@ files' recorded checksums (`royalty verify`) are what proves their content. Comp
 rows of an epoch window (ledger.compaction: one key group per merged file), which this reads alike.
 """
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import duckdb
@@ -75,38 +76,46 @@ def events_from_rollups(
     prior_metered_files: pl.DataFrame | None = None,
 ) -> RollupEvents | None:
     """The new events of the snapshot range (`prior_closing`, `closing`] from rollups, or None when the range's
-    rollups are not complete (`weighted_events`) or an earlier epoch's event may be stored again in the range
-    (`_may_repeat_earlier_events`). `new_metered_files` are the range's metered files (`files_as_of`, filtered);
-    `new_originals` the metered events this epoch's reversals name that arrived in the range;
-    `prior_metered_files` the metered files of earlier epochs."""
+    rollups are not complete (`weighted_events`). `new_metered_files` are the range's metered files (`files_as_of`,
+    filtered); `new_originals` the metered events this epoch's reversals name that arrived in the range;
+    `prior_metered_files` the metered files of earlier epochs, with their recorded id bounds
+    (`ledger_io.earlier_files`): the cells of every key group whose id range an earlier file's bounds reach are read
+    from the events, and their rows whose (source, id) an earlier epoch stored are dropped
+    (`ledger_io.stored_before_range`), as the events path drops them."""
+    from settlement.ledger_io import stored_before_range  # (ledger_io imports this module)
+
     rollups = _read_range(connection, rollup_table, rollup_schema, prior_closing, closing)
     payer_rollups = _read_range(connection, payer_rollup_table, payer_rollup_schema, prior_closing, closing)
-    if prior_metered_files is not None and _may_repeat_earlier_events(rollups, prior_metered_files):
-        return None
     events = _scan_events(new_metered_files["path"].to_list())
-    return weighted_events(rollups, events, resolution, new_originals, payer_rollups)
+    if prior_metered_files is None or prior_metered_files.is_empty():
+        return weighted_events(rollups, events, resolution, new_originals, payer_rollups)
+    reached = _groups_earlier_files_reach(rollups, prior_metered_files)
+    return weighted_events(
+        rollups, events, resolution, new_originals, payer_rollups,
+        earlier=(reached, lambda raw: stored_before_range(raw, prior_metered_files)),
+    )  # fmt: skip
 
 
-def _may_repeat_earlier_events(rollups: pl.DataFrame, prior_metered_files: pl.DataFrame) -> bool:
-    """Whether an earlier epoch stored an id of a source within the range of ids the rollups give for that source
-    (then the events path, which drops an earlier event's later copies exactly, closes the epoch). Rows without id
-    bounds (appended before ledger format 16) make the rollups incomplete anyway."""
-    if prior_metered_files.is_empty() or rollups.is_empty():
-        return False
-    ranges = rollups.group_by("source").agg(
-        pl.col("group_event_id_min").min().alias("least"), pl.col("group_event_id_max").max().alias("greatest")
-    )
-    for source, least, greatest in ranges.iter_rows():
-        if least is None or greatest is None:
-            return True
-        files = files_holding_ids_between(prior_metered_files, least, greatest)
-        if files.is_empty():
-            continue
-        earlier = recorder.scan_parquet(files["path"].to_list(), extra_columns="ignore").select("source", "event_id")
-        in_range = pl.col("event_id").is_between(pl.lit(least), pl.lit(greatest))
-        if earlier.filter((pl.col("source") == source) & in_range).limit(1).collect().height:
-            return True
-    return False
+def _groups_earlier_files_reach(rollups: pl.DataFrame, prior_files: pl.DataFrame) -> pl.DataFrame:
+    """The key groups (`_group` columns) of `rollups` whose [least, greatest] id range meets the recorded id bounds
+    of an earlier file (every group when an earlier file has none recorded, or a group has no bounds): the groups
+    that may hold a copy of an event an earlier epoch stored. With ids growing with arrival, only a group holding a
+    resend of an older id. No file is opened: the bounds are the catalog's."""
+    groups = rollups.select(_group).unique()
+    if prior_files.is_empty() or groups.is_empty():
+        return groups.clear()
+    if "least" not in prior_files.columns:
+        return groups
+    unbounded = prior_files.select(pl.col("least", "greatest").null_count()).sum_horizontal().item()
+    if unbounded:
+        return groups
+    # Files sorted by least id with the greatest id so far: a group meets a file iff among the files starting at or
+    # before its greatest id, the greatest id reached is at or after its least id.
+    files = prior_files.select("least", "greatest").sort("least").with_columns(pl.col("greatest").cum_max())
+    starts = files["least"].search_sorted(groups["group_event_id_max"].fill_null(""), side="right")
+    reach = files["greatest"].gather((starts - 1).clip(lower_bound=0))
+    meets = (starts > 0) & (reach >= groups["group_event_id_min"].fill_null(""))
+    return groups.filter(meets | groups["group_event_id_min"].is_null() | groups["group_event_id_max"].is_null())
 
 
 def files_holding_ids_between(prior_files: pl.DataFrame, least: str, greatest: str) -> pl.DataFrame:
@@ -141,12 +150,15 @@ def weighted_events(
     new_originals: pl.DataFrame,
     payer_rollups: pl.DataFrame,
     count_check: bool = True,
+    earlier: tuple[pl.DataFrame, Callable[[pl.LazyFrame], pl.DataFrame]] | None = None,
 ) -> RollupEvents | None:
     """The epoch's new events as weighted rows: the `rollups` of the cells where they are exact, the raw `events`
     (every new event, scanned only in the cells that need them) of the others, deduplicated as the events path
     does; the payers billed from `payer_rollups`. `resolution` is the registry at the closing snapshot;
     `new_originals` the new events this epoch's reversals name. None when the rollups are not complete (see the
-    module docstring); `count_check` False only for a benchmark that plans from rollups with no events stored."""
+    module docstring); `count_check` False only for a benchmark that plans from rollups with no events stored.
+    `earlier`: the key groups that may hold a copy of an event an earlier epoch stored, and a function giving the
+    (source, event_id) pairs of given events that an earlier epoch stored (`events_from_rollups`)."""
     if not _complete(rollups, payer_rollups, events if count_check else None):
         return None
     payer_fees = payer_rollups.group_by("payer").agg(_fees())
@@ -154,6 +166,7 @@ def weighted_events(
     dirty = pl.concat(
         [
             _shared_group_cells(rollups),
+            _group_cells(rollups, earlier[0] if earlier else rollups.select(_group).clear()),
             _unsteady_cells(cells, resolution),
             new_originals.select("model_id", _hour("event_time")),
         ]
@@ -169,9 +182,14 @@ def weighted_events(
             .select(event_columns)
             .collect()
         )
-        if raw.height != raw.select(key.n_unique()).item():  # the events path's choice: the least row in column order
-            kept = raw.sort(event_columns).unique(["source", "event_id"], keep="first", maintain_order=True)
-            # The payer rollups count every stored row: less the copies the deduplication drops.
+        kept = raw
+        if kept.height != kept.select(key.n_unique()).item():  # the events path's choice: the least row in column order
+            kept = kept.sort(event_columns).unique(["source", "event_id"], keep="first", maintain_order=True)
+        stored_before = earlier[1](kept.lazy()) if earlier and earlier[0].height else None
+        if stored_before is not None and stored_before.height:  # paid in the epoch their first copy arrived in
+            kept = kept.join(stored_before, on=["source", "event_id"], how="anti")
+        if kept.height != raw.height:
+            # The payer rollups count every stored row: less the copies dropped.
             dropped = raw.group_by("payer").agg(_fees()).with_columns(pl.col("fee_micros") * -1)
             payer_fees = pl.concat([payer_fees, dropped, kept.group_by("payer").agg(_fees())])
             payer_fees = payer_fees.group_by("payer").agg(pl.col("fee_micros").sum())
@@ -236,9 +254,14 @@ def _shared_group_cells(rollups: pl.DataFrame) -> pl.DataFrame:
     starts = before.is_null() | (pl.col("group_event_id_min") > before)
     clustered = groups.with_columns(cluster=starts.cum_sum())
     shared = clustered.filter((pl.len().over("cluster") > 1) | ~pl.col("group_keys_unique")).select(_group)
-    if not shared.height:
+    return _group_cells(rollups, shared)
+
+
+def _group_cells(rollups: pl.DataFrame, groups: pl.DataFrame) -> pl.DataFrame:
+    """The (model, hour) cells of the key `groups` (`_group` columns)."""
+    if not groups.height:
         return rollups.select(_cell).clear()
-    return rollups.join(shared, on=_group, how="semi", nulls_equal=True).select(_cell).unique()
+    return rollups.join(groups, on=_group, how="semi", nulls_equal=True).select(_cell).unique()
 
 
 def _fees() -> pl.Expr:
