@@ -376,7 +376,7 @@ def simulated_day(args: argparse.Namespace) -> None:
             f"generated {rollups.height:,} rollup rows for a day of {args.simulated_day:,} events in "
             f"{time.perf_counter() - began:.1f} s"
         )
-        began = time.perf_counter()
+        began, began_cpu = time.perf_counter(), time.process_time()
         rollups = pl.read_parquet(path)
         payer_rollups = pl.read_parquet(payer_path)
         prior = read_prior(ledger.connection)
@@ -389,7 +389,8 @@ def simulated_day(args: argparse.Namespace) -> None:
             raise RuntimeError("no rollup events")
         plan = plan_epoch(dataclasses.replace(inputs, new_events=rolled.events, payer_fees=rolled.payer_fees), prior)
         print(
-            f"planned from rollups: {time.perf_counter() - began:.2f} s for {plan.event_count:,} events "
+            f"planned from rollups: {time.perf_counter() - began:.2f} s wall, {time.process_time() - began_cpu:.2f} s "
+            f"CPU for {plan.event_count:,} events "
             f"(reading the rollup files, the registry, the groups' id bounds, routing, allocations, postings, "
             f"payables), "
             f"{plan.group_count:,} allocation groups, {plan.postings.height:,} postings; cells from rollups / "
