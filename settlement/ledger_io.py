@@ -499,16 +499,16 @@ def _files_holding_new_ids(new_events: pl.LazyFrame, prior_files: pl.DataFrame) 
     if prior_files.is_empty() or "least" not in prior_files.columns or prior_files["greatest"].null_count():
         return prior_files
     ceiling = prior_files["greatest"].max()
+    # Rows, not distinct ids, are counted: the scan may stop early, and more rows than the bound keep every file.
     below = (
         new_events.select("event_id")
         .filter(pl.col("event_id") <= pl.lit(ceiling))
-        .unique()
         .head(resent_ids_matched_max + 1)
         .collect()["event_id"]
-        .sort()
     )
     if below.len() > resent_ids_matched_max:
         return prior_files
+    below = below.unique().sort()
     # A file holds one iff some id lies in [least, greatest]; a file without recorded bounds is always kept.
     first = below.search_sorted(prior_files["least"].fill_null(""), side="left")
     after = below.search_sorted(prior_files["greatest"], side="right")
