@@ -18,6 +18,7 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import TypeVar
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -36,6 +37,8 @@ from ledger.expiry import expire as expire_ledger
 from schemas import BatchDecoder, DecodedBatch, Rejection, SchemaError, limits
 from schemas.decoder import utc_now
 from schemas.reason_codes import ReasonCode
+
+_Report = TypeVar("_Report", CompactionReport, ExpiryReport)
 
 log = logging.getLogger("royalty.ingest")
 
@@ -239,17 +242,11 @@ class IngestService:
             self._appender.submit(work)
 
     def _compact_logging_failures(self) -> None:
-        """Compact; a failure is logged with its reason and left for the next quiet spell (ingest carries on:
-        compaction only makes reads cheaper, and a failed one committed nothing)."""
-        try:
-            report = self._compact(self.ledger)
-        except LedgerError as error:
-            self.metrics.compaction_failed()
-            log.warning("compaction when idle failed; retried at the next quiet spell", extra={"error": str(error)})
-            return
-        except Exception:  # on the worker thread nobody would see it: logged with its traceback, never silent
-            self.metrics.compaction_failed()
-            log.exception("compaction when idle failed unexpectedly; retried at the next quiet spell")
+        """Compact when idle (compaction only makes reads cheaper; a failed one committed nothing)."""
+        report = self._idle_maintenance(
+            "compaction", lambda: self._compact(self.ledger), self.metrics.compaction_failed
+        )
+        if report is None:
             return
         self.metrics.compacted(report.files_retired)
         if report.merges or report.skipped:
@@ -260,19 +257,11 @@ class IngestService:
             )  # fmt: skip
 
     def _expire_logging_failures(self) -> None:
-        """Expire old snapshots; a failure is logged and left for the next quiet spell, as a failed compaction is (a
-        failed expiry committed nothing)."""
-        try:
-            report = self._expire(self.ledger, self.expire_older_than_s)
-        except LedgerError as error:
-            self.metrics.expiry_failed()
-            log.warning(
-                "snapshot expiry when idle failed; retried at the next quiet spell", extra={"error": str(error)}
-            )
-            return
-        except Exception:  # on the worker thread nobody would see it: logged with its traceback, never silent
-            self.metrics.expiry_failed()
-            log.exception("snapshot expiry when idle failed unexpectedly; retried at the next quiet spell")
+        """Expire old snapshots when idle (a failed expiry committed nothing)."""
+        report = self._idle_maintenance(
+            "snapshot expiry", lambda: self._expire(self.ledger, self.expire_older_than_s), self.metrics.expiry_failed
+        )
+        if report is None:
             return
         self.metrics.expired(report.snapshots_expired)
         if report.snapshots_expired or report.files_deleted or report.rows_flushed:
@@ -282,6 +271,20 @@ class IngestService:
                        "files_dropped": report.files_dropped, "files_deleted": report.files_deleted,
                        "bookkeeping_rows_flushed": report.rows_flushed},
             )  # fmt: skip
+
+    @staticmethod
+    def _idle_maintenance(what: str, work: Callable[[], _Report], failed: Callable[[], None]) -> _Report | None:
+        """`work`'s report, or None after a failure, logged and counted and left for the next quiet spell: ingest
+        carries on."""
+        try:
+            return work()
+        except LedgerError as error:
+            failed()
+            log.warning(f"{what} when idle failed; retried at the next quiet spell", extra={"error": str(error)})
+        except Exception:  # on the worker thread nobody would see it: logged with its traceback, never silent
+            failed()
+            log.exception(f"{what} when idle failed unexpectedly; retried at the next quiet spell")
+        return None
 
     # Batches -------------------------------------------------------------------------------
 
