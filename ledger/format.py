@@ -190,6 +190,18 @@ def _flush_bookkeeping_rows(connection: duckdb.DuckDBPyConnection) -> None:
     step."""
 
 
+def _record_metered_file_sums(connection: duckdb.DuckDBPyConnection) -> None:
+    """Format 19 reconciles each metered data file once: table settlement_file_sum (declared by the settlement; each
+    close records the per-file event count, fee sum and SHA-256 of the files it reconciled for the first time), which
+    the reconciliation's events_vs_epoch reads instead of re-reading every stored event at every close. Created here
+    when the settlement declared it, else by the first writer. No stored row changes: a migrated ledger's files are
+    summed at its next close and recorded then."""
+    from ledger.tables import create_statements  # nothing when the settlement did not declare the table
+
+    for statement in create_statements(catalog_alias, ["settlement_file_sum"]):
+        connection.execute(statement)
+
+
 def _store_tree_nodes(connection: duckdb.DuckDBPyConnection) -> None:
     """Format 14 stores each payout tree's nodes in binary (table settlement_tree_node, created on first use) and reads
     an account's proof off them; the leaves stay in settlement_proof, whose hex `proof` becomes nullable (NULL for
@@ -304,6 +316,12 @@ format_steps: list[FormatStep] = [
         "bound the catalog: royalty expire moves the bookkeeping tables' inlined rows into Parquet files with their "
         "SHA-256 recorded (each row keeps its snapshot and digest check); verify accepts that flush for them only",
         _flush_bookkeeping_rows,
+    ),
+    FormatStep(
+        19,
+        "reconcile each metered data file once: table settlement_file_sum (per file: event count, fee sum, SHA-256, "
+        "recorded by the close that first reconciled it); events_vs_epoch reads it instead of every stored event",
+        _record_metered_file_sums,
     ),
 ]
 

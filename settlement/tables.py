@@ -92,6 +92,19 @@ reversal_schema = table_schema(
     ("original_source", _string, True),  # the original's, as resolved; NULL in rows of ledger format < 4
 )
 
+# One row per data file of `inference_metered`, recorded by the close that first reconciled it (ledger format 19): its
+# path relative to the table's folder (as `data_file_arrivals` names it), the events and fee sum read from it, and the
+# SHA-256 the ledger recorded for it (NULL for a file added without one). The reconciliation's events_vs_epoch reads
+# these instead of the file, after checking them against the catalog's row count and the recorded SHA-256.
+file_sum_table = "settlement_file_sum"
+file_sum_schema = table_schema(
+    ("epoch", _int64, False),
+    ("path", _string, False),
+    ("event_count", _int64, False),
+    ("fee_micros", _int64, False),
+    ("sha256", _string, True),
+)
+
 settlement_tables: dict[str, tuple[pa.Schema, bool]] = {
     "settlement_epoch": (epoch_schema, True),
     "settlement_posting": (posting_schema, False),
@@ -99,6 +112,7 @@ settlement_tables: dict[str, tuple[pa.Schema, bool]] = {
     "settlement_suspense_item": (suspense_item_schema, False),
     "settlement_suspense_release": (suspense_release_schema, False),
     "settlement_reversal": (reversal_schema, False),
+    file_sum_table: (file_sum_schema, False),
 }
 
 
