@@ -7,7 +7,8 @@ exactly what the same total would have paid. Products use Int128: a fee sum time
 passes int64 long before a real epoch does.
 """
 
-from itertools import pairwise
+import operator
+from itertools import islice
 
 import polars as pl
 
@@ -39,8 +40,7 @@ def allocate(parts: pl.DataFrame, key: str = "allocation_id") -> pl.DataFrame:
         )
     )
     allocated = ranked.with_columns(
-        amount_micros=(pl.col("_floor") + (pl.col("_rank") < pl.col("_left")).cast(_i128))
-        * total.sign().cast(_i128)
+        amount_micros=(pl.col("_floor") + (pl.col("_rank") < pl.col("_left")).cast(_i128)) * total.sign().cast(_i128)
     ).drop("_floor", "_remainder", "_rank", "_left")
     check = allocated.group_by(key).agg(
         pl.col("share_ppm").sum().alias("ppm"),
@@ -60,35 +60,39 @@ def allocate_by_weight(total: int, weights: list[tuple[str, int]]) -> list[tuple
     as its absolute value and negated. Python integers: a time-weighted token balance is far past Int128 when
     multiplied by a total. Returns (recipient, amount) sorted by recipient, zero amounts included.
     """
-    if any(weight <= 0 for _, weight in weights):
+    recipients, amounts = allocate_by_weight_columns(total, weights)
+    return list(zip(recipients, amounts, strict=True))
+
+
+def allocate_by_weight_columns(total: int, weights: list[tuple[str, int]]) -> tuple[list[str], list[int]]:
+    """`allocate_by_weight` as two columns: the recipients, sorted, and their amounts (no tuple per recipient: a
+    million holders' tuples cost a second)."""
+    recipients = [recipient for recipient, _ in weights]
+    amounts = [weight for _, weight in weights]
+    if amounts and min(amounts) <= 0:
         raise InvariantViolation("allocation weights must be positive")
     if not weights:
         if total:
             raise InvariantViolation(f"{total} to allocate over no weight")
-        return []
-    whole = sum(weight for _, weight in weights)
+        return [], []
+    if not _sorted_by_recipient(recipients):
+        ordered = sorted(weights)
+        recipients, amounts = [recipient for recipient, _ in ordered], [weight for _, weight in ordered]
+    whole = sum(amounts)
     size = abs(total)
-    ordered = weights if _sorted_by_recipient(weights) else sorted(weights)
-    recipients = [recipient for recipient, _ in ordered]
-    floors, remainders = _divmods(size, whole, [weight for _, weight in ordered])
+    products = [size * weight for weight in amounts]
+    floors = [product // whole for product in products]
+    remainders = [product % whole for product in products]
     left = size - sum(floors)
     # The `left` largest remainders, ties to the smaller recipient: a stable sort on the remainder alone keeps
     # equal remainders in recipient order (one C sort over integers; a heap of tuple keys took 15 s at 1M holders).
     for index in sorted(range(len(remainders)), key=remainders.__getitem__, reverse=True)[:left]:
         floors[index] += 1
-    sign = -1 if total < 0 else 1
-    allocated = list(zip(recipients, floors if sign > 0 else [-floor for floor in floors], strict=True))
     if sum(floors) != size:
         raise InvariantViolation(f"an allocation by weight does not sum to its total {total}")
-    return allocated
+    return recipients, floors if total >= 0 else [-floor for floor in floors]
 
 
-def _sorted_by_recipient(weights: list[tuple[str, int]]) -> bool:
-    """Whether `weights` are in strictly ascending recipient order (what `holder_weights` returns)."""
-    return all(a[0] < b[0] for a, b in pairwise(weights))
-
-
-def _divmods(size: int, whole: int, weights: list[int]) -> tuple[list[int], list[int]]:
-    """(floor, remainder) of `size * weight / whole` for each weight, as two lists."""
-    products = [size * weight for weight in weights]
-    return [product // whole for product in products], [product % whole for product in products]
+def _sorted_by_recipient(recipients: list[str]) -> bool:
+    """Whether `recipients` are in strictly ascending order (what `holder_weights` returns)."""
+    return all(map(operator.lt, recipients, islice(recipients, 1, None)))
