@@ -32,12 +32,12 @@ import duckdb
 import pyarrow.parquet as pq
 
 sys.path.insert(0, str(Path(__file__).parent))
-from append_bench import _batches, _plain_ducklake  # noqa: E402
+from append_bench import _batches, _plain_ducklake
 
-from ingest.sample import SampleShape, SampleTraffic  # noqa: E402
-from ledger import Ledger  # noqa: E402
-from ledger.ledger import _values_sql  # noqa: E402
-from ledger.tables import create_statements, inlining_statements  # noqa: E402
+from ingest.sample import SampleShape, SampleTraffic
+from ledger import Ledger
+from ledger.ledger import _values_sql
+from ledger.tables import create_statements, inlining_statements
 
 file_tables = ("inference_metered", "metered_rollup", "metered_payer_rollup")
 bookkeeping_tables = ("ingest_offset", "ingest_batch", "file_checksum", "inlined_digest")
@@ -101,8 +101,9 @@ def _ledger_appends(lake: Path, args: argparse.Namespace) -> tuple[float, dict, 
             table: ledger.connection.execute(f"SELECT * FROM lake.main.{table} LIMIT 1").fetch_arrow_table()
             for table in bookkeeping_tables
         }
-    templates = {table: max((lake / "data" / "main" / table).rglob("*.parquet"), key=os.path.getmtime)
-                 for table in file_tables}
+    templates = {
+        table: max((lake / "data" / "main" / table).rglob("*.parquet"), key=os.path.getmtime) for table in file_tables
+    }
     return statistics.median(cpu_s) * 1000, {t: pq.read_table(p) for t, p in templates.items()}, rows
 
 
