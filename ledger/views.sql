@@ -98,3 +98,20 @@ SELECT t.table_name, d.path, coalesce(c.last_snapshot, d.begin_snapshot) AS arri
 FROM __ducklake_metadata_lake.ducklake_data_file d
 JOIN __ducklake_metadata_lake.ducklake_table t ON t.table_id = d.table_id
 LEFT JOIN lake.main.ledger_compaction c ON c.merged_path = 'main/' || t.table_name || '/' || d.path;
+
+-- Every current data file of inference_metered: the filename a scan of the table reports, its path relative to the
+-- table's folder and the snapshot its rows arrived in (as data_file_arrivals names them), the row count the catalog
+-- recorded, whether a deletion touches it, and the SHA-256 the ledger recorded when it added the file (NULL: none).
+CREATE OR REPLACE TEMP VIEW metered_files AS
+SELECT DISTINCT f.data_file AS filename, d.path, coalesce(c.last_snapshot, d.begin_snapshot) AS arrived_snapshot,
+       d.record_count,
+       d.data_file_id IN (SELECT data_file_id FROM __ducklake_metadata_lake.ducklake_delete_file
+                          WHERE end_snapshot IS NULL) AS deleted_from,
+       k.sha256
+FROM ducklake_list_files('lake', 'inference_metered') f
+JOIN __ducklake_metadata_lake.ducklake_data_file d
+  ON d.end_snapshot IS NULL AND parse_filename(f.data_file) = parse_filename(d.path) AND f.data_file LIKE '%/' || d.path
+JOIN __ducklake_metadata_lake.ducklake_table t ON t.table_id = d.table_id AND t.table_name = 'inference_metered'
+LEFT JOIN lake.main.ledger_compaction c ON c.merged_path = 'main/inference_metered/' || d.path
+LEFT JOIN (SELECT path, any_value(sha256) AS sha256 FROM lake.main.file_checksum GROUP BY path) k
+  ON k.path = 'main/inference_metered/' || d.path;

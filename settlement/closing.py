@@ -4,10 +4,11 @@ from dataclasses import dataclass, field
 
 import duckdb
 import polars as pl
+import pyarrow as pa
 
 from ledger.errors import LedgerDataFileMissingError
 from ledger.ledger import Ledger
-from settlement import holders
+from settlement import holders, tables
 from settlement.engine.authority import RegistryRules
 from settlement.engine.figures import EpochFigures, figure_values
 from settlement.input_checks import InputChecks, missing_listed_files, verify_close_inputs
@@ -67,12 +68,14 @@ def close_epoch(
     if not ledger.read_only:
         ledger.ensure_tables()  # a ledger opened before the settlement tables were registered
     accepted: list[str] = []
+    file_sums: list[pa.Table] = []  # the metered files reconciled for the first time, recorded with the epoch
 
     def check_inputs(prior, closing: int) -> None:
-        accepted.extend(verify_close_inputs(ledger, prior, closing, checks))
+        accepted.extend(verify_close_inputs(ledger, prior, closing, checks, file_sums))
 
     def plan_once() -> tuple:
         accepted.clear()  # a read retried after meeting another writer's commit checks again
+        file_sums.clear()
         return plan_from_ledger(ledger, progress, check_inputs, rules, registry_contract, from_rollups)
 
     try:
@@ -86,6 +89,7 @@ def close_epoch(
     written = None
     closed_by_another = False
     if not dry_run and not plan.noop:
+        _record_file_sums(extra["extra_rows"], file_sums, plan.epoch)
         written = write_plan_once(ledger, plan, extra["reversals"], extra["registry_refused"], extra["extra_rows"])
         closed_by_another = written is None
     if progress:
@@ -105,6 +109,14 @@ def close_epoch(
         rollup_cells=extra["rollup_cells"],
         holder_excluded=_holder_excluded(extra["extra_rows"]),
     )
+
+
+def _record_file_sums(extra_rows: dict[str, pa.Table], file_sums: list[pa.Table], epoch: int) -> None:
+    """Record, with the epoch, the figures of the metered files its reconciliation read for the first time."""
+    if file_sums and file_sums[0].num_rows:
+        rows = file_sums[0]
+        epochs = pa.array([epoch] * rows.num_rows, pa.int64())
+        extra_rows[tables.file_sum_table] = rows.add_column(0, "epoch", epochs).cast(tables.file_sum_schema)
 
 
 def _holder_excluded(extra_rows: dict) -> list[str] | None:

@@ -16,6 +16,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 import duckdb
+import pyarrow as pa
 
 from ledger import recorder
 from ledger.errors import LedgerDataFileMissingError
@@ -24,6 +25,7 @@ from ledger.query import define_views
 from ledger.verify import check_files
 from settlement.engine.epochs import PriorState
 from settlement.exceptions import UnreconciledLedgerError, UnverifiedInputError
+from settlement.views import settlement_view_statements
 
 log = logging.getLogger("royalty.settlement")
 
@@ -33,6 +35,7 @@ _settlement_state_tables = (
     "settlement_suspense_item",
     "settlement_suspense_release",
     "settlement_reversal",
+    "settlement_file_sum",
 )
 _registry_tables = ("contributor_registered", "model_registered", "split_policy_set")
 
@@ -101,16 +104,19 @@ def verify_files(ledger: Ledger, files: Iterable[tuple[str, int]], checks: Input
     return problems
 
 
-def unreconciled_rows(ledger: Ledger) -> list[tuple[str, int, int, int]]:
-    """The non-zero rows of the `reconciliation` view (none on a ledger that never closed an epoch)."""
+def unreconciled_rows(ledger: Ledger, file_sums: list[pa.Table] | None = None) -> list[tuple[str, int, int, int]]:
+    """The non-zero rows of the `reconciliation` view (none on a ledger that never closed an epoch).
+
+    With `file_sums` (a close), the metered data files of closed epochs that no close recorded yet are read once
+    (view `metered_file_sums_unrecorded`), the reconciliation is checked over those figures, and they are appended to
+    `file_sums` for the close to record with its epoch (`settlement_file_sum`)."""
 
     def read(connection: duckdb.DuckDBPyConnection) -> list[tuple[str, int, int, int]]:
         define_views(ledger)  # on this connection: a retry may run on a fresh one
         try:
-            return connection.execute(
-                "SELECT check_name, epoch, items_off, difference_micros FROM reconciliation "
-                "WHERE items_off <> 0 OR difference_micros <> 0 ORDER BY epoch, check_name"
-            ).fetchall()
+            if file_sums is not None:
+                return _reconciled_with_file_sums(connection, file_sums)
+            return connection.execute(_unreconciled_sql).fetchall()
         except duckdb.CatalogException:  # no settlement tables yet: nothing was settled to reconcile
             return []
 
@@ -118,25 +124,64 @@ def unreconciled_rows(ledger: Ledger) -> list[tuple[str, int, int, int]]:
     return ledger.reading(lambda: read(ledger.connection), "read the reconciliation")
 
 
-def verify_reconciled(ledger: Ledger, checks: InputChecks, what: str) -> list[str]:
-    """Refuse unless every reconciliation row is zero; return what an override let through (logged)."""
-    rows = unreconciled_rows(ledger)
+_unreconciled_sql = (
+    "SELECT check_name, epoch, items_off, difference_micros FROM reconciliation "
+    "WHERE items_off <> 0 OR difference_micros <> 0 ORDER BY epoch, check_name"
+)
+
+
+def _reconciled_with_file_sums(
+    connection: duckdb.DuckDBPyConnection, file_sums: list[pa.Table]
+) -> list[tuple[str, int, int, int]]:
+    """The unreconciled rows, reading the unrecorded files once: their figures are held in a temporary table that the
+    view `metered_file_sums_unrecorded` reads for this query (then defined again as it was)."""
+    connection.execute(f"CREATE OR REPLACE TEMP TABLE {_unrecorded_now} AS SELECT * FROM metered_file_sums_unrecorded")
+    try:
+        connection.execute(
+            f"CREATE OR REPLACE TEMP VIEW metered_file_sums_unrecorded AS SELECT * FROM {_unrecorded_now}"
+        )
+        rows = connection.execute(_unreconciled_sql).fetchall()
+        file_sums.clear()  # a retried read replaces what an earlier attempt found
+        file_sums.append(
+            connection.execute(
+                f"SELECT path, event_count, fee_micros, sha256 FROM {_unrecorded_now}"
+            ).fetch_arrow_table()
+        )
+        return rows
+    finally:
+        for statement in settlement_view_statements():  # the view reads the files again, for any later query
+            if "metered_file_sums_unrecorded AS" in statement:
+                connection.execute(statement.rstrip(";"))
+        connection.execute(f"DROP TABLE IF EXISTS {_unrecorded_now}")
+
+
+_unrecorded_now = "reconciled_file_sums_now"
+
+
+def verify_reconciled(
+    ledger: Ledger, checks: InputChecks, what: str, file_sums: list[pa.Table] | None = None
+) -> list[str]:
+    """Refuse unless every reconciliation row is zero; return what an override let through (logged). `file_sums`:
+    see `unreconciled_rows`."""
+    rows = unreconciled_rows(ledger, file_sums)
     if rows and not checks.accept_unreconciled:
         raise UnreconciledLedgerError(what, rows)
     accepted = [
-        f"{check} in epoch {epoch}: {items} item(s) off by {micros} micros"
-        for check, epoch, items, micros in rows
+        f"{check} in epoch {epoch}: {items} item(s) off by {micros} micros" for check, epoch, items, micros in rows
     ]
     for row in accepted:
         log.warning(f"{what}: accepted with --accept-unreconciled: reconciliation {row}")
     return accepted
 
 
-def verify_close_inputs(ledger: Ledger, prior: PriorState, closing: int, checks: InputChecks) -> list[str]:
-    """Before an epoch is closed: its input files, then the reconciliation of what earlier epochs recorded."""
+def verify_close_inputs(
+    ledger: Ledger, prior: PriorState, closing: int, checks: InputChecks, file_sums: list[pa.Table] | None = None
+) -> list[str]:
+    """Before an epoch is closed: its input files, then the reconciliation of what earlier epochs recorded.
+    `file_sums` receives the figures of the metered files reconciled for the first time (`unreconciled_rows`)."""
     what = f"closing epoch {prior.epoch + 1}"
     files = ledger.reading(lambda: close_input_files(ledger.connection, prior, closing), f"list the files of {what}")
-    return verify_files(ledger, files, checks, what) + verify_reconciled(ledger, checks, what)
+    return verify_files(ledger, files, checks, what) + verify_reconciled(ledger, checks, what, file_sums)
 
 
 def verify_settle_inputs(ledger: Ledger, epoch: int, checks: InputChecks) -> list[str]:

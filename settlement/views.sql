@@ -64,6 +64,33 @@ LEFT JOIN carried c ON c.epoch = e.epoch AND c.token = t.token
 LEFT JOIN posted p ON p.epoch = e.epoch AND p.token = t.token
 WINDOW w AS (PARTITION BY t.token ORDER BY e.epoch);
 
+-- The metered data files of closed epochs no close has recorded yet (settlement_file_sum), read now: their events and
+-- fee sum. Only these files are opened (a filter on the scan's filename), so a close reads the files that arrived
+-- since the previous close once, not every stored event. The close records these rows with its epoch.
+CREATE OR REPLACE TEMP VIEW metered_file_sums_unrecorded AS
+WITH fresh AS (
+    SELECT m.* FROM metered_files m
+    WHERE m.arrived_snapshot <= (SELECT max(closing_snapshot) FROM ${settlement_epoch})
+      AND m.path NOT IN (SELECT path FROM ${settlement_file_sum})
+),
+summed AS (
+    SELECT filename, count(*) AS event_count, sum(fee_micros)::BIGINT AS fee_micros
+    FROM ${inference_metered} WHERE filename IN (SELECT filename FROM fresh) GROUP BY filename
+)
+SELECT f.path, f.arrived_snapshot, coalesce(s.event_count, 0)::BIGINT AS event_count,
+       coalesce(s.fee_micros, 0)::BIGINT AS fee_micros, f.sha256
+FROM fresh f LEFT JOIN summed s ON s.filename = f.filename;
+
+-- Every metered data file of a closed epoch with its events and fee sum: as recorded by the close that first
+-- reconciled it, else read now (metered_file_sums_unrecorded). record_off: the record disagrees with the catalog's
+-- row count or the file's recorded SHA-256, or a deletion touched the file since (the record no longer describes it).
+CREATE OR REPLACE TEMP VIEW metered_file_sums AS
+SELECT m.path, m.arrived_snapshot, r.event_count, r.fee_micros,
+       (r.event_count <> m.record_count OR m.deleted_from OR r.sha256 IS DISTINCT FROM m.sha256) AS record_off
+FROM ${settlement_file_sum} r JOIN metered_files m ON m.path = r.path
+UNION ALL
+SELECT path, arrived_snapshot, event_count, fee_micros, FALSE FROM metered_file_sums_unrecorded;
+
 -- The ledger's own checks, one row per check and closed epoch, with how many items it compared, how
 -- many disagree, and the sum of the absolute disagreements (micros); `reconciliation` (below) adds the
 -- chain's checks. entry_balance: every posting entry sums to zero. recipient_credits: each payable's credited_micros
@@ -71,7 +98,9 @@ WINDOW w AS (PARTITION BY t.token ORDER BY e.epoch);
 -- epoch at zero. epoch_payable_total: the epoch's payable_micros equals its payables' amounts.
 -- billing_vs_epoch: payers were debited the epoch's fees less reversals. events_vs_epoch: the events
 -- whose data files the catalog added inside the epoch's snapshot range sum to its fee_micros (a
--- duplicate event reaching the ledger shows here too). suspense_balance: suspense_micros is what the
+-- duplicate event reaching the ledger shows here too); each file's figures are read from it once and recorded
+-- (metered_file_sums), and a record the catalog's row count, a deletion or the file's recorded SHA-256 contradicts
+-- is an item off. suspense_balance: suspense_micros is what the
 -- suspense postings hold. conservation: payable + Δsuspense + Δholder dust − Δreceivables = fees − reversed
 -- (Δholder dust: what the epoch's `holders-dust:<token>` postings were credited). holder_dust_balance (rows only once some
 -- token's holders carried dust; items are the tokens): the carried total of the dust rows equals each token's
@@ -111,21 +140,12 @@ dust AS (
     SELECT epoch, -sum(amount_micros) AS moved_micros
     FROM ${settlement_posting} WHERE account LIKE ${holder_dust_prefix} || '%' GROUP BY ALL
 ),
-files AS (
-    SELECT filename, count(*) AS events, sum(fee_micros) AS fee_micros
-    FROM ${inference_metered} GROUP BY filename
-),
--- A file `royalty compact` merged holds rows of one epoch's snapshot range: it counts at its rows' last snapshot.
-arrived_files AS (
-    SELECT f.*, a.arrived_snapshot
-    FROM files f
-    JOIN data_file_arrivals a
-      ON a.table_name = 'inference_metered' AND parse_filename(f.filename) = parse_filename(a.path)
-     AND f.filename LIKE '%/' || a.path
-),
+-- Each metered data file's events and fees (metered_file_sums: recorded once, or read now); a recorded figure the
+-- catalog or the file's recorded SHA-256 contradicts counts as an item off.
 arrived AS (
-    SELECT e.epoch, sum(f.events) AS events, sum(f.fee_micros) AS fee_micros
-    FROM arrived_files f
+    SELECT e.epoch, sum(f.event_count) AS events, sum(f.fee_micros) AS fee_micros,
+           count(*) FILTER (WHERE f.record_off) AS records_off
+    FROM metered_file_sums f
     JOIN e ON f.arrived_snapshot > e.previous_snapshot AND f.arrived_snapshot <= e.closing_snapshot
     GROUP BY e.epoch
 ),
@@ -146,7 +166,8 @@ checks AS (
     SELECT 'billing_vs_epoch', e.epoch, 1, 0, abs(e.fee_micros - e.reversed_micros - coalesce(b.billed_micros, 0))
     FROM e LEFT JOIN payers b ON b.epoch = e.epoch
     UNION ALL
-    SELECT 'events_vs_epoch', e.epoch, e.event_count, abs(e.event_count - coalesce(a.events, 0)),
+    SELECT 'events_vs_epoch', e.epoch, e.event_count,
+           abs(e.event_count - coalesce(a.events, 0)) + coalesce(a.records_off, 0),
            abs(e.fee_micros - coalesce(a.fee_micros, 0))
     FROM e LEFT JOIN arrived a ON a.epoch = e.epoch
     UNION ALL

@@ -69,7 +69,19 @@ def test_migrate_moves_a_previous_ledger_forward_and_it_then_verifies_and_settle
     assert epochs.stdout.splitlines()[-1] == "2"
     with Ledger.open_read_only(lake_v1) as ledger:
         rows = ledger.connection.execute(f"SELECT format_version FROM lake.main.{format_table}").fetchall()
+        # Format 19: epoch 2's close read epoch 1's metered files once and recorded exactly its events and fees.
+        recorded = ledger.connection.execute(
+            "SELECT min(r.epoch), max(r.epoch), sum(r.event_count) = any_value(e.event_count), "
+            "sum(r.fee_micros) = any_value(e.fee_micros) "
+            "FROM lake.main.settlement_file_sum r, lake.main.settlement_epoch e WHERE e.epoch = 1"
+        ).fetchall()
+        define_views(ledger)
+        unreconciled = ledger.connection.execute(
+            "SELECT * FROM reconciliation WHERE items_off <> 0 OR difference_micros <> 0"
+        ).fetchall()
     assert sorted(version for (version,) in rows) == list(range(2, format_version_current + 1))
+    assert recorded == [(2, 2, True, True)]
+    assert unreconciled == []
 
 
 def test_old_dead_letters_get_a_code_from_their_reason_after_migrate(lake_v1: Path) -> None:
