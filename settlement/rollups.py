@@ -85,7 +85,7 @@ def events_from_rollups(
     from settlement.ledger_io import stored_before_range  # (ledger_io imports this module)
 
     rollups = _read_range(connection, rollup_table, rollup_schema, prior_closing, closing)
-    payer_rollups = _read_range(connection, payer_rollup_table, payer_rollup_schema, prior_closing, closing)
+    payer_rollups = _read_range(connection, payer_rollup_table, payer_rollup_schema, prior_closing, closing).collect()
     events = _scan_events(new_metered_files["path"].to_list())
     if prior_metered_files is None or prior_metered_files.is_empty():
         return weighted_events(rollups, events, resolution, new_originals, payer_rollups)
@@ -96,12 +96,12 @@ def events_from_rollups(
     )  # fmt: skip
 
 
-def _groups_earlier_files_reach(rollups: pl.DataFrame, prior_files: pl.DataFrame) -> pl.DataFrame:
+def _groups_earlier_files_reach(rollups: pl.LazyFrame, prior_files: pl.DataFrame) -> pl.DataFrame:
     """The key groups (`_group` columns) of `rollups` whose [least, greatest] id range meets the recorded id bounds
     of an earlier file (every group when an earlier file has none recorded, or a group has no bounds): the groups
     that may hold a copy of an event an earlier epoch stored. With ids growing with arrival, only a group holding a
     resend of an older id. No file is opened: the bounds are the catalog's."""
-    groups = rollups.select(_group).unique()
+    groups = rollups.select(_group).unique().collect()
     if prior_files.is_empty() or groups.is_empty():
         return groups.clear()
     if "least" not in prior_files.columns:
@@ -128,23 +128,24 @@ def files_holding_ids_between(prior_files: pl.DataFrame, least: str, greatest: s
 
 def _read_range(
     connection: duckdb.DuckDBPyConnection, table: str, schema: pa.Schema, prior_closing: int, closing: int
-) -> pl.DataFrame:
-    """The rows of the rollup `table` appended in (`prior_closing`, `closing`]; a column a file lacks is null."""
+) -> pl.LazyFrame:
+    """The rows of the rollup `table` appended in (`prior_closing`, `closing`], as a scan (each use reads only the
+    columns it needs); a column a file lacks is null."""
     files = recorder.files_as_of(connection, table, closing).filter(pl.col("snapshot") > prior_closing)
     empty = pl.from_arrow(schema.empty_table())
     if not files.height:
-        return empty  # type: ignore[return-value]
+        return empty.lazy()  # type: ignore[union-attr]
     rows = recorder.scan_parquet(
         files["path"].to_list(),
-        schema=empty.schema,
+        schema=empty.schema,  # type: ignore[union-attr]
         extra_columns="ignore",
-        missing_columns="insert",  # type: ignore[union-attr]
+        missing_columns="insert",
     )
-    return rows.select(schema.names).collect()
+    return rows.select(schema.names)
 
 
 def weighted_events(
-    rollups: pl.DataFrame,
+    rollups: pl.DataFrame | pl.LazyFrame,
     events: pl.LazyFrame,
     resolution: Resolution,
     new_originals: pl.DataFrame,
@@ -158,15 +159,20 @@ def weighted_events(
     `new_originals` the new events this epoch's reversals name. None when the rollups are not complete (see the
     module docstring); `count_check` False only for a benchmark that plans from rollups with no events stored.
     `earlier`: the key groups that may hold a copy of an event an earlier epoch stored, and a function giving the
-    (source, event_id) pairs of given events that an earlier epoch stored (`events_from_rollups`)."""
-    if not _complete(rollups, payer_rollups, events if count_check else None):
+    (source, event_id) pairs of given events that an earlier epoch stored (`events_from_rollups`).
+
+    `rollups` may be a scan of the rollup files: each step reads the columns it needs in one streaming pass (the
+    totals, the key groups and the cells' spans together), never the whole table into memory."""
+    rollups = rollups.lazy()
+    totals, groups, spans = pl.collect_all([_totals(rollups), rollups.select(_group).unique(), _cell_spans(rollups)])
+    if not _complete(totals, payer_rollups, events if count_check else None):
         return None
     payer_fees = payer_rollups.group_by("payer").agg(_fees())
-    cells = _cell_segments(rollups, resolution)
+    cells = _cell_segments(spans, resolution)
     dirty = pl.concat(
         [
-            _shared_group_cells(rollups),
-            _group_cells(rollups, earlier[0] if earlier else rollups.select(_group).clear()),
+            _shared_group_cells(rollups, groups),
+            _group_cells(rollups, earlier[0] if earlier else groups.clear()),
             _unsteady_cells(cells, resolution),
             new_originals.select("model_id", _hour("event_time")),
         ]
@@ -198,28 +204,37 @@ def weighted_events(
     return RollupEvents(pl.concat(parts), payer_fees, clean_cells.height, dirty.height)
 
 
-def _clean_rows(rollups: pl.DataFrame, clean_cells: pl.DataFrame, dirty: pl.DataFrame) -> pl.DataFrame:
+def _clean_rows(rollups: pl.LazyFrame, clean_cells: pl.DataFrame, dirty: pl.DataFrame) -> pl.DataFrame:
     """The rollup rows of the `clean_cells` (each with the start of the route segment in force over its whole span;
     `dirty`: the other cells) as weighted rows summed per model, provider and route segment. Every event of such a sum
     routes, splits and bills as the sum does (one route over the segment, and no payer or event id on the row), and
     the sum's time, its latest event's, lies in the segment too: far fewer rows to plan than the rollup rows (one per
     model, provider, source, hour and key group). Only the rows of a model whose clean cells lie in several segments
     are joined to their cells' segments; the others are summed per model and provider."""
-    rows = rollups if not dirty.height else rollups.join(dirty, on=_cell, how="anti")
+    columns = [*_cell, "compute_provider", "event_time_max", "fee_micros", "event_count"]
+    rows = rollups.select(columns)
+    if dirty.height:
+        rows = rows.join(dirty.lazy(), on=_cell, how="anti")
     segments = clean_cells.group_by("model_id").agg(pl.col("segment_start").n_unique().alias("segments"))
     several = segments.filter(pl.col("segments") > 1)
-    in_several = pl.col("model_id").is_in(several["model_id"].implode())
     sums = [pl.col("event_time_max").max(), pl.col("fee_micros").sum(), pl.col("event_count").sum()]
-    parts = [rows.filter(~in_several).group_by("model_id", "compute_provider").agg(sums)]
-    if several.height:
-        parts.append(
-            rows.filter(in_several)
-            .join(clean_cells, on=_cell)
-            .group_by("model_id", "compute_provider", "segment_start")
-            .agg(sums)
-            .drop("segment_start")
+    if not several.height:
+        summed = rows.group_by("model_id", "compute_provider").agg(sums).collect()
+    else:
+        in_several = pl.col("model_id").is_in(several["model_id"].implode())
+        summed = pl.concat(
+            pl.collect_all(
+                [
+                    rows.filter(~in_several).group_by("model_id", "compute_provider").agg(sums),
+                    rows.filter(in_several)
+                    .join(clean_cells.lazy(), on=_cell)
+                    .group_by("model_id", "compute_provider", "segment_start")
+                    .agg(sums)
+                    .drop("segment_start"),
+                ]
+            )
         )
-    return pl.concat(parts).select(
+    return summed.select(
         pl.lit(None, pl.String).alias("event_id"),
         pl.lit(None, pl.String).alias("source"),
         pl.col("event_time_max").alias("event_time"),
@@ -231,13 +246,23 @@ def _clean_rows(rollups: pl.DataFrame, clean_cells: pl.DataFrame, dirty: pl.Data
     )
 
 
-def _complete(rollups: pl.DataFrame, payer_rollups: pl.DataFrame, events: pl.LazyFrame | None) -> bool:
-    """Whether the model and payer rollups each count every stored event (`events`: their files, whose row count
-    comes from the footers; None: not checked) and agree on the fees, and every rollup row has its group bounds."""
-    bounded = rollups.select(_group).null_count().sum_horizontal().item() == 0
-    counted = {int(rollups["event_count"].sum() or 0), int(payer_rollups["event_count"].sum() or 0)}
+def _totals(rollups: pl.LazyFrame) -> pl.LazyFrame:
+    """One row: the rows lacking a group bound (`unbounded`), and the event count and fee sum of every row."""
+    return rollups.select(
+        pl.sum_horizontal(pl.col(_group).null_count()).alias("unbounded"),
+        pl.col("event_count").sum(),
+        pl.col("fee_micros").cast(pl.Int128).sum(),
+    )
+
+
+def _complete(totals: pl.DataFrame, payer_rollups: pl.DataFrame, events: pl.LazyFrame | None) -> bool:
+    """Whether the model rollups (`totals`: `_totals`) and the payer rollups each count every stored event (`events`:
+    their files, whose row count comes from the footers; None: not checked) and agree on the fees, and every rollup
+    row has its group bounds."""
+    bounded = totals["unbounded"].item() == 0
+    counted = {int(totals["event_count"].item() or 0), int(payer_rollups["event_count"].sum() or 0)}
     fees = {
-        int(rollups["fee_micros"].cast(pl.Int128).sum() or 0),
+        int(totals["fee_micros"].item() or 0),
         int(payer_rollups["fee_micros"].cast(pl.Int128).sum() or 0),
     }
     if events is not None:
@@ -245,11 +270,11 @@ def _complete(rollups: pl.DataFrame, payer_rollups: pl.DataFrame, events: pl.Laz
     return bounded and len(counted) == 1 and len(fees) == 1
 
 
-def _shared_group_cells(rollups: pl.DataFrame) -> pl.DataFrame:
-    """The (model, hour) cells of every key group that may share an event id: a group not unique in itself, or
-    whose id range overlaps another's of its source (sorted by least id, a group starting at or before the greatest
-    id of those before it overlaps one of them)."""
-    groups = rollups.select(_group).unique().sort("source", "group_event_id_min", "group_event_id_max")
+def _shared_group_cells(rollups: pl.LazyFrame, groups: pl.DataFrame) -> pl.DataFrame:
+    """The (model, hour) cells of every key group (of `groups`, the rollups' distinct `_group` rows) that may share an
+    event id: a group not unique in itself, or whose id range overlaps another's of its source (sorted by least id, a
+    group starting at or before the greatest id of those before it overlaps one of them)."""
+    groups = groups.sort("source", "group_event_id_min", "group_event_id_max")
     before = pl.col("group_event_id_max").cum_max().shift(1).over("source")
     starts = before.is_null() | (pl.col("group_event_id_min") > before)
     clustered = groups.with_columns(cluster=starts.cum_sum())
@@ -257,11 +282,11 @@ def _shared_group_cells(rollups: pl.DataFrame) -> pl.DataFrame:
     return _group_cells(rollups, shared)
 
 
-def _group_cells(rollups: pl.DataFrame, groups: pl.DataFrame) -> pl.DataFrame:
-    """The (model, hour) cells of the key `groups` (`_group` columns)."""
+def _group_cells(rollups: pl.LazyFrame, groups: pl.DataFrame) -> pl.DataFrame:
+    """The (model, hour) cells of the key `groups` (`_group` columns); no read when there is none."""
     if not groups.height:
-        return rollups.select(_cell).clear()
-    return rollups.join(groups, on=_group, how="semi", nulls_equal=True).select(_cell).unique()
+        return pl.DataFrame(schema=rollups.select(_cell).collect_schema())
+    return rollups.join(groups.lazy(), on=_group, how="semi", nulls_equal=True).select(_cell).unique().collect()
 
 
 def _fees() -> pl.Expr:
@@ -278,10 +303,14 @@ def _scan_events(paths: list[str]) -> pl.LazyFrame:
     return recorder.scan_parquet(paths, extra_columns="ignore").select(event_columns)
 
 
-def _cell_segments(rollups: pl.DataFrame, resolution: Resolution) -> pl.DataFrame:
-    """Each cell's event-time span and the route segment in force at its first event (`segment_start`, `complete`;
-    null when the model has no route then)."""
-    spans = rollups.group_by(_cell).agg(pl.col("event_time_min").min(), pl.col("event_time_max").max())
+def _cell_spans(rollups: pl.LazyFrame) -> pl.LazyFrame:
+    """Each (model, hour) cell's event-time span."""
+    return rollups.group_by(_cell).agg(pl.col("event_time_min").min(), pl.col("event_time_max").max())
+
+
+def _cell_segments(spans: pl.DataFrame, resolution: Resolution) -> pl.DataFrame:
+    """Each cell's event-time span (`spans`: `_cell_spans`) and the route segment in force at its first event
+    (`segment_start`, `complete`; null when the model has no route then)."""
     segments = resolution.segments.select("model_id", "segment_start", "complete").sort("segment_start")
     return spans.sort("event_time_min").join_asof(
         segments,
