@@ -184,6 +184,28 @@ def _deltas(checkpoint: int | None, sources: list[str] | None = None) -> str:
     return f"(WITH transfers AS ({transfers}) {' UNION ALL '.join(parts)})"
 
 
+def _weighted_deltas(checkpoint: int | None) -> str:
+    """(holder, weighted) of every balance change of $token up to $to_block, each weighted by the blocks of
+    $from_block..$to_block it counts for (`_deltas`' rows times `$to_block - greatest(block_number, $from_block) + 1`),
+    a transfer's value cast and weighted once for both its sides."""
+    weight = "($to_block - greatest(block_number, $from_block) + 1)"
+    after = "" if checkpoint is None else f" AND block_number > {int(checkpoint)}"
+    parts = [
+        "SELECT to_address AS holder, weighted FROM transfers",
+        "SELECT from_address AS holder, -weighted FROM transfers",
+    ]
+    if checkpoint is not None:
+        parts.append(
+            f"SELECT holder, balance_units::HUGEINT * {weight} AS weighted FROM "
+            f"{recorder.table(holder_checkpoint_table)} WHERE {_token_filter} AND block_number = {int(checkpoint)}"
+        )
+    return (
+        f"(WITH transfers AS (SELECT to_address, from_address, value_units::HUGEINT * {weight} AS weighted "
+        f"FROM {recorder.table(holder_transfer_table)} WHERE {_token_filter} AND block_number <= $to_block{after}) "
+        f"{' UNION ALL '.join(parts)})"
+    )
+
+
 def balances_at(connection: duckdb.DuckDBPyConnection, chain_id: int, token: str, block: int) -> dict[str, int]:
     """Every non-zero balance of `token` at the end of `block`, from the indexed transfers (the zero address
     excluded: its 'balance' is minus the supply)."""
@@ -208,26 +230,44 @@ def holder_weights(
 ) -> pl.DataFrame:
     """Each holder's time-weighted balance of `token` over `from_block..to_block` (holder, weight as decimal
     text, sorted by holder), without `excluded` addresses (lowercase) and without holders of weight 0."""
-    empty = pl.DataFrame(schema={"holder": pl.String, "weight": pl.String})
+    units = holder_weight_units(connection, chain_id, token, from_block, to_block, excluded)
+    return units.with_columns(pl.col("weight").cast(pl.String))
+
+
+def holder_weight_units(
+    connection: duckdb.DuckDBPyConnection,
+    chain_id: int,
+    token: str,
+    from_block: int,
+    to_block: int,
+    excluded: set[str],
+) -> pl.DataFrame:
+    """`holder_weights` with the weight as Int128 (a HUGEINT sum: it fits), not text.
+
+    Each transfer's value is weighted once (not once per side), the exclusions are matched against the summed
+    holders (not every delta), the HUGEINT crosses to polars as two 64-bit halves (no decimal text to print and
+    parse) and polars sorts the holders: at 1M holders over 2M transfers, about 2.5 s CPU, was 4 s."""
+    empty = pl.DataFrame(schema={"holder": pl.String, "weight": pl.Int128})
     if holder_transfer_table not in recorder.existing_tables(connection):
         return empty
     checkpoint = _checkpoint_before(connection, chain_id, token, from_block)
-    weights = recorder.frame(
+    halves = recorder.frame(
         connection,
-        f"""SELECT holder, sum(delta * ($to_block - greatest(block_number, $from_block) + 1))::VARCHAR AS weight
-            FROM {_deltas(checkpoint)}
-            WHERE lower(holder) NOT IN (SELECT unnest($excluded::VARCHAR[]))
-            GROUP BY holder HAVING sum(delta * ($to_block - greatest(block_number, $from_block) + 1)) > 0
-            ORDER BY holder""",
+        f"""WITH sums AS (SELECT holder, sum(weighted) AS weight FROM {_weighted_deltas(checkpoint)} GROUP BY holder)
+            SELECT holder, (weight >> 64)::BIGINT AS high, (weight & {2**64 - 1}::HUGEINT)::UBIGINT AS low FROM sums
+            WHERE weight > 0 AND lower(holder) NOT IN (SELECT unnest($excluded::VARCHAR[]))""",
         {
             "chain": chain_id,
             "token": token,
             "from_block": from_block,
             "to_block": to_block,
-            "excluded": sorted({zero_address, token.lower(), *excluded}),
+            "excluded": sorted({zero_address, token.lower()} | set(excluded)),
         },
     )
-    return weights if weights.height else empty
+    if not halves.height:
+        return empty
+    weight = pl.col("high").cast(pl.Int128) * pl.lit(2**64, pl.Int128) + pl.col("low").cast(pl.Int128)
+    return halves.select("holder", weight=weight).sort("holder")
 
 
 def balance_checkpoint(

@@ -343,13 +343,15 @@ def _weights(
 ) -> HolderWeights:
     lowered = {address.lower() for address in excluded}
     return {
-        token: _pairs(holders.holder_weights(connection, chain_id, token, start, end, lowered)) for token in tokens
+        token: _pairs(holders.holder_weight_units(connection, chain_id, token, start, end, lowered))
+        for token in tokens
     }
 
 
 def _pairs(weights: pl.DataFrame) -> list[tuple[str, int]]:
-    """(holder, weight) of a `holder_weights` frame, the decimal text weight as an int (by column: no row tuples)."""
-    return list(zip(weights["holder"].to_list(), map(int, weights["weight"].to_list()), strict=True))
+    """(holder, weight) of a `holder_weight_units` frame (or `holder_weights`': decimal text), the weight as an int
+    (by column: no row tuples; Int128 to Python ints in polars, not `int()` of a million strings)."""
+    return list(zip(weights["holder"].to_list(), weights["weight"].cast(pl.Int128).to_list(), strict=True))
 
 
 def read_inputs(

@@ -173,6 +173,17 @@ class MerkleTree:
         hexes = self._checksummed_hex.decode("ascii")  # decoded once, not per leaf (seconds at 1M leaves)
         return zip(("0x" + hexes[i : i + 40] for i in range(0, len(hexes), 40)), self._amounts_units, strict=True)
 
+    @property
+    def checksummed_bodies(self) -> bytes:
+        """Every leaf's checksummed account without its `0x`, 40 ASCII hex digits each, joined, in the order the
+        leaves were given (what `items()` reads; `settle` writes the leaves from it as a column)."""
+        return self._checksummed_hex
+
+    @property
+    def amounts_units(self) -> Sequence[int]:
+        """Every leaf's cumulative amount, in the order the leaves were given."""
+        return self._amounts_units
+
     def amount_units(self, account: str) -> int:
         """The cumulative amount of `account` in this tree."""
         return self._amounts_units[self._value_index(account)]
