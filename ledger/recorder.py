@@ -303,6 +303,21 @@ def scan_parquet(paths: list[str], **options: object) -> pl.LazyFrame:
     return pl.scan_parquet(paths, storage_options=polars_storage_options(paths[0]) if paths else None, **options)
 
 
+def row_counts_and_sums(paths: list[str], column: str) -> pl.DataFrame:
+    """`rows` (Int64) and `sum` (Int64; an overflow raises) of the integer `column` in each data file of `paths`, in
+    their order: one small scan per file, reading that column only (the file's rows as stored: deletions are not
+    applied)."""
+    scans = [
+        pl.scan_parquet(path, storage_options=polars_storage_options(path)).select(
+            pl.len().cast(pl.Int64).alias("rows"), pl.col(column).cast(pl.Int128).sum().cast(pl.Int64).alias("sum")
+        )
+        for path in paths
+    ]
+    if not scans:
+        return pl.DataFrame(schema={"rows": pl.Int64, "sum": pl.Int64})
+    return pl.concat(pl.collect_all(scans))
+
+
 def _merged_paths(connection: duckdb.DuckDBPyConnection, paths: list[str]) -> set[str]:
     """Those of `paths` (absolute) that a compaction wrote."""
     if compaction_table not in ledger_tables(connection) or not paths:

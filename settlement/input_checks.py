@@ -16,6 +16,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 import duckdb
+import polars as pl
 import pyarrow as pa
 
 from ledger import recorder
@@ -107,16 +108,14 @@ def verify_files(ledger: Ledger, files: Iterable[tuple[str, int]], checks: Input
 def unreconciled_rows(ledger: Ledger, file_sums: list[pa.Table] | None = None) -> list[tuple[str, int, int, int]]:
     """The non-zero rows of the `reconciliation` view (none on a ledger that never closed an epoch).
 
-    With `file_sums` (a close), the metered data files of closed epochs that no close recorded yet are read once
-    (view `metered_file_sums_unrecorded`), the reconciliation is checked over those figures, and they are appended to
-    `file_sums` for the close to record with its epoch (`settlement_file_sum`)."""
+    The metered data files of closed epochs that no close recorded yet are read once (view
+    `metered_file_sums_unrecorded`) and the reconciliation is checked over those figures; with `file_sums` (a close),
+    they are appended to it for the close to record with its epoch (`settlement_file_sum`)."""
 
     def read(connection: duckdb.DuckDBPyConnection) -> list[tuple[str, int, int, int]]:
         define_views(ledger)  # on this connection: a retry may run on a fresh one
         try:
-            if file_sums is not None:
-                return _reconciled_with_file_sums(connection, file_sums)
-            return connection.execute(_unreconciled_sql).fetchall()
+            return _reconciled_with_file_sums(connection, [] if file_sums is None else file_sums)
         except duckdb.CatalogException:  # no settlement tables yet: nothing was settled to reconcile
             return []
 
@@ -135,8 +134,8 @@ def _reconciled_with_file_sums(
 ) -> list[tuple[str, int, int, int]]:
     """The unreconciled rows, reading the unrecorded files once: their figures are held in a temporary table that the
     view `metered_file_sums_unrecorded` reads for this query (then defined again as it was)."""
-    connection.execute(f"CREATE OR REPLACE TEMP TABLE {_unrecorded_now} AS SELECT * FROM metered_file_sums_unrecorded")
     try:
+        connection.execute(f"CREATE OR REPLACE TEMP TABLE {_unrecorded_now} AS {_unrecorded_sums_sql(connection)}")
         connection.execute(
             f"CREATE OR REPLACE TEMP VIEW metered_file_sums_unrecorded AS SELECT * FROM {_unrecorded_now}"
         )
@@ -153,8 +152,26 @@ def _reconciled_with_file_sums(
             if "metered_file_sums_unrecorded AS" in statement:
                 connection.execute(statement.rstrip(";"))
         connection.execute(f"DROP TABLE IF EXISTS {_unrecorded_now}")
+        connection.unregister(_summed_now)
 
 
+def _unrecorded_sums_sql(connection: duckdb.DuckDBPyConnection) -> str:
+    """A query of the rows of `metered_file_sums_unrecorded`. The files are summed here, one small scan each (their
+    event count and fee sum: 0.9 s of CPU for 100M events, where DuckDB's scan of the table grouped by file name
+    took 3.6 s), unless a deletion touched one: then the view's own scan, which leaves deleted rows out."""
+    listed = connection.execute(
+        "SELECT path, filename, arrived_snapshot, sha256, deleted_from FROM metered_files_unrecorded"
+    ).pl()
+    if not listed.height or listed["deleted_from"].any():
+        return "SELECT * FROM metered_file_sums_unrecorded"
+    sums = recorder.row_counts_and_sums(listed["filename"].to_list(), "fee_micros")
+    sums = sums.rename({"rows": "event_count", "sum": "fee_micros"})
+    summed = pl.concat([listed.select("path", "arrived_snapshot"), sums, listed.select("sha256")], how="horizontal")
+    connection.register(_summed_now, summed.to_arrow())
+    return f"SELECT * FROM {_summed_now}"
+
+
+_summed_now = "reconciled_file_sums_read"
 _unrecorded_now = "reconciled_file_sums_now"
 
 

@@ -64,22 +64,23 @@ LEFT JOIN carried c ON c.epoch = e.epoch AND c.token = t.token
 LEFT JOIN posted p ON p.epoch = e.epoch AND p.token = t.token
 WINDOW w AS (PARTITION BY t.token ORDER BY e.epoch);
 
--- The metered data files of closed epochs no close has recorded yet (settlement_file_sum), read now: their events and
--- fee sum. Only these files are opened (a filter on the scan's filename), so a close reads the files that arrived
--- since the previous close once, not every stored event. The close records these rows with its epoch.
+-- The metered data files of closed epochs no close has recorded yet (settlement_file_sum): metered_files' columns.
+CREATE OR REPLACE TEMP VIEW metered_files_unrecorded AS
+SELECT m.* FROM metered_files m
+WHERE m.arrived_snapshot <= (SELECT max(closing_snapshot) FROM ${settlement_epoch})
+  AND m.path NOT IN (SELECT path FROM ${settlement_file_sum});
+
+-- Those files read now: their events and fee sum. Only these files are opened (a filter on the scan's filename), so a
+-- close reads the files that arrived since the previous close once, not every stored event; the close records these
+-- rows with its epoch (it sums the files itself, `settlement.input_checks`, unless a deletion touched one).
 CREATE OR REPLACE TEMP VIEW metered_file_sums_unrecorded AS
-WITH fresh AS (
-    SELECT m.* FROM metered_files m
-    WHERE m.arrived_snapshot <= (SELECT max(closing_snapshot) FROM ${settlement_epoch})
-      AND m.path NOT IN (SELECT path FROM ${settlement_file_sum})
-),
-summed AS (
+WITH summed AS (
     SELECT filename, count(*) AS event_count, sum(fee_micros)::BIGINT AS fee_micros
-    FROM ${inference_metered} WHERE filename IN (SELECT filename FROM fresh) GROUP BY filename
+    FROM ${inference_metered} WHERE filename IN (SELECT filename FROM metered_files_unrecorded) GROUP BY filename
 )
 SELECT f.path, f.arrived_snapshot, coalesce(s.event_count, 0)::BIGINT AS event_count,
        coalesce(s.fee_micros, 0)::BIGINT AS fee_micros, f.sha256
-FROM fresh f LEFT JOIN summed s ON s.filename = f.filename;
+FROM metered_files_unrecorded f LEFT JOIN summed s ON s.filename = f.filename;
 
 -- Every metered data file of a closed epoch with its events and fee sum: as recorded by the close that first
 -- reconciled it, else read now (metered_file_sums_unrecorded). record_off: the record disagrees with the catalog's

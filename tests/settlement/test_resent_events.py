@@ -155,7 +155,8 @@ def test_a_reversal_applied_in_one_epoch_and_resent_naming_another_original_is_n
 
 
 def _opened_paths(monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    """Every data file polars is asked to scan from now on (the events path's and the rollup path's readers)."""
+    """Every data file polars is asked to scan from now on (the events path's and the rollup path's readers; not the
+    reconciliation's one read of each file after its epoch closed, `recorder.row_counts_and_sums`)."""
     from ledger import recorder
 
     opened: list[str] = []
