@@ -244,9 +244,9 @@ def holder_weight_units(
 ) -> pl.DataFrame:
     """`holder_weights` with the weight as Int128 (a HUGEINT sum: it fits), not text.
 
-    Each transfer's value is weighted once (not once per side), the exclusions are matched against the summed
-    holders (not every delta), the HUGEINT crosses to polars as two 64-bit halves (no decimal text to print and
-    parse) and polars sorts the holders: at 1M holders over 2M transfers, about 2.5 s CPU, was 4 s."""
+    Each transfer's value is weighted once (not once per side), the HUGEINT sums cross to polars as two 64-bit
+    halves (no decimal text to print and parse), and polars drops the excluded holders (not a join of every delta
+    or summed holder in DuckDB) and sorts the rest: at 1M holders over 2M transfers about 2 s CPU, was 4 s."""
     empty = pl.DataFrame(schema={"holder": pl.String, "weight": pl.Int128})
     if holder_transfer_table not in recorder.existing_tables(connection):
         return empty
@@ -255,19 +255,15 @@ def holder_weight_units(
         connection,
         f"""WITH sums AS (SELECT holder, sum(weighted) AS weight FROM {_weighted_deltas(checkpoint)} GROUP BY holder)
             SELECT holder, (weight >> 64)::BIGINT AS high, (weight & {2**64 - 1}::HUGEINT)::UBIGINT AS low FROM sums
-            WHERE weight > 0 AND lower(holder) NOT IN (SELECT unnest($excluded::VARCHAR[]))""",
-        {
-            "chain": chain_id,
-            "token": token,
-            "from_block": from_block,
-            "to_block": to_block,
-            "excluded": sorted({zero_address, token.lower()} | set(excluded)),
-        },
+            WHERE weight > 0""",
+        {"chain": chain_id, "token": token, "from_block": from_block, "to_block": to_block},
     )
-    if not halves.height:
-        return empty
+    never = sorted({zero_address, token.lower()} | {address.lower() for address in excluded})
     weight = pl.col("high").cast(pl.Int128) * pl.lit(2**64, pl.Int128) + pl.col("low").cast(pl.Int128)
-    return halves.select("holder", weight=weight).sort("holder")
+    weights = (
+        halves.filter(~pl.col("holder").str.to_lowercase().is_in(never)).select("holder", weight=weight).sort("holder")
+    )
+    return weights if weights.height else empty
 
 
 def balance_checkpoint(

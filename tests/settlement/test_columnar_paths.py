@@ -121,3 +121,24 @@ def test_holders_entries_sliced_into_the_sorted_postings_are_the_postings_sorted
         return
     expected = pl.concat([grouped, extra]).sort(["entry_id", "account"])
     assert _with_entries(1, grouped, extra).equals(expected)
+
+
+_key = st.sampled_from(["a", "b", "c", "0xA", "0xa"])
+
+
+@settings(max_examples=depth(150, 1500), deadline=None)
+@given(
+    left=st.lists(_key, max_size=10, unique=True),
+    right=st.lists(st.tuples(st.one_of(_key, st.none()), st.one_of(st.none(), st.integers(0, 9))), max_size=8),
+)
+def test_a_left_join_by_binary_search_is_the_hash_join(left: list, right: list) -> None:
+    """Payables find their prior totals and addresses by a binary search of the sorted right side: the same rows
+    as the hash join, whether a right key repeats or is missing (then the hash join itself)."""
+    from settlement.engine.postings import _left_join_unique
+
+    lefts = pl.DataFrame(
+        {"recipient": left, "amount_micros": list(range(len(left)))}, schema_overrides={"recipient": pl.String}
+    )
+    rights = pl.DataFrame(right, schema={"recipient": pl.String, "payout": pl.Int64}, orient="row")
+    expected = lefts.join(rights, on="recipient", how="left").sort("recipient", "payout", nulls_last=True)
+    assert _left_join_unique(lefts, rights, "recipient").sort("recipient", "payout", nulls_last=True).equals(expected)
