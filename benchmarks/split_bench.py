@@ -377,7 +377,7 @@ def simulated_day(args: argparse.Namespace) -> None:
             f"{time.perf_counter() - began:.1f} s"
         )
         began, began_cpu = time.perf_counter(), time.process_time()
-        rollups = pl.read_parquet(path)
+        rollups = pl.scan_parquet(path)  # as the close reads them (settlement.rollups._read_range): a scan
         payer_rollups = pl.read_parquet(payer_path)
         prior = read_prior(ledger.connection)
         closing = ledger.current_snapshot()
