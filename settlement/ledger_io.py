@@ -22,6 +22,7 @@ from schemas.errors import require
 from settlement import chain_registry, holders, tables
 from settlement.engine import figures
 from settlement.engine import reversals as rev
+from settlement.engine.allocation import WeightColumns
 from settlement.engine.authority import Judgment, RegistryRules, judge, position_columns, registry_codes
 from settlement.engine.constants import resent_ids_matched_max
 from settlement.engine.epochs import EpochInputs, EpochPlan, PriorState, held_schema, plan_epoch
@@ -348,10 +349,10 @@ def _weights(
     }
 
 
-def _pairs(weights: pl.DataFrame) -> list[tuple[str, int]]:
+def _pairs(weights: pl.DataFrame) -> WeightColumns:
     """(holder, weight) of a `holder_weight_units` frame (or `holder_weights`': decimal text), the weight as an int
     (by column: no row tuples; Int128 to Python ints in polars, not `int()` of a million strings)."""
-    return list(zip(weights["holder"].to_list(), weights["weight"].cast(pl.Int128).to_list(), strict=True))
+    return WeightColumns(weights["holder"].to_list(), weights["weight"].cast(pl.Int128).to_list())
 
 
 def read_inputs(

@@ -17,7 +17,7 @@ which the holder's accumulated amount reaches the threshold.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import polars as pl
 
@@ -25,7 +25,7 @@ from settlement.engine.accounts import contributor_prefix, holder_dust_prefix, h
 from settlement.engine.allocation import allocate_by_weight_columns
 
 _i128 = pl.Int128
-HolderWeights = dict[str, list[tuple[str, int]]]  # token -> [(holder address, time-weighted balance)], by holder
+HolderWeights = dict[str, Sequence[tuple[str, int]]]  # token -> [(holder address, time-weighted balance)], by holder
 # The weights, or a function giving them for the tokens the epoch actually credits (read only when needed, so an
 # epoch whose policies name a token but credit it nothing never needs that token synced).
 HolderWeightSource = HolderWeights | Callable[[list[str]], HolderWeights]
@@ -154,7 +154,7 @@ def carry_dust(
 
 
 def _paid_and_changed(
-    take: int, weights: list[tuple[str, int]], carried_in: dict[str, int], dust_units_min: int
+    take: int, weights: Sequence[tuple[str, int]], carried_in: dict[str, int], dust_units_min: int
 ) -> tuple[pl.DataFrame, list[tuple[str, int]]]:
     """`take` allocated over one token's `weights`, through the dust rule (`carry_dust`): the holders credited
     (recipient, amount_micros Int128, non-zero) and those whose carried amount changed (holder, carried after)."""

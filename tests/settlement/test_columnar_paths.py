@@ -142,3 +142,19 @@ def test_a_left_join_by_binary_search_is_the_hash_join(left: list, right: list) 
     rights = pl.DataFrame(right, schema={"recipient": pl.String, "payout": pl.Int64}, orient="row")
     expected = lefts.join(rights, on="recipient", how="left").sort("recipient", "payout", nulls_last=True)
     assert _left_join_unique(lefts, rights, "recipient").sort("recipient", "payout", nulls_last=True).equals(expected)
+
+
+@settings(max_examples=depth(100, 1000), deadline=None)
+@given(
+    total=st.integers(-(10**13), 10**13),
+    weights=st.dictionaries(st.sampled_from(["0xA", "0xb", "c", "d", "e"]), st.integers(1, 10**40), min_size=1),
+)
+def test_weights_read_as_columns_allocate_as_the_same_pairs(total: int, weights: dict) -> None:
+    """The ledger hands the holders' weights to the allocation as two columns (`WeightColumns`): the same parts as
+    the (holder, weight) pairs, in or out of holder order, and the same pairs to whoever iterates them."""
+    from settlement.engine.allocation import WeightColumns, allocate_by_weight
+
+    pairs = list(weights.items())
+    columns = WeightColumns([holder for holder, _ in pairs], [weight for _, weight in pairs])
+    assert list(columns) == pairs and len(columns) == len(pairs)
+    assert allocate_by_weight(total, columns) == allocate_by_weight(total, pairs)
