@@ -25,8 +25,7 @@ def _close_epochs(ledger: Ledger, epochs: int) -> None:
 
 
 def _rows(ledger: Ledger, sql: str) -> list[tuple]:
-    define_views(ledger)
-    return ledger.connection.execute(sql).fetchall()
+    return ledger.connection.execute(sql).fetchall()  # the analyst views: defined once, by the test
 
 
 def _off(ledger: Ledger) -> dict[tuple[str, int], tuple[int, int]]:
@@ -60,6 +59,7 @@ def test_each_metered_file_is_read_by_one_close_and_a_tampered_record_is_named(t
     tests/ledger/test_format.py::test_migrate_moves_a_previous_ledger_forward_and_it_then_verifies_and_settles."""
     with Ledger.open(tmp_path / "lake") as ledger:
         _close_epochs(ledger, 4)
+        define_views(ledger)
         files = _files_by_epoch(ledger)
         recorded = _rows(
             ledger, "SELECT epoch, path, event_count, fee_micros FROM lake.main.settlement_file_sum ORDER BY 1"
