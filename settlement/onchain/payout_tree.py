@@ -75,7 +75,11 @@ def address_sums(payables: pl.DataFrame) -> tuple[pl.DataFrame, int]:
         )
     else:
         rows = payables.sort(["recipient", "epoch"]).with_columns(
-            address=pl.col("payout_address").str.to_lowercase().fill_null(strategy="backward").over("recipient")
+            address=pl.col("payout_address")
+            .cast(pl.String)
+            .str.to_lowercase()
+            .fill_null(strategy="backward")
+            .over("recipient")
         )
     rows = rows.filter(pl.col("amount_micros") > 0)
     unaddressed_units = int(rows.filter(pl.col("address").is_null())["amount_micros"].sum() or 0)
