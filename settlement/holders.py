@@ -260,8 +260,12 @@ def holder_weight_units(
     )
     never = sorted({zero_address, token.lower()} | {address.lower() for address in excluded})
     weight = pl.col("high").cast(pl.Int128) * pl.lit(2**64, pl.Int128) + pl.col("low").cast(pl.Int128)
+    # One thread: the summed holders come in hash order, and polars' parallel sort of a million strings took twice the
+    # CPU (0.9 s against 0.5 s) for no shorter wall time on two cores.
     weights = (
-        halves.filter(~pl.col("holder").str.to_lowercase().is_in(never)).select("holder", weight=weight).sort("holder")
+        halves.filter(~pl.col("holder").str.to_lowercase().is_in(never))
+        .select("holder", weight=weight)
+        .sort("holder", multithreaded=False)
     )
     return weights if weights.height else empty
 

@@ -86,7 +86,7 @@ def address_sums(payables: pl.DataFrame) -> tuple[pl.DataFrame, int]:
     ordered = (
         rows.filter(pl.col("address").is_not_null())
         .select("address", units=pl.col("amount_micros").cast(pl.Int128))
-        .sort("address", maintain_order=True)
+        .sort("address", maintain_order=True, multithreaded=False)  # as `holder_weight_units`' sort: half the CPU
     )
     starts = pl.col("address").ne_missing(pl.col("address").shift(1)) | (pl.int_range(pl.len()) == 0)
     if ordered.select(starts.all()).item():  # one row per address: nothing to sum
