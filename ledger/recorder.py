@@ -315,7 +315,11 @@ def row_counts_and_sums(paths: list[str], column: str) -> pl.DataFrame:
     ]
     if not scans:
         return pl.DataFrame(schema={"rows": pl.Int64, "sum": pl.Int64})
-    return pl.concat(pl.collect_all(scans))
+    batches = range(0, len(scans), _sum_scans_at_once)  # thousands of scans at once exhaust polars' blocking threads
+    return pl.concat([frame for at in batches for frame in pl.collect_all(scans[at : at + _sum_scans_at_once])])
+
+
+_sum_scans_at_once = 64
 
 
 def _merged_paths(connection: duckdb.DuckDBPyConnection, paths: list[str]) -> set[str]:
