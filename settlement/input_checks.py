@@ -162,7 +162,7 @@ def _unrecorded_sums_sql(connection: duckdb.DuckDBPyConnection) -> str:
     listed = connection.execute(
         "SELECT path, filename, arrived_snapshot, sha256, deleted_from FROM metered_files_unrecorded"
     ).pl()
-    if not listed.height or listed["deleted_from"].any():
+    if listed["deleted_from"].any():
         return "SELECT * FROM metered_file_sums_unrecorded"
     sums = recorder.row_counts_and_sums(listed["filename"].to_list(), "fee_micros")
     sums = sums.rename({"rows": "event_count", "sum": "fee_micros"})
