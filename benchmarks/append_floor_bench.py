@@ -35,7 +35,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from append_bench import _batches, _plain_ducklake
 
 from ingest.sample import SampleShape, SampleTraffic
-from ledger import Ledger
+from ledger import Ledger, recorder
 from ledger.ledger import _values_sql
 from ledger.tables import create_statements, inlining_statements
 
@@ -98,7 +98,7 @@ def _ledger_appends(lake: Path, args: argparse.Namespace) -> tuple[float, dict, 
             if index >= len(batches) - args.appends:
                 cpu_s.append(time.process_time() - started)
         rows = {
-            table: ledger.connection.execute(f"SELECT * FROM lake.main.{table} LIMIT 1").fetch_arrow_table()
+            table: ledger.connection.execute(f"SELECT * FROM {recorder.table(table)} LIMIT 1").fetch_arrow_table()
             for table in bookkeeping_tables
         }
     templates = {
