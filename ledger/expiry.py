@@ -121,30 +121,46 @@ def expire(
     cutoff = (now or datetime.now(UTC)) - timedelta(seconds=older_than_s)
     report = ExpiryReport(dry_run=dry_run)
     with ledger.step_lock(close_step):
-        if dry_run:
-            plan = ledger.reading(lambda: _plan(ledger.connection, cutoff, snapshots), "plan a snapshot expiry")
-            _fill(report, plan)
-            return report
-
-        def once() -> _Plan:
-            with ledger._transaction():
-                plan = _plan(ledger.connection, cutoff, snapshots)
-                if plan.expired:
-                    _expire_and_record(ledger, plan)
-            return plan
-
-        plan = ledger._retrying(once, "expire snapshots")
+        plan = ledger.reading(lambda: _plan(ledger.connection, cutoff, snapshots), "plan a snapshot expiry")
         _fill(report, plan)
-        if plan.expired:
+        if dry_run:
+            return report
+        chunks = _newest_first(plan.expired, constants.expire_snapshots_per_transaction_max)
+        report.files_dropped = 0
+        for number, chunk in enumerate(chunks, start=1):
+            done = _expire_chunk(ledger, cutoff, chunk)
+            report.files_dropped += len(done.dropped)
+            report.snapshots_retained = len(done.retained)
             report.snapshot = ledger._last_committed_snapshot()
-            _check_dropped(ledger, plan)
+            _check_dropped(ledger, done)
             log.info(
                 "ledger snapshots expired",
-                extra={"snapshots": len(plan.expired), "files_dropped": len(plan.dropped), "snapshot": report.snapshot},
-            )
+                extra={"snapshots": len(done.expired), "files_dropped": len(done.dropped), "snapshot": report.snapshot,
+                       "transaction": number, "transactions": len(chunks)},
+            )  # fmt: skip
         report.files_deleted = _delete_scheduled_files(ledger, delete_files_after_s)
         report.rows_flushed = sum(ledger._retrying(lambda: flush_once(ledger, flush_rows_min), "flush").values())
     return report
+
+
+def _newest_first(expired: list[int], per_transaction: int) -> list[list[int]]:
+    """`expired` in runs of at most `per_transaction` consecutive ids, the newest run first
+    (`constants.expire_snapshots_per_transaction_max` says why)."""
+    ordered = sorted(expired, reverse=True)
+    return [sorted(ordered[start : start + per_transaction]) for start in range(0, len(ordered), per_transaction)]
+
+
+def _expire_chunk(ledger: Ledger, cutoff: datetime, chunk: list[int]) -> _Plan:
+    """Expire the snapshots `chunk` and record it, in one transaction planned inside it (each must still be
+    expirable: `RetainedSnapshotError` otherwise, nothing of this chunk expired)."""
+
+    def once() -> _Plan:
+        with ledger._transaction():
+            plan = _plan(ledger.connection, cutoff, chunk)
+            _expire_and_record(ledger, plan)
+        return plan
+
+    return ledger._retrying(once, "expire snapshots")
 
 
 def _fill(report: ExpiryReport, plan: _Plan) -> None:

@@ -16,7 +16,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from ledger import Ledger
+from ledger import Ledger, constants
 from ledger.catalog_flush import flushed_tables, inlined_row_counts
 from ledger.compaction import compact
 from ledger.expiry import RetainedSnapshotError, expire
@@ -193,6 +193,35 @@ def test_a_retained_snapshot_cannot_be_expired(expired, tmp_path):
         assert ledger.current_snapshot() == latest  # nothing recorded
         assert _epoch_rows(ledger, expired["closing"]) == expired["before"]["epoch_rows"]
         assert expire(ledger, older_than_s=0, dry_run=True).snapshots_expired > 0  # the epoch close appended
+
+
+def test_an_expiry_longer_than_one_transaction_runs_newest_first_and_equals_one_expiry(expired, tmp_path, monkeypatch):
+    """Expired in runs of at most `expire_snapshots_per_transaction_max` snapshots, newest first, each recorded: the
+    same snapshots and retired files go as in one transaction, the retired files over several of them (oldest first,
+    the last would drop them all at once: the stall of issue 19's 10,000-append run), and verify is clean."""
+    lake = tmp_path / "lake"
+    shutil.copytree(expired["lake_before_expiry"], lake)
+    monkeypatch.setattr(constants, "expire_snapshots_per_transaction_max", 4)
+    with Ledger.open(lake) as ledger:
+        report = expire(ledger, older_than_s=0, delete_files_after_s=0, flush_rows_min=1)
+        records = ledger.connection.execute(
+            "SELECT snapshot_count, expired_ranges, files_dropped FROM lake.main.ledger_snapshot_expiry "
+            "ORDER BY snapshot_id"
+        ).fetchall()
+        after = {"epoch_rows": _epoch_rows(ledger, expired["closing"]), "payables": ledger.connection.execute(
+            _payables).fetchall()}  # fmt: skip
+        checked = verify(ledger, retired_files=True)
+    one = expired["report"]
+    assert (report.snapshots_expired, report.expired_ranges) == (one.snapshots_expired, one.expired_ranges)
+    assert report.files_dropped == report.files_deleted == one.files_dropped
+    assert len(records) == -(-one.snapshots_expired // 4) and max(count for count, _, _ in records) == 4
+    firsts = [int(ranges.split(",")[0].split("-")[0]) for _, ranges, _ in records]
+    assert firsts == sorted(firsts, reverse=True)  # the newest run first
+    assert sum(dropped for *_, dropped in records) == one.files_dropped
+    assert sum(1 for *_, dropped in records if dropped) > 1  # the retired files went over several transactions
+    assert after == {key: expired["before"][key] for key in after}
+    assert checked.ok, checked.problems
+    assert checked.snapshots_expired == one.snapshots_expired
 
 
 def test_an_epoch_planned_at_a_snapshot_expired_meanwhile_is_not_written(expired, tmp_path, monkeypatch):
