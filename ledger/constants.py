@@ -46,10 +46,14 @@ expired_files_delete_after_s = 3600.0
 # One expiry transaction expires at most this many snapshots, newest first (ledger/expiry.py). DuckLake deletes an
 # expiry's catalog rows in one SQLite transaction; once they outgrow SQLite's page cache, each page it spills waits
 # out the busy handler on DuckDB's own reader of the catalog: 10,020 snapshots and the 30,005 retired files they
-# dropped stalled for over 20 minutes (benchmarks/RESULTS.md, issue 19's long run), while 2,003 snapshots and 6,000
-# files took 4.3 s. Newest first, each transaction drops the retired files its own snapshots began (oldest first,
-# the last one would drop them all at once).
-expire_snapshots_per_transaction_max = 1_000
+# dropped stalled for over 20 minutes (benchmarks/RESULTS.md, issue 19's long run), and so did runs of 1,000 on that
+# ledger (~3,000 files' rows each), while 2,003 snapshots and 6,000 files of a smaller catalog took 4.3 s in one.
+# Newest first, each transaction drops the retired files its own snapshots began (oldest first, the last one would
+# drop them all at once).
+expire_snapshots_per_transaction_max = 250
+# The same limit for deleting the files those expiries scheduled for deletion (`ducklake_cleanup_old_files`, whose
+# catalog rows go in one transaction per call): 30,005 at once stalled as above.
+cleanup_files_per_transaction_max = 2_000
 # After an expiry, a bookkeeping table's inlined rows move to a checksummed Parquet file of their own
 # (ledger/catalog_flush.py) once it holds this many: a flush costs the catalog a data file row and its column
 # statistics (~1-2 KB), a thousand inlined rows ~60-500 KB.

@@ -364,16 +364,39 @@ def _records(connection: duckdb.DuckDBPyConnection) -> list[dict]:
 
 def _delete_scheduled_files(ledger: Ledger, after_s: float) -> int:
     """Delete the files DuckLake scheduled for deletion at least `after_s` ago (readers of an expired snapshot may
-    still be reading them until then); their catalog rows go with them."""
+    still be reading them until then); their catalog rows go with them. In runs of about
+    `constants.cleanup_files_per_transaction_max` files, oldest first (one transaction each: see the constant)."""
     older_than = datetime.now(UTC) - timedelta(seconds=after_s)
 
-    def once() -> int:
+    def once(cutoff: datetime) -> int:
         rows = ledger.connection.execute(
-            f"CALL ducklake_cleanup_old_files('{catalog_alias}', older_than => ?::TIMESTAMPTZ)", [older_than]
+            f"CALL ducklake_cleanup_old_files('{catalog_alias}', older_than => ?::TIMESTAMPTZ)", [cutoff]
         ).fetchall()
         return len(rows)
 
-    return ledger._retrying(once, "delete the files expired snapshots retired")
+    cutoffs = ledger.reading(lambda: _cleanup_cutoffs(ledger.connection, older_than), "list scheduled deletions")
+    return sum(
+        ledger._retrying(lambda cutoff=cutoff: once(cutoff), "delete the files expired snapshots retired")
+        for cutoff in cutoffs
+    )
+
+
+def _cleanup_cutoffs(connection: duckdb.DuckDBPyConnection, older_than: datetime) -> list[datetime]:
+    """Successive `older_than` bounds that each let one cleanup delete about `cleanup_files_per_transaction_max`
+    scheduled files (whole groups scheduled at one time: an expiry transaction's), ending with `older_than`."""
+    groups = connection.execute(
+        f"""SELECT schedule_start::TIMESTAMPTZ AS scheduled, count(*)
+            FROM {_metadata}.ducklake_files_scheduled_for_deletion
+            WHERE schedule_start::TIMESTAMPTZ < ?::TIMESTAMPTZ GROUP BY 1 ORDER BY 1""",
+        [older_than],
+    ).fetchall()
+    cutoffs, pending = [], 0
+    for scheduled, count in groups:
+        if pending and pending + count > constants.cleanup_files_per_transaction_max:
+            cutoffs.append(scheduled)  # deletes the groups before this one
+            pending = 0
+        pending += count
+    return [*cutoffs, older_than]
 
 
 def ranges_text(ids: list[int]) -> str:
