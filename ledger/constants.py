@@ -51,9 +51,6 @@ expired_files_delete_after_s = 3600.0
 # Newest first, each transaction drops the retired files its own snapshots began (oldest first, the last one would
 # drop them all at once).
 expire_snapshots_per_transaction_max = 250
-# The same limit for deleting the files those expiries scheduled for deletion (`ducklake_cleanup_old_files`, whose
-# catalog rows go in one transaction per call): 30,005 at once stalled as above.
-cleanup_files_per_transaction_max = 2_000
 # After an expiry, a bookkeeping table's inlined rows move to a checksummed Parquet file of their own
 # (ledger/catalog_flush.py) once it holds this many: a flush costs the catalog a data file row and its column
 # statistics (~1-2 KB), a thousand inlined rows ~60-500 KB.

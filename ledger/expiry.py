@@ -364,39 +364,38 @@ def _records(connection: duckdb.DuckDBPyConnection) -> list[dict]:
 
 def _delete_scheduled_files(ledger: Ledger, after_s: float) -> int:
     """Delete the files DuckLake scheduled for deletion at least `after_s` ago (readers of an expired snapshot may
-    still be reading them until then); their catalog rows go with them. In runs of about
-    `constants.cleanup_files_per_transaction_max` files, oldest first (one transaction each: see the constant)."""
+    still be reading them until then); their catalog rows go with them."""
     older_than = datetime.now(UTC) - timedelta(seconds=after_s)
 
-    def once(cutoff: datetime) -> int:
+    def once() -> int:
+        bound = _cleanup_bound(ledger.connection, ledger.location.backend, older_than)
         rows = ledger.connection.execute(
-            f"CALL ducklake_cleanup_old_files('{catalog_alias}', older_than => ?::TIMESTAMPTZ)", [cutoff]
+            f"CALL ducklake_cleanup_old_files('{catalog_alias}', older_than => ?::TIMESTAMPTZ)", [bound]
         ).fetchall()
         return len(rows)
 
-    cutoffs = ledger.reading(lambda: _cleanup_cutoffs(ledger.connection, older_than), "list scheduled deletions")
-    return sum(
-        ledger._retrying(lambda cutoff=cutoff: once(cutoff), "delete the files expired snapshots retired")
-        for cutoff in cutoffs
-    )
+    return ledger._retrying(once, "delete the files expired snapshots retired")
 
 
-def _cleanup_cutoffs(connection: duckdb.DuckDBPyConnection, older_than: datetime) -> list[datetime]:
-    """Successive `older_than` bounds that each let one cleanup delete about `cleanup_files_per_transaction_max`
-    scheduled files (whole groups scheduled at one time: an expiry transaction's), ending with `older_than`."""
-    groups = connection.execute(
-        f"""SELECT schedule_start::TIMESTAMPTZ AS scheduled, count(*)
-            FROM {_metadata}.ducklake_files_scheduled_for_deletion
-            WHERE schedule_start::TIMESTAMPTZ < ?::TIMESTAMPTZ GROUP BY 1 ORDER BY 1""",
+def _cleanup_bound(connection: duckdb.DuckDBPyConnection, backend: str, older_than: datetime) -> datetime:
+    """The `older_than` to give DuckLake's cleanup so that no file scheduled after `older_than` is deleted.
+
+    On an SQLite catalog (DuckLake 0.3, DuckDB 1.4.4) the cleanup compares by day: a bound deletes every file
+    scheduled on its day, also those scheduled after it (measured: a bound of 00:00:01 deleted files scheduled at
+    01:29 that day). So when a file scheduled after `older_than` waits, the bound is a day before the day it was
+    scheduled (whatever the time zone the day is taken in), and the due files of the days after wait for a later
+    run. PostgreSQL compares timestamps."""
+    if backend != "sqlite":
+        return older_than
+    ((first_waiting,),) = connection.execute(
+        f"""SELECT min(schedule_start::TIMESTAMPTZ) FROM {_metadata}.ducklake_files_scheduled_for_deletion
+            WHERE schedule_start::TIMESTAMPTZ > ?::TIMESTAMPTZ""",
         [older_than],
     ).fetchall()
-    cutoffs, pending = [], 0
-    for scheduled, count in groups:
-        if pending and pending + count > constants.cleanup_files_per_transaction_max:
-            cutoffs.append(scheduled)  # deletes the groups before this one
-            pending = 0
-        pending += count
-    return [*cutoffs, older_than]
+    if first_waiting is None:
+        return older_than
+    day = datetime.combine(first_waiting.astimezone(UTC).date(), datetime.min.time(), UTC)
+    return min(older_than, day - timedelta(days=1))
 
 
 def ranges_text(ids: list[int]) -> str:

@@ -16,7 +16,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from ledger import Ledger, constants, expiry
+from ledger import Ledger, constants
 from ledger.catalog_flush import flushed_tables, inlined_row_counts
 from ledger.compaction import compact
 from ledger.expiry import RetainedSnapshotError, expire
@@ -202,10 +202,6 @@ def test_an_expiry_longer_than_one_transaction_runs_newest_first_and_equals_one_
     lake = tmp_path / "lake"
     shutil.copytree(expired["lake_before_expiry"], lake)
     monkeypatch.setattr(constants, "expire_snapshots_per_transaction_max", 4)
-    monkeypatch.setattr(constants, "cleanup_files_per_transaction_max", 1)
-    cleanups: list[int] = []
-    cutoffs = expiry._cleanup_cutoffs
-    monkeypatch.setattr(expiry, "_cleanup_cutoffs", lambda *a: cleanups.append(len(found := cutoffs(*a))) or found)
     with Ledger.open(lake) as ledger:
         report = expire(ledger, older_than_s=0, delete_files_after_s=0, flush_rows_min=1)
         records = ledger.connection.execute(
@@ -223,11 +219,25 @@ def test_an_expiry_longer_than_one_transaction_runs_newest_first_and_equals_one_
     assert firsts == sorted(firsts, reverse=True)  # the newest run first
     assert sum(dropped for *_, dropped in records) == one.files_dropped
     assert sum(1 for *_, dropped in records if dropped) > 1  # the retired files went over several transactions
-    assert cleanups[0] == sum(1 for *_, dropped in records if dropped)  # one deletion per expiry that dropped files
     assert _data_files(lake) == _data_files(expired["lake"])  # the same files deleted as by one expiry
     assert after == {key: expired["before"][key] for key in after}
     assert checked.ok, checked.problems
     assert checked.snapshots_expired == one.snapshots_expired
+
+
+def test_retired_files_wait_out_the_grace_period_before_they_are_deleted(expired, tmp_path):
+    """An expiry schedules the retired files it dropped; they are deleted only once scheduled `delete_files_after_s`
+    ago. DuckLake's cleanup on an SQLite catalog compares by day, so the old bound (now - 1 h) deleted them at
+    once (any time after 01:00 UTC: before it, the bound fell on the day before)."""
+    lake = tmp_path / "lake"
+    shutil.copytree(expired["lake_before_expiry"], lake)
+    with Ledger.open(lake) as ledger:
+        waiting = expire(ledger, older_than_s=0, delete_files_after_s=3600)
+        assert waiting.files_dropped > 0 and waiting.files_deleted == 0
+        assert _data_files(lake) > _data_files(expired["lake"])  # the dropped files are still on disk
+        due = expire(ledger, older_than_s=0, delete_files_after_s=0)
+    assert due.files_deleted == waiting.files_dropped
+    assert _data_files(lake) == _data_files(expired["lake"])
 
 
 def test_an_epoch_planned_at_a_snapshot_expired_meanwhile_is_not_written(expired, tmp_path, monkeypatch):
