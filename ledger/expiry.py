@@ -112,7 +112,8 @@ def expire(
     flush_rows_min: int = constants.bookkeeping_flush_rows_min,
 ) -> ExpiryReport:
     """Expire every snapshot older than `older_than_s` the policy does not retain (or only `snapshots`, each of which
-    must be expirable: `RetainedSnapshotError` otherwise), recording the expiry in the same transaction; then delete
+    must be expirable: `RetainedSnapshotError` otherwise), in runs of at most `expire_snapshots_per_transaction_max`,
+    the newest first, each recorded in its own transaction (a failed run leaves the runs before it done); then delete
     the retired files DuckLake scheduled for deletion at least `delete_files_after_s` ago, and move the bookkeeping
     tables' inlined rows out of the catalog where one holds at least `flush_rows_min` (ledger/catalog_flush.py).
 
