@@ -201,6 +201,9 @@ def main() -> None:
         "--flush-rows-min", type=int, default=None, help="expire's bookkeeping flush threshold (default: the ledger's)"
     )
     parser.add_argument("--out", type=Path, default=None, help="write the figures here as they are taken")
+    parser.add_argument(
+        "--workdir", type=Path, default=None, help="build the two ledgers here and keep them (default: a temp folder)"
+    )
     args = parser.parse_args()
 
     sizes = _sizes(args)
@@ -210,7 +213,7 @@ def main() -> None:
     decoder = BatchDecoder()
     small, large = _Stream(shape, args.seed, decoder), _Stream(shape, args.seed, decoder)
     large_batch = args.large_batch_events if args.checkpoints else -(-total // args.large_appends)
-    workdir = Path(tempfile.mkdtemp(prefix="longrun-bench-"))
+    workdir = args.workdir or Path(tempfile.mkdtemp(prefix="longrun-bench-"))
     result: dict = {"command": " ".join(sys.argv), "machine": platform.platform(), "checkpoints": []}
     timings: list[tuple[int, float, float]] = []
     large_appends = 0
@@ -292,7 +295,8 @@ def main() -> None:
         _emit(result, args.out)
         print(json.dumps(result, indent=2))
     finally:
-        shutil.rmtree(workdir, ignore_errors=True)
+        if args.workdir is None:
+            shutil.rmtree(workdir, ignore_errors=True)
 
 
 if __name__ == "__main__":
