@@ -21,6 +21,12 @@ dead_letter_raw_bytes_max = 4 * 1024
 # Parquet row groups of this many rows keep files readable in one pass by analysts' tools.
 parquet_row_group_rows_max = 1_000_000
 parquet_zstd_level = 3
+# An append whose file tables hold at least this many rows in all writes their Parquet files on threads (pyarrow's
+# writer, the SHA-256 and the file write release the GIL), at most this many at once: an epoch paying a million token
+# holders writes 1M postings and 1M payables, then 1M leaves and 64 MB of tree nodes, each file on one core
+# otherwise. Smaller appends write in turn (a thread costs more than a small file).
+parallel_file_rows_min = 100_000
+parallel_files_max = 4
 
 # DuckLake keeps rows of these small bookkeeping tables in the catalog itself (inlined), so
 # every append does not leave a tiny Parquet file per table behind.

@@ -1,0 +1,89 @@
+"""A large `append_records` writes its tables' Parquet files on threads (`constants.parallel_file_rows_min`): the same
+rows and checksums as one file after another, and on a failed write no file of the append is left behind."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pyarrow as pa
+import pytest
+
+from ledger import Ledger, constants
+from ledger.errors import LedgerStorageError
+from ledger.ledger import Ledger as LedgerClass
+from ledger.tables import file_tables
+from ledger.verify import verify
+
+_tables = ("settlement_holder_dust", "settlement_tree_node", "settlement_payable")
+
+
+def _records(sizes: tuple[int, int], seed: int) -> dict[str, pa.Table]:
+    dust_rows, node_rows = sizes
+    dust = pa.table(
+        {
+            "epoch": [1] * dust_rows,
+            "token": ["0x" + "ab" * 20] * dust_rows,
+            "holder": [f"0x{seed:08x}{i:032x}" for i in range(dust_rows)],
+            "carried_micros": [seed * 7 + i for i in range(dust_rows)],
+        },
+        schema=file_tables["settlement_holder_dust"],
+    )
+    nodes = pa.table(
+        {"epoch": [1] * node_rows, "chunk": list(range(node_rows)), "nodes": [bytes([i % 256, seed % 256]) * 16
+                                                                             for i in range(node_rows)]},
+        schema=file_tables["settlement_tree_node"],
+    )  # fmt: skip
+    # an empty table in the same append: no file is written for it
+    empty = file_tables["settlement_payable"].empty_table()
+    return {"settlement_holder_dust": dust, "settlement_tree_node": nodes, "settlement_payable": empty}
+
+
+def _stored(ledger: Ledger) -> dict[str, list[tuple]]:
+    return {
+        table: sorted(ledger.connection.execute(f"SELECT * FROM lake.main.{table}").fetchall()) for table in _tables
+    }
+
+
+def test_threaded_file_writes_store_the_rows_given_with_their_checksums(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two appends written on threads (the second beside the first's files) store exactly the rows given, and
+    `verify` finds every file's checksum: each thread's SHA-256 and catalog row are its own file's."""
+    monkeypatch.setattr(constants, "parallel_file_rows_min", 1)
+    given = [_records((300, 40), 1), _records((7, 3), 2)]
+    with Ledger.open(tmp_path / "lake") as ledger:
+        for records in given:
+            ledger.append_records(records)
+    with Ledger.open_read_only(tmp_path / "lake") as ledger:
+        assert verify(ledger).problems == []
+        stored = _stored(ledger)
+    expected = {table: sorted(row for records in given for row in _as_tuples(records[table])) for table in _tables}
+    assert stored == expected
+
+
+def _as_tuples(rows: pa.Table) -> list[tuple]:
+    return [tuple(row.values()) for row in rows.to_pylist()]
+
+
+def test_a_failed_threaded_write_leaves_no_file_and_no_rows(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """One table's file fails to write while the others are written on other threads: the append raises that error,
+    commits nothing, and removes the files the other threads wrote."""
+    monkeypatch.setattr(constants, "parallel_file_rows_min", 1)
+    write_file = LedgerClass._write_file
+
+    def failing(self, table_name, rows, batch_id, event_date):
+        if table_name == "settlement_tree_node":
+            raise LedgerStorageError("/disk/full", 28, "No space left on device")
+        return write_file(self, table_name, rows, batch_id, event_date)
+
+    with Ledger.open(tmp_path / "lake") as ledger:
+        ledger.append_records(_records((3, 2), 1))  # a first append, kept
+        before = sorted(path.name for path in (tmp_path / "lake").rglob("*.parquet"))
+        monkeypatch.setattr(LedgerClass, "_write_file", failing)
+        with pytest.raises(LedgerStorageError, match="No space left"):
+            ledger.append_records(_records((50, 5), 2))
+        monkeypatch.setattr(LedgerClass, "_write_file", write_file)
+        assert {table: len(rows) for table, rows in _stored(ledger).items()} == {
+            "settlement_holder_dust": 3, "settlement_tree_node": 2, "settlement_payable": 0,
+        }  # fmt: skip
+    assert sorted(path.name for path in (tmp_path / "lake").rglob("*.parquet")) == before
