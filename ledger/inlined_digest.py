@@ -18,6 +18,8 @@ grant-reader`, file permissions), and settled epochs are anchored on-chain.
 
 import hashlib
 import json
+import re
+import uuid
 from collections.abc import Iterable
 
 import duckdb
@@ -60,8 +62,13 @@ def schema_columns(schema: pa.Schema) -> list[tuple[str, bool]]:
 
 def table_columns(connection: duckdb.DuckDBPyConnection, catalog: str, table: str) -> list[tuple[str, bool]]:
     """A ledger table's columns as the catalog declares them, in order."""
+    return [(name, is_timestamp) for name, is_timestamp, _ in typed_columns(connection, catalog, table)]
+
+
+def typed_columns(connection: duckdb.DuckDBPyConnection, catalog: str, table: str) -> list[tuple[str, bool, str]]:
+    """A ledger table's columns as the catalog declares them, in order: (name, is timestamp, DuckDB type)."""
     return [
-        (name, data_type.startswith("TIMESTAMP"))
+        (name, data_type.startswith("TIMESTAMP"), data_type)
         for name, data_type in connection.execute(
             "SELECT column_name, data_type FROM duckdb_columns() WHERE database_name = ? AND schema_name = 'main' "
             "AND table_name = ? ORDER BY column_index",
@@ -145,6 +152,11 @@ def check_inlined_rows(
     Every row of a digested table, with the snapshot that inserted it, must match a digest recorded by
     that snapshot; every recorded digest must match a row. Rows inserted before the digest table
     existed (a ledger migrated from format 2 or earlier) are counted in a warning, not checked.
+
+    The rows are digested and compared in DuckDB, a table at a time (`_snapshots_to_recheck`): a snapshot whose
+    rows all match what it recorded is done there; the rows of any other snapshot (a difference, or a row whose
+    text DuckDB may not write as Python does) are digested again in Python, which names them. So the check costs
+    a column scan per table, not a Python step per row (benchmarks/RESULTS.md, "verify at many appends").
     """
     present = {
         name
@@ -167,21 +179,48 @@ def check_inlined_rows(
     )
     if created_digesting:
         start = None  # every row is checked: one claiming an older snapshot has no digest and is named
-    problems: list[str] = []
-    recorded = _recorded(connection, catalog, problems)
+    # The digest rows, read from the catalog (and the files they were moved to) once for every table's check.
+    recorded = f"ledger_verify_digests_{uuid.uuid4().hex}"
+    connection.execute(
+        f"CREATE TEMP TABLE {recorded} AS "
+        f"SELECT snapshot_id, table_name, row_count, row_digests FROM {catalog}.main.{digest_table}"
+    )
+    try:
+        return _check_tables(connection, catalog, sorted(set(inlined) & present), present, start, recorded)
+    finally:
+        connection.execute(f"DROP TABLE IF EXISTS temp.{recorded}")
+
+
+def _check_tables(
+    connection: duckdb.DuckDBPyConnection,
+    catalog: str,
+    inlined: list[str],
+    present: set[str],
+    start: int | None,
+    recorded: str,
+) -> tuple[list[str], list[str]]:
+    problems = _malformed_digest_rows(connection, recorded)
+    digested = {table for (table,) in connection.execute(f"SELECT DISTINCT table_name FROM {recorded}").fetchall()}
+    columns = _columns_by_table(connection, catalog)
     unchecked = 0
-    digested = {table for _, table in recorded}
     for table in sorted((set(inlined) | digested) & present - undigested_tables):
+        if start is not None:
+            ((older,),) = connection.execute(
+                f"SELECT count(*) FROM {catalog}.main.{table} WHERE snapshot_id < ?", [start]
+            ).fetchall()
+            unchecked += older
+        recheck = _snapshots_to_recheck(connection, f"{catalog}.main.{table}", columns[table], start, recorded, table)
+        if not recheck:
+            continue
+        # Few snapshots: only theirs are read again; many (a catalog rewritten wholesale): the whole table.
+        only = sorted(recheck) if len(recheck) <= snapshots_rechecked_by_id_max else None
+        text_sql = row_text_sql([(name, is_timestamp) for name, is_timestamp, _ in columns[table]])
         found: dict[int, dict[str, list[str]]] = {}
-        text_sql = row_text_sql(table_columns(connection, catalog, table))
         for snapshot_id, text in connection.execute(
-            f"SELECT snapshot_id, {text_sql} FROM {catalog}.main.{table}"
+            f"SELECT snapshot_id, {text_sql} FROM {catalog}.main.{table}{_snapshot_filter(start, only)}"
         ).fetchall():
-            if start is not None and snapshot_id < start:
-                unchecked += 1
-                continue
             found.setdefault(snapshot_id, {}).setdefault(row_digest(text), []).append(canonical_text(text))
-        problems += _table_problems(table, found, {s: d for (s, t), d in recorded.items() if t == table})
+        problems += _table_problems(table, found, _recorded(connection, recorded, table, only))
     warnings = []
     if unchecked:
         warnings.append(
@@ -191,11 +230,102 @@ def check_inlined_rows(
     return problems, warnings
 
 
-def _recorded(connection: duckdb.DuckDBPyConnection, catalog: str, problems: list[str]) -> dict:
-    """The recorded digests by (snapshot, table), as a multiset {digest: count}."""
-    recorded: dict[tuple[int, str], dict[str, int]] = {}
+# More snapshots than this to digest again in Python (a catalog changed wholesale): the table is read whole instead
+# of by a list of snapshot ids.
+snapshots_rechecked_by_id_max = 10_000
+# DuckDB's JSON text of a value is Python's (`json.dumps`, ASCII only) when it is printable ASCII without a backslash:
+# no escape to differ in. A row whose text has any other character is digested in Python.
+_plain_json_pattern = r"[ -\[\]-~]*"
+# Column types whose JSON text DuckDB and Python write alike (timestamps as epoch µs integers).
+_plain_types = frozenset(
+    {"VARCHAR", "BOOLEAN", "TINYINT", "SMALLINT", "INTEGER", "BIGINT", "HUGEINT", "UTINYINT", "USMALLINT",
+     "UINTEGER", "UBIGINT", "TIMESTAMP", "TIMESTAMP WITH TIME ZONE"}
+)  # fmt: skip
+# A digest row as `digest_rows` writes it: digests of `row_digest_chars` lowercase hex characters, one space apart.
+_digests_pattern = f"([0-9a-f]{{{row_digest_chars}}}( [0-9a-f]{{{row_digest_chars}}})*)?"
+_digest_list_sql = "CASE WHEN row_digests = '' THEN [] ELSE string_split(row_digests, ' ') END"
+
+
+def canonical_text_sql(columns: list[tuple[str, bool, str]]) -> str | None:
+    """A DuckDB expression giving `canonical_text` of each row from its (name, is timestamp, type) columns, for rows
+    whose text is plain (`_plain_json_pattern`); None when a column's name or type is not one it writes as Python."""
+    if not all(re.fullmatch(r"[A-Za-z0-9_]+", name) and data_type in _plain_types for name, _, data_type in columns):
+        return None
+    members = []
+    for name, is_timestamp, _ in sorted(columns):  # json.dumps(sort_keys=True): by code point, as `sorted`
+        value = f'epoch_us("{name}")' if is_timestamp else f'"{name}"'
+        members.append(f"""CASE WHEN "{name}" IS NOT NULL THEN '"{name}":' || to_json({value})::VARCHAR END""")
+    return f"'{{' || concat_ws(',', {', '.join(members)}) || '}}'"
+
+
+def _columns_by_table(connection: duckdb.DuckDBPyConnection, catalog: str) -> dict[str, list[tuple[str, bool, str]]]:
+    """Every table's columns as the catalog declares them, in order: (name, is timestamp, DuckDB type)."""
+    columns: dict[str, list[tuple[str, bool, str]]] = {}
+    for table, name, data_type in connection.execute(
+        "SELECT table_name, column_name, data_type FROM duckdb_columns() WHERE database_name = ? "
+        "AND schema_name = 'main' ORDER BY table_name, column_index",
+        [catalog],
+    ).fetchall():
+        columns.setdefault(table, []).append((name, data_type.startswith("TIMESTAMP"), data_type))
+    return columns
+
+
+def _snapshots_to_recheck(
+    connection: duckdb.DuckDBPyConnection,
+    relation: str,
+    columns: list[tuple[str, bool, str]],
+    start: int | None,
+    recorded: str,
+    table: str,
+) -> set[int]:
+    """The snapshots of `table` (read from `relation`) whose rows DuckDB does not find to match, as a multiset, the
+    digests recorded for them in `recorded`: a row or a digest differs, one is missing, a digest row is not as
+    written, or a row's text may not be Python's. All of them when `canonical_text_sql` does not write a column."""
+    text_sql = canonical_text_sql(columns)
+    if text_sql is None:
+        rows = connection.execute(
+            f"""SELECT snapshot_id FROM {relation}{_snapshot_filter(start, None)}
+                UNION SELECT snapshot_id FROM {recorded} WHERE table_name = ?""",
+            [table],
+        ).fetchall()
+        return {snapshot for (snapshot,) in rows}
+    rows = connection.execute(
+        f"""
+        WITH texts AS (
+            SELECT snapshot_id, {text_sql} AS text FROM {relation}{_snapshot_filter(start, None)}
+        ), found AS (
+            SELECT snapshot_id, bool_and(regexp_full_match(text, ?)) AS plain,
+                   list_sort(list(left(sha256(text), {row_digest_chars}))) AS digests
+            FROM texts GROUP BY snapshot_id
+        ), wrote AS (
+            SELECT snapshot_id, bool_and(regexp_full_match(row_digests, ?)) AS plain,
+                   list_sort(flatten(list({_digest_list_sql}))) AS digests
+            FROM {recorded} WHERE table_name = ? GROUP BY snapshot_id
+        )
+        SELECT snapshot_id FROM found FULL OUTER JOIN wrote USING (snapshot_id)
+        WHERE found.plain IS NOT TRUE OR wrote.plain IS NOT TRUE OR found.digests IS DISTINCT FROM wrote.digests
+        """,
+        [_plain_json_pattern, _digests_pattern, table],
+    ).fetchall()
+    return {snapshot for (snapshot,) in rows}
+
+
+def _snapshot_filter(start: int | None, only: list[int] | None) -> str:
+    """A WHERE clause keeping the rows checked (from `start`, when rows before it are not) of the snapshots `only`."""
+    conditions = [] if start is None else [f"snapshot_id >= {int(start)}"]
+    if only is not None:
+        conditions.append(f"snapshot_id IN ({', '.join(str(int(s)) for s in only) or 'NULL'})")
+    return f" WHERE {' AND '.join(conditions)}" if conditions else ""
+
+
+def _malformed_digest_rows(connection: duckdb.DuckDBPyConnection, recorded: str) -> list[str]:
+    """A problem for each digest row whose digests do not number its row count."""
+    problems = []
     for snapshot_id, table, row_count, digests in connection.execute(
-        f"SELECT snapshot_id, table_name, row_count, row_digests FROM {catalog}.main.{digest_table}"
+        f"""SELECT snapshot_id, table_name, row_count, row_digests FROM {recorded}
+            WHERE NOT regexp_full_match(row_digests, ?) OR len({_digest_list_sql}) != row_count
+            ORDER BY snapshot_id, table_name""",
+        [_digests_pattern],
     ).fetchall():
         items = digests.split()
         if len(items) != row_count:
@@ -203,10 +333,23 @@ def _recorded(connection: duckdb.DuckDBPyConnection, catalog: str, problems: lis
                 f"the digest row of table `{table}` at snapshot {snapshot_id} lists {len(items)} digests for "
                 f"{row_count} rows: it was changed in the catalog behind DuckLake's back"
             )
-        counts = recorded.setdefault((snapshot_id, table), {})
-        for item in items:
+    return problems
+
+
+def _recorded(
+    connection: duckdb.DuckDBPyConnection, recorded: str, table: str, only: list[int] | None
+) -> dict[int, dict[str, int]]:
+    """The digests `table`'s snapshots (those `only`) recorded, by snapshot, as a multiset {digest: count}."""
+    result: dict[int, dict[str, int]] = {}
+    for snapshot_id, digests in connection.execute(
+        f"SELECT snapshot_id, row_digests FROM (SELECT * FROM {recorded} WHERE table_name = ?)"
+        f"{_snapshot_filter(None, only)}",
+        [table],
+    ).fetchall():
+        counts = result.setdefault(snapshot_id, {})
+        for item in digests.split():
             counts[item] = counts.get(item, 0) + 1
-    return recorded
+    return result
 
 
 def _table_problems(
