@@ -35,7 +35,7 @@ def test_demo_runs_to_the_end_and_its_summary_matches_royalty_sql(tmp_path: Path
     story (issue 21) holds: several days in two epochs, a policy change with notice, a payout address change, a
     holder-token model, refunds and suspense; every documented query and every report section shows rows."""
     result = subprocess.run(
-        royalty_command("demo", "--workdir", str(tmp_path), "--events", str(depth(25_000, 100_000))),
+        royalty_command("demo", "--workdir", str(tmp_path), "--events", str(depth(10_000, 100_000))),
         capture_output=True,
         text=True,
         timeout=600,
