@@ -1,7 +1,8 @@
 """Read-only SQL over the ledger, with the analyst views defined."""
 
+import re
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from importlib import resources
 
 import duckdb
@@ -37,14 +38,35 @@ def analyst_view_statements() -> list[str]:
     return own + [statement for statements in _registered_views.values() for statement in statements()]
 
 
-def define_views(ledger: Ledger) -> None:
-    """Create the analyst views; a view over a table this ledger does not have yet is left out."""
-    for statement in analyst_view_statements():
+def define_views(ledger: Ledger, only: Iterable[str] | None = None) -> None:
+    """Create the analyst views; a view over a table this ledger does not have yet is left out. `only`: just those
+    views and the views they read (a check that queries one view need not define all thirty)."""
+    statements = analyst_view_statements()
+    for statement in statements if only is None else views_reading(statements, only):
         try:
             ledger.connection.execute(statement.rstrip(";"))
         except duckdb.CatalogException:
             # e.g. the settlement views before the first epoch was ever closed on this ledger
             continue
+
+
+def views_reading(statements: list[str], names: Iterable[str]) -> list[str]:
+    """Of `statements` (`analyst_view_statements`), in their order, those defining `names` and every view they read,
+    directly or not (a view is taken to read each other view whose name appears in it as a word)."""
+    named = [(match.group(1) if (match := _view_name.search(s)) else "", s) for s in statements]
+    views = {name for name, _ in named}
+    wanted, stack = set(names), list(names)
+    while stack:
+        name = stack.pop()
+        for text in (text for view, text in named if view == name):
+            for other in views - wanted:
+                if re.search(rf"\b{other}\b", text):
+                    wanted.add(other)
+                    stack.append(other)
+    return [text for name, text in named if name in wanted]
+
+
+_view_name = re.compile(r"\bVIEW\s+(?:IF\s+NOT\s+EXISTS\s+)?(\w+)", re.IGNORECASE)
 
 
 def run_query(ledger: Ledger, sql: str, timeout_s: float | None = None) -> pa.Table:

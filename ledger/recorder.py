@@ -22,6 +22,7 @@ table name raises `InvariantViolation` (a bug, never input).
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, TypeVar
@@ -247,10 +248,25 @@ def files_holding_between(files: pl.DataFrame, bounds: pl.DataFrame, least: str,
     return files.filter(~pl.col("path").is_in(missed["path"].implode()))
 
 
+# The connections seen holding the compaction table (a close lists files ~9 times; `ledger_tables` costs ~15 ms each).
+# Only a yes is remembered: a table is never dropped, and a connection's catalog is attached once (at one snapshot for
+# a time-travel connection), so what it holds only grows.
+_compaction_table_seen: weakref.WeakKeyDictionary[duckdb.DuckDBPyConnection, bool] = weakref.WeakKeyDictionary()
+
+
+def _has_compaction_table(connection: duckdb.DuckDBPyConnection) -> bool:
+    if connection in _compaction_table_seen:
+        return True
+    if compaction_table not in ledger_tables(connection):
+        return False
+    _compaction_table_seen[connection] = True
+    return True
+
+
 def _merged_snapshots(connection: duckdb.DuckDBPyConnection) -> tuple[str, str]:
     """(snapshot expression, join) giving a data file `d` of table `t` its rows' last snapshot: its begin
     snapshot, or for a file a compaction wrote the last snapshot of the rows it merged."""
-    if compaction_table not in ledger_tables(connection):  # a time-travel connection from before format 7
+    if not _has_compaction_table(connection):  # a time-travel connection from before format 7
         return "d.begin_snapshot", ""
     return (
         "coalesce(c.last_snapshot, d.begin_snapshot)",

@@ -113,7 +113,7 @@ def unreconciled_rows(ledger: Ledger, file_sums: list[pa.Table] | None = None) -
     they are appended to it for the close to record with its epoch (`settlement_file_sum`)."""
 
     def read(connection: duckdb.DuckDBPyConnection) -> list[tuple[str, int, int, int]]:
-        define_views(ledger)  # on this connection: a retry may run on a fresh one
+        define_views(ledger, only=("reconciliation",))  # on this connection: a retry may run on a fresh one
         try:
             return _reconciled_with_file_sums(connection, [] if file_sums is None else file_sums)
         except duckdb.CatalogException:  # no settlement tables yet: nothing was settled to reconcile
