@@ -164,30 +164,18 @@ class _Resolver:
         self.datasets = {m for m in self.registered if m.startswith(dataset_prefix)}
         self.pools: dict[str, dict] = {}
         self.pool_shares: list[dict] = []
-        # Memos: the registry is fixed for the resolver's life, and each model's segments ask these again per start.
-        self._closures: dict[str, list[str]] = {}
-        self._usable: dict[int, bool] = {}  # by id() of a policy `by_model` holds (so alive, its id unique)
 
     def lineage(self, model_id: str) -> dict[str, int] | None:
         return self.parents.get(model_id) if model_id in self.registered else None
 
     def closure(self, model_id: str) -> list[str]:
-        if model_id in self._closures:
-            return self._closures[model_id]
         seen, stack = {model_id}, [model_id]
         while stack:
             for parent in self.parents.get(stack.pop(), {}):
                 if parent not in seen:
                     seen.add(parent)
                     stack.append(parent)
-        return self._closures.setdefault(model_id, sorted(seen))
-
-    def usable(self, policy: Policy) -> bool:
-        """`_usable` of a policy of `by_model` against its model's lineage and the registered datasets."""
-        known = self._usable.get(id(policy))
-        if known is None:
-            known = self._usable[id(policy)] = _usable(policy, self.lineage(policy.model_id), self.datasets)
-        return known
+        return sorted(seen)
 
     def reached(self, model_id: str, vector: dict[str, Policy | None]) -> list[str]:
         """The lineage closure and the datasets its policies in force name (their splits apply too)."""
@@ -232,7 +220,10 @@ class _Resolver:
         segments = []
         for start in starts:
             vector = {m: _in_force(self.by_model.get(m, []), start) for m in members}
-            complete = all((p := vector[m]) is not None and self.usable(p) for m in self.reached(model_id, vector))
+            complete = all(
+                (p := vector[m]) is not None and _usable(p, self.lineage(m), self.datasets)
+                for m in self.reached(model_id, vector)
+            )
             pool_id = self.pool_of(model_id, vector) if complete else None  # type: ignore[arg-type]
             segments.append(
                 {
