@@ -236,10 +236,12 @@ snapshots_rechecked_by_id_max = 10_000
 # DuckDB's JSON text of a value is Python's (`json.dumps`, ASCII only) when it is printable ASCII without a backslash:
 # no escape to differ in. A row whose text has any other character is digested in Python.
 _plain_json_pattern = r"[ -\[\]-~]*"
-# Column types whose JSON text DuckDB and Python write alike (timestamps as epoch µs integers).
+# Column types whose JSON text DuckDB and Python write alike: `canonical_text` parses DuckDB's text and writes it
+# again, which leaves integers, booleans and plain strings (a DATE is one) as they were; timestamps are epoch µs
+# integers. Not floats (Python writes 1e5 back as 100000.0) nor nested types (Python sorts their keys).
 _plain_types = frozenset(
     {"VARCHAR", "BOOLEAN", "TINYINT", "SMALLINT", "INTEGER", "BIGINT", "HUGEINT", "UTINYINT", "USMALLINT",
-     "UINTEGER", "UBIGINT", "TIMESTAMP", "TIMESTAMP WITH TIME ZONE"}
+     "UINTEGER", "UBIGINT", "DATE", "TIMESTAMP", "TIMESTAMP WITH TIME ZONE"}
 )  # fmt: skip
 # A digest row as `digest_rows` writes it: digests of `row_digest_chars` lowercase hex characters, one space apart.
 _digests_pattern = f"([0-9a-f]{{{row_digest_chars}}}( [0-9a-f]{{{row_digest_chars}}})*)?"

@@ -225,6 +225,21 @@ def test_duckdbs_row_digests_equal_pythons_for_every_row_it_calls_plain(rows: pa
             assert any(character not in _printable for character in duckdb_text) or "\\" in duckdb_text
 
 
+def test_a_compaction_records_event_date_is_digested_in_duckdb_as_python_does() -> None:
+    """The compaction record's DATE column (BC and infinite dates too): DuckDB's text is Python's."""
+    connection = _scratch()
+    connection.execute("CREATE OR REPLACE TABLE dated (event_date DATE, note VARCHAR)")
+    connection.execute(
+        "INSERT INTO dated VALUES ('2026-11-23', 'a'), ('0044-03-15 (BC)', NULL), ('infinity', 'b'), (NULL, NULL)"
+    )
+    text_sql = canonical_text_sql(typed_columns(connection, "memory", "dated"))
+    assert text_sql is not None
+    for python_text, duckdb_text in connection.execute(
+        f"SELECT {row_text_sql([('event_date', False), ('note', False)])}, {text_sql} FROM dated"
+    ).fetchall():
+        assert duckdb_text == canonical_text(python_text)
+
+
 def test_a_type_python_does_not_digest_is_left_to_duckdb() -> None:
     assert arrow_digests(pa.table({"day": pa.array([date(2026, 12, 6)], pa.date32())})) is None
     assert arrow_digests(pa.table({"amount": pa.array([1.5], pa.float64())})) is None
