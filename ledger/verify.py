@@ -121,8 +121,19 @@ def verify(ledger: Ledger, retired_files: bool = False) -> VerifyReport:
             "SELECT table_name FROM duckdb_tables() WHERE database_name = ? ORDER BY ALL", [catalog_alias]
         ).fetchall()
     ]
+    # Tables the catalog never listed a data file of list none at any snapshot: not asked (a call per table, most of
+    # them inlined-only, was ~0.3 s of CPU of every verify).
+    with_files = {
+        name
+        for (name,) in connection.execute(
+            f"""SELECT DISTINCT t.table_name FROM {metadata}.ducklake_data_file d
+                JOIN {metadata}.ducklake_table t ON t.table_id = d.table_id"""
+        ).fetchall()
+    }
     listed: set[str] = set()
     for table in tables:
+        if table not in with_files:
+            continue
         for path, size_bytes in connection.execute(
             "SELECT data_file, data_file_size_bytes FROM ducklake_list_files(?, ?)", [catalog_alias, table]
         ).fetchall():
