@@ -87,9 +87,9 @@ def assert_exactly_once(lake: Path, topic: str, broker: KafkaBroker, ids: dict[s
 def test_ingest_keeps_every_valid_event_once_and_every_bad_message_as_a_dead_letter(
     kafka_broker: KafkaBroker, tmp_path: Path
 ) -> None:
-    """100k events in CI (200k nightly) with 1% duplicates, 0.1% conflicts and 1% invalid over 6 partitions, ingested
+    """50k events in CI (200k nightly) with 1% duplicates, 0.1% conflicts and 1% invalid over 6 partitions, ingested
     until idle."""
-    topic, events, seed = "ingest-acceptance", depth(100_000, 200_000), 11
+    topic, events, seed = "ingest-acceptance", depth(50_000, 200_000), 11
     ppm = {"duplicates_ppm": 10_000, "conflicts_ppm": 1_000, "invalid_ppm": 10_000}
     kafka_broker.create_topic(topic, 6)
     produce_sample_traffic(events, kafka_broker.bootstrap_servers, topic, None, models=20, contributors=200,
