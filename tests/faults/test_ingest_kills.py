@@ -10,7 +10,7 @@ from collections import Counter
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ledger import Ledger
+from ledger import Ledger, LedgerError
 from ledger.orphans import remove_orphans
 from ledger.verify import verify
 from tests.faults.ingest_harness import (
@@ -21,6 +21,7 @@ from tests.faults.ingest_harness import (
     assert_exactly_once,
     expected_ledger,
     ledger_contents,
+    wait_for,
 )
 
 if TYPE_CHECKING:
@@ -64,7 +65,11 @@ def test_ingest_sigkilled_twenty_times_while_traffic_flows_stores_every_event_an
             if rng.randrange(1_000_000) < STARTUP_KILLS_PPM:
                 time.sleep(rng.uniform(*STARTUP_KILL_S))
             else:
+                # Mid-stream: after the incarnation's first commit, so a loaded machine's slow start-up (a CI run on
+                # three workers left 1 of 8 kills after a commit) does not turn these into start-up kills.
                 ingest.wait_until_positioned(POSITIONED_S_MAX)
+                wait_for(lambda ingest=ingest: _has_committed(lake, ingest.process.pid) or not ingest.alive(),
+                         POSITIONED_S_MAX, f"incarnation {kill} committed nothing ({context})")  # fmt: skip
                 time.sleep(rng.uniform(*WORKING_KILL_S))
             assert ingest.alive(), f"incarnation {kill} exited by itself ({context}):\n{ingest.output()[-3000:]}"
             ingest.kill()
@@ -95,3 +100,11 @@ def _batches_by_pid(lake: Path) -> Counter[int]:
     with Ledger.open_read_only(lake) as reader:
         rows = reader.connection.execute("SELECT writer, count(*) FROM lake.main.ingest_batch GROUP BY ALL").fetchall()
     return Counter({int(writer.rsplit(":", 1)[1]): count for writer, count in rows})
+
+
+def _has_committed(lake: Path, pid: int) -> bool:
+    """Whether the writer `pid` has committed a batch (False while the ledger cannot be read yet)."""
+    try:
+        return _batches_by_pid(lake)[pid] > 0
+    except LedgerError:
+        return False
