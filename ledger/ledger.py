@@ -710,23 +710,26 @@ class Ledger:
         given (also on failure: the files written are removed). Large appends write on threads
         (`constants.parallel_file_rows_min`); the result is the same files, in the same order."""
 
-        def write(table_name: str, rows: pa.Table) -> list[_FileToAdd]:
-            files = [self._write_file(table_name, rows, batch_id, None)]
+        def write(table_name: str, rows: pa.Table, files: list[_FileToAdd]) -> None:
+            # Each file is added as soon as it is written: a later write's failure must still remove it.
+            files.append(self._write_file(table_name, rows, batch_id, None))
             if table_name == metered_table:  # every writer of metered events rolls them up
                 files += self._rollup_files(rows, batch_id)
-            return files
 
         if len(file_rows) < 2 or sum(rows.num_rows for _, rows in file_rows) < constants.parallel_file_rows_min:
             for table_name, rows in file_rows:
-                written += write(table_name, rows)
+                write(table_name, rows, written)
             return
         self._ledger_id(), self._snapshot_of_transaction()  # the connection's part of a file's name, read here once
+        files_by_table: list[list[_FileToAdd]] = [[] for _ in file_rows]
         with ThreadPoolExecutor(min(len(file_rows), constants.parallel_files_max)) as pool:
-            futures = [pool.submit(write, table_name, rows) for table_name, rows in file_rows]
+            futures = [
+                pool.submit(write, table_name, rows, files)
+                for (table_name, rows), files in zip(file_rows, files_by_table, strict=True)
+            ]
             wait(futures)
-        for future in futures:
-            if future.exception() is None:
-                written += future.result()
+        for files in files_by_table:
+            written += files
         for future in futures:
             if future.exception() is not None:
                 raise future.exception()  # type: ignore[misc]
