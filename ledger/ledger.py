@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from dataclasses import field as dataclass_field
 from datetime import UTC, datetime
 from enum import Enum
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import duckdb
 import pyarrow as pa
@@ -67,6 +67,7 @@ from ledger.tables import (
     inlining_statements,
     payer_rollup_table,
     rollup_table,
+    uncompressed_columns,
 )
 from schemas.arrow import envelope_fields, position_fields
 from schemas.errors import require
@@ -695,8 +696,7 @@ class Ledger:
         pq.write_table(
             rows,
             sink,
-            compression="zstd",
-            compression_level=constants.parquet_zstd_level,
+            **_compression(table_name, rows.schema),
             row_group_size=constants.parquet_row_group_rows_max,
         )
         data = sink.getvalue().to_pybytes()
@@ -1032,6 +1032,19 @@ class Ledger:
             )
         except duckdb.Error as error:
             raise other_error(error) from error
+
+
+def _compression(table_name: str, schema: pa.Schema) -> dict[str, Any]:
+    """`pq.write_table`'s compression options: zstd for every column but a table's incompressible ones
+    (`register_table`), stored uncompressed."""
+    uncompressed = uncompressed_columns.get(table_name, frozenset())
+    if not uncompressed:
+        return {"compression": "zstd", "compression_level": constants.parquet_zstd_level}
+    compressed = [name for name in schema.names if name not in uncompressed]
+    return {
+        "compression": {name: "none" if name in uncompressed else "zstd" for name in schema.names},
+        "compression_level": dict.fromkeys(compressed, constants.parquet_zstd_level),
+    }
 
 
 def _stored_same_ids(table_name: str, rows: pa.Table) -> str:

@@ -191,18 +191,27 @@ inlined_tables: dict[str, pa.Schema] = {
     expiry_table: expiry_schema,
 }
 all_tables: dict[str, pa.Schema] = {**file_tables, **inlined_tables}
+# A file table's columns written without compression: random bytes (hashes) that zstd spends CPU on and cannot shrink.
+uncompressed_columns: dict[str, frozenset[str]] = {}
 
 
-def register_table(name: str, schema: pa.Schema, inlined: bool = False) -> None:
+def register_table(
+    name: str, schema: pa.Schema, inlined: bool = False, incompressible: tuple[str, ...] = ()
+) -> None:
     """Declare a further append-only table (e.g. the settlement's), created on the next open.
 
     A file table's rows are Parquet files with recorded checksums; an inlined table's rows
-    live in the catalog and suit a few small rows per transaction.
+    live in the catalog and suit a few small rows per transaction. `incompressible`: a file table's columns of
+    random bytes (hashes), written uncompressed.
     """
     existing = all_tables.get(name)
     require(existing is None or existing.equals(schema), f"table `{name}` is registered with one schema")
+    require(not (inlined and incompressible), f"table `{name}`: only a file table's columns are compressed")
+    require(set(incompressible) <= set(schema.names), f"table `{name}` has every incompressible column named")
     (inlined_tables if inlined else file_tables)[name] = schema
     all_tables[name] = schema
+    if incompressible:
+        uncompressed_columns[name] = frozenset(incompressible)
 
 
 def duckdb_type(arrow_type: pa.DataType) -> str:

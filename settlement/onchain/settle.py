@@ -268,9 +268,13 @@ def _node_rows(tree: EpochTree) -> pa.Table:
     """The tree's nodes, `tree_node_chunk_nodes` to a row (the proofs are read off them by position)."""
     nodes = tree.tree.node_bytes
     chunk_bytes = settle_tables.tree_node_chunk_nodes * 32
-    chunks = [nodes[start : start + chunk_bytes] for start in range(0, len(nodes), chunk_bytes)]
+    count = -(-len(nodes) // chunk_bytes)
+    # One binary column over the nodes' own buffer, cut by offsets: a bytes copy per chunk took ~0.2 s at 64 MB.
+    # The offsets are int32: at most leaves_count_max (2**24) leaves, under 1 GiB of nodes.
+    offsets = pa.array([min(chunk * chunk_bytes, len(nodes)) for chunk in range(count + 1)], pa.int32())
+    chunks = pa.Array.from_buffers(pa.binary(), count, [None, offsets.buffers()[1], pa.py_buffer(nodes)])
     return pa.Table.from_pydict(
-        {"epoch": [tree.epoch] * len(chunks), "chunk": list(range(len(chunks))), "nodes": chunks},
+        {"epoch": [tree.epoch] * count, "chunk": list(range(count)), "nodes": chunks},
         schema=settle_tables.tree_node_schema,
     )
 

@@ -122,6 +122,9 @@ claim_sync_schema = table_schema(
     ("synced_at", _timestamp, False),
 )
 
+# The tree's nodes are Keccak hashes: zstd took ~0.4 s of CPU on a million leaves' 64 MB and saved 0.003 %.
+incompressible_columns: dict[str, tuple[str, ...]] = {"settlement_tree_node": ("nodes",)}
+
 settle_tables: dict[str, tuple[pa.Schema, bool]] = {
     "settlement_root": (root_schema, True),
     "settlement_proof": (proof_schema, False),
@@ -139,7 +142,7 @@ def register() -> None:
     """Declare the tables, which the ledger creates on its next open or append, and their analyst views
     (after the settlement's: `reconciliation` adds the chain's checks to the ledger's)."""
     for name, (schema, inlined) in settle_tables.items():
-        register_table(name, schema, inlined=inlined)
+        register_table(name, schema, inlined=inlined, incompressible=incompressible_columns.get(name, ()))
     register_views("settlement.onchain", chain_view_statements)
 
 

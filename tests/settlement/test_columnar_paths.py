@@ -158,3 +158,28 @@ def test_weights_read_as_columns_allocate_as_the_same_pairs(total: int, weights:
     columns = WeightColumns([holder for holder, _ in pairs], [weight for _, weight in pairs])
     assert list(columns) == pairs and len(columns) == len(pairs)
     assert allocate_by_weight(total, columns) == allocate_by_weight(total, pairs)
+
+
+def _largest_remainders_by_sorting_them(remainders: list[int], left: int) -> list[int]:
+    """The rule as it was: one stable sort of every remainder, largest first (equal ones keep index order)."""
+    return sorted(sorted(range(len(remainders)), key=remainders.__getitem__, reverse=True)[:left])
+
+
+@settings(max_examples=depth(200, 2000), deadline=None)
+@given(
+    bits=st.integers(1, 200),
+    data=st.data(),
+)
+def test_the_largest_remainders_found_by_their_top_bits_are_those_of_the_full_sort(bits: int, data) -> None:
+    """`largest_remainders` sorts the remainders' top 62 bits in polars and compares exactly only those sharing the
+    last key taken: the same indexes as sorting every remainder as a Python integer; with
+    remainders far past 62 bits, equal top bits, equal remainders and every count left."""
+    from settlement.engine.allocation import largest_remainders
+
+    whole = data.draw(st.integers(2 ** (bits - 1), 2**bits))
+    base = data.draw(st.integers(0, whole - 1))
+    # Remainders near one another (same top bits, differing low bits), repeated ones, and anywhere below `whole`.
+    near = st.integers(max(0, base - 3), min(whole - 1, base + 3))
+    remainders = data.draw(st.lists(st.one_of(near, st.integers(0, whole - 1)), min_size=1, max_size=60))
+    left = data.draw(st.integers(0, len(remainders)))
+    assert largest_remainders(remainders, whole, left) == _largest_remainders_by_sorting_them(remainders, left)
