@@ -8,7 +8,9 @@ own tables are small and read through DuckDB.
 import dataclasses
 import hashlib
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor, wait
+from contextlib import ExitStack, contextmanager
 from datetime import UTC, datetime
 
 import duckdb
@@ -225,11 +227,11 @@ def _weigh_holders(
     prior: PriorState,
     rules: RegistryRules,
     extra_rows: dict[str, pa.Table],
-) -> Callable[[list[str]], HolderWeights]:
-    """The engine's source of holder weights: called with the tokens the epoch credits, it reads their weights
-    over the epoch's block range (`read_holder_weights`) and adds the range's row to `extra_rows`."""
+) -> Callable[[list[str]], tuple[HolderWeights, pa.Table]]:
+    """Holder weights as read for the tokens the epoch credits: their weights over the epoch's block range
+    (`read_holder_weights`) and the range's `settlement_epoch_blocks` row."""
 
-    def weigh(tokens: list[str]) -> HolderWeights:
+    def weigh(tokens: list[str]) -> tuple[HolderWeights, pa.Table]:
         registry_row = extra_rows.get(chain_registry.epoch_registry_table)
         registry_block = (
             None
@@ -240,13 +242,39 @@ def _weigh_holders(
                 registry_row["block_time"][0].as_py(),
             )
         )
-        weights, extra_rows[holders.epoch_blocks_table] = read_holder_weights(
+        return read_holder_weights(
             connection, tokens, prior.epoch + 1, _latest_event_time(inputs, prior), registry_block,
             rules.holder_excluded, rules.holder_dust_units_min,
         )
-        return weights
 
     return weigh
+
+
+@contextmanager
+def _weights_read_ahead(
+    weigh: Callable[[list[str]], tuple[HolderWeights, pa.Table]], named: list[str], extra_rows: dict[str, pa.Table]
+) -> Iterator[Callable[[list[str]], HolderWeights]]:
+    """The engine's source of holder weights, the weights of every token a policy `named` read on a thread while
+    the epoch is split (the read and its sort are ~1 s at a million holders, mostly off the GIL).
+
+    The engine asks for the tokens the epoch credits, known only after the split. Usually those are the tokens
+    named: the weights read ahead are used, and a refusal met reading them (`HoldersBehindError`) is raised then,
+    as before. Otherwise that read is waited for and dropped (its refusal too: a token credited nothing need not
+    be synced) and the tokens asked for are read. The range's row goes to `extra_rows` only for weights used. The
+    thread reads on the plan's connection, inside its transaction, while the split uses none; leaving the block
+    waits for it, so the connection is never used by two threads at once."""
+    with ThreadPoolExecutor(1, thread_name_prefix="holder-weights") as pool:
+        ahead = pool.submit(weigh, named)
+
+        def source(tokens: list[str]) -> HolderWeights:
+            if tokens == named:
+                weights, extra_rows[holders.epoch_blocks_table] = ahead.result()
+                return weights
+            wait([ahead])  # the connection is free again; whatever it read or met is not this epoch's
+            weights, extra_rows[holders.epoch_blocks_table] = weigh(tokens)
+            return weights
+
+        yield source
 
 
 def read_holder_weights(
@@ -579,14 +607,17 @@ def plan_from_ledger(
         providers = inputs.new_events.select(pl.col("compute_provider").unique()).collect()["compute_provider"]
         accounts = [*providers.to_list(), *prior.held["compute_provider"].to_list()]
         inputs = dataclasses.replace(inputs, addresses=chain_registry.with_own_addresses(inputs.addresses, accounts))
-    if holder_tokens(registry.policies):  # a policy pays token holders: weigh them if the epoch credits them
-        inputs = dataclasses.replace(
-            inputs,
-            holder_weights=_weigh_holders(ledger.connection, inputs, prior, rules, extra_rows),
-            holder_dust_units_min=rules.holder_dust_units_min,
-        )
     step(_steps[2], 2, len(_steps))
-    plan = plan_epoch(inputs, prior)
+    named = holder_tokens(registry.policies)
+    with ExitStack() as stack:
+        if named:  # a policy pays token holders: weigh them (read ahead) if the epoch credits them
+            weigh = _weigh_holders(ledger.connection, inputs, prior, rules, extra_rows)
+            inputs = dataclasses.replace(
+                inputs,
+                holder_weights=stack.enter_context(_weights_read_ahead(weigh, named, extra_rows)),
+                holder_dust_units_min=rules.holder_dust_units_min,
+            )
+        plan = plan_epoch(inputs, prior)
     # A rollup row stands for many events: it may be split, never held in suspense one by one (settlement.rollups).
     require(plan.suspense_items["event_id"].null_count() == 0, "no rollup row is held in suspense")
     refusals = [
