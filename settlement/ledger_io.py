@@ -378,9 +378,9 @@ def _weights(
 
 
 def _pairs(weights: pl.DataFrame) -> WeightColumns:
-    """(holder, weight) of a `holder_weight_units` frame (or `holder_weights`': decimal text), the weight as an int
-    (by column: no row tuples; Int128 to Python ints in polars, not `int()` of a million strings)."""
-    return WeightColumns(weights["holder"].to_list(), weights["weight"].cast(pl.Int128).to_list())
+    """(holder, weight) of a `holder_weight_units` frame (or `holder_weights`': decimal text), the weight as an int,
+    kept as the frame (`WeightColumns.of_frame`: the allocation reads it in Int128 where exact, no Python list)."""
+    return WeightColumns.of_frame(weights.select(recipient="holder", weight=pl.col("weight").cast(pl.Int128)))
 
 
 def read_inputs(

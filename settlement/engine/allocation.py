@@ -68,17 +68,48 @@ def allocate_by_weight(total: int, weights: Sequence[tuple[str, int]]) -> list[t
 
 class WeightColumns(Sequence[tuple[str, int]]):
     """(recipient, weight) pairs held as two columns: a sequence of pairs to whoever iterates it, read as the columns
-    themselves by `allocate_by_weight_columns` (a million holders' tuples, made then taken apart, cost ~0.3 s)."""
+    themselves by `allocate_by_weight_columns` (a million holders' tuples, made then taken apart, cost ~0.3 s).
 
-    __slots__ = ("recipients", "weights")
+    `of_frame` holds them as a polars frame (recipient String, weight Int128) instead: `allocate_by_weight_frame`
+    allocates it in Int128 where that is exact, and the Python lists (~0.2 s at a million holders) are made only if
+    something asks for them."""
+
+    __slots__ = ("_frame", "_recipients", "_weights")
 
     def __init__(self, recipients: list[str], weights: list[int]) -> None:
         if len(recipients) != len(weights):
             raise InvariantViolation(f"{len(recipients)} recipients but {len(weights)} weights")
-        self.recipients, self.weights = recipients, weights
+        self._recipients: list[str] | None = recipients
+        self._weights: list[int] | None = weights
+        self._frame: pl.DataFrame | None = None
+
+    @classmethod
+    def of_frame(cls, frame: pl.DataFrame) -> "WeightColumns":
+        """The pairs of a frame's `recipient` (String) and `weight` (integer) columns, kept as the frame."""
+        self = cls.__new__(cls)
+        self._recipients = self._weights = None
+        self._frame = frame.select(pl.col("recipient").cast(pl.String), pl.col("weight").cast(_i128))
+        return self
+
+    @property
+    def recipients(self) -> list[str]:
+        if self._recipients is None:
+            self._recipients = self._frame["recipient"].to_list()  # type: ignore[index]
+        return self._recipients
+
+    @property
+    def weights(self) -> list[int]:
+        if self._weights is None:
+            self._weights = self._frame["weight"].to_list()  # type: ignore[index]
+        return self._weights
+
+    @property
+    def frame(self) -> pl.DataFrame | None:
+        """The frame the pairs were given as (`of_frame`), or None."""
+        return self._frame
 
     def __len__(self) -> int:
-        return len(self.recipients)
+        return self._frame.height if self._frame is not None else len(self.recipients)
 
     @overload
     def __getitem__(self, index: int) -> tuple[str, int]: ...
@@ -96,6 +127,62 @@ class WeightColumns(Sequence[tuple[str, int]]):
         return isinstance(other, Sequence) and list(self) == list(other)
 
     __hash__ = None  # type: ignore[assignment]
+
+
+_int128_bound = 2**127
+
+
+def allocate_by_weight_frame(total: int, weights: Sequence[tuple[str, int]]) -> pl.DataFrame:
+    """`allocate_by_weight` as a frame (recipient String, amount_micros Int128), sorted by recipient, zero amounts
+    included. Weights given `WeightColumns.of_frame`, positive, in strictly ascending recipient order, and small
+    enough that every product `|total| * weight` and their sum stay below 2**127 are allocated in polars' Int128,
+    exactly (no product can wrap); any others by `allocate_by_weight_columns` in Python integers (~0.9 s at a million
+    holders, against ~0.1 s), which also names what is wrong with weights it refuses."""
+    frame = weights.frame if isinstance(weights, WeightColumns) else None
+    if frame is not None and frame.height:
+        allocated = _allocated_in_int128(total, frame)
+        if allocated is not None:
+            return allocated
+    recipients, amounts = allocate_by_weight_columns(total, weights)
+    return pl.DataFrame(
+        {"recipient": pl.Series(recipients, dtype=pl.String), "amount_micros": pl.Series(amounts, dtype=_i128)}
+    )
+
+
+def _allocated_in_int128(total: int, frame: pl.DataFrame) -> pl.DataFrame | None:
+    """The allocation of `total` over `frame`'s weights in Int128, or None where that is not exact or the weights
+    are not positive and strictly ascending by recipient (the Python integers' path takes those)."""
+    size = abs(total)
+    bounds = frame.select(
+        smallest=pl.col("weight").min(),
+        largest=pl.col("weight").max(),
+        ascending=pl.col("recipient").shift(1).lt(pl.col("recipient")).fill_null(True).all(),
+        complete=pl.col("recipient").null_count() == 0,
+    ).row(0, named=True)
+    largest = int(bounds["largest"])
+    if int(bounds["smallest"]) <= 0 or not (bounds["ascending"] and bounds["complete"]):
+        return None
+    if size * largest >= _int128_bound or frame.height * largest >= _int128_bound:
+        return None
+    whole = int(frame["weight"].sum())  # below frame.height * largest: no wrap
+    product = pl.col("weight") * pl.lit(size, _i128)
+    parts = frame.select(
+        "recipient",
+        floor=product // pl.lit(whole, _i128),
+        remainder=product % pl.lit(whole, _i128),
+        index=pl.int_range(pl.len(), dtype=pl.Int64),
+    )
+    left = size - int(parts["floor"].sum())  # the floors sum to at most `size`
+    # The `left` largest remainders, ties to the smaller recipient (the rows are in recipient order).
+    bumped = parts.sort(["remainder", "index"], descending=[True, False]).head(left)["index"]
+    sign = 1 if total >= 0 else -1
+    allocated = parts.select(
+        "recipient",
+        amount_micros=(pl.col("floor") + pl.col("index").is_in(bumped.implode()).cast(_i128)) * pl.lit(sign, _i128),
+    )
+    if int(allocated["amount_micros"].sum()) != total:
+        raise InvariantViolation(f"an allocation by weight does not sum to its total {total}")
+    return allocated
 
 
 def allocate_by_weight_columns(total: int, weights: Sequence[tuple[str, int]]) -> tuple[list[str], list[int]]:

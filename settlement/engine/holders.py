@@ -22,7 +22,7 @@ from collections.abc import Callable, Sequence
 import polars as pl
 
 from settlement.engine.accounts import contributor_prefix, holder_dust_prefix, holders_prefix
-from settlement.engine.allocation import allocate_by_weight_columns
+from settlement.engine.allocation import allocate_by_weight_columns, allocate_by_weight_frame
 
 _i128 = pl.Int128
 HolderWeights = dict[str, Sequence[tuple[str, int]]]  # token -> [(holder address, time-weighted balance)], by holder
@@ -158,15 +158,17 @@ def _paid_and_changed(
 ) -> tuple[pl.DataFrame, list[tuple[str, int]]]:
     """`take` allocated over one token's `weights`, through the dust rule (`carry_dust`): the holders credited
     (recipient, amount_micros Int128, non-zero) and those whose carried amount changed (holder, carried after)."""
-    holders, amounts = allocate_by_weight_columns(take, weights)
     if carried_in or dust_units_min > 0:
+        holders, amounts = allocate_by_weight_columns(take, weights)
         paid, changed = carry_dust(list(zip(holders, amounts, strict=True)), carried_in, dust_units_min)
-        holders, amounts = [holder for holder, _ in paid], [amount for _, amount in paid]
+        frame = pl.DataFrame(
+            {
+                "recipient": pl.Series([holder for holder, _ in paid], dtype=pl.String),
+                "amount_micros": pl.Series([amount for _, amount in paid], dtype=_i128),
+            }
+        )
     else:  # carry_dust's case of nothing carried in or out, by column: every non-zero part is paid
-        changed = []
-    frame = pl.DataFrame(
-        {"recipient": pl.Series(holders, dtype=pl.String), "amount_micros": pl.Series(amounts, dtype=_i128)}
-    )
+        frame, changed = allocate_by_weight_frame(take, weights), []
     return frame.filter(pl.col("amount_micros") != 0), changed
 
 

@@ -183,3 +183,53 @@ def test_the_largest_remainders_found_by_their_top_bits_are_those_of_the_full_so
     remainders = data.draw(st.lists(st.one_of(near, st.integers(0, whole - 1)), min_size=1, max_size=60))
     left = data.draw(st.integers(0, len(remainders)))
     assert largest_remainders(remainders, whole, left) == _largest_remainders_by_sorting_them(remainders, left)
+
+
+@settings(max_examples=depth(200, 2000), deadline=None)
+@given(
+    total=st.one_of(st.integers(-(10**13), 10**13), st.integers(-(2**126), 2**126)),
+    weights=st.dictionaries(
+        st.text("0123456789abcdef", min_size=1, max_size=4),
+        st.one_of(st.integers(1, 10**6), st.integers(1, 2**100), st.integers(2**120, 2**127 - 1)),
+        min_size=1,
+        max_size=40,
+    ),
+    shuffled=st.randoms(use_true_random=False),
+)
+def test_an_allocation_in_int128_is_the_allocation_in_python_integers(total: int, weights: dict, shuffled) -> None:
+    """`allocate_by_weight_frame` allocates weights held as a frame in polars' Int128 when every product and the sum
+    stay below 2**127, and in Python integers otherwise (products past Int128, weights out of recipient order): the
+    same parts as `allocate_by_weight` either way, in recipient order."""
+    from settlement.engine.allocation import WeightColumns, allocate_by_weight, allocate_by_weight_frame
+
+    pairs = list(weights.items())
+    if shuffled.random() < 0.7:  # mostly in recipient order, as the ledger reads them
+        pairs.sort()
+    else:
+        shuffled.shuffle(pairs)
+    frame = pl.DataFrame(pairs, schema={"recipient": pl.String, "weight": pl.Int128}, orient="row")
+    allocated = allocate_by_weight_frame(total, WeightColumns.of_frame(frame))
+    assert allocated.schema == {"recipient": pl.String, "amount_micros": pl.Int128}
+    assert list(allocated.iter_rows()) == allocate_by_weight(total, pairs)
+
+
+def test_an_allocation_in_int128_is_taken_only_where_it_cannot_wrap(monkeypatch) -> None:
+    """Products just below 2**127 are allocated in Int128 and give the Python integers' parts; one unit past, the
+    Python path takes them (a wrapped Int128 product would give parts that do not sum to the total)."""
+    from settlement.engine import allocation
+
+    taken: list[bool] = []
+    exact = allocation._allocated_in_int128
+
+    def counted(total: int, frame: pl.DataFrame) -> pl.DataFrame | None:
+        result = exact(total, frame)
+        taken.append(result is not None)
+        return result
+
+    monkeypatch.setattr(allocation, "_allocated_in_int128", counted)
+    frame = pl.DataFrame({"recipient": ["a", "b"], "weight": pl.Series([2**62, 2**62 + 1], dtype=pl.Int128)})
+    weights = allocation.WeightColumns.of_frame(frame)
+    for total in (2**64 - 1, 2**65):  # (2**62 + 1) * (2**64 - 1) < 2**127 <= (2**62 + 1) * 2**65
+        parts = allocation.allocate_by_weight_frame(total, weights)
+        assert list(parts.iter_rows()) == allocation.allocate_by_weight(total, list(weights))
+    assert taken == [True, False]
