@@ -9,8 +9,19 @@ them: without this the catalog grows by ~1.4 KB per append for ever (benchmarks/
 inserted it (DuckLake writes it into the file), so SQL, time travel to any kept snapshot and `royalty verify`'s
 digest check of every bookkeeping row (ledger/inlined_digest.py) read the same rows; the catalog keeps one data
 file row (and its column statistics) per table and flush instead of a row per append. `verify` accepts the
-`flushed_inlined` change only for these tables, checks each flushed file against its recorded SHA-256 like any
-data file, and still checks each flushed row against the digest its own transaction recorded.
+`flushed_inlined` change only for these tables and checks each flushed file against its recorded SHA-256 like any
+data file.
+
+Format 20: the flush checks the rows it moved, once, in its own transaction: every row of each file it wrote against
+the digest its snapshot recorded, and every digest recorded for the table in the file's snapshot range against a row
+(`ledger.inlined_digest.check_moved_rows`); any difference refuses the flush (`FlushRefusedError`, nothing moved, the
+changed rows stay inlined where verify names them). It records each file in `ledger_flushed_file` (path, size, SHA-256,
+row count, snapshot range, and the SHA-256 of the digest rows of that table and range). `verify` then checks such a
+file by its bytes and the digest rows by that SHA-256, and digests only the rows outside those files, so it no longer
+reads and digests every bookkeeping row ever moved (benchmarks/RESULTS.md, "verify flat in appends"). A recorded file
+no longer listed, a row added among the moved ones (an inlined row, or a file, claiming one of their snapshots), a
+changed file or digest row, or a changed record is still named. Files flushed before format 20 have no record: their
+rows are digested at every verify, as before.
 
 `royalty expire` runs it after the expiry, when a table holds at least `bookkeeping_flush_rows_min` inlined rows.
 On a SQLite catalog the flush holds the catalog's write lock from the flush to its commit, so no append commits
@@ -28,9 +39,11 @@ import uuid
 from ledger import constants
 from ledger.compaction import close_step
 from ledger.connection import catalog_alias
-from ledger.inlined_digest import digest_table
-from ledger.ledger import Ledger, _FileToAdd
-from ledger.tables import compaction_retired_table, compaction_table
+from ledger.errors import LedgerError
+from ledger.format import ledger_tables
+from ledger.inlined_digest import MovedRowsContext, check_moved_rows, digest_table, moved_rows_context
+from ledger.ledger import Ledger, _FileToAdd, _remove_files
+from ledger.tables import compaction_retired_table, compaction_table, flushed_file_table
 
 log = logging.getLogger(__name__)
 
@@ -69,10 +82,23 @@ def flush_bookkeeping(ledger: Ledger, rows_min: int = constants.bookkeeping_flus
 
 def flush_once(ledger: Ledger, rows_min: int) -> dict[str, int]:
     """One try of `flush_bookkeeping`, for a caller holding the close-epoch step lock (`royalty expire`)."""
-    connection = ledger.connection
     ledger._forbid_ducklake_commit_retries()  # see the module's docstring: DuckLake's retry of a flush doubles rows
     # The files the flush writes: removed again if the catalog refuses the commit (another writer's), as an append's.
     written: list[_FileToAdd] = []
+    # Read before the transaction: after a flush, the SQLite catalog's schema cannot be read until the commit.
+    context = moved_rows_context(ledger.connection, catalog_alias)
+    recording = flushed_file_table in ledger_tables(ledger.connection)  # format 20 (Ledger.open refuses one older)
+    try:
+        return _flush_in_transaction(ledger, rows_min, written, context if recording else None)
+    except FlushRefusedError:
+        _remove_files(ledger.store, written)  # rolled back: no snapshot lists them
+        raise
+
+
+def _flush_in_transaction(
+    ledger: Ledger, rows_min: int, written: list[_FileToAdd], context: MovedRowsContext | None
+) -> dict[str, int]:
+    connection = ledger.connection
     with ledger._removing_files_of_a_refused_commit(written), ledger._transaction():
         due = {table: rows for table, rows in inlined_row_counts(ledger).items() if rows and rows >= rows_min}
         if not due:
@@ -87,12 +113,42 @@ def flush_once(ledger: Ledger, rows_min: int) -> dict[str, int]:
                 relative = path.removeprefix(ledger.location.data_path)
                 written.append(_FileToAdd(table, path, relative, size_bytes, sha256))
         flush_id = f"catalog-flush-{uuid.uuid4().hex}"  # in file_checksum's batch column, as a compaction's id is
+        records = [] if context is None else _checked_once(ledger, written, flush_id, context)
         # After every flush, so these rows stay inlined until the next one.
         ledger._insert_inlined_rows(
             "file_checksum", [[f.relative_path, f.table, f.size_bytes, f.sha256, flush_id] for f in written]
         )
+        if records:
+            ledger._insert_inlined_rows(flushed_file_table, records)
     log.info("bookkeeping rows moved out of the catalog", extra={"rows": due, "files": len(written)})
     return due
+
+
+class FlushRefusedError(LedgerError):
+    """Bookkeeping rows a flush was to move out of the catalog do not match the digests their snapshots recorded: they
+    were changed in the catalog. Nothing is moved; `royalty verify` names them."""
+
+
+def _checked_once(ledger: Ledger, written: list[_FileToAdd], flush_id: str, context: MovedRowsContext) -> list[list]:
+    """Check the rows of each file the flush wrote against their recorded digests (`check_moved_rows`), once: the
+    `ledger_flushed_file` rows to record (format 20), so that `verify` checks these files by their bytes instead of
+    digesting their rows at every run. Refuses the flush (`FlushRefusedError`) when a row or digest differs."""
+    records = []
+    for file in written:
+        if sum(1 for other in written if other.table == file.table) > 1:
+            continue  # a table's rows split over files (past DuckLake's file size) may split a snapshot: not recorded
+        moved, problems = check_moved_rows(ledger.connection, catalog_alias, file.table, file.absolute_path, context)
+        if problems:
+            raise FlushRefusedError(
+                f"the bookkeeping rows of `{file.table}` to move out of the catalog do not match the digests their "
+                f"transactions recorded, so nothing was moved: {'; '.join(problems)}. Run `royalty verify`"
+            )
+        if moved is not None:
+            records.append(
+                [flush_id, file.table, file.relative_path, file.size_bytes, file.sha256, moved.row_count,
+                 moved.snapshot_id_min, moved.snapshot_id_max, moved.digests_sha256]
+            )  # fmt: skip
+    return records
 
 
 def _files(ledger: Ledger, table: str) -> set[str]:

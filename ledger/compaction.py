@@ -435,8 +435,11 @@ class CompactionAudit:
     files: int = 0
     bytes_checked: int = 0
     # Recorded retired files the catalog no longer lists at all: a snapshot expiry dropped them (ledger/expiry.py
-    # checks that it recorded exactly these).
-    dropped: set[str] = field(default_factory=set)
+    # checks that it recorded exactly these): their count, the order-independent digest of their paths
+    # (`ledger.expiry.paths_digest`) and the least of them.
+    dropped_count: int = 0
+    dropped_digest: int = 0
+    dropped_example: str | None = None
 
 
 def audit(ledger: Ledger, checksums: dict[str, tuple[int, str]], retired_files: bool = True) -> CompactionAudit:
@@ -465,48 +468,65 @@ def audit(ledger: Ledger, checksums: dict[str, tuple[int, str]], retired_files: 
             """
         ).fetchall()
     }
-    live_now = {
-        f"main/{table}/{path}"
-        for table, path in connection.execute(
-            f"""SELECT t.table_name, d.path FROM {metadata}.ducklake_data_file d
+    retired = f"ledger_verify_retired_{uuid.uuid4().hex}"
+    # Every recorded retirement with whether the catalog still lists the file (a snapshot expiry drops the rows of the
+    # retired files no retained snapshot sees): read and classified in DuckDB, so only the few still listed (and, with
+    # `retired_files`, all) come to Python; those dropped, ~3 per append, are counted and digested there
+    # (benchmarks/RESULTS.md, "verify flat in appends").
+    connection.execute(
+        f"""CREATE TEMP TABLE {retired} AS
+            SELECT r.compaction_id, r.path, r.row_count, r.path IN (
+                SELECT 'main/' || t.table_name || '/' || d.path FROM {metadata}.ducklake_data_file d
                 JOIN {metadata}.ducklake_table t ON t.table_id = d.table_id AND t.end_snapshot IS NULL
-                WHERE d.end_snapshot IS NULL"""
+            ) AS listed
+            FROM {catalog_alias}.main.{compaction_retired_table} r
+            WHERE r.compaction_id IN (SELECT compaction_id FROM {catalog_alias}.main.{compaction_table})"""
+    )
+    try:
+        ((count, digest, example),) = connection.execute(
+            f"""SELECT count(*), (coalesce(sum(('0x' || left(sha256(path), 16))::UBIGINT::HUGEINT), 0) % {2**64})
+                       ::VARCHAR, min(path) FROM {retired} WHERE NOT listed"""
         ).fetchall()
-    }
-    retired_by: dict[str, list[tuple[str, int]]] = {}
-    for compaction_id, path, rows in connection.execute(
-        f"SELECT compaction_id, path, row_count FROM {catalog_alias}.main.{compaction_retired_table}"
-    ).fetchall():
-        retired_by.setdefault(compaction_id, []).append((path, int(rows)))
+        result.dropped_count, result.dropped_digest, result.dropped_example = int(count), int(digest), example
+        summed = dict(
+            connection.execute(f"SELECT compaction_id, sum(row_count) FROM {retired} GROUP BY ALL").fetchall()
+        )
+        retired_by: dict[str, list[tuple[str, int, bool]]] = {}
+        for compaction_id, path, rows, listed in connection.execute(
+            f"SELECT compaction_id, path, row_count, listed FROM {retired}" + ("" if retired_files else " WHERE listed")
+        ).fetchall():
+            retired_by.setdefault(compaction_id, []).append((path, int(rows), bool(listed)))
+    finally:
+        connection.execute(f"DROP TABLE IF EXISTS temp.{retired}")
     for snapshot, compaction_id, table, merged_path, rows, digest, first, last in connection.execute(
         f"""SELECT snapshot_id, compaction_id, table_name, merged_path, row_count, rows_digest, first_snapshot,
                    last_snapshot FROM {catalog_alias}.main.{compaction_table} ORDER BY snapshot_id"""
     ).fetchall():
         result.snapshots.setdefault(int(snapshot), set()).add(table)
-        retired = retired_by.get(compaction_id, [])
+        files_retired = retired_by.get(compaction_id, [])
         where = f"compaction at snapshot {snapshot} ({compaction_id})"
-        for path, _ in retired:
+        for path, _, listed in files_retired:
+            if not listed:
+                continue  # no retained snapshot saw it: an expiry dropped its catalog row (counted above)
             result.retirements.add((path, int(snapshot)))
-            if path not in retired_now and path not in live_now:
-                result.dropped.add(path)  # no retained snapshot saw it: an expiry dropped its catalog row
-            elif retired_now.get(path) != int(snapshot):
+            if retired_now.get(path) != int(snapshot):
                 result.problems.append(
                     f"{where} records retiring `{path}`, but the catalog "
                     + ("still lists it: its rows are counted twice" if path not in retired_now
                        else f"retired it at snapshot {retired_now[path]}")
                 )
         if not retired_files:
-            if not _counts_agree(table, sum(count for _, count in retired), int(rows)):
+            if not _counts_agree(table, int(summed.get(compaction_id) or 0), int(rows)):
                 result.problems.append(f"{where}: the retired files' recorded row counts do not sum to {rows}")
             continue
-        if any(path in result.dropped for path, _ in retired):
+        if any(not listed for _, _, listed in files_retired):
             # The retired files were dropped by a snapshot expiry (and deleted): the merged file's rows are checked
             # against the recorded proof alone.
             _audit_merged(ledger, result, where, table, merged_path, (int(rows), str(digest)), checksums)
             continue
         files = [
             _File(table, path, ledger.location.data_path + path, count, 0, first, last, False, None)
-            for path, count in retired
+            for path, count, _ in files_retired
         ]
         _audit_proof(ledger, result, where, table, files, merged_path, (int(rows), str(digest)), checksums)
     return result

@@ -202,6 +202,18 @@ def _record_metered_file_sums(connection: duckdb.DuckDBPyConnection) -> None:
         connection.execute(statement)
 
 
+def _record_flushed_files(connection: duckdb.DuckDBPyConnection) -> None:
+    """Format 20 checks the rows a bookkeeping flush moves out of the catalog once, when it writes them, and records
+    each file it wrote in table ledger_flushed_file (its SHA-256, row count, snapshot range and the SHA-256 of those
+    snapshots' recorded digests); `royalty verify` checks such a file by its bytes and the recorded digests by that
+    SHA-256 instead of digesting its rows again. No stored row changes: files flushed before keep being digested row by
+    row at every verify."""
+    from ledger.tables import create_statements, flushed_file_table
+
+    for statement in create_statements(catalog_alias, [flushed_file_table]):
+        connection.execute(statement)
+
+
 def _store_tree_nodes(connection: duckdb.DuckDBPyConnection) -> None:
     """Format 14 stores each payout tree's nodes in binary (table settlement_tree_node, created on first use) and reads
     an account's proof off them; the leaves stay in settlement_proof, whose hex `proof` becomes nullable (NULL for
@@ -322,6 +334,12 @@ format_steps: list[FormatStep] = [
         "reconcile each metered data file once: table settlement_file_sum (per file: event count, fee sum, SHA-256, "
         "recorded by the close that first reconciled it); events_vs_epoch reads it instead of every stored event",
         _record_metered_file_sums,
+    ),
+    FormatStep(
+        20,
+        "check bookkeeping rows once, when a flush moves them out of the catalog: table ledger_flushed_file (each "
+        "flushed file's SHA-256, rows, snapshot range and digests' SHA-256); verify checks those files by their bytes",
+        _record_flushed_files,
     ),
 ]
 

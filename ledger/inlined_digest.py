@@ -21,6 +21,7 @@ import json
 import re
 import uuid
 from collections.abc import Iterable
+from dataclasses import dataclass
 
 import duckdb
 import pyarrow as pa
@@ -144,8 +145,32 @@ def digest_rows(pending: dict[str, list[str]]) -> pa.Table:
 rows_named_per_table_max = 20
 
 
+@dataclass(frozen=True)
+class MovedFile:
+    """A bookkeeping file whose rows a flush checked when it wrote them (ledger/catalog_flush.py, format 20), as verify
+    found it: listed for its table, with the size and SHA-256 recorded. Its rows are not digested again; the digests
+    recorded for its table and snapshot range must still hash to `digests_sha256`."""
+
+    table: str
+    filename: str  # as DuckLake's `filename` column names it: the absolute path
+    snapshot_id_min: int
+    snapshot_id_max: int
+    digests_sha256: str
+
+
+@dataclass(frozen=True)
+class MovedRows:
+    """What a flush checked of the rows it moved into one file: every row matched a digest its snapshot recorded and
+    every digest recorded for the table in the snapshot range matched a row (`check_moved_rows`)."""
+
+    row_count: int
+    snapshot_id_min: int
+    snapshot_id_max: int
+    digests_sha256: str
+
+
 def check_inlined_rows(
-    connection: duckdb.DuckDBPyConnection, catalog: str, inlined: Iterable[str]
+    connection: duckdb.DuckDBPyConnection, catalog: str, inlined: Iterable[str], moved: Iterable[MovedFile] = ()
 ) -> tuple[list[str], list[str]]:
     """Problems and warnings of the inlined tables (`inlined`, and any table with recorded digests).
 
@@ -157,15 +182,102 @@ def check_inlined_rows(
     rows all match what it recorded is done there; the rows of any other snapshot (a difference, or a row whose
     text DuckDB may not write as Python does) are digested again in Python, which names them. So the check costs
     a column scan per table, not a Python step per row (benchmarks/RESULTS.md, "verify at many appends").
+
+    The rows of the `moved` files (checked when a flush wrote them, their bytes since by their SHA-256) are not
+    digested again: the digests recorded for each one's table and snapshot range are hashed and compared with what
+    the flush recorded instead. A file whose digests do not hash so is digested row by row like any other, which
+    names the difference; so is every row of its range found outside it (benchmarks/RESULTS.md, "verify flat in
+    appends").
     """
-    present = {
+    present = _present_tables(connection, catalog)
+    if digest_table not in present:
+        return [], []
+    start = _unchecked_before(connection, catalog, present)
+    # The digest rows, read from the catalog (and the files they were moved to) once for every table's check.
+    recorded = f"ledger_verify_digests_{uuid.uuid4().hex}"
+    connection.execute(
+        f"CREATE TEMP TABLE {recorded} AS "
+        f"SELECT snapshot_id, table_name, row_count, row_digests FROM {catalog}.main.{digest_table}"
+    )
+    try:
+        trusted = _moved_files_as_recorded(connection, recorded, list(moved))
+        return _check_tables(connection, catalog, sorted(set(inlined) & present), present, start, recorded, trusted)
+    finally:
+        connection.execute(f"DROP TABLE IF EXISTS temp.{recorded}")
+
+
+@dataclass(frozen=True)
+class MovedRowsContext:
+    """What `check_moved_rows` needs of the catalog's schema, read before the flush's transaction (DuckDB's schema
+    functions read the SQLite catalog's own schema, which the flush's write lock blocks until its commit)."""
+
+    digesting: bool  # the ledger records row digests (format 3 or later)
+    start: int | None  # `_unchecked_before`
+    columns: dict[str, list[tuple[str, bool, str]]]
+
+
+def moved_rows_context(connection: duckdb.DuckDBPyConnection, catalog: str) -> MovedRowsContext:
+    present = _present_tables(connection, catalog)
+    if digest_table not in present:
+        return MovedRowsContext(False, None, {})
+    return MovedRowsContext(
+        True, _unchecked_before(connection, catalog, present), _columns_by_table(connection, catalog)
+    )
+
+
+def check_moved_rows(
+    connection: duckdb.DuckDBPyConnection, catalog: str, table: str, filename: str, context: MovedRowsContext
+) -> tuple[MovedRows | None, list[str]]:
+    """Check the rows of `table` in the file `filename` (one a flush just wrote) against the digests their snapshots
+    recorded, as verify would: every row matches one, and every digest recorded for `table` in the file's snapshot
+    range matches a row. Returns what to record (None: nothing to record, the file's rows are digested at every
+    verify: none, or some older than the ledger's digests) and the problems found (named as verify names them)."""
+    if not context.digesting or table in undigested_tables:
+        return None, []
+    relation = f"(SELECT snapshot_id, * FROM {catalog}.main.{table} WHERE filename = {_quoted(filename)})"
+    ((count, low, high),) = connection.execute(
+        f"SELECT count(*), min(snapshot_id), max(snapshot_id) FROM {relation}"
+    ).fetchall()
+    if not count or (context.start is not None and low < context.start):
+        return None, []
+    recorded = f"ledger_flush_digests_{uuid.uuid4().hex}"
+    connection.execute(
+        f"CREATE TEMP TABLE {recorded} AS SELECT snapshot_id, table_name, row_count, row_digests "
+        f"FROM {catalog}.main.{digest_table} WHERE table_name = ? AND snapshot_id BETWEEN ? AND ?",
+        [table, low, high],
+    )
+    try:
+        columns = context.columns[table]
+        problems = _malformed_digest_rows(connection, recorded)
+        recheck = _snapshots_to_recheck(connection, relation, columns, None, recorded, table)
+        if recheck:
+            problems += _named_differences(connection, relation, columns, None, sorted(recheck), recorded, table)
+        ((digests_sha256,),) = connection.execute(f"SELECT {_digests_sha256_sql} FROM {recorded}").fetchall()
+    finally:
+        connection.execute(f"DROP TABLE IF EXISTS temp.{recorded}")
+    return MovedRows(int(count), int(low), int(high), str(digests_sha256)), problems
+
+
+# The SHA-256 of a set of digest rows (one table's, in a snapshot range): each row's snapshot, row count and digests on
+# a line, the lines sorted. A digest row changed, added or removed changes it.
+_digests_sha256_sql = (
+    "sha256(coalesce(string_agg(snapshot_id::VARCHAR || ' ' || row_count::VARCHAR || ' ' || row_digests, chr(10) "
+    "ORDER BY snapshot_id, row_count, row_digests), ''))"
+)
+
+
+def _present_tables(connection: duckdb.DuckDBPyConnection, catalog: str) -> set[str]:
+    return {
         name
         for (name,) in connection.execute(
             "SELECT table_name FROM duckdb_tables() WHERE database_name = ?", [catalog]
         ).fetchall()
     }
-    if digest_table not in present:
-        return [], []
+
+
+def _unchecked_before(connection: duckdb.DuckDBPyConnection, catalog: str, present: set[str]) -> int | None:
+    """The snapshot before which rows have no digest to check (a ledger migrated from before format 3: the digest
+    table's creation), or None when every row is checked."""
     (start,) = connection.execute(
         f"SELECT min(begin_snapshot) FROM __ducklake_metadata_{catalog}.ducklake_table WHERE table_name = ?",
         [digest_table],
@@ -177,18 +289,39 @@ def check_inlined_rows(
             f"SELECT min(format_version) >= {digests_format_version} FROM {catalog}.main.ledger_format"
         ).fetchone()[0]
     )
-    if created_digesting:
-        start = None  # every row is checked: one claiming an older snapshot has no digest and is named
-    # The digest rows, read from the catalog (and the files they were moved to) once for every table's check.
-    recorded = f"ledger_verify_digests_{uuid.uuid4().hex}"
+    return None if created_digesting else start  # None: a row claiming an older snapshot has no digest and is named
+
+
+def _moved_files_as_recorded(
+    connection: duckdb.DuckDBPyConnection, recorded: str, moved: list[MovedFile]
+) -> dict[str, list[MovedFile]]:
+    """The `moved` files whose table's digests in their snapshot range hash as their flush recorded, by table."""
+    if not moved:
+        return {}
+    files = f"ledger_verify_moved_{uuid.uuid4().hex}"
     connection.execute(
-        f"CREATE TEMP TABLE {recorded} AS "
-        f"SELECT snapshot_id, table_name, row_count, row_digests FROM {catalog}.main.{digest_table}"
+        f"CREATE TEMP TABLE {files} (table_name VARCHAR, filename VARCHAR, low BIGINT, high BIGINT, expected VARCHAR)"
     )
     try:
-        return _check_tables(connection, catalog, sorted(set(inlined) & present), present, start, recorded)
+        connection.executemany(
+            f"INSERT INTO {files} VALUES (?, ?, ?, ?, ?)",
+            [[m.table, m.filename, m.snapshot_id_min, m.snapshot_id_max, m.digests_sha256] for m in moved],
+        )
+        matching = {
+            filename
+            for (filename,) in connection.execute(
+                f"""SELECT f.filename FROM {files} f LEFT JOIN {recorded} d
+                    ON d.table_name = f.table_name AND d.snapshot_id BETWEEN f.low AND f.high
+                    GROUP BY f.filename, f.expected HAVING {_digests_sha256_sql} = f.expected"""
+            ).fetchall()
+        }
     finally:
-        connection.execute(f"DROP TABLE IF EXISTS temp.{recorded}")
+        connection.execute(f"DROP TABLE IF EXISTS temp.{files}")
+    trusted: dict[str, list[MovedFile]] = {}
+    for item in moved:
+        if item.filename in matching:
+            trusted.setdefault(item.table, []).append(item)
+    return trusted
 
 
 def _check_tables(
@@ -198,6 +331,7 @@ def _check_tables(
     present: set[str],
     start: int | None,
     recorded: str,
+    trusted: dict[str, list[MovedFile]],
 ) -> tuple[list[str], list[str]]:
     problems = _malformed_digest_rows(connection, recorded)
     digested = {table for (table,) in connection.execute(f"SELECT DISTINCT table_name FROM {recorded}").fetchall()}
@@ -209,18 +343,22 @@ def _check_tables(
                 f"SELECT count(*) FROM {catalog}.main.{table} WHERE snapshot_id < ?", [start]
             ).fetchall()
             unchecked += older
-        recheck = _snapshots_to_recheck(connection, f"{catalog}.main.{table}", columns[table], start, recorded, table)
-        if not recheck:
-            continue
-        # Few snapshots: only theirs are read again; many (a catalog rewritten wholesale): the whole table.
-        only = sorted(recheck) if len(recheck) <= snapshots_rechecked_by_id_max else None
-        text_sql = row_text_sql([(name, is_timestamp) for name, is_timestamp, _ in columns[table]])
-        found: dict[int, dict[str, list[str]]] = {}
-        for snapshot_id, text in connection.execute(
-            f"SELECT snapshot_id, {text_sql} FROM {catalog}.main.{table}{_snapshot_filter(start, only)}"
-        ).fetchall():
-            found.setdefault(snapshot_id, {}).setdefault(row_digest(text), []).append(canonical_text(text))
-        problems += _table_problems(table, found, _recorded(connection, recorded, table, only))
+        # The rows outside the files checked when they were moved, against the digests outside their ranges.
+        relation, digests = f"{catalog}.main.{table}", recorded
+        if trusted.get(table):
+            files = ", ".join(_quoted(item.filename) for item in trusted[table])
+            ranges = " OR ".join(
+                f"snapshot_id BETWEEN {int(item.snapshot_id_min)} AND {int(item.snapshot_id_max)}"
+                for item in trusted[table]
+            )
+            relation = f"(SELECT snapshot_id, * FROM {catalog}.main.{table} WHERE filename NOT IN ({files}))"
+            digests = f"(SELECT * FROM {recorded} WHERE NOT ({ranges}))"
+        recheck = _snapshots_to_recheck(connection, relation, columns[table], start, digests, table)
+        if recheck:
+            # Named from every row and digest of those snapshots, in the moved files or not.
+            problems += _named_differences(
+                connection, f"{catalog}.main.{table}", columns[table], start, sorted(recheck), recorded, table
+            )
     warnings = []
     if unchecked:
         warnings.append(
@@ -228,6 +366,31 @@ def _check_tables(
             "(ledger format 3): they are trusted as they are, not checked against a digest"
         )
     return problems, warnings
+
+
+def _named_differences(
+    connection: duckdb.DuckDBPyConnection,
+    relation: str,
+    columns: list[tuple[str, bool, str]],
+    start: int | None,
+    recheck: list[int],
+    recorded: str,
+    table: str,
+) -> list[str]:
+    """The rows of `recheck`'s snapshots digested again in Python, compared with what they recorded, named."""
+    # Few snapshots: only theirs are read again; many (a catalog rewritten wholesale): the whole table.
+    only = recheck if len(recheck) <= snapshots_rechecked_by_id_max else None
+    text_sql = row_text_sql([(name, is_timestamp) for name, is_timestamp, _ in columns])
+    found: dict[int, dict[str, list[str]]] = {}
+    for snapshot_id, text in connection.execute(
+        f"SELECT snapshot_id, {text_sql} FROM {relation}{_snapshot_filter(start, only)}"
+    ).fetchall():
+        found.setdefault(snapshot_id, {}).setdefault(row_digest(text), []).append(canonical_text(text))
+    return _table_problems(table, found, _recorded(connection, recorded, table, only))
+
+
+def _quoted(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
 
 
 # More snapshots than this to digest again in Python (a catalog changed wholesale): the table is read whole instead

@@ -172,6 +172,26 @@ expiry_schema = pa.schema(
     ]
 )
 
+# Format 20: each bookkeeping file a flush wrote (ledger/catalog_flush.py), one row: the file (path relative to the data
+# folder, size, SHA-256) and what its rows were checked against when it was written: their count, the range of the
+# snapshots that inserted them, and the SHA-256 of the `inlined_digest` rows of that table and range (which matched
+# the rows, row for row). `royalty verify` then checks the file by its bytes and the digests by this SHA-256 instead
+# of digesting every moved row again. Not `*_snapshot` columns: no snapshot is retained for them (ledger/expiry.py).
+flushed_file_table = "ledger_flushed_file"
+flushed_file_schema = pa.schema(
+    [
+        pa.field("flush_id", pa.string(), nullable=False),
+        pa.field("table_name", pa.string(), nullable=False),
+        pa.field("path", pa.string(), nullable=False),  # relative to the data folder
+        pa.field("size_bytes", pa.int64(), nullable=False),
+        pa.field("sha256", pa.string(), nullable=False),
+        pa.field("row_count", pa.int64(), nullable=False),
+        pa.field("snapshot_id_min", pa.int64(), nullable=False),
+        pa.field("snapshot_id_max", pa.int64(), nullable=False),
+        pa.field("digests_sha256", pa.string(), nullable=False),
+    ]
+)
+
 file_tables: dict[str, pa.Schema] = {
     **ledger_schemas,
     "dead_letter": dead_letter_schema,
@@ -189,6 +209,7 @@ inlined_tables: dict[str, pa.Schema] = {
     compaction_table: compaction_schema,
     compaction_retired_table: compaction_retired_schema,
     expiry_table: expiry_schema,
+    flushed_file_table: flushed_file_schema,
 }
 all_tables: dict[str, pa.Schema] = {**file_tables, **inlined_tables}
 # A file table's columns written without compression: random bytes (hashes) that zstd spends CPU on and cannot shrink.

@@ -17,7 +17,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from ledger import Ledger, constants, inlined_digest
-from ledger.catalog_flush import flushed_tables, inlined_row_counts
+from ledger.catalog_flush import FlushRefusedError, flushed_tables, inlined_row_counts
 from ledger.compaction import compact
 from ledger.expiry import RetainedSnapshotError, expire
 from ledger.orphans import find_orphans
@@ -115,14 +115,16 @@ def test_verify_is_clean_after_expiry_and_counts_the_expired_snapshots(expired):
 def test_expiry_moves_the_bookkeeping_rows_out_of_the_catalog_and_every_row_reads_the_same(expired):
     """The offsets, batches, checksums, digests and compaction records leave the catalog for checksummed Parquet
     files; each row still reads the same, with the snapshot that inserted it (verify's digest check of every row,
-    clean above, reads them so). Left inlined: the flushed files' own checksum rows and their digest row."""
+    clean above, reads them so). Left inlined: the flushed files' own checksum rows, their records (format 20) and
+    those rows' digest rows."""
     report, before, after = expired["report"], expired["bookkeeping"], expired["bookkeeping_after"]
     # Flushed too: the expiry record's digest row, inlined by the expiry itself.
     assert expired["inlined_before"] > 100 and report.rows_flushed == expired["inlined_before"] + 1
     tables_flushed = sum(1 for table in flushed_tables if before[table])
     assert expired["inlined_after"]["file_checksum"] == tables_flushed  # one file each
-    assert expired["inlined_after"]["inlined_digest"] == 1
-    assert sum(expired["inlined_after"].values()) == tables_flushed + 1
+    # The digest rows of the flush's own rows: its files' checksums and their ledger_flushed_file records (format 20).
+    assert expired["inlined_after"]["inlined_digest"] == 2
+    assert sum(expired["inlined_after"].values()) == tables_flushed + 2
     for table in flushed_tables:
         assert [row for row in after[table] if row in before[table]] == before[table], table
         # The only rows added: the expiry's digest row, and the flushed files' checksums with their digest row.
@@ -187,6 +189,141 @@ def test_verify_digests_every_bookkeeping_row_in_duckdb_and_digests_again_only_a
     changed = [p for p in problems if "`file_checksum` was changed in the catalog behind DuckLake's back" in p]
     assert len(changed) == 1 and "catalog-flush-forged" in changed[0], problems
     assert len(redigested) == flush_rows  # the changed snapshot's rows, not the moved ones
+
+
+def _flushed_files(ledger: Ledger) -> dict[str, tuple]:
+    """The ledger_flushed_file records (format 20), by table."""
+    rows = ledger.connection.execute(
+        "SELECT table_name, path, size_bytes, sha256, row_count, snapshot_id_min, snapshot_id_max "
+        "FROM lake.main.ledger_flushed_file"
+    ).fetchall()
+    return {row[0]: row[1:] for row in rows}
+
+
+def test_the_flush_checks_the_rows_it_moves_once_and_verify_then_checks_their_files_by_their_bytes(
+    expired, tmp_path, monkeypatch
+):
+    """Each file the flush wrote of a digested table is recorded with its SHA-256, its row count and snapshot range;
+    verify digests none of those rows again (not even in DuckDB: its digest query reads every table but outside the
+    moved files), so it does not grow with the appends the files hold (benchmarks/RESULTS.md, "verify flat in
+    appends"). Not recorded: the digest table's own file (its rows are the digests, undigested)."""
+    lake = tmp_path / "lake"
+    shutil.copytree(expired["lake"], lake)
+    relations: dict[str, str] = {}
+    real = inlined_digest._snapshots_to_recheck
+
+    def spy(connection, relation, columns, start, recorded, table):
+        relations[table] = relation
+        return real(connection, relation, columns, start, recorded, table)
+
+    monkeypatch.setattr(inlined_digest, "_snapshots_to_recheck", spy)
+    with Ledger.open_read_only(lake) as ledger:
+        records = _flushed_files(ledger)
+        checksums = dict(
+            ((path), (size, sha256))
+            for path, size, sha256 in ledger.connection.execute(
+                "SELECT path, size_bytes, sha256 FROM lake.main.file_checksum"
+            ).fetchall()
+        )
+        counts = {
+            table: ledger.connection.execute(
+                f"SELECT count(*), min(snapshot_id), max(snapshot_id) FROM lake.main.{table} "
+                "WHERE filename LIKE '%.parquet'"
+            ).fetchone()
+            for table in records
+        }
+        report = verify(ledger)
+    assert report.ok, report.problems
+    moved = {table for table in flushed_tables if expired["bookkeeping"][table]} - {"inlined_digest"}
+    assert set(records) == moved
+    for table, (path, size, sha256, rows, low, high) in records.items():
+        assert checksums[path] == (size, sha256), table
+        assert (rows, low, high) == counts[table], table
+        assert f"filename NOT IN ('{lake / 'data'}/{path}')" in relations[table], relations[table]
+
+
+def _forge_inlined_row(catalog: sqlite3.Connection, table: str, snapshot: int, values: dict) -> None:
+    """Insert a row into `table`'s inlined rows in the catalog, as if `snapshot` had inserted it."""
+    inlined = _inlined_table(catalog, table)
+    columns = [name for (_, name, *_) in catalog.execute(f"PRAGMA table_info({inlined})").fetchall()]
+    row = {"row_id": 10**9, "begin_snapshot": snapshot, "end_snapshot": None, **values}
+    catalog.execute(
+        f"INSERT INTO {inlined} ({', '.join(columns)}) VALUES ({', '.join('?' for _ in columns)})",
+        [row[name] for name in columns],
+    )
+
+
+def test_the_moved_out_history_changed_behind_the_ledgers_back_is_named_by_verify(expired, tmp_path):
+    """What no file's SHA-256 shows, each in a copy of its own: a row added among the moved ones (an inlined row
+    claiming a snapshot whose rows a flushed file holds), a flushed file dropped from the catalog (its rows gone), and a
+    flush record changed. A verify that trusted the flushed files' ranges without checking them would miss all three."""
+    with Ledger.open_read_only(expired["lake"]) as ledger:
+        records = _flushed_files(ledger)
+    high = records["ingest_offset"][-1]
+    forged = {"kafka_topic": "t", "kafka_partition": 0, "first_offset": 5, "next_offset": 1_000_000,
+              "ingest_batch_id": "forged-batch"}  # fmt: skip
+
+    added = tmp_path / "added"
+    shutil.copytree(expired["lake"], added)
+    with _catalog(added) as catalog:
+        _forge_inlined_row(catalog, "ingest_offset", high, forged)
+    with Ledger.open_read_only(added) as ledger:
+        problems = verify(ledger).problems
+    assert len(problems) == 1, problems
+    assert "`ingest_offset` was changed in the catalog behind DuckLake's back" in problems[0]
+    assert f"(snapshot {high}) matches no digest that snapshot recorded" in problems[0]
+    assert '"next_offset":1000000' in problems[0] and "forged-batch" in problems[0]
+
+    dropped = tmp_path / "dropped"
+    shutil.copytree(expired["lake"], dropped)
+    path, _, _, rows, _, _ = records["ledger_compaction_retired"]
+    with _catalog(dropped) as catalog:
+        catalog.execute("DELETE FROM ducklake_data_file WHERE path = ?", [path.rsplit("/", 1)[-1]])
+    with Ledger.open_read_only(dropped) as ledger:
+        report = verify(ledger)
+    assert any(
+        f"bookkeeping file `{dropped / 'data'}/{path}`" in p
+        and f"{rows} row(s) of `ledger_compaction_retired`" in p
+        and "is not listed by the catalog" in p
+        for p in report.problems
+    ), report.problems
+    assert any("`ledger_compaction_retired` was changed" in p and "inserted are gone" in p for p in report.problems)
+
+    changed = tmp_path / "changed"
+    shutil.copytree(expired["lake"], changed)
+    with _catalog(changed) as catalog:
+        catalog.execute(
+            f"UPDATE {_inlined_table(catalog, 'ledger_flushed_file')} SET snapshot_id_max = snapshot_id_max + 1 "
+            "WHERE table_name = 'ingest_offset'"
+        )
+    with Ledger.open_read_only(changed) as ledger:
+        problems = verify(ledger).problems
+    assert len(problems) == 1, problems
+    assert "`ledger_flushed_file` was changed in the catalog behind DuckLake's back" in problems[0]
+    assert f'"snapshot_id_max":{high + 1}' in problems[0]
+
+
+def test_a_flush_refuses_rows_changed_before_it_and_moves_nothing(expired, tmp_path):
+    """A row changed in the catalog before the flush: the flush checks every row it moves against its digest, refuses
+    (naming the row) and moves nothing, so the change stays inlined, where every verify names it. A flush that
+    recorded the files unchecked would have made verify trust the changed row for ever after."""
+    lake = tmp_path / "lake"
+    shutil.copytree(expired["lake_before_expiry"], lake)
+    with _catalog(lake) as catalog:
+        inlined = _inlined_table(catalog, "ingest_offset")
+        first = f"(SELECT min(row_id) FROM {inlined})"
+        catalog.execute(f"UPDATE {inlined} SET next_offset = next_offset + 1000000 WHERE row_id = {first}")
+    with Ledger.open(lake) as ledger:
+        before = {table: rows for table, rows in inlined_row_counts(ledger).items() if rows}
+        with pytest.raises(FlushRefusedError, match="`ingest_offset` to move out of the catalog do not match") as error:
+            expire(ledger, older_than_s=0, delete_files_after_s=0, flush_rows_min=1)
+        assert "matches no digest that snapshot recorded" in str(error.value)
+        after = {table: rows for table, rows in inlined_row_counts(ledger).items() if rows}
+        assert after == {**before, "inlined_digest": before["inlined_digest"] + 1}  # + the expiry record's (committed)
+        assert ledger.connection.execute("SELECT count(*) FROM lake.main.ledger_flushed_file").fetchone() == (0,)
+        problems = verify(ledger).problems
+    assert any("`ingest_offset` was changed in the catalog behind DuckLake's back" in p for p in problems), problems
+    assert not [p for p in (lake / "data" / "main" / "ingest_offset").glob("ducklake-*.parquet")]
 
 
 def test_a_flush_of_any_other_table_is_named_by_verify(expired, tmp_path):

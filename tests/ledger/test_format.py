@@ -4,6 +4,11 @@
 recorded (commit ac69727): 3,000 sample events ingested, epoch 1 closed and settled on the
 in-process chain, then 1,000 more events ingested and left unsettled. It was written in
 `/tmp/v1gen/lake`, so its catalog names that folder as its data path.
+
+`tests/fixtures/ledger_format_19.tar.gz` is a ledger written by format 19 (the code of commit 9261497, in
+`/tmp/v19gen/lake`): the sample registry and 110 events appended in batches of 20, epoch 1 closed, 90 more events,
+`compact`, `expire --older-than-s 0` with every bookkeeping row moved to Parquet files (format 18's flush), then 31 more
+events. Its flushed files have no `ledger_flushed_file` record (format 20).
 """
 
 import subprocess
@@ -21,6 +26,7 @@ from ledger.verify import verify
 from tests.conftest import repo_root, royalty_command
 
 fixture_v1 = repo_root / "tests" / "fixtures" / "ledger_format_1.tar.gz"
+fixture_v19 = repo_root / "tests" / "fixtures" / "ledger_format_19.tar.gz"
 
 
 def _royalty(*args: str) -> subprocess.CompletedProcess:
@@ -187,3 +193,55 @@ def test_a_migrated_format_1_ledger_expires_and_moves_its_bookkeeping_out_of_the
         result = verify(ledger)
         assert result.ok, result.problems
         assert close_epoch(ledger, dry_run=True).event_count == 1_000  # the unsettled sample
+
+
+def test_a_format_19_ledger_migrates_and_the_files_it_flushed_are_still_digested_row_by_row(tmp_path, monkeypatch):
+    """Format 20 records each file a flush writes with what the flush checked (ledger_flushed_file), and verify checks
+    such a file by its bytes. A format-19 ledger's flushed files have no record: after `royalty migrate` verify still
+    digests their rows at every run; its next flush's files are checked once and recorded."""
+    from ledger import inlined_digest
+    from ledger.expiry import expire
+    from tests.support.ledger_batches import append_in_batches, sample_messages
+
+    with tarfile.open(fixture_v19) as archive:
+        archive.extractall(tmp_path, filter="data")
+    lake = tmp_path / "lake"
+    with pytest.raises(LedgerFormatError, match="format 19"):
+        Ledger.open(lake).close()
+    migrated = _royalty("migrate", "--lake", str(lake))
+    assert migrated.returncode == 0, migrated.stderr
+    assert "from format 19 to 20" in migrated.stdout
+    relations: dict[str, str] = {}
+    real = inlined_digest._snapshots_to_recheck
+
+    def spy(connection, relation, columns, start, recorded, table):
+        relations[table] = relation
+        return real(connection, relation, columns, start, recorded, table)
+
+    monkeypatch.setattr(inlined_digest, "_snapshots_to_recheck", spy)
+    with Ledger.open(lake) as ledger:
+        old_files = {
+            table: path
+            for table, path in ledger.connection.execute(
+                "SELECT DISTINCT 'ingest_offset', filename FROM lake.main.ingest_offset WHERE filename LIKE '%.parquet'"
+            ).fetchall()
+        }
+        assert ledger.connection.execute("SELECT count(*) FROM lake.main.ledger_flushed_file").fetchone() == (0,)
+        report = verify(ledger)
+        assert report.ok, report.problems
+        assert relations["ingest_offset"] == "lake.main.ingest_offset"  # every row digested, the old file's too
+        append_in_batches(ledger, sample_messages(260)[231:], 231, 10)
+        expire(ledger, older_than_s=0, delete_files_after_s=0, flush_rows_min=1)
+        ((new_file, rows),) = ledger.connection.execute(
+            "SELECT path, row_count FROM lake.main.ledger_flushed_file WHERE table_name = 'ingest_offset'"
+        ).fetchall()
+        (since,) = ledger.connection.execute(
+            "SELECT count(*) FROM lake.main.ingest_offset WHERE filename <> ?", [old_files["ingest_offset"]]
+        ).fetchone()
+        relations.clear()
+        report = verify(ledger)
+    assert report.ok, report.problems
+    assert rows == since > 0  # the appends after the old flush
+    # Only the file flushed at format 20 is left out of the row digests; the one flushed before is still read.
+    assert relations["ingest_offset"].endswith(f"WHERE filename NOT IN ('{lake / 'data'}/{new_file}'))")
+    assert old_files["ingest_offset"] != f"{lake / 'data'}/{new_file}"
