@@ -57,6 +57,12 @@ expired_files_delete_after_s = 3600.0
 # Newest first, each transaction drops the retired files its own snapshots began (oldest first, the last one would
 # drop them all at once).
 expire_snapshots_per_transaction_max = 250
+# The retired files an SQLite catalog's cleanup deletes per transaction of its own (ledger/expiry.py): DuckLake's
+# `ducklake_cleanup_old_files` deletes every due file's row in one transaction and stalled the same way on 30,005 of
+# them (over 20 minutes, twice); runs of 1,000 on a connection of their own deleted those in 25 s.
+cleanup_files_per_transaction_max = 1_000
+# How long that connection waits for the catalog's write lock (another writer committing) before it gives up.
+cleanup_lock_wait_s = 60.0
 # After an expiry, a bookkeeping table's inlined rows move to a checksummed Parquet file of their own
 # (ledger/catalog_flush.py) once it holds this many: a flush costs the catalog a data file row and its column
 # statistics (~1-2 KB), a thousand inlined rows ~60-500 KB.

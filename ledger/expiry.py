@@ -32,8 +32,10 @@ with its digest (ledger/inlined_digest.py), so a record changed in the catalog i
 import hashlib
 import json
 import logging
+import sqlite3
 import uuid
 from bisect import bisect_left
+from contextlib import closing
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
@@ -43,7 +45,7 @@ from ledger import constants
 from ledger.catalog_flush import flush_once
 from ledger.compaction import close_step, compactable_tables
 from ledger.connection import catalog_alias
-from ledger.errors import LedgerError
+from ledger.errors import LedgerBusyError, LedgerError
 from ledger.format import ledger_tables
 from ledger.inlined_digest import digest_table
 from ledger.ledger import Ledger
@@ -367,36 +369,66 @@ def _delete_scheduled_files(ledger: Ledger, after_s: float) -> int:
     """Delete the files DuckLake scheduled for deletion at least `after_s` ago (readers of an expired snapshot may
     still be reading them until then); their catalog rows go with them."""
     older_than = datetime.now(UTC) - timedelta(seconds=after_s)
+    if ledger.location.backend == "sqlite":
+        return _delete_scheduled_files_sqlite(ledger, older_than)
 
-    def once() -> int:
-        bound = _cleanup_bound(ledger.connection, ledger.location.backend, older_than)
+    def once() -> int:  # PostgreSQL: DuckLake's own cleanup (it compares the schedule's timestamps)
         rows = ledger.connection.execute(
-            f"CALL ducklake_cleanup_old_files('{catalog_alias}', older_than => ?::TIMESTAMPTZ)", [bound]
+            f"CALL ducklake_cleanup_old_files('{catalog_alias}', older_than => ?::TIMESTAMPTZ)", [older_than]
         ).fetchall()
         return len(rows)
 
     return ledger._retrying(once, "delete the files expired snapshots retired")
 
 
-def _cleanup_bound(connection: duckdb.DuckDBPyConnection, backend: str, older_than: datetime) -> datetime:
-    """The `older_than` to give DuckLake's cleanup so that no file scheduled after `older_than` is deleted.
+def _delete_scheduled_files_sqlite(ledger: Ledger, older_than: datetime) -> int:
+    """DuckLake's cleanup for an SQLite catalog, in runs of `cleanup_files_per_transaction_max` files on a connection
+    of its own to the catalog file.
 
-    On an SQLite catalog (DuckLake 0.3, DuckDB 1.4.4) the cleanup compares by day: a bound deletes every file
-    scheduled on its day, also those scheduled after it (measured: a bound of 00:00:01 deleted files scheduled at
-    01:29 that day). So when a file scheduled after `older_than` waits, the bound is a day before the day it was
-    scheduled (whatever the time zone the day is taken in), and the due files of the days after wait for a later
-    run. PostgreSQL compares timestamps."""
-    if backend != "sqlite":
-        return older_than
-    ((first_waiting,),) = connection.execute(
-        f"""SELECT min(schedule_start::TIMESTAMPTZ) FROM {_metadata}.ducklake_files_scheduled_for_deletion
-            WHERE schedule_start::TIMESTAMPTZ > ?::TIMESTAMPTZ""",
-        [older_than],
-    ).fetchall()
-    if first_waiting is None:
-        return older_than
-    day = datetime.combine(first_waiting.astimezone(UTC).date(), datetime.min.time(), UTC)
-    return min(older_than, day - timedelta(days=1))
+    `ducklake_cleanup_old_files` deletes every due file's row in one transaction of the DuckDB connection's catalog
+    handle; with tens of thousands (an expiry after compacting months of appends) that delete outgrew SQLite's page
+    cache and waited on the shared lock of the connection's other catalog handle without end (30,005 files: stopped
+    after 20 minutes, in session 10 and again in session 12). It also compares an SQLite catalog's schedule by day
+    (a bound of 00:00:01 deleted files scheduled at 01:29 that day). Here the due files are read once, their schedule
+    compared exactly; each run removes its files (a file already gone is fine: a killed run is finished by the next)
+    and then deletes their rows in a short transaction, under SQLite's own locking beside every other writer."""
+    catalog_file = ledger.location.catalog.removeprefix("sqlite:")
+    data_path = ledger.location.data_path
+    with closing(sqlite3.connect(catalog_file, timeout=constants.cleanup_lock_wait_s, isolation_level=None)) as db:
+        scheduled = db.execute(
+            "SELECT data_file_id, path, path_is_relative, schedule_start FROM ducklake_files_scheduled_for_deletion "
+            "ORDER BY data_file_id"
+        ).fetchall()
+        due = [(file_id, data_path + path if relative else path)
+               for file_id, path, relative, start in scheduled if _scheduled_at(start, path) <= older_than]  # fmt: skip
+        deleted = 0
+        for first in range(0, len(due), constants.cleanup_files_per_transaction_max):
+            run = due[first : first + constants.cleanup_files_per_transaction_max]
+            for _, path in run:
+                ledger.store.remove(path)
+            try:
+                db.execute("BEGIN IMMEDIATE")
+            except sqlite3.OperationalError as error:  # the busy timeout passed: another writer holds the catalog
+                raise LedgerBusyError(f"deleting the files expired snapshots retired: {error}") from error
+            try:
+                deleted += db.executemany(
+                    "DELETE FROM ducklake_files_scheduled_for_deletion WHERE data_file_id = ?",
+                    [(file_id,) for file_id, _ in run],
+                ).rowcount
+                db.execute("COMMIT")
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+    return deleted
+
+
+def _scheduled_at(schedule_start: object, path: str) -> datetime:
+    """When DuckLake scheduled a file for deletion (its text, e.g. `2026-12-07 08:06:48.835442+00`)."""
+    try:
+        scheduled = datetime.fromisoformat(str(schedule_start))
+    except ValueError as error:
+        raise LedgerError(f"the catalog schedules `{path}` for deletion at `{schedule_start}`, not a time") from error
+    return scheduled if scheduled.tzinfo is not None else scheduled.replace(tzinfo=UTC)
 
 
 def ranges_text(ids: list[int]) -> str:

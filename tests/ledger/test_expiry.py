@@ -410,6 +410,30 @@ def test_retired_files_wait_out_the_grace_period_before_they_are_deleted(expired
     assert _data_files(lake) == _data_files(expired["lake"])
 
 
+def test_an_sqlite_catalogs_cleanup_deletes_in_runs_of_its_own_exactly_the_due_files(expired, tmp_path, monkeypatch):
+    """On an SQLite catalog the retired files are deleted in runs of `cleanup_files_per_transaction_max`, each on a
+    connection of its own to the catalog (DuckLake's one-transaction cleanup stalled on 30,005 files: RESULTS, issue
+    19, session 12): with runs of 2, every due file and its scheduled row go, the ones scheduled after the bound stay;
+    a file already gone (a killed run's) is no error; the ledger verifies."""
+    monkeypatch.setattr(constants, "cleanup_files_per_transaction_max", 2)
+    lake = tmp_path / "lake"
+    shutil.copytree(expired["lake_before_expiry"], lake)
+    with Ledger.open(lake) as ledger:
+        waiting = expire(ledger, older_than_s=0, delete_files_after_s=3600)
+        assert waiting.files_dropped > 2 and waiting.files_deleted == 0
+        with _catalog(lake) as catalog:
+            scheduled = [row[0] for row in catalog.execute("SELECT path FROM ducklake_files_scheduled_for_deletion")]
+        assert len(scheduled) == waiting.files_dropped
+        (lake / "data" / scheduled[0]).unlink()  # as a killed run leaves it: the file gone, its row still there
+        due = expire(ledger, older_than_s=0, delete_files_after_s=0)
+        assert verify(ledger).ok
+    assert due.files_deleted == waiting.files_dropped
+    assert not any((lake / "data" / path).exists() for path in scheduled)
+    with _catalog(lake) as catalog:
+        assert catalog.execute("SELECT count(*) FROM ducklake_files_scheduled_for_deletion").fetchone() == (0,)
+    assert _data_files(lake) == _data_files(expired["lake"])
+
+
 def test_an_epoch_planned_at_a_snapshot_expired_meanwhile_is_not_written(expired, tmp_path, monkeypatch):
     """close-epoch plans without the step lock: an expiry between its plan and its write must not leave an epoch
     closing on a snapshot time travel no longer reaches."""
