@@ -1,8 +1,10 @@
-"""Building ingest batches for ledger tests."""
+"""Building ingest batches for ledger tests, and watching what `verify` digests."""
 
 from collections.abc import Sequence
 
-from ledger import IngestBatch, PartitionOffsets
+import pytest
+
+from ledger import IngestBatch, PartitionOffsets, inlined_digest
 from schemas import BatchDecoder
 
 decoder = BatchDecoder()
@@ -21,3 +23,17 @@ def batch_of(
         list(values), [topic] * len(values), [partition] * len(values), offsets, decoder
     )
     return batch, [PartitionOffsets(topic, partition, first_offset, first_offset + len(values))]
+
+
+def digested_relations(monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+    """The relation `verify`'s digest check reads for each bookkeeping table (filled as it runs): a table read with
+    `filename NOT IN (...)` leaves those files' rows undigested."""
+    relations: dict[str, str] = {}
+    real = inlined_digest._snapshots_to_recheck
+
+    def spy(connection, relation, columns, start, recorded, table):
+        relations[table] = relation
+        return real(connection, relation, columns, start, recorded, table)
+
+    monkeypatch.setattr(inlined_digest, "_snapshots_to_recheck", spy)
+    return relations

@@ -24,6 +24,7 @@ from ledger.orphans import find_orphans
 from ledger.verify import verify
 from settlement import close_epoch
 from settlement.engine.exceptions import ExpiredWhilePlanningError
+from tests.ledger.helpers import digested_relations
 from tests.support.anvil import REPO_ROOT
 from tests.support.ledger_batches import append_in_batches, sample_messages
 
@@ -209,14 +210,7 @@ def test_the_flush_checks_the_rows_it_moves_once_and_verify_then_checks_their_fi
     appends"). Not recorded: the digest table's own file (its rows are the digests, undigested)."""
     lake = tmp_path / "lake"
     shutil.copytree(expired["lake"], lake)
-    relations: dict[str, str] = {}
-    real = inlined_digest._snapshots_to_recheck
-
-    def spy(connection, relation, columns, start, recorded, table):
-        relations[table] = relation
-        return real(connection, relation, columns, start, recorded, table)
-
-    monkeypatch.setattr(inlined_digest, "_snapshots_to_recheck", spy)
+    relations = digested_relations(monkeypatch)
     with Ledger.open_read_only(lake) as ledger:
         records = _flushed_files(ledger)
         checksums = dict(

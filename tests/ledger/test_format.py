@@ -24,6 +24,7 @@ from ledger.format import format_table, format_version_current, record_format, s
 from ledger.tables import create_statements
 from ledger.verify import verify
 from tests.conftest import repo_root, royalty_command
+from tests.ledger.helpers import digested_relations
 
 fixture_v1 = repo_root / "tests" / "fixtures" / "ledger_format_1.tar.gz"
 fixture_v19 = repo_root / "tests" / "fixtures" / "ledger_format_19.tar.gz"
@@ -199,7 +200,6 @@ def test_a_format_19_ledger_migrates_and_the_files_it_flushed_are_still_digested
     """Format 20 records each file a flush writes with what the flush checked (ledger_flushed_file), and verify checks
     such a file by its bytes. A format-19 ledger's flushed files have no record: after `royalty migrate` verify still
     digests their rows at every run; its next flush's files are checked once and recorded."""
-    from ledger import inlined_digest
     from ledger.expiry import expire
     from tests.support.ledger_batches import append_in_batches, sample_messages
 
@@ -211,14 +211,7 @@ def test_a_format_19_ledger_migrates_and_the_files_it_flushed_are_still_digested
     migrated = _royalty("migrate", "--lake", str(lake))
     assert migrated.returncode == 0, migrated.stderr
     assert "from format 19 to 20" in migrated.stdout
-    relations: dict[str, str] = {}
-    real = inlined_digest._snapshots_to_recheck
-
-    def spy(connection, relation, columns, start, recorded, table):
-        relations[table] = relation
-        return real(connection, relation, columns, start, recorded, table)
-
-    monkeypatch.setattr(inlined_digest, "_snapshots_to_recheck", spy)
+    relations = digested_relations(monkeypatch)
     with Ledger.open(lake) as ledger:
         old_files = {
             table: path
