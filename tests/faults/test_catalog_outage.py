@@ -33,7 +33,9 @@ TRAFFIC_AFTER_OUTAGE_S = 3
 OUTAGE_REPORTED_S_MAX = 30
 CATALOG_UNREACHABLE = "ledger catalog unreachable; retrying the same batch"
 CATALOG_BACK = "ledger available again; resuming"
-GROUP_STABLE_S_MAX = 60
+# Two workers' start-up and the group's rebalance: 60 s was exceeded once in a full CI run (2026-12-07, passed 3 of 3
+# alone at 32-50 s a run); only the wait before the outage, it costs nothing when the group splits sooner.
+GROUP_STABLE_S_MAX = 120
 
 
 # Was xfail (sessions 4-6): it failed about 1 run in 4, once on DuckLake's "Unknown name map id" after both workers
