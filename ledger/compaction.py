@@ -42,7 +42,7 @@ import duckdb
 import pyarrow as pa
 
 from ledger import constants
-from ledger.connection import catalog_alias
+from ledger.connection import catalog_alias, committed_snapshot_function
 from ledger.errors import LedgerBusyError, LedgerError
 from ledger.format import ledger_tables
 from ledger.inlined_digest import row_text_sql
@@ -373,7 +373,7 @@ def _merge(ledger: Ledger, files: list[_File]) -> tuple[int, int]:
             connection.unregister("compaction_files")
     # Read whole (fetchall): a result left open would keep a read on a SQLite catalog and block every writer.
     ((snapshot,),) = connection.execute(
-        f"SELECT coalesce((SELECT id FROM ducklake_last_committed_snapshot('{catalog_alias}')), "
+        f"SELECT coalesce((SELECT id FROM {committed_snapshot_function}('{catalog_alias}')), "
         f"(SELECT max(snapshot_id) FROM ducklake_snapshots('{catalog_alias}')))"
     ).fetchall()
     log.info(

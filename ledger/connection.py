@@ -26,6 +26,9 @@ from ledger.object_store import is_s3, secret_statements
 from ledger.redact import dsn_password, redact, remember_secret
 
 catalog_alias = "lake"
+# DuckLake's function named from the system catalog: unqualified, its lookup under `USE lake` starts a DuckLake
+# transaction first, ~1.3 ms of CPU at every append's end (benchmarks/RESULTS.md, small appends).
+committed_snapshot_function = "system.main.ducklake_last_committed_snapshot"
 sqlite_catalog_file = "catalog.sqlite"
 data_folder = "data"
 # Writers that attach a new PostgreSQL catalog at the same moment race to create DuckLake's

@@ -159,3 +159,44 @@ def test_a_resend_identical_to_one_of_two_stored_copies_is_one_duplicate_and_no_
         assert (result.events, result.duplicates, result.dead_letters) == (1, 1, 0)  # was (1, 1, 1)
         (dead,) = ledger.connection.execute("SELECT count(*) FROM lake.main.dead_letter").fetchone()
         assert dead == 0
+
+
+def test_small_appends_run_on_one_thread_and_every_other_use_gets_the_connections_thread_count_back(
+    lake_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Consecutive small appends keep `threads = 1` between them (each change of it costs CPU); any other use of the
+    connection, and a large append, runs with the thread count the connection had."""
+    from ledger import constants
+
+    values = list(SampleTraffic().metered(300))
+    with Ledger.open(lake_dir) as ledger:
+        ledger.connection.execute("SET threads = 3")
+        seen: list[int] = []
+        add_files = ledger._add_files
+
+        def spying(written, batch_id) -> None:
+            seen.append(ledger._connection.execute("SELECT current_setting('threads')").fetchone()[0])
+            add_files(written, batch_id)
+
+        monkeypatch.setattr(ledger, "_add_files", spying)
+        ledger.append(*batch_of(values[:100]))
+        ledger.append(*batch_of(values[100:200], first_offset=100))
+        assert seen == [1, 1]
+        assert ledger.connection.execute("SELECT current_setting('threads')").fetchone()[0] == 3
+        monkeypatch.setattr(constants, "append_one_thread_messages_max", 50)
+        ledger.append(*batch_of(values[200:], first_offset=200))
+        assert seen == [1, 1, 3]
+
+
+def test_a_batch_within_stored_rows_bounds_keeps_its_new_events_and_drops_only_the_stored_ones(lake_dir: Path) -> None:
+    """A batch whose times and ids lie within stored rows' (the cheap bounds check says "maybe") is probed by id:
+    its new events are kept, its resent ones dropped."""
+    values = list(SampleTraffic().metered(300))
+    with Ledger.open(lake_dir) as ledger:
+        ledger.append(*batch_of(values[::2]))
+        result = ledger.append(*batch_of([*values[1::2], values[10]], first_offset=150))
+        assert (result.events, result.duplicates, result.dead_letters) == (150, 1, 0)
+        ((stored,),) = ledger.connection.execute(
+            "SELECT count(DISTINCT event_id) FROM lake.main.inference_metered"
+        ).fetchall()
+    assert stored == 300
