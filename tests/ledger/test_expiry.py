@@ -600,3 +600,46 @@ def test_expiry_on_a_postgresql_catalog(postgres_server, tmp_path):
     assert seen["after"] == seen["before"]
     for name in ("verify", "verify_retired"):
         assert seen[name].ok, (name, seen[name].problems)
+
+
+def test_the_next_flush_checks_and_records_the_files_flushed_before_format_20(tmp_path, monkeypatch):
+    """Files a flush wrote before format 20 have no record, so verify digested their rows at every run. The next flush
+    checks them as it checks its own and records them: verify then reads them by their bytes. A file whose bytes changed
+    since is not recorded, and verify still names it."""
+    from ledger import catalog_flush
+    from ledger.catalog_flush import flush_bookkeeping
+
+    lake = tmp_path / "lake"
+    with Ledger.open(lake) as ledger:
+        offset = append_in_batches(ledger, _values[:120], 0, 20)
+        with monkeypatch.context() as before_format_20:  # a flush that finds no `ledger_flushed_file` table
+            real = catalog_flush.ledger_tables
+            before_format_20.setattr(catalog_flush, "ledger_tables", lambda c: real(c) - {"ledger_flushed_file"})
+            flush_bookkeeping(ledger, rows_min=1)
+        earlier = dict(
+            ledger.connection.execute(
+                "SELECT table_name, path FROM lake.main.file_checksum WHERE ingest_batch_id LIKE 'catalog-flush-%' "
+                "AND table_name <> 'inlined_digest'"
+            ).fetchall()
+        )
+        assert {"ingest_offset", "ingest_batch", "file_checksum"} <= set(earlier)
+        assert _flushed_files(ledger) == {}
+        append_in_batches(ledger, _values[120:], offset, 20)
+        changed = lake / "data" / earlier["ingest_batch"]
+        original = changed.read_bytes()
+        changed.write_bytes(original[:-8] + b"\0" * 8)  # the file's footer: it no longer holds its recorded bytes
+        flush_bookkeeping(ledger, rows_min=1)
+        recorded = {
+            path for (path,) in ledger.connection.execute("SELECT path FROM lake.main.ledger_flushed_file").fetchall()
+        }
+        assert recorded >= {path for table, path in earlier.items() if table != "ingest_batch"}
+        assert earlier["ingest_batch"] not in recorded
+        report = verify(ledger)
+        assert any(earlier["ingest_batch"] in problem for problem in report.problems), report.problems
+        changed.write_bytes(original)
+        relations = digested_relations(monkeypatch)
+        report = verify(ledger)
+    assert report.ok, report.problems
+    for table, path in earlier.items():
+        if table != "ingest_batch":
+            assert f"'{lake / 'data'}/{path}'" in relations[table], (table, relations[table])

@@ -196,10 +196,10 @@ def test_a_migrated_format_1_ledger_expires_and_moves_its_bookkeeping_out_of_the
         assert close_epoch(ledger, dry_run=True).event_count == 1_000  # the unsettled sample
 
 
-def test_a_format_19_ledger_migrates_and_the_files_it_flushed_are_still_digested_row_by_row(tmp_path, monkeypatch):
+def test_a_format_19_ledger_migrates_and_its_next_flush_records_the_files_flushed_before(tmp_path, monkeypatch):
     """Format 20 records each file a flush writes with what the flush checked (ledger_flushed_file), and verify checks
     such a file by its bytes. A format-19 ledger's flushed files have no record: after `royalty migrate` verify still
-    digests their rows at every run; its next flush's files are checked once and recorded."""
+    digests their rows, until its next flush checks them with its own files and records them all."""
     from ledger.expiry import expire
     from tests.support.ledger_batches import append_in_batches, sample_messages
 
@@ -213,28 +213,28 @@ def test_a_format_19_ledger_migrates_and_the_files_it_flushed_are_still_digested
     assert "from format 19 to 20" in migrated.stdout
     relations = digested_relations(monkeypatch)
     with Ledger.open(lake) as ledger:
-        old_files = {
-            table: path
-            for table, path in ledger.connection.execute(
-                "SELECT DISTINCT 'ingest_offset', filename FROM lake.main.ingest_offset WHERE filename LIKE '%.parquet'"
-            ).fetchall()
-        }
+        (old_file,) = ledger.connection.execute(
+            "SELECT DISTINCT filename FROM lake.main.ingest_offset WHERE filename LIKE '%.parquet'"
+        ).fetchone()
         assert ledger.connection.execute("SELECT count(*) FROM lake.main.ledger_flushed_file").fetchone() == (0,)
         report = verify(ledger)
         assert report.ok, report.problems
         assert relations["ingest_offset"] == "lake.main.ingest_offset"  # every row digested, the old file's too
         append_in_batches(ledger, sample_messages(260)[231:], 231, 10)
         expire(ledger, older_than_s=0, delete_files_after_s=0, flush_rows_min=1)
-        ((new_file, rows),) = ledger.connection.execute(
-            "SELECT path, row_count FROM lake.main.ledger_flushed_file WHERE table_name = 'ingest_offset'"
-        ).fetchall()
-        (since,) = ledger.connection.execute(
-            "SELECT count(*) FROM lake.main.ingest_offset WHERE filename <> ?", [old_files["ingest_offset"]]
-        ).fetchone()
+        files = dict(
+            ledger.connection.execute(
+                "SELECT path, row_count FROM lake.main.ledger_flushed_file WHERE table_name = 'ingest_offset'"
+            ).fetchall()
+        )
+        counts = dict(
+            ledger.connection.execute("SELECT filename, count(*) FROM lake.main.ingest_offset GROUP BY ALL").fetchall()
+        )
         relations.clear()
         report = verify(ledger)
     assert report.ok, report.problems
-    assert rows == since > 0  # the appends after the old flush
-    # Only the file flushed at format 20 is left out of the row digests; the one flushed before is still read.
-    assert relations["ingest_offset"].endswith(f"WHERE filename NOT IN ('{lake / 'data'}/{new_file}'))")
-    assert old_files["ingest_offset"] != f"{lake / 'data'}/{new_file}"
+    data = f"{lake / 'data'}/"
+    assert {data + path: rows for path, rows in files.items()} == counts  # both files, with their rows
+    assert old_file in {data + path for path in files}
+    # Neither file's rows are digested again.
+    assert all(f"'{data}{path}'" in relations["ingest_offset"] for path in files), relations["ingest_offset"]
