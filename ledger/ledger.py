@@ -193,7 +193,8 @@ class Ledger:
         self._transaction_snapshot: int | None = None
         self._threads: int | None = None  # DuckDB's thread count on this machine, read at the first small append
         self._one_thread = False  # the connection runs on one thread, left so by a small append (`_threads_for`)
-        self._in_small_append = False
+        self._in_append = False
+        self._retries_wanted = False  # the open transaction may let DuckLake retry its commit
         # The data path: a local folder or an S3 prefix (ledger/object_store.py).
         self.store = store_for(location.data_path)
 
@@ -362,7 +363,7 @@ class Ledger:
             if self._partition_locks is not None
             else nullcontext()
         )
-        with self._lock, locked, self._threads_for(len(batch)):
+        with self._lock, locked, self._appending(), self._threads_for(len(batch)):
             result = self._retrying(
                 lambda: self._append_once(batch, offsets, writer, ingest_batch_id, file_positions), "append"
             )
@@ -370,6 +371,16 @@ class Ledger:
             if self._appends_on_connection >= appends_per_connection_max:
                 self._reconnect()
         return result
+
+    @contextmanager
+    def _appending(self) -> Iterator[None]:
+        """Mark an append's run: the settings it leaves for the next append (one thread, DuckLake's commit retries)
+        stay until the connection is used for anything else (`connection`)."""
+        self._in_append = True
+        try:
+            yield
+        finally:
+            self._in_append = False
 
     @contextmanager
     def _threads_for(self, messages: int) -> Iterator[None]:
@@ -389,11 +400,7 @@ class Ledger:
                 (self._threads,) = self.connection.execute("SELECT current_setting('threads')").fetchone()
             self.connection.execute("SET threads = 1")
             self._one_thread = True
-        self._in_small_append = True
-        try:
-            yield
-        finally:
-            self._in_small_append = False
+        yield
 
     def _restore_threads(self) -> None:
         """Give the connection back its thread count after small appends ran on one thread."""
@@ -414,7 +421,8 @@ class Ledger:
         if self._connection is not None:
             self._connection.close()
         self._connection = None
-        self._one_thread = False  # a new connection has the default thread count
+        self._one_thread = False  # a new connection has the default thread count and no commit retries
+        self._ducklake_retries_allowed = False
         self._appends_on_connection = 0
         self._mapped_tables = set()
         try:
@@ -437,8 +445,9 @@ class Ledger:
         """The DuckDB connection with the ledger attached as `lake`."""
         if self._connection is None:
             self._connection = self._writer_connection()
-        elif self._one_thread and not self._in_small_append:
+        elif not self._in_append and (self._one_thread or self._ducklake_retries_allowed):
             self._restore_threads()
+            self._forbid_ducklake_commit_retries()
         return self._connection
 
     def _append_once(
@@ -968,11 +977,16 @@ class Ledger:
         self._pending_digests = {}
         self._tables_committing = set()
         self._transaction_snapshot = None
+        self._retries_wanted = False
         self.connection.execute("BEGIN TRANSACTION")
         try:
             try:
                 yield
                 self._record_inlined_digests()
+                if self._ducklake_retries_allowed and not self._retries_wanted:
+                    # Left on by an earlier append of this connection: this commit must not be retried by DuckLake.
+                    self.connection.execute("SET ducklake_max_retry_count = 0")
+                    self._ducklake_retries_allowed = False
             except BaseException:
                 self._pending_digests = {}
                 with suppress(duckdb.Error):
@@ -982,7 +996,8 @@ class Ledger:
             self._mapped_tables |= self._tables_committing
         finally:
             self._transaction_snapshot = None
-            self._forbid_ducklake_commit_retries()
+            if not self._in_append:
+                self._forbid_ducklake_commit_retries()
 
     @contextmanager
     def _removing_files_of_a_refused_commit(self, written: list["_FileToAdd"]) -> Iterator[None]:
@@ -999,16 +1014,22 @@ class Ledger:
     def _allow_ducklake_commit_retries(self, file_tables: set[str]) -> None:
         """Let DuckLake retry this transaction's commit itself when it adds files only to `file_tables` whose
         column maps this connection committed before (no new map, so none its retry could re-number): cheaper
-        than redoing the whole append. The tables are remembered once the commit succeeds."""
+        than redoing the whole append. The tables are remembered once the commit succeeds. The setting stays on for
+        the next append (each change costs ~0.2 ms): any other commit turns it off first (`_transaction`,
+        `connection`)."""
         if file_tables <= self._mapped_tables:
-            self.connection.execute(f"SET ducklake_max_retry_count = {constants.ducklake_commit_retries_max}")
-            self._ducklake_retries_allowed = True
+            self._retries_wanted = True
+            if not self._ducklake_retries_allowed:
+                self.connection.execute(f"SET ducklake_max_retry_count = {constants.ducklake_commit_retries_max}")
+                self._ducklake_retries_allowed = True
         self._tables_committing = file_tables
 
     def _forbid_ducklake_commit_retries(self) -> None:
         if self._ducklake_retries_allowed and self._connection is not None:
-            with suppress(duckdb.Error):
+            try:
                 self._connection.execute("SET ducklake_max_retry_count = 0")
+            except duckdb.Error:
+                return  # still on: the next transaction turns it off before its COMMIT (`_transaction`) or fails
         self._ducklake_retries_allowed = False
 
     def _retrying(self, work, what: str):

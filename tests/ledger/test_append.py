@@ -161,31 +161,46 @@ def test_a_resend_identical_to_one_of_two_stored_copies_is_one_duplicate_and_no_
         assert dead == 0
 
 
-def test_small_appends_run_on_one_thread_and_every_other_use_gets_the_connections_thread_count_back(
+def test_appends_leave_one_thread_and_commit_retries_on_for_the_next_and_every_other_use_gets_the_defaults_back(
     lake_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Consecutive small appends keep `threads = 1` between them (each change of it costs CPU); any other use of the
-    connection, and a large append, runs with the thread count the connection had."""
+    """Consecutive small appends keep `threads = 1` and DuckLake's commit retries (for tables whose column maps the
+    connection committed) between them, each change of a setting costing CPU; any other use of the connection, and a
+    large append, runs with the connection's own thread count, and any other commit with DuckLake's retries off."""
     from ledger import constants
 
     values = list(SampleTraffic().metered(300))
     with Ledger.open(lake_dir) as ledger:
         ledger.connection.execute("SET threads = 3")
-        seen: list[int] = []
-        add_files = ledger._add_files
+        seen: list[tuple[int, int]] = []
+        insert_bookkeeping = ledger._insert_bookkeeping
 
-        def spying(written, batch_id) -> None:
-            seen.append(ledger._connection.execute("SELECT current_setting('threads')").fetchone()[0])
-            add_files(written, batch_id)
+        def spying(*args) -> None:
+            seen.append(_settings(ledger._connection))
+            insert_bookkeeping(*args)
 
-        monkeypatch.setattr(ledger, "_add_files", spying)
+        monkeypatch.setattr(ledger, "_insert_bookkeeping", spying)
         ledger.append(*batch_of(values[:100]))
         ledger.append(*batch_of(values[100:200], first_offset=100))
-        assert seen == [1, 1]
-        assert ledger.connection.execute("SELECT current_setting('threads')").fetchone()[0] == 3
-        monkeypatch.setattr(constants, "append_one_thread_messages_max", 50)
-        ledger.append(*batch_of(values[200:], first_offset=200))
-        assert seen == [1, 1, 3]
+        retries = constants.ducklake_commit_retries_max
+        assert seen == [(1, 0), (1, retries)]  # the first append's tables had no column maps yet
+        assert _settings(ledger.connection) == (3, 0)
+        ledger.append(*batch_of(values[200:250], first_offset=200))
+        committed: list[tuple[int, int]] = []
+        with ledger._transaction():  # any other commit: DuckLake's retries turned off before it
+            ledger.connection.execute("SELECT count(*) FROM lake.main.ledger_format").fetchall()
+            committed.append(_settings(ledger._connection))
+        assert committed == [(3, 0)]
+        monkeypatch.setattr(constants, "append_one_thread_messages_max", 20)
+        ledger.append(*batch_of(values[250:], first_offset=250))
+        assert seen[2:] == [(1, retries), (3, retries)]
+
+
+def _settings(connection) -> tuple[int, int]:
+    """A connection's DuckDB thread count and DuckLake commit retries."""
+    return connection.execute(
+        "SELECT current_setting('threads'), current_setting('ducklake_max_retry_count')"
+    ).fetchone()
 
 
 def test_a_batch_within_stored_rows_bounds_keeps_its_new_events_and_drops_only_the_stored_ones(lake_dir: Path) -> None:
