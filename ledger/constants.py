@@ -44,10 +44,13 @@ compacted_file_bytes_min = 64 * 1024 * 1024
 # stays short; a folder with more merges again on the next run.
 compaction_files_per_merge_max = 2_000
 
-# Snapshot expiry (ledger/expiry.py): by default snapshots younger than a week are kept (time travel to any of
-# them), and the retired files an expiry dropped are deleted once scheduled this long ago (a reader that opened an
-# expired snapshot before the expiry may still be reading them).
-expire_older_than_s_default = 7 * 24 * 3600.0
+# Snapshot expiry (ledger/expiry.py): by default the stream's snapshots younger than an hour are kept (time travel to
+# any of them; closing snapshots and every snapshot that did more than append are kept for ever). An hour, not a week:
+# every DuckLake transaction on an SQLite catalog reads the whole snapshot table, ~0.4 ms of CPU per 1,000 snapshots
+# added to every append (benchmarks/catalog_growth_bench.py), and a week at one append a second is 604,800 of them.
+# The retired files an expiry dropped are deleted once scheduled this long ago (a reader that opened an expired
+# snapshot before the expiry may still be reading them).
+expire_older_than_s_default = 3600.0
 expired_files_delete_after_s = 3600.0
 # One expiry transaction expires at most this many snapshots, newest first (ledger/expiry.py). DuckLake deletes an
 # expiry's catalog rows in one SQLite transaction; once they outgrow SQLite's page cache, each page it spills waits

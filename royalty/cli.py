@@ -293,7 +293,7 @@ def expire(
             "--older-than-s",
             min=0,
             help="Only expire snapshots committed at least this many seconds ago (setting `expire_older_than_s`). "
-            "[default: 604800, a week]",
+            "[default: 3600, an hour]",
         ),
     ] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Say what would be expired; change nothing.")] = False,
@@ -327,7 +327,7 @@ def expire(
 
 
 def _expire_older_than_s(settings: "Settings") -> float:
-    """The setting `expire_older_than_s`, or the ledger's default (a week) when unset."""
+    """The setting `expire_older_than_s`, or the ledger's default (an hour) when unset."""
     from ledger.constants import expire_older_than_s_default
 
     return expire_older_than_s_default if settings.expire_older_than_s is None else settings.expire_older_than_s

@@ -136,7 +136,7 @@ class Settings(BaseSettings):
     expire_older_than_s: int | None = _setting(
         None,
         "Snapshots younger than this many seconds are kept by `royalty expire` and by ingest's idle expiry; unset: "
-        "604,800 (a week).",
+        "3,600 (an hour; a longer window slows every append on an SQLite catalog: docs/operations.md).",
         (0, 3_650 * 86_400),
     )
     event_time_future_s_max: int = _setting(
