@@ -615,12 +615,14 @@ class Ledger:
         for table_name, rows in batch.decoded.tables.items():
             content = [field.name for field in envelope_fields if field.name != "event_date"]
             content += list(_data_columns(table_name))
-            if not self._may_hold_duplicates(table_name, rows):
+            # Distinct ids are distinct (source, id) pairs: the common answer, checked cheaply first.
+            repeats = pc.count_distinct(rows.column("event_id")).as_py() != rows.num_rows
+            if not repeats and not self._stored_within_bounds(table_name, rows):
                 kept[table_name] = rows
                 continue
             self.connection.register("batch_rows", rows)
             try:
-                if not self._holds_duplicates(table_name, rows):
+                if not repeats and not self._stored_same_ids_count(table_name, rows):
                     kept[table_name] = rows
                     continue
                 verdicts = self.connection.execute(
@@ -675,29 +677,21 @@ class Ledger:
                 kept[table_name] = rows
         return kept, duplicates, conflicts
 
-    def _may_hold_duplicates(self, table_name: str, rows: pa.Table) -> bool:
-        """Whether `rows` may repeat a (source, event id) among themselves or of the ledger (the common answer: no).
-
-        Cheap checks only: distinct ids in Arrow (distinct ids are distinct pairs), then whether any stored row lies
-        within the batch's bounds (`_batch_bounds_sql`), which DuckLake answers from file statistics alone when no
-        stored file's ranges overlap the batch's: a live stream's new batch, ~0.4 ms against ~3 ms for the probe by
-        id with the batch registered (`_holds_duplicates`).
-        """
+    def _stored_within_bounds(self, table_name: str, rows: pa.Table) -> bool:
+        """Whether any stored row lies within the batch's bounds (`_batch_bounds_sql`): DuckLake answers it from file
+        statistics alone when no stored file's ranges overlap the batch's, as for a live stream's new batch (~0.4 ms,
+        against ~3 ms for the probe by id with the batch registered, `_stored_same_ids_count`)."""
         if not rows.num_rows:
             return False
-        if pc.count_distinct(rows.column("event_id")).as_py() != rows.num_rows:
-            return True
         ((within_bounds,),) = self.connection.execute(
             f"SELECT count(*) FROM {catalog_alias}.main.{table_name} WHERE {_batch_bounds_sql(rows)}"
         ).fetchall()
         return bool(within_bounds)
 
-    def _holds_duplicates(self, table_name: str, rows: pa.Table) -> bool:
-        """Whether `rows`, registered as `batch_rows`, repeat a (source, event id) among themselves or of the ledger."""
-        if pc.count_distinct(rows.column("event_id")).as_py() != rows.num_rows:
-            return True
+    def _stored_same_ids_count(self, table_name: str, rows: pa.Table) -> int:
+        """How many stored rows share a (source, event id) with `rows`, registered as `batch_rows`."""
         ((matches,),) = self.connection.execute(f"SELECT count(*) FROM {_stored_same_ids(table_name, rows)}").fetchall()
-        return bool(matches)
+        return int(matches)
 
     def _with_positions(self, batch: IngestBatch, rows: pa.Table, ingest_batch_id: str) -> pa.Table:
         indexes = rows.column("message_index")
