@@ -29,13 +29,13 @@ class ClosedSocketRace(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         error = record.exc_info[1] if record.exc_info else None
-        if record.levelno >= logging.ERROR and isinstance(error, AttributeError) and _closed_socket(error):
+        if (
+            record.levelno >= logging.ERROR
+            and isinstance(error, AttributeError)
+            and str(error) == "'NoneType' object has no attribute 'recv'"
+        ):
             record.levelno, record.levelname = logging.WARNING, logging.getLevelName(logging.WARNING)
         return True
-
-
-def _closed_socket(error: AttributeError) -> bool:
-    return str(error) == "'NoneType' object has no attribute 'recv'"
 
 
 _kafka_transport_logger = "kafka.net.transport"
