@@ -50,7 +50,7 @@ from ledger.inlined_digest import (
     undigested_tables,
 )
 from ledger.ledger import Ledger, _FileToAdd, _remove_files
-from ledger.tables import compaction_retired_table, compaction_table, flushed_file_table
+from ledger.tables import compaction_retired_table, compaction_summary_table, compaction_table, flushed_file_table
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +67,7 @@ flushed_tables = (
     "dead_letter_line",
     compaction_table,
     compaction_retired_table,
+    compaction_summary_table,
     digest_table,
 )
 

@@ -32,7 +32,7 @@ import logging
 import os
 import uuid
 from bisect import bisect_left
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import suppress
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
@@ -48,7 +48,13 @@ from ledger.format import ledger_tables
 from ledger.inlined_digest import row_text_sql
 from ledger.ledger import Ledger
 from ledger.object_store import DataStore, is_s3
-from ledger.tables import compaction_retired_table, compaction_table, duckdb_type, file_tables
+from ledger.tables import (
+    compaction_retired_table,
+    compaction_summary_table,
+    compaction_table,
+    duckdb_type,
+    file_tables,
+)
 
 log = logging.getLogger(__name__)
 
@@ -348,6 +354,8 @@ def _merge(ledger: Ledger, files: list[_File]) -> tuple[int, int]:
             str(expected[1]), min(f.first_snapshot for f in files), max(f.last_snapshot for f in files),
             datetime.now(UTC),
         ]  # fmt: skip
+        retired_paths = [file.relative_path for file in files]
+        summary = [compaction_id, len(files), sum(file.rows for file in files), paths_digest(retired_paths)]
 
         def commit() -> None:
             with ledger._transaction():
@@ -361,6 +369,7 @@ def _merge(ledger: Ledger, files: list[_File]) -> tuple[int, int]:
                 ledger._insert_inlined_rows(
                     compaction_retired_table, [[compaction_id, file.relative_path, file.rows] for file in files]
                 )
+                ledger._insert_inlined_rows(compaction_summary_table, [summary])
 
         ledger._retrying(commit, "compact")
     except BaseException:
@@ -404,6 +413,42 @@ def _retire(connection: duckdb.DuckDBPyConnection, files: list[_File], table: st
         raise LedgerError(f"compaction would retire {deleted} rows of `{table}` for {expected} in its files")
 
 
+def summarize_compactions(ledger: Ledger) -> int:
+    """Record the summary (format 21) of every compaction that has none, one committed before format 21, from its
+    retired-file rows, in the caller's transaction (`royalty migrate`'s step 21); how many."""
+    connection = ledger.connection
+    if not {compaction_table, compaction_retired_table, compaction_summary_table} <= ledger_tables(connection):
+        return 0
+    rows = connection.execute(
+        f"""SELECT c.compaction_id, count(r.path), coalesce(sum(r.row_count), 0),
+                   list(r.path) FILTER (r.path IS NOT NULL)
+            FROM {catalog_alias}.main.{compaction_table} c
+            LEFT JOIN {catalog_alias}.main.{compaction_retired_table} r ON r.compaction_id = c.compaction_id
+            WHERE c.compaction_id NOT IN (SELECT compaction_id FROM {catalog_alias}.main.{compaction_summary_table})
+            GROUP BY c.compaction_id ORDER BY c.compaction_id"""
+    ).fetchall()
+    if rows:
+        ledger._insert_inlined_rows(
+            compaction_summary_table,
+            [[compaction_id, int(files), int(n), paths_digest(paths or [])] for compaction_id, files, n, paths in rows],
+        )
+    return len(rows)
+
+
+def paths_digest(paths: list[str]) -> str:
+    """Order-independent digest of a set of paths: the sum of each one's first 64 SHA-256 bits, modulo 2^64."""
+    return str(sum(_path_digest(path) for path in paths) % 2**64)
+
+
+def _path_digest(path: str) -> int:
+    return int(hashlib.sha256(path.encode()).hexdigest()[:16], 16)
+
+
+def _path_digest_sql(column: str) -> str:
+    """`_path_digest` of `column` in SQL."""
+    return f"('0x' || left(sha256({column}), 16))::UBIGINT::HUGEINT"
+
+
 def _quote(text: str) -> str:
     return "'" + text.replace("'", "''") + "'"
 
@@ -436,10 +481,24 @@ class CompactionAudit:
     bytes_checked: int = 0
     # Recorded retired files the catalog no longer lists at all: a snapshot expiry dropped them (ledger/expiry.py
     # checks that it recorded exactly these): their count, the order-independent digest of their paths
-    # (`ledger.expiry.paths_digest`) and the least of them.
+    # (`paths_digest`), and a function naming the least of them (asked only when they differ from the expiries').
     dropped_count: int = 0
     dropped_digest: int = 0
-    dropped_example: str | None = None
+    dropped_example: Callable[[], str | None] = lambda: None
+
+
+@dataclass(frozen=True)
+class _Retired:
+    """One compaction's retired files as its `ledger_compaction_retired` rows record them, against the catalog."""
+
+    file_count: int
+    row_count: int
+    listed: list[tuple[str, int]]  # (path, rows) of those the catalog still lists
+    dropped_count: int
+    # The digest of the unlisted ones' paths, hashed only for a compaction without a summary (or with everything).
+    dropped_digest: int | None
+    everything: list[tuple[str, int, bool]] | None  # (path, rows, listed) of all, only when asked
+    paths_digest: int | None  # of all, only when asked
 
 
 def audit(ledger: Ledger, checksums: dict[str, tuple[int, str]], retired_files: bool = True) -> CompactionAudit:
@@ -449,65 +508,29 @@ def audit(ledger: Ledger, checksums: dict[str, tuple[int, str]], retired_files: 
 
     Without `retired_files` no file is read here: the merged file is a live file, whose recorded SHA-256 (taken
     after its proof held, before the commit) the caller checks; the retired files are read only by time travel
-    to before the compaction.
+    to before the compaction. The files an expiry dropped are then counted and digested from each compaction's
+    summary (format 21), less the few the catalog still lists, instead of hashing every retired path again.
     """
     result = CompactionAudit()
     connection = ledger.connection
-    if not {compaction_table, compaction_retired_table} <= ledger_tables(connection):
+    tables = ledger_tables(connection)
+    if not {compaction_table, compaction_retired_table} <= tables:
         # A ledger from before format 7 (a backup verifies one before it is migrated): no compaction was
         # recorded, so any retired file stays a violation for verify.
         return result
-    metadata = f"__ducklake_metadata_{catalog_alias}"
-    retired_now: dict[str, int] = {
-        f"main/{table}/{path}": int(end)
-        for table, path, end in connection.execute(
-            f"""
-            SELECT t.table_name, d.path, d.end_snapshot FROM {metadata}.ducklake_data_file d
-            JOIN {metadata}.ducklake_table t ON t.table_id = d.table_id AND t.end_snapshot IS NULL
-            WHERE d.end_snapshot IS NOT NULL
-            """
-        ).fetchall()
-    }
-    retired = f"ledger_verify_retired_{uuid.uuid4().hex}"
-    # Every recorded retirement with whether the catalog still lists the file (a snapshot expiry drops the rows of the
-    # retired files no retained snapshot sees): read and classified in DuckDB, so only the few still listed (and, with
-    # `retired_files`, all) come to Python; those dropped, ~3 per append, are counted and digested there
-    # (benchmarks/RESULTS.md, "verify flat in appends").
-    connection.execute(
-        f"""CREATE TEMP TABLE {retired} AS
-            SELECT r.compaction_id, r.path, r.row_count, r.path IN (
-                SELECT 'main/' || t.table_name || '/' || d.path FROM {metadata}.ducklake_data_file d
-                JOIN {metadata}.ducklake_table t ON t.table_id = d.table_id AND t.end_snapshot IS NULL
-            ) AS listed
-            FROM {catalog_alias}.main.{compaction_retired_table} r
-            WHERE r.compaction_id IN (SELECT compaction_id FROM {catalog_alias}.main.{compaction_table})"""
-    )
-    try:
-        ((count, digest, example),) = connection.execute(
-            f"""SELECT count(*), (coalesce(sum(('0x' || left(sha256(path), 16))::UBIGINT::HUGEINT), 0) % {2**64})
-                       ::VARCHAR, min(path) FROM {retired} WHERE NOT listed"""
-        ).fetchall()
-        result.dropped_count, result.dropped_digest, result.dropped_example = int(count), int(digest), example
-        summed = dict(
-            connection.execute(f"SELECT compaction_id, sum(row_count) FROM {retired} GROUP BY ALL").fetchall()
-        )
-        retired_by: dict[str, list[tuple[str, int, bool]]] = {}
-        for compaction_id, path, rows, listed in connection.execute(
-            f"SELECT compaction_id, path, row_count, listed FROM {retired}" + ("" if retired_files else " WHERE listed")
-        ).fetchall():
-            retired_by.setdefault(compaction_id, []).append((path, int(rows), bool(listed)))
-    finally:
-        connection.execute(f"DROP TABLE IF EXISTS temp.{retired}")
+    catalog = _catalog_files(connection)
+    retired_now = {path: end for path, end in catalog.items() if end is not None}
+    summaries = _summaries(connection) if compaction_summary_table in tables else {}
+    retired = _retired(connection, list(catalog), compaction_summary_table in tables, retired_files)
+    result.dropped_example = lambda: _least_dropped(connection, set(catalog))
     for snapshot, compaction_id, table, merged_path, rows, digest, first, last in connection.execute(
         f"""SELECT snapshot_id, compaction_id, table_name, merged_path, row_count, rows_digest, first_snapshot,
                    last_snapshot FROM {catalog_alias}.main.{compaction_table} ORDER BY snapshot_id"""
     ).fetchall():
         result.snapshots.setdefault(int(snapshot), set()).add(table)
-        files_retired = retired_by.get(compaction_id, [])
         where = f"compaction at snapshot {snapshot} ({compaction_id})"
-        for path, _, listed in files_retired:
-            if not listed:
-                continue  # no retained snapshot saw it: an expiry dropped its catalog row (counted above)
+        files = retired.get(compaction_id, _Retired(0, 0, [], 0, 0, [], 0))
+        for path, _ in files.listed:
             result.retirements.add((path, int(snapshot)))
             if retired_now.get(path) != int(snapshot):
                 result.problems.append(
@@ -515,21 +538,111 @@ def audit(ledger: Ledger, checksums: dict[str, tuple[int, str]], retired_files: 
                     + ("still lists it: its rows are counted twice" if path not in retired_now
                        else f"retired it at snapshot {retired_now[path]}")
                 )
+        _count_dropped(result, where, files, summaries.get(compaction_id))
+        if not _counts_agree(table, files.row_count, int(rows)):
+            result.problems.append(f"{where}: the retired files' recorded row counts do not sum to {rows}")
         if not retired_files:
-            if not _counts_agree(table, int(summed.get(compaction_id) or 0), int(rows)):
-                result.problems.append(f"{where}: the retired files' recorded row counts do not sum to {rows}")
             continue
-        if any(not listed for _, _, listed in files_retired):
+        if files.dropped_count:
             # The retired files were dropped by a snapshot expiry (and deleted): the merged file's rows are checked
             # against the recorded proof alone.
             _audit_merged(ledger, result, where, table, merged_path, (int(rows), str(digest)), checksums)
             continue
-        files = [
+        proven = [
             _File(table, path, ledger.location.data_path + path, count, 0, first, last, False, None)
-            for path, count, _ in files_retired
+            for path, count, _ in files.everything or []
         ]
-        _audit_proof(ledger, result, where, table, files, merged_path, (int(rows), str(digest)), checksums)
+        _audit_proof(ledger, result, where, table, proven, merged_path, (int(rows), str(digest)), checksums)
     return result
+
+
+def _count_dropped(
+    result: CompactionAudit, where: str, files: _Retired, summary: tuple[int, int, int] | None
+) -> None:
+    """Add a compaction's dropped files to the audit's count and digest: hashed from its retired rows without a
+    summary, else its summary's digest less its listed files' (and the summary checked against the rows)."""
+    result.dropped_count += files.dropped_count
+    if summary is None:
+        result.dropped_digest += files.dropped_digest or 0
+        return
+    file_count, row_count, digest = summary
+    if (file_count, row_count) != (files.file_count, files.row_count) or (
+        files.paths_digest is not None and files.paths_digest % 2**64 != digest
+    ):
+        result.problems.append(
+            f"{where}: its summary records {file_count} retired files of {row_count} rows (paths digest {digest}); "
+            f"its retired-file rows are {files.file_count} files of {files.row_count} rows"
+            + ("" if files.paths_digest is None else f" (paths digest {files.paths_digest % 2**64})")
+        )
+    result.dropped_digest += digest - sum(_path_digest(path) for path, _ in files.listed)
+
+
+def _catalog_files(connection: duckdb.DuckDBPyConnection) -> dict[str, int | None]:
+    """Every data file the catalog lists (path relative to the data folder): the snapshot that retired it, or None."""
+    metadata = f"__ducklake_metadata_{catalog_alias}"
+    return {
+        f"main/{table}/{path}": None if end is None else int(end)
+        for table, path, end in connection.execute(
+            f"""SELECT t.table_name, d.path, d.end_snapshot FROM {metadata}.ducklake_data_file d
+                JOIN {metadata}.ducklake_table t ON t.table_id = d.table_id AND t.end_snapshot IS NULL"""
+        ).fetchall()
+    }
+
+
+def _summaries(connection: duckdb.DuckDBPyConnection) -> dict[str, tuple[int, int, int]]:
+    return {
+        compaction_id: (int(files), int(rows), int(digest))
+        for compaction_id, files, rows, digest in connection.execute(
+            f"""SELECT compaction_id, retired_file_count, retired_row_count, retired_paths_digest
+                FROM {catalog_alias}.main.{compaction_summary_table}"""
+        ).fetchall()
+    }
+
+
+def _retired(
+    connection: duckdb.DuckDBPyConnection, catalog: list[str], summarized: bool, everything: bool
+) -> dict[str, _Retired]:
+    """Each compaction's retired-file rows, summed and classified against the catalog's files in DuckDB (one pass):
+    only those the catalog still lists (with `everything`: all) come to Python, and only the paths of a compaction
+    without a summary are hashed (benchmarks/RESULTS.md, "verify flat in appends")."""
+    listed = f"ledger_verify_listed_{uuid.uuid4().hex}"
+    connection.register(listed, pa.table({"path": pa.array(catalog, pa.string())}))
+    dropped = "c.path IS NULL" if everything or not summarized else "c.path IS NULL AND s.compaction_id IS NULL"
+    summary_join = (
+        f"LEFT JOIN {catalog_alias}.main.{compaction_summary_table} s ON s.compaction_id = r.compaction_id"
+        if summarized and not everything else ""
+    )
+    whole = (
+        f"list((r.path, r.row_count, c.path IS NOT NULL)), sum({_path_digest_sql('r.path')})"
+        if everything else "NULL, NULL"
+    )
+    try:
+        rows = connection.execute(
+            f"""SELECT r.compaction_id, count(*), sum(r.row_count),
+                       list((r.path, r.row_count)) FILTER (WHERE c.path IS NOT NULL),
+                       count(*) FILTER (WHERE c.path IS NULL),
+                       sum(CASE WHEN {dropped} THEN {_path_digest_sql('r.path')} END),
+                       {whole}
+                FROM {catalog_alias}.main.{compaction_retired_table} r
+                LEFT JOIN {listed} c ON c.path = r.path {summary_join}
+                GROUP BY r.compaction_id"""
+        ).fetchall()
+    finally:
+        connection.unregister(listed)
+    return {
+        compaction_id: _Retired(
+            int(files), int(row_count), [(path, int(n)) for path, n in listed_files or []], int(dropped_count),
+            None if dropped_digest is None else int(dropped_digest),
+            None if all_files is None else [(path, int(n), bool(is_listed)) for path, n, is_listed in all_files],
+            None if digest is None else int(digest),
+        )
+        for compaction_id, files, row_count, listed_files, dropped_count, dropped_digest, all_files, digest in rows
+    }  # fmt: skip
+
+
+def _least_dropped(connection: duckdb.DuckDBPyConnection, catalog: set[str]) -> str | None:
+    paths = connection.execute(f"SELECT path FROM {catalog_alias}.main.{compaction_retired_table}").fetchall()
+    return min((path for (path,) in paths if path not in catalog), default=None)
 
 
 def _file_as_recorded(

@@ -35,6 +35,7 @@ import logging
 import sqlite3
 import uuid
 from bisect import bisect_left
+from collections.abc import Callable
 from contextlib import closing
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -43,13 +44,13 @@ import duckdb
 
 from ledger import constants
 from ledger.catalog_flush import flush_once
-from ledger.compaction import close_step, compactable_tables
+from ledger.compaction import close_step, compactable_tables, paths_digest
 from ledger.connection import catalog_alias
 from ledger.errors import LedgerBusyError, LedgerError
 from ledger.format import ledger_tables
 from ledger.inlined_digest import digest_table
 from ledger.ledger import Ledger
-from ledger.tables import compaction_retired_table, compaction_table, expiry_table
+from ledger.tables import compaction_retired_table, compaction_summary_table, compaction_table, expiry_table
 
 log = logging.getLogger(__name__)
 _metadata = f"__ducklake_metadata_{catalog_alias}"
@@ -60,7 +61,7 @@ stream_tables = frozenset(
     {
         *compactable_tables,
         "ingest_offset", "ingest_batch", "file_checksum", "file_source_position", "dead_letter_line",
-        digest_table, compaction_table, compaction_retired_table,
+        digest_table, compaction_table, compaction_retired_table, compaction_summary_table,
     }
 )  # fmt: skip
 # Columns named so refer to snapshots, except in these tables (compaction ranges, not read by time travel).
@@ -347,11 +348,6 @@ def chain_sha256(record: dict) -> str:
     return hashlib.sha256(json.dumps(fields, separators=(",", ":")).encode()).hexdigest()
 
 
-def paths_digest(paths: list[str]) -> str:
-    """Order-independent digest of a set of paths: the sum of each one's first 64 SHA-256 bits, modulo 2^64."""
-    return str(sum(int(hashlib.sha256(path.encode()).hexdigest()[:16], 16) for path in paths) % 2**64)
-
-
 def expired_snapshots(connection: duckdb.DuckDBPyConnection) -> list[tuple[int, int]]:
     """The snapshot id ranges (inclusive) the recorded expiries removed, coalesced."""
     return _coalesce([item for record in _records(connection) for item in parse_ranges(record["expired_ranges"])])
@@ -480,11 +476,14 @@ _ids_named_max = 20
 
 
 def audit(
-    connection: duckdb.DuckDBPyConnection, dropped_count: int, dropped_digest: int, dropped_example: str | None
+    connection: duckdb.DuckDBPyConnection,
+    dropped_count: int,
+    dropped_digest: int,
+    dropped_example: Callable[[], str | None] = lambda: None,
 ) -> ExpiryAudit:
     """Check the expiry records against the catalog: the chain, the expired ids against the ids missing from the
     history, and the files a compaction retired that the catalog no longer lists (their count, `paths_digest` and
-    least path, from `ledger.compaction.audit`) against the files the expiries dropped."""
+    a function naming the least of them, from `ledger.compaction.audit`) against the files the expiries dropped."""
     result = ExpiryAudit()
     records = _records(connection)
     previous = ""
@@ -529,10 +528,11 @@ def audit(
                 f"{ranges_text(still_there[:_ids_named_max])}): the expiry records do not match the history"
             )
     if dropped_count != files or dropped_digest % 2**64 != digest % 2**64:
+        example = dropped_example()
         result.problems.append(
             f"{dropped_count} file(s) a compaction retired are gone from the catalog, but the snapshot expiries "
             f"recorded dropping {files}: a retired file's catalog row was removed behind the ledger's back"
-            + (f" (e.g. `{dropped_example}`)" if dropped_example else "")
+            + (f" (e.g. `{example}`)" if example else "")
         )
     return result
 

@@ -27,6 +27,7 @@ import socket
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
 import duckdb
 import pyarrow as pa
@@ -55,6 +56,9 @@ class FormatStep:
     version: int
     summary: str
     apply: Callable[[duckdb.DuckDBPyConnection], None]
+    # Rows the step adds to the ledger's inlined tables, through the ledger (a `ledger.Ledger`: its inserts are
+    # digested as every writer's), after `apply` and in the same transaction.
+    record: Callable[[Any], None] | None = None
 
 
 def _record_format_only(connection: duckdb.DuckDBPyConnection) -> None:
@@ -214,6 +218,23 @@ def _record_flushed_files(connection: duckdb.DuckDBPyConnection) -> None:
         connection.execute(statement)
 
 
+def _summarize_compactions(connection: duckdb.DuckDBPyConnection) -> None:
+    """Format 21 sums up each compaction's retired files in table ledger_compaction_summary (their count, rows and the
+    digest of their paths), written in the compaction's own transaction; `royalty verify` counts and digests the files a
+    snapshot expiry dropped from those sums instead of hashing every retired path again. The migration sums up every
+    earlier compaction from its retired-file rows (`_summarize_earlier_compactions`)."""
+    from ledger.tables import compaction_summary_table, create_statements
+
+    for statement in create_statements(catalog_alias, [compaction_summary_table]):
+        connection.execute(statement)
+
+
+def _summarize_earlier_compactions(ledger: Any) -> None:
+    from ledger.compaction import summarize_compactions
+
+    summarize_compactions(ledger)
+
+
 def _store_tree_nodes(connection: duckdb.DuckDBPyConnection) -> None:
     """Format 14 stores each payout tree's nodes in binary (table settlement_tree_node, created on first use) and reads
     an account's proof off them; the leaves stay in settlement_proof, whose hex `proof` becomes nullable (NULL for
@@ -340,6 +361,13 @@ format_steps: list[FormatStep] = [
         "check bookkeeping rows once, when a flush moves them out of the catalog: table ledger_flushed_file (each "
         "flushed file's SHA-256, rows, snapshot range and digests' SHA-256); verify checks those files by their bytes",
         _record_flushed_files,
+    ),
+    FormatStep(
+        21,
+        "sum up each compaction's retired files: table ledger_compaction_summary (count, rows, digest of their paths; "
+        "earlier compactions summed up by the migration); verify checks the files an expiry dropped against those sums",
+        _summarize_compactions,
+        _summarize_earlier_compactions,
     ),
 ]
 

@@ -949,6 +949,8 @@ class Ledger:
             def apply(step: FormatStep = step) -> None:
                 with self._transaction():
                     step.apply(self.connection)
+                    if step.record is not None:
+                        step.record(self)
                     record_format(self.connection, step.version, step.summary)
 
             self._retrying(apply, f"migrate to format {step.version}")

@@ -118,6 +118,19 @@ compaction_retired_schema = pa.schema(
         pa.field("row_count", pa.int64(), nullable=False),
     ]
 )
+# Format 21: each compaction's retired files summed up, in its own transaction (a compaction before format 21: by
+# the migration): their count, their rows and the order-independent digest of their paths (`compaction.paths_digest`).
+# `royalty verify` checks the files a snapshot expiry dropped against these sums, a row per compaction, instead of
+# hashing the path of every file ever retired (~3 an append).
+compaction_summary_table = "ledger_compaction_summary"
+compaction_summary_schema = pa.schema(
+    [
+        pa.field("compaction_id", pa.string(), nullable=False),
+        pa.field("retired_file_count", pa.int64(), nullable=False),
+        pa.field("retired_row_count", pa.int64(), nullable=False),
+        pa.field("retired_paths_digest", pa.string(), nullable=False),
+    ]
+)
 
 # Format 13: each append's metered events rolled up (ledger.rollups), in the append's own transaction. One row per
 # (model, compute provider, source, event hour) the append touched: exact fee sum, event count and the event-time
@@ -208,6 +221,7 @@ inlined_tables: dict[str, pa.Schema] = {
     digest_table: inlined_digest_schema,
     compaction_table: compaction_schema,
     compaction_retired_table: compaction_retired_schema,
+    compaction_summary_table: compaction_summary_schema,
     expiry_table: expiry_schema,
     flushed_file_table: flushed_file_schema,
 }

@@ -9,8 +9,15 @@ in-process chain, then 1,000 more events ingested and left unsettled. It was wri
 `/tmp/v19gen/lake`): the sample registry and 110 events appended in batches of 20, epoch 1 closed, 90 more events,
 `compact`, `expire --older-than-s 0` with every bookkeeping row moved to Parquet files (format 18's flush), then 31 more
 events. Its flushed files have no `ledger_flushed_file` record (format 20).
+
+`tests/fixtures/ledger_format_20.tar.gz` is a ledger written by format 20 (the code of commit 41a2045, in
+`/tmp/v20gen/lake`), the same way: 110 events in batches of 20, epoch 1 closed, 90 more, `compact` (6 merges, 36 files
+retired), `expire --older-than-s 0` (15 of those files dropped from the catalog, every bookkeeping row flushed), 31 more
+events. Its compactions have no `ledger_compaction_summary` row (format 21).
 """
 
+import shutil
+import sqlite3
 import subprocess
 import tarfile
 from pathlib import Path
@@ -28,6 +35,7 @@ from tests.ledger.helpers import digested_relations
 
 fixture_v1 = repo_root / "tests" / "fixtures" / "ledger_format_1.tar.gz"
 fixture_v19 = repo_root / "tests" / "fixtures" / "ledger_format_19.tar.gz"
+fixture_v20 = repo_root / "tests" / "fixtures" / "ledger_format_20.tar.gz"
 
 
 def _royalty(*args: str) -> subprocess.CompletedProcess:
@@ -210,7 +218,7 @@ def test_a_format_19_ledger_migrates_and_its_next_flush_records_the_files_flushe
         Ledger.open(lake).close()
     migrated = _royalty("migrate", "--lake", str(lake))
     assert migrated.returncode == 0, migrated.stderr
-    assert "from format 19 to 20" in migrated.stdout
+    assert f"from format 19 to {format_version_current}" in migrated.stdout
     relations = digested_relations(monkeypatch)
     with Ledger.open(lake) as ledger:
         (old_file,) = ledger.connection.execute(
@@ -238,3 +246,71 @@ def test_a_format_19_ledger_migrates_and_its_next_flush_records_the_files_flushe
     assert old_file in {data + path for path in files}
     # Neither file's rows are digested again.
     assert all(f"'{data}{path}'" in relations["ingest_offset"] for path in files), relations["ingest_offset"]
+
+
+def _summaries(ledger: Ledger) -> dict[str, tuple[int, int, str]]:
+    rows = ledger.connection.execute(
+        "SELECT compaction_id, retired_file_count, retired_row_count, retired_paths_digest "
+        "FROM lake.main.ledger_compaction_summary"
+    ).fetchall()
+    return {compaction_id: (files, count, digest) for compaction_id, files, count, digest in rows}
+
+
+def _summed_from_retired_rows(ledger: Ledger) -> dict[str, tuple[int, int, str]]:
+    from ledger.compaction import paths_digest
+
+    rows = ledger.connection.execute(
+        "SELECT compaction_id, count(*), sum(row_count), list(path) FROM lake.main.ledger_compaction_retired "
+        "GROUP BY ALL"
+    ).fetchall()
+    return {compaction_id: (files, int(count), paths_digest(paths)) for compaction_id, files, count, paths in rows}
+
+
+def test_a_format_20_ledger_migrates_with_each_compaction_summed_up_and_verify_checks_the_drops_against_the_sums(
+    tmp_path: Path,
+) -> None:
+    """Format 21 sums up each compaction's retired files (ledger_compaction_summary) and verify counts and digests the
+    files an expiry dropped from those sums. `royalty migrate` sums up a format-20 ledger's compactions from their
+    retired-file rows; verify is then clean (also reading every retired file), after more appends, compactions and an
+    expiry too, and names a summary that disagrees with its compaction's rows."""
+    from ledger.compaction import compact
+    from ledger.expiry import expire
+    from tests.support.ledger_batches import append_in_batches, sample_messages
+
+    with tarfile.open(fixture_v20) as archive:
+        archive.extractall(tmp_path, filter="data")
+    lake = tmp_path / "lake"
+    with pytest.raises(LedgerFormatError, match="format 20"):
+        Ledger.open(lake).close()
+    migrated = _royalty("migrate", "--lake", str(lake))
+    assert migrated.returncode == 0, migrated.stderr
+    assert f"from format 20 to {format_version_current}" in migrated.stdout
+    with Ledger.open(lake) as ledger:
+        summaries = _summaries(ledger)
+        assert len(summaries) == 6 and summaries == _summed_from_retired_rows(ledger)
+        report = verify(ledger)
+        assert report.ok and report.snapshots_expired == 15, report.problems
+        report = verify(ledger, retired_files=True)
+        assert report.ok, report.problems
+    tampered = tmp_path / "tampered"
+    shutil.copytree(lake, tampered)
+    with sqlite3.connect(tampered / "catalog.sqlite") as catalog:
+        ((inlined,),) = catalog.execute(
+            "SELECT i.table_name FROM ducklake_inlined_data_tables i JOIN ducklake_table t USING (table_id) "
+            "WHERE t.table_name = 'ledger_compaction_summary' AND t.end_snapshot IS NULL"
+        ).fetchall()
+        catalog.execute(f"UPDATE {inlined} SET retired_file_count = retired_file_count + 1")
+    with Ledger.open_read_only(tampered) as ledger:
+        problems = verify(ledger).problems
+    assert sum("its summary records" in problem for problem in problems) == 6, problems
+
+    first = len(sample_messages(231))
+    with Ledger.open(lake) as ledger:
+        append_in_batches(ledger, sample_messages(291)[first:], first, 10)
+        assert compact(ledger).merges > 0
+        expire(ledger, older_than_s=0, delete_files_after_s=0, flush_rows_min=1)
+        summaries = _summaries(ledger)
+        (compactions,) = ledger.connection.execute("SELECT count(*) FROM lake.main.ledger_compaction").fetchone()
+        assert len(summaries) == compactions > 6 and summaries == _summed_from_retired_rows(ledger)
+        report = verify(ledger)
+    assert report.ok, report.problems
