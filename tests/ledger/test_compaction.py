@@ -3,6 +3,7 @@ verify that accepts only recorded retirements."""
 
 import json
 import random
+import sqlite3
 import subprocess
 from pathlib import Path
 from typing import BinaryIO
@@ -313,3 +314,22 @@ def test_a_backup_after_compaction_verifies_and_travels_to_before_it(compared, t
         ).fetchall()
     assert report.ok, report.problems
     assert rows == compared["before"]["rows"]
+
+
+def test_verify_names_a_retired_files_row_count_changed_against_the_merge_and_its_summary(tmp_path):
+    """A retired file's recorded row count changed in the catalog: the retired files no longer sum to the merged
+    file's rows, nor to the compaction's summary (format 21); named by verify, with and without `--retired-files`."""
+    with Ledger.open(tmp_path / "lake") as ledger:
+        append_in_batches(ledger, sample_messages(300), 0, 50)
+        assert compact(ledger).merges == 3
+    with sqlite3.connect(tmp_path / "lake" / "catalog.sqlite") as catalog:
+        ((inlined,),) = catalog.execute(
+            "SELECT i.table_name FROM ducklake_inlined_data_tables i JOIN ducklake_table t USING (table_id) "
+            "WHERE t.table_name = 'ledger_compaction_retired' AND t.end_snapshot IS NULL"
+        ).fetchall()
+        first = f"(SELECT min(rowid) FROM {inlined})"
+        catalog.execute(f"UPDATE {inlined} SET row_count = row_count + 1 WHERE rowid = {first}")
+    with Ledger.open_read_only(tmp_path / "lake") as ledger:
+        for report in (verify(ledger), verify(ledger, retired_files=True)):
+            assert sum("recorded row counts do not sum to" in problem for problem in report.problems) == 1
+            assert sum("its summary records" in problem for problem in report.problems) == 1, report.problems
