@@ -20,7 +20,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from ingest.sample import SampleShape, SampleTraffic
-from ledger import IngestBatch, Ledger, PartitionOffsets
+from ledger import IngestBatch, Ledger, PartitionOffsets, recorder
 from ledger.compaction import compact
 from ledger.expiry import expire
 from ledger.verify import verify
@@ -32,7 +32,7 @@ topic = "maintenance-bench"
 
 def _offset_next(ledger: Ledger) -> int:
     ((offset,),) = ledger.connection.execute(
-        "SELECT coalesce(max(next_offset), 0) FROM lake.main.ingest_offset WHERE kafka_topic = ?", [topic]
+        f"SELECT coalesce(max(next_offset), 0) FROM {recorder.table('ingest_offset')} WHERE kafka_topic = ?", [topic]
     ).fetchall()
     return int(offset)
 
