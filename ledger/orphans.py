@@ -106,13 +106,18 @@ def find_orphans(ledger: Ledger, listed_paths: set[str]) -> list[OrphanFile]:
     if not unlisted:
         return []
     metadata = f"__ducklake_metadata_{catalog_alias}"
-    # Any file the catalog ever named, retired or not, and any the ledger recorded a checksum of.
+    # Any file the catalog names now, retired or not, and those an expiry dropped that wait in the folder until
+    # DuckLake's cleanup deletes them (on an SQLite catalog up to a day later); only when others are left, any file
+    # the ledger ever recorded a checksum of (a row per file ever added).
     for query in (
         f"SELECT path FROM {metadata}.ducklake_data_file",
         f"SELECT path FROM {metadata}.ducklake_delete_file",
-        f"SELECT path FROM {catalog_alias}.main.file_checksum",
+        f"SELECT path FROM {metadata}.ducklake_files_scheduled_for_deletion",
     ):
-        known_names.update(path.rsplit("/", 1)[-1] for (path,) in ledger.connection.execute(query).fetchall())
+        known_names.update(_names(ledger, query))
+    if all(stored.path.rsplit("/", 1)[-1] in known_names for stored in unlisted):
+        return []
+    known_names.update(_names(ledger, f"SELECT path FROM {catalog_alias}.main.file_checksum"))
     own_name = own_file_name(ledger_id(ledger.connection))
     snapshots = f"SELECT snapshot_id, epoch(snapshot_time) FROM {catalog_alias}.snapshots()"
     committed_at_s = _CommitTimes(
@@ -131,6 +136,11 @@ def find_orphans(ledger: Ledger, listed_paths: set[str]) -> list[OrphanFile]:
             OrphanFile(stored.path, stored.size_bytes, age_s, ours, sibling=named is not None and not ours)
         )
     return sorted(orphans, key=lambda orphan: orphan.path)
+
+
+def _names(ledger: Ledger, query: str) -> set[str]:
+    """The file names of the paths `query` selects."""
+    return {path.rsplit("/", 1)[-1] for (path,) in ledger.connection.execute(query).fetchall()}
 
 
 def remove_orphans(orphans: list[OrphanFile], age_s_min: float, store: DataStore | None = None) -> list[OrphanFile]:

@@ -404,6 +404,41 @@ def test_retired_files_wait_out_the_grace_period_before_they_are_deleted(expired
     assert _data_files(lake) == _data_files(expired["lake"])
 
 
+def test_files_waiting_for_deletion_are_no_orphans_and_spare_verify_the_catalogs_whole_history(
+    expired, tmp_path, monkeypatch
+):
+    """The retired files an expiry dropped stay in the folder until deleted (on an SQLite catalog up to a day later).
+    They are no orphans, found among the files DuckLake scheduled for deletion: the names the catalog ever knew (a row
+    per file ever added) are not read for them (they were at every verify before); a stray file still is named."""
+    import ledger.orphans
+
+    queries: list[str] = []
+    real_names = ledger.orphans._names
+
+    def names(ledger_: Ledger, query: str) -> set[str]:
+        queries.append(query)
+        return real_names(ledger_, query)
+
+    monkeypatch.setattr(ledger.orphans, "_names", names)
+    lake = tmp_path / "lake"
+    shutil.copytree(expired["lake_before_expiry"], lake)
+    with Ledger.open(lake) as opened:
+        assert expire(opened, older_than_s=0, delete_files_after_s=3600).files_deleted == 0
+    assert _data_files(lake) > _data_files(expired["lake"])  # the dropped files are still on disk
+    with Ledger.open_read_only(lake) as opened:
+        report = verify(opened)
+    assert report.ok and report.orphans == [], report.problems
+    assert any("ducklake_files_scheduled_for_deletion" in query for query in queries), queries
+    assert not any("file_checksum" in query for query in queries), queries
+    stray = lake / "data" / "main" / "inference_metered" / "stray.parquet"
+    stray.write_bytes(b"not the ledger's")
+    queries.clear()
+    with Ledger.open_read_only(lake) as opened:
+        report = verify(opened)
+    assert [orphan.path for orphan in report.orphans] == [str(stray)]
+    assert any("file_checksum" in query for query in queries), queries
+
+
 def test_an_sqlite_catalogs_cleanup_deletes_in_runs_of_its_own_exactly_the_due_files(expired, tmp_path, monkeypatch):
     """On an SQLite catalog the retired files are deleted in runs of `cleanup_files_per_transaction_max`, each on a
     connection of its own to the catalog (DuckLake's one-transaction cleanup stalled on 30,005 files: RESULTS, issue
