@@ -1,5 +1,6 @@
 """Building ingest batches for ledger tests, and watching what `verify` digests."""
 
+import sqlite3
 from collections.abc import Sequence
 
 import pytest
@@ -37,3 +38,13 @@ def digested_relations(monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
 
     monkeypatch.setattr(inlined_digest, "_snapshots_to_recheck", spy)
     return relations
+
+
+def inlined_table(catalog: sqlite3.Connection, table: str) -> str:
+    """The SQLite catalog's table holding the ledger table `table`'s inlined rows (its latest schema version)."""
+    ((name,),) = catalog.execute(
+        "SELECT i.table_name FROM ducklake_inlined_data_tables i JOIN ducklake_table t USING (table_id) "
+        "WHERE t.table_name = ? AND t.end_snapshot IS NULL ORDER BY i.schema_version DESC LIMIT 1",
+        [table],
+    ).fetchall()
+    return name

@@ -20,6 +20,7 @@ from settlement import close_epoch
 from settlement.ledger_io import _scan, data_files
 from settlement.reports.export import export_epoch
 from tests.conftest import royalty_command
+from tests.ledger.helpers import inlined_table
 from tests.support.ledger_batches import append_in_batches, sample_messages
 
 _views_unchanged_by_compaction = (
@@ -323,10 +324,7 @@ def test_verify_names_a_retired_files_row_count_changed_against_the_merge_and_it
         append_in_batches(ledger, sample_messages(300), 0, 50)
         assert compact(ledger).merges == 3
     with sqlite3.connect(tmp_path / "lake" / "catalog.sqlite") as catalog:
-        ((inlined,),) = catalog.execute(
-            "SELECT i.table_name FROM ducklake_inlined_data_tables i JOIN ducklake_table t USING (table_id) "
-            "WHERE t.table_name = 'ledger_compaction_retired' AND t.end_snapshot IS NULL"
-        ).fetchall()
+        inlined = inlined_table(catalog, "ledger_compaction_retired")
         first = f"(SELECT min(rowid) FROM {inlined})"
         catalog.execute(f"UPDATE {inlined} SET row_count = row_count + 1 WHERE rowid = {first}")
     with Ledger.open_read_only(tmp_path / "lake") as ledger:

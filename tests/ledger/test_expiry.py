@@ -24,7 +24,7 @@ from ledger.orphans import find_orphans
 from ledger.verify import verify
 from settlement import close_epoch
 from settlement.engine.exceptions import ExpiredWhilePlanningError
-from tests.ledger.helpers import digested_relations
+from tests.ledger.helpers import digested_relations, inlined_table
 from tests.support.anvil import REPO_ROOT
 from tests.support.ledger_batches import append_in_batches, sample_messages
 
@@ -180,7 +180,7 @@ def test_verify_digests_every_bookkeeping_row_in_duckdb_and_digests_again_only_a
     assert moved > 5 and redigested == []
     flush_rows = expired["inlined_after"]["file_checksum"]  # the flush's own files' checksums, one snapshot's
     with _catalog(lake) as catalog:
-        table = _inlined_table(catalog, "file_checksum")
+        table = inlined_table(catalog, "file_checksum")
         catalog.execute(
             f"UPDATE {table} SET ingest_batch_id = 'catalog-flush-forged' "
             f"WHERE row_id = (SELECT min(row_id) FROM {table} WHERE end_snapshot IS NULL)"
@@ -238,7 +238,7 @@ def test_the_flush_checks_the_rows_it_moves_once_and_verify_then_checks_their_fi
 
 def _forge_inlined_row(catalog: sqlite3.Connection, table: str, snapshot: int, values: dict) -> None:
     """Insert a row into `table`'s inlined rows in the catalog, as if `snapshot` had inserted it."""
-    inlined = _inlined_table(catalog, table)
+    inlined = inlined_table(catalog, table)
     columns = [name for (_, name, *_) in catalog.execute(f"PRAGMA table_info({inlined})").fetchall()]
     row = {"row_id": 10**9, "begin_snapshot": snapshot, "end_snapshot": None, **values}
     catalog.execute(
@@ -287,7 +287,7 @@ def test_the_moved_out_history_changed_behind_the_ledgers_back_is_named_by_verif
     shutil.copytree(expired["lake"], changed)
     with _catalog(changed) as catalog:
         catalog.execute(
-            f"UPDATE {_inlined_table(catalog, 'ledger_flushed_file')} SET snapshot_id_max = snapshot_id_max + 1 "
+            f"UPDATE {inlined_table(catalog, 'ledger_flushed_file')} SET snapshot_id_max = snapshot_id_max + 1 "
             "WHERE table_name = 'ingest_offset'"
         )
     with Ledger.open_read_only(changed) as ledger:
@@ -304,7 +304,7 @@ def test_a_flush_refuses_rows_changed_before_it_and_moves_nothing(expired, tmp_p
     lake = tmp_path / "lake"
     shutil.copytree(expired["lake_before_expiry"], lake)
     with _catalog(lake) as catalog:
-        inlined = _inlined_table(catalog, "ingest_offset")
+        inlined = inlined_table(catalog, "ingest_offset")
         first = f"(SELECT min(row_id) FROM {inlined})"
         catalog.execute(f"UPDATE {inlined} SET next_offset = next_offset + 1000000 WHERE row_id = {first}")
     with Ledger.open(lake) as ledger:
@@ -493,15 +493,6 @@ def _catalog(lake: Path) -> sqlite3.Connection:
     return sqlite3.connect(lake / "catalog.sqlite")
 
 
-def _inlined_table(catalog: sqlite3.Connection, table: str) -> str:
-    ((name,),) = catalog.execute(
-        "SELECT i.table_name FROM ducklake_inlined_data_tables i JOIN ducklake_table t USING (table_id) "
-        "WHERE t.table_name = ? AND t.end_snapshot IS NULL ORDER BY i.schema_version DESC LIMIT 1",
-        [table],
-    ).fetchall()
-    return name
-
-
 def test_a_tampered_expiry_record_removed_history_and_a_removed_file_row_are_each_named_by_verify(expired, tmp_path):
     """Changed in the catalog after an expiry: the record's history digest (its chain digest and its inlined row's
     digest no longer match), a retained snapshot removed (history no expiry recorded), and a retired file's row
@@ -512,7 +503,7 @@ def test_a_tampered_expiry_record_removed_history_and_a_removed_file_row_are_eac
         retained = [s for (s,) in ledger.connection.execute("SELECT snapshot_id FROM lake.snapshots()").fetchall()]
     victim = retained[len(retained) // 2]  # neither the first nor the latest
     with _catalog(lake) as catalog:
-        record_table = _inlined_table(catalog, "ledger_snapshot_expiry")
+        record_table = inlined_table(catalog, "ledger_snapshot_expiry")
         catalog.execute(f"UPDATE {record_table} SET history_sha256 = ?", ["0" * 64])
         catalog.execute("DELETE FROM ducklake_snapshot WHERE snapshot_id = ?", [victim])
         catalog.execute("DELETE FROM ducklake_snapshot_changes WHERE snapshot_id = ?", [victim])

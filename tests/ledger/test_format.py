@@ -31,7 +31,7 @@ from ledger.format import format_table, format_version_current, record_format, s
 from ledger.tables import create_statements
 from ledger.verify import verify
 from tests.conftest import repo_root, royalty_command
-from tests.ledger.helpers import digested_relations
+from tests.ledger.helpers import digested_relations, inlined_table
 
 fixture_v1 = repo_root / "tests" / "fixtures" / "ledger_format_1.tar.gz"
 fixture_v19 = repo_root / "tests" / "fixtures" / "ledger_format_19.tar.gz"
@@ -42,6 +42,19 @@ def _royalty(*args: str) -> subprocess.CompletedProcess:
     result = subprocess.run(royalty_command(*args), capture_output=True, text=True, timeout=300)
     result.stderr = " ".join(result.stderr.split())  # rich wraps long messages
     return result
+
+
+def _migrated(fixture: Path, version: int, tmp_path: Path) -> Path:
+    """The ledger of `fixture` (format `version`), refused until migrated, then migrated with `royalty migrate`."""
+    with tarfile.open(fixture) as archive:
+        archive.extractall(tmp_path, filter="data")
+    lake = tmp_path / "lake"
+    with pytest.raises(LedgerFormatError, match=f"format {version}"):
+        Ledger.open(lake).close()
+    migrated = _royalty("migrate", "--lake", str(lake))
+    assert migrated.returncode == 0, migrated.stderr
+    assert f"from format {version} to {format_version_current}" in migrated.stdout
+    return lake
 
 
 @pytest.fixture
@@ -211,14 +224,7 @@ def test_a_format_19_ledger_migrates_and_its_next_flush_records_the_files_flushe
     from ledger.expiry import expire
     from tests.support.ledger_batches import append_in_batches, sample_messages
 
-    with tarfile.open(fixture_v19) as archive:
-        archive.extractall(tmp_path, filter="data")
-    lake = tmp_path / "lake"
-    with pytest.raises(LedgerFormatError, match="format 19"):
-        Ledger.open(lake).close()
-    migrated = _royalty("migrate", "--lake", str(lake))
-    assert migrated.returncode == 0, migrated.stderr
-    assert f"from format 19 to {format_version_current}" in migrated.stdout
+    lake = _migrated(fixture_v19, 19, tmp_path)
     relations = digested_relations(monkeypatch)
     with Ledger.open(lake) as ledger:
         (old_file,) = ledger.connection.execute(
@@ -277,14 +283,7 @@ def test_a_format_20_ledger_migrates_with_each_compaction_summed_up_and_verify_c
     from ledger.expiry import expire
     from tests.support.ledger_batches import append_in_batches, sample_messages
 
-    with tarfile.open(fixture_v20) as archive:
-        archive.extractall(tmp_path, filter="data")
-    lake = tmp_path / "lake"
-    with pytest.raises(LedgerFormatError, match="format 20"):
-        Ledger.open(lake).close()
-    migrated = _royalty("migrate", "--lake", str(lake))
-    assert migrated.returncode == 0, migrated.stderr
-    assert f"from format 20 to {format_version_current}" in migrated.stdout
+    lake = _migrated(fixture_v20, 20, tmp_path)
     with Ledger.open(lake) as ledger:
         summaries = _summaries(ledger)
         assert len(summaries) == 6 and summaries == _summed_from_retired_rows(ledger)
@@ -295,10 +294,7 @@ def test_a_format_20_ledger_migrates_with_each_compaction_summed_up_and_verify_c
     tampered = tmp_path / "tampered"
     shutil.copytree(lake, tampered)
     with sqlite3.connect(tampered / "catalog.sqlite") as catalog:
-        ((inlined,),) = catalog.execute(
-            "SELECT i.table_name FROM ducklake_inlined_data_tables i JOIN ducklake_table t USING (table_id) "
-            "WHERE t.table_name = 'ledger_compaction_summary' AND t.end_snapshot IS NULL"
-        ).fetchall()
+        inlined = inlined_table(catalog, "ledger_compaction_summary")
         catalog.execute(f"UPDATE {inlined} SET retired_file_count = retired_file_count + 1")
     with Ledger.open_read_only(tampered) as ledger:
         problems = verify(ledger).problems
