@@ -345,13 +345,11 @@ def _logs_from_block(ledger: Ledger, chain: Chain, distributor: Contract, epoch:
     return max(log_start_block(chain, distributor, from_block), int(previous or 0))
 
 
-def _proposals(chain: Chain, distributor: Contract, epoch: int, logs_from: int) -> list[dict]:
-    head = chain.w3.eth.block_number
+def _proposals(chain: Chain, distributor: Contract, epoch: int, logs_from: int, head: int) -> list[dict]:
     return read_logs(chain, distributor.events.RootProposed, logs_from, head, {"epoch": epoch})
 
 
-def _revoked(chain: Chain, distributor: Contract, epoch: int, root: str, logs_from: int) -> dict | None:
-    head = chain.w3.eth.block_number
+def _revoked(chain: Chain, distributor: Contract, epoch: int, root: str, logs_from: int, head: int) -> dict | None:
     events = read_logs(chain, distributor.events.RootRevoked, logs_from, head, {"epoch": epoch})
     for event in events:
         if "0x" + bytes(event["args"]["root"]).hex() == root:
@@ -955,10 +953,16 @@ def _dry_run_tree(
 
 def _check_chain(ledger: Ledger, chain: Chain, distributor: Contract, tree: EpochTree, logs_from: int) -> dict | None:
     """What the chain already holds for the epoch, read-only: `already_recorded` (with the recorded tx),
-    `recovered` (a tx to wait for and record), or None to go on and propose. Raises on a mismatch."""
+    `recovered` (a tx to wait for and record), or None to go on and propose. Raises on a mismatch.
+
+    Another run may propose and record meanwhile, so the ledger is read first and the chain after it, at one
+    block: a run records its intent before sending and its record after the proposal is mined, so what the
+    ledger shows the chain shows too, and the contract's epoch and its RootProposed logs agree."""
     epoch, root, contract = tree.epoch, tree.tree.root_hex, distributor.address
-    proposals = _proposals(chain, distributor, epoch, logs_from)
     records = _read_records(ledger, "settlement_record", epoch, chain.chain_id, contract)
+    intents = _read_records(ledger, "settlement_intent", epoch, chain.chain_id, contract)
+    head = chain.w3.eth.block_number
+    proposals = _proposals(chain, distributor, epoch, logs_from, head)
     if records:
         record = records[-1]
         if not any(_hex(p["transactionHash"]) == record["tx_hash"] for p in proposals):
@@ -981,7 +985,7 @@ def _check_chain(ledger: Ledger, chain: Chain, distributor: Contract, tree: Epoc
                 chain.chain_id,
                 contract,
             )
-        revoked = _revoked(chain, distributor, epoch, root, logs_from)
+        revoked = _revoked(chain, distributor, epoch, root, logs_from, head)
         if revoked is not None:
             raise ChainLedgerMismatchError(
                 epoch,
@@ -991,11 +995,11 @@ def _check_chain(ledger: Ledger, chain: Chain, distributor: Contract, tree: Epoc
                 contract,
             )
         return {"outcome": SettleOutcome.recovered, "tx_hash": _hex(last["transactionHash"])}
-    for intent in _read_records(ledger, "settlement_intent", epoch, chain.chain_id, contract):
+    for intent in intents:
         if _known_to_node(chain, intent["tx_hash"]):
-            # Sent by a killed run and not mined yet.
+            # Sent by a killed run, or by another run meanwhile, and not in the head read above.
             return {"outcome": SettleOutcome.recovered, "tx_hash": intent["tx_hash"]}
-    latest_epoch = distributor.functions.latestEpoch().call()
+    latest_epoch = distributor.functions.latestEpoch().call(block_identifier=head)
     if latest_epoch >= epoch:
         raise ChainLedgerMismatchError(
             epoch,

@@ -25,7 +25,17 @@ import pytest
 from ledger import Ledger
 from ledger.verify import verify
 from tests.support.anvil import REPO_ROOT, Anvil, anvil  # noqa: F401 - anvil is a fixture
-from tests.support.settle_runs import SETTLER_KEY, append, deploy, proposals, shape
+from tests.support.settle_runs import (
+    SETTLER_KEY,
+    append,
+    deploy,
+    new_lake,
+    proposals,
+    settle,
+    settle_process,
+    settlement_rows,
+    shape,
+)
 
 if TYPE_CHECKING:
     from tests.support.postgres import PostgresServer
@@ -227,3 +237,55 @@ def test_concurrent_sync_claims_processes_store_each_block_range_once(
     ranges = sorted(catalog.rows("settlement_claim_sync").select("from_block", "to_block").rows())
     assert ranges and ranges[0][0] == deployed["deployment_block"], ranges
     assert all(later[0] == earlier[1] + 1 for earlier, later in itertools.pairwise(ranges)), ranges
+
+
+@pytest.mark.parametrize("between", ["the chain's proposals and the ledger", "the ledger and the chain"])
+def test_a_proposal_made_and_recorded_by_another_run_while_settle_reads_is_found_not_a_mismatch(
+    between: str,
+    anvil: Anvil,  # noqa: F811
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A `royalty settle` checks the chain and the ledger before it proposes, without the propose lock. Another
+    process proposing and recording the epoch in the middle of those reads used to stop it with a chain/ledger
+    mismatch (seen once in CI: the chain read before, the ledger after). Now the ledger is read first and the
+    chain at one block after it: the run finds the other's proposal, recorded, and exits 0 without proposing."""
+    import settlement.onchain.settle as settle_module
+
+    lake = tmp_path / "lake"
+    new_lake(lake, EVENTS)
+    deployed = deploy(anvil)
+    other: list[subprocess.CompletedProcess] = []
+
+    def another_settle_first() -> None:
+        if not other:
+            other.append(settle_process(lake, anvil, deployed["distributor"], None))
+
+    if between == "the chain's proposals and the ledger":
+        real_read_logs = settle_module.read_logs
+
+        def read_logs_then_another(*args: object, **kwargs: object) -> list[dict]:
+            found = real_read_logs(*args, **kwargs)  # type: ignore[arg-type]
+            another_settle_first()
+            return found
+
+        monkeypatch.setattr(settle_module, "read_logs", read_logs_then_another)
+    else:
+        real_read_records = settle_module._read_records
+
+        def read_records_then_another(*args: object) -> list:
+            found = real_read_records(*args)  # type: ignore[arg-type]
+            if args[1] == "settlement_intent":
+                another_settle_first()
+            return found
+
+        monkeypatch.setattr(settle_module, "_read_records", read_records_then_another)
+    result = settle(lake, anvil, deployed["distributor"])
+    (first,) = other
+    assert first.returncode == 0, first.stderr
+    assert json.loads(first.stdout.strip().splitlines()[-1])["outcome"] == "proposed"
+    assert result["outcome"] in {"recovered", "already_recorded"}, result
+    (proposal,) = proposals(anvil, deployed["distributor"], 1)
+    (record,) = settlement_rows(lake, "settlement_record")
+    assert record["tx_hash"] == result["tx_hash"] == "0x" + bytes(proposal["transactionHash"]).hex()
+    assert len(settlement_rows(lake, "settlement_intent")) == 1
