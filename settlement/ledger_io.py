@@ -252,7 +252,10 @@ def _weigh_holders(
 
 @contextmanager
 def _weights_read_ahead(
-    weigh: Callable[[list[str]], tuple[HolderWeights, pa.Table]], named: list[str], extra_rows: dict[str, pa.Table]
+    connection: duckdb.DuckDBPyConnection,
+    weigh: Callable[[list[str]], tuple[HolderWeights, pa.Table]],
+    named: list[str],
+    extra_rows: dict[str, pa.Table],
 ) -> Iterator[Callable[[list[str]], HolderWeights]]:
     """The engine's source of holder weights, the weights of every token a policy `named` read on a thread while
     the epoch is split (the read and its sort are ~1 s at a million holders, mostly off the GIL).
@@ -262,9 +265,16 @@ def _weights_read_ahead(
     as before. Otherwise that read is waited for and dropped (its refusal too: a token credited nothing need not
     be synced) and the tokens asked for are read. The range's row goes to `extra_rows` only for weights used. The
     thread reads on the plan's connection, inside its transaction, while the split uses none; leaving the block
-    waits for it, so the connection is never used by two threads at once."""
+    waits for it, so the connection is never used by two threads at once. The read runs on one DuckDB thread:
+    the split has the other core, and DuckDB's second thread cost ~0.35 s more CPU at a million holders for a
+    read that finished no sooner beside it (benchmarks/RESULTS.md)."""
+
+    def weigh_on_one_thread(tokens: list[str]) -> tuple[HolderWeights, pa.Table]:
+        with _one_duckdb_thread(connection):
+            return weigh(tokens)
+
     with ThreadPoolExecutor(1, thread_name_prefix="holder-weights") as pool:
-        ahead = pool.submit(weigh, named)
+        ahead = pool.submit(weigh_on_one_thread, named)
 
         def source(tokens: list[str]) -> HolderWeights:
             if tokens == named:
@@ -275,6 +285,17 @@ def _weights_read_ahead(
             return weights
 
         yield source
+
+
+@contextmanager
+def _one_duckdb_thread(connection: duckdb.DuckDBPyConnection) -> Iterator[None]:
+    """Run DuckDB on one thread inside the block; its thread count is given back after it."""
+    (threads,) = connection.execute("SELECT current_setting('threads')").fetchone()  # type: ignore[misc]
+    connection.execute("SET threads = 1")
+    try:
+        yield
+    finally:
+        connection.execute(f"SET threads = {int(threads)}")
 
 
 def read_holder_weights(
@@ -614,7 +635,7 @@ def plan_from_ledger(
             weigh = _weigh_holders(ledger.connection, inputs, prior, rules, extra_rows)
             inputs = dataclasses.replace(
                 inputs,
-                holder_weights=stack.enter_context(_weights_read_ahead(weigh, named, extra_rows)),
+                holder_weights=stack.enter_context(_weights_read_ahead(ledger.connection, weigh, named, extra_rows)),
                 holder_dust_units_min=rules.holder_dust_units_min,
             )
         plan = plan_epoch(inputs, prior)

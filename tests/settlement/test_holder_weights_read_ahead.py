@@ -9,11 +9,13 @@ import json
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import pytest
 from typer.testing import CliRunner
 from web3 import Web3
 
 from ledger import Ledger
 from royalty.cli import app
+from settlement import close_epoch
 from tests.ledger.helpers import batch_of
 from tests.settlement.test_holders_ledger import _event, _metered, _synced, alice, big, small, token, zero
 
@@ -74,3 +76,32 @@ def test_a_named_token_the_epoch_credits_nothing_needs_no_sync_and_a_credited_on
         ).fetchall()
     assert set(paid) == {"alice", big, small} and blocks == ("1-20",), (paid, blocks)
     assert sum(paid.values()) == 10 * json.loads(_metered(0, 1, at)[0])["data"]["fee_micros"]
+
+
+def test_the_weights_read_beside_the_split_runs_on_one_duckdb_thread_and_gives_the_count_back(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The read ahead leaves the second core to the split (DuckDB's second thread cost CPU for no shorter wall
+    time beside it); the connection's thread count is what it was once the close is done."""
+    import settlement.holders as holders
+
+    lake = tmp_path / "lake"
+    now = datetime.now(UTC)
+    at = now - timedelta(hours=1)
+    with Ledger.open(str(lake)) as ledger:
+        ledger.append(*batch_of(_registry(at)[:4] + _metered(0, 10, at + timedelta(seconds=1))))
+        _synced(ledger, 1, 20, [(1, zero, big, 10**6), (1, zero, small, 1)], now)
+    seen: list[int] = []
+    real = holders.holder_weight_units
+
+    def noting_threads(connection, *args, **kwargs):
+        seen.append(connection.execute("SELECT current_setting('threads')").fetchone()[0])
+        return real(connection, *args, **kwargs)
+
+    monkeypatch.setattr(holders, "holder_weight_units", noting_threads)
+    with Ledger.open(str(lake)) as ledger:
+        ledger.connection.execute("SET threads = 3")
+        summary = close_epoch(ledger)
+        (after,) = ledger.connection.execute("SELECT current_setting('threads')").fetchone()
+    assert summary.epoch == 1 and not summary.noop
+    assert seen == [1] and after == 3, (seen, after)
