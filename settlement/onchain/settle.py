@@ -22,7 +22,6 @@ Crash safety and concurrency rest on five rules:
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -522,16 +521,15 @@ def _close_and_read_tree(
         lambda connection: (read_stored_tree(connection, latest[0]), _payables(connection, latest[0])),
         f"read epoch {latest[0]}'s tree and payables",
     )
-    rebuilt = build_epoch_tree(*latest, payables, None, owed, net_of)
+    # A tree to write proposes its manifest's SHA-256 as the digest: composed first, so the build computes no other.
+    manifest = manifest_of(ledger, latest[0], rules) if tree is None else None
+    rebuilt = build_epoch_tree(*latest, payables, manifest, owed, net_of)
     if predecessor is not None and tree is not None and (rebuilt is None or rebuilt.tree.root != tree.tree.root):
         raise ChainConfigError(predecessor.stored_plain_message(latest[0]), "distributor")
     require(
         tree is None or (rebuilt is not None and rebuilt.tree.root == tree.tree.root),
         f"epoch {latest[0]}: the ledger's payables still give the stored root",
     )
-    if tree is None and rebuilt is not None:  # the same tree, its digest the manifest's (not built a second time)
-        manifest = manifest_of(ledger, latest[0], rules)
-        rebuilt = dataclasses.replace(rebuilt, ledger_digest=manifest_digest(manifest), manifest=manifest)
     return tree or rebuilt, closed, notes
 
 
