@@ -730,9 +730,10 @@ class Ledger:
             **_compression(table_name, rows.schema),
             row_group_size=constants.parquet_row_group_rows_max,
         )
-        data = sink.getvalue().to_pybytes()
+        # Arrow's buffer itself, not a bytes copy: on this kind of VM a fresh 64 MB copy cost ~0.6 s of page faults.
+        data = sink.getvalue()
         self.store.write(absolute, data)
-        return _FileToAdd(table_name, absolute, relative, len(data), hashlib.sha256(data).hexdigest())
+        return _FileToAdd(table_name, absolute, relative, data.size, hashlib.sha256(data).hexdigest())
 
     def _write_record_files(
         self, file_rows: list[tuple[str, pa.Table]], batch_id: str, written: list[_FileToAdd]

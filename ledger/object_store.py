@@ -22,11 +22,14 @@ from collections.abc import Iterator
 from contextlib import suppress
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
 from urllib.parse import urlsplit
 
 from ledger.errors import LedgerError, LedgerStorageError
 from ledger.redact import redact, remember_secret
+
+if TYPE_CHECKING:
+    import pyarrow as pa
 
 s3_scheme = "s3://"
 region_default = "us-east-1"
@@ -227,7 +230,7 @@ class DataStore:
     def __init__(self, data_path: str) -> None:
         self.data_path = data_path
 
-    def write(self, path: str, data: bytes) -> None:
+    def write(self, path: str, data: bytes | pa.Buffer) -> None:
         """Write `data` at `path` whole or not at all (a temporary file, fsync, rename); `LedgerStorageError`."""
         absolute = Path(path)
         temporary = absolute.with_suffix(".parquet.tmp")
@@ -294,7 +297,7 @@ class S3DataStore(DataStore):
     def _key(path: str) -> str:
         return path.removeprefix(s3_scheme)
 
-    def write(self, path: str, data: bytes) -> None:
+    def write(self, path: str, data: bytes | pa.Buffer) -> None:
         # An S3 PUT is atomic: the object is there whole once it returns, or not at all.
         try:
             with self._fs.open_output_stream(self._key(path)) as stream:
