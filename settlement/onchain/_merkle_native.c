@@ -202,8 +202,9 @@ typedef struct {
 typedef struct {
     size_t count;
     int x4;
-    const uint8_t *encodings; /* 64 bytes per leaf: 12 zero bytes, the account, the amount (abi.encode) */
-    const uint8_t *given;     /* 40 characters per leaf, as given */
+    const uint8_t *accounts;  /* 20 bytes per leaf, in the order given */
+    const uint8_t *amounts;   /* 32 bytes per leaf, big-endian */
+    PyObject *given;          /* the accounts' str objects (a tuple kept alive): their 40 characters as given */
     uint8_t *checksummed;     /* 40 characters per leaf, EIP-55 */
     uint8_t *leaves;          /* 32 bytes per leaf, in the order given */
     SortKey *keys;
@@ -242,25 +243,36 @@ static uint64_t big_endian_64(const uint8_t *p) {
     return v;
 }
 
+/* The 40 characters after "0x" of account `i` of the tuple `accounts` (each checked by parse_account first). Read
+   without the GIL, as parse_account does: the fields of an immutable str the build's own tuple keeps alive. */
+static const uint8_t *given_body(PyObject *accounts, size_t i) {
+    return (const uint8_t *)PyUnicode_DATA(PyTuple_GET_ITEM(accounts, (Py_ssize_t)i)) + 2;
+}
+
 /* Leaf hashes and EIP-55 checksums of leaves [lo, hi). */
 static void hash_leaves(void *ctx, size_t lo, size_t hi, int worker) {
     Build *b = ctx;
-    uint8_t tail_encodings[4 * LEAF_ENCODING_BYTES], tail_leaves[4 * WORD_BYTES], bodies[4 * BODY_CHARS];
+    /* Four leaves' abi.encode(account, amount) at a time, put together here: 12 zero bytes, the account, the amount
+       (a buffer of them all was 64 MB of fresh memory at a million leaves, and its pages cost more than the copy). */
+    uint8_t encodings[4 * LEAF_ENCODING_BYTES] = {0}, tail_leaves[4 * WORD_BYTES], bodies[4 * BODY_CHARS];
     uint8_t inner[4 * WORD_BYTES], digests[4 * WORD_BYTES];
     size_t bad = (size_t)-1;
     for (size_t i = lo; i < hi; i += 4) {
         size_t n = hi - i < 4 ? hi - i : 4;
-        const uint8_t *encodings = b->encodings + i * LEAF_ENCODING_BYTES;
         uint8_t *leaves = b->leaves + i * WORD_BYTES;
         if (n < 4) { /* the last few: padded with zeros, their extra digests dropped */
-            memset(tail_encodings, 0, sizeof tail_encodings);
+            memset(encodings, 0, sizeof encodings);
             memset(bodies, 0, sizeof bodies);
-            memcpy(tail_encodings, encodings, n * LEAF_ENCODING_BYTES);
-            encodings = tail_encodings;
             leaves = tail_leaves;
         }
-        /* lowercase: 0x20 turns "A".."F" into "a".."f" and leaves the digits as they are */
-        for (size_t c = 0; c < n * BODY_CHARS; c++) bodies[c] = b->given[i * BODY_CHARS + c] | 0x20;
+        for (size_t k = 0; k < n; k++) {
+            uint8_t *encoding = encodings + k * LEAF_ENCODING_BYTES;
+            memcpy(encoding + WORD_BYTES - ACCOUNT_BYTES, b->accounts + (i + k) * ACCOUNT_BYTES, ACCOUNT_BYTES);
+            memcpy(encoding + WORD_BYTES, b->amounts + (i + k) * WORD_BYTES, WORD_BYTES);
+            /* lowercase: 0x20 turns "A".."F" into "a".."f" and leaves the digits as they are */
+            const uint8_t *given = given_body(b->given, i + k);
+            for (int c = 0; c < BODY_CHARS; c++) bodies[k * BODY_CHARS + c] = given[c] | 0x20;
+        }
         keccak256_four(b->x4, encodings, LEAF_ENCODING_BYTES, inner);
         keccak256_four(b->x4, inner, WORD_BYTES, leaves);
         keccak256_four(b->x4, bodies, BODY_CHARS, digests);
@@ -269,7 +281,7 @@ static void hash_leaves(void *ctx, size_t lo, size_t hi, int worker) {
             size_t at = i + k;
             uint8_t *out = b->checksummed + at * BODY_CHARS;
             checksum_body(bodies + k * BODY_CHARS, digests + k * WORD_BYTES, out);
-            const uint8_t *given = b->given + at * BODY_CHARS;
+            const uint8_t *given = given_body(b->given, at);
             if (bad == (size_t)-1 && memcmp(out, given, BODY_CHARS) != 0 && mixed_case(given)) bad = at;
             b->keys[at].key = big_endian_64(b->leaves + at * WORD_BYTES);
             b->keys[at].position = (uint32_t)at;
@@ -382,10 +394,10 @@ static int parse_amount(PyObject *amount, Py_ssize_t i, uint8_t *word) {
     return 0;
 }
 
-/* "0x" and 40 hex digits: the account's bytes into `raw`, its body into `given`; 0 if it is not.
+/* "0x" and 40 hex digits: the account's bytes into `raw`; 0 if it is not.
    Runs without the GIL: it only reads the fields of a str that the build's own tuple keeps alive (str is
    immutable), through the macros that read them, and calls no function of the C API. */
-static int parse_account(PyObject *account, uint8_t *raw, uint8_t *given) {
+static int parse_account(PyObject *account, uint8_t *raw) {
     if (!PyUnicode_CheckExact(account) || PyUnicode_GET_LENGTH(account) != 2 + BODY_CHARS ||
         !PyUnicode_IS_ASCII(account))
         return 0;
@@ -396,13 +408,12 @@ static int parse_account(PyObject *account, uint8_t *raw, uint8_t *given) {
         if (high < 0 || low < 0) return 0;
         raw[c / 2] = (uint8_t)(high << 4 | low);
     }
-    memcpy(given, text + 2, BODY_CHARS);
     return 1;
 }
 
 typedef struct {
     PyObject *accounts; /* a tuple: its items stay alive while the GIL is released */
-    uint8_t *encodings, *given, *index_accounts;
+    uint8_t *index_accounts;
     size_t bad_account[THREADS_MAX];
 } ParseContext;
 
@@ -410,11 +421,7 @@ static void parse_accounts(void *ctx, size_t lo, size_t hi, int worker) {
     ParseContext *p = ctx;
     size_t bad = (size_t)-1;
     for (size_t i = lo; i < hi && bad == (size_t)-1; i++) {
-        uint8_t *raw = p->encodings + i * LEAF_ENCODING_BYTES + WORD_BYTES - ACCOUNT_BYTES;
-        if (parse_account(PyTuple_GET_ITEM(p->accounts, i), raw, p->given + i * BODY_CHARS))
-            memcpy(p->index_accounts + i * ACCOUNT_BYTES, raw, ACCOUNT_BYTES);
-        else
-            bad = i;
+        if (!parse_account(PyTuple_GET_ITEM(p->accounts, i), p->index_accounts + i * ACCOUNT_BYTES)) bad = i;
     }
     p->bad_account[worker] = bad;
 }
@@ -458,8 +465,7 @@ static PyObject *build(PyObject *module, PyObject *args) {
     PyObject *result = NULL, *accounts = NULL, *tree = NULL, *checksummed = NULL, *tree_index = NULL;
     AccountIndex *index = NULL;
     Build b = {.count = n, .x4 = cpu_has_avx2 && !portable};
-    uint8_t *encodings = PyMem_RawCalloc(n, LEAF_ENCODING_BYTES);
-    uint8_t *bodies = PyMem_RawMalloc(n * BODY_CHARS);
+    uint8_t *amounts = PyMem_RawCalloc(n, WORD_BYTES);
     uint8_t *leaves = PyMem_RawMalloc(n * WORD_BYTES);
     SortKey *keys = PyMem_RawMalloc(2 * n * sizeof(SortKey));
     size_t *starts = PyMem_RawMalloc((SORT_BUCKETS + 1) * sizeof(size_t));
@@ -473,20 +479,19 @@ static PyObject *build(PyObject *module, PyObject *args) {
         index->mask = slots - 1;
         index->seed = seed;
     }
-    if (!encodings || !bodies || !leaves || !keys || !starts || !tree || !checksummed || !tree_index || !index ||
+    if (!amounts || !leaves || !keys || !starts || !tree || !checksummed || !tree_index || !index ||
         !index->accounts || !index->slots) {
         if (!PyErr_Occurred()) PyErr_NoMemory();
         goto done;
     }
-    prefer_huge_pages(encodings, n * LEAF_ENCODING_BYTES);
-    prefer_huge_pages(bodies, n * BODY_CHARS);
+    prefer_huge_pages(amounts, n * WORD_BYTES);
     prefer_huge_pages(leaves, n * WORD_BYTES);
     prefer_huge_pages(keys, 2 * n * sizeof(SortKey));
     prefer_huge_pages(PyBytes_AS_STRING(tree), (2 * n - 1) * WORD_BYTES);
     prefer_huge_pages(PyBytes_AS_STRING(checksummed), n * BODY_CHARS);
     prefer_huge_pages(index->accounts, n * ACCOUNT_BYTES);
-    b.encodings = encodings;
-    b.given = bodies;
+    b.accounts = index->accounts;
+    b.amounts = amounts;
     b.checksummed = (uint8_t *)PyBytes_AS_STRING(checksummed);
     b.leaves = leaves;
     b.keys = keys;
@@ -496,11 +501,12 @@ static PyObject *build(PyObject *module, PyObject *args) {
     b.tree_index = (uint32_t *)PyBytes_AS_STRING(tree_index);
 
     for (size_t i = 0; i < n; i++)
-        if (parse_amount(PyList_GET_ITEM(amounts_in, i), (Py_ssize_t)i, encodings + i * LEAF_ENCODING_BYTES + WORD_BYTES) < 0)
+        if (parse_amount(PyList_GET_ITEM(amounts_in, i), (Py_ssize_t)i, amounts + i * WORD_BYTES) < 0)
             goto done;
     accounts = PySequence_Tuple(accounts_in);
     if (!accounts) goto done;
-    ParseContext parse = {accounts, encodings, bodies, index->accounts, {0}};
+    b.given = accounts;
+    ParseContext parse = {accounts, index->accounts, {0}};
     IndexJob index_job = {index, n, -1, -1};
     size_t bad_account, bad_checksum = (size_t)-1;
     Py_BEGIN_ALLOW_THREADS
@@ -535,8 +541,7 @@ static PyObject *build(PyObject *module, PyObject *args) {
     result = PyTuple_Pack(4, tree, checksummed, tree_index, (PyObject *)index);
 
 done:
-    PyMem_RawFree(encodings);
-    PyMem_RawFree(bodies);
+    PyMem_RawFree(amounts);
     PyMem_RawFree(leaves);
     PyMem_RawFree(keys);
     PyMem_RawFree(starts);
