@@ -206,7 +206,7 @@ typedef struct {
     const uint8_t *amounts;   /* 32 bytes per leaf, big-endian */
     PyObject *given;          /* the accounts' str objects (a tuple kept alive): their 40 characters as given */
     uint8_t *checksummed;     /* 40 characters per leaf, EIP-55 */
-    uint8_t *leaves;          /* 32 bytes per leaf, in the order given */
+    uint8_t *leaves;          /* 32 bytes per leaf, in the order given (over `amounts`) */
     SortKey *keys;
     SortKey *sorted;
     size_t *bucket_starts; /* SORT_BUCKETS + 1 */
@@ -466,7 +466,6 @@ static PyObject *build(PyObject *module, PyObject *args) {
     AccountIndex *index = NULL;
     Build b = {.count = n, .x4 = cpu_has_avx2 && !portable};
     uint8_t *amounts = PyMem_RawCalloc(n, WORD_BYTES);
-    uint8_t *leaves = PyMem_RawMalloc(n * WORD_BYTES);
     SortKey *keys = PyMem_RawMalloc(2 * n * sizeof(SortKey));
     size_t *starts = PyMem_RawMalloc((SORT_BUCKETS + 1) * sizeof(size_t));
     tree = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)((2 * n - 1) * WORD_BYTES));
@@ -479,13 +478,12 @@ static PyObject *build(PyObject *module, PyObject *args) {
         index->mask = slots - 1;
         index->seed = seed;
     }
-    if (!amounts || !leaves || !keys || !starts || !tree || !checksummed || !tree_index || !index ||
+    if (!amounts || !keys || !starts || !tree || !checksummed || !tree_index || !index ||
         !index->accounts || !index->slots) {
         if (!PyErr_Occurred()) PyErr_NoMemory();
         goto done;
     }
     prefer_huge_pages(amounts, n * WORD_BYTES);
-    prefer_huge_pages(leaves, n * WORD_BYTES);
     prefer_huge_pages(keys, 2 * n * sizeof(SortKey));
     prefer_huge_pages(PyBytes_AS_STRING(tree), (2 * n - 1) * WORD_BYTES);
     prefer_huge_pages(PyBytes_AS_STRING(checksummed), n * BODY_CHARS);
@@ -493,7 +491,7 @@ static PyObject *build(PyObject *module, PyObject *args) {
     b.accounts = index->accounts;
     b.amounts = amounts;
     b.checksummed = (uint8_t *)PyBytes_AS_STRING(checksummed);
-    b.leaves = leaves;
+    b.leaves = amounts; /* each leaf's hash replaces its amount: hash_leaves reads four amounts, then writes four hashes */
     b.keys = keys;
     b.sorted = keys + n;
     b.bucket_starts = starts;
@@ -542,7 +540,6 @@ static PyObject *build(PyObject *module, PyObject *args) {
 
 done:
     PyMem_RawFree(amounts);
-    PyMem_RawFree(leaves);
     PyMem_RawFree(keys);
     PyMem_RawFree(starts);
     Py_XDECREF(accounts);
