@@ -39,6 +39,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TypeVar
 
+# First, as `royalty close-epoch` does: polars' allocator keeps freed pages (royalty.allocator), read at its import.
+import royalty  # noqa: F401
+
+# isort: split
 import pyarrow as pa
 from eth_utils import to_checksum_address
 
