@@ -10,7 +10,7 @@ import hashlib
 import json
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor, wait
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack, contextmanager, suppress
 from datetime import UTC, datetime
 
 import duckdb
@@ -289,13 +289,20 @@ def _weights_read_ahead(
 
 @contextmanager
 def _one_duckdb_thread(connection: duckdb.DuckDBPyConnection) -> Iterator[None]:
-    """Run DuckDB on one thread inside the block; its thread count is given back after it."""
+    """Run DuckDB on one thread inside the block; its thread count is given back after it.
+
+    A DuckDB error inside the block (a weight past HUGEINT, say) aborts the transaction, which then refuses the SET
+    until it is rolled back: that error is the one raised, and the count stays at one on this failed close's
+    connection (slower, never wrong)."""
     (threads,) = connection.execute("SELECT current_setting('threads')").fetchone()  # type: ignore[misc]
     connection.execute("SET threads = 1")
     try:
         yield
-    finally:
-        connection.execute(f"SET threads = {int(threads)}")
+    except BaseException:
+        with suppress(duckdb.Error):
+            connection.execute(f"SET threads = {int(threads)}")
+        raise
+    connection.execute(f"SET threads = {int(threads)}")
 
 
 def read_holder_weights(

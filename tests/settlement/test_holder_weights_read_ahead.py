@@ -105,3 +105,31 @@ def test_the_weights_read_beside_the_split_runs_on_one_duckdb_thread_and_gives_t
         (after,) = ledger.connection.execute("SELECT current_setting('threads')").fetchone()
     assert summary.epoch == 1 and not summary.noop
     assert seen == [1] and after == 3, (seen, after)
+
+
+def test_a_duckdb_error_in_the_weights_read_is_the_error_the_close_raises(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The read's own error (here a failed cast, as a weight past HUGEINT would be) reaches the operator, not the
+    aborted transaction's refusal to give the thread count back; nothing is written."""
+    import duckdb
+
+    import settlement.holders as holders
+
+    lake = tmp_path / "lake"
+    now = datetime.now(UTC)
+    at = now - timedelta(hours=1)
+    with Ledger.open(str(lake)) as ledger:
+        ledger.append(*batch_of(_registry(at)[:4] + _metered(0, 10, at + timedelta(seconds=1))))
+        _synced(ledger, 1, 20, [(1, zero, big, 10**6), (1, zero, small, 1)], now)
+
+    def failing(connection, *args, **kwargs):
+        connection.execute("SELECT 'not a number'::HUGEINT").fetchall()
+
+    monkeypatch.setattr(holders, "holder_weight_units", failing)
+    with Ledger.open(str(lake)) as ledger, pytest.raises(Exception) as raised:
+        close_epoch(ledger)
+    assert "not a number" in str(raised.value) and "aborted" not in str(raised.value), raised.value
+    assert isinstance(raised.value, duckdb.Error) or "not a number" in str(raised.value.__cause__ or raised.value)
+    with Ledger.open_read_only(str(lake)) as ledger:
+        assert ledger.connection.execute("SELECT count(*) FROM lake.main.settlement_epoch").fetchone() == (0,)
