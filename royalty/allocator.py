@@ -10,7 +10,7 @@ of close + tree build took 6.07 s at the median against 6.80 s (a million token 
 
 jemalloc reads its settings once, at its first allocation, so this runs before polars is imported (`royalty`'s
 package import). Not for `royalty ingest`, a service whose memory should go back down between bursts. An operator's
-own `_RJEM_MALLOC_CONF` is kept.
+own `_RJEM_MALLOC_CONF` is kept. It is set in this process's environment, so processes it starts inherit it.
 """
 
 from __future__ import annotations
