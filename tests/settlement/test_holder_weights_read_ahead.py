@@ -15,7 +15,7 @@ from web3 import Web3
 
 from ledger import Ledger
 from royalty.cli import app
-from settlement import close_epoch
+from settlement import close_epoch, holders
 from tests.ledger.helpers import batch_of
 from tests.settlement.test_holders_ledger import _event, _metered, _synced, alice, big, small, token, zero
 
@@ -78,19 +78,24 @@ def test_a_named_token_the_epoch_credits_nothing_needs_no_sync_and_a_credited_on
     assert sum(paid.values()) == 10 * json.loads(_metered(0, 1, at)[0])["data"]["fee_micros"]
 
 
-def test_the_weights_read_beside_the_split_runs_on_one_duckdb_thread_and_gives_the_count_back(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """The read ahead leaves the second core to the split (DuckDB's second thread cost CPU for no shorter wall
-    time beside it); the connection's thread count is what it was once the close is done."""
-    import settlement.holders as holders
 
+def _paying_synced_holders(tmp_path: Path) -> Path:
+    """A ledger whose model `m` (metered 10 times) pays `token`'s holders, the token synced past the events."""
     lake = tmp_path / "lake"
     now = datetime.now(UTC)
     at = now - timedelta(hours=1)
     with Ledger.open(str(lake)) as ledger:
         ledger.append(*batch_of(_registry(at)[:4] + _metered(0, 10, at + timedelta(seconds=1))))
         _synced(ledger, 1, 20, [(1, zero, big, 10**6), (1, zero, small, 1)], now)
+    return lake
+
+
+def test_the_weights_read_beside_the_split_runs_on_one_duckdb_thread_and_gives_the_count_back(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The read ahead leaves the second core to the split (DuckDB's second thread cost CPU for no shorter wall
+    time beside it); the connection's thread count is what it was once the close is done."""
+    lake = _paying_synced_holders(tmp_path)
     seen: list[int] = []
     real = holders.holder_weight_units
 
@@ -114,14 +119,7 @@ def test_a_duckdb_error_in_the_weights_read_is_the_error_the_close_raises(
     aborted transaction's refusal to give the thread count back; nothing is written."""
     import duckdb
 
-    import settlement.holders as holders
-
-    lake = tmp_path / "lake"
-    now = datetime.now(UTC)
-    at = now - timedelta(hours=1)
-    with Ledger.open(str(lake)) as ledger:
-        ledger.append(*batch_of(_registry(at)[:4] + _metered(0, 10, at + timedelta(seconds=1))))
-        _synced(ledger, 1, 20, [(1, zero, big, 10**6), (1, zero, small, 1)], now)
+    lake = _paying_synced_holders(tmp_path)
 
     def failing(connection, *args, **kwargs):
         connection.execute("SELECT 'not a number'::HUGEINT").fetchall()
