@@ -10,6 +10,7 @@ import hashlib
 import json
 import os
 import re
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -138,13 +139,14 @@ def build_epoch_tree(
     epoch: int,
     closing_snapshot: int,
     payables: pl.DataFrame,
-    manifest: bytes | None = None,
+    manifest: bytes | Callable[[], bytes] | None = None,
     owed_elsewhere_units: dict[str, int] | None = None,
     net_of: tuple[str, int] | None = None,
 ) -> EpochTree | None:
     """The payout tree of `epoch` over `payables` (all rows up to it); None when no address is owed anything.
 
-    With `manifest` (settlement-v2) its SHA-256 is the ledger digest; without, the leaf digest of settlement-v1.
+    With `manifest` (settlement-v2) its SHA-256 is the ledger digest; without, the leaf digest of settlement-v1. A
+    callable `manifest` is composed only once there is a tree (an epoch owing no address needs none).
     `owed_elsewhere_units`: what a predecessor distributor's last root already owes each address (a distributor
     deployed with `--migrate-from`); the leaves are then net of it (`net_leaves`), and `net_of` names that
     predecessor and epoch (recorded with the tree)."""
@@ -166,6 +168,8 @@ def build_epoch_tree(
             tree = MerkleTree.build(sums["address"].to_list(), sums["units"].to_list())
     if tree.total_amount_units > amount_micros_max:
         raise AmountOverflowError(epoch, "settlement_root.total_units", tree.total_amount_units)
+    if callable(manifest):
+        manifest = manifest()
     if manifest is not None:
         digest = manifest_digest(manifest)
     elif owed_elsewhere_units is not None:

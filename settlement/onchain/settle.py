@@ -521,8 +521,9 @@ def _close_and_read_tree(
         lambda connection: (read_stored_tree(connection, latest[0]), _payables(connection, latest[0])),
         f"read epoch {latest[0]}'s tree and payables",
     )
-    # A tree to write proposes its manifest's SHA-256 as the digest: composed first, so the build computes no other.
-    manifest = manifest_of(ledger, latest[0], rules) if tree is None else None
+    # A tree to write proposes its manifest's SHA-256 as the digest: given to the build (composed once there is a tree),
+    # so the build computes no other.
+    manifest = (lambda: manifest_of(ledger, latest[0], rules)) if tree is None else None
     rebuilt = build_epoch_tree(*latest, payables, manifest, owed, net_of)
     if predecessor is not None and tree is not None and (rebuilt is None or rebuilt.tree.root != tree.tree.root):
         raise ChainConfigError(predecessor.stored_plain_message(latest[0]), "distributor")
