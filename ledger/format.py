@@ -186,6 +186,17 @@ def _checkpoint_holder_balances(connection: duckdb.DuckDBPyConnection) -> None:
     reads every transfer, as before."""
 
 
+def _keep_holders_balance_blocks(connection: duckdb.DuckDBPyConnection) -> None:
+    """Format 22 keeps each holder's balance-blocks (its balance summed over every block so far) in the balance
+    checkpoints: columns holder_balance_checkpoint.balance_blocks_high and balance_blocks_low (NULL in checkpoints
+    stored before). An epoch's weights are then a difference of two checkpoints' balance-blocks and the transfers
+    after each, not every transfer of the epoch. The next checkpoint after a migration sums them from every
+    transfer once; until then weights read the transfers, as before."""
+    if "holder_balance_checkpoint" in ledger_tables(connection):
+        for column in ("balance_blocks_high", "balance_blocks_low"):
+            add_column_if_missing(connection, "holder_balance_checkpoint", column, "VARCHAR")
+
+
 def _flush_bookkeeping_rows(connection: duckdb.DuckDBPyConnection) -> None:
     """Format 18 lets `royalty expire` move the bookkeeping tables' inlined rows (offsets, batches, checksums, row
     digests, compaction records) out of the catalog into Parquet files whose SHA-256 it records in `file_checksum`
@@ -368,6 +379,12 @@ format_steps: list[FormatStep] = [
         "earlier compactions summed up by the migration); verify checks the files an expiry dropped against those sums",
         _summarize_compactions,
         _summarize_earlier_compactions,
+    ),
+    FormatStep(
+        22,
+        "keep holders' balance-blocks in the balance checkpoints: columns holder_balance_checkpoint."
+        "balance_blocks_high/low (NULL before); epochs weigh holders as a difference of two checkpoints",
+        _keep_holders_balance_blocks,
     ),
 ]
 

@@ -20,6 +20,12 @@ as many as the previous checkpoint's holders, were stored after the previous one
 rows than the transfers). A balance at block B then sums the latest checkpoint at or before B and the transfers after
 it; a weight over `from..to` the latest checkpoint before `from` (a balance held since before `from` is a delta at
 a block before `from`: the same aggregate) and the transfers after it. Without a checkpoint, every transfer.
+
+Since ledger format 22 a checkpoint also keeps each address's balance-blocks, its balance summed over every block up
+to the checkpoint's (`_balance_blocks_rows`). A weight over `from..to` is the difference of the balance-blocks up to
+`to` and up to `from - 1`, each the latest checkpoint carrying them and the transfers after it: with a checkpoint
+inside the range, that skips the range's transfers before it (`_balance_blocks_plan` takes whichever reads fewer
+rows).
 """
 
 from __future__ import annotations
@@ -53,8 +59,6 @@ holder_value_units_max = 2**127 - 1
 holder_checkpoint_transfers_min = 250_000
 
 _s, _i = pa.string(), pa.int64()
-
-
 
 
 holder_transfer_schema = table_schema(
@@ -91,6 +95,11 @@ holder_checkpoint_schema = table_schema(
     ("block_number", _i, False),
     ("holder", _s, False),  # checksummed
     ("balance_units", _s, False),  # decimal text, as value_units
+    # The holder's balance summed over every block up to and including block_number (its "balance-blocks"; ledger
+    # format 22, NULL in checkpoints stored before), as high * 2**64 + low: decimal text of a HUGEINT and of a
+    # number in [0, 2**64). Since the chain's first block it may pass 2**127; a weight, a difference of two, not.
+    ("balance_blocks_high", _s, True),
+    ("balance_blocks_low", _s, True),
 )
 # A holder's sub-threshold part carried forward (`holder_dust_units_min`): one row per epoch, token and holder
 # whose carried amount that epoch changed, with what is carried after it (0 once paid out). The carried total of a
@@ -101,7 +110,6 @@ holder_dust_schema = table_schema(
     ("holder", _s, False),  # checksummed
     ("carried_micros", _i, False),  # carried for the holder after this epoch
 )
-
 
 
 def register() -> None:
@@ -161,15 +169,13 @@ def _checkpoint_before(connection: duckdb.DuckDBPyConnection, chain_id: int, tok
     return None if block is None else int(block)
 
 
-def _deltas(checkpoint: int | None, sources: list[str] | None = None) -> str:
+def _deltas(checkpoint: int | None) -> str:
     """(holder, block_number, delta) of every balance change of $token up to $to_block: the balances of the
-    checkpoint at block `checkpoint` (None: none) as deltas at that block, then the transfers after it in
-    `sources` (relations of `holder_transfer_schema`; None: the table)."""
+    checkpoint at block `checkpoint` (None: none) as deltas at that block, then the transfers after it."""
     after = "" if checkpoint is None else f" AND block_number > {int(checkpoint)}"
-    transfers = " UNION ALL ".join(
-        f"SELECT to_address, from_address, block_number, value_units FROM {source} "
+    transfers = (
+        f"SELECT to_address, from_address, block_number, value_units FROM {recorder.table(holder_transfer_table)} "
         f"WHERE {_token_filter} AND block_number <= $to_block{after}"
-        for source in sources or [recorder.table(holder_transfer_table)]
     )
     parts = [
         """SELECT to_address AS holder, block_number, value_units::HUGEINT AS delta FROM transfers
@@ -204,6 +210,55 @@ def _weighted_deltas(checkpoint: int | None) -> str:
         f"FROM {recorder.table(holder_transfer_table)} WHERE {_token_filter} AND block_number <= $to_block{after}) "
         f"{' UNION ALL '.join(parts)})"
     )
+
+
+_low_mask = f"{2**64 - 1}::HUGEINT"
+
+
+def _split(value: str, blocks: str) -> str:
+    """`high, low` of HUGEINT `value` times `blocks`, split at 2**64 (value = high * 2**64 + low, 0 <= low < 2**64,
+    before the product): a value below 2**127 times a block count below 2**40 stays far inside HUGEINT."""
+    return f"({value} >> 64) * {blocks} AS high, ({value} & {_low_mask}) * {blocks} AS low"
+
+
+def _balance_blocks_rows(at: str, checkpoint: int | None, sources: list[str] | None = None) -> str:
+    """(holder, delta, high, low) rows whose sums per holder are its balance at block `at` (a SQL expression) and
+    its balance-blocks up to it (high * 2**64 + low, unnormalised): the checkpoint at block `checkpoint` (None:
+    none; it must carry balance-blocks) carried on to `at`, and each transfer of `sources` (None: the table) after it
+    up to `at`, counted for the blocks from its own to `at`."""
+    after = "" if checkpoint is None else f" AND block_number > {int(checkpoint)}"
+    transfers = " UNION ALL ".join(
+        f"SELECT to_address, from_address, value_units::HUGEINT AS moved, {at} - block_number + 1 AS blocks "
+        f"FROM {source} WHERE {_token_filter} AND block_number <= {at}{after}"
+        for source in sources or [recorder.table(holder_transfer_table)]
+    )
+    parts = [
+        f"SELECT to_address AS holder, moved AS delta, {_split('moved', 'blocks')} FROM transfers",
+        f"SELECT from_address AS holder, -moved AS delta, {_split('-moved', 'blocks')} FROM transfers",
+    ]
+    if checkpoint is not None:
+        carried = f"({at} - {int(checkpoint)})"
+        parts.append(
+            f"SELECT holder, balance, balance_blocks_high::HUGEINT + (balance >> 64) * {carried}, "
+            f"balance_blocks_low::HUGEINT + (balance & {_low_mask}) * {carried} FROM "
+            f"(SELECT holder, balance_units::HUGEINT AS balance, balance_blocks_high, balance_blocks_low FROM "
+            f"{recorder.table(holder_checkpoint_table)} WHERE {_token_filter} AND block_number = {int(checkpoint)})"
+        )
+    return f"(WITH transfers AS ({transfers}) {' UNION ALL '.join(parts)})"
+
+
+def _integral_checkpoint_before(
+    connection: duckdb.DuckDBPyConnection, chain_id: int, token: str, before: int
+) -> int | None:
+    """The block of the latest checkpoint of `token` before block `before` that carries balance-blocks; None: none."""
+    if holder_checkpoint_table not in recorder.existing_tables(connection):
+        return None
+    (block,) = connection.execute(
+        f"SELECT max(block_number) FROM {recorder.table(holder_checkpoint_table)} "
+        f"WHERE {_token_filter} AND block_number < $before AND balance_blocks_high IS NOT NULL",
+        {"chain": chain_id, "token": token, "before": before},
+    ).fetchone()
+    return None if block is None else int(block)
 
 
 def balances_at(connection: duckdb.DuckDBPyConnection, chain_id: int, token: str, block: int) -> dict[str, int]:
@@ -250,13 +305,19 @@ def holder_weight_units(
     empty = pl.DataFrame(schema={"holder": pl.String, "weight": pl.Int128})
     if holder_transfer_table not in recorder.existing_tables(connection):
         return empty
-    checkpoint = _checkpoint_before(connection, chain_id, token, from_block)
+    params = {"chain": chain_id, "token": token, "from_block": from_block, "to_block": to_block}
+    plan = _balance_blocks_plan(connection, params)
+    if plan is None:
+        checkpoint = _checkpoint_before(connection, chain_id, token, from_block)
+        sums = f"SELECT holder, sum(weighted) AS weight FROM {_weighted_deltas(checkpoint)} GROUP BY holder"
+    else:
+        sums = _balance_blocks_weights(*plan)
     halves = recorder.frame(
         connection,
-        f"""WITH sums AS (SELECT holder, sum(weighted) AS weight FROM {_weighted_deltas(checkpoint)} GROUP BY holder)
-            SELECT holder, (weight >> 64)::BIGINT AS high, (weight & {2**64 - 1}::HUGEINT)::UBIGINT AS low FROM sums
+        f"""WITH sums AS ({sums})
+            SELECT holder, (weight >> 64)::BIGINT AS high, (weight & {_low_mask})::UBIGINT AS low FROM sums
             WHERE weight > 0""",
-        {"chain": chain_id, "token": token, "from_block": from_block, "to_block": to_block},
+        params,
     )
     never = sorted({zero_address, token.lower()} | {address.lower() for address in excluded})
     weight = pl.col("high").cast(pl.Int128) * pl.lit(2**64, pl.Int128) + pl.col("low").cast(pl.Int128)
@@ -268,6 +329,51 @@ def holder_weight_units(
         .sort("holder", multithreaded=False)
     )
     return weights if weights.height else empty
+
+
+def _balance_blocks_plan(connection: duckdb.DuckDBPyConnection, params: dict) -> tuple[int, int | None] | None:
+    """(end, start): the checkpoints a weight over $from_block..$to_block reads as a difference of balance-blocks
+    (`_balance_blocks_weights`), when that reads fewer rows than the transfers after the checkpoint before
+    $from_block do; None: read those (`_weighted_deltas`). `end` is the latest checkpoint inside the range that carries
+    balance-blocks, `start` the latest before it (None: none, every transfer before $from_block)."""
+    chain_id, token, from_block, to_block = params["chain"], params["token"], params["from_block"], params["to_block"]
+    end = _integral_checkpoint_before(connection, chain_id, token, to_block + 1)
+    if end is None or end < from_block:
+        return None
+    start = _integral_checkpoint_before(connection, chain_id, token, from_block)
+    direct = _checkpoint_before(connection, chain_id, token, from_block)
+    after = {name: -1 if block is None else block for name, block in (("direct", direct), ("start", start))}
+    transfers = connection.execute(
+        f"""SELECT count(*) FILTER (WHERE block_number > {after["direct"]}),
+                   count(*) FILTER (WHERE block_number > {end}),
+                   count(*) FILTER (WHERE block_number > {after["start"]} AND block_number < $from_block)
+            FROM {recorder.table(holder_transfer_table)} WHERE {_token_filter} AND block_number <= $to_block""",
+        params,
+    ).fetchone()
+    held = dict(
+        connection.execute(
+            f"SELECT block_number, count(*) FROM {recorder.table(holder_checkpoint_table)} WHERE {_token_filter} "
+            f"AND block_number IN ({after['direct']}, {end}, {after['start']}) GROUP BY block_number",
+            {"chain": chain_id, "token": token},
+        ).fetchall()
+    )
+    direct_rows = held.get(direct, 0) + 2 * transfers[0]
+    difference_rows = held.get(end, 0) + 2 * transfers[1] + held.get(start, 0) + 2 * transfers[2]
+    return (end, start) if difference_rows < direct_rows else None
+
+
+def _balance_blocks_weights(end: int, start: int | None) -> str:
+    """(holder, weight) of every holder of $token over $from_block..$to_block: its balance-blocks up to $to_block
+    (from checkpoint `end`) less those up to $from_block - 1 (from checkpoint `start`; None: from every transfer),
+    summed as two halves (high * 2**64 + low) so no partial sum nears HUGEINT's bounds."""
+    rows = (
+        f"SELECT holder, high, low FROM {_balance_blocks_rows('$to_block', end)} UNION ALL "
+        f"SELECT holder, -high, -low FROM {_balance_blocks_rows('($from_block - 1)', start)}"
+    )
+    return (
+        f"SELECT holder, (high + (low >> 64)) * {2**64}::HUGEINT + (low & {_low_mask}) AS weight "
+        f"FROM (SELECT holder, sum(high) AS high, sum(low) AS low FROM ({rows}) GROUP BY holder)"
+    )
 
 
 def balance_checkpoint(
@@ -305,12 +411,19 @@ def balance_checkpoint(
     pending_name = "holder_transfer_pending"
     tables = recorder.existing_tables(connection)
     stored = [recorder.table(holder_transfer_table)] if holder_transfer_table in tables else []
+    # Carried on from the previous checkpoint when it has balance-blocks; after one stored without (before format
+    # 22), summed once from every transfer.
+    carried = previous if previous == _integral_checkpoint_before(connection, chain_id, token, block + 1) else None
     connection.register(pending_name, pending)
     try:
         rows = connection.execute(
             f"""SELECT $chain::BIGINT AS chain_id, $checksummed AS token, $to_block::BIGINT AS block_number, holder,
-                       sum(delta)::VARCHAR AS balance_units
-                FROM {_deltas(previous, [*stored, pending_name])} GROUP BY holder HAVING sum(delta) <> 0
+                       balance::VARCHAR AS balance_units, high::VARCHAR AS balance_blocks_high,
+                       low::VARCHAR AS balance_blocks_low
+                FROM (SELECT holder, sum(delta) AS balance, sum(high) + (sum(low) >> 64) AS high,
+                             sum(low) & {_low_mask} AS low
+                      FROM {_balance_blocks_rows("$to_block", carried, [*stored, pending_name])} GROUP BY holder)
+                WHERE balance <> 0 OR high <> 0 OR low <> 0
                 ORDER BY holder""",
             {**params, "checksummed": token},
         ).fetch_arrow_table()

@@ -14,6 +14,11 @@ events. Its flushed files have no `ledger_flushed_file` record (format 20).
 `/tmp/v20gen/lake`), the same way: 110 events in batches of 20, epoch 1 closed, 90 more, `compact` (6 merges, 36 files
 retired), `expire --older-than-s 0` (15 of those files dropped from the catalog, every bookkeeping row flushed), 31 more
 events. Its compactions have no `ledger_compaction_summary` row (format 21).
+
+`tests/fixtures/ledger_format_21.tar.gz` is a ledger written by format 21 (the code of commit d2392f9, in
+`/tmp/v21gen/lake`): 60 `Transfer` rows of one token (mints and transfers among 8 holders, one every other block) stored
+as `sync-holders` stores them, in three ranges ending at blocks 39, 79 and 119, with a balance checkpoint at blocks 39
+and 79. Its checkpoints have no balance-blocks (format 22).
 """
 
 import shutil
@@ -36,6 +41,7 @@ from tests.ledger.helpers import digested_relations, inlined_table
 fixture_v1 = repo_root / "tests" / "fixtures" / "ledger_format_1.tar.gz"
 fixture_v19 = repo_root / "tests" / "fixtures" / "ledger_format_19.tar.gz"
 fixture_v20 = repo_root / "tests" / "fixtures" / "ledger_format_20.tar.gz"
+fixture_v21 = repo_root / "tests" / "fixtures" / "ledger_format_21.tar.gz"
 
 
 def _royalty(*args: str) -> subprocess.CompletedProcess:
@@ -308,5 +314,81 @@ def test_a_format_20_ledger_migrates_with_each_compaction_summed_up_and_verify_c
         summaries = _summaries(ledger)
         (compactions,) = ledger.connection.execute("SELECT count(*) FROM lake.main.ledger_compaction").fetchone()
         assert len(summaries) == compactions > 6 and summaries == _summed_from_retired_rows(ledger)
+        report = verify(ledger)
+    assert report.ok, report.problems
+
+
+def _holder_transfers(ledger: Ledger) -> list[tuple[int, str, str, int]]:
+    rows = ledger.connection.execute(
+        "SELECT block_number, from_address, to_address, value_units FROM lake.main.holder_transfer"
+    ).fetchall()
+    return [(block, sender, receiver, int(value)) for block, sender, receiver, value in rows]
+
+
+def _weights_block_by_block(transfers: list[tuple[int, str, str, int]], first: int, last: int) -> dict[str, int]:
+    """Each holder's balance at the end of every block first..last, summed block by block (zero address left out)."""
+    weights: dict[str, int] = {}
+    for block in range(first, last + 1):
+        balances: dict[str, int] = {}
+        for at, sender, receiver, value in transfers:
+            if at <= block:
+                balances[sender] = balances.get(sender, 0) - value
+                balances[receiver] = balances.get(receiver, 0) + value
+        for holder, balance in balances.items():
+            weights[holder] = weights.get(holder, 0) + balance
+    return {holder: weight for holder, weight in weights.items() if weight > 0 and int(holder, 16) != 0}
+
+
+def test_a_format_21_ledger_migrates_and_weighs_holders_the_same_then_from_balance_blocks(tmp_path: Path) -> None:
+    """Format 22 keeps each holder's balance-blocks in the balance checkpoints. A format-21 ledger's checkpoints have
+    none after `royalty migrate` (NULL), and its weights read the transfers as before, equal to the block-by-block
+    sums; the next checkpoint the sync stores sums them from every transfer once, and weights over ranges holding it
+    are read as a difference of balance-blocks, equal to those sums too; verify is clean."""
+    import pyarrow as pa
+
+    from settlement import holders
+    from settlement.use_cases.ledger_setup import register_with_ledger
+
+    register_with_ledger()
+    lake = _migrated(fixture_v21, 21, tmp_path)
+    with Ledger.open(lake) as ledger:
+        connection = ledger.connection
+        chain_id, token = connection.execute(
+            "SELECT any_value(chain_id), any_value(token) FROM lake.main.holder_transfer"
+        ).fetchone()
+        kept = connection.execute(
+            "SELECT block_number, count(*), count(balance_blocks_high) FROM lake.main.holder_balance_checkpoint "
+            "GROUP BY ALL ORDER BY 1"
+        ).fetchall()
+        assert [(block, with_blocks) for block, _, with_blocks in kept] == [(39, 0), (79, 0)]
+        transfers = _holder_transfers(ledger)
+        for first, last in [(0, 119), (40, 100), (80, 119)]:
+            weights = holders.holder_weight_units(connection, chain_id, token, first, last, set())
+            assert dict(weights.iter_rows()) == _weights_block_by_block(transfers, first, last)
+
+        balances = holders.balances_at(connection, chain_id, token, 119)
+        richest = max(balances, key=balances.__getitem__)
+        moved = [(120 + 2 * i, richest, holder, 1 + i) for i, holder in enumerate(sorted(balances))]
+        synced_at = connection.execute("SELECT max(synced_at) FROM lake.main.holder_transfer").fetchone()[0]
+        pending = pa.Table.from_pylist(
+            [
+                {"chain_id": chain_id, "token": token, "block_number": block, "block_hash": f"0x{block:064x}",
+                 "tx_hash": f"0x{block:064x}", "log_index": 0, "from_address": sender, "to_address": receiver,
+                 "value_units": str(value), "synced_at": synced_at}
+                for block, sender, receiver, value in moved
+            ],
+            schema=holders.holder_transfer_schema,
+        )  # fmt: skip
+        checkpoint = ledger.recorder.read(
+            lambda c: holders.balance_checkpoint(c, chain_id, token, 159, pending, transfers_min=1), "checkpoint"
+        )
+        assert checkpoint is not None and checkpoint["balance_blocks_high"].null_count == 0
+        ledger.append_records({holders.holder_transfer_table: pending, holders.holder_checkpoint_table: checkpoint})
+        transfers = _holder_transfers(ledger)
+        for first, last in [(0, 159), (40, 159), (100, 159), (150, 159), (80, 130)]:
+            weights = holders.holder_weight_units(connection, chain_id, token, first, last, set())
+            assert dict(weights.iter_rows()) == _weights_block_by_block(transfers, first, last)
+        params = {"chain": chain_id, "token": token, "from_block": 0, "to_block": 159}
+        assert holders._balance_blocks_plan(connection, params) == (159, None)  # read as a difference
         report = verify(ledger)
     assert report.ok, report.problems

@@ -21,6 +21,7 @@ from hypothesis import strategies as st
 
 from ledger.connection import catalog_alias
 from ledger.tables import create_statements
+from settlement import holders as holders_module
 from settlement.engine.allocation import allocate_by_weight
 from settlement.exceptions import HoldersBehindError
 from settlement.holders import (
@@ -80,9 +81,16 @@ def _store(connection: duckdb.DuckDBPyConnection, logs: list, batches: int, seed
         connection.execute(f"DELETE FROM {catalog_alias}.main.{table}")
     rows = [
         {
-            "chain_id": chain_id, "token": token, "block_number": block, "block_hash": f"0x{block:064x}",
-            "tx_hash": f"0x{index:064x}", "log_index": index, "from_address": sender, "to_address": receiver,
-            "value_units": str(value), "synced_at": datetime(2026, 1, 1, tzinfo=UTC),
+            "chain_id": chain_id,
+            "token": token,
+            "block_number": block,
+            "block_hash": f"0x{block:064x}",
+            "tx_hash": f"0x{index:064x}",
+            "log_index": index,
+            "from_address": sender,
+            "to_address": receiver,
+            "value_units": str(value),
+            "synced_at": datetime(2026, 1, 1, tzinfo=UTC),
         }
         for index, (block, sender, receiver, value) in enumerate(logs)
     ]
@@ -130,9 +138,12 @@ def test_time_weighted_balances_are_the_per_block_sums_whatever_the_batching(
     assert holders[0] not in excluded["holder"].to_list()
 
 
-def _sync_with_checkpoints(connection: duckdb.DuckDBPyConnection, logs: list, ends: list[int], due: int) -> int:
+def _sync_with_checkpoints(
+    connection: duckdb.DuckDBPyConnection, logs: list, ends: list[int], due: int, stored_before_22: int = 0
+) -> int:
     """Store `logs` as `sync-holders` does, range by range (ranges ending at `ends`), each with the balance
-    checkpoint `balance_checkpoint` gives with `due` as `transfers_min`; return how many checkpoints were stored."""
+    checkpoint `balance_checkpoint` gives with `due` as `transfers_min`; return how many checkpoints were stored.
+    The first `stored_before_22` ranges' checkpoints are stored without balance-blocks, as before ledger format 22."""
     for table in (holder_transfer_table, holder_checkpoint_table):
         connection.execute(f"DELETE FROM {catalog_alias}.main.{table}")
     start, stored = 0, 0
@@ -140,9 +151,16 @@ def _sync_with_checkpoints(connection: duckdb.DuckDBPyConnection, logs: list, en
         pending = pa.Table.from_pylist(
             [
                 {
-                    "chain_id": chain_id, "token": token, "block_number": block, "block_hash": f"0x{block:064x}",
-                    "tx_hash": f"0x{index:064x}", "log_index": index, "from_address": sender,
-                    "to_address": receiver, "value_units": str(value), "synced_at": datetime(2026, 1, 1, tzinfo=UTC),
+                    "chain_id": chain_id,
+                    "token": token,
+                    "block_number": block,
+                    "block_hash": f"0x{block:064x}",
+                    "tx_hash": f"0x{index:064x}",
+                    "log_index": index,
+                    "from_address": sender,
+                    "to_address": receiver,
+                    "value_units": str(value),
+                    "synced_at": datetime(2026, 1, 1, tzinfo=UTC),
                 }
                 for index, (block, sender, receiver, value) in enumerate(logs)
                 if start <= block <= end
@@ -152,6 +170,11 @@ def _sync_with_checkpoints(connection: duckdb.DuckDBPyConnection, logs: list, en
         checkpoint = balance_checkpoint(connection, chain_id, token, end, pending, transfers_min=due)
         connection.execute(f"INSERT INTO {catalog_alias}.main.{holder_transfer_table} SELECT * FROM pending")
         if checkpoint is not None:
+            if ends.index(end) < stored_before_22:
+                blank = pa.nulls(checkpoint.num_rows, pa.string())
+                checkpoint = checkpoint.set_column(5, "balance_blocks_high", blank).set_column(
+                    6, "balance_blocks_low", blank
+                )
             connection.execute(f"INSERT INTO {catalog_alias}.main.{holder_checkpoint_table} SELECT * FROM checkpoint")
             stored += 1
         start = end + 1
@@ -181,6 +204,63 @@ def test_balances_and_weights_read_over_checkpoints_equal_the_sums_over_every_tr
     last = first + length
     weights = holder_weights(connection, chain_id, token, first, last, set())
     assert dict(zip(weights["holder"], map(int, weights["weight"]), strict=True)) == _brute_force(logs, first, last)
+
+
+def _difference_weights(connection: duckdb.DuckDBPyConnection, first: int, last: int, end: int) -> dict[str, int]:
+    """The weights over first..last as checkpoint `end`'s balance-blocks (carried on to `last`) less those of the
+    latest checkpoint carrying them before `first`, whatever the row counts say."""
+    start = holders_module._integral_checkpoint_before(connection, chain_id, token, first)
+    rows = connection.execute(
+        f"SELECT holder, weight::VARCHAR FROM ({holders_module._balance_blocks_weights(end, start)}) WHERE weight > 0",
+        {"chain": chain_id, "token": token, "from_block": first, "to_block": last},
+    ).fetchall()
+    return {holder: int(weight) for holder, weight in rows if holder != zero_address}
+
+
+@settings(max_examples=depth(40, 400), deadline=None)
+@given(
+    logs=transfer_logs(),
+    cuts=st.lists(st.integers(0, 30), min_size=1, max_size=6),
+    due=st.integers(1, 3),
+    first=st.integers(0, 30),
+    length=st.integers(0, 30),
+    offset=st.sampled_from([0, 10**9]),
+    scale=st.sampled_from([1, 2**16]),
+    before_format_22=st.integers(0, 3),
+)
+def test_weights_as_a_difference_of_balance_blocks_equal_the_per_block_sums(
+    connection: duckdb.DuckDBPyConnection,
+    logs: list,
+    cuts: list[int],
+    due: int,
+    first: int,
+    length: int,
+    offset: int,
+    scale: int,
+    before_format_22: int,
+) -> None:
+    """Each checkpoint's balance-blocks (summed from every transfer, carried on from the previous checkpoint, or
+    summed afresh after checkpoints stored without them before format 22) give, as a difference, the per-block sums
+    over any range: also at block numbers past 10**9 with values near 2**116, where a holder's balance-blocks since
+    the first block pass HUGEINT (2**127) and only the weights fit. The read the row counts choose agrees."""
+    logs = [(block + offset, sender, receiver, value * scale) for block, sender, receiver, value in logs]
+    ends = [cut + offset for cut in sorted(set(cuts))]
+    _sync_with_checkpoints(connection, logs, [*ends, 60 + offset], due, stored_before_22=before_format_22)
+    first, last = first + offset, first + offset + length
+    expected = _brute_force(logs, first, last)
+    weights = holder_weights(connection, chain_id, token, first, last, set())
+    assert dict(zip(weights["holder"], map(int, weights["weight"]), strict=True)) == expected
+    (ends_with,) = connection.execute(
+        f"SELECT list(DISTINCT block_number) FROM {catalog_alias}.main.{holder_checkpoint_table} "
+        "WHERE balance_blocks_high IS NOT NULL"
+    ).fetchone()
+    ends_with = sorted(ends_with or [])
+    for end in ends_with:  # each checkpoint with balance-blocks as the end of a range holding it
+        # ranges starting at the drawn block, and at and after each earlier checkpoint's next block (`start` read)
+        starts = {min(first, end), *(block + step for block in ends_with if block < end for step in (1, 2))}
+        for start in sorted(block for block in starts if block <= end):
+            around = start, max(last, end)
+            assert _difference_weights(connection, *around, end) == _brute_force(logs, *around)
 
 
 @settings(max_examples=depth(100, 1000), deadline=None)
@@ -331,7 +411,12 @@ def test_the_epoch_block_range_and_the_refusals_while_the_holder_sync_is_behind(
     _synced(database, other, 7, 30, noon)
     weights, row = read_holder_weights(database, sorted([token, other]), 1, noon, None, ("0xABC",))
     assert row.to_pylist()[0] | {"to_block_time": None} == {
-        "epoch": 1, "chain_id": chain_id, "from_block": 7, "to_block": 30, "to_block_time": None, "excluded": "0xabc",
+        "epoch": 1,
+        "chain_id": chain_id,
+        "from_block": 7,
+        "to_block": 30,
+        "to_block_time": None,
+        "excluded": "0xabc",
         "dust_units_min": 0,
     }
     assert weights == {token: [], other: []}
@@ -383,7 +468,9 @@ def test_holder_dust_is_carried_never_lost_and_conserved(world, weights, dust_un
         _with_holders(copy.deepcopy(world), recipient), holder_weights=source, holder_dust_units_min=dust_units_min
     )
     shuffled = run_epochs(
-        _with_holders(copy.deepcopy(world), recipient), order_seed, holder_weights=source,
+        _with_holders(copy.deepcopy(world), recipient),
+        order_seed,
+        holder_weights=source,
         holder_dust_units_min=dust_units_min,
     )
     dust: dict[tuple[str, str], int] = {}
@@ -423,6 +510,7 @@ def test_holder_dust_is_carried_never_lost_and_conserved(world, weights, dust_un
             assert row["amount_micros"] >= 0 and row["cumulative_micros"] >= cumulative.get(row["recipient"], 0)
             cumulative[row["recipient"]] = row["cumulative_micros"]
         dust, suspense_before, receivable_before = after, plan.suspense_micros, plan.receivable_micros
+
     def credited_to(runs: list, holder: str) -> int:
         return sum(int(p.payables.filter(pl.col("recipient") == holder)["credited_micros"].sum() or 0) for p in runs)
 
@@ -441,8 +529,10 @@ def test_a_holders_dust_is_carried_until_it_reaches_the_threshold_then_paid_whol
     dust = pl.DataFrame(schema=dust_schema)
     seen = []
     for epoch, take in enumerate([10, 10, 10, 10, -10], start=1):
-        credits = pl.DataFrame({"recipient": [recipient], "amount_micros": [take]}, schema={
-            "recipient": pl.String, "amount_micros": pl.Int128})
+        credits = pl.DataFrame(
+            {"recipient": [recipient], "amount_micros": [take]},
+            schema={"recipient": pl.String, "amount_micros": pl.Int128},
+        )
         merged, postings, _, changed = pass_to_holders(epoch, credits, {token: [(a, 9), (b, 1)]}, dust, 3)
         assert int(postings["amount_micros"].sum()) == 0
         dust_posting = int(postings.filter(pl.col("account") == f"holders-dust:{token}")["amount_micros"].sum() or 0)
@@ -461,8 +551,9 @@ def test_a_holders_dust_is_carried_until_it_reaches_the_threshold_then_paid_whol
         ({a: 9}, 1),
         ({a: -9}, 0),  # B's part of the reversal (-1) takes back the micro it carried: nothing credited, 0 carried
     ]
-    merged, _, _, changed = pass_to_holders(1, credits.with_columns(amount_micros=pl.lit(10, pl.Int128)),
-                                            {token: [(a, 9), (b, 1)]}, None, 0)
+    merged, _, _, changed = pass_to_holders(
+        1, credits.with_columns(amount_micros=pl.lit(10, pl.Int128)), {token: [(a, 9), (b, 1)]}, None, 0
+    )
     assert dict(merged.iter_rows()) == {a: 9, b: 1} and changed.is_empty()
 
 
@@ -497,11 +588,19 @@ def test_the_audit_recomputes_every_epoch_paying_holders_from_its_v3_bundle(
     def publish(inputs, prior, plan) -> None:
         stored.append(plan.payables.with_columns(epoch=pl.lit(plan.epoch, pl.Int64)))
         rows = pl.concat(stored, how="diagonal_relaxed")
-        frames = {**bundle_frames(inputs, prior, plan, rows, plan.epoch, receipts=False),
-                  **holder_frames(inputs, prior, plan)}
+        frames = {
+            **bundle_frames(inputs, prior, plan, rows, plan.epoch, receipts=False),
+            **holder_frames(inputs, prior, plan),
+        }
         directory = root / f"epoch-{plan.epoch}"
-        write_bundle(directory, frames, rows, plan.epoch, (prior.closing_snapshot, plan.closing_snapshot),
-                     holders={**section, "from_block": plan.epoch, "to_block": plan.epoch})
+        write_bundle(
+            directory,
+            frames,
+            rows,
+            plan.epoch,
+            (prior.closing_snapshot, plan.closing_snapshot),
+            holders={**section, "from_block": plan.epoch, "to_block": plan.epoch},
+        )
         manifest = json.loads((directory / "manifest.json").read_text())
         assert manifest["rules_version"] == "settlement-v3" and manifest["holders"]["dust_units_min"] == dust_units_min
         assert audit_bundle(directory).epoch == plan.epoch
@@ -518,7 +617,8 @@ def test_the_audit_recomputes_every_epoch_paying_holders_from_its_v3_bundle(
         )
         weighted.write_parquet(directory / "holder_weights.parquet")
         manifest["files"]["holder_weights.parquet"]["sha256"] = hashlib.sha256(
-            (directory / "holder_weights.parquet").read_bytes()).hexdigest()
+            (directory / "holder_weights.parquet").read_bytes()
+        ).hexdigest()
         (directory / "manifest.json").write_text(json.dumps(manifest))
         take = int(received["credited_micros"].sum())
         if abs(take) < 1_000:  # a quarter of the take at least moves: past the largest-remainder units
@@ -531,7 +631,9 @@ def test_the_audit_recomputes_every_epoch_paying_holders_from_its_v3_bundle(
         ), str(caught.value)
 
     run_epochs(
-        _with_holders(world, recipient), each=publish, holder_weights=lambda epoch: {token: per_epoch[epoch]},
+        _with_holders(world, recipient),
+        each=publish,
+        holder_weights=lambda epoch: {token: per_epoch[epoch]},
         holder_dust_units_min=dust_units_min,
     )
 
@@ -555,14 +657,18 @@ def test_the_spec_dust_example_by_hand_and_by_the_engine() -> None:
     carried_out = {h: v for h, v in accumulated.items() if 0 < v < threshold}
     assert (credited, carried_out) == ({a: 601, b: 300}, {c: 140})
 
-    credits = pl.DataFrame({"recipient": [f"holders:{token}"], "amount_micros": [take]},
-                           schema={"recipient": pl.String, "amount_micros": pl.Int128})
+    credits = pl.DataFrame(
+        {"recipient": [f"holders:{token}"], "amount_micros": [take]},
+        schema={"recipient": pl.String, "amount_micros": pl.Int128},
+    )
     dust = pl.DataFrame([{"token": token, "holder": c, "carried_micros": 40}], schema=dust_schema)
     merged, postings, _, changed = pass_to_holders(7, credits, {token: sorted(weights.items())}, dust, threshold)
     assert dict(merged.iter_rows()) == credited
     assert changed.to_dicts() == [{"token": token, "holder": c, "carried_micros": 140}]
     assert dict(postings.select("account", "amount_micros").iter_rows()) == {
-        f"contributor:holders:{token}": 1_001, f"contributor:{a}": -601, f"contributor:{b}": -300,
+        f"contributor:holders:{token}": 1_001,
+        f"contributor:{a}": -601,
+        f"contributor:{b}": -300,
         f"holders-dust:{token}": -100,
     }
     assert set(postings["entry_id"]) == {f"e7:holders:{token}"}
