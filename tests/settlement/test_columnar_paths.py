@@ -190,7 +190,7 @@ def test_the_largest_remainders_found_by_their_top_bits_are_those_of_the_full_so
     total=st.one_of(st.integers(-(10**13), 10**13), st.integers(-(2**126), 2**126)),
     weights=st.dictionaries(
         st.text("0123456789abcdef", min_size=1, max_size=4),
-        st.one_of(st.integers(1, 10**6), st.integers(1, 2**100), st.integers(2**120, 2**127 - 1)),
+        st.one_of(st.integers(1, 4), st.integers(1, 10**6), st.integers(1, 2**100), st.integers(2**120, 2**127 - 1)),
         min_size=1,
         max_size=40,
     ),
@@ -199,7 +199,7 @@ def test_the_largest_remainders_found_by_their_top_bits_are_those_of_the_full_so
 def test_an_allocation_in_int128_is_the_allocation_in_python_integers(total: int, weights: dict, shuffled) -> None:
     """`allocate_by_weight_frame` allocates weights held as a frame in polars' Int128 when every product and the sum
     stay below 2**127, and in Python integers otherwise (products past Int128, weights out of recipient order): the
-    same parts as `allocate_by_weight` either way, in recipient order."""
+    same parts as `allocate_by_weight` either way, in recipient order, equal remainders (small weights) included."""
     from settlement.engine.allocation import WeightColumns, allocate_by_weight, allocate_by_weight_frame
 
     pairs = list(weights.items())
@@ -211,6 +211,20 @@ def test_an_allocation_in_int128_is_the_allocation_in_python_integers(total: int
     allocated = allocate_by_weight_frame(total, WeightColumns.of_frame(frame))
     assert allocated.schema == {"recipient": pl.String, "amount_micros": pl.Int128}
     assert list(allocated.iter_rows()) == allocate_by_weight(total, pairs)
+
+
+@settings(max_examples=depth(60, 600), deadline=None)
+@given(total=st.integers(-50, 50), weights=st.lists(st.integers(1, 3), min_size=1, max_size=12))
+def test_an_allocation_in_int128_gives_equal_remainders_to_the_smaller_recipients(total: int, weights: list) -> None:
+    """Small weights make many remainders equal at the last unit given: the Int128 path gives those units to the
+    recipients first in order, as the Python integers' path does."""
+    from settlement.engine.allocation import WeightColumns, allocate_by_weight, allocate_by_weight_frame
+
+    pairs = [(f"r{index:02d}", weight) for index, weight in enumerate(weights)]
+    frame = pl.DataFrame(pairs, schema={"recipient": pl.String, "weight": pl.Int128}, orient="row")
+    assert list(allocate_by_weight_frame(total, WeightColumns.of_frame(frame)).iter_rows()) == allocate_by_weight(
+        total, pairs
+    )
 
 
 def test_an_allocation_in_int128_is_taken_only_where_it_cannot_wrap(monkeypatch) -> None:
