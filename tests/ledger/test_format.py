@@ -389,6 +389,6 @@ def test_a_format_21_ledger_migrates_and_weighs_holders_the_same_then_from_balan
             weights = holders.holder_weight_units(connection, chain_id, token, first, last, set())
             assert dict(weights.iter_rows()) == _weights_block_by_block(transfers, first, last)
         params = {"chain": chain_id, "token": token, "from_block": 0, "to_block": 159}
-        assert holders._balance_blocks_plan(connection, params) == (159, None)  # read as a difference
+        assert holders._balance_blocks_plan(connection, params) == (159, None, True)  # its rows alone
         report = verify(ledger)
     assert report.ok, report.problems

@@ -206,15 +206,25 @@ def test_balances_and_weights_read_over_checkpoints_equal_the_sums_over_every_tr
     assert dict(zip(weights["holder"], map(int, weights["weight"]), strict=True)) == _brute_force(logs, first, last)
 
 
-def _difference_weights(connection: duckdb.DuckDBPyConnection, first: int, last: int, end: int) -> dict[str, int]:
+def _difference_weights(
+    connection: duckdb.DuckDBPyConnection, first: int, last: int, end: int, logs: list
+) -> list[dict[str, int]]:
     """The weights over first..last as checkpoint `end`'s balance-blocks (carried on to `last`) less those of the
-    latest checkpoint carrying them before `first`, whatever the row counts say."""
+    latest checkpoint carrying them before `first`, whatever the row counts say; and, where no transfer came after
+    `end` up to `last` nor before `first`, as `end`'s rows alone (with the block `last` given, and not)."""
     start = holders_module._integral_checkpoint_before(connection, chain_id, token, first)
-    rows = connection.execute(
-        f"SELECT holder, weight::VARCHAR FROM ({holders_module._balance_blocks_weights(end, start)}) WHERE weight > 0",
-        {"chain": chain_id, "token": token, "from_block": first, "to_block": last},
-    ).fetchall()
-    return {holder: int(weight) for holder, weight in rows if holder != zero_address}
+    reads = [holders_module._balance_blocks_weights(end, start)]
+    if start is None and not any(end < block <= last or block < first for block, *_ in logs):
+        reads += [holders_module._balance_blocks_weights(end, None, True, to_block=last)]
+        reads += [holders_module._balance_blocks_weights(end, None, True)]
+    weights = []
+    for read in reads:
+        params = {"chain": chain_id, "token": token, "from_block": first, "to_block": last}
+        rows = connection.execute(
+            f"SELECT holder, weight::VARCHAR FROM ({read}) WHERE weight > 0", holders_module._used(params, read)
+        ).fetchall()
+        weights.append({holder: int(weight) for holder, weight in rows if holder != zero_address})
+    return weights
 
 
 @settings(max_examples=depth(40, 400), deadline=None)
@@ -242,7 +252,8 @@ def test_weights_as_a_difference_of_balance_blocks_equal_the_per_block_sums(
     """Each checkpoint's balance-blocks (summed from every transfer, carried on from the previous checkpoint, or
     summed afresh after checkpoints stored without them before format 22) give, as a difference, the per-block sums
     over any range: also at block numbers past 10**9 with values near 2**116, where a holder's balance-blocks since
-    the first block pass HUGEINT (2**127) and only the weights fit. The read the row counts choose agrees."""
+    the first block pass HUGEINT (2**127) and only the weights fit; so do a checkpoint's rows alone, carried on past
+    it, where no transfer came after it nor before the range. The read the row counts choose agrees."""
     logs = [(block + offset, sender, receiver, value * scale) for block, sender, receiver, value in logs]
     ends = [cut + offset for cut in sorted(set(cuts))]
     _sync_with_checkpoints(connection, logs, [*ends, 60 + offset], due, stored_before_22=before_format_22)
@@ -257,10 +268,13 @@ def test_weights_as_a_difference_of_balance_blocks_equal_the_per_block_sums(
     ends_with = sorted(ends_with or [])
     for end in ends_with:  # each checkpoint with balance-blocks as the end of a range holding it
         # ranges starting at the drawn block, and at and after each earlier checkpoint's next block (`start` read)
-        starts = {min(first, end), *(block + step for block in ends_with if block < end for step in (1, 2))}
+        # ranges from the first block, the drawn one, and at and after each earlier checkpoint's next block (`start`
+        # read); to the drawn block, or a few blocks past `end` (its balances carried on)
+        starts = {offset, min(first, end), *(block + step for block in ends_with if block < end for step in (1, 2))}
         for start in sorted(block for block in starts if block <= end):
-            around = start, max(last, end)
-            assert _difference_weights(connection, *around, end) == _brute_force(logs, *around)
+            for around in [(start, max(last, end)), (start, end + 3)]:
+                expected = _brute_force(logs, *around)
+                assert all(read == expected for read in _difference_weights(connection, *around, end, logs))
 
 
 @settings(max_examples=depth(100, 1000), deadline=None)
