@@ -197,6 +197,13 @@ def _keep_holders_balance_blocks(connection: duckdb.DuckDBPyConnection) -> None:
             add_column_if_missing(connection, "holder_balance_checkpoint", column, "VARCHAR")
 
 
+def _store_internal_tree_nodes(connection: duckdb.DuckDBPyConnection) -> None:
+    """Format 23 stores a payout tree's internal nodes only in settlement_tree_node (the first leaves - 1 nodes, half
+    the bytes); a proof's sibling that is a leaf is hashed from its settlement_proof row. Trees written before keep
+    every node and are read as they are. Nothing to change in stored rows; code of an earlier format would refuse the
+    proofs of a tree written since (a node it does not find), hence the step."""
+
+
 def _flush_bookkeeping_rows(connection: duckdb.DuckDBPyConnection) -> None:
     """Format 18 lets `royalty expire` move the bookkeeping tables' inlined rows (offsets, batches, checksums, row
     digests, compaction records) out of the catalog into Parquet files whose SHA-256 it records in `file_checksum`
@@ -385,6 +392,12 @@ format_steps: list[FormatStep] = [
         "keep holders' balance-blocks in the balance checkpoints: columns holder_balance_checkpoint."
         "balance_blocks_high/low (NULL before); epochs weigh holders as a difference of two checkpoints",
         _keep_holders_balance_blocks,
+    ),
+    FormatStep(
+        23,
+        "store payout trees' internal nodes only (settlement_tree_node: half the bytes); a proof's leaf sibling is "
+        "hashed from its settlement_proof row; trees written before keep every node",
+        _store_internal_tree_nodes,
     ),
 ]
 

@@ -94,8 +94,9 @@ def stored_proofs(
     connection: duckdb.DuckDBPyConnection, epoch: int, root: str, leaves: list[tuple[str, int, int, list | None]]
 ) -> list[list[str]]:
     """The hex proof of each `(account, cumulative units, tree index, stored proof)` leaf of `epoch`'s tree: the
-    stored one (trees written before ledger format 14), else its siblings read off `settlement_tree_node`. Each is
-    checked to lead from its leaf to `root`."""
+    stored one (trees written before ledger format 14), else its siblings read off `settlement_tree_node`, where a
+    sibling that is a leaf not held there (trees written since format 23 hold internal nodes only) is hashed from its
+    `settlement_proof` row. Each is checked to lead from its leaf to `root`."""
     indexes = {leaf[2]: proof_indexes(leaf[2]) for leaf in leaves if leaf[3] is None}
     chunks = sorted({index // tree_node_chunk_nodes for path in indexes.values() for index in path})
     nodes: dict[int, bytes] = {}
@@ -106,9 +107,15 @@ def stored_proofs(
             [epoch],
         ).fetchall()
         nodes = {int(chunk): bytes(body) for chunk, body in rows}
+    missing = {index for path in indexes.values() for index in path if not _held(nodes, index)}
+    leaf_nodes = _leaf_nodes(connection, epoch, missing)
     proofs = []
     for account, units, tree_index, stored in leaves:
-        proof = list(stored) if stored is not None else [_node_hex(nodes, i, epoch) for i in indexes[tree_index]]
+        proof = (
+            list(stored)
+            if stored is not None
+            else [leaf_nodes[i] if i in leaf_nodes else _node_hex(nodes, i, epoch) for i in indexes[tree_index]]
+        )
         leads_to = process_proof(leaf_hash(account, int(units)), [bytes.fromhex(p[2:]) for p in proof])
         require(
             "0x" + leads_to.hex() == str(root).lower(),
@@ -118,12 +125,28 @@ def stored_proofs(
     return proofs
 
 
-def _node_hex(nodes: dict[int, bytes], index: int, epoch: int) -> str:
+def _held(nodes: dict[int, bytes], index: int) -> bool:
     chunk = nodes.get(index // tree_node_chunk_nodes)
+    return chunk is not None and len(chunk) >= (index % tree_node_chunk_nodes + 1) * _node_bytes
+
+
+def _leaf_nodes(connection: duckdb.DuckDBPyConnection, epoch: int, indexes: set[int]) -> dict[int, str]:
+    """The hex node of each leaf of `epoch`'s tree at one of `indexes` (tree positions), hashed from its
+    `settlement_proof` row; positions that are no leaf's are left out (`_node_hex` then names them)."""
+    if not indexes:
+        return {}
+    rows = connection.execute(
+        f"SELECT tree_index, account, cumulative_units FROM {recorder.table('settlement_proof')} WHERE epoch = ? "
+        f"AND tree_index IN ({', '.join(map(str, sorted(indexes)))})",
+        [epoch],
+    ).fetchall()
+    return {int(index): "0x" + leaf_hash(account, int(units)).hex() for index, account, units in rows}
+
+
+def _node_hex(nodes: dict[int, bytes], index: int, epoch: int) -> str:
+    require(_held(nodes, index), f"epoch {epoch}: the ledger holds tree node {index}")
     start = (index % tree_node_chunk_nodes) * _node_bytes
-    held = chunk is not None and len(chunk) >= start + _node_bytes
-    require(held, f"epoch {epoch}: the ledger holds tree node {index}")
-    return "0x" + chunk[start : start + _node_bytes].hex()  # type: ignore[index]
+    return "0x" + nodes[index // tree_node_chunk_nodes][start : start + _node_bytes].hex()
 
 
 def recorded_distributor(ledger: Ledger, chain_id: int) -> str:

@@ -4,7 +4,9 @@
 - `settlement_proof`: every leaf of that tree, written in the same transaction; its `proof` (hex) only for trees
   written before ledger format 14, NULL since: the proof is read off the stored nodes.
 - `settlement_tree_node`: the tree's nodes (from format 14), `tree_node_chunk_nodes` of 32 bytes a row, in
-  OpenZeppelin's dump order (the root first): an account's proof is its siblings there, read by position.
+  OpenZeppelin's dump order (the root first): an account's proof is its siblings there, read by position. Since
+  format 23 only the internal nodes (the first leaves - 1): a sibling that is a leaf is hashed from its
+  `settlement_proof` row (by `tree_index`); trees written before keep every node.
 - `settlement_intent`: a signed `proposeRoot` transaction (hash and nonce), recorded BEFORE it is
   sent, so a run killed after sending finds it and records its outcome instead of proposing again.
 - `settlement_record`: the confirmed proposal (tx, block, chain, contract, ledger snapshot).
@@ -62,7 +64,7 @@ tree_node_chunk_nodes = 4096
 tree_node_schema = table_schema(
     ("epoch", _int64, False),
     ("chunk", _int64, False),  # the row holds nodes chunk * tree_node_chunk_nodes onwards
-    ("nodes", pa.binary(), False),  # 32 bytes a node, in the dump's order
+    ("nodes", pa.binary(), False),  # 32 bytes a node, in the dump's order (internal nodes only since format 23)
 )
 
 intent_schema = table_schema(

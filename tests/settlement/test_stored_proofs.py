@@ -1,7 +1,8 @@
 """Proofs read off the stored tree nodes (ledger format 14): `settle` stores each tree's nodes in binary
 (`settlement_tree_node`) instead of every proof in hex (61.7-73.4 s at 1M leaves), and `royalty proof`, `claim
 --account` and the demo read an account's siblings there. A ledger written before keeps its hex proofs, read as
-they are. On real DuckLake ledgers."""
+they are. Since format 23 only the internal nodes are stored: a sibling that is a leaf is hashed from its
+`settlement_proof` row; a tree stored with every node before is read as it is. On real DuckLake ledgers."""
 
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ from hypothesis import strategies as st
 from ledger import Ledger
 from ledger.verify import verify as verify_ledger
 from settlement.onchain import account_proof, largest_leaves, proof_in_root
-from settlement.onchain.merkle import MerkleTree, verify
+from settlement.onchain.merkle import MerkleTree, proof_indexes, verify
 from settlement.onchain.payout_tree import EpochTree, build_epoch_tree, published_dump, published_dump_json
 from settlement.onchain.settle import _payables, _stored_tree, read_stored_tree, write_tree
 from settlement.onchain.tables import tree_node_chunk_nodes
@@ -34,7 +35,7 @@ def _accounts(count: int, seed: int) -> list[str]:
 
 @pytest.fixture(scope="module")
 def stored(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, MerkleTree]:
-    """A ledger holding one tree of 5,000 leaves (9,999 nodes: three node rows, the last one partial)."""
+    """A ledger holding one tree of 5,000 leaves (4,999 internal nodes: two node rows, the last one partial)."""
     lake = tmp_path_factory.mktemp("stored-proofs") / "lake"
     accounts = _accounts(5_000, 1)
     tree = MerkleTree.build(accounts, [(i * 7_919) % 100_003 + 1 for i in range(len(accounts))])
@@ -44,7 +45,8 @@ def stored(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, MerkleTree]:
 
 
 def test_the_tree_is_stored_as_nodes_and_no_hex_proof(stored: tuple[Path, MerkleTree]) -> None:
-    """The nodes are stored once, in binary, in chunks; the leaf rows carry no hex proof; the ledger verifies."""
+    """The internal nodes are stored once, in binary, in chunks; the leaf rows carry no hex proof; the ledger
+    verifies."""
     lake, tree = stored
     with Ledger.open_read_only(str(lake)) as ledger:
         assert verify_ledger(ledger).ok
@@ -54,9 +56,9 @@ def test_the_tree_is_stored_as_nodes_and_no_hex_proof(stored: tuple[Path, Merkle
         proofs = ledger.connection.execute(
             "SELECT count(*), count(proof) FROM lake.main.settlement_proof WHERE epoch = 1"
         ).fetchone()
-    assert [chunk for chunk, _ in chunks] == [0, 1, 2]
+    assert [chunk for chunk, _ in chunks] == [0, 1]
     assert all(len(nodes) == tree_node_chunk_nodes * 32 for _, nodes in chunks[:-1])
-    assert b"".join(bytes(nodes) for _, nodes in chunks) == tree.node_bytes
+    assert b"".join(bytes(nodes) for _, nodes in chunks) == tree.node_bytes[: (len(tree) - 1) * 32]
     assert proofs == (len(tree), 0)
 
 
@@ -125,6 +127,46 @@ def test_a_changed_node_is_refused_not_served(tmp_path: Path) -> None:
         ledger.connection.execute("DELETE FROM lake.main.settlement_tree_node WHERE epoch = 1")
         ledger.connection.execute(
             "INSERT INTO lake.main.settlement_tree_node VALUES (1, 0, ?)", [b"\x01" * len(tree.node_bytes)]
+        )
+        with pytest.raises(Exception, match="leads to its stored root"):
+            account_proof(ledger, tree.account_at(3))
+
+
+@pytest.mark.parametrize("leaves", [1, 2, 3, 4_097])
+def test_a_tree_stored_with_every_node_before_format_23_is_read_as_it_is(tmp_path: Path, leaves: int) -> None:
+    """A tree written before format 23 holds every node, its leaves too: proofs read them off the rows as before;
+    the same tree stored since (internal nodes only; a single leaf's tree stores none) gives the same proofs."""
+    tree = MerkleTree.build(_accounts(leaves, 3), [i * 11 + 1 for i in range(leaves)])
+    chunk_bytes = tree_node_chunk_nodes * 32
+    every_node = [(1, first // chunk_bytes, tree.node_bytes[first : first + chunk_bytes])
+                  for first in range(0, len(tree.node_bytes), chunk_bytes)]  # fmt: skip
+    for layout in ("since", "before"):
+        with Ledger.open(str(tmp_path / layout / "lake")) as ledger:
+            write_tree(ledger, EpochTree(1, 1, tree, "0x" + "00" * 32, 0, None))
+            (stored_nodes,) = ledger.connection.execute(
+                "SELECT coalesce(sum(octet_length(nodes)), 0) FROM lake.main.settlement_tree_node"
+            ).fetchone()
+            assert stored_nodes == (len(tree) - 1) * 32
+            if layout == "before":
+                ledger.connection.execute("DELETE FROM lake.main.settlement_tree_node WHERE epoch = 1")
+                ledger.connection.executemany("INSERT INTO lake.main.settlement_tree_node VALUES (?, ?, ?)", every_node)
+            for index in sorted({0, leaves // 2, leaves - 1}):
+                account = tree.account_at(index)
+                assert account_proof(ledger, account)["proof"] == tree.proof_hex(account)
+
+
+def test_a_leaf_row_changed_behind_the_ledger_is_refused_not_served(tmp_path: Path) -> None:
+    """A leaf's sibling is hashed from its `settlement_proof` row: a changed amount there gives a proof that does not
+    lead to the stored root, refused for the account beside it, naming it."""
+    tree = MerkleTree.build(_accounts(8, 4), list(range(1, 9)))
+    with Ledger.open(str(tmp_path / "lake")) as ledger:
+        write_tree(ledger, EpochTree(1, 1, tree, "0x" + "00" * 32, 0, None))
+        (sibling,) = ledger.connection.execute(
+            "SELECT account FROM lake.main.settlement_proof WHERE tree_index = ?",
+            [proof_indexes(tree._tree_index(3))[0]],  # a leaf: 8 leaves fill the bottom level
+        ).fetchone()
+        ledger.connection.execute(
+            "UPDATE lake.main.settlement_proof SET cumulative_units = cumulative_units + 1 WHERE account = ?", [sibling]
         )
         with pytest.raises(Exception, match="leads to its stored root"):
             account_proof(ledger, tree.account_at(3))
