@@ -157,13 +157,17 @@ def holder_cursor(
 _token_filter = "chain_id = $chain AND lower(token) = lower($token)"
 
 
-def _checkpoint_before(connection: duckdb.DuckDBPyConnection, chain_id: int, token: str, before: int) -> int | None:
-    """The block of the latest balance checkpoint of `token` before block `before`; None: there is none."""
+def _checkpoint_before(
+    connection: duckdb.DuckDBPyConnection, chain_id: int, token: str, before: int, balance_blocks: bool = False
+) -> int | None:
+    """The block of the latest balance checkpoint of `token` before block `before` (with `balance_blocks`: the latest
+    that carries them, ledger format 22); None: there is none."""
     if holder_checkpoint_table not in recorder.existing_tables(connection):
         return None
+    carrying = " AND balance_blocks_high IS NOT NULL" if balance_blocks else ""
     (block,) = connection.execute(
         f"SELECT max(block_number) FROM {recorder.table(holder_checkpoint_table)} "
-        f"WHERE {_token_filter} AND block_number < $before",
+        f"WHERE {_token_filter} AND block_number < $before{carrying}",
         {"chain": chain_id, "token": token, "before": before},
     ).fetchone()
     return None if block is None else int(block)
@@ -247,20 +251,6 @@ def _balance_blocks_rows(at: str, checkpoint: int | None, sources: list[str] | N
     return f"(WITH transfers AS ({transfers}) {' UNION ALL '.join(parts)})"
 
 
-def _integral_checkpoint_before(
-    connection: duckdb.DuckDBPyConnection, chain_id: int, token: str, before: int
-) -> int | None:
-    """The block of the latest checkpoint of `token` before block `before` that carries balance-blocks; None: none."""
-    if holder_checkpoint_table not in recorder.existing_tables(connection):
-        return None
-    (block,) = connection.execute(
-        f"SELECT max(block_number) FROM {recorder.table(holder_checkpoint_table)} "
-        f"WHERE {_token_filter} AND block_number < $before AND balance_blocks_high IS NOT NULL",
-        {"chain": chain_id, "token": token, "before": before},
-    ).fetchone()
-    return None if block is None else int(block)
-
-
 def balances_at(connection: duckdb.DuckDBPyConnection, chain_id: int, token: str, block: int) -> dict[str, int]:
     """Every non-zero balance of `token` at the end of `block`, from the indexed transfers (the zero address
     excluded: its 'balance' is minus the supply)."""
@@ -342,10 +332,10 @@ def _balance_blocks_plan(
     carries balance-blocks, `start` the latest before it (None: none, every transfer before $from_block); `end_only`:
     no transfer came after `end` within the range nor before $from_block, so `end`'s rows alone are the weights."""
     chain_id, token, from_block, to_block = params["chain"], params["token"], params["from_block"], params["to_block"]
-    end = _integral_checkpoint_before(connection, chain_id, token, to_block + 1)
+    end = _checkpoint_before(connection, chain_id, token, to_block + 1, balance_blocks=True)
     if end is None or end < from_block:
         return None
-    start = _integral_checkpoint_before(connection, chain_id, token, from_block)
+    start = _checkpoint_before(connection, chain_id, token, from_block, balance_blocks=True)
     direct = _checkpoint_before(connection, chain_id, token, from_block)
     after = {name: -1 if block is None else block for name, block in (("direct", direct), ("start", start))}
     transfers = connection.execute(
@@ -437,7 +427,8 @@ def balance_checkpoint(
     stored = [recorder.table(holder_transfer_table)] if holder_transfer_table in tables else []
     # Carried on from the previous checkpoint when it has balance-blocks; after one stored without (before format
     # 22), summed once from every transfer.
-    carried = previous if previous == _integral_checkpoint_before(connection, chain_id, token, block + 1) else None
+    with_blocks = _checkpoint_before(connection, chain_id, token, block + 1, balance_blocks=True)
+    carried = previous if previous == with_blocks else None
     connection.register(pending_name, pending)
     try:
         rows = connection.execute(

@@ -37,6 +37,7 @@ from ledger.tables import create_statements
 from ledger.verify import verify
 from tests.conftest import repo_root, royalty_command
 from tests.ledger.helpers import digested_relations, inlined_table
+from tests.settlement.test_holders_properties import _brute_force
 
 fixture_v1 = repo_root / "tests" / "fixtures" / "ledger_format_1.tar.gz"
 fixture_v19 = repo_root / "tests" / "fixtures" / "ledger_format_19.tar.gz"
@@ -325,20 +326,6 @@ def _holder_transfers(ledger: Ledger) -> list[tuple[int, str, str, int]]:
     return [(block, sender, receiver, int(value)) for block, sender, receiver, value in rows]
 
 
-def _weights_block_by_block(transfers: list[tuple[int, str, str, int]], first: int, last: int) -> dict[str, int]:
-    """Each holder's balance at the end of every block first..last, summed block by block (zero address left out)."""
-    weights: dict[str, int] = {}
-    for block in range(first, last + 1):
-        balances: dict[str, int] = {}
-        for at, sender, receiver, value in transfers:
-            if at <= block:
-                balances[sender] = balances.get(sender, 0) - value
-                balances[receiver] = balances.get(receiver, 0) + value
-        for holder, balance in balances.items():
-            weights[holder] = weights.get(holder, 0) + balance
-    return {holder: weight for holder, weight in weights.items() if weight > 0 and int(holder, 16) != 0}
-
-
 def test_a_format_21_ledger_migrates_and_weighs_holders_the_same_then_from_balance_blocks(tmp_path: Path) -> None:
     """Format 22 keeps each holder's balance-blocks in the balance checkpoints. A format-21 ledger's checkpoints have
     none after `royalty migrate` (NULL), and its weights read the transfers as before, equal to the block-by-block
@@ -364,7 +351,7 @@ def test_a_format_21_ledger_migrates_and_weighs_holders_the_same_then_from_balan
         transfers = _holder_transfers(ledger)
         for first, last in [(0, 119), (40, 100), (80, 119)]:
             weights = holders.holder_weight_units(connection, chain_id, token, first, last, set())
-            assert dict(weights.iter_rows()) == _weights_block_by_block(transfers, first, last)
+            assert dict(weights.iter_rows()) == _brute_force(transfers, first, last)
 
         balances = holders.balances_at(connection, chain_id, token, 119)
         richest = max(balances, key=balances.__getitem__)
@@ -387,7 +374,7 @@ def test_a_format_21_ledger_migrates_and_weighs_holders_the_same_then_from_balan
         transfers = _holder_transfers(ledger)
         for first, last in [(0, 159), (40, 159), (100, 159), (150, 159), (80, 130)]:
             weights = holders.holder_weight_units(connection, chain_id, token, first, last, set())
-            assert dict(weights.iter_rows()) == _weights_block_by_block(transfers, first, last)
+            assert dict(weights.iter_rows()) == _brute_force(transfers, first, last)
         params = {"chain": chain_id, "token": token, "from_block": 0, "to_block": 159}
         assert holders._balance_blocks_plan(connection, params) == (159, None, True)  # its rows alone
         report = verify(ledger)

@@ -74,12 +74,9 @@ def transfer_logs(draw: st.DrawFn, blocks_max: int = 30) -> list[tuple[int, str,
     return logs
 
 
-def _store(connection: duckdb.DuckDBPyConnection, logs: list, batches: int, seed: int) -> None:
-    """Replace the table's rows by `logs`, inserted in `batches` batches in a shuffled order; no balance checkpoint
-    (another test's would stand for these transfers: the module shares one connection)."""
-    for table in (holder_transfer_table, holder_checkpoint_table):
-        connection.execute(f"DELETE FROM {catalog_alias}.main.{table}")
-    rows = [
+def _transfer_rows(logs: list) -> list[dict]:
+    """`holder_transfer` rows of `logs` ((block, from, to, value) in chain order), one transaction per log."""
+    return [
         {
             "chain_id": chain_id,
             "token": token,
@@ -94,6 +91,14 @@ def _store(connection: duckdb.DuckDBPyConnection, logs: list, batches: int, seed
         }
         for index, (block, sender, receiver, value) in enumerate(logs)
     ]
+
+
+def _store(connection: duckdb.DuckDBPyConnection, logs: list, batches: int, seed: int) -> None:
+    """Replace the table's rows by `logs`, inserted in `batches` batches in a shuffled order; no balance checkpoint
+    (another test's would stand for these transfers: the module shares one connection)."""
+    for table in (holder_transfer_table, holder_checkpoint_table):
+        connection.execute(f"DELETE FROM {catalog_alias}.main.{table}")
+    rows = _transfer_rows(logs)
     random.Random(seed).shuffle(rows)
     size = max(1, len(rows) // batches)
     for first in range(0, len(rows), size):
@@ -149,22 +154,7 @@ def _sync_with_checkpoints(
     start, stored = 0, 0
     for end in ends:
         pending = pa.Table.from_pylist(
-            [
-                {
-                    "chain_id": chain_id,
-                    "token": token,
-                    "block_number": block,
-                    "block_hash": f"0x{block:064x}",
-                    "tx_hash": f"0x{index:064x}",
-                    "log_index": index,
-                    "from_address": sender,
-                    "to_address": receiver,
-                    "value_units": str(value),
-                    "synced_at": datetime(2026, 1, 1, tzinfo=UTC),
-                }
-                for index, (block, sender, receiver, value) in enumerate(logs)
-                if start <= block <= end
-            ],
+            [row for row in _transfer_rows(logs) if start <= row["block_number"] <= end],
             schema=holder_transfer_schema,
         )
         checkpoint = balance_checkpoint(connection, chain_id, token, end, pending, transfers_min=due)
@@ -212,7 +202,7 @@ def _difference_weights(
     """The weights over first..last as checkpoint `end`'s balance-blocks (carried on to `last`) less those of the
     latest checkpoint carrying them before `first`, whatever the row counts say; and, where no transfer came after
     `end` up to `last` nor before `first`, as `end`'s rows alone (with the block `last` given, and not)."""
-    start = holders_module._integral_checkpoint_before(connection, chain_id, token, first)
+    start = holders_module._checkpoint_before(connection, chain_id, token, first, balance_blocks=True)
     reads = [holders_module._balance_blocks_weights(end, start)]
     if start is None and not any(end < block <= last or block < first for block, *_ in logs):
         reads += [holders_module._balance_blocks_weights(end, None, True, to_block=last)]
