@@ -245,7 +245,8 @@ def _checked_totals(
 ) -> dict[str, int]:
     """The epoch's money figures, after checking conservation and that the postings sum to zero."""
     prior_receivable = _receivable(prior.payables)
-    untouched = prior.payables.join(payables.select("recipient").unique(), on="recipient", how="anti")
+    # An anti join is the same with keys repeated on the right: no `unique()` first (0.2 s at a million holders).
+    untouched = prior.payables.join(payables.select("recipient"), on="recipient", how="anti")
     receivable = _sum(payables, "receivable_micros") + _receivable(untouched)
     new_fees = _sum(inputs.new_events.select("fee_micros").collect())
     suspended_micros, released_micros = _sum(moves.suspended), _sum(moves.released)

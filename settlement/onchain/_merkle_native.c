@@ -14,6 +14,10 @@
  *   checksummed  bytes: the EIP-55 bodies (40 hex characters each), in the order given;
  *   tree_index   bytes: the tree position of each leaf in the order given, as native uint32;
  *   index        AccountIndex: `index.get(account_20_bytes)` is the account's position in the order given, or None.
+ * build_columns(offsets, text, amounts, threads, seed, portable) -> the same, from Arrow's buffers of a large_string
+ *   column of n accounts (`offsets`: n + 1 int64, `text`: the characters) and an int64 column of n amounts (native
+ *   byte order): no str or int object per leaf. Each account must take 42 characters ("0x" and 40 hex digits) and
+ *   each amount be at least 0; LeafError names the first leaf that does not ("account", "amount_range").
  * `seed` keys the account hash table (so that chosen addresses cannot make its probes long); `portable` forces
  * the one-at-a-time Keccak (for tests). Bad input raises LeafError(kind, index, other), checked in this order and
  * each naming its first offending leaf, as the Python path does: "amount_type", "amount_range", "account",
@@ -26,9 +30,6 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
-#if defined(__linux__)
-#include <sys/mman.h>
-#endif
 
 #include "_keccak_batch.h"
 
@@ -49,15 +50,6 @@
 
 static PyObject *LeafError;
 
-/* Ask for 2 MiB pages where the kernel gives them on request (transparent huge pages set to "madvise"): a
-   million-leaf build touches ~300 MB of fresh memory, and 4 KiB pages cost one fault each. Only a hint. */
-static void prefer_huge_pages(void *buffer, size_t length) {
-#if defined(__linux__) && defined(MADV_HUGEPAGE)
-    const uintptr_t huge = (uintptr_t)2 << 20;
-    uintptr_t start = ((uintptr_t)buffer + huge - 1) & ~(huge - 1), end = ((uintptr_t)buffer + length) & ~(huge - 1);
-    if (end > start) madvise((void *)start, end - start, MADV_HUGEPAGE);
-#endif
-}
 static int cpu_has_avx2;
 
 /* ---- Keccak-256 of four one-block messages of `length` bytes, one after the other ---- */
@@ -205,6 +197,7 @@ typedef struct {
     const uint8_t *accounts;  /* 20 bytes per leaf, in the order given */
     const uint8_t *amounts;   /* 32 bytes per leaf, big-endian */
     PyObject *given;          /* the accounts' str objects (a tuple kept alive): their 40 characters as given */
+    const uint8_t *given_text; /* or (build_columns) every account's 42 characters, one after the other */
     uint8_t *checksummed;     /* 40 characters per leaf, EIP-55 */
     uint8_t *leaves;          /* 32 bytes per leaf, in the order given (over `amounts`) */
     SortKey *keys;
@@ -243,10 +236,11 @@ static uint64_t big_endian_64(const uint8_t *p) {
     return v;
 }
 
-/* The 40 characters after "0x" of account `i` of the tuple `accounts` (each checked by parse_account first). Read
-   without the GIL, as parse_account does: the fields of an immutable str the build's own tuple keeps alive. */
-static const uint8_t *given_body(PyObject *accounts, size_t i) {
-    return (const uint8_t *)PyUnicode_DATA(PyTuple_GET_ITEM(accounts, (Py_ssize_t)i)) + 2;
+/* The 40 characters after "0x" of account `i` as given (each checked by parse_account first). Read without the GIL,
+   as parse_account does: the fields of an immutable str the build's own tuple keeps alive, or the caller's buffer. */
+static const uint8_t *given_body(const Build *b, size_t i) {
+    if (b->given_text) return b->given_text + i * (2 + BODY_CHARS) + 2;
+    return (const uint8_t *)PyUnicode_DATA(PyTuple_GET_ITEM(b->given, (Py_ssize_t)i)) + 2;
 }
 
 /* Leaf hashes and EIP-55 checksums of leaves [lo, hi). */
@@ -270,7 +264,7 @@ static void hash_leaves(void *ctx, size_t lo, size_t hi, int worker) {
             memcpy(encoding + WORD_BYTES - ACCOUNT_BYTES, b->accounts + (i + k) * ACCOUNT_BYTES, ACCOUNT_BYTES);
             memcpy(encoding + WORD_BYTES, b->amounts + (i + k) * WORD_BYTES, WORD_BYTES);
             /* lowercase: 0x20 turns "A".."F" into "a".."f" and leaves the digits as they are */
-            const uint8_t *given = given_body(b->given, i + k);
+            const uint8_t *given = given_body(b, i + k);
             for (int c = 0; c < BODY_CHARS; c++) bodies[k * BODY_CHARS + c] = given[c] | 0x20;
         }
         keccak256_four(b->x4, encodings, LEAF_ENCODING_BYTES, inner);
@@ -281,7 +275,7 @@ static void hash_leaves(void *ctx, size_t lo, size_t hi, int worker) {
             size_t at = i + k;
             uint8_t *out = b->checksummed + at * BODY_CHARS;
             checksum_body(bodies + k * BODY_CHARS, digests + k * WORD_BYTES, out);
-            const uint8_t *given = given_body(b->given, at);
+            const uint8_t *given = given_body(b, at);
             if (bad == (size_t)-1 && memcmp(out, given, BODY_CHARS) != 0 && mixed_case(given)) bad = at;
             b->keys[at].key = big_endian_64(b->leaves + at * WORD_BYTES);
             b->keys[at].position = (uint32_t)at;
@@ -394,14 +388,8 @@ static int parse_amount(PyObject *amount, Py_ssize_t i, uint8_t *word) {
     return 0;
 }
 
-/* "0x" and 40 hex digits: the account's bytes into `raw`; 0 if it is not.
-   Runs without the GIL: it only reads the fields of a str that the build's own tuple keeps alive (str is
-   immutable), through the macros that read them, and calls no function of the C API. */
-static int parse_account(PyObject *account, uint8_t *raw) {
-    if (!PyUnicode_CheckExact(account) || PyUnicode_GET_LENGTH(account) != 2 + BODY_CHARS ||
-        !PyUnicode_IS_ASCII(account))
-        return 0;
-    const uint8_t *text = PyUnicode_DATA(account);
+/* "0x" and 40 hex digits at `text`: the account's bytes into `raw`; 0 if they are not. */
+static int parse_text(const uint8_t *text, uint8_t *raw) {
     if (text[0] != '0' || text[1] != 'x') return 0;
     for (int c = 0; c < BODY_CHARS; c += 2) {
         int high = hex_value[text[2 + c]], low = hex_value[text[3 + c]];
@@ -411,8 +399,19 @@ static int parse_account(PyObject *account, uint8_t *raw) {
     return 1;
 }
 
+/* The same of a str; 0 if it is not one of 42 ASCII characters.
+   Runs without the GIL: it only reads the fields of a str that the build's own tuple keeps alive (str is
+   immutable), through the macros that read them, and calls no function of the C API. */
+static int parse_account(PyObject *account, uint8_t *raw) {
+    if (!PyUnicode_CheckExact(account) || PyUnicode_GET_LENGTH(account) != 2 + BODY_CHARS ||
+        !PyUnicode_IS_ASCII(account))
+        return 0;
+    return parse_text(PyUnicode_DATA(account), raw);
+}
+
 typedef struct {
     PyObject *accounts; /* a tuple: its items stay alive while the GIL is released */
+    const uint8_t *text; /* or every account's 42 characters, one after the other (build_columns) */
     uint8_t *index_accounts;
     size_t bad_account[THREADS_MAX];
 } ParseContext;
@@ -421,7 +420,10 @@ static void parse_accounts(void *ctx, size_t lo, size_t hi, int worker) {
     ParseContext *p = ctx;
     size_t bad = (size_t)-1;
     for (size_t i = lo; i < hi && bad == (size_t)-1; i++) {
-        if (!parse_account(PyTuple_GET_ITEM(p->accounts, i), p->index_accounts + i * ACCOUNT_BYTES)) bad = i;
+        uint8_t *raw = p->index_accounts + i * ACCOUNT_BYTES;
+        int ok = p->text ? parse_text(p->text + i * (2 + BODY_CHARS), raw)
+                         : parse_account(PyTuple_GET_ITEM(p->accounts, i), raw);
+        if (!ok) bad = i;
     }
     p->bad_account[worker] = bad;
 }
@@ -445,26 +447,39 @@ static size_t first_of(const size_t *firsts) {
     return first;
 }
 
-static PyObject *build(PyObject *module, PyObject *args) {
-    PyObject *accounts_in, *amounts_in;
-    int threads, portable;
-    unsigned long long seed;
-    if (!PyArg_ParseTuple(args, "OOiKp", &accounts_in, &amounts_in, &threads, &seed, &portable)) return NULL;
-    if (!PyList_CheckExact(accounts_in) || !PyList_CheckExact(amounts_in) ||
-        PyList_GET_SIZE(accounts_in) != PyList_GET_SIZE(amounts_in) || PyList_GET_SIZE(accounts_in) < 1 ||
-        PyList_GET_SIZE(accounts_in) > (Py_ssize_t)(UINT32_MAX / 4)) {
-        PyErr_SetString(PyExc_ValueError, "build() takes two lists of the same length, at least 1 and below 2**30");
-        return NULL;
+/* Where a build's leaves come from: lists of str and int (build), or Arrow's buffers (build_columns). */
+typedef struct {
+    PyObject *accounts, *amounts; /* lists, or NULL */
+    const uint8_t *text;          /* n accounts of 42 characters each, one after the other */
+    const int64_t *amounts_64;    /* n amounts */
+} Leaves;
+
+static int parse_amounts(const Leaves *in, size_t n, uint8_t *amounts) {
+    for (size_t i = 0; i < n; i++) {
+        uint8_t *word = amounts + i * WORD_BYTES;
+        if (in->amounts) {
+            if (parse_amount(PyList_GET_ITEM(in->amounts, i), (Py_ssize_t)i, word) < 0) return -1;
+            continue;
+        }
+        int64_t value;
+        memcpy(&value, in->amounts_64 + i, sizeof value);
+        if (value < 0) return leaf_error("amount_range", (Py_ssize_t)i, -1);
+        for (int k = 0; k < 8; k++) word[WORD_BYTES - 1 - k] = (uint8_t)((uint64_t)value >> (8 * k));
     }
+    return 0;
+}
+
+static PyObject *build_leaves(const Leaves *in, size_t n, int threads, unsigned long long seed, int portable) {
     if (threads < 1) threads = 1;
     if (threads > THREADS_MAX) threads = THREADS_MAX;
-    size_t n = (size_t)PyList_GET_SIZE(accounts_in);
     size_t slots = 8;
     while (slots < 2 * n) slots *= 2;
 
     PyObject *result = NULL, *accounts = NULL, *tree = NULL, *checksummed = NULL, *tree_index = NULL;
     AccountIndex *index = NULL;
-    Build b = {.count = n, .x4 = cpu_has_avx2 && !portable};
+    Build b = {.count = n, .x4 = cpu_has_avx2 && !portable, .given_text = in->text};
+    /* Plain pages: asking for 2 MiB ones (MADV_HUGEPAGE) cost more system time zeroing them than it saved in faults
+       (benchmarks/RESULTS.md, issue 17). */
     uint8_t *amounts = PyMem_RawCalloc(n, WORD_BYTES);
     SortKey *keys = PyMem_RawMalloc(2 * n * sizeof(SortKey));
     size_t *starts = PyMem_RawMalloc((SORT_BUCKETS + 1) * sizeof(size_t));
@@ -483,11 +498,6 @@ static PyObject *build(PyObject *module, PyObject *args) {
         if (!PyErr_Occurred()) PyErr_NoMemory();
         goto done;
     }
-    prefer_huge_pages(amounts, n * WORD_BYTES);
-    prefer_huge_pages(keys, 2 * n * sizeof(SortKey));
-    prefer_huge_pages(PyBytes_AS_STRING(tree), (2 * n - 1) * WORD_BYTES);
-    prefer_huge_pages(PyBytes_AS_STRING(checksummed), n * BODY_CHARS);
-    prefer_huge_pages(index->accounts, n * ACCOUNT_BYTES);
     b.accounts = index->accounts;
     b.amounts = amounts;
     b.checksummed = (uint8_t *)PyBytes_AS_STRING(checksummed);
@@ -498,13 +508,13 @@ static PyObject *build(PyObject *module, PyObject *args) {
     b.tree = (uint8_t *)PyBytes_AS_STRING(tree);
     b.tree_index = (uint32_t *)PyBytes_AS_STRING(tree_index);
 
-    for (size_t i = 0; i < n; i++)
-        if (parse_amount(PyList_GET_ITEM(amounts_in, i), (Py_ssize_t)i, amounts + i * WORD_BYTES) < 0)
-            goto done;
-    accounts = PySequence_Tuple(accounts_in);
-    if (!accounts) goto done;
+    if (parse_amounts(in, n, amounts) < 0) goto done;
+    if (in->accounts) {
+        accounts = PySequence_Tuple(in->accounts);
+        if (!accounts) goto done;
+    }
     b.given = accounts;
-    ParseContext parse = {accounts, index->accounts, {0}};
+    ParseContext parse = {accounts, in->text, index->accounts, {0}};
     IndexJob index_job = {index, n, -1, -1};
     size_t bad_account, bad_checksum = (size_t)-1;
     Py_BEGIN_ALLOW_THREADS
@@ -547,6 +557,64 @@ done:
     Py_XDECREF(checksummed);
     Py_XDECREF(tree_index);
     Py_XDECREF((PyObject *)index);
+    return result;
+}
+
+static PyObject *build(PyObject *module, PyObject *args) {
+    PyObject *accounts_in, *amounts_in;
+    int threads, portable;
+    unsigned long long seed;
+    if (!PyArg_ParseTuple(args, "OOiKp", &accounts_in, &amounts_in, &threads, &seed, &portable)) return NULL;
+    if (!PyList_CheckExact(accounts_in) || !PyList_CheckExact(amounts_in) ||
+        PyList_GET_SIZE(accounts_in) != PyList_GET_SIZE(amounts_in) || PyList_GET_SIZE(accounts_in) < 1 ||
+        PyList_GET_SIZE(accounts_in) > (Py_ssize_t)(UINT32_MAX / 4)) {
+        PyErr_SetString(PyExc_ValueError, "build() takes two lists of the same length, at least 1 and below 2**30");
+        return NULL;
+    }
+    Leaves in = {.accounts = accounts_in, .amounts = amounts_in};
+    return build_leaves(&in, (size_t)PyList_GET_SIZE(accounts_in), threads, seed, portable);
+}
+
+/* The first account of the column whose characters are not 42 (its offsets go up by 42 from the first), or -1. */
+static Py_ssize_t first_not_42(const int64_t *offsets, size_t n) {
+    for (size_t i = 0; i < n; i++) {
+        int64_t low, high;
+        memcpy(&low, offsets + i, sizeof low);
+        memcpy(&high, offsets + i + 1, sizeof high);
+        if (high - low != 2 + BODY_CHARS) return (Py_ssize_t)i;
+    }
+    return -1;
+}
+
+static PyObject *build_columns(PyObject *module, PyObject *args) {
+    Py_buffer offsets, text, amounts;
+    int threads, portable;
+    unsigned long long seed;
+    if (!PyArg_ParseTuple(args, "y*y*y*iKp", &offsets, &text, &amounts, &threads, &seed, &portable)) return NULL;
+    PyObject *result = NULL;
+    size_t n = (size_t)amounts.len / sizeof(int64_t);
+    int64_t first = 0, last = 0;
+    if (n >= 1) {
+        memcpy(&first, offsets.buf, sizeof first);
+        memcpy(&last, (const int64_t *)offsets.buf + n, sizeof last);
+    }
+    if (n < 1 || n > UINT32_MAX / 4 || amounts.len % sizeof(int64_t) != 0 ||
+        (size_t)offsets.len != (n + 1) * sizeof(int64_t) || first < 0 || last < first || last > text.len) {
+        PyErr_SetString(PyExc_ValueError, "build_columns() takes a large_string column's offsets and characters and "
+                                          "an int64 column of the same length, at least 1 and below 2**30");
+        goto done;
+    }
+    Py_ssize_t bad = first_not_42(offsets.buf, n);
+    if (bad >= 0) {
+        leaf_error("account", bad, -1);
+        goto done;
+    }
+    Leaves in = {.text = (const uint8_t *)text.buf + first, .amounts_64 = amounts.buf};
+    result = build_leaves(&in, n, threads, seed, portable);
+done:
+    PyBuffer_Release(&offsets);
+    PyBuffer_Release(&text);
+    PyBuffer_Release(&amounts);
     return result;
 }
 
@@ -596,6 +664,9 @@ static PyObject *implementation(PyObject *module, PyObject *unused) {
 static PyMethodDef module_methods[] = {
     {"build", build, METH_VARARGS,
      "build(accounts, amounts, threads, seed, portable) -> (tree, checksummed, tree_index, index); "
+     "see the file's header"},
+    {"build_columns", build_columns, METH_VARARGS,
+     "build_columns(offsets, text, amounts, threads, seed, portable) -> (tree, checksummed, tree_index, index); "
      "see the file's header"},
     {"proof", proof, METH_VARARGS,
      "proof(tree, tree_index, as_hex) -> list of the siblings from that node up to the root (bytes or '0x' hex)"},

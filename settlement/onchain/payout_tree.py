@@ -157,17 +157,18 @@ def build_epoch_tree(
         if not leaves:
             return None
         tree = MerkleTree.from_amounts(leaves)
+        _require_total_fits(epoch, tree.total_amount_units)
     else:  # the addresses as columns, lowercase: the tree checksums them
         if sums.is_empty():
             return None
+        _require_total_fits(epoch, int(sums["units"].sum()))  # each leaf is positive: each fits in an int64 then
+        accounts, amounts_units = sums["address"].to_arrow(), sums["units"].cast(pl.Int64).to_arrow()
         if manifest is None:  # settlement-v1's digest on a thread beside the tree build (both mostly without the GIL)
             with ThreadPoolExecutor(1) as pool:
                 sums_digest = pool.submit(_sums_digest, epoch, closing_snapshot, sums)
-                tree = MerkleTree.build(sums["address"].to_list(), sums["units"].to_list())
+                tree = MerkleTree.build_columns(accounts, amounts_units)
         else:
-            tree = MerkleTree.build(sums["address"].to_list(), sums["units"].to_list())
-    if tree.total_amount_units > amount_micros_max:
-        raise AmountOverflowError(epoch, "settlement_root.total_units", tree.total_amount_units)
+            tree = MerkleTree.build_columns(accounts, amounts_units)
     if callable(manifest):
         manifest = manifest()
     if manifest is not None:
@@ -177,6 +178,11 @@ def build_epoch_tree(
     else:
         digest = sums_digest.result()
     return EpochTree(epoch, closing_snapshot, tree, digest, unaddressed_units, None, manifest, net_of)
+
+
+def _require_total_fits(epoch: int, total_units: int) -> None:
+    if total_units > amount_micros_max:
+        raise AmountOverflowError(epoch, "settlement_root.total_units", total_units)
 
 
 def net_leaves(cumulative_units: dict[str, int], owed_elsewhere_units: dict[str, int]) -> dict[str, int]:

@@ -213,7 +213,7 @@ def write_tree(ledger: Ledger, tree: EpochTree) -> int:
         {
             "epoch": pa.repeat(pa.scalar(tree.epoch, pa.int64()), len(t)),
             "account": _accounts_column(t),
-            "cumulative_units": pa.array(t.amounts_units, pa.int64()),
+            "cumulative_units": _amounts_column(t),
             "tree_index": _tree_index_column(t),
             "proof": pa.nulls(len(t), pa.list_(pa.string())),  # read off the nodes (format 14)
         },
@@ -253,6 +253,14 @@ def _accounts_column(tree: MerkleTree) -> pa.Array:
     bodies = pa.FixedSizeBinaryArray.from_buffers(body, len(tree), [None, pa.py_buffer(tree.checksummed_bodies)])
     accounts = pl.select(pl.lit("0x") + pl.Series(bodies.cast(pa.binary()).cast(pa.string()))).to_series()
     return accounts.to_arrow().cast(pa.string())
+
+
+def _amounts_column(tree: MerkleTree) -> pa.Array:
+    """The leaves' cumulative amounts as an int64 column: the tree's own buffer when it was built from columns."""
+    amounts = tree.amounts_units
+    if isinstance(amounts, memoryview) and amounts.format == "q":
+        return pa.Array.from_buffers(pa.int64(), len(amounts), [None, pa.py_buffer(amounts)])
+    return pa.array(amounts, pa.int64())
 
 
 def _tree_index_column(tree: MerkleTree) -> pa.Array:

@@ -12,6 +12,7 @@ import threading
 
 import duckdb
 import polars as pl
+import pyarrow as pa
 import pytest
 from eth_utils import to_checksum_address
 from hypothesis import given, settings
@@ -197,3 +198,70 @@ def test_the_python_build_says_once_that_the_extension_is_missing(
     assert len(warnings) == 1
     assert "install a C compiler" in warnings[0]
     assert first.proof(accounts[0])
+
+
+@st.composite
+def int64_leaves(draw: st.DrawFn) -> tuple[list[str], list[int]]:
+    accounts, _ = draw(leaves())
+    amounts = draw(st.lists(st.integers(0, 2**63 - 1), min_size=len(accounts), max_size=len(accounts)))
+    return accounts, amounts
+
+
+@needs_native
+@settings(max_examples=examples(150), deadline=None)
+@given(int64_leaves(), st.integers(0, 3), st.sampled_from([pa.string(), pa.large_string()]))
+def test_a_tree_built_from_arrow_columns_equals_the_tree_built_from_lists(
+    leaf_columns: tuple[list[str], list[int]], sliced_off: int, string_type: pa.DataType
+) -> None:
+    """Property: `build_columns` over Arrow columns (either string type, sliced out of longer columns) gives the
+    tree, dump, proofs, lookups, total and amounts `build` gives over the same values as lists."""
+    accounts, amounts = leaf_columns
+    account_column = pa.array(["0x" + "ab" * 20] * sliced_off + accounts + ["bad"], string_type)
+    amount_column = pa.array([-1] * sliced_off + amounts + [-1], pa.int64())
+    length = len(accounts)
+    tree = MerkleTree.build_columns(account_column.slice(sliced_off, length), amount_column.slice(sliced_off, length))
+    expected = MerkleTree.build(accounts, amounts)
+    assert tree.dump() == expected.dump()
+    assert [tree.proof(a) for a in accounts] == [expected.proof(a) for a in accounts]
+    assert [tree.amount_units(a) for a in accounts] == amounts
+    assert (tree.total_amount_units, list(tree.amounts_units)) == (sum(amounts), amounts)
+
+
+@needs_native
+@pytest.mark.parametrize(
+    ("accounts", "amounts"),
+    [
+        (["0x" + "11" * 20, "0x" + "22" * 19], [1, 2]),  # 40 characters: the column's offsets do not go up by 42
+        (["0x" + "11" * 20, "0x" + "22" * 21], [1, 2]),
+        (["0x" + "11" * 20, "0x" + "2g" * 20], [1, 2]),
+        (["0x" + "11" * 20, "0x" + "22" * 20, "0x" + "11" * 20], [1, 2, 3]),
+        (["0x" + "11" * 20, "0x" + "22" * 20], [1, -2]),
+        ([random_accounts(6, seed=26)[0][:-1] + "0"], [1]),  # a checksum typo (when the last digit was not 0)
+        (["0x" + "11" * 20, None], [1, 2]),
+        (["0x" + "11" * 20, "0x" + "22" * 20], [1, None]),
+        ([], []),
+    ],
+)
+def test_a_tree_from_columns_refuses_what_the_build_from_lists_refuses(accounts: list, amounts: list) -> None:
+    """A bad leaf in the columns is refused with the message and index the build from lists gives it."""
+    with pytest.raises(MerkleTreeError) as from_lists:
+        MerkleTree.build(accounts, amounts)
+    with pytest.raises(MerkleTreeError, match=re.escape(str(from_lists.value))) as from_columns:
+        MerkleTree.build_columns(pa.array(accounts, pa.string()), pa.array(amounts, pa.int64()))
+    assert (from_columns.value.index, from_columns.value.account) == (from_lists.value.index, from_lists.value.account)
+
+
+@needs_native
+def test_build_columns_checks_its_buffers() -> None:
+    """The native entry refuses buffers that do not make a column of the amounts' length (no read past them)."""
+    offsets = pa.array(["0x" + "11" * 20]).buffers()[1]
+    text = pa.array(["0x" + "11" * 20]).buffers()[2]
+    one = pa.array([1], pa.int64()).buffers()[1]
+    with pytest.raises(ValueError, match="large_string"):
+        native.build_columns(offsets, text, one, 1, 1, False)  # 32-bit offsets: 8 bytes, not the 16 of one int64 pair
+    large = pa.array(["0x" + "11" * 20], pa.large_string())
+    with pytest.raises(ValueError, match="large_string"):
+        native.build_columns(large.buffers()[1], large.buffers()[2][:41], one, 1, 1, False)
+    with pytest.raises(ValueError, match="large_string"):
+        native.build_columns(large.buffers()[1], large.buffers()[2], b"", 1, 1, False)
+    assert native.build_columns(large.buffers()[1], large.buffers()[2], one, 1, 1, False)[0]

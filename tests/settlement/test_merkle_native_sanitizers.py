@@ -16,7 +16,7 @@ root = Path(__file__).resolve().parents[2]
 onchain = root / "settlement" / "onchain"
 
 driver = """
-import importlib.util, random, sys, types
+import array, importlib.util, random, sys, types
 # The packages without their __init__ (which would load web3 and pycryptodome, whose RTLD_DEEPBIND ASan refuses).
 for name in ("settlement", "settlement.onchain"):
     package = types.ModuleType(name)
@@ -34,6 +34,9 @@ rng = random.Random(20261206)
 def accounts(count):
     return list(dict.fromkeys("0x" + rng.randbytes(20).hex() for _ in range(count)))
 
+def columns(leaves, amounts):
+    text = "".join(leaves).encode()
+    return array.array("q", range(0, 42 * len(leaves) + 1, 42)).tobytes(), text, array.array("q", amounts).tobytes()
 def python_tree(leaves, amounts):
     merkle._merkle_native = None
     try:
@@ -49,6 +52,9 @@ for count in [*range(1, 40), 4096 * 2 + 1, 4096 * 3 + 2]:
         for threads in (1, 3):
             built = native.build(leaves, amounts, threads, rng.getrandbits(64), portable)
             assert built[0] == expected
+    small = [rng.getrandbits(63) for _ in leaves]
+    offsets, text, amounts_64 = columns(leaves, small)
+    assert native.build_columns(offsets, text, amounts_64, 3, 5, False)[0] == python_tree(leaves, small)._tree_bytes
     tree = merkle.MerkleTree.build(leaves, amounts)
     for account in leaves[:50]:
         tree.proof(account), tree.proof_hex(account)
@@ -78,6 +84,23 @@ for _ in range(300):
     try:
         native.build(leaves, amounts, rng.choice([1, 2]), 1, rng.random() < 0.5)
     except native.LeafError:
+        pass
+for _ in range(300):
+    leaves = accounts(rng.randrange(1, 30))
+    offsets, text, amounts_64 = columns(leaves, [rng.getrandbits(63) for _ in leaves])
+    text, offsets, amounts_64 = bytearray(text), bytearray(offsets), bytearray(amounts_64)
+    kind = rng.randrange(4)
+    if kind == 0:
+        text[rng.randrange(len(text))] = rng.randrange(256)
+    elif kind == 1:
+        offsets[rng.randrange(len(offsets))] = rng.randrange(256)
+    elif kind == 2:
+        amounts_64[rng.randrange(len(amounts_64))] = rng.randrange(256)
+    else:
+        text = text[: rng.randrange(len(text))]
+    try:
+        native.build_columns(bytes(offsets), bytes(text), bytes(amounts_64), rng.choice([1, 2]), 1, False)
+    except (native.LeafError, ValueError):
         pass
 print("sanitized run clean")
 """
