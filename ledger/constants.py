@@ -27,6 +27,10 @@ parquet_zstd_level = 3
 # otherwise. Smaller appends write in turn (a thread costs more than a small file).
 parallel_file_rows_min = 100_000
 parallel_files_max = 4
+# A file of rows this large (Arrow bytes) is encoded straight into its temporary file on a local data path, then hashed
+# from it, not into a buffer first: the buffer's growth faulted in fresh pages, 0.3 s of system time for the 32 MB of
+# tree nodes at a million leaves against 0.03 s (benchmarks/RESULTS.md, issue 17). Smaller files keep the one write.
+streamed_file_bytes_min = 8 * 1024 * 1024
 
 # DuckLake keeps rows of these small bookkeeping tables in the catalog itself (inlined), so
 # every append does not leave a tiny Parquet file per table behind.

@@ -723,13 +723,16 @@ class Ledger:
         name = f"{self._ledger_id()}-s{self._snapshot_of_transaction()}-{ingest_batch_id}-{uuid.uuid4().hex[:8]}"
         relative = f"{folder}/{name}.parquet"
         absolute = self.location.data_path + relative
+
+        def encode(sink: pa.NativeFile) -> None:
+            options = _compression(table_name, rows.schema)
+            pq.write_table(rows, sink, **options, row_group_size=constants.parquet_row_group_rows_max)
+
+        if rows.nbytes >= constants.streamed_file_bytes_min:
+            size, sha256 = self.store.write_from(absolute, encode)
+            return _FileToAdd(table_name, absolute, relative, size, sha256)
         sink = pa.BufferOutputStream()
-        pq.write_table(
-            rows,
-            sink,
-            **_compression(table_name, rows.schema),
-            row_group_size=constants.parquet_row_group_rows_max,
-        )
+        encode(sink)
         # Arrow's buffer itself, not a bytes copy: on this kind of VM a fresh 64 MB copy cost ~0.6 s of page faults.
         data = sink.getvalue()
         self.store.write(absolute, data)

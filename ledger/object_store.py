@@ -18,7 +18,7 @@ import functools
 import hashlib
 import os
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import suppress
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,6 +40,7 @@ s3_connect_timeout_s = 5.0
 s3_request_timeout_s = 30.0
 s3_request_attempts_max = 3
 _hash_chunk_bytes = 8 * 1024 * 1024
+_write_buffer_bytes = 1024 * 1024  # what `write_from` gathers before each write to its file
 # The S3 errors that say the credentials are wrong: retrying cannot cure them.
 _refused_markers = (
     "invalidaccesskeyid",
@@ -248,6 +249,31 @@ class DataStore:
             path = error.filename or str(temporary)
             raise LedgerStorageError(path, error.errno, error.strerror or str(error)) from error
 
+    def write_from(self, path: str, encode: Callable[[pa.NativeFile], None]) -> tuple[int, str]:
+        """Write at `path`, whole or not at all as `write`, what `encode(sink)` writes to `sink`; return the file's
+        size and SHA-256 (hex), read back from it. Locally the bytes go straight to the temporary file: no buffer."""
+        import pyarrow as pa  # imported where used: this module stays light to import
+
+        absolute = Path(path)
+        temporary = absolute.with_suffix(".parquet.tmp")
+        try:
+            absolute.parent.mkdir(parents=True, exist_ok=True)
+            with pa.BufferedOutputStream(pa.OSFile(str(temporary), "wb"), _write_buffer_bytes) as sink:
+                encode(sink)
+            with open(temporary, "rb") as handle:
+                digest = hashlib.file_digest(handle, "sha256").hexdigest()
+                size = os.fstat(handle.fileno()).st_size
+                os.fsync(handle.fileno())
+            os.replace(temporary, absolute)
+        except BaseException as error:
+            with suppress(OSError):
+                temporary.unlink(missing_ok=True)  # nothing half-written left behind, whatever stopped the encoding
+            if not isinstance(error, OSError):
+                raise
+            path = getattr(error, "filename", None) or str(temporary)
+            raise LedgerStorageError(path, error.errno, error.strerror or str(error)) from error
+        return size, digest
+
     def size(self, path: str) -> int | None:
         """The file's size, None when there is no such file."""
         file = Path(path)
@@ -304,6 +330,15 @@ class S3DataStore(DataStore):
                 stream.write(data)
         except OSError as error:
             raise ObjectStoreUnavailableError(path, str(error).splitlines()[0]) from error
+
+    def write_from(self, path: str, encode: Callable[[pa.NativeFile], None]) -> tuple[int, str]:
+        import pyarrow as pa
+
+        sink = pa.BufferOutputStream()  # one PUT of the whole object
+        encode(sink)
+        data = sink.getvalue()
+        self.write(path, data)
+        return data.size, hashlib.sha256(data).hexdigest()
 
     def size(self, path: str) -> int | None:
         info = self._fs.get_file_info(self._key(path))

@@ -25,11 +25,12 @@ from typer.testing import CliRunner
 
 from ingest.service import IngestService
 from ingest.sources import FileSource
-from ledger import Ledger, object_store
+from ledger import Ledger, constants, object_store
 from ledger.connection import ledger_id
 from ledger.verify import verify
 from royalty.cli import app
 from tests.conftest import royalty_command
+from tests.ledger.test_parallel_file_writes import _records
 
 if TYPE_CHECKING:
     # Imported for annotations only: importing the modules before pytest_plugins registers them
@@ -379,3 +380,21 @@ def test_an_endpoint_that_does_not_answer_is_a_retryable_exit_75(
     output = " ".join(result.output.split())
     assert result.exit_code == 75, output
     assert "object storage failed for `s3://nowhere/prefix/`" in output and "a-secret-nobody-reads" not in output
+
+
+def test_a_file_streamed_locally_is_one_put_of_the_whole_object_on_s3(
+    s3_environment: dict[str, str], seaweedfs: SeaweedServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With every file past `constants.streamed_file_bytes_min` (a local data path encodes those straight into the
+    file), an S3 data path still writes each as one object of the size and SHA-256 the catalog records."""
+    monkeypatch.setattr(constants, "streamed_file_bytes_min", 0)
+    lake, data_path = str(tmp_path / "lake"), seaweedfs.data_path(f"streamed-{uuid.uuid4().hex[:8]}")
+    records = _records((40, 6), 5)
+    with Ledger.open(lake, data_path) as ledger:
+        ledger.append_records(records)
+    listed = _listed(lake, data_path)
+    assert len(listed) == 2 and _objects(seaweedfs, data_path) == listed
+    with Ledger.open_read_only(lake, data_path) as ledger:
+        assert verify(ledger).problems == []
+        (nodes,) = ledger.connection.execute("SELECT count(*) FROM lake.main.settlement_tree_node").fetchone()
+    assert nodes == 6

@@ -10,6 +10,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from ledger import Ledger, constants
+from ledger import ledger as ledger_module
 from ledger.errors import LedgerStorageError
 from ledger.ledger import Ledger as LedgerClass
 from ledger.tables import file_tables
@@ -45,12 +46,16 @@ def _stored(ledger: Ledger) -> dict[str, list[tuple]]:
     }
 
 
+@pytest.mark.parametrize("streamed", [False, True], ids=["buffered", "streamed"])
 def test_threaded_file_writes_store_the_rows_given_with_their_checksums(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, streamed: bool
 ) -> None:
     """Two appends written on threads (the second beside the first's files) store exactly the rows given, and
-    `verify` finds every file's checksum: each thread's SHA-256 and catalog row are its own file's."""
+    `verify` finds every file's checksum: each thread's SHA-256 and catalog row are its own file's. Also with every
+    file encoded straight into its file and hashed from it (`constants.streamed_file_bytes_min`)."""
     monkeypatch.setattr(constants, "parallel_file_rows_min", 1)
+    if streamed:
+        monkeypatch.setattr(constants, "streamed_file_bytes_min", 0)
     given = [_records((300, 40), 1), _records((7, 3), 2)]
     with Ledger.open(tmp_path / "lake") as ledger:
         for records in given:
@@ -107,3 +112,36 @@ def test_a_tables_incompressible_column_is_stored_uncompressed_and_reads_back(tm
     (dust_file,) = (tmp_path / "lake").rglob("settlement_holder_dust/*.parquet")
     dust = pq.ParquetFile(dust_file).metadata.row_group(0)
     assert {dust.column(i).compression for i in range(dust.num_columns)} == {"ZSTD"}
+
+
+def test_a_streamed_write_stopped_mid_file_leaves_no_file_and_no_rows(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A file encoded straight into its temporary file (`constants.streamed_file_bytes_min`) that stops half-written
+    (the disk full after some bytes, or the encoding failing) raises, commits nothing and leaves no temporary file."""
+    monkeypatch.setattr(constants, "streamed_file_bytes_min", 0)
+    write_table = ledger_module.pq.write_table
+
+    def disk_full_midway(rows: pa.Table, sink: pa.NativeFile, **options: object) -> None:
+        sink.write(b"PAR1" + bytes(2 * 1024 * 1024))  # past the write buffer: on the disk already
+        raise OSError(28, "No space left on device")
+
+    def bad_encoding(rows: pa.Table, sink: pa.NativeFile, **options: object) -> None:
+        sink.write(b"PAR1")
+        raise pa.ArrowInvalid("cannot encode")
+
+    with Ledger.open(tmp_path / "lake") as ledger:
+        ledger.append_records(_records((3, 2), 1))  # a first append, streamed and kept
+        before = sorted(path.name for path in (tmp_path / "lake").rglob("*") if path.is_file())
+        for failing, error, message in ((disk_full_midway, LedgerStorageError, "No space left"),
+                                        (bad_encoding, pa.ArrowInvalid, "cannot encode")):  # fmt: skip
+            monkeypatch.setattr(ledger_module.pq, "write_table", failing)
+            with pytest.raises(error, match=message):
+                ledger.append_records(_records((50, 5), 2))
+            monkeypatch.setattr(ledger_module.pq, "write_table", write_table)
+            assert {table: len(rows) for table, rows in _stored(ledger).items()} == {
+                "settlement_holder_dust": 3, "settlement_tree_node": 2, "settlement_payable": 0,
+            }  # fmt: skip
+            assert sorted(path.name for path in (tmp_path / "lake").rglob("*") if path.is_file()) == before
+    with Ledger.open_read_only(tmp_path / "lake") as ledger:
+        assert verify(ledger).problems == []
