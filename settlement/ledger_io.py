@@ -687,10 +687,14 @@ def write_plan(
         "source",
         "original_source",
     )
+    with ThreadPoolExecutor(1) as pool:  # the two largest tables (a million holders' rows each) converted side by side
+        postings = pool.submit(_arrow, plan.postings, tables.posting_schema)
+        payables = _arrow(plan.payables, tables.payable_schema)
+        postings_rows = postings.result()
     rows = {
         "settlement_epoch": epoch_row,
-        "settlement_posting": _arrow(plan.postings, tables.posting_schema),
-        "settlement_payable": _arrow(plan.payables, tables.payable_schema),
+        "settlement_posting": postings_rows,
+        "settlement_payable": payables,
         "settlement_suspense_item": _arrow(plan.suspense_items, tables.suspense_item_schema),
         "settlement_suspense_release": _arrow(plan.suspense_releases, tables.suspense_release_schema),
         "settlement_reversal": _arrow(reversal_table, tables.reversal_schema),
