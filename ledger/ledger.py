@@ -357,6 +357,7 @@ class Ledger:
         """
         if self.read_only:
             raise LedgerReadOnlyError("append")
+        self.store.remove_leftovers()
         ingest_batch_id = uuid.uuid4().hex
         locked = (
             self._partition_locks.holding((item.topic, item.partition) for item in offsets)
@@ -823,6 +824,7 @@ class Ledger:
         """
         if self.read_only:
             raise LedgerReadOnlyError("append records")
+        self.store.remove_leftovers()
         self._retrying(self._create_tables, "create tables")
         records_batch_id = uuid.uuid4().hex
 
@@ -1306,10 +1308,9 @@ def ledger_error_of(error: duckdb.Error, what: str, location: str) -> LedgerErro
 
 
 def _remove_files(store: DataStore, files: list[_FileToAdd]) -> None:
-    """Remove the files of an append that did not commit (best effort: the storage may be what failed)."""
-    for file in files:
-        with suppress(OSError):
-            store.remove(file.absolute_path)
+    """Remove the files of an append that did not commit (best effort: the storage may be what failed; what is left
+    is removed at a later append, `DataStore.remove_leftovers`)."""
+    store.remove_uncommitted([file.absolute_path for file in files])
 
 
 require(set(all_tables) >= {t.table for t in event_types.values()}, "every event type has a ledger table")

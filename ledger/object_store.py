@@ -230,6 +230,29 @@ class DataStore:
 
     def __init__(self, data_path: str) -> None:
         self.data_path = data_path
+        # Files of appends that did not commit whose removal failed (the storage itself failing): removed at a later
+        # append (`remove_leftovers`), so a data path read-only for a while leaves no orphan once it is writable.
+        self.leftovers: list[str] = []
+        self._leftovers_lock = threading.Lock()
+
+    def remove_uncommitted(self, paths: list[str]) -> None:
+        """Remove files no commit lists (best effort: the storage may be what failed); keep the rest for later."""
+        failed = []
+        for path in paths:
+            try:
+                self.remove(path)
+            except OSError:
+                failed.append(path)
+        if failed:
+            with self._leftovers_lock:
+                self.leftovers.extend(failed)
+
+    def remove_leftovers(self) -> None:
+        """Try again to remove what `remove_uncommitted` could not."""
+        with self._leftovers_lock:
+            paths, self.leftovers = self.leftovers, []
+        if paths:
+            self.remove_uncommitted(paths)
 
     def write(self, path: str, data: bytes | pa.Buffer) -> None:
         """Write `data` at `path` whole or not at all (a temporary file, fsync, rename); `LedgerStorageError`."""

@@ -13,6 +13,7 @@ from ledger import Ledger, constants
 from ledger import ledger as ledger_module
 from ledger.errors import LedgerStorageError
 from ledger.ledger import Ledger as LedgerClass
+from ledger.object_store import DataStore
 from ledger.tables import file_tables
 from ledger.verify import verify
 
@@ -143,5 +144,42 @@ def test_a_streamed_write_stopped_mid_file_leaves_no_file_and_no_rows(
                 "settlement_holder_dust": 3, "settlement_tree_node": 2, "settlement_payable": 0,
             }  # fmt: skip
             assert sorted(path.name for path in (tmp_path / "lake").rglob("*") if path.is_file()) == before
+    with Ledger.open_read_only(tmp_path / "lake") as ledger:
+        assert verify(ledger).problems == []
+
+
+def test_files_a_failed_append_could_not_remove_are_removed_at_the_next_append(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The data path turns read-only in the middle of an append: a file is written, the next one fails, and the
+    first cannot be removed then (EROFS). It is removed at the next append once the path is writable: no orphan."""
+    monkeypatch.setattr(constants, "parallel_file_rows_min", 10**9)  # one file after another: a known order
+    write_file = LedgerClass._write_file
+    remove = DataStore.remove
+
+    def failing(self, table_name, rows, batch_id, event_date):
+        if table_name == "settlement_tree_node":
+            raise LedgerStorageError("/data", 30, "Read-only file system")
+        return write_file(self, table_name, rows, batch_id, event_date)
+
+    def read_only(self: DataStore, path: str) -> None:
+        raise OSError(30, "Read-only file system", path)
+
+    with Ledger.open(tmp_path / "lake") as ledger:
+        ledger.append_records(_records((3, 2), 1))
+        before = sorted(path.name for path in (tmp_path / "lake").rglob("*.parquet"))
+        monkeypatch.setattr(LedgerClass, "_write_file", failing)
+        monkeypatch.setattr(DataStore, "remove", read_only)
+        with pytest.raises(LedgerStorageError, match="Read-only"):
+            ledger.append_records(_records((50, 5), 2))
+        left = sorted(path.name for path in (tmp_path / "lake").rglob("*.parquet"))
+        assert len(left) == len(before) + 1 and len(ledger.store.leftovers) == 1  # the dust file, not listed
+        monkeypatch.setattr(LedgerClass, "_write_file", write_file)
+        monkeypatch.setattr(DataStore, "remove", remove)
+        ledger.append_records(_records((4, 1), 3))
+        assert ledger.store.leftovers == []
+        listed = {Path(path).name for table in _tables for (path,) in ledger.connection.execute(
+            "SELECT data_file FROM ducklake_list_files('lake', ?)", [table]).fetchall()}  # fmt: skip
+    assert set(path.name for path in (tmp_path / "lake").rglob("*.parquet")) == listed
     with Ledger.open_read_only(tmp_path / "lake") as ledger:
         assert verify(ledger).problems == []
