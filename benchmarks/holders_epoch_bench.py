@@ -15,10 +15,13 @@ The manifest's composition (`epoch_manifest`: the epoch re-planned for its bundl
 out of the ratio, as it always was (before, the tree build computed settlement-v1's leaf digest instead, which
 `settle` then threw away).
 
-Each variant runs in its own process (its own peak RSS); the figures are wall and CPU seconds (all threads) and
-the ratio holders/address of each.
+Both ledgers are built once. Then `--rounds` rounds each measure the address variant, then the holders variant,
+each on a fresh copy of its ledger in its own process (its own peak RSS). On this machine the same work's wall time
+moves by up to a third from run to run, so one run of each says little: each round prints its figures (wall and
+CPU seconds, all threads) and its ratio holders/address, and the end the medians, the median of the rounds' ratios
+and how many rounds passed 2.
 
-    python benchmarks/holders_epoch_bench.py --events 1000000 --holders 1000000 [--dust-units-min 0]
+    python benchmarks/holders_epoch_bench.py --events 1000000 --holders 1000000 [--rounds 5] [--dust-units-min 0]
 
 A benchmark, not a test: it is never collected by pytest.
 """
@@ -30,6 +33,7 @@ import cProfile
 import json
 import resource
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -123,66 +127,100 @@ def _tree(ledger: Ledger, manifest: bytes) -> int:
     return len(tree.tree)
 
 
-def run_variant(args: argparse.Namespace) -> None:
-    """Build one ledger (`args.variant`), close its epoch and build its tree; print the figures as JSON last."""
+def prepare_variant(variant: str, args: argparse.Namespace, folder: Path) -> None:
+    """Build one variant's ledger under `folder` up to the close: registry, the token's transfers, the events."""
     register_with_ledger()
-    folder = Path(tempfile.mkdtemp(prefix=f"holders-epoch-{args.variant}-"))
+    with Ledger.open(folder / "lake") as ledger:
+        token = to_checksum_address(holders_bench.token) if variant == "holders" else None
+        values = _registry(args.models, args.contributors, token)
+        batch = IngestBatch.from_messages(
+            values, ["r"] * len(values), [0] * len(values), list(range(len(values))), BatchDecoder()
+        )
+        ledger.append(batch, [PartitionOffsets("r", 0, 0, len(values))])
+        _store_holders(ledger, max(args.transfers, args.holders), args.holders, args.blocks)
+        paths = []
+        for first in range(0, args.events, split_bench.files_events_max):
+            path = folder / "lake" / "data" / "main" / "inference_metered" / f"bench-{first}.parquet"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            count = min(split_bench.files_events_max, args.events - first)
+            split_bench.events_file(path, first, count, args.models)
+            paths.append(path)
+        connection = ledger.connection
+        connection.execute("BEGIN TRANSACTION")
+        for path in paths:
+            connection.execute("CALL ducklake_add_data_files('lake', 'inference_metered', ?)", [str(path)])
+        connection.execute("COMMIT")
+
+
+def measure_variant(variant: str, args: argparse.Namespace, folder: Path) -> dict:
+    """Close the prepared ledger under `folder` and build its tree, timed; the figures as a dict."""
+    register_with_ledger()
     figures: dict[str, tuple[float, float]] = {}
     manifests: dict[str, tuple[float, float]] = {}  # timed, not in the ratio
+    with Ledger.open(folder / "lake") as ledger:
+        rules = RegistryRules(holder_dust_units_min=args.dust_units_min)
+        profile = cProfile.Profile() if args.profile else None
+        if profile:
+            profile.enable()
+        summary = _timed(figures, "close", lambda: close_epoch(ledger, checks=split_bench._bench_files, rules=rules))
+        if profile:
+            profile.disable()
+        manifest = _timed(manifests, "manifest", lambda: epoch_manifest(ledger, summary.epoch, rules))
+        if profile:
+            profile.enable()
+        leaves = _timed(figures, "tree", lambda: _tree(ledger, manifest))
+        if profile:
+            profile.disable()
+            profile.dump_stats(args.profile)
+    return {
+        "variant": variant, "figures": figures, "manifest": manifests["manifest"], "leaves": leaves,
+        "events": summary.event_count, "recipients": summary.recipient_count, "postings": summary.posting_count,
+        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
+    }  # fmt: skip
+
+
+def run_variant(args: argparse.Namespace) -> None:
+    """One variant in this process: prepare its ledger (or take `--prepared`'s), measure; the figures as JSON last."""
+    if args.prepared:
+        print(json.dumps(measure_variant(args.variant, args, Path(args.prepared))))
+        return
+    folder = Path(tempfile.mkdtemp(prefix=f"holders-epoch-{args.variant}-"))
     try:
-        with Ledger.open(folder / "lake") as ledger:
-            token = to_checksum_address(holders_bench.token) if args.variant == "holders" else None
-            values = _registry(args.models, args.contributors, token)
-            batch = IngestBatch.from_messages(
-                values, ["r"] * len(values), [0] * len(values), list(range(len(values))), BatchDecoder()
-            )
-            ledger.append(batch, [PartitionOffsets("r", 0, 0, len(values))])
-            _store_holders(ledger, max(args.transfers, args.holders), args.holders, args.blocks)
-            paths = []
-            for first in range(0, args.events, split_bench.files_events_max):
-                path = folder / "lake" / "data" / "main" / "inference_metered" / f"bench-{first}.parquet"
-                path.parent.mkdir(parents=True, exist_ok=True)
-                count = min(split_bench.files_events_max, args.events - first)
-                split_bench.events_file(path, first, count, args.models)
-                paths.append(path)
-            connection = ledger.connection
-            connection.execute("BEGIN TRANSACTION")
-            for path in paths:
-                connection.execute("CALL ducklake_add_data_files('lake', 'inference_metered', ?)", [str(path)])
-            connection.execute("COMMIT")
-            print(f"{args.variant}: ledger ready under {folder}", flush=True)
-            rules = RegistryRules(holder_dust_units_min=args.dust_units_min)
-            profile = cProfile.Profile() if args.profile else None
-            if profile:
-                profile.enable()
-            summary = _timed(
-                figures, "close", lambda: close_epoch(ledger, checks=split_bench._bench_files, rules=rules)
-            )
-            if profile:
-                profile.disable()
-            manifest = _timed(manifests, "manifest", lambda: epoch_manifest(ledger, summary.epoch, rules))
-            if profile:
-                profile.enable()
-            leaves = _timed(figures, "tree", lambda: _tree(ledger, manifest))
-            if profile:
-                profile.disable()
-                profile.dump_stats(args.profile)
-        peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-        print(
-            json.dumps(
-                {
-                    "variant": args.variant, "figures": figures, "manifest": manifests["manifest"], "leaves": leaves,
-                    "events": summary.event_count,
-                    "recipients": summary.recipient_count, "postings": summary.posting_count,
-                    "peak_rss_mb": round(peak_mb),
-                }
-            )
-        )  # fmt: skip
+        prepare_variant(args.variant, args, folder)
+        print(f"{args.variant}: ledger ready under {folder}", flush=True)
+        print(json.dumps(measure_variant(args.variant, args, folder)))
     finally:
         if args.keep:
             print(f"kept {folder}")
         else:
             shutil.rmtree(folder, ignore_errors=True)
+
+
+def _in_process(args: list[str]) -> dict:
+    done = subprocess.run([sys.executable, __file__, *args], capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise SystemExit(f"{args} failed ({done.returncode}): {done.stderr[-3000:]}")
+    return json.loads(done.stdout[done.stdout.rfind("\n{") + 1 :]) if "{" in done.stdout else {}
+
+
+def _sums(result: dict) -> tuple[float, float]:
+    """close + tree: (wall, CPU) seconds."""
+    return sum(w for w, _ in result["figures"].values()), sum(c for _, c in result["figures"].values())
+
+
+def _report_round(number: int, results: dict[str, dict]) -> float:
+    """Print one round's figures; return its wall ratio holders/address (close + tree)."""
+    h, a = results["holders"], results["address"]
+    (hw, hc), (aw, ac) = _sums(h), _sums(a)
+    parts = " | ".join(
+        f"{label} {h['figures'][label][0]:.2f} / {a['figures'][label][0]:.2f}" for label in ("close", "tree")
+    )
+    print(f"round {number}: holders / address, wall s: {parts} | close + tree {hw:.2f} / {aw:.2f}: "
+          f"ratio {hw / aw:.2f} wall, {hc / ac:.2f} CPU", flush=True)  # fmt: skip
+    return hw / aw
+
+
+_sizes = ("events", "holders", "transfers", "blocks", "models", "contributors", "dust_units_min")
 
 
 def main() -> None:
@@ -194,40 +232,54 @@ def main() -> None:
     parser.add_argument("--models", type=int, default=1_000)
     parser.add_argument("--contributors", type=int, default=10_000)
     parser.add_argument("--dust-units-min", type=int, default=0)
+    parser.add_argument("--rounds", type=int, default=5, help="Measurements of each variant, alternating")
     parser.add_argument("--variant", choices=["holders", "address"], help="Run one variant in this process")
+    parser.add_argument("--prepared", help="with --variant: measure this prepared ledger folder (changed in place)")
     parser.add_argument("--keep", action="store_true")
     parser.add_argument("--profile", help="with --variant: profile the close and the tree build into this file")
     args = parser.parse_args()
     if args.variant:
         run_variant(args)
         return
-    results = {}
+    sizes = [f"--{name.replace('_', '-')}={getattr(args, name)}" for name in _sizes]
+    base = Path(tempfile.mkdtemp(prefix="holders-epoch-"))
+    try:
+        for variant in ("address", "holders"):
+            prepare_variant(variant, args, base / f"prepared-{variant}")
+        print(f"ledgers ready under {base}", flush=True)
+        rounds, ratios = [], []
+        for number in range(1, args.rounds + 1):
+            results = {}
+            for variant in ("address", "holders"):  # each measured on a fresh copy, in its own process
+                copy = base / f"round-{variant}"
+                shutil.copytree(base / f"prepared-{variant}", copy)
+                results[variant] = _in_process([*sizes, "--variant", variant, "--prepared", str(copy)])
+                shutil.rmtree(copy)
+            rounds.append(results)
+            ratios.append(_report_round(number, results))
+    finally:
+        if args.keep:
+            print(f"kept {base}")
+        else:
+            shutil.rmtree(base, ignore_errors=True)
+    _report(rounds, ratios)
+
+
+def _report(rounds: list[dict[str, dict]], ratios: list[float]) -> None:
+    last = rounds[-1]
     for variant in ("address", "holders"):
-        done = subprocess.run(
-            [sys.executable, __file__, *sys.argv[1:], "--variant", variant], capture_output=True, text=True, check=False
-        )
-        print(done.stdout[: done.stdout.rfind("\n{") + 1], end="", flush=True)
-        if done.returncode != 0:
-            raise SystemExit(f"{variant} failed ({done.returncode}): {done.stderr[-3000:]}")
-        results[variant] = json.loads(done.stdout[done.stdout.rfind("\n{") + 1 :])
-        print(
-            f"{variant}: {results[variant]['leaves']:,} leaves, {results[variant]['recipients']:,} recipients, "
-            f"{results[variant]['postings']:,} postings, {results[variant]['events']:,} events, "
-            f"peak RSS {results[variant]['peak_rss_mb']:,} MB",
-            flush=True,
-        )
-    (hw, hc), (aw, ac) = results["holders"]["manifest"], results["address"]["manifest"]
-    print(f"manifest (not in the ratio): holders {hw:.2f} s (CPU {hc:.2f}) / address {aw:.2f} s (CPU {ac:.2f})")
-    for label in ("close", "tree"):
-        (hw, hc), (aw, ac) = results["holders"]["figures"][label], results["address"]["figures"][label]
-        print(f"{label}: holders {hw:.2f} s (CPU {hc:.2f}) / address {aw:.2f} s (CPU {ac:.2f}): "
-              f"ratio {hw / aw:.2f} wall, {hc / ac:.2f} CPU")  # fmt: skip
-    hw = sum(w for w, _ in results["holders"]["figures"].values())
-    hc = sum(c for _, c in results["holders"]["figures"].values())
-    aw = sum(w for w, _ in results["address"]["figures"].values())
-    ac = sum(c for _, c in results["address"]["figures"].values())
-    print(f"close + tree: holders {hw:.2f} s (CPU {hc:.2f}) / address {aw:.2f} s (CPU {ac:.2f}): "
-          f"ratio {hw / aw:.2f} wall, {hc / ac:.2f} CPU")  # fmt: skip
+        r = last[variant]
+        print(f"{variant}: {r['leaves']:,} leaves, {r['recipients']:,} recipients, {r['postings']:,} postings, "
+              f"{r['events']:,} events, peak RSS {r['peak_rss_mb']:,} MB")  # fmt: skip
+    for label in ("manifest", "close", "tree"):
+        def walls(variant: str, label: str = label) -> list[float]:
+            return [(r[variant][label] if label == "manifest" else r[variant]["figures"][label])[0] for r in rounds]
+
+        h, a = statistics.median(walls("holders")), statistics.median(walls("address"))
+        note = " (not in the ratio)" if label == "manifest" else f": ratio {h / a:.2f}"
+        print(f"{label}, median wall: holders {h:.2f} s / address {a:.2f} s{note}")
+    print(f"close + tree, {len(ratios)} rounds: ratio median {statistics.median(ratios):.2f} wall "
+          f"(least {min(ratios):.2f}, greatest {max(ratios):.2f}); over 2: {sum(r > 2 for r in ratios)}")  # fmt: skip
 
 
 if __name__ == "__main__":
