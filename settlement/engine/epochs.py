@@ -138,7 +138,7 @@ def plan_epoch(inputs: EpochInputs, prior: PriorState) -> EpochPlan:
     )
     with ThreadPoolExecutor(1) as pool:
         billed_scan = pool.submit(billed_sums, billed_rows)
-        credits, holder_postings, holder_addresses, holder_dust = pass_to_holders(
+        credits, holder_postings, holder_dust = pass_to_holders(
             epoch, moves.split.credits, inputs.holder_weights, prior.holder_dust, inputs.holder_dust_units_min
         )
         billed = billed_scan.result()
@@ -150,9 +150,7 @@ def plan_epoch(inputs: EpochInputs, prior: PriorState) -> EpochPlan:
     postings = build_postings(
         epoch, billed, moves.suspended, moves.released, moves.cancelled_held, moves.split, holder_postings
     )
-    known = inputs.addresses["contributor_id"].implode()
-    addresses = pl.concat([inputs.addresses, holder_addresses.filter(~pl.col("contributor_id").is_in(known))])
-    payables = build_payables(epoch, credits, prior.payables, addresses)
+    payables = build_payables(epoch, credits, prior.payables, inputs.addresses)
     totals = _checked_totals(epoch, inputs, prior, valid, moves, postings, payables, _dust_change(prior, holder_dust))
     problems = [problem for resolution in resolutions.values() for problem in resolution.problems]
     return EpochPlan(

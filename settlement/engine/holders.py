@@ -40,6 +40,8 @@ def holder_tokens(policies: pl.DataFrame) -> list[str]:
 
 
 dust_schema = {"token": pl.String, "holder": pl.String, "carried_micros": pl.Int64}
+# The credits' column marking a recipient credited a holder's part: paid at its own address (`build_payables`).
+own_address_column = "own_address"
 
 
 def pass_to_holders(
@@ -48,10 +50,11 @@ def pass_to_holders(
     source: HolderWeightSource | None,
     dust: pl.DataFrame | None = None,
     dust_units_min: int = 0,
-) -> tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame, pl.DataFrame]:
+) -> tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame]:
     """The epoch's credits with each weighted `holders:<token>` take replaced by its holders' parts, the
-    postings of those entries (posting columns, amounts Int128), the holders' own payout addresses, and the
-    holders' dust rows whose carried amount changed (`dust_schema`).
+    postings of those entries (posting columns, amounts Int128), and the holders' dust rows whose carried amount
+    changed (`dust_schema`). The credits are (recipient, amount_micros Int128, `own_address_column`), sorted by
+    recipient: a recipient credited a holder's part is paid at its own address unless the registry names one.
 
     `dust` (`dust_schema`) is what earlier epochs carried per token and holder. A holder's accumulated amount
     (its part plus what it carried in) strictly between 0 and `dust_units_min` is carried forward on
@@ -99,30 +102,28 @@ def pass_to_holders(
                 schema=dust_schema,
             )
         )
-    kept = credits.filter(~pl.col("recipient").is_in(sorted(passed)))
-    received_frame = pl.concat([pl.DataFrame(schema={"recipient": pl.String, "amount_micros": _i128}), *received])
-    merged = _summed_by_recipient(pl.concat([kept.with_columns(pl.col("amount_micros").cast(_i128)), received_frame]))
-    addresses = (
-        received_frame.select(pl.col("recipient").alias("contributor_id"))
-        .sort("contributor_id")
-        .filter(_first_of_run("contributor_id"))
-        .with_columns(payout_address=pl.col("contributor_id"))
+    kept = credits.filter(~pl.col("recipient").is_in(sorted(passed))).select(
+        "recipient", pl.col("amount_micros").cast(_i128), pl.lit(False).alias(own_address_column)
     )
+    received_frame = pl.concat([pl.DataFrame(schema={"recipient": pl.String, "amount_micros": _i128}), *received])
+    own = received_frame.with_columns(pl.lit(True).alias(own_address_column))
+    merged = _summed_by_recipient(pl.concat([kept, own]))
     changed_dust = pl.concat([pl.DataFrame(schema=dust_schema), *dust_rows]).sort("token", "holder")
-    return merged, pl.concat([pl.DataFrame(schema=posting_schema), *postings]), addresses, changed_dust
+    return merged, pl.concat([pl.DataFrame(schema=posting_schema), *postings]), changed_dust
 
 
 def _summed_by_recipient(rows: pl.DataFrame) -> pl.DataFrame:
-    """(recipient, amount_micros) summed per recipient, sorted by recipient. Sorted first, then summed over runs of
-    equal recipients: a hash group-by of a million holders' rows (Int128 sums) and the sort of its output in random
-    order cost about 2 s CPU, the sort of rows mostly in order (the holders' are) and the run sums a tenth of it."""
+    """(recipient, amount_micros, `own_address_column`) summed per recipient (own address if any row's), sorted by
+    recipient. Sorted first, then summed over runs of equal recipients: a hash group-by of a million holders' rows
+    (Int128 sums) and the sort of its output in random order cost about 2 s CPU, the sort of rows mostly in order
+    (the holders' are) and the run sums a tenth of it."""
     ordered = rows.sort("recipient", maintain_order=True)
     if ordered.select(_first_of_run("recipient").all()).item():  # one row per recipient: nothing to sum
         return ordered
     return (
         ordered.with_columns(pl.col("recipient").set_sorted())
         .group_by("recipient", maintain_order=True)
-        .agg(pl.col("amount_micros").sum())
+        .agg(pl.col("amount_micros").sum(), pl.col(own_address_column).any())
     )
 
 

@@ -13,6 +13,7 @@ from settlement.engine.accounts import contributor_prefix, dataset_prefix, payer
 from settlement.engine.accounts import model_prefix as model_recipient_prefix
 from settlement.engine.constants import amount_micros_max
 from settlement.engine.exceptions import AmountOverflowError
+from settlement.engine.holders import own_address_column
 from settlement.engine.splits import Split
 
 _i128 = pl.Int128
@@ -180,10 +181,13 @@ def _pool_rows(prefix: str, split: Split) -> list[pl.DataFrame]:
 def build_payables(epoch: int, credits: pl.DataFrame, prior: pl.DataFrame, addresses: pl.DataFrame) -> pl.DataFrame:
     """Rule 9: cumulative payables never decrease; a net negative epoch becomes a receivable.
 
-    `credits` (recipient, amount_micros) are the epoch's net credits; `prior` (recipient,
-    earned_micros, cumulative_micros) the latest totals; `addresses` (contributor_id,
-    payout_address) the addresses in force.
+    `credits` (recipient, amount_micros; optionally `own_address_column`) are the epoch's net credits; `prior`
+    (recipient, earned_micros, cumulative_micros) the latest totals; `addresses` (contributor_id,
+    payout_address) the addresses in force. A recipient marked `own_address_column` (a token holder) is paid at
+    its own id unless `addresses` names it.
     """
+    own = pl.col(own_address_column) if own_address_column in credits.columns else pl.lit(False)
+    registered = addresses.rename({"contributor_id": "recipient"}).with_columns(_registered=pl.lit(True))
     credited = _left_join_unique(credits.filter(pl.col("amount_micros") != 0), prior, "recipient")
     rows = (
         credited.with_columns(
@@ -192,7 +196,7 @@ def build_payables(epoch: int, credits: pl.DataFrame, prior: pl.DataFrame, addre
             before=pl.col("cumulative_micros").fill_null(0).cast(_i128),
         )
         .with_columns(cumulative=pl.max_horizontal("before", "earned"))
-        .pipe(_left_join_unique, addresses.rename({"contributor_id": "recipient"}), "recipient")
+        .pipe(_left_join_unique, registered, "recipient")
         .select(
             pl.lit(epoch, pl.Int64).alias("epoch"),
             "recipient",
@@ -201,7 +205,8 @@ def build_payables(epoch: int, credits: pl.DataFrame, prior: pl.DataFrame, addre
             pl.col("earned").alias("earned_micros"),
             pl.col("cumulative").alias("cumulative_micros"),
             (pl.col("cumulative") - pl.col("earned")).alias("receivable_micros"),
-            "payout_address",
+            pl.when(pl.col("_registered").is_null() & own).then("recipient").otherwise("payout_address")
+            .alias("payout_address"),
         )
         .sort("recipient")
     )
@@ -216,18 +221,25 @@ def build_payables(epoch: int, credits: pl.DataFrame, prior: pl.DataFrame, addre
 def _left_join_unique(left: pl.DataFrame, right: pl.DataFrame, key: str) -> pl.DataFrame:
     """`left.join(right, on=key, how="left")` (rows in `left`'s order), each right row found by a binary search of
     `right` sorted by `key`: a hash join of a million holders' recipients on a million addresses cost about 0.7 s
-    CPU. A hash join still when `right` holds a key twice (or none), a key is null or a column name is shared."""
+    CPU. A hash join still when `right` holds a key twice (or none), a key is null or a column name is shared, and
+    when `right` is small beside `left` (a million recipients on ten thousand addresses: 0.02 s against 0.06 s)."""
     ordered = right.sort(key)
     keys = ordered[key]
     shared = set(left.columns) & set(right.columns) - {key}
-    if keys.is_empty() or shared or keys.null_count() or left[key].null_count() or keys.eq(keys.shift(1)).any():
-        return left.join(right, on=key, how="left")
+    small = keys.len() * _hash_join_ratio_min <= left.height
+    if small or keys.is_empty() or shared or keys.null_count() or left[key].null_count():
+        return left.join(right, on=key, how="left", maintain_order="left")
+    if keys.eq(keys.shift(1)).any():
+        return left.join(right, on=key, how="left", maintain_order="left")
     at = keys.search_sorted(left[key]).clip(upper_bound=len(keys) - 1)
     columns = [column for column in right.columns if column != key]
     picked = ordered.select(columns)[at].with_columns(_found=keys.gather(at) == left[key])
     return pl.concat(
         [left, picked.select(pl.when("_found").then(pl.col(column)) for column in columns)], how="horizontal"
     )
+
+
+_hash_join_ratio_min = 32  # `left` rows per `right` row from which a hash join beats the binary searches
 
 
 def _check_bounds(epoch: int, frame: pl.DataFrame, name: str) -> None:

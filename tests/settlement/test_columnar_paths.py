@@ -11,7 +11,7 @@ import polars as pl
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from settlement.engine.holders import _summed_by_recipient
+from settlement.engine.holders import _summed_by_recipient, own_address_column
 from settlement.engine.postings import _with_entries
 from settlement.onchain.merkle import MerkleTree
 from settlement.onchain.payout_tree import address_leaves, build_epoch_tree, ledger_digest
@@ -79,12 +79,20 @@ _credit = st.tuples(st.sampled_from(["a", "b", "c", "0xA", "0xb", "zz"]), st.int
 @given(kept=st.lists(_credit, max_size=8), received=st.lists(_credit, max_size=12))
 def test_credits_summed_over_sorted_runs_are_the_hash_group_by_sorted(kept: list, received: list) -> None:
     """The holders' credits merged with the other recipients' (a holder may also be a contributor id): summed per
-    recipient over sorted runs, exactly as a group-by then a sort."""
+    recipient over sorted runs, exactly as a group-by then a sort; a recipient credited a holder's part is marked
+    paid at its own address."""
     schema = {"recipient": pl.String, "amount_micros": pl.Int128}
     rows = pl.concat(
-        [pl.DataFrame(kept, schema=schema, orient="row"), pl.DataFrame(received, schema=schema, orient="row")]
+        [
+            pl.DataFrame(kept, schema=schema, orient="row").with_columns(pl.lit(False).alias(own_address_column)),
+            pl.DataFrame(received, schema=schema, orient="row").with_columns(pl.lit(True).alias(own_address_column)),
+        ]
     )
-    expected = rows.group_by("recipient").agg(pl.col("amount_micros").sum()).sort("recipient")
+    expected = (
+        rows.group_by("recipient")
+        .agg(pl.col("amount_micros").sum(), pl.col(own_address_column).any())
+        .sort("recipient")
+    )
     assert _summed_by_recipient(rows).equals(expected)
 
 
@@ -247,3 +255,34 @@ def test_an_allocation_in_int128_is_taken_only_where_it_cannot_wrap(monkeypatch)
         parts = allocation.allocate_by_weight_frame(total, weights)
         assert list(parts.iter_rows()) == allocation.allocate_by_weight(total, list(weights))
     assert taken == [True, False]
+
+
+@settings(max_examples=depth(150, 1500), deadline=None)
+@given(
+    credits=st.dictionaries(_key, st.tuples(st.integers(-(10**6), 10**6), st.booleans()), max_size=6),
+    registered=st.dictionaries(_key, st.one_of(st.none(), st.sampled_from(["0xPAY", "0xOTHER"])), max_size=4),
+)
+def test_holders_are_paid_at_their_own_address_unless_the_registry_names_one(
+    credits: dict, registered: dict
+) -> None:
+    """A recipient credited a holder's part (`own_address_column`) is paid at its own id, one the registry names
+    (a holder that is also a contributor) at the registry's address, even none, and any other at the registry's
+    address or none: as joining the registry's addresses and the holders' own ones beside them."""
+    from settlement.engine.postings import build_payables
+
+    rows = [(recipient, amount, own) for recipient, (amount, own) in sorted(credits.items())]
+    frame = pl.DataFrame(
+        rows, schema={"recipient": pl.String, "amount_micros": pl.Int128, own_address_column: pl.Boolean}, orient="row"
+    )
+    addresses = pl.DataFrame(
+        list(registered.items()), schema={"contributor_id": pl.String, "payout_address": pl.String}, orient="row"
+    )
+    prior = pl.DataFrame(schema={"recipient": pl.String, "earned_micros": pl.Int64, "cumulative_micros": pl.Int64})
+    payables = build_payables(1, frame, prior, addresses)
+    expected = {
+        recipient: registered.get(recipient, recipient if own else None)
+        for recipient, amount, own in rows
+        if amount
+    }
+    assert dict(payables.select("recipient", "payout_address").iter_rows()) == expected
+    assert payables["recipient"].to_list() == sorted(expected)
