@@ -173,6 +173,22 @@ def _checkpoint_before(
     return None if block is None else int(block)
 
 
+def _checkpoints(
+    connection: duckdb.DuckDBPyConnection, chain_id: int, token: str, before: int
+) -> dict[int, tuple[int, bool]]:
+    """Every balance checkpoint of `token` before block `before`: block -> (its rows, whether it carries
+    balance-blocks, as `_checkpoint_before` tells)."""
+    if holder_checkpoint_table not in recorder.existing_tables(connection):
+        return {}
+    found = connection.execute(
+        f"SELECT block_number, count(*), bool_or(balance_blocks_high IS NOT NULL) "
+        f"FROM {recorder.table(holder_checkpoint_table)} WHERE {_token_filter} AND block_number < $before "
+        f"GROUP BY block_number",
+        {"chain": chain_id, "token": token, "before": before},
+    ).fetchall()
+    return {int(block): (int(count), bool(carrying)) for block, count, carrying in found}
+
+
 def _deltas(checkpoint: int | None) -> str:
     """(holder, block_number, delta) of every balance change of $token up to $to_block: the balances of the
     checkpoint at block `checkpoint` (None: none) as deltas at that block, then the transfers after it."""
@@ -347,11 +363,12 @@ def _balance_blocks_plan(
     carries balance-blocks, `start` the latest before it (None: none, every transfer before $from_block); `end_only`:
     no transfer came after `end` within the range nor before $from_block, so `end`'s rows alone are the weights."""
     chain_id, token, from_block, to_block = params["chain"], params["token"], params["from_block"], params["to_block"]
-    end = _checkpoint_before(connection, chain_id, token, to_block + 1, balance_blocks=True)
+    held = _checkpoints(connection, chain_id, token, to_block + 1)  # one scan, not one per checkpoint looked for
+    end = max((block for block, (_, carrying) in held.items() if carrying), default=None)
     if end is None or end < from_block:
         return None
-    start = _checkpoint_before(connection, chain_id, token, from_block, balance_blocks=True)
-    direct = _checkpoint_before(connection, chain_id, token, from_block)
+    start = max((block for block, (_, carrying) in held.items() if carrying and block < from_block), default=None)
+    direct = max((block for block in held if block < from_block), default=None)
     after = {name: -1 if block is None else block for name, block in (("direct", direct), ("start", start))}
     transfers = connection.execute(
         f"""SELECT count(*) FILTER (WHERE block_number > {after["direct"]}),
@@ -360,15 +377,9 @@ def _balance_blocks_plan(
             FROM {recorder.table(holder_transfer_table)} WHERE {_token_filter} AND block_number <= $to_block""",
         params,
     ).fetchone()
-    held = dict(
-        connection.execute(
-            f"SELECT block_number, count(*) FROM {recorder.table(holder_checkpoint_table)} WHERE {_token_filter} "
-            f"AND block_number IN ({after['direct']}, {end}, {after['start']}) GROUP BY block_number",
-            {"chain": chain_id, "token": token},
-        ).fetchall()
-    )
-    direct_rows = held.get(direct, 0) + 2 * transfers[0]
-    difference_rows = held.get(end, 0) + 2 * transfers[1] + held.get(start, 0) + 2 * transfers[2]
+    rows = {block: count for block, (count, _) in held.items()}
+    direct_rows = rows.get(direct, 0) + 2 * transfers[0]
+    difference_rows = rows.get(end, 0) + 2 * transfers[1] + rows.get(start, 0) + 2 * transfers[2]
     if difference_rows >= direct_rows:
         return None
     return end, start, start is None and transfers[1] == 0 and transfers[2] == 0
