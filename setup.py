@@ -23,11 +23,13 @@ setup(
             sources=[
                 "settlement/onchain/_merkle_native.c",
                 "settlement/onchain/_keccak_avx2.c",
+                "settlement/onchain/_keccak_avx512.c",
                 "settlement/onchain/_keccak_scalar.c",
             ],
             depends=[
                 "settlement/onchain/_keccak_batch.h",
                 "settlement/onchain/vendor/xkcp/KeccakP-1600-times4-SIMD256.c",
+                "settlement/onchain/vendor/xkcp-avx512/KeccakP-1600-times4-SIMD512.c",
                 "settlement/onchain/vendor/pqclean/fips202.c",
             ],
             extra_compile_args=native_compile_args,

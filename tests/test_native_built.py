@@ -20,12 +20,15 @@ def test_kafka_records_extension_is_built_in_ci() -> None:
 @pytest.mark.skipif(not os.environ.get("CI"), reason="only CI requires the C extensions to be built")
 def test_merkle_extension_is_built_in_ci() -> None:
     """Pins the native payout-tree build in CI: `settlement.onchain._merkle_native` imports, `MerkleTree.build` uses
-    it, and on this x86-64 machine it hashes with XKCP's AVX2 lanes."""
+    it, and on this x86-64 machine it hashes with XKCP's AVX-512VL (else AVX2) lanes."""
     native = importlib.import_module("settlement.onchain._merkle_native")
     from settlement.onchain import merkle
 
     assert merkle._merkle_native is native
-    if platform.machine() == "x86_64" and "avx2" in Path("/proc/cpuinfo").read_text():
+    flags = set(Path("/proc/cpuinfo").read_text().split()) if platform.machine() == "x86_64" else set()
+    if {"avx512f", "avx512vl"} <= flags:
+        assert native.implementation() == "xkcp-avx512-x4"
+    elif "avx2" in flags:
         assert native.implementation() == "xkcp-avx2-x4"
 
 

@@ -9,6 +9,9 @@
    their four digests one after the other at `digests`. XKCP's AVX2 code: call only where the CPU has AVX2. */
 void merkle_keccak256_x4(const unsigned char *messages, unsigned int length, unsigned char *digests);
 
+/* The same, by XKCP's AVX-512VL code: call only where the CPU has AVX-512F and AVX-512VL. */
+void merkle_keccak256_x4_avx512(const unsigned char *messages, unsigned int length, unsigned char *digests);
+
 /* One message of `length` bytes (below the rate): PQClean's portable Keccak, for CPUs without AVX2. */
 void merkle_keccak256_one(const unsigned char *message, unsigned int length, unsigned char *digest);
 

@@ -2,24 +2,26 @@
  * Native build of the payout Merkle tree for settlement/onchain/merkle.py: check the leaves, hash them, sort them
  * and hash every internal node, on up to `threads` threads that run without the GIL (no process is forked).
  *
- * Hashing is the vendored Keccak (vendor/README.md): XKCP's four permutations at once in AVX2 lanes where the CPU
- * has AVX2, PQClean's portable code one message at a time elsewhere. Every message here (a 64-byte leaf encoding,
+ * Hashing is the vendored Keccak (vendor/README.md): XKCP's four permutations at once in 256-bit lanes, by its
+ * AVX-512VL code where the CPU has AVX-512F and AVX-512VL, else by its AVX2 code where the CPU has AVX2, and
+ * PQClean's portable code one message at a time elsewhere. Every message here (a 64-byte leaf encoding,
  * a 32-byte digest, a 40-character address body, a 64-byte pair) fits in one block. The layout is OpenZeppelin's
  * StandardMerkleTree, exactly as the Python path of merkle.py builds it: leaves sorted by hash and laid in
  * descending order at the end of one array of 2n-1 nodes, node p the hash of its children 2p+1 and 2p+2 in
  * ascending byte order.
  *
- * build(accounts, amounts, threads, seed, portable) -> (tree, checksummed, tree_index, index)
+ * build(accounts, amounts, threads, seed, keccak) -> (tree, checksummed, tree_index, index)
  *   tree         bytes: the 2n-1 nodes of 32 bytes each, the root first;
  *   checksummed  bytes: the EIP-55 bodies (40 hex characters each), in the order given;
  *   tree_index   bytes: the tree position of each leaf in the order given, as native uint32;
  *   index        AccountIndex: `index.get(account_20_bytes)` is the account's position in the order given, or None.
- * build_columns(offsets, text, amounts, threads, seed, portable) -> the same, from Arrow's buffers of a large_string
+ * build_columns(offsets, text, amounts, threads, seed, keccak) -> the same, from Arrow's buffers of a large_string
  *   column of n accounts (`offsets`: n + 1 int64, `text`: the characters) and an int64 column of n amounts (native
  *   byte order): no str or int object per leaf. Each account must take 42 characters ("0x" and 40 hex digits) and
  *   each amount be at least 0; LeafError names the first leaf that does not ("account", "amount_range").
- * `seed` keys the account hash table (so that chosen addresses cannot make its probes long); `portable` forces
- * the one-at-a-time Keccak (for tests). Bad input raises LeafError(kind, index, other), checked in this order and
+ * `seed` keys the account hash table (so that chosen addresses cannot make its probes long); `keccak` is the
+ * fastest Keccak code to use, if the CPU has it: 2 AVX-512VL, 1 AVX2, 0 the portable one (lower ones for tests).
+ * Bad input raises LeafError(kind, index, other), checked in this order and
  * each naming its first offending leaf, as the Python path does: "amount_type", "amount_range", "account",
  * "duplicate" (`other`: the earlier leaf with that account), "checksum" (a mixed-case body that is not the EIP-55
  * checksum of the address).
@@ -50,13 +52,18 @@
 
 static PyObject *LeafError;
 
-static int cpu_has_avx2;
+enum { KECCAK_PORTABLE = 0, KECCAK_AVX2 = 1, KECCAK_AVX512 = 2 };
+static int cpu_keccak; /* the fastest of those this CPU runs */
 
 /* ---- Keccak-256 of four one-block messages of `length` bytes, one after the other ---- */
 
-static void keccak256_four(int x4, const uint8_t *messages, unsigned int length, uint8_t *digests) {
+static void keccak256_four(int keccak, const uint8_t *messages, unsigned int length, uint8_t *digests) {
 #if HAVE_X4
-    if (x4) {
+    if (keccak == KECCAK_AVX512) {
+        merkle_keccak256_x4_avx512(messages, length, digests);
+        return;
+    }
+    if (keccak == KECCAK_AVX2) {
         merkle_keccak256_x4(messages, length, digests);
         return;
     }
@@ -193,7 +200,7 @@ typedef struct {
 
 typedef struct {
     size_t count;
-    int x4;
+    int keccak; /* KECCAK_*, at most cpu_keccak */
     const uint8_t *accounts;  /* 20 bytes per leaf, in the order given */
     const uint8_t *amounts;   /* 32 bytes per leaf, big-endian */
     PyObject *given;          /* the accounts' str objects (a tuple kept alive): their 40 characters as given */
@@ -267,9 +274,9 @@ static void hash_leaves(void *ctx, size_t lo, size_t hi, int worker) {
             const uint8_t *given = given_body(b, i + k);
             for (int c = 0; c < BODY_CHARS; c++) bodies[k * BODY_CHARS + c] = given[c] | 0x20;
         }
-        keccak256_four(b->x4, encodings, LEAF_ENCODING_BYTES, inner);
-        keccak256_four(b->x4, inner, WORD_BYTES, leaves);
-        keccak256_four(b->x4, bodies, BODY_CHARS, digests);
+        keccak256_four(b->keccak, encodings, LEAF_ENCODING_BYTES, inner);
+        keccak256_four(b->keccak, inner, WORD_BYTES, leaves);
+        keccak256_four(b->keccak, bodies, BODY_CHARS, digests);
         if (n < 4) memcpy(b->leaves + i * WORD_BYTES, tail_leaves, n * WORD_BYTES);
         for (size_t k = 0; k < n; k++) {
             size_t at = i + k;
@@ -331,7 +338,7 @@ static void hash_nodes(void *ctx, size_t lo, size_t hi, int worker) {
             memcpy(pairs + k * 2 * WORD_BYTES + WORD_BYTES, ascending ? right : left, WORD_BYTES);
         }
         uint8_t *parents = b->tree + (b->first_node + i) * WORD_BYTES;
-        keccak256_four(b->x4, pairs, 2 * WORD_BYTES, n < 4 ? tail_parents : parents);
+        keccak256_four(b->keccak, pairs, 2 * WORD_BYTES, n < 4 ? tail_parents : parents);
         if (n < 4) memcpy(parents, tail_parents, n * WORD_BYTES);
     }
 }
@@ -469,7 +476,7 @@ static int parse_amounts(const Leaves *in, size_t n, uint8_t *amounts) {
     return 0;
 }
 
-static PyObject *build_leaves(const Leaves *in, size_t n, int threads, unsigned long long seed, int portable) {
+static PyObject *build_leaves(const Leaves *in, size_t n, int threads, unsigned long long seed, int keccak) {
     if (threads < 1) threads = 1;
     if (threads > THREADS_MAX) threads = THREADS_MAX;
     size_t slots = 8;
@@ -477,7 +484,7 @@ static PyObject *build_leaves(const Leaves *in, size_t n, int threads, unsigned 
 
     PyObject *result = NULL, *accounts = NULL, *tree = NULL, *checksummed = NULL, *tree_index = NULL;
     AccountIndex *index = NULL;
-    Build b = {.count = n, .x4 = cpu_has_avx2 && !portable, .given_text = in->text};
+    Build b = {.count = n, .keccak = keccak < cpu_keccak ? (keccak < 0 ? 0 : keccak) : cpu_keccak, .given_text = in->text};
     /* Plain pages: asking for 2 MiB ones (MADV_HUGEPAGE) cost more system time zeroing them than it saved in faults
        (benchmarks/RESULTS.md, issue 17). */
     uint8_t *amounts = PyMem_RawCalloc(n, WORD_BYTES);
@@ -562,9 +569,9 @@ done:
 
 static PyObject *build(PyObject *module, PyObject *args) {
     PyObject *accounts_in, *amounts_in;
-    int threads, portable;
+    int threads, keccak;
     unsigned long long seed;
-    if (!PyArg_ParseTuple(args, "OOiKp", &accounts_in, &amounts_in, &threads, &seed, &portable)) return NULL;
+    if (!PyArg_ParseTuple(args, "OOiKi", &accounts_in, &amounts_in, &threads, &seed, &keccak)) return NULL;
     if (!PyList_CheckExact(accounts_in) || !PyList_CheckExact(amounts_in) ||
         PyList_GET_SIZE(accounts_in) != PyList_GET_SIZE(amounts_in) || PyList_GET_SIZE(accounts_in) < 1 ||
         PyList_GET_SIZE(accounts_in) > (Py_ssize_t)(UINT32_MAX / 4)) {
@@ -572,7 +579,7 @@ static PyObject *build(PyObject *module, PyObject *args) {
         return NULL;
     }
     Leaves in = {.accounts = accounts_in, .amounts = amounts_in};
-    return build_leaves(&in, (size_t)PyList_GET_SIZE(accounts_in), threads, seed, portable);
+    return build_leaves(&in, (size_t)PyList_GET_SIZE(accounts_in), threads, seed, keccak);
 }
 
 /* The first account of the column whose characters are not 42 (its offsets go up by 42 from the first), or -1. */
@@ -588,9 +595,9 @@ static Py_ssize_t first_not_42(const int64_t *offsets, size_t n) {
 
 static PyObject *build_columns(PyObject *module, PyObject *args) {
     Py_buffer offsets, text, amounts;
-    int threads, portable;
+    int threads, keccak;
     unsigned long long seed;
-    if (!PyArg_ParseTuple(args, "y*y*y*iKp", &offsets, &text, &amounts, &threads, &seed, &portable)) return NULL;
+    if (!PyArg_ParseTuple(args, "y*y*y*iKi", &offsets, &text, &amounts, &threads, &seed, &keccak)) return NULL;
     PyObject *result = NULL;
     size_t n = (size_t)amounts.len / sizeof(int64_t);
     int64_t first = 0, last = 0;
@@ -610,7 +617,7 @@ static PyObject *build_columns(PyObject *module, PyObject *args) {
         goto done;
     }
     Leaves in = {.text = (const uint8_t *)text.buf + first, .amounts_64 = amounts.buf};
-    result = build_leaves(&in, n, threads, seed, portable);
+    result = build_leaves(&in, n, threads, seed, keccak);
 done:
     PyBuffer_Release(&offsets);
     PyBuffer_Release(&text);
@@ -658,19 +665,21 @@ done:
 }
 
 static PyObject *implementation(PyObject *module, PyObject *unused) {
-    return PyUnicode_FromString(cpu_has_avx2 ? "xkcp-avx2-x4" : "pqclean-portable");
+    static const char *const names[] = {"pqclean-portable", "xkcp-avx2-x4", "xkcp-avx512-x4"};
+    return PyUnicode_FromString(names[cpu_keccak]);
 }
 
 static PyMethodDef module_methods[] = {
     {"build", build, METH_VARARGS,
-     "build(accounts, amounts, threads, seed, portable) -> (tree, checksummed, tree_index, index); "
+     "build(accounts, amounts, threads, seed, keccak) -> (tree, checksummed, tree_index, index); "
      "see the file's header"},
     {"build_columns", build_columns, METH_VARARGS,
-     "build_columns(offsets, text, amounts, threads, seed, portable) -> (tree, checksummed, tree_index, index); "
+     "build_columns(offsets, text, amounts, threads, seed, keccak) -> (tree, checksummed, tree_index, index); "
      "see the file's header"},
     {"proof", proof, METH_VARARGS,
      "proof(tree, tree_index, as_hex) -> list of the siblings from that node up to the root (bytes or '0x' hex)"},
-    {"implementation", implementation, METH_NOARGS, "The Keccak code in use: 'xkcp-avx2-x4' or 'pqclean-portable'."},
+    {"implementation", implementation, METH_NOARGS,
+     "The fastest Keccak code this CPU runs: 'xkcp-avx512-x4', 'xkcp-avx2-x4' or 'pqclean-portable'."},
     {NULL, NULL, 0, NULL},
 };
 
@@ -688,7 +697,9 @@ PyMODINIT_FUNC PyInit__merkle_native(void) {
     for (int c = 0; c < 6; c++) hex_value['a' + c] = hex_value['A' + c] = 10 + c;
 #if HAVE_X4
     __builtin_cpu_init();
-    cpu_has_avx2 = __builtin_cpu_supports("avx2");
+    cpu_keccak = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl") ? KECCAK_AVX512
+                 : __builtin_cpu_supports("avx2")                                          ? KECCAK_AVX2
+                                                                                           : KECCAK_PORTABLE;
 #endif
     if (PyType_Ready(&AccountIndexType) < 0) return NULL;
     PyObject *m = PyModule_Create(&module);

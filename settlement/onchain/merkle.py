@@ -9,8 +9,9 @@ root, proofs and `dump()` are interchangeable with ours and verify with OpenZepp
 
 A million leaves is about four million Keccak-256 calls (two per leaf, one per internal node, one per
 address checksum). `settlement.onchain._merkle_native` (a C extension built by `setup.py`) does the whole
-build: it checks the leaves, hashes them with vendored Keccak code (XKCP's four permutations at once in AVX2
-lanes, PQClean's portable code without AVX2; `settlement/onchain/vendor/README.md`), sorts them and hashes
+build: it checks the leaves, hashes them with vendored Keccak code (XKCP's four permutations at once in 256-bit
+lanes, by AVX-512VL where the CPU has it, else AVX2; PQClean's portable code without AVX2;
+`settlement/onchain/vendor/README.md`), sorts them and hashes
 every internal node, on up to `hashing_threads_max` threads that run without the GIL; no process is started
 or forked (DuckDB, polars and pyarrow threads run in this process). Where the extension could not be built
 (no C compiler) the same tree is built here in Python through `safe-pysha3`, on one core and several times
@@ -48,6 +49,8 @@ amount_units_max = 2**256 - 1
 # The native build hashes on this many threads at most (and no more than this process may run on); each
 # thread takes at least 4,096 leaves or nodes of a step, so a small tree is built on one.
 hashing_threads_max = 8
+# The native build's `keccak` argument: the fastest Keccak code the CPU runs (0 portable, 1 AVX2, 2 AVX-512VL).
+keccak_best = 2
 
 _account_chars = 42  # "0x" + 40 hex digits
 _account_bytes = 20
@@ -146,7 +149,7 @@ class MerkleTree:
         amounts_view = _int64_view(amounts.buffers()[1], amounts.offset, leaves_count)
         try:
             tree_bytes, checksummed_hex, tree_index, index = _merkle_native.build_columns(
-                offsets_view, accounts.buffers()[2], amounts_view, _hashing_threads(), secrets.randbits(64), False
+                offsets_view, accounts.buffers()[2], amounts_view, _hashing_threads(), secrets.randbits(64), keccak_best
             )
         except _merkle_native.LeafError:
             return cls.build(accounts.to_pylist(), amounts.to_pylist())  # raises the same error, naming the leaf
@@ -312,7 +315,7 @@ def _hashing_threads() -> int:
 def _build_native(accounts: list[str], amounts_units: list[int]) -> _BuildParts:
     try:
         tree_bytes, checksummed_hex, tree_index, index = _merkle_native.build(
-            accounts, amounts_units, _hashing_threads(), secrets.randbits(64), False
+            accounts, amounts_units, _hashing_threads(), secrets.randbits(64), keccak_best
         )
     except _merkle_native.LeafError as error:
         _raise_leaf_error(accounts, amounts_units, *error.args)

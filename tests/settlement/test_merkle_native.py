@@ -49,8 +49,12 @@ def python_build(accounts: list[str], amounts: list[int], monkeypatch: pytest.Mo
         return MerkleTree.build(accounts, amounts)
 
 
-def native_tree_bytes(accounts: list[str], amounts: list[int], threads: int, portable: bool) -> bytes:
-    return native.build(accounts, amounts, threads, 7, portable)[0]
+# The native build's `keccak` argument: each Keccak code it has, the fastest the CPU runs at most.
+keccak_portable, keccak_avx2, keccak_avx512 = 0, 1, 2
+
+
+def native_tree_bytes(accounts: list[str], amounts: list[int], threads: int, keccak: int) -> bytes:
+    return native.build(accounts, amounts, threads, 7, keccak)[0]
 
 
 @st.composite
@@ -71,7 +75,7 @@ def leaves(draw: st.DrawFn) -> tuple[list[str], list[int]]:
 @given(leaves())
 def test_native_tree_equals_the_python_build(leaf_columns: tuple[list[str], list[int]]) -> None:
     """Property: for any distinct accounts (any case style) and uint256 amounts, the native build's nodes, dump and
-    proofs equal the Python build's, with the AVX2 and the portable Keccak alike."""
+    proofs equal the Python build's, with each Keccak code alike (AVX-512VL, AVX2, portable)."""
     accounts, amounts = leaf_columns
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(merkle, "_merkle_native", None)
@@ -81,19 +85,21 @@ def test_native_tree_equals_the_python_build(leaf_columns: tuple[list[str], list
     tree = MerkleTree.build(accounts, amounts)
     assert tree.dump() == python_dump
     assert [(tree.proof(a), tree.proof_hex(a)) for a in accounts] == python_proofs
-    assert native_tree_bytes(accounts, amounts, 1, portable=True) == python._tree_bytes
+    for keccak in (keccak_portable, keccak_avx2):  # the fastest code the CPU runs built `tree` above
+        assert native_tree_bytes(accounts, amounts, 1, keccak) == python._tree_bytes, keccak
 
 
 @needs_native
-def test_any_thread_count_and_either_keccak_give_the_same_tree(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Pins the split over threads (ranges, tails of 1-3, the node steps) and the AVX2 lanes against the
-    Python build at a size that uses several threads."""
+def test_any_thread_count_and_any_keccak_give_the_same_tree(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Pins the split over threads (ranges, tails of 1-3, the node steps) and the AVX-512VL and AVX2 lanes against
+    the Python build at a size that uses several threads."""
     accounts = random_accounts(several_threads_leaves, seed=21)
     amounts = [i * 10**15 for i in range(len(accounts))]
     expected = python_build(accounts, amounts, monkeypatch)._tree_bytes
     for threads in (1, 2, 3, 8):
-        assert native_tree_bytes(accounts, amounts, threads, portable=False) == expected, threads
-    assert native_tree_bytes(accounts, amounts, 3, portable=True) == expected
+        for keccak in (keccak_avx2, keccak_avx512):
+            assert native_tree_bytes(accounts, amounts, threads, keccak) == expected, (threads, keccak)
+    assert native_tree_bytes(accounts, amounts, 3, keccak_portable) == expected
 
 
 def bad_inputs() -> list[tuple[list, list]]:
@@ -177,7 +183,7 @@ def test_concurrent_builds_from_several_threads_each_get_their_own_tree(monkeypa
 def test_account_lookup_finds_every_leaf_and_nothing_else() -> None:
     """Pins the native account index: every account finds its position, an absent one finds none."""
     accounts = random_accounts(5000, seed=24)
-    *_, index = native.build(accounts, [1] * len(accounts), 2, 99, False)
+    *_, index = native.build(accounts, [1] * len(accounts), 2, 99, keccak_avx512)
     assert [index.get(bytes.fromhex(a[2:])) for a in accounts] == list(range(len(accounts)))
     assert index.get(bytes(20)) is None
     with pytest.raises(TypeError):
@@ -258,10 +264,11 @@ def test_build_columns_checks_its_buffers() -> None:
     text = pa.array(["0x" + "11" * 20]).buffers()[2]
     one = pa.array([1], pa.int64()).buffers()[1]
     with pytest.raises(ValueError, match="large_string"):
-        native.build_columns(offsets, text, one, 1, 1, False)  # 32-bit offsets: 8 bytes, not the 16 of one int64 pair
+        # 32-bit offsets: 8 bytes, not the 16 of one int64 pair
+        native.build_columns(offsets, text, one, 1, 1, keccak_avx512)
     large = pa.array(["0x" + "11" * 20], pa.large_string())
     with pytest.raises(ValueError, match="large_string"):
-        native.build_columns(large.buffers()[1], large.buffers()[2][:41], one, 1, 1, False)
+        native.build_columns(large.buffers()[1], large.buffers()[2][:41], one, 1, 1, keccak_avx512)
     with pytest.raises(ValueError, match="large_string"):
-        native.build_columns(large.buffers()[1], large.buffers()[2], b"", 1, 1, False)
-    assert native.build_columns(large.buffers()[1], large.buffers()[2], one, 1, 1, False)[0]
+        native.build_columns(large.buffers()[1], large.buffers()[2], b"", 1, 1, keccak_avx512)
+    assert native.build_columns(large.buffers()[1], large.buffers()[2], one, 1, 1, keccak_avx512)[0]

@@ -48,13 +48,13 @@ for count in [*range(1, 40), 4096 * 2 + 1, 4096 * 3 + 2]:
     leaves = accounts(count)
     amounts = [rng.choice([0, 1, 2**64, 2**256 - 1, rng.getrandbits(100)]) for _ in leaves]
     expected = python_tree(leaves, amounts)._tree_bytes
-    for portable in (False, True):
+    for keccak in (0, 1, 2):  # portable, AVX2, AVX-512VL (each where the CPU has it)
         for threads in (1, 3):
-            built = native.build(leaves, amounts, threads, rng.getrandbits(64), portable)
+            built = native.build(leaves, amounts, threads, rng.getrandbits(64), keccak)
             assert built[0] == expected
     small = [rng.getrandbits(63) for _ in leaves]
     offsets, text, amounts_64 = columns(leaves, small)
-    assert native.build_columns(offsets, text, amounts_64, 3, 5, False)[0] == python_tree(leaves, small)._tree_bytes
+    assert native.build_columns(offsets, text, amounts_64, 3, 5, 2)[0] == python_tree(leaves, small)._tree_bytes
     tree = merkle.MerkleTree.build(leaves, amounts)
     for account in leaves[:50]:
         tree.proof(account), tree.proof_hex(account)
@@ -82,7 +82,7 @@ for _ in range(300):
     else:
         leaves[at] = leaves[at][:2] + leaves[at][2:].swapcase()[:20] + leaves[at][22:]
     try:
-        native.build(leaves, amounts, rng.choice([1, 2]), 1, rng.random() < 0.5)
+        native.build(leaves, amounts, rng.choice([1, 2]), 1, rng.choice([0, 1, 2]))
     except native.LeafError:
         pass
 for _ in range(300):
@@ -99,7 +99,7 @@ for _ in range(300):
     else:
         text = text[: rng.randrange(len(text))]
     try:
-        native.build_columns(bytes(offsets), bytes(text), bytes(amounts_64), rng.choice([1, 2]), 1, False)
+        native.build_columns(bytes(offsets), bytes(text), bytes(amounts_64), rng.choice([1, 2]), 1, 2)
     except (native.LeafError, ValueError):
         pass
 print("sanitized run clean")
@@ -110,5 +110,6 @@ print("sanitized run clean")
 def test_the_tree_build_is_clean_under_address_and_undefined_behavior_sanitizers(tmp_path: Path) -> None:
     """Pins memory safety of the native tree build: every small size, several threads, each bad leaf kind,
     out-of-range proofs and lookups, under both sanitizers, with the trees equal to the Python build's."""
-    sources = [onchain / "_merkle_native.c", onchain / "_keccak_avx2.c", onchain / "_keccak_scalar.c"]
+    names = ("_merkle_native.c", "_keccak_avx2.c", "_keccak_avx512.c", "_keccak_scalar.c")
+    sources = [onchain / name for name in names]
     run_sanitized(sources, "_merkle_native", driver, tmp_path)
