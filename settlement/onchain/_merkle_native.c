@@ -227,10 +227,13 @@ static int mixed_case(const uint8_t *body) {
     return lower && upper;
 }
 
+/* Without branches: whether a character is a letter and its nibble's high bit are random, and mispredicting
+   them cost more than the Keccak of the leaves' bodies. */
 static void checksum_body(const uint8_t *lower, const uint8_t *digest, uint8_t *out) {
-    for (int c = 0; c < BODY_CHARS; c++) {
-        int nibble = c % 2 == 0 ? digest[c / 2] >> 4 : digest[c / 2] & 15;
-        out[c] = lower[c] >= 'a' && nibble >= 8 ? (uint8_t)(lower[c] - 32) : lower[c];
+    for (int c = 0; c < BODY_CHARS; c += 2) {
+        uint8_t byte = digest[c / 2];
+        out[c] = (uint8_t)(lower[c] - (((lower[c] >= 'a') & (byte >> 7)) << 5));
+        out[c + 1] = (uint8_t)(lower[c + 1] - (((lower[c + 1] >= 'a') & ((byte >> 3) & 1)) << 5));
     }
 }
 
