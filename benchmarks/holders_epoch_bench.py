@@ -31,6 +31,7 @@ from __future__ import annotations
 import argparse
 import cProfile
 import json
+import os
 import resource
 import shutil
 import statistics
@@ -253,6 +254,7 @@ def main() -> None:
             for variant in ("address", "holders"):  # each measured on a fresh copy, in its own process
                 copy = base / f"round-{variant}"
                 shutil.copytree(base / f"prepared-{variant}", copy)
+                os.sync()  # the copy written back before the measurement, not during it
                 results[variant] = _in_process([*sizes, "--variant", variant, "--prepared", str(copy)])
                 shutil.rmtree(copy)
             rounds.append(results)
