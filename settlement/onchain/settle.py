@@ -33,6 +33,7 @@ from typing import Any
 import duckdb
 import polars as pl
 import pyarrow as pa
+import pyarrow.compute as pc
 from web3 import Web3
 from web3.contract import Contract
 from web3.exceptions import BadFunctionCallOutput, ContractLogicError
@@ -248,11 +249,11 @@ def write_tree(ledger: Ledger, tree: EpochTree) -> int:
 
 def _accounts_column(tree: MerkleTree) -> pa.Array:
     """The leaves' checksummed accounts (`items()`' order) as one string column, from the tree's joined bodies: a
-    string and a tuple per leaf cost about 2 s at a million leaves."""
+    string and a tuple per leaf cost about 2 s at a million leaves. "0x" is put before each body in one pass
+    (0.03 s at a million leaves; through polars, four copies of the column, 0.1 s)."""
     body = pa.binary(40)
     bodies = pa.FixedSizeBinaryArray.from_buffers(body, len(tree), [None, pa.py_buffer(tree.checksummed_bodies)])
-    accounts = pl.select(pl.lit("0x") + pl.Series(bodies.cast(pa.binary()).cast(pa.string()))).to_series()
-    return accounts.to_arrow().cast(pa.string())
+    return pc.binary_replace_slice(bodies.cast(pa.binary()), start=0, stop=0, replacement=b"0x").cast(pa.string())
 
 
 def _amounts_column(tree: MerkleTree) -> pa.Array:
