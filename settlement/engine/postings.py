@@ -227,9 +227,8 @@ def _left_join_unique(left: pl.DataFrame, right: pl.DataFrame, key: str) -> pl.D
     keys = ordered[key]
     shared = set(left.columns) & set(right.columns) - {key}
     small = keys.len() * _hash_join_ratio_min <= left.height
-    if small or keys.is_empty() or shared or keys.null_count() or left[key].null_count():
-        return left.join(right, on=key, how="left", maintain_order="left")
-    if keys.eq(keys.shift(1)).any():
+    hashed = small or keys.is_empty() or shared or keys.null_count() or left[key].null_count()
+    if hashed or keys.eq(keys.shift(1)).any():
         return left.join(right, on=key, how="left", maintain_order="left")
     at = keys.search_sorted(left[key]).clip(upper_bound=len(keys) - 1)
     columns = [column for column in right.columns if column != key]
