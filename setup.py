@@ -28,6 +28,7 @@ setup(
             ],
             depends=[
                 "settlement/onchain/_keccak_batch.h",
+                "settlement/onchain/_keccak_x4.h",
                 "settlement/onchain/vendor/xkcp/KeccakP-1600-times4-SIMD256.c",
                 "settlement/onchain/vendor/xkcp-avx512/KeccakP-1600-times4-SIMD512.c",
                 "settlement/onchain/vendor/pqclean/fips202.c",

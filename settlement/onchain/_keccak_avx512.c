@@ -35,18 +35,8 @@
 #include "vendor/xkcp-avx512/KeccakP-1600-times4-SIMD512.c"
 #pragma GCC diagnostic pop
 
-void merkle_keccak256_x4_avx512(const unsigned char *messages, unsigned int length, unsigned char *digests)
-{
-    ALIGN(KeccakP1600times4_statesAlignment) unsigned char states[KeccakP1600times4_statesSizeInBytes];
-    KeccakP1600times4_InitializeAll(states);
-    KeccakP1600times4_AddLanesAll(states, messages, length / 8, length / 8);
-    for (unsigned int instance = 0; instance < 4; instance++) {
-        KeccakP1600times4_AddByte(states, instance, 0x01, length);
-        KeccakP1600times4_AddByte(states, instance, 0x80, KECCAK256_RATE_BYTES - 1);
-    }
-    KeccakP1600times4_PermuteAll_24rounds(states);
-    KeccakP1600times4_ExtractLanesAll(states, digests, KECCAK256_DIGEST_BYTES / 8, KECCAK256_DIGEST_BYTES / 8);
-}
+#define KECCAK256_X4_FUNCTION merkle_keccak256_x4_avx512
+#include "_keccak_x4.h"
 
 #if defined(__clang__)
 #pragma clang attribute pop
